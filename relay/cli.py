@@ -1,0 +1,186 @@
+"""The ``trackrelay`` command line.
+
+Every subcommand reads the same config file; a configuration problem is printed as one
+line naming the key (exit code 2), never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from relay import __version__
+from relay.config import Config, ConfigError, load_config, parse_hostport
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", metavar="FILE",
+                   help="TOML config file (default: built-in defaults + environment)")
+
+
+def _overrides(args: argparse.Namespace, config: Config) -> Config:
+    """Apply the command-line overrides for the common keys, validating them like the file."""
+    smtp_listen = getattr(args, "smtp_listen", None)
+    if smtp_listen:
+        for i, value in enumerate(smtp_listen):
+            parse_hostport(value, f"--smtp-listen[{i}]")
+        config.relay.listen = list(smtp_listen)
+    upstream = getattr(args, "upstream", None)
+    if upstream:
+        host, port = parse_hostport(upstream, "--upstream")
+        config.upstream.mode = "smtp"
+        config.upstream.host, config.upstream.port = host, port
+    capture = getattr(args, "capture_dir", None)
+    if capture:
+        config.upstream.mode = "capture"
+        config.upstream.capture_dir = capture
+    http_listen = getattr(args, "http_listen", None)
+    if http_listen:
+        parse_hostport(http_listen, "--http-listen")
+        config.http.listen = http_listen
+    store = getattr(args, "store", None)
+    if store:
+        if not store.startswith(("sqlite://", "postgresql://", "postgres://")):
+            raise ConfigError(f"--store: must be sqlite:///PATH or postgresql://…, got {store!r}")
+        config.store.url = store
+    return config
+
+
+def _load(args: argparse.Namespace) -> Config:
+    config = load_config(getattr(args, "config", None))
+    return _overrides(args, config)
+
+
+def _configure_logs(config: Config) -> None:
+    from relay.logs import configure_logging
+
+    configure_logging(config.log.level, config.log.format)
+
+
+# --- subcommands ---------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from relay.server import run
+
+    config = _load(args)
+    _configure_logs(config)
+    asyncio.run(run(config, smtp=True, http=not args.no_http))
+    return 0
+
+
+def cmd_tracker(args: argparse.Namespace) -> int:
+    from relay.server import run
+
+    config = _load(args)
+    _configure_logs(config)
+    asyncio.run(run(config, smtp=False, http=True))
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = load_config(args.file)
+    from relay.plugin_host import PluginHost
+
+    host = PluginHost(config)  # unknown or broken plugins are config errors too
+    print(f"{args.file}: OK ({len(host.plugins())} plugins)")
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from relay.plugin_host import PluginHost
+
+    config = _load(args)
+    host = PluginHost(config)
+    disabled = set(config.plugins.disabled)
+    for info in host.plugins():
+        dist = f" [{info.distribution}]" if info.distribution else ""
+        print(f"{info.name}: {info.module}{dist}")
+        for hook in info.hooks:
+            print(f"    {hook}")
+    for name in sorted(disabled):
+        print(f"{name}: disabled")
+    return 0
+
+
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    from relay.auth import hash_password
+
+    password = sys.stdin.readline().rstrip("\n") if args.stdin else getpass.getpass()
+    if not password:
+        print("trackrelay: empty password", file=sys.stderr)
+        return 2
+    print(f"{args.user}:{hash_password(password)}")
+    return 0
+
+
+def _optional(module: str, attr: str) -> Callable[..., Any] | None:
+    """Subcommands whose module may be absent in a trimmed install."""
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
+    except (ImportError, AttributeError):
+        return None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trackrelay",
+        description="SMTP relay proxy with open and click tracking, and its tracker.",
+    )
+    parser.add_argument("--version", action="version", version=f"trackrelay {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the SMTP relay and the tracker in one process")
+    _add_config(p)
+    p.add_argument("--smtp-listen", metavar="HOST:PORT", action="append",
+                   help="SMTP listen address (repeatable; replaces relay.listen)")
+    p.add_argument("--upstream", metavar="HOST:PORT", help="upstream SMTP server")
+    p.add_argument("--capture-dir", metavar="DIR",
+                   help="write messages to DIR as .eml instead of an upstream server")
+    p.add_argument("--http-listen", metavar="HOST:PORT", help="tracker HTTP listen address")
+    p.add_argument("--store", metavar="URL", help="store URL (sqlite:///… or postgresql://…)")
+    p.add_argument("--no-http", action="store_true", help="run the SMTP relay only")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("tracker", help="run the tracker (HTTP) alone")
+    _add_config(p)
+    p.add_argument("--http-listen", metavar="HOST:PORT", help="tracker HTTP listen address")
+    p.add_argument("--store", metavar="URL", help="store URL")
+    p.set_defaults(func=cmd_tracker)
+
+    p = sub.add_parser("check-config", help="validate a config file and its plugins")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("plugins", help="list loaded plugins and the hooks they implement")
+    _add_config(p)
+    p.set_defaults(func=cmd_plugins)
+
+    p = sub.add_parser("hash-password", help="print a users-file line for SMTP AUTH")
+    p.add_argument("user")
+    p.add_argument("--stdin", action="store_true", help="read the password from stdin")
+    p.set_defaults(func=cmd_hash_password)
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"trackrelay: config error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""A message on its way upstream, as plugins see it in ``trackrelay_transform_message``.
+
+It edits the raw bytes in place of re-serialising through ``email``: header edits
+touch only the header lines named, the body is replaced whole or not at all, so
+everything a plugin did not change leaves byte-for-byte as it came in (DESIGN #2).
+"""
+
+from __future__ import annotations
+
+import re
+from email.header import decode_header, make_header
+
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+
+
+def split_message(raw: bytes) -> tuple[bytes, bytes, bytes]:
+    """Return (header block, separator, body); a message with no body has b"" for both."""
+    m = _HEADER_END.search(raw)
+    if m is None:
+        return raw, b"", b""
+    # The separator is the line break ending the last header plus the empty line.
+    return raw[: m.start()], raw[m.start(): m.end()], raw[m.end():]
+
+
+def _header_lines(block: bytes) -> list[bytes]:
+    """Split a header block into logical headers (continuation lines kept attached)."""
+    out: list[bytes] = []
+    for line in re.split(rb"(?<=\n)", block) if block else []:
+        if not line:
+            continue
+        if out and line[:1] in (b" ", b"\t"):
+            out[-1] += line
+        else:
+            out.append(line)
+    return out
+
+
+class MessageDraft:
+    """The bytes that will be sent upstream, with header and body edits that keep fidelity."""
+
+    def __init__(self, raw: bytes) -> None:
+        self.original = raw
+        head, sep, body = split_message(raw)
+        self._headers = _header_lines(head)
+        self._sep = sep or (b"\r\n" if raw.endswith(b"\r\n") or not raw else b"\n")
+        self._had_body = bool(sep)
+        self._body = body
+        first_eol = raw.find(b"\n")
+        self._newline = b"\n" if first_eol > 0 and raw[first_eol - 1:first_eol] != b"\r" else b"\r\n"
+        if self._headers and not self._headers[-1].endswith(b"\n"):
+            self._headers[-1] += self._newline
+        self.changed = False
+
+    # --- headers -------------------------------------------------------------------------
+
+    def _name(self, line: bytes) -> bytes:
+        return line.split(b":", 1)[0].strip().lower()
+
+    def get_all(self, name: str) -> list[str]:
+        """Values of every header called ``name``, unfolded and RFC 2047-decoded."""
+        want = name.lower().encode()
+        out = []
+        for line in self._headers:
+            if self._name(line) == want:
+                value = line.split(b":", 1)[1].decode("utf-8", "replace")
+                value = re.sub(r"\r?\n[ \t]", " ", value).strip()
+                try:
+                    value = str(make_header(decode_header(value)))
+                except Exception:  # a malformed encoded word: keep the raw text
+                    pass
+                out.append(value)
+        return out
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        values = self.get_all(name)
+        return values[0] if values else default
+
+    def remove_header(self, name: str) -> int:
+        """Drop every header called ``name``; returns how many were removed."""
+        want = name.lower().encode()
+        before = len(self._headers)
+        self._headers = [h for h in self._headers if self._name(h) != want]
+        removed = before - len(self._headers)
+        if removed:
+            self.changed = True
+        return removed
+
+    def add_header(self, name: str, value: str) -> None:
+        """Append a header at the end of the header block (values must be ASCII-safe)."""
+        if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
+            raise ValueError("header names and values cannot contain line breaks")
+        self._headers.append(f"{name}: {value}".encode() + self._newline)
+        self.changed = True
+
+    def prepend_header(self, name: str, value: str) -> None:
+        """Insert a header at the top (trace-style headers such as Received go first)."""
+        if "\r" in value or "\n" in value:
+            raise ValueError("header values cannot contain line breaks")
+        self._headers.insert(0, f"{name}: {value}".encode() + self._newline)
+        self.changed = True
+
+    # --- body ----------------------------------------------------------------------------
+
+    @property
+    def body(self) -> bytes:
+        return self._body
+
+    def set_body(self, body: bytes) -> None:
+        if body != self._body:
+            self._body = body
+            self._had_body = True
+            self.changed = True
+
+    def as_bytes(self) -> bytes:
+        if not self.changed:
+            return self.original
+        head = b"".join(self._headers)
+        if not self._had_body:
+            return head
+        # The header block's last line already ends with a newline; add the blank line.
+        if head.endswith(b"\n"):
+            return head + self._newline + self._body
+        return head + self._sep + self._body

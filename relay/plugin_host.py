@@ -1,0 +1,99 @@
+"""The plugin host: discovers plugins by entry point, calls hooks, awaits what is async.
+
+Built-in plugins are registered exactly like third-party ones, through the
+``trackrelay`` entry-point group (see pyproject.toml), so ``[plugins] disabled`` can
+switch any of them off.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any
+
+import pluggy
+
+from relay import hookspecs
+from relay.config import Config, ConfigError
+
+GROUP = "trackrelay"
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    name: str
+    module: str
+    hooks: tuple[str, ...]
+    distribution: str | None
+
+
+class PluginHost:
+    def __init__(self, config: Config, *, load_entry_points: bool = True) -> None:
+        self.config = config
+        self.pm = pluggy.PluginManager(GROUP)
+        self.pm.add_hookspecs(hookspecs)
+        self._dists: dict[str, str | None] = {}
+        if load_entry_points:
+            self._load_entry_points()
+
+    def _load_entry_points(self) -> None:
+        disabled = set(self.config.plugins.disabled)
+        found = {ep.name for ep in entry_points(group=GROUP)}
+        unknown = disabled - found
+        if unknown:
+            raise ConfigError(
+                f"plugins.disabled: no such plugin: {', '.join(sorted(unknown))} "
+                f"(installed: {', '.join(sorted(found)) or 'none'})"
+            )
+        for name in self.config.plugin_settings:
+            if name not in found:
+                raise ConfigError(f"plugins.{name}: no plugin of that name is installed")
+        for ep in sorted(entry_points(group=GROUP), key=lambda e: e.name):
+            if ep.name in disabled or self.pm.has_plugin(ep.name):
+                continue
+            try:
+                plugin = ep.load()
+            except Exception as exc:
+                raise ConfigError(f"plugins.{ep.name}: cannot be loaded: {exc!r}") from exc
+            self.register(plugin, ep.name)
+            self._dists[ep.name] = ep.dist.name if ep.dist else None
+
+    def register(self, plugin: object, name: str | None = None) -> None:
+        """Register a plugin object or module (tests and embedders use this directly)."""
+        self.pm.register(plugin, name=name)
+
+    def implements(self, hook: str) -> bool:
+        return bool(getattr(self.pm.hook, hook).get_hookimpls())
+
+    async def call(self, hook: str, **kwargs: Any) -> list[Any]:
+        """Call every implementation of ``hook``; await awaitables; return all results."""
+        caller = getattr(self.pm.hook, hook)
+        if not caller.get_hookimpls():
+            return []
+        results = caller(**kwargs)
+        out = []
+        for result in results:
+            if inspect.isawaitable(result):
+                result = await result
+            out.append(result)
+        return out
+
+    async def first(self, hook: str, **kwargs: Any) -> Any:
+        """The first non-``None`` result of ``hook``, or ``None``."""
+        for result in await self.call(hook, **kwargs):
+            if result is not None:
+                return result
+        return None
+
+    def plugins(self) -> list[PluginInfo]:
+        out = []
+        for name, plugin in self.pm.list_name_plugin():
+            if plugin is None:
+                continue
+            hooks = tuple(
+                sorted(h.name for h in self.pm.get_hookcallers(plugin) or [])
+            )
+            module = getattr(plugin, "__name__", type(plugin).__module__)
+            out.append(PluginInfo(name, module, hooks, self._dists.get(name)))
+        return sorted(out, key=lambda p: p.name)

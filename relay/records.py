@@ -1,0 +1,143 @@
+"""The data that crosses module boundaries: SMTP replies, transactions, sent records, events.
+
+Everything the tracker learns is an :class:`Event` (DESIGN decision 5); everything the
+relay knows about one SMTP transaction is a :class:`Transaction`. Plugins receive these
+objects in hooks, so they are plain dataclasses with no behaviour that needs I/O.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+EventType = Literal[
+    "sent", "rejected", "open", "click", "bounce", "complaint", "unsubscribe", "reply"
+]
+EVENT_TYPES: tuple[str, ...] = (
+    "sent", "rejected", "open", "click", "bounce", "complaint", "unsubscribe", "reply",
+)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An SMTP reply: what a hook returns to refuse, and what the upstream answered."""
+
+    code: int
+    status: str  # RFC 3463 enhanced status, e.g. "5.7.1"; "" when the peer gave none
+    text: str
+
+    def __str__(self) -> str:
+        lines = self.text.splitlines() or [""]
+        prefix = f"{self.status} " if self.status else ""
+        out = [f"{self.code}-{prefix}{line}" for line in lines[:-1]]
+        out.append(f"{self.code} {prefix}{lines[-1]}")
+        return "\r\n".join(out)
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.code < 400
+
+    @property
+    def permanent(self) -> bool:
+        return self.code >= 500
+
+    @classmethod
+    def parse(cls, code: int, message: str) -> Reply:
+        """Split an enhanced status code off the front of a reply text, if it has one."""
+        text = message.strip()
+        first, _, rest = text.partition(" ")
+        parts = first.split(".")
+        if len(parts) == 3 and all(p.isdigit() for p in parts) and first[0] in "245":
+            # aiosmtplib joins multi-line replies with \n; each line repeats the status.
+            lines = [rest] + [
+                ln.split(" ", 1)[1] if ln.startswith(first + " ") else ln
+                for ln in text.splitlines()[1:]
+            ]
+            return cls(code, first, "\n".join(lines))
+        return cls(code, "", text)
+
+
+def new_id() -> str:
+    """A short random id, used for transactions (log correlation) and internal message ids."""
+    return uuid.uuid4().hex[:16]
+
+
+@dataclass
+class Transaction:
+    """One SMTP transaction (MAIL … DATA) as the relay saw it, handed to every hook."""
+
+    id: str
+    client_ip: str
+    client_port: int = 0
+    helo: str | None = None
+    authenticated_user: str | None = None
+    tls: bool = False
+    mail_from: str = ""
+    mail_options: list[str] = field(default_factory=list)
+    rcpt_tos: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.time)
+    #: trackrelay's internal message id (16 hex), new for every MAIL FROM; tokens carry it.
+    message_id: str = field(default_factory=new_id)
+    #: What the tracking plugins decided and recorded; the store plugin persists it.
+    sent: SentMessage | None = None
+    #: Per-plugin scratch space; a plugin keeps what it learns under its own name.
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LinkRecord:
+    """One rewritten link: its index in the message, original target and visible text."""
+
+    index: int
+    url: str
+    text: str = ""
+
+
+@dataclass
+class SentMessage:
+    """What the store keeps about a relayed message (filled in by the tracking plugins)."""
+
+    message_id: str  # internal id, as in tokens
+    header_message_id: str = ""  # the Message-ID header (added if the message had none)
+    sender: str = ""
+    recipients: list[str] = field(default_factory=list)
+    campaign: str | None = None
+    subject: str | None = None
+    tracked: bool = False
+    track_opens: bool = False
+    track_clicks: bool = False
+    skip_reason: str | None = None  # why tracking was skipped, e.g. "multi_recipient"
+    shared: bool = False  # multi-recipient mail tracked at message level
+    links: list[LinkRecord] = field(default_factory=list)
+    submitted_by: str | None = None  # AUTH user or envelope sender (self-open detection)
+
+
+@dataclass
+class Outcome:
+    """What the upstream answered for a transaction, given to ``trackrelay_delivered``."""
+
+    reply: Reply
+    accepted: list[str]
+    refused: dict[str, Reply]  # recipients refused at RCPT time, with the upstream's answer
+    message: bytes | None  # the bytes sent upstream (None when DATA never ran)
+    modified: bool  # whether any plugin changed the message
+    queue_id: str | None = None  # the upstream's queue id, when its reply names one
+    delivered_at: float = field(default_factory=time.time)
+
+
+@dataclass
+class Event:
+    """Anything the tracker learns about a message: the one event model (DESIGN #5)."""
+
+    type: str
+    message_id: str  # trackrelay's internal message id
+    recipient: str | None = None
+    time: float = field(default_factory=time.time)
+    link_index: int | None = None
+    ip: str | None = None
+    user_agent: str | None = None
+    machine: bool = False
+    machine_reason: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,81 @@
+"""Running the processes: the relay and tracker together (``serve``) or the tracker alone.
+
+SIGTERM and SIGINT stop accepting connections, let SMTP transactions in flight finish
+within ``relay.shutdown_grace`` seconds, flush what the store still holds, then exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from typing import Any
+
+from aiohttp import web
+
+from relay.app import App
+from relay.config import Config, parse_hostport
+from relay.logs import get_logger
+from relay.smtp_server import Relay
+
+log = get_logger("relay.server")
+
+
+def _web_app(app: App) -> web.Application:
+    from relay.tracker.web import create_web_app
+
+    return create_web_app(app)
+
+
+class Services:
+    """Started services of one process; ``stop()`` undoes ``start()`` in reverse order."""
+
+    def __init__(self, config: Config, *, smtp: bool = True, http: bool = True) -> None:
+        self.config = config
+        self.app = App(config)
+        self.relay: Relay | None = Relay(self.app) if smtp else None
+        self.http = http
+        self.runner: web.AppRunner | None = None
+        self.http_address: tuple[str, int] | None = None
+
+    async def start(self) -> None:
+        await self.app.start()
+        try:
+            if self.http:
+                host, port = parse_hostport(self.config.http.listen, "http.listen")
+                self.runner = web.AppRunner(_web_app(self.app), access_log=None,
+                                            handle_signals=False)
+                await self.runner.setup()
+                site = web.TCPSite(self.runner, host, port, reuse_address=True)
+                await site.start()
+                server: Any = site._server
+                self.http_address = server.sockets[0].getsockname()[:2]
+                log.info("http_listening", address=f"{host}:{self.http_address[1]}")
+            if self.relay is not None:
+                await self.relay.start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        if self.relay is not None:
+            await self.relay.stop()
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+        await self.app.stop()
+
+
+async def run(config: Config, *, smtp: bool = True, http: bool = True) -> None:
+    services = Services(config, smtp=smtp, http=http)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await services.start()
+    log.info("started", smtp=smtp, http=http, config=config.source or "(defaults)")
+    await stop.wait()
+    log.info("stopping")
+    await services.stop()
+    log.info("stopped")

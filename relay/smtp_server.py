@@ -1,0 +1,453 @@
+"""The SMTP front end: aiosmtpd sessions that pass the envelope upstream in real time.
+
+Like Postfix's ``smtpd_proxy_filter``, each client command is answered with the
+upstream's own answer: MAIL and RCPT are forwarded as they arrive, so a recipient the
+upstream refuses is refused to the client at RCPT time with the upstream's code and
+text, and the client (an MTA or a mail program) keeps responsibility for it. The
+client's DATA is answered 250 only after the upstream accepted the message. Nothing is
+queued here, so nothing can be lost here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import re
+import ssl
+import time
+from typing import Any
+
+import structlog
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from relay.app import App
+from relay.auth import UsersFileAuthenticator
+from relay.config import parse_hostport
+from relay.logs import get_logger
+from relay.metrics import PLUGIN_ERRORS, SMTP_RECIPIENTS, SMTP_SESSIONS, SMTP_TRANSACTIONS
+from relay.metrics import UPSTREAM_SECONDS
+from relay.pipeline import PLUGIN_TEMPFAIL, PluginFailure, prepare_message
+from relay.records import Outcome, Reply, Transaction, new_id
+from relay.upstream import Connection, SmtpUpstream, Upstream, UpstreamUnavailable
+from relay.upstream import make_upstream
+
+log = get_logger("relay.smtp")
+
+RELAY_DENIED = Reply(550, "5.7.1", "Relaying denied: authenticate or connect from an "
+                                   "allowed network")
+TOO_MANY_RCPTS = Reply(452, "4.5.3", "Too many recipients")
+NO_UPSTREAM = Reply(451, "4.4.1", "Upstream connection lost, try again later")
+SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, try again later")
+UTF8_UNSUPPORTED = Reply(555, "5.6.7", "Upstream server does not support SMTPUTF8")
+
+_QUEUE_ID = re.compile(r"(?:queued as|queue id|id=)\s*<?([A-Za-z0-9._-]+)", re.IGNORECASE)
+
+# aiosmtpd's own replies carry no enhanced status codes; these are the ones clients see.
+_ENHANCED = {
+    "552 Error: message size exceeds fixed maximum message size":
+        "552 5.3.4 Message size exceeds fixed maximum message size",
+    "552 Error: Too much mail data": "552 5.3.4 Message too big",
+    "500 Line too long (see RFC5321 4.5.3.1.6)": "500 5.5.2 Line too long",
+    "503 Error: need MAIL command": "503 5.5.1 Need MAIL command",
+    "503 Error: need RCPT command": "503 5.5.1 Need RCPT command",
+    "503 Error: nested MAIL command": "503 5.5.1 Nested MAIL command",
+    "503 Error: send HELO first": "503 5.5.1 Send HELO first",
+    "500 Error: bad syntax": "500 5.5.2 Bad syntax",
+}
+
+
+def queue_id_of(reply: Reply) -> str | None:
+    m = _QUEUE_ID.search(reply.text)
+    return m.group(1) if m else None
+
+
+class RelaySMTP(SMTP):
+    """aiosmtpd's protocol with enhanced status codes and a hook for lost connections."""
+
+    async def push(self, status: Any) -> None:
+        if isinstance(status, str):
+            status = _ENHANCED.get(status, status)
+        await super().push(status)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        handler = self.event_handler
+        super().connection_lost(error)
+        if isinstance(handler, RelaySession):
+            handler.client_gone()
+
+
+class RelaySession:
+    """The aiosmtpd handler for one client connection (one per connection: it has state)."""
+
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+        self.app = relay.app
+        self.conn: Connection | None = None
+        self.txn: Transaction | None = None
+        self.protocol: RelaySMTP | None = None
+        self.busy = False  # inside a transaction: shutdown waits for it
+        self.delivering = False  # DATA is on its way upstream: the connection is in use
+        self.client_ip = ""
+        self.client_port = 0
+        self.log: Any = log
+
+    # --- helpers -------------------------------------------------------------------------
+
+    def _peer(self, session: Session) -> tuple[str, int]:
+        proxy = getattr(session, "proxy_data", None)
+        if proxy is not None and getattr(proxy, "src_addr", None) is not None:
+            return str(proxy.src_addr), int(proxy.src_port or 0)
+        peer = session.peer
+        if isinstance(peer, tuple):
+            return str(peer[0]), int(peer[1])
+        return str(peer), 0
+
+    def _release(self, reusable: bool) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            self.relay.upstream.release(conn, reusable)
+
+    async def _reset_upstream(self) -> None:
+        """End the upstream transaction (RSET) and give the connection back to the pool."""
+        conn = self.conn
+        if conn is None:
+            return
+        ok = await conn.rset()
+        self._release(ok)
+
+    def _end_transaction(self) -> None:
+        self.txn = None
+        self.busy = False
+        structlog.contextvars.unbind_contextvars("txn", "queue_id")
+
+    def client_gone(self) -> None:
+        """The client hung up: drop any half-done upstream transaction, never forward it."""
+        if self.txn is not None:
+            SMTP_TRANSACTIONS.labels("client_abort").inc()
+            self.log.info("client_disconnected_mid_transaction")
+        if not self.delivering:  # else _deliver finishes and releases the connection
+            conn, self.conn = self.conn, None
+            if conn is not None:
+                conn.close()
+            self._end_transaction()
+        self.relay.sessions.discard(self)
+        SMTP_SESSIONS.dec()
+
+    # --- aiosmtpd hooks ------------------------------------------------------------------
+
+    async def handle_PROXY(self, server: SMTP, session: Session, envelope: Envelope,
+                           proxy_data: Any) -> bool:
+        return bool(proxy_data) and getattr(proxy_data, "valid", True)
+
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope,
+                          hostname: str, responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        if self.relay.closing:
+            return [str(SHUTTING_DOWN)]
+        return responses
+
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, mail_options: list[str]) -> str:
+        if self.relay.closing:
+            return str(SHUTTING_DOWN)
+        self.client_ip, self.client_port = self._peer(session)
+        txn = Transaction(
+            id=new_id(), client_ip=self.client_ip, client_port=self.client_port,
+            helo=session.host_name, tls=session.ssl is not None,
+            authenticated_user=(str(session.auth_data) if session.authenticated else None),
+        )
+        structlog.contextvars.bind_contextvars(txn=txn.id, client=self.client_ip)
+        self.log = log.bind()
+        if not txn.authenticated_user and not self.relay.allowed(self.client_ip):
+            SMTP_TRANSACTIONS.labels("refused").inc()
+            self.log.warning("relay_denied", sender=address)
+            structlog.contextvars.unbind_contextvars("txn")
+            return str(RELAY_DENIED)
+        try:
+            refusal = await self.app.host.first(
+                "trackrelay_check_sender", transaction=txn, sender=address)
+        except Exception as exc:
+            return self._hook_failed("trackrelay_check_sender", exc)
+        if refusal is not None:
+            SMTP_TRANSACTIONS.labels("refused").inc()
+            self.log.info("sender_refused_by_plugin", sender=address, reply=str(refusal))
+            return str(refusal)
+        txn.mail_from = address
+        txn.mail_options = list(mail_options)
+        utf8 = envelope.smtp_utf8
+        reply = await self._upstream_mail(txn, address, mail_options, utf8)
+        if not reply.ok:
+            if reply.code < 500:
+                SMTP_TRANSACTIONS.labels("tempfail").inc()
+            else:
+                SMTP_TRANSACTIONS.labels("refused").inc()
+            self.log.info("sender_refused_upstream", reply=str(reply))
+            return str(reply)
+        self.txn = txn
+        self.busy = True
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        self.log.info("mail_from", sender=address, upstream_reused=bool(
+            self.conn and self.conn.reused))
+        return str(reply)
+
+    async def _upstream_mail(self, txn: Transaction, sender: str, options: list[str],
+                             utf8: bool) -> Reply:
+        upstream = self.relay.upstream
+        for attempt in (1, 2):
+            try:
+                if self.conn is None:
+                    self.conn = await upstream.acquire()
+                conn = self.conn
+                if utf8 and not conn.supports("smtputf8"):
+                    return UTF8_UNSUPPORTED
+                up_options = []
+                for opt in options:
+                    if opt.startswith("BODY=") and conn.supports("8bitmime"):
+                        up_options.append(opt)
+                    elif opt == "SMTPUTF8":
+                        up_options.append(opt)
+                reply = await conn.mail(sender, up_options, utf8)
+            except UpstreamUnavailable as exc:
+                reused = self.conn is not None and self.conn.reused
+                if self.conn is not None:
+                    self.conn.close()
+                    self.conn = None
+                if attempt == 1 and reused:
+                    continue  # a pooled connection the server had dropped: one fresh try
+                return exc.reply
+            if not reply.ok:
+                self._release(True)
+            return reply
+        return NO_UPSTREAM
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        txn = self.txn
+        if txn is None or self.conn is None:
+            SMTP_RECIPIENTS.labels("tempfail").inc()
+            return str(NO_UPSTREAM)
+        if len(envelope.rcpt_tos) >= self.relay.config.relay.max_recipients:
+            SMTP_RECIPIENTS.labels("refused_local").inc()
+            return str(TOO_MANY_RCPTS)
+        try:
+            refusal = await self.app.host.first(
+                "trackrelay_check_recipient", transaction=txn, recipient=address)
+        except Exception as exc:
+            SMTP_RECIPIENTS.labels("tempfail").inc()
+            return self._hook_failed("trackrelay_check_recipient", exc)
+        if refusal is not None:
+            SMTP_RECIPIENTS.labels("refused_local").inc()
+            self.log.info("recipient_refused_by_plugin", recipient=address,
+                          reply=str(refusal))
+            return str(refusal)
+        try:
+            reply = await self.conn.rcpt(address, [], envelope.smtp_utf8)
+        except UpstreamUnavailable as exc:
+            SMTP_RECIPIENTS.labels("tempfail").inc()
+            self.conn.close()
+            self.conn = None
+            self.log.warning("upstream_lost_at_rcpt", reply=str(exc.reply))
+            return str(exc.reply)
+        if not reply.ok:
+            SMTP_RECIPIENTS.labels("refused_upstream").inc()
+            txn.extra.setdefault("refused", {})[address] = reply
+            self.log.info("recipient_refused_upstream", recipient=address, reply=str(reply))
+            return str(reply)
+        SMTP_RECIPIENTS.labels("accepted").inc()
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        txn.rcpt_tos.append(address)
+        return str(reply)
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        txn = self.txn
+        if txn is None or self.conn is None:
+            SMTP_TRANSACTIONS.labels("tempfail").inc()
+            self._end_transaction()
+            return str(NO_UPSTREAM)
+        raw = envelope.original_content or b""
+        # Shielded: once the message is on its way upstream, a client that hangs up
+        # must not leave it half-sent; the outcome is still recorded.
+        return await asyncio.shield(self._deliver(txn, raw))
+
+    async def _deliver(self, txn: Transaction, raw: bytes) -> str:
+        conn = self.conn
+        assert conn is not None
+        self.delivering = True
+        try:
+            try:
+                data, modified = await prepare_message(self.app, txn, raw)
+            except PluginFailure:
+                SMTP_TRANSACTIONS.labels("tempfail").inc()
+                await self._reset_upstream()
+                return str(PLUGIN_TEMPFAIL)
+            started = time.perf_counter()
+            try:
+                reply = await conn.data(data)
+            except UpstreamUnavailable as exc:
+                conn.close()
+                self.conn = None
+                SMTP_TRANSACTIONS.labels("tempfail").inc()
+                self.log.warning("upstream_lost_at_data", reply=str(exc.reply))
+                return str(exc.reply)
+            UPSTREAM_SECONDS.observe(time.perf_counter() - started)
+            queue_id = queue_id_of(reply) if reply.ok else None
+            if queue_id:
+                structlog.contextvars.bind_contextvars(queue_id=queue_id)
+            if reply.ok:
+                SMTP_TRANSACTIONS.labels("delivered").inc()
+            else:
+                SMTP_TRANSACTIONS.labels("tempfail" if reply.code < 500 else "refused").inc()
+            self.log.info("data_done", reply=str(reply), size=len(data), modified=modified,
+                          recipients=len(txn.rcpt_tos))
+            self._release(True)
+            outcome = Outcome(
+                reply=reply, accepted=list(txn.rcpt_tos),
+                refused=dict(txn.extra.get("refused", {})), message=data,
+                modified=modified, queue_id=queue_id,
+            )
+            self.relay.after_delivery(txn, outcome)
+            return str(reply)
+        finally:
+            self.delivering = False
+            self._end_transaction()
+
+    async def handle_RSET(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self.txn is not None:
+            await self._reset_upstream()
+            self._end_transaction()
+        return "250 2.0.0 OK"
+
+    async def handle_QUIT(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self.txn is not None:
+            await self._reset_upstream()
+            self._end_transaction()
+        return "221 2.0.0 Bye"
+
+    def _hook_failed(self, hook: str, exc: Exception) -> str:
+        PLUGIN_ERRORS.labels(hook).inc()
+        self.log.error("plugin_failed", hook=hook, error=f"{type(exc).__name__}: {exc}",
+                       exc_info=True)
+        return str(Reply(451, "4.3.0", "Temporary local problem, try again later"))
+
+
+class Relay:
+    """The SMTP listeners, the upstream pool and the sessions in flight."""
+
+    def __init__(self, app: App, upstream: Upstream | None = None) -> None:
+        self.app = app
+        self.config = app.config
+        rc = self.config.relay
+        self.upstream = upstream or make_upstream(self.config.upstream, rc.hostname)
+        self.networks = [ipaddress.ip_network(n, strict=False) for n in rc.allowed_networks]
+        self.authenticator = UsersFileAuthenticator(rc.users_file) if rc.users_file else None
+        self.tls_context: ssl.SSLContext | None = None
+        if rc.tls_cert:
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ctx.load_cert_chain(rc.tls_cert, rc.tls_key)
+            self.tls_context = ctx
+        self.servers: list[asyncio.Server] = []
+        self.sessions: set[RelaySession] = set()
+        self.closing = False
+        self._background: set[asyncio.Task[None]] = set()
+        self.addresses: list[tuple[str, int]] = []
+        self.tls_addresses: list[tuple[str, int]] = []
+
+    def allowed(self, ip: str) -> bool:
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+            addr = addr.ipv4_mapped
+        return any(addr in net for net in self.networks)
+
+    def _factory(self, implicit_tls: bool) -> RelaySMTP:
+        rc = self.config.relay
+        session = RelaySession(self)
+        self.sessions.add(session)
+        SMTP_SESSIONS.inc()
+        proto = RelaySMTP(
+            session,
+            data_size_limit=rc.max_message_size,
+            enable_SMTPUTF8=rc.smtputf8,
+            decode_data=False,
+            hostname=rc.hostname,
+            ident="trackrelay",
+            tls_context=None if implicit_tls else self.tls_context,
+            require_starttls=rc.require_tls and not implicit_tls,
+            timeout=rc.client_timeout,
+            authenticator=self.authenticator,
+            auth_required=rc.auth_required,
+            auth_require_tls=True,
+            proxy_protocol_timeout=rc.proxy_protocol_timeout if rc.proxy_protocol else None,
+        )
+        session.protocol = proto
+        return proto
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        rc = self.config.relay
+        for addr in rc.listen:
+            host, port = parse_hostport(addr, "relay.listen")
+            server = await loop.create_server(lambda: self._factory(False), host, port)
+            self.servers.append(server)
+            self.addresses.append(server.sockets[0].getsockname()[:2])
+        for addr in rc.listen_tls:
+            host, port = parse_hostport(addr, "relay.listen_tls")
+            server = await loop.create_server(lambda: self._factory(True), host, port,
+                                              ssl=self.tls_context)
+            self.servers.append(server)
+            self.tls_addresses.append(server.sockets[0].getsockname()[:2])
+        log.info("smtp_listening", plain=[f"{h}:{p}" for h, p in self.addresses],
+                 implicit_tls=[f"{h}:{p}" for h, p in self.tls_addresses],
+                 upstream=("capture:" + self.config.upstream.capture_dir
+                           if self.config.upstream.mode == "capture"
+                           else f"{self.config.upstream.host}:{self.config.upstream.port}"))
+
+    def after_delivery(self, txn: Transaction, outcome: Outcome) -> None:
+        """Run ``trackrelay_delivered`` after the client has its answer."""
+        if not self.app.host.implements("trackrelay_delivered"):
+            return
+        task = asyncio.get_running_loop().create_task(self._delivered(txn, outcome))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _delivered(self, txn: Transaction, outcome: Outcome) -> None:
+        try:
+            await self.app.host.call("trackrelay_delivered", transaction=txn, outcome=outcome)
+        except Exception as exc:
+            PLUGIN_ERRORS.labels("trackrelay_delivered").inc()
+            log.error("plugin_failed", hook="trackrelay_delivered", txn=txn.id,
+                      error=f"{type(exc).__name__}: {exc}", exc_info=True)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting, let transactions in flight finish (bounded), then close."""
+        grace = self.config.relay.shutdown_grace if grace is None else grace
+        self.closing = True
+        for server in self.servers:
+            server.close()
+        deadline = time.monotonic() + grace
+        while any(s.busy for s in self.sessions) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        unfinished = sum(1 for s in self.sessions if s.busy)
+        if unfinished:
+            log.warning("shutdown_grace_expired", transactions_aborted=unfinished)
+        for session in list(self.sessions):
+            proto = session.protocol
+            if proto is not None and proto.transport is not None:
+                with contextlib.suppress(Exception):
+                    proto.transport.write(f"{SHUTTING_DOWN}\r\n".encode())
+                proto.transport.close()
+        for server in self.servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 2)
+        if self._background:
+            await asyncio.wait(list(self._background), timeout=max(1.0, grace))
+        await self.upstream.close()
+        log.info("smtp_stopped")
+
+
+__all__ = ["Relay", "RelaySMTP", "RelaySession", "SmtpUpstream"]

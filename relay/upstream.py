@@ -1,0 +1,291 @@
+"""The upstream side: a pool of reusable SMTP connections, and the local capture folder.
+
+Connections are reused across transactions (as Postfix's connection cache does): opening
+one per message costs about a third of the relay's throughput. A pooled connection may
+have been dropped by the server while idle, so the first command of a transaction on a
+reused connection is retried once on a fresh one; nothing else is ever retried, so no
+message can be sent twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import ssl
+import time
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import aiosmtplib
+
+from relay.config import UpstreamConfig
+from relay.logs import get_logger
+from relay.metrics import UPSTREAM_CONNECTIONS
+from relay.records import Reply
+
+log = get_logger("relay.upstream")
+
+UNREACHABLE = Reply(451, "4.4.1", "Upstream server unreachable, try again later")
+TIMEOUT = Reply(451, "4.4.2", "Upstream server timed out, try again later")
+LOST = Reply(451, "4.4.2", "Upstream connection lost, try again later")
+
+
+class UpstreamUnavailable(Exception):
+    """The upstream cannot be reached or dropped us: the client gets a 4xx and retries."""
+
+    def __init__(self, reply: Reply) -> None:
+        super().__init__(str(reply))
+        self.reply = reply
+
+
+def _reply(code: int, message: str) -> Reply:
+    return Reply.parse(code, message)
+
+
+class Connection(ABC):
+    """One upstream session able to carry successive transactions."""
+
+    reused: bool = False
+
+    @abstractmethod
+    async def mail(self, sender: str, options: list[str], utf8: bool) -> Reply: ...
+
+    @abstractmethod
+    async def rcpt(self, recipient: str, options: list[str], utf8: bool) -> Reply: ...
+
+    @abstractmethod
+    async def data(self, message: bytes) -> Reply: ...
+
+    @abstractmethod
+    async def rset(self) -> bool:
+        """Reset the transaction; False if the connection is no longer usable."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    @abstractmethod
+    def supports(self, extension: str) -> bool: ...
+
+
+class Upstream(ABC):
+    @abstractmethod
+    async def acquire(self) -> Connection: ...
+
+    @abstractmethod
+    def release(self, conn: Connection, reusable: bool) -> None: ...
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+
+# --- SMTP ---------------------------------------------------------------------------------
+
+
+class SmtpConnection(Connection):
+    def __init__(self, client: aiosmtplib.SMTP, cfg: UpstreamConfig) -> None:
+        self.client = client
+        self.cfg = cfg
+        self.last_used = time.monotonic()
+
+    def supports(self, extension: str) -> bool:
+        return self.client.supports_extension(extension)
+
+    async def mail(self, sender: str, options: list[str], utf8: bool) -> Reply:
+        try:
+            resp = await self.client.mail(
+                sender, options=options, encoding="utf-8" if utf8 else "ascii",
+                timeout=self.cfg.command_timeout,
+            )
+        except aiosmtplib.SMTPResponseException as exc:
+            return _reply(exc.code, exc.message)
+        except aiosmtplib.SMTPTimeoutError:
+            raise UpstreamUnavailable(TIMEOUT) from None
+        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPConnectError, OSError):
+            raise UpstreamUnavailable(LOST) from None
+        return _reply(resp.code, resp.message)
+
+    async def rcpt(self, recipient: str, options: list[str], utf8: bool) -> Reply:
+        try:
+            resp = await self.client.rcpt(
+                recipient, options=options, encoding="utf-8" if utf8 else "ascii",
+                timeout=self.cfg.command_timeout,
+            )
+        except aiosmtplib.SMTPResponseException as exc:
+            return _reply(exc.code, exc.message)
+        except aiosmtplib.SMTPTimeoutError:
+            raise UpstreamUnavailable(TIMEOUT) from None
+        except (aiosmtplib.SMTPServerDisconnected, OSError):
+            raise UpstreamUnavailable(LOST) from None
+        return _reply(resp.code, resp.message)
+
+    async def data(self, message: bytes) -> Reply:
+        try:
+            resp = await self.client.data(message, timeout=self.cfg.data_timeout)
+        except aiosmtplib.SMTPResponseException as exc:
+            return _reply(exc.code, exc.message)
+        except aiosmtplib.SMTPTimeoutError:
+            raise UpstreamUnavailable(TIMEOUT) from None
+        except (aiosmtplib.SMTPServerDisconnected, OSError):
+            raise UpstreamUnavailable(LOST) from None
+        finally:
+            self.last_used = time.monotonic()
+        return _reply(resp.code, resp.message)
+
+    async def rset(self) -> bool:
+        if not self.client.is_connected:
+            return False
+        try:
+            await self.client.rset(timeout=self.cfg.command_timeout)
+        except (aiosmtplib.SMTPException, OSError):
+            return False
+        return True
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.client.close()
+
+
+class SmtpUpstream(Upstream):
+    """Connections to one upstream server, kept idle for reuse up to ``pool_size``."""
+
+    def __init__(self, cfg: UpstreamConfig, local_hostname: str) -> None:
+        self.cfg = cfg
+        self.local_hostname = cfg.helo_name or local_hostname
+        self._idle: list[SmtpConnection] = []
+        self._password = cfg.password
+        if cfg.password_file:
+            self._password = Path(cfg.password_file).read_text().strip()
+        self._tls_context: ssl.SSLContext | None = None
+        if cfg.tls != "none":
+            ctx = ssl.create_default_context(cafile=cfg.ca_file or None)
+            if not cfg.tls_verify:
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+            self._tls_context = ctx
+
+    async def _connect(self) -> SmtpConnection:
+        cfg = self.cfg
+        client = aiosmtplib.SMTP(
+            hostname=cfg.host,
+            port=cfg.port,
+            local_hostname=self.local_hostname,
+            timeout=cfg.connect_timeout,
+            use_tls=cfg.tls == "implicit",
+            start_tls={"starttls": True, "starttls-optional": None}.get(cfg.tls, False),
+            tls_context=self._tls_context,
+            username=cfg.username or None,
+            password=self._password or None,
+        )
+        try:
+            await client.connect()
+        except aiosmtplib.SMTPTimeoutError:
+            UPSTREAM_CONNECTIONS.labels("failed").inc()
+            log.warning("upstream_connect_timeout", host=cfg.host, port=cfg.port)
+            raise UpstreamUnavailable(TIMEOUT) from None
+        except aiosmtplib.SMTPAuthenticationError as exc:
+            UPSTREAM_CONNECTIONS.labels("failed").inc()
+            client.close()
+            log.error("upstream_auth_failed", host=cfg.host, code=exc.code)
+            raise UpstreamUnavailable(
+                Reply(451, "4.7.0", "Upstream refused the relay's login, try again later")
+            ) from None
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            UPSTREAM_CONNECTIONS.labels("failed").inc()
+            client.close()
+            log.warning("upstream_unreachable", host=cfg.host, port=cfg.port, error=str(exc))
+            raise UpstreamUnavailable(UNREACHABLE) from None
+        UPSTREAM_CONNECTIONS.labels("ok").inc()
+        return SmtpConnection(client, cfg)
+
+    async def acquire(self) -> Connection:
+        now = time.monotonic()
+        while self._idle:
+            conn = self._idle.pop()
+            if now - conn.last_used < self.cfg.pool_idle_timeout and conn.client.is_connected:
+                conn.reused = True
+                return conn
+            conn.close()
+        conn = await self._connect()
+        conn.reused = False
+        return conn
+
+    async def fresh(self) -> Connection:
+        return await self._connect()
+
+    def release(self, conn: Connection, reusable: bool) -> None:
+        assert isinstance(conn, SmtpConnection)
+        conn.last_used = time.monotonic()
+        if reusable and conn.client.is_connected and len(self._idle) < self.cfg.pool_size:
+            self._idle.append(conn)
+        else:
+            conn.close()
+
+    async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.client.quit(), 2)
+            conn.close()
+
+
+# --- local capture -------------------------------------------------------------------------
+
+
+class CaptureConnection(Connection):
+    """Accepts everything and writes each message to ``<dir>/<time>-<n>.eml``."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._seq = 0
+
+    def supports(self, extension: str) -> bool:
+        return extension.lower() in ("8bitmime", "smtputf8", "size")
+
+    async def mail(self, sender: str, options: list[str], utf8: bool) -> Reply:
+        return Reply(250, "2.1.0", "Sender OK")
+
+    async def rcpt(self, recipient: str, options: list[str], utf8: bool) -> Reply:
+        return Reply(250, "2.1.5", "Recipient OK")
+
+    async def data(self, message: bytes) -> Reply:
+        self._seq += 1
+        name = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{id(self):x}-{self._seq}.eml"
+        tmp = self.directory / (name + ".tmp")
+        await asyncio.to_thread(self._write, tmp, self.directory / name, message)
+        return Reply(250, "2.0.0", f"Captured as {name}")
+
+    @staticmethod
+    def _write(tmp: Path, final: Path, message: bytes) -> None:
+        with open(tmp, "wb") as fh:
+            fh.write(message)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+
+    async def rset(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+class CaptureUpstream(Upstream):
+    def __init__(self, directory: str) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    async def acquire(self) -> Connection:
+        return CaptureConnection(self.directory)
+
+    def release(self, conn: Connection, reusable: bool) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+def make_upstream(cfg: UpstreamConfig, local_hostname: str) -> Upstream:
+    if cfg.mode == "capture":
+        return CaptureUpstream(cfg.capture_dir)
+    return SmtpUpstream(cfg, local_hostname)

@@ -1,0 +1,155 @@
+"""Shared fixtures: a real upstream SMTP server (aiosmtpd) and a real relay in the test's loop.
+
+``sink`` records every message it accepts and can be told to refuse recipients, answer
+DATA with an error, or hang up mid-DATA. ``make_relay(**sections)`` starts a Relay on
+127.0.0.1 with a free port, pointed at the sink, and stops it after the test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from relay.app import App
+from relay.config import build_config
+from relay.plugin_host import PluginHost
+from relay.smtp_server import Relay
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+    mail_options: list[str]
+
+
+@dataclass
+class SinkBehaviour:
+    refuse_rcpt: dict[str, str] = field(default_factory=dict)  # address -> full reply line
+    refuse_mail: str | None = None
+    data_reply: str | None = None
+    hang_up_on_data: bool = False
+    delay_data: float = 0.0
+
+
+class SinkHandler:
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
+
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, options: list[str]) -> str:
+        b = self.sink.behaviour
+        if b.refuse_mail:
+            return b.refuse_mail
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 2.1.0 Ok"
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, options: list[str]) -> str:
+        reply = self.sink.behaviour.refuse_rcpt.get(address)
+        if reply:
+            return reply
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 Ok"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        b = self.sink.behaviour
+        if b.hang_up_on_data:
+            assert server.transport is not None
+            server.transport.abort()
+            return "451 gone"
+        if b.delay_data:
+            await asyncio.sleep(b.delay_data)
+        if b.data_reply:
+            return b.data_reply
+        self.sink.received.append(Received(
+            envelope.mail_from or "", list(envelope.rcpt_tos),
+            bytes(envelope.original_content or b""), list(envelope.mail_options)))
+        self.sink.count += 1
+        return f"250 2.0.0 Ok: queued as Q{self.sink.count:05d}"
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.received: list[Received] = []
+        self.behaviour = SinkBehaviour()
+        self.count = 0
+        self.connections = 0
+        self.server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self, smtputf8: bool = True) -> None:
+        loop = asyncio.get_running_loop()
+
+        def factory() -> SMTP:
+            self.connections += 1
+            return SMTP(SinkHandler(self), enable_SMTPUTF8=smtputf8, hostname="sink.test",
+                        data_size_limit=None)
+
+        self.server = await loop.create_server(factory, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+
+
+@pytest.fixture
+async def sink() -> AsyncIterator[Sink]:
+    s = Sink()
+    await s.start()
+    yield s
+    await s.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+MakeRelay = Callable[..., Awaitable[Relay]]
+
+
+@pytest.fixture
+async def make_relay(sink: Sink, tmp_path: Any) -> AsyncIterator[MakeRelay]:
+    started: list[Relay] = []
+
+    async def _make(plugins: list[object] | None = None, load_entry_points: bool = False,
+                    **sections: dict[str, Any]) -> Relay:
+        data: dict[str, Any] = {
+            "relay": {"listen": ["127.0.0.1:0"], "hostname": "relay.test",
+                      "shutdown_grace": 2.0},
+            "upstream": {"host": "127.0.0.1", "port": sink.port, "tls": "none"},
+            "store": {"url": f"sqlite:///{tmp_path}/store.db"},
+        }
+        for name, values in sections.items():
+            data.setdefault(name, {}).update(values)
+        config = build_config(data, environ={})
+        host = PluginHost(config, load_entry_points=load_entry_points)
+        for i, plugin in enumerate(plugins or []):
+            host.register(plugin, name=f"test-plugin-{i}")
+        app = App(config, host)
+        await app.start()
+        relay = Relay(app)
+        await relay.start()
+        started.append(relay)
+        return relay
+
+    yield _make
+    for relay in started:
+        await relay.stop(grace=1.0)
+        await relay.app.stop()
+
+
+def relay_port(relay: Relay) -> int:
+    return relay.addresses[0][1]

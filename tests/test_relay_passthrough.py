@@ -1,0 +1,271 @@
+"""Pass-through semantics with real SMTP clients and a real upstream (issue 2)."""
+
+from __future__ import annotations
+
+import asyncio
+import smtplib
+from email.message import EmailMessage
+
+import aiosmtplib
+import pytest
+
+from relay import hookimpl
+from relay.records import Reply
+from tests.conftest import MakeRelay, Sink, relay_port
+
+RAW = (
+    b"From: Alice <alice@example.com>\r\n"
+    b"To: bob@example.org\r\n"
+    b"Subject: fidelity\r\n"
+    b"Message-ID: <m1@example.com>\r\n"
+    b"MIME-Version: 1.0\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Transfer-Encoding: 8bit\r\n"
+    b"\r\n"
+    b"caf\xc3\xa9\r\n"
+    b".a line starting with a dot\r\n"
+    b"..two dots\r\n"
+    b"trailing spaces   \r\n"
+    b"\ttab\r\n"
+)
+
+
+async def send_raw(port: int, sender: str, rcpts: list[str], data: bytes) -> tuple[
+        dict[str, aiosmtplib.SMTPResponse], str]:
+    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False)
+    await client.connect()
+    try:
+        return await client.sendmail(sender, rcpts, data)
+    finally:
+        await client.quit()
+
+
+async def test_delivers_byte_for_byte(make_relay: MakeRelay, sink: Sink) -> None:
+    relay = await make_relay()
+    errors, reply = await send_raw(relay_port(relay), "alice@example.com",
+                                   ["bob@example.org"], RAW)
+    assert errors == {}
+    assert "queued as Q00001" in reply
+    assert len(sink.received) == 1
+    got = sink.received[0]
+    assert got.data == RAW
+    assert got.mail_from == "alice@example.com"
+    assert got.rcpt_tos == ["bob@example.org"]
+
+
+async def test_smtplib_client_in_thread(make_relay: MakeRelay, sink: Sink) -> None:
+    relay = await make_relay()
+    msg = EmailMessage()
+    msg["From"] = "alice@example.com"
+    msg["To"] = "bob@example.org"
+    msg["Subject"] = "hi"
+    msg.set_content("hello\n")
+
+    def send() -> dict[str, tuple[int, bytes]]:
+        with smtplib.SMTP("127.0.0.1", relay_port(relay), timeout=10) as s:
+            return s.send_message(msg)
+
+    refused = await asyncio.to_thread(send)
+    assert refused == {}
+    assert sink.received[0].data.endswith(b"hello\r\n")
+
+
+async def test_upstream_refuses_one_recipient(make_relay: MakeRelay, sink: Sink) -> None:
+    sink.behaviour.refuse_rcpt["nobody@example.org"] = "550 5.1.1 No such user here"
+    relay = await make_relay()
+    errors, _ = await send_raw(relay_port(relay), "alice@example.com",
+                               ["bob@example.org", "nobody@example.org"], RAW)
+    # The refusal reaches the client at RCPT time, with the upstream's code and status.
+    assert errors["nobody@example.org"].code == 550
+    assert errors["nobody@example.org"].message.startswith("5.1.1 No such user here")
+    assert sink.received[0].rcpt_tos == ["bob@example.org"]
+
+
+async def test_upstream_452_is_temporary_for_client(make_relay: MakeRelay, sink: Sink) -> None:
+    sink.behaviour.refuse_rcpt["bob@example.org"] = "452 4.2.2 Mailbox full, try later"
+    relay = await make_relay()
+    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=relay_port(relay))
+    await client.connect()
+    await client.mail("alice@example.com")
+    with pytest.raises(aiosmtplib.SMTPRecipientRefused) as info:
+        await client.rcpt("bob@example.org")
+    assert info.value.code == 452
+    assert "4.2.2" in info.value.message
+    await client.quit()
+    assert sink.received == []
+
+
+async def test_upstream_data_refusal_passed_through(make_relay: MakeRelay, sink: Sink) -> None:
+    sink.behaviour.data_reply = "554 5.7.1 Message rejected as spam"
+    relay = await make_relay()
+    with pytest.raises(aiosmtplib.SMTPDataError) as info:
+        await send_raw(relay_port(relay), "alice@example.com", ["bob@example.org"], RAW)
+    assert info.value.code == 554
+    assert info.value.message.startswith("5.7.1 Message rejected as spam")
+
+
+async def test_upstream_down_gives_4xx(make_relay: MakeRelay, sink: Sink) -> None:
+    relay = await make_relay()
+    await sink.stop()
+    await asyncio.sleep(0.05)
+    with pytest.raises(aiosmtplib.SMTPSenderRefused) as info:
+        await send_raw(relay_port(relay), "alice@example.com", ["bob@example.org"], RAW)
+    assert info.value.code == 451
+    assert "4.4.1" in info.value.message
+
+
+async def test_upstream_hangs_up_mid_data(make_relay: MakeRelay, sink: Sink) -> None:
+    sink.behaviour.hang_up_on_data = True
+    relay = await make_relay()
+    with pytest.raises(aiosmtplib.SMTPDataError) as info:
+        await send_raw(relay_port(relay), "alice@example.com", ["bob@example.org"], RAW)
+    assert info.value.code == 451
+    assert sink.received == []
+    # The relay is still healthy: the next message goes through on a fresh connection.
+    sink.behaviour.hang_up_on_data = False
+    errors, _ = await send_raw(relay_port(relay), "alice@example.com", ["bob@example.org"], RAW)
+    assert errors == {} and len(sink.received) == 1
+
+
+async def test_upstream_timeout_gives_4xx(make_relay: MakeRelay, sink: Sink) -> None:
+    sink.behaviour.delay_data = 3.0
+    relay = await make_relay(upstream={"data_timeout": 0.5})
+    with pytest.raises(aiosmtplib.SMTPDataError) as info:
+        await send_raw(relay_port(relay), "alice@example.com", ["bob@example.org"], RAW)
+    assert info.value.code == 451
+    assert "4.4.2" in info.value.message
+
+
+async def test_connections_are_reused(make_relay: MakeRelay, sink: Sink) -> None:
+    relay = await make_relay()
+    port = relay_port(relay)
+    for _ in range(5):
+        await send_raw(port, "alice@example.com", ["bob@example.org"], RAW)
+    assert len(sink.received) == 5
+    assert sink.connections == 1
+
+
+async def test_stale_pooled_connection_is_replaced(make_relay: MakeRelay, sink: Sink) -> None:
+    relay = await make_relay()
+    port = relay_port(relay)
+    await send_raw(port, "alice@example.com", ["bob@example.org"], RAW)
+    # The upstream restarts: every pooled connection is now dead.
+    old_port = sink.port
+    await sink.stop()
+    await asyncio.sleep(0.05)
+    loop = asyncio.get_running_loop()
+    from tests.conftest import SinkHandler
+    from aiosmtpd.smtp import SMTP
+
+    sink.server = await loop.create_server(lambda: SMTP(SinkHandler(sink)), "127.0.0.1",
+                                           old_port)
+    for conn in list(relay.upstream._idle):  # type: ignore[attr-defined]
+        conn.client.transport.abort()
+    await asyncio.sleep(0.05)
+    errors, _ = await send_raw(port, "alice@example.com", ["bob@example.org"], RAW)
+    assert errors == {} and len(sink.received) == 2
+
+
+async def test_too_many_recipients(make_relay: MakeRelay, sink: Sink) -> None:
+    relay = await make_relay(relay={"max_recipients": 2})
+    errors, _ = await send_raw(relay_port(relay), "alice@example.com",
+                               ["a@x.org", "b@x.org", "c@x.org"], RAW)
+    assert errors["c@x.org"].code == 452
+    assert "4.5.3" in errors["c@x.org"].message
+    assert sink.received[0].rcpt_tos == ["a@x.org", "b@x.org"]
+
+
+async def test_size_limit_advertised_and_enforced(make_relay: MakeRelay, sink: Sink) -> None:
+    relay = await make_relay(relay={"max_message_size": 2000})
+    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=relay_port(relay))
+    await client.connect()
+    assert client.esmtp_extensions["size"] == "2000"
+    with pytest.raises(aiosmtplib.SMTPSenderRefused) as info:
+        await client.mail("alice@example.com", options=["SIZE=5000"])
+    assert info.value.code == 552 and "5.3.4" in info.value.message
+    await client.rset()
+    await client.mail("alice@example.com")
+    await client.rcpt("bob@example.org")
+    with pytest.raises(aiosmtplib.SMTPDataError) as dinfo:
+        await client.data(b"Subject: big\r\n\r\n" + b"x" * 70 + b"\r\n" * 0 + (b"y" * 76 + b"\r\n") * 40)
+    assert dinfo.value.code == 552 and "5.3.4" in dinfo.value.message
+    await client.quit()
+    assert sink.received == []
+
+
+async def test_plugin_refuses_recipient_and_sender(make_relay: MakeRelay, sink: Sink) -> None:
+    class Policy:
+        @hookimpl
+        def trackrelay_check_recipient(self, transaction: object, recipient: str) -> Reply | None:
+            if recipient.endswith("@blocked.example"):
+                return Reply(550, "5.7.1", "Recipient blocked by policy")
+            return None
+
+        @hookimpl
+        async def trackrelay_check_sender(self, transaction: object, sender: str) -> Reply | None:
+            await asyncio.sleep(0)
+            if sender == "spammer@example.com":
+                return Reply(553, "5.7.1", "Sender not allowed")
+            return None
+
+    relay = await make_relay(plugins=[Policy()])
+    errors, _ = await send_raw(relay_port(relay), "alice@example.com",
+                               ["bob@example.org", "eve@blocked.example"], RAW)
+    assert errors["eve@blocked.example"].code == 550
+    assert sink.received[0].rcpt_tos == ["bob@example.org"]
+    with pytest.raises(aiosmtplib.SMTPSenderRefused) as info:
+        await send_raw(relay_port(relay), "spammer@example.com", ["bob@example.org"], RAW)
+    assert info.value.code == 553
+    assert len(sink.received) == 1
+
+
+async def test_plugin_that_raises_forwards_original(make_relay: MakeRelay, sink: Sink) -> None:
+    class Broken:
+        @hookimpl
+        def trackrelay_transform_message(self, transaction: object, message: object) -> None:
+            message.add_header("X-Half-Done", "yes")  # type: ignore[attr-defined]
+            raise RuntimeError("plugin bug")
+
+    relay = await make_relay(plugins=[Broken()])
+    errors, _ = await send_raw(relay_port(relay), "alice@example.com", ["bob@example.org"], RAW)
+    assert errors == {}
+    assert sink.received[0].data == RAW
+
+
+async def test_plugin_that_raises_tempfails_when_configured(make_relay: MakeRelay,
+                                                             sink: Sink) -> None:
+    class Broken:
+        @hookimpl
+        async def trackrelay_transform_message(self, transaction: object,
+                                               message: object) -> None:
+            raise ValueError("plugin bug")
+
+    relay = await make_relay(plugins=[Broken()], relay={"on_plugin_error": "tempfail"})
+    with pytest.raises(aiosmtplib.SMTPDataError) as info:
+        await send_raw(relay_port(relay), "alice@example.com", ["bob@example.org"], RAW)
+    assert info.value.code == 451
+    assert sink.received == []
+
+
+async def test_transform_and_delivered_hooks(make_relay: MakeRelay, sink: Sink) -> None:
+    seen: list[tuple[str, int, list[str]]] = []
+    done = asyncio.Event()
+
+    class Stamp:
+        @hookimpl
+        def trackrelay_transform_message(self, transaction: object, message: object) -> None:
+            message.add_header("X-Stamped", "1")  # type: ignore[attr-defined]
+
+        @hookimpl
+        async def trackrelay_delivered(self, transaction: object, outcome: object) -> None:
+            seen.append((outcome.queue_id, outcome.reply.code,  # type: ignore[attr-defined]
+                         outcome.accepted))  # type: ignore[attr-defined]
+            done.set()
+
+    relay = await make_relay(plugins=[Stamp()])
+    await send_raw(relay_port(relay), "alice@example.com", ["bob@example.org"], RAW)
+    await asyncio.wait_for(done.wait(), 5)
+    head, _, body = sink.received[0].data.partition(b"\r\n\r\n")
+    assert head.endswith(b"X-Stamped: 1")
+    assert RAW.partition(b"\r\n\r\n")[2] == body
+    assert seen == [("Q00001", 250, ["bob@example.org"])]
