@@ -63,7 +63,20 @@ def queue_id_of(reply: Reply) -> str | None:
 
 
 class RelaySMTP(SMTP):
-    """aiosmtpd's protocol with enhanced status codes and a hook for lost connections."""
+    """aiosmtpd's protocol with enhanced status codes, implicit TLS and lost-connection news."""
+
+    implicit_tls = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if self.implicit_tls and self._tls_protocol is None and self.session is not None:
+            # aiosmtpd only knows TLS it negotiated itself (STARTTLS); on an implicit-TLS
+            # listener the socket is encrypted from the first byte, so AUTH may be offered.
+            self.session.ssl = {
+                name: transport.get_extra_info(name)
+                for name in ("sslcontext", "peercert", "cipher", "ssl_object")
+            }
+            self._tls_protocol = transport  # type: ignore[assignment]
 
     async def push(self, status: Any) -> None:
         if isinstance(status, str):
@@ -384,6 +397,7 @@ class Relay:
             auth_require_tls=True,
             proxy_protocol_timeout=rc.proxy_protocol_timeout if rc.proxy_protocol else None,
         )
+        proto.implicit_tls = implicit_tls
         session.protocol = proto
         return proto
 

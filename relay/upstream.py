@@ -179,6 +179,8 @@ class SmtpUpstream(Upstream):
         )
         try:
             await client.connect()
+            if client.is_ehlo_or_helo_needed:
+                await client.ehlo()  # so the pool knows the server's extensions
         except aiosmtplib.SMTPTimeoutError:
             UPSTREAM_CONNECTIONS.labels("failed").inc()
             log.warning("upstream_connect_timeout", host=cfg.host, port=cfg.port)

@@ -179,6 +179,7 @@ async def test_size_limit_advertised_and_enforced(make_relay: MakeRelay, sink: S
     relay = await make_relay(relay={"max_message_size": 2000})
     client = aiosmtplib.SMTP(hostname="127.0.0.1", port=relay_port(relay))
     await client.connect()
+    await client.ehlo()
     assert client.esmtp_extensions["size"] == "2000"
     with pytest.raises(aiosmtplib.SMTPSenderRefused) as info:
         await client.mail("alice@example.com", options=["SIZE=5000"])

@@ -1,0 +1,156 @@
+"""The relay with outside tools: swaks as the client, Postfix's smtp-sink as the upstream,
+and the real ``trackrelay`` command (config errors, capture upstream, SIGTERM)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+import aiosmtplib
+import pytest
+
+from tests.conftest import MakeRelay, Sink, free_port, relay_port
+
+
+async def run(*cmd: str, timeout: float = 60, stdin: bytes | None = None) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
+
+
+async def test_swaks_through_relay(make_relay: MakeRelay, sink: Sink) -> None:
+    relay = await make_relay()
+    code, out, _ = await run(
+        "swaks", "--server", f"127.0.0.1:{relay_port(relay)}", "--from", "a@example.com",
+        "--to", "b@example.org", "--h-Subject", "from swaks", "--body", "swaks body")
+    assert code == 0, out
+    assert "queued as Q00001" in out
+    data = sink.received[0].data
+    assert b"Subject: from swaks" in data and b"swaks body" in data
+
+
+async def test_smtp_sink_as_upstream(make_relay: MakeRelay, tmp_path: Path) -> None:
+    # smtp-sink drops root to "nobody", who cannot enter pytest's private tmp_path.
+    dump = Path(tempfile.mkdtemp(prefix="trackrelay-sink-", dir="/tmp"))
+    dump.chmod(0o777)
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        "smtp-sink", "-u", "nobody", "-d", f"{dump}/%H%M%S.", f"127.0.0.1:{port}", "50")
+    try:
+        for _ in range(50):
+            try:
+                _, w = await asyncio.open_connection("127.0.0.1", port)
+                w.close()
+                break
+            except OSError:
+                await asyncio.sleep(0.1)
+        relay = await make_relay(upstream={"port": port})
+        body = b"From: a@example.com\r\nTo: b@example.org\r\nSubject: sink\r\n\r\nline 1\r\n.dot\r\n"
+        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=relay_port(relay))
+        await client.connect()
+        for _ in range(3):
+            errors, _ = await client.sendmail("a@example.com", ["b@example.org"], body)
+            assert errors == {}
+        await client.quit()
+        await asyncio.sleep(0.3)
+        files = sorted(dump.iterdir())
+        assert len(files) == 3
+        for f in files:
+            text = f.read_bytes()
+            assert b"X-Rcpt-Args: <b@example.org>" in text
+            # smtp-sink prefixes its own headers; the message follows them unchanged.
+            assert text.replace(b"\n", b"\r\n").rstrip(b"\r\n").endswith(body.rstrip(b"\r\n"))
+    finally:
+        proc.terminate()
+        await proc.wait()
+        shutil.rmtree(dump, ignore_errors=True)
+
+
+def trackrelay(*args: str) -> list[str]:
+    return [sys.executable, "-m", "relay.cli", *args]
+
+
+async def test_check_config_names_the_key(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[upstream]\nport = "twenty-five"\n')
+    code, out, err = await run(*trackrelay("check-config", str(bad)))
+    assert code == 2
+    assert "upstream.port: expected an integer" in err
+    assert "Traceback" not in err
+    bad.write_text('[relay]\nallowed_networks = ["10.0.0.0/33"]\n')
+    code, _, err = await run(*trackrelay("check-config", str(bad)))
+    assert code == 2 and "relay.allowed_networks[0]" in err
+    bad.write_text('[relais]\nlisten = []\n')
+    code, _, err = await run(*trackrelay("check-config", str(bad)))
+    assert code == 2 and "relais: unknown section" in err
+    example = Path(__file__).parent.parent / "config" / "trackrelay.example.toml"
+    code, out, err = await run(*trackrelay("check-config", str(example)))
+    assert code == 0, err
+    assert "OK" in out
+
+
+async def test_plugins_command_lists_hooks() -> None:
+    code, out, err = await run(*trackrelay("plugins"))
+    assert code == 0, err
+    # Every loaded plugin is listed with its hooks (built-ins come through entry points).
+    for line in out.splitlines():
+        if line and not line.startswith(" ") and not line.endswith("disabled"):
+            assert ":" in line
+
+
+async def test_serve_capture_and_graceful_sigterm(tmp_path: Path) -> None:
+    port = free_port()
+    capture = tmp_path / "captured"
+    env = dict(os.environ, TRACKRELAY_STORE__URL=f'"sqlite:///{tmp_path}/t.db"')
+    proc = await asyncio.create_subprocess_exec(
+        *trackrelay("serve", "--smtp-listen", f"127.0.0.1:{port}", "--capture-dir",
+                    str(capture), "--no-http"),
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        for _ in range(100):
+            try:
+                _, w = await asyncio.open_connection("127.0.0.1", port)
+                w.close()
+                break
+            except OSError:
+                await asyncio.sleep(0.1)
+        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port)
+        await client.connect()
+        await client.sendmail("a@example.com", ["b@example.org"],
+                              b"Subject: captured\r\n\r\nhello\r\n")
+        # Start a second transaction and leave it in flight while SIGTERM arrives.
+        await client.mail("a@example.com")
+        await client.rcpt("b@example.org")
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.3)
+        # New connections are refused, but the transaction in flight may finish.
+        with pytest.raises(OSError):
+            await asyncio.open_connection("127.0.0.1", port)
+        resp = await client.data(b"Subject: in flight\r\n\r\nlate\r\n")
+        assert resp.code == 250
+        await client.quit()
+        _, err = await asyncio.wait_for(proc.communicate(), 20)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0
+    files = sorted(capture.glob("*.eml"))
+    assert len(files) == 2
+    assert {f.read_bytes() for f in files} == {
+        b"Subject: captured\r\n\r\nhello\r\n", b"Subject: in flight\r\n\r\nlate\r\n"}
+    log_lines = err.decode().splitlines()
+    assert any('"event": "stopped"' in ln for ln in log_lines)
+    # JSON logs off a terminal, every transaction line carries its id and client.
+    data_lines = [ln for ln in log_lines if '"event": "data_done"' in ln]
+    assert len(data_lines) == 2
+    assert all('"txn": "' in ln and '"client": "127.0.0.1"' in ln for ln in data_lines)
+    assert "hello" not in err.decode()  # never message bodies
