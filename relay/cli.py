@@ -10,8 +10,7 @@ import argparse
 import asyncio
 import getpass
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from relay import __version__
 from relay.config import Config, ConfigError, load_config, parse_hostport
@@ -116,16 +115,6 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
         return 2
     print(f"{args.user}:{hash_password(password)}")
     return 0
-
-
-def _optional(module: str, attr: str) -> Callable[..., Any] | None:
-    """Subcommands whose module may be absent in a trimmed install."""
-    import importlib
-
-    try:
-        return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
-    except (ImportError, AttributeError):
-        return None
 
 
 def build_parser() -> argparse.ArgumentParser:

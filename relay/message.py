@@ -46,7 +46,8 @@ class MessageDraft:
         self._had_body = bool(sep)
         self._body = body
         first_eol = raw.find(b"\n")
-        self._newline = b"\n" if first_eol > 0 and raw[first_eol - 1:first_eol] != b"\r" else b"\r\n"
+        bare_lf = first_eol > 0 and raw[first_eol - 1:first_eol] != b"\r"
+        self._newline = b"\n" if bare_lf else b"\r\n"
         if self._headers and not self._headers[-1].endswith(b"\n"):
             self._headers[-1] += self._newline
         self.changed = False

@@ -25,12 +25,16 @@ from relay.app import App
 from relay.auth import UsersFileAuthenticator
 from relay.config import parse_hostport
 from relay.logs import get_logger
-from relay.metrics import PLUGIN_ERRORS, SMTP_RECIPIENTS, SMTP_SESSIONS, SMTP_TRANSACTIONS
-from relay.metrics import UPSTREAM_SECONDS
+from relay.metrics import (
+    PLUGIN_ERRORS,
+    SMTP_RECIPIENTS,
+    SMTP_SESSIONS,
+    SMTP_TRANSACTIONS,
+    UPSTREAM_SECONDS,
+)
 from relay.pipeline import PLUGIN_TEMPFAIL, PluginFailure, prepare_message
 from relay.records import Outcome, Reply, Transaction, new_id
-from relay.upstream import Connection, SmtpUpstream, Upstream, UpstreamUnavailable
-from relay.upstream import make_upstream
+from relay.upstream import Connection, SmtpUpstream, Upstream, UpstreamUnavailable, make_upstream
 
 log = get_logger("relay.smtp")
 
@@ -444,17 +448,20 @@ class Relay:
         for server in self.servers:
             server.close()
         deadline = time.monotonic() + grace
-        while any(s.busy for s in self.sessions) and time.monotonic() < deadline:
+        # Polling is enough here: it runs once per process, for at most `grace` seconds.
+        while any(s.busy for s in self.sessions) and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         unfinished = sum(1 for s in self.sessions if s.busy)
         if unfinished:
             log.warning("shutdown_grace_expired", transactions_aborted=unfinished)
         for session in list(self.sessions):
             proto = session.protocol
-            if proto is not None and proto.transport is not None:
+            transport = proto.transport if proto is not None else None
+            if isinstance(transport, asyncio.WriteTransport):
                 with contextlib.suppress(Exception):
-                    proto.transport.write(f"{SHUTTING_DOWN}\r\n".encode())
-                proto.transport.close()
+                    transport.write(f"{SHUTTING_DOWN}\r\n".encode())
+            if transport is not None:
+                transport.close()
         for server in self.servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 2)

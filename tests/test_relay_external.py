@@ -53,7 +53,8 @@ async def test_smtp_sink_as_upstream(make_relay: MakeRelay, tmp_path: Path) -> N
             except OSError:
                 await asyncio.sleep(0.1)
         relay = await make_relay(upstream={"port": port})
-        body = b"From: a@example.com\r\nTo: b@example.org\r\nSubject: sink\r\n\r\nline 1\r\n.dot\r\n"
+        body = (b"From: a@example.com\r\nTo: b@example.org\r\nSubject: sink\r\n\r\n"
+                b"line 1\r\n.dot\r\n")
         client = aiosmtplib.SMTP(hostname="127.0.0.1", port=relay_port(relay))
         await client.connect()
         for _ in range(3):
