@@ -1,0 +1,83 @@
+"""Config loading: every wrong key, type or value is named; environment overrides apply."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from relay.cli import _overrides, build_parser
+from relay.config import ConfigError, build_config, load_config
+
+EXAMPLE = Path(__file__).parent.parent / "config" / "trackrelay.example.toml"
+
+
+def test_example_config_loads_with_capture_upstream() -> None:
+    config = load_config(EXAMPLE, environ={})
+    assert config.upstream.mode == "capture"
+    assert config.relay.allowed_networks == ["127.0.0.0/8", "::1/128"]
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"upstream": {"port": "25"}}, "upstream.port: expected an integer, got '25'"),
+    ({"upstream": {"tls": "yes"}}, "upstream.tls: expected one of 'none'"),
+    ({"relay": {"listen": "127.0.0.1:25"}}, "relay.listen: expected a list of strings"),
+    ({"relay": {"listen": ["127.0.0.1"]}}, "relay.listen[0]: expected HOST:PORT"),
+    ({"relay": {"listen": ["127.0.0.1:99999"]}}, "relay.listen[0]: port must be"),
+    ({"relay": {"max_recipients": 0}}, "relay.max_recipients: must be positive"),
+    ({"relay": {"allowed_networks": ["nonsense"]}}, "relay.allowed_networks[0]: not a network"),
+    ({"relay": {"listen_tls": ["0.0.0.0:465"]}}, "relay.tls_cert:"),
+    ({"relay": {"users_file": "/nonexistent/users"}}, "relay.users_file: no such file"),
+    ({"relay": {"smtputf8": "true"}}, "relay.smtputf8: expected true or false"),
+    ({"relay": {"colour": 1}}, "relay.colour: unknown key"),
+    ({"nonsense": {}}, "nonsense: unknown section"),
+    ({"store": {"url": "mysql://x"}}, "store.url: must be sqlite"),
+    ({"http": {"base_url": "ftp://x"}}, "http.base_url: must start with http"),
+    ({"upstream": {"password": "x"}}, "upstream.username: a password needs a username"),
+    ({"tracking": {"token_keys": ["1:short"]}}, "tracking.token_keys: key 1 is shorter"),
+    ({"tracking": {"token_keys": ["nokey"]}}, "tracking.token_keys: expected '<id>:<secret>'"),
+])
+def test_errors_name_the_key(data: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        build_config(data, environ={})
+    assert message in str(info.value)
+
+
+def test_environment_overrides_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[upstream]\nhost = "a.example"\nport = 25\n')
+    config = load_config(path, environ={
+        "TRACKRELAY_UPSTREAM__PORT": "587",
+        "TRACKRELAY_UPSTREAM__HOST": "smtp.example.com",
+        "TRACKRELAY_RELAY__LISTEN": '["0.0.0.0:25", "[::]:25"]',
+        "UNRELATED": "x",
+    })
+    assert config.upstream.port == 587
+    assert config.upstream.host == "smtp.example.com"
+    assert config.relay.listen == ["0.0.0.0:25", "[::]:25"]
+    with pytest.raises(ConfigError, match=r"upstream\.port: expected an integer"):
+        load_config(path, environ={"TRACKRELAY_UPSTREAM__PORT": "abc"})
+
+
+def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(tmp_path / "missing.toml", environ={})
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[relay\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad, environ={})
+
+
+def test_cli_flags_override_and_are_validated() -> None:
+    parser = build_parser()
+    args = parser.parse_args(["serve", "--smtp-listen", "127.0.0.1:2600", "--upstream",
+                              "mx.example:587", "--http-listen", "0.0.0.0:9000",
+                              "--store", "postgresql://u@db/trackrelay"])
+    config = _overrides(args, build_config({}, environ={}))
+    assert config.relay.listen == ["127.0.0.1:2600"]
+    assert (config.upstream.host, config.upstream.port) == ("mx.example", 587)
+    assert config.http.listen == "0.0.0.0:9000"
+    assert config.store.url == "postgresql://u@db/trackrelay"
+    args = parser.parse_args(["serve", "--upstream", "mx.example"])
+    with pytest.raises(ConfigError, match="--upstream: expected HOST:PORT"):
+        _overrides(args, build_config({}, environ={}))

@@ -1,0 +1,52 @@
+"""MessageDraft keeps every byte a plugin did not change."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from relay.message import MessageDraft
+
+RAW = (b"Received: from a\r\n\tby b; Mon, 1 Jan 2024 00:00:00 +0000\r\n"
+       b"Subject: =?utf-8?q?caf=C3=A9?=\r\nX-Trackrelay-Track: off\r\n"
+       b"To: x@example.org\r\n\r\nbody\r\n\r\nmore\r\n")
+
+
+def test_untouched_is_identical_object() -> None:
+    draft = MessageDraft(RAW)
+    assert draft.get("subject") == "café"
+    assert draft.get("received", "").startswith("from a by b")
+    assert draft.as_bytes() is RAW and not draft.changed
+
+
+def test_header_edits_touch_only_those_lines() -> None:
+    draft = MessageDraft(RAW)
+    assert draft.remove_header("x-trackrelay-track") == 1
+    draft.add_header("X-New", "1")
+    out = draft.as_bytes()
+    assert out == RAW.replace(b"X-Trackrelay-Track: off\r\n", b"").replace(
+        b"To: x@example.org\r\n\r\n", b"To: x@example.org\r\nX-New: 1\r\n\r\n")
+
+
+def test_bare_lf_messages_keep_their_line_ends() -> None:
+    draft = MessageDraft(b"From: a\nTo: b\n\nbody\n")
+    draft.add_header("X", "y")
+    assert draft.as_bytes() == b"From: a\nTo: b\nX: y\n\nbody\n"
+
+
+def test_header_injection_refused() -> None:
+    draft = MessageDraft(RAW)
+    for bad in ("a\r\nBcc: evil@example.com", "a\nb"):
+        try:
+            draft.add_header("X", bad)
+        except ValueError:
+            continue
+        raise AssertionError("line break accepted in a header value")
+
+
+@given(st.binary(max_size=400))
+def test_any_bytes_survive_a_header_round_trip(raw: bytes) -> None:
+    draft = MessageDraft(raw)
+    assert draft.as_bytes() == raw
+    draft.add_header("X-T", "1")
+    assert draft.remove_header("X-T") >= 1
