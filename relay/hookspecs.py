@@ -61,6 +61,16 @@ def trackrelay_check_sender(transaction: Transaction, sender: str) -> Reply | No
 
 
 @hookspec
+def trackrelay_upstream_sender(transaction: Transaction, sender: str) -> str | None:
+    """Choose the envelope sender the upstream sees (e.g. a VERP bounce address).
+
+    Called after ``trackrelay_check_sender`` accepted the sender; return a new address
+    or ``None`` to keep it. The first non-``None`` answer wins. ``transaction.mail_from``
+    keeps the client's own sender; the client never sees the rewritten one.
+    """
+
+
+@hookspec
 def trackrelay_check_recipient(transaction: Transaction, recipient: str) -> Reply | None:
     """Accept or refuse one RCPT TO before it is passed upstream.
 

@@ -192,8 +192,13 @@ class RelaySession:
             return str(refusal)
         txn.mail_from = address
         txn.mail_options = list(mail_options)
+        try:
+            upstream_sender = await self.app.host.first(
+                "trackrelay_upstream_sender", transaction=txn, sender=address) or address
+        except Exception as exc:
+            return self._hook_failed("trackrelay_upstream_sender", exc)
         utf8 = envelope.smtp_utf8
-        reply = await self._upstream_mail(txn, address, mail_options, utf8)
+        reply = await self._upstream_mail(txn, upstream_sender, mail_options, utf8)
         if not reply.ok:
             if reply.code < 500:
                 SMTP_TRANSACTIONS.labels("tempfail").inc()

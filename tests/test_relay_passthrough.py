@@ -271,3 +271,16 @@ async def test_transform_and_delivered_hooks(make_relay: MakeRelay, sink: Sink) 
     assert head.endswith(b"X-Stamped: 1")
     assert RAW.partition(b"\r\n\r\n")[2] == body
     assert seen == [("Q00001", 250, ["bob@example.org"])]
+
+
+async def test_upstream_sender_hook_rewrites_envelope_only(make_relay: MakeRelay,
+                                                           sink: Sink) -> None:
+    class Verp:
+        @hookimpl
+        def trackrelay_upstream_sender(self, transaction: object, sender: str) -> str:
+            return "bounces+abc@bounce.example.net"
+
+    relay = await make_relay(plugins=[Verp()])
+    await send_raw(relay_port(relay), "alice@example.com", ["bob@example.org"], RAW)
+    assert sink.received[0].mail_from == "bounces+abc@bounce.example.net"
+    assert sink.received[0].data == RAW
