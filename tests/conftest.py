@@ -11,6 +11,7 @@ import asyncio
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +21,10 @@ from relay.app import App
 from relay.config import build_config
 from relay.plugin_host import PluginHost
 from relay.smtp_server import Relay
+
+#: ``shared/`` sits beside the checkout (here and in CI): corpora and research notes.
+SHARED = Path(__file__).resolve().parent.parent.parent / "shared"
+CORPUS = SHARED / "corpus"
 
 
 @dataclass
