@@ -1,0 +1,196 @@
+"""The batch pass: rules that need several events, run a few minutes after them.
+
+:func:`run_batch` (or :class:`BatchPass` with an injectable clock) takes the open and
+click events of a period — with the verdicts the online rules stored in ``event.data``
+— and returns what to change. It never mutates its input: changed events come back as
+copies carrying the new verdict, and inferred opens as new events. Rules only ever
+demote (human → machine), so running the pass twice changes nothing the second time.
+
+Rules, in order (bot-signals.md §4.1 O8, §4.2 C7; thresholds from ``[engagement]``):
+
+1. **honeypot window** — a honeypot hit (an event whose reasons include ``honeypot``)
+   marks every open and click of the same message and recipient within
+   ± ``honeypot_window`` seconds as ``machine/honeypot``;
+2. **multi_link_burst** — events of one message and recipient chained by gaps of at
+   most ``link_burst_seconds`` whose clicks cover two or more distinct links are all
+   ``machine/multi_link_burst`` (Marketo's proximity pattern; an open chained to the
+   clicks is the scanner's too);
+3. **recipient_burst** — events from one network (IPv4 /24, IPv6 /64) with one user
+   agent reaching ``recipient_burst_min`` distinct recipients within
+   ``recipient_burst_seconds`` are ``machine/recipient_burst`` (a gateway scanning a
+   batch). Mail-provider proxy and Apple MPP events are left out: Gmail's proxy serves
+   many real readers from few addresses;
+4. **inferred open** — a human click on a message and recipient with no human open
+   (and no inferred open yet) yields a new ``open`` event at the click's time, flagged
+   ``data["inferred"] = True``, verdict ``human``, reason ``inferred_from_click``. Only
+   clicks older than ``batch_settle_seconds`` are used, so a burst still forming is not
+   mistaken for a person.
+
+Events later than the clock's ``now`` are ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from relay.config import EngagementConfig
+from relay.engagement import verdict as R
+from relay.engagement.networks import parse_ip
+from relay.engagement.verdict import Verdict
+from relay.records import Event
+
+Clock = Callable[[], float]
+
+
+@dataclass
+class BatchResult:
+    #: Copies of input events whose verdict changed, with the new verdict applied.
+    changed: list[Event] = field(default_factory=list)
+    #: New ``open`` events inferred from human clicks (``data["inferred"]`` is true).
+    inferred: list[Event] = field(default_factory=list)
+
+
+def _network_key(ip: str | None) -> str | None:
+    addr = parse_ip(ip)
+    if addr is None:
+        return None
+    prefix = 24 if addr.version == 4 else 64
+    return str(ipaddress.ip_network(f"{addr}/{prefix}", strict=False))
+
+
+class BatchPass:
+    """The batch rules with their thresholds and a clock (``time.time`` by default)."""
+
+    def __init__(self, config: EngagementConfig | None = None,
+                 clock: Clock = time.time) -> None:
+        self.config = config or EngagementConfig()
+        self.clock = clock
+
+    def run(self, events: Iterable[Event]) -> BatchResult:
+        cfg = self.config
+        now = self.clock()
+        items = [e for e in events if e.type in ("open", "click") and e.time <= now]
+        items.sort(key=lambda e: e.time)
+        before = [Verdict.of_event(e) for e in items]
+        after = list(before)
+
+        def demote(i: int, reason: str) -> None:
+            v = after[i]
+            if v.machine and reason in v.reasons:
+                return
+            if v.machine:  # already machine: keep its verdict, note the extra reason
+                after[i] = dataclasses.replace(v, reasons=[*v.reasons, reason])
+            else:
+                after[i] = v.demoted(reason)
+
+        by_recipient: dict[tuple[str, str | None], list[int]] = defaultdict(list)
+        for i, e in enumerate(items):
+            by_recipient[e.message_id, e.recipient].append(i)
+
+        # 1. honeypot windows
+        for idxs in by_recipient.values():
+            hits = [items[i].time for i in idxs
+                    if R.HONEYPOT in before[i].reasons or items[i].data.get("honeypot")]
+            for i in idxs:
+                if any(abs(items[i].time - t) <= cfg.honeypot_window for t in hits):
+                    demote(i, R.HONEYPOT)
+
+        # 2. several links of one message within seconds (with the scanner's own open
+        #    when it is chained to the clicks)
+        for idxs in by_recipient.values():
+            for run in _chains(idxs, items, cfg.link_burst_seconds):
+                links = {items[i].link_index for i in run
+                         if items[i].type == "click" and items[i].link_index is not None}
+                if len(links) >= 2:
+                    for i in run:
+                        demote(i, R.MULTI_LINK_BURST)
+
+        # 3. one network and user agent, many recipients, seconds apart
+        groups: dict[tuple[str, str], list[int]] = defaultdict(list)
+        for i, e in enumerate(items):
+            net = _network_key(e.ip)
+            if net is None or before[i].proxy is not None or e.data.get("inferred"):
+                continue
+            groups[net, e.user_agent or ""].append(i)
+        for idxs in groups.values():
+            for i in _recipient_bursts(idxs, items, cfg.recipient_burst_seconds,
+                                       cfg.recipient_burst_min):
+                demote(i, R.RECIPIENT_BURST)
+
+        result = BatchResult()
+        for e, old, new in zip(items, before, after, strict=True):
+            if new != old:
+                result.changed.append(_with_verdict(e, new))
+
+        # 4. inferred opens
+        settled = now - cfg.batch_settle_seconds
+        for idxs in by_recipient.values():
+            if any(items[i].type == "open" and (after[i].human or items[i].data.get("inferred"))
+                   for i in idxs):
+                continue
+            human_clicks = [i for i in idxs if items[i].type == "click" and after[i].human
+                            and items[i].time <= settled]
+            if human_clicks:
+                click = items[human_clicks[0]]
+                result.inferred.append(_inferred_open(click))
+        return result
+
+
+def _with_verdict(event: Event, v: Verdict) -> Event:
+    copy = dataclasses.replace(event, data=dict(event.data))
+    return v.apply_to(copy)
+
+
+def _inferred_open(click: Event) -> Event:
+    data = {"inferred": True, "inferred_from": {"type": "click", "time": click.time,
+                                                "link_index": click.link_index}}
+    if "id" in click.data:
+        data["inferred_from"]["id"] = click.data["id"]  # type: ignore[index]
+    ev = Event("open", click.message_id, click.recipient, time=click.time, ip=click.ip,
+               user_agent=click.user_agent, data=data)
+    return Verdict("human", [R.INFERRED_FROM_CLICK]).apply_to(ev)
+
+
+def _chains(idxs: Sequence[int], items: Sequence[Event], gap: float) -> list[list[int]]:
+    """Split time-sorted indices into runs whose neighbours are at most ``gap`` apart."""
+    runs: list[list[int]] = []
+    for i in idxs:
+        if runs and items[i].time - items[runs[-1][-1]].time <= gap:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return runs
+
+
+def _recipient_bursts(idxs: Sequence[int], items: Sequence[Event], window: float,
+                      minimum: int) -> set[int]:
+    """Indices inside any sliding window of ``window`` seconds with >= ``minimum``
+    distinct recipients."""
+    out: set[int] = set()
+    seen: Counter[str | None] = Counter()
+    left = 0
+    for right, i in enumerate(idxs):
+        seen[items[i].recipient] += 1
+        while items[i].time - items[idxs[left]].time > window:
+            r = items[idxs[left]].recipient
+            seen[r] -= 1
+            if not seen[r]:
+                del seen[r]
+            left += 1
+        if len(seen) >= minimum:
+            out.update(idxs[left:right + 1])
+    return out
+
+
+def run_batch(events: Iterable[Event], config: EngagementConfig | None = None, *,
+              now: float | None = None) -> BatchResult:
+    """One batch pass; ``now`` defaults to the wall clock."""
+    if now is None:
+        return BatchPass(config).run(events)
+    fixed = now
+    return BatchPass(config, lambda: fixed).run(events)
