@@ -87,6 +87,16 @@ class RelaySMTP(SMTP):
             status = _ENHANCED.get(status, status)
         await super().push(status)
 
+    async def smtp_DATA(self, arg: str) -> None:
+        try:
+            await super().smtp_DATA(arg)
+        finally:
+            # Only now has the client read the answer to its DATA: until then shutdown
+            # must not close the connection, or a delivered message would be retried.
+            handler = self.event_handler
+            if isinstance(handler, RelaySession) and self.transport is not None:
+                await handler.after_data()
+
     def connection_lost(self, error: Exception | None) -> None:
         handler = self.event_handler
         super().connection_lost(error)
@@ -133,10 +143,20 @@ class RelaySession:
         ok = await conn.rset()
         self._release(ok)
 
-    def _end_transaction(self) -> None:
+    def _end_transaction(self, *, keep_busy: bool = False) -> None:
         self.txn = None
-        self.busy = False
+        if not keep_busy:
+            self.busy = False
         structlog.contextvars.unbind_contextvars("txn", "queue_id")
+
+    async def after_data(self) -> None:
+        """DATA is over and answered; abandon the upstream side if DATA never reached us
+        (message too big, line too long: aiosmtpd refused it itself)."""
+        if self.txn is not None and self.txn.rcpt_tos and not self.delivering:
+            await self._reset_upstream()
+            self._end_transaction()
+        if self.txn is None:
+            self.busy = False
 
     def client_gone(self) -> None:
         """The client hung up: drop any half-done upstream transaction, never forward it."""
@@ -334,7 +354,7 @@ class RelaySession:
             return str(reply)
         finally:
             self.delivering = False
-            self._end_transaction()
+            self._end_transaction(keep_busy=True)  # cleared once the reply is sent
 
     async def handle_RSET(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         if self.txn is not None:
