@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import secrets
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from relay.config import Config
 from relay.logs import get_logger
 from relay.plugin_host import PluginHost
 from relay.tokens import TokenCodec
+
+if TYPE_CHECKING:
+    from relay.store.base import Store
 
 log = get_logger("relay.app")
 
@@ -24,8 +27,11 @@ class App:
         else:
             self.tokens = TokenCodec([(0, secrets.token_bytes(32))])
             self.ephemeral_token_key = True
-        #: The event store (relay.store), opened by ``start()`` once issue 4's store exists.
-        self.store: Any = None
+        #: The event store (relay.store), opened by ``start()`` (migrations run, event
+        #: writer started) and flushed and closed by ``stop()``.
+        #: A store assigned before ``start()`` is the caller's to close.
+        self.store: Store | None = None
+        self._owns_store = False
         self.started = False
 
     def plugin_config(self, name: str) -> dict[str, Any]:
@@ -38,11 +44,34 @@ class App:
         if getattr(self, "ephemeral_token_key", False):
             log.warning("tracking.token_keys is empty: using a random key; tracking links "
                         "in mail sent now stop working when this process restarts")
-        await self.host.call("trackrelay_startup", app=self)
+        if self.store is None:
+            from relay.store import open_store_from_config
+
+            self.store = await open_store_from_config(self.config.store)
+            self._owns_store = True
+            log.info("store_opened", engine=self.store.engine)
+        try:
+            await self.host.call("trackrelay_startup", app=self)
+        except BaseException:
+            await self._close_store()
+            raise
         self.started = True
 
     async def stop(self) -> None:
         if not self.started:
             return
         self.started = False
-        await self.host.call("trackrelay_shutdown", app=self)
+        try:
+            await self.host.call("trackrelay_shutdown", app=self)
+        finally:
+            await self._close_store()
+
+    async def _close_store(self) -> None:
+        """Flush queued events (to the database, or the spool) and close the store."""
+        if not self._owns_store:
+            if self.store is not None:
+                await self.store.flush()
+            return
+        store, self.store, self._owns_store = self.store, None, False
+        if store is not None:
+            await store.close()

@@ -41,3 +41,43 @@ MESSAGES = Counter(
     "Messages by tracking decision (tracked, or skipped_<reason>)",
     ["decision"],
 )
+TRACKER_HITS = Counter(
+    "trackrelay_tracker_hits_total",
+    "Pixel and link requests by endpoint (open, click) and result "
+    "(recorded, invalid_token, unknown_message, not_tracked)",
+    ["endpoint", "result"],
+)
+EVENTS = Counter(
+    "trackrelay_events_total",
+    "Open and click events recorded by the tracker, by type and machine (true, false)",
+    ["type", "machine"],
+)
+WEBHOOK_ATTEMPTS = Counter(
+    "trackrelay_webhook_attempts_total",
+    "Webhook delivery attempts by result (delivered, retry, failed)",
+    ["result"],
+)
+API_REQUESTS = Counter(
+    "trackrelay_api_requests_total",
+    "JSON API requests by status code",
+    ["status"],
+)
+# --- store (relay/store) ---------------------------------------------------------------
+EVENT_QUEUE_DEPTH = Gauge(
+    "trackrelay_event_queue_depth", "Events waiting in memory for the store's batch writer"
+)
+EVENT_SPOOL_BYTES = Gauge(
+    "trackrelay_event_spool_bytes",
+    "Size of the local spool file(s) holding events while the database is unreachable",
+)
+EVENTS_WRITTEN = Counter(
+    "trackrelay_events_written_total", "Events written to the store, by type", ["type"]
+)
+EVENTS_SPOOLED = Counter(
+    "trackrelay_events_spooled_total", "Events and messages written to the local spool"
+)
+STORE_WRITE_ERRORS = Counter(
+    "trackrelay_store_write_errors_total",
+    "Failed store writes (the data went to the spool), by operation (events, message)",
+    ["operation"],
+)

@@ -1,0 +1,85 @@
+"""Built-in plugin ``recorder``: keeps every relayed message in the store.
+
+After the upstream answered DATA, it stores what the tracking plugins recorded in
+``transaction.sent`` (or, when no tracking plugin filled it in, a minimal record built
+from the transaction: envelope, Message-ID and Subject headers) with its recipients,
+links, a ``sent`` event per accepted recipient and a ``rejected`` event per refused one.
+
+A temporary failure (4xx at DATA) is not recorded: the client retries, and the retry
+is its own transaction. If the database is unreachable the record goes to the store's
+spool and is written when it returns. Disable with ``[plugins] disabled = ["recorder"]``.
+"""
+
+from __future__ import annotations
+
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+from typing import TYPE_CHECKING, Any
+
+from relay.hookimpl import hookimpl
+from relay.logs import get_logger
+from relay.records import Outcome, SentMessage, Transaction
+
+if TYPE_CHECKING:
+    from relay.app import App
+
+log = get_logger("plugins.recorder")
+
+#: The app whose store receives the records (set at start-up).
+_app: App | None = None
+
+
+@hookimpl
+def trackrelay_startup(app: App) -> None:
+    global _app
+    _app = app
+
+
+@hookimpl
+def trackrelay_shutdown(app: App) -> None:
+    global _app
+    if _app is app:
+        _app = None
+
+
+def _headers(message: bytes | None) -> dict[str, str]:
+    if not message:
+        return {}
+    end = message.find(b"\r\n\r\n")
+    if end < 0:
+        end = message.find(b"\n\n")
+    head = message if end < 0 else message[:end + 2]
+    parsed = BytesHeaderParser(policy=compat32).parsebytes(head)
+    out: dict[str, str] = {}
+    for name in ("Message-ID", "Subject"):
+        value: Any = parsed.get(name)
+        if value is not None:
+            out[name] = " ".join(str(value).split())
+    return out
+
+
+def minimal_sent(transaction: Transaction, outcome: Outcome) -> SentMessage:
+    """What can be known about a message that no tracking plugin looked at."""
+    headers = _headers(outcome.message)
+    return SentMessage(
+        message_id=transaction.message_id,
+        header_message_id=headers.get("Message-ID", ""),
+        sender=transaction.mail_from,
+        recipients=list(transaction.rcpt_tos or outcome.accepted),
+        subject=headers.get("Subject"),
+        tracked=False,
+        skip_reason="not_tracked",
+        submitted_by=transaction.authenticated_user or transaction.mail_from or None,
+    )
+
+
+@hookimpl
+async def trackrelay_delivered(transaction: Transaction, outcome: Outcome) -> None:
+    app = _app
+    if app is None or app.store is None:
+        return
+    if not outcome.reply.ok and not outcome.reply.permanent:
+        log.debug("not_recorded_tempfail", txn=transaction.id, reply=str(outcome.reply))
+        return
+    sent = transaction.sent or minimal_sent(transaction, outcome)
+    await app.store.record_sent(sent, outcome)

@@ -1,0 +1,514 @@
+"""The store interface: ONE abstract class that both engines (SQLite, PostgreSQL) implement.
+
+Everything the tracker, the JSON API, the webhooks, the CLI and the plugins read or write
+goes through :class:`Store`. Engines are chosen by URL with ``relay.store.open_store``::
+
+    store = await open_store("sqlite:///./trackrelay.db", spool_path="./spool.jsonl")
+    store.enqueue(event)                       # pixel/click path: never blocks, never awaits
+    page = await store.list_messages(scope="example.com", limit=50)
+    await store.close()                        # flushes queued events
+
+Conventions
+-----------
+* Times are POSIX seconds (``float``, UTC) everywhere: in arguments, in rows returned.
+  The API layer formats them (``iso_time`` below).
+* Rows are returned as plain dicts (``TypedDict`` below) so they serialise to JSON as is.
+* ``scope`` restricts a read to what an API token may see: ``None`` is admin (all);
+  a value containing ``@`` is one sender address; anything else is a sender domain
+  (``example.com`` matches ``alice@example.com``, not ``sub.example.com``). Comparison
+  is case-insensitive. A message outside the scope is simply "not found".
+* Lists are paginated with an opaque ``cursor``: pass the ``next_cursor`` of a
+  :class:`Page` back to get the following page; ``None`` means there is no more.
+  A malformed cursor raises :class:`BadCursor` (the API answers 400 naming ``cursor``).
+* Events are written through the in-memory queue (``enqueue``) by a background
+  :class:`relay.store.writer.EventWriter`; a read right after ``enqueue`` may not see
+  the event until ``await store.flush()``.
+* Event ``type`` is one of ``relay.records.EVENT_TYPES``. Message ``status`` is one of
+  ``not_opened``, ``opened``, ``clicked``, ``bounced``, computed from human events
+  (``machine = false``): clicked > opened > bounced > not_opened.
+"""
+
+from __future__ import annotations
+
+import abc
+import datetime as _dt
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, Literal, NotRequired, TypedDict, TypeVar
+
+if TYPE_CHECKING:
+    from relay.records import Event, Outcome, SentMessage
+    from relay.store.writer import EventWriter
+
+T = TypeVar("T")
+
+MessageStatus = Literal["not_opened", "opened", "clicked", "bounced"]
+MESSAGE_STATUSES: tuple[str, ...] = ("not_opened", "opened", "clicked", "bounced")
+WebhookStatus = Literal["pending", "delivered", "failed"]
+
+
+class StoreError(Exception):
+    """A store failure that is not the caller's fault (database unreachable, …)."""
+
+
+class BadCursor(ValueError):
+    """A pagination cursor that this store did not produce (or that was tampered with)."""
+
+
+@dataclass
+class Page(Generic[T]):
+    """One page of a list: ``items`` and the cursor of the next page (``None``: last page)."""
+
+    items: list[T]
+    next_cursor: str | None = None
+
+
+# --- rows ------------------------------------------------------------------------------------
+
+
+class RecipientRow(TypedDict):
+    index: int
+    address: str
+    status: str  # "accepted" or "refused" (at RCPT or DATA time by the upstream)
+    reply: str | None  # the upstream's reply for a refused recipient
+
+
+class LinkRow(TypedDict):
+    index: int
+    url: str
+    text: str
+    clicks: int  # total human clicks (all clicks if include_machine)
+    unique_clicks: int  # distinct recipients who clicked
+
+
+class EventRow(TypedDict):
+    """An event as stored and as the API, webhooks and ``trackrelay events`` carry it."""
+
+    id: str  # unique; replaying a spool never duplicates an id
+    type: str
+    time: float
+    message_id: str
+    recipient: str | None
+    link_index: int | None
+    url: str | None  # clicks: the link's target (joined from links); else None
+    ip: str | None
+    user_agent: str | None
+    client: str | None  # parsed user agent: mail client / browser family
+    os: str | None
+    device: str | None
+    country: str | None
+    region: str | None
+    city: str | None
+    machine: bool
+    machine_reason: str | None
+    verdict: str | None  # issue 6: human, human_proxy, machine, unknown
+    reasons: list[str]  # issue 6
+    proxy: str | None  # issue 6: apple, gmail, yahoo, other
+    campaign: str | None  # of the message (joined), for filtering and webhooks
+    sender: str | None  # of the message (joined)
+    data: dict[str, Any]
+
+
+class MessageSummary(TypedDict):
+    """A message in a list; ``get_message`` adds links, recipients and the timeline."""
+
+    id: str  # internal 16-hex id (the one in tokens)
+    header_message_id: str
+    sender: str
+    campaign: str | None
+    subject: str | None
+    tracked: bool
+    track_opens: bool
+    track_clicks: bool
+    shared: bool
+    skip_reason: str | None
+    submitted_by: str | None
+    created_at: float
+    delivered_at: float | None
+    upstream_reply: str | None
+    queue_id: str | None
+    recipients: list[str]  # every envelope recipient, accepted or refused
+    status: str  # MessageStatus
+    open_count: int
+    click_count: int
+
+
+class MessageDetail(MessageSummary):
+    recipient_details: list[RecipientRow]
+    links: list[LinkRow]
+    unique_opens: int  # distinct recipients with an open
+    timeline: list[EventRow]  # oldest first
+
+
+class MessageLookup(TypedDict):
+    """What the tracker needs to act on a token: cheap, by primary key."""
+
+    id: str
+    sender: str
+    submitted_by: str | None
+    campaign: str | None
+    created_at: float
+    delivered_at: float | None
+    #: The message's recipient list: a token's recipient index is a position in it
+    #: (``SentMessage.recipients`` order; recipients refused by the upstream follow).
+    recipients: list[str]
+    track_opens: bool
+    track_clicks: bool
+    #: needed by tracker: multi-recipient mail tracked at message level (tokens then
+    #: name no particular recipient; events get recipient None). NotRequired: engines
+    #: that omit it mean False.
+    shared: NotRequired[bool]
+
+
+class LinkStat(TypedDict):
+    url: str
+    clicks: int
+    unique_clicks: int
+
+
+class HourStat(TypedDict):
+    hour: float  # start of the hour, POSIX seconds
+    opens: int
+    clicks: int
+
+
+class CampaignStats(TypedDict):
+    campaign: str
+    messages: int
+    sent: int  # accepted recipients
+    unique_opens: int  # distinct (message, recipient) with an open
+    open_rate: float  # unique_opens / sent (0.0 when nothing was sent)
+    opens: int
+    unique_clicks: int
+    click_rate: float
+    clicks: int
+    bounces: int  # distinct recipients with a bounce
+    bounce_rate: float
+    complaints: int
+    complaint_rate: float
+    unsubscribes: int
+    unsubscribe_rate: float
+    top_links: list[LinkStat]  # by clicks, at most 10
+    per_hour: list[HourStat]  # hours with any open or click, oldest first
+    include_machine: bool  # False: human figures (machine events excluded)
+
+
+class ContactRow(TypedDict):
+    address: str
+    messages: list[MessageSummary]  # newest first
+    events: list[EventRow]  # newest first
+    suppressed: list[SuppressionRow]
+
+
+class SuppressionRow(TypedDict):
+    address: str
+    scope: str  # "" global, else a sender domain (or address)
+    reason: str
+    event_id: str | None
+    created_at: float
+
+
+class WebhookDelivery(TypedDict):
+    id: int
+    endpoint: str
+    event_id: str | None
+    event_type: str
+    payload: str  # the exact JSON body to POST (signed as is)
+    attempts: int
+    next_attempt_at: float
+    status: str  # WebhookStatus
+    last_error: str | None
+    created_at: float
+    delivered_at: float | None
+
+
+class VerdictUpdate(TypedDict):
+    """A new classification for a stored event (issue 6: ``trackrelay reclassify`` and the
+    batch pass). Raw fields (time, IP, user agent, …) are never changed."""
+
+    id: str
+    machine: bool
+    machine_reason: str | None
+    verdict: str | None
+    reasons: list[str]
+    proxy: str | None
+
+
+class MessageRecord(TypedDict):
+    """A message as written by ``write_message`` (and as spooled when the db is down)."""
+
+    id: str
+    header_message_id: str
+    sender: str
+    campaign: str | None
+    subject: str | None
+    tracked: bool
+    track_opens: bool
+    track_clicks: bool
+    shared: bool
+    skip_reason: str | None
+    submitted_by: str | None
+    created_at: float
+    delivered_at: float | None
+    upstream_reply: str | None
+    queue_id: str | None
+    recipients: list[tuple[str, str, str | None]]  # (address, status, reply)
+    links: list[tuple[int, str, str]]  # (index, url, text)
+    events: list[dict[str, Any]]  # "sent"/"rejected" event rows (see event_row)
+
+
+# --- helpers shared by every engine ------------------------------------------------------------
+
+
+def iso_time(ts: float | None) -> str | None:
+    """POSIX seconds as an ISO 8601 UTC string with milliseconds (``None`` stays ``None``)."""
+    if ts is None:
+        return None
+    return _dt.datetime.fromtimestamp(ts, _dt.UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
+
+
+def backoff_delay(attempts: int, base: float = 30.0, cap: float = 3600.0) -> float:
+    """Exponential backoff: ``base * 2**(attempts-1)`` seconds, at most ``cap``."""
+    return float(min(cap, base * (2 ** max(0, attempts - 1))))
+
+
+def domain_of(address: str) -> str:
+    return address.rpartition("@")[2].lower()
+
+
+# --- the interface -------------------------------------------------------------------------------
+
+
+class Store(abc.ABC):
+    """The one store interface. Both engines implement every abstract method.
+
+    Life cycle: ``open_store(url, ...)`` connects, runs migrations and starts the event
+    writer; ``close()`` flushes the writer and disconnects. A store is used from one
+    asyncio event loop.
+    """
+
+    #: "sqlite" or "postgresql"
+    engine: str = ""
+    #: The background batch writer behind ``enqueue`` (None when opened with writer=False).
+    writer: EventWriter | None = None
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def connect(self) -> None:
+        """Open connections (a pool for PostgreSQL, one connection for SQLite)."""
+
+    @abc.abstractmethod
+    async def migrate(self) -> int:
+        """Apply pending schema migrations (idempotent; safe with concurrent processes).
+
+        Returns the schema version now in place.
+        """
+
+    @abc.abstractmethod
+    async def schema_version(self) -> int:
+        """The highest applied migration number (0 for an empty database)."""
+
+    @abc.abstractmethod
+    async def ping(self) -> bool:
+        """True if the database answers a trivial query now (``/readyz``); never raises."""
+
+    async def flush(self) -> None:
+        """Write every event queued so far (or spool it if the database is down)."""
+        if self.writer is not None:
+            await self.writer.flush()
+
+    async def close(self) -> None:
+        """Flush the queue, stop the writer, close connections. Idempotent."""
+        if self.writer is not None:
+            await self.writer.close()
+        await self.disconnect()
+
+    @abc.abstractmethod
+    async def disconnect(self) -> None:
+        """Close connections without flushing (``close`` flushes first)."""
+
+    # -- writes -----------------------------------------------------------------------------
+
+    def enqueue(self, event: Event) -> str:
+        """Queue an event for the background batch writer; returns its id.
+
+        Never blocks and never awaits (the pixel path calls it); safe to call at tens of
+        thousands per second. If the queue is full the event is appended to the spool file.
+        """
+        if self.writer is None:
+            raise StoreError("this store was opened without an event writer")
+        return self.writer.enqueue(event)
+
+    async def record_sent(self, sent: SentMessage, outcome: Outcome) -> None:
+        """Store a relayed message: message, recipients, links, and one ``sent`` event per
+        accepted recipient and one ``rejected`` event per refused one (ids derived from the
+        message id, so recording twice changes nothing).
+
+        Goes straight to the database (so a click right after delivery finds its link);
+        if the database is unreachable the record is spooled and replayed later.
+        """
+        from relay.store.records import message_record
+
+        record = message_record(sent, outcome)
+        if self.writer is not None:
+            await self.writer.write_message(record)
+        else:
+            await self.write_message(record)
+
+    @abc.abstractmethod
+    async def write_message(self, record: MessageRecord) -> None:
+        """Insert one message with its recipients, links and events in one transaction.
+
+        Idempotent: a message id already stored is left as it is (its events are still
+        inserted if missing). Raises on database errors (the writer spools on error).
+        """
+
+    @abc.abstractmethod
+    async def write_events(self, rows: list[dict[str, Any]]) -> int:
+        """Insert event rows (see ``relay.store.records.event_row``) in one transaction;
+        rows whose id is already stored are skipped. Returns how many were new.
+        Raises on database errors."""
+
+    @abc.abstractmethod
+    async def update_event_verdicts(self, updates: list[VerdictUpdate]) -> int:
+        """Set machine, machine_reason, verdict, reasons and proxy of stored events by id
+        (one transaction); returns how many events exist among the ids. Events still in
+        the queue are not found: ``flush()`` first."""
+
+    # -- token lookups (tracker hot path) ------------------------------------------------------
+
+    @abc.abstractmethod
+    async def lookup_message(self, message_id: str) -> MessageLookup | None:
+        """The message a token names, with its recipient list; None if unknown."""
+
+    @abc.abstractmethod
+    async def get_link_url(self, message_id: str, index: int) -> str | None:
+        """The original target of link ``index`` of a message; None if unknown."""
+
+    # -- reads for the API ------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def list_messages(
+        self, *, scope: str | None = None, sender: str | None = None,
+        recipient: str | None = None, campaign: str | None = None,
+        status: str | None = None, since: float | None = None, until: float | None = None,
+        cursor: str | None = None, limit: int = 50,
+    ) -> Page[MessageSummary]:
+        """Messages, newest first. ``sender`` is an address or a domain (like ``scope``);
+        ``since``/``until`` bound ``created_at`` (since inclusive, until exclusive);
+        ``status`` is one of MESSAGE_STATUSES (ValueError otherwise)."""
+
+    @abc.abstractmethod
+    async def get_message(self, message_id: str, *, scope: str | None = None,
+                          include_machine: bool = False) -> MessageDetail | None:
+        """One message with status, open count, clicks per link and its timeline (every
+        event, machine ones included, oldest first). None if unknown or out of scope."""
+
+    @abc.abstractmethod
+    async def list_events(
+        self, *, scope: str | None = None, type: str | list[str] | None = None,
+        message_id: str | None = None, recipient: str | None = None,
+        campaign: str | None = None, since: float | None = None, until: float | None = None,
+        machine: bool | None = None, cursor: str | None = None, limit: int = 100,
+        order: Literal["desc", "asc"] = "desc",
+    ) -> Page[EventRow]:
+        """Events matching every given filter. ``order="desc"``: newest first by time;
+        ``order="asc"``: in the order they were stored (for ``events --follow``: keep
+        passing the last ``next_cursor``, which is then never None)."""
+
+    @abc.abstractmethod
+    async def campaign_stats(self, campaign: str, *, scope: str | None = None,
+                             include_machine: bool = False) -> CampaignStats | None:
+        """Figures for one campaign (None if no message of it is in scope)."""
+
+    @abc.abstractmethod
+    async def list_campaigns(self, *, scope: str | None = None,
+                             limit: int = 100) -> list[dict[str, Any]]:
+        """Campaign names with message counts and last send time, newest first:
+        ``[{"campaign", "messages", "last_sent_at"}]``."""
+
+    @abc.abstractmethod
+    async def contact(self, address: str, *, scope: str | None = None,
+                      limit: int = 500) -> ContactRow | None:
+        """Every message sent to ``address`` and every event about it (newest first, up to
+        ``limit`` each), and its suppressions. None if nothing is known in scope."""
+
+    # -- suppressions (issue 5) ---------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def add_suppression(self, address: str, *, scope: str = "", reason: str,
+                              event_id: str | None = None) -> bool:
+        """Suppress ``address`` for ``scope`` ("" global). False if it already was."""
+
+    @abc.abstractmethod
+    async def remove_suppression(self, address: str, *, scope: str = "",
+                                 removed_by: str | None = None, note: str | None = None) -> bool:
+        """Lift a suppression, recording the removal. False if there was none."""
+
+    @abc.abstractmethod
+    async def find_suppression(self, address: str,
+                               scopes: list[str]) -> SuppressionRow | None:
+        """The first suppression of ``address`` in any of ``scopes`` (e.g. ["", domain])."""
+
+    @abc.abstractmethod
+    async def list_suppressions(self, *, scope: str | None = None, cursor: str | None = None,
+                                limit: int = 100) -> Page[SuppressionRow]:
+        """Suppressions, newest first; ``scope`` filters to one scope value exactly."""
+
+    @abc.abstractmethod
+    async def list_suppression_removals(self, *, limit: int = 100) -> list[dict[str, Any]]:
+        """The removals log, newest first: address, scope, reason, removed_by, note, time."""
+
+    # -- webhook outbox ------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def enqueue_webhook(self, endpoint: str, event_type: str, payload: str, *,
+                              event_id: str | None = None, dedupe_key: str | None = None,
+                              not_before: float | None = None) -> int | None:
+        """Add a delivery to the outbox; returns its id. With ``dedupe_key``, a second
+        delivery with the same key for the same endpoint is not added (returns None) —
+        e.g. ``first_open:<message>:<recipient>`` fires once across processes."""
+
+    @abc.abstractmethod
+    async def claim_webhooks(self, *, limit: int = 50, lease: float = 60.0,
+                             now: float | None = None) -> list[WebhookDelivery]:
+        """Take up to ``limit`` due pending deliveries (oldest due first) and push their
+        next attempt ``lease`` seconds ahead, so another process does not take them too.
+        A process that dies mid-delivery leaves them due again after the lease."""
+
+    @abc.abstractmethod
+    async def mark_webhook_delivered(self, delivery_id: int) -> None:
+        """Record a successful delivery (attempts + 1, status delivered)."""
+
+    @abc.abstractmethod
+    async def mark_webhook_failed(self, delivery_id: int, error: str, *, max_attempts: int = 8,
+                                  base_delay: float = 30.0, max_delay: float = 3600.0,
+                                  now: float | None = None) -> str:
+        """Record a failed attempt: attempts + 1; if attempts reached ``max_attempts`` the
+        delivery is ``failed`` for good, else retried after ``backoff_delay``. Returns the
+        new status."""
+
+    @abc.abstractmethod
+    async def list_webhook_deliveries(self, *, status: str | None = None,
+                                      endpoint: str | None = None,
+                                      cursor: str | None = None,
+                                      limit: int = 100) -> Page[WebhookDelivery]:
+        """Outbox entries, newest first (the API shows failed ones)."""
+
+    # needed by tracker
+    async def events_tail_cursor(self) -> str:
+        """A cursor for ``list_events(order="asc", cursor=...)`` positioned just after the
+        newest event stored now, so following from it yields only events stored later
+        (``trackrelay events --follow`` and the webhook dispatcher start there). With no
+        event stored yet, a cursor at the very beginning."""
+        raise NotImplementedError
+
+    # needed by deliverability
+    async def lookup_message_by_header_id(self, header_message_id: str
+                                          ) -> MessageLookup | None:
+        """The message whose Message-ID header is ``header_message_id`` (with or without
+        angle brackets; the newest if several share it), as ``lookup_message`` gives it.
+        Used to tie a DSN that quotes the original Message-ID, or a reply's
+        In-Reply-To/References, to the message. None if unknown."""
+        raise NotImplementedError

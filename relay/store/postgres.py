@@ -1,0 +1,224 @@
+"""The PostgreSQL engine: ``postgresql://user@host:port/db`` with an asyncpg pool.
+
+Many relay and tracker processes may share one database. Extra query parameters of the
+URL understood here (and removed before connecting): ``schema`` (tables live in that
+schema, created if missing), ``pool_min`` and ``pool_max`` (pool size).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import asyncpg
+
+from relay.store.base import MessageRecord, StoreError
+from relay.store.records import EVENT_COLUMNS
+from relay.store.schema import MIGRATIONS, MIGRATIONS_TABLE, render
+from relay.store.sql import SqlStore
+
+#: pg_advisory_xact_lock key serialising migrations between processes ("trackrly").
+MIGRATION_LOCK = 0x747261636B726C79
+#: Serialises event inserts between processes, so that events become visible in ``seq``
+#: order and ``list_events(order="asc")`` followers (webhooks, ``events --follow``) never
+#: skip one committed late under a lower seq. Batches are few per second per process.
+EVENTS_LOCK = MIGRATION_LOCK + 1
+
+EVENT_TYPES_SQL = ("text", "text", "float8", "text", "text", "int4", "text", "text", "text",
+                   "text", "text", "text", "text", "text", "bool", "text", "text", "text",
+                   "text", "text")
+INSERT_EVENTS = (
+    f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) SELECT * FROM unnest("
+    + ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(EVENT_TYPES_SQL))
+    + ") ON CONFLICT (id) DO NOTHING"
+)
+INSERT_MESSAGE = (
+    "INSERT INTO messages (id, header_message_id, sender, sender_domain, campaign, subject, "
+    "tracked, track_opens, track_clicks, shared, skip_reason, submitted_by, created_at, "
+    "delivered_at, upstream_reply, queue_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, "
+    "$10, $11, $12, $13, $14, $15, $16) ON CONFLICT (id) DO NOTHING"
+)
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+def _columns(rows: list[dict[str, Any]]) -> list[list[Any]]:
+    """Rows -> one list per column (for ``unnest``), JSON columns encoded."""
+    dumps = json.dumps
+    tuples = [
+        (r["id"], r["type"], float(r["time"]), r["message_id"], r.get("recipient"),
+         r.get("link_index"), r.get("ip"), r.get("user_agent"), r.get("client"), r.get("os"),
+         r.get("device"), r.get("country"), r.get("region"), r.get("city"),
+         bool(r.get("machine")), r.get("machine_reason"), r.get("verdict"),
+         dumps(r["reasons"]) if r.get("reasons") else "[]", r.get("proxy"),
+         dumps(r["data"]) if r.get("data") else "{}")
+        for r in rows
+    ]
+    return [list(column) for column in zip(*tuples, strict=True)]
+
+
+def split_url(url: str) -> tuple[str, dict[str, str]]:
+    """Remove this module's own query parameters from ``url``; return (dsn, options)."""
+    parts = urlsplit(url)
+    ours: dict[str, str] = {}
+    kept: list[tuple[str, str]] = []
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key in ("schema", "pool_min", "pool_max"):
+            ours[key] = value
+        else:
+            kept.append((key, value))
+    scheme = "postgresql" if parts.scheme == "postgres" else parts.scheme
+    return urlunsplit((scheme, parts.netloc, parts.path, urlencode(kept), "")), ours
+
+
+class PostgresStore(SqlStore):
+    engine = "postgresql"
+    dialect = "postgresql"
+    _claim_lock = " FOR UPDATE SKIP LOCKED"
+
+    def __init__(self, url: str, *, schema: str | None = None, pool_min: int = 1,
+                 pool_max: int = 10, connect_timeout: float = 5.0,
+                 command_timeout: float = 30.0) -> None:
+        self.url = url
+        self.dsn, opts = split_url(url)
+        self.schema = schema or opts.get("schema") or None
+        if self.schema is not None and not _IDENT.match(self.schema):
+            raise StoreError(f"store.url: schema must be a plain identifier, got {self.schema!r}")
+        self.pool_min = int(opts.get("pool_min", pool_min))
+        self.pool_max = int(opts.get("pool_max", pool_max))
+        self.connect_timeout = connect_timeout
+        self.command_timeout = command_timeout
+        self._pool: asyncpg.Pool | None = None
+        self._sql_cache: dict[str, str] = {}
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _q(self, sql: str) -> str:
+        """``?`` placeholders -> ``$1, $2, …`` (our SQL never has ``?`` in literals)."""
+        cached = self._sql_cache.get(sql)
+        if cached is None:
+            parts = sql.split("?")
+            cached = parts[0] + "".join(f"${i}{p}" for i, p in enumerate(parts[1:], 1))
+            self._sql_cache[sql] = cached
+        return cached
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise StoreError("store is not connected")
+        return self._pool
+
+    async def connect(self) -> None:
+        if self._pool is not None:
+            return
+        settings: dict[str, str] = {"application_name": "trackrelay"}
+        try:
+            if self.schema:
+                conn = await asyncpg.connect(self.dsn, timeout=self.connect_timeout)
+                try:
+                    await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+                except asyncpg.UniqueViolationError:
+                    pass  # another process created it at the same moment
+                finally:
+                    await conn.close()
+                settings["search_path"] = self.schema
+            self._pool = await asyncpg.create_pool(
+                self.dsn, min_size=self.pool_min, max_size=self.pool_max,
+                timeout=self.connect_timeout, command_timeout=self.command_timeout,
+                server_settings=settings,
+            )
+        except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+            raise StoreError(f"cannot connect to PostgreSQL: {exc}") from exc
+
+    async def disconnect(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            try:
+                await asyncio.wait_for(pool.close(), 10)
+            except (TimeoutError, OSError, asyncpg.PostgresError):
+                pool.terminate()
+
+    def _hour_expr(self, column: str) -> str:
+        return f"floor({column} / 3600)"
+
+    # -- primitives ------------------------------------------------------------------------
+
+    async def _fetch(self, sql: str, args: list[Any] | tuple[Any, ...] = ()
+                     ) -> list[dict[str, Any]]:
+        rows = await self.pool.fetch(self._q(sql), *args)
+        return [dict(r) for r in rows]
+
+    async def _execute(self, sql: str, args: list[Any] | tuple[Any, ...] = ()) -> None:
+        await self.pool.execute(self._q(sql), *args)
+
+    async def _executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.executemany(self._q(sql), rows)
+
+    async def ping(self) -> bool:
+        if self._pool is None:
+            return False
+        try:
+            return await asyncio.wait_for(self._pool.fetchval("SELECT 1"),
+                                          self.connect_timeout) == 1
+        except Exception:
+            return False
+
+    # -- migrations ------------------------------------------------------------------------
+
+    async def migrate(self) -> int:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+            await conn.execute(render(MIGRATIONS_TABLE, self.dialect))
+            applied = {r["version"] for r in await conn.fetch(
+                "SELECT version FROM schema_migrations")}
+            for version, name, statements in MIGRATIONS:
+                if version in applied:
+                    continue
+                for statement in statements:
+                    await conn.execute(render(statement, self.dialect))
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name, applied_at) "
+                    "VALUES ($1, $2, $3)", version, name, time.time())
+                applied.add(version)
+            return max(applied) if applied else 0
+
+    # -- writes ----------------------------------------------------------------------------
+
+    async def write_events(self, rows: list[dict[str, Any]]) -> int:
+        if not rows:
+            return 0
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", EVENTS_LOCK)
+            status = await conn.execute(INSERT_EVENTS, *_columns(rows))
+        return int(status.rsplit(" ", 1)[-1])
+
+    async def write_message(self, record: MessageRecord) -> None:
+        sender = (record["sender"] or "").lower()
+        async with self.pool.acquire() as conn, conn.transaction():
+            status = await conn.execute(
+                INSERT_MESSAGE, record["id"], record["header_message_id"], sender,
+                sender.rpartition("@")[2], record["campaign"], record["subject"],
+                bool(record["tracked"]), bool(record["track_opens"]),
+                bool(record["track_clicks"]), bool(record["shared"]), record["skip_reason"],
+                record["submitted_by"], float(record["created_at"]),
+                None if record["delivered_at"] is None else float(record["delivered_at"]),
+                record["upstream_reply"], record["queue_id"])
+            if status.endswith(" 1"):
+                if record["recipients"]:
+                    await conn.executemany(
+                        "INSERT INTO recipients (message_id, idx, address, status, reply) "
+                        "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                        [(record["id"], i, a.lower(), s, r)
+                         for i, (a, s, r) in enumerate(record["recipients"])])
+                if record["links"]:
+                    await conn.executemany(
+                        "INSERT INTO links (message_id, idx, url, text) "
+                        "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                        [(record["id"], int(i), u, t) for i, u, t in record["links"]])
+            if record["events"]:
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", EVENTS_LOCK)
+                await conn.execute(INSERT_EVENTS, *_columns(record["events"]))

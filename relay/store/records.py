@@ -1,0 +1,144 @@
+"""Conversions from the relay's records (``relay.records``) to the rows the store writes.
+
+Rows are plain dicts of JSON-serialisable values so that the spool file can hold them
+unchanged and replay them later.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from relay.records import Event, Outcome, SentMessage
+from relay.store.base import MessageRecord
+
+#: Columns of the events table written by ``write_events``, in order.
+EVENT_COLUMNS: tuple[str, ...] = (
+    "id", "type", "time", "message_id", "recipient", "link_index", "ip", "user_agent",
+    "client", "os", "device", "country", "region", "city", "machine", "machine_reason",
+    "verdict", "reasons", "proxy", "data",
+)
+#: Event fields that may come as attributes of the Event or as keys of ``Event.data``;
+#: either way they land in their own column.
+LIFTED: tuple[str, ...] = (
+    "client", "os", "device", "country", "region", "city", "verdict", "reasons", "proxy",
+)
+
+
+_EVENT_FIELDS = frozenset(getattr(Event, "__dataclass_fields__", {}))
+#: LIFTED names that the Event dataclass itself has as fields (none today; the tracker
+#: and issue 6 may add some): only those are read as attributes, the rest from ``data``.
+_LIFTED_ATTRS = tuple(k for k in LIFTED if k in _EVENT_FIELDS)
+
+
+def event_row(event_id: str, event: Event) -> dict[str, Any]:
+    """The stored form of an event (see EVENT_COLUMNS)."""
+    data = event.data
+    recipient = event.recipient
+    row: dict[str, Any] = {
+        "id": event_id,
+        "type": event.type,
+        "time": float(event.time),
+        "message_id": event.message_id,
+        "recipient": recipient.lower() if recipient else recipient,
+        "link_index": event.link_index,
+        "ip": event.ip,
+        "user_agent": event.user_agent,
+        "machine": bool(event.machine),
+        "machine_reason": event.machine_reason,
+        "client": None, "os": None, "device": None, "country": None, "region": None,
+        "city": None, "verdict": None, "reasons": [], "proxy": None,
+    }
+    if data:
+        data = dict(data)
+        data.pop("event_id", None)  # set by event_from_row; an id is never data
+        for key in LIFTED:
+            if key in data:
+                row[key] = data.pop(key)
+    else:
+        data = {}
+    for key in _LIFTED_ATTRS:
+        value = getattr(event, key, None)
+        if value is not None:
+            row[key] = value
+    reasons = row["reasons"]
+    row["reasons"] = list(reasons) if reasons else []
+    row["data"] = data
+    return row
+
+
+def event_values(row: dict[str, Any]) -> tuple[Any, ...]:
+    """A row's values in EVENT_COLUMNS order (JSON columns still Python objects)."""
+    return tuple(row.get(c) for c in EVENT_COLUMNS)
+
+
+def message_record(sent: SentMessage, outcome: Outcome) -> MessageRecord:
+    """Everything ``write_message`` stores for a relayed message.
+
+    Recipient indexes follow ``sent.recipients`` (the tokens' indexes), then any refused
+    recipient not in it. A permanent refusal at DATA refuses every recipient.
+    """
+    data_refused = outcome.reply.permanent
+    order: list[str] = list(sent.recipients) or list(outcome.accepted)
+    seen = {a.lower() for a in order}
+    for address in outcome.refused:
+        if address.lower() not in seen:
+            order.append(address)
+            seen.add(address.lower())
+    refused_lc = {a.lower(): r for a, r in outcome.refused.items()}
+    recipients: list[tuple[str, str, str | None]] = []
+    events: list[dict[str, Any]] = []
+    when = float(outcome.delivered_at)
+    for index, address in enumerate(order):
+        reply = refused_lc.get(address.lower())
+        if reply is None and data_refused:
+            reply = outcome.reply
+        status = "refused" if reply is not None else "accepted"
+        recipients.append((address, status, str(reply) if reply is not None else None))
+        ev_type = "rejected" if reply is not None else "sent"
+        data: dict[str, Any] = {}
+        if reply is not None:
+            data = {"code": reply.code, "status": reply.status, "text": reply.text}
+        elif outcome.queue_id:
+            data = {"queue_id": outcome.queue_id}
+        ev = Event(type=ev_type, message_id=sent.message_id, recipient=address, time=when,
+                   data=data)
+        events.append(event_row(f"{sent.message_id}-{ev_type[0]}{index}", ev))
+    return {
+        "id": sent.message_id,
+        "header_message_id": sent.header_message_id or "",
+        "sender": sent.sender or "",
+        "campaign": sent.campaign,
+        "subject": sent.subject,
+        "tracked": bool(sent.tracked),
+        "track_opens": bool(sent.track_opens),
+        "track_clicks": bool(sent.track_clicks),
+        "shared": bool(sent.shared),
+        "skip_reason": sent.skip_reason,
+        "submitted_by": sent.submitted_by,
+        "created_at": when,
+        "delivered_at": None if not outcome.reply.ok else when,
+        "upstream_reply": str(outcome.reply),
+        "queue_id": outcome.queue_id,
+        "recipients": recipients,
+        "links": [(link.index, link.url, link.text or "") for link in sent.links],
+        "events": events,
+    }
+
+
+def event_from_row(row: Mapping[str, Any]) -> Event:
+    """An :class:`Event` back from a stored row (``EventRow``): the columns lifted out of
+    ``data`` (client, os, device, location, verdict, reasons, proxy) go back into it,
+    where the classifier and plugins look for them. The row's id is ``data["event_id"]``
+    (not stored again if the event is enqueued: it gets a new id; to change a stored
+    event's classification use ``Store.update_event_verdicts``)."""
+    data = dict(row.get("data") or {})
+    for key in LIFTED:
+        value = row.get(key)
+        if value not in (None, []):
+            data[key] = value
+    data["event_id"] = row["id"]
+    return Event(type=row["type"], message_id=row["message_id"], recipient=row.get("recipient"),
+                 time=float(row["time"]), link_index=row.get("link_index"), ip=row.get("ip"),
+                 user_agent=row.get("user_agent"), machine=bool(row.get("machine")),
+                 machine_reason=row.get("machine_reason"), data=data)

@@ -1,0 +1,670 @@
+"""The queries both engines share, written once in portable SQL.
+
+Engines supply a handful of primitives (``_fetch``, ``_execute`` and the
+multi-statement writes); SQL here uses ``?`` placeholders, which the PostgreSQL engine
+turns into ``$n``. Booleans are compared with the literals ``TRUE``/``FALSE`` (SQLite
+stores them as 1/0, which those literals equal), JSON columns are text.
+"""
+
+from __future__ import annotations
+
+import abc
+import base64
+import binascii
+import json
+import time
+from typing import Any, Literal
+
+from relay.store.base import (
+    MESSAGE_STATUSES,
+    BadCursor,
+    CampaignStats,
+    ContactRow,
+    EventRow,
+    LinkRow,
+    MessageDetail,
+    MessageLookup,
+    MessageSummary,
+    Page,
+    RecipientRow,
+    Store,
+    SuppressionRow,
+    VerdictUpdate,
+    WebhookDelivery,
+    backoff_delay,
+    domain_of,
+)
+
+EVENT_SELECT = """
+SELECT e.seq, e.id, e.type, e.time, e.message_id, e.recipient, e.link_index, e.ip,
+       e.user_agent, e.client, e.os, e.device, e.country, e.region, e.city, e.machine,
+       e.machine_reason, e.verdict, e.reasons, e.proxy, e.data,
+       l.url AS url, m.campaign AS campaign, m.sender AS sender
+FROM events e
+LEFT JOIN messages m ON m.id = e.message_id
+LEFT JOIN links l ON e.type = 'click' AND l.message_id = e.message_id AND l.idx = e.link_index
+"""
+
+MESSAGE_COLUMNS = """m.seq, m.id, m.header_message_id, m.sender, m.campaign, m.subject,
+m.tracked, m.track_opens, m.track_clicks, m.shared, m.skip_reason, m.submitted_by,
+m.created_at, m.delivered_at, m.upstream_reply, m.queue_id"""
+
+HUMAN = "e.machine = FALSE"
+
+STATUS_CASE = f"""CASE
+  WHEN EXISTS (SELECT 1 FROM events e WHERE e.message_id = m.id AND e.type = 'click'
+               AND {HUMAN}) THEN 'clicked'
+  WHEN EXISTS (SELECT 1 FROM events e WHERE e.message_id = m.id AND e.type = 'open'
+               AND {HUMAN}) THEN 'opened'
+  WHEN EXISTS (SELECT 1 FROM events e WHERE e.message_id = m.id AND e.type = 'bounce')
+       OR NOT EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id
+                      AND r.status = 'accepted') THEN 'bounced'
+  ELSE 'not_opened' END"""
+
+
+def encode_cursor(*values: Any) -> str:
+    raw = json.dumps(list(values), separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, kinds: tuple[type, ...]) -> list[Any]:
+    """Decode a cursor whose values must have ``kinds`` (int also accepted for float)."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        values = json.loads(raw)
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        raise BadCursor("cursor: not a cursor this server produced") from None
+    if not isinstance(values, list) or len(values) != len(kinds):
+        raise BadCursor("cursor: not a cursor this server produced")
+    out: list[Any] = []
+    for value, kind in zip(values, kinds, strict=True):
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise BadCursor("cursor: not a cursor this server produced")
+        out.append(value)
+    return out
+
+
+def _json(value: Any, default: Any) -> Any:
+    if value is None or value == "":
+        return default
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return default
+    return value
+
+
+def scope_condition(scope: str | None, column_prefix: str = "m") -> tuple[str, list[Any]]:
+    """SQL condition restricting messages to a sender address or domain scope."""
+    if scope is None:
+        return "", []
+    scope = scope.strip().lower()
+    if "@" in scope:
+        return f"{column_prefix}.sender = ?", [scope]
+    return f"{column_prefix}.sender_domain = ?", [scope]
+
+
+class Where:
+    """Accumulates AND-ed conditions and their parameters."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.args: list[Any] = []
+
+    def add(self, sql: str, *args: Any) -> None:
+        if sql:
+            self.parts.append(sql)
+            self.args.extend(args)
+
+    def sql(self) -> str:
+        return ("WHERE " + " AND ".join(self.parts)) if self.parts else ""
+
+
+class SqlStore(Store):
+    """Shared query code; subclasses implement the primitives."""
+
+    dialect: str = ""
+
+    # -- primitives ----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def _fetch(self, sql: str, args: list[Any] | tuple[Any, ...] = ()
+                     ) -> list[dict[str, Any]]:
+        """Run one statement (a write too, committed at once) and return its rows."""
+
+    @abc.abstractmethod
+    async def _execute(self, sql: str, args: list[Any] | tuple[Any, ...] = ()) -> None:
+        """Run one statement, committed at once."""
+
+    @abc.abstractmethod
+    async def _executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        """Run one statement for each parameter tuple, all in one transaction."""
+
+    def _hour_expr(self, column: str) -> str:
+        raise NotImplementedError
+
+    #: appended to the claim subquery (PostgreSQL: FOR UPDATE SKIP LOCKED)
+    _claim_lock: str = ""
+
+    async def _fetchrow(self, sql: str, args: list[Any] | tuple[Any, ...] = ()
+                        ) -> dict[str, Any] | None:
+        rows = await self._fetch(sql, args)
+        return rows[0] if rows else None
+
+    # -- row mapping ------------------------------------------------------------------------
+
+    @staticmethod
+    def _event(row: dict[str, Any]) -> EventRow:
+        return {
+            "id": row["id"], "type": row["type"], "time": float(row["time"]),
+            "message_id": row["message_id"], "recipient": row["recipient"],
+            "link_index": row["link_index"], "url": row.get("url"), "ip": row["ip"],
+            "user_agent": row["user_agent"], "client": row["client"], "os": row["os"],
+            "device": row["device"], "country": row["country"], "region": row["region"],
+            "city": row["city"], "machine": bool(row["machine"]),
+            "machine_reason": row["machine_reason"], "verdict": row["verdict"],
+            "reasons": _json(row["reasons"], []), "proxy": row["proxy"],
+            "campaign": row.get("campaign"), "sender": row.get("sender"),
+            "data": _json(row["data"], {}),
+        }
+
+    @staticmethod
+    def _summary(row: dict[str, Any], recipients: list[str]) -> MessageSummary:
+        return {
+            "id": row["id"], "header_message_id": row["header_message_id"],
+            "sender": row["sender"], "campaign": row["campaign"], "subject": row["subject"],
+            "tracked": bool(row["tracked"]), "track_opens": bool(row["track_opens"]),
+            "track_clicks": bool(row["track_clicks"]), "shared": bool(row["shared"]),
+            "skip_reason": row["skip_reason"], "submitted_by": row["submitted_by"],
+            "created_at": float(row["created_at"]),
+            "delivered_at": None if row["delivered_at"] is None else float(row["delivered_at"]),
+            "upstream_reply": row["upstream_reply"], "queue_id": row["queue_id"],
+            "recipients": recipients, "status": row["status"],
+            "open_count": int(row["open_count"]), "click_count": int(row["click_count"]),
+        }
+
+    async def _recipients_of(self, ids: list[str]) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {i: [] for i in ids}
+        if not ids:
+            return out
+        marks = ", ".join("?" for _ in ids)
+        rows = await self._fetch(
+            f"SELECT message_id, address FROM recipients WHERE message_id IN ({marks}) "
+            "ORDER BY message_id, idx", ids)
+        for row in rows:
+            out[row["message_id"]].append(row["address"])
+        return out
+
+    # -- health ----------------------------------------------------------------------------
+
+    async def schema_version(self) -> int:
+        try:
+            row = await self._fetchrow("SELECT MAX(version) AS v FROM schema_migrations")
+        except Exception:
+            return 0
+        return int(row["v"]) if row and row["v"] is not None else 0
+
+    # -- classification (issue 6) -----------------------------------------------------------
+
+    async def update_event_verdicts(self, updates: list[VerdictUpdate]) -> int:
+        if not updates:
+            return 0
+        ids = [u["id"] for u in updates]
+        found = 0
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            row = await self._fetchrow(
+                f"SELECT COUNT(*) AS n FROM events WHERE id IN ({', '.join('?' for _ in chunk)})",
+                chunk)
+            found += int(row["n"]) if row else 0
+        await self._executemany(
+            "UPDATE events SET machine = ?, machine_reason = ?, verdict = ?, reasons = ?, "
+            "proxy = ? WHERE id = ?",
+            [(bool(u["machine"]), u.get("machine_reason"), u.get("verdict"),
+              json.dumps(list(u.get("reasons") or [])), u.get("proxy"), u["id"])
+             for u in updates])
+        return found
+
+    # -- token lookups -----------------------------------------------------------------------
+
+    async def lookup_message(self, message_id: str) -> MessageLookup | None:
+        row = await self._fetchrow(
+            "SELECT id, sender, submitted_by, campaign, created_at, delivered_at, "
+            "track_opens, track_clicks, shared FROM messages WHERE id = ?", [message_id])
+        if row is None:
+            return None
+        recipients = await self._recipients_of([message_id])
+        return {
+            "id": row["id"], "sender": row["sender"], "submitted_by": row["submitted_by"],
+            "campaign": row["campaign"], "created_at": float(row["created_at"]),
+            "delivered_at": None if row["delivered_at"] is None else float(row["delivered_at"]),
+            "recipients": recipients[message_id], "track_opens": bool(row["track_opens"]),
+            "track_clicks": bool(row["track_clicks"]), "shared": bool(row["shared"]),
+        }
+
+    async def lookup_message_by_header_id(self, header_message_id: str
+                                          ) -> MessageLookup | None:
+        bare = header_message_id.strip().strip("<>").strip()
+        if not bare:
+            return None
+        row = await self._fetchrow(
+            "SELECT id FROM messages WHERE header_message_id IN (?, ?) "
+            "ORDER BY created_at DESC, seq DESC LIMIT 1", [f"<{bare}>", bare])
+        return None if row is None else await self.lookup_message(str(row["id"]))
+
+    async def get_link_url(self, message_id: str, index: int) -> str | None:
+        row = await self._fetchrow(
+            "SELECT url FROM links WHERE message_id = ? AND idx = ?", [message_id, index])
+        return None if row is None else str(row["url"])
+
+    # -- messages ----------------------------------------------------------------------------
+
+    async def _message_rows(self, where: Where, *, status: str | None, limit: int,
+                            include_machine: bool = False) -> list[dict[str, Any]]:
+        machine = "" if include_machine else f" AND {HUMAN}"
+        inner = (
+            f"SELECT {MESSAGE_COLUMNS}, {STATUS_CASE} AS status, "
+            "(SELECT COUNT(*) FROM events e WHERE e.message_id = m.id AND e.type = 'open'"
+            f"{machine}) AS open_count, "
+            "(SELECT COUNT(*) FROM events e WHERE e.message_id = m.id AND e.type = 'click'"
+            f"{machine}) AS click_count "
+            f"FROM messages m {where.sql()}"
+        )
+        args = list(where.args)
+        outer = ""
+        if status is not None:
+            outer = "WHERE x.status = ? "
+            args.append(status)
+        args.append(limit)
+        return await self._fetch(
+            f"SELECT * FROM ({inner}) x {outer}ORDER BY x.created_at DESC, x.seq DESC LIMIT ?",
+            args)
+
+    async def list_messages(
+        self, *, scope: str | None = None, sender: str | None = None,
+        recipient: str | None = None, campaign: str | None = None,
+        status: str | None = None, since: float | None = None, until: float | None = None,
+        cursor: str | None = None, limit: int = 50,
+    ) -> Page[MessageSummary]:
+        if status is not None and status not in MESSAGE_STATUSES:
+            raise ValueError(f"status: must be one of {', '.join(MESSAGE_STATUSES)}")
+        limit = max(1, min(int(limit), 1000))
+        where = Where()
+        where.add(*_cond(scope_condition(scope)))
+        where.add(*_cond(scope_condition(sender)))
+        if recipient is not None:
+            where.add("EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id "
+                      "AND r.address = ?)", recipient.strip().lower())
+        if campaign is not None:
+            where.add("m.campaign = ?", campaign)
+        if since is not None:
+            where.add("m.created_at >= ?", float(since))
+        if until is not None:
+            where.add("m.created_at < ?", float(until))
+        if cursor:
+            c_time, c_seq = decode_cursor(cursor, (float, int))
+            where.add("(m.created_at < ? OR (m.created_at = ? AND m.seq < ?))",
+                      c_time, c_time, c_seq)
+        rows = await self._message_rows(where, status=status, limit=limit + 1)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        recipients = await self._recipients_of([r["id"] for r in rows])
+        items = [self._summary(r, recipients[r["id"]]) for r in rows]
+        next_cursor = (encode_cursor(float(rows[-1]["created_at"]), int(rows[-1]["seq"]))
+                       if more and rows else None)
+        return Page(items, next_cursor)
+
+    async def get_message(self, message_id: str, *, scope: str | None = None,
+                          include_machine: bool = False) -> MessageDetail | None:
+        where = Where()
+        where.add("m.id = ?", message_id)
+        where.add(*_cond(scope_condition(scope)))
+        rows = await self._message_rows(where, status=None, limit=1,
+                                        include_machine=include_machine)
+        if not rows:
+            return None
+        row = rows[0]
+        rcpt_rows = await self._fetch(
+            "SELECT idx, address, status, reply FROM recipients WHERE message_id = ? "
+            "ORDER BY idx", [message_id])
+        machine = "" if include_machine else f" AND {HUMAN}"
+        link_rows = await self._fetch(
+            "SELECT l.idx, l.url, l.text, "
+            "(SELECT COUNT(*) FROM events e WHERE e.message_id = l.message_id "
+            f"AND e.type = 'click' AND e.link_index = l.idx{machine}) AS clicks, "
+            "(SELECT COUNT(DISTINCT COALESCE(e.recipient, '')) FROM events e "
+            "WHERE e.message_id = l.message_id AND e.type = 'click' "
+            f"AND e.link_index = l.idx{machine}) AS unique_clicks "
+            "FROM links l WHERE l.message_id = ? ORDER BY l.idx", [message_id])
+        uniq = await self._fetchrow(
+            "SELECT COUNT(DISTINCT COALESCE(e.recipient, '')) AS n FROM events e "
+            f"WHERE e.message_id = ? AND e.type = 'open'{machine}", [message_id])
+        timeline = await self._fetch(
+            f"{EVENT_SELECT} WHERE e.message_id = ? ORDER BY e.time, e.seq", [message_id])
+        summary = self._summary(row, [r["address"] for r in rcpt_rows])
+        recipient_details: list[RecipientRow] = [
+            {"index": int(r["idx"]), "address": r["address"], "status": r["status"],
+             "reply": r["reply"]} for r in rcpt_rows]
+        links: list[LinkRow] = [
+            {"index": int(r["idx"]), "url": r["url"], "text": r["text"],
+             "clicks": int(r["clicks"]), "unique_clicks": int(r["unique_clicks"])}
+            for r in link_rows]
+        detail: MessageDetail = {
+            **summary,
+            "recipient_details": recipient_details,
+            "links": links,
+            "unique_opens": int(uniq["n"]) if uniq else 0,
+            "timeline": [self._event(r) for r in timeline],
+        }
+        return detail
+
+    # -- events ------------------------------------------------------------------------------
+
+    async def list_events(
+        self, *, scope: str | None = None, type: str | list[str] | None = None,
+        message_id: str | None = None, recipient: str | None = None,
+        campaign: str | None = None, since: float | None = None, until: float | None = None,
+        machine: bool | None = None, cursor: str | None = None, limit: int = 100,
+        order: Literal["desc", "asc"] = "desc",
+    ) -> Page[EventRow]:
+        if order not in ("desc", "asc"):
+            raise ValueError("order: must be desc or asc")
+        limit = max(1, min(int(limit), 5000))
+        where = Where()
+        where.add(*_cond(scope_condition(scope)))
+        if type is not None:
+            types = [type] if isinstance(type, str) else list(type)
+            if types:
+                where.add(f"e.type IN ({', '.join('?' for _ in types)})", *types)
+        if message_id is not None:
+            where.add("e.message_id = ?", message_id)
+        if recipient is not None:
+            where.add("e.recipient = ?", recipient.strip().lower())
+        if campaign is not None:
+            where.add("m.campaign = ?", campaign)
+        if since is not None:
+            where.add("e.time >= ?", float(since))
+        if until is not None:
+            where.add("e.time < ?", float(until))
+        if machine is not None:
+            where.add("e.machine = TRUE" if machine else HUMAN)
+        if order == "desc":
+            if cursor:
+                c_time, c_seq = decode_cursor(cursor, (float, int))
+                where.add("(e.time < ? OR (e.time = ? AND e.seq < ?))", c_time, c_time, c_seq)
+            rows = await self._fetch(
+                f"{EVENT_SELECT} {where.sql()} ORDER BY e.time DESC, e.seq DESC LIMIT ?",
+                [*where.args, limit + 1])
+            more = len(rows) > limit
+            rows = rows[:limit]
+            next_cursor = (encode_cursor(float(rows[-1]["time"]), int(rows[-1]["seq"]))
+                           if more and rows else None)
+            return Page([self._event(r) for r in rows], next_cursor)
+        after = 0
+        if cursor:
+            (after,) = decode_cursor(cursor, (int,))
+        where.add("e.seq > ?", after)
+        rows = await self._fetch(
+            f"{EVENT_SELECT} {where.sql()} ORDER BY e.seq LIMIT ?", [*where.args, limit])
+        last = int(rows[-1]["seq"]) if rows else after
+        return Page([self._event(r) for r in rows], encode_cursor(last))
+
+    async def events_tail_cursor(self) -> str:
+        row = await self._fetchrow("SELECT MAX(seq) AS s FROM events")
+        last = int(row["s"]) if row and row["s"] is not None else 0
+        return encode_cursor(last)
+
+    # -- campaigns ---------------------------------------------------------------------------
+
+    async def campaign_stats(self, campaign: str, *, scope: str | None = None,
+                             include_machine: bool = False) -> CampaignStats | None:
+        where = Where()
+        where.add("m.campaign = ?", campaign)
+        where.add(*_cond(scope_condition(scope)))
+        head = await self._fetchrow(
+            f"SELECT COUNT(*) AS n FROM messages m {where.sql()}", where.args)
+        if head is None or not head["n"]:
+            return None
+        sent_row = await self._fetchrow(
+            "SELECT COUNT(*) AS n FROM recipients r JOIN messages m ON m.id = r.message_id "
+            f"{where.sql()} AND r.status = 'accepted'", where.args)
+        sent = int(sent_row["n"]) if sent_row else 0
+        ev_where = Where()
+        ev_where.parts, ev_where.args = list(where.parts), list(where.args)
+        if not include_machine:
+            ev_where.add("(e.type NOT IN ('open', 'click') OR e.machine = FALSE)")
+        uniq = "COUNT(DISTINCT e.message_id || '|' || COALESCE(e.recipient, ''))"
+        by_type = await self._fetch(
+            f"SELECT e.type, COUNT(*) AS total, {uniq} AS uniq FROM events e "
+            f"JOIN messages m ON m.id = e.message_id {ev_where.sql()} GROUP BY e.type",
+            ev_where.args)
+        totals = {r["type"]: (int(r["total"]), int(r["uniq"])) for r in by_type}
+        links = await self._fetch(
+            f"SELECT l.url, COUNT(*) AS clicks, {uniq} AS uniq FROM events e "
+            "JOIN messages m ON m.id = e.message_id "
+            "JOIN links l ON l.message_id = e.message_id AND l.idx = e.link_index "
+            f"{ev_where.sql()} AND e.type = 'click' "
+            "GROUP BY l.url ORDER BY COUNT(*) DESC, l.url LIMIT 10", ev_where.args)
+        hour = self._hour_expr("e.time")
+        hours = await self._fetch(
+            f"SELECT {hour} AS h, "
+            "SUM(CASE WHEN e.type = 'open' THEN 1 ELSE 0 END) AS opens, "
+            "SUM(CASE WHEN e.type = 'click' THEN 1 ELSE 0 END) AS clicks "
+            "FROM events e JOIN messages m ON m.id = e.message_id "
+            f"{ev_where.sql()} AND e.type IN ('open', 'click') GROUP BY {hour} ORDER BY {hour}",
+            ev_where.args)
+
+        def rate(n: int) -> float:
+            return round(n / sent, 6) if sent else 0.0
+
+        def get(kind: str) -> tuple[int, int]:
+            return totals.get(kind, (0, 0))
+
+        return {
+            "campaign": campaign, "messages": int(head["n"]), "sent": sent,
+            "unique_opens": get("open")[1], "open_rate": rate(get("open")[1]),
+            "opens": get("open")[0],
+            "unique_clicks": get("click")[1], "click_rate": rate(get("click")[1]),
+            "clicks": get("click")[0],
+            "bounces": get("bounce")[1], "bounce_rate": rate(get("bounce")[1]),
+            "complaints": get("complaint")[1], "complaint_rate": rate(get("complaint")[1]),
+            "unsubscribes": get("unsubscribe")[1],
+            "unsubscribe_rate": rate(get("unsubscribe")[1]),
+            "top_links": [{"url": r["url"], "clicks": int(r["clicks"]),
+                           "unique_clicks": int(r["uniq"])} for r in links],
+            "per_hour": [{"hour": float(r["h"]) * 3600.0, "opens": int(r["opens"]),
+                          "clicks": int(r["clicks"])} for r in hours],
+            "include_machine": include_machine,
+        }
+
+    async def list_campaigns(self, *, scope: str | None = None,
+                             limit: int = 100) -> list[dict[str, Any]]:
+        where = Where()
+        where.add("m.campaign IS NOT NULL")
+        where.add(*_cond(scope_condition(scope)))
+        rows = await self._fetch(
+            "SELECT m.campaign, COUNT(*) AS messages, MAX(m.created_at) AS last_sent_at "
+            f"FROM messages m {where.sql()} GROUP BY m.campaign "
+            "ORDER BY MAX(m.created_at) DESC, m.campaign LIMIT ?", [*where.args, int(limit)])
+        return [{"campaign": r["campaign"], "messages": int(r["messages"]),
+                 "last_sent_at": float(r["last_sent_at"])} for r in rows]
+
+    # -- contacts ----------------------------------------------------------------------------
+
+    async def contact(self, address: str, *, scope: str | None = None,
+                      limit: int = 500) -> ContactRow | None:
+        address = address.strip().lower()
+        messages = await self.list_messages(scope=scope, recipient=address, limit=limit)
+        events = await self.list_events(scope=scope, recipient=address, limit=limit)
+        supp_where = Where()
+        supp_where.add("address = ?", address)
+        if scope is not None:
+            supp_where.add("(scope = '' OR scope = ? OR scope = ?)", scope.lower(),
+                           domain_of(scope) if "@" in scope else scope.lower())
+        supp = await self._fetch(
+            "SELECT address, scope, reason, event_id, created_at FROM suppressions "
+            f"{supp_where.sql()} ORDER BY created_at DESC", supp_where.args)
+        if not messages.items and not events.items and not supp:
+            return None
+        return {"address": address, "messages": messages.items, "events": events.items,
+                "suppressed": [self._suppression(r) for r in supp]}
+
+    # -- suppressions ------------------------------------------------------------------------
+
+    @staticmethod
+    def _suppression(row: dict[str, Any]) -> SuppressionRow:
+        return {"address": row["address"], "scope": row["scope"], "reason": row["reason"],
+                "event_id": row["event_id"], "created_at": float(row["created_at"])}
+
+    async def add_suppression(self, address: str, *, scope: str = "", reason: str,
+                              event_id: str | None = None) -> bool:
+        row = await self._fetchrow(
+            "INSERT INTO suppressions (address, scope, reason, event_id, created_at) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (address, scope) DO NOTHING RETURNING seq",
+            [address.strip().lower(), scope.lower(), reason, event_id, time.time()])
+        return row is not None
+
+    async def remove_suppression(self, address: str, *, scope: str = "",
+                                 removed_by: str | None = None, note: str | None = None) -> bool:
+        address, scope = address.strip().lower(), scope.lower()
+        row = await self._fetchrow(
+            "DELETE FROM suppressions WHERE address = ? AND scope = ? RETURNING reason",
+            [address, scope])
+        if row is None:
+            return False
+        await self._execute(
+            "INSERT INTO suppression_removals (address, scope, reason, removed_by, note, "
+            "removed_at) VALUES (?, ?, ?, ?, ?, ?)",
+            [address, scope, row["reason"], removed_by, note, time.time()])
+        return True
+
+    async def find_suppression(self, address: str,
+                               scopes: list[str]) -> SuppressionRow | None:
+        if not scopes:
+            return None
+        scopes = [s.lower() for s in scopes]
+        row = await self._fetchrow(
+            "SELECT address, scope, reason, event_id, created_at FROM suppressions "
+            f"WHERE address = ? AND scope IN ({', '.join('?' for _ in scopes)}) "
+            "ORDER BY created_at LIMIT 1", [address.strip().lower(), *scopes])
+        return None if row is None else self._suppression(row)
+
+    async def list_suppressions(self, *, scope: str | None = None, cursor: str | None = None,
+                                limit: int = 100) -> Page[SuppressionRow]:
+        limit = max(1, min(int(limit), 5000))
+        where = Where()
+        if scope is not None:
+            where.add("scope = ?", scope.lower())
+        if cursor:
+            c_time, c_seq = decode_cursor(cursor, (float, int))
+            where.add("(created_at < ? OR (created_at = ? AND seq < ?))", c_time, c_time, c_seq)
+        rows = await self._fetch(
+            "SELECT seq, address, scope, reason, event_id, created_at FROM suppressions "
+            f"{where.sql()} ORDER BY created_at DESC, seq DESC LIMIT ?",
+            [*where.args, limit + 1])
+        more = len(rows) > limit
+        rows = rows[:limit]
+        next_cursor = (encode_cursor(float(rows[-1]["created_at"]), int(rows[-1]["seq"]))
+                       if more and rows else None)
+        return Page([self._suppression(r) for r in rows], next_cursor)
+
+    async def list_suppression_removals(self, *, limit: int = 100) -> list[dict[str, Any]]:
+        rows = await self._fetch(
+            "SELECT address, scope, reason, removed_by, note, removed_at "
+            "FROM suppression_removals ORDER BY removed_at DESC, seq DESC LIMIT ?", [int(limit)])
+        return [dict(r, removed_at=float(r["removed_at"])) for r in rows]
+
+    # -- webhook outbox ------------------------------------------------------------------------
+
+    @staticmethod
+    def _delivery(row: dict[str, Any]) -> WebhookDelivery:
+        return {
+            "id": int(row["id"]), "endpoint": row["endpoint"], "event_id": row["event_id"],
+            "event_type": row["event_type"], "payload": row["payload"],
+            "attempts": int(row["attempts"]), "next_attempt_at": float(row["next_attempt_at"]),
+            "status": row["status"], "last_error": row["last_error"],
+            "created_at": float(row["created_at"]),
+            "delivered_at": None if row["delivered_at"] is None else float(row["delivered_at"]),
+        }
+
+    _DELIVERY_COLUMNS = ("id, endpoint, event_id, event_type, payload, attempts, "
+                         "next_attempt_at, status, last_error, created_at, delivered_at")
+
+    async def enqueue_webhook(self, endpoint: str, event_type: str, payload: str, *,
+                              event_id: str | None = None, dedupe_key: str | None = None,
+                              not_before: float | None = None) -> int | None:
+        now = time.time()
+        row = await self._fetchrow(
+            "INSERT INTO webhook_deliveries (endpoint, event_id, event_type, payload, "
+            "attempts, next_attempt_at, status, dedupe_key, created_at) "
+            "VALUES (?, ?, ?, ?, 0, ?, 'pending', ?, ?) "
+            "ON CONFLICT (endpoint, dedupe_key) DO NOTHING RETURNING id",
+            [endpoint, event_id, event_type, payload,
+             float(not_before if not_before is not None else now), dedupe_key, now])
+        return None if row is None else int(row["id"])
+
+    async def claim_webhooks(self, *, limit: int = 50, lease: float = 60.0,
+                             now: float | None = None) -> list[WebhookDelivery]:
+        now = time.time() if now is None else float(now)
+        rows = await self._fetch(
+            "UPDATE webhook_deliveries SET next_attempt_at = ? WHERE id IN ("
+            "SELECT id FROM webhook_deliveries WHERE status = 'pending' "
+            f"AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?{self._claim_lock}"
+            f") RETURNING {self._DELIVERY_COLUMNS}",
+            [now + float(lease), now, int(limit)])
+        rows.sort(key=lambda r: int(r["id"]))
+        return [self._delivery(r) for r in rows]
+
+    async def mark_webhook_delivered(self, delivery_id: int) -> None:
+        await self._execute(
+            "UPDATE webhook_deliveries SET attempts = attempts + 1, status = 'delivered', "
+            "delivered_at = ?, last_error = NULL WHERE id = ?", [time.time(), int(delivery_id)])
+
+    async def mark_webhook_failed(self, delivery_id: int, error: str, *, max_attempts: int = 8,
+                                  base_delay: float = 30.0, max_delay: float = 3600.0,
+                                  now: float | None = None) -> str:
+        now = time.time() if now is None else float(now)
+        row = await self._fetchrow(
+            "UPDATE webhook_deliveries SET attempts = attempts + 1, last_error = ? "
+            "WHERE id = ? RETURNING attempts", [error[:2000], int(delivery_id)])
+        if row is None:
+            raise KeyError(delivery_id)
+        attempts = int(row["attempts"])
+        if attempts >= max_attempts:
+            await self._execute(
+                "UPDATE webhook_deliveries SET status = 'failed' WHERE id = ?",
+                [int(delivery_id)])
+            return "failed"
+        await self._execute(
+            "UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = ? WHERE id = ?",
+            [now + backoff_delay(attempts, base_delay, max_delay), int(delivery_id)])
+        return "pending"
+
+    async def list_webhook_deliveries(self, *, status: str | None = None,
+                                      endpoint: str | None = None,
+                                      cursor: str | None = None,
+                                      limit: int = 100) -> Page[WebhookDelivery]:
+        limit = max(1, min(int(limit), 5000))
+        where = Where()
+        if status is not None:
+            where.add("status = ?", status)
+        if endpoint is not None:
+            where.add("endpoint = ?", endpoint)
+        if cursor:
+            (before,) = decode_cursor(cursor, (int,))
+            where.add("id < ?", before)
+        rows = await self._fetch(
+            f"SELECT {self._DELIVERY_COLUMNS} FROM webhook_deliveries {where.sql()} "
+            "ORDER BY id DESC LIMIT ?", [*where.args, limit + 1])
+        more = len(rows) > limit
+        rows = rows[:limit]
+        next_cursor = encode_cursor(int(rows[-1]["id"])) if more and rows else None
+        return Page([self._delivery(r) for r in rows], next_cursor)
+
+
+def _cond(pair: tuple[str, list[Any]]) -> tuple[Any, ...]:
+    sql, args = pair
+    return (sql, *args)

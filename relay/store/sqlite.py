@@ -1,0 +1,214 @@
+"""The SQLite engine: ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``.
+
+Standard-library ``sqlite3`` on one dedicated thread (one connection, statements run in
+order), WAL journal so readers in other processes (``trackrelay stats``) do not block
+the writer, ``busy_timeout`` so several processes may share the file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from relay.store.base import MessageRecord, StoreError
+from relay.store.records import EVENT_COLUMNS, event_values
+from relay.store.schema import MIGRATIONS, MIGRATIONS_TABLE, render
+from relay.store.sql import SqlStore
+
+R = TypeVar("R")
+
+INSERT_EVENT = (f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) "
+                f"VALUES ({', '.join('?' for _ in EVENT_COLUMNS)}) ON CONFLICT (id) DO NOTHING")
+INSERT_MESSAGE = (
+    "INSERT INTO messages (id, header_message_id, sender, sender_domain, campaign, subject, "
+    "tracked, track_opens, track_clicks, shared, skip_reason, submitted_by, created_at, "
+    "delivered_at, upstream_reply, queue_id) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING"
+)
+
+
+def sqlite_path(url: str) -> str:
+    """``sqlite:///rel.db`` -> ``rel.db``; ``sqlite:////abs.db`` -> ``/abs.db``;
+    ``sqlite://`` or ``sqlite:///:memory:`` -> ``:memory:``."""
+    if not url.startswith("sqlite:"):
+        raise StoreError(f"store.url: not a sqlite URL: {url!r}")
+    rest = url[len("sqlite:"):]
+    if rest in ("", "//", "///:memory:", "//:memory:"):
+        return ":memory:"
+    if not rest.startswith("///"):
+        raise StoreError(f"store.url: expected sqlite:///PATH, got {url!r}")
+    return rest[3:].split("?", 1)[0]
+
+
+def _dict_row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> dict[str, Any]:
+    return {d[0]: v for d, v in zip(cursor.description, row, strict=True)}
+
+
+def _event_params(row: dict[str, Any]) -> tuple[Any, ...]:
+    values = list(event_values(row))
+    values[EVENT_COLUMNS.index("machine")] = 1 if row.get("machine") else 0
+    values[EVENT_COLUMNS.index("reasons")] = json.dumps(row.get("reasons") or [])
+    values[EVENT_COLUMNS.index("data")] = json.dumps(row.get("data") or {})
+    return tuple(values)
+
+
+class SqliteStore(SqlStore):
+    engine = "sqlite"
+    dialect = "sqlite"
+
+    def __init__(self, url: str, *, busy_timeout: float = 10.0) -> None:
+        self.url = url
+        self.path = sqlite_path(url)
+        self.busy_timeout = busy_timeout
+        self._conn: sqlite3.Connection | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    async def _call(self, fn: Callable[..., R], *args: Any) -> R:
+        if self._executor is None or self._conn is None:
+            raise StoreError("store is not connected")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def _open(self) -> sqlite3.Connection:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
+                               check_same_thread=False)
+        conn.row_factory = _dict_row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
+        return conn
+
+    async def connect(self) -> None:
+        if self._conn is not None:
+            return
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="trackrelay-sqlite")
+        try:
+            self._conn = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._open)
+        except Exception as exc:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+            raise StoreError(f"cannot open SQLite database {self.path}: {exc}") from exc
+
+    async def disconnect(self) -> None:
+        conn, executor = self._conn, self._executor
+        self._conn = self._executor = None
+        if executor is not None:
+            if conn is not None:
+                await asyncio.get_running_loop().run_in_executor(executor, conn.close)
+            executor.shutdown(wait=True)
+
+    def _hour_expr(self, column: str) -> str:
+        return f"CAST({column} / 3600 AS INTEGER)"
+
+    def _tx(self, fn: Callable[[sqlite3.Connection], R]) -> R:
+        conn = self._conn
+        assert conn is not None
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(conn)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return result
+
+    # -- primitives ------------------------------------------------------------------------
+
+    async def _fetch(self, sql: str, args: list[Any] | tuple[Any, ...] = ()
+                     ) -> list[dict[str, Any]]:
+        def run() -> list[dict[str, Any]]:
+            assert self._conn is not None
+            return self._conn.execute(sql, tuple(args)).fetchall()
+
+        return await self._call(run)
+
+    async def _execute(self, sql: str, args: list[Any] | tuple[Any, ...] = ()) -> None:
+        def run() -> None:
+            assert self._conn is not None
+            self._conn.execute(sql, tuple(args))
+
+        await self._call(run)
+
+    async def _executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            conn.executemany(sql, rows)
+
+        await self._call(self._tx, run)
+
+    async def ping(self) -> bool:
+        try:
+            rows = await self._fetch("SELECT 1 AS one")
+        except Exception:
+            return False
+        return bool(rows) and rows[0]["one"] == 1
+
+    # -- migrations ------------------------------------------------------------------------
+
+    async def migrate(self) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            conn.execute(render(MIGRATIONS_TABLE, self.dialect))
+            applied = {r["version"] for r in conn.execute(
+                "SELECT version FROM schema_migrations").fetchall()}
+            for version, name, statements in MIGRATIONS:
+                if version in applied:
+                    continue
+                for statement in statements:
+                    conn.execute(render(statement, self.dialect))
+                conn.execute("INSERT INTO schema_migrations (version, name, applied_at) "
+                             "VALUES (?, ?, ?)", (version, name, time.time()))
+                applied.add(version)
+            return max(applied) if applied else 0
+
+        return await self._call(self._tx, run)
+
+    # -- writes ----------------------------------------------------------------------------
+
+    async def write_events(self, rows: list[dict[str, Any]]) -> int:
+        if not rows:
+            return 0
+        params = [_event_params(r) for r in rows]
+
+        def run(conn: sqlite3.Connection) -> int:
+            before = conn.total_changes
+            conn.executemany(INSERT_EVENT, params)
+            return conn.total_changes - before
+
+        return await self._call(self._tx, run)
+
+    async def write_message(self, record: MessageRecord) -> None:
+        sender = (record["sender"] or "").lower()
+        message = (
+            record["id"], record["header_message_id"], sender, sender.rpartition("@")[2],
+            record["campaign"], record["subject"], int(record["tracked"]),
+            int(record["track_opens"]), int(record["track_clicks"]), int(record["shared"]),
+            record["skip_reason"], record["submitted_by"], record["created_at"],
+            record["delivered_at"], record["upstream_reply"], record["queue_id"],
+        )
+        recipients = [(record["id"], i, a.lower(), s, r)
+                      for i, (a, s, r) in enumerate(record["recipients"])]
+        links = [(record["id"], i, u, t) for i, u, t in record["links"]]
+        events = [_event_params(e) for e in record["events"]]
+
+        def run(conn: sqlite3.Connection) -> None:
+            cur = conn.execute(INSERT_MESSAGE, message)
+            if cur.rowcount:
+                conn.executemany(
+                    "INSERT INTO recipients (message_id, idx, address, status, reply) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", recipients)
+                conn.executemany(
+                    "INSERT INTO links (message_id, idx, url, text) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT DO NOTHING", links)
+            conn.executemany(INSERT_EVENT, events)
+
+        await self._call(self._tx, run)
