@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import tomllib
 import types
 import typing
@@ -89,11 +90,184 @@ class TrackingConfig:
     #: Token signing keys, "<id>:<secret>" (id 0-255, secret >= 16 chars); the first
     #: signs new mail, all verify. Empty: a random key per process (tokens die on restart).
     token_keys: list[str] = field(default_factory=list)
+    #: What to track in mail without an X-Trackrelay-Track header: "all" (opens and
+    #: clicks), "opens", "clicks" or "off". Campaign mail (X-Trackrelay-Campaign) is
+    #: tracked ("all") unless its X-Trackrelay-Track header says otherwise.
+    default: Literal["all", "opens", "clicks", "off"] = "all"
+    #: Mail to more than one envelope recipient: "skip" (forwarded untouched) or
+    #: "shared" (tracked at message level: opens known, not which recipient).
+    multi_recipient: Literal["skip", "shared"] = "skip"
+    #: Also route http(s) URLs in text/plain parts through the tracker.
+    rewrite_text_links: bool = False
+    #: Keep the Subject in the sent record (false: leave it out, for privacy).
+    record_subject: bool = True
+
+
+@dataclass
+class ApiTokenConfig:
+    #: The bearer token a client sends (``Authorization: Bearer <token>``), >= 16 chars.
+    token: str = ""
+    #: ``admin`` (everything) or a sender address (``crm@example.com``) or domain
+    #: (``example.com``): the holder sees only messages sent from it.
+    scope: str = "admin"
+    #: A label for logs (the token itself is never logged).
+    name: str = ""
+
+
+@dataclass
+class WebhookConfig:
+    url: str = ""
+    #: HMAC-SHA256 key for ``X-Trackrelay-Signature`` (>= 16 chars).
+    secret: str = ""
+    #: Event types to send (``open``, ``click``, ``first_open``, ``bounce``, …); empty: all.
+    events: list[str] = field(default_factory=list)
+    timeout: float = 10.0
+
+
+@dataclass
+class TrackerConfig:
+    #: Addresses or networks of reverse proxies whose X-Forwarded-For / Forwarded is believed.
+    trusted_proxies: list[str] = field(default_factory=list)
+    #: How much of a recipient's IP address to keep: whole, truncated to /24 and /48, or none.
+    ip_mode: Literal["full", "truncated", "none"] = "truncated"
+    #: A MaxMind-format (.mmdb) city or country database; empty: no location.
+    geoip_path: str = ""
+    #: Redirect targets kept in memory in front of the store (entries).
+    link_cache_size: int = 10000
+    api_tokens: list[ApiTokenConfig] = field(default_factory=list)
+    webhooks: list[WebhookConfig] = field(default_factory=list)
+    #: Delivery attempts per webhook before it is marked failed.
+    webhook_max_attempts: int = 8
+    #: First retry delay in seconds; doubles on each retry up to webhook_max_backoff.
+    webhook_backoff: float = 10.0
+    webhook_max_backoff: float = 3600.0
 
 
 @dataclass
 class StoreConfig:
     url: str = "sqlite:///./trackrelay.db"
+    #: Where events and message records go while the database is unreachable (JSON
+    #: lines, replayed when it returns). Empty: next to a SQLite file, else
+    #: ./trackrelay-spool.jsonl. Give each process its own file.
+    spool_path: str = ""
+    #: Events written per transaction by the background writer.
+    batch_size: int = 500
+    #: Seconds between writes of a partial batch.
+    flush_interval: float = 0.05
+    #: Events kept in memory at most; beyond that they are spooled to disk at once.
+    queue_size: int = 100000
+    #: Seconds between reconnection attempts while the database is unreachable.
+    retry_interval: float = 1.0
+    #: PostgreSQL connection pool size (per process).
+    pool_size: int = 10
+
+
+@dataclass
+class EngagementConfig:
+    """``[engagement]``: human-vs-machine classification of opens and clicks (issue 6).
+
+    Thresholds are defaults from the research notes (bot-signals.md, section 3); see
+    ``relay/engagement/`` for the rules that use them.
+    """
+
+    #: Classify opens and clicks at all (false: every event stays ``unknown``).
+    enabled: bool = True
+    #: Seconds after the upstream accepted the message below which an open/click is a
+    #: machine unless there is human evidence (T_instant).
+    instant_seconds: float = 3.0
+    #: Seconds after delivery below which an open/click is suspicious (T_suspect).
+    suspect_seconds: float = 60.0
+    #: Clicks from Microsoft 365 (EOP/Defender) networks this soon after delivery are
+    #: Safe Links scans.
+    safelinks_seconds: float = 600.0
+    #: An open/click from the IP that submitted the message counts as the sender's own
+    #: within this many seconds of delivery.
+    self_open_seconds: float = 7 * 86400.0
+    #: The organisation's own networks (CIDR): opens and clicks from them are self-opens.
+    org_networks: list[str] = field(default_factory=list)
+    #: Chrome major versions below this add suspicion (scanners pin old browsers); 0: off.
+    outdated_chrome_major: int = 100
+    #: Suspicion score from which an event is a machine (1 .. below: unknown).
+    machine_score: int = 3
+    #: Several distinct links of one message and recipient within this many seconds are
+    #: a scanner (multi_link_burst).
+    link_burst_seconds: float = 2.0
+    #: One IP (/24, /64) and user agent opening this many recipients' mail within
+    #: recipient_burst_seconds is a gateway (recipient_burst).
+    recipient_burst_min: int = 5
+    recipient_burst_seconds: float = 10.0
+    #: Events of the same message and recipient within this many seconds of a honeypot
+    #: hit are machine.
+    honeypot_window: float = 60.0
+    #: The batch pass leaves clicks younger than this for the next pass (bursts may
+    #: still be forming) before inferring opens from them.
+    batch_settle_seconds: float = 300.0
+    #: Use the crawler-user-agents package as the generic bot list (after the email table).
+    generic_bot_list: bool = True
+    #: A directory of fresher data files (same names and formats as relay/engagement/data:
+    #: useragents.json, apple_relay.csv|json, microsoft365.json, cloud*.json|txt); files
+    #: found there replace the bundled ones. Empty: bundled data only.
+    data_dir: str = ""
+    #: Engagement score: weights, repeat-open factor and recency half-life (days).
+    score_open_weight: float = 1.0
+    score_click_weight: float = 3.0
+    score_reply_weight: float = 5.0
+    score_repeat_factor: float = 0.5
+    score_half_life_days: float = 30.0
+
+
+@dataclass
+class BouncesConfig:
+    """``[bounces]``: VERP, the bounce listener and inbound intake (issue 5)."""
+
+    #: Rewrite the envelope sender the upstream sees to
+    #: ``<verp_prefix>+<token>@<bounce_domain>`` so a DSN names its message exactly.
+    verp: bool = False
+    verp_prefix: str = "bounce"
+    #: The domain whose mail the bounce listener accepts (its MX points at trackrelay).
+    bounce_domain: str = ""
+    #: Bounce listener addresses (HOST:PORT); empty: no bounce listener.
+    listen: list[str] = field(default_factory=list)
+    #: Name in the bounce listener's greeting; empty: relay.hostname.
+    hostname: str = ""
+    #: Largest inbound message (listener, API, CLI) in bytes; bigger ones are refused.
+    max_message_size: int = 10 * 1024 * 1024
+    #: Recognise replies (In-Reply-To/References naming a tracked Message-ID).
+    replies: bool = True
+
+
+@dataclass
+class SuppressionConfig:
+    """``[suppression]``: the suppression list checked at RCPT time (issue 5)."""
+
+    enabled: bool = True
+    #: "global": one list for every sender; "sender_domain": per envelope-sender domain
+    #: (global entries added by hand apply to everyone either way).
+    scope: Literal["global", "sender_domain"] = "global"
+    #: "refuse": 550 5.7.1 at RCPT; "skip": answer 250, do not pass the recipient
+    #: upstream, record a ``rejected`` event (see plugins/suppression.py).
+    action: Literal["refuse", "skip"] = "refuse"
+    #: Soft bounces (final, not hard) of an address within the window that suppress it;
+    #: 0: soft bounces never suppress.
+    soft_bounce_limit: int = 3
+    soft_bounce_window_days: float = 7.0
+    #: What else suppresses: hard bounces, complaints, unsubscribes.
+    hard_bounces: bool = True
+    complaints: bool = True
+    unsubscribes: bool = True
+
+
+@dataclass
+class UnsubscribeConfig:
+    """``[unsubscribe]``: List-Unsubscribe headers on campaign mail (RFC 2369, RFC 8058)."""
+
+    enabled: bool = True
+    #: Also offer ``mailto:<mailto_prefix>+<token>@<bounces.bounce_domain>`` (needs
+    #: bounces.bounce_domain and the bounce listener).
+    mailto: bool = False
+    mailto_prefix: str = "unsubscribe"
+    #: Replace a List-Unsubscribe header the sender set (false: keep theirs).
+    replace_existing: bool = False
 
 
 @dataclass
@@ -114,6 +288,11 @@ class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    engagement: EngagementConfig = field(default_factory=EngagementConfig)
+    bounces: BouncesConfig = field(default_factory=BouncesConfig)
+    suppression: SuppressionConfig = field(default_factory=SuppressionConfig)
+    unsubscribe: UnsubscribeConfig = field(default_factory=UnsubscribeConfig)
     log: LogConfig = field(default_factory=LogConfig)
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
     #: ``[plugins.<name>]`` tables, checked by each plugin at start-up.
@@ -130,7 +309,9 @@ def _type_name(tp: Any) -> str:
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in get_args(tp))
     if origin is list:
-        return f"a list of {_type_name(get_args(tp)[0])}s"
+        item = get_args(tp)[0]
+        plural = {str: "strings", int: "integers", float: "numbers"}.get(item)
+        return f"a list of {plural}" if plural else f"a list ({_type_name(item)} each)"
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
         tp, str(tp)
     )
@@ -303,3 +484,130 @@ def validate(config: Config) -> None:
     if not config.store.url.startswith(("sqlite://", "postgresql://", "postgres://")):
         raise ConfigError(f"store.url: must be sqlite:///PATH or postgresql://…, "
                           f"got {config.store.url!r}")
+    st = config.store
+    for key in ("batch_size", "queue_size", "pool_size"):
+        if getattr(st, key) <= 0:
+            raise ConfigError(f"store.{key}: must be positive, got {getattr(st, key)}")
+    for key in ("flush_interval", "retry_interval"):
+        if getattr(st, key) <= 0:
+            raise ConfigError(f"store.{key}: must be a positive number of seconds, "
+                              f"got {getattr(st, key)}")
+    validate_tracker(config.tracker)
+    validate_engagement(config.engagement)
+    validate_deliverability(config)
+
+
+def validate_tracker(t: TrackerConfig) -> None:
+    """The ``[tracker]`` section: proxies, GeoIP file, API tokens, webhooks."""
+    for i, net in enumerate(t.trusted_proxies):
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise ConfigError(f"tracker.trusted_proxies[{i}]: not an address or network: "
+                              f"{net!r}") from None
+    if t.geoip_path and not Path(t.geoip_path).is_file():
+        raise ConfigError(f"tracker.geoip_path: no such file: {t.geoip_path}")
+    if t.link_cache_size < 0:
+        raise ConfigError("tracker.link_cache_size: must be 0 or more")
+    seen: set[str] = set()
+    for i, tok in enumerate(t.api_tokens):
+        key = f"tracker.api_tokens[{i}]"
+        if len(tok.token) < 16:
+            raise ConfigError(f"{key}.token: must be at least 16 characters")
+        if tok.token in seen:
+            raise ConfigError(f"{key}.token: the same token is listed twice")
+        seen.add(tok.token)
+        scope = tok.scope.strip().lower()
+        if not scope or (scope != "admin" and ("." not in scope or " " in scope)):
+            raise ConfigError(f"{key}.scope: expected 'admin', a sender address or a "
+                              f"domain, got {tok.scope!r}")
+    from relay.records import EVENT_TYPES
+
+    known_events = (*EVENT_TYPES, "first_open")
+    urls: set[str] = set()
+    for i, hook in enumerate(t.webhooks):
+        key = f"tracker.webhooks[{i}]"
+        if hook.url in urls:
+            raise ConfigError(f"{key}.url: the same url is listed twice")
+        urls.add(hook.url)
+        if not hook.url.startswith(("http://", "https://")):
+            raise ConfigError(f"{key}.url: must start with http:// or https://, "
+                              f"got {hook.url!r}")
+        if len(hook.secret) < 16:
+            raise ConfigError(f"{key}.secret: must be at least 16 characters")
+        for j, name in enumerate(hook.events):
+            if name not in known_events:
+                raise ConfigError(f"{key}.events[{j}]: unknown event type {name!r} "
+                                  f"(known: {', '.join(known_events)})")
+        if hook.timeout <= 0:
+            raise ConfigError(f"{key}.timeout: must be positive")
+    if t.webhook_max_attempts < 1:
+        raise ConfigError("tracker.webhook_max_attempts: must be 1 or more")
+    if t.webhook_backoff <= 0 or t.webhook_max_backoff < t.webhook_backoff:
+        raise ConfigError("tracker.webhook_backoff: must be positive and not above "
+                          "tracker.webhook_max_backoff")
+
+
+def validate_engagement(e: EngagementConfig) -> None:
+    """The ``[engagement]`` section: networks, non-negative windows, positive weights."""
+    for i, net in enumerate(e.org_networks):
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise ConfigError(f"engagement.org_networks[{i}]: not an address or network: "
+                              f"{net!r}") from None
+    for key in ("instant_seconds", "suspect_seconds", "safelinks_seconds",
+                "self_open_seconds", "link_burst_seconds", "recipient_burst_seconds",
+                "honeypot_window", "batch_settle_seconds", "score_open_weight",
+                "score_click_weight", "score_reply_weight"):
+        if getattr(e, key) < 0:
+            raise ConfigError(f"engagement.{key}: must be 0 or more")
+    if e.instant_seconds > e.suspect_seconds:
+        raise ConfigError("engagement.instant_seconds: must not be above "
+                          "engagement.suspect_seconds")
+    if e.machine_score < 1:
+        raise ConfigError("engagement.machine_score: must be 1 or more")
+    if e.recipient_burst_min < 2:
+        raise ConfigError("engagement.recipient_burst_min: must be 2 or more")
+    if e.outdated_chrome_major < 0:
+        raise ConfigError("engagement.outdated_chrome_major: must be 0 or more")
+    if not 0 <= e.score_repeat_factor <= 1:
+        raise ConfigError("engagement.score_repeat_factor: must be from 0 to 1")
+    if e.score_half_life_days <= 0:
+        raise ConfigError("engagement.score_half_life_days: must be positive")
+    if e.data_dir and not Path(e.data_dir).is_dir():
+        raise ConfigError(f"engagement.data_dir: no such directory: {e.data_dir}")
+
+
+_LOCAL_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,40}$")
+_DOMAIN = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+"
+                     r"[A-Za-z]{2,63}$|^localhost$|^[a-z0-9-]+\.test$")
+
+
+def validate_deliverability(config: Config) -> None:
+    """The ``[bounces]``, ``[suppression]`` and ``[unsubscribe]`` sections (issue 5)."""
+    b, s, u = config.bounces, config.suppression, config.unsubscribe
+    if b.bounce_domain and not _DOMAIN.match(b.bounce_domain):
+        raise ConfigError(f"bounces.bounce_domain: not a domain name: {b.bounce_domain!r}")
+    if not _LOCAL_PART.match(b.verp_prefix) or "+" in b.verp_prefix:
+        raise ConfigError(f"bounces.verp_prefix: expected letters, digits, '.', '-' or '_' "
+                          f"(no '+'), got {b.verp_prefix!r}")
+    if b.verp and not b.bounce_domain:
+        raise ConfigError("bounces.verp: needs bounces.bounce_domain")
+    if b.listen and not b.bounce_domain:
+        raise ConfigError("bounces.listen: the bounce listener needs bounces.bounce_domain")
+    for i, addr in enumerate(b.listen):
+        parse_hostport(addr, f"bounces.listen[{i}]")
+    if b.max_message_size <= 0:
+        raise ConfigError("bounces.max_message_size: must be positive")
+    if s.soft_bounce_limit < 0:
+        raise ConfigError("suppression.soft_bounce_limit: must be 0 or more")
+    if s.soft_bounce_window_days <= 0:
+        raise ConfigError("suppression.soft_bounce_window_days: must be positive")
+    if not _LOCAL_PART.match(u.mailto_prefix) or "+" in u.mailto_prefix:
+        raise ConfigError(f"unsubscribe.mailto_prefix: expected letters, digits, '.', '-' "
+                          f"or '_' (no '+'), got {u.mailto_prefix!r}")
+    if u.mailto and not b.bounce_domain:
+        raise ConfigError("unsubscribe.mailto: needs bounces.bounce_domain")
+    if u.mailto and u.mailto_prefix.lower() == b.verp_prefix.lower():
+        raise ConfigError("unsubscribe.mailto_prefix: must differ from bounces.verp_prefix")

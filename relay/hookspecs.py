@@ -26,6 +26,13 @@ if TYPE_CHECKING:
     from relay.app import App
     from relay.message import MessageDraft
     from relay.records import Outcome, Reply, Transaction
+    from relay.rewrite.context import (
+        HtmlPart,
+        PlainTextPart,
+        RewriteContext,
+        TrackingPolicy,
+    )
+    from relay.rewrite.mime import MimeTree
 
 hookspec = pluggy.HookspecMarker("trackrelay")
 
@@ -102,4 +109,103 @@ def trackrelay_delivered(transaction: Transaction, outcome: Outcome) -> Any:
 
     Called after the client has its answer, so a slow implementation never delays mail;
     exceptions are logged and counted, never returned to the client.
+    """
+
+
+# --- content rewrite (tracking) --------------------------------------------------------------
+#
+# The rewrite engine (relay/rewrite/engine.py) runs these for every message, before
+# ``trackrelay_transform_message``: the policy first, then one call per decoded text part
+# (one scan of an HTML part serves every plugin; edits are applied together afterwards),
+# then ``trackrelay_rewrite_finished``. Objects: relay/rewrite/context.py.
+
+
+@hookspec
+def trackrelay_tracking_policy(app: App, transaction: Transaction, message: MessageDraft,
+                               tree: MimeTree | None) -> TrackingPolicy | None:
+    """Decide what to track in this message: return a ``TrackingPolicy`` or ``None``.
+
+    Every implementation is called; the first non-``None`` answer wins (so a plugin that
+    should override the built-in ``tracking_policy`` returns its own policy). Use
+    ``TrackingPolicy.skip("reason")`` to leave the message untouched. ``tree`` lists the
+    message's text parts (``tree.html``, ``tree.plain``), or is ``None`` when the MIME
+    structure could not be followed. An implementation may remove the control headers it
+    consumed from ``message`` (the built-in one removes ``X-Trackrelay-Track`` and
+    ``X-Trackrelay-Campaign``). With no answer at all, nothing is tracked.
+    """
+
+
+@hookspec
+def trackrelay_edit_html(context: RewriteContext, part: HtmlPart) -> Any:
+    """Ask for edits to one decoded ``text/html`` part of a tracked message.
+
+    ``part.text`` is the decoded HTML; ``part.tags("a", "area")`` and ``part.scan`` give
+    tags with attribute value spans from the shared scan (comments are skipped, Outlook
+    conditional blocks are entered: ``tag.in_conditional``). Ask for edits with
+    ``part.set_attr(attr, value)``, ``part.replace(start, end, text)`` or
+    ``part.insert(offset, text)``: offsets are into the original ``part.text``, so plugins
+    never see each other's edits; overlapping replacements raise ``EditConflict``. Do not
+    re-serialise the document. ``context.policy`` says what is tracked;
+    ``context.track_link(url, text)`` records a link and returns its tracker URL;
+    ``context.open_url()`` is the pixel URL. Raising forwards the original message.
+    """
+
+
+@hookspec
+def trackrelay_edit_text(context: RewriteContext, part: PlainTextPart) -> Any:
+    """Ask for edits to one decoded ``text/plain`` part of a tracked message.
+
+    Same contract as ``trackrelay_edit_html`` without the scan: ``part.text``,
+    ``part.replace(start, end, text)``, ``part.insert(offset, text)``.
+    """
+
+
+@hookspec
+def trackrelay_rewrite_finished(context: RewriteContext) -> Any:
+    """Called once per message after the parts were edited (tracked or not).
+
+    ``context.tracked`` / ``context.decision`` say what happened, ``context.links`` lists
+    the rewritten links and ``context.stats`` the counts. Headers may still be changed
+    through ``context.message``. The built-in ``sent_record`` plugin fills
+    ``transaction.sent`` here.
+    """
+
+
+# --- engagement: human vs machine (issue 6) ---------------------------------------------
+
+if TYPE_CHECKING:
+    from relay.engagement.facts import RequestFacts
+    from relay.engagement.verdict import Verdict
+
+
+@hookspec
+def trackrelay_classify_event(facts: RequestFacts, verdict: Verdict) -> Verdict | None:
+    """Add to or override the verdict on one open or click (``relay/engagement``).
+
+    ``facts`` is what the tracker knows about the request (kind ``open``/``click``,
+    method, user agent, IP, headers, time, delivery time, submitter, recipient);
+    ``verdict`` is the built-in rules' answer. Return a ``Verdict`` to replace it (to
+    add a reason, return a copy with the reason appended), or ``None`` to keep it. The
+    first non-``None`` answer wins. It may run on the pixel path: keep it fast and do
+    no blocking I/O (what is served never depends on the verdict).
+    """
+
+
+# --- bounces: classification (issue 5) ---------------------------------------------------
+
+if TYPE_CHECKING:
+    import email.message
+
+
+@hookspec
+def trackrelay_classify_bounce(message: email.message.Message, raw: bytes,
+                               records: list[Any]) -> list[Any] | None:
+    """Add to or override how an inbound message is classified (``relay/bounces``).
+
+    ``message`` is the parsed message (``email.policy.compat32``), ``raw`` its bytes and
+    ``records`` the built-in ``BounceRecord`` list (empty when the built-in rules saw
+    no bounce, complaint or auto-reply). Return a list of records to replace it (for a
+    provider-specific format or a local policy, e.g. treating a reason as hard), or
+    ``None`` to keep it. The first non-``None`` answer wins. Keep it fast and free of
+    blocking I/O: it runs for every inbound message.
     """
