@@ -1,0 +1,342 @@
+"""The JSON API under ``/api/v1``: messages, events, campaigns, contacts, webhook outbox.
+
+Authentication is a bearer token from ``[[tracker.api_tokens]]``. A token's scope is
+``admin`` (everything) or a sender address or domain: its holder sees only messages
+sent from it, and anything else answers 404 exactly as if it did not exist. A missing
+or wrong token is 401; a bad query parameter is 400 with a message naming it. The
+OpenAPI document (``relay.tracker.openapi``) is served, without a token, at
+``/api/v1/openapi.json``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hmac
+import json
+import re
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+from aiohttp import web
+
+from relay import metrics
+from relay.config import ApiTokenConfig
+from relay.logs import get_logger
+from relay.records import EVENT_TYPES
+from relay.store.base import MESSAGE_STATUSES, BadCursor, StoreError
+from relay.tracker import serialize
+from relay.tracker.openapi import openapi_document
+
+if TYPE_CHECKING:
+    from relay.app import App
+    from relay.store.base import Store
+
+log = get_logger("relay.tracker.api")
+
+SCOPE_KEY = web.RequestKey("scope", str)  # "" for admin
+MESSAGE_ID = re.compile(r"^[0-9a-f]{16}$")
+MAX_LIMIT = 500
+DELIVERY_STATUSES = ("pending", "delivered", "failed")
+#: Exceptions meaning "the database cannot be reached now": answered 503, not 500.
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    StoreError, OSError, TimeoutError, asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError, asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError,
+)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class BadParameter(Exception):
+    def __init__(self, parameter: str, message: str) -> None:
+        super().__init__(f"{parameter}: {message}")
+        self.parameter = parameter
+        self.message = f"{parameter}: {message}"
+
+
+def error(status: int, code: str, message: str, parameter: str | None = None
+          ) -> web.Response:
+    body: dict[str, Any] = {"error": code, "message": message}
+    if parameter is not None:
+        body["parameter"] = parameter
+    return web.json_response(body, status=status)
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+def ok(body: Any) -> web.Response:
+    return web.json_response(body, dumps=_dumps)
+
+
+# --- parameters ------------------------------------------------------------------------------
+
+
+class Query:
+    """The query string of one request, read with validation that names the parameter."""
+
+    def __init__(self, request: web.Request, allowed: tuple[str, ...]) -> None:
+        self.q = request.query
+        for name in self.q:
+            if name not in allowed:
+                raise BadParameter(name, f"unknown parameter (known: {', '.join(allowed)})")
+        for name in allowed:
+            if len(self.q.getall(name, [])) > 1 and name != "type":
+                raise BadParameter(name, "given more than once")
+
+    def text(self, name: str, max_len: int = 320) -> str | None:
+        value = self.q.get(name)
+        if value is None:
+            return None
+        if not value:
+            raise BadParameter(name, "must not be empty")
+        if "\x00" in value:
+            raise BadParameter(name, "must not contain NUL characters")
+        if len(value) > max_len:
+            raise BadParameter(name, f"longer than {max_len} characters")
+        return value
+
+    def time(self, name: str) -> float | None:
+        value = self.text(name, 64)
+        if value is None:
+            return None
+        return parse_time(value, name)
+
+    def limit(self, default: int) -> int:
+        value = self.q.get("limit")
+        if value is None:
+            return default
+        if not value.isdigit() or not 1 <= int(value) <= MAX_LIMIT:
+            raise BadParameter("limit", f"expected an integer from 1 to {MAX_LIMIT}")
+        return int(value)
+
+    def boolean(self, name: str) -> bool | None:
+        value = self.q.get(name)
+        if value is None:
+            return None
+        lowered = value.lower()
+        if lowered in ("true", "1", "yes"):
+            return True
+        if lowered in ("false", "0", "no"):
+            return False
+        raise BadParameter(name, "expected true or false")
+
+    def choice(self, name: str, choices: tuple[str, ...]) -> str | None:
+        value = self.q.get(name)
+        if value is None:
+            return None
+        if value not in choices:
+            raise BadParameter(name, f"expected one of {', '.join(choices)}")
+        return value
+
+
+def parse_time(value: str, name: str = "time") -> float:
+    """ISO 8601 (a zone-less time is UTC) or POSIX seconds; a relative ``-1h``/``-2d``
+    (minutes, hours, days before now) for the command line."""
+    m = re.fullmatch(r"-(\d{1,6})([smhd])", value)
+    if m:
+        unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+        return dt.datetime.now(dt.UTC).timestamp() - int(m.group(1)) * unit
+    if re.fullmatch(r"\d{1,12}(\.\d{1,9})?", value):
+        return float(value)
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise BadParameter(name, "expected an ISO 8601 time (2026-11-24T13:00:00Z) or "
+                                 "POSIX seconds") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.UTC)
+    return (parsed - _EPOCH).total_seconds()
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+# --- auth ------------------------------------------------------------------------------------
+
+
+class TokenTable:
+    """Bearer tokens and their scopes, compared in constant time."""
+
+    def __init__(self, tokens: list[ApiTokenConfig]) -> None:
+        self.entries = [
+            (t.token.encode(), "" if t.scope.strip().lower() == "admin"
+             else t.scope.strip().lower(), t.name)
+            for t in tokens
+        ]
+
+    def scope_of(self, header: str | None) -> str | None:
+        """The scope ("" = admin) of an ``Authorization`` header; None if not valid."""
+        if not header:
+            return None
+        kind, _, value = header.partition(" ")
+        if kind.lower() != "bearer" or not value.strip():
+            return None
+        presented = value.strip().encode()
+        found = None
+        for token, scope, _name in self.entries:
+            if hmac.compare_digest(token, presented) and found is None:
+                found = scope
+        return found
+
+
+def _scope(request: web.Request) -> str | None:
+    scope: str = request[SCOPE_KEY]
+    return scope or None
+
+
+# --- the API -----------------------------------------------------------------------------------
+
+
+class Api:
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.tokens = TokenTable(app.config.tracker.api_tokens)
+
+    @property
+    def store(self) -> Store:
+        store = self.app.store
+        if store is None:
+            raise web.HTTPServiceUnavailable(text="store not open")
+        result: Store = store
+        return result
+
+    def sub_app(self) -> web.Application:
+        api = web.Application(middlewares=[self.middleware])
+        r = api.router
+        r.add_get("/openapi.json", self.openapi)
+        r.add_get("/messages", self.list_messages)
+        r.add_get("/messages/{id}", self.get_message)
+        r.add_get("/events", self.list_events)
+        r.add_get("/campaigns", self.list_campaigns)
+        r.add_get("/campaigns/{id}", self.get_campaign)
+        r.add_get("/contacts/{address}", self.get_contact)
+        r.add_get("/webhooks/deliveries", self.list_deliveries)
+        return api
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        response = await self._handle(request, handler)
+        metrics.API_REQUESTS.labels(str(response.status)).inc()
+        return response
+
+    async def _handle(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.match_info.http_exception is not None:
+            exc = request.match_info.http_exception
+            if isinstance(exc, web.HTTPMethodNotAllowed):
+                return error(405, "method_not_allowed", f"{request.method} is not allowed here")
+            return error(404, "not_found", "no such resource")
+        if request.path.endswith("/openapi.json"):
+            return await handler(request)
+        scope = self.tokens.scope_of(request.headers.get("Authorization"))
+        if scope is None:
+            resp = error(401, "unauthorized", "a valid bearer token is needed")
+            resp.headers["WWW-Authenticate"] = 'Bearer realm="trackrelay"'
+            return resp
+        request[SCOPE_KEY] = scope
+        try:
+            return await handler(request)
+        except BadParameter as exc:
+            return error(400, "bad_parameter", exc.message, exc.parameter)
+        except BadCursor:
+            return error(400, "bad_parameter", "cursor: not a cursor this API gave out",
+                         "cursor")
+        except web.HTTPException as exc:
+            if exc.status == 503:
+                return error(503, "unavailable", exc.text or "unavailable")
+            raise
+        except UNAVAILABLE as exc:
+            log.warning("api_store_unavailable", path=request.path, error=repr(exc))
+            return error(503, "unavailable", "the store cannot be reached; try again")
+        except Exception:
+            log.exception("api_error", path=request.path)
+            return error(500, "internal_error", "internal error (logged)")
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return ok(openapi_document(self.app.config.http.base_url))
+
+    async def list_messages(self, request: web.Request) -> web.Response:
+        q = Query(request, ("sender", "recipient", "campaign", "status", "since", "until",
+                            "cursor", "limit"))
+        page = await self.store.list_messages(
+            scope=_scope(request), sender=_lower(q.text("sender")),
+            recipient=_lower(q.text("recipient")), campaign=q.text("campaign", 200),
+            status=q.choice("status", MESSAGE_STATUSES), since=q.time("since"),
+            until=q.time("until"), cursor=q.text("cursor", 1000), limit=q.limit(50))
+        return ok({"items": [serialize.message_json(m) for m in page.items],
+                   "next_cursor": page.next_cursor})
+
+    async def get_message(self, request: web.Request) -> web.Response:
+        q = Query(request, ("include_machine",))
+        message_id = request.match_info["id"]
+        include_machine = bool(q.boolean("include_machine"))
+        if not MESSAGE_ID.match(message_id):
+            return error(404, "not_found", "no such message")
+        detail = await self.store.get_message(message_id, scope=_scope(request),
+                                              include_machine=include_machine)
+        if detail is None:
+            return error(404, "not_found", "no such message")
+        return ok(serialize.message_json(detail))
+
+    async def list_events(self, request: web.Request) -> web.Response:
+        q = Query(request, ("type", "message", "recipient", "campaign", "since", "until",
+                            "machine", "cursor", "limit"))
+        types: list[str] = []
+        for raw in request.query.getall("type", []):
+            for name in raw.split(","):
+                if name not in EVENT_TYPES:
+                    raise BadParameter("type", f"expected event types from "
+                                               f"{', '.join(EVENT_TYPES)}")
+                types.append(name)
+        message = q.text("message")
+        if message is not None and not MESSAGE_ID.match(message):
+            raise BadParameter("message", "expected a 16-character hex message id")
+        page = await self.store.list_events(
+            scope=_scope(request), type=types or None, message_id=message,
+            recipient=_lower(q.text("recipient")), campaign=q.text("campaign", 200),
+            since=q.time("since"), until=q.time("until"), machine=q.boolean("machine"),
+            cursor=q.text("cursor", 1000), limit=q.limit(100))
+        return ok({"items": [serialize.event_json(e) for e in page.items],
+                   "next_cursor": page.next_cursor})
+
+    async def list_campaigns(self, request: web.Request) -> web.Response:
+        q = Query(request, ("limit",))
+        rows = await self.store.list_campaigns(scope=_scope(request), limit=q.limit(100))
+        return ok({"items": [serialize.campaign_list_json(r) for r in rows]})
+
+    async def get_campaign(self, request: web.Request) -> web.Response:
+        q = Query(request, ("include_machine",))
+        include_machine = bool(q.boolean("include_machine"))
+        if "\x00" in request.match_info["id"]:
+            return error(404, "not_found", "no such campaign")
+        stats = await self.store.campaign_stats(request.match_info["id"],
+                                                scope=_scope(request),
+                                                include_machine=include_machine)
+        if stats is None:
+            return error(404, "not_found", "no such campaign")
+        return ok(serialize.campaign_json(stats))
+
+    async def get_contact(self, request: web.Request) -> web.Response:
+        q = Query(request, ("limit",))
+        address = request.match_info["address"].strip().lower()
+        if "@" not in address or len(address) > 320 or "\x00" in address:
+            return error(404, "not_found", "no such contact")
+        row = await self.store.contact(address, scope=_scope(request), limit=q.limit(500))
+        if row is None:
+            return error(404, "not_found", "no such contact")
+        return ok(serialize.contact_json(row))
+
+    async def list_deliveries(self, request: web.Request) -> web.Response:
+        q = Query(request, ("status", "cursor", "limit"))
+        if _scope(request) is not None:  # the outbox spans every sender: admin only
+            return error(404, "not_found", "no such resource")
+        page = await self.store.list_webhook_deliveries(
+            status=q.choice("status", DELIVERY_STATUSES), cursor=q.text("cursor", 1000),
+            limit=q.limit(100))
+        return ok({"items": [serialize.delivery_json(d) for d in page.items],
+                   "next_cursor": page.next_cursor})
+
+
+def _lower(value: str | None) -> str | None:
+    return value.lower() if value is not None else None

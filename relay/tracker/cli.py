@@ -1,0 +1,246 @@
+"""``trackrelay stats`` and ``trackrelay events``: the store read from the command line.
+
+Both take the parsed arguments of their subcommand and return an exit code; ``relay.cli``
+builds the parsers. Arguments read here (missing ones take their defaults):
+
+``stats``:  ``config``, ``store``, ``campaign`` (None: the last ``hours`` hours, 24),
+            ``include_machine`` (bool), ``json`` (bool)
+``events``: ``config``, ``store``, ``follow`` (bool), ``type`` (list of str; each may be
+            comma-separated), ``message``, ``since`` (ISO 8601, POSIX seconds or a
+            relative ``-1h``), ``limit`` (None: all), ``json`` (bool), ``poll`` (1.0 s)
+
+``events --json`` prints one JSON object per line: the same objects as
+``GET /api/v1/events`` and the webhooks' ``event`` field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections import Counter
+from typing import IO, Any
+
+from relay.config import Config, ConfigError
+from relay.records import EVENT_TYPES
+from relay.store.base import Store, iso_time
+from relay.tracker.api import BadParameter, parse_time
+from relay.tracker.serialize import campaign_json, event_json
+
+
+def _config(args: argparse.Namespace) -> Config:
+    from relay import cli
+
+    return cli._load(args)
+
+
+async def _open(config: Config) -> Store:
+    from relay.store import open_store
+
+    return await open_store(config.store.url, writer=False)
+
+
+def _types(args: argparse.Namespace) -> list[str] | None:
+    out: list[str] = []
+    for raw in getattr(args, "type", None) or []:
+        for name in str(raw).split(","):
+            name = name.strip()
+            if name not in EVENT_TYPES:
+                raise ConfigError(f"--type: unknown event type {name!r} "
+                                  f"(known: {', '.join(EVENT_TYPES)})")
+            out.append(name)
+    return out or None
+
+
+def _since(args: argparse.Namespace) -> float | None:
+    value = getattr(args, "since", None)
+    if not value:
+        return None
+    try:
+        return parse_time(str(value), "--since")
+    except BadParameter as exc:
+        raise ConfigError(exc.message) from None
+
+
+# --- stats -----------------------------------------------------------------------------------
+
+
+async def period_figures(store: Store, since: float, until: float | None = None,
+                         include_machine: bool = False) -> dict[str, Any]:
+    """Figures over a time window, from the event log (``trackrelay stats`` without a
+    campaign): recipients sent to, unique and total opens and clicks, bounces,
+    complaints, unsubscribes, and the rates against recipients sent to."""
+    counts: Counter[str] = Counter()
+    uniques: dict[str, set[tuple[str, str | None]]] = {
+        t: set() for t in ("open", "click", "bounce", "complaint", "unsubscribe")}
+    cursor = None
+    while True:
+        page = await store.list_events(since=since, until=until, cursor=cursor, limit=500)
+        for row in page.items:
+            if row["machine"] and not include_machine:
+                continue
+            counts[row["type"]] += 1
+            if row["type"] in uniques:
+                uniques[row["type"]].add((row["message_id"], row["recipient"]))
+        cursor = page.next_cursor
+        if cursor is None or not page.items:
+            break
+    sent = counts["sent"]
+
+    def rate(n: int) -> float:
+        return round(n / sent, 4) if sent else 0.0
+
+    return {
+        "since": iso_time(since),
+        "until": iso_time(until if until is not None else time.time()),
+        "sent": sent,
+        "rejected": counts["rejected"],
+        "unique_opens": len(uniques["open"]), "opens": counts["open"],
+        "open_rate": rate(len(uniques["open"])),
+        "unique_clicks": len(uniques["click"]), "clicks": counts["click"],
+        "click_rate": rate(len(uniques["click"])),
+        "bounces": len(uniques["bounce"]), "bounce_rate": rate(len(uniques["bounce"])),
+        "complaints": len(uniques["complaint"]),
+        "unsubscribes": len(uniques["unsubscribe"]),
+        "unsubscribe_rate": rate(len(uniques["unsubscribe"])),
+        "include_machine": include_machine,
+    }
+
+
+def _print_figures(title: str, figures: dict[str, Any], out: IO[str]) -> None:
+    print(title, file=out)
+    width = max(len(k) for k in figures)
+    for key, value in figures.items():
+        if key in ("top_links", "per_hour"):
+            continue
+        if isinstance(value, float) and key.endswith("_rate"):
+            value = f"{value * 100:.1f}%"
+        print(f"  {key:<{width}}  {value}", file=out)
+    for link in figures.get("top_links", []):
+        print(f"  link {link['clicks']:>6} clicks {link['unique_clicks']:>6} unique  "
+              f"{link['url']}", file=out)
+
+
+async def _stats(args: argparse.Namespace, out: IO[str]) -> int:
+    config = _config(args)
+    include_machine = bool(getattr(args, "include_machine", False))
+    store = await _open(config)
+    try:
+        campaign = getattr(args, "campaign", None)
+        if campaign:
+            stats = await store.campaign_stats(campaign, include_machine=include_machine)
+            if stats is None:
+                print(f"trackrelay: no campaign {campaign!r}", file=sys.stderr)
+                return 1
+            figures = campaign_json(stats)
+            title = f"campaign {campaign}"
+        else:
+            hours = float(getattr(args, "hours", None) or 24)
+            figures = await period_figures(store, time.time() - hours * 3600,
+                                           include_machine=include_machine)
+            title = f"last {hours:g} hours"
+    finally:
+        await store.close()
+    if getattr(args, "json", False):
+        print(json.dumps(figures, ensure_ascii=False), file=out)
+    else:
+        _print_figures(title, figures, out)
+    return 0
+
+
+def stats(args: argparse.Namespace, out: IO[str] | None = None) -> int:
+    """``trackrelay stats [--campaign ID] [--include-machine] [--json]``."""
+    return asyncio.run(_stats(args, out or sys.stdout))
+
+
+# --- events ----------------------------------------------------------------------------------
+
+
+def _line(row: dict[str, Any], as_json: bool) -> str:
+    obj = event_json(row)
+    if as_json:
+        return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    where = ", ".join(x for x in (obj.get("city"), obj.get("country")) if x)
+    bits = [obj["time"], obj["type"], obj["message_id"], obj.get("recipient") or "-"]
+    if obj.get("url"):
+        bits.append(obj["url"])
+    if obj.get("client"):
+        bits.append(f"{obj['client']}/{obj.get('os') or '?'}")
+    if where:
+        bits.append(where)
+    if obj.get("machine"):
+        bits.append(f"machine:{obj.get('machine_reason') or '?'}")
+    return "  ".join(str(b) for b in bits)
+
+
+async def _events(args: argparse.Namespace, out: IO[str]) -> int:
+    config = _config(args)
+    types = _types(args)
+    since = _since(args)
+    message = getattr(args, "message", None)
+    follow = bool(getattr(args, "follow", False))
+    as_json = bool(getattr(args, "json", False))
+    limit = getattr(args, "limit", None)
+    poll = float(getattr(args, "poll", None) or 1.0)
+    store = await _open(config)
+    printed = 0
+    try:
+        cursor: str | None = None
+        if follow and since is None:
+            cursor = await store.events_tail_cursor()
+        while True:
+            page = await store.list_events(type=types, message_id=message, since=since,
+                                           cursor=cursor, limit=500, order="asc")
+            for row in page.items:
+                out.write(_line(dict(row), as_json) + "\n")
+                printed += 1
+                if limit is not None and printed >= limit:
+                    out.flush()
+                    return 0
+            out.flush()
+            if page.next_cursor is not None:
+                cursor = page.next_cursor
+            if not page.items:
+                if not follow:
+                    return 0
+                await asyncio.sleep(poll)
+    finally:
+        await store.close()
+
+
+def events(args: argparse.Namespace, out: IO[str] | None = None) -> int:
+    """``trackrelay events [--follow] [--type T] [--message ID] [--since TIME] [--json]``."""
+    try:
+        return asyncio.run(_events(args, out or sys.stdout))
+    except BrokenPipeError:
+        return 0
+    except KeyboardInterrupt:
+        return 0
+
+
+def add_stats_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``stats`` subcommand's options (the caller adds ``--config``/``--store``)."""
+    p.add_argument("--campaign", metavar="ID", help="a campaign's figures (default: the "
+                   "last day's)")
+    p.add_argument("--hours", type=float, default=24.0,
+                   help="without --campaign: the window in hours (default 24)")
+    p.add_argument("--include-machine", action="store_true",
+                   help="count machine opens and clicks too")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def add_events_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``events`` subcommand's options (the caller adds ``--config``/``--store``)."""
+    p.add_argument("--follow", "-f", action="store_true",
+                   help="keep printing new events as they are stored")
+    p.add_argument("--type", "-t", action="append", metavar="T",
+                   help=f"event type ({', '.join(EVENT_TYPES)}); repeatable or "
+                        "comma-separated")
+    p.add_argument("--message", "-m", metavar="ID", help="one message's events")
+    p.add_argument("--since", metavar="TIME",
+                   help="ISO 8601 time, POSIX seconds, or relative: -30m, -2h, -1d")
+    p.add_argument("--limit", type=int, help="stop after this many events")
+    p.add_argument("--json", action="store_true",
+                   help="JSON lines: the objects of GET /api/v1/events")

@@ -1,0 +1,294 @@
+"""JSON API for deliverability: inbound intake and the suppression list (issue 5).
+
+Routes, relative to ``/api/v1`` (add them to the API sub-application, whose middleware
+checks the bearer token and sets its scope):
+
+* ``POST /inbound`` (admin): the body is one raw RFC 5322 message (a bounce, an ARF
+  report, a reply) — what an admin's bounce mailbox forwards. 200 with what intake made
+  of it (``kind``, ``events``, ``unmatched``); 413 ``too_large`` over
+  ``bounces.max_message_size``; 422 ``not_a_message`` for anything that is not mail.
+* ``GET /suppressions`` (``scope``, ``cursor``, ``limit``), ``POST /suppressions``
+  (JSON ``{"address", "scope", "reason"}``), ``DELETE /suppressions/{address}``
+  (``scope``, ``note``; the removal is recorded with the token's name),
+  ``GET /suppressions/export`` (CSV), ``POST /suppressions/import`` (CSV body),
+  ``GET /suppressions/removals`` (admin).
+
+Suppression scopes are ``""`` (shown and given as ``global``) or a sender domain. An
+admin token manages every scope; a token scoped to a sender address or domain sees and
+manages only its own domain's scope (403 ``forbidden`` for another one).
+
+CSV columns: ``address,scope,reason,event_id,created_at`` (export; ISO 8601 times). An
+import needs only ``address``; ``scope`` and ``reason`` columns are used when present
+(a header row naming the columns is optional).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from relay.inbound import InboundError, process
+from relay.logs import get_logger
+from relay.store.base import SuppressionRow, domain_of, iso_time
+from relay.tracker.api import SCOPE_KEY, BadParameter, Query, error, ok
+
+if TYPE_CHECKING:
+    from relay.app import App
+    from relay.store.base import Store
+
+log = get_logger("relay.tracker.deliverability_api")
+
+CSV_COLUMNS = ("address", "scope", "reason", "event_id", "created_at")
+MAX_IMPORT = 20 * 1024 * 1024
+_ADDRESS = re.compile(r"^[^@\s,;<>]{1,64}@[^@\s,;<>]{1,255}$")
+
+
+def normalise_address(value: str) -> str | None:
+    address = value.strip().strip("<>").strip().lower()
+    return address if _ADDRESS.match(address) else None
+
+
+def scope_name(scope: str) -> str:
+    return scope or "global"
+
+
+def scope_value(name: str | None) -> str | None:
+    if name is None:
+        return None
+    name = name.strip().lower()
+    return "" if name in ("", "global") else name
+
+
+def suppression_json(row: SuppressionRow) -> dict[str, Any]:
+    return {"address": row["address"], "scope": scope_name(row["scope"]),
+            "reason": row["reason"], "event_id": row["event_id"],
+            "created_at": iso_time(row["created_at"])}
+
+
+def suppressions_csv(rows: list[SuppressionRow]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for row in rows:
+        writer.writerow([row["address"], scope_name(row["scope"]), row["reason"],
+                         row["event_id"] or "", iso_time(row["created_at"])])
+    return out.getvalue()
+
+
+def _cell(cells: list[str], columns: dict[str, int], name: str) -> str:
+    i = columns.get(name)
+    return cells[i].strip() if i is not None and i < len(cells) else ""
+
+
+def parse_suppressions_csv(text: str, default_scope: str = "",
+                           default_reason: str = "imported"
+                           ) -> tuple[list[tuple[str, str, str]], list[str]]:
+    """``[(address, scope, reason)]`` and the problems found (``line N: …``)."""
+    rows: list[tuple[str, str, str]] = []
+    problems: list[str] = []
+    columns = {"address": 0, "scope": 1, "reason": 2}
+    for n, cells in enumerate(csv.reader(io.StringIO(text)), start=1):
+        if not cells or not any(c.strip() for c in cells):
+            continue
+        if n == 1 and cells[0].strip().lower() == "address":
+            columns = {c.strip().lower(): i for i, c in enumerate(cells)}
+            continue
+
+        given = _cell(cells, columns, "address")
+        address = normalise_address(given)
+        if address is None:
+            problems.append(f"line {n}: not an email address: {given[:80]!r}")
+            continue
+        scope_text = _cell(cells, columns, "scope")
+        scope = scope_value(scope_text) if scope_text else default_scope
+        rows.append((address, scope or "", _cell(cells, columns, "reason") or default_reason))
+    return rows, problems
+
+
+class DeliverabilityApi:
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.names = {t.token: (t.name or "api") for t in app.config.tracker.api_tokens}
+
+    @property
+    def store(self) -> Store:
+        store = self.app.store
+        if store is None:
+            raise web.HTTPServiceUnavailable(text="store not open")
+        result: Store = store
+        return result
+
+    # -- scope -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _token_domain(request: web.Request) -> str | None:
+        """None for an admin token, else the domain its scope allows."""
+        scope: str = request[SCOPE_KEY]
+        if not scope:
+            return None
+        return domain_of(scope) if "@" in scope else scope
+
+    def _scope(self, request: web.Request, given: str | None) -> str | web.Response:
+        own = self._token_domain(request)
+        value = scope_value(given)
+        if own is None:
+            return value if value is not None else ""
+        if value is None or value == own:
+            return own
+        return error(403, "forbidden", f"scope: this token may only manage suppressions "
+                                       f"of {own}", "scope")
+
+    def _who(self, request: web.Request) -> str:
+        _kind, _, token = request.headers.get("Authorization", "").partition(" ")
+        return f"api:{self.names.get(token.strip(), 'api')}"
+
+    # -- inbound ---------------------------------------------------------------------------------
+
+    async def inbound(self, request: web.Request) -> web.Response:
+        if self._token_domain(request) is not None:
+            return error(403, "forbidden", "inbound intake needs an admin token")
+        limit = self.app.config.bounces.max_message_size
+        raw = await request.content.read(limit + 1)
+        if len(raw) > limit:
+            return error(413, "too_large", f"message is larger than {limit} bytes "
+                                           f"(bounces.max_message_size)")
+        try:
+            result = await process(self.app, raw, via="api")
+        except InboundError as exc:
+            status = 413 if exc.code == "too_large" else 422
+            return error(status, exc.code, exc.message)
+        return ok(result.as_json())
+
+    # -- suppressions ------------------------------------------------------------------------------
+
+    async def list(self, request: web.Request) -> web.Response:
+        q = Query(request, ("scope", "cursor", "limit"))
+        own = self._token_domain(request)
+        given = q.q.get("scope")
+        scope: str | None
+        if own is not None:
+            resolved = self._scope(request, given)
+            if isinstance(resolved, web.Response):
+                return resolved
+            scope = resolved
+        else:
+            scope = scope_value(given)
+        page = await self.store.list_suppressions(scope=scope, cursor=q.text("cursor", 1000),
+                                                  limit=q.limit(100))
+        return ok({"items": [suppression_json(r) for r in page.items],
+                   "next_cursor": page.next_cursor})
+
+    async def add(self, request: web.Request) -> web.Response:
+        try:
+            body = json.loads(await request.content.read(64 * 1024) or b"null")
+        except (ValueError, UnicodeDecodeError):
+            return error(400, "bad_request", "the body must be a JSON object")
+        if not isinstance(body, dict):
+            return error(400, "bad_request", "the body must be a JSON object")
+        address = normalise_address(str(body.get("address") or ""))
+        if address is None:
+            raise BadParameter("address", "expected an email address")
+        reason = str(body.get("reason") or "added by hand")[:500]
+        scope = self._scope(request, body.get("scope"))
+        if isinstance(scope, web.Response):
+            return scope
+        added = await self.store.add_suppression(address, scope=scope, reason=reason)
+        log.info("suppression_added", by=self._who(request), scope=scope_name(scope),
+                 added=added)
+        return web.json_response({"added": added, "address": address,
+                                  "scope": scope_name(scope), "reason": reason},
+                                 status=201 if added else 200)
+
+    async def remove(self, request: web.Request) -> web.Response:
+        q = Query(request, ("scope", "note"))
+        address = normalise_address(request.match_info["address"])
+        if address is None:
+            return error(404, "not_found", "no such suppression")
+        scope = self._scope(request, q.q.get("scope"))
+        if isinstance(scope, web.Response):
+            return scope
+        removed = await self.store.remove_suppression(
+            address, scope=scope, removed_by=self._who(request), note=q.text("note", 500))
+        if not removed:
+            return error(404, "not_found", "no such suppression")
+        log.info("suppression_removed", by=self._who(request), scope=scope_name(scope))
+        return ok({"removed": True, "address": address, "scope": scope_name(scope)})
+
+    async def export(self, request: web.Request) -> web.Response:
+        q = Query(request, ("scope",))
+        own = self._token_domain(request)
+        scope: str | None = scope_value(q.q.get("scope"))
+        if own is not None:
+            resolved = self._scope(request, q.q.get("scope"))
+            if isinstance(resolved, web.Response):
+                return resolved
+            scope = resolved
+        rows = await all_suppressions(self.store, scope)
+        return web.Response(text=suppressions_csv(rows), content_type="text/csv",
+                            headers={"Content-Disposition":
+                                     'attachment; filename="suppressions.csv"'})
+
+    async def import_csv(self, request: web.Request) -> web.Response:
+        q = Query(request, ("scope", "reason"))
+        default = self._scope(request, q.q.get("scope"))
+        if isinstance(default, web.Response):
+            return default
+        raw = await request.content.read(MAX_IMPORT + 1)
+        if len(raw) > MAX_IMPORT:
+            return error(413, "too_large", f"CSV larger than {MAX_IMPORT} bytes")
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            return error(400, "bad_request", "the CSV must be UTF-8")
+        rows, problems = parse_suppressions_csv(text, default, q.text("reason", 500)
+                                                or "imported")
+        own = self._token_domain(request)
+        added = existing = 0
+        for address, scope, reason in rows:
+            if own is not None and scope != own:
+                problems.append(f"{address}: scope {scope_name(scope)} is not this token's")
+                continue
+            if await self.store.add_suppression(address, scope=scope, reason=reason):
+                added += 1
+            else:
+                existing += 1
+        log.info("suppressions_imported", by=self._who(request), added=added,
+                 existing=existing, problems=len(problems))
+        return ok({"added": added, "existing": existing, "problems": problems[:100]})
+
+    async def removals(self, request: web.Request) -> web.Response:
+        q = Query(request, ("limit",))
+        if self._token_domain(request) is not None:
+            return error(404, "not_found", "no such resource")
+        rows = await self.store.list_suppression_removals(limit=q.limit(100))
+        return ok({"items": [dict(r, scope=scope_name(r["scope"]),
+                                  removed_at=iso_time(r["removed_at"])) for r in rows]})
+
+
+async def all_suppressions(store: Store, scope: str | None) -> list[SuppressionRow]:
+    rows: list[SuppressionRow] = []
+    cursor = None
+    while True:
+        page = await store.list_suppressions(scope=scope, cursor=cursor, limit=5000)
+        rows.extend(page.items)
+        cursor = page.next_cursor
+        if cursor is None:
+            return rows
+
+
+def add_deliverability_routes(api_app: web.Application, app: App) -> None:
+    """Add the routes to the ``/api/v1`` sub-application (before it is mounted)."""
+    api = DeliverabilityApi(app)
+    r = api_app.router
+    r.add_post("/inbound", api.inbound)
+    r.add_get("/suppressions", api.list)
+    r.add_post("/suppressions", api.add)
+    r.add_get("/suppressions/export", api.export)
+    r.add_post("/suppressions/import", api.import_csv)
+    r.add_get("/suppressions/removals", api.removals)
+    r.add_delete("/suppressions/{address}", api.remove)

@@ -1,0 +1,269 @@
+"""The OpenAPI 3 document of the JSON API, served at ``/api/v1/openapi.json``.
+
+Written by hand so it reads as documentation; the tests run schemathesis against the
+live server with it, so a response that drifts from what is written here fails them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from relay.records import EVENT_TYPES
+from relay.store.base import MESSAGE_STATUSES
+
+
+def _str(nullable: bool = False, **extra: Any) -> dict[str, Any]:
+    return {"type": "string", **({"nullable": True} if nullable else {}), **extra}
+
+
+def _int(nullable: bool = False) -> dict[str, Any]:
+    return {"type": "integer", **({"nullable": True} if nullable else {})}
+
+
+def _num() -> dict[str, Any]:
+    return {"type": "number"}
+
+
+def _bool() -> dict[str, Any]:
+    return {"type": "boolean"}
+
+
+def _arr(items: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "array", "items": items}
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _obj(props: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
+    return {"type": "object", "properties": props,
+            "required": list(props) if required is None else required}
+
+
+TIME = _str(format="date-time")
+TIME_NULL = _str(True, format="date-time")
+
+EVENT = _obj({
+    "id": _str(), "type": _str(enum=list(EVENT_TYPES)), "time": TIME,
+    "message_id": _str(), "recipient": _str(True), "link_index": _int(True),
+    "url": _str(True), "ip": _str(True), "user_agent": _str(True),
+    "client": _str(True), "os": _str(True), "device": _str(True),
+    "country": _str(True), "region": _str(True), "city": _str(True),
+    "machine": _bool(), "machine_reason": _str(True), "verdict": _str(True),
+    "reasons": _arr(_str()), "proxy": _str(True), "campaign": _str(True),
+    "sender": _str(True), "data": {"type": "object", "additionalProperties": True},
+})
+
+MESSAGE_PROPS: dict[str, Any] = {
+    "id": _str(pattern="^[0-9a-f]{16}$"), "header_message_id": _str(), "sender": _str(),
+    "campaign": _str(True), "subject": _str(True), "tracked": _bool(),
+    "track_opens": _bool(), "track_clicks": _bool(), "shared": _bool(),
+    "skip_reason": _str(True), "submitted_by": _str(True), "created_at": TIME,
+    "delivered_at": TIME_NULL, "upstream_reply": _str(True), "queue_id": _str(True),
+    "recipients": _arr(_str()), "status": _str(enum=list(MESSAGE_STATUSES)),
+    "open_count": _int(), "click_count": _int(),
+}
+MESSAGE = _obj(MESSAGE_PROPS)
+MESSAGE_DETAIL = _obj({
+    **MESSAGE_PROPS,
+    "recipient_details": _arr(_obj({
+        "index": _int(), "address": _str(), "status": _str(), "reply": _str(True),
+    })),
+    "links": _arr(_obj({
+        "index": _int(), "url": _str(), "text": _str(), "clicks": _int(),
+        "unique_clicks": _int(),
+    })),
+    "unique_opens": _int(),
+    "timeline": _arr(_ref("Event")),
+})
+
+CAMPAIGN = _obj({
+    "campaign": _str(), "messages": _int(), "sent": _int(), "unique_opens": _int(),
+    "open_rate": _num(), "opens": _int(), "unique_clicks": _int(), "click_rate": _num(),
+    "clicks": _int(), "bounces": _int(), "bounce_rate": _num(), "complaints": _int(),
+    "complaint_rate": _num(), "unsubscribes": _int(), "unsubscribe_rate": _num(),
+    "top_links": _arr(_obj({"url": _str(), "clicks": _int(), "unique_clicks": _int()})),
+    "per_hour": _arr(_obj({"hour": TIME, "opens": _int(), "clicks": _int()})),
+    "include_machine": _bool(),
+})
+
+SUPPRESSION = _obj({
+    "address": _str(), "scope": _str(), "reason": _str(), "event_id": _str(True),
+    "created_at": TIME,
+})
+
+CONTACT = _obj({
+    "address": _str(), "messages": _arr(_ref("Message")), "events": _arr(_ref("Event")),
+    "suppressed": _arr(_ref("Suppression")),
+})
+
+DELIVERY = _obj({
+    "id": _int(), "endpoint": _str(), "event_id": _str(True), "event_type": _str(),
+    "payload": {"type": "object", "additionalProperties": True, "nullable": True},
+    "attempts": _int(), "status": _str(enum=["pending", "delivered", "failed"]),
+    "last_error": _str(True), "created_at": TIME, "next_attempt_at": TIME_NULL,
+    "delivered_at": TIME_NULL,
+})
+
+ERROR = _obj({"error": _str(), "message": _str(), "parameter": _str()},
+             required=["error", "message"])
+
+
+def _page(item: str) -> dict[str, Any]:
+    return _obj({"items": _arr(_ref(item)), "next_cursor": _str(True)})
+
+
+def _text(max_len: int = 320) -> dict[str, Any]:
+    return {"type": "string", "minLength": 1, "maxLength": max_len,
+            "pattern": "^[^\\x00]*$"}
+
+
+def _param(name: str, description: str, schema: dict[str, Any] | None = None,
+           where: str = "query", required: bool = False, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "in": where, "required": required, "description": description,
+            "schema": schema or _text(), **extra}
+
+
+TIME_PARAM = {"anyOf": [
+    {"type": "string", "format": "date-time"},
+    {"type": "string", "pattern": r"^[0-9]{1,12}(\.[0-9]{1,9})?$"},
+]}
+P_SINCE = _param("since", "Only from this time on (ISO 8601 or POSIX seconds), inclusive.",
+                 TIME_PARAM)
+P_UNTIL = _param("until", "Only before this time (ISO 8601 or POSIX seconds).", TIME_PARAM)
+P_CURSOR = _param("cursor", "The next_cursor of the previous page (opaque; a cursor this "
+                  "server did not give out is a 400).", _text(1000))
+P_CAMPAIGN = _param("campaign", "Campaign name (the X-Campaign header of the mail).",
+                    _text(200))
+P_RECIPIENT = _param("recipient", "Recipient address.")
+P_MACHINE = _param("include_machine", "Count machine opens and clicks too (default: "
+                   "human figures only).", {"type": "boolean"})
+
+
+def _limit(default: int) -> dict[str, Any]:
+    return _param("limit", "Page size.", {"type": "integer", "minimum": 1, "maximum": 500,
+                                          "default": default})
+
+
+def _responses(ok_schema: str, description: str, *, not_found: bool = False,
+               bad_request: bool = True) -> dict[str, Any]:
+    err = {"application/json": {"schema": _ref("Error")}}
+    out: dict[str, Any] = {
+        "200": {"description": description,
+                "content": {"application/json": {"schema": _ref(ok_schema)}}},
+        "401": {"description": "Missing or wrong bearer token.", "content": err},
+    }
+    if bad_request:
+        out["400"] = {"description": "A bad parameter (named in the body).", "content": err}
+    if not_found:
+        out["404"] = {"description": "Unknown, or outside the token's scope.", "content": err}
+    return out
+
+
+def openapi_document(base_url: str = "") -> dict[str, Any]:
+    """The document, with ``base_url`` (``http.base_url``) as the server."""
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "trackrelay tracker API",
+            "version": "1",
+            "description": (
+                "Read what trackrelay recorded about relayed mail. Authenticate with "
+                "`Authorization: Bearer <token>` (tokens in `[[tracker.api_tokens]]`). A "
+                "token scoped to a sender address or domain sees only messages sent "
+                "from it; anything else answers 404. Times are ISO 8601 UTC. Lists "
+                "are paginated: pass `next_cursor` back as `cursor`."
+            ),
+        },
+        "servers": [{"url": f"{base_url.rstrip('/')}/api/v1"}],
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Event": EVENT, "Message": MESSAGE, "MessageDetail": MESSAGE_DETAIL,
+                "Campaign": CAMPAIGN, "Contact": CONTACT, "Suppression": SUPPRESSION,
+                "WebhookDelivery": DELIVERY, "Error": ERROR,
+                "MessagePage": _page("Message"), "EventPage": _page("Event"),
+                "DeliveryPage": _page("WebhookDelivery"),
+                "CampaignList": _obj({"items": _arr(_obj({
+                    "campaign": _str(), "messages": _int(), "last_sent_at": TIME_NULL,
+                }))}),
+            },
+        },
+        "security": [{"bearer": []}],
+        "paths": {
+            "/messages": {"get": {
+                "summary": "List messages, newest first.",
+                "operationId": "listMessages",
+                "parameters": [
+                    _param("sender", "Sender address or domain."), P_RECIPIENT, P_CAMPAIGN,
+                    _param("status", "Message status.",
+                           {"type": "string", "enum": list(MESSAGE_STATUSES)}),
+                    P_SINCE, P_UNTIL, P_CURSOR, _limit(50),
+                ],
+                "responses": _responses("MessagePage", "A page of messages."),
+            }},
+            "/messages/{id}": {"get": {
+                "summary": "One message: status, opens, clicks per link, timeline.",
+                "operationId": "getMessage",
+                "parameters": [
+                    _param("id", "The message id (16 hex characters).", where="path",
+                           required=True),
+                    P_MACHINE,
+                ],
+                "responses": _responses("MessageDetail", "The message.", not_found=True),
+            }},
+            "/events": {"get": {
+                "summary": "List events, newest first.",
+                "operationId": "listEvents",
+                "parameters": [
+                    _param("type", "Event types, comma-separated.",
+                           {"type": "string", "enum": list(EVENT_TYPES)}),
+                    _param("message", "Message id.",
+                           {"type": "string", "pattern": "^[0-9a-f]{16}$"}),
+                    P_RECIPIENT, P_CAMPAIGN, P_SINCE, P_UNTIL,
+                    _param("machine", "Only machine (true) or only human (false) events.",
+                           {"type": "boolean"}),
+                    P_CURSOR, _limit(100),
+                ],
+                "responses": _responses("EventPage", "A page of events."),
+            }},
+            "/campaigns": {"get": {
+                "summary": "Campaigns, most recently sent first.",
+                "operationId": "listCampaigns",
+                "parameters": [_limit(100)],
+                "responses": _responses("CampaignList", "Campaign names."),
+            }},
+            "/campaigns/{id}": {"get": {
+                "summary": "A campaign's figures: rates, top links, opens and clicks per hour.",
+                "operationId": "getCampaign",
+                "parameters": [
+                    _param("id", "The campaign name.", where="path", required=True),
+                    P_MACHINE,
+                ],
+                "responses": _responses("Campaign", "The campaign's figures.",
+                                        not_found=True),
+            }},
+            "/contacts/{address}": {"get": {
+                "summary": "Every message and event for one recipient.",
+                "operationId": "getContact",
+                "parameters": [
+                    _param("address", "The recipient's address.", where="path",
+                           required=True),
+                    _limit(500),
+                ],
+                "responses": _responses("Contact", "The contact.", not_found=True),
+            }},
+            "/webhooks/deliveries": {"get": {
+                "summary": "The webhook outbox (admin tokens only), newest first.",
+                "operationId": "listWebhookDeliveries",
+                "parameters": [
+                    _param("status", "Delivery status.",
+                           {"type": "string", "enum": ["pending", "delivered", "failed"]}),
+                    P_CURSOR, _limit(100),
+                ],
+                "responses": _responses("DeliveryPage", "A page of deliveries.",
+                                        not_found=True),
+            }},
+        },
+    }

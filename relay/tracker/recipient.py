@@ -1,0 +1,205 @@
+"""The endpoints a recipient's mail client reaches: the open pixel and the link redirect.
+
+``GET /o/<token>.gif`` always answers the same uncacheable 43-byte GIF, whether or not
+the token is genuine (nothing leaks); only a verified token for a known message records
+an ``open``. ``GET /c/<token>`` answers 302 to the link's original target (query and
+fragment as they were) and records a ``click``; anything else gets a plain 404 page,
+never a redirect. ``HEAD`` is answered like ``GET`` but the event is marked machine
+traffic (``machine_reason="head_request"``): people's mail clients do not send it.
+
+The hot path does no database round trip per hit: the token is verified with its HMAC,
+what it names comes from an in-process LRU in front of the store, and the event goes to
+the store's in-memory batch writer.
+
+If the database is unreachable and the message is not cached yet, a pixel hit is still
+recorded (the writer spools it) with ``recipient`` null and ``data.recipient_index``
+plus ``data.unresolved = true``; a click answers 503 with ``Retry-After`` (its target
+is unknown), never a guess.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from relay import metrics
+from relay.logs import get_logger
+from relay.records import Event
+from relay.tracker.client import ClientInspector
+from relay.tracker.lookups import TokenTargets
+
+if TYPE_CHECKING:
+    from relay.app import App
+    from relay.store.base import MessageLookup, Store
+    from relay.tokens import TokenData
+
+log = get_logger("relay.tracker.recipient")
+
+#: A 1x1 transparent GIF (43 bytes).
+PIXEL_GIF = (
+    b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00\x00\x00"
+    b"\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;"
+)
+PIXEL_HEADERS = {
+    "Content-Type": "image/gif",
+    "Cache-Control": "no-store, no-cache, must-revalidate, private",
+    "Expires": "0",
+    "Pragma": "no-cache",
+}
+NOT_FOUND_HTML = (
+    "<!doctype html><html><head><title>Link not found</title></head>"
+    "<body><h1>Link not found</h1><p>This link is not valid.</p></body></html>"
+)
+UNAVAILABLE_HTML = (
+    "<!doctype html><html><head><title>Try again</title></head>"
+    "<body><h1>Temporarily unavailable</h1><p>Please try the link again in a moment.</p>"
+    "</body></html>"
+)
+_REDIRECT_SCHEMES = ("http://", "https://")
+
+_OPEN_RESULTS = {
+    r: metrics.TRACKER_HITS.labels("open", r)
+    for r in ("recorded", "invalid_token", "unknown_message")
+}
+_CLICK_RESULTS = {
+    r: metrics.TRACKER_HITS.labels("click", r)
+    for r in ("recorded", "invalid_token", "unknown_message")
+}
+_EVENTS = {
+    (t, m): metrics.EVENTS.labels(t, "true" if m else "false")
+    for t in ("open", "click") for m in (True, False)
+}
+
+
+def safe_location(url: str) -> str:
+    """``url`` for a Location header: control characters, spaces and non-ASCII
+    percent-encoded (as a browser would), everything else, query and fragment included,
+    byte for byte."""
+    if url.isascii() and url.isprintable() and " " not in url:
+        return url
+    out = []
+    for ch in url:
+        if ch.isascii() and ch.isprintable() and ch != " ":
+            out.append(ch)
+        else:
+            out.append("".join(f"%{b:02X}" for b in ch.encode("utf-8")))
+    return "".join(out)
+
+
+def _not_found() -> web.Response:
+    return web.Response(status=404, text=NOT_FOUND_HTML, content_type="text/html",
+                        headers={"Cache-Control": "no-store"})
+
+
+class RecipientEndpoints:
+    """Request handlers for ``/o/…`` and ``/c/…`` sharing the caches of one process."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.inspector = ClientInspector(app.config.tracker)
+        self._targets: TokenTargets | None = None
+
+    @property
+    def store(self) -> Store:
+        store = self.app.store
+        if store is None:
+            raise web.HTTPServiceUnavailable(text="store not open")
+        result: Store = store
+        return result
+
+    @property
+    def targets(self) -> TokenTargets:
+        if self._targets is None or self._targets.store is not self.app.store:
+            self._targets = TokenTargets(self.store, self.app.config.tracker.link_cache_size)
+        return self._targets
+
+    def add_routes(self, web_app: web.Application) -> None:
+        web_app.router.add_get("/o/{name}", self.open_pixel)
+        web_app.router.add_get("/c/{token}", self.click)
+
+    async def _resolve(self, data: TokenData) -> tuple[MessageLookup, str | None] | str:
+        """The message a verified token names and its recipient address; or why not.
+
+        Raises whatever the store raises when the message is not cached and the
+        database cannot be reached.
+        """
+        message = await self.targets.message(data.message_id)
+        if message is None:
+            return "unknown_message"
+        if message.get("shared"):
+            return message, None
+        recipients = message["recipients"]
+        if data.recipient_index >= len(recipients):
+            return "unknown_message"
+        return message, recipients[data.recipient_index]
+
+    def _record(self, request: web.Request, kind: str, message_id: str,
+                recipient: str | None, link_index: int | None,
+                extra: dict[str, Any] | None = None) -> None:
+        client = self.inspector.inspect(request.remote, request.headers)
+        head = request.method == "HEAD"
+        data: dict[str, Any] = dict(client.data)
+        if extra:
+            data.update(extra)
+        self.store.enqueue(Event(
+            type=kind, message_id=message_id, recipient=recipient, time=time.time(),
+            link_index=link_index, ip=client.ip, user_agent=client.user_agent,
+            machine=head, machine_reason="head_request" if head else None, data=data,
+        ))
+        _EVENTS[kind, head].inc()
+
+    async def open_pixel(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        token = name[:-4] if name.endswith(".gif") else name
+        data = self.app.tokens.decode(token, "open")
+        if data is None:
+            _OPEN_RESULTS["invalid_token"].inc()
+            return web.Response(body=PIXEL_GIF, headers=PIXEL_HEADERS)
+        try:
+            resolved = await self._resolve(data)
+        except Exception as exc:
+            # The store is unreachable and this message is not cached: the token is
+            # genuine, so keep the open (the writer spools it) with the recipient's index
+            # instead of its address, and answer as always.
+            log.warning("open_lookup_failed", message=data.message_id, error=repr(exc))
+            self._record(request, "open", data.message_id, None, None,
+                         {"recipient_index": data.recipient_index, "unresolved": True})
+            _OPEN_RESULTS["recorded"].inc()
+            return web.Response(body=PIXEL_GIF, headers=PIXEL_HEADERS)
+        if isinstance(resolved, str):
+            _OPEN_RESULTS[resolved].inc()
+        else:
+            self._record(request, "open", data.message_id, resolved[1], None)
+            _OPEN_RESULTS["recorded"].inc()
+        return web.Response(body=PIXEL_GIF, headers=PIXEL_HEADERS)
+
+    async def click(self, request: web.Request) -> web.Response:
+        data = self.app.tokens.decode(request.match_info["token"], "click")
+        if data is None:
+            _CLICK_RESULTS["invalid_token"].inc()
+            return _not_found()
+        try:
+            resolved = await self._resolve(data)
+            url = None
+            if not isinstance(resolved, str):
+                url = await self.targets.link(data.message_id, data.link_index)
+        except Exception as exc:
+            log.warning("click_lookup_failed", message=data.message_id, error=repr(exc))
+            return web.Response(status=503, text=UNAVAILABLE_HTML, content_type="text/html",
+                                headers={"Retry-After": "5", "Cache-Control": "no-store"})
+        if isinstance(resolved, str) or url is None or not url.lower().startswith(
+                _REDIRECT_SCHEMES):
+            _CLICK_RESULTS["unknown_message"].inc()
+            return _not_found()
+        self._record(request, "click", data.message_id, resolved[1], data.link_index)
+        _CLICK_RESULTS["recorded"].inc()
+        return web.Response(status=302, headers={
+            "Location": safe_location(url),
+            "Cache-Control": "no-store, no-cache, must-revalidate, private",
+            "Referrer-Policy": "no-referrer",
+        })
+
+    def close(self) -> None:
+        self.inspector.close()

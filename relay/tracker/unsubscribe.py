@@ -1,0 +1,137 @@
+"""The unsubscribe endpoints behind ``List-Unsubscribe`` (``plugins/unsubscribe.py``).
+
+* ``POST /u/<token>`` unsubscribes at once, with no page to confirm (RFC 8058
+  one-click: the mailbox provider posts ``List-Unsubscribe=One-Click``). The page's
+  own button posts here too and gets a short "you are unsubscribed" page back.
+* ``GET /u/<token>`` only shows a confirmation page with a button: link scanners and
+  prefetchers follow every GET, so a GET alone never unsubscribes anyone.
+
+Both answer 404 for a token that is forged, for another purpose, or for a message the
+store does not know. An unsubscribe records an ``unsubscribe`` event (the same one
+whichever way it came, so a second POST adds nothing) and suppresses the address in
+the scope ``[suppression] scope`` gives (globally, or for the sender's domain).
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from relay.inbound import record_event, suppression_scope
+from relay.logs import get_logger
+from relay.records import Event
+
+if TYPE_CHECKING:
+    from relay.app import App
+    from relay.store.base import MessageLookup, Store
+
+log = get_logger("relay.tracker.unsubscribe")
+
+PAGE_HEADERS = {
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+    "X-Robots-Tag": "noindex, nofollow",
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": ("default-src 'none'; style-src 'unsafe-inline'; "
+                                "form-action 'self'; frame-ancestors 'none'"),
+}
+STYLE = ("body{font-family:system-ui,sans-serif;max-width:32em;margin:4em auto;"
+         "padding:0 1em;color:#222}button{font-size:1.1em;padding:.6em 1.4em;"
+         "cursor:pointer}")
+
+
+def _page(title: str, body: str, status: int = 200) -> web.Response:
+    doc = (f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+           f"<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">"
+           f"<meta name=\"robots\" content=\"noindex\"><title>{html.escape(title)}</title>"
+           f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{body}"
+           f"</body></html>")
+    return web.Response(status=status, text=doc, content_type="text/html",
+                        headers=PAGE_HEADERS)
+
+
+NOT_FOUND = ("Link not found", "<p>This unsubscribe link is not valid.</p>")
+
+
+def mask(address: str) -> str:
+    """``j***@example.com``: enough for people to recognise their address."""
+    local, _, domain = address.partition("@")
+    return f"{local[:1]}***@{domain}"
+
+
+class UnsubscribeEndpoints:
+    def __init__(self, app: App) -> None:
+        self.app = app
+
+    @property
+    def store(self) -> Store:
+        store = self.app.store
+        if store is None:
+            raise web.HTTPServiceUnavailable(text="store not open")
+        result: Store = store
+        return result
+
+    async def _resolve(self, token: str) -> tuple[MessageLookup, int, str] | None:
+        data = self.app.tokens.decode(token, "unsubscribe")
+        if data is None:
+            return None
+        message = await self.store.lookup_message(data.message_id)
+        if message is None or data.recipient_index >= len(message["recipients"]):
+            return None
+        return message, data.recipient_index, message["recipients"][data.recipient_index]
+
+    async def page(self, request: web.Request) -> web.Response:
+        token = request.match_info["token"]
+        resolved = await self._resolve(token)
+        if resolved is None:
+            return _page(*NOT_FOUND, status=404)
+        message, _index, recipient = resolved
+        sender_domain = message["sender"].rpartition("@")[2] or "this sender"
+        scope = suppression_scope(self.app, message["sender"])
+        scopes = sorted({"", scope})
+        if await self.store.find_suppression(recipient, scopes) is not None:
+            return _page("You are unsubscribed",
+                         f"<p>{html.escape(mask(recipient))} no longer receives this mail "
+                         f"from {html.escape(sender_domain)}.</p>")
+        action = html.escape(f"/u/{token}", quote=True)
+        body = (f"<p>Stop mail from {html.escape(sender_domain)} to "
+                f"{html.escape(mask(recipient))}?</p>"
+                f"<form method=\"post\" action=\"{action}\">"
+                f"<input type=\"hidden\" name=\"source\" value=\"page\">"
+                f"<button type=\"submit\" id=\"unsubscribe\">Unsubscribe</button></form>")
+        return _page("Unsubscribe", body)
+
+    async def unsubscribe(self, request: web.Request) -> web.Response:
+        token = request.match_info["token"]
+        body = await request.content.read(4096)  # "List-Unsubscribe=One-Click" or the form
+        from_page = b"source=page" in body
+        resolved = await self._resolve(token)
+        if resolved is None:
+            if from_page:
+                return _page(*NOT_FOUND, status=404)
+            return web.Response(status=404, text="unknown unsubscribe link\n")
+        message, index, recipient = resolved
+        event = Event(type="unsubscribe", message_id=message["id"], recipient=recipient,
+                      time=time.time(),
+                      data={"method": "page" if from_page else "one_click",
+                            "campaign": message["campaign"], "via": "http"})
+        recorded = await record_event(self.app, event, sender=message["sender"],
+                                      event_id=f"{message['id']}-u{index}")
+        log.info("unsubscribed", message=message["id"], method=event.data["method"],
+                 suppressed=recorded.suppressed is not None)
+        if from_page:
+            sender_domain = message["sender"].rpartition("@")[2] or "this sender"
+            return _page("You are unsubscribed",
+                         f"<p>{html.escape(mask(recipient))} no longer receives this mail "
+                         f"from {html.escape(sender_domain)}.</p>")
+        return web.Response(text="unsubscribed\n", headers={"Cache-Control": "no-store"})
+
+
+def add_unsubscribe_routes(web_app: web.Application, app: App) -> None:
+    """Add ``GET`` and ``POST /u/{token}`` to the tracker's (main) web application."""
+    endpoints = UnsubscribeEndpoints(app)
+    web_app.router.add_get("/u/{token}", endpoints.page, allow_head=False)
+    web_app.router.add_post("/u/{token}", endpoints.unsubscribe)

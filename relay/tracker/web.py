@@ -1,0 +1,91 @@
+"""The tracker's aiohttp application: recipient endpoints, JSON API, ops endpoints.
+
+``create_web_app(app)`` builds it; ``trackrelay serve`` runs it beside the SMTP relay
+and ``trackrelay tracker`` alone (several trackers may serve one tracking domain behind
+a load balancer, sharing a PostgreSQL store). Routes:
+
+* ``GET|HEAD /o/<token>.gif`` and ``/c/<token>``: relay.tracker.recipient
+* ``/api/v1/…``: relay.tracker.api (OpenAPI document at ``/api/v1/openapi.json``)
+* ``/healthz`` (process alive), ``/readyz`` (store answers), ``/metrics`` (Prometheus)
+
+``App.start()`` normally opens the store; if ``app.store`` is still unset when the web
+app starts, it opens the configured store itself and closes it on cleanup. The webhook
+dispatcher runs while the web app does.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from relay.app import App
+from relay.logs import get_logger
+from relay.tracker.api import Api
+from relay.tracker.deliverability_api import add_deliverability_routes
+from relay.tracker.recipient import RecipientEndpoints
+from relay.tracker.unsubscribe import add_unsubscribe_routes
+from relay.tracker.webhooks import WebhookDispatcher
+
+log = get_logger("relay.tracker.web")
+
+TRACKER_APP = web.AppKey("trackrelay_app", App)
+DISPATCHER = web.AppKey("webhook_dispatcher", WebhookDispatcher)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    app = request.app[TRACKER_APP]
+    store = app.store
+    if store is not None and await store.ping():
+        return web.json_response({"status": "ready", "store": store.engine})
+    return web.json_response({"status": "unavailable", "store": "unreachable"}, status=503)
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    resp = web.Response(body=generate_latest())
+    resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return resp
+
+
+def create_web_app(app: App) -> web.Application:
+    """The tracker's web application for ``app`` (config, tokens and store)."""
+    web_app = web.Application(client_max_size=64 * 1024)
+    web_app[TRACKER_APP] = app
+    recipient = RecipientEndpoints(app)
+    recipient.add_routes(web_app)
+    add_unsubscribe_routes(web_app, app)  # issue 5: /u/<token>
+    web_app.router.add_get("/healthz", healthz)
+    web_app.router.add_get("/readyz", readyz)
+    web_app.router.add_get("/metrics", metrics_endpoint)
+    api_app = Api(app).sub_app()
+    add_deliverability_routes(api_app, app)  # issue 5: /inbound, /suppressions
+    web_app.add_subapp("/api/v1", api_app)
+    dispatcher = WebhookDispatcher(app)
+    web_app[DISPATCHER] = dispatcher
+    opened_here = False
+
+    async def on_startup(_: web.Application) -> None:
+        nonlocal opened_here
+        if app.store is None:
+            from relay.store import open_store_from_config
+
+            app.store = await open_store_from_config(app.config.store)
+            opened_here = True
+            log.info("store_opened", engine=app.store.engine)
+        await dispatcher.start()
+
+    async def on_cleanup(_: web.Application) -> None:
+        nonlocal opened_here
+        await dispatcher.stop()
+        recipient.close()
+        if opened_here and app.store is not None:
+            await app.store.close()
+            app.store = None
+            opened_here = False
+
+    web_app.on_startup.append(on_startup)
+    web_app.on_cleanup.append(on_cleanup)
+    return web_app

@@ -1,0 +1,213 @@
+"""Webhooks: signed JSON notifications of events, through an outbox in the store.
+
+Two background loops run in every tracker process that has ``[[tracker.webhooks]]``:
+
+* the **feeder** follows the store's event log (from the moment the process started)
+  and adds one outbox delivery per event and endpoint that wants its type. It adds a
+  ``first_open`` delivery for the first human (``machine = false``) open of each
+  message and recipient. Outbox entries carry a dedupe key (``event:<id>`` and
+  ``first_open:<message>:<recipient>``), so several tracker processes following the
+  same store add each delivery once, and ``first_open`` fires once ever;
+* the **sender** claims due deliveries (a lease stops two processes sending the same
+  one), POSTs them, and on anything but a 2xx answer (or a timeout) retries with
+  exponential backoff (``tracker.webhook_backoff`` doubling up to
+  ``tracker.webhook_max_backoff``) until ``tracker.webhook_max_attempts``, after which
+  the delivery is ``failed`` and listed by ``GET /api/v1/webhooks/deliveries``.
+
+A request looks like::
+
+    POST <url>
+    Content-Type: application/json
+    User-Agent: trackrelay-webhooks/1
+    X-Trackrelay-Event: open
+    X-Trackrelay-Delivery: 42
+    X-Trackrelay-Signature: t=1764000000,v1=<hex>   (see relay.tracker.signing)
+
+    {"id": "<event id>", "type": "open", "created_at": "…Z", "event": {<event object>}}
+
+where the event object is exactly what ``GET /api/v1/events`` lists. Redirects are not
+followed. Events stored while no tracker process runs are not sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+
+from relay import metrics
+from relay.config import WebhookConfig
+from relay.logs import get_logger
+from relay.store.base import iso_time
+from relay.tracker import signing
+from relay.tracker.serialize import event_json
+
+if TYPE_CHECKING:
+    from relay.app import App
+    from relay.store.base import EventRow, Store, WebhookDelivery
+
+log = get_logger("relay.tracker.webhooks")
+
+USER_AGENT = "trackrelay-webhooks/1"
+
+
+def wants(hook: WebhookConfig, event_type: str) -> bool:
+    return not hook.events or event_type in hook.events
+
+
+def payload_for(event_type: str, row: EventRow, delivery_key: str) -> str:
+    body = {
+        "id": delivery_key,
+        "type": event_type,
+        "created_at": iso_time(time.time()),
+        "event": event_json(row),
+    }
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+
+
+class WebhookDispatcher:
+    """The feeder and sender loops of one process (see the module docstring)."""
+
+    def __init__(self, app: App, *, poll_interval: float = 0.5, batch: int = 200) -> None:
+        self.app = app
+        self.config = app.config.tracker
+        self.hooks = {h.url: h for h in self.config.webhooks}
+        self.poll_interval = poll_interval
+        self.batch = batch
+        self._tasks: list[asyncio.Task[None]] = []
+        self._session: aiohttp.ClientSession | None = None
+        self._cursor: str | None = None
+        self._positioned = False
+
+    @property
+    def store(self) -> Store:
+        store = self.app.store
+        assert store is not None, "the store is opened before the dispatcher starts"
+        return store
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.hooks)
+
+    async def start(self) -> None:
+        if not self.enabled or self._tasks:
+            return
+        self._cursor = None
+        self._positioned = False
+        self._session = aiohttp.ClientSession(
+            headers={"User-Agent": USER_AGENT}, auto_decompress=False)
+        self._tasks = [
+            asyncio.create_task(self._loop(self.feed_once), name="webhook-feeder"),
+            asyncio.create_task(self._loop(self.send_once), name="webhook-sender"),
+        ]
+        log.info("webhooks_started", endpoints=len(self.hooks))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _loop(self, step: Any) -> None:
+        while True:
+            try:
+                busy = await step()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the store is down, …: try again shortly
+                log.warning("webhook_loop_error", step=step.__name__, error=repr(exc))
+                busy = False
+            if not busy:
+                await asyncio.sleep(self.poll_interval)
+
+    # -- feeder -------------------------------------------------------------------------------
+
+    async def feed_once(self) -> bool:
+        """Turn newly stored events into outbox entries; True if there were any."""
+        if not self._positioned:  # first round (retried while the store is down)
+            self._cursor = await self.store.events_tail_cursor()
+            self._positioned = True
+            return False
+        page = await self.store.list_events(order="asc", cursor=self._cursor,
+                                            limit=self.batch)
+        for row in page.items:
+            await self._feed_event(row)
+        if page.next_cursor is not None:
+            self._cursor = page.next_cursor
+        return bool(page.items)
+
+    async def _feed_event(self, row: EventRow) -> None:
+        for url, hook in self.hooks.items():
+            if wants(hook, row["type"]):
+                key = f"event:{row['id']}"
+                await self.store.enqueue_webhook(
+                    url, row["type"], payload_for(row["type"], row, row["id"]),
+                    event_id=row["id"], dedupe_key=key)
+            if row["type"] == "open" and not row["machine"] and wants(hook, "first_open"):
+                key = f"first_open:{row['message_id']}:{row['recipient'] or ''}"
+                await self.store.enqueue_webhook(
+                    url, "first_open", payload_for("first_open", row, key),
+                    event_id=row["id"], dedupe_key=key)
+
+    # -- sender -------------------------------------------------------------------------------
+
+    async def send_once(self) -> bool:
+        """Send the deliveries that are due; True if there were any."""
+        lease = max((h.timeout for h in self.hooks.values()), default=10.0) + 30.0
+        due = await self.store.claim_webhooks(limit=50, lease=lease)
+        if due:
+            await asyncio.gather(*(self._deliver(d) for d in due))
+        return bool(due)
+
+    async def _deliver(self, delivery: WebhookDelivery) -> None:
+        hook = self.hooks.get(delivery["endpoint"])
+        if hook is None:
+            await self.store.mark_webhook_failed(
+                delivery["id"], "endpoint no longer configured", max_attempts=1)
+            metrics.WEBHOOK_ATTEMPTS.labels("failed").inc()
+            return
+        error = await self._post(hook, delivery)
+        if error is None:
+            await self.store.mark_webhook_delivered(delivery["id"])
+            metrics.WEBHOOK_ATTEMPTS.labels("delivered").inc()
+            return
+        status = await self.store.mark_webhook_failed(
+            delivery["id"], error, max_attempts=self.config.webhook_max_attempts,
+            base_delay=self.config.webhook_backoff,
+            max_delay=self.config.webhook_max_backoff)
+        metrics.WEBHOOK_ATTEMPTS.labels("failed" if status == "failed" else "retry").inc()
+        log.warning("webhook_failed", endpoint=hook.url, delivery=delivery["id"],
+                    attempt=delivery["attempts"] + 1, error=error, status=status)
+
+    async def _post(self, hook: WebhookConfig, delivery: WebhookDelivery) -> str | None:
+        """POST one delivery; None on success, else what went wrong."""
+        assert self._session is not None
+        body = delivery["payload"].encode()
+        headers = {
+            "Content-Type": "application/json",
+            "X-Trackrelay-Event": delivery["event_type"],
+            "X-Trackrelay-Delivery": str(delivery["id"]),
+            signing.HEADER: signing.sign(hook.secret, body),
+        }
+        try:
+            async with self._session.post(
+                hook.url, data=body, headers=headers, allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=hook.timeout),
+            ) as resp:
+                await resp.content.read(4096)
+                if 200 <= resp.status < 300:
+                    return None
+                return f"HTTP {resp.status}"
+        except TimeoutError:
+            return f"timeout after {hook.timeout:g}s"
+        except aiohttp.ClientError as exc:
+            return f"{type(exc).__name__}: {exc}"[:500]

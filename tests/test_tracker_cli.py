@@ -1,0 +1,137 @@
+"""``trackrelay stats`` and ``trackrelay events`` (relay.tracker.cli) over a real store."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from relay.config import ConfigError
+from relay.records import Event
+from relay.store import open_store
+from relay.tracker import cli
+from tests.tracker_support import seed_message
+
+pytest_plugins = ("tests.tracker_fixtures",)
+
+
+def _args(config: Path, **values: Any) -> argparse.Namespace:
+    defaults: dict[str, Any] = {"config": str(config), "store": None, "campaign": None,
+                                "hours": 24.0, "include_machine": False, "json": False,
+                                "follow": False, "type": None, "message": None,
+                                "since": None, "limit": None, "poll": 0.05}
+    defaults.update(values)
+    return argparse.Namespace(**defaults)
+
+
+def _config_file(tmp_path: Path, store_url: str) -> Path:
+    path = tmp_path / "trackrelay.toml"
+    path.write_text(f'[store]\nurl = "{store_url}"\n', encoding="utf-8")
+    return path
+
+
+async def _seed(store_url: str, spool: Path) -> dict[str, str]:
+    store = await open_store(store_url, spool_path=str(spool))
+    try:
+        a = await seed_message(store, campaign="spring",
+                               recipients=["carol@customer.test", "dave@customer.test"],
+                               links=["https://shop.example/x"])
+        b = await seed_message(store, campaign=None)
+        now = time.time()
+        store.enqueue(Event("open", a.message_id, "carol@customer.test", now,
+                            data={"client": "Thunderbird"}))
+        store.enqueue(Event("open", a.message_id, "carol@customer.test", now + 1))
+        store.enqueue(Event("click", a.message_id, "dave@customer.test", now + 2,
+                            link_index=0))
+        store.enqueue(Event("open", b.message_id, "carol@customer.test", now + 3,
+                            machine=True, machine_reason="head_request"))
+        await store.flush()
+        return {"a": a.message_id, "b": b.message_id}
+    finally:
+        await store.close()
+
+
+def test_stats_for_a_campaign_and_for_the_last_day(store_url: str, tmp_path: Path) -> None:
+    asyncio.run(_seed(store_url, tmp_path / "spool.jsonl"))
+    config = _config_file(tmp_path, store_url)
+    out = io.StringIO()
+    assert cli.stats(_args(config, campaign="spring", json=True), out) == 0
+    figures = json.loads(out.getvalue())
+    assert (figures["sent"], figures["unique_opens"], figures["opens"]) == (2, 1, 2)
+    assert figures["unique_clicks"] == 1 and figures["open_rate"] == 0.5
+
+    out = io.StringIO()
+    assert cli.stats(_args(config, json=True), out) == 0
+    day = json.loads(out.getvalue())
+    assert (day["sent"], day["opens"], day["unique_opens"], day["clicks"]) == (3, 2, 1, 1)
+    out = io.StringIO()
+    assert cli.stats(_args(config, include_machine=True, json=True), out) == 0
+    assert json.loads(out.getvalue())["opens"] == 3
+
+    out = io.StringIO()
+    assert cli.stats(_args(config, campaign="spring"), out) == 0
+    text = out.getvalue()
+    assert text.startswith("campaign spring") and "open_rate" in text and "50.0%" in text
+    assert "https://shop.example/x" in text
+    assert cli.stats(_args(config, campaign="nope"), io.StringIO()) == 1
+
+
+def test_events_as_json_lines_with_filters(store_url: str, tmp_path: Path) -> None:
+    ids = asyncio.run(_seed(store_url, tmp_path / "spool.jsonl"))
+    config = _config_file(tmp_path, store_url)
+    out = io.StringIO()
+    assert cli.events(_args(config, json=True), out) == 0
+    rows = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [r["type"] for r in rows].count("sent") == 3 and len(rows) == 7
+    out = io.StringIO()
+    assert cli.events(_args(config, json=True, type=["open,click"], message=ids["a"]), out) == 0
+    rows = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [r["type"] for r in rows] == ["open", "open", "click"]  # oldest first
+    assert rows[0]["client"] == "Thunderbird" and rows[0]["time"].endswith("Z")
+    assert rows[2]["url"] == "https://shop.example/x"
+    out = io.StringIO()
+    assert cli.events(_args(config, since=str(time.time() + 3600)), out) == 0
+    assert out.getvalue() == ""
+    out = io.StringIO()
+    assert cli.events(_args(config, type=["click"]), out) == 0
+    assert "click" in out.getvalue() and "{" not in out.getvalue()  # readable lines
+    with pytest.raises(ConfigError, match="--type"):
+        cli.events(_args(config, type=["opened"]), io.StringIO())
+    with pytest.raises(ConfigError, match="--since"):
+        cli.events(_args(config, since="last tuesday"), io.StringIO())
+
+
+def test_events_follow_prints_only_new_events(store_url: str, tmp_path: Path) -> None:
+    ids = asyncio.run(_seed(store_url, tmp_path / "spool.jsonl"))
+    config = _config_file(tmp_path, store_url)
+    out = io.StringIO()
+    result: list[int] = []
+    follower = threading.Thread(target=lambda: result.append(
+        cli.events(_args(config, json=True, follow=True, limit=2, type=["open", "bounce"]),
+                   out)), daemon=True)
+    follower.start()
+    time.sleep(1.0)  # let it find the end of the log
+
+    async def more() -> None:
+        store = await open_store(store_url, spool_path=str(tmp_path / "spool2.jsonl"))
+        try:
+            store.enqueue(Event("click", ids["a"], "dave@customer.test", link_index=0))
+            store.enqueue(Event("bounce", ids["b"], "carol@customer.test"))
+            store.enqueue(Event("open", ids["a"], "dave@customer.test"))
+            await store.flush()
+        finally:
+            await store.close()
+
+    asyncio.run(more())
+    follower.join(15)
+    assert result == [0]
+    rows = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(r["type"], r["recipient"]) for r in rows] == [
+        ("bounce", "carol@customer.test"), ("open", "dave@customer.test")]

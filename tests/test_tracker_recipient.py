@@ -1,0 +1,284 @@
+"""The recipient endpoints over real HTTP: pixel, click redirect, forged tokens, clients."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import pytest
+
+from relay.tokens import TokenCodec
+from relay.tracker.client import ClientAddress, parse_user_agent
+from relay.tracker.recipient import PIXEL_GIF
+from tests.tracker_mmdb import build_mmdb
+from tests.tracker_support import (
+    ADMIN_TOKEN,
+    MakeTracker,
+    Tracker,
+    seed_message,
+    wait_for,
+)
+
+pytest_plugins = ("tests.tracker_fixtures",)
+
+IPHONE_UA = ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 "
+             "(KHTML, like Gecko) Version/17.0 Mobile/15E148 Safari/604.1")
+DESKTOP_UA = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like "
+              "Gecko) Chrome/124.0.0.0 Safari/537.36")
+TARGET = "https://shop.example/spring?utm_source=mail&q=a%20b&x=1&x=2#top-offers"
+
+
+def tamper(token: str) -> str:
+    """Flip one bit inside the MAC (the last characters), keeping valid base64url."""
+    raw = bytearray(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    raw[-3] ^= 0x01
+    return base64.urlsafe_b64encode(bytes(raw)).rstrip(b"=").decode()
+
+
+async def test_pixel_records_an_open_with_client_details(tracker: Tracker) -> None:
+    sent = await seed_message(tracker.store, recipients=["carol@customer.test",
+                                                          "dave@customer.test"])
+    async with tracker.http.get(tracker.pixel_url(sent.message_id, 1),
+                                headers={"User-Agent": IPHONE_UA}) as resp:
+        body = await resp.read()
+        assert resp.status == 200
+        assert resp.headers["Content-Type"] == "image/gif"
+        assert resp.headers["Cache-Control"] == "no-store, no-cache, must-revalidate, private"
+        assert resp.headers["Expires"] == "0"
+    assert body == PIXEL_GIF and len(body) == 43 and body.startswith(b"GIF89a")
+    events = await tracker.events(type="open")
+    assert len(events) == 1
+    ev = events[0]
+    assert ev["message_id"] == sent.message_id
+    assert ev["recipient"] == "dave@customer.test"
+    assert ev["link_index"] is None
+    assert ev["ip"] == "127.0.0.0"  # truncated to /24 by default
+    assert ev["user_agent"] == IPHONE_UA
+    assert (ev["client"], ev["os"], ev["device"]) == ("Mobile Safari", "iOS", "mobile")
+    assert (ev["country"], ev["region"], ev["city"]) == (None, None, None)
+    assert ev["machine"] is False and ev["machine_reason"] is None
+    assert ev["campaign"] == "spring" and ev["sender"] == "alice@example.com"
+
+
+async def test_click_redirects_to_the_original_target_intact(tracker: Tracker) -> None:
+    sent = await seed_message(tracker.store, links=["https://example.com/a", TARGET])
+    async with tracker.http.get(tracker.click_url(sent.message_id, 1),
+                                allow_redirects=False,
+                                headers={"User-Agent": DESKTOP_UA}) as resp:
+        assert resp.status == 302
+        assert resp.headers["Location"] == TARGET
+    events = await tracker.events(type="click")
+    assert len(events) == 1
+    ev = events[0]
+    assert ev["link_index"] == 1 and ev["url"] == TARGET
+    assert ev["recipient"] == "carol@customer.test"
+    assert (ev["client"], ev["os"], ev["device"]) == ("Chrome", "Windows", "desktop")
+
+
+async def test_replayed_tokens_count_every_hit_but_one_unique(tracker: Tracker) -> None:
+    sent = await seed_message(tracker.store, links=[TARGET])
+    url = tracker.pixel_url(sent.message_id)
+    for _ in range(3):
+        async with tracker.http.get(url) as resp:
+            assert resp.status == 200
+    for _ in range(2):
+        async with tracker.http.get(tracker.click_url(sent.message_id, 0),
+                                    allow_redirects=False) as resp:
+            assert resp.status == 302
+    await tracker.store.flush()
+    detail = await tracker.store.get_message(sent.message_id)
+    assert detail is not None
+    assert detail["open_count"] == 3 and detail["unique_opens"] == 1
+    assert detail["links"][0]["clicks"] == 2 and detail["links"][0]["unique_clicks"] == 1
+    assert detail["status"] == "clicked"
+
+
+def _bad_tokens(tracker: Tracker, message_id: str, kind: str) -> dict[str, str]:
+    good = tracker.app.tokens.encode(kind, message_id, 0, 0)
+    other_key = TokenCodec([(7, b"another-secret-key-of-32-bytes!!")]).encode(kind, message_id)
+    unknown_kid = TokenCodec([(9, b"tracker-test-key-0123456789abcdef")]).encode(kind,
+                                                                                 message_id)
+    wrong_kind = tracker.app.tokens.encode("click" if kind == "open" else "open",
+                                           message_id, 0, 0)
+    return {
+        "tampered": tamper(good),
+        "truncated": good[:-4],
+        "extended": good + "AA",
+        "other_key": other_key,
+        "unknown_key_id": unknown_kid,
+        "wrong_kind": wrong_kind,
+        "unknown_message": tracker.app.tokens.encode(kind, "00112233445566ff", 0, 0),
+        "recipient_out_of_range": tracker.app.tokens.encode(kind, message_id, 5, 0),
+        "garbage": "not-a-token",
+        "padding": good + "=",
+    }
+
+
+async def test_forged_pixel_tokens_get_the_gif_and_record_nothing(tracker: Tracker) -> None:
+    sent = await seed_message(tracker.store)
+    for name, token in _bad_tokens(tracker, sent.message_id, "open").items():
+        async with tracker.http.get(f"{tracker.base}/o/{token}.gif") as resp:
+            assert resp.status == 200, name
+            assert await resp.read() == PIXEL_GIF, name
+            assert resp.headers["Cache-Control"].startswith("no-store"), name
+    assert await tracker.events(type="open") == []
+
+
+async def test_forged_click_tokens_get_404_never_a_redirect(tracker: Tracker) -> None:
+    sent = await seed_message(tracker.store, links=[TARGET])
+    tokens = _bad_tokens(tracker, sent.message_id, "click")
+    tokens["unknown_link"] = tracker.app.tokens.encode("click", sent.message_id, 0, 3)
+    for name, token in tokens.items():
+        async with tracker.http.get(f"{tracker.base}/c/{token}",
+                                    allow_redirects=False) as resp:
+            assert resp.status == 404, name
+            assert "Location" not in resp.headers, name
+            assert resp.content_type == "text/html", name
+            assert "shop.example" not in await resp.text(), name
+    assert await tracker.events(type="click") == []
+
+
+async def test_head_requests_are_answered_but_counted_as_machine(tracker: Tracker) -> None:
+    sent = await seed_message(tracker.store, links=[TARGET])
+    async with tracker.http.head(tracker.pixel_url(sent.message_id)) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"] == "image/gif"
+    async with tracker.http.head(tracker.click_url(sent.message_id, 0),
+                                 allow_redirects=False) as resp:
+        assert resp.status == 302 and resp.headers["Location"] == TARGET
+    events = await tracker.events()
+    by_type = {e["type"]: e for e in events if e["type"] in ("open", "click")}
+    assert set(by_type) == {"open", "click"}
+    for ev in by_type.values():
+        assert ev["machine"] is True and ev["machine_reason"] == "head_request"
+    detail = await tracker.store.get_message(sent.message_id)
+    assert detail is not None and detail["status"] == "not_opened"  # human figures only
+
+
+async def test_shared_message_events_name_no_recipient(tracker: Tracker) -> None:
+    sent = await seed_message(tracker.store, recipients=["a@x.test", "b@x.test"], shared=True)
+    async with tracker.http.get(tracker.pixel_url(sent.message_id)) as resp:
+        assert resp.status == 200
+    (ev,) = await tracker.events(type="open")
+    assert ev["recipient"] is None and ev["message_id"] == sent.message_id
+
+
+@pytest.mark.parametrize(("section", "headers", "expected"), [
+    ({}, {"X-Forwarded-For": "198.51.100.23"}, "127.0.0.0"),  # no trusted proxy: ignored
+    ({"trusted_proxies": ["127.0.0.1"]}, {"X-Forwarded-For": "198.51.100.23"},
+     "198.51.100.0"),
+    ({"trusted_proxies": ["127.0.0.0/8"], "ip_mode": "full"},
+     {"X-Forwarded-For": "203.0.113.9, 198.51.100.23, 127.0.0.5"}, "198.51.100.23"),
+    ({"trusted_proxies": ["127.0.0.1"], "ip_mode": "full"},
+     {"Forwarded": 'for="[2001:db8:cafe::17]:4711";proto=https'}, "2001:db8:cafe::17"),
+    ({"trusted_proxies": ["127.0.0.1"]},
+     {"Forwarded": 'for="[2001:db8:cafe::17]:4711"'}, "2001:db8:cafe::"),
+    ({"trusted_proxies": ["127.0.0.1"], "ip_mode": "none"},
+     {"X-Forwarded-For": "198.51.100.23"}, None),
+    ({"ip_mode": "full"}, {}, "127.0.0.1"),
+])
+async def test_client_address_behind_proxies(make_tracker: MakeTracker, section: dict[str, Any],
+                                             headers: dict[str, str],
+                                             expected: str | None) -> None:
+    t = await make_tracker(**section)
+    sent = await seed_message(t.store)
+    async with t.http.get(t.pixel_url(sent.message_id), headers=headers) as resp:
+        assert resp.status == 200
+    (ev,) = await t.events(type="open")
+    assert ev["ip"] == expected
+
+
+async def test_location_comes_from_the_offline_database(make_tracker: MakeTracker,
+                                                        tmp_path: Any) -> None:
+    db = tmp_path / "city.mmdb"
+    db.write_bytes(build_mmdb({
+        "198.51.100.0/24": {"country": {"iso_code": "NZ"},
+                            "subdivisions": [{"iso_code": "AUK", "names": {"en": "Auckland"}}],
+                            "city": {"names": {"en": "Auckland"}}},
+    }))
+    t = await make_tracker(geoip_path=str(db), trusted_proxies=["127.0.0.1"])
+    sent = await seed_message(t.store)
+    for xff in ("198.51.100.77", "192.0.2.1"):
+        async with t.http.get(t.pixel_url(sent.message_id),
+                              headers={"X-Forwarded-For": xff}) as resp:
+            assert resp.status == 200
+    events = sorted(await t.events(type="open"), key=lambda e: e["ip"])
+    assert [(e["ip"], e["country"], e["region"], e["city"]) for e in events] == [
+        ("192.0.2.0", None, None, None),
+        ("198.51.100.0", "NZ", "AUK", "Auckland"),
+    ]
+
+
+def test_client_address_does_not_believe_untrusted_chains() -> None:
+    ca = ClientAddress(["10.0.0.0/8"], "full")
+    # A trusted proxy forwarding garbage: fall back to the proxy itself.
+    assert str(ca.real_ip("10.1.1.1", {"X-Forwarded-For": "unknown"})) == "10.1.1.1"
+    # Spoofed left-most entries past the first untrusted hop are ignored.
+    assert str(ca.real_ip("10.1.1.1", {"X-Forwarded-For": "1.2.3.4, 5.6.7.8, 10.2.2.2"})) \
+        == "5.6.7.8"
+    assert str(ca.real_ip("192.0.2.9", {"X-Forwarded-For": "1.2.3.4"})) == "192.0.2.9"
+    assert str(ca.real_ip("::ffff:10.1.1.1", {"X-Forwarded-For": "1.2.3.4"})) == "1.2.3.4"
+
+
+def test_user_agent_parsing() -> None:
+    assert parse_user_agent(IPHONE_UA)["device"] == "mobile"
+    assert parse_user_agent(DESKTOP_UA) == {"client": "Chrome", "os": "Windows",
+                                            "device": "desktop"}
+    ipad = IPHONE_UA.replace("iPhone; CPU iPhone OS", "iPad; CPU OS")
+    assert parse_user_agent(ipad)["device"] == "tablet"
+    assert parse_user_agent("Googlebot/2.1 (+http://www.google.com/bot.html)")["device"] \
+        == "bot"
+    assert parse_user_agent("") == {"client": None, "os": None, "device": None}
+
+
+async def test_ops_endpoints(tracker: Tracker) -> None:
+    sent = await seed_message(tracker.store)
+    async with tracker.http.get(tracker.pixel_url(sent.message_id)) as resp:
+        assert resp.status == 200
+    async with tracker.http.get(f"{tracker.base}/healthz") as resp:
+        assert resp.status == 200 and (await resp.json())["status"] == "ok"
+    async with tracker.http.get(f"{tracker.base}/readyz") as resp:
+        assert resp.status == 200
+        assert (await resp.json())["store"] == tracker.store.engine
+    async with tracker.http.get(f"{tracker.base}/metrics") as resp:
+        text = await resp.text()
+        assert resp.status == 200
+    assert 'trackrelay_tracker_hits_total{endpoint="open",result="recorded"}' in text
+    assert 'trackrelay_events_total{machine="false",type="open"}' in text
+    await tracker.store.disconnect()
+    async with tracker.http.get(f"{tracker.base}/readyz") as resp:
+        assert resp.status == 503
+
+
+async def test_store_outage_keeps_opens_and_never_guesses_a_redirect(
+        tracker: Tracker) -> None:
+    cached = await seed_message(tracker.store, links=[TARGET])
+    cold = await seed_message(tracker.store, recipients=["zoe@customer.test"], links=[TARGET])
+    for url in (tracker.pixel_url(cached.message_id), tracker.click_url(cached.message_id, 0)):
+        async with tracker.http.get(url, allow_redirects=False) as resp:
+            assert resp.status in (200, 302)
+    await tracker.store.disconnect()
+    # A cached message works as before; an uncached one still gets its GIF and its open
+    # is kept (spooled), while a click cannot be resolved: 503, no redirect.
+    async with tracker.http.get(tracker.click_url(cached.message_id, 0),
+                                allow_redirects=False) as resp:
+        assert resp.status == 302 and resp.headers["Location"] == TARGET
+    async with tracker.http.get(tracker.pixel_url(cold.message_id)) as resp:
+        assert resp.status == 200 and await resp.read() == PIXEL_GIF
+    async with tracker.http.get(tracker.click_url(cold.message_id, 0),
+                                allow_redirects=False) as resp:
+        assert resp.status == 503 and "Location" not in resp.headers
+    async with tracker.http.get(f"{tracker.base}/api/v1/messages",
+                                headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as resp:
+        assert resp.status == 503
+        assert (await resp.json())["error"] == "unavailable"
+    await tracker.store.connect()
+
+    async def all_there() -> bool:
+        return len(await tracker.events(type=["open", "click"])) == 4
+
+    await wait_for(all_there, timeout=15)
+    events = await tracker.events(type="open", message_id=cold.message_id)
+    assert len(events) == 1
+    assert events[0]["recipient"] is None
+    assert events[0]["data"] == {"recipient_index": 0, "unresolved": True}

@@ -1,0 +1,186 @@
+"""Webhooks end to end: a real receiver that fails, times out, then recovers; signatures;
+``first_open`` once per message and recipient, even with two tracker processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from relay.tracker import signing
+from tests.tracker_support import (
+    MakeTracker,
+    seed_message,
+    wait_for,
+)
+
+pytest_plugins = ("tests.tracker_fixtures",)
+
+SECRET_A = "secret-a-0123456789abcdef"
+SECRET_B = "secret-b-0123456789abcdef"
+
+
+@dataclass
+class Hit:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    answered: int
+
+
+@dataclass
+class Receiver:
+    """A webhook receiver; ``script[path]`` lists what to do per request, then 200."""
+
+    script: dict[str, list[str]] = field(default_factory=dict)
+    hits: list[Hit] = field(default_factory=list)
+    port: int = 0
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        steps = self.script.get(request.path, [])
+        action = steps.pop(0) if steps else "ok"
+        status = {"ok": 200, "fail": 500, "slow": 0, "gone": 410}[action]
+        self.hits.append(Hit(request.path, dict(request.headers), body, status))
+        if action == "slow":
+            await asyncio.sleep(2)
+            return web.Response(status=200)
+        return web.Response(status=status, text="thanks" if status == 200 else "nope")
+
+    def delivered(self, path: str) -> list[dict[str, Any]]:
+        return [json.loads(h.body) for h in self.hits if h.path == path and h.answered == 200]
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    r = Receiver()
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", r.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    server: Any = site._server
+    r.port = server.sockets[0].getsockname()[1]
+    yield r
+    await runner.cleanup()
+
+
+def _hooks(receiver: Receiver) -> dict[str, Any]:
+    return {
+        "webhooks": [
+            {"url": receiver.url("/a"), "secret": SECRET_A, "events": ["click", "first_open"],
+             "timeout": 0.3},
+            {"url": receiver.url("/b"), "secret": SECRET_B, "events": ["first_open"],
+             "timeout": 0.3},
+        ],
+        "webhook_max_attempts": 3, "webhook_backoff": 0.05, "webhook_max_backoff": 0.2,
+    }
+
+
+async def test_failing_slow_then_recovering_receiver(make_tracker: MakeTracker,
+                                                     receiver: Receiver) -> None:
+    receiver.script = {"/a": ["fail", "slow"], "/b": ["fail", "gone", "fail", "fail"]}
+    t = await make_tracker(**_hooks(receiver))
+    sent = await seed_message(t.store, recipients=["carol@customer.test"],
+                              links=["https://shop.example/x?y=1#z"])
+    async with t.http.get(t.pixel_url(sent.message_id)) as resp:
+        assert resp.status == 200
+
+    async def a_delivered() -> bool:
+        return len(receiver.delivered("/a")) == 1
+
+    await wait_for(a_delivered)
+    hits_a = [h for h in receiver.hits if h.path == "/a"]
+    assert [h.answered for h in hits_a] == [500, 0, 200]  # failed, timed out, recovered
+    # Every attempt is signed afresh over the same body.
+    assert len({h.body for h in hits_a}) == 1
+    for h in hits_a:
+        assert signing.verify(SECRET_A, h.body, h.headers[signing.HEADER])
+        assert not signing.verify(SECRET_B, h.body, h.headers[signing.HEADER])
+        assert h.headers["X-Trackrelay-Event"] == "first_open"
+        assert h.headers["Content-Type"] == "application/json"
+    payload = receiver.delivered("/a")[0]
+    assert payload["type"] == "first_open"
+    assert payload["id"] == f"first_open:{sent.message_id}:carol@customer.test"
+    assert payload["event"]["type"] == "open"
+    assert payload["event"]["message_id"] == sent.message_id
+    assert payload["event"]["recipient"] == "carol@customer.test"
+    assert payload["event"]["time"].endswith("Z")
+
+    # /b never recovers within 3 attempts: failed, and visible in the API.
+    async def b_failed() -> bool:
+        status, body = await t.api("/webhooks/deliveries", status="failed")
+        return status == 200 and len(body["items"]) == 1
+
+    await wait_for(b_failed)
+    _, body = await t.api("/webhooks/deliveries", status="failed")
+    failed = body["items"][0]
+    assert failed["endpoint"] == receiver.url("/b")
+    assert failed["attempts"] == 3 and failed["last_error"] == "HTTP 500"
+    assert failed["payload"]["type"] == "first_open"
+    assert [h.answered for h in receiver.hits if h.path == "/b"] == [500, 410, 500]
+
+    async def a_marked() -> bool:
+        _, body = await t.api("/webhooks/deliveries", status="delivered")
+        return len(body["items"]) > 0
+
+    await wait_for(a_marked)
+    _, body = await t.api("/webhooks/deliveries", status="delivered")
+    assert [d["endpoint"] for d in body["items"]] == [receiver.url("/a")]
+    assert body["items"][0]["attempts"] == 3
+
+
+async def test_first_open_fires_once_per_recipient_across_processes(
+        make_tracker: MakeTracker, receiver: Receiver) -> None:
+    hooks = _hooks(receiver)
+    t1 = await make_tracker(**hooks)
+    t2 = await make_tracker(**hooks)  # a second tracker process sharing the store
+    sent = await seed_message(t1.store, recipients=["carol@customer.test", "dave@customer.test"],
+                              links=["https://shop.example/x"])
+    # A machine (HEAD) open first: not a first_open.
+    async with t1.http.head(t1.pixel_url(sent.message_id, 0)) as resp:
+        assert resp.status == 200
+    for t, rcpt in ((t1, 0), (t2, 0), (t1, 1), (t2, 1), (t2, 0)):
+        async with t.http.get(t.pixel_url(sent.message_id, rcpt)) as resp:
+            assert resp.status == 200
+    async with t2.http.get(t2.click_url(sent.message_id, 0, 1), allow_redirects=False) as resp:
+        assert resp.status == 302
+
+    async def settled() -> bool:
+        return (len(receiver.delivered("/a")) == 3 and len(receiver.delivered("/b")) == 2)
+
+    await wait_for(settled)
+    await asyncio.sleep(0.5)  # nothing more arrives
+    a = receiver.delivered("/a")
+    assert len(a) == 3
+    assert sorted((p["type"], p["event"]["recipient"]) for p in a) == [
+        ("click", "dave@customer.test"),
+        ("first_open", "carol@customer.test"),
+        ("first_open", "dave@customer.test"),
+    ]
+    for p in a:
+        assert p["event"]["machine"] is False
+    click = next(p for p in a if p["type"] == "click")
+    assert click["event"]["url"] == "https://shop.example/x" and click["event"]["link_index"] == 0
+    assert sorted(p["event"]["recipient"] for p in receiver.delivered("/b")) == [
+        "carol@customer.test", "dave@customer.test"]
+    assert all(h.answered == 200 for h in receiver.hits)
+
+
+def test_signature_format() -> None:
+    header = signing.sign("k" * 16, b'{"a":1}', timestamp=1700000000)
+    assert header == ("t=1700000000,v1=" + __import__("hmac").new(
+        b"k" * 16, b'1700000000.{"a":1}', "sha256").hexdigest())
+    assert signing.verify("k" * 16, b'{"a":1}', header, now=1700000100)
+    assert not signing.verify("k" * 16, b'{"a":2}', header, now=1700000100)
+    assert not signing.verify("k" * 16, b'{"a":1}', header, now=1700001000)  # too old
+    assert not signing.verify("k" * 16, b'{"a":1}', "v1=abc", now=1700000000)

@@ -1,0 +1,96 @@
+"""Fixtures for the tracker tests: a real store (SQLite or PostgreSQL) and a live tracker.
+
+``store_url`` is parametrised over both engines (PostgreSQL in a schema of its own,
+dropped afterwards); ``make_tracker(**tracker_section)`` starts the tracker's web app
+on 127.0.0.1 with a free port over a real store and returns a ``Tracker`` (see
+``tests/tracker_support.py``) with an HTTP client session. Test modules load this file
+with ``pytest_plugins = ("tests.tracker_fixtures",)``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from relay.app import App
+from relay.config import build_config
+from relay.plugin_host import PluginHost
+from relay.store import open_store
+from relay.tracker.web import DISPATCHER, create_web_app
+from tests.tracker_support import (
+    API_TOKENS,
+    PG_DSN,
+    TOKEN_KEY,
+    MakeTracker,
+    Tracker,
+    pg_available,
+)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+async def store_url(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/tracker.db"
+        return
+    if not pg_available():
+        pytest.skip("PostgreSQL is not running at 127.0.0.1:5432")
+    import asyncpg
+
+    schema = f"trk_{secrets.token_hex(6)}"
+    yield f"{PG_DSN}?schema={schema}"
+    conn = await asyncpg.connect(PG_DSN)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def make_tracker(store_url: str, tmp_path: Any) -> AsyncIterator[MakeTracker]:
+    started: list[Tracker] = []
+
+    async def _make(**tracker: Any) -> Tracker:
+        section: dict[str, Any] = {"api_tokens": API_TOKENS}
+        section.update(tracker)
+        config = build_config({
+            "http": {"listen": "127.0.0.1:0", "base_url": "http://127.0.0.1:8025"},
+            "tracking": {"token_keys": [TOKEN_KEY]},
+            "store": {"url": store_url},
+            "tracker": section,
+        }, environ={})
+        app = App(config, PluginHost(config, load_entry_points=False))
+        spool = tmp_path / f"spool-{len(started)}.jsonl"
+        store = await open_store(store_url, spool_path=str(spool), flush_interval=0.01)
+        app.store = store
+        await app.start()
+        web_app = create_web_app(app)
+        web_app[DISPATCHER].poll_interval = 0.05
+        runner = web.AppRunner(web_app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        server: Any = site._server
+        port = server.sockets[0].getsockname()[1]
+        http = aiohttp.ClientSession()
+        t = Tracker(app, store, runner, port, http)
+        started.append(t)
+        return t
+
+    yield _make
+    for t in started:
+        await t.http.close()
+        await t.runner.cleanup()
+        await t.store.close()
+        await t.app.stop()
+
+
+@pytest.fixture
+async def tracker(make_tracker: MakeTracker) -> Tracker:
+    return await make_tracker()
+
+

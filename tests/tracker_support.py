@@ -1,0 +1,106 @@
+"""Helpers shared by the tracker tests: constants, the live-tracker handle, seeding.
+
+The fixtures themselves are in ``tests/tracker_fixtures.py`` (loaded with
+``pytest_plugins``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from relay.app import App
+from relay.records import LinkRecord, Outcome, Reply, SentMessage, new_id
+from relay.store.base import Store
+
+PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+TOKEN_KEY = "7:tracker-test-key-0123456789abcdef"
+ADMIN_TOKEN = "admin-token-0123456789abcdef"
+EXAMPLE_TOKEN = "example-token-0123456789abcdef"  # scope example.com
+OTHER_TOKEN = "other-token-0123456789abcdef"  # scope bob@other.test
+API_TOKENS = [
+    {"token": ADMIN_TOKEN, "scope": "admin", "name": "ops"},
+    {"token": EXAMPLE_TOKEN, "scope": "example.com", "name": "crm"},
+    {"token": OTHER_TOKEN, "scope": "bob@other.test", "name": "bob"},
+]
+
+
+def pg_available() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 5432), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@dataclass
+class Tracker:
+    app: App
+    store: Store
+    runner: web.AppRunner
+    port: int
+    http: aiohttp.ClientSession
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def pixel_url(self, message_id: str, recipient_index: int = 0) -> str:
+        return f"{self.base}/o/{self.app.tokens.encode('open', message_id, recipient_index)}.gif"
+
+    def click_url(self, message_id: str, link_index: int, recipient_index: int = 0) -> str:
+        token = self.app.tokens.encode("click", message_id, recipient_index, link_index)
+        return f"{self.base}/c/{token}"
+
+    async def api(self, path: str, token: str | None = ADMIN_TOKEN,
+                  **params: Any) -> tuple[int, Any]:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        async with self.http.get(f"{self.base}/api/v1{path}", params=params,
+                                 headers=headers) as resp:
+            return resp.status, await resp.json()
+
+    async def events(self, **filters: Any) -> list[Any]:
+        await self.store.flush()
+        page = await self.store.list_events(limit=500, **filters)
+        return list(page.items)
+
+
+MakeTracker = Callable[..., Awaitable[Tracker]]
+
+
+async def seed_message(store: Store, *, sender: str = "alice@example.com",
+                       recipients: list[str] | None = None, campaign: str | None = "spring",
+                       links: list[str] | None = None, subject: str = "Hello",
+                       shared: bool = False, message_id: str | None = None) -> SentMessage:
+    """Record a relayed message as the relay does (``Store.record_sent``)."""
+    recipients = recipients or ["carol@customer.test"]
+    sent = SentMessage(
+        message_id=message_id or new_id(), header_message_id=f"<{new_id()}@example.com>",
+        sender=sender, recipients=recipients, campaign=campaign, subject=subject,
+        tracked=True, track_opens=True, track_clicks=True, shared=shared,
+        links=[LinkRecord(i, url, f"link {i}") for i, url in enumerate(links or [])],
+        submitted_by=sender,
+    )
+    outcome = Outcome(reply=Reply(250, "2.0.0", "Ok: queued as Q1"), accepted=recipients,
+                      refused={}, message=b"", modified=True, queue_id="Q1")
+    await store.record_sent(sent, outcome)
+    await store.flush()
+    return sent
+
+
+async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float = 10.0,
+                   interval: float = 0.05) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        if await predicate():
+            return
+        if loop.time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(interval)
