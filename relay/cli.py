@@ -156,6 +156,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stdin", action="store_true", help="read the password from stdin")
     p.set_defaults(func=cmd_hash_password)
 
+    from relay.tracker import cli as tracker_cli
+
+    p = sub.add_parser("stats", help="a campaign's or the last day's figures")
+    _add_config(p)
+    p.add_argument("--store", metavar="URL", help="store URL")
+    tracker_cli.add_stats_arguments(p)
+    p.set_defaults(func=tracker_cli.stats)
+
+    p = sub.add_parser("events", help="print events as JSON lines (the API's objects)")
+    _add_config(p)
+    p.add_argument("--store", metavar="URL", help="store URL")
+    tracker_cli.add_events_arguments(p)
+    p.set_defaults(func=tracker_cli.events)
+
     return parser
 
 

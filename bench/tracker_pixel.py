@@ -1,0 +1,253 @@
+#!/usr/bin/env python3
+"""Pixel throughput: wrk against the tracker's /o/<token>.gif and against nginx (issue 4).
+
+In one run: nginx (one worker) serving a static 1x1 GIF on loopback (the limit), then
+``trackrelay serve`` on SQLite and on PostgreSQL, each recording every hit. The pixel
+URL is a real one: an HTML message is sent through the relay (capture upstream) and
+the URL is read from the delivered message. After each tracker run the process is
+stopped with SIGTERM (which flushes the event queue) and the open events in the store
+are counted: they must equal wrk's successful requests.
+
+    python3 bench/tracker_pixel.py [--duration 10] [--connections 32] [--engines sqlite,postgresql]
+
+Needs Debian's nginx-light and wrk, and PostgreSQL at 127.0.0.1:5432 (trust auth).
+Set TRACKRELAY_BENCH_ENV='TRACKRELAY_ENGAGEMENT__ENABLED=false' style variables to
+compare configurations (see BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import email
+import email.policy
+import os
+import re
+import shutil
+import signal
+import smtplib
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from email.message import EmailMessage
+from pathlib import Path
+
+GIF = (b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\x00\x00\x00!\xf9\x04\x01\x00\x00\x00"
+       b"\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;")
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on 127.0.0.1:{port}")
+
+
+def wrk(url: str, duration: int, connections: int) -> dict[str, float]:
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", url],
+        capture_output=True, text=True, check=True).stdout
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
+                       out)
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+    return {
+        "rps": rps,
+        "ok": total - (int(bad.group(1)) if bad else 0),
+        "errors": sum(int(x) for x in errors.groups()) if errors else 0,
+        "p99_ms": float(p99.group(1)) * scale[p99.group(2)] if p99 else float("nan"),
+    }
+
+
+def run_nginx(root: Path, duration: int, connections: int) -> dict[str, float]:
+    port = free_port()
+    (root / "html").mkdir(parents=True)
+    (root / "html" / "pixel.gif").write_bytes(GIF)
+    (root / "logs").mkdir()
+    conf = root / "nginx.conf"
+    conf.write_text(f"""
+worker_processes 1;
+error_log {root}/logs/error.log;
+pid {root}/nginx.pid;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    server {{
+        listen 127.0.0.1:{port};
+        location = /pixel.gif {{
+            root {root}/html;
+            default_type image/gif;
+            add_header Cache-Control "no-store, no-cache, must-revalidate, private";
+            expires epoch;
+        }}
+    }}
+}}
+""")
+    subprocess.run(["nginx", "-c", str(conf), "-p", str(root)], check=True)
+    try:
+        wait_port(port)
+        return wrk(f"http://127.0.0.1:{port}/pixel.gif", duration, connections)
+    finally:
+        subprocess.run(["nginx", "-c", str(conf), "-p", str(root), "-s", "stop"], check=False)
+
+
+def pixel_url(smtp_port: int, capture: Path) -> str:
+    msg = EmailMessage()
+    msg["From"] = "sender@example.com"
+    msg["To"] = "reader@example.org"
+    msg["Subject"] = "benchmark"
+    msg.set_content("plain part\n")
+    msg.add_alternative("<html><body><p>Hello <a href='https://example.com/x'>x</a></p>"
+                        "</body></html>", subtype="html")
+    with smtplib.SMTP("127.0.0.1", smtp_port, timeout=30) as s:
+        s.send_message(msg)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        files = list(capture.glob("*.eml"))
+        if files:
+            break
+        time.sleep(0.05)
+    delivered = email.message_from_bytes(files[0].read_bytes(), policy=email.policy.default)
+    for part in delivered.walk():
+        if part.get_content_type() == "text/html":
+            m = re.search(r"""(https?://[^"'\s>]+/o/[A-Za-z0-9_-]+\.gif)""",
+                          part.get_content())
+            if m:
+                return m.group(1)
+    raise SystemExit("no tracking pixel in the delivered message: is the pixel plugin on?")
+
+
+def answered_opens(http_port: int) -> int:
+    """Pixel requests the tracker answered with a recorded open (its own counter)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    m = re.search(r'trackrelay_tracker_hits_total\{endpoint="open",result="recorded"\} ([\d.e+]+)',
+                  text)
+    return int(float(m.group(1))) if m else -1
+
+
+def count_opens(url: str) -> int:
+    if url.startswith("sqlite:"):
+        with sqlite3.connect(url.removeprefix("sqlite:///")) as db:
+            return int(db.execute("SELECT count(*) FROM events WHERE type = 'open'")
+                       .fetchone()[0])
+    import asyncpg
+
+    async def q() -> int:
+        conn = await asyncpg.connect(url)
+        try:
+            return int(await conn.fetchval("SELECT count(*) FROM events WHERE type = 'open'"))
+        finally:
+            await conn.close()
+
+    return asyncio.run(q())
+
+
+def pg_database(name: str, create: bool) -> str:
+    import asyncpg
+
+    async def run() -> None:
+        conn = await asyncpg.connect(PG_ADMIN)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            if create:
+                await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+    return f"postgresql://postgres@127.0.0.1:5432/{name}"
+
+
+def run_tracker(root: Path, store_url: str, duration: int,
+                connections: int) -> dict[str, float]:
+    smtp_port, http_port = free_port(), free_port()
+    capture = root / "captured"
+    env = dict(os.environ)
+    env.update({
+        "TRACKRELAY_LOG__LEVEL": '"warning"',
+        "TRACKRELAY_TRACKING__TOKEN_KEYS": '["1:benchmark-key-0123456789"]',
+        "TRACKRELAY_HTTP__BASE_URL": f'"http://127.0.0.1:{http_port}"',
+    })
+    for assignment in filter(None, os.environ.get("TRACKRELAY_BENCH_ENV", "").split()):
+        key, _, value = assignment.partition("=")
+        env[key] = value
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "relay.cli", "serve", "--smtp-listen", f"127.0.0.1:{smtp_port}",
+         "--capture-dir", str(capture), "--http-listen", f"127.0.0.1:{http_port}",
+         "--store", store_url], env=env)
+    try:
+        wait_port(smtp_port)
+        wait_port(http_port)
+        url = pixel_url(smtp_port, capture)
+        first = wrk(url, 2, connections)  # warm-up; its hits are recorded too
+        warm = wrk(url, duration, connections)
+        warm["ok_total"] = first["ok"] + warm["ok"]
+        time.sleep(0.5)  # requests wrk abandoned at its deadline are still answered
+        warm["answered"] = answered_opens(http_port)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    stored = count_opens(store_url)
+    warm["stored"] = stored
+    return warm
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--engines", default="sqlite,postgresql")
+    args = ap.parse_args()
+    for tool in ("wrk", "nginx"):
+        if not shutil.which(tool):
+            raise SystemExit(f"{tool} not found: apt-get install wrk nginx-light")
+    root = Path(tempfile.mkdtemp(prefix="trackrelay-pixel-"))
+    try:
+        nginx = run_nginx(root / "nginx", args.duration, args.connections)
+        print(f"wrk -t1 -c{args.connections} -d{args.duration}s --latency")
+        print(f"nginx static GIF:      {nginx['rps']:9.0f} req/s   p99 {nginx['p99_ms']:.2f} ms")
+        for engine in args.engines.split(","):
+            work = root / engine
+            work.mkdir()
+            if engine == "sqlite":
+                url = f"sqlite:///{work}/store.db"
+            else:
+                url = pg_database(f"trackrelay_bench_{os.getpid()}", create=True)
+            try:
+                r = run_tracker(work, url, args.duration, args.connections)
+            finally:
+                if engine != "sqlite":
+                    pg_database(f"trackrelay_bench_{os.getpid()}", create=False)
+            same = "equal" if int(r["answered"]) == int(r["stored"]) else "MISMATCH"
+            print(f"tracker ({engine:10s}): {r['rps']:9.0f} req/s   p99 {r['p99_ms']:.2f} ms   "
+                  f"ratio {r['rps'] / nginx['rps']:.2f} (target >= 0.2)")
+            print(f"    pixel requests answered (tracker's counter) {int(r['answered'])}, "
+                  f"open events stored {int(r['stored'])}: {same}")
+            print(f"    wrk saw {int(r['ok_total'])} complete (it drops the requests in flight "
+                  f"at its deadline, at most 2 x {args.connections}); "
+                  f"socket errors {int(r['errors'])}")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
