@@ -19,6 +19,7 @@ from tests.tracker_support import (
     ADMIN_TOKEN,
     API_TOKENS,
     EXAMPLE_TOKEN,
+    MAIL_CLIENT_UA,
     TOKEN_KEY,
     wait_for,
 )
@@ -47,6 +48,8 @@ async def test_message_through_relay_then_pixel_links_and_api(
         tracking={"token_keys": [TOKEN_KEY]},
         store={"url": store_url},
         tracker={"api_tokens": API_TOKENS},
+        # The test's "person" opens at once; the too-soon rules have their own tests.
+        engagement={"instant_seconds": 0, "suspect_seconds": 0},
     )
     runner = web.AppRunner(create_web_app(relay.app), access_log=None)
     await runner.setup()
@@ -82,7 +85,7 @@ async def test_message_through_relay_then_pixel_links_and_api(
 
         await wait_for(recorded)
 
-        async with aiohttp.ClientSession() as http:
+        async with aiohttp.ClientSession(headers={"User-Agent": MAIL_CLIENT_UA}) as http:
             async with http.get(pixels[0], headers={"User-Agent": "Thunderbird"}) as resp:
                 assert resp.status == 200 and len(await resp.read()) == 43
             targets = []

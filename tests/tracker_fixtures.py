@@ -24,6 +24,7 @@ from relay.store import open_store
 from relay.tracker.web import DISPATCHER, create_web_app
 from tests.tracker_support import (
     API_TOKENS,
+    MAIL_CLIENT_UA,
     PG_DSN,
     TOKEN_KEY,
     MakeTracker,
@@ -62,6 +63,8 @@ async def make_tracker(store_url: str, tmp_path: Any) -> AsyncIterator[MakeTrack
             "tracking": {"token_keys": [TOKEN_KEY]},
             "store": {"url": store_url},
             "tracker": section,
+            # The tests' "person" opens at once; the too-soon rules have their own tests.
+            "engagement": {"instant_seconds": 0, "suspect_seconds": 0},
         }, environ={})
         app = App(config, PluginHost(config, load_entry_points=False))
         spool = tmp_path / f"spool-{len(started)}.jsonl"
@@ -76,7 +79,7 @@ async def make_tracker(store_url: str, tmp_path: Any) -> AsyncIterator[MakeTrack
         await site.start()
         server: Any = site._server
         port = server.sockets[0].getsockname()[1]
-        http = aiohttp.ClientSession()
+        http = aiohttp.ClientSession(headers={"User-Agent": MAIL_CLIENT_UA})
         t = Tracker(app, store, runner, port, http)
         started.append(t)
         return t

@@ -39,6 +39,13 @@ def pg_available() -> bool:
         return False
 
 
+#: What a person's mail client sends when it loads the pixel or follows a link. The
+#: tracker labels every hit human or machine, so tests that stand for a person must
+#: look like one (aiohttp's own User-Agent is, rightly, an HTTP library).
+MAIL_CLIENT_UA = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:128.0) Gecko/20100101 "
+                  "Thunderbird/128.3.0")
+
+
 @dataclass
 class Tracker:
     app: App

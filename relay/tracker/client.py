@@ -164,9 +164,11 @@ class GeoLookup:
 
 @dataclass
 class ClientInfo:
-    ip: str | None
+    ip: str | None  # as stored (per tracker.ip_mode)
     user_agent: str | None
     data: dict[str, str | None]
+    #: The whole address, for classification only (Apple relay or cloud ranges); never stored.
+    real_ip: str | None = None
 
 
 class ClientInspector:
@@ -185,7 +187,7 @@ class ClientInspector:
         stored, geo = self._address(address)
         ua = headers.get("User-Agent") or ""
         data: dict[str, str | None] = {**parse_user_agent(ua), **geo}
-        return ClientInfo(stored, ua[:1000] or None, data)
+        return ClientInfo(stored, ua[:1000] or None, data, address)
 
     @functools.lru_cache(maxsize=8192)  # noqa: B019 - one instance per web app
     def _address(self, address: str | None) -> tuple[str | None, dict[str, str | None]]:

@@ -4,8 +4,9 @@
 the token is genuine (nothing leaks); only a verified token for a known message records
 an ``open``. ``GET /c/<token>`` answers 302 to the link's original target (query and
 fragment as they were) and records a ``click``; anything else gets a plain 404 page,
-never a redirect. ``HEAD`` is answered like ``GET`` but the event is marked machine
-traffic (``machine_reason="head_request"``): people's mail clients do not send it.
+never a redirect. Every recorded open and click is labelled human or machine by
+relay.engagement's online rules (``HEAD`` is machine traffic: people's mail clients do
+not send it); the label never changes the response.
 
 The hot path does no database round trip per hit: the token is verified with its HMAC,
 what it names comes from an in-process LRU in front of the store, and the event goes to
@@ -25,6 +26,9 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from relay import metrics
+from relay.engagement.facts import RequestFacts, select_headers
+from relay.engagement.hooks import classify_request
+from relay.engagement.online import Classifier
 from relay.logs import get_logger
 from relay.records import Event
 from relay.tracker.client import ClientInspector
@@ -99,6 +103,7 @@ class RecipientEndpoints:
     def __init__(self, app: App) -> None:
         self.app = app
         self.inspector = ClientInspector(app.config.tracker)
+        self.classifier = Classifier(app.config.engagement)
         self._targets: TokenTargets | None = None
 
     @property
@@ -135,20 +140,40 @@ class RecipientEndpoints:
             return "unknown_message"
         return message, recipients[data.recipient_index]
 
-    def _record(self, request: web.Request, kind: str, message_id: str,
-                recipient: str | None, link_index: int | None,
-                extra: dict[str, Any] | None = None) -> None:
+    async def _record(self, request: web.Request, kind: str, message_id: str,
+                      recipient: str | None, link_index: int | None,
+                      message: MessageLookup | None, extra: dict[str, Any] | None = None,
+                      ) -> None:
         client = self.inspector.inspect(request.remote, request.headers)
-        head = request.method == "HEAD"
         data: dict[str, Any] = dict(client.data)
         if extra:
             data.update(extra)
-        self.store.enqueue(Event(
-            type=kind, message_id=message_id, recipient=recipient, time=time.time(),
-            link_index=link_index, ip=client.ip, user_agent=client.user_agent,
-            machine=head, machine_reason="head_request" if head else None, data=data,
-        ))
-        _EVENTS[kind, head].inc()
+        now = time.time()
+        event = Event(
+            type=kind, message_id=message_id, recipient=recipient, time=now,
+            link_index=link_index, ip=client.ip, user_agent=client.user_agent, data=data,
+        )
+        facts = RequestFacts(
+            kind="open" if kind == "open" else "click", method=request.method,
+            user_agent=client.user_agent, ip=client.real_ip,
+            headers=select_headers(request.headers), time=now,
+            delivered_at=message["delivered_at"] if message else None,
+            sender_submitter=message["submitted_by"] if message else None,
+            recipient=recipient, message_id=message_id, link_index=link_index,
+            https=request.headers.get("X-Forwarded-Proto", request.scheme) == "https",
+        )
+        # The verdict never changes the response: the GIF and the redirect go out anyway.
+        verdict = await classify_request(self.classifier, facts, self.app.host)
+        verdict.apply_to(event)
+        if verdict.proxy:
+            # A mail provider's image proxy fetched it: its address says where the proxy
+            # is, not the reader, so no location is recorded.
+            for key in ("country", "region", "city"):
+                if key in data:
+                    data[key] = None
+            data["location_hidden"] = True
+        self.store.enqueue(event)
+        _EVENTS[kind, event.machine].inc()
 
     async def open_pixel(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
@@ -164,14 +189,15 @@ class RecipientEndpoints:
             # genuine, so keep the open (the writer spools it) with the recipient's index
             # instead of its address, and answer as always.
             log.warning("open_lookup_failed", message=data.message_id, error=repr(exc))
-            self._record(request, "open", data.message_id, None, None,
-                         {"recipient_index": data.recipient_index, "unresolved": True})
+            await self._record(request, "open", data.message_id, None, None, None,
+                               {"recipient_index": data.recipient_index, "unresolved": True})
             _OPEN_RESULTS["recorded"].inc()
             return web.Response(body=PIXEL_GIF, headers=PIXEL_HEADERS)
         if isinstance(resolved, str):
             _OPEN_RESULTS[resolved].inc()
         else:
-            self._record(request, "open", data.message_id, resolved[1], None)
+            await self._record(request, "open", data.message_id, resolved[1], None,
+                               resolved[0])
             _OPEN_RESULTS["recorded"].inc()
         return web.Response(body=PIXEL_GIF, headers=PIXEL_HEADERS)
 
@@ -193,7 +219,8 @@ class RecipientEndpoints:
                 _REDIRECT_SCHEMES):
             _CLICK_RESULTS["unknown_message"].inc()
             return _not_found()
-        self._record(request, "click", data.message_id, resolved[1], data.link_index)
+        await self._record(request, "click", data.message_id, resolved[1], data.link_index,
+                           resolved[0])
         _CLICK_RESULTS["recorded"].inc()
         return web.Response(status=302, headers={
             "Location": safe_location(url),
