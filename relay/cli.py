@@ -170,6 +170,15 @@ def build_parser() -> argparse.ArgumentParser:
     tracker_cli.add_events_arguments(p)
     p.set_defaults(func=tracker_cli.events)
 
+    from relay.engagement import cli as engagement_cli
+
+    p = sub.add_parser("reclassify",
+                       help="apply the current human/machine rules to stored events")
+    _add_config(p)
+    p.add_argument("--store", metavar="URL", help="store URL")
+    engagement_cli.add_reclassify_arguments(p)
+    p.set_defaults(func=engagement_cli.reclassify)
+
     return parser
 
 

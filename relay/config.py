@@ -202,6 +202,8 @@ class EngagementConfig:
     #: The batch pass leaves clicks younger than this for the next pass (bursts may
     #: still be forming) before inferring opens from them.
     batch_settle_seconds: float = 300.0
+    #: Seconds between batch passes in each tracker process (0: no batch pass).
+    batch_interval: float = 60.0
     #: Use the crawler-user-agents package as the generic bot list (after the email table).
     generic_bot_list: bool = True
     #: A directory of fresher data files (same names and formats as relay/engagement/data:

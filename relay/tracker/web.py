@@ -19,6 +19,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from relay.app import App
+from relay.engagement.runner import BatchRunner
 from relay.logs import get_logger
 from relay.tracker.api import Api
 from relay.tracker.deliverability_api import add_deliverability_routes
@@ -65,6 +66,7 @@ def create_web_app(app: App) -> web.Application:
     web_app.add_subapp("/api/v1", api_app)
     dispatcher = WebhookDispatcher(app)
     web_app[DISPATCHER] = dispatcher
+    batch = BatchRunner(lambda: app.store, app.config.engagement)
     opened_here = False
 
     async def on_startup(_: web.Application) -> None:
@@ -76,10 +78,12 @@ def create_web_app(app: App) -> web.Application:
             opened_here = True
             log.info("store_opened", engine=app.store.engine)
         await dispatcher.start()
+        batch.start()
 
     async def on_cleanup(_: web.Application) -> None:
         nonlocal opened_here
         await dispatcher.stop()
+        await batch.stop()
         recipient.close()
         if opened_here and app.store is not None:
             await app.store.close()

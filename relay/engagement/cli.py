@@ -1,0 +1,52 @@
+"""``trackrelay reclassify``: apply the current human/machine rules to stored events."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from typing import IO
+
+from relay.config import ConfigError
+from relay.engagement.runner import reclassify as run_reclassify
+from relay.tracker.api import BadParameter, parse_time
+
+
+def add_reclassify_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--since", metavar="TIME", default="-7d",
+                   help="start of the range: ISO 8601, POSIX seconds or relative such as "
+                        "-24h (default -7d)")
+    p.add_argument("--until", metavar="TIME", help="end of the range (default: now)")
+
+
+def _time(value: str | None, flag: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        return parse_time(value, flag)
+    except BadParameter as exc:
+        raise ConfigError(str(exc)) from None
+
+
+async def _reclassify(args: argparse.Namespace, out: IO[str]) -> int:
+    from relay import cli
+    from relay.store import open_store_from_config
+
+    config = cli._load(args)
+    since = _time(args.since, "--since")
+    until = _time(args.until, "--until")
+    assert since is not None
+    store = await open_store_from_config(config.store)
+    try:
+        result = await run_reclassify(store, config.engagement, since, until,
+                                      now=until or time.time())
+    finally:
+        await store.close()
+    out.write(f"{result.events} events examined, {result.changed} relabelled, "
+              f"{result.inferred} opens inferred from human clicks\n")
+    return 0
+
+
+def reclassify(args: argparse.Namespace, out: IO[str] | None = None) -> int:
+    return asyncio.run(_reclassify(args, out or sys.stdout))

@@ -1,0 +1,165 @@
+"""Running the classifier over stored events: the periodic batch pass and ``reclassify``.
+
+The online rules label each hit as it arrives; rules that need several events (bursts
+across links or recipients, honeypot windows, opens inferred from human clicks) run
+here, a few minutes later, over the recent events in the store. ``reclassify`` applies
+the current rules (online and batch) to a stored time range after the rules or their
+data changed. Raw fields are never touched; only verdicts change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from relay.engagement.batch import run_batch
+from relay.engagement.facts import RequestFacts
+from relay.engagement.online import Classifier
+from relay.engagement.verdict import Verdict
+from relay.logs import get_logger
+from relay.records import Event
+from relay.store.base import VerdictUpdate
+from relay.store.records import event_from_row
+
+if TYPE_CHECKING:
+    from relay.config import EngagementConfig
+    from relay.store.base import MessageLookup, Store
+
+log = get_logger("relay.engagement.runner")
+
+
+@dataclass
+class PassResult:
+    events: int = 0
+    changed: int = 0
+    inferred: int = 0
+
+
+async def load_events(store: Store, since: float, until: float | None = None) -> list[Event]:
+    """Open and click events stored in ``[since, until]``, oldest first."""
+    out: list[Event] = []
+    cursor: str | None = None
+    while True:
+        page = await store.list_events(type=["open", "click"], since=since, until=until,
+                                       cursor=cursor, limit=1000, order="asc")
+        out.extend(event_from_row(row) for row in page.items)
+        if not page.items or page.next_cursor is None:
+            return out
+        cursor = page.next_cursor
+
+
+def _label(v: Verdict | None) -> tuple[object, ...] | None:
+    """What is stored of a verdict (the score and details are not compared)."""
+    return None if v is None else (v.verdict, tuple(v.reasons), v.proxy)
+
+
+def _update(event: Event) -> VerdictUpdate:
+    v = Verdict.of_event(event)
+    return VerdictUpdate(id=str(event.data["event_id"]), machine=v.machine,
+                         machine_reason=v.machine_reason, verdict=v.verdict,
+                         reasons=list(v.reasons), proxy=v.proxy)
+
+
+async def _store_result(store: Store, changed: list[Event], inferred: list[Event]) -> None:
+    if changed:
+        await store.update_event_verdicts([_update(e) for e in changed])
+    for event in inferred:
+        event.data.pop("event_id", None)  # a new event, with an id of its own
+        store.enqueue(event)
+
+
+async def batch_pass(store: Store, config: EngagementConfig, *,
+                     now: float | None = None) -> PassResult:
+    """One pass over the events of the last few settle periods."""
+    now = time.time() if now is None else now
+    await store.flush()
+    window = 3 * config.batch_settle_seconds + config.honeypot_window
+    events = await load_events(store, now - window, now)
+    result = run_batch(events, config, now=now)
+    await _store_result(store, result.changed, result.inferred)
+    return PassResult(len(events), len(result.changed), len(result.inferred))
+
+
+async def reclassify(store: Store, config: EngagementConfig, since: float,
+                     until: float | None = None, *, now: float | None = None) -> PassResult:
+    """Apply the current online and batch rules to stored events in a time range.
+
+    The online rules see what was stored: user agent, the address as stored (truncated
+    or absent per ``tracker.ip_mode``), the time and the message's delivery time. HEAD
+    requests keep their label; signals from request headers that were not stored are
+    not re-evaluated.
+    """
+    classifier = Classifier(config)
+    events = await load_events(store, since, until)
+    before = {str(e.data.get("event_id")): Verdict.of_event(e) for e in events}
+    messages: dict[str, MessageLookup | None] = {}
+    relabelled: list[Event] = []
+    for event in events:
+        if event.data.get("inferred"):
+            relabelled.append(event)
+            continue
+        if event.message_id not in messages:
+            messages[event.message_id] = await store.lookup_message(event.message_id)
+        msg = messages[event.message_id]
+        old = Verdict.of_event(event)
+        facts = RequestFacts(
+            kind="open" if event.type == "open" else "click",
+            method="HEAD" if "head_request" in old.reasons else "GET",
+            user_agent=event.user_agent, ip=event.ip, time=event.time,
+            delivered_at=msg["delivered_at"] if msg else None,
+            sender_submitter=msg["submitted_by"] if msg else None,
+            recipient=event.recipient, message_id=event.message_id,
+            link_index=event.link_index, honeypot=bool(event.data.get("honeypot")),
+        )
+        new = classifier.classify(facts)
+        if _label(new) != _label(old):
+            event = dataclasses.replace(event, data=dict(event.data))
+            new.apply_to(event)
+        relabelled.append(event)
+    result = run_batch(relabelled, config, now=now)
+    batch_changed = {str(e.data["event_id"]): e for e in result.changed}
+    changed = []
+    for event in relabelled:
+        final = batch_changed.get(str(event.data.get("event_id")), event)
+        if _label(Verdict.of_event(final)) != _label(before.get(str(event.data.get("event_id")))):
+            changed.append(final)
+    await _store_result(store, changed, result.inferred)
+    return PassResult(len(events), len(changed), len(result.inferred))
+
+
+class BatchRunner:
+    """Runs ``batch_pass`` every ``engagement.batch_interval`` seconds in the tracker."""
+
+    def __init__(self, store_getter: object, config: EngagementConfig) -> None:
+        self._get_store = store_getter
+        self.config = config
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self.config.batch_interval > 0 and self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.batch_interval)
+            store = self._get_store() if callable(self._get_store) else None
+            if store is None:
+                continue
+            try:
+                result = await batch_pass(store, self.config)
+                if result.changed or result.inferred:
+                    log.info("engagement_batch_pass", events=result.events,
+                             changed=result.changed, inferred=result.inferred)
+            except Exception as exc:  # the database may be away: try again next time
+                log.warning("engagement_batch_failed", error=f"{type(exc).__name__}: {exc}")
