@@ -1,0 +1,153 @@
+"""The bounce listener: a second SMTP server that receives DSNs, ARF reports and replies.
+
+Point the MX of ``bounces.bounce_domain`` at it (``[bounces] listen``). It accepts mail
+for that domain only (any local part: VERP addresses, ``postmaster``, an FBL address),
+refuses every other recipient with ``550 5.7.1``, never relays anything anywhere, and
+hands each message to ``relay.inbound.process`` before answering DATA:
+
+* 250 once the message was taken in (recorded, or recognised as nothing to record);
+* 552 for a message bigger than ``bounces.max_message_size`` (refused while it is
+  still arriving), 554 5.6.0 for something that is not a message;
+* 451 if intake failed unexpectedly (the sender retries; the error is logged).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import weakref
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from relay.app import App
+from relay.config import parse_hostport
+from relay.inbound import InboundError, process
+from relay.logs import get_logger
+from relay.records import Reply
+from relay.smtp_server import RelaySMTP
+
+log = get_logger("relay.bounce_listener")
+
+OK = Reply(250, "2.0.0", "OK")
+TEMPFAIL = Reply(451, "4.3.0", "Temporary local problem, try again later")
+SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, try again later")
+
+
+class BounceHandler:
+    """aiosmtpd handler: mail for the bounce domain in, everything else refused."""
+
+    def __init__(self, listener: BounceListener) -> None:
+        self.listener = listener
+        self.app = listener.app
+        self.domain = listener.app.config.bounces.bounce_domain.lower()
+
+    def _ours(self, address: str) -> bool:
+        local, at, domain = address.strip().strip("<>").rpartition("@")
+        if not at:
+            return domain.lower() == "postmaster"  # RFC 5321 4.5.1
+        return bool(local) and domain.lower() == self.domain
+
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, mail_options: list[str]) -> str:
+        if self.listener.closing:
+            return str(SHUTTING_DOWN)
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 OK"
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        if not self._ours(address):
+            log.info("bounce_rcpt_refused", recipient_domain=address.rpartition("@")[2])
+            return str(Reply(550, "5.7.1", f"<{address}>: relay access denied: this server "
+                                           f"accepts mail for {self.domain} only"))
+        if len(envelope.rcpt_tos) >= 100:
+            return "452 4.5.3 Too many recipients"
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        raw = bytes(envelope.original_content or b"")
+        self.listener.busy += 1
+        try:
+            result = await process(self.app, raw, envelope_rcpts=list(envelope.rcpt_tos),
+                                   via="listener")
+        except InboundError as exc:
+            code = "552 5.3.4" if exc.code == "too_large" else "554 5.6.0"
+            log.info("inbound_refused", via="listener", error=exc.code, size=len(raw))
+            return f"{code} {exc.message}"
+        except Exception as exc:
+            log.error("inbound_failed", via="listener", error=f"{type(exc).__name__}: {exc}",
+                      exc_info=True)
+            return str(TEMPFAIL)
+        finally:
+            self.listener.busy -= 1
+        return str(Reply(250, "2.0.0", f"OK: {result.kind}"))
+
+
+class BounceListener:
+    """The bounce listener's sockets; ``start()``/``stop()`` like ``relay.smtp_server.Relay``."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.config = app.config
+        self.servers: list[asyncio.Server] = []
+        self.addresses: list[tuple[str, int]] = []
+        self.protocols: weakref.WeakSet[RelaySMTP] = weakref.WeakSet()
+        self.closing = False
+        self.busy = 0
+
+    @property
+    def enabled(self) -> bool:
+        b = self.config.bounces
+        return bool(b.listen and b.bounce_domain)
+
+    def _factory(self) -> RelaySMTP:
+        b, rc = self.config.bounces, self.config.relay
+        proto = RelaySMTP(
+            BounceHandler(self),
+            # aiosmtpd refuses a bigger DATA itself (552) without buffering it all.
+            data_size_limit=b.max_message_size,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            hostname=b.hostname or rc.hostname,
+            ident="trackrelay bounces",
+            timeout=rc.client_timeout,
+        )
+        self.protocols.add(proto)
+        return proto
+
+    async def start(self) -> None:
+        """Listen on every ``bounces.listen`` address (nothing if none is configured)."""
+        if not self.enabled:
+            return
+        loop = asyncio.get_running_loop()
+        for i, addr in enumerate(self.config.bounces.listen):
+            host, port = parse_hostport(addr, f"bounces.listen[{i}]")
+            server = await loop.create_server(self._factory, host, port)
+            self.servers.append(server)
+            self.addresses.append(server.sockets[0].getsockname()[:2])
+        log.info("bounce_listening", addresses=[f"{h}:{p}" for h, p in self.addresses],
+                 domain=self.config.bounces.bounce_domain)
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop accepting, let messages being processed finish (bounded), close."""
+        self.closing = True
+        for server in self.servers:
+            server.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while self.busy and loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        for proto in list(self.protocols):
+            transport: Any = proto.transport
+            if transport is not None:
+                with contextlib.suppress(Exception):
+                    transport.close()
+        for server in self.servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 2)
+        self.servers.clear()
+        log.info("bounce_listener_stopped")

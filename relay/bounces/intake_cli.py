@@ -1,0 +1,263 @@
+"""``trackrelay inbound`` and ``trackrelay suppressions``: intake and the suppression list.
+
+``inbound PATH...`` feeds messages through the same intake as the bounce listener and
+``POST /api/v1/inbound`` (``relay.inbound.process``). A PATH is a message file, a
+Maildir (its ``new/`` and ``cur/`` are read; nothing is moved), a plain directory of
+message files, or an mbox file (recognised by its ``From `` first line). One JSON line
+per message goes to stdout: the file (``mbox#n`` for the n-th message of an mbox) and
+what intake made of it, or the error that refused it. Feeding a message twice records
+nothing new. Exit code 0, or 1 if any message was refused or a path was unreadable.
+
+``suppressions list|add|remove|import|export`` manages the list in the store. Scopes
+are ``global`` or a sender domain. CSV as in ``relay.tracker.deliverability_api``.
+
+The ``cmd_*`` functions take parsed arguments and return the exit code;
+``add_subcommands`` adds both commands to the ``trackrelay`` parser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import mailbox
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from relay.config import Config, ConfigError, load_config
+
+#: Exit codes: everything done / some message refused or path unreadable / usage.
+OK, PARTIAL, USAGE = 0, 1, 2
+
+
+def _config(args: argparse.Namespace) -> Config:
+    config = load_config(getattr(args, "config", None))
+    store = getattr(args, "store", None)
+    if store:
+        if not store.startswith(("sqlite://", "postgresql://", "postgres://")):
+            raise ConfigError(f"--store: must be sqlite:///PATH or postgresql://…, got {store!r}")
+        config.store.url = store
+    from relay.logs import configure_logging
+
+    configure_logging(config.log.level, config.log.format)  # stderr: stdout is the output
+    return config
+
+
+async def _started_app(config: Config) -> Any:
+    from relay.app import App
+
+    app = App(config)
+    await app.start()
+    return app
+
+
+def _print(obj: dict[str, Any]) -> None:
+    print(json.dumps(obj, ensure_ascii=False, separators=(",", ":")), flush=True)
+
+
+# --- inbound ----------------------------------------------------------------------------
+
+
+Item = tuple[str, bytes | None, str | None]  # (name, bytes, error)
+
+
+def iter_messages(path: str, limit: int) -> Iterator[Item]:
+    """Every message under ``path``: (name, bytes, None), or (name, None, error)."""
+    p = Path(path)
+    if p.is_dir():
+        subdirs = [p / "new", p / "cur"]
+        if any(d.is_dir() for d in subdirs):
+            files = [f for d in subdirs if d.is_dir() for f in sorted(d.iterdir())]
+        else:
+            files = sorted(p.iterdir())
+        for f in files:
+            if f.is_file() and not f.name.startswith("."):
+                yield from _one_file(f, limit)
+        return
+    if not p.is_file():
+        yield str(p), None, "no such file or directory"
+        return
+    with p.open("rb") as fh:
+        start = fh.read(5)
+    if start == b"From ":
+        box = mailbox.mbox(str(p), create=False)
+        try:
+            for n, key in enumerate(box.keys(), start=1):
+                yield f"{p}#{n}", box.get_bytes(key), None
+        finally:
+            box.close()
+        return
+    yield from _one_file(p, limit)
+
+
+def _one_file(f: Path, limit: int) -> Iterator[Item]:
+    try:
+        size = f.stat().st_size
+        if size > limit:
+            # Refused unread: intake says the same for any bigger message.
+            yield str(f), None, (f"too_large: message is {size} bytes, more than the limit "
+                                 f"of {limit} (bounces.max_message_size)")
+            return
+        yield str(f), f.read_bytes(), None
+    except OSError as exc:
+        yield str(f), None, f"unreadable: {exc.strerror}"
+
+
+async def run_inbound(config: Config, paths: list[str]) -> int:
+    from relay.inbound import InboundError, process
+
+    app = await _started_app(config)
+    status = OK
+    try:
+        for path in paths:
+            for name, raw, problem in iter_messages(path, config.bounces.max_message_size):
+                if raw is None:
+                    code, _, message = (problem or "").partition(": ")
+                    _print({"file": name, "error": code, "message": message or code})
+                    status = PARTIAL
+                    continue
+                try:
+                    result = await process(app, raw, via="cli")
+                except InboundError as exc:
+                    _print({"file": name, "error": exc.code, "message": exc.message})
+                    status = PARTIAL
+                    continue
+                _print({"file": name, **result.as_json()})
+    finally:
+        await app.stop()
+    return status
+
+
+def cmd_inbound(args: argparse.Namespace) -> int:
+    """``trackrelay inbound [--config FILE] [--store URL] PATH...``"""
+    config = _config(args)
+    return asyncio.run(run_inbound(config, list(args.paths)))
+
+
+# --- suppressions -----------------------------------------------------------------------
+
+
+async def run_suppressions(config: Config, args: argparse.Namespace,
+                           text: str = "") -> int:
+    """``text``: the CSV to import (read by the caller)."""
+    from relay.tracker.deliverability_api import (
+        all_suppressions,
+        normalise_address,
+        parse_suppressions_csv,
+        scope_name,
+        scope_value,
+        suppression_json,
+        suppressions_csv,
+    )
+
+    action = args.action
+    scope = scope_value(getattr(args, "scope", None))
+    address = None
+    if action in ("add", "remove"):
+        address = normalise_address(args.address)
+        if address is None:
+            print(f"trackrelay: not an email address: {args.address!r}", file=sys.stderr)
+            return USAGE
+    app = await _started_app(config)
+    store = app.store
+    assert store is not None
+    try:
+        if action == "list":
+            page = await store.list_suppressions(scope=scope, limit=args.limit)
+            for row in page.items:
+                _print(suppression_json(row))
+            return OK
+        if action == "export":
+            out = suppressions_csv(await all_suppressions(store, scope))
+            if args.file in (None, "-"):
+                sys.stdout.write(out)
+            else:
+                await asyncio.to_thread(Path(args.file).write_text, out, encoding="utf-8")
+            return OK
+        if action == "add":
+            assert address is not None
+            added = await store.add_suppression(address, scope=scope or "",
+                                                reason=args.reason or "added by hand")
+            _print({"added": added, "address": address, "scope": scope_name(scope or "")})
+            return OK
+        if action == "remove":
+            assert address is not None
+            removed = await store.remove_suppression(address, scope=scope or "",
+                                                     removed_by="cli", note=args.note)
+            _print({"removed": removed, "address": address, "scope": scope_name(scope or "")})
+            return OK if removed else PARTIAL
+        rows, problems = parse_suppressions_csv(text, scope or "", args.reason or "imported")
+        added = existing = 0
+        for addr, row_scope, reason in rows:
+            if await store.add_suppression(addr, scope=row_scope, reason=reason):
+                added += 1
+            else:
+                existing += 1
+        for problem in problems:
+            print(f"trackrelay: {args.file}: {problem}", file=sys.stderr)
+        _print({"added": added, "existing": existing, "problems": len(problems)})
+        return PARTIAL if problems else OK
+    finally:
+        await app.stop()
+
+
+def cmd_suppressions(args: argparse.Namespace) -> int:
+    """``trackrelay suppressions list|add|remove|import|export …``"""
+    config = _config(args)
+    text = ""
+    if args.action == "import":
+        try:
+            text = (sys.stdin.read() if args.file == "-"
+                    else Path(args.file).read_text(encoding="utf-8-sig"))
+        except (OSError, UnicodeDecodeError) as exc:
+            print(f"trackrelay: cannot read {args.file}: {exc}", file=sys.stderr)
+            return USAGE
+    return asyncio.run(run_suppressions(config, args, text))
+
+
+# --- argparse ---------------------------------------------------------------------------
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", metavar="FILE",
+                   help="TOML config file (default: built-in defaults + environment)")
+    p.add_argument("--store", metavar="URL", help="store URL (sqlite:///… or postgresql://…)")
+
+
+def add_subcommands(sub: Any) -> None:
+    """Add ``inbound`` and ``suppressions`` to the ``trackrelay`` subparsers."""
+    p = sub.add_parser("inbound", help="feed bounces, complaints and replies from files, "
+                                       "Maildirs or mboxes")
+    _common(p)
+    p.add_argument("paths", nargs="+", metavar="FILE|MAILDIR|MBOX")
+    p.set_defaults(func=cmd_inbound)
+
+    p = sub.add_parser("suppressions", help="list, add, remove, import or export "
+                                            "suppressed addresses")
+    acts = p.add_subparsers(dest="action", required=True)
+    a = acts.add_parser("list", help="suppressed addresses, newest first (JSON lines)")
+    _common(a)
+    a.add_argument("--scope", help="only this scope (global or a sender domain)")
+    a.add_argument("--limit", type=int, default=1000)
+    a = acts.add_parser("add", help="suppress an address")
+    _common(a)
+    a.add_argument("address")
+    a.add_argument("--scope", help="global (default) or a sender domain")
+    a.add_argument("--reason", help="why (default: added by hand)")
+    a = acts.add_parser("remove", help="lift a suppression (the removal is recorded)")
+    _common(a)
+    a.add_argument("address")
+    a.add_argument("--scope", help="global (default) or a sender domain")
+    a.add_argument("--note", help="why it was lifted")
+    a = acts.add_parser("import", help="add addresses from a CSV file (- for stdin)")
+    _common(a)
+    a.add_argument("file")
+    a.add_argument("--scope", help="scope for rows without one (default global)")
+    a.add_argument("--reason", help="reason for rows without one (default: imported)")
+    a = acts.add_parser("export", help="write the list as CSV (to FILE or stdout)")
+    _common(a)
+    a.add_argument("file", nargs="?")
+    a.add_argument("--scope", help="only this scope")
+    p.set_defaults(func=cmd_suppressions)

@@ -1,0 +1,538 @@
+"""Inbound intake: the one path every bounce, complaint and reply takes (issue 5).
+
+The bounce listener (``relay.bounce_listener``), ``POST /api/v1/inbound`` and
+``trackrelay inbound`` all call :func:`process` with the raw RFC 5322 bytes. It
+
+1. refuses what is not a message (garbage, empty) or is too big
+   (``bounces.max_message_size``) with an :class:`InboundError` that says why;
+2. classifies it (``relay.bounces.classify`` plus the ``trackrelay_classify_bounce``
+   hook, if plugins implement it);
+3. ties each bounced recipient to the message it is about: a VERP token
+   (``<prefix>+<token>@<bounce domain>``, signed, so it cannot be forged) in the
+   envelope recipient or in the address headers first, else the original Message-ID
+   the DSN quotes, looked up in the store. The recipient must be one of that message's
+   recipients (a single-recipient message matched by VERP takes its recipient even
+   when the DSN body is too mangled to name it). Nothing that cannot be tied to a
+   message trackrelay sent is recorded: an open bounce listener must not let anyone
+   suppress arbitrary addresses;
+4. writes ``bounce`` / ``complaint`` events (status, reply_code, reason, hard,
+   permanent, action, diagnostic, feedback_type in the event data), or a ``reply``
+   event for a message that is neither a bounce, an ARF report nor an auto-reply
+   (RFC 3834) and whose In-Reply-To/References name a tracked Message-ID;
+5. applies the suppression rules (:func:`record_event`): hard bounces, complaints and
+   unsubscribes suppress the address, so do ``suppression.soft_bounce_limit`` final
+   soft bounces within ``suppression.soft_bounce_window_days``.
+
+Delay notices and success DSNs are recognised and leave no event (a delay is not a
+bounce; the message is still on its way). Message bodies are never logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import re
+import time
+from dataclasses import dataclass, field
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+from email.utils import getaddresses, parseaddr
+from typing import TYPE_CHECKING, Any
+
+from relay.logs import get_logger
+from relay.message import split_message
+from relay.records import Event
+from relay.store.base import domain_of
+
+if TYPE_CHECKING:
+    from relay.app import App
+    from relay.store.base import MessageLookup, Store
+
+log = get_logger("relay.inbound")
+
+#: Event data keys copied from a classifier record.
+RECORD_FIELDS: tuple[str, ...] = (
+    "status", "reply_code", "reason", "hard", "permanent", "action", "diagnostic",
+    "feedback_type", "remote_mta",
+)
+_FIELD_NAME = re.compile(rb"^[\x21-\x39\x3b-\x7e]+[ \t]*:")
+_MSGID = re.compile(r"<([^<>\s]+)>")
+_AUTO_SUBJECT = re.compile(
+    r"^\s*(auto(matic|matische)?[ _-]?(reply|response|antwort|svar)|autoreply|"
+    r"out of (the )?office|ooo\b|abwesen|vacation|absence|away from|"
+    r"r[ée]ponse automatique|respuesta autom[áa]tica|risposta automatica|"
+    r"fuera de la oficina|absent)", re.IGNORECASE)
+_AUTO_HEADERS = ("x-autoreply", "x-autorespond", "x-autoresponder", "x-auto-response",
+                 "x-mail-autoreply", "x-vacation")
+_DAEMONS = ("mailer-daemon", "postmaster", "mail-daemon", "mailerdaemon")
+#: Headers that may carry the address a forwarded bounce was sent to (the VERP one).
+_ADDRESS_HEADERS = ("delivered-to", "x-original-to", "envelope-to", "x-envelope-to",
+                    "x-rcpt-to", "original-recipient", "to")
+
+
+class InboundError(ValueError):
+    """A message intake refuses: ``code`` is ``too_large``, ``empty`` or ``not_a_message``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class RecordedEvent:
+    type: str
+    id: str
+    message_id: str
+    recipient: str | None
+    data: dict[str, Any]
+    suppressed: str | None = None  # the suppression reason, if this event added one
+
+    def as_json(self) -> dict[str, Any]:
+        return {"type": self.type, "id": self.id, "message_id": self.message_id,
+                "recipient": self.recipient, "data": self.data,
+                "suppressed": self.suppressed}
+
+
+@dataclass
+class IntakeResult:
+    """What intake made of one message."""
+
+    #: bounce, complaint, autoreply, reply, delayed, delivered, unsubscribe or ignored
+    kind: str
+    events: list[RecordedEvent] = field(default_factory=list)
+    #: Records (recipients) that could not be tied to a message trackrelay sent.
+    unmatched: int = 0
+    records: int = 0
+
+    def as_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "records": self.records, "unmatched": self.unmatched,
+                "events": [e.as_json() for e in self.events]}
+
+
+# --- checking and parsing -----------------------------------------------------------------
+
+
+def strip_mbox_line(raw: bytes) -> bytes:
+    """Drop an mbox ``From `` separator line, if the message starts with one."""
+    if raw.startswith(b"From "):
+        nl = raw.find(b"\n")
+        return raw[nl + 1:] if nl >= 0 else b""
+    return raw
+
+
+def check_message(raw: bytes, limit: int) -> bytes:
+    """Return ``raw`` (mbox line removed) if it is a plausible RFC 5322 message, else raise."""
+    if len(raw) > limit:
+        raise InboundError("too_large", f"message is {len(raw)} bytes, more than the limit of "
+                                        f"{limit} (bounces.max_message_size)")
+    raw = strip_mbox_line(raw)
+    if not raw.strip():
+        raise InboundError("empty", "empty message")
+    head, _sep, _body = split_message(raw)
+    if b"\0" in head:
+        raise InboundError("not_a_message", "not an RFC 5322 message: NUL bytes in the "
+                                            "header")
+    lines = [ln for ln in re.split(rb"\r?\n", head) if ln]
+    if not lines or not _FIELD_NAME.match(lines[0]):
+        raise InboundError("not_a_message", "not an RFC 5322 message: it does not start "
+                                            "with a header field")
+    fields = [ln for ln in lines if ln[:1] not in (b" ", b"\t")]
+    bad = sum(1 for ln in fields if not _FIELD_NAME.match(ln))
+    if bad * 4 > len(fields):
+        raise InboundError("not_a_message", "not an RFC 5322 message: the header block is "
+                                            "not made of header fields")
+    return raw
+
+
+def parse_headers(raw: bytes) -> Any:
+    head, _sep, _body = split_message(raw)
+    return BytesHeaderParser(policy=compat32).parsebytes(head + b"\r\n\r\n")
+
+
+def _text(value: Any) -> str:
+    return " ".join(str(value).split()) if value is not None else ""
+
+
+def message_ids(value: str) -> list[str]:
+    """The ``<id>`` tokens of an In-Reply-To / References / Message-ID value."""
+    return [f"<{m}>" for m in _MSGID.findall(value or "")]
+
+
+def is_auto_reply(headers: Any) -> bool:
+    """RFC 3834 and the common vendor signs of an automatic reply (vacation, OOO)."""
+    auto = _text(headers.get("Auto-Submitted")).lower()
+    if auto and not auto.startswith("no"):
+        return True
+    if any(headers.get(h) is not None for h in _AUTO_HEADERS):
+        return True
+    if _text(headers.get("Precedence")).lower() in ("bulk", "junk", "list", "auto_reply"):
+        return True
+    if _text(headers.get("X-MS-Exchange-Inbox-Rules-Loop")):
+        return True
+    return bool(_AUTO_SUBJECT.match(_text(headers.get("Subject"))))
+
+
+def looks_like_bounce(headers: Any) -> bool:
+    """Signs that a message is a delivery report even when no record could be read."""
+    _name, sender = parseaddr(_text(headers.get("From")))
+    if sender.partition("@")[0].lower() in _DAEMONS:
+        return True
+    if headers.get("Return-Path") is not None and _text(headers.get("Return-Path")) in (
+            "<>", ""):
+        return True
+    ctype = _text(headers.get("Content-Type")).lower()
+    return "multipart/report" in ctype or headers.get("X-Failed-Recipients") is not None
+
+
+# --- tokens in addresses ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AddressToken:
+    kind: str  # "bounce" (VERP) or "unsubscribe" (List-Unsubscribe mailto)
+    message_id: str
+    recipient_index: int
+
+
+def address_token(app: App, address: str) -> AddressToken | None:
+    """The signed token in ``<prefix>+<token>@<bounce domain>``, if ``address`` is one."""
+    b = app.config.bounces
+    if not b.bounce_domain:
+        return None
+    address = address.strip().strip("<>")
+    local, _, domain = address.rpartition("@")
+    if domain.lower() != b.bounce_domain.lower() or "+" not in local:
+        return None
+    prefix, _, token = local.partition("+")
+    prefixes = {b.verp_prefix.lower(): "bounce",
+                app.config.unsubscribe.mailto_prefix.lower(): "unsubscribe"}
+    kind = prefixes.get(prefix.lower())
+    if kind is None:
+        return None
+    data = app.tokens.decode(token, kind)
+    if data is None:
+        return None
+    return AddressToken(kind, data.message_id, data.recipient_index)
+
+
+def find_tokens(app: App, headers: Any, envelope_rcpts: list[str]) -> list[AddressToken]:
+    """Tokens in the envelope recipients, else in the headers a forwarded copy keeps."""
+    found = [t for t in (address_token(app, a) for a in envelope_rcpts) if t is not None]
+    if found:
+        return found
+    for name in _ADDRESS_HEADERS:
+        values = [str(v) for v in headers.get_all(name, [])]
+        for _n, addr in getaddresses(values):
+            token = address_token(app, addr)
+            if token is not None:
+                found.append(token)
+        if found:
+            return found
+    return found
+
+
+# --- classification -------------------------------------------------------------------
+
+
+async def classify(app: App, raw: bytes) -> list[Any]:
+    """``relay.bounces.classify`` and then the plugins' ``trackrelay_classify_bounce``."""
+    records: list[Any] = []
+    try:
+        import relay.bounces as bounces
+    except ImportError:  # pragma: no cover - the classifier ships with trackrelay
+        bounces = None  # type: ignore[assignment]
+    builtin_classify = getattr(bounces, "classify", None)
+    if builtin_classify is not None:
+        try:
+            records = list(builtin_classify(raw))
+        except Exception as exc:  # a classifier bug must never lose the intake
+            log.error("classifier_failed", error=f"{type(exc).__name__}: {exc}")
+            records = []
+    caller = getattr(app.host.pm.hook, "trackrelay_classify_bounce", None)
+    if caller is None or not caller.get_hookimpls():
+        return records
+    spec = caller.spec
+    names = set(spec.argnames) if spec is not None else set()
+    offered: dict[str, Any] = {"raw": raw, "records": records, "app": app}
+    if "message" in names:  # the parsed message, as relay.bounces.classify's hook gets it
+        from email import message_from_bytes
+        from email.policy import compat32 as policy
+
+        parse = getattr(bounces, "parse", None) or getattr(
+            getattr(bounces, "mime", None), "parse", None)
+        offered["message"] = (parse(raw) if parse is not None
+                              else message_from_bytes(raw, policy=policy))
+    kwargs = {k: v for k, v in offered.items() if k in names}
+    for result in caller(**kwargs):
+        if inspect.isawaitable(result):
+            result = await result
+        if result is not None:
+            return list(result)
+    return records
+
+
+def _value(record: Any, name: str) -> Any:
+    if isinstance(record, dict):
+        return record.get(name)
+    return getattr(record, name, None)
+
+
+def record_data(record: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    for name in RECORD_FIELDS:
+        value = _value(record, name)
+        if name == "reply_code" and value not in (None, ""):
+            try:
+                value = int(value)
+            except (TypeError, ValueError):
+                pass
+        data[name] = value
+    data["hard"] = bool(data.get("hard"))
+    data["permanent"] = bool(data.get("permanent"))
+    return data
+
+
+# --- suppression rules ------------------------------------------------------------------
+
+
+def suppression_scope(app: App, sender: str | None) -> str:
+    """The scope a new suppression goes into: "" (global) or the sender's domain."""
+    if app.config.suppression.scope == "global" or not sender:
+        return ""
+    return domain_of(sender)
+
+
+async def soft_bounce_count(store: Store, recipient: str, scope: str, since: float) -> int:
+    """Distinct messages with a final, not hard, bounce of ``recipient`` since ``since``."""
+    messages: set[str] = set()
+    cursor = None
+    while True:
+        page = await store.list_events(scope=scope or None, type="bounce",
+                                       recipient=recipient.lower(), since=since,
+                                       cursor=cursor, limit=500)
+        for ev in page.items:
+            data = ev["data"] or {}
+            if data.get("hard") or data.get("action") == "delayed":
+                continue
+            messages.add(ev["message_id"])
+        cursor = page.next_cursor
+        if cursor is None:
+            return len(messages)
+
+
+def suppression_reason(app: App, event: Event) -> str | None:
+    """Why ``event`` suppresses its recipient by itself (None: it does not)."""
+    cfg = app.config.suppression
+    data = event.data
+    if event.type == "bounce" and data.get("hard") and cfg.hard_bounces:
+        detail = " ".join(str(x) for x in (data.get("reason"), data.get("status")) if x)
+        return f"hard bounce ({detail})" if detail else "hard bounce"
+    if event.type == "complaint" and cfg.complaints:
+        kind = data.get("feedback_type")
+        return f"complaint ({kind})" if kind else "complaint"
+    if event.type == "unsubscribe" and cfg.unsubscribes:
+        campaign = data.get("campaign")
+        return f"unsubscribed (campaign {campaign})" if campaign else "unsubscribed"
+    return None
+
+
+async def record_event(app: App, event: Event, *, sender: str | None,
+                       event_id: str | None = None) -> RecordedEvent:
+    """Write one deliverability event and apply the suppression rules to its recipient.
+
+    Used by intake, the synchronous-refusal plugin and the unsubscribe endpoints, so
+    every source follows the same rules. ``sender`` is the envelope sender of the
+    message the event is about (for ``suppression.scope = "sender_domain"``).
+    """
+    store = app.store
+    if store is None:
+        raise RuntimeError("the store is not open")
+    if event_id is not None:
+        event.id = event_id  # type: ignore[attr-defined]  # the writer honours it
+    eid = store.enqueue(event)
+    recorded = RecordedEvent(event.type, eid, event.message_id, event.recipient,
+                             dict(event.data))
+    cfg = app.config.suppression
+    if not cfg.enabled or not event.recipient:
+        return recorded
+    scope = suppression_scope(app, sender)
+    reason = suppression_reason(app, event)
+    final_soft = (event.type == "bounce" and not event.data.get("hard")
+                  and event.data.get("action") != "delayed")
+    if reason is None and final_soft and cfg.soft_bounce_limit > 0:
+        await store.flush()  # count this one too
+        since = time.time() - cfg.soft_bounce_window_days * 86400
+        count = await soft_bounce_count(store, event.recipient, scope, since)
+        if count >= cfg.soft_bounce_limit:
+            days = f"{cfg.soft_bounce_window_days:g}"
+            reason = f"{count} soft bounces in {days} days"
+    if reason is not None:
+        added = await store.add_suppression(event.recipient, scope=scope, reason=reason,
+                                            event_id=eid)
+        if added:
+            recorded.suppressed = reason
+            log.info("suppressed", recipient=event.recipient, scope=scope or "global",
+                     reason=reason, event_id=eid)
+    return recorded
+
+
+# --- intake ---------------------------------------------------------------------------
+
+
+def _event_id(raw: bytes, n: int) -> str:
+    """Stable per message and record: feeding the same bounce twice adds nothing."""
+    return f"in-{hashlib.sha256(raw).hexdigest()[:20]}-{n}"
+
+
+def _match_recipient(message: MessageLookup, address: str | None,
+                     by_verp: bool) -> str | None:
+    recipients = message["recipients"]
+    wanted = (address or "").strip().strip("<>").lower()
+    for r in recipients:
+        if r.lower() == wanted:
+            return r
+    if by_verp and len(recipients) == 1:
+        return recipients[0]  # the token names the message; the DSN body is mangled
+    return None
+
+
+async def _message_for(store: Store, record: Any, verp: list[AddressToken],
+                       cache: dict[str, MessageLookup | None]
+                       ) -> tuple[MessageLookup | None, str]:
+    for token in verp:
+        if token.message_id not in cache:
+            cache[token.message_id] = await store.lookup_message(token.message_id)
+        found = cache[token.message_id]
+        if found is not None:
+            return found, "verp"
+    original = _value(record, "original_message_id")
+    if original:
+        key = f"hdr:{original}"
+        if key not in cache:
+            cache[key] = await store.lookup_message_by_header_id(str(original))
+        found = cache[key]
+        if found is not None:
+            return found, "message_id"
+    return None, ""
+
+
+async def process(app: App, raw: bytes, *, envelope_rcpts: list[str] | None = None,
+                  via: str = "api") -> IntakeResult:
+    """Classify one inbound message and record what it says. See the module docstring.
+
+    Raises :class:`InboundError` for a message that is refused (too big, not a message).
+    """
+    raw = check_message(raw, app.config.bounces.max_message_size)
+    store = app.store
+    if store is None:
+        raise RuntimeError("the store is not open")
+    headers = parse_headers(raw)
+    tokens = find_tokens(app, headers, list(envelope_rcpts or []))
+    verp = [t for t in tokens if t.kind == "bounce"]
+    unsubscribes = [t for t in tokens if t.kind == "unsubscribe"]
+    records = await classify(app, raw)
+    result = IntakeResult(kind="ignored", records=len(records))
+    if unsubscribes and not records:
+        return await _mail_unsubscribe(app, raw, unsubscribes, result, via)
+    cache: dict[str, MessageLookup | None] = {}
+    kinds: list[str] = []
+    for n, record in enumerate(records):
+        kind = str(_value(record, "kind") or "bounce")
+        kinds.append(kind)
+        if kind not in ("bounce", "complaint"):
+            continue
+        message, matched_by = await _message_for(store, record, verp, cache)
+        recipient = (_match_recipient(message, _value(record, "recipient"),
+                                      matched_by == "verp") if message else None)
+        if message is None or recipient is None:
+            result.unmatched += 1
+            continue
+        data = record_data(record)
+        data.update(matched_by=matched_by, via=via)
+        event = Event(type=kind, message_id=message["id"], recipient=recipient, data=data)
+        result.events.append(await record_event(app, event, sender=message["sender"],
+                                                event_id=_event_id(raw, n)))
+    if records:
+        result.kind = _overall_kind(kinds)
+    elif is_auto_reply(headers):
+        result.kind = "autoreply"
+    else:
+        await _reply_or_mangled(app, raw, headers, verp, result, via)
+    log.info("inbound_processed", via=via, kind=result.kind, records=result.records,
+             events=len(result.events), unmatched=result.unmatched, size=len(raw))
+    return result
+
+
+def _overall_kind(kinds: list[str]) -> str:
+    for kind in ("complaint", "bounce", "delayed", "delivered", "autoreply"):
+        if kind in kinds:
+            return kind
+    return kinds[0] if kinds else "ignored"
+
+
+async def _reply_or_mangled(app: App, raw: bytes, headers: Any, verp: list[AddressToken],
+                            result: IntakeResult, via: str) -> None:
+    """No classifier record: a reply to tracked mail, or a bounce too mangled to read."""
+    store = app.store
+    assert store is not None
+    if app.config.bounces.replies and not looks_like_bounce(headers):
+        refs = message_ids(_text(headers.get("In-Reply-To")))
+        refs += [r for r in reversed(message_ids(_text(headers.get("References"))))
+                 if r not in refs]
+        for ref in refs[:20]:
+            message = await store.lookup_message_by_header_id(ref)
+            if message is None:
+                continue
+            _name, sender = parseaddr(_text(headers.get("From")))
+            recipient = _match_recipient(message, sender, by_verp=False)
+            if recipient is None and len(message["recipients"]) == 1:
+                recipient = message["recipients"][0]
+            data = {"matched_by": "in_reply_to" if ref in message_ids(
+                _text(headers.get("In-Reply-To"))) else "references", "via": via,
+                "from_domain": domain_of(sender) if sender else None}
+            event = Event(type="reply", message_id=message["id"], recipient=recipient,
+                          data=data)
+            result.events.append(await record_event(app, event, sender=message["sender"],
+                                                    event_id=_event_id(raw, 0)))
+            result.kind = "reply"
+            return
+    if verp and looks_like_bounce(headers):
+        # Mail to a VERP address that reads like a delivery report but says nothing
+        # we can parse: still a failure of that message's (single) recipient.
+        message = await store.lookup_message(verp[0].message_id)
+        if message is None:
+            result.unmatched += 1
+            return
+        recipient = _match_recipient(message, None, by_verp=True)
+        if recipient is None:
+            result.unmatched += 1
+            return
+        fields: dict[str, Any] = dict.fromkeys(RECORD_FIELDS)
+        fields.update(reason="onhold", hard=False, permanent=True, action="failed",
+                      matched_by="verp", via=via)
+        event = Event(type="bounce", message_id=message["id"], recipient=recipient,
+                      data=fields)
+        result.events.append(await record_event(app, event, sender=message["sender"],
+                                                event_id=_event_id(raw, 0)))
+        result.kind = "bounce"
+
+
+async def _mail_unsubscribe(app: App, raw: bytes, tokens: list[AddressToken],
+                            result: IntakeResult, via: str) -> IntakeResult:
+    """Mail to the List-Unsubscribe mailto address: an unsubscribe of that recipient."""
+    store = app.store
+    assert store is not None
+    token = tokens[0]
+    message = await store.lookup_message(token.message_id)
+    if message is None or token.recipient_index >= len(message["recipients"]):
+        result.unmatched += 1
+        return result
+    recipient = message["recipients"][token.recipient_index]
+    event = Event(type="unsubscribe", message_id=message["id"], recipient=recipient,
+                  data={"method": "mailto", "campaign": message["campaign"], "via": via})
+    result.events.append(await record_event(
+        app, event, sender=message["sender"],
+        event_id=f"{message['id']}-u{token.recipient_index}"))
+    result.kind = "unsubscribe"
+    return result

@@ -1,0 +1,138 @@
+"""List-Unsubscribe on campaign mail, one-click POST, and the GET page in real Chromium."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.deliverability_support import (
+    BOUNCE_DOMAIN,
+    MakeStack,
+    Stack,
+    campaign_message,
+)
+
+pytest_plugins = ("tests.tracker_fixtures", "tests.deliverability_fixtures")
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run", "--disable-sync"]
+
+
+def header(raw: bytes, name: str) -> str | None:
+    head = raw.split(b"\r\n\r\n", 1)[0].decode()
+    m = re.search(rf"^{name}:[ \t]*(.*(?:\r\n[ \t].*)*)", head, re.MULTILINE | re.IGNORECASE)
+    return " ".join(m.group(1).split()) if m else None
+
+
+async def campaign_to(stack: Stack, recipient: str, **kw: str) -> tuple[str, str]:
+    """Send campaign mail; return its message id and the https unsubscribe URL."""
+    await stack.send("news@shop.example.com", [recipient],
+                     campaign_message("news@shop.example.com", recipient, **kw))
+    raw = stack.sink.received[-1].data
+    value = header(raw, "List-Unsubscribe")
+    assert value is not None
+    assert header(raw, "List-Unsubscribe-Post") == "List-Unsubscribe=One-Click"
+    assert header(raw, "X-Trackrelay-Campaign") is None  # the policy plugin removed it
+    url = re.search(r"<(http[^>]+)>", value)
+    assert url is not None
+    token = url.group(1).rsplit("/", 1)[1]
+    data = stack.app.tokens.decode(token, "unsubscribe")
+    assert data is not None
+    await stack.wait_message(data.message_id)
+    return data.message_id, url.group(1)
+
+
+async def test_campaign_mail_gets_headers_individual_mail_does_not(make_stack: MakeStack
+                                                                   ) -> None:
+    stack = await make_stack(unsubscribe={"mailto": True})
+    _mid, url = await campaign_to(stack, "ann@remote.test")
+    assert url.startswith(stack.base + "/u/")
+    value = header(stack.sink.received[-1].data, "List-Unsubscribe")
+    assert value is not None
+    assert re.search(rf"<mailto:unsubscribe\+[A-Za-z0-9_-]+@{re.escape(BOUNCE_DOMAIN)}"
+                     rf"\?subject=unsubscribe>", value)
+    plain = (b"From: a@shop.example.com\r\nTo: ann@remote.test\r\nSubject: hi\r\n"
+             b"Content-Type: text/html\r\n\r\n<p>hi</p>\r\n")
+    await stack.send("a@shop.example.com", ["ann@remote.test"], plain)
+    assert header(stack.sink.received[-1].data, "List-Unsubscribe") is None
+
+
+async def test_one_click_post_unsubscribes(make_stack: MakeStack) -> None:
+    stack = await make_stack(suppression={"scope": "sender_domain"})
+    message_id, url = await campaign_to(stack, "ben@remote.test")
+    async with stack.http.post(url, data="List-Unsubscribe=One-Click", headers={
+            "Content-Type": "application/x-www-form-urlencoded"}) as resp:
+        assert resp.status == 200
+        assert "unsubscribed" in await resp.text()
+    events = await stack.wait_events(type="unsubscribe")
+    assert [(e["message_id"], e["recipient"]) for e in events] == [
+        (message_id, "ben@remote.test")]
+    assert events[0]["data"]["method"] == "one_click"
+    assert events[0]["data"]["campaign"] == "spring"
+    row = await stack.store.find_suppression("ben@remote.test", ["shop.example.com"])
+    assert row is not None and row["event_id"] == events[0]["id"]
+    # A second POST changes nothing; a forged token is a 404.
+    async with stack.http.post(url, data="List-Unsubscribe=One-Click") as resp:
+        assert resp.status == 200
+    assert len(await stack.events(type="unsubscribe")) == 1
+    async with stack.http.post(url[:-2] + "AA", data="List-Unsubscribe=One-Click") as resp:
+        assert resp.status == 404
+    # The relay now refuses ben for this sender domain.
+    import aiosmtplib
+
+    with pytest.raises(aiosmtplib.SMTPRecipientsRefused) as info:
+        await stack.send("news@shop.example.com", ["ben@remote.test"],
+                         campaign_message("news@shop.example.com", "ben@remote.test"))
+    assert "is suppressed: unsubscribed" in info.value.recipients[0].message
+
+
+async def test_mailto_unsubscribe_through_the_bounce_listener(make_stack: MakeStack) -> None:
+    stack = await make_stack(unsubscribe={"mailto": True})
+    message_id, _url = await campaign_to(stack, "cat@remote.test")
+    value = header(stack.sink.received[-1].data, "List-Unsubscribe") or ""
+    m = re.search(r"<mailto:([^?>]+)", value)
+    assert m
+    await stack.deliver_bounce("cat@remote.test", [m.group(1)],
+                               b"From: cat@remote.test\r\nTo: " + m.group(1).encode() +
+                               b"\r\nSubject: unsubscribe\r\n\r\n\r\n")
+    events = await stack.wait_events(type="unsubscribe")
+    assert [(e["message_id"], e["recipient"], e["data"]["method"]) for e in events] == [
+        (message_id, "cat@remote.test", "mailto")]
+
+
+@pytest.mark.chromium
+async def test_get_page_needs_the_button(make_stack: MakeStack, tmp_path: Path) -> None:
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed")
+    from playwright.async_api import async_playwright
+
+    stack = await make_stack()
+    message_id, url = await campaign_to(stack, "dan@remote.test")
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page()
+            resp = await page.goto(url)
+            assert resp is not None and resp.status == 200
+            button = page.locator("button#unsubscribe")
+            assert await button.is_visible()
+            assert "d***@remote.test" in await page.content()
+            # Loading (and reloading) the page alone unsubscribes nobody.
+            await page.reload()
+            assert await stack.events(type="unsubscribe") == []
+            assert await stack.store.find_suppression("dan@remote.test", [""]) is None
+            await button.click()
+            await page.wait_for_selector("text=You are unsubscribed")
+        finally:
+            await browser.close()
+    events = await stack.wait_events(type="unsubscribe")
+    assert [(e["message_id"], e["data"]["method"]) for e in events] == [(message_id, "page")]
+    assert await stack.store.find_suppression("dan@remote.test", [""]) is not None
+    # The page for a forged token is a 404 and shows no button.
+    async with stack.http.get(url[:-3] + "xyz") as resp:
+        assert resp.status == 404
+        assert "<button" not in await resp.text()
