@@ -170,6 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     tracker_cli.add_events_arguments(p)
     p.set_defaults(func=tracker_cli.events)
 
+    from relay.bounces.intake_cli import add_subcommands as add_bounce_subcommands
+
+    add_bounce_subcommands(sub)  # inbound, suppressions
+
     from relay.engagement import cli as engagement_cli
 
     p = sub.add_parser("reclassify",

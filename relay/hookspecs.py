@@ -107,6 +107,10 @@ def trackrelay_transform_message(transaction: Transaction, message: MessageDraft
 def trackrelay_delivered(transaction: Transaction, outcome: Outcome) -> Any:
     """Learn what the upstream answered after DATA (accepted, refused or temporary failure).
 
+    Also called, with ``outcome.message`` None and ``outcome.accepted`` empty, when a
+    transaction ends without DATA after the upstream refused some of its recipients
+    (typically: it refused every one), so no refusal goes unrecorded.
+
     Called after the client has its answer, so a slow implementation never delays mail;
     exceptions are logged and counted, never returned to the client.
     """

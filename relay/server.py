@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from relay.app import App
+from relay.bounce_listener import BounceListener
 from relay.config import Config, parse_hostport
 from relay.logs import get_logger
 from relay.smtp_server import Relay
@@ -34,6 +35,7 @@ class Services:
         self.config = config
         self.app = App(config)
         self.relay: Relay | None = Relay(self.app) if smtp else None
+        self.bounces: BounceListener | None = BounceListener(self.app) if smtp else None
         self.http = http
         self.runner: web.AppRunner | None = None
         self.http_address: tuple[str, int] | None = None
@@ -53,11 +55,15 @@ class Services:
                 log.info("http_listening", address=f"{host}:{self.http_address[1]}")
             if self.relay is not None:
                 await self.relay.start()
+            if self.bounces is not None:
+                await self.bounces.start()  # does nothing unless bounces.listen is set
         except BaseException:
             await self.stop()
             raise
 
     async def stop(self) -> None:
+        if self.bounces is not None:
+            await self.bounces.stop()
         if self.relay is not None:
             await self.relay.stop()
         if self.runner is not None:

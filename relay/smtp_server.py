@@ -149,6 +149,18 @@ class RelaySession:
             self.busy = False
         structlog.contextvars.unbind_contextvars("txn", "queue_id")
 
+    def _report_abandoned(self) -> None:
+        """A transaction ends without DATA (RSET, QUIT, hang-up): if the upstream refused
+        recipients in it, ``trackrelay_delivered`` still hears of them (``message`` is
+        None), so a refusal of every recipient is recorded like a partial one."""
+        txn = self.txn
+        refused = txn.extra.get("refused") if txn is not None else None
+        if txn is None or not refused:
+            return
+        last = list(refused.values())[-1]
+        self.relay.after_delivery(txn, Outcome(
+            reply=last, accepted=[], refused=dict(refused), message=None, modified=False))
+
     async def after_data(self) -> None:
         """DATA is over and answered; abandon the upstream side if DATA never reached us
         (message too big, line too long: aiosmtpd refused it itself)."""
@@ -164,6 +176,7 @@ class RelaySession:
             SMTP_TRANSACTIONS.labels("client_abort").inc()
             self.log.info("client_disconnected_mid_transaction")
         if not self.delivering:  # else _deliver finishes and releases the connection
+            self._report_abandoned()
             conn, self.conn = self.conn, None
             if conn is not None:
                 conn.close()
@@ -358,12 +371,14 @@ class RelaySession:
 
     async def handle_RSET(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         if self.txn is not None:
+            self._report_abandoned()
             await self._reset_upstream()
             self._end_transaction()
         return "250 2.0.0 OK"
 
     async def handle_QUIT(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         if self.txn is not None:
+            self._report_abandoned()
             await self._reset_upstream()
             self._end_transaction()
         return "221 2.0.0 Bye"
