@@ -13,9 +13,10 @@ greylisting server answers every first attempt with 450). The ``recorder`` plugi
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING
 
+from relay.bounces.model import is_hard
+from relay.bounces.reasons import reason_for
 from relay.hookimpl import hookimpl
 from relay.inbound import record_event
 from relay.logs import get_logger
@@ -28,59 +29,11 @@ log = get_logger("plugins.bounce_events")
 
 _app: App | None = None
 
-#: RFC 3463 enhanced status (class stripped) -> reason (the corpus README's taxonomy).
-STATUS_REASONS: dict[str, str] = {
-    "1.1": "userunknown", "1.0": "userunknown", "1.3": "syntaxerror", "1.2": "hostunknown",
-    "1.4": "userunknown", "1.5": "userunknown", "1.6": "hasmoved", "1.10": "notaccept",
-    "1.7": "rejected", "1.8": "rejected",
-    "2.0": "suspend", "2.1": "suspend", "2.2": "mailboxfull", "2.3": "mesgtoobig",
-    "2.4": "mailererror",
-    "3.0": "systemerror", "3.1": "systemfull", "3.2": "systemerror", "3.3": "systemerror",
-    "3.4": "mesgtoobig", "3.5": "systemerror",
-    "4.0": "networkerror", "4.1": "networkerror", "4.2": "networkerror",
-    "4.3": "networkerror", "4.4": "networkerror", "4.5": "toomanyconn",
-    "4.6": "networkerror", "4.7": "expired",
-    "5.0": "systemerror", "5.1": "syntaxerror", "5.2": "syntaxerror", "5.3": "exceedlimit",
-    "5.4": "syntaxerror", "5.5": "systemerror", "5.6": "syntaxerror",
-    "6.0": "contenterror", "6.1": "contenterror",
-    "7.0": "securityerror", "7.1": "rejected", "7.7": "securityerror",
-    "7.13": "suspend", "7.14": "securityerror", "7.20": "authfailure",
-    "7.21": "authfailure", "7.22": "authfailure", "7.23": "authfailure",
-    "7.24": "authfailure", "7.25": "requireptr", "7.26": "authfailure",
-    "7.27": "notaccept",
-}
-
-#: Text patterns, checked before the status (servers often send a vague 5.0.0).
-TEXT_REASONS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
-    (re.compile(p, re.IGNORECASE), r) for p, r in (
-        (r"user unknown|unknown user|no such (user|mailbox|recipient)|does not exist|"
-         r"doesn't exist|recipient (address )?rejected|mailbox unavailable|"
-         r"address rejected|invalid recipient|not a valid mailbox|unknown recipient",
-         "userunknown"),
-        (r"mailbox (is )?full|over ?quota|quota exceeded|insufficient storage",
-         "mailboxfull"),
-        (r"spam|blacklist|blocklist|block ?list|spamhaus|rbl", "blocked"),
-        (r"\bspf\b|\bdkim\b|\bdmarc\b", "authfailure"),
-        (r"disabled|deactivated|suspended|inactive", "suspend"),
-        (r"relay(ing)? (access )?(denied|not permitted)", "norelaying"),
-        (r"too (big|large)|size limit|message size", "mesgtoobig"),
-        (r"rate limit|too many (messages|recipients)|try again later", "speeding"),
-        (r"reverse dns|\bptr\b", "requireptr"),
-        (r"host (not found|unknown)|domain (not found|does not exist)", "hostunknown"),
-    ))
-HARD = frozenset({"userunknown", "hostunknown", "hasmoved"})
-
-
-def classify_reply(reply: Reply) -> tuple[str, bool]:
-    """``(reason, hard)`` for an SMTP refusal: text first, then the enhanced status."""
-    reason = next((r for pattern, r in TEXT_REASONS if pattern.search(reply.text)), "")
-    if not reason and reply.status:
-        _cls, _, rest = reply.status.partition(".")
-        reason = (STATUS_REASONS.get(rest)
-                  or STATUS_REASONS.get(rest.split(".")[0] + ".0", ""))
-    reason = reason or ("onhold" if reply.code >= 500 else "undefined")
-    hard = reason in HARD or (reason == "notaccept" and reply.code >= 500)
-    return reason, hard and reply.code >= 500
+def classify_reply(reply: Reply, *, after_data: bool = False) -> tuple[str, bool]:
+    """``(reason, hard)`` for an SMTP refusal, by the same rules as DSNs (relay.bounces)."""
+    status = reply.status or None
+    reason = reason_for(status, reply.text, after_data=after_data)
+    return reason, reply.code >= 500 and is_hard(reason, status, str(reply.code))
 
 
 @hookimpl
@@ -98,7 +51,7 @@ def trackrelay_shutdown(app: App) -> None:
 
 def refusal_event(transaction: Transaction, recipient: str, reply: Reply,
                   stage: str) -> Event:
-    reason, hard = classify_reply(reply)
+    reason, hard = classify_reply(reply, after_data=stage == "data")
     data = {
         "status": reply.status or None, "reply_code": reply.code, "reason": reason,
         "hard": hard, "permanent": reply.code >= 500, "action": "failed",

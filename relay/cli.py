@@ -106,6 +106,16 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bounces_classify(args: argparse.Namespace) -> int:
+    from relay.bounces import from_plugin_manager
+    from relay.bounces.cli import classify_files
+    from relay.plugin_host import PluginHost
+
+    config = _load(args)
+    host = PluginHost(config)
+    return classify_files(args.files, sys.stdout, hook=from_plugin_manager(host.pm))
+
+
 def cmd_hash_password(args: argparse.Namespace) -> int:
     from relay.auth import hash_password
 
@@ -169,6 +179,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", metavar="URL", help="store URL")
     tracker_cli.add_events_arguments(p)
     p.set_defaults(func=tracker_cli.events)
+
+    p = sub.add_parser("bounces", help="bounce tools")
+    bounces = p.add_subparsers(dest="bounces_command", required=True)
+    p = bounces.add_parser("classify", help="print one JSON object per bounced recipient "
+                                            "of each file (nothing for other mail)")
+    _add_config(p)
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.set_defaults(func=cmd_bounces_classify)
 
     from relay.bounces.intake_cli import add_subcommands as add_bounce_subcommands
 

@@ -1,0 +1,160 @@
+"""Take a parsed bounce apart: notice text, report parts and the returned message."""
+
+from __future__ import annotations
+
+import codecs
+import email
+import email.policy
+import re
+from dataclasses import dataclass, field
+from email.message import Message
+from email.parser import HeaderParser
+from typing import Any
+
+#: Decode at most this much of any one part: diagnostics are at the top, and a huge
+#: returned attachment must not cost time.
+MAX_PART = 64 * 1024
+MAX_DEPTH = 8
+#: Parse at most this much of a message. Everything a bounce says about its recipients
+#: comes before the returned copy; a multi-megabyte attachment only costs time.
+MAX_INPUT = 1024 * 1024
+
+_HEADER_PARSER = HeaderParser(policy=email.policy.compat32)
+
+
+@dataclass(slots=True)
+class Anatomy:
+    """The pieces of a message a classifier reads, found in one walk."""
+
+    notice: list[str] = field(default_factory=list)
+    delivery_status: list[str] = field(default_factory=list)
+    feedback_report: list[str] = field(default_factory=list)
+    original: Message | None = None
+    original_text: str = ""
+
+
+def parse(raw: bytes) -> Message:
+    """Parse bytes leniently (compat32 never raises on bad structure)."""
+    start = 0
+    n = len(raw)
+    while start < n and raw[start] in b"\r\n \t":
+        start += 1
+    if start:
+        raw = raw[start:]
+    raw = raw[:MAX_INPUT]
+    msg = email.message_from_bytes(raw, policy=email.policy.compat32)
+    if msg.get("Content-Type") is None and not msg.is_multipart():
+        # Some MTAs send MIME parts without the top Content-Type header; recover the
+        # boundary from the first delimiter line that is followed by part headers.
+        body = msg.get_payload()
+        if isinstance(body, str):
+            m = _LOST_BOUNDARY_RE.search(body[:20000])
+            if m:
+                head = f'Content-Type: multipart/mixed; boundary="{m.group(1)}"\n'
+                msg = email.message_from_bytes(head.encode() + raw,
+                                               policy=email.policy.compat32)
+    return msg
+
+
+_LOST_BOUNDARY_RE = re.compile(
+    r"^--([^\s\-][^\s]{5,69})[ \t]*\r?\n(?:[^\n]*\n){0,30}?Content-Type:", re.M | re.I)
+
+
+def _charset(part: Message) -> str:
+    cs = part.get_content_charset() or "utf-8"
+    try:
+        codecs.lookup(cs)
+    except (LookupError, ValueError):
+        return "utf-8"
+    return cs
+
+
+def text_of(part: Message) -> str:
+    """The decoded text of a leaf part (transfer and charset decoding, bounded)."""
+    payload = part.get_payload(decode=True)
+    if not isinstance(payload, bytes):
+        return ""
+    payload = payload[:MAX_PART]
+    try:
+        return payload.decode(_charset(part), errors="replace")
+    except (LookupError, ValueError, TypeError):
+        return payload.decode("utf-8", errors="replace")
+
+
+def _fields_text(payload: list[Any]) -> str:
+    """Re-create the text of a ``message/delivery-status`` style list of field blocks."""
+    out: list[str] = []
+    for blk in payload:
+        if not isinstance(blk, Message):
+            continue
+        for name, value in blk.items():
+            out.append(f"{name}: {value}")
+        body = blk.get_payload()
+        if isinstance(body, str) and body.strip():
+            out.append(body[:MAX_PART])
+        out.append("")
+    return "\n".join(out)
+
+
+def dissect(msg: Message) -> Anatomy:
+    """Walk the MIME tree once, not descending into the returned message."""
+    anatomy = Anatomy()
+    _walk(msg, anatomy, 0, top=True)
+    return anatomy
+
+
+def _walk(part: Message, out: Anatomy, depth: int, top: bool = False) -> None:
+    if depth > MAX_DEPTH:
+        return
+    ctype = part.get_content_type()
+    payload = part.get_payload()
+    if ctype in ("message/delivery-status", "message/global-delivery-status",
+                 "text/delivery-status"):
+        if isinstance(payload, list):
+            out.delivery_status.append(_fields_text(payload))
+        else:
+            out.delivery_status.append(text_of(part))
+        return
+    if ctype == "message/feedback-report":
+        if isinstance(payload, list):
+            out.feedback_report.append(_fields_text(payload))
+        else:
+            out.feedback_report.append(text_of(part))
+        return
+    if ctype in ("message/rfc822", "message/global", "message/partial"):
+        if out.original is None and isinstance(payload, list) and payload \
+                and isinstance(payload[0], Message):
+            out.original = payload[0]
+        return
+    if ctype in ("text/rfc822-headers", "text/global-headers", "message/global-headers"):
+        if out.original is None:
+            text = text_of(part) if not isinstance(payload, list) else _fields_text(payload)
+            out.original = _HEADER_PARSER.parsestr(text)
+        return
+    if isinstance(payload, list):
+        for sub in payload:
+            if isinstance(sub, Message):
+                _walk(sub, out, depth + 1)
+        return
+    maintype = part.get_content_maintype()
+    # A multipart whose boundary got lost reads as one text blob: still the notice.
+    if maintype in ("text", "multipart") or top:
+        text = text_of(part)
+        if ctype == "text/html":
+            text = _strip_html(text)
+        if text.strip():
+            out.notice.append(text)
+
+
+_BLOCK_TAGS = ("br", "p>", "p ", "di", "tr", "li")
+_TAG_RE = re.compile(r"<(?:br|p|div|tr|li)\b[^>]*>|<[^>]+>", re.I)
+_ENTITY = {"&nbsp;": " ", "&lt;": "<", "&gt;": ">", "&amp;": "&", "&quot;": '"', "&#39;": "'"}
+_ENTITY_RE = re.compile("|".join(_ENTITY))
+
+
+def _strip_html(text: str) -> str:
+    """Rough HTML to text: enough to read an error sentence and an address."""
+    text = re.sub(r"(?is)<(script|style)\b.*?</\1>", " ", text)
+    text = _TAG_RE.sub(
+        lambda m: "\n" if m.group(0)[1:3].lower() in _BLOCK_TAGS else "", text)
+    return _ENTITY_RE.sub(lambda m: _ENTITY[m.group(0)], text)

@@ -1,0 +1,50 @@
+"""The record one classified recipient becomes, and its JSON form."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+#: Reasons that mean "this address will never work" (``notaccept`` only with a 5xx).
+HARD_REASONS = frozenset({"userunknown", "hostunknown", "hasmoved"})
+
+
+@dataclass(slots=True)
+class BounceRecord:
+    """One recipient named by a bounce, complaint, auto-reply or success/delay DSN.
+
+    ``kind`` tells the caller what to do with it: only ``bounce`` (and ``complaint``)
+    records should ever feed a suppression list; ``delayed``/``delivered`` DSNs and
+    ``autoreply`` messages are informational.
+    """
+
+    recipient: str
+    status: str | None = None
+    reply_code: str | None = None
+    reason: str = "undefined"
+    hard: bool = False
+    permanent: bool = False
+    action: str = "failed"
+    diagnostic: str = ""
+    feedback_type: str | None = None
+    remote_mta: str | None = None
+    original_message_id: str | None = None
+    kind: str = "bounce"
+
+
+def is_hard(reason: str, status: str | None, reply_code: str | None) -> bool:
+    """A hard bounce is one where retrying the same address can never succeed."""
+    if reason in HARD_REASONS:
+        return True
+    if reason == "notaccept":
+        code = reply_code or status or ""
+        return code.startswith("5")
+    return False
+
+
+def to_json(record: BounceRecord, file: str | None = None) -> dict[str, Any]:
+    """Return the record as a JSON-ready dict (plus ``file`` when given), for CLI and API."""
+    data = asdict(record)
+    if file is not None:
+        data["file"] = file
+    return data
