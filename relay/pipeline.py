@@ -15,6 +15,7 @@ from relay.logs import get_logger
 from relay.message import MessageDraft
 from relay.metrics import PIPELINE_SECONDS, PLUGIN_ERRORS
 from relay.records import Reply, Transaction
+from relay.rewrite.engine import rewrite_message, wants_rewrite
 
 log = get_logger("relay.pipeline")
 
@@ -27,17 +28,28 @@ class PluginFailure(Exception):
 
 async def prepare_message(app: App, transaction: Transaction, raw: bytes) -> tuple[bytes, bool]:
     """Run the content hooks; return the bytes to send upstream and whether they changed."""
-    if not app.host.implements("trackrelay_transform_message"):
+    rewrite = wants_rewrite(app)
+    if not rewrite and not app.host.implements("trackrelay_transform_message"):
         return raw, False
     draft = MessageDraft(raw)
     started = time.perf_counter()
+    hook = "trackrelay_transform_message"
     try:
+        # --- content rewrite (relay/rewrite): tracking policy, pixel, links, sent record ---
+        if rewrite:
+            hook = "content_rewrite"
+            await rewrite_message(app, transaction, draft)
+            hook = "trackrelay_transform_message"
+        # --- end of content rewrite ---
         await app.host.call("trackrelay_transform_message", transaction=transaction,
                             message=draft)
         out = draft.as_bytes()
     except Exception as exc:
-        PLUGIN_ERRORS.labels("trackrelay_transform_message").inc()
-        log.error("plugin_failed", hook="trackrelay_transform_message",
+        PLUGIN_ERRORS.labels(hook).inc()
+        if transaction.sent is not None:  # the original goes out: nothing is tracked
+            transaction.sent.tracked = False
+            transaction.sent.skip_reason = "plugin_error"
+        log.error("plugin_failed", hook=hook,
                   error=f"{type(exc).__name__}: {exc}",
                   action=app.config.relay.on_plugin_error, exc_info=True)
         if app.config.relay.on_plugin_error == "tempfail":

@@ -81,3 +81,22 @@ def test_cli_flags_override_and_are_validated() -> None:
     args = parser.parse_args(["serve", "--upstream", "mx.example"])
     with pytest.raises(ConfigError, match="--upstream: expected HOST:PORT"):
         _overrides(args, build_config({}, environ={}))
+
+
+def test_example_config_documents_every_key() -> None:
+    import dataclasses
+    import tomllib
+
+    from relay.config import SECTIONS
+
+    text = EXAMPLE.read_text()
+    data = tomllib.loads(text)
+    missing = []
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            present = f.name in data.get(section, {})
+            # Tables of tables (API tokens, webhooks) are shown as commented examples.
+            commented = f"[[{section}.{f.name}]]" in text
+            if not (present or commented):
+                missing.append(f"{section}.{f.name}")
+    assert missing == []

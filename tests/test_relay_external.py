@@ -4,6 +4,7 @@ and the real ``trackrelay`` command (config errors, capture upstream, SIGTERM)."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -137,7 +138,10 @@ async def test_serve_capture_and_graceful_sigterm(tmp_path: Path) -> None:
             await asyncio.open_connection("127.0.0.1", port)
         resp = await client.data(b"Subject: in flight\r\n\r\nlate\r\n")
         assert resp.code == 250
-        await client.quit()
+        # Once its transaction is answered the session is idle, and shutdown may close
+        # it before our QUIT arrives: either way the message was delivered exactly once.
+        with contextlib.suppress(aiosmtplib.SMTPServerDisconnected):
+            await client.quit()
         _, err = await asyncio.wait_for(proc.communicate(), 20)
     finally:
         if proc.returncode is None:

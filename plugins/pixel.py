@@ -1,0 +1,34 @@
+"""Built-in plugin: the open pixel.
+
+A 1x1 transparent GIF pointing at the tracker's ``/o/<token>.gif``, inserted just
+before ``</body>`` (at the end of the HTML when there is no body tag) of the first HTML
+part with a non-empty body. Empty alt text; a 1px block with no border, margin or
+padding, so it does not change the layout.
+"""
+
+from __future__ import annotations
+
+from relay import hookimpl
+from relay.rewrite.context import HtmlPart, RewriteContext
+from relay.rewrite.html_scan import escape_attr
+
+NAME = "pixel"
+STYLE = ("display:block;width:1px;height:1px;max-width:1px;max-height:1px;border:0;"
+         "margin:0;padding:0;overflow:hidden")
+
+
+def pixel_markup(url: str) -> str:
+    return (f'<img src="{escape_attr(url)}" width="1" height="1" alt="" border="0" '
+            f'style="{STYLE}">')
+
+
+@hookimpl
+def trackrelay_edit_html(context: RewriteContext, part: HtmlPart) -> None:
+    if not context.policy.opens or context.stats.pixel:
+        return
+    if part.body_is_empty():
+        context.stats.pixel_skipped = "empty_body"
+        return
+    part.insert(part.body_insert_offset(), pixel_markup(context.open_url()), owner=NAME)
+    context.stats.pixel = True
+    context.stats.pixel_skipped = None

@@ -1,0 +1,85 @@
+"""Built-in plugin: decide per message what to track (the tracking policy).
+
+Per-message control headers, always removed before forwarding:
+
+- ``X-Trackrelay-Track: off | opens | clicks | all``
+- ``X-Trackrelay-Campaign: <id>`` — campaign mail is tracked ("all") by default;
+  individual mail follows ``tracking.default``.
+
+Mail to more than one envelope recipient is not tracked (``tracking.multi_recipient =
+"skip"``, the default) or tracked at message level (``"shared"``). Plain-text-only mail
+is not tracked unless ``tracking.rewrite_text_links`` is on (then clicks only); mail with
+no text at all is skipped as ``empty_body``.
+
+A third-party plugin overrides this one by returning its own ``TrackingPolicy`` from
+``trackrelay_tracking_policy`` (the first answer wins).
+"""
+
+from __future__ import annotations
+
+from relay import hookimpl
+from relay.app import App
+from relay.logs import get_logger
+from relay.message import MessageDraft
+from relay.records import Transaction
+from relay.rewrite.context import TrackingPolicy
+from relay.rewrite.mime import DecodeError, MimeTree, decode_transfer
+
+log = get_logger("plugins.tracking_policy")
+
+TRACK_HEADER = "X-Trackrelay-Track"
+CAMPAIGN_HEADER = "X-Trackrelay-Campaign"
+MODES = {"off": (False, False), "opens": (True, False), "clicks": (False, True),
+         "all": (True, True)}
+
+
+def _blank(message: MessageDraft, tree: MimeTree) -> bool:
+    """True when no text part has any content (after transfer decoding)."""
+    body = message.body
+    for part in tree.parts:
+        raw = body[part.body_start:part.body_end]
+        if not raw.strip():
+            continue
+        if len(raw) > 4096:
+            return False  # a large part with content is not blank: no need to decode it
+        try:
+            if decode_transfer(raw, part.cte).strip():
+                return False
+        except DecodeError:
+            return False  # not ours to judge: let the engine count it
+    return True
+
+
+@hookimpl(trylast=True)
+def trackrelay_tracking_policy(app: App, transaction: Transaction, message: MessageDraft,
+                               tree: MimeTree | None) -> TrackingPolicy:
+    cfg = app.config.tracking
+    header = (message.get(TRACK_HEADER) or "").strip().lower()
+    campaign = (message.get(CAMPAIGN_HEADER) or "").strip() or None
+    message.remove_header(TRACK_HEADER)
+    message.remove_header(CAMPAIGN_HEADER)
+    if header and header not in MODES:
+        log.warning("bad_track_header", txn=transaction.id, header=TRACK_HEADER,
+                    value=header[:20], known=", ".join(MODES))
+        header = ""
+    mode = header or ("all" if campaign else cfg.default)
+    opens, clicks = MODES[mode]
+    if not (opens or clicks):
+        return TrackingPolicy.skip("header_off" if header else "config_off", campaign)
+    recipients = {r.lower() for r in transaction.rcpt_tos}
+    shared = False
+    if len(recipients) > 1:
+        if cfg.multi_recipient == "skip":
+            return TrackingPolicy.skip("multi_recipient", campaign)
+        shared = True
+    if tree is None:
+        return TrackingPolicy.skip("unparseable", campaign)
+    if not tree.parts or _blank(message, tree):
+        return TrackingPolicy.skip("empty_body", campaign)
+    text_links = cfg.rewrite_text_links and clicks
+    if not tree.html:
+        if not text_links or not tree.plain:
+            return TrackingPolicy.skip("plain_text", campaign)
+        opens = False  # a plain-text message cannot carry a pixel
+    return TrackingPolicy(opens=opens, clicks=clicks, text_links=text_links,
+                          campaign=campaign, shared=shared)

@@ -1,0 +1,164 @@
+"""The content rewrite: tracking policy, then one pass of plugin edits per text part.
+
+``rewrite_message`` is called by the pipeline (``relay/pipeline.py``) for every message,
+before ``trackrelay_transform_message``:
+
+1. the MIME tree is found on the raw bytes (``relay.rewrite.mime``);
+2. ``trackrelay_tracking_policy`` decides what to track (first non-``None`` answer);
+3. for a tracked message, each text part is decoded once, scanned once (HTML) and handed
+   to ``trackrelay_edit_html`` / ``trackrelay_edit_text``; the edits every plugin asked for
+   are applied in one pass and only changed parts are re-encoded and spliced back;
+4. ``trackrelay_rewrite_finished`` runs (the sent record is filled there).
+
+A message whose MIME structure cannot be followed, or a part that cannot be decoded or
+re-encoded, is forwarded as it came and counted (``trackrelay_rewrite_skipped_total``):
+content is fail-open, mail is never refused for its content.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+from prometheus_client import Counter
+
+from relay.logs import get_logger
+from relay.message import MessageDraft
+from relay.metrics import MESSAGES
+from relay.rewrite.context import (
+    ContentPart,
+    HtmlPart,
+    PlainTextPart,
+    RewriteContext,
+    TrackingPolicy,
+)
+from relay.rewrite.mime import (
+    DecodeError,
+    MimeError,
+    MimeTree,
+    decode_charset,
+    decode_transfer,
+    encode_part,
+    parse_headers,
+    set_transfer_encoding,
+    splice,
+    walk,
+)
+
+if TYPE_CHECKING:
+    from relay.app import App
+    from relay.records import Transaction
+
+log = get_logger("relay.rewrite")
+
+REWRITE_SKIPPED = Counter(
+    "trackrelay_rewrite_skipped_total",
+    "Messages or parts forwarded unchanged because the rewrite could not handle them, "
+    "by reason (unparseable, undecodable, unencodable)",
+    ["reason"],
+)
+
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+CONTENT_HOOKS = ("trackrelay_tracking_policy", "trackrelay_edit_html", "trackrelay_edit_text",
+                 "trackrelay_rewrite_finished")
+
+
+def wants_rewrite(app: App) -> bool:
+    """True when any plugin implements a content hook (else the engine is skipped)."""
+    return any(app.host.implements(h) for h in CONTENT_HOOKS)
+
+
+def parse_tree(message: MessageDraft) -> tuple[MimeTree | None, str | None]:
+    """The MIME tree of ``message``, or (None, why) when it cannot be followed."""
+    try:
+        raw = message.as_bytes()
+        end = _HEADER_END.search(raw)  # only the header block is copied, not the body
+        head = raw[: end.start()] if end else raw
+        return walk(parse_headers(head + b"\r\n"), message.body), None
+    except (MimeError, ValueError, LookupError, IndexError) as exc:
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+async def rewrite_message(app: App, transaction: Transaction,
+                          message: MessageDraft) -> RewriteContext:
+    """Apply the tracking rewrite to ``message`` in place; return what was done."""
+    host = app.host
+    tree, error = parse_tree(message)
+    policy = await host.first("trackrelay_tracking_policy", app=app, transaction=transaction,
+                              message=message, tree=tree)
+    if not isinstance(policy, TrackingPolicy):
+        policy = TrackingPolicy.skip("no_policy")
+    if tree is None and policy.tracked:
+        REWRITE_SKIPPED.labels("unparseable").inc()
+        log.warning("rewrite_unparseable", txn=transaction.id, error=error)
+        policy = TrackingPolicy.skip("unparseable", campaign=policy.campaign)
+    context = RewriteContext(app, transaction, message, policy, tree)
+    transaction.extra["rewrite"] = context
+    if policy.tracked and tree is not None:
+        await _edit_parts(context, tree)
+    await host.call("trackrelay_rewrite_finished", context=context)
+    MESSAGES.labels(context.decision).inc()
+    log.info("rewrite", txn=transaction.id, decision=context.decision,
+             pixel=context.stats.pixel, links=context.stats.links_rewritten,
+             links_skipped=dict(context.stats.links_skipped) or None,
+             parts_skipped=dict(context.stats.parts_skipped) or None)
+    return context
+
+
+def _skip_part(context: RewriteContext, reason: str, path: str, error: str) -> None:
+    context.stats.parts_skipped[reason] += 1
+    REWRITE_SKIPPED.labels(reason).inc()
+    log.warning("rewrite_part_skipped", txn=context.transaction.id, part=path or "top",
+                reason=reason, error=error)
+
+
+async def _edit_parts(context: RewriteContext, tree: MimeTree) -> None:
+    host = context.app.host
+    message = context.message
+    body = message.body
+    edit_html = host.implements("trackrelay_edit_html")
+    edit_text = host.implements("trackrelay_edit_text")
+    replacements: list[tuple[int, int, bytes]] = []
+    for leaf in tree.parts:
+        is_html = leaf.content_type == "text/html"
+        if not (edit_html if is_html else edit_text):
+            continue
+        raw = body[leaf.body_start:leaf.body_end]
+        try:
+            decoded = decode_charset(decode_transfer(raw, leaf.cte), leaf.charset)
+        except (DecodeError, LookupError, ValueError) as exc:
+            _skip_part(context, "undecodable", leaf.path, str(exc))
+            continue
+        part: ContentPart
+        if is_html:
+            part = HtmlPart(decoded.text, leaf.content_type, leaf.path, decoded.charset)
+        else:
+            part = PlainTextPart(decoded.text, leaf.content_type, leaf.path, decoded.charset)
+        # Remember what this part recorded, to roll it back if it cannot be re-encoded.
+        n_links, pixel = len(context.links), context.stats.pixel
+        rewritten, skipped = context.stats.links_rewritten, context.stats.links_skipped.copy()
+        await host.call("trackrelay_edit_html" if is_html else "trackrelay_edit_text",
+                        context=context, part=part)
+        if not part.changed:
+            continue
+        try:
+            new_bytes, new_cte = encode_part(part.result(), leaf, decoded, raw)
+        except (DecodeError, LookupError, ValueError) as exc:
+            del context.links[n_links:]
+            context.stats.pixel = pixel
+            context.stats.links_rewritten = rewritten
+            context.stats.links_skipped = skipped
+            _skip_part(context, "unencodable", leaf.path, str(exc))
+            continue
+        context.stats.parts_changed += 1
+        replacements.append((leaf.body_start, leaf.body_end, new_bytes))
+        if new_cte != leaf.cte:
+            if leaf.header_span is not None:
+                hs, he = leaf.header_span
+                replacements.append((hs, he, set_transfer_encoding(body[hs:he], new_cte,
+                                                                   leaf.newline)))
+            else:
+                message.remove_header("Content-Transfer-Encoding")
+                message.add_header("Content-Transfer-Encoding", new_cte)
+    if replacements:
+        message.set_body(splice(body, replacements))

@@ -1,0 +1,375 @@
+"""The MIME tree of a message, found on its raw bytes, and byte-faithful part replacement.
+
+``walk`` finds every text part (``text/html`` and ``text/plain`` that is not an
+attachment) with the byte offsets of its header block and body inside the message
+body, without re-serialising anything. ``decode_part`` turns a part's body into text
+(transfer encoding, then charset; a missing or wrong charset is detected with bs4's
+UnicodeDammit) and ``encode_part`` turns edited text back into bytes in the same transfer
+encoding where it can carry the result. ``splice`` puts new part bytes into the
+original body, so every byte outside the changed parts stays as it was.
+
+``message/rfc822`` parts (forwarded mail) and attachments are never entered.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import codecs
+import itertools
+import re
+from dataclasses import dataclass, field
+from email.message import Message
+from email.policy import compat32
+
+MAX_LINE = 998
+_BLANK_LINE = re.compile(rb"\r?\n\r?\n")
+_MAX_DEPTH = 20
+
+
+class MimeError(ValueError):
+    """The MIME structure cannot be followed (e.g. a multipart without its boundary)."""
+
+
+class DecodeError(ValueError):
+    """A part whose transfer encoding or charset cannot be decoded faithfully."""
+
+
+@dataclass
+class TextPart:
+    """A ``text/html`` or ``text/plain`` leaf, located in the message body bytes."""
+
+    content_type: str  # "text/html" or "text/plain"
+    headers: Message
+    #: (start, end) of the part's header block in the body (None for the top level).
+    header_span: tuple[int, int] | None
+    body_start: int
+    body_end: int
+    path: str  # "1", "1.2", … ("" for a single-part message)
+    newline: bytes = b"\r\n"
+
+    @property
+    def cte(self) -> str:
+        raw = self.headers.get("Content-Transfer-Encoding", "") or ""
+        return str(raw).strip().strip(";").strip().lower()
+
+    @property
+    def charset(self) -> str | None:
+        value = self.headers.get_param("charset")
+        if isinstance(value, tuple):  # RFC 2231 form
+            value = value[2]
+        return str(value).strip().strip("'\"").lower() or None if value else None
+
+
+@dataclass
+class MimeTree:
+    """What ``walk`` found: the text parts, plus what it left alone and why."""
+
+    parts: list[TextPart] = field(default_factory=list)
+    #: Parts not entered, by reason ("rfc822", "attachment", "other_type").
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def html(self) -> list[TextPart]:
+        return [p for p in self.parts if p.content_type == "text/html"]
+
+    @property
+    def plain(self) -> list[TextPart]:
+        return [p for p in self.parts if p.content_type == "text/plain"]
+
+
+_HEADER_LINE = re.compile(rb"([^:\s][^:\r\n]*):[ \t]*((?:[^\r\n]*(?:\r?\n[ \t][^\r\n]*)*))")
+_FOLD = re.compile(r"\r?\n(?=[ \t])")
+
+
+def parse_headers(block: bytes) -> Message:
+    """A header block as an ``email.message.Message`` (for its parameter parsing).
+
+    Faster than ``email.parser`` for the few headers a part has; lines that are not
+    headers are ignored, as the email package does.
+    """
+    msg = Message(policy=compat32)
+    for m in _HEADER_LINE.finditer(block):
+        name = m.group(1).decode("ascii", "surrogateescape").strip()
+        value = _FOLD.sub("", m.group(2).decode("ascii", "surrogateescape"))
+        msg[name] = value.rstrip()
+    return msg
+
+
+def _newline(data: bytes) -> bytes:
+    i = data.find(b"\n")
+    return b"\r\n" if i <= 0 or data[i - 1:i] == b"\r" else b"\n"
+
+
+def walk(headers: Message, body: bytes) -> MimeTree:
+    """Find the text parts of a message given its top-level headers and raw body."""
+    tree = MimeTree()
+    _walk(headers, body, 0, len(body), None, "", tree, 0, "text/plain")
+    return tree
+
+
+def _walk(headers: Message, body: bytes, start: int, end: int,
+          header_span: tuple[int, int] | None, path: str, tree: MimeTree, depth: int,
+          default_type: str) -> None:
+    if depth > _MAX_DEPTH:
+        raise MimeError("MIME tree nested too deeply")
+    if headers.get("Content-Type") is None:
+        ctype = default_type
+    else:
+        ctype = headers.get_content_type()
+    maintype = ctype.split("/", 1)[0]
+    if maintype == "multipart":
+        boundary = headers.get_param("boundary")
+        if isinstance(boundary, tuple):
+            boundary = boundary[2]
+        if not boundary:
+            raise MimeError(f"{ctype} at part {path or 'top'} has no boundary")
+        child_default = "message/rfc822" if ctype == "multipart/digest" else "text/plain"
+        children = _split_multipart(body, start, end, str(boundary).strip('"'))
+        if children is None:
+            raise MimeError(f"boundary of part {path or 'top'} not found")
+        for i, (hs, he, bs, be) in enumerate(children, 1):
+            child_headers = parse_headers(body[hs:he])
+            child_path = f"{path}.{i}" if path else str(i)
+            _walk(child_headers, body, bs, be, (hs, he), child_path, tree, depth + 1,
+                  child_default)
+        return
+    if maintype == "message":
+        tree.skipped["rfc822"] = tree.skipped.get("rfc822", 0) + 1
+        return
+    if ctype not in ("text/html", "text/plain"):
+        tree.skipped["other_type"] = tree.skipped.get("other_type", 0) + 1
+        return
+    disposition = str(headers.get("Content-Disposition", "")).split(";", 1)[0].strip().lower()
+    if disposition == "attachment":
+        tree.skipped["attachment"] = tree.skipped.get("attachment", 0) + 1
+        return
+    tree.parts.append(TextPart(ctype, headers, header_span, start, end, path,
+                               _newline(body[start:min(end, start + 4096)] or body[:4096])))
+
+
+def _split_multipart(body: bytes, start: int, end: int,
+                     boundary: str) -> list[tuple[int, int, int, int]] | None:
+    """Children of a multipart body as (header start, header end, body start, body end)."""
+    # A literal prefix lets the regex engine jump between candidates; the "at a line
+    # start" condition is checked here rather than with a look-behind at every byte.
+    delim = re.compile(b"--" + re.escape(boundary.encode("latin-1", "replace"))
+                       + rb"(--)?[ \t]*(\r?\n|\Z)")
+    marks: list[tuple[int, int, bool]] = []  # (line start, after line, is_close)
+    for m in delim.finditer(body, start, end):
+        if m.start() > 0 and body[m.start() - 1] != 0x0A:
+            continue
+        marks.append((m.start(), m.end(), bool(m.group(1))))
+        if m.group(1):
+            break
+    if not marks:
+        return None
+    children = []
+    for (_, after, close), (nxt, _, _) in itertools.pairwise(marks):
+        if close:
+            break
+        # The line break before a delimiter belongs to the delimiter.
+        part_end = nxt
+        if part_end > after and body[part_end - 1:part_end] == b"\n":
+            part_end -= 1
+            if part_end > after and body[part_end - 1:part_end] == b"\r":
+                part_end -= 1
+        children.append(_split_part(body, after, part_end))
+    _last_start, last_after, last_close = marks[-1]
+    if not last_close and last_after < end:
+        # No closing delimiter: the last part runs to the end (as mail clients read it).
+        children.append(_split_part(body, last_after, end))
+    return children
+
+
+def _split_part(body: bytes, start: int, end: int) -> tuple[int, int, int, int]:
+    if body.startswith(b"\r\n", start):
+        return start, start, start + 2, end
+    if body.startswith(b"\n", start):
+        return start, start, start + 1, end
+    m = _BLANK_LINE.search(body, start, end)
+    if m is None:
+        return start, end, end, end
+    # Keep the header block's last line break in the block (as email expects).
+    eol = body.index(b"\n", m.start()) + 1
+    return start, eol, m.end(), end
+
+
+# --- transfer and charset decoding ---------------------------------------------------------
+
+IDENTITY = ("", "7bit", "8bit", "binary")
+
+
+def decode_transfer(data: bytes, cte: str) -> bytes:
+    if cte in IDENTITY:
+        return data
+    if cte == "quoted-printable":
+        return binascii.a2b_qp(data)
+    if cte == "base64":
+        compact = re.sub(rb"[^A-Za-z0-9+/=]", b"", data)
+        try:
+            return base64.b64decode(compact + b"=" * (-len(compact.rstrip(b"=")) % 4),
+                                    validate=False)
+        except (binascii.Error, ValueError) as exc:
+            raise DecodeError(f"bad base64: {exc}") from None
+    raise DecodeError(f"unknown transfer encoding {cte!r}")
+
+
+def _known(charset: str | None) -> str | None:
+    if not charset:
+        return None
+    try:
+        info = codecs.lookup(charset)
+    except LookupError:
+        return None
+    # "base64", "rot13", … are codecs too, but not text encodings.
+    return info.name if getattr(info, "_is_text_encoding", True) else None
+
+
+@dataclass
+class Decoded:
+    text: str
+    charset: str  # the codec that round-trips the text
+    detected: bool  # True when the declared charset was missing or wrong
+
+
+def decode_charset(data: bytes, declared: str | None) -> Decoded:
+    """Bytes to text by the declared charset; detect it when missing or wrong."""
+    codec = _known(declared)
+    if codec is not None:
+        try:
+            return Decoded(data.decode(codec), codec, False)
+        except UnicodeDecodeError:
+            pass
+    elif declared is None:
+        try:
+            return Decoded(data.decode("ascii"), "ascii", False)
+        except UnicodeDecodeError:
+            pass
+    from bs4.dammit import UnicodeDammit
+
+    guesses = [c for c in ("utf-8", "windows-1252") if c != codec]
+    dammit = UnicodeDammit(data, guesses, is_html=False)
+    encoding = _known(dammit.original_encoding)
+    if dammit.unicode_markup is None or encoding is None:
+        raise DecodeError("charset could not be detected")
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError:
+        raise DecodeError("charset could not be detected") from None
+    return Decoded(text, encoding, True)
+
+
+# --- encoding --------------------------------------------------------------------------------
+
+
+def _long_lines(data: bytes) -> bool:
+    """True when a line (without its CRLF) is longer than 998 octets."""
+    if len(data) <= MAX_LINE:
+        return False
+    lines = data.split(b"\n")
+    if max(map(len, lines)) <= MAX_LINE:  # all in C: the common case
+        return False
+    return any(len(line.rstrip(b"\r")) > MAX_LINE for line in lines)
+
+
+_LINE = re.compile(rb"([^\r\n]*)(\r\n|\n|\r|\Z)")
+
+
+def encode_qp(data: bytes, newline: bytes) -> bytes:
+    """Quoted-printable that decodes back to exactly ``data``.
+
+    Each line is encoded on its own and keeps its own line ending, so mixed or bare
+    line endings survive (``binascii.b2a_qp`` would normalise them); soft breaks use
+    the part's ``newline``; every encoded line stays within 76 characters.
+    """
+    cr, lf = data.count(b"\r"), data.count(b"\n")
+    if cr == 0 or cr == lf == data.count(b"\r\n"):
+        # One line-ending style throughout: binascii keeps it (the common, fast case).
+        out_fast: bytes = binascii.b2a_qp(data, quotetabs=False, istext=True, header=False)
+        # binascii can leave a 77-character line next to encoded trailing white space:
+        # keep its output only when every line is within RFC 2045's 76 characters.
+        if not cr and newline == b"\r\n":  # soft breaks follow the message's newline
+            out_fast = out_fast.replace(b"=\n", b"=\r\n")
+        if max(map(len, out_fast.replace(b"\r\n", b"\n").split(b"\n"))) <= 76:  # in C
+            return out_fast
+    out: list[bytes] = []
+    for m in _LINE.finditer(data):
+        content, ending = m.group(1), m.group(2)
+        if not content and not ending:
+            break
+        if content:
+            enc = binascii.b2a_qp(content, quotetabs=False, istext=False, header=False)
+            out.append(enc.replace(b"=\n", b"=" + newline) if newline != b"\n" else enc)
+        if ending == b"\r":
+            out.append(b"=0D=" + newline)  # a lone CR is data, not a line break
+        elif ending:
+            out.append(ending)
+    return b"".join(out)
+
+
+def encode_base64(data: bytes, newline: bytes) -> bytes:
+    raw = base64.b64encode(data)
+    lines = [raw[i:i + 76] for i in range(0, len(raw), 76)]
+    return newline.join(lines) + (newline if lines else b"")
+
+
+def encode_part(text: str, part: TextPart, decoded: Decoded, original: bytes) -> tuple[bytes, str]:
+    """Edited text to body bytes; returns (bytes, transfer encoding they use).
+
+    Keeps the part's transfer encoding where it can carry the result; 7bit/8bit/binary
+    becomes quoted-printable only when a line would pass 998 octets or 8-bit data
+    appears in a 7bit part.
+    """
+    try:
+        data = text.encode(decoded.charset)
+    except UnicodeEncodeError:
+        raise DecodeError("edited text cannot be encoded in the part's charset") from None
+    cte = part.cte
+    if cte == "base64":
+        body = encode_base64(data, part.newline)
+        return (body if original.endswith(b"\n") else body.rstrip(b"\r\n")), cte
+    if cte == "quoted-printable":
+        return encode_qp(data, part.newline), cte
+    seven_bit_ok = cte in ("", "7bit") and data.isascii()
+    if not _long_lines(data) and (seven_bit_ok or cte in ("8bit", "binary")):
+        return data, cte
+    if cte == "binary":
+        return data, cte
+    return encode_qp(data, part.newline), "quoted-printable"
+
+
+def set_transfer_encoding(header_block: bytes, cte: str, newline: bytes) -> bytes:
+    """A part header block with its Content-Transfer-Encoding set to ``cte``."""
+    lines = re.split(rb"(?<=\n)", header_block)
+    out: list[bytes] = []
+    skipping = False
+    for line in lines:
+        if not line:
+            continue
+        if skipping and line[:1] in (b" ", b"\t"):
+            continue
+        skipping = line.split(b":", 1)[0].strip().lower() == b"content-transfer-encoding"
+        if not skipping:
+            out.append(line)
+    if out and not out[-1].endswith(b"\n"):
+        out[-1] += newline
+    out.append(b"Content-Transfer-Encoding: " + cte.encode() + newline)
+    return b"".join(out)
+
+
+def splice(body: bytes, replacements: list[tuple[int, int, bytes]]) -> bytes:
+    """``body`` with each (start, end) span replaced; spans must not overlap."""
+    if not replacements:
+        return body
+    view = memoryview(body)  # slices of a view are not copies: one copy, the result
+    out: list[bytes | memoryview] = []
+    pos = 0
+    for start, end, data in sorted(replacements):
+        if start < pos:
+            raise ValueError("overlapping replacements")
+        out.append(view[pos:start])
+        out.append(data)
+        pos = end
+    out.append(view[pos:])
+    return b"".join(out)

@@ -1,0 +1,130 @@
+"""Skip rules, control headers, the sent record and fail-open behaviour of the rewrite."""
+
+from __future__ import annotations
+
+from relay import hookimpl
+from relay.pipeline import prepare_message
+from relay.rewrite.context import HtmlPart, RewriteContext
+from tests.rewrite_support import make_app, rewrite, txn
+
+HTML = b'<html><body><p>Hi</p><a href="https://example.com/x">x</a></body></html>\r\n'
+
+
+def msg(body: bytes = HTML, ctype: bytes = b"text/html; charset=utf-8",
+        headers: bytes = b"") -> bytes:
+    return (b"From: a@example.com\r\nTo: b@example.org\r\nSubject: Hello there\r\n"
+            b"MIME-Version: 1.0\r\n" + headers + b"Content-Type: " + ctype
+            + b"\r\nContent-Transfer-Encoding: 8bit\r\n\r\n" + body)
+
+
+async def test_multi_recipient_goes_out_untouched() -> None:
+    app = make_app()
+    raw = msg(headers=b"X-Trackrelay-Campaign: spring\r\n")
+    out, ctx = await rewrite(app, raw, txn(["b@example.org", "c@example.org"]))
+    assert ctx.decision == "skipped_multi_recipient"
+    # Only the control header is gone: every other byte is as it came.
+    assert out == raw.replace(b"X-Trackrelay-Campaign: spring\r\n", b"")
+    assert ctx.transaction.sent is not None and not ctx.transaction.sent.tracked
+    assert ctx.transaction.sent.skip_reason == "multi_recipient"
+
+
+async def test_same_recipient_twice_is_one_recipient() -> None:
+    app = make_app()
+    _, ctx = await rewrite(app, msg(), txn(["b@example.org", "B@example.org"]))
+    assert ctx.decision == "tracked"
+
+
+async def test_multi_recipient_shared() -> None:
+    app = make_app(multi_recipient="shared")
+    out, ctx = await rewrite(app, msg(), txn(["b@example.org", "c@example.org"]))
+    assert ctx.decision == "tracked" and ctx.policy.shared
+    assert b"/o/" in out and b"/c/" in out
+    assert ctx.transaction.sent is not None and ctx.transaction.sent.shared
+
+
+async def test_track_header_values_and_removal() -> None:
+    app = make_app()
+    for value, pixel, links in ((b"off", False, False), (b"opens", True, False),
+                                (b"clicks", False, True), (b"ALL", True, True)):
+        raw = msg(headers=b"X-Trackrelay-Track: " + value + b"\r\n")
+        out, ctx = await rewrite(app, raw)
+        assert b"X-Trackrelay-Track" not in out
+        assert (b"/o/" in out, b"/c/" in out) == (pixel, links), value
+        if value == b"off":
+            assert out == raw.replace(b"X-Trackrelay-Track: off\r\n", b"")
+            assert ctx.decision == "skipped_header_off"
+
+
+async def test_config_default_off_but_campaign_tracked() -> None:
+    app = make_app(default="off")
+    out, ctx = await rewrite(app, msg())
+    assert ctx.decision == "skipped_config_off" and b"/c/" not in out
+    out, ctx = await rewrite(app, msg(headers=b"X-Trackrelay-Campaign: c-42\r\n"))
+    assert ctx.decision == "tracked" and b"X-Trackrelay-Campaign" not in out
+    assert ctx.transaction.sent is not None and ctx.transaction.sent.campaign == "c-42"
+
+
+async def test_plain_text_only_is_skipped_unless_text_links() -> None:
+    body = b"Hello, see https://example.com/page?a=1. Bye\r\n"
+    raw = msg(body, b"text/plain; charset=utf-8")
+    out, ctx = await rewrite(make_app(), raw)
+    assert ctx.decision == "skipped_plain_text" and out == raw
+    app = make_app(rewrite_text_links=True)
+    out, ctx = await rewrite(app, raw)
+    assert ctx.decision == "tracked" and not ctx.stats.pixel
+    assert [link.url for link in ctx.links] == ["https://example.com/page?a=1"]
+    assert b"https://t.example.net/c/" in out and b". Bye\r\n" in out
+
+
+async def test_empty_body_is_skipped() -> None:
+    raw = msg(b"\r\n  \r\n")
+    out, ctx = await rewrite(make_app(), raw)
+    assert ctx.decision == "skipped_empty_body" and out == raw
+    out, ctx = await rewrite(make_app(), msg(b""))
+    assert ctx.decision == "skipped_empty_body"
+
+
+async def test_sent_record() -> None:
+    app = make_app()
+    t = txn()
+    t.authenticated_user = "crm"
+    out, _ctx = await rewrite(app, msg(), t)
+    sent = t.sent
+    assert sent is not None and sent.tracked and sent.track_opens and sent.track_clicks
+    assert sent.message_id == t.message_id and sent.subject == "Hello there"
+    assert sent.header_message_id.startswith("<") and sent.header_message_id.endswith(
+        "@example.com>")
+    assert f"Message-ID: {sent.header_message_id}\r\n".encode() in out
+    assert sent.sender == "alice@example.com" and sent.recipients == ["bob@example.org"]
+    assert sent.submitted_by == "crm"
+    assert [(link.index, link.url, link.text) for link in sent.links] == [
+        (1, "https://example.com/x", "x")]
+    # An existing Message-ID is kept; the subject can be left out.
+    app = make_app(record_subject=False)
+    t = txn()
+    out, _ = await rewrite(app, msg(headers=b"Message-ID: <keep@example.com>\r\n"), t)
+    assert t.sent is not None and t.sent.header_message_id == "<keep@example.com>"
+    assert t.sent.subject is None and out.count(b"Message-ID") == 1
+
+
+class Exploding:
+    @hookimpl
+    def trackrelay_edit_html(self, context: RewriteContext, part: HtmlPart) -> None:
+        raise RuntimeError("plugin bug")
+
+
+async def test_plugin_failure_forwards_the_original() -> None:
+    app = make_app()
+    app.host.register(Exploding(), "exploding")
+    t = txn()
+    raw = msg(headers=b"X-Trackrelay-Track: all\r\n")
+    out, changed = await prepare_message(app, t, raw)
+    assert out == raw and not changed
+
+
+async def test_pipeline_runs_rewrite() -> None:
+    app = make_app()
+    t = txn()
+    out, changed = await prepare_message(app, t, msg())
+    assert changed and b"/o/" in out
+    assert t.extra["rewrite"].summary().startswith("tracked; pixel inserted; 1 link rewritten")
