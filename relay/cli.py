@@ -106,6 +106,13 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rewrite(args: argparse.Namespace) -> int:
+    from relay.rewrite.cli import run_rewrite
+
+    return asyncio.run(run_rewrite(args.config, args.recipient or [], args.sender,
+                                   sys.stdin.buffer, sys.stdout.buffer, sys.stderr))
+
+
 def cmd_bounces_classify(args: argparse.Namespace) -> int:
     from relay.bounces import from_plugin_manager
     from relay.bounces.cli import classify_files
@@ -179,6 +186,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", metavar="URL", help="store URL")
     tracker_cli.add_events_arguments(p)
     p.set_defaults(func=tracker_cli.events)
+
+    p = sub.add_parser("rewrite", help="print the message the relay would forward "
+                                        "(stdin to stdout), without sending it")
+    _add_config(p)
+    p.add_argument("--recipient", metavar="ADDR", action="append",
+                   help="envelope recipient (repeatable; default: one, recipient@example.com; "
+                        "give two or more to see multi-recipient handling)")
+    p.add_argument("--sender", metavar="ADDR", default="",
+                   help="envelope sender (default: sender@example.com)")
+    p.set_defaults(func=cmd_rewrite)
 
     p = sub.add_parser("bounces", help="bounce tools")
     bounces = p.add_subparsers(dest="bounces_command", required=True)
