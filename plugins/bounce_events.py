@@ -27,26 +27,12 @@ if TYPE_CHECKING:
 
 log = get_logger("plugins.bounce_events")
 
-_app: App | None = None
 
 def classify_reply(reply: Reply, *, after_data: bool = False) -> tuple[str, bool]:
     """``(reason, hard)`` for an SMTP refusal, by the same rules as DSNs (relay.bounces)."""
     status = reply.status or None
     reason = reason_for(status, reply.text, after_data=after_data)
     return reason, reply.code >= 500 and is_hard(reason, status, str(reply.code))
-
-
-@hookimpl
-def trackrelay_startup(app: App) -> None:
-    global _app
-    _app = app
-
-
-@hookimpl
-def trackrelay_shutdown(app: App) -> None:
-    global _app
-    if _app is app:
-        _app = None
 
 
 def refusal_event(transaction: Transaction, recipient: str, reply: Reply,
@@ -63,9 +49,8 @@ def refusal_event(transaction: Transaction, recipient: str, reply: Reply,
 
 
 @hookimpl
-async def trackrelay_delivered(transaction: Transaction, outcome: Outcome) -> None:
-    app = _app
-    if app is None or app.store is None:
+async def trackrelay_delivered(app: App, transaction: Transaction, outcome: Outcome) -> None:
+    if app.store is None:
         return
     refused: list[tuple[str, Reply, str]] = [
         (address, reply, "rcpt") for address, reply in outcome.refused.items()

@@ -25,22 +25,6 @@ if TYPE_CHECKING:
 
 log = get_logger("plugins.recorder")
 
-#: The app whose store receives the records (set at start-up).
-_app: App | None = None
-
-
-@hookimpl
-def trackrelay_startup(app: App) -> None:
-    global _app
-    _app = app
-
-
-@hookimpl
-def trackrelay_shutdown(app: App) -> None:
-    global _app
-    if _app is app:
-        _app = None
-
 
 def _headers(message: bytes | None) -> dict[str, str]:
     if not message:
@@ -74,9 +58,8 @@ def minimal_sent(transaction: Transaction, outcome: Outcome) -> SentMessage:
 
 
 @hookimpl
-async def trackrelay_delivered(transaction: Transaction, outcome: Outcome) -> None:
-    app = _app
-    if app is None or app.store is None:
+async def trackrelay_delivered(app: App, transaction: Transaction, outcome: Outcome) -> None:
+    if app.store is None:
         return
     if not outcome.reply.ok and not outcome.reply.permanent:
         log.debug("not_recorded_tempfail", txn=transaction.id, reply=str(outcome.reply))

@@ -43,21 +43,6 @@ if TYPE_CHECKING:
 
 log = get_logger("plugins.suppression")
 
-_app: App | None = None
-
-
-@hookimpl
-def trackrelay_startup(app: App) -> None:
-    global _app
-    _app = app
-
-
-@hookimpl
-def trackrelay_shutdown(app: App) -> None:
-    global _app
-    if _app is app:
-        _app = None
-
 
 def check_scopes(app: App, sender: str) -> list[str]:
     """The suppression scopes that apply to mail from ``sender``."""
@@ -68,10 +53,9 @@ def check_scopes(app: App, sender: str) -> list[str]:
 
 
 @hookimpl
-async def trackrelay_check_recipient(transaction: Transaction,
+async def trackrelay_check_recipient(app: App, transaction: Transaction,
                                      recipient: str) -> Reply | None:
-    app = _app
-    if app is None or app.store is None or not app.config.suppression.enabled:
+    if app.store is None or not app.config.suppression.enabled:
         return None
     address = recipient.strip().strip("<>")
     try:

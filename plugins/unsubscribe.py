@@ -31,21 +31,6 @@ log = get_logger("plugins.unsubscribe")
 
 CAMPAIGN_HEADER = "X-Trackrelay-Campaign"
 
-_app: App | None = None
-
-
-@hookimpl
-def trackrelay_startup(app: App) -> None:
-    global _app
-    _app = app
-
-
-@hookimpl
-def trackrelay_shutdown(app: App) -> None:
-    global _app
-    if _app is app:
-        _app = None
-
 
 def unsubscribe_url(app: App, message_id: str, recipient_index: int = 0) -> str:
     token = app.tokens.encode("unsubscribe", message_id, recipient_index)
@@ -65,9 +50,9 @@ def campaign_of(transaction: Transaction, message: MessageDraft) -> str | None:
 
 
 @hookimpl
-def trackrelay_transform_message(transaction: Transaction, message: MessageDraft) -> None:
-    app = _app
-    if app is None or not app.config.unsubscribe.enabled:
+def trackrelay_transform_message(app: App, transaction: Transaction,
+                                  message: MessageDraft) -> None:
+    if not app.config.unsubscribe.enabled:
         return
     if campaign_of(transaction, message) is None:
         return

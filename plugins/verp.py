@@ -28,21 +28,6 @@ if TYPE_CHECKING:
 
 log = get_logger("plugins.verp")
 
-_app: App | None = None
-
-
-@hookimpl
-def trackrelay_startup(app: App) -> None:
-    global _app
-    _app = app
-
-
-@hookimpl
-def trackrelay_shutdown(app: App) -> None:
-    global _app
-    if _app is app:
-        _app = None
-
 
 def verp_address(app: App, message_id: str) -> str:
     """The bounce address for one message."""
@@ -52,9 +37,8 @@ def verp_address(app: App, message_id: str) -> str:
 
 
 @hookimpl
-def trackrelay_upstream_sender(transaction: Transaction, sender: str) -> str | None:
-    app = _app
-    if app is None or not app.config.bounces.verp or not app.config.bounces.bounce_domain:
+def trackrelay_upstream_sender(app: App, transaction: Transaction, sender: str) -> str | None:
+    if not app.config.bounces.verp or not app.config.bounces.bounce_domain:
         return None
     if not sender.strip().strip("<>"):
         return None  # the null sender stays null: bounces must not bounce

@@ -8,7 +8,9 @@ distribution::
     myplugin = "mypackage.myplugin"
 
 Any hook may be a plain function or a coroutine function: the host awaits whatever
-returns an awaitable (the Datasette pattern). Every hook is called on every plugin that
+returns an awaitable (the Datasette pattern). An implementation may take any subset of
+its spec's arguments, in any order (pluggy matches them by name): a plugin that needs
+the running ``app`` (config, store, tokens) just names it. Every hook is called on every plugin that
 implements it, in registration order (later-registered plugins first, as pluggy does);
 where a hook's result decides something, the first non-``None`` result wins.
 
@@ -59,7 +61,7 @@ def trackrelay_shutdown(app: App) -> Any:
 
 
 @hookspec
-def trackrelay_check_sender(transaction: Transaction, sender: str) -> Reply | None:
+def trackrelay_check_sender(app: App, transaction: Transaction, sender: str) -> Reply | None:
     """Accept or refuse MAIL FROM before it is passed upstream.
 
     Return a ``Reply`` with a 4xx/5xx code to refuse (the client receives it as is), or
@@ -68,7 +70,7 @@ def trackrelay_check_sender(transaction: Transaction, sender: str) -> Reply | No
 
 
 @hookspec
-def trackrelay_upstream_sender(transaction: Transaction, sender: str) -> str | None:
+def trackrelay_upstream_sender(app: App, transaction: Transaction, sender: str) -> str | None:
     """Choose the envelope sender the upstream sees (e.g. a VERP bounce address).
 
     Called after ``trackrelay_check_sender`` accepted the sender; return a new address
@@ -78,7 +80,8 @@ def trackrelay_upstream_sender(transaction: Transaction, sender: str) -> str | N
 
 
 @hookspec
-def trackrelay_check_recipient(transaction: Transaction, recipient: str) -> Reply | None:
+def trackrelay_check_recipient(app: App, transaction: Transaction,
+                                recipient: str) -> Reply | None:
     """Accept or refuse one RCPT TO before it is passed upstream.
 
     Return a ``Reply`` to refuse this recipient (other recipients are unaffected), or
@@ -90,7 +93,8 @@ def trackrelay_check_recipient(transaction: Transaction, recipient: str) -> Repl
 
 
 @hookspec
-def trackrelay_transform_message(transaction: Transaction, message: MessageDraft) -> Any:
+def trackrelay_transform_message(app: App, transaction: Transaction,
+                                  message: MessageDraft) -> Any:
     """Change the message before it is forwarded.
 
     ``message`` holds the bytes as received; add or remove headers, or replace the
@@ -104,7 +108,7 @@ def trackrelay_transform_message(transaction: Transaction, message: MessageDraft
 
 
 @hookspec
-def trackrelay_delivered(transaction: Transaction, outcome: Outcome) -> Any:
+def trackrelay_delivered(app: App, transaction: Transaction, outcome: Outcome) -> Any:
     """Learn what the upstream answered after DATA (accepted, refused or temporary failure).
 
     Also called, with ``outcome.message`` None and ``outcome.accepted`` empty, when a

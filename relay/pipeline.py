@@ -41,7 +41,7 @@ async def prepare_message(app: App, transaction: Transaction, raw: bytes) -> tup
             await rewrite_message(app, transaction, draft)
             hook = "trackrelay_transform_message"
         # --- end of content rewrite ---
-        await app.host.call("trackrelay_transform_message", transaction=transaction,
+        await app.host.call("trackrelay_transform_message", app=app, transaction=transaction,
                             message=draft)
         out = draft.as_bytes()
     except Exception as exc:

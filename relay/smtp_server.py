@@ -216,7 +216,7 @@ class RelaySession:
             return str(RELAY_DENIED)
         try:
             refusal = await self.app.host.first(
-                "trackrelay_check_sender", transaction=txn, sender=address)
+                "trackrelay_check_sender", app=self.app, transaction=txn, sender=address)
         except Exception as exc:
             return self._hook_failed("trackrelay_check_sender", exc)
         if refusal is not None:
@@ -227,7 +227,8 @@ class RelaySession:
         txn.mail_options = list(mail_options)
         try:
             upstream_sender = await self.app.host.first(
-                "trackrelay_upstream_sender", transaction=txn, sender=address) or address
+                "trackrelay_upstream_sender", app=self.app, transaction=txn,
+                sender=address) or address
         except Exception as exc:
             return self._hook_failed("trackrelay_upstream_sender", exc)
         utf8 = envelope.smtp_utf8
@@ -288,7 +289,7 @@ class RelaySession:
             return str(TOO_MANY_RCPTS)
         try:
             refusal = await self.app.host.first(
-                "trackrelay_check_recipient", transaction=txn, recipient=address)
+                "trackrelay_check_recipient", app=self.app, transaction=txn, recipient=address)
         except Exception as exc:
             SMTP_RECIPIENTS.labels("tempfail").inc()
             return self._hook_failed("trackrelay_check_recipient", exc)
@@ -475,7 +476,8 @@ class Relay:
 
     async def _delivered(self, txn: Transaction, outcome: Outcome) -> None:
         try:
-            await self.app.host.call("trackrelay_delivered", transaction=txn, outcome=outcome)
+            await self.app.host.call("trackrelay_delivered", app=self.app, transaction=txn,
+                                    outcome=outcome)
         except Exception as exc:
             PLUGIN_ERRORS.labels("trackrelay_delivered").inc()
             log.error("plugin_failed", hook="trackrelay_delivered", txn=txn.id,
