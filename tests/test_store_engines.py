@@ -605,3 +605,27 @@ async def test_update_event_verdicts_and_event_from_row(store: Store) -> None:
     detail = await store.get_message(mid(1))
     assert detail is not None and detail["status"] == "not_opened"
     assert detail["open_count"] == 0
+
+
+async def test_concurrent_records_share_transactions_and_all_land(make_store: MakeStore) -> None:
+    store = await make_store()
+    calls: list[int] = []
+    original = store.write_messages
+
+    async def counting(records: list[Any]) -> None:
+        calls.append(len(records))
+        await original(records)
+
+    store.write_messages = counting  # type: ignore[method-assign]
+    outcome = Outcome(reply=Reply(250, "2.0.0", "Ok"), accepted=["r@example.org"],
+                      refused={}, message=b"", modified=False)
+    sents = [SentMessage(message_id=uuid.uuid4().hex[:16], sender="a@example.com",
+                         recipients=["r@example.org"]) for _ in range(200)]
+    await asyncio.gather(*(store.record_sent(s, outcome) for s in sents))
+    assert sum(calls) == 200
+    assert len(calls) < 200  # group commit: concurrent records shared transactions
+    for s in sents:
+        assert await store.lookup_message(s.message_id) is not None
+    await store.flush()
+    page = await store.list_events(type="sent", limit=500)
+    assert len(page.items) == 200

@@ -356,6 +356,11 @@ class Store(abc.ABC):
         else:
             await self.write_message(record)
 
+    async def write_messages(self, records: list[MessageRecord]) -> None:
+        """Several ``write_message`` calls; engines do them in one transaction."""
+        for record in records:
+            await self.write_message(record)
+
     @abc.abstractmethod
     async def write_message(self, record: MessageRecord) -> None:
         """Insert one message with its recipients, links and events in one transaction.

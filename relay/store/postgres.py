@@ -197,28 +197,36 @@ class PostgresStore(SqlStore):
         return int(status.rsplit(" ", 1)[-1])
 
     async def write_message(self, record: MessageRecord) -> None:
-        sender = (record["sender"] or "").lower()
+        await self.write_messages([record])
+
+    async def write_messages(self, records: list[MessageRecord]) -> None:
+        events = [e for record in records for e in record["events"]]
         async with self.pool.acquire() as conn, conn.transaction():
-            status = await conn.execute(
-                INSERT_MESSAGE, record["id"], record["header_message_id"], sender,
-                sender.rpartition("@")[2], record["campaign"], record["subject"],
-                bool(record["tracked"]), bool(record["track_opens"]),
-                bool(record["track_clicks"]), bool(record["shared"]), record["skip_reason"],
-                record["submitted_by"], float(record["created_at"]),
-                None if record["delivered_at"] is None else float(record["delivered_at"]),
-                record["upstream_reply"], record["queue_id"])
-            if status.endswith(" 1"):
-                if record["recipients"]:
-                    await conn.executemany(
-                        "INSERT INTO recipients (message_id, idx, address, status, reply) "
-                        "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-                        [(record["id"], i, a.lower(), s, r)
-                         for i, (a, s, r) in enumerate(record["recipients"])])
-                if record["links"]:
-                    await conn.executemany(
-                        "INSERT INTO links (message_id, idx, url, text) "
-                        "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-                        [(record["id"], int(i), u, t) for i, u, t in record["links"]])
-            if record["events"]:
+            for record in records:
+                await self._insert_message(conn, record)
+            if events:
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", EVENTS_LOCK)
-                await conn.execute(INSERT_EVENTS, *_columns(record["events"]))
+                await conn.execute(INSERT_EVENTS, *_columns(events))
+
+    async def _insert_message(self, conn: Any, record: MessageRecord) -> None:
+        sender = (record["sender"] or "").lower()
+        status = await conn.execute(
+            INSERT_MESSAGE, record["id"], record["header_message_id"], sender,
+            sender.rpartition("@")[2], record["campaign"], record["subject"],
+            bool(record["tracked"]), bool(record["track_opens"]),
+            bool(record["track_clicks"]), bool(record["shared"]), record["skip_reason"],
+            record["submitted_by"], float(record["created_at"]),
+            None if record["delivered_at"] is None else float(record["delivered_at"]),
+            record["upstream_reply"], record["queue_id"])
+        if status.endswith(" 1"):
+            if record["recipients"]:
+                await conn.executemany(
+                    "INSERT INTO recipients (message_id, idx, address, status, reply) "
+                    "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                    [(record["id"], i, a.lower(), s, r)
+                     for i, (a, s, r) in enumerate(record["recipients"])])
+            if record["links"]:
+                await conn.executemany(
+                    "INSERT INTO links (message_id, idx, url, text) "
+                    "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                    [(record["id"], int(i), u, t) for i, u, t in record["links"]])

@@ -187,6 +187,18 @@ class SqliteStore(SqlStore):
         return await self._call(self._tx, run)
 
     async def write_message(self, record: MessageRecord) -> None:
+        await self.write_messages([record])
+
+    async def write_messages(self, records: list[MessageRecord]) -> None:
+        writes = [self._message_writer(record) for record in records]
+
+        def run(conn: sqlite3.Connection) -> None:
+            for write in writes:
+                write(conn)
+
+        await self._call(self._tx, run)
+
+    def _message_writer(self, record: MessageRecord) -> Callable[[sqlite3.Connection], None]:
         sender = (record["sender"] or "").lower()
         message = (
             record["id"], record["header_message_id"], sender, sender.rpartition("@")[2],
@@ -211,4 +223,4 @@ class SqliteStore(SqlStore):
                     "ON CONFLICT DO NOTHING", links)
             conn.executemany(INSERT_EVENT, events)
 
-        await self._call(self._tx, run)
+        return run

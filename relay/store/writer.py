@@ -79,6 +79,8 @@ class EventWriter:
         self._prefix = secrets.token_hex(8)
         self._counter = itertools.count(1)
         self._task: asyncio.Task[None] | None = None
+        self._pending_messages: list[tuple[MessageRecord, asyncio.Future[None]]] = []
+        self._message_task: asyncio.Task[None] | None = None
         self._spool: IO[str] | None = None
         self._stopping = False
         self.closed = False
@@ -176,6 +178,8 @@ class EventWriter:
             return
         self._stopping = True
         self._wake.set()
+        if self._message_task is not None:
+            await self._message_task
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
@@ -233,16 +237,45 @@ class EventWriter:
             EVENTS_WRITTEN.labels(kind).inc(n)
 
     async def write_message(self, record: MessageRecord) -> None:
-        """Store a message record now, or spool it if the database is down."""
-        if self.db_ok and not self.closed:
-            try:
-                await asyncio.wait_for(self.store.write_message(record), self.write_timeout)
-            except Exception as exc:
-                self._db_failed("message", exc)
-            else:
-                self._count_written(record["events"])
-                return
-        self._spool_lines([("m", record)])
+        """Store a message record now, or spool it if the database is down.
+
+        Group commit: records that arrive while a write is under way share the next
+        transaction, so a busy relay pays one commit per batch, not per message. The
+        call returns once its record is committed (or spooled).
+        """
+        if not self.db_ok or self.closed:
+            self._spool_lines([("m", record)])
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending_messages.append((record, future))
+        if self._message_task is None:
+            self._message_task = asyncio.get_running_loop().create_task(
+                self._write_pending_messages())
+        await asyncio.shield(future)
+
+    async def _write_pending_messages(self) -> None:
+        try:
+            while self._pending_messages:
+                batch = self._pending_messages[:self.batch_size]
+                del self._pending_messages[:len(batch)]
+                records = [record for record, _ in batch]
+                if self.db_ok and not self.closed:
+                    try:
+                        await asyncio.wait_for(self.store.write_messages(records),
+                                               self.write_timeout)
+                    except Exception as exc:
+                        self._db_failed("message", exc)
+                        self._spool_lines([("m", r) for r in records])
+                    else:
+                        for record in records:
+                            self._count_written(record["events"])
+                else:
+                    self._spool_lines([("m", r) for r in records])
+                for _, future in batch:
+                    if not future.done():
+                        future.set_result(None)
+        finally:
+            self._message_task = None
 
     def _db_failed(self, operation: str, exc: BaseException) -> None:
         STORE_WRITE_ERRORS.labels(operation).inc()
