@@ -11,8 +11,8 @@ are counted: they must equal wrk's successful requests.
     python3 bench/tracker_pixel.py [--duration 10] [--connections 32] [--engines sqlite,postgresql]
 
 Needs Debian's nginx-light and wrk, and PostgreSQL at 127.0.0.1:5432 (trust auth).
-Set TRACKRELAY_BENCH_ENV='TRACKRELAY_ENGAGEMENT__ENABLED=false' style variables to
-compare configurations (see BENCHMARKS.md).
+``--classification-off-too`` adds a SQLite run with the human/machine classification
+switched off, to measure what it costs on the pixel path.
 """
 
 from __future__ import annotations
@@ -177,8 +177,8 @@ def pg_database(name: str, create: bool) -> str:
     return f"postgresql://postgres@127.0.0.1:5432/{name}"
 
 
-def run_tracker(root: Path, store_url: str, duration: int,
-                connections: int) -> dict[str, float]:
+def run_tracker(root: Path, store_url: str, duration: int, connections: int,
+                extra_env: dict[str, str] | None = None) -> dict[str, float]:
     smtp_port, http_port = free_port(), free_port()
     capture = root / "captured"
     env = dict(os.environ)
@@ -187,9 +187,7 @@ def run_tracker(root: Path, store_url: str, duration: int,
         "TRACKRELAY_TRACKING__TOKEN_KEYS": '["1:benchmark-key-0123456789"]',
         "TRACKRELAY_HTTP__BASE_URL": f'"http://127.0.0.1:{http_port}"',
     })
-    for assignment in filter(None, os.environ.get("TRACKRELAY_BENCH_ENV", "").split()):
-        key, _, value = assignment.partition("=")
-        env[key] = value
+    env.update(extra_env or {})
     proc = subprocess.Popen(
         [sys.executable, "-m", "relay.cli", "serve", "--smtp-listen", f"127.0.0.1:{smtp_port}",
          "--capture-dir", str(capture), "--http-listen", f"127.0.0.1:{http_port}",
@@ -216,6 +214,9 @@ def main() -> None:
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--engines", default="sqlite,postgresql")
+    ap.add_argument("--classification-off-too", action="store_true",
+                    help="also run SQLite with engagement.enabled = false (issue 6: "
+                         "classification must cost under 10%%)")
     args = ap.parse_args()
     for tool in ("wrk", "nginx"):
         if not shutil.which(tool):
@@ -225,20 +226,26 @@ def main() -> None:
         nginx = run_nginx(root / "nginx", args.duration, args.connections)
         print(f"wrk -t1 -c{args.connections} -d{args.duration}s --latency")
         print(f"nginx static GIF:      {nginx['rps']:9.0f} req/s   p99 {nginx['p99_ms']:.2f} ms")
-        for engine in args.engines.split(","):
+        runs = args.engines.split(",")
+        if args.classification_off_too:
+            runs.append("sqlite-classification-off")
+        for engine in runs:
             work = root / engine
             work.mkdir()
-            if engine == "sqlite":
+            extra_env: dict[str, str] = {}
+            if engine == "sqlite-classification-off":
+                extra_env["TRACKRELAY_ENGAGEMENT__ENABLED"] = "false"
+            if engine.startswith("sqlite"):
                 url = f"sqlite:///{work}/store.db"
             else:
                 url = pg_database(f"trackrelay_bench_{os.getpid()}", create=True)
             try:
-                r = run_tracker(work, url, args.duration, args.connections)
+                r = run_tracker(work, url, args.duration, args.connections, extra_env)
             finally:
-                if engine != "sqlite":
+                if not engine.startswith("sqlite"):
                     pg_database(f"trackrelay_bench_{os.getpid()}", create=False)
             same = "equal" if int(r["answered"]) == int(r["stored"]) else "MISMATCH"
-            print(f"tracker ({engine:10s}): {r['rps']:9.0f} req/s   p99 {r['p99_ms']:.2f} ms   "
+            print(f"tracker ({engine}): {r['rps']:9.0f} req/s   p99 {r['p99_ms']:.2f} ms   "
                   f"ratio {r['rps'] / nginx['rps']:.2f} (target >= 0.2)")
             print(f"    pixel requests answered (tracker's counter) {int(r['answered'])}, "
                   f"open events stored {int(r['stored'])}: {same}")

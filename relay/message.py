@@ -65,10 +65,11 @@ class MessageDraft:
             if self._name(line) == want:
                 value = line.split(b":", 1)[1].decode("utf-8", "replace")
                 value = re.sub(r"\r?\n[ \t]", " ", value).strip()
-                try:
-                    value = str(make_header(decode_header(value)))
-                except Exception:  # a malformed encoded word: keep the raw text
-                    pass
+                if "=?" in value:  # only RFC 2047 encoded words need decoding
+                    try:
+                        value = str(make_header(decode_header(value)))
+                    except Exception:  # a malformed encoded word: keep the raw text
+                        pass
                 out.append(value)
         return out
 

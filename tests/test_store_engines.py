@@ -629,3 +629,15 @@ async def test_concurrent_records_share_transactions_and_all_land(make_store: Ma
     await store.flush()
     page = await store.list_events(type="sent", limit=500)
     assert len(page.items) == 200
+
+
+async def test_suppression_added_after_a_negative_answer_applies_at_once(
+        make_store: MakeStore) -> None:
+    store = await make_store()
+    assert await store.find_suppression("late@example.org", [""]) is None
+    assert await store.find_suppression("late@example.org", [""]) is None  # cached "no"
+    assert await store.add_suppression("late@example.org", reason="hard_bounce")
+    row = await store.find_suppression("late@example.org", [""])
+    assert row is not None and row["reason"] == "hard_bounce"
+    assert await store.remove_suppression("late@example.org")
+    assert await store.find_suppression("late@example.org", [""]) is None

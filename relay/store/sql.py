@@ -519,8 +519,23 @@ class SqlStore(Store):
         return {"address": row["address"], "scope": row["scope"], "reason": row["reason"],
                 "event_id": row["event_id"], "created_at": float(row["created_at"])}
 
+    #: Seconds a "not suppressed" answer is remembered: the relay asks at every RCPT, and
+    #: almost every answer is no. Changes made through this store clear it at once; a
+    #: suppression added by another process sharing the database applies within this time.
+    NOT_SUPPRESSED_TTL = 2.0
+    _not_suppressed: dict[tuple[str, tuple[str, ...]], float]
+
+    def _not_suppressed_cache(self) -> dict[tuple[str, tuple[str, ...]], float]:
+        cache: dict[tuple[str, tuple[str, ...]], float] | None = getattr(
+            self, "_not_suppressed", None)
+        if cache is None or len(cache) > 100_000:
+            cache = {}
+            self._not_suppressed = cache
+        return cache
+
     async def add_suppression(self, address: str, *, scope: str = "", reason: str,
                               event_id: str | None = None) -> bool:
+        self._not_suppressed_cache().clear()
         row = await self._fetchrow(
             "INSERT INTO suppressions (address, scope, reason, event_id, created_at) "
             "VALUES (?, ?, ?, ?, ?) ON CONFLICT (address, scope) DO NOTHING RETURNING seq",
@@ -530,6 +545,7 @@ class SqlStore(Store):
     async def remove_suppression(self, address: str, *, scope: str = "",
                                  removed_by: str | None = None, note: str | None = None) -> bool:
         address, scope = address.strip().lower(), scope.lower()
+        self._not_suppressed_cache().clear()
         row = await self._fetchrow(
             "DELETE FROM suppressions WHERE address = ? AND scope = ? RETURNING reason",
             [address, scope])
@@ -546,11 +562,20 @@ class SqlStore(Store):
         if not scopes:
             return None
         scopes = [s.lower() for s in scopes]
+        address = address.strip().lower()
+        cache = self._not_suppressed_cache()
+        key = (address, tuple(scopes))
+        now = time.monotonic()
+        if cache.get(key, 0.0) > now:
+            return None
         row = await self._fetchrow(
             "SELECT address, scope, reason, event_id, created_at FROM suppressions "
             f"WHERE address = ? AND scope IN ({', '.join('?' for _ in scopes)}) "
-            "ORDER BY created_at LIMIT 1", [address.strip().lower(), *scopes])
-        return None if row is None else self._suppression(row)
+            "ORDER BY created_at LIMIT 1", [address, *scopes])
+        if row is None:
+            cache[key] = now + self.NOT_SUPPRESSED_TTL
+            return None
+        return self._suppression(row)
 
     async def list_suppressions(self, *, scope: str | None = None, cursor: str | None = None,
                                 limit: int = 100) -> Page[SuppressionRow]:
