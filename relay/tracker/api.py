@@ -26,6 +26,7 @@ from relay.logs import get_logger
 from relay.records import EVENT_TYPES
 from relay.store.base import MESSAGE_STATUSES, BadCursor, StoreError
 from relay.tracker import serialize
+from relay.tracker.lookups import require_store
 from relay.tracker.openapi import openapi_document
 
 if TYPE_CHECKING:
@@ -196,11 +197,7 @@ class Api:
 
     @property
     def store(self) -> Store:
-        store = self.app.store
-        if store is None:
-            raise web.HTTPServiceUnavailable(text="store not open")
-        result: Store = store
-        return result
+        return require_store(self.app)
 
     def sub_app(self) -> web.Application:
         api = web.Application(middlewares=[self.middleware])

@@ -36,6 +36,7 @@ from relay.inbound import InboundError, process
 from relay.logs import get_logger
 from relay.store.base import SuppressionRow, domain_of, iso_time
 from relay.tracker.api import SCOPE_KEY, BadParameter, Query, error, ok
+from relay.tracker.lookups import require_store
 
 if TYPE_CHECKING:
     from relay.app import App
@@ -117,11 +118,7 @@ class DeliverabilityApi:
 
     @property
     def store(self) -> Store:
-        store = self.app.store
-        if store is None:
-            raise web.HTTPServiceUnavailable(text="store not open")
-        result: Store = store
-        return result
+        return require_store(self.app)
 
     # -- scope -------------------------------------------------------------------------------
 

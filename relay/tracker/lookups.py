@@ -11,12 +11,25 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+from aiohttp import web
 
 from relay.store.base import MessageLookup, Store
 
+if TYPE_CHECKING:
+    from relay.app import App
+
 K = TypeVar("K")
 V = TypeVar("V")
+
+
+def require_store(app: App) -> Store:
+    """The open store, or a 503 for the request that needed it."""
+    store: Store | None = app.store
+    if store is None:
+        raise web.HTTPServiceUnavailable(text="store not open")
+    return store
 
 
 class LRU(Generic[K, V]):

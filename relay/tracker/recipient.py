@@ -32,7 +32,7 @@ from relay.engagement.online import Classifier
 from relay.logs import get_logger
 from relay.records import Event
 from relay.tracker.client import ClientInspector
-from relay.tracker.lookups import TokenTargets
+from relay.tracker.lookups import TokenTargets, require_store
 
 if TYPE_CHECKING:
     from relay.app import App
@@ -108,11 +108,7 @@ class RecipientEndpoints:
 
     @property
     def store(self) -> Store:
-        store = self.app.store
-        if store is None:
-            raise web.HTTPServiceUnavailable(text="store not open")
-        result: Store = store
-        return result
+        return require_store(self.app)
 
     @property
     def targets(self) -> TokenTargets:

@@ -23,6 +23,7 @@ from aiohttp import web
 from relay.inbound import record_event, suppression_scope
 from relay.logs import get_logger
 from relay.records import Event
+from relay.tracker.lookups import require_store
 
 if TYPE_CHECKING:
     from relay.app import App
@@ -68,11 +69,7 @@ class UnsubscribeEndpoints:
 
     @property
     def store(self) -> Store:
-        store = self.app.store
-        if store is None:
-            raise web.HTTPServiceUnavailable(text="store not open")
-        result: Store = store
-        return result
+        return require_store(self.app)
 
     async def _resolve(self, token: str) -> tuple[MessageLookup, int, str] | None:
         data = self.app.tokens.decode(token, "unsubscribe")
