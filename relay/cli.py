@@ -218,6 +218,22 @@ def build_parser() -> argparse.ArgumentParser:
     engagement_cli.add_reclassify_arguments(p)
     p.set_defaults(func=engagement_cli.reclassify)
 
+    from relay.engagement import privacy_cli
+
+    p = sub.add_parser("purge", help="delete events (and messages without any event "
+                                     "left) older than a duration")
+    _add_config(p)
+    p.add_argument("--store", metavar="URL", help="store URL")
+    privacy_cli.add_purge_arguments(p)
+    p.set_defaults(func=privacy_cli.purge)
+
+    p = sub.add_parser("forget", help="erase one contact's data (the erasure is recorded "
+                                      "by address hash; a suppression is kept)")
+    _add_config(p)
+    p.add_argument("--store", metavar="URL", help="store URL")
+    privacy_cli.add_forget_arguments(p)
+    p.set_defaults(func=privacy_cli.forget)
+
     return parser
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import abc
 import datetime as _dt
+import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Literal, NotRequired, TypedDict, TypeVar
 
@@ -231,6 +232,29 @@ class VerdictUpdate(TypedDict):
     verdict: str | None
     reasons: list[str]
     proxy: str | None
+
+
+class PurgeResult(TypedDict):
+    """What ``purge_older_than`` deleted (issue 6: ``trackrelay purge``)."""
+
+    events: int
+    messages: int
+    recipients: int
+    links: int
+    webhook_deliveries: int
+
+
+class ErasureRow(TypedDict):
+    """One ``forget``: the address only as a SHA-256 hex digest, the time, the counts."""
+
+    address_hash: str
+    erased_at: float
+    counts: dict[str, int]  # events, messages, recipients, webhook_deliveries, …
+
+
+def address_hash(address: str) -> str:
+    """SHA-256 hex digest of the normalised (stripped, lower-case) address."""
+    return hashlib.sha256(address.strip().lower().encode("utf-8")).hexdigest()
 
 
 class MessageRecord(TypedDict):
@@ -438,6 +462,35 @@ class Store(abc.ABC):
                       limit: int = 500) -> ContactRow | None:
         """Every message sent to ``address`` and every event about it (newest first, up to
         ``limit`` each), and its suppressions. None if nothing is known in scope."""
+
+    # -- privacy (issue 6) -----------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def purge_older_than(self, cutoff: float) -> PurgeResult:
+        """Retention (``trackrelay purge``), in one transaction: delete every event whose
+        ``time`` is before ``cutoff``; then every message created before ``cutoff`` that
+        has no event left, with its recipients and links (a message with a later event —
+        a click weeks after sending — stays until that event is purged too); and finished
+        (delivered or failed) webhook deliveries created before ``cutoff``. Suppressions,
+        their removals log and the erasures log are never touched. Events still in the
+        queue are not seen: ``flush()`` first."""
+
+    @abc.abstractmethod
+    async def forget_contact(self, address: str) -> ErasureRow:
+        """Erase one contact (``trackrelay forget``), in one transaction: every event about
+        ``address``; the messages whose only recipient it was (with their links and
+        events); in messages to several recipients its recipient row keeps its position
+        (tokens name recipients by position) but the address becomes ``[erased]``;
+        webhook deliveries whose payload names it; its entries in the suppression
+        removals log. A suppression of the address is kept (it is what stops mail to
+        it). The erasure is recorded in ``erasures`` as ``address_hash(address)``, the
+        time and the counts, and returned."""
+
+    @abc.abstractmethod
+    async def list_erasures(self, *, address: str | None = None,
+                            limit: int = 100) -> list[ErasureRow]:
+        """The erasures log, newest first; ``address`` finds the erasures of one address
+        (by its hash)."""
 
     # -- suppressions (issue 5) ---------------------------------------------------------------
 

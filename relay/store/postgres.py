@@ -158,6 +158,15 @@ class PostgresStore(SqlStore):
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.executemany(self._q(sql), rows)
 
+    async def _transaction(self, steps: list[tuple[str, list[Any]]]) -> list[int]:
+        counts: list[int] = []
+        async with self.pool.acquire() as conn, conn.transaction():
+            for sql, args in steps:
+                status = await conn.execute(self._q(sql), *args)
+                tail = status.rsplit(" ", 1)[-1]
+                counts.append(int(tail) if tail.isdigit() else 0)
+        return counts
+
     async def ping(self) -> bool:
         if self._pool is None:
             return False

@@ -127,6 +127,16 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         "CREATE UNIQUE INDEX webhook_dedupe ON webhook_deliveries (endpoint, dedupe_key)",
         "CREATE INDEX webhook_due ON webhook_deliveries (status, next_attempt_at)",
     ]),
+    (2, "erasures", [
+        # issue 6: ``trackrelay forget`` records each erasure without the address in clear
+        """CREATE TABLE erasures (
+            seq {serial},
+            address_hash TEXT NOT NULL,
+            erased_at {float} NOT NULL,
+            counts TEXT NOT NULL DEFAULT '{{}}'
+        )""",
+        "CREATE INDEX erasures_hash ON erasures (address_hash)",
+    ]),
 ]
 
 

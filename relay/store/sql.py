@@ -20,17 +20,20 @@ from relay.store.base import (
     BadCursor,
     CampaignStats,
     ContactRow,
+    ErasureRow,
     EventRow,
     LinkRow,
     MessageDetail,
     MessageLookup,
     MessageSummary,
     Page,
+    PurgeResult,
     RecipientRow,
     Store,
     SuppressionRow,
     VerdictUpdate,
     WebhookDelivery,
+    address_hash,
     backoff_delay,
     domain_of,
 )
@@ -142,6 +145,10 @@ class SqlStore(Store):
     @abc.abstractmethod
     async def _executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
         """Run one statement for each parameter tuple, all in one transaction."""
+
+    @abc.abstractmethod
+    async def _transaction(self, steps: list[tuple[str, list[Any]]]) -> list[int]:
+        """Run statements in order in one transaction; return each one's row count."""
 
     def _hour_expr(self, column: str) -> str:
         raise NotImplementedError
@@ -511,6 +518,86 @@ class SqlStore(Store):
             return None
         return {"address": address, "messages": messages.items, "events": events.items,
                 "suppressed": [self._suppression(r) for r in supp]}
+
+    # -- privacy (issue 6) ------------------------------------------------------------------
+
+    #: what a forgotten recipient's address becomes in a message to several recipients
+    ERASED_ADDRESS = "[erased]"
+
+    async def purge_older_than(self, cutoff: float) -> PurgeResult:
+        cutoff = float(cutoff)
+        gone = ("SELECT m.id FROM messages m WHERE m.created_at < ? AND NOT EXISTS "
+                "(SELECT 1 FROM events e WHERE e.message_id = m.id)")
+        counts = await self._transaction([
+            ("DELETE FROM events WHERE time < ?", [cutoff]),
+            (f"DELETE FROM links WHERE message_id IN ({gone})", [cutoff]),
+            (f"DELETE FROM recipients WHERE message_id IN ({gone})", [cutoff]),
+            ("DELETE FROM messages WHERE created_at < ? AND NOT EXISTS "
+             "(SELECT 1 FROM events e WHERE e.message_id = messages.id)", [cutoff]),
+            ("DELETE FROM webhook_deliveries WHERE created_at < ? AND status <> 'pending'",
+             [cutoff]),
+        ])
+        return {"events": counts[0], "links": counts[1], "recipients": counts[2],
+                "messages": counts[3], "webhook_deliveries": counts[4]}
+
+    async def forget_contact(self, address: str) -> ErasureRow:
+        address = address.strip().lower()
+        sole_rows = await self._fetch(
+            "SELECT DISTINCT r.message_id FROM recipients r WHERE r.address = ? "
+            "AND NOT EXISTS (SELECT 1 FROM recipients o WHERE o.message_id = r.message_id "
+            "AND o.address <> r.address)", [address])
+        sole = [str(r["message_id"]) for r in sole_rows]
+        like = "%" + (address.replace("\\", "\\\\").replace("%", "\\%")
+                      .replace("_", "\\_")) + "%"
+        steps: list[tuple[str, list[Any]]] = [
+            ("DELETE FROM events WHERE recipient = ?", [address]),
+            ("UPDATE recipients SET address = ?, reply = NULL WHERE address = ?",
+             [self.ERASED_ADDRESS, address]),
+            ("DELETE FROM webhook_deliveries WHERE LOWER(payload) LIKE ? ESCAPE '\\'",
+             [like]),
+            ("DELETE FROM suppression_removals WHERE address = ?", [address]),
+        ]
+        for start in range(0, len(sole), 500):
+            chunk = sole[start:start + 500]
+            marks = ", ".join("?" for _ in chunk)
+            steps += [
+                (f"DELETE FROM events WHERE message_id IN ({marks})", list(chunk)),
+                (f"DELETE FROM links WHERE message_id IN ({marks})", list(chunk)),
+                (f"DELETE FROM recipients WHERE message_id IN ({marks})", list(chunk)),
+                (f"DELETE FROM messages WHERE id IN ({marks})", list(chunk)),
+            ]
+        supp = await self._fetchrow(
+            "SELECT COUNT(*) AS n FROM suppressions WHERE address = ?", [address])
+        now = time.time()
+        digest = address_hash(address)
+        # the counts are known only after the statements ran: record the erasure last,
+        # in the same transaction, with a placeholder updated below
+        steps.append(("INSERT INTO erasures (address_hash, erased_at, counts) "
+                      "VALUES (?, ?, '{}')", [digest, now]))
+        results = await self._transaction(steps)
+        events, recipients, webhooks, removals = results[:4]
+        messages = 0
+        for i in range(4, len(results) - 1, 4):
+            events += results[i]
+            messages += results[i + 3]
+        counts = {"events": events, "recipients": recipients, "messages": messages,
+                  "webhook_deliveries": webhooks, "suppression_removals": removals,
+                  "suppressions_kept": int(supp["n"]) if supp else 0}
+        await self._execute(
+            "UPDATE erasures SET counts = ? WHERE address_hash = ? AND erased_at = ?",
+            [json.dumps(counts, sort_keys=True), digest, now])
+        return {"address_hash": digest, "erased_at": now, "counts": counts}
+
+    async def list_erasures(self, *, address: str | None = None,
+                            limit: int = 100) -> list[ErasureRow]:
+        where = Where()
+        if address is not None:
+            where.add("address_hash = ?", address_hash(address))
+        rows = await self._fetch(
+            f"SELECT address_hash, erased_at, counts FROM erasures {where.sql()} "
+            "ORDER BY erased_at DESC, seq DESC LIMIT ?", [*where.args, int(limit)])
+        return [{"address_hash": r["address_hash"], "erased_at": float(r["erased_at"]),
+                 "counts": _json(r["counts"], {})} for r in rows]
 
     # -- suppressions ------------------------------------------------------------------------
 

@@ -146,6 +146,12 @@ class SqliteStore(SqlStore):
 
         await self._call(self._tx, run)
 
+    async def _transaction(self, steps: list[tuple[str, list[Any]]]) -> list[int]:
+        def run(conn: sqlite3.Connection) -> list[int]:
+            return [max(0, conn.execute(sql, tuple(args)).rowcount) for sql, args in steps]
+
+        return await self._call(self._tx, run)
+
     async def ping(self) -> bool:
         try:
             rows = await self._fetch("SELECT 1 AS one")
