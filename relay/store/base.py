@@ -138,6 +138,7 @@ class MessageDetail(MessageSummary):
     links: list[LinkRow]
     unique_opens: int  # distinct recipients with an open
     timeline: list[EventRow]  # oldest first
+    engagement: dict[str, Any]  # issue 6: as CampaignStats.engagement, for this message
 
 
 class MessageLookup(TypedDict):
@@ -191,6 +192,9 @@ class CampaignStats(TypedDict):
     top_links: list[LinkStat]  # by clicks, at most 10
     per_hour: list[HourStat]  # hours with any open or click, oldest first
     include_machine: bool  # False: human figures (machine events excluded)
+    #: issue 6: human/Apple MPP/unknown/machine figures by verdict, the estimated real
+    #: open rate and the raw all-events counts (``relay.engagement.report``)
+    engagement: dict[str, Any]
 
 
 class ContactRow(TypedDict):

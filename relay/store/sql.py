@@ -365,8 +365,29 @@ class SqlStore(Store):
             "links": links,
             "unique_opens": int(uniq["n"]) if uniq else 0,
             "timeline": [self._event(r) for r in timeline],
+            "engagement": await self._engagement(
+                "e.message_id = ?", [message_id],
+                sum(1 for r in rcpt_rows if r["status"] == "accepted")),
         }
         return detail
+
+    async def _engagement(self, condition: str, args: list[Any],
+                          delivered: int) -> dict[str, Any]:
+        """The ``engagement`` object (``relay.engagement.report``) over the opens and
+        clicks matching ``condition`` (on ``events e`` joined to ``messages m``),
+        aggregated here by message, recipient, type and label."""
+        from relay.engagement.report import engagement_report
+
+        rows = await self._fetch(
+            "SELECT e.message_id, COALESCE(e.recipient, '') AS recipient, e.type, "
+            "e.verdict, e.proxy, e.reasons, e.machine, e.machine_reason, COUNT(*) AS n "
+            "FROM events e JOIN messages m ON m.id = e.message_id "
+            f"WHERE {condition} AND e.type IN ('open', 'click') "
+            "GROUP BY e.message_id, COALESCE(e.recipient, ''), e.type, e.verdict, e.proxy, "
+            "e.reasons, e.machine, e.machine_reason", args)
+        for row in rows:
+            row["reasons"] = _json(row["reasons"], [])
+        return engagement_report(rows, delivered)
 
     # -- events ------------------------------------------------------------------------------
 
@@ -485,6 +506,8 @@ class SqlStore(Store):
             "per_hour": [{"hour": float(r["h"]) * 3600.0, "opens": int(r["opens"]),
                           "clicks": int(r["clicks"])} for r in hours],
             "include_machine": include_machine,
+            "engagement": await self._engagement(
+                " AND ".join(where.parts), list(where.args), sent),
         }
 
     async def list_campaigns(self, *, scope: str | None = None,

@@ -113,7 +113,7 @@ def _print_figures(title: str, figures: dict[str, Any], out: IO[str]) -> None:
     print(title, file=out)
     width = max(len(k) for k in figures)
     for key, value in figures.items():
-        if key in ("top_links", "per_hour"):
+        if key in ("top_links", "per_hour", "engagement"):
             continue
         if isinstance(value, float) and key.endswith("_rate"):
             value = f"{value * 100:.1f}%"
@@ -121,6 +121,42 @@ def _print_figures(title: str, figures: dict[str, Any], out: IO[str]) -> None:
     for link in figures.get("top_links", []):
         print(f"  link {link['clicks']:>6} clicks {link['unique_clicks']:>6} unique  "
               f"{link['url']}", file=out)
+    if figures.get("engagement"):
+        for line in engagement_lines(figures["engagement"]):
+            print(f"  {line}", file=out)
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value * 100:.1f}%"
+
+
+def engagement_lines(e: dict[str, Any]) -> list[str]:
+    """The ``engagement`` object (issue 6) as the lines ``trackrelay stats`` prints."""
+    mpp = e["apple_mpp"]
+    est = e["estimated_real_open_rate"]
+    lines = [
+        "human engagement (machine opens and clicks excluded):",
+        f"  delivered               {e['delivered']}",
+        f"  human unique opens      {e['human_unique_opens']} "
+        f"({_pct(e['human_open_rate'])}; {e['inferred_opens']} inferred from clicks)",
+        f"  Apple MPP reach         {mpp['reach']} ({_pct(mpp['reach_rate'])}; "
+        f"{mpp['opens']} proxy fetches, not counted as opens)",
+        f"  unknown unique opens    {e['unknown_unique_opens']}",
+        f"  human unique clicks     {e['human_unique_clicks']} ({_pct(e['click_rate'])}; "
+        f"{e['human_clicks']} clicks)",
+        f"  click-to-open rate      {_pct(e['click_to_open_rate'])}",
+        f"  estimated real open rate  {_pct(est['value'])} (ESTIMATE: {est['method']})",
+    ]
+    for kind in ("opens", "clicks"):
+        by_reason = e[f"machine_{kind}_by_reason"]
+        if by_reason:
+            text = ", ".join(f"{k} {v}" for k, v in by_reason.items())
+            lines.append(f"  machine {kind} by reason  {text}")
+    raw = e["raw"]
+    lines.append(f"  raw (all events)        {raw['unique_opens']} unique opens "
+                 f"({_pct(raw['open_rate'])}), {raw['unique_clicks']} unique clicks "
+                 f"({_pct(raw['click_rate'])})")
+    return lines
 
 
 async def _stats(args: argparse.Namespace, out: IO[str]) -> int:

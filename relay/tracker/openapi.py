@@ -65,6 +65,24 @@ MESSAGE_PROPS: dict[str, Any] = {
     "open_count": _int(), "click_count": _int(),
 }
 MESSAGE = _obj(MESSAGE_PROPS)
+
+_COUNTS = {"type": "object", "additionalProperties": _int()}
+#: issue 6: figures by verdict (see relay/engagement/report.py)
+ENGAGEMENT = _obj({
+    "delivered": _int(), "human_unique_opens": _int(), "human_open_rate": _num(),
+    "human_opens": _int(), "inferred_opens": _int(),
+    "apple_mpp": _obj({"reach": _int(), "reach_rate": _num(), "opens": _int()}),
+    "unknown_unique_opens": _int(),
+    "machine_opens_by_reason": _COUNTS, "machine_clicks_by_reason": _COUNTS,
+    "human_unique_clicks": _int(), "human_clicks": _int(), "click_rate": _num(),
+    "click_to_open_rate": _num(),
+    "estimated_real_open_rate": _obj({
+        "value": {"type": "number", "nullable": True}, "estimate": _bool(),
+        "method": _str(),
+    }),
+    "raw": _obj({"unique_opens": _int(), "opens": _int(), "open_rate": _num(),
+                 "unique_clicks": _int(), "clicks": _int(), "click_rate": _num()}),
+})
 MESSAGE_DETAIL = _obj({
     **MESSAGE_PROPS,
     "recipient_details": _arr(_obj({
@@ -76,6 +94,7 @@ MESSAGE_DETAIL = _obj({
     })),
     "unique_opens": _int(),
     "timeline": _arr(_ref("Event")),
+    "engagement": _ref("Engagement"),
 })
 
 CAMPAIGN = _obj({
@@ -86,6 +105,7 @@ CAMPAIGN = _obj({
     "top_links": _arr(_obj({"url": _str(), "clicks": _int(), "unique_clicks": _int()})),
     "per_hour": _arr(_obj({"hour": TIME, "opens": _int(), "clicks": _int()})),
     "include_machine": _bool(),
+    "engagement": _ref("Engagement"),
 })
 
 SUPPRESSION = _obj({
@@ -181,7 +201,8 @@ def openapi_document(base_url: str = "") -> dict[str, Any]:
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {
                 "Event": EVENT, "Message": MESSAGE, "MessageDetail": MESSAGE_DETAIL,
-                "Campaign": CAMPAIGN, "Contact": CONTACT, "Suppression": SUPPRESSION,
+                "Campaign": CAMPAIGN, "Engagement": ENGAGEMENT, "Contact": CONTACT,
+                "Suppression": SUPPRESSION,
                 "WebhookDelivery": DELIVERY, "Error": ERROR,
                 "MessagePage": _page("Message"), "EventPage": _page("Event"),
                 "DeliveryPage": _page("WebhookDelivery"),
