@@ -496,6 +496,20 @@ class Store(abc.ABC):
         """The erasures log, newest first; ``address`` finds the erasures of one address
         (by its hash)."""
 
+    @abc.abstractmethod
+    async def contact_summaries(self, *, scope: str | None = None) -> list[dict[str, Any]]:
+        """Every recipient address of a message in scope (``[erased]`` left out), with
+        ``messages`` (how many), ``last_sent_at`` and ``last_event_at`` (the newest
+        event about it other than sent/rejected; None if none), by address."""
+
+    @abc.abstractmethod
+    async def scoring_events(self, *, scope: str | None = None,
+                             address: str | None = None) -> list[dict[str, Any]]:
+        """The events the engagement score counts, of messages in scope (of one
+        recipient with ``address``): opens and clicks with verdict ``human`` or
+        ``human_proxy``, replies not flagged machine. Rows have ``recipient``,
+        ``message_id``, ``type``, ``time``, ``verdict``, ``machine``."""
+
     # -- suppressions (issue 5) ---------------------------------------------------------------
 
     @abc.abstractmethod

@@ -622,6 +622,42 @@ class SqlStore(Store):
         return [{"address_hash": r["address_hash"], "erased_at": float(r["erased_at"]),
                  "counts": _json(r["counts"], {})} for r in rows]
 
+    async def contact_summaries(self, *, scope: str | None = None) -> list[dict[str, Any]]:
+        where = Where()
+        where.add(*_cond(scope_condition(scope)))
+        where.add("r.address <> ?", self.ERASED_ADDRESS)
+        rows = await self._fetch(
+            "SELECT r.address, COUNT(DISTINCT r.message_id) AS messages, "
+            "MAX(m.created_at) AS last_sent_at FROM recipients r "
+            f"JOIN messages m ON m.id = r.message_id {where.sql()} "
+            "GROUP BY r.address ORDER BY r.address", where.args)
+        ev_where = Where()
+        ev_where.add(*_cond(scope_condition(scope)))
+        ev_where.add("e.recipient IS NOT NULL")
+        ev_where.add("e.type NOT IN ('sent', 'rejected')")
+        last = {r["recipient"]: float(r["t"]) for r in await self._fetch(
+            "SELECT e.recipient, MAX(e.time) AS t FROM events e "
+            f"JOIN messages m ON m.id = e.message_id {ev_where.sql()} GROUP BY e.recipient",
+            ev_where.args)}
+        return [{"address": r["address"], "messages": int(r["messages"]),
+                 "last_sent_at": float(r["last_sent_at"]),
+                 "last_event_at": last.get(r["address"])} for r in rows]
+
+    async def scoring_events(self, *, scope: str | None = None,
+                             address: str | None = None) -> list[dict[str, Any]]:
+        where = Where()
+        where.add(*_cond(scope_condition(scope)))
+        where.add("e.recipient IS NOT NULL")
+        if address is not None:
+            where.add("e.recipient = ?", address.strip().lower())
+        where.add("((e.type IN ('open', 'click') AND e.verdict IN ('human', 'human_proxy')) "
+                  "OR (e.type = 'reply' AND e.machine = FALSE))")
+        rows = await self._fetch(
+            "SELECT e.recipient, e.message_id, e.type, e.time, e.verdict, e.machine "
+            f"FROM events e JOIN messages m ON m.id = e.message_id {where.sql()}",
+            where.args)
+        return [dict(r, time=float(r["time"]), machine=bool(r["machine"])) for r in rows]
+
     # -- suppressions ------------------------------------------------------------------------
 
     @staticmethod

@@ -13,7 +13,9 @@ from __future__ import annotations
 import datetime as dt
 import hmac
 import json
+import math
 import re
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -123,6 +125,18 @@ class Query:
             return False
         raise BadParameter(name, "expected true or false")
 
+    def number(self, name: str, minimum: float = 0.0) -> float | None:
+        value = self.text(name, 64)
+        if value is None:
+            return None
+        try:
+            number = float(value)
+        except ValueError:
+            raise BadParameter(name, "expected a number") from None
+        if not math.isfinite(number) or number < minimum:
+            raise BadParameter(name, f"expected a finite number of at least {minimum:g}")
+        return number
+
     def choice(self, name: str, choices: tuple[str, ...]) -> str | None:
         value = self.q.get(name)
         if value is None:
@@ -208,6 +222,7 @@ class Api:
         r.add_get("/events", self.list_events)
         r.add_get("/campaigns", self.list_campaigns)
         r.add_get("/campaigns/{id}", self.get_campaign)
+        r.add_get("/contacts", self.list_contacts)
         r.add_get("/contacts/{address}", self.get_contact)
         r.add_get("/webhooks/deliveries", self.list_deliveries)
         return api
@@ -322,7 +337,26 @@ class Api:
         row = await self.store.contact(address, scope=_scope(request), limit=q.limit(500))
         if row is None:
             return error(404, "not_found", "no such contact")
-        return ok(serialize.contact_json(row))
+        from relay.engagement.contacts import contact_score
+
+        body = serialize.contact_json(row)
+        body["score"] = await contact_score(self.store, address, scope=_scope(request),
+                                            now=time.time(),
+                                            config=self.app.config.engagement)
+        return ok(body)
+
+    async def list_contacts(self, request: web.Request) -> web.Response:
+        from relay.engagement.contacts import SORTS
+        from relay.engagement.contacts import list_contacts as scored_contacts
+
+        q = Query(request, ("sort", "min_score", "cursor", "limit"))
+        page = await scored_contacts(
+            self.store, scope=_scope(request), now=time.time(),
+            config=self.app.config.engagement, sort=q.choice("sort", SORTS) or "score",
+            min_score=q.number("min_score"), cursor=q.text("cursor", 1000),
+            limit=q.limit(50))
+        return ok({"items": [serialize.contact_summary_json(c) for c in page.items],
+                   "next_cursor": page.next_cursor})
 
     async def list_deliveries(self, request: web.Request) -> web.Response:
         q = Query(request, ("status", "cursor", "limit"))

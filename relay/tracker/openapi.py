@@ -116,6 +116,12 @@ SUPPRESSION = _obj({
 CONTACT = _obj({
     "address": _str(), "messages": _arr(_ref("Message")), "events": _arr(_ref("Event")),
     "suppressed": _arr(_ref("Suppression")),
+    "score": {"type": "number", "minimum": 0},
+})
+
+CONTACT_SUMMARY = _obj({
+    "address": _str(), "score": {"type": "number", "minimum": 0}, "messages": _int(),
+    "last_sent_at": TIME_NULL, "last_event_at": TIME_NULL,
 })
 
 DELIVERY = _obj({
@@ -202,7 +208,8 @@ def openapi_document(base_url: str = "") -> dict[str, Any]:
             "schemas": {
                 "Event": EVENT, "Message": MESSAGE, "MessageDetail": MESSAGE_DETAIL,
                 "Campaign": CAMPAIGN, "Engagement": ENGAGEMENT, "Contact": CONTACT,
-                "Suppression": SUPPRESSION,
+                "Suppression": SUPPRESSION, "ContactSummary": CONTACT_SUMMARY,
+                "ContactPage": _page("ContactSummary"),
                 "WebhookDelivery": DELIVERY, "Error": ERROR,
                 "MessagePage": _page("Message"), "EventPage": _page("Event"),
                 "DeliveryPage": _page("WebhookDelivery"),
@@ -264,6 +271,20 @@ def openapi_document(base_url: str = "") -> dict[str, Any]:
                 ],
                 "responses": _responses("Campaign", "The campaign's figures.",
                                         not_found=True),
+            }},
+            "/contacts": {"get": {
+                "summary": "Recipients of mail in the token's scope with their engagement "
+                           "score (see the README for the formula).",
+                "operationId": "listContacts",
+                "parameters": [
+                    _param("sort", "score (highest first, the default) or last_event "
+                           "(newest first; contacts with no event last).",
+                           {"type": "string", "enum": ["score", "last_event"]}),
+                    _param("min_score", "Only contacts with at least this score.",
+                           {"type": "number", "minimum": 0}),
+                    P_CURSOR, _limit(50),
+                ],
+                "responses": _responses("ContactPage", "A page of contacts."),
             }},
             "/contacts/{address}": {"get": {
                 "summary": "Every message and event for one recipient.",

@@ -71,6 +71,16 @@ def contact_json(row: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def contact_summary_json(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "address": row["address"],
+        "score": float(row["score"]),
+        "messages": int(row["messages"]),
+        "last_sent_at": iso_time(row.get("last_sent_at")),
+        "last_event_at": iso_time(row.get("last_event_at")),
+    }
+
+
 def delivery_json(row: Mapping[str, Any]) -> dict[str, Any]:
     try:
         payload: Any = json.loads(row["payload"])
