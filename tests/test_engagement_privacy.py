@@ -219,3 +219,13 @@ async def _in_thread(fn: Any, *args: Any, **kw: Any) -> Any:
     import asyncio
 
     return await asyncio.to_thread(fn, *args, **kw)
+
+
+async def test_forget_matches_webhook_payloads_literally(seeded: Store) -> None:
+    # "_" and "%" are LIKE wildcards: they must match only themselves
+    for pattern in ("c_rol@customer.test", "%@customer.test"):
+        erasure = await seeded.forget_contact(pattern)
+        assert erasure["counts"]["webhook_deliveries"] == 0
+        assert erasure["counts"]["events"] == 0
+    hooks = (await seeded.list_webhook_deliveries()).items
+    assert sum("Carol@" in h["payload"] for h in hooks) == 1

@@ -19,7 +19,7 @@ import asyncpg
 from relay.store.base import MessageRecord, StoreError
 from relay.store.records import EVENT_COLUMNS
 from relay.store.schema import MIGRATIONS, MIGRATIONS_TABLE, render
-from relay.store.sql import SqlStore
+from relay.store.sql import SqlStore, Step
 
 #: pg_advisory_xact_lock key serialising migrations between processes ("trackrly").
 MIGRATION_LOCK = 0x747261636B726C79
@@ -158,11 +158,12 @@ class PostgresStore(SqlStore):
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.executemany(self._q(sql), rows)
 
-    async def _transaction(self, steps: list[tuple[str, list[Any]]]) -> list[int]:
+    async def _transaction(self, steps: list[Step]) -> list[int]:
         counts: list[int] = []
         async with self.pool.acquire() as conn, conn.transaction():
             for sql, args in steps:
-                status = await conn.execute(self._q(sql), *args)
+                params = args(counts) if callable(args) else args
+                status = await conn.execute(self._q(sql), *params)
                 tail = status.rsplit(" ", 1)[-1]
                 counts.append(int(tail) if tail.isdigit() else 0)
         return counts

@@ -13,6 +13,7 @@ import base64
 import binascii
 import json
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 from relay.store.base import (
@@ -37,6 +38,10 @@ from relay.store.base import (
     backoff_delay,
     domain_of,
 )
+
+#: A statement of ``_transaction``: SQL and its parameters, or a function giving them
+#: from the row counts of the statements run before it in the same transaction.
+Step = tuple[str, list[Any] | Callable[[list[int]], list[Any]]]
 
 EVENT_SELECT = """
 SELECT e.seq, e.id, e.type, e.time, e.message_id, e.recipient, e.link_index, e.ip,
@@ -147,8 +152,9 @@ class SqlStore(Store):
         """Run one statement for each parameter tuple, all in one transaction."""
 
     @abc.abstractmethod
-    async def _transaction(self, steps: list[tuple[str, list[Any]]]) -> list[int]:
-        """Run statements in order in one transaction; return each one's row count."""
+    async def _transaction(self, steps: list[Step]) -> list[int]:
+        """Run statements in order in one transaction; return each one's row count. A
+        step's parameters may be a function of the row counts of the steps before it."""
 
     def _hour_expr(self, column: str) -> str:
         raise NotImplementedError
@@ -572,7 +578,7 @@ class SqlStore(Store):
         sole = [str(r["message_id"]) for r in sole_rows]
         like = "%" + (address.replace("\\", "\\\\").replace("%", "\\%")
                       .replace("_", "\\_")) + "%"
-        steps: list[tuple[str, list[Any]]] = [
+        steps: list[Step] = [
             ("DELETE FROM events WHERE recipient = ?", [address]),
             ("UPDATE recipients SET address = ?, reply = NULL WHERE address = ?",
              [self.ERASED_ADDRESS, address]),
@@ -591,24 +597,26 @@ class SqlStore(Store):
             ]
         supp = await self._fetchrow(
             "SELECT COUNT(*) AS n FROM suppressions WHERE address = ?", [address])
+        kept = int(supp["n"]) if supp else 0
         now = time.time()
         digest = address_hash(address)
-        # the counts are known only after the statements ran: record the erasure last,
-        # in the same transaction, with a placeholder updated below
+
+        def tally(results: list[int]) -> dict[str, int]:
+            events, recipients, webhooks, removals = results[:4]
+            messages = 0
+            for i in range(4, len(results), 4):
+                events += results[i]
+                messages += results[i + 3]
+            return {"events": events, "recipients": recipients, "messages": messages,
+                    "webhook_deliveries": webhooks, "suppression_removals": removals,
+                    "suppressions_kept": kept}
+
+        # recorded in the same transaction, with the counts of the statements before it
         steps.append(("INSERT INTO erasures (address_hash, erased_at, counts) "
-                      "VALUES (?, ?, '{}')", [digest, now]))
-        results = await self._transaction(steps)
-        events, recipients, webhooks, removals = results[:4]
-        messages = 0
-        for i in range(4, len(results) - 1, 4):
-            events += results[i]
-            messages += results[i + 3]
-        counts = {"events": events, "recipients": recipients, "messages": messages,
-                  "webhook_deliveries": webhooks, "suppression_removals": removals,
-                  "suppressions_kept": int(supp["n"]) if supp else 0}
-        await self._execute(
-            "UPDATE erasures SET counts = ? WHERE address_hash = ? AND erased_at = ?",
-            [json.dumps(counts, sort_keys=True), digest, now])
+                      "VALUES (?, ?, ?)",
+                      lambda results: [digest, now, json.dumps(tally(results),
+                                                               sort_keys=True)]))
+        counts = tally((await self._transaction(steps))[:-1])
         return {"address_hash": digest, "erased_at": now, "counts": counts}
 
     async def list_erasures(self, *, address: str | None = None,

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from relay.store.base import MessageRecord, StoreError
 from relay.store.records import EVENT_COLUMNS, event_values
 from relay.store.schema import MIGRATIONS, MIGRATIONS_TABLE, render
-from relay.store.sql import SqlStore
+from relay.store.sql import SqlStore, Step
 
 R = TypeVar("R")
 
@@ -146,9 +146,13 @@ class SqliteStore(SqlStore):
 
         await self._call(self._tx, run)
 
-    async def _transaction(self, steps: list[tuple[str, list[Any]]]) -> list[int]:
+    async def _transaction(self, steps: list[Step]) -> list[int]:
         def run(conn: sqlite3.Connection) -> list[int]:
-            return [max(0, conn.execute(sql, tuple(args)).rowcount) for sql, args in steps]
+            counts: list[int] = []
+            for sql, args in steps:
+                params = args(counts) if callable(args) else args
+                counts.append(max(0, conn.execute(sql, tuple(params)).rowcount))
+            return counts
 
         return await self._call(self._tx, run)
 
