@@ -456,6 +456,14 @@ class Store(abc.ABC):
         """Figures for one campaign (None if no message of it is in scope)."""
 
     @abc.abstractmethod
+    async def engagement(self, *, scope: str | None = None, recipient: str | None = None,
+                         since: float | None = None,
+                         until: float | None = None) -> dict[str, Any]:
+        """The ``engagement`` report (relay.engagement.report) for one contact and/or the
+        messages sent in a period, within ``scope``: delivered, human, Apple MPP reach,
+        unknown and machine figures, and the estimated real open rate."""
+
+    @abc.abstractmethod
     async def list_campaigns(self, *, scope: str | None = None,
                              limit: int = 100) -> list[dict[str, Any]]:
         """Campaign names with message counts and last send time, newest first:

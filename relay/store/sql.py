@@ -395,6 +395,34 @@ class SqlStore(Store):
             row["reasons"] = _json(row["reasons"], [])
         return engagement_report(rows, delivered)
 
+    async def engagement(self, *, scope: str | None = None, recipient: str | None = None,
+                         since: float | None = None,
+                         until: float | None = None) -> dict[str, Any]:
+        # The same messages for "delivered" (their accepted recipients) and for the events.
+        where = Where()
+        where.add(*_cond(scope_condition(scope)))
+        if since is not None:
+            where.add("m.created_at >= ?", float(since))
+        if until is not None:
+            where.add("m.created_at < ?", float(until))
+        rcpt = Where()
+        rcpt.add("r.status = ?", "accepted")
+        for part, arg in zip(where.parts, where.args, strict=True):
+            rcpt.add(part, arg)
+        events = Where()
+        for part, arg in zip(where.parts, where.args, strict=True):
+            events.add(part, arg)
+        if recipient is not None:
+            address = recipient.strip().lower()
+            rcpt.add("r.address = ?", address)
+            events.add("e.recipient = ?", address)
+        row = await self._fetchrow(
+            "SELECT COUNT(*) AS n FROM recipients r JOIN messages m ON m.id = r.message_id "
+            f"{rcpt.sql()}", rcpt.args)
+        delivered = int(row["n"]) if row else 0
+        return await self._engagement(" AND ".join(events.parts) or "1 = 1", events.args,
+                                      delivered)
+
     # -- events ------------------------------------------------------------------------------
 
     async def list_events(

@@ -26,7 +26,7 @@ from relay import metrics
 from relay.config import ApiTokenConfig
 from relay.logs import get_logger
 from relay.records import EVENT_TYPES
-from relay.store.base import MESSAGE_STATUSES, BadCursor, StoreError
+from relay.store.base import MESSAGE_STATUSES, BadCursor, StoreError, iso_time
 from relay.tracker import serialize
 from relay.tracker.lookups import require_store
 from relay.tracker.openapi import openapi_document
@@ -153,7 +153,7 @@ def parse_time(value: str, name: str = "time") -> float:
     if m:
         unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
         return dt.datetime.now(dt.UTC).timestamp() - int(m.group(1)) * unit
-    if re.fullmatch(r"\d{1,12}(\.\d{1,9})?", value):
+    if re.fullmatch(r"\d{1,11}(\.\d{1,9})?", value):  # up to the year 5138
         return float(value)
     try:
         parsed = dt.datetime.fromisoformat(value)
@@ -224,6 +224,7 @@ class Api:
         r.add_get("/campaigns/{id}", self.get_campaign)
         r.add_get("/contacts", self.list_contacts)
         r.add_get("/contacts/{address}", self.get_contact)
+        r.add_get("/stats", self.get_stats)
         r.add_get("/webhooks/deliveries", self.list_deliveries)
         return api
 
@@ -343,7 +344,23 @@ class Api:
         body["score"] = await contact_score(self.store, address, scope=_scope(request),
                                             now=time.time(),
                                             config=self.app.config.engagement)
+        body["engagement"] = await self.store.engagement(scope=_scope(request),
+                                                         recipient=address)
         return ok(body)
+
+    async def get_stats(self, request: web.Request) -> web.Response:
+        q = Query(request, ("since", "until"))
+        since, until = q.time("since"), q.time("until")
+        if since is None:
+            since = time.time() - 86400
+        echoed: dict[str, str | None] = {"since": None, "until": None}
+        for name, value in (("since", since), ("until", until)):
+            try:
+                echoed[name] = iso_time(value) if value is not None else None
+            except (OverflowError, ValueError, OSError):
+                raise BadParameter(name, "outside the years 1 to 9999") from None
+        report = await self.store.engagement(scope=_scope(request), since=since, until=until)
+        return ok({**echoed, "engagement": report})
 
     async def list_contacts(self, request: web.Request) -> web.Response:
         from relay.engagement.contacts import SORTS

@@ -174,8 +174,9 @@ async def _stats(args: argparse.Namespace, out: IO[str]) -> int:
             title = f"campaign {campaign}"
         else:
             hours = float(getattr(args, "hours", None) or 24)
-            figures = await period_figures(store, time.time() - hours * 3600,
-                                           include_machine=include_machine)
+            since = time.time() - hours * 3600
+            figures = await period_figures(store, since, include_machine=include_machine)
+            figures["engagement"] = await store.engagement(since=since)
             title = f"last {hours:g} hours"
     finally:
         await store.close()

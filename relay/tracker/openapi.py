@@ -117,7 +117,10 @@ CONTACT = _obj({
     "address": _str(), "messages": _arr(_ref("Message")), "events": _arr(_ref("Event")),
     "suppressed": _arr(_ref("Suppression")),
     "score": {"type": "number", "minimum": 0},
+    "engagement": _ref("Engagement"),
 })
+
+PERIOD_STATS = _obj({"since": _str(), "until": TIME_NULL, "engagement": _ref("Engagement")})
 
 CONTACT_SUMMARY = _obj({
     "address": _str(), "score": {"type": "number", "minimum": 0}, "messages": _int(),
@@ -153,7 +156,7 @@ def _param(name: str, description: str, schema: dict[str, Any] | None = None,
 
 TIME_PARAM = {"anyOf": [
     {"type": "string", "format": "date-time"},
-    {"type": "string", "pattern": r"^[0-9]{1,12}(\.[0-9]{1,9})?$"},
+    {"type": "string", "pattern": r"^[0-9]{1,11}(\.[0-9]{1,9})?$"},
 ]}
 P_SINCE = _param("since", "Only from this time on (ISO 8601 or POSIX seconds), inclusive.",
                  TIME_PARAM)
@@ -208,6 +211,7 @@ def openapi_document(base_url: str = "") -> dict[str, Any]:
             "schemas": {
                 "Event": EVENT, "Message": MESSAGE, "MessageDetail": MESSAGE_DETAIL,
                 "Campaign": CAMPAIGN, "Engagement": ENGAGEMENT, "Contact": CONTACT,
+                "PeriodStats": PERIOD_STATS,
                 "Suppression": SUPPRESSION, "ContactSummary": CONTACT_SUMMARY,
                 "ContactPage": _page("ContactSummary"),
                 "WebhookDelivery": DELIVERY, "Error": ERROR,
@@ -295,6 +299,14 @@ def openapi_document(base_url: str = "") -> dict[str, Any]:
                     _limit(500),
                 ],
                 "responses": _responses("Contact", "The contact.", not_found=True),
+            }},
+            "/stats": {"get": {
+                "summary": "Engagement figures (human, Apple MPP reach, unknown, machine by "
+                           "reason, estimated real open rate) for mail sent in a period "
+                           "(default: the last 24 hours).",
+                "operationId": "getStats",
+                "parameters": [P_SINCE, P_UNTIL],
+                "responses": _responses("PeriodStats", "The period's figures."),
             }},
             "/webhooks/deliveries": {"get": {
                 "summary": "The webhook outbox (admin tokens only), newest first.",
