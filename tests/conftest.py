@@ -1,7 +1,7 @@
 """Shared fixtures: a real upstream SMTP server (aiosmtpd) and a real relay in the test's loop.
 
 ``sink`` records every message it accepts and can be told to refuse recipients, answer
-DATA with an error, or hang up mid-DATA. ``make_relay(**sections)`` starts a Relay on
+DATA with an error, or hang up mid-DATA. ``make_relay(register=[plugin objects], load_entry_points=False, **sections)`` starts a Relay on
 127.0.0.1 with a free port, pointed at the sink, and stops it after the test.
 """
 
@@ -129,7 +129,7 @@ MakeRelay = Callable[..., Awaitable[Relay]]
 async def make_relay(sink: Sink, tmp_path: Any) -> AsyncIterator[MakeRelay]:
     started: list[Relay] = []
 
-    async def _make(plugins: list[object] | None = None, load_entry_points: bool = False,
+    async def _make(register: list[object] | None = None, load_entry_points: bool = False,
                     **sections: dict[str, Any]) -> Relay:
         data: dict[str, Any] = {
             "relay": {"listen": ["127.0.0.1:0"], "hostname": "relay.test",
@@ -141,7 +141,7 @@ async def make_relay(sink: Sink, tmp_path: Any) -> AsyncIterator[MakeRelay]:
             data.setdefault(name, {}).update(values)
         config = build_config(data, environ={})
         host = PluginHost(config, load_entry_points=load_entry_points)
-        for i, plugin in enumerate(plugins or []):
+        for i, plugin in enumerate(register or []):
             host.register(plugin, name=f"test-plugin-{i}")
         app = App(config, host)
         await app.start()

@@ -210,7 +210,7 @@ async def test_plugin_refuses_recipient_and_sender(make_relay: MakeRelay, sink: 
                 return Reply(553, "5.7.1", "Sender not allowed")
             return None
 
-    relay = await make_relay(plugins=[Policy()])
+    relay = await make_relay(register=[Policy()])
     errors, _ = await send_raw(relay_port(relay), "alice@example.com",
                                ["bob@example.org", "eve@blocked.example"], RAW)
     assert errors["eve@blocked.example"].code == 550
@@ -228,7 +228,7 @@ async def test_plugin_that_raises_forwards_original(make_relay: MakeRelay, sink:
             message.add_header("X-Half-Done", "yes")  # type: ignore[attr-defined]
             raise RuntimeError("plugin bug")
 
-    relay = await make_relay(plugins=[Broken()])
+    relay = await make_relay(register=[Broken()])
     errors, _ = await send_raw(relay_port(relay), "alice@example.com", ["bob@example.org"], RAW)
     assert errors == {}
     assert sink.received[0].data == RAW
@@ -242,7 +242,7 @@ async def test_plugin_that_raises_tempfails_when_configured(make_relay: MakeRela
                                                message: object) -> None:
             raise ValueError("plugin bug")
 
-    relay = await make_relay(plugins=[Broken()], relay={"on_plugin_error": "tempfail"})
+    relay = await make_relay(register=[Broken()], relay={"on_plugin_error": "tempfail"})
     with pytest.raises(aiosmtplib.SMTPDataError) as info:
         await send_raw(relay_port(relay), "alice@example.com", ["bob@example.org"], RAW)
     assert info.value.code == 451
@@ -264,7 +264,7 @@ async def test_transform_and_delivered_hooks(make_relay: MakeRelay, sink: Sink) 
                          outcome.accepted))  # type: ignore[attr-defined]
             done.set()
 
-    relay = await make_relay(plugins=[Stamp()])
+    relay = await make_relay(register=[Stamp()])
     await send_raw(relay_port(relay), "alice@example.com", ["bob@example.org"], RAW)
     await asyncio.wait_for(done.wait(), 5)
     head, _, body = sink.received[0].data.partition(b"\r\n\r\n")
@@ -280,7 +280,7 @@ async def test_upstream_sender_hook_rewrites_envelope_only(make_relay: MakeRelay
         def trackrelay_upstream_sender(self, transaction: object, sender: str) -> str:
             return "bounces+abc@bounce.example.net"
 
-    relay = await make_relay(plugins=[Verp()])
+    relay = await make_relay(register=[Verp()])
     await send_raw(relay_port(relay), "alice@example.com", ["bob@example.org"], RAW)
     assert sink.received[0].mail_from == "bounces+abc@bounce.example.net"
     assert sink.received[0].data == RAW

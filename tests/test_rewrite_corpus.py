@@ -134,7 +134,7 @@ class Recorder:
 
 async def test_corpus_html_through_relay(make_relay: MakeRelay, sink: Sink) -> None:
     recorder = Recorder()
-    relay = await make_relay(plugins=[*CONTENT_PLUGINS, recorder], http={"base_url": BASE},
+    relay = await make_relay(register=[*CONTENT_PLUGINS, recorder], http={"base_url": BASE},
                              tracking=TRACKING)
     port = relay_port(relay)
     sent = []
@@ -154,7 +154,7 @@ async def test_corpus_html_through_relay(make_relay: MakeRelay, sink: Sink) -> N
 @pytest.mark.parametrize("multi", [False, True])
 async def test_corpus_mime_through_relay(make_relay: MakeRelay, sink: Sink,
                                          multi: bool) -> None:
-    relay = await make_relay(plugins=list(CONTENT_PLUGINS), http={"base_url": BASE},
+    relay = await make_relay(register=list(CONTENT_PLUGINS), http={"base_url": BASE},
                              tracking=TRACKING)
     rcpts = ["bob@example.org", "carol@example.org"] if multi else ["bob@example.org"]
     for path in MIME_FILES:

@@ -58,7 +58,7 @@ def test_recorder_is_registered_by_entry_point() -> None:
 async def test_relayed_message_is_recorded(make_relay: MakeRelay, sink: Sink,
                                            store_url: str, tmp_path: Path) -> None:
     sink.behaviour.refuse_rcpt["nobody@example.org"] = "550 5.1.1 No such user here"
-    relay = await make_relay(plugins=[plugins.recorder],
+    relay = await make_relay(register=[plugins.recorder],
                              store={"url": store_url,
                                     "spool_path": str(tmp_path / "spool.jsonl")})
     app = relay.app

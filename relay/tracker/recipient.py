@@ -119,6 +119,7 @@ class RecipientEndpoints:
     def add_routes(self, web_app: web.Application) -> None:
         web_app.router.add_get("/o/{name}", self.open_pixel)
         web_app.router.add_get("/c/{token}", self.click)
+        web_app.router.add_get("/h/{token}", self.honeypot)
 
     async def _resolve(self, data: TokenData) -> tuple[MessageLookup, str | None] | str:
         """The message a verified token names and its recipient address; or why not.
@@ -139,7 +140,7 @@ class RecipientEndpoints:
     async def _record(self, request: web.Request, kind: str, message_id: str,
                       recipient: str | None, link_index: int | None,
                       message: MessageLookup | None, extra: dict[str, Any] | None = None,
-                      ) -> None:
+                      honeypot: bool = False) -> None:
         client = self.inspector.inspect(request.remote, request.headers)
         data: dict[str, Any] = dict(client.data)
         if extra:
@@ -156,6 +157,7 @@ class RecipientEndpoints:
             delivered_at=message["delivered_at"] if message else None,
             sender_submitter=message["submitted_by"] if message else None,
             recipient=recipient, message_id=message_id, link_index=link_index,
+            honeypot=honeypot,
             https=request.headers.get("X-Forwarded-Proto", request.scheme) == "https",
         )
         # The verdict never changes the response: the GIF and the redirect go out anyway.
@@ -223,6 +225,24 @@ class RecipientEndpoints:
             "Cache-Control": "no-store, no-cache, must-revalidate, private",
             "Referrer-Policy": "no-referrer",
         })
+
+    async def honeypot(self, request: web.Request) -> web.Response:
+        """The hidden link of the ``honeypot`` plugin: only machines follow it. The hit is
+        a machine ``click`` (reason ``honeypot``); the answer is the same empty page
+        whatever the token, and never a redirect."""
+        data = self.app.tokens.decode(request.match_info["token"], "honeypot")
+        if data is not None:
+            try:
+                resolved = await self._resolve(data)
+            except Exception as exc:
+                log.warning("honeypot_lookup_failed", message=data.message_id,
+                            error=repr(exc))
+                resolved = "unknown_message"
+            if not isinstance(resolved, str):
+                await self._record(request, "click", data.message_id, resolved[1], None,
+                                   resolved[0], {"honeypot": True}, honeypot=True)
+        return web.Response(text="", content_type="text/html",
+                            headers={"Cache-Control": "no-store", "X-Robots-Tag": "noindex"})
 
     def close(self) -> None:
         self.inspector.close()
