@@ -1,8 +1,9 @@
 """Shared fixtures: a real upstream SMTP server (aiosmtpd) and a real relay in the test's loop.
 
 ``sink`` records every message it accepts and can be told to refuse recipients, answer
-DATA with an error, or hang up mid-DATA. ``make_relay(register=[plugin objects], load_entry_points=False, **sections)`` starts a Relay on
-127.0.0.1 with a free port, pointed at the sink, and stops it after the test.
+DATA with an error, or hang up mid-DATA. ``make_relay(register=[plugin objects],
+load_entry_points=False, **config_sections)`` starts a Relay on 127.0.0.1 with a free
+port, pointed at the sink, and stops it after the test.
 """
 
 from __future__ import annotations
