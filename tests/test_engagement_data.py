@@ -30,11 +30,20 @@ def test_bundled_files_name_version_and_sources() -> None:
     assert "# version:" in apple and "mask-api.icloud.com" in apple
 
 
-def test_bundled_ranges_are_only_the_cited_ones() -> None:
-    data = load_data()
-    assert sorted(map(str, data.microsoft365.networks())) == sorted(
+def test_bundled_range_files_hold_only_the_cited_ones() -> None:
+    # Our own files carry only what the research notes quote; the rest of the ranges
+    # come from the maintained MISP warning lists (next test).
+    from relay.engagement.data import BUNDLED_DIR
+    from relay.engagement.networks import read_networks
+
+    ms = read_networks(BUNDLED_DIR / "microsoft365.json")
+    assert sorted(map(str, ms.networks())) == sorted(
         ["40.107.0.0/16", "104.47.0.0/17", "40.92.0.0/15", "52.96.0.0/12"])
-    assert len(data.apple_relay) == 0 and len(data.cloud) == 0
+    assert len(read_networks(BUNDLED_DIR / "apple_relay.csv")) == 0
+    assert len(read_networks(BUNDLED_DIR / "cloud.json")) == 0
+    data = load_data()
+    for net in ms.networks():
+        assert str(net.network_address) in data.microsoft365
 
 
 def test_package_data_includes_the_engagement_data() -> None:
@@ -157,3 +166,14 @@ def test_engagement_config_section() -> None:
         build_config({"engagement": {"honeypot_windw": 1}})
     env = build_config({}, environ={"TRACKRELAY_ENGAGEMENT__MACHINE_SCORE": "4"})
     assert env.engagement.machine_score == 4
+
+
+def test_network_sets_come_from_the_misp_warninglists_package() -> None:
+    from relay.engagement.data import load_data
+
+    data = load_data()
+    assert "MISP warninglist" in data.files["apple_relay"]
+    assert "amazon-aws" in data.files["cloud"] and "google-gcp" in data.files["cloud"]
+    assert "17.58.1.1" in data.apple_relay  # Apple's own network
+    assert "52.95.110.1" in data.cloud  # an AWS range
+    assert "203.0.113.5" not in data.cloud and "127.0.0.1" not in data.apple_relay
