@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import time
 
 from relay.cli import build_parser
@@ -65,3 +66,22 @@ async def test_contact_and_period_engagement(make_tracker: MakeTracker,
     text = out.getvalue()
     assert "Apple MPP reach         1" in text
     assert "estimated real open rate" in text and "ESTIMATE" in text
+
+    # ... and for one contact, and one message.
+    args = build_parser().parse_args(["stats", "--store", store_url, "--contact",
+                                      "Pat@customer.test"])
+    out = io.StringIO()
+    assert await asyncio.to_thread(tracker_cli.stats, args, out) == 0
+    text = out.getvalue()
+    assert text.startswith("contact pat@customer.test")
+    assert "human unique opens      1" in text and "Apple MPP reach         1" in text
+    args = build_parser().parse_args(["stats", "--store", store_url, "--message",
+                                      c.message_id, "--json"])
+    out = io.StringIO()
+    assert await asyncio.to_thread(tracker_cli.stats, args, out) == 0
+    figures = json.loads(out.getvalue())
+    assert figures["status"] == "not_opened"  # opened only by a script: not opened
+    assert figures["engagement"]["machine_opens_by_reason"] == {"http_library": 1}
+    args = build_parser().parse_args(["stats", "--store", store_url, "--contact",
+                                      "nobody@customer.test"])
+    assert await asyncio.to_thread(tracker_cli.stats, args, io.StringIO()) == 1

@@ -165,7 +165,26 @@ async def _stats(args: argparse.Namespace, out: IO[str]) -> int:
     store = await _open(config)
     try:
         campaign = getattr(args, "campaign", None)
-        if campaign:
+        message = getattr(args, "message", None)
+        contact = getattr(args, "contact", None)
+        if sum(1 for x in (campaign, message, contact) if x) > 1:
+            raise ConfigError("stats: give one of --campaign, --message, --contact")
+        if message:
+            detail = await store.get_message(message)
+            if detail is None:
+                print(f"trackrelay: no message {message!r}", file=sys.stderr)
+                return 1
+            figures = {"sender": detail["sender"], "status": detail["status"],
+                       "engagement": detail["engagement"]}
+            title = f"message {message}"
+        elif contact:
+            report = await store.engagement(recipient=contact)
+            if not report.get("delivered") and not report.get("raw", {}).get("opens"):
+                print(f"trackrelay: no mail to {contact!r}", file=sys.stderr)
+                return 1
+            figures = {"engagement": report}
+            title = f"contact {contact.strip().lower()}"
+        elif campaign:
             stats = await store.campaign_stats(campaign, include_machine=include_machine)
             if stats is None:
                 print(f"trackrelay: no campaign {campaign!r}", file=sys.stderr)
@@ -188,7 +207,8 @@ async def _stats(args: argparse.Namespace, out: IO[str]) -> int:
 
 
 def stats(args: argparse.Namespace, out: IO[str] | None = None) -> int:
-    """``trackrelay stats [--campaign ID] [--include-machine] [--json]``."""
+    """``trackrelay stats [--campaign ID | --message ID | --contact ADDRESS | --hours N]
+    [--include-machine] [--json]``."""
     return asyncio.run(_stats(args, out or sys.stdout))
 
 
@@ -261,6 +281,8 @@ def add_stats_arguments(p: argparse.ArgumentParser) -> None:
     """The ``stats`` subcommand's options (the caller adds ``--config``/``--store``)."""
     p.add_argument("--campaign", metavar="ID", help="a campaign's figures (default: the "
                    "last day's)")
+    p.add_argument("--message", metavar="ID", help="one message's figures")
+    p.add_argument("--contact", metavar="ADDRESS", help="one recipient's figures")
     p.add_argument("--hours", type=float, default=24.0,
                    help="without --campaign: the window in hours (default 24)")
     p.add_argument("--include-machine", action="store_true",
