@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
-from collections.abc import AsyncIterator
 from importlib.metadata import entry_points
 from pathlib import Path
 
 import aiosmtplib
-import asyncpg
 import pytest
 
 import plugins.recorder
@@ -27,20 +24,6 @@ PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 MESSAGE = (b"From: Alice <alice@example.com>\r\nTo: bob@example.org\r\n"
            b"Subject: Quarterly\r\n figures\r\nMessage-ID: <q1@example.com>\r\n\r\nHello\r\n")
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/relay.db"
-        return
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    yield f"{PG_URL}?schema={schema}"
-    conn = await asyncpg.connect(PG_URL)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        await conn.close()
 
 
 async def wait_for_message(store: Store, message_id: str) -> None:

@@ -9,7 +9,6 @@ with ``pytest_plugins = ("tests.tracker_fixtures",)``.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -25,30 +24,10 @@ from relay.tracker.web import DISPATCHER, create_web_app
 from tests.tracker_support import (
     API_TOKENS,
     MAIL_CLIENT_UA,
-    PG_DSN,
     TOKEN_KEY,
     MakeTracker,
     Tracker,
-    pg_available,
 )
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-async def store_url(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/tracker.db"
-        return
-    if not pg_available():
-        pytest.skip("PostgreSQL is not running at 127.0.0.1:5432")
-    import asyncpg
-
-    schema = f"trk_{secrets.token_hex(6)}"
-    yield f"{PG_DSN}?schema={schema}"
-    conn = await asyncpg.connect(PG_DSN)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        await conn.close()
 
 
 @pytest.fixture

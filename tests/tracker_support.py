@@ -7,7 +7,6 @@ The fixtures themselves are in ``tests/tracker_fixtures.py`` (loaded with
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -29,14 +28,6 @@ API_TOKENS = [
     {"token": EXAMPLE_TOKEN, "scope": "example.com", "name": "crm"},
     {"token": OTHER_TOKEN, "scope": "bob@other.test", "name": "bob"},
 ]
-
-
-def pg_available() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 5432), timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 #: What a person's mail client sends when it loads the pixel or follows a link. The
