@@ -18,7 +18,6 @@ from relay.app import App
 from relay.records import LinkRecord, Outcome, Reply, SentMessage, new_id
 from relay.store.base import Store
 
-PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 TOKEN_KEY = "7:tracker-test-key-0123456789abcdef"
 ADMIN_TOKEN = "admin-token-0123456789abcdef"
 EXAMPLE_TOKEN = "example-token-0123456789abcdef"  # scope example.com
