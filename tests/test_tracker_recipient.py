@@ -283,3 +283,14 @@ async def test_store_outage_keeps_opens_and_never_guesses_a_redirect(
     assert events[0]["recipient"] is None
     data = events[0]["data"]
     assert (data["recipient_index"], data["unresolved"]) == (0, True)
+
+
+def test_forwarded_scheme_is_believed_only_from_trusted_proxies() -> None:
+    from relay.tracker.client import ClientAddress
+
+    headers = {"X-Forwarded-Proto": "https"}
+    behind_proxy = ClientAddress(["10.0.0.0/8"], "full")
+    assert behind_proxy.scheme("10.1.2.3", headers, "http") == "https"
+    assert behind_proxy.scheme("203.0.113.9", headers, "http") == "http"  # not a proxy
+    assert behind_proxy.scheme("10.1.2.3", {"X-Forwarded-Proto": "gopher"}, "http") == "http"
+    assert ClientAddress([], "full").scheme("10.1.2.3", headers, "http") == "http"

@@ -64,6 +64,15 @@ class ClientAddress:
     def _is_trusted(self, addr: IPAddress) -> bool:
         return any(addr.version == net.version and addr in net for net in self.trusted)
 
+    def scheme(self, peer: str | None, headers: Any, own: str) -> str:
+        """``X-Forwarded-Proto`` from a trusted proxy, else the connection's own scheme."""
+        addr = _parse_ip(peer) if peer else None
+        if addr is not None and self.trusted and self._is_trusted(addr):
+            forwarded = str(headers.get("X-Forwarded-Proto", "")).split(",")[0].strip()
+            if forwarded in ("http", "https"):
+                return forwarded
+        return own
+
     def real_ip(self, peer: str | None, headers: Any) -> IPAddress | None:
         """The client address: the peer, or the last untrusted hop the proxies name."""
         addr = _parse_ip(peer) if peer else None

@@ -158,7 +158,8 @@ class RecipientEndpoints:
             sender_submitter=message["submitted_by"] if message else None,
             recipient=recipient, message_id=message_id, link_index=link_index,
             honeypot=honeypot,
-            https=request.headers.get("X-Forwarded-Proto", request.scheme) == "https",
+            https=self.inspector.address.scheme(request.remote, request.headers,
+                                                request.scheme) == "https",
         )
         # The verdict never changes the response: the GIF and the redirect go out anyway.
         verdict = await classify_request(self.classifier, facts, self.app.host)
