@@ -179,5 +179,21 @@ async def make_relay(sink: Sink, tmp_path: Any) -> AsyncIterator[MakeRelay]:
         await relay.app.stop()
 
 
+async def wait_listening(port: int, timeout: float = 10.0) -> None:
+    """Until something accepts connections on 127.0.0.1:``port``; fails after ``timeout``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            if loop.time() > deadline:
+                raise AssertionError(f"nothing listens on 127.0.0.1:{port}") from None
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        return
+
+
 def relay_port(relay: Relay) -> int:
     return relay.addresses[0][1]

@@ -14,7 +14,7 @@ from pathlib import Path
 import aiosmtplib
 import pytest
 
-from tests.conftest import MakeRelay, Sink, free_port, relay_port
+from tests.conftest import MakeRelay, Sink, free_port, relay_port, wait_listening
 
 
 async def run(*cmd: str, timeout: float = 60, stdin: bytes | None = None) -> tuple[int, str, str]:
@@ -45,13 +45,7 @@ async def test_smtp_sink_as_upstream(make_relay: MakeRelay, tmp_path: Path) -> N
     proc = await asyncio.create_subprocess_exec(
         "smtp-sink", "-u", "nobody", "-d", f"{dump}/%H%M%S.", f"127.0.0.1:{port}", "50")
     try:
-        for _ in range(50):
-            try:
-                _, w = await asyncio.open_connection("127.0.0.1", port)
-                w.close()
-                break
-            except OSError:
-                await asyncio.sleep(0.1)
+        await wait_listening(port)
         relay = await make_relay(upstream={"port": port})
         body = (b"From: a@example.com\r\nTo: b@example.org\r\nSubject: sink\r\n\r\n"
                 b"line 1\r\n.dot\r\n")
@@ -116,13 +110,7 @@ async def test_serve_capture_and_graceful_sigterm(tmp_path: Path) -> None:
                     str(capture), "--no-http"),
         env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:
-        for _ in range(100):
-            try:
-                _, w = await asyncio.open_connection("127.0.0.1", port)
-                w.close()
-                break
-            except OSError:
-                await asyncio.sleep(0.1)
+        await wait_listening(port)
         client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port)
         await client.connect()
         await client.sendmail("a@example.com", ["b@example.org"],

@@ -109,8 +109,8 @@ class EventRow(TypedDict):
     data: dict[str, Any]
 
 
-class MessageSummary(TypedDict):
-    """A message in a list; ``get_message`` adds links, recipients and the timeline."""
+class MessageFields(TypedDict):
+    """What is stored about every message, as written and as read back."""
 
     id: str  # internal 16-hex id (the one in tokens)
     header_message_id: str
@@ -127,6 +127,11 @@ class MessageSummary(TypedDict):
     delivered_at: float | None
     upstream_reply: str | None
     queue_id: str | None
+
+
+class MessageSummary(MessageFields):
+    """A message in a list; ``get_message`` adds links, recipients and the timeline."""
+
     recipients: list[str]  # every envelope recipient, accepted or refused
     status: str  # MessageStatus
     open_count: int
@@ -261,24 +266,9 @@ def address_hash(address: str) -> str:
     return hashlib.sha256(address.strip().lower().encode("utf-8")).hexdigest()
 
 
-class MessageRecord(TypedDict):
+class MessageRecord(MessageFields):
     """A message as written by ``write_message`` (and as spooled when the db is down)."""
 
-    id: str
-    header_message_id: str
-    sender: str
-    campaign: str | None
-    subject: str | None
-    tracked: bool
-    track_opens: bool
-    track_clicks: bool
-    shared: bool
-    skip_reason: str | None
-    submitted_by: str | None
-    created_at: float
-    delivered_at: float | None
-    upstream_reply: str | None
-    queue_id: str | None
     recipients: list[tuple[str, str, str | None]]  # (address, status, reply)
     links: list[tuple[int, str, str]]  # (index, url, text)
     events: list[dict[str, Any]]  # "sent"/"rejected" event rows (see event_row)
