@@ -95,10 +95,20 @@ async def test_check_config_names_the_key(tmp_path: Path) -> None:
 async def test_plugins_command_lists_hooks() -> None:
     code, out, err = await run(*trackrelay("plugins"))
     assert code == 0, err
-    # Every loaded plugin is listed with its hooks (built-ins come through entry points).
+    # Every built-in is listed as a plugin like any other (through its entry point), each
+    # followed by the hooks it implements.
+    blocks: dict[str, list[str]] = {}
+    current = ""
     for line in out.splitlines():
-        if line and not line.startswith(" ") and not line.endswith("disabled"):
-            assert ":" in line
+        if line.startswith("    "):
+            blocks[current].append(line.strip())
+        else:
+            current = line.split(":")[0]
+            blocks[current] = []
+    assert {"pixel", "links", "tracking_policy", "recorder", "suppression"} <= set(blocks)
+    assert blocks["pixel"] == ["trackrelay_edit_html"]
+    assert "trackrelay_check_recipient" in blocks["suppression"]
+    assert all(hooks for hooks in blocks.values())
 
 
 async def test_serve_capture_and_graceful_sigterm(tmp_path: Path) -> None:
