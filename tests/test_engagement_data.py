@@ -151,6 +151,18 @@ def test_parse_ip_unwraps_and_rejects() -> None:
     assert "junk" not in NetworkSet(["0.0.0.0/0"])
 
 
+def test_parse_ip_remembers_addresses_not_junk() -> None:
+    from relay.engagement import networks
+
+    cache = networks._parse_ip_cached
+    cache.cache_clear()
+    assert parse_ip("192.0.2.7") is parse_ip("192.0.2.7")  # parsed once, then remembered
+    assert (cache.cache_info().misses, cache.cache_info().hits) == (1, 1)
+    assert cache.cache_info().maxsize == networks.ADDRESS_CACHE_SIZE
+    assert str(parse_ip(" " * 70 + "192.0.2.8")) == "192.0.2.8"  # long: parsed, not kept
+    assert cache.cache_info().currsize == 1
+
+
 def test_engagement_config_section() -> None:
     cfg = build_config({"engagement": {"instant_seconds": 5, "org_networks": ["10.0.0.0/8"]}})
     assert cfg.engagement.instant_seconds == 5.0

@@ -305,3 +305,13 @@ def test_select_headers_keeps_what_the_rules_read(classifier: Classifier) -> Non
     assert picked == {"sec-purpose": "prefetch", "sec-fetch-user": "?1"}
     v = classifier.classify(RequestFacts("click", user_agent=CHROME, headers=picked))
     assert v.reasons == ["prefetch"]
+
+
+def test_select_headers_from_a_request_is_case_insensitive_and_keeps_the_last() -> None:
+    from multidict import CIMultiDict, CIMultiDictProxy
+
+    raw = CIMultiDict([("SEC-FETCH-MODE", "no-cors"), ("Cookie", "secret=1"),
+                       ("Accept", "image/*"), ("accept", "*/*"), ("X-Native-Host", "x")])
+    expected = {"sec-fetch-mode": "no-cors", "accept": "*/*", "x-native-host": "x"}
+    assert select_headers(CIMultiDictProxy(raw)) == expected
+    assert select_headers(raw) == expected == select_headers(dict(raw.items()))

@@ -626,3 +626,42 @@ async def test_suppression_added_after_a_negative_answer_applies_at_once(
     assert row is not None and row["reason"] == "hard_bounce"
     assert await store.remove_suppression("late@example.org")
     assert await store.find_suppression("late@example.org", [""]) is None
+
+
+def test_event_rows_and_parameters_keep_their_format() -> None:
+    """Spool lines are replayed by later versions, and stored columns read back: the row
+    of an event and the values bound for it stay exactly what they were."""
+    from relay.store.postgres import _columns
+    from relay.store.sqlite import _event_params
+
+    event = Event("open", mid(1), "Carol@Customer.test", time=1700000000.25,
+                  ip="198.51.100.0", user_agent="Mozilla/5.0", machine=True,
+                  machine_reason="apple_mpp",
+                  data={"client": "Apple Mail", "os": "iOS", "device": "mobile",
+                        "country": None, "region": None, "city": None, "verdict": "machine",
+                        "reasons": ("apple_mpp", "apple_relay_ip"), "proxy": "apple",
+                        "score": 0, "event_id": "old-id", "location_hidden": True})
+    row = event_row("ev-1", event)
+    assert json.dumps({"k": "e", "r": row}, separators=(",", ":")) == (
+        '{"k":"e","r":{"id":"ev-1","type":"open","time":1700000000.25,"message_id":"'
+        + mid(1) + '","recipient":"carol@customer.test","link_index":null,'
+        '"ip":"198.51.100.0","user_agent":"Mozilla/5.0","machine":true,'
+        '"machine_reason":"apple_mpp","client":"Apple Mail","os":"iOS","device":"mobile",'
+        '"country":null,"region":null,"city":null,"verdict":"machine",'
+        '"reasons":["apple_mpp","apple_relay_ip"],"proxy":"apple",'
+        '"data":{"score":0,"location_hidden":true}}}')
+    assert event.data["event_id"] == "old-id"  # the event itself is left alone
+    assert _event_params(row) == (
+        "ev-1", "open", 1700000000.25, mid(1), "carol@customer.test", None, "198.51.100.0",
+        "Mozilla/5.0", "Apple Mail", "iOS", "mobile", None, None, None, 1, "apple_mpp",
+        "machine", '["apple_mpp", "apple_relay_ip"]', "apple",
+        '{"score": 0, "location_hidden": true}')
+    bare = event_row("ev-2", Event("click", mid(1), None, time=5, link_index=2, data=None))
+    assert bare["data"] == {} and bare["reasons"] == [] and bare["time"] == 5.0
+    # A row spooled by an older version may lack the newer columns.
+    old = {"id": "old", "type": "open", "time": 1.5, "message_id": mid(1), "machine": 1,
+           "data": {"a": 1}}
+    assert _event_params(old) == ("old", "open", 1.5, mid(1), None, None, None, None, None,
+                                  None, None, None, None, None, 1, None, None, "[]", None,
+                                  '{"a": 1}')
+    assert _columns([old])[-3:] == [["[]"], [None], ['{"a": 1}']]

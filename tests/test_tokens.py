@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -72,3 +74,21 @@ def test_key_rotation() -> None:
     assert rotated.decode(new_token) is not None and rotated.decode(new_token).key_id == 2
     retired = TokenCodec([KEY_B])
     assert retired.decode(token) is None
+
+
+@given(st.binary(min_size=16, max_size=200), st.integers(0, 2**20), st.integers(0, 2**20))
+def test_mac_is_hmac_sha256_of_the_body(secret: bytes, rcpt: int, link: int) -> None:
+    """Tokens stay what earlier versions issued: HMAC-SHA256 truncated to 10 bytes, for
+    keys shorter than, equal to and longer than SHA-256's 64-byte block."""
+    token = TokenCodec([(9, secret)]).encode("click", MID, rcpt, link)
+    raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    body, mac = raw[:-10], raw[-10:]
+    assert mac == hmac.new(secret, body, hashlib.sha256).digest()[:10]
+
+
+def test_token_issued_by_an_earlier_version_still_verifies() -> None:
+    body = bytes((1, 2, 1)) + bytes.fromhex(MID) + bytes((3, 17))
+    mac = hmac.new(KEY_A[1], body, hashlib.sha256).digest()[:10]
+    token = base64.urlsafe_b64encode(body + mac).rstrip(b"=").decode()
+    data = TokenCodec([KEY_A]).decode(token, "click")
+    assert data is not None and (data.recipient_index, data.link_index) == (3, 17)

@@ -220,6 +220,30 @@ def test_client_address_does_not_believe_untrusted_chains() -> None:
     assert str(ca.real_ip("::ffff:10.1.1.1", {"X-Forwarded-For": "1.2.3.4"})) == "1.2.3.4"
 
 
+def test_client_addresses_are_parsed_once_per_process(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from relay.engagement import networks
+    from relay.tracker import client
+
+    cache = networks._parse_ip_cached  # shared with the classifier's parse_ip
+    cache.cache_clear()
+    ca = ClientAddress(["10.0.0.0/8"], "full")
+    for _ in range(3):
+        assert str(ca.real_ip("10.1.1.1", {"X-Forwarded-For": "1.2.3.4:5678"})) == "1.2.3.4"
+    assert (cache.cache_info().misses, cache.cache_info().hits) == (2, 4)
+    assert networks.parse_ip("1.2.3.4") is ca.real_ip("10.1.1.1", {"X-Forwarded-For": "1.2.3.4"})
+    junk = "x" * 500  # a forwarded header's junk is parsed, not remembered
+    assert str(ca.real_ip("10.1.1.1", {"X-Forwarded-For": junk})) == "10.1.1.1"
+    assert cache.cache_info().currsize == 2
+    truncated = ClientAddress([], "truncated")
+    assert [truncated.stored(client._parse_ip(a)) for a in ("192.0.2.77", "2001:db8:1:2::5")] \
+        == ["192.0.2.0", "2001:db8:1::"]
+    # No trusted proxy: the scheme is the connection's own, the peer is not even parsed.
+    monkeypatch.setattr(client, "_parse_ip", lambda value: pytest.fail("parsed " + value))
+    headers = {"X-Forwarded-Proto": "https"}
+    assert ClientAddress([], "full").scheme("10.1.2.3", headers, "http") == "http"
+
+
 def test_user_agent_parsing() -> None:
     assert parse_user_agent(IPHONE_UA)["device"] == "mobile"
     assert parse_user_agent(DESKTOP_UA) == {"client": "Chrome", "os": "Windows",

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from multidict import CIMultiDict, CIMultiDictProxy
+
 #: The request headers the rules read (lower-case names). The tracker may pass more;
 #: only these are looked at.
 HEADERS_READ: tuple[str, ...] = (
@@ -21,8 +23,18 @@ HEADERS_READ: tuple[str, ...] = (
 
 def select_headers(headers: Mapping[str, str]) -> dict[str, str]:
     """The headers the rules read, with lower-case names (e.g. from an aiohttp
-    ``request.headers``, which is case-insensitive)."""
+    ``request.headers``, which is case-insensitive). A repeated header gives its last
+    value."""
     out: dict[str, str] = {}
+    if isinstance(headers, CIMultiDictProxy | CIMultiDict):
+        # Case-insensitive: look up the few names read rather than scan every header
+        # a browser sends (the pixel path calls this on every hit).
+        getall = headers.getall
+        for key in HEADERS_READ:
+            values = getall(key, None)
+            if values:
+                out[key] = values[-1]
+        return out
     for name, value in headers.items():
         key = name.lower()
         if key in HEADERS_READ:

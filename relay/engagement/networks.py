@@ -14,6 +14,7 @@ column) and plain text with one CIDR per line (``#`` comments).
 from __future__ import annotations
 
 import bisect
+import functools
 import ipaddress
 import json
 from collections.abc import Iterable
@@ -93,10 +94,23 @@ class NetworkSet:
         return addr is not None and self.contains_address(addr)
 
 
+#: Distinct address strings whose parse :func:`parse_ip` remembers.
+ADDRESS_CACHE_SIZE = 4096
+
+
 def parse_ip(ip: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """An address object, IPv4-mapped IPv6 unwrapped; ``None`` for junk or ``None``."""
+    """An address object, IPv4-mapped IPv6 unwrapped; ``None`` for junk or ``None``.
+
+    Memoised for address-sized strings: the classifier parses the client address of
+    every pixel hit, and ``ipaddress`` parsing costs more than the rest of a lookup."""
     if not ip:
         return None
+    if len(ip) > 64:
+        return _parse_ip(ip)
+    return _parse_ip_cached(ip)
+
+
+def _parse_ip(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
         addr = ipaddress.ip_address(ip.strip().split("%", 1)[0])
     except ValueError:
@@ -104,6 +118,9 @@ def parse_ip(ip: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | 
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         return addr.ipv4_mapped
     return addr
+
+
+_parse_ip_cached = functools.lru_cache(maxsize=ADDRESS_CACHE_SIZE)(_parse_ip)
 
 
 def _walk_json(node: Any, out: list[str], under_key: bool = False) -> None:

@@ -8,7 +8,6 @@ schema, created if missing), ``pool_min`` and ``pool_max`` (pool size).
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import time
 from typing import Any
@@ -17,7 +16,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import asyncpg
 
 from relay.store.base import MessageRecord, StoreError
-from relay.store.records import EVENT_COLUMNS
+from relay.store.records import EVENT_COLUMNS, dump_json
 from relay.store.schema import MIGRATIONS, MIGRATIONS_TABLE, render
 from relay.store.sql import SqlStore, Step
 
@@ -47,14 +46,14 @@ _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 def _columns(rows: list[dict[str, Any]]) -> list[list[Any]]:
     """Rows -> one list per column (for ``unnest``), JSON columns encoded."""
-    dumps = json.dumps
+    dumps = dump_json
     tuples = [
         (r["id"], r["type"], float(r["time"]), r["message_id"], r.get("recipient"),
          r.get("link_index"), r.get("ip"), r.get("user_agent"), r.get("client"), r.get("os"),
          r.get("device"), r.get("country"), r.get("region"), r.get("city"),
          bool(r.get("machine")), r.get("machine_reason"), r.get("verdict"),
-         dumps(r["reasons"]) if r.get("reasons") else "[]", r.get("proxy"),
-         dumps(r["data"]) if r.get("data") else "{}")
+         dumps(reasons) if (reasons := r.get("reasons")) else "[]", r.get("proxy"),
+         dumps(data) if (data := r.get("data")) else "{}")
         for r in rows
     ]
     return [list(column) for column in zip(*tuples, strict=True)]

@@ -6,6 +6,7 @@ unchanged and replay them later.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,6 +30,9 @@ _EVENT_FIELDS = frozenset(getattr(Event, "__dataclass_fields__", {}))
 #: LIFTED names that the Event dataclass itself has as fields (none today; the tracker
 #: and issue 6 may add some): only those are read as attributes, the rest from ``data``.
 _LIFTED_ATTRS = tuple(k for k in LIFTED if k in _EVENT_FIELDS)
+#: ``json.dumps`` with its default options, minus its per-call option checks (the
+#: writer encodes two JSON columns per event).
+dump_json = json.JSONEncoder().encode
 
 
 def event_row(event_id: str, event: Event) -> dict[str, Any]:

@@ -8,7 +8,7 @@ the writer, ``busy_timeout`` so several processes may share the file.
 from __future__ import annotations
 
 import asyncio
-import json
+import functools
 import sqlite3
 import time
 from collections.abc import Callable
@@ -17,14 +17,22 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from relay.store.base import MessageRecord, StoreError
-from relay.store.records import EVENT_COLUMNS, event_values
+from relay.store.records import EVENT_COLUMNS, dump_json
 from relay.store.schema import MIGRATIONS, MIGRATIONS_TABLE, render
 from relay.store.sql import SqlStore, Step
 
 R = TypeVar("R")
 
-INSERT_EVENT = (f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) "
-                f"VALUES ({', '.join('?' for _ in EVENT_COLUMNS)}) ON CONFLICT (id) DO NOTHING")
+_EVENT_ROW = f"({', '.join('?' for _ in EVENT_COLUMNS)})"
+#: Rows per multi-row INSERT; capped by the library's bound-variable limit at connect.
+EVENT_ROWS_PER_STATEMENT = 100
+
+
+@functools.cache
+def insert_events_sql(rows: int) -> str:
+    """One INSERT of ``rows`` events (duplicate ids skipped, so replays are harmless)."""
+    return (f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES "
+            + ", ".join(_EVENT_ROW for _ in range(rows)) + " ON CONFLICT (id) DO NOTHING")
 INSERT_MESSAGE = (
     "INSERT INTO messages (id, header_message_id, sender, sender_domain, campaign, subject, "
     "tracked, track_opens, track_clicks, shared, skip_reason, submitted_by, created_at, "
@@ -51,11 +59,16 @@ def _dict_row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> dict[str, Any]:
 
 
 def _event_params(row: dict[str, Any]) -> tuple[Any, ...]:
-    values = list(event_values(row))
-    values[EVENT_COLUMNS.index("machine")] = 1 if row.get("machine") else 0
-    values[EVENT_COLUMNS.index("reasons")] = json.dumps(row.get("reasons") or [])
-    values[EVENT_COLUMNS.index("data")] = json.dumps(row.get("data") or {})
-    return tuple(values)
+    """A row's values in EVENT_COLUMNS order, JSON columns encoded: spelled out, since
+    the writer calls it per event (rows replayed from old spools may lack keys)."""
+    get = row.get
+    reasons, data = get("reasons"), get("data")
+    return (get("id"), get("type"), get("time"), get("message_id"), get("recipient"),
+            get("link_index"), get("ip"), get("user_agent"), get("client"), get("os"),
+            get("device"), get("country"), get("region"), get("city"),
+            1 if get("machine") else 0, get("machine_reason"), get("verdict"),
+            dump_json(reasons) if reasons else "[]", get("proxy"),
+            dump_json(data) if data else "{}")
 
 
 class SqliteStore(SqlStore):
@@ -68,6 +81,7 @@ class SqliteStore(SqlStore):
         self.busy_timeout = busy_timeout
         self._conn: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self._rows_per_insert = EVENT_ROWS_PER_STATEMENT
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -86,6 +100,9 @@ class SqliteStore(SqlStore):
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
+        limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+        self._rows_per_insert = max(1, min(EVENT_ROWS_PER_STATEMENT,
+                                           limit // len(EVENT_COLUMNS)))
         return conn
 
     async def connect(self) -> None:
@@ -191,7 +208,7 @@ class SqliteStore(SqlStore):
 
         def run(conn: sqlite3.Connection) -> int:
             before = conn.total_changes
-            conn.executemany(INSERT_EVENT, params)
+            self._insert_events(conn, params)
             return conn.total_changes - before
 
         return await self._call(self._tx, run)
@@ -231,6 +248,16 @@ class SqliteStore(SqlStore):
                 conn.executemany(
                     "INSERT INTO links (message_id, idx, url, text) VALUES (?, ?, ?, ?) "
                     "ON CONFLICT DO NOTHING", links)
-            conn.executemany(INSERT_EVENT, events)
+            self._insert_events(conn, events)
 
         return run
+
+    def _insert_events(self, conn: sqlite3.Connection, params: list[tuple[Any, ...]]) -> None:
+        """Many rows per statement: the sqlite3 module releases the GIL once per statement
+        it steps, and each re-acquisition waits for the busy event loop (up to the switch
+        interval), so one row per statement starves both threads under load."""
+        step = self._rows_per_insert
+        for start in range(0, len(params), step):
+            chunk = params[start:start + step]
+            conn.execute(insert_events_sql(len(chunk)),
+                         [value for row in chunk for value in row])

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from relay.config import TrackerConfig
+from relay.engagement.networks import parse_ip
 from relay.logs import get_logger
 
 log = get_logger("relay.tracker.client")
@@ -26,12 +27,24 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+#: The part of an address ``tracker.ip_mode = "truncated"`` keeps: its /24 or /48.
+_KEEP = {4: (1 << 32) - (1 << 8), 6: (1 << 128) - (1 << 80)}
+
+
 def _parse_ip(value: str) -> IPAddress | None:
+    """A peer or forwarded-for value as an address (port, brackets and quotes removed,
+    IPv4-mapped unwrapped); ``None`` for junk.
+
+    A plain address goes to the classifier's memoised ``parse_ip`` (same answer): a
+    client's address is then parsed once per process, not per request and again by the
+    classifier; ``ipaddress`` parsing is the dearest step of a pixel hit."""
     value = value.strip().strip('"')
     if value.startswith("["):  # [v6]:port in Forwarded
         value = value[1:].partition("]")[0]
     elif value.count(":") == 1:  # v4:port
         value = value.partition(":")[0]
+    if "%" not in value and value == value.strip():  # parse_ip would cut or strip these
+        return parse_ip(value)
     try:
         addr = ipaddress.ip_address(value)
     except ValueError:
@@ -66,8 +79,10 @@ class ClientAddress:
 
     def scheme(self, peer: str | None, headers: Any, own: str) -> str:
         """``X-Forwarded-Proto`` from a trusted proxy, else the connection's own scheme."""
+        if not self.trusted:
+            return own  # nothing to parse: no proxy is believed
         addr = _parse_ip(peer) if peer else None
-        if addr is not None and self.trusted and self._is_trusted(addr):
+        if addr is not None and self._is_trusted(addr):
             forwarded = str(headers.get("X-Forwarded-Proto", "")).split(",")[0].strip()
             if forwarded in ("http", "https"):
                 return forwarded
@@ -96,9 +111,8 @@ class ClientAddress:
         """The address as it is recorded, per ``tracker.ip_mode``."""
         if addr is None or self.ip_mode == "none":
             return None
-        if self.ip_mode == "truncated":
-            prefix = 24 if addr.version == 4 else 48
-            return str(ipaddress.ip_network(f"{addr}/{prefix}", strict=False).network_address)
+        if self.ip_mode == "truncated":  # the network's address, by a mask: no parsing
+            return str(type(addr)(int(addr) & _KEEP[addr.version]))
         return str(addr)
 
 
@@ -175,6 +189,7 @@ class GeoLookup:
 class ClientInfo:
     ip: str | None  # as stored (per tracker.ip_mode)
     user_agent: str | None
+    #: Client, OS, device and location: a new dict for every ``inspect`` call.
     data: dict[str, str | None]
     #: The whole address, for classification only (Apple relay or cloud ranges); never stored.
     real_ip: str | None = None

@@ -24,6 +24,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from relay import metrics
 from relay.engagement.facts import RequestFacts, select_headers
@@ -46,12 +47,13 @@ PIXEL_GIF = (
     b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00\x00\x00"
     b"\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;"
 )
-PIXEL_HEADERS = {
+#: Read-only and already case-insensitive: aiohttp copies it per response cheaply.
+PIXEL_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict({
     "Content-Type": "image/gif",
     "Cache-Control": "no-store, no-cache, must-revalidate, private",
     "Expires": "0",
     "Pragma": "no-cache",
-}
+}))
 NOT_FOUND_HTML = (
     "<!doctype html><html><head><title>Link not found</title></head>"
     "<body><h1>Link not found</h1><p>This link is not valid.</p></body></html>"
@@ -141,8 +143,9 @@ class RecipientEndpoints:
                       recipient: str | None, link_index: int | None,
                       message: MessageLookup | None, extra: dict[str, Any] | None = None,
                       honeypot: bool = False) -> None:
-        client = self.inspector.inspect(request.remote, request.headers)
-        data: dict[str, Any] = dict(client.data)
+        peer, headers = request.remote, request.headers
+        client = self.inspector.inspect(peer, headers)
+        data: dict[str, Any] = client.data  # fresh per call: the event may own it
         if extra:
             data.update(extra)
         now = time.time()
@@ -153,13 +156,12 @@ class RecipientEndpoints:
         facts = RequestFacts(
             kind="open" if kind == "open" else "click", method=request.method,
             user_agent=client.user_agent, ip=client.real_ip,
-            headers=select_headers(request.headers), time=now,
+            headers=select_headers(headers), time=now,
             delivered_at=message["delivered_at"] if message else None,
             sender_submitter=message["submitted_by"] if message else None,
             recipient=recipient, message_id=message_id, link_index=link_index,
             honeypot=honeypot,
-            https=self.inspector.address.scheme(request.remote, request.headers,
-                                                request.scheme) == "https",
+            https=self.inspector.address.scheme(peer, headers, request.scheme) == "https",
         )
         # The verdict never changes the response: the GIF and the redirect go out anyway.
         verdict = await classify_request(self.classifier, facts, self.app.host)
