@@ -23,6 +23,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from relay.app import App
 from relay.config import parse_hostport
 from relay.inbound import InboundError, process
+from relay.listeners import Listeners
 from relay.logs import get_logger
 from relay.records import Reply
 from relay.smtp_server import RelaySMTP
@@ -98,6 +99,8 @@ class BounceListener:
         self.protocols: weakref.WeakSet[RelaySMTP] = weakref.WeakSet()
         self.closing = False
         self.busy = 0
+        #: Sockets inherited from the supervisor (relay.workers); empty in one process.
+        self.listeners = Listeners()
 
     @property
     def enabled(self) -> bool:
@@ -126,7 +129,11 @@ class BounceListener:
         loop = asyncio.get_running_loop()
         for i, addr in enumerate(self.config.bounces.listen):
             host, port = parse_hostport(addr, f"bounces.listen[{i}]")
-            server = await loop.create_server(self._factory, host, port)
+            sock = self.listeners.take(f"bounces.listen[{i}]")
+            if sock is not None:
+                server = await loop.create_server(self._factory, sock=sock)
+            else:
+                server = await loop.create_server(self._factory, host, port)
             self.servers.append(server)
             self.addresses.append(server.sockets[0].getsockname()[:2])
         log.info("bounce_listening", addresses=[f"{h}:{p}" for h, p in self.addresses],

@@ -21,6 +21,12 @@ def _add_config(p: argparse.ArgumentParser) -> None:
                    help="TOML config file (default: built-in defaults + environment)")
 
 
+def _add_workers(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="worker processes sharing the listening sockets "
+                        "(replaces process.workers; about one per core)")
+
+
 def _overrides(args: argparse.Namespace, config: Config) -> Config:
     """Apply the command-line overrides for the common keys, validating them like the file."""
     smtp_listen = getattr(args, "smtp_listen", None)
@@ -63,22 +69,36 @@ def _configure_logs(config: Config) -> None:
 # --- subcommands ---------------------------------------------------------------------------
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    from relay.server import run
+def _run_services(args: argparse.Namespace, *, smtp: bool, http: bool) -> int:
+    """One process, or a supervisor of ``process.workers`` worker processes."""
+    from relay import workers
 
     config = _load(args)
+    if args.workers is not None:
+        if not 1 <= args.workers <= 64:
+            raise ConfigError(f"--workers: must be from 1 to 64, got {args.workers}")
+        config.process.workers = args.workers
     _configure_logs(config)
-    asyncio.run(run(config, smtp=True, http=not args.no_http))
+    index = workers.worker_index()
+    if index is None and config.process.workers > 1:
+        return workers.supervise(config, args.argv, smtp=smtp, http=http)
+    from relay.listeners import Listeners
+    from relay.server import run
+
+    if index is not None:
+        import structlog
+
+        structlog.contextvars.bind_contextvars(worker=index)
+    asyncio.run(run(config, smtp=smtp, http=http, listeners=Listeners.from_environ()))
     return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    return _run_services(args, smtp=True, http=not args.no_http)
 
 
 def cmd_tracker(args: argparse.Namespace) -> int:
-    from relay.server import run
-
-    config = _load(args)
-    _configure_logs(config)
-    asyncio.run(run(config, smtp=False, http=True))
-    return 0
+    return _run_services(args, smtp=False, http=True)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -152,12 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--http-listen", metavar="HOST:PORT", help="tracker HTTP listen address")
     p.add_argument("--store", metavar="URL", help="store URL (sqlite:///… or postgresql://…)")
     p.add_argument("--no-http", action="store_true", help="run the SMTP relay only")
+    _add_workers(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("tracker", help="run the tracker (HTTP) alone")
     _add_config(p)
     p.add_argument("--http-listen", metavar="HOST:PORT", help="tracker HTTP listen address")
     p.add_argument("--store", metavar="URL", help="store URL")
+    _add_workers(p)
     p.set_defaults(func=cmd_tracker)
 
     p = sub.add_parser("check-config", help="validate a config file and its plugins")
@@ -240,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return int(args.func(args))
     except ConfigError as exc:

@@ -279,6 +279,12 @@ class LogConfig:
 
 
 @dataclass
+class ProcessConfig:
+    #: Worker processes for ``serve`` and ``tracker`` (1: everything in one process).
+    workers: int = 1
+
+
+@dataclass
 class PluginsConfig:
     disabled: list[str] = field(default_factory=list)
 
@@ -296,6 +302,7 @@ class Config:
     suppression: SuppressionConfig = field(default_factory=SuppressionConfig)
     unsubscribe: UnsubscribeConfig = field(default_factory=UnsubscribeConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    process: ProcessConfig = field(default_factory=ProcessConfig)
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
     #: ``[plugins.<name>]`` tables, checked by each plugin at start-up.
     plugin_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -494,6 +501,8 @@ def validate(config: Config) -> None:
         if getattr(st, key) <= 0:
             raise ConfigError(f"store.{key}: must be a positive number of seconds, "
                               f"got {getattr(st, key)}")
+    if not 1 <= config.process.workers <= 64:
+        raise ConfigError(f"process.workers: must be from 1 to 64, got {config.process.workers}")
     validate_tracker(config.tracker)
     validate_engagement(config.engagement)
     validate_deliverability(config)

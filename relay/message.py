@@ -50,6 +50,9 @@ class MessageDraft:
         self._newline = b"\n" if bare_lf else b"\r\n"
         if self._headers and not self._headers[-1].endswith(b"\n"):
             self._headers[-1] += self._newline
+        #: Lower-cased names of ``_headers``, found on first use (several plugins look up
+        #: headers in every message); None again after each header edit.
+        self._names: list[bytes] | None = None
         self.changed = False
 
     # --- headers -------------------------------------------------------------------------
@@ -57,12 +60,20 @@ class MessageDraft:
     def _name(self, line: bytes) -> bytes:
         return line.split(b":", 1)[0].strip().lower()
 
+    def _header_names(self) -> list[bytes]:
+        if self._names is None:
+            self._names = [self._name(line) for line in self._headers]
+        return self._names
+
     def get_all(self, name: str) -> list[str]:
         """Values of every header called ``name``, unfolded and RFC 2047-decoded."""
         want = name.lower().encode()
+        names = self._header_names()
+        if want not in names:
+            return []
         out = []
-        for line in self._headers:
-            if self._name(line) == want:
+        for line, line_name in zip(self._headers, names, strict=True):
+            if line_name == want:
                 value = line.split(b":", 1)[1].decode("utf-8", "replace")
                 value = re.sub(r"\r?\n[ \t]", " ", value).strip()
                 if "=?" in value:  # only RFC 2047 encoded words need decoding
@@ -80,18 +91,21 @@ class MessageDraft:
     def remove_header(self, name: str) -> int:
         """Drop every header called ``name``; returns how many were removed."""
         want = name.lower().encode()
+        names = self._header_names()
+        if want not in names:
+            return 0
         before = len(self._headers)
-        self._headers = [h for h in self._headers if self._name(h) != want]
-        removed = before - len(self._headers)
-        if removed:
-            self.changed = True
-        return removed
+        self._headers = [h for h, n in zip(self._headers, names, strict=True) if n != want]
+        self._names = None
+        self.changed = True
+        return before - len(self._headers)
 
     def add_header(self, name: str, value: str) -> None:
         """Append a header at the end of the header block (values must be ASCII-safe)."""
         if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
             raise ValueError("header names and values cannot contain line breaks")
         self._headers.append(f"{name}: {value}".encode() + self._newline)
+        self._names = None
         self.changed = True
 
     def prepend_header(self, name: str, value: str) -> None:
@@ -99,6 +113,7 @@ class MessageDraft:
         if "\r" in value or "\n" in value:
             raise ValueError("header values cannot contain line breaks")
         self._headers.insert(0, f"{name}: {value}".encode() + self._newline)
+        self._names = None
         self.changed = True
 
     # --- body ----------------------------------------------------------------------------

@@ -1,11 +1,24 @@
 """Prometheus metrics, served by the tracker at /metrics.
 
-One module so an admin (and a reader) finds every metric name in one place.
+One module so an admin (and a reader) finds every metric name in one place. With
+several worker processes (``process.workers``) each worker writes its values to files in
+``PROMETHEUS_MULTIPROC_DIR`` (set by the supervisor before the worker imports this) and
+``/metrics`` answers the sum over workers, whichever worker the scrape reaches.
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
 SMTP_TRANSACTIONS = Counter(
     "trackrelay_smtp_transactions_total",
@@ -17,7 +30,9 @@ SMTP_RECIPIENTS = Counter(
     "RCPT commands by result (accepted, refused_local, refused_upstream, tempfail)",
     ["result"],
 )
-SMTP_SESSIONS = Gauge("trackrelay_smtp_sessions", "Open client SMTP sessions")
+# Gauges say how to combine workers' values (process.workers > 1): live processes, summed.
+SMTP_SESSIONS = Gauge("trackrelay_smtp_sessions", "Open client SMTP sessions",
+                      multiprocess_mode="livesum")
 PLUGIN_ERRORS = Counter(
     "trackrelay_plugin_errors_total", "Exceptions raised by plugin hooks", ["hook"]
 )
@@ -64,11 +79,13 @@ API_REQUESTS = Counter(
 )
 # --- store (relay/store) ---------------------------------------------------------------
 EVENT_QUEUE_DEPTH = Gauge(
-    "trackrelay_event_queue_depth", "Events waiting in memory for the store's batch writer"
+    "trackrelay_event_queue_depth", "Events waiting in memory for the store's batch writer",
+    multiprocess_mode="livesum",
 )
 EVENT_SPOOL_BYTES = Gauge(
     "trackrelay_event_spool_bytes",
     "Size of the local spool file(s) holding events while the database is unreachable",
+    multiprocess_mode="livesum",
 )
 EVENTS_WRITTEN = Counter(
     "trackrelay_events_written_total", "Events written to the store, by type", ["type"]
@@ -81,3 +98,12 @@ STORE_WRITE_ERRORS = Counter(
     "Failed store writes (the data went to the spool), by operation (events, message)",
     ["operation"],
 )
+
+
+def exposition() -> tuple[bytes, str]:
+    """The /metrics body and content type: this process's, or every worker's summed."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST

@@ -7,8 +7,8 @@ objects in hooks, so they are plain dataclasses with no behaviour that needs I/O
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -60,8 +60,14 @@ class Reply:
 
 
 def new_id() -> str:
-    """A short random id, used for transactions (log correlation) and internal message ids."""
-    return uuid.uuid4().hex[:16]
+    """A short random id, used for transactions (log correlation) and internal message ids.
+
+    The first 16 hex digits of a random UUID (digit 12 is its version, 4), made without
+    the UUID object: two per transaction.
+    """
+    head = bytearray(os.urandom(8))
+    head[6] = (head[6] & 0x0F) | 0x40
+    return head.hex()
 
 
 @dataclass

@@ -16,6 +16,7 @@ from aiohttp import web
 from relay.app import App
 from relay.bounce_listener import BounceListener
 from relay.config import Config, parse_hostport
+from relay.listeners import Listeners
 from relay.logs import get_logger
 from relay.smtp_server import Relay
 
@@ -31,14 +32,20 @@ def _web_app(app: App) -> web.Application:
 class Services:
     """Started services of one process; ``stop()`` undoes ``start()`` in reverse order."""
 
-    def __init__(self, config: Config, *, smtp: bool = True, http: bool = True) -> None:
+    def __init__(self, config: Config, *, smtp: bool = True, http: bool = True,
+                 listeners: Listeners | None = None) -> None:
         self.config = config
+        self.listeners = listeners or Listeners()
         self.app = App(config)
         self.relay: Relay | None = Relay(self.app) if smtp else None
         self.bounces: BounceListener | None = BounceListener(self.app) if smtp else None
         self.http = http
         self.runner: web.AppRunner | None = None
         self.http_address: tuple[str, int] | None = None
+        if self.relay is not None:
+            self.relay.listeners = self.listeners
+        if self.bounces is not None:
+            self.bounces.listeners = self.listeners
 
     async def start(self) -> None:
         await self.app.start()
@@ -48,7 +55,10 @@ class Services:
                 self.runner = web.AppRunner(_web_app(self.app), access_log=None,
                                             handle_signals=False)
                 await self.runner.setup()
-                site = web.TCPSite(self.runner, host, port, reuse_address=True)
+                sock = self.listeners.take("http.listen")
+                site: web.BaseSite = (web.SockSite(self.runner, sock) if sock is not None
+                                      else web.TCPSite(self.runner, host, port,
+                                                       reuse_address=True))
                 await site.start()
                 server: Any = site._server
                 self.http_address = server.sockets[0].getsockname()[:2]
@@ -72,8 +82,9 @@ class Services:
         await self.app.stop()
 
 
-async def run(config: Config, *, smtp: bool = True, http: bool = True) -> None:
-    services = Services(config, smtp=smtp, http=http)
+async def run(config: Config, *, smtp: bool = True, http: bool = True,
+              listeners: Listeners | None = None) -> None:
+    services = Services(config, smtp=smtp, http=http, listeners=listeners)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

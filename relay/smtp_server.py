@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import re
 import ssl
 import time
+from email._header_value_parser import get_addr_spec, get_angle_addr
+from email.errors import HeaderParseError
 from typing import Any
 
 import structlog
@@ -24,6 +27,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from relay.app import App
 from relay.auth import UsersFileAuthenticator
 from relay.config import parse_hostport
+from relay.listeners import Listeners
 from relay.logs import get_logger
 from relay.metrics import (
     PLUGIN_ERRORS,
@@ -66,10 +70,42 @@ def queue_id_of(reply: Reply) -> str | None:
     return m.group(1) if m else None
 
 
+@functools.lru_cache(maxsize=1024)
+def _parse_address(arg: str) -> tuple[str | None, str]:
+    """A MAIL/RCPT argument parsed with email's header parser (as aiosmtpd does),
+    remembered: senders and recipients repeat. (None, "") when it does not parse."""
+    address: Any
+    try:
+        if arg.lstrip().startswith("<"):
+            address, rest = get_angle_addr(arg)
+        else:
+            address, rest = get_addr_spec(arg)
+    except HeaderParseError:
+        return None, ""
+    return address.addr_spec, rest
+
+
 class RelaySMTP(SMTP):
-    """aiosmtpd's protocol with enhanced status codes, implicit TLS and lost-connection news."""
+    """aiosmtpd's protocol with enhanced status codes, implicit TLS and lost-connection news.
+
+    ``_getaddr`` (aiosmtpd's hook for parsing MAIL/RCPT addresses, pinned in
+    pyproject.toml) remembers parsed addresses, which repeat: email's header parser costs
+    tens of microseconds per command. tests/test_relay_getaddr.py checks it answers
+    as aiosmtpd's own does.
+    """
 
     implicit_tls = False
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        if not arg:
+            return "", ""
+        addr, rest = _parse_address(arg)
+        if addr is None:
+            return None, None
+        localpart = addr.rpartition("@")[0]
+        if self.local_part_limit and len(localpart) > self.local_part_limit:
+            return None, None
+        return addr, rest
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -399,7 +435,9 @@ class Relay:
         self.config = app.config
         rc = self.config.relay
         self.upstream = upstream or make_upstream(self.config.upstream, rc.hostname)
-        self.networks = [ipaddress.ip_network(n, strict=False) for n in rc.allowed_networks]
+        self.networks = tuple(ipaddress.ip_network(n, strict=False)
+                              for n in rc.allowed_networks)
+        self._allowed: dict[str, bool] = {}
         self.authenticator = UsersFileAuthenticator(rc.users_file) if rc.users_file else None
         self.tls_context: ssl.SSLContext | None = None
         if rc.tls_cert:
@@ -412,8 +450,20 @@ class Relay:
         self._background: set[asyncio.Task[None]] = set()
         self.addresses: list[tuple[str, int]] = []
         self.tls_addresses: list[tuple[str, int]] = []
+        #: Sockets inherited from the supervisor (relay.workers); empty in one process.
+        self.listeners = Listeners()
 
     def allowed(self, ip: str) -> bool:
+        """Whether ``ip`` is in ``relay.allowed_networks`` (remembered per address: parsing
+        it and testing each network at every MAIL costs more than the lookup)."""
+        known = self._allowed.get(ip)
+        if known is None:
+            if len(self._allowed) >= 4096:
+                self._allowed.clear()
+            known = self._allowed[ip] = self._in_networks(ip)
+        return known
+
+    def _in_networks(self, ip: str) -> bool:
         try:
             addr = ipaddress.ip_address(ip)
         except ValueError:
@@ -449,15 +499,24 @@ class Relay:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         rc = self.config.relay
-        for addr in rc.listen:
+        for i, addr in enumerate(rc.listen):
             host, port = parse_hostport(addr, "relay.listen")
-            server = await loop.create_server(lambda: self._factory(False), host, port)
+            sock = self.listeners.take(f"relay.listen[{i}]")
+            if sock is not None:
+                server = await loop.create_server(lambda: self._factory(False), sock=sock)
+            else:
+                server = await loop.create_server(lambda: self._factory(False), host, port)
             self.servers.append(server)
             self.addresses.append(server.sockets[0].getsockname()[:2])
-        for addr in rc.listen_tls:
+        for i, addr in enumerate(rc.listen_tls):
             host, port = parse_hostport(addr, "relay.listen_tls")
-            server = await loop.create_server(lambda: self._factory(True), host, port,
-                                              ssl=self.tls_context)
+            sock = self.listeners.take(f"relay.listen_tls[{i}]")
+            if sock is not None:
+                server = await loop.create_server(lambda: self._factory(True), sock=sock,
+                                                  ssl=self.tls_context)
+            else:
+                server = await loop.create_server(lambda: self._factory(True), host, port,
+                                                  ssl=self.tls_context)
             self.servers.append(server)
             self.tls_addresses.append(server.sockets[0].getsockname()[:2])
         log.info("smtp_listening", plain=[f"{h}:{p}" for h, p in self.addresses],

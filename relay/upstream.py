@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
+import re
 import ssl
 import time
 from abc import ABC, abstractmethod
@@ -41,6 +43,12 @@ class UpstreamUnavailable(Exception):
 
 def _reply(code: int, message: str) -> Reply:
     return Reply.parse(code, message)
+
+
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+#: An ASCII dot-atom address: aiosmtplib's ``quote_address`` (an ``email.utils.parseaddr``
+#: per command, tens of microseconds) only puts it in angle brackets.
+_PLAIN_ADDRESS = re.compile(rf"{_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\Z")
 
 
 class Connection(ABC):
@@ -91,12 +99,25 @@ class SmtpConnection(Connection):
     def supports(self, extension: str) -> bool:
         return self.client.supports_extension(extension)
 
+    async def _plain_command(self, verb: bytes, prefix: bytes, address: str,
+                             options: list[str]) -> aiosmtplib.SMTPResponse | None:
+        """What aiosmtplib's ``mail()``/``rcpt()`` send and answer, for a plain address on a
+        connection past EHLO; None when they must do it (quoting, EHLO, HELO fallback)."""
+        if self.client.is_ehlo_or_helo_needed or not _PLAIN_ADDRESS.match(address):
+            return None
+        return await self.client.execute_command(
+            verb, prefix + b"<" + address.encode("ascii") + b">",
+            *[option.encode("ascii") for option in options],
+            timeout=self.cfg.command_timeout)
+
     async def mail(self, sender: str, options: list[str], utf8: bool) -> Reply:
         try:
-            resp = await self.client.mail(
-                sender, options=options, encoding="utf-8" if utf8 else "ascii",
-                timeout=self.cfg.command_timeout,
-            )
+            resp = await self._plain_command(b"MAIL", b"FROM:", sender, options)
+            if resp is None:
+                resp = await self.client.mail(
+                    sender, options=options, encoding="utf-8" if utf8 else "ascii",
+                    timeout=self.cfg.command_timeout,
+                )
         except aiosmtplib.SMTPResponseException as exc:
             return _reply(exc.code, exc.message)
         except aiosmtplib.SMTPTimeoutError:
@@ -107,10 +128,12 @@ class SmtpConnection(Connection):
 
     async def rcpt(self, recipient: str, options: list[str], utf8: bool) -> Reply:
         try:
-            resp = await self.client.rcpt(
-                recipient, options=options, encoding="utf-8" if utf8 else "ascii",
-                timeout=self.cfg.command_timeout,
-            )
+            resp = await self._plain_command(b"RCPT", b"TO:", recipient, options)
+            if resp is None:
+                resp = await self.client.rcpt(
+                    recipient, options=options, encoding="utf-8" if utf8 else "ascii",
+                    timeout=self.cfg.command_timeout,
+                )
         except aiosmtplib.SMTPResponseException as exc:
             return _reply(exc.code, exc.message)
         except aiosmtplib.SMTPTimeoutError:
@@ -234,11 +257,18 @@ class SmtpUpstream(Upstream):
 # --- local capture -------------------------------------------------------------------------
 
 
+#: Numbers capture connections within a process (an ``id()`` is reused once the previous
+#: connection is gone, and its messages were then overwritten within the same second).
+_CAPTURE_SERIAL = itertools.count(1)
+
+
 class CaptureConnection(Connection):
-    """Accepts everything and writes each message to ``<dir>/<time>-<n>.eml``."""
+    """Accepts everything and writes each message to
+    ``<dir>/<time>-<pid>-<connection>-<n>.eml``."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+        self._serial = next(_CAPTURE_SERIAL)
         self._seq = 0
 
     def supports(self, extension: str) -> bool:
@@ -252,7 +282,8 @@ class CaptureConnection(Connection):
 
     async def data(self, message: bytes) -> Reply:
         self._seq += 1
-        name = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{id(self):x}-{self._seq}.eml"
+        name = (f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{self._serial:x}-"
+                f"{self._seq}.eml")
         tmp = self.directory / (name + ".tmp")
         await asyncio.to_thread(self._write, tmp, self.directory / name, message)
         return Reply(250, "2.0.0", f"Captured as {name}")

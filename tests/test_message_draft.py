@@ -50,3 +50,15 @@ def test_any_bytes_survive_a_header_round_trip(raw: bytes) -> None:
     assert draft.as_bytes() == raw
     draft.add_header("X-T", "1")
     assert draft.remove_header("X-T") >= 1
+
+
+def test_lookups_see_every_header_edit() -> None:
+    draft = MessageDraft(RAW)
+    assert draft.get("x-new") is None and draft.get("to") == "x@example.org"
+    draft.add_header("X-New", "1")
+    draft.prepend_header("X-Top", "t")
+    assert draft.get_all("x-new") == ["1"] and draft.get("X-TOP") == "t"
+    assert draft.remove_header("x-new") == 1 and draft.remove_header("x-new") == 0
+    assert draft.get("x-new") is None and draft.get("x-top") == "t"
+    draft.add_header("X-New", "2")
+    assert draft.get_all("x-new") == ["2"]

@@ -89,7 +89,7 @@ class EventWriter:
         self._last_try = 0.0
         self.written = 0
         self.spooled = 0
-        EVENT_QUEUE_DEPTH.set_function(lambda: len(self._queue))
+        EVENT_QUEUE_DEPTH.set(0)
         self._update_spool_gauge()
 
     # -- the hot path ----------------------------------------------------------------------
@@ -214,10 +214,14 @@ class EventWriter:
     async def _drain(self) -> None:
         queue = self._queue
         while queue:
+            # A plain value, set as the queue drains (not read on each scrape): with
+            # several workers /metrics sums the workers' files (prometheus multiprocess).
+            EVENT_QUEUE_DEPTH.set(len(queue))
             n = min(len(queue), self.batch_size)
             batch = [queue.popleft() for _ in range(n)]
             rows = [event_row(eid, ev) for eid, ev in batch]
             await self._write_rows(rows)
+        EVENT_QUEUE_DEPTH.set(0)
 
     async def _write_rows(self, rows: list[dict[str, Any]]) -> None:
         if not self.db_ok:

@@ -16,11 +16,11 @@ dispatcher runs while the web app does.
 from __future__ import annotations
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from relay.app import App
 from relay.engagement.runner import BatchRunner
 from relay.logs import get_logger
+from relay.metrics import exposition
 from relay.tracker.api import Api
 from relay.tracker.deliverability_api import add_deliverability_routes
 from relay.tracker.recipient import RecipientEndpoints
@@ -46,8 +46,9 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
-    resp = web.Response(body=generate_latest())
-    resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    body, content_type = exposition()
+    resp = web.Response(body=body)
+    resp.headers["Content-Type"] = content_type
     return resp
 
 

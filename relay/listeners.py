@@ -1,0 +1,93 @@
+"""Listening sockets of workers that share addresses (``process.workers > 1``).
+
+The supervisor (relay.workers) reserves every listening address first: a socket with
+``SO_REUSEPORT`` bound but never listening, so a port that is taken is reported once and
+clearly, an ephemeral port (``:0``) is resolved once, and the address stays reserved
+while workers come and go. It names the resolved addresses in
+``TRACKRELAY_WORKER_SOCKETS``; each worker then listens on them with ``SO_REUSEPORT``
+too, and the kernel spreads new connections evenly over the workers' sockets (a socket
+shared by all would let whichever worker wakes first accept a whole burst).
+
+A server asks ``Listeners.take(key)`` for its socket and binds one the usual way when
+there is none (a single process).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+
+from relay.config import Config, ConfigError, parse_hostport
+
+#: Environment variable carrying ``key=fd`` pairs, comma separated.
+ENV = "TRACKRELAY_WORKER_SOCKETS"
+
+
+def listen_addresses(config: Config, *, smtp: bool, http: bool) -> list[tuple[str, str]]:
+    """Every (key, "host:port") a process with this config listens on."""
+    out: list[tuple[str, str]] = []
+    if smtp:
+        out += [(f"relay.listen[{i}]", a) for i, a in enumerate(config.relay.listen)]
+        out += [(f"relay.listen_tls[{i}]", a) for i, a in enumerate(config.relay.listen_tls)]
+        if config.bounces.listen and config.bounces.bounce_domain:
+            out += [(f"bounces.listen[{i}]", a) for i, a in enumerate(config.bounces.listen)]
+    if http:
+        out.append(("http.listen", config.http.listen))
+    return out
+
+
+def _socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def reserve(key: str, address: str) -> tuple[socket.socket, str]:
+    """Bind (without listening) ``address``; return the socket and the resolved address."""
+    host, port = parse_hostport(address, key)
+    host = host.strip("[]")
+    try:
+        sock = _socket(host, port)
+    except OSError as exc:
+        raise ConfigError(f"{key}: cannot listen on {address}: {exc.strerror or exc}") from None
+    port = sock.getsockname()[1]
+    return sock, (f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+
+
+class Listeners:
+    """Addresses by config key that this worker shares with others; ``take`` makes its
+    listening socket, once per key."""
+
+    def __init__(self, addresses: Mapping[str, str] | None = None, backlog: int = 1024) -> None:
+        self._addresses = dict(addresses or {})
+        self.backlog = backlog
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] | None = None) -> Listeners:
+        value = (os.environ if environ is None else environ).get(ENV, "")
+        pairs = (pair.partition("=") for pair in value.split(",") if pair)
+        return cls({key: address for key, _, address in pairs})
+
+    def to_environ(self) -> str:
+        return ",".join(f"{key}={address}" for key, address in self._addresses.items())
+
+    def take(self, key: str) -> socket.socket | None:
+        address = self._addresses.pop(key, None)
+        if address is None:
+            return None
+        host, port = parse_hostport(address, key)
+        sock = _socket(host.strip("[]"), port)
+        sock.listen(self.backlog)
+        sock.setblocking(False)
+        return sock
+
+    def __bool__(self) -> bool:
+        return bool(self._addresses)
