@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
+from relay.records import new_id
 from relay.tokens import TokenCodec
+from relay.tracker import recipient
 from relay.tracker.client import ClientAddress, parse_user_agent
 from relay.tracker.recipient import PIXEL_GIF
 from tests.tracker_mmdb import build_mmdb
@@ -114,14 +118,70 @@ def _bad_tokens(tracker: Tracker, message_id: str, kind: str) -> dict[str, str]:
     }
 
 
-async def test_forged_pixel_tokens_get_the_gif_and_record_nothing(tracker: Tracker) -> None:
+async def test_forged_pixel_tokens_get_the_gif_and_record_nothing(
+        tracker: Tracker, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(recipient, "LATE_DELAYS", (0.01, 0.02))
+    before = _unknown_opens()
     sent = await seed_message(tracker.store)
     for name, token in _bad_tokens(tracker, sent.message_id, "open").items():
         async with tracker.http.get(f"{tracker.base}/o/{token}.gif") as resp:
             assert resp.status == 200, name
             assert await resp.read() == PIXEL_GIF, name
             assert resp.headers["Cache-Control"].startswith("no-store"), name
+    # The genuine token of a message the store never had is looked up again, then given up.
+    # (unknown_message and recipient_out_of_range are the two genuine tokens)
+    async def given_up() -> bool:
+        return _unknown_opens() == before + 2
+
+    await wait_for(given_up)
+    await tracker.store.flush()
     assert await tracker.events(type="open") == []
+
+
+def _unknown_opens() -> float:
+    value = REGISTRY.get_sample_value("trackrelay_tracker_hits_total",
+                                      {"endpoint": "open", "result": "unknown_message"})
+    return value or 0.0
+
+
+async def test_an_open_that_arrives_before_its_message_record_is_kept(
+        tracker: Tracker) -> None:
+    """The relay writes the record just after the upstream accepted the message: a
+    scanner (or another worker's recipient) may fetch the pixel first."""
+    message_id = new_id()
+    async with tracker.http.get(tracker.pixel_url(message_id, 1),
+                                headers={"User-Agent": IPHONE_UA}) as resp:
+        assert resp.status == 200 and await resp.read() == PIXEL_GIF
+    await asyncio.sleep(0.2)
+    await seed_message(tracker.store, message_id=message_id,
+                       recipients=["carol@customer.test", "dave@customer.test"])
+
+    async def recorded() -> bool:
+        await tracker.store.flush()
+        return bool(await tracker.events(type="open"))
+
+    await wait_for(recorded)
+    [event] = await tracker.events(type="open")
+    assert (event["message_id"], event["recipient"]) == (message_id, "dave@customer.test")
+    assert event["user_agent"] == IPHONE_UA
+
+
+async def test_a_click_that_arrives_before_its_message_record_still_redirects(
+        tracker: Tracker) -> None:
+    message_id = new_id()
+
+    async def record_soon() -> None:
+        await asyncio.sleep(0.1)
+        await seed_message(tracker.store, message_id=message_id, links=[TARGET])
+
+    writer = asyncio.create_task(record_soon())
+    async with tracker.http.get(tracker.click_url(message_id, 0),
+                                allow_redirects=False) as resp:
+        assert resp.status == 302
+        assert resp.headers["Location"] == TARGET
+    await writer
+    events = await tracker.events(type="click")
+    assert [(e["message_id"], e["link_index"]) for e in events] == [(message_id, 0)]
 
 
 async def test_forged_click_tokens_get_404_never_a_redirect(tracker: Tracker) -> None:

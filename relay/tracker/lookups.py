@@ -78,11 +78,13 @@ class TokenTargets:
         self.links: LRU[tuple[str, int], str] = LRU(size)
         self.unknown: LRU[object, bool] = LRU(1024)
 
-    async def message(self, message_id: str) -> MessageLookup | None:
+    async def message(self, message_id: str, fresh: bool = False) -> MessageLookup | None:
+        """The message, from the cache or the store; ``fresh`` asks the store again even
+        when it answered "unknown" a moment ago."""
         found = self.messages.get(message_id)
         if found is not None:
             return found
-        if ("m", message_id) in self.unknown:
+        if not fresh and ("m", message_id) in self.unknown:
             return None
         found = await self.store.lookup_message(message_id)
         if found is None:

@@ -12,6 +12,12 @@ The hot path does no database round trip per hit: the token is verified with its
 what it names comes from an in-process LRU in front of the store, and the event goes to
 the store's in-memory batch writer.
 
+A genuine token whose message the store does not hold yet (the relay writes the record
+just after the upstream accepted the message, perhaps in another worker) is not given
+up at once: an open is looked up again in the background for about 4 s after its GIF
+went out, a click for under a second before its answer; only then is it counted as
+``unknown_message`` (a purged or never-sent message) and nothing is recorded.
+
 If the database is unreachable and the message is not cached yet, a pixel hit is still
 recorded (the writer spools it) with ``recipient`` null and ``data.recipient_index``
 plus ``data.unresolved = true``; a click answers 503 with ``Retry-After`` (its target
@@ -20,7 +26,9 @@ is unknown), never a guess.
 
 from __future__ import annotations
 
+import asyncio
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -32,7 +40,7 @@ from relay.engagement.hooks import classify_request
 from relay.engagement.online import Classifier
 from relay.logs import get_logger
 from relay.records import Event
-from relay.tracker.client import ClientInspector
+from relay.tracker.client import ClientInfo, ClientInspector
 from relay.tracker.lookups import TokenTargets, require_store
 
 if TYPE_CHECKING:
@@ -64,6 +72,24 @@ UNAVAILABLE_HTML = (
     "</body></html>"
 )
 _REDIRECT_SCHEMES = ("http://", "https://")
+#: ``_resolve``'s answer when the store has no such message (yet).
+NOT_YET = "not_yet"
+#: Seconds between look-ups of a genuine open token whose message the store does not
+#: hold yet (the relay writes the record just after delivery): about 4 s in all.
+LATE_DELAYS: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
+#: The same for a click, whose answer (the redirect) must wait: under a second in all.
+CLICK_DELAYS: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5)
+
+
+@dataclass
+class _Seen:
+    """What a hit's request says, taken before the answer goes out."""
+
+    method: str
+    client: ClientInfo
+    headers: dict[str, str]
+    https: bool
+    time: float
 
 _OPEN_RESULTS = {
     r: metrics.TRACKER_HITS.labels("open", r)
@@ -107,6 +133,7 @@ class RecipientEndpoints:
         self.inspector = ClientInspector(app.config.tracker)
         self.classifier = Classifier(app.config.engagement)
         self._targets: TokenTargets | None = None
+        self._late: set[asyncio.Task[None]] = set()
 
     @property
     def store(self) -> Store:
@@ -123,15 +150,17 @@ class RecipientEndpoints:
         web_app.router.add_get("/c/{token}", self.click)
         web_app.router.add_get("/h/{token}", self.honeypot)
 
-    async def _resolve(self, data: TokenData) -> tuple[MessageLookup, str | None] | str:
-        """The message a verified token names and its recipient address; or why not.
+    async def _resolve(self, data: TokenData, fresh: bool = False
+                       ) -> tuple[MessageLookup, str | None] | str:
+        """The message a verified token names and its recipient address; or why not
+        (``not_yet``: no such message in the store, yet).
 
         Raises whatever the store raises when the message is not cached and the
         database cannot be reached.
         """
-        message = await self.targets.message(data.message_id)
+        message = await self.targets.message(data.message_id, fresh=fresh)
         if message is None:
-            return "unknown_message"
+            return NOT_YET
         if message.get("shared"):
             return message, None
         recipients = message["recipients"]
@@ -139,29 +168,35 @@ class RecipientEndpoints:
             return "unknown_message"
         return message, recipients[data.recipient_index]
 
-    async def _record(self, request: web.Request, kind: str, message_id: str,
+    def _see(self, request: web.Request) -> _Seen:
+        peer, headers = request.remote, request.headers
+        return _Seen(
+            method=request.method, client=self.inspector.inspect(peer, headers),
+            headers=select_headers(headers), time=time.time(),
+            https=self.inspector.address.scheme(peer, headers, request.scheme) == "https")
+
+    async def _record(self, request: web.Request | _Seen, kind: str, message_id: str,
                       recipient: str | None, link_index: int | None,
                       message: MessageLookup | None, extra: dict[str, Any] | None = None,
                       honeypot: bool = False) -> None:
-        peer, headers = request.remote, request.headers
-        client = self.inspector.inspect(peer, headers)
-        data: dict[str, Any] = client.data  # fresh per call: the event may own it
+        seen = request if isinstance(request, _Seen) else self._see(request)
+        client = seen.client
+        data: dict[str, Any] = client.data  # fresh per request: the event may own it
         if extra:
             data.update(extra)
-        now = time.time()
+        now = seen.time
         event = Event(
             type=kind, message_id=message_id, recipient=recipient, time=now,
             link_index=link_index, ip=client.ip, user_agent=client.user_agent, data=data,
         )
         facts = RequestFacts(
-            kind="open" if kind == "open" else "click", method=request.method,
+            kind="open" if kind == "open" else "click", method=seen.method,
             user_agent=client.user_agent, ip=client.real_ip,
-            headers=select_headers(headers), time=now,
+            headers=seen.headers, time=now,
             delivered_at=message["delivered_at"] if message else None,
             sender_submitter=message["submitted_by"] if message else None,
             recipient=recipient, message_id=message_id, link_index=link_index,
-            honeypot=honeypot,
-            https=self.inspector.address.scheme(peer, headers, request.scheme) == "https",
+            honeypot=honeypot, https=seen.https,
         )
         # The verdict never changes the response: the GIF and the redirect go out anyway.
         verdict = await classify_request(self.classifier, facts, self.app.host)
@@ -194,13 +229,45 @@ class RecipientEndpoints:
                                {"recipient_index": data.recipient_index, "unresolved": True})
             _OPEN_RESULTS["recorded"].inc()
             return web.Response(body=PIXEL_GIF, headers=PIXEL_HEADERS)
-        if isinstance(resolved, str):
+        if resolved == NOT_YET:
+            self._record_later(self._see(request), data)
+        elif isinstance(resolved, str):
             _OPEN_RESULTS[resolved].inc()
         else:
             await self._record(request, "open", data.message_id, resolved[1], None,
                                resolved[0])
             _OPEN_RESULTS["recorded"].inc()
         return web.Response(body=PIXEL_GIF, headers=PIXEL_HEADERS)
+
+    def _record_later(self, seen: _Seen, data: TokenData) -> None:
+        task = asyncio.get_running_loop().create_task(self._late_open(seen, data))
+        self._late.add(task)
+        task.add_done_callback(self._late.discard)
+
+    async def _late_open(self, seen: _Seen, data: TokenData) -> None:
+        """A genuine open token for a message the store does not hold yet: its record is
+        written just after delivery, maybe by another worker or relay, so look again a
+        few times before giving it up as unknown (a purged or never-sent message)."""
+        for delay in LATE_DELAYS:
+            await asyncio.sleep(delay)
+            try:
+                resolved = await self._resolve(data, fresh=True)
+            except Exception:
+                continue  # the database is away: try again, then give up like the others
+            if resolved == NOT_YET:
+                continue
+            if isinstance(resolved, str):
+                break
+            await self._record(seen, "open", data.message_id, resolved[1], None,
+                               resolved[0])
+            _OPEN_RESULTS["recorded"].inc()
+            return
+        _OPEN_RESULTS["unknown_message"].inc()
+
+    async def drain(self) -> None:
+        """Wait for opens still being looked up (at shutdown, before the store closes)."""
+        if self._late:
+            await asyncio.wait(set(self._late), timeout=sum(LATE_DELAYS) + 5)
 
     async def click(self, request: web.Request) -> web.Response:
         data = self.app.tokens.decode(request.match_info["token"], "click")
@@ -209,6 +276,11 @@ class RecipientEndpoints:
             return _not_found()
         try:
             resolved = await self._resolve(data)
+            for delay in CLICK_DELAYS:  # just delivered: its record may be on its way
+                if resolved != NOT_YET:
+                    break
+                await asyncio.sleep(delay)
+                resolved = await self._resolve(data, fresh=True)
             url = None
             if not isinstance(resolved, str):
                 url = await self.targets.link(data.message_id, data.link_index)

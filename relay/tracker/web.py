@@ -83,6 +83,7 @@ def create_web_app(app: App) -> web.Application:
 
     async def on_cleanup(_: web.Application) -> None:
         nonlocal opened_here
+        await recipient.drain()
         await dispatcher.stop()
         await batch.stop()
         recipient.close()
