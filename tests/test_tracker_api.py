@@ -209,3 +209,24 @@ async def test_unknown_paths_are_json_404(tracker: Tracker) -> None:
     assert status == 404 and body["error"] == "not_found"
     status, body = await tracker.api("/messages/NOT-AN-ID")
     assert status == 404
+
+
+async def test_wrong_method_is_json_405_and_api_guard_stays_off_other_routes(
+        tracker: Tracker) -> None:
+    async with tracker.http.put(f"{tracker.base}/api/v1/messages",
+                                headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as resp:
+        assert resp.status == 405
+        assert (await resp.json())["error"] == "method_not_allowed"
+        assert set(resp.headers["Allow"].split(",")) == {"GET", "HEAD"}
+    async with tracker.http.delete(f"{tracker.base}/api/v1/suppressions") as resp:
+        assert resp.status == 405
+        assert set(resp.headers["Allow"].split(",")) == {"GET", "HEAD", "POST"}
+    # Unknown paths answer 404 JSON without a token too (nothing to authenticate).
+    async with tracker.http.get(f"{tracker.base}/api/v1/no/such/thing") as resp:
+        assert resp.status == 404
+        assert (await resp.json())["error"] == "not_found"
+    # The guard is per API route: no application in the tree has a middleware, so
+    # aiohttp does not wrap the recipient hits (its own flag says so).
+    root = tracker.runner.app
+    assert not root.middlewares
+    assert root._run_middlewares is False

@@ -214,32 +214,60 @@ class Api:
         return require_store(self.app)
 
     def sub_app(self) -> web.Application:
-        api = web.Application(middlewares=[self.middleware])
-        r = api.router
-        r.add_get("/openapi.json", self.openapi)
-        r.add_get("/messages", self.list_messages)
-        r.add_get("/messages/{id}", self.get_message)
-        r.add_get("/events", self.list_events)
-        r.add_get("/campaigns", self.list_campaigns)
-        r.add_get("/campaigns/{id}", self.get_campaign)
-        r.add_get("/contacts", self.list_contacts)
-        r.add_get("/contacts/{address}", self.get_contact)
-        r.add_get("/stats", self.get_stats)
-        r.add_get("/webhooks/deliveries", self.list_deliveries)
+        """The ``/api/v1`` sub-application; more routes may be added with ``add_route``
+        before ``finish`` closes it."""
+        api = web.Application()
+        for path, handler in (
+            ("/openapi.json", self.openapi),
+            ("/messages", self.list_messages),
+            ("/messages/{id}", self.get_message),
+            ("/events", self.list_events),
+            ("/campaigns", self.list_campaigns),
+            ("/campaigns/{id}", self.get_campaign),
+            ("/contacts", self.list_contacts),
+            ("/contacts/{address}", self.get_contact),
+            ("/stats", self.get_stats),
+            ("/webhooks/deliveries", self.list_deliveries),
+        ):
+            self.add_route(api, "GET", path, handler)
         return api
 
-    @web.middleware
-    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        response = await self._handle(request, handler)
+    def add_route(self, api: web.Application, method: str, path: str,
+                  handler: Handler) -> None:
+        """Add a route behind the API's guard (token, scope, JSON errors, metrics).
+
+        The guard wraps each API route rather than being an aiohttp middleware: a
+        middleware anywhere in the application tree makes aiohttp wrap every request of
+        the server, and the pixel and link hits would pay for it."""
+
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            response = await self._handle(request, handler)
+            metrics.API_REQUESTS.labels(str(response.status)).inc()
+            return response
+
+        if method == "GET":
+            api.router.add_get(path, guarded)  # and HEAD, as aiohttp's add_get does
+        else:
+            api.router.add_route(method, path, guarded)
+
+    def finish(self, api: web.Application) -> None:
+        """Answer the paths and methods no route takes with the API's JSON errors."""
+        api.router.add_route("*", "/{path:.*}", self._no_route)
+
+    async def _no_route(self, request: web.Request) -> web.Response:
+        allowed: set[str] = set()
+        for resource in request.app.router.resources():
+            if resource is not request.match_info.route.resource:
+                allowed |= (await resource.resolve(request))[1]
+        if allowed:
+            response = error(405, "method_not_allowed", f"{request.method} is not allowed here")
+            response.headers["Allow"] = ",".join(sorted(allowed))
+        else:
+            response = error(404, "not_found", "no such resource")
         metrics.API_REQUESTS.labels(str(response.status)).inc()
         return response
 
     async def _handle(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.match_info.http_exception is not None:
-            exc = request.match_info.http_exception
-            if isinstance(exc, web.HTTPMethodNotAllowed):
-                return error(405, "method_not_allowed", f"{request.method} is not allowed here")
-            return error(404, "not_found", "no such resource")
         if request.path.endswith("/openapi.json"):
             return await handler(request)
         scope = self.tokens.scope_of(request.headers.get("Authorization"))

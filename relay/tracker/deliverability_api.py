@@ -1,7 +1,7 @@
 """JSON API for deliverability: inbound intake and the suppression list (issue 5).
 
-Routes, relative to ``/api/v1`` (add them to the API sub-application, whose middleware
-checks the bearer token and sets its scope):
+Routes, relative to ``/api/v1`` (added behind the API's guard, which checks the bearer
+token and sets its scope):
 
 * ``POST /inbound`` (admin): the body is one raw RFC 5322 message (a bounce, an ARF
   report, a reply) — what an admin's bounce mailbox forwards. 200 with what intake made
@@ -35,7 +35,7 @@ from aiohttp import web
 from relay.inbound import InboundError, process
 from relay.logs import get_logger
 from relay.store.base import SuppressionRow, domain_of, iso_time
-from relay.tracker.api import SCOPE_KEY, BadParameter, Query, error, ok
+from relay.tracker.api import SCOPE_KEY, Api, BadParameter, Query, error, ok
 from relay.tracker.lookups import require_store
 
 if TYPE_CHECKING:
@@ -278,14 +278,16 @@ async def all_suppressions(store: Store, scope: str | None) -> list[SuppressionR
             return rows
 
 
-def add_deliverability_routes(api_app: web.Application, app: App) -> None:
-    """Add the routes to the ``/api/v1`` sub-application (before it is mounted)."""
-    api = DeliverabilityApi(app)
-    r = api_app.router
-    r.add_post("/inbound", api.inbound)
-    r.add_get("/suppressions", api.list)
-    r.add_post("/suppressions", api.add)
-    r.add_get("/suppressions/export", api.export)
-    r.add_post("/suppressions/import", api.import_csv)
-    r.add_get("/suppressions/removals", api.removals)
-    r.add_delete("/suppressions/{address}", api.remove)
+def add_deliverability_routes(api: Api, api_app: web.Application, app: App) -> None:
+    """Add the routes to the ``/api/v1`` sub-application, behind ``api``'s guard."""
+    d = DeliverabilityApi(app)
+    for method, path, handler in (
+        ("POST", "/inbound", d.inbound),
+        ("GET", "/suppressions", d.list),
+        ("POST", "/suppressions", d.add),
+        ("GET", "/suppressions/export", d.export),
+        ("POST", "/suppressions/import", d.import_csv),
+        ("GET", "/suppressions/removals", d.removals),
+        ("DELETE", "/suppressions/{address}", d.remove),
+    ):
+        api.add_route(api_app, method, path, handler)

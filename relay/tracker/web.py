@@ -62,8 +62,10 @@ def create_web_app(app: App) -> web.Application:
     web_app.router.add_get("/healthz", healthz)
     web_app.router.add_get("/readyz", readyz)
     web_app.router.add_get("/metrics", metrics_endpoint)
-    api_app = Api(app).sub_app()
-    add_deliverability_routes(api_app, app)  # issue 5: /inbound, /suppressions
+    api = Api(app)
+    api_app = api.sub_app()
+    add_deliverability_routes(api, api_app, app)  # issue 5: /inbound, /suppressions
+    api.finish(api_app)
     web_app.add_subapp("/api/v1", api_app)
     dispatcher = WebhookDispatcher(app)
     web_app[DISPATCHER] = dispatcher
