@@ -162,8 +162,8 @@ def pg_database(name: str, create: bool) -> str:
 
 
 def run_tracker(root: Path, store_url: str, duration: int, connections: int,
-                extra_env: dict[str, str] | None = None, workers: int = 1
-                ) -> dict[str, float]:
+                extra_env: dict[str, str] | None = None, workers: int = 1,
+                event_loop: str = "auto") -> dict[str, float]:
     smtp_port, http_port = free_port(), free_port()
     capture = root / "captured"
     env = dict(os.environ)
@@ -176,7 +176,7 @@ def run_tracker(root: Path, store_url: str, duration: int, connections: int,
     proc = subprocess.Popen(
         [sys.executable, "-m", "relay.cli", "serve", "--smtp-listen", f"127.0.0.1:{smtp_port}",
          "--capture-dir", str(capture), "--http-listen", f"127.0.0.1:{http_port}",
-         "--store", store_url, "--workers", str(workers)], env=env)
+         "--store", store_url, "--workers", str(workers), "--event-loop", event_loop], env=env)
     try:
         wait_port(smtp_port)
         wait_port(http_port)
@@ -202,6 +202,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1,
                     help="tracker worker processes (process.workers); nginx keeps one, "
                          "its fastest here (two compete with wrk for the cores)")
+    ap.add_argument("--event-loop", default="auto", choices=("auto", "uvloop", "asyncio"),
+                    help="the tracker's process.event_loop (auto: uvloop where installed)")
     ap.add_argument("--classification-off-too", action="store_true",
                     help="also run SQLite with engagement.enabled = false (issue 6: "
                          "classification must cost under 10%%)")
@@ -213,7 +215,8 @@ def main() -> None:
     try:
         nginx = run_nginx(root / "nginx", args.duration, args.connections)
         print(f"wrk -t1 -c{args.connections} -d{args.duration}s --latency; nginx with one "
-              f"worker, trackrelay with {args.workers} worker process(es)")
+              f"worker, trackrelay with {args.workers} worker process(es), "
+              f"event loop {args.event_loop}")
         print(f"nginx static GIF:      {nginx['rps']:9.0f} req/s   p99 {nginx['p99_ms']:.2f} ms")
         runs = args.engines.split(",")
         if args.classification_off_too:
@@ -230,7 +233,7 @@ def main() -> None:
                 url = pg_database(f"trackrelay_bench_{os.getpid()}", create=True)
             try:
                 r = run_tracker(work, url, args.duration, args.connections, extra_env,
-                                args.workers)
+                                args.workers, args.event_loop)
             finally:
                 if not engine.startswith("sqlite"):
                     pg_database(f"trackrelay_bench_{os.getpid()}", create=False)

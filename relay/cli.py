@@ -21,10 +21,12 @@ def _add_config(p: argparse.ArgumentParser) -> None:
                    help="TOML config file (default: built-in defaults + environment)")
 
 
-def _add_workers(p: argparse.ArgumentParser) -> None:
+def _add_process_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, metavar="N",
                    help="worker processes sharing the listening sockets "
                         "(replaces process.workers; about one per core)")
+    p.add_argument("--event-loop", choices=("auto", "uvloop", "asyncio"),
+                   help="event loop (replaces process.event_loop; auto: uvloop if installed)")
 
 
 def _overrides(args: argparse.Namespace, config: Config) -> Config:
@@ -71,13 +73,16 @@ def _configure_logs(config: Config) -> None:
 
 def _run_services(args: argparse.Namespace, *, smtp: bool, http: bool) -> int:
     """One process, or a supervisor of ``process.workers`` worker processes."""
-    from relay import workers
+    from relay import event_loop, workers
 
     config = _load(args)
     if args.workers is not None:
         if not 1 <= args.workers <= 64:
             raise ConfigError(f"--workers: must be from 1 to 64, got {args.workers}")
         config.process.workers = args.workers
+    if args.event_loop is not None:
+        config.process.event_loop = args.event_loop
+    loop = event_loop.choose(config.process.event_loop)  # a missing uvloop: exit 2 at once
     _configure_logs(config)
     index = workers.worker_index()
     if index is None and config.process.workers > 1:
@@ -89,7 +94,8 @@ def _run_services(args: argparse.Namespace, *, smtp: bool, http: bool) -> int:
         import structlog
 
         structlog.contextvars.bind_contextvars(worker=index)
-    asyncio.run(run(config, smtp=smtp, http=http, listeners=Listeners.from_environ()))
+    event_loop.run(run(config, smtp=smtp, http=http, listeners=Listeners.from_environ()),
+                   loop)
     return 0
 
 
@@ -172,14 +178,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--http-listen", metavar="HOST:PORT", help="tracker HTTP listen address")
     p.add_argument("--store", metavar="URL", help="store URL (sqlite:///… or postgresql://…)")
     p.add_argument("--no-http", action="store_true", help="run the SMTP relay only")
-    _add_workers(p)
+    _add_process_flags(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("tracker", help="run the tracker (HTTP) alone")
     _add_config(p)
     p.add_argument("--http-listen", metavar="HOST:PORT", help="tracker HTTP listen address")
     p.add_argument("--store", metavar="URL", help="store URL")
-    _add_workers(p)
+    _add_process_flags(p)
     p.set_defaults(func=cmd_tracker)
 
     p = sub.add_parser("check-config", help="validate a config file and its plugins")

@@ -282,6 +282,9 @@ class LogConfig:
 class ProcessConfig:
     #: Worker processes for ``serve`` and ``tracker`` (1: everything in one process).
     workers: int = 1
+    #: The event loop of ``serve`` and ``tracker``: "auto" (uvloop where it is installed,
+    #: else asyncio's own), "uvloop" (an error if it is missing) or "asyncio".
+    event_loop: str = "auto"
 
 
 @dataclass
@@ -503,6 +506,9 @@ def validate(config: Config) -> None:
                               f"got {getattr(st, key)}")
     if not 1 <= config.process.workers <= 64:
         raise ConfigError(f"process.workers: must be from 1 to 64, got {config.process.workers}")
+    if config.process.event_loop not in ("auto", "uvloop", "asyncio"):
+        raise ConfigError('process.event_loop: must be "auto", "uvloop" or "asyncio", '
+                          f"got {config.process.event_loop!r}")
     validate_tracker(config.tracker)
     validate_engagement(config.engagement)
     validate_deliverability(config)

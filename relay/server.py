@@ -91,7 +91,8 @@ async def run(config: Config, *, smtp: bool = True, http: bool = True,
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     await services.start()
-    log.info("started", smtp=smtp, http=http, config=config.source or "(defaults)")
+    log.info("started", smtp=smtp, http=http, config=config.source or "(defaults)",
+             event_loop=type(loop).__module__.partition(".")[0])
     await stop.wait()
     log.info("stopping")
     await services.stop()

@@ -1,5 +1,9 @@
 """Shared fixtures: a real upstream SMTP server (aiosmtpd) and a real relay in the test's loop.
 
+``--event-loop uvloop|asyncio`` (default uvloop, what ``process.event_loop = "auto"``
+picks on Linux) runs every async test on that loop, and every trackrelay process a test
+starts (``TRACKRELAY_PROCESS__EVENT_LOOP``); CI runs the suite once on each.
+
 ``sink`` records every message it accepts and can be told to refuse recipients, answer
 DATA with an error, or hang up mid-DATA. ``make_relay(register=[plugin objects],
 load_entry_points=False, **config_sections)`` starts a Relay on 127.0.0.1 with a free
@@ -9,6 +13,8 @@ port, pointed at the sink, and stops it after the test.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,12 +27,33 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from relay.app import App
 from relay.config import build_config
+from relay.event_loop import loop_factory
 from relay.plugin_host import PluginHost
 from relay.smtp_server import Relay
 
 #: ``shared/`` sits beside the checkout (here and in CI): corpora and research notes.
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared"
 CORPUS = SHARED / "corpus"
+
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--event-loop", choices=("uvloop", "asyncio"), default="uvloop",
+                     help="event loop of the tests and of the trackrelay processes they start")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ["TRACKRELAY_PROCESS__EVENT_LOOP"] = json.dumps(config.getoption("event_loop"))
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"event loop: {config.getoption('event_loop')}"
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item
+                                  ) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    name = config.getoption("event_loop")
+    return {name: loop_factory(name) or asyncio.new_event_loop}
 
 
 @dataclass

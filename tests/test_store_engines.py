@@ -212,6 +212,28 @@ async def test_write_events_is_idempotent(store: Store) -> None:
     assert await count_events(store) == 11
 
 
+async def test_write_events_with_new_ids_still_skips_a_stored_one(store: Store) -> None:
+    rows = [event_row(f"nid-{i}", Event("open", mid(1), "bob@x.org")) for i in range(10)]
+    assert await store.write_events(rows[:4], new_ids=True) == 4
+    # A broken promise (four ids are stored already) is answered like any insert.
+    assert await store.write_events(rows, new_ids=True) == 6
+    assert await count_events(store) == 10
+
+
+async def test_events_with_their_own_ids_are_deduplicated_by_the_writer(
+        store: Store) -> None:
+    """Deliverability events bring deterministic ids (one unsubscribe per recipient):
+    queued twice, stored once, and the writer never takes that for a database failure."""
+    for kind in ("open", "unsubscribe", "unsubscribe", "click"):
+        event = Event(kind, mid(1), "bob@x.org")
+        if kind == "unsubscribe":
+            event.id = f"{mid(1)}-u0"  # type: ignore[attr-defined]
+        store.enqueue(event)
+    await store.flush()
+    assert store.writer is not None and store.writer.db_ok and store.writer.spooled == 0
+    assert await count_events(store) == 3
+
+
 # --- messages --------------------------------------------------------------------------------
 
 

@@ -69,10 +69,14 @@ class PrivatePostgres:
         subprocess.run(self._ctl("stop"), capture_output=True, timeout=60)
 
     async def _run(self, action: str) -> None:
-        proc = await asyncio.create_subprocess_exec(
-            *self._ctl(action), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        out, err = await proc.communicate()
-        assert proc.returncode == 0, f"pg_ctl {action}: {out.decode()} {err.decode()}"
+        # Not asyncio.create_subprocess_exec with pipes: "pg_ctl start" leaves the server
+        # running, and uvloop's spawn (libuv) does not close inherited descriptors in the
+        # child, so the server would hold the pipes' write ends and communicate() would
+        # wait for EOF forever. subprocess (close_fds=True) in a thread behaves on any loop.
+        proc = await asyncio.to_thread(subprocess.run, self._ctl(action),
+                                       capture_output=True, timeout=60)
+        assert proc.returncode == 0, (
+            f"pg_ctl {action}: {proc.stdout.decode()} {proc.stderr.decode()}")
 
     async def start(self) -> None:
         await self._run("start")

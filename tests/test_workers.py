@@ -47,7 +47,8 @@ async def start(tmp_path: Path, *extra: str, env: dict[str, str] | None = None,
                 wait: bool = True) -> Served:
     smtp, http = free_port(), free_port()
     capture, db, log = tmp_path / "captured", tmp_path / "store.db", tmp_path / "log.jsonl"
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("TRACKRELAY_")}
+    environ = {k: v for k, v in os.environ.items()
+               if not k.startswith("TRACKRELAY_") or k == "TRACKRELAY_PROCESS__EVENT_LOOP"}
     environ.update({"TRACKRELAY_HTTP__BASE_URL": f'"http://127.0.0.1:{http}"',
                     "TRACKRELAY_RELAY__SHUTDOWN_GRACE": "3.0"})
     environ.update(env or {})

@@ -388,9 +388,11 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def write_events(self, rows: list[dict[str, Any]]) -> int:
+    async def write_events(self, rows: list[dict[str, Any]], *, new_ids: bool = False) -> int:
         """Insert event rows (see ``relay.store.records.event_row``) in one transaction;
         rows whose id is already stored are skipped. Returns how many were new.
+        ``new_ids``: the caller made every id itself, so none can be stored yet (the
+        engine may write them without looking; a duplicate is still skipped).
         Raises on database errors."""
 
     @abc.abstractmethod

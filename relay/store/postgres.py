@@ -44,19 +44,22 @@ INSERT_MESSAGE = (
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
+def _event_record(r: dict[str, Any]) -> tuple[Any, ...]:
+    """A row's values in EVENT_COLUMNS order with EVENT_TYPES_SQL's types, JSON columns
+    encoded (rows replayed from old spools may lack keys)."""
+    get = r.get
+    reasons, data = get("reasons"), get("data")
+    return (r["id"], r["type"], float(r["time"]), r["message_id"], get("recipient"),
+            get("link_index"), get("ip"), get("user_agent"), get("client"), get("os"),
+            get("device"), get("country"), get("region"), get("city"),
+            bool(get("machine")), get("machine_reason"), get("verdict"),
+            dump_json(reasons) if reasons else "[]", get("proxy"),
+            dump_json(data) if data else "{}")
+
+
 def _columns(rows: list[dict[str, Any]]) -> list[list[Any]]:
     """Rows -> one list per column (for ``unnest``), JSON columns encoded."""
-    dumps = dump_json
-    tuples = [
-        (r["id"], r["type"], float(r["time"]), r["message_id"], r.get("recipient"),
-         r.get("link_index"), r.get("ip"), r.get("user_agent"), r.get("client"), r.get("os"),
-         r.get("device"), r.get("country"), r.get("region"), r.get("city"),
-         bool(r.get("machine")), r.get("machine_reason"), r.get("verdict"),
-         dumps(reasons) if (reasons := r.get("reasons")) else "[]", r.get("proxy"),
-         dumps(data) if (data := r.get("data")) else "{}")
-        for r in rows
-    ]
-    return [list(column) for column in zip(*tuples, strict=True)]
+    return [list(column) for column in zip(*map(_event_record, rows), strict=True)]
 
 
 def split_url(url: str) -> tuple[str, dict[str, str]]:
@@ -197,9 +200,21 @@ class PostgresStore(SqlStore):
 
     # -- writes ----------------------------------------------------------------------------
 
-    async def write_events(self, rows: list[dict[str, Any]]) -> int:
+    async def write_events(self, rows: list[dict[str, Any]], *, new_ids: bool = False) -> int:
         if not rows:
             return 0
+        if new_ids:
+            # COPY: about half the client work and a quarter less of the server's than
+            # INSERT … ON CONFLICT, which only ids that may exist already need.
+            records = list(map(_event_record, rows))
+            try:
+                async with self.pool.acquire() as conn, conn.transaction():
+                    await conn.execute("SELECT pg_advisory_xact_lock($1)", EVENTS_LOCK)
+                    await conn.copy_records_to_table("events", records=records,
+                                                     columns=EVENT_COLUMNS)
+                return len(rows)
+            except asyncpg.UniqueViolationError:
+                pass  # an id was stored after all: the insert below skips it
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", EVENTS_LOCK)
             status = await conn.execute(INSERT_EVENTS, *_columns(rows))

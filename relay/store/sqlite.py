@@ -201,7 +201,7 @@ class SqliteStore(SqlStore):
 
     # -- writes ----------------------------------------------------------------------------
 
-    async def write_events(self, rows: list[dict[str, Any]]) -> int:
+    async def write_events(self, rows: list[dict[str, Any]], *, new_ids: bool = False) -> int:
         if not rows:
             return 0
         params = [_event_params(r) for r in rows]

@@ -74,6 +74,9 @@ class EventWriter:
         self.retry_interval = retry_interval
         self.write_timeout = write_timeout
         self._queue: deque[tuple[str, Event]] = deque()
+        #: An event with its caller's id is in the queue: its batch cannot promise the
+        #: store that every id is new (``write_events(new_ids=…)``).
+        self._own_ids_queued = False
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._prefix = secrets.token_hex(8)
@@ -96,12 +99,15 @@ class EventWriter:
 
     def enqueue(self, event: Event) -> str:
         """Queue ``event``; return its id. Never blocks or awaits."""
-        eid: str = getattr(event, "id", None) or f"{self._prefix}{next(self._counter):x}"
+        own: str | None = getattr(event, "id", None)
+        eid = own or f"{self._prefix}{next(self._counter):x}"
         queue = self._queue
         if len(queue) >= self.queue_size or self.closed:
             self._spool_lines([("e", event_row(eid, event))])
             return eid
         queue.append((eid, event))
+        if own:  # a caller's id (deliverability events) may be stored already
+            self._own_ids_queued = True
         if len(queue) >= self.batch_size and not self._wake.is_set():
             self._wake.set()
         return eid
@@ -218,17 +224,21 @@ class EventWriter:
             # several workers /metrics sums the workers' files (prometheus multiprocess).
             EVENT_QUEUE_DEPTH.set(len(queue))
             n = min(len(queue), self.batch_size)
+            new_ids = not self._own_ids_queued
             batch = [queue.popleft() for _ in range(n)]
+            if not queue:
+                self._own_ids_queued = False
             rows = [event_row(eid, ev) for eid, ev in batch]
-            await self._write_rows(rows)
+            await self._write_rows(rows, new_ids=new_ids)
         EVENT_QUEUE_DEPTH.set(0)
 
-    async def _write_rows(self, rows: list[dict[str, Any]]) -> None:
+    async def _write_rows(self, rows: list[dict[str, Any]], *, new_ids: bool = False) -> None:
         if not self.db_ok:
             self._spool_lines([("e", r) for r in rows])
             return
         try:
-            await asyncio.wait_for(self.store.write_events(rows), self.write_timeout)
+            await asyncio.wait_for(self.store.write_events(rows, new_ids=new_ids),
+                                   self.write_timeout)
         except Exception as exc:
             self._db_failed("events", exc)
             self._spool_lines([("e", r) for r in rows])
