@@ -16,7 +16,7 @@ from prometheus_client import REGISTRY
 
 from relay.records import Event, LinkRecord, Outcome, Reply, SentMessage
 from relay.store import BadCursor, Store, open_store
-from relay.store.records import event_from_row, event_row
+from relay.store.records import dump_json, event_from_row, event_row
 from relay.store.schema import MIGRATIONS, latest_version
 
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
@@ -676,8 +676,8 @@ def test_event_rows_and_parameters_keep_their_format() -> None:
     assert _event_params(row) == (
         "ev-1", "open", 1700000000.25, mid(1), "carol@customer.test", None, "198.51.100.0",
         "Mozilla/5.0", "Apple Mail", "iOS", "mobile", None, None, None, 1, "apple_mpp",
-        "machine", '["apple_mpp", "apple_relay_ip"]', "apple",
-        '{"score": 0, "location_hidden": true}')
+        "machine", '["apple_mpp","apple_relay_ip"]', "apple",
+        '{"score":0,"location_hidden":true}')
     bare = event_row("ev-2", Event("click", mid(1), None, time=5, link_index=2, data=None))
     assert bare["data"] == {} and bare["reasons"] == [] and bare["time"] == 5.0
     # A row spooled by an older version may lack the newer columns.
@@ -685,5 +685,8 @@ def test_event_rows_and_parameters_keep_their_format() -> None:
            "data": {"a": 1}}
     assert _event_params(old) == ("old", "open", 1.5, mid(1), None, None, None, None, None,
                                   None, None, None, None, None, 1, None, None, "[]", None,
-                                  '{"a": 1}')
-    assert _columns([old])[-3:] == [["[]"], [None], ['{"a": 1}']]
+                                  '{"a":1}')
+    assert _columns([old])[-3:] == [["[]"], [None], ['{"a":1}']]
+    # What orjson refuses (integers beyond 64 bits) is encoded by json; keys become text.
+    assert dump_json({"big": 2**70, 1: "x"}) == '{"big": 1180591620717411303424, "1": "x"}'
+    assert dump_json({1: "x", "y": [1.5, None]}) == '{"1":"x","y":[1.5,null]}'

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
+from relay import metrics
 from relay.records import new_id
 from relay.tokens import TokenCodec
 from relay.tracker import recipient
@@ -139,6 +140,7 @@ async def test_forged_pixel_tokens_get_the_gif_and_record_nothing(
 
 
 def _unknown_opens() -> float:
+    metrics.HITS.flush()  # hits reach prometheus within 0.1 s; read them now
     value = REGISTRY.get_sample_value("trackrelay_tracker_hits_total",
                                       {"endpoint": "open", "result": "unknown_message"})
     return value or 0.0
@@ -378,3 +380,29 @@ def test_forwarded_scheme_is_believed_only_from_trusted_proxies() -> None:
     assert behind_proxy.scheme("203.0.113.9", headers, "http") == "http"  # not a proxy
     assert behind_proxy.scheme("10.1.2.3", {"X-Forwarded-Proto": "gopher"}, "http") == "http"
     assert ClientAddress([], "full").scheme("10.1.2.3", headers, "http") == "http"
+
+
+async def test_hit_counters_reach_prometheus_soon_and_at_scrape() -> None:
+    """Hot-path counts are gathered in the process (relay.metrics.Tally): prometheus has
+    them within the delay, and at once when this process answers /metrics."""
+    counter = metrics.TRACKER_HITS.labels("open", "not_tracked")
+    tally = metrics.Tally(delay=0.05)
+    before = counter._value.get()
+    for _ in range(5):
+        tally.inc(counter)
+    assert counter._value.get() == before  # not yet
+    await asyncio.sleep(0.2)
+    assert counter._value.get() == before + 5
+    tally.inc(counter)
+    metrics.HITS.inc(counter)
+    metrics.exposition()  # flushes HITS, the tracker's own tally
+    assert counter._value.get() == before + 6
+    tally.flush()
+    assert counter._value.get() == before + 7
+
+
+def test_hit_counters_without_an_event_loop_count_at_once() -> None:
+    counter = metrics.TRACKER_HITS.labels("click", "not_tracked")
+    before = counter._value.get()
+    metrics.Tally().inc(counter)
+    assert counter._value.get() == before + 1

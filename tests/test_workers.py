@@ -154,7 +154,9 @@ async def test_workers_share_sockets_key_store_and_metrics(served: Served) -> No
         async with aiohttp.ClientSession() as session, session.get(url) as resp:
             assert resp.status == 200
             assert resp.headers["Content-Type"] == "image/gif"
-    # /metrics sums the workers, whichever of them answers the scrape.
+    # /metrics sums the workers, whichever of them answers the scrape (a worker adds its
+    # hits within 0.1 s: relay.metrics.Tally).
+    await asyncio.sleep(0.3)
     for _ in range(3):
         assert await metric(served.http, "trackrelay_smtp_transactions_total",
                             'result="delivered"') == 30

@@ -103,6 +103,7 @@ _EVENTS = {
     (t, m): metrics.EVENTS.labels(t, "true" if m else "false")
     for t in ("open", "click") for m in (True, False)
 }
+_count = metrics.HITS.inc
 
 
 def safe_location(url: str) -> str:
@@ -209,14 +210,14 @@ class RecipientEndpoints:
                     data[key] = None
             data["location_hidden"] = True
         self.store.enqueue(event)
-        _EVENTS[kind, event.machine].inc()
+        _count(_EVENTS[kind, event.machine])
 
     async def open_pixel(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
         token = name[:-4] if name.endswith(".gif") else name
         data = self.app.tokens.decode(token, "open")
         if data is None:
-            _OPEN_RESULTS["invalid_token"].inc()
+            _count(_OPEN_RESULTS["invalid_token"])
             return web.Response(body=PIXEL_GIF, headers=PIXEL_HEADERS)
         try:
             resolved = await self._resolve(data)
@@ -227,16 +228,16 @@ class RecipientEndpoints:
             log.warning("open_lookup_failed", message=data.message_id, error=repr(exc))
             await self._record(request, "open", data.message_id, None, None, None,
                                {"recipient_index": data.recipient_index, "unresolved": True})
-            _OPEN_RESULTS["recorded"].inc()
+            _count(_OPEN_RESULTS["recorded"])
             return web.Response(body=PIXEL_GIF, headers=PIXEL_HEADERS)
         if resolved == NOT_YET:
             self._record_later(self._see(request), data)
         elif isinstance(resolved, str):
-            _OPEN_RESULTS[resolved].inc()
+            _count(_OPEN_RESULTS[resolved])
         else:
             await self._record(request, "open", data.message_id, resolved[1], None,
                                resolved[0])
-            _OPEN_RESULTS["recorded"].inc()
+            _count(_OPEN_RESULTS["recorded"])
         return web.Response(body=PIXEL_GIF, headers=PIXEL_HEADERS)
 
     def _record_later(self, seen: _Seen, data: TokenData) -> None:
@@ -260,9 +261,9 @@ class RecipientEndpoints:
                 break
             await self._record(seen, "open", data.message_id, resolved[1], None,
                                resolved[0])
-            _OPEN_RESULTS["recorded"].inc()
+            _count(_OPEN_RESULTS["recorded"])
             return
-        _OPEN_RESULTS["unknown_message"].inc()
+        _count(_OPEN_RESULTS["unknown_message"])
 
     async def drain(self) -> None:
         """Wait for opens still being looked up (at shutdown, before the store closes)."""
@@ -272,7 +273,7 @@ class RecipientEndpoints:
     async def click(self, request: web.Request) -> web.Response:
         data = self.app.tokens.decode(request.match_info["token"], "click")
         if data is None:
-            _CLICK_RESULTS["invalid_token"].inc()
+            _count(_CLICK_RESULTS["invalid_token"])
             return _not_found()
         try:
             resolved = await self._resolve(data)
@@ -290,11 +291,11 @@ class RecipientEndpoints:
                                 headers={"Retry-After": "5", "Cache-Control": "no-store"})
         if isinstance(resolved, str) or url is None or not url.lower().startswith(
                 _REDIRECT_SCHEMES):
-            _CLICK_RESULTS["unknown_message"].inc()
+            _count(_CLICK_RESULTS["unknown_message"])
             return _not_found()
         await self._record(request, "click", data.message_id, resolved[1], data.link_index,
                            resolved[0])
-        _CLICK_RESULTS["recorded"].inc()
+        _count(_CLICK_RESULTS["recorded"])
         return web.Response(status=302, headers={
             "Location": safe_location(url),
             "Cache-Control": "no-store, no-cache, must-revalidate, private",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from relay import metrics
 from relay.app import App
 from relay.engagement.runner import BatchRunner
 from relay.logs import get_logger
@@ -86,6 +87,7 @@ def create_web_app(app: App) -> web.Application:
     async def on_cleanup(_: web.Application) -> None:
         nonlocal opened_here
         await recipient.drain()
+        metrics.HITS.flush()
         await dispatcher.stop()
         await batch.stop()
         recipient.close()
