@@ -176,7 +176,8 @@ def run_tracker(root: Path, store_url: str, duration: int, connections: int,
     proc = subprocess.Popen(
         [sys.executable, "-m", "relay.cli", "serve", "--smtp-listen", f"127.0.0.1:{smtp_port}",
          "--capture-dir", str(capture), "--http-listen", f"127.0.0.1:{http_port}",
-         "--store", store_url, "--workers", str(workers), "--event-loop", event_loop], env=env)
+         "--store", store_url, "--workers", str(workers), "--event-loop", event_loop],
+        env=env, cwd=root)  # a PostgreSQL store's spool files land in cwd
     try:
         wait_port(smtp_port)
         wait_port(http_port)

@@ -125,6 +125,19 @@ class WebhookConfig:
 
 
 @dataclass
+class FirstOpenMailConfig:
+    """``[tracker.first_open_mail]``: email a sender when a recipient first opens their
+    message (a person's open, never a machine's), through ``[upstream]``."""
+
+    enabled: bool = False
+    #: From address (and envelope sender) of the notices; required when enabled.
+    from_address: str = ""
+    #: Senders who get notices: addresses, or domains for all their addresses. Empty:
+    #: every sender of tracked mail.
+    senders: list[str] = field(default_factory=list)
+
+
+@dataclass
 class TrackerConfig:
     #: Addresses or networks of reverse proxies whose X-Forwarded-For / Forwarded is believed.
     trusted_proxies: list[str] = field(default_factory=list)
@@ -141,6 +154,7 @@ class TrackerConfig:
     #: First retry delay in seconds; doubles on each retry up to webhook_max_backoff.
     webhook_backoff: float = 10.0
     webhook_max_backoff: float = 3600.0
+    first_open_mail: FirstOpenMailConfig = field(default_factory=FirstOpenMailConfig)
 
 
 @dataclass
@@ -376,6 +390,12 @@ def _build(cls: Any, data: dict[str, Any], prefix: str) -> Any:
     return cls(**kwargs)
 
 
+def _looks_like_address(value: str) -> bool:
+    local, at, domain = value.strip().rpartition("@")
+    return bool(at and local and "." in domain) and not any(c.isspace() or c in "<>"
+                                                           for c in value.strip())
+
+
 def _env_overrides(environ: typing.Mapping[str, str]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for name, raw in environ.items():
@@ -558,6 +578,15 @@ def validate_tracker(t: TrackerConfig) -> None:
                                   f"(known: {', '.join(known_events)})")
         if hook.timeout <= 0:
             raise ConfigError(f"{key}.timeout: must be positive")
+    mail = t.first_open_mail
+    if mail.enabled and not _looks_like_address(mail.from_address):
+        raise ConfigError("tracker.first_open_mail.from_address: required when enabled, an "
+                          f"address such as trackrelay@example.com, got {mail.from_address!r}")
+    for i, who in enumerate(mail.senders):
+        name = who.strip().lstrip("@")
+        if "." not in name.rpartition("@")[2] or any(c.isspace() for c in name):
+            raise ConfigError(f"tracker.first_open_mail.senders[{i}]: expected an address "
+                              f"or a domain, got {who!r}")
     if t.webhook_max_attempts < 1:
         raise ConfigError("tracker.webhook_max_attempts: must be 1 or more")
     if t.webhook_backoff <= 0 or t.webhook_max_backoff < t.webhook_backoff:

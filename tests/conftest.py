@@ -120,7 +120,7 @@ class Sink:
         self.server: asyncio.Server | None = None
         self.port = 0
 
-    async def start(self, smtputf8: bool = True) -> None:
+    async def start(self, smtputf8: bool = True, port: int = 0) -> None:
         loop = asyncio.get_running_loop()
 
         def factory() -> SMTP:
@@ -128,7 +128,7 @@ class Sink:
             return SMTP(SinkHandler(self), enable_SMTPUTF8=smtputf8, hostname="sink.test",
                         data_size_limit=None)
 
-        self.server = await loop.create_server(factory, "127.0.0.1", 0)
+        self.server = await loop.create_server(factory, "127.0.0.1", port)
         self.port = self.server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:

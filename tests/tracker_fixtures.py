@@ -34,10 +34,12 @@ from tests.tracker_support import (
 async def make_tracker(store_url: str, tmp_path: Any) -> AsyncIterator[MakeTracker]:
     started: list[Tracker] = []
 
-    async def _make(**tracker: Any) -> Tracker:
+    async def _make(sections: dict[str, Any] | None = None, **tracker: Any) -> Tracker:
+        """``tracker`` is the [tracker] table; ``sections`` any other tables."""
         section: dict[str, Any] = {"api_tokens": API_TOKENS}
         section.update(tracker)
         config = build_config({
+            **(sections or {}),
             "http": {"listen": "127.0.0.1:0", "base_url": "http://127.0.0.1:8025"},
             "tracking": {"token_keys": [TOKEN_KEY]},
             "store": {"url": store_url},

@@ -404,11 +404,12 @@ class Api:
                    "next_cursor": page.next_cursor})
 
     async def list_deliveries(self, request: web.Request) -> web.Response:
-        q = Query(request, ("status", "cursor", "limit"))
+        q = Query(request, ("status", "endpoint", "cursor", "limit"))
         if _scope(request) is not None:  # the outbox spans every sender: admin only
             return error(404, "not_found", "no such resource")
         page = await self.store.list_webhook_deliveries(
-            status=q.choice("status", DELIVERY_STATUSES), cursor=q.text("cursor", 1000),
+            status=q.choice("status", DELIVERY_STATUSES), endpoint=q.text("endpoint", 2000),
+            cursor=q.text("cursor", 1000),
             limit=q.limit(100))
         return ok({"items": [serialize.delivery_json(d) for d in page.items],
                    "next_cursor": page.next_cursor})

@@ -309,11 +309,15 @@ def openapi_document(base_url: str = "") -> dict[str, Any]:
                 "responses": _responses("PeriodStats", "The period's figures."),
             }},
             "/webhooks/deliveries": {"get": {
-                "summary": "The webhook outbox (admin tokens only), newest first.",
+                "summary": "The webhook outbox (admin tokens only), newest first; "
+                           "first-open mail to senders is there too, as endpoint "
+                           "mailto:sender.",
                 "operationId": "listWebhookDeliveries",
                 "parameters": [
                     _param("status", "Delivery status.",
                            {"type": "string", "enum": ["pending", "delivered", "failed"]}),
+                    _param("endpoint", "Only this endpoint's deliveries (a webhook URL, "
+                                       "or mailto:sender).", _text(2000)),
                     P_CURSOR, _limit(100),
                 ],
                 "responses": _responses("DeliveryPage", "A page of deliveries.",

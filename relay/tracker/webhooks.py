@@ -43,7 +43,7 @@ from relay import metrics
 from relay.config import WebhookConfig
 from relay.logs import get_logger
 from relay.store.base import iso_time
-from relay.tracker import signing
+from relay.tracker import open_mail, signing
 from relay.tracker.serialize import event_json
 
 if TYPE_CHECKING:
@@ -82,6 +82,9 @@ class WebhookDispatcher:
         self._session: aiohttp.ClientSession | None = None
         self._cursor: str | None = None
         self._positioned = False
+        #: First-open mail to senders ([tracker.first_open_mail]), through the same outbox.
+        self.mailer = (open_mail.OpenMailer(app) if self.config.first_open_mail.enabled
+                       else None)
 
     @property
     def store(self) -> Store:
@@ -91,7 +94,7 @@ class WebhookDispatcher:
 
     @property
     def enabled(self) -> bool:
-        return bool(self.hooks)
+        return bool(self.hooks) or self.mailer is not None
 
     async def start(self) -> None:
         if not self.enabled or self._tasks:
@@ -104,7 +107,8 @@ class WebhookDispatcher:
             asyncio.create_task(self._loop(self.feed_once), name="webhook-feeder"),
             asyncio.create_task(self._loop(self.send_once), name="webhook-sender"),
         ]
-        log.info("webhooks_started", endpoints=len(self.hooks))
+        log.info("webhooks_started", endpoints=len(self.hooks),
+                 first_open_mail=self.mailer is not None)
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -116,6 +120,8 @@ class WebhookDispatcher:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self.mailer is not None:
+            await self.mailer.close()
 
     async def _loop(self, step: Any) -> None:
         while True:
@@ -157,6 +163,9 @@ class WebhookDispatcher:
                 await self.store.enqueue_webhook(
                     url, "first_open", payload_for("first_open", row, key),
                     event_id=row["id"], dedupe_key=key)
+        if self.mailer is not None and row["type"] == "open" and not row["machine"]:
+            key = f"first_open:{row['message_id']}:{row['recipient'] or ''}"
+            await self.mailer.feed(row, payload_for("first_open", row, key), key)
 
     # -- sender -------------------------------------------------------------------------------
 
@@ -169,23 +178,32 @@ class WebhookDispatcher:
         return bool(due)
 
     async def _deliver(self, delivery: WebhookDelivery) -> None:
+        if delivery["endpoint"] == open_mail.ENDPOINT and self.mailer is not None:
+            error, permanent = await self.mailer.send(delivery)
+            await self._settle(delivery, error, permanent)
+            return
         hook = self.hooks.get(delivery["endpoint"])
         if hook is None:
             await self.store.mark_webhook_failed(
                 delivery["id"], "endpoint no longer configured", max_attempts=1)
             metrics.WEBHOOK_ATTEMPTS.labels("failed").inc()
             return
-        error = await self._post(hook, delivery)
+        await self._settle(delivery, await self._post(hook, delivery), False)
+
+    async def _settle(self, delivery: WebhookDelivery, error: str | None,
+                      permanent: bool) -> None:
+        """Mark an attempt delivered, due again later (backoff) or failed for good."""
         if error is None:
             await self.store.mark_webhook_delivered(delivery["id"])
             metrics.WEBHOOK_ATTEMPTS.labels("delivered").inc()
             return
         status = await self.store.mark_webhook_failed(
-            delivery["id"], error, max_attempts=self.config.webhook_max_attempts,
+            delivery["id"], error,
+            max_attempts=1 if permanent else self.config.webhook_max_attempts,
             base_delay=self.config.webhook_backoff,
             max_delay=self.config.webhook_max_backoff)
         metrics.WEBHOOK_ATTEMPTS.labels("failed" if status == "failed" else "retry").inc()
-        log.warning("webhook_failed", endpoint=hook.url, delivery=delivery["id"],
+        log.warning("webhook_failed", endpoint=delivery["endpoint"], delivery=delivery["id"],
                     attempt=delivery["attempts"] + 1, error=error, status=status)
 
     async def _post(self, hook: WebhookConfig, delivery: WebhookDelivery) -> str | None:

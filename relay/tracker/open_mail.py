@@ -1,0 +1,189 @@
+"""First-open mail: tell a sender by email when a recipient first opens their message.
+
+Optional (``[tracker.first_open_mail]``, off by default). It rides the webhook outbox:
+the feeder adds a delivery to the pseudo-endpoint ``mailto:sender`` for the first human
+(``machine = false``) open of each message and recipient, with the same dedupe key as
+the ``first_open`` webhook (``first_open:<message>:<recipient>``), so a notice goes out
+once ever whichever tracker process saw the open; the sender loop then sends it through
+the relay's own upstream (``[upstream]``; the capture folder in capture mode) instead of
+POSTing it. An unreachable upstream or a 4xx is retried with the webhooks' backoff; a
+5xx fails the delivery at once; failed notices are listed by
+``GET /api/v1/webhooks/deliveries?endpoint=mailto:sender`` like any other delivery.
+
+The notice is plain text with ``Auto-Submitted: auto-generated`` (RFC 3834: nobody's
+auto-responder answers it) and goes straight to the upstream, so it carries no tracking
+and is never itself counted. Machine opens (image proxies, security scanners) never
+trigger one: a sender told "opened" by a scanner would be told a falsehood.
+"""
+
+from __future__ import annotations
+
+import email.policy
+import email.utils
+import json
+from collections.abc import Awaitable, Callable
+from email.message import EmailMessage
+from typing import TYPE_CHECKING, Any
+
+from relay.config import FirstOpenMailConfig
+from relay.logs import get_logger
+from relay.records import Reply
+from relay.store.base import iso_time
+from relay.upstream import Connection, Upstream, UpstreamUnavailable, make_upstream
+
+if TYPE_CHECKING:
+    from relay.app import App
+    from relay.store.base import EventRow, MessageDetail, Store, WebhookDelivery
+
+log = get_logger("relay.tracker.open_mail")
+
+#: The outbox endpoint of first-open notices (never an http(s) webhook URL).
+ENDPOINT = "mailto:sender"
+NOTICE_HEADER = "X-Trackrelay-Notice"
+
+
+def sender_wanted(config: FirstOpenMailConfig, sender: str) -> bool:
+    """Whether ``sender`` gets notices: listed as an address or by its domain (or the
+    list is empty); never the null sender."""
+    sender = sender.strip().lower()
+    if "@" not in sender:
+        return False
+    if not config.senders:
+        return True
+    domain = sender.rpartition("@")[2]
+    wanted = {s.strip().lower().lstrip("@") for s in config.senders}
+    return sender in wanted or domain in wanted
+
+
+def _describe(event: dict[str, Any]) -> list[str]:
+    """The lines saying how and where the open happened, as far as is known."""
+    lines = []
+    client = " on ".join(x for x in (event.get("client"), event.get("os")) if x)
+    if client:
+        device = event.get("device")
+        lines.append(f"Mail client: {client}" + (f" ({device})" if device else ""))
+    place = ", ".join(x for x in (event.get("city"), event.get("region"),
+                                  event.get("country")) if x)
+    if place:
+        lines.append(f"Approximate location: {place}")
+    return lines
+
+
+def compose(config: FirstOpenMailConfig, hostname: str, message: MessageDetail,
+            event: dict[str, Any], delivery_key: str) -> tuple[EmailMessage, bool]:
+    """The notice for ``message``'s sender, and whether it needs SMTPUTF8."""
+    subject = (message.get("subject") or "").strip() or "(no subject)"
+    recipient = event.get("recipient") or "A recipient"
+    notice = EmailMessage()
+    notice["From"] = email.utils.formataddr(("trackrelay", config.from_address))
+    notice["To"] = message["sender"]
+    notice["Subject"] = f"Opened: {subject}"
+    notice["Date"] = email.utils.formatdate(usegmt=True)
+    notice["Message-ID"] = email.utils.make_msgid("trackrelay-notice", domain=hostname)
+    notice["Auto-Submitted"] = "auto-generated"
+    notice[NOTICE_HEADER] = "first_open"
+    if message.get("header_message_id"):
+        notice["References"] = message["header_message_id"]
+    sent = iso_time(message.get("delivered_at") or message.get("created_at"))
+    lines = [
+        f"{recipient} opened your message \"{subject}\" for the first time.",
+        "",
+        f"Opened:  {event.get('time')}",
+        f"Sent:    {sent}",
+        *_describe(event),
+        "",
+        f"Message: {message['id']}",
+        "",
+        "Opens by image proxies and security scanners are not counted as opens by a",
+        "person, and never trigger this notice. You get one per message and recipient.",
+        "",
+        f"-- trackrelay ({delivery_key})",
+    ]
+    notice.set_content("\n".join(lines) + "\n")
+    utf8 = not all(a.isascii() for a in (message["sender"], config.from_address))
+    return notice, utf8
+
+
+class OpenMailer:
+    """Adds first-open notices to the outbox and sends them through the upstream."""
+
+    def __init__(self, app: App, upstream: Upstream | None = None) -> None:
+        self.app = app
+        self.config = app.config.tracker.first_open_mail
+        self.hostname = app.config.relay.hostname
+        self._upstream = upstream
+
+    @property
+    def store(self) -> Store:
+        store = self.app.store
+        assert store is not None, "the store is opened before the dispatcher starts"
+        return store
+
+    @property
+    def upstream(self) -> Upstream:
+        if self._upstream is None:
+            self._upstream = make_upstream(self.app.config.upstream, self.hostname)
+        return self._upstream
+
+    async def close(self) -> None:
+        if self._upstream is not None:
+            await self._upstream.close()
+            self._upstream = None
+
+    async def feed(self, row: EventRow, payload: str, key: str) -> None:
+        """Queue the notice for a human open (the dedupe key keeps it to one ever)."""
+        message = await self.store.lookup_message(row["message_id"])
+        if message is None or not sender_wanted(self.config, message["sender"] or ""):
+            return
+        await self.store.enqueue_webhook(ENDPOINT, "first_open", payload,
+                                         event_id=row["id"], dedupe_key=key)
+
+    async def send(self, delivery: WebhookDelivery) -> tuple[str | None, bool]:
+        """Send one notice: (None, _) when the upstream took it, else (what went wrong,
+        whether it is permanent)."""
+        body = json.loads(delivery["payload"])
+        event = body["event"]
+        message = await self.store.get_message(event["message_id"])
+        if message is None:
+            return "message no longer stored", True
+        notice, utf8 = compose(self.config, self.hostname, message, event, body["id"])
+        policy = email.policy.SMTPUTF8 if utf8 else email.policy.SMTP
+        data = notice.as_bytes(policy=policy)
+        upstream = self.upstream
+        for attempt in (1, 2):
+            try:
+                conn = await upstream.acquire()
+            except UpstreamUnavailable as exc:
+                return f"upstream: {exc.reply}", False
+            try:
+                error, permanent, reusable = await self._transact(conn, message["sender"],
+                                                                  data, utf8)
+            except UpstreamUnavailable as exc:
+                upstream.release(conn, False)
+                if attempt == 1 and conn.reused:
+                    continue  # a pooled connection the server had dropped: one fresh try
+                return f"upstream: {exc.reply}", False
+            upstream.release(conn, reusable)
+            if error is None:
+                log.info("first_open_mail_sent", message=message["id"],
+                         delivery=delivery["id"])
+            return error, permanent
+        return "upstream: no connection", False
+
+    async def _transact(self, conn: Connection, to: str, data: bytes, utf8: bool
+                        ) -> tuple[str | None, bool, bool]:
+        """MAIL, RCPT, DATA on ``conn``: (error or None, permanent, connection reusable)."""
+        if utf8 and not conn.supports("smtputf8"):
+            return "upstream does not offer SMTPUTF8 for a non-ASCII address", True, True
+        steps: list[tuple[str, Callable[[], Awaitable[Reply]]]] = [
+            ("MAIL", lambda: conn.mail(self.config.from_address,
+                                       ["SMTPUTF8"] if utf8 else [], utf8)),
+            ("RCPT", lambda: conn.rcpt(to, [], utf8)),
+            ("DATA", lambda: conn.data(data)),
+        ]
+        for name, step in steps:
+            reply = await step()
+            if not reply.ok:
+                reusable = await conn.rset() if name != "DATA" else True
+                return f"upstream {name}: {reply}", reply.permanent, reusable
+        return None, False, True
