@@ -107,17 +107,11 @@ def compose(config: FirstOpenMailConfig, hostname: str, message: MessageDetail,
 class OpenMailer:
     """Adds first-open notices to the outbox and sends them through the upstream."""
 
-    def __init__(self, app: App, upstream: Upstream | None = None) -> None:
+    def __init__(self, app: App) -> None:
         self.app = app
         self.config = app.config.tracker.first_open_mail
         self.hostname = app.config.relay.hostname
-        self._upstream = upstream
-
-    @property
-    def store(self) -> Store:
-        store = self.app.store
-        assert store is not None, "the store is opened before the dispatcher starts"
-        return store
+        self._upstream: Upstream | None = None
 
     @property
     def upstream(self) -> Upstream:
@@ -130,20 +124,20 @@ class OpenMailer:
             await self._upstream.close()
             self._upstream = None
 
-    async def feed(self, row: EventRow, payload: str, key: str) -> None:
+    async def feed(self, store: Store, row: EventRow, payload: str, key: str) -> None:
         """Queue the notice for a human open (the dedupe key keeps it to one ever)."""
-        message = await self.store.lookup_message(row["message_id"])
+        message = await store.lookup_message(row["message_id"])
         if message is None or not sender_wanted(self.config, message["sender"] or ""):
             return
-        await self.store.enqueue_webhook(ENDPOINT, "first_open", payload,
+        await store.enqueue_webhook(ENDPOINT, "first_open", payload,
                                          event_id=row["id"], dedupe_key=key)
 
-    async def send(self, delivery: WebhookDelivery) -> tuple[str | None, bool]:
+    async def send(self, store: Store, delivery: WebhookDelivery) -> tuple[str | None, bool]:
         """Send one notice: (None, _) when the upstream took it, else (what went wrong,
         whether it is permanent)."""
         body = json.loads(delivery["payload"])
         event = body["event"]
-        message = await self.store.get_message(event["message_id"])
+        message = await store.get_message(event["message_id"])
         if message is None:
             return "message no longer stored", True
         notice, utf8 = compose(self.config, self.hostname, message, event, body["id"])

@@ -165,7 +165,7 @@ class WebhookDispatcher:
                     event_id=row["id"], dedupe_key=key)
         if self.mailer is not None and row["type"] == "open" and not row["machine"]:
             key = f"first_open:{row['message_id']}:{row['recipient'] or ''}"
-            await self.mailer.feed(row, payload_for("first_open", row, key), key)
+            await self.mailer.feed(self.store, row, payload_for("first_open", row, key), key)
 
     # -- sender -------------------------------------------------------------------------------
 
@@ -179,7 +179,7 @@ class WebhookDispatcher:
 
     async def _deliver(self, delivery: WebhookDelivery) -> None:
         if delivery["endpoint"] == open_mail.ENDPOINT and self.mailer is not None:
-            error, permanent = await self.mailer.send(delivery)
+            error, permanent = await self.mailer.send(self.store, delivery)
             await self._settle(delivery, error, permanent)
             return
         hook = self.hooks.get(delivery["endpoint"])
