@@ -358,6 +358,9 @@ async def test_store_outage_keeps_opens_and_never_guesses_a_redirect(
                                 headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as resp:
         assert resp.status == 503
         assert (await resp.json())["error"] == "unavailable"
+    # Hits are recorded just after their answer: let the cold open meet the outage (its
+    # look-up fails, it is kept unresolved and spooled) before the database returns.
+    await tracker.store.flush()
     await tracker.store.connect()
 
     async def all_there() -> bool:
@@ -406,3 +409,64 @@ def test_hit_counters_without_an_event_loop_count_at_once() -> None:
     before = counter._value.get()
     metrics.Tally().inc(counter)
     assert counter._value.get() == before + 1
+
+
+async def test_a_flush_covers_every_pixel_hit_answered_before_it(tracker: Tracker) -> None:
+    """The GIF goes out before the hit is recorded; ``Store.flush`` still covers it,
+    uncached messages (a store lookup first) included."""
+    sents = [await seed_message(tracker.store, recipients=["carol@customer.test"])
+             for _ in range(5)]
+
+    async def hit(url: str) -> None:
+        async with tracker.http.get(url) as resp:
+            assert resp.status == 200 and await resp.read() == PIXEL_GIF
+
+    await asyncio.gather(*(hit(tracker.pixel_url(s.message_id)) for s in sents for _ in range(4)))
+    await tracker.store.flush()  # no waiting: every answered hit is in the store now
+    page = await tracker.store.list_events(type="open", limit=100)
+    assert len(page.items) == 20
+    assert {e["message_id"] for e in page.items} == {s.message_id for s in sents}
+
+
+async def test_a_slow_message_lookup_holds_up_neither_the_gif_nor_other_hits(
+        make_tracker: MakeTracker, store_url: str) -> None:
+    """PostgreSQL: another session locks the messages table, so looking up a message not
+    cached yet waits; its GIF is answered at once anyway, a cached message's hits are
+    recorded meanwhile, and the waiting one is recorded once the lock goes."""
+    if not store_url.startswith("postgresql"):
+        pytest.skip("needs a table lock that blocks readers (PostgreSQL)")
+    import asyncpg
+
+    tracker = await make_tracker()
+    cached = await seed_message(tracker.store, recipients=["carol@customer.test"])
+    cold = await seed_message(tracker.store, recipients=["dave@customer.test"])
+    async with tracker.http.get(tracker.pixel_url(cached.message_id)) as resp:
+        assert resp.status == 200
+    base, _, query = store_url.partition("?schema=")
+    locker = await asyncpg.connect(base)
+    try:
+        tx = locker.transaction()
+        await tx.start()
+        await locker.execute(f'LOCK TABLE "{query}".messages IN ACCESS EXCLUSIVE MODE')
+        async with asyncio.timeout(5):  # answered while the lookup is blocked
+            async with tracker.http.get(tracker.pixel_url(cold.message_id)) as resp:
+                assert resp.status == 200 and await resp.read() == PIXEL_GIF
+        async with tracker.http.get(tracker.pixel_url(cached.message_id)) as resp:
+            assert resp.status == 200
+
+        # The store's own reads join messages (locked): read the events table directly.
+        opens = f'SELECT recipient FROM "{query}".events WHERE type = \'open\''
+
+        async def cached_twice() -> bool:
+            assert tracker.store.writer is not None
+            await tracker.store.writer.flush()  # the writer alone: not the blocked lookup
+            return len(await locker.fetch(opens)) == 2
+
+        await wait_for(cached_twice)
+        assert {r["recipient"] for r in await locker.fetch(opens)} == {"carol@customer.test"}
+        await tx.rollback()
+    finally:
+        await locker.close()
+    await tracker.store.flush()
+    page = await tracker.store.list_events(type="open", message_id=cold.message_id)
+    assert [e["recipient"] for e in page.items] == ["dave@customer.test"]

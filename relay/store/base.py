@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Literal, NotRequired, TypedDict, TypeVar
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from relay.records import Event, Outcome, SentMessage
     from relay.store.writer import EventWriter
 
@@ -309,6 +311,7 @@ class Store(abc.ABC):
     engine: str = ""
     #: The background batch writer behind ``enqueue`` (None when opened with writer=False).
     writer: EventWriter | None = None
+    _flush_sources: list[Callable[[], Awaitable[None]]] | None = None
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -331,13 +334,31 @@ class Store(abc.ABC):
     async def ping(self) -> bool:
         """True if the database answers a trivial query now (``/readyz``); never raises."""
 
+    def add_flush_source(self, settle: Callable[[], Awaitable[None]]) -> None:
+        """Have ``flush()`` first await ``settle``: for a caller that answers before it
+        enqueues (the pixel endpoint records its hits just after answering them), so a
+        flush still covers everything answered so far."""
+        if self._flush_sources is None:
+            self._flush_sources = []
+        self._flush_sources.append(settle)
+
+    def remove_flush_source(self, settle: Callable[[], Awaitable[None]]) -> None:
+        if self._flush_sources and settle in self._flush_sources:
+            self._flush_sources.remove(settle)
+
+    async def _settle_sources(self) -> None:
+        for settle in list(self._flush_sources or ()):
+            await settle()
+
     async def flush(self) -> None:
         """Write every event queued so far (or spool it if the database is down)."""
+        await self._settle_sources()
         if self.writer is not None:
             await self.writer.flush()
 
     async def close(self) -> None:
         """Flush the queue, stop the writer, close connections. Idempotent."""
+        await self._settle_sources()
         if self.writer is not None:
             await self.writer.close()
         await self.disconnect()

@@ -22,6 +22,7 @@ from relay.app import App
 from relay.engagement.runner import BatchRunner
 from relay.logs import get_logger
 from relay.metrics import exposition
+from relay.store.base import Store
 from relay.tracker.api import Api
 from relay.tracker.deliverability_api import add_deliverability_routes
 from relay.tracker.recipient import RecipientEndpoints
@@ -72,6 +73,7 @@ def create_web_app(app: App) -> web.Application:
     web_app[DISPATCHER] = dispatcher
     batch = BatchRunner(lambda: app.store, app.config.engagement)
     opened_here = False
+    settled_by: list[Store] = []  # the store whose flush() waits for the pixel's hits
 
     async def on_startup(_: web.Application) -> None:
         nonlocal opened_here
@@ -81,12 +83,17 @@ def create_web_app(app: App) -> web.Application:
             app.store = await open_store_from_config(app.config.store)
             opened_here = True
             log.info("store_opened", engine=app.store.engine)
+        app.store.add_flush_source(recipient.settle)
+        settled_by.append(app.store)
         await dispatcher.start()
         batch.start()
 
     async def on_cleanup(_: web.Application) -> None:
         nonlocal opened_here
         await recipient.drain()
+        for store in settled_by:
+            store.remove_flush_source(recipient.settle)
+        settled_by.clear()
         metrics.HITS.flush()
         await dispatcher.stop()
         await batch.stop()
