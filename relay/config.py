@@ -392,8 +392,8 @@ def _build(cls: Any, data: dict[str, Any], prefix: str) -> Any:
 
 def _looks_like_address(value: str) -> bool:
     local, at, domain = value.strip().rpartition("@")
-    return bool(at and local and "." in domain) and not any(c.isspace() or c in "<>"
-                                                           for c in value.strip())
+    return bool(at and local and _DOMAIN.match(domain)) and not any(
+        c.isspace() or c in "<>" for c in local)
 
 
 def _env_overrides(environ: typing.Mapping[str, str]) -> dict[str, dict[str, Any]]:
@@ -584,7 +584,7 @@ def validate_tracker(t: TrackerConfig) -> None:
                           f"address such as trackrelay@example.com, got {mail.from_address!r}")
     for i, who in enumerate(mail.senders):
         name = who.strip().lstrip("@")
-        if "." not in name.rpartition("@")[2] or any(c.isspace() for c in name):
+        if not (_looks_like_address(name) if "@" in name else _DOMAIN.match(name)):
             raise ConfigError(f"tracker.first_open_mail.senders[{i}]: expected an address "
                               f"or a domain, got {who!r}")
     if t.webhook_max_attempts < 1:

@@ -36,7 +36,6 @@ SHARED = Path(__file__).resolve().parent.parent.parent / "shared"
 CORPUS = SHARED / "corpus"
 
 
-
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--event-loop", choices=("uvloop", "asyncio"), default="uvloop",
                      help="event loop of the tests and of the trackrelay processes they start")

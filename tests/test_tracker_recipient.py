@@ -470,3 +470,40 @@ async def test_a_slow_message_lookup_holds_up_neither_the_gif_nor_other_hits(
     await tracker.store.flush()
     page = await tracker.store.list_events(type="open", message_id=cold.message_id)
     assert [e["recipient"] for e in page.items] == ["dave@customer.test"]
+
+
+async def test_a_failing_classifier_costs_its_own_hit_only(
+        tracker: Tracker, capsys: pytest.CaptureFixture[str]) -> None:
+    """A plugin's classifier raising for one message: that hit is logged as failed, and
+    every other hit of the same run, cached or looked up, is still recorded."""
+    from relay.engagement.facts import RequestFacts
+    from relay.engagement.verdict import Verdict
+    from relay.hookimpl import hookimpl
+
+    bad = await seed_message(tracker.store, recipients=["mallory@customer.test"])
+    cached = await seed_message(tracker.store, recipients=["carol@customer.test"])
+    cold = await seed_message(tracker.store, recipients=["dave@customer.test"])
+
+    class Raising:
+        @hookimpl
+        def trackrelay_classify_event(self, facts: RequestFacts,
+                                      verdict: Verdict) -> Verdict | None:
+            if facts.message_id == bad.message_id:
+                raise RuntimeError("classifier broke")
+            return None
+
+    async with tracker.http.get(tracker.pixel_url(cached.message_id)) as resp:
+        assert resp.status == 200  # now cached
+    tracker.app.host.register(Raising(), "raising")
+
+    async def hit(url: str) -> None:
+        async with tracker.http.get(url) as resp:
+            assert resp.status == 200 and await resp.read() == PIXEL_GIF
+
+    await asyncio.gather(*(hit(tracker.pixel_url(s.message_id)) for s in (bad, cached, cold)))
+    await tracker.store.flush()
+    page = await tracker.store.list_events(type="open", limit=10)
+    assert sorted(e["recipient"] for e in page.items) == [
+        "carol@customer.test", "carol@customer.test", "dave@customer.test"]
+    out = capsys.readouterr().out
+    assert "open_record_failed" in out and bad.message_id in out

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from relay.config import FirstOpenMailConfig
 from relay.logs import get_logger
 from relay.records import Reply
-from relay.store.base import iso_time
+from relay.store.base import domain_of, iso_time
 from relay.upstream import Connection, Upstream, UpstreamUnavailable, make_upstream
 
 if TYPE_CHECKING:
@@ -50,9 +50,8 @@ def sender_wanted(config: FirstOpenMailConfig, sender: str) -> bool:
         return False
     if not config.senders:
         return True
-    domain = sender.rpartition("@")[2]
     wanted = {s.strip().lower().lstrip("@") for s in config.senders}
-    return sender in wanted or domain in wanted
+    return sender in wanted or domain_of(sender) in wanted
 
 
 def _describe(event: dict[str, Any]) -> list[str]:

@@ -152,20 +152,23 @@ class WebhookDispatcher:
         return bool(page.items)
 
     async def _feed_event(self, row: EventRow) -> None:
+        """Outbox entries for one stored event: for every endpoint that wants its type,
+        and for a person's open, the ``first_open`` ones (webhooks and sender mail share
+        the once-ever key)."""
+        kind = row["type"]
+        first_open = kind == "open" and not row["machine"]
+        first_key = f"first_open:{row['message_id']}:{row['recipient'] or ''}"
+        first_payload = payload_for("first_open", row, first_key) if first_open else ""
         for url, hook in self.hooks.items():
-            if wants(hook, row["type"]):
-                key = f"event:{row['id']}"
+            if wants(hook, kind):
                 await self.store.enqueue_webhook(
-                    url, row["type"], payload_for(row["type"], row, row["id"]),
-                    event_id=row["id"], dedupe_key=key)
-            if row["type"] == "open" and not row["machine"] and wants(hook, "first_open"):
-                key = f"first_open:{row['message_id']}:{row['recipient'] or ''}"
+                    url, kind, payload_for(kind, row, row["id"]),
+                    event_id=row["id"], dedupe_key=f"event:{row['id']}")
+            if first_open and wants(hook, "first_open"):
                 await self.store.enqueue_webhook(
-                    url, "first_open", payload_for("first_open", row, key),
-                    event_id=row["id"], dedupe_key=key)
-        if self.mailer is not None and row["type"] == "open" and not row["machine"]:
-            key = f"first_open:{row['message_id']}:{row['recipient'] or ''}"
-            await self.mailer.feed(self.store, row, payload_for("first_open", row, key), key)
+                    url, "first_open", first_payload, event_id=row["id"], dedupe_key=first_key)
+        if first_open and self.mailer is not None:
+            await self.mailer.feed(self.store, row, first_payload, first_key)
 
     # -- sender -------------------------------------------------------------------------------
 
