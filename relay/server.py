@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from typing import Any
 
 from aiohttp import web
 
@@ -55,13 +54,11 @@ class Services:
                 self.runner = web.AppRunner(_web_app(self.app), access_log=None,
                                             handle_signals=False)
                 await self.runner.setup()
-                sock = self.listeners.take("http.listen")
-                site: web.BaseSite = (web.SockSite(self.runner, sock) if sock is not None
-                                      else web.TCPSite(self.runner, host, port,
-                                                       reuse_address=True))
-                await site.start()
-                server: Any = site._server
-                self.http_address = server.sockets[0].getsockname()[:2]
+                from relay.tracker.web import listen
+
+                site = await listen(self.runner, host, port,
+                                    self.listeners.take("http.listen"))
+                self.http_address = site.address
                 log.info("http_listening", address=f"{host}:{self.http_address[1]}")
             if self.relay is not None:
                 await self.relay.start()

@@ -17,7 +17,7 @@ from relay.config import build_config
 from relay.plugin_host import PluginHost
 from relay.smtp_server import Relay
 from relay.store import open_store
-from relay.tracker.web import create_web_app
+from relay.tracker.web import create_web_app, listen
 from tests.conftest import Sink, free_port
 from tests.deliverability_support import BOUNCE_DOMAIN, PLUGINS, MakeStack, Stack
 from tests.tracker_support import API_TOKENS, TOKEN_KEY
@@ -57,7 +57,7 @@ async def make_stack(store_url: str, sink: Sink, tmp_path: Any) -> AsyncIterator
         await bounces.start()
         runner = web.AppRunner(create_web_app(app), access_log=None)
         await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
+        await listen(runner, "127.0.0.1", port)
         stack = Stack(app, store, relay, bounces, runner, port, aiohttp.ClientSession(), sink)
         started.append(stack)
         return stack

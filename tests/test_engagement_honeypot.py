@@ -15,7 +15,7 @@ import aiosmtplib
 from aiohttp import web
 
 from relay.engagement.runner import batch_pass
-from relay.tracker.web import create_web_app
+from relay.tracker.web import create_web_app, listen
 from tests.conftest import MakeRelay, Sink, free_port, relay_port
 from tests.tracker_support import TOKEN_KEY
 
@@ -62,7 +62,7 @@ async def test_honeypot_hit_marks_the_recipient_machine(make_relay: MakeRelay,
         engagement={"instant_seconds": 0, "suspect_seconds": 0})
     runner = web.AppRunner(create_web_app(relay.app), access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    await listen(runner, "127.0.0.1", port)
     try:
         await _send(relay_port(relay))
         html = _html_of(sink.received[0].data)

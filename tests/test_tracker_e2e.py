@@ -13,7 +13,7 @@ import aiohttp
 import aiosmtplib
 from aiohttp import web
 
-from relay.tracker.web import create_web_app
+from relay.tracker.web import create_web_app, listen
 from tests.conftest import MakeRelay, Sink, free_port, relay_port
 from tests.tracker_support import (
     ADMIN_TOKEN,
@@ -53,7 +53,7 @@ async def test_message_through_relay_then_pixel_links_and_api(
     )
     runner = web.AppRunner(create_web_app(relay.app), access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    await listen(runner, "127.0.0.1", port)
     try:
         msg = EmailMessage()
         msg["From"] = "alice@example.com"

@@ -22,7 +22,7 @@ from relay.app import App
 from relay.config import build_config
 from relay.plugin_host import PluginHost
 from relay.store import open_store
-from relay.tracker.web import create_web_app
+from relay.tracker.web import create_web_app, listen
 from tests.tracker_support import (
     ADMIN_TOKEN,
     API_TOKENS,
@@ -65,10 +65,8 @@ class LiveTracker:
         await app.start()
         runner = web.AppRunner(create_web_app(app))
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        server: Any = site._server
-        self.port = server.sockets[0].getsockname()[1]
+        site = await listen(runner, "127.0.0.1", 0)
+        self.port = site.address[1]
         config.http.base_url = f"http://127.0.0.1:{self.port}"
         await self._seed(app)
         self._stop = asyncio.Event()

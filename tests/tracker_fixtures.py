@@ -20,7 +20,7 @@ from relay.app import App
 from relay.config import build_config
 from relay.plugin_host import PluginHost
 from relay.store import open_store
-from relay.tracker.web import DISPATCHER, create_web_app
+from relay.tracker.web import DISPATCHER, create_web_app, listen
 from tests.tracker_support import (
     API_TOKENS,
     MAIL_CLIENT_UA,
@@ -56,12 +56,10 @@ async def make_tracker(store_url: str, tmp_path: Any) -> AsyncIterator[MakeTrack
         web_app[DISPATCHER].poll_interval = 0.05
         runner = web.AppRunner(web_app, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        server: Any = site._server
-        port = server.sockets[0].getsockname()[1]
+        site = await listen(runner, "127.0.0.1", 0)
+        port = site.address[1]
         http = aiohttp.ClientSession(headers={"User-Agent": MAIL_CLIENT_UA})
-        t = Tracker(app, store, runner, port, http)
+        t = Tracker(app, store, runner, port, http, site)
         started.append(t)
         return t
 

@@ -17,6 +17,7 @@ from aiohttp import web
 from relay.app import App
 from relay.records import LinkRecord, Outcome, Reply, SentMessage, new_id
 from relay.store.base import Store
+from relay.tracker.pixel_door import PixelSite
 
 TOKEN_KEY = "7:tracker-test-key-0123456789abcdef"
 ADMIN_TOKEN = "admin-token-0123456789abcdef"
@@ -43,6 +44,7 @@ class Tracker:
     runner: web.AppRunner
     port: int
     http: aiohttp.ClientSession
+    site: PixelSite | None = None
 
     @property
     def base(self) -> str:

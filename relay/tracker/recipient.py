@@ -239,13 +239,21 @@ class RecipientEndpoints:
         _count(_EVENTS[kind, event.machine])
 
     async def open_pixel(self, request: web.Request) -> web.Response:
-        """Answer at once: the GIF never depends on the token. The hit is verified,
-        classified and queued for the store just after, with the other hits answered in
-        the same moment (``_record_hits``)."""
-        self._hits.append(_Hit.of(request, request.match_info["name"]))
+        """Answer at once: the GIF never depends on the token. Most pixel requests are
+        answered by relay.tracker.pixel_door before aiohttp sees them; this route has
+        the rest (a request that door leaves to aiohttp)."""
+        self.pixel_hit(request.match_info["name"], request.remote, request.headers,
+                       request.method, request.scheme, time.time())
+        return web.Response(body=PIXEL_GIF, headers=PIXEL_HEADERS)
+
+    def pixel_hit(self, name: str, peer: str | None, headers: CIMultiDictProxy[str],
+                  method: str, scheme: str, when: float) -> None:
+        """A pixel request just answered: it is verified, classified and queued for the
+        store just after, with the other hits answered in the same moment
+        (``_record_hits``)."""
+        self._hits.append(_Hit(name, peer, headers, method, scheme, when))
         if self._hits_task is None:
             self._hits_task = asyncio.get_running_loop().create_task(self._record_hits())
-        return web.Response(body=PIXEL_GIF, headers=PIXEL_HEADERS)
 
     async def _record_hits(self) -> None:
         """Record the pixel hits answered since the last round, one after the other.

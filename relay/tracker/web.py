@@ -15,6 +15,8 @@ dispatcher runs while the web app does.
 
 from __future__ import annotations
 
+import socket
+
 from aiohttp import web
 
 from relay import metrics
@@ -25,6 +27,7 @@ from relay.metrics import exposition
 from relay.store.base import Store
 from relay.tracker.api import Api
 from relay.tracker.deliverability_api import add_deliverability_routes
+from relay.tracker.pixel_door import PixelDoor, PixelSite
 from relay.tracker.recipient import RecipientEndpoints
 from relay.tracker.unsubscribe import add_unsubscribe_routes
 from relay.tracker.webhooks import WebhookDispatcher
@@ -33,6 +36,8 @@ log = get_logger("relay.tracker.web")
 
 TRACKER_APP = web.AppKey("trackrelay_app", App)
 DISPATCHER = web.AppKey("webhook_dispatcher", WebhookDispatcher)
+#: The pixel and link endpoints, for the pixel's own door (relay.tracker.pixel_door).
+RECIPIENT = web.AppKey("recipient_endpoints", RecipientEndpoints)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -54,12 +59,27 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
     return resp
 
 
+async def listen(runner: web.AppRunner, host: str | None = "127.0.0.1", port: int = 0,
+                 sock: socket.socket | None = None, keepalive_timeout: float = 75.0
+                 ) -> PixelSite:
+    """Serve ``runner`` (set up, of ``create_web_app``) on an address or a bound socket,
+    its connections entering through the pixel's own door (relay.tracker.pixel_door).
+    ``keepalive_timeout`` is aiohttp's default; the door closes idle connections the
+    same way."""
+    assert runner.server is not None, "runner.setup() first"
+    door = PixelDoor(runner.server, runner.app[RECIPIENT], keepalive_timeout)
+    site = PixelSite(runner, door, host=host, port=port, sock=sock)
+    await site.start()
+    return site
+
+
 def create_web_app(app: App) -> web.Application:
     """The tracker's web application for ``app`` (config, tokens and store)."""
     web_app = web.Application(client_max_size=64 * 1024)
     web_app[TRACKER_APP] = app
     recipient = RecipientEndpoints(app)
     recipient.add_routes(web_app)
+    web_app[RECIPIENT] = recipient
     add_unsubscribe_routes(web_app, app)  # issue 5: /u/<token>
     web_app.router.add_get("/healthz", healthz)
     web_app.router.add_get("/readyz", readyz)

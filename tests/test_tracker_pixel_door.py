@@ -1,0 +1,227 @@
+"""The pixel's own door over real sockets: what it answers itself is what aiohttp would
+answer, and everything else reaches aiohttp byte for byte (relay.tracker.pixel_door)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from relay.tracker.pixel_door import PixelDoor
+from relay.tracker.recipient import PIXEL_GIF
+from relay.tracker.web import listen
+from tests.tracker_support import ADMIN_TOKEN, Tracker, seed_message
+
+pytest_plugins = ("tests.tracker_fixtures",)
+
+UA = "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:128.0) Gecko/20100101 Thunderbird/128.3.0"
+Answer = tuple[str, dict[str, str], bytes]
+
+
+def door_of(tracker: Tracker) -> PixelDoor:
+    assert tracker.site is not None
+    return tracker.site.door
+
+
+def pixel_path(tracker: Tracker, message_id: str) -> str:
+    return tracker.pixel_url(message_id).removeprefix(tracker.base)
+
+
+def request(path: str, method: str = "GET", version: str = "1.1",
+            extra: str = "") -> bytes:
+    return (f"{method} {path} HTTP/{version}\r\nHost: 127.0.0.1\r\nUser-Agent: {UA}\r\n"
+            f"{extra}\r\n").encode()
+
+
+async def read_answer(reader: asyncio.StreamReader, head_only: bool = False) -> Answer:
+    status = (await reader.readuntil(b"\r\n")).decode().rstrip()
+    headers: dict[str, str] = {}
+    while (line := (await reader.readuntil(b"\r\n")).decode().rstrip()):
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    length = 0 if head_only else int(headers.get("content-length", "0"))
+    return status, headers, await reader.readexactly(length)
+
+
+async def exchange(tracker: Tracker, data: bytes, answers: int = 1,
+                   head_only: bool = False) -> tuple[list[Answer], bool]:
+    """Send ``data`` on a new connection; read ``answers``; and whether the server then
+    closed the connection (read at EOF within a second)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", tracker.port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        got = [await asyncio.wait_for(read_answer(reader, head_only), 10)
+               for _ in range(answers)]
+        try:
+            closed = await asyncio.wait_for(reader.read(1), 1.0) == b""
+        except TimeoutError:
+            closed = False
+        return got, closed
+    finally:
+        writer.close()
+
+
+def comparable(answer: Answer) -> Answer:
+    status, headers, body = answer
+    return status, {k: v for k, v in headers.items() if k != "date"}, body
+
+
+@pytest.mark.parametrize(("method", "version", "extra", "closes"), [
+    ("GET", "1.1", "", False),
+    ("HEAD", "1.1", "", False),
+    ("GET", "1.1", "Connection: close\r\n", True),
+    ("GET", "1.0", "", True),
+    ("GET", "1.0", "Connection: keep-alive\r\n", False),
+    ("HEAD", "1.0", "", True),
+])
+async def test_the_door_answers_the_pixel_as_aiohttp_does(
+        tracker: Tracker, method: str, version: str, extra: str, closes: bool) -> None:
+    sent = await seed_message(tracker.store)
+    path = pixel_path(tracker, sent.message_id)
+    door = door_of(tracker)
+    # A "Content-Length: 0" is outside what the door answers: aiohttp's route has it.
+    by_aiohttp, aiohttp_closed = await exchange(
+        tracker, request(path, method, version, extra + "Content-Length: 0\r\n"),
+        head_only=method == "HEAD")
+    assert (door.answered, door.handed_off) == (0, 1)
+    by_door, door_closed = await exchange(tracker, request(path, method, version, extra),
+                                          head_only=method == "HEAD")
+    assert (door.answered, door.handed_off) == (1, 1)
+    assert comparable(by_door[0]) == comparable(by_aiohttp[0])
+    assert by_door[0][0] == f"HTTP/{version} 200 OK"
+    assert by_door[0][2] == (b"" if method == "HEAD" else PIXEL_GIF)
+    assert by_door[0][1]["content-length"] == "43"
+    assert by_door[0][1]["date"].endswith(" GMT")
+    assert door_closed == aiohttp_closed == closes
+    events = await tracker.events(type="open", message_id=sent.message_id)
+    assert len(events) == 2
+    assert all(e["user_agent"] == UA and e["ip"] == "127.0.0.0" for e in events)
+    assert {e["machine"] for e in events} == {method == "HEAD"}
+
+
+async def test_a_connection_goes_to_aiohttp_at_its_first_other_request(
+        tracker: Tracker) -> None:
+    sent = await seed_message(tracker.store)
+    path = pixel_path(tracker, sent.message_id)
+    api = request("/api/v1/events?type=open", extra=f"Authorization: Bearer {ADMIN_TOKEN}\r\n")
+    # Pipelined in one write: two pixels, an API call, a pixel (aiohttp's now).
+    answers, closed = await exchange(
+        tracker, request(path) + request(path + "?from=mail") + api + request(path), 4)
+    assert [a[0] for a in answers] == ["HTTP/1.1 200 OK"] * 4
+    assert [a[2] for a in answers[:2]] == [PIXEL_GIF, PIXEL_GIF]
+    assert answers[2][1]["content-type"].startswith("application/json")
+    assert answers[3][2] == PIXEL_GIF
+    assert not closed
+    door = door_of(tracker)
+    assert (door.answered, door.handed_off) == (2, 1)
+    assert len(await tracker.events(type="open", message_id=sent.message_id)) == 3
+
+
+async def test_a_request_arriving_byte_by_byte_is_answered_by_the_door(
+        tracker: Tracker) -> None:
+    sent = await seed_message(tracker.store)
+    reader, writer = await asyncio.open_connection("127.0.0.1", tracker.port)
+    try:
+        for byte in request(pixel_path(tracker, sent.message_id)):
+            writer.write(bytes([byte]))
+            await writer.drain()
+            await asyncio.sleep(0)
+        status, _, body = await asyncio.wait_for(read_answer(reader), 10)
+    finally:
+        writer.close()
+    assert (status, body) == ("HTTP/1.1 200 OK", PIXEL_GIF)
+    assert (door_of(tracker).answered, door_of(tracker).handed_off) == (1, 0)
+    assert len(await tracker.events(type="open", message_id=sent.message_id)) == 1
+
+
+@pytest.mark.parametrize(("data", "status"), [
+    (b"GET /o/abc.gif HTTP/1.1\r\nHost: x\r\nNo colon here\r\n\r\n", 400),
+    (b"GET /o/abc.gif HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n", 400),
+    (b"GET /o/abc.gif HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+     b"Content-Length: 3\r\n\r\nabc", 400),
+    (b"POST /o/abc.gif HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", 405),
+    (b"GET /o/abc.gif HTTP/2.0\r\nHost: x\r\n\r\n", 200),  # aiohttp answers it
+    (b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n", 404),
+], ids=["malformed", "header-too-long", "smuggling", "post", "http2", "other-path"])
+async def test_what_the_door_does_not_answer_gets_aiohttps_answer(
+        tracker: Tracker, data: bytes, status: int) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", tracker.port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        line = await asyncio.wait_for(reader.readuntil(b"\r\n"), 10)
+    finally:
+        writer.close()
+    assert line.decode().split(" ", 2)[1] == str(status)
+    assert door_of(tracker).answered == 0
+
+
+async def test_a_percent_encoded_pixel_path_is_left_to_aiohttp_and_still_counted(
+        tracker: Tracker) -> None:
+    sent = await seed_message(tracker.store)
+    path = pixel_path(tracker, sent.message_id).replace(".gif", "%2Egif")
+    (answer,), _ = await exchange(tracker, request(path))
+    assert (answer[0], answer[2]) == ("HTTP/1.1 200 OK", PIXEL_GIF)
+    assert (door_of(tracker).answered, door_of(tracker).handed_off) == (0, 1)
+    assert len(await tracker.events(type="open", message_id=sent.message_id)) == 1
+
+
+async def test_an_idle_connection_is_closed_after_the_keepalive_timeout(
+        tracker: Tracker) -> None:
+    site = await listen(tracker.runner, "127.0.0.1", 0, keepalive_timeout=0.3)
+    try:
+        reader, writer = await asyncio.open_connection(*site.address)
+        loop = asyncio.get_running_loop()
+        writer.write(request("/o/unknown-token.gif"))
+        answered_at = loop.time()
+        status, _, _ = await read_answer(reader)
+        assert status == "HTTP/1.1 200 OK"
+        assert len(site.door.connections) == 1
+        assert await asyncio.wait_for(reader.read(1), 5) == b""
+        assert loop.time() - answered_at >= 0.25
+        assert not site.door.connections
+        writer.close()
+    finally:
+        await site.stop()
+
+
+async def test_stopping_closes_the_doors_connections_and_keeps_their_hits(
+        tracker: Tracker) -> None:
+    sent = await seed_message(tracker.store)
+    site = await listen(tracker.runner, "127.0.0.1", 0)
+    reader, writer = await asyncio.open_connection(*site.address)
+    writer.write(request(pixel_path(tracker, sent.message_id)))
+    status, _, body = await read_answer(reader)
+    assert (status, body) == ("HTTP/1.1 200 OK", PIXEL_GIF)
+    await site.stop()
+    assert await asyncio.wait_for(reader.read(1), 5) == b""
+    writer.close()
+    assert len(await tracker.events(type="open", message_id=sent.message_id)) == 1
+
+
+async def test_a_client_that_stops_reading_stops_being_read(tracker: Tracker) -> None:
+    """Pipelined requests, answers unread: the door stops reading instead of buffering
+    the answers; once the client reads, every answer arrives in order."""
+    count = 60_000
+    data = request("/o/not-a-real-token.gif") * count
+    reader, writer = await asyncio.open_connection("127.0.0.1", tracker.port)
+    door = door_of(tracker)
+    try:
+        writer.write(data)
+        sending = asyncio.create_task(writer.drain())
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 20
+        while not any(p.paused for p in door.connections):
+            assert loop.time() < deadline, "the door never paused"
+            await asyncio.sleep(0.05)
+        (protocol,) = door.connections
+        assert protocol.transport is not None
+        assert protocol.transport.get_write_buffer_size() < 1024 * 1024
+        for _ in range(count):
+            status, _, body = await asyncio.wait_for(read_answer(reader), 20)
+            assert (status, body) == ("HTTP/1.1 200 OK", PIXEL_GIF)
+        await sending
+    finally:
+        writer.close()
+    assert (door.answered, door.handed_off) == (count, 0)
