@@ -252,13 +252,10 @@ def test_ordinary_mail_that_looks_a_bit_like_one_is_not_classified() -> None:
 # --- robustness ------------------------------------------------------------------------------
 
 
-def test_huge_returned_attachment_is_cheap() -> None:
-    import time
-
+def test_a_huge_returned_attachment_does_not_hide_the_bounce() -> None:
+    # Its speed is bench/ work (no timing assertions here: CI machines are shared).
     huge = EXIM_MULTI + b"A" * 76 + (b"\n" + b"B" * 76) * 300_000
-    start = time.perf_counter()
     recs = classify(huge)
-    assert time.perf_counter() - start < 1.0
     assert [r.reason for r in recs] == ["userunknown", "mailboxfull"]
 
 
