@@ -24,8 +24,12 @@ from relay.store.sql import SqlStore, Step
 R = TypeVar("R")
 
 _EVENT_ROW = f"({', '.join('?' for _ in EVENT_COLUMNS)})"
-#: Rows per multi-row INSERT; capped by the library's bound-variable limit at connect.
-EVENT_ROWS_PER_STATEMENT = 100
+#: Rows per multi-row INSERT; capped by the library's bound-variable limit at connect
+#: (1,638 rows of 20 columns since SQLite 3.32). A whole default batch (500) is one
+#: statement: each statement costs the writer thread a wait for the GIL, and with 100
+#: rows a statement one busy process wrote too few events a second to keep up with its
+#: own pixel (BENCHMARKS.md, "Tracker pixel").
+EVENT_ROWS_PER_STATEMENT = 1000
 
 
 @functools.cache
