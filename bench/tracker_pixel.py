@@ -120,12 +120,24 @@ def pixel_url(smtp_port: int, capture: Path) -> str:
 
 
 def answered_opens(http_port: int) -> int:
-    """Pixel requests the tracker answered with a recorded open (its own counter)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=10) as r:
-        text = r.read().decode()
-    m = re.search(r'trackrelay_tracker_hits_total\{endpoint="open",result="recorded"\} ([\d.e+]+)',
-                  text)
-    return int(float(m.group(1))) if m else -1
+    """Pixel requests the tracker answered with a recorded open (its own counter), once
+    the counter has settled: an overloaded tracker counts a hit when it records it,
+    which may be a while after its answer."""
+    def read() -> int:
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=30) as r:
+            text = r.read().decode()
+        m = re.search(r'trackrelay_tracker_hits_total\{endpoint="open",result="recorded"\} '
+                      r'([\d.e+]+)', text)
+        return int(float(m.group(1))) if m else -1
+
+    last, deadline = read(), time.monotonic() + 60
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = read()
+        if now == last:
+            return now
+        last = now
+    return last
 
 
 def count_opens(url: str) -> int:
