@@ -442,6 +442,9 @@ async def test_a_slow_message_lookup_holds_up_neither_the_gif_nor_other_hits(
     cold = await seed_message(tracker.store, recipients=["dave@customer.test"])
     async with tracker.http.get(tracker.pixel_url(cached.message_id)) as resp:
         assert resp.status == 200
+    # The GIF goes out before its hit is looked up: settle the hit, so the message is
+    # cached before the lock (on a loaded machine the lookup could come after it).
+    await tracker.store.flush()
     base, _, query = store_url.partition("?schema=")
     locker = await asyncpg.connect(base)
     try:
@@ -507,3 +510,48 @@ async def test_a_failing_classifier_costs_its_own_hit_only(
         "carol@customer.test", "carol@customer.test", "dave@customer.test"]
     out = capsys.readouterr().out
     assert "open_record_failed" in out and bad.message_id in out
+
+
+async def test_a_failing_classifier_on_a_late_open_is_logged(
+        tracker: Tracker, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """An open looked up again until its message record arrives (``_late_open``), then
+    refused by a plugin's classifier: logged like any failed hit, and the next late open
+    is still recorded."""
+    from relay.engagement.facts import RequestFacts
+    from relay.engagement.verdict import Verdict
+    from relay.hookimpl import hookimpl
+
+    monkeypatch.setattr(recipient, "LATE_DELAYS", (0.05, 0.1, 0.2, 0.4, 0.8))
+    bad_id, good_id = new_id(), new_id()
+
+    class Raising:
+        @hookimpl
+        def trackrelay_classify_event(self, facts: RequestFacts,
+                                      verdict: Verdict) -> Verdict | None:
+            if facts.message_id == bad_id:
+                raise RuntimeError("classifier broke")
+            return None
+
+    tracker.app.host.register(Raising(), "raising")
+    for message_id in (bad_id, good_id):
+        async with tracker.http.get(tracker.pixel_url(message_id)) as resp:
+            assert resp.status == 200 and await resp.read() == PIXEL_GIF
+    await tracker.store.flush()  # both looked up once, found missing: now looked up late
+    for message_id in (bad_id, good_id):
+        await seed_message(tracker.store, message_id=message_id,
+                           recipients=["carol@customer.test"])
+
+    async def recorded() -> bool:
+        await tracker.store.flush()
+        return bool(await tracker.events(type="open"))
+
+    await wait_for(recorded)
+    assert [e["message_id"] for e in await tracker.events(type="open")] == [good_id]
+    out = ""
+    for _ in range(50):
+        out += capsys.readouterr().out
+        if "open_record_failed" in out:
+            break
+        await asyncio.sleep(0.1)
+    assert "open_record_failed" in out and bad_id in out

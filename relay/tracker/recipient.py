@@ -340,8 +340,13 @@ class RecipientEndpoints:
                 continue
             if isinstance(resolved, str):
                 break
-            await self._record(seen, "open", data.message_id, resolved[1], None,
-                               resolved[0])
+            try:
+                await self._record(seen, "open", data.message_id, resolved[1], None,
+                                   resolved[0])
+            except Exception as exc:  # as in _open: logged, never an orphaned task error
+                log.error("open_record_failed", message=data.message_id, error=repr(exc),
+                          exc_info=True)
+                return
             _count(_OPEN_RESULTS["recorded"])
             return
         _count(_OPEN_RESULTS["unknown_message"])
