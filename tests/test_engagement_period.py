@@ -59,6 +59,14 @@ async def test_contact_and_period_engagement(make_tracker: MakeTracker,
     assert status == 200 and other["engagement"]["delivered"] == 0
     status, bad = await tracker.api("/stats", since="yesterday-ish")
     assert status == 400 and bad["parameter"] == "since"
+    # Valid times whose UTC form falls outside the years 1 to 9999 (found by schemathesis)
+    # are held to the first and last instants UTC can name: the same events, echoed back.
+    status, whole = await tracker.api("/stats", since="0001-01-01T00:00:00+21:03",
+                                      until="9999-12-31T23:59:59-05:00")
+    assert status == 200
+    assert (whole["since"], whole["until"]) == ("0001-01-01T00:00:00.000Z",
+                                                "9999-12-31T23:59:59.000Z")
+    assert whole["engagement"]["delivered"] == 3
 
     args = build_parser().parse_args(["stats", "--store", store_url, "--hours", "1"])
     out = io.StringIO()

@@ -162,10 +162,15 @@ def parse_time(value: str, name: str = "time") -> float:
                                  "POSIX seconds") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=dt.UTC)
-    return (parsed - _EPOCH).total_seconds()
+    # 0001-01-01T00:00:00+21:03 is a valid time whose UTC form is in the year 0: held to
+    # the first (last) instant a UTC time can name, which selects the same events and
+    # can be echoed back.
+    return min(max((parsed - _EPOCH).total_seconds(), _FIRST), _LAST)
 
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_FIRST = (dt.datetime(1, 1, 1, tzinfo=dt.UTC) - _EPOCH).total_seconds()
+_LAST = (dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt.UTC) - _EPOCH).total_seconds()
 
 
 # --- auth ------------------------------------------------------------------------------------
@@ -381,12 +386,7 @@ class Api:
         since, until = q.time("since"), q.time("until")
         if since is None:
             since = time.time() - 86400
-        echoed: dict[str, str | None] = {"since": None, "until": None}
-        for name, value in (("since", since), ("until", until)):
-            try:
-                echoed[name] = iso_time(value) if value is not None else None
-            except (OverflowError, ValueError, OSError):
-                raise BadParameter(name, "outside the years 1 to 9999") from None
+        echoed = {"since": iso_time(since), "until": iso_time(until)}
         report = await self.store.engagement(scope=_scope(request), since=since, until=until)
         return ok({**echoed, "engagement": report})
 
