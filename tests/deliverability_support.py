@@ -87,7 +87,7 @@ class Stack:
         page = await self.store.list_events(limit=500, **filters)
         return list(page.items)
 
-    async def wait_events(self, count: int = 1, timeout: float = 10.0,
+    async def wait_events(self, count: int = 1, timeout: float = 30.0,
                           **filters: Any) -> list[EventRow]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -99,7 +99,7 @@ class Stack:
                 raise AssertionError(f"expected {count} events {filters}, got {found}")
             await asyncio.sleep(0.05)
 
-    async def wait_message(self, message_id: str, timeout: float = 10.0) -> None:
+    async def wait_message(self, message_id: str, timeout: float = 30.0) -> None:
         """Wait until the recorder stored the message (it runs after the client's 250)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout

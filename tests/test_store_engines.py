@@ -158,7 +158,7 @@ async def test_batch_writer_writes_in_batches_without_flush(make_store: MakeStor
     ids = {store.enqueue(Event("open", mid(1), "bob@x.org", data={"n": i}))
            for i in range(2500)}
     assert len(ids) == 2500
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     while await count_events(store, type="open") < 2500 and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     assert await count_events(store, type="open") == 2500

@@ -27,7 +27,7 @@ MESSAGE = (b"From: Alice <alice@example.com>\r\nTo: bob@example.org\r\n"
 
 
 async def wait_for_message(store: Store, message_id: str) -> None:
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     while await store.lookup_message(message_id) is None:
         assert time.monotonic() < deadline, "message was not recorded"
         await asyncio.sleep(0.02)
@@ -70,7 +70,7 @@ async def test_relayed_message_is_recorded(make_relay: MakeRelay, sink: Sink,
 
 
 async def _wait_list(store: Store) -> list[dict[str, object]]:
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     while True:
         page = await store.list_messages()
         if page.items:

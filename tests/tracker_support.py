@@ -93,7 +93,7 @@ async def seed_message(store: Store, *, sender: str = "alice@example.com",
     return sent
 
 
-async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float = 10.0,
+async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float = 30.0,
                    interval: float = 0.05) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
