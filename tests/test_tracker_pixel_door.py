@@ -19,7 +19,6 @@ Answer = tuple[str, dict[str, str], bytes]
 
 
 def door_of(tracker: Tracker) -> PixelDoor:
-    assert tracker.site is not None
     return tracker.site.door
 
 

@@ -44,7 +44,7 @@ class Tracker:
     runner: web.AppRunner
     port: int
     http: aiohttp.ClientSession
-    site: PixelSite | None = None
+    site: PixelSite
 
     @property
     def base(self) -> str:

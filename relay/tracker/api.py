@@ -163,8 +163,8 @@ def parse_time(value: str, name: str = "time") -> float:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=dt.UTC)
     # 0001-01-01T00:00:00+21:03 is a valid time whose UTC form is in the year 0: held to
-    # the first (last) instant a UTC time can name, which selects the same events and
-    # can be echoed back.
+    # the first (last whole) second a UTC time can name, which selects the same events
+    # and can be echoed back.
     return min(max((parsed - _EPOCH).total_seconds(), _FIRST), _LAST)
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -97,8 +98,8 @@ class _Hit:
     time: float
 
     @classmethod
-    def of(cls, request: web.Request, name: str = "") -> _Hit:
-        return cls(name, request.remote, request.headers, request.method, request.scheme,
+    def of(cls, request: web.Request) -> _Hit:
+        return cls("", request.remote, request.headers, request.method, request.scheme,
                    time.time())
 
 
@@ -140,6 +141,16 @@ def safe_location(url: str) -> str:
         else:
             out.append("".join(f"%{b:02X}" for b in ch.encode("utf-8")))
     return "".join(out)
+
+
+async def _logged_failure(recording: Awaitable[None], message_id: str) -> None:
+    """Record one verified pixel hit, at once or late: a failure (a plugin's classifier
+    raising, …) is logged and costs this hit alone, never the others of its run, and
+    never leaves an orphaned task error."""
+    try:
+        await recording
+    except Exception as exc:
+        log.error("open_record_failed", message=message_id, error=repr(exc), exc_info=True)
 
 
 def _not_found() -> web.Response:
@@ -283,13 +294,7 @@ class RecipientEndpoints:
             self._hits_task = None
 
     async def _open(self, hit: _Hit, data: TokenData) -> None:
-        """Record one verified pixel hit. A failure (a plugin's classifier raising, …) is
-        logged and costs this hit alone, never the others of its run."""
-        try:
-            await self._record_open(hit, data)
-        except Exception as exc:
-            log.error("open_record_failed", message=data.message_id, error=repr(exc),
-                      exc_info=True)
+        await _logged_failure(self._record_open(hit, data), data.message_id)
 
     async def _record_open(self, hit: _Hit, data: TokenData) -> None:
         try:
@@ -322,7 +327,8 @@ class RecipientEndpoints:
             await asyncio.wait(pending)
 
     def _record_later(self, seen: _Seen, data: TokenData) -> None:
-        task = asyncio.get_running_loop().create_task(self._late_open(seen, data))
+        task = asyncio.get_running_loop().create_task(
+            _logged_failure(self._late_open(seen, data), data.message_id))
         self._late.add(task)
         task.add_done_callback(self._late.discard)
 
@@ -340,13 +346,8 @@ class RecipientEndpoints:
                 continue
             if isinstance(resolved, str):
                 break
-            try:
-                await self._record(seen, "open", data.message_id, resolved[1], None,
-                                   resolved[0])
-            except Exception as exc:  # as in _open: logged, never an orphaned task error
-                log.error("open_record_failed", message=data.message_id, error=repr(exc),
-                          exc_info=True)
-                return
+            await self._record(seen, "open", data.message_id, resolved[1], None,
+                               resolved[0])
             _count(_OPEN_RESULTS["recorded"])
             return
         _count(_OPEN_RESULTS["unknown_message"])
