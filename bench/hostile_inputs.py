@@ -63,20 +63,23 @@ if not BOUNCES.is_dir():
 BOUNCE_FILE = "eml/lhost-exim-50.eml"
 
 
-def best(fn: Callable[[], object], rounds: int) -> float:
-    """The fastest of ``rounds`` runs, in seconds (the least disturbed by the machine)."""
+def timings(fn: Callable[[], object], rounds: int) -> list[float]:
+    """Seconds taken by each of ``rounds`` runs."""
     times = []
     for _ in range(rounds):
         started = time.perf_counter()
         fn()
         times.append(time.perf_counter() - started)
-    return min(times)
+    return times
 
 
-def ordinary_html(length: int) -> str:
-    texts = [p.read_text(encoding="utf-8") for p in sorted(CORPUS.glob("*.html"))]
-    if not texts:
-        raise SystemExit(f"no HTML templates in {CORPUS}")
+def best(fn: Callable[[], object], rounds: int) -> float:
+    """The fastest run, in seconds (the least disturbed by the machine)."""
+    return min(timings(fn, rounds))
+
+
+def ordinary_html(texts: list[str], length: int) -> str:
+    """Corpus templates one after another, cut to ``length`` characters."""
     out, i = "", 0
     while len(out) < length:
         out += texts[i % len(texts)]
@@ -92,10 +95,13 @@ def main() -> None:
     print("HTML scanner on hostile markup (best of", args.rounds, "rounds)")
     print(f"{'input':24} {'chars':>8} {'scan ms':>8} {'x4 ms':>8} {'growth':>7} "
           f"{'ordinary ms':>12} {'ratio':>6} {'lxml ms':>8}")
+    texts = [p.read_text(encoding="utf-8") for p in sorted(CORPUS.glob("*.html"))]
+    if not texts:
+        raise SystemExit(f"no HTML templates in {CORPUS}")
     worst_growth = worst_ratio = 0.0
     for name, build in HOSTILE.items():
         text, text4 = build(1), build(4)
-        plain = ordinary_html(len(text))
+        plain = ordinary_html(texts, len(text))
         hostile_s = best(partial(scan_html, text), args.rounds)
         hostile4_s = best(partial(scan_html, text4), args.rounds)
         plain_s = best(partial(scan_html, plain), args.rounds)
@@ -109,14 +115,13 @@ def main() -> None:
           f"worst ratio to ordinary HTML of the same length: {worst_ratio:.2f}")
 
     bounce = (BOUNCES / BOUNCE_FILE).read_bytes()
-    expected = [json.loads(line)["reason"]
-                for line in (BOUNCES / "expected.jsonl").read_text().splitlines()
-                if json.loads(line)["file"] == BOUNCE_FILE]
+    rows = [json.loads(line) for line in (BOUNCES / "expected.jsonl").read_text().splitlines()]
+    expected = [row["reason"] for row in rows if row["file"] == BOUNCE_FILE]
     huge = bounce + b"A" * 76 + (b"\n" + b"B" * 76) * 300_000
     reasons = [r.reason for r in classify(huge)]
     if reasons != expected:
         raise SystemExit(f"the huge bounce was misread: {reasons}, expected {expected}")
-    runs = [best(lambda: classify(huge), 1) for _ in range(args.rounds)]
+    runs = timings(partial(classify, huge), args.rounds)
     parse_s = best(lambda: email.message_from_bytes(huge, policy=email.policy.default),
                    args.rounds)
     classify_s = min(runs)
@@ -125,6 +130,7 @@ def main() -> None:
           f"classify {classify_s * 1e3:.1f} ms (median {statistics.median(runs) * 1e3:.1f}), "
           f"email.message_from_bytes {parse_s * 1e3:.1f} ms, "
           f"ratio {classify_s / parse_s:.2f}; records {reasons} (as expected.jsonl)")
+
 
 if __name__ == "__main__":
     main()
