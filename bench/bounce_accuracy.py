@@ -22,9 +22,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from corpus import CORPUS
+
 from relay.bounces import BounceRecord, classify
 
-DEFAULT_CORPUS = Path("/work/shared/corpus/bounces")
+DEFAULT_CORPUS = CORPUS / "bounces"
 TARGETS = {"hard": 97.0, "reason": 90.0, "emails_per_s": 1000.0}
 
 

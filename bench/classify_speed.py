@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Online classification speed (issue 6): classifications per second over the labelled
+"""Online classification speed: classifications per second over the labelled
 fixture (tests/fixtures/engagement_requests.json), printed two ways in one run:
 
 1. cold — the user-agent cache disabled, so every request parses its UA (the table,

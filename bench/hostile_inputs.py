@@ -35,13 +35,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import lxml.etree
+from corpus import CORPUS
 
 from relay.bounces import classify
 from relay.rewrite.html_scan import scan_html
 
-CORPUS = Path(__file__).resolve().parent.parent.parent / "shared" / "corpus" / "html"
-if not CORPUS.is_dir():
-    CORPUS = Path("/work/shared/corpus/html")
+HTML = CORPUS / "html"
 
 #: Each hostile input at its scale ``k`` (1 = the size the test suite uses).
 HOSTILE: dict[str, Callable[[int], str]] = {
@@ -56,9 +55,7 @@ HOSTILE: dict[str, Callable[[int], str]] = {
 }
 
 
-BOUNCES = Path(__file__).resolve().parent.parent.parent / "shared" / "corpus" / "bounces"
-if not BOUNCES.is_dir():
-    BOUNCES = Path("/work/shared/corpus/bounces")
+BOUNCES = CORPUS / "bounces"
 #: A real Exim bounce that quotes the returned message inline, at the end of the file.
 BOUNCE_FILE = "eml/lhost-exim-50.eml"
 
@@ -95,9 +92,9 @@ def main() -> None:
     print("HTML scanner on hostile markup (best of", args.rounds, "rounds)")
     print(f"{'input':24} {'chars':>8} {'scan ms':>8} {'x4 ms':>8} {'growth':>7} "
           f"{'ordinary ms':>12} {'ratio':>6} {'lxml ms':>8}")
-    texts = [p.read_text(encoding="utf-8") for p in sorted(CORPUS.glob("*.html"))]
+    texts = [p.read_text(encoding="utf-8") for p in sorted(HTML.glob("*.html"))]
     if not texts:
-        raise SystemExit(f"no HTML templates in {CORPUS}")
+        raise SystemExit(f"no HTML templates in {HTML}")
     worst_growth = worst_ratio = 0.0
     for name, build in HOSTILE.items():
         text, text4 = build(1), build(4)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Relay throughput: the same smtp-source load three ways, in one run (issue 2).
+"""Relay throughput: the same smtp-source load three ways, in one run.
 
 1. smtp-source -> smtp-sink                      (the limit of this machine)
 2. smtp-source -> stock Postfix -> smtp-sink      (what an admin would otherwise run)

@@ -16,9 +16,9 @@ import argparse
 import asyncio
 import gc
 import time
-from pathlib import Path
 
 import lxml.html
+from corpus import CORPUS
 
 from plugins import links, pixel, sent_record, tracking_policy
 from relay.app import App
@@ -29,9 +29,7 @@ from relay.records import Transaction
 from relay.rewrite.context import HtmlPart, RewriteContext, TrackingPolicy
 from relay.rewrite.engine import rewrite_message
 
-CORPUS = Path(__file__).resolve().parent.parent.parent / "shared" / "corpus" / "html"
-if not CORPUS.is_dir():
-    CORPUS = Path("/work/shared/corpus/html")
+HTML = CORPUS / "html"
 
 
 def make_app() -> App:
@@ -60,7 +58,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=30)
     args = parser.parse_args()
-    texts = [p.read_text(encoding="utf-8") for p in sorted(CORPUS.glob("*.html"))]
+    texts = [p.read_text(encoding="utf-8") for p in sorted(HTML.glob("*.html"))]
     raws = [t.encode("utf-8") for t in texts]
     app = make_app()
     policy = TrackingPolicy()

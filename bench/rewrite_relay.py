@@ -19,11 +19,11 @@ import asyncio
 import time
 from email import policy
 from email.message import EmailMessage
-from pathlib import Path
 from typing import Any
 
 import aiosmtplib
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from corpus import CORPUS
 
 from plugins import links, pixel, sent_record, tracking_policy
 from relay.app import App
@@ -31,9 +31,7 @@ from relay.config import build_config
 from relay.plugin_host import PluginHost
 from relay.smtp_server import Relay
 
-CORPUS = Path(__file__).resolve().parent.parent.parent / "shared" / "corpus" / "html"
-if not CORPUS.is_dir():
-    CORPUS = Path("/work/shared/corpus/html")
+HTML = CORPUS / "html"
 
 
 class Accept:
@@ -47,7 +45,7 @@ class Accept:
 
 def messages() -> list[bytes]:
     out = []
-    for path in sorted(CORPUS.glob("*.html")):
+    for path in sorted(HTML.glob("*.html")):
         msg = EmailMessage()
         msg["From"] = "alice@example.com"
         msg["To"] = "bob@example.org"

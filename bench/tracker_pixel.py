@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Pixel throughput: wrk against the tracker's /o/<token>.gif and against nginx (issue 4).
+"""Pixel throughput: wrk against the tracker's /o/<token>.gif and against nginx.
 
 In one run: nginx (one worker) serving a static 1x1 GIF on loopback (the limit), then
 ``trackrelay serve`` on SQLite and on PostgreSQL, each recording every hit. The pixel
@@ -218,7 +218,7 @@ def main() -> None:
     ap.add_argument("--event-loop", default="auto", choices=("auto", "uvloop", "asyncio"),
                     help="the tracker's process.event_loop (auto: uvloop where installed)")
     ap.add_argument("--classification-off-too", action="store_true",
-                    help="also run SQLite with engagement.enabled = false (issue 6: "
+                    help="also run SQLite with engagement.enabled = false ("
                          "classification must cost under 10%%)")
     args = ap.parse_args()
     for tool in ("wrk", "nginx"):

@@ -178,7 +178,7 @@ class StoreConfig:
 
 @dataclass
 class EngagementConfig:
-    """``[engagement]``: human-vs-machine classification of opens and clicks (issue 6).
+    """``[engagement]``: human-vs-machine classification of opens and clicks.
 
     Thresholds are defaults from the research notes (bot-signals.md, section 3); see
     ``relay/engagement/`` for the rules that use them.
@@ -234,7 +234,7 @@ class EngagementConfig:
 
 @dataclass
 class BouncesConfig:
-    """``[bounces]``: VERP, the bounce listener and inbound intake (issue 5)."""
+    """``[bounces]``: VERP, the bounce listener and inbound intake."""
 
     #: Rewrite the envelope sender the upstream sees to
     #: ``<verp_prefix>+<token>@<bounce_domain>`` so a DSN names its message exactly.
@@ -254,7 +254,7 @@ class BouncesConfig:
 
 @dataclass
 class SuppressionConfig:
-    """``[suppression]``: the suppression list checked at RCPT time (issue 5)."""
+    """``[suppression]``: the suppression list checked at RCPT time."""
 
     enabled: bool = True
     #: "global": one list for every sender; "sender_domain": per envelope-sender domain
@@ -631,7 +631,7 @@ _DOMAIN = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])
 
 
 def validate_deliverability(config: Config) -> None:
-    """The ``[bounces]``, ``[suppression]`` and ``[unsubscribe]`` sections (issue 5)."""
+    """The ``[bounces]``, ``[suppression]`` and ``[unsubscribe]`` sections."""
     b, s, u = config.bounces, config.suppression, config.unsubscribe
     if b.bounce_domain and not _DOMAIN.match(b.bounce_domain):
         raise ConfigError(f"bounces.bounce_domain: not a domain name: {b.bounce_domain!r}")

@@ -179,7 +179,7 @@ def trackrelay_rewrite_finished(context: RewriteContext) -> Any:
     """
 
 
-# --- engagement: human vs machine (issue 6) ---------------------------------------------
+# --- engagement: human vs machine ----------------------------------------------------------
 
 if TYPE_CHECKING:
     from relay.engagement.facts import RequestFacts
@@ -199,7 +199,7 @@ def trackrelay_classify_event(facts: RequestFacts, verdict: Verdict) -> Verdict 
     """
 
 
-# --- bounces: classification (issue 5) ---------------------------------------------------
+# --- bounces: classification ----------------------------------------------------------
 
 if TYPE_CHECKING:
     import email.message

@@ -1,4 +1,4 @@
-"""Inbound intake: the one path every bounce, complaint and reply takes (issue 5).
+"""Inbound intake: the one path every bounce, complaint and reply takes.
 
 The bounce listener (``relay.bounce_listener``), ``POST /api/v1/inbound`` and
 ``trackrelay inbound`` all call :func:`process` with the raw RFC 5322 bytes. It

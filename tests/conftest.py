@@ -17,7 +17,7 @@ import json
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,9 +38,8 @@ settings.register_profile("trackrelay", deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("trackrelay")
 
-#: ``shared/`` sits beside the checkout (here and in CI): corpora and research notes.
-SHARED = Path(__file__).resolve().parent.parent.parent / "shared"
-CORPUS = SHARED / "corpus"
+#: Real-world test material shipped with the tests (``tests/corpus/PROVENANCE.md``).
+CORPUS = Path(__file__).resolve().parent / "corpus"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -50,6 +49,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     os.environ["TRACKRELAY_PROCESS__EVENT_LOOP"] = json.dumps(config.getoption("event_loop"))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                              ) -> Iterator[None] | Any:
+    """In CI (``TRACKRELAY_CI=1``, set by ``.ci/run``) a test that cannot run fails, saying
+    why, instead of skipping: CI installs everything every test needs."""
+    report = yield
+    if report.skipped and os.environ.get("TRACKRELAY_CI") == "1" \
+            and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"cannot run in CI, where everything it needs is installed: {reason}"
+    return report
 
 
 def pytest_report_header(config: pytest.Config) -> str:

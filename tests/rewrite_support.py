@@ -20,7 +20,7 @@ from relay.rewrite.context import RewriteContext
 from relay.rewrite.engine import rewrite_message
 from relay.rewrite.mime import decode_charset, decode_transfer, parse_headers, walk
 
-CORPUS = Path("/work/shared/corpus")
+CORPUS = Path(__file__).resolve().parent / "corpus"
 HTML_FILES = sorted((CORPUS / "html").glob("*.html"))
 MIME_FILES = sorted((CORPUS / "mime").glob("*.eml"))
 BASE = "https://t.example.net"

@@ -1,5 +1,5 @@
 """Every message of the bounce corpus through ``trackrelay bounces classify`` and through
-the bounce listener over SMTP (issue 5): nothing crashes, nothing is refused, no bounce
+the bounce listener over SMTP: nothing crashes, nothing is refused, no bounce
 is missed, and the listener sees each message as the command does."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The ``engagement`` report for one contact and for a period (issue 6 asks for a
+"""The ``engagement`` report for one contact and for a period (the product promises a
 message, a campaign, a contact or a period): API and ``trackrelay stats``, both engines."""
 
 from __future__ import annotations

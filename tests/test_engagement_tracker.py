@@ -1,4 +1,4 @@
-"""Issue 6's scenario through the real tracker and store: a security scanner follows every
+"""The engagement scenario through the real tracker and store: a security scanner follows every
 link of a message within a second; minutes later a person opens it and clicks one link.
 Only the person is human in the stored events and in the human campaign figures."""
 

@@ -1,4 +1,4 @@
-"""Pass-through semantics with real SMTP clients and a real upstream (issue 2)."""
+"""Pass-through semantics with real SMTP clients and a real upstream."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """A transaction whose every recipient the upstream refused never reaches DATA; its
-refusals must still be recorded (issue 5: synchronous refusals are bounces on the spot)."""
+refusals must still be recorded (synchronous refusals are bounces on the spot)."""
 
 from __future__ import annotations
 

@@ -428,13 +428,14 @@ async def test_a_flush_covers_every_pixel_hit_answered_before_it(tracker: Tracke
     assert {e["message_id"] for e in page.items} == {s.message_id for s in sents}
 
 
+@pytest.mark.postgres
+@pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)
 async def test_a_slow_message_lookup_holds_up_neither_the_gif_nor_other_hits(
         make_tracker: MakeTracker, store_url: str) -> None:
-    """PostgreSQL: another session locks the messages table, so looking up a message not
-    cached yet waits; its GIF is answered at once anyway, a cached message's hits are
-    recorded meanwhile, and the waiting one is recorded once the lock goes."""
-    if not store_url.startswith("postgresql"):
-        pytest.skip("needs a table lock that blocks readers (PostgreSQL)")
+    """PostgreSQL only (a table lock that blocks readers): another session locks the
+    messages table, so looking up a message not cached yet waits; its GIF is answered at
+    once anyway, a cached message's hits are recorded meanwhile, and the waiting one is
+    recorded once the lock goes."""
     import asyncpg
 
     tracker = await make_tracker()

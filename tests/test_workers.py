@@ -38,6 +38,16 @@ class Served:
     def log_lines(self) -> list[str]:
         return self.log.read_text().splitlines()
 
+    async def wait_started(self, workers: int, timeout: float = 60.0) -> None:
+        """Until ``workers`` processes said ``started`` (each listens on every socket only
+        then: before, the kernel gives every connection to the ones already listening)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while sum('"event": "started"' in ln for ln in self.log_lines()) < workers:
+            if loop.time() > deadline or self.proc.returncode is not None:
+                raise AssertionError(f"{workers} workers did not start:\n" + self.log.read_text())
+            await asyncio.sleep(0.05)
+
     def worker_pids(self) -> list[int]:
         return [int(m.group(1)) for ln in self.log_lines()
                 if '"worker_started"' in ln and (m := re.search(r'"pid": (\d+)', ln))]
@@ -61,6 +71,7 @@ async def start(tmp_path: Path, *extra: str, env: dict[str, str] | None = None,
     if wait:
         await wait_listening(smtp, timeout=60)
         await wait_listening(http, timeout=60)
+        await served.wait_started(2)
     return served
 
 

@@ -1,4 +1,4 @@
-"""Bounce, complaint and auto-reply classification (issue 5).
+"""Bounce, complaint and auto-reply classification.
 
 ``classify(raw)`` reads one raw message and returns a ``BounceRecord`` per recipient
 it reports on (``[]`` for ordinary mail). The reason taxonomy and the meaning of

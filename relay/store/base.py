@@ -103,9 +103,9 @@ class EventRow(TypedDict):
     city: str | None
     machine: bool
     machine_reason: str | None
-    verdict: str | None  # issue 6: human, human_proxy, machine, unknown
-    reasons: list[str]  # issue 6
-    proxy: str | None  # issue 6: apple, gmail, yahoo, other
+    verdict: str | None  # human, human_proxy, machine, unknown
+    reasons: list[str]
+    proxy: str | None  # apple, gmail, yahoo, other
     campaign: str | None  # of the message (joined), for filtering and webhooks
     sender: str | None  # of the message (joined)
     data: dict[str, Any]
@@ -145,7 +145,7 @@ class MessageDetail(MessageSummary):
     links: list[LinkRow]
     unique_opens: int  # distinct recipients with an open
     timeline: list[EventRow]  # oldest first
-    engagement: dict[str, Any]  # issue 6: as CampaignStats.engagement, for this message
+    engagement: dict[str, Any]  # as CampaignStats.engagement, for this message
 
 
 class MessageLookup(TypedDict):
@@ -199,7 +199,7 @@ class CampaignStats(TypedDict):
     top_links: list[LinkStat]  # by clicks, at most 10
     per_hour: list[HourStat]  # hours with any open or click, oldest first
     include_machine: bool  # False: human figures (machine events excluded)
-    #: issue 6: human/Apple MPP/unknown/machine figures by verdict, the estimated real
+    #: human/Apple MPP/unknown/machine figures by verdict, the estimated real
     #: open rate and the raw all-events counts (``relay.engagement.report``)
     engagement: dict[str, Any]
 
@@ -234,7 +234,7 @@ class WebhookDelivery(TypedDict):
 
 
 class VerdictUpdate(TypedDict):
-    """A new classification for a stored event (issue 6: ``trackrelay reclassify`` and the
+    """A new classification for a stored event (``trackrelay reclassify`` and the
     batch pass). Raw fields (time, IP, user agent, …) are never changed."""
 
     id: str
@@ -246,7 +246,7 @@ class VerdictUpdate(TypedDict):
 
 
 class PurgeResult(TypedDict):
-    """What ``purge_older_than`` deleted (issue 6: ``trackrelay purge``)."""
+    """What ``purge_older_than`` deleted (``trackrelay purge``)."""
 
     events: int
     messages: int
@@ -488,7 +488,7 @@ class Store(abc.ABC):
         """Every message sent to ``address`` and every event about it (newest first, up to
         ``limit`` each), and its suppressions. None if nothing is known in scope."""
 
-    # -- privacy (issue 6) -----------------------------------------------------------------
+    # -- privacy ------------------------------------------------------------------------
 
     @abc.abstractmethod
     async def purge_older_than(self, cutoff: float) -> PurgeResult:
@@ -531,7 +531,7 @@ class Store(abc.ABC):
         ``human_proxy``, replies not flagged machine. Rows have ``recipient``,
         ``message_id``, ``type``, ``time``, ``verdict``, ``machine``."""
 
-    # -- suppressions (issue 5) ---------------------------------------------------------------
+    # -- suppressions ----------------------------------------------------------------------
 
     @abc.abstractmethod
     async def add_suppression(self, address: str, *, scope: str = "", reason: str,

@@ -30,7 +30,7 @@ LIFTED: tuple[str, ...] = (
 
 _EVENT_FIELDS = frozenset(getattr(Event, "__dataclass_fields__", {}))
 #: LIFTED names that the Event dataclass itself has as fields (none today; the tracker
-#: and issue 6 may add some): only those are read as attributes, the rest from ``data``.
+#: may add some): only those are read as attributes, the rest from ``data``.
 _LIFTED_ATTRS = tuple(k for k in LIFTED if k in _EVENT_FIELDS)
 _json_encode = json.JSONEncoder().encode
 

@@ -128,7 +128,7 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         "CREATE INDEX webhook_due ON webhook_deliveries (status, next_attempt_at)",
     ]),
     (2, "erasures", [
-        # issue 6: ``trackrelay forget`` records each erasure without the address in clear
+        # ``trackrelay forget`` records each erasure without the address in clear
         """CREATE TABLE erasures (
             seq {serial},
             address_hash TEXT NOT NULL,

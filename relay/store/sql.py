@@ -220,7 +220,7 @@ class SqlStore(Store):
             return 0
         return int(row["v"]) if row and row["v"] is not None else 0
 
-    # -- classification (issue 6) -----------------------------------------------------------
+    # -- classification ------------------------------------------------------------------
 
     async def update_event_verdicts(self, updates: list[VerdictUpdate]) -> int:
         if not updates:
@@ -576,7 +576,7 @@ class SqlStore(Store):
         return {"address": address, "messages": messages.items, "events": events.items,
                 "suppressed": [self._suppression(r) for r in supp]}
 
-    # -- privacy (issue 6) ------------------------------------------------------------------
+    # -- privacy -------------------------------------------------------------------------
 
     #: what a forgotten recipient's address becomes in a message to several recipients
     ERASED_ADDRESS = "[erased]"

@@ -131,7 +131,7 @@ def _pct(value: float | None) -> str:
 
 
 def engagement_lines(e: dict[str, Any]) -> list[str]:
-    """The ``engagement`` object (issue 6) as the lines ``trackrelay stats`` prints."""
+    """The ``engagement`` object as the lines ``trackrelay stats`` prints."""
     mpp = e["apple_mpp"]
     est = e["estimated_real_open_rate"]
     lines = [

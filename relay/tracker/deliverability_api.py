@@ -1,4 +1,4 @@
-"""JSON API for deliverability: inbound intake and the suppression list (issue 5).
+"""JSON API for deliverability: inbound intake and the suppression list.
 
 Routes, relative to ``/api/v1`` (added behind the API's guard, which checks the bearer
 token and sets its scope):

@@ -67,7 +67,7 @@ MESSAGE_PROPS: dict[str, Any] = {
 MESSAGE = _obj(MESSAGE_PROPS)
 
 _COUNTS = {"type": "object", "additionalProperties": _int()}
-#: issue 6: figures by verdict (see relay/engagement/report.py)
+#: figures by verdict (see relay/engagement/report.py)
 ENGAGEMENT = _obj({
     "delivered": _int(), "human_unique_opens": _int(), "human_open_rate": _num(),
     "human_opens": _int(), "inferred_opens": _int(),

@@ -80,13 +80,13 @@ def create_web_app(app: App) -> web.Application:
     recipient = RecipientEndpoints(app)
     recipient.add_routes(web_app)
     web_app[RECIPIENT] = recipient
-    add_unsubscribe_routes(web_app, app)  # issue 5: /u/<token>
+    add_unsubscribe_routes(web_app, app)  # /u/<token>
     web_app.router.add_get("/healthz", healthz)
     web_app.router.add_get("/readyz", readyz)
     web_app.router.add_get("/metrics", metrics_endpoint)
     api = Api(app)
     api_app = api.sub_app()
-    add_deliverability_routes(api, api_app, app)  # issue 5: /inbound, /suppressions
+    add_deliverability_routes(api, api_app, app)  # /inbound, /suppressions
     api.finish(api_app)
     web_app.add_subapp("/api/v1", api_app)
     dispatcher = WebhookDispatcher(app)
