@@ -94,8 +94,13 @@ def _run_services(args: argparse.Namespace, *, smtp: bool, http: bool) -> int:
         import structlog
 
         structlog.contextvars.bind_contextvars(worker=index)
-    event_loop.run(run(config, smtp=smtp, http=http, listeners=Listeners.from_environ()),
-                   loop)
+        listeners = Listeners.from_environ()
+    else:
+        listeners = Listeners.bind_all(config, smtp=smtp, http=http)
+    try:
+        event_loop.run(run(config, smtp=smtp, http=http, listeners=listeners), loop)
+    finally:
+        listeners.close()
     return 0
 
 

@@ -8,8 +8,10 @@ while workers come and go. It names the resolved addresses in
 too, and the kernel spreads new connections evenly over the workers' sockets (a socket
 shared by all would let whichever worker wakes first accept a whole burst).
 
-A server asks ``Listeners.take(key)`` for its socket and binds one the usual way when
-there is none (a single process).
+A single process binds every address before it starts anything too
+(``Listeners.bind_all``, without ``SO_REUSEPORT``), so a port in use is the same one-line
+error in every mode. A server asks ``Listeners.take(key)`` for its socket and binds one
+the usual way when there is none (servers started by tests or embedding code).
 """
 
 from __future__ import annotations
@@ -37,12 +39,13 @@ def listen_addresses(config: Config, *, smtp: bool, http: bool) -> list[tuple[st
     return out
 
 
-def _socket(host: str, port: int) -> socket.socket:
+def _socket(host: str, port: int, *, shared: bool = True) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if shared:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
     except BaseException:
         sock.close()
@@ -50,12 +53,13 @@ def _socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def reserve(key: str, address: str) -> tuple[socket.socket, str]:
-    """Bind (without listening) ``address``; return the socket and the resolved address."""
+def reserve(key: str, address: str, *, shared: bool = True) -> tuple[socket.socket, str]:
+    """Bind (without listening) ``address``; return the socket and the resolved address.
+    ``shared``: with ``SO_REUSEPORT``, for workers that listen on the same address."""
     host, port = parse_hostport(address, key)
     host = host.strip("[]")
     try:
-        sock = _socket(host, port)
+        sock = _socket(host, port, shared=shared)
     except OSError as exc:
         raise ConfigError(f"{key}: cannot listen on {address}: {exc.strerror or exc}") from None
     port = sock.getsockname()[1]
@@ -68,7 +72,27 @@ class Listeners:
 
     def __init__(self, addresses: Mapping[str, str] | None = None, backlog: int = 1024) -> None:
         self._addresses = dict(addresses or {})
+        self._bound: dict[str, socket.socket] = {}
         self.backlog = backlog
+
+    @classmethod
+    def bind_all(cls, config: Config, *, smtp: bool, http: bool) -> Listeners:
+        """A single process's sockets, every address bound before anything starts: a port
+        in use is a ``ConfigError`` naming its key, as with workers."""
+        listeners = cls()
+        try:
+            for key, address in listen_addresses(config, smtp=smtp, http=http):
+                listeners._bound[key], _ = reserve(key, address, shared=False)
+        except BaseException:
+            listeners.close()
+            raise
+        return listeners
+
+    def close(self) -> None:
+        """Close sockets bound and never taken."""
+        for sock in self._bound.values():
+            sock.close()
+        self._bound.clear()
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> Listeners:
@@ -80,6 +104,11 @@ class Listeners:
         return ",".join(f"{key}={address}" for key, address in self._addresses.items())
 
     def take(self, key: str) -> socket.socket | None:
+        bound = self._bound.pop(key, None)
+        if bound is not None:
+            bound.listen(self.backlog)
+            bound.setblocking(False)
+            return bound
         address = self._addresses.pop(key, None)
         if address is None:
             return None
@@ -90,4 +119,4 @@ class Listeners:
         return sock
 
     def __bool__(self) -> bool:
-        return bool(self._addresses)
+        return bool(self._addresses or self._bound)

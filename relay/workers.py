@@ -3,10 +3,10 @@
 One Python process runs one event loop on one core; Postfix, nginx and every other
 server an admin compares trackrelay with use several processes. The supervisor:
 
-1. opens the store once (migrations run here; an unreachable database or a bad URL is
-   reported once, before anything listens);
-2. reserves every listening address (relay.listeners), so a port in use is one clear
+1. reserves every listening address (relay.listeners), so a port in use is one clear
    error, and each worker listens on it with ``SO_REUSEPORT``;
+2. opens the store once (migrations run here; an unreachable database or a bad URL is
+   reported once, before anything listens);
 3. starts ``workers`` copies of the same command (``trackrelay serve`` or ``tracker``,
    same arguments, same environment) with the addresses, one tracking key, and
    ``PROMETHEUS_MULTIPROC_DIR`` set so that ``/metrics`` sums the workers;
@@ -133,12 +133,12 @@ class Supervisor:
                 multiprocess.mark_process_dead(worker.proc.pid, self.metrics_dir)
 
     def run(self) -> int:
-        asyncio.run(_prepare_store(self.config))
         addresses: dict[str, str] = {}
         try:
             for key, address in listen_addresses(self.config, smtp=self.smtp, http=self.http):
                 sock, addresses[key] = reserve(key, address)
                 self.reserved.append(sock)
+            asyncio.run(_prepare_store(self.config))
         except BaseException:
             self._release()
             raise

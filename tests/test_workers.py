@@ -235,17 +235,28 @@ async def test_workers_flag_and_key_are_checked(tmp_path: Path) -> None:
     assert "process.workers: must be from 1 to 64, got 100" in err.decode()
 
 
-async def test_a_port_in_use_is_one_clear_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize("taken", ["--smtp-listen", "--http-listen"])
+async def test_a_port_in_use_is_one_clear_error(tmp_path: Path, workers: str,
+                                                taken: str) -> None:
+    """The same one line and exit code 2 with one process (the default) and with workers,
+    for the SMTP and the HTTP address."""
     busy = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
     port = busy.sockets[0].getsockname()[1]
+    addresses = {"--smtp-listen": f"127.0.0.1:{free_port()}",
+                 "--http-listen": f"127.0.0.1:{free_port()}"}
+    addresses[taken] = f"127.0.0.1:{port}"
     try:
         proc = await asyncio.create_subprocess_exec(
-            *TRACKRELAY, "serve", "--workers", "2", "--smtp-listen", f"127.0.0.1:{port}",
-            "--no-http", "--store", f"sqlite:///{tmp_path}/s.db",
+            *TRACKRELAY, "serve", "--workers", workers,
+            *(arg for flag, value in addresses.items() for arg in (flag, value)),
+            "--store", f"sqlite:///{tmp_path}/s.db",
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         _, err = await asyncio.wait_for(proc.communicate(), 60)
     finally:
         busy.close()
-    assert proc.returncode == 2
-    assert f"relay.listen[0]: cannot listen on 127.0.0.1:{port}" in err.decode()
-    assert "Traceback" not in err.decode()
+    key = "relay.listen[0]" if taken == "--smtp-listen" else "http.listen"
+    assert proc.returncode == 2, err.decode()
+    lines = err.decode().splitlines()
+    assert lines == [f"trackrelay: config error: {key}: cannot listen on 127.0.0.1:{port}: "
+                     "Address already in use"], lines
