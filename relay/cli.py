@@ -49,6 +49,7 @@ def _overrides(args: argparse.Namespace, config: Config) -> Config:
     if http_listen:
         parse_hostport(http_listen, "--http-listen")
         config.http.listen = http_listen
+        config.http.derive_base_url()
     store = getattr(args, "store", None)
     if store:
         if not store.startswith(("sqlite://", "postgresql://", "postgres://")):

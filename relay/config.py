@@ -10,6 +10,7 @@ instead of a traceback. Environment variables override the file:
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
 import os
 import re
@@ -82,7 +83,21 @@ class UpstreamConfig:
 @dataclass
 class HttpConfig:
     listen: str = "127.0.0.1:8025"
-    base_url: str = "http://127.0.0.1:8025"
+    #: The tracker's public URL put into mail. Empty: ``http://`` + ``listen`` (a
+    #: wildcard host becomes 127.0.0.1), for local use only.
+    base_url: str = ""
+    #: Set when ``base_url`` was derived from ``listen`` (not a key).
+    base_url_derived: bool = field(default=False, init=False, repr=False)
+
+    def derive_base_url(self) -> None:
+        """Follow ``listen`` when no ``base_url`` was given (again after ``--http-listen``)."""
+        if self.base_url and not self.base_url_derived:
+            return
+        host, port = parse_hostport(self.listen, "http.listen")
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        self.base_url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        self.base_url_derived = True
 
 
 @dataclass
@@ -378,15 +393,26 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
 
 
-def _build(cls: Any, data: dict[str, Any], prefix: str) -> Any:
+def _did_you_mean(name: str, known: typing.Iterable[str]) -> str:
+    """`` (did you mean 'mode'?)`` for a near miss, else nothing."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _build(cls: Any, data: dict[str, Any], prefix: str,
+           origins: typing.Mapping[str, str] | None = None) -> Any:
+    """``origins``: the environment variable each key came from, named in its errors."""
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    origins = origins or {}
     kwargs = {}
     for key, value in data.items():
+        label = f"{origins[key]} ({prefix}.{key})" if key in origins else f"{prefix}.{key}"
         if key not in names:
             known = ", ".join(sorted(names))
-            raise ConfigError(f"{prefix}.{key}: unknown key (known keys: {known})")
-        kwargs[key] = _coerce(value, hints[key], f"{prefix}.{key}")
+            raise ConfigError(f"{label}: unknown key{_did_you_mean(key, names)} "
+                              f"(known keys: {known})")
+        kwargs[key] = _coerce(value, hints[key], label)
     return cls(**kwargs)
 
 
@@ -396,8 +422,11 @@ def _looks_like_address(value: str) -> bool:
         c.isspace() or c in "<>" for c in local)
 
 
-def _env_overrides(environ: typing.Mapping[str, str]) -> dict[str, dict[str, Any]]:
+def _env_overrides(environ: typing.Mapping[str, str]
+                   ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, str]]]:
+    """Values by section and key, and the variable each came from (for error messages)."""
     out: dict[str, dict[str, Any]] = {}
+    origins: dict[str, dict[str, str]] = {}
     for name, raw in environ.items():
         if not name.startswith(ENV_PREFIX) or "__" not in name:
             continue
@@ -407,7 +436,8 @@ def _env_overrides(environ: typing.Mapping[str, str]) -> dict[str, dict[str, Any
         except tomllib.TOMLDecodeError:
             value = raw
         out.setdefault(section, {})[key] = value
-    return out
+        origins.setdefault(section, {})[key] = name
+    return out, origins
 
 
 SECTIONS: dict[str, type] = {
@@ -420,7 +450,13 @@ SECTIONS: dict[str, type] = {
 def build_config(data: dict[str, Any], environ: typing.Mapping[str, str] | None = None) -> Config:
     """Validate a parsed TOML document (plus environment overrides) into a Config."""
     data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
-    for section, values in _env_overrides(os.environ if environ is None else environ).items():
+    overrides, origins = _env_overrides(os.environ if environ is None else environ)
+    for section, values in overrides.items():
+        if section not in SECTIONS:
+            variable = next(iter(origins[section].values()))
+            raise ConfigError(f"{variable}: unknown section {section!r}"
+                              f"{_did_you_mean(section, SECTIONS)} "
+                              f"(known sections: {', '.join(sorted(SECTIONS))})")
         data.setdefault(section, {})
         if not isinstance(data[section], dict):
             raise ConfigError(f"{section}: expected a table")
@@ -430,13 +466,14 @@ def build_config(data: dict[str, Any], environ: typing.Mapping[str, str] | None 
     for section, values in data.items():
         if section not in SECTIONS:
             known = ", ".join(sorted(SECTIONS))
-            raise ConfigError(f"{section}: unknown section (known sections: {known})")
+            raise ConfigError(f"{section}: unknown section{_did_you_mean(section, SECTIONS)} "
+                              f"(known sections: {known})")
         if not isinstance(values, dict):
             raise ConfigError(f"{section}: expected a table, got {values!r}")
         if section == "plugins":
             plugin_settings = {k: v for k, v in values.items() if isinstance(v, dict)}
             values = {k: v for k, v in values.items() if not isinstance(v, dict)}
-        kwargs[section] = _build(SECTIONS[section], values, section)
+        kwargs[section] = _build(SECTIONS[section], values, section, origins.get(section))
     config = Config(**kwargs, plugin_settings=plugin_settings)
     validate(config)
     return config
@@ -503,6 +540,7 @@ def validate(config: Config) -> None:
     if u.pool_size < 0:
         raise ConfigError("upstream.pool_size: must be 0 or more")
     parse_hostport(config.http.listen, "http.listen")
+    config.http.derive_base_url()
     from relay.tokens import TokenCodec, TokenKeyError
 
     if config.tracking.token_keys:

@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import ipaddress
 import signal
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -89,6 +91,24 @@ def _freeze_startup_objects() -> None:
     gc.freeze()
 
 
+def _is_loopback(host: str) -> bool:
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _loopback_base_url_for_outside(config: Config) -> bool:
+    """The URL in mail only this machine can reach, while the relay takes mail from others."""
+    if not _is_loopback(urlsplit(config.http.base_url).hostname or ""):
+        return False
+    addresses = [*config.relay.listen, *config.relay.listen_tls]
+    return any(not _is_loopback(parse_hostport(a, "relay.listen")[0]) for a in addresses)
+
+
 async def run(config: Config, *, smtp: bool = True, http: bool = True,
               listeners: Listeners | None = None) -> None:
     services = Services(config, smtp=smtp, http=http, listeners=listeners)
@@ -100,7 +120,12 @@ async def run(config: Config, *, smtp: bool = True, http: bool = True,
     await services.start()
     _freeze_startup_objects()
     log.info("started", smtp=smtp, http=http, config=config.source or "(defaults)",
-             event_loop=type(loop).__module__.partition(".")[0])
+             event_loop=type(loop).__module__.partition(".")[0],
+             base_url=config.http.base_url)
+    if smtp and _loopback_base_url_for_outside(config):
+        log.warning("base_url_is_loopback", base_url=config.http.base_url,
+                    hint="recipients cannot reach this address: pixels and links in mail "
+                         "sent now will not work for them; set http.base_url")
     await stop.wait()
     log.info("stopping")
     await services.stop()

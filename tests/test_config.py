@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -63,7 +64,8 @@ def test_environment_overrides_file(tmp_path: Path) -> None:
     assert config.upstream.port == 587
     assert config.upstream.host == "smtp.example.com"
     assert config.relay.listen == ["0.0.0.0:25", "[::]:25"]
-    with pytest.raises(ConfigError, match=r"upstream\.port: expected an integer"):
+    with pytest.raises(ConfigError, match=r"TRACKRELAY_UPSTREAM__PORT \(upstream\.port\): "
+                                          "expected an integer"):
         load_config(path, environ={"TRACKRELAY_UPSTREAM__PORT": "abc"})
 
 
@@ -102,9 +104,69 @@ def test_example_config_documents_every_key() -> None:
     missing = []
     for section, cls in SECTIONS.items():
         for f in dataclasses.fields(cls):
+            if not f.init:
+                continue  # derived, not a key
             present = f.name in data.get(section, {})
-            # Tables of tables (API tokens, webhooks) are shown as commented examples.
-            commented = f"[[{section}.{f.name}]]" in text
+            # Tables of tables (API tokens, webhooks) are shown as commented examples, and
+            # so are keys whose default is "unset" (http.base_url).
+            commented = f"[[{section}.{f.name}]]" in text or f"\n# {f.name} = " in text
             if not (present or commented):
                 missing.append(f"{section}.{f.name}")
     assert missing == []
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"upstream": {"mdoe": "smtp"}}, "upstream.mdoe: unknown key (did you mean 'mode'?)"),
+    ({"relay": {"listn": ["127.0.0.1:25"]}}, "relay.listn: unknown key (did you mean 'listen'?)"),
+    ({"upstraem": {}}, "upstraem: unknown section (did you mean 'upstream'?)"),
+])
+def test_a_near_miss_suggests_the_key(data: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        build_config(data, environ={})
+    assert str(err.value).startswith(message)
+
+
+def test_a_key_far_from_any_suggests_nothing() -> None:
+    with pytest.raises(ConfigError) as err:
+        build_config({"relay": {"colour": 1}}, environ={})
+    assert "did you mean" not in str(err.value)
+
+
+@pytest.mark.parametrize("environ, message", [
+    ({"TRACKRELAY_RELAY__LISTN": '["0.0.0.0:25"]'},
+     "TRACKRELAY_RELAY__LISTN (relay.listn): unknown key (did you mean 'listen'?)"),
+    ({"TRACKRELAY_UPSTREAM__PORT": "twenty-five"},
+     "TRACKRELAY_UPSTREAM__PORT (upstream.port): expected an integer, got 'twenty-five'"),
+    ({"TRACKRELAY_UPSTREM__PORT": "25"},
+     "TRACKRELAY_UPSTREM__PORT: unknown section 'upstrem' (did you mean 'upstream'?)"),
+])
+def test_an_environment_typo_is_named_by_its_variable(environ: dict[str, str],
+                                                      message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        build_config({}, environ=environ)
+    assert str(err.value).startswith(message)
+
+
+def test_base_url_follows_http_listen_unless_given() -> None:
+    assert build_config({}, environ={}).http.base_url == "http://127.0.0.1:8025"
+    moved = build_config({"http": {"listen": "127.0.0.1:9100"}}, environ={})
+    assert moved.http.base_url == "http://127.0.0.1:9100"
+    wildcard = build_config({"http": {"listen": "0.0.0.0:9101"}}, environ={})
+    assert wildcard.http.base_url == "http://127.0.0.1:9101"
+    v6 = build_config({"http": {"listen": "[::1]:9102"}}, environ={})
+    assert v6.http.base_url == "http://[::1]:9102"
+    given = build_config({"http": {"listen": "0.0.0.0:9103",
+                                   "base_url": "https://t.example.com"}}, environ={})
+    assert given.http.base_url == "https://t.example.com"
+    with pytest.raises(ConfigError, match="base_url_derived: unknown key"):
+        build_config({"http": {"base_url_derived": True}}, environ={})
+
+
+def test_base_url_follows_the_http_listen_flag() -> None:
+    args = build_parser().parse_args(["serve", "--http-listen", "127.0.0.1:9200"])
+    config = _overrides(args, build_config({}, environ={}))
+    assert config.http.base_url == "http://127.0.0.1:9200"
+    args = build_parser().parse_args(["serve", "--http-listen", "127.0.0.1:9201"])
+    config = _overrides(args, build_config({"http": {"base_url": "https://t.example.com"}},
+                                           environ={}))
+    assert config.http.base_url == "https://t.example.com"
