@@ -1,7 +1,10 @@
 """The ``trackrelay`` command line.
 
-Every subcommand reads the same config file; a configuration problem is printed as one
-line naming the key (exit code 2), never as a traceback.
+Every subcommand that reads the config takes ``--config``; a configuration problem is
+printed as one line naming the key (exit code 2), never as a traceback. Only the
+services (``serve``, ``tracker``) log by their config; every other command prints its
+output on stdout and nothing else on stderr but errors, unless asked with ``-v`` (info
+logs) or ``-vv`` (debug).
 """
 
 from __future__ import annotations
@@ -63,10 +66,25 @@ def _load(args: argparse.Namespace) -> Config:
     return _overrides(args, config)
 
 
-def _configure_logs(config: Config) -> None:
+#: Commands that run services and log by ``[log]``; the others are quiet by default.
+SERVICES = ("serve", "tracker")
+
+
+def _configure_logs(config: Config, verbose: int = 0) -> None:
     from relay.logs import configure_logging
 
-    configure_logging(config.log.level, config.log.format)
+    configure_logging("debug" if verbose else config.log.level, config.log.format)
+
+
+def _add_verbose(parser: argparse.ArgumentParser) -> None:
+    """``-v``/``-vv`` on every (sub)command, however deep."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in set(action.choices.values()):
+                _add_verbose(sub)
+    if parser.prog != "trackrelay":
+        parser.add_argument("-v", "--verbose", action="count", default=0,
+                            help="log to stderr: -v info, -vv debug (services: -v is debug)")
 
 
 # --- subcommands ---------------------------------------------------------------------------
@@ -84,7 +102,7 @@ def _run_services(args: argparse.Namespace, *, smtp: bool, http: bool) -> int:
     if args.event_loop is not None:
         config.process.event_loop = args.event_loop
     loop = event_loop.choose(config.process.event_loop)  # a missing uvloop: exit 2 at once
-    _configure_logs(config)
+    _configure_logs(config, args.verbose)
     index = workers.worker_index()
     if index is None and config.process.workers > 1:
         return workers.supervise(config, args.argv, smtp=smtp, http=http)
@@ -114,11 +132,15 @@ def cmd_tracker(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    config = load_config(args.file)
+    path = args.file or args.config
+    if not path:
+        raise ConfigError("check-config: name the file (trackrelay check-config FILE or "
+                          "--config FILE)")
+    config = load_config(path)
     from relay.plugin_host import PluginHost
 
     host = PluginHost(config)  # unknown or broken plugins are config errors too
-    print(f"{args.file}: OK ({len(host.plugins())} plugins)")
+    print(f"{path}: OK ({len(host.plugins())} plugins)")
     return 0
 
 
@@ -195,7 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_tracker)
 
     p = sub.add_parser("check-config", help="validate a config file and its plugins")
-    p.add_argument("file")
+    _add_config(p)
+    p.add_argument("file", nargs="?", help="the file (or --config FILE)")
     p.set_defaults(func=cmd_check_config)
 
     p = sub.add_parser("plugins", help="list loaded plugins and the hooks they implement")
@@ -268,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     privacy_cli.add_forget_arguments(p)
     p.set_defaults(func=privacy_cli.forget)
 
+    _add_verbose(parser)
     return parser
 
 
@@ -275,6 +299,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    if args.command not in SERVICES:
+        from relay.logs import configure_logging
+
+        # stdout is the command's output; logs, when asked for, go to stderr.
+        configure_logging({0: "error", 1: "info"}.get(args.verbose, "debug"), "auto",
+                          stream=sys.stderr)
     try:
         return int(args.func(args))
     except ConfigError as exc:

@@ -44,3 +44,18 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: Any = None
 
 def get_logger(name: str) -> Any:
     return structlog.get_logger(name)
+
+
+def _stderr_logger(*args: Any) -> structlog.PrintLogger:
+    return structlog.PrintLogger(sys.stderr)  # looked up per logger: follows redirection
+
+
+def reset_logging() -> None:
+    """structlog's defaults, but on stderr: until a command configures logging, a log line
+    never lands in what the command prints (stdout is often piped into a program)."""
+    structlog.reset_defaults()
+    structlog.configure(logger_factory=_stderr_logger)
+
+
+if not structlog.is_configured():
+    reset_logging()

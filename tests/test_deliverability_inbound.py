@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 
 from relay.bounces.intake_cli import cmd_inbound, cmd_suppressions
 from relay.hookimpl import hookimpl
+from relay.logs import reset_logging
 from relay.records import Outcome, Reply, SentMessage, new_id
 from relay.store.base import Store
 from tests.conftest import CORPUS
@@ -195,9 +195,9 @@ async def test_suppression_api(make_stack: MakeStack) -> None:
 
 @pytest.fixture(autouse=True)
 def _reset_logging() -> Any:
-    """The CLI configures structlog for its own stderr; give later tests the defaults."""
+    """A command may configure structlog; give later tests the defaults."""
     yield
-    structlog.reset_defaults()
+    reset_logging()
 
 
 def _config_file(tmp_path: Path, store_url: str) -> str:

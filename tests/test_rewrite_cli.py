@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import structlog
 
+from relay.logs import reset_logging
 from relay.rewrite.cli import run_rewrite
 from tests.rewrite_support import BASE, HTML_FILES, KEY, alternative
 
@@ -17,7 +17,7 @@ from tests.rewrite_support import BASE, HTML_FILES, KEY, alternative
 @pytest.fixture(autouse=True)
 def _restore_logging() -> Iterator[None]:
     yield None
-    structlog.reset_defaults()  # run_rewrite points logging at its stderr
+    reset_logging()  # main() points logging at stderr for the command
 
 
 def config(tmp_path: Path, extra: str = "") -> str:

@@ -39,9 +39,6 @@ def _config(args: argparse.Namespace) -> Config:
         if not store.startswith(("sqlite://", "postgresql://", "postgres://")):
             raise ConfigError(f"--store: must be sqlite:///PATH or postgresql://…, got {store!r}")
         config.store.url = store
-    from relay.logs import configure_logging
-
-    configure_logging(config.log.level, config.log.format)  # stderr: stdout is the output
     return config
 
 

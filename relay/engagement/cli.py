@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 import time
 from typing import IO
@@ -18,6 +19,7 @@ def add_reclassify_arguments(p: argparse.ArgumentParser) -> None:
                    help="start of the range: ISO 8601, POSIX seconds or relative such as "
                         "-24h (default -7d)")
     p.add_argument("--until", metavar="TIME", help="end of the range (default: now)")
+    p.add_argument("--json", action="store_true", help="print the counts as one JSON object")
 
 
 def _time(value: str | None, flag: str) -> float | None:
@@ -43,8 +45,12 @@ async def _reclassify(args: argparse.Namespace, out: IO[str]) -> int:
                                       now=until or time.time())
     finally:
         await store.close()
-    out.write(f"{result.events} events examined, {result.changed} relabelled, "
-              f"{result.inferred} opens inferred from human clicks\n")
+    if getattr(args, "json", False):
+        out.write(json.dumps({"events": result.events, "changed": result.changed,
+                              "inferred": result.inferred}) + "\n")
+    else:
+        out.write(f"{result.events} events examined, {result.changed} relabelled, "
+                  f"{result.inferred} opens inferred from human clicks\n")
     return 0
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import BinaryIO, TextIO
 
 from relay.config import ConfigError, load_config
-from relay.logs import configure_logging
 from relay.records import Transaction, new_id
 
 DEFAULT_RECIPIENT = "recipient@example.com"
@@ -33,9 +32,6 @@ async def run_rewrite(config_path: str | None, recipients: list[str], sender: st
         stderr.write(f"trackrelay rewrite: {exc}\n")
         return 2
     config.store.url = "sqlite:///:memory:"  # a dry run records nothing
-    # Logs go to stderr (stdout is the message), warnings and up unless debugging.
-    level = "debug" if config.log.level == "debug" else "warning"
-    configure_logging(level, config.log.format, stream=stderr)
     raw = stdin.read()
     if not raw:
         stderr.write("trackrelay rewrite: no message on standard input\n")

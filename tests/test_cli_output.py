@@ -1,0 +1,88 @@
+"""The command line as a script sees it: output on stdout, nothing on stderr but errors
+unless ``-v`` asks for logs, ``--json`` where a report has a text form, ``--config`` on
+``check-config`` too, and one line with exit code 2 for a usage or config problem."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TRACKRELAY = [sys.executable, "-m", "relay.cli"]
+
+
+def run(*argv: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items()
+               if not k.startswith("TRACKRELAY_") or k == "TRACKRELAY_PROCESS__EVENT_LOOP"}
+    return subprocess.run([*TRACKRELAY, *argv], input=stdin, capture_output=True, text=True,
+                          env=environ, timeout=120, check=False)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path}/store.db"
+
+
+@pytest.mark.parametrize("argv", [
+    ["stats"], ["events"], ["purge", "--older-than", "30d"], ["reclassify"],
+    ["suppressions", "list"], ["forget", "nobody@example.org"],
+])
+def test_commands_write_nothing_to_stderr_by_default(store: str, argv: list[str]) -> None:
+    result = run(*argv, "--store", store)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+
+
+def test_verbose_logs_go_to_stderr_only(store: str) -> None:
+    quiet = run("purge", "--older-than", "30d", "--store", store)
+    loud = run("purge", "--older-than", "30d", "--store", store, "-v")
+    assert loud.returncode == 0
+    for result in (quiet, loud):  # the same one-line report on stdout
+        assert result.stdout.startswith("purged before ") and result.stdout.count("\n") == 1
+    logs = [json.loads(line) for line in loud.stderr.splitlines()]
+    assert logs and all(line["level"] in ("info", "warning") for line in logs)
+    assert "debug" not in {line["level"] for line in logs}
+
+
+@pytest.mark.parametrize("argv, keys", [
+    (["stats"], {"sent", "opens", "since"}),
+    (["purge", "--older-than", "30d"], {"events", "messages"}),
+    (["reclassify"], {"events", "changed", "inferred"}),
+])
+def test_reports_have_a_json_form(store: str, argv: list[str], keys: set[str]) -> None:
+    result = run(*argv, "--store", store, "--json")
+    assert result.returncode == 0, result.stderr
+    assert keys <= set(json.loads(result.stdout))
+
+
+def test_suppressions_print_json_lines(store: str) -> None:
+    assert run("suppressions", "add", "gone@example.org", "--store", store).returncode == 0
+    result = run("suppressions", "list", "--store", store)
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["address"] for r in rows] == ["gone@example.org"]
+    assert result.stderr == ""
+
+
+def test_check_config_takes_a_file_or_config(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[upstream]\nmode = "capture"\n')
+    assert run("check-config", str(config)).stdout.startswith(f"{config}: OK")
+    assert run("check-config", "--config", str(config)).stdout.startswith(f"{config}: OK")
+    missing = run("check-config")
+    assert missing.returncode == 2
+    assert missing.stderr.splitlines() == [
+        "trackrelay: config error: check-config: name the file (trackrelay check-config "
+        "FILE or --config FILE)"]
+
+
+def test_a_config_error_is_one_line_and_exit_2(tmp_path: Path, store: str) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text("[upstream]\nmdoe = 1\n")
+    result = run("stats", "--config", str(config), "--store", store)
+    assert result.returncode == 2
+    assert len(result.stderr.splitlines()) == 1
+    assert "upstream.mdoe: unknown key (did you mean 'mode'?)" in result.stderr
