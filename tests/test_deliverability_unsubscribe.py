@@ -136,3 +136,27 @@ async def test_get_page_needs_the_button(make_stack: MakeStack, tmp_path: Path) 
     async with stack.http.get(url[:-3] + "xyz") as resp:
         assert resp.status == 404
         assert "<button" not in await resp.text()
+
+
+@pytest.mark.parametrize("scope, asks, says", [
+    ("global",
+     "Stop all mail to e***@remote.test sent through this service, from shop.example.com "
+     "and from every other sender that uses it?",
+     "e***@remote.test gets no more mail sent through this service, from shop.example.com "
+     "and from every other sender that uses it."),
+    ("sender_domain",
+     "Stop mail from shop.example.com to e***@remote.test?",
+     "e***@remote.test gets no more mail from shop.example.com."),
+])
+async def test_the_page_says_what_the_scope_will_stop(make_stack: MakeStack, scope: str,
+                                                      asks: str, says: str) -> None:
+    """``suppression.scope = "global"`` stops every sender's mail: the page must not say it
+    stops only the sender's."""
+    stack = await make_stack(suppression={"scope": scope})
+    _mid, url = await campaign_to(stack, "eve@remote.test")
+    async with stack.http.get(url) as resp:
+        assert f"<p>{asks}</p>" in await resp.text()
+    async with stack.http.post(url, data={"source": "page"}) as resp:
+        assert f"<p>{says}</p>" in await resp.text()
+    async with stack.http.get(url) as resp:  # the page once unsubscribed
+        assert f"<p>{says}</p>" in await resp.text()

@@ -57,10 +57,36 @@ def _page(title: str, body: str, status: int = 200) -> web.Response:
 NOT_FOUND = ("Link not found", "<p>This unsubscribe link is not valid.</p>")
 
 
+def _unsubscribed(sentence: str) -> web.Response:
+    return _page("You are unsubscribed", f"<p>{sentence}</p>")
+
+
 def mask(address: str) -> str:
     """``j***@example.com``: enough for people to recognise their address."""
     local, _, domain = address.partition("@")
     return f"{local[:1]}***@{domain}"
+
+
+def _others(sender: str) -> str:
+    """Who else a global suppression stops: every sender using this service."""
+    domain = sender.rpartition("@")[2]
+    return (f"from {html.escape(domain)} and from every other sender that uses it"
+            if domain else "from every sender that uses it")
+
+
+def _question(scope: str, sender: str, recipient: str) -> str:
+    """What the button will stop, said truthfully for ``[suppression] scope``."""
+    who = html.escape(mask(recipient))
+    if scope:
+        return f"Stop mail from {html.escape(scope)} to {who}?"
+    return f"Stop all mail to {who} sent through this service, {_others(sender)}?"
+
+
+def _done(scope: str, sender: str, recipient: str) -> str:
+    who = html.escape(mask(recipient))
+    if scope:
+        return f"{who} gets no more mail from {html.escape(scope)}."
+    return f"{who} gets no more mail sent through this service, {_others(sender)}."
 
 
 class UnsubscribeEndpoints:
@@ -86,16 +112,12 @@ class UnsubscribeEndpoints:
         if resolved is None:
             return _page(*NOT_FOUND, status=404)
         message, _index, recipient = resolved
-        sender_domain = message["sender"].rpartition("@")[2] or "this sender"
         scope = suppression_scope(self.app, message["sender"])
-        scopes = sorted({"", scope})
-        if await self.store.find_suppression(recipient, scopes) is not None:
-            return _page("You are unsubscribed",
-                         f"<p>{html.escape(mask(recipient))} no longer receives this mail "
-                         f"from {html.escape(sender_domain)}.</p>")
+        found = await self.store.find_suppression(recipient, sorted({"", scope}))
+        if found is not None:
+            return _unsubscribed(_done(found["scope"], message["sender"], recipient))
         action = html.escape(f"/u/{token}", quote=True)
-        body = (f"<p>Stop mail from {html.escape(sender_domain)} to "
-                f"{html.escape(mask(recipient))}?</p>"
+        body = (f"<p>{_question(scope, message['sender'], recipient)}</p>"
                 f"<form method=\"post\" action=\"{action}\">"
                 f"<input type=\"hidden\" name=\"source\" value=\"page\">"
                 f"<button type=\"submit\" id=\"unsubscribe\">Unsubscribe</button></form>")
@@ -120,10 +142,8 @@ class UnsubscribeEndpoints:
         log.info("unsubscribed", message=message["id"], method=event.data["method"],
                  suppressed=recorded.suppressed is not None)
         if from_page:
-            sender_domain = message["sender"].rpartition("@")[2] or "this sender"
-            return _page("You are unsubscribed",
-                         f"<p>{html.escape(mask(recipient))} no longer receives this mail "
-                         f"from {html.escape(sender_domain)}.</p>")
+            scope = suppression_scope(self.app, message["sender"])
+            return _unsubscribed(_done(scope, message["sender"], recipient))
         return web.Response(text="unsubscribed\n", headers={"Cache-Control": "no-store"})
 
 
