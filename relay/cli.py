@@ -262,6 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", metavar="FILE")
     p.set_defaults(func=cmd_bounces_classify)
 
+    from relay.tracker import token_cli
+
+    token_cli.add_subcommands(sub)  # token create
+
     from relay.bounces.intake_cli import add_subcommands as add_bounce_subcommands
 
     add_bounce_subcommands(sub)  # inbound, suppressions

@@ -572,6 +572,12 @@ def validate(config: Config) -> None:
     validate_deliverability(config)
 
 
+def api_scope_ok(scope: str) -> bool:
+    """An API token's scope: ``admin``, a sender address or a domain."""
+    scope = scope.strip().lower()
+    return bool(scope) and (scope == "admin" or ("." in scope and " " not in scope))
+
+
 def validate_tracker(t: TrackerConfig) -> None:
     """The ``[tracker]`` section: proxies, GeoIP file, API tokens, webhooks."""
     for i, net in enumerate(t.trusted_proxies):
@@ -592,8 +598,7 @@ def validate_tracker(t: TrackerConfig) -> None:
         if tok.token in seen:
             raise ConfigError(f"{key}.token: the same token is listed twice")
         seen.add(tok.token)
-        scope = tok.scope.strip().lower()
-        if not scope or (scope != "admin" and ("." not in scope or " " in scope)):
+        if not api_scope_ok(tok.scope):
             raise ConfigError(f"{key}.scope: expected 'admin', a sender address or a "
                               f"domain, got {tok.scope!r}")
     from relay.records import EVENT_TYPES

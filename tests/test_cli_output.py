@@ -86,3 +86,20 @@ def test_a_config_error_is_one_line_and_exit_2(tmp_path: Path, store: str) -> No
     assert result.returncode == 2
     assert len(result.stderr.splitlines()) == 1
     assert "upstream.mdoe: unknown key (did you mean 'mode'?)" in result.stderr
+
+
+def test_token_create_prints_a_table_the_config_accepts(tmp_path: Path) -> None:
+    made = [run("token", "create", "--scope", scope) for scope in ("admin", "Example.COM")]
+    assert all(r.returncode == 0 and r.stderr == "" for r in made)
+    config = tmp_path / "c.toml"
+    config.write_text("".join(r.stdout for r in made))
+    import tomllib
+
+    tokens = tomllib.loads(config.read_text())["tracker"]["api_tokens"]
+    assert [t["scope"] for t in tokens] == ["admin", "example.com"]
+    assert tokens[0]["token"] != tokens[1]["token"] and len(tokens[0]["token"]) >= 40
+    assert run("check-config", str(config)).returncode == 0
+    bad = run("token", "create", "--scope", "sales team")
+    assert bad.returncode == 2
+    assert bad.stderr.splitlines() == ["trackrelay: config error: --scope: expected 'admin', "
+                                       "a sender address or a domain, got 'sales team'"]
