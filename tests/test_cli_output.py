@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -103,3 +104,51 @@ def test_token_create_prints_a_table_the_config_accepts(tmp_path: Path) -> None:
     assert bad.returncode == 2
     assert bad.stderr.splitlines() == ["trackrelay: config error: --scope: expected 'admin', "
                                        "a sender address or a domain, got 'sales team'"]
+
+
+def _on_a_terminal(argv: list[str]) -> tuple[int, str, str]:
+    """Run with stderr on a pseudo-terminal (a person's shell); (code, stdout, stderr)."""
+    import pty
+
+    master, slave = pty.openpty()
+    environ = {k: v for k, v in os.environ.items()
+               if not k.startswith("TRACKRELAY_") or k == "TRACKRELAY_PROCESS__EVENT_LOOP"}
+    proc = subprocess.Popen([*TRACKRELAY, *argv], stdout=subprocess.PIPE, stderr=slave,
+                            env=environ)
+    os.close(slave)
+    stderr = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the terminal's other side closed: the process is done
+            break
+        if not chunk:
+            break
+        stderr += chunk
+    os.close(master)
+    assert proc.stdout is not None
+    stdout = proc.stdout.read().decode()
+    return proc.wait(60), stdout, stderr.decode(errors="replace")
+
+
+def test_long_work_shows_progress_on_a_terminal_only(tmp_path: Path, store: str) -> None:
+    corpus = Path(__file__).parent / "corpus" / "bounces" / "eml"
+    maildir = tmp_path / "Maildir"
+    for sub in ("new", "cur", "tmp"):
+        (maildir / sub).mkdir(parents=True)
+    for f in sorted(corpus.glob("lhost-postfix-*.eml"))[:12]:
+        shutil.copy(f, maildir / "new" / f.name)
+    csv = tmp_path / "s.csv"
+    csv.write_text("address\n" + "".join(f"u{i}@example.org\n" for i in range(30)))
+    for argv, shows in [
+        (["inbound", str(maildir)], "12msg"),
+        (["suppressions", "import", str(csv)], "30/30"),
+        (["reclassify"], "reclassify"),
+        (["purge", "--older-than", "30d"], "purging"),
+    ]:
+        code, stdout, stderr = _on_a_terminal([*argv, "--store", store])
+        assert code in (0, 1), stderr
+        assert shows in stderr.replace(" ", ""), (argv, stderr)
+        piped = run(*argv, "--store", store)
+        assert piped.stderr == "", (argv, piped.stderr)
+        assert piped.stdout.splitlines()[:1] and stdout.splitlines()[:1]  # output unchanged

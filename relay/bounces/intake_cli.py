@@ -104,12 +104,15 @@ def _one_file(f: Path, limit: int) -> Iterator[Item]:
 
 async def run_inbound(config: Config, paths: list[str]) -> int:
     from relay.inbound import InboundError, process
+    from relay.progress import bar
 
     app = await _started_app(config)
     status = OK
+    shown = bar("inbound", unit="msg")
     try:
         for path in paths:
             for name, raw, problem in iter_messages(path, config.bounces.max_message_size):
+                shown.update()
                 if raw is None:
                     code, _, message = (problem or "").partition(": ")
                     _print({"file": name, "error": code, "message": message or code})
@@ -123,6 +126,7 @@ async def run_inbound(config: Config, paths: list[str]) -> int:
                     continue
                 _print({"file": name, **result.as_json()})
     finally:
+        shown.close()
         await app.stop()
     return status
 
@@ -185,13 +189,17 @@ async def run_suppressions(config: Config, args: argparse.Namespace,
                                                      removed_by="cli", note=args.note)
             _print({"removed": removed, "address": address, "scope": scope_name(scope or "")})
             return OK if removed else PARTIAL
+        from relay.progress import bar
+
         rows, problems = parse_suppressions_csv(text, scope or "", args.reason or "imported")
         added = existing = 0
-        for addr, row_scope, reason in rows:
-            if await store.add_suppression(addr, scope=row_scope, reason=reason):
-                added += 1
-            else:
-                existing += 1
+        with bar("import", unit="address", total=len(rows)) as shown:
+            for addr, row_scope, reason in rows:
+                if await store.add_suppression(addr, scope=row_scope, reason=reason):
+                    added += 1
+                else:
+                    existing += 1
+                shown.update()
         for problem in problems:
             print(f"trackrelay: {args.file}: {problem}", file=sys.stderr)
         _print({"added": added, "existing": existing, "problems": len(problems)})

@@ -39,11 +39,20 @@ async def _reclassify(args: argparse.Namespace, out: IO[str]) -> int:
     since = _time(args.since, "--since")
     until = _time(args.until, "--until")
     assert since is not None
+    from relay.progress import bar
+
     store = await open_store_from_config(config.store)
+    shown = bar("reclassify", unit="event")
+
+    def progress(done: int, total: int) -> None:
+        shown.total = total
+        shown.update(done - shown.n)
+
     try:
         result = await run_reclassify(store, config.engagement, since, until,
-                                      now=until or time.time())
+                                      now=until or time.time(), progress=progress)
     finally:
+        shown.close()
         await store.close()
     if getattr(args, "json", False):
         out.write(json.dumps({"events": result.events, "changed": result.changed,

@@ -16,6 +16,7 @@ import time
 from typing import IO
 
 from relay.config import ConfigError
+from relay.progress import busy
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)
 _UNIT = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0}
@@ -53,7 +54,8 @@ async def _purge(args: argparse.Namespace, out: IO[str], now: float) -> int:
     store = await open_store_from_config(config.store)
     try:
         await store.flush()
-        result = await store.purge_older_than(cutoff)
+        async with busy("purging"):
+            result = await store.purge_older_than(cutoff)
     finally:
         await store.close()
     if args.json:
@@ -77,7 +79,8 @@ async def _forget(args: argparse.Namespace, out: IO[str]) -> int:
     store = await open_store_from_config(config.store)
     try:
         await store.flush()
-        erasure = await store.forget_contact(address)
+        async with busy("erasing"):
+            erasure = await store.forget_contact(address)
     finally:
         await store.close()
     if args.json:

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -85,20 +86,23 @@ async def batch_pass(store: Store, config: EngagementConfig, *,
 
 
 async def reclassify(store: Store, config: EngagementConfig, since: float,
-                     until: float | None = None, *, now: float | None = None) -> PassResult:
+                     until: float | None = None, *, now: float | None = None,
+                     progress: Callable[[int, int], None] | None = None) -> PassResult:
     """Apply the current online and batch rules to stored events in a time range.
 
     The online rules see what was stored: user agent, the address as stored (truncated
     or absent per ``tracker.ip_mode``), the time and the message's delivery time. HEAD
     requests keep their label; signals from request headers that were not stored are
-    not re-evaluated.
+    not re-evaluated. ``progress(done, total)`` is called per event (a terminal's bar).
     """
     classifier = Classifier(config)
     events = await load_events(store, since, until)
     before = {str(e.data.get("event_id")): Verdict.of_event(e) for e in events}
     messages: dict[str, MessageLookup | None] = {}
     relabelled: list[Event] = []
-    for event in events:
+    for done, event in enumerate(events, start=1):
+        if progress is not None:
+            progress(done, len(events))
         if event.data.get("inferred"):
             relabelled.append(event)
             continue
