@@ -25,11 +25,20 @@ def _add_config(p: argparse.ArgumentParser) -> None:
 
 
 def _add_process_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workers", type=int, metavar="N",
+    p.add_argument("--workers", type=_workers_flag, metavar="N|auto",
                    help="worker processes sharing the listening sockets "
-                        "(replaces process.workers; about one per core)")
+                        "(replaces process.workers; default auto: one per core)")
     p.add_argument("--event-loop", choices=("auto", "uvloop", "asyncio"),
                    help="event loop (replaces process.event_loop; auto: uvloop if installed)")
+
+
+def _workers_flag(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected a number or "auto", got {value!r}') from None
 
 
 def _overrides(args: argparse.Namespace, config: Config) -> Config:
@@ -96,15 +105,19 @@ def _run_services(args: argparse.Namespace, *, smtp: bool, http: bool) -> int:
 
     config = _load(args)
     if args.workers is not None:
-        if not 1 <= args.workers <= 64:
-            raise ConfigError(f"--workers: must be from 1 to 64, got {args.workers}")
+        if args.workers != "auto" and not 1 <= args.workers <= 64:
+            raise ConfigError(f'--workers: must be "auto" or from 1 to 64, got {args.workers}')
         config.process.workers = args.workers
     if args.event_loop is not None:
         config.process.event_loop = args.event_loop
     loop = event_loop.choose(config.process.event_loop)  # a missing uvloop: exit 2 at once
     _configure_logs(config, args.verbose)
     index = workers.worker_index()
-    if index is None and config.process.workers > 1:
+    if index is None and smtp:
+        from relay.server import warn_loopback_base_url
+
+        warn_loopback_base_url(config)
+    if index is None and workers.worker_count(config.process.workers) > 1:
         return workers.supervise(config, args.argv, smtp=smtp, http=http)
     from relay.listeners import Listeners
     from relay.server import run

@@ -309,8 +309,9 @@ class LogConfig:
 
 @dataclass
 class ProcessConfig:
-    #: Worker processes for ``serve`` and ``tracker`` (1: everything in one process).
-    workers: int = 1
+    #: Worker processes for ``serve`` and ``tracker``: "auto" (one per core this process
+    #: may use), or a number (1: everything in one process).
+    workers: int | Literal["auto"] = "auto"
     #: The event loop of ``serve`` and ``tracker``: "auto" (uvloop where it is installed,
     #: else asyncio's own), "uvloop" (an error if it is missing) or "asyncio".
     event_loop: str = "auto"
@@ -562,8 +563,9 @@ def validate(config: Config) -> None:
         if getattr(st, key) <= 0:
             raise ConfigError(f"store.{key}: must be a positive number of seconds, "
                               f"got {getattr(st, key)}")
-    if not 1 <= config.process.workers <= 64:
-        raise ConfigError(f"process.workers: must be from 1 to 64, got {config.process.workers}")
+    if config.process.workers != "auto" and not 1 <= config.process.workers <= 64:
+        raise ConfigError(f'process.workers: must be "auto" or from 1 to 64, '
+                          f"got {config.process.workers}")
     if config.process.event_loop not in ("auto", "uvloop", "asyncio"):
         raise ConfigError('process.event_loop: must be "auto", "uvloop" or "asyncio", '
                           f"got {config.process.event_loop!r}")

@@ -33,7 +33,9 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: Any = None
         wrapper_class=structlog.make_filtering_bound_logger(
             getattr(logging, level.upper(), logging.INFO)
         ),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        # One write per line (print() writes the line and its newline separately, so
+        # worker processes sharing stderr merged lines at the same instant).
+        logger_factory=structlog.WriteLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
     # aiosmtpd and asyncio log through the standard library; keep them quiet unless debugging.
@@ -46,8 +48,8 @@ def get_logger(name: str) -> Any:
     return structlog.get_logger(name)
 
 
-def _stderr_logger(*args: Any) -> structlog.PrintLogger:
-    return structlog.PrintLogger(sys.stderr)  # looked up per logger: follows redirection
+def _stderr_logger(*args: Any) -> structlog.WriteLogger:
+    return structlog.WriteLogger(sys.stderr)  # looked up per logger: follows redirection
 
 
 def reset_logging() -> None:

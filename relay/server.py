@@ -101,6 +101,14 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def warn_loopback_base_url(config: Config) -> None:
+    """Once per service (the supervisor or the single process), not once per worker."""
+    if _loopback_base_url_for_outside(config):
+        log.warning("base_url_is_loopback", base_url=config.http.base_url,
+                    hint="recipients cannot reach this address: pixels and links in mail "
+                         "sent now will not work for them; set http.base_url")
+
+
 def _loopback_base_url_for_outside(config: Config) -> bool:
     """The URL in mail only this machine can reach, while the relay takes mail from others."""
     if not _is_loopback(urlsplit(config.http.base_url).hostname or ""):
@@ -122,10 +130,7 @@ async def run(config: Config, *, smtp: bool = True, http: bool = True,
     log.info("started", smtp=smtp, http=http, config=config.source or "(defaults)",
              event_loop=type(loop).__module__.partition(".")[0],
              base_url=config.http.base_url)
-    if smtp and _loopback_base_url_for_outside(config):
-        log.warning("base_url_is_loopback", base_url=config.http.base_url,
-                    hint="recipients cannot reach this address: pixels and links in mail "
-                         "sent now will not work for them; set http.base_url")
+
     await stop.wait()
     log.info("stopping")
     await services.stop()

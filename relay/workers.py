@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import secrets
 import shutil
@@ -35,6 +36,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
 
 from relay.config import Config
@@ -99,7 +101,7 @@ class Supervisor:
         self.config = config
         self.argv = worker_argv(argv)
         self.smtp, self.http = smtp, http
-        self.workers = [_Worker(i) for i in range(config.process.workers)]
+        self.workers = [_Worker(i) for i in range(worker_count(config.process.workers))]
         self.stopping = False
         self.failed = False
         self.listeners = Listeners()
@@ -213,6 +215,27 @@ class Supervisor:
             return 1
         # -SIGTERM: a worker still starting (no handler yet, so nothing it served).
         return 0 if all(code in (0, -signal.SIGTERM) for code in codes) else 1
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity, bounded by a cgroup CPU quota
+    (a container started with ``--cpus 2`` on a 16-core host gets 2)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 quota: the affinity stands
+    return max(1, min(cores, 64))
+
+
+def worker_count(setting: int | str) -> int:
+    """``process.workers`` as a number: "auto" is one per usable core."""
+    return usable_cores() if setting == "auto" else int(setting)
 
 
 def supervise(config: Config, argv: Sequence[str], *, smtp: bool, http: bool) -> int:

@@ -45,7 +45,13 @@ async def serve(tmp_path: Path, smtp_host: str, *extra: str) -> tuple[list[dict[
     finally:
         proc.send_signal(signal.SIGTERM)
         await asyncio.wait_for(proc.wait(), 60)
-    lines = [json.loads(ln) for ln in log.read_text().splitlines() if ln.startswith("{")]
+    lines = []
+    for ln in log.read_text().splitlines():
+        if ln.startswith("{"):
+            try:
+                lines.append(json.loads(ln))
+            except ValueError:
+                raise AssertionError(f"not one JSON log line: {ln!r}") from None
     return lines, smtp, http, capture
 
 

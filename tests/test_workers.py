@@ -224,7 +224,7 @@ async def test_workers_flag_and_key_are_checked(tmp_path: Path) -> None:
         stderr=asyncio.subprocess.PIPE)
     _, err = await proc.communicate()
     assert proc.returncode == 2
-    assert "--workers: must be from 1 to 64, got 0" in err.decode()
+    assert '--workers: must be "auto" or from 1 to 64, got 0' in err.decode()
     config = tmp_path / "bad.toml"
     config.write_text("[process]\nworkers = 100\n")
     proc = await asyncio.create_subprocess_exec(
@@ -232,7 +232,7 @@ async def test_workers_flag_and_key_are_checked(tmp_path: Path) -> None:
         stderr=asyncio.subprocess.PIPE)
     _, err = await proc.communicate()
     assert proc.returncode == 2
-    assert "process.workers: must be from 1 to 64, got 100" in err.decode()
+    assert 'process.workers: must be "auto" or from 1 to 64, got 100' in err.decode()
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
@@ -260,3 +260,31 @@ async def test_a_port_in_use_is_one_clear_error(tmp_path: Path, workers: str,
     lines = err.decode().splitlines()
     assert lines == [f"trackrelay: config error: {key}: cannot listen on 127.0.0.1:{port}: "
                      "Address already in use"], lines
+
+
+def test_auto_is_one_worker_per_usable_core(tmp_path: Path) -> None:
+    from relay.workers import usable_cores, worker_count
+
+    assert usable_cores() == min(len(os.sched_getaffinity(0)), 64)  # no cgroup quota here
+    assert worker_count("auto") == usable_cores()
+    assert worker_count(3) == 3
+
+
+async def test_the_default_runs_one_worker_per_core(tmp_path: Path) -> None:
+    """No --workers, no process.workers: as many workers as cores (this machine's)."""
+    smtp, http = free_port(), free_port()
+    log = tmp_path / "log.jsonl"
+    environ = {k: v for k, v in os.environ.items()
+               if not k.startswith("TRACKRELAY_") or k == "TRACKRELAY_PROCESS__EVENT_LOOP"}
+    with log.open("wb") as out:
+        proc = await asyncio.create_subprocess_exec(
+            *TRACKRELAY, "serve", "--smtp-listen", f"127.0.0.1:{smtp}", "--http-listen",
+            f"127.0.0.1:{http}", "--capture-dir", str(tmp_path / "c"),
+            "--store", f"sqlite:///{tmp_path}/s.db", env=environ, stdout=out, stderr=out)
+    served = Served(proc, smtp, http, tmp_path / "c", tmp_path / "s.db", log)
+    cores = len(os.sched_getaffinity(0))
+    try:
+        await served.wait_started(cores)
+        assert len(served.worker_pids()) == (cores if cores > 1 else 0)
+    finally:
+        assert await stop(served) == 0
