@@ -102,12 +102,24 @@ class SmtpConnection(Connection):
     async def _plain_command(self, verb: bytes, prefix: bytes, address: str,
                              options: list[str]) -> aiosmtplib.SMTPResponse | None:
         """What aiosmtplib's ``mail()``/``rcpt()`` send and answer, for a plain address on a
-        connection past EHLO; None when they must do it (quoting, EHLO, HELO fallback)."""
-        if self.client.is_ehlo_or_helo_needed or not _PLAIN_ADDRESS.match(address):
+        connection past EHLO; None when they must do it (quoting, EHLO, HELO fallback).
+
+        The null reverse-path (``MAIL FROM:<>``, RFC 5321 §4.5.5: bounces and other
+        notifications) is always sent here: aiosmtplib refuses ``<>`` as an address, and
+        a relay that cannot pass bounces on loses them."""
+        null = verb == b"MAIL" and address in ("", "<>")
+        if self.client.is_ehlo_or_helo_needed:
+            if not null:
+                return None
+            await self.client.ehlo(timeout=self.cfg.command_timeout)
+        if null:
+            path = b"<>"
+        elif _PLAIN_ADDRESS.match(address):
+            path = b"<" + address.encode("ascii") + b">"
+        else:
             return None
         return await self.client.execute_command(
-            verb, prefix + b"<" + address.encode("ascii") + b">",
-            *[option.encode("ascii") for option in options],
+            verb, prefix + path, *[option.encode("ascii") for option in options],
             timeout=self.cfg.command_timeout)
 
     async def mail(self, sender: str, options: list[str], utf8: bool) -> Reply:

@@ -53,6 +53,24 @@ async def test_delivers_byte_for_byte(make_relay: MakeRelay, sink: Sink) -> None
     assert got.rcpt_tos == ["bob@example.org"]
 
 
+@pytest.mark.parametrize("fresh_upstream", [True, False])
+async def test_null_sender_is_passed_through(make_relay: MakeRelay, sink: Sink,
+                                             fresh_upstream: bool) -> None:
+    """``MAIL FROM:<>`` (RFC 5321 §4.5.5: bounces, DSNs, read receipts) goes upstream as
+    ``MAIL FROM:<>``, on a new and on a pooled upstream connection: a relayhost that
+    refused it would lose every bounce its MTA sends."""
+    relay = await make_relay(upstream={"pool_size": 0 if fresh_upstream else 4})
+
+    def send() -> None:
+        with smtplib.SMTP("127.0.0.1", relay_port(relay), timeout=10) as s:
+            for _ in range(2):  # the second one on a pooled connection, if any
+                s.sendmail("", ["bob@example.org"], RAW)
+
+    await asyncio.to_thread(send)
+    assert [(r.mail_from, r.rcpt_tos, r.data) for r in sink.received] == \
+        [("<>", ["bob@example.org"], RAW)] * 2
+
+
 async def test_smtplib_client_in_thread(make_relay: MakeRelay, sink: Sink) -> None:
     relay = await make_relay()
     msg = EmailMessage()

@@ -1,0 +1,221 @@
+"""The README's three Postfix recipes, each with a real Postfix instance (own config, queue
+and ports) in front of or behind the real relay, mail sent with ``swaks``:
+
+1. Postfix's ``relayhost`` is trackrelay, which forwards to the provider (the sink);
+2. before-queue ``smtpd_proxy_filter``: Postfix's smtpd hands each message to trackrelay
+   while the client waits, trackrelay forwards to a second smtpd that queues it;
+3. after-queue ``content_filter``: Postfix queues first, then sends through trackrelay to
+   a reinjection smtpd.
+
+Each checks: delivered once, tracked, the Received line Postfix adds, and where a refusal
+goes (a Postfix bounce to the sender, or an SMTP reply to the client) as the README says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import MakeRelay, Received, Sink, free_port, relay_port, wait_listening
+from tests.postfix_support import Postfix
+
+pytestmark = pytest.mark.postfix
+
+HTML = ("<html><body><p>Hello from the recipe test</p>"
+        "<a href='https://example.com/offer'>offer</a></body></html>")
+GONE = "gone@example.org"
+REFUSAL = "550 5.1.1 <gone@example.org>: Recipient address rejected: User unknown"
+
+
+@pytest.fixture
+async def postfix_root() -> AsyncIterator[Path]:
+    """A folder the ``postfix`` user can reach (pytest's own temporary folders are
+    private to root)."""
+    for tool in ("postfix", "postconf", "postmap", "swaks"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"needs {tool} (Debian's postfix and swaks packages)")
+    top = Path(tempfile.mkdtemp(prefix="trackrelay-postfix-", dir="/tmp"))
+    top.chmod(0o755)
+    try:
+        yield top / "postfix"
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
+async def started(postfix: Postfix, *ports: int) -> Postfix:
+    await asyncio.to_thread(postfix.start)
+    for port in ports:
+        await wait_listening(port)
+    return postfix
+
+
+def swaks(port: int, to: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["swaks", "--server", f"127.0.0.1:{port}", "--from", "sender@example.com",
+         "--to", to, "--h-Subject", "recipe test", "--add-header", "MIME-Version: 1.0",
+         "--add-header", "Content-Type: text/html; charset=utf-8", "--body", HTML, *extra],
+        capture_output=True, text=True, timeout=60, check=False)
+
+
+async def until(predicate: Callable[[], bool], what: str, postfix: Postfix,
+                timeout: float = 60) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}\n{postfix.log()[-4000:]}")
+        await asyncio.to_thread(postfix.flush)
+        await asyncio.sleep(0.2)
+
+
+def html_of(received: Received) -> str:
+    msg = email.message_from_bytes(received.data, policy=email.policy.default)
+    part = next(p for p in msg.walk() if p.get_content_type() == "text/html")
+    return str(part.get_content())  # type: ignore[attr-defined]
+
+
+def tracked(received: Received, base: str) -> bool:
+    html = html_of(received)
+    return bool(re.search(re.escape(base) + r"/o/[A-Za-z0-9_-]+\.gif", html)) and \
+        "https://example.com/offer" not in html
+
+
+def headers(received: Received, name: str) -> list[str]:
+    msg = email.message_from_bytes(received.data, policy=email.policy.default)
+    return [" ".join(str(v).split()) for v in msg.get_all(name, [])]
+
+
+def bounces_to_sender(sink: Sink) -> list[Received]:
+    return [r for r in sink.received
+            if r.mail_from in ("", "<>") and r.rcpt_tos == ["sender@example.com"]]
+
+
+BASE = "https://t.example.net"
+
+
+async def test_relayhost_recipe(postfix_root: Path, sink: Sink, make_relay: MakeRelay) -> None:
+    """``relayhost = [127.0.0.1]:<trackrelay>``: Postfix queues and retries, trackrelay
+    tracks and forwards; a recipient the provider refuses becomes Postfix's bounce to the
+    sender (sent, like all Postfix's mail, through trackrelay)."""
+    relay = await make_relay(load_entry_points=True, http={"base_url": BASE})
+    submit = free_port()
+    postfix = Postfix(postfix_root,
+                      main={"relayhost": f"[127.0.0.1]:{relay_port(relay)}"},
+                      services=[f"127.0.0.1:{submit} inet n - n - - smtpd"])
+    try:
+        await started(postfix, submit)
+        sink.behaviour.refuse_rcpt[GONE] = REFUSAL
+        sent = await asyncio.to_thread(swaks, submit, "reader@example.org")
+        assert sent.returncode == 0, sent.stdout
+        await until(lambda: len(sink.received) == 1, "the message at the sink", postfix)
+        (got,) = sink.received
+        assert got.rcpt_tos == ["reader@example.org"]
+        assert tracked(got, BASE)
+        received = headers(got, "Received")
+        assert any("by mta.test (Postfix)" in r and "from " in r for r in received), received
+
+        refused = await asyncio.to_thread(swaks, submit, GONE)
+        assert refused.returncode == 0, refused.stdout  # Postfix queued it: its problem now
+        await until(lambda: bool(bounces_to_sender(sink)), "Postfix's bounce", postfix)
+        (bounce,) = bounces_to_sender(sink)
+        text = bounce.data.decode(errors="replace")
+        assert GONE in text and "5.1.1" in text and "Undelivered Mail" in text
+        await until(postfix.queue_empty, "an empty queue", postfix)
+        assert len([r for r in sink.received if r.rcpt_tos == ["reader@example.org"]]) == 1
+    finally:
+        await asyncio.to_thread(postfix.stop)
+
+
+def reinjection(port: int, access: str) -> str:
+    """The second smtpd that takes mail back from trackrelay and queues it."""
+    return (f"127.0.0.1:{port} inet n - n - - smtpd -o smtpd_proxy_filter= "
+            "-o content_filter= -o smtpd_authorized_xforward_hosts=127.0.0.0/8 "
+            "-o mynetworks=127.0.0.0/8 -o smtpd_recipient_restrictions=$reinject_restrictions")
+
+
+async def test_before_queue_proxy_filter_recipe(postfix_root: Path, sink: Sink,
+                                                make_relay: MakeRelay) -> None:
+    """``smtpd_proxy_filter``: the client waits while its message passes through
+    trackrelay; a recipient the queueing smtpd refuses is refused to the client at once,
+    with that smtpd's code (no bounce: nothing was accepted)."""
+    submit, back = free_port(), free_port()
+    postfix = Postfix(postfix_root, main={"relayhost": f"[127.0.0.1]:{sink.port}"})
+    access = postfix.postmap("recipient_access", f"{GONE} REJECT 5.1.1 no such user\n")
+    relay = await make_relay(load_entry_points=True, http={"base_url": BASE},
+                             upstream={"host": "127.0.0.1", "port": back})
+    postfix.postconf("-e", f"reinject_restrictions = check_recipient_access {access}, "
+                           "permit_mynetworks, reject")
+    with (postfix.etc / "master.cf").open("a") as f:
+        f.write(f"127.0.0.1:{submit} inet n - n - - smtpd "
+                f"-o smtpd_proxy_filter=127.0.0.1:{relay_port(relay)} "
+                "-o smtpd_proxy_options=speed_adjust\n")
+        f.write(reinjection(back, access) + "\n")
+    try:
+        await started(postfix, submit, back)
+        sent = await asyncio.to_thread(swaks, submit, "reader@example.org")
+        assert sent.returncode == 0, sent.stdout
+        await until(lambda: len(sink.received) == 1, "the message at the sink", postfix)
+        (got,) = sink.received
+        assert tracked(got, BASE)
+        received = headers(got, "Received")
+        assert any("by mta.test (Postfix)" in r for r in received), received
+
+        refused = await asyncio.to_thread(swaks, submit, GONE)
+        assert refused.returncode != 0
+        assert re.search(r"<\*\* +5\d\d 5\.1\.1 .*no such user", refused.stdout), refused.stdout
+        await asyncio.sleep(1)
+        await asyncio.to_thread(postfix.flush)
+        await until(postfix.queue_empty, "an empty queue", postfix)
+        assert not bounces_to_sender(sink)
+        assert len(sink.received) == 1
+    finally:
+        await asyncio.to_thread(postfix.stop)
+
+
+async def test_after_queue_content_filter_recipe(postfix_root: Path, sink: Sink,
+                                                 make_relay: MakeRelay) -> None:
+    """``content_filter = smtp:[127.0.0.1]:<trackrelay>``: Postfix accepts and queues
+    first, then sends through trackrelay to the reinjection smtpd; a recipient refused
+    there comes back as Postfix's bounce to the sender."""
+    submit, back = free_port(), free_port()
+    relay = await make_relay(load_entry_points=True, http={"base_url": BASE},
+                             upstream={"host": "127.0.0.1", "port": back})
+    postfix = Postfix(postfix_root, main={
+        "relayhost": f"[127.0.0.1]:{sink.port}",
+        "content_filter": f"smtp:[127.0.0.1]:{relay_port(relay)}"})
+    access = postfix.postmap("recipient_access", f"{GONE} REJECT 5.1.1 no such user\n")
+    postfix.postconf("-e", f"reinject_restrictions = check_recipient_access {access}, "
+                           "permit_mynetworks, reject")
+    with (postfix.etc / "master.cf").open("a") as f:
+        f.write(f"127.0.0.1:{submit} inet n - n - - smtpd\n")
+        f.write(reinjection(back, access) + "\n")
+    try:
+        await started(postfix, submit, back)
+        sent = await asyncio.to_thread(swaks, submit, "reader@example.org")
+        assert sent.returncode == 0, sent.stdout
+        await until(lambda: any(r.rcpt_tos == ["reader@example.org"] for r in sink.received),
+                    "the message at the sink", postfix)
+        got = next(r for r in sink.received if r.rcpt_tos == ["reader@example.org"])
+        assert tracked(got, BASE)
+        received = headers(got, "Received")
+        # Postfix's own smtpd and the reinjection smtpd each add their line.
+        assert sum("by mta.test (Postfix)" in r for r in received) >= 2, received
+
+        refused = await asyncio.to_thread(swaks, submit, GONE)
+        assert refused.returncode == 0, refused.stdout  # queued before the filter ran
+        await until(lambda: bool(bounces_to_sender(sink)), "Postfix's bounce", postfix)
+        text = bounces_to_sender(sink)[0].data.decode(errors="replace")
+        assert GONE in text and "5.1.1" in text
+        await until(postfix.queue_empty, "an empty queue", postfix)
+        assert len([r for r in sink.received if r.rcpt_tos == ["reader@example.org"]]) == 1
+    finally:
+        await asyncio.to_thread(postfix.stop)
