@@ -50,6 +50,9 @@ class RelayConfig:
     users_file: str = ""
     auth_required: bool = False
     allowed_networks: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    #: Hosts that may tell trackrelay the original client with Postfix's XFORWARD (a
+    #: Postfix in front of trackrelay as a content filter). Empty: XFORWARD not offered.
+    xforward_hosts: list[str] = field(default_factory=list)
     max_message_size: int = 50 * 1024 * 1024
     max_recipients: int = 100
     smtputf8: bool = True
@@ -507,13 +510,12 @@ def validate(config: Config) -> None:
         parse_hostport(addr, f"relay.listen_tls[{i}]")
     if not r.listen and not r.listen_tls:
         raise ConfigError("relay.listen: at least one of relay.listen, relay.listen_tls is needed")
-    for i, net in enumerate(r.allowed_networks):
-        try:
-            ipaddress.ip_network(net, strict=False)
-        except ValueError:
-            raise ConfigError(
-                f"relay.allowed_networks[{i}]: not a network: {net!r}"
-            ) from None
+    for key in ("allowed_networks", "xforward_hosts"):
+        for i, net in enumerate(getattr(r, key)):
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ConfigError(f"relay.{key}[{i}]: not a network: {net!r}") from None
     if (r.listen_tls or r.require_tls) and not (r.tls_cert and r.tls_key):
         raise ConfigError("relay.tls_cert: relay.listen_tls and relay.require_tls need "
                           "relay.tls_cert and relay.tls_key")

@@ -90,6 +90,9 @@ class Transaction:
     sent: SentMessage | None = None
     #: Per-plugin scratch space; a plugin keeps what it learns under its own name.
     extra: dict[str, Any] = field(default_factory=dict)
+    #: The original client as a trusted filter (Postfix) forwarded it with XFORWARD:
+    #: NAME, ADDR, PORT, PROTO, HELO, IDENT, SOURCE; empty when none did.
+    forwarded_client: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

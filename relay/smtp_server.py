@@ -24,6 +24,7 @@ from typing import Any
 import structlog
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from relay import xforward
 from relay.app import App
 from relay.auth import UsersFileAuthenticator
 from relay.config import parse_hostport
@@ -133,6 +134,14 @@ class RelaySMTP(SMTP):
             if isinstance(handler, RelaySession) and self.transport is not None:
                 await handler.after_data()
 
+    async def smtp_XFORWARD(self, arg: str | None) -> None:
+        """Postfix's XFORWARD (relay.xforward): the original client, from a trusted filter."""
+        handler = self.event_handler
+        if not isinstance(handler, RelaySession) or self.session is None:
+            await self.push("502 5.5.1 Error: command not implemented")
+            return
+        await self.push(handler.xforward_command(self.session, arg or ""))
+
     def connection_lost(self, error: Exception | None) -> None:
         handler = self.event_handler
         super().connection_lost(error)
@@ -154,6 +163,9 @@ class RelaySession:
         self.client_ip = ""
         self.client_port = 0
         self.log: Any = log
+        #: XFORWARD attributes for the next transaction (relay.xforward).
+        self.xforward: dict[str, str] = {}
+        self.esmtp = False
 
     # --- helpers -------------------------------------------------------------------------
 
@@ -181,6 +193,7 @@ class RelaySession:
 
     def _end_transaction(self, *, keep_busy: bool = False) -> None:
         self.txn = None
+        self.xforward = {}  # XFORWARD attributes hold for one transaction
         if not keep_busy:
             self.busy = False
         structlog.contextvars.unbind_contextvars("txn", "queue_id")
@@ -231,7 +244,24 @@ class RelaySession:
         session.host_name = hostname
         if self.relay.closing:
             return [str(SHUTTING_DOWN)]
+        self.esmtp = True
+        if responses and self.relay.xforward_allowed(self._peer(session)[0]):
+            responses.insert(len(responses) - 1, f"250-{xforward.EHLO_KEYWORD}")
         return responses
+
+    def xforward_command(self, session: Session, arg: str) -> str:
+        """The reply to ``XFORWARD``: only a host in ``relay.xforward_hosts`` may say where
+        mail came from, and only between transactions (Postfix's XFORWARD_README)."""
+        if not self.relay.xforward_allowed(self._peer(session)[0]):
+            self.log.warning("xforward_refused", client=self._peer(session)[0])
+            return "550 5.7.0 Error: insufficient authorization"
+        if self.txn is not None:
+            return "503 5.5.1 Error: MAIL transaction in progress"
+        try:
+            self.xforward.update(xforward.parse(arg))
+        except xforward.XforwardError as exc:
+            return f"501 5.5.4 {exc}"
+        return "250 2.0.0 Ok"
 
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, mail_options: list[str]) -> str:
@@ -242,6 +272,7 @@ class RelaySession:
             id=new_id(), client_ip=self.client_ip, client_port=self.client_port,
             helo=session.host_name, tls=session.ssl is not None,
             authenticated_user=(str(session.auth_data) if session.authenticated else None),
+            forwarded_client=dict(self.xforward),
         )
         structlog.contextvars.bind_contextvars(txn=txn.id, client=self.client_ip)
         self.log = log.bind()
@@ -294,6 +325,8 @@ class RelaySession:
                 conn = self.conn
                 if utf8 and not conn.supports("smtputf8"):
                     return UTF8_UNSUPPORTED
+                await conn.xforward(txn.forwarded_client or xforward.own_client(
+                    txn.client_ip, txn.client_port, txn.helo, self.esmtp))
                 up_options = []
                 for opt in options:
                     if opt.startswith("BODY=") and conn.supports("8bitmime"):
@@ -437,6 +470,8 @@ class Relay:
         self.upstream = upstream or make_upstream(self.config.upstream, rc.hostname)
         self.networks = tuple(ipaddress.ip_network(n, strict=False)
                               for n in rc.allowed_networks)
+        self.xforward_networks = tuple(ipaddress.ip_network(n, strict=False)
+                                       for n in rc.xforward_hosts)
         self._allowed: dict[str, bool] = {}
         self.authenticator = UsersFileAuthenticator(rc.users_file) if rc.users_file else None
         self.tls_context: ssl.SSLContext | None = None
@@ -452,6 +487,16 @@ class Relay:
         self.tls_addresses: list[tuple[str, int]] = []
         #: Sockets inherited from the supervisor (relay.workers); empty in one process.
         self.listeners = Listeners()
+
+    def xforward_allowed(self, ip: str) -> bool:
+        """Whether ``ip`` may send XFORWARD (``relay.xforward_hosts``)."""
+        if not self.xforward_networks:
+            return False
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(addr in net for net in self.xforward_networks)
 
     def allowed(self, ip: str) -> bool:
         """Whether ``ip`` is in ``relay.allowed_networks`` (remembered per address: parsing

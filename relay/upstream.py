@@ -25,6 +25,7 @@ from relay.config import UpstreamConfig
 from relay.logs import get_logger
 from relay.metrics import UPSTREAM_CONNECTIONS
 from relay.records import Reply
+from relay.xforward import commands as xforward_commands
 
 log = get_logger("relay.upstream")
 
@@ -55,6 +56,10 @@ class Connection(ABC):
     """One upstream session able to carry successive transactions."""
 
     reused: bool = False
+
+    async def xforward(self, attrs: dict[str, str]) -> None:
+        """Tell the upstream who the original client was, where it takes XFORWARD."""
+        return None
 
     @abstractmethod
     async def mail(self, sender: str, options: list[str], utf8: bool) -> Reply: ...
@@ -121,6 +126,25 @@ class SmtpConnection(Connection):
         return await self.client.execute_command(
             verb, prefix + path, *[option.encode("ascii") for option in options],
             timeout=self.cfg.command_timeout)
+
+    async def xforward(self, attrs: dict[str, str]) -> None:
+        """XFORWARD before MAIL when the upstream announced it (relay.xforward); a refusal
+        is logged and the transaction goes on (the attributes only serve its logs)."""
+        if not self.supports("xforward"):
+            return
+        offered = self.client.esmtp_extensions.get("xforward", "")
+        try:
+            for args in xforward_commands(attrs, offered):
+                resp = await self.client.execute_command(
+                    b"XFORWARD", args, timeout=self.cfg.command_timeout)
+                if resp.code != 250:
+                    log.warning("upstream_xforward_refused", reply=f"{resp.code} "
+                                f"{resp.message}")
+                    return
+        except aiosmtplib.SMTPTimeoutError:
+            raise UpstreamUnavailable(TIMEOUT) from None
+        except (aiosmtplib.SMTPServerDisconnected, OSError):
+            raise UpstreamUnavailable(LOST) from None
 
     async def mail(self, sender: str, options: list[str], utf8: bool) -> Reply:
         try:

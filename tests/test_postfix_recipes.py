@@ -60,7 +60,10 @@ async def started(postfix: Postfix, *ports: int) -> Postfix:
 
 def swaks(port: int, to: str, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["swaks", "--server", f"127.0.0.1:{port}", "--from", "sender@example.com",
+        # From 127.0.0.2 (loopback too), so the original client differs from trackrelay.
+        ["swaks", "--server", f"127.0.0.1:{port}", "--local-interface", "127.0.0.2",
+         "--helo", "original-client.test",
+         "--from", "sender@example.com",
          "--to", to, "--h-Subject", "recipe test", "--add-header", "MIME-Version: 1.0",
          "--add-header", "Content-Type: text/html; charset=utf-8", "--body", HTML, *extra],
         capture_output=True, text=True, timeout=60, check=False)
@@ -100,6 +103,10 @@ def bounces_to_sender(sink: Sink) -> list[Received]:
 
 
 BASE = "https://t.example.net"
+#: The queueing smtpd's log line when XFORWARD told it the original client (and, from
+#: Postfix's smtp client, the first queue id as IDENT).
+XFORWARDED = re.compile(r"client=localhost\[127\.0\.0\.1\], (orig_queue_id=\w+, )?"
+                        r"orig_client=unknown\[127\.0\.0\.2\]")
 
 
 async def test_relayhost_recipe(postfix_root: Path, sink: Sink, make_relay: MakeRelay) -> None:
@@ -151,7 +158,8 @@ async def test_before_queue_proxy_filter_recipe(postfix_root: Path, sink: Sink,
     postfix = Postfix(postfix_root, main={"relayhost": f"[127.0.0.1]:{sink.port}"})
     access = postfix.postmap("recipient_access", f"{GONE} REJECT 5.1.1 no such user\n")
     relay = await make_relay(load_entry_points=True, http={"base_url": BASE},
-                             upstream={"host": "127.0.0.1", "port": back})
+                             upstream={"host": "127.0.0.1", "port": back},
+                             relay={"xforward_hosts": ["127.0.0.0/8"]})
     postfix.postconf("-e", f"reinject_restrictions = check_recipient_access {access}, "
                            "permit_mynetworks, reject")
     with (postfix.etc / "master.cf").open("a") as f:
@@ -166,8 +174,16 @@ async def test_before_queue_proxy_filter_recipe(postfix_root: Path, sink: Sink,
         await until(lambda: len(sink.received) == 1, "the message at the sink", postfix)
         (got,) = sink.received
         assert tracked(got, BASE)
+        # Postfix's Received lines name each real hop (the proxying smtpd's line names the
+        # original client; the queueing smtpd's names trackrelay), and XFORWARD told the
+        # queueing smtpd who the original client was: it logs it as orig_client.
         received = headers(got, "Received")
-        assert any("by mta.test (Postfix)" in r for r in received), received
+        assert any(r.startswith("from original-client.test (unknown [127.0.0.2])")
+                   for r in received), received
+        assert any(r.startswith("from relay.test (localhost [127.0.0.1])")
+                   for r in received), received
+        await until(lambda: bool(XFORWARDED.search(postfix.log())), "orig_client in the log",
+                    postfix)
 
         refused = await asyncio.to_thread(swaks, submit, GONE)
         assert refused.returncode != 0
@@ -188,10 +204,12 @@ async def test_after_queue_content_filter_recipe(postfix_root: Path, sink: Sink,
     there comes back as Postfix's bounce to the sender."""
     submit, back = free_port(), free_port()
     relay = await make_relay(load_entry_points=True, http={"base_url": BASE},
-                             upstream={"host": "127.0.0.1", "port": back})
+                             upstream={"host": "127.0.0.1", "port": back},
+                             relay={"xforward_hosts": ["127.0.0.0/8"]})
     postfix = Postfix(postfix_root, main={
         "relayhost": f"[127.0.0.1]:{sink.port}",
-        "content_filter": f"smtp:[127.0.0.1]:{relay_port(relay)}"})
+        "content_filter": f"smtp:[127.0.0.1]:{relay_port(relay)}",
+        "smtp_send_xforward_command": "yes"})
     access = postfix.postmap("recipient_access", f"{GONE} REJECT 5.1.1 no such user\n")
     postfix.postconf("-e", f"reinject_restrictions = check_recipient_access {access}, "
                            "permit_mynetworks, reject")
@@ -207,8 +225,14 @@ async def test_after_queue_content_filter_recipe(postfix_root: Path, sink: Sink,
         got = next(r for r in sink.received if r.rcpt_tos == ["reader@example.org"])
         assert tracked(got, BASE)
         received = headers(got, "Received")
-        # Postfix's own smtpd and the reinjection smtpd each add their line.
-        assert sum("by mta.test (Postfix)" in r for r in received) >= 2, received
+        # Postfix's own smtpd and the reinjection smtpd each add their line; through
+        # XFORWARD (Postfix's smtp client to trackrelay, trackrelay to the reinjection
+        # smtpd) the second one knows the original client too.
+        assert [r.split(" by ")[0] for r in received if "by mta.test (Postfix)" in r] == [
+            "from relay.test (localhost [127.0.0.1])",
+            "from original-client.test (unknown [127.0.0.2])"], received
+        await until(lambda: bool(XFORWARDED.search(postfix.log())), "orig_client in the log",
+                    postfix)
 
         refused = await asyncio.to_thread(swaks, submit, GONE)
         assert refused.returncode == 0, refused.stdout  # queued before the filter ran
