@@ -12,8 +12,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import json
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from relay import __version__
 from relay.config import Config, ConfigError, load_config, parse_hostport
@@ -162,14 +164,33 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
     config = _load(args)
     host = PluginHost(config)
-    disabled = set(config.plugins.disabled)
+    disabled = sorted(config.plugins.disabled)
+    rows: list[dict[str, Any]] = []
     for info in host.plugins():
-        dist = f" [{info.distribution}]" if info.distribution else ""
-        print(f"{info.name}: {info.module}{dist}")
-        for hook in info.hooks:
+        settings = config.plugin_config(info.name)
+        rows.append({
+            "name": info.name, "enabled": True, "builtin": info.builtin,
+            "module": info.module, "distribution": info.distribution,
+            "config_section": f"plugins.{info.name}",
+            "settings": sorted(settings), "hooks": list(info.hooks)})
+    rows += [{"name": name, "enabled": False, "config_section": f"plugins.{name}",
+              "settings": sorted(config.plugin_config(name))} for name in disabled]
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+        return 0
+    print("in the order hooks call them (built-ins, then installed plugins, by name):")
+    for row in rows:
+        if not row["enabled"]:
+            print(f"{row['name']}: disabled ([plugins] disabled)")
+            continue
+        origin = "built-in" if row["builtin"] else f"installed from {row['distribution']}" \
+            if row["distribution"] else "registered by code"
+        section = (f"[{row['config_section']}] sets {', '.join(row['settings'])}"
+                   if row["settings"] else f"no [{row['config_section']}] settings")
+        print(f"{row['name']}: enabled, {origin}, {row['module']}; {section}")
+        for hook in row["hooks"]:
             print(f"    {hook}")
-    for name in sorted(disabled):
-        print(f"{name}: disabled")
     return 0
 
 
@@ -234,9 +255,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", nargs="?", help="the file (or --config FILE)")
     p.set_defaults(func=cmd_check_config)
 
-    p = sub.add_parser("plugins", help="list loaded plugins and the hooks they implement")
+    p = sub.add_parser("plugins", help="list plugins in call order: enabled or not, their "
+                                       "config section, the hooks they implement")
     _add_config(p)
+    p.add_argument("--json", action="store_true", help="one JSON object per plugin")
     p.set_defaults(func=cmd_plugins)
+
+    from relay.plugin_template import cmd_new_plugin
+
+    p = sub.add_parser("new-plugin", help="write a working plugin package to start from")
+    p.add_argument("name", metavar="NAME", help="the plugin's name (its entry point)")
+    p.add_argument("--dir", default=".", help="where to create trackrelay-NAME/ "
+                                              "(default: here)")
+    p.set_defaults(func=cmd_new_plugin)
 
     p = sub.add_parser("hash-password", help="print a users-file line for SMTP AUTH")
     p.add_argument("user")

@@ -3,13 +3,21 @@
 Built-in plugins are registered exactly like third-party ones, through the
 ``trackrelay`` entry-point group (see pyproject.toml), so ``[plugins] disabled`` can
 switch any of them off.
+
+**Order.** Every hook calls the built-in plugins first, in name order, then the other
+installed plugins, in name order. Where order shows, it follows: the first non-``None``
+answer wins (policy, verdicts), and edits asked for at the same offset of a part land in
+the order they were asked (the built-in pixel before a third-party plugin's footer at
+``</body>``). A plugin that must come before or after the built-ins marks its
+implementation ``@hookimpl(tryfirst=True)`` or ``@hookimpl(trylast=True)`` (pluggy's
+markers). Plugins registered by code (``register``) come before all of these.
 """
 
 from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 import pluggy
@@ -26,6 +34,13 @@ class PluginInfo:
     module: str
     hooks: tuple[str, ...]
     distribution: str | None
+    builtin: bool = False
+
+
+def _builtin(ep: EntryPoint) -> bool:
+    """A plugin shipped with trackrelay itself (its ``plugins`` package)."""
+    return ep.value.split(":")[0].startswith("plugins.") and (
+        ep.dist is None or ep.dist.name == "trackrelay")
 
 
 class PluginHost:
@@ -34,6 +49,7 @@ class PluginHost:
         self.pm = pluggy.PluginManager(GROUP)
         self.pm.add_hookspecs(hookspecs)
         self._dists: dict[str, str | None] = {}
+        self._builtins: set[str] = set()
         if load_entry_points:
             self._load_entry_points()
 
@@ -49,7 +65,11 @@ class PluginHost:
         for name in self.config.plugin_settings:
             if name not in found:
                 raise ConfigError(f"plugins.{name}: no plugin of that name is installed")
-        for ep in sorted(entry_points(group=GROUP), key=lambda e: e.name):
+        # pluggy calls the plugin registered last first: register in the reverse of the
+        # documented call order (built-ins by name, then the others by name).
+        ordered = sorted(entry_points(group=GROUP),
+                         key=lambda e: (not _builtin(e), e.name), reverse=True)
+        for ep in ordered:
             if ep.name in disabled or self.pm.has_plugin(ep.name):
                 continue
             try:
@@ -58,6 +78,8 @@ class PluginHost:
                 raise ConfigError(f"plugins.{ep.name}: cannot be loaded: {exc!r}") from exc
             self.register(plugin, ep.name)
             self._dists[ep.name] = ep.dist.name if ep.dist else None
+            if _builtin(ep):
+                self._builtins.add(ep.name)
 
     def register(self, plugin: object, name: str | None = None) -> None:
         """Register a plugin object or module (tests and embedders use this directly)."""
@@ -87,13 +109,16 @@ class PluginHost:
         return None
 
     def plugins(self) -> list[PluginInfo]:
+        """Registered plugins in the order hooks call them (see the module docstring;
+        ``tryfirst``/``trylast`` may reorder single hooks)."""
         out = []
-        for name, plugin in self.pm.list_name_plugin():
+        for name, plugin in reversed(self.pm.list_name_plugin()):
             if plugin is None:
                 continue
             hooks = tuple(
                 sorted(h.name for h in self.pm.get_hookcallers(plugin) or [])
             )
             module = getattr(plugin, "__name__", type(plugin).__module__)
-            out.append(PluginInfo(name, module, hooks, self._dists.get(name)))
-        return sorted(out, key=lambda p: p.name)
+            out.append(PluginInfo(name, module, hooks, self._dists.get(name),
+                                  name in self._builtins))
+        return out
