@@ -169,6 +169,25 @@ def trackrelay_edit_text(context: RewriteContext, part: PlainTextPart) -> Any:
 
 
 @hookspec
+def trackrelay_decorate_html(context: RewriteContext, part: HtmlPart) -> Any:
+    """Ask for edits to one decoded ``text/html`` part of EVERY outgoing message, tracked
+    or not: a footer, a disclaimer, a banner.
+
+    Same objects and edits as ``trackrelay_edit_html`` (``part.insert(
+    part.body_insert_offset(), ...)`` puts markup before ``</body>``). Called after the
+    tracking plugins' ``trackrelay_edit_html`` on the same part, so at one offset the
+    pixel comes first. Not called for a message that must go out byte for byte
+    (``context.policy.frozen``: MIME that cannot be followed, a DKIM signature an edit
+    would break). ``context.tracked`` / ``context.policy`` say whether it is tracked.
+    """
+
+
+@hookspec
+def trackrelay_decorate_text(context: RewriteContext, part: PlainTextPart) -> Any:
+    """``trackrelay_decorate_html`` for ``text/plain`` parts (a text footer)."""
+
+
+@hookspec
 def trackrelay_rewrite_finished(context: RewriteContext) -> Any:
     """Called once per message after the parts were edited (tracked or not).
 

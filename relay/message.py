@@ -85,6 +85,7 @@ class MessageDraft:
         return out
 
     def get(self, name: str, default: str | None = None) -> str | None:
+        """The first header called ``name`` (unfolded, decoded as text), or ``default``."""
         values = self.get_all(name)
         return values[0] if values else default
 
@@ -120,15 +121,18 @@ class MessageDraft:
 
     @property
     def body(self) -> bytes:
+        """The body's bytes as they will be sent (after the blank line)."""
         return self._body
 
     def set_body(self, body: bytes) -> None:
+        """Replace the whole body (keep the MIME structure valid: the headers stay)."""
         if body != self._body:
             self._body = body
             self._had_body = True
             self.changed = True
 
     def as_bytes(self) -> bytes:
+        """The whole message to send: the original bytes when nothing changed."""
         if not self.changed:
             return self.original
         head = b"".join(self._headers)

@@ -52,13 +52,15 @@ from __future__ import annotations
 import re
 
 from relay import hookimpl
+from relay.app import App
 from relay.config import ConfigError
+from relay.message import MessageDraft
 
 SETTINGS = {{"header": "X-{title}", "value": "{name}"}}
 
 
 @hookimpl
-def trackrelay_startup(app):
+def trackrelay_startup(app: App) -> None:
     """Read and check the settings once: a bad one stops start-up with this message."""
     settings = app.plugin_config("{name}")
     unknown = set(settings) - set(SETTINGS)
@@ -72,7 +74,7 @@ def trackrelay_startup(app):
 
 
 @hookimpl
-def trackrelay_transform_message(message):
+def trackrelay_transform_message(message: MessageDraft) -> None:
     """After DATA, before forwarding: add the header (every other byte stays as it came)."""
     message.add_header(SETTINGS["header"], SETTINGS["value"])
 '''
@@ -81,11 +83,12 @@ TEST = '''"""Runs the plugin through ``trackrelay rewrite``: what the relay woul
 
 import subprocess
 import sys
+from pathlib import Path
 
 MESSAGE = b"From: a@example.com\\r\\nTo: b@example.org\\r\\nSubject: hi\\r\\n\\r\\nhello\\r\\n"
 
 
-def test_the_header_is_added(tmp_path):
+def test_the_header_is_added(tmp_path: Path) -> None:
     config = tmp_path / "trackrelay.toml"
     config.write_text('[plugins.{name}]\\nvalue = "tested"\\n')
     out = subprocess.run([sys.executable, "-m", "relay.cli", "rewrite", "--config",

@@ -38,24 +38,33 @@ class TrackingPolicy:
     ``opens``: insert the open pixel; ``clicks``: route links through the tracker;
     ``text_links``: also rewrite URLs in ``text/plain`` parts; ``shared``: the message
     goes to several recipients and is tracked at message level (the recipient of an
-    event is unknown); ``skip_reason`` set means the message goes out untouched.
+    event is unknown); ``skip_reason`` set means the message is not tracked (it may
+    still be decorated, e.g. with a footer); ``frozen`` means it must go out byte for
+    byte (MIME that cannot be followed, a DKIM signature an edit would break): no
+    plugin edits it at all.
     """
 
     opens: bool = True
     clicks: bool = True
     text_links: bool = False
+    #: The campaign (``X-Trackrelay-Campaign``), or None.
     campaign: str | None = None
     shared: bool = False
+    #: Why the message is not tracked (``multi_recipient``, ``header_off``, …), or None.
     skip_reason: str | None = None
+    frozen: bool = False
 
     @property
     def tracked(self) -> bool:
+        """True when the message gets a pixel or tracked links."""
         return self.skip_reason is None and (self.opens or self.clicks)
 
     @classmethod
-    def skip(cls, reason: str, campaign: str | None = None) -> TrackingPolicy:
-        """A policy that leaves the message untouched, saying why."""
-        return cls(opens=False, clicks=False, campaign=campaign, skip_reason=reason)
+    def skip(cls, reason: str, campaign: str | None = None, *,
+             frozen: bool = False) -> TrackingPolicy:
+        """A policy that tracks nothing, saying why (``frozen``: and changes nothing)."""
+        return cls(opens=False, clicks=False, campaign=campaign, skip_reason=reason,
+                   frozen=frozen)
 
 
 @dataclass
@@ -73,7 +82,17 @@ class RewriteStats:
 
 
 class RewriteContext:
-    """Per-message state shared by every content plugin."""
+    """Per-message state shared by every content plugin.
+
+    Attributes: ``app`` (config, store, tokens), ``transaction`` (the SMTP transaction:
+    sender, recipients, client, trackrelay's ``message_id``), ``message`` (the
+    ``MessageDraft``: headers may be changed through it), ``policy`` (the
+    ``TrackingPolicy`` in force), ``tree`` (the MIME tree, or None), ``stats`` (counts:
+    ``pixel``, ``links_rewritten``, ``links_skipped``, ``parts_changed``,
+    ``parts_skipped``), ``links`` (the ``LinkRecord`` of every tracked link, index order),
+    ``state`` (a dict where a plugin keeps its own per-message state under its name),
+    ``base_url`` (``http.base_url`` without the trailing slash).
+    """
 
     def __init__(self, app: App, transaction: Transaction, message: MessageDraft,
                  policy: TrackingPolicy, tree: MimeTree | None) -> None:
@@ -110,6 +129,8 @@ class RewriteContext:
     # --- URLs and tokens --------------------------------------------------------------------
 
     def token(self, kind: str, link_index: int = 0) -> str:
+        """A signed token of this message and recipient for ``kind`` (``open``, ``click``,
+        or a plugin's own kind such as ``honeypot``), as the tracker verifies it."""
         return self.app.tokens.encode(kind, self.transaction.message_id,
                                       self.recipient_index, link_index)
 
@@ -160,7 +181,15 @@ class RewriteContext:
 
 
 class ContentPart:
-    """One decoded text part and the edits asked for it (offsets are into ``text``)."""
+    """One decoded text part and the edits asked for it (offsets are into ``text``).
+
+    Attributes: ``text`` (the part's text, transfer encoding and charset decoded),
+    ``content_type`` (``text/html`` or ``text/plain``), ``path`` (position in the MIME
+    tree: "" for a single-part message, "1.2" for the second part of the first
+    multipart), ``charset`` (what it was decoded from; the result is encoded back to it),
+    ``kind`` (``html`` or ``plain``). Edits are asked for, not made: every plugin sees the
+    original ``text``, and the engine applies all edits together after the last plugin.
+    """
 
     kind = "text"
 
@@ -182,9 +211,11 @@ class ContentPart:
 
     @property
     def changed(self) -> bool:
+        """True when any plugin asked for an edit of this part."""
         return bool(self.edits)
 
     def result(self) -> str:
+        """The text with every edit applied (the engine calls it once, at the end)."""
         return self.edits.apply(self.text)
 
 

@@ -5,9 +5,11 @@ before ``trackrelay_transform_message``:
 
 1. the MIME tree is found on the raw bytes (``relay.rewrite.mime``);
 2. ``trackrelay_tracking_policy`` decides what to track (first non-``None`` answer);
-3. for a tracked message, each text part is decoded once, scanned once (HTML) and handed
-   to ``trackrelay_edit_html`` / ``trackrelay_edit_text``; the edits every plugin asked for
-   are applied in one pass and only changed parts are re-encoded and spliced back;
+3. each text part is decoded once, scanned once (HTML) and handed to
+   ``trackrelay_edit_html`` / ``trackrelay_edit_text`` (tracked messages only), then to
+   ``trackrelay_decorate_html`` / ``trackrelay_decorate_text`` (every message the
+   policy does not freeze); the edits every plugin asked for are applied in one pass and
+   only changed parts are re-encoded and spliced back;
 4. ``trackrelay_rewrite_finished`` runs (the sent record is filled there).
 
 A message whose MIME structure cannot be followed, or a part that cannot be decoded or
@@ -60,7 +62,11 @@ REWRITE_SKIPPED = Counter(
 
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 CONTENT_HOOKS = ("trackrelay_tracking_policy", "trackrelay_edit_html", "trackrelay_edit_text",
+                 "trackrelay_decorate_html", "trackrelay_decorate_text",
                  "trackrelay_rewrite_finished")
+#: Per part kind: the tracking hook (tracked mail) and the decoration hook (all mail).
+PART_HOOKS = {True: ("trackrelay_edit_html", "trackrelay_decorate_html"),
+              False: ("trackrelay_edit_text", "trackrelay_decorate_text")}
 
 
 def wants_rewrite(app: App) -> bool:
@@ -91,10 +97,12 @@ async def rewrite_message(app: App, transaction: Transaction,
     if tree is None and policy.tracked:
         REWRITE_SKIPPED.labels("unparseable").inc()
         log.warning("rewrite_unparseable", txn=transaction.id, error=error)
-        policy = TrackingPolicy.skip("unparseable", campaign=policy.campaign)
+        policy = TrackingPolicy.skip("unparseable", campaign=policy.campaign, frozen=True)
     context = RewriteContext(app, transaction, message, policy, tree)
     transaction.extra["rewrite"] = context
-    if policy.tracked and tree is not None:
+    decorated = host.implements("trackrelay_decorate_html") or host.implements(
+        "trackrelay_decorate_text")
+    if tree is not None and not policy.frozen and (policy.tracked or decorated):
         await _edit_parts(context, tree)
     await host.call("trackrelay_rewrite_finished", context=context)
     MESSAGES.labels(context.decision).inc()
@@ -116,12 +124,14 @@ async def _edit_parts(context: RewriteContext, tree: MimeTree) -> None:
     host = context.app.host
     message = context.message
     body = message.body
-    edit_html = host.implements("trackrelay_edit_html")
-    edit_text = host.implements("trackrelay_edit_text")
+    tracked = context.policy.tracked
+    hooks = {is_html: [hook for i, hook in enumerate(names)
+                       if host.implements(hook) and (i == 1 or tracked)]
+             for is_html, names in PART_HOOKS.items()}
     replacements: list[tuple[int, int, bytes]] = []
     for leaf in tree.parts:
         is_html = leaf.content_type == "text/html"
-        if not (edit_html if is_html else edit_text):
+        if not hooks[is_html]:
             continue
         raw = body[leaf.body_start:leaf.body_end]
         try:
@@ -137,8 +147,8 @@ async def _edit_parts(context: RewriteContext, tree: MimeTree) -> None:
         # Remember what this part recorded, to roll it back if it cannot be re-encoded.
         n_links, pixel = len(context.links), context.stats.pixel
         rewritten, skipped = context.stats.links_rewritten, context.stats.links_skipped.copy()
-        await host.call("trackrelay_edit_html" if is_html else "trackrelay_edit_text",
-                        context=context, part=part)
+        for hook in hooks[is_html]:  # tracking first: at one offset, the pixel comes first
+            await host.call(hook, context=context, part=part)
         if not part.changed:
             continue
         try:

@@ -101,6 +101,7 @@ class Tag:
         return by_name.get(name)
 
     def has(self, name: str) -> bool:
+        """True when the tag has an attribute called ``name``."""
         return self.attr(name) is not None
 
 
