@@ -71,7 +71,9 @@ async def start(tmp_path: Path, *extra: str, env: dict[str, str] | None = None,
     if wait:
         await wait_listening(smtp, timeout=60)
         await wait_listening(http, timeout=60)
-        await served.wait_started(2)
+        flags = ["--workers", "2", *extra]
+        last = len(flags) - 1 - flags[::-1].index("--workers")  # the flag that counts
+        await served.wait_started(int(flags[last + 1]))
     return served
 
 
