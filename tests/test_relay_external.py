@@ -99,7 +99,7 @@ async def test_plugins_command_lists_hooks() -> None:
     # followed by the hooks it implements.
     blocks: dict[str, list[str]] = {}
     current = ""
-    for line in out.splitlines():
+    for line in out.splitlines()[1:]:  # after the line that explains the order
         if line.startswith("    "):
             blocks[current].append(line.strip())
         else:

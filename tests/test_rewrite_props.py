@@ -21,8 +21,13 @@ def app() -> App:
     return APP
 
 
+# Text that means nothing to the plugins: no "unsubscribe" (such a link is left alone on
+# purpose) and no tracker path (the properties count them). Hypothesis also draws strings
+# it finds in the code under test, so these do come up.
 SAFE_TEXT = st.text(alphabet=st.characters(blacklist_characters="<&\r",
-                                           blacklist_categories=("Cs", "Cc", "Co")), max_size=15)
+                                           blacklist_categories=("Cs", "Cc", "Co")),
+                    max_size=15).filter(
+    lambda t: "unsubscribe" not in t.lower() and "/o/" not in t and "/c/" not in t)
 JUNK = st.text(alphabet="<>!-[]&;\"'/= aA\nhref:", max_size=12)
 
 

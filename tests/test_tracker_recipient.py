@@ -509,7 +509,7 @@ async def test_a_failing_classifier_costs_its_own_hit_only(
     page = await tracker.store.list_events(type="open", limit=10)
     assert sorted(e["recipient"] for e in page.items) == [
         "carol@customer.test", "carol@customer.test", "dave@customer.test"]
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err  # log lines go to stderr
     assert "open_record_failed" in out and bad.message_id in out
 
 
@@ -551,7 +551,7 @@ async def test_a_failing_classifier_on_a_late_open_is_logged(
     assert [e["message_id"] for e in await tracker.events(type="open")] == [good_id]
     out = ""
     for _ in range(50):
-        out += capsys.readouterr().out
+        out += capsys.readouterr().err  # log lines go to stderr
         if "open_record_failed" in out:
             break
         await asyncio.sleep(0.1)
