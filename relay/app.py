@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import secrets
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+import pluggy
 
 from relay.config import Config
 from relay.logs import get_logger
-from relay.plugin_host import PluginHost
 from relay.tokens import TokenCodec
 
 if TYPE_CHECKING:
@@ -16,12 +17,27 @@ if TYPE_CHECKING:
 log = get_logger("relay.app")
 
 
-class App:
-    """What a running trackrelay process shares between the relay, tracker and plugins."""
+class Plugins(Protocol):
+    """What the app needs of its plugins (``relay.plugin_host.PluginHost`` is that): the
+    app sits below the plugin host, which loads the hook specifications that name it."""
 
-    def __init__(self, config: Config, host: PluginHost | None = None) -> None:
+    pm: pluggy.PluginManager
+
+    async def call(self, hook: str, **kwargs: Any) -> list[Any]: ...
+
+    async def first(self, hook: str, **kwargs: Any) -> Any: ...
+
+    def implements(self, hook: str) -> bool: ...
+
+
+class App:
+    """What a running trackrelay process shares between the relay, tracker and plugins.
+
+    ``host`` runs the hooks: ``PluginHost(config)`` loads every installed plugin."""
+
+    def __init__(self, config: Config, host: Plugins) -> None:
         self.config = config
-        self.host = host if host is not None else PluginHost(config)
+        self.host = host
         if config.tracking.token_keys:
             self.tokens = TokenCodec.from_strings(config.tracking.token_keys)
         else:

@@ -18,12 +18,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from relay import __version__
-from relay.config import Config, ConfigError, load_config, parse_hostport
-
-
-def _add_config(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", "-c", metavar="FILE",
-                   help="TOML config file (default: built-in defaults + environment)")
+from relay.cli_config import add_config, load
+from relay.config import Config, ConfigError, load_config
 
 
 def _add_process_flags(p: argparse.ArgumentParser) -> None:
@@ -41,40 +37,6 @@ def _workers_flag(value: str) -> int | str:
         return int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f'expected a number or "auto", got {value!r}') from None
-
-
-def _overrides(args: argparse.Namespace, config: Config) -> Config:
-    """Apply the command-line overrides for the common keys, validating them like the file."""
-    smtp_listen = getattr(args, "smtp_listen", None)
-    if smtp_listen:
-        for i, value in enumerate(smtp_listen):
-            parse_hostport(value, f"--smtp-listen[{i}]")
-        config.relay.listen = list(smtp_listen)
-    upstream = getattr(args, "upstream", None)
-    if upstream:
-        host, port = parse_hostport(upstream, "--upstream")
-        config.upstream.mode = "smtp"
-        config.upstream.host, config.upstream.port = host, port
-    capture = getattr(args, "capture_dir", None)
-    if capture:
-        config.upstream.mode = "capture"
-        config.upstream.capture_dir = capture
-    http_listen = getattr(args, "http_listen", None)
-    if http_listen:
-        parse_hostport(http_listen, "--http-listen")
-        config.http.listen = http_listen
-        config.http.derive_base_url()
-    store = getattr(args, "store", None)
-    if store:
-        if not store.startswith(("sqlite://", "postgresql://", "postgres://")):
-            raise ConfigError(f"--store: must be sqlite:///PATH or postgresql://…, got {store!r}")
-        config.store.url = store
-    return config
-
-
-def _load(args: argparse.Namespace) -> Config:
-    config = load_config(getattr(args, "config", None))
-    return _overrides(args, config)
 
 
 #: Commands that run services and log by ``[log]``; the others are quiet by default.
@@ -105,7 +67,7 @@ def _run_services(args: argparse.Namespace, *, smtp: bool, http: bool) -> int:
     """One process, or a supervisor of ``process.workers`` worker processes."""
     from relay import event_loop, workers
 
-    config = _load(args)
+    config = load(args)
     if args.workers is not None:
         if args.workers != "auto" and not 1 <= args.workers <= 64:
             raise ConfigError(f'--workers: must be "auto" or from 1 to 64, got {args.workers}')
@@ -162,7 +124,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_plugins(args: argparse.Namespace) -> int:
     from relay.plugin_host import PluginHost
 
-    config = _load(args)
+    config = load(args)
     host = PluginHost(config)
     disabled = sorted(config.plugins.disabled)
     rows: list[dict[str, Any]] = []
@@ -206,7 +168,7 @@ def cmd_bounces_classify(args: argparse.Namespace) -> int:
     from relay.bounces.cli import classify_files
     from relay.plugin_host import PluginHost
 
-    config = _load(args)
+    config = load(args)
     host = PluginHost(config)
     return classify_files(args.files, sys.stdout, hook=from_plugin_manager(host.pm))
 
@@ -231,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="run the SMTP relay and the tracker in one process")
-    _add_config(p)
+    add_config(p)
     p.add_argument("--smtp-listen", metavar="HOST:PORT", action="append",
                    help="SMTP listen address (repeatable; replaces relay.listen)")
     p.add_argument("--upstream", metavar="HOST:PORT", help="upstream SMTP server")
@@ -244,20 +206,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("tracker", help="run the tracker (HTTP) alone")
-    _add_config(p)
+    add_config(p)
     p.add_argument("--http-listen", metavar="HOST:PORT", help="tracker HTTP listen address")
     p.add_argument("--store", metavar="URL", help="store URL")
     _add_process_flags(p)
     p.set_defaults(func=cmd_tracker)
 
     p = sub.add_parser("check-config", help="validate a config file and its plugins")
-    _add_config(p)
+    add_config(p)
     p.add_argument("file", nargs="?", help="the file (or --config FILE)")
     p.set_defaults(func=cmd_check_config)
 
     p = sub.add_parser("plugins", help="list plugins in call order: enabled or not, their "
                                        "config section, the hooks they implement")
-    _add_config(p)
+    add_config(p)
     p.add_argument("--json", action="store_true", help="one JSON object per plugin")
     p.set_defaults(func=cmd_plugins)
 
@@ -277,20 +239,20 @@ def build_parser() -> argparse.ArgumentParser:
     from relay.tracker import cli as tracker_cli
 
     p = sub.add_parser("stats", help="a campaign's or the last day's figures")
-    _add_config(p)
+    add_config(p)
     p.add_argument("--store", metavar="URL", help="store URL")
     tracker_cli.add_stats_arguments(p)
     p.set_defaults(func=tracker_cli.stats)
 
     p = sub.add_parser("events", help="print events as JSON lines (the API's objects)")
-    _add_config(p)
+    add_config(p)
     p.add_argument("--store", metavar="URL", help="store URL")
     tracker_cli.add_events_arguments(p)
     p.set_defaults(func=tracker_cli.events)
 
     p = sub.add_parser("rewrite", help="print the message the relay would forward "
                                         "(stdin to stdout), without sending it")
-    _add_config(p)
+    add_config(p)
     p.add_argument("--recipient", metavar="ADDR", action="append",
                    help="envelope recipient (repeatable; default: one, recipient@example.com; "
                         "give two or more to see multi-recipient handling)")
@@ -302,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     bounces = p.add_subparsers(dest="bounces_command", required=True)
     p = bounces.add_parser("classify", help="print one JSON object per bounced recipient "
                                             "of each file (nothing for other mail)")
-    _add_config(p)
+    add_config(p)
     p.add_argument("files", nargs="+", metavar="FILE")
     p.set_defaults(func=cmd_bounces_classify)
 
@@ -318,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("reclassify",
                        help="apply the current human/machine rules to stored events")
-    _add_config(p)
+    add_config(p)
     p.add_argument("--store", metavar="URL", help="store URL")
     engagement_cli.add_reclassify_arguments(p)
     p.set_defaults(func=engagement_cli.reclassify)
@@ -327,14 +289,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("purge", help="delete events (and messages without any event "
                                      "left) older than a duration")
-    _add_config(p)
+    add_config(p)
     p.add_argument("--store", metavar="URL", help="store URL")
     privacy_cli.add_purge_arguments(p)
     p.set_defaults(func=privacy_cli.purge)
 
     p = sub.add_parser("forget", help="erase one contact's data (the erasure is recorded "
                                       "by address hash; a suppression is kept)")
-    _add_config(p)
+    add_config(p)
     p.add_argument("--store", metavar="URL", help="store URL")
     privacy_cli.add_forget_arguments(p)
     p.set_defaults(func=privacy_cli.forget)

@@ -20,6 +20,7 @@ from relay.bounce_listener import BounceListener
 from relay.config import Config, parse_hostport
 from relay.listeners import Listeners
 from relay.logs import get_logger
+from relay.plugin_host import PluginHost
 from relay.smtp_server import Relay
 
 log = get_logger("relay.server")
@@ -38,7 +39,7 @@ class Services:
                  listeners: Listeners | None = None) -> None:
         self.config = config
         self.listeners = listeners or Listeners()
-        self.app = App(config)
+        self.app = App(config, PluginHost(config))
         self.relay: Relay | None = Relay(self.app) if smtp else None
         self.bounces: BounceListener | None = BounceListener(self.app) if smtp else None
         self.http = http

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from relay.cli import _overrides, build_parser
+from relay.cli import build_parser
+from relay.cli_config import apply_overrides as _overrides
 from relay.config import ConfigError, build_config, load_config
 
 EXAMPLE = Path(__file__).parent.parent / "config" / "trackrelay.example.toml"

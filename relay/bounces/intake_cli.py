@@ -26,26 +26,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from relay.config import Config, ConfigError, load_config
+from relay import cli_config
+from relay.config import Config
 
 #: Exit codes: everything done / some message refused or path unreadable / usage.
 OK, PARTIAL, USAGE = 0, 1, 2
 
 
-def _config(args: argparse.Namespace) -> Config:
-    config = load_config(getattr(args, "config", None))
-    store = getattr(args, "store", None)
-    if store:
-        if not store.startswith(("sqlite://", "postgresql://", "postgres://")):
-            raise ConfigError(f"--store: must be sqlite:///PATH or postgresql://…, got {store!r}")
-        config.store.url = store
-    return config
-
-
 async def _started_app(config: Config) -> Any:
     from relay.app import App
+    from relay.plugin_host import PluginHost
 
-    app = App(config)
+    app = App(config, PluginHost(config))
     await app.start()
     return app
 
@@ -133,7 +125,7 @@ async def run_inbound(config: Config, paths: list[str]) -> int:
 
 def cmd_inbound(args: argparse.Namespace) -> int:
     """``trackrelay inbound [--config FILE] [--store URL] PATH...``"""
-    config = _config(args)
+    config = cli_config.load(args)
     return asyncio.run(run_inbound(config, list(args.paths)))
 
 
@@ -210,7 +202,7 @@ async def run_suppressions(config: Config, args: argparse.Namespace,
 
 def cmd_suppressions(args: argparse.Namespace) -> int:
     """``trackrelay suppressions list|add|remove|import|export …``"""
-    config = _config(args)
+    config = cli_config.load(args)
     text = ""
     if args.action == "import":
         try:
@@ -226,8 +218,7 @@ def cmd_suppressions(args: argparse.Namespace) -> int:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", "-c", metavar="FILE",
-                   help="TOML config file (default: built-in defaults + environment)")
+    cli_config.add_config(p)
     p.add_argument("--store", metavar="URL", help="store URL (sqlite:///… or postgresql://…)")
 
 

@@ -9,6 +9,7 @@ import sys
 import time
 from typing import IO
 
+from relay import cli_config
 from relay.config import ConfigError
 from relay.engagement.runner import reclassify as run_reclassify
 from relay.tracker.api import BadParameter, parse_time
@@ -32,10 +33,9 @@ def _time(value: str | None, flag: str) -> float | None:
 
 
 async def _reclassify(args: argparse.Namespace, out: IO[str]) -> int:
-    from relay import cli
     from relay.store import open_store_from_config
 
-    config = cli._load(args)
+    config = cli_config.load(args)
     since = _time(args.since, "--since")
     until = _time(args.until, "--until")
     assert since is not None

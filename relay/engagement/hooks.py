@@ -26,13 +26,13 @@ from relay.engagement.online import Classifier
 from relay.engagement.verdict import Verdict
 
 if TYPE_CHECKING:
-    from relay.plugin_host import PluginHost
+    from relay.app import Plugins
 
 HOOK = "trackrelay_classify_event"
 
 
 async def classify_request(classifier: Classifier, facts: RequestFacts,
-                           host: PluginHost | None = None) -> Verdict:
+                           host: Plugins | None = None) -> Verdict:
     """The built-in verdict for ``facts``, then the plugins' override if any."""
     verdict = classifier.classify(facts)
     if host is None or not host.implements(HOOK):

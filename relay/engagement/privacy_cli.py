@@ -15,6 +15,7 @@ import sys
 import time
 from typing import IO
 
+from relay import cli_config
 from relay.config import ConfigError
 from relay.progress import busy
 
@@ -46,10 +47,9 @@ def add_forget_arguments(p: argparse.ArgumentParser) -> None:
 
 
 async def _purge(args: argparse.Namespace, out: IO[str], now: float) -> int:
-    from relay import cli
     from relay.store import open_store_from_config
 
-    config = cli._load(args)
+    config = cli_config.load(args)
     cutoff = now - parse_duration(args.older_than)
     store = await open_store_from_config(config.store)
     try:
@@ -69,13 +69,12 @@ async def _purge(args: argparse.Namespace, out: IO[str], now: float) -> int:
 
 
 async def _forget(args: argparse.Namespace, out: IO[str]) -> int:
-    from relay import cli
     from relay.store import open_store_from_config
 
     address = args.address.strip()
     if "@" not in address:
         raise ConfigError(f"ADDRESS: expected an email address, got {args.address!r}")
-    config = cli._load(args)
+    config = cli_config.load(args)
     store = await open_store_from_config(config.store)
     try:
         await store.flush()

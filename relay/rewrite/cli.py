@@ -24,6 +24,7 @@ async def run_rewrite(config_path: str | None, recipients: list[str], sender: st
     """Rewrite the message on ``stdin`` as the relay would; return the exit status."""
     from relay.app import App
     from relay.pipeline import PluginFailure, prepare_message
+    from relay.plugin_host import PluginHost
     from relay.rewrite.context import RewriteContext
 
     try:
@@ -37,7 +38,7 @@ async def run_rewrite(config_path: str | None, recipients: list[str], sender: st
         stderr.write("trackrelay rewrite: no message on standard input\n")
         return 2
     try:
-        app = App(config)
+        app = App(config, PluginHost(config))
     except ConfigError as exc:
         stderr.write(f"trackrelay rewrite: {exc}\n")
         return 2

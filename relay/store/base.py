@@ -42,6 +42,10 @@ if TYPE_CHECKING:
     from relay.records import Event, Outcome, SentMessage
     from relay.store.writer import EventWriter
 
+from relay.store.records import MessageFields, MessageRecord
+
+__all__ = ["MessageFields", "MessageRecord"]  # defined with the rows, used by every engine
+
 T = TypeVar("T")
 
 MessageStatus = Literal["not_opened", "opened", "clicked", "bounced"]
@@ -109,26 +113,6 @@ class EventRow(TypedDict):
     campaign: str | None  # of the message (joined), for filtering and webhooks
     sender: str | None  # of the message (joined)
     data: dict[str, Any]
-
-
-class MessageFields(TypedDict):
-    """What is stored about every message, as written and as read back."""
-
-    id: str  # internal 16-hex id (the one in tokens)
-    header_message_id: str
-    sender: str
-    campaign: str | None
-    subject: str | None
-    tracked: bool
-    track_opens: bool
-    track_clicks: bool
-    shared: bool
-    skip_reason: str | None
-    submitted_by: str | None
-    created_at: float
-    delivered_at: float | None
-    upstream_reply: str | None
-    queue_id: str | None
 
 
 class MessageSummary(MessageFields):
@@ -266,14 +250,6 @@ class ErasureRow(TypedDict):
 def address_hash(address: str) -> str:
     """SHA-256 hex digest of the normalised (stripped, lower-case) address."""
     return hashlib.sha256(address.strip().lower().encode("utf-8")).hexdigest()
-
-
-class MessageRecord(MessageFields):
-    """A message as written by ``write_message`` (and as spooled when the db is down)."""
-
-    recipients: list[tuple[str, str, str | None]]  # (address, status, reply)
-    links: list[tuple[int, str, str]]  # (index, url, text)
-    events: list[dict[str, Any]]  # "sent"/"rejected" event rows (see event_row)
 
 
 # --- helpers shared by every engine ------------------------------------------------------------

@@ -8,12 +8,40 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypedDict
 
 import orjson
 
 from relay.records import Event, Outcome, SentMessage
-from relay.store.base import MessageRecord
+
+
+class MessageFields(TypedDict):
+    """What is stored about every message, as written and as read back."""
+
+    id: str  # internal 16-hex id (the one in tokens)
+    header_message_id: str
+    sender: str
+    campaign: str | None
+    subject: str | None
+    tracked: bool
+    track_opens: bool
+    track_clicks: bool
+    shared: bool
+    skip_reason: str | None
+    submitted_by: str | None
+    created_at: float
+    delivered_at: float | None
+    upstream_reply: str | None
+    queue_id: str | None
+
+
+class MessageRecord(MessageFields):
+    """A message as written by ``write_message`` (and as spooled when the db is down)."""
+
+    recipients: list[tuple[str, str, str | None]]  # (address, status, reply)
+    links: list[tuple[int, str, str]]  # (index, url, text)
+    events: list[dict[str, Any]]  # "sent"/"rejected" event rows (see event_row)
+
 
 #: Columns of the events table written by ``write_events``, in order.
 EVENT_COLUMNS: tuple[str, ...] = (

@@ -29,7 +29,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from relay.logs import get_logger
 from relay.metrics import (
@@ -43,7 +43,21 @@ from relay.store.records import event_row
 
 if TYPE_CHECKING:
     from relay.records import Event
-    from relay.store.base import MessageRecord, Store
+    from relay.store.records import MessageRecord
+
+
+class Database(Protocol):
+    """What the writer needs of a store (``relay.store.base.Store`` is one): the writer
+    sits below the store interface and knows nothing else of it."""
+
+    async def write_events(self, rows: list[dict[str, Any]], *,
+                           new_ids: bool = False) -> int: ...
+
+    async def write_messages(self, records: list[MessageRecord]) -> None: ...
+
+    async def write_message(self, record: MessageRecord) -> None: ...
+
+    async def ping(self) -> bool: ...
 
 log = get_logger("relay.store.writer")
 
@@ -61,7 +75,7 @@ def default_spool_path(url: str) -> str:
 
 
 class EventWriter:
-    def __init__(self, store: Store, *, spool_path: str, batch_size: int = 500,
+    def __init__(self, store: Database, *, spool_path: str, batch_size: int = 500,
                  flush_interval: float = 0.05, queue_size: int = 100_000,
                  retry_interval: float = 1.0, write_timeout: float = 15.0) -> None:
         self.store = store

@@ -23,6 +23,7 @@ import time
 from collections import Counter
 from typing import IO, Any
 
+from relay import cli_config
 from relay.config import Config, ConfigError
 from relay.records import EVENT_TYPES
 from relay.store.base import Store, iso_time
@@ -31,9 +32,7 @@ from relay.tracker.serialize import campaign_json, event_json
 
 
 def _config(args: argparse.Namespace) -> Config:
-    from relay import cli
-
-    return cli._load(args)
+    return cli_config.load(args)
 
 
 async def _open(config: Config) -> Store:
