@@ -78,6 +78,9 @@ class RewriteStats:
     links_skipped: Counter[str] = field(default_factory=Counter)
     #: Parts the engine could not decode or re-encode (left as they were), by reason.
     parts_skipped: Counter[str] = field(default_factory=Counter)
+    #: This relay's own earlier tracking found in quoted or pasted content, by what was
+    #: done with it (``pixel_removed``, ``link_restored``, ``link_unknown``).
+    stale: Counter[str] = field(default_factory=Counter)
     parts_changed: int = 0
 
 

@@ -109,7 +109,8 @@ async def rewrite_message(app: App, transaction: Transaction,
     log.info("rewrite", txn=transaction.id, decision=context.decision,
              pixel=context.stats.pixel, links=context.stats.links_rewritten,
              links_skipped=dict(context.stats.links_skipped) or None,
-             parts_skipped=dict(context.stats.parts_skipped) or None)
+             parts_skipped=dict(context.stats.parts_skipped) or None,
+             stale=dict(context.stats.stale) or None)
     return context
 
 
