@@ -6,6 +6,9 @@ Per-message control headers, always removed before forwarding:
 - ``X-Trackrelay-Campaign: <id>`` — campaign mail is tracked ("all") by default;
   individual mail follows ``tracking.default``.
 
+``[[tracking.rules]]`` (relay.tracking_rules) set these defaults per sender, header
+From, recipient domain or campaign; the message's own header still wins.
+
 Mail to more than one envelope recipient is not tracked (``tracking.multi_recipient =
 "skip"``, the default) or tracked at message level (``"shared"``). Plain-text-only mail
 is not tracked unless ``tracking.rewrite_text_links`` is on (then clicks only); mail with
@@ -17,7 +20,10 @@ A third-party plugin overrides this one by returning its own ``TrackingPolicy`` 
 
 from __future__ import annotations
 
+from email.utils import parseaddr
+
 from relay import hookimpl
+from relay import tracking_rules as rules
 from relay.app import App
 from relay.logs import get_logger
 from relay.message import MessageDraft
@@ -62,21 +68,29 @@ def trackrelay_tracking_policy(app: App, transaction: Transaction, message: Mess
         log.warning("bad_track_header", txn=transaction.id, header=TRACK_HEADER,
                     value=header[:20], known=", ".join(MODES))
         header = ""
-    mode = header or ("all" if campaign else cfg.default)
+    found = rules.match(cfg, sender=transaction.mail_from,
+                        header_from=parseaddr(message.get("From") or "")[1] or None,
+                        recipients=transaction.rcpt_tos, campaign=campaign)
+    settings = rules.effective(cfg, found, campaign)
+    if found is not None:
+        transaction.extra["tracking_rule"] = found.name
+    mode = header or settings.track
     opens, clicks = MODES[mode]
     if not (opens or clicks):
-        return TrackingPolicy.skip("header_off" if header else "config_off", campaign)
+        reason = "header_off" if header else ("rule_off" if found and found.rule.track
+                                              else "config_off")
+        return TrackingPolicy.skip(reason, campaign)
     recipients = {r.lower() for r in transaction.rcpt_tos}
     shared = False
     if len(recipients) > 1:
-        if cfg.multi_recipient == "skip":
+        if settings.multi_recipient == "skip":
             return TrackingPolicy.skip("multi_recipient", campaign)
         shared = True
     if tree is None:
         return TrackingPolicy.skip("unparseable", campaign)
     if not tree.parts or _blank(message, tree):
         return TrackingPolicy.skip("empty_body", campaign)
-    text_links = cfg.rewrite_text_links and clicks
+    text_links = settings.rewrite_text_links and clicks
     if not tree.html:
         if not text_links or not tree.plain:
             return TrackingPolicy.skip("plain_text", campaign)

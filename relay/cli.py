@@ -156,6 +156,24 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from relay.tracking_rules import explain
+
+    config = load(args)
+    answer = explain(config.tracking, sender=args.sender, recipients=args.recipients,
+                     header_from=args.header_from, campaign=args.campaign,
+                     track_header=args.track)
+    if args.json:
+        print(json.dumps(answer))
+        return 0
+    rule = answer["rule"] or "no rule (the [tracking] defaults)"
+    print(f"rule: {rule}")
+    for key in ("track", "multi_recipient", "rewrite_text_links", "first_open_mail",
+                "decision"):
+        print(f"{key}: {answer[key]}")
+    return 0
+
+
 def cmd_rewrite(args: argparse.Namespace) -> int:
     from relay.rewrite.cli import run_rewrite
 
@@ -222,6 +240,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_config(p)
     p.add_argument("--json", action="store_true", help="one JSON object per plugin")
     p.set_defaults(func=cmd_plugins)
+
+    p = sub.add_parser("explain", help="which [[tracking.rules]] rule a sample message "
+                                       "takes, and what is tracked in it")
+    add_config(p)
+    p.add_argument("--from", dest="sender", required=True, metavar="ADDR",
+                   help="the envelope sender (MAIL FROM)")
+    p.add_argument("--to", dest="recipients", action="append", required=True,
+                   metavar="ADDR", help="an envelope recipient (repeatable)")
+    p.add_argument("--header-from", metavar="ADDR", help="the From header (default: --from)")
+    p.add_argument("--campaign", metavar="ID", help="X-Trackrelay-Campaign")
+    p.add_argument("--track", choices=("all", "opens", "clicks", "off"),
+                   help="X-Trackrelay-Track")
+    p.add_argument("--json", action="store_true", help="one JSON object")
+    p.set_defaults(func=cmd_explain)
 
     from relay.plugin_template import cmd_new_plugin
 

@@ -104,6 +104,37 @@ class HttpConfig:
 
 
 @dataclass
+class TrackingRule:
+    """One ``[[tracking.rules]]`` table: tracking defaults for the mail it matches.
+
+    Every condition given must match (an empty one matches everything); the first rule
+    that matches a message decides; what it does not set comes from ``[tracking]``.
+    Patterns are addresses (``sales@example.com``), domains (``example.com``, which also
+    matches its subdomains) or shell-style wildcards (``*@sales.example.com``)."""
+
+    #: A label for logs and ``trackrelay explain`` (default: ``rules[<n>]``).
+    name: str = ""
+    #: The envelope sender (MAIL FROM).
+    sender: list[str] = field(default_factory=list)
+    #: The header From address.
+    header_from: list[str] = field(default_factory=list)
+    #: A recipient domain: the rule matches when any envelope recipient is in one.
+    recipient_domain: list[str] = field(default_factory=list)
+    #: The campaign (``X-Trackrelay-Campaign``), shell-style wildcards allowed.
+    campaign: list[str] = field(default_factory=list)
+    #: What to track ("" keeps ``tracking.default``; campaign mail defaults to "all").
+    track: Literal["", "all", "opens", "clicks", "off"] = ""
+    #: "" keeps ``tracking.multi_recipient``.
+    multi_recipient: Literal["", "skip", "shared"] = ""
+    #: Unset keeps ``tracking.rewrite_text_links``.
+    rewrite_text_links: bool | None = None
+    #: Unset keeps ``[tracker.first_open_mail]``'s choice of senders; false: no notices
+    #: for this mail; true: notices (when first-open mail is enabled). Decided on what the
+    #: tracker knows: envelope sender, recipients, campaign (not the header From).
+    first_open_mail: bool | None = None
+
+
+@dataclass
 class TrackingConfig:
     #: Token signing keys, "<id>:<secret>" (id 0-255, secret >= 16 chars); the first
     #: signs new mail, all verify. Empty: a random key per process (tokens die on restart).
@@ -119,6 +150,8 @@ class TrackingConfig:
     rewrite_text_links: bool = False
     #: Keep the Subject in the sent record (false: leave it out, for privacy).
     record_subject: bool = True
+    #: Defaults per sender, header From, recipient domain or campaign, first match wins.
+    rules: list[TrackingRule] = field(default_factory=list)
 
 
 @dataclass
@@ -544,6 +577,12 @@ def validate(config: Config) -> None:
         raise ConfigError("upstream.pool_size: must be 0 or more")
     parse_hostport(config.http.listen, "http.listen")
     config.http.derive_base_url()
+    for i, rule in enumerate(config.tracking.rules):
+        for key in ("sender", "header_from", "recipient_domain", "campaign"):
+            for j, pattern in enumerate(getattr(rule, key)):
+                if not pattern.strip() or any(c.isspace() for c in pattern.strip()):
+                    raise ConfigError(f"tracking.rules[{i}].{key}[{j}]: expected an address, "
+                                      f"a domain or a wildcard pattern, got {pattern!r}")
     from relay.tokens import TokenCodec, TokenKeyError
 
     if config.tracking.token_keys:

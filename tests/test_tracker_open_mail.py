@@ -180,3 +180,31 @@ def test_which_senders_get_notices() -> None:
     everyone = FirstOpenMailConfig(enabled=True, from_address=NOTICES_FROM)
     assert open_mail.sender_wanted(everyone, "anyone@anywhere.test")
     assert not open_mail.sender_wanted(everyone, "")  # the null sender: nobody to tell
+
+
+async def test_a_tracking_rule_decides_first_open_mail(make_tracker: MakeTracker,
+                                                       sink: Sink) -> None:
+    """``[[tracking.rules]]`` with ``first_open_mail``: the newsletter rule turns notices
+    off for its campaign, another rule turns them on for a sender outside ``senders``."""
+    settings = _settings(sink.port, senders=["example.com"])
+    sections = settings.pop("sections")
+    sections["tracking"] = {"rules": [
+        {"name": "news", "campaign": ["news-*"], "first_open_mail": False},
+        {"name": "partners", "sender": ["elsewhere.test"], "first_open_mail": True}]}
+    t = await make_tracker(sections, **settings)
+    news = await seed_message(t.store, campaign="news-7", recipients=["carol@customer.test"])
+    partner = await seed_message(t.store, sender="eve@elsewhere.test", campaign=None,
+                                 recipients=["dave@customer.test"])
+    plain = await seed_message(t.store, campaign=None, recipients=["fred@customer.test"])
+    for sent in (news, partner, plain):
+        async with t.http.get(t.pixel_url(sent.message_id)) as resp:
+            assert resp.status == 200
+
+    async def two_sent() -> bool:
+        return len(sink.received) >= 2
+
+    await wait_for(two_sent)
+    await asyncio.sleep(0.6)  # nothing more arrives
+    readers = sorted(_parsed(got.data).get_content().split(" opened", 1)[0]
+                     for got in sink.received)
+    assert readers == ["dave@customer.test", "fred@customer.test"]

@@ -41,7 +41,7 @@ async def make_tracker(store_url: str, tmp_path: Any) -> AsyncIterator[MakeTrack
         config = build_config({
             **(sections or {}),
             "http": {"listen": "127.0.0.1:0", "base_url": "http://127.0.0.1:8025"},
-            "tracking": {"token_keys": [TOKEN_KEY]},
+            "tracking": {"token_keys": [TOKEN_KEY], **(sections or {}).get("tracking", {})},
             "store": {"url": store_url},
             "tracker": section,
             # The tests' "person" opens at once; the too-soon rules have their own tests.

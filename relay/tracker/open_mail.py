@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any
 
+from relay import tracking_rules
 from relay.config import FirstOpenMailConfig
 from relay.logs import get_logger
 from relay.records import Reply
@@ -33,7 +34,7 @@ from relay.upstream import Connection, Upstream, UpstreamUnavailable, make_upstr
 
 if TYPE_CHECKING:
     from relay.app import App
-    from relay.store.base import EventRow, MessageDetail, Store, WebhookDelivery
+    from relay.store.base import EventRow, MessageDetail, MessageLookup, Store, WebhookDelivery
 
 log = get_logger("relay.tracker.open_mail")
 
@@ -109,6 +110,7 @@ class OpenMailer:
     def __init__(self, app: App) -> None:
         self.app = app
         self.config = app.config.tracker.first_open_mail
+        self.tracking = app.config.tracking
         self.hostname = app.config.relay.hostname
         self._upstream: Upstream | None = None
 
@@ -118,6 +120,17 @@ class OpenMailer:
             self._upstream = make_upstream(self.app.config.upstream, self.hostname)
         return self._upstream
 
+    def wanted(self, message: MessageLookup) -> bool:
+        """A ``[[tracking.rules]]`` rule that sets ``first_open_mail`` decides for the mail
+        it matches; otherwise ``senders`` does (``sender_wanted``)."""
+        sender = message["sender"] or ""
+        found = tracking_rules.match(self.tracking, sender=sender, header_from=None,
+                                     recipients=message["recipients"],
+                                     campaign=message["campaign"])
+        if found is not None and found.rule.first_open_mail is not None:
+            return found.rule.first_open_mail and "@" in sender
+        return sender_wanted(self.config, sender)
+
     async def close(self) -> None:
         if self._upstream is not None:
             await self._upstream.close()
@@ -126,7 +139,7 @@ class OpenMailer:
     async def feed(self, store: Store, row: EventRow, payload: str, key: str) -> None:
         """Queue the notice for a human open (the dedupe key keeps it to one ever)."""
         message = await store.lookup_message(row["message_id"])
-        if message is None or not sender_wanted(self.config, message["sender"] or ""):
+        if message is None or not self.wanted(message):
             return
         await store.enqueue_webhook(ENDPOINT, "first_open", payload,
                                          event_id=row["id"], dedupe_key=key)
