@@ -359,6 +359,41 @@ class PluginsConfig:
 
 
 @dataclass
+class ImapConfig:
+    """``[replies.imap]``: a mailbox trackrelay reads replies (and bounces, complaints)
+    from, as they arrive; nothing is changed in it unless ``mark_seen``."""
+
+    #: The IMAP server; empty: no mailbox is read.
+    host: str = ""
+    port: int = 993
+    #: "implicit" (IMAPS, port 993) or "none" (a server on this host or a trusted network).
+    tls: Literal["implicit", "none"] = "implicit"
+    tls_verify: bool = True
+    #: CA bundle for the server's certificate (default: the system's).
+    ca_file: str = ""
+    user: str = ""
+    password: str = ""
+    password_file: str = ""
+    #: An OAuth2 access token (XOAUTH2, RFC 7628 style) read from this file at each login,
+    #: so whatever refreshes it (a cron job, a token helper) needs no restart.
+    oauth2_token_file: str = ""
+    folders: list[str] = field(default_factory=lambda: ["INBOX"])
+    #: Seconds between checks when the server has no IDLE (or ``idle = false``); also the
+    #: longest wait for news while idling.
+    poll_interval: float = 60.0
+    idle: bool = True
+    #: Set \Seen on messages read (default: flags are left as they are).
+    mark_seen: bool = False
+    #: Where the last UID read per folder is kept (default: beside the store's spool).
+    state_dir: str = ""
+
+
+@dataclass
+class RepliesConfig:
+    imap: ImapConfig = field(default_factory=ImapConfig)
+
+
+@dataclass
 class Config:
     relay: RelayConfig = field(default_factory=RelayConfig)
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
@@ -370,6 +405,7 @@ class Config:
     bounces: BouncesConfig = field(default_factory=BouncesConfig)
     suppression: SuppressionConfig = field(default_factory=SuppressionConfig)
     unsubscribe: UnsubscribeConfig = field(default_factory=UnsubscribeConfig)
+    replies: RepliesConfig = field(default_factory=RepliesConfig)
     log: LogConfig = field(default_factory=LogConfig)
     process: ProcessConfig = field(default_factory=ProcessConfig)
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
@@ -610,9 +646,32 @@ def validate(config: Config) -> None:
     if config.process.event_loop not in ("auto", "uvloop", "asyncio"):
         raise ConfigError('process.event_loop: must be "auto", "uvloop" or "asyncio", '
                           f"got {config.process.event_loop!r}")
+    validate_imap(config.replies.imap)
     validate_tracker(config.tracker)
     validate_engagement(config.engagement)
     validate_deliverability(config)
+
+
+def validate_imap(m: ImapConfig) -> None:
+    """``[replies.imap]``: one way to log in, files that exist, folders to read."""
+    if not m.host:
+        return
+    if not 0 < m.port <= 65535:
+        raise ConfigError(f"replies.imap.port: must be from 1 to 65535, got {m.port}")
+    if not m.user:
+        raise ConfigError("replies.imap.user: required with replies.imap.host")
+    ways = [k for k in ("password", "password_file", "oauth2_token_file") if getattr(m, k)]
+    if len(ways) != 1:
+        raise ConfigError("replies.imap.password: give exactly one of password, "
+                          "password_file, oauth2_token_file")
+    for key in ("password_file", "oauth2_token_file", "ca_file"):
+        path = getattr(m, key)
+        if path and not Path(path).is_file():
+            raise ConfigError(f"replies.imap.{key}: no such file: {path}")
+    if not m.folders or not all(f.strip() for f in m.folders):
+        raise ConfigError("replies.imap.folders: name at least one folder")
+    if m.poll_interval <= 0:
+        raise ConfigError("replies.imap.poll_interval: must be positive")
 
 
 def api_scope_ok(scope: str) -> bool:

@@ -21,7 +21,9 @@ from relay.config import Config, parse_hostport
 from relay.listeners import Listeners
 from relay.logs import get_logger
 from relay.plugin_host import PluginHost
+from relay.replies.imap import ImapReplies
 from relay.smtp_server import Relay
+from relay.workers import worker_index
 
 log = get_logger("relay.server")
 
@@ -45,6 +47,7 @@ class Services:
         self.http = http
         self.runner: web.AppRunner | None = None
         self.http_address: tuple[str, int] | None = None
+        self.imap: ImapReplies | None = None
         if self.relay is not None:
             self.relay.listeners = self.listeners
         if self.bounces is not None:
@@ -68,11 +71,18 @@ class Services:
                 await self.relay.start()
             if self.bounces is not None:
                 await self.bounces.start()  # does nothing unless bounces.listen is set
+            if self.http and self.config.replies.imap.host and worker_index() in (None, 0):
+                # One reader per service: the single process, or the first worker.
+                self.imap = ImapReplies(self.app)
+                await self.imap.start()
         except BaseException:
             await self.stop()
             raise
 
     async def stop(self) -> None:
+        if self.imap is not None:
+            await self.imap.stop()
+            self.imap = None
         if self.bounces is not None:
             await self.bounces.stop()
         if self.relay is not None:

@@ -26,9 +26,12 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import MakeRelay, Received, Sink, free_port, relay_port, wait_listening
+from tests.deliverability_support import BOUNCE_DOMAIN, MakeStack
 from tests.postfix_support import Postfix
+from tests.test_deliverability_inbound import seed
 
 pytestmark = pytest.mark.postfix
+pytest_plugins = ("tests.tracker_fixtures", "tests.deliverability_fixtures")
 
 HTML = ("<html><body><p>Hello from the recipe test</p>"
         "<a href='https://example.com/offer'>offer</a></body></html>")
@@ -241,5 +244,45 @@ async def test_after_queue_content_filter_recipe(postfix_root: Path, sink: Sink,
         assert GONE in text and "5.1.1" in text
         await until(postfix.queue_empty, "an empty queue", postfix)
         assert len([r for r in sink.received if r.rcpt_tos == ["reader@example.org"]]) == 1
+    finally:
+        await asyncio.to_thread(postfix.stop)
+
+
+async def test_replies_copied_by_postfix_recipe(postfix_root: Path, sink: Sink,
+                                                make_stack: MakeStack) -> None:
+    """The organisation's Postfix receives its inbound mail and, with
+    ``recipient_bcc_maps``, sends a copy of each message for the chosen domain to
+    trackrelay's inbound (bounce) listener: a reply to tracked mail becomes a ``reply``
+    event of the recipient who wrote it, and the original is delivered as always."""
+    stack = await make_stack()
+    mid = await seed(stack.store, "<order-42@shop.example.com>",
+                     ["carol@remote.test", "dan@remote.test"])
+    mx = free_port()
+    postfix = Postfix(postfix_root, main={"relay_domains": "example.com",
+                                          "smtpd_relay_restrictions":
+                                              "permit_mynetworks, permit_auth_destination, "
+                                              "reject"})
+    transport = postfix.postmap("transport", (
+        f"example.com smtp:[127.0.0.1]:{sink.port}\n"
+        f"{BOUNCE_DOMAIN} smtp:[127.0.0.1]:{stack.bounce_port}\n"))
+    bcc = postfix.postmap("recipient_bcc", f"@example.com replies@{BOUNCE_DOMAIN}\n")
+    postfix.postconf("-e", f"transport_maps = {transport}", f"recipient_bcc_maps = {bcc}")
+    with (postfix.etc / "master.cf").open("a") as f:
+        f.write(f"127.0.0.1:{mx} inet n - n - - smtpd\n")
+    try:
+        await started(postfix, mx)
+        raw = ("From: Dan <dan@remote.test>\r\nTo: news@example.com\r\n"
+               "Subject: Re: Hello\r\nIn-Reply-To: <order-42@shop.example.com>\r\n"
+               "Message-ID: <dan-1@remote.test>\r\n\r\nHow much is it?\r\n")
+        sent = await asyncio.to_thread(subprocess.run, [
+            "swaks", "--server", f"127.0.0.1:{mx}", "--from", "dan@remote.test", "--to",
+            "news@example.com", "--data", "-"], input=raw, capture_output=True, text=True,
+            timeout=60)
+        assert sent.returncode == 0, sent.stdout
+        events = await stack.wait_events(type="reply", timeout=60)
+        assert [(e["message_id"], e["recipient"]) for e in events] == [
+            (mid, "dan@remote.test")]
+        await until(lambda: any(r.rcpt_tos == ["news@example.com"] for r in sink.received),
+                    "the original at the sink", postfix)
     finally:
         await asyncio.to_thread(postfix.stop)

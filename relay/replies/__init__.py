@@ -1,0 +1,1 @@
+"""Replies arriving by themselves: mailboxes trackrelay reads (``relay.replies.imap``)."""
