@@ -22,11 +22,13 @@ USER, PASSWORD = "replies@example.com", "imap-test-password"
 
 
 class Dovecot:
-    def __init__(self, tls: bool = False) -> None:
+    def __init__(self, tls: bool = False, introspection_url: str = "") -> None:
         self.root = Path(tempfile.mkdtemp(prefix="trackrelay-dovecot-", dir="/tmp"))
         self.root.chmod(0o755)
         self.port = free_port()
         self.tls = tls
+        #: OAuth2 (XOAUTH2) logins checked by this token introspection endpoint (RFC 7662).
+        self.introspection_url = introspection_url
         self.ca: trustme.CA | None = None
         self.ca_file = self.root / "ca.pem"
         self.proc: asyncio.subprocess.Process | None = None
@@ -48,18 +50,26 @@ class Dovecot:
             ssl = (f"ssl = required\nssl_cert = <{r}/server.pem\nssl_key = <{r}/server.pem\n")
             listener = "inet_listener imap {\n    port = 0\n  }\n" \
                        f"  inet_listener imaps {{\n    port = {self.port}\n    ssl = yes\n  }}\n"
+        oauth2 = ""
+        if self.introspection_url:
+            (r / "oauth2.conf.ext").write_text(
+                f"introspection_mode = post\nintrospection_url = {self.introspection_url}\n"
+                "username_attribute = username\nactive_attribute = active\n"
+                "active_value = true\n")
+            oauth2 = ("passdb {\n  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n"
+                      f"  args = {r}/oauth2.conf.ext\n}}\n")
         return f"""base_dir = {r}/run
 state_dir = {r}/state
 log_path = {r}/dovecot.log
 protocols = imap
 listen = 127.0.0.1
 {ssl}disable_plaintext_auth = no
-auth_mechanisms = plain login
+auth_mechanisms = plain login{" xoauth2" if self.introspection_url else ""}
 first_valid_uid = 1
 mail_uid = nobody
 mail_gid = nogroup
 mail_location = maildir:{r}/home/%u/Maildir
-passdb {{
+{oauth2}passdb {{
   driver = passwd-file
   args = scheme=PLAIN username_format=%u {r}/users
 }}

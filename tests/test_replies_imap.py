@@ -190,3 +190,52 @@ async def test_serve_reads_the_mailbox_once_whatever_the_workers(
     finally:
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 60) == 0
+
+
+async def test_an_oauth2_token_file_logs_in(make_stack: MakeStack, tmp_path: Path) -> None:
+    """XOAUTH2 with the token read from ``oauth2_token_file`` at each login; Dovecot asks
+    a token introspection endpoint (RFC 7662, here the test's own) whether it is valid."""
+    import shutil
+
+    from aiohttp import web
+
+    from tests.conftest import free_port
+
+    if shutil.which("dovecot") is None:
+        pytest.skip("needs Debian's dovecot-imapd")
+    asked: list[str] = []
+
+    async def introspect(request: web.Request) -> web.Response:
+        token = str((await request.post()).get("token", ""))
+        asked.append(token)
+        active = token == "fresh-access-token"
+        return web.json_response({"active": "true" if active else "false",
+                                  **({"username": USER} if active else {})})
+
+    app = web.Application()
+    app.router.add_post("/introspect", introspect)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    server = Dovecot(introspection_url=f"http://127.0.0.1:{port}/introspect")
+    await server.start()
+    try:
+        token_file = tmp_path / "token"
+        token_file.write_text("fresh-access-token\n")
+        settings = imap_settings(server, tmp_path)
+        del settings["imap"]["password"]
+        settings["imap"]["oauth2_token_file"] = str(token_file)
+        stack = await make_stack(replies=settings)
+        mid = await seed(stack.store, "<order-42@shop.example.com>", ["carol@remote.test"])
+        replies = await started(stack)
+        try:
+            await server.append(reply(6))
+            (event,) = await stack.wait_events(type="reply")
+            assert event["message_id"] == mid
+            assert "fresh-access-token" in asked
+        finally:
+            await replies.stop()
+    finally:
+        await server.stop()
+        await runner.cleanup()

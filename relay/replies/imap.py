@@ -125,7 +125,8 @@ class FolderReader:
         await client.wait_hello_from_server()
         if cfg.oauth2_token_file:
             token = (await asyncio.to_thread(Path(cfg.oauth2_token_file).read_text)).strip()
-            _ok(await client.xoauth2(cfg.user, token.encode()), "login (XOAUTH2)")
+            # (as text: aioimaplib fails on bytes although its annotation says bytes)
+            _ok(await client.xoauth2(cfg.user, token), "login (XOAUTH2)")
         else:
             password = cfg.password or (
                 await asyncio.to_thread(Path(cfg.password_file).read_text)).strip()
