@@ -445,6 +445,15 @@ class Store(abc.ABC):
         """Figures for one campaign (None if no message of it is in scope)."""
 
     @abc.abstractmethod
+    async def grouped_stats(self, group_by: str, *, scope: str | None = None,
+                            since: float | None = None,
+                            until: float | None = None) -> list[dict[str, Any]]:
+        """Opens and clicks of the messages sent in a period, within ``scope``, per group
+        (``GROUP_BY``): counts and unique recipients, human and all; for groups of
+        messages or recipients (``campaign``, ``sender``, ``domain``) also the delivered
+        recipients and the rates. See ``relay.store.grouped``."""
+
+    @abc.abstractmethod
     async def engagement(self, *, scope: str | None = None, recipient: str | None = None,
                          since: float | None = None,
                          until: float | None = None) -> dict[str, Any]:

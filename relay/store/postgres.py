@@ -146,6 +146,12 @@ class PostgresStore(SqlStore):
     def _hour_expr(self, column: str) -> str:
         return f"floor({column} / 3600)"
 
+    def _cycle_expr(self, column: str, seconds: int, period: int, shift: int) -> str:
+        return f"((floor({column} / {seconds})::bigint + {shift}) % {period})"
+
+    def _domain_expr(self, column: str) -> str:
+        return f"split_part({column}, '@', 2)"
+
     # -- primitives ------------------------------------------------------------------------
 
     async def _fetch(self, sql: str, args: list[Any] | tuple[Any, ...] = ()

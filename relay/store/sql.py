@@ -377,6 +377,62 @@ class SqlStore(Store):
         }
         return detail
 
+    def _cycle_expr(self, column: str, seconds: int, period: int, shift: int) -> str:
+        """``(floor(column / seconds) + shift) mod period`` as an integer."""
+        raise NotImplementedError
+
+    def _domain_expr(self, column: str) -> str:
+        """The part of an address after its last ``@`` (lower case already)."""
+        raise NotImplementedError
+
+    async def grouped_stats(self, group_by: str, *, scope: str | None = None,
+                            since: float | None = None,
+                            until: float | None = None) -> list[dict[str, Any]]:
+        from relay.store.grouped import BY_MESSAGE, GROUP_BY, grouped_rows
+
+        if group_by not in GROUP_BY:
+            raise ValueError(f"group_by: one of {', '.join(GROUP_BY)}")
+        where = Where()
+        where.add(*_cond(scope_condition(scope)))
+        if since is not None:
+            where.add("m.created_at >= ?", float(since))
+        if until is not None:
+            where.add("m.created_at < ?", float(until))
+        keys = {
+            "country": "e.country", "device": "e.device", "client": "e.client",
+            "os": "e.os", "campaign": "m.campaign", "sender": "m.sender",
+            # when people open and click, UTC (1970-01-01 was a Thursday: Monday is 0)
+            "hour": self._cycle_expr("e.time", 3600, 24, 0),
+            "weekday": self._cycle_expr("e.time", 86400, 7, 3),
+            "domain": self._domain_expr("e.recipient"),
+            "total": "'total'",
+        }
+        # (PostgreSQL refuses a constant in GROUP BY: "total" groups by nothing)
+        grouping = "" if group_by == "total" else f"{keys[group_by]}, "
+        human = "e.verdict IN ('human', 'human_proxy')"
+        who = "e.message_id || '|' || COALESCE(e.recipient, '')"
+        events = await self._fetch(
+            f"SELECT {keys[group_by]} AS k, e.type, COUNT(*) AS n, "
+            f"SUM(CASE WHEN {human} THEN 1 ELSE 0 END) AS human, "
+            f"COUNT(DISTINCT {who}) AS uniq, "
+            f"COUNT(DISTINCT CASE WHEN {human} THEN {who} END) AS human_uniq "
+            "FROM events e JOIN messages m ON m.id = e.message_id "
+            f"{where.sql()} AND e.type IN ('open', 'click') "
+            f"GROUP BY {grouping}e.type", where.args)
+        delivered: list[dict[str, Any]] = []
+        if group_by in BY_MESSAGE:
+            key = (self._domain_expr("r.address") if group_by == "domain"
+                   else keys[group_by])
+            rcpt = Where()
+            rcpt.add("r.status = ?", "accepted")
+            for part, arg in zip(where.parts, where.args, strict=True):
+                rcpt.add(part, arg)
+            delivered = await self._fetch(
+                f"SELECT {key} AS k, COUNT(*) AS n FROM recipients r "
+                f"JOIN messages m ON m.id = r.message_id {rcpt.sql()}"
+                + ("" if group_by == "total" else f" GROUP BY {key}"), rcpt.args)
+        return grouped_rows(group_by, events, delivered)
+
     async def _engagement(self, condition: str, args: list[Any],
                           delivered: int) -> dict[str, Any]:
         """The ``engagement`` object (``relay.engagement.report``) over the opens and

@@ -382,13 +382,30 @@ class Api:
         return ok(body)
 
     async def get_stats(self, request: web.Request) -> web.Response:
-        q = Query(request, ("since", "until"))
+        from relay.store.grouped import GROUP_BY
+
+        q = Query(request, ("since", "until", "group_by", "format"))
         since, until = q.time("since"), q.time("until")
         if since is None:
             since = time.time() - 86400
         echoed = {"since": iso_time(since), "until": iso_time(until)}
-        report = await self.store.engagement(scope=_scope(request), since=since, until=until)
-        return ok({**echoed, "engagement": report})
+        group_by = q.choice("group_by", GROUP_BY)
+        fmt = q.choice("format", ("json", "csv")) or "json"
+        if group_by is None and fmt == "csv":
+            group_by = "total"  # a table needs rows: the whole period as one
+        if group_by is None:
+            report = await self.store.engagement(scope=_scope(request), since=since,
+                                                 until=until)
+            return ok({**echoed, "engagement": report})
+        groups = await self.store.grouped_stats(group_by, scope=_scope(request),
+                                                since=since, until=until)
+        if fmt == "csv":
+            from relay.tracker.grouped import to_csv
+
+            return web.Response(text=to_csv(groups), content_type="text/csv",
+                                headers={"Content-Disposition":
+                                         f'attachment; filename="stats-{group_by}.csv"'})
+        return ok({**echoed, "group_by": group_by, "groups": groups})
 
     async def list_contacts(self, request: web.Request) -> web.Response:
         from relay.engagement.contacts import SORTS

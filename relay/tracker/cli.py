@@ -27,6 +27,7 @@ from relay import cli_config
 from relay.config import Config, ConfigError
 from relay.records import EVENT_TYPES
 from relay.store.base import Store, iso_time
+from relay.store.grouped import GROUP_BY
 from relay.tracker.api import BadParameter, parse_time
 from relay.tracker.serialize import campaign_json, event_json
 
@@ -161,7 +162,15 @@ def engagement_lines(e: dict[str, Any]) -> list[str]:
 async def _stats(args: argparse.Namespace, out: IO[str]) -> int:
     config = _config(args)
     include_machine = bool(getattr(args, "include_machine", False))
+    group_by = getattr(args, "group_by", None)
+    if getattr(args, "csv", False) and not group_by:
+        group_by = "total"  # a table needs rows: the whole period as one
     store = await _open(config)
+    if group_by:
+        try:
+            return await _grouped(args, store, group_by, out)
+        finally:
+            await store.close()
     try:
         campaign = getattr(args, "campaign", None)
         message = getattr(args, "message", None)
@@ -202,6 +211,34 @@ async def _stats(args: argparse.Namespace, out: IO[str]) -> int:
         print(json.dumps(figures, ensure_ascii=False), file=out)
     else:
         _print_figures(title, figures, out)
+    return 0
+
+
+async def _grouped(args: argparse.Namespace, store: Store, group_by: str, out: IO[str]) -> int:
+    """``stats --group-by``: the same groups as ``GET /api/v1/stats?group_by=``."""
+    from relay.tracker.grouped import to_csv
+
+    hours = float(getattr(args, "hours", None) or 24)
+    since = time.time() - hours * 3600
+    groups = await store.grouped_stats(group_by, since=since)
+    if getattr(args, "csv", False):
+        out.write(to_csv(groups))
+    elif getattr(args, "json", False):
+        print(json.dumps({"since": iso_time(since), "group_by": group_by, "groups": groups},
+                         ensure_ascii=False), file=out)
+    else:
+        rated = any("open_rate" in g for g in groups)
+        print(f"last {hours:g} hours by {group_by} (human / all)", file=out)
+        for g in groups:
+            key = "(none)" if g["key"] is None else str(g["key"])
+            line = (f"  {key:<28} opens {g['opens']['human']:>6} / {g['opens']['all']:<6} "
+                    f"openers {g['unique_opens']['human']:>5} / {g['unique_opens']['all']:<5} "
+                    f"clicks {g['clicks']['human']:>5} / {g['clicks']['all']:<5}")
+            if rated:
+                line += (f" delivered {g['delivered']:>6} open rate "
+                         f"{g['open_rate']['human'] * 100:.1f}% / "
+                         f"{g['open_rate']['all'] * 100:.1f}%")
+            print(line, file=out)
     return 0
 
 
@@ -286,7 +323,12 @@ def add_stats_arguments(p: argparse.ArgumentParser) -> None:
                    help="without --campaign: the window in hours (default 24)")
     p.add_argument("--include-machine", action="store_true",
                    help="count machine opens and clicks too")
+    p.add_argument("--group-by", choices=GROUP_BY, metavar="G",
+                   help="opens and clicks of the last --hours per group: "
+                        + ", ".join(GROUP_BY))
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--csv", action="store_true",
+                   help="print the groups as CSV (without --group-by: one row, total)")
 
 
 def add_events_arguments(p: argparse.ArgumentParser) -> None:

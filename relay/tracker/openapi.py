@@ -10,6 +10,7 @@ from typing import Any
 
 from relay.records import EVENT_TYPES
 from relay.store.base import MESSAGE_STATUSES
+from relay.store.grouped import GROUP_BY
 
 
 def _str(nullable: bool = False, **extra: Any) -> dict[str, Any]:
@@ -120,7 +121,18 @@ CONTACT = _obj({
     "engagement": _ref("Engagement"),
 })
 
-PERIOD_STATS = _obj({"since": _str(), "until": TIME_NULL, "engagement": _ref("Engagement")})
+_HUMAN_ALL = _obj({"human": _int(), "all": _int()})
+_RATES = _obj({"human": _num(), "all": _num()})
+GROUP = _obj({
+    "key": {"nullable": True, "oneOf": [_str(), _int()]},
+    "opens": _HUMAN_ALL, "unique_opens": _HUMAN_ALL,
+    "clicks": _HUMAN_ALL, "unique_clicks": _HUMAN_ALL,
+    "delivered": _int(), "open_rate": _RATES, "click_rate": _RATES,
+}, required=["key", "opens", "unique_opens", "clicks", "unique_clicks"])
+#: Without group_by: the engagement object; with it: the groups.
+PERIOD_STATS = _obj({"since": _str(), "until": TIME_NULL, "engagement": _ref("Engagement"),
+                     "group_by": _str(), "groups": _arr(GROUP)},
+                    required=["since", "until"])
 
 CONTACT_SUMMARY = _obj({
     "address": _str(), "score": {"type": "number", "minimum": 0}, "messages": _int(),
@@ -188,6 +200,11 @@ def _responses(ok_schema: str, description: str, *, not_found: bool = False,
     if not_found:
         out["404"] = {"description": "Unknown, or outside the token's scope.", "content": err}
     return out
+
+
+def _with_csv(responses: dict[str, Any]) -> dict[str, Any]:
+    responses["200"]["content"]["text/csv"] = {"schema": {"type": "string"}}
+    return responses
 
 
 def openapi_document(base_url: str = "") -> dict[str, Any]:
@@ -303,10 +320,23 @@ def openapi_document(base_url: str = "") -> dict[str, Any]:
             "/stats": {"get": {
                 "summary": "Engagement figures (human, Apple MPP reach, unknown, machine by "
                            "reason, estimated real open rate) for mail sent in a period "
-                           "(default: the last 24 hours).",
+                           "(default: the last 24 hours); with group_by, opens and clicks "
+                           "(human and all) per group, and for campaign, sender and domain "
+                           "the delivered recipients and rates; format=csv for a CSV file.",
                 "operationId": "getStats",
-                "parameters": [P_SINCE, P_UNTIL],
-                "responses": _responses("PeriodStats", "The period's figures."),
+                "parameters": [
+                    P_SINCE, P_UNTIL,
+                    _param("group_by", "Group the figures: where, how and when people "
+                                       "opened (country, device, client, os, hour, "
+                                       "weekday: UTC, Monday 0) or what was sent to whom "
+                                       "(campaign, sender, domain of the recipient, or "
+                                       "total: one group).",
+                           {"type": "string", "enum": list(GROUP_BY)}),
+                    _param("format", "json (default) or csv (the groups; without group_by "
+                                     "one row, total).",
+                           {"type": "string", "enum": ["json", "csv"]}),
+                ],
+                "responses": _with_csv(_responses("PeriodStats", "The period's figures.")),
             }},
             "/webhooks/deliveries": {"get": {
                 "summary": "The webhook outbox (admin tokens only), newest first; "
