@@ -358,6 +358,46 @@ class PluginsConfig:
     disabled: list[str] = field(default_factory=list)
 
 
+ALERT_TRIGGERS = ("first_open", "open", "click", "reply", "bounce", "unsubscribe")
+
+
+@dataclass
+class AlertConfig:
+    """One ``[[alerts]]`` table: tell someone when something happens to the mail it
+    matches (relay.tracker.alerts)."""
+
+    #: A name of your own (logs, the outbox, the message): unique, letters and ``-_``.
+    name: str = ""
+    #: What to tell: first_open, open (an open after ``quiet_hours`` without one), click,
+    #: reply, bounce, unsubscribe.
+    on: list[str] = field(default_factory=lambda: ["first_open"])
+    #: Only mail from these senders (addresses or domains); empty: all.
+    senders: list[str] = field(default_factory=list)
+    #: Only these campaigns (shell wildcards); empty: all mail.
+    campaigns: list[str] = field(default_factory=list)
+    #: Clicks: only links whose target matches one of these (shell wildcards).
+    links: list[str] = field(default_factory=list)
+    #: Opens and clicks: only these verdicts (default: people).
+    verdicts: list[str] = field(default_factory=lambda: ["human", "human_proxy"])
+    #: ``open``: hours without an open of the message by that recipient before an open
+    #: counts again.
+    quiet_hours: float = 24.0
+    #: "mail" (to the message's sender, through [upstream]), "webhook" (signed JSON) or
+    #: "chat" (the incoming-webhook JSON Slack and Mattermost accept: {"text": …}).
+    channel: Literal["mail", "webhook", "chat"] = "mail"
+    #: The webhook or chat URL.
+    url: str = ""
+    #: ``webhook``: the HMAC-SHA256 key of X-Trackrelay-Signature (>= 16 characters).
+    secret: str = ""
+    #: ``mail``: From address and envelope sender (default:
+    #: tracker.first_open_mail.from_address).
+    from_address: str = ""
+    #: At most this many alerts per sender per ``rate_window_seconds``; the rest of the
+    #: window goes out as one digest when it ends.
+    max_per_hour: int = 20
+    rate_window_seconds: float = 3600.0
+
+
 @dataclass
 class ImapConfig:
     """``[replies.imap]``: a mailbox trackrelay reads replies (and bounces, complaints)
@@ -406,6 +446,7 @@ class Config:
     suppression: SuppressionConfig = field(default_factory=SuppressionConfig)
     unsubscribe: UnsubscribeConfig = field(default_factory=UnsubscribeConfig)
     replies: RepliesConfig = field(default_factory=RepliesConfig)
+    alerts: list[AlertConfig] = field(default_factory=list)
     log: LogConfig = field(default_factory=LogConfig)
     process: ProcessConfig = field(default_factory=ProcessConfig)
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
@@ -513,8 +554,8 @@ def _env_overrides(environ: typing.Mapping[str, str]
     return out, origins
 
 
-SECTIONS: dict[str, type] = {
-    f.name: f.type if isinstance(f.type, type) else typing.get_type_hints(Config)[f.name]
+SECTIONS: dict[str, Any] = {
+    f.name: typing.get_type_hints(Config)[f.name]
     for f in dataclasses.fields(Config)
     if f.name not in ("plugin_settings", "source")
 }
@@ -541,6 +582,9 @@ def build_config(data: dict[str, Any], environ: typing.Mapping[str, str] | None 
             known = ", ".join(sorted(SECTIONS))
             raise ConfigError(f"{section}: unknown section{_did_you_mean(section, SECTIONS)} "
                               f"(known sections: {known})")
+        if get_origin(SECTIONS[section]) is list:  # an array of tables: [[alerts]]
+            kwargs[section] = _coerce(values, SECTIONS[section], section)
+            continue
         if not isinstance(values, dict):
             raise ConfigError(f"{section}: expected a table, got {values!r}")
         if section == "plugins":
@@ -647,9 +691,46 @@ def validate(config: Config) -> None:
         raise ConfigError('process.event_loop: must be "auto", "uvloop" or "asyncio", '
                           f"got {config.process.event_loop!r}")
     validate_imap(config.replies.imap)
+    validate_alerts(config)
     validate_tracker(config.tracker)
     validate_engagement(config.engagement)
     validate_deliverability(config)
+
+
+_ALERT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,40}$")
+
+
+def validate_alerts(config: Config) -> None:
+    """``[[alerts]]``: names, triggers, where they go."""
+    names: set[str] = set()
+    for i, a in enumerate(config.alerts):
+        key = f"alerts[{i}]"
+        if not _ALERT_NAME.match(a.name) or a.name in names:
+            raise ConfigError(f"{key}.name: a unique name of letters, digits, '-' and '_', "
+                              f"got {a.name!r}")
+        names.add(a.name)
+        if not a.on:
+            raise ConfigError(f"{key}.on: name at least one of {', '.join(ALERT_TRIGGERS)}")
+        for j, trigger in enumerate(a.on):
+            if trigger not in ALERT_TRIGGERS:
+                raise ConfigError(f"{key}.on[{j}]: unknown trigger {trigger!r} "
+                                  f"(known: {', '.join(ALERT_TRIGGERS)})")
+        for j, verdict in enumerate(a.verdicts):
+            if verdict not in ("human", "human_proxy", "machine", "unknown"):
+                raise ConfigError(f"{key}.verdicts[{j}]: expected human, human_proxy, "
+                                  f"machine or unknown, got {verdict!r}")
+        if a.channel in ("webhook", "chat") and not a.url.startswith(("http://", "https://")):
+            raise ConfigError(f"{key}.url: a {a.channel} alert needs an http(s) URL")
+        if a.channel == "webhook" and len(a.secret) < 16:
+            raise ConfigError(f"{key}.secret: a webhook alert needs a secret of at least 16 "
+                              "characters")
+        sender = a.from_address or config.tracker.first_open_mail.from_address
+        if a.channel == "mail" and not _looks_like_address(sender):
+            raise ConfigError(f"{key}.from_address: a mail alert needs a From address "
+                              "(or tracker.first_open_mail.from_address)")
+        if a.max_per_hour < 1 or a.rate_window_seconds <= 0 or a.quiet_hours < 0:
+            raise ConfigError(f"{key}.max_per_hour: must be 1 or more (and "
+                              "rate_window_seconds positive, quiet_hours 0 or more)")
 
 
 def validate_imap(m: ImapConfig) -> None:

@@ -553,6 +553,11 @@ class Store(abc.ABC):
         e.g. ``first_open:<message>:<recipient>`` fires once across processes."""
 
     @abc.abstractmethod
+    async def count_webhooks(self, endpoint: str, key_prefix: str, since: float) -> int:
+        """Outbox entries of ``endpoint`` whose dedupe key starts with ``key_prefix``,
+        added since ``since`` (an alert's rate limit counts its own per sender)."""
+
+    @abc.abstractmethod
     async def claim_webhooks(self, *, limit: int = 50, lease: float = 60.0,
                              now: float | None = None) -> list[WebhookDelivery]:
         """Take up to ``limit`` due pending deliveries (oldest due first) and push their

@@ -869,6 +869,13 @@ class SqlStore(Store):
              float(not_before if not_before is not None else now), dedupe_key, now])
         return None if row is None else int(row["id"])
 
+    async def count_webhooks(self, endpoint: str, key_prefix: str, since: float) -> int:
+        row = await self._fetchrow(
+            "SELECT COUNT(*) AS n FROM webhook_deliveries WHERE endpoint = ? "
+            "AND substr(dedupe_key, 1, ?) = ? AND created_at >= ?",
+            [endpoint, len(key_prefix), key_prefix, float(since)])
+        return int(row["n"]) if row else 0
+
     async def claim_webhooks(self, *, limit: int = 50, lease: float = 60.0,
                              now: float | None = None) -> list[WebhookDelivery]:
         now = time.time() if now is None else float(now)

@@ -154,7 +154,16 @@ class OpenMailer:
             return "message no longer stored", True
         notice, utf8 = compose(self.config, self.hostname, message, event, body["id"])
         policy = email.policy.SMTPUTF8 if utf8 else email.policy.SMTP
-        data = notice.as_bytes(policy=policy)
+        error, permanent = await self.deliver(self.config.from_address, message["sender"],
+                                              notice.as_bytes(policy=policy), utf8)
+        if error is None:
+            log.info("first_open_mail_sent", message=message["id"], delivery=delivery["id"])
+        return error, permanent
+
+    async def deliver(self, sender: str, to: str, data: bytes, utf8: bool
+                      ) -> tuple[str | None, bool]:
+        """One message through ``[upstream]`` (notices and alerts): (None, _) when the
+        upstream took it, else (what went wrong, whether it is permanent)."""
         upstream = self.upstream
         for attempt in (1, 2):
             try:
@@ -162,28 +171,24 @@ class OpenMailer:
             except UpstreamUnavailable as exc:
                 return f"upstream: {exc.reply}", False
             try:
-                error, permanent, reusable = await self._transact(conn, message["sender"],
-                                                                  data, utf8)
+                error, permanent, reusable = await self._transact(conn, sender, to, data,
+                                                                  utf8)
             except UpstreamUnavailable as exc:
                 upstream.release(conn, False)
                 if attempt == 1 and conn.reused:
                     continue  # a pooled connection the server had dropped: one fresh try
                 return f"upstream: {exc.reply}", False
             upstream.release(conn, reusable)
-            if error is None:
-                log.info("first_open_mail_sent", message=message["id"],
-                         delivery=delivery["id"])
             return error, permanent
         return "upstream: no connection", False
 
-    async def _transact(self, conn: Connection, to: str, data: bytes, utf8: bool
-                        ) -> tuple[str | None, bool, bool]:
+    async def _transact(self, conn: Connection, sender: str, to: str, data: bytes,
+                        utf8: bool) -> tuple[str | None, bool, bool]:
         """MAIL, RCPT, DATA on ``conn``: (error or None, permanent, connection reusable)."""
         if utf8 and not conn.supports("smtputf8"):
             return "upstream does not offer SMTPUTF8 for a non-ASCII address", True, True
         steps: list[tuple[str, Callable[[], Awaitable[Reply]]]] = [
-            ("MAIL", lambda: conn.mail(self.config.from_address,
-                                       ["SMTPUTF8"] if utf8 else [], utf8)),
+            ("MAIL", lambda: conn.mail(sender, ["SMTPUTF8"] if utf8 else [], utf8)),
             ("RCPT", lambda: conn.rcpt(to, [], utf8)),
             ("DATA", lambda: conn.data(data)),
         ]

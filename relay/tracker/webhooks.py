@@ -44,6 +44,8 @@ from relay.config import WebhookConfig
 from relay.logs import get_logger
 from relay.store.base import iso_time
 from relay.tracker import open_mail, signing
+from relay.tracker.alerts import PREFIX as ALERT_PREFIX
+from relay.tracker.alerts import Alerts
 from relay.tracker.serialize import event_json
 
 if TYPE_CHECKING:
@@ -85,6 +87,8 @@ class WebhookDispatcher:
         #: First-open mail to senders ([tracker.first_open_mail]), through the same outbox.
         self.mailer = (open_mail.OpenMailer(app) if self.config.first_open_mail.enabled
                        else None)
+        #: [[alerts]], through the same outbox (endpoints alert:<name>).
+        self.alerts = Alerts(app)
 
     @property
     def store(self) -> Store:
@@ -94,7 +98,7 @@ class WebhookDispatcher:
 
     @property
     def enabled(self) -> bool:
-        return bool(self.hooks) or self.mailer is not None
+        return bool(self.hooks) or self.mailer is not None or self.alerts.enabled
 
     async def start(self) -> None:
         if not self.enabled or self._tasks:
@@ -108,7 +112,7 @@ class WebhookDispatcher:
             asyncio.create_task(self._loop(self.send_once), name="webhook-sender"),
         ]
         log.info("webhooks_started", endpoints=len(self.hooks),
-                 first_open_mail=self.mailer is not None)
+                 first_open_mail=self.mailer is not None, alerts=len(self.alerts.rules))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -122,6 +126,7 @@ class WebhookDispatcher:
             self._session = None
         if self.mailer is not None:
             await self.mailer.close()
+        await self.alerts.mailer.close()
 
     async def _loop(self, step: Any) -> None:
         while True:
@@ -169,6 +174,8 @@ class WebhookDispatcher:
                     url, "first_open", first_payload, event_id=row["id"], dedupe_key=first_key)
         if first_open and self.mailer is not None:
             await self.mailer.feed(self.store, row, first_payload, first_key)
+        if self.alerts.enabled:
+            await self.alerts.feed(self.store, row)
 
     # -- sender -------------------------------------------------------------------------------
 
@@ -183,6 +190,11 @@ class WebhookDispatcher:
     async def _deliver(self, delivery: WebhookDelivery) -> None:
         if delivery["endpoint"] == open_mail.ENDPOINT and self.mailer is not None:
             error, permanent = await self.mailer.send(self.store, delivery)
+            await self._settle(delivery, error, permanent)
+            return
+        if delivery["endpoint"].startswith(ALERT_PREFIX):
+            assert self._session is not None
+            error, permanent = await self.alerts.send(self.store, self._session, delivery)
             await self._settle(delivery, error, permanent)
             return
         hook = self.hooks.get(delivery["endpoint"])

@@ -1,0 +1,257 @@
+"""Alerts people choose: ``[[alerts]]`` rules that tell someone when something happens.
+
+Each rule names its triggers — ``first_open`` (a recipient's first open by a person),
+``open`` (a person's open after ``quiet_hours`` without one of that message by that
+recipient, the first included), ``click`` (optionally only links matching ``links``),
+``reply``, ``bounce``, ``unsubscribe`` — and filters by sender, campaign and, for opens
+and clicks, verdict (people only by default: a scanner's click tells nobody anything).
+An alert goes out through the webhook outbox (``relay.tracker.webhooks``), so it is sent
+once across tracker processes and retried with backoff, as endpoint ``alert:<name>``:
+
+* ``mail``: a plain-text message to the message's sender, through ``[upstream]``, marked
+  ``Auto-Submitted: auto-generated`` (the first-open mail, generalised);
+* ``webhook``: a signed JSON POST (``X-Trackrelay-Signature``, as webhooks) with
+  ``{"type": "alert", "alert": <name>, "trigger": …, "event": {…}, "message": {…}}``;
+* ``chat``: ``{"text": "…"}``, the incoming-webhook shape Slack and Mattermost accept.
+
+**Rate limit.** A rule sends at most ``max_per_hour`` alerts per sender in each window
+of ``rate_window_seconds`` (an hour); past that, one digest goes out when the window
+ends, listing what happened in it (counted in the outbox, so across processes too).
+"""
+
+from __future__ import annotations
+
+import email.policy
+import email.utils
+import fnmatch
+import json
+import time
+from email.message import EmailMessage
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+
+from relay.config import AlertConfig
+from relay.logs import get_logger
+from relay.store.base import domain_of, iso_time
+from relay.tracker import open_mail, signing
+from relay.tracker.serialize import event_json
+
+if TYPE_CHECKING:
+    from relay.app import App
+    from relay.store.base import EventRow, MessageLookup, Store, WebhookDelivery
+
+log = get_logger("relay.tracker.alerts")
+
+PREFIX = "alert:"
+HUMAN = ("human", "human_proxy")
+
+
+def endpoint(alert: AlertConfig) -> str:
+    return PREFIX + alert.name
+
+
+def _sender_wanted(alert: AlertConfig, sender: str) -> bool:
+    if not alert.senders:
+        return True
+    sender = sender.lower()
+    wanted = {s.strip().lower().lstrip("@") for s in alert.senders}
+    return sender in wanted or domain_of(sender) in wanted
+
+
+def _verdict(row: EventRow) -> str:
+    if row.get("verdict"):
+        return str(row["verdict"])
+    return "machine" if row["machine"] else "unknown"
+
+
+def triggers_of(alert: AlertConfig, row: EventRow, message: MessageLookup) -> list[str]:
+    """Which of the rule's triggers this stored event could be (before the checks that
+    need the store: first open, quiet period)."""
+    if not _sender_wanted(alert, message["sender"] or ""):
+        return []
+    if alert.campaigns and not any(fnmatch.fnmatchcase(message["campaign"] or "", c)
+                                   for c in alert.campaigns):
+        return []
+    kind = row["type"]
+    if kind in ("open", "click") and _verdict(row) not in alert.verdicts:
+        return []
+    if kind == "open":
+        return [t for t in ("first_open", "open") if t in alert.on]
+    if kind == "click" and alert.links and not any(
+            fnmatch.fnmatchcase(row.get("url") or "", pattern) for pattern in alert.links):
+        return []
+    if kind == "bounce" and (row.get("data") or {}).get("kind") == "delayed":
+        return []
+    return [kind] if kind in alert.on else []
+
+
+def describe(trigger: str, row: dict[str, Any], message: dict[str, Any]) -> str:
+    """One line for people: who did what to which message."""
+    who = row.get("recipient") or "A recipient"
+    subject = (message.get("subject") or "").strip() or "(no subject)"
+    data = row.get("data") or {}
+    if trigger == "first_open":
+        return f"{who} opened \"{subject}\" for the first time"
+    if trigger == "open":
+        return f"{who} opened \"{subject}\" again"
+    if trigger == "click":
+        return f"{who} clicked {row.get('url') or 'a link'} in \"{subject}\""
+    if trigger == "reply":
+        return f"{who} replied to \"{subject}\""
+    if trigger == "bounce":
+        hard = "hard, the address will not work" if data.get("hard") else "soft"
+        return f"\"{subject}\" to {who} bounced: {data.get('reason') or 'undefined'} ({hard})"
+    return f"{who} unsubscribed (from \"{subject}\")"
+
+
+def _details(row: dict[str, Any]) -> str:
+    bits = [" on ".join(x for x in (row.get("client"), row.get("os")) if x),
+            ", ".join(x for x in (row.get("city"), row.get("country")) if x)]
+    return "; ".join(b for b in bits if b)
+
+
+class Alerts:
+    """The ``[[alerts]]`` of one tracker process: fed every stored event by the webhook
+    dispatcher, sends what the outbox holds for them."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.rules = {endpoint(a): a for a in app.config.alerts}
+        self.mailer = open_mail.OpenMailer(app)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.rules)
+
+    async def feed(self, store: Store, row: EventRow) -> None:
+        if row["type"] not in ("open", "click", "reply", "bounce", "unsubscribe"):
+            return
+        message = await store.lookup_message(row["message_id"])
+        if message is None:
+            return
+        for rule in self.rules.values():
+            for trigger in triggers_of(rule, row, message):
+                if trigger == "open" and await self._opened_lately(store, rule, row):
+                    continue
+                await self._enqueue(store, rule, trigger, row, message)
+
+    async def _opened_lately(self, store: Store, rule: AlertConfig, row: EventRow) -> bool:
+        """Another open of this message by this recipient within ``quiet_hours`` before."""
+        page = await store.list_events(type="open", message_id=row["message_id"],
+                                       recipient=row["recipient"],
+                                       since=row["time"] - rule.quiet_hours * 3600,
+                                       until=row["time"], limit=5)
+        return any(e["id"] != row["id"] for e in page.items)
+
+    async def _enqueue(self, store: Store, rule: AlertConfig, trigger: str, row: EventRow,
+                       message: MessageLookup) -> None:
+        sender = (message["sender"] or "").lower()
+        prefix = f"{rule.name}:{sender}:"
+        if trigger == "first_open":
+            key = f"{prefix}first_open:{row['message_id']}:{row['recipient'] or ''}"
+        else:
+            key = f"{prefix}{trigger}:{row['id']}"
+        window = rule.rate_window_seconds
+        start = row["time"] - row["time"] % window
+        if await store.count_webhooks(endpoint(rule), prefix, start) >= rule.max_per_hour:
+            # The limit is reached: one digest of the window, sent when it ends.
+            body = {"type": "alert_digest", "alert": rule.name, "sender": sender,
+                    "since": start, "until": start + window}
+            await store.enqueue_webhook(endpoint(rule), "alert_digest", json.dumps(body),
+                                        dedupe_key=f"{prefix}digest:{start:.0f}",
+                                        not_before=start + window)
+            return
+        body = {"id": key, "type": "alert", "alert": rule.name, "trigger": trigger,
+                "created_at": iso_time(time.time()), "event": event_json(row),
+                "message": {"id": message["id"], "sender": message["sender"],
+                            "campaign": message["campaign"]}}
+        await store.enqueue_webhook(endpoint(rule), trigger, json.dumps(body, sort_keys=True),
+                                    event_id=row["id"], dedupe_key=key)
+
+    # -- sending ------------------------------------------------------------------------------
+
+    async def send(self, store: Store, session: aiohttp.ClientSession,
+                   delivery: WebhookDelivery) -> tuple[str | None, bool]:
+        """Send one alert or digest: (None, _) when it went out, else (what went wrong,
+        whether that is final)."""
+        rule = self.rules.get(delivery["endpoint"])
+        if rule is None:
+            return "alert no longer configured", True
+        body = json.loads(delivery["payload"])
+        if body["type"] == "alert_digest":
+            lines, to = await self._digest(store, rule, body)
+            subject = f"{len(lines)} more alerts ({rule.name})"
+            payload = {**body, "lines": lines}
+        else:
+            detail = await store.get_message(body["event"]["message_id"])
+            message = dict(detail) if detail is not None else body["message"]
+            line = describe(body["trigger"], body["event"], message)
+            extra = _details(body["event"])
+            lines = [line + (f" ({extra})" if extra else "")]
+            to, subject, payload = message["sender"], line, {**body,
+                                                             "message": {**body["message"],
+                                                             "subject": message.get(
+                                                                 "subject")}}
+        if rule.channel == "mail":
+            return await self._mail(rule, to, subject, lines)
+        if rule.channel == "chat":
+            text = "\n".join(lines) if body["type"] == "alert" else subject + ":\n" + \
+                "\n".join(lines)
+            data = json.dumps({"text": text}).encode()
+            return await self._post(session, rule, data, {}), False
+        data = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+        headers = {"X-Trackrelay-Event": delivery["event_type"],
+                   "X-Trackrelay-Delivery": str(delivery["id"]),
+                   signing.HEADER: signing.sign(rule.secret, data)}
+        return await self._post(session, rule, data, headers), False
+
+    async def _digest(self, store: Store, rule: AlertConfig, body: dict[str, Any]
+                      ) -> tuple[list[str], str]:
+        """What happened to the sender's mail in the window, one line each."""
+        types = sorted({"open" if t in ("first_open", "open") else t for t in rule.on})
+        page = await store.list_events(scope=body["sender"], type=types,
+                                       since=body["since"], until=body["until"],
+                                       limit=500, order="asc")
+        lines = []
+        for row in page.items:
+            message = await store.lookup_message(row["message_id"])
+            if message is None:
+                continue
+            found = triggers_of(rule, row, message)
+            if found:
+                detail = await store.get_message(row["message_id"])
+                lines.append(f"{iso_time(row['time'])}  "
+                             + describe(found[-1], dict(row), dict(detail or message)))
+        return lines, body["sender"]
+
+    async def _mail(self, rule: AlertConfig, to: str, subject: str,
+                    lines: list[str]) -> tuple[str | None, bool]:
+        sender = rule.from_address or self.app.config.tracker.first_open_mail.from_address
+        notice = EmailMessage()
+        notice["From"] = email.utils.formataddr(("trackrelay", sender))
+        notice["To"] = to
+        notice["Subject"] = subject[:200]
+        notice["Date"] = email.utils.formatdate(usegmt=True)
+        notice["Message-ID"] = email.utils.make_msgid(
+            "trackrelay-alert", domain=self.app.config.relay.hostname)
+        notice["Auto-Submitted"] = "auto-generated"
+        notice[open_mail.NOTICE_HEADER] = f"alert:{rule.name}"
+        notice.set_content("\n".join([*lines, "", f"-- trackrelay alert \"{rule.name}\""])
+                           + "\n")
+        utf8 = not all(a.isascii() for a in (to, sender))
+        data = notice.as_bytes(policy=email.policy.SMTPUTF8 if utf8 else email.policy.SMTP)
+        return await self.mailer.deliver(sender, to, data, utf8)
+
+    async def _post(self, session: aiohttp.ClientSession, rule: AlertConfig, data: bytes,
+                    headers: dict[str, str]) -> str | None:
+        try:
+            async with session.post(rule.url, data=data, allow_redirects=False,
+                                    headers={"Content-Type": "application/json", **headers},
+                                    timeout=aiohttp.ClientTimeout(total=10)) as resp:
+                await resp.content.read(4096)
+                return None if 200 <= resp.status < 300 else f"HTTP {resp.status}"
+        except TimeoutError:
+            return "timeout after 10s"
+        except aiohttp.ClientError as exc:
+            return f"{type(exc).__name__}: {exc}"[:500]
