@@ -377,6 +377,10 @@ class SqlStore(Store):
         }
         return detail
 
+    async def _fresh_statistics(self) -> None:
+        """Before a report: the planner's table statistics are recent enough (SQLite keeps
+        none by itself; PostgreSQL's autovacuum does)."""
+
     def _cycle_expr(self, column: str, seconds: int, period: int, shift: int) -> str:
         """``(floor(column / seconds) + shift) mod period`` as an integer."""
         raise NotImplementedError
@@ -392,6 +396,7 @@ class SqlStore(Store):
 
         if group_by not in GROUP_BY:
             raise ValueError(f"group_by: one of {', '.join(GROUP_BY)}")
+        await self._fresh_statistics()
         where = Where()
         where.add(*_cond(scope_condition(scope)))
         if since is not None:
@@ -455,6 +460,7 @@ class SqlStore(Store):
                          since: float | None = None,
                          until: float | None = None) -> dict[str, Any]:
         # The same messages for "delivered" (their accepted recipients) and for the events.
+        await self._fresh_statistics()
         where = Where()
         where.add(*_cond(scope_condition(scope)))
         if since is not None:

@@ -105,16 +105,28 @@ class SqliteStore(SqlStore):
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
-        # Table statistics for the query planner, sampled (a few milliseconds even for
-        # millions of rows): without them a report on a short period scans every event
-        # instead of starting from that period's messages (3.5 s -> 0.15 s at 1M events).
         conn.execute("PRAGMA analysis_limit=400")
-        with contextlib.suppress(sqlite3.OperationalError):  # a read-only or busy file
-            conn.execute("ANALYZE")
+        self._analyze(conn)
         limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
         self._rows_per_insert = max(1, min(EVENT_ROWS_PER_STATEMENT,
                                            limit // len(EVENT_COLUMNS)))
         return conn
+
+    #: Seconds between refreshes of the planner's statistics (before a report).
+    STATISTICS_MAX_AGE = 600.0
+
+    def _analyze(self, conn: sqlite3.Connection) -> None:
+        """Table statistics for the query planner, sampled (``analysis_limit``: a few
+        milliseconds even for millions of rows). Without them a report on a short period
+        scans every event instead of starting from that period's messages (3.5 s ->
+        0.15 s at a million events, BENCHMARKS.md)."""
+        with contextlib.suppress(sqlite3.OperationalError):  # a read-only or busy file
+            conn.execute("ANALYZE")
+        self._analyzed_at = time.monotonic()
+
+    async def _fresh_statistics(self) -> None:
+        if time.monotonic() - getattr(self, "_analyzed_at", 0.0) > self.STATISTICS_MAX_AGE:
+            await self._call(lambda: self._analyze(self._conn) if self._conn else None)
 
     async def connect(self) -> None:
         if self._conn is not None:
