@@ -399,6 +399,23 @@ class AlertConfig:
 
 
 @dataclass
+class AttachmentsConfig:
+    """``[attachments]``: large attachments replaced by a tracked download link."""
+
+    #: "off" (attachments go as sent) or "link" (tracked mail: stored by trackrelay and
+    #: replaced by a link; downloading is a ``download`` event).
+    mode: Literal["off", "link"] = "off"
+    #: Attachments of at least this many bytes (decoded) are linked.
+    min_size: int = 1024 * 1024
+    #: Content types always linked, whatever their size (e.g. "application/pdf").
+    types: list[str] = field(default_factory=list)
+    #: Larger ones stay attached (trackrelay does not keep them).
+    max_size: int = 50 * 1024 * 1024
+    #: Days a download link works after the message was sent.
+    expire_days: float = 30.0
+
+
+@dataclass
 class ImapConfig:
     """``[replies.imap]``: a mailbox trackrelay reads replies (and bounces, complaints)
     from, as they arrive; nothing is changed in it unless ``mark_seen``."""
@@ -447,6 +464,7 @@ class Config:
     unsubscribe: UnsubscribeConfig = field(default_factory=UnsubscribeConfig)
     replies: RepliesConfig = field(default_factory=RepliesConfig)
     alerts: list[AlertConfig] = field(default_factory=list)
+    attachments: AttachmentsConfig = field(default_factory=AttachmentsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     process: ProcessConfig = field(default_factory=ProcessConfig)
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
@@ -692,6 +710,14 @@ def validate(config: Config) -> None:
                           f"got {config.process.event_loop!r}")
     validate_imap(config.replies.imap)
     validate_alerts(config)
+    a = config.attachments
+    if a.min_size < 0 or a.max_size <= 0 or a.expire_days <= 0:
+        raise ConfigError("attachments.min_size: must be 0 or more (and max_size, "
+                          "expire_days positive)")
+    for i, ctype in enumerate(a.types):
+        if "/" not in ctype:
+            raise ConfigError(f"attachments.types[{i}]: a content type such as "
+                              f"application/pdf, got {ctype!r}")
     validate_tracker(config.tracker)
     validate_engagement(config.engagement)
     validate_deliverability(config)

@@ -104,6 +104,24 @@ def trackrelay_transform_message(app: App, transaction: Transaction,
     """
 
 
+# --- attachments ---------------------------------------------------------------------------
+
+
+@hookspec
+def trackrelay_attachment_put(app: App, blob_id: str, content: bytes,
+                              content_type: str) -> bool | None:
+    """Keep a linked attachment's bytes somewhere else than the store (S3-compatible
+    storage, a shared disk): return True once they are kept, and the store records only
+    what the file is; ``None`` leaves them to the store's own table. ``blob_id`` is the
+    content's sha256 (hex), the same for the same file in every message. May be async."""
+
+
+@hookspec
+def trackrelay_attachment_get(app: App, blob_id: str) -> bytes | None:
+    """The bytes a ``trackrelay_attachment_put`` implementation kept (a download asks), or
+    ``None`` when this plugin does not have them."""
+
+
 # --- outcome -----------------------------------------------------------------------------
 
 

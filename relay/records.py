@@ -17,6 +17,7 @@ EventType = Literal[
 ]
 EVENT_TYPES: tuple[str, ...] = (
     "sent", "rejected", "open", "click", "bounce", "complaint", "unsubscribe", "reply",
+    "download",
 )
 
 

@@ -23,7 +23,8 @@ _TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
 
 VERSION = 1
 MAC_LEN = 10
-KINDS = {"open": 1, "click": 2, "unsubscribe": 3, "honeypot": 4, "bounce": 5}
+KINDS = {"open": 1, "click": 2, "unsubscribe": 3, "honeypot": 4, "bounce": 5,
+         "download": 6}
 KIND_NAMES = {v: k for k, v in KINDS.items()}
 
 

@@ -163,7 +163,7 @@ async def test_forget_erases_one_contact_and_records_it(store_url: str, seeded: 
     assert erasure["counts"] == {
         "events": 5,  # old open, old sent, new sent + open, sent of the message to her alone
         "recipients": 3, "messages": 2, "webhook_deliveries": 1,
-        "suppression_removals": 1, "suppressions_kept": 1,
+        "suppression_removals": 1, "suppressions_kept": 1, "attachments": 0,
     }
     # nothing about carol remains, in any column the API reads
     assert await event_ids(seeded, recipient="carol@customer.test") == set()

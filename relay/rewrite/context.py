@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from relay.app import App
     from relay.message import MessageDraft
     from relay.records import Transaction
-    from relay.rewrite.mime import MimeTree
+    from relay.rewrite.mime import LeafPart, MimeTree
 
 
 @dataclass
@@ -111,6 +111,8 @@ class RewriteContext:
         self.recipient_index = 0
         #: Per-plugin scratch space, keyed by the plugin's name.
         self.state: dict[str, Any] = {}
+        #: Parts plugins asked to take out of the message (``remove_leaf``).
+        self.removed_leaves: list[LeafPart] = []
         self.base_url = app.config.http.base_url.rstrip("/")
 
     # --- decisions ------------------------------------------------------------------------
@@ -136,6 +138,15 @@ class RewriteContext:
         or a plugin's own kind such as ``honeypot``), as the tracker verifies it."""
         return self.app.tokens.encode(kind, self.transaction.message_id,
                                       self.recipient_index, link_index)
+
+    def remove_leaf(self, leaf: LeafPart) -> None:
+        """Take a non-text part (``context.tree.leaves``) out of the message whole, its
+        delimiter line included; applied with the part edits, in the same one splice. A
+        part at the top level (not inside a multipart) cannot be removed."""
+        if leaf.remove_span is None:
+            raise ValueError("only a part inside a multipart can be removed")
+        if leaf not in self.removed_leaves:
+            self.removed_leaves.append(leaf)
 
     def open_url(self) -> str:
         """The open pixel URL: ``<base_url>/o/<token>.gif``."""

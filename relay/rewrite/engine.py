@@ -171,5 +171,8 @@ async def _edit_parts(context: RewriteContext, tree: MimeTree) -> None:
             else:
                 message.remove_header("Content-Transfer-Encoding")
                 message.add_header("Content-Transfer-Encoding", new_cte)
+    for removed in context.removed_leaves:
+        assert removed.remove_span is not None
+        replacements.append((*removed.remove_span, b""))
     if replacements:
         message.set_body(splice(body, replacements))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import codecs
+import email.utils
 import itertools
 import re
 from dataclasses import dataclass, field
@@ -62,12 +63,48 @@ class TextPart:
 
 
 @dataclass
+class LeafPart:
+    """A part that is not edited as text (an attachment, an image), located so that a
+    plugin can take it out of its multipart whole (``remove_span``, its delimiter line
+    included) or read it (``body_start``/``body_end``, transfer-encoded)."""
+
+    content_type: str
+    headers: Message
+    body_start: int
+    body_end: int
+    path: str
+    #: The bytes to cut to remove the part: its delimiter line through its body and the
+    #: line break after it (which belongs to the next delimiter). None at the top level.
+    remove_span: tuple[int, int] | None
+
+    @property
+    def cte(self) -> str:
+        raw = self.headers.get("Content-Transfer-Encoding", "") or ""
+        return str(raw).strip().strip(";").strip().lower()
+
+    @property
+    def filename(self) -> str | None:
+        """Content-Disposition's filename, else Content-Type's name (RFC 2231 decoded)."""
+        name = self.headers.get_filename() or self.headers.get_param("name")
+        if isinstance(name, tuple):
+            name = email.utils.collapse_rfc2231_value(name)
+        return str(name) if name else None
+
+    @property
+    def disposition(self) -> str:
+        raw = str(self.headers.get("Content-Disposition", "") or "")
+        return raw.split(";", 1)[0].strip().lower()
+
+
+@dataclass
 class MimeTree:
     """What ``walk`` found: the text parts, plus what it left alone and why."""
 
     parts: list[TextPart] = field(default_factory=list)
     #: Parts not entered, by reason ("rfc822", "attachment", "other_type").
     skipped: dict[str, int] = field(default_factory=dict)
+    #: The leaves not edited as text (attachments, images, text attachments), in order.
+    leaves: list[LeafPart] = field(default_factory=list)
 
     @property
     def html(self) -> list[TextPart]:
@@ -104,13 +141,13 @@ def _newline(data: bytes) -> bytes:
 def walk(headers: Message, body: bytes) -> MimeTree:
     """Find the text parts of a message given its top-level headers and raw body."""
     tree = MimeTree()
-    _walk(headers, body, 0, len(body), None, "", tree, 0, "text/plain")
+    _walk(headers, body, 0, len(body), None, "", tree, 0, "text/plain", None)
     return tree
 
 
 def _walk(headers: Message, body: bytes, start: int, end: int,
           header_span: tuple[int, int] | None, path: str, tree: MimeTree, depth: int,
-          default_type: str) -> None:
+          default_type: str, remove_span: tuple[int, int] | None) -> None:
     if depth > _MAX_DEPTH:
         raise MimeError("MIME tree nested too deeply")
     if headers.get("Content-Type") is None:
@@ -128,29 +165,34 @@ def _walk(headers: Message, body: bytes, start: int, end: int,
         children = _split_multipart(body, start, end, str(boundary).strip('"'))
         if children is None:
             raise MimeError(f"boundary of part {path or 'top'} not found")
-        for i, (hs, he, bs, be) in enumerate(children, 1):
+        for i, (hs, he, bs, be, cut) in enumerate(children, 1):
             child_headers = parse_headers(body[hs:he])
             child_path = f"{path}.{i}" if path else str(i)
             _walk(child_headers, body, bs, be, (hs, he), child_path, tree, depth + 1,
-                  child_default)
+                  child_default, cut)
         return
+    leaf = LeafPart(ctype, headers, start, end, path, remove_span)
     if maintype == "message":
         tree.skipped["rfc822"] = tree.skipped.get("rfc822", 0) + 1
+        tree.leaves.append(leaf)
         return
     if ctype not in ("text/html", "text/plain"):
         tree.skipped["other_type"] = tree.skipped.get("other_type", 0) + 1
+        tree.leaves.append(leaf)
         return
     disposition = str(headers.get("Content-Disposition", "")).split(";", 1)[0].strip().lower()
     if disposition == "attachment":
         tree.skipped["attachment"] = tree.skipped.get("attachment", 0) + 1
+        tree.leaves.append(leaf)
         return
     tree.parts.append(TextPart(ctype, headers, header_span, start, end, path,
                                _newline(body[start:min(end, start + 4096)] or body[:4096])))
 
 
-def _split_multipart(body: bytes, start: int, end: int,
-                     boundary: str) -> list[tuple[int, int, int, int]] | None:
-    """Children of a multipart body as (header start, header end, body start, body end)."""
+def _split_multipart(body: bytes, start: int, end: int, boundary: str
+                     ) -> list[tuple[int, int, int, int, tuple[int, int]]] | None:
+    """Children of a multipart body as (header start, header end, body start, body end,
+    removal span: its delimiter line through the line break after its body)."""
     # A literal prefix lets the regex engine jump between candidates; the "at a line
     # start" condition is checked here rather than with a look-behind at every byte.
     delim = re.compile(b"--" + re.escape(boundary.encode("latin-1", "replace"))
@@ -165,7 +207,7 @@ def _split_multipart(body: bytes, start: int, end: int,
     if not marks:
         return None
     children = []
-    for (_, after, close), (nxt, _, _) in itertools.pairwise(marks):
+    for (line, after, close), (nxt, _, _) in itertools.pairwise(marks):
         if close:
             break
         # The line break before a delimiter belongs to the delimiter.
@@ -174,11 +216,11 @@ def _split_multipart(body: bytes, start: int, end: int,
             part_end -= 1
             if part_end > after and body[part_end - 1:part_end] == b"\r":
                 part_end -= 1
-        children.append(_split_part(body, after, part_end))
-    _last_start, last_after, last_close = marks[-1]
+        children.append((*_split_part(body, after, part_end), (line, nxt)))
+    last_line, last_after, last_close = marks[-1]
     if not last_close and last_after < end:
         # No closing delimiter: the last part runs to the end (as mail clients read it).
-        children.append(_split_part(body, last_after, end))
+        children.append((*_split_part(body, last_after, end), (last_line, end)))
     return children
 
 

@@ -237,6 +237,7 @@ class PurgeResult(TypedDict):
     recipients: int
     links: int
     webhook_deliveries: int
+    attachments: int
 
 
 class ErasureRow(TypedDict):
@@ -551,6 +552,21 @@ class Store(abc.ABC):
         """Add a delivery to the outbox; returns its id. With ``dedupe_key``, a second
         delivery with the same key for the same endpoint is not added (returns None) —
         e.g. ``first_open:<message>:<recipient>`` fires once across processes."""
+
+    # -- attachments ----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def put_attachment(self, message_id: str, index: int, *, blob_id: str,
+                             content: bytes | None, filename: str, content_type: str,
+                             size: int) -> None:
+        """Keep a file (content-addressed: ``blob_id`` is its sha256; ``content`` None when
+        a plugin keeps the bytes elsewhere) and that ``message_id`` carried it as download
+        ``index``. Idempotent."""
+
+    @abc.abstractmethod
+    async def get_attachment(self, message_id: str, index: int) -> dict[str, Any] | None:
+        """``blob_id``, ``filename``, ``content_type``, ``size``, ``created_at`` and
+        ``content`` (None if kept elsewhere) of a message's download, or None."""
 
     @abc.abstractmethod
     async def count_webhooks(self, endpoint: str, key_prefix: str, since: float) -> int:

@@ -1,7 +1,7 @@
 """Versioned schema migrations, one list for both engines.
 
 Each migration is ``(version, name, statements)``; statements use a few placeholders
-(``{serial}``, ``{float}``, ``{bool}``, ``{bigint}``) that each engine fills in with its
+(``{serial}``, ``{float}``, ``{bool}``, ``{bigint}``, ``{blob}``) that each engine fills in with its
 own type names, so the schema is written once. Applied versions are recorded in
 ``schema_migrations``; a migration, once released, is never edited — add a new one.
 """
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 DIALECT_TYPES: dict[str, dict[str, str]] = {
     "sqlite": {"serial": "INTEGER PRIMARY KEY AUTOINCREMENT", "float": "REAL",
-               "bool": "INTEGER", "bigint": "INTEGER"},
+               "bool": "INTEGER", "bigint": "INTEGER", "blob": "BLOB"},
     "postgresql": {"serial": "BIGSERIAL PRIMARY KEY", "float": "DOUBLE PRECISION",
-                   "bool": "BOOLEAN", "bigint": "BIGINT"},
+                   "bool": "BOOLEAN", "bigint": "BIGINT", "blob": "BYTEA"},
 }
 
 MIGRATIONS_TABLE = """
@@ -136,6 +136,28 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             counts TEXT NOT NULL DEFAULT '{{}}'
         )""",
         "CREATE INDEX erasures_hash ON erasures (address_hash)",
+    ]),
+    (3, "attachments", [
+        # [attachments] mode = "link": the files, content-addressed (sha256), and which
+        # message carried which file at which download index. Rows are added while the
+        # relay rewrites the message, before its own record exists: no foreign key.
+        """CREATE TABLE attachment_blobs (
+            id TEXT PRIMARY KEY,
+            size {bigint} NOT NULL,
+            content {blob},
+            created_at {float} NOT NULL
+        )""",
+        """CREATE TABLE attachments (
+            message_id TEXT NOT NULL,
+            idx INTEGER NOT NULL,
+            blob_id TEXT NOT NULL,
+            filename TEXT NOT NULL,
+            content_type TEXT NOT NULL,
+            size {bigint} NOT NULL,
+            created_at {float} NOT NULL,
+            PRIMARY KEY (message_id, idx)
+        )""",
+        "CREATE INDEX attachments_blob ON attachments (blob_id)",
     ]),
 ]
 

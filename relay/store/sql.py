@@ -131,6 +131,10 @@ class Where:
         return ("WHERE " + " AND ".join(self.parts)) if self.parts else ""
 
 
+ORPHAN_BLOBS = ("DELETE FROM attachment_blobs WHERE NOT EXISTS "
+                "(SELECT 1 FROM attachments a WHERE a.blob_id = attachment_blobs.id)")
+
+
 class SqlStore(Store):
     """Shared query code; subclasses implement the primitives."""
 
@@ -655,9 +659,13 @@ class SqlStore(Store):
              "(SELECT 1 FROM events e WHERE e.message_id = messages.id)", [cutoff]),
             ("DELETE FROM webhook_deliveries WHERE created_at < ? AND status <> 'pending'",
              [cutoff]),
+            # attached files sent before the cutoff go, and files no message points at
+            ("DELETE FROM attachments WHERE created_at < ?", [cutoff]),
+            (ORPHAN_BLOBS, []),
         ])
         return {"events": counts[0], "links": counts[1], "recipients": counts[2],
-                "messages": counts[3], "webhook_deliveries": counts[4]}
+                "messages": counts[3], "webhook_deliveries": counts[4],
+                "attachments": counts[5]}
 
     async def forget_contact(self, address: str) -> ErasureRow:
         address = address.strip().lower()
@@ -684,7 +692,10 @@ class SqlStore(Store):
                 (f"DELETE FROM links WHERE message_id IN ({marks})", list(chunk)),
                 (f"DELETE FROM recipients WHERE message_id IN ({marks})", list(chunk)),
                 (f"DELETE FROM messages WHERE id IN ({marks})", list(chunk)),
+                # files the contact alone received
+                (f"DELETE FROM attachments WHERE message_id IN ({marks})", list(chunk)),
             ]
+        steps.append((ORPHAN_BLOBS, []))
         supp = await self._fetchrow(
             "SELECT COUNT(*) AS n FROM suppressions WHERE address = ?", [address])
         kept = int(supp["n"]) if supp else 0
@@ -693,13 +704,14 @@ class SqlStore(Store):
 
         def tally(results: list[int]) -> dict[str, int]:
             events, recipients, webhooks, removals = results[:4]
-            messages = 0
-            for i in range(4, len(results), 4):
+            messages = attachments = 0
+            for i in range(4, len(results) - 1, 5):
                 events += results[i]
                 messages += results[i + 3]
+                attachments += results[i + 4]
             return {"events": events, "recipients": recipients, "messages": messages,
                     "webhook_deliveries": webhooks, "suppression_removals": removals,
-                    "suppressions_kept": kept}
+                    "suppressions_kept": kept, "attachments": attachments}
 
         # recorded in the same transaction, with the counts of the statements before it
         steps.append(("INSERT INTO erasures (address_hash, erased_at, counts) "
@@ -874,6 +886,33 @@ class SqlStore(Store):
             [endpoint, event_id, event_type, payload,
              float(not_before if not_before is not None else now), dedupe_key, now])
         return None if row is None else int(row["id"])
+
+    async def put_attachment(self, message_id: str, index: int, *, blob_id: str,
+                             content: bytes | None, filename: str, content_type: str,
+                             size: int) -> None:
+        now = time.time()
+        await self._transaction([
+            ("INSERT INTO attachment_blobs (id, size, content, created_at) "
+             "VALUES (?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+             [blob_id, int(size), content, now]),
+            ("INSERT INTO attachments (message_id, idx, blob_id, filename, content_type, "
+             "size, created_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
+             "ON CONFLICT (message_id, idx) DO NOTHING",
+             [message_id, int(index), blob_id, filename, content_type, int(size), now]),
+        ])
+
+    async def get_attachment(self, message_id: str, index: int) -> dict[str, Any] | None:
+        row = await self._fetchrow(
+            "SELECT a.blob_id, a.filename, a.content_type, a.size, a.created_at, b.content "
+            "FROM attachments a JOIN attachment_blobs b ON b.id = a.blob_id "
+            "WHERE a.message_id = ? AND a.idx = ?", [message_id, int(index)])
+        if row is None:
+            return None
+        content = row["content"]
+        return {"blob_id": row["blob_id"], "filename": row["filename"],
+                "content_type": row["content_type"], "size": int(row["size"]),
+                "created_at": float(row["created_at"]),
+                "content": bytes(content) if content is not None else None}
 
     async def count_webhooks(self, endpoint: str, key_prefix: str, since: float) -> int:
         row = await self._fetchrow(

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.parse
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -121,9 +122,13 @@ _CLICK_RESULTS = {
     r: metrics.TRACKER_HITS.labels("click", r)
     for r in ("recorded", "invalid_token", "unknown_message")
 }
+_DOWNLOAD_RESULTS = {
+    r: metrics.TRACKER_HITS.labels("download", r)
+    for r in ("recorded", "invalid_token", "unknown_message", "expired")
+}
 _EVENTS = {
     (t, m): metrics.EVENTS.labels(t, "true" if m else "false")
-    for t in ("open", "click") for m in (True, False)
+    for t in ("open", "click", "download") for m in (True, False)
 }
 _count = metrics.HITS.inc
 
@@ -151,6 +156,15 @@ async def _logged_failure(recording: Awaitable[None], message_id: str) -> None:
         await recording
     except Exception as exc:
         log.error("open_record_failed", message=message_id, error=repr(exc), exc_info=True)
+
+
+def content_disposition(filename: str) -> str:
+    """``attachment`` with the name as ASCII and, for other characters, RFC 6266's
+    ``filename*`` in UTF-8 (RFC 8187)."""
+    ascii_name = "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else "_"
+                         for c in filename) or "attachment"
+    encoded = urllib.parse.quote(filename, safe="")
+    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{encoded}"
 
 
 def _not_found() -> web.Response:
@@ -187,6 +201,19 @@ class RecipientEndpoints:
         web_app.router.add_get("/o/{name}", self.open_pixel)
         web_app.router.add_get("/c/{token}", self.click)
         web_app.router.add_get("/h/{token}", self.honeypot)
+        web_app.router.add_get("/a/{token}", self.download)
+
+    async def _resolve_soon(self, data: TokenData) -> tuple[MessageLookup, str | None] | str:
+        """``_resolve``, looking again for under a second when the message is not known
+        yet: it was just delivered and its record may be on its way (a click or a
+        download waits for its answer)."""
+        resolved = await self._resolve(data)
+        for delay in CLICK_DELAYS:
+            if resolved != NOT_YET:
+                break
+            await asyncio.sleep(delay)
+            resolved = await self._resolve(data, fresh=True)
+        return resolved
 
     async def _resolve(self, data: TokenData, fresh: bool = False
                        ) -> tuple[MessageLookup, str | None] | str:
@@ -364,12 +391,7 @@ class RecipientEndpoints:
             _count(_CLICK_RESULTS["invalid_token"])
             return _not_found()
         try:
-            resolved = await self._resolve(data)
-            for delay in CLICK_DELAYS:  # just delivered: its record may be on its way
-                if resolved != NOT_YET:
-                    break
-                await asyncio.sleep(delay)
-                resolved = await self._resolve(data, fresh=True)
+            resolved = await self._resolve_soon(data)
             url = None
             if not isinstance(resolved, str):
                 url = await self.targets.link(data.message_id, data.link_index)
@@ -387,6 +409,41 @@ class RecipientEndpoints:
         return web.Response(status=302, headers={
             "Location": safe_location(url),
             "Cache-Control": "no-store, no-cache, must-revalidate, private",
+            "Referrer-Policy": "no-referrer",
+        })
+
+    async def download(self, request: web.Request) -> web.Response:
+        """``GET /a/<token>``: an attachment ``[attachments] mode = "link"`` took out of a
+        message, as it was, while the link lasts (``expire_days`` after the message was
+        sent); a ``download`` event. Anything else is a plain 404, never a redirect."""
+        data = self.app.tokens.decode(request.match_info["token"], "download")
+        if data is None:
+            _count(_DOWNLOAD_RESULTS["invalid_token"])
+            return _not_found()
+        resolved = await self._resolve_soon(data)
+        found = None if isinstance(resolved, str) else await self.store.get_attachment(
+            data.message_id, data.link_index)
+        if isinstance(resolved, str) or found is None:
+            _count(_DOWNLOAD_RESULTS["unknown_message"])
+            return _not_found()
+        message = resolved[0]
+        expires = message["created_at"] + self.app.config.attachments.expire_days * 86400
+        content = found["content"]
+        if content is None:  # kept by a storage plugin
+            content = await self.app.host.first("trackrelay_attachment_get", app=self.app,
+                                                blob_id=found["blob_id"])
+        if time.time() > expires or content is None:
+            _count(_DOWNLOAD_RESULTS["expired"])
+            return _not_found()
+        await self._record(request, "download", data.message_id, resolved[1],
+                           data.link_index, message,
+                           extra={"filename": found["filename"], "size": found["size"]})
+        _count(_DOWNLOAD_RESULTS["recorded"])
+        return web.Response(body=content, headers={
+            "Content-Type": found["content_type"],
+            "Content-Disposition": content_disposition(found["filename"]),
+            "Cache-Control": "private, no-store",
+            "X-Content-Type-Options": "nosniff",
             "Referrer-Policy": "no-referrer",
         })
 

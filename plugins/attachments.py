@@ -1,0 +1,147 @@
+"""Built-in plugin: large attachments become tracked download links (opt-in).
+
+With ``[attachments] mode = "link"``, in a tracked message every attachment of at least
+``min_size`` bytes (decoded), or of a content type listed in ``types``, and at most
+``max_size``, is kept by trackrelay (the store's blob table, content-addressed by sha256,
+or a storage plugin through ``trackrelay_attachment_put``) and taken out of the message;
+a small block listing the files with their links goes before ``</body>`` of the first
+HTML part, and a line per file at the end of the first text part. A link is
+``<base_url>/a/<token>``: signed like every tracking token, naming the message, the
+recipient and the file, and working for ``expire_days`` after the message was sent.
+Downloading is a ``download`` event, labelled human or machine like a click.
+
+Left attached: inline parts (``Content-Disposition: inline``, or with a ``Content-ID``,
+which the HTML shows), parts without a file name, forwarded messages, anything in an
+untracked or frozen message, and parts that cannot be decoded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from relay import hookimpl
+from relay.logs import get_logger
+from relay.rewrite.context import HtmlPart, PlainTextPart, RewriteContext
+from relay.rewrite.html_scan import escape_attr
+from relay.rewrite.mime import DecodeError, LeafPart, decode_transfer
+
+if TYPE_CHECKING:
+    from relay.config import AttachmentsConfig
+
+log = get_logger("plugins.attachments")
+
+NAME = "attachments"
+STATE = "attachments.linked"
+BLOCK_STYLE = ("margin:16px 0;padding:12px 14px;border:1px solid #dfe3e8;border-radius:6px;"
+               "font-family:Arial,Helvetica,sans-serif;font-size:14px;line-height:1.5")
+
+
+@dataclass
+class Linked:
+    filename: str
+    content_type: str
+    size: int
+    url: str
+
+
+def size_text(size: int) -> str:
+    for unit, step in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
+        if size >= step:
+            return f"{size / step:.1f} {unit}"
+    return f"{size} bytes"
+
+
+def _kind(content_type: str, filename: str) -> str:
+    ext = filename.rpartition(".")[2].upper() if "." in filename else ""
+    return ext or content_type.split("/")[-1].upper()
+
+
+def wanted(cfg: AttachmentsConfig, leaf: LeafPart, size: int) -> bool:
+    if size > cfg.max_size:
+        return False
+    return size >= cfg.min_size or leaf.content_type in {t.lower() for t in cfg.types}
+
+
+def candidate(leaf: LeafPart) -> bool:
+    """A file the sender attached (not something the message shows inline)."""
+    return (leaf.remove_span is not None and leaf.filename is not None
+            and not leaf.content_type.startswith("message/")
+            and leaf.disposition != "inline" and leaf.headers.get("Content-ID") is None)
+
+
+async def _link(context: RewriteContext) -> list[Linked]:
+    """Once per message: keep and take out what qualifies; the links, in order."""
+    if STATE in context.state:
+        linked: list[Linked] = context.state[STATE]
+        return linked
+    linked = context.state[STATE] = []
+    app = context.app
+    cfg = app.config.attachments
+    store = app.store
+    if cfg.mode != "link" or not context.policy.tracked or context.tree is None \
+            or store is None:
+        return linked
+    body = context.message.body
+    for leaf in context.tree.leaves:
+        if not candidate(leaf):
+            continue
+        raw = body[leaf.body_start:leaf.body_end]
+        if len(raw) < cfg.min_size // 2 and leaf.content_type not in cfg.types:
+            continue  # too small even before decoding (base64 is 4/3 of the file)
+        try:
+            content = decode_transfer(raw, leaf.cte)
+        except DecodeError as exc:
+            log.warning("attachment_undecodable", txn=context.transaction.id,
+                        part=leaf.path, error=str(exc))
+            continue
+        if not wanted(cfg, leaf, len(content)):
+            continue
+        blob_id = hashlib.sha256(content).hexdigest()
+        elsewhere = await app.host.first("trackrelay_attachment_put", app=app,
+                                         blob_id=blob_id, content=content,
+                                         content_type=leaf.content_type)
+        index = len(linked) + 1
+        filename = leaf.filename or f"attachment-{index}"
+        await store.put_attachment(
+            context.transaction.message_id, index, blob_id=blob_id,
+            content=None if elsewhere else content, filename=filename,
+            content_type=leaf.content_type, size=len(content))
+        context.remove_leaf(leaf)
+        url = f"{context.base_url}/a/{context.token('download', index)}"
+        linked.append(Linked(filename, leaf.content_type, len(content), url))
+    if linked:
+        log.info("attachments_linked", txn=context.transaction.id, files=len(linked),
+                 bytes=sum(f.size for f in linked))
+    return linked
+
+
+@hookimpl
+async def trackrelay_edit_html(context: RewriteContext, part: HtmlPart) -> None:
+    linked = await _link(context)
+    if not linked or context.state.get(STATE + ".html"):
+        return
+    context.state[STATE + ".html"] = True
+    rows = "".join(
+        f'<div><a href="{escape_attr(f.url)}">{html.escape(f.filename)}</a> '
+        f'<span style="color:#6b7280">({_kind(f.content_type, f.filename)}, '
+        f"{size_text(f.size)})</span></div>" for f in linked)
+    block = (f'<div style="{BLOCK_STYLE}"><div style="color:#374151;font-weight:bold;'
+             f'margin-bottom:4px">Attachments</div>{rows}</div>')
+    part.insert(part.body_insert_offset(), block, owner=NAME)
+
+
+@hookimpl
+async def trackrelay_edit_text(context: RewriteContext, part: PlainTextPart) -> None:
+    linked = await _link(context)
+    if not linked or context.state.get(STATE + ".text"):
+        return
+    context.state[STATE + ".text"] = True
+    newline = "\r\n" if "\r\n" in part.text else "\n"
+    lead = "" if not part.text or part.text.endswith(("\n", "\r")) else newline
+    lines = [f"- {f.filename} ({_kind(f.content_type, f.filename)}, {size_text(f.size)}): "
+             f"{f.url}" for f in linked]
+    part.insert(len(part.text), lead + newline.join(["", "Attachments:", *lines, ""]),
+                owner=NAME)

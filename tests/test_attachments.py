@@ -1,0 +1,151 @@
+"""``[attachments] mode = "link"``: a real message with a PDF through the real relay to the
+real sink; the PDF is kept and replaced by a tracked download link, the download through
+the real tracker gives back the exact bytes and records a ``download`` event; inline
+images and small files stay attached; a forged, wrong or expired link is a 404; ``forget``
+removes the file; a storage plugin can keep the bytes instead of the store."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import re
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+from plugins import attachments
+from relay import hookimpl
+from tests.deliverability_support import MakeStack, Stack
+
+pytest_plugins = ("tests.tracker_fixtures", "tests.deliverability_fixtures")
+
+PDF = b"%PDF-1.4\n" + bytes(range(256)) * 40 + b"\n%%EOF\n"  # 10 KB, every byte value
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+CHROME = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+          "Chrome/142.0.0.0 Safari/537.36")
+
+
+def message(to: str = "dan@remote.test") -> bytes:
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = "sales@example.com", to, "The report"
+    msg.set_content("Hello,\n\nthe report is attached.\n")
+    msg.add_alternative("<html><body><p>Hello, the report is attached.</p>"
+                        "<img src='cid:logo@x'></body></html>", subtype="html")
+    msg.get_payload()[1].add_related(PNG, maintype="image", subtype="png", cid="<logo@x>")
+    msg.add_attachment(PDF, maintype="application", subtype="pdf",
+                       filename="Quarterly report é.pdf")
+    msg.add_attachment(b"tiny", maintype="text", subtype="plain", filename="note.txt")
+    return msg.as_bytes(policy=email.policy.SMTP)
+
+
+async def stack_with(make_stack: MakeStack, **settings: Any) -> Stack:
+    # (the too-soon rules have their own tests: this person downloads at once)
+    stack = await make_stack(attachments={"mode": "link", "min_size": 4096, **settings},
+                             engagement={"instant_seconds": 0, "suspect_seconds": 0})
+    stack.app.host.register(attachments, "attachments")
+    return stack
+
+
+async def send(stack: Stack, raw: bytes, to: str = "dan@remote.test") -> tuple[
+        EmailMessage, str]:
+    await stack.send("sales@example.com", [to], raw)
+    out = email.message_from_bytes(stack.sink.received[-1].data, policy=email.policy.default)
+    assert isinstance(out, EmailMessage)
+    html = next(p for p in out.walk() if p.get_content_type() == "text/html")
+    link = re.search(re.escape(stack.base) + r"/a/[A-Za-z0-9_-]+", str(html.get_content()))
+    assert link, html.get_content()
+    return out, link.group(0)
+
+
+async def test_a_pdf_becomes_a_tracked_download(make_stack: MakeStack) -> None:
+    stack = await stack_with(make_stack)
+    out, url = await send(stack, message())
+    names = [p.get_filename() for p in out.walk() if p.get_filename()]
+    assert names == ["note.txt"]  # the PDF went, the small file stayed
+    assert any(p.get("Content-ID") == "<logo@x>" for p in out.walk())  # inline image too
+    html = str(next(p for p in out.walk() if p.get_content_type() == "text/html")
+               .get_content())
+    assert "Quarterly report é.pdf</a>" in html and "(PDF, 10.0 KB)" in html
+    assert html.index("/o/") < html.index("/a/") < html.index("</body>")  # pixel first
+    text = str(next(p for p in out.walk() if p.get_content_type() == "text/plain"
+                    and not p.get_filename()).get_content())
+    assert f"- Quarterly report é.pdf (PDF, 10.0 KB): {url}" in text
+
+    async with stack.http.get(url, headers={"User-Agent": CHROME}) as resp:
+        assert resp.status == 200
+        assert await resp.read() == PDF
+        assert resp.headers["Content-Type"] == "application/pdf"
+        assert resp.headers["Content-Disposition"] == (
+            "attachment; filename=\"Quarterly report _.pdf\"; "
+            "filename*=UTF-8''Quarterly%20report%20%C3%A9.pdf")
+    (event,) = await stack.wait_events(type="download")
+    assert event["recipient"] == "dan@remote.test" and event["link_index"] == 1
+    assert event["data"]["filename"] == "Quarterly report é.pdf"
+    assert event["verdict"] == "human"  # classified like a click
+
+    for bad in (url[:-4] + "AAAA", url.replace("/a/", "/c/")):
+        async with stack.http.get(bad) as resp:
+            assert resp.status == 404  # forged, or another kind of token: never the file
+    wrong = stack.app.tokens.encode("download", event["message_id"], 0, 2)
+    async with stack.http.get(f"{stack.base}/a/{wrong}") as resp:
+        assert resp.status == 404  # no second file in that message
+
+    # The contact is forgotten: the file they alone received goes with them.
+    erasure = await stack.store.forget_contact("dan@remote.test")
+    assert erasure["counts"]["attachments"] == 1
+    async with stack.http.get(url) as resp:
+        assert resp.status == 404
+
+
+async def test_an_expired_link_is_a_404(make_stack: MakeStack) -> None:
+    stack = await stack_with(make_stack, expire_days=1e-9)
+    _out, url = await send(stack, message())
+    async with stack.http.get(url, headers={"User-Agent": CHROME}) as resp:
+        assert resp.status == 404
+    assert await stack.events(type="download") == []
+
+
+class DiskStorage:
+    """A storage plugin (as an S3 one would be): the bytes on a disk of its own."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @hookimpl
+    def trackrelay_attachment_put(self, blob_id: str, content: bytes) -> bool:
+        (self.root / blob_id).write_bytes(content)
+        return True
+
+    @hookimpl
+    def trackrelay_attachment_get(self, blob_id: str) -> bytes | None:
+        path = self.root / blob_id
+        return path.read_bytes() if path.exists() else None
+
+
+async def test_a_storage_plugin_keeps_the_bytes(make_stack: MakeStack, tmp_path: Path) -> None:
+    stack = await stack_with(make_stack)
+    disk = tmp_path / "files"
+    disk.mkdir()
+    stack.app.host.register(DiskStorage(disk), "disk")
+    _out, url = await send(stack, message())
+    assert [p.read_bytes() for p in disk.iterdir()] == [PDF]
+    found = await stack.store.get_attachment(
+        (await stack.wait_events(type="sent"))[0]["message_id"], 1)
+    assert found is not None and found["content"] is None  # not in the store
+    async with stack.http.get(url, headers={"User-Agent": CHROME}) as resp:
+        assert resp.status == 200 and await resp.read() == PDF
+
+
+async def test_purge_takes_the_files_too(make_stack: MakeStack) -> None:
+    import time
+
+    stack = await stack_with(make_stack)
+    _out, url = await send(stack, message())
+    await stack.wait_events(type="sent")
+    result = await stack.store.purge_older_than(time.time() + 10)
+    assert result["attachments"] == 1
+    async with stack.http.get(url) as resp:
+        assert resp.status == 404
+    rows = await stack.store._fetch(  # type: ignore[attr-defined]
+        "SELECT COUNT(*) AS n FROM attachment_blobs")
+    assert rows[0]["n"] == 0  # no file is kept that no message points at
