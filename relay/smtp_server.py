@@ -48,6 +48,9 @@ TOO_MANY_RCPTS = Reply(452, "4.5.3", "Too many recipients")
 NO_UPSTREAM = Reply(451, "4.4.1", "Upstream connection lost, try again later")
 SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, try again later")
 UTF8_UNSUPPORTED = Reply(555, "5.6.7", "Upstream server does not support SMTPUTF8")
+#: Seconds, beyond ``upstream.data_timeout``, that shutdown waits for a message already
+#: on its way upstream (preparing it, passing the answer on).
+DELIVERY_WAIT_MARGIN = 10.0
 
 _QUEUE_ID = re.compile(r"(?:queued as|queue id|id=)\s*<?([A-Za-z0-9._-]+)", re.IGNORECASE)
 
@@ -150,7 +153,12 @@ class RelaySession:
         self.txn: Transaction | None = None
         self.protocol: RelaySMTP | None = None
         self.busy = False  # inside a transaction: shutdown waits for it
-        self.delivering = False  # DATA is on its way upstream: the connection is in use
+        #: From the moment the final dot is read until the upstream's answer is known:
+        #: the message is on its way upstream, so shutdown waits for that answer even
+        #: past its grace, and the connection is in use.
+        self.delivering = False
+        #: Closed by shutdown: a final dot read after that is not sent upstream.
+        self.dropped = False
         self.client_ip = ""
         self.client_port = 0
         self.log: Any = log
@@ -359,7 +367,12 @@ class RelaySession:
             SMTP_TRANSACTIONS.labels("tempfail").inc()
             self._end_transaction()
             return str(NO_UPSTREAM)
+        if self.dropped:  # shutdown closed this client: it retries, so send nothing
+            return str(SHUTTING_DOWN)
         raw = envelope.original_content or b""
+        # Set before the first await, in the same step that read the final dot, so that
+        # shutdown sees every message it must wait for (see Relay.stop).
+        self.delivering = True
         # Shielded: once the message is on its way upstream, a client that hangs up
         # must not leave it half-sent; the outcome is still recorded.
         return await asyncio.shield(self._deliver(txn, raw))
@@ -367,7 +380,6 @@ class RelaySession:
     async def _deliver(self, txn: Transaction, raw: bytes) -> str:
         conn = self.conn
         assert conn is not None
-        self.delivering = True
         try:
             try:
                 data, modified = await prepare_message(self.app, txn, raw)
@@ -542,20 +554,23 @@ class Relay:
             log.error("plugin_failed", hook="trackrelay_delivered", txn=txn.id,
                       error=f"{type(exc).__name__}: {exc}", exc_info=True)
 
-    async def stop(self, grace: float | None = None) -> None:
-        """Stop accepting, let transactions in flight finish (bounded), then close."""
-        grace = self.config.relay.shutdown_grace if grace is None else grace
-        self.closing = True
-        for server in self.servers:
-            server.close()
-        deadline = time.monotonic() + grace
-        # Polling is enough here: it runs once per process, for at most `grace` seconds.
-        while any(s.busy for s in self.sessions) and time.monotonic() < deadline:  # noqa: ASYNC110
+    @property
+    def delivery_wait(self) -> float:
+        """Longest wait, past the grace, for the answer to a message on its way upstream:
+        the upstream's DATA timeout, plus time to prepare the message and reply."""
+        return self.config.upstream.data_timeout + DELIVERY_WAIT_MARGIN
+
+    async def _wait_idle(self, sessions: list[RelaySession], deadline: float) -> None:
+        """Until none of ``sessions`` is in a transaction (or gone), or ``deadline``."""
+        # Polling is enough here: it runs once per process, bounded by ``deadline``.
+        while time.monotonic() < deadline and any(  # noqa: ASYNC110
+                s.busy and s in self.sessions for s in sessions):
             await asyncio.sleep(0.05)
-        unfinished = sum(1 for s in self.sessions if s.busy)
-        if unfinished:
-            log.warning("shutdown_grace_expired", transactions_aborted=unfinished)
-        for session in list(self.sessions):
+
+    def _drop(self, sessions: list[RelaySession]) -> None:
+        """Close these clients' connections, telling them 421 (they retry later)."""
+        for session in sessions:
+            session.dropped = True
             proto = session.protocol
             transport = proto.transport if proto is not None else None
             if isinstance(transport, asyncio.WriteTransport):
@@ -563,6 +578,28 @@ class Relay:
                     transport.write(f"{SHUTTING_DOWN}\r\n".encode())
             if transport is not None:
                 transport.close()
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting, let transactions in flight finish within ``grace``, and give
+        every message already on its way upstream its answer (bounded), then close."""
+        grace = self.config.relay.shutdown_grace if grace is None else grace
+        self.closing = True
+        for server in self.servers:
+            server.close()
+        await self._wait_idle(list(self.sessions), time.monotonic() + grace)
+        # The grace is over. A message whose final dot was read is on its way upstream:
+        # dropping its client now would make it send again what the upstream may accept,
+        # so its session stays until the upstream's answer is passed on (bounded by
+        # upstream.data_timeout). Every other session is closed now.
+        committed = [s for s in self.sessions if s.delivering]
+        aborted = sum(1 for s in self.sessions if s.busy and not s.delivering)
+        if aborted:
+            log.warning("shutdown_grace_expired", transactions_aborted=aborted)
+        self._drop([s for s in self.sessions if not s.delivering])
+        if committed:
+            log.info("shutdown_waiting_for_upstream", transactions=len(committed))
+            await self._wait_idle(committed, time.monotonic() + self.delivery_wait)
+        self._drop(list(self.sessions))
         for server in self.servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 2)
