@@ -26,7 +26,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from relay.app import App
 from relay.auth import UsersFileAuthenticator
-from relay.config import parse_hostport
+from relay.config import DEFAULT_MAX_LINE_LENGTH, parse_hostport
 from relay.listeners import Listeners
 from relay.logs import get_logger
 from relay.metrics import (
@@ -38,6 +38,7 @@ from relay.metrics import (
 )
 from relay.pipeline import PLUGIN_TEMPFAIL, PluginFailure, prepare_message
 from relay.records import Outcome, Reply, Transaction, new_id
+from relay.rewrite.mime import line_over
 from relay.upstream import Connection, SmtpUpstream, Upstream, UpstreamUnavailable, make_upstream
 
 log = get_logger("relay.smtp")
@@ -59,13 +60,25 @@ _ENHANCED = {
     "552 Error: message size exceeds fixed maximum message size":
         "552 5.3.4 Message size exceeds fixed maximum message size",
     "552 Error: Too much mail data": "552 5.3.4 Message too big",
-    "500 Line too long (see RFC5321 4.5.3.1.6)": "500 5.5.2 Line too long",
     "503 Error: need MAIL command": "503 5.5.1 Need MAIL command",
     "503 Error: need RCPT command": "503 5.5.1 Need RCPT command",
     "503 Error: nested MAIL command": "503 5.5.1 Nested MAIL command",
     "503 Error: send HELO first": "503 5.5.1 Send HELO first",
     "500 Error: bad syntax": "500 5.5.2 Bad syntax",
 }
+
+
+#: What aiosmtpd answers at the end of a DATA that had a line over its limit.
+_AIOSMTPD_LINE_TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"
+
+
+def line_too_long(limit: int) -> Reply:
+    """The answer to a message with a line over ``relay.max_line_length``, given after its
+    final dot (the whole message is read first, so the session stays in step): 554, the
+    permanent end-of-DATA refusal of RFC 5321 section 4.3.2 (a 500 there would be a
+    command-syntax answer), with 5.6.0, a problem with the content (RFC 3463). Sending it
+    again cannot succeed, so the sender's MTA bounces it with this text."""
+    return Reply(554, "5.6.0", f"Message refused: a line is longer than {limit} octets")
 
 
 def queue_id_of(reply: Reply) -> str | None:
@@ -99,6 +112,17 @@ class RelaySMTP(SMTP):
 
     implicit_tls = False
 
+    def __init__(self, handler: Any, *, max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
+                 **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        # aiosmtpd refuses a DATA line over ``line_length_limit`` (RFC 5321's 1,000 octets
+        # with CRLF and a transparency dot); real mail has longer lines, and Postfix takes
+        # them. Its stream reader keeps that small limit for commands, which anyone may
+        # send (a line is buffered whole before it is refused), and gets the long one only
+        # while it reads a message (smtp_DATA).
+        self.max_line_length = max_line_length
+        self.line_length_limit = max_line_length + 3  # CRLF and a transparency dot
+
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         if not arg:
             return "", ""
@@ -123,13 +147,21 @@ class RelaySMTP(SMTP):
 
     async def push(self, status: Any) -> None:
         if isinstance(status, str):
+            if status == _AIOSMTPD_LINE_TOO_LONG:
+                handler = self.event_handler
+                status = (handler.refuse_long_line() if isinstance(handler, RelaySession)
+                          else str(line_too_long(self.max_line_length)))
             status = _ENHANCED.get(status, status)
         await super().push(status)
 
     async def smtp_DATA(self, arg: str) -> None:
+        reader = self._reader
+        command_limit = reader._limit  # type: ignore[attr-defined]
+        reader._limit = self.line_length_limit  # type: ignore[attr-defined]
         try:
             await super().smtp_DATA(arg)
         finally:
+            reader._limit = command_limit  # type: ignore[attr-defined]
             # Only now has the client read the answer to its DATA: until then shutdown
             # must not close the connection, or a delivered message would be retried.
             handler = self.event_handler
@@ -370,12 +402,23 @@ class RelaySession:
         if self.dropped:  # shutdown closed this client: it retries, so send nothing
             return str(SHUTTING_DOWN)
         raw = envelope.original_content or b""
+        if line_over(raw, self.relay.config.relay.max_line_length):
+            # aiosmtpd let one more octet through (room for a transparency dot, which it
+            # has removed by now); after_data abandons the upstream transaction.
+            return self.refuse_long_line()
         # Set before the first await, in the same step that read the final dot, so that
         # shutdown sees every message it must wait for (see Relay.stop).
         self.delivering = True
         # Shielded: once the message is on its way upstream, a client that hangs up
         # must not leave it half-sent; the outcome is still recorded.
         return await asyncio.shield(self._deliver(txn, raw))
+
+    def refuse_long_line(self) -> str:
+        """The answer to a message with a line over ``relay.max_line_length``, counted."""
+        limit = self.relay.config.relay.max_line_length
+        SMTP_TRANSACTIONS.labels("refused").inc()
+        self.log.info("line_too_long", limit=limit)
+        return str(line_too_long(limit))
 
     async def _deliver(self, txn: Transaction, raw: bytes) -> str:
         conn = self.conn
@@ -491,6 +534,7 @@ class Relay:
         SMTP_SESSIONS.inc()
         proto = RelaySMTP(
             session,
+            max_line_length=rc.max_line_length,
             data_size_limit=rc.max_message_size,
             enable_SMTPUTF8=rc.smtputf8,
             decode_data=False,

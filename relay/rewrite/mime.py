@@ -263,14 +263,19 @@ def decode_charset(data: bytes, declared: str | None) -> Decoded:
 # --- encoding --------------------------------------------------------------------------------
 
 
-def _long_lines(data: bytes) -> bool:
-    """True when a line (without its CRLF) is longer than 998 octets."""
-    if len(data) <= MAX_LINE:
+def line_over(data: bytes, limit: int) -> bool:
+    """True when a line (without its CRLF) is longer than ``limit`` octets."""
+    if len(data) <= limit:
         return False
     lines = data.split(b"\n")
-    if max(map(len, lines)) <= MAX_LINE:  # all in C: the common case
+    if max(map(len, lines)) <= limit:  # all in C: the common case
         return False
-    return any(len(line.rstrip(b"\r")) > MAX_LINE for line in lines)
+    return any(len(line.rstrip(b"\r")) > limit for line in lines)
+
+
+def _long_lines(data: bytes) -> bool:
+    """True when a line (without its CRLF) is longer than RFC 5322's 998 octets."""
+    return line_over(data, MAX_LINE)
 
 
 _LINE = re.compile(rb"([^\r\n]*)(\r\n|\n|\r|\Z)")
@@ -319,7 +324,9 @@ def encode_part(text: str, part: TextPart, decoded: Decoded, original: bytes) ->
 
     Keeps the part's transfer encoding where it can carry the result; 7bit/8bit/binary
     becomes quoted-printable only when a line would pass 998 octets or 8-bit data
-    appears in a 7bit part.
+    appears in a 7bit part. Quoted-printable decodes to exactly the edited text, so a
+    part that came with longer lines goes out valid (RFC 5322 section 2.1.1) with no
+    byte of its content changed; breaking its lines instead would change the content.
     """
     try:
         data = text.encode(decoded.charset)
@@ -333,8 +340,6 @@ def encode_part(text: str, part: TextPart, decoded: Decoded, original: bytes) ->
         return encode_qp(data, part.newline), cte
     seven_bit_ok = cte in ("", "7bit") and data.isascii()
     if not _long_lines(data) and (seven_bit_ok or cte in ("8bit", "binary")):
-        return data, cte
-    if cte == "binary":
         return data, cte
     return encode_qp(data, part.newline), "quoted-printable"
 
