@@ -185,9 +185,10 @@ class RelaySession:
         self.txn: Transaction | None = None
         self.protocol: RelaySMTP | None = None
         self.busy = False  # inside a transaction: shutdown waits for it
-        #: From the moment the final dot is read until the upstream's answer is known:
-        #: the message is on its way upstream, so shutdown waits for that answer even
-        #: past its grace, and the connection is in use.
+        #: From the moment the final dot is read until the client has been sent the
+        #: answer: the message is on its way upstream, so shutdown waits for that answer
+        #: even past its grace (and a client that hangs up leaves the upstream
+        #: connection to the delivery).
         self.delivering = False
         #: Closed by shutdown: a final dot read after that is not sent upstream.
         self.dropped = False
@@ -245,13 +246,14 @@ class RelaySession:
             self._end_transaction()
         if self.txn is None:
             self.busy = False
+        self.delivering = False
 
     def client_gone(self) -> None:
         """The client hung up: drop any half-done upstream transaction, never forward it."""
         if self.txn is not None:
             SMTP_TRANSACTIONS.labels("client_abort").inc()
             self.log.info("client_disconnected_mid_transaction")
-        if not self.delivering:  # else _deliver finishes and releases the connection
+        if not self.delivering:  # else _deliver finishes (or has) and releases the connection
             self._report_abandoned()
             conn, self.conn = self.conn, None
             if conn is not None:
@@ -458,8 +460,8 @@ class RelaySession:
             self.relay.after_delivery(txn, outcome)
             return str(reply)
         finally:
-            self.delivering = False
-            self._end_transaction(keep_busy=True)  # cleared once the reply is sent
+            # ``delivering`` and ``busy`` are cleared once the reply is sent (after_data).
+            self._end_transaction(keep_busy=True)
 
     async def handle_RSET(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         if self.txn is not None:
