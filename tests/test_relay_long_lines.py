@@ -21,10 +21,13 @@ from pathlib import Path
 
 import aiosmtplib
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from relay import hookimpl
 from relay.config import ConfigError, build_config
 from relay.rewrite.context import RewriteContext
+from relay.rewrite.mime import line_over
 from tests.conftest import CORPUS, MakeRelay, Sink, free_port, relay_port, wait_listening
 from tests.rewrite_support import BASE, CONTENT_PLUGINS, KEY, leaves, parses, revert_html
 
@@ -262,6 +265,17 @@ async def test_command_lines_keep_their_limit(make_relay: MakeRelay, sink: Sink)
     assert answer.startswith(b"500")
     assert (await smtp_exchange(reader, writer, b"NOOP"))[:3] == b"250"
     writer.close()
+
+
+@given(st.lists(st.tuples(st.integers(0, 60), st.sampled_from([b"\r\n", b"\n", b"\r\r\n",
+                                                             b"\r", b""]))),
+       st.integers(1, 40))
+def test_line_over_is_the_longest_line(lines: list[tuple[int, bytes]], limit: int) -> None:
+    """``line_over`` (blocks without a line feed, looked at closely) answers as splitting
+    the data into its lines would."""
+    data = b"".join(b"x" * n + ending for n, ending in lines)
+    naive = any(len(line.rstrip(b"\r")) > limit for line in data.split(b"\n"))
+    assert line_over(data, limit) == naive
 
 
 def test_limit_below_rfc_is_a_config_error() -> None:
