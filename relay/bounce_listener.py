@@ -7,7 +7,8 @@ hands each message to ``relay.inbound.process`` before answering DATA:
 
 * 250 once the message was taken in (recorded, or recognised as nothing to record);
 * 552 for a message bigger than ``bounces.max_message_size`` (refused while it is
-  still arriving), 554 5.6.0 for something that is not a message;
+  still arriving), 554 5.6.0 for something that is not a message or has a line longer
+  than ``relay.max_line_length``;
 * 451 if intake failed unexpectedly (the sender retries; the error is logged).
 """
 
@@ -111,6 +112,7 @@ class BounceListener:
         b, rc = self.config.bounces, self.config.relay
         proto = RelaySMTP(
             BounceHandler(self),
+            max_line_length=rc.max_line_length,  # bounces quote real mail, long lines too
             # aiosmtpd refuses a bigger DATA itself (552) without buffering it all.
             data_size_limit=b.max_message_size,
             enable_SMTPUTF8=True,

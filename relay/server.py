@@ -1,7 +1,9 @@
 """Running the processes: the relay and tracker together (``serve``) or the tracker alone.
 
 SIGTERM and SIGINT stop accepting connections, let SMTP transactions in flight finish
-within ``relay.shutdown_grace`` seconds, flush what the store still holds, then exit.
+within ``relay.shutdown_grace`` seconds (a message already on its way upstream still gets
+the upstream's answer, up to ``upstream.data_timeout`` later), flush what the store still
+holds, then exit.
 """
 
 from __future__ import annotations

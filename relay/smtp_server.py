@@ -27,7 +27,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from relay import xforward
 from relay.app import App
 from relay.auth import UsersFileAuthenticator
-from relay.config import parse_hostport
+from relay.config import DEFAULT_MAX_LINE_LENGTH, parse_hostport
 from relay.listeners import Listeners
 from relay.logs import get_logger
 from relay.metrics import (
@@ -39,6 +39,7 @@ from relay.metrics import (
 )
 from relay.pipeline import PLUGIN_TEMPFAIL, PluginFailure, prepare_message
 from relay.records import Outcome, Reply, Transaction, new_id
+from relay.rewrite.mime import line_over
 from relay.upstream import Connection, SmtpUpstream, Upstream, UpstreamUnavailable, make_upstream
 
 log = get_logger("relay.smtp")
@@ -49,6 +50,9 @@ TOO_MANY_RCPTS = Reply(452, "4.5.3", "Too many recipients")
 NO_UPSTREAM = Reply(451, "4.4.1", "Upstream connection lost, try again later")
 SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, try again later")
 UTF8_UNSUPPORTED = Reply(555, "5.6.7", "Upstream server does not support SMTPUTF8")
+#: Seconds, beyond ``upstream.data_timeout``, that shutdown waits for a message already
+#: on its way upstream (preparing it, passing the answer on).
+DELIVERY_WAIT_MARGIN = 10.0
 
 _QUEUE_ID = re.compile(r"(?:queued as|queue id|id=)\s*<?([A-Za-z0-9._-]+)", re.IGNORECASE)
 
@@ -57,13 +61,25 @@ _ENHANCED = {
     "552 Error: message size exceeds fixed maximum message size":
         "552 5.3.4 Message size exceeds fixed maximum message size",
     "552 Error: Too much mail data": "552 5.3.4 Message too big",
-    "500 Line too long (see RFC5321 4.5.3.1.6)": "500 5.5.2 Line too long",
     "503 Error: need MAIL command": "503 5.5.1 Need MAIL command",
     "503 Error: need RCPT command": "503 5.5.1 Need RCPT command",
     "503 Error: nested MAIL command": "503 5.5.1 Nested MAIL command",
     "503 Error: send HELO first": "503 5.5.1 Send HELO first",
     "500 Error: bad syntax": "500 5.5.2 Bad syntax",
 }
+
+
+#: What aiosmtpd answers at the end of a DATA that had a line over its limit.
+_AIOSMTPD_LINE_TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"
+
+
+def line_too_long(limit: int) -> Reply:
+    """The answer to a message with a line over ``relay.max_line_length``, given after its
+    final dot (the whole message is read first, so the session stays in step): 554, the
+    permanent end-of-DATA refusal of RFC 5321 section 4.3.2 (a 500 there would be a
+    command-syntax answer), with 5.6.0, a problem with the content (RFC 3463). Sending it
+    again cannot succeed, so the sender's MTA bounces it with this text."""
+    return Reply(554, "5.6.0", f"Message refused: a line is longer than {limit} octets")
 
 
 def queue_id_of(reply: Reply) -> str | None:
@@ -97,6 +113,17 @@ class RelaySMTP(SMTP):
 
     implicit_tls = False
 
+    def __init__(self, handler: Any, *, max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
+                 **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        # aiosmtpd refuses a DATA line over ``line_length_limit`` (RFC 5321's 1,000 octets
+        # with CRLF and a transparency dot); real mail has longer lines, and Postfix takes
+        # them. Its stream reader keeps that small limit for commands, which anyone may
+        # send (a line is buffered whole before it is refused), and gets the long one only
+        # while it reads a message (smtp_DATA).
+        self.max_line_length = max_line_length
+        self.line_length_limit = max_line_length + 3  # CRLF and a transparency dot
+
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         if not arg:
             return "", ""
@@ -121,13 +148,21 @@ class RelaySMTP(SMTP):
 
     async def push(self, status: Any) -> None:
         if isinstance(status, str):
+            if status == _AIOSMTPD_LINE_TOO_LONG:
+                handler = self.event_handler
+                status = (handler.refuse_long_line() if isinstance(handler, RelaySession)
+                          else str(line_too_long(self.max_line_length)))
             status = _ENHANCED.get(status, status)
         await super().push(status)
 
     async def smtp_DATA(self, arg: str) -> None:
+        reader = self._reader
+        command_limit = reader._limit  # type: ignore[attr-defined]
+        reader._limit = self.line_length_limit  # type: ignore[attr-defined]
         try:
             await super().smtp_DATA(arg)
         finally:
+            reader._limit = command_limit  # type: ignore[attr-defined]
             # Only now has the client read the answer to its DATA: until then shutdown
             # must not close the connection, or a delivered message would be retried.
             handler = self.event_handler
@@ -159,7 +194,13 @@ class RelaySession:
         self.txn: Transaction | None = None
         self.protocol: RelaySMTP | None = None
         self.busy = False  # inside a transaction: shutdown waits for it
-        self.delivering = False  # DATA is on its way upstream: the connection is in use
+        #: From the moment the final dot is read until the client has been sent the
+        #: answer: the message is on its way upstream, so shutdown waits for that answer
+        #: even past its grace (and a client that hangs up leaves the upstream
+        #: connection to the delivery).
+        self.delivering = False
+        #: Closed by shutdown: a final dot read after that is not sent upstream.
+        self.dropped = False
         self.client_ip = ""
         self.client_port = 0
         self.log: Any = log
@@ -218,13 +259,14 @@ class RelaySession:
             self._end_transaction()
         if self.txn is None:
             self.busy = False
+        self.delivering = False
 
     def client_gone(self) -> None:
         """The client hung up: drop any half-done upstream transaction, never forward it."""
         if self.txn is not None:
             SMTP_TRANSACTIONS.labels("client_abort").inc()
             self.log.info("client_disconnected_mid_transaction")
-        if not self.delivering:  # else _deliver finishes and releases the connection
+        if not self.delivering:  # else _deliver finishes (or has) and releases the connection
             self._report_abandoned()
             conn, self.conn = self.conn, None
             if conn is not None:
@@ -392,15 +434,30 @@ class RelaySession:
             SMTP_TRANSACTIONS.labels("tempfail").inc()
             self._end_transaction()
             return str(NO_UPSTREAM)
+        if self.dropped:  # shutdown closed this client: it retries, so send nothing
+            return str(SHUTTING_DOWN)
         raw = envelope.original_content or b""
+        if line_over(raw, self.relay.config.relay.max_line_length):
+            # aiosmtpd let one more octet through (room for a transparency dot, which it
+            # has removed by now); after_data abandons the upstream transaction.
+            return self.refuse_long_line()
+        # Set before the first await, in the same step that read the final dot, so that
+        # shutdown sees every message it must wait for (see Relay.stop).
+        self.delivering = True
         # Shielded: once the message is on its way upstream, a client that hangs up
         # must not leave it half-sent; the outcome is still recorded.
         return await asyncio.shield(self._deliver(txn, raw))
 
+    def refuse_long_line(self) -> str:
+        """The answer to a message with a line over ``relay.max_line_length``, counted."""
+        limit = self.relay.config.relay.max_line_length
+        SMTP_TRANSACTIONS.labels("refused").inc()
+        self.log.info("line_too_long", limit=limit)
+        return str(line_too_long(limit))
+
     async def _deliver(self, txn: Transaction, raw: bytes) -> str:
         conn = self.conn
         assert conn is not None
-        self.delivering = True
         try:
             try:
                 data, modified = await prepare_message(self.app, txn, raw)
@@ -436,8 +493,8 @@ class RelaySession:
             self.relay.after_delivery(txn, outcome)
             return str(reply)
         finally:
-            self.delivering = False
-            self._end_transaction(keep_busy=True)  # cleared once the reply is sent
+            # ``delivering`` and ``busy`` are cleared once the reply is sent (after_data).
+            self._end_transaction(keep_busy=True)
 
     async def handle_RSET(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         if self.txn is not None:
@@ -524,6 +581,7 @@ class Relay:
         SMTP_SESSIONS.inc()
         proto = RelaySMTP(
             session,
+            max_line_length=rc.max_line_length,
             data_size_limit=rc.max_message_size,
             enable_SMTPUTF8=rc.smtputf8,
             decode_data=False,
@@ -587,20 +645,23 @@ class Relay:
             log.error("plugin_failed", hook="trackrelay_delivered", txn=txn.id,
                       error=f"{type(exc).__name__}: {exc}", exc_info=True)
 
-    async def stop(self, grace: float | None = None) -> None:
-        """Stop accepting, let transactions in flight finish (bounded), then close."""
-        grace = self.config.relay.shutdown_grace if grace is None else grace
-        self.closing = True
-        for server in self.servers:
-            server.close()
-        deadline = time.monotonic() + grace
-        # Polling is enough here: it runs once per process, for at most `grace` seconds.
-        while any(s.busy for s in self.sessions) and time.monotonic() < deadline:  # noqa: ASYNC110
+    @property
+    def delivery_wait(self) -> float:
+        """Longest wait, past the grace, for the answer to a message on its way upstream:
+        the upstream's DATA timeout, plus time to prepare the message and reply."""
+        return self.config.upstream.data_timeout + DELIVERY_WAIT_MARGIN
+
+    async def _wait_idle(self, sessions: list[RelaySession], deadline: float) -> None:
+        """Until none of ``sessions`` is in a transaction (or gone), or ``deadline``."""
+        # Polling is enough here: it runs once per process, bounded by ``deadline``.
+        while time.monotonic() < deadline and any(  # noqa: ASYNC110
+                s.busy and s in self.sessions for s in sessions):
             await asyncio.sleep(0.05)
-        unfinished = sum(1 for s in self.sessions if s.busy)
-        if unfinished:
-            log.warning("shutdown_grace_expired", transactions_aborted=unfinished)
-        for session in list(self.sessions):
+
+    def _drop(self, sessions: list[RelaySession]) -> None:
+        """Close these clients' connections, telling them 421 (they retry later)."""
+        for session in sessions:
+            session.dropped = True
             proto = session.protocol
             transport = proto.transport if proto is not None else None
             if isinstance(transport, asyncio.WriteTransport):
@@ -608,6 +669,28 @@ class Relay:
                     transport.write(f"{SHUTTING_DOWN}\r\n".encode())
             if transport is not None:
                 transport.close()
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting, let transactions in flight finish within ``grace``, and give
+        every message already on its way upstream its answer (bounded), then close."""
+        grace = self.config.relay.shutdown_grace if grace is None else grace
+        self.closing = True
+        for server in self.servers:
+            server.close()
+        await self._wait_idle(list(self.sessions), time.monotonic() + grace)
+        # The grace is over. A message whose final dot was read is on its way upstream:
+        # dropping its client now would make it send again what the upstream may accept,
+        # so its session stays until the upstream's answer is passed on (bounded by
+        # upstream.data_timeout). Every other session is closed now.
+        committed = [s for s in self.sessions if s.delivering]
+        aborted = sum(1 for s in self.sessions if s.busy and not s.delivering)
+        if aborted:
+            log.warning("shutdown_grace_expired", transactions_aborted=aborted)
+        self._drop([s for s in self.sessions if not s.delivering])
+        if committed:
+            log.info("shutdown_waiting_for_upstream", transactions=len(committed))
+            await self._wait_idle(committed, time.monotonic() + self.delivery_wait)
+        self._drop(list(self.sessions))
         for server in self.servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 2)

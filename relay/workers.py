@@ -14,7 +14,8 @@ server an admin compares trackrelay with use several processes. The supervisor:
    had answered 250 to is lost, since the upstream accepted that first); a worker that
    keeps dying within seconds of its start stops the whole service with an error;
 5. on SIGTERM or SIGINT passes SIGTERM to every worker, which drain as a single process
-   does, and waits for them (``relay.shutdown_grace`` plus time to flush the store).
+   does, and waits for them (``relay.shutdown_grace``, then up to ``upstream.data_timeout``
+   for messages already on their way upstream, plus time to flush the store).
 
 Each worker is an independent relay and tracker sharing the store, exactly like several
 trackers behind a load balancer: its own upstream pool, event writer and spool slot.
@@ -199,7 +200,12 @@ class Supervisor:
             if proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + self.config.relay.shutdown_grace + FLUSH_SECONDS
+        # A worker may wait past its grace for the answer to a message already on its way
+        # upstream (relay.smtp_server.Relay.stop): killing it then would duplicate mail.
+        from relay.smtp_server import DELIVERY_WAIT_MARGIN
+
+        deadline = (time.monotonic() + self.config.relay.shutdown_grace
+                    + self.config.upstream.data_timeout + DELIVERY_WAIT_MARGIN + FLUSH_SECONDS)
         codes = []
         for proc in procs:
             try:

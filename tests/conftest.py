@@ -90,6 +90,10 @@ class SinkBehaviour:
     data_reply: str | None = None
     hang_up_on_data: bool = False
     delay_data: float = 0.0
+    #: Seconds between taking a message at its final dot and answering 250: a busy MTA
+    #: that has already queued it (the message counts as delivered even if the relay
+    #: drops the connection before the answer).
+    delay_reply: float = 0.0
 
 
 class SinkHandler:
@@ -115,6 +119,7 @@ class SinkHandler:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         b = self.sink.behaviour
+        self.sink.data_started += 1
         if b.hang_up_on_data:
             assert server.transport is not None
             server.transport.abort()
@@ -127,7 +132,21 @@ class SinkHandler:
             envelope.mail_from or "", list(envelope.rcpt_tos),
             bytes(envelope.original_content or b""), list(envelope.mail_options)))
         self.sink.count += 1
-        return f"250 2.0.0 Ok: queued as Q{self.sink.count:05d}"
+        reply = f"250 2.0.0 Ok: queued as Q{self.sink.count:05d}"
+        if b.delay_reply:
+            await asyncio.sleep(b.delay_reply)
+        return reply
+
+
+class SinkSMTP(SMTP):
+    """aiosmtpd's server, with a longer line limit when the sink is given one."""
+
+    def __init__(self, handler: SinkHandler, *, max_line_length: int | None,
+                 **kwargs: Any) -> None:
+        if max_line_length is not None:
+            # Read by SMTP.__init__ (its stream reader's limit): set before it runs.
+            self.line_length_limit = max_line_length + 3  # CRLF and a transparency dot
+        super().__init__(handler, **kwargs)
 
 
 class Sink:
@@ -138,14 +157,20 @@ class Sink:
         self.connections = 0
         self.server: asyncio.Server | None = None
         self.port = 0
+        #: Messages whose final dot the sink has read (before any ``delay_data``).
+        self.data_started = 0
+        #: Longest line (octets, CRLF excluded) the sink takes, as Postfix takes long
+        #: lines; None: aiosmtpd's own limit (998 and a transparency dot). Read when a
+        #: connection is made, so set it before the relay first connects.
+        self.max_line_length: int | None = None
 
     async def start(self, smtputf8: bool = True, port: int = 0) -> None:
         loop = asyncio.get_running_loop()
 
         def factory() -> SMTP:
             self.connections += 1
-            return SMTP(SinkHandler(self), enable_SMTPUTF8=smtputf8, hostname="sink.test",
-                        data_size_limit=None)
+            return SinkSMTP(SinkHandler(self), enable_SMTPUTF8=smtputf8, hostname="sink.test",
+                            data_size_limit=None, max_line_length=self.max_line_length)
 
         self.server = await loop.create_server(factory, "127.0.0.1", port)
         self.port = self.server.sockets[0].getsockname()[1]

@@ -61,22 +61,12 @@ async def test_whole_corpus_through_the_bounce_listener(make_stack: MakeStack) -
     await client.connect()
     seen: dict[str, str] = {}
     try:
+        long_lines = 0
         for path in FILES:
             raw = path.read_bytes()
-            if max(len(line) for line in raw.split(b"\n")) > 998:
-                # Not valid SMTP (RFC 5321 caps lines at 998 octets): the listener says so
-                # clearly; the same message is taken by the API (POST /api/v1/inbound).
-                try:
-                    await client.sendmail("", [f"bounces@{BOUNCE_DOMAIN}"], raw)
-                except aiosmtplib.SMTPDataError as exc:
-                    assert (exc.code, exc.message) == (500, "5.5.2 Line too long")
-                else:
-                    raise AssertionError(f"{path.name}: an overlong line was accepted")
-                await client.rset()
-                status, body = await stack.api("POST", "/inbound", data=raw)
-                assert status == 200, (path.name, body)
-                seen[path.name] = body["kind"]
-                continue
+            # Real bounces quote real mail, lines over RFC 5322's 998 octets included:
+            # the listener takes them (up to relay.max_line_length).
+            long_lines += max(len(line) for line in raw.split(b"\n")) > 998
             errors, reply = await client.sendmail("", [f"bounces@{BOUNCE_DOMAIN}"], raw)
             assert errors == {}, path.name
             assert reply.startswith("2.0.0 OK: "), (path.name, reply)
@@ -84,6 +74,7 @@ async def test_whole_corpus_through_the_bounce_listener(make_stack: MakeStack) -
     finally:
         await client.quit()
     assert len(seen) == len(FILES)
+    assert long_lines > 0
     for name in expected:
         # Every message with a bounced recipient is recognised as such by the listener,
         # exactly as the classifier (and so `bounces classify`) sees it.
