@@ -91,6 +91,15 @@ class _Credentials:
         self.data = data
 
 
+def write_unprompted(transport: asyncio.BaseTransport, reply: Reply) -> None:
+    """Write ``reply`` outside the command loop (a greeting refusal, a 421 on a timer).
+    Duck-typed: uvloop's transports write like asyncio's but are not its subclasses."""
+    write = getattr(transport, "write", None)
+    if write is not None and not transport.is_closing():
+        with contextlib.suppress(Exception):
+            write(f"{reply}\r\n".encode())
+
+
 def queue_id_of(reply: Reply) -> str | None:
     m = _QUEUE_ID.search(reply.text)
     return m.group(1) if m else None
@@ -209,8 +218,7 @@ class RelaySMTP(SMTP):
             if refusal is not None:
                 # Turned away before aiosmtpd starts the session: the greeting is the 421.
                 self._refused = True
-                if isinstance(transport, asyncio.WriteTransport):
-                    transport.write(f"{refusal}\r\n".encode())
+                write_unprompted(transport, refusal)
                 transport.close()
                 return
         super().connection_made(transport)
@@ -317,10 +325,8 @@ class RelaySession:
     def say(self, reply: Reply) -> None:
         """Send ``reply`` unprompted (RFC 5321 section 3.8 allows it for a 421)."""
         proto = self.protocol
-        transport = proto.transport if proto is not None else None
-        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
-            with contextlib.suppress(Exception):
-                transport.write(f"{reply}\r\n".encode())
+        if proto is not None and proto.transport is not None:
+            write_unprompted(proto.transport, reply)
 
     def _hang_up(self, reply: Reply) -> None:
         self.say(reply)
