@@ -48,9 +48,10 @@ class Raw:
         return cls(reader, writer)
 
     async def reply(self) -> str:
-        """The next reply (last line of a multi-line one); "" when the server closed."""
+        """The next reply (last line of a multi-line one); "" when the server closed.
+        Fails after 30 s without one."""
         while True:
-            line = await self.reader.readline()
+            line = await asyncio.wait_for(self.reader.readline(), 30)
             if not line or line[3:4] != b"-":
                 return line.decode().rstrip("\r\n")
 
@@ -61,7 +62,7 @@ class Raw:
 
     async def closed(self) -> bool:
         """Whether the server closed the connection having sent nothing more."""
-        return await self.reader.read() == b""
+        return await asyncio.wait_for(self.reader.read(), 30) == b""
 
     def close(self) -> None:
         self.writer.close()
@@ -230,8 +231,11 @@ async def test_session_time_limit(make_relay: MakeRelay, sink: Sink) -> None:
     await client.reply()
     await client.command("EHLO client.test")
     # Never idle, yet the session ends.
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
     replies = []
     while not replies or replies[-1].startswith("250"):
+        assert loop.time() < deadline, "the session never ended"
         replies.append(await client.command("NOOP"))
         await asyncio.sleep(0.05)
     assert replies[-1] == ("421 4.4.2 relay.test Session time limit reached, "
