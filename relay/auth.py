@@ -5,9 +5,12 @@ One ``user:$2b$…`` line per user; blank lines and ``#`` comments are ignored.
 bcrypt is slow on purpose (a quarter of a second at cost 12), so it never runs on the
 event loop: each check runs in a small thread pool (bcrypt releases the GIL), at most
 ``relay.auth_max_concurrent`` at once and ``relay.auth_max_waiting`` queued; beyond that
-the client is told to come back later. A name that is not in the file is checked
-against a dummy hash of the users' cost, so a wrong name costs what a wrong password
-costs and the answer's timing does not say which names exist. A successful check is
+the client is told to come back later. The hashing threads run at a lower CPU priority
+than the loop, so guessers keeping them busy take only CPU the relay does not need.
+
+A name that is not in the file is checked against a dummy hash of the users' cost, so a
+wrong name costs what a wrong password costs and the answer's timing does not say which
+names exist. A successful check is
 remembered (as a keyed digest, never the password) for the life of the process: a
 client that logs in on every connection pays for bcrypt once.
 """
@@ -16,9 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import hashlib
 import hmac
+import os
 import secrets
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -83,7 +89,8 @@ class PasswordChecker:
         #: matches it (its password is random and forgotten at once).
         self.dummy_hash = bcrypt.hashpw(secrets.token_bytes(24), bcrypt.gensalt(cost))
         self._pool = ThreadPoolExecutor(max_workers=max_concurrent,
-                                        thread_name_prefix="trackrelay-auth")
+                                        thread_name_prefix="trackrelay-auth",
+                                        initializer=_lower_priority)
         self._capacity = max_concurrent + max_waiting
         #: Checks running or queued in the pool.
         self.pending = 0
@@ -118,6 +125,18 @@ class PasswordChecker:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+#: How much nicer than the event loop the hashing threads are (Linux keeps a nice value
+#: per thread): when the CPU is short, relaying mail and serving pixels come first.
+HASHING_NICENESS = 10
+
+
+def _lower_priority() -> None:
+    """Run in each hashing thread as it starts."""
+    with contextlib.suppress(AttributeError, OSError):  # not Linux, or not allowed
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(),
+                       os.getpriority(os.PRIO_PROCESS, 0) + HASHING_NICENESS)
 
 
 def _checkpw(password: bytes, hashed: bytes) -> bool:
@@ -161,9 +180,14 @@ class Authenticator:
         user = credentials.login.decode("utf-8", "replace")
         locked = self.throttle.locked(client_ip, user)
         if locked is not None:
+            # Held back as long as the longest failure delay: a locked-out guesser that
+            # kept asking would otherwise get hundreds of instant answers a second.
+            delay = self.throttle.settings.failure_delay_max
             AUTH_ATTEMPTS.labels("locked").inc()
             log.warning("auth_refused_locked_out", user=user, client=client_ip, by=locked,
-                        mechanism=mechanism)
+                        mechanism=mechanism, delay=delay)
+            if delay > 0:
+                await asyncio.sleep(delay)
             return AuthResult(success=False, handled=False, message=str(AUTH_LOCKED))
         # Shielded: a client that hangs up while its password is checked still has the
         # failure counted (else hanging up would be a way round the lock-out).

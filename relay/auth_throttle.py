@@ -6,7 +6,8 @@ that name exists (locking only real names would tell which exist). Each failure'
 answer is held back ``failure_delay`` seconds, doubled for each earlier failure of that
 address or name, up to ``failure_delay_max``. At ``lockout_failures`` failures the
 address or name is locked for ``lockout_seconds``: AUTH from it, or for it, is answered
-``454 4.7.0`` without looking at the password. A count is forgotten once
+``454 4.7.0`` without looking at the password (after ``failure_delay_max`` seconds, so a
+locked-out guesser cannot make the relay answer it as fast as it asks). A count is forgotten once
 ``failure_window`` seconds pass without a failure; until then every further failure
 locks again, so a guesser gets one try per lock-out.
 

@@ -42,10 +42,10 @@ def tls_settings(ca: trustme.CA, tmp_path: Path, users: dict[str, str],
     users_file = tmp_path / "users"
     users_file.write_text("".join(f"{u}:{hash_password(p, rounds=rounds)}\n"
                                   for u, p in users.items()))
-    # Nobody relays without AUTH, and the failure delay is off unless a test sets it.
+    # Nobody relays without AUTH, and the failure delays are off unless a test sets them.
     return {"tls_cert": str(cert_path), "tls_key": str(key_path),
             "users_file": str(users_file), "allowed_networks": ["192.0.2.0/24"],
-            "auth_failure_delay": 0.0}
+            "auth_failure_delay": 0.0, "auth_failure_delay_max": 0.0}
 
 
 def client_ctx(ca: trustme.CA) -> ssl.SSLContext:
@@ -175,6 +175,22 @@ async def test_lockout_per_address_then_expiry(make_relay: MakeRelay, sink: Sink
     await client.sendmail("a@example.com", ["b@example.org"], MSG)
     await client.quit()
     assert len(sink.received) == 1
+
+
+async def test_failure_answers_are_held_back_longer_each_time(
+        make_relay: MakeRelay, ca: trustme.CA, tmp_path: Path) -> None:
+    relay = await make_relay(relay={
+        **tls_settings(ca, tmp_path, {"crm": "s3cret"}),
+        "auth_failure_delay": 0.05, "auth_failure_delay_max": 0.15,
+        "auth_lockout_failures": 4, "auth_lockout_seconds": 60.0})
+    with structlog.testing.capture_logs() as logs:
+        for _ in range(4):
+            assert (await auth(relay, ca, "crm", "guess", source="127.0.0.4"))[0] == 535
+        assert (await auth(relay, ca, "crm", "s3cret", source="127.0.0.4"))[0] == 454
+    assert [e["delay"] for e in logs if e["event"] == "auth_failed"] == [
+        0.05, 0.1, 0.15, 0.15]
+    # A locked-out client's answer waits as long as the longest failure delay.
+    assert [e["delay"] for e in logs if e["event"] == "auth_refused_locked_out"] == [0.15]
 
 
 async def test_lockout_per_user_spares_its_known_clients(
