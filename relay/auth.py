@@ -10,9 +10,9 @@ than the loop, so guessers keeping them busy take only CPU the relay does not ne
 
 A name that is not in the file is checked against a dummy hash of the users' cost, so a
 wrong name costs what a wrong password costs and the answer's timing does not say which
-names exist. A successful check is
-remembered (as a keyed digest, never the password) for the life of the process: a
-client that logs in on every connection pays for bcrypt once.
+names exist. A successful check is remembered (as a keyed digest, never the password)
+for the life of the process: a client that logs in on every connection pays for bcrypt
+once.
 """
 
 from __future__ import annotations
