@@ -127,6 +127,12 @@ class RelaySMTP(SMTP):
     pyproject.toml) remembers parsed addresses, which repeat: email's header parser costs
     tens of microseconds per command. tests/test_relay_getaddr.py checks it answers
     as aiosmtpd's own does.
+
+    The limits and AUTH use three more of aiosmtpd 1.4's internals: ``_smtp_methods`` (the
+    command table, wrapped to count commands), ``_timeout_cb`` (the idle timer, which
+    now says 421 and waits for an upstream answer) and ``_authenticate`` (so the password
+    check can be awaited off the loop); tests/test_relay_limits.py and
+    tests/test_relay_auth.py fail if they change.
     """
 
     implicit_tls = False
