@@ -345,3 +345,27 @@ async def test_message_size_and_recipients_are_counted(make_relay: MakeRelay,
     assert await client.command("QUIT") == "221 2.0.0 Bye"
     client.close()
     assert sink.received == []
+
+
+# --- configuration -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    ({"relay": {"max_connections": 0}}, "relay.max_connections: must be positive, got 0"),
+    ({"relay": {"max_errors": -1}}, "relay.max_errors: must be positive, got -1"),
+    ({"relay": {"session_timeout": 0}},
+     "relay.session_timeout: must be a positive number of seconds, got 0.0"),
+    ({"relay": {"auth_max_waiting": -1}}, "relay.auth_max_waiting: must be 0 or more"),
+    ({"relay": {"auth_failure_delay": 20.0}},
+     "relay.auth_failure_delay: must not be above relay.auth_failure_delay_max"),
+    ({"upstream": {"max_connections": 10}},
+     r"upstream.pool_size: must not be above upstream.max_connections \(10\), got 32"),
+    ({"upstream": {"connection_wait": -1}},
+     "upstream.connection_wait: must be 0 or more seconds"),
+    ({"relay": {"max_commands": "many"}}, "relay.max_commands: expected an integer"),
+])
+def test_limit_settings_are_checked(data: dict[str, Any], message: str) -> None:
+    from relay.config import ConfigError, build_config
+
+    with pytest.raises(ConfigError, match=message):
+        build_config(data, environ={})
