@@ -120,6 +120,8 @@ class BounceListener:
             hostname=b.hostname or rc.hostname,
             ident="trackrelay bounces",
             timeout=rc.client_timeout,
+            max_commands=rc.max_commands,
+            max_errors=rc.max_errors,
         )
         self.protocols.add(proto)
         return proto

@@ -53,6 +53,14 @@ class RelayConfig:
     require_tls: bool = False
     users_file: str = ""
     auth_required: bool = False
+    # AUTH: bcrypt checks at once (threads) and queued; failure delays and lock-outs.
+    auth_max_concurrent: int = 1
+    auth_max_waiting: int = 16
+    auth_failure_delay: float = 1.0
+    auth_failure_delay_max: float = 15.0
+    auth_lockout_failures: int = 10
+    auth_failure_window: float = 900.0
+    auth_lockout_seconds: float = 300.0
     allowed_networks: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
     #: Hosts that may tell trackrelay the original client with Postfix's XFORWARD (a
     #: Postfix in front of trackrelay as a content filter). Empty: XFORWARD not offered.
@@ -63,6 +71,13 @@ class RelayConfig:
     proxy_protocol: bool = False
     proxy_protocol_timeout: float = 5.0
     client_timeout: float = 300.0
+    # Limits: client connections (all, and per address outside allowed_networks),
+    # commands and error replies per session, seconds per session.
+    max_connections: int = 1000
+    max_connections_per_ip: int = 50
+    max_commands: int = 10000
+    max_errors: int = 20
+    session_timeout: float = 3600.0
     on_plugin_error: Literal["forward", "tempfail"] = "forward"
     shutdown_grace: float = 30.0
     #: Longest line accepted in a message, in octets without its CRLF. RFC 5322 asks for
@@ -88,6 +103,10 @@ class UpstreamConfig:
     data_timeout: float = 300.0
     pool_size: int = 32
     pool_idle_timeout: float = 30.0
+    # Upstream connections open at most (in use and idle), and seconds a MAIL FROM
+    # waits for one to come free before it is answered 451 4.3.2.
+    max_connections: int = 50
+    connection_wait: float = 10.0
     capture_dir: str = "./captured"
 
 
@@ -673,6 +692,7 @@ def validate(config: Config) -> None:
     if r.max_line_length < 998:
         raise ConfigError(f"relay.max_line_length: must be at least 998 (the line length "
                           f"RFC 5322 allows), got {r.max_line_length}")
+    validate_limits(config)
     if u.mode == "smtp" and not 0 < u.port <= 65535:
         raise ConfigError(f"upstream.port: must be from 1 to 65535, got {u.port}")
     if u.password and u.password_file:
@@ -796,6 +816,40 @@ def api_scope_ok(scope: str) -> bool:
     """An API token's scope: ``admin``, a sender address or a domain."""
     scope = scope.strip().lower()
     return bool(scope) and (scope == "admin" or ("." in scope and " " not in scope))
+
+
+def validate_limits(config: Config) -> None:
+    """AUTH throttling and the connection, command and session limits of the relay, and
+    the upstream connection cap."""
+    r, u = config.relay, config.upstream
+    for key in ("auth_max_concurrent", "max_connections", "max_connections_per_ip",
+                "max_commands", "max_errors"):
+        if getattr(r, key) <= 0:
+            raise ConfigError(f"relay.{key}: must be positive, got {getattr(r, key)}")
+    for key in ("auth_max_waiting", "auth_lockout_failures"):
+        if getattr(r, key) < 0:
+            raise ConfigError(f"relay.{key}: must be 0 or more, got {getattr(r, key)}")
+    for key in ("auth_failure_delay", "auth_failure_delay_max"):
+        if getattr(r, key) < 0:
+            raise ConfigError(f"relay.{key}: must be 0 or more seconds, "
+                              f"got {getattr(r, key)}")
+    for key in ("auth_failure_window", "auth_lockout_seconds", "session_timeout",
+                "client_timeout"):
+        if getattr(r, key) <= 0:
+            raise ConfigError(f"relay.{key}: must be a positive number of seconds, "
+                              f"got {getattr(r, key)}")
+    if r.auth_failure_delay > r.auth_failure_delay_max:
+        raise ConfigError("relay.auth_failure_delay: must not be above "
+                          "relay.auth_failure_delay_max")
+    if u.max_connections <= 0:
+        raise ConfigError(f"upstream.max_connections: must be positive, "
+                          f"got {u.max_connections}")
+    if u.pool_size > u.max_connections:
+        raise ConfigError(f"upstream.pool_size: must not be above upstream.max_connections "
+                          f"({u.max_connections}), got {u.pool_size}")
+    if u.connection_wait < 0:
+        raise ConfigError(f"upstream.connection_wait: must be 0 or more seconds, "
+                          f"got {u.connection_wait}")
 
 
 def validate_tracker(t: TrackerConfig) -> None:

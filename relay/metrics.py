@@ -100,6 +100,44 @@ STORE_WRITE_ERRORS = Counter(
     "Failed store writes (the data went to the spool), by operation (events, message)",
     ["operation"],
 )
+# --- SMTP AUTH and limits (relay/auth.py, relay/smtp_limits.py, relay/upstream.py) -----
+AUTH_ATTEMPTS = Counter(
+    "trackrelay_auth_attempts_total",
+    "SMTP AUTH attempts by result (ok, failed, locked: refused during a lock-out, "
+    "busy: refused with every password check busy)",
+    ["result"],
+)
+AUTH_LOCKOUTS = Counter(
+    "trackrelay_auth_lockouts_total",
+    "AUTH lock-outs begun, by what is locked (ip, user)",
+    ["by"],
+)
+AUTH_CHECKS = Gauge(
+    "trackrelay_auth_checks", "Password checks running or waiting for a thread",
+    multiprocess_mode="livesum",
+)
+AUTH_CHECK_SECONDS = Histogram(
+    "trackrelay_auth_check_seconds",
+    "Time of one bcrypt password check (in a thread, off the event loop)",
+    buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+SMTP_LIMITS = Counter(
+    "trackrelay_smtp_limits_total",
+    "Connections, sessions, commands and messages refused or ended by a limit, by limit "
+    "(connections, connections_per_ip, commands, errors, session_time, idle_time, "
+    "message_size, recipients, upstream_connections)",
+    ["limit"],
+)
+UPSTREAM_OPEN = Gauge(
+    "trackrelay_upstream_connections_open",
+    "Upstream connections open (in use and idle in the pool)",
+    multiprocess_mode="livesum",
+)
+UPSTREAM_WAITS = Counter(
+    "trackrelay_upstream_connection_waits_total",
+    "MAIL FROMs that waited for a free upstream connection, by result (ok, timeout)",
+    ["result"],
+)
 
 
 class Tally:

@@ -22,16 +22,17 @@ from email.errors import HeaderParseError
 from typing import Any
 
 import structlog
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from relay import xforward
 from relay.app import App
-from relay.auth import UsersFileAuthenticator
+from relay.auth import Authenticator
 from relay.config import DEFAULT_MAX_LINE_LENGTH, parse_hostport
 from relay.listeners import Listeners
 from relay.logs import get_logger
 from relay.metrics import (
     PLUGIN_ERRORS,
+    SMTP_LIMITS,
     SMTP_RECIPIENTS,
     SMTP_SESSIONS,
     SMTP_TRANSACTIONS,
@@ -40,6 +41,13 @@ from relay.metrics import (
 from relay.pipeline import PLUGIN_TEMPFAIL, PluginFailure, prepare_message
 from relay.records import Outcome, Reply, Transaction, new_id
 from relay.rewrite.mime import line_over
+from relay.smtp_limits import (
+    ConnectionLimits,
+    idle_time_over,
+    session_time_over,
+    too_many_commands,
+    too_many_errors,
+)
 from relay.upstream import Connection, SmtpUpstream, Upstream, UpstreamUnavailable, make_upstream
 
 log = get_logger("relay.smtp")
@@ -82,6 +90,33 @@ def line_too_long(limit: int) -> Reply:
     return Reply(554, "5.6.0", f"Message refused: a line is longer than {limit} octets")
 
 
+#: Replies that mean the client got a command wrong (RFC 5321 section 4.2.2: syntax
+#: errors, unknown or unimplemented commands, bad sequence, unknown parameters); a
+#: session that collects more than ``relay.max_errors`` of them is closed.
+_ERROR_CODES = frozenset({"500", "501", "502", "503", "504"})
+#: aiosmtpd's own refusals of a message over ``relay.max_message_size`` (at MAIL FROM
+#: when SIZE= says so, else at the end of DATA), after _ENHANCED.
+_TOO_BIG = frozenset({"552 5.3.4 Message size exceeds fixed maximum message size",
+                      "552 5.3.4 Message too big"})
+
+
+class _Credentials:
+    """PLAIN or LOGIN credentials parsed by aiosmtpd, on their way to the check."""
+
+    def __init__(self, mechanism: str, data: Any) -> None:
+        self.mechanism = mechanism
+        self.data = data
+
+
+def write_unprompted(transport: asyncio.BaseTransport, reply: Reply) -> None:
+    """Write ``reply`` outside the command loop (a greeting refusal, a 421 on a timer).
+    Duck-typed: uvloop's transports write like asyncio's but are not its subclasses."""
+    write = getattr(transport, "write", None)
+    if write is not None and not transport.is_closing():
+        with contextlib.suppress(Exception):
+            write(f"{reply}\r\n".encode())
+
+
 def queue_id_of(reply: Reply) -> str | None:
     m = _QUEUE_ID.search(reply.text)
     return m.group(1) if m else None
@@ -109,12 +144,21 @@ class RelaySMTP(SMTP):
     pyproject.toml) remembers parsed addresses, which repeat: email's header parser costs
     tens of microseconds per command. tests/test_relay_getaddr.py checks it answers
     as aiosmtpd's own does.
+
+    The limits and AUTH use three more of aiosmtpd 1.4's internals: ``_smtp_methods`` (the
+    command table, wrapped to count commands), ``_timeout_cb`` (the idle timer, which
+    now says 421 and waits for an upstream answer) and ``_authenticate`` (so the password
+    check can be awaited off the loop); tests/test_relay_limits.py and
+    tests/test_relay_auth.py fail if they change.
     """
 
     implicit_tls = False
+    #: Checks AUTH credentials; None: aiosmtpd's own ``authenticator`` argument does (or,
+    #: without one, every AUTH fails).
+    auth: Authenticator | None = None
 
-    def __init__(self, handler: Any, *, max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
-                 **kwargs: Any) -> None:
+    def __init__(self, handler: Any, *, max_commands: int = 0, max_errors: int = 0,
+                 max_line_length: int = DEFAULT_MAX_LINE_LENGTH, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         # aiosmtpd refuses a DATA line over ``line_length_limit`` (RFC 5321's 1,000 octets
         # with CRLF and a transparency dot); real mail has longer lines, and Postfix takes
@@ -123,6 +167,68 @@ class RelaySMTP(SMTP):
         # while it reads a message (smtp_DATA).
         self.max_line_length = max_line_length
         self.line_length_limit = max_line_length + 3  # CRLF and a transparency dot
+        self.max_commands = max_commands
+        self.max_errors = max_errors
+        self.commands = 0
+        self.errors = 0
+        self._refused = False  # turned away at connect: aiosmtpd never saw the connection
+        if max_commands:
+            self._smtp_methods = {name: self._counted(method)
+                                  for name, method in self._smtp_methods.items()}
+
+    def _counted(self, method: Any) -> Any:
+        """``method`` (an ``smtp_*`` command), refused with 421 past ``max_commands``."""
+        async def run(arg: str | None) -> None:
+            self.commands += 1
+            if self.commands > self.max_commands:
+                SMTP_LIMITS.labels("commands").inc()
+                await self.goodbye(too_many_commands(self.hostname))
+                return
+            await method(arg)
+        return run
+
+    async def goodbye(self, reply: Reply) -> None:
+        """Answer ``reply`` (a 421) and close the connection."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        await super().push(str(reply))
+        transport.close()
+
+    # --- AUTH ----------------------------------------------------------------------------
+    # aiosmtpd parses PLAIN and LOGIN and then calls the synchronous _authenticate; the
+    # relay's check is a coroutine (bcrypt runs in a thread), so _authenticate only hands
+    # the credentials back and auth_PLAIN/auth_LOGIN await the check.
+
+    def _authenticate(self, mechanism: str, auth_data: Any) -> AuthResult:
+        if self.auth is None:
+            return super()._authenticate(mechanism, auth_data)
+        return AuthResult(success=False, handled=False,
+                          auth_data=_Credentials(mechanism, auth_data))
+
+    async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
+        return await self._check_credentials(await super().auth_PLAIN(_, args))
+
+    async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
+        return await self._check_credentials(await super().auth_LOGIN(_, args))
+
+    async def _check_credentials(self, parsed: AuthResult) -> AuthResult:
+        credentials = parsed.auth_data
+        if not isinstance(credentials, _Credentials) or self.auth is None:
+            # Checked already (aiosmtpd's authenticator), or the exchange ended before
+            # any credentials came (aborted, bad base64).
+            return parsed
+        if not isinstance(credentials.data, LoginPassword):
+            return AuthResult(success=False, handled=False)
+        handler = self.event_handler
+        if isinstance(handler, RelaySession):
+            client_ip = handler.client_ip
+        else:
+            assert self.session is not None
+            client_ip = str(self.session.peer[0]) if isinstance(self.session.peer, tuple) \
+                else str(self.session.peer)
+        return await self.auth.authenticate(client_ip, credentials.mechanism,
+                                            credentials.data)
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         if not arg:
@@ -136,6 +242,15 @@ class RelaySMTP(SMTP):
         return addr, rest
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        handler = self.event_handler
+        if self.transport is None and isinstance(handler, RelaySession):
+            refusal = handler.admit_connection(transport.get_extra_info("peername"))
+            if refusal is not None:
+                # Turned away before aiosmtpd starts the session: the greeting is the 421.
+                self._refused = True
+                write_unprompted(transport, refusal)
+                transport.close()
+                return
         super().connection_made(transport)
         if self.implicit_tls and self._tls_protocol is None and self.session is not None:
             # aiosmtpd only knows TLS it negotiated itself (STARTTLS); on an implicit-TLS
@@ -147,13 +262,34 @@ class RelaySMTP(SMTP):
             self._tls_protocol = transport  # type: ignore[assignment]
 
     async def push(self, status: Any) -> None:
-        if isinstance(status, str):
-            if status == _AIOSMTPD_LINE_TOO_LONG:
-                handler = self.event_handler
-                status = (handler.refuse_long_line() if isinstance(handler, RelaySession)
-                          else str(line_too_long(self.max_line_length)))
-            status = _ENHANCED.get(status, status)
+        if not isinstance(status, str):
+            await super().push(status)
+            return
+        if status == _AIOSMTPD_LINE_TOO_LONG:
+            handler = self.event_handler
+            status = (handler.refuse_long_line() if isinstance(handler, RelaySession)
+                      else str(line_too_long(self.max_line_length)))
+        status = _ENHANCED.get(status, status)
+        if status in _TOO_BIG:
+            SMTP_LIMITS.labels("message_size").inc()
         await super().push(status)
+        if self.max_errors and status[:3] in _ERROR_CODES:
+            self.errors += 1
+            if self.errors > self.max_errors:
+                SMTP_LIMITS.labels("errors").inc()
+                await self.goodbye(too_many_errors(self.hostname))
+
+    def _timeout_cb(self) -> None:
+        handler = self.event_handler
+        if isinstance(handler, RelaySession) and handler.admitted:
+            if handler.delivering:
+                # The upstream has the message and has not answered yet: the client is
+                # waiting for that answer (bounded by upstream.data_timeout), not idle.
+                self._reset_timeout()
+                return
+            SMTP_LIMITS.labels("idle_time").inc()
+            handler.say(idle_time_over(self.hostname))
+        super()._timeout_cb()
 
     async def smtp_DATA(self, arg: str) -> None:
         reader = self._reader
@@ -179,9 +315,15 @@ class RelaySMTP(SMTP):
 
     def connection_lost(self, error: Exception | None) -> None:
         handler = self.event_handler
-        super().connection_lost(error)
+        if not self._refused:
+            super().connection_lost(error)
         if isinstance(handler, RelaySession):
             handler.client_gone()
+
+    def eof_received(self) -> bool | None:
+        if self._refused:
+            return False
+        return super().eof_received()
 
 
 class RelaySession:
@@ -207,6 +349,57 @@ class RelaySession:
         #: XFORWARD attributes for the next transaction (relay.xforward).
         self.xforward: dict[str, str] = {}
         self.esmtp = False
+        self.admitted = False  # counted in relay.limits (and released when it ends)
+        self._expiry: asyncio.TimerHandle | None = None  # relay.session_timeout
+        self._close_after_data = False  # the session expired while delivering
+
+    # --- limits --------------------------------------------------------------------------
+
+    def admit_connection(self, peername: Any) -> Reply | None:
+        """A new connection: admitted, or the 421 it is refused with. Behind a PROXY
+        protocol load balancer the client's address is known only from the header, so
+        handle_PROXY admits it instead."""
+        if self.relay.config.relay.proxy_protocol:
+            return None
+        if isinstance(peername, tuple):
+            return self.admit(str(peername[0]), int(peername[1]))
+        return self.admit(str(peername), 0)
+
+    def admit(self, ip: str, port: int) -> Reply | None:
+        self.client_ip, self.client_port = ip, port
+        rc = self.relay.config.relay
+        refusal = self.relay.limits.admit(ip, rc.hostname)
+        if refusal is not None:
+            log.warning("connection_refused", client=ip, reply=str(refusal))
+            return refusal
+        self.admitted = True
+        self._expiry = asyncio.get_running_loop().call_later(
+            rc.session_timeout, self._session_expired)
+        return None
+
+    def say(self, reply: Reply) -> None:
+        """Send ``reply`` unprompted (RFC 5321 section 3.8 allows it for a 421)."""
+        proto = self.protocol
+        if proto is not None and proto.transport is not None:
+            write_unprompted(proto.transport, reply)
+
+    def _hang_up(self, reply: Reply) -> None:
+        self.say(reply)
+        proto = self.protocol
+        if proto is not None and proto.transport is not None:
+            proto.transport.close()
+
+    def _session_expired(self) -> None:
+        """``relay.session_timeout`` is over. A message already on its way upstream gets
+        its answer first; anything earlier was not accepted, and the client retries it."""
+        self._expiry = None
+        SMTP_LIMITS.labels("session_time").inc()
+        log.info("session_time_limit", client=self.client_ip,
+                 seconds=self.relay.config.relay.session_timeout)
+        if self.delivering:
+            self._close_after_data = True
+            return
+        self._hang_up(session_time_over(self.relay.config.relay.hostname))
 
     # --- helpers -------------------------------------------------------------------------
 
@@ -260,6 +453,8 @@ class RelaySession:
         if self.txn is None:
             self.busy = False
         self.delivering = False
+        if self._close_after_data:
+            self._hang_up(session_time_over(self.relay.config.relay.hostname))
 
     def client_gone(self) -> None:
         """The client hung up: drop any half-done upstream transaction, never forward it."""
@@ -274,12 +469,24 @@ class RelaySession:
             self._end_transaction()
         self.relay.sessions.discard(self)
         SMTP_SESSIONS.dec()
+        if self.admitted:
+            self.admitted = False
+            self.relay.limits.release(self.client_ip)
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
 
     # --- aiosmtpd hooks ------------------------------------------------------------------
 
     async def handle_PROXY(self, server: SMTP, session: Session, envelope: Envelope,
                            proxy_data: Any) -> bool:
-        return bool(proxy_data) and getattr(proxy_data, "valid", True)
+        if not (bool(proxy_data) and getattr(proxy_data, "valid", True)):
+            return False
+        refusal = self.admit(*self._peer(session))
+        if refusal is not None:
+            self.say(refusal)  # aiosmtpd closes the connection when this returns False
+            return False
+        return True
 
     async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope,
                           hostname: str, responses: list[str]) -> list[str]:
@@ -397,6 +604,7 @@ class RelaySession:
             return str(NO_UPSTREAM)
         if len(envelope.rcpt_tos) >= self.relay.config.relay.max_recipients:
             SMTP_RECIPIENTS.labels("refused_local").inc()
+            SMTP_LIMITS.labels("recipients").inc()
             return str(TOO_MANY_RCPTS)
         try:
             refusal = await self.app.host.first(
@@ -530,7 +738,9 @@ class Relay:
         self.xforward_networks = tuple(ipaddress.ip_network(n, strict=False)
                                        for n in rc.xforward_hosts)
         self._allowed: dict[str, bool] = {}
-        self.authenticator = UsersFileAuthenticator(rc.users_file) if rc.users_file else None
+        self.authenticator = Authenticator(rc) if rc.users_file else None
+        self.limits = ConnectionLimits(rc.max_connections, rc.max_connections_per_ip,
+                                       self.allowed)
         self.tls_context: ssl.SSLContext | None = None
         if rc.tls_cert:
             ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -590,12 +800,14 @@ class Relay:
             tls_context=None if implicit_tls else self.tls_context,
             require_starttls=rc.require_tls and not implicit_tls,
             timeout=rc.client_timeout,
-            authenticator=self.authenticator,
             auth_required=rc.auth_required,
             auth_require_tls=True,
             proxy_protocol_timeout=rc.proxy_protocol_timeout if rc.proxy_protocol else None,
+            max_commands=rc.max_commands,
+            max_errors=rc.max_errors,
         )
         proto.implicit_tls = implicit_tls
+        proto.auth = self.authenticator
         session.protocol = proto
         return proto
 
@@ -664,10 +876,8 @@ class Relay:
             session.dropped = True
             proto = session.protocol
             transport = proto.transport if proto is not None else None
-            if isinstance(transport, asyncio.WriteTransport):
-                with contextlib.suppress(Exception):
-                    transport.write(f"{SHUTTING_DOWN}\r\n".encode())
             if transport is not None:
+                write_unprompted(transport, SHUTTING_DOWN)
                 transport.close()
 
     async def stop(self, grace: float | None = None) -> None:
@@ -697,6 +907,8 @@ class Relay:
         if self._background:
             await asyncio.wait(list(self._background), timeout=max(1.0, grace))
         await self.upstream.close()
+        if self.authenticator is not None:
+            self.authenticator.close()
         log.info("smtp_stopped")
 
 

@@ -5,6 +5,12 @@ one per message costs about a third of the relay's throughput. A pooled connecti
 have been dropped by the server while idle, so the first command of a transaction on a
 reused connection is retried once on a fresh one; nothing else is ever retried, so no
 message can be sent twice.
+
+At most ``upstream.max_connections`` are open at once (in use and idle): a server
+limits its clients too (Postfix accepts 50 from one address by default). A transaction
+that finds them all in use waits up to ``upstream.connection_wait`` seconds for one
+(a connection given back goes straight to the longest waiter), then its MAIL FROM is
+answered ``451 4.3.2`` and the client retries later.
 """
 
 from __future__ import annotations
@@ -17,13 +23,15 @@ import re
 import ssl
 import time
 from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 import aiosmtplib
 
 from relay.config import UpstreamConfig
 from relay.logs import get_logger
-from relay.metrics import UPSTREAM_CONNECTIONS
+from relay.metrics import SMTP_LIMITS, UPSTREAM_CONNECTIONS, UPSTREAM_OPEN, UPSTREAM_WAITS
 from relay.records import Reply
 from relay.xforward import commands as xforward_commands
 
@@ -32,6 +40,9 @@ log = get_logger("relay.upstream")
 UNREACHABLE = Reply(451, "4.4.1", "Upstream server unreachable, try again later")
 TIMEOUT = Reply(451, "4.4.2", "Upstream server timed out, try again later")
 LOST = Reply(451, "4.4.2", "Upstream connection lost, try again later")
+#: RFC 3463 X.3.2 "system not accepting network messages": the relay's own upstream
+#: connections are all in use.
+BUSY = Reply(451, "4.3.2", "Too many upstream connections in use, try again later")
 
 
 class UpstreamUnavailable(Exception):
@@ -96,10 +107,12 @@ class Upstream(ABC):
 
 
 class SmtpConnection(Connection):
-    def __init__(self, client: aiosmtplib.SMTP, cfg: UpstreamConfig) -> None:
+    def __init__(self, client: aiosmtplib.SMTP, cfg: UpstreamConfig,
+                 on_close: Callable[[], None] | None = None) -> None:
         self.client = client
         self.cfg = cfg
         self.last_used = time.monotonic()
+        self._on_close = on_close  # the pool's count of open connections, told once
 
     def supports(self, extension: str) -> bool:
         return self.client.supports_extension(extension)
@@ -203,15 +216,24 @@ class SmtpConnection(Connection):
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.client.close()
+        on_close, self._on_close = self._on_close, None
+        if on_close is not None:
+            on_close()
 
 
 class SmtpUpstream(Upstream):
-    """Connections to one upstream server, kept idle for reuse up to ``pool_size``."""
+    """Connections to one upstream server: at most ``max_connections`` open, idle ones
+    kept for reuse up to ``pool_size``."""
 
     def __init__(self, cfg: UpstreamConfig, local_hostname: str) -> None:
         self.cfg = cfg
         self.local_hostname = cfg.helo_name or local_hostname
         self._idle: list[SmtpConnection] = []
+        #: Connections open or being opened (in use and idle).
+        self.open = 0
+        #: Transactions waiting for a connection: each future gets one given back, or
+        #: None when a slot came free to open one.
+        self._waiters: deque[asyncio.Future[SmtpConnection | None]] = deque()
         self._password = cfg.password
         if cfg.password_file:
             self._password = Path(cfg.password_file).read_text().strip()
@@ -257,7 +279,25 @@ class SmtpUpstream(Upstream):
             log.warning("upstream_unreachable", host=cfg.host, port=cfg.port, error=str(exc))
             raise UpstreamUnavailable(UNREACHABLE) from None
         UPSTREAM_CONNECTIONS.labels("ok").inc()
-        return SmtpConnection(client, cfg)
+        return SmtpConnection(client, cfg, self._closed)
+
+    def _closed(self) -> None:
+        """A connection closed: its slot goes to the first waiter, to open a new one."""
+        self.open -= 1
+        UPSTREAM_OPEN.dec()
+        self._hand_over(None)
+
+    def _hand_over(self, conn: SmtpConnection | None) -> bool:
+        """Give ``conn`` (or, with None, a free slot) to the longest waiter, if any."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                if conn is None:
+                    self.open += 1  # the slot is the waiter's before anyone else's
+                    UPSTREAM_OPEN.inc()
+                waiter.set_result(conn)
+                return True
+        return False
 
     async def acquire(self) -> Connection:
         now = time.monotonic()
@@ -267,20 +307,66 @@ class SmtpUpstream(Upstream):
                 conn.reused = True
                 return conn
             conn.close()
-        conn = await self._connect()
+        if self.open < self.cfg.max_connections:
+            self.open += 1
+            UPSTREAM_OPEN.inc()
+            return await self._open_counted()
+        given = await self._wait()
+        if given is not None:
+            given.reused = True
+            return given
+        return await self._open_counted()
+
+    async def _open_counted(self) -> SmtpConnection:
+        """Open a connection in a slot already counted in ``open``."""
+        try:
+            conn = await self._connect()
+        except BaseException:
+            self._closed()
+            raise
         conn.reused = False
         return conn
 
-    async def fresh(self) -> Connection:
-        return await self._connect()
+    async def _wait(self) -> SmtpConnection | None:
+        """Wait for a connection given back (or a slot) up to ``connection_wait``."""
+        waiter: asyncio.Future[SmtpConnection | None] = \
+            asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            async with asyncio.timeout(self.cfg.connection_wait):
+                given = await waiter
+        except BaseException as exc:
+            if waiter.done() and not waiter.cancelled():
+                # Handed over just as the wait ended: pass it on rather than leak it.
+                self._give_back(waiter.result())
+            else:
+                waiter.cancel()
+            if isinstance(exc, TimeoutError):
+                UPSTREAM_WAITS.labels("timeout").inc()
+                SMTP_LIMITS.labels("upstream_connections").inc()
+                log.warning("upstream_connections_busy", max_connections=self.open,
+                            waited=self.cfg.connection_wait)
+                raise UpstreamUnavailable(BUSY) from None
+            raise
+        UPSTREAM_WAITS.labels("ok").inc()
+        return given
+
+    def _give_back(self, conn: SmtpConnection | None) -> None:
+        if conn is None:
+            self._closed()  # a slot nobody will use
+        else:
+            self.release(conn, True)
 
     def release(self, conn: Connection, reusable: bool) -> None:
         assert isinstance(conn, SmtpConnection)
         conn.last_used = time.monotonic()
-        if reusable and conn.client.is_connected and len(self._idle) < self.cfg.pool_size:
-            self._idle.append(conn)
-        else:
-            conn.close()
+        if reusable and conn.client.is_connected:
+            if self._hand_over(conn):
+                return
+            if len(self._idle) < self.cfg.pool_size:
+                self._idle.append(conn)
+                return
+        conn.close()
 
     async def close(self) -> None:
         idle, self._idle = self._idle, []
