@@ -43,4 +43,5 @@ def record(msg: Message, subject: str, body: str) -> BounceRecord:
         reason="vacation", hard=False, permanent=False, action="delivered",
         diagnostic=(subject + "\n" + body.strip())[:500], feedback_type=None,
         remote_mta=None, original_message_id=mid.group(0) if mid else None, kind="autoreply",
+        decided_by="parser:rfc3834",
     )

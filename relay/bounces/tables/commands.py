@@ -1,0 +1,77 @@
+"""How bounces say which SMTP command a refusal answered, and the tie-breakers.
+
+The last SMTP command is the strongest structural fact a bounce can give: a mailbox
+lookup answers RCPT, a content filter answers DATA, a refusal of the client host
+answers the connection or its greeting. ``CONN`` stands for the connection itself
+(the server's greeting); ``EHLO``/``HELO`` for the client's greeting.
+"""
+
+from __future__ import annotations
+
+from relay.bounces.tables import CommandPattern, TieBreak
+
+#: Matched against the lower-cased, space-collapsed text; the last match in the text
+#: about one recipient wins (a transcript lists the earlier commands first).
+PATTERNS: tuple[CommandPattern, ...] = (
+    # The preposition MTAs put before the command their peer refused: Postfix "(in reply
+    # to RCPT TO command)", Exim "SMTP error from remote mail server after RCPT TO:",
+    # dma "did not like our RCPT TO", Exchange/others "in response to".
+    CommandPattern("RCPT", r"\b(?:after|in reply to|in response to|did not like our|"
+                   r"following|answer(?:ing)? to) (?:the )?rcpt(?: to)?\b", "postfix"),
+    CommandPattern("MAIL", r"\b(?:after|in reply to|in response to|did not like our|"
+                   r"following|answer(?:ing)? to) (?:the )?mail(?: from)?\b", "postfix"),
+    CommandPattern("DATA", r"\b(?:after|in reply to|in response to|did not like our|"
+                   r"following|answer(?:ing)? to) (?:the )?(?:end of |final )?(?:data|"
+                   r"message body)\b", "postfix"),
+    CommandPattern("EHLO", r"\b(?:after|in reply to|in response to|did not like our) "
+                   r"(?:the )?(?:ehlo|helo)\b", "postfix"),
+    CommandPattern("CONN", r"\b(?:after|in reply to|in response to|while receiving) (?:the )?"
+                   r"initial (?:connection|server greeting|greeting)", "exim"),
+    CommandPattern("CONN", r"refused to talk to me", "postfix"),
+    # Exim also writes "after sending data block".
+    CommandPattern("DATA", r"after sending data block", "exim"),
+    # qmail-remote(8): "x does not like recipient.", "Connected to x but sender was
+    # rejected.", "x failed after I sent the message.", "... but greeting failed.",
+    # "... but my name was rejected."
+    CommandPattern("RCPT", r"does not like recipient", "qmail"),
+    CommandPattern("MAIL", r"but sender was rejected", "qmail"),
+    CommandPattern("DATA", r"failed after i sent the message", "qmail"),
+    CommandPattern("CONN", r"but greeting failed", "qmail"),
+    CommandPattern("EHLO", r"but my name was rejected", "qmail"),
+    # Yahoo's notices name the command in brackets: "... user unknown [RCPT_TO]".
+    CommandPattern("RCPT", r"\[rcpt_to\]", "yahoo"),
+    CommandPattern("MAIL", r"\[mail_from\]", "yahoo"),
+    CommandPattern("DATA", r"\[data\]", "yahoo"),
+    # Sendmail transcripts are read by normalise.transcript_command (">>> RCPT To:" lines).
+)
+
+#: Who was refused, by the command that was refused: used when no decisive code, provider
+#: rule or phrase decided, before the class-level meaning of a status code (which says
+#: less: "5.7.1 not authorized" does not say whether the host or the sender was).
+COMMAND_TIE_BREAKS: tuple[TieBreak, ...] = (
+    # RFC 5321 section 3.1: a server that refuses the connection or the client's greeting
+    # refuses the client host, whatever it says.
+    TieBreak("blocked", "rfc5321", command="CONN"),
+    TieBreak("blocked", "rfc5321", command="EHLO"),
+    # RFC 5321 section 3.3: MAIL carries only the reverse-path; refusing it refuses the sender.
+    TieBreak("rejected", "rfc5321", command="MAIL"),
+)
+
+#: What the reply code alone means (and a refusal after DATA for no stated cause): used
+#: after the class-level status codes. First match wins.
+REPLY_TIE_BREAKS: tuple[TieBreak, ...] = (
+    # RFC 5321 section 4.2.2: "551 User not local; please try <forward-path>".
+    TieBreak("hasmoved", "rfc5321", reply="551"),
+    # RFC 7504: "521 Host does not accept mail", "556 Domain does not accept mail".
+    TieBreak("notaccept", "rfc7504", reply="521"),
+    TieBreak("notaccept", "rfc7504", reply="556"),
+    # RFC 4954 section 6: 530 authentication required, 534 too weak, 535 invalid, 538 encryption.
+    TieBreak("securityerror", "rfc4954", reply="530"),
+    TieBreak("securityerror", "rfc4954", reply="534"),
+    TieBreak("securityerror", "rfc4954", reply="535"),
+    TieBreak("securityerror", "rfc4954", reply="538"),
+    # RFC 5321 section 4.2.3: 500-504 are errors in the command syntax or sequence.
+    TieBreak("syntaxerror", "rfc5321", reply="50"),
+    # The taxonomy's "filtered": refused after the message was sent, for no stated cause.
+    TieBreak("filtered", "rfc5321", command="DATA", reply="5"),
+)
