@@ -142,32 +142,69 @@ def score(results: dict[str, list[BounceRecord]],
     }
 
 
-def supports(blobs: dict[str, bytes], families: dict[str, str]) -> dict[str, set[str]]:
-    """Per entry id, the families whose messages it fires on (exhaustive trace)."""
+def supports(blobs: dict[str, bytes], families: dict[str, str]
+             ) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    """Per entry id, the families whose messages it fires on (exhaustive trace); and per
+    file, the entries that fire on it."""
     support: dict[str, set[str]] = defaultdict(set)
+    fired: dict[str, set[str]] = {}
     for file, blob in blobs.items():
         trace = Trace(exhaustive=True)
         classify(blob, trace=trace)
+        fired[file] = set(trace.fired)
         for entry in trace.fired:
             support[entry].add(families[file])
-    return support
+    return support, fired
+
+
+def family_only(support: dict[str, set[str]], family: str) -> frozenset[str]:
+    """The entries with no support outside ``family`` (switched off while it is scored)."""
+    return frozenset(e for e in all_entry_ids() if not (support.get(e, set()) - {family}))
 
 
 def lofo(blobs: dict[str, bytes], families: dict[str, str],
          support: dict[str, set[str]]) -> tuple[dict[str, list[BounceRecord]],
                                                 dict[str, int]]:
     """Each family's files classified without the entries only it supports."""
-    entries = all_entry_ids()
     results: dict[str, list[BounceRecord]] = {}
     disabled_count: dict[str, int] = {}
     for fam in sorted(set(families.values())):
-        off = frozenset(e for e in entries if not (support.get(e, set()) - {fam}))
+        off = family_only(support, fam)
         disabled_count[fam] = len(off)
         rules = ruleset(off)
         for file, blob in blobs.items():
             if families[file] == fam:
                 results[file] = classify(blob, rules=rules)
     return results, disabled_count
+
+
+def limits(plain: dict[str, list[BounceRecord]], held: dict[str, list[BounceRecord]],
+           expected: dict[str, list[dict[str, Any]]], families: dict[str, str],
+           support: dict[str, set[str]], fired: dict[str, set[str]]) -> str:
+    """What the leave-one-family-out losses rest on: for every bounced recipient right in
+    the plain run and wrong without its family's own entries, the kinds of those entries
+    that fired on its message (a provider's convention, a phrase, a command wording, a
+    layout marker, a status row, a parser hint, a tie-break)."""
+    kinds: Counter[str] = Counter()
+    by_family: Counter[str] = Counter()
+    lost = 0
+    for file, rows in expected.items():
+        rows = [r for r in rows if r.get("index") and r.get("reason") not in NOT_BOUNCES]
+        for i, row in enumerate(rows):
+            p = plain.get(file, [])
+            h = held.get(file, [])
+            right = i < len(p) and p[i].reason == row["reason"]
+            wrong = not (i < len(h) and h[i].reason == row["reason"])
+            if right and wrong:
+                lost += 1
+                by_family[families[file]] += 1
+                off = fired.get(file, set()) & family_only(support, families[file])
+                for kind in {e.split(":", 1)[0] for e in off} or {"(none)"}:
+                    kinds[kind] += 1
+    return (f"LOFO losses (right in the plain run, wrong without the family's own entries): "
+            f"{lost}; they rest on entries of kind " + ", ".join(
+                f"{k} {v}" for k, v in kinds.most_common())
+            + "; by family " + ", ".join(f"{f} {v}" for f, v in by_family.most_common(10)))
 
 
 def false_bounces(corpus_results: dict[str, list[BounceRecord]],
@@ -248,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     families = {f: family_of(rows) for f, rows in expected.items()}
     plain_results = {f: classify(b) for f, b in blobs.items()}
     plain = score(plain_results, expected)
-    support = supports(blobs, families)
+    support, fired = supports(blobs, families)
     lofo_results, disabled = lofo(blobs, families, support)
     held = score(lofo_results, expected)
     checked, n_false, false_names = false_bounces(plain_results, expected)
@@ -272,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\ngap plain - LOFO: hard {plain['bounced_hard'] - held['bounced_hard']:+.2f}, "
           f"reason {plain['bounced_reason'] - held['bounced_reason']:+.2f} points")
     print(f"false bounces on non-bounce mail: {n_false} of {checked} {false_names}")
+    print(limits(plain_results, lofo_results, expected, families, support, fired))
     print(f"speed: {rate:,.0f} emails/s (median of {len(rates)} rounds x {len(blobs)} files, "
           f"one process; best {max(rates):,.0f})")
 

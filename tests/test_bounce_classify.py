@@ -346,7 +346,7 @@ def test_cli_prints_one_json_object_per_recipient(tmp_path: Path,
     assert set(lines[0]) == {
         "file", "recipient", "status", "reply_code", "reason", "hard", "permanent", "action",
         "diagnostic", "feedback_type", "remote_mta", "original_message_id", "kind",
-        "decided_by"}
+        "alias", "decided_by"}
     assert capsys.readouterr().err == ""
 
 

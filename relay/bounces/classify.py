@@ -194,7 +194,8 @@ def _record(found: Found, rules: RuleSet, trace: Trace | None) -> BounceRecord:
         status = f"{cls}.{DEFAULT_DETAIL.get(reason, '0.0')}"
     kind = {"delivered": "delivered", "delayed": "delayed"}.get(found.action, "bounce")
     return BounceRecord(
-        recipient=found.recipient, status=status, reply_code=facts.reply, reason=reason,
+        recipient=found.recipient, alias=found.alias, status=status,
+        reply_code=facts.reply, reason=reason,
         hard=is_hard(reason, status, facts.reply), permanent=found.action == "failed",
         action=found.action, diagnostic=found.shown, remote_mta=found.remote_mta,
         original_message_id=found.original_message_id, kind=kind, decided_by=decided_by,

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from email.message import Message
 
 from relay.bounces import arf, autoreply, ses, vendors
-from relay.bounces.dsn import DsnRecipient, parse_fields
+from relay.bounces.dsn import DsnRecipient, address_of, parse_fields
 from relay.bounces.mime import Anatomy, dissect, parse
 from relay.bounces.model import BounceRecord
 from relay.bounces.normalise import valid_status
@@ -64,6 +64,8 @@ class Found:
     remote_mta: str | None = None
     reporting_mta: str | None = None
     original_message_id: str | None = None
+    #: The address the recipient was expanded or forwarded from, if the report says.
+    alias: str | None = None
     #: The notice families the message was recognised as (for parser hints).
     parsers: tuple[str, ...] = ()
     #: The extraction entry that found this recipient.
@@ -274,8 +276,12 @@ def _from_dsn(r: DsnRecipient, notice: str, subject: str, msgid: str | None, sin
         if ";" in r.fields.get("diagnostic-code", "") else ""
     diagnostic = r.diagnostic.strip()
     context = _context(notice, r.recipient)
+    alias = next((a for a in (address_of(r.fields.get("original-recipient", "")),
+                              address_of(r.fields.get("x-actual-recipient", "")))
+                  if a and a != r.recipient), None)
     return Found(
-        recipient=r.recipient, action=action, status=status, diagnostic=diagnostic,
+        recipient=r.recipient, alias=alias, action=action, status=status,
+        diagnostic=diagnostic,
         diagnostic_type=diag_type, context=context, notice=notice if single else "",
         remote_mta=r.remote_mta or None, reporting_mta=reporting or None,
         original_message_id=msgid, parsers=families, found_by="parser:rfc3464",
@@ -317,7 +323,7 @@ def _from_prose(msg: Message, anatomy: Anatomy, notice: str, subject: str,
     out: list[Found] = []
     for f in failures:
         out.append(Found(
-            recipient=f.recipient, action="delayed" if delayed else "failed",
+            recipient=f.recipient, alias=f.alias, action="delayed" if delayed else "failed",
             diagnostic=f.own or f.text, context=f.text, notice=notice if single else "",
             remote_mta=vendors.remote_mta(f.text), reporting_mta=reporting or None,
             original_message_id=msgid, parsers=families, found_by=found_by,
@@ -328,12 +334,25 @@ def _from_prose(msg: Message, anatomy: Anatomy, notice: str, subject: str,
 
 def _fallback_recipient(msg: Message, anatomy: Anatomy, own: set[str],
                         rules: RuleSet) -> tuple[str, str]:
-    """When the notice names nobody: X-Failed-Recipients, or the returned message's To."""
+    """When the notice names nobody: X-Failed-Recipients, the envelope recipient the
+    returned message's first Received line names ("for <x>", RFC 5321 section 4.4), or
+    the returned message's To."""
     if rules.fallbacks_on["x-failed-recipients"]:
         for value in (msg.get("X-Failed-Recipients"), msg.get("X-Original-To")):
             found = [a for a in vendors.addresses(str(value or "")) if a not in own]
             if found:
                 return found[0], "fallback:x-failed-recipients"
+    if rules.fallbacks_on["received-for"]:
+        if anatomy.original is not None:
+            received = str(anatomy.original.get("Received", "") or "")
+        else:
+            m = _RECEIVED_RE.search(anatomy.original_text)
+            received = m.group(0) if m else ""
+        m = _FOR_RE.search(received)
+        if m:
+            found = [a for a in vendors.addresses(m.group(1)) if a not in own]
+            if found:
+                return found[0], "fallback:received-for"
     if rules.fallbacks_on["original-to"]:
         if anatomy.original is not None:
             found = vendors.addresses(str(anatomy.original.get("To", "") or ""))
@@ -347,6 +366,8 @@ def _fallback_recipient(msg: Message, anatomy: Anatomy, own: set[str],
     return "", "parser:prose"
 
 
+_RECEIVED_RE = re.compile(r"^Received:.*(?:\n[ \t].*)*", re.M | re.I)
+_FOR_RE = re.compile(r"\bfor\s+<?([^\s<>;]+@[^\s<>;]+)>?\s*;", re.I)
 _WS_RE = re.compile(r"[ \t]*\n[ \t\n]*")
 
 

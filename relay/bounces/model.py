@@ -30,6 +30,9 @@ class BounceRecord:
     remote_mta: str | None = None
     original_message_id: str | None = None
     kind: str = "bounce"
+    #: The address the failed one was expanded or forwarded from (``Original-Recipient``,
+    #: "expanded from <x>"), when the report names one that differs.
+    alias: str | None = None
     #: Which table entry decided the reason (``status:X.1.1``, ``phrase:<reason>:<words>``,
     #: ``provider:<name>:...``, ``tiebreak:...``, ``hint:...``, ``fallback:...``).
     decided_by: str = ""

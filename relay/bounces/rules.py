@@ -246,7 +246,7 @@ _EMPTY = Alternation(())
 #: Ids of the steps that are code, not table rows, listed so the bench can account for
 #: them too: recipient sources of the prose parser and the decision's last resorts.
 FALLBACKS: tuple[str, ...] = (
-    "x-failed-recipients", "original-to", "delayed-expired", "transient-expired",
+    "x-failed-recipients", "received-for", "original-to", "delayed-expired", "transient-expired",
     "onhold", "undefined",
 )
 

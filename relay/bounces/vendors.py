@@ -45,6 +45,8 @@ _ALIAS_RE = re.compile(r"\((?:generated|expanded) from\s*<?$|\((?:generated|expa
                        r"[^()]*$", re.I)
 #: A line that only lists addresses ("a@x, b@y", "<a@x> <b@y>"): each one a recipient.
 _LIST_LINE_RE = re.compile(r"^[\s<>\"',;]*(?:[^\s<>\"',;@]+@[^\s<>\"',;@]+[\s<>\"',;]*)+$")
+_ALIAS_OF_RE = re.compile(r"\((?:generated|expanded) from\s*<?([^\s<>()]+@[^\s<>()]+?)>?\s*\)",
+                          re.I)
 _DELAY_RE = re.compile(
     r"\bdelay(?:ed)?\b|will (?:continue|keep) (?:trying|to try)|"
     r"could not (?:send|deliver) (?:message )?for (?:the )?past|not yet been delivered|"
@@ -74,6 +76,7 @@ class TextFailure:
     recipient: str
     text: str
     own: str = ""
+    alias: str | None = None
 
 
 def looks_like_bounce(msg: Message, notice: str, rules: RuleSet,
@@ -187,8 +190,10 @@ def find_failures(notice: str, exclude: set[str]) -> list[TextFailure]:
         # The first recipient's text starts at the top: many servers write the error
         # (or the command that failed) before the address.
         start = 0 if not failures else line_start
-        failures.append(TextFailure(addr, notice[start:end][:2000],
-                                    notice[line_start:end][:2000]))
+        own = notice[line_start:end][:2000]
+        m = _ALIAS_OF_RE.search(own[:600])
+        alias = m.group(1).lower() if m and m.group(1).lower() != addr else None
+        failures.append(TextFailure(addr, notice[start:end][:2000], own, alias))
     return failures
 
 

@@ -340,9 +340,11 @@ GATES: dict[str, Gate] = {
     # address or the content.
     "rejected": Gate(commands=frozenset({"MAIL", "RCPT", "DATA"}), unknown=True),
     "spamdetected": Gate(commands=frozenset({"MAIL", "RCPT", "DATA"}), unknown=True),
-    # "Domain not found" with a transient code: the lookup failed this time (RFC 3463
-    # class 4 is a persistent transient failure), the domain is not known not to exist.
-    "hostunknown": Gate(transient="networkerror"),
+    # "Domain not found" answered to MAIL FROM is about the sender's domain; with a
+    # transient code the lookup failed this time (RFC 3463 class 4 is a persistent
+    # transient failure), the domain is not known not to exist.
+    "hostunknown": Gate(commands=frozenset({"RCPT", "DATA"}), unknown=True,
+                        transient="networkerror"),
 }
 
 #: Phrases of these reasons overrule a decisive status code of the key's reason.
