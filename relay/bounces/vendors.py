@@ -191,8 +191,8 @@ def find_failures(notice: str, exclude: set[str]) -> list[TextFailure]:
         # (or the command that failed) before the address.
         start = 0 if not failures else line_start
         own = notice[line_start:end][:2000]
-        m = _ALIAS_OF_RE.search(own[:600])
-        alias = m.group(1).lower() if m and m.group(1).lower() != addr else None
+        of = _ALIAS_OF_RE.search(own[:600])
+        alias = of.group(1).lower() if of and of.group(1).lower() != addr else None
         failures.append(TextFailure(addr, notice[start:end][:2000], own, alias))
     return failures
 
