@@ -19,7 +19,8 @@ from relay.bounces.tables.phrases import ORDER
 
 def dsn(diagnostic: str, *, status: str = "5.0.0", action: str = "failed",
         recipient: str = "rcpt@example.net", remote: str = "mx.example.net",
-        notice: str | None = None, command: str = "RCPT TO") -> bytes:
+        notice: str | None = None, command: str = "RCPT TO",
+        reporter: str = "mx.sender.example") -> bytes:
     """A Postfix-style multipart/report about one recipient."""
     notice = notice if notice is not None else (
         "This is the mail system at host mx.sender.example.\n\n"
@@ -28,7 +29,7 @@ def dsn(diagnostic: str, *, status: str = "5.0.0", action: str = "failed",
         f"<{recipient}>: host {remote}[192.0.2.9] said: {diagnostic}\n"
         f"    (in reply to {command} command)\n")
     return (
-        "From: MAILER-DAEMON@mx.sender.example (Mail Delivery System)\r\n"
+        f"From: MAILER-DAEMON@{reporter} (Mail Delivery System)\r\n"
         "To: sender@sender.example\r\n"
         "Subject: Undelivered Mail Returned to Sender\r\n"
         "MIME-Version: 1.0\r\n"
@@ -36,7 +37,7 @@ def dsn(diagnostic: str, *, status: str = "5.0.0", action: str = "failed",
         "\r\n--B\r\nContent-Type: text/plain\r\n\r\n"
         f"{notice}\r\n"
         "--B\r\nContent-Type: message/delivery-status\r\n\r\n"
-        "Reporting-MTA: dns; mx.sender.example\r\n\r\n"
+        f"Reporting-MTA: dns; {reporter}\r\n\r\n"
         f"Final-Recipient: rfc822; {recipient}\r\n"
         f"Action: {action}\r\n"
         f"Status: {status}\r\n"
@@ -114,7 +115,7 @@ def test_the_refusing_side_s_provider_comes_before_the_reporter_s() -> None:
               "nekochan@ezweb.ne.jp because the address couldn't be found, or is unable "
               "to receive mail.\n\nThe response was:\n\n550 : User unknown\n")
     rec = one(dsn("550 : User unknown", recipient="nekochan@ezweb.ne.jp",
-                  remote="lsean.ezweb.ne.jp", notice=notice))
+                  remote="lsean.ezweb.ne.jp", notice=notice, reporter="googlemail.com"))
     assert (rec.reason, rec.hard) == ("filtered", False)
     assert rec.decided_by.startswith("provider:kddi:")
 
