@@ -14,28 +14,32 @@ that gives a reason decides, and the record names the entry that did
    the one machine-readable statement the standard defines for exactly this question.
    Ambiguous codes (``X.0.0``, ``X.7.0``, ``4.3.0``, ``4.4.0``, ``X.5.0``, ``5.4.1``)
    give no prior; class-level codes wait for step 6.
-3. **Provider conventions** (``tables.providers``), when the remote host, the reporting
-   host or the recipient's domain belongs to a known provider or the text names it: the
-   provider's published meaning of its own replies beats generic wording, because the
-   same words mean different things at different providers.
+3. **Provider conventions** (``tables.providers``), when the remote host, the recipient's
+   domain or the reporting host belongs to a known provider, or the text names it (the
+   refusing side's provider first): the provider's published meaning of its own replies
+   beats generic wording, because the same words mean different things at different
+   providers, and providers reuse standard codes with meanings of their own.
 4. **Phrases per reason** (``tables.phrases``), in ``ORDER`` (specific causes before
    general ones), matched against the server's reply, then the notice's paragraph about
    the recipient, then (for a notice about one recipient) the whole notice. A phrase
-   counts only if its gate allows the SMTP command it answered (``GATES``: an unknown
-   user is found at RCPT; a filter reads the message, so "filtered" is after DATA).
-   An unknown-user phrase said after
-   DATA is the recipient side's filter (``filtered``); with no command known it is
-   ambiguous between the two and left to steps 5-7, defaulting to ``filtered``: soft,
-   because only a refusal at RCPT proves that the mailbox lookup failed.
-5. **Class-level status codes** (``X.6.x`` content, ``X.5.x`` protocol, ``5.7.1``
-   "not authorized", ...): the code's general meaning when no words said more.
-6. **Reply code and command** (``tables.commands.TIE_BREAKS``): a refusal of the
-   connection or greeting refuses the client host (``blocked``), of MAIL FROM the
-   sender (``rejected``); 551, 521/556, 530/535 and 50x have RFC meanings.
-7. **Parser hint** (``tables.hints``): an MTA-internal string the recognised notice
+   counts only as its gate allows (``GATES``): an unknown user is found at RCPT, so the
+   same words after DATA are the recipient side's filter (``filtered``), and with no
+   command known they are ambiguous between the two (later steps may pick either; left
+   alone they are ``filtered``: soft, because only a refusal at RCPT proves that the
+   mailbox lookup failed); "domain not found" at MAIL FROM is about the sender, and with
+   a transient code it is a DNS failure, not a domain that does not exist.
+5. **The command that was refused** (``tables.commands.COMMAND_TIE_BREAKS``): a refusal
+   of the connection or greeting refuses the client host (``blocked``), of MAIL FROM
+   the sender (``rejected``). It says who was refused, which a class-level code does not.
+6. **Class-level status codes** (``X.6.x`` content, ``X.5.x`` protocol, ``5.7.1`` "not
+   authorized", the code's subject for codes not listed): the general meaning when no
+   words said more.
+7. **The reply code** (``REPLY_TIE_BREAKS``): 551, 521/556, 530/535, 50x have RFC 5321,
+   7504 and 4954 meanings; a 5xx after DATA for no stated cause is ``filtered``.
+8. **Parser hint** (``tables.hints``): an MTA-internal string the recognised notice
    family documents, used last because it speaks for one family's wording only.
-8. **Fallbacks**: a delay report, or a final report with a transient (4.X.X / 4xx)
-   code, is ``expired`` (the retry period ran out, RFC 3464 ``Action: failed`` with a
+9. **Fallbacks**: a delay report, or a final report with a transient (4.X.X / 4xx)
+   code, is ``expired`` (the retry period ran out: RFC 3464 ``Action: failed`` with a
    transient status); otherwise ``onhold`` when there is text, ``undefined`` when there
    is none.
 """
@@ -48,8 +52,8 @@ from dataclasses import dataclass, field
 from relay.bounces.rules import Alternation, RuleSet, Trace
 from relay.bounces.tables import Gate, Provider, TieBreak
 
-#: Ambiguity of an unknown-user phrase whose command is unknown: these reasons.
-_UNKNOWN_USER = ("userunknown", "filtered")
+#: An ambiguous phrase: (its reason, the other reason it may mean, the phrase id).
+Pending = tuple[str, str, str]
 
 
 @dataclass(slots=True)
@@ -106,15 +110,15 @@ def decide(f: Facts, rules: RuleSet, trace: Trace | None = None) -> tuple[str, s
                     and settle(rule.reason, rule.id):
                 return answer  # type: ignore[return-value]
     # 4. phrases, gated and vetoed
-    pending: str | None = None
+    pending: Pending | None = None
     transient = (f.status or f.reply or "").startswith("4")
     for text in f.texts:
         found = _phrase_step(text, f.command, transient, rules, trace if full else None)
         if found is None:
             continue
-        reason, by, ambiguous = found
-        if ambiguous:
-            pending = pending or by
+        reason, by, other = found
+        if other is not None:
+            pending = pending or (reason, other, by)
             if not full:
                 break
             continue
@@ -134,11 +138,11 @@ def decide(f: Facts, rules: RuleSet, trace: Trace | None = None) -> tuple[str, s
     # 8. the parser's hint
     for parser in f.parsers:
         for hint, rx in rules.hint_rx.get(parser, ()):
-            if pending is not None and hint.reason not in _UNKNOWN_USER:
+            if pending is not None and hint.reason not in pending[:2]:
                 continue
             if any(rx.search(t) for t in f.texts) and settle(hint.reason, hint.id):
                 return answer  # type: ignore[return-value]
-    if pending is not None and settle("filtered", pending + "@no-command"):
+    if pending is not None and settle(pending[1], pending[2] + "@no-command"):
         return answer  # type: ignore[return-value]
     # 9. fallbacks
     if answer is not None:
@@ -157,12 +161,12 @@ def decide(f: Facts, rules: RuleSet, trace: Trace | None = None) -> tuple[str, s
 
 
 def _tie_break(table: tuple[TieBreak, ...], command: str | None, reply: str | None,
-               pending: str | None, settle: Callable[[str, str], bool]) -> bool:
+               pending: Pending | None, settle: Callable[[str, str], bool]) -> bool:
     """Apply the first matching tie-break; ``True`` when it settled the record."""
     for tb in table:
         if (tb.command is None or tb.command == command) \
                 and (tb.reply is None or (reply or "").startswith(tb.reply)):
-            if pending is not None and tb.reason not in _UNKNOWN_USER:
+            if pending is not None and tb.reason not in pending[:2]:
                 continue
             if settle(tb.reason, tb.id):
                 return True
@@ -191,27 +195,18 @@ def _provider_rule_holds(status: str | None, reply: str | None, pattern: str | N
     return True
 
 
-def _gate_allows(gate: Gate | None, command: str | None) -> bool | None:
-    """True/False for a known command; ``None`` when the command is unknown and the gate
-    does not accept that."""
-    if gate is None or gate.commands is None:
-        return True
-    if command is None:
-        return True if gate.unknown else None
-    return command in gate.commands
-
-
 def _phrase_step(text: str, command: str | None, transient: bool, rules: RuleSet,
-                 trace: Trace | None) -> tuple[str, str, bool] | None:
+                 trace: Trace | None) -> tuple[str, str, str | None] | None:
     """The first reason in ``ORDER`` whose phrase in ``text`` its gate lets decide.
 
-    Returns ``(reason, phrase id, ambiguous)``; ``ambiguous`` marks an unknown-user
-    phrase with no command known. With a ``trace`` every matching phrase is recorded.
+    Returns ``(reason, phrase id, other)``; ``other`` is set for a phrase the gate
+    leaves ambiguous (no command known): the other reason it may mean. With a
+    ``trace`` every matching phrase is recorded.
     """
     if not text:
         return None
     command = "EHLO" if command == "HELO" else command
-    result: tuple[str, str, bool] | None = None
+    result: tuple[str, str, str | None] | None = None
     for reason in rules.order:
         alt: Alternation | None = rules.phrases.get(reason)
         if alt is None:
@@ -224,19 +219,26 @@ def _phrase_step(text: str, command: str | None, transient: bool, rules: RuleSet
         hit = alt.first(text)
         if hit is None:
             continue
-        if reason == "userunknown" and command == "DATA":
-            # Said after the message was sent: the recipient side's filter.
-            result = ("filtered", hit.id + "@DATA", False)
-        else:
-            gate = rules.gates.get(reason)
-            allowed = _gate_allows(gate, command)
-            if allowed is None:
-                result = ("userunknown", hit.id, True)
-            elif allowed:
-                if transient and gate is not None and gate.transient:
-                    result = (gate.transient, hit.id + "@transient", False)
-                else:
-                    result = (reason, hit.id, False)
+        result = _gated(reason, hit.id, rules.gates.get(reason), command, transient)
         if result is not None and trace is None:
             return result
     return result
+
+
+def _gated(reason: str, by: str, gate: Gate | None, command: str | None,
+           transient: bool) -> tuple[str, str, str | None] | None:
+    """What a matching phrase of ``reason`` means given its gate (``None``: nothing)."""
+    if gate is None:
+        return reason, by, None
+    if gate.commands is not None:
+        if command is None:
+            if not gate.unknown:
+                if gate.ambiguous_with is None:
+                    return None
+                return reason, by, gate.ambiguous_with
+        elif command not in gate.commands:
+            other = dict(gate.instead).get(command)
+            return (other, f"{by}@{command}", None) if other else None
+    if transient and gate.transient:
+        return gate.transient, f"{by}@transient", None
+    return reason, by, None

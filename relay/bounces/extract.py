@@ -134,7 +134,7 @@ def extract(raw_msg: Message, rules: RuleSet, trace: Trace | None = None,
                           reporting_mta or reporting) for r in blocks]
     # --- a report forwarded as an attachment, or a notice forwarded inline -----------------
     if depth < 2:
-        nested = _nested(msg, anatomy, subject, notice, rules, trace, depth)
+        nested = _nested(msg, anatomy, subject, rules, trace, depth)
         if nested:
             return nested
     # --- prose notices ----------------------------------------------------------------------
@@ -154,10 +154,13 @@ def _fire(trace: Trace | None, entry_id: str) -> None:
         trace.add(entry_id)
 
 
-def _nested(msg: Message, anatomy: Anatomy, subject: str, notice: str, rules: RuleSet,
+def _nested(msg: Message, anatomy: Anatomy, subject: str, rules: RuleSet,
             trace: Trace | None, depth: int) -> list[Extracted]:
+    """A report inside the message: a forwarded notice, or a report about a report."""
     inner = anatomy.original
-    if inner is not None and inner.get_content_type() == "multipart/report":
+    forwarded = bool(_FORWARD_SUBJECT_RE.match(subject))
+    if inner is not None and (forwarded or inner.get_content_type() == "multipart/report"):
+        # A notice forwarded as an attachment, or a gateway's notice about a DSN.
         found = extract(inner, rules, trace, depth + 1)
         if found:
             _fire(trace, "parser:nested")
@@ -174,11 +177,11 @@ def _nested(msg: Message, anatomy: Anatomy, subject: str, notice: str, rules: Ru
             if found:
                 _fire(trace, "parser:nested")
                 return found
-    if _FORWARD_SUBJECT_RE.match(subject) and ">" in notice:
-        # A notice forwarded inline: strip the quoting and read the forwarded headers
-        # and body as a message of their own.
-        body = _QUOTE_RE.sub("", notice)
-        start = re.search(r"^(?:From|Subject|Date|To):", body, re.M)
+    if forwarded and inner is None:
+        # A notice forwarded inline ("---------- Forwarded message ----------", or quoted
+        # with "> "): the forwarded header block and body read as a message of their own.
+        body = _QUOTE_RE.sub("", "\n".join(anatomy.notice))
+        start = re.search(r"^(?:From|Subject|Date|To|Sent):[ \t]*\S", body, re.M)
         if start is not None:
             again = parse(body[start.start():].encode("utf-8", "replace"))
             found = extract(again, rules, trace, depth + 1)
@@ -221,6 +224,16 @@ def _reporting_host(msg: Message) -> str:
     """The domain of the notice's sender (``mailer-daemon@googlemail.com``)."""
     addrs = vendors.addresses(str(msg.get("From", "") or ""))
     return addrs[0].rsplit("@", 1)[1] if addrs else ""
+
+
+def _reporters(msg: Message, reporting: str) -> set[str]:
+    """Domains of the site that wrote the notice (its sender, its Reporting-MTA)."""
+    hosts = {reporting.lower()} if reporting else set()
+    for name in ("From", "Sender", "Return-Path"):
+        hosts.update(a.rsplit("@", 1)[1] for a in vendors.addresses(str(msg.get(name, "") or "")))
+    # The parent domain too: mailer-daemon@mx1.example.net reports for example.net.
+    hosts.update(h.split(".", 1)[1] for h in list(hosts) if h.count(".") >= 2)
+    return hosts
 
 
 def _own_addresses(msg: Message, anatomy: Anatomy) -> set[str]:
@@ -312,7 +325,7 @@ def _from_prose(msg: Message, anatomy: Anatomy, notice: str, subject: str,
                 msgid: str | None, families: tuple[str, ...], reporting: str,
                 rules: RuleSet, trace: Trace | None) -> list[Found]:
     own = _own_addresses(msg, anatomy)
-    failures = vendors.find_failures(notice, own)
+    failures = vendors.find_failures(notice, own, _reporters(msg, reporting))
     found_by = "parser:prose"
     if not failures:
         addr, found_by = _fallback_recipient(msg, anatomy, own, rules)

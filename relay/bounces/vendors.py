@@ -147,11 +147,19 @@ def addresses(text: str) -> list[str]:
     return [m.group(1).strip(".").lower() for m in _ADDR_RE.finditer(text)]
 
 
-def find_failures(notice: str, exclude: set[str]) -> list[TextFailure]:
+def _related(domain: str, hosts: set[str]) -> bool:
+    return any(domain == h or domain.endswith("." + h) or h.endswith("." + domain)
+               for h in hosts)
+
+
+def find_failures(notice: str, exclude: set[str],
+                  reporters: set[str] | None = None) -> list[TextFailure]:
     """Find each failed recipient in a notice and cut out the text that concerns it.
 
-    Addresses on quoted-header lines, daemon addresses and the addresses in ``exclude``
-    (the bounce's own sender and receiver, the original sender) are not recipients.
+    Addresses on quoted-header lines, the addresses in ``exclude`` (the bounce's own
+    sender and receiver, the original sender) and the reporting site's own daemon
+    addresses (``postmaster@``, ``mailer-daemon@`` at a domain of ``reporters``) are not
+    recipients; ``postmaster@`` elsewhere is an ordinary recipient.
     An address's text runs from its first mention to the next recipient's first
     mention; text *before* the first recipient is kept too, because many servers
     write the error before the address.
@@ -165,7 +173,9 @@ def find_failures(notice: str, exclude: set[str]) -> list[TextFailure]:
             for m in _ADDR_RE.finditer(line):
                 addr = m.group(1).strip(".").lower()
                 local = addr.split("@", 1)[0]
-                if addr in exclude or _NOT_RECIPIENT_LOCAL.match(local) \
+                daemon = bool(_NOT_RECIPIENT_LOCAL.match(local)) and (
+                    reporters is None or _related(addr.split("@", 1)[1], reporters))
+                if addr in exclude or daemon \
                         or local[:1] in "/|" or _ALIAS_RE.search(line, 0, m.start()):
                     continue
                 if taken and not listing:

@@ -53,14 +53,18 @@ class Gate:
     """When a reason's phrases may decide: which last SMTP command they must answer.
 
     ``commands`` is the set of commands at which the phrase counts (``None``: any);
-    ``unknown`` says whether it counts when the bounce does not say the command (when it
-    does not, the phrase step leaves the record to the decision's ambiguity rule).
-    ``transient`` is the reason the phrase means instead when the server answered with a
-    transient (4xx / 4.X.X) code: the server itself does not consider the cause final.
+    ``instead`` maps other commands to the reason the phrase means there; ``unknown``
+    says whether it counts when the bounce does not say the command, and if not,
+    ``ambiguous_with`` is the other reason it may then mean: later steps may pick either,
+    and without them the decision takes ``ambiguous_with``. ``transient`` is the reason
+    the phrase means instead when the server answered with a transient (4xx / 4.X.X)
+    code: the server itself does not consider the cause final.
     """
 
     commands: frozenset[str] | None = None
     unknown: bool = True
+    instead: tuple[tuple[str, str], ...] = ()
+    ambiguous_with: str | None = None
     transient: str | None = None
 
 

@@ -42,7 +42,7 @@ MARKERS: tuple[Marker, ...] = (
     *_m("subject", "google", r"delivery status notification \((?:failure|delay)\)",
         r"undeliverable mail"),
     *_m("subject", "opensmtpd", r"delivery status notification: (?:error|failed|delayed)"),
-    *_m("subject", "domino", r"delivery failure", r"loop alert"),
+    *_m("subject", "domino", r"loop alert"),
     *_m("subject", "rfc3464", r"delivery (?:status|report|problem)", r"undelivered",
         r"could not be delivered", r"not be delivered", r"mail could not",
         r"returned to sender", r"bounce", r"delivery error", r"mail system error",
@@ -75,7 +75,7 @@ MARKERS: tuple[Marker, ...] = (
         r"following (?:address|recipient)", r"error (?:has )?occurred while attempting",
         r"returned to you", r"message could not be sent", r"your message .* (?:rejected|"
         r"blocked)", r"there was an error delivering", r"delivery failure",
-        r"sorry, we were unable", r"message not delivered", r"delivery status",
+        r"sorry, we were unable", r"delivery status",
         r"error message below"),
     *_m("notice", "rfc5321", r"requested action not taken", r"mailbox unavailable",
         r"no such user", r"user unknown"),

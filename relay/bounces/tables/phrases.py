@@ -332,8 +332,11 @@ ORDER: tuple[str, ...] = (
 
 #: Which commands a reason's phrases may answer (reasons not listed: any command).
 GATES: dict[str, Gate] = {
-    # An unknown mailbox is found when the server checks the RCPT address.
-    "userunknown": Gate(commands=frozenset({"RCPT"}), unknown=False),
+    # An unknown mailbox is found when the server checks the RCPT address; said after
+    # DATA, the same words are the recipient side's filter; with no command known they
+    # may be either, and without more evidence they are read as the softer "filtered".
+    "userunknown": Gate(commands=frozenset({"RCPT"}), unknown=False,
+                        instead=(("DATA", "filtered"),), ambiguous_with="filtered"),
     # Filtering reads the message, so it happens after DATA.
     "filtered": Gate(commands=frozenset({"DATA"}), unknown=True),
     # A refusal of the connection or greeting is about the client host, not the sender

@@ -28,16 +28,9 @@ SOURCES: dict[str, str] = {
     "rfc3207": "RFC 3207 SMTP Service Extension for Secure SMTP over TLS "
                "https://www.rfc-editor.org/rfc/rfc3207",
     "rfc8689": "RFC 8689 SMTP Require TLS Option https://www.rfc-editor.org/rfc/rfc8689",
-    "rfc5965": "RFC 5965 An Extensible Format for Email Feedback Reports "
-               "https://www.rfc-editor.org/rfc/rfc5965",
-    "rfc3834": "RFC 3834 Recommendations for Automatic Responses to Electronic Mail "
-               "https://www.rfc-editor.org/rfc/rfc3834",
     "rfc5322": "RFC 5322 Internet Message Format https://www.rfc-editor.org/rfc/rfc5322",
     "rfc4407": "RFC 4407 Purported Responsible Address in E-Mail Messages "
                "https://www.rfc-editor.org/rfc/rfc4407",
-    "rfc7208": "RFC 7208 Sender Policy Framework https://www.rfc-editor.org/rfc/rfc7208",
-    "rfc7489": "RFC 7489 DMARC https://www.rfc-editor.org/rfc/rfc7489",
-    "rfc6376": "RFC 6376 DKIM Signatures https://www.rfc-editor.org/rfc/rfc6376",
     # --- mail server software (manuals and the messages their sources emit) -------------
     "postfix": "Postfix manual pages smtp(8), smtpd(8), local(8), bounce(5), postconf(5) and "
                "the reject texts of smtpd_*_restrictions https://www.postfix.org/postconf.5.html",
@@ -58,8 +51,6 @@ SOURCES: dict[str, str] = {
               "https://help.hcltechsw.com/domino/",
     "interscan": "Trend Micro InterScan Messaging Security Suite: notification messages "
                  "(docs.trendmicro.com)",
-    "oracle-ms": "Oracle Communications Messaging Server: delivery status notification "
-                 "texts (docs.oracle.com)",
     "imail": "Ipswitch IMail Server user guide: undeliverable mail notices",
     "ses": "Amazon SES Developer Guide: notification contents, bounce types "
            "https://docs.aws.amazon.com/ses/latest/dg/notification-contents.html",
@@ -67,8 +58,6 @@ SOURCES: dict[str, str] = {
                     "https://www.ijs.si/software/amavisd/",
     "dnsbl": "DNS block lists' published reject texts (Spamhaus, SpamCop, Barracuda, SORBS) "
              "https://www.spamhaus.org/faqs/",
-    "spf-doc": "SPF/DKIM/DMARC reject texts of the common verifiers (RFC 7208 section 8.4) "
-               "https://www.rfc-editor.org/rfc/rfc7208#section-8.4",
     # --- providers' published error references -----------------------------------------
     "google": "Google Workspace Admin Help: SMTP error reference "
               "https://support.google.com/a/answer/3726730",
@@ -92,9 +81,7 @@ SOURCES: dict[str, str] = {
     "mimecast": "Mimecast: SMTP error codes (community.mimecast.com knowledge base)",
     "messagelabs": "Symantec/Broadcom Email Security.cloud (MessageLabs): SMTP error codes "
                    "(knowledge.broadcom.com)",
-    "zoho": "Zoho Mail: bounce and SMTP error messages https://www.zoho.com/mail/help/",
     "mailru": "Mail.ru postmaster: SMTP errors https://help.mail.ru/developers/",
-    "yandex": "Yandex Mail: SMTP errors https://yandex.com/support/mail/",
     "kddi": "KDDI au mail: error mail (returned mail) explanations https://www.au.com/support/",
     "docomo": "NTT DOCOMO: docomo mail rejection settings https://www.docomo.ne.jp/",
     "facebook": "Facebook: messages to @facebook.com addresses (recipient preferences)",
