@@ -151,16 +151,21 @@ def _providers(found: Found, texts: list[str], rules: RuleSet) -> tuple[Provider
     head = " ".join(texts[:2])
     first: list[Provider] = []
     then: list[Provider] = []
-
-    def owns(p: Provider, hosts: list[str]) -> bool:
-        return any(h == s or h.endswith("." + s) for h in hosts for s in p.hosts)
-
+    owners = rules.provider_hosts
+    mine = {owners[d] for h in remote for d in _suffixes(h) if d in owners}
+    theirs = {owners[d] for h in reporting for d in _suffixes(h) if d in owners}
     for p in rules.providers:
-        if owns(p, remote):
+        if p.name in mine:
             first.append(p)
-        elif owns(p, reporting) or any(m in head for m in p.mentions):
+        elif p.name in theirs or any(m in head for m in p.mentions):
             then.append(p)
     return (*first, *then)
+
+
+def _suffixes(host: str) -> list[str]:
+    """``mx.a.example.com`` -> itself, ``a.example.com``, ``example.com``, ``com``."""
+    parts = host.split(".")
+    return [".".join(parts[i:]) for i in range(len(parts))]
 
 
 #: A stand-in enhanced code for reasons found without one (the RFC 3463 code closest in

@@ -177,6 +177,9 @@ class RuleSet:
         self.status: dict[str, StatusRow] = {
             r.code: r for r in status_table.ROWS if on(r.id)}
         self.providers: tuple[Provider, ...] = provider_table.PROVIDERS
+        #: host-name suffix -> provider name
+        self.provider_hosts: dict[str, str] = {
+            host: p.name for p in self.providers for host in p.hosts}
         self.provider_rules: dict[str, tuple[ProviderRule, ...]] = {}
         for rule in provider_table.RULES:
             if on(rule.id):
@@ -215,8 +218,9 @@ class RuleSet:
         for mk in layout_table.MARKERS:
             if on(mk.id):
                 by_kind.setdefault(mk.kind, []).append(mk)
+        #: Layout markers are lower case and matched against lower-cased text.
         self.layouts: dict[str, Alternation] = {
-            kind: Alternation(entries, re.I) for kind, entries in by_kind.items()}
+            kind: Alternation(entries) for kind, entries in by_kind.items()}
         self.boundaries = tuple(by_kind.get("boundary", ()))
         self.boundary_rx = re.compile(
             r"^[ \t]*(?:[-=*_>]{2,}[ \t]*)?(?:"

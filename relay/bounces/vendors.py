@@ -93,7 +93,8 @@ def looks_like_bounce(msg: Message, notice: str, rules: RuleSet,
     if "=?" in subject:
         subject = decode_header_text(subject)
     signs = []
-    for kind, text in (("daemon", sender), ("subject", subject), ("notice", notice[:8000])):
+    for kind, text in (("daemon", sender.lower()), ("subject", subject.lower()),
+                       ("notice", notice[:8000].lower())):
         m = rules.layout(kind).first(text)
         if m is not None:
             signs.append(m.id)
