@@ -165,14 +165,14 @@ def test_a_transient_domain_lookup_failure_is_a_network_error() -> None:
 @pytest.mark.parametrize("command", ["EHLO", "HELO"])
 def test_a_refused_greeting_is_a_block(command: str) -> None:
     rec = one(dsn("550 5.7.1 go away", status="5.7.1", command=command))
-    assert (rec.reason, rec.decided_by) == ("blocked", "tiebreak:EHLO:*")
+    assert (rec.reason, rec.decided_by) == ("blocked", "tiebreak:CONN+EHLO:*")
 
 
 def test_a_refused_connection_is_a_block() -> None:
     notice = ("<rcpt@example.net>: host mx.example.net[192.0.2.9] refused to talk to me:\n"
               "    554 mx.example.net not today\n")
     rec = one(dsn("554 mx.example.net not today", notice=notice))
-    assert (rec.reason, rec.decided_by) == ("blocked", "tiebreak:CONN:*")
+    assert (rec.reason, rec.decided_by) == ("blocked", "tiebreak:CONN+EHLO:*")
 
 
 def test_a_class_level_code_speaks_when_no_words_do() -> None:

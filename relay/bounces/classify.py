@@ -123,9 +123,9 @@ def facts_of(found: Found, rules: RuleSet, trace: Trace | None = None) -> Facts:
         if hit is None and len(texts) > 2:
             hit = rules.commands.find(texts[2])
         if hit is not None:
-            command = hit.command
+            command = hit[1]
             if trace is not None:
-                trace.add(hit.id)
+                trace.add(hit[0].id)
     if command is None and rules.verbs:
         command = verb_command(f"{diag}\n{ctx}")
         if command is not None and trace is not None:

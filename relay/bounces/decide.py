@@ -164,7 +164,7 @@ def _tie_break(table: tuple[TieBreak, ...], command: str | None, reply: str | No
                pending: Pending | None, settle: Callable[[str, str], bool]) -> bool:
     """Apply the first matching tie-break; ``True`` when it settled the record."""
     for tb in table:
-        if (tb.command is None or tb.command == command) \
+        if (not tb.commands or command in tb.commands) \
                 and (tb.reply is None or (reply or "").startswith(tb.reply)):
             if pending is not None and tb.reason not in pending[:2]:
                 continue

@@ -153,16 +153,23 @@ class CommandFinder:
         self.patterns = tuple(patterns)
         self._each = [(p, re.compile(p.pattern), anchors(p.pattern)) for p in self.patterns]
 
-    def find(self, flat: str) -> CommandPattern | None:
-        """The pattern of the last command named in ``flat`` (a :func:`flatten` text)."""
-        best: CommandPattern | None = None
+    def find(self, flat: str) -> tuple[CommandPattern, str] | None:
+        """The pattern of the last command named in ``flat`` (a :func:`flatten` text)
+        and the command it names."""
+        from relay.bounces.tables.commands import NAMES
+
+        best: tuple[CommandPattern, str] | None = None
         best_at = -1
         for pattern, rx, literals in self._each:
             if literals is not None and not any(a in flat for a in literals):
                 continue
             for m in rx.finditer(flat):
                 if m.start() > best_at:
-                    best, best_at = pattern, m.start()
+                    command = pattern.command
+                    if command == "*":
+                        command = NAMES.get(m.group(1), "")
+                    if command:
+                        best, best_at = (pattern, command), m.start()
         return best
 
     def all(self, flat: str) -> list[CommandPattern]:

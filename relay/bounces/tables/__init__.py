@@ -102,7 +102,11 @@ class ProviderRule:
 
 @dataclass(frozen=True, slots=True)
 class CommandPattern:
-    """How a bounce says which SMTP command the refusal answered."""
+    """How a bounce says which SMTP command the refusal answered.
+
+    One entry per MTA's format: ``command`` is the command it names, or ``*`` when the
+    pattern's first group captures the command's name (``after (rcpt to|data|...)``).
+    """
 
     command: str
     pattern: str
@@ -119,12 +123,12 @@ class TieBreak:
 
     reason: str
     source: str
-    command: str | None = None
+    commands: tuple[str, ...] = ()
     reply: str | None = None
 
     @property
     def id(self) -> str:
-        return f"tiebreak:{self.command or '*'}:{self.reply or '*'}"
+        return f"tiebreak:{'+'.join(self.commands) or '*'}:{self.reply or '*'}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,23 +13,18 @@ from relay.bounces.tables import CommandPattern, TieBreak
 #: Matched against the lower-cased, space-collapsed text; the last match in the text
 #: about one recipient wins (a transcript lists the earlier commands first).
 PATTERNS: tuple[CommandPattern, ...] = (
-    # The preposition MTAs put before the command their peer refused: Postfix "(in reply
-    # to RCPT TO command)", Exim "SMTP error from remote mail server after RCPT TO:",
-    # dma "did not like our RCPT TO", Exchange/others "in response to".
-    CommandPattern("RCPT", r"\b(?:after|in reply to|in response to|did not like our|"
-                   r"following|answer(?:ing)? to) (?:the )?rcpt(?: to)?\b", "postfix"),
-    CommandPattern("MAIL", r"\b(?:after|in reply to|in response to|did not like our|"
-                   r"following|answer(?:ing)? to) (?:the )?mail(?: from)?\b", "postfix"),
-    CommandPattern("DATA", r"\b(?:after|in reply to|in response to|did not like our|"
-                   r"following|answer(?:ing)? to) (?:the )?(?:end of |final )?(?:data|"
-                   r"message body)\b", "postfix"),
-    CommandPattern("EHLO", r"\b(?:after|in reply to|in response to|did not like our) "
-                   r"(?:the )?(?:ehlo|helo)\b", "postfix"),
-    CommandPattern("CONN", r"\b(?:after|in reply to|in response to|while receiving) (?:the )?"
-                   r"initial (?:connection|server greeting|greeting)", "exim"),
-    CommandPattern("CONN", r"refused to talk to me", "postfix"),
-    # Exim also writes "after sending data block".
-    CommandPattern("DATA", r"after sending data block", "exim"),
+    # Postfix smtp(8): "(in reply to RCPT TO command)", "(in reply to end of DATA command)".
+    CommandPattern("*", r"\bin reply to (?:the )?(rcpt to|mail from|end of data|data|ehlo|helo) "
+                   r"command", "postfix"),
+    # Postfix: a server that refuses the connection "refused to talk to me".
+    CommandPattern("CONN", r"refused to talk to me|while receiving the initial server greeting",
+                   "postfix"),
+    # Exim: "SMTP error from remote mail server after RCPT TO:<...>", "after end of data",
+    # "after initial connection", "after sending data block".
+    CommandPattern("*", r"\bafter (rcpt to|mail from|end of data|data|ehlo|helo|initial "
+                   r"connection|sending data block)\b", "exim"),
+    # dma(8): "remote delivery failed: ... did not like our RCPT TO".
+    CommandPattern("*", r"\bdid not like our (rcpt to|mail from|final data|data)\b", "dma"),
     # qmail-remote(8): "x does not like recipient.", "Connected to x but sender was
     # rejected.", "x failed after I sent the message.", "... but greeting failed.",
     # "... but my name was rejected."
@@ -39,11 +34,16 @@ PATTERNS: tuple[CommandPattern, ...] = (
     CommandPattern("CONN", r"but greeting failed", "qmail"),
     CommandPattern("EHLO", r"but my name was rejected", "qmail"),
     # Yahoo's notices name the command in brackets: "... user unknown [RCPT_TO]".
-    CommandPattern("RCPT", r"\[rcpt_to\]", "yahoo"),
-    CommandPattern("MAIL", r"\[mail_from\]", "yahoo"),
-    CommandPattern("DATA", r"\[data\]", "yahoo"),
+    CommandPattern("*", r"\[(rcpt_to|mail_from|data)\]", "yahoo"),
     # Sendmail transcripts are read by normalise.transcript_command (">>> RCPT To:" lines).
 )
+
+#: The command a captured name stands for.
+NAMES: dict[str, str] = {
+    "rcpt to": "RCPT", "rcpt_to": "RCPT", "mail from": "MAIL", "mail_from": "MAIL",
+    "data": "DATA", "end of data": "DATA", "final data": "DATA", "sending data block": "DATA",
+    "ehlo": "EHLO", "helo": "EHLO", "initial connection": "CONN",
+}
 
 #: Who was refused, by the command that was refused: used when no decisive code, provider
 #: rule or phrase decided, before the class-level meaning of a status code (which says
@@ -51,10 +51,9 @@ PATTERNS: tuple[CommandPattern, ...] = (
 COMMAND_TIE_BREAKS: tuple[TieBreak, ...] = (
     # RFC 5321 section 3.1: a server that refuses the connection or the client's greeting
     # refuses the client host, whatever it says.
-    TieBreak("blocked", "rfc5321", command="CONN"),
-    TieBreak("blocked", "rfc5321", command="EHLO"),
+    TieBreak("blocked", "rfc5321", commands=("CONN", "EHLO")),
     # RFC 5321 section 3.3: MAIL carries only the reverse-path; refusing it refuses the sender.
-    TieBreak("rejected", "rfc5321", command="MAIL"),
+    TieBreak("rejected", "rfc5321", commands=("MAIL",)),
 )
 
 #: What the reply code alone means (and a refusal after DATA for no stated cause): used
@@ -73,5 +72,5 @@ REPLY_TIE_BREAKS: tuple[TieBreak, ...] = (
     # RFC 5321 section 4.2.3: 500-504 are errors in the command syntax or sequence.
     TieBreak("syntaxerror", "rfc5321", reply="50"),
     # The taxonomy's "filtered": refused after the message was sent, for no stated cause.
-    TieBreak("filtered", "rfc5321", command="DATA", reply="5"),
+    TieBreak("filtered", "rfc5321", commands=("DATA",), reply="5"),
 )
