@@ -18,7 +18,9 @@ def _m(kind: str, source: str, *patterns: str) -> tuple[Marker, ...]:
 
 MARKERS: tuple[Marker, ...] = (
     # --- the sender of a notice (From: display name or local part) -----------------------
-    *_m("daemon", "rfc5321", r"mailer[-_ ]?daemon", r"post_?master", r"^<>$", r"^$"),
+    # RFC 5321 section 4.5.5: notices are sent from the null reverse-path, and by the
+    # mail system's own identities (postmaster, the mailer daemon).
+    *_m("daemon", "rfc5321", r"mailer[-_ ]?daemon|post_?master|^<>$|^$"),
     *_m("daemon", "postfix", r"mail delivery system", r"double-bounce"),
     *_m("daemon", "sendmail", r"mail delivery subsystem"),
     *_m("daemon", "exchange", r"system administrator", r"microsoftexchange"),
