@@ -292,3 +292,15 @@ def test_a_refusal_seen_by_the_relay_uses_the_same_decision() -> None:
     reason, hard, by = classify_reply("554", "5.7.1", "Client host rejected: blocked using "
                                       "bl.spamcop.net", "RCPT")
     assert (reason, hard) == ("blocked", False) and by.startswith("phrase:blocked:")
+
+
+def test_a_mail_system_s_notice_is_never_an_out_of_office_reply() -> None:
+    notice = (b"From: Mail Delivery System <MAILER-DAEMON@mx.reporter.example>\r\n"
+              b"To: sender@sender.example\r\nSubject: Automatic reply: hello\r\n"
+              b"Auto-Submitted: auto-replied\r\n\r\n"
+              b"A message that you sent could not be delivered to one or more of its\r\n"
+              b"recipients. The following address(es) failed:\r\n\r\n"
+              b"  gone@example.net\r\n    malformed address: gone@example.net\r\n")
+    records = classify(notice)
+    assert records and all(r.kind == "bounce" and r.reason != "vacation" for r in records)
+    assert [r.recipient for r in records] == ["gone@example.net"]

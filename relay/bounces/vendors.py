@@ -94,7 +94,8 @@ def looks_like_bounce(msg: Message, notice: str, rules: RuleSet,
         subject = decode_header_text(subject)
     signs = []
     for kind, text in (("daemon", sender.lower()), ("subject", subject.lower()),
-                       ("notice", notice[:8000].lower())):
+                       ("notice", notice[:8000].lower()),
+                       ("header", str(msg.get("Auto-Submitted", "")).lower())):
         m = rules.layout(kind).first(text)
         if m is not None:
             signs.append(m.id)

@@ -84,6 +84,8 @@ MARKERS: tuple[Marker, ...] = (
     *_m("notice", "exchange", r"invalid (?:user|recipient) address", r"non remis"),
     *_m("notice", "mailru", r"не может быть доставлено", r"не удалось доставить"),
     *_m("notice", "domino", r"duplicated message-id", r"mail loop"),
+    # --- headers: RFC 3834 section 5 / RFC 3464: notices are marked as generated ----------
+    *_m("header", "rfc3834", r"^auto-(?:replied|generated)"),
     # --- the line after which the returned message is quoted ------------------------------
     *_m("boundary", "exim", r"this is a copy of the message", r"copy of (?:the|your) message"),
     *_m("boundary", "qmail", r"below this line is a copy of the message"),

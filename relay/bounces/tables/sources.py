@@ -28,6 +28,8 @@ SOURCES: dict[str, str] = {
     "rfc3207": "RFC 3207 SMTP Service Extension for Secure SMTP over TLS "
                "https://www.rfc-editor.org/rfc/rfc3207",
     "rfc8689": "RFC 8689 SMTP Require TLS Option https://www.rfc-editor.org/rfc/rfc8689",
+    "rfc3834": "RFC 3834 Recommendations for Automatic Responses to Electronic Mail "
+               "https://www.rfc-editor.org/rfc/rfc3834",
     "rfc5322": "RFC 5322 Internet Message Format https://www.rfc-editor.org/rfc/rfc5322",
     "rfc4407": "RFC 4407 Purported Responsible Address in E-Mail Messages "
                "https://www.rfc-editor.org/rfc/rfc4407",
