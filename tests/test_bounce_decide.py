@@ -296,11 +296,10 @@ def test_a_refusal_seen_by_the_relay_uses_the_same_decision() -> None:
 
 def test_a_mail_system_s_notice_is_never_an_out_of_office_reply() -> None:
     notice = (b"From: Mail Delivery System <MAILER-DAEMON@mx.reporter.example>\r\n"
-              b"To: sender@sender.example\r\nSubject: Automatic reply: hello\r\n"
-              b"Auto-Submitted: auto-replied\r\n\r\n"
-              b"A message that you sent could not be delivered to one or more of its\r\n"
-              b"recipients. The following address(es) failed:\r\n\r\n"
-              b"  gone@example.net\r\n    malformed address: gone@example.net\r\n")
-    records = classify(notice)
-    assert records and all(r.kind == "bounce" and r.reason != "vacation" for r in records)
-    assert [r.recipient for r in records] == ["gone@example.net"]
+              b"To: sender@sender.example\r\nSubject: Out of office: hello\r\n\r\n"
+              b"Your message to gone@example.net was not accepted.\r\n")
+    assert all(r.kind != "autoreply" and r.reason != "vacation" for r in classify(notice))
+    # The same from a person is the out-of-office reply it says it is.
+    person = notice.replace(b"Mail Delivery System <MAILER-DAEMON@mx.reporter.example>",
+                            b"Gone <gone@example.net>")
+    assert [(r.kind, r.reason) for r in classify(person)] == [("autoreply", "vacation")]
