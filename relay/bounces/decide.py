@@ -47,7 +47,7 @@ that gives a reason decides, and the record names the entry that did
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from relay.bounces.rules import Alternation, RuleSet, Trace
 from relay.bounces.tables import Gate, Provider, TieBreak
@@ -69,8 +69,6 @@ class Facts:
     providers: tuple[Provider, ...] = ()
     parsers: tuple[str, ...] = ()
     diagnostic_type: str = ""
-    #: Entry ids of the facts' own findings (command pattern, ...), for the trace.
-    found_by: list[str] = field(default_factory=list)
 
 
 def decide(f: Facts, rules: RuleSet, trace: Trace | None = None) -> tuple[str, str]:

@@ -77,10 +77,9 @@ class Found:
 Extracted = Found | BounceRecord
 
 
-def extract(raw_msg: Message, rules: RuleSet, trace: Trace | None = None,
+def extract(msg: Message, rules: RuleSet, trace: Trace | None = None,
             depth: int = 0) -> list[Extracted]:
     """Every recipient record the message reports, in the order it lists them."""
-    msg = raw_msg
     anatomy = dissect(msg)
     subject = _subject(msg)
     # --- complaints (RFC 5965) -------------------------------------------------------------

@@ -206,14 +206,13 @@ class RuleSet:
             t for t in command_table.COMMAND_TIE_BREAKS if on(t.id))
         self.reply_ties: tuple[TieBreak, ...] = tuple(
             t for t in command_table.REPLY_TIE_BREAKS if on(t.id))
-        self.hints: dict[str, Alternation] = {}
         by_parser: dict[str, list[Hint]] = {}
         for h in hint_table.HINTS:
             if on(h.id):
                 by_parser.setdefault(h.parser, []).append(h)
-        self._hints = {name: tuple(entries) for name, entries in by_parser.items()}
+        #: parser name -> its hints, compiled
         self.hint_rx = {name: [(h, re.compile(h.pattern)) for h in entries]
-                        for name, entries in self._hints.items()}
+                        for name, entries in by_parser.items()}
         by_kind: dict[str, list[Marker]] = {}
         for mk in layout_table.MARKERS:
             if on(mk.id):
