@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable
 from email.message import Message
 
-from relay.bounces.decide import Facts, decide
+from relay.bounces.decide import Facts, Texts, decide
 from relay.bounces.extract import Found, extract
 from relay.bounces.mime import parse
 from relay.bounces.model import BounceRecord, is_hard
@@ -32,6 +32,8 @@ from relay.bounces.rules import RuleSet, Trace, ruleset
 from relay.bounces.tables import Provider
 
 log = logging.getLogger(__name__)
+
+_SPACES_RE = re.compile(r"\s+")
 
 #: ``hook(message, raw, records)`` returns replacement records or ``None``.
 Hook = Callable[[Message, bytes, list[BounceRecord]], "list[BounceRecord] | None"]
@@ -106,11 +108,12 @@ def facts_of(found: Found, rules: RuleSet, trace: Trace | None = None) -> Facts:
     reply = found.reply_code or find_reply(diag, failure=ok) or find_reply(ctx, failure=ok)
     status = found.status if found.action == "delivered" else prefer(found.status, in_text,
                                                                       reply)
-    texts: list[str] = []
-    for raw_text in (diag, ctx, notice):
+    eager: list[str] = []
+    for raw_text in (diag, ctx):
         flat = flatten(raw_text) if raw_text else ""
-        if flat and all(flat not in t for t in texts):
-            texts.append(flat)
+        if flat and all(flat not in t for t in eager):
+            eager.append(flat)
+    texts = Texts(eager, notice)
     command = found.command
     if command is None and rules.transcript:
         command = transcript_command(f"{diag}\n{ctx}") or (
@@ -118,10 +121,9 @@ def facts_of(found: Found, rules: RuleSet, trace: Trace | None = None) -> Facts:
         if command is not None and trace is not None:
             trace.add("command:transcript")
     if command is None:
-        joined = " ".join(texts[:2])
-        hit = rules.commands.find(joined)
-        if hit is None and len(texts) > 2:
-            hit = rules.commands.find(texts[2])
+        hit = rules.commands.find(" ".join(eager))
+        if hit is None and notice:
+            hit = rules.commands.find(_SPACES_RE.sub(" ", notice.lower()))
         if hit is not None:
             command = hit[1]
             if trace is not None:
@@ -131,9 +133,9 @@ def facts_of(found: Found, rules: RuleSet, trace: Trace | None = None) -> Facts:
         if command is not None and trace is not None:
             trace.add("command:verb")
     facts = Facts(status=status, reply=reply, command=command, action=found.action,
-                  texts=tuple(texts), parsers=found.parsers,
+                  texts=texts, parsers=found.parsers,
                   diagnostic_type=found.diagnostic_type)
-    facts.providers = _providers(found, texts, rules)
+    facts.providers = _providers(found, eager, rules)
     return facts
 
 

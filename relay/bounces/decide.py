@@ -46,14 +46,53 @@ that gives a reason decides, and the record names the entry that did
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import overload
 
+from relay.bounces.normalise import flatten
 from relay.bounces.rules import Alternation, RuleSet, Trace
 from relay.bounces.tables import Gate, Provider, TieBreak
 
 #: An ambiguous phrase: (its reason, the other reason it may mean, the phrase id).
 Pending = tuple[str, str, str]
+
+
+class Texts(Sequence[str]):
+    """The flattened texts, most specific first; the last (the whole notice, long and
+    read only when the others said nothing) is flattened on first use."""
+
+    __slots__ = ("_eager", "_flat", "_lazy")
+
+    def __init__(self, eager: list[str], lazy: str = "") -> None:
+        self._eager = eager
+        self._lazy = lazy
+        self._flat: str | None = None
+
+    def __len__(self) -> int:
+        return len(self._eager) + (1 if self._lazy else 0)
+
+    def _last(self) -> str:
+        if self._flat is None:
+            self._flat = flatten(self._lazy)
+        return self._flat
+
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[str]: ...
+
+    def __getitem__(self, i: int | slice) -> str | list[str]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if i < len(self._eager):
+            return self._eager[i]
+        if i == len(self._eager) and self._lazy:
+            return self._last()
+        raise IndexError(i)
 
 
 @dataclass(slots=True)
@@ -65,7 +104,7 @@ class Facts:
     command: str | None = None
     action: str = "failed"
     #: Flattened texts, most specific first: reply, paragraph, whole notice.
-    texts: tuple[str, ...] = ()
+    texts: Sequence[str] = ()
     providers: tuple[Provider, ...] = ()
     parsers: tuple[str, ...] = ()
     diagnostic_type: str = ""
