@@ -15,8 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from relay.bounces.model import is_hard
-from relay.bounces.reasons import reason_for
+from relay.bounces.classify import classify_reply as _decide
 from relay.hookimpl import hookimpl
 from relay.inbound import record_event
 from relay.logs import get_logger
@@ -29,10 +28,14 @@ log = get_logger("plugins.bounce_events")
 
 
 def classify_reply(reply: Reply, *, after_data: bool = False) -> tuple[str, bool]:
-    """``(reason, hard)`` for an SMTP refusal, by the same rules as DSNs (relay.bounces)."""
-    status = reply.status or None
-    reason = reason_for(status, reply.text, after_data=after_data)
-    return reason, reply.code >= 500 and is_hard(reason, status, str(reply.code))
+    """``(reason, hard)`` for an SMTP refusal, by the same rules as DSNs (relay.bounces).
+
+    The relay knows which command was refused (RCPT, or DATA for every recipient), which
+    is exactly the fact the decision's command gates need.
+    """
+    reason, hard, _by = _decide(str(reply.code), reply.status or None, reply.text,
+                                "DATA" if after_data else "RCPT")
+    return reason, reply.code >= 500 and hard
 
 
 def refusal_event(transaction: Transaction, recipient: str, reply: Reply,

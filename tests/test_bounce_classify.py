@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from relay import hookspecs
 from relay.bounces import BounceRecord, classify, to_json
 from relay.bounces.cli import classify_files
+from relay.bounces.evaluate import family_of, family_only, load_expected, lofo, score, supports
 from relay.bounces.hook import from_plugin_manager
 from relay.hookimpl import hookimpl
 
@@ -87,6 +88,51 @@ def test_hard_agreement(corpus_results: Any) -> None:
 
 def test_reason_agreement(corpus_results: Any) -> None:
     assert _agreement(corpus_results, "reason") >= REASON_FLOOR
+
+
+# --- leave-one-family-out: what the rules do for mail servers they have no entry for --------
+
+
+@pytest.fixture(scope="module")
+def held_out() -> dict[str, Any]:
+    """The corpus scored leave-one-family-out (relay.bounces.evaluate explains how)."""
+    expected = load_expected(CORPUS)
+    blobs = {f: (CORPUS / f).read_bytes() for f in expected}
+    families = {f: family_of(rows) for f, rows in expected.items()}
+    support, _fired = supports(blobs, families)
+    results, _disabled = lofo(blobs, families, support)
+    return {"lofo": score(results, expected),
+            "plain": score({f: classify(b) for f, b in blobs.items()}, expected),
+            "support": support}
+
+
+# Measured 94.2% / 78.2% (BENCHMARKS.md): below the 97% / 90% targets, limited by
+# wordings and provider conventions that only one family's bounces use in this corpus;
+# these floors keep what the generic rules achieve from sliding back.
+LOFO_HARD_FLOOR = 93.5
+LOFO_REASON_FLOOR = 77.0
+MAX_GAP = 15.0
+
+
+def test_leave_one_family_out_agreement(held_out: dict[str, Any]) -> None:
+    lo, plain = held_out["lofo"], held_out["plain"]
+    assert lo["bounced_hard"] >= LOFO_HARD_FLOOR
+    assert lo["bounced_reason"] >= LOFO_REASON_FLOOR
+    assert plain["bounced_reason"] - lo["bounced_reason"] <= MAX_GAP
+    # Recipients are found from the layouts every family shares: none extra, ever.
+    assert lo["extra"] == 0 and plain["extra"] == 0
+    assert lo["found_pct"] >= 99.0 and plain["found_pct"] == 100.0
+
+
+def test_leave_one_family_out_switches_off_what_one_family_alone_supports(
+        held_out: dict[str, Any]) -> None:
+    support = held_out["support"]
+    only_groups = family_only(support, "googlegroups")
+    # Google Groups' own convention is supported by its bounces alone: switched off for
+    # them; a phrase every family uses stays on.
+    assert any(e.startswith("provider:google-groups:") for e in only_groups)
+    assert "status:X.1.1" in support and len(support["status:X.1.1"]) > 5
+    assert "status:X.1.1" not in only_groups
 
 
 def test_no_bounce_missed_and_no_false_positive(corpus_results: Any) -> None:
@@ -345,7 +391,8 @@ def test_cli_prints_one_json_object_per_recipient(tmp_path: Path,
     ]
     assert set(lines[0]) == {
         "file", "recipient", "status", "reply_code", "reason", "hard", "permanent", "action",
-        "diagnostic", "feedback_type", "remote_mta", "original_message_id", "kind"}
+        "diagnostic", "feedback_type", "remote_mta", "original_message_id", "kind",
+        "alias", "decided_by"}
     assert capsys.readouterr().err == ""
 
 

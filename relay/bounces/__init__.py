@@ -1,9 +1,10 @@
 """Bounce, complaint and auto-reply classification.
 
 ``classify(raw)`` reads one raw message and returns a ``BounceRecord`` per recipient
-it reports on (``[]`` for ordinary mail). The reason taxonomy and the meaning of
-``hard`` are described in the corpus README and the issue: ``hard`` means the address
-will never work, ``permanent`` that this delivery attempt is over.
+it reports on (``[]`` for ordinary mail). The reason taxonomy is that of
+``tests/corpus/PROVENANCE.md``: ``hard`` means the address will never work (a function
+of the reason alone), ``permanent`` that this delivery attempt is over. How a reason is
+decided, and in what order the evidence counts, is in :mod:`relay.bounces.decide`.
 """
 
 from relay.bounces.classify import Hook, classify

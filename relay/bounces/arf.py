@@ -68,6 +68,7 @@ def _complaint(rcpt: str, ftype: str | None, text: str, msgid: str | None) -> Bo
         recipient=rcpt, status=None, reply_code=None, reason="feedback", hard=False,
         permanent=False, action="complained", diagnostic=text, feedback_type=ftype,
         remote_mta=None, original_message_id=msgid, kind="complaint",
+        decided_by="parser:arf",
     )
 
 

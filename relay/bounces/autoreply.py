@@ -20,8 +20,15 @@ _SUBJECT_RE = re.compile(
 _ADDR_RE = re.compile(r"[^\s<>\"';:,()\[\]]+@[^\s<>\"';:,()\[\]]+\.[A-Za-z]{2,}")
 
 
+#: A mail system's own identities (RFC 5321 section 4.5.5): their messages are notices,
+#: never a person's out-of-office reply.
+_SYSTEM_SENDER_RE = re.compile(r"mailer[-_ ]?daemon|post_?master|^\s*<>\s*$", re.I)
+
+
 def is_autoreply(msg: Message, subject: str) -> bool:
     """RFC 3834 headers or the vendor headers and subjects of out-of-office replies."""
+    if _SYSTEM_SENDER_RE.search(str(msg.get("From", "")) or "<>"):
+        return False
     auto = str(msg.get("Auto-Submitted", "")).strip().lower()
     if auto.startswith("auto-replied"):
         return True
@@ -43,4 +50,5 @@ def record(msg: Message, subject: str, body: str) -> BounceRecord:
         reason="vacation", hard=False, permanent=False, action="delivered",
         diagnostic=(subject + "\n" + body.strip())[:500], feedback_type=None,
         remote_mta=None, original_message_id=mid.group(0) if mid else None, kind="autoreply",
+        decided_by="parser:rfc3834",
     )

@@ -30,10 +30,22 @@ class BounceRecord:
     remote_mta: str | None = None
     original_message_id: str | None = None
     kind: str = "bounce"
+    #: The address the failed one was expanded or forwarded from (``Original-Recipient``,
+    #: "expanded from <x>"), when the report names one that differs.
+    alias: str | None = None
+    #: Which table entry decided the reason (``status:X.1.1``, ``phrase:<reason>:<words>``,
+    #: ``provider:<name>:...``, ``tiebreak:...``, ``hint:...``, ``fallback:...``).
+    decided_by: str = ""
 
 
 def is_hard(reason: str, status: str | None, reply_code: str | None) -> bool:
-    """A hard bounce is one where retrying the same address can never succeed."""
+    """A hard bounce is one where retrying the same address can never succeed.
+
+    A pure function of the reason: only an unknown user, an unknown domain or a moved
+    mailbox say that about the address itself; a domain that accepts no mail does so
+    only when the refusal is permanent (5xx). Every other refusal, permanent or not (a
+    full mailbox, a block, a policy), is soft: the address may work tomorrow.
+    """
     if reason in HARD_REASONS:
         return True
     if reason == "notaccept":

@@ -111,4 +111,5 @@ def complaint(fact: dict[str, Any]) -> BounceRecord:
     return BounceRecord(recipient=fact["recipient"], reason="feedback", action="complained",
                         diagnostic="Amazon SES complaint notification",
                         feedback_type=fact.get("complaint"),
-                        original_message_id=fact.get("msgid"), kind="complaint")
+                        original_message_id=fact.get("msgid"), kind="complaint",
+                        decided_by="parser:ses")

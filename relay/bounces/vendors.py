@@ -15,58 +15,8 @@ import re
 from dataclasses import dataclass
 from email.message import Message
 
-#: Senders of delivery notices (local part or display name).
-_DAEMON_RE = re.compile(
-    r"mailer[-_ ]?daemon|post_?master|poostmaster|mail delivery|delivery subsystem|"
-    r"mail administrator|double-bounce|notification|mail system|internet mail|"
-    r"mailerdaemon|nobody@|mdaemon|mail\.delivery|delivery system|^<>$|^$",
-    re.I,
-)
-_SUBJECT_RE = re.compile(
-    r"undeliver|undelivered|delivery (?:status|fail|notification|has failed|problem|report)|"
-    r"returned mail|returning message|failure notice|mail (?:delivery )?failed|"
-    r"could not be delivered|delivery failure|non remis|nicht zustellbar|unzustellbar|"
-    r"mail system error|returned to sender|message delivery has failed|"
-    r"see transcript|failed delivery|warning: could not send|delivery delayed|"
-    r"error sending your mail|not be delivered|mail failure|delivery notification|"
-    r"rejected|bounce|no se puede entregar|non recapitabile|不達|エラー|"
-    r"недоставлен|не доставлено|delivery error|loop alert|blocked by|"
-    r"mail could not|notice: mail delivery",
-    re.I,
-)
-#: Sentences that only a delivery notice says.
-_NOTICE_RE = re.compile(
-    r"could not be delivered|couldn't be delivered|was not delivered|wasn't delivered|"
-    r"unable to deliver|undeliverable|delivery (?:has )?failed|failed to deliver|"
-    r"permanent (?:error|failure)|did not reach|delivery to the following|"
-    r"following (?:address|recipient)|not able to deliver|could not deliver|"
-    r"error (?:has )?occurred while attempting|returned to you|"
-    r"remote host said|the error that the other server returned|"
-    r"message could not be sent|your message .* (?:rejected|blocked)|giving up|"
-    r"there was an error delivering|delivery failure|transcript of session|"
-    r"sorry, we were unable|non remis|message not delivered|"
-    r"не может быть доставлено|не удалось доставить|delivery status|"
-    r"requested action not taken|no such user|user unknown|invalid (?:user|recipient) address|"
-    r"mailbox unavailable|duplicated message-id|mail loop|error message below",
-    re.I,
-)
+from relay.bounces.rules import RuleSet, Trace
 
-#: Lines after which the returned message (headers and body) is quoted.
-_BOUNDARY_RE = re.compile(
-    r"^[ \t]*(?:[-=*_>]{2,}[ \t]*)?(?:"
-    r"(?:this is )?a? ?copy of (?:the|your) (?:original )?message|"
-    r"below (?:this line )?is a copy|below is a copy|"
-    r"original message(?: follows| headers?| text)?|"
-    r"(?:the )?(?:original|returned|unsent|undelivered) (?:message|mail)"
-    r"(?: follows| as follows| below| headers)?|"
-    r"original mail as follows|message headers follow|"
-    r"(?:the )?header(?:s)? of (?:the|your) (?:original )?message|"
-    r"your message (?:reads|was)(?: in part)?|"
-    r"unsent message below|returned message|headers of the message|"
-    r"original message headers|text of (?:the|your) message"
-    r")\b.*$",
-    re.I | re.M,
-)
 _HEADERS_START_RE = re.compile(r"^(?:Return-Path|Received|Received-SPF|DKIM-Signature):", re.M)
 
 _ADDR_RE = re.compile(
@@ -83,9 +33,20 @@ _SKIP_LINE_RE = re.compile(
     r"^[ \t]*(?:message-id|in-reply-to|references|return-path|from|sender|reply-to|"
     r"x-[\w-]+|dkim-signature|received|envelope-from|mail from|errors-to|"
     r"to|cc|bcc|subject|sent|date)[ \t]*:"
-    r"|\benvelope-from\b|\bmail from:|\bfrom: ?<|\(?envelope-from",
+    r"|\benvelope-from\b|\bmail from:|\bfrom: ?<|\(?envelope-from"
+    # "please contact <support@...>", "send mail to <postmaster@...>": the reporting
+    # site's help address, never a recipient.
+    r"|\bcontact\b[^@\n]{0,40}@|\bsend (?:e-?)?mail to\b[^@\n]{0,20}@",
     re.I,
 )
+#: "(generated from x)" (Exim) and "(expanded from <x>)" (Postfix) name the address the
+#: failed one was redirected from: an alias of the recipient, not another recipient.
+_ALIAS_RE = re.compile(r"\((?:generated|expanded) from\s*<?$|\((?:generated|expanded) from\s*<?"
+                       r"[^()]*$", re.I)
+#: A line that only lists addresses ("a@x, b@y", "<a@x> <b@y>"): each one a recipient.
+_LIST_LINE_RE = re.compile(r"^[\s<>\"',;]*(?:[^\s<>\"',;@]+@[^\s<>\"',;@]+[\s<>\"',;]*)+$")
+_ALIAS_OF_RE = re.compile(r"\((?:generated|expanded) from\s*<?([^\s<>()]+@[^\s<>()]+?)>?\s*\)",
+                          re.I)
 _DELAY_RE = re.compile(
     r"\bdelay(?:ed)?\b|will (?:continue|keep) (?:trying|to try)|"
     r"could not (?:send|deliver) (?:message )?for (?:the )?past|not yet been delivered|"
@@ -115,20 +76,35 @@ class TextFailure:
     recipient: str
     text: str
     own: str = ""
+    alias: str | None = None
 
 
-def looks_like_bounce(msg: Message, notice: str) -> bool:
-    """Whether a message without a report part is a delivery notice at all."""
+def looks_like_bounce(msg: Message, notice: str, rules: RuleSet,
+                      trace: Trace | None = None) -> bool:
+    """Whether a message without a report part is a delivery notice at all.
+
+    Two of three signs are needed (a notice sender, a notice subject, a sentence only a
+    notice says), or the ``X-Failed-Recipients`` header Exim and Gmail add.
+    """
     if msg.get("X-Failed-Recipients"):
         return True
     sender = str(msg.get("From", ""))
     subject = str(msg.get("Subject", ""))
     if "=?" in subject:
         subject = decode_header_text(subject)
-    daemon = bool(_DAEMON_RE.search(sender))
-    subj = bool(_SUBJECT_RE.search(subject))
-    body = bool(_NOTICE_RE.search(notice[:8000]))
-    return (daemon and (subj or body)) or (subj and body)
+    signs = []
+    for kind, text in (("daemon", sender.lower()), ("subject", subject.lower()),
+                       ("notice", notice[:8000].lower()),
+                       ("header", str(msg.get("Auto-Submitted", "")).lower())):
+        m = rules.layout(kind).first(text)
+        if m is not None:
+            signs.append(m.id)
+    if len(signs) < 2:
+        return False
+    if trace is not None:
+        for entry_id in signs:
+            trace.add(entry_id)
+    return True
 
 
 def decode_header_text(value: str) -> str:
@@ -150,10 +126,17 @@ def decode_header_text(value: str) -> str:
         return value
 
 
-def split_returned(text: str) -> tuple[str, str]:
-    """Split a single-part notice into (notice, quoted returned message)."""
-    m = _BOUNDARY_RE.search(text)
-    if m and m.start() > 0:
+def split_returned(text: str, rules: RuleSet, trace: Trace | None = None) -> tuple[str, str]:
+    """Split a single-part notice into (notice, quoted returned message).
+
+    The returned message starts after a marker line (``layout:boundary`` entries, at the
+    start of a line after optional dashes), else at the first header line of it.
+    """
+    rx = rules.boundary_rx
+    m = rx.search(text, 1) if rx is not None else None
+    if m is not None and m.lastindex is not None:
+        if trace is not None:
+            trace.add(rules.boundaries[m.lastindex - 1].id)
         return text[: m.start()], text[m.end():]
     h = _HEADERS_START_RE.search(text)
     if h and h.start() > 40:
@@ -166,11 +149,19 @@ def addresses(text: str) -> list[str]:
     return [m.group(1).strip(".").lower() for m in _ADDR_RE.finditer(text)]
 
 
-def find_failures(notice: str, exclude: set[str]) -> list[TextFailure]:
+def _related(domain: str, hosts: set[str]) -> bool:
+    return any(domain == h or domain.endswith("." + h) or h.endswith("." + domain)
+               for h in hosts)
+
+
+def find_failures(notice: str, exclude: set[str],
+                  reporters: set[str] | None = None) -> list[TextFailure]:
     """Find each failed recipient in a notice and cut out the text that concerns it.
 
-    Addresses on quoted-header lines, daemon addresses and the addresses in ``exclude``
-    (the bounce's own sender and receiver, the original sender) are not recipients.
+    Addresses on quoted-header lines, the addresses in ``exclude`` (the bounce's own
+    sender and receiver, the original sender) and the reporting site's own daemon
+    addresses (``postmaster@``, ``mailer-daemon@`` at a domain of ``reporters``) are not
+    recipients; ``postmaster@`` elsewhere is an ordinary recipient.
     An address's text runs from its first mention to the next recipient's first
     mention; text *before* the first recipient is kept too, because many servers
     write the error before the address.
@@ -179,11 +170,21 @@ def find_failures(notice: str, exclude: set[str]) -> list[TextFailure]:
     offset = 0
     for line in notice.splitlines(keepends=True):
         if "@" in line and not _SKIP_LINE_RE.search(line):
+            listing = bool(_LIST_LINE_RE.match(line))
+            taken = False
             for m in _ADDR_RE.finditer(line):
                 addr = m.group(1).strip(".").lower()
                 local = addr.split("@", 1)[0]
-                if addr in exclude or _NOT_RECIPIENT_LOCAL.match(local):
+                daemon = bool(_NOT_RECIPIENT_LOCAL.match(local)) and (
+                    reporters is None or _related(addr.split("@", 1)[1], reporters))
+                if addr in exclude or daemon \
+                        or local[:1] in "/|" or _ALIAS_RE.search(line, 0, m.start()):
                     continue
+                if taken and not listing:
+                    # A further address in the sentence about a recipient ("a@x <b@y>:
+                    # malformed address", "pipe to |prog a@x") is part of that sentence.
+                    continue
+                taken = True
                 mentions.append((offset + m.start(), addr))
         offset += len(line)
     failures: list[TextFailure] = []
@@ -201,8 +202,10 @@ def find_failures(notice: str, exclude: set[str]) -> list[TextFailure]:
         # The first recipient's text starts at the top: many servers write the error
         # (or the command that failed) before the address.
         start = 0 if not failures else line_start
-        failures.append(TextFailure(addr, notice[start:end][:2000],
-                                    notice[line_start:end][:2000]))
+        own = notice[line_start:end][:2000]
+        of = _ALIAS_OF_RE.search(own[:600])
+        alias = of.group(1).lower() if of and of.group(1).lower() != addr else None
+        failures.append(TextFailure(addr, notice[start:end][:2000], own, alias))
     return failures
 
 
@@ -222,57 +225,4 @@ def remote_mta(text: str) -> str | None:
         return None
     return next(g for g in m.groups() if g).lower()
 
-
-#: How MTAs say which SMTP command the refusal answered: Exim ("after RCPT TO:"),
-#: Postfix ("in reply to end of DATA command"), Sendmail transcripts (">>> DATA"),
-#: DragonFly ("did not like our final DATA"), qmail, InterScan ("Sent <<< RCPT TO").
-_COMMAND_RE = re.compile(
-    r"(?:after|in reply to|did not like our|sent <<<|following)\s+"
-    r"(?:end of |final |the |initial )?"
-    r"(mail from|rcpt to|data|rcpt|mail|message|helo|ehlo|connect)"
-    r"|(does not like recipient)|(sender was rejected)|(failed after i sent the message)"
-    r"|\[(rcpt_to|mail_from|data)\]",
-    re.I)
-
-
-_TRANSCRIPT_RE = re.compile(r"^[ \t]*(>>>|<<<)[ \t]*(\S+)", re.M)
-
-
-def _transcript_command(text: str) -> str | None:
-    """In a Sendmail-style transcript, the command answered by the first 4xx/5xx reply."""
-    command: str | None = None
-    for m in _TRANSCRIPT_RE.finditer(text):
-        word = m.group(2).upper()
-        if m.group(1) == ">>>":
-            command = word
-        elif word[:1] in ("4", "5") and word[:3].isdigit() and command:
-            if command.startswith("RCPT"):
-                return "RCPT"
-            if command.startswith("MAIL"):
-                return "MAIL"
-            if command.startswith("DATA") or command == ".":
-                return "DATA"
-            return "CONN" if command in ("HELO", "EHLO") else None
-    return None
-
-
-def smtp_command(text: str) -> str | None:
-    """The SMTP stage a refusal came at (``MAIL``, ``RCPT``, ``DATA``, ``CONN``), if said."""
-    if ">>>" in text:
-        found = _transcript_command(text)
-        if found:
-            return found
-    last: str | None = None
-    for m in _COMMAND_RE.finditer(text):
-        word = (m.group(1) or "").lower()
-        bracket = (m.group(5) or "").lower()
-        if m.group(2) or word.startswith("rcpt") or bracket == "rcpt_to":
-            last = "RCPT"
-        elif m.group(3) or word.startswith("mail") or bracket == "mail_from":
-            last = "MAIL"
-        elif m.group(4) or word in ("data", "message") or bracket == "data":
-            last = "DATA"
-        elif word in ("helo", "ehlo", "connect"):
-            last = "CONN"
-    return last
 

@@ -1,0 +1,387 @@
+"""Stage A: find the report in a message and extract one record per recipient.
+
+Parsers only find and extract: which part is the report, which recipients it names,
+their ``Status:`` field, the server's reply, the SMTP command, the action and the remote
+host. They never decide the reason (that is :mod:`relay.bounces.decide`, one path for
+all of them); a parser may only name the notice family it recognised, so that its
+documented internal strings can serve as a late hint.
+
+Parsers, tried in this order (each is an identifiable ``parser:`` entry):
+
+* ``ses``: Amazon SES JSON notifications;
+* ``arf``: RFC 5965 feedback reports, and the few providers' look-alikes;
+* ``rfc3464``: a ``message/delivery-status`` part, one record per recipient block,
+  read together with the notice paragraph that names the recipient; also DSN fields
+  pasted into a prose notice;
+* ``nested``: a report forwarded as an attachment (a gateway's notice about a DSN), or
+  a notice forwarded inline (``Fwd:``, ``> `` quoting), parsed again;
+* ``prose``: Postfix/Exim/qmail/Sendmail/Exchange/Gmail/... notices written in text:
+  each address the notice names outside quoted headers, with the text that follows it;
+  when the notice names nobody, ``X-Failed-Recipients`` or the returned message's To;
+* ``rfc3834``: auto-replies (not bounces).
+
+Never a recipient: the bounce's own From/To/Sender, the original sender, and
+postmaster/mailer-daemon-style addresses of the reporting server.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from email.message import Message
+
+from relay.bounces import arf, autoreply, ses, vendors
+from relay.bounces.dsn import DsnRecipient, address_of, parse_fields
+from relay.bounces.mime import Anatomy, dissect, parse
+from relay.bounces.model import BounceRecord
+from relay.bounces.normalise import valid_status
+from relay.bounces.rules import RuleSet, Trace
+from relay.bounces.tables.hints import FINGERPRINTS
+
+_MSGID_RE = re.compile(r"^[ \t]*Message-I[Dd][ \t]*:[ \t]*(<[^<>\s]+>)", re.M | re.I)
+_FORWARD_SUBJECT_RE = re.compile(r"^\s*(?:fwd?|tr|wg|rv|enc|vs|doorst)\s*:", re.I)
+_QUOTE_RE = re.compile(r"^[ \t]*> ?", re.M)
+
+
+@dataclass(slots=True)
+class Found:
+    """What a parser extracted about one recipient (stage A's output)."""
+
+    recipient: str
+    action: str = "failed"
+    #: The ``Status:`` field (well-formed) or ``None``.
+    status: str | None = None
+    #: The server's own words about this recipient (``Diagnostic-Code``, the reply text).
+    diagnostic: str = ""
+    #: ``smtp``, ``x-unix``, ``x-postfix``, ... (the ``Diagnostic-Code`` type).
+    diagnostic_type: str = ""
+    #: The notice's text about this recipient (its paragraph, or its block in a list).
+    context: str = ""
+    #: The whole notice, kept only when it is about this one recipient.
+    notice: str = ""
+    reply_code: str | None = None
+    command: str | None = None
+    remote_mta: str | None = None
+    reporting_mta: str | None = None
+    original_message_id: str | None = None
+    #: The address the recipient was expanded or forwarded from, if the report says.
+    alias: str | None = None
+    #: The notice families the message was recognised as (for parser hints).
+    parsers: tuple[str, ...] = ()
+    #: The extraction entry that found this recipient.
+    found_by: str = ""
+    #: What an admin is shown as the diagnostic.
+    shown: str = ""
+
+
+Extracted = Found | BounceRecord
+
+
+def extract(msg: Message, rules: RuleSet, trace: Trace | None = None,
+            depth: int = 0) -> list[Extracted]:
+    """Every recipient record the message reports, in the order it lists them."""
+    anatomy = dissect(msg)
+    subject = _subject(msg)
+    # --- complaints (RFC 5965) -------------------------------------------------------------
+    if anatomy.feedback_report:
+        _fire(trace, "parser:arf")
+        return list(arf.from_report(anatomy.feedback_report[0], anatomy.original))
+    looked = arf.lookalike(msg, anatomy.original)
+    if looked:
+        _fire(trace, "parser:arf")
+        return list(looked)
+    # --- split the notice from a returned message quoted inline ---------------------------
+    notice_parts: list[str] = []
+    returned = ""
+    for text in anatomy.notice:
+        if anatomy.original is None and not returned:
+            head, tail = vendors.split_returned(text, rules, trace)
+            notice_parts.append(head)
+            returned = tail
+        else:
+            notice_parts.append(text)
+    notice = "\n".join(notice_parts)
+    if anatomy.original is None and returned:
+        anatomy.original_text = returned
+    msgid = _original_message_id(anatomy, returned)
+    families = _families(msg, subject, notice)
+    reporting = _reporting_host(msg)
+    # --- Amazon SES JSON notifications -----------------------------------------------------
+    if "notificationType" in notice or "eventType" in notice:
+        facts = ses.parse(notice)
+        if facts:
+            _fire(trace, "parser:ses")
+            return [_from_ses(f) for f in facts]
+    # --- RFC 3464 --------------------------------------------------------------------------
+    status_text = "\n".join(anatomy.delivery_status)
+    blocks: list[DsnRecipient] = []
+    reporting_mta = ""
+    if status_text:
+        report = parse_fields(status_text)
+        blocks = [r for r in report.recipients if r.recipient]
+        reporting_mta = report.reporting_mta
+    if not blocks and "final-recipient" in notice.lower() \
+            and vendors.looks_like_bounce(msg, notice, rules, trace):
+        # DSN fields pasted into a prose notice (no report part).
+        report = parse_fields(notice)
+        blocks = [r for r in report.recipients if r.recipient]
+        reporting_mta = report.reporting_mta
+    if blocks:
+        _fire(trace, "parser:rfc3464")
+        single = len({r.recipient for r in blocks}) == 1
+        return [_from_dsn(r, notice, subject, msgid, single, families,
+                          reporting_mta or reporting) for r in blocks]
+    # --- a report forwarded as an attachment, or a notice forwarded inline -----------------
+    if depth < 2:
+        nested = _nested(msg, anatomy, subject, rules, trace, depth)
+        if nested:
+            return nested
+    # --- prose notices ----------------------------------------------------------------------
+    if anatomy.delivery_status or vendors.looks_like_bounce(msg, notice, rules, trace):
+        _fire(trace, "parser:prose")
+        return list(_from_prose(msg, anatomy, notice, subject, msgid, families, reporting,
+                                rules, trace))
+    # --- auto-replies (RFC 3834) -----------------------------------------------------------
+    if autoreply.is_autoreply(msg, subject):
+        _fire(trace, "parser:rfc3834")
+        return [autoreply.record(msg, subject, notice)]
+    return []
+
+
+def _fire(trace: Trace | None, entry_id: str) -> None:
+    if trace is not None:
+        trace.add(entry_id)
+
+
+def _nested(msg: Message, anatomy: Anatomy, subject: str, rules: RuleSet,
+            trace: Trace | None, depth: int) -> list[Extracted]:
+    """A report inside the message: a forwarded notice, or a report about a report."""
+    inner = anatomy.original
+    forwarded = bool(_FORWARD_SUBJECT_RE.match(subject))
+    if inner is not None and (forwarded or inner.get_content_type() == "multipart/report"):
+        # A notice forwarded as an attachment, or a gateway's notice about a DSN.
+        found = extract(inner, rules, trace, depth + 1)
+        if found:
+            _fire(trace, "parser:nested")
+            return found
+    returned = anatomy.original_text
+    if inner is None and "multipart/report" in returned[:8000].lower():
+        # The returned message is itself a delivery report (a notice about a bounce):
+        # the failed recipients are the inner report's.
+        start = re.search(r"^(?:Return-Path|Received|From|Date|Subject|Content-Type):",
+                          returned, re.M)
+        if start is not None:
+            found = extract(parse(returned[start.start():].encode("utf-8", "replace")),
+                            rules, trace, depth + 1)
+            if found:
+                _fire(trace, "parser:nested")
+                return found
+    if forwarded and inner is None:
+        # A notice forwarded inline ("---------- Forwarded message ----------", or quoted
+        # with "> "): the forwarded header block and body read as a message of their own.
+        body = _QUOTE_RE.sub("", "\n".join(anatomy.notice))
+        start = re.search(r"^(?:From|Subject|Date|To|Sent):[ \t]*\S", body, re.M)
+        if start is not None:
+            again = parse(body[start.start():].encode("utf-8", "replace"))
+            found = extract(again, rules, trace, depth + 1)
+            if found:
+                _fire(trace, "parser:nested")
+                return found
+    return []
+
+
+def _subject(msg: Message) -> str:
+    subject = str(msg.get("Subject", "") or "")
+    return vendors.decode_header_text(subject) if "=?" in subject else subject
+
+
+def _families(msg: Message, subject: str, notice: str) -> tuple[str, ...]:
+    """The notice families the message's headers and text match (for parser hints)."""
+    found: list[str] = []
+    low_notice = notice[:4000].lower()
+    sender = str(msg.get("From", "")).lower()
+    for name, where, pattern, _source in FINGERPRINTS:
+        if name in found:
+            continue
+        if where == "from":
+            text = sender
+        elif where == "subject":
+            text = subject.strip().lower()
+        elif where == "body":
+            text = low_notice
+        else:
+            value = msg.get(where.split(":", 1)[1])
+            if value is None:
+                continue
+            text = str(value).lower()
+        if re.search(pattern, text):
+            found.append(name)
+    return tuple(found)
+
+
+def _reporting_host(msg: Message) -> str:
+    """The domain of the notice's sender (``mailer-daemon@googlemail.com``)."""
+    addrs = vendors.addresses(str(msg.get("From", "") or ""))
+    return addrs[0].rsplit("@", 1)[1] if addrs else ""
+
+
+def _reporters(msg: Message, reporting: str) -> set[str]:
+    """Domains of the site that wrote the notice (its sender, its Reporting-MTA)."""
+    hosts = {reporting.lower()} if reporting else set()
+    for name in ("From", "Sender", "Return-Path"):
+        hosts.update(a.rsplit("@", 1)[1] for a in vendors.addresses(str(msg.get(name, "") or "")))
+    # The parent domain too: mailer-daemon@mx1.example.net reports for example.net.
+    hosts.update(h.split(".", 1)[1] for h in list(hosts) if h.count(".") >= 2)
+    return hosts
+
+
+def _own_addresses(msg: Message, anatomy: Anatomy) -> set[str]:
+    """Addresses that are the bounce's own parties or the original sender, never recipients."""
+    own: set[str] = set()
+    for name in ("From", "To", "Return-Path", "Sender", "Reply-To", "Delivered-To", "Cc"):
+        own.update(vendors.addresses(str(msg.get(name, "") or "")))
+    if anatomy.original is not None:
+        for name in ("From", "Return-Path", "Sender", "Reply-To"):
+            own.update(vendors.addresses(str(anatomy.original.get(name, "") or "")))
+    return own
+
+
+def _original_message_id(anatomy: Anatomy, returned_text: str) -> str | None:
+    if anatomy.original is not None:
+        value = anatomy.original.get("Message-ID")
+        if value:
+            m = re.search(r"<[^<>\s]+>", str(value))
+            if m:
+                return m.group(0)
+    m = _MSGID_RE.search(returned_text)
+    return m.group(1) if m else None
+
+
+def _context(notice: str, recipient: str) -> str:
+    """The paragraph of the human-readable notice that talks about one recipient."""
+    low = notice.lower()
+    i = low.find(recipient)
+    if i < 0:
+        return ""
+    start = max(low.rfind("\n\n", 0, i), low.rfind("\n\r\n", 0, i), 0)
+    end = min((j for j in (low.find("\n\n", i), low.find("\n\r\n", i)) if j >= 0),
+              default=len(low))
+    return notice[start:min(end, i + 1000)]
+
+
+def _action(value: str, status: str | None, notice: str, subject: str) -> str:
+    action = value.split()[0].lower() if value.strip() else ""
+    if action.startswith("deliver") or action in ("relayed", "expanded"):
+        return "delivered"
+    if action.startswith("delay") or (not action and status and status.startswith("4")
+                                      and vendors.is_delay(notice, subject)):
+        return "delayed"
+    return "failed"
+
+
+def _from_dsn(r: DsnRecipient, notice: str, subject: str, msgid: str | None, single: bool,
+              families: tuple[str, ...], reporting: str) -> Found:
+    """One record from a delivery-status block, with the notice paragraph about it."""
+    status = valid_status(r.status)
+    action = _action(r.action, status, notice, subject)
+    diag_type = r.fields.get("diagnostic-code", "").split(";", 1)[0].strip().lower() \
+        if ";" in r.fields.get("diagnostic-code", "") else ""
+    diagnostic = r.diagnostic.strip()
+    context = _context(notice, r.recipient)
+    alias = next((a for a in (address_of(r.fields.get("original-recipient", "")),
+                              address_of(r.fields.get("x-actual-recipient", "")))
+                  if a and a != r.recipient), None)
+    return Found(
+        recipient=r.recipient, alias=alias, action=action, status=status,
+        diagnostic=diagnostic,
+        diagnostic_type=diag_type, context=context, notice=notice if single else "",
+        remote_mta=r.remote_mta or None, reporting_mta=reporting or None,
+        original_message_id=msgid, parsers=families, found_by="parser:rfc3464",
+        shown=diagnostic or _squeeze(context)[:1000],
+    )
+
+
+def _from_ses(fact: dict[str, object]) -> Extracted:
+    if "complaint" in fact:
+        return ses.complaint(fact)
+    diag = str(fact.get("diagnostic") or "")
+    if diag[:5].lower() == "smtp;":
+        diag = diag.split(";", 1)[1].strip()
+    msgid = fact.get("msgid")
+    action = str(fact.get("action") or "failed").lower()
+    return Found(
+        recipient=str(fact.get("recipient") or ""),
+        action="delivered" if action.startswith("deliver") else (
+            "delayed" if action.startswith("delay") else "failed"),
+        status=valid_status(str(fact.get("status") or "")), diagnostic=diag,
+        diagnostic_type="smtp", remote_mta=str(fact.get("remote_mta") or "") or None,
+        original_message_id=str(msgid) if msgid else None, found_by="parser:ses",
+        shown=diag,
+    )
+
+
+def _from_prose(msg: Message, anatomy: Anatomy, notice: str, subject: str,
+                msgid: str | None, families: tuple[str, ...], reporting: str,
+                rules: RuleSet, trace: Trace | None) -> list[Found]:
+    own = _own_addresses(msg, anatomy)
+    failures = vendors.find_failures(notice, own, _reporters(msg, reporting))
+    found_by = "parser:prose"
+    if not failures:
+        addr, found_by = _fallback_recipient(msg, anatomy, own, rules)
+        _fire(trace, found_by)
+        failures = [vendors.TextFailure(addr, notice)]
+    delayed = vendors.is_delay(notice, subject)
+    single = len(failures) == 1
+    out: list[Found] = []
+    for f in failures:
+        out.append(Found(
+            recipient=f.recipient, alias=f.alias, action="delayed" if delayed else "failed",
+            diagnostic=f.own or f.text, context=f.text, notice=notice if single else "",
+            remote_mta=vendors.remote_mta(f.text), reporting_mta=reporting or None,
+            original_message_id=msgid, parsers=families, found_by=found_by,
+            shown=_squeeze(f.own or f.text)[:1000],
+        ))
+    return out
+
+
+def _fallback_recipient(msg: Message, anatomy: Anatomy, own: set[str],
+                        rules: RuleSet) -> tuple[str, str]:
+    """When the notice names nobody: X-Failed-Recipients, the envelope recipient the
+    returned message's first Received line names ("for <x>", RFC 5321 section 4.4), or
+    the returned message's To."""
+    if rules.fallbacks_on["x-failed-recipients"]:
+        for value in (msg.get("X-Failed-Recipients"), msg.get("X-Original-To")):
+            found = [a for a in vendors.addresses(str(value or "")) if a not in own]
+            if found:
+                return found[0], "fallback:x-failed-recipients"
+    if rules.fallbacks_on["received-for"]:
+        if anatomy.original is not None:
+            received = str(anatomy.original.get("Received", "") or "")
+        else:
+            m = _RECEIVED_RE.search(anatomy.original_text)
+            received = m.group(0) if m else ""
+        m = _FOR_RE.search(received)
+        if m:
+            found = [a for a in vendors.addresses(m.group(1)) if a not in own]
+            if found:
+                return found[0], "fallback:received-for"
+    if rules.fallbacks_on["original-to"]:
+        if anatomy.original is not None:
+            found = vendors.addresses(str(anatomy.original.get("To", "") or ""))
+            if found:
+                return found[0], "fallback:original-to"
+        m = re.search(r"^To:[ \t]*(.+)$", anatomy.original_text, re.M | re.I)
+        if m:
+            found = vendors.addresses(m.group(1))
+            if found:
+                return found[0], "fallback:original-to"
+    return "", "parser:prose"
+
+
+_RECEIVED_RE = re.compile(r"^Received:.*(?:\n[ \t].*)*", re.M | re.I)
+_FOR_RE = re.compile(r"\bfor\s+<?([^\s<>;]+@[^\s<>;]+)>?\s*;", re.I)
+_WS_RE = re.compile(r"[ \t]*\n[ \t\n]*")
+
+
+def _squeeze(text: str) -> str:
+    return _WS_RE.sub("\n", text.strip())

@@ -1,0 +1,362 @@
+"""What servers say, per reason: phrase lists, the order they are tried in, and gates.
+
+Phrases are regular expressions matched against the diagnostic after
+:func:`relay.bounces.normalise.flatten`: lower case, one space between words, e-mail
+addresses replaced by ``<address>``, SMTP continuation prefixes (``550-5.7.1``) removed.
+
+Each reason has two kinds of entries. *Concept* patterns put the words of the reason's
+definition together the way every MTA does ("mailbox" near "full"/"over quota"/
+"exceeded"; "user"/"recipient"/"mailbox" near "unknown"/"not found"/"does not exist"):
+their source is the standard that defines the reason (RFC 3463's text for the code,
+RFC 5321's reply texts) and the vendor texts that use the same words. *Vendor* patterns
+are exact texts of one MTA's or provider's documented messages, for wordings the
+concepts miss. Each entry names its source (:mod:`.sources`).
+
+``ORDER`` is the order in which reasons are tried: the first whose phrase matches and
+whose gate lets it decide wins. Specific causes come before general ones (a full mailbox
+or a disabled account before an unknown user, all of them before "blocked" and
+"policy", whose words turn up in many refusals), because a refusal that names a
+specific cause usually also uses a generic word.
+
+``GATES`` say at which SMTP command a reason's phrases may decide. "Filtered" means
+refused after the message was sent, so it never answers RCPT or earlier; an unknown-user
+phrase decides ``userunknown`` only as the answer to RCPT (or when the code says X.1.x);
+said after DATA it is a filter's wording. When the bounce does not say the command, the
+unknown-user phrase is ambiguous (see :mod:`relay.bounces.decide`).
+
+``VETOES`` say which competing reasons' phrases overrule a decisive status code: servers
+send ``5.1.1`` for a refused relay or a block-list hit, ``5.1.2`` for a DNS time-out.
+"""
+
+from __future__ import annotations
+
+from relay.bounces.tables import Gate, Phrase
+
+
+def _p(reason: str, source: str, *patterns: str) -> tuple[Phrase, ...]:
+    return tuple(Phrase(reason, p, source) for p in patterns)
+
+
+#: Nouns that name the recipient's mailbox, as RFC 3463 and the MTAs' texts use them.
+_BOX = r"(?:mail ?box|inbox|mail ?folder|maildir|user|account|recipient|storage|disk|quota)"
+
+PHRASES: tuple[Phrase, ...] = (
+    # === mailboxfull: the recipient's mailbox is over its quota ===========================
+    # RFC 3463 X.2.2 "Mailbox full: the user has exceeded a per-mailbox administrative
+    # quota or physical capacity"; RFC 5321 "552 ... exceeded storage allocation".
+    *_p("mailboxfull", "rfc3463",
+        rf"\b{_BOX}'?s? (?:\S+ ){{0,3}}(?:is |was |has )?(?:full|over ?(?:the )?(?:allowed )?"
+        r"(?:quota|limit|size)|exceed(?:s|ed)?\b)",
+        r"\bover ?quota\b", r"\bquota (?:\S+ )?(?:exceeded|full|reached)",
+        r"exceeded (?:its |their |the )?(?:storage|mailbox|disk) ?(?:allocation|quota|size|"
+        r"limit|space)"),
+    *_p("mailboxfull", "rfc5321", r"exceeded storage allocation"),  # 552 reply text
+    *_p("mailboxfull", "google", r"out of storage space",
+        r"account that you tried to reach is over quota"),
+    *_p("mailboxfull", "courier", r"maildir over quota"),
+    # === mesgtoobig: the message is larger than the receiver takes ========================
+    # RFC 3463 X.3.4 "Message too big for system"; RFC 1870 "552 message size exceeds
+    # fixed maximum message size".
+    *_p("mesgtoobig", "rfc3463",
+        r"\b(?:message|mail|email) (?:is |was )?too (?:big|large)",
+        r"\b(?:message|mail|email) size (?:\S+ ){0,2}exceed", r"exceeds? (?:the |our )?"
+        r"(?:maximum |fixed |allowed )*(?:message|mail|email) size"),
+    *_p("mesgtoobig", "exchange", r"message too large for this recipient"),
+    # === exceedlimit: an administrative limit other than size =============================
+    *_p("exceedlimit", "rfc3463", r"exceeds? (?:the )?administrative limit",  # X.2.3
+        r"too many recipients"),  # X.5.3
+    # === suspend: the account exists but is disabled =======================================
+    # RFC 3463 X.2.1 "Mailbox disabled, not accepting messages"; IANA X.7.13 "User Account
+    # Disabled"; the providers' texts for disabled, suspended, frozen or inactive accounts.
+    *_p("suspend", "rfc3463",
+        r"\b(?:mail ?box|account|user|recipient|address)\b(?: \S+){0,3} (?:is |has been |was )?"
+        r"(?:temporar(?:y|ily) )?(?:disabled|suspended|deactivated|inactive|locked|frozen|"
+        r"closed|discontinued|terminated|expired|archived|blocked)\b",
+        r"\b(?:disabled|suspended|deactivated|inactive|locked|frozen|closed|expired) "
+        r"(?:e-?mail )?(?:mail ?box|account|user|address)\b",
+        r"\bno longer (?:active|valid|in use)\b"),
+    *_p("suspend", "iana-esc", r"user account disabled"),
+    *_p("suspend", "google", r"account that you tried to reach is (?:disabled|inactive)"),
+    *_p("suspend", "orange", r"compte du destinataire est bloque"),
+    # === hasmoved: no longer at this address ===============================================
+    *_p("hasmoved", "rfc3463", r"(?:mail ?box|address|user) has moved",  # X.1.6
+        r"no longer (?:on|at) (?:this )?server"),
+    *_p("hasmoved", "rfc5321", r"user not local; please try"),  # 551 reply text
+    # === norelaying: the server is not a relay for that domain =============================
+    # Postfix "Relay access denied", Sendmail "Relaying denied", Exim "relay not permitted",
+    # Exchange "Unable to relay", qmail "that domain isn't in my list of allowed rcpthosts".
+    *_p("norelaying", "postfix",
+        r"\brelay(?:ing)? (?:access )?(?:is )?(?:denied|not (?:permitted|allowed)|prohibited|"
+        r"refused|rejected)",
+        r"\b(?:unable|not permitted|not allowed|cannot|can'?t) (?:to )?relay\b",
+        r"\bwe do not relay\b", r"\bno relaying\b"),
+    *_p("norelaying", "qmail", r"allowed rcpthosts"),
+    *_p("norelaying", "exchange", r"non-accepted domain"),
+    # === authfailure: SPF, DKIM or DMARC failed ============================================
+    # RFC 7372 X.7.20-X.7.26; RFC 7208 section 8.4 (SPF "fail" reject texts), RFC 7489.
+    *_p("authfailure", "rfc7372",
+        r"\b(?:spf|dkim|dmarc|domainkeys|sender policy framework)\b(?: \S+){0,8} (?:check )?"
+        r"(?:fail(?:s|ed|ure)?|not pass(?:ed)?|did not pass|does not pass|doesn'?t pass|"
+        r"softfail|permerror|temperror|hardfail|invalid|violation|rejected?)\b",
+        r"\b(?:fail(?:s|ed|ure)?|not pass(?:ed)?) (?:\S+ ){0,4}(?:spf|dkim|dmarc)\b",
+        r"\bdmarc (?:policy|verification)\b", r"\bnot designated as permitted sender\b",
+        r"does not have authentication information",
+        r"authentication (?:checks?|results?) (?:\S+ )?(?:fail|did not pass)",
+        r"\bunauthenticated (?:e-?mail|mail|message)"),
+    # === userunknown: the mailbox does not exist (gated: RCPT) =============================
+    # RFC 3463 X.1.1 "Bad destination mailbox address: the mailbox specified in the address
+    # does not exist"; RFC 5321 "550 No such user here", "mailbox not found"; Sendmail
+    # "User unknown"; Postfix "User unknown in local recipient table"; Exchange
+    # "RecipientNotFound"; qmail "no mailbox here by that name".
+    *_p("userunknown", "rfc3463",
+        r"\b(?:user|recipient|mail ?box|address(?:ee)?|account|local[- ]part|e-?mail address|"
+        r"user ?name)\b(?: \S+){0,3} (?:is |was )?(?:unknown|not (?:found|known|listed|"
+        r"recognized|recognised|exists?|valid)|does not exist|doesn'?t exist|non-?existent|"
+        r"couldn'?t be found|could not be found|invalid|unavailable)\b",
+        r"\b(?:unknown|invalid|no such|non-?existent|bad|illegal) (?:local )?(?:user|recipient|"
+        r"mail ?box|address(?:ee)?|account|local[- ]part|e-?mail address)\b",
+        r"\bbad destination mailbox address\b"),
+    *_p("userunknown", "rfc5321", r"\bno such user\b", r"mailbox not found"),
+    *_p("userunknown", "postfix", r"\bunknown in (?:local recipient|virtual mailbox|"
+        r"virtual alias|relay recipient) table", r"undeliverable address",
+        # The generic restriction text with no cause after it: the address itself.
+        r"recipient address rejected(?:\.|$)"),
+    *_p("userunknown", "qmail", r"no mailbox here by that name"),
+    *_p("userunknown", "exchange", r"recip(?:ient)?notfound", r"recipient not found"),
+    *_p("userunknown", "google", r"nosuchuser",
+        r"account that you tried to reach does not exist"),
+    *_p("userunknown", "yahoo", r"this user doesn'?t have an? \S+ account"),
+    *_p("userunknown", "domino", r"not listed in (?:the )?(?:public name & address book|"
+        r"domino directory)"),
+    *_p("userunknown", "imail", r"invalid final delivery userid"),
+    # === filtered: refused by the recipient side after the message was sent (gated) ========
+    *_p("filtered", "facebook", r"refused due to recipient preferences"),
+    *_p("filtered", "kddi", r"\buser reject"),
+    *_p("filtered", "docomo", r"refuses? to receive"),
+    *_p("filtered", "exchange", r"rejected due to user rules",
+        r"blocked by the recipient", r"\bmessage filtered\b"),
+    # === requireptr: no (matching) reverse DNS for the sending IP ==========================
+    # RFC 7372 X.7.25 "Reverse DNS validation failed"; Postfix "Client host rejected: cannot
+    # find your hostname"; Gmail "does not have a PTR record"; Sendmail "IP name lookup".
+    *_p("requireptr", "rfc7372",
+        r"\b(?:ptr|rdns|reverse (?:dns|lookup|hostname|name|address|mapping))\b",
+        r"cannot find your (?:reverse )?hostname", r"\bip name (?:possibly )?(?:forged|"
+        r"lookup failed)", r"mismatches client ip",
+        r"\bhost ?name\b(?: \S+){0,3} (?:does not|doesn'?t) (?:match|resolve)"),
+    # === notcompliantrfc: the message breaks RFC 5322 ======================================
+    *_p("notcompliantrfc", "rfc5322",
+        r"\bnot (?:rfc ?5322|rfc ?2822|rfc) compliant", r"\brfc ?(?:5322|2822)\b",
+        r"multiple (?:from|to|subject|date|message-id|sender) (?:headers?|addresses)",
+        r"duplicate (?:from|to|subject|date|message-id) headers?"),
+    # === badreputation: the sender's reputation ============================================
+    *_p("badreputation", "google", r"\breputation\b"),
+    *_p("badreputation", "yahoo", r"user complaints", r"unexpected volume"),
+    # === rejected: refused because of the sender (envelope from) ===========================
+    # RFC 3463 X.1.7/X.1.8 "Bad sender's mailbox/system address"; Postfix "Sender address
+    # rejected"; Exim "Sender verify failed"; RFC 4407 "purported responsible address".
+    *_p("rejected", "rfc3463",
+        r"\b(?:sender|from|envelope[- ]from|mail from|return[- ]path|originator)\b(?: \S+){0,3}"
+        r" (?:address |domain )?(?:is )?(?:rejected|refused|denied|invalid|unknown|not allowed|"
+        r"not authori[sz]ed|blacklisted|blocked|banned|verif\w* failed|unverified|"
+        r"does not exist|not found)",
+        r"\b(?:invalid|unknown|bad|unroutable|unresolvable|illegal) (?:sender|from|"
+        r"envelope[- ]from|return[- ]path)\b", r"\bdomain of sender address\b",
+        r"bad sender'?s (?:mailbox|system) address"),
+    *_p("rejected", "rfc7505", r"sender address has null mx"),  # X.7.27
+    *_p("rejected", "rfc4407", r"purported responsible address"),
+    *_p("rejected", "google", r"send mail as"),
+    *_p("rejected", "google-groups", r"permission to post", r"not allowed to post"),
+    # === notaccept: the domain accepts no mail at all ======================================
+    # RFC 7504 "521 Host does not accept mail", "556 Domain does not accept mail"; RFC 7505
+    # null MX; RFC 3463 X.3.2; a domain with no mail exchanger (qmail, OpenSMTPD, Exim).
+    *_p("notaccept", "rfc7504",
+        r"(?:does not|doesn'?t|do not|will not) (?:accept|receive) (?:any )?(?:e-?)?mail",
+        r"\b(?:accepts?|receives?) no (?:e-?)?mail", r"not accepting (?:any )?(?:e-?)?mail"),
+    *_p("notaccept", "rfc7505", r"\bnull ?mx\b"),
+    *_p("notaccept", "rfc3463", r"system not accepting network messages"),  # X.3.2
+    *_p("notaccept", "exim", r"indicated no smtp service", r"\bno smtp service\b"),
+    *_p("notaccept", "qmail", r"\b(?:no|couldn'?t find an?y?) (?:mail exchanger|mx)\b"),
+    # === hostunknown: the recipient's domain does not exist ================================
+    # RFC 3463 X.1.2 "Bad destination system address: the destination system specified in
+    # the address does not exist"; Sendmail "Host unknown"; Postfix "Host or domain name not
+    # found"; Exim "Unrouteable address"; qmail "I couldn't find any host named".
+    *_p("hostunknown", "rfc3463",
+        r"\b(?:host|domain|hostname|host name|mail domain|destination system|destination "
+        r"domain|recipient domain)\b(?: \S+){0,3} (?:is |was )?(?:unknown|not found|"
+        r"does not exist|doesn'?t exist|non-?existent|not reachable|may not exist|"
+        r"could not be found|couldn'?t be found)",
+        r"\b(?:unknown|no such|invalid|non-?existent|unrouteable|unroutable) (?:host|domain|"
+        r"mail domain)\b", r"\bunrouteable address\b", r"\bnxdomain\b",
+        r"bad destination system address"),
+    *_p("hostunknown", "qmail", r"couldn'?t find any host"),
+    *_p("hostunknown", "exim", r"all relevant mx records point to non-existent hosts"),
+    # === virusdetected =====================================================================
+    *_p("virusdetected", "spamassassin", r"\bvirus", r"\binfected\b", r"malware",
+        r"\btrojan\b", r"\bworm\b", r"\bmalicious (?:content|code|attachment|software)"),
+    # === spamdetected: the content was judged spam ========================================
+    # IANA X.7.28 "mail flood"; amavisd-new "Message content rejected, UBE"; SpamAssassin
+    # scores; Gmail "likely unsolicited mail"; URI block lists (SURBL, URIBL, Spamhaus DBL).
+    *_p("spamdetected", "spamassassin", r"\bspam\b", r"\bjunk\b", r"\bunsolicited\b",
+        r"\bub[ec]\b", r"\bbulk (?:e-?)?mail\b",
+        r"\b(?:classified|identified|detected|flagged|scored|considered|marked) as "
+        r"(?:spam|junk|bulk)"),
+    *_p("spamdetected", "dnsbl", r"\b(?:uribl|surbl|dbl)\b", r"blacklisted url",
+        r"\burl\b(?: \S+){0,3} (?:black|block)listed"),
+    *_p("spamdetected", "iana-esc", r"mail flood detected"),
+    # === speeding: the sender sends too fast ==============================================
+    *_p("speeding", "google", r"\brate(?:-| )limit", r"\b(?:at a|unusual) rate\b",
+        r"too (?:fast|quickly)", r"too many (?:messages|mails?|emails)"),
+    # === toomanyconn: too many connections ================================================
+    *_p("toomanyconn", "postfix",
+        r"too many (?:connections|concurrent|simultaneous|sessions|smtp sessions)",
+        r"\bconnection (?:count|rate|frequency) (?:limit|exceeded)",
+        r"\b(?:ip|connection|domain) frequency limited"),
+    # === blocked: the sending IP or host name is refused ===================================
+    # DNS block lists (Spamhaus, SpamCop, SORBS, Barracuda: "listed", "blocked using");
+    # Postfix "Client host rejected", "Helo command rejected"; Exchange "banned sending IP";
+    # Outlook.com "part of their network is on our block list"; dynamic-IP policies.
+    *_p("blocked", "dnsbl",
+        r"\b(?:ip|client(?: host)?|sending (?:ip|host|server)|your (?:ip|host|server|network|"
+        r"mail server)|connections? from)\b(?: \S+){0,4} (?:is |has been |was )?(?:blocked|"
+        r"blacklisted|blocklisted|banned|listed|denied|rejected|refused|not allowed)\b",
+        r"\b(?:banned|blocked|blacklisted|blocklisted) (?:sending |sender |client |your )?"
+        r"(?:ip|host)\b",
+        r"\b(?:black|block|deny|ban) ?list(?:ed)?\b", r"blocked using ",
+        r"\b(?:spamhaus|spamcop|sorbs|barracudacentral|dnsbl|rbl|cbl|psbl|uceprotect)\b",
+        r"\bdynamic (?:ip|address|pool)", r"\bdial-?up\b", r"\bresidential\b",
+        r"(?:smtp|mail) (?:server|relay) of your (?:isp|provider)",
+        r"use your isp'?s? (?:smtp|mail) (?:server|relay)"),
+    *_p("blocked", "postfix", r"helo command rejected", r"client host rejected"),
+    *_p("blocked", "microsoft", r"bad helo"),
+    *_p("blocked", "yahoo", r"permanently deferred", r"connections? will not be accepted"),
+    *_p("blocked", "rfc5321", r"no smtp service here"),
+    # === policyviolation: refused by the receiver's policy ================================
+    *_p("policyviolation", "yahoo",
+        r"\bpolic(?:y|ies)\b(?: \S+){0,3} (?:violation|reasons?|rejection|restrictions?)",
+        r"(?:violat\w*|against|prohibited by|not (?:permitted|allowed) by|denied by|"
+        r"rejected by|due to) (?:our |the |local |\S+ )?(?:\S+ )?polic", r"\blocal policy\b",
+        r"message not allowed"),
+    # === systemerror: the receiving system failed ==========================================
+    # RFC 5321 "451 local error in processing", "421 service not available"; mail loops
+    # (Postfix "loops back to myself", Sendmail "Too many hops", qmail "message is looping").
+    *_p("systemerror", "rfc5321", r"local error in processing", r"\btransaction failed\b",
+        r"service (?:currently |temporarily )(?:unavailable|not available)",
+        r"service not available"),
+    *_p("systemerror", "rfc3463", r"system incorrectly configured",
+        r"system not capable of selected features"),
+    *_p("systemerror", "postfix", r"loops back to myself", r"(?:local|server) configuration "
+        r"(?:error|problem)", r"temporary lookup failure", r"internal (?:server )?error",
+        r"queue file write error"),
+    *_p("systemerror", "domino", r"duplicated message-id"),
+    # === networkerror: DNS or network failure ==============================================
+    *_p("networkerror", "postfix",
+        r"\b(?:dns|name server|nameserver|name service|lookup|resolver)\b(?: \S+){0,3} "
+        r"(?:error|fail(?:ed|ure)?|timeout|timed out|problem)\b",
+        r"temporary failure in name resolution",
+        r"\b(?:connection|connect)\b(?: \S+){0,3} (?:refused|reset|lost|closed|dropped|failed)\b",
+        r"lost connection with", r"no route to host", r"network (?:is )?unreachable",
+        r"\bunable to (?:connect|establish)", r"wasn'?t able to establish",
+        r"remote protocol error", r"error transferring to"),
+    # RFC 3463 X.4.6 "Routing loop detected" (a network and routing status): Sendmail "Too
+    # many hops", Exchange "hop count exceeded", qmail "message is looping".
+    *_p("networkerror", "rfc3463", r"\b(?:mail|routing) loop\b", r"\blooping\b",
+        r"too many hops", r"\bhop count\b", r"loop (?:was )?detected"),
+    # === contenterror: the message's format or encoding ====================================
+    *_p("contenterror", "rfc3463", r"media not supported", r"conversion (?:required|failed)",
+        r"conversion with loss"),
+    *_p("contenterror", "google", r"message is malformed"),
+    *_p("contenterror", "postfix",
+        r"\b(?:header|mime|character|8-?bit|line|encoding|attachment)s?\b(?: \S+){0,3} "
+        r"(?:error|invalid|illegal|malformed|too long|not (?:allowed|supported|permitted))"),
+    # === systemfull: the receiving system is out of space ==================================
+    *_p("systemfull", "rfc5321", r"insufficient (?:system )?storage"),  # 452 reply text
+    *_p("systemfull", "rfc3463", r"mail system full"),  # X.3.1
+    *_p("systemfull", "sendmail", r"insufficient disk space", r"out of (?:disk )?space"),
+    # === expired: the retry period ran out =================================================
+    # RFC 3463 X.4.7 "Delivery time expired"; the queue-lifetime texts: Postfix "message
+    # could not be delivered for N days", Sendmail "Cannot send message for 5 days", Exim
+    # "retry timeout exceeded", qmail "in the queue too long", Exchange "QUEUE.Expired",
+    # OpenSMTPD "Envelope expired", DMA "could not deliver for the last N seconds".
+    *_p("expired", "rfc3463",
+        r"\b(?:delivery|message|envelope|queue)\b(?: \S+){0,2} (?:time )?(?:has )?(?:expired|"
+        r"timed out)",
+        r"\b(?:could not|couldn'?t|unable to|cannot|can'?t|not) (?:be )?(?:deliver(?:ed)?|send|"
+        r"sent)\b(?: \S+){0,4} for (?:the )?(?:last |past |more than )?\d+ (?:seconds|minutes|"
+        r"hours?|days?)",
+        r"\bretry (?:time|timeout|period)\b(?: \S+){0,3} (?:exceeded|expired|reached)",
+        r"\b(?:giving|gave) up\b", r"\bstopped trying\b",
+        r"\bwill (?:be )?retr(?:y|ied)\b", r"\bstill (?:undelivered|trying)\b",
+        r"\bdelivery failed \d+ attempts", r"\bafter \d+ (?:attempts|tries)\b",
+        r"queue\.expired", r"did not accept our requests to connect",
+        # A server that never answered until the retry period ran out.
+        r"connection timed out"),
+    # === failedstarttls ===================================================================
+    *_p("failedstarttls", "rfc3207", r"must issue a starttls command first",
+        r"\bstarttls\b(?: \S+){0,2} (?:is )?(?:required|failed|failure|error)",
+        r"\btls (?:is )?required\b", r"requires? tls\b"),
+    *_p("failedstarttls", "rfc8689", r"requiretls"),
+    # === securityerror: authentication or encryption between servers =======================
+    # RFC 4954 "530 Authentication required", "535 Authentication credentials invalid".
+    *_p("securityerror", "rfc4954",
+        r"\bauthenticat\w*\b(?: \S+){0,2} (?:is )?(?:required|failed|invalid|needed)",
+        r"(?:must|please) (?:\S+ ){0,3}authenticat", r"\bnot authenticated\b",
+        r"encryption (?:is )?(?:required|needed)", r"\bcredentials\b",
+        r"unauthenticated senders? not allowed"),
+    *_p("securityerror", "ses", r"address is not verified"),
+    # === mailererror: a local delivery program failed ======================================
+    *_p("mailererror", "postfix", r"command died with status", r"command output:"),
+    *_p("mailererror", "sendmail", r"\bmailer\b(?: \S+){0,2} (?:error|died|failed)",
+        r"x-unix;"),
+    *_p("mailererror", "exim", r"pipe to \|", r"returned \d+ \(could mean",
+        r"child process of \S+ transport", r"\bexit (?:code|status) \d"),
+    *_p("mailererror", "dma", r"\bprocmail\b", r"\bmaildrop\b", r"delivery program"),
+    # === syntaxerror: the SMTP dialogue itself was wrong ===================================
+    *_p("syntaxerror", "rfc5321", r"syntax error", r"command (?:unrecognized|not recognized)",
+        r"unrecognized command", r"bad sequence of commands",
+        r"invalid (?:command|argument|parameter)s?\b"),
+    *_p("syntaxerror", "exim", r"malformed (?:recipient )?address",
+        r"incorrectly constructed"),
+    # === suppressed: the sending provider suppressed the address ===========================
+    *_p("suppressed", "ses", r"suppression list", r"suppressed by the sending service"),
+)
+
+#: The order reasons are tried in, most specific first (see the module docstring).
+ORDER: tuple[str, ...] = (
+    "mailboxfull", "mesgtoobig", "exceedlimit", "suspend", "hasmoved", "norelaying",
+    "authfailure", "userunknown", "filtered", "requireptr", "notcompliantrfc",
+    "badreputation", "rejected", "notaccept", "hostunknown", "virusdetected", "spamdetected",
+    "speeding", "toomanyconn", "blocked", "policyviolation", "systemerror", "networkerror",
+    "contenterror", "systemfull", "expired", "failedstarttls", "securityerror",
+    "suppressed", "mailererror", "syntaxerror",
+)
+
+#: Which commands a reason's phrases may answer (reasons not listed: any command).
+GATES: dict[str, Gate] = {
+    # An unknown mailbox is found when the server checks the RCPT address; said after
+    # DATA, the same words are the recipient side's filter; with no command known they
+    # may be either, and without more evidence they are read as the softer "filtered".
+    "userunknown": Gate(commands=frozenset({"RCPT"}), unknown=False,
+                        instead=(("DATA", "filtered"),), ambiguous_with="filtered"),
+    # Filtering reads the message, so it happens after DATA.
+    "filtered": Gate(commands=frozenset({"DATA"}), unknown=True),
+    # A refusal of the connection or greeting is about the client host, not the sender
+    # address or the content.
+    "rejected": Gate(commands=frozenset({"MAIL", "RCPT", "DATA"}), unknown=True),
+    "spamdetected": Gate(commands=frozenset({"MAIL", "RCPT", "DATA"}), unknown=True),
+    # "Domain not found" answered to MAIL FROM is about the sender's domain; with a
+    # transient code the lookup failed this time (RFC 3463 class 4 is a persistent
+    # transient failure), the domain is not known not to exist.
+    "hostunknown": Gate(commands=frozenset({"RCPT", "DATA"}), unknown=True,
+                        transient="networkerror"),
+}
+
+#: Phrases of these reasons overrule a decisive status code of the key's reason.
+VETOES: dict[str, tuple[str, ...]] = {
+    "userunknown": ("norelaying", "blocked", "mailboxfull", "hasmoved", "rejected",
+                    "notaccept", "filtered"),
+    "hostunknown": ("networkerror", "notaccept"),
+    "notaccept": ("userunknown",),
+    # Sendmail answers a destination whose MX is null with X.7.27 (defined for the
+    # sender's null MX) and "Host does not accept mail".
+    "rejected": ("notaccept",),
+}

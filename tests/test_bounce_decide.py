@@ -1,0 +1,305 @@
+"""Each step of the bounce decision, on small hand-written reports.
+
+Every test pins one rule of the precedence written in ``relay.bounces.decide``: a
+decisive status code beats a phrase, a provider's convention beats generic words, the
+SMTP command gates "user unknown" and "filtered", competing phrases veto a code, a
+refused greeting is a block, a delay or a transient final report is "expired", hard/soft
+follows from the reason alone, and the notice's own parties are never recipients.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from relay.bounces import BounceRecord, classify
+from relay.bounces.classify import classify_reply
+from relay.bounces.model import HARD_REASONS, is_hard
+from relay.bounces.tables.phrases import ORDER
+
+
+def dsn(diagnostic: str, *, status: str = "5.0.0", action: str = "failed",
+        recipient: str = "rcpt@example.net", remote: str = "mx.example.net",
+        notice: str | None = None, command: str = "RCPT TO",
+        reporter: str = "mx.sender.example") -> bytes:
+    """A Postfix-style multipart/report about one recipient."""
+    notice = notice if notice is not None else (
+        "This is the mail system at host mx.sender.example.\n\n"
+        "I'm sorry to have to inform you that your message could not\n"
+        "be delivered to one or more recipients.\n\n"
+        f"<{recipient}>: host {remote}[192.0.2.9] said: {diagnostic}\n"
+        f"    (in reply to {command} command)\n")
+    return (
+        f"From: MAILER-DAEMON@{reporter} (Mail Delivery System)\r\n"
+        "To: sender@sender.example\r\n"
+        "Subject: Undelivered Mail Returned to Sender\r\n"
+        "MIME-Version: 1.0\r\n"
+        'Content-Type: multipart/report; report-type=delivery-status; boundary="B"\r\n'
+        "\r\n--B\r\nContent-Type: text/plain\r\n\r\n"
+        f"{notice}\r\n"
+        "--B\r\nContent-Type: message/delivery-status\r\n\r\n"
+        f"Reporting-MTA: dns; {reporter}\r\n\r\n"
+        f"Final-Recipient: rfc822; {recipient}\r\n"
+        f"Action: {action}\r\n"
+        f"Status: {status}\r\n"
+        f"Remote-MTA: dns; {remote}\r\n"
+        f"Diagnostic-Code: smtp; {diagnostic}\r\n\r\n"
+        "--B\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+        "Message-ID: <orig@sender.example>\r\nFrom: sender@sender.example\r\n"
+        f"To: {recipient}\r\nSubject: hello\r\n\r\n--B--\r\n").encode()
+
+
+def one(raw: bytes) -> BounceRecord:
+    records = classify(raw)
+    assert len(records) == 1, records
+    return records[0]
+
+
+# --- step 2: a decisive enhanced status code beats a phrase -----------------------------------
+
+
+def test_a_decisive_code_beats_a_phrase_of_another_reason() -> None:
+    rec = one(dsn("550 5.1.1 <rcpt@example.net>: message content rejected as spam",
+                  status="5.1.1"))
+    assert (rec.reason, rec.decided_by, rec.hard) == ("userunknown", "status:X.1.1", True)
+    # The same words without the code: the phrase decides.
+    rec = one(dsn("550 <rcpt@example.net>: message content rejected as spam", status="5.0.0"))
+    assert rec.reason == "spamdetected" and rec.decided_by.startswith("phrase:spamdetected:")
+
+
+def test_the_code_in_the_text_beats_a_vaguer_status_field() -> None:
+    rec = one(dsn("552 5.2.2 <rcpt@example.net>: Mailbox quota usage exceeded",
+                  status="5.0.0"))
+    assert (rec.status, rec.reason, rec.decided_by) == ("5.2.2", "mailboxfull", "status:X.2.2")
+
+
+def test_an_ambiguous_code_gives_no_prior() -> None:
+    # X.7.0 is sent for anything: the words decide.
+    rec = one(dsn("554 5.7.0 Relay access denied", status="5.7.0"))
+    assert rec.reason == "norelaying" and rec.decided_by.startswith("phrase:norelaying:")
+
+
+# --- vetoes: a competing reason's words overrule a decisive code ------------------------------
+
+
+@pytest.mark.parametrize(("text", "reason"), [
+    ("550 5.1.1 Service unavailable; Client host [192.0.2.1] blocked using zen.spamhaus.org",
+     "blocked"),
+    ("550 5.1.1 <rcpt@example.net>: Relay access denied", "norelaying"),
+    ("552 5.1.1 <rcpt@example.net>: mailbox is full", "mailboxfull"),
+])
+def test_a_competing_phrase_vetoes_a_user_unknown_code(text: str, reason: str) -> None:
+    rec = one(dsn(text, status="5.1.1"))
+    assert rec.reason == reason and rec.decided_by.startswith(f"phrase:{reason}:")
+    assert not rec.hard
+
+
+# --- step 3: a provider's convention beats generic words --------------------------------------
+
+
+def test_a_provider_convention_beats_the_generic_reading() -> None:
+    text = "550 5.4.1 Recipient address rejected: Access denied. [AS(201806281)]"
+    ms = one(dsn(text, status="5.4.1", remote="example-net.mail.protection.outlook.com"))
+    assert (ms.reason, ms.hard) == ("userunknown", True)
+    assert ms.decided_by.startswith("provider:microsoft:5.4.1:")
+    # The same reply from a host that is not Exchange Online: 5.4.1 says nothing, and
+    # no phrase makes it a missing mailbox.
+    other = one(dsn(text, status="5.4.1", remote="mx.example.net"))
+    assert other.reason != "userunknown" and not other.decided_by.startswith("provider:")
+
+
+def test_the_refusing_side_s_provider_comes_before_the_reporter_s() -> None:
+    # A Gmail notice about a refusal by KDDI au: au words a refusal by the recipient's
+    # own reception filter as "550 : User unknown" (no address), Gmail's notice calls
+    # every address refusal "address couldn't be found".
+    notice = ("** Address not found **\n\nYour message wasn't delivered to "
+              "nekochan@ezweb.ne.jp because the address couldn't be found, or is unable "
+              "to receive mail.\n\nThe response was:\n\n550 : User unknown\n")
+    rec = one(dsn("550 : User unknown", recipient="nekochan@ezweb.ne.jp",
+                  remote="lsean.ezweb.ne.jp", notice=notice, reporter="googlemail.com"))
+    assert (rec.reason, rec.hard) == ("filtered", False)
+    assert rec.decided_by.startswith("provider:kddi:")
+
+
+# --- step 4: the SMTP command gates unknown-user and filtered ----------------------------------
+
+
+def test_user_unknown_at_rcpt_is_userunknown_after_data_filtered() -> None:
+    text = "550 <rcpt@example.net>: User unknown"
+    at_rcpt = one(dsn(text, command="RCPT TO"))
+    after_data = one(dsn(text, command="end of DATA"))
+    assert (at_rcpt.reason, at_rcpt.hard) == ("userunknown", True)
+    assert (after_data.reason, after_data.hard) == ("filtered", False)
+    assert after_data.decided_by.endswith("@DATA")
+
+
+def test_user_unknown_with_no_command_is_filtered_unless_a_parser_hint_says_more() -> None:
+    notice = ("The following recipient(s) could not be reached:\n\n"
+              "      rcpt@example.net\n            User unknown\n")
+    rec = one(dsn("550 User unknown", notice=notice))
+    assert (rec.reason, rec.hard) == ("filtered", False)
+    assert rec.decided_by.endswith("@no-command")
+
+
+def test_a_code_that_says_user_unknown_needs_no_command() -> None:
+    notice = "rcpt@example.net: User unknown\n"
+    rec = one(dsn("550 5.1.1 User unknown", status="5.1.1", notice=notice))
+    assert rec.reason == "userunknown" and rec.decided_by == "status:X.1.1"
+
+
+def test_domain_not_found_at_mail_from_is_about_the_sender() -> None:
+    rec = one(dsn("553 sorry, no such domain sender.example", command="MAIL FROM"))
+    assert rec.reason == "rejected" and rec.decided_by == "tiebreak:MAIL:*"
+
+
+def test_a_transient_domain_lookup_failure_is_a_network_error() -> None:
+    assert one(dsn("550 Host or domain name not found", status="5.0.0")).reason == \
+        "hostunknown"
+    rec = one(dsn("450 Host or domain name not found", status="4.0.0"))
+    assert (rec.reason, rec.hard) == ("networkerror", False)
+    assert rec.decided_by.endswith("@transient")
+
+
+# --- steps 5-7: the command and the reply code break ties ----------------------------------
+
+
+@pytest.mark.parametrize("command", ["EHLO", "HELO"])
+def test_a_refused_greeting_is_a_block(command: str) -> None:
+    rec = one(dsn("550 5.7.1 go away", status="5.7.1", command=command))
+    assert (rec.reason, rec.decided_by) == ("blocked", "tiebreak:CONN+EHLO:*")
+
+
+def test_a_refused_connection_is_a_block() -> None:
+    notice = ("<rcpt@example.net>: host mx.example.net[192.0.2.9] refused to talk to me:\n"
+              "    554 mx.example.net not today\n")
+    rec = one(dsn("554 mx.example.net not today", notice=notice))
+    assert (rec.reason, rec.decided_by) == ("blocked", "tiebreak:CONN+EHLO:*")
+
+
+def test_a_class_level_code_speaks_when_no_words_do() -> None:
+    rec = one(dsn("554 5.6.3 conversion refused", status="5.6.3", command="end of DATA"))
+    assert (rec.reason, rec.decided_by) == ("contenterror", "status:X.6.3")
+
+
+def test_the_reply_code_alone_speaks_last() -> None:
+    rec = one(dsn("551 5.0.0 not here, try <new@example.org>", status="5.0.0"))
+    assert (rec.reason, rec.hard) == ("hasmoved", True)
+    assert rec.decided_by == "tiebreak:*:551"
+
+
+# --- step 9: fallbacks --------------------------------------------------------------------
+
+
+def test_delivery_time_expired_is_expired() -> None:
+    rec = one(dsn("451 4.4.7 delivery time expired", status="4.4.7"))
+    assert (rec.reason, rec.decided_by, rec.hard, rec.permanent) == (
+        "expired", "status:X.4.7", False, True)
+
+
+def test_a_delay_report_without_a_cause_is_expired_and_not_permanent() -> None:
+    rec = one(dsn("421 try later", status="4.0.0", action="delayed"))
+    assert (rec.reason, rec.kind, rec.permanent, rec.hard) == (
+        "expired", "delayed", False, False)
+    assert rec.decided_by == "fallback:delayed-expired"
+
+
+def test_a_final_report_with_a_transient_code_is_expired() -> None:
+    rec = one(dsn("421 not now", status="4.0.0"))
+    assert (rec.reason, rec.decided_by) == ("expired", "fallback:transient-expired")
+
+
+def test_nothing_recognisable_is_onhold() -> None:
+    rec = one(dsn("550 nyaan", status="5.0.0", command="RCPT TO"))
+    assert (rec.reason, rec.decided_by, rec.hard) == ("onhold", "fallback:onhold", False)
+
+
+# --- stage D: hard/soft is a function of the reason ---------------------------------------------
+
+
+@pytest.mark.parametrize("reason", [r for r in (*ORDER, "onhold", "undefined", "delivered",
+                                                "feedback", "vacation") if r != "notaccept"])
+def test_hard_is_a_pure_function_of_the_reason(reason: str) -> None:
+    expected = reason in {"userunknown", "hostunknown", "hasmoved"}
+    assert is_hard(reason, "5.0.0", "550") is expected
+    assert is_hard(reason, "4.0.0", "450") is expected  # never read from the class
+
+
+def test_notaccept_is_hard_only_when_permanent() -> None:
+    assert HARD_REASONS == {"userunknown", "hostunknown", "hasmoved"}
+    assert is_hard("notaccept", "5.1.10", "556")
+    assert not is_hard("notaccept", "4.3.2", "421")
+    rec = one(dsn("556 5.1.10 example.net does not accept mail (nullMX)", status="5.1.10"))
+    assert (rec.reason, rec.hard) == ("notaccept", True)
+
+
+def test_a_permanent_refusal_for_another_cause_is_soft() -> None:
+    rec = one(dsn("552 5.2.2 mailbox full", status="5.2.2"))
+    assert (rec.reason, rec.permanent, rec.hard) == ("mailboxfull", True, False)
+
+
+# --- recipients: never the notice's own parties --------------------------------------------------
+
+
+PROSE = b"""\
+From: Mail Delivery System <MAILER-DAEMON@mx.reporter.example>
+To: sender@sender.example
+Subject: Mail delivery failed: returning message to sender
+
+This message was created automatically by mail delivery software.
+
+A message that you sent could not be delivered to one or more of its
+recipients. This is a permanent error. The following address(es) failed:
+
+  gone@example.net
+    (generated from alias@example.org)
+    SMTP error from remote mail server after RCPT TO:<gone@example.net>:
+    host mx.example.net [192.0.2.1]: 550 5.1.1 <gone@example.net>: User unknown
+
+For further assistance, please contact <postmaster@mx.reporter.example> or
+send mail to helpdesk@reporter.example. Your own address was sender@sender.example.
+
+------ This is a copy of the message, including all the headers. ------
+
+Return-path: <sender@sender.example>
+From: sender@sender.example
+To: alias@example.org
+Subject: hi
+
+hi
+"""
+
+
+def test_never_the_sender_the_reporter_s_postmaster_or_an_alias() -> None:
+    [rec] = classify(PROSE)
+    assert (rec.recipient, rec.alias, rec.reason) == (
+        "gone@example.net", "alias@example.org", "userunknown")
+
+
+def test_a_dsn_names_the_original_recipient_as_alias() -> None:
+    raw = dsn("550 5.1.1 user unknown", status="5.1.1", recipient="final@example.net")
+    raw = raw.replace(b"Final-Recipient: rfc822; final@example.net\r\n",
+                      b"Final-Recipient: rfc822; final@example.net\r\n"
+                      b"Original-Recipient: rfc822; list@example.org\r\n")
+    rec = one(raw)
+    assert (rec.recipient, rec.alias) == ("final@example.net", "list@example.org")
+
+
+# --- the relay's own refusals take the same path ---------------------------------------------
+
+
+def test_a_refusal_seen_by_the_relay_uses_the_same_decision() -> None:
+    assert classify_reply("550", "5.1.1", "user unknown", "RCPT")[:2] == ("userunknown", True)
+    assert classify_reply("550", None, "User unknown", "DATA")[:2] == ("filtered", False)
+    reason, hard, by = classify_reply("554", "5.7.1", "Client host rejected: blocked using "
+                                      "bl.spamcop.net", "RCPT")
+    assert (reason, hard) == ("blocked", False) and by.startswith("phrase:blocked:")
+
+
+def test_a_mail_system_s_notice_is_never_an_out_of_office_reply() -> None:
+    notice = (b"From: Mail Delivery System <MAILER-DAEMON@mx.reporter.example>\r\n"
+              b"To: sender@sender.example\r\nSubject: Out of office: hello\r\n\r\n"
+              b"Your message to gone@example.net was not accepted.\r\n")
+    assert all(r.kind != "autoreply" and r.reason != "vacation" for r in classify(notice))
+    # The same from a person is the out-of-office reply it says it is.
+    person = notice.replace(b"Mail Delivery System <MAILER-DAEMON@mx.reporter.example>",
+                            b"Gone <gone@example.net>")
+    assert [(r.kind, r.reason) for r in classify(person)] == [("autoreply", "vacation")]
