@@ -27,24 +27,25 @@ if TYPE_CHECKING:
 log = get_logger("plugins.bounce_events")
 
 
-def classify_reply(reply: Reply, *, after_data: bool = False) -> tuple[str, bool]:
+def classify_reply(reply: Reply, *, after_data: bool = False) -> tuple[str, bool, str]:
     """``(reason, hard)`` for an SMTP refusal, by the same rules as DSNs (relay.bounces).
 
     The relay knows which command was refused (RCPT, or DATA for every recipient), which
     is exactly the fact the decision's command gates need.
     """
-    reason, hard, _by = _decide(str(reply.code), reply.status or None, reply.text,
-                                "DATA" if after_data else "RCPT")
-    return reason, reply.code >= 500 and hard
+    reason, hard, by = _decide(str(reply.code), reply.status or None, reply.text,
+                               "DATA" if after_data else "RCPT")
+    return reason, reply.code >= 500 and hard, by
 
 
 def refusal_event(transaction: Transaction, recipient: str, reply: Reply,
                   stage: str) -> Event:
-    reason, hard = classify_reply(reply, after_data=stage == "data")
+    reason, hard, decided_by = classify_reply(reply, after_data=stage == "data")
     data = {
         "status": reply.status or None, "reply_code": reply.code, "reason": reason,
         "hard": hard, "permanent": reply.code >= 500, "action": "failed",
         "diagnostic": reply.text[:1000], "feedback_type": None, "remote_mta": None,
+        "decided_by": decided_by, "alias": None,
         "matched_by": "smtp", "via": "relay", "stage": stage,
     }
     return Event(type="bounce", message_id=transaction.message_id, recipient=recipient,

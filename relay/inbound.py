@@ -53,7 +53,7 @@ log = get_logger("relay.inbound")
 #: Event data keys copied from a classifier record.
 RECORD_FIELDS: tuple[str, ...] = (
     "status", "reply_code", "reason", "hard", "permanent", "action", "diagnostic",
-    "feedback_type", "remote_mta",
+    "feedback_type", "remote_mta", "decided_by", "alias",
 )
 _FIELD_NAME = re.compile(rb"^[\x21-\x39\x3b-\x7e]+[ \t]*:")
 _MSGID = re.compile(r"<([^<>\s]+)>")

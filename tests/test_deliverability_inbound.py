@@ -70,6 +70,7 @@ async def test_corpus_bounce_matched_by_quoted_message_id(make_stack: MakeStack)
     assert ev["data"]["reason"] == "userunknown" and ev["data"]["hard"] is True
     assert ev["data"]["status"] == "5.1.1" and ev["data"]["reply_code"] == 550
     assert ev["data"]["matched_by"] == "message_id"
+    assert ev["data"]["decided_by"].startswith("status:")  # why, kept with the event
     assert body["events"][0]["suppressed"].startswith("hard bounce")
     # The same bounce again records nothing new.
     status, again = await inbound(stack, (EML / "lhost-postfix-33.eml").read_bytes())
