@@ -7,8 +7,9 @@ taxonomy as DSNs (``reason``, ``hard``, ``permanent``), and goes through the sam
 suppression rules (``relay.inbound.record_event``).
 
 A 4xx refusal is not a bounce: the client keeps the recipient and retries it (a
-greylisting server answers every first attempt with 450). The ``recorder`` plugin's
-``rejected`` event already keeps its code and text.
+greylisting server answers every first attempt with 450). The exception is a
+per-recipient copy (relay.split) refused while the client was told 250 for the message:
+nobody sends it again, so it is a bounce (soft, ``permanent`` false).
 """
 
 from __future__ import annotations
@@ -58,8 +59,8 @@ async def trackrelay_delivered(app: App, transaction: Transaction, outcome: Outc
         return
     refused: list[tuple[str, Reply, str]] = [
         (address, reply, "rcpt") for address, reply in outcome.refused.items()
-        if reply.code >= 500]
-    if outcome.reply.code >= 500:  # DATA refused: every accepted recipient bounced
+        if outcome.refusal_final(reply)]
+    if not outcome.reply.ok and outcome.final:  # DATA refused: every accepted recipient
         refused += [(address, outcome.reply, "data") for address in outcome.accepted]
     for n, (address, reply, stage) in enumerate(refused):
         event = refusal_event(transaction, address, reply, stage)

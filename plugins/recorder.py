@@ -61,7 +61,7 @@ def minimal_sent(transaction: Transaction, outcome: Outcome) -> SentMessage:
 async def trackrelay_delivered(app: App, transaction: Transaction, outcome: Outcome) -> None:
     if app.store is None:
         return
-    if not outcome.reply.ok and not outcome.reply.permanent:
+    if not outcome.final:  # a temporary refusal the client retries
         log.debug("not_recorded_tempfail", txn=transaction.id, reply=str(outcome.reply))
         return
     sent = transaction.sent or minimal_sent(transaction, outcome)

@@ -10,7 +10,10 @@ Per-message control headers, always removed before forwarding:
 From, recipient domain or campaign; the message's own header still wins.
 
 Mail to more than one envelope recipient is not tracked (``tracking.multi_recipient =
-"skip"``, the default) or tracked at message level (``"shared"``). Plain-text-only mail
+"skip"``, the default), tracked at message level (``"shared"``), or sent as one copy per
+recipient, each tracked as its own message (``"split"``, or ``X-Trackrelay-Track: split``
+on one message; up to ``tracking.split_max_recipients``, beyond which
+``tracking.split_fallback`` applies). Plain-text-only mail
 is not tracked unless ``tracking.rewrite_text_links`` is on (then clicks only); mail with
 no text at all is skipped as ``empty_body``.
 
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 from email.utils import parseaddr
 
-from relay import hookimpl
+from relay import hookimpl, split
 from relay import tracking_rules as rules
 from relay.app import App
 from relay.logs import get_logger
@@ -36,7 +39,7 @@ log = get_logger("plugins.tracking_policy")
 TRACK_HEADER = "X-Trackrelay-Track"
 CAMPAIGN_HEADER = "X-Trackrelay-Campaign"
 MODES = {"off": (False, False), "opens": (True, False), "clicks": (False, True),
-         "all": (True, True)}
+         "all": (True, True), "split": (True, True)}
 
 
 def _blank(message: MessageDraft, tree: MimeTree) -> bool:
@@ -56,22 +59,52 @@ def _blank(message: MessageDraft, tree: MimeTree) -> bool:
     return True
 
 
-@hookimpl(trylast=True)
-def trackrelay_tracking_policy(app: App, transaction: Transaction, message: MessageDraft,
-                               tree: MimeTree | None) -> TrackingPolicy:
+def _decision(app: App, transaction: Transaction, message: MessageDraft, *,
+              warn: bool) -> tuple[str, str | None, rules.Match | None, rules.Effective]:
+    """The message's own header (checked), its campaign, the rule it matches and the
+    settings that follow."""
     cfg = app.config.tracking
     header = (message.get(TRACK_HEADER) or "").strip().lower()
     campaign = (message.get(CAMPAIGN_HEADER) or "").strip() or None
-    message.remove_header(TRACK_HEADER)
-    message.remove_header(CAMPAIGN_HEADER)
     if header and header not in MODES:
-        log.warning("bad_track_header", txn=transaction.id, header=TRACK_HEADER,
-                    value=header[:20], known=", ".join(MODES))
+        if warn:
+            log.warning("bad_track_header", txn=transaction.id, header=TRACK_HEADER,
+                        value=header[:20], known=", ".join(MODES))
         header = ""
     found = rules.match(cfg, sender=transaction.mail_from,
                         header_from=parseaddr(message.get("From") or "")[1] or None,
                         recipients=transaction.rcpt_tos, campaign=campaign)
-    settings = rules.effective(cfg, found, campaign)
+    return header, campaign, found, rules.effective(cfg, found, campaign)
+
+
+def _multi_recipient(app: App, header: str, settings: rules.Effective, recipients: int) -> str:
+    """skip, shared or split for mail to ``recipients`` distinct addresses."""
+    cfg = app.config.tracking
+    wanted = "split" if header == "split" else settings.multi_recipient
+    if wanted == "split" and recipients > cfg.split_max_recipients:
+        return cfg.split_fallback
+    return wanted
+
+
+@hookimpl(trylast=True)
+def trackrelay_split_recipients(app: App, transaction: Transaction,
+                                message: MessageDraft) -> list[list[str]] | None:
+    """One copy per recipient when the message is tracked and split applies to it."""
+    header, _campaign, _found, settings = _decision(app, transaction, message, warn=False)
+    if not any(MODES[header or settings.track]):
+        return None  # nothing would be tracked: no reason to send it more than once
+    groups = split.per_recipient(transaction.rcpt_tos)
+    if len(groups) < 2 or _multi_recipient(app, header, settings, len(groups)) != "split":
+        return None
+    return groups
+
+
+@hookimpl(trylast=True)
+def trackrelay_tracking_policy(app: App, transaction: Transaction, message: MessageDraft,
+                               tree: MimeTree | None) -> TrackingPolicy:
+    header, campaign, found, settings = _decision(app, transaction, message, warn=True)
+    message.remove_header(TRACK_HEADER)
+    message.remove_header(CAMPAIGN_HEADER)
     if found is not None:
         transaction.extra["tracking_rule"] = found.name
     mode = header or settings.track
@@ -83,8 +116,14 @@ def trackrelay_tracking_policy(app: App, transaction: Transaction, message: Mess
     recipients = {r.lower() for r in transaction.rcpt_tos}
     shared = False
     if len(recipients) > 1:
-        if settings.multi_recipient == "skip":
-            return TrackingPolicy.skip("multi_recipient", campaign)
+        # A copy of a split message for a group a plugin chose shares one identity;
+        # otherwise "split" did not happen (too many recipients): the fallback.
+        how = ("shared" if "split" in transaction.extra
+               else _multi_recipient(app, header, settings, len(recipients)))
+        if how != "shared":
+            over = "split" in (header, settings.multi_recipient)  # over the split limit
+            return TrackingPolicy.skip("split_max_recipients" if over else "multi_recipient",
+                                       campaign)
         shared = True
     if tree is None:
         return TrackingPolicy.skip("unparseable", campaign)

@@ -250,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="ADDR", help="an envelope recipient (repeatable)")
     p.add_argument("--header-from", metavar="ADDR", help="the From header (default: --from)")
     p.add_argument("--campaign", metavar="ID", help="X-Trackrelay-Campaign")
-    p.add_argument("--track", choices=("all", "opens", "clicks", "off"),
+    p.add_argument("--track", choices=("all", "opens", "clicks", "off", "split"),
                    help="X-Trackrelay-Track")
     p.add_argument("--json", action="store_true", help="one JSON object")
     p.set_defaults(func=cmd_explain)

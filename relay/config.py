@@ -152,7 +152,7 @@ class TrackingRule:
     #: What to track ("" keeps ``tracking.default``; campaign mail defaults to "all").
     track: Literal["", "all", "opens", "clicks", "off"] = ""
     #: "" keeps ``tracking.multi_recipient``.
-    multi_recipient: Literal["", "skip", "shared"] = ""
+    multi_recipient: Literal["", "skip", "shared", "split"] = ""
     #: Unset keeps ``tracking.rewrite_text_links``.
     rewrite_text_links: bool | None = None
     #: Unset keeps ``[tracker.first_open_mail]``'s choice of senders; false: no notices
@@ -170,9 +170,14 @@ class TrackingConfig:
     #: clicks), "opens", "clicks" or "off". Campaign mail (X-Trackrelay-Campaign) is
     #: tracked ("all") unless its X-Trackrelay-Track header says otherwise.
     default: Literal["all", "opens", "clicks", "off"] = "all"
-    #: Mail to more than one envelope recipient: "skip" (forwarded untouched) or
-    #: "shared" (tracked at message level: opens known, not which recipient).
-    multi_recipient: Literal["skip", "shared"] = "skip"
+    #: Mail to more than one envelope recipient: "skip" (forwarded untouched),
+    #: "shared" (tracked at message level: opens known, not which recipient) or "split"
+    #: (one upstream copy per recipient, each tracked as its own message).
+    multi_recipient: Literal["skip", "shared", "split"] = "skip"
+    #: "split" for at most this many recipients; beyond it ``split_fallback`` applies.
+    split_max_recipients: int = 50
+    #: What mail over ``split_max_recipients`` gets: "skip" or "shared".
+    split_fallback: Literal["skip", "shared"] = "skip"
     #: Also route http(s) URLs in text/plain parts through the tracker.
     rewrite_text_links: bool = False
     #: Keep the Subject in the sent record (false: leave it out, for privacy).
@@ -706,6 +711,9 @@ def validate(config: Config) -> None:
         raise ConfigError("upstream.pool_size: must be 0 or more")
     parse_hostport(config.http.listen, "http.listen")
     config.http.derive_base_url()
+    if config.tracking.split_max_recipients < 2:
+        raise ConfigError("tracking.split_max_recipients: must be 2 or more, got "
+                          f"{config.tracking.split_max_recipients}")
     for i, rule in enumerate(config.tracking.rules):
         for key in ("sender", "header_from", "recipient_domain", "campaign"):
             for j, pattern in enumerate(getattr(rule, key)):

@@ -162,6 +162,23 @@ def trackrelay_tracking_policy(app: App, transaction: Transaction, message: Mess
 
 
 @hookspec
+def trackrelay_split_recipients(app: App, transaction: Transaction,
+                                message: MessageDraft) -> list[list[str]] | None:
+    """Send this message upstream as several copies: return groups of its recipients.
+
+    Called once the message is in, for a transaction with more than one envelope
+    recipient, before any content hook. Each group becomes an upstream transaction of its
+    own (same sender, the message as received), and the content hooks then run once per
+    copy with ``transaction.rcpt_tos`` set to its group and a ``message_id`` of its own:
+    a group of one is tracked as that person's message. The groups must name every
+    recipient exactly once, or the answer is ignored (and logged). ``None`` keeps one
+    transaction. The first non-``None`` answer wins; the built-in ``tracking_policy``
+    answers one group per recipient under ``tracking.multi_recipient = "split"`` or
+    ``X-Trackrelay-Track: split``. Read ``message``; do not change it.
+    """
+
+
+@hookspec
 def trackrelay_edit_html(context: RewriteContext, part: HtmlPart) -> Any:
     """Ask for edits to one decoded ``text/html`` part of a tracked message.
 

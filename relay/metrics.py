@@ -190,3 +190,15 @@ def exposition() -> tuple[bytes, str]:
         multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(), CONTENT_TYPE_LATEST
+SPLIT_COPIES = Counter(
+    "trackrelay_split_copies_total",
+    "Per-recipient copies of multi-recipient mail (tracking.multi_recipient = split), "
+    "by upstream result (accepted, refused, tempfail)",
+    ["result"],
+)
+NOTICES = Counter(
+    "trackrelay_dsn_total",
+    "Delivery status notifications the relay wrote for copies it could not deliver after "
+    "answering 250, by result (sent, failed, null_sender)",
+    ["result"],
+)

@@ -135,6 +135,22 @@ class Outcome:
     modified: bool  # whether any plugin changed the message
     queue_id: str | None = None  # the upstream's queue id, when its reply names one
     delivered_at: float = field(default_factory=time.time)
+    #: The reply the client got, when it is not ``reply``: a per-recipient copy
+    #: (relay.split) shares one answer with the other copies. None: the client got
+    #: ``reply``.
+    client_reply: Reply | None = None
+
+    def refusal_final(self, refusal: Reply) -> bool:
+        """True when ``refusal`` is the last word for its recipients: permanent, or
+        temporary while the client heard 250 (nobody sends it again). A temporary
+        refusal the client heard is not: the client tries again."""
+        return refusal.permanent or (self.client_reply is not None and self.client_reply.ok)
+
+    @property
+    def final(self) -> bool:
+        """True unless the upstream's answer was a temporary refusal the client will
+        retry (then nothing is recorded yet)."""
+        return self.reply.ok or self.refusal_final(self.reply)
 
 
 @dataclass

@@ -24,18 +24,21 @@ from typing import Any
 import structlog
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from relay import xforward
+from relay import dsn, split, xforward
 from relay.app import App
 from relay.auth import Authenticator
 from relay.config import DEFAULT_MAX_LINE_LENGTH, parse_hostport
 from relay.listeners import Listeners
 from relay.logs import get_logger
+from relay.message import MessageDraft
 from relay.metrics import (
+    NOTICES,
     PLUGIN_ERRORS,
     SMTP_LIMITS,
     SMTP_RECIPIENTS,
     SMTP_SESSIONS,
     SMTP_TRANSACTIONS,
+    SPLIT_COPIES,
     UPSTREAM_SECONDS,
 )
 from relay.pipeline import PLUGIN_TEMPFAIL, PluginFailure, prepare_message
@@ -58,6 +61,7 @@ TOO_MANY_RCPTS = Reply(452, "4.5.3", "Too many recipients")
 NO_UPSTREAM = Reply(451, "4.4.1", "Upstream connection lost, try again later")
 SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, try again later")
 UTF8_UNSUPPORTED = Reply(555, "5.6.7", "Upstream server does not support SMTPUTF8")
+HOOK_TEMPFAIL = Reply(451, "4.3.0", "Temporary local problem, try again later")
 #: Seconds, beyond ``upstream.data_timeout``, that shutdown waits for a message already
 #: on its way upstream (preparing it, passing the answer on).
 DELIVERY_WAIT_MARGIN = 10.0
@@ -654,7 +658,7 @@ class RelaySession:
         self.delivering = True
         # Shielded: once the message is on its way upstream, a client that hangs up
         # must not leave it half-sent; the outcome is still recorded.
-        return await asyncio.shield(self._deliver(txn, raw))
+        return await asyncio.shield(self._deliver(txn, raw, envelope.smtp_utf8))
 
     def refuse_long_line(self) -> str:
         """The answer to a message with a line over ``relay.max_line_length``, counted."""
@@ -663,11 +667,14 @@ class RelaySession:
         self.log.info("line_too_long", limit=limit)
         return str(line_too_long(limit))
 
-    async def _deliver(self, txn: Transaction, raw: bytes) -> str:
+    async def _deliver(self, txn: Transaction, raw: bytes, utf8: bool) -> str:
         conn = self.conn
         assert conn is not None
         try:
             try:
+                groups = await self._split_groups(txn, raw)
+                if groups is not None:
+                    return await self._deliver_copies(txn, raw, groups, utf8)
                 data, modified = await prepare_message(self.app, txn, raw)
             except PluginFailure:
                 SMTP_TRANSACTIONS.labels("tempfail").inc()
@@ -704,6 +711,119 @@ class RelaySession:
             # ``delivering`` and ``busy`` are cleared once the reply is sent (after_data).
             self._end_transaction(keep_busy=True)
 
+    # --- per-recipient copies (relay.split) ----------------------------------------------
+
+    async def _split_groups(self, txn: Transaction, raw: bytes) -> list[list[str]] | None:
+        """The recipient groups to send as separate copies, or None for one transaction."""
+        hook = "trackrelay_split_recipients"
+        if len(txn.rcpt_tos) < 2 or not self.app.host.implements(hook):
+            return None
+        try:
+            answer = await self.app.host.first(hook, app=self.app, transaction=txn,
+                                               message=MessageDraft(raw))
+        except Exception as exc:
+            PLUGIN_ERRORS.labels(hook).inc()
+            self.log.error("plugin_failed", hook=hook, error=f"{type(exc).__name__}: {exc}",
+                           action=self.app.config.relay.on_plugin_error, exc_info=True)
+            if self.app.config.relay.on_plugin_error == "tempfail":
+                raise PluginFailure(str(exc)) from exc
+            return None
+        if answer is None:
+            return None
+        groups = split.checked_groups(txn.rcpt_tos, answer)
+        if groups is None:
+            PLUGIN_ERRORS.labels(hook).inc()
+            self.log.error("split_groups_invalid", hook=hook,
+                           reason="the groups must name every recipient exactly once")
+            return None
+        return groups if len(groups) > 1 else None
+
+    async def _deliver_copies(self, txn: Transaction, raw: bytes, groups: list[list[str]],
+                              utf8: bool) -> str:
+        """Send one upstream transaction per group and answer the client once."""
+        await self._reset_upstream()  # the transaction that checked the recipients
+        results = [await self._deliver_copy(split.copy_of(txn, group, i), raw, utf8)
+                   for i, group in enumerate(groups)]
+        self._release(True)
+        notify = not dsn.null_path(txn.mail_from)
+        reply = split.client_answer(results, notify=notify)
+        if reply.ok:
+            SMTP_TRANSACTIONS.labels("delivered").inc()
+        else:
+            SMTP_TRANSACTIONS.labels("tempfail" if reply.code < 500 else "refused").inc()
+        failures = [f for r in results for f in r.failures()]
+        self.log.info("split_done", reply=str(reply), copies=len(results),
+                      failed_recipients=len(failures))
+        for r in results:
+            self.relay.after_delivery(r.transaction, Outcome(
+                reply=r.reply, accepted=list(r.accepted), refused=dict(r.refused),
+                message=r.message, modified=r.modified, queue_id=r.queue_id,
+                client_reply=reply))
+        if reply.ok and failures:
+            self.relay.notify_sender(txn, raw, failures)
+        return str(reply)
+
+    async def _deliver_copy(self, copy: Transaction, raw: bytes,
+                            utf8: bool) -> split.CopyResult:
+        """One copy: MAIL, RCPT for its group, DATA with the message rewritten for it."""
+        structlog.contextvars.bind_contextvars(copy=copy.extra["split"]["copy"])
+        try:
+            return await self._send_copy(copy, raw, utf8)
+        finally:
+            structlog.contextvars.unbind_contextvars("copy", "queue_id")
+
+    async def _send_copy(self, copy: Transaction, raw: bytes,
+                         utf8: bool) -> split.CopyResult:
+        result = split.CopyResult(copy, NO_UPSTREAM)
+        try:
+            sender = await self.app.host.first(
+                "trackrelay_upstream_sender", app=self.app, transaction=copy,
+                sender=copy.mail_from) or copy.mail_from
+            data, result.modified = await prepare_message(self.app, copy, raw)
+        except PluginFailure:
+            result.reply = PLUGIN_TEMPFAIL
+            return self._copy_done(result)
+        except Exception as exc:
+            self._hook_failed("trackrelay_upstream_sender", exc)
+            result.reply = HOOK_TEMPFAIL
+            return self._copy_done(result)
+        result.reply = await self._upstream_mail(copy, sender, copy.mail_options, utf8)
+        if not result.reply.ok:
+            return self._copy_done(result)
+        conn = self.conn
+        assert conn is not None
+        try:
+            for recipient in copy.rcpt_tos:
+                answer = await conn.rcpt(recipient, [], utf8)
+                if answer.ok:
+                    result.accepted.append(recipient)
+                else:
+                    result.refused[recipient] = answer
+            if not result.accepted:
+                result.reply = next(iter(result.refused.values()))
+                await self._reset_upstream()
+                return self._copy_done(result)
+            started = time.perf_counter()
+            result.reply = await conn.data(data)
+            UPSTREAM_SECONDS.observe(time.perf_counter() - started)
+        except UpstreamUnavailable as exc:
+            conn.close()
+            self.conn = None
+            result.reply = exc.reply
+            self.log.warning("upstream_lost_in_copy", reply=str(exc.reply))
+            return self._copy_done(result)
+        result.message = data
+        result.queue_id = queue_id_of(result.reply) if result.reply.ok else None
+        return self._copy_done(result)
+
+    def _copy_done(self, result: split.CopyResult) -> split.CopyResult:
+        reply = result.reply
+        SPLIT_COPIES.labels("accepted" if reply.ok else
+                            "refused" if reply.permanent else "tempfail").inc()
+        self.log.info("copy_done", reply=str(reply), recipients=len(result.transaction.rcpt_tos),
+                      refused=len(result.refused), queue_id=result.queue_id)
+        return result
+
     async def handle_RSET(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         if self.txn is not None:
             self._report_abandoned()
@@ -722,7 +842,7 @@ class RelaySession:
         PLUGIN_ERRORS.labels(hook).inc()
         self.log.error("plugin_failed", hook=hook, error=f"{type(exc).__name__}: {exc}",
                        exc_info=True)
-        return str(Reply(451, "4.3.0", "Temporary local problem, try again later"))
+        return str(HOOK_TEMPFAIL)
 
 
 class Relay:
@@ -847,6 +967,53 @@ class Relay:
         task = asyncio.get_running_loop().create_task(self._delivered(txn, outcome))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    def notify_sender(self, txn: Transaction, original: bytes,
+                      failures: list[tuple[str, Reply]]) -> None:
+        """Send ``txn``'s sender a delivery status notification (relay.dsn) for the
+        recipients in ``failures``, after the client has its 250; never to the null
+        sender."""
+        if dsn.null_path(txn.mail_from):
+            NOTICES.labels("null_sender").inc()
+            log.info("dsn_not_sent", txn=txn.id, reason="null sender",
+                     recipients=len(failures))
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._notify(txn, original, failures))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _notify(self, txn: Transaction, original: bytes,
+                      failures: list[tuple[str, Reply]]) -> None:
+        upstream = self.config.upstream
+        notice = dsn.build(
+            reporting_host=self.config.relay.hostname, sender=txn.mail_from,
+            failures=[dsn.Failure(r, reply) for r, reply in failures], original=original,
+            arrival=txn.started, remote_host=upstream.host if upstream.mode == "smtp" else None)
+        utf8 = not txn.mail_from.isascii()
+        conn: Connection | None = None
+        reply: Reply | None = None
+        try:
+            conn = await self.upstream.acquire()
+            reply = await conn.mail("", [], utf8)
+            if reply.ok:
+                reply = await conn.rcpt(txn.mail_from, [], utf8)
+            if reply.ok:
+                reply = await conn.data(notice)
+        except UpstreamUnavailable as exc:
+            reply = exc.reply
+        finally:
+            if conn is not None:
+                if reply is not None and reply.ok:
+                    self.upstream.release(conn, True)
+                else:
+                    conn.close()
+                    self.upstream.release(conn, False)
+        ok = reply is not None and reply.ok
+        NOTICES.labels("sent" if ok else "failed").inc()
+        (log.info if ok else log.error)(
+            "dsn_sent" if ok else "dsn_failed", txn=txn.id, recipients=len(failures),
+            reply=str(reply))
 
     async def _delivered(self, txn: Transaction, outcome: Outcome) -> None:
         try:

@@ -104,9 +104,16 @@ def explain(config: TrackingConfig, *, sender: str, recipients: Sequence[str],
     if mode == "off":
         decision = "skipped_" + ("header_off" if track_header else
                                  "rule_off" if found and found.rule.track else "config_off")
-    elif len({r.lower() for r in recipients}) > 1:
-        decision = ("tracked (shared: the recipient of an event is not known)"
-                    if settings.multi_recipient == "shared" else "skipped_multi_recipient")
+    elif (count := len({r.lower() for r in recipients})) > 1:
+        how = "split" if mode == "split" else settings.multi_recipient
+        if how == "split" and count > config.split_max_recipients:
+            how = config.split_fallback
+            decision = f"over tracking.split_max_recipients: {how}: "
+        else:
+            decision = ""
+        decision += {"split": f"tracked per recipient ({count} copies upstream)",
+                     "shared": "tracked (shared: the recipient of an event is not known)",
+                     }.get(how, "skipped_multi_recipient")
     return {"rule": settings.rule, "track": mode, "multi_recipient": settings.multi_recipient,
             "rewrite_text_links": settings.rewrite_text_links,
             "first_open_mail": ("as [tracker.first_open_mail] senders decide"

@@ -94,6 +94,10 @@ class SinkBehaviour:
     #: that has already queued it (the message counts as delivered even if the relay
     #: drops the connection before the answer).
     delay_reply: float = 0.0
+    #: The answer to DATA when the transaction's recipients include one of these
+    #: addresses (a server that refuses some copies of a message, as a full mailbox
+    #: does after the content is in).
+    data_reply_for: dict[str, str] = field(default_factory=dict)
 
 
 class SinkHandler:
@@ -128,6 +132,9 @@ class SinkHandler:
             await asyncio.sleep(b.delay_data)
         if b.data_reply:
             return b.data_reply
+        for rcpt in envelope.rcpt_tos:
+            if rcpt in b.data_reply_for:
+                return b.data_reply_for[rcpt]
         self.sink.received.append(Received(
             envelope.mail_from or "", list(envelope.rcpt_tos),
             bytes(envelope.original_content or b""), list(envelope.mail_options)))

@@ -144,3 +144,10 @@ def test_explain(tmp_path: Path) -> None:
                    "--campaign", "news-9")
     assert news["rule"] == "news" and news["decision"].startswith("tracked (shared")  # type: ignore[union-attr]
     assert explain("--from", "s@example.com", "--to", "a@x.org")["rule"] is None
+    three = ("--from", "s@example.com", "--to", "a@x.org", "--to", "b@x.org", "--to", "c@y.org")
+    assert explain(*three)["decision"] == "skipped_multi_recipient"
+    assert explain(*three, "--track", "split")["decision"] == (
+        "tracked per recipient (3 copies upstream)")
+    cfg.write_text(cfg.read_text() + "[tracking]\nsplit_max_recipients = 2\n")
+    assert explain(*three, "--track", "split")["decision"] == (
+        "over tracking.split_max_recipients: skip: skipped_multi_recipient")

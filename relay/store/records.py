@@ -117,9 +117,10 @@ def message_record(sent: SentMessage, outcome: Outcome) -> MessageRecord:
     """Everything ``write_message`` stores for a relayed message.
 
     Recipient indexes follow ``sent.recipients`` (the tokens' indexes), then any refused
-    recipient not in it. A permanent refusal at DATA refuses every recipient.
+    recipient not in it. A final refusal at DATA (``Outcome.final``) refuses every
+    recipient.
     """
-    data_refused = outcome.reply.permanent
+    data_refused = not outcome.reply.ok and outcome.final
     order: list[str] = list(sent.recipients) or list(outcome.accepted)
     seen = {a.lower() for a in order}
     for address in outcome.refused:

@@ -1,0 +1,103 @@
+"""One client transaction sent upstream as several copies, and the one answer it gets.
+
+With ``tracking.multi_recipient = "split"`` (or ``X-Trackrelay-Track: split``), a message
+to several envelope recipients goes upstream once per recipient (or per group a plugin
+chose through ``trackrelay_split_recipients``), each copy tracked as its own message.
+SMTP gives the client one reply for the whole message (there is no per-recipient answer
+after DATA outside LMTP, RFC 2033), so the relay answers by one rule:
+
+- every copy accepted: ``250``;
+- no copy accepted: the first temporary refusal (``4xx``) if any copy was refused
+  temporarily, so the client tries the whole message again; else the first permanent
+  refusal (``5xx``), so the client bounces it — as if nothing had been split;
+- some copies accepted, some not: ``250``, because the accepted copies are on their way
+  and a retry would send them twice. The relay then owns the failed ones, as an MTA owns
+  mail it has accepted: each failed recipient becomes a ``bounce`` event, and the envelope
+  sender gets a delivery status notification (relay.dsn) naming them, unless the sender
+  is the null path (RFC 5321 section 4.5.5). The relay has no queue, so a copy refused
+  temporarily is reported as failed too, with the upstream's text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from relay.records import Reply, Transaction, new_id
+
+
+@dataclass
+class CopyResult:
+    """What the upstream answered for one copy."""
+
+    transaction: Transaction
+    #: The copy's last answer: DATA's, or the MAIL or RCPT refusal that ended it.
+    reply: Reply
+    #: Recipients the upstream took at RCPT (the copy reached them if ``reply`` is ok).
+    accepted: list[str] = field(default_factory=list)
+    #: Recipients the upstream refused at RCPT, with its answer.
+    refused: dict[str, Reply] = field(default_factory=dict)
+    #: The bytes sent (None when the copy never reached DATA).
+    message: bytes | None = None
+    modified: bool = False
+    queue_id: str | None = None
+
+    @property
+    def delivered(self) -> list[str]:
+        return list(self.accepted) if self.reply.ok else []
+
+    def failures(self) -> list[tuple[str, Reply]]:
+        """Each recipient this copy did not reach, with the answer that stopped it."""
+        out = list(self.refused.items())
+        if not self.reply.ok:
+            covered = {r.lower() for r in self.refused}
+            out += [(r, self.reply) for r in self.transaction.rcpt_tos
+                    if r.lower() not in covered]
+        return out
+
+
+def checked_groups(recipients: list[str], groups: object) -> list[list[str]] | None:
+    """``groups`` if it names every recipient exactly once (in some order), else None."""
+    if not isinstance(groups, list) or not all(
+            isinstance(g, list) and g and all(isinstance(r, str) for r in g) for g in groups):
+        return None
+    flat = [r for g in groups for r in g]
+    if sorted(flat) != sorted(recipients):
+        return None
+    return [list(g) for g in groups]
+
+
+def per_recipient(recipients: list[str]) -> list[list[str]]:
+    """One group per recipient; an address given twice (any case) stays in one group."""
+    groups: dict[str, list[str]] = {}
+    for r in recipients:
+        groups.setdefault(r.lower(), []).append(r)
+    return list(groups.values())
+
+
+def copy_of(txn: Transaction, recipients: list[str], index: int) -> Transaction:
+    """The transaction of one copy: same client and sender, its own recipients and
+    message id (tokens, sent record and events are its own)."""
+    extra = {k: v for k, v in txn.extra.items() if k != "refused"}
+    extra["split"] = {"of": txn.message_id, "copy": index}
+    return dataclasses.replace(
+        txn, rcpt_tos=list(recipients), message_id=new_id(), sent=None, extra=extra,
+        mail_options=list(txn.mail_options), forwarded_client=dict(txn.forwarded_client))
+
+
+def client_answer(results: list[CopyResult], *, notify: bool) -> Reply:
+    """The one reply the client gets for all copies (the rule in the module docstring);
+    ``notify``: whether the sender is told of failed copies (not the null sender)."""
+    delivered = sum(len(r.delivered) for r in results)
+    failures = [(rcpt, reply) for r in results for rcpt, reply in r.failures()]
+    if not failures:
+        ids = [r.queue_id for r in results if r.queue_id]
+        where = f", queued as {', '.join(ids)}" if ids else ""
+        return Reply(250, "2.0.0", f"Ok: {len(results)} copies, one per recipient{where}")
+    if not delivered:
+        temporary = [reply for _, reply in failures if not reply.permanent]
+        return temporary[0] if temporary else failures[0][1]
+    told = "a delivery status notification goes to the sender" if notify else \
+        "recorded as bounces"
+    return Reply(250, "2.0.0", f"Ok: delivered to {delivered} of "
+                 f"{delivered + len(failures)} recipients; {told}")
