@@ -27,7 +27,7 @@ from relay.inbound import InboundError, process
 from relay.listeners import Listeners
 from relay.logs import get_logger
 from relay.records import Reply
-from relay.smtp_server import RelaySMTP
+from relay.smtp_server import RelaySMTP, SmtpNames
 
 log = get_logger("relay.bounce_listener")
 
@@ -36,7 +36,7 @@ TEMPFAIL = Reply(451, "4.3.0", "Temporary local problem, try again later")
 SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, try again later")
 
 
-class BounceHandler:
+class BounceHandler(SmtpNames):
     """aiosmtpd handler: mail for the bounce domain in, everything else refused."""
 
     def __init__(self, listener: BounceListener) -> None:
