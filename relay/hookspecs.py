@@ -27,6 +27,7 @@ import pluggy
 if TYPE_CHECKING:
     from relay.app import App
     from relay.message import MessageDraft
+    from relay.outgoing import OutgoingMessage
     from relay.records import Outcome, Reply, Transaction
     from relay.rewrite.context import (
         HtmlPart,
@@ -101,6 +102,21 @@ def trackrelay_transform_message(app: App, transaction: Transaction,
     whole body, through its methods. If any implementation raises, the original
     message is forwarded unmodified (or refused with 451, per ``relay.on_plugin_error``)
     and the failure is logged and counted.
+    """
+
+
+@hookspec
+def trackrelay_outgoing_message(app: App, transaction: Transaction,
+                                outgoing: OutgoingMessage) -> Any:
+    """Last look at the bytes about to go upstream, after every other content hook.
+
+    ``outgoing.original`` is the message as the client sent it, ``outgoing.data`` what
+    the relay is about to send (replace it whole to change it: e.g. prepend a
+    signature field). ``outgoing.keep_original(reason)`` sends the original instead:
+    nothing in it is tracked, and a message that was to be tracked is recorded with
+    skip reason ``reason``. The built-in ``dkim`` plugin runs last here
+    (``trylast``), so its signatures cover what your implementation left. Raising
+    counts as a plugin failure (``relay.on_plugin_error``).
     """
 
 
