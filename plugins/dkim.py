@@ -126,7 +126,7 @@ def trackrelay_outgoing_message(app: App, transaction: Transaction,
         _keep(outgoing, transaction, "untouched", broken=described, no_key_for=missing)
         return
     try:
-        data = _resign(outgoing.data, before, list(broken), found.valid, keys)
+        data = _resign(outgoing.data, before, after, list(broken), found.valid, keys)
         error = None if data is not None else "a signature did not verify after signing"
     except (dkim.DKIMException, ValueError) as exc:
         data, error = None, f"{type(exc).__name__}: {exc}"
@@ -151,12 +151,13 @@ def _keep(outgoing: OutgoingMessage, transaction: Transaction, result: str,
                  **detail)
 
 
-def _resign(data: bytes, before: Parsed, broken: list[Signature], valid: list[Signature],
-            keys: dict[str, SigningKey]) -> bytes | None:
+def _resign(data: bytes, before: Parsed, after: Parsed | None, broken: list[Signature],
+            valid: list[Signature], keys: dict[str, SigningKey]) -> bytes | None:
     """``data`` with the ``broken`` signatures replaced by the domains' own keys' (one per
     domain, on top); None when a new signature does not verify or a kept one broke."""
     out = remove_fields(data, [s.value for s in broken])
-    added = added_names(before, Parsed(out))
+    # What the relay added (DKIM-Signature fields, which remove_fields took, never count).
+    added = added_names(before, after if after is not None else Parsed(out))
     first: dict[str, Signature] = {}
     for sig in broken:
         first.setdefault(sig.domain, sig)
@@ -166,7 +167,9 @@ def _resign(data: bytes, before: Parsed, broken: list[Signature], valid: list[Si
     for index, domain in enumerate(reversed(first)):
         if not verifies(out, index, keys[domain]):
             return None
-    final = Parsed(out)
-    if any(breaks(sig, before, final) for sig in valid if sig not in broken):
-        return None
+    kept = [sig for sig in valid if sig not in broken]
+    if kept:
+        final = Parsed(out)
+        if any(breaks(sig, before, final) for sig in kept):
+            return None
     return out
