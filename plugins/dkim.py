@@ -34,8 +34,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 from weakref import WeakKeyDictionary
 
-import dkim
-
 from relay import hookimpl
 from relay.config import ConfigError
 from relay.logs import get_logger
@@ -46,6 +44,7 @@ from relay.signatures import (
     Parsed,
     Signature,
     SigningKey,
+    Unreadable,
     added_names,
     breaks,
     has_signature,
@@ -96,7 +95,7 @@ def trackrelay_outgoing_message(app: App, transaction: Transaction,
         return
     try:
         before = Parsed(outgoing.original)
-    except dkim.MessageFormatError as exc:
+    except Unreadable as exc:
         # A header block dkimpy cannot read: whether its signature holds is unknowable.
         _keep(outgoing, transaction, "untouched", why=f"unreadable header: {exc}")
         return
@@ -107,7 +106,7 @@ def trackrelay_outgoing_message(app: App, transaction: Transaction,
         return
     try:
         after: Parsed | None = Parsed(outgoing.data)
-    except dkim.MessageFormatError:
+    except Unreadable:
         after = None
     broken = {}
     for sig in found.valid:
@@ -128,7 +127,7 @@ def trackrelay_outgoing_message(app: App, transaction: Transaction,
     try:
         data = _resign(outgoing.data, before, after, list(broken), found.valid, keys)
         error = None if data is not None else "a signature did not verify after signing"
-    except (dkim.DKIMException, ValueError) as exc:
+    except Exception as exc:  # dkimpy's, or a message it cannot sign: the original goes
         data, error = None, f"{type(exc).__name__}: {exc}"
     if data is None:
         _keep(outgoing, transaction, "sign_failed", broken=described, error=error)

@@ -53,12 +53,18 @@ def has_signature(raw: bytes) -> bool:
     return _FIELD_START.search(head) is not None
 
 
+class Unreadable(ValueError):
+    """A header block dkimpy cannot read (a line that is no field, a leading fold)."""
+
+
 class Parsed:
     """A message as a verifier reads it (dkimpy), canonical forms made once each."""
 
     def __init__(self, raw: bytes) -> None:
-        # Raises dkim.MessageFormatError for a header block a verifier cannot read.
-        self.headers, self.body = dkim.rfc822_parse(raw)
+        try:
+            self.headers, self.body = dkim.rfc822_parse(raw)
+        except (dkim.MessageFormatError, IndexError) as exc:
+            raise Unreadable(str(exc) or "a continuation line opens the header") from None
         self._bodies: dict[bytes, bytes] = {}
         self._headers: dict[bytes, list[Any]] = {}
 
@@ -122,15 +128,15 @@ def _check(value: bytes, message: Parsed) -> Signature:
         tags = parse_tag_value(value)
         dkim.validate_signature_fields(tags)
         policy = CanonicalizationPolicy.from_c_value(tags.get(b"c"))
-    except (InvalidTagValueList, dkim.ValidationError, InvalidCanonicalizationPolicyError,
-            KeyError) as exc:
+        length = int(tags[b"l"]) if b"l" in tags else None
+    except (InvalidTagValueList, dkim.DKIMException, InvalidCanonicalizationPolicyError,
+            LookupError, ValueError) as exc:
         raise NotValid(f"malformed: {type(exc).__name__}: {exc}") from None
     signed = tuple(n.lower() for n in re.split(rb"\s*:\s*", tags[b"h"].strip()) if n)
     if b"from" not in signed:
         raise NotValid("h= does not name From")
     domain = tags[b"d"].decode("ascii", "replace").lower()
     body = message.body_for(policy)
-    length = int(tags[b"l"]) if b"l" in tags else None
     if length is not None:
         if length > len(body):
             raise NotValid(f"d={domain}: l= is longer than the body")

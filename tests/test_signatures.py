@@ -11,7 +11,14 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from relay.signatures import Parsed, breaks, has_signature, remove_fields, survey
+from relay.signatures import (
+    Parsed,
+    Unreadable,
+    breaks,
+    has_signature,
+    remove_fields,
+    survey,
+)
 from tests.conftest import CORPUS
 
 MESSAGE = (b"From: crm@example.com\r\nTo: bob@example.org\r\nSubject: Hello\r\n\r\n"
@@ -84,3 +91,12 @@ def test_real_world_signature_fields_parse() -> None:
         seen += len(found.invalid) + len(found.valid)
         assert not [why for why in found.invalid if why.startswith("malformed")], path.name
     assert seen >= 40
+
+
+@pytest.mark.parametrize("raw", [
+    b" a fold before any field\r\nFrom: crm@example.com\r\n\r\nbody\r\n",
+    b"From: crm@example.com\r\nno colon on this line\r\n\r\nbody\r\n",
+], ids=["leading_fold", "no_colon"])
+def test_a_header_block_dkimpy_cannot_read_is_one_error(raw: bytes) -> None:
+    with pytest.raises(Unreadable):
+        Parsed(raw)
