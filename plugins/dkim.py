@@ -27,6 +27,15 @@ alignment: the new signature is by the same domain the old one was.
 
 A message whose signatures all failed before it arrived (wrong body hash, malformed,
 expired) is changed as usual (``invalid``): there is nothing left to break.
+
+Whatever it decides for a message with a signature that looks valid (untouched,
+re-signed, intact, or nothing changed) is frozen (``outgoing.freeze``): a plugin that
+runs after it and tries to change the bytes raises ``FrozenMessage``, a plugin failure,
+so the original goes (or the client gets a 451), never a broken signature. The
+implementation is a coroutine so that it runs as late as the plugin host allows: after
+every synchronous implementation, every hook wrapper and every coroutine called before
+it; only a ``trylast`` implementation registered after it comes later, and finds the
+bytes frozen.
 """
 
 from __future__ import annotations
@@ -89,20 +98,29 @@ def trackrelay_startup(app: App) -> None:
 
 
 @hookimpl(trylast=True)
-def trackrelay_outgoing_message(app: App, transaction: Transaction,
-                                outgoing: OutgoingMessage) -> None:
-    if not has_signature(outgoing.original) or not outgoing.changed:
+async def trackrelay_outgoing_message(app: App, transaction: Transaction,
+                                      outgoing: OutgoingMessage) -> None:
+    if not has_signature(outgoing.original):
         return
     try:
         before = Parsed(outgoing.original)
     except Unreadable as exc:
         # A header block dkimpy cannot read: whether its signature holds is unknowable.
-        _keep(outgoing, transaction, "untouched", why=f"unreadable header: {exc}")
+        if outgoing.changed:
+            _keep(outgoing, transaction, "untouched", why=f"unreadable header: {exc}")
+        else:
+            outgoing.freeze(SKIP_REASON)
         return
     found = survey(before)
     if not found.valid:
-        DKIM_MESSAGES.labels("invalid").inc()
-        log.info("dkim", txn=transaction.id, result="invalid", signatures=found.invalid)
+        if outgoing.changed:
+            DKIM_MESSAGES.labels("invalid").inc()
+            log.info("dkim", txn=transaction.id, result="invalid", signatures=found.invalid)
+        return
+    # From here on the signatures that look valid go out intact or re-signed, and no
+    # plugin after this one may change the bytes that were checked.
+    if not outgoing.changed:
+        outgoing.freeze(SKIP_REASON)
         return
     try:
         after: Parsed | None = Parsed(outgoing.data)
@@ -114,6 +132,7 @@ def trackrelay_outgoing_message(app: App, transaction: Transaction,
         if why is not None:
             broken[sig] = why
     if not broken:
+        outgoing.freeze(SKIP_REASON)
         DKIM_MESSAGES.labels("intact").inc()
         log.info("dkim", txn=transaction.id, result="intact",
                  domains=sorted({s.domain for s in found.valid}))
@@ -133,6 +152,7 @@ def trackrelay_outgoing_message(app: App, transaction: Transaction,
         _keep(outgoing, transaction, "sign_failed", broken=described, error=error)
         return
     outgoing.data = data
+    outgoing.freeze(SKIP_REASON)
     DKIM_MESSAGES.labels("resigned").inc()
     log.info("dkim", txn=transaction.id, result="resigned", broken=described,
              signed_by=sorted({s.domain for s in broken}))

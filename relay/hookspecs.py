@@ -114,9 +114,13 @@ def trackrelay_outgoing_message(app: App, transaction: Transaction,
     the relay is about to send (replace it whole to change it: e.g. prepend a
     signature field). ``outgoing.keep_original(reason)`` sends the original instead:
     nothing in it is tracked, and a message that was to be tracked is recorded with
-    skip reason ``reason``. The built-in ``dkim`` plugin runs last here
-    (``trylast``), so its signatures cover what your implementation left. Raising
-    counts as a plugin failure (``relay.on_plugin_error``).
+    skip reason ``reason``. ``outgoing.freeze(reason)`` makes the bytes final: a later
+    change raises ``relay.outgoing.FrozenMessage``. The built-in ``dkim`` plugin runs
+    last here (``trylast``, a coroutine: after every synchronous implementation, hook
+    wrapper and coroutine called before it) and freezes every message with a DKIM
+    signature that looks valid, so its check or new signature covers what your
+    implementation left, and nothing after it breaks a signature. Raising (a change
+    to frozen bytes included) counts as a plugin failure (``relay.on_plugin_error``).
     """
 
 

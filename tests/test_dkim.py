@@ -9,6 +9,7 @@ import asyncio
 import base64
 import subprocess
 import time
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,8 @@ from prometheus_client import REGISTRY
 
 from relay import hookimpl
 from relay.config import ConfigError, build_config
-from relay.outgoing import OutgoingMessage
+from relay.message import MessageDraft
+from relay.outgoing import FrozenMessage, OutgoingMessage
 from relay.store import Store
 from tests.conftest import MakeRelay, Sink, relay_port
 
@@ -428,6 +430,145 @@ async def test_dkim_plugin_sees_what_other_outgoing_hooks_did(
     (got,) = sink.received
     assert b"Subject: Q figures" in got.data and tracked(got.data)
     assert verify_all(got.data, keys["relay"]) == [True]
+
+
+# --- decoration plugins: no change reaches a signed message unchecked ---------------------
+
+FOOTER = b"<p>Sent through the organisation's relay.</p>\r\n</body>"
+
+
+class TransformFooter:
+    """A decoration plugin that adds a footer in the content hooks, tracked or not."""
+
+    @hookimpl
+    def trackrelay_transform_message(self, message: MessageDraft) -> None:
+        message.set_body(message.body.replace(b"</body>", FOOTER))
+
+
+class AsyncFooter:
+    """The same, on the final bytes, as a coroutine (its body runs after every sync one)."""
+
+    @hookimpl
+    async def trackrelay_outgoing_message(self, outgoing: OutgoingMessage) -> None:
+        outgoing.data = outgoing.data.replace(b"</body>", FOOTER)
+
+
+class WrapperFooter:
+    """The same, after every other implementation returned (a hook wrapper)."""
+
+    @hookimpl(wrapper=True)
+    def trackrelay_outgoing_message(self, outgoing: OutgoingMessage
+                                    ) -> Generator[None, list[object], list[object]]:
+        results = yield
+        outgoing.data = outgoing.data.replace(b"</body>", FOOTER)
+        return results
+
+
+class LateFooter:
+    """The same, registered after the dkim plugin, ``trylast`` and a coroutine: the one
+    implementation the plugin host runs after the dkim plugin's."""
+
+    @hookimpl(trylast=True)
+    async def trackrelay_outgoing_message(self, outgoing: OutgoingMessage) -> None:
+        outgoing.data = outgoing.data.replace(b"</body>", FOOTER)
+
+
+SEEN = [TransformFooter, AsyncFooter, WrapperFooter]
+
+
+@pytest.mark.parametrize("plugin", SEEN, ids=lambda p: p.__name__)
+async def test_decoration_of_a_signed_message_is_undone(
+        make_relay: MakeRelay, sink: Sink, keys: dict[str, Key], plugin: type) -> None:
+    raw = signed(html_message(), keys["crm"])
+    relay = await start(make_relay, register=[plugin()])
+    counts = Counts()
+    await send(relay, raw)
+    (got,) = sink.received
+    assert got.data == raw and verify_all(got.data, keys["crm"]) == [True]
+    assert counts.dkim_delta() == {"untouched": 1}
+
+
+@pytest.mark.parametrize("plugin", SEEN, ids=lambda p: p.__name__)
+async def test_decoration_of_a_signed_message_is_resigned(
+        make_relay: MakeRelay, sink: Sink, keys: dict[str, Key], plugin: type) -> None:
+    raw = signed(html_message(), keys["crm"])
+    relay = await start(make_relay, keys["relay"], register=[plugin()])
+    counts = Counts()
+    await send(relay, raw)
+    (got,) = sink.received
+    assert FOOTER in got.data and tracked(got.data)
+    assert verify_all(got.data, keys["relay"]) == [True]
+    assert counts.dkim_delta() == {"resigned": 1}
+
+
+@pytest.mark.parametrize("plugin", SEEN, ids=lambda p: p.__name__)
+async def test_decoration_that_breaks_no_signature_keeps_it(
+        make_relay: MakeRelay, sink: Sink, keys: dict[str, Key], plugin: type) -> None:
+    """l= covers the first paragraph; the footer, like the tracking, comes after it."""
+    first = b"<p>Your quarterly figures are ready.</p>\r\n"
+    rest = b'<p><a href="https://example.com/report">Read the report</a></p>\r\n</body>\r\n'
+    raw = signed(html_message(body=first), keys["crm"], length=True) + rest
+    relay = await start(make_relay, register=[plugin()])
+    counts = Counts()
+    await send(relay, raw)
+    (got,) = sink.received
+    assert FOOTER in got.data and tracked(got.data)
+    assert verify_all(got.data, keys["crm"]) == [True]
+    assert counts.dkim_delta() == {"intact": 1}
+
+
+def _text_message() -> bytes:
+    """Plain text without links: the relay itself changes nothing in it."""
+    return html_message().replace(b"text/html", b"text/plain").split(b"\r\n\r\n")[0] + \
+        b"\r\n\r\nYour quarterly figures are ready.\r\n</body>\r\n"
+
+
+@pytest.mark.parametrize("case", ["untouched", "resigned", "intact", "unchanged"])
+async def test_a_change_after_the_dkim_check_is_refused(
+        make_relay: MakeRelay, sink: Sink, keys: dict[str, Key], case: str) -> None:
+    """Whatever the dkim plugin decided for a signed message is frozen: a plugin that runs
+    after it and changes the bytes fails (FrozenMessage), and the original goes out
+    byte for byte, its signature intact (relay.on_plugin_error = "forward")."""
+    if case == "intact":
+        first = b"<p>Your quarterly figures are ready.</p>\r\n"
+        raw = signed(html_message(body=first), keys["crm"], length=True) + \
+            b'<p><a href="https://example.com/report">Read the report</a></p>\r\n</body>\r\n'
+    elif case == "unchanged":
+        raw = signed(_text_message(), keys["crm"])
+    else:
+        raw = signed(html_message(), keys["crm"])
+    dkim_keys = [keys["relay"]] if case == "resigned" else []
+    relay = await start(make_relay, *dkim_keys, register=[LateFooter()])
+    errors = metric("trackrelay_plugin_errors_total", hook="trackrelay_outgoing_message")
+    await send(relay, raw)
+    (got,) = sink.received
+    assert got.data == raw and verify_all(got.data, keys["crm"]) == [True]
+    assert metric("trackrelay_plugin_errors_total",
+                  hook="trackrelay_outgoing_message") == errors + 1
+    assert (await record(relay.app.store))["skip_reason"] == "plugin_error"
+
+
+async def test_a_change_after_the_dkim_check_on_unsigned_mail_goes_ahead(
+        make_relay: MakeRelay, sink: Sink) -> None:
+    """Only signed mail is frozen: the same plugin decorates unsigned mail as it likes."""
+    relay = await start(make_relay, register=[LateFooter()])
+    await send(relay, html_message())
+    (got,) = sink.received
+    assert FOOTER in got.data and tracked(got.data)
+
+
+def test_frozen_bytes_refuse_changes_but_not_the_original() -> None:
+    outgoing = OutgoingMessage(b"original", b"changed")
+    outgoing.data = b"changed again"
+    outgoing.freeze("sealed")
+    outgoing.data = b"changed again"  # the same bytes: no change
+    with pytest.raises(FrozenMessage, match=r"frozen \(sealed\)"):
+        outgoing.data = b"something else"
+    assert outgoing.data == b"changed again"
+    outgoing.keep_original("fallback")
+    assert outgoing.data == b"original" and outgoing.kept_reason == "fallback"
+    with pytest.raises(FrozenMessage):
+        outgoing.data = b"changed"
 
 
 # --- configuration -----------------------------------------------------------------------

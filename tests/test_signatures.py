@@ -4,6 +4,7 @@ byte fidelity of removing a signature field, checked against dkimpy's verifier."
 from __future__ import annotations
 
 import base64
+import re
 from pathlib import Path
 
 import dkim
@@ -100,3 +101,23 @@ def test_real_world_signature_fields_parse() -> None:
 def test_a_header_block_dkimpy_cannot_read_is_one_error(raw: bytes) -> None:
     with pytest.raises(Unreadable):
         Parsed(raw)
+
+
+@pytest.mark.parametrize(("before", "after", "why"), [
+    (rb"l=\d+", b"l=", "malformed: ValueError"),
+    (rb"l=\d+", b"l=12x", "l= value is not a decimal integer"),
+    (rb"l=\d+", b"l=99999999999999999999", "l= is longer than the body"),
+    (rb"i=crm@example\.com", b"i=crm", "i= domain is not a subdomain of d="),
+], ids=["l_empty", "l_not_a_number", "l_too_long", "i_outside_d"])
+def test_a_malformed_tag_makes_a_signature_not_valid(key: tuple[bytes, bytes], before: bytes,
+                                                     after: bytes, why: str) -> None:
+    """Not an exception: the message is then treated as one whose signature was broken
+    before it arrived."""
+    pem, _ = key
+    raw = dkim.sign(MESSAGE, b"s", b"example.com", pem, length=True,
+                    identity=b"crm@example.com") + MESSAGE
+    assert len(survey(Parsed(raw)).valid) == 1
+    bad = re.sub(before, after, raw, count=1)
+    assert bad != raw
+    found = survey(Parsed(bad))
+    assert found.valid == [] and len(found.invalid) == 1 and why in found.invalid[0]
