@@ -369,6 +369,34 @@ class UnsubscribeConfig:
     replace_existing: bool = False
 
 
+# --- [dkim]: DKIM-signed mail (plugins/dkim.py) ---------------------------------------
+
+
+@dataclass
+class DkimKeyConfig:
+    """One ``[[dkim.keys]]`` table: the organisation's key for one signing domain."""
+
+    #: The signing domain (``d=``) whose signatures this key replaces, e.g. "example.com".
+    domain: str = ""
+    #: The selector (``s=``): the public key is the TXT record
+    #: ``<selector>._domainkey.<domain>``.
+    selector: str = ""
+    #: PEM file with the RSA private key (PKCS#1 or PKCS#8, unencrypted, 1024 bits or more).
+    key_file: str = ""
+
+
+@dataclass
+class DkimConfig:
+    """``[dkim]``: what happens to a DKIM-signed message the relay's changes would break."""
+
+    #: Keys to re-sign such a message with, one per signing domain. A message signed by
+    #: a domain with no key here is forwarded untouched (skip reason ``dkim_signed``).
+    keys: list[DkimKeyConfig] = field(default_factory=list)
+
+
+# --- end of [dkim] ----------------------------------------------------------------------
+
+
 @dataclass
 class LogConfig:
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -497,6 +525,7 @@ class Config:
     replies: RepliesConfig = field(default_factory=RepliesConfig)
     alerts: list[AlertConfig] = field(default_factory=list)
     attachments: AttachmentsConfig = field(default_factory=AttachmentsConfig)
+    dkim: DkimConfig = field(default_factory=DkimConfig)
     log: LogConfig = field(default_factory=LogConfig)
     process: ProcessConfig = field(default_factory=ProcessConfig)
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
@@ -760,6 +789,7 @@ def validate(config: Config) -> None:
     validate_tracker(config.tracker)
     validate_engagement(config.engagement)
     validate_deliverability(config)
+    validate_dkim(config.dkim)
 
 
 _ALERT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,40}$")
@@ -982,3 +1012,31 @@ def validate_deliverability(config: Config) -> None:
         raise ConfigError("unsubscribe.mailto: needs bounces.bounce_domain")
     if u.mailto and u.mailto_prefix.lower() == b.verp_prefix.lower():
         raise ConfigError("unsubscribe.mailto_prefix: must differ from bounces.verp_prefix")
+
+
+_SELECTOR = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?"
+                       r"(\.[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?)*$")
+
+
+def validate_dkim(d: DkimConfig) -> None:
+    """The ``[dkim]`` section: each key's domain, selector and a readable RSA key file."""
+    from relay.signatures import load_key
+
+    seen: set[str] = set()
+    for i, k in enumerate(d.keys):
+        key = f"dkim.keys[{i}]"
+        if not _DOMAIN.match(k.domain):
+            raise ConfigError(f"{key}.domain: expected the signing domain (d=), such as "
+                              f"example.com, got {k.domain!r}")
+        if k.domain.lower() in seen:
+            raise ConfigError(f"{key}.domain: {k.domain} has a key already (one per domain)")
+        seen.add(k.domain.lower())
+        if not _SELECTOR.match(k.selector) or len(k.selector) > 63:
+            raise ConfigError(f"{key}.selector: expected a DKIM selector (letters, digits, "
+                              f"'-', '_', dot-separated), got {k.selector!r}")
+        if not k.key_file:
+            raise ConfigError(f"{key}.key_file: required (a PEM file with the RSA private key)")
+        try:
+            load_key(k.key_file, k.domain, k.selector)
+        except ValueError as exc:
+            raise ConfigError(f"{key}.key_file: {exc}") from None

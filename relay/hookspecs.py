@@ -27,6 +27,7 @@ import pluggy
 if TYPE_CHECKING:
     from relay.app import App
     from relay.message import MessageDraft
+    from relay.outgoing import OutgoingMessage
     from relay.records import Outcome, Reply, Transaction
     from relay.rewrite.context import (
         HtmlPart,
@@ -120,6 +121,25 @@ def trackrelay_attachment_put(app: App, blob_id: str, content: bytes,
 def trackrelay_attachment_get(app: App, blob_id: str) -> bytes | None:
     """The bytes a ``trackrelay_attachment_put`` implementation kept (a download asks), or
     ``None`` when this plugin does not have them."""
+
+
+@hookspec
+def trackrelay_outgoing_message(app: App, transaction: Transaction,
+                                outgoing: OutgoingMessage) -> Any:
+    """Last look at the bytes about to go upstream, after every other content hook.
+
+    ``outgoing.original`` is the message as the client sent it, ``outgoing.data`` what
+    the relay is about to send (replace it whole to change it: e.g. prepend a
+    signature field). ``outgoing.keep_original(reason)`` sends the original instead:
+    nothing in it is tracked, and a message that was to be tracked is recorded with
+    skip reason ``reason``. ``outgoing.freeze(reason)`` makes the bytes final: a later
+    change raises ``relay.outgoing.FrozenMessage``. The built-in ``dkim`` plugin runs
+    last here (``trylast``, a coroutine: after every synchronous implementation, hook
+    wrapper and coroutine called before it) and freezes every message with a DKIM
+    signature that looks valid, so its check or new signature covers what your
+    implementation left, and nothing after it breaks a signature. Raising (a change
+    to frozen bytes included) counts as a plugin failure (``relay.on_plugin_error``).
+    """
 
 
 # --- outcome -----------------------------------------------------------------------------

@@ -35,6 +35,11 @@ def _header_lines(block: bytes) -> list[bytes]:
     return out
 
 
+def header_fields(block: bytes) -> list[bytes]:
+    """The header fields of a header block, each with its continuation lines, as bytes."""
+    return _header_lines(block)
+
+
 class MessageDraft:
     """The bytes that will be sent upstream, with header and body edits that keep fidelity."""
 

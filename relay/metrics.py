@@ -139,6 +139,16 @@ UPSTREAM_WAITS = Counter(
     ["result"],
 )
 
+# --- DKIM-signed mail (plugins/dkim.py) ---------------------------------------------------
+DKIM_MESSAGES = Counter(
+    "trackrelay_dkim_messages_total",
+    "DKIM-signed messages the relay changed, by result (untouched: forwarded as received "
+    "because a signature would break and its domain has no key; resigned; sign_failed: "
+    "forwarded as received because re-signing failed; intact: no signature covered the "
+    "change; invalid: no signature looked valid on arrival)",
+    ["result"],
+)
+
 
 class Tally:
     """Counter increments gathered in the process and added to prometheus together.

@@ -114,17 +114,22 @@ class RewriteContext:
         #: Parts plugins asked to take out of the message (``remove_leaf``).
         self.removed_leaves: list[LeafPart] = []
         self.base_url = app.config.http.base_url.rstrip("/")
+        #: Set when the original went out after all (``untrack``): why.
+        self.reverted: str | None = None
 
     # --- decisions ------------------------------------------------------------------------
 
     @property
     def tracked(self) -> bool:
         """True when the policy tracks the message and something was actually added."""
-        return self.policy.tracked and (self.stats.pixel or self.stats.links_rewritten > 0)
+        return (self.reverted is None and self.policy.tracked
+                and (self.stats.pixel or self.stats.links_rewritten > 0))
 
     @property
     def decision(self) -> str:
         """``tracked`` or ``skipped_<reason>`` (the metrics label)."""
+        if self.reverted is not None:
+            return f"skipped_{self.reverted}"
         if not self.policy.tracked:
             return f"skipped_{self.policy.skip_reason or 'off'}"
         if self.tracked:
@@ -167,9 +172,16 @@ class RewriteContext:
         """True for URLs that already point at this tracker."""
         return url.lower().startswith(self.base_url.lower() + "/")
 
+    def untrack(self, reason: str) -> None:
+        """The original message goes out after all (a plugin failed, or a later hook
+        kept it, e.g. to leave a DKIM signature intact): nothing of it is tracked."""
+        self.reverted = reason
+
     def summary(self) -> str:
         """One line for people: decision, pixel, links rewritten and skipped by reason."""
         s = self.stats
+        if self.reverted is not None:
+            return f"skipped ({self.reverted}): message forwarded untouched"
         if not self.policy.tracked:
             return f"skipped ({self.policy.skip_reason}): message forwarded untouched"
         parts = [

@@ -12,6 +12,9 @@ before ``trackrelay_transform_message``:
    only changed parts are re-encoded and spliced back;
 4. ``trackrelay_rewrite_finished`` runs (the sent record is filled there).
 
+The pipeline counts the decision (``trackrelay_messages_total``) once later hooks had
+their say (``trackrelay_outgoing_message`` may send the original after all).
+
 A message whose MIME structure cannot be followed, or a part that cannot be decoded or
 re-encoded, is forwarded as it came and counted (``trackrelay_rewrite_skipped_total``):
 content is fail-open, mail is never refused for its content.
@@ -26,7 +29,6 @@ from prometheus_client import Counter
 
 from relay.logs import get_logger
 from relay.message import MessageDraft
-from relay.metrics import MESSAGES
 from relay.rewrite.context import (
     ContentPart,
     HtmlPart,
@@ -105,7 +107,6 @@ async def rewrite_message(app: App, transaction: Transaction,
     if tree is not None and not policy.frozen and (policy.tracked or decorated):
         await _edit_parts(context, tree)
     await host.call("trackrelay_rewrite_finished", context=context)
-    MESSAGES.labels(context.decision).inc()
     log.info("rewrite", txn=transaction.id, decision=context.decision,
              pixel=context.stats.pixel, links=context.stats.links_rewritten,
              links_skipped=dict(context.stats.links_skipped) or None,
