@@ -93,7 +93,7 @@ async def test_the_command_tables_are_aiosmtpds_own() -> None:
     """RelaySMTP lists fewer names to dir() (SmtpNames); the tables aiosmtpd builds from
     them hold every command, AUTH mechanism and hook the classes define."""
     from relay.bounce_listener import BounceHandler
-    from relay.smtp_server import RelaySMTP, RelaySession
+    from relay.smtp_server import RelaySession, RelaySMTP
 
     for handler_cls in (RelaySession, BounceHandler):
         handler = object.__new__(handler_cls)
