@@ -29,6 +29,7 @@ from hypothesis import HealthCheck, settings
 from relay.app import App
 from relay.config import build_config
 from relay.event_loop import loop_factory
+from relay.logs import reset_logging
 from relay.plugin_host import PluginHost
 from relay.smtp_server import Relay
 
@@ -186,6 +187,15 @@ class Sink:
         if self.server is not None:
             self.server.close()
             self.server = None
+
+
+@pytest.fixture(autouse=True)
+def _logging_back_to_defaults() -> Iterator[None]:
+    """A CLI command run in-process configures logging for the whole process (quiet
+    commands filter below ``error``); the next test starts from structlog's defaults so
+    its ``capture_logs`` sees every level."""
+    yield
+    reset_logging()
 
 
 @pytest.fixture

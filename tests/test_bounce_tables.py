@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-from relay.bounces.rules import all_entry_ids, anchors, ruleset
+from relay.bounces.anchors import anchors
+from relay.bounces.rules import all_entry_ids, ruleset
 from relay.bounces.tables import commands, hints, layouts, phrases, providers, status
 from relay.bounces.tables.sources import SOURCES
 

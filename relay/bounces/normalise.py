@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from relay.bounces.anchors import anchors
 from relay.bounces.tables import CommandPattern
 
 #: Local parts are arbitrary ("filtered@", "spam-trap@"): never read them as words.
@@ -148,8 +149,6 @@ class CommandFinder:
     """Find the last SMTP command a text names, by the (enabled) command patterns."""
 
     def __init__(self, patterns: Iterable[CommandPattern]) -> None:
-        from relay.bounces.rules import anchors
-
         self.patterns = tuple(patterns)
         self._each = [(p, re.compile(p.pattern), anchors(p.pattern)) for p in self.patterns]
 
