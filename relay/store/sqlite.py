@@ -79,6 +79,7 @@ def _event_params(row: dict[str, Any]) -> tuple[Any, ...]:
 class SqliteStore(SqlStore):
     engine = "sqlite"
     dialect = "sqlite"
+    messages_first = "CROSS JOIN"
 
     def __init__(self, url: str, *, busy_timeout: float = 10.0) -> None:
         self.url = url
