@@ -131,6 +131,11 @@ def decide(f: Facts, rules: RuleSet, trace: Trace | None = None) -> tuple[str, s
     row = rules.status_row(f.status)
     if full and row is not None:
         trace.add(row.id)  # type: ignore[union-attr]
+        # The subject's row (RFC 3463 section 3.1: X.S.* is what every code of subject S
+        # has in common) holds for this code too, whether or not a finer row exists.
+        subject = rules.subject_row(f.status)
+        if subject is not None:
+            trace.add(subject.id)  # type: ignore[union-attr]
     vetoed = False
     if row is not None and row.strength == "decisive":
         veto = _vetoed(row.reason, primary, rules)
@@ -165,14 +170,21 @@ def decide(f: Facts, rules: RuleSet, trace: Trace | None = None) -> tuple[str, s
     # 5. who was refused, by the command
     if _tie_break(rules.command_ties, command, f.reply, pending, settle):
         return answer  # type: ignore[return-value]
-    # 6. class-level status codes
-    if answer is None and pending is None and row is not None and row.reason \
-            and (row.strength == "fallback" or vetoed) and settle(row.reason, row.id):
+    # 6. class-level status codes: this code's own row
+    class_level = answer is None and pending is None and row is not None and row.reason \
+        and (row.strength == "fallback" or vetoed)
+    subject_level = row is not None and row.code.endswith(".*")
+    if class_level and not subject_level and settle(row.reason, row.id):  # type: ignore[union-attr]
         return answer  # type: ignore[return-value]
-    # 7. what the reply code says
+    # 7. what a specific reply code says
     if _tie_break(rules.reply_ties, command, f.reply, pending, settle):
         return answer  # type: ignore[return-value]
-    # 8. the parser's hint
+    # 8. the subject of the enhanced code (X.S.*), then what a range of reply codes says
+    if class_level and subject_level and settle(row.reason, row.id):  # type: ignore[union-attr]
+        return answer  # type: ignore[return-value]
+    if _tie_break(rules.weak_reply_ties, command, f.reply, pending, settle):
+        return answer  # type: ignore[return-value]
+    # 9. the parser's hint
     for parser in f.parsers:
         for hint, rx in rules.hint_rx.get(parser, ()):
             if pending is not None and hint.reason not in pending[:2]:
@@ -181,7 +193,7 @@ def decide(f: Facts, rules: RuleSet, trace: Trace | None = None) -> tuple[str, s
                 return answer  # type: ignore[return-value]
     if pending is not None and settle(pending[1], pending[2] + "@no-command"):
         return answer  # type: ignore[return-value]
-    # 9. fallbacks
+    # 10. fallbacks
     if answer is not None:
         return answer
     transient = transient or (f.reply or "").startswith("4")
@@ -244,8 +256,8 @@ def _phrase_step(text: str, command: str | None, transient: bool, rules: RuleSet
         return None
     command = "EHLO" if command == "HELO" else command
     result: tuple[str, str, str | None] | None = None
-    for reason in rules.order:
-        alt: Alternation | None = rules.phrases.get(reason)
+    for group in rules.order:
+        alt: Alternation | None = rules.phrase_groups.get(group)
         if alt is None:
             continue
         if trace is not None:
@@ -256,6 +268,7 @@ def _phrase_step(text: str, command: str | None, transient: bool, rules: RuleSet
         hit = alt.first(text)
         if hit is None:
             continue
+        reason = group.split("/", 1)[0]
         result = _gated(reason, hit.id, rules.gates.get(reason), command, transient)
         if result is not None and trace is None:
             return result

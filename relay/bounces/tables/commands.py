@@ -57,7 +57,8 @@ COMMAND_TIE_BREAKS: tuple[TieBreak, ...] = (
 )
 
 #: What the reply code alone means (and a refusal after DATA for no stated cause): used
-#: after the class-level status codes. First match wins.
+#: after the class-level status codes, the ``weak`` ones also after the subject of the
+#: enhanced code (``X.S.*``). First match wins.
 REPLY_TIE_BREAKS: tuple[TieBreak, ...] = (
     # RFC 5321 section 4.2.2: "551 User not local; please try <forward-path>".
     TieBreak("hasmoved", "rfc5321", reply="551"),
@@ -70,7 +71,7 @@ REPLY_TIE_BREAKS: tuple[TieBreak, ...] = (
     TieBreak("securityerror", "rfc4954", reply="535"),
     TieBreak("securityerror", "rfc4954", reply="538"),
     # RFC 5321 section 4.2.3: 500-504 are errors in the command syntax or sequence.
-    TieBreak("syntaxerror", "rfc5321", reply="50"),
+    TieBreak("syntaxerror", "rfc5321", reply="50", weak=True),
     # The taxonomy's "filtered": refused after the message was sent, for no stated cause.
-    TieBreak("filtered", "rfc5321", commands=("DATA",), reply="5"),
+    TieBreak("filtered", "rfc5321", commands=("DATA",), reply="5", weak=True),
 )

@@ -37,6 +37,11 @@ def _p(reason: str, source: str, *patterns: str) -> tuple[Phrase, ...]:
     return tuple(Phrase(reason, p, source) for p in patterns)
 
 
+def _t(reason: str, source: str, tier: str, *patterns: str) -> tuple[Phrase, ...]:
+    """Phrases of ``reason`` tried at ``reason/tier``'s place in ``ORDER``."""
+    return tuple(Phrase(reason, p, source, tier) for p in patterns)
+
+
 #: Nouns that name the recipient's mailbox, as RFC 3463 and the MTAs' texts use them.
 _BOX = r"(?:mail ?box|inbox|mail ?folder|maildir|user|account|recipient|storage|disk|quota)"
 
@@ -277,17 +282,21 @@ PHRASES: tuple[Phrase, ...] = (
     # could not be delivered for N days", Sendmail "Cannot send message for 5 days", Exim
     # "retry timeout exceeded", qmail "in the queue too long", Exchange "QUEUE.Expired",
     # OpenSMTPD "Envelope expired", DMA "could not deliver for the last N seconds".
+    # Stated outright, the expiry outranks the network trouble that caused the retries
+    # ("550 5.4.316 Message expired, connection refused"): the report is about giving up.
+    *_t("expired", "rfc3463", "stated",
+        r"\b(?:delivery|message|envelope|queue)\b(?: \S+){0,2} (?:time )?(?:has )?expired\b",
+        r"\bretry (?:time|timeout|period)\b(?: \S+){0,3} (?:exceeded|expired|reached)"),
+    *_t("expired", "exchange", "stated", r"queue\.expired"),
     *_p("expired", "rfc3463",
-        r"\b(?:delivery|message|envelope|queue)\b(?: \S+){0,2} (?:time )?(?:has )?(?:expired|"
-        r"timed out)",
+        r"\b(?:delivery|message|envelope|queue)\b(?: \S+){0,2} (?:time )?(?:has )?timed out",
         r"\b(?:could not|couldn'?t|unable to|cannot|can'?t|not) (?:be )?(?:deliver(?:ed)?|send|"
         r"sent)\b(?: \S+){0,4} for (?:the )?(?:last |past |more than )?\d+ (?:seconds|minutes|"
         r"hours?|days?)",
-        r"\bretry (?:time|timeout|period)\b(?: \S+){0,3} (?:exceeded|expired|reached)",
         r"\b(?:giving|gave) up\b", r"\bstopped trying\b",
         r"\bwill (?:be )?retr(?:y|ied)\b", r"\bstill (?:undelivered|trying)\b",
         r"\bdelivery failed \d+ attempts", r"\bafter \d+ (?:attempts|tries)\b",
-        r"queue\.expired", r"did not accept our requests to connect",
+        r"did not accept our requests to connect",
         # A server that never answered until the retry period ran out.
         r"connection timed out"),
     # === failedstarttls ===================================================================
@@ -324,9 +333,9 @@ PHRASES: tuple[Phrase, ...] = (
 ORDER: tuple[str, ...] = (
     "mailboxfull", "mesgtoobig", "exceedlimit", "suspend", "hasmoved", "norelaying",
     "authfailure", "userunknown", "filtered", "requireptr", "notcompliantrfc",
-    "badreputation", "rejected", "notaccept", "hostunknown", "virusdetected", "spamdetected",
-    "speeding", "toomanyconn", "blocked", "policyviolation", "systemerror", "networkerror",
-    "contenterror", "systemfull", "expired", "failedstarttls", "securityerror",
+    "badreputation", "rejected", "notaccept", "hostunknown", "spamdetected", "virusdetected",
+    "speeding", "toomanyconn", "blocked", "policyviolation", "expired/stated", "systemerror",
+    "networkerror", "contenterror", "systemfull", "expired", "failedstarttls", "securityerror",
     "suppressed", "mailererror", "syntaxerror",
 )
 
