@@ -75,3 +75,174 @@ def test_every_code_of_a_subject_has_the_subject_s_row(code: str) -> None:
     rules = ruleset()
     row = rules.subject_row(code)
     assert row is not None and row.code == "X" + code[1:4] + "*"
+
+
+# --- wording variants of one reason ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", [
+    # Dovecot LMTP/LDA, quota_exceeded_message's default (Dovecot quota plugin documentation)
+    "552 5.2.2 <rcpt@example.net> Quota exceeded (mailbox for user is full)",
+    # Exim appendfile transport (Exim specification, "quota" option)
+    "550 mailbox is full (MTA-imposed quota exceeded while writing to file /var/mail/rcpt)",
+    # vpopmail / qmail-local
+    "552 sorry, user is over quota",
+    # RFC 5321 section 4.2.2, 552 reply text
+    "552 Requested mail action aborted: exceeded storage allocation",
+    # RFC 3463 X.2.2's definition, in the words servers use
+    "550 The recipient mailbox has insufficient storage",
+    "550 Not enough storage space in mailbox of rcpt@example.net",
+    "550 Message would exceed the quota of the recipient",
+    "550 Recipient reached disk quota",
+    "550 User has too many messages on the server",
+])
+def test_full_mailbox_wordings_are_mailboxfull_and_soft(text: str) -> None:
+    reason, hard, _by = classify_reply("550", None, text, "RCPT", "rcpt@example.net")
+    assert (reason, hard) == ("mailboxfull", False)
+
+
+def test_a_sending_quota_or_a_full_system_is_not_a_full_mailbox() -> None:
+    """Google's "Daily user sending quota exceeded" limits the sender (Google SMTP error
+    reference, 5.4.5); ENOSPC's "No space left on device" is the receiving system's
+    disk (POSIX strerror), RFC 5321's 452 "insufficient system storage"."""
+    from relay.bounces.normalise import flatten
+    from relay.bounces.rules import ruleset
+
+    full = ruleset().phrases["mailboxfull"]
+    for text in ("550 5.4.5 Daily user sending quota exceeded",
+                 "You have exceeded your sending quota", "relay quota exceeded"):
+        assert full.first(flatten(text)) is None, text
+    assert full.first(flatten("550 user quota exceeded")) is not None
+    # At Gmail the provider's table reads it (5.4.5: the sender's daily limit).
+    assert classify_reply("550", "5.4.5", "550 5.4.5 Daily user sending quota exceeded",
+                          "DATA", "rcpt@gmail.com")[0] == "speeding"
+    assert reason_of("451 write error: No space left on device", reply="451",
+                     command="DATA") == "systemfull"
+    assert reason_of("452 Not enough disk space, try again later", reply="452",
+                     command="MAIL") == "systemfull"
+
+
+def test_a_size_limit_in_other_words_is_mesgtoobig() -> None:
+    """RFC 1870 section 6.1: "552 message size exceeds fixed maximum message size"."""
+    assert reason_of("552 Message exceeds maximum fixed size", reply="552",
+                     command="DATA") == "mesgtoobig"
+    assert reason_of("552 5.3.4 Message size exceeds fixed limit", reply="552",
+                     command="DATA") == "mesgtoobig"
+
+
+@pytest.mark.parametrize("text", [
+    "550 rcpt@example.net is not a valid mailbox",
+    "550 Not a valid recipient",
+    "550 No mailbox by that name is currently available",
+])
+def test_an_unknown_mailbox_said_the_other_way_round_is_userunknown_at_rcpt(text: str) -> None:
+    """RFC 3463 X.1.1 "the mailbox specified in the address does not exist", RFC 5321
+    section 3.3 (the RCPT check of the mailbox name)."""
+    reason, hard, _by = classify_reply("550", None, text, "RCPT", "rcpt@example.net")
+    assert (reason, hard) == ("userunknown", True)
+    # After DATA the same words are the recipient side's filter (soft).
+    assert reason_of(text, command="DATA") == "filtered"
+
+
+def test_551_user_not_local_is_not_read_as_an_invalid_user() -> None:
+    """RFC 5321 section 4.2.2: "551 User not local; please try <forward-path>"."""
+    assert reason_of("551 User not local; please try <new@example.org>", reply="551") \
+        == "hasmoved"
+
+
+def test_from_followed_by_an_ip_address_is_the_client_host_not_the_sender() -> None:
+    """RFC 5321 separates the client host (its IP, its HELO) from the reverse-path; a
+    "mail from IP x was rejected" text refuses the host."""
+    assert reason_of("550 5.7.1 Mail from IP 192.0.2.1 was rejected due to listing in "
+                     "Spamhaus", status="5.7.1") == "blocked"
+    assert reason_of("550 5.7.1 <s@example.com>: Sender address rejected: Access denied",
+                     status="5.7.1") == "rejected"
+
+
+def test_gmail_s_closing_sentence_about_spam_is_not_a_spam_verdict() -> None:
+    """Google's SMTP error reference ends refusals for other causes with "To best protect
+    our users from spam, the message has been blocked"."""
+    rec = one(dsn("550-5.7.1 This message was refused. To best protect our users from "
+                  "spam, the message has been blocked.", status="5.7.1",
+                  command="end of DATA"))
+    assert (rec.reason, rec.decided_by) == ("securityerror", "status:5.7.1")
+    assert reason_of("550 5.7.1 Message rejected as spam", status="5.7.1",
+                     command="DATA") == "spamdetected"
+
+
+@pytest.mark.parametrize("text", [
+    "550 This mail has been blocked because the sender is unauthenticated.",
+    "550 This message fails to pass authentication checks (SPF or DKIM).",
+])
+def test_unauthenticated_mail_wordings_are_authfailure(text: str) -> None:
+    """Google's and Yahoo's sender requirements: "the sender is unauthenticated", "fails
+    to pass authentication checks" (support.google.com/a/answer/3726730)."""
+    assert reason_of(text, command="DATA") == "authfailure"
+
+
+@pytest.mark.parametrize("text", [
+    "550 Access denied - Invalid HELO name (See RFC2821 4.1.1.1)",
+    "504 5.5.2 <localhost>: Helo command rejected: need fully-qualified hostname",
+    "550 EHLO name is forged",
+])
+def test_a_refused_greeting_name_is_a_block(text: str) -> None:
+    """RFC 5321 section 4.1.1.1: HELO/EHLO names the client host."""
+    assert reason_of(text, command="RCPT") == "blocked"
+
+
+def test_a_stated_policy_cause_beats_the_sender_words_around_it() -> None:
+    """Yahoo "554 Message not accepted for policy reasons"; "rejected for policy
+    reasons" says why, "mail from <x> rejected" only whom."""
+    assert reason_of("554 mail from <s@example.com> rejected for policy reasons",
+                     reply="554", command="MAIL") == "policyviolation"
+    assert reason_of("553 5.1.8 <s@example.com>: Sender address rejected: Domain not found",
+                     reply="553", status="5.1.8") == "rejected"
+    # Exim's ACL "deny" without a message of its own (Exim specification).
+    assert reason_of("550 Administrative prohibition", command="RCPT") == "policyviolation"
+
+
+def test_the_receiving_system_s_own_trouble_is_systemerror_or_a_network_error() -> None:
+    """Exim "451 Temporary local problem - please try later"; Postfix's resolver text
+    "malformed or unexpected name server reply"; EHOSTUNREACH "Host is unreachable"."""
+    assert reason_of("451 Temporary local problem - please try later", reply="451") \
+        == "systemerror"
+    assert reason_of("Name service error for name=example.net type=MX: Malformed or "
+                     "unexpected name server reply", reply=None, command=None) \
+        == "networkerror"
+    assert reason_of("connect to mx.example.net[192.0.2.9]:25: Host is unreachable",
+                     reply=None, command=None) == "networkerror"
+
+
+# --- RFC 5321 reply codes ----------------------------------------------------------------------
+
+
+def test_451_is_a_local_error_in_processing() -> None:
+    """RFC 5321 section 4.2.2: "451 Requested action aborted: local error in processing"."""
+    rec = one(dsn("451 4.3.0 try again", status="4.3.0", command="end of DATA"))
+    assert (rec.reason, rec.decided_by) == ("systemerror", "tiebreak:*:451")
+
+
+def test_452_is_insufficient_system_storage_except_at_rcpt() -> None:
+    """RFC 5321 section 4.2.2: "452 ... insufficient system storage"; section
+    4.5.3.1.10: at RCPT it may mean "too many recipients"."""
+    rec = one(dsn("452 4.3.0 please retry", status="4.3.0", command="MAIL FROM"))
+    assert (rec.reason, rec.decided_by) == ("systemfull", "tiebreak:MAIL:452")
+    rec = one(dsn("452 4.3.0 please retry", status="4.3.0", command="end of DATA"))
+    assert (rec.reason, rec.decided_by) == ("systemfull", "tiebreak:DATA:452")
+    rec = one(dsn("452 4.3.0 please retry", status="4.3.0", command="RCPT TO"))
+    assert (rec.reason, rec.decided_by) == ("expired", "fallback:transient-expired")
+
+
+def test_521_in_the_greeting_is_a_host_that_accepts_no_mail() -> None:
+    """RFC 7504 section 3: a server may answer the connection with 521."""
+    rec = one(dsn("521 5.3.2 mx.example.net does not accept mail", status="5.3.2",
+                  command="HELO"))
+    assert rec.reason == "notaccept" and rec.hard
+    rec = one(dsn("554 go away", status="5.0.0", command="HELO"))
+    assert (rec.reason, rec.decided_by) == ("blocked", "tiebreak:CONN+EHLO:*")
+
+
+def test_555_is_a_parameter_syntax_error() -> None:
+    """RFC 5321 section 4.2.2: "555 MAIL FROM/RCPT TO parameters not recognized"."""
+    rec = one(dsn("555 unsupported option", status="5.0.0", command="RCPT TO"))
+    assert (rec.reason, rec.decided_by) == ("syntaxerror", "tiebreak:*:555")
