@@ -246,3 +246,37 @@ def test_555_is_a_parameter_syntax_error() -> None:
     """RFC 5321 section 4.2.2: "555 MAIL FROM/RCPT TO parameters not recognized"."""
     rec = one(dsn("555 unsupported option", status="5.0.0", command="RCPT TO"))
     assert (rec.reason, rec.decided_by) == ("syntaxerror", "tiebreak:*:555")
+
+
+# --- provider conventions ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "status", "reason"), [
+    ("550 5.7.124 Sender not in allowed-senders list", "5.7.124", "rejected"),
+    ("550 5.7.133 RESOLVER.RST.SenderNotAuthenticatedForGroup; authentication required",
+     "5.7.133", "rejected"),
+    ("550 5.7.60 SMTP; Client does not have permissions to send as this sender", "5.7.60",
+     "rejected"),
+    ("550 5.7.350 Remote server returned message detected as spam", "5.7.350",
+     "spamdetected"),
+    ("550 5.7.520 Access denied, Your organization does not allow external forwarding",
+     "5.7.520", "policyviolation"),
+    ("550 5.7.900 TRANSPORT.RULES.RejectMessage; the message was rejected by organization "
+     "policy", "5.7.900", "policyviolation"),
+    ("554 5.4.8 MX record for example.net points back to the sending organization", "5.4.8",
+     "networkerror"),
+    # the banned-IP range 5.7.606-649 stays a block (5.7.60 is not its prefix rule)
+    ("550 5.7.606 Access denied, banned sending IP [192.0.2.1]", "5.7.606", "blocked"),
+])
+def test_exchange_online_ndr_codes(text: str, status: str, reason: str) -> None:
+    """Microsoft, "Email non-delivery reports and SMTP errors in Exchange Online"
+    (learn.microsoft.com): the codes' documented meanings, at an Exchange Online host."""
+    got, _hard, by = classify_reply("550", status, text, "RCPT", "rcpt@outlook.com")
+    assert got == reason
+    assert by.startswith("provider:microsoft:")
+
+
+def test_a_policy_named_as_the_cause_is_policyviolation_anywhere() -> None:
+    """The same statement without a Microsoft host: the stated cause decides."""
+    assert reason_of("550 5.7.1 the message was rejected by organization policy",
+                     status="5.7.1", command="DATA") == "policyviolation"

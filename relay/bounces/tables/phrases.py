@@ -294,8 +294,7 @@ PHRASES: tuple[Phrase, ...] = (
     # "denied by policy", "local policy violation") says why, where the sender or recipient
     # words around it only say whom: tried before the sender's and the block's phrases.
     *_t("policyviolation", "yahoo", "stated",
-        r"\b(?:for|due to|by) (?:local |our |the |site |security |content )?polic(?:y|ies)"
-        r"(?: reasons?)?\b", r"\bpolicy violation\b"),
+        r"\b(?:for|due to|by) (?:\S+ )?polic(?:y|ies)(?: reasons?)?\b", r"\bpolicy violation\b"),
     *_p("policyviolation", "yahoo",
         r"\bpolic(?:y|ies)\b(?: \S+){0,3} (?:violation|reasons?|rejection|restrictions?)",
         r"(?:violat\w*|against|prohibited by|not (?:permitted|allowed) by|denied by|"
