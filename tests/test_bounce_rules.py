@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 
+from relay.bounces import classify
 from relay.bounces.classify import classify_reply
 from tests.test_bounce_decide import dsn, one
 
@@ -280,3 +281,48 @@ def test_a_policy_named_as_the_cause_is_policyviolation_anywhere() -> None:
     """The same statement without a Microsoft host: the stated cause decides."""
     assert reason_of("550 5.7.1 the message was rejected by organization policy",
                      status="5.7.1", command="DATA") == "policyviolation"
+
+
+# --- notices in prose: where the notice ends, and one family's documented wording ------------
+
+
+def _notice(subject: str, body: str, sender: str = "MAILER-DAEMON@mx.sender.example") -> bytes:
+    return (f"From: {sender}\r\nTo: sender@sender.example\r\nSubject: {subject}\r\n"
+            "Date: Thu, 1 Jan 2026 00:00:00 +0000\r\nMessage-ID: <n1@mx.sender.example>\r\n"
+            f"MIME-Version: 1.0\r\nContent-Type: text/plain\r\n\r\n{body}").encode()
+
+
+def test_the_original_message_was_received_is_a_sentence_not_the_returned_copy() -> None:
+    """Sendmail and Courier notices say "The original message was received at <date>
+    from <host>" before the failed recipients; only a line announcing the copy ("----
+    Original message follows ----") starts the returned message."""
+    raw = _notice("NOTICE: mail delivery status.", (
+        "This is a delivery status notification from mx.sender.example,\r\n"
+        "running the Courier mail server.\r\n\r\n"
+        "The original message was received on Thu, 1 Jan 2026 00:00:00 +0000\r\n"
+        "from sender.example [192.0.2.9]\r\n\r\n"
+        "Your message to the following recipients cannot be delivered:\r\n\r\n"
+        "<rcpt@example.net>:\r\n    mx.example.net [192.0.2.1]:\r\n"
+        ">>> RCPT TO:<rcpt@example.net>\r\n<<< 550 5.1.1 <rcpt@example.net>... User unknown\r\n"
+        "\r\n----- Original message follows -----\r\n"
+        "From: sender@sender.example\r\nTo: other@example.org\r\nSubject: hi\r\n\r\nhello\r\n"))
+    recs = classify(raw)
+    assert [(r.recipient, r.reason) for r in recs] == [("rcpt@example.net", "userunknown")]
+
+
+def test_domino_s_directory_lookup_wording_is_userunknown() -> None:
+    """HCL Domino's router: "User x (y) not listed in Domino Directory" is written when the
+    directory lookup of the recipient found nobody (Domino mail routing documentation)."""
+    raw = _notice("DELIVERY FAILURE: User rcpt (rcpt@example.net) not listed in Domino "
+                  "Directory", (
+                      "Your message\r\n\r\n  Subject: hi\r\n\r\nwas not delivered to:\r\n\r\n"
+                      "  rcpt@example.net\r\n\r\nbecause:\r\n\r\n"
+                      "  User rcpt (rcpt@example.net) not listed in Domino Directory\r\n"),
+                  sender="Postmaster@sender.example")
+    recs = classify(raw)
+    assert [(r.recipient, r.reason, r.hard) for r in recs] == [
+        ("rcpt@example.net", "userunknown", True)]
+    assert recs[0].decided_by.startswith("hint:domino:")
+    # The same words from a notice of another family stay ambiguous without a command.
+    assert reason_of("User rcpt (rcpt@example.net) not listed in Domino Directory",
+                     command=None) == "filtered"
