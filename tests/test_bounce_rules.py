@@ -326,3 +326,33 @@ def test_domino_s_directory_lookup_wording_is_userunknown() -> None:
     # The same words from a notice of another family stay ambiguous without a command.
     assert reason_of("User rcpt (rcpt@example.net) not listed in Domino Directory",
                      command=None) == "filtered"
+
+
+# --- internationalised recipients (RFC 6533) ------------------------------------------------
+
+
+def _report(fields: str, ctype: str = "message/delivery-status") -> bytes:
+    return ("From: MAILER-DAEMON@mx.sender.example\r\nTo: sender@sender.example\r\n"
+            "Subject: Delivery Status Notification (Failure)\r\nMIME-Version: 1.0\r\n"
+            'Content-Type: multipart/report; report-type=delivery-status; boundary="B"\r\n\r\n'
+            "--B\r\nContent-Type: text/plain\r\n\r\nDelivery failed.\r\n"
+            f"--B\r\nContent-Type: {ctype}\r\n\r\n"
+            f"Reporting-MTA: dns; mx.sender.example\r\n\r\n{fields}\r\n"
+            "--B\r\nContent-Type: text/rfc822-headers\r\n\r\nMessage-ID: <o@sender.example>\r\n"
+            "From: sender@sender.example\r\nSubject: hi\r\n\r\n--B--\r\n").encode()
+
+
+def test_a_utf8_recipient_in_a_global_delivery_status_is_read_as_utf8() -> None:
+    """RFC 6533 section 3: message/global-delivery-status carries UTF-8 addresses."""
+    raw = _report("Final-Recipient: utf-8; j\u00f6rg@example.net\r\nAction: failed\r\n"
+                  "Status: 5.1.1\r\n", "message/global-delivery-status")
+    assert [(r.recipient, r.reason) for r in classify(raw)] == [
+        ("j\u00f6rg@example.net", "userunknown")]
+
+
+def test_a_utf8_recipient_written_in_ascii_is_decoded() -> None:
+    """RFC 6533 section 3: in ASCII, non-ASCII characters are written \\x{HEX}."""
+    raw = _report("Final-Recipient: utf-8; j\\x{F6}rg@example.net\r\nAction: failed\r\n"
+                  "Status: 5.2.2\r\n")
+    assert [(r.recipient, r.reason) for r in classify(raw)] == [
+        ("j\u00f6rg@example.net", "mailboxfull")]
