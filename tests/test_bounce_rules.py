@@ -356,3 +356,21 @@ def test_a_utf8_recipient_written_in_ascii_is_decoded() -> None:
                   "Status: 5.2.2\r\n")
     assert [(r.recipient, r.reason) for r in classify(raw)] == [
         ("j\u00f6rg@example.net", "mailboxfull")]
+
+
+@pytest.mark.parametrize(("text", "reason"), [
+    ("550 Sender address unknown", "rejected"),
+    ("553 sender address invalid", "rejected"),
+    ("550 Return-path address does not exist", "rejected"),
+    ("550 Client address unknown", "onhold"),
+    ("550 5.7.1 your IP address is not valid for this domain", "securityerror"),
+])
+def test_the_sender_s_or_the_client_s_address_is_never_an_unknown_recipient(
+        text: str, reason: str) -> None:
+    """RFC 3463 keeps the sender's address (X.1.7, X.1.8) apart from the recipient's
+    (X.1.1): a refusal of the sender or of the client host is soft, never the hard
+    "user unknown" that would suppress a good address."""
+    got, hard, _by = classify_reply("550", "5.7.1" if "5.7.1" in text else None, text,
+                                    "RCPT", "rcpt@example.net")
+    assert (got, hard) == (reason, False)
+    assert reason_of("550 Recipient address unknown") == "userunknown"

@@ -45,6 +45,11 @@ def _t(reason: str, source: str, tier: str, *patterns: str) -> tuple[Phrase, ...
 #: Nouns that name the recipient's mailbox, as RFC 3463 and the MTAs' texts use them.
 _BOX = r"(?:mail ?box|inbox|mail ?folder|maildir|user|account|recipient|storage|disk|quota)"
 
+#: Not preceded by a word that makes the address the sender's or the client's.
+_NOT_OF_SENDER = ("(?<!sender )(?<!sender's )(?<!senders )(?<!ip )(?<!client )(?<!host )"
+                  "(?<!server )(?<!return-path )(?<!return path )(?<!from )(?<!originator )"
+                  "(?<!envelope )(?<!reply-to )(?<!your )")
+
 #: A word between the mailbox noun and "quota exceeded" that makes it the sender's limit
 #: ("daily user sending quota exceeded"), not the mailbox's.
 _NOT_SENDER = r"(?!(?:sending|send|relay|rate|outgoing|outbound)\b)"
@@ -146,9 +151,12 @@ PHRASES: tuple[Phrase, ...] = (
     # does not exist"; RFC 5321 "550 No such user here", "mailbox not found"; Sendmail
     # "User unknown"; Postfix "User unknown in local recipient table"; Exchange
     # "RecipientNotFound"; qmail "no mailbox here by that name".
+    # (The sender's, the client's or the IP's address is not the recipient's: "Sender
+    # address unknown", "IP address not valid" refuse the sender or the host, and reading
+    # them as an unknown recipient would suppress a good address.)
     *_p("userunknown", "rfc3463",
-        r"\b(?:user|recipient|mail ?box|address(?:ee)?|account|local[- ]part|e-?mail address|"
-        r"user ?name)\b(?: \S+){0,3} (?:is |was )?(?:unknown|not (?:found|known|listed|"
+        rf"{_NOT_OF_SENDER}\b(?:user|recipient|mail ?box|address(?:ee)?|account|local[- ]part|"
+        r"e-?mail address|user ?name)\b(?: \S+){0,3} (?:is |was )?(?:unknown|not (?:found|known|listed|"
         r"recognized|recognised|exists?|valid)|does not exist|doesn'?t exist|non-?existent|"
         r"couldn'?t be found|could not be found|invalid|unavailable)\b",
         r"\b(?:unknown|invalid|no such|non-?existent|bad|illegal) (?:local )?(?:user|recipient|"
