@@ -156,8 +156,9 @@ PHRASES: tuple[Phrase, ...] = (
     # them as an unknown recipient would suppress a good address.)
     *_p("userunknown", "rfc3463",
         rf"{_NOT_OF_SENDER}\b(?:user|recipient|mail ?box|address(?:ee)?|account|local[- ]part|"
-        r"e-?mail address|user ?name)\b(?: \S+){0,3} (?:is |was )?(?:unknown|not (?:found|known|listed|"
-        r"recognized|recognised|exists?|valid)|does not exist|doesn'?t exist|non-?existent|"
+        r"e-?mail address|user ?name)\b(?: \S+){0,3} (?:is |was )?(?:unknown|not (?:found|"
+        r"known|listed|recognized|recognised|exists?|valid)|does not exist|doesn'?t exist|"
+        r"non-?existent|"
         r"couldn'?t be found|could not be found|invalid|unavailable)\b",
         r"\b(?:unknown|invalid|no such|non-?existent|bad|illegal) (?:local )?(?:user|recipient|"
         r"mail ?box|address(?:ee)?|account|local[- ]part|e-?mail address)\b",
