@@ -191,6 +191,19 @@ def test_a_refused_greeting_name_is_a_block(text: str) -> None:
     assert reason_of(text, command="RCPT") == "blocked"
 
 
+@pytest.mark.parametrize(("text", "reason"), [
+    # Postfix reject_unknown_helo_hostname (postconf(5)): the client's name has no DNS
+    ("450 4.7.1 <mail.example>: Helo command rejected: Host not found", "blocked"),
+    ("550 Client host unknown", "onhold"),
+])
+def test_the_client_s_unknown_name_is_not_the_recipient_s_unknown_domain(
+        text: str, reason: str) -> None:
+    """RFC 5321 section 4.1.1.1: HELO names the client; "host not found" about it is no
+    statement about the recipient's domain (which would be a hard "hostunknown")."""
+    assert classify_reply("550", None, text, "RCPT", "rcpt@example.net")[:2] == (reason, False)
+    assert reason_of("550 Host or domain name not found", command="RCPT") == "hostunknown"
+
+
 def test_a_stated_policy_cause_beats_the_sender_words_around_it() -> None:
     """Yahoo "554 Message not accepted for policy reasons"; "rejected for policy
     reasons" says why, "mail from <x> rejected" only whom."""

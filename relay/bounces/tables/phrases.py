@@ -238,6 +238,7 @@ PHRASES: tuple[Phrase, ...] = (
     # the address does not exist"; Sendmail "Host unknown"; Postfix "Host or domain name not
     # found"; Exim "Unrouteable address"; qmail "I couldn't find any host named".
     *_p("hostunknown", "rfc3463",
+        r"(?<!client )(?<!helo )(?<!sender )(?<!sender's )(?<!your )(?<!from )"
         r"\b(?:host|domain|hostname|host name|mail domain|destination system|destination "
         r"domain|recipient domain)\b(?: \S+){0,3} (?:is |was )?(?:unknown|not found|"
         r"does not exist|doesn'?t exist|non-?existent|not reachable|may not exist|"
@@ -291,8 +292,10 @@ PHRASES: tuple[Phrase, ...] = (
     *_p("blocked", "postfix", r"helo command rejected", r"client host rejected"),
     *_p("blocked", "microsoft", r"bad helo"),
     # RFC 5321 section 4.1.1.1: the greeting names the client; a server that refuses the
-    # name refuses the client host ("Invalid HELO name", "HELO rejected", "forged EHLO").
-    *_p("blocked", "rfc5321",
+    # name refuses the client host ("Invalid HELO name", "HELO rejected", "forged EHLO"),
+    # whatever it says next ("Helo command rejected: Host not found" is about the client's
+    # name, not the recipient's domain): tried before the sender's and the domain's words.
+    *_t("blocked", "rfc5321", "helo",
         r"\b(?:invalid|bad|illegal|forged|bogus|unresolvable|non-?fqdn) (?:helo|ehlo)\b",
         r"\b(?:helo|ehlo)\b(?: \S+){0,3} (?:is )?(?:rejected|refused|invalid|not allowed|denied|"
         r"forged)\b"),
@@ -415,8 +418,9 @@ PHRASES: tuple[Phrase, ...] = (
 ORDER: tuple[str, ...] = (
     "mailboxfull", "mesgtoobig", "exceedlimit", "suspend", "hasmoved", "norelaying",
     "authfailure", "userunknown", "filtered", "requireptr", "notcompliantrfc",
-    "badreputation", "policyviolation/stated", "rejected", "notaccept", "hostunknown",
-    "spamdetected", "virusdetected", "speeding", "toomanyconn", "blocked", "policyviolation",
+    "badreputation", "policyviolation/stated", "blocked/helo", "rejected", "notaccept",
+    "hostunknown", "spamdetected", "virusdetected", "speeding", "toomanyconn", "blocked",
+    "policyviolation",
     "expired/stated", "systemerror", "networkerror", "contenterror", "systemfull", "expired",
     "failedstarttls", "securityerror", "suppressed", "mailererror", "syntaxerror",
 )
