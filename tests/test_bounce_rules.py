@@ -387,3 +387,26 @@ def test_the_sender_s_or_the_client_s_address_is_never_an_unknown_recipient(
                                     "RCPT", "rcpt@example.net")
     assert (got, hard) == (reason, False)
     assert reason_of("550 Recipient address unknown") == "userunknown"
+
+
+@pytest.mark.parametrize(("text", "reason"), [
+    # Cox-style "<sender> sender rejected" with the words "unknown user" after it
+    ("550 5.1.0 <s@example.com> sender rejected: unknown user", "rejected"),
+    ("550 5.1.1 <rcpt@example.net>... User unknown, but blocked using bl.spamcop.net",
+     "blocked"),
+    ("550 The account or domain may not exist, they may be blacklisted", "hostunknown"),
+])
+def test_unknown_user_words_beside_a_competing_cause_do_not_decide_a_hard_bounce(
+        text: str, reason: str) -> None:
+    """The vetoes that overrule a 5.1.1 code (a block list, a refused sender or relay in
+    the same reply) overrule the unknown-user words too: a hard verdict from words alone
+    needs the reply not to name another cause."""
+    assert reason_of(text, status=None) == reason
+    assert reason_of("550 5.1.1 <rcpt@example.net>... User unknown") == "userunknown"
+
+
+def test_a_disabled_account_is_said_within_one_clause() -> None:
+    """RFC 3463 X.2.1 / IANA X.7.13: "account has been disabled"; a block named in the
+    next clause of an unknown-user reply is not a disabled account."""
+    assert reason_of("550 user account is temporarily suspended") == "suspend"
+    assert reason_of("550 User unknown, but blocked using bl.spamcop.net") == "blocked"

@@ -54,6 +54,10 @@ from relay.bounces.normalise import flatten
 from relay.bounces.rules import Alternation, RuleSet, Trace
 from relay.bounces.tables import Gate, Provider, TieBreak
 
+#: Reasons whose phrases give a hard bounce: their competing reasons' phrases in the same
+#: text (``VETOES``) overrule them, as they overrule a decisive status code.
+HARD_BY_WORDS = frozenset({"userunknown"})
+
 #: An ambiguous phrase: (its reason, the other reason it may mean, the phrase id).
 Pending = tuple[str, str, str]
 
@@ -269,6 +273,10 @@ def _phrase_step(text: str, command: str | None, transient: bool, rules: RuleSet
         if hit is None:
             continue
         reason = group.split("/", 1)[0]
+        if reason in HARD_BY_WORDS and _vetoed(reason, text, rules) is not None:
+            # A hard verdict from words alone needs the reply not to name a competing
+            # cause too ("sender rejected: unknown user"): the later reason decides.
+            continue
         result = _gated(reason, hit.id, rules.gates.get(reason), command, transient)
         if result is not None and trace is None:
             return result

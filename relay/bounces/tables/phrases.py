@@ -106,7 +106,9 @@ PHRASES: tuple[Phrase, ...] = (
     # RFC 3463 X.2.1 "Mailbox disabled, not accepting messages"; IANA X.7.13 "User Account
     # Disabled"; the providers' texts for disabled, suspended, frozen or inactive accounts.
     *_p("suspend", "rfc3463",
-        r"\b(?:mail ?box|account|user|recipient|address)\b(?: \S+){0,3} (?:is |has been |was )?"
+        # (within one clause: "User unknown, but blocked using ..." is no disabled user)
+        r"\b(?:mail ?box|account|user|recipient|address)\b(?: [^\s,;]+){0,3} "
+        r"(?:is |has been |was )?"
         r"(?:temporar(?:y|ily) )?(?:disabled|suspended|deactivated|inactive|locked|frozen|"
         r"closed|discontinued|terminated|expired|archived|blocked)\b",
         r"\b(?:disabled|suspended|deactivated|inactive|locked|frozen|closed|expired) "
