@@ -410,3 +410,15 @@ def test_a_disabled_account_is_said_within_one_clause() -> None:
     next clause of an unknown-user reply is not a disabled account."""
     assert reason_of("550 user account is temporarily suspended") == "suspend"
     assert reason_of("550 User unknown, but blocked using bl.spamcop.net") == "blocked"
+
+
+def test_an_envelope_listed_in_the_notice_is_not_the_refused_command() -> None:
+    """A notice that lists the envelope ("MAIL FROM: a@b", "RCPT TO: c@d" under "Message
+    details") does not say that RCPT was refused; "SMTP command: RCPT" does."""
+    from relay.bounces.normalise import verb_command
+
+    assert verb_command("Message details:\n  MAIL FROM: s@example.com\n"
+                        "  RCPT TO: rcpt@example.net\n") is None
+    assert verb_command("RCPT TO:<rcpt@example.net>") is None
+    assert verb_command("-------SMTP command: RCPT\n550 no such user here") == "RCPT"
+    assert verb_command("SMTP error after DATA") == "DATA"

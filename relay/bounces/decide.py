@@ -13,7 +13,7 @@ that gives a reason decides, and the record names the entry that did
    ``5.1.1`` for a block-list hit or a refused relay). It comes first because it is
    the one machine-readable statement the standard defines for exactly this question.
    Ambiguous codes (``X.0.0``, ``X.7.0``, ``4.3.0``, ``4.4.0``, ``X.5.0``, ``5.4.1``)
-   give no prior; class-level codes wait for step 6.
+   give no prior; class-level codes wait for steps 6 and 8.
 3. **Provider conventions** (``tables.providers``), when the remote host, the recipient's
    domain or the reporting host belongs to a known provider, or the text names it (the
    refusing side's provider first): the provider's published meaning of its own replies
@@ -21,27 +21,39 @@ that gives a reason decides, and the record names the entry that did
    providers, and providers reuse standard codes with meanings of their own.
 4. **Phrases per reason** (``tables.phrases``), in ``ORDER`` (specific causes before
    general ones), matched against the server's reply, then the notice's paragraph about
-   the recipient, then (for a notice about one recipient) the whole notice. A phrase
-   counts only as its gate allows (``GATES``): an unknown user is found at RCPT, so the
-   same words after DATA are the recipient side's filter (``filtered``), and with no
-   command known they are ambiguous between the two (later steps may pick either; left
-   alone they are ``filtered``: soft, because only a refusal at RCPT proves that the
-   mailbox lookup failed); "domain not found" at MAIL FROM is about the sender, and with
-   a transient code it is a DNS failure, not a domain that does not exist.
+   the recipient, then (for a notice about one recipient) the whole notice. A few
+   statements are tried ahead of the rest of their reason (a *tier*, ``reason/tier`` in
+   ``ORDER``) because they outrank words they would otherwise lose to: a stated policy
+   cause ("rejected for policy reasons") and a refused HELO name before the sender's and
+   the domain's words, a stated expiry ("message expired") before the network error
+   behind it. A phrase counts only as its gate allows (``GATES``): an unknown user is
+   found at RCPT, so the same words after DATA are the recipient side's filter
+   (``filtered``), and with no command known they are ambiguous between the two (later
+   steps may pick either; left alone they are ``filtered``: soft, because only a refusal
+   at RCPT proves that the mailbox lookup failed); "domain not found" at MAIL FROM is
+   about the sender, and with a transient code it is a DNS failure, not a domain that
+   does not exist. Unknown-user words, the one hard verdict words alone can give, are
+   overruled by a competing reason's words in the same text (``VETOES``), as a 5.1.1
+   code is.
 5. **The command that was refused** (``tables.commands.COMMAND_TIE_BREAKS``): a refusal
-   of the connection or greeting refuses the client host (``blocked``), of MAIL FROM
-   the sender (``rejected``). It says who was refused, which a class-level code does not.
-6. **Class-level status codes** (``X.6.x`` content, ``X.5.x`` protocol, ``5.7.1`` "not
-   authorized", the code's subject for codes not listed): the general meaning when no
-   words said more.
-7. **The reply code** (``REPLY_TIE_BREAKS``): 551, 521/556, 530/535, 50x have RFC 5321,
-   7504 and 4954 meanings; a 5xx after DATA for no stated cause is ``filtered``.
-8. **Parser hint** (``tables.hints``): an MTA-internal string the recognised notice
+   of the connection or greeting refuses the client host (``blocked``; a 521 greeting is
+   a host that accepts no mail, RFC 7504), of MAIL FROM the sender (``rejected``; but a
+   451 or 452 there is the server's own trouble, RFC 5321). It says who was refused,
+   which a class-level code does not.
+6. **This code's class-level row** (``X.6.3`` content, ``X.5.2`` protocol, ``5.7.1`` "not
+   authorized", ``X.4.3`` directory failure): the general meaning when no words said
+   more.
+7. **A specific reply code** (``REPLY_TIE_BREAKS``): 551, 521/556, 530/534/535/538,
+   451, 452 after DATA, 555 each have one RFC 5321, 7504 or 4954 meaning.
+8. **The subject of the enhanced code** (``X.S.*``, RFC 3463 section 3.1, for codes the
+   table does not list), then what a *range* of reply codes says (50x: syntax; a 5xx
+   after DATA for no stated cause: ``filtered``), which is vaguer than the subject.
+9. **Parser hint** (``tables.hints``): an MTA-internal string the recognised notice
    family documents, used last because it speaks for one family's wording only.
-9. **Fallbacks**: a delay report, or a final report with a transient (4.X.X / 4xx)
-   code, is ``expired`` (the retry period ran out: RFC 3464 ``Action: failed`` with a
-   transient status); otherwise ``onhold`` when there is text, ``undefined`` when there
-   is none.
+10. **Fallbacks**: a delay report, or a final report with a transient (4.X.X / 4xx)
+    code, is ``expired`` (the retry period ran out: RFC 3464 ``Action: failed`` with a
+    transient status); otherwise ``onhold`` when there is text, ``undefined`` when there
+    is none.
 """
 
 from __future__ import annotations

@@ -132,7 +132,10 @@ def transcript_command(text: str) -> str | None:
 
 #: RFC 5321 command verbs as MTAs print them in transcripts and reports (upper case),
 #: the last one named is the one refused: "SMTP command: DATA", "SMTP:RCPT host ...".
-_VERB_RE = re.compile(r"(?<![A-Za-z=_])(RCPT TO|RCPT|MAIL FROM|DATA|EHLO|HELO)(?![A-Za-z=_])")
+#: A verb followed by an address is an envelope listed in the notice ("RCPT TO:
+#: <x@y>" under "Message details"), not the command that was refused.
+_VERB_RE = re.compile(r"(?<![A-Za-z=_])(RCPT TO|RCPT|MAIL FROM|DATA|EHLO|HELO)(?![A-Za-z=_])"
+                      r"(?![ \t]*(?:TO|FROM|To|From)?[ \t]*:?[ \t]*<?[^\s<>@]+@)")
 _VERBS = {"RCPT TO": "RCPT", "RCPT": "RCPT", "MAIL FROM": "MAIL", "DATA": "DATA",
           "EHLO": "EHLO", "HELO": "EHLO"}
 
