@@ -419,6 +419,8 @@ def test_an_envelope_listed_in_the_notice_is_not_the_refused_command() -> None:
 
     assert verb_command("Message details:\n  MAIL FROM: s@example.com\n"
                         "  RCPT TO: rcpt@example.net\n") is None
-    assert verb_command("RCPT TO:<rcpt@example.net>") is None
+    assert verb_command("  RCPT TO:<rcpt@example.net>") is None
+    # A transcript line is the command.
+    assert verb_command(">>> RCPT To:<rcpt@example.net>\n<<< 550 no such user") == "RCPT"
     assert verb_command("-------SMTP command: RCPT\n550 no such user here") == "RCPT"
     assert verb_command("SMTP error after DATA") == "DATA"
