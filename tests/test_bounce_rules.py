@@ -424,3 +424,19 @@ def test_an_envelope_listed_in_the_notice_is_not_the_refused_command() -> None:
     assert verb_command(">>> RCPT To:<rcpt@example.net>\n<<< 550 no such user") == "RCPT"
     assert verb_command("-------SMTP command: RCPT\n550 no such user here") == "RCPT"
     assert verb_command("SMTP error after DATA") == "DATA"
+
+
+def test_a_temporarily_unavailable_mailbox_is_not_an_unknown_one() -> None:
+    """RFC 5321 section 4.2.2: "450 Requested mail action not taken: mailbox unavailable
+    (e.g., mailbox busy or temporarily blocked for policy reasons)"."""
+    got, hard, _by = classify_reply("450", "4.2.1", "450 4.2.1 Mailbox temporarily "
+                                    "unavailable, try again later", "RCPT", "rcpt@example.net")
+    assert (got, hard) == ("suspend", False)
+    assert reason_of("550 Requested action not taken: mailbox unavailable") == "userunknown"
+
+
+def test_fully_qualified_is_not_full() -> None:
+    """Postfix reject_non_fqdn_recipient: "need fully-qualified address" (postconf(5))."""
+    assert reason_of("550 <rcpt>: Recipient address rejected: need fully-qualified address") \
+        == "onhold"
+    assert reason_of("550 Recipient's mailbox is full") == "mailboxfull"

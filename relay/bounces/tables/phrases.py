@@ -60,7 +60,7 @@ PHRASES: tuple[Phrase, ...] = (
     # quota or physical capacity"; RFC 5321 "552 ... exceeded storage allocation".
     *_p("mailboxfull", "rfc3463",
         rf"(?<!sending )(?<!relay )(?<!rate )\b{_BOX}'?s? (?:{_NOT_SENDER}\S+ ){{0,3}}"
-        r"(?:is |was |has )?(?:full|over ?(?:the )?(?:allowed )?(?:quota|limit|size)|"
+        r"(?:is |was |has )?(?:full\b|over ?(?:the )?(?:allowed )?(?:quota|limit|size)|"
         r"exceed(?:s|ed)?\b)",
         r"\bover ?quota\b",
         # (a sending, relay or rate quota is the sender's limit, not the mailbox's)
@@ -158,7 +158,9 @@ PHRASES: tuple[Phrase, ...] = (
     # them as an unknown recipient would suppress a good address.)
     *_p("userunknown", "rfc3463",
         rf"{_NOT_OF_SENDER}\b(?:user|recipient|mail ?box|address(?:ee)?|account|local[- ]part|"
-        r"e-?mail address|user ?name)\b(?: \S+){0,3} (?:is |was )?(?:unknown|not (?:found|"
+        # (not "temporarily unavailable": RFC 5321's 450 for a busy or locked mailbox)
+        r"e-?mail address|user ?name)\b(?: (?!temporar|currently)\S+){0,3} (?:is |was )?"
+        r"(?:unknown|not (?:found|"
         r"known|listed|recognized|recognised|exists?|valid)|does not exist|doesn'?t exist|"
         r"non-?existent|"
         r"couldn'?t be found|could not be found|invalid|unavailable)\b",
