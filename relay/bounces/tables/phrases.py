@@ -79,7 +79,7 @@ PHRASES: tuple[Phrase, ...] = (
     # rate quotas are the sender's limits, not the mailbox's.
     *_p("mailboxfull", "rfc3463",
         r"\b(?:exceed(?:s|ed|ing)?|reached|over) (?:(?!(?:sending|send|relay|daily|hourly|"
-        r"rate|outgoing|outbound|recipients?|messages?|connections?)\b)\S+ ){0,2}"
+        r"rate|outgoing|outbound|connections?)\b)\S+ ){0,2}"
         r"(?:disk |storage |mail ?box )?quota\b",
         r"\b(?:mail ?box|inbox|mail ?folder|maildir|user|account|recipient)'?s? (?:\S+ ){0,2}"
         r"(?:has |have )?(?:insufficient|not enough|no) (?:free |disk )?(?:storage|space)\b",
@@ -98,7 +98,7 @@ PHRASES: tuple[Phrase, ...] = (
     # RFC 1870 section 6.1: "552 message size exceeds fixed maximum message size", which
     # servers shorten and reorder ("Message exceeds maximum fixed size").
     *_p("mesgtoobig", "rfc1870",
-        r"\b(?:message|mail|email)\b(?: \S+){0,2} exceeds? (?:\S+ ){0,3}(?:size|length)\b"),
+        r"\b(?:message|mail|email)\b(?: \S+){0,2} exceeds? (?:\S+ ){0,3}size\b"),
     # === exceedlimit: an administrative limit other than size =============================
     *_p("exceedlimit", "rfc3463", r"exceeds? (?:the )?administrative limit",  # X.2.3
         r"too many recipients"),  # X.5.3
