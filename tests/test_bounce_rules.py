@@ -211,6 +211,11 @@ def test_a_stated_policy_cause_beats_the_sender_words_around_it() -> None:
                      reply="554", command="MAIL") == "policyviolation"
     assert reason_of("553 5.1.8 <s@example.com>: Sender address rejected: Domain not found",
                      reply="553", status="5.1.8") == "rejected"
+    # Mimecast "Rejected by header based Anti-Spoofing policy" (Mimecast SMTP error codes),
+    # but not a policy link in the next clause of a block-list refusal.
+    assert reason_of("550 Rejected by header based Anti-Spoofing policy") == "policyviolation"
+    assert reason_of("554 5.7.1 Client host [192.0.2.1] blocked by Spamhaus; see our policy "
+                     "at https://example.net/policy", status="5.7.1") == "blocked"
     # Exim's ACL "deny" without a message of its own (Exim specification).
     assert reason_of("550 Administrative prohibition", command="RCPT") == "policyviolation"
 

@@ -310,7 +310,10 @@ PHRASES: tuple[Phrase, ...] = (
     # "denied by policy", "local policy violation") says why, where the sender or recipient
     # words around it only say whom: tried before the sender's and the block's phrases.
     *_t("policyviolation", "yahoo", "stated",
-        r"\b(?:for|due to|by) (?:\S+ )?polic(?:y|ies)(?: reasons?)?\b", r"\bpolicy violation\b"),
+        # (up to three words of one clause between: "rejected by header based
+        # anti-spoofing policy", not "blocked by Spamhaus; see our policy")
+        r"\b(?:for|due to|by) (?:[^\s,;.:]+ ){0,3}polic(?:y|ies)(?: reasons?)?\b",
+        r"\bpolicy violation\b"),
     *_p("policyviolation", "yahoo",
         r"\bpolic(?:y|ies)\b(?: \S+){0,3} (?:violation|reasons?|rejection|restrictions?)",
         r"(?:violat\w*|against|prohibited by|not (?:permitted|allowed) by|denied by|"
