@@ -445,3 +445,14 @@ def test_fully_qualified_is_not_full() -> None:
     assert reason_of("550 <rcpt>: Recipient address rejected: need fully-qualified address") \
         == "onhold"
     assert reason_of("550 Recipient's mailbox is full") == "mailboxfull"
+
+
+def test_a_transient_other_mailbox_status_is_no_filter() -> None:
+    """RFC 3463 X.2.0 "Other or undefined mailbox status": the permanent form is the
+    recipient side's own refusal (filtered); the transient form (Postgrey's "450 4.2.0
+    Greylisted") says nothing, and a final report of it means the retries ran out."""
+    rec = one(dsn("450 4.2.0 <rcpt@example.net>: Recipient address rejected: Greylisted, "
+                  "see http://postgrey.schweikert.ch/help/example.net.html", status="4.2.0"))
+    assert (rec.reason, rec.decided_by) == ("expired", "fallback:transient-expired")
+    rec = one(dsn("550 5.2.0 message refused", status="5.2.0", command="end of DATA"))
+    assert (rec.reason, rec.decided_by) == ("filtered", "status:X.2.0")

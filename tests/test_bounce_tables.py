@@ -81,7 +81,7 @@ def test_status_strengths_and_ambiguous_codes() -> None:
     for row in status.ROWS:
         assert row.strength in {"decisive", "fallback", "ambiguous"}
         assert (row.reason == "") == (row.strength == "ambiguous"), row
-    for code in ("5.0.0", "4.0.0", "4.7.0", "5.7.0", "4.3.0", "4.4.0", "5.5.0", "5.4.1"):
+    for code in ("5.0.0", "4.0.0", "4.7.0", "5.7.0", "4.3.0", "4.4.0", "5.5.0", "5.4.1", "4.2.0"):
         row = status.lookup(code)
         assert row is not None and row.strength == "ambiguous", code
     assert status.lookup("5.1.1").reason == "userunknown"  # type: ignore[union-attr]
