@@ -12,8 +12,8 @@ that gives a reason decides, and the record names the entry that did
    phrase of a competing reason listed in ``tables.phrases.VETOES`` (servers send
    ``5.1.1`` for a block-list hit or a refused relay). It comes first because it is
    the one machine-readable statement the standard defines for exactly this question.
-   Ambiguous codes (``X.0.0``, ``X.7.0``, ``4.3.0``, ``4.4.0``, ``X.5.0``, ``5.4.1``)
-   give no prior; class-level codes wait for steps 6 and 8.
+   Ambiguous codes (``X.0.0``, ``X.7.0``, ``4.2.0``, ``4.3.0``, ``4.4.0``, ``X.5.0``,
+   ``5.4.1``) give no prior; class-level codes wait for steps 6 and 8.
 3. **Provider conventions** (``tables.providers``), when the remote host, the recipient's
    domain or the reporting host belongs to a known provider, or the text names it (the
    refusing side's provider first): the provider's published meaning of its own replies
