@@ -36,8 +36,8 @@ from pathlib import Path
 
 import aiosmtplib
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import Envelope, Session
 from aiosmtpd.smtp import SMTP as SMTPServer
+from aiosmtpd.smtp import Envelope, Session
 from ports import free_port, wait_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -66,9 +66,10 @@ class Recorder:
 
     async def handle_DATA(self, server: SMTPServer, session: Session,
                           envelope: Envelope) -> str:
+        content = envelope.original_content or b""
         with self.lock:
             for rcpt in envelope.rcpt_tos:
-                self.got.append((str(envelope.mail_from), rcpt, bytes(envelope.content or b"")))
+                self.got.append((str(envelope.mail_from), rcpt, bytes(content)))
         return "250 2.0.0 queued as 0123456789AB"
 
 
@@ -95,7 +96,7 @@ async def send_all(port: int, messages: list[tuple[str, str, bytes]], sessions: 
         try:
             while not queue.empty():
                 sender, rcpt, data = queue.get_nowait()
-                errors, reply = await client.sendmail(sender, [rcpt], data)
+                errors, _reply = await client.sendmail(sender, [rcpt], data)
                 if errors:
                     raise SystemExit(f"refused: {errors}")
         finally:
