@@ -95,20 +95,31 @@ def too_many_unknown(hostname: str) -> Reply:
 #: 4.1.2: atoms, quoted strings and esmtp-values are printable characters); email's
 #: address parser lets them through, and the upstream client refuses to send them.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-BAD_SENDER = Reply(501, "5.1.7", "Bad sender address syntax: control character")
-BAD_RECIPIENT = Reply(501, "5.1.3", "Bad recipient address syntax: control character")
+BAD_SENDER = Reply(501, "5.1.7", "Bad sender address syntax")
+BAD_RECIPIENT = Reply(501, "5.1.3", "Bad recipient address syntax")
 BAD_PARAMETER = Reply(501, "5.5.4", "Bad parameter syntax: control character")
+#: RFC 6531 section 3.5 with RFC 6533's enhanced code: a non-ASCII address in a
+#: transaction whose MAIL did not say SMTPUTF8.
+NEEDS_SMTPUTF8 = Reply(553, "5.6.7", "Non-ASCII address needs SMTPUTF8")
 #: What a reply line may hold besides its CRLF (RFC 5321 section 4.2: textstring is HT
 #: and printable US-ASCII). aiosmtpd echoes an unknown command as sent, control bytes
 #: and all; a bare CR or LF in a reply would break the client's framing.
 _NOT_REPLY_TEXT = re.compile(r"[^\t\x20-\x7e\r\n]|\r(?!\n)|(?<!\r)\n")
 
 
-def control_refusal(address: str, options: list[str], refusal: Reply) -> Reply | None:
-    """``refusal`` when ``address`` has a control character, the parameters' refusal
-    when one of ``options`` does, else None."""
+def address_refusal(address: str, options: list[str], utf8: bool, syntax: Reply
+                    ) -> Reply | None:
+    """Why a MAIL or RCPT cannot go upstream as given, or None: ``syntax`` for a control
+    character or octets that are not UTF-8 (aiosmtpd keeps them as surrogates) in the
+    address, 553 5.6.7 for a non-ASCII address without SMTPUTF8, 501 5.5.4 for a control
+    character in a parameter. The upstream client can send none of them."""
+    if not address.isascii():
+        if any("\ud800" <= c <= "\udfff" for c in address):
+            return syntax
+        if not utf8:
+            return NEEDS_SMTPUTF8
     if _CONTROL.search(address):
-        return refusal
+        return syntax
     if any(_CONTROL.search(option) for option in options):
         return BAD_PARAMETER
     return None
@@ -614,7 +625,7 @@ class RelaySession(SmtpNames):
                           address: str, mail_options: list[str]) -> str:
         if self.relay.closing:
             return str(SHUTTING_DOWN)
-        syntax_error = control_refusal(address, mail_options, BAD_SENDER)
+        syntax_error = address_refusal(address, mail_options, envelope.smtp_utf8, BAD_SENDER)
         if syntax_error is not None:
             SMTP_TRANSACTIONS.labels("refused").inc()
             return str(syntax_error)
@@ -700,7 +711,8 @@ class RelaySession(SmtpNames):
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
-        syntax_error = control_refusal(address, rcpt_options, BAD_RECIPIENT)
+        syntax_error = address_refusal(address, rcpt_options, envelope.smtp_utf8,
+                                       BAD_RECIPIENT)
         if syntax_error is not None:
             SMTP_RECIPIENTS.labels("refused_local").inc()
             return str(syntax_error)

@@ -160,11 +160,17 @@ SESSION = st.builds(Session, st.lists(noise_line(), max_size=3),
 
 
 class Closed(Exception):
-    """The relay closed the connection (after ``last``, the last reply it sent)."""
+    """The relay closed the connection (after ``last``, the last reply it sent).
 
-    def __init__(self, last: list[bytes] | None) -> None:
+    ``reset``: it did so while the client was still sending (the client pipelined past
+    the command the relay hung up on), so the client's socket was reset and what the
+    relay wrote last may be lost with it.
+    """
+
+    def __init__(self, last: list[bytes] | None, reset: bool = False) -> None:
         super().__init__(last)
         self.last = last
+        self.reset = reset
 
 
 class Client:
@@ -190,7 +196,7 @@ class Client:
                 pos += size
                 i += 1
         except (ConnectionResetError, BrokenPipeError):
-            raise Closed(self.last) from None
+            raise Closed(self.last, reset=True) from None
 
     async def reply(self) -> list[bytes]:
         """The next reply, every line checked; ``Closed`` when the relay hung up."""
@@ -202,7 +208,7 @@ class Client:
                 assert not exc.partial and not lines, f"reply cut short: {exc.partial!r}"
                 raise Closed(self.last) from None
             except (ConnectionResetError, BrokenPipeError):
-                raise Closed(self.last) from None
+                raise Closed(self.last, reset=True) from None
             m = REPLY_LINE.match(line)
             assert m is not None, f"malformed reply line {line!r}"
             assert not HANDLER_CRASH.match(line), f"the relay crashed: {line!r}"
@@ -210,6 +216,14 @@ class Client:
             lines.append(line)
             if m.group(2) != b"-":
                 self.last = lines
+                if lines[0].startswith(b"421"):
+                    # Closing (RFC 5321 3.8): nothing may follow but the end.
+                    try:
+                        rest = await asyncio.wait_for(self.reader.read(), REPLY_WAIT)
+                    except (ConnectionResetError, BrokenPipeError):
+                        rest = b""  # the client's unread commands reset the socket
+                    assert rest == b"", f"the relay went on after 421: {rest!r}"
+                    raise Closed(lines)
                 return lines
 
 
@@ -222,8 +236,6 @@ async def run_noise(client: Client, step: Noise) -> None:
     for _ in step.lines:
         reply = await client.reply()
         assert code(reply) != 354, "noise started a message"
-        if code(reply) == 421:
-            break  # the relay is closing: the caller sees the end
 
 
 async def run_transaction(client: Client, t: Transaction, session: Session) -> None:
@@ -272,7 +284,7 @@ async def run_session(port: int, session: Session) -> None:
             assert await asyncio.wait_for(reader.read(), REPLY_WAIT) == b"", \
                 "the connection stays open after QUIT"
         except Closed as closed:
-            assert closed.last is not None and code(closed.last) in (221, 421), \
+            assert closed.reset or (closed.last is not None and code(closed.last) == 421), \
                 f"the relay hung up after {closed.last} (RFC 5321 3.8: only after 421)"
     finally:
         writer.close()
@@ -336,7 +348,9 @@ async def converse(port: int, lines: list[bytes]) -> list[list[bytes]]:
         for line in [b"EHLO fuzz.example\r\n", *lines]:
             await client.send(line, [])
             replies.append(await client.reply())
-    except Closed:
+    except Closed as closed:
+        if closed.last is not None and replies[-1] is not closed.last:
+            replies.append(closed.last)
         replies.append([b"closed"])
     finally:
         writer.close()
@@ -385,3 +399,24 @@ async def test_too_many_unknown_commands_end_with_421(make_relay: MakeRelay) -> 
     assert replies[6] == [b"421 4.7.0 relay.test Too many unrecognized commands, "
                           b"closing connection\r\n"]
     assert replies[7] == [b"closed"]
+
+
+async def test_non_ascii_addresses_need_smtputf8(make_relay: MakeRelay, sink: Sink) -> None:
+    """A non-ASCII address without SMTPUTF8 made the upstream client raise
+    UnicodeEncodeError ("500 Error: (UnicodeEncodeError)"); octets that are not UTF-8
+    too, with SMTPUTF8 or without."""
+    relay = await make_relay()
+    replies = await converse(relay_port(relay), [
+        "MAIL FROM:<é@example.org>\r\n".encode(), b"MAIL FROM:<a\xff@example.org>\r\n",
+        b"MAIL FROM:<a\xff@example.org> SMTPUTF8\r\n",
+        "MAIL FROM:<é@example.org> SMTPUTF8\r\n".encode(),
+        "RCPT TO:<ü@example.org>\r\n".encode(), b"RSET\r\n",
+        b"MAIL FROM:<a@example.org>\r\n", "RCPT TO:<ü@example.org>\r\n".encode()])
+    assert replies[2] == [b"553 5.6.7 Non-ASCII address needs SMTPUTF8\r\n"]
+    assert replies[3][0].startswith(b"501 5.1.7 ")
+    assert replies[4][0].startswith(b"501 5.1.7 ")
+    assert code(replies[5]) == 250  # the sink takes SMTPUTF8
+    assert code(replies[6]) == 250
+    assert code(replies[8]) == 250
+    assert replies[9] == [b"553 5.6.7 Non-ASCII address needs SMTPUTF8\r\n"]
+    assert sink.count == 0
