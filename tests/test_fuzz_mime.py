@@ -38,7 +38,7 @@ from hypothesis import HealthCheck, assume, given, note, settings
 from hypothesis import strategies as st
 
 from relay.app import App
-from relay.message import split_message
+from relay.message import MessageDraft, split_message
 from relay.rewrite.context import RewriteContext
 from relay.rewrite.mime import parse_headers, walk
 from tests.fuzz_support import examples
@@ -465,4 +465,23 @@ BYTES = st.lists(st.sampled_from([
           suppress_health_check=[HealthCheck.too_slow])
 @given(BYTES)
 def test_random_bytes_change_only_text_parts(raw: bytes) -> None:
+    note(repr(raw))
     check_random(raw)
+
+
+# --- what the fuzzing found, kept as plain tests -------------------------------------------
+
+
+def test_header_line_without_colon_answers_to_no_name() -> None:
+    """A header line with no colon named like a field (``Message-ID``) was taken for that
+    field, and reading its value raised IndexError: the rewrite failed and the message
+    went out untracked as a plugin error."""
+    raw = (b"Content-Type: text/html\r\nMessage-ID\r\nSubject\r\n\r\n"
+           b"<a href=http://live.example/1>x</a>")
+    out, ctx = run(raw)
+    assert ctx.tracked and len(ctx.links) == 1
+    draft = MessageDraft(raw)
+    assert draft.get("Message-ID") is None and draft.get_all("Subject") == []
+    assert draft.remove_header("Subject") == 0
+    check_random(raw)
+    assert out.startswith(b"Content-Type: text/html\r\nMessage-ID\r\nSubject\r\n")
