@@ -420,3 +420,21 @@ async def test_non_ascii_addresses_need_smtputf8(make_relay: MakeRelay, sink: Si
     assert code(replies[8]) == 250
     assert replies[9] == [b"553 5.6.7 Non-ASCII address needs SMTPUTF8\r\n"]
     assert sink.count == 0
+
+
+async def test_unsendable_addresses_are_refused(make_relay: MakeRelay,
+                                                      sink: Sink) -> None:
+    """``MAIL FROM: a a`` (parsed as the quoted local part ``"a a"``, no domain) made the
+    upstream client raise ValueError; quoted local parts with a domain, which RFC 5321
+    allows, still go through."""
+    relay = await make_relay()
+    replies = await converse(relay_port(relay), [
+        b"MAIL FROM: a a\r\n", b'MAIL FROM:<"a b"@example.org>\r\n',
+        b'RCPT TO:<"c \\"d\\""@example.org>\r\n', b"RCPT TO: e f\r\n", b"DATA\r\n",
+        b"Subject: q\r\n\r\nx\r\n.\r\n"])
+    assert replies[2] == [b"553 5.1.7 Sender address cannot be sent upstream\r\n"]
+    assert [code(r) for r in replies[3:5]] == [250, 250]
+    assert replies[5] == [b"553 5.1.3 Recipient address cannot be sent upstream\r\n"]
+    assert [code(r) for r in replies[6:8]] == [354, 250]
+    assert sink.received[-1].mail_from == '"a b"@example.org'
+    assert sink.received[-1].rcpt_tos == ['"c \\"d\\""@example.org']
