@@ -304,7 +304,7 @@ class SqlStore(Store):
         self, *, scope: str | None = None, sender: str | None = None,
         recipient: str | None = None, campaign: str | None = None,
         status: str | None = None, since: float | None = None, until: float | None = None,
-        cursor: str | None = None, limit: int = 50,
+        cursor: str | None = None, limit: int = 50, subject: str | None = None,
     ) -> Page[MessageSummary]:
         if status is not None and status not in MESSAGE_STATUSES:
             raise ValueError(f"status: must be one of {', '.join(MESSAGE_STATUSES)}")
@@ -317,6 +317,8 @@ class SqlStore(Store):
                       "AND r.address = ?)", recipient.strip().lower())
         if campaign is not None:
             where.add("m.campaign = ?", campaign)
+        if subject is not None:
+            where.add("LOWER(m.subject) LIKE ? ESCAPE '\\'", _like(subject))
         if since is not None:
             where.add("m.created_at >= ?", float(since))
         if until is not None:
@@ -622,6 +624,57 @@ class SqlStore(Store):
         return [{"campaign": r["campaign"], "messages": int(r["messages"]),
                  "last_sent_at": float(r["last_sent_at"])} for r in rows]
 
+    # -- period reports (relay.store.reports) --------------------------------------------
+
+    def _bucket_expr(self, column: str, seconds: int) -> str:
+        """``floor(column / seconds)``."""
+        raise NotImplementedError
+
+    def _json_text(self, column: str, key: str) -> str:
+        """The text of ``key`` of the JSON object in ``column``."""
+        raise NotImplementedError
+
+    def _json_true(self, column: str, key: str) -> str:
+        """A condition: ``key`` of the JSON object in ``column`` is true."""
+        raise NotImplementedError
+
+    async def outcome_totals(self, *, scope: str | None = None, since: float | None = None,
+                             until: float | None = None, campaign: str | None = None
+                             ) -> dict[str, Any]:
+        from relay.store import reports
+
+        return await reports.outcome_totals(self, scope=scope, since=since, until=until,
+                                            campaign=campaign)
+
+    async def event_series(self, *, scope: str | None = None, since: float | None = None,
+                           until: float | None = None, bucket: int = 3600,
+                           campaign: str | None = None) -> list[dict[str, Any]]:
+        from relay.store import reports
+
+        return await reports.event_series(self, scope=scope, since=since, until=until,
+                                          bucket=bucket, campaign=campaign)
+
+    async def top_links(self, *, scope: str | None = None, since: float | None = None,
+                        until: float | None = None, campaign: str | None = None,
+                        limit: int = 10) -> list[dict[str, Any]]:
+        from relay.store import reports
+
+        return await reports.top_links(self, scope=scope, since=since, until=until,
+                                       campaign=campaign, limit=limit)
+
+    async def bounce_breakdown(self, *, scope: str | None = None,
+                               since: float | None = None, until: float | None = None,
+                               limit: int = 10) -> dict[str, Any]:
+        from relay.store import reports
+
+        return await reports.bounce_breakdown(self, scope=scope, since=since, until=until,
+                                              limit=limit)
+
+    async def message_activity(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+        from relay.store import reports
+
+        return await reports.message_activity(self, ids)
+
     # -- contacts ----------------------------------------------------------------------------
 
     async def contact(self, address: str, *, scope: str | None = None,
@@ -834,11 +887,14 @@ class SqlStore(Store):
         return self._suppression(row)
 
     async def list_suppressions(self, *, scope: str | None = None, cursor: str | None = None,
-                                limit: int = 100) -> Page[SuppressionRow]:
+                                limit: int = 100, address: str | None = None
+                                ) -> Page[SuppressionRow]:
         limit = max(1, min(int(limit), 5000))
         where = Where()
         if scope is not None:
             where.add("scope = ?", scope.lower())
+        if address is not None:
+            where.add("address LIKE ? ESCAPE '\\'", _like(address))
         if cursor:
             c_time, c_seq = decode_cursor(cursor, (float, int))
             where.add("(created_at < ? OR (created_at = ? AND seq < ?))", c_time, c_time, c_seq)
@@ -978,6 +1034,12 @@ class SqlStore(Store):
         rows = rows[:limit]
         next_cursor = encode_cursor(int(rows[-1]["id"])) if more and rows else None
         return Page([self._delivery(r) for r in rows], next_cursor)
+
+
+def _like(text: str) -> str:
+    """A LIKE pattern finding ``text`` anywhere (lower case; its own % and _ literal)."""
+    escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
 
 
 def _cond(pair: tuple[str, list[Any]]) -> tuple[Any, ...]:
