@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from markupsafe import Markup, escape
 
-WIDTH, HEIGHT = 720, 220
+WIDTH, HEIGHT = 960, 240
 LEFT, RIGHT, TOP, BOTTOM = 44, 12, 12, 28
 
 
