@@ -58,7 +58,7 @@ async def outcome_totals(store: SqlStore, *, scope: str | None, since: float | N
         f"SUM(CASE WHEN {HUMAN_EVENT} THEN 1 ELSE 0 END) AS human, "
         f"COUNT(DISTINCT CASE WHEN {HUMAN_EVENT} THEN {WHO} END) AS human_uniq, "
         f"COUNT(DISTINCT CASE WHEN e.type = 'bounce' AND {hard} THEN {WHO} END) AS hard "
-        f"FROM events e JOIN messages m ON m.id = e.message_id {where.sql()} "
+        f"FROM {store._events_join(True)} {where.sql()} "
         "GROUP BY e.type", where.args)
     rcpt = await store._fetchrow(
         "SELECT COUNT(DISTINCT m.id) AS messages, "
@@ -101,7 +101,7 @@ async def event_series(store: SqlStore, *, scope: str | None, since: float | Non
     rows = await store._fetch(
         f"SELECT {b} AS b, e.type, COUNT(*) AS n, "
         f"SUM(CASE WHEN {HUMAN_EVENT} THEN 1 ELSE 0 END) AS human "
-        f"FROM events e JOIN messages m ON m.id = e.message_id {where.sql()} "
+        f"FROM {store._events_join(True)} {where.sql()} "
         f"GROUP BY {b}, e.type ORDER BY {b}", where.args)
     return [{"time": float(r["b"]) * bucket, "type": r["type"], "all": int(r["n"]),
              "human": int(r["human"] or 0)} for r in rows]
@@ -116,7 +116,7 @@ async def top_links(store: SqlStore, *, scope: str | None, since: float | None,
         f"SELECT l.url, COUNT(*) AS n, SUM(CASE WHEN {human} THEN 1 ELSE 0 END) AS human, "
         f"COUNT(DISTINCT {WHO}) AS uniq, "
         f"COUNT(DISTINCT CASE WHEN {human} THEN {WHO} END) AS human_uniq "
-        "FROM events e JOIN messages m ON m.id = e.message_id "
+        f"FROM {store._events_join(True)} "
         "JOIN links l ON l.message_id = e.message_id AND l.idx = e.link_index "
         f"{where.sql()} AND e.type = 'click' GROUP BY l.url "
         "ORDER BY COUNT(*) DESC, l.url LIMIT ?", [*where.args, int(limit)])
@@ -135,14 +135,14 @@ async def bounce_breakdown(store: SqlStore, *, scope: str | None, since: float |
     reasons = await store._fetch(
         f"SELECT e.type, COALESCE({reason}, '') AS reason, "
         f"CASE WHEN {hard} THEN 1 ELSE 0 END AS hard, COUNT(DISTINCT {WHO}) AS n "
-        f"FROM events e JOIN messages m ON m.id = e.message_id {where.sql()} "
+        f"FROM {store._events_join(True)} {where.sql()} "
         "AND e.type IN ('bounce', 'complaint') "
         f"GROUP BY e.type, COALESCE({reason}, ''), CASE WHEN {hard} THEN 1 ELSE 0 END "
         f"ORDER BY COUNT(DISTINCT {WHO}) DESC LIMIT ?", [*where.args, int(limit) * 2])
     domain = store._domain_expr("e.recipient")
     domains = await store._fetch(
         f"SELECT {domain} AS domain, COUNT(DISTINCT {WHO}) AS n "
-        f"FROM events e JOIN messages m ON m.id = e.message_id {where.sql()} "
+        f"FROM {store._events_join(True)} {where.sql()} "
         "AND e.type = 'bounce' AND e.recipient IS NOT NULL "
         f"GROUP BY {domain} ORDER BY COUNT(DISTINCT {WHO}) DESC, {domain} LIMIT ?",
         [*where.args, int(limit)])

@@ -163,6 +163,18 @@ class SqlStore(Store):
     def _hour_expr(self, column: str) -> str:
         raise NotImplementedError
 
+    #: how to make the planner read ``messages`` first and then each one's events
+    #: (SQLite: CROSS JOIN fixes the join order; PostgreSQL's planner picks it alone)
+    _messages_first_join = "JOIN"
+
+    def _events_join(self, messages_first: bool) -> str:
+        """``events e`` joined to ``messages m``. ``messages_first`` when a condition on
+        messages (a period, a campaign) narrows them: SQLite would otherwise walk a whole
+        events index for a GROUP BY on event columns and look every message up."""
+        if messages_first:
+            return f"messages m {self._messages_first_join} events e ON m.id = e.message_id"
+        return "events e JOIN messages m ON m.id = e.message_id"
+
     #: appended to the claim subquery (PostgreSQL: FOR UPDATE SKIP LOCKED)
     _claim_lock: str = ""
 
@@ -427,7 +439,7 @@ class SqlStore(Store):
             f"SUM(CASE WHEN {human} THEN 1 ELSE 0 END) AS human, "
             f"COUNT(DISTINCT {who}) AS uniq, "
             f"COUNT(DISTINCT CASE WHEN {human} THEN {who} END) AS human_uniq "
-            "FROM events e JOIN messages m ON m.id = e.message_id "
+            f"FROM {self._events_join(True)} "
             f"{where.sql()} AND e.type IN ('open', 'click') "
             f"GROUP BY {grouping}e.type", where.args)
         delivered: list[dict[str, Any]] = []
@@ -445,7 +457,7 @@ class SqlStore(Store):
         return grouped_rows(group_by, events, delivered)
 
     async def _engagement(self, condition: str, args: list[Any],
-                          delivered: int) -> dict[str, Any]:
+                          delivered: int, messages_first: bool = False) -> dict[str, Any]:
         """The ``engagement`` object (``relay.engagement.report``) over the opens and
         clicks matching ``condition`` (on ``events e`` joined to ``messages m``),
         aggregated here by message, recipient, type and label."""
@@ -454,7 +466,7 @@ class SqlStore(Store):
         rows = await self._fetch(
             "SELECT e.message_id, COALESCE(e.recipient, '') AS recipient, e.type, "
             "e.verdict, e.proxy, e.reasons, e.machine, e.machine_reason, COUNT(*) AS n "
-            "FROM events e JOIN messages m ON m.id = e.message_id "
+            f"FROM {self._events_join(messages_first)} "
             f"WHERE {condition} AND e.type IN ('open', 'click') "
             "GROUP BY e.message_id, COALESCE(e.recipient, ''), e.type, e.verdict, e.proxy, "
             "e.reasons, e.machine, e.machine_reason", args)
@@ -488,8 +500,9 @@ class SqlStore(Store):
             "SELECT COUNT(*) AS n FROM recipients r JOIN messages m ON m.id = r.message_id "
             f"{rcpt.sql()}", rcpt.args)
         delivered = int(row["n"]) if row else 0
-        return await self._engagement(" AND ".join(events.parts) or "1 = 1", events.args,
-                                      delivered)
+        return await self._engagement(
+            " AND ".join(events.parts) or "1 = 1", events.args, delivered,
+            messages_first=recipient is None and (since is not None or until is not None))
 
     # -- events ------------------------------------------------------------------------------
 
@@ -568,13 +581,13 @@ class SqlStore(Store):
             ev_where.add("(e.type NOT IN ('open', 'click') OR e.machine = FALSE)")
         uniq = "COUNT(DISTINCT e.message_id || '|' || COALESCE(e.recipient, ''))"
         by_type = await self._fetch(
-            f"SELECT e.type, COUNT(*) AS total, {uniq} AS uniq FROM events e "
-            f"JOIN messages m ON m.id = e.message_id {ev_where.sql()} GROUP BY e.type",
+            f"SELECT e.type, COUNT(*) AS total, {uniq} AS uniq "
+            f"FROM {self._events_join(True)} {ev_where.sql()} GROUP BY e.type",
             ev_where.args)
         totals = {r["type"]: (int(r["total"]), int(r["uniq"])) for r in by_type}
         links = await self._fetch(
-            f"SELECT l.url, COUNT(*) AS clicks, {uniq} AS uniq FROM events e "
-            "JOIN messages m ON m.id = e.message_id "
+            f"SELECT l.url, COUNT(*) AS clicks, {uniq} AS uniq "
+            f"FROM {self._events_join(True)} "
             "JOIN links l ON l.message_id = e.message_id AND l.idx = e.link_index "
             f"{ev_where.sql()} AND e.type = 'click' "
             "GROUP BY l.url ORDER BY COUNT(*) DESC, l.url LIMIT 10", ev_where.args)
@@ -583,7 +596,7 @@ class SqlStore(Store):
             f"SELECT {hour} AS h, "
             "SUM(CASE WHEN e.type = 'open' THEN 1 ELSE 0 END) AS opens, "
             "SUM(CASE WHEN e.type = 'click' THEN 1 ELSE 0 END) AS clicks "
-            "FROM events e JOIN messages m ON m.id = e.message_id "
+            f"FROM {self._events_join(True)} "
             f"{ev_where.sql()} AND e.type IN ('open', 'click') GROUP BY {hour} ORDER BY {hour}",
             ev_where.args)
 
@@ -609,7 +622,7 @@ class SqlStore(Store):
                           "clicks": int(r["clicks"])} for r in hours],
             "include_machine": include_machine,
             "engagement": await self._engagement(
-                " AND ".join(where.parts), list(where.args), sent),
+                " AND ".join(where.parts), list(where.args), sent, messages_first=True),
         }
 
     async def list_campaigns(self, *, scope: str | None = None,

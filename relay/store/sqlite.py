@@ -157,6 +157,8 @@ class SqliteStore(SqlStore):
     def _domain_expr(self, column: str) -> str:
         return f"substr({column}, instr({column}, '@') + 1)"
 
+    _messages_first_join = "CROSS JOIN"
+
     def _bucket_expr(self, column: str, seconds: int) -> str:
         return f"CAST({column} / {int(seconds)} AS INTEGER)"
 
