@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import random
 import statistics
 import sys
@@ -88,8 +89,7 @@ def chunks(n_messages: int, now: float) -> Iterator[tuple[list[tuple[Any, ...]],
                 hard = rnd.random() < 0.6
                 events.append((f"b{mid}", "bounce", created + 60, mid, rcpt, None, None,
                                None, None, None, False, None, None, "[]",
-                               '{"hard": %s, "reason": "%s"}' % (
-                                   "true" if hard else "false", rnd.choice(REASONS))))
+                               json.dumps({"hard": hard, "reason": rnd.choice(REASONS)})))
             elif roll < 0.025:
                 events.append((f"c{mid}", "complaint", created + 3600, mid, rcpt, None,
                                None, None, None, None, False, None, None, "[]", "{}"))
