@@ -249,6 +249,11 @@ async def _markup_runs_nothing(b: Browser, s: Seeded) -> None:
     names = await page.locator("tr[data-campaign]").evaluate_all(
         "rows => rows.map(r => r.dataset.campaign)")
     assert XSS_CAMPAIGN in names
+    row = page.locator("tr[data-campaign]").nth(names.index(XSS_CAMPAIGN))
+    href = await row.locator("a").get_attribute("href")
+    assert href is not None and href.startswith("/ui/campaigns/")
+    page = await b.goto(href)
+    assert await page.locator("h1 .tag").inner_text() == XSS_CAMPAIGN
     await b.goto("/ui/messages")
     await b.goto("/ui/contacts/dave@customer.test")
     assert b.dialogs == []

@@ -43,7 +43,7 @@ def add_dashboard(web_app: web.Application, app: App) -> None:
     ui.router.add_get("/messages", r(pages.messages))
     ui.router.add_get("/messages/{id}", r(pages.message))
     ui.router.add_get("/campaigns", r(pages.campaigns))
-    ui.router.add_get("/campaigns/{name}", r(pages.campaign))
+    ui.router.add_get("/campaigns/{name:.+}", r(pages.campaign))
     ui.router.add_get("/contacts", r(pages.contacts))
     ui.router.add_get("/contacts/{address}", r(pages.contact))
     ui.router.add_get("/contacts/{address}/forget", r(pages.forget_confirm))
