@@ -135,7 +135,7 @@ def pages(n_messages: int) -> list[tuple[str, str, str | None]]:
         ("Messages by subject", "/ui/messages?subject=offer+976",
          "/api/v1/messages?subject=offer+976"),
         ("Message", f"/ui/messages/{mid}", f"/api/v1/messages/{mid}"),
-        ("Campaigns", "/ui/campaigns", "/api/v1/stats?group_by=campaign&since=0"),
+        ("Campaigns (30 days)", "/ui/campaigns", "/api/v1/stats?group_by=campaign&since=-30d"),
         ("Campaign", "/ui/campaigns/campaign-17", "/api/v1/campaigns/campaign-17"),
         ("Contacts", "/ui/contacts", "/api/v1/contacts"),
         ("Contact", "/ui/contacts/r4242%40d7.test", "/api/v1/contacts/r4242%40d7.test"),

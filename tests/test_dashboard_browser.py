@@ -230,6 +230,16 @@ async def _message_timeline_matches(b: Browser, api: Api, s: Seeded) -> None:
 
 
 async def _campaign_matches(b: Browser, api: Api) -> None:
+    page = await b.goto("/ui/campaigns?period=30d")
+    groups = {g["key"]: g for g in (await api("/stats", group_by="campaign",
+                                              since="-30d"))["groups"]}
+    shown = await page.locator("tr[data-campaign]").evaluate_all(
+        "rows => rows.map(r => r.dataset.campaign)")
+    assert sorted(shown) == sorted(k for k in groups if k is not None)
+    opens = page.locator('tr[data-campaign="launch"] .ha').first
+    assert await opens.get_attribute("data-human") == str(
+        groups["launch"]["unique_opens"]["human"])
+    assert await opens.get_attribute("data-all") == str(groups["launch"]["unique_opens"]["all"])
     page = await b.goto("/ui/campaigns/launch")
     human = await api("/campaigns/launch")
     everything = await api("/campaigns/launch", include_machine="true")

@@ -250,14 +250,19 @@ class Pages:
     # -- campaigns -------------------------------------------------------------------------------
 
     async def campaigns(self, request: web.Request) -> web.Response:
-        Query(request, ())
+        q = Query(request, ("period", "since", "until"))
+        period = read_period(q, default="30d")
         session = self.site.session(request)
         store = self.site.store
         names = await store.list_campaigns(scope=session.store_scope, limit=200)
+        # the campaigns with mail in the period, with that mail's figures (as
+        # /api/v1/stats?group_by=campaign&since=…&until=… gives them)
         groups = {g["key"]: g for g in await store.grouped_stats(
-            "campaign", scope=session.store_scope)}
-        rows = [{"c": c, "g": groups.get(c["campaign"])} for c in names]
-        return self.site.render(request, "campaigns.html", title="Campaigns", rows=rows)
+            "campaign", scope=session.store_scope, since=period.since, until=period.until)}
+        rows = [{"c": c, "g": groups[c["campaign"]]} for c in names
+                if c["campaign"] in groups]
+        return self.site.render(request, "campaigns.html", title="Campaigns", rows=rows,
+                                period=period, periods=PERIODS)
 
     async def campaign(self, request: web.Request) -> web.Response:
         Query(request, ())
