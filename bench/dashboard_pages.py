@@ -74,7 +74,7 @@ def chunks(n_messages: int, now: float) -> Iterator[tuple[list[tuple[Any, ...]],
             seq += 1
             events.append((f"s{mid}", "sent", created, mid, rcpt, None, None, None, None,
                            None, False, None, None, "[]", "{}"))
-            for k in range(rnd.choice((1, 2, 3, 4, 5))):
+            for k in range(rnd.choice((2, 3, 4, 5, 6))):
                 kind = "open" if k < 3 else "click"
                 verdict = rnd.choice(VERDICTS)
                 client, os_name, device = rnd.choice(CLIENTS)
@@ -120,16 +120,17 @@ async def seed(store: Store, n_messages: int, now: float) -> int:
     return n_events
 
 
-def pages(n_messages: int) -> list[tuple[str, str, str | None]]:
+def pages(n_messages: int, contact: str) -> list[tuple[str, str, str | None]]:
     """(name, dashboard path, the API path that reads the same data)."""
     mid = f"{min(123_457, n_messages - 1):016x}"
+    contact = contact.replace("@", "%40")
     return [
         ("Overview (7 days)", "/ui/?period=7d", "/api/v1/stats?since=-7d"),
         ("Overview (24 hours)", "/ui/?period=24h", "/api/v1/stats?since=-1d"),
         ("Messages", "/ui/messages", "/api/v1/messages"),
         ("Messages, page 2", None, None),  # filled in with the first page's cursor
-        ("Messages by recipient", "/ui/messages?recipient=r4242%40d7.test",
-         "/api/v1/messages?recipient=r4242%40d7.test"),
+        ("Messages by recipient", f"/ui/messages?recipient={contact}",
+         f"/api/v1/messages?recipient={contact}"),
         ("Messages by campaign", "/ui/messages?campaign=campaign-17",
          "/api/v1/messages?campaign=campaign-17"),
         ("Messages by subject", "/ui/messages?subject=offer+976",
@@ -138,7 +139,7 @@ def pages(n_messages: int) -> list[tuple[str, str, str | None]]:
         ("Campaigns (30 days)", "/ui/campaigns", "/api/v1/stats?group_by=campaign&since=-30d"),
         ("Campaign", "/ui/campaigns/campaign-17", "/api/v1/campaigns/campaign-17"),
         ("Contacts", "/ui/contacts", "/api/v1/contacts"),
-        ("Contact", "/ui/contacts/r4242%40d7.test", "/api/v1/contacts/r4242%40d7.test"),
+        ("Contact", f"/ui/contacts/{contact}", f"/api/v1/contacts/{contact}"),
         ("Suppressions", "/ui/suppressions", "/api/v1/suppressions"),
         ("Deliverability (30 days)", "/ui/deliverability", "/api/v1/stats?since=-30d"),
     ]  # type: ignore[list-item]
@@ -191,7 +192,9 @@ async def run(url: str, engine: str, n_messages: int, rounds: int) -> None:
                 async with http.get(f"{base}/api/v1/messages", headers=api) as resp:
                     cursor = (await resp.json())["next_cursor"]
                 print(f"{'page':<28}{'page ms':>10}{'API ms':>10}{'ratio':>8}")
-                for name, path, api_path in pages(n_messages):
+                page = await store.list_messages(limit=1)
+                contact = page.items[0]["recipients"][0]
+                for name, path, api_path in pages(n_messages, contact):
                     if path is None:
                         path = f"/ui/messages?cursor={cursor}"
                         api_path = f"/api/v1/messages?cursor={cursor}"
