@@ -456,3 +456,13 @@ def test_a_transient_other_mailbox_status_is_no_filter() -> None:
     assert (rec.reason, rec.decided_by) == ("expired", "fallback:transient-expired")
     rec = one(dsn("550 5.2.0 message refused", status="5.2.0", command="end of DATA"))
     assert (rec.reason, rec.decided_by) == ("filtered", "status:X.2.0")
+
+
+def test_a_client_not_allowed_to_send_is_blocked() -> None:
+    """Google's SMTP error reference: "550 5.7.1 The IP you're using to send mail is not
+    authorized to send email directly to our servers"; the same words from any server."""
+    text = ("550 5.7.1 [192.0.2.1] The IP you're using to send mail is not authorized to "
+            "send email directly to our servers.")
+    assert reason_of(text, status="5.7.1") == "blocked"
+    assert reason_of("554 Client host 192.0.2.1 is not permitted to connect", reply="554",
+                     command="CONN") == "blocked"

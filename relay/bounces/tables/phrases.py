@@ -304,6 +304,12 @@ PHRASES: tuple[Phrase, ...] = (
         r"\b(?:helo|ehlo)\b(?: \S+){0,3} (?:is )?(?:rejected|refused|invalid|not allowed|denied|"
         r"forged)\b"),
     *_p("blocked", "yahoo", r"permanently deferred", r"connections? will not be accepted"),
+    # The client host is not allowed to send at all (Gmail "The IP you're using to send
+    # mail is not authorized to send email directly to our servers"; "Client host is not
+    # permitted to connect").
+    *_p("blocked", "google",
+        r"\b(?:ip|client(?: host)?|sending host|your (?:ip|host|server))\b(?: [^\s,;]+){0,5} "
+        r"(?:is )?not (?:authori[sz]ed|permitted|allowed) to (?:send|connect|deliver)"),
     *_p("blocked", "rfc5321", r"no smtp service here"),
     # === policyviolation: refused by the receiver's policy ================================
     # A refusal that states policy as its cause ("Message not accepted for policy reasons",
