@@ -135,6 +135,7 @@ def cmd_inbound(args: argparse.Namespace) -> int:
 async def run_suppressions(config: Config, args: argparse.Namespace,
                            text: str = "") -> int:
     """``text``: the CSV to import (read by the caller)."""
+    from relay.tracker.api import BadParameter
     from relay.tracker.deliverability_api import (
         all_suppressions,
         normalise_address,
@@ -146,7 +147,12 @@ async def run_suppressions(config: Config, args: argparse.Namespace,
     )
 
     action = args.action
-    scope = scope_value(getattr(args, "scope", None))
+    given = getattr(args, "scope", None)
+    try:
+        scope = scope_value(given.strip() or "global" if given is not None else None)
+    except BadParameter as exc:
+        print(f"trackrelay: --{exc.message}", file=sys.stderr)
+        return USAGE
     address = None
     if action in ("add", "remove"):
         address = normalise_address(args.address)

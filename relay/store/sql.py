@@ -12,6 +12,7 @@ import abc
 import base64
 import binascii
 import json
+import math
 import time
 from collections.abc import Callable
 from typing import Any, Literal
@@ -86,12 +87,22 @@ def decode_cursor(cursor: str, kinds: tuple[type, ...]) -> list[Any]:
         raise BadCursor("cursor: not a cursor this server produced")
     out: list[Any] = []
     for value, kind in zip(values, kinds, strict=True):
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        if isinstance(value, bool) or (isinstance(value, int) and not _INT64[0] <= value
+                                       <= _INT64[1]):
+            # a BIGINT column (and SQLite's INTEGER) holds no more; a bigger number is
+            # no cursor this server gave out, not a database error
+            raise BadCursor("cursor: not a cursor this server produced")
+        if kind is float and isinstance(value, int):
             value = float(value)
-        if not isinstance(value, kind) or isinstance(value, bool):
+        if not isinstance(value, kind) or (
+                isinstance(value, float) and not math.isfinite(value)) or (
+                isinstance(value, str) and (len(value) > 1000 or "\x00" in value)):
             raise BadCursor("cursor: not a cursor this server produced")
         out.append(value)
     return out
+
+
+_INT64 = (-(2 ** 63), 2 ** 63 - 1)
 
 
 def _json(value: Any, default: Any) -> Any:
