@@ -643,8 +643,9 @@ class SqlStore(Store):
         supp_where = Where()
         supp_where.add("address = ?", address)
         if scope is not None:
-            supp_where.add("(scope = '' OR scope = ? OR scope = ?)", scope.lower(),
-                           domain_of(scope) if "@" in scope else scope.lower())
+            # A scoped reader sees its own domain's list only: a global entry (or another
+            # domain's) tells what other senders' mail met (a bounce, a complaint).
+            supp_where.add("scope = ?", domain_of(scope) if "@" in scope else scope.lower())
         supp = await self._fetch(
             "SELECT address, scope, reason, event_id, created_at FROM suppressions "
             f"{supp_where.sql()} ORDER BY created_at DESC", supp_where.args)
