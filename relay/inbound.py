@@ -31,7 +31,10 @@ forger could not have made it: a VERP token naming a message whose one recipient
 bounced one, or a report handed in by a source the admin trusts (the bounce listener's
 peer in ``bounces.trusted_networks``, the admin API, the CLI). Every event records
 ``verified`` and ``evidence`` in its data; an unverified one is recorded and shown, and
-changes no suppression and no soft-bounce count. A reply is verified when its From is
+changes no suppression and no soft-bounce count; it is marked machine
+(``machine_reason`` ``unverified_report``), so the default figures (a campaign's bounce
+and complaint rates, a message's ``bounced`` status) leave it out as they leave out
+machine opens, and ``include_machine`` shows it. A reply is verified when its From is
 the recipient the message was sent to; an unverified one is marked machine
 (``machine_reason`` ``unverified_reply``) so no engagement figure counts it.
 
@@ -438,6 +441,14 @@ def _verified(data: dict[str, Any], proof: str | None) -> dict[str, Any]:
     return data
 
 
+def _unverified_marks(proof: str | None) -> dict[str, Any]:
+    """An unverified report is kept out of the default (human) figures and the message
+    status the way machine opens are: marked machine, with the reason."""
+    if proof is not None:
+        return {}
+    return {"machine": True, "machine_reason": "unverified_report"}
+
+
 async def _message_for(store: Store, record: Any, verp: list[AddressToken],
                        cache: dict[str, MessageLookup | None]
                        ) -> tuple[MessageLookup | None, str]:
@@ -495,8 +506,10 @@ async def process(app: App, raw: bytes, *, envelope_rcpts: list[str] | None = No
             continue
         data = record_data(record)
         data.update(matched_by=matched_by, via=via)
-        _verified(data, evidence(message, recipient, matched_by, trusted_source))
-        event = Event(type=kind, message_id=message["id"], recipient=recipient, data=data)
+        proof = evidence(message, recipient, matched_by, trusted_source)
+        _verified(data, proof)
+        event = Event(type=kind, message_id=message["id"], recipient=recipient, data=data,
+                      **_unverified_marks(proof))
         result.events.append(await record_event(app, event, sender=message["sender"],
                                                 event_id=_event_id(raw, n)))
     if records:
@@ -564,9 +577,10 @@ async def _reply_or_mangled(app: App, raw: bytes, headers: Any, verp: list[Addre
         fields: dict[str, Any] = dict.fromkeys(RECORD_FIELDS)
         fields.update(reason="onhold", hard=False, permanent=True, action="failed",
                       matched_by="verp", via=via)
-        _verified(fields, evidence(message, recipient, "verp", trusted_source))
+        proof = evidence(message, recipient, "verp", trusted_source)
+        _verified(fields, proof)
         event = Event(type="bounce", message_id=message["id"], recipient=recipient,
-                      data=fields)
+                      data=fields, **_unverified_marks(proof))
         result.events.append(await record_event(app, event, sender=message["sender"],
                                                 event_id=_event_id(raw, 0)))
         result.kind = "bounce"

@@ -89,7 +89,27 @@ async def test_dsn_quoting_a_message_id_without_verp_does_not_suppress(
         (message_id, "erin@remote.test")]
     assert events[0]["data"]["matched_by"] == "message_id"
     assert events[0]["data"]["verified"] is False
+    assert events[0]["machine"] is True
+    assert events[0]["machine_reason"] == "unverified_report"
     assert await stack.store.find_suppression("erin@remote.test", [""]) is None
+    # the default figures leave it out, as they leave out machine opens
+    status, message = await stack.api("GET", f"/messages/{message_id}")
+    assert status == 200 and message["status"] != "bounced", message["status"]
+    status, campaign = await stack.api("GET", "/campaigns/spring")
+    assert status == 200 and campaign["bounces"] == 0
+    status, campaign = await stack.api("GET", "/campaigns/spring",
+                                       params={"include_machine": "true"})
+    assert status == 200 and campaign["bounces"] == 1
+    # a verified bounce of the same message counts
+    verp = stack.sink.received[-1].mail_from
+    await stack.deliver_bounce("", [verp], dsn(verp, "erin@remote.test", head,
+                                               status="4.2.2",
+                                               diagnostic="452 4.2.2 <{r}>: Mailbox full"))
+    await stack.wait_events(2, type="bounce")
+    status, message = await stack.api("GET", f"/messages/{message_id}")
+    assert message["status"] == "bounced"
+    status, campaign = await stack.api("GET", "/campaigns/spring")
+    assert campaign["bounces"] == 1
 
 
 async def test_forged_complaint_does_not_suppress(make_stack: MakeStack) -> None:

@@ -65,7 +65,8 @@ STATUS_CASE = f"""CASE
                AND {HUMAN}) THEN 'clicked'
   WHEN EXISTS (SELECT 1 FROM events e WHERE e.message_id = m.id AND e.type = 'open'
                AND {HUMAN}) THEN 'opened'
-  WHEN EXISTS (SELECT 1 FROM events e WHERE e.message_id = m.id AND e.type = 'bounce')
+  WHEN EXISTS (SELECT 1 FROM events e WHERE e.message_id = m.id AND e.type = 'bounce'
+               AND {HUMAN})
        OR NOT EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id
                       AND r.status = 'accepted') THEN 'bounced'
   ELSE 'not_opened' END"""
@@ -574,7 +575,10 @@ class SqlStore(Store):
         ev_where = Where()
         ev_where.parts, ev_where.args = list(where.parts), list(where.args)
         if not include_machine:
-            ev_where.add("(e.type NOT IN ('open', 'click') OR e.machine = FALSE)")
+            # machine opens and clicks; unverified bounces, complaints and replies
+            # (relay.inbound: nothing a forger could not know tied them to the delivery)
+            ev_where.add("(e.type NOT IN ('open', 'click', 'bounce', 'complaint', 'reply') "
+                         "OR e.machine = FALSE)")
         uniq = "COUNT(DISTINCT e.message_id || '|' || COALESCE(e.recipient, ''))"
         by_type = await self._fetch(
             f"SELECT e.type, COUNT(*) AS total, {uniq} AS uniq FROM events e "
