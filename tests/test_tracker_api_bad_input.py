@@ -123,3 +123,21 @@ async def test_bad_scope_on_delete_and_import_is_400(tracker: Tracker) -> None:
         body = await resp.json()
     assert body["added"] == 1 and len(body["problems"]) == 1, body
     assert "line 2" in body["problems"][0]
+
+
+@pytest.mark.parametrize("csv_body", [
+    b"address\na@remote.test\n" + b"x" * 200_000 + b"\n",  # a field past csv's limit
+    b"\x00\r0y",  # a bare CR after a NUL (found by schemathesis)
+])
+async def test_import_body_that_is_not_csv_is_400(tracker: Tracker, csv_body: bytes) -> None:
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "text/csv"}
+    async with tracker.http.post(f"{tracker.base}/api/v1/suppressions/import",
+                                 data=csv_body, headers=headers) as resp:
+        status, body = resp.status, await resp.json()
+    if csv_body.startswith(b"\x00"):
+        # read as CSV (a bare CR ends a row): two rows, neither an address
+        assert status == 200 and body["added"] == 0 and len(body["problems"]) == 2, body
+    else:
+        _assert_400(status, body, "body")
+        assert "line 3" in body["message"]
+    assert (await tracker.store.list_suppressions()).items == []

@@ -190,7 +190,12 @@ async def run_suppressions(config: Config, args: argparse.Namespace,
             return OK if removed else PARTIAL
         from relay.progress import bar
 
-        rows, problems = parse_suppressions_csv(text, scope or "", args.reason or "imported")
+        try:
+            rows, problems = parse_suppressions_csv(text, scope or "",
+                                                    args.reason or "imported")
+        except BadParameter as exc:
+            print(f"trackrelay: {exc.message}", file=sys.stderr)
+            return USAGE
         added = existing = 0
         with bar("import", unit="address", total=len(rows)) as shown:
             for addr, row_scope, reason in rows:

@@ -28,6 +28,7 @@ import csv
 import io
 import json
 import re
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -110,6 +111,21 @@ def _cell(cells: list[str], columns: dict[str, int], name: str) -> str:
     return cells[i].strip() if i is not None and i < len(cells) else ""
 
 
+def _rows(text: str) -> Iterator[list[str]]:
+    """The CSV's rows; :class:`BadParameter` (``body``) for text that is not CSV (a bare
+    CR inside a field, a quote left open at the end)."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise BadParameter("body", f"not a CSV file: line {reader.line_num}: {exc}"
+                               ) from None
+        yield row
+
+
 def parse_suppressions_csv(text: str, default_scope: str = "",
                            default_reason: str = "imported"
                            ) -> tuple[list[tuple[str, str, str]], list[str]]:
@@ -117,7 +133,7 @@ def parse_suppressions_csv(text: str, default_scope: str = "",
     rows: list[tuple[str, str, str]] = []
     problems: list[str] = []
     columns = {"address": 0, "scope": 1, "reason": 2}
-    for n, cells in enumerate(csv.reader(io.StringIO(text)), start=1):
+    for n, cells in enumerate(_rows(text), start=1):
         if not cells or not any(c.strip() for c in cells):
             continue
         if n == 1 and cells[0].strip().lower() == "address":
