@@ -371,14 +371,14 @@ async def record_event(app: App, event: Event, *, sender: str | None,
     eid = store.enqueue(event)
     recorded = RecordedEvent(event.type, eid, event.message_id, event.recipient,
                              dict(event.data))
-    cfg = app.config.suppression
-    if not cfg.enabled or not event.recipient:
-        return recorded
     if event.data.get("verified") is False:
         metrics.UNVERIFIED_EVIDENCE.labels(event.type).inc()
         log.info("unverified_evidence", type=event.type, event_id=eid,
                  via=event.data.get("via"), matched_by=event.data.get("matched_by"))
         return recorded  # recorded and shown; suppresses nothing
+    cfg = app.config.suppression
+    if not cfg.enabled or not event.recipient:
+        return recorded
     scope = suppression_scope(app, sender)
     reason = suppression_reason(app, event)
     final_soft = (event.type == "bounce" and not event.data.get("hard")

@@ -13,6 +13,7 @@ bounce listener over SMTP, the API is real HTTP, the store SQLite or PostgreSQL.
 from __future__ import annotations
 
 import email.utils
+import re
 from typing import Any
 
 import pytest
@@ -53,9 +54,19 @@ async def api_event(stack: Stack, event_id: str) -> dict[str, Any]:
     return found[0]
 
 
+async def unverified_count(stack: Stack, kind: str) -> float:
+    """``trackrelay_unverified_evidence_total{type=kind}`` as /metrics shows it."""
+    async with stack.http.get(f"{stack.base}/metrics") as resp:
+        text = await resp.text()
+    name = f'trackrelay_unverified_evidence_total{{type="{kind}"}} '
+    m = re.search("^" + re.escape(name) + r"(\S+)$", text, re.MULTILINE)
+    return float(m.group(1)) if m else 0.0
+
+
 async def test_forged_dsn_from_a_co_recipient_does_not_suppress(make_stack: MakeStack
                                                                 ) -> None:
     stack = await make_stack()
+    before = await unverified_count(stack, "bounce")
     verp, message_id, head = await send_to_two(stack, "<two-1@shop.example.com>")
     # carol writes a DSN for dave to the VERP address her copy's Return-Path shows
     _errors, reply = await stack.deliver_bounce("", [verp], dsn(verp, "dave@remote.test",
@@ -68,6 +79,7 @@ async def test_forged_dsn_from_a_co_recipient_does_not_suppress(make_stack: Make
     assert data["verified"] is False and data["evidence"] is None
     assert data["matched_by"] == "verp" and data["hard"] is True
     assert await stack.store.find_suppression("dave@remote.test", [""]) is None
+    assert await unverified_count(stack, "bounce") == before + 1
     # shown through the API, marked
     shown = await api_event(stack, events[0]["id"])
     assert shown["data"]["verified"] is False
