@@ -311,7 +311,8 @@ def openapi_document(base_url: str = "") -> dict[str, Any]:
                 "summary": "One message: status, opens, clicks per link, timeline.",
                 "operationId": "getMessage",
                 "parameters": [
-                    _param("id", "The message id (16 hex characters).", where="path",
+                    _param("id", "The message id (16 hex characters).",
+                           {"type": "string", "pattern": "^[0-9a-f]{16}$"}, where="path",
                            required=True),
                     P_MACHINE,
                 ],
@@ -321,8 +322,10 @@ def openapi_document(base_url: str = "") -> dict[str, Any]:
                 "summary": "List events, newest first.",
                 "operationId": "listEvents",
                 "parameters": [
-                    _param("type", "Event types, comma-separated.",
-                           {"type": "string", "enum": list(EVENT_TYPES)}),
+                    _param("type", "Event types, comma-separated (or the parameter "
+                                   "given again).",
+                           {"type": "string", "pattern": "^({0})(,({0}))*$".format(
+                               "|".join(EVENT_TYPES))}),
                     _param("message", "Message id.",
                            {"type": "string", "pattern": "^[0-9a-f]{16}$"}),
                     P_RECIPIENT, P_CAMPAIGN, P_SINCE, P_UNTIL,
