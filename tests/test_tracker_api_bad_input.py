@@ -141,3 +141,46 @@ async def test_import_body_that_is_not_csv_is_400(tracker: Tracker, csv_body: by
         _assert_400(status, body, "body")
         assert "line 3" in body["message"]
     assert (await tracker.store.list_suppressions()).items == []
+
+
+async def test_import_row_with_nul_in_reason_is_a_problem_not_a_500(tracker: Tracker) -> None:
+    """PostgreSQL keeps no NUL in text: a row's reason with one is that row's problem."""
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "text/csv"}
+    body = b"address,scope,reason\nn1@remote.test,global,bad\x00reason\nn2@remote.test,,ok\n"
+    async with tracker.http.post(f"{tracker.base}/api/v1/suppressions/import", data=body,
+                                 headers=headers) as resp:
+        status, answer = resp.status, await resp.json()
+    assert status == 200, answer
+    assert answer["added"] == 1 and len(answer["problems"]) == 1, answer
+    assert "line 2" in answer["problems"][0]
+    rows = (await tracker.store.list_suppressions()).items
+    assert [r["address"] for r in rows] == ["n2@remote.test"]
+
+
+async def test_inbound_report_quoting_a_message_id_with_nul_is_taken_in(
+        tracker: Tracker) -> None:
+    """A report's body may hold any byte; a NUL in the Message-ID it quotes must not
+    reach the database (PostgreSQL refuses NUL in text) as a 500."""
+    from tests.test_deliverability_verp import dsn
+
+    raw = dsn("bounce@bounces.example.net", "x@remote.test",
+              "Message-ID: <a\x00b@shop.example.com>\r\nSubject: Hi\r\n")
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "message/rfc822"}
+    async with tracker.http.post(f"{tracker.base}/api/v1/inbound", data=raw,
+                                 headers=headers) as resp:
+        status, answer = resp.status, await resp.json()
+    assert status == 200, answer
+    assert answer["kind"] == "bounce" and answer["events"] == [], answer
+    # a NUL in what the report says about a real delivery is kept as text
+    sent = await seed_message(tracker.store, recipients=["x@remote.test"])
+    raw = dsn("bounce@bounces.example.net", "x@remote.test",
+              f"Message-ID: {sent.header_message_id}\r\nSubject: Hi\r\n",
+              diagnostic="550 5.1.1 <{r}>: no\x00such user")
+    async with tracker.http.post(f"{tracker.base}/api/v1/inbound", data=raw,
+                                 headers=headers) as resp:
+        status, answer = resp.status, await resp.json()
+    assert status == 200, answer
+    assert [e["recipient"] for e in answer["events"]] == ["x@remote.test"], answer
+    await tracker.store.flush()
+    events = (await tracker.store.list_events(type="bounce")).items
+    assert len(events) == 1 and events[0]["data"]["verified"] is True

@@ -39,9 +39,10 @@ from tests.tracker_support import (
 
 pytest_plugins = ("tests.tracker_fixtures",)
 
-#: Examples per operation, token and mode: few enough that CI stays fast (about half a
-#: minute per store engine on a loaded machine); TRACKRELAY_FUZZ_EXAMPLES=500 for a deep run.
-EXAMPLES = int(os.environ.get("TRACKRELAY_FUZZ_EXAMPLES", "8"))
+#: Examples per operation, token and mode (16 operations x 2 tokens x 2 modes): few
+#: enough that CI stays fast (about 20 s per store engine on a loaded machine). For a deep
+#: run: TRACKRELAY_FUZZ_EXAMPLES=100 pytest --timeout=0 tests/test_tracker_openapi.py
+EXAMPLES = int(os.environ.get("TRACKRELAY_FUZZ_EXAMPLES", "5"))
 
 # A raw message goes on the wire as the bytes generated for it.
 schemathesis.serializer.alias("message/rfc822", "application/octet-stream")
@@ -185,4 +186,4 @@ def fuzz(operations: list[Any], token: str, mode: GenerationMode) -> None:
             assert response.status_code < 500, (case.as_curl_command(), response.text)
 
         check()
-    assert calls >= len(operations) * 5
+    assert calls >= len(operations) * 3

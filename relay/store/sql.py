@@ -277,7 +277,9 @@ class SqlStore(Store):
     async def lookup_message_by_header_id(self, header_message_id: str
                                           ) -> MessageLookup | None:
         bare = header_message_id.strip().strip("<>").strip()
-        if not bare:
+        if not bare or "\x00" in bare or len(bare) > 2000:
+            # no message has such an id (a report's body may quote any bytes), and
+            # PostgreSQL refuses NUL in text
             return None
         row = await self._fetchrow(
             "SELECT id FROM messages WHERE header_message_id IN (?, ?) "

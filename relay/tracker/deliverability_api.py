@@ -152,7 +152,13 @@ def parse_suppressions_csv(text: str, default_scope: str = "",
             problems.append(f"line {n}: not a scope (global or a sender domain): "
                             f"{scope_text[:80]!r}")
             continue
-        rows.append((address, scope or "", _cell(cells, columns, "reason") or default_reason))
+        reason = _cell(cells, columns, "reason") or default_reason
+        if "\x00" in reason or len(reason) > 500:
+            # PostgreSQL keeps no NUL in text; the API takes reasons up to 500 characters
+            problems.append(f"line {n}: the reason has a NUL character or is longer than "
+                            f"500 characters")
+            continue
+        rows.append((address, scope or "", reason))
     return rows, problems
 
 
