@@ -79,6 +79,9 @@ async def test_relative_time_before_year_one_is_400(tracker: Tracker, since: str
     ({"address": "a@remote.test", "reason": ["r"]}, "reason"),
     ({"address": "a@remote.test", "reason": "r" * 501}, "reason"),
     ({"address": "a@remote.test", "reason": "a\x00b"}, "reason"),
+    ({"address": "a\ud800@remote.test"}, "address"),
+    ({"address": "a@remote.test", "reason": "x\udfff"}, "reason"),
+    ({"address": "a@remote.test", "scope": "exa\ud800mple.com"}, "scope"),
 ])
 async def test_suppression_body_of_the_wrong_shape_is_400(tracker: Tracker,
                                                           body: dict[str, Any],

@@ -87,6 +87,10 @@ def _body_text(body: dict[str, Any], name: str, max_len: int) -> str | None:
         raise BadParameter(name, f"longer than {max_len} characters")
     if "\x00" in value:
         raise BadParameter(name, "must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # JSON may spell a lone surrogate ("\ud800"); text may not
+        raise BadParameter(name, "not valid Unicode text (a lone surrogate)") from None
     return value
 
 
