@@ -48,6 +48,8 @@ def refusal_event(transaction: Transaction, recipient: str, reply: Reply,
         "diagnostic": reply.text[:1000], "feedback_type": None, "remote_mta": None,
         "decided_by": decided_by, "alias": None,
         "matched_by": "smtp", "via": "relay", "stage": stage,
+        # the upstream said it to the relay itself, in the delivery's own transaction
+        "verified": True, "evidence": "smtp",
     }
     return Event(type="bounce", message_id=transaction.message_id, recipient=recipient,
                  data=data)

@@ -10,12 +10,18 @@ hands each message to ``relay.inbound.process`` before answering DATA:
   still arriving), 554 5.6.0 for something that is not a message or has a line longer
   than ``relay.max_line_length``;
 * 451 if intake failed unexpectedly (the sender retries; the error is logged).
+
+Anyone who can reach the listener can send it a report, so what it takes in is
+evidence only as far as ``relay.inbound.evidence`` says: a VERP token bound to one
+recipient, or a peer in ``bounces.trusted_networks``. Other reports are recorded as
+unverified and suppress nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import weakref
 from typing import Any
 
@@ -43,6 +49,19 @@ class BounceHandler(SmtpNames):
         self.listener = listener
         self.app = listener.app
         self.domain = listener.app.config.bounces.bounce_domain.lower()
+        self.trusted = tuple(ipaddress.ip_network(n, strict=False)
+                             for n in listener.app.config.bounces.trusted_networks)
+
+    def trusted_peer(self, session: Session) -> bool:
+        """Whether the connection comes from ``bounces.trusted_networks``."""
+        peer: Any = session.peer
+        try:
+            addr = ipaddress.ip_address(peer[0] if isinstance(peer, tuple) else peer)
+        except (ValueError, TypeError, IndexError):
+            return False  # a Unix socket or no peer: not a host anyone listed
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+            addr = addr.ipv4_mapped
+        return any(addr in net for net in self.trusted)
 
     def _ours(self, address: str) -> bool:
         local, at, domain = address.strip().strip("<>").rpartition("@")
@@ -74,8 +93,9 @@ class BounceHandler(SmtpNames):
         raw = bytes(envelope.original_content or b"")
         self.listener.busy += 1
         try:
-            result = await process(self.app, raw, envelope_rcpts=list(envelope.rcpt_tos),
-                                   via="listener")
+            result = await process(
+                self.app, raw, envelope_rcpts=list(envelope.rcpt_tos), via="listener",
+                trusted_source="trusted_network" if self.trusted_peer(session) else None)
         except InboundError as exc:
             code = "552 5.3.4" if exc.code == "too_large" else "554 5.6.0"
             log.info("inbound_refused", via="listener", error=exc.code, size=len(raw))

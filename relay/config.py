@@ -341,6 +341,10 @@ class BouncesConfig:
     max_message_size: int = 10 * 1024 * 1024
     #: Recognise replies (In-Reply-To/References naming a tracked Message-ID).
     replies: bool = True
+    #: Hosts whose reports the bounce listener trusts (CIDR networks): a bounce or
+    #: complaint they deliver changes the suppression list even when no VERP token ties
+    #: it to one recipient. Empty: only VERP-verified reports act (see the README).
+    trusted_networks: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -1011,6 +1015,12 @@ def validate_deliverability(config: Config) -> None:
                           f"(no '+'), got {b.verp_prefix!r}")
     if b.verp and not b.bounce_domain:
         raise ConfigError("bounces.verp: needs bounces.bounce_domain")
+    for i, net in enumerate(b.trusted_networks):
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except (ValueError, TypeError):
+            raise ConfigError(f"bounces.trusted_networks[{i}]: not a network: {net!r}"
+                              ) from None
     if b.listen and not b.bounce_domain:
         raise ConfigError("bounces.listen: the bounce listener needs bounces.bounce_domain")
     for i, addr in enumerate(b.listen):

@@ -23,6 +23,21 @@ The bounce listener (``relay.bounce_listener``), ``POST /api/v1/inbound`` and
    unsubscribes suppress the address, so do ``suppression.soft_bounce_limit`` final
    soft bounces within ``suppression.soft_bounce_window_days``.
 
+**Evidence is trusted by its source** (see :func:`evidence`). A Message-ID and a
+recipient address are seen by every co-recipient of a message, and so is a VERP
+address naming a message with several recipients (in the Return-Path a delivering MTA
+writes): none of them shows a report is real. A bounce or complaint is *verified* when a
+forger could not have made it: a VERP token naming a message whose one recipient is the
+bounced one, or a report handed in by a source the admin trusts (the bounce listener's
+peer in ``bounces.trusted_networks``, the admin API, the CLI). Every event records
+``verified`` and ``evidence`` in its data; an unverified one is recorded and shown, and
+changes no suppression and no soft-bounce count; it is marked machine
+(``machine_reason`` ``unverified_report``), so the default figures (a campaign's bounce
+and complaint rates, a message's ``bounced`` status) leave it out as they leave out
+machine opens, and ``include_machine`` shows it. A reply is verified when its From is
+the recipient the message was sent to; an unverified one is marked machine
+(``machine_reason`` ``unverified_reply``) so no engagement figure counts it.
+
 Delay notices and success DSNs are recognised and leave no event (a delay is not a
 bounce; the message is still on its way). Message bodies are never logged.
 """
@@ -39,6 +54,7 @@ from email.policy import compat32
 from email.utils import getaddresses, parseaddr
 from typing import TYPE_CHECKING, Any
 
+from relay import metrics
 from relay.logs import get_logger
 from relay.message import split_message
 from relay.records import Event
@@ -315,6 +331,8 @@ async def soft_bounce_count(store: Store, recipient: str, scope: str, since: flo
             data = ev["data"] or {}
             if data.get("hard") or data.get("action") == "delayed":
                 continue
+            if data.get("verified") is False:
+                continue  # a report nobody could check adds to no count
             messages.add(ev["message_id"])
         cursor = page.next_cursor
         if cursor is None:
@@ -353,6 +371,11 @@ async def record_event(app: App, event: Event, *, sender: str | None,
     eid = store.enqueue(event)
     recorded = RecordedEvent(event.type, eid, event.message_id, event.recipient,
                              dict(event.data))
+    if event.data.get("verified") is False:
+        metrics.UNVERIFIED_EVIDENCE.labels(event.type).inc()
+        log.info("unverified_evidence", type=event.type, event_id=eid,
+                 via=event.data.get("via"), matched_by=event.data.get("matched_by"))
+        return recorded  # recorded and shown; suppresses nothing
     cfg = app.config.suppression
     if not cfg.enabled or not event.recipient:
         return recorded
@@ -397,6 +420,35 @@ def _match_recipient(message: MessageLookup, address: str | None,
     return None
 
 
+def evidence(message: MessageLookup, recipient: str, matched_by: str,
+             trusted_source: str | None) -> str | None:
+    """What shows a report about ``recipient`` of ``message`` is real (None: nothing).
+
+    ``"verp"``: the signed VERP token names ``message`` and it was sent to
+    ``recipient`` alone, so only a copy of that delivery carries the address. Else
+    ``trusted_source`` (how the report came from a source the admin trusts), if any.
+    """
+    if matched_by == "verp":
+        distinct = {r.lower() for r in message["recipients"]}
+        if distinct == {recipient.lower()}:
+            return "verp"
+    return trusted_source
+
+
+def _verified(data: dict[str, Any], proof: str | None) -> dict[str, Any]:
+    data["verified"] = proof is not None
+    data["evidence"] = proof
+    return data
+
+
+def _unverified_marks(proof: str | None) -> dict[str, Any]:
+    """An unverified report is kept out of the default (human) figures and the message
+    status the way machine opens are: marked machine, with the reason."""
+    if proof is not None:
+        return {}
+    return {"machine": True, "machine_reason": "unverified_report"}
+
+
 async def _message_for(store: Store, record: Any, verp: list[AddressToken],
                        cache: dict[str, MessageLookup | None]
                        ) -> tuple[MessageLookup | None, str]:
@@ -418,8 +470,12 @@ async def _message_for(store: Store, record: Any, verp: list[AddressToken],
 
 
 async def process(app: App, raw: bytes, *, envelope_rcpts: list[str] | None = None,
-                  via: str = "api") -> IntakeResult:
+                  via: str = "api", trusted_source: str | None = None) -> IntakeResult:
     """Classify one inbound message and record what it says. See the module docstring.
+
+    ``trusted_source`` names why the message's source is trusted (``"trusted_network"``,
+    ``"admin"``), None when it is not: then only a VERP token bound to one recipient
+    verifies a bounce or complaint.
 
     Raises :class:`InboundError` for a message that is refused (too big, not a message).
     """
@@ -450,7 +506,10 @@ async def process(app: App, raw: bytes, *, envelope_rcpts: list[str] | None = No
             continue
         data = record_data(record)
         data.update(matched_by=matched_by, via=via)
-        event = Event(type=kind, message_id=message["id"], recipient=recipient, data=data)
+        proof = evidence(message, recipient, matched_by, trusted_source)
+        _verified(data, proof)
+        event = Event(type=kind, message_id=message["id"], recipient=recipient, data=data,
+                      **_unverified_marks(proof))
         result.events.append(await record_event(app, event, sender=message["sender"],
                                                 event_id=_event_id(raw, n)))
     if records:
@@ -458,7 +517,7 @@ async def process(app: App, raw: bytes, *, envelope_rcpts: list[str] | None = No
     elif is_auto_reply(headers):
         result.kind = "autoreply"
     else:
-        await _reply_or_mangled(app, raw, headers, verp, result, via)
+        await _reply_or_mangled(app, raw, headers, verp, result, via, trusted_source)
     log.info("inbound_processed", via=via, kind=result.kind, records=result.records,
              events=len(result.events), unmatched=result.unmatched, size=len(raw))
     return result
@@ -472,7 +531,8 @@ def _overall_kind(kinds: list[str]) -> str:
 
 
 async def _reply_or_mangled(app: App, raw: bytes, headers: Any, verp: list[AddressToken],
-                            result: IntakeResult, via: str) -> None:
+                            result: IntakeResult, via: str,
+                            trusted_source: str | None) -> None:
     """No classifier record: a reply to tracked mail, or a bounce too mangled to read."""
     store = app.store
     assert store is not None
@@ -486,13 +546,19 @@ async def _reply_or_mangled(app: App, raw: bytes, headers: Any, verp: list[Addre
                 continue
             _name, sender = parseaddr(_text(headers.get("From")))
             recipient = _match_recipient(message, sender, by_verp=False)
+            # Only the recipient the message was sent to replying counts as engagement:
+            # anyone who saw the Message-ID (a co-recipient, a forwardee) can write a
+            # reply to it. Another sender's reply is kept, marked, and counts nowhere.
+            verified = recipient is not None
             if recipient is None and len(message["recipients"]) == 1:
                 recipient = message["recipients"][0]
             data = {"matched_by": "in_reply_to" if ref in message_ids(
                 _text(headers.get("In-Reply-To"))) else "references", "via": via,
                 "from_domain": domain_of(sender) if sender else None}
+            _verified(data, "from_recipient" if verified else None)
             event = Event(type="reply", message_id=message["id"], recipient=recipient,
-                          data=data)
+                          data=data, machine=not verified,
+                          machine_reason=None if verified else "unverified_reply")
             result.events.append(await record_event(app, event, sender=message["sender"],
                                                     event_id=_event_id(raw, 0)))
             result.kind = "reply"
@@ -511,8 +577,10 @@ async def _reply_or_mangled(app: App, raw: bytes, headers: Any, verp: list[Addre
         fields: dict[str, Any] = dict.fromkeys(RECORD_FIELDS)
         fields.update(reason="onhold", hard=False, permanent=True, action="failed",
                       matched_by="verp", via=via)
+        proof = evidence(message, recipient, "verp", trusted_source)
+        _verified(fields, proof)
         event = Event(type="bounce", message_id=message["id"], recipient=recipient,
-                      data=fields)
+                      data=fields, **_unverified_marks(proof))
         result.events.append(await record_event(app, event, sender=message["sender"],
                                                 event_id=_event_id(raw, 0)))
         result.kind = "bounce"
@@ -530,7 +598,8 @@ async def _mail_unsubscribe(app: App, raw: bytes, tokens: list[AddressToken],
         return result
     recipient = message["recipients"][token.recipient_index]
     event = Event(type="unsubscribe", message_id=message["id"], recipient=recipient,
-                  data={"method": "mailto", "campaign": message["campaign"], "via": via})
+                  data={"method": "mailto", "campaign": message["campaign"], "via": via,
+                        "verified": True, "evidence": "token"})
     result.events.append(await record_event(
         app, event, sender=message["sender"],
         event_id=f"{message['id']}-u{token.recipient_index}"))

@@ -212,3 +212,9 @@ NOTICES = Counter(
     "answering 250, by result (sent, failed, null_sender)",
     ["result"],
 )
+UNVERIFIED_EVIDENCE = Counter(
+    "trackrelay_unverified_evidence_total",
+    "Bounces, complaints and replies recorded as unverified (nothing a forger could not "
+    "know ties them to the delivery): shown, but suppressing nothing, by event type",
+    ["type"],
+)

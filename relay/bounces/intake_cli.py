@@ -111,7 +111,8 @@ async def run_inbound(config: Config, paths: list[str]) -> int:
                     status = PARTIAL
                     continue
                 try:
-                    result = await process(app, raw, via="cli")
+                    # files the admin runs the command on: a source the admin trusts
+                    result = await process(app, raw, via="cli", trusted_source="admin")
                 except InboundError as exc:
                     _print({"file": name, "error": exc.code, "message": exc.message})
                     status = PARTIAL
@@ -135,6 +136,7 @@ def cmd_inbound(args: argparse.Namespace) -> int:
 async def run_suppressions(config: Config, args: argparse.Namespace,
                            text: str = "") -> int:
     """``text``: the CSV to import (read by the caller)."""
+    from relay.tracker.api import BadParameter
     from relay.tracker.deliverability_api import (
         all_suppressions,
         normalise_address,
@@ -146,7 +148,12 @@ async def run_suppressions(config: Config, args: argparse.Namespace,
     )
 
     action = args.action
-    scope = scope_value(getattr(args, "scope", None))
+    given = getattr(args, "scope", None)
+    try:
+        scope = scope_value(given.strip() or "global" if given is not None else None)
+    except BadParameter as exc:
+        print(f"trackrelay: --{exc.message}", file=sys.stderr)
+        return USAGE
     address = None
     if action in ("add", "remove"):
         address = normalise_address(args.address)
@@ -183,7 +190,12 @@ async def run_suppressions(config: Config, args: argparse.Namespace,
             return OK if removed else PARTIAL
         from relay.progress import bar
 
-        rows, problems = parse_suppressions_csv(text, scope or "", args.reason or "imported")
+        try:
+            rows, problems = parse_suppressions_csv(text, scope or "",
+                                                    args.reason or "imported")
+        except BadParameter as exc:
+            print(f"trackrelay: {exc.message}", file=sys.stderr)
+            return USAGE
         added = existing = 0
         with bar("import", unit="address", total=len(rows)) as shown:
             for addr, row_scope, reason in rows:

@@ -152,7 +152,10 @@ def parse_time(value: str, name: str = "time") -> float:
     m = re.fullmatch(r"-(\d{1,6})([smhd])", value)
     if m:
         unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
-        return dt.datetime.now(dt.UTC).timestamp() - int(m.group(1)) * unit
+        when = dt.datetime.now(dt.UTC).timestamp() - int(m.group(1)) * unit
+        if when < _FIRST:
+            raise BadParameter(name, "further back than the year 1")
+        return when
     if re.fullmatch(r"\d{1,11}(\.\d{1,9})?", value):  # up to the year 5138
         return float(value)
     try:

@@ -28,6 +28,7 @@ import csv
 import io
 import json
 import re
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -37,6 +38,7 @@ from relay.logs import get_logger
 from relay.store.base import SuppressionRow, domain_of, iso_time
 from relay.tracker.api import SCOPE_KEY, Api, BadParameter, Query, error, ok
 from relay.tracker.lookups import require_store
+from relay.tracker.openapi import ADDRESS_PATTERN, SCOPE_PATTERN
 
 if TYPE_CHECKING:
     from relay.app import App
@@ -46,7 +48,7 @@ log = get_logger("relay.tracker.deliverability_api")
 
 CSV_COLUMNS = ("address", "scope", "reason", "event_id", "created_at")
 MAX_IMPORT = 20 * 1024 * 1024
-_ADDRESS = re.compile(r"^[^@\s,;<>]{1,64}@[^@\s,;<>]{1,255}$")
+_ADDRESS = re.compile(ADDRESS_PATTERN)
 
 
 def normalise_address(value: str) -> str | None:
@@ -58,11 +60,38 @@ def scope_name(scope: str) -> str:
     return scope or "global"
 
 
+#: A scope as the API takes it: "global" or a sender domain (a U-label domain too:
+#: senders may be SMTPUTF8 addresses). Nothing that could not be a domain name.
+_SCOPE = re.compile(SCOPE_PATTERN)
+
+
 def scope_value(name: str | None) -> str | None:
+    """A scope given in a request, as the store keeps it ("" for global); None if not
+    given. :class:`BadParameter` (``scope``) for anything that is not a scope."""
     if name is None:
         return None
-    name = name.strip().lower()
-    return "" if name in ("", "global") else name
+    if not isinstance(name, str) or not _SCOPE.match(name):
+        raise BadParameter("scope", "expected global or a sender domain")
+    name = name.lower()
+    return "" if name == "global" else name
+
+
+def _body_text(body: dict[str, Any], name: str, max_len: int) -> str | None:
+    """A string member of a JSON body (None if absent or null), else a 400 naming it."""
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise BadParameter(name, "expected a string")
+    if len(value) > max_len:
+        raise BadParameter(name, f"longer than {max_len} characters")
+    if "\x00" in value:
+        raise BadParameter(name, "must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # JSON may spell a lone surrogate ("\ud800"); text may not
+        raise BadParameter(name, "not valid Unicode text (a lone surrogate)") from None
+    return value
 
 
 def suppression_json(row: SuppressionRow) -> dict[str, Any]:
@@ -86,6 +115,21 @@ def _cell(cells: list[str], columns: dict[str, int], name: str) -> str:
     return cells[i].strip() if i is not None and i < len(cells) else ""
 
 
+def _rows(text: str) -> Iterator[list[str]]:
+    """The CSV's rows; :class:`BadParameter` (``body``) for text that is not CSV (a bare
+    CR inside a field, a quote left open at the end)."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise BadParameter("body", f"not a CSV file: line {reader.line_num}: {exc}"
+                               ) from None
+        yield row
+
+
 def parse_suppressions_csv(text: str, default_scope: str = "",
                            default_reason: str = "imported"
                            ) -> tuple[list[tuple[str, str, str]], list[str]]:
@@ -93,7 +137,7 @@ def parse_suppressions_csv(text: str, default_scope: str = "",
     rows: list[tuple[str, str, str]] = []
     problems: list[str] = []
     columns = {"address": 0, "scope": 1, "reason": 2}
-    for n, cells in enumerate(csv.reader(io.StringIO(text)), start=1):
+    for n, cells in enumerate(_rows(text), start=1):
         if not cells or not any(c.strip() for c in cells):
             continue
         if n == 1 and cells[0].strip().lower() == "address":
@@ -106,8 +150,19 @@ def parse_suppressions_csv(text: str, default_scope: str = "",
             problems.append(f"line {n}: not an email address: {given[:80]!r}")
             continue
         scope_text = _cell(cells, columns, "scope")
-        scope = scope_value(scope_text) if scope_text else default_scope
-        rows.append((address, scope or "", _cell(cells, columns, "reason") or default_reason))
+        try:
+            scope = scope_value(scope_text) if scope_text else default_scope
+        except BadParameter:
+            problems.append(f"line {n}: not a scope (global or a sender domain): "
+                            f"{scope_text[:80]!r}")
+            continue
+        reason = _cell(cells, columns, "reason") or default_reason
+        if "\x00" in reason or len(reason) > 500:
+            # PostgreSQL keeps no NUL in text; the API takes reasons up to 500 characters
+            problems.append(f"line {n}: the reason has a NUL character or is longer than "
+                            f"500 characters")
+            continue
+        rows.append((address, scope or "", reason))
     return rows, problems
 
 
@@ -155,7 +210,8 @@ class DeliverabilityApi:
             return error(413, "too_large", f"message is larger than {limit} bytes "
                                            f"(bounces.max_message_size)")
         try:
-            result = await process(self.app, raw, via="api")
+            # handed in by an admin token: a source the admin trusts
+            result = await process(self.app, raw, via="api", trusted_source="admin")
         except InboundError as exc:
             status = 413 if exc.code == "too_large" else 422
             return error(status, exc.code, exc.message)
@@ -166,7 +222,7 @@ class DeliverabilityApi:
     async def list(self, request: web.Request) -> web.Response:
         q = Query(request, ("scope", "address", "cursor", "limit"))
         own = self._token_domain(request)
-        given = q.q.get("scope")
+        given = q.text("scope", 253)
         scope: str | None
         if own is not None:
             resolved = self._scope(request, given)
@@ -188,11 +244,12 @@ class DeliverabilityApi:
             return error(400, "bad_request", "the body must be a JSON object")
         if not isinstance(body, dict):
             return error(400, "bad_request", "the body must be a JSON object")
-        address = normalise_address(str(body.get("address") or ""))
+        given = _body_text(body, "address", 320) or ""
+        address = given.lower() if _ADDRESS.match(given) else None
         if address is None:
             raise BadParameter("address", "expected an email address")
-        reason = str(body.get("reason") or "added by hand")[:500]
-        scope = self._scope(request, body.get("scope"))
+        reason = _body_text(body, "reason", 500) or "added by hand"
+        scope = self._scope(request, _body_text(body, "scope", 253))
         if isinstance(scope, web.Response):
             return scope
         added = await self.store.add_suppression(address, scope=scope, reason=reason)
@@ -207,7 +264,7 @@ class DeliverabilityApi:
         address = normalise_address(request.match_info["address"])
         if address is None:
             return error(404, "not_found", "no such suppression")
-        scope = self._scope(request, q.q.get("scope"))
+        scope = self._scope(request, q.text("scope", 253))
         if isinstance(scope, web.Response):
             return scope
         removed = await self.store.remove_suppression(
@@ -220,9 +277,10 @@ class DeliverabilityApi:
     async def export(self, request: web.Request) -> web.Response:
         q = Query(request, ("scope",))
         own = self._token_domain(request)
-        scope: str | None = scope_value(q.q.get("scope"))
+        given = q.text("scope", 253)
+        scope: str | None = scope_value(given)
         if own is not None:
-            resolved = self._scope(request, q.q.get("scope"))
+            resolved = self._scope(request, given)
             if isinstance(resolved, web.Response):
                 return resolved
             scope = resolved
@@ -233,7 +291,7 @@ class DeliverabilityApi:
 
     async def import_csv(self, request: web.Request) -> web.Response:
         q = Query(request, ("scope", "reason"))
-        default = self._scope(request, q.q.get("scope"))
+        default = self._scope(request, q.text("scope", 253))
         if isinstance(default, web.Response):
             return default
         raw = await request.content.read(MAX_IMPORT + 1)

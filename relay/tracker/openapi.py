@@ -12,6 +12,11 @@ from relay.records import EVENT_TYPES
 from relay.store.base import MESSAGE_STATUSES
 from relay.store.grouped import GROUP_BY
 
+#: Shared with relay.tracker.deliverability_api, which checks what this document says.
+SCOPE_PATTERN = r"^[^\s@,;<>\"'/\\\x00-\x1f\x7f]{1,253}$"
+ADDRESS_PATTERN = r"^[^@\s,;<>\x00-\x1f\x7f]{1,64}@[^@\s,;<>\x00-\x1f\x7f]{1,255}$"
+SCOPE = {"type": "string", "pattern": SCOPE_PATTERN}
+
 
 def _str(nullable: bool = False, **extra: Any) -> dict[str, Any]:
     return {"type": "string", **({"nullable": True} if nullable else {}), **extra}
@@ -158,6 +163,35 @@ DELIVERY = _obj({
 ERROR = _obj({"error": _str(), "message": _str(), "parameter": _str()},
              required=["error", "message"])
 
+INTAKE = _obj({
+    "kind": _str(enum=["bounce", "complaint", "autoreply", "reply", "delayed", "delivered",
+                       "unsubscribe", "ignored"]),
+    "records": _int(), "unmatched": _int(),
+    "events": _arr(_obj({
+        "type": _str(), "id": _str(), "message_id": _str(), "recipient": _str(True),
+        "data": {"type": "object", "additionalProperties": True},
+        "suppressed": _str(True),
+    })),
+})
+SUPPRESSION_ADDED = _obj({"added": _bool(), "address": _str(), "scope": _str(),
+                          "reason": _str()})
+SUPPRESSION_NEW = {
+    "type": "object",
+    "properties": {
+        "address": {"type": "string", "pattern": ADDRESS_PATTERN,
+                    "description": "The address to suppress."},
+        "scope": {**SCOPE, "nullable": True,
+                  "description": "global or a sender domain (a scoped token: its own "
+                                 "domain, the default)."},
+        "reason": {"type": "string", "nullable": True, "maxLength": 500,
+                   "pattern": "^[^\\x00]*$"},
+    },
+    "required": ["address"],
+}
+IMPORTED = _obj({"added": _int(), "existing": _int(), "problems": _arr(_str())})
+REMOVAL = _obj({"address": _str(), "scope": _str(), "reason": _str(True),
+                "removed_by": _str(True), "note": _str(True), "removed_at": TIME})
+
 
 def _page(item: str) -> dict[str, Any]:
     return _obj({"items": _arr(_ref(item)), "next_cursor": _str(True)})
@@ -177,10 +211,13 @@ def _param(name: str, description: str, schema: dict[str, Any] | None = None,
 TIME_PARAM = {"anyOf": [
     {"type": "string", "format": "date-time"},
     {"type": "string", "pattern": r"^[0-9]{1,11}(\.[0-9]{1,9})?$"},
+    # before now: seconds, minutes, hours or days (no further back than the year 1)
+    {"type": "string", "pattern": r"^-([0-9]{1,6}[smh]|[0-9]{1,5}d)$"},
 ]}
-P_SINCE = _param("since", "Only from this time on (ISO 8601 or POSIX seconds), inclusive.",
-                 TIME_PARAM)
-P_UNTIL = _param("until", "Only before this time (ISO 8601 or POSIX seconds).", TIME_PARAM)
+P_SINCE = _param("since", "Only from this time on (ISO 8601, POSIX seconds, or -N{s,m,h,d} "
+                 "before now), inclusive.", TIME_PARAM)
+P_UNTIL = _param("until", "Only before this time (ISO 8601, POSIX seconds, or "
+                 "-N{s,m,h,d} before now).", TIME_PARAM)
 P_CURSOR = _param("cursor", "The next_cursor of the previous page (opaque; a cursor this "
                   "server did not give out is a 400).", _text(1000))
 P_CAMPAIGN = _param("campaign", "Campaign name (the X-Campaign header of the mail).",
@@ -215,6 +252,19 @@ def _with_csv(responses: dict[str, Any]) -> dict[str, Any]:
     return responses
 
 
+def _also(responses: dict[str, Any], **more: str) -> dict[str, Any]:
+    """``responses`` with more JSON error answers (``_403="..."``)."""
+    err = {"application/json": {"schema": _ref("Error")}}
+    for code, description in more.items():
+        responses[code.lstrip("_")] = {"description": description, "content": err}
+    return responses
+
+
+P_SCOPE = _param("scope", "Suppression scope: global or a sender domain (a scoped token: "
+                 "its own domain only, the default).", SCOPE)
+FORBIDDEN = "A scope (or a route) the token may not use."
+
+
 def openapi_document(base_url: str = "") -> dict[str, Any]:
     """The document, with ``base_url`` (``http.base_url``) as the server."""
     return {
@@ -242,6 +292,11 @@ def openapi_document(base_url: str = "") -> dict[str, Any]:
                 "WebhookDelivery": DELIVERY, "Error": ERROR,
                 "MessagePage": _page("Message"), "EventPage": _page("Event"),
                 "DeliveryPage": _page("WebhookDelivery"),
+                "Intake": INTAKE, "SuppressionPage": _page("Suppression"),
+                "SuppressionNew": SUPPRESSION_NEW, "SuppressionAdded": SUPPRESSION_ADDED,
+                "Imported": IMPORTED, "RemovalList": _obj({"items": _arr(REMOVAL)}),
+                "SuppressionRemoved": _obj({"removed": _bool(), "address": _str(),
+                                            "scope": _str()}),
                 "CampaignList": _obj({"items": _arr(_obj({
                     "campaign": _str(), "messages": _int(), "last_sent_at": TIME_NULL,
                 }))}),
@@ -266,7 +321,8 @@ def openapi_document(base_url: str = "") -> dict[str, Any]:
                 "summary": "One message: status, opens, clicks per link, timeline.",
                 "operationId": "getMessage",
                 "parameters": [
-                    _param("id", "The message id (16 hex characters).", where="path",
+                    _param("id", "The message id (16 hex characters).",
+                           {"type": "string", "pattern": "^[0-9a-f]{16}$"}, where="path",
                            required=True),
                     P_MACHINE,
                 ],
@@ -276,8 +332,10 @@ def openapi_document(base_url: str = "") -> dict[str, Any]:
                 "summary": "List events, newest first.",
                 "operationId": "listEvents",
                 "parameters": [
-                    _param("type", "Event types, comma-separated.",
-                           {"type": "string", "enum": list(EVENT_TYPES)}),
+                    _param("type", "Event types, comma-separated (or the parameter "
+                                   "given again).",
+                           {"type": "string", "pattern": "^({0})(,({0}))*$".format(
+                               "|".join(EVENT_TYPES))}),
                     _param("message", "Message id.",
                            {"type": "string", "pattern": "^[0-9a-f]{16}$"}),
                     P_RECIPIENT, P_CAMPAIGN, P_SINCE, P_UNTIL,
@@ -362,6 +420,77 @@ def openapi_document(base_url: str = "") -> dict[str, Any]:
                 ],
                 "responses": _responses("DeliveryPage", "A page of deliveries.",
                                         not_found=True),
+            }},
+            "/inbound": {"post": {
+                "summary": "Take in one raw message (a bounce, an ARF report, a reply), as "
+                           "the bounce listener does (admin tokens only).",
+                "operationId": "postInbound",
+                "requestBody": {"required": True, "content": {
+                    "message/rfc822": {"schema": {"type": "string", "format": "binary"}}}},
+                "responses": _also(_responses("Intake", "What intake made of it."),
+                                   _403=FORBIDDEN,
+                                   _413="Larger than bounces.max_message_size.",
+                                   _422="Not an RFC 5322 message."),
+            }},
+            "/suppressions": {
+                "get": {
+                    "summary": "The suppression list, newest first.",
+                    "operationId": "listSuppressions",
+                    "parameters": [P_SCOPE, P_CURSOR, _limit(100)],
+                    "responses": _also(_responses("SuppressionPage", "A page of entries."),
+                                       _403=FORBIDDEN),
+                },
+                "post": {
+                    "summary": "Suppress an address (by hand).",
+                    "operationId": "addSuppression",
+                    "requestBody": {"required": True, "content": {
+                        "application/json": {"schema": _ref("SuppressionNew")}}},
+                    "responses": _also(
+                        {"201": {"description": "Added.", "content": {"application/json": {
+                            "schema": _ref("SuppressionAdded")}}},
+                         **_responses("SuppressionAdded", "Already suppressed.")},
+                        _403=FORBIDDEN),
+                },
+            },
+            "/suppressions/export": {"get": {
+                "summary": "The suppression list as CSV (address,scope,reason,event_id,"
+                           "created_at).",
+                "operationId": "exportSuppressions",
+                "parameters": [P_SCOPE],
+                "responses": _also({
+                    "200": {"description": "The CSV file.",
+                            "content": {"text/csv": {"schema": {"type": "string"}}}},
+                    **{k: v for k, v in _responses("Error", "").items() if k != "200"},
+                }, _403=FORBIDDEN),
+            }},
+            "/suppressions/import": {"post": {
+                "summary": "Add the addresses of a CSV file (an address column; scope and "
+                           "reason columns optional).",
+                "operationId": "importSuppressions",
+                "parameters": [P_SCOPE, _param("reason", "Reason for rows without one.",
+                                               _text(500))],
+                "requestBody": {"required": True, "content": {
+                    "text/csv": {"schema": {"type": "string"}}}},
+                "responses": _also(_responses("Imported", "What was added."),
+                                   _403=FORBIDDEN, _413="A CSV file over 20 MiB."),
+            }},
+            "/suppressions/removals": {"get": {
+                "summary": "Entries removed by hand, newest first (admin tokens only).",
+                "operationId": "listSuppressionRemovals",
+                "parameters": [_limit(100)],
+                "responses": _responses("RemovalList", "Removed entries.", not_found=True),
+            }},
+            "/suppressions/{address}": {"delete": {
+                "summary": "Remove an address from a scope's list (recorded with the "
+                           "token's name).",
+                "operationId": "removeSuppression",
+                "parameters": [
+                    _param("address", "The suppressed address.", where="path",
+                           required=True),
+                    P_SCOPE, _param("note", "Why (kept with the removal).", _text(500)),
+                ],
+                "responses": _also(_responses("SuppressionRemoved", "Removed.",
+                                              not_found=True), _403=FORBIDDEN),
             }},
         },
     }

@@ -136,7 +136,8 @@ class UnsubscribeEndpoints:
         event = Event(type="unsubscribe", message_id=message["id"], recipient=recipient,
                       time=time.time(),
                       data={"method": "page" if from_page else "one_click",
-                            "campaign": message["campaign"], "via": "http"})
+                            "campaign": message["campaign"], "via": "http",
+                            "verified": True, "evidence": "token"})
         recorded = await record_event(self.app, event, sender=message["sender"],
                                       event_id=f"{message['id']}-u{index}")
         log.info("unsubscribed", message=message["id"], method=event.data["method"],

@@ -40,6 +40,8 @@ TRACKER_APP = web.AppKey("trackrelay_app", App)
 DISPATCHER = web.AppKey("webhook_dispatcher", WebhookDispatcher)
 #: The pixel and link endpoints, for the pixel's own door (relay.tracker.pixel_door).
 RECIPIENT = web.AppKey("recipient_endpoints", RecipientEndpoints)
+#: The ``/api/v1`` sub-application (its router lists every API route).
+API_APP = web.AppKey("api_app", web.Application)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -91,6 +93,7 @@ def create_web_app(app: App) -> web.Application:
     add_deliverability_routes(api, api_app, app)  # /inbound, /suppressions
     api.finish(api_app)
     web_app.add_subapp("/api/v1", api_app)
+    web_app[API_APP] = api_app
     if app.config.http.dashboard and not app.config.http.dashboard_listen:
         from relay.tracker.dashboard import add_dashboard
 
