@@ -418,3 +418,18 @@ async def test_kept_alive_traffic_is_served_and_every_answered_hit_is_stored(
 def test_bad_http_limits_are_config_errors(http: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         build_config({"http": http}, environ={})
+
+
+async def test_refusals_are_counted_in_the_metrics_the_tracker_serves(
+        tracker: Tracker) -> None:
+    async def served(limit: str) -> float:
+        async with tracker.http.get(f"{tracker.base}/metrics") as resp:
+            text = await resp.text()
+        line = f'trackrelay_http_limits_total{{limit="{limit}"}} '
+        found = [row for row in text.splitlines() if row.startswith(line)]
+        return float(found[0].removeprefix(line)) if found else 0.0
+
+    before = await served("framing")
+    _, closed = await answer_and_close(tracker, b"GET /o/abc.gif HTTP/1.1\nHost: x\n\n")
+    assert closed
+    assert await served("framing") == before + 1
