@@ -124,6 +124,17 @@ class HttpConfig:
     dashboard_listen: str = ""
     #: Hours a dashboard sign-in lasts.
     dashboard_session_hours: float = 12.0
+    # Limits of the tracker's HTTP door (relay.tracker.pixel_door), per process: client
+    # connections open at once (all, and per address outside tracker.trusted_proxies),
+    # seconds a request head may take from its first byte (and a new connection to send
+    # one), seconds a kept-alive connection may wait between requests, and the largest
+    # request head and request line in bytes.
+    max_connections: int = 10000
+    max_connections_per_ip: int = 256
+    header_timeout: float = 10.0
+    idle_timeout: float = 75.0
+    max_header_bytes: int = 32768
+    max_request_line: int = 8190
     #: Set when ``base_url`` was derived from ``listen`` (not a key).
     base_url_derived: bool = field(default=False, init=False, repr=False)
 
@@ -760,6 +771,7 @@ def validate(config: Config) -> None:
         raise ConfigError("http.dashboard_session_hours: must be more than 0 and at most "
                           f"720, got {config.http.dashboard_session_hours}")
     config.http.derive_base_url()
+    validate_http_limits(config.http)
     if config.tracking.split_max_recipients < 2:
         raise ConfigError("tracking.split_max_recipients: must be 2 or more, got "
                           f"{config.tracking.split_max_recipients}")
@@ -908,6 +920,23 @@ def validate_limits(config: Config) -> None:
     if u.connection_wait < 0:
         raise ConfigError(f"upstream.connection_wait: must be 0 or more seconds, "
                           f"got {u.connection_wait}")
+
+
+def validate_http_limits(h: HttpConfig) -> None:
+    """The tracker's connection, timeout and request-size limits."""
+    for key in ("max_connections", "max_connections_per_ip"):
+        if getattr(h, key) <= 0:
+            raise ConfigError(f"http.{key}: must be positive, got {getattr(h, key)}")
+    for key in ("header_timeout", "idle_timeout"):
+        if getattr(h, key) <= 0:
+            raise ConfigError(f"http.{key}: must be a positive number of seconds, "
+                              f"got {getattr(h, key)}")
+    if h.max_request_line < 256:
+        raise ConfigError(f"http.max_request_line: must be at least 256, "
+                          f"got {h.max_request_line}")
+    if h.max_header_bytes < h.max_request_line:
+        raise ConfigError(f"http.max_header_bytes: must not be below http.max_request_line "
+                          f"({h.max_request_line}), got {h.max_header_bytes}")
 
 
 def validate_tracker(t: TrackerConfig) -> None:

@@ -128,6 +128,14 @@ SMTP_LIMITS = Counter(
     "message_size, recipients, upstream_connections)",
     ["limit"],
 )
+HTTP_LIMITS = Counter(
+    "trackrelay_http_limits_total",
+    "Tracker HTTP connections and requests refused or ended by a limit, by limit "
+    "(connections, connections_per_ip: 503 at connect; header_time: 408; idle_time: "
+    "closed while idle; header_size: 431; request_line: 414; framing: 400 for a bare CR "
+    "or LF)",
+    ["limit"],
+)
 UPSTREAM_OPEN = Gauge(
     "trackrelay_upstream_connections_open",
     "Upstream connections open (in use and idle in the pool)",

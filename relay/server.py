@@ -62,11 +62,11 @@ class Services:
         try:
             if self.http:
                 host, port = parse_hostport(self.config.http.listen, "http.listen")
-                self.runner = web.AppRunner(_web_app(self.app), access_log=None,
-                                            handle_signals=False)
-                await self.runner.setup()
-                from relay.tracker.web import listen
+                from relay.tracker.web import listen, make_runner
 
+                self.runner = make_runner(_web_app(self.app), access_log=None,
+                                          handle_signals=False)
+                await self.runner.setup()
                 site = await listen(self.runner, host, port,
                                     self.listeners.take("http.listen"))
                 self.http_address = site.address

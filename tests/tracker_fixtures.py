@@ -1,7 +1,7 @@
 """Fixtures for the tracker tests: a real store (SQLite or PostgreSQL) and a live tracker.
 
 ``store_url`` is parametrised over both engines (PostgreSQL in a schema of its own,
-dropped afterwards); ``make_tracker(**tracker_section)`` starts the tracker's web app
+dropped afterwards); ``make_tracker(sections, **tracker_section)`` starts the tracker's web app
 on 127.0.0.1 with a free port over a real store and returns a ``Tracker`` (see
 ``tests/tracker_support.py``) with an HTTP client session. Test modules load this file
 with ``pytest_plugins = ("tests.tracker_fixtures",)``.
@@ -14,13 +14,12 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from relay.app import App
 from relay.config import build_config
 from relay.plugin_host import PluginHost
 from relay.store import open_store
-from relay.tracker.web import DISPATCHER, create_web_app, listen
+from relay.tracker.web import DISPATCHER, create_web_app, listen, make_runner
 from tests.tracker_support import (
     API_TOKENS,
     MAIL_CLIENT_UA,
@@ -40,7 +39,8 @@ async def make_tracker(store_url: str, tmp_path: Any) -> AsyncIterator[MakeTrack
         section.update(tracker)
         config = build_config({
             **(sections or {}),
-            "http": {"listen": "127.0.0.1:0", "base_url": "http://127.0.0.1:8025"},
+            "http": {"listen": "127.0.0.1:0", "base_url": "http://127.0.0.1:8025",
+                     **(sections or {}).get("http", {})},
             "tracking": {"token_keys": [TOKEN_KEY], **(sections or {}).get("tracking", {})},
             "store": {"url": store_url},
             "tracker": section,
@@ -54,7 +54,7 @@ async def make_tracker(store_url: str, tmp_path: Any) -> AsyncIterator[MakeTrack
         await app.start()
         web_app = create_web_app(app)
         web_app[DISPATCHER].poll_interval = 0.05
-        runner = web.AppRunner(web_app, access_log=None)
+        runner = make_runner(web_app, access_log=None)
         await runner.setup()
         site = await listen(runner, "127.0.0.1", 0)
         port = site.address[1]

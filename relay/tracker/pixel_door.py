@@ -1,56 +1,160 @@
-"""The pixel's own door: ``GET``/``HEAD /o/<token>.gif`` answered without aiohttp's
-per-request machinery; every other request, and anything unusual, handed to aiohttp.
+"""The tracker's HTTP door: every connection starts here. ``GET``/``HEAD /o/<token>.gif``
+is answered without aiohttp's per-request machinery; every other request, and anything
+unusual, is handed to aiohttp; the connection and request limits hold for both.
 
 Why: the pixel is the busiest endpoint by far, and its answer never varies. Counted
 with callgrind, aiohttp spends about 168,000 instructions per request on a bare
 handler; reading the same request with aiohttp's own parser and writing a prepared
 answer takes about 31,000 (BENCHMARKS.md, "Tracker pixel").
 
-Every connection starts here. Its requests are read with aiohttp's HTTP parser (the
-same one aiohttp would use, so both agree on where a request ends), one head at a time.
-A request this door answers is a ``GET`` or ``HEAD`` of HTTP/1.0 or 1.1 for
-``/o/<name>`` (name: letters, digits, ``_ - .``; any query is ignored), with no body
-(no ``Content-Length``, ``Transfer-Encoding`` or ``Expect``) and no upgrade. At the
-first request that is anything else (an API call, a click, a percent-encoded path, a
-request aiohttp would refuse), the connection, with every byte not yet answered, is
-handed to aiohttp's own handler for good, so the answer is exactly aiohttp's.
+Requests are read with aiohttp's HTTP parser (the same one aiohttp would use, so both
+agree on where a request ends), one whole head at a time. A request this door answers is
+a ``GET`` or ``HEAD`` of HTTP/1.0 or 1.1 for ``/o/<name>`` (name: letters, digits,
+``_ - .``; any query is ignored), with no body (no ``Content-Length``,
+``Transfer-Encoding`` or ``Expect``) and no upgrade. At the first request that is
+anything else (an API call, a click, a percent-encoded path, a request aiohttp would
+refuse), the connection, with every byte not yet answered, is handed to aiohttp's own
+handler for good, so the answer is exactly aiohttp's. A first byte that cannot begin a
+request line (a TLS handshake, binary noise) is handed over at once, for aiohttp's own
+400.
 
 The answer is the same bytes aiohttp's route writes (``recipient.PIXEL_HEADERS``, a
 ``Date``, aiohttp's ``Server``; ``Connection`` as aiohttp sets it), and the hit goes to
-the same ``RecipientEndpoints.pixel_hit``. A connection idle for ``keepalive_timeout``
-seconds (aiohttp's 75 s) is closed, as aiohttp closes its own; a client that stops
-reading its answers stops being read (flow control).
+the same ``RecipientEndpoints.pixel_hit``. A client that stops reading its answers stops
+being read (flow control).
+
+Limits (``[http]``, ``DoorLimits``; each refusal counted in
+``trackrelay_http_limits_total{limit}``), checked here on every request the door reads,
+so on the first request of every connection whatever serves it:
+
+* Framing (RFC 9112 section 2.2): lines end in CRLF. A bare CR is invalid there, and the
+  door answers ``400`` at once. A bare LF, which the RFC lets a recipient accept as a line
+  end, is refused the same way: aiohttp's parser refuses it, and a server that read
+  lines differently from a proxy in front of it could be made to see a request the proxy
+  did not (request smuggling). Every HTTP client sends CRLF.
+* Sizes: a request line longer than ``max_request_line`` gets ``414`` (RFC 9110 section
+  15.5.15), a head longer than ``max_header_bytes`` or a header line longer than 8190
+  bytes (aiohttp's limit) ``431`` (RFC 6585 section 5), as soon as the bytes arrive.
+* Time: a request head must be whole ``header_timeout`` seconds after its first byte
+  (and a new connection must send one by then), however slowly it trickles in, or it
+  gets ``408`` (RFC 9110 section 15.5.9); a kept-alive connection idle for
+  ``idle_timeout`` seconds, or whose client stops reading for as long, is closed.
+* Connections: beyond ``max_connections`` open, or ``max_connections_per_ip`` from one
+  address (IPv6: one /64; not for ``tracker.trusted_proxies``, which carry many
+  clients), a new connection is answered ``503`` with ``Retry-After`` (RFC 9110 section
+  15.6.4) and closed.
+
+A request with ``Connection: close`` (or HTTP/1.0 without keep-alive) is the last one
+answered: the connection closes after its answer and nothing pipelined behind it is
+read as a request. Every answer that ends a connection is followed by a staged close
+(RFC 9112 section 9.6): the sending side is closed at once, what the client still sends
+is read and dropped for up to ``LINGER`` seconds, so its unread bytes do not make the
+kernel reset the connection before the answer arrives.
+
+After the hand-off aiohttp reads the later requests with its own rules: its 400 for a
+line too long, and one timer (``idle_timeout``, set as its ``keepalive_timeout``) from
+each answer until the next request head is whole.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import re
 import time
+from dataclasses import dataclass
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any, cast
 
 from aiohttp import web
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http import SERVER_SOFTWARE, HttpRequestParser, HttpVersion10, HttpVersion11
+from aiohttp.http_exceptions import LineTooLong
 
 from relay.logs import get_logger
+from relay.metrics import HTTP_LIMITS
+from relay.smtp_limits import client_key
 from relay.tracker.recipient import PIXEL_GIF, PIXEL_HEADERS
 
 if TYPE_CHECKING:
+    from relay.config import Config
     from relay.tracker.recipient import RecipientEndpoints
 
 log = get_logger("relay.tracker.pixel_door")
 
-#: aiohttp's default limits, so a request refused for its size is refused by aiohttp.
-MAX_LINE_SIZE = 8190
+#: aiohttp's default limit on one header line: a longer one is refused (431).
 MAX_FIELD_SIZE = 8190
-#: Bytes of a request head waited for before the request is left to aiohttp.
-MAX_HEAD = 16 * 1024
+#: Seconds a connection that is being closed is still read (and its bytes dropped).
+LINGER = 2.0
+#: Connections lingering at most: beyond, an answer that ends a connection closes it
+#: at once (a flood of refused connections must not hold file descriptors).
+MAX_LINGERING = 1024
 #: The request targets this door answers (the rest of the path space is aiohttp's).
 _TARGET = re.compile(r"/o/([A-Za-z0-9_.\-]{1,512})(?:\?[^#]*)?")
 _PREFIXES = (b"GET /o/", b"HEAD /o/")
 _NOT_SIMPLE = ("Content-Length", "Transfer-Encoding", "Expect", "Upgrade")
+#: How a request line begins: a method (a token, RFC 9110 sections 9.1 and 5.6.2), then
+#: a space; or the first bytes of one.
+_METHOD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,32}(?: |\Z)")
+_REASONS = {400: "Bad Request", 408: "Request Timeout", 414: "URI Too Long",
+            431: "Request Header Fields Too Large", 503: "Service Unavailable"}
+
+
+def _refusal(status: int, text: str, extra: str = "") -> bytes:
+    """An answer that ends the connection."""
+    body = (text + "\n").encode()
+    head = (f"HTTP/1.1 {status} {_REASONS[status]}\r\n"
+            f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(body)}\r\n"
+            f"{extra}Connection: close\r\nDate: {formatdate(usegmt=True)}\r\n"
+            f"Server: {SERVER_SOFTWARE}\r\n\r\n")
+    return head.encode("latin-1") + body
+
+
+def _badly_framed(start: bytes) -> bool:
+    """Whether ``start`` (the start of a request head) holds a CR or LF that is not part
+    of a CRLF (RFC 9112 section 2.2); it may end in a CR, its LF yet to come."""
+    crlf = start.count(b"\r\n")
+    return (start.count(b"\n") != crlf
+            or start.count(b"\r") != crlf + start.endswith(b"\r"))
+
+
+@dataclass(frozen=True)
+class DoorLimits:
+    """The ``[http]`` limits the door holds (see the module's docstring)."""
+
+    max_connections: int
+    max_connections_per_ip: int
+    header_timeout: float
+    idle_timeout: float
+    max_header_bytes: int
+    max_request_line: int
+    #: Networks spared the per-address cap: reverse proxies carry many clients.
+    exempt: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+    @classmethod
+    def from_config(cls, config: Config) -> DoorLimits:
+        h = config.http
+        return cls(h.max_connections, h.max_connections_per_ip, h.header_timeout,
+                   h.idle_timeout, h.max_header_bytes, h.max_request_line,
+                   tuple(ipaddress.ip_network(net, strict=False)
+                         for net in config.tracker.trusted_proxies))
+
+    @property
+    def tick(self) -> float:
+        """The longest a connection's timer sleeps: no deadline is set closer than this,
+        so every one is met on time without rescheduling the timer per request."""
+        return min(self.header_timeout, self.idle_timeout)
+
+    def is_exempt(self, ip: str) -> bool:
+        if not self.exempt:
+            return False
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        return any(addr in net for net in self.exempt)
 
 
 class _Answers:
@@ -88,15 +192,21 @@ class _Answers:
 
 
 class PixelDoor:
-    """The protocol factory for the tracker's listening socket (``PixelSite``)."""
+    """The protocol factory for the tracker's listening socket (``PixelSite``), and the
+    count of its connections against the limits."""
 
     def __init__(self, server: web.Server, endpoints: RecipientEndpoints,
-                 keepalive_timeout: float = 75.0) -> None:
+                 limits: DoorLimits) -> None:
         self.server = server
         self.endpoints = endpoints
-        self.keepalive_timeout = keepalive_timeout
+        self.limits = limits
         self.answers = _Answers()
+        #: Connections this door reads (not yet handed to aiohttp), and those closing.
         self.connections: set[_PixelProtocol] = set()
+        #: Connections counted against the limits (aiohttp's too), in all and by address.
+        self.open = 0
+        self.by_ip: dict[str, int] = {}
+        self.lingering = 0
         #: Requests answered here and connections handed to aiohttp (read by the tests).
         self.answered = 0
         self.handed_off = 0
@@ -104,9 +214,34 @@ class PixelDoor:
     def __call__(self) -> asyncio.Protocol:
         return _PixelProtocol(self)
 
+    def admit(self, peer: str | None) -> tuple[str | None, str | None]:
+        """Count a new connection from ``peer`` in: (its address key, None), or (None,
+        the limit that refuses it)."""
+        limits = self.limits
+        if self.open >= limits.max_connections:
+            return None, "connections"
+        key = client_key(peer) if peer else None
+        if key is not None:
+            count = self.by_ip.get(key, 0)
+            if (count >= limits.max_connections_per_ip
+                    and not limits.is_exempt(cast(str, peer))):
+                return None, "connections_per_ip"
+            self.by_ip[key] = count + 1
+        self.open += 1
+        return key, None
+
+    def release(self, key: str | None) -> None:
+        self.open -= 1
+        if key is not None:
+            count = self.by_ip.get(key, 0) - 1
+            if count > 0:
+                self.by_ip[key] = count
+            else:
+                self.by_ip.pop(key, None)
+
     def close(self) -> None:
-        """Close the connections still here: each is idle or between two answers (an
-        answer is written whole as soon as its request is read)."""
+        """Close the connections still here: each is idle, between two answers (an
+        answer is written whole as soon as its request is read), or closing."""
         for protocol in list(self.connections):
             protocol.close()
 
@@ -114,130 +249,278 @@ class PixelDoor:
 class _PixelProtocol(asyncio.Protocol):
     def __init__(self, door: PixelDoor) -> None:
         self.door = door
+        self.limits = door.limits
+        self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.peer: str | None = None
         self.buffer = b""
         self.parser: Any = None
         self.paused = False
-        self.last_data = 0.0
-        self.idle_timer: asyncio.TimerHandle | None = None
+        #: Counted against the connection limits, under this address key.
+        self.counted = False
+        self.key: str | None = None
+        #: When the head being read must be whole, or (none being read) when the
+        #: connection has been idle too long; checked by ``_check``.
+        self.deadline = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+        #: Answered its last request (or refused): bytes that follow are dropped.
+        self.closing = False
+        self.lingers = False
+        #: aiohttp's handler, once the connection is handed over; and whether bytes
+        #: after the handed-over ones are dropped (the last request was handed over).
+        self.handler: Any = None
+        self.drop_rest = False
+
+    # --- the connection ---------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         peername = transport.get_extra_info("peername")
         self.peer = peername[0] if isinstance(peername, (list, tuple)) else None
-        loop = asyncio.get_running_loop()
-        self.parser = HttpRequestParser(BaseProtocol(loop), loop, 2**16,
-                                        max_line_size=MAX_LINE_SIZE,
+        door = self.door
+        door.connections.add(self)
+        key, refused = door.admit(self.peer)
+        if refused is not None:
+            HTTP_LIMITS.labels(refused).inc()
+            log.debug("http_connection_refused", limit=refused, client=self.peer)
+            text = ("Too many connections from your address" if refused == "connections_per_ip"
+                    else "Too many connections")
+            self._finish(_refusal(503, text, "Retry-After: 5\r\n"))
+            return
+        self.counted, self.key = True, key
+        self.parser = HttpRequestParser(BaseProtocol(self.loop), self.loop, 2**16,
+                                        max_line_size=self.limits.max_request_line,
                                         max_field_size=MAX_FIELD_SIZE)
-        self.last_data = loop.time()
-        self.idle_timer = loop.call_later(self.door.keepalive_timeout, self._idle_check)
-        self.door.connections.add(self)
+        # A new connection's first head must be whole within header_timeout.
+        self.deadline = self.loop.time() + self.limits.header_timeout
+        self.timer = self.loop.call_later(self.limits.tick, self._check)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.handler is not None:
+            self.handler.connection_lost(exc)
         self._forget()
+        if self.counted:
+            self.counted = False
+            self.door.release(self.key)
+        if self.lingers:
+            self.lingers = False
+            self.door.lingering -= 1
 
     def _forget(self) -> None:
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
-            self.idle_timer = None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         self.door.connections.discard(self)
 
-    def _idle_check(self) -> None:
-        loop = asyncio.get_running_loop()
-        idle = loop.time() - self.last_data
-        if idle >= self.door.keepalive_timeout:
-            self.close()
+    def _check(self) -> None:
+        """The header and idle timeouts: run at least every ``limits.tick`` seconds, so
+        a deadline set at any moment is caught when it comes without a timer per
+        request."""
+        self.timer = None
+        if self.closing or self.handler is not None or self.transport is None:
+            return
+        now = self.loop.time()
+        if now < self.deadline:
+            self.timer = self.loop.call_at(min(self.deadline, now + self.limits.tick),
+                                           self._check)
+        elif self.buffer and not self.paused:
+            self._refuse(408, "header_time", "The request head took too long")
         else:
-            self.idle_timer = loop.call_later(self.door.keepalive_timeout - idle,
-                                              self._idle_check)
+            HTTP_LIMITS.labels("idle_time").inc()
+            self.close(abort=self.paused)  # a client not reading would keep a close open
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
         self._forget()
         if self.transport is not None:
-            self.transport.close()
+            if abort:
+                self.transport.abort()
+            else:
+                self.transport.close()
+
+    def _finish(self, answer: bytes) -> None:
+        """Write ``answer`` and end the connection with a staged close (RFC 9112 section
+        9.6): sending side closed now, the client's further bytes read and dropped until
+        it closes its side or ``LINGER`` seconds pass."""
+        transport = self.transport
+        assert transport is not None
+        self.closing, self.buffer = True, b""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        transport.write(answer)
+        door = self.door
+        if door.lingering >= MAX_LINGERING or not transport.can_write_eof():
+            self.close()
+            return
+        door.lingering += 1
+        self.lingers = True
+        transport.write_eof()
+        if self.paused:
+            transport.resume_reading()
+        self.timer = self.loop.call_later(LINGER, self._linger_over)
+
+    def _linger_over(self) -> None:
+        self.timer = None
+        # An answer still unsent after LINGER seconds has a client that does not read.
+        self.close(abort=self.transport is not None
+                   and self.transport.get_write_buffer_size() > 0)
+
+    def _refuse(self, status: int, limit: str, text: str) -> None:
+        HTTP_LIMITS.labels(limit).inc()
+        log.debug("http_request_refused", limit=limit, status=status, client=self.peer)
+        self._finish(_refusal(status, text))
+
+    # --- flow control and data ----------------------------------------------------------
 
     def pause_writing(self) -> None:
+        if self.handler is not None:
+            self.handler.pause_writing()
+            return
         self.paused = True
-        if self.transport is not None:
+        # A client that stops reading for idle_timeout is closed (see _check).
+        self.deadline = self.loop.time() + self.limits.idle_timeout
+        if self.transport is not None and not self.closing:
             self.transport.pause_reading()
 
     def resume_writing(self) -> None:
+        if self.handler is not None:
+            self.handler.resume_writing()
+            return
         self.paused = False
-        if self.transport is not None:
+        if self.transport is not None and not self.closing:
+            limits = self.limits
+            self.deadline = self.loop.time() + (
+                limits.header_timeout if self.buffer else limits.idle_timeout)
             self.transport.resume_reading()
             self._serve()
 
     def data_received(self, data: bytes) -> None:
+        if self.handler is not None:
+            if not self.drop_rest:
+                self.handler.data_received(data)
+            return
+        if self.closing:
+            return
+        if not self.buffer:  # a new request head begins
+            self.deadline = self.loop.time() + self.limits.header_timeout
         self.buffer += data
-        self.last_data = asyncio.get_running_loop().time()
         if not self.paused:
             self._serve()
 
-    def eof_received(self) -> bool:
-        return False  # a half-sent request is dropped, as aiohttp drops it
+    def eof_received(self) -> bool | None:
+        if self.handler is not None:
+            return cast("bool | None", self.handler.eof_received())
+        # Closing: the client has read its answer. Otherwise a half-sent request is
+        # dropped, as aiohttp drops it.
+        return False
+
+    # --- requests ---------------------------------------------------------------------------
 
     def _serve(self) -> None:
-        """Answer every whole pixel request buffered; hand off at anything else."""
+        """Answer every whole pixel request buffered; refuse what breaks a limit; hand
+        off at anything else."""
         try:
-            while self.buffer and not self.paused and self.transport is not None:
+            limits = self.limits
+            answered = False
+            while (self.buffer and not self.paused and not self.closing
+                   and self.handler is None and self.transport is not None):
                 buffer = self.buffer
-                if not buffer.startswith(_PREFIXES):
-                    if len(buffer) >= 8 or not any(p.startswith(buffer) for p in _PREFIXES):
-                        self._hand_off()
+                end = buffer.find(b"\r\n\r\n") + 4
+                if end < 4:
+                    self._partial(buffer)
+                    break
+                if end > limits.max_header_bytes:
+                    self._refuse(431, "header_size", "Request header fields too large")
                     return
-                end = buffer.find(b"\r\n\r\n")
-                if end < 0:
-                    if len(buffer) > MAX_HEAD:
-                        self._hand_off()
+                head = buffer[:end]
+                crlf = head.count(b"\r\n")  # _badly_framed, inline: the busiest path
+                if head.count(b"\n") != crlf or head.count(b"\r") != crlf:
+                    self._refuse(400, "framing", "Bad request: lines must end in CRLF")
                     return
-                if not self._answer(buffer[:end + 4]):
-                    self._hand_off()
+                if head.find(b"\r\n") > limits.max_request_line:
+                    self._refuse(414, "request_line", "Request line too long")
                     return
-                self.buffer = buffer[end + 4:]
+                if not self._take(head, end):
+                    return
+                self.buffer = buffer[end:]
+                answered = True
+            if answered and not self.closing and self.handler is None:
+                self.deadline = self.loop.time() + (
+                    limits.header_timeout if self.buffer else limits.idle_timeout)
         except Exception as exc:  # never lose a connection to a bug here: aiohttp has it
             log.error("pixel_door_failed", error=repr(exc), exc_info=True)
-            if self.transport is not None and not self.transport.is_closing():
+            if (self.handler is None and not self.closing and self.transport is not None
+                    and not self.transport.is_closing()):
                 self._hand_off()
 
-    def _answer(self, head: bytes) -> bool:
-        """Answer ``head`` (one whole request head) if it is a plain pixel request."""
+    def _partial(self, buffer: bytes) -> None:
+        """The start of a request head: refuse it as soon as it breaks a rule, hand it
+        over if it cannot be the start of a request line, else wait for the rest."""
+        limits = self.limits
+        if _METHOD.match(buffer) is None:
+            self._hand_off()
+            return
+        if _badly_framed(buffer):
+            self._refuse(400, "framing", "Bad request: lines must end in CRLF")
+            return
+        line = buffer.find(b"\r\n")
+        if (len(buffer) if line < 0 else line) > limits.max_request_line:
+            self._refuse(414, "request_line", "Request line too long")
+        elif len(buffer) > limits.max_header_bytes:
+            self._refuse(431, "header_size", "Request header fields too large")
+
+    def _take(self, head: bytes, end: int) -> bool:
+        """Answer ``head`` (one whole request head, ``end`` bytes) if it is a plain pixel
+        request (True), or refuse it or hand the connection over (False)."""
         try:
             messages, upgraded, tail = self.parser.feed_data(head)
+        except LineTooLong:  # a header line (the request line is checked before)
+            self._refuse(431, "header_size", "Request header field too large")
+            return False
         except Exception:
-            return False  # aiohttp's handler reads it again and answers its own 400
+            self._hand_off()  # aiohttp's handler reads it again and answers its own 400
+            return False
         if len(messages) != 1 or upgraded or tail:
+            self._hand_off()
             return False
         message = messages[0][0]
         headers = message.headers
-        if (message.method not in ("GET", "HEAD")
+        match = _TARGET.fullmatch(message.path) if head.startswith(_PREFIXES) else None
+        if (match is None
+                or message.method not in ("GET", "HEAD")
                 or message.version not in (HttpVersion11, HttpVersion10)
                 or any(name in headers for name in _NOT_SIMPLE)):
-            return False
-        match = _TARGET.fullmatch(message.path)
-        if match is None:
+            keep = None
+            if message.should_close and "Transfer-Encoding" not in headers:
+                # The last request: aiohttp gets it (and its body), nothing after it.
+                keep = end + int(headers.get("Content-Length") or 0)
+            self._hand_off(keep)
             return False
         now = time.time()
         keep_alive = not message.should_close
-        assert self.transport is not None
-        self.transport.write(
-            self.door.answers.get(now, message.version, message.method, keep_alive))
+        answer = self.door.answers.get(now, message.version, message.method, keep_alive)
+        if keep_alive:
+            assert self.transport is not None
+            self.transport.write(answer)
+        else:
+            self._finish(answer)  # nothing pipelined after it is answered
         self.door.answered += 1
         self.door.endpoints.pixel_hit(match.group(1), self.peer, headers, message.method,
                                       "http", now)
-        if not keep_alive:
-            self.buffer = b""
-            self.close()
-        return True
+        return keep_alive
 
-    def _hand_off(self) -> None:
-        """Give this connection and its unanswered bytes to aiohttp, for good."""
+    def _hand_off(self, keep: int | None = None) -> None:
+        """Give this connection and its unanswered bytes to aiohttp, for good; this
+        protocol stays in between only to pass everything on and count the connection's
+        end. ``keep``: hand over that many bytes only and drop all that follows."""
         transport, buffer = self.transport, self.buffer
         assert transport is not None
+        if keep is not None:
+            buffer, self.drop_rest = buffer[:keep], True
         self._forget()
-        self.transport, self.buffer = None, b""
+        self.buffer = b""
         handler = self.door.server()
-        transport.set_protocol(handler)
+        self.handler = handler
         handler.connection_made(transport)
         self.door.handed_off += 1
         if buffer:

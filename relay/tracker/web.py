@@ -18,6 +18,7 @@ dispatcher runs while the web app does.
 from __future__ import annotations
 
 import socket
+from typing import Any
 
 from aiohttp import web
 
@@ -29,7 +30,7 @@ from relay.metrics import exposition
 from relay.store.base import Store
 from relay.tracker.api import Api
 from relay.tracker.deliverability_api import add_deliverability_routes
-from relay.tracker.pixel_door import PixelDoor, PixelSite
+from relay.tracker.pixel_door import MAX_FIELD_SIZE, DoorLimits, PixelDoor, PixelSite
 from relay.tracker.recipient import RecipientEndpoints
 from relay.tracker.unsubscribe import add_unsubscribe_routes
 from relay.tracker.webhooks import WebhookDispatcher
@@ -63,15 +64,26 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
     return resp
 
 
+def make_runner(web_app: web.Application, **kwargs: Any) -> web.AppRunner:
+    """An ``AppRunner`` for ``create_web_app``'s application whose request handlers
+    keep the ``[http]`` limits too: aiohttp's idle timer is ``http.idle_timeout`` and
+    its request-line limit ``http.max_request_line`` (relay.tracker.pixel_door)."""
+    http = web_app[TRACKER_APP].config.http
+    return web.AppRunner(web_app, keepalive_timeout=http.idle_timeout,
+                         max_line_size=http.max_request_line,
+                         max_field_size=MAX_FIELD_SIZE, **kwargs)
+
+
 async def listen(runner: web.AppRunner, host: str | None = "127.0.0.1", port: int = 0,
-                 sock: socket.socket | None = None, keepalive_timeout: float = 75.0
+                 sock: socket.socket | None = None, limits: DoorLimits | None = None
                  ) -> PixelSite:
     """Serve ``runner`` (set up, of ``create_web_app``) on an address or a bound socket,
-    its connections entering through the pixel's own door (relay.tracker.pixel_door).
-    ``keepalive_timeout`` is aiohttp's default; the door closes idle connections the
-    same way."""
+    its connections entering through the tracker's own door (relay.tracker.pixel_door),
+    which holds the ``[http]`` limits (``limits``, else the app's configuration)."""
     assert runner.server is not None, "runner.setup() first"
-    door = PixelDoor(runner.server, runner.app[RECIPIENT], keepalive_timeout)
+    if limits is None:
+        limits = DoorLimits.from_config(runner.app[TRACKER_APP].config)
+    door = PixelDoor(runner.server, runner.app[RECIPIENT], limits)
     site = PixelSite(runner, door, host=host, port=port, sock=sock)
     await site.start()
     return site
