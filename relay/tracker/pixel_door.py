@@ -433,10 +433,7 @@ class _PixelProtocol(asyncio.Protocol):
                     self._refuse(431, "header_size", "Request header fields too large")
                     return
                 head = buffer[:end]
-                crlf = head.count(b"\r\n")  # _badly_framed, inline: the busiest path
-                if head.count(b"\n") != crlf or head.count(b"\r") != crlf:
-                    self._refuse(400, "framing", "Bad request: lines must end in CRLF")
-                    return
+                # A bare CR or LF in a whole head: the parser refuses it (_take).
                 if head.find(b"\r\n") > limits.max_request_line:
                     self._refuse(414, "request_line", "Request line too long")
                     return
@@ -478,7 +475,12 @@ class _PixelProtocol(asyncio.Protocol):
             self._refuse(431, "header_size", "Request header field too large")
             return False
         except Exception:
-            self._hand_off()  # aiohttp's handler reads it again and answers its own 400
+            # aiohttp's parsers (C and Python) refuse a bare CR or LF anywhere in a head;
+            # checked here, off the busy path, for the door's own 400.
+            if _badly_framed(head):
+                self._refuse(400, "framing", "Bad request: lines must end in CRLF")
+            else:
+                self._hand_off()  # aiohttp's handler reads it again and answers its 400
             return False
         if len(messages) != 1 or upgraded or tail:
             self._hand_off()
