@@ -17,7 +17,8 @@ handed to aiohttp's own handler for good, so the answer is exactly aiohttp's.
 
 The answer is the same bytes aiohttp's route writes (``recipient.PIXEL_HEADERS``, a
 ``Date``, aiohttp's ``Server``; ``Connection`` as aiohttp sets it), and the hit goes to
-the same ``RecipientEndpoints.pixel_hit``. A connection idle for ``keepalive_timeout``
+the same ``RecipientEndpoints.pixel_hit`` (which journals it before the answer is
+written). A connection idle for ``keepalive_timeout``
 seconds (aiohttp's 75 s) is closed, as aiohttp closes its own; a client that stops
 reading its answers stops being read (flow control).
 """
@@ -220,11 +221,12 @@ class _PixelProtocol(asyncio.Protocol):
         now = time.time()
         keep_alive = not message.should_close
         assert self.transport is not None
+        # Journaled before it is answered (relay.tracker.hit_journal).
+        self.door.endpoints.pixel_hit(match.group(1), self.peer, headers, message.method,
+                                      "http", now, head)
         self.transport.write(
             self.door.answers.get(now, message.version, message.method, keep_alive))
         self.door.answered += 1
-        self.door.endpoints.pixel_hit(match.group(1), self.peer, headers, message.method,
-                                      "http", now)
         if not keep_alive:
             self.buffer = b""
             self.close()
