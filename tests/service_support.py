@@ -23,8 +23,16 @@ def toml(sections: dict[str, dict[str, Any]]) -> str:
     out = []
     for name, values in sections.items():
         out.append(f"[{name}]")
-        out.extend(f"{key} = {json.dumps(value)}" for key, value in values.items())
+        tables = {k: v for k, v in values.items()
+                  if isinstance(v, list) and v and all(isinstance(t, dict) for t in v)}
+        out.extend(f"{key} = {json.dumps(value)}" for key, value in values.items()
+                   if key not in tables)
         out.append("")
+        for key, rows in tables.items():  # arrays of tables: [[section.key]]
+            for row in rows:
+                out.append(f"[[{name}.{key}]]")
+                out.extend(f"{k} = {json.dumps(v)}" for k, v in row.items())
+                out.append("")
     return "\n".join(out)
 
 
@@ -39,8 +47,10 @@ class Service:
     """One trackrelay process (``serve`` or ``tracker``) with its config file."""
 
     def __init__(self, name: str, command: str, root: Path,
-                 sections: dict[str, dict[str, Any]], ports: list[int]) -> None:
+                 sections: dict[str, dict[str, Any]], ports: list[int],
+                 extra: list[str] | None = None) -> None:
         self.name, self.command = name, command
+        self.extra = extra or []
         self.dir = root / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.config = self.dir / "trackrelay.toml"
@@ -63,7 +73,7 @@ class Service:
         with self.log.open("wb") as out:
             self.proc = await asyncio.create_subprocess_exec(
                 *TRACKRELAY, self.command, "--config", str(self.config), "--workers", "1",
-                env=clean_environ(), stdout=out, stderr=out, cwd=self.dir)
+                *self.extra, env=clean_environ(), stdout=out, stderr=out, cwd=self.dir)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while '"event": "started"' not in self.log.read_text(errors="replace"):
