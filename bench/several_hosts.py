@@ -59,7 +59,8 @@ async def one(label: str, args: argparse.Namespace, kill: bool) -> Outcome:
     root = Path(tempfile.mkdtemp(prefix=f"trackrelay-hosts-{label}-"))
     try:
         out, codes = await run(root, PG_URL, schema, messages=args.messages, hits=args.hits,
-                               smtp_clients=args.clients, hit_clients=args.clients, kill=kill)
+                               smtp_clients=args.clients, hit_clients=args.clients, kill=kill,
+                               timeout=3600)
     finally:
         conn = await asyncpg.connect(PG_URL)
         try:

@@ -343,7 +343,7 @@ async def _all_hits_stored(cluster: Cluster, out: Outcome, timeout: float = 60) 
 
 async def run(root: Path, pg_url: str, schema: str, *, messages: int, hits: int,
               smtp_clients: int = 8, hit_clients: int = 8, kill: bool = True,
-              api: bool = True) -> tuple[Outcome, list[int]]:
+              api: bool = True, timeout: float = 600.0) -> tuple[Outcome, list[int]]:
     """Start the cluster, run the load (with the kills), stop everything cleanly and
     collect what the upstream and the database hold. Returns the outcome and the exit
     codes of the services' last runs (0: a clean stop)."""
@@ -371,7 +371,7 @@ async def run(root: Path, pg_url: str, schema: str, *, messages: int, hits: int,
         tasks = [senders(), recipients()]
         if kill:
             tasks.append(_killer(cluster, out, messages))
-        await asyncio.wait_for(asyncio.gather(*tasks), 600)
+        await asyncio.wait_for(asyncio.gather(*tasks), timeout)
         await _all_hits_stored(cluster, out)
         if api:
             await _api(cluster, out)

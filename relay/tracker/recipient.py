@@ -14,9 +14,13 @@ the store's in-memory batch writer. The pixel answers before any of that: its hi
 gathered for ``HITS_GATHER_SECONDS`` and recorded in one run (cheaper per hit than
 inside each request), and ``Store.flush`` waits for them (``settle``).
 
-A genuine token whose message the store does not hold yet (the relay writes the record
-just after the upstream accepted the message, perhaps in another worker) is not given
-up at once: an open is looked up again in the background for about 4 s after its GIF
+Every hit is on local disk before its answer goes out (relay.tracker.hit_journal): a
+process killed at any moment loses no hit a client saw answered.
+
+A genuine token whose message the store does not hold yet (the relay stores the record
+before its client's 250, but a scanner may fetch the pixel while the message is still
+on its way, and a relay cut off from the database keeps the record in its spool) is not
+given up at once: an open is looked up again in the background for about 4 s after its GIF
 went out, a click for under a second before its answer; only then is it counted as
 ``unknown_message`` (a purged or never-sent message) and nothing is recorded.
 
@@ -82,7 +86,7 @@ HITS_GATHER_SECONDS = 0.002
 #: ``_resolve``'s answer when the store has no such message (yet).
 NOT_YET = "not_yet"
 #: Seconds between look-ups of a genuine open token whose message the store does not
-#: hold yet (the relay writes the record just after delivery): about 4 s in all.
+#: hold yet (fetched while the message was on its way): about 4 s in all.
 LATE_DELAYS: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 #: The same for a click, whose answer (the redirect) must wait: under a second in all.
 CLICK_DELAYS: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5)
@@ -425,9 +429,10 @@ class RecipientEndpoints:
             self._settled(seen.ref)
 
     async def _late_open(self, seen: _Seen, data: TokenData) -> None:
-        """A genuine open token for a message the store does not hold yet: its record is
-        written just after delivery, maybe by another worker or relay, so look again a
-        few times before giving it up as unknown (a purged or never-sent message)."""
+        """A genuine open token for a message the store does not hold yet: its record may
+        still be on its way (written by the relay as the upstream accepts it), so look
+        again a few times before giving it up as unknown (a purged or never-sent
+        message)."""
         for delay in LATE_DELAYS:
             await asyncio.sleep(delay)
             try:
