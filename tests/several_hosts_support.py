@@ -54,7 +54,7 @@ def free_port() -> int:
 class Hit:
     agent: str
     kind: str  # "open" or "click"
-    tracker: str
+    tracker: str  # "<name>#<run>": which tracker, in which of its runs, answered
     message_id: str  # the Message-ID header of the message it is about
 
 
@@ -62,7 +62,7 @@ class Hit:
 class Outcome:
     """What happened, as the clients, the upstream and the database saw it."""
 
-    accepted: dict[str, str] = field(default_factory=dict)  # Message-ID -> relay
+    accepted: dict[str, str] = field(default_factory=dict)  # Message-ID -> relay#run
     accepted_order: list[str] = field(default_factory=list)
     unanswered: list[str] = field(default_factory=list)  # sent, no final answer seen
     refused: list[str] = field(default_factory=list)  # answered, not 250
@@ -73,6 +73,9 @@ class Outcome:
     messages_seconds: float = 0.0
     hits_seconds: float = 0.0
     kills: list[str] = field(default_factory=list)
+    #: Hits answered when the kills happened, and when the killed services were back.
+    hits_at_kill: int = 0
+    hits_at_restart: int = 0
     # From the database, after every service stopped:
     message_rows: dict[str, int] = field(default_factory=dict)  # Message-ID -> rows
     sent_events: dict[str, int] = field(default_factory=dict)  # Message-ID -> events
@@ -213,7 +216,7 @@ async def _send(cluster: Cluster, out: Outcome, numbers: itertools.count[int], t
             smtp = None
             continue
         assert errors == {}
-        out.accepted[msg_id] = relay.name
+        out.accepted[msg_id] = f"{relay.name}#{relay.runs}"
         out.accepted_order.append(msg_id)
     if smtp is not None:
         with contextlib.suppress(Exception):
@@ -234,14 +237,18 @@ async def _connect(port: int, timeout: float = 60.0) -> aiosmtplib.SMTP:
             await asyncio.sleep(0.05)
 
 
-async def _hits(cluster: Cluster, out: Outcome, total: int, client: int,
+async def _hits(cluster: Cluster, out: Outcome, total: int, messages: int, client: int,
                 sending: asyncio.Future[None], counter: itertools.count[int]) -> None:
     """One recipient-side HTTP client: the pixel or the link of an accepted message,
-    through one tracker or the other, each request with its own User-Agent."""
+    through one tracker or the other, each request with its own User-Agent. The hits
+    keep pace with the mail (hit n waits for n/total of it to be accepted), so the
+    kills fall in the middle of both loads."""
     async with aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=30)) as http:
         order: list[str] = []  # accepted messages this client knows of
         while (n := next(counter)) < total:
+            while n * messages > total * len(out.accepted) and not sending.done():
+                await asyncio.sleep(0.01)
             while not order or n % 7 == 0:  # learn of newly accepted mail now and then
                 upstream = cluster.upstream()
                 while len(order) < len(out.accepted_order):
@@ -261,16 +268,26 @@ async def _hits(cluster: Cluster, out: Outcome, total: int, client: int,
             path = record["click"] if kind == "click" else record["pixel"]
             agent = (f"Mozilla/5.0 (Windows NT 10.0; rv:128.0) Gecko/20100101 "
                      f"Thunderbird/128.3.0 hit-{client}-{n}")
-            try:
-                async with http.get(f"http://127.0.0.1:{tracker.ports[0]}{path}",
-                                    allow_redirects=False,
-                                    headers={"User-Agent": agent}) as resp:
-                    await resp.read()
-                    ok = resp.status == (302 if kind == "click" else 200)
-            except (aiohttp.ClientError, TimeoutError):
-                ok = False
+            ok = False
+            for attempt in (0, 1):
+                try:
+                    async with http.get(f"http://127.0.0.1:{tracker.ports[0]}{path}",
+                                        allow_redirects=False,
+                                        headers={"User-Agent": agent}) as resp:
+                        await resp.read()
+                        ok = resp.status == (302 if kind == "click" else 200)
+                except aiohttp.ClientConnectorError:
+                    # Refused: nothing reached that tracker. As a load balancer does, try
+                    # the other one (a request cut off later is not sent again).
+                    if attempt == 0:
+                        tracker = cluster.trackers[(n + client + 1) % 2]
+                        continue
+                except (aiohttp.ClientError, TimeoutError):
+                    pass
+                break
             if ok:
-                out.answered_hits.append(Hit(agent, kind, tracker.name, mid))
+                out.answered_hits.append(Hit(agent, kind, f"{tracker.name}#{tracker.runs}",
+                                             mid))
             else:
                 out.failed_hits += 1
                 out.failed_agents.append(agent)
@@ -286,11 +303,13 @@ async def _killer(cluster: Cluster, out: Outcome, total: int) -> None:
     relay.kill()
     tracker.kill()
     out.kills += [relay.name, tracker.name]
+    out.hits_at_kill = len(out.answered_hits)
     await asyncio.gather(relay.wait(), tracker.wait())
     mark = len(out.accepted)
     while len(out.accepted) < mark + total * 0.15 and len(out.accepted) < total * 0.9:
         await asyncio.sleep(0.01)
     await asyncio.gather(relay.start(), tracker.start())
+    out.hits_at_restart = len(out.answered_hits)
 
 
 async def _database(cluster: Cluster, out: Outcome) -> None:
@@ -364,7 +383,7 @@ async def run(root: Path, pg_url: str, schema: str, *, messages: int, hits: int,
             sending.set_result(None)
 
         async def recipients() -> None:
-            await asyncio.gather(*(_hits(cluster, out, hits, c, sending, counter)
+            await asyncio.gather(*(_hits(cluster, out, hits, messages, c, sending, counter)
                                    for c in range(hit_clients)))
             out.hits_seconds = time.perf_counter() - started
 

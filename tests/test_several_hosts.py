@@ -36,6 +36,9 @@ async def schema() -> AsyncIterator[str]:
         await conn.close()
 
 
+# About a minute on a quiet 2-core machine; several on a busy one (six services on two
+# cores): the guarantees, not the time, are what is checked.
+@pytest.mark.timeout(900)
 async def test_two_relays_two_trackers_one_database_with_kills(tmp_path: Path,
                                                               schema: str) -> None:
     out, codes = await run(tmp_path, PG_URL, schema, messages=MESSAGES, hits=HITS)
@@ -44,12 +47,15 @@ async def test_two_relays_two_trackers_one_database_with_kills(tmp_path: Path,
             for s in ("relay-a", "relay-b", "tracker-a", "tracker-b")}
 
     # The load really went through both relays and both trackers, and the kills happened
-    # while it ran (each killed service ran twice: killed, then restarted).
+    # in the middle of it: the killed services took mail and hits before the kill and
+    # after their restart (each ran twice; "#run").
     assert out.kills == ["relay-a", "tracker-b"]
     assert {name: len(list(files)) for name, files in logs.items()} == {
         "relay-a": 2, "relay-b": 1, "tracker-a": 1, "tracker-b": 2}
-    assert set(out.accepted.values()) == {"relay-a", "relay-b"}
-    assert {h.tracker for h in out.answered_hits} == {"tracker-a", "tracker-b"}
+    assert set(out.accepted.values()) == {"relay-a#1", "relay-a#2", "relay-b#1"}
+    assert {h.tracker for h in out.answered_hits} == {"tracker-a#1", "tracker-b#1",
+                                                      "tracker-b#2"}
+    assert 0 < out.hits_at_kill <= out.hits_at_restart < len(out.answered_hits)
     assert len(out.accepted) + len(out.unanswered) + len(out.refused) == MESSAGES
     assert len(out.accepted) >= MESSAGES * 0.9
     assert out.refused == []
