@@ -116,6 +116,14 @@ class HttpConfig:
     #: The tracker's public URL put into mail. Empty: ``http://`` + ``listen`` (a
     #: wildcard host becomes 127.0.0.1), for local use only.
     base_url: str = ""
+    #: The web dashboard under ``/ui/`` (sign-in with an API token of
+    #: ``[[tracker.api_tokens]]``); false: no ``/ui/`` anywhere.
+    dashboard: bool = True
+    #: HOST:PORT of a listener of the dashboard's own (then ``/ui/`` is served there
+    #: only, not on ``listen``, so it can stay off the public pixel/click address).
+    dashboard_listen: str = ""
+    #: Hours a dashboard sign-in lasts.
+    dashboard_session_hours: float = 12.0
     #: Set when ``base_url`` was derived from ``listen`` (not a key).
     base_url_derived: bool = field(default=False, init=False, repr=False)
 
@@ -739,6 +747,14 @@ def validate(config: Config) -> None:
     if u.pool_size < 0:
         raise ConfigError("upstream.pool_size: must be 0 or more")
     parse_hostport(config.http.listen, "http.listen")
+    if config.http.dashboard_listen:
+        parse_hostport(config.http.dashboard_listen, "http.dashboard_listen")
+        if not config.http.dashboard:
+            raise ConfigError("http.dashboard_listen: the dashboard is off "
+                              "(http.dashboard = false)")
+    if not 0 < config.http.dashboard_session_hours <= 24 * 30:
+        raise ConfigError("http.dashboard_session_hours: must be more than 0 and at most "
+                          f"720, got {config.http.dashboard_session_hours}")
     config.http.derive_base_url()
     if config.tracking.split_max_recipients < 2:
         raise ConfigError("tracking.split_max_recipients: must be 2 or more, got "

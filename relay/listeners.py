@@ -36,6 +36,8 @@ def listen_addresses(config: Config, *, smtp: bool, http: bool) -> list[tuple[st
             out += [(f"bounces.listen[{i}]", a) for i, a in enumerate(config.bounces.listen)]
     if http:
         out.append(("http.listen", config.http.listen))
+        if config.http.dashboard and config.http.dashboard_listen:
+            out.append(("http.dashboard_listen", config.http.dashboard_listen))
     return out
 
 

@@ -63,7 +63,10 @@ class MessageDraft:
     # --- headers -------------------------------------------------------------------------
 
     def _name(self, line: bytes) -> bytes:
-        return line.split(b":", 1)[0].strip().lower()
+        """The field name of a header line; b"" for a line with no colon, which is no
+        header field (RFC 5322 section 2.2) and so answers to no name."""
+        name, colon, _ = line.partition(b":")
+        return name.strip().lower() if colon else b""
 
     def _header_names(self) -> list[bytes]:
         if self._names is None:

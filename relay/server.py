@@ -49,6 +49,8 @@ class Services:
         self.http = http
         self.runner: web.AppRunner | None = None
         self.http_address: tuple[str, int] | None = None
+        self.dashboard_runner: web.AppRunner | None = None
+        self.dashboard_address: tuple[str, int] | None = None
         self.imap: ImapReplies | None = None
         if self.relay is not None:
             self.relay.listeners = self.listeners
@@ -69,6 +71,8 @@ class Services:
                                     self.listeners.take("http.listen"))
                 self.http_address = site.address
                 log.info("http_listening", address=f"{host}:{self.http_address[1]}")
+                if self.config.http.dashboard and self.config.http.dashboard_listen:
+                    await self._start_dashboard()
             if self.relay is not None:
                 await self.relay.start()
             if self.bounces is not None:
@@ -81,6 +85,23 @@ class Services:
             await self.stop()
             raise
 
+    async def _start_dashboard(self) -> None:
+        """The dashboard on its own listener (``http.dashboard_listen``)."""
+        from relay.tracker.dashboard import create_dashboard_app
+
+        host, port = parse_hostport(self.config.http.dashboard_listen, "http.dashboard_listen")
+        self.dashboard_runner = web.AppRunner(create_dashboard_app(self.app), access_log=None,
+                                              handle_signals=False)
+        await self.dashboard_runner.setup()
+        sock = self.listeners.take("http.dashboard_listen")
+        site: web.BaseSite = (web.SockSite(self.dashboard_runner, sock) if sock is not None
+                              else web.TCPSite(self.dashboard_runner, host.strip("[]"), port))
+        await site.start()
+        server = getattr(site, "_server", None)
+        sockets = getattr(server, "sockets", None) or []
+        self.dashboard_address = sockets[0].getsockname()[:2] if sockets else (host, port)
+        log.info("dashboard_listening", address=f"{host}:{self.dashboard_address[1]}")
+
     async def stop(self) -> None:
         if self.imap is not None:
             await self.imap.stop()
@@ -89,6 +110,9 @@ class Services:
             await self.bounces.stop()
         if self.relay is not None:
             await self.relay.stop()
+        if self.dashboard_runner is not None:
+            await self.dashboard_runner.cleanup()
+            self.dashboard_runner = None
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None

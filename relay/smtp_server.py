@@ -82,6 +82,54 @@ _ENHANCED = {
 }
 
 
+#: aiosmtpd's answer to a client's fifth unknown command, after which it hangs up: a
+#: server closes only after a 421 (RFC 5321 section 3.8), which the client retries later.
+_AIOSMTPD_BOGUS = "502 5.5.1 Too many unrecognized commands, goodbye."
+
+
+def too_many_unknown(hostname: str) -> Reply:
+    return Reply(421, "4.7.0", f"{hostname} Too many unrecognized commands, closing connection")
+
+
+#: C0 controls and DEL. No address or ESMTP parameter may hold one (RFC 5321 section
+#: 4.1.2: atoms, quoted strings and esmtp-values are printable characters); email's
+#: address parser lets them through, and the upstream client refuses to send them.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+BAD_SENDER = Reply(501, "5.1.7", "Bad sender address syntax")
+BAD_RECIPIENT = Reply(501, "5.1.3", "Bad recipient address syntax")
+BAD_PARAMETER = Reply(501, "5.5.4", "Bad parameter syntax: control character")
+#: RFC 6531 section 3.5 with RFC 6533's enhanced code: a non-ASCII address in a
+#: transaction whose MAIL did not say SMTPUTF8.
+NEEDS_SMTPUTF8 = Reply(553, "5.6.7", "Non-ASCII address needs SMTPUTF8")
+#: What a reply line may hold besides its CRLF (RFC 5321 section 4.2: textstring is HT
+#: and printable US-ASCII). aiosmtpd echoes an unknown command as sent, control bytes
+#: and all; a bare CR or LF in a reply would break the client's framing.
+_NOT_REPLY_TEXT = re.compile(r"[^\t\x20-\x7e\r\n]|\r(?!\n)|(?<!\r)\n")
+
+
+def address_refusal(address: str, options: list[str], utf8: bool, syntax: Reply
+                    ) -> Reply | None:
+    """Why a MAIL or RCPT cannot go upstream as given, or None: ``syntax`` for a control
+    character or octets that are not UTF-8 (aiosmtpd keeps them as surrogates) in the
+    address, 553 5.6.7 for a non-ASCII address without SMTPUTF8, 501 5.5.4 for a control
+    character in a parameter. The upstream client can send none of them."""
+    if not address.isascii():
+        if any("\ud800" <= c <= "\udfff" for c in address):
+            return syntax
+        if not utf8:
+            return NEEDS_SMTPUTF8
+    if _CONTROL.search(address):
+        return syntax
+    if any(_CONTROL.search(option) for option in options):
+        return BAD_PARAMETER
+    return None
+
+
+def reply_text(status: str) -> str:
+    """``status`` with every octet a reply may not carry shown as ``?``."""
+    return _NOT_REPLY_TEXT.sub("?", status)
+
+
 #: What aiosmtpd answers at the end of a DATA that had a line over its limit.
 _AIOSMTPD_LINE_TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"
 
@@ -137,9 +185,11 @@ def _parse_address(arg: str) -> tuple[str | None, str]:
             address, rest = get_angle_addr(arg)
         else:
             address, rest = get_addr_spec(arg)
-    except HeaderParseError:
+        return address.addr_spec, rest
+    except (HeaderParseError, IndexError):
+        # email's parser fails with IndexError on some broken input ('"', '<'); aiosmtpd
+        # lets that escape (a "500 Error: (IndexError)" reply and a logged traceback).
         return None, ""
-    return address.addr_spec, rest
 
 
 _SMTP_PREFIXES = ("smtp_", "auth_", "handle_")
@@ -293,6 +343,9 @@ class RelaySMTP(SmtpNames, SMTP):
         if not isinstance(status, str):
             await super().push(status)
             return
+        status = reply_text(status)
+        if status == _AIOSMTPD_BOGUS:
+            status = str(too_many_unknown(self.hostname))
         if status == _AIOSMTPD_LINE_TOO_LONG:
             handler = self.event_handler
             status = (handler.refuse_long_line() if isinstance(handler, RelaySession)
@@ -585,6 +638,10 @@ class RelaySession(SmtpNames):
                           address: str, mail_options: list[str]) -> str:
         if self.relay.closing:
             return str(SHUTTING_DOWN)
+        syntax_error = address_refusal(address, mail_options, envelope.smtp_utf8, BAD_SENDER)
+        if syntax_error is not None:
+            SMTP_TRANSACTIONS.labels("refused").inc()
+            return str(syntax_error)
         self.client_ip, self.client_port = self._peer(session)
         txn = Transaction(
             id=new_id(), client_ip=self.client_ip, client_port=self.client_port,
@@ -667,6 +724,11 @@ class RelaySession(SmtpNames):
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
+        syntax_error = address_refusal(address, rcpt_options, envelope.smtp_utf8,
+                                       BAD_RECIPIENT)
+        if syntax_error is not None:
+            SMTP_RECIPIENTS.labels("refused_local").inc()
+            return str(syntax_error)
         txn = self.txn
         if txn is None or self.conn is None:
             SMTP_RECIPIENTS.labels("tempfail").inc()

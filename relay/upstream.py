@@ -61,6 +61,11 @@ _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 #: An ASCII dot-atom address: aiosmtplib's ``quote_address`` (an ``email.utils.parseaddr``
 #: per command, tens of microseconds) only puts it in angle brackets.
 _PLAIN_ADDRESS = re.compile(rf"{_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\Z")
+#: An address aiosmtplib refuses to put on a command line (a quoted local part with a
+#: space and no domain, as ``MAIL FROM: a a`` parses): refused as the upstream would
+#: refuse it, never a crash.
+UNSENDABLE_SENDER = Reply(553, "5.1.7", "Sender address cannot be sent upstream")
+UNSENDABLE_RECIPIENT = Reply(553, "5.1.3", "Recipient address cannot be sent upstream")
 
 
 class Connection(ABC):
@@ -173,6 +178,8 @@ class SmtpConnection(Connection):
             raise UpstreamUnavailable(TIMEOUT) from None
         except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPConnectError, OSError):
             raise UpstreamUnavailable(LOST) from None
+        except ValueError:  # aiosmtplib's address check, before anything was sent
+            return UNSENDABLE_SENDER
         return _reply(resp.code, resp.message)
 
     async def rcpt(self, recipient: str, options: list[str], utf8: bool) -> Reply:
@@ -189,6 +196,8 @@ class SmtpConnection(Connection):
             raise UpstreamUnavailable(TIMEOUT) from None
         except (aiosmtplib.SMTPServerDisconnected, OSError):
             raise UpstreamUnavailable(LOST) from None
+        except ValueError:  # aiosmtplib's address check, before anything was sent
+            return UNSENDABLE_RECIPIENT
         return _reply(resp.code, resp.message)
 
     async def data(self, message: bytes) -> Reply:

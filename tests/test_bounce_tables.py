@@ -66,18 +66,22 @@ def test_every_reason_is_in_the_taxonomy() -> None:
     reasons = {r.reason for r in status.ROWS if r.reason}
     reasons |= {p.reason for p in phrases.PHRASES} | {r.reason for r in providers.RULES}
     reasons |= {t.reason for t in (*commands.COMMAND_TIE_BREAKS, *commands.REPLY_TIE_BREAKS)}
-    reasons |= {h.reason for h in hints.HINTS} | set(phrases.ORDER)
+    reasons |= {h.reason for h in hints.HINTS} | {g.split("/", 1)[0] for g in phrases.ORDER}
     assert reasons - TAXONOMY == set()
-    # Every reason with phrases is tried, exactly once.
-    assert {p.reason for p in phrases.PHRASES} <= set(phrases.ORDER)
+    # Every group of phrases (a reason, or a reason's tier) is tried, exactly once.
+    assert {p.group for p in phrases.PHRASES} <= set(phrases.ORDER)
     assert len(phrases.ORDER) == len(set(phrases.ORDER))
+    # A tier is tried before the rest of its reason's phrases, or it would add nothing.
+    for group in phrases.ORDER:
+        if "/" in group:
+            assert phrases.ORDER.index(group) < phrases.ORDER.index(group.split("/")[0])
 
 
 def test_status_strengths_and_ambiguous_codes() -> None:
     for row in status.ROWS:
         assert row.strength in {"decisive", "fallback", "ambiguous"}
         assert (row.reason == "") == (row.strength == "ambiguous"), row
-    for code in ("5.0.0", "4.0.0", "4.7.0", "5.7.0", "4.3.0", "4.4.0", "5.5.0", "5.4.1"):
+    for code in ("5.0.0", "4.0.0", "4.7.0", "5.7.0", "4.3.0", "4.4.0", "5.5.0", "5.4.1", "4.2.0"):
         row = status.lookup(code)
         assert row is not None and row.strength == "ambiguous", code
     assert status.lookup("5.1.1").reason == "userunknown"  # type: ignore[union-attr]

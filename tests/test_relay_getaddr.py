@@ -1,5 +1,7 @@
 """RelaySMTP's ``_getaddr`` remembers parsed MAIL/RCPT addresses: its answers must be
-exactly aiosmtpd's own, first time and remembered."""
+exactly aiosmtpd's own, first time and remembered, except where aiosmtpd's raises
+(email's parser fails with IndexError on input such as ``<`` or ``"``): the relay answers
+"malformed address" there instead of a 500 that names the exception."""
 
 from __future__ import annotations
 
@@ -41,11 +43,24 @@ ADDRESSES = [
 
 
 def getaddr(proto: SMTP, arg: str, *, stock: bool = False) -> Any:
-    """What ``_getaddr`` returns, or the type of what it raises ("<" raises IndexError)."""
+    """What ``_getaddr`` returns, or the type of what it raises; for aiosmtpd's own, an
+    IndexError ("<" raises one) stands for the relay's (None, None)."""
     try:
         return SMTP._getaddr(proto, arg) if stock else proto._getaddr(arg)
+    except IndexError:
+        return (None, None) if stock else IndexError
     except Exception as exc:
         return type(exc)
+
+
+def test_unparseable_address_is_malformed_not_an_exception(
+        loop: asyncio.AbstractEventLoop) -> None:
+    """Found by fuzzing (``VRFY "``): aiosmtpd's own parse raises, the relay's refuses."""
+    proto = RelaySMTP(Empty(), loop=loop, hostname="x")
+    for arg in ('"', "<", ' "'):
+        with pytest.raises(IndexError):
+            SMTP._getaddr(proto, arg)
+        assert proto._getaddr(arg) == (None, None)
 
 
 @pytest.mark.parametrize("limit", [0, 64])

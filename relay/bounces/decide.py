@@ -12,8 +12,8 @@ that gives a reason decides, and the record names the entry that did
    phrase of a competing reason listed in ``tables.phrases.VETOES`` (servers send
    ``5.1.1`` for a block-list hit or a refused relay). It comes first because it is
    the one machine-readable statement the standard defines for exactly this question.
-   Ambiguous codes (``X.0.0``, ``X.7.0``, ``4.3.0``, ``4.4.0``, ``X.5.0``, ``5.4.1``)
-   give no prior; class-level codes wait for step 6.
+   Ambiguous codes (``X.0.0``, ``X.7.0``, ``4.2.0``, ``4.3.0``, ``4.4.0``, ``X.5.0``,
+   ``5.4.1``) give no prior; class-level codes wait for steps 6 and 8.
 3. **Provider conventions** (``tables.providers``), when the remote host, the recipient's
    domain or the reporting host belongs to a known provider, or the text names it (the
    refusing side's provider first): the provider's published meaning of its own replies
@@ -21,27 +21,39 @@ that gives a reason decides, and the record names the entry that did
    providers, and providers reuse standard codes with meanings of their own.
 4. **Phrases per reason** (``tables.phrases``), in ``ORDER`` (specific causes before
    general ones), matched against the server's reply, then the notice's paragraph about
-   the recipient, then (for a notice about one recipient) the whole notice. A phrase
-   counts only as its gate allows (``GATES``): an unknown user is found at RCPT, so the
-   same words after DATA are the recipient side's filter (``filtered``), and with no
-   command known they are ambiguous between the two (later steps may pick either; left
-   alone they are ``filtered``: soft, because only a refusal at RCPT proves that the
-   mailbox lookup failed); "domain not found" at MAIL FROM is about the sender, and with
-   a transient code it is a DNS failure, not a domain that does not exist.
+   the recipient, then (for a notice about one recipient) the whole notice. A few
+   statements are tried ahead of the rest of their reason (a *tier*, ``reason/tier`` in
+   ``ORDER``) because they outrank words they would otherwise lose to: a stated policy
+   cause ("rejected for policy reasons") and a refused HELO name before the sender's and
+   the domain's words, a stated expiry ("message expired") before the network error
+   behind it. A phrase counts only as its gate allows (``GATES``): an unknown user is
+   found at RCPT, so the same words after DATA are the recipient side's filter
+   (``filtered``), and with no command known they are ambiguous between the two (later
+   steps may pick either; left alone they are ``filtered``: soft, because only a refusal
+   at RCPT proves that the mailbox lookup failed); "domain not found" at MAIL FROM is
+   about the sender, and with a transient code it is a DNS failure, not a domain that
+   does not exist. Unknown-user words, the one hard verdict words alone can give, are
+   overruled by a competing reason's words in the same text (``VETOES``), as a 5.1.1
+   code is.
 5. **The command that was refused** (``tables.commands.COMMAND_TIE_BREAKS``): a refusal
-   of the connection or greeting refuses the client host (``blocked``), of MAIL FROM
-   the sender (``rejected``). It says who was refused, which a class-level code does not.
-6. **Class-level status codes** (``X.6.x`` content, ``X.5.x`` protocol, ``5.7.1`` "not
-   authorized", the code's subject for codes not listed): the general meaning when no
-   words said more.
-7. **The reply code** (``REPLY_TIE_BREAKS``): 551, 521/556, 530/535, 50x have RFC 5321,
-   7504 and 4954 meanings; a 5xx after DATA for no stated cause is ``filtered``.
-8. **Parser hint** (``tables.hints``): an MTA-internal string the recognised notice
+   of the connection or greeting refuses the client host (``blocked``; a 521 greeting is
+   a host that accepts no mail, RFC 7504), of MAIL FROM the sender (``rejected``; but a
+   451 or 452 there is the server's own trouble, RFC 5321). It says who was refused,
+   which a class-level code does not.
+6. **This code's class-level row** (``X.6.3`` content, ``X.5.2`` protocol, ``5.7.1`` "not
+   authorized", ``X.4.3`` directory failure): the general meaning when no words said
+   more.
+7. **A specific reply code** (``REPLY_TIE_BREAKS``): 551, 521/556, 530/534/535/538,
+   451, 452 after DATA, 555 each have one RFC 5321, 7504 or 4954 meaning.
+8. **The subject of the enhanced code** (``X.S.*``, RFC 3463 section 3.1, for codes the
+   table does not list), then what a *range* of reply codes says (50x: syntax; a 5xx
+   after DATA for no stated cause: ``filtered``), which is vaguer than the subject.
+9. **Parser hint** (``tables.hints``): an MTA-internal string the recognised notice
    family documents, used last because it speaks for one family's wording only.
-9. **Fallbacks**: a delay report, or a final report with a transient (4.X.X / 4xx)
-   code, is ``expired`` (the retry period ran out: RFC 3464 ``Action: failed`` with a
-   transient status); otherwise ``onhold`` when there is text, ``undefined`` when there
-   is none.
+10. **Fallbacks**: a delay report, or a final report with a transient (4.X.X / 4xx)
+    code, is ``expired`` (the retry period ran out: RFC 3464 ``Action: failed`` with a
+    transient status); otherwise ``onhold`` when there is text, ``undefined`` when there
+    is none.
 """
 
 from __future__ import annotations
@@ -53,6 +65,10 @@ from typing import overload
 from relay.bounces.normalise import flatten
 from relay.bounces.rules import Alternation, RuleSet, Trace
 from relay.bounces.tables import Gate, Provider, TieBreak
+
+#: Reasons whose phrases give a hard bounce: their competing reasons' phrases in the same
+#: text (``VETOES``) overrule them, as they overrule a decisive status code.
+HARD_BY_WORDS = frozenset({"userunknown"})
 
 #: An ambiguous phrase: (its reason, the other reason it may mean, the phrase id).
 Pending = tuple[str, str, str]
@@ -131,6 +147,11 @@ def decide(f: Facts, rules: RuleSet, trace: Trace | None = None) -> tuple[str, s
     row = rules.status_row(f.status)
     if full and row is not None:
         trace.add(row.id)  # type: ignore[union-attr]
+        # The subject's row (RFC 3463 section 3.1: X.S.* is what every code of subject S
+        # has in common) holds for this code too, whether or not a finer row exists.
+        subject = rules.subject_row(f.status)
+        if subject is not None:
+            trace.add(subject.id)  # type: ignore[union-attr]
     vetoed = False
     if row is not None and row.strength == "decisive":
         veto = _vetoed(row.reason, primary, rules)
@@ -165,14 +186,21 @@ def decide(f: Facts, rules: RuleSet, trace: Trace | None = None) -> tuple[str, s
     # 5. who was refused, by the command
     if _tie_break(rules.command_ties, command, f.reply, pending, settle):
         return answer  # type: ignore[return-value]
-    # 6. class-level status codes
-    if answer is None and pending is None and row is not None and row.reason \
-            and (row.strength == "fallback" or vetoed) and settle(row.reason, row.id):
+    # 6. class-level status codes: this code's own row
+    class_level = answer is None and pending is None and row is not None and row.reason \
+        and (row.strength == "fallback" or vetoed)
+    subject_level = row is not None and row.code.endswith(".*")
+    if class_level and not subject_level and settle(row.reason, row.id):  # type: ignore[union-attr]
         return answer  # type: ignore[return-value]
-    # 7. what the reply code says
+    # 7. what a specific reply code says
     if _tie_break(rules.reply_ties, command, f.reply, pending, settle):
         return answer  # type: ignore[return-value]
-    # 8. the parser's hint
+    # 8. the subject of the enhanced code (X.S.*), then what a range of reply codes says
+    if class_level and subject_level and settle(row.reason, row.id):  # type: ignore[union-attr]
+        return answer  # type: ignore[return-value]
+    if _tie_break(rules.weak_reply_ties, command, f.reply, pending, settle):
+        return answer  # type: ignore[return-value]
+    # 9. the parser's hint
     for parser in f.parsers:
         for hint, rx in rules.hint_rx.get(parser, ()):
             if pending is not None and hint.reason not in pending[:2]:
@@ -181,7 +209,7 @@ def decide(f: Facts, rules: RuleSet, trace: Trace | None = None) -> tuple[str, s
                 return answer  # type: ignore[return-value]
     if pending is not None and settle(pending[1], pending[2] + "@no-command"):
         return answer  # type: ignore[return-value]
-    # 9. fallbacks
+    # 10. fallbacks
     if answer is not None:
         return answer
     transient = transient or (f.reply or "").startswith("4")
@@ -244,8 +272,8 @@ def _phrase_step(text: str, command: str | None, transient: bool, rules: RuleSet
         return None
     command = "EHLO" if command == "HELO" else command
     result: tuple[str, str, str | None] | None = None
-    for reason in rules.order:
-        alt: Alternation | None = rules.phrases.get(reason)
+    for group in rules.order:
+        alt: Alternation | None = rules.phrase_groups.get(group)
         if alt is None:
             continue
         if trace is not None:
@@ -255,6 +283,11 @@ def _phrase_step(text: str, command: str | None, transient: bool, rules: RuleSet
             continue
         hit = alt.first(text)
         if hit is None:
+            continue
+        reason = group.split("/", 1)[0]
+        if reason in HARD_BY_WORDS and _vetoed(reason, text, rules) is not None:
+            # A hard verdict from words alone needs the reply not to name a competing
+            # cause too ("sender rejected: unknown user"): the later reason decides.
             continue
         result = _gated(reason, hit.id, rules.gates.get(reason), command, transient)
         if result is not None and trace is None:

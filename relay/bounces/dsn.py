@@ -39,10 +39,25 @@ class DsnReport:
     recipients: list[DsnRecipient] = field(default_factory=list)
 
 
+#: RFC 6533 section 3: an "utf-8" address type written in ASCII encodes each non-ASCII
+#: character as ``\x{HEXPOINT}``.
+_UTF8_XTEXT_RE = re.compile(r"\\x\{([0-9A-Fa-f]{1,6})\}")
+
+
+def _unxtext(value: str) -> str:
+    def char(m: re.Match[str]) -> str:
+        point = int(m.group(1), 16)
+        return chr(point) if 0x80 <= point <= 0x10FFFF and not 0xD800 <= point <= 0xDFFF \
+            else m.group(0)
+    return _UTF8_XTEXT_RE.sub(char, value)
+
+
 def address_of(value: str) -> str:
     """Pull the bare address out of ``rfc822; <a@b>`` style field values."""
     if ";" in value:
-        value = value.split(";", 1)[1]
+        kind, value = value.split(";", 1)
+        if kind.strip().lower() == "utf-8" and "\\x{" in value:
+            value = _unxtext(value)
     m = _ADDR_RE.search(value)
     return m.group(0).strip(".").lower() if m else ""
 

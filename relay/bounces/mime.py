@@ -7,6 +7,7 @@ import email
 import email.policy
 import re
 from dataclasses import dataclass, field
+from email.header import Header, decode_header
 from email.message import Message
 from email.parser import HeaderParser
 from typing import Any
@@ -81,6 +82,28 @@ def text_of(part: Message) -> str:
         return payload.decode("utf-8", errors="replace")
 
 
+def _utf8(value: object) -> str:
+    """A field value parsed from raw bytes, with its 8-bit octets read as UTF-8.
+
+    RFC 6533 (``message/global-delivery-status``) carries internationalised addresses
+    as UTF-8; the compat32 parser hands such a value over as a ``Header`` of unknown
+    8-bit octets.
+    """
+    if not isinstance(value, Header):
+        return str(value)
+    out: list[str] = []
+    for chunk, charset in decode_header(value):
+        if isinstance(chunk, bytes):
+            cs = "utf-8" if charset in (None, "unknown-8bit") else charset
+            try:
+                out.append(chunk.decode(cs, "replace"))
+            except LookupError:
+                out.append(chunk.decode("utf-8", "replace"))
+        else:
+            out.append(chunk)
+    return "".join(out)
+
+
 def _fields_text(payload: list[Any]) -> str:
     """Re-create the text of a ``message/delivery-status`` style list of field blocks."""
     out: list[str] = []
@@ -88,9 +111,12 @@ def _fields_text(payload: list[Any]) -> str:
         if not isinstance(blk, Message):
             continue
         for name, value in blk.items():
-            out.append(f"{name}: {value}")
+            out.append(f"{name}: {_utf8(value)}")
         body = blk.get_payload()
         if isinstance(body, str) and body.strip():
+            raw = blk.get_payload(decode=True)  # the octets, for UTF-8 fields (RFC 6533)
+            if isinstance(raw, bytes):
+                body = raw[:MAX_PART].decode("utf-8", "replace")
             out.append(body[:MAX_PART])
         out.append("")
     return "\n".join(out)

@@ -133,6 +133,10 @@ def transcript_command(text: str) -> str | None:
 #: RFC 5321 command verbs as MTAs print them in transcripts and reports (upper case),
 #: the last one named is the one refused: "SMTP command: DATA", "SMTP:RCPT host ...".
 _VERB_RE = re.compile(r"(?<![A-Za-z=_])(RCPT TO|RCPT|MAIL FROM|DATA|EHLO|HELO)(?![A-Za-z=_])")
+#: A line that lists the envelope ("  RCPT TO: x@y" under "Message details") names no
+#: refused command; a transcript line (">>> RCPT To:<x@y>") or "after RCPT TO:<x@y>" does.
+_ENVELOPE_LINE_RE = re.compile(
+    r"^[ \t]*(?:MAIL FROM|RCPT TO)[ \t]*:[ \t]*<?[^\s<>@]+@\S*[ \t]*$", re.M | re.I)
 _VERBS = {"RCPT TO": "RCPT", "RCPT": "RCPT", "MAIL FROM": "MAIL", "DATA": "DATA",
           "EHLO": "EHLO", "HELO": "EHLO"}
 
@@ -140,6 +144,7 @@ _VERBS = {"RCPT TO": "RCPT", "RCPT": "RCPT", "MAIL FROM": "MAIL", "DATA": "DATA"
 def verb_command(text: str) -> str | None:
     """The last upper-case SMTP command verb in ``text`` (raw, not flattened)."""
     last: str | None = None
+    text = _ENVELOPE_LINE_RE.sub("", text)
     for m in _VERB_RE.finditer(text):
         last = _VERBS[m.group(1)]
     return last

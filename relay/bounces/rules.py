@@ -117,11 +117,17 @@ class RuleSet:
                 if rule.pattern and rule.pattern not in self._provider_rx:
                     self._provider_rx[rule.pattern] = re.compile(rule.pattern)
         by_reason: dict[str, list[Phrase]] = {}
+        by_group: dict[str, list[Phrase]] = {}
         for p in phrase_table.PHRASES:
             if on(p.id):
                 by_reason.setdefault(p.reason, []).append(p)
+                by_group.setdefault(p.group, []).append(p)
+        #: reason -> all its phrases (for vetoes)
         self.phrases: dict[str, Alternation] = {
             reason: Alternation(entries) for reason, entries in by_reason.items()}
+        #: ``ORDER`` key (reason or ``reason/tier``) -> its phrases (for the phrase step)
+        self.phrase_groups: dict[str, Alternation] = {
+            group: Alternation(entries) for group, entries in by_group.items()}
         self.order = phrase_table.ORDER
         self.gates = phrase_table.GATES
         self.vetoes = phrase_table.VETOES
@@ -131,7 +137,9 @@ class RuleSet:
         self.command_ties: tuple[TieBreak, ...] = tuple(
             t for t in command_table.COMMAND_TIE_BREAKS if on(t.id))
         self.reply_ties: tuple[TieBreak, ...] = tuple(
-            t for t in command_table.REPLY_TIE_BREAKS if on(t.id))
+            t for t in command_table.REPLY_TIE_BREAKS if on(t.id) and not t.weak)
+        self.weak_reply_ties: tuple[TieBreak, ...] = tuple(
+            t for t in command_table.REPLY_TIE_BREAKS if on(t.id) and t.weak)
         by_parser: dict[str, list[Hint]] = {}
         for h in hint_table.HINTS:
             if on(h.id):
@@ -162,6 +170,12 @@ class RuleSet:
             return None
         return self.status.get(code) or self.status.get("X" + code[1:]) \
             or self.status.get("X" + code[1:code.index(".", 2)] + ".*")
+
+    def subject_row(self, code: str | None) -> StatusRow | None:
+        """The ``X.S.*`` row of ``code``'s subject (``None`` if off or not listed)."""
+        if not code or code[0] not in "245" or code.count(".") != 2:
+            return None
+        return self.status.get("X" + code[1:code.index(".", 2)] + ".*")
 
     def provider_pattern(self, pattern: str) -> re.Pattern[str]:
         return self._provider_rx[pattern]

@@ -282,9 +282,11 @@ class HtmlPart(ContentPart):
         self.replace(attr.start, attr.end, escape_attr(value, attr.quote), owner)
 
     def body_insert_offset(self) -> int:
-        """Where markup appended to the body goes: before ``</body>``, else the end."""
+        """Where markup appended to the body goes: before ``</body>``, else the end of the
+        text, or before a tag, comment or element left unclosed there (``Scan.tail``):
+        markup after it would be swallowed by it."""
         scan = self.scan
-        return scan.body_close if scan.body_close is not None else len(self.text)
+        return scan.body_close if scan.body_close is not None else scan.tail
 
     def body_is_empty(self) -> bool:
         """True when the body has no visible text and no image (nothing to open)."""

@@ -34,12 +34,14 @@ RAW_TEXT = ("script", "style", "textarea", "title", "xmp", "iframe", "noembed", 
 #: The tags the engine reports by default: what the built-in plugins need.
 DEFAULT_NAMES = frozenset({"a", "area", "v:roundrect", "body"})
 
-# Inside a start tag: attribute names and values; quotes only count right after "=".
-_ATTRS = r"""(?>[^>=]++|=\s*+(?:"[^"]*+"|'[^']*+'|[^\s>]*+))*+"""
+# Inside a start tag: attribute names and values; quotes only count right after "=",
+# and there they always open a quoted value (HTML tokenizer): one that never closes
+# runs to the end of the text, so the tag never ends (it is not a tag a browser shows).
+_ATTRS = r"""(?>[^>=]++|=\s*+(?:"[^"]*+"|'[^']*+'|(?!["'])[^\s>]*+))*+"""
 _NAME_REST = r"[^\s/>]*+"
 
 _ATTR = re.compile(
-    r"""([^\s/>=][^\s/>=]*+)(?:\s*+=\s*+(?:"([^"]*+)"|'([^']*+)'|([^\s>]*+)))?"""
+    r"""([^\s/>=][^\s/>=]*+)(?:\s*+=\s*+(?:"([^"]*+)"|'([^']*+)'|(?!["'])([^\s>]*+)))?"""
 )
 
 
@@ -118,6 +120,11 @@ class Scan:
     body_open_end: int | None
     #: (start, end) of every comment, declaration and CDATA section skipped.
     comments: list[tuple[int, int]]
+    #: Where the shown markup ends: the start of a tag, comment, CDATA section,
+    #: declaration, raw-text element or conditional block that runs unclosed to the end
+    #: of the text (a browser shows nothing of it), else the length of the text. Markup
+    #: appended "at the end" goes here, or it would land inside that construct.
+    tail: int = -1
 
     def find(self, *names: str) -> list[Tag]:
         """Start tags with one of ``names``, in document order."""
@@ -197,8 +204,10 @@ def scan_html(text: str, names: Iterable[str] | None = None) -> Scan:
     body_close: int | None = None
     body_open_end: int | None = None
     in_cond = False
+    cond_start = 0
     pos = 0
     n = len(text)
+    tail = n
     match = pattern.match
     while pos <= n:
         m = match(text, pos)
@@ -220,10 +229,17 @@ def scan_html(text: str, names: Iterable[str] | None = None) -> Scan:
                 body_close = start
         elif kind in ("comment", "cdata", "decl"):
             comments.append((m.start(kind), end))
+            if end == n and not _closed(kind, text, m.start(kind), end):
+                tail = m.start(kind)
+        elif kind == "raw":
+            if end == n and not _closed(kind, text, m.start(kind), end):
+                tail = m.start(kind)
         elif kind == "open":
+            tail = m.start("open")
             break  # unterminated tag: nothing after it is markup a browser shows
         elif kind == "cond":
             in_cond = True
+            cond_start = m.start("cond")
         elif kind == "endif":
             in_cond = False
         elif kind is None and end == n and m.start() <= end:
@@ -233,7 +249,29 @@ def scan_html(text: str, names: Iterable[str] | None = None) -> Scan:
             pos += 1
         else:
             pos = end
-    return Scan(text, wanted, tags, body_close, body_open_end, comments)
+    if in_cond:
+        # A conditional block with no <![endif]-->: to a browser a comment to the end.
+        tail = min(tail, cond_start)
+    return Scan(text, wanted, tags, body_close, body_open_end, comments, tail)
+
+
+_RAW_NAME = re.compile(r"<([^\s/>]+)")
+
+
+def _closed(kind: str, text: str, start: int, end: int) -> bool:
+    """Whether the construct of ``kind`` at ``text[start:end]``, which reaches the end of
+    the text, has its closing delimiter (HTML tokenizer: ``-->``, ``--!>``, the abrupt
+    ``<!-->`` and ``<!--->``; ``]]>``; ``>``; the element's end tag)."""
+    source = text[start:end]
+    if kind == "comment":
+        return source.endswith(("-->", "--!>")) or source in ("<!-->", "<!--->")
+    if kind == "cdata":
+        return source.endswith("]]>")
+    if kind == "decl":
+        return source.endswith(">")
+    m = _RAW_NAME.match(source)
+    name = m.group(1) if m else ""
+    return re.search(rf"</{re.escape(name)}[^>]*>\Z", source, re.IGNORECASE) is not None
 
 
 _CHARREF = re.compile(r"&(#[xX][0-9a-fA-F]+;?|#[0-9]+;?|[A-Za-z][A-Za-z0-9]*;?)")

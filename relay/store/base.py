@@ -419,9 +419,10 @@ class Store(abc.ABC):
         self, *, scope: str | None = None, sender: str | None = None,
         recipient: str | None = None, campaign: str | None = None,
         status: str | None = None, since: float | None = None, until: float | None = None,
-        cursor: str | None = None, limit: int = 50,
+        cursor: str | None = None, limit: int = 50, subject: str | None = None,
     ) -> Page[MessageSummary]:
         """Messages, newest first. ``sender`` is an address or a domain (like ``scope``);
+        ``subject`` a piece of the subject (case-insensitive for ASCII letters);
         ``since``/``until`` bound ``created_at`` (since inclusive, until exclusive);
         ``status`` is one of MESSAGE_STATUSES (ValueError otherwise)."""
 
@@ -539,8 +540,10 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def list_suppressions(self, *, scope: str | None = None, cursor: str | None = None,
-                                limit: int = 100) -> Page[SuppressionRow]:
-        """Suppressions, newest first; ``scope`` filters to one scope value exactly."""
+                                limit: int = 100, address: str | None = None
+                                ) -> Page[SuppressionRow]:
+        """Suppressions, newest first; ``scope`` filters to one scope value exactly,
+        ``address`` to addresses containing it."""
 
     @abc.abstractmethod
     async def list_suppression_removals(self, *, limit: int = 100) -> list[dict[str, Any]]:
@@ -608,6 +611,40 @@ class Store(abc.ABC):
         newest event stored now, so following from it yields only events stored later
         (``trackrelay events --follow`` and the webhook dispatcher start there). With no
         event stored yet, a cursor at the very beginning."""
+        raise NotImplementedError
+
+    # -- period reports (relay.store.reports: the dashboard and /api/v1/stats) -----------
+
+    async def outcome_totals(self, *, scope: str | None = None, since: float | None = None,
+                             until: float | None = None, campaign: str | None = None
+                             ) -> dict[str, Any]:
+        """Of the messages sent in a period: messages, recipients, delivered (accepted)
+        recipients, bounces hard and soft, and per event type the events and distinct
+        recipients, human and all, and the recipient rate over delivered."""
+        raise NotImplementedError
+
+    async def event_series(self, *, scope: str | None = None, since: float | None = None,
+                           until: float | None = None, bucket: int = 3600,
+                           campaign: str | None = None) -> list[dict[str, Any]]:
+        """Events about the messages sent in a period by ``bucket`` seconds of event time:
+        ``[{"time", "type", "human", "all"}]``, oldest first."""
+        raise NotImplementedError
+
+    async def top_links(self, *, scope: str | None = None, since: float | None = None,
+                        until: float | None = None, campaign: str | None = None,
+                        limit: int = 10) -> list[dict[str, Any]]:
+        """The most clicked link targets of the messages sent in a period."""
+        raise NotImplementedError
+
+    async def bounce_breakdown(self, *, scope: str | None = None,
+                               since: float | None = None, until: float | None = None,
+                               limit: int = 10) -> dict[str, Any]:
+        """Bounce and complaint reasons, and the recipient domains that bounce most."""
+        raise NotImplementedError
+
+    async def message_activity(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+        """Opens and clicks (human and all), first and last human open, replies and a
+        status per recipient of each message of ``ids`` (the caller checked scope)."""
         raise NotImplementedError
 
     # needed by deliverability

@@ -152,6 +152,15 @@ class PostgresStore(SqlStore):
     def _domain_expr(self, column: str) -> str:
         return f"split_part({column}, '@', 2)"
 
+    def _bucket_expr(self, column: str, seconds: int) -> str:
+        return f"floor({column} / {int(seconds)})"
+
+    def _json_text(self, column: str, key: str) -> str:
+        return f"({column}::jsonb ->> '{key}')"
+
+    def _json_true(self, column: str, key: str) -> str:
+        return f"({column}::jsonb ->> '{key}') = 'true'"
+
     # -- primitives ------------------------------------------------------------------------
 
     async def _fetch(self, sql: str, args: list[Any] | tuple[Any, ...] = ()

@@ -163,6 +163,18 @@ class SqlStore(Store):
     def _hour_expr(self, column: str) -> str:
         raise NotImplementedError
 
+    #: how to make the planner read ``messages`` first and then each one's events
+    #: (SQLite: CROSS JOIN fixes the join order; PostgreSQL's planner picks it alone)
+    _messages_first_join = "JOIN"
+
+    def _events_join(self, messages_first: bool) -> str:
+        """``events e`` joined to ``messages m``. ``messages_first`` when a condition on
+        messages (a period, a campaign) narrows them: SQLite would otherwise walk a whole
+        events index for a GROUP BY on event columns and look every message up."""
+        if messages_first:
+            return f"messages m {self._messages_first_join} events e ON m.id = e.message_id"
+        return "events e JOIN messages m ON m.id = e.message_id"
+
     #: appended to the claim subquery (PostgreSQL: FOR UPDATE SKIP LOCKED)
     _claim_lock: str = ""
 
@@ -304,7 +316,7 @@ class SqlStore(Store):
         self, *, scope: str | None = None, sender: str | None = None,
         recipient: str | None = None, campaign: str | None = None,
         status: str | None = None, since: float | None = None, until: float | None = None,
-        cursor: str | None = None, limit: int = 50,
+        cursor: str | None = None, limit: int = 50, subject: str | None = None,
     ) -> Page[MessageSummary]:
         if status is not None and status not in MESSAGE_STATUSES:
             raise ValueError(f"status: must be one of {', '.join(MESSAGE_STATUSES)}")
@@ -313,10 +325,15 @@ class SqlStore(Store):
         where.add(*_cond(scope_condition(scope)))
         where.add(*_cond(scope_condition(sender)))
         if recipient is not None:
-            where.add("EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id "
-                      "AND r.address = ?)", recipient.strip().lower())
+            # IN, not a correlated EXISTS: the planner then starts from the recipient's
+            # few messages (recipients_address) instead of walking every message newest
+            # first (1 M messages: 0.2 ms against 2.4 s on SQLite)
+            where.add("m.id IN (SELECT r.message_id FROM recipients r WHERE r.address = ?)",
+                      recipient.strip().lower())
         if campaign is not None:
             where.add("m.campaign = ?", campaign)
+        if subject is not None:
+            where.add("LOWER(m.subject) LIKE ? ESCAPE '\\'", _like(subject))
         if since is not None:
             where.add("m.created_at >= ?", float(since))
         if until is not None:
@@ -425,7 +442,7 @@ class SqlStore(Store):
             f"SUM(CASE WHEN {human} THEN 1 ELSE 0 END) AS human, "
             f"COUNT(DISTINCT {who}) AS uniq, "
             f"COUNT(DISTINCT CASE WHEN {human} THEN {who} END) AS human_uniq "
-            "FROM events e JOIN messages m ON m.id = e.message_id "
+            f"FROM {self._events_join(True)} "
             f"{where.sql()} AND e.type IN ('open', 'click') "
             f"GROUP BY {grouping}e.type", where.args)
         delivered: list[dict[str, Any]] = []
@@ -437,13 +454,14 @@ class SqlStore(Store):
             for part, arg in zip(where.parts, where.args, strict=True):
                 rcpt.add(part, arg)
             delivered = await self._fetch(
-                f"SELECT {key} AS k, COUNT(*) AS n FROM recipients r "
-                f"JOIN messages m ON m.id = r.message_id {rcpt.sql()}"
+                f"SELECT {key} AS k, COUNT(*) AS n FROM messages m "
+                f"{self._messages_first_join} recipients r ON r.message_id = m.id "
+                f"{rcpt.sql()}"
                 + ("" if group_by == "total" else f" GROUP BY {key}"), rcpt.args)
         return grouped_rows(group_by, events, delivered)
 
     async def _engagement(self, condition: str, args: list[Any],
-                          delivered: int) -> dict[str, Any]:
+                          delivered: int, messages_first: bool = False) -> dict[str, Any]:
         """The ``engagement`` object (``relay.engagement.report``) over the opens and
         clicks matching ``condition`` (on ``events e`` joined to ``messages m``),
         aggregated here by message, recipient, type and label."""
@@ -452,7 +470,7 @@ class SqlStore(Store):
         rows = await self._fetch(
             "SELECT e.message_id, COALESCE(e.recipient, '') AS recipient, e.type, "
             "e.verdict, e.proxy, e.reasons, e.machine, e.machine_reason, COUNT(*) AS n "
-            "FROM events e JOIN messages m ON m.id = e.message_id "
+            f"FROM {self._events_join(messages_first)} "
             f"WHERE {condition} AND e.type IN ('open', 'click') "
             "GROUP BY e.message_id, COALESCE(e.recipient, ''), e.type, e.verdict, e.proxy, "
             "e.reasons, e.machine, e.machine_reason", args)
@@ -482,12 +500,15 @@ class SqlStore(Store):
             address = recipient.strip().lower()
             rcpt.add("r.address = ?", address)
             events.add("e.recipient = ?", address)
+        # By recipient, the recipient's own index is the way in; otherwise the messages.
+        join = "JOIN" if recipient is not None else self._messages_first_join
         row = await self._fetchrow(
-            "SELECT COUNT(*) AS n FROM recipients r JOIN messages m ON m.id = r.message_id "
-            f"{rcpt.sql()}", rcpt.args)
+            f"SELECT COUNT(*) AS n FROM messages m {join} recipients r "
+            f"ON r.message_id = m.id {rcpt.sql()}", rcpt.args)
         delivered = int(row["n"]) if row else 0
-        return await self._engagement(" AND ".join(events.parts) or "1 = 1", events.args,
-                                      delivered)
+        return await self._engagement(
+            " AND ".join(events.parts) or "1 = 1", events.args, delivered,
+            messages_first=recipient is None and (since is not None or until is not None))
 
     # -- events ------------------------------------------------------------------------------
 
@@ -566,13 +587,13 @@ class SqlStore(Store):
             ev_where.add("(e.type NOT IN ('open', 'click') OR e.machine = FALSE)")
         uniq = "COUNT(DISTINCT e.message_id || '|' || COALESCE(e.recipient, ''))"
         by_type = await self._fetch(
-            f"SELECT e.type, COUNT(*) AS total, {uniq} AS uniq FROM events e "
-            f"JOIN messages m ON m.id = e.message_id {ev_where.sql()} GROUP BY e.type",
+            f"SELECT e.type, COUNT(*) AS total, {uniq} AS uniq "
+            f"FROM {self._events_join(True)} {ev_where.sql()} GROUP BY e.type",
             ev_where.args)
         totals = {r["type"]: (int(r["total"]), int(r["uniq"])) for r in by_type}
         links = await self._fetch(
-            f"SELECT l.url, COUNT(*) AS clicks, {uniq} AS uniq FROM events e "
-            "JOIN messages m ON m.id = e.message_id "
+            f"SELECT l.url, COUNT(*) AS clicks, {uniq} AS uniq "
+            f"FROM {self._events_join(True)} "
             "JOIN links l ON l.message_id = e.message_id AND l.idx = e.link_index "
             f"{ev_where.sql()} AND e.type = 'click' "
             "GROUP BY l.url ORDER BY COUNT(*) DESC, l.url LIMIT 10", ev_where.args)
@@ -581,7 +602,7 @@ class SqlStore(Store):
             f"SELECT {hour} AS h, "
             "SUM(CASE WHEN e.type = 'open' THEN 1 ELSE 0 END) AS opens, "
             "SUM(CASE WHEN e.type = 'click' THEN 1 ELSE 0 END) AS clicks "
-            "FROM events e JOIN messages m ON m.id = e.message_id "
+            f"FROM {self._events_join(True)} "
             f"{ev_where.sql()} AND e.type IN ('open', 'click') GROUP BY {hour} ORDER BY {hour}",
             ev_where.args)
 
@@ -607,7 +628,7 @@ class SqlStore(Store):
                           "clicks": int(r["clicks"])} for r in hours],
             "include_machine": include_machine,
             "engagement": await self._engagement(
-                " AND ".join(where.parts), list(where.args), sent),
+                " AND ".join(where.parts), list(where.args), sent, messages_first=True),
         }
 
     async def list_campaigns(self, *, scope: str | None = None,
@@ -621,6 +642,57 @@ class SqlStore(Store):
             "ORDER BY MAX(m.created_at) DESC, m.campaign LIMIT ?", [*where.args, int(limit)])
         return [{"campaign": r["campaign"], "messages": int(r["messages"]),
                  "last_sent_at": float(r["last_sent_at"])} for r in rows]
+
+    # -- period reports (relay.store.reports) --------------------------------------------
+
+    def _bucket_expr(self, column: str, seconds: int) -> str:
+        """``floor(column / seconds)``."""
+        raise NotImplementedError
+
+    def _json_text(self, column: str, key: str) -> str:
+        """The text of ``key`` of the JSON object in ``column``."""
+        raise NotImplementedError
+
+    def _json_true(self, column: str, key: str) -> str:
+        """A condition: ``key`` of the JSON object in ``column`` is true."""
+        raise NotImplementedError
+
+    async def outcome_totals(self, *, scope: str | None = None, since: float | None = None,
+                             until: float | None = None, campaign: str | None = None
+                             ) -> dict[str, Any]:
+        from relay.store import reports
+
+        return await reports.outcome_totals(self, scope=scope, since=since, until=until,
+                                            campaign=campaign)
+
+    async def event_series(self, *, scope: str | None = None, since: float | None = None,
+                           until: float | None = None, bucket: int = 3600,
+                           campaign: str | None = None) -> list[dict[str, Any]]:
+        from relay.store import reports
+
+        return await reports.event_series(self, scope=scope, since=since, until=until,
+                                          bucket=bucket, campaign=campaign)
+
+    async def top_links(self, *, scope: str | None = None, since: float | None = None,
+                        until: float | None = None, campaign: str | None = None,
+                        limit: int = 10) -> list[dict[str, Any]]:
+        from relay.store import reports
+
+        return await reports.top_links(self, scope=scope, since=since, until=until,
+                                       campaign=campaign, limit=limit)
+
+    async def bounce_breakdown(self, *, scope: str | None = None,
+                               since: float | None = None, until: float | None = None,
+                               limit: int = 10) -> dict[str, Any]:
+        from relay.store import reports
+
+        return await reports.bounce_breakdown(self, scope=scope, since=since, until=until,
+                                              limit=limit)
+
+    async def message_activity(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+        from relay.store import reports
+
+        return await reports.message_activity(self, ids)
 
     # -- contacts ----------------------------------------------------------------------------
 
@@ -834,11 +906,14 @@ class SqlStore(Store):
         return self._suppression(row)
 
     async def list_suppressions(self, *, scope: str | None = None, cursor: str | None = None,
-                                limit: int = 100) -> Page[SuppressionRow]:
+                                limit: int = 100, address: str | None = None
+                                ) -> Page[SuppressionRow]:
         limit = max(1, min(int(limit), 5000))
         where = Where()
         if scope is not None:
             where.add("scope = ?", scope.lower())
+        if address is not None:
+            where.add("address LIKE ? ESCAPE '\\'", _like(address))
         if cursor:
             c_time, c_seq = decode_cursor(cursor, (float, int))
             where.add("(created_at < ? OR (created_at = ? AND seq < ?))", c_time, c_time, c_seq)
@@ -978,6 +1053,12 @@ class SqlStore(Store):
         rows = rows[:limit]
         next_cursor = encode_cursor(int(rows[-1]["id"])) if more and rows else None
         return Page([self._delivery(r) for r in rows], next_cursor)
+
+
+def _like(text: str) -> str:
+    """A LIKE pattern finding ``text`` anywhere (lower case; its own % and _ literal)."""
+    escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
 
 
 def _cond(pair: tuple[str, list[Any]]) -> tuple[Any, ...]:

@@ -157,6 +157,17 @@ class SqliteStore(SqlStore):
     def _domain_expr(self, column: str) -> str:
         return f"substr({column}, instr({column}, '@') + 1)"
 
+    _messages_first_join = "CROSS JOIN"
+
+    def _bucket_expr(self, column: str, seconds: int) -> str:
+        return f"CAST({column} / {int(seconds)} AS INTEGER)"
+
+    def _json_text(self, column: str, key: str) -> str:
+        return f"json_extract({column}, '$.{key}')"
+
+    def _json_true(self, column: str, key: str) -> str:
+        return f"json_extract({column}, '$.{key}') = 1"
+
     def _tx(self, fn: Callable[[sqlite3.Connection], R]) -> R:
         conn = self._conn
         assert conn is not None

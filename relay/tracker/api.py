@@ -303,13 +303,14 @@ class Api:
         return ok(openapi_document(self.app.config.http.base_url))
 
     async def list_messages(self, request: web.Request) -> web.Response:
-        q = Query(request, ("sender", "recipient", "campaign", "status", "since", "until",
-                            "cursor", "limit"))
+        q = Query(request, ("sender", "recipient", "campaign", "subject", "status", "since",
+                            "until", "cursor", "limit"))
         page = await self.store.list_messages(
             scope=_scope(request), sender=_lower(q.text("sender")),
             recipient=_lower(q.text("recipient")), campaign=q.text("campaign", 200),
             status=q.choice("status", MESSAGE_STATUSES), since=q.time("since"),
-            until=q.time("until"), cursor=q.text("cursor", 1000), limit=q.limit(50))
+            until=q.time("until"), cursor=q.text("cursor", 1000), limit=q.limit(50),
+            subject=q.text("subject", 200))
         return ok({"items": [serialize.message_json(m) for m in page.items],
                    "next_cursor": page.next_cursor})
 
@@ -396,7 +397,9 @@ class Api:
         if group_by is None:
             report = await self.store.engagement(scope=_scope(request), since=since,
                                                  until=until)
-            return ok({**echoed, "engagement": report})
+            outcomes = await self.store.outcome_totals(scope=_scope(request), since=since,
+                                                       until=until)
+            return ok({**echoed, "engagement": report, "outcomes": outcomes})
         groups = await self.store.grouped_stats(group_by, scope=_scope(request),
                                                 since=since, until=until)
         if fmt == "csv":

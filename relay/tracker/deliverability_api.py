@@ -164,7 +164,7 @@ class DeliverabilityApi:
     # -- suppressions ------------------------------------------------------------------------------
 
     async def list(self, request: web.Request) -> web.Response:
-        q = Query(request, ("scope", "cursor", "limit"))
+        q = Query(request, ("scope", "address", "cursor", "limit"))
         own = self._token_domain(request)
         given = q.q.get("scope")
         scope: str | None
@@ -176,7 +176,8 @@ class DeliverabilityApi:
         else:
             scope = scope_value(given)
         page = await self.store.list_suppressions(scope=scope, cursor=q.text("cursor", 1000),
-                                                  limit=q.limit(100))
+                                                  limit=q.limit(100),
+                                                  address=_lower(q.text("address")))
         return ok({"items": [suppression_json(r) for r in page.items],
                    "next_cursor": page.next_cursor})
 
@@ -265,6 +266,10 @@ class DeliverabilityApi:
         rows = await self.store.list_suppression_removals(limit=q.limit(100))
         return ok({"items": [dict(r, scope=scope_name(r["scope"]),
                                   removed_at=iso_time(r["removed_at"])) for r in rows]})
+
+
+def _lower(value: str | None) -> str | None:
+    return value.strip().lower() if value is not None else None
 
 
 async def all_suppressions(store: Store, scope: str | None) -> list[SuppressionRow]:

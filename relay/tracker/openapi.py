@@ -130,8 +130,16 @@ GROUP = _obj({
     "delivered": _int(), "open_rate": _RATES, "click_rate": _RATES,
 }, required=["key", "opens", "unique_opens", "clicks", "unique_clicks"])
 #: Without group_by: the engagement object; with it: the groups.
+_HUMAN_ALL = _obj({"human": _int(), "all": _int()})
+OUTCOMES = _obj({
+    "messages": _int(), "recipients": _int(), "delivered": _int(),
+    "bounces": _obj({"hard": _int(), "soft": _int()}),
+    "events": {"type": "object", "additionalProperties": _obj({
+        "events": _HUMAN_ALL, "recipients": _HUMAN_ALL,
+        "rate": _obj({"human": {"type": "number"}, "all": {"type": "number"}})})},
+})
 PERIOD_STATS = _obj({"since": _str(), "until": TIME_NULL, "engagement": _ref("Engagement"),
-                     "group_by": _str(), "groups": _arr(GROUP)},
+                     "outcomes": OUTCOMES, "group_by": _str(), "groups": _arr(GROUP)},
                     required=["since", "until"])
 
 CONTACT_SUMMARY = _obj({
@@ -246,6 +254,8 @@ def openapi_document(base_url: str = "") -> dict[str, Any]:
                 "operationId": "listMessages",
                 "parameters": [
                     _param("sender", "Sender address or domain."), P_RECIPIENT, P_CAMPAIGN,
+                    _param("subject", "A piece of the subject (ASCII letters in any case).",
+                           _text(200)),
                     _param("status", "Message status.",
                            {"type": "string", "enum": list(MESSAGE_STATUSES)}),
                     P_SINCE, P_UNTIL, P_CURSOR, _limit(50),

@@ -7,6 +7,8 @@ a load balancer, sharing a PostgreSQL store). Routes:
 * ``GET|HEAD /o/<token>.gif`` and ``/c/<token>``: relay.tracker.recipient
 * ``/api/v1/…``: relay.tracker.api (OpenAPI document at ``/api/v1/openapi.json``)
 * ``/healthz`` (process alive), ``/readyz`` (store answers), ``/metrics`` (Prometheus)
+* ``/ui/…``: the dashboard (relay.tracker.dashboard), unless ``http.dashboard`` is off
+  or it has a listener of its own (``http.dashboard_listen``)
 
 ``App.start()`` normally opens the store; if ``app.store`` is still unset when the web
 app starts, it opens the configured store itself and closes it on cleanup. The webhook
@@ -89,6 +91,10 @@ def create_web_app(app: App) -> web.Application:
     add_deliverability_routes(api, api_app, app)  # /inbound, /suppressions
     api.finish(api_app)
     web_app.add_subapp("/api/v1", api_app)
+    if app.config.http.dashboard and not app.config.http.dashboard_listen:
+        from relay.tracker.dashboard import add_dashboard
+
+        add_dashboard(web_app, app)  # /ui/
     dispatcher = WebhookDispatcher(app)
     web_app[DISPATCHER] = dispatcher
     batch = BatchRunner(lambda: app.store, app.config.engagement)

@@ -37,15 +37,24 @@ class Phrase:
     """Words that say one reason, matched against lower-cased, space-collapsed text.
 
     ``pattern`` is a regular expression without capturing groups; most are plain words.
+    ``tier`` puts a phrase in a group of its own in the phrase order (``ORDER`` names it
+    ``reason/tier``): a statement that outranks other reasons' words which the rest of
+    its reason's phrases do not (an explicit "message expired" before a network cause).
     """
 
     reason: str
     pattern: str
     source: str
+    tier: str = ""
 
     @property
     def id(self) -> str:
         return f"phrase:{self.reason}:{self.pattern}"
+
+    @property
+    def group(self) -> str:
+        """Its key in the phrase order: the reason, or ``reason/tier``."""
+        return f"{self.reason}/{self.tier}" if self.tier else self.reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,12 +128,18 @@ class CommandPattern:
 
 @dataclass(frozen=True, slots=True)
 class TieBreak:
-    """What the reply code and the command say when no code, provider or phrase decided."""
+    """What the reply code and the command say when no code, provider or phrase decided.
+
+    A ``weak`` reply tie-break (a whole range such as ``50x``, or "any 5xx after DATA")
+    says less than the subject of an enhanced status code, so it is tried after it; a
+    specific reply (``551``, ``521``, ``535``) says more, so it is tried before.
+    """
 
     reason: str
     source: str
     commands: tuple[str, ...] = ()
     reply: str | None = None
+    weak: bool = False
 
     @property
     def id(self) -> str:

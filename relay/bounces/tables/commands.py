@@ -49,15 +49,24 @@ NAMES: dict[str, str] = {
 #: rule or phrase decided, before the class-level meaning of a status code (which says
 #: less: "5.7.1 not authorized" does not say whether the host or the sender was).
 COMMAND_TIE_BREAKS: tuple[TieBreak, ...] = (
+    # RFC 7504 section 3: "521 Host does not accept mail" may be the server's greeting:
+    # the host accepts no mail from anybody, which is not a refusal of this client.
+    TieBreak("notaccept", "rfc7504", commands=("CONN", "EHLO"), reply="521"),
     # RFC 5321 section 3.1: a server that refuses the connection or the client's greeting
     # refuses the client host, whatever it says.
     TieBreak("blocked", "rfc5321", commands=("CONN", "EHLO")),
+    # RFC 5321 section 4.2.2: answered to MAIL, before any recipient is named, 452
+    # "insufficient system storage" and 451 "local error in processing" are the server's
+    # own state, not a verdict on the sender.
+    TieBreak("systemfull", "rfc5321", commands=("MAIL",), reply="452"),
+    TieBreak("systemerror", "rfc5321", commands=("MAIL",), reply="451"),
     # RFC 5321 section 3.3: MAIL carries only the reverse-path; refusing it refuses the sender.
     TieBreak("rejected", "rfc5321", commands=("MAIL",)),
 )
 
 #: What the reply code alone means (and a refusal after DATA for no stated cause): used
-#: after the class-level status codes. First match wins.
+#: after the class-level status codes, the ``weak`` ones also after the subject of the
+#: enhanced code (``X.S.*``). First match wins.
 REPLY_TIE_BREAKS: tuple[TieBreak, ...] = (
     # RFC 5321 section 4.2.2: "551 User not local; please try <forward-path>".
     TieBreak("hasmoved", "rfc5321", reply="551"),
@@ -69,8 +78,15 @@ REPLY_TIE_BREAKS: tuple[TieBreak, ...] = (
     TieBreak("securityerror", "rfc4954", reply="534"),
     TieBreak("securityerror", "rfc4954", reply="535"),
     TieBreak("securityerror", "rfc4954", reply="538"),
+    # RFC 5321 section 4.2.2: "451 Requested action aborted: local error in processing";
+    # "452 Requested action not taken: insufficient system storage" (answered to RCPT it
+    # may also mean "too many recipients", section 4.5.3.1.10, so only MAIL and DATA);
+    # "555 MAIL FROM/RCPT TO parameters not recognized or not implemented".
+    TieBreak("systemerror", "rfc5321", reply="451"),
+    TieBreak("systemfull", "rfc5321", commands=("DATA",), reply="452"),
+    TieBreak("syntaxerror", "rfc5321", reply="555"),
     # RFC 5321 section 4.2.3: 500-504 are errors in the command syntax or sequence.
-    TieBreak("syntaxerror", "rfc5321", reply="50"),
+    TieBreak("syntaxerror", "rfc5321", reply="50", weak=True),
     # The taxonomy's "filtered": refused after the message was sent, for no stated cause.
-    TieBreak("filtered", "rfc5321", commands=("DATA",), reply="5"),
+    TieBreak("filtered", "rfc5321", commands=("DATA",), reply="5", weak=True),
 )

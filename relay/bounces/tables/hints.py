@@ -31,6 +31,11 @@ HINTS: tuple[Hint, ...] = (
     # InterScan MSS: "Unable to deliver message to <x> ... Please check if address is
     # correct" is its notice for a recipient the next hop refused as unknown.
     Hint("interscan", "userunknown", r"please check if address is correct", "interscan"),
+    # Domino's router writes "User x (y) not listed in Domino Directory" (older releases:
+    # "... in public Name & Address Book") only when the directory lookup of the
+    # recipient found nobody.
+    Hint("domino", "userunknown",
+         r"not listed in (?:the )?(?:public name & address book|domino directory)", "domino"),
     # Exim's routers: "Unrouteable address" (no router accepted the address), and
     # "unknown local-part" in its own rejection texts.
     Hint("exim", "hostunknown", r"unrouteable address", "exim"),
@@ -55,4 +60,5 @@ FINGERPRINTS: tuple[tuple[str, str, str, str], ...] = (
     ("sendmail", "body", r"transcript of session follows", "sendmail"),
     ("interscan", "body", r"interscan messaging security suite", "interscan"),
     ("sendmail", "from", r"mail delivery subsystem", "sendmail"),
+    ("domino", "subject", r"^delivery[ _]failure:", "domino"),
 )

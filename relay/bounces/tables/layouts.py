@@ -92,12 +92,15 @@ MARKERS: tuple[Marker, ...] = (
     *_m("boundary", "opensmtpd", r"below is a copy of the original message"),
     *_m("boundary", "sendmail", r"original message follows", r"unsent message (?:below|follows)",
         r"returned message"),
-    *_m("boundary", "google", r"original message"),
+    # (Sendmail's notices begin "The original message was received at <date> from <host>":
+    # a sentence about the message, not the line before its copy)
+    *_m("boundary", "google", r"original message(?! was received)"),
     *_m("boundary", "exchange", r"original message headers", r"message headers follow",
         r"headers of the (?:original )?message"),
     *_m("boundary", "rfc3464", r"(?:the )?(?:original|returned|unsent|undelivered) "
-        r"(?:message|mail)(?: follows| as follows| below| headers)?",
-        r"copy of (?:the|your) original message", r"your message (?:reads|was)(?: in part)?",
+        r"(?:message|mail)(?! was received)(?: follows| as follows| below| headers)?",
+        r"copy of (?:the|your) original message",
+        r"your message (?:reads|was)(?: in part)?(?=\s*:|\s*$)",
         r"text of (?:the|your) message", r"original mail as follows",
         r"header(?:s)? of (?:the|your) (?:original )?message"),
 )

@@ -37,23 +37,56 @@ def _p(reason: str, source: str, *patterns: str) -> tuple[Phrase, ...]:
     return tuple(Phrase(reason, p, source) for p in patterns)
 
 
+def _t(reason: str, source: str, tier: str, *patterns: str) -> tuple[Phrase, ...]:
+    """Phrases of ``reason`` tried at ``reason/tier``'s place in ``ORDER``."""
+    return tuple(Phrase(reason, p, source, tier) for p in patterns)
+
+
 #: Nouns that name the recipient's mailbox, as RFC 3463 and the MTAs' texts use them.
 _BOX = r"(?:mail ?box|inbox|mail ?folder|maildir|user|account|recipient|storage|disk|quota)"
+
+#: Not preceded by a word that makes the address the sender's or the client's.
+_NOT_OF_SENDER = ("(?<!sender )(?<!sender's )(?<!senders )(?<!ip )(?<!client )(?<!host )"
+                  "(?<!server )(?<!return-path )(?<!return path )(?<!from )(?<!originator )"
+                  "(?<!envelope )(?<!reply-to )(?<!your )")
+
+#: A word between the mailbox noun and "quota exceeded" that makes it the sender's limit
+#: ("daily user sending quota exceeded"), not the mailbox's.
+_NOT_SENDER = r"(?!(?:sending|send|relay|rate|outgoing|outbound)\b)"
 
 PHRASES: tuple[Phrase, ...] = (
     # === mailboxfull: the recipient's mailbox is over its quota ===========================
     # RFC 3463 X.2.2 "Mailbox full: the user has exceeded a per-mailbox administrative
     # quota or physical capacity"; RFC 5321 "552 ... exceeded storage allocation".
     *_p("mailboxfull", "rfc3463",
-        rf"\b{_BOX}'?s? (?:\S+ ){{0,3}}(?:is |was |has )?(?:full|over ?(?:the )?(?:allowed )?"
-        r"(?:quota|limit|size)|exceed(?:s|ed)?\b)",
-        r"\bover ?quota\b", r"\bquota (?:\S+ )?(?:exceeded|full|reached)",
+        rf"(?<!sending )(?<!relay )(?<!rate )\b{_BOX}'?s? (?:{_NOT_SENDER}\S+ ){{0,3}}"
+        r"(?:is |was |has )?(?:full\b|over ?(?:the )?(?:allowed )?(?:quota|limit|size)|"
+        r"exceed(?:s|ed)?\b)",
+        r"\bover ?quota\b",
+        # (a sending, relay or rate quota is the sender's limit, not the mailbox's)
+        r"(?<!sending )(?<!relay )(?<!send )(?<!rate )\bquota (?:\S+ )?(?:exceeded|full|reached)",
         r"exceeded (?:its |their |the )?(?:storage|mailbox|disk) ?(?:allocation|quota|size|"
         r"limit|space)"),
     *_p("mailboxfull", "rfc5321", r"exceeded storage allocation"),  # 552 reply text
     *_p("mailboxfull", "google", r"out of storage space",
         r"account that you tried to reach is over quota"),
     *_p("mailboxfull", "courier", r"maildir over quota"),
+    # The same definition in other words: a quota reached or exceeded (Dovecot "Quota
+    # exceeded (mailbox for user is full)", Exim appendfile "MTA-imposed quota exceeded",
+    # vpopmail "user is over quota", "would exceed the quota of the recipient"), and a
+    # mailbox without storage left ("insufficient storage", "not enough space" said of
+    # the mailbox or the user; said of the system it is "systemfull"). Sending, relay and
+    # rate quotas are the sender's limits, not the mailbox's.
+    *_p("mailboxfull", "rfc3463",
+        r"\b(?:exceed(?:s|ed|ing)?|reached|over) (?:(?!(?:sending|send|relay|daily|hourly|"
+        r"rate|outgoing|outbound|connections?)\b)\S+ ){0,2}"
+        r"(?:disk |storage |mail ?box )?quota\b",
+        r"\b(?:mail ?box|inbox|mail ?folder|maildir|user|account|recipient)'?s? (?:\S+ ){0,2}"
+        r"(?:has |have )?(?:insufficient|not enough|no) (?:free |disk )?(?:storage|space)\b",
+        r"\b(?:insufficient|not enough) (?:free |disk )?(?:storage|space) (?:\S+ ){0,2}"
+        r"(?:mail ?box|inbox|user|recipient|account)\b",
+        r"\btoo many messages (?:on the server|in (?:the |this |his |her |their )?"
+        r"(?:mail ?box|inbox|account))"),
     # === mesgtoobig: the message is larger than the receiver takes ========================
     # RFC 3463 X.3.4 "Message too big for system"; RFC 1870 "552 message size exceeds
     # fixed maximum message size".
@@ -62,6 +95,10 @@ PHRASES: tuple[Phrase, ...] = (
         r"\b(?:message|mail|email) size (?:\S+ ){0,2}exceed", r"exceeds? (?:the |our )?"
         r"(?:maximum |fixed |allowed )*(?:message|mail|email) size"),
     *_p("mesgtoobig", "exchange", r"message too large for this recipient"),
+    # RFC 1870 section 6.1: "552 message size exceeds fixed maximum message size", which
+    # servers shorten and reorder ("Message exceeds maximum fixed size").
+    *_p("mesgtoobig", "rfc1870",
+        r"\b(?:message|mail|email)\b(?: \S+){0,2} exceeds? (?:\S+ ){0,3}size\b"),
     # === exceedlimit: an administrative limit other than size =============================
     *_p("exceedlimit", "rfc3463", r"exceeds? (?:the )?administrative limit",  # X.2.3
         r"too many recipients"),  # X.5.3
@@ -69,7 +106,9 @@ PHRASES: tuple[Phrase, ...] = (
     # RFC 3463 X.2.1 "Mailbox disabled, not accepting messages"; IANA X.7.13 "User Account
     # Disabled"; the providers' texts for disabled, suspended, frozen or inactive accounts.
     *_p("suspend", "rfc3463",
-        r"\b(?:mail ?box|account|user|recipient|address)\b(?: \S+){0,3} (?:is |has been |was )?"
+        # (within one clause: "User unknown, but blocked using ..." is no disabled user)
+        r"\b(?:mail ?box|account|user|recipient|address)\b(?: [^\s,;]+){0,3} "
+        r"(?:is |has been |was )?"
         r"(?:temporar(?:y|ily) )?(?:disabled|suspended|deactivated|inactive|locked|frozen|"
         r"closed|discontinued|terminated|expired|archived|blocked)\b",
         r"\b(?:disabled|suspended|deactivated|inactive|locked|frozen|closed|expired) "
@@ -103,20 +142,40 @@ PHRASES: tuple[Phrase, ...] = (
         r"does not have authentication information",
         r"authentication (?:checks?|results?) (?:\S+ )?(?:fail|did not pass)",
         r"\bunauthenticated (?:e-?mail|mail|message)"),
+    # Google's and Yahoo's texts for a message that failed SPF and DKIM both: "does not
+    # have authentication information or fails to pass authentication checks", "the
+    # sender is unauthenticated".
+    *_p("authfailure", "google",
+        r"\b(?:fails?|failed|does not|did not|doesn'?t|didn'?t) (?:to )?pass (?:\S+ ){0,2}"
+        r"authentication\b", r"\bsender is unauthenticated\b"),
     # === userunknown: the mailbox does not exist (gated: RCPT) =============================
     # RFC 3463 X.1.1 "Bad destination mailbox address: the mailbox specified in the address
     # does not exist"; RFC 5321 "550 No such user here", "mailbox not found"; Sendmail
     # "User unknown"; Postfix "User unknown in local recipient table"; Exchange
     # "RecipientNotFound"; qmail "no mailbox here by that name".
+    # (The sender's, the client's or the IP's address is not the recipient's: "Sender
+    # address unknown", "IP address not valid" refuse the sender or the host, and reading
+    # them as an unknown recipient would suppress a good address.)
     *_p("userunknown", "rfc3463",
-        r"\b(?:user|recipient|mail ?box|address(?:ee)?|account|local[- ]part|e-?mail address|"
-        r"user ?name)\b(?: \S+){0,3} (?:is |was )?(?:unknown|not (?:found|known|listed|"
-        r"recognized|recognised|exists?|valid)|does not exist|doesn'?t exist|non-?existent|"
+        rf"{_NOT_OF_SENDER}\b(?:user|recipient|mail ?box|address(?:ee)?|account|local[- ]part|"
+        # (not "temporarily unavailable": RFC 5321's 450 for a busy or locked mailbox)
+        r"e-?mail address|user ?name)\b(?: (?!temporar|currently)\S+){0,3} (?:is |was )?"
+        r"(?:unknown|not (?:found|"
+        r"known|listed|recognized|recognised|exists?|valid)|does not exist|doesn'?t exist|"
+        r"non-?existent|"
         r"couldn'?t be found|could not be found|invalid|unavailable)\b",
         r"\b(?:unknown|invalid|no such|non-?existent|bad|illegal) (?:local )?(?:user|recipient|"
         r"mail ?box|address(?:ee)?|account|local[- ]part|e-?mail address)\b",
         r"\bbad destination mailbox address\b"),
     *_p("userunknown", "rfc5321", r"\bno such user\b", r"mailbox not found"),
+    # X.1.1's definition said the other way round: "<x> is not a valid mailbox",
+    # "no mailbox by that name" (RFC 5321 section 3.3 calls the check "verifying the
+    # mailbox name"; qmail and vpopmail say "no mailbox here by that name").
+    *_p("userunknown", "rfc3463",
+        r"\bnot an? (?:valid|known|existing|recogni[sz]ed|registered) (?:user|recipient|"
+        r"mail ?box|address|account|e-?mail address|user ?name)\b",
+        r"\bno (?:such )?(?:mail ?box|user|account|recipient)\b(?: \S+){0,2} "
+        r"(?:by|with) (?:that|this) name\b"),
     *_p("userunknown", "postfix", r"\bunknown in (?:local recipient|virtual mailbox|"
         r"virtual alias|relay recipient) table", r"undeliverable address",
         # The generic restriction text with no cause after it: the address itself.
@@ -155,7 +214,9 @@ PHRASES: tuple[Phrase, ...] = (
     # RFC 3463 X.1.7/X.1.8 "Bad sender's mailbox/system address"; Postfix "Sender address
     # rejected"; Exim "Sender verify failed"; RFC 4407 "purported responsible address".
     *_p("rejected", "rfc3463",
-        r"\b(?:sender|from|envelope[- ]from|mail from|return[- ]path|originator)\b(?: \S+){0,3}"
+        r"\b(?:sender|from|envelope[- ]from|mail from|return[- ]path|originator)\b"
+        # "mail from IP 192.0.2.1 was rejected" is about the client host (blocked)
+        r"(?! (?:your |the |this )?(?:ip|host|client|server|network|\[?\d))(?: \S+){0,3}"
         r" (?:address |domain )?(?:is )?(?:rejected|refused|denied|invalid|unknown|not allowed|"
         r"not authori[sz]ed|blacklisted|blocked|banned|verif\w* failed|unverified|"
         r"does not exist|not found)",
@@ -181,6 +242,7 @@ PHRASES: tuple[Phrase, ...] = (
     # the address does not exist"; Sendmail "Host unknown"; Postfix "Host or domain name not
     # found"; Exim "Unrouteable address"; qmail "I couldn't find any host named".
     *_p("hostunknown", "rfc3463",
+        r"(?<!client )(?<!helo )(?<!sender )(?<!sender's )(?<!your )(?<!from )"
         r"\b(?:host|domain|hostname|host name|mail domain|destination system|destination "
         r"domain|recipient domain)\b(?: \S+){0,3} (?:is |was )?(?:unknown|not found|"
         r"does not exist|doesn'?t exist|non-?existent|not reachable|may not exist|"
@@ -196,7 +258,12 @@ PHRASES: tuple[Phrase, ...] = (
     # === spamdetected: the content was judged spam ========================================
     # IANA X.7.28 "mail flood"; amavisd-new "Message content rejected, UBE"; SpamAssassin
     # scores; Gmail "likely unsolicited mail"; URI block lists (SURBL, URIBL, Spamhaus DBL).
-    *_p("spamdetected", "spamassassin", r"\bspam\b", r"\bjunk\b", r"\bunsolicited\b",
+    # Gmail ends refusals for other causes (authentication, reputation, RFC 5322) with
+    # "To best protect our users from spam" / "To reduce the amount of spam sent to
+    # Gmail, this message has been blocked": boilerplate, not a verdict on this message
+    # (Google's SMTP error reference).
+    *_p("spamdetected", "spamassassin",
+        r"(?<!protect our users from )(?<!the amount of )\bspam\b", r"\bjunk\b", r"\bunsolicited\b",
         r"\bub[ec]\b", r"\bbulk (?:e-?)?mail\b",
         r"\b(?:classified|identified|detected|flagged|scored|considered|marked) as "
         r"(?:spam|junk|bulk)"),
@@ -228,20 +295,48 @@ PHRASES: tuple[Phrase, ...] = (
         r"use your isp'?s? (?:smtp|mail) (?:server|relay)"),
     *_p("blocked", "postfix", r"helo command rejected", r"client host rejected"),
     *_p("blocked", "microsoft", r"bad helo"),
+    # RFC 5321 section 4.1.1.1: the greeting names the client; a server that refuses the
+    # name refuses the client host ("Invalid HELO name", "HELO rejected", "forged EHLO"),
+    # whatever it says next ("Helo command rejected: Host not found" is about the client's
+    # name, not the recipient's domain): tried before the sender's and the domain's words.
+    *_t("blocked", "rfc5321", "helo",
+        r"\b(?:invalid|bad|illegal|forged|bogus|unresolvable|non-?fqdn) (?:helo|ehlo)\b",
+        r"\b(?:helo|ehlo)\b(?: \S+){0,3} (?:is )?(?:rejected|refused|invalid|not allowed|denied|"
+        r"forged)\b"),
     *_p("blocked", "yahoo", r"permanently deferred", r"connections? will not be accepted"),
+    # The client host is not allowed to send at all (Gmail "The IP you're using to send
+    # mail is not authorized to send email directly to our servers"; "Client host is not
+    # permitted to connect").
+    *_p("blocked", "google",
+        r"\b(?:ip|client(?: host)?|sending host|your (?:ip|host|server))\b(?: [^\s,;]+){0,5} "
+        r"(?:is )?not (?:authori[sz]ed|permitted|allowed) to (?:send|connect|deliver)"),
     *_p("blocked", "rfc5321", r"no smtp service here"),
     # === policyviolation: refused by the receiver's policy ================================
+    # A refusal that states policy as its cause ("Message not accepted for policy reasons",
+    # "denied by policy", "local policy violation") says why, where the sender or recipient
+    # words around it only say whom: tried before the sender's and the block's phrases.
+    *_t("policyviolation", "yahoo", "stated",
+        # (up to three words of one clause between: "rejected by header based
+        # anti-spoofing policy", not "blocked by Spamhaus; see our policy")
+        r"\b(?:for|due to|by) (?:[^\s,;.:]+ ){0,3}polic(?:y|ies)(?: reasons?)?\b",
+        r"\bpolicy violation\b"),
     *_p("policyviolation", "yahoo",
         r"\bpolic(?:y|ies)\b(?: \S+){0,3} (?:violation|reasons?|rejection|restrictions?)",
         r"(?:violat\w*|against|prohibited by|not (?:permitted|allowed) by|denied by|"
         r"rejected by|due to) (?:our |the |local |\S+ )?(?:\S+ )?polic", r"\blocal policy\b",
         r"message not allowed"),
+    # Exim's text for an ACL "deny" that gives no message of its own (Exim specification,
+    # "Access control lists": the default message is "Administrative prohibition").
+    *_p("policyviolation", "exim", r"\badministrative prohibition\b"),
     # === systemerror: the receiving system failed ==========================================
     # RFC 5321 "451 local error in processing", "421 service not available"; mail loops
     # (Postfix "loops back to myself", Sendmail "Too many hops", qmail "message is looping").
     *_p("systemerror", "rfc5321", r"local error in processing", r"\btransaction failed\b",
         r"service (?:currently |temporarily )(?:unavailable|not available)",
         r"service not available"),
+    # Exim "451 Temporary local problem - please try later", qmail "451 qq temporary
+    # problem": the receiving system's own trouble.
+    *_p("systemerror", "exim", r"\btemporary (?:local |system )?problem\b"),
     *_p("systemerror", "rfc3463", r"system incorrectly configured",
         r"system not capable of selected features"),
     *_p("systemerror", "postfix", r"loops back to myself", r"(?:local|server) configuration "
@@ -257,6 +352,10 @@ PHRASES: tuple[Phrase, ...] = (
         r"lost connection with", r"no route to host", r"network (?:is )?unreachable",
         r"\bunable to (?:connect|establish)", r"wasn'?t able to establish",
         r"remote protocol error", r"error transferring to"),
+    # Postfix's resolver texts ("malformed or unexpected name server reply") and the
+    # socket error EHOSTUNREACH ("Host is unreachable").
+    *_p("networkerror", "postfix", r"malformed (?:or unexpected )?name server reply",
+        r"\bhost is unreachable\b"),
     # RFC 3463 X.4.6 "Routing loop detected" (a network and routing status): Sendmail "Too
     # many hops", Exchange "hop count exceeded", qmail "message is looping".
     *_p("networkerror", "rfc3463", r"\b(?:mail|routing) loop\b", r"\blooping\b",
@@ -272,22 +371,30 @@ PHRASES: tuple[Phrase, ...] = (
     *_p("systemfull", "rfc5321", r"insufficient (?:system )?storage"),  # 452 reply text
     *_p("systemfull", "rfc3463", r"mail system full"),  # X.3.1
     *_p("systemfull", "sendmail", r"insufficient disk space", r"out of (?:disk )?space"),
+    # The same shortage in other words: "not enough disk space", and the error text of
+    # ENOSPC that local delivery agents pass on ("No space left on device", POSIX strerror).
+    *_p("systemfull", "rfc5321", r"\bnot enough (?:free |system |disk )*(?:storage|space)\b",
+        r"no space left on device"),
     # === expired: the retry period ran out =================================================
     # RFC 3463 X.4.7 "Delivery time expired"; the queue-lifetime texts: Postfix "message
     # could not be delivered for N days", Sendmail "Cannot send message for 5 days", Exim
     # "retry timeout exceeded", qmail "in the queue too long", Exchange "QUEUE.Expired",
     # OpenSMTPD "Envelope expired", DMA "could not deliver for the last N seconds".
+    # Stated outright, the expiry outranks the network trouble that caused the retries
+    # ("550 5.4.316 Message expired, connection refused"): the report is about giving up.
+    *_t("expired", "rfc3463", "stated",
+        r"\b(?:delivery|message|envelope|queue)\b(?: \S+){0,2} (?:time )?(?:has )?expired\b",
+        r"\bretry (?:time|timeout|period)\b(?: \S+){0,3} (?:exceeded|expired|reached)"),
+    *_t("expired", "exchange", "stated", r"queue\.expired"),
     *_p("expired", "rfc3463",
-        r"\b(?:delivery|message|envelope|queue)\b(?: \S+){0,2} (?:time )?(?:has )?(?:expired|"
-        r"timed out)",
+        r"\b(?:delivery|message|envelope|queue)\b(?: \S+){0,2} (?:time )?(?:has )?timed out",
         r"\b(?:could not|couldn'?t|unable to|cannot|can'?t|not) (?:be )?(?:deliver(?:ed)?|send|"
         r"sent)\b(?: \S+){0,4} for (?:the )?(?:last |past |more than )?\d+ (?:seconds|minutes|"
         r"hours?|days?)",
-        r"\bretry (?:time|timeout|period)\b(?: \S+){0,3} (?:exceeded|expired|reached)",
         r"\b(?:giving|gave) up\b", r"\bstopped trying\b",
         r"\bwill (?:be )?retr(?:y|ied)\b", r"\bstill (?:undelivered|trying)\b",
         r"\bdelivery failed \d+ attempts", r"\bafter \d+ (?:attempts|tries)\b",
-        r"queue\.expired", r"did not accept our requests to connect",
+        r"did not accept our requests to connect",
         # A server that never answered until the retry period ran out.
         r"connection timed out"),
     # === failedstarttls ===================================================================
@@ -324,10 +431,11 @@ PHRASES: tuple[Phrase, ...] = (
 ORDER: tuple[str, ...] = (
     "mailboxfull", "mesgtoobig", "exceedlimit", "suspend", "hasmoved", "norelaying",
     "authfailure", "userunknown", "filtered", "requireptr", "notcompliantrfc",
-    "badreputation", "rejected", "notaccept", "hostunknown", "virusdetected", "spamdetected",
-    "speeding", "toomanyconn", "blocked", "policyviolation", "systemerror", "networkerror",
-    "contenterror", "systemfull", "expired", "failedstarttls", "securityerror",
-    "suppressed", "mailererror", "syntaxerror",
+    "badreputation", "policyviolation/stated", "blocked/helo", "rejected", "notaccept",
+    "hostunknown", "spamdetected", "virusdetected", "speeding", "toomanyconn", "blocked",
+    "policyviolation",
+    "expired/stated", "systemerror", "networkerror", "contenterror", "systemfull", "expired",
+    "failedstarttls", "securityerror", "suppressed", "mailererror", "syntaxerror",
 )
 
 #: Which commands a reason's phrases may answer (reasons not listed: any command).

@@ -108,6 +108,21 @@ RULES: tuple[ProviderRule, ...] = (
     ProviderRule(_M, "userunknown", _M, status="5.4.1",
                  pattern=r"recipient address rejected: access denied"),
     ProviderRule(_M, "userunknown", _M, status="5.1.10", pattern=r"recipient ?not ?found"),
+    ProviderRule(_M, "networkerror", _M, status="5.4.8"),    # routing loop (MX points back)
+    ProviderRule(_M, "rejected", _M, pattern=r"\bsender denied\b"),  # 5.1.0 Sender denied
+    # 5.7.60 "Client does not have permissions to send as this sender" (by its text: the
+    # status is a prefix, and "5.7.60" would also take the banned-IP range 5.7.606-649)
+    ProviderRule(_M, "rejected", _M, pattern=r"permissions? to send as this sender"),
+    ProviderRule(_M, "rejected", _M, status="5.7.124"),      # sender not in allowed-senders list
+    ProviderRule(_M, "rejected", _M, status="5.7.133"),      # sender not authenticated for group
+    ProviderRule(_M, "rejected", _M, status="5.7.134"),      # ... for mailbox
+    ProviderRule(_M, "rejected", _M, status="5.7.135"),      # ... for public folder
+    ProviderRule(_M, "rejected", _M, status="5.7.136"),      # ... for mail user
+    ProviderRule(_M, "spamdetected", _M, status="5.7.350"),  # remote server: detected as spam
+    ProviderRule(_M, "policyviolation", _M, status="5.7.520"),  # external forwarding not allowed
+    # 5.7.900-5.7.999: a mail flow (transport) rule rejected the message.
+    ProviderRule(_M, "policyviolation", _M, status="5.7.9",
+                 pattern=r"transport\.rules\.|mail flow rule"),
     ProviderRule(_M, "hostunknown", _M, status="5.4.310"),   # DNS domain does not exist
     ProviderRule(_M, "networkerror", _M, status="5.4.311"),  # DNS query failed
     ProviderRule(_M, "networkerror", _M, status="5.4.312"),  # DNS query failed
@@ -131,6 +146,7 @@ RULES: tuple[ProviderRule, ...] = (
     ProviderRule(_M, "notcompliantrfc", _M, status="5.7.512"),  # RFC 5322 3.6.2 compliance
     ProviderRule(_M, "blocked", _M, status="5.7.513"),       # customer block list
     ProviderRule(_M, "authfailure", _M, status="5.7.515"),   # authentication level
+    # (prefix rules last: "5.7.6" would also take 5.7.60 and 5.7.64 above)
     ProviderRule(_M, "blocked", _M, status="5.7.6"),         # 5.7.606-649 banned sending IP
     ProviderRule(_M, "blocked", _M, status="5.7.7"),         # 5.7.700-750 tenant blocked
     ProviderRule(_M, "blocked", _M, pattern=r"banned sending ip"),

@@ -31,6 +31,8 @@ SOURCES: dict[str, str] = {
     "rfc3834": "RFC 3834 Recommendations for Automatic Responses to Electronic Mail "
                "https://www.rfc-editor.org/rfc/rfc3834",
     "rfc5322": "RFC 5322 Internet Message Format https://www.rfc-editor.org/rfc/rfc5322",
+    "rfc1870": "RFC 1870 SMTP Service Extension for Message Size Declaration, section 6 "
+               "https://www.rfc-editor.org/rfc/rfc1870",
     "rfc4407": "RFC 4407 Purported Responsible Address in E-Mail Messages "
                "https://www.rfc-editor.org/rfc/rfc4407",
     # --- mail server software (manuals and the messages their sources emit) -------------

@@ -30,7 +30,10 @@ ROWS: tuple[StatusRow, ...] = (
     StatusRow("X.1.8", "rejected", D, "rfc3463"),      # Bad sender's system address
     StatusRow("X.1.10", "notaccept", D, "rfc7505"),    # Recipient address has null MX
     # --- X.2.x mailbox (section 3.3) -----------------------------------------------------
-    StatusRow("X.2.0", "filtered", F, "rfc3463"),      # Other or undefined mailbox status
+    # "Other or undefined mailbox status": permanent, the recipient side refused it for a
+    # reason of its own (filtered); transient, it says nothing (greylisting, a busy store).
+    StatusRow("4.2.0", "", A, "rfc3463"),
+    StatusRow("X.2.0", "filtered", F, "rfc3463"),
     StatusRow("X.2.1", "suspend", F, "rfc3463"),       # Mailbox disabled, not accepting messages
     StatusRow("X.2.2", "mailboxfull", D, "rfc3463"),   # Mailbox full
     StatusRow("X.2.3", "exceedlimit", D, "rfc3463"),   # Message length exceeds administrative limit
