@@ -51,6 +51,7 @@ def problems(out: Outcome) -> dict[str, int]:
         "answered hits not stored once": sum(h.agent not in stored_once
                                              for h in out.answered_hits),
         "API answers that differ": sum(a != b for a, b in out.api.values()),
+        "dashboard pages that differ": sum(a != b for a, b in out.dashboard.values()),
     }
 
 

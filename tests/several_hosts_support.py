@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -81,6 +82,7 @@ class Outcome:
     sent_events: dict[str, int] = field(default_factory=dict)  # Message-ID -> events
     hit_events: dict[str, tuple[str, int]] = field(default_factory=dict)  # agent -> type, n
     api: dict[str, list[Any]] = field(default_factory=dict)  # path -> answer per tracker
+    dashboard: dict[str, list[Any]] = field(default_factory=dict)  # the same, pages
 
 
 def mail(n: int) -> tuple[str, bytes]:
@@ -331,6 +333,28 @@ async def _database(cluster: Cluster, out: Outcome) -> None:
         await conn.close()
 
 
+async def _dashboard(cluster: Cluster, out: Outcome) -> None:
+    """The same dashboard pages from both trackers, signed in once, on tracker-a: the
+    session cookie is signed with the API token, so tracker-b takes it as it is."""
+    pages = ["/ui/", f"/ui/campaigns/{CAMPAIGN}", "/ui/messages", "/ui/deliverability"]
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        base = f"http://127.0.0.1:{cluster.trackers[0].ports[0]}"
+        async with http.get(f"{base}/ui/login") as resp:
+            page = await resp.text()
+        nonce = re.search(r'name="login_nonce" value="([^"]+)"', page)
+        assert nonce is not None, page
+        async with http.post(f"{base}/ui/login", allow_redirects=False, data={
+                "login_nonce": nonce.group(1), "token": ADMIN_TOKEN, "next": ""}) as resp:
+            assert resp.status == 303, await resp.text()
+        for path in pages:
+            answers = []
+            for tracker in cluster.trackers:
+                async with http.get(f"http://127.0.0.1:{tracker.ports[0]}{path}",
+                                    allow_redirects=False) as resp:
+                    answers.append([resp.status, await resp.text()])
+            out.dashboard[path] = answers
+
+
 async def _api(cluster: Cluster, out: Outcome) -> None:
     """The same questions to both trackers' API."""
     paths = ["/stats?since=2000-01-01T00:00:00Z",  # the same window, whenever asked
@@ -394,6 +418,7 @@ async def run(root: Path, pg_url: str, schema: str, *, messages: int, hits: int,
         await _all_hits_stored(cluster, out)
         if api:
             await _api(cluster, out)
+            await _dashboard(cluster, out)
     finally:
         codes = await cluster.stop()
     out.delivered = cluster.upstream_counts()

@@ -3,7 +3,8 @@ config files, ports, spools; shared store URL and token keys), a few thousand me
 and hits through both, one relay and one tracker SIGKILLed mid-load and restarted.
 
 Shown: every message a client saw accepted was delivered once and recorded once; every
-hit a client saw answered is stored once; the two trackers' API answers agree. The
+hit a client saw answered is stored once; the two trackers' API answers and dashboard
+pages agree. The
 harness is tests/several_hosts_support.py; bench/several_hosts.py runs it bigger."""
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ async def schema() -> AsyncIterator[str]:
 async def test_two_relays_two_trackers_one_database_with_kills(tmp_path: Path,
                                                               schema: str) -> None:
     out, codes = await run(tmp_path, PG_URL, schema, messages=MESSAGES, hits=HITS)
-    (tmp_path / "api.json").write_text(json.dumps(out.api, indent=1))  # to read on failure
+    (tmp_path / "api.json").write_text(json.dumps([out.api, out.dashboard], indent=1))
     logs = {s: (tmp_path / s).glob("log-*.jsonl")
             for s in ("relay-a", "relay-b", "tracker-a", "tracker-b")}
 
@@ -84,6 +85,12 @@ async def test_two_relays_two_trackers_one_database_with_kills(tmp_path: Path,
     for path, (a, b) in out.api.items():
         assert a[0] == 200, (path, a)
         assert a == b, path
+    # And the dashboard: one sign-in (on tracker-a) holds on both, the pages are alike.
+    for path, (a, b) in out.dashboard.items():
+        assert a[0] == 200, (path, a[0])
+        assert a == b, path
+    messages = f"{len(out.message_rows):,}".replace(",", "\u202f")  # as the pages write it
+    assert f">{messages}<" in out.dashboard["/ui/campaigns/several-hosts"][0][1]
     campaign = out.api["/campaigns/several-hosts?include_machine=true"][0][1]
     stored = {kind: sum(n for k, n in out.hit_events.values() if k == kind)
               for kind in ("open", "click")}
