@@ -69,6 +69,7 @@ class Service:
 
     async def start(self, timeout: float = 60.0) -> None:
         """Start the process and wait until it said ``started`` and its ports answer."""
+        assert self.proc is None or self.proc.returncode is not None, f"{self.name} runs"
         self.runs += 1
         with self.log.open("wb") as out:
             self.proc = await asyncio.create_subprocess_exec(
