@@ -1,13 +1,17 @@
 """Built-in plugin ``recorder``: keeps every relayed message in the store.
 
-After the upstream answered DATA, it stores what the tracking plugins recorded in
+After the upstream answered DATA and before the client hears that answer
+(``trackrelay_record_delivery``), it stores what the tracking plugins recorded in
 ``transaction.sent`` (or, when no tracking plugin filled it in, a minimal record built
 from the transaction: envelope, Message-ID and Subject headers) with its recipients,
 links, a ``sent`` event per accepted recipient and a ``rejected`` event per refused one.
+The record is committed (in one transaction with the others arriving meanwhile: the
+store's writer groups them) or, if the database is unreachable, appended to the store's
+spool and written when it returns; either way it is kept before the client has its 250,
+so a relay killed at that moment loses nothing the client saw accepted.
 
 A temporary failure (4xx at DATA) is not recorded: the client retries, and the retry
-is its own transaction. If the database is unreachable the record goes to the store's
-spool and is written when it returns. Disable with ``[plugins] disabled = ["recorder"]``.
+is its own transaction. Disable with ``[plugins] disabled = ["recorder"]``.
 """
 
 from __future__ import annotations
@@ -58,7 +62,7 @@ def minimal_sent(transaction: Transaction, outcome: Outcome) -> SentMessage:
 
 
 @hookimpl
-async def trackrelay_delivered(app: App, transaction: Transaction, outcome: Outcome) -> None:
+async def trackrelay_record_delivery(app: App, transaction: Transaction, outcome: Outcome) -> None:
     if app.store is None:
         return
     if not outcome.final:  # a temporary refusal the client retries

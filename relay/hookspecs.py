@@ -146,6 +146,27 @@ def trackrelay_outgoing_message(app: App, transaction: Transaction,
 
 
 @hookspec
+def trackrelay_record_delivery(app: App, transaction: Transaction, outcome: Outcome) -> Any:
+    """Keep what the upstream answered after DATA before the client hears it.
+
+    Awaited between the upstream's answer and the relay's answer to its client, so
+    what an implementation has stored when it returns is there even if the process is
+    killed the moment the client has its 250 (the built-in ``recorder`` hands the
+    ``sent`` record to the store here: committed, or in the local spool when the
+    database is down). The client waits for it: do only what must not be lost, and
+    quickly (a store write, not a network call to a third party); everything else
+    belongs in ``trackrelay_delivered``, which runs after the answer.
+
+    Called with the same arguments, and in the same cases, as ``trackrelay_delivered``
+    (once per copy for per-recipient copies; a transaction that ends without DATA after
+    refused recipients is recorded before the answer to its RSET or QUIT, or in the
+    background when the client just hangs up). Exceptions are logged and counted, never
+    returned to the client: the upstream already has the message, and a ``4xx`` would
+    make the client send it again.
+    """
+
+
+@hookspec
 def trackrelay_delivered(app: App, transaction: Transaction, outcome: Outcome) -> Any:
     """Learn what the upstream answered after DATA (accepted, refused or temporary failure).
 
@@ -153,8 +174,10 @@ def trackrelay_delivered(app: App, transaction: Transaction, outcome: Outcome) -
     transaction ends without DATA after the upstream refused some of its recipients
     (typically: it refused every one), so no refusal goes unrecorded.
 
-    Called after the client has its answer, so a slow implementation never delays mail;
-    exceptions are logged and counted, never returned to the client.
+    Called after the client has its answer (and after ``trackrelay_record_delivery``),
+    so a slow implementation never delays mail; exceptions are logged and counted, never
+    returned to the client. A process stopped abruptly just after answering may not have
+    run it: what must survive that belongs in ``trackrelay_record_delivery``.
     """
 
 

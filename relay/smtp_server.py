@@ -541,17 +541,30 @@ class RelaySession(SmtpNames):
             self.busy = False
         structlog.contextvars.unbind_contextvars("txn", "queue_id")
 
-    def _report_abandoned(self) -> None:
-        """A transaction ends without DATA (RSET, QUIT, hang-up): if the upstream refused
-        recipients in it, ``trackrelay_delivered`` still hears of them (``message`` is
+    def _abandoned(self) -> tuple[Transaction, Outcome] | None:
+        """A transaction that ends without DATA (RSET, QUIT, hang-up) and the outcome the
+        delivery hooks hear of, if the upstream refused recipients in it (``message`` is
         None), so a refusal of every recipient is recorded like a partial one."""
         txn = self.txn
         refused = txn.extra.get("refused") if txn is not None else None
         if txn is None or not refused:
-            return
+            return None
         last = list(refused.values())[-1]
-        self.relay.after_delivery(txn, Outcome(
-            reply=last, accepted=[], refused=dict(refused), message=None, modified=False))
+        return txn, Outcome(reply=last, accepted=[], refused=dict(refused), message=None,
+                            modified=False)
+
+    async def _record_abandoned(self) -> None:
+        """``_abandoned``, recorded before the client's RSET or QUIT is answered."""
+        abandoned = self._abandoned()
+        if abandoned is not None:
+            await self.relay.record_delivery(*abandoned)
+            self.relay.after_delivery(*abandoned)
+
+    def _report_abandoned(self) -> None:
+        """``_abandoned`` when the client hung up: recorded in the background."""
+        abandoned = self._abandoned()
+        if abandoned is not None:
+            self.relay.after_delivery(*abandoned, recorded=False)
 
     async def after_data(self) -> None:
         """DATA is over and answered; abandon the upstream side if DATA never reached us
@@ -819,6 +832,9 @@ class RelaySession(SmtpNames):
                 refused=dict(txn.extra.get("refused", {})), message=data,
                 modified=modified, queue_id=queue_id,
             )
+            # Kept before the client hears the answer: once it has its 250 it will not
+            # send again, so what is recorded must not depend on this process living on.
+            await self.relay.record_delivery(txn, outcome)
             self.relay.after_delivery(txn, outcome)
             return str(reply)
         finally:
@@ -868,11 +884,14 @@ class RelaySession(SmtpNames):
         failures = [f for r in results for f in r.failures()]
         self.log.info("split_done", reply=str(reply), copies=len(results),
                       failed_recipients=len(failures))
-        for r in results:
-            self.relay.after_delivery(r.transaction, Outcome(
-                reply=r.reply, accepted=list(r.accepted), refused=dict(r.refused),
-                message=r.message, modified=r.modified, queue_id=r.queue_id,
-                client_reply=reply))
+        outcomes = [(r.transaction, Outcome(
+            reply=r.reply, accepted=list(r.accepted), refused=dict(r.refused),
+            message=r.message, modified=r.modified, queue_id=r.queue_id,
+            client_reply=reply)) for r in results]
+        # Every copy recorded before the one answer (together: one store commit).
+        await asyncio.gather(*(self.relay.record_delivery(t, o) for t, o in outcomes))
+        for copy, outcome in outcomes:
+            self.relay.after_delivery(copy, outcome)
         if reply.ok and failures:
             self.relay.notify_sender(txn, raw, failures)
         return str(reply)
@@ -940,14 +959,14 @@ class RelaySession(SmtpNames):
 
     async def handle_RSET(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         if self.txn is not None:
-            self._report_abandoned()
+            await self._record_abandoned()
             await self._reset_upstream()
             self._end_transaction()
         return "250 2.0.0 OK"
 
     async def handle_QUIT(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         if self.txn is not None:
-            self._report_abandoned()
+            await self._record_abandoned()
             await self._reset_upstream()
             self._end_transaction()
         return "221 2.0.0 Bye"
@@ -1074,11 +1093,28 @@ class Relay:
                            if self.config.upstream.mode == "capture"
                            else f"{self.config.upstream.host}:{self.config.upstream.port}"))
 
-    def after_delivery(self, txn: Transaction, outcome: Outcome) -> None:
-        """Run ``trackrelay_delivered`` after the client has its answer."""
-        if not self.app.host.implements("trackrelay_delivered"):
+    async def record_delivery(self, txn: Transaction, outcome: Outcome) -> None:
+        """Run ``trackrelay_record_delivery``, awaited before the client is answered.
+        A failure is logged and counted: the client still gets the upstream's answer
+        (the upstream has the message; a 4xx would have it sent twice)."""
+        hook = "trackrelay_record_delivery"
+        if not self.app.host.implements(hook):
             return
-        task = asyncio.get_running_loop().create_task(self._delivered(txn, outcome))
+        try:
+            await self.app.host.call(hook, app=self.app, transaction=txn, outcome=outcome)
+        except Exception as exc:
+            PLUGIN_ERRORS.labels(hook).inc()
+            log.error("plugin_failed", hook=hook, txn=txn.id,
+                      error=f"{type(exc).__name__}: {exc}", exc_info=True)
+
+    def after_delivery(self, txn: Transaction, outcome: Outcome, *,
+                       recorded: bool = True) -> None:
+        """Run ``trackrelay_delivered`` after the client has its answer (and, when the
+        outcome was not ``recorded`` before it, ``trackrelay_record_delivery`` first)."""
+        if recorded and not self.app.host.implements("trackrelay_delivered"):
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._delivered(txn, outcome, recorded))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -1129,7 +1165,11 @@ class Relay:
             "dsn_sent" if ok else "dsn_failed", txn=txn.id, recipients=len(failures),
             reply=str(reply))
 
-    async def _delivered(self, txn: Transaction, outcome: Outcome) -> None:
+    async def _delivered(self, txn: Transaction, outcome: Outcome, recorded: bool) -> None:
+        if not recorded:
+            await self.record_delivery(txn, outcome)
+        if not self.app.host.implements("trackrelay_delivered"):
+            return
         try:
             await self.app.host.call("trackrelay_delivered", app=self.app, transaction=txn,
                                     outcome=outcome)

@@ -100,7 +100,8 @@ class Stack:
             await asyncio.sleep(0.05)
 
     async def wait_message(self, message_id: str, timeout: float = 30.0) -> None:
-        """Wait until the recorder stored the message (it runs after the client's 250)."""
+        """Wait until the recorder stored the message (a message the client saw accepted is
+        stored already; one sent by another process may still be on its way)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while await self.store.lookup_message(message_id) is None:

@@ -346,15 +346,18 @@ class Store(abc.ABC):
 
     # -- writes -----------------------------------------------------------------------------
 
-    def enqueue(self, event: Event) -> str:
+    def enqueue(self, event: Event, *, event_id: str | None = None,
+                fresh: bool = False) -> str:
         """Queue an event for the background batch writer; returns its id.
 
         Never blocks and never awaits (the pixel path calls it); safe to call at tens of
         thousands per second. If the queue is full the event is appended to the spool file.
+        ``event_id``: the caller's id (an event stored under it already is not stored
+        again); ``fresh``: the caller made it just now, so no store holds it yet.
         """
         if self.writer is None:
             raise StoreError("this store was opened without an event writer")
-        return self.writer.enqueue(event)
+        return self.writer.enqueue(event, event_id=event_id, fresh=fresh)
 
     async def record_sent(self, sent: SentMessage, outcome: Outcome) -> None:
         """Store a relayed message: message, recipients, links, and one ``sent`` event per

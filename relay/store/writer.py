@@ -111,17 +111,20 @@ class EventWriter:
 
     # -- the hot path ----------------------------------------------------------------------
 
-    def enqueue(self, event: Event) -> str:
-        """Queue ``event``; return its id. Never blocks or awaits."""
-        own: str | None = getattr(event, "id", None)
+    def enqueue(self, event: Event, *, event_id: str | None = None, fresh: bool = False
+                ) -> str:
+        """Queue ``event``; return its id. Never blocks or awaits. ``event_id``: the
+        caller's id (as is an ``id`` attribute of the event); ``fresh``: made just now,
+        so no store can hold it yet."""
+        own: str | None = event_id or getattr(event, "id", None)
         eid = own or f"{self._prefix}{next(self._counter):x}"
         queue = self._queue
         if len(queue) >= self.queue_size or self.closed:
             self._spool_lines([("e", event_row(eid, event))])
             return eid
         queue.append((eid, event))
-        if own:  # a caller's id (deliverability events) may be stored already
-            self._own_ids_queued = True
+        if own and not fresh:  # a caller's id (a replay, a deliverability event) may
+            self._own_ids_queued = True  # be stored already
         if len(queue) >= self.batch_size and not self._wake.is_set():
             self._wake.set()
         return eid
@@ -144,12 +147,19 @@ class EventWriter:
         self.rejected_path = Path(name + ".rejected")
         self.lock_path = Path(name + ".lock")
 
+    def slot_names(self) -> list[tuple[str, bool]]:
+        """Every spool slot's path, this process's first (``True``): files kept next to
+        the spool per slot (the tracker's hit journal) are found and claimed the same
+        way (``try_lock`` on ``<slot>.lock``)."""
+        return [(self._slot_name(self.slot), True)] + [
+            (self._slot_name(n), False) for n in range(MAX_SLOTS) if n != self.slot]
+
     def _claim_slot(self) -> None:
         """Take the first spool slot no other live process holds (an flock on
         ``<spool>[.N].lock``), so processes sharing a spool path never share a file."""
         self.base_spool_path.parent.mkdir(parents=True, exist_ok=True)
         for slot in range(MAX_SLOTS):
-            fd = _try_lock(Path(self._slot_name(slot) + ".lock"))
+            fd = try_lock(Path(self._slot_name(slot) + ".lock"))
             if fd is not None:
                 self._set_slot(slot)
                 self._lock_fd = fd
@@ -167,14 +177,14 @@ class EventWriter:
             if not any(p.exists() for p in (spool, replay)):
                 continue
             lock = Path(name + ".lock")
-            fd = _try_lock(lock)
+            fd = try_lock(lock)
             if fd is None:
                 continue  # a live process owns it and replays it itself
             try:
                 log.info("spool_orphan_found", file=name)
                 await self._replay_paths(spool, replay, own=False)
             finally:
-                _release_lock(lock, fd)
+                release_lock(lock, fd)
 
     async def start(self) -> None:
         """Claim a spool slot, replay what earlier runs left, start the writer task."""
@@ -210,7 +220,7 @@ class EventWriter:
         self.closed = True
         self._close_spool()
         if self._lock_fd is not None:
-            _release_lock(self.lock_path, self._lock_fd)
+            release_lock(self.lock_path, self._lock_fd)
             self._lock_fd = None
         log.info("event_writer_closed", written=self.written, spooled=self.spooled,
                  spool_pending=self.has_spool())
@@ -456,7 +466,8 @@ def _remove(path: Path) -> None:
     path.unlink(missing_ok=True)
 
 
-def _try_lock(path: Path) -> int | None:
+def try_lock(path: Path) -> int | None:
+    """An exclusive ``flock`` on ``path`` (created), or None when a live process holds it."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -466,7 +477,7 @@ def _try_lock(path: Path) -> int | None:
     return fd
 
 
-def _release_lock(path: Path, fd: int) -> None:
+def release_lock(path: Path, fd: int) -> None:
     """Remove the lock file while still holding it (no litter), then unlock."""
     with contextlib.suppress(OSError):
         path.unlink()

@@ -20,7 +20,8 @@ request line (a TLS handshake, binary noise) is handed over at once, for aiohttp
 
 The answer is the same bytes aiohttp's route writes (``recipient.PIXEL_HEADERS``, a
 ``Date``, aiohttp's ``Server``; ``Connection`` as aiohttp sets it), and the hit goes to
-the same ``RecipientEndpoints.pixel_hit``. A client that stops reading its answers stops
+the same ``RecipientEndpoints.pixel_hit`` (which journals it before the answer is
+written). A client that stops reading its answers stops
 being read (flow control).
 
 Limits (``[http]``, ``DoorLimits``; each refusal counted in
@@ -500,6 +501,9 @@ class _PixelProtocol(asyncio.Protocol):
             return False
         now = time.time()
         keep_alive = not message.should_close
+        # Journaled before it is answered (relay.tracker.hit_journal).
+        self.door.endpoints.pixel_hit(match.group(1), self.peer, headers, message.method,
+                                      "http", now, head)
         answer = self.door.answers.get(now, message.version, message.method, keep_alive)
         if keep_alive:
             assert self.transport is not None
@@ -507,8 +511,6 @@ class _PixelProtocol(asyncio.Protocol):
         else:
             self._finish(answer)  # nothing pipelined after it is answered
         self.door.answered += 1
-        self.door.endpoints.pixel_hit(match.group(1), self.peer, headers, message.method,
-                                      "http", now)
         return keep_alive
 
     def _hand_off(self, keep: int | None = None) -> None:

@@ -14,9 +14,13 @@ the store's in-memory batch writer. The pixel answers before any of that: its hi
 gathered for ``HITS_GATHER_SECONDS`` and recorded in one run (cheaper per hit than
 inside each request), and ``Store.flush`` waits for them (``settle``).
 
-A genuine token whose message the store does not hold yet (the relay writes the record
-just after the upstream accepted the message, perhaps in another worker) is not given
-up at once: an open is looked up again in the background for about 4 s after its GIF
+Every hit is on local disk before its answer goes out (relay.tracker.hit_journal): a
+process killed at any moment loses no hit a client saw answered.
+
+A genuine token whose message the store does not hold yet (the relay stores the record
+before its client's 250, but a scanner may fetch the pixel while the message is still
+on its way, and a relay cut off from the database keeps the record in its spool) is not
+given up at once: an open is looked up again in the background for about 4 s after its GIF
 went out, a click for under a second before its answer; only then is it counted as
 ``unknown_message`` (a purged or never-sent message) and nothing is recorded.
 
@@ -45,6 +49,7 @@ from relay.engagement.online import Classifier
 from relay.logs import get_logger
 from relay.records import Event
 from relay.tracker.client import ClientInfo, ClientInspector
+from relay.tracker.hit_journal import EventRecord, HitJournal, JournalRef, PixelRecord
 from relay.tracker.lookups import TokenTargets, require_store
 
 if TYPE_CHECKING:
@@ -81,7 +86,7 @@ HITS_GATHER_SECONDS = 0.002
 #: ``_resolve``'s answer when the store has no such message (yet).
 NOT_YET = "not_yet"
 #: Seconds between look-ups of a genuine open token whose message the store does not
-#: hold yet (the relay writes the record just after delivery): about 4 s in all.
+#: hold yet (fetched while the message was on its way): about 4 s in all.
 LATE_DELAYS: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 #: The same for a click, whose answer (the redirect) must wait: under a second in all.
 CLICK_DELAYS: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5)
@@ -97,6 +102,8 @@ class _Hit:
     method: str
     scheme: str
     time: float
+    #: Where the hit is journaled (relay.tracker.hit_journal), and its event's id.
+    ref: JournalRef | None = None
 
     @classmethod
     def of(cls, request: web.Request) -> _Hit:
@@ -113,6 +120,7 @@ class _Seen:
     headers: dict[str, str]
     https: bool
     time: float
+    ref: JournalRef | None = None
 
 _OPEN_RESULTS = {
     r: metrics.TRACKER_HITS.labels("open", r)
@@ -186,6 +194,38 @@ class RecipientEndpoints:
         self._hits_task: asyncio.Task[None] | None = None
         #: Hits whose message is being looked up in the store.
         self._lookups: set[asyncio.Task[None]] = set()
+        #: Every hit on disk before its answer (None: the store has no writer).
+        self.journal: HitJournal | None = None
+
+    async def open_journal(self) -> None:
+        """Start the hit journal next to the store's spool, and first record again the
+        hits a killed process left in it (relay.tracker.hit_journal)."""
+        writer = self.store.writer
+        if writer is None or self.journal is not None:
+            return
+        self.journal = journal = HitJournal(writer)
+        replayed = await journal.replay(self._replayed, self.drain)
+        if replayed:
+            log.info("hits_replayed", hits=replayed)
+
+    async def _replayed(self, record: PixelRecord | EventRecord) -> None:
+        if isinstance(record, EventRecord):
+            self.store.enqueue(record.event, event_id=record.ref.event_id)
+            return
+        self._hits.append(_Hit(record.name, record.peer, record.headers, record.method,
+                               record.scheme, record.time, record.ref))
+        if self._hits_task is None:
+            self._hits_task = asyncio.get_running_loop().create_task(self._record_hits())
+
+    async def close_journal(self) -> None:
+        """After ``drain``: what the journal holds is written; its files go."""
+        if self.journal is not None:
+            await self.journal.close()
+            self.journal = None
+
+    def _settled(self, ref: JournalRef | None) -> None:
+        if ref is not None and self.journal is not None:
+            self.journal.settled(ref)
 
     @property
     def store(self) -> Store:
@@ -238,7 +278,8 @@ class RecipientEndpoints:
         return _Seen(
             method=hit.method, client=self.inspector.inspect(peer, headers),
             headers=select_headers(headers), time=hit.time,
-            https=self.inspector.address.scheme(peer, headers, hit.scheme) == "https")
+            https=self.inspector.address.scheme(peer, headers, hit.scheme) == "https",
+            ref=hit.ref)
 
     async def _record(self, request: web.Request | _Seen, kind: str, message_id: str,
                       recipient: str | None, link_index: int | None,
@@ -273,23 +314,39 @@ class RecipientEndpoints:
                 if key in data:
                     data[key] = None
             data["location_hidden"] = True
-        self.store.enqueue(event)
+        ref = seen.ref
+        if ref is not None:  # a pixel hit, journaled as it came
+            self.store.enqueue(event, event_id=ref.event_id, fresh=ref.fresh)
+        elif self.journal is not None and (ref := self.journal.event(event)) is not None:
+            # Journaled now, before its answer goes out.
+            self.store.enqueue(event, event_id=ref.event_id, fresh=True)
+            self.journal.settled(ref)
+        else:
+            self.store.enqueue(event)
         _count(_EVENTS[kind, event.machine])
 
     async def open_pixel(self, request: web.Request) -> web.Response:
         """Answer at once: the GIF never depends on the token. Most pixel requests are
         answered by relay.tracker.pixel_door before aiohttp sees them; this route has
         the rest (a request that door leaves to aiohttp)."""
+        head = None
+        if self.journal is not None:
+            head = b"".join([f"{request.method} {request.raw_path} HTTP/1.1\r\n".encode(
+                "utf-8", "surrogateescape"), *(b"%s: %s\r\n" % pair
+                                               for pair in request.raw_headers), b"\r\n"])
         self.pixel_hit(request.match_info["name"], request.remote, request.headers,
-                       request.method, request.scheme, time.time())
+                       request.method, request.scheme, time.time(), head)
         return web.Response(body=PIXEL_GIF, headers=PIXEL_HEADERS)
 
     def pixel_hit(self, name: str, peer: str | None, headers: CIMultiDictProxy[str],
-                  method: str, scheme: str, when: float) -> None:
-        """A pixel request just answered: it is verified, classified and queued for the
-        store just after, with the other hits answered in the same moment
-        (``_record_hits``)."""
-        self._hits.append(_Hit(name, peer, headers, method, scheme, when))
+                  method: str, scheme: str, when: float, head: bytes | None = None) -> None:
+        """A pixel request about to be answered: journaled now (``head``: the request head
+        as it came), then verified, classified and queued for the store just after the
+        answer, with the other hits answered in the same moment (``_record_hits``)."""
+        ref = None
+        if self.journal is not None and head is not None:
+            ref = self.journal.pixel(name, peer, head, method, scheme, when)
+        self._hits.append(_Hit(name, peer, headers, method, scheme, when, ref))
         if self._hits_task is None:
             self._hits_task = asyncio.get_running_loop().create_task(self._record_hits())
 
@@ -311,6 +368,7 @@ class RecipientEndpoints:
                         name[:-4] if name.endswith(".gif") else name, "open")
                     if data is None:
                         _count(_OPEN_RESULTS["invalid_token"])
+                        self._settled(hit.ref)
                     elif self.targets.messages.get(data.message_id) is None:
                         task = asyncio.get_running_loop().create_task(self._open(hit, data))
                         self._lookups.add(task)
@@ -321,9 +379,14 @@ class RecipientEndpoints:
             self._hits_task = None
 
     async def _open(self, hit: _Hit, data: TokenData) -> None:
-        await _logged_failure(self._record_open(hit, data), data.message_id)
+        later: list[bool] = []
+        try:
+            await _logged_failure(self._record_open(hit, data, later), data.message_id)
+        finally:
+            if not later:  # else the late look-up settles it
+                self._settled(hit.ref)
 
-    async def _record_open(self, hit: _Hit, data: TokenData) -> None:
+    async def _record_open(self, hit: _Hit, data: TokenData, later: list[bool]) -> None:
         try:
             resolved = await self._resolve(data)
         except Exception as exc:
@@ -337,6 +400,7 @@ class RecipientEndpoints:
             return
         if resolved == NOT_YET:
             self._record_later(self._seen(hit), data)
+            later.append(True)
         elif isinstance(resolved, str):
             _count(_OPEN_RESULTS[resolved])
         else:
@@ -354,15 +418,21 @@ class RecipientEndpoints:
             await asyncio.wait(pending)
 
     def _record_later(self, seen: _Seen, data: TokenData) -> None:
-        task = asyncio.get_running_loop().create_task(
-            _logged_failure(self._late_open(seen, data), data.message_id))
+        task = asyncio.get_running_loop().create_task(self._late_settled(seen, data))
         self._late.add(task)
         task.add_done_callback(self._late.discard)
 
+    async def _late_settled(self, seen: _Seen, data: TokenData) -> None:
+        try:
+            await _logged_failure(self._late_open(seen, data), data.message_id)
+        finally:
+            self._settled(seen.ref)
+
     async def _late_open(self, seen: _Seen, data: TokenData) -> None:
-        """A genuine open token for a message the store does not hold yet: its record is
-        written just after delivery, maybe by another worker or relay, so look again a
-        few times before giving it up as unknown (a purged or never-sent message)."""
+        """A genuine open token for a message the store does not hold yet: its record may
+        still be on its way (written by the relay as the upstream accepts it), so look
+        again a few times before giving it up as unknown (a purged or never-sent
+        message)."""
         for delay in LATE_DELAYS:
             await asyncio.sleep(delay)
             try:

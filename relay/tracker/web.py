@@ -126,12 +126,14 @@ def create_web_app(app: App) -> web.Application:
             log.info("store_opened", engine=app.store.engine)
         app.store.add_flush_source(recipient.settle)
         settled_by.append(app.store)
+        await recipient.open_journal()  # hits a killed process answered: recorded now
         await dispatcher.start()
         batch.start()
 
     async def on_cleanup(_: web.Application) -> None:
         nonlocal opened_here
         await recipient.drain()
+        await recipient.close_journal()
         for store in settled_by:
             store.remove_flush_source(recipient.settle)
         settled_by.clear()

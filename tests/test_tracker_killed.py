@@ -1,0 +1,94 @@
+"""A tracker killed (SIGKILL) under load loses no hit a client saw answered: every pixel
+and click answered before the kill is stored exactly once after the restart (the hit
+journal, relay.tracker.hit_journal). The real ``trackrelay tracker`` process, real HTTP
+clients (both of the pixel's ways in: its own door and aiohttp's route), SQLite."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import aiohttp
+
+from relay.store import open_store
+from relay.tokens import TokenCodec
+from tests.conftest import free_port
+from tests.service_support import Service
+from tests.tracker_support import seed_message
+
+KEY = "3:killed-tracker-key-0123456789abcdef"
+
+
+def stored_agents(db: Path) -> dict[str, int]:
+    with sqlite3.connect(db) as conn:
+        return dict(conn.execute(
+            "SELECT user_agent, count(*) FROM events WHERE type IN ('open', 'click') "
+            "GROUP BY user_agent").fetchall())
+
+
+async def hit_until_killed(tracker: Service, urls: list[str], clients: int,
+                           kill_after: int) -> list[str]:
+    """``clients`` keep-alive HTTP clients taking turns through ``urls``, each request
+    with a User-Agent of its own; SIGKILL the tracker as soon as ``kill_after`` were
+    answered. Returns the User-Agents of the requests answered."""
+    answered: list[str] = []
+
+    async def client(c: int) -> None:
+        async with aiohttp.ClientSession() as http:
+            for i in range(100_000):
+                agent = f"Mozilla/5.0 Thunderbird/128.0 hit-{c}-{i}"
+                try:
+                    async with http.get(urls[i % len(urls)], allow_redirects=False,
+                                        headers={"User-Agent": agent}) as resp:
+                        await resp.read()
+                        assert resp.status in (200, 302), resp.status
+                except aiohttp.ClientError:
+                    return  # the tracker is gone: this request was not answered
+                answered.append(agent)
+                if len(answered) == kill_after:
+                    tracker.kill()
+
+    await asyncio.wait_for(asyncio.gather(*(client(c) for c in range(clients))), 120)
+    await tracker.wait()
+    return answered
+
+
+async def test_hits_answered_before_a_kill_are_stored_once(tmp_path: Path) -> None:
+    db = tmp_path / "store.db"
+    url = f"sqlite:///{db}"
+    store = await open_store(url, spool_path=str(tmp_path / "seed-spool.jsonl"))
+    try:
+        sent = await seed_message(store, links=["https://example.com/offer"])
+    finally:
+        await store.close()
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    tracker = Service("tracker", "tracker", tmp_path, {
+        "http": {"listen": f"127.0.0.1:{port}", "base_url": base},
+        "tracking": {"token_keys": [KEY]},
+        "store": {"url": url, "spool_path": str(tmp_path / "spool.jsonl")},
+        "log": {"level": "info"},
+    }, [port])
+    codec = TokenCodec.from_strings([KEY])
+    urls = [f"{base}/o/{codec.encode('open', sent.message_id, 0)}.gif",
+            f"{base}/o/{codec.encode('open', sent.message_id, 0)}.gif",
+            f"{base}/c/{codec.encode('click', sent.message_id, 0, 0)}"]
+    try:
+        await tracker.start()
+        answered = await hit_until_killed(tracker, urls, clients=4, kill_after=300)
+        assert len(answered) >= 300
+        await tracker.start()  # replays what the killed process journaled
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60
+        while any(a not in (found := stored_agents(db)) for a in answered):
+            assert loop.time() < deadline, (
+                f"{sum(a not in found for a in answered)} answered hits not stored")
+            await asyncio.sleep(0.1)
+    finally:
+        assert await tracker.stop() == 0
+    found = stored_agents(db)
+    assert [a for a in answered if found[a] != 1] == []  # exactly once
+    assert '"hits_replayed"' in tracker.log_text()
+    # Nothing is left to replay after a clean stop.
+    assert not list(tmp_path.glob("spool.jsonl.hits.*"))
