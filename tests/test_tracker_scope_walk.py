@@ -40,6 +40,8 @@ PROBES: dict[str, list[str]] = {
     "limit": ["1"],
     "status": ["pending", "delivered", "failed", "sent", "open"],
     "endpoint": ["mailto:sender"],
+    "address": ["zed@hidden.test", "carol@customer.test"],
+    "subject": ["Secret"],
 }
 
 

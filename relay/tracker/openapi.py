@@ -436,7 +436,8 @@ def openapi_document(base_url: str = "") -> dict[str, Any]:
                 "get": {
                     "summary": "The suppression list, newest first.",
                     "operationId": "listSuppressions",
-                    "parameters": [P_SCOPE, P_CURSOR, _limit(100)],
+                    "parameters": [P_SCOPE, _param("address", "Only this address's entries."),
+                                   P_CURSOR, _limit(100)],
                     "responses": _also(_responses("SuppressionPage", "A page of entries."),
                                        _403=FORBIDDEN),
                 },
