@@ -88,12 +88,16 @@ def check_scan(text: str, scan: Scan) -> None:
 PARSER_GAPS = ("<!-->", "<!--->", "--!>")
 
 
+#: ``href==x`` in a tag: the standard reads the value ``=x``, html.parser (``=+``) ``x``.
+_EQUALS_RUN = re.compile(r"<[^>]*=\s*=")
+
+
 def parser_gap(text: str) -> bool:
     """True when html.parser reads ``text`` otherwise than the HTML standard does where
-    it matters here: the comment endings above, or a ``<![`` outside a comment that is
-    not CDATA (a stray ``<![endif]-->``), which the standard ends at its first ``>`` and
-    html.parser runs on to a later ``]>``."""
-    if any(gap in text for gap in PARSER_GAPS):
+    it matters here: the comment endings above, ``==`` in a tag, or a ``<![`` outside a
+    comment that is not CDATA (a stray ``<![endif]-->``), which the standard ends at its
+    first ``>`` and html.parser runs on to a later ``]>``."""
+    if any(gap in text for gap in PARSER_GAPS) or _EQUALS_RUN.search(text):
         return True
     return any(kind == "unknown" and not str(detail).startswith("CDATA[")
                for _, kind, _, detail in Events(text).events)
