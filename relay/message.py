@@ -14,7 +14,14 @@ _HEADER_END = re.compile(rb"\r?\n\r?\n")
 
 
 def split_message(raw: bytes) -> tuple[bytes, bytes, bytes]:
-    """Return (header block, separator, body); a message with no body has b"" for both."""
+    """Return (header block, separator, body); a message with no body has b"" for both.
+
+    A message that starts with a line break has no header fields: that line break is the
+    blank line, and what follows it, another line break included, is the body
+    (RFC 5322 section 2.1)."""
+    for nl in (b"\r\n", b"\n"):
+        if raw.startswith(nl):
+            return b"", nl, raw[len(nl):]
     m = _HEADER_END.search(raw)
     if m is None:
         return raw, b"", b""

@@ -86,6 +86,21 @@ def check_scan(text: str, scan: Scan) -> None:
 #: (the abrupt ``<!-->`` and ``<!--->``, and ``--!>``): the scanner follows the standard,
 #: so the parse comparison skips texts that have them.
 PARSER_GAPS = ("<!-->", "<!--->", "--!>")
+
+
+#: ``href==x`` in a tag: the standard reads the value ``=x``, html.parser (``=+``) ``x``.
+_EQUALS_RUN = re.compile(r"<[^>]*=\s*=")
+
+
+def parser_gap(text: str) -> bool:
+    """True when html.parser reads ``text`` otherwise than the HTML standard does where
+    it matters here: the comment endings above, ``==`` in a tag, or a ``<![`` outside a
+    comment that is not CDATA (a stray ``<![endif]-->``), which the standard ends at its
+    first ``>`` and html.parser runs on to a later ``]>``."""
+    if any(gap in text for gap in PARSER_GAPS) or _EQUALS_RUN.search(text):
+        return True
+    return any(kind == "unknown" and not str(detail).startswith("CDATA[")
+               for _, kind, _, detail in Events(text).events)
 MARK = "https://edit.example/{}"
 
 
@@ -229,7 +244,7 @@ def test_scanner_reports_true_spans_and_edits_keep_the_parse(text: str) -> None:
     assert out == rebuild(text, edited, pixel, markup), "an edit outside its span"
     for _, attr, new in edited:  # the new value reads back as written
         assert html.unescape(escape_attr(new, attr.quote)) == new
-    if not any(gap in text for gap in PARSER_GAPS):
+    if not parser_gap(text):
         check_parse(text, out, edited, pixel, markup)
 
 

@@ -402,7 +402,8 @@ def fixed_pieces(raw: bytes) -> list[bytes] | None:
 def header_fields(raw: bytes) -> list[bytes]:
     """The message's header fields but Content-Transfer-Encoding (which a single-part
     message's re-encoding may change)."""
-    return [f for f in unfolded(split_message(raw)[0] + b"\n") if not is_cte(f)]
+    head = split_message(raw)[0]
+    return [f for f in unfolded(head + b"\n") if not is_cte(f)] if head else []
 
 
 def check_random(raw: bytes) -> None:
@@ -485,3 +486,18 @@ def test_header_line_without_colon_answers_to_no_name() -> None:
     assert draft.remove_header("Subject") == 0
     check_random(raw)
     assert out.startswith(b"Content-Type: text/html\r\nMessage-ID\r\nSubject\r\n")
+
+
+def test_message_without_header_fields_keeps_its_body() -> None:
+    """A message starting with a blank line has no header fields, and its body starts
+    after that one line break; the blank line after it was taken as part of the
+    separator, so adding a Message-ID dropped the body's first (empty) line."""
+    raw = b"\r\n\r\n<a href=http://live.example/1>x</a>"
+    assert split_message(raw) == (b"", b"\r\n", b"\r\n<a href=http://live.example/1>x</a>")
+    out, ctx = run(raw)
+    assert ctx.tracked
+    head, sep, body = split_message(out)
+    assert head.startswith(b"Message-ID: ") and sep == b"\r\n\r\n"
+    assert body.startswith(b"\r\n<a href=" + BASE.encode() + b"/c/")
+    check_random(raw)
+    assert split_message(b"\nx") == (b"", b"\n", b"x")

@@ -324,7 +324,7 @@ async def fuzz_relay(make_relay: MakeRelay, sink: Sink) -> Relay:
     return await make_relay()
 
 
-@settings(max_examples=examples(60), deadline=None,
+@settings(max_examples=examples(100), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                  HealthCheck.data_too_large])
 @given(session=SESSION)

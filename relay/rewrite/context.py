@@ -282,9 +282,10 @@ class HtmlPart(ContentPart):
         self.replace(attr.start, attr.end, escape_attr(value, attr.quote), owner)
 
     def body_insert_offset(self) -> int:
-        """Where markup appended to the body goes: before ``</body>``, else the end of the
-        text, or before a tag, comment or element left unclosed there (``Scan.tail``):
-        markup after it would be swallowed by it."""
+        """Where markup appended to the body goes: before ``</body>``, else the end.
+
+        The end is ``Scan.tail``: before a tag, comment or element left unclosed at the
+        end of the text, which would swallow markup put after it."""
         scan = self.scan
         return scan.body_close if scan.body_close is not None else scan.tail
 
