@@ -340,8 +340,9 @@ class SqlStore(Store):
             where.add("m.created_at < ?", float(until))
         if cursor:
             c_time, c_seq = decode_cursor(cursor, (float, int))
-            where.add("(m.created_at < ? OR (m.created_at = ? AND m.seq < ?))",
-                      c_time, c_time, c_seq)
+            # a row comparison, not "a < x OR (a = x AND b < y)": PostgreSQL walks the
+            # (created_at, seq) index from the cursor on only for this form
+            where.add("(m.created_at, m.seq) < (?, ?)", c_time, c_seq)
         rows = await self._message_rows(where, status=status, limit=limit + 1)
         more = len(rows) > limit
         rows = rows[:limit]
