@@ -38,6 +38,7 @@ from relay.store.base import (
     backoff_delay,
     domain_of,
 )
+from relay.store.where import Where, scope_condition
 
 #: A statement of ``_transaction``: SQL and its parameters, or a function giving them
 #: from the row counts of the statements run before it in the same transaction.
@@ -103,32 +104,6 @@ def _json(value: Any, default: Any) -> Any:
         except ValueError:
             return default
     return value
-
-
-def scope_condition(scope: str | None, column_prefix: str = "m") -> tuple[str, list[Any]]:
-    """SQL condition restricting messages to a sender address or domain scope."""
-    if scope is None:
-        return "", []
-    scope = scope.strip().lower()
-    if "@" in scope:
-        return f"{column_prefix}.sender = ?", [scope]
-    return f"{column_prefix}.sender_domain = ?", [scope]
-
-
-class Where:
-    """Accumulates AND-ed conditions and their parameters."""
-
-    def __init__(self) -> None:
-        self.parts: list[str] = []
-        self.args: list[Any] = []
-
-    def add(self, sql: str, *args: Any) -> None:
-        if sql:
-            self.parts.append(sql)
-            self.args.extend(args)
-
-    def sql(self) -> str:
-        return ("WHERE " + " AND ".join(self.parts)) if self.parts else ""
 
 
 ORPHAN_BLOBS = ("DELETE FROM attachment_blobs WHERE NOT EXISTS "
