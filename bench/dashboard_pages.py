@@ -146,6 +146,10 @@ def pages(n_messages: int, contact: str) -> list[tuple[str, str, str | None]]:
     ]  # type: ignore[list-item]
 
 
+class Failed(Exception):
+    """A page or API call did not answer 200 (the store's command timeout: 503)."""
+
+
 async def timed(http: aiohttp.ClientSession, url: str, rounds: int,
                 headers: dict[str, str] | None = None) -> float:
     times = []
@@ -153,7 +157,8 @@ async def timed(http: aiohttp.ClientSession, url: str, rounds: int,
         started = time.perf_counter()
         async with http.get(url, headers=headers or {}) as resp:
             await resp.read()
-            assert resp.status == 200, (url, resp.status)
+            if resp.status != 200:
+                raise Failed(f"{resp.status} after {time.perf_counter() - started:.0f} s")
         times.append((time.perf_counter() - started) * 1000)
     return statistics.median(times)
 
@@ -187,6 +192,7 @@ async def run(url: str, engine: str, n_messages: int, rounds: int) -> None:
         cookie = sessions.cookie_value(session)
         try:
             async with aiohttp.ClientSession(
+                    timeout=aiohttp.ClientTimeout(total=600),
                     cookie_jar=aiohttp.CookieJar(unsafe=True),
                     cookies={SESSION_COOKIE: cookie}) as http:
                 api = {"Authorization": f"Bearer {TOKEN}"}
@@ -199,11 +205,16 @@ async def run(url: str, engine: str, n_messages: int, rounds: int) -> None:
                     if path is None:
                         path = f"/ui/messages?cursor={cursor}"
                         api_path = f"/api/v1/messages?cursor={cursor}"
-                    warm = await timed(http, base + path, 1)  # warm caches
-                    # a page slower than a second is timed once more, not ``rounds`` times
-                    n = rounds if warm < 1000 else 1
-                    page_ms = await timed(http, base + path, n)
-                    api_ms = await timed(http, base + str(api_path), n, api)
+                    try:
+                        warm = await timed(http, base + path, 1)  # warm caches
+                        # a page slower than a second is timed once more, not ``rounds``
+                        # times
+                        n = rounds if warm < 1000 else 1
+                        page_ms = await timed(http, base + path, n)
+                        api_ms = await timed(http, base + str(api_path), n, api)
+                    except Failed as exc:
+                        print(f"{name:<28}  failed: {exc}", flush=True)
+                        continue
                     print(f"{name:<28}{page_ms:>10.1f}{api_ms:>10.1f}"
                           f"{page_ms / api_ms if api_ms else 0:>8.2f}", flush=True)
         finally:

@@ -20,9 +20,8 @@ from relay.records import EVENT_TYPES
 from relay.store.where import Where, cond, scope_condition
 
 
-class ReportStore(Protocol):
-    """What the reports need of an SQL store (``relay.store.sql.SqlStore`` has it): its
-    query primitives and the few expressions the two engines write differently."""
+class ReportEngine(Protocol):
+    """What these reports need of an engine (``relay.store.sql.SqlStore`` has it)."""
 
     async def _fetch(self, sql: str, args: list[Any] | tuple[Any, ...] = ()
                      ) -> list[dict[str, Any]]: ...
@@ -32,13 +31,13 @@ class ReportStore(Protocol):
 
     def _events_join(self, messages_first: bool) -> str: ...
 
-    def _domain_expr(self, column: str) -> str: ...
-
     def _bucket_expr(self, column: str, seconds: int) -> str: ...
 
     def _json_text(self, column: str, key: str) -> str: ...
 
     def _json_true(self, column: str, key: str) -> str: ...
+
+    def _domain_expr(self, column: str) -> str: ...
 
 #: a recipient of a message (shared-tracking events name none: the message stands in)
 WHO = "e.message_id || '|' || COALESCE(e.recipient, '')"
@@ -48,7 +47,7 @@ HUMAN_EVENT = ("CASE WHEN e.type IN ('open', 'click') "
 RECIPIENT_STATUSES = ("replied", "clicked", "opened", "bounced", "not_opened")
 
 
-def _period(store: ReportStore, scope: str | None, since: float | None,
+def _period(store: ReportEngine, scope: str | None, since: float | None,
             until: float | None, campaign: str | None = None) -> Where:
     where = Where()
     where.add(*cond(scope_condition(scope)))
@@ -65,7 +64,7 @@ def _rate(n: int, d: int) -> float:
     return round(n / d, 6) if d else 0.0
 
 
-async def outcome_totals(store: ReportStore, *, scope: str | None, since: float | None,
+async def outcome_totals(store: ReportEngine, *, scope: str | None, since: float | None,
                          until: float | None, campaign: str | None = None
                          ) -> dict[str, Any]:
     where = _period(store, scope, since, until, campaign)
@@ -110,7 +109,7 @@ async def outcome_totals(store: ReportStore, *, scope: str | None, since: float 
     }
 
 
-async def event_series(store: ReportStore, *, scope: str | None, since: float | None,
+async def event_series(store: ReportEngine, *, scope: str | None, since: float | None,
                        until: float | None, bucket: int, campaign: str | None = None
                        ) -> list[dict[str, Any]]:
     where = _period(store, scope, since, until, campaign)
@@ -124,7 +123,7 @@ async def event_series(store: ReportStore, *, scope: str | None, since: float | 
              "human": int(r["human"] or 0)} for r in rows]
 
 
-async def top_links(store: ReportStore, *, scope: str | None, since: float | None,
+async def top_links(store: ReportEngine, *, scope: str | None, since: float | None,
                     until: float | None, campaign: str | None = None, limit: int = 10
                     ) -> list[dict[str, Any]]:
     where = _period(store, scope, since, until, campaign)
@@ -142,7 +141,7 @@ async def top_links(store: ReportStore, *, scope: str | None, since: float | Non
             for r in rows]
 
 
-async def bounce_breakdown(store: ReportStore, *, scope: str | None, since: float | None,
+async def bounce_breakdown(store: ReportEngine, *, scope: str | None, since: float | None,
                            until: float | None, limit: int = 10) -> dict[str, Any]:
     """Bounces and complaints by reason (``data.reason`` of the event, as classified) and
     the recipient domains that bounce most, with their delivered recipients."""
@@ -184,7 +183,7 @@ async def bounce_breakdown(store: ReportStore, *, scope: str | None, since: floa
     }
 
 
-async def message_activity(store: ReportStore, ids: list[str]) -> dict[str, dict[str, Any]]:
+async def message_activity(store: ReportEngine, ids: list[str]) -> dict[str, dict[str, Any]]:
     """Per message of ``ids``: opens and clicks (human = not flagged machine, as the
     list's ``open_count``, and all), first and last human open, replies, and a status
     per recipient address (``RECIPIENT_STATUSES``)."""

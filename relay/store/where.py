@@ -1,5 +1,6 @@
-"""SQL conditions shared by the store's queries and its reports: AND-ed parts with their
-parameters, and the condition that restricts messages to a sender scope."""
+"""Conditions of the store's queries: AND-ed parts with their parameters, and the
+scope of an API token as SQL (shared by ``relay.store.sql`` and
+``relay.store.reports``)."""
 
 from __future__ import annotations
 
@@ -33,5 +34,6 @@ class Where:
 
 
 def cond(pair: tuple[str, list[Any]]) -> tuple[Any, ...]:
+    """``scope_condition``'s pair as ``Where.add`` arguments."""
     sql, args = pair
     return (sql, *args)

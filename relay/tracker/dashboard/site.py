@@ -135,8 +135,12 @@ class Site:
             raise
         except UNAVAILABLE as exc:
             log.warning("dashboard_store_unavailable", path=request.path, error=repr(exc))
+            message = ("The store took too long to answer (its command timeout); a "
+                       "shorter period or a narrower filter asks less of it."
+                       if isinstance(exc, TimeoutError) else
+                       "The store cannot be reached; try again shortly.")
             return self.render(request, "error.html", status=503, title="Unavailable",
-                               message="The store cannot be reached; try again shortly.")
+                               message=message)
         except Exception:
             log.exception("dashboard_error", path=request.path)
             return self.render(request, "error.html", status=500, title="Error",
