@@ -56,7 +56,10 @@ def run(*argv: str, timeout: float = 900) -> str:
 
 def ensure_base_image(scratch: Path) -> None:
     """``debian:bookworm-slim`` in buildah's local store, made by debootstrap if missing."""
-    if run("buildah", "images", "-q", BASE_IMAGE).strip():
+    # buildah answers 125 "image not known" for a name its store lacks (a fresh machine).
+    known = subprocess.run(["buildah", "images", "-q", BASE_IMAGE], capture_output=True,
+                           timeout=60, check=False)
+    if known.returncode == 0 and known.stdout.strip():
         return
     rootfs = scratch / "rootfs"
     run("debootstrap", "--variant=minbase", "bookworm", str(rootfs))
