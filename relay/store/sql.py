@@ -12,6 +12,7 @@ import abc
 import base64
 import binascii
 import json
+import math
 import time
 from collections.abc import Callable
 from typing import Any, Literal
@@ -39,6 +40,7 @@ from relay.store.base import (
     domain_of,
 )
 from relay.store.where import Where, scope_condition
+from relay.store.where import cond as _cond
 
 #: A statement of ``_transaction``: SQL and its parameters, or a function giving them
 #: from the row counts of the statements run before it in the same transaction.
@@ -65,7 +67,8 @@ STATUS_CASE = f"""CASE
                AND {HUMAN}) THEN 'clicked'
   WHEN EXISTS (SELECT 1 FROM events e WHERE e.message_id = m.id AND e.type = 'open'
                AND {HUMAN}) THEN 'opened'
-  WHEN EXISTS (SELECT 1 FROM events e WHERE e.message_id = m.id AND e.type = 'bounce')
+  WHEN EXISTS (SELECT 1 FROM events e WHERE e.message_id = m.id AND e.type = 'bounce'
+               AND {HUMAN})
        OR NOT EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id
                       AND r.status = 'accepted') THEN 'bounced'
   ELSE 'not_opened' END"""
@@ -87,12 +90,22 @@ def decode_cursor(cursor: str, kinds: tuple[type, ...]) -> list[Any]:
         raise BadCursor("cursor: not a cursor this server produced")
     out: list[Any] = []
     for value, kind in zip(values, kinds, strict=True):
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        if isinstance(value, bool) or (isinstance(value, int) and not _INT64[0] <= value
+                                       <= _INT64[1]):
+            # a BIGINT column (and SQLite's INTEGER) holds no more; a bigger number is
+            # no cursor this server gave out, not a database error
+            raise BadCursor("cursor: not a cursor this server produced")
+        if kind is float and isinstance(value, int):
             value = float(value)
-        if not isinstance(value, kind) or isinstance(value, bool):
+        if not isinstance(value, kind) or (
+                isinstance(value, float) and not math.isfinite(value)) or (
+                isinstance(value, str) and (len(value) > 1000 or "\x00" in value)):
             raise BadCursor("cursor: not a cursor this server produced")
         out.append(value)
     return out
+
+
+_INT64 = (-(2 ** 63), 2 ** 63 - 1)
 
 
 def _json(value: Any, default: Any) -> Any:
@@ -252,7 +265,9 @@ class SqlStore(Store):
     async def lookup_message_by_header_id(self, header_message_id: str
                                           ) -> MessageLookup | None:
         bare = header_message_id.strip().strip("<>").strip()
-        if not bare:
+        if not bare or "\x00" in bare or len(bare) > 2000:
+            # no message has such an id (a report's body may quote any bytes), and
+            # PostgreSQL refuses NUL in text
             return None
         row = await self._fetchrow(
             "SELECT id FROM messages WHERE header_message_id IN (?, ?) "
@@ -560,7 +575,10 @@ class SqlStore(Store):
         ev_where = Where()
         ev_where.parts, ev_where.args = list(where.parts), list(where.args)
         if not include_machine:
-            ev_where.add("(e.type NOT IN ('open', 'click') OR e.machine = FALSE)")
+            # machine opens and clicks; unverified bounces, complaints and replies
+            # (relay.inbound: nothing a forger could not know tied them to the delivery)
+            ev_where.add("(e.type NOT IN ('open', 'click', 'bounce', 'complaint', 'reply') "
+                         "OR e.machine = FALSE)")
         uniq = "COUNT(DISTINCT e.message_id || '|' || COALESCE(e.recipient, ''))"
         by_type = await self._fetch(
             f"SELECT e.type, COUNT(*) AS total, {uniq} AS uniq "
@@ -680,8 +698,9 @@ class SqlStore(Store):
         supp_where = Where()
         supp_where.add("address = ?", address)
         if scope is not None:
-            supp_where.add("(scope = '' OR scope = ? OR scope = ?)", scope.lower(),
-                           domain_of(scope) if "@" in scope else scope.lower())
+            # A scoped reader sees its own domain's list only: a global entry (or another
+            # domain's) tells what other senders' mail met (a bounce, a complaint).
+            supp_where.add("scope = ?", domain_of(scope) if "@" in scope else scope.lower())
         supp = await self._fetch(
             "SELECT address, scope, reason, event_id, created_at FROM suppressions "
             f"{supp_where.sql()} ORDER BY created_at DESC", supp_where.args)
@@ -1035,8 +1054,3 @@ def _like(text: str) -> str:
     """A LIKE pattern finding ``text`` anywhere (lower case; its own % and _ literal)."""
     escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return f"%{escaped}%"
-
-
-def _cond(pair: tuple[str, list[Any]]) -> tuple[Any, ...]:
-    sql, args = pair
-    return (sql, *args)
