@@ -108,6 +108,29 @@ def test_events_as_json_lines_with_filters(store_url: str, tmp_path: Path) -> No
         cli.events(_args(config, since="last tuesday"), io.StringIO())
 
 
+def test_events_print_in_the_order_they_happened_not_stored(store_url: str,
+                                                            tmp_path: Path) -> None:
+    """A pixel hit is stored a few milliseconds after the click that followed it."""
+    async def seed() -> None:
+        store = await open_store(store_url, spool_path=str(tmp_path / "spool.jsonl"))
+        try:
+            m = await seed_message(store, links=["https://shop.example/x"])
+            now = time.time()
+            store.enqueue(Event("click", m.message_id, m.recipients[0], now + 0.02,
+                                link_index=0))
+            await store.flush()
+            store.enqueue(Event("open", m.message_id, m.recipients[0], now))
+            await store.flush()
+        finally:
+            await store.close()
+
+    asyncio.run(seed())
+    config = _config_file(tmp_path, store_url)
+    out = io.StringIO()
+    assert cli.events(_args(config, type=["open,click"]), out) == 0
+    assert [line.split()[1] for line in out.getvalue().splitlines()] == ["open", "click"]
+
+
 def test_events_follow_prints_only_new_events(store_url: str, tmp_path: Path) -> None:
     ids = asyncio.run(_seed(store_url, tmp_path / "spool.jsonl"))
     config = _config_file(tmp_path, store_url)

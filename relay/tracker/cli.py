@@ -286,7 +286,10 @@ async def _events(args: argparse.Namespace, out: IO[str]) -> int:
         while True:
             page = await store.list_events(type=types, message_id=message, since=since,
                                            cursor=cursor, limit=500, order="asc")
-            for row in page.items:
+            # Store order can trail the hit's own time by a few milliseconds (a pixel is
+            # answered before it is checked and stored; a click is queued first), so each
+            # read is printed in the order the events happened.
+            for row in sorted(page.items, key=lambda r: float(r["time"])):
                 out.write(_line(dict(row), as_json) + "\n")
                 printed += 1
                 if limit is not None and printed >= limit:
