@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import pytest
 
+from relay.records import new_id
 from relay.tracker.pixel_door import DoorLimits, PixelDoor
 from relay.tracker.recipient import PIXEL_GIF
 from relay.tracker.web import listen
@@ -225,3 +226,122 @@ async def test_a_client_that_stops_reading_stops_being_read(tracker: Tracker) ->
     finally:
         writer.close()
     assert (door.answered, door.handed_off) == (count, 0)
+
+
+# --- clicks -------------------------------------------------------------------------------
+
+def click_path(tracker: Tracker, message_id: str, link_index: int = 0) -> str:
+    return tracker.click_url(message_id, link_index).removeprefix(tracker.base)
+
+
+@pytest.mark.parametrize(("method", "version", "extra", "closes"), [
+    ("GET", "1.1", "", False),
+    ("HEAD", "1.1", "", False),
+    ("GET", "1.1", "Connection: close\r\n", True),
+    ("GET", "1.0", "", True),
+    ("GET", "1.0", "Connection: keep-alive\r\n", False),
+])
+@pytest.mark.parametrize("genuine", [True, False], ids=["link", "forged"])
+async def test_the_door_answers_a_click_as_aiohttp_does(
+        tracker: Tracker, method: str, version: str, extra: str, closes: bool,
+        genuine: bool) -> None:
+    sent = await seed_message(tracker.store, links=["https://shop.example/p?q=1#top"])
+    path = click_path(tracker, sent.message_id)
+    if not genuine:
+        path = "/c/bm90LWEtZ2VudWluZS10b2tlbi1hdC1hbGw"
+    door = door_of(tracker)
+    by_aiohttp, aiohttp_closed = await exchange(
+        tracker, request(path, method, version, extra + "Content-Length: 0\r\n"),
+        head_only=method == "HEAD")
+    assert (door.answered, door.handed_off) == (0, 1)
+    by_door, door_closed = await exchange(tracker, request(path, method, version, extra),
+                                          head_only=method == "HEAD")
+    assert (door.answered, door.handed_off) == (1, 1)
+    assert comparable(by_door[0]) == comparable(by_aiohttp[0])
+    status, headers, _ = by_door[0]
+    if genuine:
+        assert status == f"HTTP/{version} 302 Found"
+        assert headers["location"] == "https://shop.example/p?q=1#top"
+        assert headers["referrer-policy"] == "no-referrer"
+    else:
+        assert status == f"HTTP/{version} 404 Not Found"
+        assert "location" not in headers
+    assert door_closed == aiohttp_closed == closes
+    clicks = await tracker.events(type="click", message_id=sent.message_id)
+    assert len(clicks) == (2 if genuine else 0)
+    assert all(e["url"] == "https://shop.example/p?q=1#top" and e["link_index"] == 0
+               for e in clicks)
+    assert {e["machine"] for e in clicks} <= {method == "HEAD"}
+
+
+async def test_pipelined_clicks_and_pixels_are_answered_in_order(tracker: Tracker) -> None:
+    sent = await seed_message(tracker.store, links=["https://a.example/", "https://b.example/"])
+    pixel, a, b = (pixel_path(tracker, sent.message_id), click_path(tracker, sent.message_id),
+                   click_path(tracker, sent.message_id, 1))
+    answers, closed = await exchange(
+        tracker, request(a) + request(pixel) + request(b) + request(pixel) + request(a), 5)
+    assert [(s, h.get("location"), body) for s, h, body in answers] == [
+        ("HTTP/1.1 302 Found", "https://a.example/", b""),
+        ("HTTP/1.1 200 OK", None, PIXEL_GIF),
+        ("HTTP/1.1 302 Found", "https://b.example/", b""),
+        ("HTTP/1.1 200 OK", None, PIXEL_GIF),
+        ("HTTP/1.1 302 Found", "https://a.example/", b""),
+    ]
+    assert not closed
+    assert (door_of(tracker).answered, door_of(tracker).handed_off) == (5, 0)
+    events = await tracker.events(message_id=sent.message_id)
+    assert [e["type"] for e in events].count("click") == 3
+    assert [e["type"] for e in events].count("open") == 2
+
+
+async def test_a_click_waits_for_its_message_and_holds_what_follows(tracker: Tracker) -> None:
+    """A click for a message whose record is on its way is answered once it is found;
+    requests pipelined behind it wait, and a flood of them is not read meanwhile."""
+    message_id = new_id()
+    burst = request(click_path(tracker, message_id)) + request("/o/not-a-token.gif") * 20_000
+    reader, writer = await asyncio.open_connection("127.0.0.1", tracker.port)
+    door = door_of(tracker)
+    try:
+        writer.write(burst)
+        sending = asyncio.create_task(writer.drain())
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 20
+        while not any(p.held for p in door.connections):
+            assert loop.time() < deadline, "the door kept reading behind a pending click"
+            await asyncio.sleep(0.01)
+        (protocol,) = door.connections
+        assert protocol.pending is not None
+        assert len(protocol.buffer) < door.limits.max_header_bytes + 2**18
+        await seed_message(tracker.store, message_id=message_id,
+                           links=["https://late.example/"])
+        status, headers, _ = await asyncio.wait_for(read_answer(reader), 10)
+        assert (status, headers["location"]) == ("HTTP/1.1 302 Found", "https://late.example/")
+        for _ in range(20_000):
+            status, _, body = await asyncio.wait_for(read_answer(reader), 20)
+            assert (status, body) == ("HTTP/1.1 200 OK", PIXEL_GIF)
+        await sending
+    finally:
+        writer.close()
+    assert (door.answered, door.handed_off) == (20_001, 0)
+    assert len(await tracker.events(type="click", message_id=message_id)) == 1
+
+
+async def test_stopping_answers_a_pending_click_then_closes(tracker: Tracker) -> None:
+    message_id = new_id()
+    site = await listen(tracker.runner, "127.0.0.1", 0)
+    reader, writer = await asyncio.open_connection(*site.address)
+    writer.write(request(click_path(tracker, message_id)))
+    await writer.drain()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while not any(p.pending is not None for p in site.door.connections):
+        assert loop.time() < deadline
+        await asyncio.sleep(0.01)
+    stopping = asyncio.create_task(site.stop())
+    await seed_message(tracker.store, message_id=message_id, links=["https://late.example/"])
+    status, headers, _ = await asyncio.wait_for(read_answer(reader), 10)
+    assert (status, headers["location"]) == ("HTTP/1.1 302 Found", "https://late.example/")
+    assert await asyncio.wait_for(reader.read(1), 5) == b""
+    await stopping
+    writer.close()
+    assert len(await tracker.events(type="click", message_id=message_id)) == 1

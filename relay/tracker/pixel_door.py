@@ -1,28 +1,31 @@
 """The tracker's HTTP door: every connection starts here. ``GET``/``HEAD /o/<token>.gif``
-is answered without aiohttp's per-request machinery; every other request, and anything
-unusual, is handed to aiohttp; the connection and request limits hold for both.
+(the pixel) and ``/c/<token>`` (a tracked link) are answered without aiohttp's
+per-request machinery; every other request, and anything unusual, is handed to aiohttp;
+the connection and request limits hold for both.
 
-Why: the pixel is the busiest endpoint by far, and its answer never varies. Counted
-with callgrind, aiohttp spends about 168,000 instructions per request on a bare
-handler; reading the same request with aiohttp's own parser and writing a prepared
-answer takes about 31,000 (BENCHMARKS.md, "Tracker pixel").
+Why: the pixel and the links are the busiest endpoints by far. Counted with callgrind,
+aiohttp spends about 168,000 instructions per request on a bare handler; reading the
+same request with aiohttp's own parser and writing a prepared answer takes about 31,000
+(BENCHMARKS.md, "Tracker pixel").
 
 Requests are read with aiohttp's HTTP parser (the same one aiohttp would use, so both
 agree on where a request ends), one whole head at a time. A request this door answers is
-a ``GET`` or ``HEAD`` of HTTP/1.0 or 1.1 for ``/o/<name>`` (name: letters, digits,
-``_ - .``; any query is ignored), with no body (no ``Content-Length``,
+a ``GET`` or ``HEAD`` of HTTP/1.0 or 1.1 for ``/o/<name>`` or ``/c/<name>`` (name:
+letters, digits, ``_ - .``; any query is ignored), with no body (no ``Content-Length``,
 ``Transfer-Encoding`` or ``Expect``) and no upgrade. At the first request that is
-anything else (an API call, a click, a percent-encoded path, a request aiohttp would
-refuse), the connection, with every byte not yet answered, is handed to aiohttp's own
-handler for good, so the answer is exactly aiohttp's. A first byte that cannot begin a
-request line (a TLS handshake, binary noise) is handed over at once, for aiohttp's own
-400.
+anything else (an API call, a percent-encoded path, a request aiohttp would refuse), the
+connection, with every byte not yet answered, is handed to aiohttp's own handler for
+good, so the answer is exactly aiohttp's. A first byte that cannot begin a request line
+(a TLS handshake, binary noise) is handed over at once, for aiohttp's own 400.
 
-The answer is the same bytes aiohttp's route writes (``recipient.PIXEL_HEADERS``, a
-``Date``, aiohttp's ``Server``; ``Connection`` as aiohttp sets it), and the hit goes to
+The answer is the same bytes aiohttp's route writes (its status line and fields, a
+``Date``, aiohttp's ``Server``; ``Connection`` as aiohttp sets it). A pixel hit goes to
 the same ``RecipientEndpoints.pixel_hit`` (which journals it before the answer is
-written). A client that stops reading its answers stops
-being read (flow control).
+written) and is answered at once. A click goes to the same
+``RecipientEndpoints.click_answer`` as aiohttp's route, in a task: the link is looked up
+and the click recorded (and journaled) before its redirect is written, and nothing
+pipelined behind it is answered before it (nor read beyond ``max_header_bytes``). A
+client that stops reading its answers stops being read (flow control).
 
 Limits (``[http]``, ``DoorLimits``; each refusal counted in
 ``trackrelay_http_limits_total{limit}``), checked here on every request the door reads,
@@ -79,7 +82,7 @@ from relay.tracker.recipient import PIXEL_GIF, PIXEL_HEADERS
 
 if TYPE_CHECKING:
     from relay.config import Config
-    from relay.tracker.recipient import RecipientEndpoints
+    from relay.tracker.recipient import Answer, RecipientEndpoints
 
 log = get_logger("relay.tracker.pixel_door")
 
@@ -90,15 +93,17 @@ LINGER = 2.0
 #: Connections lingering at most: beyond, an answer that ends a connection closes it
 #: at once (a flood of refused connections must not hold file descriptors).
 MAX_LINGERING = 1024
-#: The request targets this door answers (the rest of the path space is aiohttp's).
-_TARGET = re.compile(r"/o/([A-Za-z0-9_.\-]{1,512})(?:\?[^#]*)?")
-_PREFIXES = (b"GET /o/", b"HEAD /o/")
+#: The request targets this door answers (the rest of the path space is aiohttp's): the
+#: pixel (``o``) and a tracked link (``c``).
+_TARGET = re.compile(r"/([oc])/([A-Za-z0-9_.\-]{1,512})(?:\?[^#]*)?")
+_PREFIXES = (b"GET /o/", b"HEAD /o/", b"GET /c/", b"HEAD /c/")
 _NOT_SIMPLE = ("Content-Length", "Transfer-Encoding", "Expect", "Upgrade")
 #: How a request line begins: a method (a token, RFC 9110 sections 9.1 and 5.6.2), then
 #: a space; or the first bytes of one.
 _METHOD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,32}(?: |\Z)")
-_REASONS = {400: "Bad Request", 408: "Request Timeout", 414: "URI Too Long",
-            431: "Request Header Fields Too Large", 503: "Service Unavailable"}
+_REASONS = {200: "OK", 302: "Found", 400: "Bad Request", 404: "Not Found", 408: "Request Timeout",
+            414: "URI Too Long", 431: "Request Header Fields Too Large",
+            500: "Internal Server Error", 503: "Service Unavailable"}
 
 
 def _refusal(status: int, text: str, extra: str = "") -> bytes:
@@ -164,32 +169,42 @@ class _Answers:
 
     def __init__(self) -> None:
         self._second = -1
+        self._date = ""
         self._cache: dict[tuple[Any, str, bool], bytes] = {}
 
-    def get(self, now: float, version: Any, method: str, keep_alive: bool) -> bytes:
+    def _tick(self, now: float) -> None:
         second = int(now)
         if second != self._second:
             self._second, self._cache = second, {}
+            self._date = formatdate(second, usegmt=True)
+
+    def get(self, now: float, version: Any, method: str, keep_alive: bool) -> bytes:
+        self._tick(now)
         key = (version, method, keep_alive)
         answer = self._cache.get(key)
         if answer is None:
-            answer = self._cache[key] = self._build(second, version, method, keep_alive)
+            answer = self._cache[key] = self.build(
+                now, version, method, keep_alive, 200, tuple(PIXEL_HEADERS.items()),
+                PIXEL_GIF)
         return answer
 
-    @staticmethod
-    def _build(second: int, version: Any, method: str, keep_alive: bool) -> bytes:
-        lines = [f"HTTP/{version.major}.{version.minor} 200 OK"]
-        lines += [f"{name}: {value}" for name, value in PIXEL_HEADERS.items()]
-        lines += [f"Content-Length: {len(PIXEL_GIF)}",
-                  f"Date: {formatdate(second, usegmt=True)}",
-                  f"Server: {SERVER_SOFTWARE}"]
-        # As aiohttp's Response sets it.
+    def build(self, now: float, version: Any, method: str, keep_alive: bool, status: int,
+              fields: tuple[tuple[str, str], ...], body: bytes) -> bytes:
+        """An answer's bytes as aiohttp's ``Response`` writes them: its fields, then
+        ``Content-Length`` (not for a ``HEAD`` of an empty body), ``Date``, ``Server``
+        and ``Connection`` where the version's default is not what happens."""
+        self._tick(now)
+        lines = [f"HTTP/{version.major}.{version.minor} {status} {_REASONS[status]}"]
+        lines += [f"{name}: {value}" for name, value in fields]
+        if body or method != "HEAD":
+            lines.append(f"Content-Length: {len(body)}")
+        lines += [f"Date: {self._date}", f"Server: {SERVER_SOFTWARE}"]
         if keep_alive and version == HttpVersion10:
             lines.append("Connection: keep-alive")
         elif not keep_alive and version == HttpVersion11:
             lines.append("Connection: close")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        return head if method == "HEAD" else head + PIXEL_GIF
+        return head if method == "HEAD" else head + body
 
 
 class PixelDoor:
@@ -242,9 +257,13 @@ class PixelDoor:
 
     def close(self) -> None:
         """Close the connections still here: each is idle, between two answers (an
-        answer is written whole as soon as its request is read), or closing."""
+        answer is written whole as soon as its request is read), closing, or owes a
+        click its answer (closed once it is written)."""
         for protocol in list(self.connections):
-            protocol.close()
+            if protocol.pending is not None:
+                protocol.close_when_answered = True
+            else:
+                protocol.close()
 
 
 class _PixelProtocol(asyncio.Protocol):
@@ -271,6 +290,12 @@ class _PixelProtocol(asyncio.Protocol):
         #: after the handed-over ones are dropped (the last request was handed over).
         self.handler: Any = None
         self.drop_rest = False
+        #: A click being looked up and recorded: nothing after it is read as a request
+        #: until it is answered. ``held``: reading stopped meanwhile (too much came in).
+        self.pending: asyncio.Task[Answer] | None = None
+        self.held = False
+        #: Close once the pending click is answered (the door is stopping).
+        self.close_when_answered = False
 
     # --- the connection ---------------------------------------------------------------
 
@@ -321,6 +346,9 @@ class _PixelProtocol(asyncio.Protocol):
         if self.closing or self.handler is not None or self.transport is None:
             return
         now = self.loop.time()
+        if self.pending is not None:  # the door owes an answer: no timeout runs meanwhile
+            self.timer = self.loop.call_at(now + self.limits.tick, self._check)
+            return
         if now < self.deadline:
             self.timer = self.loop.call_at(min(self.deadline, now + self.limits.tick),
                                            self._check)
@@ -405,6 +433,12 @@ class _PixelProtocol(asyncio.Protocol):
         if not self.buffer:  # a new request head begins
             self.deadline = self.loop.time() + self.limits.header_timeout
         self.buffer += data
+        if self.pending is not None:
+            if (len(self.buffer) > self.limits.max_header_bytes and not self.held
+                    and self.transport is not None):
+                self.held = True
+                self.transport.pause_reading()
+            return
         if not self.paused:
             self._serve()
 
@@ -424,7 +458,8 @@ class _PixelProtocol(asyncio.Protocol):
             limits = self.limits
             answered = False
             while (self.buffer and not self.paused and not self.closing
-                   and self.handler is None and self.transport is not None):
+                   and self.handler is None and self.pending is None
+                   and self.transport is not None):
                 buffer = self.buffer
                 end = buffer.find(b"\r\n\r\n") + 4
                 if end < 4:
@@ -501,8 +536,11 @@ class _PixelProtocol(asyncio.Protocol):
             return False
         now = time.time()
         keep_alive = not message.should_close
+        if match.group(1) == "c":
+            self._click(match.group(2), message, keep_alive, now)
+            return True  # its bytes are read; nothing after them until it is answered
         # Journaled before it is answered (relay.tracker.hit_journal).
-        self.door.endpoints.pixel_hit(match.group(1), self.peer, headers, message.method,
+        self.door.endpoints.pixel_hit(match.group(2), self.peer, headers, message.method,
                                       "http", now, head)
         answer = self.door.answers.get(now, message.version, message.method, keep_alive)
         if keep_alive:
@@ -512,6 +550,45 @@ class _PixelProtocol(asyncio.Protocol):
             self._finish(answer)  # nothing pipelined after it is answered
         self.door.answered += 1
         return keep_alive
+
+    def _click(self, name: str, message: Any, keep_alive: bool, now: float) -> None:
+        """A tracked link: looked up, recorded and journaled by the recipient endpoints
+        (the same ``click_answer`` as aiohttp's route), answered when that is done."""
+        task = self.door.endpoints.click_hit(name, self.peer, message.headers,
+                                             message.method, "http", now)
+        self.pending = task
+        version, method = message.version, message.method
+        task.add_done_callback(
+            lambda done: self._clicked(done, version, method, keep_alive))
+
+    def _clicked(self, task: asyncio.Task[Answer], version: Any, method: str,
+                 keep_alive: bool) -> None:
+        self.pending = None
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return  # the client left: its click is recorded all the same
+        try:
+            answer = task.result()
+            data = self.door.answers.build(time.time(), version, method, keep_alive,
+                                           answer.status, answer.headers, answer.body)
+        except BaseException as exc:  # as aiohttp answers a handler's failure
+            log.error("click_failed", error=repr(exc), exc_info=True)
+            self._finish(_refusal(500, "Internal Server Error"))
+            return
+        self.door.answered += 1
+        if not keep_alive or self.close_when_answered:
+            self._finish(data)
+            return
+        transport.write(data)
+        limits = self.limits
+        self.deadline = self.loop.time() + (
+            limits.header_timeout if self.buffer else limits.idle_timeout)
+        if self.held:
+            self.held = False
+            if not self.paused:
+                transport.resume_reading()
+        if not self.paused:
+            self._serve()
 
     def _hand_off(self, keep: int | None = None) -> None:
         """Give this connection and its unanswered bytes to aiohttp, for good; this

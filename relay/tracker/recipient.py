@@ -17,6 +17,10 @@ inside each request), and ``Store.flush`` waits for them (``settle``).
 Every hit is on local disk before its answer goes out (relay.tracker.hit_journal): a
 process killed at any moment loses no hit a client saw answered.
 
+Most pixel and click requests are read and answered by relay.tracker.pixel_door, which
+calls ``pixel_hit`` and ``click_hit`` here; the aiohttp routes below serve the rest, so
+both give the same answers (``Answer``).
+
 A genuine token whose message the store does not hold yet (the relay stores the record
 before its client's 250, but a scanner may fetch the pixel while the message is still
 on its way, and a relay cut off from the database keeps the record in its spool) is not
@@ -106,9 +110,24 @@ class _Hit:
     ref: JournalRef | None = None
 
     @classmethod
-    def of(cls, request: web.Request) -> _Hit:
-        return cls("", request.remote, request.headers, request.method, request.scheme,
+    def of(cls, request: web.Request, name: str = "") -> _Hit:
+        return cls(name, request.remote, request.headers, request.method, request.scheme,
                    time.time())
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """An answer that does not depend on how it is written: by the tracker's door
+    (relay.tracker.pixel_door) or as aiohttp's response, the same status, fields and
+    body."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes = b""
+
+    def response(self) -> web.Response:
+        return web.Response(status=self.status, body=self.body or None,
+                            headers=CIMultiDict(self.headers))
 
 
 @dataclass
@@ -175,9 +194,18 @@ def content_disposition(filename: str) -> str:
     return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{encoded}"
 
 
+_HTML = ("Content-Type", "text/html; charset=utf-8")
+#: A click or download token that is not genuine, or names nothing: never a redirect.
+NOT_FOUND = Answer(404, (_HTML, ("Cache-Control", "no-store")), NOT_FOUND_HTML.encode())
+#: A genuine click whose target cannot be read now (the database is away).
+UNAVAILABLE = Answer(503, (_HTML, ("Retry-After", "5"), ("Cache-Control", "no-store")),
+                     UNAVAILABLE_HTML.encode())
+_REDIRECT_FIELDS = (("Cache-Control", "no-store, no-cache, must-revalidate, private"),
+                    ("Referrer-Policy", "no-referrer"))
+
+
 def _not_found() -> web.Response:
-    return web.Response(status=404, text=NOT_FOUND_HTML, content_type="text/html",
-                        headers={"Cache-Control": "no-store"})
+    return NOT_FOUND.response()
 
 
 class RecipientEndpoints:
@@ -194,6 +222,8 @@ class RecipientEndpoints:
         self._hits_task: asyncio.Task[None] | None = None
         #: Hits whose message is being looked up in the store.
         self._lookups: set[asyncio.Task[None]] = set()
+        #: Clicks the door read and has not answered yet.
+        self._clicks: set[asyncio.Task[Answer]] = set()
         #: Every hit on disk before its answer (None: the store has no writer).
         self.journal: HitJournal | None = None
 
@@ -452,14 +482,34 @@ class RecipientEndpoints:
     async def drain(self) -> None:
         """Wait for opens still being looked up (at shutdown, before the store closes)."""
         await self.settle()
+        if self._clicks:  # each is bounded by its look-ups (under a second, or the store's)
+            await asyncio.wait(set(self._clicks), timeout=60)
         if self._late:
             await asyncio.wait(set(self._late), timeout=sum(LATE_DELAYS) + 5)
 
     async def click(self, request: web.Request) -> web.Response:
-        data = self.app.tokens.decode(request.match_info["token"], "click")
+        """``GET /c/<token>`` when aiohttp has the connection (relay.tracker.pixel_door
+        answers most clicks itself, through ``click_hit``)."""
+        return (await self.click_answer(_Hit.of(request, request.match_info["token"]))
+                ).response()
+
+    def click_hit(self, name: str, peer: str | None, headers: CIMultiDictProxy[str],
+                  method: str, scheme: str, when: float) -> asyncio.Task[Answer]:
+        """A click the door read: its answer, in a task the shutdown waits for."""
+        task = asyncio.get_running_loop().create_task(
+            self.click_answer(_Hit(name, peer, headers, method, scheme, when)))
+        self._clicks.add(task)
+        task.add_done_callback(self._clicks.discard)
+        return task
+
+    async def click_answer(self, hit: _Hit) -> Answer:
+        """A redirect to the link's own target, its ``click`` recorded (and journaled)
+        before the answer goes out; 404 for anything that is not a genuine tracked
+        link; 503 when the target cannot be read now."""
+        data = self.app.tokens.decode(hit.name, "click")
         if data is None:
             _count(_CLICK_RESULTS["invalid_token"])
-            return _not_found()
+            return NOT_FOUND
         try:
             resolved = await self._resolve_soon(data)
             url = None
@@ -467,20 +517,15 @@ class RecipientEndpoints:
                 url = await self.targets.link(data.message_id, data.link_index)
         except Exception as exc:
             log.warning("click_lookup_failed", message=data.message_id, error=repr(exc))
-            return web.Response(status=503, text=UNAVAILABLE_HTML, content_type="text/html",
-                                headers={"Retry-After": "5", "Cache-Control": "no-store"})
+            return UNAVAILABLE
         if isinstance(resolved, str) or url is None or not url.lower().startswith(
                 _REDIRECT_SCHEMES):
             _count(_CLICK_RESULTS["unknown_message"])
-            return _not_found()
-        await self._record(request, "click", data.message_id, resolved[1], data.link_index,
-                           resolved[0])
+            return NOT_FOUND
+        await self._record(self._seen(hit), "click", data.message_id, resolved[1],
+                           data.link_index, resolved[0])
         _count(_CLICK_RESULTS["recorded"])
-        return web.Response(status=302, headers={
-            "Location": safe_location(url),
-            "Cache-Control": "no-store, no-cache, must-revalidate, private",
-            "Referrer-Policy": "no-referrer",
-        })
+        return Answer(302, (("Location", safe_location(url)), *_REDIRECT_FIELDS))
 
     async def download(self, request: web.Request) -> web.Response:
         """``GET /a/<token>``: an attachment ``[attachments] mode = "link"`` took out of a
