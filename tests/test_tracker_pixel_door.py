@@ -4,11 +4,13 @@ answer, and everything else reaches aiohttp byte for byte (relay.tracker.pixel_d
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
 
 from relay.records import new_id
+from relay.tracker import recipient as recipient_module
 from relay.tracker.pixel_door import DoorLimits, PixelDoor
 from relay.tracker.recipient import PIXEL_GIF
 from relay.tracker.web import listen
@@ -63,9 +65,42 @@ async def exchange(tracker: Tracker, data: bytes, answers: int = 1,
         writer.close()
 
 
+async def wait_until(condition: Callable[[], bool], what: str, timeout: float = 20) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, what
+        await asyncio.sleep(0.01)
+
+
+async def read_pixels(reader: asyncio.StreamReader, count: int) -> None:
+    for _ in range(count):
+        status, _, body = await asyncio.wait_for(read_answer(reader), 20)
+        assert (status, body) == ("HTTP/1.1 200 OK", PIXEL_GIF)
+
+
 def comparable(answer: Answer) -> Answer:
     status, headers, body = answer
     return status, {k: v for k, v in headers.items() if k != "date"}, body
+
+
+async def door_and_aiohttp(tracker: Tracker, path: str, method: str, version: str,
+                           extra: str, closes: bool) -> Answer:
+    """The same request answered by aiohttp's route, then by the door: the door's answer,
+    once it is checked to be aiohttp's (but for its Date) and to close alike."""
+    door = door_of(tracker)
+    # A "Content-Length: 0" is outside what the door answers: aiohttp's route has it.
+    by_aiohttp, aiohttp_closed = await exchange(
+        tracker, request(path, method, version, extra + "Content-Length: 0\r\n"),
+        head_only=method == "HEAD")
+    assert (door.answered, door.handed_off) == (0, 1)
+    by_door, door_closed = await exchange(tracker, request(path, method, version, extra),
+                                          head_only=method == "HEAD")
+    assert (door.answered, door.handed_off) == (1, 1)
+    assert comparable(by_door[0]) == comparable(by_aiohttp[0])
+    assert by_door[0][1]["date"].endswith(" GMT")
+    assert door_closed == aiohttp_closed == closes
+    return by_door[0]
 
 
 @pytest.mark.parametrize(("method", "version", "extra", "closes"), [
@@ -79,22 +114,11 @@ def comparable(answer: Answer) -> Answer:
 async def test_the_door_answers_the_pixel_as_aiohttp_does(
         tracker: Tracker, method: str, version: str, extra: str, closes: bool) -> None:
     sent = await seed_message(tracker.store)
-    path = pixel_path(tracker, sent.message_id)
-    door = door_of(tracker)
-    # A "Content-Length: 0" is outside what the door answers: aiohttp's route has it.
-    by_aiohttp, aiohttp_closed = await exchange(
-        tracker, request(path, method, version, extra + "Content-Length: 0\r\n"),
-        head_only=method == "HEAD")
-    assert (door.answered, door.handed_off) == (0, 1)
-    by_door, door_closed = await exchange(tracker, request(path, method, version, extra),
-                                          head_only=method == "HEAD")
-    assert (door.answered, door.handed_off) == (1, 1)
-    assert comparable(by_door[0]) == comparable(by_aiohttp[0])
-    assert by_door[0][0] == f"HTTP/{version} 200 OK"
-    assert by_door[0][2] == (b"" if method == "HEAD" else PIXEL_GIF)
-    assert by_door[0][1]["content-length"] == "43"
-    assert by_door[0][1]["date"].endswith(" GMT")
-    assert door_closed == aiohttp_closed == closes
+    status, headers, body = await door_and_aiohttp(
+        tracker, pixel_path(tracker, sent.message_id), method, version, extra, closes)
+    assert status == f"HTTP/{version} 200 OK"
+    assert body == (b"" if method == "HEAD" else PIXEL_GIF)
+    assert headers["content-length"] == "43"
     events = await tracker.events(type="open", message_id=sent.message_id)
     assert len(events) == 2
     assert all(e["user_agent"] == UA and e["ip"] == "127.0.0.0" for e in events)
@@ -211,17 +235,12 @@ async def test_a_client_that_stops_reading_stops_being_read(tracker: Tracker) ->
     try:
         writer.write(data)
         sending = asyncio.create_task(writer.drain())
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 20
-        while not any(p.paused for p in door.connections):
-            assert loop.time() < deadline, "the door never paused"
-            await asyncio.sleep(0.05)
+        await wait_until(lambda: any(p.paused for p in door.connections),
+                         "the door never paused")
         (protocol,) = door.connections
         assert protocol.transport is not None
         assert protocol.transport.get_write_buffer_size() < 1024 * 1024
-        for _ in range(count):
-            status, _, body = await asyncio.wait_for(read_answer(reader), 20)
-            assert (status, body) == ("HTTP/1.1 200 OK", PIXEL_GIF)
+        await read_pixels(reader, count)
         await sending
     finally:
         writer.close()
@@ -249,16 +268,8 @@ async def test_the_door_answers_a_click_as_aiohttp_does(
     path = click_path(tracker, sent.message_id)
     if not genuine:
         path = "/c/bm90LWEtZ2VudWluZS10b2tlbi1hdC1hbGw"
-    door = door_of(tracker)
-    by_aiohttp, aiohttp_closed = await exchange(
-        tracker, request(path, method, version, extra + "Content-Length: 0\r\n"),
-        head_only=method == "HEAD")
-    assert (door.answered, door.handed_off) == (0, 1)
-    by_door, door_closed = await exchange(tracker, request(path, method, version, extra),
-                                          head_only=method == "HEAD")
-    assert (door.answered, door.handed_off) == (1, 1)
-    assert comparable(by_door[0]) == comparable(by_aiohttp[0])
-    status, headers, _ = by_door[0]
+    status, headers, _ = await door_and_aiohttp(tracker, path, method, version, extra,
+                                                closes)
     if genuine:
         assert status == f"HTTP/{version} 302 Found"
         assert headers["location"] == "https://shop.example/p?q=1#top"
@@ -266,7 +277,6 @@ async def test_the_door_answers_a_click_as_aiohttp_does(
     else:
         assert status == f"HTTP/{version} 404 Not Found"
         assert "location" not in headers
-    assert door_closed == aiohttp_closed == closes
     clicks = await tracker.events(type="click", message_id=sent.message_id)
     assert len(clicks) == (2 if genuine else 0)
     assert all(e["url"] == "https://shop.example/p?q=1#top" and e["link_index"] == 0
@@ -294,7 +304,15 @@ async def test_pipelined_clicks_and_pixels_are_answered_in_order(tracker: Tracke
     assert [e["type"] for e in events].count("open") == 2
 
 
-async def test_a_click_waits_for_its_message_and_holds_what_follows(tracker: Tracker) -> None:
+@pytest.fixture
+def patient_clicks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A click for a message not stored yet is looked up for about 30 s instead of under
+    one: time for a test to act while the click waits, however slow the machine."""
+    monkeypatch.setattr(recipient_module, "CLICK_DELAYS", (0.05,) + (0.5,) * 60)
+
+
+async def test_a_click_waits_for_its_message_and_holds_what_follows(
+        tracker: Tracker, patient_clicks: None) -> None:
     """A click for a message whose record is on its way is answered once it is found;
     requests pipelined behind it wait, and a flood of them is not read meanwhile."""
     message_id = new_id()
@@ -304,11 +322,8 @@ async def test_a_click_waits_for_its_message_and_holds_what_follows(tracker: Tra
     try:
         writer.write(burst)
         sending = asyncio.create_task(writer.drain())
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 20
-        while not any(p.held for p in door.connections):
-            assert loop.time() < deadline, "the door kept reading behind a pending click"
-            await asyncio.sleep(0.01)
+        await wait_until(lambda: any(p.held for p in door.connections),
+                         "the door kept reading behind a pending click")
         (protocol,) = door.connections
         assert protocol.pending is not None
         assert len(protocol.buffer) < door.limits.max_header_bytes + 2**18
@@ -316,9 +331,7 @@ async def test_a_click_waits_for_its_message_and_holds_what_follows(tracker: Tra
                            links=["https://late.example/"])
         status, headers, _ = await asyncio.wait_for(read_answer(reader), 10)
         assert (status, headers["location"]) == ("HTTP/1.1 302 Found", "https://late.example/")
-        for _ in range(20_000):
-            status, _, body = await asyncio.wait_for(read_answer(reader), 20)
-            assert (status, body) == ("HTTP/1.1 200 OK", PIXEL_GIF)
+        await read_pixels(reader, 20_000)
         await sending
     finally:
         writer.close()
@@ -326,17 +339,15 @@ async def test_a_click_waits_for_its_message_and_holds_what_follows(tracker: Tra
     assert len(await tracker.events(type="click", message_id=message_id)) == 1
 
 
-async def test_stopping_answers_a_pending_click_then_closes(tracker: Tracker) -> None:
+async def test_stopping_answers_a_pending_click_then_closes(
+        tracker: Tracker, patient_clicks: None) -> None:
     message_id = new_id()
     site = await listen(tracker.runner, "127.0.0.1", 0)
     reader, writer = await asyncio.open_connection(*site.address)
     writer.write(request(click_path(tracker, message_id)))
     await writer.drain()
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 10
-    while not any(p.pending is not None for p in site.door.connections):
-        assert loop.time() < deadline
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: any(p.pending is not None for p in site.door.connections),
+                     "the click never reached the door")
     stopping = asyncio.create_task(site.stop())
     await seed_message(tracker.store, message_id=message_id, links=["https://late.example/"])
     status, headers, _ = await asyncio.wait_for(read_answer(reader), 10)
