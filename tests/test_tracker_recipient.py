@@ -556,3 +556,34 @@ async def test_a_failing_classifier_on_a_late_open_is_logged(
             break
         await asyncio.sleep(0.1)
     assert "open_record_failed" in out and bad_id in out
+
+
+async def test_a_failing_classifier_never_costs_a_click_its_redirect(
+        tracker: Tracker, capsys: pytest.CaptureFixture[str]) -> None:
+    """A plugin's classifier raising for one message: the person still reaches the link
+    (the click's record is what is lost, and logged); other messages' clicks are
+    recorded as usual."""
+    from relay.engagement.facts import RequestFacts
+    from relay.engagement.verdict import Verdict
+    from relay.hookimpl import hookimpl
+
+    bad = await seed_message(tracker.store, links=["https://bad.example/x"])
+    good = await seed_message(tracker.store, links=["https://good.example/y"])
+
+    class Raising:
+        @hookimpl
+        def trackrelay_classify_event(self, facts: RequestFacts,
+                                      verdict: Verdict) -> Verdict | None:
+            if facts.message_id == bad.message_id:
+                raise RuntimeError("classifier broke")
+            return None
+
+    tracker.app.host.register(Raising(), "raising")
+    for sent, target in ((bad, "https://bad.example/x"), (good, "https://good.example/y")):
+        async with tracker.http.get(tracker.click_url(sent.message_id, 0),
+                                    allow_redirects=False) as resp:
+            assert (resp.status, resp.headers["Location"]) == (302, target)
+    assert await tracker.events(type="click", message_id=bad.message_id) == []
+    assert len(await tracker.events(type="click", message_id=good.message_id)) == 1
+    out = capsys.readouterr().err  # log lines go to stderr
+    assert "click_record_failed" in out and bad.message_id in out

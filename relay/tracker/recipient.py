@@ -522,10 +522,25 @@ class RecipientEndpoints:
                 _REDIRECT_SCHEMES):
             _count(_CLICK_RESULTS["unknown_message"])
             return NOT_FOUND
-        await self._record(self._seen(hit), "click", data.message_id, resolved[1],
-                           data.link_index, resolved[0])
-        _count(_CLICK_RESULTS["recorded"])
+        if await self._record_or_log(self._seen(hit), "click", data.message_id, resolved[1],
+                                     data.link_index, resolved[0]):
+            _count(_CLICK_RESULTS["recorded"])
         return Answer(302, (("Location", safe_location(url)), *_REDIRECT_FIELDS))
+
+    async def _record_or_log(self, seen: web.Request | _Seen, kind: str, message_id: str,
+                             recipient: str | None, link_index: int | None,
+                             message: MessageLookup, extra: dict[str, Any] | None = None
+                             ) -> bool:
+        """``_record`` for a hit whose answer must go out whatever happens to its record
+        (a redirect, a download): a failure (a plugin's classifier raising, …) is logged
+        and costs the record, never the person their link or file."""
+        try:
+            await self._record(seen, kind, message_id, recipient, link_index, message, extra)
+        except Exception as exc:
+            log.error(f"{kind}_record_failed", message=message_id, error=repr(exc),
+                      exc_info=True)
+            return False
+        return True
 
     async def download(self, request: web.Request) -> web.Response:
         """``GET /a/<token>``: an attachment ``[attachments] mode = "link"`` took out of a
@@ -550,10 +565,10 @@ class RecipientEndpoints:
         if time.time() > expires or content is None:
             _count(_DOWNLOAD_RESULTS["expired"])
             return _not_found()
-        await self._record(request, "download", data.message_id, resolved[1],
-                           data.link_index, message,
-                           extra={"filename": found["filename"], "size": found["size"]})
-        _count(_DOWNLOAD_RESULTS["recorded"])
+        if await self._record_or_log(request, "download", data.message_id, resolved[1],
+                                     data.link_index, message,
+                                     {"filename": found["filename"], "size": found["size"]}):
+            _count(_DOWNLOAD_RESULTS["recorded"])
         return web.Response(body=content, headers={
             "Content-Type": found["content_type"],
             "Content-Disposition": content_disposition(found["filename"]),
