@@ -109,6 +109,21 @@ async def test_ping(store: Store) -> None:
     assert await store.ping() is True
 
 
+async def test_a_long_report_holds_up_no_write_and_no_short_read(store: Store) -> None:
+    """A read that runs for seconds (a dashboard page over a million messages) while the
+    relay records a message and looks one up: both are done before the long read is."""
+    slow_sql = ("SELECT COUNT(*) AS n FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL "
+                "SELECT x + 1 FROM c WHERE x < 10000000) SELECT x FROM c) t")
+    sql: Any = store  # the engines' own primitive: any long SELECT will do
+    slow = asyncio.create_task(sql._fetch(slow_sql))
+    await asyncio.sleep(0.2)  # under way
+    await store.record_sent(sent_message(mid(41)), outcome(["bob@x.org"]))
+    found = await store.lookup_message(mid(41))
+    assert not slow.done(), "the write or the look-up waited for the long read"
+    assert found is not None and found["recipients"] == ["bob@x.org"]
+    assert (await slow)[0]["n"] == 10_000_000
+
+
 # --- writes and token lookups ------------------------------------------------------------
 
 

@@ -1,8 +1,14 @@
 """The SQLite engine: ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``.
 
-Standard-library ``sqlite3`` on one dedicated thread (one connection, statements run in
-order), WAL journal so readers in other processes (``trackrelay stats``) do not block
-the writer, ``busy_timeout`` so several processes may share the file.
+Standard-library ``sqlite3``. Every write runs on one dedicated thread (one connection,
+statements in order); ``SELECT`` statements run on a few reader threads with connections
+of their own. Under the WAL journal, readers neither wait for the writer nor hold it up,
+so a long report (a dashboard page over a million messages) delays no sent record, no
+event batch and no suppression, and the relay's and tracker's short look-ups do not
+queue behind the writer's batches. A read sees every write whose call has returned
+(each commits before it returns). ``busy_timeout`` lets several processes share the
+file. An in-memory database, or a file whose journal cannot be WAL, has the writer's
+connection only.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import asyncio
 import contextlib
 import functools
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +30,10 @@ from relay.store.schema import MIGRATIONS, MIGRATIONS_TABLE, render
 from relay.store.sql import SqlStore, Step
 
 R = TypeVar("R")
+
+#: Reader threads (and connections) per store: enough that one long report leaves the
+#: short look-ups a connection of their own.
+READERS = 4
 
 _EVENT_ROW = f"({', '.join('?' for _ in EVENT_COLUMNS)})"
 #: Rows per multi-row INSERT; capped by the library's bound-variable limit at connect
@@ -87,6 +98,12 @@ class SqliteStore(SqlStore):
         self._conn: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._rows_per_insert = EVENT_ROWS_PER_STATEMENT
+        #: The reader threads (None: reads go to the writer) and their connections.
+        self._readers: ThreadPoolExecutor | None = None
+        self._reader_conns: list[sqlite3.Connection] = []
+        self._reader_local = threading.local()
+        self._reader_lock = threading.Lock()
+        self._wal = False
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -101,7 +118,8 @@ class SqliteStore(SqlStore):
         conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
                                check_same_thread=False)
         conn.row_factory = _dict_row
-        conn.execute("PRAGMA journal_mode=WAL")
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()
+        self._wal = bool(mode) and str(next(iter(mode.values()))).lower() == "wal"
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
@@ -139,8 +157,33 @@ class SqliteStore(SqlStore):
             self._executor.shutdown(wait=False)
             self._executor = None
             raise StoreError(f"cannot open SQLite database {self.path}: {exc}") from exc
+        if self._wal and self.path != ":memory:" and READERS > 0:
+            self._readers = ThreadPoolExecutor(READERS,
+                                               thread_name_prefix="trackrelay-sqlite-read")
+
+    def _reader(self) -> sqlite3.Connection:
+        """This reader thread's connection, opened on its first read."""
+        conn: sqlite3.Connection | None = getattr(self._reader_local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
+                                   check_same_thread=False)
+            conn.row_factory = _dict_row
+            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
+            conn.execute("PRAGMA query_only=ON")
+            self._reader_local.conn = conn
+            with self._reader_lock:
+                self._reader_conns.append(conn)
+        return conn
 
     async def disconnect(self) -> None:
+        readers, self._readers = self._readers, None
+        if readers is not None:
+            await asyncio.get_running_loop().run_in_executor(
+                None, functools.partial(readers.shutdown, wait=True))
+            with self._reader_lock:
+                conns, self._reader_conns = self._reader_conns, []
+            for reader in conns:
+                reader.close()
         conn, executor = self._conn, self._executor
         self._conn = self._executor = None
         if executor is not None:
@@ -184,6 +227,13 @@ class SqliteStore(SqlStore):
 
     async def _fetch(self, sql: str, args: list[Any] | tuple[Any, ...] = ()
                      ) -> list[dict[str, Any]]:
+        readers = self._readers
+        if readers is not None and sql.lstrip()[:6].upper() == "SELECT":
+            def read() -> list[dict[str, Any]]:
+                return self._reader().execute(sql, tuple(args)).fetchall()
+
+            return await asyncio.get_running_loop().run_in_executor(readers, read)
+
         def run() -> list[dict[str, Any]]:
             assert self._conn is not None
             return self._conn.execute(sql, tuple(args)).fetchall()
