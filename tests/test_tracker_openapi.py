@@ -170,11 +170,11 @@ def fuzz(operations: list[Any], token: str, mode: GenerationMode) -> None:
             documented = {p.name for p in case.operation.query}
             undocumented = [v for k, v in (case.query or {}).items() if k not in documented]
             if negative <= {"header"} or (undocumented and all(
-                    v is None for v in undocumented)):
+                    v is None or v == [] for v in undocumented)):
                 # Only the Authorization header was made invalid, and the test sends
                 # the right one; or the only invalid part is an extra query parameter
-                # whose value is None, which the HTTP client leaves out: a valid request
-                # after all.
+                # whose value is None or an empty list, which the HTTP client leaves
+                # out: a valid request after all.
                 excluded.append(negative_data_rejection)
             if case.operation.label in TEXT_BODIES:
                 # Any bytes are some text, and the document cannot say which bytes make
