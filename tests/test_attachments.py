@@ -13,9 +13,12 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from plugins import attachments
 from relay import hookimpl
 from tests.deliverability_support import MakeStack, Stack
+from tests.tracker_support import raise_when_classifying
 
 pytest_plugins = ("tests.tracker_fixtures", "tests.deliverability_fixtures")
 
@@ -103,6 +106,21 @@ async def test_an_expired_link_is_a_404(make_stack: MakeStack) -> None:
     async with stack.http.get(url, headers={"User-Agent": CHROME}) as resp:
         assert resp.status == 404
     assert await stack.events(type="download") == []
+
+
+async def test_a_failing_classifier_never_costs_a_download_its_file(
+        make_stack: MakeStack, capsys: pytest.CaptureFixture[str]) -> None:
+    """A plugin's classifier raising on the download: the person gets the file; the
+    download's record is what is lost, and logged."""
+    stack = await stack_with(make_stack)
+    _out, url = await send(stack, message())
+    sent = (await stack.events(type="sent"))[0]
+    raise_when_classifying(stack.app, sent["message_id"])
+    async with stack.http.get(url, headers={"User-Agent": CHROME}) as resp:
+        assert resp.status == 200 and await resp.read() == PDF
+    assert await stack.events(type="download") == []
+    out = capsys.readouterr().err  # log lines go to stderr
+    assert "download_record_failed" in out and sent["message_id"] in out
 
 
 class DiskStorage:

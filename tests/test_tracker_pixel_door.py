@@ -4,8 +4,10 @@ answer, and everything else reaches aiohttp byte for byte (relay.tracker.pixel_d
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -77,6 +79,25 @@ async def read_pixels(reader: asyncio.StreamReader, count: int) -> None:
     for _ in range(count):
         status, _, body = await asyncio.wait_for(read_answer(reader), 20)
         assert (status, body) == ("HTTP/1.1 200 OK", PIXEL_GIF)
+
+
+@contextlib.asynccontextmanager
+async def flooding(tracker: Tracker, data: bytes, until: str, what: str
+                   ) -> AsyncIterator[tuple[asyncio.StreamReader, Any]]:
+    """``data`` written on a new connection without reading its answers, until the door's
+    one protocol has ``until`` set (``paused``, ``held``): (the reader, that protocol).
+    The sending completes once the answers are read."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", tracker.port)
+    door = door_of(tracker)
+    try:
+        writer.write(data)
+        sending = asyncio.create_task(writer.drain())
+        await wait_until(lambda: any(getattr(p, until) for p in door.connections), what)
+        (protocol,) = door.connections
+        yield reader, protocol
+        await sending
+    finally:
+        writer.close()
 
 
 def comparable(answer: Answer) -> Answer:
@@ -230,20 +251,12 @@ async def test_a_client_that_stops_reading_stops_being_read(tracker: Tracker) ->
     the answers; once the client reads, every answer arrives in order."""
     count = 60_000
     data = request("/o/not-a-real-token.gif") * count
-    reader, writer = await asyncio.open_connection("127.0.0.1", tracker.port)
-    door = door_of(tracker)
-    try:
-        writer.write(data)
-        sending = asyncio.create_task(writer.drain())
-        await wait_until(lambda: any(p.paused for p in door.connections),
-                         "the door never paused")
-        (protocol,) = door.connections
+    async with flooding(tracker, data, "paused", "the door never paused") as (
+            reader, protocol):
         assert protocol.transport is not None
         assert protocol.transport.get_write_buffer_size() < 1024 * 1024
         await read_pixels(reader, count)
-        await sending
-    finally:
-        writer.close()
+    door = door_of(tracker)
     assert (door.answered, door.handed_off) == (count, 0)
 
 
@@ -317,14 +330,9 @@ async def test_a_click_waits_for_its_message_and_holds_what_follows(
     requests pipelined behind it wait, and a flood of them is not read meanwhile."""
     message_id = new_id()
     burst = request(click_path(tracker, message_id)) + request("/o/not-a-token.gif") * 20_000
-    reader, writer = await asyncio.open_connection("127.0.0.1", tracker.port)
     door = door_of(tracker)
-    try:
-        writer.write(burst)
-        sending = asyncio.create_task(writer.drain())
-        await wait_until(lambda: any(p.held for p in door.connections),
-                         "the door kept reading behind a pending click")
-        (protocol,) = door.connections
+    async with flooding(tracker, burst, "held",
+                        "the door kept reading behind a pending click") as (reader, protocol):
         assert protocol.pending is not None
         assert len(protocol.buffer) < door.limits.max_header_bytes + 2**18
         await seed_message(tracker.store, message_id=message_id,
@@ -332,9 +340,6 @@ async def test_a_click_waits_for_its_message_and_holds_what_follows(
         status, headers, _ = await asyncio.wait_for(read_answer(reader), 10)
         assert (status, headers["location"]) == ("HTTP/1.1 302 Found", "https://late.example/")
         await read_pixels(reader, 20_000)
-        await sending
-    finally:
-        writer.close()
     assert (door.answered, door.handed_off) == (20_001, 0)
     assert len(await tracker.events(type="click", message_id=message_id)) == 1
 

@@ -20,11 +20,13 @@ from tests.tracker_support import (
     ADMIN_TOKEN,
     MakeTracker,
     Tracker,
+    raise_when_classifying,
     seed_message,
     wait_for,
 )
 
 pytest_plugins = ("tests.tracker_fixtures",)
+
 
 IPHONE_UA = ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 "
              "(KHTML, like Gecko) Version/17.0 Mobile/15E148 Safari/604.1")
@@ -480,25 +482,13 @@ async def test_a_failing_classifier_costs_its_own_hit_only(
         tracker: Tracker, capsys: pytest.CaptureFixture[str]) -> None:
     """A plugin's classifier raising for one message: that hit is logged as failed, and
     every other hit of the same run, cached or looked up, is still recorded."""
-    from relay.engagement.facts import RequestFacts
-    from relay.engagement.verdict import Verdict
-    from relay.hookimpl import hookimpl
-
     bad = await seed_message(tracker.store, recipients=["mallory@customer.test"])
     cached = await seed_message(tracker.store, recipients=["carol@customer.test"])
     cold = await seed_message(tracker.store, recipients=["dave@customer.test"])
 
-    class Raising:
-        @hookimpl
-        def trackrelay_classify_event(self, facts: RequestFacts,
-                                      verdict: Verdict) -> Verdict | None:
-            if facts.message_id == bad.message_id:
-                raise RuntimeError("classifier broke")
-            return None
-
     async with tracker.http.get(tracker.pixel_url(cached.message_id)) as resp:
         assert resp.status == 200  # now cached
-    tracker.app.host.register(Raising(), "raising")
+    raise_when_classifying(tracker.app, bad.message_id)
 
     async def hit(url: str) -> None:
         async with tracker.http.get(url) as resp:
@@ -519,22 +509,10 @@ async def test_a_failing_classifier_on_a_late_open_is_logged(
     """An open looked up again until its message record arrives (``_late_open``), then
     refused by a plugin's classifier: logged like any failed hit, and the next late open
     is still recorded."""
-    from relay.engagement.facts import RequestFacts
-    from relay.engagement.verdict import Verdict
-    from relay.hookimpl import hookimpl
-
     monkeypatch.setattr(recipient, "LATE_DELAYS", (0.05, 0.1, 0.2, 0.4, 0.8))
     bad_id, good_id = new_id(), new_id()
 
-    class Raising:
-        @hookimpl
-        def trackrelay_classify_event(self, facts: RequestFacts,
-                                      verdict: Verdict) -> Verdict | None:
-            if facts.message_id == bad_id:
-                raise RuntimeError("classifier broke")
-            return None
-
-    tracker.app.host.register(Raising(), "raising")
+    raise_when_classifying(tracker.app, bad_id)
     for message_id in (bad_id, good_id):
         async with tracker.http.get(tracker.pixel_url(message_id)) as resp:
             assert resp.status == 200 and await resp.read() == PIXEL_GIF
@@ -563,22 +541,10 @@ async def test_a_failing_classifier_never_costs_a_click_its_redirect(
     """A plugin's classifier raising for one message: the person still reaches the link
     (the click's record is what is lost, and logged); other messages' clicks are
     recorded as usual."""
-    from relay.engagement.facts import RequestFacts
-    from relay.engagement.verdict import Verdict
-    from relay.hookimpl import hookimpl
-
     bad = await seed_message(tracker.store, links=["https://bad.example/x"])
     good = await seed_message(tracker.store, links=["https://good.example/y"])
 
-    class Raising:
-        @hookimpl
-        def trackrelay_classify_event(self, facts: RequestFacts,
-                                      verdict: Verdict) -> Verdict | None:
-            if facts.message_id == bad.message_id:
-                raise RuntimeError("classifier broke")
-            return None
-
-    tracker.app.host.register(Raising(), "raising")
+    raise_when_classifying(tracker.app, bad.message_id)
     for sent, target in ((bad, "https://bad.example/x"), (good, "https://good.example/y")):
         async with tracker.http.get(tracker.click_url(sent.message_id, 0),
                                     allow_redirects=False) as resp:

@@ -15,6 +15,9 @@ import aiohttp
 from aiohttp import web
 
 from relay.app import App
+from relay.engagement.facts import RequestFacts
+from relay.engagement.verdict import Verdict
+from relay.hookimpl import hookimpl
 from relay.records import LinkRecord, Outcome, Reply, SentMessage, new_id
 from relay.store.base import Store
 from relay.tracker.pixel_door import PixelSite
@@ -103,3 +106,22 @@ async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float = 30
         if loop.time() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(interval)
+
+
+class _RaisingClassifier:
+    """A plugin whose classifier breaks on one message's hits."""
+
+    def __init__(self, message_id: str) -> None:
+        self.message_id = message_id
+
+    @hookimpl
+    def trackrelay_classify_event(self, facts: RequestFacts,
+                                  verdict: Verdict) -> Verdict | None:
+        if facts.message_id == self.message_id:
+            raise RuntimeError("classifier broke")
+        return None
+
+
+def raise_when_classifying(app: App, message_id: str) -> None:
+    """Register a classifier plugin that raises for ``message_id``'s hits."""
+    app.host.register(_RaisingClassifier(message_id), "raising")

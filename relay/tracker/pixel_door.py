@@ -101,9 +101,10 @@ _NOT_SIMPLE = ("Content-Length", "Transfer-Encoding", "Expect", "Upgrade")
 #: How a request line begins: a method (a token, RFC 9110 sections 9.1 and 5.6.2), then
 #: a space; or the first bytes of one.
 _METHOD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,32}(?: |\Z)")
-_REASONS = {200: "OK", 302: "Found", 400: "Bad Request", 404: "Not Found", 408: "Request Timeout",
-            414: "URI Too Long", 431: "Request Header Fields Too Large",
-            500: "Internal Server Error", 503: "Service Unavailable"}
+_REASONS = {200: "OK", 302: "Found", 400: "Bad Request", 404: "Not Found",
+            408: "Request Timeout", 414: "URI Too Long",
+            431: "Request Header Fields Too Large", 500: "Internal Server Error",
+            503: "Service Unavailable"}
 
 
 def _refusal(status: int, text: str, extra: str = "") -> bytes:

@@ -175,14 +175,19 @@ def safe_location(url: str) -> str:
     return "".join(out)
 
 
-async def _logged_failure(recording: Awaitable[None], message_id: str) -> None:
-    """Record one verified pixel hit, at once or late: a failure (a plugin's classifier
-    raising, …) is logged and costs this hit alone, never the others of its run, and
-    never leaves an orphaned task error."""
+async def _logged_failure(recording: Awaitable[None], message_id: str,
+                          kind: str = "open") -> bool:
+    """Record one verified hit (whether it did): a failure (a plugin's classifier
+    raising, …) is logged as ``<kind>_record_failed`` and costs this hit's record alone,
+    never the others of its run, never the answer (a redirect or a file goes out
+    anyway), and never leaves an orphaned task error."""
     try:
         await recording
     except Exception as exc:
-        log.error("open_record_failed", message=message_id, error=repr(exc), exc_info=True)
+        log.error(f"{kind}_record_failed", message=message_id, error=repr(exc),
+                  exc_info=True)
+        return False
+    return True
 
 
 def content_disposition(filename: str) -> str:
@@ -202,10 +207,6 @@ UNAVAILABLE = Answer(503, (_HTML, ("Retry-After", "5"), ("Cache-Control", "no-st
                      UNAVAILABLE_HTML.encode())
 _REDIRECT_FIELDS = (("Cache-Control", "no-store, no-cache, must-revalidate, private"),
                     ("Referrer-Policy", "no-referrer"))
-
-
-def _not_found() -> web.Response:
-    return NOT_FOUND.response()
 
 
 class RecipientEndpoints:
@@ -522,25 +523,12 @@ class RecipientEndpoints:
                 _REDIRECT_SCHEMES):
             _count(_CLICK_RESULTS["unknown_message"])
             return NOT_FOUND
-        if await self._record_or_log(self._seen(hit), "click", data.message_id, resolved[1],
-                                     data.link_index, resolved[0]):
+        if await _logged_failure(self._record(self._seen(hit), "click", data.message_id,
+                                              resolved[1], data.link_index, resolved[0]),
+                                 data.message_id, "click"):
             _count(_CLICK_RESULTS["recorded"])
         return Answer(302, (("Location", safe_location(url)), *_REDIRECT_FIELDS))
 
-    async def _record_or_log(self, seen: web.Request | _Seen, kind: str, message_id: str,
-                             recipient: str | None, link_index: int | None,
-                             message: MessageLookup, extra: dict[str, Any] | None = None
-                             ) -> bool:
-        """``_record`` for a hit whose answer must go out whatever happens to its record
-        (a redirect, a download): a failure (a plugin's classifier raising, …) is logged
-        and costs the record, never the person their link or file."""
-        try:
-            await self._record(seen, kind, message_id, recipient, link_index, message, extra)
-        except Exception as exc:
-            log.error(f"{kind}_record_failed", message=message_id, error=repr(exc),
-                      exc_info=True)
-            return False
-        return True
 
     async def download(self, request: web.Request) -> web.Response:
         """``GET /a/<token>``: an attachment ``[attachments] mode = "link"`` took out of a
@@ -549,13 +537,13 @@ class RecipientEndpoints:
         data = self.app.tokens.decode(request.match_info["token"], "download")
         if data is None:
             _count(_DOWNLOAD_RESULTS["invalid_token"])
-            return _not_found()
+            return NOT_FOUND.response()
         resolved = await self._resolve_soon(data)
         found = None if isinstance(resolved, str) else await self.store.get_attachment(
             data.message_id, data.link_index)
         if isinstance(resolved, str) or found is None:
             _count(_DOWNLOAD_RESULTS["unknown_message"])
-            return _not_found()
+            return NOT_FOUND.response()
         message = resolved[0]
         expires = message["created_at"] + self.app.config.attachments.expire_days * 86400
         content = found["content"]
@@ -564,10 +552,11 @@ class RecipientEndpoints:
                                                 blob_id=found["blob_id"])
         if time.time() > expires or content is None:
             _count(_DOWNLOAD_RESULTS["expired"])
-            return _not_found()
-        if await self._record_or_log(request, "download", data.message_id, resolved[1],
-                                     data.link_index, message,
-                                     {"filename": found["filename"], "size": found["size"]}):
+            return NOT_FOUND.response()
+        extra = {"filename": found["filename"], "size": found["size"]}
+        if await _logged_failure(self._record(request, "download", data.message_id,
+                                              resolved[1], data.link_index, message, extra),
+                                 data.message_id, "download"):
             _count(_DOWNLOAD_RESULTS["recorded"])
         return web.Response(body=content, headers={
             "Content-Type": found["content_type"],
