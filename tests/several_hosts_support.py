@@ -336,7 +336,13 @@ async def _database(cluster: Cluster, out: Outcome) -> None:
 async def _dashboard(cluster: Cluster, out: Outcome) -> None:
     """The same dashboard pages from both trackers, signed in once, on tracker-a: the
     session cookie is signed with the API token, so tracker-b takes it as it is."""
-    pages = ["/ui/", f"/ui/campaigns/{CAMPAIGN}", "/ui/messages", "/ui/deliverability"]
+    # the same window, whenever asked: a page's default period ends "now", and its
+    # heading and chart move when the two requests straddle a minute or an hour
+    start = time.strftime("%Y-%m-%dT%H:00:00Z", time.gmtime(time.time() - 7200))
+    end = time.strftime("%Y-%m-%dT%H:00:00Z", time.gmtime(time.time() + 7200))
+    window = f"since={start}&until={end}"
+    pages = [f"/ui/?{window}", f"/ui/campaigns/{CAMPAIGN}", "/ui/messages",
+             f"/ui/deliverability?{window}"]
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
         base = f"http://127.0.0.1:{cluster.trackers[0].ports[0]}"
         async with http.get(f"{base}/ui/login") as resp:

@@ -1,55 +1,194 @@
-"""Contacts with their engagement score (``GET /api/v1/contacts``, ``…/contacts/{address}``).
+"""Contacts ranked by engagement (``GET /api/v1/contacts``, ``…/contacts/{address}``, the
+dashboard's Contacts page).
 
 The score is :func:`relay.engagement.score.engagement_score` over the contact's events
-in the caller's scope, at the time of the request. Scores are not stored: they decay
-with time, so a listing computes them from the events that can count (human opens and
-clicks, replies not flagged machine — the store returns only those) and sorts in
-memory. Pagination is keyset on the sort key and the address, so a page boundary holds
-even when contacts are added between requests.
+in the caller's scope. Ranking a million contacts by a score that decays with time would
+mean reading every event at every request (minutes at a million messages), so the store
+keeps each contact's score in the form that does not decay (``score_log``, see
+:mod:`relay.engagement.score`) with its message count and last dates, one row per scope
+(everyone's mail, each sender domain, each sender), and a page is one index range.
+
+Rows follow the events: the store's triggers log the address of every event or
+recipient row written, changed or deleted (by the relay, the tracker, a reclassification,
+a purge, an erasure, a script), and :func:`refresh_contact_scores` recomputes those
+contacts from their events. It runs before every read (so an answer includes every event
+stored before it, unless the refresh takes longer than ``READ_BUDGET``, when the page
+is as of the last refresh) and every ``INTERVAL`` seconds in each tracker process
+(:class:`ContactRanker`), so reads seldom find work. One process refreshes at a time (a
+lease in the store); a change of the score settings recomputes every contact.
+
+Pagination is keyset on the sort key and the address, so a page boundary holds even when
+contacts are added between requests.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
+import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable
 from typing import Any, Literal
 
 from relay.config import EngagementConfig
-from relay.engagement.score import engagement_score
+from relay.engagement.score import (
+    log_sum,
+    log_terms,
+    log_threshold,
+    score_at,
+    score_log,
+    settings_key,
+)
+from relay.logs import get_logger
 from relay.records import Event
-from relay.store.base import BadCursor, Page, Store
+from relay.store.base import BadCursor, ContactFacts, ContactScoreRow, Page, Store
+from relay.store.contact_scores import ALL_SCOPES
 from relay.store.sql import decode_cursor, encode_cursor
+
+log = get_logger("relay.engagement.contacts")
 
 SortKey = Literal["score", "last_event"]
 SORTS: tuple[str, ...] = ("score", "last_event")
+#: Addresses recomputed per step (three indexed reads and one transaction).
+STEP = 1000
+#: Seconds a read spends bringing rows up to date before answering from what is stored.
+READ_BUDGET = 5.0
+#: Seconds between background refreshes in a tracker process.
+INTERVAL = 5.0
+#: Seconds a refresher's lease lasts without renewal (a killed process's runs out).
+LEASE = 30.0
 
 
-def scores_from_rows(rows: Iterable[Mapping[str, Any]], now: float,
-                     config: EngagementConfig) -> dict[str, float]:
-    """Score per address from ``Store.scoring_events`` rows."""
-    by_address: dict[str, list[Event]] = defaultdict(list)
-    for r in rows:
-        data: dict[str, Any] = {}
-        if r.get("verdict"):
-            data["verdict"] = r["verdict"]
-        by_address[str(r["recipient"])].append(Event(
-            type=str(r["type"]), message_id=str(r["message_id"]), recipient=r["recipient"],
-            time=float(r["time"]), machine=bool(r["machine"]), data=data))
-    return {address: round(engagement_score(events, now, config), 6)
-            for address, events in by_address.items()}
+def _event(row: dict[str, Any]) -> Event:
+    data: dict[str, Any] = {"verdict": row["verdict"]} if row.get("verdict") else {}
+    return Event(type=str(row["type"]), message_id=str(row["message_id"]),
+                 recipient=row["recipient"], time=float(row["time"]),
+                 machine=bool(row["machine"]), data=data)
+
+
+def _scopes(sender: str | None, domain: str | None) -> set[str]:
+    return {ALL_SCOPES, (domain or "").lower(), (sender or "").lower()}
+
+
+def score_rows(facts: ContactFacts, config: EngagementConfig) -> list[ContactScoreRow]:
+    """The stored rows of the addresses ``facts`` covers: one per scope the address
+    received mail in."""
+    messages: dict[tuple[str, str], set[str]] = defaultdict(set)
+    last_sent: dict[tuple[str, str], float] = {}
+    for m in facts["messages"]:
+        address = str(m["address"])
+        for scope in _scopes(m["sender"], m["sender_domain"]):
+            key = (address, scope)
+            messages[key].add(str(m["message_id"]))
+            last_sent[key] = max(last_sent.get(key, float("-inf")), float(m["created_at"]))
+    last_event: dict[tuple[str, str], float] = {}
+    for r in facts["last_events"]:
+        for scope in _scopes(r["sender"], r["sender_domain"]):
+            key = (str(r["recipient"]), scope)
+            last_event[key] = max(last_event.get(key, float("-inf")), float(r["t"]))
+    events: dict[str, list[Event]] = defaultdict(list)
+    scopes_of: dict[str, set[str]] = {}
+    for r in facts["events"]:
+        events[str(r["recipient"])].append(_event(r))
+        scopes_of[str(r["message_id"])] = _scopes(r["sender"], r["sender_domain"])
+    terms: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for address, contact_events in events.items():
+        for event, value in log_terms(contact_events, config):
+            for scope in scopes_of[event.message_id]:
+                terms[(address, scope)].append(value)
+    rows: list[ContactScoreRow] = []
+    for (address, scope), ids in messages.items():
+        key = (address, scope)
+        rows.append({"scope": scope, "address": address,
+                     "score_log": log_sum(terms.get(key, ())), "messages": len(ids),
+                     "last_sent_at": last_sent[key], "last_event_at": last_event.get(key)})
+    return rows
+
+
+async def refresh_contact_scores(store: Store, config: EngagementConfig, *,
+                                 budget: float = READ_BUDGET,
+                                 clock: Callable[[], float] = time.monotonic) -> int:
+    """Recompute the contacts the change log names, oldest first, for up to ``budget``
+    seconds (waiting that long for another process's refresh). Returns how many log
+    entries still wait (0: every row is up to date)."""
+    deadline = clock() + budget
+    holder = uuid.uuid4().hex
+    while not await store.take_contact_scores_lease(holder, time.time(),
+                                                    time.time() + LEASE):
+        if clock() >= deadline:
+            return await store.pending_contact_changes()
+        await asyncio.sleep(0.05)
+    try:
+        settings = settings_key(config)
+        if await store.contact_scores_settings() != settings:
+            await store.recompute_all_contact_scores(settings)
+            log.info("contact_scores_rebuild", settings=settings)
+        while True:
+            changes = await store.contact_changes(STEP)
+            if not changes:
+                return 0
+            addresses = sorted({a for _, a in changes} - {store.ERASED_ADDRESS})
+            rows = score_rows(await store.contact_facts(addresses), config) \
+                if addresses else []
+            await store.replace_contact_scores(addresses, rows, [s for s, _ in changes])
+            if clock() >= deadline:
+                return await store.pending_contact_changes()
+            await store.take_contact_scores_lease(holder, time.time(), time.time() + LEASE)
+    finally:
+        await store.release_contact_scores_lease(holder)
+
+
+class ContactRanker:
+    """Keeps the stored ranking current in the background of a tracker process, so a
+    read seldom has work to do (the first run after an upgrade builds every row)."""
+
+    def __init__(self, store: Callable[[], Store | None], config: EngagementConfig,
+                 interval: float = INTERVAL) -> None:
+        self._store = store
+        self.config = config
+        self.interval = interval
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop(),
+                                                                 name="contact-ranker")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _loop(self) -> None:
+        while True:
+            store = self._store()
+            if store is not None:
+                try:
+                    left = await refresh_contact_scores(store, self.config,
+                                                        budget=self.interval)
+                    if left:
+                        log.info("contact_scores_pending", entries=left)
+                        continue
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # the store is down, …: try again later
+                    log.warning("contact_scores_refresh_failed", error=repr(exc))
+            await asyncio.sleep(self.interval)
 
 
 async def contact_score(store: Store, address: str, *, scope: str | None, now: float,
                         config: EngagementConfig) -> float:
+    """One contact's score, from its events as they are now (the same arithmetic as the
+    ranking's rows)."""
     rows = await store.scoring_events(scope=scope, address=address)
-    return scores_from_rows(rows, now, config).get(address.strip().lower(), 0.0)
+    return round(score_at(score_log(map(_event, rows), config), now, config), 6)
 
 
-def _key(item: Mapping[str, Any], sort: str) -> tuple[float, str]:
-    if sort == "score":
-        return (-float(item["score"]), str(item["address"]))
-    last = item.get("last_event_at")
-    return (-(float(last) if last is not None else float("-inf")), str(item["address"]))
+def _scope_key(scope: str | None) -> str:
+    return ALL_SCOPES if scope is None else scope.strip().lower()
 
 
 async def list_contacts(store: Store, *, scope: str | None, now: float,
@@ -65,32 +204,26 @@ async def list_contacts(store: Store, *, scope: str | None, now: float,
     if cursor:
         c_key, c_address = decode_cursor(cursor, (float, str))
         after = (c_key, c_address)
-    summaries = await store.contact_summaries(scope=scope)
-    scores = scores_from_rows(await store.scoring_events(scope=scope), now, config)
-    items: list[dict[str, Any]] = []
-    for s in summaries:
-        score = scores.get(s["address"], 0.0)
-        if min_score is not None and score < min_score:
-            continue
-        items.append({"address": s["address"], "score": score, "messages": s["messages"],
-                      "last_sent_at": s["last_sent_at"], "last_event_at": s["last_event_at"]})
-    items.sort(key=lambda i: _key(i, sort))
-    if after is not None:
-        items = [i for i in items if _cursor_key(_key(i, sort)) > after]
-    page = items[:limit]
+    left = await refresh_contact_scores(store, config)
+    if left:
+        log.warning("contact_scores_stale", entries=left)
+    max_rank = None
+    if min_score is not None and min_score > 0:
+        max_rank = -log_threshold(min_score, now, config)
+    rows = await store.ranked_contacts(
+        _scope_key(scope), sort="score" if sort == "score" else "last_event", after=after,
+        max_rank=max_rank, limit=limit + 1)
+    items = [{"address": r["address"],
+              "score": round(score_at(float(r["score_log"]), now, config), 6),
+              "messages": int(r["messages"]), "last_sent_at": float(r["last_sent_at"]),
+              "last_event_at": None if r["last_event_at"] is None
+              else float(r["last_event_at"])} for r in rows[:limit]]
     next_cursor = None
-    if len(items) > limit and page:
-        last_key = _cursor_key(_key(page[-1], sort))
-        next_cursor = encode_cursor(*last_key)
-    return Page(page, next_cursor)
+    if len(rows) > limit and items:
+        last = rows[limit - 1]
+        next_cursor = encode_cursor(float(last["rank"]), str(last["address"]))
+    return Page(items, next_cursor)
 
 
-def _cursor_key(key: tuple[float, str]) -> tuple[float, str]:
-    """A JSON-safe key (no infinities: contacts with no event sort after every time)."""
-    value, address = key
-    if value == float("inf"):
-        value = 1e300
-    return (value, address)
-
-
-__all__ = ["SORTS", "BadCursor", "contact_score", "list_contacts", "scores_from_rows"]
+__all__ = ["SORTS", "BadCursor", "ContactRanker", "contact_score", "list_contacts",
+           "refresh_contact_scores", "score_rows"]

@@ -22,10 +22,20 @@ Formula (defaults from ``[engagement]``; :math:`d(t) = 2^{-\max(0,\,now - t)/H}`
 
 The score is ≥ 0, grows with every counted event, and is comparable across contacts
 at the same ``now`` (sort and filter contacts by it).
+
+**Stored form.** Every term decays by the same factor as time passes, so
+``score(now) = 2^(L - now/H)`` with ``L = log2 Σ w_i · 2^(t_i/H)`` (each term's weight
+``w_i`` as above, undecayed to the epoch). ``L`` does not change with time, only when the
+contact's events do, and ordering contacts by ``L`` is ordering them by score at any
+``now``: the store keeps ``L`` per contact (:func:`score_log`) and ranks a million
+contacts by an index. Kept in log form because ``2^(t/H)`` overflows a double for short
+half-lives. The one difference from :func:`engagement_score`: an event stamped later
+than ``now`` (another host's clock) is not clamped to ``now``.
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Iterable
 
@@ -34,6 +44,9 @@ from relay.engagement.verdict import Verdict
 from relay.records import Event
 
 DAY = 86400.0
+
+#: ``score_log`` of a contact with nothing that counts (score 0).
+NO_SCORE = -1e300
 
 
 def decay(age_seconds: float, half_life_days: float) -> float:
@@ -72,3 +85,68 @@ def engagement_score(events: Iterable[Event], now: float,
             total += weight * decay(now - t, h)
             weight *= cfg.score_repeat_factor
     return total
+
+
+def log_terms(events: Iterable[Event], config: EngagementConfig | None = None
+              ) -> list[tuple[Event, float]]:
+    """Each counted event with ``log2`` of its term undecayed to the epoch
+    (``log2(w) + t/H``): the stored form's summands."""
+    cfg = config or EngagementConfig()
+    h = cfg.score_half_life_days * DAY
+    out: list[tuple[Event, float]] = []
+    opens: dict[str, list[Event]] = defaultdict(list)
+    for e in events:
+        if not counts(e):
+            continue
+        if e.type == "open":
+            opens[e.message_id].append(e)
+        else:
+            weight = cfg.score_click_weight if e.type == "click" else cfg.score_reply_weight
+            if weight > 0:
+                out.append((e, math.log2(weight) + e.time / h))
+    for message_opens in opens.values():
+        weight = cfg.score_open_weight
+        for e in sorted(message_opens, key=lambda o: o.time):
+            if weight > 0:
+                out.append((e, math.log2(weight) + e.time / h))
+            weight *= cfg.score_repeat_factor
+    return out
+
+
+def log_sum(values: Iterable[float]) -> float:
+    """``log2 Σ 2^v`` without overflow; NO_SCORE for no values."""
+    items = list(values)
+    if not items:
+        return NO_SCORE
+    top = max(items)
+    return top + math.log2(math.fsum(2.0 ** (v - top) for v in items))
+
+
+def score_log(events: Iterable[Event], config: EngagementConfig | None = None) -> float:
+    """The stored form ``L`` of the contact's score (NO_SCORE when nothing counts)."""
+    return log_sum(v for _, v in log_terms(events, config))
+
+
+def score_at(stored: float, now: float, config: EngagementConfig | None = None) -> float:
+    """The score at ``now`` of a contact whose stored form is ``stored``."""
+    if stored <= NO_SCORE / 2:
+        return 0.0
+    cfg = config or EngagementConfig()
+    return float(2.0 ** (stored - now / (cfg.score_half_life_days * DAY)))
+
+
+def log_threshold(score: float, now: float, config: EngagementConfig | None = None) -> float:
+    """The stored form a contact needs to score at least ``score`` at ``now``."""
+    if score <= 0:
+        return NO_SCORE
+    cfg = config or EngagementConfig()
+    return math.log2(score) + now / (cfg.score_half_life_days * DAY)
+
+
+def settings_key(config: EngagementConfig | None = None) -> str:
+    """The settings the stored form depends on: stored rows computed with other settings
+    are recomputed."""
+    cfg = config or EngagementConfig()
+    return (f"open={cfg.score_open_weight!r};click={cfg.score_click_weight!r};"
+            f"reply={cfg.score_reply_weight!r};repeat={cfg.score_repeat_factor!r};"
+            f"half_life_days={cfg.score_half_life_days!r}")

@@ -195,6 +195,28 @@ class ContactRow(TypedDict):
     suppressed: list[SuppressionRow]
 
 
+class ContactScoreRow(TypedDict):
+    scope: str
+    address: str
+    score_log: float
+    messages: int
+    last_sent_at: float
+    last_event_at: float | None
+
+
+class ContactFacts(TypedDict):
+    """What the rows of a set of addresses are computed from, for every scope at once."""
+
+    #: counted events (``Store.scoring_events``' rows) with the message's sender and domain
+    events: list[dict[str, Any]]
+    #: one per (address, message): ``address``, ``message_id``, ``sender``,
+    #: ``sender_domain``, ``created_at``
+    messages: list[dict[str, Any]]
+    #: the newest event other than sent/rejected per (``recipient``, ``sender``,
+    #: ``sender_domain``): ``t``
+    last_events: list[dict[str, Any]]
+
+
 class SuppressionRow(TypedDict):
     address: str
     scope: str  # "" global, else a sender domain (or address)
@@ -286,6 +308,9 @@ class Store(abc.ABC):
 
     #: "sqlite" or "postgresql"
     engine: str = ""
+    #: What a forgotten recipient's address becomes in a message to several recipients
+    #: (never a contact).
+    ERASED_ADDRESS = "[erased]"
     #: The background batch writer behind ``enqueue`` (None when opened with writer=False).
     writer: EventWriter | None = None
     _flush_sources: list[Callable[[], Awaitable[None]]] | None = None
@@ -507,11 +532,50 @@ class Store(abc.ABC):
         """The erasures log, newest first; ``address`` finds the erasures of one address
         (by its hash)."""
 
+    # -- contact ranking (rows kept by relay.engagement.contacts) ------------------------
+
     @abc.abstractmethod
-    async def contact_summaries(self, *, scope: str | None = None) -> list[dict[str, Any]]:
-        """Every recipient address of a message in scope (``[erased]`` left out), with
-        ``messages`` (how many), ``last_sent_at`` and ``last_event_at`` (the newest
-        event about it other than sent/rejected; None if none), by address."""
+    async def contact_changes(self, limit: int = 500) -> list[tuple[int, str]]:
+        """The change log's entries (``(seq, address)``, by seq) of the addresses of its
+        oldest ``limit`` entries: contacts whose events or messages changed since their
+        rows were computed (the store's triggers add them, whatever writes)."""
+
+    @abc.abstractmethod
+    async def pending_contact_changes(self) -> int:
+        """How many change-log entries wait."""
+
+    @abc.abstractmethod
+    async def contact_facts(self, addresses: list[str]) -> ContactFacts:
+        """What the rows of ``addresses`` are computed from, for every scope at once."""
+
+    @abc.abstractmethod
+    async def replace_contact_scores(self, addresses: list[str], rows: list[ContactScoreRow],
+                                     done: list[int]) -> None:
+        """In one transaction: the rows of ``addresses`` replaced by ``rows`` and the
+        change-log entries ``done`` removed."""
+
+    @abc.abstractmethod
+    async def contact_scores_settings(self) -> str | None:
+        """The score settings the rows were computed with (None: never built)."""
+
+    @abc.abstractmethod
+    async def recompute_all_contact_scores(self, settings: str) -> None:
+        """Queue every contact for recomputation under new ``settings``."""
+
+    @abc.abstractmethod
+    async def take_contact_scores_lease(self, holder: str, now: float, until: float) -> bool:
+        """Become the one refresher until ``until``, unless another holder's lease runs."""
+
+    @abc.abstractmethod
+    async def release_contact_scores_lease(self, holder: str) -> None:
+        """Give the lease up."""
+
+    @abc.abstractmethod
+    async def ranked_contacts(self, scope: str, *, sort: Literal["score", "last_event"],
+                              after: tuple[float, str] | None, max_rank: float | None,
+                              limit: int) -> list[dict[str, Any]]:
+        """A page of ``scope``'s stored rows (``*``: everyone's) in rank order, after the
+        keyset ``after``; ``max_rank`` leaves out scores below a minimum."""
 
     @abc.abstractmethod
     async def scoring_events(self, *, scope: str | None = None,

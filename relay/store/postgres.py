@@ -206,7 +206,8 @@ class PostgresStore(SqlStore):
                 if version in applied:
                     continue
                 for statement in statements:
-                    await conn.execute(render(statement, self.dialect))
+                    if sql := render(statement, self.dialect):
+                        await conn.execute(sql)
                 await conn.execute(
                     "INSERT INTO schema_migrations (version, name, applied_at) "
                     "VALUES ($1, $2, $3)", version, name, time.time())

@@ -2,8 +2,10 @@
 
 Each migration is ``(version, name, statements)``; statements use a few placeholders
 (``{serial}``, ``{float}``, ``{bool}``, ``{bigint}``, ``{blob}``) that each engine fills in with its
-own type names, so the schema is written once. Applied versions are recorded in
-``schema_migrations``; a migration, once released, is never edited — add a new one.
+own type names, so the schema is written once; a statement the engines spell
+differently (a trigger) is a mapping from dialect to its text. Applied versions are
+recorded in ``schema_migrations``; a migration, once released, is never edited — add a
+new one.
 """
 
 from __future__ import annotations
@@ -22,7 +24,40 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
     applied_at {float} NOT NULL
 )"""
 
-MIGRATIONS: list[tuple[int, str, list[str]]] = [
+Statement = str | dict[str, str]
+
+#: PostgreSQL: one statement-level trigger per change, adding each distinct address of
+#: the changed rows once (``changed`` is the transition table; ``{column}`` the address).
+_PG_CONTACT_CHANGED = """CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO contact_changes (address)
+    SELECT DISTINCT {column} FROM changed WHERE {column} IS NOT NULL;
+    RETURN NULL;
+END $$"""
+
+
+def _contact_triggers(table: str, column: str) -> list[Statement]:
+    """Triggers adding to ``contact_changes`` the address of every row of ``table``
+    inserted, updated or deleted: whatever writes it (the relay, the tracker, a purge, an
+    erasure, a reclassification, a script), the contact's stored score is recomputed."""
+    function = f"contact_changed_by_{table}"
+    out: list[Statement] = [{"postgresql": _PG_CONTACT_CHANGED.format(
+        name=function, column=column), "sqlite": ""}]
+    for when, row, pg_table in (("INSERT", "NEW", "NEW"), ("UPDATE", "OLD", "OLD"),
+                                ("DELETE", "OLD", "OLD")):
+        name = f"{table}_{when.lower()}_contact"
+        out.append({
+            "sqlite": f"CREATE TRIGGER {name} AFTER {when} ON {table} "
+                      f"WHEN {row}.{column} IS NOT NULL BEGIN "
+                      f"INSERT INTO contact_changes (address) VALUES ({row}.{column}); END",
+            "postgresql": f"CREATE TRIGGER {name} AFTER {when} ON {table} "
+                          f"REFERENCING {pg_table} TABLE AS changed FOR EACH STATEMENT "
+                          f"EXECUTE FUNCTION {function}()",
+        })
+    return out
+
+
+MIGRATIONS: list[tuple[int, str, list[Statement]]] = [
     (1, "initial", [
         """CREATE TABLE messages (
             seq {serial},
@@ -159,10 +194,53 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         )""",
         "CREATE INDEX attachments_blob ON attachments (blob_id)",
     ]),
+    (4, "contact scores", [
+        # Contacts ranked by engagement, kept per scope: "*" (everyone's mail), each
+        # sender domain and each sender address. ``score_log`` is log2 of the score's
+        # sum with every term undecayed to the epoch (relay.engagement.score), so the
+        # order holds at any time; -1e300 when nothing counts. The two rank columns are
+        # the sort keys ascending (-score_log; -last_event_at, or 1e300 for none), so a
+        # page is one index range and a keyset cursor one row comparison on both engines.
+        """CREATE TABLE contact_scores (
+            scope TEXT NOT NULL,
+            address TEXT NOT NULL,
+            score_log {float} NOT NULL,
+            messages INTEGER NOT NULL,
+            last_sent_at {float} NOT NULL,
+            last_event_at {float},
+            rank_score {float} NOT NULL,
+            rank_recent {float} NOT NULL,
+            PRIMARY KEY (scope, address)
+        )""",
+        "CREATE INDEX contact_scores_rank ON contact_scores (scope, rank_score, address)",
+        "CREATE INDEX contact_scores_recent ON contact_scores (scope, rank_recent, address)",
+        "CREATE INDEX contact_scores_address ON contact_scores (address)",
+        # Addresses whose events or messages changed since their row was computed; an
+        # append-only log (no row locks between writers), emptied by the refresh.
+        """CREATE TABLE contact_changes (
+            seq {serial},
+            address TEXT NOT NULL
+        )""",
+        "CREATE INDEX contact_changes_address ON contact_changes (address)",
+        # One row: the score settings the rows were computed with, and the refresh lease
+        # (one refreshing process at a time).
+        """CREATE TABLE contact_scores_state (
+            id INTEGER PRIMARY KEY,
+            settings TEXT,
+            lease_holder TEXT,
+            lease_until {float} NOT NULL DEFAULT 0
+        )""",
+        "INSERT INTO contact_scores_state (id) VALUES (1)",
+        *_contact_triggers("events", "recipient"),
+        *_contact_triggers("recipients", "address"),
+    ]),
 ]
 
 
-def render(statement: str, dialect: str) -> str:
+def render(statement: Statement, dialect: str) -> str:
+    """The statement for ``dialect`` ("" when that engine has nothing to run)."""
+    if isinstance(statement, dict):
+        return statement[dialect]
     return statement.format(**DIALECT_TYPES[dialect])
 
 

@@ -14,7 +14,6 @@ import binascii
 import json
 import math
 import time
-from collections.abc import Callable
 from typing import Any, Literal
 
 from relay.store.base import (
@@ -39,12 +38,9 @@ from relay.store.base import (
     backoff_delay,
     domain_of,
 )
-from relay.store.where import Where, scope_condition
+from relay.store.contact_scores import ContactScoresSql
+from relay.store.where import Step, Where, scope_condition
 from relay.store.where import cond as _cond
-
-#: A statement of ``_transaction``: SQL and its parameters, or a function giving them
-#: from the row counts of the statements run before it in the same transaction.
-Step = tuple[str, list[Any] | Callable[[list[int]], list[Any]]]
 
 EVENT_SELECT = """
 SELECT e.seq, e.id, e.type, e.time, e.message_id, e.recipient, e.link_index, e.ip,
@@ -123,7 +119,7 @@ ORPHAN_BLOBS = ("DELETE FROM attachment_blobs WHERE NOT EXISTS "
                 "(SELECT 1 FROM attachments a WHERE a.blob_id = attachment_blobs.id)")
 
 
-class SqlStore(Store):
+class SqlStore(ContactScoresSql, Store):
     """Shared query code; subclasses implement the primitives."""
 
     dialect: str = ""
@@ -711,9 +707,6 @@ class SqlStore(Store):
 
     # -- privacy -------------------------------------------------------------------------
 
-    #: what a forgotten recipient's address becomes in a message to several recipients
-    ERASED_ADDRESS = "[erased]"
-
     async def purge_older_than(self, cutoff: float) -> PurgeResult:
         cutoff = float(cutoff)
         gone = ("SELECT m.id FROM messages m WHERE m.created_at < ? AND NOT EXISTS "
@@ -798,27 +791,6 @@ class SqlStore(Store):
             "ORDER BY erased_at DESC, seq DESC LIMIT ?", [*where.args, int(limit)])
         return [{"address_hash": r["address_hash"], "erased_at": float(r["erased_at"]),
                  "counts": _json(r["counts"], {})} for r in rows]
-
-    async def contact_summaries(self, *, scope: str | None = None) -> list[dict[str, Any]]:
-        where = Where()
-        where.add(*_cond(scope_condition(scope)))
-        where.add("r.address <> ?", self.ERASED_ADDRESS)
-        rows = await self._fetch(
-            "SELECT r.address, COUNT(DISTINCT r.message_id) AS messages, "
-            "MAX(m.created_at) AS last_sent_at FROM recipients r "
-            f"JOIN messages m ON m.id = r.message_id {where.sql()} "
-            "GROUP BY r.address ORDER BY r.address", where.args)
-        ev_where = Where()
-        ev_where.add(*_cond(scope_condition(scope)))
-        ev_where.add("e.recipient IS NOT NULL")
-        ev_where.add("e.type NOT IN ('sent', 'rejected')")
-        last = {r["recipient"]: float(r["t"]) for r in await self._fetch(
-            "SELECT e.recipient, MAX(e.time) AS t FROM events e "
-            f"JOIN messages m ON m.id = e.message_id {ev_where.sql()} GROUP BY e.recipient",
-            ev_where.args)}
-        return [{"address": r["address"], "messages": int(r["messages"]),
-                 "last_sent_at": float(r["last_sent_at"]),
-                 "last_event_at": last.get(r["address"])} for r in rows]
 
     async def scoring_events(self, *, scope: str | None = None,
                              address: str | None = None) -> list[dict[str, Any]]:

@@ -281,7 +281,8 @@ class SqliteStore(SqlStore):
                 if version in applied:
                     continue
                 for statement in statements:
-                    conn.execute(render(statement, self.dialect))
+                    if sql := render(statement, self.dialect):
+                        conn.execute(sql)
                 conn.execute("INSERT INTO schema_migrations (version, name, applied_at) "
                              "VALUES (?, ?, ?)", (version, name, time.time()))
                 applied.add(version)
@@ -297,9 +298,7 @@ class SqliteStore(SqlStore):
         params = [_event_params(r) for r in rows]
 
         def run(conn: sqlite3.Connection) -> int:
-            before = conn.total_changes
-            self._insert_events(conn, params)
-            return conn.total_changes - before
+            return self._insert_events(conn, params)
 
         return await self._call(self._tx, run)
 
@@ -342,12 +341,15 @@ class SqliteStore(SqlStore):
 
         return run
 
-    def _insert_events(self, conn: sqlite3.Connection, params: list[tuple[Any, ...]]) -> None:
+    def _insert_events(self, conn: sqlite3.Connection, params: list[tuple[Any, ...]]) -> int:
         """Many rows per statement: the sqlite3 module releases the GIL once per statement
         it steps, and each re-acquisition waits for the busy event loop (up to the switch
         interval), so one row per statement starves both threads under load."""
         step = self._rows_per_insert
+        written = 0
         for start in range(0, len(params), step):
             chunk = params[start:start + step]
-            conn.execute(insert_events_sql(len(chunk)),
-                         [value for row in chunk for value in row])
+            # rowcount: the events inserted (total_changes would count the triggers' rows)
+            written += max(0, conn.execute(insert_events_sql(len(chunk)),
+                                           [value for row in chunk for value in row]).rowcount)
+        return written

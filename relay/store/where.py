@@ -1,10 +1,15 @@
-"""Conditions of the store's queries: AND-ed parts with their parameters, and the
-scope of an API token as SQL (shared by ``relay.store.sql`` and
+"""Conditions of the store's queries: AND-ed parts with their parameters, the scope of
+an API token as SQL, and a transaction's statement (shared by ``relay.store.sql`` and
 ``relay.store.reports``)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+#: One statement of ``SqlStore._transaction``: its SQL and parameters, or a function of
+#: the row counts of the statements before it that gives the parameters.
+Step = tuple[str, list[Any] | Callable[[list[int]], list[Any]]]
 
 
 def scope_condition(scope: str | None, column_prefix: str = "m") -> tuple[str, list[Any]]:

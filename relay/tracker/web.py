@@ -24,6 +24,7 @@ from aiohttp import web
 
 from relay import metrics
 from relay.app import App
+from relay.engagement.contacts import ContactRanker
 from relay.engagement.runner import BatchRunner
 from relay.logs import get_logger
 from relay.metrics import exposition
@@ -113,6 +114,7 @@ def create_web_app(app: App) -> web.Application:
     dispatcher = WebhookDispatcher(app)
     web_app[DISPATCHER] = dispatcher
     batch = BatchRunner(lambda: app.store, app.config.engagement)
+    ranker = ContactRanker(lambda: app.store, app.config.engagement)
     opened_here = False
     settled_by: list[Store] = []  # the store whose flush() waits for the pixel's hits
 
@@ -129,6 +131,7 @@ def create_web_app(app: App) -> web.Application:
         await recipient.open_journal()  # hits a killed process answered: recorded now
         await dispatcher.start()
         batch.start()
+        ranker.start()
 
     async def on_cleanup(_: web.Application) -> None:
         nonlocal opened_here
@@ -140,6 +143,7 @@ def create_web_app(app: App) -> web.Application:
         metrics.HITS.flush()
         await dispatcher.stop()
         await batch.stop()
+        await ranker.stop()
         recipient.close()
         if opened_here and app.store is not None:
             await app.store.close()
