@@ -20,8 +20,11 @@ ALL_SCOPES = "*"
 CHUNK = 500
 
 
-COUNTED = ("((e.type IN ('open', 'click') AND e.verdict IN ('human', 'human_proxy')) "
-           "OR (e.type = 'reply' AND e.machine = FALSE))")
+#: The events a score counts (``Store.scoring_events``), as one CASE: an OR of type
+#: conditions led SQLite to walk every open and click by type (1.4 s a step at 300,000
+#: messages) instead of the addresses' own events by recipient (15 ms).
+COUNTED = ("(CASE WHEN e.type IN ('open', 'click') THEN e.verdict IN ('human', 'human_proxy') "
+           "WHEN e.type = 'reply' THEN e.machine = FALSE ELSE FALSE END)")
 
 
 def _marks(n: int) -> str:

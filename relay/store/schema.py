@@ -210,11 +210,10 @@ MIGRATIONS: list[tuple[int, str, list[Statement]]] = [
             last_event_at {float},
             rank_score {float} NOT NULL,
             rank_recent {float} NOT NULL,
-            PRIMARY KEY (scope, address)
+            PRIMARY KEY (address, scope)
         )""",
         "CREATE INDEX contact_scores_rank ON contact_scores (scope, rank_score, address)",
         "CREATE INDEX contact_scores_recent ON contact_scores (scope, rank_recent, address)",
-        "CREATE INDEX contact_scores_address ON contact_scores (address)",
         # Addresses whose events or messages changed since their row was computed; an
         # append-only log (no row locks between writers), emptied by the refresh.
         """CREATE TABLE contact_changes (
