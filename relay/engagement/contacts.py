@@ -113,6 +113,9 @@ async def refresh_contact_scores(store: Store, config: EngagementConfig, *,
     seconds (waiting that long for another process's refresh). Returns how many log
     entries still wait (0: every row is up to date)."""
     deadline = clock() + budget
+    settings = settings_key(config)
+    if await store.contact_scores_settings() == settings and not await store.contact_changes(1):
+        return 0  # up to date: no lease taken (two writes) for a read
     holder = uuid.uuid4().hex
     while not await store.take_contact_scores_lease(holder, time.time(),
                                                     time.time() + LEASE):
@@ -120,7 +123,6 @@ async def refresh_contact_scores(store: Store, config: EngagementConfig, *,
             return await store.pending_contact_changes()
         await asyncio.sleep(0.05)
     try:
-        settings = settings_key(config)
         if await store.contact_scores_settings() != settings:
             await store.recompute_all_contact_scores(settings)
             log.info("contact_scores_rebuild", settings=settings)

@@ -43,15 +43,15 @@ def _contact_triggers(table: str, column: str) -> list[Statement]:
     function = f"contact_changed_by_{table}"
     out: list[Statement] = [{"postgresql": _PG_CONTACT_CHANGED.format(
         name=function, column=column), "sqlite": ""}]
-    for when, row, pg_table in (("INSERT", "NEW", "NEW"), ("UPDATE", "OLD", "OLD"),
-                                ("DELETE", "OLD", "OLD")):
+    # an update names the row's address before it (an erasure renames it)
+    for when, row in (("INSERT", "NEW"), ("UPDATE", "OLD"), ("DELETE", "OLD")):
         name = f"{table}_{when.lower()}_contact"
         out.append({
             "sqlite": f"CREATE TRIGGER {name} AFTER {when} ON {table} "
                       f"WHEN {row}.{column} IS NOT NULL BEGIN "
                       f"INSERT INTO contact_changes (address) VALUES ({row}.{column}); END",
             "postgresql": f"CREATE TRIGGER {name} AFTER {when} ON {table} "
-                          f"REFERENCING {pg_table} TABLE AS changed FOR EACH STATEMENT "
+                          f"REFERENCING {row} TABLE AS changed FOR EACH STATEMENT "
                           f"EXECUTE FUNCTION {function}()",
         })
     return out
