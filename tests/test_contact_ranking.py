@@ -299,3 +299,21 @@ def test_stored_form_equals_the_score_for_any_events() -> None:
     check()
     assert log_sum([]) < -1e299
     assert score_at(log_sum([]), 1.8e9) == 0.0
+
+
+async def test_a_large_refresh_reclaims_the_log(store: Store, monkeypatch: pytest.MonkeyPatch
+                                               ) -> None:
+    import relay.engagement.contacts as contacts
+
+    now = time.time()
+    monkeypatch.setattr(contacts, "TIDY_AFTER", 3)  # a "large" refresh: the store tidies
+    monkeypatch.setattr(contacts, "STEP", 2)  # in steps of two addresses
+    for n in range(5):
+        await send(store, f"m{n}", "ann@one.test", [f"p{n}@people.test"], now - 100)
+    assert await store.pending_contact_changes() == 10  # recipient rows and sent events
+    assert await refresh_contact_scores(store, CONFIG) == 0
+    assert await store.pending_contact_changes() == 0
+    await store.write_events([event_row("o1", event("open", "m1", "p1@people.test",
+                                                    now - 5, "human"))])
+    page = await list_contacts(store, scope=None, now=now, config=CONFIG)
+    assert page.items[0]["address"] == "p1@people.test" and len(page.items) == 5

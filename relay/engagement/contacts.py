@@ -56,6 +56,8 @@ STEP = 1000
 READ_BUDGET = 5.0
 #: Seconds between background refreshes in a tracker process.
 INTERVAL = 5.0
+#: Log entries removed in one refresh after which the store reclaims their space.
+TIDY_AFTER = 10_000
 #: Seconds a refresher's lease lasts without renewal (a killed process's runs out).
 LEASE = 30.0
 
@@ -126,17 +128,25 @@ async def refresh_contact_scores(store: Store, config: EngagementConfig, *,
         if await store.contact_scores_settings() != settings:
             await store.recompute_all_contact_scores(settings)
             log.info("contact_scores_rebuild", settings=settings)
-        while True:
-            changes = await store.contact_changes(STEP)
-            if not changes:
-                return 0
-            addresses = sorted({a for _, a in changes} - {store.ERASED_ADDRESS})
-            rows = score_rows(await store.contact_facts(addresses), config) \
-                if addresses else []
-            await store.replace_contact_scores(addresses, rows, [s for s, _ in changes])
-            if clock() >= deadline:
-                return await store.pending_contact_changes()
-            await store.take_contact_scores_lease(holder, time.time(), time.time() + LEASE)
+        done = 0
+        try:
+            while True:
+                changes = await store.contact_changes(STEP)
+                if not changes:
+                    return 0
+                addresses = sorted({a for _, a in changes} - {store.ERASED_ADDRESS})
+                rows = score_rows(await store.contact_facts(addresses), config) \
+                    if addresses else []
+                await store.replace_contact_scores(addresses, rows,
+                                                   [s for s, _ in changes])
+                done += len(changes)
+                if clock() >= deadline:
+                    return await store.pending_contact_changes()
+                await store.take_contact_scores_lease(holder, time.time(),
+                                                      time.time() + LEASE)
+        finally:
+            if done >= TIDY_AFTER:
+                await store.tidy_contact_changes()
     finally:
         await store.release_contact_scores_lease(holder)
 

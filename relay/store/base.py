@@ -541,6 +541,10 @@ class Store(abc.ABC):
         rows were computed (the store's triggers add them, whatever writes)."""
 
     @abc.abstractmethod
+    async def tidy_contact_changes(self) -> None:
+        """Reclaim the change log's removed entries after a large refresh."""
+
+    @abc.abstractmethod
     async def pending_contact_changes(self) -> int:
         """How many change-log entries wait."""
 

@@ -194,6 +194,11 @@ class PostgresStore(SqlStore):
         except Exception:
             return False
 
+    async def tidy_contact_changes(self) -> None:
+        # Until a vacuum, every look at the log walks the index entries of the rows a
+        # rebuild removed (200,000 at a million messages: about 60 ms a look).
+        await self.pool.execute("VACUUM contact_changes")
+
     # -- migrations ------------------------------------------------------------------------
 
     async def migrate(self) -> int:

@@ -270,6 +270,9 @@ class SqliteStore(SqlStore):
             return False
         return bool(rows) and rows[0]["one"] == 1
 
+    async def tidy_contact_changes(self) -> None:
+        """Nothing to reclaim: SQLite's deleted rows leave nothing a later scan walks."""
+
     # -- migrations ------------------------------------------------------------------------
 
     async def migrate(self) -> int:
