@@ -56,7 +56,7 @@ STEP = 1000
 READ_BUDGET = 5.0
 #: Seconds between background refreshes in a tracker process.
 INTERVAL = 5.0
-#: Log entries removed in one refresh after which the store reclaims their space.
+#: Addresses recomputed in one refresh after which the store reclaims the log's space.
 TIDY_AFTER = 10_000
 #: Seconds a refresher's lease lasts without renewal (a killed process's runs out).
 LEASE = 30.0
@@ -116,7 +116,8 @@ async def refresh_contact_scores(store: Store, config: EngagementConfig, *,
     entries still wait (0: every row is up to date)."""
     deadline = clock() + budget
     settings = settings_key(config)
-    if await store.contact_scores_settings() == settings and not await store.contact_changes(1):
+    if await store.contact_scores_settings() == settings \
+            and not await store.pending_contact_changes():
         return 0  # up to date: no lease taken (two writes) for a read
     holder = uuid.uuid4().hex
     while not await store.take_contact_scores_lease(holder, time.time(),
@@ -128,18 +129,18 @@ async def refresh_contact_scores(store: Store, config: EngagementConfig, *,
         if await store.contact_scores_settings() != settings:
             await store.recompute_all_contact_scores(settings)
             log.info("contact_scores_rebuild", settings=settings)
+        await store.unclaim_contact_changes()  # a killed refresher's claims
         done = 0
         try:
             while True:
-                changes = await store.contact_changes(STEP)
-                if not changes:
+                addresses = await store.claim_contact_changes(STEP)
+                if not addresses:
                     return 0
-                addresses = sorted({a for _, a in changes} - {store.ERASED_ADDRESS})
-                rows = score_rows(await store.contact_facts(addresses), config) \
-                    if addresses else []
-                await store.replace_contact_scores(addresses, rows,
-                                                   [s for s, _ in changes])
-                done += len(changes)
+                contacts = [a for a in addresses if a != store.ERASED_ADDRESS]
+                rows = score_rows(await store.contact_facts(contacts), config) \
+                    if contacts else []
+                await store.replace_contact_scores(addresses, rows)
+                done += len(addresses)
                 if clock() >= deadline:
                     return await store.pending_contact_changes()
                 await store.take_contact_scores_lease(holder, time.time(),

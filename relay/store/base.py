@@ -535,10 +535,15 @@ class Store(abc.ABC):
     # -- contact ranking (rows kept by relay.engagement.contacts) ------------------------
 
     @abc.abstractmethod
-    async def contact_changes(self, limit: int = 500) -> list[tuple[int, str]]:
-        """The change log's entries (``(seq, address)``, by seq) of the addresses of its
-        oldest ``limit`` entries: contacts whose events or messages changed since their
-        rows were computed (the store's triggers add them, whatever writes)."""
+    async def claim_contact_changes(self, limit: int = 500) -> list[str]:
+        """The addresses of the change log's oldest ``limit`` entries — contacts whose
+        events or messages changed since their rows were computed (the store's triggers
+        add them, whatever writes) — with every entry naming them marked claimed: the
+        rows computed after this cover those entries."""
+
+    @abc.abstractmethod
+    async def unclaim_contact_changes(self) -> None:
+        """Release every claim (a refresher that died left its claims behind)."""
 
     @abc.abstractmethod
     async def tidy_contact_changes(self) -> None:
@@ -553,10 +558,10 @@ class Store(abc.ABC):
         """What the rows of ``addresses`` are computed from, for every scope at once."""
 
     @abc.abstractmethod
-    async def replace_contact_scores(self, addresses: list[str], rows: list[ContactScoreRow],
-                                     done: list[int]) -> None:
-        """In one transaction: the rows of ``addresses`` replaced by ``rows`` and the
-        change-log entries ``done`` removed."""
+    async def replace_contact_scores(self, addresses: list[str],
+                                     rows: list[ContactScoreRow]) -> None:
+        """In one transaction: the rows of ``addresses`` replaced by ``rows`` and their
+        claimed change-log entries removed."""
 
     @abc.abstractmethod
     async def contact_scores_settings(self) -> str | None:

@@ -43,18 +43,23 @@ class ContactScoresSql(abc.ABC):
     @abc.abstractmethod
     async def _transaction(self, steps: list[Step]) -> list[int]: ...
 
-    async def contact_changes(self, limit: int = CHUNK) -> list[tuple[int, str]]:
+    async def claim_contact_changes(self, limit: int = CHUNK) -> list[str]:
         oldest = await self._fetch(
-            "SELECT seq, address FROM contact_changes ORDER BY seq LIMIT ?", [int(limit)])
+            "SELECT address FROM contact_changes ORDER BY seq LIMIT ?", [int(limit)])
         addresses = sorted({str(r["address"]) for r in oldest})
-        if not addresses:
-            return []
-        # every entry of those addresses seen now: their rows, computed after this read,
+        # every entry of those addresses committed now: the rows computed after this
         # cover them all (an address written to a thousand times is recomputed once)
-        rows = await self._fetch(
-            "SELECT seq, address FROM contact_changes "
-            f"WHERE address IN ({_marks(len(addresses))})", addresses)
-        return sorted((int(r["seq"]), str(r["address"])) for r in rows)
+        steps: list[Step] = [
+            ("UPDATE contact_changes SET claimed = TRUE "
+             f"WHERE address IN ({_marks(len(chunk))})", chunk)
+            for chunk in (addresses[i:i + CHUNK] for i in range(0, len(addresses), CHUNK))]
+        if steps:
+            await self._transaction(steps)
+        return addresses
+
+    async def unclaim_contact_changes(self) -> None:
+        await self._transaction([
+            ("UPDATE contact_changes SET claimed = FALSE WHERE claimed", [])])
 
     async def pending_contact_changes(self) -> int:
         row = await self._fetch("SELECT COUNT(*) AS n FROM contact_changes")
@@ -80,10 +85,9 @@ class ContactScoresSql(abc.ABC):
                 "messages": messages, "last_events": last_events}
 
     async def replace_contact_scores(self, addresses: list[str],
-                                     rows: list[ContactScoreRow],
-                                     done: list[int]) -> None:
-        """In one transaction: every row of ``addresses`` replaced by ``rows``, and the
-        change-log entries ``done`` (the ones the rows were computed after) removed."""
+                                     rows: list[ContactScoreRow]) -> None:
+        """In one transaction: every row of ``addresses`` replaced by ``rows``, and their
+        claimed change-log entries (the ones the rows were computed after) removed."""
         steps: list[Step] = []
         for start in range(0, len(addresses), CHUNK):
             chunk = addresses[start:start + CHUNK]
@@ -101,10 +105,10 @@ class ContactScoresSql(abc.ABC):
             steps.append(("INSERT INTO contact_scores (scope, address, score_log, messages, "
                           "last_sent_at, last_event_at, rank_score, rank_recent) "
                           f"VALUES {values}", args))
-        for start in range(0, len(done), CHUNK):
-            seqs = done[start:start + CHUNK]
-            steps.append((f"DELETE FROM contact_changes WHERE seq IN ({_marks(len(seqs))})",
-                          list(seqs)))
+        for start in range(0, len(addresses), CHUNK):
+            chunk = addresses[start:start + CHUNK]
+            steps.append(("DELETE FROM contact_changes WHERE claimed "
+                          f"AND address IN ({_marks(len(chunk))})", list(chunk)))
         if steps:
             await self._transaction(steps)
 

@@ -39,7 +39,14 @@ END $$"""
 def _contact_triggers(table: str, column: str) -> list[Statement]:
     """Triggers adding to ``contact_changes`` the address of every row of ``table``
     inserted, updated or deleted: whatever writes it (the relay, the tracker, a purge, an
-    erasure, a reclassification, a script), the contact's stored score is recomputed."""
+    erasure, a reclassification, a script), the contact's stored score is recomputed.
+
+    SQLite adds an address only when no unclaimed entry names it yet: a contact hit a
+    thousand times between two refreshes costs one entry, not a thousand. Its writes are
+    serial, so an event stored while a refresher works either finds the entry unclaimed
+    (and the refresher, claiming it next, reads the event) or adds a new one. PostgreSQL's
+    concurrent writers could miss a claim that way; its statement-level trigger adds each
+    address once per statement (a batch of hits) instead."""
     function = f"contact_changed_by_{table}"
     out: list[Statement] = [{"postgresql": _PG_CONTACT_CHANGED.format(
         name=function, column=column), "sqlite": ""}]
@@ -49,7 +56,9 @@ def _contact_triggers(table: str, column: str) -> list[Statement]:
         out.append({
             "sqlite": f"CREATE TRIGGER {name} AFTER {when} ON {table} "
                       f"WHEN {row}.{column} IS NOT NULL BEGIN "
-                      f"INSERT INTO contact_changes (address) VALUES ({row}.{column}); END",
+                      f"INSERT INTO contact_changes (address) SELECT {row}.{column} "
+                      "WHERE NOT EXISTS (SELECT 1 FROM contact_changes c "
+                      f"WHERE c.address = {row}.{column} AND NOT c.claimed); END",
             "postgresql": f"CREATE TRIGGER {name} AFTER {when} ON {table} "
                           f"REFERENCING {row} TABLE AS changed FOR EACH STATEMENT "
                           f"EXECUTE FUNCTION {function}()",
@@ -215,10 +224,12 @@ MIGRATIONS: list[tuple[int, str, list[Statement]]] = [
         "CREATE INDEX contact_scores_rank ON contact_scores (scope, rank_score, address)",
         "CREATE INDEX contact_scores_recent ON contact_scores (scope, rank_recent, address)",
         # Addresses whose events or messages changed since their row was computed; an
-        # append-only log (no row locks between writers), emptied by the refresh.
+        # append-only log (no row locks between writers), emptied by the refresh, which
+        # first claims the entries it is about to cover.
         """CREATE TABLE contact_changes (
             seq {serial},
-            address TEXT NOT NULL
+            address TEXT NOT NULL,
+            claimed {bool} NOT NULL DEFAULT FALSE
         )""",
         "CREATE INDEX contact_changes_address ON contact_changes (address)",
         # One row: the score settings the rows were computed with, and the refresh lease
