@@ -54,8 +54,11 @@ SORTS: tuple[str, ...] = ("score", "last_event")
 STEP = 1000
 #: Seconds a read spends bringing rows up to date before answering from what is stored.
 READ_BUDGET = 5.0
-#: Seconds between background refreshes in a tracker process.
-INTERVAL = 5.0
+#: Seconds between background refreshes in a tracker process. A refresh reads each changed
+#: contact's events whole, so a contact hit thousands of times a second costs a scan of
+#: all its events per refresh: every 5 s that took a fifth of a busy pixel door's
+#: throughput (BENCHMARKS.md, "Pixel and click doors"); reads refresh for themselves.
+INTERVAL = 60.0
 #: Addresses recomputed in one refresh after which the store reclaims the log's space.
 TIDY_AFTER = 10_000
 #: Seconds a refresher's lease lasts without renewal (a killed process's runs out).
