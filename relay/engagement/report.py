@@ -1,8 +1,10 @@
 """Human engagement figures of a message or a campaign (the API's ``engagement`` object).
 
-Input: the opens and clicks aggregated by the store per (message, recipient, type,
-verdict, proxy, reasons) with a count — see ``SqlStore._engagement`` — and the number of
-recipients the upstream accepted (``delivered``). Output figures:
+Every figure is a count over recipients of messages (``SUMS``), so the store sums them
+in SQL, one pass over a period's events (``relay.store.reports``); ``engagement_report``
+computes the same counts in Python from groups of events, the reference the SQL is
+tested against. With the number of recipients the upstream accepted (``delivered``),
+``engagement_figures`` makes the figures:
 
 - ``human_unique_opens``: recipients with an open whose verdict is ``human`` or
   ``human_proxy``, inferred opens (from a human click) included; ``inferred_opens`` of
@@ -67,7 +69,18 @@ def effective_verdict(group: Mapping[str, Any]) -> tuple[str, list[str]]:
     return "unknown", []
 
 
-def engagement_report(groups: Iterable[Mapping[str, Any]], delivered: int) -> dict[str, Any]:
+#: The counts the figures are made of; the store sums them in SQL over a period's
+#: recipients (``relay.store.reports.engagement_sums``), ``engagement_sums`` below from
+#: groups in Python, and the two must agree.
+SUMS = ("human_unique_opens", "human_opens", "inferred_opens", "mpp_reach", "apple_opens",
+        "human_non_mpp", "unknown_unique_opens", "human_unique_clicks", "human_clicks",
+        "raw_unique_opens", "opens", "raw_unique_clicks", "clicks")
+
+
+def engagement_sums(groups: Iterable[Mapping[str, Any]]
+                    ) -> tuple[dict[str, int], Counter[str], Counter[str]]:
+    """(the ``SUMS``, machine opens by reason, machine clicks by reason) of groups of
+    events per (message, recipient, type, verdict, proxy, reasons, machine)."""
     per: dict[tuple[str, str], _Recipient] = {}
     machine_opens: Counter[str] = Counter()
     machine_clicks: Counter[str] = Counter()
@@ -106,37 +119,64 @@ def engagement_report(groups: Iterable[Mapping[str, Any]], delivered: int) -> di
                 for reason in reasons or ["unspecified"]:
                     machine_clicks[reason] += n
     mpp = {k for k, r in per.items() if r.apple_opens and not r.other_opens}
-    openers = [k for k, r in per.items() if r.human_open]
-    human_unique_opens = len(openers)
-    human_non_mpp = sum(1 for k in openers if k not in mpp)
-    clickers = sum(1 for r in per.values() if r.human_click)
-    non_mpp = delivered - len(mpp)
+    sums = {
+        "human_unique_opens": sum(1 for r in per.values() if r.human_open),
+        "human_opens": human_opens,
+        "inferred_opens": sum(1 for r in per.values()
+                              if r.human_open and not r.direct_human_open),
+        "mpp_reach": len(mpp),
+        "apple_opens": apple_opens,
+        "human_non_mpp": sum(1 for k, r in per.items() if r.human_open and k not in mpp),
+        "unknown_unique_opens": sum(1 for k, r in per.items()
+                                    if r.unknown_open and not r.human_open and k not in mpp),
+        "human_unique_clicks": sum(1 for r in per.values() if r.human_click),
+        "human_clicks": human_clicks,
+        "raw_unique_opens": sum(1 for r in per.values() if r.any_open),
+        "opens": opens,
+        "raw_unique_clicks": sum(1 for r in per.values() if r.any_click),
+        "clicks": clicks,
+    }
+    return sums, machine_opens, machine_clicks
+
+
+def engagement_figures(sums: Mapping[str, int], machine_opens: Mapping[str, int],
+                       machine_clicks: Mapping[str, int], delivered: int) -> dict[str, Any]:
+    """The ``engagement`` object from its counts and the delivered recipients."""
+    human_unique_opens = sums["human_unique_opens"]
+    mpp = sums["mpp_reach"]
+    human_non_mpp = sums["human_non_mpp"]
+    clickers = sums["human_unique_clicks"]
+    non_mpp = delivered - mpp
     estimate: float | None = None
     if delivered > 0 and non_mpp > 0:
-        estimate = round((human_non_mpp / non_mpp * len(mpp) + human_non_mpp) / delivered, 6)
-    raw_openers = sum(1 for r in per.values() if r.any_open)
-    raw_clickers = sum(1 for r in per.values() if r.any_click)
+        estimate = round((human_non_mpp / non_mpp * mpp + human_non_mpp) / delivered, 6)
+    raw_openers, raw_clickers = sums["raw_unique_opens"], sums["raw_unique_clicks"]
     return {
         "delivered": delivered,
         "human_unique_opens": human_unique_opens,
         "human_open_rate": _rate(human_unique_opens, delivered),
-        "human_opens": human_opens,
-        "inferred_opens": sum(1 for r in per.values()
-                              if r.human_open and not r.direct_human_open),
-        "apple_mpp": {"reach": len(mpp), "reach_rate": _rate(len(mpp), delivered),
-                      "opens": apple_opens},
-        "unknown_unique_opens": sum(1 for k, r in per.items()
-                                    if r.unknown_open and not r.human_open and k not in mpp),
+        "human_opens": sums["human_opens"],
+        "inferred_opens": sums["inferred_opens"],
+        "apple_mpp": {"reach": mpp, "reach_rate": _rate(mpp, delivered),
+                      "opens": sums["apple_opens"]},
+        "unknown_unique_opens": sums["unknown_unique_opens"],
         "machine_opens_by_reason": dict(sorted(machine_opens.items())),
         "machine_clicks_by_reason": dict(sorted(machine_clicks.items())),
         "human_unique_clicks": clickers,
-        "human_clicks": human_clicks,
+        "human_clicks": sums["human_clicks"],
         "click_rate": _rate(clickers, delivered),
         "click_to_open_rate": _rate(clickers, human_unique_opens),
         "estimated_real_open_rate": {"value": estimate, "estimate": True,
                                      "method": ESTIMATE_METHOD},
-        "raw": {"unique_opens": raw_openers, "opens": opens,
+        "raw": {"unique_opens": raw_openers, "opens": sums["opens"],
                 "open_rate": _rate(raw_openers, delivered),
-                "unique_clicks": raw_clickers, "clicks": clicks,
+                "unique_clicks": raw_clickers, "clicks": sums["clicks"],
                 "click_rate": _rate(raw_clickers, delivered)},
     }
+
+
+def engagement_report(groups: Iterable[Mapping[str, Any]], delivered: int) -> dict[str, Any]:
+    """The ``engagement`` object of groups of events (the reference the store's SQL
+    sums are tested against)."""
+    sums, machine_opens, machine_clicks = engagement_sums(groups)
+    return engagement_figures(sums, machine_opens, machine_clicks, delivered)

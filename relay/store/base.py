@@ -696,6 +696,13 @@ class Store(abc.ABC):
         recipients, human and all, and the recipient rate over delivered."""
         raise NotImplementedError
 
+    async def period_report(self, *, scope: str | None = None, since: float | None = None,
+                            until: float | None = None, campaign: str | None = None
+                            ) -> dict[str, Any]:
+        """``{"outcomes": outcome_totals(…), "engagement": engagement(…)}`` of the same
+        period, read together (one pass over the period's events)."""
+        raise NotImplementedError
+
     async def event_series(self, *, scope: str | None = None, since: float | None = None,
                            until: float | None = None, bucket: int = 3600,
                            campaign: str | None = None) -> list[dict[str, Any]]:

@@ -159,6 +159,11 @@ class SqlStore(ContactScoresSql, Store):
             return f"messages m {self._messages_first_join} events e ON m.id = e.message_id"
         return "events e JOIN messages m ON m.id = e.message_id"
 
+    def _events_first_join(self) -> str:
+        """``events e`` read first (by type), then each one's message: for the rare types
+        (bounces, complaints) over a long period, fewer rows than the period's messages."""
+        return f"events e {self._messages_first_join} messages m ON m.id = e.message_id"
+
     #: appended to the claim subquery (PostgreSQL: FOR UPDATE SKIP LOCKED)
     _claim_lock: str = ""
 
@@ -401,6 +406,7 @@ class SqlStore(ContactScoresSql, Store):
                             since: float | None = None,
                             until: float | None = None) -> list[dict[str, Any]]:
         from relay.store.grouped import BY_MESSAGE, GROUP_BY, grouped_rows
+        from relay.store.reports import per_recipient, where_and
 
         if group_by not in GROUP_BY:
             raise ValueError(f"group_by: one of {', '.join(GROUP_BY)}")
@@ -420,18 +426,10 @@ class SqlStore(ContactScoresSql, Store):
             "domain": self._domain_expr("e.recipient"),
             "total": "'total'",
         }
-        # (PostgreSQL refuses a constant in GROUP BY: "total" groups by nothing)
-        grouping = "" if group_by == "total" else f"{keys[group_by]}, "
-        human = "e.verdict IN ('human', 'human_proxy')"
-        who = "e.message_id || '|' || COALESCE(e.recipient, '')"
         events = await self._fetch(
-            f"SELECT {keys[group_by]} AS k, e.type, COUNT(*) AS n, "
-            f"SUM(CASE WHEN {human} THEN 1 ELSE 0 END) AS human, "
-            f"COUNT(DISTINCT {who}) AS uniq, "
-            f"COUNT(DISTINCT CASE WHEN {human} THEN {who} END) AS human_uniq "
-            f"FROM {self._events_join(True)} "
-            f"{where.sql()} AND e.type IN ('open', 'click') "
-            f"GROUP BY {grouping}e.type", where.args)
+            per_recipient({"k": keys[group_by], "type": "e.type"},
+                          f"FROM {self._events_join(True)} "
+                          + where_and(where, "e.type IN ('open', 'click')")), where.args)
         delivered: list[dict[str, Any]] = []
         if group_by in BY_MESSAGE:
             key = (self._domain_expr("r.address") if group_by == "domain"
@@ -450,26 +448,29 @@ class SqlStore(ContactScoresSql, Store):
     async def _engagement(self, condition: str, args: list[Any],
                           delivered: int, messages_first: bool = False) -> dict[str, Any]:
         """The ``engagement`` object (``relay.engagement.report``) over the opens and
-        clicks matching ``condition`` (on ``events e`` joined to ``messages m``),
-        aggregated here by message, recipient, type and label."""
-        from relay.engagement.report import engagement_report
+        clicks matching ``condition`` (on ``events e`` joined to ``messages m``), summed
+        per recipient in SQL (``relay.store.reports.recipient_figures``)."""
+        from relay.engagement.report import engagement_figures
+        from relay.store.reports import recipient_figures
 
-        rows = await self._fetch(
-            "SELECT e.message_id, COALESCE(e.recipient, '') AS recipient, e.type, "
-            "e.verdict, e.proxy, e.reasons, e.machine, e.machine_reason, COUNT(*) AS n "
-            f"FROM {self._events_join(messages_first)} "
-            f"WHERE {condition} AND e.type IN ('open', 'click') "
-            "GROUP BY e.message_id, COALESCE(e.recipient, ''), e.type, e.verdict, e.proxy, "
-            "e.reasons, e.machine, e.machine_reason", args)
-        for row in rows:
-            row["reasons"] = _json(row["reasons"], [])
-        return engagement_report(rows, delivered)
+        where = Where()
+        where.add(condition or "1 = 1", *args)
+        _, sums, machine_opens, machine_clicks = await recipient_figures(
+            self, where, messages_first=messages_first, types=("open", "click"))
+        return engagement_figures(sums, machine_opens, machine_clicks, delivered)
 
     async def engagement(self, *, scope: str | None = None, recipient: str | None = None,
                          since: float | None = None,
                          until: float | None = None) -> dict[str, Any]:
-        # The same messages for "delivered" (their accepted recipients) and for the events.
         await self._fresh_statistics()
+        if recipient is None:
+            return (await self.period_report(scope=scope, since=since,
+                                             until=until))["engagement"]
+        from relay.store.reports import delivered_count
+
+        # The same messages for "delivered" (their accepted recipients) and for the events;
+        # by recipient, the recipient's own index is the way in.
+        address = recipient.strip().lower()
         where = Where()
         where.add(*_cond(scope_condition(scope)))
         if since is not None:
@@ -477,25 +478,24 @@ class SqlStore(ContactScoresSql, Store):
         if until is not None:
             where.add("m.created_at < ?", float(until))
         rcpt = Where()
-        rcpt.add("r.status = ?", "accepted")
-        for part, arg in zip(where.parts, where.args, strict=True):
-            rcpt.add(part, arg)
         events = Where()
         for part, arg in zip(where.parts, where.args, strict=True):
+            rcpt.add(part, arg)
             events.add(part, arg)
-        if recipient is not None:
-            address = recipient.strip().lower()
-            rcpt.add("r.address = ?", address)
-            events.add("e.recipient = ?", address)
-        # By recipient, the recipient's own index is the way in; otherwise the messages.
-        join = "JOIN" if recipient is not None else self._messages_first_join
-        row = await self._fetchrow(
-            f"SELECT COUNT(*) AS n FROM messages m {join} recipients r "
-            f"ON r.message_id = m.id {rcpt.sql()}", rcpt.args)
-        delivered = int(row["n"]) if row else 0
-        return await self._engagement(
-            " AND ".join(events.parts) or "1 = 1", events.args, delivered,
-            messages_first=recipient is None and (since is not None or until is not None))
+        rcpt.add("r.address = ?", address)
+        events.add("e.recipient = ?", address)
+        counts = await delivered_count(self, rcpt, messages_first=False, by_recipient=True)
+        return await self._engagement(" AND ".join(events.parts), events.args,
+                                      counts["delivered"])
+
+    async def period_report(self, *, scope: str | None = None, since: float | None = None,
+                            until: float | None = None, campaign: str | None = None
+                            ) -> dict[str, Any]:
+        from relay.store import reports
+
+        await self._fresh_statistics()
+        return await reports.period_report(self, scope=scope, since=since, until=until,
+                                           campaign=campaign)
 
     # -- events ------------------------------------------------------------------------------
 
@@ -557,6 +557,8 @@ class SqlStore(ContactScoresSql, Store):
 
     async def campaign_stats(self, campaign: str, *, scope: str | None = None,
                              include_machine: bool = False) -> CampaignStats | None:
+        from relay.store.reports import per_recipient, where_and
+
         where = Where()
         where.add("m.campaign = ?", campaign)
         where.add(*_cond(scope_condition(scope)))
@@ -575,18 +577,15 @@ class SqlStore(ContactScoresSql, Store):
             # (relay.inbound: nothing a forger could not know tied them to the delivery)
             ev_where.add("(e.type NOT IN ('open', 'click', 'bounce', 'complaint', 'reply') "
                          "OR e.machine = FALSE)")
-        uniq = "COUNT(DISTINCT e.message_id || '|' || COALESCE(e.recipient, ''))"
+        source = f"FROM {self._events_join(True)} "
         by_type = await self._fetch(
-            f"SELECT e.type, COUNT(*) AS total, {uniq} AS uniq "
-            f"FROM {self._events_join(True)} {ev_where.sql()} GROUP BY e.type",
-            ev_where.args)
-        totals = {r["type"]: (int(r["total"]), int(r["uniq"])) for r in by_type}
+            per_recipient({"type": "e.type"}, source + ev_where.sql()), ev_where.args)
+        totals = {r["type"]: (int(r["n"]), int(r["uniq"])) for r in by_type}
         links = await self._fetch(
-            f"SELECT l.url, COUNT(*) AS clicks, {uniq} AS uniq "
-            f"FROM {self._events_join(True)} "
-            "JOIN links l ON l.message_id = e.message_id AND l.idx = e.link_index "
-            f"{ev_where.sql()} AND e.type = 'click' "
-            "GROUP BY l.url ORDER BY COUNT(*) DESC, l.url LIMIT 10", ev_where.args)
+            per_recipient({"url": "l.url"}, source + "JOIN links l ON l.message_id = "
+                          "e.message_id AND l.idx = e.link_index "
+                          + where_and(ev_where, "e.type = 'click'"))
+            + " ORDER BY SUM(n) DESC, url LIMIT 10", ev_where.args)
         hour = self._hour_expr("e.time")
         hours = await self._fetch(
             f"SELECT {hour} AS h, "
@@ -612,7 +611,7 @@ class SqlStore(ContactScoresSql, Store):
             "complaints": get("complaint")[1], "complaint_rate": rate(get("complaint")[1]),
             "unsubscribes": get("unsubscribe")[1],
             "unsubscribe_rate": rate(get("unsubscribe")[1]),
-            "top_links": [{"url": r["url"], "clicks": int(r["clicks"]),
+            "top_links": [{"url": r["url"], "clicks": int(r["n"]),
                            "unique_clicks": int(r["uniq"])} for r in links],
             "per_hour": [{"hour": float(r["h"]) * 3600.0, "opens": int(r["opens"]),
                           "clicks": int(r["clicks"])} for r in hours],
@@ -652,8 +651,9 @@ class SqlStore(ContactScoresSql, Store):
                              ) -> dict[str, Any]:
         from relay.store import reports
 
-        return await reports.outcome_totals(self, scope=scope, since=since, until=until,
-                                            campaign=campaign)
+        await self._fresh_statistics()
+        return (await reports.period_report(self, scope=scope, since=since, until=until,
+                                            campaign=campaign, engagement=False))["outcomes"]
 
     async def event_series(self, *, scope: str | None = None, since: float | None = None,
                            until: float | None = None, bucket: int = 3600,

@@ -398,11 +398,10 @@ class Api:
         if group_by is None and fmt == "csv":
             group_by = "total"  # a table needs rows: the whole period as one
         if group_by is None:
-            report = await self.store.engagement(scope=_scope(request), since=since,
-                                                 until=until)
-            outcomes = await self.store.outcome_totals(scope=_scope(request), since=since,
-                                                       until=until)
-            return ok({**echoed, "engagement": report, "outcomes": outcomes})
+            report = await self.store.period_report(scope=_scope(request), since=since,
+                                                    until=until)
+            return ok({**echoed, "engagement": report["engagement"],
+                       "outcomes": report["outcomes"]})
         groups = await self.store.grouped_stats(group_by, scope=_scope(request),
                                                 since=since, until=until)
         if fmt == "csv":

@@ -186,8 +186,8 @@ class Pages:
         scope = narrowed_scope(self.site.session(request), sender)
         store = self.site.store
         args: dict[str, Any] = {"scope": scope, "since": period.since, "until": period.until}
-        totals = await store.outcome_totals(**args)
-        engagement = await store.engagement(**args)
+        report = await store.period_report(**args)
+        totals, engagement = report["outcomes"], report["engagement"]
         series = await store.event_series(**args, bucket=period.bucket)
         links = await store.top_links(**args, limit=10)
         breakdown = await store.bounce_breakdown(**args, limit=8)

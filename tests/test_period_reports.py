@@ -1,0 +1,242 @@
+"""The period reports (``Store.period_report``, ``outcome_totals``, ``engagement``,
+``top_links``, ``bounce_breakdown``, ``grouped_stats``), summed in SQL per recipient,
+against the same figures computed here in Python from the events written, on both
+engines: every verdict (and rows from before classification), Apple's proxy, inferred
+opens, shared-tracking events with no recipient, refused recipients, hard and soft
+bounces, over periods that make the bounce breakdown read its messages first and its
+bounces first."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from relay.engagement.report import engagement_report
+from relay.records import EVENT_TYPES, Event, LinkRecord, Outcome, Reply, SentMessage
+from relay.store import Store, open_store
+from relay.store.records import event_row
+from relay.store.reports import _messages_in, _period, _rare_events_join
+
+NOW = 1_800_000_000.0
+DAY = 86400.0
+VERDICTS = ["human", "human_proxy", "machine", "unknown", None]
+SENDERS = ["ann@one.test", "bob@one.test", "cy@two.test"]
+DOMAINS = ["a.test", "b.test", "c.test"]
+REASONS = ["userunknown", "mailboxfull", "blocked"]
+
+
+@pytest.fixture
+async def store(store_url: str, tmp_path: Path) -> AsyncIterator[Store]:
+    opened = await open_store(store_url, spool_path=str(tmp_path / "spool.jsonl"))
+    yield opened
+    await opened.close()
+
+
+class World:
+    """What was written: messages (sender, created, accepted and refused recipients,
+    link URLs) and events as stored rows."""
+
+    def __init__(self) -> None:
+        self.messages: dict[str, dict[str, Any]] = {}
+        self.events: list[dict[str, Any]] = []
+
+
+async def build(store: Store, seed: int) -> World:
+    rnd = random.Random(seed)
+    world = World()
+    contacts = [f"p{i}@{rnd.choice(DOMAINS)}" for i in range(15)]
+    rows: list[dict[str, Any]] = []
+    for n in range(50):
+        mid = f"m{seed:03d}{n:04d}"
+        sender = rnd.choice(SENDERS)
+        rcpts = rnd.sample(contacts, rnd.choice((1, 1, 2, 3)))
+        refused = rcpts[1:2] if len(rcpts) == 3 else []
+        created = NOW - rnd.uniform(0, 40 * DAY)
+        urls = [f"https://shop.example/{rnd.randrange(4)}", "https://example.com/news"]
+        sent = SentMessage(
+            message_id=mid, header_message_id=f"<{mid}@t>", sender=sender, recipients=rcpts,
+            campaign=rnd.choice((None, "spring", "autumn")), subject="s", tracked=True,
+            track_opens=True, track_clicks=True,
+            links=[LinkRecord(i, u, "x") for i, u in enumerate(urls)], submitted_by=sender)
+        await store.record_sent(sent, Outcome(
+            reply=Reply(250, "2.0.0", "Ok"), accepted=[r for r in rcpts if r not in refused],
+            refused={r: Reply(550, "5.1.1", "no such user") for r in refused},
+            message=None, modified=True, queue_id="Q", delivered_at=created))
+        world.messages[mid] = {"sender": sender, "created": created, "urls": urls,
+                               "accepted": [r for r in rcpts if r not in refused],
+                               "all": rcpts}
+        for k in range(rnd.randrange(9)):
+            kind = rnd.choice(("open", "open", "open", "click", "click", "bounce",
+                               "complaint", "reply", "unsubscribe"))
+            rcpt: str | None = rnd.choice(rcpts) if rnd.random() > 0.1 else None
+            verdict = rnd.choice(VERDICTS) if kind in ("open", "click") else None
+            data: dict[str, Any] = {}
+            if verdict is not None:
+                data["verdict"] = verdict
+                reasons = {"human": [], "human_proxy": ["gmail_proxy"],
+                           "machine": rnd.choice(([], ["security_scanner"],
+                                                  ["apple_mpp", "cloud_network"])),
+                           "unknown": []}[verdict]
+                if verdict == "human" and kind == "open" and rnd.random() < 0.3:
+                    reasons = ["inferred_from_click"]
+                data["reasons"] = reasons
+            if kind == "open" and rnd.random() < 0.3:
+                data["proxy"] = "apple"
+            if kind == "bounce":
+                data.update(hard=rnd.random() < 0.5, reason=rnd.choice(REASONS))
+            e = Event(kind, mid, rcpt, time=created + rnd.uniform(0, 3 * DAY),
+                      link_index=rnd.randrange(2) if kind == "click" else None,
+                      machine=(verdict is None and rnd.random() < 0.3) or verdict == "machine",
+                      machine_reason="old_scanner" if verdict is None else None, data=data)
+            rows.append(event_row(f"e-{mid}-{k}", e))
+    await store.write_events(rows)
+    stored = await store.list_events(limit=5000, order="asc")
+    world.events = [{"message_id": e["message_id"], "recipient": e["recipient"],
+                     "type": e["type"], "verdict": e.get("verdict"),
+                     "reasons": e.get("reasons") or [], "proxy": e.get("proxy"),
+                     "machine": bool(e["machine"]), "machine_reason": e.get("machine_reason"),
+                     "link_index": e.get("link_index"), "data": e.get("data") or {}}
+                    for e in stored.items]
+    return world
+
+
+def in_period(world: World, scope: str | None, since: float, until: float) -> set[str]:
+    return {mid for mid, m in world.messages.items()
+            if since <= m["created"] < until
+            and (scope is None or scope in (m["sender"], m["sender"].split("@")[1]))}
+
+
+def human(e: dict[str, Any]) -> bool:
+    if e["type"] in ("open", "click"):
+        return e["verdict"] in ("human", "human_proxy")
+    return not e["machine"]
+
+
+def expected(world: World, mids: set[str]) -> dict[str, Any]:
+    events = [e for e in world.events if e["message_id"] in mids]
+    delivered = sum(len(world.messages[m]["accepted"]) for m in mids)
+    groups = Counter((e["message_id"], e["recipient"] or "", e["type"], e["verdict"],
+                      e["proxy"], tuple(e["reasons"]), e["machine"], e["machine_reason"])
+                     for e in events if e["type"] in ("open", "click"))
+    engagement = engagement_report(
+        [{"message_id": k[0], "recipient": k[1], "type": k[2], "verdict": k[3],
+          "proxy": k[4], "reasons": list(k[5]), "machine": k[6], "machine_reason": k[7],
+          "n": n} for k, n in groups.items()], delivered)
+    per_type: dict[str, dict[str, Any]] = {}
+    for kind in EVENT_TYPES:
+        of = [e for e in events if e["type"] == kind]
+        who = {(e["message_id"], e["recipient"] or "") for e in of}
+        human_who = {(e["message_id"], e["recipient"] or "") for e in of if human(e)}
+        per_type[kind] = {"events": {"human": sum(1 for e in of if human(e)), "all": len(of)},
+                          "recipients": {"human": len(human_who), "all": len(who)}}
+    hard = {(e["message_id"], e["recipient"] or "") for e in events
+            if e["type"] == "bounce" and e["data"].get("hard")}
+    links: dict[str, dict[str, Any]] = defaultdict(lambda: {"n": 0, "h": 0, "who": set(),
+                                                           "hwho": set()})
+    for e in events:
+        if e["type"] == "click":
+            link = links[world.messages[e["message_id"]]["urls"][e["link_index"]]]
+            pair = (e["message_id"], e["recipient"] or "")
+            link["n"] += 1
+            link["who"].add(pair)
+            if human(e):
+                link["h"] += 1
+                link["hwho"].add(pair)
+    reasons: dict[tuple[str, str, bool], set[Any]] = defaultdict(set)
+    domains: dict[str, set[Any]] = defaultdict(set)
+    for e in events:
+        if e["type"] in ("bounce", "complaint"):
+            key = (e["type"], e["data"].get("reason") or "unclassified",
+                   bool(e["data"].get("hard")))
+            reasons[key].add((e["message_id"], e["recipient"] or ""))
+        if e["type"] == "bounce" and e["recipient"]:
+            domains[e["recipient"].split("@")[1]].add((e["message_id"], e["recipient"]))
+    accepted_by_domain = Counter(r.split("@")[1] for m in mids
+                                 for r in world.messages[m]["accepted"])
+    return {
+        "engagement": engagement,
+        "messages": len(mids),
+        "recipients": sum(len(world.messages[m]["all"]) for m in mids),
+        "delivered": delivered,
+        "per_type": per_type,
+        "hard": len(hard),
+        "links": {url: ({"human": v["h"], "all": v["n"]},
+                        {"human": len(v["hwho"]), "all": len(v["who"])})
+                  for url, v in links.items()},
+        "reasons": {k: len(v) for k, v in reasons.items()},
+        "domains": {d: (len(v), accepted_by_domain[d]) for d, v in domains.items()},
+    }
+
+
+PERIODS = [(None, NOW - 40 * DAY - 1, NOW + 1), ("one.test", NOW - 10 * DAY, NOW),
+           ("cy@two.test", NOW - 30 * DAY, NOW - 5 * DAY), (None, NOW - 2 * DAY, NOW)]
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+async def test_reports_equal_the_figures_computed_from_the_events(store: Store,
+                                                                   seed: int) -> None:
+    world = await build(store, seed)
+    for scope, since, until in PERIODS:
+        want = expected(world, in_period(world, scope, since, until))
+        label = (scope, since, until)
+        report = await store.period_report(scope=scope, since=since, until=until)
+        assert report["engagement"] == want["engagement"], label
+        assert await store.engagement(scope=scope, since=since,
+                                      until=until) == want["engagement"], label
+        outcomes = report["outcomes"]
+        assert outcomes == await store.outcome_totals(scope=scope, since=since, until=until)
+        assert (outcomes["messages"], outcomes["recipients"], outcomes["delivered"]) == (
+            want["messages"], want["recipients"], want["delivered"]), label
+        for kind in EVENT_TYPES:
+            got = outcomes["events"][kind]
+            assert (got["events"], got["recipients"]) == (
+                want["per_type"][kind]["events"], want["per_type"][kind]["recipients"]), \
+                (label, kind)
+        bounced = want["per_type"]["bounce"]["recipients"]["all"]
+        assert outcomes["bounces"] == {"hard": want["hard"], "soft": bounced - want["hard"]}
+        links = await store.top_links(scope=scope, since=since, until=until, limit=100)
+        assert {r["url"]: (r["clicks"], r["recipients"]) for r in links} == want["links"]
+        assert [r["clicks"]["all"] for r in links] == sorted(
+            (r["clicks"]["all"] for r in links), reverse=True)
+        breakdown = await store.bounce_breakdown(scope=scope, since=since, until=until,
+                                                 limit=50)
+        assert {(r["type"], r["reason"], r["hard"]): r["recipients"]
+                for r in breakdown["reasons"]} == want["reasons"], label
+        assert {d["domain"]: (d["bounced"], d["delivered"])
+                for d in breakdown["domains"]} == want["domains"], label
+        total = await store.grouped_stats("total", scope=scope, since=since, until=until)
+        opens = want["per_type"]["open"]
+        assert (total[0]["opens"], total[0]["unique_opens"]) == (
+            opens["events"], opens["recipients"]), label
+
+
+async def test_bounce_breakdown_reads_the_smaller_side_first(store: Store) -> None:
+    """A short period reads its messages, then their events; a long one every bounce and
+    complaint, then their messages: both give the figures above (the test before), and
+    the choice is the one with fewer rows."""
+    world = await build(store, 3)
+    rare = sum(1 for e in world.events if e["type"] in ("bounce", "complaint"))
+    wide = _period(store, None, NOW - 40 * DAY - 1, NOW + 1)  # type: ignore[arg-type]
+    narrow = _period(store, None, NOW - DAY / 4, NOW)  # type: ignore[arg-type]
+    n_wide = await _messages_in(store, wide)  # type: ignore[arg-type]
+    n_narrow = await _messages_in(store, narrow)  # type: ignore[arg-type]
+    assert n_wide == 50 and rare < 5 * n_wide and rare >= 5 * n_narrow
+    events_first = store._events_first_join()  # type: ignore[attr-defined]
+    messages_first = store._events_join(True)  # type: ignore[attr-defined]
+    assert await _rare_events_join(store, ("bounce", "complaint"),  # type: ignore[arg-type]
+                                   n_wide) == events_first
+    assert await _rare_events_join(store, ("bounce", "complaint"),  # type: ignore[arg-type]
+                                   n_narrow) == messages_first
+    for since in (NOW - 40 * DAY - 1, NOW - DAY / 4):
+        want = expected(world, in_period(world, None, since, NOW + 1))
+        breakdown = await store.bounce_breakdown(scope=None, since=since, until=NOW + 1,
+                                                 limit=50)
+        assert {(r["type"], r["reason"], r["hard"]): r["recipients"]
+                for r in breakdown["reasons"]} == want["reasons"]
+        assert {d["domain"]: (d["bounced"], d["delivered"])
+                for d in breakdown["domains"]} == want["domains"]
