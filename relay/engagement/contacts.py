@@ -24,13 +24,13 @@ contacts are added between requests.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any, Literal
 
+from relay.background import BackgroundTasks
 from relay.config import EngagementConfig
 from relay.engagement.score import (
     log_sum,
@@ -164,19 +164,14 @@ class ContactRanker:
         self._store = store
         self.config = config
         self.interval = interval
-        self._task: asyncio.Task[None] | None = None
+        self._tasks = BackgroundTasks()
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._loop(),
-                                                                 name="contact-ranker")
+        if not self._tasks:
+            self._tasks.start(self._loop(), "contact-ranker")
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._tasks.stop()
 
     async def _loop(self) -> None:
         while True:

@@ -10,13 +10,13 @@ data changed. Raw fields are never touched; only verdicts change.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from relay.background import BackgroundTasks
 from relay.engagement.batch import run_batch
 from relay.engagement.facts import RequestFacts
 from relay.engagement.online import Classifier
@@ -141,18 +141,14 @@ class BatchRunner:
     def __init__(self, store_getter: object, config: EngagementConfig) -> None:
         self._get_store = store_getter
         self.config = config
-        self._task: asyncio.Task[None] | None = None
+        self._tasks = BackgroundTasks()
 
     def start(self) -> None:
-        if self.config.batch_interval > 0 and self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+        if self.config.batch_interval > 0 and not self._tasks:
+            self._tasks.start(self._run(), "engagement-batch")
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._tasks.stop()
 
     async def _run(self) -> None:
         while True:

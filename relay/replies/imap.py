@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import aioimaplib
 
+from relay.background import BackgroundTasks
 from relay.logs import get_logger
 
 if TYPE_CHECKING:
@@ -229,21 +230,16 @@ class ImapReplies:
     def __init__(self, app: App) -> None:
         self.app = app
         self.readers = [FolderReader(app, f) for f in app.config.replies.imap.folders]
-        self.tasks: list[asyncio.Task[None]] = []
+        self.tasks = BackgroundTasks()
 
     async def start(self) -> None:
         state_dir(self.app).mkdir(parents=True, exist_ok=True)
         cfg = self.app.config.replies.imap
         log.info("imap_replies_started", host=cfg.host, user=cfg.user, folders=cfg.folders)
-        self.tasks = [asyncio.create_task(r.run(), name=f"imap:{r.folder}")
-                      for r in self.readers]
+        for reader in self.readers:
+            self.tasks.start(reader.run(), f"imap:{reader.folder}")
 
     async def stop(self) -> None:
-        for task in self.tasks:
-            task.cancel()
-        for task in self.tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self.tasks.stop()
         for reader in self.readers:
             await reader._close()
-        self.tasks = []

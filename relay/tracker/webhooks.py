@@ -32,7 +32,6 @@ followed. Events stored while no tracker process runs are not sent.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 from typing import TYPE_CHECKING, Any
@@ -40,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 from relay import metrics
+from relay.background import BackgroundTasks
 from relay.config import WebhookConfig
 from relay.logs import get_logger
 from relay.store.base import iso_time
@@ -80,7 +80,7 @@ class WebhookDispatcher:
         self.hooks = {h.url: h for h in self.config.webhooks}
         self.poll_interval = poll_interval
         self.batch = batch
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks = BackgroundTasks()
         self._session: aiohttp.ClientSession | None = None
         self._cursor: str | None = None
         self._positioned = False
@@ -107,20 +107,13 @@ class WebhookDispatcher:
         self._positioned = False
         self._session = aiohttp.ClientSession(
             headers={"User-Agent": USER_AGENT}, auto_decompress=False)
-        self._tasks = [
-            asyncio.create_task(self._loop(self.feed_once), name="webhook-feeder"),
-            asyncio.create_task(self._loop(self.send_once), name="webhook-sender"),
-        ]
+        self._tasks.start(self._loop(self.feed_once), "webhook-feeder")
+        self._tasks.start(self._loop(self.send_once), "webhook-sender")
         log.info("webhooks_started", endpoints=len(self.hooks),
                  first_open_mail=self.mailer is not None, alerts=len(self.alerts.rules))
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
+        await self._tasks.stop()
         if self._session is not None:
             await self._session.close()
             self._session = None
