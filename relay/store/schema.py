@@ -36,6 +36,25 @@ BEGIN
 END $$"""
 
 
+_PG_SUBJECT_TRIGRAMS = """DO $$
+DECLARE
+    home TEXT;
+BEGIN
+    BEGIN
+        CREATE EXTENSION IF NOT EXISTS pg_trgm WITH SCHEMA public;
+    EXCEPTION WHEN OTHERS THEN
+        RAISE NOTICE 'pg_trgm is not available (%): subject search reads without an index',
+            SQLERRM;
+    END;
+    SELECT n.nspname INTO home FROM pg_extension x
+        JOIN pg_namespace n ON n.oid = x.extnamespace WHERE x.extname = 'pg_trgm';
+    IF home IS NOT NULL THEN
+        EXECUTE format('CREATE INDEX messages_subject_trgm ON messages '
+                       'USING gin (LOWER(subject) %I.gin_trgm_ops)', home);
+    END IF;
+END $$"""
+
+
 def _contact_triggers(table: str, column: str) -> list[Statement]:
     """Triggers adding to ``contact_changes`` the address of every row of ``table``
     inserted, updated or deleted: whatever writes it (the relay, the tracker, a purge, an
@@ -244,7 +263,7 @@ MIGRATIONS: list[tuple[int, str, list[Statement]]] = [
         *_contact_triggers("events", "recipient"),
         *_contact_triggers("recipients", "address"),
     ]),
-    (5, "recipient domain index", [
+    (5, "report and search indexes", [
         # The delivered recipients of a few domains in a period (Deliverability's domains
         # that bounce most) read by domain, not by every recipient of the period. The
         # expression is each engine's ``_domain_expr``, so the planner matches it.
@@ -252,6 +271,12 @@ MIGRATIONS: list[tuple[int, str, list[Statement]]] = [
                    "(substr(address, instr(address, '@') + 1))",
          "postgresql": "CREATE INDEX recipients_domain ON recipients "
                        "(split_part(address, '@', 2))"},
+        # PostgreSQL: a subject search (``LOWER(subject) LIKE '%words%'``) by trigrams,
+        # where the pg_trgm extension can be had (a trusted extension since PostgreSQL
+        # 13: the database owner may create it). Where it cannot, the search walks the
+        # messages newest first, as on SQLite (fast there).
+        {"sqlite": "",
+         "postgresql": _PG_SUBJECT_TRIGRAMS},
     ]),
 ]
 
