@@ -100,7 +100,8 @@ async def build(store: Store, seed: int) -> World:
                      "type": e["type"], "verdict": e.get("verdict"),
                      "reasons": e.get("reasons") or [], "proxy": e.get("proxy"),
                      "machine": bool(e["machine"]), "machine_reason": e.get("machine_reason"),
-                     "link_index": e.get("link_index"), "data": e.get("data") or {}}
+                     "link_index": e.get("link_index"), "data": e.get("data") or {},
+                     "time": float(e["time"])}
                     for e in stored.items]
     return world
 
@@ -240,3 +241,37 @@ async def test_bounce_breakdown_reads_the_smaller_side_first(store: Store) -> No
                 for r in breakdown["reasons"]} == want["reasons"]
         assert {d["domain"]: (d["bounced"], d["delivered"])
                 for d in breakdown["domains"]} == want["domains"]
+
+
+def person(e: dict[str, Any]) -> bool:
+    """What a campaign's figures without machines keep."""
+    return e["type"] not in ("open", "click", "bounce", "complaint", "reply") \
+        or not e["machine"]
+
+
+@pytest.mark.parametrize("seed", [4, 5])
+async def test_campaign_figures_with_and_without_machines(store: Store, seed: int) -> None:
+    world = await build(store, seed)
+    stored = await store.list_messages(limit=1000)
+    campaign_of = {m["id"]: m["campaign"] for m in stored.items}
+    for name in ("spring", "autumn"):
+        mids = {m for m, c in campaign_of.items() if c == name}
+        both = await store.campaign_reports(name)
+        assert both is not None
+        for got, keep in zip(both, (person, lambda e: True), strict=True):
+            assert got == await store.campaign_stats(
+                name, include_machine=got["include_machine"])
+            events = [e for e in world.events if e["message_id"] in mids and keep(e)]
+            for kind, n_key, uniq_key in (("open", "opens", "unique_opens"),
+                                          ("click", "clicks", "unique_clicks")):
+                of = [e for e in events if e["type"] == kind]
+                assert got[n_key] == len(of), (name, kind)
+                assert got[uniq_key] == len({(e["message_id"], e["recipient"] or "")
+                                             for e in of}), (name, kind)
+            clicks = Counter(world.messages[e["message_id"]]["urls"][e["link_index"]]
+                             for e in events if e["type"] == "click")
+            assert {link["url"]: link["clicks"] for link in got["top_links"]} == dict(clicks)
+            hours = Counter(int(e["time"] // 3600) for e in events
+                            if e["type"] in ("open", "click"))
+            assert {int(h["hour"] // 3600): h["opens"] + h["clicks"]
+                    for h in got["per_hour"]} == dict(hours)

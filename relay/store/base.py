@@ -474,6 +474,11 @@ class Store(abc.ABC):
                              include_machine: bool = False) -> CampaignStats | None:
         """Figures for one campaign (None if no message of it is in scope)."""
 
+    async def campaign_reports(self, campaign: str, *, scope: str | None = None
+                               ) -> tuple[CampaignStats, CampaignStats] | None:
+        """``campaign_stats`` without machines and with them, read together."""
+        raise NotImplementedError
+
     @abc.abstractmethod
     async def grouped_stats(self, group_by: str, *, scope: str | None = None,
                             since: float | None = None,

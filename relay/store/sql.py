@@ -557,6 +557,11 @@ class SqlStore(ContactScoresSql, Store):
 
     async def campaign_stats(self, campaign: str, *, scope: str | None = None,
                              include_machine: bool = False) -> CampaignStats | None:
+        both = await self.campaign_reports(campaign, scope=scope)
+        return None if both is None else both[1 if include_machine else 0]
+
+    async def campaign_reports(self, campaign: str, *, scope: str | None = None
+                               ) -> tuple[CampaignStats, CampaignStats] | None:
         from relay.store.reports import per_recipient, where_and
 
         where = Where()
@@ -570,55 +575,67 @@ class SqlStore(ContactScoresSql, Store):
             "SELECT COUNT(*) AS n FROM recipients r JOIN messages m ON m.id = r.message_id "
             f"{where.sql()} AND r.status = 'accepted'", where.args)
         sent = int(sent_row["n"]) if sent_row else 0
-        ev_where = Where()
-        ev_where.parts, ev_where.args = list(where.parts), list(where.args)
-        if not include_machine:
-            # machine opens and clicks; unverified bounces, complaints and replies
-            # (relay.inbound: nothing a forger could not know tied them to the delivery)
-            ev_where.add("(e.type NOT IN ('open', 'click', 'bounce', 'complaint', 'reply') "
-                         "OR e.machine = FALSE)")
+        # Without machines: no machine opens and clicks, no unverified bounces, complaints
+        # and replies (relay.inbound: nothing a forger could not know tied them to the
+        # delivery). Each query counts both ways at once, as its "human" and "all".
+        person = ("(e.type NOT IN ('open', 'click', 'bounce', 'complaint', 'reply') "
+                  "OR e.machine = FALSE)")
         source = f"FROM {self._events_join(True)} "
         by_type = await self._fetch(
-            per_recipient({"type": "e.type"}, source + ev_where.sql()), ev_where.args)
-        totals = {r["type"]: (int(r["n"]), int(r["uniq"])) for r in by_type}
+            per_recipient({"type": "e.type"}, source + where.sql(), human=person),
+            where.args)
         links = await self._fetch(
             per_recipient({"url": "l.url"}, source + "JOIN links l ON l.message_id = "
                           "e.message_id AND l.idx = e.link_index "
-                          + where_and(ev_where, "e.type = 'click'"))
-            + " ORDER BY SUM(n) DESC, url LIMIT 10", ev_where.args)
+                          + where_and(where, "e.type = 'click'"), human=person), where.args)
         hour = self._hour_expr("e.time")
         hours = await self._fetch(
             f"SELECT {hour} AS h, "
             "SUM(CASE WHEN e.type = 'open' THEN 1 ELSE 0 END) AS opens, "
-            "SUM(CASE WHEN e.type = 'click' THEN 1 ELSE 0 END) AS clicks "
+            "SUM(CASE WHEN e.type = 'click' THEN 1 ELSE 0 END) AS clicks, "
+            f"SUM(CASE WHEN e.type = 'open' AND {person} THEN 1 ELSE 0 END) AS p_opens, "
+            f"SUM(CASE WHEN e.type = 'click' AND {person} THEN 1 ELSE 0 END) AS p_clicks "
             f"FROM {self._events_join(True)} "
-            f"{ev_where.sql()} AND e.type IN ('open', 'click') GROUP BY {hour} ORDER BY {hour}",
-            ev_where.args)
+            + where_and(where, "e.type IN ('open', 'click')")
+            + f" GROUP BY {hour} ORDER BY {hour}", where.args)
+        engagement = await self._engagement(
+            " AND ".join(where.parts), list(where.args), sent, messages_first=True)
 
         def rate(n: int) -> float:
             return round(n / sent, 6) if sent else 0.0
 
-        def get(kind: str) -> tuple[int, int]:
-            return totals.get(kind, (0, 0))
+        def report(include_machine: bool) -> CampaignStats:
+            n, uniq = ("n", "uniq") if include_machine else ("human", "human_uniq")
+            totals = {r["type"]: (int(r[n] or 0), int(r[uniq] or 0)) for r in by_type}
 
-        return {
-            "campaign": campaign, "messages": int(head["n"]), "sent": sent,
-            "unique_opens": get("open")[1], "open_rate": rate(get("open")[1]),
-            "opens": get("open")[0],
-            "unique_clicks": get("click")[1], "click_rate": rate(get("click")[1]),
-            "clicks": get("click")[0],
-            "bounces": get("bounce")[1], "bounce_rate": rate(get("bounce")[1]),
-            "complaints": get("complaint")[1], "complaint_rate": rate(get("complaint")[1]),
-            "unsubscribes": get("unsubscribe")[1],
-            "unsubscribe_rate": rate(get("unsubscribe")[1]),
-            "top_links": [{"url": r["url"], "clicks": int(r["n"]),
-                           "unique_clicks": int(r["uniq"])} for r in links],
-            "per_hour": [{"hour": float(r["h"]) * 3600.0, "opens": int(r["opens"]),
-                          "clicks": int(r["clicks"])} for r in hours],
-            "include_machine": include_machine,
-            "engagement": await self._engagement(
-                " AND ".join(where.parts), list(where.args), sent, messages_first=True),
-        }
+            def get(kind: str) -> tuple[int, int]:
+                return totals.get(kind, (0, 0))
+
+            top = sorted((r for r in links if int(r[n] or 0)),
+                         key=lambda r: (-int(r[n] or 0), str(r["url"])))[:10]
+            opens, clicks = ("opens", "clicks") if include_machine else ("p_opens",
+                                                                        "p_clicks")
+            return {
+                "campaign": campaign, "messages": int(head["n"]), "sent": sent,
+                "unique_opens": get("open")[1], "open_rate": rate(get("open")[1]),
+                "opens": get("open")[0],
+                "unique_clicks": get("click")[1], "click_rate": rate(get("click")[1]),
+                "clicks": get("click")[0],
+                "bounces": get("bounce")[1], "bounce_rate": rate(get("bounce")[1]),
+                "complaints": get("complaint")[1],
+                "complaint_rate": rate(get("complaint")[1]),
+                "unsubscribes": get("unsubscribe")[1],
+                "unsubscribe_rate": rate(get("unsubscribe")[1]),
+                "top_links": [{"url": r["url"], "clicks": int(r[n] or 0),
+                               "unique_clicks": int(r[uniq] or 0)} for r in top],
+                "per_hour": [{"hour": float(r["h"]) * 3600.0, "opens": int(r[opens] or 0),
+                              "clicks": int(r[clicks] or 0)} for r in hours
+                             if int(r[opens] or 0) or int(r[clicks] or 0)],
+                "include_machine": include_machine,
+                "engagement": engagement,
+            }
+
+        return report(False), report(True)
 
     async def list_campaigns(self, *, scope: str | None = None,
                              limit: int = 100) -> list[dict[str, Any]]:

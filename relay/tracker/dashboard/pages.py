@@ -269,14 +269,12 @@ class Pages:
         name = request.match_info["name"]
         session = self.site.session(request)
         store = self.site.store
-        stats = None
+        both = None
         if "\x00" not in name and len(name) <= 200:
-            stats = await store.campaign_stats(name, scope=session.store_scope)
-        if stats is None:
+            both = await store.campaign_reports(name, scope=session.store_scope)
+        if both is None:
             return self._not_found(request, "No such campaign")
-        all_stats = await store.campaign_stats(name, scope=session.store_scope,
-                                               include_machine=True)
-        assert all_stats is not None
+        stats, all_stats = both
         hours = [h["hour"] for h in all_stats["per_hour"]]
         span = (max(hours) - min(hours)) if hours else 0.0
         period = Period("custom", min(hours) if hours else None,
