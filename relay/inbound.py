@@ -49,12 +49,14 @@ import inspect
 import re
 import time
 from dataclasses import dataclass, field
-from email.parser import BytesHeaderParser
-from email.policy import compat32
+from email.message import Message
 from email.utils import getaddresses, parseaddr
 from typing import TYPE_CHECKING, Any
 
 from relay import metrics
+from relay.bounces.classify import classify as builtin_classify
+from relay.bounces.classify import classify_parsed
+from relay.bounces.mime import parse as parse_bounce
 from relay.logs import get_logger
 from relay.message import split_message
 from relay.records import Event
@@ -161,11 +163,6 @@ def check_message(raw: bytes, limit: int) -> bytes:
     return raw
 
 
-def parse_headers(raw: bytes) -> Any:
-    head, _sep, _body = split_message(raw)
-    return BytesHeaderParser(policy=compat32).parsebytes(head + b"\r\n\r\n")
-
-
 def _text(value: Any) -> str:
     return " ".join(str(value).split()) if value is not None else ""
 
@@ -251,20 +248,24 @@ def find_tokens(app: App, headers: Any, envelope_rcpts: list[str]) -> list[Addre
 # --- classification -------------------------------------------------------------------
 
 
-async def classify(app: App, raw: bytes) -> list[Any]:
-    """``relay.bounces.classify`` and then the plugins' ``trackrelay_classify_bounce``."""
+def parse_message(raw: bytes) -> Message:
+    """The message as the classifier reads it (``relay.bounces.mime.parse``: lenient,
+    never raises on bad structure)."""
+    return parse_bounce(raw)
+
+
+async def classify(app: App, raw: bytes, message: Message | None = None) -> list[Any]:
+    """``relay.bounces.classify`` and then the plugins' ``trackrelay_classify_bounce``.
+    ``message``: ``raw`` already parsed by :func:`parse_message`."""
     records: list[Any] = []
     try:
-        import relay.bounces as bounces
-    except ImportError:  # pragma: no cover - the classifier ships with trackrelay
-        bounces = None  # type: ignore[assignment]
-    builtin_classify = getattr(bounces, "classify", None)
-    if builtin_classify is not None:
-        try:
-            records = list(builtin_classify(raw))
-        except Exception as exc:  # a classifier bug must never lose the intake
-            log.error("classifier_failed", error=f"{type(exc).__name__}: {exc}")
-            records = []
+        if message is not None and raw[:5] != b"From ":
+            records = classify_parsed(message, raw)
+        else:  # an mbox of several messages is classified message by message
+            records = builtin_classify(raw)
+    except Exception as exc:  # a classifier bug must never lose the intake
+        log.error("classifier_failed", error=f"{type(exc).__name__}: {exc}")
+        records = []
     caller = getattr(app.host.pm.hook, "trackrelay_classify_bounce", None)
     if caller is None or not caller.get_hookimpls():
         return records
@@ -272,13 +273,7 @@ async def classify(app: App, raw: bytes) -> list[Any]:
     names = set(spec.argnames) if spec is not None else set()
     offered: dict[str, Any] = {"raw": raw, "records": records, "app": app}
     if "message" in names:  # the parsed message, as relay.bounces.classify's hook gets it
-        from email import message_from_bytes
-        from email.policy import compat32 as policy
-
-        parse = getattr(bounces, "parse", None) or getattr(
-            getattr(bounces, "mime", None), "parse", None)
-        offered["message"] = (parse(raw) if parse is not None
-                              else message_from_bytes(raw, policy=policy))
+        offered["message"] = message if message is not None else parse_message(raw)
     kwargs = {k: v for k, v in offered.items() if k in names}
     for result in caller(**kwargs):
         if inspect.isawaitable(result):
@@ -483,11 +478,12 @@ async def process(app: App, raw: bytes, *, envelope_rcpts: list[str] | None = No
     store = app.store
     if store is None:
         raise RuntimeError("the store is not open")
-    headers = parse_headers(raw)
+    # parsed once: its headers for the tokens here, the whole for the classifier
+    headers = parse_message(raw)
     tokens = find_tokens(app, headers, list(envelope_rcpts or []))
     verp = [t for t in tokens if t.kind == "bounce"]
     unsubscribes = [t for t in tokens if t.kind == "unsubscribe"]
-    records = await classify(app, raw)
+    records = await classify(app, raw, headers)
     result = IntakeResult(kind="ignored", records=len(records))
     if unsubscribes and not records:
         return await _mail_unsubscribe(app, raw, unsubscribes, result, via)

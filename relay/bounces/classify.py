@@ -64,9 +64,21 @@ def classify(raw: bytes, hook: Hook | None = None, *, rules: RuleSet | None = No
             # An mbox of several messages (a saved bounce folder): each on its own.
             return [rec for part in parts
                     for rec in classify(part, hook, rules=rules, trace=trace)]
-    rules = rules or ruleset()
     try:
         msg = parse(raw)
+    except Exception:  # the contract is "never raises"; log what got through
+        log.debug("bounce classification failed", exc_info=True)
+        return []
+    return classify_parsed(msg, raw, hook, rules=rules, trace=trace)
+
+
+def classify_parsed(msg: Message, raw: bytes, hook: Hook | None = None, *,
+                    rules: RuleSet | None = None, trace: Trace | None = None
+                    ) -> list[BounceRecord]:
+    """``classify`` of one message already parsed by :func:`relay.bounces.mime.parse`
+    (the intake parses once, for its own header checks and for this)."""
+    rules = rules or ruleset()
+    try:
         records = [_record(x, rules, trace) if isinstance(x, Found) else x
                    for x in extract(msg, rules, trace)]
     except Exception:  # the contract is "never raises"; log what got through
