@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING, Any
 from relay import metrics
 from relay.bounces.classify import classify as builtin_classify
 from relay.bounces.classify import classify_parsed
-from relay.bounces.mime import parse as parse_bounce
+from relay.bounces.mime import parse as parse_message
 from relay.logs import get_logger
 from relay.message import split_message
 from relay.records import Event
@@ -248,15 +248,9 @@ def find_tokens(app: App, headers: Any, envelope_rcpts: list[str]) -> list[Addre
 # --- classification -------------------------------------------------------------------
 
 
-def parse_message(raw: bytes) -> Message:
-    """The message as the classifier reads it (``relay.bounces.mime.parse``: lenient,
-    never raises on bad structure)."""
-    return parse_bounce(raw)
-
-
 async def classify(app: App, raw: bytes, message: Message | None = None) -> list[Any]:
     """``relay.bounces.classify`` and then the plugins' ``trackrelay_classify_bounce``.
-    ``message``: ``raw`` already parsed by :func:`parse_message`."""
+    ``message``: ``raw`` already parsed by ``relay.bounces.mime.parse``."""
     records: list[Any] = []
     try:
         if message is not None and raw[:5] != b"From ":

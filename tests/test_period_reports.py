@@ -20,7 +20,7 @@ from relay.engagement.report import engagement_report
 from relay.records import EVENT_TYPES, Event, LinkRecord, Outcome, Reply, SentMessage
 from relay.store import Store, open_store
 from relay.store.records import event_row
-from relay.store.reports import _messages_in, _period, _rare_events_join
+from relay.store.reports import _messages_in, _rare_events_join, period_where
 
 NOW = 1_800_000_000.0
 DAY = 86400.0
@@ -222,8 +222,8 @@ async def test_bounce_breakdown_reads_the_smaller_side_first(store: Store) -> No
     the choice is the one with fewer rows."""
     world = await build(store, 3)
     rare = sum(1 for e in world.events if e["type"] in ("bounce", "complaint"))
-    wide = _period(store, None, NOW - 40 * DAY - 1, NOW + 1)  # type: ignore[arg-type]
-    narrow = _period(store, None, NOW - DAY / 4, NOW)  # type: ignore[arg-type]
+    wide = period_where(store, None, NOW - 40 * DAY - 1, NOW + 1)  # type: ignore[arg-type]
+    narrow = period_where(store, None, NOW - DAY / 4, NOW)  # type: ignore[arg-type]
     n_wide = await _messages_in(store, wide)  # type: ignore[arg-type]
     n_narrow = await _messages_in(store, narrow)  # type: ignore[arg-type]
     assert n_wide == 50 and rare < 5 * n_wide and rare >= 5 * n_narrow

@@ -1,10 +1,10 @@
 """Human engagement figures of a message or a campaign (the API's ``engagement`` object).
 
-Every figure is a count over recipients of messages (``SUMS``), so the store sums them
-in SQL, one pass over a period's events (``relay.store.reports``); ``engagement_report``
-computes the same counts in Python from groups of events, the reference the SQL is
-tested against. With the number of recipients the upstream accepted (``delivered``),
-``engagement_figures`` makes the figures:
+Every figure is made of counts over recipients of messages, so the store sums them in
+SQL, one pass over a period's events (``relay.store.reports.recipient_figures``);
+``engagement_sums`` computes the same counts in Python from groups of events, the
+reference the SQL is tested against. With the number of recipients the upstream
+accepted (``delivered``), ``engagement_figures`` makes the figures:
 
 - ``human_unique_opens``: recipients with an open whose verdict is ``human`` or
   ``human_proxy``, inferred opens (from a human click) included; ``inferred_opens`` of
@@ -69,18 +69,11 @@ def effective_verdict(group: Mapping[str, Any]) -> tuple[str, list[str]]:
     return "unknown", []
 
 
-#: The counts the figures are made of; the store sums them in SQL over a period's
-#: recipients (``relay.store.reports.engagement_sums``), ``engagement_sums`` below from
-#: groups in Python, and the two must agree.
-SUMS = ("human_unique_opens", "human_opens", "inferred_opens", "mpp_reach", "apple_opens",
-        "human_non_mpp", "unknown_unique_opens", "human_unique_clicks", "human_clicks",
-        "raw_unique_opens", "opens", "raw_unique_clicks", "clicks")
-
-
 def engagement_sums(groups: Iterable[Mapping[str, Any]]
                     ) -> tuple[dict[str, int], Counter[str], Counter[str]]:
-    """(the ``SUMS``, machine opens by reason, machine clicks by reason) of groups of
-    events per (message, recipient, type, verdict, proxy, reasons, machine)."""
+    """(the counts ``engagement_figures`` reads, machine opens by reason, machine clicks
+    by reason) of groups of events per (message, recipient, type, verdict, proxy,
+    reasons, machine)."""
     per: dict[tuple[str, str], _Recipient] = {}
     machine_opens: Counter[str] = Counter()
     machine_clicks: Counter[str] = Counter()

@@ -46,15 +46,13 @@ class ReportEngine(Protocol):
 
     _messages_first_join: str
 
-#: a recipient of a message (shared-tracking events name none: the message stands in)
-WHO = "e.message_id || '|' || COALESCE(e.recipient, '')"
 HUMAN_EVENT = ("CASE WHEN e.type IN ('open', 'click') "
                "THEN e.verdict IN ('human', 'human_proxy') ELSE e.machine = FALSE END")
 #: the statuses a message list shows per recipient, most telling first
 RECIPIENT_STATUSES = ("replied", "clicked", "opened", "bounced", "not_opened")
 
 
-def _period(store: ReportEngine, scope: str | None, since: float | None,
+def period_where(store: ReportEngine, scope: str | None, since: float | None,
             until: float | None, campaign: str | None = None) -> Where:
     where = Where()
     where.add(*cond(scope_condition(scope)))
@@ -79,8 +77,10 @@ UNKNOWN = (f"(e.verdict = 'unknown' OR (COALESCE(e.verdict, '') NOT IN {_VERDICT
            "AND e.machine = FALSE))")
 MACHINE = (f"(e.verdict = 'machine' OR (COALESCE(e.verdict, '') NOT IN {_VERDICTS} "
            "AND e.machine = TRUE))")
-#: a human open seen directly, not inferred from a click (``reasons`` is a JSON list)
-DIRECT = f"COALESCE(e.reasons, '') NOT LIKE '%\"{INFERRED_REASON}\"%'"
+#: a human open seen directly, not inferred from a click (``reasons`` is a JSON list; the
+#: reason's underscores escaped, or LIKE would take each for any one character)
+_INFERRED_LIKE = INFERRED_REASON.replace("_", "\\_")
+DIRECT = f"COALESCE(e.reasons, '') NOT LIKE '%\"{_INFERRED_LIKE}\"%' ESCAPE '\\'"
 #: a recipient's events of one type whose opens all came through Apple's proxy
 _MPP = "(apple > 0 AND apple = n)"
 
@@ -121,8 +121,8 @@ async def recipient_figures(store: ReportEngine, where: Where, *, messages_first
     """One pass over the events matching ``where`` (on ``events e`` joined to
     ``messages m``), grouped per recipient of a message and type: per type the events,
     the human ones, the recipients with one and with a human one, the recipients with a
-    hard bounce; and the engagement counts (``relay.engagement.report.SUMS``), which are
-    all counts of recipients of one type. Then the machine opens and clicks by reason.
+    hard bounce; and the counts ``relay.engagement.report.engagement_figures`` reads,
+    which are all counts of recipients of one type. Then the machine opens and clicks by reason.
 
     Grouping per recipient first counts each recipient once without ``COUNT(DISTINCT
     message || recipient)``, which builds and sorts a string per event for every
@@ -131,10 +131,11 @@ async def recipient_figures(store: ReportEngine, where: Where, *, messages_first
     direct = _flag(f"e.type = 'open' AND {HUMAN} AND {DIRECT}")
     unknown = _flag(f"e.type = 'open' AND {UNKNOWN}")
     apple = _flag("e.type = 'open' AND e.proxy = 'apple'")
-    cond = where.sql()
+    of_types = where
     if types is not None:
-        cond = (cond + " AND " if cond else "WHERE ") + \
-            f"e.type IN ({', '.join(repr(t) for t in types)})"
+        of_types = Where()
+        of_types.parts, of_types.args = list(where.parts), list(where.args)
+        of_types.add(f"e.type IN ({', '.join('?' for _ in types)})", *types)
     rows = await store._fetch(
         "SELECT type, SUM(n) AS n, SUM(human) AS human, COUNT(*) AS uniq, "
         f"SUM({_flag('human > 0')}) AS human_uniq, SUM(hard) AS hard, "
@@ -146,9 +147,9 @@ async def recipient_figures(store: ReportEngine, where: Where, *, messages_first
         f"SELECT e.type AS type, COUNT(*) AS n, SUM({_flag(HUMAN_EVENT)}) AS human, "
         f"MAX({hard_bounce}) AS hard, MAX({direct}) AS direct, MAX({unknown}) AS unknown, "
         f"SUM({apple}) AS apple "
-        f"FROM {store._events_join(messages_first)} {cond} "
+        f"FROM {store._events_join(messages_first)} {of_types.sql()} "
         "GROUP BY e.message_id, COALESCE(e.recipient, ''), e.type) p GROUP BY type",
-        where.args)
+        of_types.args)
     by_type = {str(r["type"]): {k: int(r[k] or 0) for k in (
         "n", "human", "uniq", "human_uniq", "hard", "inferred", "mpp", "human_non_mpp",
         "unknown_uniq", "apple")} for r in rows}
@@ -173,12 +174,11 @@ async def recipient_figures(store: ReportEngine, where: Where, *, messages_first
     machine_clicks: Counter[str] = Counter()
     if not machine_reasons:
         return by_type, sums, machine_opens, machine_clicks
-    machine_cond = (cond + " AND " if cond else "WHERE ") + \
-        f"e.type IN ('open', 'click') AND {MACHINE}"
     for r in await store._fetch(
             "SELECT e.type, e.verdict, e.reasons, e.machine_reason, COUNT(*) AS n "
-            f"FROM {store._events_join(messages_first)} {machine_cond} "
-            "GROUP BY e.type, e.verdict, e.reasons, e.machine_reason", where.args):
+            f"FROM {store._events_join(messages_first)} "
+            + where_and(where, f"e.type IN ('open', 'click') AND {MACHINE}")
+            + " GROUP BY e.type, e.verdict, e.reasons, e.machine_reason", where.args):
         if r["verdict"] == "machine":
             reasons = _json_list(r["reasons"])
         else:
@@ -197,11 +197,11 @@ def _json_list(text: Any) -> list[str]:
     return [str(v) for v in value] if isinstance(value, list) else []
 
 
-async def delivered_count(store: ReportEngine, where: Where, *, messages_first: bool,
-                          by_recipient: bool = False) -> dict[str, int]:
+async def delivered_count(store: ReportEngine, where: Where, *, messages_first: bool
+                          ) -> dict[str, int]:
     """The messages, recipients and accepted recipients matching ``where`` (on
     ``messages m`` joined to ``recipients r``)."""
-    join = "JOIN" if by_recipient or not messages_first else store._messages_first_join
+    join = store._messages_first_join if messages_first else "JOIN"
     accepted = _flag("r.status = 'accepted'")
     row = await store._fetchrow(
         "SELECT COUNT(DISTINCT m.id) AS messages, "
@@ -217,7 +217,7 @@ async def period_report(store: ReportEngine, *, scope: str | None, since: float 
     """``outcomes`` and (unless ``engagement`` is false) ``engagement`` of the mail sent
     in a period, from one pass over its events (``GET /api/v1/stats`` and the Overview
     page show both; the machine reasons take one more pass, over its opens and clicks)."""
-    where = _period(store, scope, since, until, campaign)
+    where = period_where(store, scope, since, until, campaign)
     narrowed = since is not None or until is not None or campaign is not None
     by_type, sums, machine_opens, machine_clicks = await recipient_figures(
         store, where, messages_first=True, machine_reasons=engagement)
@@ -250,7 +250,7 @@ async def period_report(store: ReportEngine, *, scope: str | None, since: float 
 async def event_series(store: ReportEngine, *, scope: str | None, since: float | None,
                        until: float | None, bucket: int, campaign: str | None = None
                        ) -> list[dict[str, Any]]:
-    where = _period(store, scope, since, until, campaign)
+    where = period_where(store, scope, since, until, campaign)
     b = store._bucket_expr("e.time", bucket)
     rows = await store._fetch(
         f"SELECT {b} AS b, e.type, COUNT(*) AS n, "
@@ -264,7 +264,7 @@ async def event_series(store: ReportEngine, *, scope: str | None, since: float |
 async def top_links(store: ReportEngine, *, scope: str | None, since: float | None,
                     until: float | None, campaign: str | None = None, limit: int = 10
                     ) -> list[dict[str, Any]]:
-    where = _period(store, scope, since, until, campaign)
+    where = period_where(store, scope, since, until, campaign)
     rows = await store._fetch(
         per_recipient({"url": "l.url"}, f"FROM {store._events_join(True)} "
                       "JOIN links l ON l.message_id = e.message_id AND l.idx = e.link_index "
@@ -301,7 +301,7 @@ async def bounce_breakdown(store: ReportEngine, *, scope: str | None, since: flo
                            until: float | None, limit: int = 10) -> dict[str, Any]:
     """Bounces and complaints by reason (``data.reason`` of the event, as classified) and
     the recipient domains that bounce most, with their delivered recipients."""
-    where = _period(store, scope, since, until)
+    where = period_where(store, scope, since, until)
     messages = await _messages_in(store, where)
     join = await _rare_events_join(store, ("bounce", "complaint"), messages)
     reason = store._json_text("e.data", "reason")

@@ -462,29 +462,20 @@ class SqlStore(ContactScoresSql, Store):
     async def engagement(self, *, scope: str | None = None, recipient: str | None = None,
                          since: float | None = None,
                          until: float | None = None) -> dict[str, Any]:
-        await self._fresh_statistics()
         if recipient is None:
             return (await self.period_report(scope=scope, since=since,
                                              until=until))["engagement"]
-        from relay.store.reports import delivered_count
+        from relay.store.reports import delivered_count, period_where
 
+        await self._fresh_statistics()
         # The same messages for "delivered" (their accepted recipients) and for the events;
         # by recipient, the recipient's own index is the way in.
         address = recipient.strip().lower()
-        where = Where()
-        where.add(*_cond(scope_condition(scope)))
-        if since is not None:
-            where.add("m.created_at >= ?", float(since))
-        if until is not None:
-            where.add("m.created_at < ?", float(until))
-        rcpt = Where()
-        events = Where()
-        for part, arg in zip(where.parts, where.args, strict=True):
-            rcpt.add(part, arg)
-            events.add(part, arg)
+        rcpt = period_where(self, scope, since, until)
+        events = period_where(self, scope, since, until)
         rcpt.add("r.address = ?", address)
         events.add("e.recipient = ?", address)
-        counts = await delivered_count(self, rcpt, messages_first=False, by_recipient=True)
+        counts = await delivered_count(self, rcpt, messages_first=False)
         return await self._engagement(" AND ".join(events.parts), events.args,
                                       counts["delivered"])
 
