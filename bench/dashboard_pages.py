@@ -29,7 +29,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -41,9 +41,10 @@ from relay.config import EngagementConfig, build_config
 from relay.engagement.contacts import refresh_contact_scores
 from relay.plugin_host import PluginHost
 from relay.records import Event
-from relay.store import open_store
+from relay.store import open_store, rollups
 from relay.store.base import Store
 from relay.store.records import event_row
+from relay.store.sql import SqlStore
 from relay.tracker.dashboard.auth import SESSION_COOKIE, Sessions
 from relay.tracker.web import create_web_app, listen
 
@@ -183,6 +184,10 @@ async def run(url: str, engine: str, n_messages: int, rounds: int) -> None:
         left = await refresh_contact_scores(store, EngagementConfig(), budget=3600)
         print(f"contact ranking built in {time.perf_counter() - started:.0f} s "
               f"({left} changes left)", flush=True)
+        started = time.perf_counter()
+        left = await store.refresh_report_rollups(budget=3600)
+        print(f"hourly report roll-ups built in {time.perf_counter() - started:.0f} s "
+              f"({left} changes left)", flush=True)
         if engine == "postgresql":
             await store._execute("ANALYZE")  # type: ignore[attr-defined]
         config = build_config({
@@ -238,6 +243,20 @@ async def run(url: str, engine: str, n_messages: int, rounds: int) -> None:
                     ms = await timed(http, base + path, 1,
                                      api if path.startswith("/api") else None)
                     print(f"{label:<28}{ms:>10.1f}", flush=True)
+                # a period whose recent hours wait for the roll-ups' refresh: 1,000 opens
+                # of the last three days' mail, read at once (those hours from the events)
+                recent = int(n_messages * (1 - 3 / 90))
+                await store.write_events([event_row(
+                    f"late-{i}", Event(
+                        "open", f"{recent + i * 7919 % (n_messages - recent):016x}",
+                        None, time=time.time(), data={"verdict": "human"}))
+                    for i in range(1000)])
+                waiting = await rollups.hour_plan(cast(SqlStore, store), now - 30 * 86400,
+                                                  now)
+                ms = await timed(http, base + "/api/v1/stats?since=-30d", 1, api)
+                print(f"{'API stats 30 d, 1,000 new':<28}{ms:>10.1f}  "
+                      f"({len(waiting.waiting) if waiting else 'all'} hours waiting)",
+                      flush=True)
         finally:
             await runner.cleanup()
     finally:

@@ -12,15 +12,16 @@ import random
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from relay.engagement.report import engagement_report
 from relay.records import EVENT_TYPES, Event, LinkRecord, Outcome, Reply, SentMessage
-from relay.store import Store, open_store
+from relay.store import Store, open_store, rollups
 from relay.store.records import event_row
 from relay.store.reports import _messages_in, _rare_events_join, period_where
+from relay.store.sql import SqlStore
 
 NOW = 1_800_000_000.0
 DAY = 86400.0
@@ -275,3 +276,124 @@ async def test_campaign_figures_with_and_without_machines(store: Store, seed: in
                             if e["type"] in ("open", "click"))
             assert {int(h["hour"] // 3600): h["opens"] + h["clicks"]
                     for h in got["per_hour"]} == dict(hours)
+
+
+#: an hour's boundary inside the seeded period, with messages sent a moment either side
+EDGE = (NOW // 3600 - 200) * 3600
+ROLLUP_PERIODS = [*PERIODS, (None, None, None), ("two.test", None, NOW - 3 * DAY),
+                  ("bob@one.test", NOW - 20 * DAY, None),
+                  (None, (NOW // 3600 - 500) * 3600, (NOW // 3600 - 100) * 3600),
+                  (None, EDGE - 1, EDGE + 50 * 3600 + 0.5)]
+
+
+async def _sent_at(store: Store, mid: str, created: float) -> None:
+    sent = SentMessage(
+        message_id=mid, header_message_id=f"<{mid}@t>", sender="ann@one.test",
+        recipients=["edge@a.test"], campaign=None, subject="s", tracked=True,
+        track_opens=True, track_clicks=True, links=[], submitted_by="ann@one.test")
+    await store.record_sent(sent, Outcome(
+        reply=Reply(250, "2.0.0", "Ok"), accepted=["edge@a.test"], refused={},
+        message=None, modified=True, queue_id="Q", delivered_at=created))
+    await store.write_events([event_row(f"e-{mid}", Event(
+        "open", mid, "edge@a.test", time=created + 60,
+        data={"verdict": "human", "reasons": []}))])
+
+
+async def _reports(store: Store, scope: str | None, since: float | None,
+                   until: float | None) -> dict[str, Any]:
+    period = {"scope": scope, "since": since, "until": until}
+    return {"period": await store.period_report(**period),
+            "links": await store.top_links(**period, limit=1000),
+            "breakdown": await store.bounce_breakdown(**period, limit=1000),
+            "days": await store.event_series(**period, bucket=86400),
+            "hours": await store.event_series(**period, bucket=3600)}
+
+
+async def _same_as_the_events(store: Store, label: str,
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every period report, from the roll-ups and their rest, equals the same report
+    read from the events alone (no hour planned from the roll-ups)."""
+    for scope, since, until in ROLLUP_PERIODS:
+        got = await _reports(store, scope, since, until)
+        with monkeypatch.context() as m:
+            async def no_plan(*_: Any) -> None:
+                return None
+
+            m.setattr(rollups, "hour_plan", no_plan)
+            want = await _reports(store, scope, since, until)
+        assert got == want, (label, scope, since, until)
+
+
+async def test_hourly_rollups_give_the_figures_of_the_events(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before the roll-ups are built, once built, after new events, a reclassification
+    and a purge (the hours they touch wait), and rebuilt: the same figures as the
+    events give, for every scope and for periods with partial hours at either edge."""
+    world = await build(store, 3)
+    engine = cast(SqlStore, store)
+    assert await rollups.pending_changes(engine) > 0  # every hour sent in waits
+    await _same_as_the_events(store, "before any refresh", monkeypatch)
+    assert await rollups.refresh(engine, budget=60) == 0
+    plan = await rollups.hour_plan(engine, NOW - 40 * DAY - 1, NOW + 1)
+    assert plan is not None and plan.waiting == ()
+    await _same_as_the_events(store, "built", monkeypatch)
+    want = expected(world, in_period(world, None, NOW - 40 * DAY - 1, NOW + 1))
+    report = await store.period_report(since=NOW - 40 * DAY - 1, until=NOW + 1)
+    assert report["engagement"] == want["engagement"]
+    assert report["outcomes"]["delivered"] == want["delivered"]
+
+    # the figures do come from the roll-ups: a changed row shows
+    row = await engine._fetchrow("SELECT COUNT(*) AS n FROM report_hours WHERE scope = '*'")
+    assert row is not None and int(row["n"]) > 0
+    await engine._execute("UPDATE report_hours SET n = n + 1000 "
+                          "WHERE scope = '*' AND type = 'open'")
+    changed = await store.period_report(since=NOW - 40 * DAY - 1, until=NOW + 1)
+    assert changed["outcomes"]["events"]["open"]["events"]["all"] > \
+        report["outcomes"]["events"]["open"]["events"]["all"]
+    await engine._execute("UPDATE report_hours SET n = n - 1000 "
+                          "WHERE scope = '*' AND type = 'open'")
+
+    # changes after the build: their hours wait and are read from the events
+    for n, created in enumerate((EDGE - 0.5, EDGE, EDGE + 0.5, EDGE + 49 * 3600 + 0.3)):
+        await _sent_at(store, f"edge{n}", created)
+    rnd = random.Random(4)
+    mids = sorted(world.messages)
+    rows = []
+    for k in range(40):
+        mid = rnd.choice(mids)
+        m = world.messages[mid]
+        kind = rnd.choice(("open", "click", "bounce", "reply"))
+        data: dict[str, Any] = {"verdict": "human", "reasons": []} \
+            if kind in ("open", "click") else {}
+        if kind == "bounce":
+            data.update(hard=True, reason="userunknown")
+        rows.append(event_row(f"late-{k}", Event(
+            kind, mid, rnd.choice(m["all"]), time=m["created"] + 5 * DAY,
+            link_index=0 if kind == "click" else None, data=data)))
+    await store.write_events(rows)
+    opens = [e for e in (await store.list_events(type="open", limit=5000)).items][:30]
+    assert await store.update_event_verdicts([
+        {"id": e["id"], "machine": True, "machine_reason": None, "verdict": "machine",
+         "reasons": ["security_scanner"], "proxy": None} for e in opens]) == len(opens)
+    await store.purge_older_than(NOW - 35 * DAY)
+    plan = await rollups.hour_plan(engine, NOW - 40 * DAY - 1, NOW + 1)
+    assert plan is not None and plan.waiting
+    await _same_as_the_events(store, "changed, not refreshed", monkeypatch)
+    assert await rollups.refresh(engine, budget=60) == 0
+    await _same_as_the_events(store, "refreshed", monkeypatch)
+    # the purged messages' rows went with them
+    kept = await engine._fetchrow("SELECT COUNT(*) AS n FROM messages")
+    rolled = await engine._fetchrow(
+        "SELECT SUM(messages) AS n FROM report_hour_sent WHERE scope = '*'")
+    assert kept is not None and rolled is not None
+    assert int(rolled["n"]) == int(kept["n"]) < len(world.messages) + 4
+
+
+async def test_a_refresh_waits_for_another_processes_lease(store: Store) -> None:
+    await build(store, 5)
+    engine = cast(SqlStore, store)
+    assert await rollups._take_lease(engine, "another-process")
+    pending = await rollups.pending_changes(engine)
+    assert await rollups.refresh(engine, budget=1) == pending > 0
+    await rollups._release_lease(engine, "another-process")
+    assert await rollups.refresh(engine, budget=60) == 0

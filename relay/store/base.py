@@ -708,6 +708,12 @@ class Store(abc.ABC):
         period, read together (one pass over the period's events)."""
         raise NotImplementedError
 
+    async def refresh_report_rollups(self, budget: float) -> int:
+        """Bring the hourly roll-ups of the period reports up to date, for up to
+        ``budget`` seconds (``relay.store.rollups``); how many change-log entries still
+        wait. A store without roll-ups has none."""
+        return 0
+
     async def event_series(self, *, scope: str | None = None, since: float | None = None,
                            until: float | None = None, bucket: int = 3600,
                            campaign: str | None = None) -> list[dict[str, Any]]:

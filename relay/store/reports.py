@@ -18,8 +18,7 @@ import json
 from collections import Counter
 from typing import Any, Protocol
 
-from relay.engagement.report import INFERRED_REASON, engagement_figures
-from relay.records import EVENT_TYPES
+from relay.engagement.report import INFERRED_REASON
 from relay.store.where import Where, cond, scope_condition
 
 
@@ -115,14 +114,38 @@ def where_and(where: Where, condition: str) -> str:
     return f"WHERE {' AND '.join([*where.parts, condition])}"
 
 
-async def recipient_figures(store: ReportEngine, where: Where, *, messages_first: bool,
-                            types: tuple[str, ...] | None = None,
-                            machine_reasons: bool = True) -> Figures:
+#: What ``figure_rows`` counts per type (and the hourly roll-ups keep): the events, the
+#: human ones, the recipients with one and with a human one, the recipients with a hard
+#: bounce, and the counts ``relay.engagement.report.engagement_figures`` reads.
+FIGURES = ("n", "human", "uniq", "human_uniq", "hard", "inferred", "mpp", "human_non_mpp",
+           "unknown_uniq", "apple")
+
+
+def _keyed(keys: dict[str, str] | None) -> tuple[str, str, str]:
+    """(select list, inner select list, group-by list) of ``keys`` (alias: expression on
+    ``m``), each with a trailing comma where it has anything."""
+    if not keys:
+        return "", "", ""
+    return ("".join(f"{alias}, " for alias in keys),
+            "".join(f"{expr} AS {alias}, " for alias, expr in keys.items()),
+            "".join(f"{expr}, " for expr in keys.values()))
+
+
+def _restricted(where: Where, types: tuple[str, ...] | None) -> Where:
+    if types is None:
+        return where
+    out = Where()
+    out.parts, out.args = list(where.parts), list(where.args)
+    out.add(f"e.type IN ({', '.join('?' for _ in types)})", *types)
+    return out
+
+
+async def figure_rows(store: ReportEngine, where: Where, *, messages_first: bool,
+                      keys: dict[str, str] | None = None,
+                      types: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
     """One pass over the events matching ``where`` (on ``events e`` joined to
-    ``messages m``), grouped per recipient of a message and type: per type the events,
-    the human ones, the recipients with one and with a human one, the recipients with a
-    hard bounce; and the counts ``relay.engagement.report.engagement_figures`` reads,
-    which are all counts of recipients of one type. Then the machine opens and clicks by reason.
+    ``messages m``), grouped per recipient of a message and type: per value of ``keys``
+    and type, the ``FIGURES``.
 
     Grouping per recipient first counts each recipient once without ``COUNT(DISTINCT
     message || recipient)``, which builds and sorts a string per event for every
@@ -131,31 +154,64 @@ async def recipient_figures(store: ReportEngine, where: Where, *, messages_first
     direct = _flag(f"e.type = 'open' AND {HUMAN} AND {DIRECT}")
     unknown = _flag(f"e.type = 'open' AND {UNKNOWN}")
     apple = _flag("e.type = 'open' AND e.proxy = 'apple'")
-    of_types = where
-    if types is not None:
-        of_types = Where()
-        of_types.parts, of_types.args = list(where.parts), list(where.args)
-        of_types.add(f"e.type IN ({', '.join('?' for _ in types)})", *types)
+    outer, inner, group = _keyed(keys)
+    of_types = _restricted(where, types)
     rows = await store._fetch(
-        "SELECT type, SUM(n) AS n, SUM(human) AS human, COUNT(*) AS uniq, "
+        f"SELECT {outer}type, SUM(n) AS n, SUM(human) AS human, COUNT(*) AS uniq, "
         f"SUM({_flag('human > 0')}) AS human_uniq, SUM(hard) AS hard, "
         f"SUM({_flag('human > 0 AND direct = 0')}) AS inferred, "
         f"SUM({_flag(_MPP)}) AS mpp, "
         f"SUM({_flag(f'human > 0 AND NOT {_MPP}')}) AS human_non_mpp, "
         f"SUM({_flag(f'unknown > 0 AND human = 0 AND NOT {_MPP}')}) AS unknown_uniq, "
         "SUM(apple) AS apple FROM ("
-        f"SELECT e.type AS type, COUNT(*) AS n, SUM({_flag(HUMAN_EVENT)}) AS human, "
+        f"SELECT {inner}e.type AS type, COUNT(*) AS n, SUM({_flag(HUMAN_EVENT)}) AS human, "
         f"MAX({hard_bounce}) AS hard, MAX({direct}) AS direct, MAX({unknown}) AS unknown, "
         f"SUM({apple}) AS apple "
         f"FROM {store._events_join(messages_first)} {of_types.sql()} "
-        "GROUP BY e.message_id, COALESCE(e.recipient, ''), e.type) p GROUP BY type",
-        of_types.args)
-    by_type = {str(r["type"]): {k: int(r[k] or 0) for k in (
-        "n", "human", "uniq", "human_uniq", "hard", "inferred", "mpp", "human_non_mpp",
-        "unknown_uniq", "apple")} for r in rows}
+        f"GROUP BY {group}e.message_id, COALESCE(e.recipient, ''), e.type) p "
+        f"GROUP BY {outer}type", of_types.args)
+    return [{**{k: r[k] for k in keys or {}}, "type": str(r["type"]),
+             **{k: int(r[k] or 0) for k in FIGURES}} for r in rows]
+
+
+async def machine_rows(store: ReportEngine, where: Where, *, messages_first: bool,
+                       keys: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Machine opens and clicks matching ``where`` per value of ``keys``, type and
+    reason (an event with several reasons counts under each; none: ``unspecified``)."""
+    _, inner, group = _keyed(keys)
+    counts: Counter[tuple[Any, ...]] = Counter()
+    for r in await store._fetch(
+            f"SELECT {inner}e.type, e.verdict, e.reasons, e.machine_reason, COUNT(*) AS n "
+            f"FROM {store._events_join(messages_first)} "
+            + where_and(where, f"e.type IN ('open', 'click') AND {MACHINE}")
+            + f" GROUP BY {group}e.type, e.verdict, e.reasons, e.machine_reason",
+            where.args):
+        if r["verdict"] == "machine":
+            reasons = _json_list(r["reasons"])
+        else:
+            reasons = [str(r["machine_reason"])] if r["machine_reason"] else []
+        head = tuple(r[k] for k in keys or {})
+        for reason in reasons or ["unspecified"]:
+            counts[(*head, str(r["type"]), reason)] += int(r["n"])
+    names = [*(keys or {}), "type", "reason"]
+    return [{**dict(zip(names, key, strict=True)), "n": n} for key, n in counts.items()]
+
+
+def by_type_of(rows: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """``figure_rows`` (or their roll-ups) summed per type."""
+    out: dict[str, dict[str, int]] = {}
+    for r in rows:
+        into = out.setdefault(str(r["type"]), dict.fromkeys(FIGURES, 0))
+        for k in FIGURES:
+            into[k] += int(r[k] or 0)
+    return out
+
+
+def engagement_counts(by_type: dict[str, dict[str, int]]) -> dict[str, int]:
+    """The counts ``engagement_figures`` reads, from the figures per type."""
     opens = by_type.get("open", {})
     clicks = by_type.get("click", {})
-    sums = {
+    return {
         "human_unique_opens": opens.get("human_uniq", 0),
         "human_opens": opens.get("human", 0),
         "inferred_opens": opens.get("inferred", 0),
@@ -170,23 +226,30 @@ async def recipient_figures(store: ReportEngine, where: Where, *, messages_first
         "raw_unique_clicks": clicks.get("uniq", 0),
         "clicks": clicks.get("n", 0),
     }
+
+
+def machine_counters(rows: list[dict[str, Any]]) -> tuple[Counter[str], Counter[str]]:
+    """``machine_rows`` (or their roll-ups) as machine opens and clicks by reason."""
+    opens: Counter[str] = Counter()
+    clicks: Counter[str] = Counter()
+    for r in rows:
+        (opens if r["type"] == "open" else clicks)[str(r["reason"])] += int(r["n"])
+    return opens, clicks
+
+
+async def recipient_figures(store: ReportEngine, where: Where, *, messages_first: bool,
+                            types: tuple[str, ...] | None = None,
+                            machine_reasons: bool = True) -> Figures:
+    """Per type the ``FIGURES`` of the events matching ``where``, the engagement counts,
+    and (with ``machine_reasons``) the machine opens and clicks by reason."""
+    by_type = by_type_of(await figure_rows(store, where, messages_first=messages_first,
+                                           types=types))
     machine_opens: Counter[str] = Counter()
     machine_clicks: Counter[str] = Counter()
-    if not machine_reasons:
-        return by_type, sums, machine_opens, machine_clicks
-    for r in await store._fetch(
-            "SELECT e.type, e.verdict, e.reasons, e.machine_reason, COUNT(*) AS n "
-            f"FROM {store._events_join(messages_first)} "
-            + where_and(where, f"e.type IN ('open', 'click') AND {MACHINE}")
-            + " GROUP BY e.type, e.verdict, e.reasons, e.machine_reason", where.args):
-        if r["verdict"] == "machine":
-            reasons = _json_list(r["reasons"])
-        else:
-            reasons = [str(r["machine_reason"])] if r["machine_reason"] else []
-        counter = machine_opens if r["type"] == "open" else machine_clicks
-        for reason in reasons or ["unspecified"]:
-            counter[reason] += int(r["n"])
-    return by_type, sums, machine_opens, machine_clicks
+    if machine_reasons:
+        machine_opens, machine_clicks = machine_counters(
+            await machine_rows(store, where, messages_first=messages_first))
+    return by_type, engagement_counts(by_type), machine_opens, machine_clicks
 
 
 def _json_list(text: Any) -> list[str]:
@@ -197,82 +260,96 @@ def _json_list(text: Any) -> list[str]:
     return [str(v) for v in value] if isinstance(value, list) else []
 
 
-async def delivered_count(store: ReportEngine, where: Where, *, messages_first: bool
-                          ) -> dict[str, int]:
-    """The messages, recipients and accepted recipients matching ``where`` (on
-    ``messages m`` joined to ``recipients r``)."""
+SENT = ("messages", "recipients", "delivered")
+
+
+async def sent_rows(store: ReportEngine, where: Where, *, messages_first: bool,
+                    keys: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Per value of ``keys``: the messages, recipients and accepted recipients matching
+    ``where`` (on ``messages m`` joined to ``recipients r``)."""
+    _, inner, _ = _keyed(keys)
     join = store._messages_first_join if messages_first else "JOIN"
     accepted = _flag("r.status = 'accepted'")
-    row = await store._fetchrow(
-        "SELECT COUNT(DISTINCT m.id) AS messages, "
+    rows = await store._fetch(
+        f"SELECT {inner}COUNT(DISTINCT m.id) AS messages, "
         f"SUM({accepted}) AS delivered, "
         f"COUNT(*) AS recipients FROM messages m {join} recipients r "
-        f"ON r.message_id = m.id {where.sql()}", where.args)
-    return {k: int((row or {}).get(k) or 0) for k in ("messages", "delivered", "recipients")}
-
-
-async def period_report(store: ReportEngine, *, scope: str | None, since: float | None,
-                        until: float | None, campaign: str | None = None,
-                        engagement: bool = True) -> dict[str, Any]:
-    """``outcomes`` and (unless ``engagement`` is false) ``engagement`` of the mail sent
-    in a period, from one pass over its events (``GET /api/v1/stats`` and the Overview
-    page show both; the machine reasons take one more pass, over its opens and clicks)."""
-    where = period_where(store, scope, since, until, campaign)
-    narrowed = since is not None or until is not None or campaign is not None
-    by_type, sums, machine_opens, machine_clicks = await recipient_figures(
-        store, where, messages_first=True, machine_reasons=engagement)
-    counts = await delivered_count(store, where, messages_first=narrowed)
-    delivered = counts["delivered"]
-    events: dict[str, dict[str, Any]] = {}
-    for kind in EVENT_TYPES:
-        r = by_type.get(kind, {})
-        uniq, human_uniq = r.get("uniq", 0), r.get("human_uniq", 0)
-        events[kind] = {
-            "events": {"human": r.get("human", 0), "all": r.get("n", 0)},
-            "recipients": {"human": human_uniq, "all": uniq},
-            "rate": {"human": _rate(human_uniq, delivered), "all": _rate(uniq, delivered)},
-        }
-    hard = by_type.get("bounce", {}).get("hard", 0)
-    bounced = events["bounce"]["recipients"]["all"]
-    outcomes = {
-        "messages": counts["messages"],
-        "recipients": counts["recipients"],
-        "delivered": delivered,
-        "bounces": {"hard": hard, "soft": bounced - hard},
-        "events": events,
-    }
-    if not engagement:
-        return {"outcomes": outcomes}
-    return {"outcomes": outcomes,
-            "engagement": engagement_figures(sums, machine_opens, machine_clicks, delivered)}
-
-
-async def event_series(store: ReportEngine, *, scope: str | None, since: float | None,
-                       until: float | None, bucket: int, campaign: str | None = None
-                       ) -> list[dict[str, Any]]:
-    where = period_where(store, scope, since, until, campaign)
-    b = store._bucket_expr("e.time", bucket)
-    rows = await store._fetch(
-        f"SELECT {b} AS b, e.type, COUNT(*) AS n, "
-        f"SUM(CASE WHEN {HUMAN_EVENT} THEN 1 ELSE 0 END) AS human "
-        f"FROM {store._events_join(True)} {where.sql()} "
-        f"GROUP BY {b}, e.type ORDER BY {b}", where.args)
-    return [{"time": float(r["b"]) * bucket, "type": r["type"], "all": int(r["n"]),
-             "human": int(r["human"] or 0)} for r in rows]
-
-
-async def top_links(store: ReportEngine, *, scope: str | None, since: float | None,
-                    until: float | None, campaign: str | None = None, limit: int = 10
-                    ) -> list[dict[str, Any]]:
-    where = period_where(store, scope, since, until, campaign)
-    rows = await store._fetch(
-        per_recipient({"url": "l.url"}, f"FROM {store._events_join(True)} "
-                      "JOIN links l ON l.message_id = e.message_id AND l.idx = e.link_index "
-                      + where_and(where, "e.type = 'click'"))
-        + " ORDER BY SUM(n) DESC, url LIMIT ?", [*where.args, int(limit)])
-    return [{"url": r["url"], "clicks": {"human": int(r["human"] or 0), "all": int(r["n"])},
-             "recipients": {"human": int(r["human_uniq"] or 0), "all": int(r["uniq"])}}
+        f"ON r.message_id = m.id {where.sql()}"
+        + (f" GROUP BY {', '.join(keys.values())}" if keys else ""), where.args)
+    return [{**{k: r[k] for k in keys or {}}, **{k: int(r[k] or 0) for k in SENT}}
             for r in rows]
+
+
+async def delivered_count(store: ReportEngine, where: Where, *, messages_first: bool
+                          ) -> dict[str, int]:
+    """The messages, recipients and accepted recipients matching ``where``."""
+    rows = await sent_rows(store, where, messages_first=messages_first)
+    return rows[0] if rows else dict.fromkeys(SENT, 0)
+
+
+#: what a grouped report counts per group: the events, the human ones, the recipients
+#: of messages with one and with a human one (``per_recipient``)
+GROUPED = ("n", "human", "uniq", "human_uniq")
+#: the keys of each grouped report the roll-ups keep (``relay.store.rollups``)
+GROUP_KEYS = {"link": ("url",), "reason": ("type", "reason", "hard"),
+              "domain": ("domain",), "day": ("b", "type")}
+#: a grouped report's rows: its keys, then ``GROUPED``
+Rows = list[dict[str, Any]]
+
+
+def _counted(rows: list[dict[str, Any]], names: tuple[str, ...]) -> Rows:
+    return [{**{k: r[k] for k in names}, **{k: int(r.get(k) or 0) for k in GROUPED}}
+            for r in rows]
+
+
+async def link_rows(store: ReportEngine, where: Where, *,
+                    keys: dict[str, str] | None = None) -> Rows:
+    """Clicks per URL of the messages matching ``where`` (and per ``keys``)."""
+    rows = await store._fetch(
+        per_recipient({**(keys or {}), "url": "l.url"}, f"FROM {store._events_join(True)} "
+                      "JOIN links l ON l.message_id = e.message_id AND l.idx = e.link_index "
+                      + where_and(where, "e.type = 'click'")), where.args)
+    return _counted(rows, (*(keys or {}), "url"))
+
+
+async def reason_rows(store: ReportEngine, where: Where, *, join: str,
+                      keys: dict[str, str] | None = None) -> Rows:
+    """Bounced and complaining recipients per type, reason (``data.reason`` of the event,
+    as classified) and hard flag."""
+    reason = store._json_text("e.data", "reason")
+    hard = store._json_true("e.data", "hard")
+    rows = await store._fetch(
+        per_recipient({**(keys or {}), "type": "e.type",
+                       "reason": f"COALESCE({reason}, '')", "hard": _flag(hard)},
+                      f"FROM {join} " + where_and(where, "e.type IN ('bounce', 'complaint')")),
+        where.args)
+    return _counted(rows, (*(keys or {}), "type", "reason", "hard"))
+
+
+async def domain_rows(store: ReportEngine, where: Where, *, join: str,
+                      keys: dict[str, str] | None = None) -> Rows:
+    """Bounced recipients per recipient domain."""
+    rows = await store._fetch(
+        per_recipient({**(keys or {}), "domain": store._domain_expr("e.recipient")},
+                      f"FROM {join} "
+                      + where_and(where, "e.type = 'bounce' AND e.recipient IS NOT NULL")),
+        where.args)
+    return _counted(rows, (*(keys or {}), "domain"))
+
+
+async def day_rows(store: ReportEngine, where: Where, *, bucket: int = 86400,
+                   keys: dict[str, str] | None = None) -> Rows:
+    """Events per ``bucket`` of event time (``b``, its number since the epoch) and type;
+    no recipient counts (a chart's line is events)."""
+    b = store._bucket_expr("e.time", bucket)
+    outer = "".join(f"{expr} AS {alias}, " for alias, expr in (keys or {}).items())
+    group = "".join(f"{expr}, " for expr in (keys or {}).values())
+    rows = await store._fetch(
+        f"SELECT {outer}{b} AS b, e.type AS type, COUNT(*) AS n, "
+        f"SUM({_flag(HUMAN_EVENT)}) AS human "
+        f"FROM {store._events_join(True)} {where.sql()} "
+        f"GROUP BY {group}{b}, e.type", where.args)
+    return [{**r, "b": int(r["b"])} for r in _counted(rows, (*(keys or {}), "b", "type"))]
 
 
 async def _messages_in(store: ReportEngine, where: Where) -> int:
@@ -295,56 +372,6 @@ async def _rare_events_join(store: ReportEngine, types: tuple[str, ...], message
     if int((rare or {}).get("n") or 0) < 5 * messages:
         return store._events_first_join()
     return store._events_join(True)
-
-
-async def bounce_breakdown(store: ReportEngine, *, scope: str | None, since: float | None,
-                           until: float | None, limit: int = 10) -> dict[str, Any]:
-    """Bounces and complaints by reason (``data.reason`` of the event, as classified) and
-    the recipient domains that bounce most, with their delivered recipients."""
-    where = period_where(store, scope, since, until)
-    messages = await _messages_in(store, where)
-    join = await _rare_events_join(store, ("bounce", "complaint"), messages)
-    reason = store._json_text("e.data", "reason")
-    hard = store._json_true("e.data", "hard")
-    reasons = await store._fetch(
-        per_recipient({"type": "e.type", "reason": f"COALESCE({reason}, '')",
-                       "hard": _flag(hard)},
-                      f"FROM {join} " + where_and(where, "e.type IN ('bounce', 'complaint')"))
-        + " ORDER BY COUNT(*) DESC, type, reason, hard LIMIT ?",
-        [*where.args, int(limit) * 2])
-    domain = store._domain_expr("e.recipient")
-    domains = await store._fetch(
-        per_recipient({"domain": domain}, f"FROM {join} "
-                      + where_and(where, "e.type = 'bounce' AND e.recipient IS NOT NULL"))
-        + " ORDER BY COUNT(*) DESC, domain LIMIT ?", [*where.args, int(limit)])
-    delivered: dict[str, int] = {}
-    names = [str(d["domain"]) for d in domains]
-    if names:
-        r_domain = store._domain_expr("r.address")
-        marks = ", ".join("?" for _ in names)
-        # the domains' recipients by their index (recipients_domain), or the period's
-        # messages' recipients: whichever is fewer rows
-        theirs = await store._fetchrow(
-            f"SELECT COUNT(*) AS n FROM recipients r WHERE {r_domain} IN ({marks})", names)
-        if int((theirs or {}).get("n") or 0) < messages:
-            join = (f"recipients r {store._messages_first_join} messages m "
-                    "ON m.id = r.message_id")
-        else:
-            join = (f"messages m {store._messages_first_join} recipients r "
-                    "ON r.message_id = m.id")
-        for row in await store._fetch(
-                f"SELECT {r_domain} AS domain, COUNT(*) AS n FROM {join} "
-                + where_and(where, f"r.status = 'accepted' AND {r_domain} IN ({marks})")
-                + f" GROUP BY {r_domain}", [*where.args, *names]):
-            delivered[str(row["domain"])] = int(row["n"])
-    return {
-        "reasons": [{"type": r["type"], "reason": r["reason"] or "unclassified",
-                     "hard": bool(r["hard"]), "recipients": int(r["uniq"])} for r in reasons],
-        "domains": [{"domain": d["domain"], "bounced": int(d["uniq"]),
-                     "delivered": delivered.get(str(d["domain"]), 0),
-                     "rate": _rate(int(d["uniq"]), delivered.get(str(d["domain"]), 0))}
-                    for d in domains],
-    }
 
 
 async def message_activity(store: ReportEngine, ids: list[str]) -> dict[str, dict[str, Any]]:

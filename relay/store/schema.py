@@ -85,6 +85,51 @@ def _contact_triggers(table: str, column: str) -> list[Statement]:
     return out
 
 
+#: The hour a message was sent in, as the roll-ups key it: the same expression in the
+#: triggers, the refresh and the reads, so a message is never on two sides of a boundary.
+HOUR_KEY = {"sqlite": "CAST({column} / 3600 AS INTEGER)",
+            "postgresql": "floor({column} / 3600)::bigint"}
+
+#: PostgreSQL: the distinct hours of the changed rows' messages, once per statement.
+_PG_REPORT_CHANGED = """CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO report_changes (hour)
+    SELECT DISTINCT {hours};
+    RETURN NULL;
+END $$"""
+
+
+def _report_triggers(table: str, whens: tuple[str, ...]) -> list[Statement]:
+    """Triggers marking the hour of a message whose figures change: its row (``messages``)
+    or a row about it (``events``, ``recipients``) inserted, updated or deleted, whatever
+    writes it. As with the contact log, SQLite adds an hour only when no unclaimed entry
+    names it, PostgreSQL each hour once per statement."""
+    function = f"report_changed_by_{table}"
+    own = table == "messages"
+    pg_hour = HOUR_KEY["postgresql"].format(column="m.created_at")
+    pg_hours = (f"{pg_hour} FROM changed m" if own else
+                f"{pg_hour} FROM changed c JOIN messages m ON m.id = c.message_id")
+    out: list[Statement] = [{"postgresql": _PG_REPORT_CHANGED.format(
+        name=function, hours=pg_hours), "sqlite": ""}]
+    for when in whens:
+        row = "NEW" if when == "INSERT" else "OLD"
+        name = f"{table}_{when.lower()}_report"
+        hour = HOUR_KEY["sqlite"].format(column="m.created_at")
+        source = (f"(SELECT {row}.created_at AS created_at) m" if own else
+                  f"messages m WHERE m.id = {row}.message_id")
+        joiner = "WHERE" if own else "AND"
+        out.append({
+            "sqlite": f"CREATE TRIGGER {name} AFTER {when} ON {table} BEGIN "
+                      f"INSERT INTO report_changes (hour) SELECT {hour} FROM {source} "
+                      f"{joiner} NOT EXISTS (SELECT 1 FROM report_changes c "
+                      f"WHERE c.hour = {hour} AND NOT c.claimed); END",
+            "postgresql": f"CREATE TRIGGER {name} AFTER {when} ON {table} "
+                          f"REFERENCING {'NEW' if when == 'INSERT' else 'OLD'} TABLE AS "
+                          f"changed FOR EACH STATEMENT EXECUTE FUNCTION {function}()",
+        })
+    return out
+
+
 MIGRATIONS: list[tuple[int, str, list[Statement]]] = [
     (1, "initial", [
         """CREATE TABLE messages (
@@ -277,6 +322,76 @@ MIGRATIONS: list[tuple[int, str, list[Statement]]] = [
         # messages newest first, as on SQLite (fast there).
         {"sqlite": "",
          "postgresql": _PG_SUBJECT_TRIGRAMS},
+    ]),
+    (6, "hourly report roll-ups", [
+        # The figures of a period report (relay.store.reports) per hour of sending and
+        # scope ("*", "domain:<sender domain>", "sender:<sender address>"), kept by
+        # relay.store.rollups from the log below; a period reads its whole hours here
+        # and computes the rest (its edges, hours whose log entries wait) from the events.
+        """CREATE TABLE report_hours (
+            scope TEXT NOT NULL,
+            hour {bigint} NOT NULL,
+            type TEXT NOT NULL,
+            n {bigint} NOT NULL, human {bigint} NOT NULL, uniq {bigint} NOT NULL,
+            human_uniq {bigint} NOT NULL, hard {bigint} NOT NULL,
+            inferred {bigint} NOT NULL, mpp {bigint} NOT NULL,
+            human_non_mpp {bigint} NOT NULL, unknown_uniq {bigint} NOT NULL,
+            apple {bigint} NOT NULL,
+            PRIMARY KEY (scope, hour, type)
+        )""",
+        "CREATE INDEX report_hours_hour ON report_hours (hour)",
+        """CREATE TABLE report_hour_sent (
+            scope TEXT NOT NULL,
+            hour {bigint} NOT NULL,
+            messages {bigint} NOT NULL, recipients {bigint} NOT NULL,
+            delivered {bigint} NOT NULL,
+            PRIMARY KEY (scope, hour)
+        )""",
+        "CREATE INDEX report_hour_sent_hour ON report_hour_sent (hour)",
+        """CREATE TABLE report_hour_machine (
+            scope TEXT NOT NULL,
+            hour {bigint} NOT NULL,
+            type TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            n {bigint} NOT NULL,
+            PRIMARY KEY (scope, hour, type, reason)
+        )""",
+        "CREATE INDEX report_hour_machine_hour ON report_hour_machine (hour)",
+        # The grouped reports (relay.store.reports.GROUP_KEYS): clicks per link, bounces
+        # per reason and per recipient domain, events per day of event time and type.
+        """CREATE TABLE report_hour_groups (
+            scope TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            hour {bigint} NOT NULL,
+            key1 TEXT NOT NULL, key2 TEXT NOT NULL, key3 TEXT NOT NULL,
+            n {bigint} NOT NULL, human {bigint} NOT NULL, uniq {bigint} NOT NULL,
+            human_uniq {bigint} NOT NULL,
+            PRIMARY KEY (scope, kind, hour, key1, key2, key3)
+        )""",
+        "CREATE INDEX report_hour_groups_hour ON report_hour_groups (hour)",
+        # Hours of sending whose figures changed since their rows were computed.
+        """CREATE TABLE report_changes (
+            seq {serial},
+            hour {bigint} NOT NULL,
+            claimed {bool} NOT NULL DEFAULT FALSE
+        )""",
+        "CREATE INDEX report_changes_hour ON report_changes (hour)",
+        # One row: the refresh lease (one refreshing process at a time).
+        """CREATE TABLE report_state (
+            id INTEGER PRIMARY KEY,
+            lease_holder TEXT,
+            lease_until {float} NOT NULL DEFAULT 0
+        )""",
+        "INSERT INTO report_state (id) VALUES (1)",
+        # every hour already sent in waits for its first rows
+        {"sqlite": "INSERT INTO report_changes (hour) SELECT DISTINCT "
+                   + HOUR_KEY["sqlite"].format(column="created_at") + " FROM messages",
+         "postgresql": "INSERT INTO report_changes (hour) SELECT DISTINCT "
+                       + HOUR_KEY["postgresql"].format(column="created_at")
+                       + " FROM messages"},
+        *_report_triggers("messages", ("INSERT", "DELETE")),
+        *_report_triggers("recipients", ("INSERT", "UPDATE", "DELETE")),
+        *_report_triggers("events", ("INSERT", "UPDATE", "DELETE")),
     ]),
 ]
 

@@ -482,10 +482,10 @@ class SqlStore(ContactScoresSql, Store):
     async def period_report(self, *, scope: str | None = None, since: float | None = None,
                             until: float | None = None, campaign: str | None = None
                             ) -> dict[str, Any]:
-        from relay.store import reports
+        from relay.store import periods
 
         await self._fresh_statistics()
-        return await reports.period_report(self, scope=scope, since=since, until=until,
+        return await periods.period_report(self, scope=scope, since=since, until=until,
                                            campaign=campaign)
 
     # -- events ------------------------------------------------------------------------------
@@ -657,34 +657,39 @@ class SqlStore(ContactScoresSql, Store):
     async def outcome_totals(self, *, scope: str | None = None, since: float | None = None,
                              until: float | None = None, campaign: str | None = None
                              ) -> dict[str, Any]:
-        from relay.store import reports
+        from relay.store import periods
 
         await self._fresh_statistics()
-        return (await reports.period_report(self, scope=scope, since=since, until=until,
+        return (await periods.period_report(self, scope=scope, since=since, until=until,
                                             campaign=campaign, engagement=False))["outcomes"]
+
+    async def refresh_report_rollups(self, budget: float) -> int:
+        from relay.store import rollups
+
+        return await rollups.refresh(self, budget=budget)
 
     async def event_series(self, *, scope: str | None = None, since: float | None = None,
                            until: float | None = None, bucket: int = 3600,
                            campaign: str | None = None) -> list[dict[str, Any]]:
-        from relay.store import reports
+        from relay.store import periods
 
-        return await reports.event_series(self, scope=scope, since=since, until=until,
+        return await periods.event_series(self, scope=scope, since=since, until=until,
                                           bucket=bucket, campaign=campaign)
 
     async def top_links(self, *, scope: str | None = None, since: float | None = None,
                         until: float | None = None, campaign: str | None = None,
                         limit: int = 10) -> list[dict[str, Any]]:
-        from relay.store import reports
+        from relay.store import periods
 
-        return await reports.top_links(self, scope=scope, since=since, until=until,
+        return await periods.top_links(self, scope=scope, since=since, until=until,
                                        campaign=campaign, limit=limit)
 
     async def bounce_breakdown(self, *, scope: str | None = None,
                                since: float | None = None, until: float | None = None,
                                limit: int = 10) -> dict[str, Any]:
-        from relay.store import reports
+        from relay.store import periods
 
-        return await reports.bounce_breakdown(self, scope=scope, since=since, until=until,
+        return await periods.bounce_breakdown(self, scope=scope, since=since, until=until,
                                               limit=limit)
 
     async def message_activity(self, ids: list[str]) -> dict[str, dict[str, Any]]:

@@ -29,6 +29,7 @@ from relay.engagement.runner import BatchRunner
 from relay.logs import get_logger
 from relay.metrics import exposition
 from relay.store.base import Store
+from relay.store.rollups import ReportRoller
 from relay.tracker.api import Api
 from relay.tracker.deliverability_api import add_deliverability_routes
 from relay.tracker.pixel_door import MAX_FIELD_SIZE, DoorLimits, PixelDoor, PixelSite
@@ -115,6 +116,7 @@ def create_web_app(app: App) -> web.Application:
     web_app[DISPATCHER] = dispatcher
     batch = BatchRunner(lambda: app.store, app.config.engagement)
     ranker = ContactRanker(lambda: app.store, app.config.engagement)
+    roller = ReportRoller(lambda: app.store)
     opened_here = False
     settled_by: list[Store] = []  # the store whose flush() waits for the pixel's hits
 
@@ -132,6 +134,7 @@ def create_web_app(app: App) -> web.Application:
         await dispatcher.start()
         batch.start()
         ranker.start()
+        roller.start()
 
     async def on_cleanup(_: web.Application) -> None:
         nonlocal opened_here
@@ -144,6 +147,7 @@ def create_web_app(app: App) -> web.Application:
         await dispatcher.stop()
         await batch.stop()
         await ranker.stop()
+        await roller.stop()
         recipient.close()
         if opened_here and app.store is not None:
             await app.store.close()

@@ -1,0 +1,208 @@
+"""The period reports as pages and the API show them: the mail sent in a period, its
+whole hours read from the hourly roll-ups (``relay.store.rollups``) and the rest (its
+edges, hours whose roll-ups wait for a refresh, a campaign's period) from the events by
+the queries of ``relay.store.reports``. Either way the same numbers: the roll-ups hold
+those queries' own results per hour, and every figure is a sum over messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from relay.engagement.report import engagement_figures
+from relay.records import EVENT_TYPES
+from relay.store import rollups as hourly
+from relay.store.reports import (
+    GROUP_KEYS,
+    GROUPED,
+    SENT,
+    Rows,
+    _messages_in,
+    _rare_events_join,
+    _rate,
+    by_type_of,
+    day_rows,
+    domain_rows,
+    engagement_counts,
+    figure_rows,
+    link_rows,
+    machine_counters,
+    machine_rows,
+    period_where,
+    reason_rows,
+    sent_rows,
+    where_and,
+)
+from relay.store.rollups import RollupEngine
+from relay.store.where import Where
+
+
+async def period_report(store: RollupEngine, *, scope: str | None, since: float | None,
+                        until: float | None, campaign: str | None = None,
+                        engagement: bool = True, rollups: bool = True) -> dict[str, Any]:
+    """``outcomes`` and (unless ``engagement`` is false) ``engagement`` of the mail sent
+    in a period. A period of all campaigns reads its whole hours from the hourly
+    roll-ups (``relay.store.rollups``) unless ``rollups`` is false, and the rest from
+    its events in one pass (the machine reasons take one more, over opens and clicks)."""
+    where = period_where(store, scope, since, until, campaign)
+    narrowed = since is not None or until is not None or campaign is not None
+    figures: list[dict[str, Any]] = []
+    sent: list[dict[str, int]] = []
+    machine: list[dict[str, Any]] = []
+    live = True
+    if rollups and campaign is None:
+        plan = await hourly.hour_plan(store, since, until)
+        if plan is not None:
+            rolled = await hourly.rolled_totals(store, scope, plan,
+                                                machine_reasons=engagement)
+            figures += rolled[0]
+            sent.append(rolled[1])
+            machine += rolled[2]
+            rest = plan.live(store)
+            live = rest is not None
+            if rest is not None:
+                where.add(rest[0], *rest[1])
+                narrowed = True
+    if live:
+        figures += await figure_rows(store, where, messages_first=True)
+        sent += await sent_rows(store, where, messages_first=narrowed)
+        if engagement:
+            machine += await machine_rows(store, where, messages_first=True)
+    by_type = by_type_of(figures)
+    counts = {k: sum(s[k] for s in sent) for k in SENT}
+    delivered = counts["delivered"]
+    events: dict[str, dict[str, Any]] = {}
+    for kind in EVENT_TYPES:
+        r = by_type.get(kind, {})
+        uniq, human_uniq = r.get("uniq", 0), r.get("human_uniq", 0)
+        events[kind] = {
+            "events": {"human": r.get("human", 0), "all": r.get("n", 0)},
+            "recipients": {"human": human_uniq, "all": uniq},
+            "rate": {"human": _rate(human_uniq, delivered), "all": _rate(uniq, delivered)},
+        }
+    hard = by_type.get("bounce", {}).get("hard", 0)
+    bounced = events["bounce"]["recipients"]["all"]
+    outcomes = {
+        "messages": counts["messages"],
+        "recipients": counts["recipients"],
+        "delivered": delivered,
+        "bounces": {"hard": hard, "soft": bounced - hard},
+        "events": events,
+    }
+    if not engagement:
+        return {"outcomes": outcomes}
+    machine_opens, machine_clicks = machine_counters(machine)
+    return {"outcomes": outcomes,
+            "engagement": engagement_figures(engagement_counts(by_type), machine_opens,
+                                             machine_clicks, delivered)}
+
+
+async def _grouped(store: RollupEngine, kind: str, *, scope: str | None,
+                   since: float | None, until: float | None, campaign: str | None,
+                   live: Callable[[Where], Awaitable[Rows]]) -> Rows:
+    """A grouped report of the mail sent in a period: its whole hours from the
+    roll-ups when it covers all campaigns (``relay.store.rollups``), the rest by
+    ``live`` from the events; rows with the same keys summed."""
+    where = period_where(store, scope, since, until, campaign)
+    if campaign is not None:
+        return await live(where)
+    plan = await hourly.hour_plan(store, since, until)
+    if plan is None:
+        return await live(where)
+    rows = await hourly.rolled_groups(store, kind, scope, plan)
+    rest = plan.live(store)
+    if rest is not None:
+        where.add(rest[0], *rest[1])
+        rows += await live(where)
+    names = GROUP_KEYS[kind]
+    sums: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for r in rows:
+        key = tuple(r[k] for k in names)
+        into = sums.setdefault(key, {**dict(zip(names, key, strict=True)),
+                                     **dict.fromkeys(GROUPED, 0)})
+        for k in GROUPED:
+            into[k] += r[k]
+    return list(sums.values())
+
+
+async def event_series(store: RollupEngine, *, scope: str | None, since: float | None,
+                       until: float | None, bucket: int, campaign: str | None = None
+                       ) -> list[dict[str, Any]]:
+    if bucket == 86400:  # the day buckets the roll-ups keep
+        rows = await _grouped(store, "day", scope=scope, since=since, until=until,
+                              campaign=campaign, live=lambda w: day_rows(store, w))
+    else:
+        rows = await day_rows(store, period_where(store, scope, since, until, campaign),
+                              bucket=bucket)
+    rows.sort(key=lambda r: (r["b"], r["type"]))
+    return [{"time": float(r["b"]) * bucket, "type": r["type"], "all": r["n"],
+             "human": r["human"]} for r in rows]
+
+
+async def top_links(store: RollupEngine, *, scope: str | None, since: float | None,
+                    until: float | None, campaign: str | None = None, limit: int = 10
+                    ) -> list[dict[str, Any]]:
+    rows = await _grouped(store, "link", scope=scope, since=since, until=until,
+                          campaign=campaign, live=lambda w: link_rows(store, w))
+    rows.sort(key=lambda r: (-r["n"], r["url"]))
+    return [{"url": r["url"], "clicks": {"human": r["human"], "all": r["n"]},
+             "recipients": {"human": r["human_uniq"], "all": r["uniq"]}}
+            for r in rows[:limit]]
+
+
+async def bounce_breakdown(store: RollupEngine, *, scope: str | None, since: float | None,
+                           until: float | None, limit: int = 10) -> dict[str, Any]:
+    """Bounces and complaints by reason (``data.reason`` of the event, as classified) and
+    the recipient domains that bounce most, with their delivered recipients."""
+    joins: dict[int, str] = {}
+
+    async def join(where: Where) -> str:
+        # the period's rest after the roll-ups is a few hours: its messages first
+        if id(where) not in joins:
+            joins[id(where)] = await _rare_events_join(
+                store, ("bounce", "complaint"), await _messages_in(store, where))
+        return joins[id(where)]
+
+    async def reasons_live(where: Where) -> Rows:
+        return await reason_rows(store, where, join=await join(where))
+
+    async def domains_live(where: Where) -> Rows:
+        return await domain_rows(store, where, join=await join(where))
+
+    reasons = await _grouped(store, "reason", scope=scope, since=since, until=until,
+                             campaign=None, live=reasons_live)
+    reasons.sort(key=lambda r: (-r["uniq"], r["type"], r["reason"], r["hard"]))
+    domains = await _grouped(store, "domain", scope=scope, since=since, until=until,
+                             campaign=None, live=domains_live)
+    domains.sort(key=lambda r: (-r["uniq"], r["domain"]))
+    reasons, domains = reasons[:limit * 2], domains[:limit]
+    where = period_where(store, scope, since, until)
+    delivered: dict[str, int] = {}
+    names = [str(d["domain"]) for d in domains]
+    if names:
+        r_domain = store._domain_expr("r.address")
+        marks = ", ".join("?" for _ in names)
+        # the domains' recipients by their index (recipients_domain), or the period's
+        # messages' recipients: whichever is fewer rows
+        theirs = await store._fetchrow(
+            f"SELECT COUNT(*) AS n FROM recipients r WHERE {r_domain} IN ({marks})", names)
+        if int((theirs or {}).get("n") or 0) < await _messages_in(store, where):
+            source = (f"recipients r {store._messages_first_join} messages m "
+                      "ON m.id = r.message_id")
+        else:
+            source = (f"messages m {store._messages_first_join} recipients r "
+                      "ON r.message_id = m.id")
+        for row in await store._fetch(
+                f"SELECT {r_domain} AS domain, COUNT(*) AS n FROM {source} "
+                + where_and(where, f"r.status = 'accepted' AND {r_domain} IN ({marks})")
+                + f" GROUP BY {r_domain}", [*where.args, *names]):
+            delivered[str(row["domain"])] = int(row["n"])
+    return {
+        "reasons": [{"type": r["type"], "reason": r["reason"] or "unclassified",
+                     "hard": bool(r["hard"]), "recipients": r["uniq"]} for r in reasons],
+        "domains": [{"domain": d["domain"], "bounced": d["uniq"],
+                     "delivered": delivered.get(str(d["domain"]), 0),
+                     "rate": _rate(d["uniq"], delivered.get(str(d["domain"]), 0))}
+                    for d in domains],
+    }

@@ -1,0 +1,429 @@
+"""Hourly roll-ups of the period reports, so a month's figures are a few thousand rows
+summed, not a few million events walked.
+
+A period report (``relay.store.reports.period_report``) is made of counts over the
+messages sent in the period and the events about them, grouped per recipient; every
+count is a sum over messages. So it adds up over the hours the messages were sent in,
+exactly: ``report_hours`` keeps the ``FIGURES`` per hour of sending, scope and event
+type, ``report_hour_sent`` the messages, recipients and delivered recipients,
+``report_hour_machine`` the machine opens and clicks by reason. A scope is ``*``
+(everyone's mail), ``domain:<sender domain>`` or ``sender:<sender address>``, the three
+an API token can have.
+
+**Always exact.** Triggers on ``messages``, ``recipients`` and ``events`` log the hour of
+any message whose rows change (``report_changes``), whatever writes them: the relay, the
+tracker, a reclassification, a purge, an erasure. A report reads its whole hours with no
+waiting log entry from the roll-ups and computes the rest from the events: the partial
+hours at its edges and the hours whose entries wait. The tracker's ``ReportRoller``
+empties the log in the background (one refreshing process at a time, by lease), so the
+rest is small; a store no tracker refreshes reads its periods from the events, as fast as
+before the roll-ups and no less right.
+
+A message is in the hour ``HOUR_KEY`` of its ``created_at`` (the same expression in the
+triggers, the refresh and the reads), and a whole hour is read from the roll-ups only
+with a second to spare inside the period, so a ``created_at`` a rounding error from an
+hour's boundary is never counted on both sides or on neither.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from relay.background import BackgroundTasks
+from relay.logs import get_logger
+from relay.store.base import Store
+from relay.store.reports import (
+    FIGURES,
+    GROUP_KEYS,
+    GROUPED,
+    SENT,
+    ReportEngine,
+    Rows,
+    day_rows,
+    domain_rows,
+    figure_rows,
+    link_rows,
+    machine_rows,
+    reason_rows,
+    sent_rows,
+)
+from relay.store.schema import HOUR_KEY
+from relay.store.where import Step, Where
+
+log = get_logger("relay.store.rollups")
+
+ALL = "*"
+#: hours of sending recomputed per refresh step (about 500 messages an hour at a
+#: million messages over three months: a step reads about 60,000 events)
+STEP = 24
+#: waiting hours a report computes from the events before it reads the whole period
+#: from them instead (so many separate ranges cost more than one)
+MAX_LIVE_RANGES = 48
+LEASE = 60.0
+#: seconds between two refreshes of a tracker process
+INTERVAL = 5.0
+HOUR = 3600
+
+
+class RollupEngine(ReportEngine, Protocol):
+    """What the roll-ups need of an engine (``relay.store.sql.SqlStore`` has it)."""
+
+    dialect: str
+
+    async def _transaction(self, steps: list[Step]) -> list[int]: ...
+
+
+def hour_key(store: RollupEngine, column: str) -> str:
+    return HOUR_KEY[store.dialect].format(column=column)
+
+
+def scope_key(scope: str | None) -> str:
+    """The roll-ups' scope of an API token's scope (``scope_condition``'s reading)."""
+    if scope is None:
+        return ALL
+    scope = scope.strip().lower()
+    return f"sender:{scope}" if "@" in scope else f"domain:{scope}"
+
+
+def _marks(n: int) -> str:
+    return ", ".join("?" for _ in range(n))
+
+
+def _runs(hours: list[int]) -> list[tuple[int, int]]:
+    """Sorted hours as ``[first, end)`` runs of consecutive ones."""
+    runs: list[tuple[int, int]] = []
+    for h in sorted(set(hours)):
+        if runs and runs[-1][1] == h:
+            runs[-1] = (runs[-1][0], h + 1)
+        else:
+            runs.append((h, h + 1))
+    return runs
+
+
+def _hours_condition(store: RollupEngine, hours: list[int]) -> tuple[str, list[Any]]:
+    """Messages sent in ``hours`` (by ``HOUR_KEY``), read through the time index."""
+    ranges = " OR ".join("(m.created_at >= ? AND m.created_at < ?)" for _ in _runs(hours))
+    args: list[Any] = []
+    for first, end in _runs(hours):
+        args += [first * HOUR - 1, end * HOUR + 1]
+    return (f"({ranges}) AND {hour_key(store, 'm.created_at')} IN ({_marks(len(hours))})",
+            [*args, *hours])
+
+
+@dataclass(frozen=True)
+class HourPlan:
+    """The whole hours ``[first, end)`` of a period (None: unbounded) read from the
+    roll-ups, but for ``waiting`` (hours whose log entries wait)."""
+
+    first: int | None
+    end: int | None
+    waiting: tuple[int, ...]
+
+    def rolled(self) -> tuple[str, list[Any]]:
+        """The condition on a roll-up table's ``hour``."""
+        where = Where()
+        if self.first is not None:
+            where.add("hour >= ?", self.first)
+        if self.end is not None:
+            where.add("hour < ?", self.end)
+        if self.waiting:
+            where.add(f"hour NOT IN ({_marks(len(self.waiting))})", *self.waiting)
+        return " AND ".join(where.parts) or "1 = 1", where.args
+
+    def live(self, store: RollupEngine) -> tuple[str, list[Any]] | None:
+        """The condition on ``messages m`` of the rest of the period (with the period's
+        own bounds): its edges before ``first`` and from ``end``, and the waiting hours;
+        None when there is no rest."""
+        ranges: list[str] = []
+        args: list[Any] = []
+        hours: list[str] = []
+        hour_args: list[Any] = []
+        key = hour_key(store, "m.created_at")
+        if self.first is not None:
+            ranges.append("m.created_at < ?")
+            args.append(self.first * HOUR + 1)
+            hours.append(f"{key} < ?")
+            hour_args.append(self.first)
+        if self.end is not None:
+            ranges.append("m.created_at >= ?")
+            args.append(self.end * HOUR - 1)
+            hours.append(f"{key} >= ?")
+            hour_args.append(self.end)
+        for first, end in _runs(list(self.waiting)):
+            ranges.append("(m.created_at >= ? AND m.created_at < ?)")
+            args += [first * HOUR - 1, end * HOUR + 1]
+        if self.waiting:
+            hours.append(f"{key} IN ({_marks(len(self.waiting))})")
+            hour_args += list(self.waiting)
+        if not ranges:
+            return None
+        return f"({' OR '.join(ranges)}) AND ({' OR '.join(hours)})", [*args, *hour_args]
+
+
+async def hour_plan(store: RollupEngine, since: float | None, until: float | None
+                    ) -> HourPlan | None:
+    """How to read ``[since, until)``: None when no whole hour of it can come from the
+    roll-ups (a short period, or too many waiting hours)."""
+    first = None if since is None else math.ceil((float(since) + 1) / HOUR)
+    end = None if until is None else math.floor((float(until) - 1) / HOUR)
+    if first is not None and end is not None and first >= end:
+        return None
+    where = Where()
+    if first is not None:
+        where.add("hour >= ?", first)
+    if end is not None:
+        where.add("hour < ?", end)
+    rows = await store._fetch(f"SELECT DISTINCT hour FROM report_changes {where.sql()}",
+                              where.args)
+    waiting = sorted(int(r["hour"]) for r in rows)
+    if len(_runs(waiting)) > MAX_LIVE_RANGES:
+        return None
+    return HourPlan(first, end, tuple(waiting))
+
+
+#: per type the figure rows, the sent counts, the machine rows (``relay.store.reports``)
+Totals = tuple[list[dict[str, Any]], dict[str, int], list[dict[str, Any]]]
+
+
+async def rolled_totals(store: RollupEngine, scope: str | None, plan: HourPlan,
+                        *, machine_reasons: bool) -> Totals:
+    """The roll-ups' sums over the plan's rolled hours."""
+    condition, args = plan.rolled()
+    args = [scope_key(scope), *args]
+    sums = ", ".join(f"SUM({k}) AS {k}" for k in FIGURES)
+    figures = await store._fetch(
+        f"SELECT type, {sums} FROM report_hours WHERE scope = ? AND {condition} "
+        "GROUP BY type", args)
+    sent = await store._fetchrow(
+        f"SELECT {', '.join(f'SUM({k}) AS {k}' for k in SENT)} FROM report_hour_sent "
+        f"WHERE scope = ? AND {condition}", args)
+    machine: list[dict[str, Any]] = []
+    if machine_reasons:
+        machine = await store._fetch(
+            "SELECT type, reason, SUM(n) AS n FROM report_hour_machine "
+            f"WHERE scope = ? AND {condition} GROUP BY type, reason", args)
+    return ([{"type": r["type"], **{k: int(r[k] or 0) for k in FIGURES}} for r in figures],
+            {k: int((sent or {}).get(k) or 0) for k in SENT},
+            [{"type": r["type"], "reason": r["reason"], "n": int(r["n"])} for r in machine])
+
+
+#: the grouped reports' keys that are numbers (the roll-ups keep every key as text)
+_NUMBERS = {"hard", "b"}
+
+
+def _key_columns(kind: str) -> list[str]:
+    return [f"key{i + 1}" for i in range(len(GROUP_KEYS[kind]))]
+
+
+async def rolled_groups(store: RollupEngine, kind: str, scope: str | None,
+                        plan: HourPlan) -> Rows:
+    """A grouped report's rows (``relay.store.reports.GROUP_KEYS[kind]``) summed over
+    the plan's rolled hours."""
+    condition, args = plan.rolled()
+    columns = _key_columns(kind)
+    keys = ", ".join(columns)
+    sums = ", ".join(f"SUM({k}) AS {k}" for k in GROUPED)
+    rows = await store._fetch(
+        f"SELECT {keys}, {sums} FROM report_hour_groups "
+        f"WHERE scope = ? AND kind = ? AND {condition} GROUP BY {keys}",
+        [scope_key(scope), kind, *args])
+    names = GROUP_KEYS[kind]
+    return [{**{name: int(r[c]) if name in _NUMBERS else r[c]
+                for name, c in zip(names, columns, strict=True)},
+             **{k: int(r[k] or 0) for k in GROUPED}} for r in rows]
+
+
+# -- the refresh ----------------------------------------------------------------------------
+
+def _scopes(sender: Any, domain: Any) -> tuple[str, str, str]:
+    return ALL, f"domain:{domain or ''}", f"sender:{sender or ''}"
+
+
+@dataclass
+class HourRows:
+    """The roll-up rows of some hours, each with its ``scope`` and ``hour``."""
+
+    figures: list[dict[str, Any]]
+    sent: list[dict[str, Any]]
+    machine: list[dict[str, Any]]
+    groups: list[dict[str, Any]]
+
+
+async def compute_hours(store: RollupEngine, hours: list[int]) -> HourRows:
+    """The roll-up rows of ``hours``, from the events, for every scope at once."""
+    condition, args = _hours_condition(store, hours)
+    where = Where()
+    where.add(condition, *args)
+    keys = {"r_hour": hour_key(store, "m.created_at"), "r_sender": "m.sender",
+            "r_domain": "m.sender_domain"}
+
+    def spread(rows: Rows, names: tuple[str, ...], values: tuple[str, ...]
+               ) -> list[dict[str, Any]]:
+        """``rows`` per hour of sending and sender summed into the three scopes."""
+        out: dict[tuple[Any, ...], dict[str, Any]] = {}
+        for r in rows:
+            for scope in _scopes(r["r_sender"], r["r_domain"]):
+                key = (scope, int(r["r_hour"]), *(r[k] for k in names))
+                into = out.setdefault(key, {"scope": scope, "hour": int(r["r_hour"]),
+                                            **{k: r[k] for k in names},
+                                            **dict.fromkeys(values, 0)})
+                for k in values:
+                    into[k] += int(r[k])
+        return list(out.values())
+
+    messages_first = store._events_join(True)
+    groups: list[dict[str, Any]] = []
+    for kind, rows in (
+            ("link", await link_rows(store, where, keys=keys)),
+            ("reason", await reason_rows(store, where, join=messages_first, keys=keys)),
+            ("domain", await domain_rows(store, where, join=messages_first, keys=keys)),
+            ("day", await day_rows(store, where, keys=keys))):
+        names = GROUP_KEYS[kind]
+        for r in spread(rows, names, GROUPED):
+            text = [str(r[k]) for k in names] + [""] * (3 - len(names))
+            groups.append({"scope": r["scope"], "kind": kind, "hour": r["hour"],
+                           "key1": text[0], "key2": text[1], "key3": text[2],
+                           **{k: r[k] for k in GROUPED}})
+    return HourRows(
+        spread(await figure_rows(store, where, messages_first=True, keys=keys),
+               ("type",), FIGURES),
+        spread(await sent_rows(store, where, messages_first=True, keys=keys), (), SENT),
+        spread(await machine_rows(store, where, messages_first=True, keys=keys),
+               ("type", "reason"), ("n",)),
+        groups)
+
+
+#: rows per INSERT: well under both engines' limits on bound parameters
+CHUNK = 200
+
+
+def _inserts(table: str, columns: tuple[str, ...], rows: list[dict[str, Any]]
+             ) -> list[Step]:
+    steps: list[Step] = []
+    row = f"({_marks(len(columns))})"
+    for start in range(0, len(rows), CHUNK):
+        part = rows[start:start + CHUNK]
+        steps.append((f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
+                      + ", ".join(row for _ in part),
+                      [r[c] for r in part for c in columns]))
+    return steps
+
+
+async def claim_changes(store: RollupEngine, limit: int = STEP) -> list[int]:
+    """The hours of the log's oldest entries (up to ``limit`` hours), with every entry
+    naming them marked claimed: rows computed after this cover those entries."""
+    oldest = await store._fetch(
+        "SELECT hour FROM report_changes ORDER BY seq LIMIT ?", [int(limit) * 4])
+    hours = sorted({int(r["hour"]) for r in oldest})[:limit]
+    if hours:
+        await store._transaction([(
+            f"UPDATE report_changes SET claimed = TRUE WHERE hour IN ({_marks(len(hours))})",
+            list(hours))])
+    return hours
+
+
+async def replace_hours(store: RollupEngine, hours: list[int], rows: HourRows) -> None:
+    """In one transaction: the roll-up rows of ``hours`` replaced, and their claimed log
+    entries (the ones the rows were computed after) removed."""
+    marks = _marks(len(hours))
+    steps: list[Step] = [(f"DELETE FROM {table} WHERE hour IN ({marks})", list(hours))
+                         for table in ("report_hours", "report_hour_sent",
+                                       "report_hour_machine", "report_hour_groups")]
+    steps += _inserts("report_hours", ("scope", "hour", "type", *FIGURES), rows.figures)
+    steps += _inserts("report_hour_sent", ("scope", "hour", *SENT), rows.sent)
+    steps += _inserts("report_hour_machine", ("scope", "hour", "type", "reason", "n"),
+                      rows.machine)
+    steps += _inserts("report_hour_groups", ("scope", "kind", "hour", "key1", "key2",
+                                             "key3", *GROUPED), rows.groups)
+    steps.append((f"DELETE FROM report_changes WHERE claimed AND hour IN ({marks})",
+                   list(hours)))
+    await store._transaction(steps)
+
+
+async def pending_changes(store: RollupEngine) -> int:
+    row = await store._fetchrow("SELECT COUNT(*) AS n FROM report_changes")
+    return int((row or {}).get("n") or 0)
+
+
+async def _take_lease(store: RollupEngine, holder: str) -> bool:
+    now = time.time()
+    counts = await store._transaction([(
+        "UPDATE report_state SET lease_holder = ?, lease_until = ? "
+        "WHERE id = 1 AND (lease_until < ? OR lease_holder = ?)",
+        [holder, now + LEASE, now, holder])])
+    return bool(counts and counts[0])
+
+
+async def _release_lease(store: RollupEngine, holder: str) -> None:
+    await store._transaction([(
+        "UPDATE report_state SET lease_holder = NULL, lease_until = 0 "
+        "WHERE id = 1 AND lease_holder = ?", [holder])])
+
+
+async def refresh(store: RollupEngine, *, budget: float = INTERVAL,
+                  clock: Callable[[], float] = time.monotonic) -> int:
+    """Recompute the hours the log names, oldest entries first, for up to ``budget``
+    seconds; returns how many log entries still wait (0: every row is current). Another
+    process's refresh running, it returns at once."""
+    if not await store._fetch("SELECT 1 AS one FROM report_changes LIMIT 1"):
+        return 0  # current: no lease taken (two writes) for nothing
+    holder = uuid.uuid4().hex
+    if not await _take_lease(store, holder):
+        return await pending_changes(store)
+    deadline = clock() + budget
+    try:
+        # a killed refresher's claims: the rows it was computing were never written
+        await store._transaction([
+            ("UPDATE report_changes SET claimed = FALSE WHERE claimed", [])])
+        while True:
+            hours = await claim_changes(store)
+            if not hours:
+                return 0
+            await replace_hours(store, hours, await compute_hours(store, hours))
+            if clock() >= deadline:
+                return await pending_changes(store)
+            await _take_lease(store, holder)
+    finally:
+        await _release_lease(store, holder)
+
+
+class ReportRoller:
+    """Keeps the roll-ups current in the background of a tracker process, so a report
+    seldom computes more than its edges from the events (the first run after an upgrade
+    builds every hour's rows)."""
+
+    def __init__(self, store: Callable[[], Store | None],
+                 interval: float = INTERVAL) -> None:
+        self._store = store
+        self.interval = interval
+        self._tasks = BackgroundTasks()
+
+    def start(self) -> None:
+        if not self._tasks:
+            self._tasks.start(self._loop(), "report-roller")
+
+    async def stop(self) -> None:
+        await self._tasks.stop()
+
+    async def _loop(self) -> None:
+        while True:
+            store = self._store()
+            if store is not None:
+                try:
+                    left = await store.refresh_report_rollups(budget=self.interval)
+                    if left:
+                        # a build in progress (or another process's): on again soon
+                        log.info("report_rollups_pending", entries=left)
+                        await asyncio.sleep(min(1.0, self.interval))
+                        continue
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # the store is down, …: try again later
+                    log.warning("report_rollups_refresh_failed", error=repr(exc))
+            await asyncio.sleep(self.interval)
