@@ -10,14 +10,15 @@ type, ``report_hour_sent`` the messages, recipients and delivered recipients,
 (everyone's mail), ``domain:<sender domain>`` or ``sender:<sender address>``, the three
 an API token can have.
 
-**Always exact.** Triggers on ``messages``, ``recipients`` and ``events`` log the hour of
-any message whose rows change (``report_changes``), whatever writes them: the relay, the
-tracker, a reclassification, a purge, an erasure. A report reads its whole hours with no
-waiting log entry from the roll-ups and computes the rest from the events: the partial
-hours at its edges and the hours whose entries wait. The tracker's ``ReportRoller``
-empties the log in the background (one refreshing process at a time, by lease), so the
-rest is small; a store no tracker refreshes reads its periods from the events, as fast as
-before the roll-ups and no less right.
+**Always exact.** Triggers on ``messages``, ``recipients`` and ``events`` log every
+message whose rows change, or its hour of sending (``report_changes``), whatever writes
+them: the relay, the tracker, a reclassification, a purge, an erasure. A report reads
+its whole hours with no waiting log entry from the roll-ups and computes the rest from
+the events: the partial hours at its edges and the hours whose entries wait. The
+tracker's ``ReportRoller`` empties the log in the background (one refreshing process at
+a time, by lease), so the rest is small; a store no tracker refreshes reads its periods
+from the events, as fast as before the roll-ups and no less right. A hit's write reads
+nothing: its trigger logs the message, whose hour is looked up when the log is read.
 
 A message is in the hour ``HOUR_KEY`` of its ``created_at`` (the same expression in the
 triggers, the refresh and the reads), and a whole hour is read from the roll-ups only
@@ -174,17 +175,33 @@ async def hour_plan(store: RollupEngine, since: float | None, until: float | Non
     end = None if until is None else math.floor((float(until) - 1) / HOUR)
     if first is not None and end is not None and first >= end:
         return None
-    where = Where()
-    if first is not None:
-        where.add("hour >= ?", first)
-    if end is not None:
-        where.add("hour < ?", end)
-    rows = await store._fetch(f"SELECT DISTINCT hour FROM report_changes {where.sql()}",
-                              where.args)
-    waiting = sorted(int(r["hour"]) for r in rows)
+    waiting = [h for h in await _waiting_hours(store, first, end)
+               if (first is None or h >= first) and (end is None or h < end)]
     if len(_runs(waiting)) > MAX_LIVE_RANGES:
         return None
-    return HourPlan(first, end, tuple(waiting))
+    return HourPlan(first, end, tuple(sorted(waiting)))
+
+
+async def _waiting_hours(store: RollupEngine, first: int | None, end: int | None
+                         ) -> set[int]:
+    """The hours in ``[first, end)`` (None: unbounded) that log entries name, directly
+    or by a message sent in them (an entry whose message is gone names nothing: the
+    message's deletion logged its hour)."""
+    hours = Where()
+    hours.add("hour IS NOT NULL")
+    sent = Where()
+    if first is not None:
+        hours.add("hour >= ?", first)
+        sent.add("m.created_at >= ?", first * HOUR - 1)
+    if end is not None:
+        hours.add("hour < ?", end)
+        sent.add("m.created_at < ?", end * HOUR + 1)
+    rows = await store._fetch(
+        f"SELECT DISTINCT hour FROM report_changes {hours.sql()}", hours.args)
+    rows += await store._fetch(
+        f"SELECT DISTINCT {hour_key(store, 'm.created_at')} AS hour FROM report_changes c "
+        f"JOIN messages m ON m.id = c.message_id {sent.sql()}", sent.args)
+    return {int(r["hour"]) for r in rows}
 
 
 #: per type the figure rows, the sent counts, the machine rows (``relay.store.reports``)
@@ -316,16 +333,33 @@ def _inserts(table: str, columns: tuple[str, ...], rows: list[dict[str, Any]]
 
 
 async def claim_changes(store: RollupEngine, limit: int = STEP) -> list[int]:
-    """The hours of the log's oldest entries (up to ``limit`` hours), with every entry
-    naming them marked claimed: rows computed after this cover those entries."""
+    """The hours the log's oldest entries name (up to ``limit`` hours), with every entry
+    naming them (or a message sent in them) marked claimed: rows computed after this
+    cover those entries. Entries whose message is gone are dropped (its deletion logged
+    its hour)."""
     oldest = await store._fetch(
-        "SELECT hour FROM report_changes ORDER BY seq LIMIT ?", [int(limit) * 4])
-    hours = sorted({int(r["hour"]) for r in oldest})[:limit]
+        f"SELECT c.seq, c.hour, {hour_key(store, 'm.created_at')} AS sent_in "
+        "FROM report_changes c LEFT JOIN messages m ON m.id = c.message_id "
+        "ORDER BY c.seq LIMIT ?", [int(limit) * 4])
+    orphans = [int(r["seq"]) for r in oldest if r["hour"] is None and r["sent_in"] is None]
+    hours = sorted({int(h) for r in oldest for h in (r["hour"], r["sent_in"])
+                    if h is not None})[:limit]
+    steps: list[Step] = [(f"DELETE FROM report_changes WHERE seq IN ({_marks(len(chunk))})",
+                          chunk) for chunk in (orphans[i:i + CHUNK]
+                                               for i in range(0, len(orphans), CHUNK))]
     if hours:
-        await store._transaction([(
-            f"UPDATE report_changes SET claimed = TRUE WHERE hour IN ({_marks(len(hours))})",
-            list(hours))])
+        condition, args = _entries_of(store, hours)
+        steps.append((f"UPDATE report_changes SET claimed = TRUE WHERE {condition}", args))
+    if steps:
+        await store._transaction(steps)
     return hours
+
+
+def _entries_of(store: RollupEngine, hours: list[int]) -> tuple[str, list[Any]]:
+    """The log entries naming ``hours`` or a message sent in them."""
+    sent, args = _hours_condition(store, hours)
+    return (f"(hour IN ({_marks(len(hours))}) OR message_id IN "
+            f"(SELECT m.id FROM messages m WHERE {sent}))", [*hours, *args])
 
 
 async def replace_hours(store: RollupEngine, hours: list[int], rows: HourRows) -> None:
@@ -341,8 +375,8 @@ async def replace_hours(store: RollupEngine, hours: list[int], rows: HourRows) -
                       rows.machine)
     steps += _inserts("report_hour_groups", ("scope", "kind", "hour", "key1", "key2",
                                              "key3", *GROUPED), rows.groups)
-    steps.append((f"DELETE FROM report_changes WHERE claimed AND hour IN ({marks})",
-                   list(hours)))
+    condition, args = _entries_of(store, hours)
+    steps.append((f"DELETE FROM report_changes WHERE claimed AND {condition}", args))
     await store._transaction(steps)
 
 

@@ -90,45 +90,44 @@ def _contact_triggers(table: str, column: str) -> list[Statement]:
 HOUR_KEY = {"sqlite": "CAST({column} / 3600 AS INTEGER)",
             "postgresql": "floor({column} / 3600)::bigint"}
 
-#: PostgreSQL: the distinct hours of the changed rows' messages, once per statement.
+#: PostgreSQL: per statement, the distinct hours of the changed messages (``{column}``
+#: ``hour``) or the distinct messages the changed rows are about (``message_id``).
 _PG_REPORT_CHANGED = """CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO report_changes (hour)
-    SELECT DISTINCT {hours};
+    INSERT INTO report_changes ({column}) SELECT DISTINCT {value} FROM changed;
     RETURN NULL;
 END $$"""
 
 
 def _report_triggers(table: str, whens: tuple[str, ...]) -> list[Statement]:
-    """Triggers marking the hour of a message whose figures change: its row (``messages``)
-    or a row about it (``events``, ``recipients``) inserted, updated or deleted, whatever
-    writes it. As with the contact log, SQLite adds an hour only when no unclaimed entry
-    names it, PostgreSQL each hour once per statement."""
+    """Triggers logging what changed for the hourly report roll-ups, whatever writes:
+    a message inserted or deleted logs its hour of sending; a row about a message
+    (``events``, ``recipients``) inserted, updated or deleted logs the message, whose hour
+    is looked up when the log is read (so a hit's write never reads ``messages``: a
+    lock on it holds up no door). As with the contact log, SQLite adds an entry only
+    when no unclaimed one names the same hour or message, PostgreSQL one per distinct
+    value per statement."""
     function = f"report_changed_by_{table}"
     own = table == "messages"
-    pg_hour = HOUR_KEY["postgresql"].format(column="m.created_at")
-    pg_hours = (f"{pg_hour} FROM changed m" if own else
-                f"{pg_hour} FROM changed c JOIN messages m ON m.id = c.message_id")
+    column = "hour" if own else "message_id"
+    pg_value = HOUR_KEY["postgresql"].format(column="created_at") if own else "message_id"
     out: list[Statement] = [{"postgresql": _PG_REPORT_CHANGED.format(
-        name=function, hours=pg_hours), "sqlite": ""}]
+        name=function, column=column, value=pg_value), "sqlite": ""}]
     for when in whens:
         row = "NEW" if when == "INSERT" else "OLD"
         name = f"{table}_{when.lower()}_report"
-        hour = HOUR_KEY["sqlite"].format(column="m.created_at")
-        source = (f"(SELECT {row}.created_at AS created_at) m" if own else
-                  f"messages m WHERE m.id = {row}.message_id")
-        joiner = "WHERE" if own else "AND"
+        value = (HOUR_KEY["sqlite"].format(column=f"{row}.created_at") if own
+                 else f"{row}.message_id")
         out.append({
             "sqlite": f"CREATE TRIGGER {name} AFTER {when} ON {table} BEGIN "
-                      f"INSERT INTO report_changes (hour) SELECT {hour} FROM {source} "
-                      f"{joiner} NOT EXISTS (SELECT 1 FROM report_changes c "
-                      f"WHERE c.hour = {hour} AND NOT c.claimed); END",
+                      f"INSERT INTO report_changes ({column}) SELECT {value} "
+                      f"WHERE NOT EXISTS (SELECT 1 FROM report_changes c "
+                      f"WHERE c.{column} = {value} AND NOT c.claimed); END",
             "postgresql": f"CREATE TRIGGER {name} AFTER {when} ON {table} "
-                          f"REFERENCING {'NEW' if when == 'INSERT' else 'OLD'} TABLE AS "
-                          f"changed FOR EACH STATEMENT EXECUTE FUNCTION {function}()",
+                          f"REFERENCING {row} TABLE AS changed FOR EACH STATEMENT "
+                          f"EXECUTE FUNCTION {function}()",
         })
     return out
-
 
 MIGRATIONS: list[tuple[int, str, list[Statement]]] = [
     (1, "initial", [
@@ -369,13 +368,16 @@ MIGRATIONS: list[tuple[int, str, list[Statement]]] = [
             PRIMARY KEY (scope, kind, hour, key1, key2, key3)
         )""",
         "CREATE INDEX report_hour_groups_hour ON report_hour_groups (hour)",
-        # Hours of sending whose figures changed since their rows were computed.
+        # What changed since the rows were computed: an hour of sending (a message
+        # inserted or deleted) or a message (a row about it written).
         """CREATE TABLE report_changes (
             seq {serial},
-            hour {bigint} NOT NULL,
+            hour {bigint},
+            message_id TEXT,
             claimed {bool} NOT NULL DEFAULT FALSE
         )""",
         "CREATE INDEX report_changes_hour ON report_changes (hour)",
+        "CREATE INDEX report_changes_message ON report_changes (message_id)",
         # One row: the refresh lease (one refreshing process at a time).
         """CREATE TABLE report_state (
             id INTEGER PRIMARY KEY,
