@@ -198,9 +198,13 @@ async def _waiting_hours(store: RollupEngine, first: int | None, end: int | None
         sent.add("m.created_at < ?", end * HOUR + 1)
     rows = await store._fetch(
         f"SELECT DISTINCT hour FROM report_changes {hours.sql()}", hours.args)
+    # the log first (a few entries), then each one's message: SQLite would otherwise
+    # walk the period's messages and look each one up in the log (0.4 s for 30 days at
+    # a million messages)
     rows += await store._fetch(
         f"SELECT DISTINCT {hour_key(store, 'm.created_at')} AS hour FROM report_changes c "
-        f"JOIN messages m ON m.id = c.message_id {sent.sql()}", sent.args)
+        f"{store._messages_first_join} messages m ON m.id = c.message_id {sent.sql()}",
+        sent.args)
     return {int(r["hour"]) for r in rows}
 
 
