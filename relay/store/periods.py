@@ -40,18 +40,18 @@ from relay.store.where import Where
 
 async def period_report(store: RollupEngine, *, scope: str | None, since: float | None,
                         until: float | None, campaign: str | None = None,
-                        engagement: bool = True, rollups: bool = True) -> dict[str, Any]:
+                        engagement: bool = True) -> dict[str, Any]:
     """``outcomes`` and (unless ``engagement`` is false) ``engagement`` of the mail sent
     in a period. A period of all campaigns reads its whole hours from the hourly
-    roll-ups (``relay.store.rollups``) unless ``rollups`` is false, and the rest from
-    its events in one pass (the machine reasons take one more, over opens and clicks)."""
+    roll-ups (``relay.store.rollups``), and the rest from its events in one pass (the
+    machine reasons take one more, over opens and clicks)."""
     where = period_where(store, scope, since, until, campaign)
     narrowed = since is not None or until is not None or campaign is not None
     figures: list[dict[str, Any]] = []
     sent: list[dict[str, int]] = []
     machine: list[dict[str, Any]] = []
     live = True
-    if rollups and campaign is None:
+    if campaign is None:
         plan = await hourly.hour_plan(store, since, until)
         if plan is not None:
             rolled = await hourly.rolled_totals(store, scope, plan,
