@@ -67,6 +67,8 @@ STEP = 24
 #: from them instead (so many separate ranges cost more than one)
 MAX_LIVE_RANGES = 48
 LEASE = 60.0
+#: hours recomputed in one refresh after which the log's dead rows are reclaimed
+TIDY_AFTER = 240
 #: seconds between two refreshes of a tracker process
 INTERVAL = 5.0
 HOUR = 3600
@@ -78,6 +80,8 @@ class RollupEngine(ReportEngine, Protocol):
     dialect: str
 
     async def _transaction(self, steps: list[Step]) -> list[int]: ...
+
+    async def tidy_report_changes(self) -> None: ...
 
 
 def hour_key(store: RollupEngine, column: str) -> str:
@@ -351,19 +355,19 @@ async def claim_changes(store: RollupEngine, limit: int = STEP) -> list[int]:
     steps: list[Step] = [(f"DELETE FROM report_changes WHERE seq IN ({_marks(len(chunk))})",
                           chunk) for chunk in (orphans[i:i + CHUNK]
                                                for i in range(0, len(orphans), CHUNK))]
-    if hours:
-        condition, args = _entries_of(store, hours)
+    for condition, args in _entries_of(store, hours) if hours else []:
         steps.append((f"UPDATE report_changes SET claimed = TRUE WHERE {condition}", args))
     if steps:
         await store._transaction(steps)
     return hours
 
 
-def _entries_of(store: RollupEngine, hours: list[int]) -> tuple[str, list[Any]]:
-    """The log entries naming ``hours`` or a message sent in them."""
+def _entries_of(store: RollupEngine, hours: list[int]) -> list[tuple[str, list[Any]]]:
+    """The log entries naming ``hours``, and those naming a message sent in them: two
+    conditions, each served by its own index (an OR of both walked the whole log)."""
     sent, args = _hours_condition(store, hours)
-    return (f"(hour IN ({_marks(len(hours))}) OR message_id IN "
-            f"(SELECT m.id FROM messages m WHERE {sent}))", [*hours, *args])
+    return [(f"hour IN ({_marks(len(hours))})", list(hours)),
+            (f"message_id IN (SELECT m.id FROM messages m WHERE {sent})", args)]
 
 
 async def replace_hours(store: RollupEngine, hours: list[int], rows: HourRows) -> None:
@@ -379,8 +383,8 @@ async def replace_hours(store: RollupEngine, hours: list[int], rows: HourRows) -
                       rows.machine)
     steps += _inserts("report_hour_groups", ("scope", "kind", "hour", "key1", "key2",
                                              "key3", *GROUPED), rows.groups)
-    condition, args = _entries_of(store, hours)
-    steps.append((f"DELETE FROM report_changes WHERE claimed AND {condition}", args))
+    for condition, args in _entries_of(store, hours):
+        steps.append((f"DELETE FROM report_changes WHERE claimed AND {condition}", args))
     await store._transaction(steps)
 
 
@@ -419,14 +423,20 @@ async def refresh(store: RollupEngine, *, budget: float = INTERVAL,
         # a killed refresher's claims: the rows it was computing were never written
         await store._transaction([
             ("UPDATE report_changes SET claimed = FALSE WHERE claimed", [])])
-        while True:
-            hours = await claim_changes(store)
-            if not hours:
-                return 0
-            await replace_hours(store, hours, await compute_hours(store, hours))
-            if clock() >= deadline:
-                return await pending_changes(store)
-            await _take_lease(store, holder)
+        done = 0
+        try:
+            while True:
+                hours = await claim_changes(store)
+                if not hours:
+                    return 0
+                await replace_hours(store, hours, await compute_hours(store, hours))
+                done += len(hours)
+                if clock() >= deadline:
+                    return await pending_changes(store)
+                await _take_lease(store, holder)
+        finally:
+            if done >= TIDY_AFTER:
+                await store.tidy_report_changes()
     finally:
         await _release_lease(store, holder)
 

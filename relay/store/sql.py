@@ -663,6 +663,9 @@ class SqlStore(ContactScoresSql, Store):
         return (await periods.period_report(self, scope=scope, since=since, until=until,
                                             campaign=campaign, engagement=False))["outcomes"]
 
+    async def tidy_report_changes(self) -> None:
+        """Reclaim the report roll-ups' log after a large refresh (the engine's way)."""
+
     async def refresh_report_rollups(self, budget: float) -> int:
         from relay.store import rollups
 

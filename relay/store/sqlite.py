@@ -273,6 +273,9 @@ class SqliteStore(SqlStore):
     async def tidy_contact_changes(self) -> None:
         """Nothing to reclaim: SQLite's deleted rows leave nothing a later scan walks."""
 
+    async def tidy_report_changes(self) -> None:
+        """As ``tidy_contact_changes``."""
+
     # -- migrations ------------------------------------------------------------------------
 
     async def migrate(self) -> int:
