@@ -39,6 +39,7 @@ from typing import Any, Protocol
 from relay.background import BackgroundTasks
 from relay.logs import get_logger
 from relay.store.base import Store
+from relay.store.contact_scores import ALL_SCOPES as ALL
 from relay.store.reports import (
     FIGURES,
     GROUP_KEYS,
@@ -59,7 +60,6 @@ from relay.store.where import Step, Where
 
 log = get_logger("relay.store.rollups")
 
-ALL = "*"
 #: hours of sending recomputed per refresh step (about 500 messages an hour at a
 #: million messages over three months: a step reads about 60,000 events)
 STEP = 24
@@ -111,14 +111,22 @@ def _runs(hours: list[int]) -> list[tuple[int, int]]:
     return runs
 
 
-def _hours_condition(store: RollupEngine, hours: list[int]) -> tuple[str, list[Any]]:
-    """Messages sent in ``hours`` (by ``HOUR_KEY``), read through the time index."""
-    ranges = " OR ".join("(m.created_at >= ? AND m.created_at < ?)" for _ in _runs(hours))
+def _time_ranges(hours: list[int]) -> tuple[list[str], list[Any]]:
+    """``created_at`` ranges covering ``hours`` with a second to spare at each end (the
+    time index's way in; ``HOUR_KEY`` then picks the hours exactly)."""
+    ranges: list[str] = []
     args: list[Any] = []
     for first, end in _runs(hours):
+        ranges.append("(m.created_at >= ? AND m.created_at < ?)")
         args += [first * HOUR - 1, end * HOUR + 1]
-    return (f"({ranges}) AND {hour_key(store, 'm.created_at')} IN ({_marks(len(hours))})",
-            [*args, *hours])
+    return ranges, args
+
+
+def _hours_condition(store: RollupEngine, hours: list[int]) -> tuple[str, list[Any]]:
+    """Messages sent in ``hours`` (by ``HOUR_KEY``), read through the time index."""
+    ranges, args = _time_ranges(hours)
+    return (f"({' OR '.join(ranges)}) AND {hour_key(store, 'm.created_at')} "
+            f"IN ({_marks(len(hours))})", [*args, *hours])
 
 
 @dataclass(frozen=True)
@@ -160,9 +168,9 @@ class HourPlan:
             args.append(self.end * HOUR - 1)
             hours.append(f"{key} >= ?")
             hour_args.append(self.end)
-        for first, end in _runs(list(self.waiting)):
-            ranges.append("(m.created_at >= ? AND m.created_at < ?)")
-            args += [first * HOUR - 1, end * HOUR + 1]
+        waiting_ranges, waiting_args = _time_ranges(list(self.waiting))
+        ranges += waiting_ranges
+        args += waiting_args
         if self.waiting:
             hours.append(f"{key} IN ({_marks(len(self.waiting))})")
             hour_args += list(self.waiting)
