@@ -34,7 +34,7 @@ def parse_hostport(value: str, key: str, default_host: str = "127.0.0.1") -> tup
     if not sep:
         raise ConfigError(f"{key}: expected HOST:PORT, got {value!r}")
     host = host.strip("[]") or default_host
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
         raise ConfigError(f"{key}: port must be a number from 0 to 65535, got {port!r}")
     return host, int(port)
 

@@ -103,7 +103,7 @@ class TokenCodec:
         parsed = []
         for entry in keys:
             kid, sep, secret = entry.partition(":")
-            if not sep or not kid.isdigit():
+            if not sep or not (kid.isascii() and kid.isdigit()):
                 raise TokenKeyError(f"expected '<id>:<secret>', got {entry[:3]!r}…")
             parsed.append((int(kid), secret.encode()))
         return cls(parsed)

@@ -62,7 +62,7 @@ FLUSH_SECONDS = 30.0
 def worker_index() -> int | None:
     """This process's worker index, or None when it is not a supervised worker."""
     value = os.environ.get(WORKER_ENV)
-    return int(value) if value is not None and value.isdigit() else None
+    return int(value) if value is not None and value.isascii() and value.isdigit() else None
 
 
 def worker_argv(argv: Sequence[str]) -> list[str]:

@@ -26,6 +26,7 @@ def test_example_config_loads_with_capture_upstream() -> None:
     ({"relay": {"listen": "127.0.0.1:25"}}, "relay.listen: expected a list of strings"),
     ({"relay": {"listen": ["127.0.0.1"]}}, "relay.listen[0]: expected HOST:PORT"),
     ({"relay": {"listen": ["127.0.0.1:99999"]}}, "relay.listen[0]: port must be"),
+    ({"relay": {"listen": ["127.0.0.1:\u00b2\u00b3"]}}, "relay.listen[0]: port must be"),
     ({"relay": {"max_recipients": 0}}, "relay.max_recipients: must be positive"),
     ({"relay": {"allowed_networks": ["nonsense"]}}, "relay.allowed_networks[0]: not a network"),
     ({"relay": {"listen_tls": ["0.0.0.0:465"]}}, "relay.tls_cert:"),

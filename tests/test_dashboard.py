@@ -104,6 +104,13 @@ async def test_sign_in_cookie_and_headers(make_stack: MakeStack) -> None:
             assert resp.status == 303
     async with aiohttp.ClientSession(cookie_jar=jar(), cookies=cookies) as http:
         await get(http, f"{stack.base}/ui/", status=303)
+    # forged cookies send the browser to sign in, never a 500 (the third: an expiry that
+    # str.isdigit takes for a number and int() refuses)
+    for forged in ("garbage", "v1.a.1.b.c", "v1.a.\u00b3.b.c", "v1.a.9" + "9" * 40 + ".b.c"):
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{stack.base}/ui/", allow_redirects=False,
+                                headers={"Cookie": f"trackrelay_session={forged}"}) as resp:
+                assert resp.status == 303, forged
 
 
 async def test_csrf_and_origin_are_checked(make_stack: MakeStack) -> None:

@@ -183,6 +183,7 @@ async def test_campaign_and_contact(tracker: Tracker) -> None:
     ("/messages", {"status": "read"}, "status"),
     ("/messages", {"limit": "0"}, "limit"),
     ("/messages", {"limit": "abc"}, "limit"),
+    ("/messages", {"limit": "\u00b3"}, "limit"),  # a digit to str.isdigit, not to int()
     ("/messages", {"cursor": "garbage!"}, "cursor"),
     ("/messages", {"limt": "5"}, "limt"),
     ("/messages", {"sender": ""}, "sender"),

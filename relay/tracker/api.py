@@ -110,7 +110,7 @@ class Query:
         value = self.q.get("limit")
         if value is None:
             return default
-        if not value.isdigit() or not 1 <= int(value) <= MAX_LIMIT:
+        if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= MAX_LIMIT:
             raise BadParameter("limit", f"expected an integer from 1 to {MAX_LIMIT}")
         return int(value)
 

@@ -221,7 +221,8 @@ class HitJournal:
 
     def _files(self, spool: str) -> list[Path]:
         base = Path(spool + ".hits")
-        files = [p for p in base.parent.glob(base.name + ".*") if p.suffix[1:].isdigit()]
+        files = [p for p in base.parent.glob(base.name + ".*")
+                 if p.suffix[1:].isascii() and p.suffix[1:].isdigit()]
         return sorted(files, key=lambda p: int(p.suffix[1:]))
 
     async def replay(self, handle: Callable[[PixelRecord | EventRecord], Awaitable[None]],

@@ -107,7 +107,8 @@ class Sessions:
         if not cookie or len(cookie) > 300:
             return None
         parts = cookie.split(".")
-        if len(parts) != 5 or parts[0] != "v1" or not parts[2].isdigit():
+        if (len(parts) != 5 or parts[0] != "v1"
+                or not (parts[2].isascii() and parts[2].isdigit())):
             return None
         _v, token_id, expires, nonce, signature = parts
         entry = self._by_id.get(token_id)
