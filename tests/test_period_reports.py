@@ -306,7 +306,8 @@ async def _reports(store: Store, scope: str | None, since: float | None,
             "links": await store.top_links(**period, limit=1000),
             "breakdown": await store.bounce_breakdown(**period, limit=1000),
             "days": await store.event_series(**period, bucket=86400),
-            "hours": await store.event_series(**period, bucket=3600)}
+            "hours": await store.event_series(**period, bucket=3600),
+            **{by: await store.grouped_stats(by, **period) for by in ("campaign", "sender")}}
 
 
 async def _same_as_the_events(store: Store, label: str,

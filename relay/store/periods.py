@@ -29,6 +29,7 @@ from relay.store.reports import (
     link_rows,
     machine_counters,
     machine_rows,
+    message_key_rows,
     period_where,
     reason_rows,
     sent_rows,
@@ -124,6 +125,20 @@ async def _grouped(store: RollupEngine, kind: str, *, scope: str | None,
         for k in GROUPED:
             into[k] += r[k]
     return list(sums.values())
+
+
+async def message_key_groups(store: RollupEngine, column: str, *, scope: str | None,
+                             since: float | None, until: float | None
+                             ) -> tuple[Rows, Rows]:
+    """The opens and clicks (``{"k", "type", GROUPED}``) and the delivered recipients
+    (``{"k", "n"}``) per value of a message's ``column`` (``MESSAGE_KEYS``) of the mail
+    sent in a period, as ``relay.store.grouped.grouped_rows`` takes them."""
+    rows = await _grouped(store, column, scope=scope, since=since, until=until,
+                          campaign=None, live=lambda w: message_key_rows(store, w, column))
+    events = [{"k": r[column], "type": r["type"], **{k: r[k] for k in GROUPED}}
+              for r in rows if r["type"] != "delivered"]
+    delivered = [{"k": r[column], "n": r["n"]} for r in rows if r["type"] == "delivered"]
+    return events, delivered
 
 
 async def event_series(store: RollupEngine, *, scope: str | None, since: float | None,

@@ -292,7 +292,10 @@ async def delivered_count(store: ReportEngine, where: Where, *, messages_first: 
 GROUPED = ("n", "human", "uniq", "human_uniq")
 #: the keys of each grouped report the roll-ups keep (``relay.store.rollups``)
 GROUP_KEYS = {"link": ("url",), "reason": ("type", "reason", "hard"),
-              "domain": ("domain",), "day": ("b", "type")}
+              "domain": ("domain",), "day": ("b", "type"),
+              "campaign": ("campaign", "type"), "sender": ("sender", "type")}
+#: the grouped reports keyed by a column of the message (``message_key_rows``)
+MESSAGE_KEYS = ("campaign", "sender")
 #: a grouped report's rows: its keys, then ``GROUPED``
 Rows = list[dict[str, Any]]
 
@@ -335,6 +338,30 @@ async def domain_rows(store: ReportEngine, where: Where, *, join: str,
                       + where_and(where, "e.type = 'bounce' AND e.recipient IS NOT NULL")),
         where.args)
     return _counted(rows, (*(keys or {}), "domain"))
+
+
+async def message_key_rows(store: ReportEngine, where: Where, column: str, *,
+                           keys: dict[str, str] | None = None) -> Rows:
+    """Per value of a message's ``column`` (``MESSAGE_KEYS``; none is ``''``): its opens
+    and clicks as ``per_recipient`` counts them (``type`` open, click) and its accepted
+    recipients (``type`` delivered, in ``n``), what ``relay.store.grouped`` makes rates of."""
+    assert column in MESSAGE_KEYS
+    key = f"COALESCE(m.{column}, '')"
+    rows = _counted(await store._fetch(
+        per_recipient({**(keys or {}), column: key, "type": "e.type"},
+                      f"FROM {store._events_join(True)} "
+                      + where_and(where, "e.type IN ('open', 'click')")), where.args),
+        (*(keys or {}), column, "type"))
+    _, inner, group = _keyed(keys)
+    for r in await store._fetch(
+            f"SELECT {inner}{key} AS {column}, COUNT(*) AS n FROM messages m "
+            f"{store._messages_first_join} recipients r ON r.message_id = m.id "
+            + where_and(where, "r.status = 'accepted'") + f" GROUP BY {group}{key}",
+            where.args):
+        rows.append({**{k: r[k] for k in keys or {}}, column: r[column],
+                     "type": "delivered", "n": int(r["n"]), "human": 0, "uniq": 0,
+                     "human_uniq": 0})
+    return rows
 
 
 async def day_rows(store: ReportEngine, where: Where, *, bucket: int = 86400,

@@ -44,6 +44,7 @@ from relay.store.reports import (
     FIGURES,
     GROUP_KEYS,
     GROUPED,
+    MESSAGE_KEYS,
     SENT,
     ReportEngine,
     Rows,
@@ -52,6 +53,7 @@ from relay.store.reports import (
     figure_rows,
     link_rows,
     machine_rows,
+    message_key_rows,
     reason_rows,
     sent_rows,
 )
@@ -316,7 +318,9 @@ async def compute_hours(store: RollupEngine, hours: list[int]) -> HourRows:
             ("link", await link_rows(store, where, keys=keys)),
             ("reason", await reason_rows(store, where, join=messages_first, keys=keys)),
             ("domain", await domain_rows(store, where, join=messages_first, keys=keys)),
-            ("day", await day_rows(store, where, keys=keys))):
+            ("day", await day_rows(store, where, keys=keys)),
+            *[(column, await message_key_rows(store, where, column, keys=keys))
+              for column in MESSAGE_KEYS]):
         names = GROUP_KEYS[kind]
         for r in spread(rows, names, GROUPED):
             text = [str(r[k]) for k in names] + [""] * (3 - len(names))

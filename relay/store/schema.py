@@ -395,6 +395,15 @@ MIGRATIONS: list[tuple[int, str, list[Statement]]] = [
         *_report_triggers("recipients", ("INSERT", "UPDATE", "DELETE")),
         *_report_triggers("events", ("INSERT", "UPDATE", "DELETE")),
     ]),
+    (7, "campaign and sender roll-ups", [
+        # report_hour_groups gains the kinds "campaign" and "sender": every hour already
+        # sent in is computed again
+        {"sqlite": "INSERT INTO report_changes (hour) SELECT DISTINCT "
+                   + HOUR_KEY["sqlite"].format(column="created_at") + " FROM messages",
+         "postgresql": "INSERT INTO report_changes (hour) SELECT DISTINCT "
+                       + HOUR_KEY["postgresql"].format(column="created_at")
+                       + " FROM messages"},
+    ]),
 ]
 
 

@@ -406,11 +406,15 @@ class SqlStore(ContactScoresSql, Store):
                             since: float | None = None,
                             until: float | None = None) -> list[dict[str, Any]]:
         from relay.store.grouped import BY_MESSAGE, GROUP_BY, grouped_rows
-        from relay.store.reports import per_recipient, where_and
+        from relay.store.periods import message_key_groups
+        from relay.store.reports import MESSAGE_KEYS, per_recipient, where_and
 
         if group_by not in GROUP_BY:
             raise ValueError(f"group_by: one of {', '.join(GROUP_BY)}")
         await self._fresh_statistics()
+        if group_by in MESSAGE_KEYS:  # kept in the hourly roll-ups
+            return grouped_rows(group_by, *await message_key_groups(
+                self, group_by, scope=scope, since=since, until=until))
         where = Where()
         where.add(*_cond(scope_condition(scope)))
         if since is not None:
@@ -419,7 +423,7 @@ class SqlStore(ContactScoresSql, Store):
             where.add("m.created_at < ?", float(until))
         keys = {
             "country": "e.country", "device": "e.device", "client": "e.client",
-            "os": "e.os", "campaign": "m.campaign", "sender": "m.sender",
+            "os": "e.os",
             # when people open and click, UTC (1970-01-01 was a Thursday: Monday is 0)
             "hour": self._cycle_expr("e.time", 3600, 24, 0),
             "weekday": self._cycle_expr("e.time", 86400, 7, 3),
