@@ -353,6 +353,15 @@ async def test_hourly_rollups_give_the_figures_of_the_events(
         report["outcomes"]["events"]["open"]["events"]["all"]
     await engine._execute("UPDATE report_hours SET n = n - 1000 "
                           "WHERE scope = '*' AND type = 'open'")
+    # and the grouped ones from the day rows (whole days) and hour rows (the edges)
+    links = await store.top_links(since=NOW - 40 * DAY - 1, until=NOW + 1, limit=1000)
+    for table in ("report_day_groups", "report_hour_groups"):
+        await engine._execute(f"UPDATE {table} SET n = n + 1000 "
+                              "WHERE scope = '*' AND kind = 'link'")
+        assert await store.top_links(since=NOW - 40 * DAY - 1, until=NOW + 1,
+                                     limit=1000) != links, table
+        await engine._execute(f"UPDATE {table} SET n = n - 1000 "
+                              "WHERE scope = '*' AND kind = 'link'")
 
     # changes after the build: their hours wait and are read from the events
     for n, created in enumerate((EDGE - 0.5, EDGE, EDGE + 0.5, EDGE + 49 * 3600 + 0.3)):

@@ -8,7 +8,10 @@ exactly: ``report_hours`` keeps the ``FIGURES`` per hour of sending, scope and e
 type, ``report_hour_sent`` the messages, recipients and delivered recipients,
 ``report_hour_machine`` the machine opens and clicks by reason. A scope is ``*``
 (everyone's mail), ``domain:<sender domain>`` or ``sender:<sender address>``, the three
-an API token can have.
+an API token can have. The grouped reports (clicks per link, bounces per reason and
+per recipient domain, events per day, opens and clicks per campaign and per sender) are
+kept per hour in ``report_hour_groups`` and summed per day in ``report_day_groups``, so
+a month reads its whole days there and only the hours at its edges per hour.
 
 **Always exact.** Triggers on ``messages``, ``recipients`` and ``events`` log every
 message whose rows change, or its hour of sending (``report_changes``), whatever writes
@@ -74,6 +77,8 @@ TIDY_AFTER = 240
 #: seconds between two refreshes of a tracker process
 INTERVAL = 5.0
 HOUR = 3600
+#: hours in a day of the day roll-ups (``report_day_groups``, days of UTC)
+DAY_HOURS = 24
 
 
 class RollupEngine(ReportEngine, Protocol):
@@ -150,6 +155,37 @@ class HourPlan:
         if self.waiting:
             where.add(f"hour NOT IN ({_marks(len(self.waiting))})", *self.waiting)
         return " AND ".join(where.parts) or "1 = 1", where.args
+
+    def day_parts(self) -> list[tuple[str, str, list[Any]]]:
+        """How a grouped report's rolled hours are read: ``(table, condition, args)``
+        (the condition on its ``day`` or ``hour``). Every whole day with no waiting hour
+        comes from ``report_day_groups``; the other rolled hours (at the edges, and in a
+        day with a waiting hour) from ``report_hour_groups``, a range at a time."""
+        first = None if self.first is None else -(-self.first // DAY_HOURS)
+        end = None if self.end is None else self.end // DAY_HOURS
+        if first is not None and end is not None and first >= end:
+            return [("report_hour_groups", *self.rolled())]
+        waiting_days = sorted({h // DAY_HOURS for h in self.waiting
+                               if (first is None or h >= first * DAY_HOURS)
+                               and (end is None or h < end * DAY_HOURS)})
+        days = Where()
+        if first is not None:
+            days.add("day >= ?", first)
+        if end is not None:
+            days.add("day < ?", end)
+        if waiting_days:
+            days.add(f"day NOT IN ({_marks(len(waiting_days))})", *waiting_days)
+        parts = [("report_day_groups", " AND ".join(days.parts) or "1 = 1", days.args)]
+        ranges = [(lo * DAY_HOURS, hi * DAY_HOURS) for lo, hi in _runs(waiting_days)]
+        if first is not None and self.first is not None and self.first < first * DAY_HOURS:
+            ranges.append((self.first, first * DAY_HOURS))
+        if end is not None and self.end is not None and end * DAY_HOURS < self.end:
+            ranges.append((end * DAY_HOURS, self.end))
+        for lo, hi in ranges:
+            # the plan's rolled hours in this range (its waiting ones left out)
+            within = HourPlan(lo, hi, tuple(h for h in self.waiting if lo <= h < hi))
+            parts.append(("report_hour_groups", *within.rolled()))
+        return parts
 
     def live(self, store: RollupEngine) -> tuple[str, list[Any]] | None:
         """The condition on ``messages m`` of the rest of the period (with the period's
@@ -260,14 +296,15 @@ async def rolled_groups(store: RollupEngine, kind: str, scope: str | None,
                         plan: HourPlan) -> Rows:
     """A grouped report's rows (``relay.store.reports.GROUP_KEYS[kind]``) summed over
     the plan's rolled hours."""
-    condition, args = plan.rolled()
     columns = _key_columns(kind)
     keys = ", ".join(columns)
     sums = ", ".join(f"SUM({k}) AS {k}" for k in GROUPED)
-    rows = await store._fetch(
-        f"SELECT {keys}, {sums} FROM report_hour_groups "
-        f"WHERE scope = ? AND kind = ? AND {condition} GROUP BY {keys}",
-        [scope_key(scope), kind, *args])
+    rows: list[dict[str, Any]] = []
+    for table, condition, args in plan.day_parts():
+        rows += await store._fetch(
+            f"SELECT {keys}, {sums} FROM {table} "
+            f"WHERE scope = ? AND kind = ? AND {condition} GROUP BY {keys}",
+            [scope_key(scope), kind, *args])
     names = GROUP_KEYS[kind]
     return [{**{name: int(r[c]) if name in _NUMBERS else r[c]
                 for name, c in zip(names, columns, strict=True)},
@@ -395,9 +432,25 @@ async def replace_hours(store: RollupEngine, hours: list[int], rows: HourRows) -
                       rows.machine)
     steps += _inserts("report_hour_groups", ("scope", "kind", "hour", "key1", "key2",
                                              "key3", *GROUPED), rows.groups)
+    steps += _day_steps(hours)
     for condition, args in _entries_of(store, hours):
         steps.append((f"DELETE FROM report_changes WHERE claimed AND {condition}", args))
     await store._transaction(steps)
+
+
+def _day_steps(hours: list[int]) -> list[Step]:
+    """The day rows of the days ``hours`` are in, summed again from their hour rows."""
+    days = sorted({h // DAY_HOURS for h in hours})
+    ranges = [(lo * DAY_HOURS, hi * DAY_HOURS) for lo, hi in _runs(days)]
+    within = " OR ".join("(hour >= ? AND hour < ?)" for _ in ranges)
+    sums = ", ".join(f"SUM({k})" for k in GROUPED)
+    # hours are after 1970: the integer division is the floor in both engines
+    return [(f"DELETE FROM report_day_groups WHERE day IN ({_marks(len(days))})", days),
+            (f"INSERT INTO report_day_groups (scope, kind, day, key1, key2, key3, "
+             f"{', '.join(GROUPED)}) SELECT scope, kind, hour / {DAY_HOURS}, key1, key2, "
+             f"key3, {sums} FROM report_hour_groups WHERE {within} "
+             f"GROUP BY scope, kind, hour / {DAY_HOURS}, key1, key2, key3",
+             [x for r in ranges for x in r])]
 
 
 async def pending_changes(store: RollupEngine) -> int:
