@@ -23,6 +23,7 @@ from relay.store.reports import (
     _rate,
     by_type_of,
     day_rows,
+    delivered_rows,
     domain_rows,
     engagement_counts,
     figure_rows,
@@ -33,7 +34,6 @@ from relay.store.reports import (
     period_where,
     reason_rows,
     sent_rows,
-    where_and,
 )
 from relay.store.rollups import RollupEngine
 from relay.store.where import Where
@@ -101,17 +101,19 @@ async def period_report(store: RollupEngine, *, scope: str | None, since: float 
 
 async def _grouped(store: RollupEngine, kind: str, *, scope: str | None,
                    since: float | None, until: float | None, campaign: str | None,
-                   live: Callable[[Where], Awaitable[Rows]]) -> Rows:
+                   live: Callable[[Where], Awaitable[Rows]],
+                   first_keys: list[str] | None = None) -> Rows:
     """A grouped report of the mail sent in a period: its whole hours from the
     roll-ups when it covers all campaigns (``relay.store.rollups``), the rest by
-    ``live`` from the events; rows with the same keys summed."""
+    ``live`` from the events; rows with the same keys summed. ``first_keys``: only the
+    groups whose first key is one of these (``live`` must keep to them too)."""
     where = period_where(store, scope, since, until, campaign)
     if campaign is not None:
         return await live(where)
     plan = await hourly.hour_plan(store, since, until)
     if plan is None:
         return await live(where)
-    rows = await hourly.rolled_groups(store, kind, scope, plan)
+    rows = await hourly.rolled_groups(store, kind, scope, plan, first_keys)
     rest = plan.live(store)
     if rest is not None:
         where.add(rest[0], *rest[1])
@@ -192,27 +194,33 @@ async def bounce_breakdown(store: RollupEngine, *, scope: str | None, since: flo
                              campaign=None, live=domains_live)
     domains.sort(key=lambda r: (-r["uniq"], r["domain"]))
     reasons, domains = reasons[:limit * 2], domains[:limit]
-    where = period_where(store, scope, since, until)
-    delivered: dict[str, int] = {}
     names = [str(d["domain"]) for d in domains]
-    if names:
+    theirs: list[int] = []
+
+    async def delivered_live(where: Where) -> Rows:
         r_domain = store._domain_expr("r.address")
         marks = ", ".join("?" for _ in names)
+        if not theirs:
+            row = await store._fetchrow(
+                f"SELECT COUNT(*) AS n FROM recipients r WHERE {r_domain} IN ({marks})",
+                names)
+            theirs.append(int((row or {}).get("n") or 0))
+        messages = await _messages_in(store, where)
+        where.add(f"{r_domain} IN ({marks})", *names)
         # the domains' recipients by their index (recipients_domain), or the period's
         # messages' recipients: whichever is fewer rows
-        theirs = await store._fetchrow(
-            f"SELECT COUNT(*) AS n FROM recipients r WHERE {r_domain} IN ({marks})", names)
-        if int((theirs or {}).get("n") or 0) < await _messages_in(store, where):
-            source = (f"recipients r {store._messages_first_join} messages m "
-                      "ON m.id = r.message_id")
-        else:
-            source = (f"messages m {store._messages_first_join} recipients r "
-                      "ON r.message_id = m.id")
-        for row in await store._fetch(
-                f"SELECT {r_domain} AS domain, COUNT(*) AS n FROM {source} "
-                + where_and(where, f"r.status = 'accepted' AND {r_domain} IN ({marks})")
-                + f" GROUP BY {r_domain}", [*where.args, *names]):
-            delivered[str(row["domain"])] = int(row["n"])
+        if theirs[0] < messages:
+            return await delivered_rows(store, where, source=(
+                f"recipients r {store._messages_first_join} messages m "
+                "ON m.id = r.message_id"))
+        return await delivered_rows(store, where)
+
+    delivered: dict[str, int] = {}
+    if names:
+        for row in await _grouped(store, "delivered", scope=scope, since=since,
+                                  until=until, campaign=None, live=delivered_live,
+                                  first_keys=names):
+            delivered[str(row["domain"])] = row["n"]
     return {
         "reasons": [{"type": r["type"], "reason": r["reason"] or "unclassified",
                      "hard": bool(r["hard"]), "recipients": r["uniq"]} for r in reasons],

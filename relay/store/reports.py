@@ -293,7 +293,8 @@ GROUPED = ("n", "human", "uniq", "human_uniq")
 #: the keys of each grouped report the roll-ups keep (``relay.store.rollups``)
 GROUP_KEYS = {"link": ("url",), "reason": ("type", "reason", "hard"),
               "domain": ("domain",), "day": ("b", "type"),
-              "campaign": ("campaign", "type"), "sender": ("sender", "type")}
+              "campaign": ("campaign", "type"), "sender": ("sender", "type"),
+              "delivered": ("domain",)}
 #: the grouped reports keyed by a column of the message (``message_key_rows``)
 MESSAGE_KEYS = ("campaign", "sender")
 #: a grouped report's rows: its keys, then ``GROUPED``
@@ -362,6 +363,22 @@ async def message_key_rows(store: ReportEngine, where: Where, column: str, *,
                      "type": "delivered", "n": int(r["n"]), "human": 0, "uniq": 0,
                      "human_uniq": 0})
     return rows
+
+
+async def delivered_rows(store: ReportEngine, where: Where, *, source: str | None = None,
+                         keys: dict[str, str] | None = None) -> Rows:
+    """Accepted recipients (``n``) per recipient domain of the messages matching
+    ``where``; ``source`` the ``FROM`` of ``messages m`` and ``recipients r`` (the
+    period's messages first by default)."""
+    domain = store._domain_expr("r.address")
+    _, inner, group = _keyed(keys)
+    source = source or (f"messages m {store._messages_first_join} recipients r "
+                        "ON r.message_id = m.id")
+    rows = await store._fetch(
+        f"SELECT {inner}{domain} AS domain, COUNT(*) AS n FROM {source} "
+        + where_and(where, "r.status = 'accepted'") + f" GROUP BY {group}{domain}",
+        where.args)
+    return _counted(rows, (*(keys or {}), "domain"))
 
 
 async def day_rows(store: ReportEngine, where: Where, *, bucket: int = 86400,

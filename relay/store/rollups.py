@@ -52,6 +52,7 @@ from relay.store.reports import (
     ReportEngine,
     Rows,
     day_rows,
+    delivered_rows,
     domain_rows,
     figure_rows,
     link_rows,
@@ -293,18 +294,19 @@ def _key_columns(kind: str) -> list[str]:
 
 
 async def rolled_groups(store: RollupEngine, kind: str, scope: str | None,
-                        plan: HourPlan) -> Rows:
+                        plan: HourPlan, first_keys: list[str] | None = None) -> Rows:
     """A grouped report's rows (``relay.store.reports.GROUP_KEYS[kind]``) summed over
-    the plan's rolled hours."""
+    the plan's rolled hours; only those whose first key is in ``first_keys`` if given."""
     columns = _key_columns(kind)
     keys = ", ".join(columns)
     sums = ", ".join(f"SUM({k}) AS {k}" for k in GROUPED)
+    only = "" if first_keys is None else f" AND key1 IN ({_marks(len(first_keys))})"
     rows: list[dict[str, Any]] = []
     for table, condition, args in plan.day_parts():
         rows += await store._fetch(
             f"SELECT {keys}, {sums} FROM {table} "
-            f"WHERE scope = ? AND kind = ? AND {condition} GROUP BY {keys}",
-            [scope_key(scope), kind, *args])
+            f"WHERE scope = ? AND kind = ? AND {condition}{only} GROUP BY {keys}",
+            [scope_key(scope), kind, *args, *(first_keys or [])])
     names = GROUP_KEYS[kind]
     return [{**{name: int(r[c]) if name in _NUMBERS else r[c]
                 for name, c in zip(names, columns, strict=True)},
@@ -357,7 +359,8 @@ async def compute_hours(store: RollupEngine, hours: list[int]) -> HourRows:
             ("domain", await domain_rows(store, where, join=messages_first, keys=keys)),
             ("day", await day_rows(store, where, keys=keys)),
             *[(column, await message_key_rows(store, where, column, keys=keys))
-              for column in MESSAGE_KEYS]):
+              for column in MESSAGE_KEYS],
+            ("delivered", await delivered_rows(store, where, keys=keys))):
         names = GROUP_KEYS[kind]
         for r in spread(rows, names, GROUPED):
             text = [str(r[k]) for k in names] + [""] * (3 - len(names))
