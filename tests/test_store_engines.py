@@ -391,13 +391,20 @@ async def test_campaign_stats(store: Store) -> None:
     for n in range(10):
         await send(store, mid(n), at=hour, recipients=(f"p{n}@x.org",), campaign="launch")
     await send(store, mid(99), at=hour, sender="eve@other.org", campaign="launch")
+    person = {"verdict": "human"}  # as the tracker classifies a hit
     for n in range(4):  # 4 people open, one of them twice, one click each for 2 of them
-        store.enqueue(Event("open", mid(n), f"p{n}@x.org", time=hour + 10))
-    store.enqueue(Event("open", mid(0), "p0@x.org", time=hour + 3700))
-    store.enqueue(Event("click", mid(0), "p0@x.org", time=hour + 3710, link_index=1))
-    store.enqueue(Event("click", mid(1), "p1@x.org", time=hour + 20, link_index=1))
-    store.enqueue(Event("click", mid(1), "p1@x.org", time=hour + 25, link_index=0))
-    store.enqueue(Event("open", mid(5), "p5@x.org", time=hour + 5, machine=True))
+        store.enqueue(Event("open", mid(n), f"p{n}@x.org", time=hour + 10, data=person))
+    store.enqueue(Event("open", mid(0), "p0@x.org", time=hour + 3700, data=person))
+    store.enqueue(Event("click", mid(0), "p0@x.org", time=hour + 3710, link_index=1,
+                        data=person))
+    store.enqueue(Event("click", mid(1), "p1@x.org", time=hour + 20, link_index=1,
+                        data=person))
+    store.enqueue(Event("click", mid(1), "p1@x.org", time=hour + 25, link_index=0,
+                        data=person))
+    store.enqueue(Event("open", mid(5), "p5@x.org", time=hour + 5, machine=True,
+                        data={"verdict": "machine"}))
+    # an open from before classification (no verdict): counted in all, not as a person
+    store.enqueue(Event("open", mid(6), "p6@x.org", time=hour + 6))
     store.enqueue(Event("bounce", mid(9), "p9@x.org", time=hour + 30))
     store.enqueue(Event("unsubscribe", mid(8), "p8@x.org", time=hour + 40))
     await store.flush()
@@ -413,13 +420,31 @@ async def test_campaign_stats(store: Store) -> None:
     assert stats["per_hour"] == [{"hour": hour, "opens": 4, "clicks": 2},
                                  {"hour": hour + 3600, "opens": 1, "clicks": 1}]
     raw = await store.campaign_stats("launch", scope="example.com", include_machine=True)
-    assert raw is not None and raw["unique_opens"] == 5
+    assert raw is not None and (raw["unique_opens"], raw["opens"]) == (6, 7)
     everyone = await store.campaign_stats("launch")
     assert everyone is not None and everyone["sent"] == 11
     assert await store.campaign_stats("launch", scope="nobody.org") is None
     assert await store.campaign_stats("nope") is None
     campaigns = await store.list_campaigns()
     assert campaigns[0]["campaign"] == "launch" and campaigns[0]["messages"] == 11
+
+
+async def test_campaigns_last_sent(store: Store) -> None:
+    base = 1_800_000_000.0
+    # names that need quoting, more than one probe statement's worth (100) of them
+    names = [f"c{n}' OR '1'='1" for n in range(105)]
+    for n, name in enumerate(names):
+        await send(store, mid(n), at=base + n, campaign=name)
+    await send(store, mid(500), at=base + 900, campaign=names[3])
+    await send(store, mid(501), at=base + 950, sender="eve@other.org", campaign=names[3])
+    await send(store, mid(502), at=base + 990)  # no campaign
+    last = await store.campaigns_last_sent([*names, "never-sent"])
+    assert last == {name: base + (950 if n == 3 else n) for n, name in enumerate(names)}
+    assert await store.campaigns_last_sent(names[3:5], scope="example.com") == {
+        names[3]: base + 900, names[4]: base + 4}
+    assert await store.campaigns_last_sent(names[3:5], scope="eve@other.org") == {
+        names[3]: base + 950}
+    assert await store.campaigns_last_sent([]) == {}
 
 
 async def test_contact(store: Store) -> None:

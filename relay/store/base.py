@@ -502,6 +502,12 @@ class Store(abc.ABC):
         """Campaign names with message counts and last send time, newest first:
         ``[{"campaign", "messages", "last_sent_at"}]``."""
 
+    async def campaigns_last_sent(self, names: list[str], *, scope: str | None = None
+                                  ) -> dict[str, float]:
+        """When each of ``names`` last sent a message in scope (a name with none is
+        left out): one index probe a name, where ``list_campaigns`` counts them all."""
+        raise NotImplementedError
+
     @abc.abstractmethod
     async def contact(self, address: str, *, scope: str | None = None,
                       limit: int = 500) -> ContactRow | None:

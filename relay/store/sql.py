@@ -557,61 +557,48 @@ class SqlStore(ContactScoresSql, Store):
 
     async def campaign_reports(self, campaign: str, *, scope: str | None = None
                                ) -> tuple[CampaignStats, CampaignStats] | None:
-        from relay.store.reports import per_recipient, where_and
+        """The campaign's period report over all its mail (``relay.store.periods``: the
+        same figures, people counted the same way, as the Overview's), its clicks per
+        link and its opens and clicks per hour: three passes over its events."""
+        from relay.store import periods
+        from relay.store.reports import HUMAN_EVENT, link_rows, period_where, where_and
 
-        where = Where()
-        where.add("m.campaign = ?", campaign)
-        where.add(*_cond(scope_condition(scope)))
-        head = await self._fetchrow(
-            f"SELECT COUNT(*) AS n FROM messages m {where.sql()}", where.args)
-        if head is None or not head["n"]:
+        await self._fresh_statistics()
+        report = await periods.period_report(self, scope=scope, since=None, until=None,
+                                             campaign=campaign)
+        outcomes = report["outcomes"]
+        if not outcomes["messages"]:
             return None
-        sent_row = await self._fetchrow(
-            "SELECT COUNT(*) AS n FROM recipients r JOIN messages m ON m.id = r.message_id "
-            f"{where.sql()} AND r.status = 'accepted'", where.args)
-        sent = int(sent_row["n"]) if sent_row else 0
-        # Without machines: no machine opens and clicks, no unverified bounces, complaints
-        # and replies (relay.inbound: nothing a forger could not know tied them to the
-        # delivery). Each query counts both ways at once, as its "human" and "all".
-        person = ("(e.type NOT IN ('open', 'click', 'bounce', 'complaint', 'reply') "
-                  "OR e.machine = FALSE)")
-        source = f"FROM {self._events_join(True)} "
-        by_type = await self._fetch(
-            per_recipient({"type": "e.type"}, source + where.sql(), human=person),
-            where.args)
-        links = await self._fetch(
-            per_recipient({"url": "l.url"}, source + "JOIN links l ON l.message_id = "
-                          "e.message_id AND l.idx = e.link_index "
-                          + where_and(where, "e.type = 'click'"), human=person), where.args)
+        where = period_where(self, scope, None, None, campaign)
+        links = await link_rows(self, where)
         hour = self._hour_expr("e.time")
         hours = await self._fetch(
             f"SELECT {hour} AS h, "
             "SUM(CASE WHEN e.type = 'open' THEN 1 ELSE 0 END) AS opens, "
             "SUM(CASE WHEN e.type = 'click' THEN 1 ELSE 0 END) AS clicks, "
-            f"SUM(CASE WHEN e.type = 'open' AND {person} THEN 1 ELSE 0 END) AS p_opens, "
-            f"SUM(CASE WHEN e.type = 'click' AND {person} THEN 1 ELSE 0 END) AS p_clicks "
-            f"FROM {self._events_join(True)} "
+            f"SUM(CASE WHEN e.type = 'open' AND {HUMAN_EVENT} THEN 1 ELSE 0 END) AS p_opens, "
+            f"SUM(CASE WHEN e.type = 'click' AND {HUMAN_EVENT} THEN 1 ELSE 0 END) "
+            f"AS p_clicks FROM {self._events_join(True)} "
             + where_and(where, "e.type IN ('open', 'click')")
             + f" GROUP BY {hour} ORDER BY {hour}", where.args)
-        engagement = await self._engagement(
-            " AND ".join(where.parts), list(where.args), sent, messages_first=True)
+        sent = int(outcomes["delivered"])
 
         def rate(n: int) -> float:
             return round(n / sent, 6) if sent else 0.0
 
-        def report(include_machine: bool) -> CampaignStats:
+        def report_of(include_machine: bool) -> CampaignStats:
+            side = "all" if include_machine else "human"
             n, uniq = ("n", "uniq") if include_machine else ("human", "human_uniq")
-            totals = {r["type"]: (int(r[n] or 0), int(r[uniq] or 0)) for r in by_type}
 
             def get(kind: str) -> tuple[int, int]:
-                return totals.get(kind, (0, 0))
+                counted = outcomes["events"][kind]
+                return int(counted["events"][side]), int(counted["recipients"][side])
 
-            top = sorted((r for r in links if int(r[n] or 0)),
-                         key=lambda r: (-int(r[n] or 0), str(r["url"])))[:10]
+            top = sorted((r for r in links if r[n]), key=lambda r: (-r[n], str(r["url"])))
             opens, clicks = ("opens", "clicks") if include_machine else ("p_opens",
                                                                         "p_clicks")
             return {
-                "campaign": campaign, "messages": int(head["n"]), "sent": sent,
+                "campaign": campaign, "messages": int(outcomes["messages"]), "sent": sent,
                 "unique_opens": get("open")[1], "open_rate": rate(get("open")[1]),
                 "opens": get("open")[0],
                 "unique_clicks": get("click")[1], "click_rate": rate(get("click")[1]),
@@ -621,16 +608,16 @@ class SqlStore(ContactScoresSql, Store):
                 "complaint_rate": rate(get("complaint")[1]),
                 "unsubscribes": get("unsubscribe")[1],
                 "unsubscribe_rate": rate(get("unsubscribe")[1]),
-                "top_links": [{"url": r["url"], "clicks": int(r[n] or 0),
-                               "unique_clicks": int(r[uniq] or 0)} for r in top],
+                "top_links": [{"url": r["url"], "clicks": r[n], "unique_clicks": r[uniq]}
+                              for r in top[:10]],
                 "per_hour": [{"hour": float(r["h"]) * 3600.0, "opens": int(r[opens] or 0),
                               "clicks": int(r[clicks] or 0)} for r in hours
                              if int(r[opens] or 0) or int(r[clicks] or 0)],
                 "include_machine": include_machine,
-                "engagement": engagement,
+                "engagement": report["engagement"],
             }
 
-        return report(False), report(True)
+        return report_of(False), report_of(True)
 
     async def list_campaigns(self, *, scope: str | None = None,
                              limit: int = 100) -> list[dict[str, Any]]:
@@ -643,6 +630,26 @@ class SqlStore(ContactScoresSql, Store):
             "ORDER BY MAX(m.created_at) DESC, m.campaign LIMIT ?", [*where.args, int(limit)])
         return [{"campaign": r["campaign"], "messages": int(r["messages"]),
                  "last_sent_at": float(r["last_sent_at"])} for r in rows]
+
+    async def campaigns_last_sent(self, names: list[str], *, scope: str | None = None
+                                  ) -> dict[str, float]:
+        condition, scope_args = scope_condition(scope)
+        extra = f" AND {condition}" if condition else ""
+        out: dict[str, float] = {}
+        for start in range(0, len(names), 100):
+            part = names[start:start + 100]
+            # a correlated MAX per name: the (campaign, created_at) index answers each
+            # from its last entry (GROUP BY would read every entry of every campaign)
+            probes = " UNION ALL ".join(
+                "SELECT ? AS campaign, (SELECT MAX(m.created_at) FROM messages m "
+                f"WHERE m.campaign = ?{extra}) AS last" for _ in part)
+            args: list[Any] = []
+            for name in part:
+                args += [name, name, *scope_args]
+            for r in await self._fetch(probes, args):
+                if r["last"] is not None:
+                    out[str(r["campaign"])] = float(r["last"])
+        return out
 
     # -- period reports (relay.store.reports) --------------------------------------------
 
