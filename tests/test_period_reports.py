@@ -20,7 +20,7 @@ from relay.engagement.report import engagement_report
 from relay.records import EVENT_TYPES, Event, LinkRecord, Outcome, Reply, SentMessage
 from relay.store import Store, open_store, rollups
 from relay.store.records import event_row
-from relay.store.reports import _messages_in, _rare_events_join, period_where
+from relay.store.reports import _messages_in, _rare_events_join, fewer_rows, period_where
 from relay.store.sql import SqlStore
 
 NOW = 1_800_000_000.0
@@ -234,6 +234,10 @@ async def test_bounce_breakdown_reads_the_smaller_side_first(store: Store) -> No
                                    n_wide) == events_first
     assert await _rare_events_join(store, ("bounce", "complaint"),  # type: ignore[arg-type]
                                    n_narrow) == messages_first
+    # the choice counts no further than the bound: exactly at it is not fewer
+    source, kinds = "events e WHERE e.type IN (?, ?)", ["bounce", "complaint"]
+    for bound, fewer in ((rare + 1, True), (rare, False), (rare - 1, False), (0, False)):
+        assert await fewer_rows(store, source, kinds, bound) is fewer, bound  # type: ignore[arg-type]
     for since in (NOW - 40 * DAY - 1, NOW - DAY / 4):
         want = expected(world, in_period(world, None, since, NOW + 1))
         breakdown = await store.bounce_breakdown(scope=None, since=since, until=NOW + 1,

@@ -26,6 +26,7 @@ from relay.store.reports import (
     delivered_rows,
     domain_rows,
     engagement_counts,
+    fewer_rows,
     figure_rows,
     link_rows,
     machine_counters,
@@ -195,21 +196,17 @@ async def bounce_breakdown(store: RollupEngine, *, scope: str | None, since: flo
     domains.sort(key=lambda r: (-r["uniq"], r["domain"]))
     reasons, domains = reasons[:limit * 2], domains[:limit]
     names = [str(d["domain"]) for d in domains]
-    theirs: list[int] = []
 
     async def delivered_live(where: Where) -> Rows:
         r_domain = store._domain_expr("r.address")
         marks = ", ".join("?" for _ in names)
-        if not theirs:
-            row = await store._fetchrow(
-                f"SELECT COUNT(*) AS n FROM recipients r WHERE {r_domain} IN ({marks})",
-                names)
-            theirs.append(int((row or {}).get("n") or 0))
         messages = await _messages_in(store, where)
-        where.add(f"{r_domain} IN ({marks})", *names)
         # the domains' recipients by their index (recipients_domain), or the period's
-        # messages' recipients: whichever is fewer rows
-        if theirs[0] < messages:
+        # messages' recipients: whichever is fewer rows (counted up to the messages)
+        theirs_fewer = await fewer_rows(
+            store, f"recipients r WHERE {r_domain} IN ({marks})", names, messages)
+        where.add(f"{r_domain} IN ({marks})", *names)
+        if theirs_fewer:
             return await delivered_rows(store, where, source=(
                 f"recipients r {store._messages_first_join} messages m "
                 "ON m.id = r.message_id"))
