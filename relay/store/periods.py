@@ -13,6 +13,7 @@ from typing import Any
 from relay.engagement.report import engagement_figures
 from relay.records import EVENT_TYPES
 from relay.store import rollups as hourly
+from relay.store.parallel import at_once
 from relay.store.reports import (
     GROUP_KEYS,
     GROUPED,
@@ -67,10 +68,12 @@ async def period_report(store: RollupEngine, *, scope: str | None, since: float 
                 where.add(rest[0], *rest[1])
                 narrowed = True
     if live:
-        figures += await figure_rows(store, where, messages_first=True)
-        sent += await sent_rows(store, where, messages_first=narrowed)
+        reads = [figure_rows(store, where, messages_first=True),
+                 sent_rows(store, where, messages_first=narrowed)]
         if engagement:
-            machine += await machine_rows(store, where, messages_first=True)
+            reads.append(machine_rows(store, where, messages_first=True))
+        for got, into in zip(await at_once(*reads), (figures, sent, machine), strict=False):
+            into += got
     by_type = by_type_of(figures)
     counts = {k: sum(s[k] for s in sent) for k in SENT}
     delivered = counts["delivered"]
@@ -188,11 +191,12 @@ async def bounce_breakdown(store: RollupEngine, *, scope: str | None, since: flo
     async def domains_live(where: Where) -> Rows:
         return await domain_rows(store, where, join=await join(where))
 
-    reasons = await _grouped(store, "reason", scope=scope, since=since, until=until,
-                             campaign=None, live=reasons_live)
+    reasons, domains = await at_once(
+        _grouped(store, "reason", scope=scope, since=since, until=until, campaign=None,
+                 live=reasons_live),
+        _grouped(store, "domain", scope=scope, since=since, until=until, campaign=None,
+                 live=domains_live))
     reasons.sort(key=lambda r: (-r["uniq"], r["type"], r["reason"], r["hard"]))
-    domains = await _grouped(store, "domain", scope=scope, since=since, until=until,
-                             campaign=None, live=domains_live)
     domains.sort(key=lambda r: (-r["uniq"], r["domain"]))
     reasons, domains = reasons[:limit * 2], domains[:limit]
     names = [str(d["domain"]) for d in domains]

@@ -561,18 +561,13 @@ class SqlStore(ContactScoresSql, Store):
         same figures, people counted the same way, as the Overview's), its clicks per
         link and its opens and clicks per hour: three passes over its events."""
         from relay.store import periods
+        from relay.store.parallel import at_once
         from relay.store.reports import HUMAN_EVENT, link_rows, period_where, where_and
 
         await self._fresh_statistics()
-        report = await periods.period_report(self, scope=scope, since=None, until=None,
-                                             campaign=campaign)
-        outcomes = report["outcomes"]
-        if not outcomes["messages"]:
-            return None
         where = period_where(self, scope, None, None, campaign)
-        links = await link_rows(self, where)
         hour = self._hour_expr("e.time")
-        hours = await self._fetch(
+        per_hour = (
             f"SELECT {hour} AS h, "
             "SUM(CASE WHEN e.type = 'open' THEN 1 ELSE 0 END) AS opens, "
             "SUM(CASE WHEN e.type = 'click' THEN 1 ELSE 0 END) AS clicks, "
@@ -580,7 +575,15 @@ class SqlStore(ContactScoresSql, Store):
             f"SUM(CASE WHEN e.type = 'click' AND {HUMAN_EVENT} THEN 1 ELSE 0 END) "
             f"AS p_clicks FROM {self._events_join(True)} "
             + where_and(where, "e.type IN ('open', 'click')")
-            + f" GROUP BY {hour} ORDER BY {hour}", where.args)
+            + f" GROUP BY {hour} ORDER BY {hour}")
+        report, links, hours = await at_once(
+            periods.period_report(self, scope=scope, since=None, until=None,
+                                  campaign=campaign),
+            link_rows(self, where),
+            self._fetch(per_hour, where.args))
+        outcomes = report["outcomes"]
+        if not outcomes["messages"]:
+            return None
         sent = int(outcomes["delivered"])
 
         def rate(n: int) -> float:

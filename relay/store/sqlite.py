@@ -142,9 +142,17 @@ class SqliteStore(SqlStore):
             conn.execute("ANALYZE")
         self._analyzed_at = time.monotonic()
 
+    def _statistics_stale(self) -> bool:
+        return time.monotonic() - getattr(self, "_analyzed_at", 0.0) > self.STATISTICS_MAX_AGE
+
     async def _fresh_statistics(self) -> None:
-        if time.monotonic() - getattr(self, "_analyzed_at", 0.0) > self.STATISTICS_MAX_AGE:
-            await self._call(lambda: self._analyze(self._conn) if self._conn else None)
+        def analyze() -> None:
+            # asked again on the writer's thread: reads run at once ask together
+            if self._conn is not None and self._statistics_stale():
+                self._analyze(self._conn)
+
+        if self._statistics_stale():
+            await self._call(analyze)
 
     async def connect(self) -> None:
         if self._conn is not None:

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from relay.logs import get_logger
 from relay.store.base import MESSAGE_STATUSES, HourStat, address_hash, domain_of
+from relay.store.parallel import at_once
 from relay.tracker.api import MESSAGE_ID, BadParameter, Query
 from relay.tracker.dashboard.auth import (
     LOGIN_COOKIE,
@@ -203,11 +204,10 @@ class Pages:
         scope = narrowed_scope(self.site.session(request), sender)
         store = self.site.store
         args: dict[str, Any] = {"scope": scope, "since": period.since, "until": period.until}
-        report = await store.period_report(**args)
+        report, series, links, breakdown = await at_once(
+            store.period_report(**args), store.event_series(**args, bucket=period.bucket),
+            store.top_links(**args, limit=10), store.bounce_breakdown(**args, limit=8))
         totals, engagement = report["outcomes"], report["engagement"]
-        series = await store.event_series(**args, bucket=period.bucket)
-        links = await store.top_links(**args, limit=10)
-        breakdown = await store.bounce_breakdown(**args, limit=8)
         chart, table = _chart(period, series, [
             ("open", "human", "Opens (human)"), ("open", "all", "Opens (all)"),
             ("click", "human", "Clicks (human)"), ("click", "all", "Clicks (all)")],
@@ -463,9 +463,9 @@ class Pages:
         scope = narrowed_scope(self.site.session(request), sender)
         store = self.site.store
         args: dict[str, Any] = {"scope": scope, "since": period.since, "until": period.until}
-        totals = await store.outcome_totals(**args)
-        series = await store.event_series(**args, bucket=period.bucket)
-        breakdown = await store.bounce_breakdown(**args, limit=10)
+        totals, series, breakdown = await at_once(
+            store.outcome_totals(**args), store.event_series(**args, bucket=period.bucket),
+            store.bounce_breakdown(**args, limit=10))
         chart, table = _chart(period, series, [
             ("bounce", "all", "Bounces"), ("complaint", "all", "Complaints"),
             ("unsubscribe", "all", "Unsubscribes")], "Bounces and complaints over time")
