@@ -45,11 +45,13 @@ async def _seed(store_url: str, spool: Path) -> dict[str, str]:
                                links=["https://shop.example/x"])
         b = await seed_message(store, campaign=None)
         now = time.time()
+        person = {"verdict": "human"}  # as the tracker classifies a reader's hit
         store.enqueue(Event("open", a.message_id, "carol@customer.test", now,
-                            data={"client": "Thunderbird"}))
-        store.enqueue(Event("open", a.message_id, "carol@customer.test", now + 1))
+                            data={"client": "Thunderbird", **person}))
+        store.enqueue(Event("open", a.message_id, "carol@customer.test", now + 1,
+                            data=dict(person)))
         store.enqueue(Event("click", a.message_id, "dave@customer.test", now + 2,
-                            link_index=0))
+                            link_index=0, data=dict(person)))
         store.enqueue(Event("open", b.message_id, "carol@customer.test", now + 3,
                             machine=True, machine_reason="head_request"))
         await store.flush()
