@@ -14,7 +14,7 @@ JSON API call that reads the same data (``/api/v1/…``): the ratio says what th
 adds to the query.
 
     python3 bench/dashboard_pages.py [--messages 1000000] [--rounds 5] [--engine both]
-    python3 bench/dashboard_pages.py --store sqlite:///path.db   # a store seeded before
+    python3 bench/dashboard_pages.py --store sqlite:///path.db   # seeded once, kept
 """
 
 from __future__ import annotations
@@ -178,10 +178,13 @@ async def caught_up(store: Store) -> None:
 
 
 async def run(url: str, engine: str, n_messages: int, rounds: int,
-              seeded_before: bool = False) -> None:
+              keep: bool = False) -> None:
+    """Seed the store at ``url`` (unless ``keep`` and it holds messages already), then
+    time its pages."""
     now = time.time()
     store = await open_store(url, writer=False)
     try:
+        seeded_before = keep and bool((await store.list_messages(limit=1)).items)
         if seeded_before:
             print(f"\n{engine}: the store at {url}, seeded before", flush=True)
         else:
@@ -292,13 +295,14 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--engine", choices=("sqlite", "postgresql", "both"), default="both")
     parser.add_argument("--store", metavar="URL",
-                        help="time the pages of a store this script seeded before (its "
-                             "--messages, ranking and roll-ups brought up to date first) "
-                             "instead of seeding a scratch one")
+                        help="seed this store (an empty SQLite file or PostgreSQL schema) "
+                             "and keep it, or, when it holds messages already, time its "
+                             "pages as they are (ranking and roll-ups brought up to date "
+                             "first), so that runs of different code compare on one store")
     args = parser.parse_args()
     if args.store:
         engine = "postgresql" if args.store.startswith("postgresql") else "sqlite"
-        await run(args.store, engine, args.messages, args.rounds, seeded_before=True)
+        await run(args.store, engine, args.messages, args.rounds, keep=True)
         return
     if args.engine in ("sqlite", "both"):
         with tempfile.TemporaryDirectory() as tmp:
