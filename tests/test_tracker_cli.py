@@ -85,6 +85,32 @@ def test_stats_for_a_campaign_and_for_the_last_day(store_url: str, tmp_path: Pat
     assert cli.stats(_args(config, campaign="nope"), io.StringIO()) == 1
 
 
+async def _unclassified_open(store_url: str, spool: Path, message_id: str) -> None:
+    store = await open_store(store_url, spool_path=str(spool))
+    try:
+        store.enqueue(Event("open", message_id, "dave@customer.test", time.time() + 4))
+        await store.flush()
+    finally:
+        await store.close()
+
+
+def test_window_figures_count_people_as_the_reports_do(store_url: str,
+                                                       tmp_path: Path) -> None:
+    """An open no classifier has judged (from before classification, or written by a
+    script) is nobody's until judged: counted with --include-machine only."""
+    ids = asyncio.run(_seed(store_url, tmp_path / "spool.jsonl"))
+    asyncio.run(_unclassified_open(store_url, tmp_path / "spool.jsonl", ids["a"]))
+    config = _config_file(tmp_path, store_url)
+    out = io.StringIO()
+    assert cli.stats(_args(config, json=True), out) == 0
+    people = json.loads(out.getvalue())
+    assert (people["opens"], people["unique_opens"]) == (2, 1)
+    out = io.StringIO()
+    assert cli.stats(_args(config, include_machine=True, json=True), out) == 0
+    every = json.loads(out.getvalue())
+    assert (every["opens"], every["unique_opens"]) == (4, 3)
+
+
 def test_events_as_json_lines_with_filters(store_url: str, tmp_path: Path) -> None:
     ids = asyncio.run(_seed(store_url, tmp_path / "spool.jsonl"))
     config = _config_file(tmp_path, store_url)

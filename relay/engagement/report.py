@@ -36,6 +36,16 @@ from typing import Any
 HUMAN_VERDICTS = ("human", "human_proxy")
 VERDICTS = ("human", "human_proxy", "machine", "unknown")
 INFERRED_REASON = "inferred_from_click"
+
+
+def by_a_person(row: Mapping[str, Any]) -> bool:
+    """Whether a stored event row counts as a person's: an open or click the classifier
+    judged human (directly or through a provider's proxy; unclassified ones do not
+    count), any other event unless it is marked machine. The store's reports count
+    people by the same rule (``relay.store.reports.HUMAN_EVENT``)."""
+    if row.get("type") in ("open", "click"):
+        return row.get("verdict") in HUMAN_VERDICTS
+    return not row.get("machine")
 ESTIMATE_METHOD = ("human open rate of recipients not behind Apple MPP, applied to the "
                    "Apple MPP recipients: (h / (delivered - mpp) * mpp + h) / delivered")
 

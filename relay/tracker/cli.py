@@ -25,6 +25,7 @@ from typing import IO, Any
 
 from relay import cli_config
 from relay.config import Config, ConfigError
+from relay.engagement.report import by_a_person
 from relay.records import EVENT_TYPES
 from relay.store.base import Store, iso_time
 from relay.store.grouped import GROUP_BY
@@ -71,7 +72,8 @@ async def period_figures(store: Store, since: float, until: float | None = None,
                          include_machine: bool = False) -> dict[str, Any]:
     """Figures over a time window, from the event log (``trackrelay stats`` without a
     campaign): recipients sent to, unique and total opens and clicks, bounces,
-    complaints, unsubscribes, and the rates against recipients sent to."""
+    complaints, unsubscribes, and the rates against recipients sent to; people's events
+    only (as the reports count them) unless ``include_machine``."""
     counts: Counter[str] = Counter()
     uniques: dict[str, set[tuple[str, str | None]]] = {
         t: set() for t in ("open", "click", "bounce", "complaint", "unsubscribe")}
@@ -79,7 +81,7 @@ async def period_figures(store: Store, since: float, until: float | None = None,
     while True:
         page = await store.list_events(since=since, until=until, cursor=cursor, limit=500)
         for row in page.items:
-            if row["machine"] and not include_machine:
+            if not include_machine and not by_a_person(row):
                 continue
             counts[row["type"]] += 1
             if row["type"] in uniques:
