@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from relay.bounces import BounceRecord, classify
+from relay.bounces.classify import classify_parsed
 from relay.bounces.mime import parse
 from relay.bounces.tables.providers import PROVIDERS
 
@@ -235,6 +236,31 @@ def test_the_recipient_domain_does_not_decide() -> None:
         assert (rec.reason, rec.hard) == (recs[0].reason, recs[0].hard), path.name
         checked += 1
     assert checked >= 150
+
+
+# --- line ends ------------------------------------------------------------------------------
+
+
+def _whole(records: list[BounceRecord]) -> list[tuple[object, ...]]:
+    return [(r.recipient, r.reason, r.hard, r.status, r.reply_code, r.diagnostic, r.alias,
+             r.action, r.kind, r.original_message_id) for r in records]
+
+
+def test_crlf_and_lf_read_the_same() -> None:
+    """Bounces reach the listener over SMTP with CRLF; files and mailboxes often hold LF.
+    Every record of every corpus message, read either way, is the same (a rule anchored
+    at a line's end once missed the CRLF form and made a soft bounce hard)."""
+    checked = 0
+    for path in FILES:
+        raw = path.read_bytes()
+        lf = raw.replace(b"\r\n", b"\n")
+        crlf = lf.replace(b"\n", b"\r\n")
+        want = _whole(classify(lf))
+        assert _whole(classify(crlf)) == want, path.name
+        if not lf.startswith(b"From "):  # one message, as the intake gets it off the wire
+            assert _whole(classify_parsed(parse(crlf), crlf)) == want, path.name
+        checked += bool(want)
+    assert checked >= 250
 
 
 # --- translated subjects ---------------------------------------------------------------------

@@ -70,6 +70,16 @@ def _charset(part: Message) -> str:
     return cs
 
 
+_LINE_END_RE = re.compile(r"\r+\n")
+
+
+def lines_of(text: str) -> str:
+    """``text`` with its line ends as ``\n``: mail arrives over SMTP with CRLF (and a
+    file or mailbox often with LF), and a rule must read both the same way. A quoted
+    reply that kept its own CRLF inside a CRLF message ends its lines in CR CR LF."""
+    return _LINE_END_RE.sub("\n", text) if "\r" in text else text
+
+
 def text_of(part: Message) -> str:
     """The decoded text of a leaf part (transfer and charset decoding, bounded)."""
     payload = part.get_payload(decode=True)
@@ -77,9 +87,9 @@ def text_of(part: Message) -> str:
         return ""
     payload = payload[:MAX_PART]
     try:
-        return payload.decode(_charset(part), errors="replace")
+        return lines_of(payload.decode(_charset(part), errors="replace"))
     except (LookupError, ValueError, TypeError):
-        return payload.decode("utf-8", errors="replace")
+        return lines_of(payload.decode("utf-8", errors="replace"))
 
 
 def _utf8(value: object) -> str:
@@ -119,7 +129,7 @@ def _fields_text(payload: list[Any]) -> str:
                 body = raw[:MAX_PART].decode("utf-8", "replace")
             out.append(body[:MAX_PART])
         out.append("")
-    return "\n".join(out)
+    return lines_of("\n".join(out))
 
 
 def dissect(msg: Message) -> Anatomy:
