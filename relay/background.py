@@ -5,8 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Coroutine
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Generic, TypeVar
+
+from relay.logs import get_logger
+
+log = get_logger("relay.background")
+
+S = TypeVar("S")
 
 
 class BackgroundTasks:
@@ -26,3 +32,44 @@ class BackgroundTasks:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+class Refresher(Generic[S]):
+    """Brings something the store keeps derived (a ranking, roll-ups) up to date, in the
+    background of a process: ``refresh(store, budget)`` works for up to ``budget``
+    seconds and returns the entries still waiting. While entries wait it goes on after
+    ``pause`` seconds, else every ``interval``; a store that errs is logged
+    (``<name>_refresh_failed``) and tried again at the next interval."""
+
+    def __init__(self, name: str, store: Callable[[], S | None],
+                 refresh: Callable[[S, float], Awaitable[int]], *, interval: float,
+                 pause: float = 0.0) -> None:
+        self.name = name
+        self._store = store
+        self._refresh = refresh
+        self.interval = interval
+        self.pause = pause
+        self._tasks = BackgroundTasks()
+
+    def start(self) -> None:
+        if not self._tasks:
+            self._tasks.start(self._loop(), self.name.replace("_", "-"))
+
+    async def stop(self) -> None:
+        await self._tasks.stop()
+
+    async def _loop(self) -> None:
+        while True:
+            store = self._store()
+            if store is not None:
+                try:
+                    left = await self._refresh(store, self.interval)
+                    if left:  # a build in progress, or a burst: on again soon
+                        log.info(f"{self.name}_pending", entries=left)
+                        await asyncio.sleep(self.pause)
+                        continue
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # the store is down, …: try again later
+                    log.warning(f"{self.name}_refresh_failed", error=repr(exc))
+            await asyncio.sleep(self.interval)

@@ -30,7 +30,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any, Literal
 
-from relay.background import BackgroundTasks
+from relay.background import Refresher
 from relay.config import EngagementConfig
 from relay.engagement.score import (
     log_sum,
@@ -155,39 +155,17 @@ async def refresh_contact_scores(store: Store, config: EngagementConfig, *,
         await store.release_contact_scores_lease(holder)
 
 
-class ContactRanker:
+class ContactRanker(Refresher[Store]):
     """Keeps the stored ranking current in the background of a tracker process, so a
     read seldom has work to do (the first run after an upgrade builds every row)."""
 
     def __init__(self, store: Callable[[], Store | None], config: EngagementConfig,
                  interval: float = INTERVAL) -> None:
-        self._store = store
         self.config = config
-        self.interval = interval
-        self._tasks = BackgroundTasks()
+        super().__init__("contact_scores", store, self._refresh_scores, interval=interval)
 
-    def start(self) -> None:
-        if not self._tasks:
-            self._tasks.start(self._loop(), "contact-ranker")
-
-    async def stop(self) -> None:
-        await self._tasks.stop()
-
-    async def _loop(self) -> None:
-        while True:
-            store = self._store()
-            if store is not None:
-                try:
-                    left = await refresh_contact_scores(store, self.config,
-                                                        budget=self.interval)
-                    if left:
-                        log.info("contact_scores_pending", entries=left)
-                        continue
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # the store is down, …: try again later
-                    log.warning("contact_scores_refresh_failed", error=repr(exc))
-            await asyncio.sleep(self.interval)
+    async def _refresh_scores(self, store: Store, budget: float) -> int:
+        return await refresh_contact_scores(store, self.config, budget=budget)
 
 
 async def contact_score(store: Store, address: str, *, scope: str | None, now: float,

@@ -31,7 +31,6 @@ hour's boundary is never counted on both sides or on neither.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 import uuid
@@ -39,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from relay.background import BackgroundTasks
+from relay.background import Refresher
 from relay.logs import get_logger
 from relay.store.base import Store
 from relay.store.contact_scores import ALL_SCOPES as ALL
@@ -509,37 +508,16 @@ async def refresh(store: RollupEngine, *, budget: float = INTERVAL,
         await _release_lease(store, holder)
 
 
-class ReportRoller:
+class ReportRoller(Refresher[Store]):
     """Keeps the roll-ups current in the background of a tracker process, so a report
     seldom computes more than its edges from the events (the first run after an upgrade
     builds every hour's rows)."""
 
     def __init__(self, store: Callable[[], Store | None],
                  interval: float = INTERVAL) -> None:
-        self._store = store
-        self.interval = interval
-        self._tasks = BackgroundTasks()
+        super().__init__("report_rollups", store, _refresh_rollups, interval=interval,
+                         pause=min(1.0, interval))
 
-    def start(self) -> None:
-        if not self._tasks:
-            self._tasks.start(self._loop(), "report-roller")
 
-    async def stop(self) -> None:
-        await self._tasks.stop()
-
-    async def _loop(self) -> None:
-        while True:
-            store = self._store()
-            if store is not None:
-                try:
-                    left = await store.refresh_report_rollups(budget=self.interval)
-                    if left:
-                        # a build in progress (or another process's): on again soon
-                        log.info("report_rollups_pending", entries=left)
-                        await asyncio.sleep(min(1.0, self.interval))
-                        continue
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # the store is down, …: try again later
-                    log.warning("report_rollups_refresh_failed", error=repr(exc))
-            await asyncio.sleep(self.interval)
+async def _refresh_rollups(store: Store, budget: float) -> int:
+    return await store.refresh_report_rollups(budget=budget)

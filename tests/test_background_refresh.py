@@ -1,0 +1,74 @@
+"""The background refreshers a tracker runs (``relay.background.Refresher``): the report
+roll-ups' roller over a real store, and what it does when the store fails under it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import structlog
+
+from relay.records import Event
+from relay.store import Store, open_store
+from relay.store.records import event_row
+from relay.store.rollups import ReportRoller, pending_changes
+from tests.test_contact_ranking import send
+
+
+@pytest.fixture
+async def store(store_url: str, tmp_path: Path) -> AsyncIterator[Store]:
+    opened = await open_store(store_url, spool_path=str(tmp_path / "spool.jsonl"))
+    yield opened
+    await opened.close()
+
+
+async def _until_empty(store: Store) -> int:
+    for _ in range(200):
+        left = await pending_changes(store)  # type: ignore[arg-type]
+        if not left:
+            return 0
+        await asyncio.sleep(0.05)
+    return await pending_changes(store)  # type: ignore[arg-type]
+
+
+async def test_the_roller_keeps_the_report_rollups_current(store: Store) -> None:
+    now = time.time()
+    await send(store, "m1", "ann@one.test", ["dee@people.test"], now - 7200)
+    roller = ReportRoller(lambda: store, interval=0.05)
+    roller.start()
+    try:
+        assert await _until_empty(store) == 0
+        await store.write_events([event_row("o1", Event(
+            "open", "m1", "dee@people.test", time=now - 60, data={"verdict": "human"}))])
+        assert await _until_empty(store) == 0
+    finally:
+        await roller.stop()
+    report = await store.period_report(since=now - 3 * 3600, until=now)
+    assert report["outcomes"]["events"]["open"]["recipients"]["human"] == 1
+
+
+async def test_a_failing_store_is_logged_and_tried_again(store: Store, store_url: str,
+                                                         tmp_path: Path) -> None:
+    gone = await open_store(store_url, spool_path=str(tmp_path / "gone.jsonl"))
+    await gone.close()  # every call now fails, as a store that went away does
+    now = time.time()
+    await send(store, "m1", "ann@one.test", ["dee@people.test"], now - 7200)
+    current: list[Store] = [gone]
+    roller = ReportRoller(lambda: current[0], interval=0.05)
+    with structlog.testing.capture_logs() as logs:
+        roller.start()
+        try:
+            for _ in range(100):
+                if any(e["event"] == "report_rollups_refresh_failed" for e in logs):
+                    break
+                await asyncio.sleep(0.05)
+            current[0] = store  # the store is back
+            assert await _until_empty(store) == 0
+        finally:
+            await roller.stop()
+    failed = [e for e in logs if e["event"] == "report_rollups_refresh_failed"]
+    assert failed and "error" in failed[0]
+    assert not roller._tasks  # stopped: nothing left running
