@@ -27,7 +27,6 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -36,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import aiohttp
 from aiohttp import web
+from pg_scratch import scratch_schema
 
 from relay.app import App
 from relay.config import EngagementConfig, build_config
@@ -49,7 +49,6 @@ from relay.store.sql import SqlStore
 from relay.tracker.dashboard.auth import SESSION_COOKIE, Sessions
 from relay.tracker.web import create_web_app, listen
 
-PG = "postgresql://postgres@127.0.0.1:5432/test"
 TOKEN = "bench-admin-token-0123456789abcdef"
 CHUNK = 20_000
 VERDICTS = ["human", "human", "human", "human_proxy", "machine", "unknown"]
@@ -308,17 +307,8 @@ async def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             await run(f"sqlite:///{tmp}/bench.db", "sqlite", args.messages, args.rounds)
     if args.engine in ("postgresql", "both"):
-        import asyncpg
-
-        schema = f"bench_{uuid.uuid4().hex[:10]}"
-        try:
-            await run(f"{PG}?schema={schema}", "postgresql", args.messages, args.rounds)
-        finally:
-            conn = await asyncpg.connect(PG)
-            try:
-                await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-            finally:
-                await conn.close()
+        async with scratch_schema() as (_, url):
+            await run(url, "postgresql", args.messages, args.rounds)
 
 
 if __name__ == "__main__":

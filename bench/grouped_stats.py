@@ -20,16 +20,16 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pg_scratch import scratch_schema
 
 from relay.store import open_store
 from relay.store.base import Store
 from relay.store.grouped import GROUP_BY
 
-PG = "postgresql://postgres@127.0.0.1:5432/test"
 COUNTRIES = ["US", "DE", "FR", "GB", "JP", "BR", "IN", None]
 CLIENTS = [("Thunderbird", "Windows", "desktop"), ("Chrome", "Mac OS X", "desktop"),
            ("Mobile Safari", "iOS", "mobile"), ("Gmail Image Proxy", None, "proxy"),
@@ -97,38 +97,31 @@ async def run(args: argparse.Namespace) -> None:
     data = rows(args.messages, args.events, now)
     print(f"built {len(data[0])} messages, {len(data[1])} recipients, {len(data[2])} events "
           f"in {time.perf_counter() - t0:.1f} s")
-    schema = f"bench_{uuid.uuid4().hex[:10]}"
-    with tempfile.TemporaryDirectory() as tmp:
-        engines = {"sqlite": f"sqlite:///{tmp}/bench.db",
-                   "postgresql": f"{PG}?schema={schema}"}
-        results: dict[str, dict[str, tuple[float, float]]] = {}
-        for name, url in engines.items():
-            store = await open_store(url, spool_path=f"{tmp}/spool-{name}.jsonl")
-            t0 = time.perf_counter()
-            try:
-                await seed(store, data)
-            finally:
-                await store.close()
-            print(f"{name}: seeded in {time.perf_counter() - t0:.1f} s")
-            # A process that opens a store of a million events (its planner statistics
-            # are then fresh; a running one refreshes them every 10 minutes).
-            store = await open_store(url, spool_path=f"{tmp}/spool-{name}.jsonl")
-            try:
-                results[name] = {}
-                for group_by in (*GROUP_BY, None):
-                    month = await timed(store, args.rounds, group_by=group_by,
-                                        since=now - 31 * 86400)
-                    day = await timed(store, args.rounds, group_by=group_by,
-                                      since=now - 86400)
-                    results[name][group_by or "(none: engagement)"] = (month, day)
-            finally:
-                await store.close()
-        if args.keep is False:
-            import asyncpg
-
-            conn = await asyncpg.connect(PG)
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-            await conn.close()
+    async with scratch_schema(keep=args.keep) as (_, pg):
+        with tempfile.TemporaryDirectory() as tmp:
+            engines = {"sqlite": f"sqlite:///{tmp}/bench.db", "postgresql": pg}
+            results: dict[str, dict[str, tuple[float, float]]] = {}
+            for name, url in engines.items():
+                store = await open_store(url, spool_path=f"{tmp}/spool-{name}.jsonl")
+                t0 = time.perf_counter()
+                try:
+                    await seed(store, data)
+                finally:
+                    await store.close()
+                print(f"{name}: seeded in {time.perf_counter() - t0:.1f} s")
+                # A process that opens a store of a million events (its planner statistics
+                # are then fresh; a running one refreshes them every 10 minutes).
+                store = await open_store(url, spool_path=f"{tmp}/spool-{name}.jsonl")
+                try:
+                    results[name] = {}
+                    for group_by in (*GROUP_BY, None):
+                        month = await timed(store, args.rounds, group_by=group_by,
+                                            since=now - 31 * 86400)
+                        day = await timed(store, args.rounds, group_by=group_by,
+                                          since=now - 86400)
+                        results[name][group_by or "(none: engagement)"] = (month, day)
+                finally:
+                    await store.close()
     print(f"\n{args.events} events, {args.messages} messages; median of {args.rounds} runs, "
           "milliseconds (last 30 days / last day)")
     print(f"{'group_by':<22}" + "".join(f"{name:>24}" for name in results))

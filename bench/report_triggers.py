@@ -19,18 +19,18 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pg_scratch import scratch_schema
 
 from relay.records import Event, LinkRecord, Outcome, Reply, SentMessage
 from relay.store import open_store
 from relay.store.base import Store
 from relay.store.records import event_row
 
-PG = "postgresql://postgres@127.0.0.1:5432/test"
 TRIGGERS = [f"{table}_{when}_report" for table, whens in (
     ("messages", ("insert", "delete")), ("recipients", ("insert", "update", "delete")),
     ("events", ("insert", "update", "delete"))) for when in whens]
@@ -86,18 +86,8 @@ async def run(engine: str, n: int, rounds: int) -> None:
                     results[triggers].append(await one_round(
                         f"sqlite:///{tmp}/b.db", engine, n, triggers, now))
             else:
-                import asyncpg
-
-                schema = f"bench_{uuid.uuid4().hex[:10]}"
-                try:
-                    results[triggers].append(await one_round(
-                        f"{PG}?schema={schema}", engine, n, triggers, now))
-                finally:
-                    conn = await asyncpg.connect(PG)
-                    try:
-                        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-                    finally:
-                        await conn.close()
+                async with scratch_schema() as (_, url):
+                    results[triggers].append(await one_round(url, engine, n, triggers, now))
     print(f"\n{engine}: {n:,} messages and {n * 5:,} hits a round, median of {rounds}")
     print(f"{'write':<28}{'no triggers µs':>16}{'triggers µs':>14}{'ratio':>8}")
     for i, label in enumerate(("sent message (record_sent)", "hit (write_events, 50)")):

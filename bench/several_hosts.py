@@ -25,17 +25,14 @@ import argparse
 import asyncio
 import sys
 import tempfile
-import uuid
 from pathlib import Path
-
-import asyncpg
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.several_hosts_support import Outcome, run  # noqa: E402
+from pg_scratch import PG, scratch_schema  # noqa: E402
 
-PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+from tests.several_hosts_support import Outcome, run  # noqa: E402
 
 
 def problems(out: Outcome) -> dict[str, int]:
@@ -56,18 +53,11 @@ def problems(out: Outcome) -> dict[str, int]:
 
 
 async def one(label: str, args: argparse.Namespace, kill: bool) -> Outcome:
-    schema = f"bench_{uuid.uuid4().hex[:10]}"
     root = Path(tempfile.mkdtemp(prefix=f"trackrelay-hosts-{label}-"))
-    try:
-        out, codes = await run(root, PG_URL, schema, messages=args.messages, hits=args.hits,
+    async with scratch_schema() as (schema, _):
+        out, codes = await run(root, PG, schema, messages=args.messages, hits=args.hits,
                                smtp_clients=args.clients, hit_clients=args.clients, kill=kill,
                                timeout=3600)
-    finally:
-        conn = await asyncpg.connect(PG_URL)
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            await conn.close()
     msg_rate = len(out.accepted) / out.messages_seconds
     hit_rate = len(out.answered_hits) / out.hits_seconds
     print(f"{label}: {len(out.accepted)}/{args.messages} messages accepted "
