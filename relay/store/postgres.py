@@ -121,7 +121,11 @@ class PostgresStore(SqlStore):
             if self.schema:
                 conn = await asyncpg.connect(self.dsn, timeout=self.connect_timeout)
                 try:
-                    await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+                    # Asked first: a role given only its own schema (no CREATE on the
+                    # database) may not even run CREATE SCHEMA IF NOT EXISTS.
+                    if not await conn.fetchval(
+                            "SELECT 1 FROM pg_namespace WHERE nspname = $1", self.schema):
+                        await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
                 except asyncpg.UniqueViolationError:
                     pass  # another process created it at the same moment
                 finally:

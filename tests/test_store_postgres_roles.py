@@ -1,0 +1,66 @@
+"""A PostgreSQL store under a role given only its own schema, as a careful DBA sets one up:
+no CREATE on the database (so no schema of its own making and no extension), a schema
+created for it beforehand. The store opens, migrates and answers; a subject search works
+without the trigram index it cannot have."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from relay.store import open_store
+from tests.conftest import PG_URL
+from tests.test_store_engines import outcome, sent_message
+
+ADMIN = PG_URL.rsplit("/", 1)[0]
+
+
+@pytest.fixture
+async def narrow_role() -> AsyncIterator[str]:
+    """A fresh database without pg_trgm, a LOGIN role without CREATE on it, and a schema
+    that role owns; the store URL that role uses."""
+    name = f"t_role_{uuid.uuid4().hex[:8]}"
+    conn = await asyncpg.connect(PG_URL)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+        await conn.execute(f'CREATE ROLE "{name}" LOGIN')
+    finally:
+        await conn.close()
+    db = await asyncpg.connect(f"{ADMIN}/{name}")
+    try:
+        await db.execute(f'CREATE SCHEMA s AUTHORIZATION "{name}"')
+    finally:
+        await db.close()
+    yield f"postgresql://{name}@127.0.0.1:5432/{name}?schema=s"
+    conn = await asyncpg.connect(PG_URL)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.execute(f'DROP ROLE IF EXISTS "{name}"')
+    finally:
+        await conn.close()
+
+
+async def test_a_role_with_only_its_schema_opens_and_searches(narrow_role: str,
+                                                              tmp_path: Path) -> None:
+    store = await open_store(narrow_role, spool_path=f"{tmp_path}/spool.jsonl")
+    try:
+        for n, (mid, subject) in enumerate({"a1": "Spring LAUNCH notes",
+                                            "a2": "lunch menu"}.items()):
+            sent = sent_message(mid)
+            sent.subject = subject
+            await store.record_sent(sent, outcome(["bob@x.org"], at=1000.0 + n))
+        found = await store.list_messages(subject="launch")
+        assert [m["id"] for m in found.items] == ["a1"]
+        sql: object = store
+        index = await sql._fetch(  # type: ignore[attr-defined]
+            "SELECT indexname FROM pg_indexes WHERE indexname = 'messages_subject_trgm'")
+        assert index == []  # no extension to be had: searched without the index
+        ext = await sql._fetch(  # type: ignore[attr-defined]
+            "SELECT extname FROM pg_extension WHERE extname = 'pg_trgm'")
+        assert ext == []
+    finally:
+        await store.close()
