@@ -285,15 +285,23 @@ class SqlStore(ContactScoresSql, Store):
     async def _message_rows(self, where: Where, *, status: str | None, limit: int,
                             include_machine: bool = False) -> list[dict[str, Any]]:
         machine = "" if include_machine else f" AND {HUMAN}"
+        args = list(where.args)
+        source = f"messages m {where.sql()}"
+        if status is None:
+            # The page's rows first, then their status and counts: PostgreSQL, planning
+            # the status for every message the cursor leaves, would hash every bounce of
+            # the store once per page (1 M messages: 0.3-0.9 s a page against 1 ms).
+            source = (f"(SELECT * FROM {source} ORDER BY m.created_at DESC, m.seq DESC "
+                      "LIMIT ?) m")
+            args.append(limit)
         inner = (
             f"SELECT {MESSAGE_COLUMNS}, {STATUS_CASE} AS status, "
             "(SELECT COUNT(*) FROM events e WHERE e.message_id = m.id AND e.type = 'open'"
             f"{machine}) AS open_count, "
             "(SELECT COUNT(*) FROM events e WHERE e.message_id = m.id AND e.type = 'click'"
             f"{machine}) AS click_count "
-            f"FROM messages m {where.sql()}"
+            f"FROM {source}"
         )
-        args = list(where.args)
         outer = ""
         if status is not None:
             outer = "WHERE x.status = ? "
