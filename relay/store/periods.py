@@ -62,7 +62,7 @@ async def period_report(store: RollupEngine, *, scope: str | None, since: float 
             figures += rolled[0]
             sent.append(rolled[1])
             machine += rolled[2]
-            rest = plan.live(store)
+            rest = plan.live(store, since, until)
             live = rest is not None
             if rest is not None:
                 where.add(rest[0], *rest[1])
@@ -118,7 +118,7 @@ async def _grouped(store: RollupEngine, kind: str, *, scope: str | None,
     if plan is None:
         return await live(where)
     rows = await hourly.rolled_groups(store, kind, scope, plan, first_keys)
-    rest = plan.live(store)
+    rest = plan.live(store, since, until)
     if rest is not None:
         where.add(rest[0], *rest[1])
         rows += await live(where)

@@ -187,23 +187,34 @@ class HourPlan:
             parts.append(("report_hour_groups", *within.rolled()))
         return parts
 
-    def live(self, store: RollupEngine) -> tuple[str, list[Any]] | None:
-        """The condition on ``messages m`` of the rest of the period (with the period's
-        own bounds): its edges before ``first`` and from ``end``, and the waiting hours;
-        None when there is no rest."""
+    def live(self, store: RollupEngine, since: float | None = None,
+             until: float | None = None) -> tuple[str, list[Any]] | None:
+        """The condition on ``messages m`` of the rest of the period (the caller adds
+        the period's own bounds): its edges before ``first`` and from ``end``, and the
+        waiting hours; None when there is no rest. Each edge's range is closed with the
+        period's bound too, so that PostgreSQL estimates a few hundred messages, not a
+        third of the store (and then joins by index, not by a scan of every row)."""
         ranges: list[str] = []
         args: list[Any] = []
         hours: list[str] = []
         hour_args: list[Any] = []
         key = hour_key(store, "m.created_at")
         if self.first is not None:
-            ranges.append("m.created_at < ?")
+            if since is None:
+                ranges.append("m.created_at < ?")
+            else:
+                ranges.append("(m.created_at >= ? AND m.created_at < ?)")
+                args.append(float(since))
             args.append(self.first * HOUR + 1)
             hours.append(f"{key} < ?")
             hour_args.append(self.first)
         if self.end is not None:
-            ranges.append("m.created_at >= ?")
-            args.append(self.end * HOUR - 1)
+            if until is None:
+                ranges.append("m.created_at >= ?")
+                args.append(self.end * HOUR - 1)
+            else:
+                ranges.append("(m.created_at >= ? AND m.created_at < ?)")
+                args += [self.end * HOUR - 1, float(until)]
             hours.append(f"{key} >= ?")
             hour_args.append(self.end)
         waiting_ranges, waiting_args = _time_ranges(list(self.waiting))
