@@ -773,14 +773,3 @@ async def test_subject_search_finds_words_anywhere_and_takes_wildcards_literally
     assert "messages_subject_trgm" in " ".join(str(r["QUERY PLAN"]) for r in plan)
     assert await found("offer 4321 ") == ["b04321"]
 
-
-async def test_postgresql_sessions_compile_no_queries(store: Store) -> None:
-    """A report runs for milliseconds; PostgreSQL's JIT compiler, on by default, spent
-    longer compiling one than running it. Every pooled session has it off."""
-    sql: Any = store
-    if sql.dialect != "postgresql":
-        pytest.skip("a PostgreSQL setting")
-    from relay.store.parallel import at_once
-
-    settings = await at_once(*(sql._fetchrow("SHOW jit") for _ in range(4)))
-    assert [s["jit"] for s in settings] == ["off"] * 4
