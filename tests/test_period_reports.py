@@ -275,6 +275,44 @@ async def test_campaign_figures_with_and_without_machines(store: Store, seed: in
             assert {int(h["hour"] // 3600): h["opens"] + h["clicks"]
                     for h in got["per_hour"]} == dict(hours)
 
+async def test_campaign_report_read_in_one_pass_equals_the_reads_one_by_one(
+        store: Store) -> None:
+    """The campaign page reads its events once (``relay.store.one_pass``); what it
+    shows equals the period report of the campaign, its links and its hours read each on
+    its own, in every scope, for a campaign, one with no mail, and an odd name."""
+    from relay.store.reports import fetch, hourly_activity_read, link_read
+
+    await build(store, 6)
+    sql = cast(SqlStore, store)
+    for scope in (None, "one.test", "cy@two.test", "nowhere.test"):
+        for name in ("spring", "autumn", "never", "it's \\ %_"):
+            both = await store.campaign_reports(name, scope=scope)
+            period = await store.period_report(scope=scope, campaign=name)
+            if not period["outcomes"]["messages"]:
+                assert both is None, (scope, name)
+                continue
+            assert both is not None, (scope, name)
+            human, everything = both
+            where = period_where(sql, scope, None, None, name)
+            links = await fetch(sql, link_read(sql, where))
+            hours = await fetch(sql, hourly_activity_read(sql, where))
+            for got, side in ((human, "human"), (everything, "all")):
+                events = period["outcomes"]["events"]
+                assert got["engagement"] == period["engagement"]
+                assert got["sent"] == period["outcomes"]["delivered"]
+                assert got["messages"] == period["outcomes"]["messages"]
+                for kind, key in (("open", "unique_opens"), ("click", "unique_clicks"),
+                                  ("bounce", "bounces"), ("complaint", "complaints"),
+                                  ("unsubscribe", "unsubscribes")):
+                    assert got[key] == events[kind]["recipients"][side], (scope, name, key)
+                n = "n" if side == "all" else "human"
+                assert {r["url"]: r["clicks"] for r in got["top_links"]} == {
+                    r["url"]: r[n] for r in links if r[n]}
+                opens = "opens" if side == "all" else "p_opens"
+                assert [(h["hour"], h["opens"]) for h in got["per_hour"]] == [
+                    (float(r["h"]) * 3600.0, int(r[opens])) for r in hours
+                    if int(r[opens]) or int(r["clicks" if side == "all" else "p_clicks"])]
+
 
 #: an hour's boundary inside the seeded period, with messages sent a moment either side
 EDGE = (NOW // 3600 - 200) * 3600

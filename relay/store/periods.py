@@ -74,6 +74,13 @@ async def period_report(store: RollupEngine, *, scope: str | None, since: float 
             reads.append(machine_rows(store, where, messages_first=True))
         for got, into in zip(await at_once(*reads), (figures, sent, machine), strict=False):
             into += got
+    return report_of(figures, sent, machine if engagement else None)
+
+
+def report_of(figures: list[dict[str, Any]], sent: list[dict[str, int]],
+              machine: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """A period report from its ``figure_rows``, ``sent_rows`` and (for its
+    ``engagement``) ``machine_rows``, or their roll-ups."""
     by_type = by_type_of(figures)
     counts = {k: sum(s[k] for s in sent) for k in SENT}
     delivered = counts["delivered"]
@@ -95,7 +102,7 @@ async def period_report(store: RollupEngine, *, scope: str | None, since: float 
         "bounces": {"hard": hard, "soft": bounced - hard},
         "events": events,
     }
-    if not engagement:
+    if machine is None:
         return {"outcomes": outcomes}
     machine_opens, machine_clicks = machine_counters(machine)
     return {"outcomes": outcomes,

@@ -159,6 +159,9 @@ class PostgresStore(SqlStore):
     def _domain_expr(self, column: str) -> str:
         return f"split_part({column}, '@', 2)"
 
+    def _json_rows(self, sql: str, columns: tuple[str, ...]) -> str:
+        return f"(SELECT COALESCE(json_agg(x), '[]'::json)::text FROM ({sql}) x)"
+
     def _bucket_expr(self, column: str, seconds: int) -> str:
         return f"floor({column} / {int(seconds)})"
 

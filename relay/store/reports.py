@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from typing import Any, Protocol
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
 
 from relay.engagement.report import INFERRED_REASON
 from relay.store.where import Where, cond, scope_condition
@@ -43,7 +45,31 @@ class ReportEngine(Protocol):
 
     def _domain_expr(self, column: str) -> str: ...
 
+    def _hour_expr(self, column: str) -> str: ...
+
+    def _json_rows(self, sql: str, columns: tuple[str, ...]) -> str: ...
+
     _messages_first_join: str
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Read(Generic[T]):
+    """One report query and what its rows become. Its SQL names its result's
+    ``columns``, so that ``relay.store.one_pass`` can run several reads in one statement
+    over events read once."""
+
+    sql: str
+    args: list[Any]
+    columns: tuple[str, ...]
+    finish: Callable[[list[dict[str, Any]]], T]
+
+
+async def fetch(store: ReportEngine, read: Read[T]) -> T:
+    """``read`` run on its own."""
+    return read.finish(await store._fetch(read.sql, read.args))
 
 HUMAN_EVENT = ("CASE WHEN e.type IN ('open', 'click') "
                "THEN e.verdict IN ('human', 'human_proxy') ELSE e.machine = FALSE END")
@@ -140,12 +166,12 @@ def _restricted(where: Where, types: tuple[str, ...] | None) -> Where:
     return out
 
 
-async def figure_rows(store: ReportEngine, where: Where, *, messages_first: bool,
-                      keys: dict[str, str] | None = None,
-                      types: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+def figure_read(store: ReportEngine, where: Where, *, messages_first: bool,
+                keys: dict[str, str] | None = None, types: tuple[str, ...] | None = None,
+                source: str | None = None) -> Read[list[dict[str, Any]]]:
     """One pass over the events matching ``where`` (on ``events e`` joined to
-    ``messages m``), grouped per recipient of a message and type: per value of ``keys``
-    and type, the ``FIGURES``.
+    ``messages m``, or on ``source``), grouped per recipient of a message and type: per
+    value of ``keys`` and type, the ``FIGURES``.
 
     Grouping per recipient first counts each recipient once without ``COUNT(DISTINCT
     message || recipient)``, which builds and sorts a string per event for every
@@ -156,7 +182,7 @@ async def figure_rows(store: ReportEngine, where: Where, *, messages_first: bool
     apple = _flag("e.type = 'open' AND e.proxy = 'apple'")
     outer, inner, group = _keyed(keys)
     of_types = _restricted(where, types)
-    rows = await store._fetch(
+    sql = (
         f"SELECT {outer}type, SUM(n) AS n, SUM(human) AS human, COUNT(*) AS uniq, "
         f"SUM({_flag('human > 0')}) AS human_uniq, SUM(hard) AS hard, "
         f"SUM({_flag('human > 0 AND direct = 0')}) AS inferred, "
@@ -167,34 +193,59 @@ async def figure_rows(store: ReportEngine, where: Where, *, messages_first: bool
         f"SELECT {inner}e.type AS type, COUNT(*) AS n, SUM({_flag(HUMAN_EVENT)}) AS human, "
         f"MAX({hard_bounce}) AS hard, MAX({direct}) AS direct, MAX({unknown}) AS unknown, "
         f"SUM({apple}) AS apple "
-        f"FROM {store._events_join(messages_first)} {of_types.sql()} "
+        f"FROM {source or store._events_join(messages_first)} {of_types.sql()} "
         f"GROUP BY {group}e.message_id, COALESCE(e.recipient, ''), e.type) p "
-        f"GROUP BY {outer}type", of_types.args)
-    return [{**{k: r[k] for k in keys or {}}, "type": str(r["type"]),
-             **{k: int(r[k] or 0) for k in FIGURES}} for r in rows]
+        f"GROUP BY {outer}type")
+
+    def finish(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{**{k: r[k] for k in keys or {}}, "type": str(r["type"]),
+                 **{k: int(r[k] or 0) for k in FIGURES}} for r in rows]
+
+    return Read(sql, of_types.args, (*(keys or {}), "type", *FIGURES), finish)
+
+
+async def figure_rows(store: ReportEngine, where: Where, *, messages_first: bool,
+                      keys: dict[str, str] | None = None,
+                      types: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+    """``figure_read``, run."""
+    return await fetch(store, figure_read(store, where, messages_first=messages_first,
+                                          keys=keys, types=types))
+
+
+def machine_read(store: ReportEngine, where: Where, *, messages_first: bool,
+                 keys: dict[str, str] | None = None, source: str | None = None
+                 ) -> Read[list[dict[str, Any]]]:
+    """Machine opens and clicks matching ``where`` per value of ``keys``, type and
+    reason (an event with several reasons counts under each; none: ``unspecified``)."""
+    _, inner, group = _keyed(keys)
+    sql = (f"SELECT {inner}e.type AS type, e.verdict AS verdict, e.reasons AS reasons, "
+           "e.machine_reason AS machine_reason, COUNT(*) AS n "
+           f"FROM {source or store._events_join(messages_first)} "
+           + where_and(where, f"e.type IN ('open', 'click') AND {MACHINE}")
+           + f" GROUP BY {group}e.type, e.verdict, e.reasons, e.machine_reason")
+
+    def finish(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        counts: Counter[tuple[Any, ...]] = Counter()
+        for r in rows:
+            if r["verdict"] == "machine":
+                reasons = _json_list(r["reasons"])
+            else:
+                reasons = [str(r["machine_reason"])] if r["machine_reason"] else []
+            head = tuple(r[k] for k in keys or {})
+            for reason in reasons or ["unspecified"]:
+                counts[(*head, str(r["type"]), reason)] += int(r["n"])
+        names = [*(keys or {}), "type", "reason"]
+        return [{**dict(zip(names, key, strict=True)), "n": n} for key, n in counts.items()]
+
+    return Read(sql, list(where.args),
+                (*(keys or {}), "type", "verdict", "reasons", "machine_reason", "n"), finish)
 
 
 async def machine_rows(store: ReportEngine, where: Where, *, messages_first: bool,
                        keys: dict[str, str] | None = None) -> list[dict[str, Any]]:
-    """Machine opens and clicks matching ``where`` per value of ``keys``, type and
-    reason (an event with several reasons counts under each; none: ``unspecified``)."""
-    _, inner, group = _keyed(keys)
-    counts: Counter[tuple[Any, ...]] = Counter()
-    for r in await store._fetch(
-            f"SELECT {inner}e.type, e.verdict, e.reasons, e.machine_reason, COUNT(*) AS n "
-            f"FROM {store._events_join(messages_first)} "
-            + where_and(where, f"e.type IN ('open', 'click') AND {MACHINE}")
-            + f" GROUP BY {group}e.type, e.verdict, e.reasons, e.machine_reason",
-            where.args):
-        if r["verdict"] == "machine":
-            reasons = _json_list(r["reasons"])
-        else:
-            reasons = [str(r["machine_reason"])] if r["machine_reason"] else []
-        head = tuple(r[k] for k in keys or {})
-        for reason in reasons or ["unspecified"]:
-            counts[(*head, str(r["type"]), reason)] += int(r["n"])
-    names = [*(keys or {}), "type", "reason"]
-    return [{**dict(zip(names, key, strict=True)), "n": n} for key, n in counts.items()]
+    """``machine_read``, run."""
+    return await fetch(store, machine_read(store, where, messages_first=messages_first,
+                                           keys=keys))
 
 
 def by_type_of(rows: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
@@ -306,14 +357,38 @@ def _counted(rows: list[dict[str, Any]], names: tuple[str, ...]) -> Rows:
             for r in rows]
 
 
+def link_read(store: ReportEngine, where: Where, *, keys: dict[str, str] | None = None,
+              source: str | None = None) -> Read[Rows]:
+    """Clicks per URL of the messages matching ``where`` (and per ``keys``)."""
+    names = (*(keys or {}), "url")
+    sql = per_recipient({**(keys or {}), "url": "l.url"},
+                        f"FROM {source or store._events_join(True)} "
+                        "JOIN links l ON l.message_id = e.message_id AND l.idx = e.link_index "
+                        + where_and(where, "e.type = 'click'"))
+    return Read(sql, list(where.args), (*names, *GROUPED), lambda rows: _counted(rows, names))
+
+
 async def link_rows(store: ReportEngine, where: Where, *,
                     keys: dict[str, str] | None = None) -> Rows:
-    """Clicks per URL of the messages matching ``where`` (and per ``keys``)."""
-    rows = await store._fetch(
-        per_recipient({**(keys or {}), "url": "l.url"}, f"FROM {store._events_join(True)} "
-                      "JOIN links l ON l.message_id = e.message_id AND l.idx = e.link_index "
-                      + where_and(where, "e.type = 'click'")), where.args)
-    return _counted(rows, (*(keys or {}), "url"))
+    """``link_read``, run."""
+    return await fetch(store, link_read(store, where, keys=keys))
+
+
+def hourly_activity_read(store: ReportEngine, where: Where, *, source: str | None = None
+                         ) -> Read[list[dict[str, Any]]]:
+    """Opens and clicks matching ``where`` per hour they happened (``h``: hours since
+    the epoch), all (``opens``, ``clicks``) and by people (``p_opens``, ``p_clicks``)."""
+    hour = store._hour_expr("e.time")
+    opens, clicks = "e.type = 'open'", "e.type = 'click'"
+    sql = (f"SELECT {hour} AS h, SUM({_flag(opens)}) AS opens, "
+           f"SUM({_flag(clicks)}) AS clicks, "
+           f"SUM({_flag(f'{opens} AND {HUMAN_EVENT}')}) AS p_opens, "
+           f"SUM({_flag(f'{clicks} AND {HUMAN_EVENT}')}) AS p_clicks "
+           f"FROM {source or store._events_join(True)} "
+           + where_and(where, "e.type IN ('open', 'click')")
+           + f" GROUP BY {hour} ORDER BY {hour}")
+    return Read(sql, list(where.args), ("h", "opens", "clicks", "p_opens", "p_clicks"),
+                lambda rows: sorted((dict(r) for r in rows), key=lambda r: float(r["h"])))
 
 
 async def reason_rows(store: ReportEngine, where: Where, *, join: str,

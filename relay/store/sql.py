@@ -410,6 +410,11 @@ class SqlStore(ContactScoresSql, Store):
         """The part of an address after its last ``@`` (lower case already)."""
         raise NotImplementedError
 
+    def _json_rows(self, sql: str, columns: tuple[str, ...]) -> str:
+        """An expression: the rows of ``sql`` (whose result has ``columns``) as the text
+        of a JSON array of objects (``relay.store.one_pass``)."""
+        raise NotImplementedError
+
     async def grouped_stats(self, group_by: str, *, scope: str | None = None,
                             since: float | None = None,
                             until: float | None = None) -> list[dict[str, Any]]:
@@ -567,28 +572,31 @@ class SqlStore(ContactScoresSql, Store):
                                ) -> tuple[CampaignStats, CampaignStats] | None:
         """The campaign's period report over all its mail (``relay.store.periods``: the
         same figures, people counted the same way, as the Overview's), its clicks per
-        link and its opens and clicks per hour: three passes over its events."""
+        link and its opens and clicks per hour, all from its events read once
+        (``relay.store.one_pass``), beside its recipients."""
         from relay.store import periods
+        from relay.store.one_pass import SOURCE, one_pass
         from relay.store.parallel import at_once
-        from relay.store.reports import HUMAN_EVENT, link_rows, period_where, where_and
+        from relay.store.reports import (
+            figure_read,
+            hourly_activity_read,
+            link_read,
+            machine_read,
+            period_where,
+            sent_rows,
+        )
 
         await self._fresh_statistics()
         where = period_where(self, scope, None, None, campaign)
-        hour = self._hour_expr("e.time")
-        per_hour = (
-            f"SELECT {hour} AS h, "
-            "SUM(CASE WHEN e.type = 'open' THEN 1 ELSE 0 END) AS opens, "
-            "SUM(CASE WHEN e.type = 'click' THEN 1 ELSE 0 END) AS clicks, "
-            f"SUM(CASE WHEN e.type = 'open' AND {HUMAN_EVENT} THEN 1 ELSE 0 END) AS p_opens, "
-            f"SUM(CASE WHEN e.type = 'click' AND {HUMAN_EVENT} THEN 1 ELSE 0 END) "
-            f"AS p_clicks FROM {self._events_join(True)} "
-            + where_and(where, "e.type IN ('open', 'click')")
-            + f" GROUP BY {hour} ORDER BY {hour}")
-        report, links, hours = await at_once(
-            periods.period_report(self, scope=scope, since=None, until=None,
-                                  campaign=campaign),
-            link_rows(self, where),
-            self._fetch(per_hour, where.args))
+        none = Where()
+        (figures, machine, links, hours), recipients = await at_once(
+            one_pass(self, where,
+                     [figure_read(self, none, messages_first=True, source=SOURCE),
+                      machine_read(self, none, messages_first=True, source=SOURCE),
+                      link_read(self, none, source=SOURCE),
+                      hourly_activity_read(self, none, source=SOURCE)]),
+            sent_rows(self, where, messages_first=True))
+        report = periods.report_of(figures, recipients, machine)
         outcomes = report["outcomes"]
         if not outcomes["messages"]:
             return None

@@ -208,6 +208,10 @@ class SqliteStore(SqlStore):
     def _domain_expr(self, column: str) -> str:
         return f"substr({column}, instr({column}, '@') + 1)"
 
+    def _json_rows(self, sql: str, columns: tuple[str, ...]) -> str:
+        pairs = ", ".join(f"'{c}', x.{c}" for c in columns)
+        return f"(SELECT json_group_array(json_object({pairs})) FROM ({sql}) x)"
+
     _messages_first_join = "CROSS JOIN"
 
     def _bucket_expr(self, column: str, seconds: int) -> str:
