@@ -314,21 +314,31 @@ def _json_list(text: Any) -> list[str]:
 SENT = ("messages", "recipients", "delivered")
 
 
-async def sent_rows(store: ReportEngine, where: Where, *, messages_first: bool,
-                    keys: dict[str, str] | None = None) -> list[dict[str, Any]]:
+def sent_read(store: ReportEngine, where: Where, *, messages_first: bool,
+              keys: dict[str, str] | None = None) -> Read[list[dict[str, Any]]]:
     """Per value of ``keys``: the messages, recipients and accepted recipients matching
     ``where`` (on ``messages m`` joined to ``recipients r``)."""
     _, inner, _ = _keyed(keys)
     join = store._messages_first_join if messages_first else "JOIN"
     accepted = _flag("r.status = 'accepted'")
-    rows = await store._fetch(
-        f"SELECT {inner}COUNT(DISTINCT m.id) AS messages, "
-        f"SUM({accepted}) AS delivered, "
-        f"COUNT(*) AS recipients FROM messages m {join} recipients r "
-        f"ON r.message_id = m.id {where.sql()}"
-        + (f" GROUP BY {', '.join(keys.values())}" if keys else ""), where.args)
-    return [{**{k: r[k] for k in keys or {}}, **{k: int(r[k] or 0) for k in SENT}}
-            for r in rows]
+    sql = (f"SELECT {inner}COUNT(DISTINCT m.id) AS messages, "
+           f"SUM({accepted}) AS delivered, "
+           f"COUNT(*) AS recipients FROM messages m {join} recipients r "
+           f"ON r.message_id = m.id {where.sql()}"
+           + (f" GROUP BY {', '.join(keys.values())}" if keys else ""))
+
+    def finish(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{**{k: r[k] for k in keys or {}}, **{k: int(r[k] or 0) for k in SENT}}
+                for r in rows]
+
+    return Read(sql, list(where.args), (*(keys or {}), *SENT), finish)
+
+
+async def sent_rows(store: ReportEngine, where: Where, *, messages_first: bool,
+                    keys: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """``sent_read``, run."""
+    return await fetch(store, sent_read(store, where, messages_first=messages_first,
+                                        keys=keys))
 
 
 async def delivered_count(store: ReportEngine, where: Where, *, messages_first: bool
@@ -359,12 +369,17 @@ def _counted(rows: list[dict[str, Any]], names: tuple[str, ...]) -> Rows:
 
 def link_read(store: ReportEngine, where: Where, *, keys: dict[str, str] | None = None,
               source: str | None = None) -> Read[Rows]:
-    """Clicks per URL of the messages matching ``where`` (and per ``keys``)."""
+    """Clicks per URL of the messages matching ``where`` (and per ``keys``). A
+    ``source`` carries each click's link as ``url`` (``relay.store.one_pass``)."""
     names = (*(keys or {}), "url")
-    sql = per_recipient({**(keys or {}), "url": "l.url"},
-                        f"FROM {source or store._events_join(True)} "
-                        "JOIN links l ON l.message_id = e.message_id AND l.idx = e.link_index "
-                        + where_and(where, "e.type = 'click'"))
+    if source:
+        of = f"FROM {source} " + where_and(where, "e.type = 'click' AND e.url IS NOT NULL")
+        url = "e.url"
+    else:
+        of = (f"FROM {store._events_join(True)} JOIN links l ON l.message_id = e.message_id "
+              "AND l.idx = e.link_index " + where_and(where, "e.type = 'click'"))
+        url = "l.url"
+    sql = per_recipient({**(keys or {}), "url": url}, of)
     return Read(sql, list(where.args), (*names, *GROUPED), lambda rows: _counted(rows, names))
 
 
