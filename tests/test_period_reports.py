@@ -343,7 +343,9 @@ async def _reports(store: Store, scope: str | None, since: float | None,
             "breakdown": await store.bounce_breakdown(**period, limit=1000),
             "days": await store.event_series(**period, bucket=86400),
             "hours": await store.event_series(**period, bucket=3600),
-            **{by: await store.grouped_stats(by, **period) for by in ("campaign", "sender")}}
+            **{by: await store.grouped_stats(by, **period) for by in ("campaign", "sender")},
+            "campaigns": [await store.campaign_reports(name, scope=scope)
+                          for name in ("spring", "autumn", "never")]}
 
 
 async def _same_as_the_events(store: Store, label: str,
@@ -389,6 +391,18 @@ async def test_hourly_rollups_give_the_figures_of_the_events(
         report["outcomes"]["events"]["open"]["events"]["all"]
     await engine._execute("UPDATE report_hours SET n = n - 1000 "
                           "WHERE scope = '*' AND type = 'open'")
+    # a campaign's too, from its own rows (its figures and its links)
+    spring = rollups.campaign_key("spring", None)
+    campaign = await store.campaign_reports("spring", scope=None)
+    assert campaign is not None
+    for table, column, kind in (("report_hours", "n", "AND type = 'open'"),
+                                ("report_day_groups", "n", "AND kind = 'link'")):
+        await engine._execute(f"UPDATE {table} SET {column} = {column} + 1000 "
+                              f"WHERE scope = ? {kind}", [spring])
+        assert await store.campaign_reports("spring", scope=None) != campaign, table
+        await engine._execute(f"UPDATE {table} SET {column} = {column} - 1000 "
+                              f"WHERE scope = ? {kind}", [spring])
+    assert await store.campaign_reports("spring", scope=None) == campaign
     # and the grouped ones from the day rows (whole days) and hour rows (the edges)
     links = await store.top_links(since=NOW - 40 * DAY - 1, until=NOW + 1, limit=1000)
     for table in ("report_day_groups", "report_hour_groups"):

@@ -13,6 +13,7 @@ from typing import Any
 from relay.engagement.report import engagement_figures
 from relay.records import EVENT_TYPES
 from relay.store import rollups as hourly
+from relay.store.one_pass import SOURCE, one_pass
 from relay.store.parallel import at_once
 from relay.store.reports import (
     GROUP_KEYS,
@@ -27,10 +28,15 @@ from relay.store.reports import (
     delivered_rows,
     domain_rows,
     engagement_counts,
+    fetch,
     fewer_rows,
+    figure_read,
     figure_rows,
+    hourly_activity_read,
+    link_read,
     link_rows,
     machine_counters,
+    machine_read,
     machine_rows,
     message_key_rows,
     period_where,
@@ -75,6 +81,63 @@ async def period_report(store: RollupEngine, *, scope: str | None, since: float 
         for got, into in zip(await at_once(*reads), (figures, sent, machine), strict=False):
             into += got
     return report_of(figures, sent, machine if engagement else None)
+
+
+async def campaign_report(store: RollupEngine, campaign: str, *, scope: str | None
+                          ) -> tuple[dict[str, Any], Rows, list[dict[str, Any]]]:
+    """A campaign's period report over all its mail, its clicks per link
+    (``link_rows``) and its opens and clicks per hour (``hourly_activity_read``). Its
+    whole hours come from the roll-ups (which keep a campaign's rows beside the rest:
+    ``relay.store.rollups.campaign_key``), the hours whose roll-ups wait from its events
+    read once (``relay.store.one_pass``); the hours of its opens and clicks are counted
+    from the events index, over all its mail."""
+    where = period_where(store, scope, None, None, campaign)
+    plan = await hourly.hour_plan(store, None, None)
+    live: Where | None = where
+    reads: list[Awaitable[Any]] = [fetch(store, hourly_activity_read(store, where))]
+    if plan is not None:
+        reads += [hourly.rolled_totals(store, scope, plan, machine_reasons=True,
+                                       campaign=campaign),
+                  hourly.rolled_groups(store, "link", scope, plan, campaign=campaign)]
+        rest = plan.live(store)
+        live = None
+        if rest is not None:
+            live = Where()
+            live.parts, live.args = list(where.parts), list(where.args)
+            live.add(rest[0], *rest[1])
+    if live is not None:
+        none = Where()
+        reads += [one_pass(store, live,
+                           [figure_read(store, none, messages_first=True, source=SOURCE),
+                            machine_read(store, none, messages_first=True, source=SOURCE),
+                            link_read(store, none, source=SOURCE)]),
+                  sent_rows(store, live, messages_first=True)]
+    got = await at_once(*reads)
+    hours = got.pop(0)
+    figures: list[dict[str, Any]] = []
+    sent: list[dict[str, int]] = []
+    machine: list[dict[str, Any]] = []
+    links: Rows = []
+    if plan is not None:
+        (rolled_figures, rolled_sent, rolled_machine), rolled_links = got[:2]
+        figures += rolled_figures
+        sent.append(rolled_sent)
+        machine += rolled_machine
+        links += rolled_links
+        got = got[2:]
+    if live is not None:
+        (live_figures, live_machine, live_links), live_sent = got
+        figures += live_figures
+        machine += live_machine
+        sent += live_sent
+        links += live_links
+    by_url: dict[str, dict[str, int]] = {}
+    for r in links:
+        into = by_url.setdefault(str(r["url"]), dict.fromkeys(GROUPED, 0))
+        for k in GROUPED:
+            into[k] += int(r[k])
+    return (report_of(figures, sent, machine),
+            [{"url": url, **counts} for url, counts in by_url.items()], hours)
 
 
 def report_of(figures: list[dict[str, Any]], sent: list[dict[str, int]],

@@ -8,8 +8,11 @@ exactly: ``report_hours`` keeps the ``FIGURES`` per hour of sending, scope and e
 type, ``report_hour_sent`` the messages, recipients and delivered recipients,
 ``report_hour_machine`` the machine opens and clicks by reason. A scope is ``*``
 (everyone's mail), ``domain:<sender domain>`` or ``sender:<sender address>``, the three
-an API token can have. The grouped reports (clicks per link, bounces per reason and
-per recipient domain, events per day, opens and clicks per campaign and per sender) are
+an API token can have; the mail of a campaign has those rows again under each of those
+scopes of its campaign (``campaign_key``), and so has its clicks per link, so that a
+campaign's report is its rows summed over its hours, not a walk over all its mail. The
+grouped reports (clicks per link, bounces per reason and per recipient domain, events
+per day, opens and clicks per campaign and per sender) are
 kept per hour in ``report_hour_groups`` and summed per day in ``report_day_groups``, so
 a month reads its whole days there and only the hours at its edges per hour.
 
@@ -31,6 +34,7 @@ hour's boundary is never counted on both sides or on neither.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 import uuid
@@ -101,6 +105,17 @@ def scope_key(scope: str | None) -> str:
         return ALL
     scope = scope.strip().lower()
     return f"sender:{scope}" if "@" in scope else f"domain:{scope}"
+
+
+def campaign_key(campaign: str, scope: str | None) -> str:
+    """The roll-ups' scope of a campaign's mail within an API token's scope: the
+    campaign's rows are kept beside the rest, as a scope of their own."""
+    return _campaign_scope(scope_key(scope), campaign)
+
+
+def _campaign_scope(scope: str, campaign: str) -> str:
+    # JSON keeps any campaign name (a colon, a quote) from meeting another's key
+    return "campaign:" + json.dumps([scope, campaign], ensure_ascii=False)
 
 
 def _marks(n: int) -> str:
@@ -274,10 +289,12 @@ Totals = tuple[list[dict[str, Any]], dict[str, int], list[dict[str, Any]]]
 
 
 async def rolled_totals(store: RollupEngine, scope: str | None, plan: HourPlan,
-                        *, machine_reasons: bool) -> Totals:
-    """The roll-ups' sums over the plan's rolled hours."""
+                        *, machine_reasons: bool, campaign: str | None = None) -> Totals:
+    """The roll-ups' sums over the plan's rolled hours (of one campaign's mail if
+    ``campaign``)."""
     condition, args = plan.rolled()
-    args = [scope_key(scope), *args]
+    key = scope_key(scope) if campaign is None else campaign_key(campaign, scope)
+    args = [key, *args]
     sums = ", ".join(f"SUM({k}) AS {k}" for k in FIGURES)
     figures = await store._fetch(
         f"SELECT type, {sums} FROM report_hours WHERE scope = ? AND {condition} "
@@ -304,9 +321,12 @@ def _key_columns(kind: str) -> list[str]:
 
 
 async def rolled_groups(store: RollupEngine, kind: str, scope: str | None,
-                        plan: HourPlan, first_keys: list[str] | None = None) -> Rows:
+                        plan: HourPlan, first_keys: list[str] | None = None,
+                        campaign: str | None = None) -> Rows:
     """A grouped report's rows (``relay.store.reports.GROUP_KEYS[kind]``) summed over
-    the plan's rolled hours; only those whose first key is in ``first_keys`` if given."""
+    the plan's rolled hours; only those whose first key is in ``first_keys`` if given;
+    of one campaign's mail if ``campaign`` (kept for ``link`` only)."""
+    key = scope_key(scope) if campaign is None else campaign_key(campaign, scope)
     columns = _key_columns(kind)
     keys = ", ".join(columns)
     sums = ", ".join(f"SUM({k}) AS {k}" for k in GROUPED)
@@ -316,7 +336,7 @@ async def rolled_groups(store: RollupEngine, kind: str, scope: str | None,
         rows += await store._fetch(
             f"SELECT {keys}, {sums} FROM {table} "
             f"WHERE scope = ? AND kind = ? AND {condition}{only} GROUP BY {keys}",
-            [scope_key(scope), kind, *args, *(first_keys or [])])
+            [key, kind, *args, *(first_keys or [])])
     names = GROUP_KEYS[kind]
     return [{**{name: int(r[c]) if name in _NUMBERS else r[c]
                 for name, c in zip(names, columns, strict=True)},
@@ -346,13 +366,19 @@ async def compute_hours(store: RollupEngine, hours: list[int]) -> HourRows:
     where.add(condition, *args)
     keys = {"r_hour": hour_key(store, "m.created_at"), "r_sender": "m.sender",
             "r_domain": "m.sender_domain"}
+    by_campaign = {**keys, "r_campaign": "m.campaign"}
 
     def spread(rows: Rows, names: tuple[str, ...], values: tuple[str, ...]
                ) -> list[dict[str, Any]]:
-        """``rows`` per hour of sending and sender summed into the three scopes."""
+        """``rows`` per hour of sending and sender summed into the three scopes, and
+        (rows read per campaign) into those scopes of their campaign."""
         out: dict[tuple[Any, ...], dict[str, Any]] = {}
         for r in rows:
-            for scope in _scopes(r["r_sender"], r["r_domain"]):
+            scopes: tuple[str, ...] = _scopes(r["r_sender"], r["r_domain"])
+            if r.get("r_campaign") is not None:
+                scopes = (*scopes, *(_campaign_scope(s, str(r["r_campaign"]))
+                                     for s in scopes))
+            for scope in scopes:
                 key = (scope, int(r["r_hour"]), *(r[k] for k in names))
                 into = out.setdefault(key, {"scope": scope, "hour": int(r["r_hour"]),
                                             **{k: r[k] for k in names},
@@ -364,7 +390,7 @@ async def compute_hours(store: RollupEngine, hours: list[int]) -> HourRows:
     messages_first = store._events_join(True)
     groups: list[dict[str, Any]] = []
     for kind, rows in (
-            ("link", await link_rows(store, where, keys=keys)),
+            ("link", await link_rows(store, where, keys=by_campaign)),
             ("reason", await reason_rows(store, where, join=messages_first, keys=keys)),
             ("domain", await domain_rows(store, where, join=messages_first, keys=keys)),
             ("day", await day_rows(store, where, keys=keys)),
@@ -378,10 +404,11 @@ async def compute_hours(store: RollupEngine, hours: list[int]) -> HourRows:
                            "key1": text[0], "key2": text[1], "key3": text[2],
                            **{k: r[k] for k in GROUPED}})
     return HourRows(
-        spread(await figure_rows(store, where, messages_first=True, keys=keys),
+        spread(await figure_rows(store, where, messages_first=True, keys=by_campaign),
                ("type",), FIGURES),
-        spread(await sent_rows(store, where, messages_first=True, keys=keys), (), SENT),
-        spread(await machine_rows(store, where, messages_first=True, keys=keys),
+        spread(await sent_rows(store, where, messages_first=True, keys=by_campaign),
+               (), SENT),
+        spread(await machine_rows(store, where, messages_first=True, keys=by_campaign),
                ("type", "reason"), ("n",)),
         groups)
 

@@ -425,6 +425,17 @@ MIGRATIONS: list[tuple[int, str, list[Statement]]] = [
         "DROP INDEX events_message",
         "CREATE INDEX events_message ON events (message_id, type, time, verdict, machine)",
     ]),
+    (9, "campaign roll-ups", [
+        # The roll-ups keep a campaign's rows beside the rest, under scopes of its own
+        # (relay.store.rollups.campaign_key): every hour with a campaign's mail is
+        # computed again.
+        {"sqlite": "INSERT INTO report_changes (hour) SELECT DISTINCT "
+                   + HOUR_KEY["sqlite"].format(column="created_at")
+                   + " FROM messages WHERE campaign IS NOT NULL",
+         "postgresql": "INSERT INTO report_changes (hour) SELECT DISTINCT "
+                       + HOUR_KEY["postgresql"].format(column="created_at")
+                       + " FROM messages WHERE campaign IS NOT NULL"},
+    ]),
 ]
 
 

@@ -572,31 +572,11 @@ class SqlStore(ContactScoresSql, Store):
                                ) -> tuple[CampaignStats, CampaignStats] | None:
         """The campaign's period report over all its mail (``relay.store.periods``: the
         same figures, people counted the same way, as the Overview's), its clicks per
-        link and its opens and clicks per hour, all from its events read once
-        (``relay.store.one_pass``), beside its recipients."""
+        link and its opens and clicks per hour, people's and everyone's."""
         from relay.store import periods
-        from relay.store.one_pass import SOURCE, one_pass
-        from relay.store.parallel import at_once
-        from relay.store.reports import (
-            figure_read,
-            hourly_activity_read,
-            link_read,
-            machine_read,
-            period_where,
-            sent_rows,
-        )
 
         await self._fresh_statistics()
-        where = period_where(self, scope, None, None, campaign)
-        none = Where()
-        (figures, machine, links, hours), recipients = await at_once(
-            one_pass(self, where,
-                     [figure_read(self, none, messages_first=True, source=SOURCE),
-                      machine_read(self, none, messages_first=True, source=SOURCE),
-                      link_read(self, none, source=SOURCE),
-                      hourly_activity_read(self, none, source=SOURCE)]),
-            sent_rows(self, where, messages_first=True))
-        report = periods.report_of(figures, recipients, machine)
+        report, links, hours = await periods.campaign_report(self, campaign, scope=scope)
         outcomes = report["outcomes"]
         if not outcomes["messages"]:
             return None
