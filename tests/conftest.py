@@ -216,10 +216,15 @@ async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path}/store.db"
         return
-    import asyncpg
-
     schema = f"t_{uuid.uuid4().hex[:12]}"
     yield f"{PG_URL}?schema={schema}"
+    await drop_schema(schema)
+
+
+async def drop_schema(schema: str) -> None:
+    """Drop a test's PostgreSQL schema and everything in it."""
+    import asyncpg
+
     conn = await asyncpg.connect(PG_URL)
     try:
         await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

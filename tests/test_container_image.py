@@ -36,7 +36,7 @@ import aiohttp
 import pytest
 import yaml
 
-from tests.conftest import PG_URL, Sink, free_port, wait_listening
+from tests.conftest import PG_URL, Sink, drop_schema, free_port, wait_listening
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE_IMAGE = "debian:bookworm-slim"
@@ -281,8 +281,4 @@ async def test_compose_recipe_runs_the_image_on_postgresql(
         assert [r["type"] for r in rows] == ["open", "sent"]
     finally:
         await container.remove()
-        conn = await asyncpg.connect(PG_URL)
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            await conn.close()
+        await drop_schema(schema)

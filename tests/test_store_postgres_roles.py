@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 
 from relay.store import open_store
-from tests.conftest import PG_URL
+from tests.conftest import PG_URL, drop_schema
 from tests.test_store_engines import outcome, sent_message
 
 ADMIN = PG_URL.rsplit("/", 1)[0]
@@ -82,8 +82,4 @@ async def test_every_session_runs_without_jit(tmp_path: Path) -> None:
         assert [s["jit"] for s in settings] == ["off"] * 4
     finally:
         await store.close()
-        conn = await asyncpg.connect(PG_URL)
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            await conn.close()
+        await drop_schema(schema)

@@ -102,8 +102,7 @@ async def campaign_report(store: RollupEngine, campaign: str, *, scope: str | No
         rest = plan.live(store)
         live = None
         if rest is not None:
-            live = Where()
-            live.parts, live.args = list(where.parts), list(where.args)
+            live = where.copy()
             live.add(rest[0], *rest[1])
     if live is not None:
         none = Where()
@@ -131,13 +130,7 @@ async def campaign_report(store: RollupEngine, campaign: str, *, scope: str | No
         machine += live_machine
         sent += live_sent
         links += live_links
-    by_url: dict[str, dict[str, int]] = {}
-    for r in links:
-        into = by_url.setdefault(str(r["url"]), dict.fromkeys(GROUPED, 0))
-        for k in GROUPED:
-            into[k] += int(r[k])
-    return (report_of(figures, sent, machine),
-            [{"url": url, **counts} for url, counts in by_url.items()], hours)
+    return report_of(figures, sent, machine), _summed(links, GROUP_KEYS["link"]), hours
 
 
 def report_of(figures: list[dict[str, Any]], sent: list[dict[str, int]],
@@ -192,7 +185,11 @@ async def _grouped(store: RollupEngine, kind: str, *, scope: str | None,
     if rest is not None:
         where.add(rest[0], *rest[1])
         rows += await live(where)
-    names = GROUP_KEYS[kind]
+    return _summed(rows, GROUP_KEYS[kind])
+
+
+def _summed(rows: Rows, names: tuple[str, ...]) -> Rows:
+    """Grouped rows (rolled and live) with the same ``names`` keys summed into one."""
     sums: dict[tuple[Any, ...], dict[str, Any]] = {}
     for r in rows:
         key = tuple(r[k] for k in names)

@@ -160,8 +160,7 @@ def _keyed(keys: dict[str, str] | None) -> tuple[str, str, str]:
 def _restricted(where: Where, types: tuple[str, ...] | None) -> Where:
     if types is None:
         return where
-    out = Where()
-    out.parts, out.args = list(where.parts), list(where.args)
+    out = where.copy()
     out.add(f"e.type IN ({', '.join('?' for _ in types)})", *types)
     return out
 

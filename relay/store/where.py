@@ -37,6 +37,12 @@ class Where:
     def sql(self) -> str:
         return ("WHERE " + " AND ".join(self.parts)) if self.parts else ""
 
+    def copy(self) -> Where:
+        """These conditions, to add more to without changing these."""
+        out = Where()
+        out.parts, out.args = list(self.parts), list(self.args)
+        return out
+
 
 def cond(pair: tuple[str, list[Any]]) -> tuple[Any, ...]:
     """``scope_condition``'s pair as ``Where.add`` arguments."""
