@@ -58,6 +58,7 @@ def _reply(code: int, message: str) -> Reply:
 
 
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LINE_ENDING = re.compile(rb"\r\n|\r|\n")
 #: An ASCII dot-atom address: aiosmtplib's ``quote_address`` (an ``email.utils.parseaddr``
 #: per command, tens of microseconds) only puts it in angle brackets.
 _PLAIN_ADDRESS = re.compile(rf"{_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\Z")
@@ -95,6 +96,20 @@ class Connection(ABC):
 
     @abstractmethod
     def supports(self, extension: str) -> bool: ...
+
+
+def dot_stuffed(message: bytes) -> bytes:
+    """``message`` as DATA carries it: every line ending a CRLF (RFC 5321 section 2.3.8;
+    a lone CR or LF becomes one), a final CRLF, a dot doubled at each line start
+    (section 4.5.2), then the end-of-data line."""
+    crlf = message.count(b"\r\n")
+    if message.count(b"\n") != crlf or message.count(b"\r") != crlf:
+        message = _LINE_ENDING.sub(b"\r\n", message)
+    if not message.endswith(b"\r\n"):
+        message += b"\r\n"
+    if message.startswith(b"."):
+        message = b"." + message
+    return message.replace(b"\r\n.", b"\r\n..") + b".\r\n"
 
 
 class Upstream(ABC):
@@ -200,9 +215,35 @@ class SmtpConnection(Connection):
             return UNSENDABLE_RECIPIENT
         return _reply(resp.code, resp.message)
 
+    async def _data(self, message: bytes) -> aiosmtplib.SMTPResponse:
+        """DATA with the payload made here, sent through aiosmtplib's protocol.
+
+        aiosmtplib runs two regular-expression substitutions over every message (line
+        endings, then dots), each a match per line: about a tenth of the time a worker
+        spends relaying tracked HTML mail. Mail received over SMTP already ends its
+        lines in CRLF, so ``dot_stuffed`` checks that with ``bytes.count`` and stuffs
+        dots with ``bytes.replace`` (single passes in C)."""
+        client, protocol = self.client, self.client.protocol
+        if protocol is None or client.is_ehlo_or_helo_needed:
+            return await client.data(message, timeout=self.cfg.data_timeout)
+        start = await client.execute_command(b"DATA", timeout=self.cfg.data_timeout)
+        if start.code != 354:
+            raise aiosmtplib.SMTPDataError(start.code, start.message)
+        try:
+            protocol.write(dot_stuffed(message))
+            # read_response marks a reply as expected before it yields, so no reply can
+            # arrive unclaimed between the write and the read.
+            resp = await protocol.read_response(timeout=self.cfg.data_timeout)
+        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
+            client.close()  # the connection is out of step with its replies
+            raise
+        if resp.code != 250:
+            raise aiosmtplib.SMTPDataError(resp.code, resp.message)
+        return resp
+
     async def data(self, message: bytes) -> Reply:
         try:
-            resp = await self.client.data(message, timeout=self.cfg.data_timeout)
+            resp = await self._data(message)
         except aiosmtplib.SMTPResponseException as exc:
             return _reply(exc.code, exc.message)
         except aiosmtplib.SMTPTimeoutError:

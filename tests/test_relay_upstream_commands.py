@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from relay import upstream
 from relay.config import UpstreamConfig
-from relay.upstream import CaptureUpstream, SmtpConnection, SmtpUpstream
+from relay.upstream import CaptureUpstream, SmtpConnection, SmtpUpstream, UpstreamUnavailable
 
 
 @settings(max_examples=200)
@@ -35,6 +35,8 @@ class RawServer:
         self.lines: list[bytes] = []
         self.answers: dict[bytes, bytes] = {}
         self.data: list[bytes] = []
+        #: The answer to DATA, then to the message (b"": hang up instead).
+        self.data_replies = (b"354 go on\r\n", b"250 2.0.0 Ok: queued as RAW1\r\n")
         self.server: asyncio.Server | None = None
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -48,9 +50,13 @@ class RawServer:
                 writer.write(b"221 bye\r\n")
                 break
             elif verb == b"DATA":
-                writer.write(b"354 go on\r\n")
-                self.data.append(await reader.readuntil(b"\r\n.\r\n"))
-                writer.write(b"250 2.0.0 Ok: queued as RAW1\r\n")
+                start, end = self.data_replies
+                writer.write(start)
+                if start.startswith(b"354"):
+                    self.data.append(await reader.readuntil(b"\r\n.\r\n"))
+                    if not end:
+                        break
+                    writer.write(end)
             else:
                 for needle, answer in self.answers.items():
                     if needle in line:
@@ -163,6 +169,56 @@ async def test_data_on_the_wire(raw: RawServer, message: bytes) -> None:
     if not expected.endswith(b"\r\n"):
         expected += b"\r\n"
     assert raw.data == [ORIGINAL["PERIOD_REGEX"].sub(b"..", expected) + b".\r\n"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from([b"\r", b"\n", b"\r\n", b".", b"..", b"a", b" "]),
+                max_size=30).map(b"".join))
+def test_data_payload_is_what_aiosmtplib_would_send(message: bytes) -> None:
+    """The relay prepares DATA's payload itself (line endings, dots, the final line);
+    it must be exactly what aiosmtplib's regular expressions make of the message."""
+    expected = ORIGINAL["LINE_ENDINGS_REGEX"].sub(b"\r\n", message)
+    if not expected.endswith(b"\r\n"):
+        expected += b"\r\n"
+    assert upstream.dot_stuffed(message) == \
+        ORIGINAL["PERIOD_REGEX"].sub(b"..", expected) + b".\r\n"
+
+
+@pytest.mark.parametrize(("replies", "code"), [
+    ((b"554 5.5.1 No valid recipients\r\n", b""), 554),
+    ((b"354 go on\r\n", b"552 5.3.4 Message too big\r\n"), 552),
+    ((b"354 go on\r\n", b"451 4.3.0 Try later\r\n"), 451),
+])
+async def test_data_refusals_come_back_as_replies(raw: RawServer, replies: tuple[bytes, bytes],
+                                                  code: int) -> None:
+    """A refusal of DATA itself or of the message is the upstream's reply, passed back to
+    the client, and the connection stays usable for the next transaction."""
+    raw.data_replies = replies
+    pool = SmtpUpstream(UpstreamConfig(host="127.0.0.1", port=raw.port), "relay.test")
+    conn = await pool.acquire()
+    assert (await conn.mail("s@example.com", [], False)).ok
+    assert (await conn.rcpt("r@example.org", [], False)).ok
+    reply = await conn.data(b"Subject: x\r\n\r\nbody\r\n")
+    assert reply.code == code and not reply.ok
+    refusal = (replies[0] if code == 554 else replies[1]).decode()
+    assert reply.text and reply.text in refusal
+    assert await conn.rset()
+    assert (await conn.mail("s@example.com", [], False)).ok
+    conn.close()
+
+
+async def test_upstream_gone_after_the_message_is_a_lost_connection(raw: RawServer) -> None:
+    """An upstream that hangs up instead of answering the message: the relay cannot know
+    whether it was taken, so the client hears a temporary failure (UpstreamUnavailable)."""
+    raw.data_replies = (b"354 go on\r\n", b"")
+    pool = SmtpUpstream(UpstreamConfig(host="127.0.0.1", port=raw.port), "relay.test")
+    conn = await pool.acquire()
+    assert (await conn.mail("s@example.com", [], False)).ok
+    assert (await conn.rcpt("r@example.org", [], False)).ok
+    with pytest.raises(UpstreamUnavailable):
+        await conn.data(b"Subject: x\r\n\r\nbody\r\n")
+    assert raw.data == [b"Subject: x\r\n\r\nbody\r\n.\r\n"]
+    assert not await conn.rset()
 
 
 async def test_capture_never_reuses_a_name(tmp_path: Path) -> None:
