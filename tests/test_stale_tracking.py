@@ -79,6 +79,24 @@ async def test_an_untracked_reply_is_cleaned_too(make_relay: MakeRelay, sink: Si
     assert "https://shop.example/a" in out
 
 
+async def test_our_address_in_another_case_amid_non_ascii_text(make_relay: MakeRelay,
+                                                                sink: Sink) -> None:
+    """A client that upper-cased the tracker's host (scheme and host ignore case, RFC
+    3986) in a part full of non-ASCII text: the quoted pixel still goes."""
+    relay = await make_relay(register=PLUGINS, http={"base_url": BASE})
+    await send(relay, ["bob@example.org"], "<html><body><p>Grüße</p></body></html>")
+    first = html_of(sink.received[0].data)
+    old_pixel = PIXEL.search(first)
+    assert old_pixel
+    shouted = old_pixel.group(0).replace("https://t.example.net", "HTTPS://T.Example.NET")
+    quoted = first.split("<body>")[1].split("</body>")[0].replace(old_pixel.group(0), shouted)
+    await send(relay, ["ann@example.com"],
+               f"<html><body><p>Schöne Grüße — €</p>{quoted}</body></html>", "Re: x")
+    out = html_of(sink.received[1].data)
+    assert shouted not in out and old_pixel.group(0) not in out
+    assert len(PIXEL.findall(out)) == 1  # the reply's own pixel
+
+
 async def test_a_link_the_store_does_not_know_is_left_alone(make_relay: MakeRelay,
                                                             sink: Sink) -> None:
     relay = await make_relay(register=PLUGINS, http={"base_url": BASE})
