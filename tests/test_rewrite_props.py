@@ -159,3 +159,51 @@ def test_quoted_printable_round_trips_exactly(chunks: list[bytes], newline: byte
     encoded = encode_qp(data, newline)
     assert binascii.a2b_qp(encoded) == data
     assert all(len(line) <= 76 for line in encoded.replace(b"\r\n", b"\n").split(b"\n"))
+
+
+_QP_CHUNKS = st.sampled_from([b"a", b" ", b"\t", b"=", b".", "é".encode(), b"x" * 80,
+                              b"\xff", b"<a href=\"https://shop.example/p?q=1\">"])
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.lists(_QP_CHUNKS, max_size=12).map(b"".join), min_size=1, max_size=12),
+       st.sampled_from([b"\r\n", b"\n"]), st.booleans(),
+       st.lists(st.tuples(st.integers(0, 11), st.sampled_from(
+           [b"https://t.example/c/TOKEN", b"", b" ", "ü".encode(), b"=" * 3])), max_size=4),
+       st.booleans())
+def test_quoted_printable_keeps_the_senders_unchanged_lines(
+        lines: list[bytes], newline: bytes, ends_with_break: bool,
+        edits: list[tuple[int, bytes]], wild: bool) -> None:
+    """Re-encoding an edited quoted-printable part: the result decodes to exactly the
+    edited bytes, every line the edits left alone keeps the sender's bytes (soft breaks
+    included), and every re-encoded line is within 76 characters. ``wild`` adds what the
+    line-by-line path must refuse: an encoded line feed and padding after a soft break."""
+    import binascii
+
+    from relay.rewrite.mime import encode_qp, reencode_qp
+
+    old = newline.join(lines) + (newline if ends_with_break else b"")
+    # The sender wrote each "x" as "=78" (valid, and not what encode_qp would write), so
+    # a line kept as sent is told apart from a line encoded anew.
+    sent = encode_qp(old, newline).replace(b"x", b"=78")
+    if wild:
+        sent = sent.replace(b"a", b"=0A", 1).replace(b"=" + newline, b"= " + newline, 1)
+    old = binascii.a2b_qp(sent)
+    old_lines = old.split(b"\n")
+    new_lines = list(old_lines)
+    for index, text in edits:  # edits inside lines, as link rewrites and the pixel are
+        i = index % len(new_lines)
+        cut = len(new_lines[i]) // 2
+        new_lines[i] = new_lines[i][:cut] + text + new_lines[i][cut:]
+    data = b"\n".join(new_lines)
+    result = reencode_qp(sent, old, data, newline)
+    assert binascii.a2b_qp(result) == data
+    kept = sent.replace(b"=\r\n", b"\x00").replace(b"=\n", b"\x01").split(b"\n")
+    out = result.replace(b"=\r\n", b"\x00").replace(b"=\n", b"\x01").split(b"\n")
+    if len(kept) == len(out) == len(old_lines) and b"=0A" not in sent:
+        for before, after, sent_line, line in zip(old_lines, new_lines, kept, out):
+            if before == after:
+                assert line == sent_line  # the sender's bytes
+            else:
+                pieces = line.replace(b"\x00", b"\n").replace(b"\x01", b"\n").split(b"\n")
+                assert all(len(p.rstrip(b"\r")) <= 76 for p in pieces)

@@ -283,6 +283,7 @@ class Decoded:
     text: str
     charset: str  # the codec that round-trips the text
     detected: bool  # True when the declared charset was missing or wrong
+    data: bytes = b""  # the bytes ``text`` was decoded from (the transfer-decoded body)
 
 
 def decode_charset(data: bytes, declared: str | None) -> Decoded:
@@ -290,12 +291,12 @@ def decode_charset(data: bytes, declared: str | None) -> Decoded:
     codec = _known(declared)
     if codec is not None:
         try:
-            return Decoded(data.decode(codec), codec, False)
+            return Decoded(data.decode(codec), codec, False, data)
         except UnicodeDecodeError:
             pass
     elif declared is None:
         try:
-            return Decoded(data.decode("ascii"), "ascii", False)
+            return Decoded(data.decode("ascii"), "ascii", False, data)
         except UnicodeDecodeError:
             pass
     from bs4.dammit import UnicodeDammit
@@ -309,7 +310,7 @@ def decode_charset(data: bytes, declared: str | None) -> Decoded:
         text = data.decode(encoding)
     except UnicodeDecodeError:
         raise DecodeError("charset could not be detected") from None
-    return Decoded(text, encoding, True)
+    return Decoded(text, encoding, True, data)
 
 
 # --- encoding --------------------------------------------------------------------------------
@@ -384,6 +385,45 @@ def encode_qp(data: bytes, newline: bytes) -> bytes:
     return b"".join(out)
 
 
+#: Stand-ins for the soft line breaks of a quoted-printable body while it is split at its
+#: hard ones (a NUL never appears in quoted-printable; a body holding one is encoded anew).
+_SOFT_CRLF, _SOFT_LF = b"\x00\x01", b"\x00\x02"
+
+
+def reencode_qp(original: bytes, old: bytes, data: bytes, newline: bytes) -> bytes:
+    """Quoted-printable for ``data`` that keeps the sender's own encoding of every line
+    the edits left alone; only changed lines are encoded (by ``encode_qp``).
+
+    ``original`` is the part's quoted-printable body and ``old`` what it decodes to. A
+    line of a quoted-printable body decodes on its own (RFC 2045 section 6.7), so when
+    ``original``, ``old`` and ``data`` have as many lines, line i of ``original`` stands
+    for line i of ``old``. Encoding a whole 20 KB HTML part costs about as much as the
+    rest of its rewrite, and link edits touch a few lines of hundreds; unchanged lines
+    also stay byte for byte as sent. The result is checked to decode to ``data``;
+    anything unusual (an encoded line feed, padding after a soft break) is encoded anew.
+    """
+    if not old or b"\x00" in original:
+        return encode_qp(data, newline)
+    logical = original.replace(b"=\r\n", _SOFT_CRLF).replace(b"=\n", _SOFT_LF).split(b"\n")
+    old_lines, new_lines = old.split(b"\n"), data.split(b"\n")
+    if not len(logical) == len(old_lines) == len(new_lines):
+        return encode_qp(data, newline)
+    last = len(new_lines) - 1
+    out = [sent if line == before else _encode_line(line, i < last, newline)
+           for i, (sent, before, line) in enumerate(zip(logical, old_lines, new_lines))]
+    result = b"\n".join(out).replace(_SOFT_CRLF, b"=\r\n").replace(_SOFT_LF, b"=\n")
+    if binascii.a2b_qp(result) != data:
+        return encode_qp(data, newline)
+    return result
+
+
+def _encode_line(line: bytes, broken: bool, newline: bytes) -> bytes:
+    """One changed line, quoted-printable, without the LF of its hard line break."""
+    if not broken:
+        return encode_qp(line, newline)
+    return encode_qp(line + b"\n", newline)[:-1]
+
+
 def encode_base64(data: bytes, newline: bytes) -> bytes:
     raw = base64.b64encode(data)
     lines = [raw[i:i + 76] for i in range(0, len(raw), 76)]
@@ -408,7 +448,7 @@ def encode_part(text: str, part: TextPart, decoded: Decoded, original: bytes) ->
         body = encode_base64(data, part.newline)
         return (body if original.endswith(b"\n") else body.rstrip(b"\r\n")), cte
     if cte == "quoted-printable":
-        return encode_qp(data, part.newline), cte
+        return reencode_qp(original, decoded.data, data, part.newline), cte
     seven_bit_ok = cte in ("", "7bit") and data.isascii()
     if not _long_lines(data) and (seven_bit_ok or cte in ("8bit", "binary")):
         return data, cte
