@@ -201,7 +201,7 @@ def test_quoted_printable_keeps_the_senders_unchanged_lines(
     kept = sent.replace(b"=\r\n", b"\x00").replace(b"=\n", b"\x01").split(b"\n")
     out = result.replace(b"=\r\n", b"\x00").replace(b"=\n", b"\x01").split(b"\n")
     if len(kept) == len(out) == len(old_lines) and b"=0A" not in sent:
-        for before, after, sent_line, line in zip(old_lines, new_lines, kept, out):
+        for before, after, sent_line, line in zip(old_lines, new_lines, kept, out, strict=True):
             if before == after:
                 assert line == sent_line  # the sender's bytes
             else:

@@ -410,7 +410,8 @@ def reencode_qp(original: bytes, old: bytes, data: bytes, newline: bytes) -> byt
         return encode_qp(data, newline)
     last = len(new_lines) - 1
     out = [sent if line == before else _encode_line(line, i < last, newline)
-           for i, (sent, before, line) in enumerate(zip(logical, old_lines, new_lines))]
+           for i, (sent, before, line)
+           in enumerate(zip(logical, old_lines, new_lines, strict=True))]
     result = b"\n".join(out).replace(_SOFT_CRLF, b"=\r\n").replace(_SOFT_LF, b"=\n")
     if binascii.a2b_qp(result) != data:
         return encode_qp(data, newline)
