@@ -308,24 +308,52 @@ def suppression_scope(app: App, sender: str | None) -> str:
     return domain_of(sender)
 
 
+def _counts_as_soft(data: dict[str, Any]) -> bool:
+    """A final, not hard bounce that someone could check (an unverified report adds to
+    no count)."""
+    return not (data.get("hard") or data.get("action") == "delayed"
+                or data.get("verified") is False)
+
+
 async def soft_bounce_count(store: Store, recipient: str, scope: str, since: float) -> int:
-    """Distinct messages with a final, not hard, bounce of ``recipient`` since ``since``."""
+    """Distinct messages with a final, not hard, bounce of ``recipient`` since ``since``:
+    those in the store, and those this process has queued but not written yet.
+
+    The queued ones are read rather than flushed: a flush per soft bounce held each one
+    up for a whole write and cost the bounce listener a quarter of its rate (measured:
+    BENCHMARKS.md, "Bounce intake over SMTP"). They are taken before the store is read,
+    so an event written meanwhile is found in one or the other (a message counts once).
+    """
+    wanted = recipient.strip().lower()
+    queued = [ev for ev in store.unwritten_events()
+              if ev.type == "bounce" and (ev.recipient or "").strip().lower() == wanted
+              and ev.time >= since and _counts_as_soft(ev.data)]
     messages: set[str] = set()
+    for ev in queued:
+        if scope and ev.message_id not in messages:
+            message = await store.lookup_message(ev.message_id)
+            if message is None or not _in_scope(message["sender"], scope):
+                continue
+        messages.add(ev.message_id)
     cursor = None
     while True:
         page = await store.list_events(scope=scope or None, type="bounce",
-                                       recipient=recipient.lower(), since=since,
+                                       recipient=wanted, since=since,
                                        cursor=cursor, limit=500)
-        for ev in page.items:
-            data = ev["data"] or {}
-            if data.get("hard") or data.get("action") == "delayed":
-                continue
-            if data.get("verified") is False:
-                continue  # a report nobody could check adds to no count
-            messages.add(ev["message_id"])
+        for row in page.items:
+            if _counts_as_soft(row["data"] or {}):
+                messages.add(row["message_id"])
         cursor = page.next_cursor
         if cursor is None:
             return len(messages)
+
+
+def _in_scope(sender: str | None, scope: str) -> bool:
+    """As the store reads a scope (``relay.store.where.scope_condition``): a sender
+    address, or a domain."""
+    scope = scope.strip().lower()
+    sender = (sender or "").lower()
+    return sender == scope if "@" in scope else domain_of(sender) == scope
 
 
 def suppression_reason(app: App, event: Event) -> str | None:
@@ -373,7 +401,6 @@ async def record_event(app: App, event: Event, *, sender: str | None,
     final_soft = (event.type == "bounce" and not event.data.get("hard")
                   and event.data.get("action") != "delayed")
     if reason is None and final_soft and cfg.soft_bounce_limit > 0:
-        await store.flush()  # count this one too
         since = time.time() - cfg.soft_bounce_window_days * 86400
         count = await soft_bounce_count(store, event.recipient, scope, since)
         if count >= cfg.soft_bounce_limit:

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Literal, NotRequired, TypedDict, TypeVar
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Iterator
 
     from relay.records import Event, Outcome, SentMessage
     from relay.store.writer import EventWriter
@@ -383,6 +383,11 @@ class Store(abc.ABC):
         if self.writer is None:
             raise StoreError("this store was opened without an event writer")
         return self.writer.enqueue(event, event_id=event_id, fresh=fresh)
+
+    def unwritten_events(self) -> Iterator[Event]:
+        """Events this process queued that a read may not see yet (``EventWriter.unwritten``:
+        read it through before the next ``await``)."""
+        return self.writer.unwritten() if self.writer is not None else iter(())
 
     async def record_sent(self, sent: SentMessage, outcome: Outcome) -> None:
         """Store a relayed message: message, recipients, links, and one ``sent`` event per

@@ -88,6 +88,8 @@ class EventWriter:
         self.retry_interval = retry_interval
         self.write_timeout = write_timeout
         self._queue: deque[tuple[str, Event]] = deque()
+        #: The batch being written now: out of the queue, not yet readable in the store.
+        self._in_flight: list[tuple[str, Event]] = []
         #: An event with its caller's id is in the queue: its batch cannot promise the
         #: store that every id is new (``write_events(new_ids=…)``).
         self._own_ids_queued = False
@@ -132,6 +134,14 @@ class EventWriter:
     @property
     def depth(self) -> int:
         return len(self._queue)
+
+    def unwritten(self) -> Iterator[Event]:
+        """The events queued or being written now: not yet readable from the store. A
+        reader that must count them too adds these to what it reads, rather than waiting
+        for a flush (which holds it up for a whole write). Read it through before the
+        next ``await``: the queue changes meanwhile."""
+        for _, event in itertools.chain(self._in_flight, self._queue):
+            yield event
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -253,7 +263,11 @@ class EventWriter:
             if not queue:
                 self._own_ids_queued = False
             rows = [event_row(eid, ev) for eid, ev in batch]
-            await self._write_rows(rows, new_ids=new_ids)
+            self._in_flight = batch
+            try:
+                await self._write_rows(rows, new_ids=new_ids)
+            finally:
+                self._in_flight = []
         EVENT_QUEUE_DEPTH.set(0)
 
     async def _write_rows(self, rows: list[dict[str, Any]], *, new_ids: bool = False) -> None:
