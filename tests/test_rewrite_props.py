@@ -207,3 +207,25 @@ def test_quoted_printable_keeps_the_senders_unchanged_lines(
             else:
                 pieces = line.replace(b"\x00", b"\n").replace(b"\x01", b"\n").split(b"\n")
                 assert all(len(p.rstrip(b"\r")) <= 76 for p in pieces)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.text("ab\r=", max_size=6).map(str.encode), min_size=1, max_size=10),
+       st.lists(st.tuples(st.integers(0, 9), st.text("abc", max_size=3).map(str.encode),
+                          st.integers(0, 6)), max_size=5))
+def test_changed_lines_are_those_a_line_by_line_comparison_finds(
+        lines: list[bytes], edits: list[tuple[int, bytes, int]]) -> None:
+    """The halving comparison behind the quoted-printable re-encoding finds exactly the
+    lines that differ (their index, text and whether a line feed follows)."""
+    from relay.rewrite.mime import _changed_lines
+
+    new_lines = list(lines)
+    for index, text, cut in edits:
+        i = index % len(new_lines)
+        new_lines[i] = new_lines[i][:cut] + text + new_lines[i][cut + len(text) % 2:]
+    old, new = b"\n".join(lines), b"\n".join(new_lines)
+    last = len(new_lines) - 1
+    expected = [(i, line, i < last) for i, (before, line)
+                in enumerate(zip(lines, new_lines, strict=True)) if before != line]
+    assert _changed_lines(old, new) == expected
+    assert _changed_lines(old, new + b"\n") is None  # not as many lines

@@ -385,9 +385,12 @@ def encode_qp(data: bytes, newline: bytes) -> bytes:
     return b"".join(out)
 
 
-#: Stand-ins for the soft line breaks of a quoted-printable body while it is split at its
-#: hard ones (a NUL never appears in quoted-printable; a body holding one is encoded anew).
-_SOFT_CRLF, _SOFT_LF = b"\x00\x01", b"\x00\x02"
+#: Stand-ins for the soft line breaks of a quoted-printable body while its hard ones are
+#: found, each as long as what it stands for, so offsets carry over (a NUL never appears
+#: in quoted-printable; a body holding one is encoded anew).
+_SOFT_CRLF, _SOFT_LF = b"\x00\x01\x02", b"\x00\x03"
+#: More changed lines than this and the part is encoded whole (a rewrite edits a few).
+_MAX_CHANGED_LINES = 64
 
 
 def reencode_qp(original: bytes, old: bytes, data: bytes, newline: bytes) -> bytes:
@@ -399,23 +402,69 @@ def reencode_qp(original: bytes, old: bytes, data: bytes, newline: bytes) -> byt
     ``original``, ``old`` and ``data`` have as many lines, line i of ``original`` stands
     for line i of ``old``. Encoding a whole 20 KB HTML part costs about as much as the
     rest of its rewrite, and link edits touch a few lines of hundreds; unchanged lines
-    also stay byte for byte as sent. The result is checked to decode to ``data``;
-    anything unusual (an encoded line feed, padding after a soft break) is encoded anew.
+    also stay byte for byte as sent. The changed lines are found by comparing ``old``
+    and ``data`` in halving slices (C-speed ``bytes`` comparisons; a line-by-line
+    comparison in Python cost more than encoding the whole part). The result is checked
+    to decode to ``data``; anything unusual (an encoded line feed, padding after a soft
+    break, many changed lines) is encoded anew.
     """
     if not old or b"\x00" in original:
         return encode_qp(data, newline)
-    logical = original.replace(b"=\r\n", _SOFT_CRLF).replace(b"=\n", _SOFT_LF).split(b"\n")
-    old_lines, new_lines = old.split(b"\n"), data.split(b"\n")
-    if not len(logical) == len(old_lines) == len(new_lines):
+    changed = _changed_lines(old, data)
+    if changed is None:
         return encode_qp(data, newline)
-    last = len(new_lines) - 1
-    out = [sent if line == before else _encode_line(line, i < last, newline)
-           for i, (sent, before, line)
-           in enumerate(zip(logical, old_lines, new_lines, strict=True))]
-    result = b"\n".join(out).replace(_SOFT_CRLF, b"=\r\n").replace(_SOFT_LF, b"=\n")
+    hard = original.replace(b"=\r\n", _SOFT_CRLF).replace(b"=\n", _SOFT_LF)
+    lines = hard.split(b"\n")
+    if len(lines) != old.count(b"\n") + 1:
+        return encode_qp(data, newline)
+    ends = list(itertools.accumulate(map(len, lines)))  # line i ends at ends[i] + i
+    pieces: list[bytes] = []
+    pos = 0
+    for k, line, broken in changed:
+        end = ends[k] + k
+        pieces += [original[pos:end - len(lines[k])], _encode_line(line, broken, newline)]
+        pos = end
+    pieces.append(original[pos:])
+    result = b"".join(pieces)
     if binascii.a2b_qp(result) != data:
         return encode_qp(data, newline)
     return result
+
+
+def _changed_lines(old: bytes, new: bytes) -> list[tuple[int, bytes, bool]] | None:
+    """The lines of ``new`` that differ from ``old``'s, as (index, the new line without
+    its LF, whether an LF follows it); None when the two do not have as many lines or
+    too many differ."""
+    if old.count(b"\n") != new.count(b"\n"):
+        return None
+    out: list[tuple[int, bytes, bool]] = []
+    i = j = k = 0  # the same line begins at old[i] and new[j]; k lines precede it
+    while len(old) - i != len(new) - j or old[i:] != new[j:]:
+        if len(out) >= _MAX_CHANGED_LINES:
+            return None
+        p = _common_prefix(old, i, new, j)
+        start = old.rfind(b"\n", i, i + p) + 1 or i
+        k += old.count(b"\n", i, start)
+        end_old, end_new = old.find(b"\n", i + p), new.find(b"\n", j + p)
+        if (end_old < 0) != (end_new < 0):
+            return None
+        out.append((k, new[j + start - i:end_new if end_new >= 0 else len(new)], end_new >= 0))
+        if end_old < 0:
+            break
+        i, j, k = end_old + 1, end_new + 1, k + 1
+    return out
+
+
+def _common_prefix(a: bytes, i: int, b: bytes, j: int) -> int:
+    """How many bytes ``a[i:]`` and ``b[j:]`` have in common at their start."""
+    lo, hi = 0, min(len(a) - i, len(b) - j)
+    while lo < hi:  # a[i:i + lo] == b[j:j + lo]; the answer is at most hi
+        mid = (lo + hi + 1) // 2
+        if a[i + lo:i + mid] == b[j + lo:j + mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def _encode_line(line: bytes, broken: bool, newline: bytes) -> bytes:
