@@ -64,7 +64,10 @@ def messages(draw: st.DrawFn) -> tuple[bytes, bytes]:
             f"\tboundary={value}" if folded else \
             f"Content-Type: multipart/report; boundary={value}"
     lines = ["From: MAILER-DAEMON@mx.example.org", "To: sender@example.com",
-             "Subject: Undelivered Mail", "MIME-Version: 1.0", ctype, ""]
+             "Subject: Undelivered Mail", "MIME-Version: 1.0", ctype]
+    # Malformed heads too: a line that is no field ends the parser's header block.
+    lines += draw(st.sampled_from([[""], [""], [""], ["not a field", ""], [f"--{boundary}"],
+                                   [f"--{boundary}", "X-Part: 1", ""]]))
     text_lines = st.one_of(
         st.text("ab -:\t", max_size=20),
         st.sampled_from(["--", "---", f"--{boundary}x", f"--{boundary}--x",

@@ -61,6 +61,10 @@ def parse(raw: bytes) -> Message:
 #: a token (group 2). RFC 2231's ``boundary*`` does not match.
 _BOUNDARY_PARAM = re.compile(
     rb'(?<![\w-])boundary[ \t]*=[ \t]*(?:"([^"\\\r\n]{1,200})"|([^\s;"]{1,200}))', re.I)
+#: The header fields at the start of a message, as the standard library's parser reads
+#: them (a line that begins with a field name and a colon, a folded line, or an mbox
+#: ``From`` line); the body begins at the first line that is none of these.
+_HEADER_BLOCK = re.compile(rb"(?:(?:From |[\x21-\x39\x3b-\x7e]*:|[\t ])[^\n]*\n)*")
 #: What the message's own boundary is replaced with (see canonical_boundaries).
 _CANONICAL = b"=_trackrelay_="
 
@@ -78,19 +82,20 @@ def canonical_boundaries(raw: bytes) -> bytes:
     change (``--`` boundary, ``--`` boundary ``--``; such a line ends a part wherever it
     stands, so no part's text holds one, though an epilogue may), and the message is
     left as it is when any other line begins with ``--`` and the boundary, when the
-    header block has no single plain ``boundary`` parameter, or when the fixed text
+    header fields are not followed by a blank line (the parser's body would begin
+    elsewhere), when they hold no single plain ``boundary`` parameter, or when the fixed text
     occurs already, or when the parameter is not in the ``Content-Type`` field. Nested
     multiparts keep their own boundaries: a bounce may quote their lines as text.
     """
-    end = raw.find(b"\n\r\n")
-    end2 = raw.find(b"\n\n")
-    if end < 0 or (0 <= end2 < end):
-        end = end2
-    if end < 0:
-        return raw
+    fields = _HEADER_BLOCK.match(raw)
+    end = fields.end() if fields is not None else 0  # it matches everywhere, empty at worst
+    if raw[end:end + 1] != b"\n" and raw[end:end + 2] != b"\r\n":
+        return raw  # no blank line after the fields: the parser's body starts elsewhere
+    end -= 1  # the LF that ends the last field
     head = raw[:end + 1]
     params = list(_BOUNDARY_PARAM.finditer(head))
-    if len(params) != 1 or _CANONICAL in raw or b"boundary*" in head.lower():
+    if (len(params) != 1 or _CANONICAL in raw or b"boundary*" in head.lower()
+            or head.count(b"\r") != head.count(b"\r\n")):
         return raw
     m = params[0]
     line = head.rfind(b"\n", 0, m.start()) + 1
