@@ -307,9 +307,11 @@ def trackrelay_classify_bounce(message: email.message.Message, raw: bytes,
                                records: list[Any]) -> list[Any] | None:
     """Add to or override how an inbound message is classified (``relay/bounces``).
 
-    ``message`` is the parsed message (``email.policy.compat32``), ``raw`` its bytes and
-    ``records`` the built-in ``BounceRecord`` list (empty when the built-in rules saw
-    no bounce, complaint or auto-reply). Return a list of records to replace it (for a
+    ``message`` is the parsed message (``email.policy.compat32``; its top-level MIME
+    boundary may be a fixed one, which saves the parser a compile per message: read
+    ``raw`` for the bytes as they came), ``raw`` its bytes and ``records`` the built-in
+    ``BounceRecord`` list (empty when the built-in rules saw no bounce, complaint or
+    auto-reply). Return a list of records to replace it (for a
     provider-specific format or a local policy, e.g. treating a reason as hard), or
     ``None`` to keep it. The first non-``None`` answer wins. Keep it fast and free of
     blocking I/O: it runs for every inbound message.
