@@ -5,8 +5,9 @@
 Both run over the same corpus documents in the same process. "rewrite" is what the relay
 does to an HTML part: one scan, the links and pixel plugins asking for their edits
 (tokens signed), the edits applied. "engine" adds the rest of the per-message path
-(MIME walk, transfer/charset decoding, re-encoding, hooks) on the same documents wrapped
-in a quoted-printable message. "lxml" is ``lxml.html.document_fromstring`` +
+(MIME walk, transfer/charset decoding, re-encoding, hooks) on the same documents, each
+the 8bit HTML body of a message (``bench/relay_throughput.py`` measures quoted-printable
+parts, as CRMs send them, end to end). "lxml" is ``lxml.html.document_fromstring`` +
 ``lxml.html.tostring``. Target: rewrite / lxml >= 1.0.
 """
 
