@@ -29,18 +29,15 @@ boundaries = st.one_of(
 
 def shape(msg: Message, restore: Callable[[str], str] = str) -> object:
     """What a reader of the parsed message sees: types, headers, preamble, epilogue, the
-    parts' text, the defects (not the boundary itself). ``restore``: applied to each
-    text (an epilogue, which follows the close delimiter, may hold delimiter lines)."""
+    parts' text, the defects (not the boundary itself). ``restore``: applied to the
+    top-level epilogue only (it follows the close delimiter and may hold delimiter
+    lines); every other text must be the same as parsed from the message as sent."""
     payload = msg.get_payload()
-    body = ([shape(p, restore) for p in payload] if isinstance(payload, list)
-            else restore(payload))
-
-    def text(value: str | None) -> str | None:
-        return None if value is None else restore(value)
-
+    body = [shape(p) for p in payload] if isinstance(payload, list) else payload
+    epilogue = None if msg.epilogue is None else restore(msg.epilogue)
     return (msg.get_content_type(), [(k, v) for k, v in msg.items()
                                      if k.lower() != "content-type"],
-            text(msg.preamble), text(msg.epilogue), body,
+            msg.preamble, epilogue, body,
             sorted(type(d).__name__ for d in msg.defects))
 
 
