@@ -4,6 +4,7 @@ roll-ups' roller over a real store, and what it does when the store fails under 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 import structlog
 
+from relay.background import Refresher
 from relay.records import Event
 from relay.store import Store, open_store
 from relay.store.records import event_row
@@ -72,3 +74,29 @@ async def test_a_failing_store_is_logged_and_tried_again(store: Store, store_url
     failed = [e for e in logs if e["event"] == "report_rollups_refresh_failed"]
     assert failed and "error" in failed[0]
     assert not roller._tasks  # stopped: nothing left running
+
+
+async def test_a_refresh_rests_in_proportion_to_how_long_it_ran(store: Store) -> None:
+    """What a refresh recomputes can grow without bound (a sent hour being opened all
+    day); the refresher waits ``rest`` times as long as a refresh ran, however short
+    its interval, so a steady refresh stays under a tenth of the process."""
+    now = time.time()
+    await send(store, "m1", "ann@one.test", ["dee@people.test"], now - 7200)
+    starts: list[float] = []
+
+    async def slow_refresh(s: Store, budget: float) -> int:
+        starts.append(time.monotonic())
+        await asyncio.sleep(0.1)  # as a refresh over a large hour takes its time
+        return await s.refresh_report_rollups(budget)
+
+    roller = Refresher("slow", lambda: store, slow_refresh, interval=0.01)
+    assert roller.rest == 9.0  # the default: at most a tenth of the time refreshing
+    roller.start()
+    try:
+        await asyncio.sleep(2.5)
+    finally:
+        await roller.stop()
+    assert await pending_changes(store) == 0  # type: ignore[arg-type]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert 2 <= len(starts) <= 3, starts  # every 0.11 s without the rest: about 22
+    assert all(gap >= 0.1 * (1 + roller.rest) for gap in gaps), gaps

@@ -460,6 +460,42 @@ async def test_a_refresh_waits_for_another_processes_lease(store: Store) -> None
     assert await rollups.refresh(engine, budget=60) == 0
 
 
+async def test_a_refresh_leaves_entries_logged_while_it_runs_to_the_next(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hits keep arriving for a sent hour while it is recomputed: each computation logs
+    a new entry for it. The refresh works through the log as it stood when it began, so
+    it computes once and returns; before, it recomputed the hour back to back until its
+    budget ran out. The entry it left is the next refresh's, and the figures stay
+    exact: a report computes an hour with a waiting entry from the events."""
+    await build(store, 11)
+    engine = cast(SqlStore, store)
+    assert await rollups.refresh(engine, budget=60) == 0
+    assert await rollups.pending_changes(engine) == 0
+    mid = "m0110000"
+    computed: list[list[int]] = []
+    compute = rollups.compute_hours
+
+    async def with_a_hit_meanwhile(engine_: Any, hours: list[int]) -> Any:
+        computed.append(list(hours))
+        await store.write_events([event_row(f"late{len(computed)}", Event(
+            "open", mid, None, time=NOW + len(computed), data={"verdict": "human"}))])
+        return await compute(engine_, hours)
+
+    monkeypatch.setattr(rollups, "compute_hours", with_a_hit_meanwhile)
+    await store.write_events([event_row("first", Event(
+        "open", mid, None, time=NOW, data={"verdict": "human"}))])
+    assert await rollups.refresh(engine, budget=30) == 0
+    assert len(computed) == 1  # not once more for each hit it caused
+    assert await rollups.pending_changes(engine) == 1  # the hit logged meanwhile
+    await _same_as_the_events(store, "an entry logged during the refresh", monkeypatch)
+    assert await rollups.refresh(engine, budget=30) == 0
+    assert len(computed) == 2
+    monkeypatch.setattr(rollups, "compute_hours", compute)
+    assert await rollups.refresh(engine, budget=30) == 0
+    assert await rollups.pending_changes(engine) == 0
+    await _same_as_the_events(store, "refreshed", monkeypatch)
+
+
 async def test_a_chart_counts_its_events_from_the_index(store: Store) -> None:
     """A period's chart (``day_rows``) reads nothing of an event the index by message
     does not hold: SQLite plans it on the index alone; PostgreSQL's index has the
