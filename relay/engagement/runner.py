@@ -41,14 +41,19 @@ class PassResult:
 
 
 async def load_events(store: Store, since: float, until: float | None = None) -> list[Event]:
-    """Open and click events stored in ``[since, until]``, oldest first."""
+    """Open and click events stored in ``[since, until]``, oldest first.
+
+    Read newest first, in pages that follow the events' time index (``order="desc"``):
+    the ascending pages follow the order of storing, which an index on time cannot
+    give, so each page sorted the whole period again."""
     out: list[Event] = []
     cursor: str | None = None
     while True:
         page = await store.list_events(type=["open", "click"], since=since, until=until,
-                                       cursor=cursor, limit=1000, order="asc")
+                                       cursor=cursor, limit=1000, order="desc")
         out.extend(event_from_row(row) for row in page.items)
         if not page.items or page.next_cursor is None:
+            out.reverse()
             return out
         cursor = page.next_cursor
 
@@ -80,7 +85,9 @@ async def batch_pass(store: Store, config: EngagementConfig, *,
     await store.flush()
     window = 3 * config.batch_settle_seconds + config.honeypot_window
     events = await load_events(store, now - window, now)
-    result = run_batch(events, config, now=now)
+    # Pure Python over every event of the window (seconds at a few hundred thousand):
+    # in a thread, so the tracker's event loop keeps answering hits meanwhile.
+    result = await asyncio.to_thread(run_batch, events, config, now=now)
     await _store_result(store, result.changed, result.inferred)
     return PassResult(len(events), len(result.changed), len(result.inferred))
 

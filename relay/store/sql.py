@@ -522,7 +522,13 @@ class SqlStore(ContactScoresSql, Store):
         if type is not None:
             types = [type] if isinstance(type, str) else list(type)
             if types:
-                where.add(f"e.type IN ({', '.join('?' for _ in types)})", *types)
+                # Newest first over several types: SQLite's index on (type, time) holds
+                # them in time order per type only, so it would sort the whole period for
+                # every page (a batch pass over 300,000 events took 38 s); ``+`` keeps
+                # it off that index, and the walk over (time, seq) checks each row's type.
+                column = ("+e.type" if len(types) > 1 and order == "desc"
+                          and self.dialect == "sqlite" else "e.type")
+                where.add(f"{column} IN ({', '.join('?' for _ in types)})", *types)
         if message_id is not None:
             where.add("e.message_id = ?", message_id)
         if recipient is not None:
@@ -538,7 +544,9 @@ class SqlStore(ContactScoresSql, Store):
         if order == "desc":
             if cursor:
                 c_time, c_seq = decode_cursor(cursor, (float, int))
-                where.add("(e.time < ? OR (e.time = ? AND e.seq < ?))", c_time, c_time, c_seq)
+                # a row value, so both engines walk the (time, seq) index from the
+                # cursor; the equivalent OR of two ranges made SQLite sort the period
+                where.add("(e.time, e.seq) < (?, ?)", c_time, c_seq)
             rows = await self._fetch(
                 f"{EVENT_SELECT} {where.sql()} ORDER BY e.time DESC, e.seq DESC LIMIT ?",
                 [*where.args, limit + 1])
