@@ -32,6 +32,7 @@ Events later than the clock's ``now`` are ignored.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import ipaddress
 import time
 from collections import Counter, defaultdict
@@ -144,6 +145,14 @@ class BatchPass:
 def _with_verdict(event: Event, v: Verdict) -> Event:
     copy = dataclasses.replace(event, data=dict(event.data))
     return v.apply_to(copy)
+
+
+def inferred_open_id(message_id: str, recipient: str | None) -> str:
+    """The id of the one open inferred for a message and recipient. Every tracker
+    process runs the pass, over the same events and at about the same moments; with
+    this id the store keeps one of the opens they each infer (it skips ids it holds)."""
+    key = f"{message_id}\x00{recipient or ''}".encode("utf-8", "surrogateescape")
+    return f"inferred-{hashlib.sha256(key).hexdigest()[:32]}"
 
 
 def _inferred_open(click: Event) -> Event:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from relay.background import BackgroundTasks
-from relay.engagement.batch import run_batch
+from relay.engagement.batch import inferred_open_id, run_batch
 from relay.engagement.facts import RequestFacts
 from relay.engagement.online import Classifier
 from relay.engagement.verdict import Verdict
@@ -74,8 +74,8 @@ async def _store_result(store: Store, changed: list[Event], inferred: list[Event
     if changed:
         await store.update_event_verdicts([_update(e) for e in changed])
     for event in inferred:
-        event.data.pop("event_id", None)  # a new event, with an id of its own
-        store.enqueue(event)
+        event.data.pop("event_id", None)  # never data; the id is the pair's own
+        store.enqueue(event, event_id=inferred_open_id(event.message_id, event.recipient))
 
 
 async def batch_pass(store: Store, config: EngagementConfig, *,

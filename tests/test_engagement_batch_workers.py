@@ -1,0 +1,44 @@
+"""The batch pass in every tracker process at once (``process.workers`` > 1, several
+hosts): a human click with no open yields one inferred open, not one per process."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from relay.config import EngagementConfig
+from relay.engagement.runner import batch_pass, load_events
+from relay.records import Event
+from relay.store import open_store
+from relay.store.records import event_row
+from tests.test_contact_ranking import send
+
+
+async def test_passes_in_two_processes_infer_one_open(store_url: str,
+                                                      tmp_path: Path) -> None:
+    first = await open_store(store_url, spool_path=str(tmp_path / "a.jsonl"))
+    second = await open_store(store_url, spool_path=str(tmp_path / "b.jsonl"))
+    try:
+        now = time.time()
+        await send(first, "m1", "ann@one.test", ["dee@people.test", "eve@people.test"],
+                   now - 3600)
+        await first.write_events([
+            event_row("click-dee", Event("click", "m1", "dee@people.test", time=now - 600,
+                                         link_index=0, data={"verdict": "human"})),
+            event_row("click-eve", Event("click", "m1", "eve@people.test", time=now - 500,
+                                         link_index=0, data={"verdict": "human"}))])
+        config = EngagementConfig()
+        results = await asyncio.gather(batch_pass(first, config, now=now),
+                                       batch_pass(second, config, now=now))
+        assert [r.inferred for r in results] == [2, 2]  # each found both clicks alone
+        await first.flush()
+        await second.flush()
+        opens = [e for e in await load_events(first, now - 7200, now) if e.type == "open"]
+        assert sorted((e.recipient, e.data.get("inferred")) for e in opens) == [
+            ("dee@people.test", True), ("eve@people.test", True)]
+        # and a later pass, anywhere, adds none
+        assert (await batch_pass(second, config, now=now + 60)).inferred == 0
+    finally:
+        await first.close()
+        await second.close()
