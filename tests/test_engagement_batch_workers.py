@@ -1,5 +1,6 @@
-"""The batch pass in every tracker process at once (``process.workers`` > 1, several
-hosts): a human click with no open yields one inferred open, not one per process."""
+"""The batch pass with several tracker processes on one database (``process.workers`` >
+1, several hosts): one process passes at a time, and should two pass at once (a turn
+lapsing mid-pass), a human click with no open still yields one inferred open."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import time
 from pathlib import Path
 
 from relay.config import EngagementConfig
-from relay.engagement.runner import batch_pass, load_events
+from relay.engagement.runner import BatchRunner, batch_pass, load_events
 from relay.records import Event
 from relay.store import open_store
 from relay.store.records import event_row
@@ -40,5 +41,29 @@ async def test_passes_in_two_processes_infer_one_open(store_url: str,
         # and a later pass, anywhere, adds none
         assert (await batch_pass(second, config, now=now + 60)).inferred == 0
     finally:
+        await first.close()
+        await second.close()
+
+
+async def test_one_process_runs_the_passes_and_another_takes_over(
+        store_url: str, tmp_path: Path) -> None:
+    """Two tracker processes' runners on one database: only one passes; when it stops,
+    the other takes the turn once the first one's has lapsed (two intervals)."""
+    first = await open_store(store_url, spool_path=str(tmp_path / "a.jsonl"))
+    second = await open_store(store_url, spool_path=str(tmp_path / "b.jsonl"))
+    config = EngagementConfig(batch_interval=0.1)
+    runners = [BatchRunner(lambda: first, config), BatchRunner(lambda: second, config)]
+    try:
+        for runner in runners:
+            runner.start()
+        await asyncio.sleep(1.2)
+        holder, other = sorted(runners, key=lambda r: r.passes, reverse=True)
+        assert holder.passes >= 5 and other.passes == 0 and other.skipped >= 5
+        await holder.stop()
+        await asyncio.sleep(1.0)
+        assert other.passes >= 3  # it took over: the turn lapsed 0.2 s after the last pass
+    finally:
+        for runner in runners:
+            await runner.stop()
         await first.close()
         await second.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -143,12 +144,22 @@ async def reclassify(store: Store, config: EngagementConfig, since: float,
 
 
 class BatchRunner:
-    """Runs ``batch_pass`` every ``engagement.batch_interval`` seconds in the tracker."""
+    """Runs ``batch_pass`` every ``engagement.batch_interval`` seconds in the tracker.
+
+    One process of all that share the store passes (``Store.take_batch_turn``): each
+    pass reads every open and click of its window, whichever process stored them, so a
+    second process's pass would repeat the first's work. The turn is renewed by each
+    pass and lapses two intervals after its holder's last one, when another takes over.
+    """
 
     def __init__(self, store_getter: object, config: EngagementConfig) -> None:
         self._get_store = store_getter
         self.config = config
         self._tasks = BackgroundTasks()
+        self._holder = uuid.uuid4().hex
+        #: passes this process ran (and turns it found another process's)
+        self.passes = 0
+        self.skipped = 0
 
     def start(self) -> None:
         if self.config.batch_interval > 0 and not self._tasks:
@@ -164,6 +175,12 @@ class BatchRunner:
             if store is None:
                 continue
             try:
+                now = time.time()
+                if not await store.take_batch_turn(
+                        self._holder, now, now + 2 * self.config.batch_interval):
+                    self.skipped += 1
+                    continue
+                self.passes += 1
                 result = await batch_pass(store, self.config)
                 if result.changed or result.inferred:
                     log.info("engagement_batch_pass", events=result.events,

@@ -588,6 +588,11 @@ class Store(abc.ABC):
         """Queue every contact for recomputation under new ``settings``."""
 
     @abc.abstractmethod
+    async def take_batch_turn(self, holder: str, now: float, until: float) -> bool:
+        """Run the engagement batch pass until ``until`` (renewed by each pass), unless
+        another holder's turn runs: one process of all that share the store passes."""
+
+    @abc.abstractmethod
     async def take_contact_scores_lease(self, holder: str, now: float, until: float) -> bool:
         """Become the one refresher until ``until``, unless another holder's lease runs."""
 

@@ -436,6 +436,16 @@ MIGRATIONS: list[tuple[int, str, list[Statement]]] = [
                        + HOUR_KEY["postgresql"].format(column="created_at")
                        + " FROM messages WHERE campaign IS NOT NULL"},
     ]),
+    (10, "engagement batch pass turn", [
+        # One row: which process runs the engagement batch pass (relay.engagement.runner):
+        # every tracker process would otherwise run it over the same events.
+        """CREATE TABLE engagement_state (
+            id INTEGER PRIMARY KEY,
+            lease_holder TEXT,
+            lease_until {float} NOT NULL DEFAULT 0
+        )""",
+        "INSERT INTO engagement_state (id) VALUES (1)",
+    ]),
 ]
 
 

@@ -684,6 +684,13 @@ class SqlStore(ContactScoresSql, Store):
     async def tidy_report_changes(self) -> None:
         """Reclaim the report roll-ups' log after a large refresh (the engine's way)."""
 
+    async def take_batch_turn(self, holder: str, now: float, until: float) -> bool:
+        counts = await self._transaction([(
+            "UPDATE engagement_state SET lease_holder = ?, lease_until = ? "
+            "WHERE id = 1 AND (lease_until < ? OR lease_holder = ?)",
+            [holder, until, now, holder])])
+        return bool(counts and counts[0])
+
     async def refresh_report_rollups(self, budget: float) -> int:
         from relay.store import rollups
 
