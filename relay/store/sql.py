@@ -524,8 +524,8 @@ class SqlStore(ContactScoresSql, Store):
             if types:
                 # Newest first over several types: SQLite's index on (type, time) holds
                 # them in time order per type only, so it would sort the whole period for
-                # every page (a batch pass over 300,000 events took 38 s); ``+`` keeps
-                # it off that index, and the walk over (time, seq) checks each row's type.
+                # every page (paging quadratic in the period's events); ``+`` keeps it
+                # off that index, and the walk over (time, seq) checks each row's type.
                 column = ("+e.type" if len(types) > 1 and order == "desc"
                           and self.dialect == "sqlite" else "e.type")
                 where.add(f"{column} IN ({', '.join('?' for _ in types)})", *types)
