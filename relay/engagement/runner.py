@@ -44,9 +44,9 @@ class PassResult:
 async def load_events(store: Store, since: float, until: float | None = None) -> list[Event]:
     """Open and click events stored in ``[since, until]``, oldest first.
 
-    Read newest first, in pages that follow the events' time index (``order="desc"``):
-    the ascending pages follow the order of storing, which an index on time cannot
-    give, so each page sorted the whole period again."""
+    Read newest first (``order="desc"``), in pages that follow the events' indexes on
+    time: the ascending pages follow the order of storing, which no index on time
+    gives, so each page sorted the whole period again."""
     out: list[Event] = []
     cursor: str | None = None
     while True:

@@ -519,16 +519,16 @@ class SqlStore(ContactScoresSql, Store):
         limit = max(1, min(int(limit), 5000))
         where = Where()
         where.add(*_cond(scope_condition(scope)))
+        types: list[str] = []
         if type is not None:
-            types = [type] if isinstance(type, str) else list(type)
-            if types:
-                # Newest first over several types: SQLite's index on (type, time) holds
-                # them in time order per type only, so it would sort the whole period for
-                # every page (paging quadratic in the period's events); ``+`` keeps it
-                # off that index, and the walk over (time, seq) checks each row's type.
-                column = ("+e.type" if len(types) > 1 and order == "desc"
-                          and self.dialect == "sqlite" else "e.type")
-                where.add(f"{column} IN ({', '.join('?' for _ in types)})", *types)
+            types = list(dict.fromkeys([type] if isinstance(type, str) else type))
+        # Newest first over several types: the index on (type, time) gives each type's
+        # events in time order but not all of theirs together, so one query over all of
+        # them sorted the whole period for every page (paging quadratic in the period's
+        # events). One query per type reads at most a page each; they are merged here.
+        per_type = order == "desc" and len(types) > 1
+        if types and not per_type:
+            where.add(f"e.type IN ({', '.join('?' for _ in types)})", *types)
         if message_id is not None:
             where.add("e.message_id = ?", message_id)
         if recipient is not None:
@@ -544,12 +544,21 @@ class SqlStore(ContactScoresSql, Store):
         if order == "desc":
             if cursor:
                 c_time, c_seq = decode_cursor(cursor, (float, int))
-                # a row value, so both engines walk the (time, seq) index from the
+                # a row value, so both engines start their walk of the index at the
                 # cursor; the equivalent OR of two ranges made SQLite sort the period
                 where.add("(e.time, e.seq) < (?, ?)", c_time, c_seq)
-            rows = await self._fetch(
-                f"{EVENT_SELECT} {where.sql()} ORDER BY e.time DESC, e.seq DESC LIMIT ?",
-                [*where.args, limit + 1])
+            wheres = [where]
+            if per_type:
+                wheres = [where.copy() for _ in types]
+                for one, kind in zip(wheres, types, strict=True):
+                    one.add("e.type = ?", kind)
+            rows = []
+            for one in wheres:
+                rows += await self._fetch(
+                    f"{EVENT_SELECT} {one.sql()} ORDER BY e.time DESC, e.seq DESC LIMIT ?",
+                    [*one.args, limit + 1])
+            if per_type:
+                rows.sort(key=lambda r: (float(r["time"]), int(r["seq"])), reverse=True)
             more = len(rows) > limit
             rows = rows[:limit]
             next_cursor = (encode_cursor(float(rows[-1]["time"]), int(rows[-1]["seq"]))
