@@ -17,6 +17,7 @@ from relay.records import Event
 from relay.store import Store, open_store
 from relay.store.records import event_row
 from relay.store.sql import SqlStore
+from tests.store_support import recorded_queries
 from tests.test_contact_ranking import send
 
 T0 = 1_800_000_000.0
@@ -109,28 +110,19 @@ async def test_a_page_walks_the_time_index_and_sorts_nothing(tmp_path: Path) -> 
 async def _check_the_plan(store: Store) -> None:
     await _world(store)
     sql = cast(SqlStore, store)
-    seen: list[tuple[str, list[Any]]] = []
-    fetch = sql._fetch
-
-    async def recording(query: str, args: Any = ()) -> list[dict[str, Any]]:
-        seen.append((query, list(args)))
-        return await fetch(query, args)
-
-    sql._fetch = recording  # type: ignore[method-assign]
     periods: list[dict[str, float]] = [{"since": T0, "until": T0 + 40}, {"since": T0}, {}]
     kinds: list[list[str] | None] = [["open", "click"], ["open"], None]
-    try:
+    with recorded_queries(sql) as seen:
         for types in kinds:
             for period in periods:
                 first = await store.list_events(type=types, limit=5, order="desc", **period)
                 await store.list_events(type=types, cursor=first.next_cursor, limit=5,
                                         order="desc", **period)
-    finally:
-        sql._fetch = fetch  # type: ignore[method-assign]
     pages = [(q, a) for q, a in seen if "FROM events e" in q]
     assert len(pages) == (2 + 1 + 1) * 2 * len(periods)  # a query per type and page
     for query, args in pages:
-        plan = [str(r["detail"]) for r in await fetch(f"EXPLAIN QUERY PLAN {query}", args)]
+        plan = [str(r["detail"]) for r in await sql._fetch(f"EXPLAIN QUERY PLAN {query}",
+                                                            args)]
         assert not any("TEMP B-TREE" in step for step in plan), (query, plan)
         assert any(step.startswith(("SEARCH e USING INDEX events_",
                                     "SCAN e USING INDEX events_")) for step in plan), plan

@@ -22,6 +22,7 @@ from relay.store import Store, open_store, rollups
 from relay.store.records import event_row
 from relay.store.reports import _messages_in, _rare_events_join, fewer_rows, period_where
 from relay.store.sql import SqlStore
+from tests.store_support import recorded_queries
 
 NOW = 1_800_000_000.0
 DAY = 86400.0
@@ -502,18 +503,8 @@ async def test_a_chart_counts_its_events_from_the_index(store: Store) -> None:
     columns (whether it scans the index only is the planner's choice, by table size)."""
     await build(store, 7)
     sql = cast(SqlStore, store)
-    seen: list[tuple[str, list[Any]]] = []
-    fetch = sql._fetch
-
-    async def recording(query: str, args: Any = ()) -> list[dict[str, Any]]:
-        seen.append((query, list(args)))
-        return await fetch(query, args)
-
-    sql._fetch = recording  # type: ignore[method-assign]
-    try:
+    with recorded_queries(sql) as seen:
         series = await store.event_series(since=NOW - 50 * DAY, until=None, bucket=3600)
-    finally:
-        sql._fetch = fetch  # type: ignore[method-assign]
     assert series and len(seen) == 1
     if sql.dialect == "sqlite":
         query, args = seen[0]
