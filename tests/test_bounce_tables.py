@@ -5,6 +5,9 @@ from __future__ import annotations
 import re
 from collections import Counter
 
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
 from relay.bounces.anchors import anchors
 from relay.bounces.rules import all_entry_ids, ruleset
 from relay.bounces.tables import commands, hints, layouts, phrases, providers, status
@@ -92,3 +95,31 @@ def test_switching_an_entry_off_takes_it_out() -> None:
     rules = ruleset(frozenset({"status:X.1.1"}))
     assert rules.status_row("5.1.1") is None or rules.status_row("5.1.1").id != "status:X.1.1"
     assert ruleset().status_row("5.1.1").id == "status:X.1.1"  # type: ignore[union-attr]
+
+
+def _table_words() -> list[str]:
+    """Words of every phrase group's anchors, plus filler: texts built from them put
+    several groups' anchors, and near misses, side by side."""
+    words = {"the", "mail", "550", "5.1.1", "<address>", "is", "was", "not", "of", "for"}
+    for alt in ruleset().phrase_groups.values():
+        for e in alt.entries:
+            for a in anchors(e.pattern) or ():
+                words.update(a.split())
+    return sorted(words)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(_table_words()), max_size=40))
+# two entries of one table (a notice's opening) match at the same place: table order
+@example("could not be delivered to one or more recipients".split())
+def test_a_group_runs_only_its_entries_that_can_match_and_finds_the_same_one(
+        words: list[str]) -> None:
+    """A group's search is cut to the entries whose anchor is present; the entry it
+    reports must be the one the whole alternation finds (leftmost match, table order
+    at one position)."""
+    text = " ".join(words)
+    for alt in (*ruleset().phrase_groups.values(), *ruleset().layouts.values()):
+        assert alt._rx is not None
+        m = alt._rx.search(text)
+        expected = alt.entries[m.lastindex - 1] if m and m.lastindex else None
+        assert alt.first(text) == expected, (text, expected)

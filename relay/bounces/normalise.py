@@ -15,9 +15,12 @@ from relay.bounces.anchors import anchors
 from relay.bounces.tables import CommandPattern
 
 #: Local parts are arbitrary ("filtered@", "spam-trap@"): never read them as words.
-_ADDR_MASK_RE = re.compile(r"[\w.+'=-]+@[\w-]+(?:\.[\w-]+)+")
+#: (only from the start of a run of address characters: tried from inside one, the
+#: same run fails again at the same "@", at a cost that grows with the run's length)
+_ADDR_MASK_RE = re.compile(r"(?<![\w.+'=-])[\w.+'=-]+@[\w-]+(?:\.[\w-]+)+")
 #: Multi-line SMTP replies pasted into one line repeat "550-5.7.1 " mid-sentence.
-_CONTINUATION_RE = re.compile(r"(?<=\s)[245]\d\d[- ](?!:)(?:[245]\.\d{1,3}\.\d{1,3}\s+)?")
+#: (the digit comes first, then the look back: the engine can skip ahead to the digits)
+_CONTINUATION_RE = re.compile(r"[245](?<=\s[245])\d\d[- ](?!:)(?:[245]\.\d{1,3}\.\d{1,3}\s+)?")
 _SPACE_RE = re.compile(r"\s+")
 _IPV4_RE = re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}\b")
 _STATUS_RE = re.compile(r"(?<![\w.])([245])\.(\d{1,3})\.(\d{1,3})(?![\w]|\.\d)")
@@ -29,7 +32,7 @@ def flatten(text: str) -> str:
     """Lower-case, addresses masked, one space between words: what phrases match."""
     low = _ADDR_MASK_RE.sub(" <address> ", text.lower())
     low = _CONTINUATION_RE.sub(" ", low)
-    return _SPACE_RE.sub(" ", low).strip()
+    return " ".join(low.split())  # str.split and re's \s agree on what is white space
 
 
 def valid_status(value: str | None) -> str | None:

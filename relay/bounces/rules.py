@@ -52,42 +52,68 @@ class Trace:
 class Alternation:
     """Several identifiable regular expressions searched as one.
 
-    Each entry's :func:`anchor` is tested first; only when one is present (or an entry
-    has none) is the combined expression run.
+    Every entry's :func:`anchor` literals are tested first (substring tests are far
+    cheaper than the regex engine, which tries every alternative at every position);
+    the expression run is the alternation of only the entries that can match: those
+    whose anchor is present and those that have none. Leaving out entries that cannot
+    match anywhere changes nothing about the leftmost match, nor which entry wins at
+    its position (alternatives keep their table order).
     """
+
+    #: Distinct sub-alternations kept compiled per table (texts repeat few subsets; a
+    #: hostile stream of new ones only costs compiling, never memory).
+    CACHE = 512
 
     def __init__(self, entries: Iterable[Phrase | Marker], flags: int = 0) -> None:
         self.entries = tuple(entries)
+        self._flags = flags
         self._rx = re.compile("|".join(f"({e.pattern})" for e in self.entries), flags) \
             if self.entries else None
         self._each = [re.compile(e.pattern, flags) for e in self.entries]
         found = [anchors(e.pattern) for e in self.entries]
-        fold = bool(flags & re.I)
-        self._always = any(a is None for a in found) or fold
-        self._anchors = tuple({a for group in found if group is not None for a in group})
+        # Case-folded matching cannot be pre-tested with case-sensitive substrings.
+        self._always = not self.entries or bool(flags & re.I)
+        #: entries with no anchor: in every sub-alternation
+        self._unanchored = tuple(i for i, a in enumerate(found) if a is None)
+        by_anchor: dict[str, list[int]] = {}
+        for i, group in enumerate(found):
+            for a in group or ():
+                by_anchor.setdefault(a, []).append(i)
+        self._by_anchor = tuple((a, tuple(ix)) for a, ix in by_anchor.items())
+        self._subsets: dict[tuple[int, ...], tuple[re.Pattern[str], tuple[int, ...]]] = {}
 
-    def _maybe(self, text: str) -> bool:
-        if self._always:
-            return True
-        return any(a in text for a in self._anchors)
+    def _candidates(self, text: str) -> tuple[int, ...]:
+        """Indices, in table order, of the entries that may match ``text``."""
+        present = set(self._unanchored)
+        for a, ix in self._by_anchor:
+            if a in text:
+                present.update(ix)
+        return tuple(sorted(present))
+
+    def _compiled(self, which: tuple[int, ...]) -> re.Pattern[str]:
+        hit = self._subsets.get(which)
+        if hit is None:
+            if len(self._subsets) >= self.CACHE:
+                self._subsets.clear()
+            rx = re.compile("|".join(f"({self.entries[i].pattern})" for i in which),
+                            self._flags)
+            hit = self._subsets[which] = (rx, which)
+        return hit[0]
 
     def first(self, text: str) -> Phrase | Marker | None:
         """The entry of the leftmost match in ``text``, or ``None``."""
-        if self._rx is None or not self._maybe(text):
+        if self._rx is None:
             return None
-        m = self._rx.search(text)
-        if m is None or m.lastindex is None:
+        if self._always:
+            m = self._rx.search(text)
+            return self.entries[m.lastindex - 1] if m and m.lastindex else None
+        which = self._candidates(text)
+        if not which:
             return None
-        return self.entries[m.lastindex - 1]
-
-    def search(self, text: str) -> re.Match[str] | None:
-        if self._rx is None or not self._maybe(text):
-            return None
-        return self._rx.search(text)
-
-    def entry_of(self, m: re.Match[str]) -> Phrase | Marker:
-        assert m.lastindex is not None
-        return self.entries[m.lastindex - 1]
+        if len(which) == 1:
+            return self.entries[which[0]] if self._each[which[0]].search(text) else None
+        m = self._compiled(which).search(text)
+        return self.entries[which[m.lastindex - 1]] if m and m.lastindex else None
 
     def all(self, text: str) -> list[Phrase | Marker]:
         """Every entry that matches somewhere in ``text`` (for tracing)."""
