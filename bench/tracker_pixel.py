@@ -2,7 +2,9 @@
 """Pixel and click doors: wrk against the tracker's /o/<token>.gif and /c/<token>,
 and against nginx serving the same GIF and a ``return 302``.
 
-In one run: nginx (one worker) on loopback (the reference), then ``trackrelay serve``
+In one run: nginx (one worker) on loopback (the reference); aiohttp answering the same
+two paths with nothing behind them (``bench/bare_aiohttp.py``, the tracker's worker
+count: the framework's own ceiling on this machine); then ``trackrelay serve``
 with the default worker count on SQLite and on PostgreSQL, each recording every hit.
 The URLs are real ones: an HTML message is sent through the relay (capture upstream)
 and the pixel and a link are read from the delivered message. After each tracker run
@@ -37,6 +39,10 @@ from email.message import EmailMessage
 from pathlib import Path
 
 from ports import free_port, wait_port
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from relay.workers import usable_cores
 
 GIF = (b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\x00\x00\x00!\xf9\x04\x01\x00\x00\x00"
        b"\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;")
@@ -100,6 +106,24 @@ http {{
                 "click": wrk(f"http://127.0.0.1:{port}/r", duration, connections)}
     finally:
         subprocess.run(["nginx", "-c", str(conf), "-p", str(root), "-s", "stop"], check=False)
+
+
+def run_bare_aiohttp(workers: int, event_loop: str, duration: int, connections: int
+                     ) -> dict[str, dict[str, float]]:
+    """The same doors answered by aiohttp with nothing behind them (bench/bare_aiohttp.py)."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("bare_aiohttp.py")),
+                             str(port), "--workers", str(workers), "--event-loop", event_loop])
+    try:
+        wait_port(port)
+        out = {}
+        for kind, path in (("open", "/o/x.gif"), ("click", "/c/x")):
+            wrk(f"http://127.0.0.1:{port}{path}", 2, connections)  # warm-up
+            out[kind] = wrk(f"http://127.0.0.1:{port}{path}", duration, connections)
+        return out
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
 
 
 def tracked_urls(smtp_port: int, capture: Path) -> dict[str, str]:
@@ -251,6 +275,14 @@ def main() -> None:
               f"p99 {nginx['open']['p99_ms']:.2f} ms")
         print(f"nginx return 302:      {nginx['click']['rps']:9.0f} req/s   "
               f"p99 {nginx['click']['p99_ms']:.2f} ms")
+        workers = usable_cores() if args.workers == "auto" else int(args.workers)
+        bare = run_bare_aiohttp(workers, args.event_loop, args.duration, args.connections)
+        for kind, label in (("open", "GIF"), ("click", "302")):
+            rps = bare[kind]["rps"]
+            print(f"bare aiohttp {label}:      {rps:9.0f} req/s   p99 "
+                  f"{bare[kind]['p99_ms']:.2f} ms   ratio {rps / nginx[kind]['rps']:.2f}"
+                  f" of nginx ({workers} process(es), nothing checked or stored: the "
+                  f"framework's ceiling here)")
         runs = args.engines.split(",")
         if args.classification_off_too:
             runs.append("sqlite-classification-off")
@@ -275,7 +307,8 @@ def main() -> None:
                 target = TARGETS[kind]
                 print(f"tracker {kind} ({engine}): {run['rps']:9.0f} req/s   "
                       f"p99 {run['p99_ms']:.2f} ms   ratio "
-                      f"{run['rps'] / nginx[kind]['rps']:.2f} (target >= {target})")
+                      f"{run['rps'] / nginx[kind]['rps']:.2f} (target >= {target}); "
+                      f"{run['rps'] / bare[kind]['rps']:.2f} of bare aiohttp")
                 print(f"    {kind} hits answered (tracker's counter) {int(run['answered'])}, "
                       f"{kind} events stored {int(run['stored'])}: {same}")
                 print(f"    wrk saw {int(run['ok_total'])} complete (it drops the requests in "
