@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The framework's floor: aiohttp answering the two doors with nothing behind them.
+"""A yardstick for the doors: aiohttp routes answering them with nothing behind them.
 
     python3 bench/bare_aiohttp.py PORT [--workers N] [--event-loop auto|uvloop|asyncio]
 
@@ -8,8 +8,9 @@
 ``HTTPFound`` costs aiohttp about half as much again). No token is checked, no hit is
 classified or stored. N processes share the port with ``SO_REUSEPORT``, as trackrelay's
 workers do. ``bench/tracker_pixel.py`` runs it beside nginx with the tracker's worker
-count: what the tracker reaches of this is what its own work costs, and what this
-reaches of nginx is what the framework allows on the machine.
+count: what this reaches of nginx is what a plain Python web handler reaches on the
+machine. The tracker's door reads requests without aiohttp's per-request machinery
+(relay/tracker/pixel_door.py), so this is not its ceiling.
 """
 
 from __future__ import annotations

@@ -2,9 +2,11 @@
 """Pixel and click doors: wrk against the tracker's /o/<token>.gif and /c/<token>,
 and against nginx serving the same GIF and a ``return 302``.
 
-In one run: nginx (one worker) on loopback (the reference); aiohttp answering the same
-two paths with nothing behind them (``bench/bare_aiohttp.py``, the tracker's worker
-count: the framework's own ceiling on this machine); then ``trackrelay serve``
+In one run: nginx (one worker) on loopback (the reference); aiohttp routes answering the
+same two paths with nothing behind them (``bench/bare_aiohttp.py``, the tracker's worker
+count: what a plain Python web handler reaches on this machine; the tracker's door reads
+its requests without aiohttp's per-request machinery, so this is a yardstick, not its
+ceiling); then ``trackrelay serve``
 with the default worker count on SQLite and on PostgreSQL, each recording every hit.
 The URLs are real ones: an HTML message is sent through the relay (capture upstream)
 and the pixel and a link are read from the delivered message. After each tracker run
@@ -281,8 +283,8 @@ def main() -> None:
             rps = bare[kind]["rps"]
             print(f"bare aiohttp {label}:      {rps:9.0f} req/s   p99 "
                   f"{bare[kind]['p99_ms']:.2f} ms   ratio {rps / nginx[kind]['rps']:.2f}"
-                  f" of nginx ({workers} process(es), nothing checked or stored: the "
-                  f"framework's ceiling here)")
+                  f" of nginx ({workers} process(es), aiohttp routes, nothing checked or "
+                  f"stored)")
         runs = args.engines.split(",")
         if args.classification_off_too:
             runs.append("sqlite-classification-off")
