@@ -5,12 +5,13 @@ from __future__ import annotations
 import re
 from collections import Counter
 
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from relay.bounces.anchors import anchors
-from relay.bounces.rules import all_entry_ids, ruleset
-from relay.bounces.tables import commands, hints, layouts, phrases, providers, status
+from relay.bounces.rules import Alternation, all_entry_ids, ruleset
+from relay.bounces.tables import Phrase, commands, hints, layouts, phrases, providers, status
 from relay.bounces.tables.sources import SOURCES
 
 #: The taxonomy of tests/corpus/PROVENANCE.md.
@@ -123,3 +124,11 @@ def test_a_group_runs_only_its_entries_that_can_match_and_finds_the_same_one(
         m = alt._rx.search(text)
         expected = alt.entries[m.lastindex - 1] if m and m.lastindex else None
         assert alt.first(text) == expected, (text, expected)
+
+
+def test_a_capturing_group_in_an_entry_is_refused_when_the_table_is_built() -> None:
+    """The entry a match belongs to is read from the match's last group."""
+    with pytest.raises(ValueError, match="capturing group"):
+        Alternation([Phrase("userunknown", r"(no such) user", "rfc5321")])
+    assert Alternation([Phrase("userunknown", r"(?:no such) user", "rfc5321")]).first(
+        "550 no such user here") is not None

@@ -21,7 +21,6 @@ _ADDR_MASK_RE = re.compile(r"(?<![\w.+'=-])[\w.+'=-]+@[\w-]+(?:\.[\w-]+)+")
 #: Multi-line SMTP replies pasted into one line repeat "550-5.7.1 " mid-sentence.
 #: (the digit comes first, then the look back: the engine can skip ahead to the digits)
 _CONTINUATION_RE = re.compile(r"[245](?<=\s[245])\d\d[- ](?!:)(?:[245]\.\d{1,3}\.\d{1,3}\s+)?")
-_SPACE_RE = re.compile(r"\s+")
 _IPV4_RE = re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}\b")
 _STATUS_RE = re.compile(r"(?<![\w.])([245])\.(\d{1,3})\.(\d{1,3})(?![\w]|\.\d)")
 _REPLY_RE = re.compile(r"(?<![\w.#-])([245][0-5]\d)(?![\w]|\.\d\.)")

@@ -70,6 +70,9 @@ class Alternation:
         self._rx = re.compile("|".join(f"({e.pattern})" for e in self.entries), flags) \
             if self.entries else None
         self._each = [re.compile(e.pattern, flags) for e in self.entries]
+        for e, rx in zip(self.entries, self._each, strict=True):
+            if rx.groups:  # the match's last group must be the entry's own
+                raise ValueError(f"{e.id}: use (?:...), not a capturing group")
         found = [anchors(e.pattern) for e in self.entries]
         # Case-folded matching cannot be pre-tested with case-sensitive substrings.
         self._always = not self.entries or bool(flags & re.I)
@@ -80,7 +83,7 @@ class Alternation:
             for a in group or ():
                 by_anchor.setdefault(a, []).append(i)
         self._by_anchor = tuple((a, tuple(ix)) for a, ix in by_anchor.items())
-        self._subsets: dict[tuple[int, ...], tuple[re.Pattern[str], tuple[int, ...]]] = {}
+        self._subsets: dict[tuple[int, ...], re.Pattern[str]] = {}
 
     def _candidates(self, text: str) -> tuple[int, ...]:
         """Indices, in table order, of the entries that may match ``text``."""
@@ -91,14 +94,13 @@ class Alternation:
         return tuple(sorted(present))
 
     def _compiled(self, which: tuple[int, ...]) -> re.Pattern[str]:
-        hit = self._subsets.get(which)
-        if hit is None:
+        rx = self._subsets.get(which)
+        if rx is None:
             if len(self._subsets) >= self.CACHE:
                 self._subsets.clear()
-            rx = re.compile("|".join(f"({self.entries[i].pattern})" for i in which),
-                            self._flags)
-            hit = self._subsets[which] = (rx, which)
-        return hit[0]
+            rx = self._subsets[which] = re.compile(
+                "|".join(f"({self.entries[i].pattern})" for i in which), self._flags)
+        return rx
 
     def first(self, text: str) -> Phrase | Marker | None:
         """The entry of the leftmost match in ``text``, or ``None``."""
