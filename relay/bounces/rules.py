@@ -50,72 +50,49 @@ class Trace:
 
 
 class Alternation:
-    """Several identifiable regular expressions searched as one.
+    """Several identifiable regular expressions searched as one: the entry of the
+    leftmost match, the earliest in table order at that position.
 
     Every entry's :func:`anchor` literals are tested first (substring tests are far
-    cheaper than the regex engine, which tries every alternative at every position);
-    the expression run is the alternation of only the entries that can match: those
-    whose anchor is present and those that have none. Leaving out entries that cannot
-    match anywhere changes nothing about the leftmost match, nor which entry wins at
-    its position (alternatives keep their table order).
+    cheaper than the regex engine); only the entries whose anchor is present, and those
+    that have none, are searched, each on its own, and the match that starts first wins
+    (an alternation of them all would find the same one: it matches at the first
+    position where any entry does, with the first entry that does). Searching them one
+    by one compiles nothing per text, so no text, however crafted, costs a compile.
     """
-
-    #: Distinct sub-alternations kept compiled per table (texts repeat few subsets; a
-    #: hostile stream of new ones only costs compiling, never memory).
-    CACHE = 512
 
     def __init__(self, entries: Iterable[Phrase | Marker], flags: int = 0) -> None:
         self.entries = tuple(entries)
-        self._flags = flags
-        self._rx = re.compile("|".join(f"({e.pattern})" for e in self.entries), flags) \
-            if self.entries else None
         self._each = [re.compile(e.pattern, flags) for e in self.entries]
-        for e, rx in zip(self.entries, self._each, strict=True):
-            if rx.groups:  # the match's last group must be the entry's own
-                raise ValueError(f"{e.id}: use (?:...), not a capturing group")
         found = [anchors(e.pattern) for e in self.entries]
         # Case-folded matching cannot be pre-tested with case-sensitive substrings.
-        self._always = not self.entries or bool(flags & re.I)
-        #: entries with no anchor: in every sub-alternation
-        self._unanchored = tuple(i for i, a in enumerate(found) if a is None)
+        fold = bool(flags & re.I)
+        #: entries searched whatever the text: no anchor (or case folded)
+        self._unanchored = tuple(i for i, a in enumerate(found) if a is None or fold)
         by_anchor: dict[str, list[int]] = {}
         for i, group in enumerate(found):
-            for a in group or ():
-                by_anchor.setdefault(a, []).append(i)
+            if not fold:
+                for a in group or ():
+                    by_anchor.setdefault(a, []).append(i)
         self._by_anchor = tuple((a, tuple(ix)) for a, ix in by_anchor.items())
-        self._subsets: dict[tuple[int, ...], re.Pattern[str]] = {}
 
-    def _candidates(self, text: str) -> tuple[int, ...]:
+    def _candidates(self, text: str) -> list[int]:
         """Indices, in table order, of the entries that may match ``text``."""
         present = set(self._unanchored)
         for a, ix in self._by_anchor:
             if a in text:
                 present.update(ix)
-        return tuple(sorted(present))
-
-    def _compiled(self, which: tuple[int, ...]) -> re.Pattern[str]:
-        rx = self._subsets.get(which)
-        if rx is None:
-            if len(self._subsets) >= self.CACHE:
-                self._subsets.clear()
-            rx = self._subsets[which] = re.compile(
-                "|".join(f"({self.entries[i].pattern})" for i in which), self._flags)
-        return rx
+        return sorted(present)
 
     def first(self, text: str) -> Phrase | Marker | None:
-        """The entry of the leftmost match in ``text``, or ``None``."""
-        if self._rx is None:
-            return None
-        if self._always:
-            m = self._rx.search(text)
-            return self.entries[m.lastindex - 1] if m and m.lastindex else None
-        which = self._candidates(text)
-        if not which:
-            return None
-        if len(which) == 1:
-            return self.entries[which[0]] if self._each[which[0]].search(text) else None
-        m = self._compiled(which).search(text)
-        return self.entries[which[m.lastindex - 1]] if m and m.lastindex else None
+        """The entry of the leftmost match in ``text`` (ties: table order), or ``None``."""
+        best: Phrase | Marker | None = None
+        best_start = len(text) + 1
+        for i in self._candidates(text):
+            m = self._each[i].search(text)
+            if m is not None and m.start() < best_start:  # a tie keeps the earlier entry
+                best, best_start = self.entries[i], m.start()
+        return best
 
     def all(self, text: str) -> list[Phrase | Marker]:
         """Every entry that matches somewhere in ``text`` (for tracing)."""
