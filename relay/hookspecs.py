@@ -308,7 +308,9 @@ def trackrelay_classify_bounce(message: email.message.Message, raw: bytes,
     """Add to or override how an inbound message is classified (``relay/bounces``).
 
     ``message`` is the parsed message (``email.policy.compat32``; its top-level MIME
-    boundary may be a fixed one, which saves the parser a compile per message: read
+    boundary may be a fixed one, which saves the parser a compile per message, and a
+    returned message (a top-level ``message/rfc822`` part) may hold its header fields
+    only, not its body, which saves parsing a returned copy of the whole mail: read
     ``raw`` for the bytes as they came), ``raw`` its bytes and ``records`` the built-in
     ``BounceRecord`` list (empty when the built-in rules saw no bounce, complaint or
     auto-reply). Return a list of records to replace it (for a

@@ -104,11 +104,23 @@ _MBOX_FROM_RE = re.compile(
 
 def _split_mbox(raw: bytes) -> list[bytes]:
     """Split an mbox into messages (one element when it holds only one)."""
-    starts = [m.start() for m in _MBOX_FROM_RE.finditer(raw)]
+    # Only lines that begin "From " are tried: a multi-line search would try the
+    # expression at every byte of a long returned message.
+    starts = [at for at in _line_starts(raw, b"From ") if _MBOX_FROM_RE.match(raw, at)]
     if len(starts) < 2 or starts[0] != 0:
         return [raw]
     ends = [*starts[1:], len(raw)]
     return [raw[a:b] for a, b in zip(starts, ends, strict=True)]
+
+
+def _line_starts(raw: bytes, prefix: bytes) -> list[int]:
+    """Offsets of the lines of ``raw`` that begin with ``prefix``."""
+    out = [0] if raw.startswith(prefix) else []
+    at = raw.find(b"\n" + prefix)
+    while at >= 0:
+        out.append(at + 1)
+        at = raw.find(b"\n" + prefix, at + 1)
+    return out
 
 
 def facts_of(found: Found, rules: RuleSet, trace: Trace | None = None) -> Facts:
