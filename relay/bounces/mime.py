@@ -125,20 +125,19 @@ def canonical_boundaries(raw: bytes) -> bytes:
     return raw[:m.start(group)] + quoted + raw[m.end(group):end + 1] + body
 
 
-#: A part's or a returned message's own fields that make its body worth parsing: a
-#: returned message that is itself a report (a notice about a notice) is read again.
+#: A top-level part that is a returned message (RFC 6522 section 3: a report's third part).
 _RETURNED_RE = re.compile(rb"^content-type:[ \t]*(?:\r?\n[ \t]+)?message/(?:rfc822|global)"
                           rb"[ \t]*(?:;|\r?$)", re.I | re.M)
 _ENCODED_RE = re.compile(rb"^content-transfer-encoding:[ \t]*(?!(?:7bit|8bit|binary)[ \t]*\r?$)",
                          re.I | re.M)
+#: A returned message that is itself a report (a notice about a notice) is read again.
 _INNER_REPORT_RE = re.compile(rb"^content-type:[ \t]*(?:\r?\n[ \t]+)?(?:multipart/report|"
                               rb"message/)", re.I | re.M)
-#: A forwarded notice ("Fwd: Undelivered Mail"), or a Subject in encoded words that may
+#: A forwarded notice ("Fwd: Undelivered Mail"; the prefixes of
+#: ``relay.bounces.extract``'s forwarded Subject), or a Subject in encoded words that may
 #: say so: the returned message is then the notice itself.
 _FORWARDED_RE = re.compile(rb"^subject:[ \t]*(?:(?:fwd?|tr|wg|rv|enc|vs|doorst)[ \t]*:|.*=\?)",
                            re.I | re.M)
-
-
 _BLANK_LINE_RE = re.compile(rb"\n\r?\n")
 
 
