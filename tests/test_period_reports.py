@@ -19,6 +19,7 @@ import pytest
 from relay.engagement.report import engagement_report
 from relay.records import EVENT_TYPES, Event, LinkRecord, Outcome, Reply, SentMessage
 from relay.store import Store, open_store, rollups
+from relay.store.leases import release_lease
 from relay.store.records import event_row
 from relay.store.reports import _messages_in, _rare_events_join, fewer_rows, period_where
 from relay.store.sql import SqlStore
@@ -457,7 +458,7 @@ async def test_a_refresh_waits_for_another_processes_lease(store: Store) -> None
     assert await rollups._take_lease(engine, "another-process")
     pending = await rollups.pending_changes(engine)
     assert await rollups.refresh(engine, budget=1) == pending > 0
-    await rollups._release_lease(engine, "another-process")
+    await release_lease(engine, "report_state", "another-process")
     assert await rollups.refresh(engine, budget=60) == 0
 
 

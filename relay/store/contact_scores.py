@@ -11,6 +11,7 @@ import abc
 from typing import Any, Literal
 
 from relay.store.base import ContactFacts, ContactScoreRow
+from relay.store.leases import release_lease, take_lease
 from relay.store.where import Step
 
 #: The scope key of "every sender's mail" (a domain or an address never is ``*``).
@@ -129,16 +130,10 @@ class ContactScoresSql(abc.ABC):
     async def take_contact_scores_lease(self, holder: str, now: float, until: float) -> bool:
         """The refresh lease, if no other holder's is running (one refresher at a time:
         two could each write a row computed before the other's newer events)."""
-        counts = await self._transaction([(
-            "UPDATE contact_scores_state SET lease_holder = ?, lease_until = ? "
-            "WHERE id = 1 AND (lease_until < ? OR lease_holder = ?)",
-            [holder, until, now, holder])])
-        return bool(counts and counts[0])
+        return await take_lease(self, "contact_scores_state", holder, now, until)
 
     async def release_contact_scores_lease(self, holder: str) -> None:
-        await self._transaction([(
-            "UPDATE contact_scores_state SET lease_holder = NULL, lease_until = 0 "
-            "WHERE id = 1 AND lease_holder = ?", [holder])])
+        await release_lease(self, "contact_scores_state", holder)
 
     async def ranked_contacts(self, scope: str, *, sort: Literal["score", "last_event"],
                               after: tuple[float, str] | None, max_rank: float | None,

@@ -46,6 +46,7 @@ from relay.background import Refresher
 from relay.logs import get_logger
 from relay.store.base import Store
 from relay.store.contact_scores import ALL_SCOPES as ALL
+from relay.store.leases import release_lease, take_lease
 from relay.store.reports import (
     FIGURES,
     GROUP_KEYS,
@@ -502,17 +503,7 @@ async def pending_changes(store: RollupEngine) -> int:
 
 async def _take_lease(store: RollupEngine, holder: str) -> bool:
     now = time.time()
-    counts = await store._transaction([(
-        "UPDATE report_state SET lease_holder = ?, lease_until = ? "
-        "WHERE id = 1 AND (lease_until < ? OR lease_holder = ?)",
-        [holder, now + LEASE, now, holder])])
-    return bool(counts and counts[0])
-
-
-async def _release_lease(store: RollupEngine, holder: str) -> None:
-    await store._transaction([(
-        "UPDATE report_state SET lease_holder = NULL, lease_until = 0 "
-        "WHERE id = 1 AND lease_holder = ?", [holder])])
+    return await take_lease(store, "report_state", holder, now, now + LEASE)
 
 
 async def refresh(store: RollupEngine, *, budget: float = INTERVAL,
@@ -557,7 +548,7 @@ async def refresh(store: RollupEngine, *, budget: float = INTERVAL,
             if done >= TIDY_AFTER:
                 await store.tidy_report_changes()
     finally:
-        await _release_lease(store, holder)
+        await release_lease(store, "report_state", holder)
 
 
 class ReportRoller(Refresher[Store]):

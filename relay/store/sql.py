@@ -39,6 +39,7 @@ from relay.store.base import (
     domain_of,
 )
 from relay.store.contact_scores import ContactScoresSql
+from relay.store.leases import take_lease
 from relay.store.where import Step, Where, scope_condition
 from relay.store.where import cond as _cond
 
@@ -694,11 +695,7 @@ class SqlStore(ContactScoresSql, Store):
         """Reclaim the report roll-ups' log after a large refresh (the engine's way)."""
 
     async def take_batch_turn(self, holder: str, now: float, until: float) -> bool:
-        counts = await self._transaction([(
-            "UPDATE engagement_state SET lease_holder = ?, lease_until = ? "
-            "WHERE id = 1 AND (lease_until < ? OR lease_holder = ?)",
-            [holder, until, now, holder])])
-        return bool(counts and counts[0])
+        return await take_lease(self, "engagement_state", holder, now, until)
 
     async def refresh_report_rollups(self, budget: float) -> int:
         from relay.store import rollups
