@@ -32,14 +32,14 @@ from email.message import Message
 
 from relay.bounces import arf, autoreply, ses, vendors
 from relay.bounces.dsn import DsnRecipient, address_of, parse_fields
-from relay.bounces.mime import Anatomy, dissect, parse
+from relay.bounces.mime import FORWARD_PREFIX, Anatomy, dissect, parse
 from relay.bounces.model import BounceRecord
 from relay.bounces.normalise import valid_status
 from relay.bounces.rules import RuleSet, Trace
 from relay.bounces.tables.hints import FINGERPRINTS
 
 _MSGID_RE = re.compile(r"^[ \t]*Message-I[Dd][ \t]*:[ \t]*(<[^<>\s]+>)", re.M | re.I)
-_FORWARD_SUBJECT_RE = re.compile(r"^\s*(?:fwd?|tr|wg|rv|enc|vs|doorst)\s*:", re.I)
+_FORWARD_SUBJECT_RE = re.compile(rf"^\s*{FORWARD_PREFIX}\s*:", re.I)
 _QUOTE_RE = re.compile(r"^[ \t]*> ?", re.M)
 
 

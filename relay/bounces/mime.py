@@ -133,11 +133,13 @@ _ENCODED_RE = re.compile(rb"^content-transfer-encoding:[ \t]*(?!(?:7bit|8bit|bin
 #: A returned message that is itself a report (a notice about a notice) is read again.
 _INNER_REPORT_RE = re.compile(rb"^content-type:[ \t]*(?:\r?\n[ \t]+)?(?:multipart/report|"
                               rb"message/)", re.I | re.M)
-#: A forwarded notice ("Fwd: Undelivered Mail"; the prefixes of
-#: ``relay.bounces.extract``'s forwarded Subject), or a Subject in encoded words that may
+#: What a person's mail client puts before a forwarded message's Subject ("Fwd:", and
+#: "TR:", "WG:", "RV:", "ENC:", "VS:", "Doorst:" in other languages' clients).
+FORWARD_PREFIX = r"(?:fwd?|tr|wg|rv|enc|vs|doorst)"
+#: A forwarded notice ("Fwd: Undelivered Mail"), or a Subject in encoded words that may
 #: say so: the returned message is then the notice itself.
-_FORWARDED_RE = re.compile(rb"^subject:[ \t]*(?:(?:fwd?|tr|wg|rv|enc|vs|doorst)[ \t]*:|.*=\?)",
-                           re.I | re.M)
+_FORWARDED_RE = re.compile(rb"^subject:[ \t]*(?:" + FORWARD_PREFIX.encode()
+                           + rb"[ \t]*:|.*=\?)", re.I | re.M)
 _BLANK_LINE_RE = re.compile(rb"\n\r?\n")
 
 
