@@ -283,6 +283,53 @@ def test_a_dsn_names_the_original_recipient_as_alias() -> None:
     assert (rec.recipient, rec.alias) == ("final@example.net", "list@example.org")
 
 
+# --- a disabled account is the account's state, not a block list's or a recipient's act -------
+
+
+@pytest.mark.parametrize("text", [
+    "Mailbox disabled for this recipient",
+    "The account has been blocked due to inactivity",
+    "Recipient address is temporarily suspended",
+])
+def test_a_disabled_account_is_suspend(text: str) -> None:
+    assert classify_reply("550", None, text, "RCPT")[0] == "suspend"
+
+
+@pytest.mark.parametrize("text", [
+    # Postfix's DNS block list reply names a listed address, not a disabled account
+    "Service unavailable; Sender address [spam@example.com] blocked using dbl.example.net",
+    "Service unavailable; Recipient address [rcpt@example.net] blocked using rhsbl.example",
+    "The recipient has blocked you",
+])
+def test_an_address_someone_blocked_is_not_a_disabled_account(text: str) -> None:
+    reason, hard, by = classify_reply("550", None, text, "RCPT")
+    assert reason != "suspend" and not by.startswith("phrase:suspend:")
+    assert not hard
+
+
+# --- the same causes in other servers' words -------------------------------------------------
+
+
+@pytest.mark.parametrize(("code", "text", "command", "reason"), [
+    # RFC 3463 X.2.2: a mailbox over its quota, however the limit is named
+    ("452", "The recipient's mailbox is over its storage limit", "RCPT", "mailboxfull"),
+    ("552", "Mailbox is over their quota", "DATA", "mailboxfull"),
+    # Postfix smtp(8): no reply in time is trouble on the way, not a refusal
+    (None, "conversation with mx.example.org[192.0.2.1] timed out while receiving the "
+           "initial server greeting", None, "networkerror"),
+    (None, "conversation with mx.example.org[192.0.2.1] timed out while sending end of "
+           "data -- message may be sent more than once", None, "networkerror"),
+    # a DNS block list whose name says "reputation" is still a block list
+    ("554", "Mail from 192.0.2.1 refused: listed in the Barracuda Reputation Block List",
+     "RCPT", "blocked"),
+    ("550", "Your access to this mail system has been rejected due to the sending MTA's poor "
+            "reputation.", "RCPT", "badreputation"),
+])
+def test_a_cause_is_read_in_other_words(code: str | None, text: str, command: str | None,
+                                        reason: str) -> None:
+    assert classify_reply(code, None, text, command)[0] == reason
+
+
 # --- the relay's own refusals take the same path ---------------------------------------------
 
 

@@ -60,7 +60,8 @@ PHRASES: tuple[Phrase, ...] = (
     # quota or physical capacity"; RFC 5321 "552 ... exceeded storage allocation".
     *_p("mailboxfull", "rfc3463",
         rf"(?<!sending )(?<!relay )(?<!rate )\b{_BOX}'?s? (?:{_NOT_SENDER}\S+ ){{0,3}}"
-        r"(?:is |was |has )?(?:full\b|over ?(?:the )?(?:allowed )?(?:quota|limit|size)|"
+        r"(?:is |was |has )?(?:full\b|over ?(?:the |its |their )?(?:allowed )?(?:storage )?"
+        r"(?:quota|limit|size)|"
         r"exceed(?:s|ed)?\b)",
         r"\bover ?quota\b",
         # (a sending, relay or rate quota is the sender's limit, not the mailbox's)
@@ -106,11 +107,15 @@ PHRASES: tuple[Phrase, ...] = (
     # RFC 3463 X.2.1 "Mailbox disabled, not accepting messages"; IANA X.7.13 "User Account
     # Disabled"; the providers' texts for disabled, suspended, frozen or inactive accounts.
     *_p("suspend", "rfc3463",
-        # (within one clause: "User unknown, but blocked using ..." is no disabled user)
+        # (within one clause: "User unknown, but blocked using ..." is no disabled user).
+        # Not "blocked using <list>": Postfix's DNS block list reply (postconf(5),
+        # default_rbl_reply: "Service unavailable; Sender address [x] blocked using
+        # <domain>"), which names a listed sender, client or recipient, not an account;
+        # nor "has blocked" (active: the recipient blocked the sender).
         r"\b(?:mail ?box|account|user|recipient|address)\b(?: [^\s,;]+){0,3} "
         r"(?:is |has been |was )?"
         r"(?:temporar(?:y|ily) )?(?:disabled|suspended|deactivated|inactive|locked|frozen|"
-        r"closed|discontinued|terminated|expired|archived|blocked)\b",
+        r"closed|discontinued|terminated|expired|archived|(?<!\bhas )blocked(?! using\b))\b",
         r"\b(?:disabled|suspended|deactivated|inactive|locked|frozen|closed|expired) "
         r"(?:e-?mail )?(?:mail ?box|account|user|address)\b",
         r"\bno longer (?:active|valid|in use)\b"),
@@ -208,7 +213,8 @@ PHRASES: tuple[Phrase, ...] = (
         r"multiple (?:from|to|subject|date|message-id|sender) (?:headers?|addresses)",
         r"duplicate (?:from|to|subject|date|message-id) headers?"),
     # === badreputation: the sender's reputation ============================================
-    *_p("badreputation", "google", r"\breputation\b"),
+    # (not a block list's name: Barracuda's "Reputation Block List" is a DNS block list)
+    *_p("badreputation", "google", r"\breputation\b(?! block ?list)"),
     *_p("badreputation", "yahoo", r"user complaints", r"unexpected volume"),
     # === rejected: refused because of the sender (envelope from) ===========================
     # RFC 3463 X.1.7/X.1.8 "Bad sender's mailbox/system address"; Postfix "Sender address
@@ -350,6 +356,8 @@ PHRASES: tuple[Phrase, ...] = (
         r"temporary failure in name resolution",
         r"\b(?:connection|connect)\b(?: \S+){0,3} (?:refused|reset|lost|closed|dropped|failed)\b",
         r"lost connection with", r"no route to host", r"network (?:is )?unreachable",
+        # smtp(8): "conversation with <host> timed out while <stage>", no reply in time
+        r"\bconversation with\b(?: \S+){0,2} timed out",
         r"\bunable to (?:connect|establish)", r"wasn'?t able to establish",
         r"remote protocol error", r"error transferring to"),
     # Postfix's resolver texts ("malformed or unexpected name server reply") and the
