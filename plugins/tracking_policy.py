@@ -15,7 +15,9 @@ recipient, each tracked as its own message (``"split"``, or ``X-Trackrelay-Track
 on one message; up to ``tracking.split_max_recipients``, beyond which
 ``tracking.split_fallback`` applies). Plain-text-only mail
 is not tracked unless ``tracking.rewrite_text_links`` is on (then clicks only); mail with
-no text at all is skipped as ``empty_body``.
+no text at all is skipped as ``empty_body``; mail whose text is all inside signed or
+encrypted content (S/MIME, PGP/MIME) as ``signed`` or ``encrypted``: that content is
+never edited.
 
 A third-party plugin overrides this one by returning its own ``TrackingPolicy`` from
 ``trackrelay_tracking_policy`` (the first answer wins).
@@ -127,6 +129,12 @@ def trackrelay_tracking_policy(app: App, transaction: Transaction, message: Mess
         shared = True
     if tree is None:
         return TrackingPolicy.skip("unparseable", campaign)
+    if not tree.html:
+        # Signed or encrypted content is never edited (relay.rewrite.mime._secured): say
+        # so, rather than "plain_text" or "empty_body".
+        for secured in ("signed", "encrypted"):
+            if tree.skipped.get(secured):
+                return TrackingPolicy.skip(secured, campaign)
     if not tree.parts or _blank(message, tree):
         return TrackingPolicy.skip("empty_body", campaign)
     text_links = settings.rewrite_text_links and clicks

@@ -104,7 +104,8 @@ class MimeTree:
     """What ``walk`` found: the text parts, plus what it left alone and why."""
 
     parts: list[TextPart] = field(default_factory=list)
-    #: Parts not entered, by reason ("rfc822", "attachment", "other_type").
+    #: Parts not entered, by reason ("rfc822", "attachment", "other_type", "signed",
+    #: "encrypted").
     skipped: dict[str, int] = field(default_factory=dict)
     #: The leaves not edited as text (attachments, images, text attachments), in order.
     leaves: list[LeafPart] = field(default_factory=list)
@@ -158,6 +159,11 @@ def _walk(headers: Message, body: bytes, start: int, end: int,
     else:
         ctype = headers.get_content_type()
     maintype = ctype.split("/", 1)[0]
+    secured = _secured(ctype, headers)
+    if secured is not None:
+        tree.skipped[secured] = tree.skipped.get(secured, 0) + 1
+        tree.leaves.append(LeafPart(ctype, headers, start, end, path, remove_span))
+        return
     if maintype == "multipart":
         boundary = headers.get_param("boundary")
         if isinstance(boundary, tuple):
@@ -190,6 +196,35 @@ def _walk(headers: Message, body: bytes, start: int, end: int,
         return
     tree.parts.append(TextPart(ctype, headers, header_span, start, end, path,
                                _newline(body[start:min(end, start + 4096)] or body[:4096])))
+
+
+#: S/MIME's content type for signed or encrypted content (RFC 8551 section 3.2), and the
+#: name older clients gave it.
+_PKCS7_MIME = ("application/pkcs7-mime", "application/x-pkcs7-mime")
+
+
+def _secured(ctype: str, headers: Message) -> str | None:
+    """``signed`` or ``encrypted`` for content the walk must leave whole, else None.
+
+    RFC 1847's ``multipart/signed`` (S/MIME clear signing, RFC 8551 section 3.5; PGP/MIME,
+    RFC 3156 section 5) signs its first part byte for byte: a pixel or a rewritten link
+    in it, or its signature part taken out, and the recipient's client reports the
+    message as tampered with. ``multipart/encrypted`` (RFC 3156 section 4) and S/MIME's
+    ``application/pkcs7-mime`` hold content nobody but the recipient can read. An
+    ``application/pkcs7-mime`` without ``smime-type`` (which RFC 8551 made optional) is
+    counted as encrypted: its content, signed or encrypted, is unreadable here either way.
+    """
+    if ctype == "multipart/signed":
+        return "signed"
+    if ctype == "multipart/encrypted":
+        return "encrypted"
+    if ctype in _PKCS7_MIME:
+        kind = str(headers.get_param("smime-type") or "").lower()
+        if kind == "signed-data":
+            return "signed"
+        if kind in ("", "enveloped-data", "authenveloped-data"):
+            return "encrypted"
+    return None  # (compressed-data, certs-only: a leaf of another type, not entered)
 
 
 def _split_multipart(body: bytes, start: int, end: int, boundary: str
