@@ -17,7 +17,9 @@ on one message; up to ``tracking.split_max_recipients``, beyond which
 is not tracked unless ``tracking.rewrite_text_links`` is on (then clicks only); mail with
 no text at all is skipped as ``empty_body``; mail whose text is all inside signed or
 encrypted content (S/MIME, PGP/MIME) as ``signed`` or ``encrypted``: that content is
-never edited.
+never edited; notifications (the null sender ``MAIL FROM:<>``, a ``multipart/report``) as
+``notification`` and automatic replies (``Auto-Submitted: auto-replied``) as
+``auto_reply``, whatever the headers above ask.
 
 A third-party plugin overrides this one by returning its own ``TrackingPolicy`` from
 ``trackrelay_tracking_policy`` (the first answer wins).
@@ -28,6 +30,7 @@ from __future__ import annotations
 from email.utils import parseaddr
 
 from relay import hookimpl, split
+from relay.dsn import null_path
 from relay import tracking_rules as rules
 from relay.app import App
 from relay.logs import get_logger
@@ -79,6 +82,31 @@ def _decision(app: App, transaction: Transaction, message: MessageDraft, *,
     return header, campaign, found, rules.effective(cfg, found, campaign)
 
 
+#: ``Auto-Submitted`` values of mail a person wrote or asked for (RFC 3834 section 5:
+#: "no"; "auto-generated" is also what applications put on the notices people sign up
+#: for, which are tracked like any other mail).
+_SENT_BY_PEOPLE = ("no", "auto-generated")
+
+
+def _automatic(transaction: Transaction, message: MessageDraft) -> str | None:
+    """Why mail no person will read as a message is not tracked, or None.
+
+    ``notification``: the null reverse path (RFC 5321 section 4.5.5: delivery status and
+    disposition notifications) or a ``multipart/report`` (RFC 6522: a DSN, MDN or
+    feedback report), which the client relays on another's behalf. ``auto_reply``: an
+    ``Auto-Submitted`` value other than ``no`` or ``auto-generated`` (RFC 3834: a vacation
+    or other automatic reply; RFC 5436's Sieve ``auto-notified``). A pixel in them would
+    count machine reads of a notice as opens, and their links are not campaign links.
+    """
+    ctype = (message.get("Content-Type") or "").split(";", 1)[0].strip().lower()
+    if null_path(transaction.mail_from) or ctype == "multipart/report":
+        return "notification"
+    submitted = (message.get("Auto-Submitted") or "").split(";", 1)[0].strip().lower()
+    if submitted and submitted not in _SENT_BY_PEOPLE:
+        return "auto_reply"
+    return None
+
+
 def _multi_recipient(app: App, header: str, settings: rules.Effective, recipients: int) -> str:
     """skip, shared or split for mail to ``recipients`` distinct addresses."""
     cfg = app.config.tracking
@@ -93,7 +121,7 @@ def trackrelay_split_recipients(app: App, transaction: Transaction,
                                 message: MessageDraft) -> list[list[str]] | None:
     """One copy per recipient when the message is tracked and split applies to it."""
     header, _campaign, _found, settings = _decision(app, transaction, message, warn=False)
-    if not any(MODES[header or settings.track]):
+    if not any(MODES[header or settings.track]) or _automatic(transaction, message):
         return None  # nothing would be tracked: no reason to send it more than once
     groups = split.per_recipient(transaction.rcpt_tos)
     if len(groups) < 2 or _multi_recipient(app, header, settings, len(groups)) != "split":
@@ -115,6 +143,9 @@ def trackrelay_tracking_policy(app: App, transaction: Transaction, message: Mess
         reason = "header_off" if header else ("rule_off" if found and found.rule.track
                                               else "config_off")
         return TrackingPolicy.skip(reason, campaign)
+    automatic = _automatic(transaction, message)
+    if automatic is not None:
+        return TrackingPolicy.skip(automatic, campaign)
     recipients = {r.lower() for r in transaction.rcpt_tos}
     shared = False
     if len(recipients) > 1:

@@ -244,8 +244,17 @@ async def test_some_copies_refused_is_250_a_notification_and_bounces(
     assert sorted(e["recipient"] for e in rejected) == ["bob@example.org", "cid@example.net"]
 
 
+class EachAlone:
+    """A plugin that sends every message, notices included, as one copy per recipient."""
+
+    @hookimpl
+    def trackrelay_split_recipients(self, app: Any, transaction: Transaction,
+                                    message: Any) -> list[list[str]]:
+        return [[r] for r in transaction.rcpt_tos]
+
+
 async def test_the_null_sender_gets_no_notification(make_relay: MakeRelay, sink: Sink) -> None:
-    relay = await make_relay(load_entry_points=True, tracking=SPLIT)
+    relay = await make_relay(register=[EachAlone()], load_entry_points=True, tracking=SPLIT)
     sink.behaviour.data_reply_for = {"bob@example.org": "550 5.1.1 No such user"}
     code, text = await send(relay, message(), sender="")
     assert code == 250 and "recorded as bounces" in text, text
@@ -255,6 +264,23 @@ async def test_the_null_sender_gets_no_notification(make_relay: MakeRelay, sink:
     # Two copies delivered, and nothing else: never a notice to <> (RFC 5321 4.5.5).
     assert sorted(r.rcpt_tos[0] for r in sink.received) == ["ann@example.org",
                                                             "cid@example.net"]
+
+
+async def test_a_notice_is_neither_split_nor_tracked(make_relay: MakeRelay, sink: Sink) -> None:
+    """A bounce or read receipt the client relays (null sender, RFC 5321 section 4.5.5)
+    goes once, to all its recipients, as it came."""
+    relay = await make_relay(load_entry_points=True, tracking=SPLIT,
+                             http={"base_url": "https://t.example.net"})
+    msg = message()
+    code, text = await send(relay, msg, sender="")
+    assert code == 250, text
+    (got,) = sink.received
+    assert got.mail_from == "<>" and got.rcpt_tos == RECIPIENTS
+    assert got.data == msg.as_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    assert not pixels(got.data, "https://t.example.net")
+    await wait_events(relay, "sent", 1)
+    page = await relay.app.store.list_messages(limit=10)  # type: ignore[union-attr]
+    assert [(m["tracked"], m["skip_reason"]) for m in page.items] == [(False, "notification")]
 
 
 @pytest.mark.parametrize(("fallback", "tracked"), [("skip", False), ("shared", True)])

@@ -84,6 +84,43 @@ async def test_empty_body_is_skipped() -> None:
     assert ctx.decision == "skipped_empty_body"
 
 
+REPORT = (b'multipart/report; report-type=delivery-status; boundary="r"', (
+    b"--r\r\nContent-Type: text/html; charset=utf-8\r\n\r\n" + HTML
+    + b"--r\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.com"
+    b"\r\n\r\nFinal-Recipient: rfc822; b@example.org\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+    b"\r\n--r--\r\n"))
+
+
+async def test_notifications_and_automatic_replies_go_out_untouched() -> None:
+    app = make_app()
+    cases = [
+        # a DSN or read receipt relayed with the null sender (RFC 5321 section 4.5.5)
+        (msg(), txn(sender=""), "notification"),
+        (msg(), txn(sender="<>"), "notification"),
+        # a report (RFC 6522) from a named sender
+        (msg(REPORT[1], REPORT[0]), txn(sender="postmaster@example.com"), "notification"),
+        # RFC 3834 automatic replies, and RFC 5436's Sieve notifications
+        (msg(headers=b"Auto-Submitted: auto-replied\r\n"), txn(), "auto_reply"),
+        (msg(headers=b"Auto-Submitted: Auto-Replied; owner-email=a@example.com\r\n"), txn(),
+         "auto_reply"),
+        (msg(headers=b"Auto-Submitted: auto-notified\r\n"), txn(), "auto_reply"),
+        # the message's own tracking header does not make a notice tracked
+        (msg(headers=b"X-Trackrelay-Track: all\r\n"), txn(sender=""), "notification"),
+    ]
+    for raw, transaction, reason in cases:
+        out, ctx = await rewrite(app, raw, transaction)
+        assert ctx.decision == f"skipped_{reason}", raw
+        assert b"/o/" not in out and b"/c/" not in out
+        assert ctx.transaction.sent is not None and ctx.transaction.sent.skip_reason == reason
+
+
+async def test_mail_a_person_or_an_application_sent_is_still_tracked() -> None:
+    app = make_app()
+    for headers in (b"", b"Auto-Submitted: no\r\n", b"Auto-Submitted: auto-generated\r\n"):
+        _, ctx = await rewrite(app, msg(headers=headers))
+        assert ctx.decision == "tracked", headers
+
+
 async def test_sent_record() -> None:
     app = make_app()
     t = txn()
