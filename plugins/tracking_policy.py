@@ -30,9 +30,9 @@ from __future__ import annotations
 from email.utils import parseaddr
 
 from relay import hookimpl, split
-from relay.dsn import null_path
 from relay import tracking_rules as rules
 from relay.app import App
+from relay.dsn import null_path
 from relay.logs import get_logger
 from relay.message import MessageDraft
 from relay.records import Transaction
