@@ -324,6 +324,10 @@ def test_an_address_someone_blocked_is_not_a_disabled_account(text: str) -> None
      "RCPT", "blocked"),
     ("550", "Your access to this mail system has been rejected due to the sending MTA's poor "
             "reputation.", "RCPT", "badreputation"),
+    # RFC 5321's generic text of a 554 names no cause: after DATA a refusal of the
+    # content, before it nothing known
+    ("554", "Transaction failed", "DATA", "filtered"),
+    ("554", "Transaction failed", "RCPT", "onhold"),
 ])
 def test_a_cause_is_read_in_other_words(code: str | None, text: str, command: str | None,
                                         reason: str) -> None:

@@ -337,7 +337,8 @@ PHRASES: tuple[Phrase, ...] = (
     # === systemerror: the receiving system failed ==========================================
     # RFC 5321 "451 local error in processing", "421 service not available"; mail loops
     # (Postfix "loops back to myself", Sendmail "Too many hops", qmail "message is looping").
-    *_p("systemerror", "rfc5321", r"local error in processing", r"\btransaction failed\b",
+    # Not "554 Transaction failed": RFC 5321's text for any permanent refusal names no cause.
+    *_p("systemerror", "rfc5321", r"local error in processing",
         r"service (?:currently |temporarily )(?:unavailable|not available)",
         r"service not available"),
     # Exim "451 Temporary local problem - please try later", qmail "451 qq temporary
