@@ -465,6 +465,49 @@ async def test_contact(store: Store) -> None:
     assert await store.contact("nobody@x.org") is None
 
 
+# --- U+0000 in text from mail and notices --------------------------------------------------
+
+
+async def test_a_nul_character_is_stored_as_the_replacement_character(store: Store) -> None:
+    """PostgreSQL's text and jsonb cannot hold U+0000, which mail (a Subject, a link) and a
+    bounce's diagnostic may carry: both engines store U+FFFD instead, so the record is
+    kept, and every report that reads the event's JSON still runs."""
+    sent = SentMessage(
+        message_id=mid(90), header_message_id="<nul\x00@example.com>", sender="a@example.com",
+        recipients=["bob@x.org"], campaign="spring\x00sale", subject="bad\x00subject",
+        tracked=True, track_opens=True, track_clicks=True,
+        links=[LinkRecord(0, "https://site.example/a\x00b", "li\x00nk")], submitted_by=None)
+    await store.record_sent(sent, outcome(["bob@x.org"]))
+    found = await store.get_message(mid(90))
+    assert found is not None
+    assert found["subject"] == "bad\ufffdsubject"
+    assert found["header_message_id"] == "<nul\ufffd@example.com>"
+    assert found["campaign"] == "spring\ufffdsale"
+    assert [(link["url"], link["text"]) for link in found["links"]] == [
+        ("https://site.example/a\ufffdb", "li\ufffdnk")]
+    bounce = Event(type="bounce", message_id=mid(90), recipient="bob@x.org", time=time.time(),
+                   user_agent="agent\x00", data={"hard": True, "reason": "userunknown",
+                                                  "diagnostic": "550 5.1.1 no\x00such user",
+                                                  "nested": ["a\x00", {"k\x00": "v"}]})
+    assert await store.write_events([event_row("nul-bounce", bounce)]) == 1
+    (row,) = (await store.list_events(type="bounce")).items
+    assert row["data"]["diagnostic"] == "550 5.1.1 no\ufffdsuch user"
+    assert row["data"]["nested"] == ["a\ufffd", {"k\ufffd": "v"}]
+    assert row["user_agent"] == "agent\ufffd"
+    breakdown = await store.bounce_breakdown()  # reads e.data as JSON (PostgreSQL: jsonb)
+    assert [(r["reason"], r["hard"], r["recipients"]) for r in breakdown["reasons"]] == [
+        ("userunknown", True, 1)]
+    # A suppression reason or any other text goes through the same statements.
+    assert await store.add_suppression("bob@x.org", reason="bounce\x00")
+    assert [s["reason"] for s in (await store.list_suppressions()).items] == ["bounce\ufffd"]
+
+
+def test_json_keeps_a_literal_backslash_u0000_as_text() -> None:
+    """Only the character is replaced: the six characters \\u0000 written in a text stay."""
+    assert json.loads(dump_json({"t": "\\u0000"})) == {"t": "\\u0000"}
+    assert json.loads(dump_json({"t": "\x00"})) == {"t": "\ufffd"}
+
+
 # --- suppressions, webhooks ----------------------------------------------------------------------
 
 

@@ -62,14 +62,50 @@ _EVENT_FIELDS = frozenset(getattr(Event, "__dataclass_fields__", {}))
 _LIFTED_ATTRS = tuple(k for k in LIFTED if k in _EVENT_FIELDS)
 _json_encode = json.JSONEncoder().encode
 
+#: What U+0000 becomes in text bound for the store: PostgreSQL's text and JSON cannot hold
+#: it (its text ends at a NUL; ``jsonb`` refuses ``\u0000``), and mail or a notice may
+#: carry one. Both engines store the replacement character, so both store the same.
+NUL_REPLACEMENT = "\ufffd"
 
-def dump_json(value: Any) -> str:
-    """The JSON text of a JSON column. orjson: the writer encodes two per event, at a
-    fraction of json's cost; json for what orjson refuses (integers beyond 64 bits)."""
+
+def without_nul(value: Any) -> Any:
+    """``value`` with U+0000 replaced in every string in it (dict keys too)."""
+    if isinstance(value, str):
+        return value.replace("\x00", NUL_REPLACEMENT) if "\x00" in value else value
+    if isinstance(value, dict):
+        return {without_nul(k): without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_nul(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(without_nul(v) for v in value)
+    return value
+
+
+def params_without_nul(args: list[Any] | tuple[Any, ...]) -> list[Any] | tuple[Any, ...]:
+    """A statement's parameters as the store may bind them (``without_nul``); the same
+    object when no string in them holds U+0000 (the usual case, checked at C speed)."""
+    for arg in args:
+        if isinstance(arg, str) and "\x00" in arg:
+            return [without_nul(a) for a in args]
+    return args
+
+
+def _encode(value: Any) -> str:
     try:
         return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
     except TypeError:
         return _json_encode(value)
+
+
+def dump_json(value: Any) -> str:
+    """The JSON text of a JSON column. orjson: the writer encodes two per event, at a
+    fraction of json's cost; json for what orjson refuses (integers beyond 64 bits).
+    Both write U+0000 as ``\u0000``, which PostgreSQL's ``jsonb`` refuses: such a value
+    is written ``without_nul``."""
+    text = _encode(value)
+    if "\\u0000" in text:
+        return _encode(without_nul(value))
+    return text
 
 
 def event_row(event_id: str, event: Event) -> dict[str, Any]:
@@ -81,10 +117,10 @@ def event_row(event_id: str, event: Event) -> dict[str, Any]:
         "type": event.type,
         "time": float(event.time),
         "message_id": event.message_id,
-        "recipient": recipient.lower() if recipient else recipient,
+        "recipient": without_nul(recipient.lower()) if recipient else recipient,
         "link_index": event.link_index,
         "ip": event.ip,
-        "user_agent": event.user_agent,
+        "user_agent": without_nul(event.user_agent),
         "machine": bool(event.machine),
         "machine_reason": event.machine_reason,
         "client": None, "os": None, "device": None, "country": None, "region": None,
@@ -136,7 +172,8 @@ def message_record(sent: SentMessage, outcome: Outcome) -> MessageRecord:
         if reply is None and data_refused:
             reply = outcome.reply
         status = "refused" if reply is not None else "accepted"
-        recipients.append((address, status, str(reply) if reply is not None else None))
+        recipients.append((address, status,
+                           without_nul(str(reply)) if reply is not None else None))
         ev_type = "rejected" if reply is not None else "sent"
         data: dict[str, Any] = {}
         if reply is not None:
@@ -146,12 +183,13 @@ def message_record(sent: SentMessage, outcome: Outcome) -> MessageRecord:
         ev = Event(type=ev_type, message_id=sent.message_id, recipient=address, time=when,
                    data=data)
         events.append(event_row(f"{sent.message_id}-{ev_type[0]}{index}", ev))
+    clean = without_nul  # mail's own text (subject, Message-ID, links, replies) may hold U+0000
     return {
         "id": sent.message_id,
-        "header_message_id": sent.header_message_id or "",
+        "header_message_id": clean(sent.header_message_id or ""),
         "sender": sent.sender or "",
-        "campaign": sent.campaign,
-        "subject": sent.subject,
+        "campaign": clean(sent.campaign),
+        "subject": clean(sent.subject),
         "tracked": bool(sent.tracked),
         "track_opens": bool(sent.track_opens),
         "track_clicks": bool(sent.track_clicks),
@@ -160,10 +198,10 @@ def message_record(sent: SentMessage, outcome: Outcome) -> MessageRecord:
         "submitted_by": sent.submitted_by,
         "created_at": when,
         "delivered_at": None if not outcome.reply.ok else when,
-        "upstream_reply": str(outcome.reply),
+        "upstream_reply": clean(str(outcome.reply)),
         "queue_id": outcome.queue_id,
         "recipients": recipients,
-        "links": [(link.index, link.url, link.text or "") for link in sent.links],
+        "links": [(link.index, clean(link.url), clean(link.text or "")) for link in sent.links],
         "events": events,
     }
 
