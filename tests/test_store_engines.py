@@ -485,27 +485,34 @@ async def test_a_nul_character_is_stored_as_the_replacement_character(store: Sto
     assert found["campaign"] == "spring\ufffdsale"
     assert [(link["url"], link["text"]) for link in found["links"]] == [
         ("https://site.example/a\ufffdb", "li\ufffdnk")]
+    # (a lone surrogate: how Python's decoders pass on octets that are not UTF-8)
     bounce = Event(type="bounce", message_id=mid(90), recipient="bob@x.org", time=time.time(),
-                   user_agent="agent\x00", data={"hard": True, "reason": "userunknown",
-                                                  "diagnostic": "550 5.1.1 no\x00such user",
-                                                  "nested": ["a\x00", {"k\x00": "v"}]})
+                   user_agent="agent\x00 caf\u00e9 \udcff",
+                   data={"hard": True, "reason": "userunknown",
+                         "diagnostic": "550 5.1.1 no\x00such user", "raw": "\udce9t\ud800",
+                         "nested": ["a\x00", {"k\x00": "v"}]})
     assert await store.write_events([event_row("nul-bounce", bounce)]) == 1
     (row,) = (await store.list_events(type="bounce")).items
     assert row["data"]["diagnostic"] == "550 5.1.1 no\ufffdsuch user"
+    assert row["data"]["raw"] == "\ufffdt\ufffd"
     assert row["data"]["nested"] == ["a\ufffd", {"k\ufffd": "v"}]
-    assert row["user_agent"] == "agent\ufffd"
+    assert row["user_agent"] == "agent\ufffd caf\u00e9 \ufffd"
     breakdown = await store.bounce_breakdown()  # reads e.data as JSON (PostgreSQL: jsonb)
     assert [(r["reason"], r["hard"], r["recipients"]) for r in breakdown["reasons"]] == [
         ("userunknown", True, 1)]
     # A suppression reason or any other text goes through the same statements.
-    assert await store.add_suppression("bob@x.org", reason="bounce\x00")
-    assert [s["reason"] for s in (await store.list_suppressions()).items] == ["bounce\ufffd"]
+    assert await store.add_suppression("bob@x.org", reason="bounce\x00\udcff")
+    assert [s["reason"] for s in (await store.list_suppressions()).items] == [
+        "bounce\ufffd\ufffd"]
 
 
 def test_json_keeps_a_literal_backslash_u0000_as_text() -> None:
-    """Only the character is replaced: the six characters \\u0000 written in a text stay."""
+    """Only the character is replaced: the six characters \\u0000 written in a text stay,
+    and so does valid text beside a replaced octet."""
     assert json.loads(dump_json({"t": "\\u0000"})) == {"t": "\\u0000"}
     assert json.loads(dump_json({"t": "\x00"})) == {"t": "\ufffd"}
+    assert json.loads(dump_json({"t": "caf\u00e9 \udce9", "n": 2**70})) == {
+        "t": "caf\u00e9 \ufffd", "n": 2**70}
 
 
 # --- suppressions, webhooks ----------------------------------------------------------------------

@@ -361,3 +361,33 @@ async def test_stopping_answers_a_pending_click_then_closes(
     await stopping
     writer.close()
     assert len(await tracker.events(type="click", message_id=message_id)) == 1
+
+
+async def test_header_octets_that_are_not_utf8_are_recorded(tracker: Tracker) -> None:
+    """HTTP lets a field value hold octets beyond ASCII (RFC 9110 section 5.5): a pixel hit
+    and a click with such a User-Agent are answered and stored like any other, the
+    octets that are not UTF-8 kept as U+FFFD, valid UTF-8 as it came."""
+    sent = await seed_message(tracker.store, links=["https://example.com/offer"])
+    odd = (b"User-Agent: " + UA.encode() + b" caf\xc3\xa9 \xff\xfe\r\n"
+           b"Accept: image/\xe9\r\nSec-CH-UA: \"x\xe9\"\r\n")
+    for path in (pixel_path(tracker, sent.message_id),
+                 tracker.click_url(sent.message_id, 0).removeprefix(tracker.base)):
+        (answer,), _ = await exchange(
+            tracker, f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n".encode() + odd + b"\r\n")
+        assert answer[0].split()[1] in ("200", "302"), answer[0]
+    (click,), _ = await exchange(tracker, request(
+        tracker.click_url(sent.message_id, 0).removeprefix(tracker.base)))
+    assert click[1]["location"] == "https://example.com/offer"
+    stored: list[Any] = []
+
+    async def both() -> bool:
+        stored[:] = [e for e in await tracker.events() if e["type"] in ("open", "click")]
+        return len(stored) == 3
+
+    await asyncio.wait_for(_until(both), 30)
+    assert sorted(e["user_agent"] for e in stored) == [UA] + [f"{UA} caf\u00e9 \ufffd\ufffd"] * 2
+
+
+async def _until(check: Callable[[], Any]) -> None:
+    while not await check():
+        await asyncio.sleep(0.02)

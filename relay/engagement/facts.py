@@ -21,6 +21,18 @@ HEADERS_READ: tuple[str, ...] = (
 )
 
 
+def header_text(value: str) -> str:
+    """A request header's value as text the store can hold.
+
+    HTTP lets a field value carry octets outside ASCII (RFC 9110 section 5.5, obs-text),
+    and aiohttp hands those that are not UTF-8 over as lone surrogates, which neither
+    UTF-8 nor a database can encode. Those octets become U+FFFD; valid UTF-8 stays.
+    """
+    if value.isascii():
+        return value
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def select_headers(headers: Mapping[str, str]) -> dict[str, str]:
     """The headers the rules read, with lower-case names (e.g. from an aiohttp
     ``request.headers``, which is case-insensitive). A repeated header gives its last
@@ -33,12 +45,12 @@ def select_headers(headers: Mapping[str, str]) -> dict[str, str]:
         for key in HEADERS_READ:
             values = getall(key, None)
             if values:
-                out[key] = values[-1]
+                out[key] = header_text(values[-1])
         return out
     for name, value in headers.items():
         key = name.lower()
         if key in HEADERS_READ:
-            out[key] = value
+            out[key] = header_text(value)
     return out
 
 

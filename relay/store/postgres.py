@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import asyncpg
 
 from relay.store.base import MessageRecord, StoreError
-from relay.store.records import EVENT_COLUMNS, dump_json, params_without_nul
+from relay.store.records import EVENT_COLUMNS, dump_json, storable_params
 from relay.store.schema import MIGRATIONS, MIGRATIONS_TABLE, render
 from relay.store.sql import SqlStore, Step
 
@@ -175,22 +175,22 @@ class PostgresStore(SqlStore):
 
     async def _fetch(self, sql: str, args: list[Any] | tuple[Any, ...] = ()
                      ) -> list[dict[str, Any]]:
-        rows = await self.pool.fetch(self._q(sql), *params_without_nul(args))
+        rows = await self.pool.fetch(self._q(sql), *storable_params(args))
         return [dict(r) for r in rows]
 
     async def _execute(self, sql: str, args: list[Any] | tuple[Any, ...] = ()) -> None:
-        await self.pool.execute(self._q(sql), *params_without_nul(args))
+        await self.pool.execute(self._q(sql), *storable_params(args))
 
     async def _executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
-            await conn.executemany(self._q(sql), [params_without_nul(r) for r in rows])
+            await conn.executemany(self._q(sql), [storable_params(r) for r in rows])
 
     async def _transaction(self, steps: list[Step]) -> list[int]:
         counts: list[int] = []
         async with self.pool.acquire() as conn, conn.transaction():
             for sql, args in steps:
                 params = args(counts) if callable(args) else args
-                status = await conn.execute(self._q(sql), *params_without_nul(params))
+                status = await conn.execute(self._q(sql), *storable_params(params))
                 tail = status.rsplit(" ", 1)[-1]
                 counts.append(int(tail) if tail.isdigit() else 0)
         return counts

@@ -62,49 +62,67 @@ _EVENT_FIELDS = frozenset(getattr(Event, "__dataclass_fields__", {}))
 _LIFTED_ATTRS = tuple(k for k in LIFTED if k in _EVENT_FIELDS)
 _json_encode = json.JSONEncoder().encode
 
-#: What U+0000 becomes in text bound for the store: PostgreSQL's text and JSON cannot hold
-#: it (its text ends at a NUL; ``jsonb`` refuses ``\u0000``), and mail or a notice may
-#: carry one. Both engines store the replacement character, so both store the same.
-NUL_REPLACEMENT = "\ufffd"
+#: What the store writes for a character it cannot hold. PostgreSQL's text and JSON
+#: cannot hold U+0000 (its text ends at a NUL; ``jsonb`` refuses ``\u0000``), and no
+#: engine can encode a lone surrogate (how Python's decoders pass on octets that are not
+#: UTF-8). Mail, a notice or an HTTP header may carry either; both engines store the
+#: replacement character instead, so both store the same.
+REPLACEMENT = "\ufffd"
 
 
-def without_nul(value: Any) -> Any:
-    """``value`` with U+0000 replaced in every string in it (dict keys too)."""
-    if isinstance(value, str):
-        return value.replace("\x00", NUL_REPLACEMENT) if "\x00" in value else value
-    if isinstance(value, dict):
-        return {without_nul(k): without_nul(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [without_nul(v) for v in value]
-    if isinstance(value, tuple):
-        return tuple(without_nul(v) for v in value)
+def _text(value: str) -> str:
+    if value.isascii():
+        return value.replace("\x00", REPLACEMENT) if "\x00" in value else value
+    value = value.replace("\x00", REPLACEMENT)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates: the octets they stand for, if any
+        if _escaped(value):
+            return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        return "".join(REPLACEMENT if 0xD800 <= ord(c) <= 0xDFFF else c for c in value)
     return value
 
 
-def params_without_nul(args: list[Any] | tuple[Any, ...]) -> list[Any] | tuple[Any, ...]:
-    """A statement's parameters as the store may bind them (``without_nul``); the same
-    object when no string in them holds U+0000 (the usual case, checked at C speed)."""
+def _escaped(value: str) -> bool:
+    """True when every surrogate in ``value`` is one ``surrogateescape`` made (U+DC80 to
+    U+DCFF), so the octets it stands for can be decoded again."""
+    return all(not 0xD800 <= ord(c) <= 0xDFFF or 0xDC80 <= ord(c) <= 0xDCFF for c in value)
+
+
+def storable(value: Any) -> Any:
+    """``value`` with every string in it (dict keys too) as the store can hold it."""
+    if isinstance(value, str):
+        return _text(value)
+    if isinstance(value, dict):
+        return {storable(k): storable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [storable(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(storable(v) for v in value)
+    return value
+
+
+def storable_params(args: list[Any] | tuple[Any, ...]) -> list[Any] | tuple[Any, ...]:
+    """A statement's parameters as the store may bind them (``storable``); the same object
+    when every string in them is ASCII without U+0000 (the usual case, checked at C
+    speed)."""
     for arg in args:
-        if isinstance(arg, str) and "\x00" in arg:
-            return [without_nul(a) for a in args]
+        if isinstance(arg, str) and (not arg.isascii() or "\x00" in arg):
+            return [storable(a) for a in args]
     return args
-
-
-def _encode(value: Any) -> str:
-    try:
-        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
-    except TypeError:
-        return _json_encode(value)
 
 
 def dump_json(value: Any) -> str:
     """The JSON text of a JSON column. orjson: the writer encodes two per event, at a
-    fraction of json's cost; json for what orjson refuses (integers beyond 64 bits).
-    Both write U+0000 as ``\u0000``, which PostgreSQL's ``jsonb`` refuses: such a value
-    is written ``without_nul``."""
-    text = _encode(value)
+    fraction of json's cost; json for what orjson refuses (integers beyond 64 bits, lone
+    surrogates). U+0000 (written ``\u0000``, which ``jsonb`` refuses) and lone surrogates
+    are written ``storable``."""
+    try:
+        text = orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:
+        return _json_encode(storable(value))
     if "\\u0000" in text:
-        return _encode(without_nul(value))
+        return orjson.dumps(storable(value), option=orjson.OPT_NON_STR_KEYS).decode()
     return text
 
 
@@ -117,10 +135,10 @@ def event_row(event_id: str, event: Event) -> dict[str, Any]:
         "type": event.type,
         "time": float(event.time),
         "message_id": event.message_id,
-        "recipient": without_nul(recipient.lower()) if recipient else recipient,
+        "recipient": storable(recipient.lower()) if recipient else recipient,
         "link_index": event.link_index,
         "ip": event.ip,
-        "user_agent": without_nul(event.user_agent),
+        "user_agent": storable(event.user_agent),
         "machine": bool(event.machine),
         "machine_reason": event.machine_reason,
         "client": None, "os": None, "device": None, "country": None, "region": None,
@@ -173,7 +191,7 @@ def message_record(sent: SentMessage, outcome: Outcome) -> MessageRecord:
             reply = outcome.reply
         status = "refused" if reply is not None else "accepted"
         recipients.append((address, status,
-                           without_nul(str(reply)) if reply is not None else None))
+                           storable(str(reply)) if reply is not None else None))
         ev_type = "rejected" if reply is not None else "sent"
         data: dict[str, Any] = {}
         if reply is not None:
@@ -183,7 +201,7 @@ def message_record(sent: SentMessage, outcome: Outcome) -> MessageRecord:
         ev = Event(type=ev_type, message_id=sent.message_id, recipient=address, time=when,
                    data=data)
         events.append(event_row(f"{sent.message_id}-{ev_type[0]}{index}", ev))
-    clean = without_nul  # mail's own text (subject, Message-ID, links, replies) may hold U+0000
+    clean = storable  # mail's own text (subject, Message-ID, links, replies) may hold U+0000
     return {
         "id": sent.message_id,
         "header_message_id": clean(sent.header_message_id or ""),

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from relay.store.base import MessageRecord, StoreError
-from relay.store.records import EVENT_COLUMNS, dump_json, params_without_nul
+from relay.store.records import EVENT_COLUMNS, dump_json, storable_params
 from relay.store.schema import MIGRATIONS, MIGRATIONS_TABLE, render
 from relay.store.sql import SqlStore, Step
 
@@ -239,7 +239,7 @@ class SqliteStore(SqlStore):
 
     async def _fetch(self, sql: str, args: list[Any] | tuple[Any, ...] = ()
                      ) -> list[dict[str, Any]]:
-        args = params_without_nul(args)
+        args = storable_params(args)
         readers = self._readers
         if readers is not None and sql.lstrip()[:6].upper() == "SELECT":
             def read() -> list[dict[str, Any]]:
@@ -254,7 +254,7 @@ class SqliteStore(SqlStore):
         return await self._call(run)
 
     async def _execute(self, sql: str, args: list[Any] | tuple[Any, ...] = ()) -> None:
-        args = params_without_nul(args)
+        args = storable_params(args)
 
         def run() -> None:
             assert self._conn is not None
@@ -263,7 +263,7 @@ class SqliteStore(SqlStore):
         await self._call(run)
 
     async def _executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
-        rows = [tuple(params_without_nul(r)) for r in rows]
+        rows = [tuple(storable_params(r)) for r in rows]
 
         def run(conn: sqlite3.Connection) -> None:
             conn.executemany(sql, rows)
@@ -275,7 +275,7 @@ class SqliteStore(SqlStore):
             counts: list[int] = []
             for sql, args in steps:
                 params = args(counts) if callable(args) else args
-                counts.append(max(0, conn.execute(sql, tuple(params_without_nul(params)))
+                counts.append(max(0, conn.execute(sql, tuple(storable_params(params)))
                                   .rowcount))
             return counts
 

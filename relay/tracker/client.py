@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from relay.config import TrackerConfig
+from relay.engagement.facts import header_text
 from relay.engagement.networks import parse_ip
 from relay.logs import get_logger
 
@@ -209,7 +210,7 @@ class ClientInspector:
         else:
             address = peer  # the common case: no proxy, nothing to parse per request
         stored, geo = self._address(address)
-        ua = headers.get("User-Agent") or ""
+        ua = header_text(headers.get("User-Agent") or "")
         data: dict[str, str | None] = {**parse_user_agent(ua), **geo}
         return ClientInfo(stored, ua[:1000] or None, data, address)
 
