@@ -506,6 +506,58 @@ async def test_a_nul_character_is_stored_as_the_replacement_character(store: Sto
         "bounce\ufffd\ufffd"]
 
 
+async def test_long_identifiers_and_urls_are_kept_and_reported(store: Store) -> None:
+    """PostgreSQL cannot index a value over about 2,700 octets: a Message-ID, a campaign
+    or a clicked URL that long made the message's record refused, or every roll-up of the
+    reports fail from then on. They are stored cut (``relay.store.records.bounded``) where
+    they are indexed, and the URL kept whole where it is not (the redirect reads it)."""
+    import secrets
+
+    long_id = "<" + secrets.token_hex(2000) + "@example.com>"
+    campaign = "c-" + secrets.token_hex(2000)
+    url = "https://example.com/?state=" + secrets.token_urlsafe(3000)
+    sent = SentMessage(
+        message_id=mid(91), header_message_id=long_id, sender="a@example.com",
+        recipients=["bob@x.org"], campaign=campaign, subject="long", tracked=True,
+        track_opens=True, track_clicks=True, links=[LinkRecord(0, url, "state")],
+        submitted_by=None)
+    at = time.time() - 7200  # a finished hour, which the roll-ups keep
+    await store.record_sent(sent, outcome(["bob@x.org"], at=at))
+    found = await store.get_message(mid(91))
+    assert found is not None
+    assert found["header_message_id"].startswith(long_id[:900])
+    assert len(found["header_message_id"].encode()) <= 998
+    assert found["campaign"].startswith(campaign[:200]) and len(found["campaign"]) <= 255
+    assert await store.get_link_url(mid(91), 0) == url
+    click = Event(type="click", message_id=mid(91), recipient="bob@x.org", time=at + 60,
+                  link_index=0, user_agent="Mozilla/5.0", data={"url": url})
+    assert await store.write_events([event_row("long-click", click)]) == 1
+    await store.refresh_report_rollups(30.0)
+    report = await store.period_report(since=at - 3600)
+    assert report["outcomes"]["messages"] == 1
+    (link,) = await store.top_links(since=at - 3600)
+    assert link["url"].startswith(url[:900]) and link["clicks"]["all"] == 1
+
+
+async def test_a_long_clicked_url_does_not_stop_the_roll_ups(store: Store) -> None:
+    import secrets
+
+    url = "https://example.com/?state=" + secrets.token_urlsafe(3000)
+    sent = SentMessage(
+        message_id=mid(92), header_message_id="<short@example.com>", sender="a@example.com",
+        recipients=["bob@x.org"], campaign="spring", subject="long", tracked=True,
+        track_opens=True, track_clicks=True, links=[LinkRecord(0, url, "state")],
+        submitted_by=None)
+    at = time.time() - 7200
+    await store.record_sent(sent, outcome(["bob@x.org"], at=at))
+    click = Event(type="click", message_id=mid(92), recipient="bob@x.org", time=at + 60,
+                  link_index=0, user_agent="Mozilla/5.0", data={"url": url})
+    assert await store.write_events([event_row("long-click-2", click)]) == 1
+    await store.refresh_report_rollups(30.0)  # raised on PostgreSQL, every time
+    (link,) = await store.top_links(since=at - 3600, campaign="spring")
+    assert link["url"].startswith(url[:900]) and link["clicks"]["all"] == 1
+
+
 def test_json_keeps_a_literal_backslash_u0000_as_text() -> None:
     """Only the character is replaced: the six characters \\u0000 written in a text stay,
     and so does valid text beside a replaced octet."""

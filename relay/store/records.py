@@ -6,6 +6,7 @@ unchanged and replay them later.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from typing import Any, TypedDict
@@ -112,6 +113,31 @@ def storable_params(args: list[Any] | tuple[Any, ...]) -> list[Any] | tuple[Any,
     return args
 
 
+#: Longest stored Message-ID (octets): RFC 5322 section 2.1.1's line limit, which no valid
+#: header field with one can exceed.
+MESSAGE_ID_BYTES = 998
+#: Longest stored campaign name (octets), an identifier from ``X-Trackrelay-Campaign``.
+CAMPAIGN_BYTES = 255
+#: Longest key of a grouped report's hourly roll-up (a link's URL, a domain, a sender).
+GROUP_KEY_BYTES = 1024
+
+
+def bounded(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` UTF-8 octets, keeping distinct texts distinct.
+
+    PostgreSQL cannot index a value over about 2,700 octets (a B-tree entry must fit in a
+    third of a page), and an identifier, a campaign or a URL in mail has no length limit
+    of its own: a longer one would make its whole row refused. A text over ``limit`` keeps
+    its start, then "…" and the first 16 hex digits of its SHA-256.
+    """
+    data = text.encode("utf-8", "surrogatepass")
+    if len(data) <= limit:
+        return text
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    head = data[:limit - 20].decode("utf-8", "ignore")
+    return f"{head}\u2026{digest}"
+
+
 def dump_json(value: Any) -> str:
     """The JSON text of a JSON column. orjson: the writer encodes two per event, at a
     fraction of json's cost; json for what orjson refuses (integers beyond 64 bits, lone
@@ -204,9 +230,10 @@ def message_record(sent: SentMessage, outcome: Outcome) -> MessageRecord:
     clean = storable  # mail's own text (subject, Message-ID, links, replies) may hold U+0000
     return {
         "id": sent.message_id,
-        "header_message_id": clean(sent.header_message_id or ""),
+        "header_message_id": bounded(clean(sent.header_message_id or ""), MESSAGE_ID_BYTES),
         "sender": sent.sender or "",
-        "campaign": clean(sent.campaign),
+        "campaign": (None if sent.campaign is None
+                     else bounded(clean(sent.campaign), CAMPAIGN_BYTES)),
         "subject": clean(sent.subject),
         "tracked": bool(sent.tracked),
         "track_opens": bool(sent.track_opens),

@@ -47,6 +47,7 @@ from relay.logs import get_logger
 from relay.store.base import Store
 from relay.store.contact_scores import ALL_SCOPES as ALL
 from relay.store.leases import release_lease, take_lease
+from relay.store.records import GROUP_KEY_BYTES, bounded
 from relay.store.reports import (
     FIGURES,
     GROUP_KEYS,
@@ -400,7 +401,7 @@ async def compute_hours(store: RollupEngine, hours: list[int]) -> HourRows:
             ("delivered", await delivered_rows(store, where, keys=keys))):
         names = GROUP_KEYS[kind]
         for r in spread(rows, names, GROUPED):
-            text = [str(r[k]) for k in names] + [""] * (3 - len(names))
+            text = [bounded(str(r[k]), GROUP_KEY_BYTES) for k in names] + [""] * (3 - len(names))
             groups.append({"scope": r["scope"], "kind": kind, "hour": r["hour"],
                            "key1": text[0], "key2": text[1], "key3": text[2],
                            **{k: r[k] for k in GROUPED}})
