@@ -481,6 +481,8 @@ async def test_a_nul_character_is_stored_as_the_replacement_character(store: Sto
     found = await store.get_message(mid(90))
     assert found is not None
     assert found["subject"] == "bad\ufffdsubject"
+    by_id = await store.lookup_message_by_header_id("<nul\x00@example.com>")
+    assert by_id is not None and by_id["id"] == mid(90)
     assert found["header_message_id"] == "<nul\ufffd@example.com>"
     assert found["campaign"] == "spring\ufffdsale"
     assert [(link["url"], link["text"]) for link in found["links"]] == [
@@ -529,6 +531,9 @@ async def test_long_identifiers_and_urls_are_kept_and_reported(store: Store) -> 
     assert len(found["header_message_id"].encode()) <= 998
     assert found["campaign"].startswith(campaign[:200]) and len(found["campaign"]) <= 255
     assert await store.get_link_url(mid(91), 0) == url
+    # A bounce quoting the whole Message-ID still finds the message.
+    by_id = await store.lookup_message_by_header_id(long_id)
+    assert by_id is not None and by_id["id"] == mid(91)
     click = Event(type="click", message_id=mid(91), recipient="bob@x.org", time=at + 60,
                   link_index=0, user_agent="Mozilla/5.0", data={"url": url})
     assert await store.write_events([event_row("long-click", click)]) == 1

@@ -40,6 +40,7 @@ from relay.store.base import (
 )
 from relay.store.contact_scores import ContactScoresSql
 from relay.store.leases import take_lease
+from relay.store.records import MESSAGE_ID_BYTES, bounded, storable
 from relay.store.where import Step, Where, scope_condition
 from relay.store.where import cond as _cond
 
@@ -267,13 +268,13 @@ class SqlStore(ContactScoresSql, Store):
     async def lookup_message_by_header_id(self, header_message_id: str
                                           ) -> MessageLookup | None:
         bare = header_message_id.strip().strip("<>").strip()
-        if not bare or "\x00" in bare or len(bare) > 2000:
-            # no message has such an id (a report's body may quote any bytes), and
-            # PostgreSQL refuses NUL in text
+        if not bare:
             return None
+        # in the form the id was stored in (relay.store.records.message_record)
+        forms = [bounded(storable(form), MESSAGE_ID_BYTES) for form in (f"<{bare}>", bare)]
         row = await self._fetchrow(
             "SELECT id FROM messages WHERE header_message_id IN (?, ?) "
-            "ORDER BY created_at DESC, seq DESC LIMIT 1", [f"<{bare}>", bare])
+            "ORDER BY created_at DESC, seq DESC LIMIT 1", forms)
         return None if row is None else await self.lookup_message(str(row["id"]))
 
     async def get_link_url(self, message_id: str, index: int) -> str | None:
