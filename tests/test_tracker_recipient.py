@@ -553,3 +553,20 @@ async def test_a_failing_classifier_never_costs_a_click_its_redirect(
     assert len(await tracker.events(type="click", message_id=good.message_id)) == 1
     out = capsys.readouterr().err  # log lines go to stderr
     assert "click_record_failed" in out and bad.message_id in out
+
+
+@pytest.mark.parametrize(("target", "location"), [
+    # UTS #46 / IDNA A-labels for the host, as a browser sends it; the rest percent-encoded
+    ("https://例え.jp/パス?q=é", "https://xn--r8jz45g.jp/%E3%83%91%E3%82%B9?q=%C3%A9"),
+    ("https://user:pä@Bücher.example:8443/x",
+     "https://user:p%C3%A4@xn--bcher-kva.example:8443/x"),
+    # a host IDNA refuses is left to the percent-encoding (browsers decode it)
+    ("https://☃.net/a", "https://%E2%98%83.net/a"),
+    ("https://example.com/a b?x=1#frag", "https://example.com/a%20b?x=1#frag"),
+])
+async def test_an_internationalised_link_redirects_to_its_ascii_form(
+        tracker: Tracker, target: str, location: str) -> None:
+    sent = await seed_message(tracker.store, links=[target])
+    async with tracker.http.get(tracker.click_url(sent.message_id, 0),
+                                allow_redirects=False) as resp:
+        assert (resp.status, resp.headers["Location"]) == (302, location)

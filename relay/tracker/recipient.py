@@ -37,12 +37,14 @@ is unknown), never a guess.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import urllib.parse
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import idna
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -161,11 +163,12 @@ _count = metrics.HITS.inc
 
 
 def safe_location(url: str) -> str:
-    """``url`` for a Location header: control characters, spaces and non-ASCII
-    percent-encoded (as a browser would), everything else, query and fragment included,
-    byte for byte."""
+    """``url`` for a Location header: an internationalised host name in its ASCII form
+    (``_ascii_host``), control characters, spaces and other non-ASCII percent-encoded (as
+    a browser would), everything else, query and fragment included, byte for byte."""
     if url.isascii() and url.isprintable() and " " not in url:
         return url
+    url = _ascii_host(url)
     out = []
     for ch in url:
         if ch.isascii() and ch.isprintable() and ch != " ":
@@ -173,6 +176,26 @@ def safe_location(url: str) -> str:
         else:
             out.append("".join(f"%{b:02X}" for b in ch.encode("utf-8")))
     return "".join(out)
+
+
+_AUTHORITY = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)([^/?#]*)(.*)", re.DOTALL)
+
+
+def _ascii_host(url: str) -> str:
+    """``url`` with a non-ASCII host name as IDNA A-labels (UTS #46, as browsers map
+    it: ``例え.jp`` -> ``xn--r8jz45g.jp``). A percent-encoded host is one only some
+    clients decode; a host IDNA refuses is left to the percent-encoding."""
+    match = _AUTHORITY.fullmatch(url)
+    if match is None or match.group(2).isascii():
+        return url
+    scheme, authority, rest = match.groups()
+    userinfo, at, hostport = authority.rpartition("@")
+    host, colon, port = hostport.partition(":")  # (an IP literal is ASCII)
+    try:
+        host = idna.encode(host, uts46=True).decode("ascii")
+    except idna.IDNAError:
+        return url
+    return f"{scheme}{userinfo}{at}{host}{colon}{port}{rest}"
 
 
 async def _logged_failure(recording: Awaitable[None], message_id: str,
