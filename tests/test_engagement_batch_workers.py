@@ -52,7 +52,9 @@ async def test_one_process_runs_the_passes_and_another_takes_over(
     the other takes the turn once the first one's has lapsed (two intervals)."""
     first = await open_store(store_url, spool_path=str(tmp_path / "a.jsonl"))
     second = await open_store(store_url, spool_path=str(tmp_path / "b.jsonl"))
-    config = EngagementConfig(batch_interval=0.1)
+    # (an interval long enough that a loaded machine's event loop never stalls the holder
+    # past its turn, two intervals, and hands the other a pass it should not have)
+    config = EngagementConfig(batch_interval=0.5)
     runners = [BatchRunner(lambda: first, config), BatchRunner(lambda: second, config)]
     try:
         for runner in runners:
@@ -62,7 +64,7 @@ async def test_one_process_runs_the_passes_and_another_takes_over(
         holder, other = sorted(runners, key=lambda r: r.passes, reverse=True)
         assert other.passes == 0 and other.skipped >= 5
         await holder.stop()
-        await _until(lambda: other.passes >= 3)  # the turn lapsed 0.2 s after the last
+        await _until(lambda: other.passes >= 3)  # the turn lapsed 1 s after the last
     finally:
         for runner in runners:
             await runner.stop()
