@@ -32,6 +32,7 @@ from relay.event_loop import loop_factory
 from relay.logs import reset_logging
 from relay.plugin_host import PluginHost
 from relay.smtp_server import Relay
+from relay.store import Store
 
 # Property tests keep no clock: hypothesis's per-example deadline (200 ms) and its
 # "generation too slow" check are timing assertions, which fail on a loaded CI machine.
@@ -290,3 +291,30 @@ async def wait_listening(port: int, timeout: float = 30.0) -> None:
 
 def relay_port(relay: Relay) -> int:
     return relay.addresses[0][1]
+
+
+async def send_through(relay: Relay, raw: bytes, sender: str,
+                       recipients: tuple[str, ...] = ("bob@example.org",)) -> str:
+    """Send ``raw`` through the relay with aiosmtplib; its final reply's text."""
+    import aiosmtplib
+
+    errors, reply = await aiosmtplib.send(raw, sender=sender, recipients=list(recipients),
+                                          hostname="127.0.0.1", port=relay_port(relay),
+                                          start_tls=False)
+    assert not errors
+    return reply
+
+
+async def recorded_message(store: Store | None) -> dict[str, Any]:
+    """The one message the store holds, once the recorder wrote it."""
+    assert store is not None
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while True:
+        page = await store.list_messages()
+        if page.items:
+            detail = await store.get_message(page.items[0]["id"])
+            if detail is not None:
+                return dict(detail)
+        assert loop.time() < deadline, "the message was not recorded"
+        await asyncio.sleep(0.02)

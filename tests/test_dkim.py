@@ -5,16 +5,13 @@ DNS (the outside internet)."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import subprocess
-import time
 from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiosmtplib
 import dkim
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -25,8 +22,7 @@ from relay import hookimpl
 from relay.config import ConfigError, build_config
 from relay.message import MessageDraft
 from relay.outgoing import FrozenMessage, OutgoingMessage
-from relay.store import Store
-from tests.conftest import MakeRelay, Sink, relay_port
+from tests.conftest import MakeRelay, Sink, recorded_message, send_through
 
 BASE = "https://t.example.com"
 TOKEN_KEY = "1:dkim-test-token-key-0123456789abcdef"
@@ -143,25 +139,6 @@ async def start(make_relay: MakeRelay, *dkim_keys: Key, register: list[object] |
                             dkim={"keys": [k.config() for k in dkim_keys]})
 
 
-async def send(relay: Any, raw: bytes) -> None:
-    errors, _ = await aiosmtplib.send(raw, sender="crm@example.com",
-                                      recipients=["bob@example.org"], hostname="127.0.0.1",
-                                      port=relay_port(relay), start_tls=False)
-    assert not errors
-
-
-async def record(store: Store | None) -> dict[str, Any]:
-    """The one message the store holds, once the recorder wrote it."""
-    assert store is not None
-    deadline = time.monotonic() + 30
-    while True:
-        page = await store.list_messages()
-        if page.items:
-            detail = await store.get_message(page.items[0]["id"])
-            if detail is not None:
-                return dict(detail)
-        assert time.monotonic() < deadline, "the message was not recorded"
-        await asyncio.sleep(0.02)
 
 
 def tracked(data: bytes) -> bool:
@@ -177,13 +154,13 @@ async def test_signed_message_goes_out_byte_for_byte_and_still_verifies(
     assert verify_all(raw, keys["crm"]) == [True]
     relay = await start(make_relay)
     counts = Counts()
-    await send(relay, raw)
+    await send_through(relay, sender="crm@example.com", raw=raw)
     (got,) = sink.received
     assert got.data == raw
     assert verify_all(got.data, keys["crm"]) == [True]
     assert counts.dkim_delta() == {"untouched": 1}
     assert counts.skipped_delta() == 1 and counts.tracked_delta() == 0
-    sent = await record(relay.app.store)
+    sent = await recorded_message(relay.app.store)
     assert sent["tracked"] is False and sent["skip_reason"] == "dkim_signed"
     assert sent["links"] == [] and sent["header_message_id"] == "<q4-2026@example.com>"
 
@@ -192,11 +169,11 @@ async def test_unsigned_mail_is_tracked_as_before(make_relay: MakeRelay, sink: S
                                                   keys: dict[str, Key]) -> None:
     relay = await start(make_relay, keys["relay"])
     counts = Counts()
-    await send(relay, html_message())
+    await send_through(relay, sender="crm@example.com", raw=html_message())
     (got,) = sink.received
     assert tracked(got.data) and b"DKIM-Signature" not in got.data
     assert counts.dkim_delta() == {} and counts.tracked_delta() == 1
-    sent = await record(relay.app.store)
+    sent = await recorded_message(relay.app.store)
     assert sent["tracked"] is True and sent["skip_reason"] is None
 
 
@@ -206,11 +183,11 @@ async def test_domain_without_a_key_is_untouched(make_relay: MakeRelay, sink: Si
     raw = signed(html_message(), keys["crm"])
     relay = await start(make_relay, keys["esp"])
     counts = Counts()
-    await send(relay, raw)
+    await send_through(relay, sender="crm@example.com", raw=raw)
     (got,) = sink.received
     assert got.data == raw and verify_all(got.data, keys["crm"]) == [True]
     assert counts.dkim_delta() == {"untouched": 1}
-    assert (await record(relay.app.store))["skip_reason"] == "dkim_signed"
+    assert (await recorded_message(relay.app.store))["skip_reason"] == "dkim_signed"
 
 
 async def test_any_breaking_signature_without_a_key_keeps_the_message(
@@ -220,7 +197,7 @@ async def test_any_breaking_signature_without_a_key_keeps_the_message(
     raw = signed(signed(html_message(), keys["crm"]), keys["esp"])
     relay = await start(make_relay, keys["relay"])
     counts = Counts()
-    await send(relay, raw)
+    await send_through(relay, sender="crm@example.com", raw=raw)
     (got,) = sink.received
     assert got.data == raw
     assert verify_all(got.data, keys["crm"], keys["esp"]) == [True, True]
@@ -235,7 +212,7 @@ async def test_resigned_with_the_configured_key(make_relay: MakeRelay, sink: Sin
     raw = signed(html_message(), keys["crm"], canonicalize=(b"relaxed", b"relaxed"))
     relay = await start(make_relay, keys["relay"])
     counts = Counts()
-    await send(relay, raw)
+    await send_through(relay, sender="crm@example.com", raw=raw)
     (got,) = sink.received
     assert tracked(got.data)
     # The broken signature is gone; the new one is example.com's, by the relay's key.
@@ -249,7 +226,7 @@ async def test_resigned_with_the_configured_key(make_relay: MakeRelay, sink: Sin
     assert [h for h in dkim.DKIM(got.data).headers if h[0] != b"DKIM-Signature"] == \
         [h for h in original.headers if h[0] != b"DKIM-Signature"]
     assert counts.dkim_delta() == {"resigned": 1} and counts.tracked_delta() == 1
-    sent = await record(relay.app.store)
+    sent = await recorded_message(relay.app.store)
     assert sent["tracked"] is True and len(sent["links"]) == 1
 
 
@@ -261,7 +238,7 @@ async def test_resigning_covers_the_headers_the_relay_adds(
                  include_headers=[b"from", b"to", b"subject", b"date", b"message-id",
                                   b"from"])
     relay = await start(make_relay, keys["relay"])
-    await send(relay, raw)
+    await send_through(relay, sender="crm@example.com", raw=raw)
     (got,) = sink.received
     assert tracked(got.data) and b"List-Unsubscribe-Post:" in got.data
     assert b"X-Trackrelay-Campaign" not in got.data
@@ -282,7 +259,7 @@ async def test_signature_that_stays_valid_is_kept_beside_the_new_one(
     esp_signed = signed(html_message(body=first), keys["esp"], length=True)
     raw = signed(esp_signed + rest, keys["crm"])
     relay = await start(make_relay, keys["relay"])
-    await send(relay, raw)
+    await send_through(relay, sender="crm@example.com", raw=raw)
     (got,) = sink.received
     assert tracked(got.data)
     assert [(s[b"d"], s[b"s"]) for s in signatures(got.data)] == [
@@ -303,7 +280,7 @@ async def test_length_tag_covering_only_what_stays_keeps_the_signature(
     assert verify_all(raw, keys["crm"]) == [True]
     relay = await start(make_relay)
     counts = Counts()
-    await send(relay, raw)
+    await send_through(relay, sender="crm@example.com", raw=raw)
     (got,) = sink.received
     assert tracked(got.data)
     assert verify_all(got.data, keys["crm"]) == [True]
@@ -314,7 +291,7 @@ async def test_length_tag_covering_the_whole_body_is_broken_by_the_change(
         make_relay: MakeRelay, sink: Sink, keys: dict[str, Key]) -> None:
     raw = signed(html_message(), keys["crm"], length=True)
     relay = await start(make_relay)
-    await send(relay, raw)
+    await send_through(relay, sender="crm@example.com", raw=raw)
     (got,) = sink.received
     assert got.data == raw and verify_all(got.data, keys["crm"]) == [True]
 
@@ -327,13 +304,13 @@ async def test_header_changes_outside_h_keep_the_signature(
                  keys["crm"], include_headers=[b"from", b"to", b"subject", b"message-id"])
     relay = await start(make_relay)
     counts = Counts()
-    await send(relay, raw)
+    await send_through(relay, sender="crm@example.com", raw=raw)
     (got,) = sink.received
     assert got.data != raw and b"List-Unsubscribe:" in got.data
     assert b"X-Trackrelay-" not in got.data and not tracked(got.data)
     assert verify_all(got.data, keys["crm"]) == [True]
     assert counts.dkim_delta() == {"intact": 1}
-    assert (await record(relay.app.store))["skip_reason"] == "header_off"
+    assert (await recorded_message(relay.app.store))["skip_reason"] == "header_off"
 
 
 @pytest.mark.parametrize("signed_names", [
@@ -349,12 +326,12 @@ async def test_header_changes_inside_h_keep_the_message_untouched(
                  keys["crm"], include_headers=signed_names)
     relay = await start(make_relay)
     counts = Counts()
-    await send(relay, raw)
+    await send_through(relay, sender="crm@example.com", raw=raw)
     (got,) = sink.received
     assert got.data == raw and verify_all(got.data, keys["crm"]) == [True]
     assert counts.dkim_delta() == {"untouched": 1}
     # It was not to be tracked anyway: it keeps that reason.
-    assert (await record(relay.app.store))["skip_reason"] == "header_off"
+    assert (await recorded_message(relay.app.store))["skip_reason"] == "header_off"
 
 
 async def test_signature_broken_before_it_arrived_does_not_stop_tracking(
@@ -363,7 +340,7 @@ async def test_signature_broken_before_it_arrived_does_not_stop_tracking(
     assert verify_all(raw, keys["crm"]) == [False]
     relay = await start(make_relay)
     counts = Counts()
-    await send(relay, raw)
+    await send_through(relay, sender="crm@example.com", raw=raw)
     (got,) = sink.received
     assert tracked(got.data)
     assert counts.dkim_delta() == {"invalid": 1} and counts.tracked_delta() == 1
@@ -384,7 +361,7 @@ async def test_resigning_that_would_break_a_kept_signature_sends_the_original(
     assert verify_all(raw, keys["crm"], keys["esp"]) == [True, True]
     relay = await start(make_relay, keys["relay"])
     counts = Counts()
-    await send(relay, raw)
+    await send_through(relay, sender="crm@example.com", raw=raw)
     (got,) = sink.received
     assert got.data == raw
     assert counts.dkim_delta() == {"sign_failed": 1}
@@ -406,11 +383,11 @@ async def test_outgoing_hook_can_send_the_original(make_relay: MakeRelay, sink: 
     relay = await start(make_relay, register=[KeepOriginal()])
     raw = html_message()
     before = metric("trackrelay_messages_total", decision="skipped_test_policy")
-    await send(relay, raw)
+    await send_through(relay, sender="crm@example.com", raw=raw)
     (got,) = sink.received
     assert got.data == raw
     assert metric("trackrelay_messages_total", decision="skipped_test_policy") == before + 1
-    sent = await record(relay.app.store)
+    sent = await recorded_message(relay.app.store)
     assert sent["tracked"] is False and sent["skip_reason"] == "test_policy"
 
 
@@ -426,7 +403,7 @@ async def test_dkim_plugin_sees_what_other_outgoing_hooks_did(
         make_relay: MakeRelay, sink: Sink, keys: dict[str, Key]) -> None:
     raw = signed(html_message(), keys["crm"])
     relay = await start(make_relay, keys["relay"], register=[Stamp()])
-    await send(relay, raw)
+    await send_through(relay, sender="crm@example.com", raw=raw)
     (got,) = sink.received
     assert b"Subject: Q figures" in got.data and tracked(got.data)
     assert verify_all(got.data, keys["relay"]) == [True]
@@ -482,7 +459,7 @@ async def test_decoration_of_a_signed_message_is_undone(
     raw = signed(html_message(), keys["crm"])
     relay = await start(make_relay, register=[plugin()])
     counts = Counts()
-    await send(relay, raw)
+    await send_through(relay, sender="crm@example.com", raw=raw)
     (got,) = sink.received
     assert got.data == raw and verify_all(got.data, keys["crm"]) == [True]
     assert counts.dkim_delta() == {"untouched": 1}
@@ -494,7 +471,7 @@ async def test_decoration_of_a_signed_message_is_resigned(
     raw = signed(html_message(), keys["crm"])
     relay = await start(make_relay, keys["relay"], register=[plugin()])
     counts = Counts()
-    await send(relay, raw)
+    await send_through(relay, sender="crm@example.com", raw=raw)
     (got,) = sink.received
     assert FOOTER in got.data and tracked(got.data)
     assert verify_all(got.data, keys["relay"]) == [True]
@@ -510,7 +487,7 @@ async def test_decoration_that_breaks_no_signature_keeps_it(
     raw = signed(html_message(body=first), keys["crm"], length=True) + rest
     relay = await start(make_relay, register=[plugin()])
     counts = Counts()
-    await send(relay, raw)
+    await send_through(relay, sender="crm@example.com", raw=raw)
     (got,) = sink.received
     assert FOOTER in got.data and tracked(got.data)
     assert verify_all(got.data, keys["crm"]) == [True]
@@ -540,19 +517,19 @@ async def test_a_change_after_the_dkim_check_is_refused(
     dkim_keys = [keys["relay"]] if case == "resigned" else []
     relay = await start(make_relay, *dkim_keys, register=[LateFooter()])
     errors = metric("trackrelay_plugin_errors_total", hook="trackrelay_outgoing_message")
-    await send(relay, raw)
+    await send_through(relay, sender="crm@example.com", raw=raw)
     (got,) = sink.received
     assert got.data == raw and verify_all(got.data, keys["crm"]) == [True]
     assert metric("trackrelay_plugin_errors_total",
                   hook="trackrelay_outgoing_message") == errors + 1
-    assert (await record(relay.app.store))["skip_reason"] == "plugin_error"
+    assert (await recorded_message(relay.app.store))["skip_reason"] == "plugin_error"
 
 
 async def test_a_change_after_the_dkim_check_on_unsigned_mail_goes_ahead(
         make_relay: MakeRelay, sink: Sink) -> None:
     """Only signed mail is frozen: the same plugin decorates unsigned mail as it likes."""
     relay = await start(make_relay, register=[LateFooter()])
-    await send(relay, html_message())
+    await send_through(relay, sender="crm@example.com", raw=html_message())
     (got,) = sink.received
     assert FOOTER in got.data and tracked(got.data)
 
@@ -640,7 +617,7 @@ async def test_signed_message_dkimpy_cannot_read_is_untouched(
         b"MIME-Version: 1.0\r\n", b"MIME-Version: 1.0\r\nX-Broken header line\r\n")
     relay = await start(make_relay, keys["relay"])
     counts = Counts()
-    await send(relay, raw)
+    await send_through(relay, sender="crm@example.com", raw=raw)
     (got,) = sink.received
     assert got.data == raw
     assert counts.dkim_delta() == {"untouched": 1} and counts.skipped_delta() == 1

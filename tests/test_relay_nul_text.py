@@ -4,14 +4,7 @@ hold the character, so the store writes U+FFFD), so its tracked links still reso
 
 from __future__ import annotations
 
-import asyncio
-import time
-from typing import Any
-
-import aiosmtplib
-
-from relay.store import Store
-from tests.conftest import MakeRelay, Sink, relay_port
+from tests.conftest import MakeRelay, Sink, recorded_message, send_through
 
 BASE = "https://t.example.net"
 RAW = (b"From: a@example.com\r\nTo: b@example.org\r\nSubject: bad\x00subject\r\n"
@@ -20,32 +13,18 @@ RAW = (b"From: a@example.com\r\nTo: b@example.org\r\nSubject: bad\x00subject\r\n
        b'<html><body><a href="https://example.com/offer">li\x00nk</a></body></html>\r\n')
 
 
-async def record(store: Store | None) -> dict[str, Any]:
-    assert store is not None
-    deadline = time.monotonic() + 30
-    while True:
-        page = await store.list_messages()
-        if page.items:
-            detail = await store.get_message(page.items[0]["id"])
-            if detail is not None:
-                return dict(detail)
-        assert time.monotonic() < deadline, "the message was not recorded"
-        await asyncio.sleep(0.02)
-
 
 async def test_a_nul_in_mail_text_keeps_the_message_and_its_record(
         make_relay: MakeRelay, sink: Sink, store_url: str) -> None:
     relay = await make_relay(load_entry_points=True, http={"base_url": BASE},
                              tracking={"token_keys": ["1:nul-text-test-key-0123456789"]},
                              store={"url": store_url})
-    errors, reply = await aiosmtplib.send(RAW, sender="a@example.com",
-                                          recipients=["b@example.org"], hostname="127.0.0.1",
-                                          port=relay_port(relay), start_tls=False)
-    assert not errors and reply.startswith("2.0.0")
+    reply = await send_through(relay, RAW, "a@example.com", ("b@example.org",))
+    assert reply.startswith("2.0.0")
     (got,) = sink.received
     assert b"Subject: bad\x00subject\r\n" in got.data  # the mail is not the store's to change
     assert f"{BASE}/c/".encode() in got.data
-    sent = await record(relay.app.store)
+    sent = await recorded_message(relay.app.store)
     assert sent["subject"] == "bad\ufffdsubject"
     assert sent["header_message_id"] == "<nul\ufffd@example.com>"
     assert [(link["url"], link["text"]) for link in sent["links"]] == [

@@ -7,14 +7,11 @@ received; a real relay with every built-in plugin, a real SMTP upstream.
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
-import time
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-import aiosmtplib
 import pytest
 import trustme
 from cryptography import x509
@@ -23,8 +20,7 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 from prometheus_client import REGISTRY
 
 from relay.rewrite.mime import parse_headers, walk
-from relay.store import Store
-from tests.conftest import MakeRelay, Sink, relay_port
+from tests.conftest import MakeRelay, Sink, recorded_message, send_through
 
 BASE = "https://t.example.net"
 TOKEN_KEY = "1:secured-mail-test-key-0123456789"
@@ -131,24 +127,6 @@ async def start(make_relay: MakeRelay) -> Any:
                             attachments={"mode": "link", "min_size": 1})
 
 
-async def send(relay: Any, raw: bytes) -> None:
-    errors, _ = await aiosmtplib.send(raw, sender="alice@example.com",
-                                      recipients=["bob@example.org"], hostname="127.0.0.1",
-                                      port=relay_port(relay), start_tls=False)
-    assert not errors
-
-
-async def record(store: Store | None) -> dict[str, Any]:
-    assert store is not None
-    deadline = time.monotonic() + 30
-    while True:
-        page = await store.list_messages()
-        if page.items:
-            detail = await store.get_message(page.items[0]["id"])
-            if detail is not None:
-                return dict(detail)
-        assert time.monotonic() < deadline, "the message was not recorded"
-        await asyncio.sleep(0.02)
 
 
 async def test_an_smime_signed_message_goes_out_byte_for_byte_and_verifies(
@@ -157,11 +135,11 @@ async def test_an_smime_signed_message_goes_out_byte_for_byte_and_verifies(
     assert openssl_verifies(raw, signer[2], tmp_path)
     relay = await start(make_relay)
     before = skipped("signed")
-    await send(relay, raw)
+    await send_through(relay, sender="alice@example.com", raw=raw)
     (got,) = sink.received
     assert got.data == raw
     assert openssl_verifies(got.data, signer[2], tmp_path)
-    sent = await record(relay.app.store)
+    sent = await recorded_message(relay.app.store)
     assert sent["tracked"] is False and sent["skip_reason"] == "signed"
     assert skipped("signed") - before == 1
 
@@ -183,10 +161,10 @@ async def test_signed_or_encrypted_mail_is_never_edited(
         make_relay: MakeRelay, sink: Sink, build: Any, reason: str) -> None:
     raw = build()
     relay = await start(make_relay)
-    await send(relay, raw)
+    await send_through(relay, sender="alice@example.com", raw=raw)
     (got,) = sink.received
     assert got.data == raw
-    sent = await record(relay.app.store)
+    sent = await recorded_message(relay.app.store)
     assert sent["tracked"] is False and sent["skip_reason"] == reason
 
 
@@ -198,12 +176,12 @@ async def test_a_signed_part_beside_a_note_keeps_its_signature(
     raw = forwarded_signed(signed)
     signed_body = signed.partition(b"\r\n\r\n")[2]
     relay = await start(make_relay)
-    await send(relay, raw)
+    await send_through(relay, sender="alice@example.com", raw=raw)
     (got,) = sink.received
     assert f"{BASE}/o/".encode() in got.data and f"{BASE}/c/".encode() in got.data
     assert signed_body in got.data and b"smime.p7s" in got.data
     assert b"https://example.com/quote/42" in got.data
-    sent = await record(relay.app.store)
+    sent = await recorded_message(relay.app.store)
     assert sent["tracked"] is True
 
 
