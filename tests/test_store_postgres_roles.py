@@ -59,7 +59,8 @@ async def test_a_role_with_only_its_schema_opens_and_searches(narrow_role: str,
         assert [m["id"] for m in found.items] == ["a1"]
         sql: object = store
         index = await sql._fetch(  # type: ignore[attr-defined]
-            "SELECT indexname FROM pg_indexes WHERE indexname = 'messages_subject_trgm'")
+            "SELECT indexname FROM pg_indexes WHERE indexname = 'messages_subject_trgm' "
+            "AND schemaname = current_schema()")
         assert index == []  # no extension to be had: searched without the index
         ext = await sql._fetch(  # type: ignore[attr-defined]
             "SELECT extname FROM pg_extension WHERE extname = 'pg_trgm'")
