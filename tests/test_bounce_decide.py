@@ -334,6 +334,109 @@ def test_a_cause_is_read_in_other_words(code: str | None, text: str, command: st
     assert classify_reply(code, None, text, command)[0] == reason
 
 
+# --- a refusal of some senders is not a domain that accepts no mail --------------------------
+
+
+@pytest.mark.parametrize(("code", "status", "text"), [
+    ("550", None, "We do not accept mail from dynamic IP addresses"),
+    ("554", "5.7.1", "<rcpt@example.net>: Client host rejected: We do not accept mail from "
+                     "your network"),
+    ("550", "5.7.1", "<rcpt@example.net>: Recipient address rejected: This recipient does not "
+                     "accept mail from your domain"),
+])
+def test_not_accepting_mail_from_someone_is_no_null_mx(code: str, status: str | None,
+                                                       text: str) -> None:
+    reason, hard, by = classify_reply(code, status, text, "RCPT")
+    assert reason != "notaccept" and not hard, (reason, by)
+
+
+def test_a_domain_that_accepts_no_mail_is_still_notaccept() -> None:
+    for text in ("Domain example.net does not accept mail (nullMX)",
+                 "This host does not accept mail", "example.net accepts no mail"):
+        assert classify_reply("556", None, text, "RCPT")[:2] == ("notaccept", True), text
+
+
+# --- an unlisted addressing code does not say whose address failed ---------------------------
+
+
+def test_an_unlisted_addressing_code_is_no_unknown_user() -> None:
+    # Microsoft's 5.1.90: the sender's daily recipient limit, in the addressing subject
+    text = "Your message can't be sent because you've reached your daily limit for " \
+           "message recipients."
+    for command in ("RCPT", None):
+        reason, hard, by = classify_reply("550", "5.1.90", text, command)
+        assert reason != "userunknown" and not hard, (reason, by)
+    # the words still decide when they say it
+    assert classify_reply("550", "5.1.99", "User unknown", "RCPT")[:2] == ("userunknown", True)
+
+
+# --- a provisional refusal is never hard -------------------------------------------------------
+
+
+def test_address_verification_in_progress_is_not_an_unknown_user() -> None:
+    # Postfix's reject_unverified_recipient while its probe is pending: the address may
+    # well exist (ADDRESS_VERIFICATION_README)
+    text = ("<rcpt@example.net>: Recipient address rejected: unverified address: Address "
+            "verification in progress")
+    reason, hard, by = classify_reply("450", "4.1.1", text, "RCPT")
+    assert not hard and reason != "userunknown", (reason, by)
+    # without the provisional words a 4.1.1 is still an unknown user (hard, as Sisimai)
+    assert classify_reply("450", "4.1.1", "<rcpt@example.net>: Recipient address rejected: "
+                          "User unknown in local recipient table", "RCPT")[:2] == (
+                              "userunknown", True)
+
+
+def test_a_dns_lookup_to_try_again_is_a_network_error_even_without_a_code() -> None:
+    text = ("Host or domain name not found. Name service error for name=example.net "
+            "type=MX: Host not found, try again")
+    reason, hard, by = classify_reply(None, None, text, None)
+    assert (reason, hard) == ("networkerror", False), by
+    # the same lookup answered "does not exist" is an unknown domain
+    final = "Host or domain name not found. Name service error for name=example.net " \
+            "type=A: Host not found"
+    assert classify_reply(None, None, final, None)[:2] == ("hostunknown", True)
+    # a 5xx code is permanent whatever the advice in its text
+    assert classify_reply("550", "5.1.2", final + ", try again", "RCPT")[:2] == (
+        "hostunknown", True)
+
+
+@pytest.mark.parametrize("code", ["450", "452"])
+def test_a_transient_mailbox_unavailable_is_not_an_unknown_user(code: str) -> None:
+    # RFC 5321 section 4.2.2: 450 "mailbox unavailable (e.g., mailbox busy or temporarily
+    # blocked for policy reasons)"
+    text = "Requested mail action not taken: mailbox unavailable"
+    reason, hard, by = classify_reply(code, None, text, "RCPT")
+    assert reason != "userunknown" and not hard, (reason, by)
+    assert classify_reply("550", None, text, "RCPT")[:2] == ("userunknown", True)
+
+
+# --- one live reply is no report of a retry period that ran out -------------------------------
+
+
+def test_a_live_transient_reply_is_not_expired() -> None:
+    for text in ("Greylisted, see http://postgrey.schweikert.ch/help/example.net.html",
+                 "TLS not available due to local problem"):
+        reason, hard, by = classify_reply("450" if "Grey" in text else "454", None, text,
+                                          "RCPT")
+        assert reason != "expired" and not hard, (reason, by)
+    # the same words in a final report (Action: failed) still mean the retries ran out
+    rec = one(dsn("450 4.2.0 Greylisted, see http://postgrey.example/help", status="4.0.0"))
+    assert rec.reason == "expired"
+
+
+# --- a disabled account is the recipient's, never the sender's address -----------------------
+
+
+@pytest.mark.parametrize("text", [
+    "Sender IP address is blocked",
+    "The IP address 192.0.2.1 is blocked",
+    "Sender address is blocked",
+])
+def test_a_blocked_sender_or_ip_address_is_not_a_disabled_account(text: str) -> None:
+    reason, hard, by = classify_reply("550", None, text, "RCPT")
+    assert reason != "suspend" and not hard, (reason, by)
+
+
 # --- the relay's own refusals take the same path ---------------------------------------------
 
 

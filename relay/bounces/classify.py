@@ -242,7 +242,8 @@ def classify_reply(reply_code: str | None, status: str | None, text: str,
     """
     rules = ruleset()
     found = Found(recipient=recipient, status=valid_status(status), diagnostic=text,
-                  reply_code=reply_code, command=command, shown=text)
+                  reply_code=reply_code, command=command, shown=text,
+                  action="refused")  # one live reply: no retry period has run out
     facts = facts_of(found, rules)
     reason, decided_by = decide(facts, rules)
     return reason, is_hard(reason, facts.status, facts.reply), decided_by

@@ -12,6 +12,9 @@ that gives a reason decides, and the record names the entry that did
    phrase of a competing reason listed in ``tables.phrases.VETOES`` (servers send
    ``5.1.1`` for a block-list hit or a refused relay). It comes first because it is
    the one machine-readable statement the standard defines for exactly this question.
+   A transient (``4.X.X``) code of a hard reason whose text says the outcome is
+   provisional (``tables.phrases.PROVISIONAL``: "address verification in progress",
+   "try again") is not decisive: the server has not found out yet.
    Ambiguous codes (``X.0.0``, ``X.7.0``, ``4.2.0``, ``4.3.0``, ``4.4.0``, ``X.5.0``,
    ``5.4.1``) give no prior; class-level codes wait for steps 6 and 8.
 3. **Provider conventions** (``tables.providers``), when the remote host, the recipient's
@@ -32,7 +35,10 @@ that gives a reason decides, and the record names the entry that did
    steps may pick either; left alone they are ``filtered``: soft, because only a refusal
    at RCPT proves that the mailbox lookup failed); "domain not found" at MAIL FROM is
    about the sender, and with a transient code it is a DNS failure, not a domain that
-   does not exist. Unknown-user words, the one hard verdict words alone can give, are
+   does not exist; words that say the outcome is provisional count as a transient code
+   where the bounce has none, and a transient refusal skips the ``/permanent`` tiers
+   (RFC 5321's 450 "mailbox unavailable" is busy or blocked for now, not unknown).
+   Unknown-user words, the one hard verdict words alone can give, are
    overruled by a competing reason's words in the same text (``VETOES``), as a 5.1.1
    code is.
 5. **The command that was refused** (``tables.commands.COMMAND_TIE_BREAKS``): a refusal
@@ -58,17 +64,24 @@ that gives a reason decides, and the record names the entry that did
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import overload
 
+from relay.bounces.model import HARD_REASONS
 from relay.bounces.normalise import flatten
 from relay.bounces.rules import Alternation, RuleSet, Trace
 from relay.bounces.tables import Gate, Provider, TieBreak
+from relay.bounces.tables.phrases import PROVISIONAL
 
 #: Reasons whose phrases give a hard bounce: their competing reasons' phrases in the same
 #: text (``VETOES``) overrule them, as they overrule a decisive status code.
 HARD_BY_WORDS = frozenset({"userunknown"})
+
+#: Reasons that can make a bounce hard: a transient code with provisional words cannot.
+_HARD = HARD_REASONS | {"notaccept"}
+_PROVISIONAL = re.compile(PROVISIONAL)
 
 #: An ambiguous phrase: (its reason, the other reason it may mean, the phrase id).
 Pending = tuple[str, str, str]
@@ -153,7 +166,9 @@ def decide(f: Facts, rules: RuleSet, trace: Trace | None = None) -> tuple[str, s
         if subject is not None:
             trace.add(subject.id)  # type: ignore[union-attr]
     vetoed = False
-    if row is not None and row.strength == "decisive":
+    provisional = bool(_PROVISIONAL.search(primary))
+    if row is not None and row.strength == "decisive" and not (
+            row.reason in _HARD and (f.status or "").startswith("4") and provisional):
         veto = _vetoed(row.reason, primary, rules)
         if veto is not None:
             vetoed = True
@@ -169,7 +184,8 @@ def decide(f: Facts, rules: RuleSet, trace: Trace | None = None) -> tuple[str, s
                 return answer  # type: ignore[return-value]
     # 4. phrases, gated and vetoed
     pending: Pending | None = None
-    transient = (f.status or f.reply or "").startswith("4")
+    cls = (f.status or f.reply or "")[:1]
+    transient = cls == "4" or (cls != "5" and provisional)
     for text in f.texts:
         found = _phrase_step(text, f.command, transient, rules, trace if full else None)
         if found is None:
@@ -273,6 +289,8 @@ def _phrase_step(text: str, command: str | None, transient: bool, rules: RuleSet
     command = "EHLO" if command == "HELO" else command
     result: tuple[str, str, str | None] | None = None
     for group in rules.order:
+        if transient and group.endswith("/permanent"):
+            continue
         alt: Alternation | None = rules.phrase_groups.get(group)
         if alt is None:
             continue

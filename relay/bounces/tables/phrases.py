@@ -112,7 +112,10 @@ PHRASES: tuple[Phrase, ...] = (
         # default_rbl_reply: "Service unavailable; Sender address [x] blocked using
         # <domain>"), which names a listed sender, client or recipient, not an account;
         # nor "has blocked" (active: the recipient blocked the sender).
-        r"\b(?:mail ?box|account|user|recipient|address)\b(?: [^\s,;]+){0,3} "
+        # Nor the sender's, the client's or the IP's address ("sender IP address is
+        # blocked"): the same look-behind as the unknown-user words.
+        rf"{_NOT_OF_SENDER}\b(?:mail ?box|account|user|recipient|address)\b"
+        r"(?: [^\s,;]+){0,3} "
         r"(?:is |has been |was )?"
         r"(?:temporar(?:y|ily) )?(?:disabled|suspended|deactivated|inactive|locked|frozen|"
         r"closed|discontinued|terminated|expired|archived|(?<!\bhas )blocked(?! using\b))\b",
@@ -168,11 +171,16 @@ PHRASES: tuple[Phrase, ...] = (
         r"(?:unknown|not (?:found|"
         r"known|listed|recognized|recognised|exists?|valid)|does not exist|doesn'?t exist|"
         r"non-?existent|"
-        r"couldn'?t be found|could not be found|invalid|unavailable)\b",
+        r"couldn'?t be found|could not be found|invalid)\b",
         r"\b(?:unknown|invalid|no such|non-?existent|bad|illegal) (?:local )?(?:user|recipient|"
         r"mail ?box|address(?:ee)?|account|local[- ]part|e-?mail address)\b",
         r"\bbad destination mailbox address\b"),
     *_p("userunknown", "rfc5321", r"\bno such user\b", r"mailbox not found"),
+    # "Mailbox unavailable" is RFC 5321's text for 550 (not found, no access) and for 450
+    # (busy, or blocked for now): an unknown user only in a permanent refusal.
+    *_t("userunknown", "rfc5321", "permanent",
+        rf"{_NOT_OF_SENDER}\b(?:user|recipient|mail ?box|address(?:ee)?|account)\b"
+        r"(?: (?!temporar|currently)\S+){0,3} (?:is |was )?unavailable\b"),
     # X.1.1's definition said the other way round: "<x> is not a valid mailbox",
     # "no mailbox by that name" (RFC 5321 section 3.3 calls the check "verifying the
     # mailbox name"; qmail and vpopmail say "no mailbox here by that name").
@@ -236,9 +244,13 @@ PHRASES: tuple[Phrase, ...] = (
     # === notaccept: the domain accepts no mail at all ======================================
     # RFC 7504 "521 Host does not accept mail", "556 Domain does not accept mail"; RFC 7505
     # null MX; RFC 3463 X.3.2; a domain with no mail exchanger (qmail, OpenSMTPD, Exim).
+    # Not "does not accept mail from <someone>": that refuses a sender, host or network
+    # (blocked, rejected, filtered), while RFC 7504's host or domain accepts no mail at all.
     *_p("notaccept", "rfc7504",
-        r"(?:does not|doesn'?t|do not|will not) (?:accept|receive) (?:any )?(?:e-?)?mail",
-        r"\b(?:accepts?|receives?) no (?:e-?)?mail", r"not accepting (?:any )?(?:e-?)?mail"),
+        r"(?:does not|doesn'?t|do not|will not) (?:accept|receive) (?:any )?(?:e-?)?mail"
+        r"(?!s? from\b)",
+        r"\b(?:accepts?|receives?) no (?:e-?)?mail(?!s? from\b)",
+        r"not accepting (?:any )?(?:e-?)?mail(?!s? from\b)"),
     *_p("notaccept", "rfc7505", r"\bnull ?mx\b"),
     *_p("notaccept", "rfc3463", r"system not accepting network messages"),  # X.3.2
     *_p("notaccept", "exim", r"indicated no smtp service", r"\bno smtp service\b"),
@@ -436,10 +448,20 @@ PHRASES: tuple[Phrase, ...] = (
     *_p("suppressed", "ses", r"suppression list", r"suppressed by the sending service"),
 )
 
+#: Words that make a refusal provisional: the check is still running, or the server asks
+#: for a retry. RFC 5321 section 4.2.1 (a 4yz reply is a transient failure); Postfix's
+#: "Address verification in progress" while its recipient probe is pending
+#: (ADDRESS_VERIFICATION_README); the resolver's "Host not found, try again" (h_errno
+#: TRY_AGAIN, RFC 1035 section 4.1.1 SERVFAIL). With a transient code, or with no code at
+#: all, such a refusal cannot say that the address will never work: it neither lets a
+#: 4.X.X code decide a hard reason nor lets a hard-only phrase (a tier ``/permanent``) match.
+PROVISIONAL = r"\bin progress\b|\btry again\b|\btemporar(?:y|ily)\b"
+
 #: The order reasons are tried in, most specific first (see the module docstring).
 ORDER: tuple[str, ...] = (
     "mailboxfull", "mesgtoobig", "exceedlimit", "suspend", "hasmoved", "norelaying",
-    "authfailure", "userunknown", "filtered", "requireptr", "notcompliantrfc",
+    "authfailure", "userunknown/permanent", "userunknown", "filtered", "requireptr",
+    "notcompliantrfc",
     "badreputation", "policyviolation/stated", "blocked/helo", "rejected", "notaccept",
     "hostunknown", "spamdetected", "virusdetected", "speeding", "toomanyconn", "blocked",
     "policyviolation",

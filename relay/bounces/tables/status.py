@@ -121,7 +121,10 @@ ROWS: tuple[StatusRow, ...] = (
     # --- X.0.0: "other or undefined" of every subject: says nothing -----------------------
     StatusRow("X.0.0", "", A, "rfc3463"),
     # --- the subject of a code not listed above (RFC 3463 section 3.1) --------------------
-    StatusRow("X.1.*", "userunknown", F, "rfc3463"),   # Addressing status
+    # Addressing status (RFC 3463 section 3.2): the originator's address as much as the
+    # destination's (Microsoft's 5.1.8 and 5.1.90 refuse the sender), so an unlisted
+    # X.1.X code says nothing about whose address failed: the words decide.
+    StatusRow("X.1.*", "", A, "rfc3463"),
     StatusRow("X.3.*", "systemerror", F, "rfc3463"),   # Mail system status
     StatusRow("X.4.*", "networkerror", F, "rfc3463"),  # Network and routing status
     StatusRow("X.5.*", "syntaxerror", F, "rfc3463"),   # Mail delivery protocol status
