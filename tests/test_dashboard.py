@@ -5,6 +5,7 @@ The pages in a real browser: ``tests/test_dashboard_browser.py``."""
 
 from __future__ import annotations
 
+import asyncio
 import html
 import re
 from typing import Any
@@ -41,7 +42,8 @@ async def get(http: aiohttp.ClientSession, url: str, status: int = 200, **kw: An
 
 
 async def test_sign_in_cookie_and_headers(make_stack: MakeStack) -> None:
-    stack = await make_stack(**SECTIONS)
+    # behind a proxy the tracker believes (X-Forwarded-Proto), as over HTTPS
+    stack = await make_stack(**SECTIONS, tracker={"trusted_proxies": ["127.0.0.1/32"]})
     async with aiohttp.ClientSession(cookie_jar=jar()) as http:
         async with http.get(f"{stack.base}/ui/messages?recipient=x%40y.test",
                             allow_redirects=False) as resp:
@@ -106,7 +108,8 @@ async def test_sign_in_cookie_and_headers(make_stack: MakeStack) -> None:
         await get(http, f"{stack.base}/ui/", status=303)
     # forged cookies send the browser to sign in, never a 500 (the third: an expiry that
     # str.isdigit takes for a number and int() refuses)
-    for forged in ("garbage", "v1.a.1.b.c", "v1.a.\u00b3.b.c", "v1.a.9" + "9" * 40 + ".b.c"):
+    for forged in ("garbage", "v1.a.1.b.c", "v1.a.\u00b3.b.c", "v1.a.9" + "9" * 40 + ".b.c",
+                   f"v1.{cookies['trackrelay_session'].split('.')[1]}.9999999999.b.\u00e9"):
         async with aiohttp.ClientSession() as http:
             async with http.get(f"{stack.base}/ui/", allow_redirects=False,
                                 headers={"Cookie": f"trackrelay_session={forged}"}) as resp:
@@ -137,6 +140,53 @@ async def test_csrf_and_origin_are_checked(make_stack: MakeStack) -> None:
             assert resp.status == 303
         row = await stack.store.find_suppression("x@customer.test", [""])
         assert row is not None and row["reason"] == "test"
+
+
+async def test_forwarded_proto_is_believed_only_from_a_trusted_proxy(
+        make_stack: MakeStack) -> None:
+    """Without ``tracker.trusted_proxies`` anyone could say ``X-Forwarded-Proto: https``:
+    the cookies would be Secure over plain HTTP, and the browser would not send them
+    back."""
+    stack = await make_stack(**SECTIONS)
+    async with aiohttp.ClientSession(cookie_jar=jar()) as http:
+        page = await get(http, f"{stack.base}/ui/login",
+                         headers={"X-Forwarded-Proto": "https"})
+        nonce = re.search(r'name="login_nonce" value="([^"]+)"', page)
+        assert nonce is not None
+        async with http.post(f"{stack.base}/ui/login", allow_redirects=False,
+                             data={"login_nonce": nonce.group(1), "token": ADMIN_TOKEN},
+                             headers={"X-Forwarded-Proto": "https"}) as resp:
+            assert resp.status == 303
+            cookies = resp.headers.getall("Set-Cookie")
+            assert cookies and all("secure" not in c.lower() for c in cookies), cookies
+
+
+async def test_text_that_is_not_ascii_in_a_session_or_csrf_token_is_refused(
+        make_stack: MakeStack) -> None:
+    """A signature is ASCII; anything else is a forgery (303 to sign in, 403 for a form),
+    never a 500 (``hmac.compare_digest`` refuses non-ASCII text)."""
+    stack = await make_stack(**SECTIONS)
+    async with aiohttp.ClientSession(cookie_jar=jar()) as http:
+        await sign_in(http, stack.base, ADMIN_TOKEN)
+        page = await get(http, f"{stack.base}/ui/suppressions")
+        token = csrf_of(page)
+        form = {"address": "x@customer.test", "scope": "", "reason": "test"}
+        for forged in (token[:-1] + "\u00e9", "\u2603" * len(token)):
+            async with http.post(f"{stack.base}/ui/suppressions",
+                                 data={**form, "csrf": forged},
+                                 allow_redirects=False) as resp:
+                assert resp.status == 403, forged
+        assert await stack.store.find_suppression("x@customer.test", [""]) is None
+        session = {c.key: c.value for c in http.cookie_jar}["trackrelay_session"]
+    forged_cookie = session[:-1] + "\u00e9"
+    reader, writer = await asyncio.open_connection("127.0.0.1", urlsplit(stack.base).port)
+    try:
+        writer.write(b"GET /ui/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\nCookie: "
+                     b"trackrelay_session=" + forged_cookie.encode() + b"\r\n\r\n")
+        status = (await reader.readline()).decode()
+    finally:
+        writer.close()
+    assert status.split()[1] == "303", status
 
 
 async def test_scoped_session_sees_only_its_senders(make_stack: MakeStack) -> None:

@@ -570,3 +570,23 @@ async def test_an_internationalised_link_redirects_to_its_ascii_form(
     async with tracker.http.get(tracker.click_url(sent.message_id, 0),
                                 allow_redirects=False) as resp:
         assert (resp.status, resp.headers["Location"]) == (302, location)
+
+
+@pytest.mark.parametrize(("target", "location"), [
+    # a browser reads "\" as "/" before the query of an http(s) URL (WHATWG URL standard):
+    # it goes to good.example, and so must a client that reads the Location as RFC 3986
+    ("https://good.example\\@evil.example/", "https://good.example/@evil.example/"),
+    ("https://good.example/a\\b?q=c\\d#e\\f", "https://good.example/a/b?q=c%5Cd#e%5Cf"),
+    # characters a URI may not hold (RFC 3986 section 2) are percent-encoded
+    ('https://x.example/<script>?q="a"&r={b}|c^d`e',
+     "https://x.example/%3Cscript%3E?q=%22a%22&r=%7Bb%7D%7Cc%5Ed%60e"),
+    # what a URI may hold stays byte for byte, percent-escapes and all
+    ("https://x.example/p;a=b?q=%20&r=[1]!$'()*+,~#top",
+     "https://x.example/p;a=b?q=%20&r=[1]!$'()*+,~#top"),
+])
+async def test_the_location_is_a_uri_the_way_a_browser_reads_the_link(
+        tracker: Tracker, target: str, location: str) -> None:
+    sent = await seed_message(tracker.store, links=[target])
+    async with tracker.http.get(tracker.click_url(sent.message_id, 0),
+                                allow_redirects=False) as resp:
+        assert (resp.status, resp.headers["Location"]) == (302, location)

@@ -73,6 +73,24 @@ def ok(body: Any) -> web.Response:
     return web.json_response(body, dumps=_dumps)
 
 
+async def read_body(request: web.Request, limit: int) -> bytes | None:
+    """The whole request body, or None when it is longer than ``limit`` octets.
+
+    ``StreamReader.read(n)`` answers with what has arrived so far, up to ``n``: a body
+    that comes in several TCP segments would be cut at the first.
+    """
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await request.content.read(min(1 << 16, limit + 1 - size))
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+
+
 # --- parameters ------------------------------------------------------------------------------
 
 
@@ -196,7 +214,12 @@ class TokenTable:
         kind, _, value = header.partition(" ")
         if kind.lower() != "bearer" or not value.strip():
             return None
-        presented = value.strip().encode()
+        try:
+            presented = value.strip().encode()
+        except UnicodeEncodeError:
+            # aiohttp hands on octets that are not UTF-8 as lone surrogates (RFC 9110
+            # section 5.5 allows them in a field): no token holds one
+            return None
         found = None
         for token, scope, _name in self.entries:
             if hmac.compare_digest(token, presented) and found is None:

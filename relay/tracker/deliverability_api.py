@@ -36,7 +36,7 @@ from aiohttp import web
 from relay.inbound import InboundError, process
 from relay.logs import get_logger
 from relay.store.base import SuppressionRow, domain_of, iso_time
-from relay.tracker.api import SCOPE_KEY, Api, BadParameter, Query, error, ok
+from relay.tracker.api import SCOPE_KEY, Api, BadParameter, Query, error, ok, read_body
 from relay.tracker.lookups import require_store
 from relay.tracker.openapi import ADDRESS_PATTERN, SCOPE_PATTERN
 
@@ -205,8 +205,8 @@ class DeliverabilityApi:
         if self._token_domain(request) is not None:
             return error(403, "forbidden", "inbound intake needs an admin token")
         limit = self.app.config.bounces.max_message_size
-        raw = await request.content.read(limit + 1)
-        if len(raw) > limit:
+        raw = await read_body(request, limit)
+        if raw is None:
             return error(413, "too_large", f"message is larger than {limit} bytes "
                                            f"(bounces.max_message_size)")
         try:
@@ -238,9 +238,12 @@ class DeliverabilityApi:
                    "next_cursor": page.next_cursor})
 
     async def add(self, request: web.Request) -> web.Response:
+        raw = await read_body(request, 64 * 1024)
+        if raw is None:
+            return error(413, "too_large", "the body is larger than 65536 bytes")
         try:
-            body = json.loads(await request.content.read(64 * 1024) or b"null")
-        except (ValueError, UnicodeDecodeError):
+            body = json.loads(raw or b"null")
+        except (ValueError, UnicodeDecodeError, RecursionError):
             return error(400, "bad_request", "the body must be a JSON object")
         if not isinstance(body, dict):
             return error(400, "bad_request", "the body must be a JSON object")
@@ -294,8 +297,8 @@ class DeliverabilityApi:
         default = self._scope(request, q.text("scope", 253))
         if isinstance(default, web.Response):
             return default
-        raw = await request.content.read(MAX_IMPORT + 1)
-        if len(raw) > MAX_IMPORT:
+        raw = await read_body(request, MAX_IMPORT)
+        if raw is None:
             return error(413, "too_large", f"CSV larger than {MAX_IMPORT} bytes")
         try:
             text = raw.decode("utf-8-sig")

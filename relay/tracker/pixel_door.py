@@ -287,10 +287,11 @@ class _PixelProtocol(asyncio.Protocol):
         #: Answered its last request (or refused): bytes that follow are dropped.
         self.closing = False
         self.lingers = False
-        #: aiohttp's handler, once the connection is handed over; and whether bytes
-        #: after the handed-over ones are dropped (the last request was handed over).
+        #: aiohttp's handler, once the connection is handed over; and, when the last
+        #: request was handed over, how many more of its bytes (the rest of its body)
+        #: are still to be passed on: everything after them is dropped.
         self.handler: Any = None
-        self.drop_rest = False
+        self.pass_left: int | None = None
         #: A click being looked up and recorded: nothing after it is read as a request
         #: until it is answered. ``held``: reading stopped meanwhile (too much came in).
         self.pending: asyncio.Task[Answer] | None = None
@@ -426,8 +427,12 @@ class _PixelProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.handler is not None:
-            if not self.drop_rest:
+            left = self.pass_left
+            if left is None:
                 self.handler.data_received(data)
+            elif left > 0:
+                self.pass_left = max(0, left - len(data))
+                self.handler.data_received(data[:left])
             return
         if self.closing:
             return
@@ -594,11 +599,13 @@ class _PixelProtocol(asyncio.Protocol):
     def _hand_off(self, keep: int | None = None) -> None:
         """Give this connection and its unanswered bytes to aiohttp, for good; this
         protocol stays in between only to pass everything on and count the connection's
-        end. ``keep``: hand over that many bytes only and drop all that follows."""
+        end. ``keep``: hand over that many bytes only (those buffered and those still
+        to come: a body may arrive in many segments) and drop all that follows."""
         transport, buffer = self.transport, self.buffer
         assert transport is not None
         if keep is not None:
-            buffer, self.drop_rest = buffer[:keep], True
+            buffer = buffer[:keep]
+            self.pass_left = keep - len(buffer)
         self._forget()
         self.buffer = b""
         handler = self.door.server()

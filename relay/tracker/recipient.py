@@ -162,20 +162,31 @@ _EVENTS = {
 _count = metrics.HITS.inc
 
 
+#: What a URI may not hold (RFC 3986 section 2): controls, space, non-ASCII and these.
+_NOT_IN_URI = re.compile(r'[^\x21-\x7e]|["<>\\^`{|}]')
+_SPECIAL = re.compile(r"https?:", re.IGNORECASE)
+
+
 def safe_location(url: str) -> str:
-    """``url`` for a Location header: an internationalised host name in its ASCII form
-    (``_ascii_host``), control characters, spaces and other non-ASCII percent-encoded (as
-    a browser would), everything else, query and fragment included, byte for byte."""
-    if url.isascii() and url.isprintable() and " " not in url:
+    r"""``url`` for a Location header, which must be a URI (RFC 9110 section 10.2.2):
+    everything a URI may not hold percent-encoded (space, controls, non-ASCII,
+    ``"<>\^`{|}``) and an internationalised host name in its ASCII form
+    (``_ascii_host``), as a browser would send them; everything else, query and fragment
+    included, byte for byte.
+
+    In an http(s) URL before its query a browser reads ``\`` as ``/`` (WHATWG URL
+    standard, special schemes), so ``https://a.example\@b.example/`` goes to
+    ``a.example``: the redirect says so too, rather than leave a client that follows
+    RFC 3986 to read ``b.example`` as the host.
+    """
+    if _NOT_IN_URI.search(url) is None:
         return url
+    if "\\" in url and _SPECIAL.match(url):
+        end = min((i for i in (url.find("?"), url.find("#")) if i >= 0), default=len(url))
+        url = url[:end].replace("\\", "/") + url[end:]
     url = _ascii_host(url)
-    out = []
-    for ch in url:
-        if ch.isascii() and ch.isprintable() and ch != " ":
-            out.append(ch)
-        else:
-            out.append("".join(f"%{b:02X}" for b in ch.encode("utf-8")))
-    return "".join(out)
+    return _NOT_IN_URI.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode(
+        "utf-8", "surrogatepass")), url)
 
 
 _AUTHORITY = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)([^/?#]*)(.*)", re.DOTALL)

@@ -23,6 +23,7 @@ from aiohttp import web
 from relay.inbound import record_event, suppression_scope
 from relay.logs import get_logger
 from relay.records import Event
+from relay.tracker.api import read_body
 from relay.tracker.lookups import require_store
 
 if TYPE_CHECKING:
@@ -125,7 +126,9 @@ class UnsubscribeEndpoints:
 
     async def unsubscribe(self, request: web.Request) -> web.Response:
         token = request.match_info["token"]
-        body = await request.content.read(4096)  # "List-Unsubscribe=One-Click" or the form
+        # "List-Unsubscribe=One-Click" (RFC 8058) or the page's form; anything longer is
+        # neither, and only its start is looked at
+        body = await read_body(request, 4096) or b""
         from_page = b"source=page" in body
         resolved = await self._resolve(token)
         if resolved is None:

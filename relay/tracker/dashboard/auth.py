@@ -15,7 +15,8 @@ same key (the synchroniser-token pattern of the OWASP CSRF cheat sheet); the sig
 form, which has no session yet, uses a double-submit cookie. A POST whose ``Origin``
 names another host is refused as well. The cookies are ``HttpOnly``,
 ``SameSite=Strict`` (RFC 6265bis section 5.4.7) and ``Secure`` when the request came
-over HTTPS (directly or, per ``X-Forwarded-Proto``, through a proxy).
+over HTTPS (directly, or per ``X-Forwarded-Proto`` from one of
+``tracker.trusted_proxies``).
 
 Signing out clears the cookie in the browser and remembers the nonce as ended in this
 process until it would have expired.
@@ -34,6 +35,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from relay.config import ApiTokenConfig
+from relay.tracker.client import ClientAddress
 
 SESSION_COOKIE = "trackrelay_session"
 LOGIN_COOKIE = "trackrelay_login"
@@ -83,7 +85,10 @@ class Sessions:
 
     def sign_in(self, presented: str) -> Session | None:
         """The session for an API token, or None if it is not one (constant time)."""
-        given = presented.strip().encode()
+        try:
+            given = presented.strip().encode()
+        except UnicodeEncodeError:  # a lone surrogate from octets that were not UTF-8
+            return None
         found: tuple[str, tuple[bytes, str, str]] | None = None
         for token_id, entry in self._by_id.items():
             if hmac.compare_digest(entry[0], given) and found is None:
@@ -104,8 +109,8 @@ class Sessions:
 
     def session_of(self, cookie: str | None) -> Session | None:
         """The session a cookie stands for; None if absent, forged, expired or ended."""
-        if not cookie or len(cookie) > 300:
-            return None
+        if not cookie or len(cookie) > 300 or not cookie.isascii():
+            return None  # (compare_digest takes ASCII text only; a signature is ASCII)
         parts = cookie.split(".")
         if (len(parts) != 5 or parts[0] != "v1"
                 or not (parts[2].isascii() and parts[2].isdigit())):
@@ -131,22 +136,27 @@ class Sessions:
         return self._sign(session.token_id, "csrf|" + session.nonce)
 
     def csrf_ok(self, session: Session, presented: str | None) -> bool:
-        return bool(presented) and hmac.compare_digest(self.csrf_token(session),
-                                                       str(presented))
+        return bool(presented) and str(presented).isascii() and hmac.compare_digest(
+            self.csrf_token(session), str(presented))
 
 
-def is_https(request: web.Request) -> bool:
-    return request.secure or request.headers.get("X-Forwarded-Proto", "").lower() == "https"
+def is_https(request: web.Request, proxies: ClientAddress) -> bool:
+    """Whether the browser reached us over HTTPS: the connection's own TLS, or
+    ``X-Forwarded-Proto`` from one of ``tracker.trusted_proxies`` (anyone else could say
+    it, and the cookies would be marked for a scheme the browser is not using)."""
+    if request.secure:
+        return True
+    return proxies.scheme(request.remote, request.headers, "http") == "https"
 
 
-def set_cookie(request: web.Request, response: web.StreamResponse, name: str, value: str,
-               max_age: int | None) -> None:
+def set_cookie(response: web.StreamResponse, name: str, value: str, max_age: int | None,
+               *, secure: bool) -> None:
     response.set_cookie(name, value, path=COOKIE_PATH, httponly=True, samesite="Strict",
-                        secure=is_https(request), max_age=max_age)
+                        secure=secure, max_age=max_age)
 
 
-def clear_cookie(request: web.Request, response: web.StreamResponse, name: str) -> None:
-    response.del_cookie(name, path=COOKIE_PATH, secure=is_https(request), httponly=True,
+def clear_cookie(response: web.StreamResponse, name: str, *, secure: bool) -> None:
+    response.del_cookie(name, path=COOKIE_PATH, secure=secure, httponly=True,
                         samesite="Strict")
 
 

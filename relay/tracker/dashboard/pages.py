@@ -163,7 +163,8 @@ class Pages:
         response = self.site.render(request, "login.html", status=status, login_nonce=nonce,
                                     next=_safe_next(target), message=message,
                                     title="Sign in")
-        set_cookie(request, response, LOGIN_COOKIE, nonce, max_age=3600)
+        set_cookie(response, LOGIN_COOKIE, nonce, max_age=3600,
+                   secure=self.site.https(request))
         return response
 
     async def login(self, request: web.Request) -> web.StreamResponse:
@@ -182,9 +183,10 @@ class Pages:
         log.info("dashboard_login", token=session.name,
                  scope=session.scope or "admin")
         response = see_other(_safe_next(str(form.get("next") or "")) or "/ui/")
-        set_cookie(request, response, SESSION_COOKIE, self.site.sessions.cookie_value(session),
-                   max_age=int(session.expires - time.time()))
-        clear_cookie(request, response, LOGIN_COOKIE)
+        secure = self.site.https(request)
+        set_cookie(response, SESSION_COOKIE, self.site.sessions.cookie_value(session),
+                   max_age=int(session.expires - time.time()), secure=secure)
+        clear_cookie(response, LOGIN_COOKIE, secure=secure)
         return response
 
     async def logout(self, request: web.Request) -> web.StreamResponse:
@@ -192,7 +194,7 @@ class Pages:
         self.site.sessions.end(session)
         log.info("dashboard_logout", token=session.name)
         response = see_other("/ui/login")
-        clear_cookie(request, response, SESSION_COOKIE)
+        clear_cookie(response, SESSION_COOKIE, secure=self.site.https(request))
         return response
 
     # -- overview ------------------------------------------------------------------------------

@@ -31,8 +31,15 @@ from aiohttp import web
 from relay.logs import get_logger
 from relay.store.base import BadCursor
 from relay.tracker.api import UNAVAILABLE, BadParameter
+from relay.tracker.client import ClientAddress
 from relay.tracker.dashboard import format as fmt
-from relay.tracker.dashboard.auth import SESSION_COOKIE, Session, Sessions, same_origin
+from relay.tracker.dashboard.auth import (
+    SESSION_COOKIE,
+    Session,
+    Sessions,
+    is_https,
+    same_origin,
+)
 from relay.tracker.lookups import require_store
 
 if TYPE_CHECKING:
@@ -64,6 +71,8 @@ class Site:
         self.app = app
         self.sessions = Sessions(app.config.tracker.api_tokens,
                                  app.config.http.dashboard_session_hours * 3600)
+        self.proxies = ClientAddress(app.config.tracker.trusted_proxies,
+                                     app.config.tracker.ip_mode)
         self.env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(str(HERE / "templates")),
             autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
@@ -73,6 +82,9 @@ class Site:
         css = (HERE / "static" / "dashboard.css").read_bytes()
         self.css = css
         self.css_version = hashlib.sha256(css).hexdigest()[:12]
+
+    def https(self, request: web.Request) -> bool:
+        return is_https(request, self.proxies)
 
     @property
     def store(self) -> Store:
