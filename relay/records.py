@@ -48,13 +48,15 @@ class Reply:
     def parse(cls, code: int, message: str) -> Reply:
         """Split an enhanced status code off the front of a reply text, if it has one."""
         text = message.strip()
-        first, _, rest = text.partition(" ")
+        lines = text.splitlines() or [""]
+        first, _, rest = lines[0].partition(" ")
         parts = first.split(".")
         if len(parts) == 3 and all(p.isdigit() for p in parts) and first[0] in "245":
-            # aiosmtplib joins multi-line replies with \n; each line repeats the status.
+            # aiosmtplib joins multi-line replies with \n; each line repeats the status
+            # (RFC 2034 section 4), which ``__str__`` puts back on every line.
             lines = [rest] + [
-                ln.split(" ", 1)[1] if ln.startswith(first + " ") else ln
-                for ln in text.splitlines()[1:]
+                ln[len(first) + 1:] if ln.startswith(first + " ") else ln
+                for ln in lines[1:]
             ]
             return cls(code, first, "\n".join(lines))
         return cls(code, "", text)

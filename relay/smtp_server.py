@@ -108,12 +108,37 @@ NEEDS_SMTPUTF8 = Reply(553, "5.6.7", "Non-ASCII address needs SMTPUTF8")
 _NOT_REPLY_TEXT = re.compile(r"[^\t\x20-\x7e\r\n]|\r(?!\n)|(?<!\r)\n")
 
 
-def address_refusal(address: str, options: list[str], utf8: bool, syntax: Reply
-                    ) -> Reply | None:
-    """Why a MAIL or RCPT cannot go upstream as given, or None: ``syntax`` for a control
-    character or octets that are not UTF-8 (aiosmtpd keeps them as surrogates) in the
-    address, 553 5.6.7 for a non-ASCII address without SMTPUTF8, 501 5.5.4 for a control
-    character in a parameter. The upstream client can send none of them."""
+_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+
+def path_fault(arg: str, rest: str) -> bool:
+    """Whether a MAIL or RCPT path, as the client wrote it (``arg`` up to ``rest``), holds
+    what RFC 5321 section 4.1.2 allows nowhere in a Path: a control character, or white
+    space outside a quoted string; or opens with ``<`` and never closes it. email's header
+    parser, which aiosmtpd uses, reads such characters as folding white space and drops
+    them (``<b@exa\rmple.org>`` becomes ``b@example.org``, ``<b c@d>`` ``"b c"@d``): the
+    address would go upstream as another address than the one sent."""
+    path = arg[:len(arg) - len(rest)].strip()
+    if path.startswith("<"):
+        end = path.rfind(">")
+        if end < 0:
+            return True
+        path = path[1:end].strip(" ")  # "< a@b >": lenient, and the same address
+    if _CONTROL.search(path):
+        return True
+    return any(c.isspace() for c in _QUOTED.sub("", path))
+
+
+def address_refusal(address: str, options: list[str], utf8: bool, syntax: Reply,
+                    malformed: bool = False) -> Reply | None:
+    """Why a MAIL or RCPT cannot go upstream as given, or None: ``syntax`` for a path
+    written with a control character or white space (``malformed``, see ``path_fault``),
+    for a control character or octets that are not UTF-8 (aiosmtpd keeps them as
+    surrogates) in the address, 553 5.6.7 for a non-ASCII address without SMTPUTF8,
+    501 5.5.4 for a control character in a parameter. The upstream client can send none
+    of them."""
+    if malformed:
+        return syntax
     if not address.isascii():
         if any("\ud800" <= c <= "\udfff" for c in address):
             return syntax
@@ -251,6 +276,8 @@ class RelaySMTP(SmtpNames, SMTP):
         self.commands = 0
         self.errors = 0
         self._refused = False  # turned away at connect: aiosmtpd never saw the connection
+        #: The last MAIL or RCPT path was written as no address may be (``path_fault``).
+        self.path_fault = False
         if max_commands:
             self._smtp_methods = {name: self._counted(method)
                                   for name, method in self._smtp_methods.items()}
@@ -315,6 +342,7 @@ class RelaySMTP(SmtpNames, SMTP):
         addr, rest = _parse_address(arg)
         if addr is None:
             return None, None
+        self.path_fault = path_fault(arg, rest)
         localpart = addr.rpartition("@")[0]
         if self.local_part_limit and len(localpart) > self.local_part_limit:
             return None, None
@@ -643,7 +671,8 @@ class RelaySession(SmtpNames):
                           address: str, mail_options: list[str]) -> str:
         if self.relay.closing:
             return str(SHUTTING_DOWN)
-        syntax_error = address_refusal(address, mail_options, envelope.smtp_utf8, BAD_SENDER)
+        syntax_error = address_refusal(address, mail_options, envelope.smtp_utf8, BAD_SENDER,
+                                       getattr(server, "path_fault", False))
         if syntax_error is not None:
             SMTP_TRANSACTIONS.labels("refused").inc()
             return str(syntax_error)
@@ -730,7 +759,7 @@ class RelaySession(SmtpNames):
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
         syntax_error = address_refusal(address, rcpt_options, envelope.smtp_utf8,
-                                       BAD_RECIPIENT)
+                                       BAD_RECIPIENT, getattr(server, "path_fault", False))
         if syntax_error is not None:
             SMTP_RECIPIENTS.labels("refused_local").inc()
             return str(syntax_error)

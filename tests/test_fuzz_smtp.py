@@ -425,16 +425,46 @@ async def test_non_ascii_addresses_need_smtputf8(make_relay: MakeRelay, sink: Si
 async def test_unsendable_addresses_are_refused(make_relay: MakeRelay,
                                                       sink: Sink) -> None:
     """``MAIL FROM: a a`` (parsed as the quoted local part ``"a a"``, no domain) made the
-    upstream client raise ValueError; quoted local parts with a domain, which RFC 5321
-    allows, still go through."""
+    upstream client raise ValueError, and a quoted local part with a space and no domain
+    still would; an unquoted space is a syntax error (RFC 5321 section 4.1.2). Quoted
+    local parts with a domain, which RFC 5321 allows, still go through."""
     relay = await make_relay()
     replies = await converse(relay_port(relay), [
-        b"MAIL FROM: a a\r\n", b'MAIL FROM:<"a b"@example.org>\r\n',
-        b'RCPT TO:<"c \\"d\\""@example.org>\r\n', b"RCPT TO: e f\r\n", b"DATA\r\n",
-        b"Subject: q\r\n\r\nx\r\n.\r\n"])
-    assert replies[2] == [b"553 5.1.7 Sender address cannot be sent upstream\r\n"]
+        b"MAIL FROM: a a\r\n", b'MAIL FROM:<"a a">\r\n', b'MAIL FROM:<"a b"@example.org>\r\n',
+        b'RCPT TO:<"c \\"d\\""@example.org>\r\n', b"RCPT TO: e f\r\n",
+        b'RCPT TO:<"e f">\r\n', b"DATA\r\n", b"Subject: q\r\n\r\nx\r\n.\r\n"])
+    assert replies[2] == [b"501 5.1.7 Bad sender address syntax\r\n"]
+    assert replies[3] == [b"553 5.1.7 Sender address cannot be sent upstream\r\n"]
+    replies = replies[:3] + replies[4:]
     assert [code(r) for r in replies[3:5]] == [250, 250]
-    assert replies[5] == [b"553 5.1.3 Recipient address cannot be sent upstream\r\n"]
+    assert replies[5] == [b"501 5.1.3 Bad recipient address syntax\r\n"]
+    assert replies[6] == [b"553 5.1.3 Recipient address cannot be sent upstream\r\n"]
+    replies = replies[:6] + replies[7:]
     assert [code(r) for r in replies[6:8]] == [354, 250]
     assert sink.received[-1].mail_from == '"a b"@example.org'
     assert sink.received[-1].rcpt_tos == ['"c \\"d\\""@example.org']
+
+
+@pytest.mark.parametrize("path", [
+    b"<b@exa\rmple.org>", b"<b@exa\x0bmple.org>", b"<b@exa\x1fmple.org>",
+    b"<b\tc@example.org>", b"<b c@example.org>", b"<b@example.org",
+    "<b@exa\u2028mple.org>".encode(), "<b@exa\u0085mple.org>".encode(),
+    "<b@example\u3000.org>".encode(),
+])
+async def test_an_address_written_with_white_space_or_controls_is_refused_not_changed(
+        make_relay: MakeRelay, sink: Sink, path: bytes) -> None:
+    """email's header parser, which aiosmtpd uses, reads controls and white space in a
+    path as folding white space and drops them: ``<b@exa\\rmple.org>`` went upstream as
+    ``b@example.org``, ``<b c@…>`` as ``"b c"@…``. RFC 5321 section 4.1.2 allows neither
+    anywhere in a Path: 501 with the address's own enhanced code, nothing upstream."""
+    relay = await make_relay()
+    replies = await converse(relay_port(relay), [
+        b"MAIL FROM:" + path.replace(b"<b", b"<a") + b" SMTPUTF8\r\n",
+        b"MAIL FROM:<a@example.com> SMTPUTF8\r\n",
+        b"RCPT TO:" + path + b"\r\n", b"RCPT TO:<ok@example.org>\r\n", b"DATA\r\n",
+        b"Subject: q\r\n\r\nx\r\n.\r\n"])
+    assert replies[2] == [b"501 5.1.7 Bad sender address syntax\r\n"]
+    assert code(replies[3]) == 250
+    assert replies[4] == [b"501 5.1.3 Bad recipient address syntax\r\n"]
+    assert [code(r) for r in replies[5:8]] == [250, 354, 250]
+    assert [r.rcpt_tos for r in sink.received] == [["ok@example.org"]]

@@ -122,6 +122,48 @@ async def test_upstream_data_refusal_passed_through(make_relay: MakeRelay, sink:
     assert info.value.message.startswith("5.7.1 Message rejected as spam")
 
 
+async def _session(port: int, commands: list[bytes]) -> list[bytes]:
+    """Each reply, as the bytes the client received (every line of a multi-line one)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+
+    async def reply() -> bytes:
+        lines = [await reader.readline()]
+        while lines[-1][3:4] == b"-":
+            lines.append(await reader.readline())
+        return b"".join(lines)
+
+    try:
+        replies = [await reply()]
+        for command in commands:
+            writer.write(command)
+            replies.append(await asyncio.wait_for(reply(), 30))
+        return replies
+    finally:
+        writer.close()
+
+
+async def test_a_multi_line_upstream_reply_reaches_the_client_unchanged(
+        make_relay: MakeRelay, sink: Sink) -> None:
+    """RFC 5321 section 4.2.1: every line but the last has a hyphen after the code; RFC
+    2034 section 4: each line carries the enhanced code. The client reads the upstream's
+    lines as the upstream wrote them."""
+    sink.behaviour.refuse_rcpt["nobody@example.org"] = (
+        "550-5.1.1 The email account that you tried to reach does not exist.\r\n"
+        "550-5.1.1 Please check the address\r\n"
+        "550 5.1.1 for typos.")
+    sink.behaviour.data_reply = "554-5.7.1 Message rejected\r\n554 5.7.1 second line"
+    relay = await make_relay()
+    replies = await _session(relay_port(relay), [
+        b"EHLO client.example\r\n", b"MAIL FROM:<alice@example.com>\r\n",
+        b"RCPT TO:<nobody@example.org>\r\n", b"RCPT TO:<bob@example.org>\r\n",
+        b"DATA\r\n", RAW + b".\r\n", b"QUIT\r\n"])
+    assert replies[3] == (
+        b"550-5.1.1 The email account that you tried to reach does not exist.\r\n"
+        b"550-5.1.1 Please check the address\r\n"
+        b"550 5.1.1 for typos.\r\n")
+    assert replies[6] == b"554-5.7.1 Message rejected\r\n554 5.7.1 second line\r\n"
+
+
 async def test_upstream_down_gives_4xx(make_relay: MakeRelay, sink: Sink) -> None:
     relay = await make_relay()
     await sink.stop()
