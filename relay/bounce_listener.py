@@ -33,7 +33,8 @@ from relay.inbound import InboundError, process
 from relay.listeners import Listeners
 from relay.logs import get_logger
 from relay.records import Reply
-from relay.smtp_server import RelaySMTP, SmtpNames
+from relay.rewrite.mime import line_over
+from relay.smtp_server import RelaySMTP, SmtpNames, line_too_long
 
 log = get_logger("relay.bounce_listener")
 
@@ -91,6 +92,10 @@ class BounceHandler(SmtpNames):
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw = bytes(envelope.original_content or b"")
+        limit = self.app.config.relay.max_line_length
+        if line_over(raw, limit):
+            log.info("inbound_refused", via="listener", error="line_too_long", size=len(raw))
+            return str(line_too_long(limit))
         self.listener.busy += 1
         try:
             result = await process(

@@ -53,7 +53,14 @@ from relay.smtp_limits import (
     too_many_commands,
     too_many_errors,
 )
-from relay.upstream import Connection, SmtpUpstream, Upstream, UpstreamUnavailable, make_upstream
+from relay.upstream import (
+    UNSENDABLE_RECIPIENT,
+    Connection,
+    SmtpUpstream,
+    Upstream,
+    UpstreamUnavailable,
+    make_upstream,
+)
 
 log = get_logger("relay.smtp")
 
@@ -154,10 +161,6 @@ def address_refusal(address: str, options: list[str], utf8: bool, syntax: Reply,
 def reply_text(status: str) -> str:
     """``status`` with every octet a reply may not carry shown as ``?``."""
     return _NOT_REPLY_TEXT.sub("?", status)
-
-
-#: What aiosmtpd answers at the end of a DATA that had a line over its limit.
-_AIOSMTPD_LINE_TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"
 
 
 def line_too_long(limit: int) -> Reply:
@@ -375,10 +378,6 @@ class RelaySMTP(SmtpNames, SMTP):
         status = reply_text(status)
         if status == _AIOSMTPD_BOGUS:
             status = str(too_many_unknown(self.hostname))
-        if status == _AIOSMTPD_LINE_TOO_LONG:
-            handler = self.event_handler
-            status = (handler.refuse_long_line() if isinstance(handler, RelaySession)
-                      else str(line_too_long(self.max_line_length)))
         status = _ENHANCED.get(status, status)
         if status in _TOO_BIG:
             SMTP_LIMITS.labels("message_size").inc()
@@ -760,6 +759,8 @@ class RelaySession(SmtpNames):
                           address: str, rcpt_options: list[str]) -> str:
         syntax_error = address_refusal(address, rcpt_options, envelope.smtp_utf8,
                                        BAD_RECIPIENT, getattr(server, "path_fault", False))
+        if address in ("", "<>"):  # the null path is a sender's only (RFC 5321 4.1.1.3)
+            syntax_error = BAD_RECIPIENT
         if syntax_error is not None:
             SMTP_RECIPIENTS.labels("refused_local").inc()
             return str(syntax_error)
@@ -790,6 +791,11 @@ class RelaySession(SmtpNames):
             self.conn = None
             self.log.warning("upstream_lost_at_rcpt", reply=str(exc.reply))
             return str(exc.reply)
+        if reply is UNSENDABLE_RECIPIENT:
+            # the relay's own refusal, before anything was sent: it says nothing of the
+            # mailbox, so no bounce event and no suppression (only the upstream's may)
+            SMTP_RECIPIENTS.labels("refused_local").inc()
+            return str(reply)
         if not reply.ok:
             SMTP_RECIPIENTS.labels("refused_upstream").inc()
             txn.extra.setdefault("refused", {})[address] = reply

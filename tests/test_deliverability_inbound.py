@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import aiosmtplib
 import pytest
 
 from relay.bounces.intake_cli import cmd_inbound, cmd_suppressions
@@ -21,6 +22,7 @@ from relay.records import Outcome, Reply, SentMessage, new_id
 from relay.store.base import Store
 from tests.conftest import CORPUS
 from tests.deliverability_support import (
+    BOUNCE_DOMAIN,
     MakeStack,
     Stack,
     campaign_message,
@@ -297,3 +299,18 @@ async def test_classify_hook_overrides_intake(make_stack: MakeStack) -> None:
     assert ev["data"]["reason"] == "userunknown" and ev["data"]["hard"] is True
     assert ev["data"]["status"] == "5.1.8"  # the rest of the record is the built-in one
     assert await stack.store.find_suppression("kijitora@example.jp", [""]) is not None
+
+
+async def test_the_bounce_listener_refuses_a_line_over_the_limit(make_stack: MakeStack
+                                                                 ) -> None:
+    """``relay.max_line_length`` holds for the bounce listener too: 554 5.6.0 after the
+    final dot, nothing taken in."""
+    stack = await make_stack(relay={"max_line_length": 2000})
+    raw = (EML / "lhost-postfix-33.eml").read_bytes()
+    long = raw.replace(b"\n\n", b"\n\n" + b"x" * 3000 + b"\n", 1)
+    with pytest.raises(aiosmtplib.SMTPDataError) as info:
+        await stack.deliver_bounce("", [f"postmaster@{BOUNCE_DOMAIN}"], long)
+    assert info.value.code == 554
+    assert info.value.message.startswith("5.6.0 Message refused: a line is longer than 2000")
+    _errors, reply = await stack.deliver_bounce("", [f"postmaster@{BOUNCE_DOMAIN}"], raw)
+    assert "OK" in reply

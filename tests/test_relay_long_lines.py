@@ -254,6 +254,20 @@ async def test_limit_refuses_after_the_dot_and_session_stays_in_step(
     assert not any(s.busy for s in relay.sessions)
 
 
+async def test_an_upstream_s_own_long_line_refusal_reaches_the_client_unchanged(
+        make_relay: MakeRelay, sink: Sink) -> None:
+    """The sink keeps aiosmtpd's 998-octet limit and answers ``500 Line too long …``:
+    that is the upstream's answer, passed on as it came (the relay once took it for its
+    own and said 554 5.6.0 with its own, much larger, limit)."""
+    relay = await make_relay()
+    raw = b"Subject: long\r\n\r\n" + b"x" * 5000 + b"\r\n"
+    with pytest.raises(aiosmtplib.SMTPDataError) as info:
+        await send(relay_port(relay), raw)
+    assert (info.value.code, info.value.message) == (
+        500, "Line too long (see RFC5321 4.5.3.1.6)")
+    assert sink.received == []
+
+
 async def test_command_lines_keep_their_limit(make_relay: MakeRelay, sink: Sink) -> None:
     """The long-line limit is for message lines only: a long command line is still
     refused as one (and the session carries on)."""

@@ -48,3 +48,50 @@ async def test_all_recipients_refused_still_recorded(make_relay: MakeRelay, sink
     assert (data["reply_code"], data["status"], data["reason"], data["hard"]) == (
         550, "5.1.1", "userunknown", True)
     assert sink.received == []
+
+
+async def test_the_relay_s_own_address_refusals_are_no_bounces(make_relay: MakeRelay,
+                                                               sink: Sink) -> None:
+    """A recipient the relay itself refuses (its syntax, or an address the upstream client
+    cannot write) never reached the upstream: no bounce event, no suppression, however
+    often it is tried. Only the upstream's refusal says anything about a mailbox."""
+    sink.behaviour.refuse_rcpt["gone@example.org"] = "550 5.1.1 User unknown"
+    relay = await make_relay(load_entry_points=True)
+    store = relay.app.store
+    assert store is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay_port(relay))
+
+    async def say(line: bytes) -> bytes:
+        writer.write(line + b"\r\n")
+        answer = await reader.readline()
+        while answer[3:4] == b"-":
+            answer = await reader.readline()
+        return answer
+
+    await reader.readline()
+    await say(b"EHLO client.example")
+    for _ in range(3):
+        assert (await say(b"MAIL FROM:<alice@example.com>"))[:3] == b"250"
+        assert await say(b"RCPT TO:<>") == b"501 5.1.3 Bad recipient address syntax\r\n"
+        assert await say(b'RCPT TO:<"e f">') == (
+            b"553 5.1.3 Recipient address cannot be sent upstream\r\n")
+        assert await say(b"RCPT TO:<b\tc@example.org>") == (
+            b"501 5.1.3 Bad recipient address syntax\r\n")
+        # the control: the upstream's own refusal is a bounce
+        assert (await say(b"RCPT TO:<gone@example.org>"))[:3] == b"550"
+        assert (await say(b"RSET"))[:3] == b"250"
+    await say(b"QUIT")
+    writer.close()
+
+    async def bounced() -> list[str]:
+        await store.flush()
+        return [str(e["recipient"]) for e in (await store.list_events(type="bounce")).items]
+
+    for _ in range(100):
+        if await bounced():
+            break
+        await asyncio.sleep(0.05)
+    # once: from then on the suppression list refuses it before the upstream is asked
+    assert await bounced() == ["gone@example.org"]
+    for address in ("<>", "", '"e f"', '"b c"@example.org'):
+        assert await store.find_suppression(address, [""]) is None
