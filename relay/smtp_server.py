@@ -104,6 +104,9 @@ def too_many_unknown(hostname: str) -> Reply:
 #: address parser lets them through, and the upstream client refuses to send them.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 BAD_SENDER = Reply(501, "5.1.7", "Bad sender address syntax")
+TLS_ALREADY_ACTIVE = Reply(503, "5.5.1", "TLS already active")
+_AUTH_PARAMETER = re.compile(r"\s+AUTH=\S*", re.IGNORECASE)
+_MAIL_PATH = re.compile(r"\s*FROM:\s*(?:<[^>]*>|\S+)", re.IGNORECASE)
 BAD_RECIPIENT = Reply(501, "5.1.3", "Bad recipient address syntax")
 BAD_PARAMETER = Reply(501, "5.5.4", "Bad parameter syntax: control character")
 #: RFC 6531 section 3.5 with RFC 6533's enhanced code: a non-ASCII address in a
@@ -399,6 +402,25 @@ class RelaySMTP(SmtpNames, SMTP):
             SMTP_LIMITS.labels("idle_time").inc()
             handler.say(idle_time_over(self.hostname))
         super()._timeout_cb()
+
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        # A second STARTTLS would start TLS inside TLS, which breaks the connection
+        # (RFC 3207 section 4.2: the client must not issue it again).
+        if self._tls_protocol is not None:
+            await self.push(str(TLS_ALREADY_ACTIVE))
+            return
+        await super().smtp_STARTTLS(arg)
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        # RFC 4954 section 5: a client that authenticated may say whom it sends for
+        # (``AUTH=<mailbox>``, ``AUTH=<>``); Exim always does. aiosmtpd refuses any
+        # parameter it does not know (555), so the relay takes this one off: it is
+        # optional, and not passed upstream (the relay is the upstream's client).
+        if arg and "AUTH=" in arg.upper():
+            path = _MAIL_PATH.match(arg)
+            end = path.end() if path else 0
+            arg = arg[:end] + _AUTH_PARAMETER.sub("", arg[end:])
+        await super().smtp_MAIL(arg)
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:

@@ -285,3 +285,40 @@ def test_ipv6_clients_are_counted_by_their_64() -> None:
     assert throttle.failed("2001:db8:1:2:ffff::9", "b").locked == ["ip"]
     assert throttle.locked("2001:db8:1:2::77", "c") == "ip"
     assert throttle.locked("2001:db8:1:3::1", "c") is None
+
+
+async def test_an_authenticated_client_s_auth_parameter_is_taken(
+        make_relay: MakeRelay, sink: Sink, ca: trustme.CA, tmp_path: Path) -> None:
+    """RFC 4954 section 5: a client that authenticated may add ``AUTH=<mailbox>`` or
+    ``AUTH=<>`` to MAIL FROM (Exim always does when it relays through a smarthost). It was
+    refused 555 as an unknown parameter; it is taken and not passed upstream."""
+    relay = await make_relay(relay=tls_settings(ca, tmp_path, {"alice": "secret"}))
+    client = await connect(relay, ca)
+    try:
+        await client.auth_plain("alice", "secret")
+        for value in ("<>", "alice@example.com", "alice+2Bx@example.com"):
+            reply = await client.mail("alice@example.com",
+                                      options=[f"AUTH={value}", "BODY=8BITMIME"])
+            assert reply.code == 250, reply
+            await client.rcpt("b@example.org")
+            await client.data(MSG)
+    finally:
+        await client.quit()
+    assert len(sink.received) == 3
+    assert all(r.mail_options == ["BODY=8BITMIME"] for r in sink.received), sink.received
+
+
+async def test_a_second_starttls_is_refused_and_the_session_goes_on(
+        make_relay: MakeRelay, sink: Sink, ca: trustme.CA, tmp_path: Path) -> None:
+    """RFC 3207 section 4.2: STARTTLS once. A second one was answered 220 and the
+    connection broke in a TLS-inside-TLS handshake; now 503, and the session goes on."""
+    relay = await make_relay(relay=tls_settings(ca, tmp_path, {"alice": "secret"}))
+    client = await connect(relay, ca)
+    try:
+        reply = await client.execute_command(b"STARTTLS")
+        assert (reply.code, reply.message) == (503, "5.5.1 TLS already active")
+        await client.auth_plain("alice", "secret")
+        await client.sendmail("alice@example.com", ["b@example.org"], MSG)
+    finally:
+        await client.quit()
+    assert len(sink.received) == 1
