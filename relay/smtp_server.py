@@ -70,6 +70,7 @@ TOO_MANY_RCPTS = Reply(452, "4.5.3", "Too many recipients")
 NO_UPSTREAM = Reply(451, "4.4.1", "Upstream connection lost, try again later")
 SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, try again later")
 UTF8_UNSUPPORTED = Reply(555, "5.6.7", "Upstream server does not support SMTPUTF8")
+EIGHTBIT_UNSUPPORTED = Reply(555, "5.6.3", "Upstream server does not support 8BITMIME")
 HOOK_TEMPFAIL = Reply(451, "4.3.0", "Temporary local problem, try again later")
 #: Seconds, beyond ``upstream.data_timeout``, that shutdown waits for a message already
 #: on its way upstream (preparing it, passing the answer on).
@@ -757,12 +758,16 @@ class RelaySession(SmtpNames):
                     return UTF8_UNSUPPORTED
                 await conn.xforward(txn.forwarded_client or xforward.own_client(
                     txn.client_ip, txn.client_port, txn.helo, self.esmtp))
-                up_options = []
-                for opt in options:
-                    if opt.startswith("BODY=") and conn.supports("8bitmime"):
-                        up_options.append(opt)
-                    elif opt == "SMTPUTF8":
-                        up_options.append(opt)
+                # BODY= once (the last, as aiosmtpd read it), only to an upstream that
+                # offers 8BITMIME; 8-bit mail to one that does not is refused (RFC 6152
+                # section 3: a relay converts it or returns it, and the relay does not
+                # convert)
+                body = next((o for o in reversed(options) if o.startswith("BODY=")), None)
+                if body == "BODY=8BITMIME" and not conn.supports("8bitmime"):
+                    return EIGHTBIT_UNSUPPORTED
+                up_options = [body] if body and conn.supports("8bitmime") else []
+                if utf8:
+                    up_options.append("SMTPUTF8")
                 reply = await conn.mail(sender, up_options, utf8)
             except UpstreamUnavailable as exc:
                 reused = self.conn is not None and self.conn.reused

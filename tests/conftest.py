@@ -173,13 +173,17 @@ class Sink:
         #: connection is made, so set it before the relay first connects.
         self.max_line_length: int | None = None
 
-    async def start(self, smtputf8: bool = True, port: int = 0) -> None:
+    async def start(self, smtputf8: bool = True, port: int = 0,
+                    eightbit: bool = True) -> None:
+        """``eightbit=False``: a server without 8BITMIME (aiosmtpd offers it only when it
+        does not decode the data)."""
         loop = asyncio.get_running_loop()
 
         def factory() -> SMTP:
             self.connections += 1
             return SinkSMTP(SinkHandler(self), enable_SMTPUTF8=smtputf8, hostname="sink.test",
-                            data_size_limit=None, max_line_length=self.max_line_length)
+                            data_size_limit=None, max_line_length=self.max_line_length,
+                            decode_data=not eightbit)
 
         self.server = await loop.create_server(factory, "127.0.0.1", port)
         self.port = self.server.sockets[0].getsockname()[1]

@@ -344,3 +344,40 @@ async def test_upstream_sender_hook_rewrites_envelope_only(make_relay: MakeRelay
     await send_raw(relay_port(relay), "alice@example.com", ["bob@example.org"], RAW)
     assert sink.received[0].mail_from == "bounces+abc@bounce.example.net"
     assert sink.received[0].data == RAW
+
+
+async def test_an_upstream_without_8bitmime_or_smtputf8_gets_only_what_it_takes(
+        make_relay: MakeRelay) -> None:
+    """RFC 6152 section 3: 8-bit mail may go only to a server that offers 8BITMIME; a
+    relay that does not convert it returns it. RFC 6531 section 3.4: the same for
+    SMTPUTF8. A 7-bit message goes through, without a BODY= the upstream never offered;
+    a parameter said twice goes once."""
+    old = Sink()
+    await old.start(smtputf8=False, eightbit=False)
+    try:
+        relay = await make_relay(upstream={"port": old.port})
+        replies = await _session(relay_port(relay), [
+            b"EHLO client.example\r\n", b"MAIL FROM:<alice@example.com> BODY=8BITMIME\r\n",
+            b"MAIL FROM:<alice@example.com> SMTPUTF8\r\n",
+            b"MAIL FROM:<alice@example.com> BODY=7BIT BODY=7BIT\r\n",
+            b"RCPT TO:<bob@example.org>\r\n", b"DATA\r\n",
+            b"Subject: plain\r\n\r\nseven bits\r\n.\r\n", b"QUIT\r\n"])
+        assert replies[2] == b"555 5.6.3 Upstream server does not support 8BITMIME\r\n"
+        assert replies[3] == b"555 5.6.7 Upstream server does not support SMTPUTF8\r\n"
+        assert [r[:3] for r in replies[4:8]] == [b"250", b"250", b"354", b"250"]
+        assert [(r.mail_from, r.mail_options) for r in old.received] == [
+            ("alice@example.com", [])]
+    finally:
+        await old.stop()
+
+
+async def test_body_and_smtputf8_go_upstream_once(make_relay: MakeRelay, sink: Sink
+                                                  ) -> None:
+    relay = await make_relay()
+    replies = await _session(relay_port(relay), [
+        b"EHLO client.example\r\n",
+        b"MAIL FROM:<alice@example.com> BODY=7BIT BODY=8BITMIME SMTPUTF8 SMTPUTF8\r\n",
+        b"RCPT TO:<bob@example.org>\r\n", b"DATA\r\n",
+        b"Subject: eight\r\n\r\ncaf\xc3\xa9\r\n.\r\n", b"QUIT\r\n"])
+    assert [r[:3] for r in replies[2:6]] == [b"250", b"250", b"354", b"250"]
+    assert sink.received[0].mail_options == ["BODY=8BITMIME", "SMTPUTF8"]
