@@ -1,8 +1,9 @@
 """Built-in plugin: the sent record (``transaction.sent``) the store persists.
 
 Filled for every message the rewrite saw, tracked or not (``tracked`` and
-``skip_reason`` say which). A tracked message without a Message-ID header gets one
-(the record and the recipient's copy then agree); untracked mail is never changed.
+``skip_reason`` say which). A tracked message without a Message-ID header (or with an
+empty one) gets one (the record and the recipient's copy then agree); untracked mail is
+never changed.
 The subject is left out when ``tracking.record_subject`` is false.
 """
 
@@ -26,9 +27,12 @@ def _domain(context: RewriteContext) -> str:
 @hookimpl
 def trackrelay_rewrite_finished(context: RewriteContext) -> None:
     txn, message, policy = context.transaction, context.message, context.policy
-    header_id = (message.get("Message-ID") or "").strip()
+    header_id = next((v.strip() for v in message.get_all("Message-ID") if v.strip()), "")
     if context.tracked and not header_id:
         header_id = make_msgid(domain=_domain(context))
+        # An empty field is no Message-ID, and a message has at most one (RFC 5322
+        # section 3.6): it is replaced, not joined by a second.
+        message.remove_header("Message-ID")
         message.add_header("Message-ID", header_id)
     subject = message.get("Subject") if context.app.config.tracking.record_subject else None
     skip_reason = None if context.tracked else context.decision.removeprefix("skipped_")

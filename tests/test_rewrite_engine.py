@@ -352,3 +352,19 @@ def test_scanner_stops_at_a_tag_that_never_closes() -> None:
     text = '<a href="http://one/">1</a><div title="never closed><a href="http://two/">2</a>'
     assert hrefs(text) == ["http://one/"]
     assert hrefs("<!-- a->b --><a href=http://x/>") == ["http://x/"]
+
+
+@pytest.mark.parametrize("field", [b"", b"Message-ID:\r\n", b"Message-ID:   \r\n",
+                                   b"Message-ID:\r\n \r\n"])
+async def test_a_tracked_message_ends_with_exactly_one_message_id(field: bytes) -> None:
+    """A tracked message without a Message-ID, or with an empty one, gets one; an empty
+    field is replaced, never joined by a second (RFC 5322 section 3.6: at most one)."""
+    raw = (b"From: a@example.com\r\nTo: b@example.org\r\nSubject: hi\r\n" + field
+           + b"MIME-Version: 1.0\r\nContent-Type: text/html\r\n\r\n"
+           b"<html><body><a href=\"https://example.com/x\">x</a></body></html>\r\n")
+    out, ctx = await rewrite(make_app(), raw)
+    head = out.split(b"\r\n\r\n", 1)[0]
+    ids = re.findall(rb"(?im)^Message-ID:(.*)$", head)
+    assert len(ids) == 1 and ids[0].strip().startswith(b"<"), head
+    sent = ctx.transaction.sent
+    assert sent is not None and sent.header_message_id == ids[0].strip().decode()
