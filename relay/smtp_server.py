@@ -88,7 +88,18 @@ _ENHANCED = {
     "503 Error: nested MAIL command": "503 5.5.1 Nested MAIL command",
     "503 Error: send HELO first": "503 5.5.1 Send HELO first",
     "500 Error: bad syntax": "500 5.5.2 Bad syntax",
+    # parameters (RFC 3463 X.5.4: invalid command arguments) and command syntax (X.5.2)
+    "555 MAIL FROM parameters not recognized or not implemented":
+        "555 5.5.4 MAIL FROM parameters not recognized or not implemented",
+    "555 RCPT TO parameters not recognized or not implemented":
+        "555 5.5.4 RCPT TO parameters not recognized or not implemented",
+    "501 Error: BODY can only be one of 7BIT, 8BITMIME":
+        "501 5.5.4 BODY can only be one of 7BIT, 8BITMIME",
+    "501 Error: SMTPUTF8 takes no arguments": "501 5.5.4 SMTPUTF8 takes no arguments",
+    "501 Error: SMTPUTF8 disabled": "501 5.5.4 SMTPUTF8 disabled",
 }
+#: aiosmtpd's "501 Syntax: <command usage>" answers get X.5.2 (syntax error) too.
+_SYNTAX_USAGE = "501 Syntax: "
 
 
 #: aiosmtpd's answer to a client's fifth unknown command, after which it hangs up: a
@@ -383,6 +394,8 @@ class RelaySMTP(SmtpNames, SMTP):
         if status == _AIOSMTPD_BOGUS:
             status = str(too_many_unknown(self.hostname))
         status = _ENHANCED.get(status, status)
+        if status.startswith(_SYNTAX_USAGE):
+            status = "501 5.5.2 " + status[4:]
         if status in _TOO_BIG:
             SMTP_LIMITS.labels("message_size").inc()
         await super().push(status)

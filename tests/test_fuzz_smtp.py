@@ -468,3 +468,26 @@ async def test_an_address_written_with_white_space_or_controls_is_refused_not_ch
     assert replies[4] == [b"501 5.1.3 Bad recipient address syntax\r\n"]
     assert [code(r) for r in replies[5:8]] == [250, 354, 250]
     assert [r.rcpt_tos for r in sink.received] == [["ok@example.org"]]
+
+
+async def test_parameter_and_syntax_refusals_carry_an_enhanced_code(
+        make_relay: MakeRelay) -> None:
+    """RFC 2034: every reply of a server that offers ENHANCEDSTATUSCODES has one; aiosmtpd
+    gives none for parameter and path syntax errors."""
+    relay = await make_relay()
+    replies = await converse(relay_port(relay), [
+        b"MAIL FROM:<a@example.com> NOTIFY=NEVER\r\n", b"MAIL FROM:<a@example.com> BODY=X\r\n",
+        b"MAIL FROM:<a@example.com> SMTPUTF8=1\r\n", b"MAIL FROM:\r\n",
+        b"MAIL FROM:<a@example.com>\r\n", b"RCPT TO:<b@example.org> ORCPT=rfc822;b\r\n",
+        b"RCPT TO:\r\n"])
+    assert replies[2] == [
+        b"555 5.5.4 MAIL FROM parameters not recognized or not implemented\r\n"]
+    assert replies[3] == [b"501 5.5.4 BODY can only be one of 7BIT, 8BITMIME\r\n"]
+    assert replies[4] == [b"501 5.5.4 SMTPUTF8 takes no arguments\r\n"]
+    assert replies[5] == [
+        b"501 5.5.2 Syntax: MAIL FROM: <address> [SP <mail-parameters>]\r\n"]
+    assert code(replies[6]) == 250
+    assert replies[7] == [
+        b"555 5.5.4 RCPT TO parameters not recognized or not implemented\r\n"]
+    assert replies[8] == [
+        b"501 5.5.2 Syntax: RCPT TO: <address> [SP <mail-parameters>]\r\n"]
