@@ -8,6 +8,9 @@ must not fire.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from relay.bounces import classify
@@ -466,3 +469,21 @@ def test_a_client_not_allowed_to_send_is_blocked() -> None:
     assert reason_of(text, status="5.7.1") == "blocked"
     assert reason_of("554 Client host 192.0.2.1 is not permitted to connect", reply="554",
                      command="CONN") == "blocked"
+
+
+# --- replies written outside the corpus (bench/bounce_replies.py) -------------------------------
+
+
+def test_no_soft_refusal_of_the_reply_battery_is_called_hard() -> None:
+    """About 280 replies written from vendor documents and RFC texts, none from the corpus:
+    a soft refusal read as hard suppresses a good address, the costliest mistake. Every
+    one of them is read soft (the reasons themselves are scored by the bench)."""
+    path = Path(__file__).parent.parent / "bench" / "data" / "bounce_replies.jsonl"
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    assert len(rows) > 250
+    called_hard = [
+        (row["code"], row["status"], row["text"][:80])
+        for row in rows if row["hard"] is False
+        and classify_reply(row["code"], row["status"], row["text"], row["command"],
+                           "jdoe@example.org")[1]]
+    assert called_hard == []
