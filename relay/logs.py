@@ -8,6 +8,7 @@ pipeline need not pass them around. Never log message bodies, passwords or token
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import Any
 
@@ -42,6 +43,80 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: Any = None
     logging.basicConfig(level=logging.WARNING if level != "debug" else logging.DEBUG,
                         stream=stream, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("mail.log").setLevel(logging.WARNING if level != "debug" else logging.DEBUG)
+    route_aiohttp_logging()
+
+
+#: aiohttp's server-side loggers (the standard library's): their records become structlog lines.
+AIOHTTP_SERVER_LOGGERS = ("aiohttp.server", "aiohttp.web", "aiohttp.access")
+
+# Where an aiohttp parser message starts quoting the client's bytes (a request line, a
+# header with its value): the reason logged stops before it.
+_QUOTED = re.compile(r":|\sb'|\sb\"|bytearray\(")
+
+
+def _client_error(exc: BaseException | None) -> int | None:
+    """The status of a malformed request's error (aiohttp's ``HttpProcessingError``
+    family, ``4xx``): the client's fault, not the server's."""
+    from aiohttp.http_exceptions import HttpProcessingError
+
+    if isinstance(exc, HttpProcessingError) and isinstance(exc.code, int) \
+            and 400 <= exc.code <= 499:
+        return exc.code
+    return None
+
+
+def _reason(exc: BaseException) -> str:
+    """The parser's reason (``Invalid char in url path``), without the bytes it quotes
+    (a request line, an ``Authorization`` value): printable ASCII, at most 100 characters."""
+    message = str(getattr(exc, "message", "") or "").split("\n", 1)[0]
+    message = _QUOTED.split(message, 1)[0].strip().rstrip(".")
+    return "".join(c for c in message if " " <= c <= "~")[:100]
+
+
+class StructlogHandler(logging.Handler):
+    """Hands the standard library's records (aiohttp's) to structlog, one structured line
+    each: a malformed request (a ``4xx`` parse error, the client's fault) is one ``info``
+    line ``http_bad_request`` with no traceback and none of the request's bytes; anything
+    else keeps its level, and an error its traceback (as structlog renders it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            logger = structlog.get_logger(record.name)
+            exc = record.exc_info[1] if record.exc_info else None
+            client = record.args[0] if (record.msg == "Error handling request from %s"
+                                        and isinstance(record.args, tuple)
+                                        and record.args) else None
+            status = _client_error(exc)
+            if exc is not None and status is not None:
+                logger.log(min(record.levelno, logging.INFO), "http_bad_request",
+                           status=status, error=type(exc).__name__, reason=_reason(exc),
+                           client=client)
+                return
+            fields: dict[str, Any] = {"logger": record.name}
+            if client is not None:
+                event = "http_request_failed"
+                fields["client"] = client
+            else:
+                event = record.getMessage()
+            if record.exc_info:
+                fields["exc_info"] = record.exc_info
+            logger.log(record.levelno, event, **fields)
+        except Exception:
+            self.handleError(record)
+
+
+_BRIDGE = StructlogHandler()
+
+
+def route_aiohttp_logging() -> None:
+    """aiohttp's server loggers write through structlog (``StructlogHandler``), not the
+    standard library's plain text; idempotent. Their levels stay as configured (the
+    root's ``WARNING`` unless debugging: access lines only when debugging)."""
+    for name in AIOHTTP_SERVER_LOGGERS:
+        stdlib = logging.getLogger(name)
+        if _BRIDGE not in stdlib.handlers:
+            stdlib.addHandler(_BRIDGE)
+        stdlib.propagate = False
 
 
 def get_logger(name: str) -> Any:

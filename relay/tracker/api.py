@@ -124,6 +124,14 @@ class Query:
             return None
         return parse_time(value, name)
 
+    def period(self) -> tuple[float | None, float | None]:
+        """``since`` and ``until``; an ``until`` not after ``since`` is a bad ``until``
+        (an empty period is a mistake, as the dashboard's filters say too)."""
+        since, until = self.time("since"), self.time("until")
+        if since is not None and until is not None and until <= since:
+            raise BadParameter("until", "must be after since")
+        return since, until
+
     def limit(self, default: int) -> int:
         value = self.q.get("limit")
         if value is None:
@@ -166,15 +174,19 @@ class Query:
 
 def parse_time(value: str, name: str = "time") -> float:
     """ISO 8601 (a zone-less time is UTC) or POSIX seconds; a relative ``-1h``/``-2d``
-    (minutes, hours, days before now) for the command line."""
-    m = re.fullmatch(r"-(\d{1,6})([smhd])", value)
+    (minutes, hours, days before now) for the command line. Digits are ASCII digits
+    (Python's ``int`` and ``float`` read Arabic-Indic or fullwidth digits too)."""
+    if not value.isascii():
+        raise BadParameter(name, "expected an ISO 8601 time (2026-11-24T13:00:00Z) or "
+                                 "POSIX seconds, in ASCII digits")
+    m = re.fullmatch(r"-([0-9]{1,6})([smhd])", value)
     if m:
         unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
         when = dt.datetime.now(dt.UTC).timestamp() - int(m.group(1)) * unit
         if when < _FIRST:
             raise BadParameter(name, "further back than the year 1")
         return when
-    if re.fullmatch(r"\d{1,11}(\.\d{1,9})?", value):  # up to the year 5138
+    if re.fullmatch(r"[0-9]{1,11}(\.[0-9]{1,9})?", value):  # up to the year 5138
         return float(value)
     try:
         parsed = dt.datetime.fromisoformat(value)
@@ -331,11 +343,12 @@ class Api:
     async def list_messages(self, request: web.Request) -> web.Response:
         q = Query(request, ("sender", "recipient", "campaign", "subject", "status", "since",
                             "until", "cursor", "limit"))
+        since, until = q.period()
         page = await self.store.list_messages(
             scope=_scope(request), sender=_lower(q.text("sender")),
             recipient=_lower(q.text("recipient")), campaign=q.text("campaign", 200),
-            status=q.choice("status", MESSAGE_STATUSES), since=q.time("since"),
-            until=q.time("until"), cursor=q.text("cursor", 1000), limit=q.limit(50),
+            status=q.choice("status", MESSAGE_STATUSES), since=since,
+            until=until, cursor=q.text("cursor", 1000), limit=q.limit(50),
             subject=q.text("subject", 200))
         return ok({"items": [serialize.message_json(m) for m in page.items],
                    "next_cursor": page.next_cursor})
@@ -365,10 +378,11 @@ class Api:
         message = q.text("message")
         if message is not None and not MESSAGE_ID.match(message):
             raise BadParameter("message", "expected a 16-character hex message id")
+        since, until = q.period()
         page = await self.store.list_events(
             scope=_scope(request), type=types or None, message_id=message,
             recipient=_lower(q.text("recipient")), campaign=q.text("campaign", 200),
-            since=q.time("since"), until=q.time("until"), machine=q.boolean("machine"),
+            since=since, until=until, machine=q.boolean("machine"),
             cursor=q.text("cursor", 1000), limit=q.limit(100))
         return ok({"items": [serialize.event_json(e) for e in page.items],
                    "next_cursor": page.next_cursor})
@@ -412,7 +426,7 @@ class Api:
         from relay.store.grouped import GROUP_BY
 
         q = Query(request, ("since", "until", "group_by", "format"))
-        since, until = q.time("since"), q.time("until")
+        since, until = q.period()
         if since is None:
             since = time.time() - 86400
         echoed = {"since": iso_time(since), "until": iso_time(until)}

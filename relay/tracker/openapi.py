@@ -217,7 +217,7 @@ TIME_PARAM = {"anyOf": [
 P_SINCE = _param("since", "Only from this time on (ISO 8601, POSIX seconds, or -N{s,m,h,d} "
                  "before now), inclusive.", TIME_PARAM)
 P_UNTIL = _param("until", "Only before this time (ISO 8601, POSIX seconds, or "
-                 "-N{s,m,h,d} before now).", TIME_PARAM)
+                 "-N{s,m,h,d} before now); with since, after it (else a 400).", TIME_PARAM)
 P_CURSOR = _param("cursor", "The next_cursor of the previous page (opaque; a cursor this "
                   "server did not give out is a 400).", _text(1000))
 P_CAMPAIGN = _param("campaign", "Campaign name (the X-Campaign header of the mail).",

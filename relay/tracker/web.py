@@ -26,7 +26,7 @@ from relay import metrics
 from relay.app import App
 from relay.engagement.contacts import ContactRanker
 from relay.engagement.runner import BatchRunner
-from relay.logs import get_logger
+from relay.logs import get_logger, route_aiohttp_logging
 from relay.metrics import exposition
 from relay.store.base import Store
 from relay.store.rollups import ReportRoller
@@ -69,7 +69,10 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
 def make_runner(web_app: web.Application, **kwargs: Any) -> web.AppRunner:
     """An ``AppRunner`` for ``create_web_app``'s application whose request handlers
     keep the ``[http]`` limits too: aiohttp's idle timer is ``http.idle_timeout`` and
-    its request-line limit ``http.max_request_line`` (relay.tracker.pixel_door)."""
+    its request-line limit ``http.max_request_line`` (relay.tracker.pixel_door).
+    aiohttp's own log lines go through structlog: a client's malformed request is one
+    ``http_bad_request`` info line, never an error with a traceback (relay.logs)."""
+    route_aiohttp_logging()
     http = web_app[TRACKER_APP].config.http
     return web.AppRunner(web_app, keepalive_timeout=http.idle_timeout,
                          max_line_size=http.max_request_line,

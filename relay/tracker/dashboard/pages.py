@@ -73,10 +73,8 @@ def _iso(ts: float) -> str:
 
 
 def read_period(q: Query, default: str = "7d") -> Period:
-    since, until = q.time("since"), q.time("until")
+    since, until = q.period()  # an until not after since: a bad until
     if since is not None or until is not None:
-        if since is not None and until is not None and until <= since:
-            raise BadParameter("until", "must be after since")
         return Period("custom", since, until)
     name = q.choice("period", tuple(PERIODS)) or default
     seconds = PERIODS[name]
