@@ -288,8 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipient", metavar="ADDR", action="append",
                    help="envelope recipient (repeatable; default: one, recipient@example.com; "
                         "give two or more to see multi-recipient handling)")
-    p.add_argument("--sender", metavar="ADDR", default="",
-                   help="envelope sender (default: sender@example.com)")
+    p.add_argument("--sender", metavar="ADDR", default=None,
+                   help="envelope sender (default: sender@example.com; \"\" or \"<>\" for "
+                        "the null sender of a notification)")
     p.set_defaults(func=cmd_rewrite)
 
     p = sub.add_parser("bounces", help="bounce tools")

@@ -41,11 +41,24 @@ async def test_dry_run_writes_message_and_summary(tmp_path: Path) -> None:
 async def test_dry_run_multi_recipient_and_bad_config(tmp_path: Path) -> None:
     raw = alternative("<html><body><a href='https://e.com/'>e</a></body></html>", "8bit")
     out, err = io.BytesIO(), io.StringIO()
-    rc = await run_rewrite(config(tmp_path), ["b@example.org", "c@example.org"], "",
+    rc = await run_rewrite(config(tmp_path), ["b@example.org", "c@example.org"], None,
                            io.BytesIO(raw), out, err)
     assert rc == 0 and out.getvalue() == raw
     assert err.getvalue() == "skipped (multi_recipient): message forwarded untouched\n"
     err = io.StringIO()
-    rc = await run_rewrite(config(tmp_path, 'default = "sometimes"\n'), [], "",
+    rc = await run_rewrite(config(tmp_path, 'default = "sometimes"\n'), [], None,
                            io.BytesIO(raw), io.BytesIO(), err)
     assert rc == 2 and "tracking.default" in err.getvalue()
+
+
+@pytest.mark.parametrize("sender", ["", "<>"])
+async def test_dry_run_with_the_null_sender_is_a_notification(tmp_path: Path,
+                                                               sender: str) -> None:
+    """``--sender ""`` is the null sender, as the relay sees ``MAIL FROM:<>``: a
+    notification, forwarded untracked (it used to fall back to the default sender)."""
+    raw = alternative("<html><body><a href='https://e.com/'>e</a></body></html>", "8bit")
+    out, err = io.BytesIO(), io.StringIO()
+    rc = await run_rewrite(config(tmp_path), ["b@example.org"], sender, io.BytesIO(raw), out,
+                           err)
+    assert rc == 0 and out.getvalue() == raw
+    assert err.getvalue() == "skipped (notification): message forwarded untouched\n"

@@ -19,7 +19,7 @@ DEFAULT_RECIPIENT = "recipient@example.com"
 DEFAULT_SENDER = "sender@example.com"
 
 
-async def run_rewrite(config_path: str | None, recipients: list[str], sender: str,
+async def run_rewrite(config_path: str | None, recipients: list[str], sender: str | None,
                       stdin: BinaryIO, stdout: BinaryIO, stderr: TextIO) -> int:
     """Rewrite the message on ``stdin`` as the relay would; return the exit status."""
     from relay.app import App
@@ -45,7 +45,7 @@ async def run_rewrite(config_path: str | None, recipients: list[str], sender: st
     await app.start()
     try:
         txn = Transaction(id=new_id(), client_ip="127.0.0.1", helo="dry-run",
-                          mail_from=sender or DEFAULT_SENDER,
+                          mail_from=DEFAULT_SENDER if sender is None else sender,
                           rcpt_tos=list(recipients) or [DEFAULT_RECIPIENT])
         try:
             out, _changed = await prepare_message(app, txn, raw)
