@@ -1,9 +1,16 @@
 """Built-in plugin: route links through the tracker (click tracking).
 
-Every ``http``/``https`` target of ``<a href>``, ``<area href>`` and of VML buttons
-(``<v:roundrect href>``, inside Outlook conditional blocks) becomes the tracker's
-``/c/<token>`` URL; the original target (character references decoded, fragment and
-query kept) and the link text are recorded in ``context.links``.
+Every ``http``/``https`` target of ``<a href>``, ``<area href>`` and of VML shapes
+(Outlook buttons inside conditional blocks: ``<v:roundrect href>``, ``<v:rect href>``,
+``<v:oval href>``, ``<v:shape href>`` and the other shapes that take ``href`` in VML:
+ECMA-376 Part 4) becomes the tracker's ``/c/<token>`` URL; the original
+target and the link text are recorded in ``context.links``. The recorded target is the
+URL a browser follows (WHATWG URL Standard, URL parsing): character references decoded,
+leading and trailing C0 controls and spaces stripped, every ASCII tab and newline inside
+removed (a target wrapped by an editor or a generator), fragment and query kept. A
+relative target in a part with a ``<base href>`` (the first with an ``href``, when it is
+an absolute http(s) URL: the HTML standard's document base URL) is resolved against it
+and tracked as that absolute URL; without one it stays ``relative``.
 
 Left alone, and counted by reason: ``mailto``, ``tel``, ``sms``, ``anchor`` (``#…``),
 ``notrack`` (``data-notrack`` / ``data-trackrelay-skip`` on the tag), ``placeholder``
@@ -12,19 +19,28 @@ Left alone, and counted by reason: ``mailto``, ``tel``, ``sms``, ``anchor`` (``#
 in ``List-Unsubscribe``, or a link that says "unsubscribe"), ``relative``,
 ``other_scheme`` and ``empty``.
 
-With ``tracking.rewrite_text_links`` on, URLs in ``text/plain`` parts are rewritten too.
+With ``tracking.rewrite_text_links`` on, URLs in ``text/plain`` parts are rewritten too,
+with the same rules; there a URL the same word carries on into template syntax
+(``https://example.com/?u={{id}}``, ``?id=*|UNIQID|*``) is a ``placeholder``, and a URL
+inside another URI of the same word (``mailto:?body=https://…``) is left to that URI,
+counted once per URI by its scheme (``mailto``, ``tel``, ``sms``, else ``other_scheme``).
 """
 
 from __future__ import annotations
 
 import re
+from urllib.parse import urljoin
 
 from relay import hookimpl
 from relay.rewrite.context import HtmlPart, PlainTextPart, RewriteContext
 from relay.rewrite.html_scan import Tag, visible_text
 
 NAME = "links"
-LINK_TAGS = ("a", "area", "v:roundrect")
+#: The VML shapes, which all take ``href`` (ECMA-376 Part 4, VML: the predefined shapes
+#: have the attributes of ``shape``); Outlook draws buttons with them.
+VML_SHAPES = ("v:shape", "v:rect", "v:roundrect", "v:oval", "v:line", "v:polyline",
+              "v:curve", "v:arc", "v:image")
+LINK_TAGS = ("a", "area", *VML_SHAPES)
 NOTRACK_ATTRS = ("data-notrack", "data-trackrelay-skip")
 SCHEMES = ("mailto", "tel", "sms")
 PLACEHOLDER_MARKERS = ("{{", "}}", "{%", "%}", "*|", "|*", "%%", "[[", "]]", "${", "<%", "%>")
@@ -33,6 +49,20 @@ _SCHEME = re.compile(r"[a-z][a-z0-9+.\-]*:", re.IGNORECASE)
 _LIST_UNSUB = re.compile(r"<(https?://[^>]+)>", re.IGNORECASE)
 _TEXT_URL = re.compile(r"""https?://[^\s<>"'`{}|\\^\[\]]+""", re.IGNORECASE)
 _TRAILING = ".,;:!?'\""
+#: A word of plain text: what a URL found in it may be part of.
+_WORD = re.compile(r"""[^\s<>"'`]+""")
+#: How a word that is a URI (``mailto:?body=…``, ``tel:…``) starts: an optional opening
+#: bracket, a scheme and its colon; a URL after more characters of the word is inside it.
+_URI_WORD = re.compile(r"[(\[{]*([a-z][a-z0-9+.\-]*:)", re.IGNORECASE)
+#: WHATWG URL Standard, URL parsing: leading and trailing C0 controls and spaces are
+#: stripped, every ASCII tab or newline is removed.
+_C0_OR_SPACE = "".join(map(chr, range(0x21)))
+_TAB_OR_NEWLINE = str.maketrans("", "", "\t\n\r")
+
+
+def browser_url(value: str) -> str:
+    """The URL a browser follows for an attribute value (references already decoded)."""
+    return value.strip(_C0_OR_SPACE).translate(_TAB_OR_NEWLINE)
 
 
 def _unsubscribe_urls(context: RewriteContext) -> set[str]:
@@ -68,10 +98,35 @@ def skip_reason(url: str, context: RewriteContext, text: str = "") -> str | None
     return None
 
 
+def _base_url(part: HtmlPart) -> str | None:
+    """The part's document base URL when it is an absolute http(s) URL, else None.
+
+    HTML standard: the first ``<base>`` with an ``href`` in the document counts, wherever
+    it is; one inside an Outlook conditional block is a comment to browsers."""
+    for tag in part.tags("base"):
+        if tag.in_conditional:
+            continue
+        href = tag.attr("href")
+        if href is None:
+            continue
+        url = browser_url(href.value)
+        return url if _HTTP.match(url) else None
+    return None
+
+
+def _resolve(base: str, url: str) -> str:
+    """``url`` (relative) resolved against ``base``. A browser reads ``\\`` as ``/`` in
+    the path of an http(s) URL (WHATWG URL Standard), so the path is read so too."""
+    end = min((i for i in (url.find("?"), url.find("#")) if i >= 0), default=len(url))
+    return urljoin(base, url[:end].replace("\\", "/") + url[end:])
+
+
 def _link_text(part: HtmlPart, tag: Tag) -> str:
     if tag.name == "area":
         alt = tag.attr("alt")
         return alt.value.strip() if alt else ""
+    if tag.name.startswith("v:") and part.text.endswith("/>", tag.start, tag.end):
+        return ""  # an empty VML element (XML): no text, whatever end tag comes later
     close = part.scan.next_close(tag)
     if close is None:
         return ""
@@ -82,6 +137,8 @@ def _link_text(part: HtmlPart, tag: Tag) -> str:
 def trackrelay_edit_html(context: RewriteContext, part: HtmlPart) -> None:
     if not context.policy.clicks:
         return
+    base: str | None = None
+    base_known = False
     for tag in part.tags(*LINK_TAGS):
         href = tag.attr("href")
         if href is None:
@@ -89,9 +146,15 @@ def trackrelay_edit_html(context: RewriteContext, part: HtmlPart) -> None:
         if any(tag.has(a) for a in NOTRACK_ATTRS):
             context.skip_link("notrack")
             continue
-        url = href.value.strip(" \t\r\n\f")
+        url = browser_url(href.value)
         text = _link_text(part, tag)
         reason = skip_reason(url, context, text)
+        if reason == "relative":
+            if not base_known:
+                base, base_known = _base_url(part), True
+            if base is not None:
+                url = _resolve(base, url)
+                reason = skip_reason(url, context, text)
         if reason is not None:
             context.skip_link(reason)
             continue
@@ -102,7 +165,34 @@ def trackrelay_edit_html(context: RewriteContext, part: HtmlPart) -> None:
 def trackrelay_edit_text(context: RewriteContext, part: PlainTextPart) -> None:
     if not (context.policy.clicks and context.policy.text_links):
         return
-    for m in _TEXT_URL.finditer(part.text):
+    text = part.text
+    words = _WORD.finditer(text)
+    start = end = -1  # the word holding the current URL
+    uri: re.Match[str] | None = None  # that word's leading scheme, if any
+    last_marker = -1  # where the word's last template marker starts (-1: none)
+    decided = -1  # start of the last word whose URI was counted or tracked
+    for m in _TEXT_URL.finditer(text):
+        if end <= m.start():  # a new word: looked at once, however many URLs it has
+            word = next(words)
+            while word.end() <= m.start():
+                word = next(words)
+            start, end = word.span()
+            uri = _URI_WORD.match(text, start, end)
+            last_marker = max((text.rfind(marker, start, end)
+                               for marker in PLACEHOLDER_MARKERS), default=-1)
+        if start < m.start():
+            if uri is not None and uri.end() < m.start():
+                # Part of another URI (mailto:?body=https://…): that URI's, counted once.
+                if decided != start:
+                    decided = start
+                    context.skip_link(skip_reason(text[uri.start(1):end], context)
+                                      or "other_scheme")
+                continue
+        else:
+            decided = start
+        if last_marker >= m.start():
+            context.skip_link("placeholder")  # the word's template completes this URL
+            continue
         url = m.group(0).rstrip(_TRAILING)
         if url.endswith(")") and url.count("(") < url.count(")"):
             url = url[:-1]

@@ -8,6 +8,7 @@ everything a plugin did not change leaves byte-for-byte as it came in (DESIGN #2
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from email.header import decode_header, make_header
 
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
@@ -115,6 +116,22 @@ class MessageDraft:
         self._names = None
         self.changed = True
         return before - len(self._headers)
+
+    @property
+    def newline(self) -> bytes:
+        """The message's line ending (CRLF, or LF for a message written with bare LFs)."""
+        return self._newline
+
+    def edit_header_block(self, edit: Callable[[bytes], bytes]) -> None:
+        """Keep ``edit(block)`` as the header block (every field with its line ending):
+        for an edit in place, such as a field's value replaced where it stands, that
+        leaves every other byte as it was."""
+        block = b"".join(self._headers)
+        new = edit(block)
+        if new != block:
+            self._headers = _header_lines(new)
+            self._names = None
+            self.changed = True
 
     def add_header(self, name: str, value: str) -> None:
         """Append a header at the end of the header block (values must be ASCII-safe)."""

@@ -218,7 +218,8 @@ def check_parse(text: str, out: str, edited: list[tuple[Tag, Attr, str]], pixel:
                     assert values, f"the input's tag has no {pair[0]}"
                     pair[1] = values[0]
         elif event[1] in ("comment", "data", "decl", "unknown", "pi") and event[3]:
-            for new, (tag, attr) in list(originals.items()):
+            # longest first: "…/1" is a prefix of "…/10"
+            for new, (tag, attr) in sorted(originals.items(), key=lambda o: -len(o[0])):
                 escaped = escape_attr(new, attr.quote)
                 if tag.in_conditional and escaped in event[3]:
                     event[3] = event[3].replace(escaped, attr.raw)

@@ -15,13 +15,15 @@ before ``trackrelay_transform_message``:
 The pipeline counts the decision (``trackrelay_messages_total``) once later hooks had
 their say (``trackrelay_outgoing_message`` may send the original after all).
 
-A message whose MIME structure cannot be followed, or a part that cannot be decoded or
+A message whose MIME structure cannot be followed, or a part that cannot be decoded
+faithfully (``charset_not_reversible``: its text would not encode back to its bytes) or
 re-encoded, is forwarded as it came and counted (``trackrelay_rewrite_skipped_total``):
 content is fail-open, mail is never refused for its content.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import TYPE_CHECKING
 
@@ -58,7 +60,7 @@ log = get_logger("relay.rewrite")
 REWRITE_SKIPPED = Counter(
     "trackrelay_rewrite_skipped_total",
     "Messages or parts forwarded unchanged because the rewrite could not handle them, "
-    "by reason (unparseable, undecodable, unencodable)",
+    "by reason (unparseable, undecodable, charset_not_reversible, unencodable)",
     ["reason"],
 )
 
@@ -139,7 +141,8 @@ async def _edit_parts(context: RewriteContext, tree: MimeTree) -> None:
         try:
             decoded = decode_charset(decode_transfer(raw, leaf.cte), leaf.charset)
         except (DecodeError, LookupError, ValueError) as exc:
-            _skip_part(context, "undecodable", leaf.path, str(exc))
+            # "charset_not_reversible": the text would not encode back to the part's bytes.
+            _skip_part(context, getattr(exc, "reason", "undecodable"), leaf.path, str(exc))
             continue
         part: ContentPart
         if is_html:
@@ -170,8 +173,10 @@ async def _edit_parts(context: RewriteContext, tree: MimeTree) -> None:
                 replacements.append((hs, he, set_transfer_encoding(body[hs:he], new_cte,
                                                                    leaf.newline)))
             else:
-                message.remove_header("Content-Transfer-Encoding")
-                message.add_header("Content-Transfer-Encoding", new_cte)
+                # where the field stands: header order and every other byte kept
+                message.edit_header_block(
+                    functools.partial(set_transfer_encoding, cte=new_cte,
+                                      newline=message.newline))
     for removed in context.removed_leaves:
         assert removed.remove_span is not None
         replacements.append((*removed.remove_span, b""))

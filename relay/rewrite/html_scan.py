@@ -31,8 +31,10 @@ from typing import NamedTuple
 #: Elements whose content is raw text (no tags inside), as browsers parse them.
 RAW_TEXT = ("script", "style", "textarea", "title", "xmp", "iframe", "noembed", "noframes")
 
-#: The tags the engine reports by default: what the built-in plugins need.
-DEFAULT_NAMES = frozenset({"a", "area", "v:roundrect", "body"})
+#: The tags the engine reports by default: what the built-in plugins need (the links
+#: plugin's link tags, VML shapes among them, and ``base``), in the one shared scan.
+DEFAULT_NAMES = frozenset({"a", "area", "base", "body", "v:shape", "v:rect", "v:roundrect",
+                           "v:oval", "v:line", "v:polyline", "v:curve", "v:arc", "v:image"})
 
 # Inside a start tag: attribute names and values; quotes only count right after "=",
 # and there they always open a quoted value (HTML tokenizer): one that never closes
@@ -205,6 +207,7 @@ def scan_html(text: str, names: Iterable[str] | None = None) -> Scan:
     body_open_end: int | None = None
     in_cond = False
     cond_start = 0
+    cond_limit = 0  # where a browser ends the conditional block's comment: its first "-->"
     pos = 0
     n = len(text)
     tail = n
@@ -215,6 +218,12 @@ def scan_html(text: str, names: Iterable[str] | None = None) -> Scan:
             break
         kind = m.lastgroup
         end = m.end()
+        if in_cond and kind in ("start", "end") and m.start(kind) < cond_limit < end:
+            # A tag inside a conditional block that runs past the first "-->": to a
+            # browser the comment ends there, inside the tag, so it is no tag (and an
+            # edit in it could remove the comment's end). Read on from the "-->".
+            pos = cond_limit
+            continue
         if kind == "start":
             name = m.group("name").lower()
             start = m.start("start")
@@ -237,9 +246,11 @@ def scan_html(text: str, names: Iterable[str] | None = None) -> Scan:
         elif kind == "open":
             tail = m.start("open")
             break  # unterminated tag: nothing after it is markup a browser shows
-        elif kind == "cond":
+        elif kind == "cond" and not in_cond:  # (one inside a block is comment text)
             in_cond = True
             cond_start = m.start("cond")
+            found = text.find("-->", end)
+            cond_limit = n if found < 0 else found
         elif kind == "endif":
             in_cond = False
         elif kind is None and end == n and m.start() <= end:

@@ -1,12 +1,14 @@
 """The MIME tree of a message, found on its raw bytes, and byte-faithful part replacement.
 
 ``walk`` finds every text part (``text/html`` and ``text/plain`` that is not an
-attachment) with the byte offsets of its header block and body inside the message
-body, without re-serialising anything. ``decode_part`` turns a part's body into text
-(transfer encoding, then charset; a missing or wrong charset is detected with bs4's
-UnicodeDammit) and ``encode_part`` turns edited text back into bytes in the same transfer
-encoding where it can carry the result. ``splice`` puts new part bytes into the
-original body, so every byte outside the changed parts stays as it was.
+attachment: neither ``Content-Disposition: attachment`` nor a file name) with the byte
+offsets of its header block and body inside the message body, without re-serialising
+anything. ``decode_charset`` turns a part's transfer-decoded body into text (a missing
+or wrong charset is detected with bs4's candidates; the text must encode back to the
+same bytes) and ``encode_part`` turns edited text back into bytes in the same charset,
+byte order and transfer encoding where it can carry the result. ``splice`` puts new
+part bytes into the original body, so every byte outside the changed parts stays as it
+was.
 
 ``message/rfc822`` parts (forwarded mail) and attachments are never entered.
 """
@@ -37,6 +39,16 @@ class MimeError(ValueError):
 
 class DecodeError(ValueError):
     """A part whose transfer encoding or charset cannot be decoded faithfully."""
+
+    #: The ``trackrelay_rewrite_skipped_total`` reason of a part left alone for it.
+    reason = "undecodable"
+
+
+class IrreversibleCharset(DecodeError):
+    """A part whose text does not encode back to its own bytes in any charset that reads
+    it: editing it would change bytes outside the edits."""
+
+    reason = "charset_not_reversible"
 
 
 @dataclass
@@ -189,8 +201,10 @@ def _walk(headers: Message, body: bytes, start: int, end: int,
         tree.skipped["other_type"] = tree.skipped.get("other_type", 0) + 1
         tree.leaves.append(leaf)
         return
-    disposition = str(headers.get("Content-Disposition", "")).split(";", 1)[0].strip().lower()
-    if disposition == "attachment":
+    if leaf.disposition == "attachment" or leaf.filename is not None:
+        # A file the sender attached, not the message's text: RFC 2183 section 2.3 gives
+        # a file its name in Content-Disposition, older mailers in Content-Type's
+        # ``name``; Apple Mail attaches files as ``inline; filename=…``.
         tree.skipped["attachment"] = tree.skipped.get("attachment", 0) + 1
         tree.leaves.append(leaf)
         return
@@ -293,13 +307,44 @@ def decode_transfer(data: bytes, cte: str) -> bytes:
     if cte == "quoted-printable":
         return binascii.a2b_qp(data)
     if cte == "base64":
-        compact = re.sub(rb"[^A-Za-z0-9+/=]", b"", data)
+        return decode_base64(data)
+    raise DecodeError(f"unknown transfer encoding {cte!r}")
+
+
+_B64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+_B64_SPACE = b" \t\r\n"
+#: White space between two base64 characters of one line: a line of text (a footer a
+#: list server or gateway appended), not base64, which no encoder writes.
+_B64_TEXT_LINE = re.compile(rb"[A-Za-z0-9+/=][ \t]+[A-Za-z0-9+/=]")
+
+
+def decode_base64(data: bytes) -> bytes:
+    """A base64 body decoded whole, every chunk of it.
+
+    Chunked encoders write a body as several separately encoded pieces, so ``=`` padding
+    may end a piece in the middle (RFC 2045 section 6.8: decoding goes on after it);
+    ``binascii`` stops at the first padding and would drop the rest. A body holding
+    anything but the base64 alphabet, ``=`` and line white space (text a list server or
+    antivirus gateway appended) has no faithful decoding: re-encoded, that text would
+    be lost or turned into junk, so it is a ``DecodeError`` and the part is left alone.
+    """
+    if data.translate(None, _B64_ALPHABET + b"=" + _B64_SPACE):
+        raise DecodeError("base64 body holds characters outside the base64 alphabet")
+    if (b" " in data or b"\t" in data) and _B64_TEXT_LINE.search(data):
+        raise DecodeError("base64 body holds a line of text")
+    compact = data.translate(None, _B64_SPACE)
+    chunks = [compact.rstrip(b"=")]
+    if b"=" in chunks[0]:
+        chunks = [c for c in re.split(rb"=+", compact) if c]
+    out = []
+    for chunk in chunks:
+        if len(chunk) % 4 == 1:  # six bits cannot end a chunk
+            raise DecodeError("bad base64: truncated chunk")
         try:
-            return base64.b64decode(compact + b"=" * (-len(compact.rstrip(b"=")) % 4),
-                                    validate=False)
+            out.append(binascii.a2b_base64(chunk + b"=" * (-len(chunk) % 4)))
         except (binascii.Error, ValueError) as exc:
             raise DecodeError(f"bad base64: {exc}") from None
-    raise DecodeError(f"unknown transfer encoding {cte!r}")
+    return b"".join(out)
 
 
 def _known(charset: str | None) -> str | None:
@@ -319,33 +364,122 @@ class Decoded:
     charset: str  # the codec that round-trips the text
     detected: bool  # True when the declared charset was missing or wrong
     data: bytes = b""  # the bytes ``text`` was decoded from (the transfer-decoded body)
+    #: The byte order mark the part began with (not in ``text``), written back before it.
+    bom: bytes = b""
+
+    def encode(self, text: str) -> bytes:
+        """``text`` in the part's charset, byte order and byte order mark."""
+        return self.bom + text.encode(self.charset)
+
+
+#: UTF-16 and UTF-32 by their byte order marks, kept as they came. Without one, RFC 2781
+#: section 4.3 reads UTF-16 as big-endian (Python's codec would take little-endian), and
+#: UTF-32 likewise, unless the bytes plainly are little-endian (``_little_endian``).
+_BYTE_ORDER = {
+    "utf-16": ((codecs.BOM_UTF16_BE, "utf-16-be"), (codecs.BOM_UTF16_LE, "utf-16-le")),
+    "utf-32": ((codecs.BOM_UTF32_BE, "utf-32-be"), (codecs.BOM_UTF32_LE, "utf-32-le")),
+}
+#: Codecs whose strict decoding only succeeds on bytes its text encodes back to (one
+#: byte sequence per character): no round trip needs checking.
+_REVERSIBLE = frozenset({"ascii", "utf-8", "iso8859-1"})
+#: Other codecs of the same family to try when a detected one does not give the bytes
+#: back (EUC-JP text is detected as euc_jis_2004, which re-encodes JIS X 0212 characters
+#: differently).
+_VARIANTS = {
+    "euc_jis_2004": ("euc_jp", "euc_jisx0213"),
+    "euc_jisx0213": ("euc_jp", "euc_jis_2004"),
+    "euc_jp": ("euc_jis_2004",),
+    "shift_jis_2004": ("shift_jis", "cp932", "shift_jisx0213"),
+    "shift_jisx0213": ("shift_jis", "cp932", "shift_jis_2004"),
+    "shift_jis": ("cp932",),
+    "cp932": ("shift_jis",),
+    "gb2312": ("gbk", "gb18030"),
+    "gbk": ("gb18030",),
+    "big5": ("cp950", "big5hkscs"),
+    "cp950": ("big5", "big5hkscs"),
+}
+
+
+def _little_endian(data: bytes, codec: str) -> bool:
+    """True when UTF-16 or UTF-32 bytes without a byte order mark are plainly
+    little-endian: markup and Latin text have their zero octets last in each unit
+    (WHATWG's Encoding Standard reads a "utf-16" label so). Read big-endian, their edits
+    would go in in the other byte order than the text around them."""
+    size = 2 if codec == "utf-16" else 4
+    return data[size - 1::size].count(0) > data[0::size].count(0)
+
+
+def _decode(data: bytes, codec: str, detected: bool) -> Decoded | None:
+    """``data`` decoded by ``codec`` (its byte order kept), when that gives the bytes
+    back; None when it does not decode. Raises ``IrreversibleCharset`` when it decodes
+    to text that encodes to other bytes."""
+    bom = b""
+    for mark, name in _BYTE_ORDER.get(codec, ()):
+        if data.startswith(mark):
+            bom, codec = mark, name
+            break
+    else:
+        if codec in _BYTE_ORDER:
+            codec += "-le" if _little_endian(data, codec) else "-be"
+    try:
+        text = data[len(bom):].decode(codec)
+    except UnicodeDecodeError:
+        return None
+    decoded = Decoded(text, codec, detected, data, bom)
+    if codec not in _REVERSIBLE:
+        try:
+            same = decoded.encode(text) == data
+        except UnicodeEncodeError:
+            same = False
+        if not same:
+            raise IrreversibleCharset(f"text decoded as {codec} does not encode back to "
+                                      "the part's bytes")
+    return decoded
 
 
 def decode_charset(data: bytes, declared: str | None) -> Decoded:
-    """Bytes to text by the declared charset; detect it when missing or wrong."""
+    """Bytes to text by the declared charset; detect it when missing or wrong.
+
+    The text must encode back to exactly ``data`` (else every byte outside the edits
+    could change): a declared charset that reads the part but does not give its bytes
+    back is ``IrreversibleCharset``, and so is a part no detected candidate (or a codec
+    of the same family) both reads and gives back.
+    """
     codec = _known(declared)
     if codec is not None:
-        try:
-            return Decoded(data.decode(codec), codec, False, data)
-        except UnicodeDecodeError:
-            pass
+        found = _decode(data, codec, False)
+        if found is not None:
+            return found
     elif declared is None:
-        try:
-            return Decoded(data.decode("ascii"), "ascii", False, data)
-        except UnicodeDecodeError:
-            pass
-    from bs4.dammit import UnicodeDammit
+        found = _decode(data, "ascii", False)
+        if found is not None:
+            return found
+    from bs4.dammit import EncodingDetector
 
+    # UnicodeDammit's candidates, in its order; the first that reads the part and gives
+    # its bytes back is taken.
     guesses = [c for c in ("utf-8", "windows-1252") if c != codec]
-    dammit = UnicodeDammit(data, guesses, is_html=False)
-    encoding = _known(dammit.original_encoding)
-    if dammit.unicode_markup is None or encoding is None:
-        raise DecodeError("charset could not be detected")
-    try:
-        text = data.decode(encoding)
-    except UnicodeDecodeError:
-        raise DecodeError("charset could not be detected") from None
-    return Decoded(text, encoding, True, data)
+    detector = EncodingDetector(data, is_html=False, user_encodings=guesses)
+    tried = {codec}
+    irreversible: IrreversibleCharset | None = None
+    for name in detector.encodings:
+        first = _known(name)
+        if first is None:
+            continue
+        for candidate in (first, *_VARIANTS.get(first, ())):
+            if candidate in tried:
+                continue
+            tried.add(candidate)
+            try:
+                found = _decode(data, candidate, True)
+            except IrreversibleCharset as exc:
+                irreversible = exc
+                continue
+            if found is not None:
+                return found
+    if irreversible is not None:
+        raise irreversible
+    raise DecodeError("charset could not be detected")
 
 
 # --- encoding --------------------------------------------------------------------------------
@@ -525,7 +659,7 @@ def encode_part(text: str, part: TextPart, decoded: Decoded, original: bytes) ->
     byte of its content changed; breaking its lines instead would change the content.
     """
     try:
-        data = text.encode(decoded.charset)
+        data = decoded.encode(text)
     except UnicodeEncodeError:
         raise DecodeError("edited text cannot be encoded in the part's charset") from None
     cte = part.cte
@@ -540,23 +674,24 @@ def encode_part(text: str, part: TextPart, decoded: Decoded, original: bytes) ->
     return encode_qp(data, part.newline), "quoted-printable"
 
 
+_CTE_FIELD = re.compile(rb"(?im)^(content-transfer-encoding[ \t]*:[ \t]*)"
+                        rb"[^\r\n]*(?:\r?\n[ \t][^\r\n]*)*")
+
+
 def set_transfer_encoding(header_block: bytes, cte: str, newline: bytes) -> bytes:
-    """A part header block with its Content-Transfer-Encoding set to ``cte``."""
-    lines = re.split(rb"(?<=\n)", header_block)
-    out: list[bytes] = []
-    skipping = False
-    for line in lines:
-        if not line:
-            continue
-        if skipping and line[:1] in (b" ", b"\t"):
-            continue
-        skipping = line.split(b":", 1)[0].strip().lower() == b"content-transfer-encoding"
-        if not skipping:
-            out.append(line)
-    if out and not out[-1].endswith(b"\n"):
-        out[-1] += newline
-    out.append(b"Content-Transfer-Encoding: " + cte.encode() + newline)
-    return b"".join(out)
+    """A header block with its Content-Transfer-Encoding set to ``cte``.
+
+    The field's value is replaced where it stands (its name and spacing as they were,
+    every other byte of the block unchanged); the field is added at the end of the
+    block only when there was none.
+    """
+    value = cte.encode("ascii")
+    new, count = _CTE_FIELD.subn(lambda m: m.group(1) + value, header_block)
+    if count:
+        return new
+    if header_block and not header_block.endswith(b"\n"):
+        header_block += newline
+    return header_block + b"Content-Transfer-Encoding: " + value + newline
 
 
 def splice(body: bytes, replacements: list[tuple[int, int, bytes]]) -> bytes:
