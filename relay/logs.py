@@ -43,6 +43,10 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: Any = None
     logging.basicConfig(level=logging.WARNING if level != "debug" else logging.DEBUG,
                         stream=stream, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("mail.log").setLevel(logging.WARNING if level != "debug" else logging.DEBUG)
+    # Never aioimaplib's debug lines, not even when debugging: they show every fetched
+    # message and, when it has a quote or a backslash, the LOGIN password (it masks only
+    # the unquoted form).
+    logging.getLogger("aioimaplib").setLevel(logging.INFO)
     route_aiohttp_logging()
 
 

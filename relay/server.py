@@ -1,6 +1,6 @@
 """Running the processes: the relay and tracker together (``serve``) or the tracker alone.
 
-SIGTERM and SIGINT stop accepting connections, let SMTP transactions in flight finish
+SIGTERM, SIGINT and SIGHUP stop accepting connections, let SMTP transactions in flight finish
 within ``relay.shutdown_grace`` seconds (a message already on its way upstream still gets
 the upstream's answer, up to ``upstream.data_timeout`` later), flush what the store still
 holds, then exit.
@@ -159,7 +159,9 @@ async def run(config: Config, *, smtp: bool = True, http: bool = True,
     services = Services(config, smtp=smtp, http=http, listeners=listeners)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    # SIGHUP too (a closed terminal, a process manager's reload): its default ends the
+    # process at once, past a message the upstream took whose client has no answer yet.
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     await services.start()

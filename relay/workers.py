@@ -13,7 +13,7 @@ server an admin compares trackrelay with use several processes. The supervisor:
 4. restarts a worker that dies (a client whose connection it held retries: nothing it
    had answered 250 to is lost, since the upstream accepted that first); a worker that
    keeps dying within seconds of its start stops the whole service with an error;
-5. on SIGTERM or SIGINT passes SIGTERM to every worker, which drain as a single process
+5. on SIGTERM, SIGINT or SIGHUP passes SIGTERM to every worker, which drain as a single process
    does, and waits for them (``relay.shutdown_grace``, then up to ``upstream.data_timeout``
    for messages already on their way upstream, plus time to flush the store).
 
@@ -158,7 +158,10 @@ class Supervisor:
             log.warning("tracking.token_keys is empty: using a random key; tracking links "
                         "in mail sent now stop working when trackrelay restarts")
             env[KEYS_ENV] = json.dumps([f"0:{secrets.token_hex(32)}"])
-        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        # SIGHUP as SIGTERM: by default it would end the supervisor alone and leave its
+        # workers serving with nobody to stop or restart them.
+        previous = {s: signal.signal(s, self._on_signal)
+                    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
         try:
             for worker in self.workers:
                 self._start(worker, env)

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import aiosmtplib
+import pytest
 
 from tests.conftest import MakeRelay, Sink, free_port, relay_port, wait_listening
 
@@ -92,7 +93,12 @@ def serve_env(grace: float) -> dict[str, str]:
     return dict(os.environ, TRACKRELAY_RELAY__SHUTDOWN_GRACE=str(grace))
 
 
-async def test_sigterm_during_slow_upstream_answer(sink: Sink, tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+async def test_sigterm_during_slow_upstream_answer(sink: Sink, tmp_path: Path,
+                                                   sig: signal.Signals) -> None:
+    """SIGHUP drains as SIGTERM does: by default it ended the process at once, after the
+    upstream took the message and before its client had the answer (which it would then
+    send again)."""
     port = free_port()
     sink.behaviour.delay_reply = 2.0
     proc = await asyncio.create_subprocess_exec(
@@ -105,7 +111,7 @@ async def test_sigterm_during_slow_upstream_answer(sink: Sink, tmp_path: Path) -
         sending = asyncio.create_task(client.sendmail("a@example.com", ["b@example.org"],
                                                       MSG))
         await wait_for(lambda: sink.data_started == 1, "the message reached the upstream")
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         errors, reply = await sending
         assert errors == {} and "queued as Q00001" in reply
         _, err = await asyncio.wait_for(proc.communicate(), 30)

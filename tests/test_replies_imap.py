@@ -6,12 +6,14 @@ it stopped, a bounce in the same mailbox is a bounce, and TLS is checked."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from relay.logs import configure_logging
 from relay.replies.imap import ImapReplies
 from tests.deliverability_support import MakeStack, Stack
 from tests.dovecot_support import PASSWORD, USER, Dovecot
@@ -239,3 +241,24 @@ async def test_an_oauth2_token_file_logs_in(make_stack: MakeStack, tmp_path: Pat
     finally:
         await server.stop()
         await runner.cleanup()
+
+
+async def test_debug_logging_shows_no_fetched_message_or_password(
+        make_stack: MakeStack, dovecot: Dovecot, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """At ``log.level = "debug"`` aioimaplib's own debug lines carried every fetched
+    message, and the LOGIN password when it was quoted: they are never logged."""
+    configure_logging("debug")
+    caplog.set_level(logging.DEBUG)
+    stack = await make_stack(replies=imap_settings(dovecot, tmp_path))
+    await seed(stack.store, "<order-42@shop.example.com>", ["carol@remote.test"])
+    replies = await started(stack)
+    try:
+        await dovecot.append(reply(2))
+        await stack.wait_events(count=1, type="reply")
+    finally:
+        await replies.stop()
+    text = caplog.text
+    assert "Reply number 2" not in text and PASSWORD not in text
+    assert not [r for r in caplog.records if r.name.startswith("aioimaplib")
+                and r.levelno < logging.INFO]

@@ -187,6 +187,23 @@ async def test_workers_share_sockets_key_store_and_metrics(served: Served) -> No
     assert any('"supervisor_stopped"' in ln for ln in served.log_lines())
 
 
+async def test_sighup_stops_the_supervisor_and_its_workers(served: Served) -> None:
+    """A closed terminal or a process manager's reload sends SIGHUP: by default it ended
+    the supervisor alone, and its workers went on serving on the shared ports with
+    nobody to stop or restart them. It stops them all, as SIGTERM does."""
+    pids = served.worker_pids()
+    assert len(pids) == 2
+    served.proc.send_signal(signal.SIGHUP)
+    assert await asyncio.wait_for(served.proc.wait(), 60) == 0
+    for pid in pids:
+        for _ in range(200):
+            if not Path(f"/proc/{pid}").exists():
+                break
+            await asyncio.sleep(0.05)
+        assert not Path(f"/proc/{pid}").exists(), f"worker {pid} outlived the supervisor"
+    assert any('"supervisor_stopped"' in ln for ln in served.log_lines())
+
+
 async def test_a_worker_that_dies_is_replaced(served: Served) -> None:
     first = served.worker_pids()
     os.kill(first[0], signal.SIGKILL)
