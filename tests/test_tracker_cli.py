@@ -186,3 +186,30 @@ def test_events_follow_prints_only_new_events(store_url: str, tmp_path: Path) ->
     rows = [json.loads(line) for line in out.getvalue().splitlines()]
     assert [(r["type"], r["recipient"]) for r in rows] == [
         ("bounce", "carol@customer.test"), ("open", "dave@customer.test")]
+
+
+def test_json_lines_hold_no_line_break_a_line_reader_splits_at(store_url: str,
+                                                                tmp_path: Path) -> None:
+    """U+2028, U+2029 and U+0085 are valid in JSON, but ``str.splitlines()`` breaks a line
+    there: a User-Agent holding one split its event in two. They are written as escapes,
+    and the value reads back whole."""
+    ids = asyncio.run(_seed(store_url, tmp_path / "spool.jsonl"))
+    odd = "Mozilla/5.0 \u2028Thunderbird\u2029 x\x85y é"
+
+    async def add() -> None:
+        store = await open_store(store_url, spool_path=str(tmp_path / "spool2.jsonl"))
+        try:
+            store.enqueue(Event("open", ids["a"], "carol@customer.test", time.time() + 9,
+                                data={"client": odd, "verdict": "human"}))
+            await store.flush()
+        finally:
+            await store.close()
+
+    asyncio.run(add())
+    out = io.StringIO()
+    assert cli.events(_args(config=_config_file(tmp_path, store_url), json=True,
+                            type=["open"]), out) == 0
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 4 and len(out.getvalue().split("\n")) == 5
+    rows = [json.loads(line) for line in lines]
+    assert rows[-1]["client"] == odd and "é" in lines[-1]

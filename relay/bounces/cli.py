@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import TextIO
 
 from relay.bounces.classify import Hook, classify
 from relay.bounces.model import to_json
+from relay.json_lines import json_line
 
 
 def classify_files(paths: list[str], out: TextIO, hook: Hook | None = None) -> int:
@@ -28,5 +28,5 @@ def classify_files(paths: list[str], out: TextIO, hook: Hook | None = None) -> i
             status = 2
             continue
         for record in classify(raw, hook=hook):
-            out.write(json.dumps(to_json(record, file=path), ensure_ascii=False) + "\n")
+            out.write(json_line(to_json(record, file=path), compact=False) + "\n")
     return status

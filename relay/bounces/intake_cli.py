@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import mailbox
 import sys
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ from typing import Any
 
 from relay import cli_config
 from relay.config import Config
+from relay.json_lines import json_line
 
 #: Exit codes: everything done / some message refused or path unreadable / usage.
 OK, PARTIAL, USAGE = 0, 1, 2
@@ -43,7 +43,7 @@ async def _started_app(config: Config) -> Any:
 
 
 def _print(obj: dict[str, Any]) -> None:
-    print(json.dumps(obj, ensure_ascii=False, separators=(",", ":")), flush=True)
+    print(json_line(obj), flush=True)
 
 
 # --- inbound ----------------------------------------------------------------------------

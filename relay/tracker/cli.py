@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import time
 from collections import Counter
@@ -26,6 +25,7 @@ from typing import IO, Any
 from relay import cli_config
 from relay.config import Config, ConfigError
 from relay.engagement.report import by_a_person
+from relay.json_lines import json_line
 from relay.records import EVENT_TYPES
 from relay.store.base import Store, iso_time
 from relay.store.grouped import GROUP_BY
@@ -210,7 +210,7 @@ async def _stats(args: argparse.Namespace, out: IO[str]) -> int:
     finally:
         await store.close()
     if getattr(args, "json", False):
-        print(json.dumps(figures, ensure_ascii=False), file=out)
+        print(json_line(figures, compact=False), file=out)
     else:
         _print_figures(title, figures, out)
     return 0
@@ -226,8 +226,8 @@ async def _grouped(args: argparse.Namespace, store: Store, group_by: str, out: I
     if getattr(args, "csv", False):
         out.write(to_csv(groups))
     elif getattr(args, "json", False):
-        print(json.dumps({"since": iso_time(since), "group_by": group_by, "groups": groups},
-                         ensure_ascii=False), file=out)
+        print(json_line({"since": iso_time(since), "group_by": group_by, "groups": groups},
+                        compact=False), file=out)
     else:
         rated = any("open_rate" in g for g in groups)
         print(f"last {hours:g} hours by {group_by} (human / all)", file=out)
@@ -256,7 +256,7 @@ def stats(args: argparse.Namespace, out: IO[str] | None = None) -> int:
 def _line(row: dict[str, Any], as_json: bool) -> str:
     obj = event_json(row)
     if as_json:
-        return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+        return json_line(obj)
     where = ", ".join(x for x in (obj.get("city"), obj.get("country")) if x)
     bits = [obj["time"], obj["type"], obj["message_id"], obj.get("recipient") or "-"]
     if obj.get("url"):
