@@ -123,9 +123,7 @@ class MessageDraft:
         return self._newline
 
     def edit_header_block(self, edit: Callable[[bytes], bytes]) -> None:
-        """Keep ``edit(block)`` as the header block (every field with its line ending):
-        for an edit in place, such as a field's value replaced where it stands, that
-        leaves every other byte as it was."""
+        """Replace the header block (its fields, with line endings) by ``edit(block)``."""
         block = b"".join(self._headers)
         new = edit(block)
         if new != block:
