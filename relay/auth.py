@@ -27,7 +27,6 @@ import secrets
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import bcrypt
 from aiosmtpd.smtp import AuthResult, LoginPassword
@@ -37,6 +36,7 @@ from relay.config import ConfigError, RelayConfig
 from relay.logs import get_logger
 from relay.metrics import AUTH_ATTEMPTS, AUTH_CHECK_SECONDS, AUTH_CHECKS, AUTH_LOCKOUTS
 from relay.records import Reply
+from relay.users_file import read_users
 
 log = get_logger("relay.auth")
 
@@ -49,18 +49,12 @@ DEFAULT_COST = 12
 
 
 def load_users(path: str) -> dict[str, bytes]:
-    users: dict[str, bytes] = {}
-    for lineno, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        user, sep, hashed = line.partition(":")
-        if not sep or not hashed.startswith(("$2a$", "$2b$", "$2y$")):
-            raise ConfigError(
-                f"relay.users_file: {path} line {lineno}: expected 'user:<bcrypt hash>'"
-            )
-        users[user] = hashed.encode().replace(b"$2y$", b"$2b$", 1)
-    return users
+    try:
+        return read_users(path)
+    except UnicodeDecodeError:
+        raise ConfigError(f"relay.users_file: {path}: not UTF-8 text") from None
+    except ValueError as exc:
+        raise ConfigError(f"relay.users_file: {exc}") from None
 
 
 def hash_password(password: str, rounds: int = 12) -> str:

@@ -20,6 +20,7 @@ from typing import Any
 from relay import __version__
 from relay.cli_config import add_config, load
 from relay.config import Config, ConfigError, load_config
+from relay.store.base import StoreError
 
 
 def _add_process_flags(p: argparse.ArgumentParser) -> None:
@@ -338,6 +339,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _store_url(args: argparse.Namespace) -> str:
+    """The store URL a command used (``--store``, else its config), without a password."""
+    from relay.config import redact_url
+
+    url = getattr(args, "store", None)
+    if not url:
+        try:
+            url = load_config(getattr(args, "config", None)).store.url
+        except ConfigError:
+            return "the store"
+    return redact_url(url)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -353,6 +367,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"trackrelay: config error: {exc}", file=sys.stderr)
         return 2
+    except StoreError as exc:
+        print(f"trackrelay: store error: {_store_url(args)}: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from relay.config import Config, ConfigError, load_config, parse_hostport
+from relay.config import Config, load_config, parse_hostport, validate_store_url
 
 
 def add_config(p: argparse.ArgumentParser) -> None:
@@ -38,8 +38,7 @@ def apply_overrides(args: argparse.Namespace, config: Config) -> Config:
         config.http.derive_base_url()
     store = getattr(args, "store", None)
     if store:
-        if not store.startswith(("sqlite://", "postgresql://", "postgres://")):
-            raise ConfigError(f"--store: must be sqlite:///PATH or postgresql://…, got {store!r}")
+        validate_store_url(store, "--store")
         config.store.url = store
     return config
 

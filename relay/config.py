@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import ipaddress
+import math
 import os
 import re
 import tomllib
@@ -38,6 +39,20 @@ def parse_hostport(value: str, key: str, default_host: str = "127.0.0.1") -> tup
         raise ConfigError(f"{key}: port must be a number from 0 to 65535, got {port!r}")
     return host, int(port)
 
+
+#: The largest integer any key takes (sizes, counts, limits): what a C int holds.
+MAX_INT = 2**31 - 1
+#: The largest number any float key takes (seconds, hours, days, weights): about 31
+#: years of seconds, far beyond any sensible duration and safe for every timer.
+MAX_FLOAT = 1e9
+#: Durations that must be more than 0 (0 would time out at once); every other number
+#: key is 0 or more unless its own check says otherwise (see ``validate_numbers``).
+POSITIVE_NUMBERS = frozenset({
+    "relay.proxy_protocol_timeout", "upstream.connect_timeout", "upstream.command_timeout",
+    "upstream.data_timeout", "tracker.webhook_max_backoff",
+})
+#: Keys whose values are secrets: never echoed in an error message.
+SECRET_KEYS = frozenset({"password", "secret", "token", "token_keys"})
 
 #: ``relay.max_line_length``'s default: 1 MiB.
 DEFAULT_MAX_LINE_LENGTH = 1024 * 1024
@@ -565,6 +580,8 @@ def _type_name(tp: Any) -> str:
     origin = get_origin(tp)
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in get_args(tp) if a is not type(None))
     if origin is list:
         item = get_args(tp)[0]
         plural = {str: "strings", int: "integers", float: "numbers"}.get(item)
@@ -574,29 +591,43 @@ def _type_name(tp: Any) -> str:
     )
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
+def _coerce(value: Any, tp: Any, key: str, secret: bool = False) -> Any:
+    """``value`` as type ``tp``, or ConfigError naming ``key`` (``secret``: without the
+    value)."""
     origin = get_origin(tp)
+    shown = "a value that is not shown (a secret)" if secret else repr(value)
     if origin is Literal:
         if value in get_args(tp):
             return value
     elif origin is list:
         if isinstance(value, list):
             (item_tp,) = get_args(tp)
-            return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+            return [_coerce(v, item_tp, f"{key}[{i}]", secret) for i, v in enumerate(value)]
     elif origin in (typing.Union, types.UnionType):
+        errors = []
         for option in get_args(tp):
             try:
-                return _coerce(value, option, key)
-            except ConfigError:
-                continue
+                return _coerce(value, option, key, secret)
+            except ConfigError as exc:
+                errors.append(exc)
+        if isinstance(value, int) and not isinstance(value, bool) and int in get_args(tp):
+            raise errors[list(get_args(tp)).index(int)]  # the integer's own bound
     elif tp is bool:
         if isinstance(value, bool):
             return value
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) > MAX_INT:
+                raise ConfigError(f"{key}: must be at most {MAX_INT}, got {shown}")
             return value
     elif tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{key}: expected a finite number, got {shown}")
+            if value > MAX_FLOAT:
+                raise ConfigError(f"{key}: must be at most {MAX_FLOAT:.0f}, got {shown}")
+            if value < -MAX_FLOAT:
+                raise ConfigError(f"{key}: must be 0 or more, got {shown}")
             return float(value)
     elif tp is str:
         if isinstance(value, str):
@@ -606,7 +637,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return None
     elif dataclasses.is_dataclass(tp) and isinstance(value, dict):
         return _build(tp, value, key)
-    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {shown}")
 
 
 def _did_you_mean(name: str, known: typing.Iterable[str]) -> str:
@@ -628,7 +659,7 @@ def _build(cls: Any, data: dict[str, Any], prefix: str,
             known = ", ".join(sorted(names))
             raise ConfigError(f"{label}: unknown key{_did_you_mean(key, names)} "
                               f"(known keys: {known})")
-        kwargs[key] = _coerce(value, hints[key], label)
+        kwargs[key] = _coerce(value, hints[key], label, key in SECRET_KEYS)
     return cls(**kwargs)
 
 
@@ -651,9 +682,19 @@ def _env_overrides(environ: typing.Mapping[str, str]
             value = tomllib.loads(f"v = {raw}")["v"]
         except tomllib.TOMLDecodeError:
             value = raw
+        if not isinstance(value, str) and _key_type(section, key) is str:
+            value = raw  # a text key takes the text as given: PASSWORD=73915548
         out.setdefault(section, {})[key] = value
         origins.setdefault(section, {})[key] = name
     return out, origins
+
+
+def _key_type(section: str, key: str) -> Any:
+    """The declared type of ``[section] key`` (None: no such key)."""
+    cls = SECTIONS.get(section)
+    if not dataclasses.is_dataclass(cls):
+        return None
+    return typing.get_type_hints(cls).get(key)
 
 
 SECTIONS: dict[str, Any] = {
@@ -694,8 +735,22 @@ def build_config(data: dict[str, Any], environ: typing.Mapping[str, str] | None 
             values = {k: v for k, v in values.items() if not isinstance(v, dict)}
         kwargs[section] = _build(SECTIONS[section], values, section, origins.get(section))
     config = Config(**kwargs, plugin_settings=plugin_settings)
-    validate(config)
+    try:
+        validate(config)
+    except ConfigError as exc:
+        raise ConfigError(_name_variable(str(exc), origins)) from None
     return config
+
+
+def _name_variable(message: str, origins: typing.Mapping[str, typing.Mapping[str, str]]
+                   ) -> str:
+    """Put the environment variable that set the key a message starts with in front of
+    it: ``TRACKRELAY_PROCESS__WORKERS (process.workers): …``."""
+    key, sep, problem = message.partition(": ")
+    section, dot, rest = key.partition(".")
+    name = re.split(r"[.\[]", rest, maxsplit=1)[0]
+    variable = origins.get(section, {}).get(name) if sep and dot else None
+    return f"{variable} ({key}): {problem}" if variable else message
 
 
 def load_config(path: str | os.PathLike[str] | None,
@@ -791,9 +846,7 @@ def validate(config: Config) -> None:
     if not config.http.base_url.startswith(("http://", "https://")):
         raise ConfigError(f"http.base_url: must start with http:// or https://, "
                           f"got {config.http.base_url!r}")
-    if not config.store.url.startswith(("sqlite://", "postgresql://", "postgres://")):
-        raise ConfigError(f"store.url: must be sqlite:///PATH or postgresql://…, "
-                          f"got {config.store.url!r}")
+    validate_store_url(config.store.url, "store.url")
     st = config.store
     for key in ("batch_size", "queue_size", "pool_size"):
         if getattr(st, key) <= 0:
@@ -822,6 +875,74 @@ def validate(config: Config) -> None:
     validate_engagement(config.engagement)
     validate_deliverability(config)
     validate_dkim(config.dkim)
+    validate_numbers(config)
+    validate_files(config.relay)
+
+
+def _number_fields(obj: Any, prefix: str) -> typing.Iterator[tuple[str, int | float]]:
+    """Every integer and float key of a section (and its tables), by its full name."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        if not f.init:
+            continue
+        value = getattr(obj, f.name)
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        if isinstance(value, list):
+            for i, item in enumerate(value):
+                if dataclasses.is_dataclass(item):
+                    yield from _number_fields(item, f"{key}[{i}]")
+        elif dataclasses.is_dataclass(value):
+            yield from _number_fields(value, key)
+        elif hints[f.name] in (int, float) and not isinstance(value, bool):
+            yield key, value
+
+
+def validate_numbers(config: Config) -> None:
+    """The general rule for numbers a key's own check does not cover: each is finite
+    (``_coerce``), 0 or more, and more than 0 where 0 would make no sense."""
+    for key, value in _number_fields(config, ""):
+        if isinstance(value, int | float) and value < 0:
+            raise ConfigError(f"{key}: must be 0 or more, got {value}")
+        if key in POSITIVE_NUMBERS and value <= 0:
+            raise ConfigError(f"{key}: must be more than 0, got {value}")
+
+
+def validate_files(r: RelayConfig) -> None:
+    """Files that exist must also be usable: the certificate and key load, the users
+    file reads (otherwise serve would stop later with a traceback)."""
+    if r.tls_cert and r.tls_key:
+        import ssl
+
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            ctx.load_verify_locations(cafile=r.tls_cert)
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            raise ConfigError(f"relay.tls_cert: {r.tls_cert}: not a PEM certificate "
+                              f"({_ssl_reason(exc)})") from None
+        try:
+            # An encrypted key is refused rather than asking for a pass phrase on a tty.
+            ctx.load_cert_chain(r.tls_cert, r.tls_key, password=lambda: b"")
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            raise ConfigError(f"relay.tls_key: {r.tls_key}: not an unencrypted PEM private "
+                              f"key matching relay.tls_cert ({_ssl_reason(exc)})") from None
+    if r.users_file:
+        from relay.users_file import read_users
+
+        try:
+            read_users(r.users_file)
+        except UnicodeDecodeError:
+            raise ConfigError(f"relay.users_file: {r.users_file}: not UTF-8 text "
+                              "(expected lines of 'user:<bcrypt hash>')") from None
+        except OSError as exc:
+            raise ConfigError(f"relay.users_file: cannot read {r.users_file}: "
+                              f"{exc.strerror}") from None
+        except ValueError as exc:
+            raise ConfigError(f"relay.users_file: {exc}") from None
+
+
+def _ssl_reason(exc: Exception) -> str:
+    reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
+    return str(reason)
 
 
 _ALERT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,40}$")
@@ -880,6 +1001,50 @@ def validate_imap(m: ImapConfig) -> None:
         raise ConfigError("replies.imap.folders: name at least one folder")
     if m.poll_interval <= 0:
         raise ConfigError("replies.imap.poll_interval: must be positive")
+
+
+#: A PostgreSQL schema name the store accepts (relay.store.postgres).
+_SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its password (for messages and logs)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        netloc = parts.netloc.rpartition("@")[2]
+        user = parts.username or ""
+        return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+    except ValueError:
+        return "(a store URL that does not parse)"
+
+
+def validate_store_url(url: str, key: str) -> None:
+    """``store.url`` (or ``--store``): its scheme and the PostgreSQL options trackrelay
+    reads from it (``schema``, ``pool_min``, ``pool_max``)."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    if not url.startswith(("sqlite://", "postgresql://", "postgres://")):
+        raise ConfigError(f"{key}: must be sqlite:///PATH or postgresql://…, "
+                          f"got {redact_url(url)!r}")
+    if url.startswith("sqlite://"):
+        return
+    try:
+        query = parse_qsl(urlsplit(url).query, keep_blank_values=True)
+    except ValueError as exc:
+        raise ConfigError(f"{key}: not a URL: {exc}") from None
+    for name, value in query:
+        if name == "schema" and not _SCHEMA_NAME.fullmatch(value):
+            raise ConfigError(f"{key}: schema must be a plain identifier (letters, digits, "
+                              f"'_', not starting with a digit), got {value!r}")
+        low = 0 if name == "pool_min" else 1
+        if name in ("pool_min", "pool_max") and not (
+                value.isascii() and value.isdigit() and low <= int(value) <= 1000):
+            raise ConfigError(f"{key}: {name} must be a number from {low} to 1000, "
+                              f"got {value!r}")
 
 
 def api_scope_ok(scope: str) -> bool:

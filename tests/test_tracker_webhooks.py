@@ -15,6 +15,7 @@ from aiohttp import web
 from relay.tracker import signing
 from tests.tracker_support import (
     MakeTracker,
+    post_endpoint,
     seed_message,
     wait_for,
 )
@@ -62,16 +63,9 @@ class Receiver:
 @pytest.fixture
 async def receiver() -> AsyncIterator[Receiver]:
     r = Receiver()
-    app = web.Application()
-    app.router.add_post("/{tail:.*}", r.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    server: Any = site._server
-    r.port = server.sockets[0].getsockname()[1]
-    yield r
-    await runner.cleanup()
+    async with post_endpoint(r.handle) as port:
+        r.port = port
+        yield r
 
 
 def _hooks(receiver: Receiver) -> dict[str, Any]:

@@ -7,7 +7,8 @@ The fixtures themselves are in ``tests/tracker_fixtures.py`` (loaded with
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,3 +126,21 @@ class _RaisingClassifier:
 def raise_when_classifying(app: App, message_id: str) -> None:
     """Register a classifier plugin that raises for ``message_id``'s hits."""
     app.host.register(_RaisingClassifier(message_id), "raising")
+
+
+@contextlib.asynccontextmanager
+async def post_endpoint(handle: Callable[[web.Request], Awaitable[web.StreamResponse]],
+                        **runner: Any) -> AsyncIterator[int]:
+    """A real aiohttp server answering every POST with ``handle`` (a webhook receiver);
+    yields its port."""
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", handle)
+    app_runner = web.AppRunner(app, **runner)
+    await app_runner.setup()
+    site = web.TCPSite(app_runner, "127.0.0.1", 0)
+    await site.start()
+    server: Any = site._server
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        await app_runner.cleanup()

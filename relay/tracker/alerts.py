@@ -44,6 +44,8 @@ if TYPE_CHECKING:
 log = get_logger("relay.tracker.alerts")
 
 PREFIX = "alert:"
+#: Seconds a webhook or chat alert's POST may take.
+TIMEOUT = 10.0
 HUMAN = ("human", "human_proxy")
 
 
@@ -248,10 +250,10 @@ class Alerts:
         try:
             async with session.post(rule.url, data=data, allow_redirects=False,
                                     headers={"Content-Type": "application/json", **headers},
-                                    timeout=aiohttp.ClientTimeout(total=10)) as resp:
+                                    timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as resp:
                 await resp.content.read(4096)
                 return None if 200 <= resp.status < 300 else f"HTTP {resp.status}"
         except TimeoutError:
-            return "timeout after 10s"
+            return f"timeout after {TIMEOUT:g}s"
         except aiohttp.ClientError as exc:
             return f"{type(exc).__name__}: {exc}"[:500]

@@ -12,7 +12,13 @@ Two background loops run in every tracker process that has ``[[tracker.webhooks]
   one), POSTs them, and on anything but a 2xx answer (or a timeout) retries with
   exponential backoff (``tracker.webhook_backoff`` doubling up to
   ``tracker.webhook_max_backoff``) until ``tracker.webhook_max_attempts``, after which
-  the delivery is ``failed`` and listed by ``GET /api/v1/webhooks/deliveries``.
+  the delivery is ``failed`` and listed by ``GET /api/v1/webhooks/deliveries``. It
+  claims as slots free up and never waits for a whole batch: each endpoint has its own
+  slots (``per_endpoint`` at once), so a slow or hanging endpoint holds up only its own
+  deliveries (``WebhookDispatcher.send_once``).
+
+Log lines name an endpoint by ``redact(url)``: no ``user:password@``, query values
+``***``; the outbox and the API keep the URL as configured.
 
 A request looks like::
 
@@ -32,7 +38,10 @@ followed. Events stored while no tracker process runs are not sent.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import json
+import re
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +54,7 @@ from relay.logs import get_logger
 from relay.store.base import iso_time
 from relay.tracker import open_mail, signing
 from relay.tracker.alerts import PREFIX as ALERT_PREFIX
+from relay.tracker.alerts import TIMEOUT as ALERT_TIMEOUT
 from relay.tracker.alerts import Alerts
 from relay.tracker.serialize import event_json
 
@@ -55,6 +65,16 @@ if TYPE_CHECKING:
 log = get_logger("relay.tracker.webhooks")
 
 USER_AGENT = "trackrelay-webhooks/1"
+
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s@'\"]*@")
+_QUERY_VALUE = re.compile(r"([?&;][^=&;#\s'\"]*=)[^&;#\s'\"]*")
+
+
+def redact(text: str) -> str:
+    """``text`` (an endpoint, an error naming a URL) fit for a log line: URLs without
+    their userinfo (``user:password@``) and with their query values replaced by ``***``
+    (``?access_token=***``); the outbox and the API keep the URL as configured."""
+    return _QUERY_VALUE.sub(r"\1***", _USERINFO.sub(r"\1", text))
 
 
 def wants(hook: WebhookConfig, event_type: str) -> bool:
@@ -80,6 +100,21 @@ class WebhookDispatcher:
         self.hooks = {h.url: h for h in self.config.webhooks}
         self.poll_interval = poll_interval
         self.batch = batch
+        #: Deliveries under way at once: per endpoint, and in all (see ``send_once``).
+        self.per_endpoint = 8
+        self.max_in_flight = 64
+        #: Claimed deliveries waiting in memory for a slot of their endpoint (in all), and
+        #: the longest one waits before it is dropped unsent (the lease covers this).
+        self.max_waiting = 512
+        self.hold = 30.0
+        #: An endpoint with all its slots taken and none finished for this long is stalled:
+        #: it keeps only ``per_endpoint`` claimed deliveries waiting (see ``send_once``).
+        self.stall = 5.0
+        self._running: dict[str, int] = {}
+        self._progress: dict[str, float] = {}
+        self._running_tasks: set[asyncio.Task[None]] = set()
+        self._waiting: dict[str, collections.deque[tuple[WebhookDelivery, float]]] = {}
+        self._slot_freed = asyncio.Event()
         self._tasks = BackgroundTasks()
         self._session: aiohttp.ClientSession | None = None
         self._cursor: str | None = None
@@ -108,7 +143,7 @@ class WebhookDispatcher:
         self._session = aiohttp.ClientSession(
             headers={"User-Agent": USER_AGENT}, auto_decompress=False)
         self._tasks.start(self._loop(self.feed_once), "webhook-feeder")
-        self._tasks.start(self._loop(self.send_once), "webhook-sender")
+        self._tasks.start(self._send_loop(), "webhook-sender")
         log.info("webhooks_started", endpoints=len(self.hooks),
                  first_open_mail=self.mailer is not None, alerts=len(self.alerts.rules))
 
@@ -128,7 +163,7 @@ class WebhookDispatcher:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the store is down, …: try again shortly
-                log.warning("webhook_loop_error", step=step.__name__, error=repr(exc))
+                log.warning("webhook_loop_error", step=step.__name__, error=redact(repr(exc)))
                 busy = False
             if not busy:
                 await asyncio.sleep(self.poll_interval)
@@ -172,13 +207,139 @@ class WebhookDispatcher:
 
     # -- sender -------------------------------------------------------------------------------
 
+    async def _send_loop(self) -> None:
+        """Claim and start due deliveries as slots free up (see ``send_once``)."""
+        try:
+            while True:
+                self._slot_freed.clear()
+                try:
+                    busy = await self.send_once()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # the store is down, …: try again shortly
+                    log.warning("webhook_loop_error", step="send_once",
+                                error=redact(repr(exc)))
+                    busy = False
+                if not busy:  # nothing more due, or no slot: until one frees, or a poll
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._slot_freed.wait(), self.poll_interval)
+        finally:
+            await self._cancel_deliveries()
+
+    async def _cancel_deliveries(self) -> None:
+        """On stop: deliveries under way are cancelled (their lease lapses and they are
+        sent again, by this process or another); claimed ones not started are dropped."""
+        self._waiting.clear()
+        tasks = list(self._running_tasks)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._running_tasks.clear()
+        self._running.clear()
+        self._progress.clear()
+        self._waiting.clear()
+
+    @property
+    def lease(self) -> float:
+        """How long a claim keeps a delivery from other processes: long enough for it to
+        wait ``hold`` seconds for a slot, then run its whole timeout, then be settled."""
+        longest = max([ALERT_TIMEOUT, *(h.timeout for h in self.hooks.values())])
+        return longest + 30.0 + self.hold
+
     async def send_once(self) -> bool:
-        """Send the deliveries that are due; True if there were any."""
-        lease = max((h.timeout for h in self.hooks.values()), default=10.0) + 30.0
-        due = await self.store.claim_webhooks(limit=50, lease=lease)
-        if due:
-            await asyncio.gather(*(self._deliver(d) for d in due))
-        return bool(due)
+        """Start what waits for a slot, then claim more due deliveries for the slots free
+        in all; True if there may be more due now (the loop goes on at once).
+
+        Each endpoint has at most ``per_endpoint`` deliveries under way, and the process
+        ``max_in_flight``; a claimed delivery whose endpoint is busy waits in memory (at
+        most ``max_waiting`` in all), oldest due first, and is started when a slot of its
+        endpoint frees — unless it waited ``hold`` seconds. A stalled endpoint (``stall``)
+        keeps only ``per_endpoint`` waiting. What is not kept is dropped unsent (not an
+        attempt): the store hands it out again once its lease lapses. So a slow or
+        hanging endpoint holds up only its own deliveries, while the claims go on past
+        its backlog to the other endpoints' deliveries."""
+        self._start_waiting()
+        free = self.max_in_flight - len(self._running_tasks)
+        if free <= 0 or self._waiting_total() >= self.max_waiting:
+            return False
+        now = time.monotonic()  # before the claim: its lease runs from then at the latest
+        due = await self.store.claim_webhooks(limit=free, lease=self.lease)
+        for delivery in due:
+            endpoint = delivery["endpoint"]
+            queue = self._waiting.setdefault(endpoint, collections.deque())
+            if len(queue) < self.per_endpoint or not self._stalled(endpoint, now):
+                queue.append((delivery, now))
+            # else dropped unsent: due again when its lease lapses
+            if not queue:
+                del self._waiting[endpoint]
+        self._start_waiting()
+        return len(due) == free
+
+    def _stalled(self, endpoint: str, now: float) -> bool:
+        return (self._running.get(endpoint, 0) >= self.per_endpoint
+                and now - self._progress.get(endpoint, now) >= self.stall)
+
+    def _waiting_total(self) -> int:
+        return sum(len(q) for q in self._waiting.values())
+
+    def _start_waiting(self) -> None:
+        """Start claimed deliveries while slots allow, one endpoint after another."""
+        now = time.monotonic()
+        for endpoint in list(self._waiting):
+            queue = self._waiting[endpoint]
+            while queue and now - queue[0][1] > self.hold:
+                queue.popleft()  # waited too long for a slot: its lease would run out
+            while len(queue) > self.per_endpoint and self._stalled(endpoint, now):
+                queue.pop()  # the newest claimed: the others' deliveries go first
+            if not queue:
+                del self._waiting[endpoint]
+        progress = True
+        while progress and len(self._running_tasks) < self.max_in_flight:
+            progress = False
+            for endpoint in list(self._waiting):
+                if len(self._running_tasks) >= self.max_in_flight:
+                    break
+                if self._running.get(endpoint, 0) >= self.per_endpoint:
+                    continue
+                queue = self._waiting[endpoint]
+                delivery, _ = queue.popleft()
+                if not queue:
+                    del self._waiting[endpoint]
+                self._launch(endpoint, delivery)
+                progress = True
+
+    def _launch(self, endpoint: str, delivery: WebhookDelivery) -> None:
+        if not self._running.get(endpoint):
+            self._progress[endpoint] = time.monotonic()
+        self._running[endpoint] = self._running.get(endpoint, 0) + 1
+        task = asyncio.get_running_loop().create_task(
+            self._deliver_safely(delivery), name=f"webhook-delivery-{delivery['id']}")
+        self._running_tasks.add(task)
+
+        def done(task: asyncio.Task[None]) -> None:
+            self._running_tasks.discard(task)
+            self._progress[endpoint] = time.monotonic()
+            left = self._running.get(endpoint, 1) - 1
+            if left > 0:
+                self._running[endpoint] = left
+            else:
+                self._running.pop(endpoint, None)
+            if not task.cancelled():
+                self._start_waiting()
+                self._slot_freed.set()
+
+        task.add_done_callback(done)
+
+    async def _deliver_safely(self, delivery: WebhookDelivery) -> None:
+        try:
+            await self._deliver(delivery)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the store is down, …: the lease lapses, it is retried
+            log.warning("webhook_loop_error", step="deliver", delivery=delivery["id"],
+                        error=redact(repr(exc)))
 
     async def _deliver(self, delivery: WebhookDelivery) -> None:
         if delivery["endpoint"] == open_mail.ENDPOINT and self.mailer is not None:
@@ -211,8 +372,9 @@ class WebhookDispatcher:
             base_delay=self.config.webhook_backoff,
             max_delay=self.config.webhook_max_backoff)
         metrics.WEBHOOK_ATTEMPTS.labels("failed" if status == "failed" else "retry").inc()
-        log.warning("webhook_failed", endpoint=delivery["endpoint"], delivery=delivery["id"],
-                    attempt=delivery["attempts"] + 1, error=error, status=status)
+        log.warning("webhook_failed", endpoint=redact(delivery["endpoint"]),
+                    delivery=delivery["id"], attempt=delivery["attempts"] + 1,
+                    error=redact(error), status=status)
 
     async def _post(self, hook: WebhookConfig, delivery: WebhookDelivery) -> str | None:
         """POST one delivery; None on success, else what went wrong."""
