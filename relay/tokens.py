@@ -101,10 +101,12 @@ class TokenCodec:
     def from_strings(cls, keys: list[str]) -> TokenCodec:
         """Parse config entries of the form ``"<id>:<secret>"`` (id 0..255)."""
         parsed = []
-        for entry in keys:
+        for n, entry in enumerate(keys, 1):
             kid, sep, secret = entry.partition(":")
             if not sep or not (kid.isascii() and kid.isdigit()):
-                raise TokenKeyError(f"expected '<id>:<secret>', got {entry[:3]!r}…")
+                # (nothing of the entry is shown: without its colon it may be all secret)
+                raise TokenKeyError(f"entry {n} is not '<id>:<secret>' (an id 0..255, a "
+                                    f"colon, the secret)")
             parsed.append((int(kid), secret.encode()))
         return cls(parsed)
 

@@ -46,7 +46,8 @@ def test_example_config_loads_with_capture_upstream() -> None:
     ({"http": {"base_url": "ftp://x"}}, "http.base_url: must start with http"),
     ({"upstream": {"password": "x"}}, "upstream.username: a password needs a username"),
     ({"tracking": {"token_keys": ["1:short"]}}, "tracking.token_keys: key 1 is shorter"),
-    ({"tracking": {"token_keys": ["nokey"]}}, "tracking.token_keys: expected '<id>:<secret>'"),
+    ({"tracking": {"token_keys": ["nokey"]}},
+     "tracking.token_keys: entry 1 is not '<id>:<secret>'"),
 ])
 def test_errors_name_the_key(data: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -193,3 +194,11 @@ def test_bad_alerts_are_named(alert: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError) as err:
         build_config({"alerts": [alert]}, environ={})
     assert str(err.value).startswith(message)
+
+
+def test_a_malformed_token_key_is_not_shown() -> None:
+    """A key entry without its ``<id>:`` may be all secret: no part of it is echoed."""
+    with pytest.raises(ConfigError) as info:
+        build_config({"tracking": {"token_keys": ["0:" + "k" * 32, "s3cr3tvalue-no-id"]}},
+                     environ={})
+    assert "entry 2" in str(info.value) and "s3c" not in str(info.value)
