@@ -2,8 +2,9 @@
 
 A 1x1 transparent GIF pointing at the tracker's ``/o/<token>.gif``, inserted just
 before ``</body>`` (at the end of the HTML when there is no body tag) of the first HTML
-part with a non-empty body. Empty alt text; a 1px block with no border, margin or
-padding, so it does not change the layout.
+part with a non-empty body that a client shows: of two HTML alternatives, the later
+(RFC 2046 section 5.1.4: the last alternative a client can display). Empty alt text; a
+1px block with no border, margin or padding, so it does not change the layout.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ def pixel_markup(url: str) -> str:
 def trackrelay_edit_html(context: RewriteContext, part: HtmlPart) -> None:
     if not context.policy.opens or context.stats.pixel:
         return
+    if context.tree is not None and context.tree.shown_instead(part.path):
+        return  # a later HTML alternative is the one the reader sees: the pixel goes there
     if part.body_is_empty():
         context.stats.pixel_skipped = "empty_body"
         return

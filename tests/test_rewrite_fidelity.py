@@ -282,3 +282,39 @@ def test_named_text_files_are_leaves_the_attachments_plugin_judges_like_any_file
         ("inline.html", False),  # shown inline: stays attached, as inline files do
         ("named.html", True),  # a file like any other: linked when large enough
     ]
+
+
+PIXEL_SRC = re.compile(rb"/o/[A-Za-z0-9_-]+\.gif")
+
+
+def _alternative(*parts: bytes) -> bytes:
+    body = b"".join(b"--B\r\n" + p + b"\r\n" for p in parts)
+    return (b"From: a@example.com\r\nTo: b@example.org\r\nMessage-ID: <m@x>\r\n"
+            b"MIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary=B\r\n\r\n"
+            + body + b"--B--\r\n")
+
+
+async def test_the_pixel_goes_into_the_html_alternative_a_client_shows() -> None:
+    """RFC 2046 section 5.1.4: a client shows the last alternative it can display. With
+    two HTML alternatives the pixel went into the first, which nobody sees: no open was
+    ever counted. It goes into the last; the links of both are tracked."""
+    plain = b"Content-Type: text/plain\r\n\r\nplain"
+    simple = (b"Content-Type: text/html\r\n\r\n<html><body><p>simple</p>"
+              b"<a href=\"https://e.example/a\">a</a></body></html>")
+    rich = (b"Content-Type: text/html\r\n\r\n<html><body><p>rich</p>"
+            b"<a href=\"https://e.example/b\">b</a></body></html>")
+    related = (b"Content-Type: multipart/related; boundary=R\r\n\r\n--R\r\n" + rich
+               + b"\r\n--R\r\nContent-Type: image/png\r\nContent-ID: <i@x>\r\n\r\nPNG\r\n--R--")
+    for last in (rich, related):
+        out, ctx = await rewrite(make_app(), _alternative(plain, simple, last))
+        first_html, _, last_html = out.partition(b"<p>rich</p>")
+        assert not PIXEL_SRC.search(first_html) and len(PIXEL_SRC.findall(last_html)) == 1
+        assert ctx.stats.links_rewritten == 2
+    # one HTML alternative (the usual text + HTML), or HTML parts side by side in a
+    # multipart/mixed: the first HTML part gets it, as before
+    out, _ = await rewrite(make_app(), _alternative(plain, simple))
+    assert len(PIXEL_SRC.findall(out)) == 1
+    mixed = _alternative(simple, rich).replace(b"multipart/alternative", b"multipart/mixed")
+    out, _ = await rewrite(make_app(), mixed)
+    first_html, _, last_html = out.partition(b"<p>rich</p>")
+    assert len(PIXEL_SRC.findall(first_html)) == 1 and not PIXEL_SRC.search(last_html)

@@ -128,9 +128,24 @@ class MimeTree:
     #: The leaves not edited as text (attachments, images, text attachments), in order.
     leaves: list[LeafPart] = field(default_factory=list)
 
+    #: Paths of the ``multipart/alternative`` parts ("" for the top level).
+    alternatives: set[str] = field(default_factory=set)
+
     @property
     def html(self) -> list[TextPart]:
         return [p for p in self.parts if p.content_type == "text/html"]
+
+    def shown_instead(self, path: str) -> bool:
+        """Whether HTML in a later alternative of a ``multipart/alternative`` above the
+        part at ``path`` is what a client shows: it shows the last alternative it can
+        display (RFC 2046 section 5.1.4)."""
+        for group in self.alternatives:
+            mine = _branch(path, group)
+            if mine is not None and any(
+                    (other := _branch(p.path, group)) is not None and other > mine
+                    for p in self.html):
+                return True
+        return False
 
     @property
     def plain(self) -> list[TextPart]:
@@ -158,6 +173,17 @@ def parse_headers(block: bytes) -> Message:
 def _newline(data: bytes) -> bytes:
     i = data.find(b"\n")
     return b"\r\n" if i <= 0 or data[i - 1:i] == b"\r" else b"\n"
+
+
+def _branch(path: str, ancestor: str) -> int | None:
+    """The number of the child of the part at ``ancestor`` that the part at ``path`` is
+    in (paths as ``TextPart.path``: "" the top, "1.2" the second child of the first)."""
+    if ancestor:
+        if not path.startswith(ancestor + "."):
+            return None
+        path = path[len(ancestor) + 1:]
+    head = path.split(".", 1)[0]
+    return int(head) if head.isdigit() else None
 
 
 def walk(headers: Message, body: bytes) -> MimeTree:
@@ -188,6 +214,8 @@ def _walk(headers: Message, body: bytes, start: int, end: int,
             boundary = boundary[2]
         if not boundary:
             raise MimeError(f"{ctype} at part {path or 'top'} has no boundary")
+        if ctype == "multipart/alternative":
+            tree.alternatives.add(path)
         child_default = "message/rfc822" if ctype == "multipart/digest" else "text/plain"
         children = _split_multipart(body, start, end, str(boundary).strip('"'))
         if children is None:
