@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import re
 
+# the tags the links plugin tracks are the tags a quoted copy has our URLs in
+from plugins.links import LINK_TAGS
 from relay import hookimpl
 from relay.rewrite.context import HtmlPart, PlainTextPart, RewriteContext
 from relay.rewrite.html_scan import escape_attr
 
 NAME = "stale_tracking"
-LINK_TAGS = ("a", "area", "v:roundrect")
 
 
 def _token(context: RewriteContext, url: str, path: str, suffix: str = "") -> str | None:

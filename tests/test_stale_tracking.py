@@ -128,3 +128,23 @@ async def test_text_parts_too(make_relay: MakeRelay, sink: Sink) -> None:
     out = email.message_from_bytes(sink.received[1].data, policy=email.policy.default)
     body = str(out.get_content())  # type: ignore[attr-defined]
     assert old not in body and "> Read https://shop.example/news today." in body
+
+
+async def test_a_quoted_outlook_button_of_any_shape_goes_home(make_relay: MakeRelay,
+                                                               sink: Sink) -> None:
+    """Every VML shape with an ``href`` is tracked (``plugins.links``), so every one is
+    restored in a quoted copy, ``<v:rect>`` and ``<v:oval>`` buttons too."""
+    relay = await make_relay(register=PLUGINS, http={"base_url": BASE})
+    await send(relay, ["bob@example.org"],
+               "<html><body><!--[if mso]><v:rect href=\"https://shop.example/rect\" "
+               "style=\"width:200px\"><w:anchorlock/></v:rect><v:oval "
+               "href=\"https://shop.example/oval\"></v:oval><![endif]--></body></html>")
+    first = html_of(sink.received[0].data)
+    assert len(CLICK.findall(first)) == 2
+    await relay.app.store.flush()  # type: ignore[union-attr]
+    await send(relay, ["ann@example.com"],
+               f"<html><body><p>Re:</p><blockquote>{first.split('<body>')[1]}</body></html>",
+               "Re: x")
+    out = html_of(sink.received[1].data)
+    assert "https://shop.example/rect" in out and "https://shop.example/oval" in out
+    assert not CLICK.search(out)
