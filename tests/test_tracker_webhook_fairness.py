@@ -194,7 +194,13 @@ async def test_webhook_failures_log_no_url_credentials(make_tracker: MakeTracker
     text = repr(logs)
     assert "HOOKPASSWORD99" not in text and "QUERYTOKEN77" not in text
     assert "hookuser" not in text
-    # The admin's outbox listing keeps the endpoint as configured.
+    # The admin's outbox listing keeps the endpoint as configured (once the sender has
+    # recorded the answer: the receiver may have the request a moment before that).
+    async def listed() -> bool:
+        _, body = await t.api("/webhooks/deliveries", status="delivered")
+        return bool(body["items"])
+
+    await wait_for(listed)
     _, body = await t.api("/webhooks/deliveries", status="delivered")
     assert [d["endpoint"] for d in body["items"]] == [url]
 
