@@ -17,8 +17,9 @@ Two background loops run in every tracker process that has ``[[tracker.webhooks]
   slots (``per_endpoint`` at once), so a slow or hanging endpoint holds up only its own
   deliveries (``WebhookDispatcher.send_once``).
 
-Log lines name an endpoint by ``redact(url)``: no ``user:password@``, query values
-``***``; the outbox and the API keep the URL as configured.
+Log lines name an endpoint by ``redact(url)`` (scheme and host only: no userinfo, path or
+query, where services put their secrets) and ``endpoint_id(url)``; the outbox and the
+API keep the URL as configured.
 
 A request looks like::
 
@@ -40,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import hashlib
 import json
 import re
 import time
@@ -66,15 +68,23 @@ log = get_logger("relay.tracker.webhooks")
 
 USER_AGENT = "trackrelay-webhooks/1"
 
-_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s@'\"]*@")
-_QUERY_VALUE = re.compile(r"([?&;][^=&;#\s'\"]*=)[^&;#\s'\"]*")
+_URL = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)(?:[^/?#\s@'\"]*@)?([^/?#\s'\"]*)"
+                  r"([/?#][^\s'\"]*)?")
 
 
 def redact(text: str) -> str:
-    """``text`` (an endpoint, an error naming a URL) fit for a log line: URLs without
-    their userinfo (``user:password@``) and with their query values replaced by ``***``
-    (``?access_token=***``); the outbox and the API keep the URL as configured."""
-    return _QUERY_VALUE.sub(r"\1***", _USERINFO.sub(r"\1", text))
+    """``text`` (an endpoint, an error naming a URL) fit for a log line: every URL as its
+    scheme and host only, ``https://hooks.example.com/…``. Its userinfo
+    (``user:password@``), its query (``?access_token=``) and its path are left out: many
+    webhook services put the secret in the path (``/services/T…/B…/<token>``). The
+    outbox and the API keep the URL as configured; ``endpoint_id`` tells endpoints apart."""
+    return _URL.sub(lambda m: m.group(1) + m.group(2) + ("/…" if m.group(3) else ""), text)
+
+
+def endpoint_id(url: str) -> str:
+    """The first 8 hex digits of the URL's SHA-256: which endpoint a log line is about,
+    without the URL (``printf %s "$URL" | sha256sum``)."""
+    return hashlib.sha256(url.encode()).hexdigest()[:8]
 
 
 def wants(hook: WebhookConfig, event_type: str) -> bool:
@@ -373,6 +383,7 @@ class WebhookDispatcher:
             max_delay=self.config.webhook_max_backoff)
         metrics.WEBHOOK_ATTEMPTS.labels("failed" if status == "failed" else "retry").inc()
         log.warning("webhook_failed", endpoint=redact(delivery["endpoint"]),
+                    endpoint_id=endpoint_id(delivery["endpoint"]),
                     delivery=delivery["id"], attempt=delivery["attempts"] + 1,
                     error=redact(error), status=status)
 
