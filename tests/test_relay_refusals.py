@@ -91,7 +91,8 @@ async def test_the_relay_s_own_address_refusals_are_no_bounces(make_relay: MakeR
         if await bounced():
             break
         await asyncio.sleep(0.05)
-    # once: from then on the suppression list refuses it before the upstream is asked
-    assert await bounced() == ["gone@example.org"]
+    # the upstream's refusal only (once, or more if a later try came before the
+    # suppression it caused was in force): never an address the relay refused itself
+    assert set(await bounced()) == {"gone@example.org"}
     for address in ("<>", "", '"e f"', '"b c"@example.org'):
         assert await store.find_suppression(address, [""]) is None
