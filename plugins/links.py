@@ -7,7 +7,9 @@ ECMA-376 Part 4) becomes the tracker's ``/c/<token>`` URL; the original
 target and the link text are recorded in ``context.links``. The recorded target is the
 URL a browser follows (WHATWG URL Standard, URL parsing): character references decoded,
 leading and trailing C0 controls and spaces stripped, every ASCII tab and newline inside
-removed (a target wrapped by an editor or a generator), fragment and query kept. A
+removed (a target wrapped by an editor or a generator), fragment and query kept; for
+``http`` and ``https`` any run of ``/`` and ``\\`` after the scheme is read as ``//``
+(``https:host``, ``https:\\\\host``, ``https:///host`` open ``https://host``). A
 relative target in a part with a ``<base href>`` (the first with an ``href``, when it is
 an absolute http(s) URL: the HTML standard's document base URL) is resolved against it
 and tracked as that absolute URL; without one it stays ``relative``.
@@ -16,7 +18,10 @@ Left alone, and counted by reason: ``mailto``, ``tel``, ``sms``, ``anchor`` (``#
 ``notrack`` (``data-notrack`` / ``data-trackrelay-skip`` on the tag), ``placeholder``
 (template syntax such as ``{{url}}`` or ``*|URL|*`` that is not a URL yet), ``tracker``
 (already a tracker URL), ``unsubscribe`` (the message's unsubscribe link: a URL listed
-in ``List-Unsubscribe``, or a link that says "unsubscribe"), ``relative``,
+in ``List-Unsubscribe``, a link that says "unsubscribe", or a URL with a host label, path
+segment or query item that begins or ends with "unsubscribe": ``/unsubscribe?u=…``,
+``/list-unsubscribe``, ``?action=unsubscribe``, but not an article slug that only has the
+word inside it), ``relative``,
 ``other_scheme`` and ``empty``.
 
 With ``tracking.rewrite_text_links`` on, URLs in ``text/plain`` parts are rewritten too,
@@ -58,11 +63,31 @@ _URI_WORD = re.compile(r"[(\[{]*([a-z][a-z0-9+.\-]*:)", re.IGNORECASE)
 #: stripped, every ASCII tab or newline is removed.
 _C0_OR_SPACE = "".join(map(chr, range(0x21)))
 _TAB_OR_NEWLINE = str.maketrans("", "", "\t\n\r")
+#: WHATWG URL Standard, "special authority slashes" and "special authority ignore slashes"
+#: states: after ``http:`` or ``https:`` any run of ``/`` and ``\`` (none included) comes
+#: before the host.
+_SPECIAL_SLASHES = re.compile(r"(https?):[/\\]*", re.IGNORECASE)
+#: "unsubscribe" at the start or end of a host label, path segment or query item.
+_UNSUBSCRIBE_URL = re.compile(
+    r"[/?&=#;.]unsubscribe|unsubscribe(?:\.[a-z0-9]+)?(?:[/?&=#;]|$)", re.IGNORECASE)
 
 
 def browser_url(value: str) -> str:
     """The URL a browser follows for an attribute value (references already decoded)."""
-    return value.strip(_C0_OR_SPACE).translate(_TAB_OR_NEWLINE)
+    url = value.strip(_C0_OR_SPACE).translate(_TAB_OR_NEWLINE)
+    special = _SPECIAL_SLASHES.match(url)
+    if special is None:
+        return url
+    if url[special.end(1):special.end()] != "://":
+        url = special.group(1).lower() + "://" + url[special.end():]
+    return _backslashes_as_slashes(url) if "\\" in url else url
+
+
+def _backslashes_as_slashes(url: str) -> str:
+    """A browser reads ``\\`` as ``/`` before the query of an http(s) URL (WHATWG URL
+    Standard: authority and path states of a special URL); the query keeps it."""
+    end = min((i for i in (url.find("?"), url.find("#")) if i >= 0), default=len(url))
+    return url[:end].replace("\\", "/") + url[end:]
 
 
 def _unsubscribe_urls(context: RewriteContext) -> set[str]:
@@ -92,7 +117,7 @@ def skip_reason(url: str, context: RewriteContext, text: str = "") -> str | None
         return "other_scheme" if _SCHEME.match(url) else "relative"
     if context.is_tracker_url(url):
         return "tracker"
-    if url in _unsubscribe_urls(context) or "unsubscribe" in lower \
+    if url in _unsubscribe_urls(context) or _UNSUBSCRIBE_URL.search(url) \
             or "unsubscribe" in text.lower():
         return "unsubscribe"
     return None
@@ -115,10 +140,8 @@ def _base_url(part: HtmlPart) -> str | None:
 
 
 def _resolve(base: str, url: str) -> str:
-    """``url`` (relative) resolved against ``base``. A browser reads ``\\`` as ``/`` in
-    the path of an http(s) URL (WHATWG URL Standard), so the path is read so too."""
-    end = min((i for i in (url.find("?"), url.find("#")) if i >= 0), default=len(url))
-    return urljoin(base, url[:end].replace("\\", "/") + url[end:])
+    """``url`` (relative) resolved against ``base``, its path read as a browser reads it."""
+    return urljoin(base, _backslashes_as_slashes(url))
 
 
 def _link_text(part: HtmlPart, tag: Tag) -> str:

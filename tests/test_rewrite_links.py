@@ -354,3 +354,69 @@ async def test_base_without_href_is_passed_over() -> None:
     assert urls(ctx) == ["https://example.com/news/article.html", "https://cdn.example/pr"]
     assert not skipped(ctx)
     check(raw, out, app, ctx, {"text/html": ("article.html", "//cdn.example/pr")})
+
+
+# --- 5. slashes after http(s):, and which URLs are the unsubscribe link --------------------
+
+SLASHES = (
+    '<html><body>\n'
+    '<a href="https:zoo.example.com/noslash">a</a>\n'
+    '<a href="https:\\\\zoo.example.com\\back?q=a\\b">b</a>\n'
+    '<a href="HTTP:///zoo.example.com/three">c</a>\n'
+    '<a href="https:/\\zoo.example.com/mixed">d</a>\n'
+    '<a href="https://zoo.example.com/path\\to#x\\y">e</a>\n'
+    '<a href="ftp:\\\\files.example.com/f">f</a>\n'
+    '<a href="https:">g</a>\n'
+    '</body></html>\n'
+)
+
+
+@pytest.mark.parametrize("cte", CTES)
+async def test_slashes_after_http_scheme_are_read_as_a_browser_reads_them(cte: str) -> None:
+    """For http and https a browser skips any run of ``/`` and ``\\`` after the scheme and
+    reads ``\\`` as ``/`` before the query (WHATWG URL Standard, special URLs): such links
+    are tracked with the URL the browser opens. Other schemes keep their meaning."""
+    app = make_app()
+    raw = html_only(SLASHES, cte)
+    out, ctx = await rewrite(app, raw)
+    assert urls(ctx) == [
+        "https://zoo.example.com/noslash",
+        "https://zoo.example.com/back?q=a\\b",
+        "http://zoo.example.com/three",
+        "https://zoo.example.com/mixed",
+        "https://zoo.example.com/path/to#x\\y",
+    ]
+    assert skipped(ctx) == Counter(other_scheme=2)
+    check(raw, out, app, ctx, {"text/html": (
+        "https:zoo.example.com/noslash", "https:\\\\zoo.example.com\\back?q=a\\b",
+        "HTTP:///zoo.example.com/three", "https:/\\zoo.example.com/mixed",
+        "https://zoo.example.com/path\\to#x\\y")})
+
+
+UNSUBSCRIBE_WORDS = (
+    '<html><body>\n'
+    '<a href="https://news.example.com/why-people-unsubscribe-from-newsletters">read</a>\n'
+    '<a href="https://news.example.com/resubscribe-later">read</a>\n'
+    '<a href="https://x.list-manage.com/unsubscribe?u=1&amp;id=2">bye</a>\n'
+    '<a href="https://example.com/newsletter/list-unsubscribe">bye</a>\n'
+    '<a href="https://example.com/prefs?action=unsubscribe">bye</a>\n'
+    '<a href="https://unsubscribe.example.com/t/abc">bye</a>\n'
+    '<a href="https://example.com/Unsubscribe.aspx?e=1">bye</a>\n'
+    '<a href="https://example.com/prefs">Unsubscribe</a>\n'
+    '</body></html>\n'
+)
+
+
+async def test_only_an_unsubscribe_url_or_link_text_is_the_unsubscribe_link() -> None:
+    """A URL is the unsubscribe link when a host label, path segment or query item
+    begins or ends with "unsubscribe" (or its text says so); an article whose slug has
+    the word inside it is an ordinary link, tracked."""
+    app = make_app()
+    raw = html_only(UNSUBSCRIBE_WORDS, "8bit")
+    out, ctx = await rewrite(app, raw)
+    assert urls(ctx) == ["https://news.example.com/why-people-unsubscribe-from-newsletters",
+                         "https://news.example.com/resubscribe-later"]
+    assert skipped(ctx) == Counter(unsubscribe=6)
+    check(raw, out, app, ctx, {"text/html": (
+        "https://news.example.com/why-people-unsubscribe-from-newsletters",
+        "https://news.example.com/resubscribe-later")})
