@@ -12,7 +12,10 @@ Downloading is a ``download`` event, labelled human or machine like a click.
 
 Left attached: inline parts (``Content-Disposition: inline``, or with a ``Content-ID``,
 which the HTML shows), parts without a file name, forwarded messages, anything in an
-untracked or frozen message, and parts that cannot be decoded.
+untracked or frozen message, parts that cannot be decoded, and files that are part of
+the message rather than documents (``STRUCTURAL_TYPES``): Outlook's ``winmail.dat``
+carries its rich body and its attachments (MS-OXTNEF), and an iCalendar file is the
+invitation a client offers to accept (RFC 6047, iMIP); as a link, neither works.
 """
 
 from __future__ import annotations
@@ -35,6 +38,11 @@ log = get_logger("plugins.attachments")
 
 NAME = "attachments"
 STATE = "attachments.linked"
+#: Content types a client reads as the message itself, never as a file to download:
+#: TNEF (MS-OXTNEF; ``application/vnd.ms-tnef`` is its registered name) and iCalendar
+#: (RFC 5545 ``text/calendar``; ``application/ics`` is what Google Calendar attaches).
+STRUCTURAL_TYPES = frozenset({"application/ms-tnef", "application/vnd.ms-tnef",
+                              "text/calendar", "application/ics"})
 BLOCK_STYLE = ("margin:16px 0;padding:12px 14px;border:1px solid #dfe3e8;border-radius:6px;"
                "font-family:Arial,Helvetica,sans-serif;font-size:14px;line-height:1.5")
 
@@ -69,6 +77,7 @@ def candidate(leaf: LeafPart) -> bool:
     """A file the sender attached (not something the message shows inline)."""
     return (leaf.remove_span is not None and leaf.filename is not None
             and not leaf.content_type.startswith("message/")
+            and leaf.content_type not in STRUCTURAL_TYPES
             and leaf.disposition != "inline" and leaf.headers.get("Content-ID") is None)
 
 

@@ -100,6 +100,28 @@ async def test_a_pdf_becomes_a_tracked_download(make_stack: MakeStack) -> None:
         assert resp.status == 404
 
 
+async def test_outlook_tnef_and_calendar_files_stay_attached(make_stack: MakeStack) -> None:
+    """winmail.dat and an invitation are the message itself to the client that reads
+    them: linked, Outlook's rich body and the accept button would be gone, so they stay
+    attached whatever their size or ``types`` say."""
+    stack = await stack_with(make_stack, types=["application/ms-tnef", "text/calendar"])
+    msg = email.message_from_bytes(message(), policy=email.policy.default)
+    assert isinstance(msg, EmailMessage)
+    tnef = b"\x78\x9f\x3e\x22" + bytes(range(256)) * 40  # TNEF's signature, 10 KB
+    ics = ("BEGIN:VCALENDAR\r\nMETHOD:REQUEST\r\n" + "X-PAD:" + "x" * 60 + "\r\n") * 120
+    msg.add_attachment(tnef, maintype="application", subtype="ms-tnef",
+                       filename="winmail.dat")
+    msg.add_attachment(ics.encode(), maintype="application", subtype="ics",
+                       filename="invite.ics")
+    msg.add_attachment(ics.encode(), maintype="text", subtype="calendar",
+                       filename="meeting.ics")
+    out, _url = await send(stack, msg.as_bytes(policy=email.policy.SMTP))
+    kept = {p.get_filename(): p.get_content() for p in out.walk() if p.get_filename()}
+    assert sorted(kept) == ["invite.ics", "meeting.ics", "note.txt", "winmail.dat"]
+    assert kept["winmail.dat"] == tnef and kept["invite.ics"] == ics.encode()
+    assert kept["meeting.ics"] == ics  # the PDF alone became a link
+
+
 async def test_an_expired_link_is_a_404(make_stack: MakeStack) -> None:
     stack = await stack_with(make_stack, expire_days=1e-9)
     _out, url = await send(stack, message())
