@@ -15,11 +15,12 @@ recipient, each tracked as its own message (``"split"``, or ``X-Trackrelay-Track
 on one message; up to ``tracking.split_max_recipients``, beyond which
 ``tracking.split_fallback`` applies). Plain-text-only mail
 is not tracked unless ``tracking.rewrite_text_links`` is on (then clicks only); mail with
-no text at all is skipped as ``empty_body``; mail whose text is all inside signed or
-encrypted content (S/MIME, PGP/MIME) as ``signed`` or ``encrypted``: that content is
-never edited; notifications (the null sender ``MAIL FROM:<>``, a ``multipart/report``) as
-``notification`` and automatic replies (``Auto-Submitted: auto-replied``) as
-``auto_reply``, whatever the headers above ask.
+no text at all is skipped as ``empty_body``, mail whose only HTML or text is in parts with
+a file name (files the sender attached, never edited) as ``text_is_attachment``; mail
+whose text is all inside signed or encrypted content (S/MIME, PGP/MIME) as ``signed`` or
+``encrypted``: that content is never edited; notifications (the null sender
+``MAIL FROM:<>``, a ``multipart/report``) as ``notification`` and automatic replies
+(``Auto-Submitted: auto-replied``) as ``auto_reply``, whatever the headers above ask.
 
 A third-party plugin overrides this one by returning its own ``TrackingPolicy`` from
 ``trackrelay_tracking_policy`` (the first answer wins).
@@ -166,6 +167,11 @@ def trackrelay_tracking_policy(app: App, transaction: Transaction, message: Mess
         for secured in ("signed", "encrypted"):
             if tree.skipped.get(secured):
                 return TrackingPolicy.skip(secured, campaign)
+    if not tree.parts and any(leaf.content_type in ("text/html", "text/plain")
+                              for leaf in tree.leaves):
+        # Its only text is in parts with a file name: files the sender attached, which
+        # are never edited (relay.rewrite.mime), not an empty message.
+        return TrackingPolicy.skip("text_is_attachment", campaign)
     if not tree.parts or _blank(message, tree):
         return TrackingPolicy.skip("empty_body", campaign)
     text_links = settings.rewrite_text_links and clicks

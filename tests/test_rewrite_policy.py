@@ -84,6 +84,27 @@ async def test_empty_body_is_skipped() -> None:
     assert ctx.decision == "skipped_empty_body"
 
 
+async def test_text_only_in_attached_files_is_said_so() -> None:
+    """An HTML body with a file name (Apple Mail's ``inline; filename=``) is a file the
+    sender attached, never edited: the reason says that, not that the body was empty.
+    A message with a real body beside such a file is tracked as usual."""
+    attached = b"Content-Disposition: inline; filename=\"message.html\"\r\n"
+    raw = msg(headers=attached)
+    out, ctx = await rewrite(make_app(), raw)
+    assert ctx.decision == "skipped_text_is_attachment" and out == raw
+    assert ctx.transaction.sent is not None
+    assert ctx.transaction.sent.skip_reason == "text_is_attachment"
+    mixed = (b'multipart/mixed; boundary="b"', b"--b\r\nContent-Type: text/html\r\n\r\n"
+             + HTML + b"--b\r\nContent-Type: text/html\r\n" + attached + b"\r\n" + HTML
+             + b"--b--\r\n")
+    out, ctx = await rewrite(make_app(), msg(mixed[1], mixed[0]))
+    assert ctx.decision == "tracked" and out.count(b"/c/") == 1
+    only_file = (b"--b\r\nContent-Type: application/pdf\r\n"
+                 b"Content-Disposition: attachment; filename=\"a.pdf\"\r\n\r\n%PDF\r\n--b--\r\n")
+    out, ctx = await rewrite(make_app(), msg(only_file, mixed[0]))
+    assert ctx.decision == "skipped_empty_body"
+
+
 REPORT = (b'multipart/report; report-type=delivery-status; boundary="r"', (
     b"--r\r\nContent-Type: text/html; charset=utf-8\r\n\r\n" + HTML
     + b"--r\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.com"

@@ -13,6 +13,7 @@ SKIP_REASONS = {
     "split_max_recipients": "more recipients than tracking.split_max_recipients",
     "plain_text": "plain text only (no HTML part to carry a pixel)",
     "empty_body": "empty body",
+    "text_is_attachment": "its only text is in attached files (parts with a file name)",
     "unparseable": "the MIME structure could not be parsed",
     "header_off": "opted out by its X-Trackrelay-Track header",
     "rule_off": "a [[tracking.rules]] rule turns tracking off",
