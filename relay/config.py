@@ -258,6 +258,9 @@ class FirstOpenMailConfig:
 class TrackerConfig:
     #: Addresses or networks of reverse proxies whose X-Forwarded-For / Forwarded is believed.
     trusted_proxies: list[str] = field(default_factory=list)
+    #: The one header a trusted proxy writes the client's address into; the other is
+    #: the client's own and is never read.
+    client_ip_header: Literal["x-forwarded-for", "forwarded"] = "x-forwarded-for"
     #: How much of a recipient's IP address to keep: whole, truncated to /24 and /48, or none.
     ip_mode: Literal["full", "truncated", "none"] = "truncated"
     #: A MaxMind-format (.mmdb) city or country database; empty: no location.

@@ -7,6 +7,7 @@ import base64
 from typing import Any
 
 import pytest
+from multidict import CIMultiDict
 from prometheus_client import REGISTRY
 
 from relay import metrics
@@ -233,10 +234,16 @@ async def test_shared_message_events_name_no_recipient(tracker: Tracker) -> None
      "198.51.100.0"),
     ({"trusted_proxies": ["127.0.0.0/8"], "ip_mode": "full"},
      {"X-Forwarded-For": "203.0.113.9, 198.51.100.23, 127.0.0.5"}, "198.51.100.23"),
-    ({"trusted_proxies": ["127.0.0.1"], "ip_mode": "full"},
+    ({"trusted_proxies": ["127.0.0.1"], "ip_mode": "full", "client_ip_header": "forwarded"},
      {"Forwarded": 'for="[2001:db8:cafe::17]:4711";proto=https'}, "2001:db8:cafe::17"),
-    ({"trusted_proxies": ["127.0.0.1"]},
+    ({"trusted_proxies": ["127.0.0.1"], "client_ip_header": "forwarded"},
      {"Forwarded": 'for="[2001:db8:cafe::17]:4711"'}, "2001:db8:cafe::"),
+    # A client's own Forwarded beside the proxy's X-Forwarded-For is not read, and the
+    # other way round.
+    ({"trusted_proxies": ["127.0.0.1"], "ip_mode": "full"},
+     {"Forwarded": "for=40.107.22.15", "X-Forwarded-For": "81.2.69.201"}, "81.2.69.201"),
+    ({"trusted_proxies": ["127.0.0.1"], "ip_mode": "full", "client_ip_header": "forwarded"},
+     {"Forwarded": "for=81.2.69.201", "X-Forwarded-For": "40.107.22.15"}, "81.2.69.201"),
     ({"trusted_proxies": ["127.0.0.1"], "ip_mode": "none"},
      {"X-Forwarded-For": "198.51.100.23"}, None),
     ({"ip_mode": "full"}, {}, "127.0.0.1"),
@@ -282,6 +289,27 @@ def test_client_address_does_not_believe_untrusted_chains() -> None:
         == "5.6.7.8"
     assert str(ca.real_ip("192.0.2.9", {"X-Forwarded-For": "1.2.3.4"})) == "192.0.2.9"
     assert str(ca.real_ip("::ffff:10.1.1.1", {"X-Forwarded-For": "1.2.3.4"})) == "1.2.3.4"
+
+
+async def test_a_proxy_that_adds_its_own_header_line_is_read_last(
+        make_tracker: MakeTracker) -> None:
+    """HAProxy's ``option forwardfor`` adds an ``X-Forwarded-For`` line after the
+    client's: every line is one list (RFC 9110 section 5.3), so the proxy's entry wins."""
+    t = await make_tracker(trusted_proxies=["127.0.0.1"], ip_mode="full")
+    sent = await seed_message(t.store, links=["https://example.com/a"])
+    headers = CIMultiDict([("X-Forwarded-For", "66.249.84.10"),
+                           ("X-Forwarded-For", "198.51.100.77")])
+    async with t.http.get(t.pixel_url(sent.message_id), headers=headers) as resp:
+        assert resp.status == 200
+    async with t.http.get(t.click_url(sent.message_id, 0), headers=headers,
+                          allow_redirects=False) as resp:
+        assert resp.status == 302
+    events = await t.events()
+    assert sorted((e["type"], e["ip"]) for e in events if e["type"] in ("open", "click")) \
+        == [("click", "198.51.100.77"), ("open", "198.51.100.77")]
+    proxies = ClientAddress(["127.0.0.1"], "full")
+    proto = CIMultiDict([("X-Forwarded-Proto", "https"), ("X-Forwarded-Proto", "http")])
+    assert proxies.scheme("127.0.0.1", proto, "http") == "http"
 
 
 def test_client_addresses_are_parsed_once_per_process(

@@ -2,9 +2,12 @@
 
 Three concerns, each cheap per request:
 
-* the client IP, taken from ``X-Forwarded-For`` / ``Forwarded`` only when the peer is a
-  configured trusted proxy (walking the chain right to left past trusted hops), then
-  kept whole, truncated to /24 (IPv4) or /48 (IPv6), or dropped, per ``tracker.ip_mode``;
+* the client IP, taken from the one header ``tracker.client_ip_header`` names
+  (``X-Forwarded-For`` or RFC 7239 ``Forwarded``) only when the peer is a configured
+  trusted proxy, all of its field lines read as one list (RFC 9110 section 5.3: a proxy
+  that adds a line adds it last) and walked right to left past trusted hops; the other
+  header is the client's to write and is never read. Then the address is kept whole,
+  truncated to /24 (IPv4) or /48 (IPv6), or dropped, per ``tracker.ip_mode``;
 * the User-Agent parsed by ``ua-parser`` into client, OS and device type, memoised;
 * the location (country, region, city) from an offline MaxMind-format file, never the
   network; no file configured (or no match) leaves the fields empty.
@@ -55,6 +58,15 @@ def _parse_ip(value: str) -> IPAddress | None:
     return addr
 
 
+def _field(headers: Any, name: str) -> str:
+    """Every field line of ``name``, joined as one comma-separated list (RFC 9110 section
+    5.3); ``get`` alone would give the first line, which the client wrote."""
+    getall = getattr(headers, "getall", None)
+    if getall is not None:
+        return ",".join(getall(name, ()))
+    return str(headers.get(name, ""))
+
+
 def _forwarded_for(header: str) -> list[str]:
     """The ``for=`` values of an RFC 7239 ``Forwarded`` header, in order."""
     out = []
@@ -69,11 +81,13 @@ def _forwarded_for(header: str) -> list[str]:
 class ClientAddress:
     """Finds the client's address behind trusted proxies and anonymises it per config."""
 
-    def __init__(self, trusted_proxies: list[str], ip_mode: str) -> None:
+    def __init__(self, trusted_proxies: list[str], ip_mode: str,
+                 header: str = "x-forwarded-for") -> None:
         self.trusted: list[IPNetwork] = [
             ipaddress.ip_network(n, strict=False) for n in trusted_proxies
         ]
         self.ip_mode = ip_mode
+        self.header = "Forwarded" if header.lower() == "forwarded" else "X-Forwarded-For"
 
     def _is_trusted(self, addr: IPAddress) -> bool:
         return any(addr.version == net.version and addr in net for net in self.trusted)
@@ -84,7 +98,8 @@ class ClientAddress:
             return own  # nothing to parse: no proxy is believed
         addr = _parse_ip(peer) if peer else None
         if addr is not None and self._is_trusted(addr):
-            forwarded = str(headers.get("X-Forwarded-Proto", "")).split(",")[0].strip()
+            # The proxy's value is the last: it sets the field, or adds its line last.
+            forwarded = _field(headers, "X-Forwarded-Proto").rpartition(",")[2].strip()
             if forwarded in ("http", "https"):
                 return forwarded
         return own
@@ -94,9 +109,8 @@ class ClientAddress:
         addr = _parse_ip(peer) if peer else None
         if addr is None or not self.trusted or not self._is_trusted(addr):
             return addr
-        forwarded = headers.get("Forwarded")
-        hops = (_forwarded_for(forwarded) if forwarded
-                else headers.get("X-Forwarded-For", "").split(","))
+        value = _field(headers, self.header)
+        hops = _forwarded_for(value) if self.header == "Forwarded" else value.split(",")
         for raw in reversed(hops):
             if not raw.strip():
                 continue
@@ -200,7 +214,8 @@ class ClientInspector:
     """Everything the tracker records about who made a request, from the request alone."""
 
     def __init__(self, config: TrackerConfig) -> None:
-        self.address = ClientAddress(config.trusted_proxies, config.ip_mode)
+        self.address = ClientAddress(config.trusted_proxies, config.ip_mode,
+                                     config.client_ip_header)
         self.geo = GeoLookup(config.geoip_path)
 
     def inspect(self, peer: str | None, headers: Any) -> ClientInfo:

@@ -72,7 +72,8 @@ class Site:
         self.sessions = Sessions(app.config.tracker.api_tokens,
                                  app.config.http.dashboard_session_hours * 3600)
         self.proxies = ClientAddress(app.config.tracker.trusted_proxies,
-                                     app.config.tracker.ip_mode)
+                                     app.config.tracker.ip_mode,
+                                     app.config.tracker.client_ip_header)
         self.env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(str(HERE / "templates")),
             autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
