@@ -11,8 +11,11 @@ The bounce listener (``relay.bounce_listener``), ``POST /api/v1/inbound`` and
    (``<prefix>+<token>@<bounce domain>``, signed, so it cannot be forged) in the
    envelope recipient or in the address headers first, else the original Message-ID
    the DSN quotes, looked up in the store. The recipient must be one of that message's
-   recipients (a single-recipient message matched by VERP takes its recipient even
-   when the DSN body is too mangled to name it). Nothing that cannot be tied to a
+   recipients, by the address that failed or the one the sender used (RFC 3464
+   ``Original-Recipient``, the record's ``alias``); a single-recipient message matched
+   by VERP takes its recipient even when the DSN body is too mangled to name it, but
+   never for a record naming the message's own sender, nor when another record of the
+   same report names that recipient itself. Nothing that cannot be tied to a
    message trackrelay sent is recorded: an open bounce listener must not let anyone
    suppress arbitrary addresses;
 4. writes ``bounce`` / ``complaint`` events (status, reply_code, reason, hard,
@@ -39,7 +42,10 @@ the recipient the message was sent to; an unverified one is marked machine
 (``machine_reason`` ``unverified_reply``) so no engagement figure counts it.
 
 Delay notices and success DSNs are recognised and leave no event (a delay is not a
-bounce; the message is still on its way). Message bodies are never logged.
+bounce; the message is still on its way), and neither a delay nor a success (a
+``2.X.X`` status, reason ``delivered``) ever counts toward the soft-bounce limit. An
+RFC 8098 read receipt (MDN) is neither a bounce nor a reply: it leaves no event.
+Message bodies are never logged.
 """
 
 from __future__ import annotations
@@ -186,8 +192,19 @@ def is_auto_reply(headers: Any) -> bool:
     return bool(_AUTO_SUBJECT.match(_text(headers.get("Subject"))))
 
 
+def is_disposition_notification(headers: Any) -> bool:
+    """An RFC 8098 MDN (read receipt, "deleted unread"): a report of what the
+    recipient's mail agent did with a message it received, so never a bounce, and not
+    a reply written by the recipient either (the README counts replies, not receipts)."""
+    ctype = _text(headers.get("Content-Type")).lower()
+    return "multipart/report" in ctype and bool(
+        re.search(r"report-type\s*=\s*\"?disposition-notification", ctype))
+
+
 def looks_like_bounce(headers: Any) -> bool:
     """Signs that a message is a delivery report even when no record could be read."""
+    if is_disposition_notification(headers):
+        return False
     _name, sender = parseaddr(_text(headers.get("From")))
     if sender.partition("@")[0].lower() in _DAEMONS:
         return True
@@ -308,11 +325,23 @@ def suppression_scope(app: App, sender: str | None) -> str:
     return domain_of(sender)
 
 
+#: Reasons that say a message was not refused (README's taxonomy: not bounces): a
+#: record carrying one (a plugin's, an old event's) never counts as a soft bounce.
+NOT_BOUNCE_REASONS = frozenset({"delivered", "feedback", "vacation"})
+
+
+def _final_failure(data: dict[str, Any]) -> bool:
+    """A bounce that reports a final failure: not a delay (the message is still on its
+    way), not a success (``Action: delivered``, a 2.X.X status, RFC 3463 class 2)."""
+    status = str(data.get("status") or "")
+    return not (data.get("action") in ("delayed", "delivered")
+                or data.get("reason") in NOT_BOUNCE_REASONS or status.startswith("2."))
+
+
 def _counts_as_soft(data: dict[str, Any]) -> bool:
     """A final, not hard bounce that someone could check (an unverified report adds to
     no count)."""
-    return not (data.get("hard") or data.get("action") == "delayed"
-                or data.get("verified") is False)
+    return not (data.get("hard") or data.get("verified") is False) and _final_failure(data)
 
 
 async def soft_bounce_count(store: Store, recipient: str, scope: str, since: float) -> int:
@@ -399,7 +428,7 @@ async def record_event(app: App, event: Event, *, sender: str | None,
     scope = suppression_scope(app, sender)
     reason = suppression_reason(app, event)
     final_soft = (event.type == "bounce" and not event.data.get("hard")
-                  and event.data.get("action") != "delayed")
+                  and _final_failure(event.data))
     if reason is None and final_soft and cfg.soft_bounce_limit > 0:
         since = time.time() - cfg.soft_bounce_window_days * 86400
         count = await soft_bounce_count(store, event.recipient, scope, since)
@@ -425,13 +454,27 @@ def _event_id(raw: bytes, n: int) -> str:
 
 
 def _match_recipient(message: MessageLookup, address: str | None,
-                     by_verp: bool) -> str | None:
+                     by_verp: bool, alias: str | None = None,
+                     named: frozenset[str] = frozenset()) -> str | None:
+    """The recipient of ``message`` a report's ``address`` is about, or None.
+
+    ``alias`` is the address the sender used when the report names another one that
+    failed (RFC 3464 section 2.3.1 ``Original-Recipient``, "expanded from"): either
+    matches. A report matched by VERP to a one-recipient message is that recipient's
+    whatever address it names (a forwarding target, a mangled body), except the
+    message's own sender (a notice names it as whom it returns the message to) and when
+    another record of the same report (``named``) names the recipient itself.
+    """
     recipients = message["recipients"]
-    wanted = (address or "").strip().strip("<>").lower()
-    for r in recipients:
-        if r.lower() == wanted:
-            return r
+    wanted = [a.strip().strip("<>").lower() for a in (address, alias) if a]
+    for w in wanted:
+        for r in recipients:
+            if r.lower() == w:
+                return r
     if by_verp and len(recipients) == 1:
+        sender = (message["sender"] or "").strip().strip("<>").lower()
+        if (sender and sender in wanted) or recipients[0].lower() in named:
+            return None
         return recipients[0]  # the token names the message; the DSN body is mangled
     return None
 
@@ -510,6 +553,8 @@ async def process(app: App, raw: bytes, *, envelope_rcpts: list[str] | None = No
         return await _mail_unsubscribe(app, raw, unsubscribes, result, via)
     cache: dict[str, MessageLookup | None] = {}
     kinds: list[str] = []
+    named = frozenset(str(a).strip().strip("<>").lower() for r in records
+                      for a in (_value(r, "recipient"), _value(r, "alias")) if a)
     for n, record in enumerate(records):
         kind = str(_value(record, "kind") or "bounce")
         kinds.append(kind)
@@ -517,7 +562,8 @@ async def process(app: App, raw: bytes, *, envelope_rcpts: list[str] | None = No
             continue
         message, matched_by = await _message_for(store, record, verp, cache)
         recipient = (_match_recipient(message, _value(record, "recipient"),
-                                      matched_by == "verp") if message else None)
+                                      matched_by == "verp", _value(record, "alias"),
+                                      named) if message else None)
         if message is None or recipient is None:
             result.unmatched += 1
             continue
@@ -533,6 +579,8 @@ async def process(app: App, raw: bytes, *, envelope_rcpts: list[str] | None = No
         result.kind = _overall_kind(kinds)
     elif is_auto_reply(headers):
         result.kind = "autoreply"
+    elif is_disposition_notification(headers):
+        pass  # a read receipt (RFC 8098): neither a bounce nor a reply; "ignored"
     else:
         await _reply_or_mangled(app, raw, headers, verp, result, via, trusted_source)
     log.info("inbound_processed", via=via, kind=result.kind, records=result.records,

@@ -1,4 +1,10 @@
-"""RFC 3834 auto-replies and vacation messages: not bounces, but worth knowing."""
+"""RFC 3834 auto-replies and vacation messages: not bounces, but worth knowing.
+
+Out-of-office and challenge-response messages are written like notices ("could not be
+reached", "you sent a message to the following address: <x>"), so the extractor asks
+:func:`is_autoreply` before it reads prose notices, and lets a notice win only where the
+message shows a failure only a mail system reports (``vendors.failure_evidence``).
+"""
 
 from __future__ import annotations
 

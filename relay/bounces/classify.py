@@ -223,12 +223,15 @@ def _record(found: Found, rules: RuleSet, trace: Trace | None) -> BounceRecord:
         else:
             cls = "5"
         status = f"{cls}.{DEFAULT_DETAIL.get(reason, '0.0')}"
-    kind = {"delivered": "delivered", "delayed": "delayed"}.get(found.action, "bounce")
+    # A success (step 1: an RFC 3463 class-2 status or a success action) is no failure,
+    # whatever the report's Action says: the kind follows the reason.
+    action = "delivered" if reason == "delivered" else found.action
+    kind = {"delivered": "delivered", "delayed": "delayed"}.get(action, "bounce")
     return BounceRecord(
         recipient=found.recipient, alias=found.alias, status=status,
         reply_code=facts.reply, reason=reason,
-        hard=is_hard(reason, status, facts.reply), permanent=found.action == "failed",
-        action=found.action, diagnostic=found.shown, remote_mta=found.remote_mta,
+        hard=is_hard(reason, status, facts.reply), permanent=action == "failed",
+        action=action, diagnostic=found.shown, remote_mta=found.remote_mta,
         original_message_id=found.original_message_id, kind=kind, decided_by=decided_by,
     )
 

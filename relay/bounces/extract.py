@@ -10,18 +10,31 @@ Parsers, tried in this order (each is an identifiable ``parser:`` entry):
 
 * ``ses``: Amazon SES JSON notifications;
 * ``arf``: RFC 5965 feedback reports, and the few providers' look-alikes;
+* ``rfc8098``: message disposition notifications (read receipts, "deleted unread"):
+  no record at all, they report on a message that *was* delivered;
 * ``rfc3464``: a ``message/delivery-status`` part, one record per recipient block,
-  read together with the notice paragraph that names the recipient; also DSN fields
+  read together with the notice paragraph that names the recipient (a block without
+  ``Action:`` is read from its ``Status:``: class 2 is a success); also DSN fields
   pasted into a prose notice;
 * ``nested``: a report forwarded as an attachment (a gateway's notice about a DSN), or
   a notice forwarded inline (``Fwd:``, ``> `` quoting), parsed again;
+* ``rfc3834``: auto-replies (not bounces) — RFC 3834 headers, vendor headers and
+  out-of-office subjects from a sender that is not the mail system — unless the
+  message shows a failure only a mail system reports (``vendors.failure_evidence``: a
+  failed SMTP exchange, ``X-Failed-Recipients``, a delivery-status part). Tried before
+  ``prose``: an out-of-office text says "could not be reached" and names addresses;
 * ``prose``: Postfix/Exim/qmail/Sendmail/Exchange/Gmail/... notices written in text:
   each address the notice names outside quoted headers, with the text that follows it;
-  when the notice names nobody, ``X-Failed-Recipients`` or the returned message's To;
-* ``rfc3834``: auto-replies (not bounces).
+  when the notice names nobody, ``X-Failed-Recipients`` or the returned message's To,
+  and when none of those either, a record without a recipient only if the message
+  shows a failure (else none). A success report written as text (``layout:success``,
+  no failure stated) gives ``delivered`` records. A person's reply (not from the mail
+  system, not ``Auto-Submitted``, with ``In-Reply-To`` or ``Re:``) is read without its
+  ``>``-quoted lines and is a notice only with failure evidence of its own.
 
-Never a recipient: the bounce's own From/To/Sender, the original sender, and
-postmaster/mailer-daemon-style addresses of the reporting server.
+Never a recipient: the bounce's own From/To/Sender, the original sender (also where
+the notice names it: "sent by <x>"), ``mailer-daemon@`` anywhere and the reporting
+server's ``postmaster@``.
 """
 
 from __future__ import annotations
@@ -90,6 +103,10 @@ def extract(msg: Message, rules: RuleSet, trace: Trace | None = None,
     if looked:
         _fire(trace, "parser:arf")
         return list(looked)
+    # --- disposition notifications (RFC 8098): never a bounce ------------------------------
+    if _is_mdn(msg, anatomy):
+        _fire(trace, "parser:rfc8098")
+        return []
     # --- split the notice from a returned message quoted inline ---------------------------
     notice_parts: list[str] = []
     returned = ""
@@ -136,16 +153,55 @@ def extract(msg: Message, rules: RuleSet, trace: Trace | None = None,
         nested = _nested(msg, anatomy, subject, rules, trace, depth)
         if nested:
             return nested
+    # --- a person's message: what it quotes is not its notice -----------------------------
+    personal = _personal(msg, rules)
+    if personal:
+        notice = vendors.unquoted(notice)
+    # --- auto-replies (RFC 3834), unless the message shows a failure ------------------------
+    automatic = autoreply.is_autoreply(msg, subject)
+    evidence = bool(anatomy.delivery_status) or vendors.failure_evidence(msg, notice, rules)
+    if automatic and not evidence:
+        _fire(trace, "parser:rfc3834")
+        return [autoreply.record(msg, subject, notice)]
     # --- prose notices ----------------------------------------------------------------------
-    if anatomy.delivery_status or vendors.looks_like_bounce(msg, notice, rules, trace):
+    if (anatomy.delivery_status or vendors.looks_like_bounce(msg, notice, rules, trace)) \
+            and (evidence or not personal):
         _fire(trace, "parser:prose")
         return list(_from_prose(msg, anatomy, notice, subject, msgid, families, reporting,
                                 rules, trace))
-    # --- auto-replies (RFC 3834) -----------------------------------------------------------
-    if autoreply.is_autoreply(msg, subject):
+    if automatic:
         _fire(trace, "parser:rfc3834")
         return [autoreply.record(msg, subject, notice)]
     return []
+
+
+def _is_mdn(msg: Message, anatomy: Anatomy) -> bool:
+    """An RFC 8098 message disposition notification (a read receipt, "deleted unread"):
+    what the recipient's mail agent did with a message it *received*, so never a bounce.
+    A report with a delivery-status part as well is read as the DSN it also is."""
+    if anatomy.delivery_status or anatomy.feedback_report:
+        return False
+    if anatomy.disposition:
+        return True
+    report_type = msg.get_param("report-type", header="content-type")
+    return msg.get_content_type() == "multipart/report" and isinstance(report_type, str) \
+        and report_type.strip().lower() == "disposition-notification"
+
+
+def _personal(msg: Message, rules: RuleSet) -> bool:
+    """A person's message: not from the mail system (``layout:daemon``), not marked
+    automatic (RFC 3834 section 5: ``Auto-Submitted`` absent or ``no``), and a reply
+    (``In-Reply-To``, which RFC 5322 section 3.6.4 has a reply carry, or a ``Re:``
+    subject; ``References`` alone is also kept by list servers' notices). Its
+    ``>``-quoted text is not its own notice, and it is a bounce only with failure
+    evidence of its own (``vendors.failure_evidence``), never on subject words or
+    quoted sentences alone."""
+    if vendors.from_mail_system(msg, rules):
+        return False
+    auto = str(msg.get("Auto-Submitted", "") or "").strip().lower()
+    if auto and not auto.startswith("no"):
+        return False
+    return bool(msg.get("In-Reply-To") or re.match(r"\s*re\s*:", _subject(msg), re.I))
 
 
 def _fire(trace: Trace | None, entry_id: str) -> None:
@@ -270,8 +326,12 @@ def _context(notice: str, recipient: str) -> str:
 
 
 def _action(value: str, status: str | None, notice: str, subject: str) -> str:
+    """RFC 3464 section 2.3.3's ``Action:``; a block without one is read from its
+    ``Status:`` (RFC 3463 section 3.1: class 2 is success, 4 a transient failure)."""
     action = value.split()[0].lower() if value.strip() else ""
     if action.startswith("deliver") or action in ("relayed", "expanded"):
+        return "delivered"
+    if not action and status and status.startswith("2"):
         return "delivered"
     if action.startswith("delay") or (not action and status and status.startswith("4")
                                       and vendors.is_delay(notice, subject)):
@@ -328,14 +388,22 @@ def _from_prose(msg: Message, anatomy: Anatomy, notice: str, subject: str,
     found_by = "parser:prose"
     if not failures:
         addr, found_by = _fallback_recipient(msg, anatomy, own, rules)
+        if not addr and not anatomy.delivery_status \
+                and not vendors.failure_evidence(msg, notice, rules):
+            # Notice-like words naming nobody, from no mail system and with no failed
+            # exchange: nothing says any recipient failed.
+            return []
         _fire(trace, found_by)
         failures = [vendors.TextFailure(addr, notice)]
-    delayed = vendors.is_delay(notice, subject)
+    if vendors.is_success(notice, rules):
+        action = "delivered"  # RFC 3464 delivered/relayed, written as text
+    else:
+        action = "delayed" if vendors.is_delay(notice, subject) else "failed"
     single = len(failures) == 1
     out: list[Found] = []
     for f in failures:
         out.append(Found(
-            recipient=f.recipient, alias=f.alias, action="delayed" if delayed else "failed",
+            recipient=f.recipient, alias=f.alias, action=action,
             diagnostic=f.own or f.text, context=f.text, notice=notice if single else "",
             remote_mta=vendors.remote_mta(f.text), reporting_mta=reporting or None,
             original_message_id=msgid, parsers=families, found_by=found_by,

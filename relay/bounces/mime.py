@@ -30,6 +30,8 @@ class Anatomy:
     notice: list[str] = field(default_factory=list)
     delivery_status: list[str] = field(default_factory=list)
     feedback_report: list[str] = field(default_factory=list)
+    #: ``message/disposition-notification`` parts (RFC 8098 MDNs: read receipts).
+    disposition: list[str] = field(default_factory=list)
     original: Message | None = None
     original_text: str = ""
 
@@ -294,6 +296,12 @@ def _walk(part: Message, out: Anatomy, depth: int, top: bool = False) -> None:
             out.delivery_status.append(_fields_text(payload))
         else:
             out.delivery_status.append(text_of(part))
+        return
+    if ctype in ("message/disposition-notification",
+                 "message/global-disposition-notification"):
+        # RFC 8098 section 3 (and RFC 6533 section 6 for the global form).
+        out.disposition.append(text_of(part) if not isinstance(payload, list)
+                               else _fields_text(payload))
         return
     if ctype == "message/feedback-report":
         if isinstance(payload, list):

@@ -6,7 +6,10 @@ failed address on a line of its own (``<a@b>:``, ``  a@b``, ``a@b: 550 ...``,
 ``Failed to deliver to 'a@b'``) and then quote the returned message after a marker
 line. Rather than one parser per product, this module knows the shapes they share:
 the markers, the addresses that are not recipients, and the text that belongs to
-each address.
+each address; and what tells a notice from mail written like one (an out-of-office
+reply, a person's reply quoting a notice, a success report): a failure only a mail
+system reports (:func:`failure_evidence`) and the sentences of success reports
+(:func:`is_success`).
 """
 
 from __future__ import annotations
@@ -28,17 +31,44 @@ _NOT_RECIPIENT_LOCAL = re.compile(
     r"no-?reply|mail-daemon|root|abuse)$",
     re.I,
 )
+#: The mail system's own sending identities, at any site: the conventional sender of
+#: notices ("MAILER-DAEMON", RFC 5321 section 4.5.5 and every MTA since sendmail) and
+#: Postfix's ``double-bounce``. They send notices and are named in quoted replies to
+#: them ("MAILER-DAEMON@mx wrote:"), never the address a notice says failed.
+#: (``postmaster@`` must accept mail, RFC 5321 section 4.5.1, so another site's can fail.)
+_DAEMON_LOCAL = re.compile(r"^(?:mailer-?daemon|mail-daemon|double-bounce)$", re.I)
 #: Lines whose addresses are never the failed recipient (quoted headers, ids).
 _SKIP_LINE_RE = re.compile(
     r"^[ \t]*(?:message-id|in-reply-to|references|return-path|from|sender|reply-to|"
     r"x-[\w-]+|dkim-signature|received|envelope-from|mail from|errors-to|"
     r"to|cc|bcc|subject|sent|date)[ \t]*:"
     r"|\benvelope-from\b|\bmail from:|\bfrom: ?<|\(?envelope-from"
-    # "please contact <support@...>", "send mail to <postmaster@...>": the reporting
-    # site's help address, never a recipient.
-    r"|\bcontact\b[^@\n]{0,40}@|\bsend (?:e-?)?mail to\b[^@\n]{0,20}@",
+    # "please contact <support@...>", "send mail to <postmaster@...>", "please write to
+    # <x>": the reporting site's help address, never a recipient.
+    r"|\bcontact\b[^@\n]{0,40}@|\b(?:send (?:e-?)?mail|write) to\b[^@\n]{0,40}@"
+    # "On <date>, Mail Delivery System <MAILER-DAEMON@x> wrote:": the attribution line
+    # of a quoted message names its author.
+    r"|@[^\n]*\bwrote:[ \t]*$",
     re.I,
 )
+#: Where a notice names the original sender ("your message sent by <x>", "message from
+#: <x>", "sender: <x>"): that address is the one the notice is returned to, never a
+#: recipient (RFC 3464 section 2: the report goes to the original sender).
+_SENDER_NAMED_RE = re.compile(
+    r"(?:\b(?:sent|written|submitted|originated) by|\b(?:message|mail|e-?mail) from|"
+    r"\b(?:original )?sender(?: address)?(?: is| was)?:?)[ \t]*[\"'<(]?[ \t]*"
+    r"([A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}@(?:[A-Za-z0-9-]{1,63}\.)+[A-Za-z]{2,24})",
+    re.I)
+#: A line quoted from another message (RFC 3676 section 4.5 ``>`` quoting) and the
+#: attribution line above a quote.
+_QUOTED_LINE_RE = re.compile(r"^[ \t]*>.*$|^.*\bwrote:[ \t]*$", re.M)
+#: A failed SMTP exchange as servers and notices write it: an enhanced code of class 4
+#: or 5 (RFC 3463), a reply code followed by one, or a reply code the notice says the
+#: server gave (RFC 5321 section 4.2).
+_FAILURE_CODE_RE = re.compile(
+    r"(?<![\w.#-])[45][0-5]\d[ -][45]\.\d{1,3}\.\d{1,3}(?![\w.])"
+    r"|\b(?:said|replied|reply|response|error|code)\b\s*:?\s*[45][0-5]\d\b"
+    r"|\bin reply to (?:the )?(?:rcpt|mail|data|end of data)", re.I)
 #: "(generated from x)" (Exim) and "(expanded from <x>)" (Postfix) name the address the
 #: failed one was redirected from: an alias of the recipient, not another recipient.
 _ALIAS_RE = re.compile(r"\((?:generated|expanded) from\s*<?$|\((?:generated|expanded) from\s*<?"
@@ -84,7 +114,10 @@ def looks_like_bounce(msg: Message, notice: str, rules: RuleSet,
     """Whether a message without a report part is a delivery notice at all.
 
     Two of three signs are needed (a notice sender, a notice subject, a sentence only a
-    notice says), or the ``X-Failed-Recipients`` header Exim and Gmail add.
+    notice says: of a failure, or of a success report), or the ``X-Failed-Recipients``
+    header Exim and Gmail add.
+    ``Auto-Submitted`` (RFC 3834 section 5) is a sign only beside a mail-system sender:
+    out-of-office replies carry it as much as notices.
     """
     if msg.get("X-Failed-Recipients"):
         return True
@@ -92,11 +125,14 @@ def looks_like_bounce(msg: Message, notice: str, rules: RuleSet,
     subject = str(msg.get("Subject", ""))
     if "=?" in subject:
         subject = decode_header_text(subject)
-    signs = []
-    for kind, text in (("daemon", sender.lower()), ("subject", subject.lower()),
-                       ("notice", notice[:8000].lower()),
-                       ("header", str(msg.get("Auto-Submitted", "")).lower())):
-        m = rules.layout(kind).first(text)
+    signs: list[str] = []
+    body = notice[:8000].lower()
+    for kinds, text in ((("daemon",), sender.lower()), (("subject",), subject.lower()),
+                        (("notice", "success"), body),
+                        (("header",), str(msg.get("Auto-Submitted", "")).lower())):
+        if kinds == ("header",) and not any(s.startswith("layout:daemon:") for s in signs):
+            continue
+        m = next((hit for hit in (rules.layout(k).first(text) for k in kinds) if hit), None)
         if m is not None:
             signs.append(m.id)
     if len(signs) < 2:
@@ -105,6 +141,49 @@ def looks_like_bounce(msg: Message, notice: str, rules: RuleSet,
         for entry_id in signs:
             trace.add(entry_id)
     return True
+
+
+def from_mail_system(msg: Message, rules: RuleSet) -> bool:
+    """Whether the message's From is a mail system's identity (``layout:daemon``)."""
+    return rules.layout("daemon").first(str(msg.get("From", "") or "<>").lower()) is not None
+
+
+def failure_evidence(msg: Message, notice: str, rules: RuleSet) -> bool:
+    """Whether a message says a delivery failed in a way only a mail system does.
+
+    ``X-Failed-Recipients``, a sender that is the mail system, or a failed SMTP exchange
+    in the text (``_FAILURE_CODE_RE``). Subject words and sentences are not enough: an
+    out-of-office reply says "could not be reached", a person's reply quotes the
+    subject "Delivery failure: your parcel ...".
+    """
+    if msg.get("X-Failed-Recipients") or from_mail_system(msg, rules):
+        return True
+    return bool(_FAILURE_CODE_RE.search(notice[:20000]))
+
+
+def is_success(notice: str, rules: RuleSet) -> bool:
+    """A notice that reports delivery (RFC 3464 ``delivered``/``relayed``), not failure.
+
+    A success sentence (``layout:success``) and no failure: no failed SMTP exchange, no
+    words of a final failure or a delay (a notice about several recipients may report
+    both, and is then a failure notice).
+    """
+    head = notice[:8000]
+    if rules.layout("success").first(head.lower()) is None:
+        return False
+    return not (_FAILURE_CODE_RE.search(head) or _PERMANENT_RE.search(head)
+                or _DELAY_RE.search(head))
+
+
+def unquoted(text: str) -> str:
+    """``text`` without the lines it quotes from another message (and their attribution):
+    what a person's reply says itself."""
+    return _QUOTED_LINE_RE.sub("", text)
+
+
+def named_senders(notice: str) -> set[str]:
+    """Addresses the notice says are the original sender ("sent by <x>")."""
+    return {m.group(1).strip(".").lower() for m in _SENDER_NAMED_RE.finditer(notice[:20000])}
 
 
 def decode_header_text(value: str) -> str:
@@ -159,13 +238,15 @@ def find_failures(notice: str, exclude: set[str],
     """Find each failed recipient in a notice and cut out the text that concerns it.
 
     Addresses on quoted-header lines, the addresses in ``exclude`` (the bounce's own
-    sender and receiver, the original sender) and the reporting site's own daemon
-    addresses (``postmaster@``, ``mailer-daemon@`` at a domain of ``reporters``) are not
-    recipients; ``postmaster@`` elsewhere is an ordinary recipient.
+    sender and receiver, the original sender), addresses the notice calls the sender
+    ("sent by <x>"), ``mailer-daemon@`` anywhere and the reporting site's own
+    ``postmaster@`` (at a domain of ``reporters``) are not recipients; ``postmaster@``
+    elsewhere is an ordinary recipient.
     An address's text runs from its first mention to the next recipient's first
     mention; text *before* the first recipient is kept too, because many servers
     write the error before the address.
     """
+    exclude = exclude | named_senders(notice)
     mentions: list[tuple[int, str]] = []
     offset = 0
     for line in notice.splitlines(keepends=True):
@@ -175,8 +256,9 @@ def find_failures(notice: str, exclude: set[str],
             for m in _ADDR_RE.finditer(line):
                 addr = m.group(1).strip(".").lower()
                 local = addr.split("@", 1)[0]
-                daemon = bool(_NOT_RECIPIENT_LOCAL.match(local)) and (
-                    reporters is None or _related(addr.split("@", 1)[1], reporters))
+                daemon = bool(_DAEMON_LOCAL.match(local)) or (
+                    bool(_NOT_RECIPIENT_LOCAL.match(local))
+                    and (reporters is None or _related(addr.split("@", 1)[1], reporters)))
                 if addr in exclude or daemon \
                         or local[:1] in "/|" or _ALIAS_RE.search(line, 0, m.start()):
                     continue

@@ -1,7 +1,10 @@
 """How delivery notices look: their senders, subjects, sentences and quote markers.
 
-Used by the parsers (stage A) to tell a notice written in prose from ordinary mail and
-to find where the returned message starts. Each entry is the wording of a notice
+Used by the parsers (stage A) to tell a notice written in prose from ordinary mail, a
+success report from a failure (``success``), and to find where the returned message
+starts. ``Auto-Submitted`` is a sign only beside a mail-system sender: RFC 3834
+section 5 has every automatic responder send it, out-of-office replies as much as
+notices. Each entry is the wording of a notice
 template of the software or provider named as its source (Postfix's bounce(5)
 templates, Exim's and qmail's fixed texts, Exchange's and Gmail's NDR pages, ...).
 Matched case-insensitively.
@@ -84,8 +87,28 @@ MARKERS: tuple[Marker, ...] = (
     *_m("notice", "exchange", r"invalid (?:user|recipient) address", r"non remis"),
     *_m("notice", "mailru", r"не может быть доставлено", r"не удалось доставить"),
     *_m("notice", "domino", r"duplicated message-id", r"mail loop"),
-    # --- headers: RFC 3834 section 5 / RFC 3464: notices are marked as generated ----------
+    # --- headers: RFC 3834 section 5: the message is automatic ----------------------------
+    # Every automatic responder sends ``auto-replied``, out-of-office replies included: it
+    # says a message is automatic, not that it is a notice, so it is a sign only from a
+    # mail system's identity (``daemon``) (see ``vendors.looks_like_bounce``).
     *_m("header", "rfc3834", r"^auto-(?:replied|generated)"),
+    # --- sentences of success reports (RFC 3464 ``delivered``/``relayed``/``expanded``) --
+    # Read only where the notice states no failure (see ``vendors.is_success``).
+    # Postfix bounce(5), the default ``success_template`` ("Successful Mail Delivery
+    # Report": "Your message was successfully delivered to the destination(s) listed").
+    *_m("success", "postfix", r"your message was successfully delivered to the destination"),
+    # Sendmail's return receipt (the DSN text of sendmail/savemail.c's "return receipt"
+    # notice: "The following addresses had successful delivery notifications").
+    *_m("success", "sendmail", r"the following addresses had successful delivery"),
+    # Exchange Server / Exchange Online success DSNs (the "Delivered" and "Relayed" DSN
+    # texts Exchange documents for its system messages, Get-SystemMessage / "DSN message
+    # text"), and the IIS SMTP service / Exchange 2003 "Delivery Status Notification
+    # (Relay)" text ("successfully relayed to the following recipients") and its
+    # "(Success)" text ("Delivery to the following recipients succeeded").
+    *_m("success", "exchange", r"your message has been delivered to the following recipients",
+        r"delivery to these recipients or groups is complete",
+        r"(?:has been|was) successfully relayed to the following recipients",
+        r"delivery to the following recipients? (?:succeeded|was successful|was complete)"),
     # --- the line after which the returned message is quoted ------------------------------
     *_m("boundary", "exim", r"this is a copy of the message", r"copy of (?:the|your) message"),
     *_m("boundary", "qmail", r"below this line is a copy of the message"),

@@ -1,0 +1,319 @@
+"""Mail written like a delivery notice that is not a failure: out-of-office and
+challenge-response replies (RFC 3834), success reports (RFC 3464 delivered/relayed,
+RFC 3463 class 2), read receipts (RFC 8098), a person's reply quoting a notice; and the
+addresses a notice names that are not failed recipients (the sender, MAILER-DAEMON).
+
+Small hand-written messages, each in the shape the cited document gives; the real
+classifier (``relay.bounces.classify``), no mocks.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from relay.bounces import classify
+
+VERP = "bounce+tok.sig@bounces.shop.example"
+
+
+def _msg(headers: str, body: str) -> bytes:
+    return (headers.strip().replace("\n", "\r\n") + "\r\n\r\n"
+            + body.strip().replace("\n", "\r\n") + "\r\n").encode()
+
+
+def _kinds(raw: bytes) -> list[tuple[str, str]]:
+    return [(r.recipient, r.kind) for r in classify(raw)]
+
+
+# --- 1. out-of-office and challenge-response replies ----------------------------------------
+
+OOO_FOLLOWING_ADDRESS = _msg(f"""
+Return-Path: <>
+From: Jane Roe <jane@remote.test>
+To: {VERP}
+Subject: Automatic reply: Spring sale
+Auto-Submitted: auto-replied
+In-Reply-To: <spring-1@shop.example>
+""", """
+I am out of the office until 10 March.
+For urgent matters please write to the following address: office@remote.test
+""")
+
+OOO_COULD_NOT_BE_REACHED = _msg(f"""
+From: Max Mustermann <max@remote.test>
+To: {VERP}
+Subject: Out of Office: Your delivery status update
+Auto-Submitted: auto-replied
+""", """
+I could not be reached until Monday. Your message will not be forwarded.
+In urgent cases please contact team@remote.test.
+Other questions: desk@remote.test
+""")
+
+CHALLENGE_RESPONSE = _msg(f"""
+From: MailShield <verify@shield.test>
+To: {VERP}
+Subject: Please confirm your message (Re: Spring sale)
+Auto-Submitted: auto-replied
+""", """
+You sent a message to the following address: kim@remote.test
+That mailbox accepts mail from confirmed senders only. Your message is held until
+you confirm at https://shield.test/confirm?id=1
+""")
+
+
+@pytest.mark.parametrize("raw, replier", [
+    (OOO_FOLLOWING_ADDRESS, "jane@remote.test"),
+    (OOO_COULD_NOT_BE_REACHED, "max@remote.test"),
+    (CHALLENGE_RESPONSE, "verify@shield.test"),
+])
+def test_auto_replies_that_read_like_notices_are_not_bounces(raw: bytes, replier: str
+                                                              ) -> None:
+    # README: "Auto-replies and out-of-office messages are never bounces"; the address
+    # an out-of-office text names is nobody's failure.
+    assert _kinds(raw) == [(replier, "autoreply")]
+
+
+def test_an_automatic_message_that_shows_a_failed_exchange_is_a_bounce() -> None:
+    # Auto-Submitted alone decides nothing (RFC 3834 section 5 covers notices too): a
+    # reply that quotes the refusing server's SMTP reply is a notice.
+    raw = _msg(f"""
+From: Relay Gateway <gateway@remote.test>
+To: {VERP}
+Subject: Undeliverable: Spring sale
+Auto-Submitted: auto-replied
+""", """
+Your message could not be delivered to the following address: gone@remote.test
+The server said: 550 5.1.1 <gone@remote.test>: user unknown
+""")
+    [rec] = classify(raw)
+    assert (rec.recipient, rec.kind, rec.reason, rec.hard) == (
+        "gone@remote.test", "bounce", "userunknown", True)
+
+
+# --- 2. success reports --------------------------------------------------------------------
+
+def test_a_status_2xx_block_without_action_is_a_success() -> None:
+    # RFC 3464 section 2.3.3 requires Action:, but a block that lacks it with a class-2
+    # status (RFC 3463 section 3.1) reports a success, never a failure.
+    raw = _msg(f"""
+From: postmaster@gw.remote.test
+To: {VERP}
+Subject: Delivery Status Notification
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=delivery-status; boundary="b"
+""", """
+--b
+Content-Type: text/plain
+
+Relayed to a system that returns no notifications.
+
+--b
+Content-Type: message/delivery-status
+
+Reporting-MTA: dns; gw.remote.test
+
+Final-Recipient: rfc822; kim@remote.test
+Status: 2.0.0
+Diagnostic-Code: smtp; 250 2.0.0 OK relayed
+
+--b--
+""")
+    [rec] = classify(raw)
+    assert (rec.recipient, rec.kind, rec.action, rec.reason) == (
+        "kim@remote.test", "delivered", "delivered", "delivered")
+    assert not rec.permanent and not rec.hard
+
+
+EXCHANGE_DELIVERED = _msg(f"""
+Return-Path: <>
+From: Microsoft Outlook <MicrosoftExchange1234@contoso.test>
+To: {VERP}
+Subject: Delivered: Spring sale
+""", """
+Your message has been delivered to the following recipients:
+
+Ann Lee (ann@contoso.test)
+
+Subject: Spring sale
+""")
+
+IIS_RELAYED = _msg(f"""
+From: postmaster@contoso.test
+To: {VERP}
+Subject: Delivery Status Notification (Relay)
+""", """
+This is an automatically generated Delivery Status Notification.
+
+Your message has been successfully relayed to the following recipients, but the
+requested delivery status notifications may not be generated by the destination.
+
+       bo@contoso.test
+""")
+
+POSTFIX_SUCCESS_TEXT = _msg(f"""
+From: MAILER-DAEMON@smtp.shop.example (Mail Delivery System)
+To: {VERP}
+Subject: Successful Mail Delivery Report
+""", """
+This is the mail system at host smtp.shop.example.
+
+Your message was successfully delivered to the destination(s)
+listed below. If the message was delivered to mailbox you will
+receive no further notifications. Otherwise you may still receive
+notifications of mail delivery errors from other systems.
+
+                   The mail system
+
+<cy@remote.test>: delivery via mx.remote.test[192.0.2.1]:25: 250 2.0.0
+    Ok: queued as 4Z9
+""")
+
+
+@pytest.mark.parametrize("raw, recipient", [
+    (EXCHANGE_DELIVERED, "ann@contoso.test"),
+    (IIS_RELAYED, "bo@contoso.test"),
+    (POSTFIX_SUCCESS_TEXT, "cy@remote.test"),
+])
+def test_success_reports_written_as_text_are_not_bounces(raw: bytes, recipient: str) -> None:
+    recs = classify(raw)
+    assert [(r.recipient, r.kind, r.reason, r.permanent) for r in recs] == [
+        (recipient, "delivered", "delivered", False)]
+
+
+def test_a_notice_that_reports_a_failure_too_is_a_bounce() -> None:
+    # The success sentence does not win over a failed exchange in the same notice.
+    raw = _msg(f"""
+From: postmaster@contoso.test
+To: {VERP}
+Subject: Delivery Status Notification (Failure)
+""", """
+Your message has been delivered to the following recipients: ok@contoso.test
+
+Delivery to the following recipients failed permanently:
+
+       gone@contoso.test: 550 5.1.1 user unknown
+""")
+    recs = {r.recipient: r.kind for r in classify(raw)}
+    assert recs.get("gone@contoso.test") == "bounce"
+
+
+# --- 3 and 5. a person's reply ---------------------------------------------------------------
+
+def test_a_persons_reply_with_notice_words_is_not_a_bounce() -> None:
+    raw = _msg("""
+From: Kunde <kunde@remote.test>
+To: Shop <news@shop.example>
+Subject: Re: Delivery failure: your parcel could not be delivered
+In-Reply-To: <parcel-1@shop.example>
+References: <parcel-1@shop.example>
+""", """
+Hi, I was at home all day! Please deliver it again tomorrow.
+
+On Mon, 3 Mar 2025, Shop <news@shop.example> wrote:
+> We could not deliver your parcel today. Your parcel could not be delivered
+> because nobody was at home.
+""")
+    assert classify(raw) == []
+
+
+def test_a_persons_reply_quoting_a_bounce_is_not_a_bounce() -> None:
+    raw = _msg("""
+From: Colleague <colleague@shop.example>
+To: Shop News <news@shop.example>
+Subject: Re: Undelivered Mail Returned to Sender
+In-Reply-To: <bounce-1@mx.remote.test>
+""", """
+A typo, I think: I'll call the customer.
+
+On Mon, 3 Mar 2025 at 10:00, Mail Delivery System <MAILER-DAEMON@mx.remote.test> wrote:
+> This is the mail system at host mx.remote.test.
+>
+> I'm sorry to have to inform you that your message could not
+> be delivered to one or more recipients.
+>
+> <custmr@remote.test>: host mx.remote.test[192.0.2.1] said: 550 5.1.1
+>     User unknown (in reply to RCPT TO command)
+""")
+    assert classify(raw) == []
+
+
+def test_mailer_daemon_is_never_a_failed_recipient_from_prose() -> None:
+    # Another site's MAILER-DAEMON named in a notice is the notice's author, not a
+    # recipient; another site's postmaster@ can be one (RFC 5321 section 4.5.1).
+    raw = _msg(f"""
+From: Mail Delivery System <MAILER-DAEMON@mx.shop.example>
+To: {VERP}
+Subject: Undelivered Mail Returned to Sender
+""", """
+This is the mail system at host mx.shop.example.
+
+I'm sorry to have to inform you that your message could not
+be delivered to one or more recipients.
+
+The report below came from MAILER-DAEMON@mx.other.test
+
+<postmaster@other.test>: host mx.other.test[192.0.2.7] said: 550 5.1.1
+    <postmaster@other.test>: Recipient address rejected: User unknown
+    (in reply to RCPT TO command)
+""")
+    assert [(r.recipient, r.reason) for r in classify(raw)] == [
+        ("postmaster@other.test", "userunknown")]
+
+
+# --- 4. read receipts --------------------------------------------------------------------------
+
+MDN_DELETED = _msg("""
+Return-Path: <>
+From: System Administrator <postmaster@remote.test>
+To: news@shop.example
+Subject: Not read: Spring sale
+MIME-Version: 1.0
+Auto-Submitted: auto-replied
+Content-Type: multipart/report; report-type=disposition-notification; boundary="m"
+""", """
+--m
+Content-Type: text/plain; charset=utf-8
+
+Your message
+
+  To: lee@remote.test
+  Subject: Spring sale
+
+was deleted without being read.
+
+--m
+Content-Type: message/disposition-notification
+
+Reporting-UA: remote.test; Microsoft Exchange Server
+Final-Recipient: rfc822;lee@remote.test
+Original-Message-ID: <spring-1@shop.example>
+Disposition: automatic-action/MDN-sent-automatically; deleted
+
+--m--
+""")
+
+
+def test_read_receipts_are_not_bounces() -> None:
+    assert classify(MDN_DELETED) == []
+    # The report type alone says so, even when the MDN part is missing.
+    cut = MDN_DELETED.split(b"--m\r\nContent-Type: message/disposition")[0] + b"--m--\r\n"
+    assert classify(cut) == []
+
+
+# --- 6. the original sender named in the notice --------------------------------------------------
+
+def test_the_sender_named_in_a_notice_is_not_a_recipient() -> None:
+    raw = _msg(f"""
+Return-Path: <>
+From: Mail Delivery System <MAILER-DAEMON@gw.acme.test>
+To: {VERP}
+Subject: Undeliverable mail
+""", """
+Your message sent by news@shop.example on Mon, 3 Mar 2025 could not be delivered
+to carl@acme.test.
+
+Reason: 550 5.1.1 <carl@acme.test>: mailbox unavailable (in reply to RCPT TO command)
+""")
+    assert [(r.recipient, r.reason) for r in classify(raw)] == [
+        ("carl@acme.test", "userunknown")]
