@@ -25,8 +25,11 @@ Action (``[suppression] action``):
   the client's DATA with ``503 5.5.1 Need RCPT command``, and an MTA reports that as a
   failure of the message. Use ``"refuse"`` where that matters.
 
-If the store cannot be read, the recipient is accepted (mail is never lost to a
-database outage) and the failure is logged.
+If the store cannot be read, the recipient is accepted (``suppression.on_store_error =
+"accept"``, the default: a database outage never holds up mail, but a suppressed address
+may get it) or refused for now with ``451 4.3.0`` (``"tempfail"``: the client retries,
+and the check is made once the store is back; where mailing an unsubscribed person is
+worse than delay). Either way the failure is logged.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ if TYPE_CHECKING:
     from relay.app import App
 
 log = get_logger("plugins.suppression")
+
+STORE_TEMPFAIL = Reply(451, "4.3.0", "Suppression list unavailable, try again later")
 
 
 def check_scopes(app: App, sender: str) -> list[str]:
@@ -62,9 +67,10 @@ async def trackrelay_check_recipient(app: App, transaction: Transaction,
         row = await app.store.find_suppression(address, check_scopes(app,
                                                                      transaction.mail_from))
     except Exception as exc:
-        log.error("suppression_check_failed", txn=transaction.id,
+        action = app.config.suppression.on_store_error
+        log.error("suppression_check_failed", txn=transaction.id, action=action,
                   error=f"{type(exc).__name__}: {exc}")
-        return None
+        return STORE_TEMPFAIL if action == "tempfail" else None
     if row is None:
         return None
     reason = row["reason"]

@@ -387,6 +387,10 @@ class SuppressionConfig:
     #: "refuse": 550 5.7.1 at RCPT; "skip": answer 250, do not pass the recipient
     #: upstream, record a ``rejected`` event (see plugins/suppression.py).
     action: Literal["refuse", "skip"] = "refuse"
+    #: When the list cannot be read (the store is down): "accept" the recipient (mail
+    #: goes on; a suppressed address may get it) or "tempfail" (451 4.3.0: the client
+    #: retries, and the check is made once the store is back).
+    on_store_error: Literal["accept", "tempfail"] = "accept"
     #: Soft bounces (final, not hard) of an address within the window that suppress it;
     #: 0: soft bounces never suppress.
     soft_bounce_limit: int = 3

@@ -161,3 +161,29 @@ async def test_the_page_says_what_the_scope_will_stop(make_stack: MakeStack, sco
         assert f"<p>{says}</p>" in await resp.text()
     async with stack.http.get(url) as resp:  # the page once unsubscribed
         assert f"<p>{says}</p>" in await resp.text()
+
+
+@pytest.mark.parametrize("on_store_error", ["accept", "tempfail"])
+async def test_suppression_check_with_the_store_down(make_stack: MakeStack,
+                                                     on_store_error: str) -> None:
+    """The list cannot be read: the recipient is accepted (the default: mail goes on) or
+    refused for now with 451 4.3.0, so the client retries once the store is back."""
+    import aiosmtplib
+
+    stack = await make_stack(suppression={"on_store_error": on_store_error})
+    await stack.store.add_suppression("dora@remote.test", reason="unsubscribed")
+    raw = campaign_message("news@shop.example.com", "dora@remote.test")
+    with pytest.raises(aiosmtplib.SMTPRecipientsRefused):
+        await stack.send("news@shop.example.com", ["dora@remote.test"], raw)
+    received = len(stack.sink.received)
+    await stack.store.disconnect()
+    if on_store_error == "accept":
+        await stack.send("news@shop.example.com", ["dora@remote.test"], raw)
+        assert len(stack.sink.received) == received + 1
+    else:
+        with pytest.raises(aiosmtplib.SMTPRecipientsRefused) as info:
+            await stack.send("news@shop.example.com", ["dora@remote.test"], raw)
+        (refusal,) = info.value.recipients
+        assert (refusal.code, refusal.message) == (
+            451, "4.3.0 Suppression list unavailable, try again later")
+        assert len(stack.sink.received) == received
