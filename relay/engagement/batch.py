@@ -15,12 +15,17 @@ Rules, in order (bot-signals.md §4.1 O8, §4.2 C7; thresholds from ``[engagemen
    most ``link_burst_seconds`` whose clicks cover two or more distinct links are all
    ``machine/multi_link_burst`` (Marketo's proximity pattern; an open chained to the
    clicks is the scanner's too);
-3. **recipient_burst** — events from one network (IPv4 /24, IPv6 /64) with one user
+3. **head_then_get** — a GET of a link (a click not itself ``head_request``) from the same
+   stored address and user agent as a HEAD of the same token (message, recipient, link)
+   at most ``HEAD_THEN_GET_SECONDS`` after it is the fetcher that sent the HEAD: a
+   scanner that checks the link, then fetches it. ``machine/head_then_get``, and no
+   inferred open comes from it. Opens (a pixel HEAD then GET) are left alone;
+4. **recipient_burst** — events from one network (IPv4 /24, IPv6 /64) with one user
    agent reaching ``recipient_burst_min`` distinct recipients within
    ``recipient_burst_seconds`` are ``machine/recipient_burst`` (a gateway scanning a
    batch). Mail-provider proxy and Apple MPP events are left out: Gmail's proxy serves
    many real readers from few addresses;
-4. **inferred open** — a human click on a message and recipient with no human open
+5. **inferred open** — a human click on a message and recipient with no human open
    (and no inferred open yet) yields a new ``open`` event at the click's time, flagged
    ``data["inferred"] = True``, verdict ``human``, reason ``inferred_from_click``. Only
    clicks older than ``batch_settle_seconds`` are used, so a burst still forming is not
@@ -46,6 +51,21 @@ from relay.engagement.verdict import Verdict
 from relay.records import Event
 
 Clock = Callable[[], float]
+
+#: How long after a HEAD of a link a GET from the same address and user agent counts as
+#: the same fetcher's (``head_then_get``). Sources: bot-signals.md C-a — HEAD is a
+#: scanner's probe (next-auth #1840: Safe Links sent HEAD; cobudget PR #1274: HEAD
+#: scanner requests right after send; better-auth #9690; Mautic PR #15844); link
+#: checkers follow a HEAD with a GET of the same URL (html-proofer #440; packetfence
+#: #7294: a Windows Defender check sent HEAD beside the GET); Proofpoint URL Defense
+#: was seen sending HEAD then GET within a second (our probe: a few ms apart). 2 s is
+#: twice that, for a slow scanner or a busy tracker, and well under the time a person
+#: needs between a mail client's background HEAD check (bot-signals.md C-q: Apple Mail,
+#: iOS 17+) and reading and tapping the link: a person's GET seconds or minutes later
+#: stays human, and Private Relay + Safari clicks are never demoted otherwise (C-q).
+#: Like Marketo's proximity window (C-i: < 1 s by default, 3 s at most) it is kept to
+#: the same second or two. Not an [engagement] option (yet): change it here.
+HEAD_THEN_GET_SECONDS = 2.0
 
 
 @dataclass
@@ -90,8 +110,11 @@ class BatchPass:
                 after[i] = v.demoted(reason)
 
         by_recipient: dict[tuple[str, str | None], list[int]] = defaultdict(list)
+        with_head: set[tuple[str, str | None]] = set()  # groups with a HEAD of a link
         for i, e in enumerate(items):
             by_recipient[e.message_id, e.recipient].append(i)
+            if e.type == "click" and R.HEAD_REQUEST in before[i].reasons:
+                with_head.add((e.message_id, e.recipient))
 
         # 1. honeypot windows
         for idxs in by_recipient.values():
@@ -111,7 +134,13 @@ class BatchPass:
                     for i in run:
                         demote(i, R.MULTI_LINK_BURST)
 
-        # 3. one network and user agent, many recipients, seconds apart
+        # 3. a GET of a link right after a HEAD of it by the same fetcher (only the few
+        #    groups that hold a HEAD click are looked at)
+        for key in with_head:
+            for i in _head_then_get(by_recipient[key], items, before, HEAD_THEN_GET_SECONDS):
+                demote(i, R.HEAD_THEN_GET)
+
+        # 4. one network and user agent, many recipients, seconds apart
         groups: dict[tuple[str, str], list[int]] = defaultdict(list)
         for i, e in enumerate(items):
             net = _network_key(e.ip)
@@ -128,7 +157,7 @@ class BatchPass:
             if new != old:
                 result.changed.append(_with_verdict(e, new))
 
-        # 4. inferred opens
+        # 5. inferred opens
         settled = now - cfg.batch_settle_seconds
         for idxs in by_recipient.values():
             if any(items[i].type == "open" and (after[i].human or items[i].data.get("inferred"))
@@ -174,6 +203,31 @@ def _chains(idxs: Sequence[int], items: Sequence[Event], gap: float) -> list[lis
         else:
             runs.append([i])
     return runs
+
+
+def _head_then_get(idxs: Sequence[int], items: Sequence[Event], before: Sequence[Verdict],
+                   window: float) -> list[int]:
+    """Indices of the clicks (GET) that follow a HEAD of the same link from the same
+    stored address and user agent by 0 to ``window`` seconds. ``idxs`` are one message
+    and recipient's, time-sorted. Without a stored address (``tracker.ip_mode = none``)
+    nothing is matched: the user agent alone is not the same fetcher."""
+    heads: dict[tuple[int | None, str, str], list[float]] = defaultdict(list)
+    gets: list[int] = []
+    for i in idxs:
+        e = items[i]
+        if e.type != "click" or not e.ip:
+            continue
+        if R.HEAD_REQUEST in before[i].reasons:
+            heads[e.link_index, e.ip, e.user_agent or ""].append(e.time)
+        else:
+            gets.append(i)
+    out = []
+    for i in gets:
+        e = items[i]
+        times = heads.get((e.link_index, e.ip or "", e.user_agent or ""))
+        if times and any(0.0 <= e.time - t <= window for t in times):
+            out.append(i)
+    return out
 
 
 def _recipient_bursts(idxs: Sequence[int], items: Sequence[Event], window: float,

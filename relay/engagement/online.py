@@ -19,10 +19,15 @@ Rule order (bot-signals.md §4; the first rule that decides wins):
 6. mail-provider proxies, before any bot list: the Gmail prefetch UA →
    ``machine/gmail_prefetch``; GoogleImageProxy/YahooMailProxy/… → ``human_proxy``
    (proxy ``gmail``/``yahoo``/``other``), unless it came within ``instant_seconds`` of
-   delivery (``machine/gmail_prefetch`` or ``machine/proxy_prefetch``);
-7. the curated table's machine classes → ``machine/<class>`` (security_scanner,
-   office_probe, mail_client_background, link_preview, headless_browser,
-   outlook_prefetch, http_library); ``x-native-host: OneOutlook`` → outlook_prefetch;
+   delivery (``machine/gmail_prefetch`` or ``machine/proxy_prefetch``). Opens only: the
+   table's ``mail_proxy`` entries carry ``"kinds": ["open"]``; on a click the same user
+   agents match ``mail_proxy_click`` entries (``"kinds": ["click"]``) →
+   ``machine/mail_proxy_click`` with the proxy named — image proxies fetch images when
+   the mail is opened and never follow links (bot-signals.md O-e, O-g, O-h);
+7. the curated table's machine classes → ``machine/<class>`` (mail_proxy_click,
+   security_scanner, office_probe, mail_client_background, link_preview,
+   headless_browser, outlook_prefetch, http_library); ``x-native-host: OneOutlook`` →
+   outlook_prefetch;
 8. empty user agent → ``machine/empty_ua``; a generic bot list matches →
    ``machine/crawler``;
 9. clicks from Microsoft 365 networks within ``safelinks_seconds`` of delivery →
@@ -46,16 +51,21 @@ from relay.engagement import verdict as R
 from relay.engagement.data import EngagementData, cached_data
 from relay.engagement.facts import RequestFacts
 from relay.engagement.networks import NetworkSet, parse_ip
-from relay.engagement.useragents import APPLE_MPP_UA, UAAnalyser
+from relay.engagement.useragents import APPLE_MPP_UA, PROXY_CLASSES, UAAnalyser
 from relay.engagement.verdict import Verdict, as_proxy
 
 _PREFETCH = re.compile(r"prefetch|prerender", re.IGNORECASE)
 _ONE_OUTLOOK = re.compile(r"OneOutlook", re.IGNORECASE)
 
 #: Table classes that make a verdict ``machine`` with the class as the reason.
+#: ``mail_proxy_click``: a webmail image proxy's user agent on a click. GoogleImageProxy,
+#: YahooMailProxy and the other mail_proxy user agents fetch and cache images at open
+#: time and do not follow links (bot-signals.md O-e: Validity Everest, Google/Yahoo
+#: cache "at open"; O-g: device-detector bots.yml, YahooMailProxy "Service Agent";
+#: O-h: isbot, device-detector, crawler-user-agents), so a click with one is no person.
 MACHINE_CLASSES: frozenset[str] = frozenset({
-    "security_scanner", "office_probe", "mail_client_background", "link_preview",
-    "headless_browser", "outlook_prefetch", "http_library",
+    "mail_proxy_click", "security_scanner", "office_probe", "mail_client_background",
+    "link_preview", "headless_browser", "outlook_prefetch", "http_library",
 })
 
 
@@ -121,7 +131,9 @@ class Classifier:
                 return Verdict("machine", [reason, R.TOO_SOON], proxy, details=details)
             return Verdict("human_proxy", [f"{proxy}_proxy"], proxy, details=details)
         if cls in MACHINE_CLASSES:
-            return Verdict("machine", [cls], details={**details, "ua": info.entry_name})
+            # mail_proxy_click names the provider's proxy; the other classes none
+            proxy = as_proxy(info.proxy) if cls in PROXY_CLASSES else None
+            return Verdict("machine", [cls], proxy, details={**details, "ua": info.entry_name})
         if headers and _ONE_OUTLOOK.search(headers.get("x-native-host", "")):
             return Verdict("machine", [R.OUTLOOK_PREFETCH], details=details)
         if not ua:

@@ -19,11 +19,18 @@ from pathlib import Path
 from typing import Any
 
 #: The order in which table classes are tried; the first that matches decides.
+#: ``mail_proxy_click``: a webmail image proxy's user agent on a *click* (its entries
+#: carry ``"kinds": ["click"]``, the ``mail_proxy`` ones ``"kinds": ["open"]``) — these
+#: proxies fetch and cache images when the mail is opened and never follow links
+#: (bot-signals.md O-e, O-g, O-h), so a click with their user agent is a machine's.
 CLASS_ORDER: tuple[str, ...] = (
-    "gmail_prefetch", "mail_proxy", "security_scanner", "office_probe",
-    "mail_client_background", "link_preview", "headless_browser", "outlook_prefetch",
-    "http_library", "mail_client",
+    "gmail_prefetch", "mail_proxy", "mail_proxy_click", "security_scanner",
+    "office_probe", "mail_client_background", "link_preview", "headless_browser",
+    "outlook_prefetch", "http_library", "mail_client",
 )
+#: Classes whose entries name the mail provider's proxy (``gmail``, ``yahoo``, ...).
+PROXY_CLASSES: frozenset[str] = frozenset({"gmail_prefetch", "mail_proxy",
+                                           "mail_proxy_click"})
 KINDS: tuple[str, ...] = ("open", "click")
 
 #: The user agent Apple Mail Privacy Protection sends, exactly (bot-signals.md O-a).
@@ -77,7 +84,7 @@ class UATable:
             if any(k not in KINDS for k in kinds):
                 raise ValueError(f"{where}.kinds: must be 'open' and/or 'click'")
             proxy = e.get("proxy")
-            if cls in ("mail_proxy", "gmail_prefetch") and proxy not in (
+            if cls in PROXY_CLASSES and proxy not in (
                     "gmail", "yahoo", "other", "apple"):
                 raise ValueError(f"{where}.proxy: a {cls} entry names its proxy")
             try:
