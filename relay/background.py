@@ -1,19 +1,114 @@
 """A process's background tasks: each started once, and on stop cancelled and awaited, so
-a stopping process never leaves one running against a closed store or session."""
+a stopping process never leaves one running against a closed store or session.
+
+A loop whose rounds fail (the store is down: every round fails the same way) logs through
+``Failing``: one line when it starts failing and one when it recovers, not one a round,
+and it waits longer between rounds while failing (``Failing.delay``)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
+import traceback
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Generic, TypeVar
 
-from relay.logs import get_logger
+import asyncpg
+
+from relay import metrics
+from relay.logs import get_logger, summary
+from relay.store.base import StoreError
 
 log = get_logger("relay.background")
 
 S = TypeVar("S")
+
+#: Exceptions meaning "the store cannot be reached now" (its database is down, restarting,
+#: refusing connections, or the connection broke), not a bug: an expected outcome of an
+#: outage, logged as one line without a traceback. The same set as the API's 503
+#: (``relay.tracker.api.UNAVAILABLE``), and PostgreSQL's operator interventions (57xxx:
+#: shutting down, starting up, a cancelled statement).
+STORE_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    StoreError, OSError, TimeoutError, asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError, asyncpg.OperatorInterventionError,
+    asyncpg.TooManyConnectionsError,
+)
+
+
+def store_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the store is unreachable now (see ``STORE_UNAVAILABLE``)."""
+    return isinstance(exc, STORE_UNAVAILABLE)
+
+
+class Failing:
+    """The failures of one background loop, logged once per outage rather than once per
+    round: the store being down makes every round fail the same way, and a line (let
+    alone a traceback) a round floods the log for the whole outage.
+
+    ``failed(exc)`` logs ``event`` when the loop starts failing, as a ``warning`` with the
+    error's summary when the store is unreachable (``store_unavailable``) and as an
+    ``error`` with its traceback otherwise (a bug); later failures of the same kind are
+    only counted (``trackrelay_background_failures_total{loop,kind}``), a failure of the
+    other kind is logged again. ``succeeded()`` after a failing streak logs ``recovered``
+    (``info``, with the number of failed rounds). ``delay(normal)`` is how long to wait
+    before the next round: ``normal``, or while failing doubling up to ``cap``.
+
+    ``scrub`` cleans what is logged of the error (the webhooks' ``redact``: an error may
+    name an endpoint's URL). ``expected`` replaces ``store_unavailable`` for a loop whose
+    failures are mostly another server's (IMAP). One event loop, no locking."""
+
+    def __init__(self, loop: str, event: str, recovered: str, *, cap: float = 5.0,
+                 logger: Any = None, scrub: Callable[[str], str] = str,
+                 expected: Callable[[BaseException], bool] | None = None,
+                 **fields: Any) -> None:
+        self.loop = loop
+        self.event = event
+        self.recovered = recovered
+        self.cap = cap
+        self.scrub = scrub
+        self.expected = expected
+        self.fields = fields
+        self.failures = 0
+        self._log = logger if logger is not None else log
+        self._kind: str | None = None
+
+    @property
+    def failing(self) -> bool:
+        return self.failures > 0
+
+    def failed(self, exc: BaseException, **fields: Any) -> None:
+        """Count a failed round; log it if the loop was not failing this way already."""
+        store_down = self.expected is None and store_unavailable(exc)
+        expected = store_down or (self.expected is not None and self.expected(exc))
+        kind = "unavailable" if expected else "error"
+        metrics.BACKGROUND_FAILURES.labels(self.loop, kind).inc()
+        self.failures += 1
+        if kind == self._kind:
+            return
+        self._kind = kind
+        error = self.scrub(summary(exc))
+        if expected:
+            if store_down:
+                fields["store_unavailable"] = True
+            self._log.warning(self.event, **self.fields, **fields, error=error)
+        else:  # a bug: its traceback, rendered here so that it is scrubbed too
+            self._log.error(self.event, **self.fields, **fields, error=error,
+                            exception=self.scrub("".join(traceback.format_exception(exc))))
+
+    def succeeded(self, **fields: Any) -> None:
+        """A round went through: if the loop was failing, say it recovered (once)."""
+        if self.failures:
+            self._log.info(self.recovered, **self.fields, **fields, failures=self.failures)
+            self.failures = 0
+            self._kind = None
+
+    def delay(self, normal: float) -> float:
+        """Seconds until the next round: ``normal``; while failing, ``normal`` doubled at
+        each failed round, up to ``cap`` (never less than ``normal``)."""
+        if not self.failures:
+            return normal
+        return max(normal, min(normal * 2 ** min(self.failures, 30), self.cap))
 
 
 class BackgroundTasks:
@@ -43,7 +138,8 @@ class Refresher(Generic[S]):
     long as the last refresh ran: what a refresh recomputes can grow without bound (the
     sent hour of a campaign being opened all day, a contact with years of events), and
     this keeps a steady refresh under a tenth of the process (``rest`` 9). A store that
-    errs is logged (``<name>_refresh_failed``) and tried again at the next interval."""
+    errs is tried again at the next interval, and logged once per outage
+    (``<name>_refresh_failed``, then ``<name>_refresh_recovered``: ``Failing``)."""
 
     def __init__(self, name: str, store: Callable[[], S | None],
                  refresh: Callable[[S, float], Awaitable[int]], *, interval: float,
@@ -55,6 +151,8 @@ class Refresher(Generic[S]):
         self.pause = pause
         self.rest = rest
         self._tasks = BackgroundTasks()
+        self.failing = Failing(name, f"{name}_refresh_failed", f"{name}_refresh_recovered",
+                               cap=interval)
 
     def start(self) -> None:
         if not self._tasks:
@@ -71,6 +169,7 @@ class Refresher(Generic[S]):
                 started = time.monotonic()
                 try:
                     left = await self._refresh(store, self.interval)
+                    self.failing.succeeded()
                     if left:  # a build in progress, or a burst: on again soon
                         log.info(f"{self.name}_pending", entries=left)
                         await asyncio.sleep(self.pause)
@@ -78,6 +177,6 @@ class Refresher(Generic[S]):
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # the store is down, …: try again later
-                    log.warning(f"{self.name}_refresh_failed", error=repr(exc))
-                wait = max(wait, (time.monotonic() - started) * self.rest)
+                    self.failing.failed(exc)
+                wait = max(self.failing.delay(wait), (time.monotonic() - started) * self.rest)
             await asyncio.sleep(wait)

@@ -9,7 +9,9 @@ hands each message to ``relay.inbound.process`` before answering DATA:
 * 552 for a message bigger than ``bounces.max_message_size`` (refused while it is
   still arriving), 554 5.6.0 for something that is not a message or has a line longer
   than ``relay.max_line_length``;
-* 451 if intake failed unexpectedly (the sender retries; the error is logged).
+* 451 if intake failed (the sender retries): the store unreachable, an expected outcome
+  of an outage, is one ``inbound_failed`` warning without a traceback; anything else (a
+  bug) is an ``inbound_failed`` error with its traceback.
 
 Anyone who can reach the listener can send it a report, so what it takes in is
 evidence only as far as ``relay.inbound.evidence`` says: a VERP token bound to one
@@ -28,10 +30,11 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from relay.app import App
+from relay.background import store_unavailable
 from relay.config import parse_hostport
 from relay.inbound import InboundError, process
 from relay.listeners import Listeners
-from relay.logs import get_logger
+from relay.logs import get_logger, summary
 from relay.records import Reply
 from relay.rewrite.mime import line_over
 from relay.smtp_server import RelaySMTP, SmtpNames, line_too_long
@@ -106,8 +109,12 @@ class BounceHandler(SmtpNames):
             log.info("inbound_refused", via="listener", error=exc.code, size=len(raw))
             return f"{code} {exc.message}"
         except Exception as exc:
-            log.error("inbound_failed", via="listener", error=f"{type(exc).__name__}: {exc}",
-                      exc_info=True)
+            if store_unavailable(exc):  # the database is down: the sender tries again
+                log.warning("inbound_failed", via="listener", error=summary(exc),
+                            store_unavailable=True)
+            else:
+                log.error("inbound_failed", via="listener", error=summary(exc),
+                          exc_info=True)
             return str(TEMPFAIL)
         finally:
             self.listener.busy -= 1

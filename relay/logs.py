@@ -8,8 +8,10 @@ pipeline need not pass them around. Never log message bodies, passwords or token
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
+from types import TracebackType
 from typing import Any
 
 import structlog
@@ -47,11 +49,23 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: Any = None
     # message and, when it has a quote or a backslash, the LOGIN password (it masks only
     # the unquoted form).
     logging.getLogger("aioimaplib").setLevel(logging.INFO)
-    route_aiohttp_logging()
+    route_library_logging()
 
 
 #: aiohttp's server-side loggers (the standard library's): their records become structlog lines.
 AIOHTTP_SERVER_LOGGERS = ("aiohttp.server", "aiohttp.web", "aiohttp.access")
+#: The other libraries' loggers that can write while the process runs, above all during
+#: an outage (asyncpg's pool retrying its connections while PostgreSQL is down): their
+#: records become structlog lines too. ``mail.log`` is aiosmtpd's; ``asyncio`` reports
+#: tasks whose exception nobody retrieved. (aiosmtplib logs nothing today: routed in case.)
+LIBRARY_LOGGERS = ("asyncpg", "mail.log", "aiosmtplib", "aioimaplib", "asyncio")
+
+#: Where our own code lives (``relay``, ``plugins``): a library's record whose exception
+#: went through it keeps its traceback (a bug of ours); any other is summarised.
+_OUR_DIRS = tuple({os.path.join(os.path.dirname(d), name) + os.sep
+                   for d in (os.path.dirname(os.path.abspath(__file__)),
+                             os.path.dirname(os.path.realpath(__file__)))
+                   for name in ("relay", "plugins")})
 
 # Where an aiohttp parser message starts quoting the client's bytes (a request line, a
 # header with its value): the reason logged stops before it.
@@ -77,11 +91,41 @@ def _reason(exc: BaseException) -> str:
     return "".join(c for c in message if " " <= c <= "~")[:100]
 
 
+def summary(exc: BaseException) -> str:
+    """``Type: message`` of an exception, on one line and at most 300 characters: what a
+    log line says of an expected failure (the database down) instead of a traceback."""
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return " ".join(text.split())[:300]
+
+
+def _through_our_code(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it was raised from or during) went through a
+    frame of ``relay`` or ``plugins``."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        current = todo.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        tb: TracebackType | None = current.__traceback__
+        while tb is not None:
+            if tb.tb_frame.f_code.co_filename.startswith(_OUR_DIRS):
+                return True
+            tb = tb.tb_next
+        todo += [current.__cause__, current.__context__]
+    return False
+
+
 class StructlogHandler(logging.Handler):
-    """Hands the standard library's records (aiohttp's) to structlog, one structured line
-    each: a malformed request (a ``4xx`` parse error, the client's fault) is one ``info``
-    line ``http_bad_request`` with no traceback and none of the request's bytes; anything
-    else keeps its level, and an error its traceback (as structlog renders it)."""
+    """Hands the standard library's records (aiohttp's, asyncpg's, …) to structlog, one
+    structured line each: a malformed request (a ``4xx`` parse error, the client's fault)
+    is one ``info`` line ``http_bad_request`` with no traceback and none of the request's
+    bytes; anything else keeps its level. An exception that went through our code (a bug
+    of ours: a request handler's) keeps its traceback, as structlog renders it; one only
+    a library's code raised (asyncpg's pool failing to reconnect while the database is
+    down, every few seconds) is summarised as ``error`` (``Type: message``), not a
+    traceback of thirty lines."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -102,7 +146,9 @@ class StructlogHandler(logging.Handler):
                 fields["client"] = client
             else:
                 event = record.getMessage()
-            if record.exc_info:
+            if exc is not None and not _through_our_code(exc):
+                fields["error"] = summary(exc)
+            elif record.exc_info:
                 fields["exc_info"] = record.exc_info
             logger.log(record.levelno, event, **fields)
         except Exception:
@@ -112,15 +158,22 @@ class StructlogHandler(logging.Handler):
 _BRIDGE = StructlogHandler()
 
 
-def route_aiohttp_logging() -> None:
-    """aiohttp's server loggers write through structlog (``StructlogHandler``), not the
-    standard library's plain text; idempotent. Their levels stay as configured (the
-    root's ``WARNING`` unless debugging: access lines only when debugging)."""
-    for name in AIOHTTP_SERVER_LOGGERS:
+def route_aiohttp_logging(names: tuple[str, ...] = AIOHTTP_SERVER_LOGGERS) -> None:
+    """aiohttp's server loggers (or ``names``) write through structlog
+    (``StructlogHandler``), not the standard library's plain text; idempotent. Their
+    levels stay as configured (the root's ``WARNING`` unless debugging: access lines only
+    when debugging)."""
+    for name in names:
         stdlib = logging.getLogger(name)
         if _BRIDGE not in stdlib.handlers:
             stdlib.addHandler(_BRIDGE)
         stdlib.propagate = False
+
+
+def route_library_logging() -> None:
+    """aiohttp's and the other libraries' loggers (``LIBRARY_LOGGERS``) write through
+    structlog: no plain-text line or traceback between the JSON lines."""
+    route_aiohttp_logging(AIOHTTP_SERVER_LOGGERS + LIBRARY_LOGGERS)
 
 
 def get_logger(name: str) -> Any:

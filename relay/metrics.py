@@ -97,8 +97,24 @@ EVENTS_SPOOLED = Counter(
 )
 STORE_WRITE_ERRORS = Counter(
     "trackrelay_store_write_errors_total",
-    "Failed store writes (the data went to the spool), by operation (events, message)",
+    "Failed writes, by operation: to the database (events, message, replay, held: the "
+    "data went to the spool) or to the spool (spool: the data was held in memory, and "
+    "counted in trackrelay_events_lost_total if it could not be kept)",
     ["operation"],
+)
+EVENTS_LOST = Counter(
+    "trackrelay_events_lost_total",
+    "Events and sent records neither the database nor the local spool took (a full or "
+    "unwritable disk) and that could not be held in memory for a retry, by type "
+    "(message: a sent record; else the event type)",
+    ["type"],
+)
+BACKGROUND_FAILURES = Counter(
+    "trackrelay_background_failures_total",
+    "Failed rounds of background loops (webhook_feeder, webhook_sender, webhook_deliver, "
+    "report_rollups, contact_scores, engagement_batch, imap), by loop and kind "
+    "(unavailable: the store could not be reached; error: anything else)",
+    ["loop", "kind"],
 )
 # --- SMTP AUTH and limits (relay/auth.py, relay/smtp_limits.py, relay/upstream.py) -----
 AUTH_ATTEMPTS = Counter(

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from relay.background import BackgroundTasks
+from relay.background import BackgroundTasks, Failing
 from relay.engagement.batch import inferred_open_id, run_batch
 from relay.engagement.facts import RequestFacts
 from relay.engagement.online import Classifier
@@ -160,6 +160,10 @@ class BatchRunner:
         #: passes this process ran (and turns it found another process's)
         self.passes = 0
         self.skipped = 0
+        #: Failed passes (the database away): logged once as they start and once as they
+        #: stop, not every interval (``relay.background.Failing``).
+        self.failing = Failing("engagement_batch", "engagement_batch_failed",
+                               "engagement_batch_recovered", logger=log)
 
     def start(self) -> None:
         if self.config.batch_interval > 0 and not self._tasks:
@@ -179,11 +183,13 @@ class BatchRunner:
                 if not await store.take_batch_turn(
                         self._holder, now, now + 2 * self.config.batch_interval):
                     self.skipped += 1
+                    self.failing.succeeded()
                     continue
                 self.passes += 1
                 result = await batch_pass(store, self.config)
+                self.failing.succeeded()
                 if result.changed or result.inferred:
                     log.info("engagement_batch_pass", events=result.events,
                              changed=result.changed, inferred=result.inferred)
             except Exception as exc:  # the database may be away: try again next time
-                log.warning("engagement_batch_failed", error=f"{type(exc).__name__}: {exc}")
+                self.failing.failed(exc)

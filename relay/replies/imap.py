@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import aioimaplib
 
-from relay.background import BackgroundTasks
+from relay.background import BackgroundTasks, Failing
 from relay.logs import get_logger
 
 if TYPE_CHECKING:
@@ -116,6 +116,10 @@ class FolderReader:
         self.fed = 0
         #: What went wrong last (None once a login worked again).
         self.last_error: str | None = None
+        #: Failures logged once as they start and once as they stop, not at each retry (a
+        #: server away for hours); mostly another server's, so none is a bug's traceback.
+        self.failing = Failing("imap", "imap_failed", "imap_recovered", logger=log,
+                               expected=lambda exc: True, folder=folder)
 
     async def _connect(self) -> aioimaplib.IMAP4:
         cfg = self.cfg
@@ -185,6 +189,7 @@ class FolderReader:
                 idle = self.cfg.idle and client.has_capability("IDLE")
                 while True:
                     await self.read_new(client)
+                    self.failing.succeeded()
                     if idle:
                         await self._idle(client)
                     else:
@@ -195,8 +200,7 @@ class FolderReader:
                 delay = BACKOFF[min(failures, len(BACKOFF) - 1)]
                 failures += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("imap_failed", folder=self.folder, retry_in=delay,
-                            error=f"{type(exc).__name__}: {exc}"[:300])
+                self.failing.failed(exc, retry_in=delay)
                 await self._close()
                 await asyncio.sleep(delay)
 

@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 from relay import metrics
-from relay.background import BackgroundTasks
+from relay.background import BackgroundTasks, Failing
 from relay.config import WebhookConfig
 from relay.logs import get_logger
 from relay.store.base import iso_time
@@ -126,6 +126,13 @@ class WebhookDispatcher:
         self._waiting: dict[str, collections.deque[tuple[WebhookDelivery, float]]] = {}
         self._slot_freed = asyncio.Event()
         self._tasks = BackgroundTasks()
+        #: Each loop's failures (the store down): logged once as they start and once as
+        #: they stop, the loop backing off meanwhile (``relay.background.Failing``).
+        self.failing = {
+            step: Failing(f"webhook_{step}", "webhook_loop_error", "webhook_loop_recovered",
+                          scrub=redact, logger=log, step=name)
+            for step, name in (("feeder", "feed_once"), ("sender", "send_once"),
+                               ("deliver", "deliver"))}
         self._session: aiohttp.ClientSession | None = None
         self._cursor: str | None = None
         self._positioned = False
@@ -167,16 +174,18 @@ class WebhookDispatcher:
         await self.alerts.mailer.close()
 
     async def _loop(self, step: Any) -> None:
+        failing = self.failing["feeder"]
         while True:
             try:
                 busy = await step()
+                failing.succeeded()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # the store is down, …: try again shortly
-                log.warning("webhook_loop_error", step=step.__name__, error=redact(repr(exc)))
+            except Exception as exc:  # the store is down, …: try again, backing off
+                failing.failed(exc)
                 busy = False
             if not busy:
-                await asyncio.sleep(self.poll_interval)
+                await asyncio.sleep(failing.delay(self.poll_interval))
 
     # -- feeder -------------------------------------------------------------------------------
 
@@ -219,20 +228,22 @@ class WebhookDispatcher:
 
     async def _send_loop(self) -> None:
         """Claim and start due deliveries as slots free up (see ``send_once``)."""
+        failing = self.failing["sender"]
         try:
             while True:
                 self._slot_freed.clear()
                 try:
                     busy = await self.send_once()
+                    failing.succeeded()
                 except asyncio.CancelledError:
                     raise
-                except Exception as exc:  # the store is down, …: try again shortly
-                    log.warning("webhook_loop_error", step="send_once",
-                                error=redact(repr(exc)))
+                except Exception as exc:  # the store is down, …: try again, backing off
+                    failing.failed(exc)
                     busy = False
                 if not busy:  # nothing more due, or no slot: until one frees, or a poll
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._slot_freed.wait(), self.poll_interval)
+                        await asyncio.wait_for(self._slot_freed.wait(),
+                                               failing.delay(self.poll_interval))
         finally:
             await self._cancel_deliveries()
 
@@ -343,13 +354,14 @@ class WebhookDispatcher:
         task.add_done_callback(done)
 
     async def _deliver_safely(self, delivery: WebhookDelivery) -> None:
+        failing = self.failing["deliver"]
         try:
             await self._deliver(delivery)
+            failing.succeeded()
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the store is down, …: the lease lapses, it is retried
-            log.warning("webhook_loop_error", step="deliver", delivery=delivery["id"],
-                        error=redact(repr(exc)))
+            failing.failed(exc, delivery=delivery["id"])
 
     async def _deliver(self, delivery: WebhookDelivery) -> None:
         if delivery["endpoint"] == open_mail.ENDPOINT and self.mailer is not None:
