@@ -78,7 +78,7 @@ class App:
             return
         self.started = False
         try:
-            await self.host.call("trackrelay_shutdown", app=self)
+            await self.host.call("trackrelay_shutdown", isolate=True, app=self)
         finally:
             await self._close_store()
 

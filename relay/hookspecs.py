@@ -10,8 +10,10 @@ distribution::
 Any hook may be a plain function or a coroutine function: the host awaits whatever
 returns an awaitable (the Datasette pattern). An implementation may take any subset of
 its spec's arguments, in any order (pluggy matches them by name): a plugin that needs
-the running ``app`` (config, store, tokens) just names it. Every hook is called on every plugin that
-implements it, in registration order (later-registered plugins first, as pluggy does);
+the running ``app`` (config, store, tokens) just names it. Every hook is called on every
+plugin that implements it, one at a time (an async implementation is awaited before the
+next runs): the built-in plugins first, in name order, then the installed ones, in name
+order (``relay.plugin_host``; pluggy's ``tryfirst``/``trylast`` move one implementation);
 where a hook's result decides something, the first non-``None`` result wins.
 
 The README's "Writing a plugin" section documents every hook with an example; keep the
@@ -98,8 +100,10 @@ def trackrelay_transform_message(app: App, transaction: Transaction,
                                   message: MessageDraft) -> Any:
     """Change the message before it is forwarded.
 
-    ``message`` holds the bytes as received; add or remove headers, or replace the
-    whole body, through its methods. If any implementation raises, the original
+    ``message`` holds the message as the content rewrite left it (the tracking
+    edits and the ``trackrelay_edit_*``/``decorate_*`` plugins' changes are in it; the
+    bytes as received when the rewrite changed nothing); add or remove headers, or
+    replace the whole body, through its methods. If any implementation raises, the original
     message is forwarded unmodified (or refused with 451, per ``relay.on_plugin_error``)
     and the failure is logged and counted.
     """

@@ -51,7 +51,6 @@ Message bodies are never logged.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import re
 import time
 from dataclasses import dataclass, field
@@ -286,9 +285,9 @@ async def classify(app: App, raw: bytes, message: Message | None = None) -> list
     if "message" in names:  # the parsed message, as relay.bounces.classify's hook gets it
         offered["message"] = message if message is not None else parse_message(raw)
     kwargs = {k: v for k, v in offered.items() if k in names}
-    for result in caller(**kwargs):
-        if inspect.isawaitable(result):
-            result = await result
+    # A plugin that raises is logged and counted, and the built-in records stand: a
+    # broken plugin must not have every sending MTA retry its reports forever.
+    for result in await app.host.call("trackrelay_classify_bounce", isolate=True, **kwargs):
         if result is not None:
             return list(result)
     return records

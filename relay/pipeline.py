@@ -19,6 +19,7 @@ from relay.logs import get_logger
 from relay.message import MessageDraft
 from relay.metrics import MESSAGES, PIPELINE_SECONDS, PLUGIN_ERRORS
 from relay.outgoing import OutgoingMessage
+from relay.plugin_host import failed_plugin
 from relay.records import Reply, Transaction
 from relay.rewrite.context import RewriteContext
 from relay.rewrite.engine import rewrite_message, wants_rewrite
@@ -68,7 +69,7 @@ async def prepare_message(app: App, transaction: Transaction, raw: bytes) -> tup
         PLUGIN_ERRORS.labels(hook).inc()
         _untrack(transaction, raw, "plugin_error", only_tracked=False)
         _count_decision(transaction)
-        log.error("plugin_failed", hook=hook,
+        log.error("plugin_failed", hook=hook, plugin=failed_plugin(exc),
                   error=f"{type(exc).__name__}: {exc}",
                   action=app.config.relay.on_plugin_error, exc_info=True)
         if app.config.relay.on_plugin_error == "tempfail":

@@ -11,6 +11,18 @@ the order they were asked (the built-in pixel before a third-party plugin's foot
 ``</body>``). A plugin that must come before or after the built-ins marks its
 implementation ``@hookimpl(tryfirst=True)`` or ``@hookimpl(trylast=True)`` (pluggy's
 markers). Plugins registered by code (``register``) come before all of these.
+
+**One at a time.** Each implementation runs to its end (an async one is awaited) before
+the next starts, so an async built-in has finished before a plain-function plugin after
+it runs: pluggy alone would run every plain function first and leave the coroutines to
+be awaited afterwards, and one raising would drop the coroutines not yet awaited.
+
+**Failures.** An exception stops the hook and reaches its caller, which says what
+happens (the original message is forwarded, the command gets a 451, start-up stops);
+the exception carries the plugin's name (``failed_plugin``). Hooks that report what
+already happened (``isolate=True``: a delivery recorded, a bounce classified, shutdown)
+log and count each implementation's failure and run the others, so one plugin's bug
+never costs a built-in its record.
 """
 
 from __future__ import annotations
@@ -24,8 +36,21 @@ import pluggy
 
 from relay import hookspecs
 from relay.config import Config, ConfigError
+from relay.logs import get_logger
+from relay.metrics import PLUGIN_ERRORS
 
 GROUP = "trackrelay"
+
+log = get_logger("relay.plugin_host")
+
+#: Set on an exception a hook implementation raised: ``(plugin name, hook name)``.
+_FAILED_PLUGIN = "_trackrelay_failed_plugin"
+
+
+def failed_plugin(exc: BaseException) -> str | None:
+    """The name of the plugin whose hook implementation raised ``exc``, if one did."""
+    found = getattr(exc, _FAILED_PLUGIN, None)
+    return found[0] if found else None
 
 
 @dataclass(frozen=True)
@@ -88,18 +113,33 @@ class PluginHost:
     def implements(self, hook: str) -> bool:
         return bool(getattr(self.pm.hook, hook).get_hookimpls())
 
-    async def call(self, hook: str, **kwargs: Any) -> list[Any]:
-        """Call every implementation of ``hook``; await awaitables; return all results."""
-        caller = getattr(self.pm.hook, hook)
-        if not caller.get_hookimpls():
-            return []
-        results = caller(**kwargs)
+    async def call(self, hook: str, *, isolate: bool = False, **kwargs: Any) -> list[Any]:
+        """Call every implementation of ``hook`` in turn, each awaited before the next;
+        return their results (``None`` for one that failed, with ``isolate``)."""
+        impls = getattr(self.pm.hook, hook).get_hookimpls()
         out = []
-        for result in results:
-            if inspect.isawaitable(result):
-                result = await result
+        for impl in reversed(impls):  # pluggy's call order: last registered first
+            try:
+                result = impl.function(*[kwargs[name] for name in impl.argnames])
+                if inspect.isawaitable(result):
+                    result = await result
+            except Exception as exc:
+                if not hasattr(exc, _FAILED_PLUGIN):
+                    setattr(exc, _FAILED_PLUGIN, (impl.plugin_name, hook))
+                if not isolate:
+                    raise
+                self._isolated_failure(hook, impl.plugin_name, exc, kwargs)
+                result = None
             out.append(result)
         return out
+
+    @staticmethod
+    def _isolated_failure(hook: str, plugin: str, exc: Exception,
+                          kwargs: dict[str, Any]) -> None:
+        PLUGIN_ERRORS.labels(hook).inc()
+        txn = getattr(kwargs.get("transaction"), "id", None)
+        log.error("plugin_failed", hook=hook, plugin=plugin, txn=txn,
+                  error=f"{type(exc).__name__}: {exc}", exc_info=True)
 
     async def first(self, hook: str, **kwargs: Any) -> Any:
         """The first non-``None`` result of ``hook``, or ``None``."""

@@ -43,6 +43,7 @@ from relay.metrics import (
     UPSTREAM_SECONDS,
 )
 from relay.pipeline import PLUGIN_TEMPFAIL, PluginFailure, prepare_message
+from relay.plugin_host import failed_plugin
 from relay.records import Outcome, Reply, Transaction, new_id
 from relay.rewrite.mime import line_over
 from relay.smtp_data import read_message
@@ -933,7 +934,8 @@ class RelaySession(SmtpNames):
                                                message=MessageDraft(raw))
         except Exception as exc:
             PLUGIN_ERRORS.labels(hook).inc()
-            self.log.error("plugin_failed", hook=hook, error=f"{type(exc).__name__}: {exc}",
+            self.log.error("plugin_failed", hook=hook, plugin=failed_plugin(exc),
+                           error=f"{type(exc).__name__}: {exc}",
                            action=self.app.config.relay.on_plugin_error, exc_info=True)
             if self.app.config.relay.on_plugin_error == "tempfail":
                 raise PluginFailure(str(exc)) from exc
@@ -1053,8 +1055,8 @@ class RelaySession(SmtpNames):
 
     def _hook_failed(self, hook: str, exc: Exception) -> str:
         PLUGIN_ERRORS.labels(hook).inc()
-        self.log.error("plugin_failed", hook=hook, error=f"{type(exc).__name__}: {exc}",
-                       exc_info=True)
+        self.log.error("plugin_failed", hook=hook, plugin=failed_plugin(exc),
+                       error=f"{type(exc).__name__}: {exc}", exc_info=True)
         return str(HOOK_TEMPFAIL)
 
 
@@ -1175,13 +1177,15 @@ class Relay:
 
     async def record_delivery(self, txn: Transaction, outcome: Outcome) -> None:
         """Run ``trackrelay_record_delivery``, awaited before the client is answered.
-        A failure is logged and counted: the client still gets the upstream's answer
-        (the upstream has the message; a 4xx would have it sent twice)."""
+        A failure is logged and counted, and the other plugins still record: the client
+        still gets the upstream's answer (the upstream has the message; a 4xx would have
+        it sent twice)."""
         hook = "trackrelay_record_delivery"
         if not self.app.host.implements(hook):
             return
         try:
-            await self.app.host.call(hook, app=self.app, transaction=txn, outcome=outcome)
+            await self.app.host.call(hook, isolate=True, app=self.app, transaction=txn,
+                                     outcome=outcome)
         except Exception as exc:
             PLUGIN_ERRORS.labels(hook).inc()
             log.error("plugin_failed", hook=hook, txn=txn.id,
@@ -1251,8 +1255,8 @@ class Relay:
         if not self.app.host.implements("trackrelay_delivered"):
             return
         try:
-            await self.app.host.call("trackrelay_delivered", app=self.app, transaction=txn,
-                                    outcome=outcome)
+            await self.app.host.call("trackrelay_delivered", isolate=True, app=self.app,
+                                     transaction=txn, outcome=outcome)
         except Exception as exc:
             PLUGIN_ERRORS.labels("trackrelay_delivered").inc()
             log.error("plugin_failed", hook="trackrelay_delivered", txn=txn.id,

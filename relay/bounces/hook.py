@@ -2,7 +2,8 @@
 
 ``classify`` is synchronous (the CLI and the inbound listener call it on plain bytes),
 so implementations of ``trackrelay_classify_bounce`` must be plain functions; an
-implementation that returns an awaitable is ignored with a warning.
+implementation that returns an awaitable is ignored with a warning, and one that
+raises leaves the built-in records as they are (logged).
 """
 
 from __future__ import annotations
@@ -26,7 +27,13 @@ def from_plugin_manager(pm: Any) -> Hook:
 
     def call(message: Message, raw: bytes, records: list[BounceRecord]
              ) -> list[BounceRecord] | None:
-        answers = pm.hook.trackrelay_classify_bounce(message=message, raw=raw, records=records)
+        try:
+            answers = pm.hook.trackrelay_classify_bounce(message=message, raw=raw,
+                                                         records=records)
+        except Exception as exc:  # a plugin's bug: the built-in records stand
+            log.warning("trackrelay_classify_bounce failed (%s: %s); built-in records kept",
+                        type(exc).__name__, exc)
+            return None
         for answer in answers:
             if inspect.isawaitable(answer):
                 close = getattr(answer, "close", None)

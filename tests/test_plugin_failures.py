@@ -1,0 +1,136 @@
+"""A third-party plugin's bug costs only its own answer: through the real relay, sink,
+bounce listener and store, a plain-function plugin that raises in the hooks reporting
+what already happened leaves the built-in sent record, bounce events and bounce
+classification in place, and the log names the plugin; implementations run one at a
+time, so a built-in async one has finished before a plain-function one after it."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiosmtplib
+import pytest
+from structlog.testing import capture_logs
+
+import plugins.recorder
+from relay import hookimpl
+from tests.deliverability_support import MakeStack, campaign_message
+
+pytest_plugins = ("tests.deliverability_fixtures",)
+
+SENDER = "news@shop.example.com"
+
+
+class Broken:
+    """A plugin whose reporting hooks raise (registered by code: it runs first)."""
+
+    @hookimpl
+    def trackrelay_record_delivery(self, transaction: Any, outcome: Any) -> None:
+        raise RuntimeError("record bug")
+
+    @hookimpl
+    def trackrelay_delivered(self, transaction: Any, outcome: Any) -> None:
+        raise RuntimeError("delivered bug")
+
+    @hookimpl
+    def trackrelay_classify_bounce(self, message: Any, raw: bytes, records: Any) -> None:
+        raise RuntimeError("classify bug")
+
+
+async def test_a_raising_plugin_leaves_the_built_in_records(make_stack: MakeStack) -> None:
+    stack = await make_stack()
+    stack.app.host.register(Broken(), "broken")
+    stack.sink.behaviour.refuse_rcpt["gone@remote.test"] = "550 5.1.1 No such user"
+    raw = campaign_message(SENDER, "ann@remote.test")
+    with capture_logs() as logs:
+        refused, _reply = await stack.send(SENDER, ["ann@remote.test", "gone@remote.test"],
+                                           raw)
+        assert set(refused) == {"gone@remote.test"}
+        bounces = await stack.wait_events(type="bounce")  # trackrelay_delivered's built-in
+    sent = await stack.events(type="sent")
+    assert len(sent) == 1 and len(stack.sink.received) == 1  # record_delivery's built-in
+    assert [(b["recipient"], b["data"]["reason"]) for b in bounces] == [
+        ("gone@remote.test", "userunknown")]
+    failures = {(line["hook"], line["plugin"]) for line in logs
+                if line["event"] == "plugin_failed"}
+    assert failures == {("trackrelay_record_delivery", "broken"),
+                        ("trackrelay_delivered", "broken")}
+
+
+async def test_a_raising_bounce_classifier_keeps_the_built_in_records(
+        make_stack: MakeStack) -> None:
+    """A broken plugin must not make every sending MTA retry its reports forever: the
+    listener takes the report with the built-in records."""
+    stack = await make_stack(bounces={"trusted_networks": ["127.0.0.0/8"]})
+    await stack.send(SENDER, ["cid@remote.test"], campaign_message(SENDER, "cid@remote.test"))
+    (sent,) = await stack.events(type="sent")
+    message = await stack.store.get_message(sent["message_id"])
+    assert message is not None
+    stack.app.host.register(Broken(), "broken")
+    dsn = (f"From: MAILER-DAEMON@mx.remote.test\r\nTo: {SENDER}\r\n"
+           "Subject: Undelivered Mail Returned to Sender\r\nMIME-Version: 1.0\r\n"
+           'Content-Type: multipart/report; report-type=delivery-status; boundary="b"\r\n'
+           "\r\n--b\r\nContent-Type: text/plain\r\n\r\nThe mail could not be delivered.\r\n"
+           "--b\r\nContent-Type: message/delivery-status\r\n\r\n"
+           "Reporting-MTA: dns; mx.remote.test\r\n\r\n"
+           "Final-Recipient: rfc822; cid@remote.test\r\nAction: failed\r\n"
+           "Status: 5.1.1\r\nDiagnostic-Code: smtp; 550 5.1.1 No such user\r\n"
+           "--b\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+           f"Message-ID: {message['header_message_id']}\r\nFrom: {SENDER}\r\n"
+           "To: cid@remote.test\r\n--b--\r\n").encode()
+    with capture_logs() as logs:
+        errors, reply = await stack.deliver_bounce("", ["postmaster@" + "bounces.example.test"],
+                                                   dsn)
+    assert not errors and reply.startswith("2")
+    (bounce,) = await stack.wait_events(type="bounce")
+    assert (bounce["recipient"], bounce["data"]["reason"], bounce["data"]["hard"]) == (
+        "cid@remote.test", "userunknown", True)
+    assert [(line["hook"], line["plugin"]) for line in logs
+            if line["event"] == "plugin_failed"] == [("trackrelay_classify_bounce", "broken")]
+
+
+async def test_an_async_built_in_has_finished_before_a_plain_plugin_after_it_runs(
+        make_stack: MakeStack) -> None:
+    """The built-in recorder (async) stores the sent record in
+    ``trackrelay_record_delivery``; a plain-function plugin running after it
+    (``trylast``) finds the record written, as the README promises."""
+    stack = await make_stack()
+    order: list[str] = []
+    original = plugins.recorder.trackrelay_record_delivery
+
+    class SuspendingRecorder:  # the built-in, with an await before it writes
+        @hookimpl
+        async def trackrelay_record_delivery(self, app: Any, transaction: Any,
+                                             outcome: Any) -> None:
+            await asyncio.sleep(0)
+            await original(app, transaction, outcome)
+            order.append("recorder")
+
+    class Probe:
+        @hookimpl(trylast=True)
+        def trackrelay_record_delivery(self) -> None:
+            order.append("probe")
+
+    stack.app.host.pm.unregister(name="recorder")
+    stack.app.host.register(SuspendingRecorder(), "recorder")
+    stack.app.host.register(Probe(), "probe")
+    await stack.send(SENDER, ["dee@remote.test"], campaign_message(SENDER, "dee@remote.test"))
+    assert order == ["recorder", "probe"]
+    assert len(await stack.events(type="sent")) == 1
+
+
+async def test_an_envelope_hook_failure_names_the_plugin(make_stack: MakeStack) -> None:
+    stack = await make_stack()
+
+    class Refuser:
+        @hookimpl
+        def trackrelay_check_recipient(self, recipient: str) -> None:
+            raise ValueError("oops")
+
+    stack.app.host.register(Refuser(), "refuser")
+    with capture_logs() as logs, pytest.raises(aiosmtplib.SMTPRecipientsRefused) as info:
+        await stack.send(SENDER, ["eve@remote.test"], campaign_message(SENDER, "eve@remote.test"))
+    assert info.value.recipients[0].code == 451
+    assert [(line["hook"], line["plugin"]) for line in logs
+            if line["event"] == "plugin_failed"] == [("trackrelay_check_recipient", "refuser")]
