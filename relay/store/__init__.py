@@ -44,13 +44,21 @@ def create_store(url: str, **options: Any) -> Store:
 async def open_store(url: str, *, writer: bool = True, migrate: bool = True,
                      spool_path: str | None = None, batch_size: int = 500,
                      flush_interval: float = 0.05, queue_size: int = 100_000,
-                     retry_interval: float = 1.0, **options: Any) -> Store:
+                     retry_interval: float = 1.0, write_timeout: float = 15.0,
+                     **options: Any) -> Store:
     """Connect to the store at ``url``, run migrations, start the event writer.
 
     ``pool_size`` (PostgreSQL only) bounds the connection pool. ``spool_path`` is
     where events go while the database is unreachable (default: next to a SQLite file,
     or ``./trackrelay-spool.jsonl``). With ``writer=False`` (read-only
     tools) ``enqueue`` is unavailable and nothing is spooled or replayed.
+    ``write_timeout``: seconds a write may take before the writer spools instead (and
+    the most a sent record's caller waits).
+
+    With a writer the database must take a write now (a read-only or full file, a
+    read-only server) and the spool's directory must be usable: else the relay would
+    start, answer ``/readyz``, and fail every write. Every failure to open is a
+    ``StoreError`` (one line from the command line, exit code 1).
     """
     from relay.store.writer import EventWriter, default_spool_path
 
@@ -60,16 +68,48 @@ async def open_store(url: str, *, writer: bool = True, migrate: bool = True,
         if migrate:
             await store.migrate()
         if writer:
+            try:
+                await store.check_writable(patient=True)
+            except StoreError:
+                raise
+            except Exception as exc:
+                raise StoreError(f"the database does not take writes: {_describe(exc)}"
+                                 ) from exc
+            path = spool_path or default_spool_path(url)
             store.writer = EventWriter(
-                store, spool_path=spool_path or default_spool_path(url),
+                store, spool_path=path,
                 batch_size=batch_size, flush_interval=flush_interval,
                 queue_size=queue_size, retry_interval=retry_interval,
+                write_timeout=write_timeout,
             )
-            await store.writer.start()
-    except BaseException:
+            try:
+                await store.writer.start()
+            except OSError as exc:
+                raise StoreError(f"store.spool_path {path}: {_describe(exc)}") from exc
+    except BaseException as exc:
         await store.disconnect()
-        raise
+        if isinstance(exc, StoreError) or not _is_database_error(exc):
+            raise
+        raise StoreError(_describe(exc)) from exc
     return store
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _is_database_error(exc: BaseException) -> bool:
+    """An engine's own error while opening (a locked or unwritable file, a refused
+    statement): reported as a store error rather than a traceback."""
+    import sqlite3
+
+    if isinstance(exc, (OSError, sqlite3.Error)):
+        return True
+    try:
+        import asyncpg
+    except ImportError:  # pragma: no cover - a dependency
+        return False
+    return isinstance(exc, (asyncpg.PostgresError, asyncpg.InterfaceError))
 
 
 async def open_store_from_config(config: StoreConfig, *, writer: bool = True) -> Store:

@@ -336,6 +336,29 @@ class Store(abc.ABC):
     async def ping(self) -> bool:
         """True if the database answers a trivial query now (``/readyz``); never raises."""
 
+    async def check_writable(self, *, patient: bool = False) -> None:
+        """Raise (the engine's error) unless a write would be taken now: a database that
+        answers ``SELECT 1`` may still be locked, read-only or full, and the writer must
+        not replay its spool into it nor call it available again. ``patient``: wait as
+        long as an ordinary write would (start-up), rather than a moment (a retry)."""
+        if not await self.ping():
+            raise StoreError("the database does not answer")
+
+    async def writable(self) -> bool:
+        """``check_writable`` as a bool; never raises."""
+        try:
+            await self.check_writable()
+        except Exception:
+            return False
+        return True
+
+    def refuses_row(self, exc: BaseException) -> bool:
+        """Whether a failed write was the row's fault (it can never be stored: bad data,
+        a constraint) rather than the database's (locked, read-only, full, gone). Only
+        such rows are set aside in the spool's ``.rejected`` file; any other failure
+        keeps them for a retry, so an unknown error never loses a record."""
+        return isinstance(exc, (ValueError, TypeError, KeyError, OverflowError))
+
     def add_flush_source(self, settle: Callable[[], Awaitable[None]]) -> None:
         """Have ``flush()`` first await ``settle``: for a caller that answers before it
         enqueues (the pixel endpoint records its hits just after answering them), so a

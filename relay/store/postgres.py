@@ -204,6 +204,33 @@ class PostgresStore(SqlStore):
         except Exception:
             return False
 
+    async def check_writable(self, *, patient: bool = False) -> None:
+        """Take the lock every insert takes on ``messages`` and ``events`` (``ROW
+        EXCLUSIVE``), waiting a moment at most (``patient``: a command's timeout), in a
+        transaction that must not be read-only: ``SELECT 1`` answers while an ``EXCLUSIVE``
+        lock, a read-only standby or ``default_transaction_read_only`` refuses writes."""
+        wait = self.command_timeout if patient else min(self.connect_timeout, 1.0)
+
+        async def probe() -> None:
+            async with self.pool.acquire(timeout=self.connect_timeout) as conn, \
+                    conn.transaction():
+                if await conn.fetchval("SELECT current_setting('transaction_read_only')") \
+                        == "on":
+                    raise StoreError("the database is read-only (transaction_read_only)")
+                await conn.execute(f"SET LOCAL lock_timeout = '{int(wait * 1000)}ms'")
+                await conn.execute("LOCK TABLE messages, events IN ROW EXCLUSIVE MODE")
+
+        await asyncio.wait_for(probe(), wait + self.connect_timeout)
+
+    def refuses_row(self, exc: BaseException) -> bool:
+        """Data (class 22: a NUL, an untranslatable character, a value out of range),
+        integrity (23) and limit (54: an index entry too long) errors are the row's;
+        connection losses, timeouts and lock timeouts are the database's."""
+        if isinstance(exc, (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError,
+                            asyncpg.ProgramLimitExceededError)):
+            return True
+        return super().refuses_row(exc)
+
     async def tidy_contact_changes(self) -> None:
         # Until a vacuum, every look at the log walks the index entries of the rows a
         # rebuild removed (200,000 at a million messages: about 60 ms a look).

@@ -9,6 +9,14 @@ queue behind the writer's batches. A read sees every write whose call has return
 (each commits before it returns). ``busy_timeout`` lets several processes share the
 file. An in-memory database, or a file whose journal cannot be WAL, has the writer's
 connection only.
+
+The file is followed by its path: before each write and each ``ping`` the path is
+``stat``-ed (one system call) and compared with the file that is open. A file deleted
+while the process runs (which SQLite would go on writing, unlinked, until the process
+ends) or replaced (an admin's restore) is logged as an error and the path opened
+afresh: a replaced file as it is (migrated, if an older copy), a deleted one recreated
+with the schema, as at start-up. Until that succeeds writes fail (the writer spools
+them) and ``ping`` (``/readyz``) answers False.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
 import sqlite3
 import threading
 import time
@@ -24,12 +33,23 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from relay.logs import get_logger
 from relay.store.base import MessageRecord, StoreError
 from relay.store.records import EVENT_COLUMNS, dump_json, storable_params
 from relay.store.schema import MIGRATIONS, MIGRATIONS_TABLE, render
 from relay.store.sql import SqlStore, Step
 
 R = TypeVar("R")
+
+log = get_logger("relay.store.sqlite")
+
+#: Seconds the writer's retry waits for the write lock when it asks whether the database
+#: takes writes again (an ordinary write waits ``busy_timeout``): while another process
+#: holds the lock, the retry gives up at once rather than hold the writer's thread.
+WRITABLE_PROBE_WAIT = 0.25
+#: Seconds between attempts to reopen a database file that was deleted or replaced,
+#: when an attempt failed (each failure is logged).
+REOPEN_RETRY = 1.0
 
 #: Reader threads (and connections) per store: enough that one long report leaves the
 #: short look-ups a connection of their own.
@@ -104,17 +124,121 @@ class SqliteStore(SqlStore):
         self._reader_local = threading.local()
         self._reader_lock = threading.Lock()
         self._wal = False
+        #: (st_dev, st_ino) of the file open now; None for an in-memory database.
+        self._identity: tuple[int, int] | None = None
+        #: The same of the open file's ``-wal`` and ``-shm`` (see ``_reopen``).
+        self._sidecars: dict[str, tuple[int, int] | None] = {}
+        self._reopen_lock = asyncio.Lock()
+        self._reopen_failed_at = -1e9
 
     # -- plumbing --------------------------------------------------------------------------
 
     async def _call(self, fn: Callable[..., R], *args: Any) -> R:
-        if self._executor is None or self._conn is None:
+        if self._executor is None:
+            raise StoreError("store is not connected")
+        await self._follow_file()
+        if self._conn is None:
             raise StoreError("store is not connected")
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    # -- the file behind the path ----------------------------------------------------------
+
+    def _path_identity(self, suffix: str = "") -> tuple[int, int] | None:
+        """The path's (st_dev, st_ino); None if nothing is there. Raises other OSErrors."""
+        try:
+            st = os.stat(self.path + suffix)
+        except FileNotFoundError:
+            return None
+        return st.st_dev, st.st_ino
+
+    def _note_identity(self) -> None:
+        with contextlib.suppress(OSError):
+            self._identity = self._path_identity()
+            self._sidecars = {s: self._path_identity(s) for s in ("-wal", "-shm")}
+
+    def _remove_stale_sidecars(self) -> None:
+        """Remove the old file's ``-wal`` and ``-shm`` if still at the path: SQLite keeps
+        a moved file's WAL at close (it cannot checkpoint into the path), and would read
+        its frames as the new file's pages, corrupting it. A WAL restored with the file
+        (another inode) is left alone."""
+        for suffix, old in self._sidecars.items():
+            with contextlib.suppress(OSError):
+                if old is not None and self._path_identity(suffix) == old:
+                    os.unlink(self.path + suffix)
+
+    async def _follow_file(self) -> None:
+        """Reopen the path if it no longer names the open file (module docstring): else
+        every write since would go to a file nobody can open again, lost at restart."""
+        if self._identity is None and self._conn is not None:
+            return  # in memory
+        try:
+            now = self._path_identity()
+        except OSError:
+            return  # cannot tell (a directory we may not search): leave it be
+        if now == self._identity and self._conn is not None:
+            return
+        async with self._reopen_lock:
+            try:
+                now = self._path_identity()
+            except OSError:
+                return
+            if now == self._identity and self._conn is not None:
+                return  # another caller reopened it meanwhile
+            if time.monotonic() - self._reopen_failed_at < REOPEN_RETRY:
+                raise StoreError(f"SQLite database {self.path} is being reopened")
+            await self._reopen(deleted=now is None)
+
+    async def _reopen(self, *, deleted: bool) -> None:
+        loop = asyncio.get_running_loop()
+        if self._conn is not None:
+            log.error("sqlite_file_deleted" if deleted else "sqlite_file_replaced",
+                      path=self.path,
+                      action="recreating it with the schema" if deleted
+                      else "opening the file now at the path")
+        # Every connection to the old file closes first: the last one to close removes
+        # the old file's -wal and -shm, which must not be read as the new file's.
+        readers, self._readers = self._readers, None
+        if readers is not None:
+            await loop.run_in_executor(None, functools.partial(readers.shutdown, wait=True))
+        with self._reader_lock:
+            conns, self._reader_conns = self._reader_conns, []
+        for reader in conns:
+            with contextlib.suppress(sqlite3.Error):
+                reader.close()
+        old, self._conn, self._identity = self._conn, None, None
+
+        def swap() -> sqlite3.Connection:
+            if old is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    old.close()
+            self._remove_stale_sidecars()
+            conn = self._open()
+            try:
+                self._tx_on(conn, self._migrate_on)
+            except BaseException:
+                conn.close()
+                raise
+            return conn
+
+        assert self._executor is not None
+        try:
+            conn = await loop.run_in_executor(self._executor, swap)
+        except Exception as exc:
+            self._reopen_failed_at = time.monotonic()
+            log.error("sqlite_reopen_failed", path=self.path,
+                      error=f"{type(exc).__name__}: {exc}")
+            raise StoreError(f"cannot reopen SQLite database {self.path}: {exc}") from exc
+        self._conn = conn
+        self._note_identity()
+        if self._wal and READERS > 0:
+            self._readers = ThreadPoolExecutor(READERS,
+                                               thread_name_prefix="trackrelay-sqlite-read")
+        log.info("sqlite_file_reopened", path=self.path, created=deleted)
 
     def _open(self) -> sqlite3.Connection:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._reader_local = threading.local()  # new connections for a (re)opened file
         conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
                                check_same_thread=False)
         conn.row_factory = _dict_row
@@ -165,6 +289,8 @@ class SqliteStore(SqlStore):
             self._executor.shutdown(wait=False)
             self._executor = None
             raise StoreError(f"cannot open SQLite database {self.path}: {exc}") from exc
+        if self.path != ":memory:":
+            self._note_identity()
         if self._wal and self.path != ":memory:" and READERS > 0:
             self._readers = ThreadPoolExecutor(READERS,
                                                thread_name_prefix="trackrelay-sqlite-read")
@@ -226,13 +352,21 @@ class SqliteStore(SqlStore):
     def _tx(self, fn: Callable[[sqlite3.Connection], R]) -> R:
         conn = self._conn
         assert conn is not None
+        return self._tx_on(conn, fn)
+
+    @staticmethod
+    def _tx_on(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], R]) -> R:
         conn.execute("BEGIN IMMEDIATE")
         try:
             result = fn(conn)
+            conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            # Also when COMMIT itself failed (a full disk, an I/O error): a transaction
+            # left open would make every later BEGIN fail.
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
         return result
 
     # -- primitives ------------------------------------------------------------------------
@@ -245,7 +379,11 @@ class SqliteStore(SqlStore):
             def read() -> list[dict[str, Any]]:
                 return self._reader().execute(sql, tuple(args)).fetchall()
 
-            return await asyncio.get_running_loop().run_in_executor(readers, read)
+            await self._follow_file()
+            readers = self._readers  # a new pool if the file was reopened
+            if readers is not None:
+                with contextlib.suppress(RuntimeError):  # shut down by a reopen just now
+                    return await asyncio.get_running_loop().run_in_executor(readers, read)
 
         def run() -> list[dict[str, Any]]:
             assert self._conn is not None
@@ -288,6 +426,41 @@ class SqliteStore(SqlStore):
             return False
         return bool(rows) and rows[0]["one"] == 1
 
+    async def check_writable(self, *, patient: bool = False) -> None:
+        """A real write, committed: ``PRAGMA user_version`` set to what it is (page 1
+        rewritten). ``BEGIN IMMEDIATE`` alone succeeds on a read-only file, and
+        ``SELECT 1`` on a locked or full one."""
+        wait = self.busy_timeout if patient else min(self.busy_timeout, WRITABLE_PROBE_WAIT)
+
+        def probe() -> None:
+            conn = self._conn
+            assert conn is not None
+            if wait != self.busy_timeout:
+                conn.execute(f"PRAGMA busy_timeout={int(wait * 1000)}")
+            try:
+                row = conn.execute("PRAGMA user_version").fetchone()
+                version = int(next(iter(row.values()))) if row else 0
+
+                def touch(c: sqlite3.Connection) -> None:
+                    c.execute(f"PRAGMA user_version={version}")
+
+                self._tx_on(conn, touch)
+            finally:
+                if wait != self.busy_timeout:
+                    conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
+
+        await self._call(probe)
+
+    def refuses_row(self, exc: BaseException) -> bool:
+        """Constraint and data errors are the row's; ``OperationalError`` (locked,
+        read-only, disk full, I/O, no such table) is the database's."""
+        if isinstance(exc, (sqlite3.IntegrityError, sqlite3.DataError,
+                            sqlite3.InterfaceError)):
+            return True
+        if isinstance(exc, sqlite3.ProgrammingError):
+            return "binding parameter" in str(exc)  # a value of a type SQLite cannot hold
+        return super().refuses_row(exc)
+
     async def tidy_contact_changes(self) -> None:
         """Nothing to reclaim: SQLite's deleted rows leave nothing a later scan walks."""
 
@@ -297,22 +470,22 @@ class SqliteStore(SqlStore):
     # -- migrations ------------------------------------------------------------------------
 
     async def migrate(self) -> int:
-        def run(conn: sqlite3.Connection) -> int:
-            conn.execute(render(MIGRATIONS_TABLE, self.dialect))
-            applied = {r["version"] for r in conn.execute(
-                "SELECT version FROM schema_migrations").fetchall()}
-            for version, name, statements in MIGRATIONS:
-                if version in applied:
-                    continue
-                for statement in statements:
-                    if sql := render(statement, self.dialect):
-                        conn.execute(sql)
-                conn.execute("INSERT INTO schema_migrations (version, name, applied_at) "
-                             "VALUES (?, ?, ?)", (version, name, time.time()))
-                applied.add(version)
-            return max(applied) if applied else 0
+        return await self._call(self._tx, self._migrate_on)
 
-        return await self._call(self._tx, run)
+    def _migrate_on(self, conn: sqlite3.Connection) -> int:
+        conn.execute(render(MIGRATIONS_TABLE, self.dialect))
+        applied = {r["version"] for r in conn.execute(
+            "SELECT version FROM schema_migrations").fetchall()}
+        for version, name, statements in MIGRATIONS:
+            if version in applied:
+                continue
+            for statement in statements:
+                if sql := render(statement, self.dialect):
+                    conn.execute(sql)
+            conn.execute("INSERT INTO schema_migrations (version, name, applied_at) "
+                         "VALUES (?, ?, ?)", (version, name, time.time()))
+            applied.add(version)
+        return max(applied) if applied else 0
 
     # -- writes ----------------------------------------------------------------------------
 

@@ -12,8 +12,18 @@ events wait in memory, the overflow is spooled at once rather than dropped.
 Spool life cycle: new lines are appended to ``<spool>``; a replay first renames it to
 ``<spool>.replay`` (so appends continue in a fresh file), writes its lines, then
 deletes it. A crash mid-replay leaves ``<spool>.replay`` to be replayed at next start.
-Lines that the database refuses while it is otherwise healthy (a bad row) are moved to
-``<spool>.rejected`` and logged, so one bad row never blocks the rest.
+Lines that the database refuses for the row's own sake (``Store.refuses_row``: a
+constraint or data error) are moved to ``<spool>.rejected`` and logged, so one bad row
+never blocks the rest; any other failure (locked, read-only, full, gone) keeps every
+line in the spool for the next retry. The database counts as available again only once
+a real write succeeds (``Store.check_writable``), not when it merely answers.
+
+When the spool cannot be written either (a full or read-only disk), the lines are held
+in memory (at most ``queue_size``) and retried, to the spool or the database, every
+``retry_interval``; nothing of this ever raises into a caller, and a sent record's
+caller (the SMTP client waiting for its 250) waits ``write_timeout`` at most. What
+cannot be held, or is still held when the writer closes, is lost: logged
+(``store_records_lost``) and counted (``trackrelay_events_lost_total{type}``).
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ from relay.logs import get_logger
 from relay.metrics import (
     EVENT_QUEUE_DEPTH,
     EVENT_SPOOL_BYTES,
+    EVENTS_LOST,
     EVENTS_SPOOLED,
     EVENTS_WRITTEN,
     STORE_WRITE_ERRORS,
@@ -59,10 +70,18 @@ class Database(Protocol):
 
     async def ping(self) -> bool: ...
 
+    async def check_writable(self, *, patient: bool = False) -> None: ...
+
+    def refuses_row(self, exc: BaseException) -> bool: ...
+
 log = get_logger("relay.store.writer")
 
 #: Processes that may share one ``store.spool_path`` (each takes its own slot).
 MAX_SLOTS = 32
+#: Seconds between two ``spool_write_failed`` / ``store_records_lost`` lines while the
+#: failure goes on (each line says how many lines it covers): one per batch at most,
+#: never one per pixel hit.
+LOG_EVERY = 1.0
 
 
 def default_spool_path(url: str) -> str:
@@ -108,6 +127,12 @@ class EventWriter:
         self._last_try = 0.0
         self.written = 0
         self.spooled = 0
+        #: Spool lines that neither the database nor the spool took: retried, bounded.
+        self._held: list[tuple[str, Any]] = []
+        self._spool_failed_logged = -1e9
+        self._lost_logged = -1e9
+        self._lost_unlogged: Counter[str] = Counter()
+        self.lost = 0
         EVENT_QUEUE_DEPTH.set(0)
         self._update_spool_gauge()
 
@@ -122,7 +147,7 @@ class EventWriter:
         eid = own or f"{self._prefix}{next(self._counter):x}"
         queue = self._queue
         if len(queue) >= self.queue_size or self.closed:
-            self._spool_lines([("e", event_row(eid, event))])
+            self._spool_or_hold([("e", event_row(eid, event))], "events")
             return eid
         queue.append((eid, event))
         if own and not fresh:  # a caller's id (a replay, a deliverability event) may
@@ -228,12 +253,16 @@ class EventWriter:
             await self._drain()
             await self._maybe_replay(force=True)
         self.closed = True
+        if self._held:
+            held, self._held = self._held, []
+            self._lose(held, "the writer closed with them unwritten", force_log=True)
+        self._flush_lost_log()
         self._close_spool()
         if self._lock_fd is not None:
             release_lock(self.lock_path, self._lock_fd)
             self._lock_fd = None
         log.info("event_writer_closed", written=self.written, spooled=self.spooled,
-                 spool_pending=self.has_spool())
+                 lost=self.lost, spool_pending=self.has_spool())
 
     async def _run(self) -> None:
         while not self._stopping:
@@ -272,14 +301,14 @@ class EventWriter:
 
     async def _write_rows(self, rows: list[dict[str, Any]], *, new_ids: bool = False) -> None:
         if not self.db_ok:
-            self._spool_lines([("e", r) for r in rows])
+            self._spool_or_hold([("e", r) for r in rows], "events")
             return
         try:
             await asyncio.wait_for(self.store.write_events(rows, new_ids=new_ids),
                                    self.write_timeout)
         except Exception as exc:
             self._db_failed("events", exc)
-            self._spool_lines([("e", r) for r in rows])
+            self._spool_or_hold([("e", r) for r in rows], "events")
             return
         self._count_written(rows)
 
@@ -293,17 +322,31 @@ class EventWriter:
 
         Group commit: records that arrive while a write is under way share the next
         transaction, so a busy relay pays one commit per batch, not per message. The
-        call returns once its record is committed (or spooled).
+        call returns once its record is committed (or spooled, or, with the spool's
+        disk full, held in memory), and within ``write_timeout`` whatever happens: the
+        caller's SMTP client is waiting for the upstream's answer. Never raises.
         """
         if not self.db_ok or self.closed:
-            self._spool_lines([("m", record)])
+            self._spool_or_hold([("m", record)], "message")
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending_messages.append((record, future))
+        entry = (record, future)
+        self._pending_messages.append(entry)
         if self._message_task is None:
             self._message_task = asyncio.get_running_loop().create_task(
                 self._write_pending_messages())
-        await asyncio.shield(future)
+        try:
+            await asyncio.wait_for(asyncio.shield(future), self.write_timeout)
+        except TimeoutError:
+            # Still waiting behind a slow write (a lock, a stalled server): spool it now
+            # and answer. Should the pending write still commit it, the replay skips it.
+            for i, pending in enumerate(self._pending_messages):
+                if pending is entry:
+                    del self._pending_messages[i]
+                    break
+            log.warning("store_write_slow_spooling", message=record.get("id"),
+                        waited=self.write_timeout)
+            self._spool_or_hold([("m", record)], "message")
 
     async def _write_pending_messages(self) -> None:
         try:
@@ -311,21 +354,27 @@ class EventWriter:
                 batch = self._pending_messages[:self.batch_size]
                 del self._pending_messages[:len(batch)]
                 records = [record for record, _ in batch]
-                if self.db_ok and not self.closed:
-                    try:
-                        await asyncio.wait_for(self.store.write_messages(records),
-                                               self.write_timeout)
-                    except Exception as exc:
-                        self._db_failed("message", exc)
-                        self._spool_lines([("m", r) for r in records])
+                try:
+                    if self.db_ok and not self.closed:
+                        try:
+                            await asyncio.wait_for(self.store.write_messages(records),
+                                                   self.write_timeout)
+                        except Exception as exc:
+                            self._db_failed("message", exc)
+                            self._spool_or_hold([("m", r) for r in records], "message")
+                        else:
+                            for record in records:
+                                self._count_written(record["events"])
                     else:
-                        for record in records:
-                            self._count_written(record["events"])
-                else:
-                    self._spool_lines([("m", r) for r in records])
-                for _, future in batch:
-                    if not future.done():
-                        future.set_result(None)
+                        self._spool_or_hold([("m", r) for r in records], "message")
+                finally:
+                    # Whatever happened, every waiting caller is answered.
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_result(None)
+        except Exception as exc:  # not expected: keep it from dying unretrieved
+            log.error("event_writer_error", error=f"{type(exc).__name__}: {exc}",
+                      exc_info=True)
         finally:
             self._message_task = None
 
@@ -357,16 +406,76 @@ class EventWriter:
         EVENT_SPOOL_BYTES.set(self.spool_bytes())
 
     def _spool_lines(self, items: list[tuple[str, Any]]) -> None:
-        if self._spool is None:
-            self.spool_path.parent.mkdir(parents=True, exist_ok=True)
-            self._spool = open(self.spool_path, "a", encoding="utf-8")
-        fh = self._spool
-        fh.write("".join(json.dumps({"k": k, "r": r}, separators=(",", ":")) + "\n"
-                         for k, r in items))
-        fh.flush()
+        """Append ``items``; raises OSError (a full or read-only disk) with the file as
+        it was: a torn line would swallow the next line written after it."""
+        data = "".join(json.dumps({"k": k, "r": r}, separators=(",", ":")) + "\n"
+                       for k, r in items)
+        size = -1
+        try:
+            if self._spool is None:
+                self.spool_path.parent.mkdir(parents=True, exist_ok=True)
+                self._spool = open(self.spool_path, "a", encoding="utf-8")
+            fh = self._spool
+            size = os.fstat(fh.fileno()).st_size
+            fh.write(data)
+            fh.flush()
+        except OSError:
+            self._close_spool()
+            if size >= 0:
+                with contextlib.suppress(OSError):
+                    os.truncate(self.spool_path, size)
+            raise
         self.spooled += len(items)
         EVENTS_SPOOLED.inc(len(items))
         self._update_spool_gauge()
+
+    def _spool_or_hold(self, items: list[tuple[str, Any]], operation: str) -> None:
+        """Spool ``items``; if the spool cannot take them, hold them in memory for a
+        retry (``_retry_held``), up to ``queue_size`` lines; lose the rest, counted.
+        Never raises: the caller answers a client."""
+        try:
+            self._spool_lines(items)
+        except OSError as exc:
+            STORE_WRITE_ERRORS.labels("spool").inc()
+            if self.closed:
+                self._lose(items, f"spool: {type(exc).__name__}: {exc}")
+                return
+            room = max(0, self.queue_size - len(self._held))
+            keep, lost = items[:room], items[room:]
+            self._held.extend(keep)
+            now = time.monotonic()
+            if now - self._spool_failed_logged >= LOG_EVERY:
+                self._spool_failed_logged = now
+                log.error("spool_write_failed", operation=operation,
+                          error=f"{type(exc).__name__}: {exc}", spool=str(self.spool_path),
+                          lines=len(items), held=len(self._held),
+                          retry_every=self.retry_interval)
+            if lost:
+                self._lose(lost, f"spool: {type(exc).__name__}: {exc}; memory holds "
+                                 f"{len(self._held)} lines already")
+
+    def _lose(self, items: list[tuple[str, Any]], reason: str, *,
+              force_log: bool = False) -> None:
+        """Count lines no one could keep; log them (at most every LOG_EVERY seconds,
+        each line saying how many it covers, by type)."""
+        kinds = Counter("message" if k == "m" else str(r.get("type", "event"))
+                        for k, r in items)
+        for kind, n in kinds.items():
+            EVENTS_LOST.labels(kind).inc(n)
+        self.lost += len(items)
+        self._lost_unlogged.update(kinds)
+        ids = [r.get("id") for k, r in items if k == "m"][:10]
+        now = time.monotonic()
+        if force_log or now - self._lost_logged >= LOG_EVERY:
+            self._lost_logged = now
+            lost, self._lost_unlogged = dict(self._lost_unlogged), Counter()
+            log.error("store_records_lost", reason=reason, lost=lost, messages=ids)
+
+    def _flush_lost_log(self) -> None:
+        if self._lost_unlogged:
+            lost, self._lost_unlogged = dict(self._lost_unlogged), Counter()
+            log.error("store_records_lost", reason="see earlier lines", lost=lost,
+                      messages=[])
 
     def _close_spool(self) -> None:
         if self._spool is not None:
@@ -375,34 +484,80 @@ class EventWriter:
             self._spool = None
 
     async def _maybe_replay(self, force: bool = False) -> None:
-        if not self.db_ok:
+        if not self.db_ok or self._held:
             now = time.monotonic()
             if not force and now - self._last_try < self.retry_interval:
                 return
             self._last_try = now
-            try:
-                ok = await asyncio.wait_for(self.store.ping(), self.write_timeout)
-            except Exception:
-                ok = False
-            if not ok:
+        if self._held:
+            self._respool_held()
+        if not self.db_ok:
+            # Available again means writable again (a SELECT 1 answers from a locked,
+            # read-only or full database), and only once the spool went in too.
+            if not await self._writable():
+                return
+            if self.has_spool() and not await self._replay():
                 return
             log.info("store_available_again", spool_bytes=self.spool_bytes())
             self.db_ok = True
-        if self.has_spool():
+        elif self.has_spool():
             await self._replay()
+        if self._held and self.db_ok:
+            await self._write_held()
 
-    async def _replay(self) -> None:
-        """Write this process's spool to the database; keep it if that fails again."""
-        await self._replay_paths(self.spool_path, self.replay_path, own=True)
+    async def _writable(self) -> bool:
+        try:
+            await asyncio.wait_for(self.store.check_writable(), self.write_timeout)
+        except Exception as exc:
+            log.debug("store_not_writable", error=f"{type(exc).__name__}: {exc}")
+            return False
+        return True
 
-    async def _replay_paths(self, spool: Path, replay: Path, *, own: bool) -> None:
+    def _respool_held(self) -> None:
+        """Move held lines to the spool if its disk takes them now."""
+        held, self._held = self._held, []
+        try:
+            self._spool_lines(held)
+        except OSError:
+            self._held = held + self._held
+            return
+        log.info("spool_writable_again", lines=len(held), spool=str(self.spool_path))
+
+    async def _write_held(self) -> None:
+        """Held lines straight to the database (the spool still refuses them)."""
+        held, self._held = self._held, []
+        try:
+            await self._write_lines(held)
+        except Exception as exc:
+            self._db_failed("held", exc)
+            self._held = held + self._held
+            return
+        log.info("held_lines_written", lines=len(held))
+
+    async def _write_lines(self, items: list[tuple[str, Any]]) -> None:
+        events = [r for k, r in items if k == "e"]
+        for kind, record in items:
+            if kind == "m":
+                await self._replay_message(record)
+        for start in range(0, len(events), self.batch_size):
+            await self._replay_events(events[start:start + self.batch_size])
+
+    async def _replay(self) -> bool:
+        """Write this process's spool to the database; keep it if that fails again.
+        True if all of it went in."""
+        return await self._replay_paths(self.spool_path, self.replay_path, own=True)
+
+    async def _replay_paths(self, spool: Path, replay: Path, *, own: bool) -> bool:
+        done = True
         for _ in range(2):  # the second round takes lines spooled during the first
             if not self._rotate(spool, replay, own):
                 break
             if not await self._replay_file(replay):
+                done = False
                 break
             _remove(replay)
         self._update_spool_gauge()
+        return done
 
     def _rotate(self, spool: Path, replay: Path, own: bool) -> bool:
         """Have ``replay`` hold lines to replay (moving ``spool`` there); False if none."""
@@ -420,11 +575,12 @@ class EventWriter:
 
     async def _replay_file(self, path: Path) -> bool:
         events: list[dict[str, Any]] = []
-        replayed = 0
+        replayed = messages = 0
         try:
             for kind, record in _read_spool(path):
                 if kind == "m":
                     await self._replay_message(record)
+                    messages += 1
                 else:
                     events.append(record)
                     if len(events) >= self.batch_size:
@@ -437,37 +593,41 @@ class EventWriter:
         except Exception as exc:
             self._db_failed("replay", exc)
             return False
-        log.info("spool_replayed", events=replayed, file=str(path))
+        log.info("spool_replayed", events=replayed, messages=messages, file=str(path))
         return True
 
     async def _replay_events(self, rows: list[dict[str, Any]]) -> None:
+        """Raises (the spool is kept) unless every row was stored or is the row's own
+        fault (``refuses_row``: set aside in ``.rejected``)."""
         try:
             await asyncio.wait_for(self.store.write_events(rows), self.write_timeout)
-        except Exception:
-            if not await self._healthy():
+        except Exception as exc:
+            if not self.store.refuses_row(exc):
                 raise
-            for row in rows:  # the database is up: find and set aside the bad rows
+            stored = []
+            for row in rows:  # a bad row among them: find and set it aside
                 try:
-                    await self.store.write_events([row])
-                except Exception as exc:
-                    if not await self._healthy():
+                    await asyncio.wait_for(self.store.write_events([row]),
+                                           self.write_timeout)
+                except Exception as row_exc:
+                    if not self.store.refuses_row(row_exc):
                         raise
-                    self._reject("e", row, exc)
+                    self._reject("e", row, row_exc)
+                else:
+                    stored.append(row)
+            rows = stored
         self._count_written(rows)
 
     async def _replay_message(self, record: MessageRecord) -> None:
+        """As ``_replay_events``, for a sent record (its events counted as written)."""
         try:
             await asyncio.wait_for(self.store.write_message(record), self.write_timeout)
         except Exception as exc:
-            if not await self._healthy():
+            if not self.store.refuses_row(exc):
                 raise
             self._reject("m", record, exc)
-
-    async def _healthy(self) -> bool:
-        try:
-            return await asyncio.wait_for(self.store.ping(), self.write_timeout)
-        except Exception:
-            return False
+            return
+        self._count_written(record.get("events") or [])
 
     def _reject(self, kind: str, record: Any, exc: BaseException) -> None:
         log.error("spool_line_rejected", kind=kind, error=f"{type(exc).__name__}: {exc}",
@@ -481,8 +641,16 @@ def _remove(path: Path) -> None:
 
 
 def try_lock(path: Path) -> int | None:
-    """An exclusive ``flock`` on ``path`` (created), or None when a live process holds it."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    """An exclusive ``flock`` on ``path`` (created), or None when a live process holds it.
+    A lock file left by another user (which this one may not open for writing) is
+    locked read-only: ``flock`` needs no write access. Other OSErrors (a directory this
+    user may not write) propagate; ``open_store`` reports them as a ``StoreError``."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except PermissionError:
+        if not path.exists():
+            raise
+        fd = os.open(path, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
