@@ -58,6 +58,7 @@ def minimal_sent(transaction: Transaction, outcome: Outcome) -> SentMessage:
         tracked=False,
         skip_reason="not_tracked",
         submitted_by=transaction.authenticated_user or transaction.mail_from or None,
+        submitted_ip=transaction.submitting_ip,
     )
 
 

@@ -50,4 +50,5 @@ def trackrelay_rewrite_finished(context: RewriteContext) -> None:
         shared=policy.shared,
         links=list(context.links),
         submitted_by=txn.authenticated_user or txn.mail_from or None,
+        submitted_ip=txn.submitting_ip,
     )

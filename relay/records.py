@@ -97,6 +97,18 @@ class Transaction:
     #: NAME, ADDR, PORT, PROTO, HELO, IDENT, SOURCE; empty when none did.
     forwarded_client: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def submitting_ip(self) -> str | None:
+        """The address the message came from: the one a trusted filter named (XFORWARD
+        ADDR, Postfix writes IPv6 with an ``IPv6:`` prefix) when it named a real one,
+        else the connection's own client."""
+        forwarded = self.forwarded_client.get("ADDR", "")
+        if forwarded[:5].lower() == "ipv6:":
+            forwarded = forwarded[5:]
+        if forwarded and not forwarded.startswith("["):  # [UNAVAILABLE], [TEMPUNAVAIL]
+            return forwarded
+        return self.client_ip or None
+
 
 @dataclass
 class LinkRecord:
@@ -124,6 +136,8 @@ class SentMessage:
     shared: bool = False  # multi-recipient mail tracked at message level
     links: list[LinkRecord] = field(default_factory=list)
     submitted_by: str | None = None  # AUTH user or envelope sender (self-open detection)
+    #: The address the relay took the message from (self-open detection).
+    submitted_ip: str | None = None
 
 
 @dataclass

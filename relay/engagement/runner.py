@@ -124,6 +124,7 @@ async def reclassify(store: Store, config: EngagementConfig, since: float,
             user_agent=event.user_agent, ip=event.ip, time=event.time,
             delivered_at=msg["delivered_at"] if msg else None,
             sender_submitter=msg["submitted_by"] if msg else None,
+            submitter_ip=msg.get("submitted_ip") if msg else None,
             recipient=event.recipient, message_id=event.message_id,
             link_index=event.link_index, honeypot=bool(event.data.get("honeypot")),
         )

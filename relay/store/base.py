@@ -138,6 +138,9 @@ class MessageLookup(TypedDict):
     id: str
     sender: str
     submitted_by: str | None
+    #: The address the relay took the message from (self-open detection); None when
+    #: unknown (recorded before it was kept).
+    submitted_ip: str | None
     campaign: str | None
     created_at: float
     delivered_at: float | None

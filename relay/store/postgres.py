@@ -38,8 +38,8 @@ INSERT_EVENTS = (
 INSERT_MESSAGE = (
     "INSERT INTO messages (id, header_message_id, sender, sender_domain, campaign, subject, "
     "tracked, track_opens, track_clicks, shared, skip_reason, submitted_by, created_at, "
-    "delivered_at, upstream_reply, queue_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, "
-    "$10, $11, $12, $13, $14, $15, $16) ON CONFLICT (id) DO NOTHING"
+    "delivered_at, upstream_reply, queue_id, submitted_ip) VALUES ($1, $2, $3, $4, $5, $6, "
+    "$7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) ON CONFLICT (id) DO NOTHING"
 )
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
@@ -304,7 +304,7 @@ class PostgresStore(SqlStore):
             bool(record["track_clicks"]), bool(record["shared"]), record["skip_reason"],
             record["submitted_by"], float(record["created_at"]),
             None if record["delivered_at"] is None else float(record["delivered_at"]),
-            record["upstream_reply"], record["queue_id"])
+            record["upstream_reply"], record["queue_id"], record.get("submitted_ip"))
         if status.endswith(" 1"):
             if record["recipients"]:
                 await conn.executemany(

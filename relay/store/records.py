@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 import orjson
 
@@ -30,6 +30,8 @@ class MessageFields(TypedDict):
     shared: bool
     skip_reason: str | None
     submitted_by: str | None
+    #: Older spool lines lack it.
+    submitted_ip: NotRequired[str | None]
     created_at: float
     delivered_at: float | None
     upstream_reply: str | None
@@ -241,6 +243,7 @@ def message_record(sent: SentMessage, outcome: Outcome) -> MessageRecord:
         "shared": bool(sent.shared),
         "skip_reason": sent.skip_reason,
         "submitted_by": sent.submitted_by,
+        "submitted_ip": sent.submitted_ip,
         "created_at": when,
         "delivered_at": None if not outcome.reply.ok else when,
         "upstream_reply": clean(str(outcome.reply)),

@@ -446,6 +446,12 @@ MIGRATIONS: list[tuple[int, str, list[Statement]]] = [
         )""",
         "INSERT INTO engagement_state (id) VALUES (1)",
     ]),
+    (11, "submitting address", [
+        # The address the relay took the message from (the client, or the one a trusted
+        # filter named by XFORWARD): an open or click from it soon after is the sender's
+        # own (relay.engagement.online, self_open).
+        "ALTER TABLE messages ADD COLUMN submitted_ip TEXT",
+    ]),
 ]
 
 

@@ -252,13 +252,15 @@ class SqlStore(ContactScoresSql, Store):
 
     async def lookup_message(self, message_id: str) -> MessageLookup | None:
         row = await self._fetchrow(
-            "SELECT id, sender, submitted_by, campaign, created_at, delivered_at, "
-            "track_opens, track_clicks, shared FROM messages WHERE id = ?", [message_id])
+            "SELECT id, sender, submitted_by, submitted_ip, campaign, created_at, "
+            "delivered_at, track_opens, track_clicks, shared FROM messages WHERE id = ?",
+            [message_id])
         if row is None:
             return None
         recipients = await self._recipients_of([message_id])
         return {
             "id": row["id"], "sender": row["sender"], "submitted_by": row["submitted_by"],
+            "submitted_ip": row["submitted_ip"],
             "campaign": row["campaign"], "created_at": float(row["created_at"]),
             "delivered_at": None if row["delivered_at"] is None else float(row["delivered_at"]),
             "recipients": recipients[message_id], "track_opens": bool(row["track_opens"]),

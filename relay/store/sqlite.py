@@ -72,8 +72,8 @@ def insert_events_sql(rows: int) -> str:
 INSERT_MESSAGE = (
     "INSERT INTO messages (id, header_message_id, sender, sender_domain, campaign, subject, "
     "tracked, track_opens, track_clicks, shared, skip_reason, submitted_by, created_at, "
-    "delivered_at, upstream_reply, queue_id) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING"
+    "delivered_at, upstream_reply, queue_id, submitted_ip) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING"
 )
 
 
@@ -519,6 +519,7 @@ class SqliteStore(SqlStore):
             int(record["track_opens"]), int(record["track_clicks"]), int(record["shared"]),
             record["skip_reason"], record["submitted_by"], record["created_at"],
             record["delivered_at"], record["upstream_reply"], record["queue_id"],
+            record.get("submitted_ip"),
         )
         recipients = [(record["id"], i, a.lower(), s, r)
                       for i, (a, s, r) in enumerate(record["recipients"])]

@@ -366,6 +366,7 @@ class RecipientEndpoints:
             headers=seen.headers, time=now,
             delivered_at=message["delivered_at"] if message else None,
             sender_submitter=message["submitted_by"] if message else None,
+            submitter_ip=message.get("submitted_ip") if message else None,
             recipient=recipient, message_id=message_id, link_index=link_index,
             honeypot=honeypot, https=seen.https,
         )
