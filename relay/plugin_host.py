@@ -27,7 +27,9 @@ never costs a built-in its record.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+from collections.abc import Generator
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
@@ -45,6 +47,33 @@ log = get_logger("relay.plugin_host")
 
 #: Set on an exception a hook implementation raised: ``(plugin name, hook name)``.
 _FAILED_PLUGIN = "_trackrelay_failed_plugin"
+
+
+def _tear_down(impl: Any, wrapper: Generator[Any, Any, Any], results: list[Any],
+               error: BaseException | None) -> tuple[list[Any], BaseException | None]:
+    """Resume a hook wrapper after the implementations ran, as pluggy does: a new-style
+    wrapper gets the results (or the exception thrown in) and returns the results; an
+    old-style one gets a ``pluggy.Result``."""
+    if impl.hookwrapper:
+        outcome = pluggy.Result(results, error)
+        with contextlib.suppress(StopIteration):
+            wrapper.send(outcome)
+        wrapper.close()
+        try:
+            return list(outcome.get_result()), None
+        except BaseException as exc:
+            return results, exc
+    try:
+        if error is not None:
+            wrapper.throw(error)
+        else:
+            wrapper.send(results)
+    except StopIteration as stop:
+        return list(stop.value or []), None
+    except BaseException as exc:
+        return results, exc
+    wrapper.close()  # a wrapper that yielded twice
+    return results, error
 
 
 def failed_plugin(exc: BaseException) -> str | None:
@@ -115,23 +144,41 @@ class PluginHost:
 
     async def call(self, hook: str, *, isolate: bool = False, **kwargs: Any) -> list[Any]:
         """Call every implementation of ``hook`` in turn, each awaited before the next;
-        return their results (``None`` for one that failed, with ``isolate``)."""
+        return their answers that are not ``None`` (as pluggy does). Hook wrappers
+        (``@hookimpl(wrapper=True)``, and pluggy's older ``hookwrapper=True``) wrap the
+        whole call, as under pluggy."""
         impls = getattr(self.pm.hook, hook).get_hookimpls()
-        out = []
-        for impl in reversed(impls):  # pluggy's call order: last registered first
-            try:
-                result = impl.function(*[kwargs[name] for name in impl.argnames])
-                if inspect.isawaitable(result):
-                    result = await result
-            except Exception as exc:
-                if not hasattr(exc, _FAILED_PLUGIN):
-                    setattr(exc, _FAILED_PLUGIN, (impl.plugin_name, hook))
-                if not isolate:
-                    raise
-                self._isolated_failure(hook, impl.plugin_name, exc, kwargs)
-                result = None
-            out.append(result)
-        return out
+        results: list[Any] = []
+        teardowns: list[tuple[Any, Generator[Any, Any, Any]]] = []
+        error: BaseException | None = None
+        try:
+            for impl in reversed(impls):  # pluggy's call order: last registered first
+                args = [kwargs[name] for name in impl.argnames]
+                if impl.wrapper or impl.hookwrapper:
+                    wrapper = impl.function(*args)
+                    next(wrapper)  # up to its yield
+                    teardowns.append((impl, wrapper))
+                    continue
+                try:
+                    result = impl.function(*args)
+                    if inspect.isawaitable(result):
+                        result = await result
+                except Exception as exc:
+                    if not hasattr(exc, _FAILED_PLUGIN):
+                        setattr(exc, _FAILED_PLUGIN, (impl.plugin_name, hook))
+                    if not isolate:
+                        raise
+                    self._isolated_failure(hook, impl.plugin_name, exc, kwargs)
+                    continue
+                if result is not None:
+                    results.append(result)
+        except BaseException as exc:
+            error = exc
+        for impl, wrapper in reversed(teardowns):
+            results, error = _tear_down(impl, wrapper, results, error)
+        if error is not None:
+            raise error
+        return results
 
     @staticmethod
     def _isolated_failure(hook: str, plugin: str, exc: Exception,

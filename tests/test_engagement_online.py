@@ -169,6 +169,8 @@ def test_self_open_by_submitter_copy(classifier: Classifier) -> None:
     ("2001:db8:5:6::1", "2001:db8:5:6:aaaa::2", 3600.0, True),   # same /64
     ("2001:db8:5:6::1", "2001:db8:5:7::1", 3600.0, False),
     ("198.51.100.4", "198.51.100.4", 8 * 86400.0, False),          # outside 7 days
+    ("127.0.0.1", "127.0.0.1", 3600.0, False),  # a program on the relay's own host
+    ("::1", "::1", 3600.0, False),
 ])
 def test_self_open_by_submitter_ip(classifier: Classifier, submitter_ip: str, ip: str,
                                    dt: float, self_open: bool) -> None:

@@ -43,10 +43,8 @@ async def open_from(stack: Stack, address: str) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(("xforward", "submitted"), [
-    (None, "127.0.0.1"),  # the relay's own client
     ("203.0.113.5", "203.0.113.5"),  # the original client a trusted filter named
     ("IPV6:2001:db8::5", "2001:db8::5"),  # Postfix's form of an IPv6 address
-    ("[UNAVAILABLE]", "127.0.0.1"),
 ])
 async def test_an_open_from_the_submitting_address_is_the_senders_own(
         make_stack: MakeStack, xforward: str | None, submitted: str) -> None:
@@ -62,3 +60,20 @@ async def test_an_open_from_the_submitting_address_is_the_senders_own(
     assert (own["verdict"], own["reasons"]) == ("machine", ["self_open"])
     other = await open_from(stack, "198.51.100.9")
     assert (other["verdict"], other["reasons"]) == ("human", ["mail_client"])
+
+
+@pytest.mark.parametrize("xforward", [None, "[UNAVAILABLE]"])
+async def test_a_program_on_the_relays_host_is_no_sender_to_recognise(
+        make_stack: MakeStack, xforward: str | None) -> None:
+    """The relay's client on loopback (a local MTA without XFORWARD, an application):
+    its address is kept, but an open from loopback is not the sender's by that."""
+    stack = await make_stack(
+        relay={"xforward_hosts": ["127.0.0.0/8"]},
+        tracker={"trusted_proxies": ["127.0.0.1"], "ip_mode": "full"},
+        engagement={"instant_seconds": 0, "suspect_seconds": 0})
+    await asyncio.to_thread(submit, stack, "gus@remote.test", xforward)
+    (sent,) = await stack.events(type="sent")
+    message = await stack.store.lookup_message(sent["message_id"])
+    assert message is not None and message["submitted_ip"] == "127.0.0.1"
+    opened = await open_from(stack, "127.0.0.1")
+    assert (opened["verdict"], opened["reasons"]) == ("human", ["mail_client"])

@@ -12,7 +12,8 @@ Rule order (bot-signals.md §4; the first rule that decides wins):
    ``Purpose``/``Sec-Purpose: prefetch|prerender`` → ``machine/prefetch``;
 4. self-open: the token is the submitter's own copy; or the IP is in
    ``engagement.org_networks``; or it is the IP that submitted the message (IPv4 /32,
-   IPv6 /64) within ``self_open_seconds`` of delivery → ``machine/self_open``;
+   IPv6 /64; not a loopback address, which is a program on the relay's host) within
+   ``self_open_seconds`` of delivery → ``machine/self_open``;
 5. opens only: user agent exactly ``Mozilla/5.0`` → ``machine/apple_mpp``, proxy
    ``apple`` (plus ``apple_relay_ip`` when the IP is in Apple's egress ranges). Never
    applied to clicks: Private Relay clicks carry a real Safari user agent;
@@ -194,6 +195,8 @@ class Classifier:
         if self.org_networks and self.org_networks.contains_address(addr):
             return True
         sub = parse_ip(facts.submitter_ip)
-        if sub is None or not _same_host(addr, sub):
+        # A loopback submitter is a program on the relay's own host (a local MTA, an
+        # application): it says nothing about where the sender reads mail.
+        if sub is None or sub.is_loopback or not _same_host(addr, sub):
             return False
         return dt is None or dt <= self.config.self_open_seconds
