@@ -13,6 +13,8 @@ import argparse
 import asyncio
 import getpass
 import json
+import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -195,6 +197,10 @@ def cmd_bounces_classify(args: argparse.Namespace) -> int:
 def cmd_hash_password(args: argparse.Namespace) -> int:
     from relay.auth import hash_password
 
+    if not args.stdin and not sys.stdin.isatty():
+        print("trackrelay: no terminal to ask for the password on: pipe it in with --stdin",
+              file=sys.stderr)
+        return 2
     password = sys.stdin.readline().rstrip("\n") if args.stdin else getpass.getpass()
     if not password:
         print("trackrelay: empty password", file=sys.stderr)
@@ -352,10 +358,28 @@ def _store_url(args: argparse.Namespace) -> str:
     return redact_url(url)
 
 
+#: Options whose value may be a relative time written with a leading minus (``-1h``),
+#: which argparse would otherwise take for an option of its own.
+_TIME_OPTIONS = ("--since", "--until")
+_RELATIVE = re.compile(r"-\d")
+
+
+def _attach_relative_times(argv: Sequence[str]) -> list[str]:
+    """``--since -1h`` as ``--since=-1h``: the form the help shows works as written."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in _TIME_OPTIONS and _RELATIVE.match(arg):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(_attach_relative_times(given))
+    args.argv = given
     if args.command not in SERVICES:
         from relay.logs import configure_logging
 
@@ -372,6 +396,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (``trackrelay stats | head``): stop quietly, and keep the
+        # interpreter's last flush of stdout from failing again (Python's signal docs).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -225,8 +225,9 @@ class ApiTokenConfig:
     #: The bearer token a client sends (``Authorization: Bearer <token>``), >= 16 chars.
     token: str = ""
     #: ``admin`` (everything) or a sender address (``crm@example.com``) or domain
-    #: (``example.com``): the holder sees only messages sent from it.
-    scope: str = "admin"
+    #: (``example.com``): the holder sees only messages sent from it. Required: a
+    #: token left without one must not see everything.
+    scope: str = ""
     #: A label for logs (the token itself is never logged).
     name: str = ""
 
@@ -1131,6 +1132,9 @@ def validate_tracker(t: TrackerConfig) -> None:
         if tok.token in seen:
             raise ConfigError(f"{key}.token: the same token is listed twice")
         seen.add(tok.token)
+        if not tok.scope:
+            raise ConfigError(f"{key}.scope: required: 'admin' (everything), or a sender "
+                              "address or domain whose mail alone the token sees")
         if not api_scope_ok(tok.scope):
             raise ConfigError(f"{key}.scope: expected 'admin', a sender address or a "
                               f"domain, got {tok.scope!r}")

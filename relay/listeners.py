@@ -1,12 +1,13 @@
-"""Listening sockets of workers that share addresses (``process.workers > 1``).
-
-The supervisor (relay.workers) reserves every listening address first: a socket with
-``SO_REUSEPORT`` bound but never listening, so a port that is taken is reported once and
-clearly, an ephemeral port (``:0``) is resolved once, and the address stays reserved
-while workers come and go. It names the resolved addresses in
-``TRACKRELAY_WORKER_SOCKETS``; each worker then listens on them with ``SO_REUSEPORT``
-too, and the kernel spreads new connections evenly over the workers' sockets (a socket
-shared by all would let whichever worker wakes first accept a whole burst).
+"""Listening sockets of workers that share addresses (``process.workers > 1``). The
+supervisor (relay.workers) reserves every listening address first: a socket with
+``SO_REUSEPORT`` bound but never listening, after a plain bind found the port free (a
+process already listening with ``SO_REUSEPORT`` would otherwise share it silently), so a
+port that is taken is reported once and clearly, an ephemeral port (``:0``) is resolved
+once, and the address stays reserved while workers come and go. It names the resolved
+addresses in ``TRACKRELAY_WORKER_SOCKETS``; each worker then listens on them with
+``SO_REUSEPORT`` too, and the kernel spreads new connections evenly over the workers'
+sockets (a socket shared by all would let whichever worker wakes first accept a whole
+burst).
 
 A single process binds every address before it starts anything too
 (``Listeners.bind_all``, without ``SO_REUSEPORT``), so a port in use is the same one-line
@@ -61,6 +62,11 @@ def reserve(key: str, address: str, *, shared: bool = True) -> tuple[socket.sock
     host, port = parse_hostport(address, key)
     host = host.strip("[]")
     try:
+        if shared and port:
+            # Another process of the same user listening with SO_REUSEPORT (a trackrelay
+            # started earlier, Postfix's master) would share the port silently and take
+            # some of the connections: a plain bind finds it taken.
+            _socket(host, port, shared=False).close()
         sock = _socket(host, port, shared=shared)
     except OSError as exc:
         raise ConfigError(f"{key}: cannot listen on {address}: {exc.strerror or exc}") from None

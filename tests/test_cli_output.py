@@ -152,3 +152,38 @@ def test_long_work_shows_progress_on_a_terminal_only(tmp_path: Path, store: str)
         piped = run(*argv, "--store", store)
         assert piped.stderr == "", (argv, piped.stderr)
         assert piped.stdout.splitlines()[:1] and stdout.splitlines()[:1]  # output unchanged
+
+
+def test_relative_times_work_as_the_help_writes_them(store: str) -> None:
+    """``--since -1h`` (the help's own example) and ``--since=-1h`` are the same; a
+    bad time is still one line and exit 2."""
+    for argv in (["events", "--since", "-1h"], ["events", "--since=-1h"],
+                 ["reclassify", "--since", "-24h", "--until", "-1h"]):
+        result = run(*argv, "--store", store)
+        assert result.returncode == 0, (argv, result.stderr)
+        assert result.stderr == ""
+    bad = run("events", "--since", "-1x", "--store", store)
+    assert bad.returncode == 2 and len(bad.stderr.splitlines()) == 1, bad.stderr
+
+
+@pytest.mark.parametrize("argv", [["stats"], ["suppressions", "export"], ["plugins"]])
+def test_a_reader_that_goes_away_is_no_error(store: str, argv: list[str]) -> None:
+    """``trackrelay stats | head -1``: once the reader has closed the pipe every write
+    fails (EPIPE); the command ends quietly, with no BrokenPipeError traceback."""
+    store_args = [] if argv == ["plugins"] else ["--store", store]
+    proc = subprocess.Popen([*TRACKRELAY, *argv, *store_args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before the first line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0, err
+    assert err == ""
+
+
+def test_hash_password_without_a_terminal_says_to_use_stdin() -> None:
+    result = run("hash-password", "bob")
+    assert result.returncode == 2
+    assert result.stderr == ("trackrelay: no terminal to ask for the password on: pipe it in "
+                             "with --stdin\n")
+    piped = run("hash-password", "bob", "--stdin", stdin="s3cret\n")
+    assert piped.returncode == 0 and piped.stdout.startswith("bob:$2")

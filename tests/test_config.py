@@ -122,6 +122,51 @@ def test_example_config_documents_every_key() -> None:
     assert missing == []
 
 
+def test_example_config_shows_each_default_unless_marked_example() -> None:
+    """The file's header says every key is shown with its default unless marked
+    "example" (on its line, or "Example value" in the comment above it)."""
+    import dataclasses
+    import re
+    import tomllib
+
+    from relay.config import SECTIONS
+
+    text = EXAMPLE.read_text()
+    data = tomllib.loads(text)
+    lines = text.splitlines()
+
+    def marked(section: str, key: str) -> bool:
+        current = None
+        for i, line in enumerate(lines):
+            if m := re.match(r"\[([\w.]+)\]\s*$", line):
+                current = m.group(1)
+            elif current == section and re.match(rf"{re.escape(key)}\s*=", line):
+                above = []
+                j = i - 1
+                while j >= 0 and lines[j].startswith("#"):
+                    above.append(lines[j].lower())
+                    j -= 1
+                return "# example" in line.lower() or any("example value" in a for a in above)
+        return False
+
+    differ = []
+    for section, cls in SECTIONS.items():
+        if not dataclasses.is_dataclass(cls):
+            continue
+        for f in dataclasses.fields(cls):
+            if not f.init or f.name not in data.get(section, {}):
+                continue
+            default = (f.default if f.default is not dataclasses.MISSING
+                       else f.default_factory())  # type: ignore[misc]
+            if dataclasses.is_dataclass(default):
+                default = dataclasses.asdict(default)  # type: ignore[arg-type]
+            if isinstance(default, tuple):
+                default = list(default)
+            if data[section][f.name] != default and not marked(section, f.name):
+                differ.append(f"{section}.{f.name}")
+    assert differ == []
+
+
 @pytest.mark.parametrize("data, message", [
     ({"upstream": {"mdoe": "smtp"}}, "upstream.mdoe: unknown key (did you mean 'mode'?)"),
     ({"relay": {"listn": ["127.0.0.1:25"]}}, "relay.listn: unknown key (did you mean 'listen'?)"),
@@ -202,3 +247,13 @@ def test_a_malformed_token_key_is_not_shown() -> None:
         build_config({"tracking": {"token_keys": ["0:" + "k" * 32, "s3cr3tvalue-no-id"]}},
                      environ={})
     assert "entry 2" in str(info.value) and "s3c" not in str(info.value)
+
+
+def test_an_api_token_without_a_scope_is_refused() -> None:
+    """A token someone left without a scope must not see everything."""
+    token = {"token": "x" * 32, "name": "crm"}
+    with pytest.raises(ConfigError, match=r"tracker.api_tokens\[0\].scope: required"):
+        build_config({"tracker": {"api_tokens": [token]}}, environ={})
+    config = build_config({"tracker": {"api_tokens": [{**token, "scope": "admin"}]}},
+                          environ={})
+    assert config.tracker.api_tokens[0].scope == "admin"

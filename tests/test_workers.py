@@ -256,11 +256,15 @@ async def test_workers_flag_and_key_are_checked(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("workers", ["1", "2"])
 @pytest.mark.parametrize("taken", ["--smtp-listen", "--http-listen"])
+@pytest.mark.parametrize("holder", ["plain", "reuse_port"])
 async def test_a_port_in_use_is_one_clear_error(tmp_path: Path, workers: str,
-                                                taken: str) -> None:
+                                                taken: str, holder: str) -> None:
     """The same one line and exit code 2 with one process (the default) and with workers,
-    for the SMTP and the HTTP address."""
-    busy = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    for the SMTP and the HTTP address; also when the port is held by a process listening
+    with SO_REUSEPORT (a trackrelay started earlier with workers, Postfix's master), which
+    the workers' own SO_REUSEPORT sockets would otherwise share silently."""
+    busy = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0,
+                                      reuse_port=holder == "reuse_port")
     port = busy.sockets[0].getsockname()[1]
     addresses = {"--smtp-listen": f"127.0.0.1:{free_port()}",
                  "--http-listen": f"127.0.0.1:{free_port()}"}
