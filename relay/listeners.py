@@ -1,5 +1,6 @@
-"""Listening sockets of workers that share addresses (``process.workers > 1``). The
-supervisor (relay.workers) reserves every listening address first: a socket with
+"""Listening sockets of workers that share addresses (``process.workers > 1``).
+
+The supervisor (relay.workers) reserves every listening address first: a socket with
 ``SO_REUSEPORT`` bound but never listening, after a plain bind found the port free (a
 process already listening with ``SO_REUSEPORT`` would otherwise share it silently), so a
 port that is taken is reported once and clearly, an ephemeral port (``:0``) is resolved
