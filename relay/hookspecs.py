@@ -260,7 +260,10 @@ def trackrelay_decorate_html(context: RewriteContext, part: HtmlPart) -> Any:
     tracking plugins' ``trackrelay_edit_html`` on the same part, so at one offset the
     pixel comes first. Not called for a message that must go out byte for byte
     (``context.policy.frozen``: MIME that cannot be followed, a DKIM signature an edit
-    would break). ``context.tracked`` / ``context.policy`` say whether it is tracked.
+    would break). ``context.policy.tracked`` says whether the message is to be tracked
+    (decided before any part is edited); ``context.tracked`` only whether a pixel or a
+    link went in so far, which an earlier part may not have had (final in
+    ``trackrelay_rewrite_finished``).
     """
 
 
