@@ -19,18 +19,11 @@ import pytest
 from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
-from relay.records import Event, LinkRecord, Outcome, Reply, SentMessage
+from relay.records import Event
 from relay.store import Store, open_store
 from relay.store.records import event_row
 from tests.conftest import PG_URL, drop_schema
-
-
-def sent(mid: str) -> tuple[SentMessage, Outcome]:
-    return (SentMessage(message_id=mid, sender="alice@example.com", recipients=["bob@x.org"],
-                        tracked=True, track_clicks=True,
-                        links=[LinkRecord(0, "https://example.com/", "home")]),
-            Outcome(reply=Reply(250, "2.0.0", "ok"), accepted=["bob@x.org"], refused={},
-                    message=None, modified=True))
+from tests.test_store_outage import sent
 
 
 def written(kind: str) -> float:

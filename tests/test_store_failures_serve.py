@@ -22,7 +22,6 @@ import resource
 import shutil
 import sqlite3
 import sys
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -32,22 +31,9 @@ import pytest
 
 from tests.conftest import Sink, free_port
 from tests.service_support import clean_environ, toml
+from tests.test_relay_killed import tracked_mail
 
 TRACKRELAY = [sys.executable, "-m", "relay.cli"]
-
-
-def tracked_mail(n: int) -> tuple[str, bytes]:
-    msg = EmailMessage()
-    msg_id = f"<full-{n}@example.com>"
-    msg["From"] = "crm@example.com"
-    msg["To"] = f"reader{n}@example.org"
-    msg["Subject"] = f"message {n}"
-    msg["Message-ID"] = msg_id
-    msg.set_content("plain\n")
-    msg.add_alternative(f"<html><body><p>Hello {n}</p>"
-                        "<a href='https://example.com/offer'>offer</a></body></html>",
-                        subtype="html")
-    return msg_id, msg.as_bytes()
 
 
 def config(sink: Sink, smtp: int, http: int, db: Path, **store: Any) -> str:
