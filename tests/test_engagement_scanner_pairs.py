@@ -20,7 +20,7 @@ from tests.tracker_support import MakeTracker, seed_message
 pytest_plugins = ("tests.tracker_fixtures",)
 
 T0 = 1_700_000_000.0  # the upstream accepted the message
-#: What the probe's Proofpoint-style scanner sent: a bare desktop Chrome 131, no headers.
+#: What a Proofpoint-style URL scanner sends: a bare desktop Chrome 131, no headers.
 CHROME_131 = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like "
               "Gecko) Chrome/131.0.0.0 Safari/537.36")
 PROOFPOINT_IP = "148.163.130.6"
@@ -62,7 +62,7 @@ def test_head_then_get_of_one_link_is_the_scanners_and_infers_no_open() -> None:
     c = Classifier(EngagementConfig())
     head = hit(c, "click", T0 + 62.0, "HEAD")
     get = hit(c, "click", T0 + 62.004)
-    # online: the HEAD is a probe, the GET alone looks like a person (the probe's bug)
+    # online: the HEAD is a probe, the GET alone looks like a person (the batch pairs them)
     assert (head.data["verdict"], head.machine_reason) == ("machine", "head_request")
     assert Verdict.of_event(get).verdict == "human"
     (head2, get2), inferred = final([head, get])

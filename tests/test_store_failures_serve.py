@@ -8,7 +8,7 @@ the spool, the hit journal) fails with ``EFBIG``, as writes to a full file syste
 with ``ENOSPC`` (CPython ignores ``SIGXFSZ``, so the write returns the error); raising
 the limit again is the admin freeing space. Logs go to a pipe, which the limit spares.
 An unwritable store is the permission bits: as root the process runs without
-``CAP_DAC_OVERRIDE`` (``setpriv``), as the probe did with ``capsh``.
+``CAP_DAC_OVERRIDE`` (``setpriv``), as a non-root service user would.
 """
 
 from __future__ import annotations
