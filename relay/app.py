@@ -33,7 +33,14 @@ class Plugins(Protocol):
 class App:
     """What a running trackrelay process shares between the relay, tracker and plugins.
 
-    ``host`` runs the hooks: ``PluginHost(config)`` loads every installed plugin."""
+    What a plugin reads: ``config`` (the whole ``relay.config.Config``, one dataclass per
+    section: ``app.config.tracking.multi_recipient``), ``plugin_config(name)`` (its own
+    ``[plugins.<name>]`` table), ``store`` (the event store, ``relay.store.base.Store``;
+    ``None`` before ``start()`` and in commands without one), ``tokens`` (the token
+    codec: ``tokens.encode(kind, message_id, recipient_index, link_index)`` and
+    ``tokens.decode(token, kind)``) and ``host`` (the plugin host: ``host.call(hook,
+    **arguments)`` runs a hook, ``host.implements(hook)``). ``PluginHost(config)`` loads
+    every installed plugin."""
 
     def __init__(self, config: Config, host: Plugins) -> None:
         self.config = config
@@ -55,6 +62,7 @@ class App:
         return self.config.plugin_config(name)
 
     async def start(self) -> None:
+        """Open the store (unless one was assigned) and run ``trackrelay_startup``."""
         if self.started:
             return
         if getattr(self, "ephemeral_token_key", False):
@@ -74,6 +82,7 @@ class App:
         self.started = True
 
     async def stop(self) -> None:
+        """Run ``trackrelay_shutdown``, then flush and close a store ``start`` opened."""
         if not self.started:
             return
         self.started = False

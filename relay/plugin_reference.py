@@ -14,7 +14,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from relay import hookspecs
+from relay.app import App
+from relay.bounces.model import BounceRecord
+from relay.engagement import RequestFacts, Verdict
 from relay.message import MessageDraft
+from relay.outgoing import FrozenMessage, OutgoingMessage
 from relay.records import LinkRecord, Outcome, Reply, Transaction
 from relay.rewrite.context import (
     ContentPart,
@@ -26,6 +30,7 @@ from relay.rewrite.context import (
 )
 from relay.rewrite.edits import EditConflict
 from relay.rewrite.html_scan import Attr, Scan, Tag
+from relay.rewrite.mime import MimeTree
 
 #: The objects, in the order a plugin meets them, with the module to import them from.
 OBJECTS: list[tuple[type, str]] = [
@@ -36,6 +41,10 @@ OBJECTS: list[tuple[type, str]] = [
     (HtmlPart, "relay.rewrite.context"), (PlainTextPart, "relay.rewrite.context"),
     (Scan, "relay.rewrite.html_scan"), (Tag, "relay.rewrite.html_scan"),
     (Attr, "relay.rewrite.html_scan"), (EditConflict, "relay.rewrite.edits"),
+    (MimeTree, "relay.rewrite.mime"), (OutgoingMessage, "relay.outgoing"),
+    (FrozenMessage, "relay.outgoing"), (App, "relay.app"),
+    (RequestFacts, "relay.engagement"), (Verdict, "relay.engagement"),
+    (BounceRecord, "relay.bounces.model"),
 ]
 
 HEADER = """# Plugin API reference

@@ -133,6 +133,7 @@ class MimeTree:
 
     @property
     def html(self) -> list[TextPart]:
+        """The ``text/html`` parts the rewrite edits (not attached files), in order."""
         return [p for p in self.parts if p.content_type == "text/html"]
 
     def shown_instead(self, path: str) -> bool:
@@ -149,6 +150,7 @@ class MimeTree:
 
     @property
     def plain(self) -> list[TextPart]:
+        """The ``text/plain`` parts the rewrite edits (not attached files), in order."""
         return [p for p in self.parts if p.content_type == "text/plain"]
 
 
