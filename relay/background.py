@@ -26,9 +26,9 @@ S = TypeVar("S")
 
 #: Exceptions meaning "the store cannot be reached now" (its database is down, restarting,
 #: refusing connections, or the connection broke), not a bug: an expected outcome of an
-#: outage, logged as one line without a traceback. The same set as the API's 503
-#: (``relay.tracker.api.UNAVAILABLE``), and PostgreSQL's operator interventions (57xxx:
-#: shutting down, starting up, a cancelled statement).
+#: outage, logged as one line without a traceback; the API and the dashboard answer 503
+#: for the same set. It includes PostgreSQL's operator interventions (57xxx: shutting
+#: down, starting up — ``CannotConnectNowError`` — or a cancelled statement).
 STORE_UNAVAILABLE: tuple[type[BaseException], ...] = (
     StoreError, OSError, TimeoutError, asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError, asyncpg.OperatorInterventionError,
@@ -102,6 +102,17 @@ class Failing:
             self._log.info(self.recovered, **self.fields, **fields, failures=self.failures)
             self.failures = 0
             self._kind = None
+
+    async def round(self, step: Callable[[], Awaitable[bool]]) -> bool:
+        """One round of a loop: ``step()``'s answer (more work waiting), or False when
+        it failed, counted and logged as above."""
+        try:
+            busy = await step()
+        except Exception as exc:  # the store is down, …: the loop tries again, backing off
+            self.failed(exc)
+            return False
+        self.succeeded()
+        return busy
 
     def delay(self, normal: float) -> float:
         """Seconds until the next round: ``normal``; while failing, ``normal`` doubled at

@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from relay import xforward
+
 EventType = Literal[
     "sent", "rejected", "open", "click", "bounce", "complaint", "unsubscribe", "reply"
 ]
@@ -100,14 +102,8 @@ class Transaction:
     @property
     def submitting_ip(self) -> str | None:
         """The address the message came from: the one a trusted filter named (XFORWARD
-        ADDR, Postfix writes IPv6 with an ``IPv6:`` prefix) when it named a real one,
-        else the connection's own client."""
-        forwarded = self.forwarded_client.get("ADDR", "")
-        if forwarded[:5].lower() == "ipv6:":
-            forwarded = forwarded[5:]
-        if forwarded and not forwarded.startswith("["):  # [UNAVAILABLE], [TEMPUNAVAIL]
-            return forwarded
-        return self.client_ip or None
+        ADDR) when it named a real one, else the connection's own client."""
+        return xforward.address(self.forwarded_client) or self.client_ip or None
 
 
 @dataclass

@@ -81,6 +81,15 @@ def commands(attrs: dict[str, str], offered: str) -> list[bytes]:
     return out
 
 
+def address(attrs: dict[str, str]) -> str | None:
+    """The original client's address an ``ADDR`` attribute names, or None when it names
+    none (``[UNAVAILABLE]``, ``[TEMPUNAVAIL]``); Postfix writes IPv6 as ``IPv6:…``."""
+    value = attrs.get("ADDR", "")
+    if value[:5].lower() == "ipv6:":
+        value = value[5:]
+    return value if value and not value.startswith("[") else None
+
+
 def own_client(ip: str, port: int, helo: str | None, esmtp: bool) -> dict[str, str]:
     """What trackrelay knows of its own client, when nobody forwarded anything."""
     return {"NAME": UNAVAILABLE, "ADDR": ip or UNAVAILABLE,

@@ -11,7 +11,7 @@ import asyncio
 import io
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +25,14 @@ from relay import bounce_listener
 from relay.background import Failing, Refresher
 from relay.config import EngagementConfig
 from relay.engagement.runner import BatchRunner
-from relay.logs import LIBRARY_LOGGERS, configure_logging
+from relay.logs import LIBRARY_LOGGERS
 from relay.replies.imap import ImapReplies
 from relay.store import Store, open_store
 from tests.conftest import free_port
 from tests.deliverability_support import BOUNCE_DOMAIN, MakeStack
 from tests.test_deliverability_verp import dsn
 from tests.test_store_outage import PrivatePostgres, pg_url, private_pg  # noqa: F401
+from tests.test_tracker_logs import json_log  # noqa: F401 (a fixture: JSON lines in a buffer)
 from tests.tracker_support import MakeTracker
 
 pytest_plugins = ("tests.tracker_fixtures", "tests.deliverability_fixtures")
@@ -44,19 +45,6 @@ HOOK = {"url": "http://127.0.0.1:9/hook", "secret": "0123456789abcdef0123"}
 def store_url(pg_url: str) -> str:  # noqa: F811
     """The tracker and relay fixtures' store: a schema on the private cluster."""
     return pg_url
-
-
-@pytest.fixture
-def json_log() -> Iterator[io.StringIO]:
-    """Logging as ``trackrelay serve`` configures it off a terminal (JSON lines), into a
-    buffer; the root logger is put back afterwards (structlog is, by the suite)."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    buffer = io.StringIO()
-    configure_logging("info", "json", stream=buffer)
-    yield buffer
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 def lines(buffer: io.StringIO) -> list[dict[str, Any]]:
@@ -109,7 +97,7 @@ class Records(logging.Handler):
 
 
 def test_library_loggers_write_one_structured_line_with_the_error_summarised(
-        json_log: io.StringIO, caplog: pytest.LogCaptureFixture) -> None:
+        json_log: io.StringIO, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
     """asyncpg's, aiosmtpd's (``mail.log``), aiosmtplib's, aioimaplib's and asyncio's
     records are structlog lines: a library's own exception as ``error`` (type and
     message), an exception that went through our code with its traceback."""
@@ -143,7 +131,7 @@ def test_library_loggers_write_one_structured_line_with_the_error_summarised(
 
 async def test_a_database_outage_is_one_failing_and_one_recovered_line_per_loop(
         private_pg: PrivatePostgres, make_tracker: MakeTracker,  # noqa: F811
-        json_log: io.StringIO, caplog: pytest.LogCaptureFixture) -> None:
+        json_log: io.StringIO, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
     tracker = await make_tracker(webhooks=[HOOK])
     feeds = Rounds(tracker.store, "list_events")
     claims = Rounds(tracker.store, "claim_webhooks")
@@ -182,7 +170,7 @@ async def test_a_database_outage_is_one_failing_and_one_recovered_line_per_loop(
 
 async def test_a_bounce_while_the_store_is_down_is_one_warning_without_traceback(
         private_pg: PrivatePostgres, make_stack: MakeStack,  # noqa: F811
-        json_log: io.StringIO, monkeypatch: pytest.MonkeyPatch) -> None:
+        json_log: io.StringIO, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
     stack = await make_stack()
     verp = f"bounces+x@{BOUNCE_DOMAIN}"
     raw = dsn(verp, "dee@remote.test", "Message-ID: <m1@shop.example.com>\r\n")

@@ -19,14 +19,14 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-import asyncpg
 from aiohttp import web
 
 from relay import metrics
+from relay.background import STORE_UNAVAILABLE
 from relay.config import ApiTokenConfig
 from relay.logs import get_logger
 from relay.records import EVENT_TYPES
-from relay.store.base import MESSAGE_STATUSES, BadCursor, StoreError, iso_time
+from relay.store.base import MESSAGE_STATUSES, BadCursor, iso_time
 from relay.tracker import serialize
 from relay.tracker.lookups import require_store
 from relay.tracker.openapi import openapi_document
@@ -41,11 +41,9 @@ SCOPE_KEY = web.RequestKey("scope", str)  # "" for admin
 MESSAGE_ID = re.compile(r"^[0-9a-f]{16}$")
 MAX_LIMIT = 500
 DELIVERY_STATUSES = ("pending", "delivered", "failed")
-#: Exceptions meaning "the database cannot be reached now": answered 503, not 500.
-UNAVAILABLE: tuple[type[BaseException], ...] = (
-    StoreError, OSError, TimeoutError, asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError, asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError,
-)
+#: Exceptions meaning "the database cannot be reached now": answered 503, not 500 (the
+#: set the background loops log as an outage).
+UNAVAILABLE = STORE_UNAVAILABLE
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

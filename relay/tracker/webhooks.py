@@ -176,15 +176,7 @@ class WebhookDispatcher:
     async def _loop(self, step: Any) -> None:
         failing = self.failing["feeder"]
         while True:
-            try:
-                busy = await step()
-                failing.succeeded()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the store is down, …: try again, backing off
-                failing.failed(exc)
-                busy = False
-            if not busy:
+            if not await failing.round(step):
                 await asyncio.sleep(failing.delay(self.poll_interval))
 
     # -- feeder -------------------------------------------------------------------------------
@@ -232,15 +224,8 @@ class WebhookDispatcher:
         try:
             while True:
                 self._slot_freed.clear()
-                try:
-                    busy = await self.send_once()
-                    failing.succeeded()
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # the store is down, …: try again, backing off
-                    failing.failed(exc)
-                    busy = False
-                if not busy:  # nothing more due, or no slot: until one frees, or a poll
+                # nothing more due, or no slot: until one frees, or a poll
+                if not await failing.round(self.send_once):
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._slot_freed.wait(),
                                                failing.delay(self.poll_interval))
