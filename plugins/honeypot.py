@@ -35,7 +35,7 @@ def _enabled(app: App) -> bool:
 
 
 @hookimpl
-def trackrelay_startup(app: App) -> None:
+def trackrelay_check_config(app: App) -> None:
     settings = app.plugin_config(NAME)
     unknown = set(settings) - {"enabled"}
     if unknown:

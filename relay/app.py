@@ -61,10 +61,17 @@ class App:
         """The ``[plugins.<name>]`` table of the config file (empty if absent)."""
         return self.config.plugin_config(name)
 
+    async def check_config(self) -> None:
+        """Run every plugin's ``trackrelay_check_config``: a ``ConfigError`` stops here,
+        before anything opens."""
+        await self.host.call("trackrelay_check_config", app=self)
+
     async def start(self) -> None:
-        """Open the store (unless one was assigned) and run ``trackrelay_startup``."""
+        """Check the plugins' settings, open the store (unless one was assigned) and run
+        ``trackrelay_startup``."""
         if self.started:
             return
+        await self.check_config()
         if getattr(self, "ephemeral_token_key", False):
             log.warning("tracking.token_keys is empty: using a random key; tracking links "
                         "in mail sent now stop working when this process restarts")

@@ -84,6 +84,8 @@ def _run_services(args: argparse.Namespace, *, smtp: bool, http: bool) -> int:
         from relay.server import warn_loopback_base_url
 
         warn_loopback_base_url(config)
+    if index is None:
+        _check_plugins(config)  # a bad plugin setting: one line, before anything starts
     if index is None and workers.worker_count(config.process.workers) > 1:
         return workers.supervise(config, args.argv, smtp=smtp, http=http)
     from relay.listeners import Listeners
@@ -111,16 +113,25 @@ def cmd_tracker(args: argparse.Namespace) -> int:
     return _run_services(args, smtp=False, http=True)
 
 
+def _check_plugins(config: Config) -> int:
+    """Load the plugins and run their own settings checks (``trackrelay_check_config``);
+    an unknown or broken plugin, or a bad setting, raises ``ConfigError``. The number of
+    plugins loaded."""
+    from relay.app import App
+    from relay.plugin_host import PluginHost
+
+    host = PluginHost(config)
+    asyncio.run(App(config, host).check_config())
+    return len(host.plugins())
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     path = args.file or args.config
     if not path:
         raise ConfigError("check-config: name the file (trackrelay check-config FILE or "
                           "--config FILE)")
     config = load_config(path)
-    from relay.plugin_host import PluginHost
-
-    host = PluginHost(config)  # unknown or broken plugins are config errors too
-    print(f"{path}: OK ({len(host.plugins())} plugins)")
+    print(f"{path}: OK ({_check_plugins(config)} plugins)")
     return 0
 
 

@@ -46,12 +46,22 @@ hookspec = pluggy.HookspecMarker("trackrelay")
 
 
 @hookspec
-def trackrelay_startup(app: App) -> Any:
-    """Called once when the process starts, before it accepts connections.
+def trackrelay_check_config(app: App) -> Any:
+    """Check your settings: read them with ``app.plugin_config("<name>")`` and raise
+    ``relay.config.ConfigError`` naming the key for a wrong key or value.
 
-    Read your settings with ``app.plugin_config("<name>")`` and raise
-    ``relay.config.ConfigError`` for a wrong key or value: start-up stops with your
-    message. Open connections or files here.
+    Called by ``trackrelay check-config`` and at start-up before the store opens and
+    before ``trackrelay_startup``, so an admin finds a mistake before deploying and a
+    process never half-starts with it. Nothing is running yet: only check here (reading
+    a file the settings name is fine; open no connections).
+    """
+
+
+@hookspec
+def trackrelay_startup(app: App) -> Any:
+    """Called once when the process starts, before it accepts connections, after
+    ``trackrelay_check_config`` passed. Open connections or files here; a
+    ``relay.config.ConfigError`` raised here stops start-up with its message too.
     """
 
 

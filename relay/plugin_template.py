@@ -60,8 +60,9 @@ SETTINGS = {{"header": "X-{title}", "value": "{name}"}}
 
 
 @hookimpl
-def trackrelay_startup(app: App) -> None:
-    """Read and check the settings once: a bad one stops start-up with this message."""
+def trackrelay_check_config(app: App) -> None:
+    """Check the settings (``trackrelay check-config`` runs this too): a bad one stops
+    start-up with this message."""
     settings = app.plugin_config("{name}")
     unknown = set(settings) - set(SETTINGS)
     if unknown:
@@ -70,7 +71,14 @@ def trackrelay_startup(app: App) -> None:
     header = str(settings.get("header", SETTINGS["header"]))
     if not re.fullmatch(r"[A-Za-z0-9-]+", header):
         raise ConfigError(f"plugins.{name}.header: not a header name: {{header!r}}")
-    SETTINGS.update(header=header, value=str(settings.get("value", SETTINGS["value"])))
+
+
+@hookimpl
+def trackrelay_startup(app: App) -> None:
+    """Read the settings once, after they passed the check."""
+    settings = app.plugin_config("{name}")
+    SETTINGS.update(header=str(settings.get("header", SETTINGS["header"])),
+                    value=str(settings.get("value", SETTINGS["value"])))
 
 
 @hookimpl

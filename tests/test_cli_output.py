@@ -80,6 +80,20 @@ def test_check_config_takes_a_file_or_config(tmp_path: Path) -> None:
         "FILE or --config FILE)"]
 
 
+def test_check_config_runs_the_plugins_own_checks(tmp_path: Path) -> None:
+    """A plugin's settings are checked by its own hook (here the built-in honeypot's):
+    a typo is found before deploying, in one line, and serve stops on it the same way."""
+    config = tmp_path / "c.toml"
+    config.write_text('[upstream]\nmode = "capture"\n[plugins.honeypot]\nenabled = "yes"\n')
+    for command in ("check-config", "serve"):
+        bad = run(command, "--config", str(config))
+        assert bad.returncode == 2, command
+        assert bad.stderr.splitlines() == [
+            "trackrelay: config error: plugins.honeypot.enabled: expected true or false"]
+    config.write_text('[upstream]\nmode = "capture"\n[plugins.honeypot]\nenabled = true\n')
+    assert run("check-config", str(config)).returncode == 0
+
+
 def test_a_config_error_is_one_line_and_exit_2(tmp_path: Path, store: str) -> None:
     config = tmp_path / "c.toml"
     config.write_text("[upstream]\nmdoe = 1\n")

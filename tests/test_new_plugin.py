@@ -61,6 +61,11 @@ def test_the_new_plugin_installs_loads_and_runs(tmp_path: Path) -> None:
               site, tmp_path, MESSAGE)
     assert bad.returncode == 2
     assert b"plugins.stamp.header: not a header name: 'not a header'" in bad.stderr
+    # check-config runs the plugin's own check: the admin learns before deploying.
+    checked = run([sys.executable, "-m", "relay.cli", "check-config", str(config)],
+                  site, tmp_path)
+    assert checked.returncode == 2
+    assert b"plugins.stamp.header: not a header name: 'not a header'" in checked.stderr
 
     own = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], site, package)
     assert own.returncode == 0, own.stdout.decode()
