@@ -22,17 +22,23 @@ from __future__ import annotations
 
 import hashlib
 import html
+import time
+import urllib.parse
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from relay import hookimpl
+from aiohttp import web
+
+from relay import hookimpl, metrics
 from relay.logs import get_logger
 from relay.rewrite.context import HtmlPart, PlainTextPart, RewriteContext
 from relay.rewrite.html_scan import escape_attr
 from relay.rewrite.mime import DecodeError, LeafPart, decode_transfer
 
 if TYPE_CHECKING:
+    from relay.app import App
     from relay.config import AttachmentsConfig
+    from relay.tracker.plugin_routes import TrackerRoutes
 
 log = get_logger("plugins.attachments")
 
@@ -43,6 +49,8 @@ STATE = "attachments.linked"
 #: (RFC 5545 ``text/calendar``; ``application/ics`` is what Google Calendar attaches).
 STRUCTURAL_TYPES = frozenset({"application/ms-tnef", "application/vnd.ms-tnef",
                               "text/calendar", "application/ics"})
+_DOWNLOADS = {r: metrics.TRACKER_HITS.labels("download", r)
+              for r in ("recorded", "invalid_token", "unknown_message", "expired")}
 BLOCK_STYLE = ("margin:16px 0;padding:12px 14px;border:1px solid #dfe3e8;border-radius:6px;"
                "font-family:Arial,Helvetica,sans-serif;font-size:14px;line-height:1.5")
 
@@ -154,3 +162,57 @@ async def trackrelay_edit_text(context: RewriteContext, part: PlainTextPart) -> 
              f"{f.url}" for f in linked]
     part.insert(len(part.text), lead + newline.join(["", "Attachments:", *lines, ""]),
                 owner=NAME)
+
+
+def content_disposition(filename: str) -> str:
+    """``attachment`` with the name as ASCII and, for other characters, RFC 6266's
+    ``filename*`` in UTF-8 (RFC 8187)."""
+    ascii_name = "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else "_"
+                         for c in filename) or "attachment"
+    encoded = urllib.parse.quote(filename, safe="")
+    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{encoded}"
+
+
+@hookimpl
+def trackrelay_tracker_routes(app: App, routes: TrackerRoutes) -> None:
+    """``/a/<token>``, served whatever ``mode`` is now, so the links in mail already
+    sent keep working until they expire."""
+
+    async def download(request: web.Request) -> web.Response:
+        """The file as it was, while the link lasts (``expire_days`` after the message
+        was sent); a ``download`` event. Anything else is a plain 404, never a
+        redirect."""
+        token = request.match_info["token"]
+        if app.tokens.decode(token, "download") is None:
+            metrics.HITS.inc(_DOWNLOADS["invalid_token"])
+            return routes.not_found()
+        try:
+            target = await routes.target(token, "download")
+            found = None if target is None or app.store is None else (
+                await app.store.get_attachment(target.message_id, target.link_index))
+        except Exception as exc:
+            log.warning("download_lookup_failed", error=repr(exc))
+            return routes.unavailable()
+        if target is None or found is None:
+            metrics.HITS.inc(_DOWNLOADS["unknown_message"])
+            return routes.not_found()
+        expires = target.message["created_at"] + app.config.attachments.expire_days * 86400
+        content = found["content"]
+        if content is None:  # kept by a storage plugin
+            content = await app.host.first("trackrelay_attachment_get", app=app,
+                                           blob_id=found["blob_id"])
+        if time.time() > expires or content is None:
+            metrics.HITS.inc(_DOWNLOADS["expired"])
+            return routes.not_found()
+        if await routes.record(request, "download", target, link_index=target.link_index,
+                               data={"filename": found["filename"], "size": found["size"]}):
+            metrics.HITS.inc(_DOWNLOADS["recorded"])
+        return web.Response(body=content, headers={
+            "Content-Type": found["content_type"],
+            "Content-Disposition": content_disposition(found["filename"]),
+            "Cache-Control": "private, no-store",
+            "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "no-referrer",
+        })
+
+    routes.add("GET", "/a/{token}", download)

@@ -12,13 +12,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from aiohttp import web
+
 from relay import hookimpl
 from relay.config import ConfigError
+from relay.logs import get_logger
 from relay.rewrite.context import HtmlPart, RewriteContext
 from relay.rewrite.html_scan import escape_attr
 
 if TYPE_CHECKING:
     from relay.app import App
+    from relay.tracker.plugin_routes import TrackerRoutes
+
+log = get_logger("plugins.honeypot")
 
 NAME = "honeypot"
 STYLE = ("display:none!important;max-height:0;overflow:hidden;mso-hide:all;font-size:0;"
@@ -53,3 +59,26 @@ def trackrelay_edit_html(context: RewriteContext, part: HtmlPart) -> None:
     url = f"{context.base_url}/h/{context.token('honeypot')}"
     part.insert(part.body_insert_offset(), honeypot_markup(url), owner=NAME)
     context.transaction.extra[NAME] = True
+
+
+@hookimpl
+def trackrelay_tracker_routes(routes: TrackerRoutes) -> None:
+    """``/h/<token>``, served whether or not new mail gets the link, so the links in
+    mail already sent keep working."""
+
+    async def hit(request: web.Request) -> web.Response:
+        """The same empty page whatever the token, and never a redirect; a genuine
+        token's hit is a machine ``click`` (reason ``honeypot``)."""
+        try:
+            target = await routes.target(request.match_info["token"], "honeypot",
+                                         wait=False)
+        except Exception as exc:
+            log.warning("honeypot_lookup_failed", error=repr(exc))
+            target = None
+        if target is not None:
+            await routes.record(request, "click", target, data={"honeypot": True},
+                                honeypot=True)
+        return web.Response(text="", content_type="text/html",
+                            headers={"Cache-Control": "no-store", "X-Robots-Tag": "noindex"})
+
+    routes.add("GET", "/h/{token}", hit)

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
         TrackingPolicy,
     )
     from relay.rewrite.mime import MimeTree
+    from relay.tracker.plugin_routes import TrackerRoutes
 
 hookspec = pluggy.HookspecMarker("trackrelay")
 
@@ -298,6 +299,20 @@ def trackrelay_rewrite_finished(context: RewriteContext) -> Any:
 if TYPE_CHECKING:
     from relay.engagement.facts import RequestFacts
     from relay.engagement.verdict import Verdict
+
+
+@hookspec
+def trackrelay_tracker_routes(app: App, routes: TrackerRoutes) -> Any:
+    """Once, as the tracker's web application is built: add your own endpoints with
+    ``routes.add(method, path, handler)`` (aiohttp handlers; a path of the tracker's own,
+    ``/o/``, ``/c/``, ``/u/``, ``/api/``…, is refused). In a handler,
+    ``await routes.target(token, kind)`` checks a token your plugin wrote into the mail
+    (``context.token(kind, link_index)``) and names its message and recipient, and
+    ``await routes.record(request, "click", target)`` records the hit as the pixel's
+    and links' are (classified, journaled, stored, sent to webhooks). The built-in
+    honeypot (``/h/``) and attachment downloads (``/a/``) are added this way.
+    Synchronous: implement it as a plain function.
+    """
 
 
 @hookspec

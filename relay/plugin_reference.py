@@ -31,6 +31,7 @@ from relay.rewrite.context import (
 from relay.rewrite.edits import EditConflict
 from relay.rewrite.html_scan import Attr, Scan, Tag
 from relay.rewrite.mime import MimeTree
+from relay.tracker.plugin_routes import HitTarget, TrackerRoutes
 
 #: The objects, in the order a plugin meets them, with the module to import them from.
 OBJECTS: list[tuple[type, str]] = [
@@ -44,7 +45,8 @@ OBJECTS: list[tuple[type, str]] = [
     (MimeTree, "relay.rewrite.mime"), (OutgoingMessage, "relay.outgoing"),
     (FrozenMessage, "relay.outgoing"), (App, "relay.app"),
     (RequestFacts, "relay.engagement"), (Verdict, "relay.engagement"),
-    (BounceRecord, "relay.bounces.model"),
+    (BounceRecord, "relay.bounces.model"), (TrackerRoutes, "relay.tracker.plugin_routes"),
+    (HitTarget, "relay.tracker.plugin_routes"),
 ]
 
 HEADER = """# Plugin API reference

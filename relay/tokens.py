@@ -2,7 +2,8 @@
 
 A token names a message (trackrelay's internal 8-byte id), a recipient (its index in
 the message's recipient list), a link (its index in the message; 0 for opens) and what
-it is for (open, click, unsubscribe, honeypot, bounce). It carries a key id and an
+it is for (open, click, unsubscribe, honeypot, bounce, download, or a plugin's own
+route). It carries a key id and an
 HMAC-SHA256 truncated to 80 bits, so it is verified without a database lookup and keys
 can be rotated: new mail uses the current key, old mail keeps working as long as its
 key stays in the configured list. Layout before base64url (no padding)::
@@ -23,8 +24,10 @@ _TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
 
 VERSION = 1
 MAC_LEN = 10
+#: ``plugin``: for a plugin's own tracker route (``trackrelay_tracker_routes``), its
+#: link index the plugin's to use.
 KINDS = {"open": 1, "click": 2, "unsubscribe": 3, "honeypot": 4, "bounce": 5,
-         "download": 6}
+         "download": 6, "plugin": 7}
 KIND_NAMES = {v: k for k, v in KINDS.items()}
 
 

@@ -27,7 +27,8 @@ from tests.tracker_support import API_TOKENS, TOKEN_KEY
 async def make_stack(store_url: str, sink: Sink, tmp_path: Any) -> AsyncIterator[MakeStack]:
     started: list[Stack] = []
 
-    async def _make(**sections: dict[str, Any]) -> Stack:
+    async def _make(*, extra_plugins: tuple[tuple[str, Any], ...] = (),
+                    **sections: dict[str, Any]) -> Stack:
         port = free_port()
         data: dict[str, Any] = {
             "relay": {"listen": ["127.0.0.1:0"], "hostname": "relay.test",
@@ -44,7 +45,7 @@ async def make_stack(store_url: str, sink: Sink, tmp_path: Any) -> AsyncIterator
             data.setdefault(name, {}).update(values)
         config = build_config(data, environ={})
         host = PluginHost(config, load_entry_points=False)
-        for name, module in PLUGINS:
+        for name, module in [*PLUGINS, *extra_plugins]:
             host.register(module, name)
         app = App(config, host)
         store = await open_store(store_url, spool_path=str(tmp_path / "spool.jsonl"),

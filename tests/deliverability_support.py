@@ -20,6 +20,7 @@ import aiohttp
 import aiosmtplib
 from aiohttp import web
 
+import plugins.attachments
 import plugins.bounce_events
 import plugins.links
 import plugins.pixel
@@ -42,7 +43,7 @@ PLUGINS = [
     ("links", plugins.links), ("sent_record", plugins.sent_record),
     ("recorder", plugins.recorder), ("verp", plugins.verp),
     ("suppression", plugins.suppression), ("bounce_events", plugins.bounce_events),
-    ("unsubscribe", plugins.unsubscribe),
+    ("unsubscribe", plugins.unsubscribe), ("attachments", plugins.attachments),
 ]
 
 

@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 
-from plugins import attachments
 from relay import hookimpl
 from tests.deliverability_support import MakeStack, Stack
 from tests.tracker_support import raise_when_classifying
@@ -45,7 +44,6 @@ async def stack_with(make_stack: MakeStack, **settings: Any) -> Stack:
     # (the too-soon rules have their own tests: this person downloads at once)
     stack = await make_stack(attachments={"mode": "link", "min_size": 4096, **settings},
                              engagement={"instant_seconds": 0, "suspect_seconds": 0})
-    stack.app.host.register(attachments, "attachments")
     return stack
 
 

@@ -39,7 +39,6 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-import urllib.parse
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -89,7 +88,7 @@ UNAVAILABLE_HTML = (
 _REDIRECT_SCHEMES = ("http://", "https://")
 #: How long the pixel's hits gather before they are recorded together (seconds).
 HITS_GATHER_SECONDS = 0.002
-#: ``_resolve``'s answer when the store has no such message (yet).
+#: ``resolve``'s answer when the store has no such message (yet).
 NOT_YET = "not_yet"
 #: Seconds between look-ups of a genuine open token whose message the store does not
 #: hold yet (fetched while the message was on its way): about 4 s in all.
@@ -151,10 +150,6 @@ _CLICK_RESULTS = {
     r: metrics.TRACKER_HITS.labels("click", r)
     for r in ("recorded", "invalid_token", "unknown_message")
 }
-_DOWNLOAD_RESULTS = {
-    r: metrics.TRACKER_HITS.labels("download", r)
-    for r in ("recorded", "invalid_token", "unknown_message", "expired")
-}
 _EVENTS = {
     (t, m): metrics.EVENTS.labels(t, "true" if m else "false")
     for t in ("open", "click", "download") for m in (True, False)
@@ -209,7 +204,7 @@ def _ascii_host(url: str) -> str:
     return f"{scheme}{userinfo}{at}{host}{colon}{port}{rest}"
 
 
-async def _logged_failure(recording: Awaitable[None], message_id: str,
+async def logged_failure(recording: Awaitable[None], message_id: str,
                           kind: str = "open") -> bool:
     """Record one verified hit (whether it did): a failure (a plugin's classifier
     raising, …) is logged as ``<kind>_record_failed`` and costs this hit's record alone,
@@ -222,15 +217,6 @@ async def _logged_failure(recording: Awaitable[None], message_id: str,
                   exc_info=True)
         return False
     return True
-
-
-def content_disposition(filename: str) -> str:
-    """``attachment`` with the name as ASCII and, for other characters, RFC 6266's
-    ``filename*`` in UTF-8 (RFC 8187)."""
-    ascii_name = "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else "_"
-                         for c in filename) or "attachment"
-    encoded = urllib.parse.quote(filename, safe="")
-    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{encoded}"
 
 
 _HTML = ("Content-Type", "text/html; charset=utf-8")
@@ -305,23 +291,21 @@ class RecipientEndpoints:
     def add_routes(self, web_app: web.Application) -> None:
         web_app.router.add_get("/o/{name}", self.open_pixel)
         web_app.router.add_get("/c/{token}", self.click)
-        web_app.router.add_get("/h/{token}", self.honeypot)
-        web_app.router.add_get("/a/{token}", self.download)
 
-    async def _resolve_soon(self, data: TokenData) -> tuple[MessageLookup, str | None] | str:
-        """``_resolve``, looking again for under a second when the message is not known
+    async def resolve_soon(self, data: TokenData) -> tuple[MessageLookup, str | None] | str:
+        """``resolve``, looking again for under a second when the message is not known
         yet: it was just delivered and its record may be on its way (a click or a
         download waits for its answer)."""
-        resolved = await self._resolve(data)
+        resolved = await self.resolve(data)
         for delay in CLICK_DELAYS:
             if resolved != NOT_YET:
                 break
             await asyncio.sleep(delay)
-            resolved = await self._resolve(data, fresh=True)
+            resolved = await self.resolve(data, fresh=True)
         return resolved
 
-    async def _resolve(self, data: TokenData, fresh: bool = False
-                       ) -> tuple[MessageLookup, str | None] | str:
+    async def resolve(self, data: TokenData, fresh: bool = False
+                      ) -> tuple[MessageLookup, str | None] | str:
         """The message a verified token names and its recipient address; or why not
         (``not_yet``: no such message in the store, yet).
 
@@ -346,10 +330,10 @@ class RecipientEndpoints:
             https=self.inspector.address.scheme(peer, headers, hit.scheme) == "https",
             ref=hit.ref)
 
-    async def _record(self, request: web.Request | _Seen, kind: str, message_id: str,
-                      recipient: str | None, link_index: int | None,
-                      message: MessageLookup | None, extra: dict[str, Any] | None = None,
-                      honeypot: bool = False) -> None:
+    async def record(self, request: web.Request | _Seen, kind: str, message_id: str,
+                     recipient: str | None, link_index: int | None,
+                     message: MessageLookup | None, extra: dict[str, Any] | None = None,
+                     honeypot: bool = False) -> None:
         seen = request if isinstance(request, _Seen) else self._seen(_Hit.of(request))
         client = seen.client
         data: dict[str, Any] = client.data  # fresh per request: the event may own it
@@ -447,21 +431,21 @@ class RecipientEndpoints:
     async def _open(self, hit: _Hit, data: TokenData) -> None:
         later: list[bool] = []
         try:
-            await _logged_failure(self._record_open(hit, data, later), data.message_id)
+            await logged_failure(self._record_open(hit, data, later), data.message_id)
         finally:
             if not later:  # else the late look-up settles it
                 self._settled(hit.ref)
 
     async def _record_open(self, hit: _Hit, data: TokenData, later: list[bool]) -> None:
         try:
-            resolved = await self._resolve(data)
+            resolved = await self.resolve(data)
         except Exception as exc:
             # The store is unreachable and this message is not cached: the token is
             # genuine, so keep the open (the writer spools it) with the recipient's index
             # instead of its address.
             log.warning("open_lookup_failed", message=data.message_id, error=repr(exc))
-            await self._record(self._seen(hit), "open", data.message_id, None, None, None,
-                               {"recipient_index": data.recipient_index, "unresolved": True})
+            await self.record(self._seen(hit), "open", data.message_id, None, None, None,
+                              {"recipient_index": data.recipient_index, "unresolved": True})
             _count(_OPEN_RESULTS["recorded"])
             return
         if resolved == NOT_YET:
@@ -470,8 +454,8 @@ class RecipientEndpoints:
         elif isinstance(resolved, str):
             _count(_OPEN_RESULTS[resolved])
         else:
-            await self._record(self._seen(hit), "open", data.message_id, resolved[1], None,
-                               resolved[0])
+            await self.record(self._seen(hit), "open", data.message_id, resolved[1], None,
+                              resolved[0])
             _count(_OPEN_RESULTS["recorded"])
 
     async def settle(self) -> None:
@@ -490,7 +474,7 @@ class RecipientEndpoints:
 
     async def _late_settled(self, seen: _Seen, data: TokenData) -> None:
         try:
-            await _logged_failure(self._late_open(seen, data), data.message_id)
+            await logged_failure(self._late_open(seen, data), data.message_id)
         finally:
             self._settled(seen.ref)
 
@@ -502,15 +486,15 @@ class RecipientEndpoints:
         for delay in LATE_DELAYS:
             await asyncio.sleep(delay)
             try:
-                resolved = await self._resolve(data, fresh=True)
+                resolved = await self.resolve(data, fresh=True)
             except Exception:
                 continue  # the database is away: try again, then give up like the others
             if resolved == NOT_YET:
                 continue
             if isinstance(resolved, str):
                 break
-            await self._record(seen, "open", data.message_id, resolved[1], None,
-                               resolved[0])
+            await self.record(seen, "open", data.message_id, resolved[1], None,
+                              resolved[0])
             _count(_OPEN_RESULTS["recorded"])
             return
         _count(_OPEN_RESULTS["unknown_message"])
@@ -547,7 +531,7 @@ class RecipientEndpoints:
             _count(_CLICK_RESULTS["invalid_token"])
             return NOT_FOUND
         try:
-            resolved = await self._resolve_soon(data)
+            resolved = await self.resolve_soon(data)
             url = None
             if not isinstance(resolved, str):
                 url = await self.targets.link(data.message_id, data.link_index)
@@ -558,66 +542,12 @@ class RecipientEndpoints:
                 _REDIRECT_SCHEMES):
             _count(_CLICK_RESULTS["unknown_message"])
             return NOT_FOUND
-        if await _logged_failure(self._record(self._seen(hit), "click", data.message_id,
-                                              resolved[1], data.link_index, resolved[0]),
-                                 data.message_id, "click"):
+        if await logged_failure(self.record(self._seen(hit), "click", data.message_id,
+                                            resolved[1], data.link_index, resolved[0]),
+                                data.message_id, "click"):
             _count(_CLICK_RESULTS["recorded"])
         return Answer(302, (("Location", safe_location(url)), *_REDIRECT_FIELDS))
 
-
-    async def download(self, request: web.Request) -> web.Response:
-        """``GET /a/<token>``: an attachment ``[attachments] mode = "link"`` took out of a
-        message, as it was, while the link lasts (``expire_days`` after the message was
-        sent); a ``download`` event. Anything else is a plain 404, never a redirect."""
-        data = self.app.tokens.decode(request.match_info["token"], "download")
-        if data is None:
-            _count(_DOWNLOAD_RESULTS["invalid_token"])
-            return NOT_FOUND.response()
-        resolved = await self._resolve_soon(data)
-        found = None if isinstance(resolved, str) else await self.store.get_attachment(
-            data.message_id, data.link_index)
-        if isinstance(resolved, str) or found is None:
-            _count(_DOWNLOAD_RESULTS["unknown_message"])
-            return NOT_FOUND.response()
-        message = resolved[0]
-        expires = message["created_at"] + self.app.config.attachments.expire_days * 86400
-        content = found["content"]
-        if content is None:  # kept by a storage plugin
-            content = await self.app.host.first("trackrelay_attachment_get", app=self.app,
-                                                blob_id=found["blob_id"])
-        if time.time() > expires or content is None:
-            _count(_DOWNLOAD_RESULTS["expired"])
-            return NOT_FOUND.response()
-        extra = {"filename": found["filename"], "size": found["size"]}
-        if await _logged_failure(self._record(request, "download", data.message_id,
-                                              resolved[1], data.link_index, message, extra),
-                                 data.message_id, "download"):
-            _count(_DOWNLOAD_RESULTS["recorded"])
-        return web.Response(body=content, headers={
-            "Content-Type": found["content_type"],
-            "Content-Disposition": content_disposition(found["filename"]),
-            "Cache-Control": "private, no-store",
-            "X-Content-Type-Options": "nosniff",
-            "Referrer-Policy": "no-referrer",
-        })
-
-    async def honeypot(self, request: web.Request) -> web.Response:
-        """The hidden link of the ``honeypot`` plugin: only machines follow it. The hit is
-        a machine ``click`` (reason ``honeypot``); the answer is the same empty page
-        whatever the token, and never a redirect."""
-        data = self.app.tokens.decode(request.match_info["token"], "honeypot")
-        if data is not None:
-            try:
-                resolved = await self._resolve(data)
-            except Exception as exc:
-                log.warning("honeypot_lookup_failed", message=data.message_id,
-                            error=repr(exc))
-                resolved = "unknown_message"
-            if not isinstance(resolved, str):
-                await self._record(request, "click", data.message_id, resolved[1], None,
-                                   resolved[0], {"honeypot": True}, honeypot=True)
-        return web.Response(text="", content_type="text/html",
-                            headers={"Cache-Control": "no-store", "X-Robots-Tag": "noindex"})
 
     def close(self) -> None:
         self.inspector.close()

@@ -5,6 +5,8 @@ and ``trackrelay tracker`` alone (several trackers may serve one tracking domain
 a load balancer, sharing a PostgreSQL store). Routes:
 
 * ``GET|HEAD /o/<token>.gif`` and ``/c/<token>``: relay.tracker.recipient
+* plugins' own routes (``trackrelay_tracker_routes``): ``/h/<token>`` (honeypot),
+  ``/a/<token>`` (attachment downloads), and any a third-party plugin adds
 * ``/api/v1/…``: relay.tracker.api (OpenAPI document at ``/api/v1/openapi.json``)
 * ``/healthz`` (process alive), ``/readyz`` (store answers), ``/metrics`` (Prometheus)
 * ``/ui/…``: the dashboard (relay.tracker.dashboard), unless ``http.dashboard`` is off
@@ -33,6 +35,7 @@ from relay.store.rollups import ReportRoller
 from relay.tracker.api import Api
 from relay.tracker.deliverability_api import add_deliverability_routes
 from relay.tracker.pixel_door import MAX_FIELD_SIZE, DoorLimits, PixelDoor, PixelSite
+from relay.tracker.plugin_routes import TrackerRoutes
 from relay.tracker.recipient import RecipientEndpoints
 from relay.tracker.unsubscribe import add_unsubscribe_routes
 from relay.tracker.webhooks import WebhookDispatcher
@@ -101,6 +104,9 @@ def create_web_app(app: App) -> web.Application:
     recipient = RecipientEndpoints(app)
     recipient.add_routes(web_app)
     web_app[RECIPIENT] = recipient
+    # Plugins' own endpoints (the built-in honeypot and downloads among them).
+    app.host.pm.hook.trackrelay_tracker_routes(app=app,
+                                               routes=TrackerRoutes(web_app, recipient))
     add_unsubscribe_routes(web_app, app)  # /u/<token>
     web_app.router.add_get("/healthz", healthz)
     web_app.router.add_get("/readyz", readyz)

@@ -1,0 +1,110 @@
+"""What a plugin's own tracker endpoints use (hook ``trackrelay_tracker_routes``): add a
+route, find what a verified token names, record a hit the way the built-in doors do.
+
+Why: the built-in honeypot link (``/h/``) and attachment downloads (``/a/``) are plugins
+like any other, so their endpoints are added through this, and a third-party plugin adds
+one of its own the same way (a "view in browser" page, a one-click poll…): its hits are
+verified, classified human or machine, journaled before the answer, stored and sent to
+webhooks like the pixel's and the links'.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from aiohttp import web
+
+from relay.tokens import KINDS
+from relay.tracker.recipient import NOT_FOUND, UNAVAILABLE, RecipientEndpoints, logged_failure
+
+if TYPE_CHECKING:
+    from relay.store.base import MessageLookup
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+#: Paths the tracker serves itself: a plugin's route may not begin with one.
+RESERVED = ("/o/", "/c/", "/u/", "/api/", "/ui/", "/healthz", "/readyz", "/metrics")
+
+
+@dataclass(frozen=True)
+class HitTarget:
+    """What a verified token names: its message (``message``: the stored record, with
+    ``created_at``, ``delivered_at``, ``recipients``…), the recipient's address (``None``
+    for a message sent to several recipients at once, whose hits name no one) and the
+    token's link index (a number the plugin that wrote the token chose)."""
+
+    message_id: str
+    recipient: str | None
+    link_index: int
+    message: MessageLookup
+
+
+class TrackerRoutes:
+    """Handed to ``trackrelay_tracker_routes`` once, as the tracker's web application is
+    built."""
+
+    def __init__(self, web_app: web.Application, endpoints: RecipientEndpoints) -> None:
+        self._web_app = web_app
+        self._endpoints = endpoints
+
+    def add(self, method: str, path: str, handler: Handler) -> None:
+        """Serve ``method`` (``GET`` also answers ``HEAD``) on ``path`` (aiohttp's route
+        syntax: ``/v/{token}``) with ``handler(request)``. Raises ``ValueError`` for a
+        path the tracker serves itself (``RESERVED``)."""
+        if not path.startswith("/") or path.startswith(RESERVED) or path.rstrip("/") in {
+                r.rstrip("/") for r in RESERVED}:
+            raise ValueError(f"tracker route {path!r}: not a path of its own (the tracker "
+                             f"serves {', '.join(RESERVED)})")
+        if method.upper() == "GET":
+            self._web_app.router.add_get(path, handler)
+        else:
+            self._web_app.router.add_route(method.upper(), path, handler)
+
+    async def target(self, token: str, kind: str, *, wait: bool = True) -> HitTarget | None:
+        """What ``token`` names if it is genuine, of ``kind`` and its message is known;
+        else ``None``. ``kind`` is the one the token was written with
+        (``context.token(kind, link_index)``): ``"plugin"`` for a route of a plugin's
+        own, whose link index the plugin chooses (``relay.tokens.KINDS`` lists all). ``wait``: look again for
+        under a second when the message is not stored yet (it was just delivered), as a
+        click does. Raises what the store raises when it cannot be read (answer
+        ``routes.unavailable()``)."""
+        if kind not in KINDS:
+            raise ValueError(f"token kind {kind!r}: not one of {', '.join(KINDS)}")
+        endpoints = self._endpoints
+        data = endpoints.app.tokens.decode(token, kind)
+        if data is None:
+            return None
+        resolved = await (endpoints.resolve_soon(data) if wait else endpoints.resolve(data))
+        if isinstance(resolved, str):
+            return None
+        message, recipient = resolved
+        return HitTarget(data.message_id, recipient, data.link_index, message)
+
+    async def record(self, request: web.Request,
+                     event_type: Literal["open", "click", "download"], target: HitTarget,
+                     *, link_index: int | None = None, data: dict[str, Any] | None = None,
+                     honeypot: bool = False) -> bool:
+        """Record ``request`` as an ``event_type`` event of ``target``'s message and
+        recipient: classified human or machine (``honeypot``: it followed a link no
+        person can see, so it is machine), journaled, queued for the store and the
+        webhooks. ``data`` goes into the event's ``data``. Whether it was recorded: a
+        failure (a classifier plugin raising…) is logged and costs this record alone,
+        never the answer."""
+        return await logged_failure(
+            self._endpoints.record(request, event_type, target.message_id,
+                                   target.recipient, link_index, target.message, data,
+                                   honeypot=honeypot),
+            target.message_id, event_type)
+
+    @staticmethod
+    def not_found() -> web.Response:
+        """The tracker's plain 404 page (never a redirect), for a token that is not
+        genuine or names nothing known."""
+        return NOT_FOUND.response()
+
+    @staticmethod
+    def unavailable() -> web.Response:
+        """The tracker's 503 with ``Retry-After``, for a store that cannot be read now."""
+        return UNAVAILABLE.response()
