@@ -248,6 +248,11 @@ async def test_events_with_their_own_ids_are_deduplicated_by_the_writer(
 # --- messages --------------------------------------------------------------------------------
 
 
+def human() -> dict[str, Any]:
+    """An open's or click's data as the tracker writes it for a person's."""
+    return {"verdict": "human"}
+
+
 async def _populate(store: Store) -> float:
     base = 1_800_000_000.0
     senders = ["alice@example.com", "bob@example.com", "carol@other.org"]
@@ -255,9 +260,10 @@ async def _populate(store: Store) -> float:
         await send(store, mid(n), at=base + n * 60, sender=senders[n % 3],
                    recipients=(f"r{n % 4}@dest.org",), campaign=("c1" if n < 12 else "c2"))
     # Statuses: 0 opened, 1 clicked, 2 bounced, 3 opened only by a machine (not_opened).
-    store.enqueue(Event("open", mid(0), "r0@dest.org", time=base + 100))
-    store.enqueue(Event("open", mid(1), "r1@dest.org", time=base + 100))
-    store.enqueue(Event("click", mid(1), "r1@dest.org", time=base + 110, link_index=0))
+    store.enqueue(Event("open", mid(0), "r0@dest.org", time=base + 100, data=human()))
+    store.enqueue(Event("open", mid(1), "r1@dest.org", time=base + 100, data=human()))
+    store.enqueue(Event("click", mid(1), "r1@dest.org", time=base + 110, link_index=0,
+                        data=human()))
     store.enqueue(Event("bounce", mid(2), "r2@dest.org", time=base + 120))
     store.enqueue(Event("open", mid(3), "r3@dest.org", time=base + 130, machine=True,
                         machine_reason="apple_mpp"))
@@ -315,11 +321,13 @@ async def test_list_messages_pagination_and_filters(store: Store) -> None:
 async def test_message_detail(store: Store) -> None:
     await send(store, mid(5), recipients=("a@x.org", "b@x.org"), links=3)
     for rcpt, link in [("a@x.org", 0), ("a@x.org", 0), ("b@x.org", 0), ("b@x.org", 2)]:
-        store.enqueue(Event("click", mid(5), rcpt, link_index=link))
+        store.enqueue(Event("click", mid(5), rcpt, link_index=link, data=human()))
     store.enqueue(Event("click", mid(5), "a@x.org", link_index=1, machine=True,
                         machine_reason="security_scanner"))
-    store.enqueue(Event("open", mid(5), "a@x.org"))
-    store.enqueue(Event("open", mid(5), "a@x.org"))
+    store.enqueue(Event("open", mid(5), "a@x.org", data=human()))
+    store.enqueue(Event("open", mid(5), "a@x.org", data=human()))
+    # Too early to tell: not a person's open, though not flagged machine.
+    store.enqueue(Event("open", mid(5), "b@x.org", data={"verdict": "unknown"}))
     store.enqueue(Event("open", mid(5), "b@x.org", machine=True))
     await store.flush()
     detail = await store.get_message(mid(5))
@@ -330,10 +338,10 @@ async def test_message_detail(store: Store) -> None:
         (0, 3, 2), (1, 0, 0), (2, 1, 1)]
     all_events = await store.get_message(mid(5), include_machine=True)
     assert all_events is not None
-    assert all_events["open_count"] == 3 and all_events["unique_opens"] == 2
+    assert all_events["open_count"] == 4 and all_events["unique_opens"] == 2
     assert all_events["links"][1]["clicks"] == 1
     times = [e["time"] for e in detail["timeline"]]
-    assert times == sorted(times) and len(times) == 2 + 8
+    assert times == sorted(times) and len(times) == 2 + 9
     assert await store.get_message(mid(5), scope="other.org") is None
     assert await store.get_message(mid(5), scope="example.com") is not None
 

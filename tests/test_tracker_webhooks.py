@@ -170,6 +170,36 @@ async def test_first_open_fires_once_per_recipient_across_processes(
     assert all(h.answered == 200 for h in receiver.hits)
 
 
+async def test_an_open_too_early_to_tell_is_no_first_open(make_tracker: MakeTracker,
+                                                           receiver: Receiver) -> None:
+    """A mail client's open seconds after delivery is ``unknown`` (a scanner's fetch looks
+    the same): not a person's, so no ``first_open`` and the message is not ``opened``."""
+    t = await make_tracker({"engagement": {"instant_seconds": 0, "suspect_seconds": 3600}},
+                           **_hooks(receiver))
+    sent = await seed_message(t.store, links=["https://shop.example/x"])
+    browser = {"User-Agent": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 "
+                             "(KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36"}
+    async with t.http.get(t.pixel_url(sent.message_id, 0), headers=browser) as resp:
+        assert resp.status == 200
+    async with t.http.get(t.click_url(sent.message_id, 0, 0), headers=browser,
+                          allow_redirects=False) as resp:
+        assert resp.status == 302
+
+    async def clicked() -> bool:
+        return len(receiver.delivered("/a")) == 1
+
+    await wait_for(clicked)
+    await asyncio.sleep(0.5)  # the feeder has long seen the open
+    (click,) = receiver.delivered("/a")
+    assert click["type"] == "click" and click["event"]["verdict"] == "unknown"
+    assert receiver.delivered("/b") == []
+    (opened,) = (await t.store.list_events(type="open")).items
+    assert (opened["verdict"], opened["machine"]) == ("unknown", False)
+    detail = await t.store.get_message(sent.message_id)
+    assert detail is not None and detail["status"] == "not_opened"
+    assert detail["open_count"] == 0
+
+
 def test_signature_format() -> None:
     header = signing.sign("k" * 16, b'{"a":1}', timestamp=1700000000)
     assert header == ("t=1700000000,v1=" + __import__("hmac").new(

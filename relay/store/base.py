@@ -24,8 +24,9 @@ Conventions
   :class:`relay.store.writer.EventWriter`; a read right after ``enqueue`` may not see
   the event until ``await store.flush()``.
 * Event ``type`` is one of ``relay.records.EVENT_TYPES``. Message ``status`` is one of
-  ``not_opened``, ``opened``, ``clicked``, ``bounced``, computed from human events
-  (``machine = false``): clicked > opened > bounced > not_opened.
+  ``not_opened``, ``opened``, ``clicked``, ``bounced``, computed from a person's opens
+  and clicks (verdict ``human`` or ``human_proxy``) and bounces: clicked > opened >
+  bounced > not_opened.
 """
 
 from __future__ import annotations

@@ -58,7 +58,10 @@ MESSAGE_COLUMNS = """m.seq, m.id, m.header_message_id, m.sender, m.campaign, m.s
 m.tracked, m.track_opens, m.track_clicks, m.shared, m.skip_reason, m.submitted_by,
 m.created_at, m.delivered_at, m.upstream_reply, m.queue_id"""
 
-HUMAN = "e.machine = FALSE"
+#: A person's open or click: the verdicts ``human`` and ``human_proxy`` (README, "Human or
+#: machine"). ``unknown`` (too early to tell: a scanner's fetch seconds after delivery
+#: looks the same) is not a person's, though it is not flagged ``machine``.
+HUMAN = "e.machine = FALSE AND e.verdict IN ('human', 'human_proxy')"
 
 STATUS_CASE = f"""CASE
   WHEN EXISTS (SELECT 1 FROM events e WHERE e.message_id = m.id AND e.type = 'click'
@@ -66,7 +69,7 @@ STATUS_CASE = f"""CASE
   WHEN EXISTS (SELECT 1 FROM events e WHERE e.message_id = m.id AND e.type = 'open'
                AND {HUMAN}) THEN 'opened'
   WHEN EXISTS (SELECT 1 FROM events e WHERE e.message_id = m.id AND e.type = 'bounce'
-               AND {HUMAN})
+               AND e.machine = FALSE)
        OR NOT EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id
                       AND r.status = 'accepted') THEN 'bounced'
   ELSE 'not_opened' END"""
@@ -544,7 +547,7 @@ class SqlStore(ContactScoresSql, Store):
         if until is not None:
             where.add("e.time < ?", float(until))
         if machine is not None:
-            where.add("e.machine = TRUE" if machine else HUMAN)
+            where.add(f"e.machine = {'TRUE' if machine else 'FALSE'}")
         if order == "desc":
             if cursor:
                 c_time, c_seq = decode_cursor(cursor, (float, int))

@@ -1,10 +1,11 @@
 """First-open mail: tell a sender by email when a recipient first opens their message.
 
 Optional (``[tracker.first_open_mail]``, off by default). It rides the webhook outbox:
-the feeder adds a delivery to the pseudo-endpoint ``mailto:sender`` for the first human
-(``machine = false``) open of each message and recipient, with the same dedupe key as
-the ``first_open`` webhook (``first_open:<message>:<recipient>``), so a notice goes out
-once ever whichever tracker process saw the open; the sender loop then sends it through
+the feeder adds a delivery to the pseudo-endpoint ``mailto:sender`` for the first open
+of each message and recipient that is a person's (verdict ``human`` or
+``human_proxy``), with the same dedupe key as the ``first_open`` webhook
+(``first_open:<message>:<recipient>``), so a notice goes out once ever whichever
+tracker process saw the open; the sender loop then sends it through
 the relay's own upstream (``[upstream]``; the capture folder in capture mode) instead of
 POSTing it. An unreachable upstream or a 4xx is retried with the webhooks' backoff; a
 5xx fails the delivery at once; failed notices are listed by

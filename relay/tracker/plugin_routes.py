@@ -66,10 +66,10 @@ class TrackerRoutes:
         """What ``token`` names if it is genuine, of ``kind`` and its message is known;
         else ``None``. ``kind`` is the one the token was written with
         (``context.token(kind, link_index)``): ``"plugin"`` for a route of a plugin's
-        own, whose link index the plugin chooses (``relay.tokens.KINDS`` lists all). ``wait``: look again for
-        under a second when the message is not stored yet (it was just delivered), as a
-        click does. Raises what the store raises when it cannot be read (answer
-        ``routes.unavailable()``)."""
+        own, whose link index the plugin chooses (``relay.tokens.KINDS`` lists all).
+        ``wait``: look again for under a second when the message is not stored yet (it
+        was just delivered), as a click does. Raises what the store raises when it
+        cannot be read (answer ``routes.unavailable()``)."""
         if kind not in KINDS:
             raise ValueError(f"token kind {kind!r}: not one of {', '.join(KINDS)}")
         endpoints = self._endpoints

@@ -4,8 +4,9 @@ Two background loops run in every tracker process that has ``[[tracker.webhooks]
 
 * the **feeder** follows the store's event log (from the moment the process started)
   and adds one outbox delivery per event and endpoint that wants its type. It adds a
-  ``first_open`` delivery for the first human (``machine = false``) open of each
-  message and recipient. Outbox entries carry a dedupe key (``event:<id>`` and
+  ``first_open`` delivery for the first open of each message and recipient that is a
+  person's (verdict ``human`` or ``human_proxy``; not ``unknown``, too early to tell).
+  Outbox entries carry a dedupe key (``event:<id>`` and
   ``first_open:<message>:<recipient>``), so several tracker processes following the
   same store add each delivery once, and ``first_open`` fires once ever;
 * the **sender** claims due deliveries (a lease stops two processes sending the same
@@ -52,6 +53,7 @@ import aiohttp
 from relay import metrics
 from relay.background import BackgroundTasks, Failing
 from relay.config import WebhookConfig
+from relay.engagement.verdict import HUMAN_VERDICTS
 from relay.logs import get_logger
 from relay.store.base import iso_time
 from relay.tracker import open_mail, signing
@@ -200,7 +202,8 @@ class WebhookDispatcher:
         and for a person's open, the ``first_open`` ones (webhooks and sender mail share
         the once-ever key)."""
         kind = row["type"]
-        first_open = kind == "open" and not row["machine"]
+        first_open = (kind == "open" and not row["machine"]
+                      and row["verdict"] in HUMAN_VERDICTS)
         first_key = f"first_open:{row['message_id']}:{row['recipient'] or ''}"
         first_payload = payload_for("first_open", row, first_key) if first_open else ""
         for url, hook in self.hooks.items():
