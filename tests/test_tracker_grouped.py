@@ -121,6 +121,22 @@ async def test_csv_and_bad_parameters(make_tracker: MakeTracker) -> None:
         assert status == 400 and body["parameter"] == name
 
 
+async def test_a_campaign_name_is_never_a_formula_in_the_csv(make_tracker: MakeTracker) -> None:
+    """Any sender names its campaign (``X-Trackrelay-Campaign``): one beginning a
+    spreadsheet formula is exported as text (OWASP "CSV Injection")."""
+    t = await make_tracker()
+    for name in ("=1+2+cmd|' /C calc'!A0", "+SUM(1,1)", "@SUM(A1)", "-2", "spring"):
+        await seed_message(t.store, campaign=name)
+    async with t.http.get(f"{t.base}/api/v1/stats",
+                          params={"group_by": "campaign", "format": "csv"},
+                          headers={"Authorization": "Bearer admin-token-0123456789abcdef"}
+                          ) as resp:
+        rows = list(csv.DictReader(io.StringIO(await resp.text())))
+    assert sorted(r["key"] for r in rows) == sorted([
+        "'=1+2+cmd|' /C calc'!A0", "'+SUM(1,1)", "'@SUM(A1)", "'-2", "spring"])
+    assert all(r["delivered"] == "1" for r in rows)
+
+
 async def test_the_cli_prints_the_same_groups(make_tracker: MakeTracker, tmp_path: Any,
                                               store_url: str) -> None:
     t = await make_tracker()

@@ -39,6 +39,7 @@ from relay.store.base import SuppressionRow, domain_of, iso_time
 from relay.tracker.api import SCOPE_KEY, Api, BadParameter, Query, error, ok, read_body
 from relay.tracker.lookups import require_store
 from relay.tracker.openapi import ADDRESS_PATTERN, SCOPE_PATTERN
+from relay.tracker.spreadsheet import read_cell, text_cell
 
 if TYPE_CHECKING:
     from relay.app import App
@@ -105,14 +106,15 @@ def suppressions_csv(rows: list[SuppressionRow]) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     for row in rows:
-        writer.writerow([row["address"], scope_name(row["scope"]), row["reason"],
-                         row["event_id"] or "", iso_time(row["created_at"])])
+        writer.writerow([text_cell(row["address"]), scope_name(row["scope"]),
+                         text_cell(row["reason"]), row["event_id"] or "",
+                         iso_time(row["created_at"])])
     return out.getvalue()
 
 
 def _cell(cells: list[str], columns: dict[str, int], name: str) -> str:
     i = columns.get(name)
-    return cells[i].strip() if i is not None and i < len(cells) else ""
+    return read_cell(cells[i].strip()) if i is not None and i < len(cells) else ""
 
 
 def _rows(text: str) -> Iterator[list[str]]:

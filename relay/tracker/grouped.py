@@ -1,6 +1,7 @@
 """Grouped reports as CSV (``GET /api/v1/stats?group_by=…&format=csv``, ``trackrelay stats
 --group-by … --csv``); the groups themselves come from ``Store.grouped_stats``
-(``relay.store.grouped`` says what each group means)."""
+(``relay.store.grouped`` says what each group means). A key that would begin a
+spreadsheet formula is written as text (relay.tracker.spreadsheet)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import csv
 import io
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+from relay.tracker.spreadsheet import text_cell
 
 CSV_COLUMNS = ("key", "delivered", "opens_human", "opens_all", "unique_opens_human",
                "unique_opens_all", "clicks_human", "clicks_all", "unique_clicks_human",
@@ -21,7 +24,8 @@ def to_csv(rows: Iterable[Mapping[str, Any]]) -> str:
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(CSV_COLUMNS)
     for g in rows:
-        cells: list[Any] = ["" if g["key"] is None else g["key"], g.get("delivered", "")]
+        cells: list[Any] = ["" if g["key"] is None else text_cell(g["key"]),
+                            g.get("delivered", "")]
         for name in ("opens", "unique_opens", "clicks", "unique_clicks"):
             cells += [g[name]["human"], g[name]["all"]]
         for name in ("open_rate", "click_rate"):
