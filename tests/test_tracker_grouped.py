@@ -137,6 +137,26 @@ async def test_a_campaign_name_is_never_a_formula_in_the_csv(make_tracker: MakeT
     assert all(r["delivered"] == "1" for r in rows)
 
 
+async def test_groups_without_a_key_match_the_openapi_document(
+        make_tracker: MakeTracker) -> None:
+    """Mail without a campaign and opens from nowhere known group under a null key; the
+    served OpenAPI document must admit what the API answers (a strict client checks)."""
+    from openapi_schema_validator import OAS30Validator
+
+    t = await make_tracker()
+    await scenario(t)
+    await seed_message(t.store, campaign=None)
+    headers = {"Authorization": "Bearer admin-token-0123456789abcdef"}
+    async with t.http.get(f"{t.base}/api/v1/openapi.json", headers=headers) as resp:
+        document = await resp.json()
+    schema = {**document["components"]["schemas"]["PeriodStats"],
+              "components": document["components"]}
+    for group_by in ("campaign", "country"):
+        status, body = await t.api("/stats", group_by=group_by)
+        assert status == 200 and None in [g["key"] for g in body["groups"]], body
+        OAS30Validator(schema).validate(body)
+
+
 async def test_the_cli_prints_the_same_groups(make_tracker: MakeTracker, tmp_path: Any,
                                               store_url: str) -> None:
     t = await make_tracker()

@@ -226,3 +226,24 @@ def fuzz(document: dict[str, Any], operations: list[Any], token: str,
 
         check()
     assert calls >= len(operations) * 3
+
+
+def test_nullable_is_always_beside_a_type() -> None:
+    """OAS 3.0.3 (Schema Object, ``nullable``): it takes effect only where ``type`` is in
+    the same schema; elsewhere a null answer fails a strict client's validation."""
+    from relay.tracker.openapi import openapi_document
+
+    loose: list[str] = []
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, dict):
+            if node.get("nullable") and "type" not in node:
+                loose.append(path)
+            for key, value in node.items():
+                walk(value, f"{path}/{key}")
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, f"{path}/{i}")
+
+    walk(openapi_document(), "")
+    assert loose == []

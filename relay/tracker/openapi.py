@@ -129,7 +129,8 @@ CONTACT = _obj({
 _HUMAN_ALL = _obj({"human": _int(), "all": _int()})
 _RATES = _obj({"human": _num(), "all": _num()})
 GROUP = _obj({
-    "key": {"nullable": True, "oneOf": [_str(), _int()]},
+    # (OAS 3.0.3: ``nullable`` counts only beside a ``type``, so the null goes in a member)
+    "key": {"oneOf": [_str(nullable=True), _int()]},
     "opens": _HUMAN_ALL, "unique_opens": _HUMAN_ALL,
     "clicks": _HUMAN_ALL, "unique_clicks": _HUMAN_ALL,
     "delivered": _int(), "open_rate": _RATES, "click_rate": _RATES,
