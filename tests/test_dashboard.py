@@ -13,6 +13,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import aiohttp
 import pytest
+import yarl
 from aiohttp import web
 
 from relay.app import App
@@ -24,7 +25,7 @@ from relay.tracker.dashboard.site import CSP
 from relay.tracker.web import create_web_app, listen
 from tests.conftest import free_port, wait_listening
 from tests.dashboard_support import SECTIONS, XSS_SUBJECT, csrf_of, seed, sign_in
-from tests.deliverability_support import MakeStack
+from tests.deliverability_support import MakeStack, campaign_message
 from tests.tracker_support import ADMIN_TOKEN, API_TOKENS, EXAMPLE_TOKEN, OTHER_TOKEN
 
 pytest_plugins = ("tests.deliverability_fixtures",)
@@ -223,6 +224,26 @@ async def test_scoped_session_sees_only_its_senders(make_stack: MakeStack) -> No
         listing = await get(http, f"{stack.base}/ui/messages")
         assert s.launch in listing and s.other not in listing
         await get(http, f"{stack.base}/ui/messages/{s.other}", status=404)
+
+
+async def test_a_campaign_link_opens_that_campaign(make_stack: MakeStack) -> None:
+    """A campaign's name is one path segment of its page's link: a ``/`` in it is
+    percent-encoded, so ``spring/../../messages`` cannot resolve to another page
+    (RFC 3986 section 3.3; a browser removes dot segments before it asks)."""
+    stack = await make_stack(**SECTIONS)
+    name = "spring/../../messages?x#y"
+    await stack.send("alice@example.com", ["carol@customer.test"],
+                     campaign_message("alice@example.com", "carol@customer.test",
+                                      campaign=name))
+    (sent,) = await stack.wait_events(type="sent")
+    async with aiohttp.ClientSession(cookie_jar=jar()) as http:
+        await sign_in(http, stack.base, ADMIN_TOKEN)
+        expected = "/ui/campaigns/spring%2F..%2F..%2Fmessages%3Fx%23y"
+        for page in ("/ui/campaigns", f"/ui/messages/{sent['message_id']}"):
+            assert f'href="{expected}"' in await get(http, f"{stack.base}{page}"), page
+        url = yarl.URL(stack.base + expected, encoded=True)
+        campaign = await get(http, str(url))
+        assert f'Campaign <span class="tag big">{html.escape(name)}</span>' in campaign
 
 
 async def test_pages_escape_what_came_in_mail(make_stack: MakeStack) -> None:

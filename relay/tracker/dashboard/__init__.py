@@ -28,11 +28,12 @@ async def _to_index(request: web.Request) -> web.StreamResponse:
 
 def add_dashboard(web_app: web.Application, app: App) -> None:
     """Serve the dashboard's routes under ``/ui/`` of ``web_app``."""
-    from relay.tracker.dashboard.pages import Pages, contact_url
+    from relay.tracker.dashboard.pages import Pages, campaign_url, contact_url
     from relay.tracker.dashboard.site import Site
 
     site = Site(app)
     site.env.globals["contact_url"] = contact_url
+    site.env.globals["campaign_url"] = campaign_url
     pages = Pages(site)
     r = site.route
     ui = web.Application()

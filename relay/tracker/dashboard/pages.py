@@ -516,4 +516,10 @@ def contact_url(address: str) -> str:
     return "/ui/contacts/" + quote(address, safe="@")
 
 
-__all__ = ["Pages", "contact_url"]
+def campaign_url(name: str) -> str:
+    """A campaign's page: its name is one path segment, ``/`` included, so a name with
+    ``/../`` in it cannot lead a browser elsewhere (RFC 3986 section 3.3)."""
+    return "/ui/campaigns/" + quote(name, safe="")
+
+
+__all__ = ["Pages", "campaign_url", "contact_url"]
