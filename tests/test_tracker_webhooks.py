@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 
 from relay.tracker import signing
+from relay.tracker.web import DISPATCHER
 from tests.tracker_support import (
     MakeTracker,
     post_endpoint,
@@ -198,6 +199,34 @@ async def test_an_open_too_early_to_tell_is_no_first_open(make_tracker: MakeTrac
     detail = await t.store.get_message(sent.message_id)
     assert detail is not None and detail["status"] == "not_opened"
     assert detail["open_count"] == 0
+
+
+async def test_events_stored_as_the_tracker_stops_are_sent_after_a_restart(
+        make_tracker: MakeTracker, receiver: Receiver) -> None:
+    """Opens answered and stored after the feeder's last round, as SIGTERM stops the
+    process, go into the outbox on the way out; the restarted process sends them (it
+    follows the log only from its own start)."""
+    hooks = {"webhooks": [{"url": receiver.url("/a"), "secret": SECRET_A,
+                           "events": ["open"], "timeout": 2}]}
+    t1 = await make_tracker(**hooks)
+    dispatcher = t1.runner.app[DISPATCHER]
+    dispatcher.poll_interval = 3600.0  # its next round would come too late
+    await asyncio.sleep(0.3)  # the feeder is now asleep
+    sent = await seed_message(t1.store, recipients=["a@customer.test", "b@customer.test"])
+    for rcpt in (0, 1, 0):
+        async with t1.http.get(t1.pixel_url(sent.message_id, rcpt)) as resp:
+            assert resp.status == 200
+    await t1.runner.cleanup()  # what SIGTERM runs
+    assert receiver.delivered("/a") == []
+
+    await make_tracker(**hooks)  # the restarted process, the same store
+
+    async def all_sent() -> bool:
+        return len(receiver.delivered("/a")) == 3
+
+    await wait_for(all_sent)
+    assert sorted(p["event"]["recipient"] for p in receiver.delivered("/a")) == [
+        "a@customer.test", "a@customer.test", "b@customer.test"]
 
 
 def test_signature_format() -> None:

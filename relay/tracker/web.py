@@ -139,8 +139,8 @@ def create_web_app(app: App) -> web.Application:
             log.info("store_opened", engine=app.store.engine)
         app.store.add_flush_source(recipient.settle)
         settled_by.append(app.store)
+        await dispatcher.start()  # follows the log from here: the journal's hits too
         await recipient.open_journal()  # hits a killed process answered: recorded now
-        await dispatcher.start()
         batch.start()
         ranker.start()
         roller.start()

@@ -34,7 +34,8 @@ A request looks like::
     {"id": "<event id>", "type": "open", "created_at": "…Z", "event": {<event object>}}
 
 where the event object is exactly what ``GET /api/v1/events`` lists. Redirects are not
-followed. Events stored while no tracker process runs are not sent.
+followed. Events stored while no tracker process runs are not sent; what a stopping
+process stored after its feeder's last round is fed on its way out (``stop``).
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ if TYPE_CHECKING:
 log = get_logger("relay.tracker.webhooks")
 
 USER_AGENT = "trackrelay-webhooks/1"
+#: The longest a stopping process spends putting its last events into the outbox.
+FINAL_FEED_SECONDS = 10.0
 
 _URL = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)(?:[^/?#\s@'\"]*@)?([^/?#\s'\"]*)"
                   r"([/?#][^\s'\"]*)?")
@@ -161,6 +164,10 @@ class WebhookDispatcher:
         self._positioned = False
         self._session = aiohttp.ClientSession(
             headers={"User-Agent": USER_AGENT}, auto_decompress=False)
+        # Where the log ends now, before this process stores anything (its journal's
+        # hits from a killed run among them); a store that is down: the loop's first round.
+        with contextlib.suppress(Exception):
+            await self.feed_once()
         self._tasks.start(self._loop(self.feed_once), "webhook-feeder")
         self._tasks.start(self._send_loop(), "webhook-sender")
         log.info("webhooks_started", endpoints=len(self.hooks),
@@ -168,12 +175,27 @@ class WebhookDispatcher:
 
     async def stop(self) -> None:
         await self._tasks.stop()
+        if self._positioned:
+            await self._feed_the_rest()
         if self._session is not None:
             await self._session.close()
             self._session = None
         if self.mailer is not None:
             await self.mailer.close()
         await self.alerts.mailer.close()
+
+    async def _feed_the_rest(self) -> None:
+        """What this process stored since the feeder's last round (its last hits, the
+        relay's last deliveries) goes into the outbox before it stops: the next start
+        follows the log from its end, so it would never be sent. The sender of the next
+        start delivers it. Bounded in time; a store failing now loses it (logged)."""
+        deadline = time.monotonic() + FINAL_FEED_SECONDS
+        try:
+            await self.store.flush()
+            while await self.feed_once() and time.monotonic() < deadline:
+                pass
+        except Exception as exc:
+            log.warning("webhook_final_feed_failed", error=repr(exc))
 
     async def _loop(self, step: Any) -> None:
         failing = self.failing["feeder"]
