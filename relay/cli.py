@@ -202,7 +202,8 @@ def cmd_bounces_classify(args: argparse.Namespace) -> int:
 
     config = load(args)
     host = PluginHost(config)
-    return classify_files(args.files, sys.stdout, hook=from_plugin_manager(host.pm))
+    return classify_files(args.files, sys.stdout, hook=from_plugin_manager(host.pm),
+                          limit=config.bounces.max_message_size)
 
 
 def cmd_hash_password(args: argparse.Namespace) -> int:

@@ -41,6 +41,12 @@ machine opens, and ``include_machine`` shows it. A reply is verified when its Fr
 the recipient the message was sent to; an unverified one is marked machine
 (``machine_reason`` ``unverified_reply``) so no engagement figure counts it.
 
+A message the classifier could read only in part (MIME nested deeper than it follows,
+a notice cut at its read limit, a failure report naming no recipient it could read)
+says so: the result's ``problems``, a ``bounce_read_partly`` warning and the
+``trackrelay_bounce_read_partly_total`` metric, by cause. A record never names no
+recipient; a report to a VERP address still places its one recipient (step 3).
+
 Delay notices and success DSNs are recognised and leave no event (a delay is not a
 bounce; the message is still on its way), and neither a delay nor a success (a
 ``2.X.X`` status, reason ``delivered``) ever counts toward the soft-bounce limit. An
@@ -61,6 +67,7 @@ from typing import TYPE_CHECKING, Any
 from relay import metrics
 from relay.bounces.classify import classify as builtin_classify
 from relay.bounces.classify import classify_parsed
+from relay.bounces.mime import ReadPartly
 from relay.bounces.mime import parse as parse_message
 from relay.logs import get_logger
 from relay.message import split_message
@@ -127,10 +134,18 @@ class IntakeResult:
     #: Records (recipients) that could not be tied to a message trackrelay sent.
     unmatched: int = 0
     records: int = 0
+    #: What the classifier could not read, ``"code: text"`` each (MIME nested too deep,
+    #: a notice cut short, a failure report naming no recipient that could be read):
+    #: why a message gave fewer records than it might. Shown only when there is one.
+    problems: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "records": self.records, "unmatched": self.unmatched,
-                "events": [e.as_json() for e in self.events]}
+        out: dict[str, Any] = {"kind": self.kind, "records": self.records,
+                               "unmatched": self.unmatched,
+                               "events": [e.as_json() for e in self.events]}
+        if self.problems:
+            out["problems"] = list(self.problems)
+        return out
 
 
 # --- checking and parsing -----------------------------------------------------------------
@@ -264,15 +279,17 @@ def find_tokens(app: App, headers: Any, envelope_rcpts: list[str]) -> list[Addre
 # --- classification -------------------------------------------------------------------
 
 
-async def classify(app: App, raw: bytes, message: Message | None = None) -> list[Any]:
+async def classify(app: App, raw: bytes, message: Message | None = None,
+                   notes: list[ReadPartly] | None = None) -> list[Any]:
     """``relay.bounces.classify`` and then the plugins' ``trackrelay_classify_bounce``.
-    ``message``: ``raw`` already parsed by ``relay.bounces.mime.parse``."""
+    ``message``: ``raw`` already parsed by ``relay.bounces.mime.parse``; ``notes``
+    collects what the built-in classifier could not read."""
     records: list[Any] = []
     try:
         if message is not None and raw[:5] != b"From ":
-            records = classify_parsed(message, raw)
+            records = classify_parsed(message, raw, notes=notes)
         else:  # an mbox of several messages is classified message by message
-            records = builtin_classify(raw)
+            records = builtin_classify(raw, notes=notes)
     except Exception as exc:  # a classifier bug must never lose the intake
         log.error("classifier_failed", error=f"{type(exc).__name__}: {exc}")
         records = []
@@ -546,8 +563,15 @@ async def process(app: App, raw: bytes, *, envelope_rcpts: list[str] | None = No
     tokens = find_tokens(app, headers, list(envelope_rcpts or []))
     verp = [t for t in tokens if t.kind == "bounce"]
     unsubscribes = [t for t in tokens if t.kind == "unsubscribe"]
-    records = await classify(app, raw, headers)
-    result = IntakeResult(kind="ignored", records=len(records))
+    notes: list[ReadPartly] = []
+    records = await classify(app, raw, headers, notes)
+    result = IntakeResult(kind="ignored", records=len(records),
+                          problems=[f"{n.code}: {n.text}" for n in notes])
+    for note in notes:
+        # Never silent: a message read in part is logged and counted (by cause).
+        metrics.BOUNCES_READ_PARTLY.labels(note.code).inc()
+        log.warning("bounce_read_partly", via=via, cause=note.code, detail=note.text,
+                    records=len(records), size=len(raw))
     if unsubscribes and not records:
         return await _mail_unsubscribe(app, raw, unsubscribes, result, via)
     cache: dict[str, MessageLookup | None] = {}
@@ -581,7 +605,9 @@ async def process(app: App, raw: bytes, *, envelope_rcpts: list[str] | None = No
     elif is_disposition_notification(headers):
         pass  # a read receipt (RFC 8098): neither a bounce nor a reply; "ignored"
     else:
-        await _reply_or_mangled(app, raw, headers, verp, result, via, trusted_source)
+        unnamed = [r for n in notes for r in n.unnamed]
+        await _reply_or_mangled(app, raw, headers, verp, result, via, trusted_source,
+                                unnamed[0] if unnamed else None)
     log.info("inbound_processed", via=via, kind=result.kind, records=result.records,
              events=len(result.events), unmatched=result.unmatched, size=len(raw))
     return result
@@ -596,8 +622,12 @@ def _overall_kind(kinds: list[str]) -> str:
 
 async def _reply_or_mangled(app: App, raw: bytes, headers: Any, verp: list[AddressToken],
                             result: IntakeResult, via: str,
-                            trusted_source: str | None) -> None:
-    """No classifier record: a reply to tracked mail, or a bounce too mangled to read."""
+                            trusted_source: str | None, unnamed: Any = None) -> None:
+    """No classifier record: a reply to tracked mail, or a bounce too mangled to read.
+
+    ``unnamed``: the classifier's verdict for a failure report naming no recipient it
+    could read (a ``no_recipient`` note), used for the VERP token's one recipient in
+    place of ``onhold``: the report's own status and words still say why it failed."""
     store = app.store
     assert store is not None
     if app.config.bounces.replies and not looks_like_bounce(headers):
@@ -638,9 +668,16 @@ async def _reply_or_mangled(app: App, raw: bytes, headers: Any, verp: list[Addre
         if recipient is None:
             result.unmatched += 1
             return
+        kind = str(_value(unnamed, "kind") or "bounce") if unnamed is not None else "bounce"
+        if kind != "bounce":
+            result.kind = kind  # a delay or success naming nobody: no event, as ever
+            return
         fields: dict[str, Any] = dict.fromkeys(RECORD_FIELDS)
-        fields.update(reason="onhold", hard=False, permanent=True, action="failed",
-                      matched_by="verp", via=via)
+        if unnamed is not None:
+            fields.update(record_data(unnamed))
+        else:
+            fields.update(reason="onhold", hard=False, permanent=True, action="failed")
+        fields.update(matched_by="verp", via=via)
         proof = evidence(message, recipient, "verp", trusted_source)
         _verified(fields, proof)
         event = Event(type="bounce", message_id=message["id"], recipient=recipient,

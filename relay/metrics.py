@@ -242,3 +242,10 @@ UNVERIFIED_EVIDENCE = Counter(
     "know ties them to the delivery): shown, but suppressing nothing, by event type",
     ["type"],
 )
+BOUNCES_READ_PARTLY = Counter(
+    "trackrelay_bounce_read_partly_total",
+    "Inbound messages the bounce classifier read only in part, by cause (nesting: MIME "
+    "nested deeper than it follows; notice_cut: a notice longer than it reads; "
+    "no_recipient: a failure report naming no recipient it could read)",
+    ["cause"],
+)

@@ -17,7 +17,7 @@ from email.message import Message
 
 from relay.bounces.decide import Facts, Texts, decide
 from relay.bounces.extract import Found, extract
-from relay.bounces.mime import parse
+from relay.bounces.mime import ReadPartly, parse
 from relay.bounces.model import BounceRecord, is_hard
 from relay.bounces.normalise import (
     find_reply,
@@ -34,13 +34,16 @@ from relay.bounces.tables import Provider
 log = logging.getLogger(__name__)
 
 _SPACES_RE = re.compile(r"\s+")
+#: Records about a delivery (``BounceRecord.kind``): each must name its recipient.
+_DELIVERY_KINDS = frozenset({"bounce", "delayed", "delivered"})
 
 #: ``hook(message, raw, records)`` returns replacement records or ``None``.
 Hook = Callable[[Message, bytes, list[BounceRecord]], "list[BounceRecord] | None"]
 
 
 def classify(raw: bytes, hook: Hook | None = None, *, rules: RuleSet | None = None,
-             trace: Trace | None = None) -> list[BounceRecord]:
+             trace: Trace | None = None,
+             notes: list[ReadPartly] | None = None) -> list[BounceRecord]:
     """Classify a raw RFC 5322 message; ``[]`` when it is none of the known kinds.
 
     Returns one record per recipient the message reports on: failed or delayed
@@ -57,33 +60,67 @@ def classify(raw: bytes, hook: Hook | None = None, *, rules: RuleSet | None = No
 
     ``rules`` (default: every table entry) and ``trace`` (collects the ids of the table
     entries that fired) are for the accuracy bench.
+
+    ``notes`` collects why a message gave fewer records than it might
+    (:class:`relay.bounces.mime.ReadPartly`: MIME parts nested deeper than the parser
+    follows, a notice cut at ``mime.MAX_PART``, a failure report naming no recipient
+    that could be read), so the CLI and the intake can say so instead of staying
+    silent. A record never names no recipient: such a report gives no record and a
+    ``no_recipient`` note.
     """
     if raw[:5] == b"From ":
         parts = _split_mbox(raw)
         if len(parts) > 1:
             # An mbox of several messages (a saved bounce folder): each on its own.
             return [rec for part in parts
-                    for rec in classify(part, hook, rules=rules, trace=trace)]
+                    for rec in classify(part, hook, rules=rules, trace=trace, notes=notes)]
     try:
         msg = parse(raw)
+    except RecursionError:
+        # MIME nested thousands of levels deep: deeper than the standard library's
+        # recursive parser follows. Nothing is read, and the caller is told.
+        _note(notes, ReadPartly("nesting", "MIME parts nested too deeply to parse"))
+        return []
     except Exception:  # the contract is "never raises"; log what got through
         log.debug("bounce classification failed", exc_info=True)
         return []
-    return classify_parsed(msg, raw, hook, rules=rules, trace=trace)
+    return classify_parsed(msg, raw, hook, rules=rules, trace=trace, notes=notes)
+
+
+def _note(notes: list[ReadPartly] | None, note: ReadPartly) -> None:
+    if notes is not None and all(n.text != note.text for n in notes):
+        notes.append(note)
 
 
 def classify_parsed(msg: Message, raw: bytes, hook: Hook | None = None, *,
-                    rules: RuleSet | None = None, trace: Trace | None = None
-                    ) -> list[BounceRecord]:
+                    rules: RuleSet | None = None, trace: Trace | None = None,
+                    notes: list[ReadPartly] | None = None) -> list[BounceRecord]:
     """``classify`` of one message already parsed by :func:`relay.bounces.mime.parse`
     (the intake parses once, for its own header checks and for this)."""
     rules = rules or ruleset()
+    found: list[ReadPartly] = []
     try:
         records = [_record(x, rules, trace) if isinstance(x, Found) else x
-                   for x in extract(msg, rules, trace)]
+                   for x in extract(msg, rules, trace, notes=found)]
+    except RecursionError:
+        _note(notes, ReadPartly("nesting", "MIME parts nested too deeply to parse"))
+        return []
     except Exception:  # the contract is "never raises"; log what got through
         log.debug("bounce classification failed", exc_info=True)
         return []
+    # A delivery record must name its recipient: one naming nobody can be neither
+    # suppressed nor counted (a parser never makes one; this holds for any future one).
+    # A complaint may: feedback loops redact the address (RFC 6590), and the intake
+    # places it by its VERP token.
+    named = [r for r in records if r.recipient or r.kind not in _DELIVERY_KINDS]
+    if len(named) < len(records):
+        found.append(ReadPartly("no_recipient", "a delivery failure report, but no "
+                                                "failed recipient could be read from it",
+                                unnamed=[r for r in records if r not in named]))
+    records = named
+    for note in found:
+        if note.code != "no_recipient" or not any(r.kind in _DELIVERY_KINDS for r in records):
+            _note(notes, note)
     if hook is not None:
         try:
             replaced = hook(msg, raw, records)

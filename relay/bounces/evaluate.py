@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from relay.bounces.classify import classify
+from relay.bounces.mime import ReadPartly
 from relay.bounces.model import BounceRecord
-from relay.bounces.rules import Trace, all_entry_ids, ruleset
+from relay.bounces.rules import RuleSet, Trace, all_entry_ids, ruleset
 
 #: Reasons that are not bounces (scored for reason, not in "bounced recipients").
 NOT_BOUNCES = frozenset({"delivered", "feedback", "vacation"})
@@ -141,6 +142,18 @@ def family_only(support: dict[str, set[str]], family: str) -> frozenset[str]:
     return frozenset(e for e in all_entry_ids() if not (support.get(e, set()) - {family}))
 
 
+def scored(blob: bytes, rules: RuleSet | None = None) -> list[BounceRecord]:
+    """What is scored for one file: its records, then the verdicts it reached for no
+    recipient it could read (``no_recipient`` notes). Such a verdict is no record
+    (``classify`` never outputs a record naming nobody), but the intake still applies
+    it to the one recipient of a report sent to a VERP address, so a corpus row that
+    names no recipient (``expected.jsonl`` without ``recipient``) is scored on it, as
+    it was when it was a record."""
+    notes: list[ReadPartly] = []
+    records = classify(blob, rules=rules, notes=notes)
+    return records + [r for n in notes for r in n.unnamed]
+
+
 def lofo(blobs: dict[str, bytes], families: dict[str, str],
          support: dict[str, set[str]]) -> tuple[dict[str, list[BounceRecord]],
                                                 dict[str, int]]:
@@ -153,7 +166,7 @@ def lofo(blobs: dict[str, bytes], families: dict[str, str],
         rules = ruleset(off)
         for file, blob in blobs.items():
             if families[file] == fam:
-                results[file] = classify(blob, rules=rules)
+                results[file] = scored(blob, rules)
     return results, disabled_count
 
 

@@ -17,7 +17,8 @@ Parsers, tried in this order (each is an identifiable ``parser:`` entry):
   ``Action:`` is read from its ``Status:``: class 2 is a success); also DSN fields
   pasted into a prose notice;
 * ``nested``: a report forwarded as an attachment (a gateway's notice about a DSN), or
-  a notice forwarded inline (``Fwd:``, ``> `` quoting), parsed again;
+  a notice forwarded inline (``Fwd:``, ``> `` quoting, or an Outlook header block in
+  the client's language: :mod:`relay.bounces.forwarded`), parsed again;
 * ``rfc3834``: auto-replies (not bounces) — RFC 3834 headers, vendor headers and
   out-of-office subjects from a sender that is not the mail system — unless the
   message shows a failure only a mail system reports (``vendors.failure_evidence``: a
@@ -26,8 +27,9 @@ Parsers, tried in this order (each is an identifiable ``parser:`` entry):
 * ``prose``: Postfix/Exim/qmail/Sendmail/Exchange/Gmail/... notices written in text:
   each address the notice names outside quoted headers, with the text that follows it;
   when the notice names nobody, ``X-Failed-Recipients`` or the returned message's To,
-  and when none of those either, a record without a recipient only if the message
-  shows a failure (else none). A success report written as text (``layout:success``,
+  and when none of those either, a failure naming nobody, which ``classify`` turns
+  into no record and a ``no_recipient`` note (a record naming nobody can neither be
+  suppressed nor counted). A success report written as text (``layout:success``,
   no failure stated) gives ``delivered`` records. A person's reply (not from the mail
   system, not ``Auto-Submitted``, with ``In-Reply-To`` or ``Re:``) is read without its
   ``>``-quoted lines and is a notice only with failure evidence of its own.
@@ -45,7 +47,15 @@ from email.message import Message
 
 from relay.bounces import arf, autoreply, ses, vendors
 from relay.bounces.dsn import DsnRecipient, address_of, parse_fields
-from relay.bounces.mime import FORWARD_PREFIX, Anatomy, dissect, parse
+from relay.bounces.forwarded import as_message as forwarded_message
+from relay.bounces.mime import (
+    FORWARD_PREFIX,
+    MAX_PART,
+    Anatomy,
+    ReadPartly,
+    dissect,
+    parse,
+)
 from relay.bounces.model import BounceRecord
 from relay.bounces.normalise import valid_status
 from relay.bounces.rules import RuleSet, Trace
@@ -91,9 +101,16 @@ Extracted = Found | BounceRecord
 
 
 def extract(msg: Message, rules: RuleSet, trace: Trace | None = None,
-            depth: int = 0) -> list[Extracted]:
-    """Every recipient record the message reports, in the order it lists them."""
+            depth: int = 0, notes: list[ReadPartly] | None = None) -> list[Extracted]:
+    """Every recipient record the message reports, in the order it lists them.
+
+    ``notes`` collects what could not be read (:class:`relay.bounces.mime.ReadPartly`:
+    parts nested too deep, a notice cut short, a report naming no recipient that could
+    be read), so a message that gives fewer records than it might says why.
+    """
     anatomy = dissect(msg)
+    if notes is not None:
+        notes.extend(anatomy.partly)
     subject = _subject(msg)
     # --- complaints (RFC 5965) -------------------------------------------------------------
     if anatomy.feedback_report:
@@ -110,13 +127,19 @@ def extract(msg: Message, rules: RuleSet, trace: Trace | None = None,
     # --- split the notice from a returned message quoted inline ---------------------------
     notice_parts: list[str] = []
     returned = ""
-    for text in anatomy.notice:
+    cut = False
+    for i, text in enumerate(anatomy.notice):
         if anatomy.original is None and not returned:
             head, tail = vendors.split_returned(text, rules, trace)
             notice_parts.append(head)
             returned = tail
         else:
+            head, tail = text, ""
             notice_parts.append(text)
+        if i in anatomy.cut_notices and not tail:
+            # Cut before any returned message began: the notice itself may go on (said
+            # only if recipients are read from the notice: see _from_prose).
+            cut = True
     notice = "\n".join(notice_parts)
     if anatomy.original is None and returned:
         anatomy.original_text = returned
@@ -150,7 +173,7 @@ def extract(msg: Message, rules: RuleSet, trace: Trace | None = None,
                           reporting_mta or reporting) for r in blocks]
     # --- a report forwarded as an attachment, or a notice forwarded inline -----------------
     if depth < 2:
-        nested = _nested(msg, anatomy, subject, rules, trace, depth)
+        nested = _nested(msg, anatomy, subject, rules, trace, depth, notes)
         if nested:
             return nested
     # --- a person's message: what it quotes is not its notice -----------------------------
@@ -167,8 +190,13 @@ def extract(msg: Message, rules: RuleSet, trace: Trace | None = None,
     if (anatomy.delivery_status or vendors.looks_like_bounce(msg, notice, rules, trace)) \
             and (evidence or not personal):
         _fire(trace, "parser:prose")
+        if cut and notes is not None:
+            notes.append(ReadPartly(
+                "notice_cut", f"a notice part longer than {MAX_PART // 1024} KiB was read to "
+                              f"its first {MAX_PART // 1024} KiB: an address named only "
+                              "after that is not read (bounces: mime.MAX_PART)"))
         return list(_from_prose(msg, anatomy, notice, subject, msgid, families, reporting,
-                                rules, trace))
+                                rules, trace, notes))
     if automatic:
         _fire(trace, "parser:rfc3834")
         return [autoreply.record(msg, subject, notice)]
@@ -210,13 +238,14 @@ def _fire(trace: Trace | None, entry_id: str) -> None:
 
 
 def _nested(msg: Message, anatomy: Anatomy, subject: str, rules: RuleSet,
-            trace: Trace | None, depth: int) -> list[Extracted]:
+            trace: Trace | None, depth: int,
+            notes: list[ReadPartly] | None = None) -> list[Extracted]:
     """A report inside the message: a forwarded notice, or a report about a report."""
     inner = anatomy.original
     forwarded = bool(_FORWARD_SUBJECT_RE.match(subject))
     if inner is not None and (forwarded or inner.get_content_type() == "multipart/report"):
         # A notice forwarded as an attachment, or a gateway's notice about a DSN.
-        found = extract(inner, rules, trace, depth + 1)
+        found = extract(inner, rules, trace, depth + 1, notes)
         if found:
             _fire(trace, "parser:nested")
             return found
@@ -228,7 +257,7 @@ def _nested(msg: Message, anatomy: Anatomy, subject: str, rules: RuleSet,
                           returned, re.M)
         if start is not None:
             found = extract(parse(returned[start.start():].encode("utf-8", "replace")),
-                            rules, trace, depth + 1)
+                            rules, trace, depth + 1, notes)
             if found:
                 _fire(trace, "parser:nested")
                 return found
@@ -240,6 +269,14 @@ def _nested(msg: Message, anatomy: Anatomy, subject: str, rules: RuleSet,
         if start is not None:
             again = parse(body[start.start():].encode("utf-8", "replace"))
             found = extract(again, rules, trace, depth + 1)
+            if found:
+                _fire(trace, "parser:nested")
+                return found
+        # The header block in the client's language ("-----Ursprüngliche Nachricht-----",
+        # "Von:", "Betreff:"): its labels made field names (relay.bounces.forwarded).
+        text = forwarded_message(body)
+        if text is not None:
+            found = extract(parse(text.encode("utf-8", "replace")), rules, trace, depth + 1)
             if found:
                 _fire(trace, "parser:nested")
                 return found
@@ -382,7 +419,8 @@ def _from_ses(fact: dict[str, object]) -> Extracted:
 
 def _from_prose(msg: Message, anatomy: Anatomy, notice: str, subject: str,
                 msgid: str | None, families: tuple[str, ...], reporting: str,
-                rules: RuleSet, trace: Trace | None) -> list[Found]:
+                rules: RuleSet, trace: Trace | None,
+                notes: list[ReadPartly] | None = None) -> list[Found]:
     own = _own_addresses(msg, anatomy)
     failures = vendors.find_failures(notice, own, _reporters(msg, reporting))
     found_by = "parser:prose"
@@ -393,6 +431,8 @@ def _from_prose(msg: Message, anatomy: Anatomy, notice: str, subject: str,
             # Notice-like words naming nobody, from no mail system and with no failed
             # exchange: nothing says any recipient failed.
             return []
+        # A failure naming nobody: classify_parsed gives no record for it, only a
+        # no_recipient note that keeps its verdict for the intake's VERP path.
         _fire(trace, found_by)
         failures = [vendors.TextFailure(addr, notice)]
     if vendors.is_success(notice, rules):

@@ -5,8 +5,9 @@
 Maildir (its ``new/`` and ``cur/`` are read; nothing is moved), a plain directory of
 message files, or an mbox file (recognised by its ``From `` first line). One JSON line
 per message goes to stdout: the file (``mbox#n`` for the n-th message of an mbox) and
-what intake made of it, or the error that refused it. Feeding a message twice records
-nothing new. Exit code 0, or 1 if any message was refused or a path was unreadable.
+what intake made of it (with ``problems`` when it could be read only in part), or the
+error that refused it. Feeding a message twice records nothing new. Exit code 0, or 1
+if any message was refused or read only in part, or a path was unreadable.
 
 ``suppressions list|add|remove|import|export`` manages the list in the store. Scopes
 are ``global`` or a sender domain. CSV as in ``relay.tracker.deliverability_api``.
@@ -118,6 +119,8 @@ async def run_inbound(config: Config, paths: list[str]) -> int:
                     status = PARTIAL
                     continue
                 _print({"file": name, **result.as_json()})
+                if result.problems:
+                    status = PARTIAL  # read in part: "problems" in its line says what
     finally:
         shown.close()
         await app.stop()

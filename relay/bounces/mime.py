@@ -2,25 +2,62 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import codecs
 import email
 import email.policy
+import quopri
 import re
 from dataclasses import dataclass, field
+from email import errors
 from email.header import Header, decode_header
 from email.message import Message
 from email.parser import HeaderParser
 from typing import Any
 
-#: Decode at most this much of any one part: diagnostics are at the top, and a huge
-#: returned attachment must not cost time.
+#: Decode at most this much of a notice (text) part: a server writes its diagnostics
+#: at the top, and a huge returned attachment must not cost time. Report parts
+#: (``message/delivery-status`` and the like) are decoded whole: they list every
+#: recipient. A notice cut here is said so (:class:`ReadPartly`).
 MAX_PART = 64 * 1024
-MAX_DEPTH = 8
-#: Parse at most this much of a message. Everything a bounce says about its recipients
-#: comes before the returned copy; a multi-megabyte attachment only costs time.
+#: MIME parts nested deeper than this are not read. Real notices nest a report two to
+#: four levels deep (a forward or a gateway adds one or two each); the limit stops a
+#: hostile message from costing a walk of any depth, and a message cut by it says so
+#: (:class:`ReadPartly`) instead of looking like a notice that names nobody.
+MAX_DEPTH = 64
+#: The body of a single-part message, and of each top-level text part of a multipart
+#: one, is parsed to this size: the notice is at its top and :data:`MAX_PART` of it is
+#: read; the rest (a returned message quoted inline) only costs time (BENCHMARKS.md,
+#: "a 23.1 MB Exim bounce"). Report parts and the parts after a long one are parsed
+#: whole, so no recipient of a long report is lost (a 5,000-recipient DSN is 1.15 MB).
 MAX_INPUT = 1024 * 1024
 
 _HEADER_PARSER = HeaderParser(policy=email.policy.compat32)
+
+
+class ReadPartly(errors.MessageDefect):
+    """A defect the bounce parser adds to a message it could not read whole.
+
+    Why a defect: ``email`` keeps what went wrong while parsing in ``Message.defects``,
+    and the classifier reads it from there to say why a message gave fewer records
+    than it might (``classify(..., notes=...)``, the intake's ``problems``). ``code``
+    names the cause (``nesting``, ``notice_cut``, ``no_recipient``).
+    """
+
+    def __init__(self, code: str, text: str, unnamed: list[Any] | None = None) -> None:
+        super().__init__(text)
+        self.code = code
+        self.text = text
+        #: For ``no_recipient``: the verdicts read for nobody (``BounceRecord`` with
+        #: ``recipient == ""``), never output as records; the intake uses the first for
+        #: a report whose VERP token names a one-recipient message.
+        self.unnamed: list[Any] = list(unnamed or [])
+
+
+def read_partly(msg: Message) -> list[ReadPartly]:
+    """The :class:`ReadPartly` defects of ``msg``: what the parser could not read."""
+    return [d for d in msg.defects if isinstance(d, ReadPartly)]
 
 
 @dataclass(slots=True)
@@ -34,6 +71,10 @@ class Anatomy:
     disposition: list[str] = field(default_factory=list)
     original: Message | None = None
     original_text: str = ""
+    #: What the walk could not read (parts nested too deep, a notice cut short).
+    partly: list[ReadPartly] = field(default_factory=list)
+    #: Indexes into ``notice`` of the texts cut at :data:`MAX_PART`.
+    cut_notices: set[int] = field(default_factory=set)
 
 
 def parse(raw: bytes) -> Message:
@@ -44,10 +85,12 @@ def parse(raw: bytes) -> Message:
         start += 1
     if start:
         raw = raw[start:]
-    raw = raw[:MAX_INPUT]
     canonical = canonical_boundaries(raw)
     if canonical is not raw:
         canonical = returned_headers_only(canonical)
+    elif len(raw) > MAX_INPUT and not _MULTIPART_TOP_RE.search(raw, 0, _head_end(raw)):
+        # One part: its notice is at the top, and MAX_PART of it is read.
+        canonical = raw = raw[:MAX_INPUT]
     msg = email.message_from_bytes(canonical, policy=email.policy.compat32)
     if msg.get("Content-Type") is None and not msg.is_multipart():
         # Some MTAs send MIME parts without the top Content-Type header; recover the
@@ -127,6 +170,15 @@ def canonical_boundaries(raw: bytes) -> bytes:
     return raw[:m.start(group)] + quoted + raw[m.end(group):end + 1] + body
 
 
+_MULTIPART_TOP_RE = re.compile(rb"^content-type:[ \t]*(?:\r?\n[ \t]+)?multipart/", re.I | re.M)
+
+
+def _head_end(raw: bytes) -> int:
+    """Where the header fields at the start of ``raw`` end."""
+    fields = _HEADER_BLOCK.match(raw)
+    return fields.end() if fields is not None else 0
+
+
 #: A top-level part that is a returned message (RFC 6522 section 3: a report's third part).
 _RETURNED_RE = re.compile(rb"^content-type:[ \t]*(?:\r?\n[ \t]+)?message/(?:rfc822|global)"
                           rb"[ \t]*(?:;|\r?$)", re.I | re.M)
@@ -136,8 +188,9 @@ _ENCODED_RE = re.compile(rb"^content-transfer-encoding:[ \t]*(?!(?:7bit|8bit|bin
 _INNER_REPORT_RE = re.compile(rb"^content-type:[ \t]*(?:\r?\n[ \t]+)?(?:multipart/report|"
                               rb"message/)", re.I | re.M)
 #: What a person's mail client puts before a forwarded message's Subject ("Fwd:", and
-#: "TR:", "WG:", "RV:", "ENC:", "VS:", "Doorst:" in other languages' clients).
-FORWARD_PREFIX = r"(?:fwd?|tr|wg|rv|enc|vs|doorst)"
+#: "TR:", "WG:", "RV:", "ENC:", "VS:", "Doorst:" in other languages' clients; "I:" is
+#: Italian Outlook's: crisp-oss/email-forward-parser lib/parser.js, "subject").
+FORWARD_PREFIX = r"(?:fwd?|tr|wg|rv|enc|vs|doorst|i)"
 #: A forwarded notice ("Fwd: Undelivered Mail"), or a Subject in encoded words that may
 #: say so: the returned message is then the notice itself.
 _FORWARDED_RE = re.compile(rb"^subject:[ \t]*(?:" + FORWARD_PREFIX.encode()
@@ -167,6 +220,10 @@ def returned_headers_only(data: bytes) -> bytes:
     message that is a report itself, or one in a transfer encoding, or any returned
     message when the Subject says the notice was forwarded (or is encoded and might),
     because then its body is the notice.
+
+    A top-level text part longer than :data:`MAX_INPUT` is cut there too (only
+    :data:`MAX_PART` of a notice is read), so a report part behind a huge text part is
+    still found, and parsed whole.
     """
     fields = _HEADER_BLOCK.match(data)
     end = fields.end() if fields is not None else 0
@@ -184,7 +241,13 @@ def returned_headers_only(data: bytes) -> bytes:
         stop = nxt if nxt >= 0 else len(data)
         part = line_end + 1
         headers_end = _blank_line_end(data, part, stop)
-        if headers_end > part + 2 and _RETURNED_RE.search(data, part, headers_end) \
+        if headers_end > part and stop - headers_end > MAX_INPUT \
+                and _is_text_part(data, part, headers_end):
+            # A long notice part: MAX_PART of it is read, and the parts after it (the
+            # report) are kept whole.
+            keep = stop - 1 if stop < len(data) and data[stop - 1:stop] == b"\r" else stop
+            cuts.append((headers_end + MAX_INPUT, keep))
+        elif headers_end > part + 2 and _RETURNED_RE.search(data, part, headers_end) \
                 and not _ENCODED_RE.search(data, part, headers_end):
             inner_end = _blank_line_end(data, headers_end, stop)
             if inner_end > headers_end + 2 \
@@ -201,6 +264,16 @@ def returned_headers_only(data: bytes) -> bytes:
         last = b
     out.append(data[last:])
     return b"".join(out)
+
+
+_CONTENT_TYPE_RE = re.compile(rb"^content-type:[ \t]*(?:\r?\n[ \t]+)?([\w.+-]+)/", re.I | re.M)
+
+
+def _is_text_part(data: bytes, start: int, stop: int) -> bool:
+    """The part whose header fields are ``data[start:stop]`` is text (RFC 2045 section
+    5.2: a part without ``Content-Type`` is ``text/plain``)."""
+    m = _CONTENT_TYPE_RE.search(data, start, stop)
+    return m is None or m.group(1).lower() == b"text"
 
 
 _LOST_BOUNDARY_RE = re.compile(
@@ -226,16 +299,72 @@ def lines_of(text: str) -> str:
     return _LINE_END_RE.sub("\n", text) if "\r" in text else text
 
 
-def text_of(part: Message) -> str:
-    """The decoded text of a leaf part (transfer and charset decoding, bounded)."""
+_NOT_BASE64_RE = re.compile(rb"[^A-Za-z0-9+/]+")
+
+
+def lenient_base64(data: bytes) -> bytes:
+    """Base64 decoded as far as it goes: characters outside the alphabet are skipped
+    and a dangling last character is dropped.
+
+    Why: a server that breaks its own base64 (a stray character, a cut last line) makes
+    the standard library hand back the undecoded text (bpo-27397), and then the notice
+    reads as base64 letters; what decodes still names the recipient.
+    """
+    letters = _NOT_BASE64_RE.sub(b"", data)
+    letters = letters[:len(letters) - len(letters) % 4] + (
+        b"=" * (-len(letters) % 4) if len(letters) % 4 in (2, 3) else b"")
+    try:
+        return base64.b64decode(letters)
+    except (binascii.Error, ValueError):
+        return b""
+
+
+def _payload_bytes(part: Message) -> bytes:
+    """The transfer-decoded octets of a leaf part (lenient base64, see above)."""
     payload = part.get_payload(decode=True)
     if not isinstance(payload, bytes):
-        return ""
-    payload = payload[:MAX_PART]
+        return b""
+    if any(isinstance(d, errors.InvalidBase64LengthDefect) for d in part.defects):
+        return lenient_base64(payload)
+    return payload
+
+
+def text_of(part: Message, limit: int | None = MAX_PART) -> str:
+    """The decoded text of a leaf part (transfer and charset decoding), its first
+    ``limit`` octets (``None``: all of it)."""
+    payload = _payload_bytes(part)
+    if limit is not None:
+        payload = payload[:limit]
     try:
         return lines_of(payload.decode(_charset(part), errors="replace"))
     except (LookupError, ValueError, TypeError):
         return lines_of(payload.decode("utf-8", errors="replace"))
+
+
+def _transfer_encoded(part: Message) -> str:
+    """``base64`` or ``quoted-printable`` when a part says it is in one, else ``""``."""
+    cte = str(part.get("Content-Transfer-Encoding", "") or "").strip().lower()
+    return cte if cte in ("base64", "quoted-printable") else ""
+
+
+def report_text(part: Message) -> str:
+    """The whole text of a report part (``message/delivery-status`` and the like).
+
+    RFC 2046 section 5.2 allows only 7bit, 8bit and binary for ``message/*`` parts,
+    but some servers base64- or quoted-printable-encode the report anyway; the parser
+    then reads the encoded lines as field blocks, so their text is put back together
+    and decoded here. A report is read whole: it lists every recipient.
+    """
+    payload = part.get_payload()
+    encoding = _transfer_encoded(part)
+    if not isinstance(payload, list):
+        return text_of(part, limit=None)
+    text = _fields_text(payload)
+    if encoding == "base64":
+        text = lenient_base64(text.encode("ascii", "ignore")).decode("utf-8", "replace")
+    elif encoding == "quoted-printable":
+        text = quopri.decodestring(text.encode("utf-8", "replace")).decode("utf-8", "replace")
+    return lines_of(text)
 
 
 def _utf8(value: object) -> str:
@@ -287,27 +416,24 @@ def dissect(msg: Message) -> Anatomy:
 
 def _walk(part: Message, out: Anatomy, depth: int, top: bool = False) -> None:
     if depth > MAX_DEPTH:
+        if not any(p.code == "nesting" for p in out.partly):
+            out.partly.append(ReadPartly(
+                "nesting", f"MIME parts nested deeper than {MAX_DEPTH} levels were not read "
+                           "(bounces: mime.MAX_DEPTH)"))
         return
     ctype = part.get_content_type()
     payload = part.get_payload()
     if ctype in ("message/delivery-status", "message/global-delivery-status",
                  "text/delivery-status"):
-        if isinstance(payload, list):
-            out.delivery_status.append(_fields_text(payload))
-        else:
-            out.delivery_status.append(text_of(part))
+        out.delivery_status.append(report_text(part))
         return
     if ctype in ("message/disposition-notification",
                  "message/global-disposition-notification"):
         # RFC 8098 section 3 (and RFC 6533 section 6 for the global form).
-        out.disposition.append(text_of(part) if not isinstance(payload, list)
-                               else _fields_text(payload))
+        out.disposition.append(report_text(part))
         return
     if ctype == "message/feedback-report":
-        if isinstance(payload, list):
-            out.feedback_report.append(_fields_text(payload))
-        else:
-            out.feedback_report.append(text_of(part))
+        out.feedback_report.append(report_text(part))
         return
     if ctype in ("message/rfc822", "message/global", "message/partial"):
         if out.original is None and isinstance(payload, list) and payload \
@@ -328,9 +454,12 @@ def _walk(part: Message, out: Anatomy, depth: int, top: bool = False) -> None:
     # A multipart whose boundary got lost reads as one text blob: still the notice.
     if maintype in ("text", "multipart") or top:
         text = text_of(part)
+        cut = len(text) >= MAX_PART // 4 and len(_payload_bytes(part)) > MAX_PART
         if ctype == "text/html":
             text = _strip_html(text)
         if text.strip():
+            if cut:
+                out.cut_notices.add(len(out.notice))
             out.notice.append(text)
 
 

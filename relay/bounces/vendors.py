@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass
 from email.message import Message
 
+from relay.bounces.forwarded import header_block_lines
 from relay.bounces.rules import RuleSet, Trace
 
 _HEADERS_START_RE = re.compile(r"^(?:Return-Path|Received|Received-SPF|DKIM-Signature):", re.M)
@@ -247,10 +248,14 @@ def find_failures(notice: str, exclude: set[str],
     write the error before the address.
     """
     exclude = exclude | named_senders(notice)
+    # A mail client's quoted header block in its own language ("Von:", "De:", "Da:"
+    # next to "Betreff:", "Objet:"…): the author and addressees of a quoted message,
+    # like the English "From:" lines _SKIP_LINE_RE leaves out.
+    quoted = header_block_lines(notice) if "@" in notice else set()
     mentions: list[tuple[int, str]] = []
     offset = 0
-    for line in notice.splitlines(keepends=True):
-        if "@" in line and not _SKIP_LINE_RE.search(line):
+    for n, line in enumerate(notice.splitlines(keepends=True)):
+        if "@" in line and not _SKIP_LINE_RE.search(line) and n not in quoted:
             listing = bool(_LIST_LINE_RE.match(line))
             taken = False
             for m in _ADDR_RE.finditer(line):
