@@ -153,6 +153,11 @@ AUTH_INVALID = Reply(535, "5.7.8", "Authentication credentials invalid")
 AUTH_LOCKED = Reply(454, "4.7.0", "Too many failed authentication attempts, "
                                   "try again later")
 AUTH_BUSY = Reply(454, "4.7.0", "Temporary authentication failure, try again later")
+#: RFC 4616 section 2: a PLAIN login that asks to act as another identity than its own
+#: must fail when the user may not (here nobody may). 535 5.7.8 as for wrong credentials
+#: (RFC 4954 has no code of its own for it); the text says why, and nothing of the
+#: password, which is not checked.
+AUTHZID_REFUSED = Reply(535, "5.7.8", "Authentication failed: may not act as another user")
 
 
 class Authenticator:
@@ -219,6 +224,17 @@ class Authenticator:
                         seconds=self.throttle.settings.lockout_seconds)
         return AuthResult(success=False, handled=False, message=str(AUTH_INVALID)), \
             failure.delay
+
+    def refuse_authzid(self, client_ip: str, mechanism: str, user: bytes,
+                       authzid: bytes) -> AuthResult:
+        """The answer to a login as ``user`` that asks to act as ``authzid`` (RFC 4616
+        section 2), logged and counted as a failed attempt; the password is not checked
+        (so the answer says nothing of it) and no lock-out is counted."""
+        AUTH_ATTEMPTS.labels("failed").inc()
+        log.warning("auth_refused_authzid", user=user.decode("utf-8", "replace"),
+                    authzid=authzid.decode("utf-8", "replace"), client=client_ip,
+                    mechanism=mechanism)
+        return AuthResult(success=False, handled=False, message=str(AUTHZID_REFUSED))
 
     def close(self) -> None:
         self.checker.close()

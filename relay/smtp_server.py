@@ -11,6 +11,7 @@ queued here, so nothing can be lost here.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import functools
 import inspect
@@ -27,7 +28,7 @@ from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Se
 
 from relay import dsn, split, xforward
 from relay.app import App
-from relay.auth import Authenticator
+from relay.auth import AUTHZID_REFUSED, Authenticator
 from relay.config import DEFAULT_MAX_LINE_LENGTH, parse_hostport
 from relay.listeners import Listeners
 from relay.logs import get_logger
@@ -270,9 +271,10 @@ class RelaySMTP(SmtpNames, SMTP):
 
     The limits and AUTH use three more of aiosmtpd 1.4's internals: ``_smtp_methods`` (the
     command table, wrapped to count commands), ``_timeout_cb`` (the idle timer, which
-    now says 421 and waits for an upstream answer) and ``_authenticate`` (so the password
-    check can be awaited off the loop); tests/test_relay_limits.py and
-    tests/test_relay_auth.py fail if they change.
+    now says 421, waits for an upstream answer and counts any bytes from the client, a
+    message's too, as activity) and ``_authenticate`` (so the password check can be
+    awaited off the loop); tests/test_relay_limits.py, tests/test_relay_auth.py and
+    tests/test_relay_midsession.py fail if they change.
     """
 
     implicit_tls = False
@@ -295,6 +297,8 @@ class RelaySMTP(SmtpNames, SMTP):
         self.commands = 0
         self.errors = 0
         self._refused = False  # turned away at connect: aiosmtpd never saw the connection
+        #: time.monotonic() of the client's last bytes (see ``_timeout_cb``).
+        self._last_input = 0.0
         #: The last MAIL or RCPT path was written as no address may be (``path_fault``).
         self.path_fault = False
         if max_commands:
@@ -332,7 +336,33 @@ class RelaySMTP(SmtpNames, SMTP):
                           auth_data=_Credentials(mechanism, auth_data))
 
     async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
-        return await self._check_credentials(await super().auth_PLAIN(_, args))
+        """aiosmtpd's PLAIN (same answers), except for the authorization identity, which
+        aiosmtpd drops: RFC 4616 section 2 (``authzid NUL authcid NUL passwd``) says the
+        server must fail a login whose user may not act as the identity asked for, and
+        letting ``alice`` in as ``crm`` would make her mail the CRM's. An empty one, or
+        the user's own, is what clients send, and is let through."""
+        blob: Any
+        if len(args) == 1:
+            blob = await self.challenge_auth("")
+            if blob is MISSING:
+                return AuthResult(success=False)
+        else:
+            try:
+                blob = base64.b64decode(args[1].encode(), validate=True)
+            except ValueError:  # bad base64 (binascii.Error), or not ASCII
+                await self.push("501 5.5.2 Can't decode base64")
+                return AuthResult(success=False, handled=True)
+        try:
+            authzid, login, password = blob.split(b"\x00")
+        except ValueError:
+            await self.push("501 5.5.2 Can't split auth value")
+            return AuthResult(success=False, handled=True)
+        if authzid and authzid != login:
+            if self.auth is None:
+                return AuthResult(success=False, handled=False, message=str(AUTHZID_REFUSED))
+            return self.auth.refuse_authzid(self._client_ip(), "PLAIN", login, authzid)
+        return await self._check_credentials(
+            self._authenticate("PLAIN", LoginPassword(login, password)))
 
     async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
         return await self._check_credentials(await super().auth_LOGIN(_, args))
@@ -345,15 +375,16 @@ class RelaySMTP(SmtpNames, SMTP):
             return parsed
         if not isinstance(credentials.data, LoginPassword):
             return AuthResult(success=False, handled=False)
+        return await self.auth.authenticate(self._client_ip(), credentials.mechanism,
+                                            credentials.data)
+
+    def _client_ip(self) -> str:
         handler = self.event_handler
         if isinstance(handler, RelaySession):
-            client_ip = handler.client_ip
-        else:
-            assert self.session is not None
-            client_ip = str(self.session.peer[0]) if isinstance(self.session.peer, tuple) \
-                else str(self.session.peer)
-        return await self.auth.authenticate(client_ip, credentials.mechanism,
-                                            credentials.data)
+            return handler.client_ip
+        assert self.session is not None
+        peer = self.session.peer
+        return str(peer[0]) if isinstance(peer, tuple) else str(peer)
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         if not arg:
@@ -406,13 +437,27 @@ class RelaySMTP(SmtpNames, SMTP):
                 SMTP_LIMITS.labels("errors").inc()
                 await self.goodbye(too_many_errors(self.hostname))
 
+    def data_received(self, data: bytes) -> None:
+        # One clock read per chunk the socket hands over (not per line): the idle timer
+        # checks it when it fires rather than being rescheduled here.
+        self._last_input = time.monotonic()
+        super().data_received(data)
+
     def _timeout_cb(self) -> None:
+        """``relay.client_timeout`` is the client's silence. aiosmtpd restarts its timer
+        at each command only, so a message uploaded slowly but steadily would be cut off
+        ``client_timeout`` seconds after DATA; any bytes from the client count instead
+        (RFC 5321 section 4.5.3.2.5: the DATA timeout is per send)."""
         handler = self.event_handler
         if isinstance(handler, RelaySession) and handler.admitted:
             if handler.delivering:
                 # The upstream has the message and has not answered yet: the client is
                 # waiting for that answer (bounded by upstream.data_timeout), not idle.
                 self._reset_timeout()
+                return
+            silent = time.monotonic() - self._last_input
+            if silent < self._timeout_duration:
+                self._reset_timeout(self._timeout_duration - silent)
                 return
             SMTP_LIMITS.labels("idle_time").inc()
             handler.say(idle_time_over(self.hostname))
@@ -424,6 +469,11 @@ class RelaySMTP(SmtpNames, SMTP):
         if self._tls_protocol is not None:
             await self.push(str(TLS_ALREADY_ACTIVE))
             return
+        handler = self.event_handler
+        if not arg and self.tls_context and isinstance(handler, RelaySession):
+            # RFC 3207 section 4.2: the server discards all it knew of the client,
+            # a transaction in progress included (aiosmtpd starts a new envelope).
+            await handler.end_transaction_unsent()
         await super().smtp_STARTTLS(arg)
 
     async def smtp_MAIL(self, arg: str | None) -> None:
@@ -442,14 +492,25 @@ class RelaySMTP(SmtpNames, SMTP):
         reader = self._reader
         command_limit = reader._limit  # type: ignore[attr-defined]
         reader._limit = self.line_length_limit  # type: ignore[attr-defined]
+        # The connection went (the client hung up, a time limit, shutdown): then
+        # RelaySession.client_gone, called from connection_lost, ends the transaction, so
+        # that it is counted and logged as the client's abort, never as an answered one.
+        gone = False
         try:
             await self._data(arg)
+        except asyncio.IncompleteReadError:
+            gone = True  # the client hung up mid-message: nothing was sent upstream
+            if self.transport is not None:
+                self.transport.close()
+        except asyncio.CancelledError:
+            gone = True
+            raise
         finally:
             reader._limit = command_limit  # type: ignore[attr-defined]
             # Only now has the client read the answer to its DATA: until then shutdown
             # must not close the connection, or a delivered message would be retried.
             handler = self.event_handler
-            if isinstance(handler, RelaySession) and self.transport is not None:
+            if not gone and isinstance(handler, RelaySession) and self.transport is not None:
                 await handler.after_data()
 
     async def _data(self, arg: str) -> None:
@@ -466,10 +527,7 @@ class RelaySMTP(SmtpNames, SMTP):
             await self.push("501 Syntax: DATA")
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
-        try:
-            content = await read_message(self._reader, self.data_size_limit)
-        except asyncio.IncompleteReadError:
-            return  # the client hung up mid-message: nothing was sent upstream
+        content = await read_message(self._reader, self.data_size_limit)
         if content is None:
             await self.push("552 Error: Too much mail data")
             self._set_post_data_state()
@@ -517,6 +575,11 @@ class RelaySession(SmtpNames):
         self.delivering = False
         #: Closed by shutdown: a final dot read after that is not sent upstream.
         self.dropped = False
+        #: The message on its way upstream (``_deliver``), while ``delivering``.
+        self._delivery: asyncio.Future[str] | None = None
+        #: The client hung up after its final dot, before the answer: the delivery goes
+        #: on, and a message the upstream did not accept counts as the client's abort.
+        self.client_left = False
         self.client_ip = ""
         self.client_port = 0
         self.log: Any = log
@@ -631,6 +694,17 @@ class RelaySession(SmtpNames):
         if abandoned is not None:
             self.relay.after_delivery(*abandoned, recorded=False)
 
+    async def end_transaction_unsent(self) -> None:
+        """End the transaction in progress, if any, without a message: the upstream's
+        too (RSET; a connection that does not take it is closed), so the connection is
+        between transactions before the pool may give it to another client. For RSET and
+        QUIT, and for EHLO, HELO and STARTTLS, which reset the session: RFC 5321 section
+        4.1.4 (EHLO or HELO in a transaction is as if RSET), RFC 3207 section 4.2."""
+        if self.txn is not None:
+            await self._record_abandoned()
+            await self._reset_upstream()
+            self._end_transaction()
+
     async def after_data(self) -> None:
         """DATA is over and answered; abandon the upstream side if DATA never reached us
         (message too big, line too long: aiosmtpd refused it itself)."""
@@ -640,21 +714,50 @@ class RelaySession(SmtpNames):
         if self.txn is None:
             self.busy = False
         self.delivering = False
+        self._delivery = None
         if self._close_after_data:
             self._hang_up(session_time_over(self.relay.config.relay.hostname))
 
+    def _count(self, reply: Reply) -> None:
+        """Count a transaction that went upstream by its answer; one the upstream did not
+        accept and whose client hung up before the answer is the client's abort."""
+        if reply.ok:
+            result = "delivered"
+        elif self.client_left:
+            result = "client_abort"
+        else:
+            result = "tempfail" if reply.code < 500 else "refused"
+        SMTP_TRANSACTIONS.labels(result).inc()
+
     def client_gone(self) -> None:
-        """The client hung up: drop any half-done upstream transaction, never forward it."""
-        if self.txn is not None:
-            SMTP_TRANSACTIONS.labels("client_abort").inc()
-            self.log.info("client_disconnected_mid_transaction")
-        if not self.delivering:  # else _deliver finishes (or has) and releases the connection
-            self._report_abandoned()
+        """The client hung up (or was closed: a time limit, shutdown).
+
+        Before its final dot: the upstream transaction is dropped (its connection
+        closed), never forwarded, and the transaction counted and logged as the
+        client's abort. After it: the message is on its way upstream and stays so (a
+        message is never left half-sent); the upstream's answer decides what happens to
+        it, as if the client had waited: accepted, it is delivered and recorded. The
+        session stays among the relay's until then, so shutdown waits for it."""
+        delivery = self._delivery
+        if self.delivering and delivery is not None and not delivery.done():
+            self.client_left = True
+            self.log.info("client_disconnected_awaiting_reply",
+                          txn=self.txn.id if self.txn is not None else None,
+                          client=self.client_ip)
+            delivery.add_done_callback(self._delivery_over)
+        else:
+            txn = self.txn
+            if txn is not None:
+                SMTP_TRANSACTIONS.labels("client_abort").inc()
+                # Explicit fields: connection_lost runs outside the session's context.
+                self.log.info("client_disconnected_mid_transaction", txn=txn.id,
+                              client=self.client_ip, recipients=len(txn.rcpt_tos))
+                self._report_abandoned()
             conn, self.conn = self.conn, None
             if conn is not None:
                 conn.close()
             self._end_transaction()
-        self.relay.sessions.discard(self)
+            self._delivery_over()
         SMTP_SESSIONS.dec()
         if self.admitted:
             self.admitted = False
@@ -662,6 +765,13 @@ class RelaySession(SmtpNames):
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
+
+    def _delivery_over(self, _: object = None) -> None:
+        """The client is gone and nothing of its session is on its way upstream."""
+        self.delivering = False
+        self.busy = False
+        self._delivery = None
+        self.relay.sessions.discard(self)
 
     # --- aiosmtpd hooks ------------------------------------------------------------------
 
@@ -677,6 +787,7 @@ class RelaySession(SmtpNames):
 
     async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope,
                           hostname: str, responses: list[str]) -> list[str]:
+        await self.end_transaction_unsent()
         session.host_name = hostname
         if self.relay.closing:
             return [str(SHUTTING_DOWN)]
@@ -688,6 +799,15 @@ class RelaySession(SmtpNames):
     # aiosmtpd reads this hook's signature for every new connection (inspect.signature,
     # about 15 us); inspect returns a function's own __signature__ without working it out.
     handle_EHLO.__signature__ = inspect.signature(handle_EHLO)  # type: ignore[attr-defined]
+
+    async def handle_HELO(self, server: SMTP, session: Session, envelope: Envelope,
+                          hostname: str) -> str:
+        # What aiosmtpd does without this hook, after ending a transaction in progress
+        # upstream as well (RFC 5321 section 4.1.4).
+        await self.end_transaction_unsent()
+        session.host_name = hostname
+        self.esmtp = False
+        return f"250 {server.hostname}"
 
     def xforward_command(self, session: Session, arg: str) -> str:
         """The reply to ``XFORWARD``: only a host in ``relay.xforward_hosts`` may say where
@@ -865,8 +985,9 @@ class RelaySession(SmtpNames):
         # shutdown sees every message it must wait for (see Relay.stop).
         self.delivering = True
         # Shielded: once the message is on its way upstream, a client that hangs up
-        # must not leave it half-sent; the outcome is still recorded.
-        return await asyncio.shield(self._deliver(txn, raw, envelope.smtp_utf8))
+        # must not leave it half-sent; the outcome is still recorded (client_gone).
+        self._delivery = asyncio.ensure_future(self._deliver(txn, raw, envelope.smtp_utf8))
+        return await asyncio.shield(self._delivery)
 
     def refuse_long_line(self) -> str:
         """The answer to a message with a line over ``relay.max_line_length``, counted."""
@@ -885,7 +1006,7 @@ class RelaySession(SmtpNames):
                     return await self._deliver_copies(txn, raw, groups, utf8)
                 data, modified = await prepare_message(self.app, txn, raw)
             except PluginFailure:
-                SMTP_TRANSACTIONS.labels("tempfail").inc()
+                self._count(PLUGIN_TEMPFAIL)
                 await self._reset_upstream()
                 return str(PLUGIN_TEMPFAIL)
             started = time.perf_counter()
@@ -894,19 +1015,16 @@ class RelaySession(SmtpNames):
             except UpstreamUnavailable as exc:
                 conn.close()
                 self.conn = None
-                SMTP_TRANSACTIONS.labels("tempfail").inc()
+                self._count(exc.reply)
                 self.log.warning("upstream_lost_at_data", reply=str(exc.reply))
                 return str(exc.reply)
             UPSTREAM_SECONDS.observe(time.perf_counter() - started)
             queue_id = queue_id_of(reply) if reply.ok else None
             if queue_id:
                 structlog.contextvars.bind_contextvars(queue_id=queue_id)
-            if reply.ok:
-                SMTP_TRANSACTIONS.labels("delivered").inc()
-            else:
-                SMTP_TRANSACTIONS.labels("tempfail" if reply.code < 500 else "refused").inc()
+            self._count(reply)
             self.log.info("data_done", reply=str(reply), size=len(data), modified=modified,
-                          recipients=len(txn.rcpt_tos))
+                          recipients=len(txn.rcpt_tos), client_left=self.client_left)
             self._release(True)
             outcome = Outcome(
                 reply=reply, accepted=list(txn.rcpt_tos),
@@ -959,10 +1077,7 @@ class RelaySession(SmtpNames):
         self._release(True)
         notify = not dsn.null_path(txn.mail_from)
         reply = split.client_answer(results, notify=notify)
-        if reply.ok:
-            SMTP_TRANSACTIONS.labels("delivered").inc()
-        else:
-            SMTP_TRANSACTIONS.labels("tempfail" if reply.code < 500 else "refused").inc()
+        self._count(reply)
         failures = [f for r in results for f in r.failures()]
         self.log.info("split_done", reply=str(reply), copies=len(results),
                       failed_recipients=len(failures))
@@ -1040,17 +1155,11 @@ class RelaySession(SmtpNames):
         return result
 
     async def handle_RSET(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        if self.txn is not None:
-            await self._record_abandoned()
-            await self._reset_upstream()
-            self._end_transaction()
+        await self.end_transaction_unsent()
         return "250 2.0.0 OK"
 
     async def handle_QUIT(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        if self.txn is not None:
-            await self._record_abandoned()
-            await self._reset_upstream()
-            self._end_transaction()
+        await self.end_transaction_unsent()
         return "221 2.0.0 Bye"
 
     def _hook_failed(self, hook: str, exc: Exception) -> str:

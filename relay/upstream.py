@@ -4,7 +4,10 @@ Connections are reused across transactions (as Postfix's connection cache does):
 one per message costs about a third of the relay's throughput. A pooled connection may
 have been dropped by the server while idle, so the first command of a transaction on a
 reused connection is retried once on a fresh one; nothing else is ever retried, so no
-message can be sent twice.
+message can be sent twice. Only a connection known to be between transactions goes back
+to the pool: one whose MAIL was accepted and that has not since seen RSET or the answer
+to a message is closed instead, or the next client's MAIL would meet the server's
+``503 nested MAIL command``.
 
 At most ``upstream.max_connections`` are open at once (in use and idle): a server
 limits its clients too (Postfix accepts 50 from one address by default). A transaction
@@ -133,6 +136,9 @@ class SmtpConnection(Connection):
         self.cfg = cfg
         self.last_used = time.monotonic()
         self._on_close = on_close  # the pool's count of open connections, told once
+        #: The server accepted a MAIL and has not yet answered RSET or a message: it is
+        #: inside a transaction, and the pool must not hand it to another client.
+        self.in_transaction = False
 
     def supports(self, extension: str) -> bool:
         return self.client.supports_extension(extension)
@@ -195,6 +201,8 @@ class SmtpConnection(Connection):
             raise UpstreamUnavailable(LOST) from None
         except ValueError:  # aiosmtplib's address check, before anything was sent
             return UNSENDABLE_SENDER
+        if resp.code < 300:
+            self.in_transaction = True
         return _reply(resp.code, resp.message)
 
     async def rcpt(self, recipient: str, options: list[str], utf8: bool) -> Reply:
@@ -225,7 +233,11 @@ class SmtpConnection(Connection):
         dots with ``bytes.replace`` (single passes in C)."""
         client, protocol = self.client, self.client.protocol
         if protocol is None or client.is_ehlo_or_helo_needed:
-            return await client.data(message, timeout=self.cfg.data_timeout)
+            # (A refusal here may have come before or after the message: the transaction
+            # is taken as still open, and the pool closes the connection.)
+            resp = await client.data(message, timeout=self.cfg.data_timeout)
+            self.in_transaction = False
+            return resp
         start = await client.execute_command(b"DATA", timeout=self.cfg.data_timeout)
         if start.code != 354:
             raise aiosmtplib.SMTPDataError(start.code, start.message)
@@ -237,6 +249,9 @@ class SmtpConnection(Connection):
         except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
             client.close()  # the connection is out of step with its replies
             raise
+        # The answer to the message ends the transaction, whatever it says (RFC 5321
+        # section 4.1.1.4); a refusal of DATA itself (no 354) does not.
+        self.in_transaction = False
         if resp.code != 250:
             raise aiosmtplib.SMTPDataError(resp.code, resp.message)
         return resp
@@ -261,6 +276,7 @@ class SmtpConnection(Connection):
             await self.client.rset(timeout=self.cfg.command_timeout)
         except (aiosmtplib.SMTPException, OSError):
             return False
+        self.in_transaction = False
         return True
 
     def close(self) -> None:
@@ -408,8 +424,15 @@ class SmtpUpstream(Upstream):
             self.release(conn, True)
 
     def release(self, conn: Connection, reusable: bool) -> None:
+        """Take ``conn`` back: to the longest waiter or the idle pool when ``reusable``,
+        connected and between transactions, else closed. A connection still inside a
+        transaction (a caller that forgot its RSET, a DATA refused before its 354) is
+        closed: handed to another client, its MAIL would be refused as nested."""
         assert isinstance(conn, SmtpConnection)
         conn.last_used = time.monotonic()
+        if reusable and conn.in_transaction:
+            log.info("upstream_connection_discarded", reason="inside a transaction")
+            reusable = False
         if reusable and conn.client.is_connected:
             if self._hand_over(conn):
                 return

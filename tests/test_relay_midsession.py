@@ -1,0 +1,351 @@
+"""What clients do in the middle of a session, with real clients, a real relay and a real
+upstream: EHLO, HELO or STARTTLS inside a transaction (which reset it, RFC 5321 section
+4.1.4, RFC 3207 section 4.2), a message trickled in slower than ``client_timeout`` (the
+timeout is silence, not the length of DATA), a client that hangs up before or just
+after its final dot, and AUTH PLAIN asking for another identity (RFC 4616 section 2).
+
+The ``sink`` upstream is aiosmtpd, which keeps the transaction's state as Postfix does:
+a MAIL inside a transaction is refused ``503 … nested MAIL command``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ssl
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiosmtplib
+import pytest
+import structlog
+import trustme
+from prometheus_client import REGISTRY
+
+from relay.auth import hash_password
+from relay.config import UpstreamConfig
+from relay.smtp_server import Relay
+from relay.upstream import SmtpUpstream
+from tests.conftest import MakeRelay, Sink, relay_port
+
+MSG = b"From: a@example.com\r\nTo: b@example.org\r\nSubject: t\r\n\r\nhello\r\n"
+
+
+def transactions(result: str) -> float:
+    return REGISTRY.get_sample_value("trackrelay_smtp_transactions_total",
+                                     {"result": result}) or 0.0
+
+
+def auth_attempts(result: str) -> float:
+    return REGISTRY.get_sample_value("trackrelay_auth_attempts_total",
+                                     {"result": result}) or 0.0
+
+
+async def until(condition: Callable[[], Any]) -> None:
+    """Until ``condition()`` holds, yielding to the loop (fails after 30 s)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while not condition():
+        assert loop.time() < deadline, "condition never held"
+        await asyncio.sleep(0.01)
+
+
+class Raw:
+    """A client that speaks SMTP line by line and sees every reply as sent."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, relay: Relay) -> Raw:
+        reader, writer = await asyncio.open_connection("127.0.0.1", relay_port(relay))
+        client = cls(reader, writer)
+        assert (await client.reply()).startswith("220 ")
+        return client
+
+    async def reply(self) -> str:
+        """The next reply (its last line); "" when the server closed. 30 s at most."""
+        while True:
+            line = await asyncio.wait_for(self.reader.readline(), 30)
+            if not line or line[3:4] != b"-":
+                return line.decode().rstrip("\r\n")
+
+    async def command(self, line: str) -> str:
+        self.writer.write(line.encode() + b"\r\n")
+        await self.writer.drain()
+        return await self.reply()
+
+    async def start_message(self) -> None:
+        assert (await self.command("EHLO client.test")).startswith("250")
+        assert (await self.command("MAIL FROM:<a@example.com>")).startswith("250")
+        assert (await self.command("RCPT TO:<b@example.org>")).startswith("250")
+        assert (await self.command("DATA")).startswith("354")
+
+    async def closed(self) -> bool:
+        """Whether the server closed the connection having sent nothing more."""
+        return await asyncio.wait_for(self.reader.read(), 30) == b""
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+def tls_files(ca: trustme.CA, tmp_path: Path) -> dict[str, str]:
+    cert = ca.issue_cert("relay.test", "127.0.0.1")
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(cert_path))
+    cert.private_key_pem.write_to_path(str(key_path))
+    return {"tls_cert": str(cert_path), "tls_key": str(key_path)}
+
+
+def client_context(ca: trustme.CA) -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+    return ctx
+
+
+# --- EHLO, HELO, STARTTLS inside a transaction ------------------------------------------
+
+
+async def send_or_refusal(sending: Awaitable[Any]) -> str:
+    """"sent", or the refusal the client met (a nested MAIL: ``503 …``)."""
+    try:
+        errors, _ = await sending
+    except aiosmtplib.SMTPResponseException as exc:
+        return f"{exc.code} {exc.message}"
+    return "sent" if not errors else str(errors)
+
+
+async def one_message(client: aiosmtplib.SMTP) -> tuple[dict[str, Any], str]:
+    """MAIL, RCPT, DATA with no ESMTP parameters (a HELO session takes none)."""
+    await client.mail("second@example.com")
+    await client.rcpt("bob@example.org")
+    await client.data(MSG)
+    return {}, ""
+
+
+@pytest.mark.parametrize("reset", ["EHLO", "HELO", "STARTTLS"])
+async def test_a_session_reset_mid_transaction_resets_the_upstream_too(
+        make_relay: MakeRelay, sink: Sink, ca: trustme.CA, tmp_path: Path,
+        reset: str) -> None:
+    # One upstream connection in all, so the second client gets the first's back.
+    relay = await make_relay(relay=tls_files(ca, tmp_path),
+                             upstream={"pool_size": 1, "max_connections": 1})
+    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=relay_port(relay), start_tls=False,
+                             tls_context=client_context(ca))
+    await client.connect()
+    await client.ehlo()
+    await client.mail("first@example.com")
+    await client.rcpt("dropped@example.org")
+    if reset == "EHLO":
+        await client.ehlo()
+    elif reset == "HELO":
+        await client.helo()
+    else:
+        await client.starttls()
+        await client.ehlo()
+    # The transaction is gone on both sides: a new one goes through...
+    same_session = await send_or_refusal(one_message(client))
+    await client.quit()
+    # ...and the upstream connection went back to the pool between transactions: a
+    # client on a new connection, which gets it, can send.
+    new_session = await send_or_refusal(aiosmtplib.send(
+        MSG, sender="third@example.com", recipients=["carol@example.org"],
+        hostname="127.0.0.1", port=relay_port(relay), start_tls=False))
+    assert (same_session, new_session) == ("sent", "sent")
+    assert [(r.mail_from, r.rcpt_tos) for r in sink.received] == [
+        ("second@example.com", ["bob@example.org"]),
+        ("third@example.com", ["carol@example.org"])]
+
+
+async def test_the_pool_never_hands_out_a_connection_inside_a_transaction(sink: Sink) -> None:
+    pool = SmtpUpstream(UpstreamConfig(host="127.0.0.1", port=sink.port, tls="none"),
+                        "relay.test")
+    try:
+        conn = await pool.acquire()
+        assert (await conn.mail("a@example.com", [], False)).ok
+        pool.release(conn, True)  # a caller that forgot its RSET
+        again = await pool.acquire()
+        assert (await again.mail("b@example.com", [], False)).ok
+        assert (await again.rcpt("c@example.org", [], False)).ok
+        assert (await again.data(MSG)).ok
+        pool.release(again, True)
+        # After the answer to a message, a connection is between transactions: reused.
+        last = await pool.acquire()
+        assert last is again and last.reused
+        assert (await last.mail("d@example.com", [], False)).ok
+        assert await last.rset()
+        pool.release(last, True)
+    finally:
+        await pool.close()
+    assert [r.mail_from for r in sink.received] == ["b@example.com"]
+
+
+# --- client_timeout is silence ------------------------------------------------------------
+
+
+async def test_a_message_trickled_in_slower_than_client_timeout_is_delivered(
+        make_relay: MakeRelay, sink: Sink) -> None:
+    relay = await make_relay(relay={"client_timeout": 1.0})
+    before = REGISTRY.get_sample_value("trackrelay_smtp_limits_total",
+                                       {"limit": "idle_time"}) or 0.0
+    client = await Raw.open(relay)
+    await client.start_message()
+    lines = [b"Subject: slow\r\n", b"\r\n"] + [b"line %d\r\n" % i for i in range(8)]
+    for line in lines:  # 0.4 s apart: about 4 s in all, never 1 s of silence
+        client.writer.write(line)
+        await client.writer.drain()
+        await asyncio.sleep(0.4)
+    client.writer.write(b".\r\n")
+    assert (await client.reply()).startswith("250 2.0.0 Ok: queued as ")
+    assert await client.command("QUIT") == "221 2.0.0 Bye"
+    client.close()
+    assert [r.data for r in sink.received] == [b"".join(lines)]
+    assert (REGISTRY.get_sample_value("trackrelay_smtp_limits_total",
+                                      {"limit": "idle_time"}) or 0.0) == before
+
+
+async def test_a_client_silent_for_client_timeout_in_data_is_closed(
+        make_relay: MakeRelay, sink: Sink) -> None:
+    relay = await make_relay(relay={"client_timeout": 1.0})
+    aborted = transactions("client_abort")
+    client = await Raw.open(relay)
+    await client.start_message()
+    client.writer.write(b"Subject: stalled\r\n\r\nfirst line\r\n")
+    await client.writer.drain()
+    started = asyncio.get_running_loop().time()
+    assert await client.reply() == "421 4.4.2 relay.test Idle timeout, closing connection"
+    assert asyncio.get_running_loop().time() - started >= 0.9
+    assert await client.closed()
+    await until(lambda: transactions("client_abort") == aborted + 1)
+    await until(lambda: not relay.sessions)
+    assert sink.received == [] and sink.data_started == 0
+
+
+# --- the client hangs up ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["close", "reset"])
+async def test_a_hang_up_before_the_final_dot_is_logged_and_counted(
+        make_relay: MakeRelay, sink: Sink, how: str) -> None:
+    relay = await make_relay()
+    aborted = transactions("client_abort")
+    with structlog.testing.capture_logs() as logs:
+        client = await Raw.open(relay)
+        await client.start_message()
+        client.writer.write(b"Subject: cut\r\n\r\nhalf a mess")
+        await client.writer.drain()
+        if how == "reset":
+            client.writer.transport.abort()
+        else:
+            client.close()
+        await until(lambda: not relay.sessions)
+    assert transactions("client_abort") == aborted + 1
+    gone = [e for e in logs if e["event"] == "client_disconnected_mid_transaction"]
+    assert len(gone) == 1
+    assert gone[0]["client"] == "127.0.0.1" and gone[0]["txn"]
+    mail_from = next(e for e in logs if e["event"] == "mail_from")
+    assert "upstream_lost_at_data" not in [e["event"] for e in logs]
+    assert mail_from.get("txn", gone[0]["txn"]) == gone[0]["txn"]
+    assert sink.received == [] and sink.data_started == 0
+
+
+async def test_a_hang_up_after_the_final_dot_leaves_the_message_to_the_upstream(
+        make_relay: MakeRelay, sink: Sink) -> None:
+    relay = await make_relay()
+    # The upstream takes its time to answer, so the client is gone before it does.
+    sink.behaviour.delay_data = 0.5
+    delivered, aborted, tempfail = (transactions("delivered"), transactions("client_abort"),
+                                    transactions("tempfail"))
+    with structlog.testing.capture_logs() as logs:
+        client = await Raw.open(relay)
+        await client.start_message()
+        client.writer.write(MSG + b".\r\n")
+        await client.writer.drain()
+        await until(lambda: sink.data_started == 1)  # the upstream has the message
+        client.close()
+        await until(lambda: not relay.sessions)
+    # It is delivered, and counted and recorded as such: the upstream accepted it.
+    assert [r.data for r in sink.received] == [MSG]
+    assert transactions("delivered") == delivered + 1
+    assert transactions("client_abort") == aborted
+    assert transactions("tempfail") == tempfail
+    events = [e["event"] for e in logs]
+    assert "upstream_lost_at_data" not in events
+    assert "client_disconnected_awaiting_reply" in events
+    done = next(e for e in logs if e["event"] == "data_done")
+    assert done["reply"].startswith("250 ") and done["client_left"] is True
+    # The upstream connection is back in the pool, between transactions: reused.
+    reply = await aiosmtplib.send(MSG, sender="a@example.com", recipients=["c@example.org"],
+                                  hostname="127.0.0.1", port=relay_port(relay),
+                                  start_tls=False)
+    assert not reply[0]
+    assert sink.connections == 1 and len(sink.received) == 2
+
+
+async def test_a_refusal_nobody_hears_counts_as_the_clients_abort(
+        make_relay: MakeRelay, sink: Sink) -> None:
+    relay = await make_relay()
+    sink.behaviour.delay_data = 0.5
+    sink.behaviour.data_reply = "554 5.7.1 Refused"
+    aborted, refused = transactions("client_abort"), transactions("refused")
+    client = await Raw.open(relay)
+    await client.start_message()
+    client.writer.write(MSG + b".\r\n")
+    await client.writer.drain()
+    await until(lambda: sink.data_started == 1)
+    client.close()
+    await until(lambda: not relay.sessions)
+    assert transactions("client_abort") == aborted + 1
+    assert transactions("refused") == refused
+
+
+# --- AUTH PLAIN's authorization identity ----------------------------------------------------
+
+
+def plain(authzid: str, user: str, password: str) -> str:
+    return base64.b64encode(f"{authzid}\0{user}\0{password}".encode()).decode()
+
+
+async def test_auth_plain_as_another_identity_is_refused(
+        make_relay: MakeRelay, sink: Sink, ca: trustme.CA, tmp_path: Path) -> None:
+    users = tmp_path / "users"
+    users.write_text(f"alice:{hash_password('alicepw', rounds=4)}\n"
+                     f"crm:{hash_password('crmpw', rounds=4)}\n")
+    relay = await make_relay(relay={
+        **tls_files(ca, tmp_path), "users_file": str(users),
+        "allowed_networks": ["192.0.2.0/24"], "auth_failure_delay": 0.0,
+        "auth_failure_delay_max": 0.0})
+
+    async def login(authzid: str, user: str, password: str) -> tuple[int, str, bool]:
+        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=relay_port(relay),
+                                 start_tls=True, tls_context=client_context(ca))
+        await client.connect()
+        await client.ehlo()
+        try:
+            reply = await client.execute_command(
+                b"AUTH", b"PLAIN", plain(authzid, user, password).encode())
+            # Whom the relay now takes the client for: relaying is for logged-in users only.
+            mail = await client.execute_command(b"MAIL", b"FROM:<a@example.com>")
+            return reply.code, reply.message, mail.code == 250
+        finally:
+            client.close()
+
+    failed = auth_attempts("failed")
+    with structlog.testing.capture_logs() as logs:
+        code, text, relays = await login("crm", "alice", "alicepw")
+    assert (code, relays) == (535, False)
+    assert text.startswith("5.7.8 ")
+    assert auth_attempts("failed") == failed + 1
+    refused = next(e for e in logs if e["event"] == "auth_refused_authzid")
+    assert (refused["user"], refused["authzid"]) == ("alice", "crm")
+    assert "alicepw" not in repr(logs)
+    # An empty authorization identity, or the user's own, is the usual login.
+    assert (await login("", "alice", "alicepw"))[::2] == (235, True)
+    assert (await login("alice", "alice", "alicepw"))[::2] == (235, True)
