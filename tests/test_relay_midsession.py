@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from relay.config import UpstreamConfig
 from relay.smtp_server import Relay
 from relay.upstream import SmtpUpstream
 from tests.conftest import MakeRelay, Sink, relay_port
+from tests.smtp_client_support import Raw, until
 
 MSG = b"From: a@example.com\r\nTo: b@example.org\r\nSubject: t\r\n\r\nhello\r\n"
 
@@ -42,53 +43,11 @@ def auth_attempts(result: str) -> float:
                                      {"result": result}) or 0.0
 
 
-async def until(condition: Callable[[], Any]) -> None:
-    """Until ``condition()`` holds, yielding to the loop (fails after 30 s)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 30
-    while not condition():
-        assert loop.time() < deadline, "condition never held"
-        await asyncio.sleep(0.01)
-
-
-class Raw:
-    """A client that speaks SMTP line by line and sees every reply as sent."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-
-    @classmethod
-    async def open(cls, relay: Relay) -> Raw:
-        reader, writer = await asyncio.open_connection("127.0.0.1", relay_port(relay))
-        client = cls(reader, writer)
-        assert (await client.reply()).startswith("220 ")
-        return client
-
-    async def reply(self) -> str:
-        """The next reply (its last line); "" when the server closed. 30 s at most."""
-        while True:
-            line = await asyncio.wait_for(self.reader.readline(), 30)
-            if not line or line[3:4] != b"-":
-                return line.decode().rstrip("\r\n")
-
-    async def command(self, line: str) -> str:
-        self.writer.write(line.encode() + b"\r\n")
-        await self.writer.drain()
-        return await self.reply()
-
-    async def start_message(self) -> None:
-        assert (await self.command("EHLO client.test")).startswith("250")
-        assert (await self.command("MAIL FROM:<a@example.com>")).startswith("250")
-        assert (await self.command("RCPT TO:<b@example.org>")).startswith("250")
-        assert (await self.command("DATA")).startswith("354")
-
-    async def closed(self) -> bool:
-        """Whether the server closed the connection having sent nothing more."""
-        return await asyncio.wait_for(self.reader.read(), 30) == b""
-
-    def close(self) -> None:
-        self.writer.close()
+async def opened(relay: Relay) -> Raw:
+    """A raw client of ``relay``, past its greeting."""
+    client = await Raw.open(relay_port(relay))
+    assert (await client.reply()).startswith("220 ")
+    return client
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +154,7 @@ async def test_a_message_trickled_in_slower_than_client_timeout_is_delivered(
     relay = await make_relay(relay={"client_timeout": 1.0})
     before = REGISTRY.get_sample_value("trackrelay_smtp_limits_total",
                                        {"limit": "idle_time"}) or 0.0
-    client = await Raw.open(relay)
+    client = await opened(relay)
     await client.start_message()
     lines = [b"Subject: slow\r\n", b"\r\n"] + [b"line %d\r\n" % i for i in range(8)]
     for line in lines:  # 0.4 s apart: about 4 s in all, never 1 s of silence
@@ -215,7 +174,7 @@ async def test_a_client_silent_for_client_timeout_in_data_is_closed(
         make_relay: MakeRelay, sink: Sink) -> None:
     relay = await make_relay(relay={"client_timeout": 1.0})
     aborted = transactions("client_abort")
-    client = await Raw.open(relay)
+    client = await opened(relay)
     await client.start_message()
     client.writer.write(b"Subject: stalled\r\n\r\nfirst line\r\n")
     await client.writer.drain()
@@ -237,7 +196,7 @@ async def test_a_hang_up_before_the_final_dot_is_logged_and_counted(
     relay = await make_relay()
     aborted = transactions("client_abort")
     with structlog.testing.capture_logs() as logs:
-        client = await Raw.open(relay)
+        client = await opened(relay)
         await client.start_message()
         client.writer.write(b"Subject: cut\r\n\r\nhalf a mess")
         await client.writer.drain()
@@ -264,7 +223,7 @@ async def test_a_hang_up_after_the_final_dot_leaves_the_message_to_the_upstream(
     delivered, aborted, tempfail = (transactions("delivered"), transactions("client_abort"),
                                     transactions("tempfail"))
     with structlog.testing.capture_logs() as logs:
-        client = await Raw.open(relay)
+        client = await opened(relay)
         await client.start_message()
         client.writer.write(MSG + b".\r\n")
         await client.writer.drain()
@@ -295,7 +254,7 @@ async def test_a_refusal_nobody_hears_counts_as_the_clients_abort(
     sink.behaviour.delay_data = 0.5
     sink.behaviour.data_reply = "554 5.7.1 Refused"
     aborted, refused = transactions("client_abort"), transactions("refused")
-    client = await Raw.open(relay)
+    client = await opened(relay)
     await client.start_message()
     client.writer.write(MSG + b".\r\n")
     await client.writer.drain()
