@@ -7,7 +7,10 @@ ECMA-376 Part 4) becomes the tracker's ``/c/<token>`` URL; the original
 target and the link text are recorded in ``context.links``. The recorded target is the
 URL a browser follows (WHATWG URL Standard, URL parsing): character references decoded,
 leading and trailing C0 controls and spaces stripped, every ASCII tab and newline inside
-removed (a target wrapped by an editor or a generator), fragment and query kept; for
+removed (a target wrapped by an editor or a generator), fragment and query kept (in a
+part that is not UTF-8 or UTF-16, the query's non-ASCII characters percent-encoded in the
+part's encoding, as the URL Standard's query state does with the document's encoding:
+``?q=тест`` in windows-1251 is ``?q=%F2%E5%F1%F2``); for
 ``http`` and ``https`` any run of ``/`` and ``\\`` after the scheme is read as ``//``
 (``https:host``, ``https:\\\\host``, ``https:///host`` open ``https://host``). A
 relative target in a part with a ``<base href>`` (the first with an ``href``, when it is
@@ -37,6 +40,7 @@ import re
 from urllib.parse import urljoin
 
 from relay import hookimpl
+from relay.rewrite.charsets import query_bytes, query_codec
 from relay.rewrite.context import HtmlPart, PlainTextPart, RewriteContext
 from relay.rewrite.html_scan import Tag, visible_text
 
@@ -73,7 +77,9 @@ _UNSUBSCRIBE_URL = re.compile(
 
 
 def browser_url(value: str) -> str:
-    """The URL a browser follows for an attribute value (references already decoded)."""
+    """The URL a browser follows for an attribute value (references already decoded),
+    its query still as text: ``query_in_encoding`` writes it in the document's
+    encoding, after the checks (its bytes could look like template syntax: ``{%``)."""
     url = value.strip(_C0_OR_SPACE).translate(_TAB_OR_NEWLINE)
     special = _SPECIAL_SLASHES.match(url)
     if special is None:
@@ -81,6 +87,36 @@ def browser_url(value: str) -> str:
     if url[special.end(1):special.end()] != "://":
         url = special.group(1).lower() + "://" + url[special.end():]
     return _backslashes_as_slashes(url) if "\\" in url else url
+
+
+#: A run of characters a query percent-encodes in the document's encoding.
+_NON_ASCII = re.compile(r"[^\x00-\x7f]+")
+
+
+def query_in_encoding(url: str, charset: str) -> str:
+    """``url`` (http or https) with the non-ASCII characters of its query
+    percent-encoded in the encoding of the document it is in, as a browser requests it.
+
+    WHATWG URL Standard, section 4.4 "URL parsing", query state: for a special URL the
+    query is percent-encoded after encoding with the URL's encoding, which HTML's
+    "encoding-parsing a URL" (section 2.4.2 "URLs") sets to the document's character
+    encoding ("get an output encoding": UTF-8 for UTF-16); a character the encoding
+    cannot hold becomes ``%26%23`` + its code point + ``%3B``. Path and host are UTF-8
+    and IDNA whatever the document's encoding (the tracker's redirect writes those), and
+    so is the fragment (fragment state). In a Windows-1251 part ``?q=тест`` is
+    ``?q=%F2%E5%F1%F2``, not UTF-8's ``?q=%D1%82%D0%B5%D1%81%D1%82``.
+    """
+    codec = query_codec(charset)
+    if codec is None:
+        return url
+    end = url.find("#")
+    if end < 0:
+        end = len(url)
+    start = url.find("?", 0, end)
+    if start < 0 or url[start:end].isascii():
+        return url
+    query = _NON_ASCII.sub(lambda m: query_bytes(m.group(), codec), url[start:end])
+    return url[:start] + query + url[end:]
 
 
 def _backslashes_as_slashes(url: str) -> str:
@@ -181,6 +217,8 @@ def trackrelay_edit_html(context: RewriteContext, part: HtmlPart) -> None:
         if reason is not None:
             context.skip_link(reason)
             continue
+        if not url.isascii():  # the stored target: the query as the browser sends it
+            url = query_in_encoding(url, part.charset)
         part.set_attr(href, context.track_link(url, text), owner=NAME)
 
 

@@ -285,7 +285,8 @@ class HtmlPart(ContentPart):
         """Where markup appended to the body goes: before ``</body>``, else the end.
 
         The end is ``Scan.tail``: before a tag, comment or element left unclosed at the
-        end of the text, which would swallow markup put after it."""
+        end of the text, or a ``<plaintext>`` (which nothing closes), which would swallow
+        markup put after it."""
         scan = self.scan
         return scan.body_close if scan.body_close is not None else scan.tail
 

@@ -38,6 +38,7 @@ from relay.rewrite.context import (
     RewriteContext,
     TrackingPolicy,
 )
+from relay.rewrite.html_scan import DEFAULT_NAMES, scan_html
 from relay.rewrite.mime import (
     DecodeError,
     MimeError,
@@ -124,6 +125,34 @@ def _skip_part(context: RewriteContext, reason: str, path: str, error: str) -> N
                 reason=reason, error=error)
 
 
+def _count_lost_links(context: RewriteContext, reason: str, count: int) -> None:
+    """Count the links of a part left alone as skipped for the part's reason: a link
+    that goes out untracked is always in the summary and the log, never silently lost
+    ("0 links rewritten; 0 skipped" for a message full of links)."""
+    if count:
+        context.stats.links_skipped[reason] += count
+
+
+#: What 7-bit ISO-2022 text shifts out of ASCII (``ESC $ …`` two-byte sets, ``ESC ( I``
+#: katakana) up to the next escape: bytes that are not markup, whatever they look like.
+_SHIFTED = re.compile(rb"\x1b(?:\$|\(I)[^\x1b]*")
+#: Tags that are links (the links plugin's: ``a``, ``area``, VML shapes), by their ``href``.
+_LINK_NAMES = DEFAULT_NAMES - {"base", "body"}
+
+
+def _links_in_bytes(data: bytes) -> int:
+    """How many link tags a part that cannot be decoded holds, its bytes read as ASCII
+    (markup is ASCII in every charset mail uses but UTF-16; its shifted ISO-2022 runs
+    blanked out, where JIS ``!<`` would read as a ``<!`` declaration hiding the rest)."""
+    if b"<" not in data:
+        return 0
+    if b"\x1b" in data:
+        data = _SHIFTED.sub(lambda m: b" " * len(m.group()), data)
+    scan = scan_html(data.decode("latin-1"))
+    return sum(1 for tag in scan.tags
+               if not tag.closing and tag.name in _LINK_NAMES and tag.has("href"))
+
+
 async def _edit_parts(context: RewriteContext, tree: MimeTree) -> None:
     host = context.app.host
     message = context.message
@@ -138,11 +167,16 @@ async def _edit_parts(context: RewriteContext, tree: MimeTree) -> None:
         if not hooks[is_html]:
             continue
         raw = body[leaf.body_start:leaf.body_end]
+        data = b""
         try:
-            decoded = decode_charset(decode_transfer(raw, leaf.cte), leaf.charset)
+            data = decode_transfer(raw, leaf.cte)
+            decoded = decode_charset(data, leaf.charset)
         except (DecodeError, LookupError, ValueError) as exc:
             # "charset_not_reversible": the text would not encode back to the part's bytes.
-            _skip_part(context, getattr(exc, "reason", "undecodable"), leaf.path, str(exc))
+            reason = getattr(exc, "reason", "undecodable")
+            _skip_part(context, reason, leaf.path, str(exc))
+            if is_html and tracked and context.policy.clicks:
+                _count_lost_links(context, reason, _links_in_bytes(data))
             continue
         part: ContentPart
         if is_html:
@@ -151,7 +185,7 @@ async def _edit_parts(context: RewriteContext, tree: MimeTree) -> None:
             part = PlainTextPart(decoded.text, leaf.content_type, leaf.path, decoded.charset)
         # Remember what this part recorded, to roll it back if it cannot be re-encoded.
         n_links, pixel = len(context.links), context.stats.pixel
-        rewritten, skipped = context.stats.links_rewritten, context.stats.links_skipped.copy()
+        rewritten = context.stats.links_rewritten
         for hook in hooks[is_html]:  # tracking first: at one offset, the pixel comes first
             await host.call(hook, context=context, part=part)
         if not part.changed:
@@ -161,9 +195,11 @@ async def _edit_parts(context: RewriteContext, tree: MimeTree) -> None:
         except (DecodeError, LookupError, ValueError) as exc:
             del context.links[n_links:]
             context.stats.pixel = pixel
+            lost = context.stats.links_rewritten - rewritten
             context.stats.links_rewritten = rewritten
-            context.stats.links_skipped = skipped
             _skip_part(context, "unencodable", leaf.path, str(exc))
+            # The links this part skipped keep their reasons; the ones it tracked are not.
+            _count_lost_links(context, "unencodable", lost)
             continue
         context.stats.parts_changed += 1
         replacements.append((leaf.body_start, leaf.body_end, new_bytes))

@@ -11,7 +11,8 @@ the HTML tokenizer where that matters for email:
   reported with ``in_conditional=True``; "downlevel-revealed" blocks
   (``<!--[if !mso]><!-->``) are ordinary comments followed by ordinary markup;
 - raw-text elements (``script``, ``style``, ``textarea``, ``title``, …) are skipped to
-  their end tag;
+  their end tag; ``<plaintext>`` ends the markup (no end tag closes it: the rest of
+  the text is text, WHATWG HTML tokenizer, PLAINTEXT state);
 - attribute values in double quotes, single quotes or unquoted, names in any case.
 
 Speed: the pattern consumes runs of text and of tags nobody asked about inside the
@@ -30,6 +31,11 @@ from typing import NamedTuple
 
 #: Elements whose content is raw text (no tags inside), as browsers parse them.
 RAW_TEXT = ("script", "style", "textarea", "title", "xmp", "iframe", "noembed", "noframes")
+
+#: The element whose start tag switches the tokenizer to the PLAINTEXT state (WHATWG HTML
+#: section 13.2.5.5 and the "in body" insertion mode's ``plaintext`` start tag): nothing
+#: after it is markup, so it ends the scan as an unclosed construct does (``Scan.tail``).
+PLAINTEXT = "plaintext"
 
 #: The tags the engine reports by default: what the built-in plugins need (the links
 #: plugin's link tags, VML shapes among them, and ``base``), in the one shared scan.
@@ -167,7 +173,8 @@ def _trie(words: list[str]) -> str:
 def _pattern(names: frozenset[str]) -> re.Pattern[str]:
     wanted = _trie(list(names))
     # Tags nobody asked for are consumed inside the regex engine ("skip").
-    interesting = rf"[!?]|/{wanted}(?=[\s/>])|{_trie([*names, *RAW_TEXT])}(?=[\s/>])"
+    interesting = (rf"[!?]|/{wanted}(?=[\s/>])|{_trie([*names, *RAW_TEXT, PLAINTEXT])}"
+                   r"(?=[\s/>])")
     skip = (
         rf"(?>[^<]++|<(?!{interesting})(?:[A-Za-z]{_NAME_REST}{_ATTRS}>|/[^>]*+>|"
         r"(?![A-Za-z/])))*+"
@@ -186,6 +193,7 @@ def _pattern(names: frozenset[str]) -> re.Pattern[str]:
         r"|(?P<cdata><!\[CDATA\[(?:[^\]]++|\](?!\]>))*+(?:\]\]>)?)"
         r"|(?P<decl><[!?][^>]*+>?)"
         rf"|(?P<raw>{raw})"
+        rf"|(?P<plaintext><{_ci(PLAINTEXT)}(?=[\s/>]){_ATTRS}>)"
         rf"|(?P<end></(?P<endname>{wanted})(?=[\s/>])[^>]*+>)"
         rf"|(?P<start><(?P<name>{wanted})(?=[\s/>]){_ATTRS}>)"
         # A tag that never closes: browsers swallow the rest of the text into it.
@@ -246,6 +254,9 @@ def scan_html(text: str, names: Iterable[str] | None = None) -> Scan:
         elif kind == "open":
             tail = m.start("open")
             break  # unterminated tag: nothing after it is markup a browser shows
+        elif kind == "plaintext" and not in_cond:  # (in a conditional block: a comment)
+            tail = m.start("plaintext")
+            break  # the rest of the text is the element's text, whatever it holds
         elif kind == "cond" and not in_cond:  # (one inside a block is comment text)
             in_cond = True
             cond_start = m.start("cond")

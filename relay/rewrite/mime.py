@@ -3,10 +3,11 @@
 ``walk`` finds every text part (``text/html`` and ``text/plain`` that is not an
 attachment: neither ``Content-Disposition: attachment`` nor a file name) with the byte
 offsets of its header block and body inside the message body, without re-serialising
-anything. ``decode_charset`` turns a part's transfer-decoded body into text (a missing
-or wrong charset is detected with bs4's candidates; the text must encode back to the
-same bytes) and ``encode_part`` turns edited text back into bytes in the same charset,
-byte order and transfer encoding where it can carry the result. ``splice`` puts new
+anything. ``decode_charset`` turns a part's transfer-decoded body into text (a declared
+label read as browsers read it, ``relay.rewrite.charsets``; a missing or wrong charset
+is detected with bs4's candidates; the text must encode back to the same bytes) and
+``encode_part`` turns edited text back into bytes in the same charset, byte order and
+transfer encoding where it can carry the result. ``splice`` puts new
 part bytes into the original body, so every byte outside the changed parts stays as it
 was.
 
@@ -24,6 +25,8 @@ import re
 from dataclasses import dataclass, field
 from email.message import Message
 from email.policy import compat32
+
+from relay.rewrite import charsets
 
 MAX_LINE = 998
 _BLANK_LINE = re.compile(rb"\r?\n\r?\n")
@@ -384,6 +387,7 @@ def decode_base64(data: bytes) -> bytes:
 
 
 def _known(charset: str | None) -> str | None:
+    """Python's codec for a charset name (a detector's guess), None when unknown."""
     if not charset:
         return None
     try:
@@ -417,7 +421,7 @@ _BYTE_ORDER = {
 }
 #: Codecs whose strict decoding only succeeds on bytes its text encodes back to (one
 #: byte sequence per character): no round trip needs checking.
-_REVERSIBLE = frozenset({"ascii", "utf-8", "iso8859-1"})
+_REVERSIBLE = frozenset({"ascii", "utf-8", "iso8859-1", charsets.WINDOWS_1252})
 #: Other codecs of the same family to try when a detected one does not give the bytes
 #: back (EUC-JP text is detected as euc_jis_2004, which re-encodes JIS X 0212 characters
 #: differently).
@@ -476,17 +480,45 @@ def _decode(data: bytes, codec: str, detected: bool) -> Decoded | None:
 def decode_charset(data: bytes, declared: str | None) -> Decoded:
     """Bytes to text by the declared charset; detect it when missing or wrong.
 
-    The text must encode back to exactly ``data`` (else every byte outside the edits
-    could change): a declared charset that reads the part but does not give its bytes
-    back is ``IrreversibleCharset``, and so is a part no detected candidate (or a codec
-    of the same family) both reads and gives back.
+    A declared label is read as browsers read it (WHATWG Encoding Standard labels,
+    ``charsets.candidates``: ``iso-8859-1`` and ``us-ascii`` are windows-1252, whose
+    bytes 0x81, 0x8D, 0x8F, 0x90 and 0x9D are C1 controls, not errors), trying the
+    codecs of that encoding's family in turn. The text must encode back to exactly
+    ``data`` (else every byte outside the edits could change): a declared charset that
+    reads the part but does not give its bytes back is ``IrreversibleCharset``, and so
+    is a part no detected candidate (or a codec of the same family) both reads and
+    gives back. A part labelled ISO-2022-JP in 7-bit bytes is never detected: read as
+    ASCII or UTF-8, its escape sequences would be the text.
     """
-    codec = _known(declared)
-    if codec is not None:
-        found = _decode(data, codec, False)
+    tried: set[str | None] = set()
+    irreversible: IrreversibleCharset | None = None
+    for codec in charsets.candidates(declared):
+        tried.add(codec)
+        try:
+            found = _decode(data, codec, False)
+        except IrreversibleCharset as exc:
+            irreversible = irreversible or exc
+            continue
         if found is not None:
             return found
+    if irreversible is not None:
+        raise irreversible  # the declared charset reads it: no other reading is the sender's
+    if tried:
+        if declared is not None and declared.strip().lower() in charsets.NO_DETECTION \
+                and data.isascii():
+            raise DecodeError(f"no ISO-2022-JP variant reads the part ({declared})")
     elif declared is None:
+        if b"\x1b" in data and data.isascii():
+            # 7-bit escape sequences without a label: ISO-2022-JP (RFC 1468), as a
+            # browser's detector reads them, before plain ASCII (which reads them too).
+            for codec in charsets.ISO_2022_JP_VARIANTS:
+                tried.add(codec)
+                try:
+                    found = _decode(data, codec, True)
+                except IrreversibleCharset:
+                    continue
+                if found is not None:
+                    return found
         found = _decode(data, "ascii", False)
         if found is not None:
             return found
@@ -494,10 +526,8 @@ def decode_charset(data: bytes, declared: str | None) -> Decoded:
 
     # UnicodeDammit's candidates, in its order; the first that reads the part and gives
     # its bytes back is taken.
-    guesses = [c for c in ("utf-8", "windows-1252") if c != codec]
+    guesses = [c for c in ("utf-8", "windows-1252") if c not in tried]
     detector = EncodingDetector(data, is_html=False, user_encodings=guesses)
-    tried = {codec}
-    irreversible: IrreversibleCharset | None = None
     for name in detector.encodings:
         first = _known(name)
         if first is None:
