@@ -114,14 +114,17 @@ def cmd_tracker(args: argparse.Namespace) -> int:
 
 
 def _check_plugins(config: Config) -> int:
-    """Load the plugins and run their own settings checks (``trackrelay_check_config``);
-    an unknown or broken plugin, or a bad setting, raises ``ConfigError``. The number of
-    plugins loaded."""
+    """Load the plugins, run their own settings checks (``trackrelay_check_config``) and
+    build their tracker routes; an unknown or broken plugin, a bad setting or a route on
+    a path taken raises ``ConfigError``. The number of plugins loaded."""
     from relay.app import App
     from relay.plugin_host import PluginHost
+    from relay.tracker.plugin_routes import check_plugin_routes
 
     host = PluginHost(config)
-    asyncio.run(App(config, host).check_config())
+    app = App(config, host)
+    asyncio.run(app.check_config())
+    check_plugin_routes(app)
     return len(host.plugins())
 
 

@@ -12,10 +12,10 @@ from aiohttp import web
 
 from relay import hookimpl
 from relay.app import App
-from relay.config import build_config
+from relay.config import ConfigError, build_config
 from relay.plugin_host import PluginHost
 from relay.rewrite.context import HtmlPart, RewriteContext
-from relay.tracker.plugin_routes import TrackerRoutes
+from relay.tracker.plugin_routes import TrackerRoutes, check_plugin_routes
 from relay.tracker.web import create_web_app
 from tests.deliverability_support import MakeStack, campaign_message
 from tests.tracker_support import TOKEN_KEY
@@ -82,10 +82,32 @@ class Squatter:
         routes.add("GET", "/c/{token}", mine)
 
 
-def test_a_path_of_the_trackers_own_is_refused() -> None:
+class AsyncRoutes:
+    @hookimpl
+    async def trackrelay_tracker_routes(self, routes: TrackerRoutes) -> None:
+        raise AssertionError("never awaited")
+
+
+def _app(*plugins: tuple[str, object]) -> App:
     config = build_config({"tracking": {"token_keys": [TOKEN_KEY]}}, environ={})
     host = PluginHost(config, load_entry_points=False)
-    host.register(Squatter(), "squatter")
-    refusal = re.escape("tracker route '/c/{token}': not a path of its own")
-    with pytest.raises(ValueError, match=refusal):
-        create_web_app(App(config, host))
+    for name, plugin in plugins:
+        host.register(plugin, name)
+    return App(config, host)
+
+
+@pytest.mark.parametrize(("plugins", "refusal"), [
+    ([("squatter", Squatter())],
+     "plugin squatter: tracker route '/c/{token}': not a path of its own"),
+    ([("view", ViewInBrowser()), ("view_too", ViewInBrowser())],
+     "plugin view: tracker route '/v/{token}': plugin 'view_too' serves it already"),
+    ([("lazy", AsyncRoutes())],
+     "plugin lazy: trackrelay_tracker_routes must be a plain function"),
+])
+def test_a_route_mistake_stops_start_up_naming_the_plugin(
+        plugins: list[tuple[str, object]], refusal: str) -> None:
+    """A path the tracker (or another plugin) serves, or a coroutine that would never
+    run: a config error naming the plugin, from start-up and from check-config alike."""
+    for build in (lambda app: create_web_app(app), check_plugin_routes):
+        with pytest.raises(ConfigError, match=re.escape(refusal)):
+            build(_app(*plugins))

@@ -23,7 +23,8 @@ FOOTER = {"html": "", "text": ""}
 
 
 @hookimpl
-def trackrelay_startup(app: App) -> None:
+def trackrelay_check_config(app: App) -> None:
+    """Check the settings and keep them (`trackrelay check-config` runs this too)."""
     settings = app.plugin_config("footer")
     unknown = set(settings) - set(FOOTER)
     if unknown:

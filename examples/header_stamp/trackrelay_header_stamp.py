@@ -21,7 +21,8 @@ STAMP = {"name": "X-Relayed-By", "value": "trackrelay"}
 
 
 @hookimpl
-def trackrelay_startup(app: App) -> None:
+def trackrelay_check_config(app: App) -> None:
+    """Check the settings and keep them (`trackrelay check-config` runs this too)."""
     settings = app.plugin_config("header_stamp")
     for key in settings:
         if key not in STAMP:

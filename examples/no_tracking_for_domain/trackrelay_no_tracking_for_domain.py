@@ -23,7 +23,8 @@ DOMAINS: set[str] = set()
 
 
 @hookimpl
-def trackrelay_startup(app: App) -> None:
+def trackrelay_check_config(app: App) -> None:
+    """Check the settings and keep them (`trackrelay check-config` runs this too)."""
     settings = app.plugin_config("no_tracking_for_domain")
     domains = settings.get("domains", [])
     if not isinstance(domains, list) or not all(isinstance(d, str) and "." in d

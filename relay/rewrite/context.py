@@ -139,8 +139,10 @@ class RewriteContext:
     # --- URLs and tokens --------------------------------------------------------------------
 
     def token(self, kind: str, link_index: int = 0) -> str:
-        """A signed token of this message and recipient for ``kind`` (``open``, ``click``,
-        or a plugin's own kind such as ``honeypot``), as the tracker verifies it."""
+        """A signed token of this message and recipient for ``kind``, as the tracker
+        verifies it. ``kind`` is one of ``relay.tokens.KINDS`` (``open``, ``click``, …;
+        ``plugin`` for a route of a plugin's own, ``trackrelay_tracker_routes``, with a
+        ``link_index`` from 0 that the plugin chooses); another name raises ``KeyError``."""
         return self.app.tokens.encode(kind, self.transaction.message_id,
                                       self.recipient_index, link_index)
 

@@ -10,16 +10,19 @@ webhooks like the pixel's and the links'.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from aiohttp import web
 
+from relay.config import ConfigError
 from relay.tokens import KINDS
 from relay.tracker.recipient import NOT_FOUND, UNAVAILABLE, RecipientEndpoints, logged_failure
 
 if TYPE_CHECKING:
+    from relay.app import App
     from relay.store.base import MessageLookup
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -30,10 +33,17 @@ RESERVED = ("/o/", "/c/", "/u/", "/api/", "/ui/", "/healthz", "/readyz", "/metri
 
 @dataclass(frozen=True)
 class HitTarget:
-    """What a verified token names: its message (``message``: the stored record, with
-    ``created_at``, ``delivered_at``, ``recipients``…), the recipient's address (``None``
-    for a message sent to several recipients at once, whose hits name no one) and the
-    token's link index (a number the plugin that wrote the token chose)."""
+    """What a verified token names: ``message_id``, trackrelay's own id of the message
+    (16 hex digits, as the API and events name it; not its ``Message-ID`` header),
+    ``message``, the stored record as a dict (``created_at``, ``delivered_at``,
+    ``sender``, ``campaign``, ``recipients``…), the recipient's address (``None`` for a
+    message sent to several recipients at once, whose hits name no one) and the token's
+    link index (the number the plugin that wrote the token chose).
+
+    The ``plugin`` token kind is shared by every plugin: a token names a message, a
+    recipient and that number, not the plugin, so another plugin's route would accept
+    it. Give your tokens a link index of your own and check ``target.link_index`` in
+    your route."""
 
     message_id: str
     recipient: str | None
@@ -43,36 +53,52 @@ class HitTarget:
 
 class TrackerRoutes:
     """Handed to ``trackrelay_tracker_routes`` once, as the tracker's web application is
-    built."""
+    built (one per plugin: it knows whose routes it adds)."""
 
-    def __init__(self, web_app: web.Application, endpoints: RecipientEndpoints) -> None:
+    def __init__(self, web_app: web.Application, endpoints: RecipientEndpoints | None,
+                 plugin: str = "", owners: dict[str, str] | None = None) -> None:
         self._web_app = web_app
         self._endpoints = endpoints
+        self._plugin = plugin
+        #: Every plugin route's path so far, and the plugin that added it.
+        self._owners = {} if owners is None else owners
 
     def add(self, method: str, path: str, handler: Handler) -> None:
         """Serve ``method`` (``GET`` also answers ``HEAD``) on ``path`` (aiohttp's route
         syntax: ``/v/{token}``) with ``handler(request)``. Raises ``ValueError`` for a
-        path the tracker serves itself (``RESERVED``)."""
-        if not path.startswith("/") or path.startswith(RESERVED) or path.rstrip("/") in {
-                r.rstrip("/") for r in RESERVED}:
+        path the tracker serves itself (``RESERVED``) or another plugin already added:
+        start-up (and ``trackrelay check-config``) stops with it, naming the plugin."""
+        if (not path.startswith("/") or path.startswith("//") or path.startswith(RESERVED)
+                or path.rstrip("/") in {r.rstrip("/") for r in RESERVED}):
             raise ValueError(f"tracker route {path!r}: not a path of its own (the tracker "
                              f"serves {', '.join(RESERVED)})")
+        key = f"{method.upper()} {path}"
+        owner = self._owners.get(key)
+        if owner is not None:
+            raise ValueError(f"tracker route {path!r}: plugin {owner!r} serves it already")
+        self._owners[key] = self._plugin
         if method.upper() == "GET":
             self._web_app.router.add_get(path, handler)
         else:
             self._web_app.router.add_route(method.upper(), path, handler)
 
+    def _live(self) -> RecipientEndpoints:
+        if self._endpoints is None:  # routes built only to be checked (check-config)
+            raise RuntimeError("these routes were built to be checked, not served")
+        return self._endpoints
+
     async def target(self, token: str, kind: str, *, wait: bool = True) -> HitTarget | None:
         """What ``token`` names if it is genuine, of ``kind`` and its message is known;
         else ``None``. ``kind`` is the one the token was written with
         (``context.token(kind, link_index)``): ``"plugin"`` for a route of a plugin's
-        own, whose link index the plugin chooses (``relay.tokens.KINDS`` lists all).
+        own, whose link index the plugin chooses (``relay.tokens.KINDS`` lists all;
+        another name raises ``ValueError``, a programming mistake).
         ``wait``: look again for under a second when the message is not stored yet (it
         was just delivered), as a click does. Raises what the store raises when it
         cannot be read (answer ``routes.unavailable()``)."""
         if kind not in KINDS:
             raise ValueError(f"token kind {kind!r}: not one of {', '.join(KINDS)}")
-        endpoints = self._endpoints
+        endpoints = self._live()
         data = endpoints.app.tokens.decode(token, kind)
         if data is None:
             return None
@@ -89,11 +115,14 @@ class TrackerRoutes:
         """Record ``request`` as an ``event_type`` event of ``target``'s message and
         recipient: classified human or machine (``honeypot``: it followed a link no
         person can see, so it is machine), journaled, queued for the store and the
-        webhooks. ``data`` goes into the event's ``data``. Whether it was recorded: a
-        failure (a classifier plugin raising…) is logged and costs this record alone,
-        never the answer."""
+        webhooks. It counts in every figure as an event of that type does (a ``click``
+        is a click of the message). ``link_index`` is the event's (``None``: no link of
+        the message; pass ``target.link_index`` to keep the token's), ``data`` goes into
+        the event's ``data`` (the classifier adds its own keys). Whether it was
+        recorded: a failure (a classifier plugin raising…) is logged and costs this
+        record alone, never the answer."""
         return await logged_failure(
-            self._endpoints.record(request, event_type, target.message_id,
+            self._live().record(request, event_type, target.message_id,
                                    target.recipient, link_index, target.message, data,
                                    honeypot=honeypot),
             target.message_id, event_type)
@@ -108,3 +137,33 @@ class TrackerRoutes:
     def unavailable() -> web.Response:
         """The tracker's 503 with ``Retry-After``, for a store that cannot be read now."""
         return UNAVAILABLE.response()
+
+
+def add_plugin_routes(app: App, web_app: web.Application,
+                      endpoints: RecipientEndpoints | None) -> None:
+    """Run every plugin's ``trackrelay_tracker_routes`` on ``web_app``, in the hook's
+    order. ``endpoints=None`` builds the routes only to check them (``trackrelay
+    check-config``). A mistake is a ``ConfigError`` naming the plugin, so start-up stops
+    with one line: a route on a path taken, or a coroutine (which would never run: the
+    routes are fixed before the tracker starts, so the hook is synchronous)."""
+    owners: dict[str, str] = {}
+    caller = app.host.pm.hook.trackrelay_tracker_routes
+    for impl in reversed(caller.get_hookimpls()):  # pluggy's call order
+        routes = TrackerRoutes(web_app, endpoints, impl.plugin_name, owners)
+        arguments = {"app": app, "routes": routes}
+        try:
+            result = impl.function(*(arguments[name] for name in impl.argnames))
+        except ValueError as exc:
+            raise ConfigError(f"plugin {impl.plugin_name}: {exc}") from None
+        if inspect.isawaitable(result):
+            if inspect.iscoroutine(result):
+                result.close()
+            raise ConfigError(f"plugin {impl.plugin_name}: trackrelay_tracker_routes must "
+                              "be a plain function (it runs before the tracker starts), "
+                              "not a coroutine")
+
+
+def check_plugin_routes(app: App) -> None:
+    """Build the plugins' tracker routes on a throwaway application: ``ConfigError``
+    for a mistake (``trackrelay check-config`` and a supervisor call this)."""
+    add_plugin_routes(app, web.Application(), None)

@@ -35,7 +35,7 @@ from relay.store.rollups import ReportRoller
 from relay.tracker.api import Api
 from relay.tracker.deliverability_api import add_deliverability_routes
 from relay.tracker.pixel_door import MAX_FIELD_SIZE, DoorLimits, PixelDoor, PixelSite
-from relay.tracker.plugin_routes import TrackerRoutes
+from relay.tracker.plugin_routes import add_plugin_routes
 from relay.tracker.recipient import RecipientEndpoints
 from relay.tracker.unsubscribe import add_unsubscribe_routes
 from relay.tracker.webhooks import WebhookDispatcher
@@ -105,8 +105,7 @@ def create_web_app(app: App) -> web.Application:
     recipient.add_routes(web_app)
     web_app[RECIPIENT] = recipient
     # Plugins' own endpoints (the built-in honeypot and downloads among them).
-    app.host.pm.hook.trackrelay_tracker_routes(app=app,
-                                               routes=TrackerRoutes(web_app, recipient))
+    add_plugin_routes(app, web_app, recipient)
     add_unsubscribe_routes(web_app, app)  # /u/<token>
     web_app.router.add_get("/healthz", healthz)
     web_app.router.add_get("/readyz", readyz)
