@@ -4,7 +4,8 @@ Each section of the file is a dataclass below; its fields are the keys, their ty
 defaults. ``load_config`` checks every key against them, so a typo or a wrong type
 stops start-up with ``ConfigError("upstream.port: expected an integer, got 'abc'")``
 instead of a traceback. Environment variables override the file:
-``TRACKRELAY_<SECTION>__<KEY>=value`` (value read as TOML where it parses, else text).
+``TRACKRELAY_<SECTION>__<KEY>=value`` (value read as TOML where it parses, else text);
+a plugin's own key as ``TRACKRELAY_PLUGINS__<NAME>__<KEY>``.
 """
 
 from __future__ import annotations
@@ -690,6 +691,13 @@ def _env_overrides(environ: typing.Mapping[str, str]
             value = tomllib.loads(f"v = {raw}")["v"]
         except tomllib.TOMLDecodeError:
             value = raw
+        if section == "plugins" and "__" in key:
+            # TRACKRELAY_PLUGINS__<NAME>__<KEY>: one key of a plugin's own table, the
+            # file's other keys kept (build_config merges the tables).
+            plugin, _, setting = key.partition("__")
+            out.setdefault(section, {}).setdefault(plugin, {})[setting] = value
+            origins.setdefault(section, {})[plugin] = name
+            continue
         if not isinstance(value, str) and _key_type(section, key) is str:
             value = raw  # a text key takes the text as given: PASSWORD=73915548
         out.setdefault(section, {})[key] = value
@@ -725,7 +733,11 @@ def build_config(data: dict[str, Any], environ: typing.Mapping[str, str] | None 
         data.setdefault(section, {})
         if not isinstance(data[section], dict):
             raise ConfigError(f"{section}: expected a table")
-        data[section].update(values)
+        for key, value in values.items():
+            table = data[section].get(key)
+            if section == "plugins" and isinstance(value, dict) and isinstance(table, dict):
+                value = {**table, **value}  # a plugin's key from the environment
+            data[section][key] = value
     kwargs: dict[str, Any] = {}
     plugin_settings: dict[str, dict[str, Any]] = {}
     for section, values in data.items():

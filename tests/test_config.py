@@ -184,6 +184,18 @@ def test_a_key_far_from_any_suggests_nothing() -> None:
     assert "did you mean" not in str(err.value)
 
 
+def test_a_plugins_key_from_the_environment_keeps_its_other_keys() -> None:
+    """``TRACKRELAY_PLUGINS__<NAME>__<KEY>`` sets one key of a plugin's own table (any
+    plugin: the core does not know its keys), merged with the file's."""
+    data = {"plugins": {"stamp": {"header": "X-Stamp", "value": "file"}}}
+    config = build_config(data, environ={"TRACKRELAY_PLUGINS__STAMP__VALUE": "env",
+                                         "TRACKRELAY_PLUGINS__VIEW__ENABLED": "false"})
+    assert config.plugin_config("stamp") == {"header": "X-Stamp", "value": "env"}
+    assert config.plugin_config("view") == {"enabled": False}
+    config = build_config({}, environ={"TRACKRELAY_PLUGINS__DISABLED": '["honeypot"]'})
+    assert config.plugins.disabled == ["honeypot"]
+
+
 @pytest.mark.parametrize("environ, message", [
     ({"TRACKRELAY_RELAY__LISTN": '["0.0.0.0:25"]'},
      "TRACKRELAY_RELAY__LISTN (relay.listn): unknown key (did you mean 'listen'?)"),
