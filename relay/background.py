@@ -36,9 +36,37 @@ STORE_UNAVAILABLE: tuple[type[BaseException], ...] = (
 )
 
 
+#: SQLSTATE classes PostgreSQL answers when it cannot serve a connection now, rather than
+#: about a statement (PostgreSQL documentation, Appendix A "PostgreSQL Error Codes"):
+#: 08 Connection Exception, 53 Insufficient Resources (disk full, out of memory, too
+#: many connections), 57 Operator Intervention (57P01 admin_shutdown, 57P02
+#: crash_shutdown, 57P03 cannot_connect_now, 57P04 database_dropped, 57014
+#: query_canceled).
+UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57")
+#: 55000 object_not_in_prerequisite_state is also what a database an operator closed
+#: (``ALTER DATABASE … ALLOW_CONNECTIONS false``, or one being dropped or created)
+#: answers at connect: "database "x" is not currently accepting connections". The same
+#: code also says a statement was used wrongly (``currval`` before ``nextval``), a bug,
+#: so only that connection refusal counts.
+_NOT_ACCEPTING = "is not currently accepting connections"
+
+
 def store_unavailable(exc: BaseException) -> bool:
-    """Whether ``exc`` says the store is unreachable now (see ``STORE_UNAVAILABLE``)."""
-    return isinstance(exc, STORE_UNAVAILABLE)
+    """Whether ``exc`` says the store is unreachable now (see ``STORE_UNAVAILABLE``): an
+    outage or an operator's doing, answered with a 503 / 451 and one warning line; or
+    PostgreSQL refusing the connection for now, by SQLSTATE
+    (``UNAVAILABLE_SQLSTATE_CLASSES``, 55000 "not currently accepting connections"):
+    asyncpg maps some of these to classes ``STORE_UNAVAILABLE`` names and others (55000,
+    53100 disk full) to classes that also cover a bug's errors."""
+    if isinstance(exc, STORE_UNAVAILABLE):
+        return True
+    if isinstance(exc, asyncpg.PostgresError):
+        state = str(getattr(exc, "sqlstate", "") or "")
+        if state[:2] in UNAVAILABLE_SQLSTATE_CLASSES:
+            return True
+        if state == "55000" and _NOT_ACCEPTING in str(exc):
+            return True
+    return False
 
 
 class Failing:

@@ -6,8 +6,17 @@ Maildir (its ``new/`` and ``cur/`` are read; nothing is moved), a plain director
 message files, or an mbox file (recognised by its ``From `` first line). One JSON line
 per message goes to stdout: the file (``mbox#n`` for the n-th message of an mbox) and
 what intake made of it (with ``problems`` when it could be read only in part), or the
-error that refused it. Feeding a message twice records nothing new. Exit code 0, or 1
-if any message was refused or read only in part, or a path was unreadable.
+error that refused it. Feeding a message twice records nothing new. ``-``, a pipe (FIFO)
+or a character device (``/dev/stdin`` under Postfix pipe(8) or procmail) is read as one
+message, without the ``From `` line an MDA may put first.
+
+Exit codes follow <sysexits.h> where an MTA reads them (Postfix pipe(8) retries only on
+75 EX_TEMPFAIL and bounces on anything else): 0 done; 1 some message refused (garbage,
+too big: sending it again cannot help, so a bounce is right) or read only in part, or a
+path unreadable; 75 the store could not be opened or was lost mid-run: nothing
+acknowledged is lost (what was taken in is committed or spooled, and feeding it again
+records nothing twice), the messages not processed are listed, and one line on stderr
+says so, so the MTA tries the whole delivery again later.
 
 ``suppressions list|add|remove|import|export`` manages the list in the store. Scopes
 are ``global`` or a sender domain. CSV as in ``relay.tracker.deliverability_api``.
@@ -21,6 +30,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import mailbox
+import os
+import stat
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +43,11 @@ from relay.json_lines import json_line
 
 #: Exit codes: everything done / some message refused or path unreadable / usage.
 OK, PARTIAL, USAGE = 0, 1, 2
+#: <sysexits.h> EX_TEMPFAIL: the one code on which Postfix pipe(8) (and procmail, and
+#: Exim's pipe transport by default) keeps the message and tries again later.
+TEMPFAIL = 75
+#: The name of standard input as a PATH.
+STDIN = "-"
 
 
 async def _started_app(config: Config) -> Any:
@@ -53,10 +69,52 @@ def _print(obj: dict[str, Any]) -> None:
 Item = tuple[str, bytes | None, str | None]  # (name, bytes, error)
 
 
+def _stream_message(name: str, fh: Any, limit: int) -> Item:
+    """One message read from a stream (standard input, a pipe, a terminal): what an MDA
+    hands a command (Postfix pipe(8), procmail), one message, sometimes after an mbox
+    ``From `` line (pipe(8)'s ``F`` flag, procmail), which is no header field and is
+    dropped. More than ``limit`` bytes is refused; the rest is still read, so the
+    writing side sees no broken pipe."""
+    raw = fh.read(limit + 1)
+    if len(raw) > limit:
+        while fh.read(1 << 20):
+            pass
+        return name, None, (f"too_large: message is more than the limit of {limit} bytes "
+                            f"(bounces.max_message_size)")
+    if raw.startswith(b"From "):
+        raw = raw.partition(b"\n")[2]
+    return name, raw, None
+
+
+def _not_a_message(mode: int) -> str:
+    kind = ("a socket" if stat.S_ISSOCK(mode) else "a block device" if stat.S_ISBLK(mode)
+            else "not a regular file")
+    return f"unreadable: {kind}, not a message file, Maildir, mbox, pipe or - (stdin)"
+
+
 def iter_messages(path: str, limit: int) -> Iterator[Item]:
     """Every message under ``path``: (name, bytes, None), or (name, None, error)."""
+    if path == STDIN:
+        yield _stream_message(STDIN, sys.stdin.buffer, limit)
+        return
     p = Path(path)
-    if p.is_dir():
+    try:
+        mode = os.stat(p).st_mode
+    except FileNotFoundError:
+        yield str(p), None, "no such file or directory"
+        return
+    except OSError as exc:
+        yield str(p), None, f"unreadable: {exc.strerror}"
+        return
+    if stat.S_ISFIFO(mode) or stat.S_ISCHR(mode):
+        # Path.is_file() is False for these: /dev/stdin when stdin is a pipe
+        try:
+            with p.open("rb") as fh:
+                yield _stream_message(str(p), fh, limit)
+        except OSError as exc:
+            yield str(p), None, f"unreadable: {exc.strerror}"
+        return
+    if stat.S_ISDIR(mode):
         subdirs = [p / "new", p / "cur"]
         if any(d.is_dir() for d in subdirs):
             files = [f for d in subdirs if d.is_dir() for f in sorted(d.iterdir())]
@@ -66,8 +124,8 @@ def iter_messages(path: str, limit: int) -> Iterator[Item]:
             if f.is_file() and not f.name.startswith("."):
                 yield from _one_file(f, limit)
         return
-    if not p.is_file():
-        yield str(p), None, "no such file or directory"
+    if not stat.S_ISREG(mode):
+        yield str(p), None, _not_a_message(mode)
         return
     with p.open("rb") as fh:
         start = fh.read(5)
@@ -95,32 +153,85 @@ def _one_file(f: Path, limit: int) -> Iterator[Item]:
         yield str(f), None, f"unreadable: {exc.strerror}"
 
 
-async def run_inbound(config: Config, paths: list[str]) -> int:
-    from relay.inbound import InboundError, process
-    from relay.progress import bar
+def _store_down(text: str) -> None:
+    """The one line a temporary store failure writes to stderr (no traceback: it is an
+    outage, not a bug, and the MTA's log keeps what the command printed)."""
+    print(f"trackrelay: store unavailable: {text}", file=sys.stderr, flush=True)
 
-    app = await _started_app(config)
+
+async def _not_committed(app: Any) -> int:
+    """How many of this run's events did not reach the database (written to the spool,
+    or lost), once the queue is flushed."""
+    store = app.store
+    if store is None:
+        return 0
+    await store.flush()
+    writer = store.writer
+    return int(writer.spooled + writer.lost) if writer is not None else 0
+
+
+async def run_inbound(config: Config, paths: list[str]) -> int:
+    from relay.background import store_unavailable
+    from relay.config import redact_url
+    from relay.inbound import InboundError, process
+    from relay.logs import summary
+    from relay.progress import bar
+    from relay.store.base import StoreError
+
+    try:
+        app = await _started_app(config)
+    except Exception as exc:
+        if not (isinstance(exc, StoreError) or store_unavailable(exc)):
+            raise
+        _store_down(f"{redact_url(config.store.url)}: {summary(exc)}; nothing processed, "
+                    f"try again later (exit {TEMPFAIL})")
+        return TEMPFAIL
     status = OK
     shown = bar("inbound", unit="msg")
+    items = (item for path in paths
+             for item in iter_messages(path, config.bounces.max_message_size))
     try:
-        for path in paths:
-            for name, raw, problem in iter_messages(path, config.bounces.max_message_size):
-                shown.update()
-                if raw is None:
-                    code, _, message = (problem or "").partition(": ")
-                    _print({"file": name, "error": code, "message": message or code})
-                    status = PARTIAL
-                    continue
-                try:
-                    # files the admin runs the command on: a source the admin trusts
-                    result = await process(app, raw, via="cli", trusted_source="admin")
-                except InboundError as exc:
-                    _print({"file": name, "error": exc.code, "message": exc.message})
-                    status = PARTIAL
-                    continue
-                _print({"file": name, **result.as_json()})
-                if result.problems:
-                    status = PARTIAL  # read in part: "problems" in its line says what
+        for name, raw, problem in items:
+            shown.update()
+            if raw is None:
+                code, _, message = (problem or "").partition(": ")
+                _print({"file": name, "error": code, "message": message or code})
+                status = PARTIAL
+                continue
+            try:
+                # files the admin runs the command on: a source the admin trusts
+                result = await process(app, raw, via="cli", trusted_source="admin")
+            except InboundError as exc:
+                _print({"file": name, "error": exc.code, "message": exc.message})
+                status = PARTIAL
+                continue
+            except Exception as exc:
+                if not store_unavailable(exc):
+                    raise
+                # The database went away: this message and every one after it are not
+                # taken in. Each is named (never skipped silently) and the exit code
+                # makes the MTA deliver again; what was taken in is committed or
+                # spooled, and is recorded once however often it is fed.
+                error = summary(exc)
+                _print({"file": name, "error": "store_unavailable", "message": error})
+                left = 1
+                for rest, _raw, _problem in items:
+                    _print({"file": rest, "error": "not_processed",
+                            "message": "the store became unavailable"})
+                    left += 1
+                _store_down(f"{error}; {left} message(s) not processed, try again later "
+                            f"(exit {TEMPFAIL})")
+                return TEMPFAIL
+            _print({"file": name, **result.as_json()})
+            if result.problems:
+                status = PARTIAL  # read in part: "problems" in its line says what
+        kept = await _not_committed(app)
+        if kept:
+            # The events are safe in this process's spool (replayed by the next process
+            # that uses it), but an MTA would drop the message on a 0: deliver again.
+            _store_down(f"{kept} event(s) could not be committed and were kept in the "
+                        f"spool; try again later (exit {TEMPFAIL})")
+            return TEMPFAIL
     finally:
         shown.close()
         await app.stop()
@@ -242,7 +353,8 @@ def add_subcommands(sub: Any) -> None:
     p = sub.add_parser("inbound", help="feed bounces, complaints and replies from files, "
                                        "Maildirs or mboxes")
     _common(p)
-    p.add_argument("paths", nargs="+", metavar="FILE|MAILDIR|MBOX")
+    p.add_argument("paths", nargs="+", metavar="FILE|MAILDIR|MBOX|-",
+                   help="- (or a pipe such as /dev/stdin): one message read from it")
     p.set_defaults(func=cmd_inbound)
 
     p = sub.add_parser("suppressions", help="list, add, remove, import or export "

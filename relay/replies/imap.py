@@ -16,22 +16,37 @@ complaint and records only the event, never the body.
 * **IDLE** (RFC 2177) where the server offers it: news arrives at once; the idle is
   renewed every ``poll_interval`` seconds (servers drop idle clients after 30 minutes).
   Otherwise the folder is checked every ``poll_interval`` seconds.
-* **Failures** (server down, login refused, a folder missing) are logged and retried
-  with backoff; a message the intake refuses is logged and skipped (never retried
-  forever); the UID moves on only once a message was handed to the intake.
+* **Nothing acknowledged is lost.** The intake only queues an event (the store's writer
+  commits it a moment later), so the last UID is saved only after ``store.flush()``
+  returned, i.e. once the events of the messages read so far were committed or written
+  to the spool: a process killed with SIGKILL in between reads those messages again at
+  its restart, and records nothing twice. It flushes once per ``SAVE_EVERY`` messages,
+  not per message, so a full mailbox is not read one commit at a time.
+* **Folder names** are sent as RFC 3501 requires, whatever the configuration holds: in
+  modified UTF-7 (§5.1.3, ``Rückläufer`` is ``R&APw-ckl&AOQ-ufer``) and as a quoted
+  string (§4.3, §9 ``mailbox = "INBOX" / astring``), so ``Old Bounces`` is that folder
+  and not ``Old``.
+* **Failures** (server down, login refused, a folder missing) are logged once (``Failing``)
+  and retried with backoff; the backoff starts again only after a whole round worked
+  (login, select and read), so a folder that cannot be selected is not logged in to
+  once a second. A connection the server closed is noticed at once (the protocol's
+  connection-lost callback) rather than after the idle and two command timeouts. A
+  message the intake refuses is logged and skipped (never retried forever).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import json
 import os
 import re
 import ssl
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aioimaplib
 
@@ -49,10 +64,46 @@ _UIDNEXT = re.compile(rb"\[UIDNEXT (\d+)\]")
 _FETCH_UID = re.compile(rb"\bUID (\d+)\b")
 #: Backoff after a failure (seconds): doubles up to the last.
 BACKOFF = (1.0, 2.0, 5.0, 15.0, 60.0)
+#: Messages read between two flushes of the store (and saves of the last UID): a flush
+#: waits for a commit, so one per message would make a large backlog slow to read.
+SAVE_EVERY = 100
+
+T = TypeVar("T")
 
 
 class ImapError(Exception):
     """The server said no (login, select, fetch)."""
+
+
+class ImapConnectionLost(ImapError):
+    """The server closed the connection (it stopped, restarted, or dropped us)."""
+
+
+def encode_mailbox(name: str) -> str:
+    """``name`` as an IMAP mailbox argument: modified UTF-7 (RFC 3501 §5.1.3), then a
+    quoted string (§4.3). Servers refuse 8-bit octets in a mailbox name (Dovecot: ``BAD
+    8bit data in atom``), and an unquoted name with a space is read up to the space, so
+    ``SELECT Old Bounces`` opened ``Old``. The result is printable ASCII only: anything
+    else (a control character too) goes into the base64 part, so no CR or LF reaches
+    the command line. aioimaplib sends arguments as given and has no UTF-7 codec; its
+    ``quoted()`` does the quoting."""
+    out: list[str] = []
+    wide: list[str] = []
+
+    def shift() -> None:
+        if wide:
+            packed = base64.b64encode("".join(wide).encode("utf-16-be")).decode("ascii")
+            out.append("&" + packed.rstrip("=").replace("/", ",") + "-")
+            wide.clear()
+
+    for ch in name:
+        if " " <= ch <= "~":
+            shift()
+            out.append("&-" if ch == "&" else ch)
+        else:
+            wide.append(ch)
+    shift()
+    return str(aioimaplib.quoted("".join(out)))
 
 
 class FolderState:
@@ -120,26 +171,57 @@ class FolderReader:
         #: server away for hours); mostly another server's, so none is a bug's traceback.
         self.failing = Failing("imap", "imap_failed", "imap_recovered", logger=log,
                                expected=lambda exc: True, folder=folder)
+        #: Set by the protocol's connection-lost callback (for the current connection).
+        self._lost = asyncio.Event()
 
     async def _connect(self) -> aioimaplib.IMAP4:
         cfg = self.cfg
         context = _ssl_context(cfg)
-        client = (aioimaplib.IMAP4_SSL(host=cfg.host, port=cfg.port, ssl_context=context,
-                                       timeout=30) if context is not None
-                  else aioimaplib.IMAP4(host=cfg.host, port=cfg.port, timeout=30))
-        await client.wait_hello_from_server()
+        lost = self._lost = asyncio.Event()
+
+        def connection_lost(exc: Exception | None) -> None:
+            lost.set()
+
+        # IMAP4 with an SSL context is what IMAP4_SSL does (implicit TLS), and only IMAP4
+        # takes the connection-lost callback.
+        client = aioimaplib.IMAP4(host=cfg.host, port=cfg.port, timeout=30,
+                                  conn_lost_cb=connection_lost, ssl_context=context)
+        self.client = client
+        await self._unless_lost(client.wait_hello_from_server())
         if cfg.oauth2_token_file:
             token = (await asyncio.to_thread(Path(cfg.oauth2_token_file).read_text)).strip()
             # (as text: aioimaplib fails on bytes although its annotation says bytes)
-            _ok(await client.xoauth2(cfg.user, token), "login (XOAUTH2)")
+            _ok(await self._unless_lost(client.xoauth2(cfg.user, token)), "login (XOAUTH2)")
         else:
             password = cfg.password or (
                 await asyncio.to_thread(Path(cfg.password_file).read_text)).strip()
-            _ok(await client.login(cfg.user, password), "login")
+            _ok(await self._unless_lost(client.login(cfg.user, password)), "login")
         return client
 
+    async def _unless_lost(self, step: Awaitable[T]) -> T:
+        """``step``'s result, or ``ImapConnectionLost`` as soon as the server closes the
+        connection: aioimaplib leaves a command waiting for its timeout (30 s) and an
+        idle for ``poll_interval`` on a connection that is gone."""
+        lost = self._lost
+        if lost.is_set():
+            if asyncio.iscoroutine(step):
+                step.close()  # never started
+            raise ImapConnectionLost("the server closed the connection")
+        work = asyncio.ensure_future(step)
+        watch = asyncio.ensure_future(lost.wait())
+        try:
+            await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watch.cancel()
+            if not work.done():
+                work.cancel()
+        if work.done() and not work.cancelled():
+            return work.result()
+        raise ImapConnectionLost("the server closed the connection")
+
     async def _select(self, client: aioimaplib.IMAP4) -> tuple[int, int]:
-        response = _ok(await client.select(self.folder), f"select {self.folder}")
+        response = _ok(await self._unless_lost(client.select(encode_mailbox(self.folder))),
+                       f"select {self.folder}")
         blob = b"\n".join(line for line in response.lines if isinstance(line, bytes))
         validity, nxt = _UIDVALIDITY.search(blob), _UIDNEXT.search(blob)
         if validity is None:
@@ -158,13 +240,17 @@ class FolderReader:
             self.state.save(validity, uidnext - 1)
             return 0
         last = self.state.last_uid
-        search = _ok(await client.uid_search(f"UID {last + 1}:*"), "search")
+        search = _ok(await self._unless_lost(client.uid_search(f"UID {last + 1}:*")),
+                     "search")
         uids = sorted(int(u) for line in search.lines[:-1] if isinstance(line, bytes)
                       for u in line.split() if u.isdigit() and int(u) > last)
         fed = 0
+        unsaved: int | None = None  # the last UID read whose events may not be durable
+        since_save = 0
         item = "(BODY[])" if self.cfg.mark_seen else "(BODY.PEEK[])"
         for uid in uids:
-            fetched = _ok(await client.uid("fetch", str(uid), item), f"fetch {uid}")
+            fetched = _ok(await self._unless_lost(client.uid("fetch", str(uid), item)),
+                          f"fetch {uid}")
             raw = next((bytes(line) for line in fetched.lines
                         if isinstance(line, bytearray)), None)
             if raw is not None:
@@ -176,24 +262,43 @@ class FolderReader:
                                 error=exc.code)
                 fed += 1
                 self.fed += 1
-            self.state.save(validity, uid)
+            unsaved, since_save = uid, since_save + 1
+            if since_save >= SAVE_EVERY:
+                await self._save_durably(validity, uid)
+                unsaved, since_save = None, 0
+        if unsaved is not None:
+            await self._save_durably(validity, unsaved)
         return fed
+
+    async def _save_durably(self, validity: int, uid: int) -> None:
+        """Save ``uid`` as read once the events of every message up to it are committed
+        or spooled: ``process()`` only queued them in memory (the writer commits every
+        ``store.flush_interval``), and a UID saved before that would skip, after a
+        SIGKILL, messages whose events were never written. Reading a message again
+        records nothing twice, so the other order is safe."""
+        store = self.app.store
+        if store is not None:
+            await store.flush()
+        self.state.save(validity, uid)
 
     async def run(self) -> None:
         failures = 0
         while True:
             try:
-                client = self.client = await self._connect()
-                failures = 0
-                self.last_error = None
+                client = await self._connect()
                 idle = self.cfg.idle and client.has_capability("IDLE")
                 while True:
                     await self.read_new(client)
+                    # Only a whole round (login, select, read) ends a failing streak: a
+                    # login that works before a SELECT that always fails (a folder
+                    # missing or named wrong) must back off, not log in once a second.
+                    failures = 0
+                    self.last_error = None
                     self.failing.succeeded()
                     if idle:
                         await self._idle(client)
                     else:
-                        await asyncio.sleep(self.cfg.poll_interval)
+                        await self._unless_lost(asyncio.sleep(self.cfg.poll_interval))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the server, the network, the login: retry
@@ -206,26 +311,37 @@ class FolderReader:
 
     async def _idle(self, client: aioimaplib.IMAP4) -> None:
         """Wait (at most ``poll_interval``) for the server to announce news."""
-        idle = await client.idle_start(timeout=self.cfg.poll_interval)
+        idle = await self._unless_lost(client.idle_start(timeout=self.cfg.poll_interval))
         try:
             while client.has_pending_idle():
-                push = await client.wait_server_push(timeout=self.cfg.poll_interval)
+                push = await self._unless_lost(
+                    client.wait_server_push(timeout=self.cfg.poll_interval))
                 lines = getattr(push, "lines", push)
                 if any(b"EXISTS" in line for line in lines if isinstance(line, bytes)):
                     break
         except TimeoutError:
             pass
         finally:
-            if client.has_pending_idle():
-                client.idle_done()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(idle, 30)
+            if self._lost.is_set():  # nothing will answer DONE
+                idle.cancel()
+            else:
+                if client.has_pending_idle():
+                    client.idle_done()
+                with contextlib.suppress(TimeoutError, ImapConnectionLost):
+                    await self._unless_lost(asyncio.wait_for(idle, 30))
 
     async def _close(self) -> None:
+        """Log out (briefly) and close the connection: not on one the server closed, nor
+        one never made (nothing would answer the LOGOUT), and never leaving a socket
+        open when the LOGOUT is not answered."""
         client, self.client = self.client, None
-        if client is not None:
+        transport = getattr(getattr(client, "protocol", None), "transport", None)
+        if client is None or transport is None:
+            return
+        if not self._lost.is_set():
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(client.logout(), 5)
+        transport.close()
 
 
 class ImapReplies:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from relay import metrics
-from relay.background import STORE_UNAVAILABLE
+from relay.background import STORE_UNAVAILABLE, store_unavailable
 from relay.config import ApiTokenConfig
 from relay.logs import get_logger
 from relay.records import EVENT_TYPES
@@ -328,10 +328,12 @@ class Api:
             if exc.status == 503:
                 return error(503, "unavailable", exc.text or "unavailable")
             raise
-        except UNAVAILABLE as exc:
-            log.warning("api_store_unavailable", path=request.path, error=repr(exc))
-            return error(503, "unavailable", "the store cannot be reached; try again")
-        except Exception:
+        except Exception as exc:
+            # store_unavailable, not an except clause on UNAVAILABLE: some refusals
+            # (PostgreSQL's 55000 "not accepting connections") are known by SQLSTATE
+            if store_unavailable(exc):
+                log.warning("api_store_unavailable", path=request.path, error=repr(exc))
+                return error(503, "unavailable", "the store cannot be reached; try again")
             log.exception("api_error", path=request.path)
             return error(500, "internal_error", "internal error (logged)")
 

@@ -28,9 +28,10 @@ from urllib.parse import urlencode
 import jinja2
 from aiohttp import web
 
+from relay.background import store_unavailable
 from relay.logs import get_logger
 from relay.store.base import BadCursor
-from relay.tracker.api import UNAVAILABLE, BadParameter
+from relay.tracker.api import BadParameter
 from relay.tracker.client import ClientAddress
 from relay.tracker.dashboard import format as fmt
 from relay.tracker.dashboard.auth import (
@@ -146,15 +147,16 @@ class Site:
                 return self.render(request, "error.html", status=503, title="Unavailable",
                                    message="The store is not open yet; try again.")
             raise
-        except UNAVAILABLE as exc:
-            log.warning("dashboard_store_unavailable", path=request.path, error=repr(exc))
-            message = ("The store took too long to answer (its command timeout); a "
-                       "shorter period or a narrower filter asks less of it."
-                       if isinstance(exc, TimeoutError) else
-                       "The store cannot be reached; try again shortly.")
-            return self.render(request, "error.html", status=503, title="Unavailable",
-                               message=message)
-        except Exception:
+        except Exception as exc:
+            if store_unavailable(exc):  # (by SQLSTATE too: not an except clause)
+                log.warning("dashboard_store_unavailable", path=request.path,
+                            error=repr(exc))
+                message = ("The store took too long to answer (its command timeout); a "
+                           "shorter period or a narrower filter asks less of it."
+                           if isinstance(exc, TimeoutError) else
+                           "The store cannot be reached; try again shortly.")
+                return self.render(request, "error.html", status=503, title="Unavailable",
+                                   message=message)
             log.exception("dashboard_error", path=request.path)
             return self.render(request, "error.html", status=500, title="Error",
                                message="Something went wrong (it is logged).")
