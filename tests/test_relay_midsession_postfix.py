@@ -5,9 +5,6 @@ nested MAIL command``, for this client and, through the upstream pool, for the n
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiosmtplib
@@ -15,27 +12,14 @@ import pytest
 
 from tests.conftest import MakeRelay, Sink, free_port, relay_port, wait_listening
 from tests.postfix_support import Postfix
+from tests.test_postfix_recipes import postfix_root  # noqa: F401 (a fixture: a folder for Postfix)
 from tests.test_relay_midsession import MSG, one_message, send_or_refusal
 
 pytestmark = pytest.mark.postfix
 
 
-@pytest.fixture
-async def postfix_root() -> AsyncIterator[Path]:
-    """A folder the ``postfix`` user can reach (pytest's own are private to root)."""
-    for tool in ("postfix", "postconf"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"needs {tool} (Debian's postfix package)")
-    top = Path(tempfile.mkdtemp(prefix="trackrelay-postfix-", dir="/tmp"))
-    top.chmod(0o755)
-    try:
-        yield top / "postfix"
-    finally:
-        shutil.rmtree(top, ignore_errors=True)
-
-
 async def test_ehlo_mid_transaction_with_postfix_upstream(
-        postfix_root: Path, sink: Sink, make_relay: MakeRelay) -> None:
+        postfix_root: Path, sink: Sink, make_relay: MakeRelay) -> None:  # noqa: F811
     smtpd = free_port()
     postfix = Postfix(postfix_root, main={"relayhost": f"[127.0.0.1]:{sink.port}"},
                       services=[f"127.0.0.1:{smtpd} inet n - n - - smtpd"])

@@ -18,12 +18,10 @@ import asyncio
 import io
 import json
 import os
-import shutil
 import signal
 import sqlite3
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +33,12 @@ from tests.conftest import free_port, wait_listening
 from tests.deliverability_support import MakeStack
 from tests.dovecot_support import Dovecot
 from tests.test_deliverability_inbound import seed
-from tests.test_replies_imap import imap_settings, reply, until
+from tests.test_replies_imap import (
+    dovecot,  # noqa: F401 (a fixture: a real Dovecot)
+    imap_settings,
+    reply,
+    until,
+)
 from tests.test_tracker_logs import json_log  # noqa: F401 (a fixture: JSON lines in a buffer)
 
 pytest_plugins = ("tests.tracker_fixtures", "tests.deliverability_fixtures")
@@ -45,16 +48,6 @@ pytestmark = pytest.mark.dovecot
 #: for the space), spelled out here rather than computed by the code under test.
 RUECKLAEUFER = '"R&APw-ckl&AOQ-ufer"'
 OLD_BOUNCES = '"Old Bounces"'
-
-
-@pytest.fixture
-async def dovecot() -> AsyncIterator[Dovecot]:
-    if shutil.which("dovecot") is None:
-        pytest.skip("needs Debian's dovecot-imapd")
-    server = Dovecot()
-    await server.start()
-    yield server
-    await server.stop()
 
 
 def logged(buffer: io.StringIO, event: str) -> list[dict[str, Any]]:
@@ -106,7 +99,7 @@ class Serve:
         return await asyncio.wait_for(self.proc.wait(), 60)
 
 
-async def test_sigkill_while_reading_loses_no_message(dovecot: Dovecot, tmp_path: Path
+async def test_sigkill_while_reading_loses_no_message(dovecot: Dovecot, tmp_path: Path  # noqa: F811
                                                       ) -> None:
     total = 600
     db, state_dir = tmp_path / "s.db", tmp_path / "imap-state"
@@ -169,7 +162,7 @@ async def test_sigkill_while_reading_loses_no_message(dovecot: Dovecot, tmp_path
 
 
 @pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
-async def test_folder_names_are_utf7_and_quoted(make_stack: MakeStack, dovecot: Dovecot,
+async def test_folder_names_are_utf7_and_quoted(make_stack: MakeStack, dovecot: Dovecot,  # noqa: F811
                                                 tmp_path: Path) -> None:
     """``Rückläufer`` (Dovecot refused it raw: ``BAD 8bit data in atom``) and ``Old
     Bounces`` (raw, ``SELECT Old Bounces`` opened ``Old``) are read; ``Old``, a folder
@@ -215,7 +208,7 @@ async def test_folder_names_are_utf7_and_quoted(make_stack: MakeStack, dovecot: 
 
 @pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
 async def test_a_folder_that_cannot_be_selected_backs_off_and_is_logged_once(
-        make_stack: MakeStack, dovecot: Dovecot, tmp_path: Path,
+        make_stack: MakeStack, dovecot: Dovecot, tmp_path: Path,  # noqa: F811
         json_log: io.StringIO) -> None:  # noqa: F811
     """The login works, the SELECT fails: retried after 1, 2, 5 … seconds (BACKOFF), not
     after 1 s each time because the login reset the backoff (a login a second, for
@@ -255,7 +248,7 @@ def _children(pid: int) -> list[int]:
 
 @pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
 async def test_a_closed_connection_is_noticed_at_once(
-        make_stack: MakeStack, dovecot: Dovecot, tmp_path: Path,
+        make_stack: MakeStack, dovecot: Dovecot, tmp_path: Path,  # noqa: F811
         json_log: io.StringIO) -> None:  # noqa: F811
     """The reader idles (``poll_interval`` 600 s); the server stops. Noticed within
     seconds, as ``ImapConnectionLost``, not after the idle and two 30 s command timeouts
