@@ -224,17 +224,41 @@ async def test_a_worker_that_dies_is_replaced(served: Served) -> None:
 
 
 async def test_workers_that_cannot_start_stop_the_service(tmp_path: Path) -> None:
-    # A plugin name that does not exist is a config error in each worker: the supervisor
-    # restarts it a few times, then gives up with an error instead of looping forever.
-    served = await start(tmp_path, env={"TRACKRELAY_PLUGINS__DISABLED": '["no_such_plugin"]'},
-                         wait=False)
+    # An installed plugin whose start-up fails (what only a worker runs: the supervisor
+    # checks the config, the plugins' settings and the store before it starts any):
+    # the supervisor restarts the workers a few times, then gives up with an error
+    # instead of looping forever.
+    site = tmp_path / "site"
+    (site / "trackrelay_broken-1.0.dist-info").mkdir(parents=True)
+    (site / "trackrelay_broken-1.0.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: trackrelay-broken\nVersion: 1.0\n")
+    (site / "trackrelay_broken-1.0.dist-info" / "entry_points.txt").write_text(
+        "[trackrelay]\nbroken = trackrelay_broken\n")
+    (site / "trackrelay_broken.py").write_text(
+        "from relay import hookimpl\n\n\n@hookimpl\ndef trackrelay_startup(app):\n"
+        "    raise RuntimeError('the licence server cannot be reached')\n")
+    path = os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    served = await start(tmp_path, env={"PYTHONPATH": path}, wait=False)
     code = await asyncio.wait_for(served.proc.wait(), 60)
     assert code == 1
     text = served.log.read_text()
-    assert "plugins.disabled: no such plugin: no_such_plugin" in text
+    assert "the licence server cannot be reached" in text
     assert '"worker_keeps_failing"' in text
     with pytest.raises(OSError):
         await asyncio.open_connection("127.0.0.1", served.smtp)
+
+
+async def test_a_plugin_config_error_stops_the_supervisor_before_any_worker(
+        tmp_path: Path) -> None:
+    # A plugin name that does not exist is found by the supervisor itself: one line,
+    # exit 2, as from a single process, and no worker is started to fail on it.
+    served = await start(tmp_path, env={"TRACKRELAY_PLUGINS__DISABLED": '["no_such_plugin"]'},
+                         wait=False)
+    code = await asyncio.wait_for(served.proc.wait(), 60)
+    assert code == 2
+    lines = served.log.read_text().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "trackrelay: config error: plugins.disabled: no such plugin: no_such_plugin"), lines
 
 
 async def test_workers_flag_and_key_are_checked(tmp_path: Path) -> None:
