@@ -7,13 +7,14 @@ import asyncio
 from typing import Any
 
 
-async def until(condition: Any) -> None:
-    """Until ``condition()`` holds, yielding to the loop (fails after 30 s)."""
+async def until(condition: Any, interval: float = 0.005) -> None:
+    """Until ``condition()`` holds, yielding to the loop every ``interval`` seconds
+    (fails after 30 s)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 30
     while not condition():
         assert loop.time() < deadline, "condition never held"
-        await asyncio.sleep(0.005)
+        await asyncio.sleep(interval)
 
 
 class Raw:

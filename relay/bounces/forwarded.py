@@ -62,11 +62,6 @@ _LABEL_ALTERNATION = "|".join(sorted((re.escape(k) for k in LABELS), key=len, re
 HEADER_LINE_RE = re.compile(
     rf"^[ \t]*\*?(?P<label>{_LABEL_ALTERNATION})\*?[ \t]*:\*?[ \t]*(?P<value>\S.*)$",
     re.I | re.M)
-#: Labels that are not English field names: only these need the block test below
-#: before their line is taken for a quoted header (English ones already are).
-LOCALISED = frozenset(k for k in LABELS if k not in (
-    "from", "sent", "date", "to", "cc", "subject"))
-
 #: Outlook's separator above a forwarded or replied-to message: "-----Original
 #: Message-----" in the client's language (de, fr, es, it, nl, pt, pt-br), or the
 #: 32-underscore line of Outlook Live / Microsoft 365.

@@ -55,11 +55,6 @@ class ReadPartly(errors.MessageDefect):
         self.unnamed: list[Any] = list(unnamed or [])
 
 
-def read_partly(msg: Message) -> list[ReadPartly]:
-    """The :class:`ReadPartly` defects of ``msg``: what the parser could not read."""
-    return [d for d in msg.defects if isinstance(d, ReadPartly)]
-
-
 @dataclass(slots=True)
 class Anatomy:
     """The pieces of a message a classifier reads, found in one walk."""
