@@ -89,15 +89,13 @@ async def one_message(client: aiosmtplib.SMTP) -> tuple[dict[str, Any], str]:
     return {}, ""
 
 
-@pytest.mark.parametrize("reset", ["EHLO", "HELO", "STARTTLS"])
-async def test_a_session_reset_mid_transaction_resets_the_upstream_too(
-        make_relay: MakeRelay, sink: Sink, ca: trustme.CA, tmp_path: Path,
-        reset: str) -> None:
-    # One upstream connection in all, so the second client gets the first's back.
-    relay = await make_relay(relay=tls_files(ca, tmp_path),
-                             upstream={"pool_size": 1, "max_connections": 1})
+async def reset_then_send(relay: Relay, reset: str,
+                          tls: ssl.SSLContext | None = None) -> tuple[str, str]:
+    """MAIL and RCPT, then ``reset`` (EHLO, HELO or STARTTLS) inside the transaction,
+    then a message on the same session and one from a client on a new connection:
+    each ``send_or_refusal``'s answer."""
     client = aiosmtplib.SMTP(hostname="127.0.0.1", port=relay_port(relay), start_tls=False,
-                             tls_context=client_context(ca))
+                             tls_context=tls)
     await client.connect()
     await client.ehlo()
     await client.mail("first@example.com")
@@ -117,6 +115,17 @@ async def test_a_session_reset_mid_transaction_resets_the_upstream_too(
     new_session = await send_or_refusal(aiosmtplib.send(
         MSG, sender="third@example.com", recipients=["carol@example.org"],
         hostname="127.0.0.1", port=relay_port(relay), start_tls=False))
+    return same_session, new_session
+
+
+@pytest.mark.parametrize("reset", ["EHLO", "HELO", "STARTTLS"])
+async def test_a_session_reset_mid_transaction_resets_the_upstream_too(
+        make_relay: MakeRelay, sink: Sink, ca: trustme.CA, tmp_path: Path,
+        reset: str) -> None:
+    # One upstream connection in all, so the second client gets the first's back.
+    relay = await make_relay(relay=tls_files(ca, tmp_path),
+                             upstream={"pool_size": 1, "max_connections": 1})
+    same_session, new_session = await reset_then_send(relay, reset, client_context(ca))
     assert (same_session, new_session) == ("sent", "sent")
     assert [(r.mail_from, r.rcpt_tos) for r in sink.received] == [
         ("second@example.com", ["bob@example.org"]),

@@ -7,13 +7,12 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import aiosmtplib
 import pytest
 
-from tests.conftest import MakeRelay, Sink, free_port, relay_port, wait_listening
+from tests.conftest import MakeRelay, Sink, free_port, wait_listening
 from tests.postfix_support import Postfix
 from tests.test_postfix_recipes import postfix_root  # noqa: F401 (a fixture: a folder for Postfix)
-from tests.test_relay_midsession import MSG, one_message, send_or_refusal
+from tests.test_relay_midsession import reset_then_send
 
 pytestmark = pytest.mark.postfix
 
@@ -28,18 +27,7 @@ async def test_ehlo_mid_transaction_with_postfix_upstream(
     try:
         await asyncio.to_thread(postfix.start)
         await wait_listening(smtpd)
-        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=relay_port(relay),
-                                 start_tls=False)
-        await client.connect()
-        await client.ehlo()
-        await client.mail("first@example.com")
-        await client.rcpt("dropped@example.org")
-        await client.ehlo()
-        same_session = await send_or_refusal(one_message(client))
-        await client.quit()
-        new_session = await send_or_refusal(aiosmtplib.send(
-            MSG, sender="third@example.com", recipients=["carol@example.org"],
-            hostname="127.0.0.1", port=relay_port(relay), start_tls=False))
+        same_session, new_session = await reset_then_send(relay, "EHLO")
         assert (same_session, new_session) == ("sent", "sent")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 60
