@@ -487,3 +487,188 @@ def test_no_soft_refusal_of_the_reply_battery_is_called_hard() -> None:
         and classify_reply(row["code"], row["status"], row["text"], row["command"],
                            "jdoe@example.org")[1]]
     assert called_hard == []
+
+
+# --- one entry per concept: every wording of a cause is read by the same rule -------------------
+
+
+def _decided_by(text: str, *, reply: str | None = "550", status: str | None = None,
+                command: str | None = "RCPT") -> tuple[str, str]:
+    reason, _hard, by = classify_reply(reply, status, text, command, "rcpt@example.net")
+    return reason, by
+
+
+def _one_rule(reason: str, texts: list[str], **kw: str | None) -> None:
+    """Each text gives ``reason``, and all of them by one table entry (a concept, not a
+    list of sentences: what the entry says holds for a server whose wording it never saw)."""
+    got = [_decided_by(t, **kw) for t in texts]
+    assert [r for r, _ in got] == [reason] * len(texts), got
+    assert len({by for _, by in got}) == 1, got
+
+
+def test_a_refused_relay_is_norelaying_in_any_wording_and_beats_the_5_7_1_row() -> None:
+    """Postfix smtpd(8) reject_unauth_destination "Relay access denied"; Sendmail
+    "Relaying denied"; Exchange 5.7.54 "Unable to relay recipients in non-accepted
+    domain"; "no relaying", "we don't relay". RFC 3463's 5.7.1 ("delivery not
+    authorized") only says that a policy refused it."""
+    _one_rule("norelaying", [
+        "554 5.7.1 <rcpt@example.net>: Relay access denied",
+        "550 5.7.1 <rcpt@example.net>... Relaying denied",
+        "550 5.7.1 Unable to relay recipient in non-accepted domain",
+        "550 5.7.1 Recipient address rejected: no relaying",
+        "550 5.7.1 We don't relay mail for that domain",
+    ], status="5.7.1")
+
+
+def test_a_message_without_passing_authentication_is_authfailure_not_securityerror() -> None:
+    """RFC 7372 X.7.20-X.7.26 and Google's SMTP error reference (5.7.26 "This message does
+    not have authentication information or fails to pass authentication checks"): the
+    message's SPF/DKIM/DMARC, not the SMTP session's AUTH (RFC 4954, securityerror)."""
+    _one_rule("authfailure", [
+        "550 5.7.1 This message does not have authentication information",
+        "550 5.7.1 The message did not have any authentication information",
+        "550 5.7.1 Message failed to pass authentication checks",
+        "550 5.7.1 Message rejected: failed DMARC",
+    ], status="5.7.1", command="DATA")
+
+
+def test_the_client_must_authenticate_is_securityerror_in_any_wording() -> None:
+    """RFC 4954 section 6 "530 5.7.0 Authentication required"; the same demand in the
+    words MessageLabs and others use ("Please turn on SMTP Authentication in your mail
+    client", "unauthenticated senders not allowed")."""
+    _one_rule("securityerror", [
+        "530 5.7.0 Authentication required",
+        "550 Please turn on SMTP Authentication in your mail client.",
+        "550 unauthenticated senders not allowed",
+        "550 Client was not authenticated",
+    ], status=None, command="MAIL")
+
+
+def test_rfc_3463_s_own_wording_of_an_unknown_mailbox_is_userunknown() -> None:
+    """RFC 3463 X.1.1 "Bad destination mailbox address", X.1.3 "Bad destination mailbox
+    address syntax": the same words with "invalid" or "unknown" and no code that says so."""
+    for text in ("550 5.0.0 <rcpt@example.net>: invalid destination mailbox",
+                 "501 Recipient address rejected: bad destination mailbox address syntax",
+                 "550 <rcpt@example.net>: unknown destination mailbox address"):
+        got, hard, _by = classify_reply("550", None, text, "RCPT", "rcpt@example.net")
+        assert (got, hard) == ("userunknown", True), text
+    # "Bad destination system address" (X.1.2) is the domain, not the mailbox.
+    assert reason_of("550 bad destination system address", status=None) == "hostunknown"
+
+
+def test_a_command_written_as_one_token_is_the_refused_command() -> None:
+    """Yahoo's notices (and others) print the refused command as one token, "[RCPT_TO]",
+    "[MAIL_FROM]": it names the command as well as "RCPT TO" does."""
+    from relay.bounces.normalise import verb_command
+
+    assert verb_command("Remote host said: 550 User unknown (command: RCPT_TO)") == "RCPT"
+    assert verb_command("554 delivery error: sender rejected MAIL_FROM") == "MAIL"
+    assert verb_command("X_RCPT_TO_COUNT=2") is None
+    notice = ("Sorry, we were unable to deliver your message to the following address.\n\n"
+              "<rcpt@example.net>:\nRemote host said: 550 <rcpt@example.net>... User unknown "
+              "- SMTP command RCPT_TO\n")
+    rec = one(dsn("550 <rcpt@example.net>... User unknown - SMTP command RCPT_TO",
+                  status="5.0.0", notice=notice))
+    assert (rec.reason, rec.hard) == ("userunknown", True)
+
+
+def test_a_connection_that_could_not_be_made_is_a_network_error_not_an_expiry() -> None:
+    """qmail-remote "Sorry, I wasn't able to establish an SMTP connection. (#4.4.1)";
+    Exchange "Failed to connect. Winsock error code: 10060". RFC 3463 X.4.1 says only
+    that the host did not answer, which the retries' end turns into "expired" when no
+    words say more."""
+    _one_rule("networkerror", [
+        "Sorry, I wasn't able to establish an SMTP connection. (#4.4.1)",
+        "Failed to connect. Winsock error code: 10060, Win32 error code: 10060.",
+        "unable to connect to mx.example.net",
+        "The server was not able to connect to the destination",
+    ], reply=None, status="4.4.1", command=None)
+
+
+def test_a_refusal_at_the_greeting_is_a_block_whatever_trouble_it_names() -> None:
+    """RFC 5321 section 3.1: a server that will not serve this client answers the
+    connection with 554 (or 421); "Service not available" then refuses the client host.
+    After a command, the same words are the receiving system's own trouble."""
+    notice = ("<rcpt@example.net>: host mx.example.net[192.0.2.9] refused to talk to me: "
+              "421 mx.example.net Service not available, closing transmission channel\n")
+    rec = one(dsn("421 mx.example.net Service not available, closing transmission channel",
+                  status="4.0.0", notice=notice))
+    assert rec.reason == "blocked"
+    _one_rule("systemerror", [
+        "421 4.3.0 Service not available, closing transmission channel",
+        "554 Service currently unavailable",
+        "451 Service temporarily unavailable",
+    ], reply=None, status=None, command="DATA")
+
+
+def test_no_smtp_service_here_is_a_refused_connection_not_a_domain_without_mail() -> None:
+    """RFC 5321 section 3.1: "554 No SMTP service here" refuses this connection (blocked,
+    soft). A domain that publishes no mail service (RFC 7505 null MX; Exim "an MX or SRV
+    record indicated no SMTP service"; qmail "couldn't find a mail exchanger"; OpenSMTPD
+    "No MX found for domain") accepts no mail at all (notaccept)."""
+    got, hard, _by = classify_reply("554", None, "554 mx.example.net No SMTP service here",
+                                    "CONN", "rcpt@example.net")
+    assert (got, hard) == ("blocked", False)
+    _one_rule("notaccept", [
+        "550 an MX or SRV record indicated no SMTP service",
+        "550 Sorry, I couldn't find a mail exchanger or IP address. (#5.4.4)",
+        "550 No MX found for domain",
+        "550 example.net returned null MX",
+    ], status=None, command=None)
+
+
+def test_the_sender_s_reputation_is_badreputation_in_any_wording() -> None:
+    """Google's SMTP error reference: "very low reputation of the sending IP address";
+    Yahoo's Sender Hub (TSS04): "temporarily deferred due to unexpected volume or user
+    complaints"; Outlook.com 4.7.650: "rate limited due to IP reputation"."""
+    _one_rule("badreputation", [
+        "550 5.7.1 This message is likely suspicious due to the very low reputation of "
+        "the sending IP address.",
+        "421 4.7.0 [TSS04] Messages from 192.0.2.1 temporarily deferred due to unexpected "
+        "volume or user complaints",
+        "451 4.7.650 The mail server [192.0.2.1] has been temporarily rate limited due to IP "
+        "reputation.",
+    ], reply=None, status="5.7.1", command="DATA")
+
+
+def test_a_name_that_does_not_confirm_the_client_ip_is_requireptr() -> None:
+    """RFC 7372 X.7.25 "Reverse DNS validation failed": no PTR record, or a name that does
+    not resolve back to the client's address (Outlook.com "domain mismatches client IP")."""
+    _one_rule("requireptr", [
+        "550 The IP address sending this message does not have a PTR record setup",
+        "550 domain [example.com] mismatches client ip 192.0.2.225.",
+        "550 Your hostname does not match your IP address",
+    ], status=None, command="MAIL")
+
+
+def test_one_field_too_many_is_notcompliantrfc_in_any_wording() -> None:
+    """RFC 5322 section 3.6 (fields that occur at most once) and 3.6.2 (several From:
+    addresses need a Sender:): Gmail "there are multiple Subject headers", "Messages with
+    multiple addresses in From: header are not accepted"."""
+    _one_rule("notcompliantrfc", [
+        "550 5.7.1 There are multiple Subject headers.",
+        "550 5.7.1 Messages with multiple addresses in From: header are not accepted.",
+        "550 5.7.1 Rejected: multiple date headers",
+    ], status="5.7.1", command="DATA")
+
+
+def test_retries_given_up_are_expired_in_any_wording() -> None:
+    """The sending MTA stopped retrying: DMA "giving up", Exchange "has stopped trying",
+    IMail "Delivery failed 20 attempts" (RFC 3463 X.4.7, the report of the end)."""
+    _one_rule("expired", [
+        "Giving up on mx.example.net.",
+        "The server has tried to deliver this message, without success, and has stopped "
+        "trying.",
+        "Delivery failed 20 attempts: rcpt@example.net",
+        "Message not delivered after 12 attempts",
+    ], reply=None, status=None, command=None)
+
+
+def test_a_failed_delivery_program_is_mailererror_in_any_wording() -> None:
+    """Sendmail "unknown mailer error 255"; Postfix local(8) "Command died with status 1";
+    Exim names the failed address "pipe to |/usr/bin/procmail"."""
+    _one_rule("mailererror", [
+        "unknown mailer error 255",
+        "Command died with status 1: \"/usr/bin/filter\"",
+        "pipe to |/usr/local/bin/filter generated by rcpt@example.net",
+    ], reply=None, status=None, command=None)

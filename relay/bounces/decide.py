@@ -35,7 +35,9 @@ that gives a reason decides, and the record names the entry that did
    steps may pick either; left alone they are ``filtered``: soft, because only a refusal
    at RCPT proves that the mailbox lookup failed); "domain not found" at MAIL FROM is
    about the sender, and with a transient code it is a DNS failure, not a domain that
-   does not exist; words that say the outcome is provisional count as a transient code
+   does not exist; the receiving system's own trouble ("421 Service not available")
+   said to the connection or the greeting is a refusal of the client, left to step 5;
+   words that say the outcome is provisional count as a transient code
    where the bounce has none, and a transient refusal skips the ``/permanent`` tiers
    (RFC 5321's 450 "mailbox unavailable" is busy or blocked for now, not unknown).
    Unknown-user words, the one hard verdict words alone can give, are

@@ -134,7 +134,10 @@ def transcript_command(text: str) -> str | None:
 
 #: RFC 5321 command verbs as MTAs print them in transcripts and reports (upper case),
 #: the last one named is the one refused: "SMTP command: DATA", "SMTP:RCPT host ...".
-_VERB_RE = re.compile(r"(?<![A-Za-z=_])(RCPT TO|RCPT|MAIL FROM|DATA|EHLO|HELO)(?![A-Za-z=_])")
+#: (Yahoo's notices, and others that print the command as one token, join the two words
+#: with an underscore: "User Unknown [RCPT_TO]", "[MAIL_FROM]".)
+_VERB_RE = re.compile(
+    r"(?<![A-Za-z=_])(RCPT[ _]TO|RCPT|MAIL[ _]FROM|DATA|EHLO|HELO)(?![A-Za-z=_])")
 #: A line that lists the envelope ("  RCPT TO: x@y" under "Message details") names no
 #: refused command; a transcript line (">>> RCPT To:<x@y>") or "after RCPT TO:<x@y>" does.
 _ENVELOPE_LINE_RE = re.compile(
@@ -148,7 +151,7 @@ def verb_command(text: str) -> str | None:
     last: str | None = None
     text = _ENVELOPE_LINE_RE.sub("", text)
     for m in _VERB_RE.finditer(text):
-        last = _VERBS[m.group(1)]
+        last = _VERBS[m.group(1).replace("_", " ")]
     return last
 
 

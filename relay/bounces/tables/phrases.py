@@ -132,11 +132,14 @@ PHRASES: tuple[Phrase, ...] = (
     # === norelaying: the server is not a relay for that domain =============================
     # Postfix "Relay access denied", Sendmail "Relaying denied", Exim "relay not permitted",
     # Exchange "Unable to relay", qmail "that domain isn't in my list of allowed rcpthosts".
+    # The first entry is the concept, however it is worded: relaying and a refusal of it,
+    # in either order ("relay access denied", "unable to relay", "we don't relay", "no
+    # relaying"), so it holds for servers whose exact sentence is not listed.
     *_p("norelaying", "postfix",
         r"\brelay(?:ing)? (?:access )?(?:is )?(?:denied|not (?:permitted|allowed)|prohibited|"
-        r"refused|rejected)",
-        r"\b(?:unable|not permitted|not allowed|cannot|can'?t) (?:to )?relay\b",
-        r"\bwe do not relay\b", r"\bno relaying\b"),
+        r"refused|rejected)"
+        r"|\b(?:unable|not permitted|not allowed|cannot|can'?t|(?:we )?do not|don'?t|will not|"
+        r"won'?t) (?:to )?relay\b|\bno relaying\b"),
     *_p("norelaying", "qmail", r"allowed rcpthosts"),
     *_p("norelaying", "exchange", r"non-accepted domain"),
     # === authfailure: SPF, DKIM or DMARC failed ============================================
@@ -145,17 +148,22 @@ PHRASES: tuple[Phrase, ...] = (
         r"\b(?:spf|dkim|dmarc|domainkeys|sender policy framework)\b(?: \S+){0,8} (?:check )?"
         r"(?:fail(?:s|ed|ure)?|not pass(?:ed)?|did not pass|does not pass|doesn'?t pass|"
         r"softfail|permerror|temperror|hardfail|invalid|violation|rejected?)\b",
-        r"\b(?:fail(?:s|ed|ure)?|not pass(?:ed)?) (?:\S+ ){0,4}(?:spf|dkim|dmarc)\b",
         r"\bdmarc (?:policy|verification)\b", r"\bnot designated as permitted sender\b",
-        r"does not have authentication information",
         r"authentication (?:checks?|results?) (?:\S+ )?(?:fail|did not pass)",
         r"\bunauthenticated (?:e-?mail|mail|message)"),
-    # Google's and Yahoo's texts for a message that failed SPF and DKIM both: "does not
-    # have authentication information or fails to pass authentication checks", "the
-    # sender is unauthenticated".
-    *_p("authfailure", "google",
-        r"\b(?:fails?|failed|does not|did not|doesn'?t|didn'?t) (?:to )?pass (?:\S+ ){0,2}"
-        r"authentication\b", r"\bsender is unauthenticated\b"),
+    # The same statement with the verb first: the message failed (or lacks) its sender
+    # authentication, named by mechanism or as a whole. RFC 7372 section 3 (X.7.20-X.7.26:
+    # "no passing DKIM signature", "SPF validation failed", "multiple authentication
+    # checks failed"); Google's SMTP error reference (5.7.26 "This message does not have
+    # authentication information or fails to pass authentication checks (SPF or DKIM)").
+    *_p("authfailure", "rfc7372",
+        r"\b(?:fail(?:s|ed|ure)?|not pass(?:ed)?) (?:\S+ ){0,4}(?:spf|dkim|dmarc)\b"
+        r"|\b(?:fails?|failed|does not|did not|doesn'?t|didn'?t) (?:to )?pass (?:\S+ ){0,2}"
+        r"authentication\b|\b(?:does not|doesn'?t|did not|didn'?t) have (?:any )?authentication "
+        r"information\b"),
+    # Google's 5.7.26 for a message without passing SPF or DKIM: "This mail has been blocked
+    # because the sender is unauthenticated".
+    *_p("authfailure", "google", r"\bsender is unauthenticated\b"),
     # === userunknown: the mailbox does not exist (gated: RCPT) =============================
     # RFC 3463 X.1.1 "Bad destination mailbox address: the mailbox specified in the address
     # does not exist"; RFC 5321 "550 No such user here", "mailbox not found"; Sendmail
@@ -172,9 +180,10 @@ PHRASES: tuple[Phrase, ...] = (
         r"known|listed|recognized|recognised|exists?|valid)|does not exist|doesn'?t exist|"
         r"non-?existent|"
         r"couldn'?t be found|could not be found|invalid)\b",
-        r"\b(?:unknown|invalid|no such|non-?existent|bad|illegal) (?:local )?(?:user|recipient|"
-        r"mail ?box|address(?:ee)?|account|local[- ]part|e-?mail address)\b",
-        r"\bbad destination mailbox address\b"),
+        # (RFC 3463's own wording is "bad destination mailbox address", X.1.1 and X.1.3)
+        r"\b(?:unknown|invalid|no such|non-?existent|bad|illegal) (?:local |destination "
+        r"(?=mail ?box))?(?:user|recipient|mail ?box|address(?:ee)?|account|local[- ]part|"
+        r"e-?mail address)\b"),
     *_p("userunknown", "rfc5321", r"\bno such user\b", r"mailbox not found"),
     # "Mailbox unavailable" is RFC 5321's text for 550 (not found, no access) and for 450
     # (busy, or blocked for now): an unknown user only in a permanent refusal.
@@ -210,20 +219,35 @@ PHRASES: tuple[Phrase, ...] = (
     # === requireptr: no (matching) reverse DNS for the sending IP ==========================
     # RFC 7372 X.7.25 "Reverse DNS validation failed"; Postfix "Client host rejected: cannot
     # find your hostname"; Gmail "does not have a PTR record"; Sendmail "IP name lookup".
+    # One concept: the client's address and its DNS name do not confirm each other (no
+    # PTR record, or a name that does not resolve back to the client's IP: the
+    # "forward-confirmed reverse DNS" RFC 7372 X.7.25 validates), however it is worded
+    # (Outlook.com "domain mismatches client IP"; Gmail "does not match the IP address of
+    # the hostname").
     *_p("requireptr", "rfc7372",
-        r"\b(?:ptr|rdns|reverse (?:dns|lookup|hostname|name|address|mapping))\b",
+        r"\b(?:ptr|rdns|reverse (?:dns|lookup|hostname|name|address|mapping))\b"
+        r"|\bmismatch(?:es)? (?:the )?client ip\b"
+        r"|\bhost ?name\b(?: \S+){0,3} (?:does not|doesn'?t) (?:match|resolve)",
         r"cannot find your (?:reverse )?hostname", r"\bip name (?:possibly )?(?:forged|"
-        r"lookup failed)", r"mismatches client ip",
-        r"\bhost ?name\b(?: \S+){0,3} (?:does not|doesn'?t) (?:match|resolve)"),
+        r"lookup failed)"),
     # === notcompliantrfc: the message breaks RFC 5322 ======================================
     *_p("notcompliantrfc", "rfc5322",
         r"\bnot (?:rfc ?5322|rfc ?2822|rfc) compliant", r"\brfc ?(?:5322|2822)\b",
-        r"multiple (?:from|to|subject|date|message-id|sender) (?:headers?|addresses)",
+        # RFC 5322 section 3.6: the fields that may occur at most once, and section 3.6.2:
+        # a From: with several addresses needs a Sender: (Gmail "multiple Subject
+        # headers", "Messages with multiple addresses in From: header are not accepted")
+        r"\bmultiple (?:(?:from|to|subject|date|message-id|sender) (?:headers?|addresses)"
+        r"|addresses in (?:the )?(?:from|sender)\b)",
         r"duplicate (?:from|to|subject|date|message-id) headers?"),
     # === badreputation: the sender's reputation ============================================
     # (not a block list's name: Barracuda's "Reputation Block List" is a DNS block list)
-    *_p("badreputation", "google", r"\breputation\b(?! block ?list)"),
-    *_p("badreputation", "yahoo", r"user complaints", r"unexpected volume"),
+    # One concept: the receiver judged the sender by its history, its reputation or the
+    # complaints and volume that make it (Google's SMTP error reference: "very low
+    # reputation of the sending IP address/domain"; Yahoo's Sender Hub, TSS04/TS03:
+    # "deferred due to unexpected volume or user complaints"; Outlook.com "rate limited
+    # due to IP reputation").
+    *_p("badreputation", "google",
+        r"\b(?:reputation\b(?! block ?list)|user complaints|unexpected volume)"),
     # === rejected: refused because of the sender (envelope from) ===========================
     # RFC 3463 X.1.7/X.1.8 "Bad sender's mailbox/system address"; Postfix "Sender address
     # rejected"; Exim "Sender verify failed"; RFC 4407 "purported responsible address".
@@ -251,10 +275,15 @@ PHRASES: tuple[Phrase, ...] = (
         r"(?!s? from\b)",
         r"\b(?:accepts?|receives?) no (?:e-?)?mail(?!s? from\b)",
         r"not accepting (?:any )?(?:e-?)?mail(?!s? from\b)"),
-    *_p("notaccept", "rfc7505", r"\bnull ?mx\b"),
     *_p("notaccept", "rfc3463", r"system not accepting network messages"),  # X.3.2
-    *_p("notaccept", "exim", r"indicated no smtp service", r"\bno smtp service\b"),
-    *_p("notaccept", "qmail", r"\b(?:no|couldn'?t find an?y?) (?:mail exchanger|mx)\b"),
+    # The domain publishes no mail service: a null MX (RFC 7505, "A 'Null MX' No Service
+    # Resource Record for Domains That Accept No Mail"), or no mail exchanger at all; Exim:
+    # "an MX or SRV record indicated no SMTP service", qmail-remote: "Sorry, I couldn't find
+    # a mail exchanger or IP address", OpenSMTPD: "No MX found for domain". Not RFC 5321's
+    # "554 No SMTP service here", a server refusing this connection (blocked).
+    *_p("notaccept", "rfc7505",
+        r"\b(?:null ?mx|(?:no|couldn'?t find an?y?) (?:mail exchanger|mx|smtp service)"
+        r"(?! here))\b"),
     # === hostunknown: the recipient's domain does not exist ================================
     # RFC 3463 X.1.2 "Bad destination system address: the destination system specified in
     # the address does not exist"; Sendmail "Host unknown"; Postfix "Host or domain name not
@@ -350,9 +379,10 @@ PHRASES: tuple[Phrase, ...] = (
     # RFC 5321 "451 local error in processing", "421 service not available"; mail loops
     # (Postfix "loops back to myself", Sendmail "Too many hops", qmail "message is looping").
     # Not "554 Transaction failed": RFC 5321's text for any permanent refusal names no cause.
+    # (RFC 5321's 421 "Service not available", and the same said as a state of the
+    # moment: "service currently unavailable", "service temporarily unavailable")
     *_p("systemerror", "rfc5321", r"local error in processing",
-        r"service (?:currently |temporarily )(?:unavailable|not available)",
-        r"service not available"),
+        r"\bservice (?:not available|(?:currently|temporarily) (?:unavailable|not available))"),
     # Exim "451 Temporary local problem - please try later", qmail "451 qq temporary
     # problem": the receiving system's own trouble.
     *_p("systemerror", "exim", r"\btemporary (?:local |system )?problem\b"),
@@ -371,7 +401,9 @@ PHRASES: tuple[Phrase, ...] = (
         r"lost connection with", r"no route to host", r"network (?:is )?unreachable",
         # smtp(8): "conversation with <host> timed out while <stage>", no reply in time
         r"\bconversation with\b(?: \S+){0,2} timed out",
-        r"\bunable to (?:connect|establish)", r"wasn'?t able to establish",
+        # (the client could not open the connection: qmail-remote "Sorry, I wasn't able to
+        # establish an SMTP connection", Exchange "Failed to connect. Winsock error code")
+        r"\b(?:unable|not able|wasn'?t able|was not able|failed) to (?:connect|establish)\b",
         r"remote protocol error", r"error transferring to"),
     # Postfix's resolver texts ("malformed or unexpected name server reply") and the
     # socket error EHOSTUNREACH ("Host is unreachable").
@@ -412,9 +444,12 @@ PHRASES: tuple[Phrase, ...] = (
         r"\b(?:could not|couldn'?t|unable to|cannot|can'?t|not) (?:be )?(?:deliver(?:ed)?|send|"
         r"sent)\b(?: \S+){0,4} for (?:the )?(?:last |past |more than )?\d+ (?:seconds|minutes|"
         r"hours?|days?)",
-        r"\b(?:giving|gave) up\b", r"\bstopped trying\b",
+        # (one concept: the sending MTA stopped retrying, said as giving up or as the count
+        # of attempts that failed: qmail-remote "Giving up on <host>", DMA "giving up", Exchange
+        # "has stopped trying", IMail "Delivery failed N attempts")
+        r"\b(?:giving|gave) up\b|\bstopped trying\b|\b(?:after|delivery failed) \d+ "
+        r"(?:delivery )?(?:attempts|tries)\b",
         r"\bwill (?:be )?retr(?:y|ied)\b", r"\bstill (?:undelivered|trying)\b",
-        r"\bdelivery failed \d+ attempts", r"\bafter \d+ (?:attempts|tries)\b",
         r"did not accept our requests to connect",
         # A server that never answered until the retry period ran out.
         r"connection timed out"),
@@ -425,17 +460,26 @@ PHRASES: tuple[Phrase, ...] = (
     *_p("failedstarttls", "rfc8689", r"requiretls"),
     # === securityerror: authentication or encryption between servers =======================
     # RFC 4954 "530 Authentication required", "535 Authentication credentials invalid".
+    # One concept: the client has to authenticate (SMTP AUTH) and did not, however it is
+    # worded: "530 5.7.0 Authentication required" (RFC 4954 section 6), "please turn on
+    # SMTP authentication", "unauthenticated senders not allowed", "not authenticated".
     *_p("securityerror", "rfc4954",
-        r"\bauthenticat\w*\b(?: \S+){0,2} (?:is )?(?:required|failed|invalid|needed)",
-        r"(?:must|please) (?:\S+ ){0,3}authenticat", r"\bnot authenticated\b",
-        r"encryption (?:is )?(?:required|needed)", r"\bcredentials\b",
-        r"unauthenticated senders? not allowed"),
+        r"\bauthenticat\w*\b(?: \S+){0,2} (?:is )?(?:required|failed|invalid|needed)"
+        r"|(?:must|please) (?:\S+ ){0,3}authenticat|\bnot authenticated\b"
+        r"|\bunauthenticated senders? not allowed",
+        r"encryption (?:is )?(?:required|needed)", r"\bcredentials\b"),
     *_p("securityerror", "ses", r"address is not verified"),
     # === mailererror: a local delivery program failed ======================================
-    *_p("mailererror", "postfix", r"command died with status", r"command output:"),
-    *_p("mailererror", "sendmail", r"\bmailer\b(?: \S+){0,2} (?:error|died|failed)",
-        r"x-unix;"),
-    *_p("mailererror", "exim", r"pipe to \|", r"returned \d+ \(could mean",
+    # One concept: the program the message was handed to for local delivery failed,
+    # named as the mailer (Sendmail "unknown mailer error N"), the command (Postfix
+    # local(8) "Command died with status N") or the pipe (Exim names the failed address
+    # "pipe to |<command>").
+    *_p("mailererror", "sendmail",
+        r"\bmailer\b(?: \S+){0,2} (?:error|died|failed)|command died with status"
+        r"|\bpipe to \|"),
+    *_p("mailererror", "postfix", r"command output:"),
+    *_p("mailererror", "sendmail", r"x-unix;"),
+    *_p("mailererror", "exim", r"returned \d+ \(could mean",
         r"child process of \S+ transport", r"\bexit (?:code|status) \d"),
     *_p("mailererror", "dma", r"\bprocmail\b", r"\bmaildrop\b", r"delivery program"),
     # === syntaxerror: the SMTP dialogue itself was wrong ===================================
@@ -482,6 +526,11 @@ GATES: dict[str, Gate] = {
     # address or the content.
     "rejected": Gate(commands=frozenset({"MAIL", "RCPT", "DATA"}), unknown=True),
     "spamdetected": Gate(commands=frozenset({"MAIL", "RCPT", "DATA"}), unknown=True),
+    # The receiving system's own trouble is a reason only once a session is open. At the
+    # connection RFC 5321 gives the server 220 to accept it and 554 (section 3.1) or 421
+    # (section 4.2.3: "Service not available, closing transmission channel") to refuse
+    # it: there the words refuse this client, which the command tie-break reads as a block.
+    "systemerror": Gate(commands=frozenset({"MAIL", "RCPT", "DATA"}), unknown=True),
     # "Domain not found" answered to MAIL FROM is about the sender's domain; with a
     # transient code the lookup failed this time (RFC 3463 class 4 is a persistent
     # transient failure), the domain is not known not to exist.
