@@ -160,7 +160,7 @@ def main() -> None:
             if not verp.endswith("@" + BOUNCE_DOMAIN):
                 raise SystemExit(f"the upstream saw {verp!r}: VERP is not on")
             notice = dsn.build(reporting_host="mx.example.org", sender=verp,
-                               failures=[dsn.Failure(rcpt, FAILURES[i % len(FAILURES)])],
+                               recipients=[dsn.Recipient(rcpt, FAILURES[i % len(FAILURES)])],
                                original=data, arrival=time.time())
             notices.append(("", verp, notice))
         size = sum(len(n[2]) for n in notices) // len(notices)

@@ -84,6 +84,9 @@ class RelayConfig:
     max_message_size: int = 50 * 1024 * 1024
     max_recipients: int = 100
     smtputf8: bool = True
+    #: Offer DSN (RFC 3461): the client's notice requests go to an upstream that offers
+    #: it, and the relay sends the "relayed" notices for those that cannot.
+    dsn: bool = True
     proxy_protocol: bool = False
     proxy_protocol_timeout: float = 5.0
     client_timeout: float = 300.0

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from relay import xforward
+from relay.dsn_parameters import NO_MAIL_PARAMETERS, MailParameters, RecipientParameters
 
 EventType = Literal[
     "sent", "rejected", "open", "click", "bounce", "complaint", "unsubscribe", "reply"
@@ -88,6 +89,13 @@ class Transaction:
     mail_from: str = ""
     mail_options: list[str] = field(default_factory=list)
     rcpt_tos: list[str] = field(default_factory=list)
+    #: The client's delivery status notification requests (RFC 3461): RET and ENVID of
+    #: its MAIL, and NOTIFY and ORCPT of each accepted recipient's RCPT.
+    dsn: MailParameters = NO_MAIL_PARAMETERS
+    recipient_dsn: dict[str, RecipientParameters] = field(default_factory=dict)
+    #: Whether the upstream was handed those requests (it offers DSN and sees the
+    #: client's own envelope sender); if not, the relay answers NOTIFY=SUCCESS itself.
+    dsn_upstream: bool = False
     started: float = field(default_factory=time.time)
     #: trackrelay's internal message id (16 hex), new for every MAIL FROM; tokens carry it.
     message_id: str = field(default_factory=new_id)

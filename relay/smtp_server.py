@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import contextlib
 import functools
 import inspect
@@ -30,6 +31,18 @@ from relay import dsn, split, xforward
 from relay.app import App
 from relay.auth import AUTHZID_REFUSED, Authenticator
 from relay.config import DEFAULT_MAX_LINE_LENGTH, parse_hostport
+from relay.dsn_parameters import (
+    MAIL_KEYWORDS,
+    NO_MAIL_PARAMETERS,
+    NO_RECIPIENT_PARAMETERS,
+    RCPT_KEYWORDS,
+    MailParameters,
+    ParameterError,
+    RecipientParameters,
+    mail_parameters,
+    recipient_parameters,
+    split_off,
+)
 from relay.listeners import Listeners
 from relay.logs import get_logger
 from relay.message import MessageDraft
@@ -121,6 +134,7 @@ BAD_SENDER = Reply(501, "5.1.7", "Bad sender address syntax")
 TLS_ALREADY_ACTIVE = Reply(503, "5.5.1", "TLS already active")
 _AUTH_PARAMETER = re.compile(r"\s+AUTH=\S*", re.IGNORECASE)
 _MAIL_PATH = re.compile(r"\s*FROM:\s*(?:<[^>]*>|\S+)", re.IGNORECASE)
+_RCPT_PATH = re.compile(r"\s*TO:\s*(?:<[^>]*>|\S+)", re.IGNORECASE)
 BAD_RECIPIENT = Reply(501, "5.1.3", "Bad recipient address syntax")
 BAD_PARAMETER = Reply(501, "5.5.4", "Bad parameter syntax: control character")
 #: RFC 6531 section 3.5 with RFC 6533's enhanced code: a non-ASCII address in a
@@ -133,6 +147,18 @@ _NOT_REPLY_TEXT = re.compile(r"[^\t\x20-\x7e\r\n]|\r(?!\n)|(?<!\r)\n")
 
 
 _QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+#: Longest MAIL and RCPT lines, in octets: RFC 5321's 512 (section 4.5.3.1.4), plus what
+#: each offered extension's parameters may add: SIZE (26) and SMTPUTF8 (10) as aiosmtpd
+#: counts them, BODY=8BITMIME (15), AUTH=<mailbox> (500, RFC 4954 section 5) and, with
+#: DSN, " RET=HDRS ENVID=" and a 100-character ENVID on MAIL and " NOTIFY=" with 28
+#: characters and " ORCPT=" with 500 on RCPT (RFC 3461 section 5.4: at least 1036).
+COMMAND_LINE = 512
+MAIL_LINE = COMMAND_LINE + 26 + 10 + 15 + 500
+MAIL_LINE_DSN = MAIL_LINE + len(" RET=HDRS ENVID=") + 100
+RCPT_LINE_DSN = COMMAND_LINE + len(" NOTIFY=") + 28 + len(" ORCPT=") + 500
+#: The stream reader's limit between messages: a longer line is read off and refused.
+COMMAND_READ_LIMIT = 2048
 
 
 def path_fault(arg: str, rest: str) -> bool:
@@ -284,6 +310,9 @@ class RelaySMTP(SmtpNames, SMTP):
 
     def __init__(self, handler: Any, *, max_commands: int = 0, max_errors: int = 0,
                  max_line_length: int = DEFAULT_MAX_LINE_LENGTH, **kwargs: Any) -> None:
+        # The stream reader's limit for command lines, read by SMTP.__init__ (below, the
+        # attribute becomes the limit of a message's lines).
+        self.line_length_limit = COMMAND_READ_LIMIT
         super().__init__(handler, **kwargs)
         # aiosmtpd refuses a DATA line over ``line_length_limit`` (RFC 5321's 1,000 octets
         # with CRLF and a transparency dot); real mail has longer lines, and Postfix takes
@@ -292,6 +321,10 @@ class RelaySMTP(SmtpNames, SMTP):
         # while it reads a message (smtp_DATA).
         self.max_line_length = max_line_length
         self.line_length_limit = max_line_length + 3  # CRLF and a transparency dot
+        # aiosmtpd keeps its per-command limits in one dict shared by every connection
+        # (cleared by each new one, raised by each EHLO): this connection has its own,
+        # set at EHLO (``extend_command_limits``).
+        self.command_size_limits = collections.defaultdict(lambda: COMMAND_LINE)
         self.max_commands = max_commands
         self.max_errors = max_errors
         self.commands = 0
@@ -304,6 +337,11 @@ class RelaySMTP(SmtpNames, SMTP):
         if max_commands:
             self._smtp_methods = {name: self._counted(method)
                                   for name, method in self._smtp_methods.items()}
+
+    def extend_command_limits(self, dsn: bool) -> None:
+        """The MAIL and RCPT line limits for the extensions just offered at EHLO."""
+        self.command_size_limits["MAIL"] = MAIL_LINE_DSN if dsn else MAIL_LINE
+        self.command_size_limits["RCPT"] = RCPT_LINE_DSN if dsn else COMMAND_LINE
 
     def _counted(self, method: Any) -> Any:
         """``method`` (an ``smtp_*`` command), refused with 421 past ``max_commands``."""
@@ -485,7 +523,44 @@ class RelaySMTP(SmtpNames, SMTP):
             path = _MAIL_PATH.match(arg)
             end = path.end() if path else 0
             arg = arg[:end] + _AUTH_PARAMETER.sub("", arg[end:])
+        handler = self._dsn_handler() if arg and "=" in arg else None
+        if handler is not None and arg:
+            try:
+                arg, taken = self._take_parameters(arg, _MAIL_PATH, MAIL_KEYWORDS)
+                handler.mail_dsn = mail_parameters(taken)
+            except ParameterError as exc:
+                await self.push(str(Reply(501, "5.5.4", str(exc))))
+                return
         await super().smtp_MAIL(arg)
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        handler = self._dsn_handler() if arg and "=" in arg else None
+        if handler is not None and arg:
+            try:
+                arg, taken = self._take_parameters(arg, _RCPT_PATH, RCPT_KEYWORDS)
+                handler.rcpt_dsn = recipient_parameters(taken)
+            except ParameterError as exc:
+                await self.push(str(Reply(501, "5.5.4", str(exc))))
+                return
+        await super().smtp_RCPT(arg)
+
+    def _dsn_handler(self) -> RelaySession | None:
+        """The relay's session when it offers DSN to this client (EHLO, ``relay.dsn``)."""
+        handler = self.event_handler
+        if (isinstance(handler, RelaySession) and handler.relay.config.relay.dsn
+                and self.session is not None and self.session.extended_smtp):
+            return handler
+        return None
+
+    @staticmethod
+    def _take_parameters(arg: str, path: re.Pattern[str], keywords: frozenset[str]
+                         ) -> tuple[str, dict[str, str]]:
+        """``arg`` without the DSN parameters in ``keywords``, and those as written
+        (before aiosmtpd upper-cases them); the path itself is left alone."""
+        found = path.match(arg)
+        end = found.end() if found else len(arg)
+        rest, taken = split_off(arg[end:], keywords)
+        return (arg[:end] + (" " + rest if rest else "")), taken
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
@@ -586,6 +661,10 @@ class RelaySession(SmtpNames):
         #: XFORWARD attributes for the next transaction (relay.xforward).
         self.xforward: dict[str, str] = {}
         self.esmtp = False
+        #: The DSN parameters of the MAIL or RCPT being answered (RelaySMTP reads them
+        #: off the command line before aiosmtpd does; relay.dsn_parameters).
+        self.mail_dsn: MailParameters = NO_MAIL_PARAMETERS
+        self.rcpt_dsn: RecipientParameters = NO_RECIPIENT_PARAMETERS
         self.admitted = False  # counted in relay.limits (and released when it ends)
         self._expiry: asyncio.TimerHandle | None = None  # relay.session_timeout
         self._close_after_data = False  # the session expired while delivering
@@ -792,6 +871,11 @@ class RelaySession(SmtpNames):
         if self.relay.closing:
             return [str(SHUTTING_DOWN)]
         self.esmtp = True
+        dsn_offered = self.relay.config.relay.dsn
+        if isinstance(server, RelaySMTP):
+            server.extend_command_limits(dsn_offered)
+        if responses and dsn_offered:
+            responses.insert(len(responses) - 1, "250-DSN")
         if responses and self.relay.xforward_allowed(self._peer(session)[0]):
             responses.insert(len(responses) - 1, f"250-{xforward.EHLO_KEYWORD}")
         return responses
@@ -825,6 +909,7 @@ class RelaySession(SmtpNames):
 
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, mail_options: list[str]) -> str:
+        dsn_request, self.mail_dsn = self.mail_dsn, NO_MAIL_PARAMETERS
         if self.relay.closing:
             return str(SHUTTING_DOWN)
         syntax_error = address_refusal(address, mail_options, envelope.smtp_utf8, BAD_SENDER,
@@ -857,6 +942,7 @@ class RelaySession(SmtpNames):
             return str(refusal)
         txn.mail_from = address
         txn.mail_options = list(mail_options)
+        txn.dsn = dsn_request
         try:
             upstream_sender = await self.app.host.first(
                 "trackrelay_upstream_sender", app=self.app, transaction=txn,
@@ -902,6 +988,13 @@ class RelaySession(SmtpNames):
                 up_options = [body] if body and conn.supports("8bitmime") else []
                 if utf8:
                     up_options.append("SMTPUTF8")
+                # RFC 3461 section 5.2: the requests go on to an upstream that offers DSN,
+                # unless the upstream's notices would reach another sender (VERP); then
+                # the relay is the last hop that can answer them (Relay.notify_sender).
+                txn.dsn_upstream = (self.relay.config.relay.dsn and conn.supports("dsn")
+                                    and sender == txn.mail_from)
+                if txn.dsn_upstream:
+                    up_options += txn.dsn.options()
                 reply = await conn.mail(sender, up_options, utf8)
             except UpstreamUnavailable as exc:
                 reused = self.conn is not None and self.conn.reused
@@ -918,6 +1011,7 @@ class RelaySession(SmtpNames):
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
+        dsn_request, self.rcpt_dsn = self.rcpt_dsn, NO_RECIPIENT_PARAMETERS
         syntax_error = address_refusal(address, rcpt_options, envelope.smtp_utf8,
                                        BAD_RECIPIENT, getattr(server, "path_fault", False))
         if address in ("", "<>"):  # the null path is a sender's only (RFC 5321 4.1.1.3)
@@ -945,7 +1039,9 @@ class RelaySession(SmtpNames):
                           reply=str(refusal))
             return str(refusal)
         try:
-            reply = await self.conn.rcpt(address, [], envelope.smtp_utf8)
+            reply = await self.conn.rcpt(
+                address, dsn_request.options() if txn.dsn_upstream else [],
+                envelope.smtp_utf8)
         except UpstreamUnavailable as exc:
             SMTP_RECIPIENTS.labels("tempfail").inc()
             self.conn.close()
@@ -966,6 +1062,8 @@ class RelaySession(SmtpNames):
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         txn.rcpt_tos.append(address)
+        if dsn_request is not NO_RECIPIENT_PARAMETERS:
+            txn.recipient_dsn[address] = dsn_request
         return str(reply)
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
@@ -1035,6 +1133,8 @@ class RelaySession(SmtpNames):
             # send again, so what is recorded must not depend on this process living on.
             await self.relay.record_delivery(txn, outcome)
             self.relay.after_delivery(txn, outcome)
+            if reply.ok:
+                self.relay.notify_sender(txn, raw, dsn.relayed(txn, txn.rcpt_tos, reply))
             return str(reply)
         finally:
             # ``delivering`` and ``busy`` are cleared once the reply is sent (after_data).
@@ -1075,10 +1175,11 @@ class RelaySession(SmtpNames):
         results = [await self._deliver_copy(split.copy_of(txn, group, i), raw, utf8)
                    for i, group in enumerate(groups)]
         self._release(True)
-        notify = not dsn.null_path(txn.mail_from)
-        reply = split.client_answer(results, notify=notify)
-        self._count(reply)
         failures = [f for r in results for f in r.failures()]
+        told = dsn.failed(txn, failures)
+        reply = split.client_answer(
+            results, notify=bool(told) and not dsn.null_path(txn.mail_from))
+        self._count(reply)
         self.log.info("split_done", reply=str(reply), copies=len(results),
                       failed_recipients=len(failures))
         outcomes = [(r.transaction, Outcome(
@@ -1089,8 +1190,10 @@ class RelaySession(SmtpNames):
         await asyncio.gather(*(self.relay.record_delivery(t, o) for t, o in outcomes))
         for copy, outcome in outcomes:
             self.relay.after_delivery(copy, outcome)
-        if reply.ok and failures:
-            self.relay.notify_sender(txn, raw, failures)
+        if reply.ok:
+            self.relay.notify_sender(txn, raw, told + [
+                row for r in results if r.reply.ok
+                for row in dsn.relayed(r.transaction, r.accepted, r.reply)])
         return str(reply)
 
     async def _deliver_copy(self, copy: Transaction, raw: bytes,
@@ -1124,7 +1227,9 @@ class RelaySession(SmtpNames):
         assert conn is not None
         try:
             for recipient in copy.rcpt_tos:
-                answer = await conn.rcpt(recipient, [], utf8)
+                request = copy.recipient_dsn.get(recipient, NO_RECIPIENT_PARAMETERS)
+                answer = await conn.rcpt(
+                    recipient, request.options() if copy.dsn_upstream else [], utf8)
                 if answer.ok:
                     result.accepted.append(recipient)
                 else:
@@ -1312,27 +1417,30 @@ class Relay:
         task.add_done_callback(self._background.discard)
 
     def notify_sender(self, txn: Transaction, original: bytes,
-                      failures: list[tuple[str, Reply]]) -> None:
-        """Send ``txn``'s sender a delivery status notification (relay.dsn) for the
-        recipients in ``failures``, after the client has its 250; never to the null
-        sender."""
+                      recipients: list[dsn.Recipient]) -> None:
+        """Send ``txn``'s sender a delivery status notification (relay.dsn) for
+        ``recipients`` (none: nothing to send), after the client has its 250; never to
+        the null sender."""
+        if not recipients:
+            return
         if dsn.null_path(txn.mail_from):
             NOTICES.labels("null_sender").inc()
             log.info("dsn_not_sent", txn=txn.id, reason="null sender",
-                     recipients=len(failures))
+                     recipients=len(recipients))
             return
         task = asyncio.get_running_loop().create_task(
-            self._notify(txn, original, failures))
+            self._notify(txn, original, recipients))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
     async def _notify(self, txn: Transaction, original: bytes,
-                      failures: list[tuple[str, Reply]]) -> None:
+                      recipients: list[dsn.Recipient]) -> None:
         upstream = self.config.upstream
         notice = dsn.build(
             reporting_host=self.config.relay.hostname, sender=txn.mail_from,
-            failures=[dsn.Failure(r, reply) for r, reply in failures], original=original,
-            arrival=txn.started, remote_host=upstream.host if upstream.mode == "smtp" else None)
+            recipients=recipients, original=original, arrival=txn.started,
+            remote_host=upstream.host if upstream.mode == "smtp" else None,
+            envid=txn.dsn.envid, full=txn.dsn.full)
         utf8 = not txn.mail_from.isascii()
         conn: Connection | None = None
         reply: Reply | None = None
@@ -1355,8 +1463,8 @@ class Relay:
         ok = reply is not None and reply.ok
         NOTICES.labels("sent" if ok else "failed").inc()
         (log.info if ok else log.error)(
-            "dsn_sent" if ok else "dsn_failed", txn=txn.id, recipients=len(failures),
-            reply=str(reply))
+            "dsn_sent" if ok else "dsn_failed", txn=txn.id, recipients=len(recipients),
+            actions=sorted({r.action for r in recipients}), reply=str(reply))
 
     async def _delivered(self, txn: Transaction, outcome: Outcome, recorded: bool) -> None:
         if not recorded:

@@ -478,7 +478,7 @@ async def test_parameter_and_syntax_refusals_carry_an_enhanced_code(
     replies = await converse(relay_port(relay), [
         b"MAIL FROM:<a@example.com> NOTIFY=NEVER\r\n", b"MAIL FROM:<a@example.com> BODY=X\r\n",
         b"MAIL FROM:<a@example.com> SMTPUTF8=1\r\n", b"MAIL FROM:\r\n",
-        b"MAIL FROM:<a@example.com>\r\n", b"RCPT TO:<b@example.org> ORCPT=rfc822;b\r\n",
+        b"MAIL FROM:<a@example.com>\r\n", b"RCPT TO:<b@example.org> XYZZY=1\r\n",
         b"RCPT TO:\r\n"])
     assert replies[2] == [
         b"555 5.5.4 MAIL FROM parameters not recognized or not implemented\r\n"]
