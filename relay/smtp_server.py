@@ -874,6 +874,11 @@ class RelaySession(SmtpNames):
         dsn_offered = self.relay.config.relay.dsn
         if isinstance(server, RelaySMTP):
             server.extend_command_limits(dsn_offered)
+        if responses:
+            # RFC 2920: commands a client sends in one go are read one by one and each
+            # answered in order (aiosmtpd never drops buffered input); a message may be
+            # followed at once by the next commands.
+            responses.insert(len(responses) - 1, "250-PIPELINING")
         if responses and dsn_offered:
             responses.insert(len(responses) - 1, "250-DSN")
         if responses and self.relay.xforward_allowed(self._peer(session)[0]):
