@@ -298,7 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     tracker_cli.add_stats_arguments(p)
     p.set_defaults(func=tracker_cli.stats)
 
-    p = sub.add_parser("events", help="print events as JSON lines (the API's objects)")
+    p = sub.add_parser("events", help="print events as a table (--json: JSON lines, the "
+                                       "API's objects)")
     add_config(p)
     p.add_argument("--store", metavar="URL", help="store URL")
     tracker_cli.add_events_arguments(p)
