@@ -61,7 +61,7 @@ MESSAGES = Counter(
 TRACKER_HITS = Counter(
     "trackrelay_tracker_hits_total",
     "Pixel and link requests by endpoint (open, click) and result "
-    "(recorded, invalid_token, unknown_message, not_tracked)",
+    "(recorded, invalid_token, unknown_message, unresolved, not_tracked)",
     ["endpoint", "result"],
 )
 EVENTS = Counter(

@@ -23,15 +23,21 @@ both give the same answers (``Answer``).
 
 A genuine token whose message the store does not hold yet (the relay stores the record
 before its client's 250, but a scanner may fetch the pixel while the message is still
-on its way, and a relay cut off from the database keeps the record in its spool) is not
-given up at once: an open is looked up again in the background for about 4 s after its GIF
-went out, a click for under a second before its answer; only then is it counted as
-``unknown_message`` (a purged or never-sent message) and nothing is recorded.
+on its way, and a relay cut off from the database, or from writing to it, keeps the
+record in its spool or memory for as long as that lasts) is not given up at once: an
+open is looked up again in the background for about 4 s after its GIF went out, a click
+for under a second before its answer.
 
-If the database is unreachable and the message is not cached yet, a pixel hit is still
-recorded (the writer spools it) with ``recipient`` null and ``data.recipient_index``
-plus ``data.unresolved = true``; a click answers 503 with ``Retry-After`` (its target
-is unknown), never a guess.
+A hit that is still not resolved then, or whose look-up fails (the database is
+unreachable and the message not cached), is never dropped or sent to a guessed place:
+its token's HMAC proves the message was sent (only the relay holds the key), so what
+is missing is the record, not the message (``_unresolved_open``). The open is recorded
+(journaled, queued, spooled like any other) with ``recipient`` null and
+``data.recipient_index`` plus ``data.unresolved = true``; the click answers 503 with
+``Retry-After`` (its target is unknown), so the person's next try reaches the link once
+the record is in. Both are counted ``unresolved`` and logged (``open_unresolved``,
+``click_unresolved``). Only a token naming a recipient or link its stored message does
+not have is ``unknown_message``: nothing recorded, a click 404.
 """
 
 from __future__ import annotations
@@ -144,11 +150,11 @@ class _Seen:
 
 _OPEN_RESULTS = {
     r: metrics.TRACKER_HITS.labels("open", r)
-    for r in ("recorded", "invalid_token", "unknown_message")
+    for r in ("recorded", "invalid_token", "unknown_message", "unresolved")
 }
 _CLICK_RESULTS = {
     r: metrics.TRACKER_HITS.labels("click", r)
-    for r in ("recorded", "invalid_token", "unknown_message")
+    for r in ("recorded", "invalid_token", "unknown_message", "unresolved")
 }
 _EVENTS = {
     (t, m): metrics.EVENTS.labels(t, "true" if m else "false")
@@ -444,9 +450,7 @@ class RecipientEndpoints:
             # genuine, so keep the open (the writer spools it) with the recipient's index
             # instead of its address.
             log.warning("open_lookup_failed", message=data.message_id, error=repr(exc))
-            await self.record(self._seen(hit), "open", data.message_id, None, None, None,
-                              {"recipient_index": data.recipient_index, "unresolved": True})
-            _count(_OPEN_RESULTS["recorded"])
+            await self._unresolved_open(self._seen(hit), data, "lookup_failed")
             return
         if resolved == NOT_YET:
             self._record_later(self._seen(hit), data)
@@ -481,23 +485,45 @@ class RecipientEndpoints:
     async def _late_open(self, seen: _Seen, data: TokenData) -> None:
         """A genuine open token for a message the store does not hold yet: its record may
         still be on its way (written by the relay as the upstream accepts it), so look
-        again a few times before giving it up as unknown (a purged or never-sent
-        message)."""
+        again a few times; still missing, it is kept unresolved (``_unresolved_open``)."""
+        reason = "not_stored"
         for delay in LATE_DELAYS:
             await asyncio.sleep(delay)
             try:
                 resolved = await self.resolve(data, fresh=True)
             except Exception:
-                continue  # the database is away: try again, then give up like the others
+                reason = "lookup_failed"
+                continue  # the database is away: try again, then keep it unresolved
+            reason = "not_stored"
             if resolved == NOT_YET:
                 continue
-            if isinstance(resolved, str):
-                break
+            if isinstance(resolved, str):  # the message is stored, without that recipient
+                _count(_OPEN_RESULTS[resolved])
+                return
             await self.record(seen, "open", data.message_id, resolved[1], None,
                               resolved[0])
             _count(_OPEN_RESULTS["recorded"])
             return
-        _count(_OPEN_RESULTS["unknown_message"])
+        await self._unresolved_open(seen, data, reason)
+
+    async def _unresolved_open(self, seen: _Seen, data: TokenData, reason: str) -> None:
+        """Record the open of a genuine token whose message cannot be read, with the
+        recipient's index (``data.recipient_index``, ``data.unresolved``) in place of its
+        address, rather than not at all.
+
+        The token's HMAC proves the message was sent, so a message the store does not
+        hold is one whose record has not reached it yet: the relay that sent it keeps it
+        in its spool or memory while the database refuses its writes (a lock, a
+        read-only file, a full disk) or is out of its reach, however long that lasts.
+        Waiting for the record would hold the hit (a task, its journal segment) just as
+        long; recording it now leaves the pixel path as it is and counts the open for
+        its message. ``reason``: ``not_stored`` (looked up, not there) or
+        ``lookup_failed`` (the database could not be read)."""
+        await self.record(seen, "open", data.message_id, None, None, None,
+                          {"recipient_index": data.recipient_index, "unresolved": True})
+        _count(_OPEN_RESULTS["unresolved"])
+        log.info("open_unresolved", message=data.message_id,
+                 recipient_index=data.recipient_index, reason=reason)
 
     async def drain(self) -> None:
         """Wait for opens still being looked up (at shutdown, before the store closes)."""
@@ -525,7 +551,9 @@ class RecipientEndpoints:
     async def click_answer(self, hit: _Hit) -> Answer:
         """A redirect to the link's own target, its ``click`` recorded (and journaled)
         before the answer goes out; 404 for anything that is not a genuine tracked
-        link; 503 when the target cannot be read now."""
+        link; 503 when the target cannot be read now: the database is unreachable, or
+        the message of a genuine token is not stored yet (its record still in the
+        sending relay's spool: a retry reaches the link once it is in)."""
         data = self.app.tokens.decode(hit.name, "click")
         if data is None:
             _count(_CLICK_RESULTS["invalid_token"])
@@ -537,6 +565,12 @@ class RecipientEndpoints:
                 url = await self.targets.link(data.message_id, data.link_index)
         except Exception as exc:
             log.warning("click_lookup_failed", message=data.message_id, error=repr(exc))
+            _count(_CLICK_RESULTS["unresolved"])
+            return UNAVAILABLE
+        if resolved == NOT_YET:
+            log.warning("click_unresolved", message=data.message_id,
+                        link_index=data.link_index, reason="not_stored")
+            _count(_CLICK_RESULTS["unresolved"])
             return UNAVAILABLE
         if isinstance(resolved, str) or url is None or not url.lower().startswith(
                 _REDIRECT_SCHEMES):
