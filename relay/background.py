@@ -43,6 +43,12 @@ STORE_UNAVAILABLE: tuple[type[BaseException], ...] = (
 #: crash_shutdown, 57P03 cannot_connect_now, 57P04 database_dropped, 57014
 #: query_canceled).
 UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57")
+#: Single SQLSTATEs of other classes that say the same: 42501 insufficient_privilege
+#: (class 42 is otherwise a statement's own error, a bug) is the database refusing our
+#: role what it needs — a ``REVOKE``, a role or grant not yet restored — which an operator
+#: puts right, as with an outage; until then the API answers 503 and ``/readyz`` is not
+#: ready, rather than a 500 with a traceback a request.
+UNAVAILABLE_SQLSTATES = ("42501",)
 #: 55000 object_not_in_prerequisite_state is also what a database an operator closed
 #: (``ALTER DATABASE … ALLOW_CONNECTIONS false``, or one being dropped or created)
 #: answers at connect: "database "x" is not currently accepting connections". The same
@@ -55,14 +61,15 @@ def store_unavailable(exc: BaseException) -> bool:
     """Whether ``exc`` says the store is unreachable now (see ``STORE_UNAVAILABLE``): an
     outage or an operator's doing, answered with a 503 / 451 and one warning line; or
     PostgreSQL refusing the connection for now, by SQLSTATE
-    (``UNAVAILABLE_SQLSTATE_CLASSES``, 55000 "not currently accepting connections"):
+    (``UNAVAILABLE_SQLSTATE_CLASSES``, ``UNAVAILABLE_SQLSTATES``, 55000 "not currently
+    accepting connections"):
     asyncpg maps some of these to classes ``STORE_UNAVAILABLE`` names and others (55000,
     53100 disk full) to classes that also cover a bug's errors."""
     if isinstance(exc, STORE_UNAVAILABLE):
         return True
     if isinstance(exc, asyncpg.PostgresError):
         state = str(getattr(exc, "sqlstate", "") or "")
-        if state[:2] in UNAVAILABLE_SQLSTATE_CLASSES:
+        if state[:2] in UNAVAILABLE_SQLSTATE_CLASSES or state in UNAVAILABLE_SQLSTATES:
             return True
         if state == "55000" and _NOT_ACCEPTING in str(exc):
             return True

@@ -7,8 +7,8 @@ schema, created if missing), ``pool_min`` and ``pool_max`` (pool size).
 
 from __future__ import annotations
 
-import asyncio
 import re
+import socket
 import time
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -16,6 +16,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import asyncpg
 
 from relay.store.base import MessageRecord, StoreError
+from relay.store.bounded import within
 from relay.store.records import EVENT_COLUMNS, dump_json, storable_params
 from relay.store.schema import MIGRATIONS, MIGRATIONS_TABLE, render
 from relay.store.sql import SqlStore, Step
@@ -41,7 +42,56 @@ INSERT_MESSAGE = (
     "delivered_at, upstream_reply, queue_id, submitted_ip) VALUES ($1, $2, $3, $4, $5, $6, "
     "$7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) ON CONFLICT (id) DO NOTHING"
 )
+#: ``ping`` (``/readyz``): the connection answers, and the role may still do what every
+#: process needs: read and add sent records and events, read the suppression list.
+#: (``has_table_privilege`` with several privileges is true if *any* is held: one each.)
+#: A role whose privileges were revoked is not ready, though ``SELECT 1`` would answer.
+NEEDED_PRIVILEGES = (("messages", "SELECT"), ("messages", "INSERT"),
+                     ("recipients", "INSERT"), ("events", "SELECT"), ("events", "INSERT"),
+                     ("suppressions", "SELECT"))
+PING = ("SELECT has_schema_privilege(current_schema(), 'USAGE') AND "
+        + " AND ".join(f"has_table_privilege('{table}', '{privilege}')"
+                       for table, privilege in NEEDED_PRIVILEGES))
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+#: TCP settings of every connection, so that a connection whose peer went silent (a
+#: dropped network, a firewall discarding packets) fails in about 20 s rather than
+#: waiting out the kernel's defaults (two hours of keepalive; about 15 minutes of
+#: retransmissions): keepalive probes after 10 s idle, every 5 s, 3 unanswered ones end
+#: it; data unacknowledged for 20 s ends it (TCP_USER_TIMEOUT, Linux). Set where the
+#: platform has them.
+TCP_OPTIONS = (
+    (socket.SOL_SOCKET, getattr(socket, "SO_KEEPALIVE", None), 1),
+    (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPIDLE", None), 10),
+    (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPINTVL", None), 5),
+    (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPCNT", None), 3),
+    (socket.IPPROTO_TCP, getattr(socket, "TCP_USER_TIMEOUT", None), 20_000),
+)
+
+
+def _tune_socket(conn: Any) -> None:
+    """Apply ``TCP_OPTIONS`` to ``conn``'s socket (nothing for a Unix socket)."""
+    transport = getattr(conn, "_transport", None)
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    for level, option, value in TCP_OPTIONS:
+        if option is not None:
+            try:
+                sock.setsockopt(level, option, value)
+            except OSError:
+                pass
+
+
+async def _init_connection(conn: Any) -> None:
+    _tune_socket(conn)
+
+
+def describe(exc: BaseException, timeout: float | None = None) -> str:
+    """``exc`` as a reason a person reads: a bare ``TimeoutError`` says nothing."""
+    text = str(exc).strip()
+    if isinstance(exc, TimeoutError) and not text:
+        return f"timed out after {timeout:g} s" if timeout is not None else "timed out"
+    return text or type(exc).__name__
 
 
 def _event_record(r: dict[str, Any]) -> tuple[Any, ...]:
@@ -123,6 +173,7 @@ class PostgresStore(SqlStore):
         try:
             if self.schema:
                 conn = await asyncpg.connect(self.dsn, timeout=self.connect_timeout)
+                _tune_socket(conn)
                 try:
                     # Asked first: a role given only its own schema (no CREATE on the
                     # database) may not even run CREATE SCHEMA IF NOT EXISTS.
@@ -137,17 +188,20 @@ class PostgresStore(SqlStore):
             self._pool = await asyncpg.create_pool(
                 self.dsn, min_size=self.pool_min, max_size=self.pool_max,
                 timeout=self.connect_timeout, command_timeout=self.command_timeout,
-                server_settings=settings,
+                server_settings=settings, init=_init_connection,
             )
         except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
-            raise StoreError(f"cannot connect to PostgreSQL: {exc}") from exc
+            raise StoreError("cannot connect to PostgreSQL: "
+                             + describe(exc, self.connect_timeout)) from exc
 
     async def disconnect(self) -> None:
         pool, self._pool = self._pool, None
         if pool is not None:
+            # A graceful close waits for every connection to be given back and for the
+            # server to see each closed; with the database gone silent, neither comes.
             try:
-                await asyncio.wait_for(pool.close(), 10)
-            except (TimeoutError, OSError, asyncpg.PostgresError):
+                await within(pool.close(), self.connect_timeout)
+            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
                 pool.terminate()
 
     def _hour_expr(self, column: str) -> str:
@@ -199,8 +253,7 @@ class PostgresStore(SqlStore):
         if self._pool is None:
             return False
         try:
-            return await asyncio.wait_for(self._pool.fetchval("SELECT 1"),
-                                          self.connect_timeout) == 1
+            return await within(self._pool.fetchval(PING), self.connect_timeout) is True
         except Exception:
             return False
 
@@ -220,7 +273,7 @@ class PostgresStore(SqlStore):
                 await conn.execute(f"SET LOCAL lock_timeout = '{int(wait * 1000)}ms'")
                 await conn.execute("LOCK TABLE messages, events IN ROW EXCLUSIVE MODE")
 
-        await asyncio.wait_for(probe(), wait + self.connect_timeout)
+        await within(probe(), wait + self.connect_timeout)
 
     def refuses_row(self, exc: BaseException) -> bool:
         """Data (class 22: a NUL, an untranslatable character, a value out of range),

@@ -50,6 +50,7 @@ from relay.metrics import (
     EVENTS_WRITTEN,
     STORE_WRITE_ERRORS,
 )
+from relay.store.bounded import within
 from relay.store.records import event_row
 
 if TYPE_CHECKING:
@@ -304,8 +305,8 @@ class EventWriter:
             self._spool_or_hold([("e", r) for r in rows], "events")
             return
         try:
-            await asyncio.wait_for(self.store.write_events(rows, new_ids=new_ids),
-                                   self.write_timeout)
+            await within(self.store.write_events(rows, new_ids=new_ids),
+                         self.write_timeout)
         except Exception as exc:
             self._db_failed("events", exc)
             self._spool_or_hold([("e", r) for r in rows], "events")
@@ -357,8 +358,8 @@ class EventWriter:
                 try:
                     if self.db_ok and not self.closed:
                         try:
-                            await asyncio.wait_for(self.store.write_messages(records),
-                                                   self.write_timeout)
+                            await within(self.store.write_messages(records),
+                                         self.write_timeout)
                         except Exception as exc:
                             self._db_failed("message", exc)
                             self._spool_or_hold([("m", r) for r in records], "message")
@@ -507,7 +508,7 @@ class EventWriter:
 
     async def _writable(self) -> bool:
         try:
-            await asyncio.wait_for(self.store.check_writable(), self.write_timeout)
+            await within(self.store.check_writable(), self.write_timeout)
         except Exception as exc:
             log.debug("store_not_writable", error=f"{type(exc).__name__}: {exc}")
             return False
@@ -600,15 +601,15 @@ class EventWriter:
         """Raises (the spool is kept) unless every row was stored or is the row's own
         fault (``refuses_row``: set aside in ``.rejected``)."""
         try:
-            await asyncio.wait_for(self.store.write_events(rows), self.write_timeout)
+            await within(self.store.write_events(rows), self.write_timeout)
         except Exception as exc:
             if not self.store.refuses_row(exc):
                 raise
             stored = []
             for row in rows:  # a bad row among them: find and set it aside
                 try:
-                    await asyncio.wait_for(self.store.write_events([row]),
-                                           self.write_timeout)
+                    await within(self.store.write_events([row]),
+                                 self.write_timeout)
                 except Exception as row_exc:
                     if not self.store.refuses_row(row_exc):
                         raise
@@ -621,7 +622,7 @@ class EventWriter:
     async def _replay_message(self, record: MessageRecord) -> None:
         """As ``_replay_events``, for a sent record (its events counted as written)."""
         try:
-            await asyncio.wait_for(self.store.write_message(record), self.write_timeout)
+            await within(self.store.write_message(record), self.write_timeout)
         except Exception as exc:
             if not self.store.refuses_row(exc):
                 raise
