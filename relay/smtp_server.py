@@ -523,31 +523,42 @@ class RelaySMTP(SmtpNames, SMTP):
             path = _MAIL_PATH.match(arg)
             end = path.end() if path else 0
             arg = arg[:end] + _AUTH_PARAMETER.sub("", arg[end:])
-        handler = self._dsn_handler() if arg and "=" in arg else None
+        handler = self._dsn_handler(arg)
         if handler is not None and arg:
-            try:
-                arg, taken = self._take_parameters(arg, _MAIL_PATH, MAIL_KEYWORDS)
-                handler.mail_dsn = mail_parameters(taken)
-            except ParameterError as exc:
-                await self.push(str(Reply(501, "5.5.4", str(exc))))
+            arg = await self._dsn_parameters(arg, _MAIL_PATH, MAIL_KEYWORDS, handler)
+            if arg is None:
                 return
         await super().smtp_MAIL(arg)
 
     async def smtp_RCPT(self, arg: str | None) -> None:
-        handler = self._dsn_handler() if arg and "=" in arg else None
+        handler = self._dsn_handler(arg)
         if handler is not None and arg:
-            try:
-                arg, taken = self._take_parameters(arg, _RCPT_PATH, RCPT_KEYWORDS)
-                handler.rcpt_dsn = recipient_parameters(taken)
-            except ParameterError as exc:
-                await self.push(str(Reply(501, "5.5.4", str(exc))))
+            arg = await self._dsn_parameters(arg, _RCPT_PATH, RCPT_KEYWORDS, handler)
+            if arg is None:
                 return
         await super().smtp_RCPT(arg)
 
-    def _dsn_handler(self) -> RelaySession | None:
-        """The relay's session when it offers DSN to this client (EHLO, ``relay.dsn``)."""
+    async def _dsn_parameters(self, arg: str, path: re.Pattern[str],
+                              keywords: frozenset[str], handler: RelaySession) -> str | None:
+        """``arg`` without its DSN parameters, which ``handler`` keeps for the hook that
+        follows (``mail_dsn`` or ``rcpt_dsn``); None when they were refused (501 sent)."""
+        try:
+            rest, taken = self._take_parameters(arg, path, keywords)
+            if keywords is MAIL_KEYWORDS:
+                handler.mail_dsn = mail_parameters(taken)
+            else:
+                handler.rcpt_dsn = recipient_parameters(taken)
+        except ParameterError as exc:
+            await self.push(str(Reply(501, "5.5.4", str(exc))))
+            return None
+        return rest
+
+    def _dsn_handler(self, arg: str | None) -> RelaySession | None:
+        """The relay's session when it offers DSN to this client (EHLO, ``relay.dsn``) and
+        ``arg`` may hold a parameter."""
         handler = self.event_handler
-        if (isinstance(handler, RelaySession) and handler.relay.config.relay.dsn
+        if (arg and "=" in arg and isinstance(handler, RelaySession)
+                and handler.relay.config.relay.dsn
                 and self.session is not None and self.session.extended_smtp):
             return handler
         return None

@@ -9,9 +9,13 @@ log, listening on high ports of 127.0.0.1, started and stopped by the test.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import shutil
 import subprocess
+import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 BASE_MAIN = {
@@ -104,3 +108,26 @@ class Postfix:
             if not (self.root / "queue" / "pid" / "master.pid").exists():
                 break
             time.sleep(0.1)
+
+
+@contextlib.asynccontextmanager
+async def smtp_sink(sessions: int = 50) -> AsyncIterator[tuple[int, Path]]:
+    """Postfix's smtp-sink on a free port of 127.0.0.1, writing each transaction it takes
+    (its ``X-Mail-Args``/``X-Rcpt-Args`` lines, then the message) to a file of its own in
+    a fresh folder: (port, folder). It offers PIPELINING, 8BITMIME, DSN and XFORWARD."""
+    from tests.conftest import free_port, wait_listening
+
+    # smtp-sink drops root to "nobody", who cannot enter pytest's private tmp_path.
+    dump = Path(tempfile.mkdtemp(prefix="trackrelay-sink-", dir="/tmp"))
+    dump.chmod(0o777)
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        "smtp-sink", "-u", "nobody", "-d", f"{dump}/%H%M%S.", f"127.0.0.1:{port}",
+        str(sessions))
+    try:
+        await wait_listening(port)
+        yield port, dump
+    finally:
+        proc.terminate()
+        await proc.wait()
+        shutil.rmtree(dump, ignore_errors=True)

@@ -25,7 +25,7 @@ import pytest
 from relay.bounces import classify
 from relay.smtp_server import Relay
 from tests.conftest import MakeRelay, Sink, free_port, relay_port, wait_listening
-from tests.postfix_support import Postfix
+from tests.postfix_support import Postfix, smtp_sink
 from tests.tracker_support import TOKEN_KEY, wait_for
 
 SENDER = "Alice@Example.ORG"
@@ -79,23 +79,12 @@ def notices(sink: Sink) -> list[bytes]:
 
 @pytest.fixture
 async def dsn_sink() -> AsyncIterator[tuple[int, Path]]:
-    """Postfix's smtp-sink (it offers DSN) dumping each transaction, with the MAIL and RCPT
-    arguments it got, into a folder: (port, folder)."""
+    """Postfix's smtp-sink (it offers DSN), writing down each transaction with the MAIL
+    and RCPT arguments it got: (port, folder)."""
     if shutil.which("smtp-sink") is None:
         pytest.skip("needs smtp-sink (Debian's postfix package)")
-    # smtp-sink drops root to "nobody", who cannot enter pytest's private tmp_path.
-    dump = Path(tempfile.mkdtemp(prefix="trackrelay-dsn-", dir="/tmp"))
-    dump.chmod(0o777)
-    port = free_port()
-    proc = await asyncio.create_subprocess_exec(
-        "smtp-sink", "-u", "nobody", "-d", f"{dump}/%H%M%S.", f"127.0.0.1:{port}", "50")
-    try:
-        await wait_listening(port)
-        yield port, dump
-    finally:
-        proc.terminate()
-        await proc.wait()
-        shutil.rmtree(dump, ignore_errors=True)
+    async with smtp_sink() as sink_and_folder:
+        yield sink_and_folder
 
 
 def dumped_args(dump: Path) -> list[list[str]]:

@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import sys
-import tempfile
 from pathlib import Path
 
 import aiosmtplib
 import pytest
 
 from tests.conftest import MakeRelay, Sink, free_port, relay_port, wait_listening
+from tests.postfix_support import smtp_sink
 
 
 async def run(*cmd: str, timeout: float = 60, stdin: bytes | None = None) -> tuple[int, str, str]:
@@ -37,15 +36,8 @@ async def test_swaks_through_relay(make_relay: MakeRelay, sink: Sink) -> None:
     assert b"Subject: from swaks" in data and b"swaks body" in data
 
 
-async def test_smtp_sink_as_upstream(make_relay: MakeRelay, tmp_path: Path) -> None:
-    # smtp-sink drops root to "nobody", who cannot enter pytest's private tmp_path.
-    dump = Path(tempfile.mkdtemp(prefix="trackrelay-sink-", dir="/tmp"))
-    dump.chmod(0o777)
-    port = free_port()
-    proc = await asyncio.create_subprocess_exec(
-        "smtp-sink", "-u", "nobody", "-d", f"{dump}/%H%M%S.", f"127.0.0.1:{port}", "50")
-    try:
-        await wait_listening(port)
+async def test_smtp_sink_as_upstream(make_relay: MakeRelay) -> None:
+    async with smtp_sink() as (port, dump):
         relay = await make_relay(upstream={"port": port})
         body = (b"From: a@example.com\r\nTo: b@example.org\r\nSubject: sink\r\n\r\n"
                 b"line 1\r\n.dot\r\n")
@@ -63,10 +55,6 @@ async def test_smtp_sink_as_upstream(make_relay: MakeRelay, tmp_path: Path) -> N
             assert b"X-Rcpt-Args: <b@example.org>" in text
             # smtp-sink prefixes its own headers; the message follows them unchanged.
             assert text.replace(b"\n", b"\r\n").rstrip(b"\r\n").endswith(body.rstrip(b"\r\n"))
-    finally:
-        proc.terminate()
-        await proc.wait()
-        shutil.rmtree(dump, ignore_errors=True)
 
 
 def trackrelay(*args: str) -> list[str]:

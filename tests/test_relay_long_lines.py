@@ -14,8 +14,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
-import shutil
-import tempfile
 from email import message_from_bytes, policy
 from pathlib import Path
 
@@ -28,7 +26,8 @@ from relay import hookimpl
 from relay.config import ConfigError, build_config
 from relay.rewrite.context import RewriteContext
 from relay.rewrite.mime import line_over
-from tests.conftest import CORPUS, MakeRelay, Sink, free_port, relay_port, wait_listening
+from tests.conftest import CORPUS, MakeRelay, Sink, relay_port
+from tests.postfix_support import smtp_sink
 from tests.rewrite_support import BASE, CONTENT_PLUGINS, KEY, leaves, parses, revert_html
 
 TRACKING = {"token_keys": [KEY]}
@@ -323,14 +322,7 @@ async def test_swaks_sends_long_lines(make_relay: MakeRelay, sink: Sink,
 async def test_postfix_smtp_sink_receives_long_lines(make_relay: MakeRelay) -> None:
     """Postfix's smtp-sink as the upstream: it takes the long lines, and what it stored
     has the untouched parts as they were sent."""
-    # smtp-sink drops root to "nobody", who cannot enter pytest's private tmp_path.
-    dump = Path(tempfile.mkdtemp(prefix="trackrelay-sink-", dir="/tmp"))
-    dump.chmod(0o777)
-    port = free_port()
-    proc = await asyncio.create_subprocess_exec(
-        "smtp-sink", "-u", "nobody", "-d", f"{dump}/%H%M%S.", f"127.0.0.1:{port}", "10")
-    try:
-        await wait_listening(port)
+    async with smtp_sink(10) as (port, dump):
         relay = await make_relay(register=list(CONTENT_PLUGINS), upstream={"port": port},
                                  http={"base_url": BASE}, tracking=TRACKING)
         raw, parts = newsletter()
@@ -338,10 +330,6 @@ async def test_postfix_smtp_sink_receives_long_lines(make_relay: MakeRelay) -> N
         assert reply == "2.0.0 Ok"  # smtp-sink's 250
         await wait_for_file(dump)
         (stored,) = [f.read_bytes() for f in dump.iterdir()]
-    finally:
-        proc.terminate()
-        await proc.wait()
-        shutil.rmtree(dump, ignore_errors=True)
     stored = stored.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")  # it stores LF
     for name in ("plain", "pdf", "report"):
         assert parts[name] in stored, name
