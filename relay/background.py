@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Coroutine
@@ -49,6 +50,12 @@ UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57")
 #: puts right, as with an outage; until then the API answers 503 and ``/readyz`` is not
 #: ready, rather than a 500 with a traceback a request.
 UNAVAILABLE_SQLSTATES = ("42501",)
+#: SQLite's primary result codes that say the file cannot be used now, not that a
+#: statement is wrong (sqlite.org/rescode.html): SQLITE_BUSY (5) and SQLITE_LOCKED (6),
+#: another connection holds it; SQLITE_READONLY (8); SQLITE_IOERR (10), the disk or file
+#: failing; SQLITE_FULL (13); SQLITE_CANTOPEN (14). Extended codes keep the primary code
+#: in their low byte.
+SQLITE_UNAVAILABLE = frozenset({5, 6, 8, 10, 13, 14})
 #: 55000 object_not_in_prerequisite_state is also what a database an operator closed
 #: (``ALTER DATABASE … ALLOW_CONNECTIONS false``, or one being dropped or created)
 #: answers at connect: "database "x" is not currently accepting connections". The same
@@ -60,6 +67,7 @@ _NOT_ACCEPTING = "is not currently accepting connections"
 def store_unavailable(exc: BaseException) -> bool:
     """Whether ``exc`` says the store is unreachable now (see ``STORE_UNAVAILABLE``): an
     outage or an operator's doing, answered with a 503 / 451 and one warning line; or
+    SQLite's file locked, read-only, failing or full (``SQLITE_UNAVAILABLE``); or
     PostgreSQL refusing the connection for now, by SQLSTATE
     (``UNAVAILABLE_SQLSTATE_CLASSES``, ``UNAVAILABLE_SQLSTATES``, 55000 "not currently
     accepting connections"):
@@ -67,6 +75,8 @@ def store_unavailable(exc: BaseException) -> bool:
     53100 disk full) to classes that also cover a bug's errors."""
     if isinstance(exc, STORE_UNAVAILABLE):
         return True
+    if isinstance(exc, sqlite3.OperationalError):
+        return (getattr(exc, "sqlite_errorcode", -1) & 0xFF) in SQLITE_UNAVAILABLE
     if isinstance(exc, asyncpg.PostgresError):
         state = str(getattr(exc, "sqlstate", "") or "")
         if state[:2] in UNAVAILABLE_SQLSTATE_CLASSES or state in UNAVAILABLE_SQLSTATES:

@@ -11,6 +11,7 @@ import asyncio
 import io
 import json
 import logging
+import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import structlog
 from prometheus_client import REGISTRY
 
 from relay import bounce_listener
-from relay.background import Failing, Refresher
+from relay.background import Failing, Refresher, store_unavailable
 from relay.config import EngagementConfig
 from relay.engagement.runner import BatchRunner
 from relay.logs import LIBRARY_LOGGERS
@@ -306,3 +307,56 @@ async def test_an_unreachable_imap_server_is_logged_once(
             await replies.stop()
     (failed,) = named(logs, "imap_failed")
     assert failed["log_level"] == "warning" and "ConnectionRefusedError" in failed["error"]
+
+
+def _sqlite_error(db: Path, statement: str, *, uri: str | None = None) -> sqlite3.Error:
+    conn = sqlite3.connect(uri or str(db), uri=uri is not None, timeout=0)
+    try:
+        conn.execute(statement)
+        conn.commit()
+    except sqlite3.Error as exc:
+        return exc
+    finally:
+        conn.close()
+    raise AssertionError(f"{statement} did not fail")
+
+
+def test_sqlite_that_cannot_be_used_now_is_an_outage_and_a_wrong_statement_a_bug(
+        tmp_path: Path) -> None:
+    """Real SQLite errors: a file locked by another connection, opened read-only, or full
+    are the store unavailable (one warning, no traceback: ``Failing``); a statement naming
+    no such table is a bug (an error with its traceback)."""
+    db = tmp_path / "store.db"
+    setup = sqlite3.connect(db)
+    setup.execute("CREATE TABLE t (x TEXT)")
+    setup.commit()
+    setup.execute("BEGIN EXCLUSIVE")
+    locked = _sqlite_error(db, "INSERT INTO t VALUES ('a')")
+    setup.rollback()
+    setup.close()
+    read_only = _sqlite_error(db, "INSERT INTO t VALUES ('a')", uri=f"file:{db}?mode=ro")
+    full_db = tmp_path / "full.db"
+    full = sqlite3.connect(full_db)
+    full.execute("CREATE TABLE t (x TEXT)")
+    full.execute("PRAGMA max_page_count = 2")
+    try:
+        full.execute("INSERT INTO t VALUES (?)", ("x" * 100_000,))
+        raise AssertionError("the insert fitted")
+    except sqlite3.OperationalError as exc:
+        filled: sqlite3.Error = exc
+    finally:
+        full.close()
+    bug = _sqlite_error(db, "INSERT INTO no_such_table VALUES ('a')")
+    for exc in (locked, read_only, filled):
+        assert store_unavailable(exc), exc
+    assert not store_unavailable(bug)
+
+    with structlog.testing.capture_logs() as logs:
+        failing = Failing("test_loop", "test_failed", "test_recovered")
+        failing.failed(filled)
+        other = Failing("test_loop2", "test_failed", "test_recovered")
+        other.failed(bug)
+    outage, error = logs
+    assert outage["log_level"] == "warning" and outage["store_unavailable"] is True
+    assert "exception" not in outage
+    assert error["log_level"] == "error" and "no_such_table" in error["exception"]
