@@ -226,6 +226,15 @@ async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
     await drop_schema(schema)
 
 
+@pytest.fixture
+async def pg_schema() -> AsyncIterator[str]:
+    """A fresh schema name on the PostgreSQL server at 127.0.0.1:5432 (created by whatever
+    the test opens with it), dropped with everything in it after the test."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    yield schema
+    await drop_schema(schema)
+
+
 async def drop_schema(schema: str) -> None:
     """Drop a test's PostgreSQL schema and everything in it."""
     import asyncpg

@@ -18,15 +18,14 @@ import json
 import os
 import socket
 import sys
-import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from relay.store import open_store
-from tests.conftest import PG_URL, drop_schema, free_port
+from tests.conftest import PG_URL, free_port
+from tests.pg_proxy import Blackhole
 from tests.test_deliverability_inbound import seed
 from tests.test_replies_imap import reply
 
@@ -136,54 +135,11 @@ async def test_a_store_that_cannot_be_reached_is_a_temporary_failure(tmp_path: P
     assert err.startswith("trackrelay: store unavailable: ") and "Traceback" not in err
 
 
-class Proxy:
-    """A TCP proxy to PostgreSQL that can be cut: the store lost mid-run."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.server: asyncio.Server | None = None
-        self.writers: list[asyncio.StreamWriter] = []
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-                     ) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", 5432)
-        self.writers += [writer, up_writer]
-
-        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            except OSError:
-                pass
-            finally:
-                dst.close()
-
-        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
-
-    async def cut(self) -> None:
-        assert self.server is not None
-        self.server.close()
-        for writer in self.writers:
-            writer.transport.abort()
-        await self.server.wait_closed()
-
-
-@pytest.fixture
-async def schema() -> AsyncIterator[str]:
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    yield name
-    await drop_schema(name)
-
-
 @pytest.mark.postgres
 async def test_a_store_lost_mid_run_is_a_temporary_failure_and_names_what_is_left(
-        tmp_path: Path, schema: str) -> None:
+        tmp_path: Path, pg_schema: str) -> None:
     total = 400
-    direct = f"{PG_URL}?schema={schema}"
+    direct = f"{PG_URL}?schema={pg_schema}"
     store = await open_store(direct)
     try:
         await seed(store, TRACKED, ["carol@remote.test"])
@@ -194,10 +150,9 @@ async def test_a_store_lost_mid_run_is_a_temporary_failure_and_names_what_is_lef
         (maildir / sub).mkdir(parents=True)
     for n in range(total):
         (maildir / "new" / f"{n:04d}.eml").write_bytes(numbered_reply(n))
-    proxy = Proxy()
+    proxy = Blackhole()
     await proxy.start()
-    cli = [sys.executable, "-m", "relay.cli", "inbound", "--store",
-           f"postgresql://postgres@127.0.0.1:{proxy.port}/test?schema={schema}",
+    cli = [sys.executable, "-m", "relay.cli", "inbound", "--store", proxy.url(pg_schema),
            str(maildir)]
     proc = await asyncio.create_subprocess_exec(
         *cli, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=_env(),

@@ -10,11 +10,8 @@ harness is tests/several_hosts_support.py; bench/several_hosts.py runs it bigger
 from __future__ import annotations
 
 import json
-import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from tests.conftest import PG_URL
@@ -26,23 +23,12 @@ MESSAGES = 2000
 HITS = 3000
 
 
-@pytest.fixture
-async def schema() -> AsyncIterator[str]:
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    yield name
-    conn = await asyncpg.connect(PG_URL)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
-    finally:
-        await conn.close()
-
-
 # About a minute on a quiet 2-core machine; several on a busy one (six services on two
 # cores): the guarantees, not the time, are what is checked.
 @pytest.mark.timeout(900)
 async def test_two_relays_two_trackers_one_database_with_kills(tmp_path: Path,
-                                                              schema: str) -> None:
-    out, codes = await run(tmp_path, PG_URL, schema, messages=MESSAGES, hits=HITS)
+                                                              pg_schema: str) -> None:
+    out, codes = await run(tmp_path, PG_URL, pg_schema, messages=MESSAGES, hits=HITS)
     (tmp_path / "api.json").write_text(json.dumps([out.api, out.dashboard], indent=1))
     logs = {s: (tmp_path / s).glob("log-*.jsonl")
             for s in ("relay-a", "relay-b", "tracker-a", "tracker-b")}

@@ -32,69 +32,10 @@ from relay.store import open_store
 from relay.store.base import StoreError
 from relay.tracker.web import create_web_app, listen
 from tests.conftest import PG_URL, MakeRelay, Sink, drop_schema, free_port, relay_port
+from tests.pg_proxy import Blackhole
 from tests.tracker_support import ADMIN_TOKEN, API_TOKENS
 
 pytestmark = pytest.mark.postgres
-
-
-class Blackhole:
-    """A TCP proxy to PostgreSQL. ``silence()``: every connection, open or new, stays
-    open and passes nothing (what a dropped network looks like to the client);
-    ``restore()``: bytes flow again."""
-
-    def __init__(self, target: tuple[str, int] = ("127.0.0.1", 5432)) -> None:
-        self.target = target
-        self.flowing = asyncio.Event()
-        self.flowing.set()
-        self.server: asyncio.Server | None = None
-        self.writers: list[asyncio.StreamWriter] = []
-        self.port = 0
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._client, "127.0.0.1", 0)
-        self.port = self.server.sockets[0].getsockname()[1]
-
-    def url(self, schema: str, user: str = "postgres") -> str:
-        return f"postgresql://{user}@127.0.0.1:{self.port}/test?schema={schema}"
-
-    def silence(self) -> None:
-        self.flowing.clear()
-
-    def restore(self) -> None:
-        self.flowing.set()
-
-    async def _client(self, reader: asyncio.StreamReader,
-                      writer: asyncio.StreamWriter) -> None:
-        self.writers.append(writer)
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            writer.close()
-            return
-        self.writers.append(up_writer)
-        await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer),
-                             return_exceptions=True)
-        for w in (writer, up_writer):
-            w.close()
-
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-                    ) -> None:
-        while True:
-            await self.flowing.wait()
-            data = await reader.read(65536)
-            if not data:
-                break
-            await self.flowing.wait()  # read while flowing, held back once silenced
-            writer.write(data)
-            await writer.drain()
-        writer.close()
-
-    async def stop(self) -> None:
-        self.restore()
-        if self.server is not None:
-            self.server.close()
-        for w in self.writers:
-            w.close()
 
 
 @pytest.fixture
@@ -103,13 +44,6 @@ async def blackhole() -> AsyncIterator[Blackhole]:
     await proxy.start()
     yield proxy
     await proxy.stop()
-
-
-@pytest.fixture
-async def schema() -> AsyncIterator[str]:
-    name = f"t_bh_{uuid.uuid4().hex[:12]}"
-    yield name
-    await drop_schema(name)
 
 
 def message(sender: str, recipients: list[str]) -> bytes:
@@ -142,12 +76,12 @@ def send_recipients(port: int, sender: str, recipients: list[str]) -> dict[str, 
 
 
 async def test_rcpt_skips_the_suppression_check_while_the_store_is_silent(
-        blackhole: Blackhole, schema: str, make_relay: MakeRelay, sink: Sink) -> None:
+        blackhole: Blackhole, pg_schema: str, make_relay: MakeRelay, sink: Sink) -> None:
     """Before: each RCPT waited 5 to 60 s on the silent database, so a message to many
     recipients outlasted its client. Now the first lookup gives up after CHECK_TIMEOUT,
     the others are not made (accepted, as ``on_store_error = "accept"`` says), logged
     once and counted; once the store answers, a suppressed address is refused again."""
-    relay = await make_relay(store={"url": blackhole.url(schema), "retry_interval": 0.2},
+    relay = await make_relay(store={"url": blackhole.url(pg_schema), "retry_interval": 0.2},
                              load_entry_points=True)
     store = relay.app.store
     assert store is not None
@@ -185,12 +119,12 @@ async def test_rcpt_skips_the_suppression_check_while_the_store_is_silent(
 
 
 async def test_the_stores_waits_end_when_they_say_while_it_is_silent(
-        blackhole: Blackhole, schema: str, tmp_path: Path) -> None:
+        blackhole: Blackhole, pg_schema: str, tmp_path: Path) -> None:
     """Before: a ping limited to 5 s answered after 35 s (``/readyz``), a write limited
     to 15 s returned after 45 s, closing took over a minute: each waited for asyncpg to
     unwind a cancelled query over the dead link. Limits here: their own plus a margin
     far below what the unwinding took."""
-    store = await open_store(blackhole.url(schema), spool_path=str(tmp_path / "spool"),
+    store = await open_store(blackhole.url(pg_schema), spool_path=str(tmp_path / "spool"),
                              write_timeout=3.0)
     writer = store.writer
     assert writer is not None
@@ -217,27 +151,27 @@ def _open_event() -> Any:
     return Event(type="open", message_id="m1", recipient="a@b.test")
 
 
-async def test_a_connect_that_times_out_says_so(blackhole: Blackhole, schema: str,
+async def test_a_connect_that_times_out_says_so(blackhole: Blackhole, pg_schema: str,
                                                 tmp_path: Path) -> None:
     """Before: "cannot connect to PostgreSQL: " and nothing after the colon."""
     blackhole.silence()
     with pytest.raises(StoreError) as info:
-        await open_store(blackhole.url(schema), spool_path=str(tmp_path / "spool"))
+        await open_store(blackhole.url(pg_schema), spool_path=str(tmp_path / "spool"))
     assert str(info.value) == "cannot connect to PostgreSQL: timed out after 5 s"
 
 
 @pytest.fixture
-async def role(schema: str) -> AsyncIterator[str]:
+async def role(pg_schema: str) -> AsyncIterator[str]:
     """A LOGIN role allowed to create the test's schema; revoked from in the test."""
     name = f"t_role_{uuid.uuid4().hex[:8]}"
     conn = await asyncpg.connect(PG_URL)
     try:
         await conn.execute(f'CREATE ROLE "{name}" LOGIN')
-        await conn.execute(f'CREATE SCHEMA "{schema}" AUTHORIZATION "{name}"')
+        await conn.execute(f'CREATE SCHEMA "{pg_schema}" AUTHORIZATION "{name}"')
     finally:
         await conn.close()
     yield name
-    await drop_schema(schema)
+    await drop_schema(pg_schema)
     conn = await asyncpg.connect(PG_URL)
     try:
         await conn.execute(f'DROP ROLE IF EXISTS "{name}"')
@@ -245,12 +179,12 @@ async def role(schema: str) -> AsyncIterator[str]:
         await conn.close()
 
 
-async def test_revoked_privileges_are_a_503_and_not_ready(role: str, schema: str,
+async def test_revoked_privileges_are_a_503_and_not_ready(role: str, pg_schema: str,
                                                           sink: Sink, tmp_path: Path
                                                           ) -> None:
     """Before: the API answered 500 with a traceback a request (42501 was a bug's
     error) and ``/readyz`` said ready (it ran ``SELECT 1``)."""
-    url = f"postgresql://{role}@127.0.0.1:5432/test?schema={schema}"
+    url = f"postgresql://{role}@127.0.0.1:5432/test?schema={pg_schema}"
     port = free_port()
     config = build_config({
         "http": {"listen": f"127.0.0.1:{port}"},
@@ -272,7 +206,7 @@ async def test_revoked_privileges_are_a_503_and_not_ready(role: str, schema: str
                 assert resp.status == 200
             conn = await asyncpg.connect(PG_URL)
             try:  # the owner's own privileges, as a DBA would take them
-                await conn.execute(f'REVOKE SELECT, INSERT ON ALL TABLES IN SCHEMA "{schema}" '
+                await conn.execute(f'REVOKE SELECT, INSERT ON ALL TABLES IN SCHEMA "{pg_schema}" '
                                    f'FROM "{role}"')
             finally:
                 await conn.close()

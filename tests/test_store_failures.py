@@ -10,8 +10,6 @@ import json
 import os
 import shutil
 import sqlite3
-import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -22,7 +20,7 @@ from structlog.testing import capture_logs
 from relay.records import Event
 from relay.store import Store, open_store
 from relay.store.records import event_row
-from tests.conftest import PG_URL, drop_schema
+from tests.conftest import PG_URL
 from tests.test_store_outage import sent
 
 
@@ -86,13 +84,6 @@ async def test_sqlite_write_lock_keeps_the_spool_for_later(tmp_path: Path) -> No
     finally:
         locker.close()
         await store.close()
-
-
-@pytest.fixture
-async def pg_schema() -> AsyncIterator[str]:
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    yield schema
-    await drop_schema(schema)
 
 
 @pytest.mark.postgres
