@@ -7,6 +7,7 @@ pipeline need not pass them around. Never log message bodies, passwords or token
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import re
@@ -59,6 +60,12 @@ AIOHTTP_SERVER_LOGGERS = ("aiohttp.server", "aiohttp.web", "aiohttp.access")
 #: records become structlog lines too. ``mail.log`` is aiosmtpd's; ``asyncio`` reports
 #: tasks whose exception nobody retrieved. (aiosmtplib logs nothing today: routed in case.)
 LIBRARY_LOGGERS = ("asyncpg", "mail.log", "aiosmtplib", "aioimaplib", "asyncio")
+
+#: Libraries that log only from their own background work (asyncpg: its pool restoring
+#: connections), never on behalf of a transaction or request. Their tasks inherit the
+#: context of whatever call made the connection, so their lines would name a
+#: transaction (``txn``, ``client``) long finished; they are logged with none.
+BACKGROUND_LOGGERS = ("asyncpg",)
 
 #: Where our own code lives (``relay``, ``plugins``): a library's record whose exception
 #: went through it keeps its traceback (a bug of ours); any other is summarised.
@@ -150,7 +157,10 @@ class StructlogHandler(logging.Handler):
                 fields["error"] = summary(exc)
             elif record.exc_info:
                 fields["exc_info"] = record.exc_info
-            logger.log(record.levelno, event, **fields)
+            if record.name.split(".", 1)[0] in BACKGROUND_LOGGERS:
+                contextvars.Context().run(logger.log, record.levelno, event, **fields)
+            else:
+                logger.log(record.levelno, event, **fields)
         except Exception:
             self.handleError(record)
 

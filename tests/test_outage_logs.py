@@ -360,3 +360,36 @@ def test_sqlite_that_cannot_be_used_now_is_an_outage_and_a_wrong_statement_a_bug
     assert outage["log_level"] == "warning" and outage["store_unavailable"] is True
     assert "exception" not in outage
     assert error["log_level"] == "error" and "no_such_table" in error["exception"]
+
+
+@pytest.mark.postgres
+async def test_the_pool_reconnecting_in_the_background_names_no_transaction(
+        json_log: io.StringIO, pg_schema: str) -> None:  # noqa: F811
+    """asyncpg restores its pool's connection floor in a task started from the lost
+    connection's callbacks, which run in the context the connection was made in: its
+    "retrying" warnings named the transaction (and client) whose call made it, long
+    finished and nothing to do with them."""
+    from tests.pg_proxy import Blackhole
+
+    proxy = Blackhole()
+    await proxy.start()
+    # The pool's connection is made during a transaction (as one replacing a lost
+    # connection is, by the call that needed it), then that transaction ends.
+    with structlog.contextvars.bound_contextvars(txn="0123456789abcdef",
+                                                 client="198.51.100.7"):
+        store = await open_store(proxy.url(pg_schema), writer=False, pool_min=1,
+                                 pool_max=1)
+    try:
+        await proxy.cut()  # the connection is reset, and no new one is taken
+        for _ in range(100):  # the floor's first retry: at once, then after 1 s
+            if named(lines(json_log), "Failed to restore the pool connection floor; "
+                     "retrying"):
+                break
+            await asyncio.sleep(0.05)
+        (warning, *_) = named(lines(json_log), "Failed to restore the pool connection "
+                              "floor; retrying")
+        assert warning["logger"] == "asyncpg.pool"
+        assert "txn" not in warning and "client" not in warning, warning
+    finally:
+        await store.close()
+        await proxy.stop()
