@@ -30,6 +30,8 @@ from aiohttp import web
 from prometheus_client import REGISTRY
 
 from relay import metrics
+from relay.config import EngagementConfig
+from relay.engagement.runner import batch_pass
 from relay.store import Store
 from relay.tracker import recipient
 from relay.tracker.recipient import PIXEL_GIF
@@ -164,7 +166,9 @@ async def sent_while_locked(store_url: str, make_relay: MakeRelay, sink: Sink,
 async def test_an_open_while_writes_are_refused_is_stored(
         store_url: str, make_relay: MakeRelay, sink: Sink, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """It was looked up for a few seconds, then dropped as ``unknown_message``."""
+    """It was looked up for a few seconds, then dropped as ``unknown_message``. Kept
+    unresolved, it gets its recipient from the batch pass once the record is in (it
+    kept a null recipient for good)."""
     monkeypatch.setattr(recipient, "LATE_DELAYS", (0.05, 0.1, 0.2))
     async with sent_while_locked(store_url, make_relay, sink, tmp_path) as sent:
         before = _hits("open", "unresolved") + _hits("open", "unknown_message")
@@ -181,6 +185,16 @@ async def test_an_open_while_writes_are_refused_is_stored(
         assert (opened["data"]["recipient_index"], opened["data"]["unresolved"]) == (0, True)
         detail = await sent.store.get_message(sent.message_id)
         assert detail is not None and detail["open_count"] == 1
+
+        # The record is in: the next batch pass gives the open its recipient, once.
+        assert (await batch_pass(sent.store, EngagementConfig())).resolved == 1
+        [opened] = await _events(sent.store, "open", sent.message_id)
+        assert opened["recipient"] == "carol@customer.test"
+        assert opened["data"]["resolved_late"] is True
+        assert "unresolved" not in opened["data"]
+        page = await sent.store.list_events(type="open", recipient="carol@customer.test")
+        assert [e["id"] for e in page.items] == [opened["id"]]
+        assert (await batch_pass(sent.store, EngagementConfig())).resolved == 0
 
 
 async def test_a_click_while_writes_are_refused_asks_to_retry_then_redirects(

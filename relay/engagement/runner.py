@@ -39,6 +39,9 @@ class PassResult:
     events: int = 0
     changed: int = 0
     inferred: int = 0
+    #: opens kept unresolved whose message's record has arrived since, now given their
+    #: recipient (``Store.resolve_unresolved_opens``)
+    resolved: int = 0
 
 
 async def load_events(store: Store, since: float, until: float | None = None) -> list[Event]:
@@ -81,16 +84,18 @@ async def _store_result(store: Store, changed: list[Event], inferred: list[Event
 
 async def batch_pass(store: Store, config: EngagementConfig, *,
                      now: float | None = None) -> PassResult:
-    """One pass over the events of the last few settle periods."""
+    """One pass over the events of the last few settle periods; first, the opens kept
+    unresolved get their recipient if their message's record is stored now."""
     now = time.time() if now is None else now
     await store.flush()
+    resolved = await store.resolve_unresolved_opens()
     window = 3 * config.batch_settle_seconds + config.honeypot_window
     events = await load_events(store, now - window, now)
     # Pure Python over every event of the window (seconds at a few hundred thousand):
     # in a thread, so the tracker's event loop keeps answering hits meanwhile.
     result = await asyncio.to_thread(run_batch, events, config, now=now)
     await _store_result(store, result.changed, result.inferred)
-    return PassResult(len(events), len(result.changed), len(result.inferred))
+    return PassResult(len(events), len(result.changed), len(result.inferred), resolved)
 
 
 async def reclassify(store: Store, config: EngagementConfig, since: float,
@@ -189,8 +194,9 @@ class BatchRunner:
                 self.passes += 1
                 result = await batch_pass(store, self.config)
                 self.failing.succeeded()
-                if result.changed or result.inferred:
+                if result.changed or result.inferred or result.resolved:
                     log.info("engagement_batch_pass", events=result.events,
-                             changed=result.changed, inferred=result.inferred)
+                             changed=result.changed, inferred=result.inferred,
+                             resolved=result.resolved)
             except Exception as exc:  # the database may be away: try again next time
                 self.failing.failed(exc)

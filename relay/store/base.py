@@ -459,6 +459,14 @@ class Store(abc.ABC):
         (one transaction); returns how many events exist among the ids. Events still in
         the queue are not found: ``flush()`` first."""
 
+    @abc.abstractmethod
+    async def resolve_unresolved_opens(self, limit: int = 500) -> int:
+        """Give opens kept unresolved (their message's record was not stored when they
+        came: ``data.unresolved``, ``data.recipient_index``) their recipient's address
+        once the record is stored; returns how many were resolved (at most ``limit``, the
+        oldest first). ``data.unresolved`` becomes ``data.resolved_late``. An open whose
+        recipient was erased stays as it is."""
+
     # -- token lookups (tracker hot path) ------------------------------------------------------
 
     @abc.abstractmethod

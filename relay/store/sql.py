@@ -251,6 +251,45 @@ class SqlStore(ContactScoresSql, Store):
              for u in updates])
         return found
 
+    async def resolve_unresolved_opens(self, limit: int = 500) -> int:
+        # The rows are found by ``events_recipient`` (recipient IS NULL): few, since only
+        # these opens lack a recipient; those whose message is still missing are skipped.
+        rows = await self._fetch(
+            "SELECT e.id, e.message_id, e.data FROM events e WHERE e.recipient IS NULL "
+            f"AND e.type = 'open' AND {self._json_true('e.data', 'unresolved')} "
+            "AND EXISTS (SELECT 1 FROM messages m WHERE m.id = e.message_id) "
+            "ORDER BY e.time LIMIT ?", [limit])
+        if not rows:
+            return 0
+        ids = sorted({str(r["message_id"]) for r in rows})
+        marks = ", ".join("?" for _ in ids)
+        addresses = {(str(r["message_id"]), int(r["idx"])): str(r["address"])
+                     for r in await self._fetch(
+                         f"SELECT message_id, idx, address FROM recipients "
+                         f"WHERE message_id IN ({marks})", ids)}
+        updates: list[tuple[Any, ...]] = []
+        for row in rows:
+            data = _json(row["data"], {})
+            index = data.get("recipient_index")
+            address = addresses.get((str(row["message_id"]), index)) if isinstance(
+                index, int) else None
+            if address is None or address == self.ERASED_ADDRESS:
+                continue
+            data.pop("unresolved", None)
+            data["resolved_late"] = True
+            updates.append((address, json.dumps(data), row["id"]))
+        if not updates:
+            return 0
+        steps: list[Step] = [
+            ("UPDATE events SET recipient = ?, data = ? WHERE id = ? AND recipient IS NULL",
+             list(u)) for u in updates]
+        # The contact log's update trigger names the row's address before the change
+        # (none here): each contact that gained an open is logged here instead.
+        steps += [("INSERT INTO contact_changes (address) VALUES (?)", [address])
+                  for address in sorted({u[0] for u in updates})]
+        results = await self._transaction(steps)
+        return sum(results[:len(updates)])
+
     # -- token lookups -----------------------------------------------------------------------
 
     async def lookup_message(self, message_id: str) -> MessageLookup | None:
