@@ -74,20 +74,30 @@ class PasswordChecker:
     """Checks a user name and password against the users file, off the event loop."""
 
     def __init__(self, path: str, *, max_concurrent: int = 1, max_waiting: int = 16) -> None:
-        self.users = load_users(path)
         self._key = secrets.token_bytes(32)
+        self.users: dict[str, bytes] = {}
         self._verified: set[bytes] = set()
-        costs = collections.Counter(cost_of(h) for h in self.users.values())
-        cost = costs.most_common(1)[0][0] if costs else DEFAULT_COST
-        #: Checked in place of a user the file does not name: the same work, nothing
-        #: matches it (its password is random and forgotten at once).
-        self.dummy_hash = bcrypt.hashpw(secrets.token_bytes(24), bcrypt.gensalt(cost))
+        self.dummy_hash = b""
+        self.replace_users(load_users(path))
         self._pool = ThreadPoolExecutor(max_workers=max_concurrent,
                                         thread_name_prefix="trackrelay-auth",
                                         initializer=_lower_priority)
         self._capacity = max_concurrent + max_waiting
         #: Checks running or queued in the pool.
         self.pending = 0
+
+    def replace_users(self, users: dict[str, bytes]) -> None:
+        """Check against ``users`` from now on (the users file as read again). The
+        logins remembered as checked are forgotten: each names a hash, so none of a
+        removed user or an old password would match again, but they would stay."""
+        costs = collections.Counter(cost_of(h) for h in users.values())
+        cost = costs.most_common(1)[0][0] if costs else DEFAULT_COST
+        if not self.dummy_hash or cost_of(self.dummy_hash) != cost:
+            #: Checked in place of a user the file does not name: the same work, nothing
+            #: matches it (its password is random and forgotten at once).
+            self.dummy_hash = bcrypt.hashpw(secrets.token_bytes(24), bcrypt.gensalt(cost))
+        self.users = users
+        self._verified.clear()
 
     def _digest(self, user: str, password: bytes, hashed: bytes) -> bytes:
         return hmac.new(self._key, user.encode() + b"\0" + password + b"\0" + hashed,

@@ -68,6 +68,9 @@ class RelayConfig:
     tls_key: str = ""
     require_tls: bool = False
     users_file: str = ""
+    #: Seconds between looks at ``tls_cert``, ``tls_key`` and ``users_file``: a changed
+    #: file is loaded again (relay.credentials). 0: loaded at start-up only.
+    reload_interval: float = 10.0
     auth_required: bool = False
     # AUTH: bcrypt checks at once (threads) and queued; failure delays and lock-outs.
     auth_max_concurrent: int = 1

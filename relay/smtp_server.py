@@ -31,6 +31,7 @@ from relay import dsn, split, xforward
 from relay.app import App
 from relay.auth import AUTHZID_REFUSED, Authenticator
 from relay.config import DEFAULT_MAX_LINE_LENGTH, parse_hostport
+from relay.credentials import CredentialFiles
 from relay.dsn_parameters import (
     MAIL_KEYWORDS,
     NO_MAIL_PARAMETERS,
@@ -1311,6 +1312,12 @@ class Relay:
             ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             ctx.load_cert_chain(rc.tls_cert, rc.tls_key)
             self.tls_context = ctx
+        #: Loads the certificate and users file again when they change.
+        self.credentials = CredentialFiles(
+            tls_cert=rc.tls_cert, tls_key=rc.tls_key, tls_context=self.tls_context,
+            users_file=rc.users_file,
+            checker=self.authenticator.checker if self.authenticator else None)
+        self._watching: asyncio.Task[None] | None = None
         self.servers: list[asyncio.Server] = []
         self.sessions: set[RelaySession] = set()
         self.closing = False
@@ -1399,6 +1406,8 @@ class Relay:
                                                   ssl=self.tls_context)
             self.servers.append(server)
             self.tls_addresses.append(server.sockets[0].getsockname()[:2])
+        if rc.reload_interval > 0 and self.credentials.watching:
+            self._watching = loop.create_task(self.credentials.run(rc.reload_interval))
         log.info("smtp_listening", plain=[f"{h}:{p}" for h, p in self.addresses],
                  implicit_tls=[f"{h}:{p}" for h, p in self.tls_addresses],
                  upstream=("capture:" + self.config.upstream.capture_dir
@@ -1523,6 +1532,8 @@ class Relay:
         every message already on its way upstream its answer (bounded), then close."""
         grace = self.config.relay.shutdown_grace if grace is None else grace
         self.closing = True
+        if self._watching is not None:
+            self._watching.cancel()
         for server in self.servers:
             server.close()
         await self._wait_idle(list(self.sessions), time.monotonic() + grace)
