@@ -115,6 +115,19 @@ def dot_stuffed(message: bytes) -> bytes:
     return message.replace(b"\r\n.", b"\r\n..") + b".\r\n"
 
 
+async def greet(client: aiosmtplib.SMTP) -> None:
+    """EHLO, or HELO to a server that refuses EHLO as a command it does not know: RFC
+    5321 section 3.2 (a client must fall back to HELO when its EHLO is answered with a
+    permanent error; RFC 1869 section 4.5 first said so). Such a server offers no
+    extension: 8-bit mail is then refused (no 8BITMIME), nothing is pipelined."""
+    try:
+        await client.ehlo()
+    except aiosmtplib.SMTPHeloError as exc:
+        if exc.code < 500 or not client.is_connected:
+            raise
+        await client.helo()
+
+
 class Upstream(ABC):
     @abstractmethod
     async def acquire(self) -> Connection: ...
@@ -327,7 +340,7 @@ class SmtpUpstream(Upstream):
         try:
             await client.connect()
             if client.is_ehlo_or_helo_needed:
-                await client.ehlo()  # so the pool knows the server's extensions
+                await greet(client)  # so the pool knows the server's extensions
         except aiosmtplib.SMTPTimeoutError:
             UPSTREAM_CONNECTIONS.labels("failed").inc()
             log.warning("upstream_connect_timeout", host=cfg.host, port=cfg.port)

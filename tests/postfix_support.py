@@ -111,10 +111,11 @@ class Postfix:
 
 
 @contextlib.asynccontextmanager
-async def smtp_sink(sessions: int = 50) -> AsyncIterator[tuple[int, Path]]:
+async def smtp_sink(sessions: int = 50, *options: str) -> AsyncIterator[tuple[int, Path]]:
     """Postfix's smtp-sink on a free port of 127.0.0.1, writing each transaction it takes
     (its ``X-Mail-Args``/``X-Rcpt-Args`` lines, then the message) to a file of its own in
-    a fresh folder: (port, folder). It offers PIPELINING, 8BITMIME, DSN and XFORWARD."""
+    a fresh folder: (port, folder). It offers PIPELINING, 8BITMIME, DSN and XFORWARD;
+    ``options`` go on its command line (``-e``: no ESMTP at all, EHLO refused)."""
     from tests.conftest import free_port, wait_listening
 
     # smtp-sink drops root to "nobody", who cannot enter pytest's private tmp_path.
@@ -122,8 +123,8 @@ async def smtp_sink(sessions: int = 50) -> AsyncIterator[tuple[int, Path]]:
     dump.chmod(0o777)
     port = free_port()
     proc = await asyncio.create_subprocess_exec(
-        "smtp-sink", "-u", "nobody", "-d", f"{dump}/%H%M%S.", f"127.0.0.1:{port}",
-        str(sessions))
+        "smtp-sink", "-u", "nobody", *options, "-d", f"{dump}/%H%M%S.",
+        f"127.0.0.1:{port}", str(sessions))
     try:
         await wait_listening(port)
         yield port, dump

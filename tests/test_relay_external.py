@@ -57,6 +57,29 @@ async def test_smtp_sink_as_upstream(make_relay: MakeRelay) -> None:
             assert text.replace(b"\n", b"\r\n").rstrip(b"\r\n").endswith(body.rstrip(b"\r\n"))
 
 
+async def test_an_upstream_that_only_speaks_helo(make_relay: MakeRelay) -> None:
+    """smtp-sink ``-e`` refuses EHLO (``500 5.5.1 Error: unknown command``), as an old
+    or minimal server does: the relay greets it with HELO and delivers; before, every
+    MAIL got ``451 4.4.1 Upstream server unreachable``, for good."""
+    async with smtp_sink(50, "-e") as (port, dump):
+        relay = await make_relay(upstream={"port": port})
+        body = b"From: a@example.com\r\nTo: b@example.org\r\nSubject: helo\r\n\r\nhi\r\n"
+        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=relay_port(relay))
+        await client.connect()
+        errors, reply = await client.sendmail("a@example.com", ["b@example.org"], body)
+        assert errors == {} and reply.startswith("2.0.0"), reply
+        # No 8BITMIME there: 8-bit mail is refused, not sent on as 7-bit.
+        with pytest.raises(aiosmtplib.SMTPResponseException) as refused:
+            await client.sendmail("a@example.com", ["b@example.org"],
+                                  "Subject: \u00fc\r\n\r\n\u00fc\r\n".encode(),
+                                  mail_options=["BODY=8BITMIME"])
+        assert refused.value.code == 555 and "8BITMIME" in refused.value.message
+        await client.quit()
+        await asyncio.sleep(0.3)
+        [delivered] = sorted(dump.iterdir())
+        assert delivered.read_bytes().replace(b"\n", b"\r\n").rstrip().endswith(b"hi")
+
+
 def trackrelay(*args: str) -> list[str]:
     return [sys.executable, "-m", "relay.cli", *args]
 
