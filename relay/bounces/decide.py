@@ -56,8 +56,11 @@ that gives a reason decides, and the record names the entry that did
 8. **The subject of the enhanced code** (``X.S.*``, RFC 3463 section 3.1, for codes the
    table does not list), then what a *range* of reply codes says (50x: syntax; a 5xx
    after DATA for no stated cause: ``filtered``), which is vaguer than the subject.
-9. **Parser hint** (``tables.hints``): an MTA-internal string the recognised notice
-   family documents, used last because it speaks for one family's wording only.
+9. **The provider's own refusal, then the parser hint.** A provider's ``own`` rule
+   (``tables.providers``) reads a notice the provider wrote about a delivery it refused
+   itself (no SMTP reply, no enhanced code: no other server answered); a parser hint
+   (``tables.hints``) is an MTA-internal string the recognised notice family documents.
+   Both come last because each speaks for one provider's or family's notices only.
 10. **Fallbacks**: a delay report, or a final report with a transient (4.X.X / 4xx)
     code, is ``expired`` (the retry period ran out: RFC 3464 ``Action: failed`` with a
     transient status); otherwise ``onhold`` when there is text, ``undefined`` when there
@@ -181,7 +184,8 @@ def decide(f: Facts, rules: RuleSet, trace: Trace | None = None) -> tuple[str, s
     # 3. provider conventions
     for provider in f.providers:
         for rule in rules.provider_rules.get(provider.name, ()):
-            if _provider_rule_holds(rule.status, rule.reply, rule.pattern, f, rules) \
+            if not rule.own \
+                    and _provider_rule_holds(rule.status, rule.reply, rule.pattern, f, rules) \
                     and settle(rule.reason, rule.id):
                 return answer  # type: ignore[return-value]
     # 4. phrases, gated and vetoed
@@ -218,7 +222,15 @@ def decide(f: Facts, rules: RuleSet, trace: Trace | None = None) -> tuple[str, s
         return answer  # type: ignore[return-value]
     if _tie_break(rules.weak_reply_ties, command, f.reply, pending, settle):
         return answer  # type: ignore[return-value]
-    # 9. the parser's hint
+    # 9. the provider's meaning of a refusal of its own, then the parser's hint
+    if not f.status and not f.reply:
+        for provider in f.providers:
+            for rule in rules.provider_rules.get(provider.name, ()):
+                if not rule.own or (pending is not None and rule.reason not in pending[:2]):
+                    continue
+                if _provider_rule_holds(rule.status, rule.reply, rule.pattern, f, rules) \
+                        and settle(rule.reason, rule.id):
+                    return answer  # type: ignore[return-value]
     for parser in f.parsers:
         for hint, rx in rules.hint_rx.get(parser, ()):
             if pending is not None and hint.reason not in pending[:2]:

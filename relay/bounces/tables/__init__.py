@@ -94,6 +94,12 @@ class ProviderRule:
     All given conditions must hold: ``status`` is a prefix of the record's enhanced code
     (``5.7.`` or ``5.4.312``), ``reply`` a prefix of its reply code, ``pattern`` a regular
     expression found in its diagnostic.
+
+    An ``own`` rule is the provider's meaning of a notice it wrote about a delivery it
+    refused itself, before any other server answered: the record carries neither an
+    SMTP reply code nor an enhanced status code. It is tried late (step 9 of
+    :mod:`relay.bounces.decide`), only when no code, words, command or reply explained
+    the record, so it never overrides a stated cause.
     """
 
     provider: str
@@ -102,11 +108,12 @@ class ProviderRule:
     status: str | None = None
     reply: str | None = None
     pattern: str | None = None
+    own: bool = False
 
     @property
     def id(self) -> str:
         parts = [self.provider, self.status or "*", self.reply or "*", self.pattern or "*"]
-        return "provider:" + ":".join(parts)
+        return "provider:" + ":".join(parts) + (":own" if self.own else "")
 
 
 @dataclass(frozen=True, slots=True)

@@ -202,6 +202,12 @@ PHRASES: tuple[Phrase, ...] = (
         r"virtual alias|relay recipient) table", r"undeliverable address",
         # The generic restriction text with no cause after it: the address itself.
         r"recipient address rejected(?:\.|$)"),
+    # The same statement without Postfix's wording: the recipient's address refused with
+    # no cause after it ("550 #5.1.0 Address rejected."). Answered to RCPT, the one
+    # command that names the recipient, it is RFC 5321 section 3.3's refusal of an
+    # address "known not to be a deliverable address"; RFC 3463 X.1.0 is "other address
+    # status". (Not the sender's address: "501 5.1.8 Sender address rejected".)
+    *_p("userunknown", "rfc5321", rf"{_NOT_OF_SENDER}\baddress rejected(?:\.|$)"),
     *_p("userunknown", "qmail", r"no mailbox here by that name"),
     *_p("userunknown", "exchange", r"recip(?:ient)?notfound", r"recipient not found"),
     *_p("userunknown", "google", r"nosuchuser",
@@ -264,6 +270,14 @@ PHRASES: tuple[Phrase, ...] = (
     *_p("rejected", "rfc7505", r"sender address has null mx"),  # X.7.27
     *_p("rejected", "rfc4407", r"purported responsible address"),
     *_p("rejected", "google", r"send mail as"),
+    # Refusals the reference taxonomy documents as the sender's (Sisimai's Rejected
+    # reason): a mail gateway that serves registered senders only ("<x> is not a
+    # registered gateway user"), and Exchange Online refusing every recipient at once
+    # after DATA ("All recipient addresses rejected : Access denied"), where the one
+    # thing all recipients share is the sender (the per-recipient "Recipient address
+    # rejected: Access denied" is the directory lookup: see the Microsoft provider rules).
+    *_p("rejected", "sisimai", r"\bnot a registered gateway user\b",
+        r"\ball recipient addresses rejected ?: ?access denied\b"),
     *_p("rejected", "google-groups", r"permission to post", r"not allowed to post"),
     # === notaccept: the domain accepts no mail at all ======================================
     # RFC 7504 "521 Host does not accept mail", "556 Domain does not accept mail"; RFC 7505
@@ -375,6 +389,13 @@ PHRASES: tuple[Phrase, ...] = (
     # Exim's text for an ACL "deny" that gives no message of its own (Exim specification,
     # "Access control lists": the default message is "Administrative prohibition").
     *_p("policyviolation", "exim", r"\badministrative prohibition\b"),
+    # A bare "Header error" is a receiver's header check refusing the message for its
+    # headers as such (Sendmail's check_eoh/header rulesets, Exim's header ACLs: "554
+    # 5.7.9 Header error"), a policy on what headers it takes, not a malformed encoding
+    # the format words below name; the reference taxonomy documents "header error" as
+    # policyviolation (Sisimai's PolicyViolation reason). Only the two words alone: "header
+    # error in line 3" / "header syntax error" name a format fault (contenterror).
+    *_p("policyviolation", "sisimai", r"\bheader error\b(?! (?:in|on|at)\b)"),
     # === systemerror: the receiving system failed ==========================================
     # RFC 5321 "451 local error in processing", "421 service not available"; mail loops
     # (Postfix "loops back to myself", Sendmail "Too many hops", qmail "message is looping").

@@ -45,6 +45,8 @@ PROVIDERS: tuple[Provider, ...] = (
     Provider("mimecast", ("mimecast.com", "mimecast.co.za", "mimecast-offshore.com"),
              ("mimecast",), "mimecast"),
     Provider("messagelabs", ("messagelabs.com",), ("messagelabs",), "messagelabs"),
+    Provider("zoho", ("zoho.com", "zohomail.com", "zoho.eu", "zoho.in", "zohomail.eu"),
+             ("smtpin.zoho.com", "mx.zoho.com"), "zoho"),
 )
 
 _G, _M, _Y = "google", "microsoft", "yahoo"
@@ -93,6 +95,15 @@ RULES: tuple[ProviderRule, ...] = (
     ProviderRule(_G, "networkerror", _G, pattern=r"responded with code servfail"),
     ProviderRule(_G, "rejected", _G, pattern=r"'send mail as' (?:feature|account)"),
     ProviderRule(_G, "rejected", _G, pattern=r"mail sending denied"),
+    # A notice Google wrote about a message its own servers refused before any other
+    # server answered (no SMTP reply, no status code) and whose words named no cause the
+    # tables know: what Google refuses on its own side is the sender's message, for the
+    # sender's account or identity ("Send mail as" settings misconfigured,
+    # support.google.com/mail/?p=CustomFromDenied; a post to a group the sender may not
+    # post to, or that does not exist, Google Groups Help), which the reference taxonomy
+    # documents as "rejected" (Sisimai's GoogleGroups and Gmail notice families). A cause
+    # the words do name (a DNS failure, a time-out, a sending limit) is read first.
+    ProviderRule(_G, "rejected", _G, own=True),
     # --- Google Groups: posts the group refuses are refusals of the sender ------------------
     ProviderRule("google-groups", "rejected", "google-groups",
                  pattern=r"(?:don'?t|do not) have permission to post"),
@@ -233,6 +244,11 @@ RULES: tuple[ProviderRule, ...] = (
     # --- KDDI au: a message the recipient's reception filter refuses is answered as if the
     # user did not exist, but without the address: "550 : User unknown" -------------------
     ProviderRule("kddi", "filtered", "kddi", pattern=r"\b5\d\d : user unknown"),
+    # ... while a recipient that does not exist is answered with its address: "550
+    # <x@ezweb.ne.jp>: User unknown" (the reference taxonomy documents both of au's
+    # replies this way: Sisimai's KDDI rules, "550 : User unknown" filtered, "<...>: User
+    # unknown" userunknown).
+    ProviderRule("kddi", "userunknown", "sisimai", pattern=r"<address> ?>?: user unknown"),
     # --- Facebook: postmaster.facebook.com response codes -----------------------------------
     ProviderRule("facebook", "userunknown", "facebook", pattern=r"\brcp-p1\b"),
     ProviderRule("facebook", "filtered", "facebook", pattern=r"\brcp-p[23]\b"),
@@ -254,4 +270,19 @@ RULES: tuple[ProviderRule, ...] = (
     ProviderRule("messagelabs", "rejected", "messagelabs",
                  pattern=r"your email address has been blacklisted"),
     ProviderRule("messagelabs", "blocked", "messagelabs", pattern=r"ip address .* blocked"),
+    # Broadcom knowledge base articles 165163 and 175710: a recipient Email Security.cloud
+    # knows to be invalid is refused "550-Invalid recipient <x>", "<x>... No such user" or
+    # "553 Recipient mailbox is not allowed": the address does not exist.
+    ProviderRule("messagelabs", "userunknown", "messagelabs",
+                 pattern=r"\bno such user\b|\binvalid recipient\b|"
+                         r"\b(?:recipient )?mailbox is not allowed\b"),
+    # --- Zoho Mail ---------------------------------------------------------------------------
+    # Zoho's refusals of a sender it will not take from ("554 5.7.1 Email cannot be
+    # delivered. Reason: Email flagged as Spam.", "541 5.4.1 Mail rejected by destination
+    # domain", answered to RCPT, before any content was sent): Zoho Mail Help, "Reasons an
+    # email is marked as spam"; the reference taxonomy documents both as "rejected"
+    # (Sisimai's Zoho rules).
+    ProviderRule("zoho", "rejected", "zoho",
+                 pattern=r"email cannot be delivered\. reason: email flagged as spam|"
+                         r"mail rejected by destination domain"),
 )

@@ -84,9 +84,14 @@ SOURCES: dict[str, str] = {
                "https://service.mail.qq.com/",
     "mimecast": "Mimecast: SMTP error codes (community.mimecast.com knowledge base)",
     "messagelabs": "Symantec/Broadcom Email Security.cloud (MessageLabs): SMTP error codes "
-                   "(knowledge.broadcom.com)",
+                   "(knowledge.broadcom.com, articles 165163, 175710: invalid recipients)",
     "mailru": "Mail.ru postmaster: SMTP errors https://help.mail.ru/developers/",
     "kddi": "KDDI au mail: error mail (returned mail) explanations https://www.au.com/support/",
     "docomo": "NTT DOCOMO: docomo mail rejection settings https://www.docomo.ne.jp/",
     "facebook": "Facebook: messages to @facebook.com addresses (recipient preferences)",
+    "zoho": "Zoho Mail Help: reasons an email is marked as spam, SMTP error notices "
+            "https://www.zoho.com/mail/help/spam-reason.html",
+    # --- the reference taxonomy ---------------------------------------------------------
+    "sisimai": "Sisimai's documented bounce reasons (definitions and the texts each reason "
+               "names, as facts) https://libsisimai.org/en/reason/",
 }

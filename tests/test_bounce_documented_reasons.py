@@ -1,0 +1,127 @@
+"""Rules taken from the reference taxonomy's documented reasons and from providers' own
+error lists, each on a bounce written for the test in the style of the documented text,
+with a counter-example where the rule must not fire.
+
+The docstring of each test names the document the rule comes from.
+"""
+
+from __future__ import annotations
+
+from relay.bounces.classify import classify_reply
+from tests.test_bounce_decide import dsn, one
+
+
+def reason_of(text: str, *, reply: str | None = "550", status: str | None = None,
+              command: str | None = "RCPT", recipient: str = "rcpt@example.net") -> str:
+    """The reason the one decision path gives a refusal seen first-hand."""
+    return classify_reply(reply, status, text, command, recipient)[0]
+
+
+def google_notice(body: str, recipient: str,
+                  sender: str = "Mail Delivery Subsystem <mailer-daemon@googlemail.com>"
+                  ) -> bytes:
+    """A plain-text notice as Google writes about a message it refused itself: no
+    delivery-status part, no SMTP reply, the recipient in ``X-Failed-Recipients``."""
+    return (f"From: {sender}\r\nTo: sender@sender.example\r\n"
+            "Subject: Delivery Status Notification (Failure)\r\n"
+            f"Auto-Submitted: auto-replied\r\nX-Failed-Recipients: {recipient}\r\n"
+            "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+            f"{body}\r\n\r\n----- Original message -----\r\n\r\n"
+            f"From: sender@sender.example\r\nTo: {recipient}\r\nSubject: hi\r\n\r\nhello\r\n"
+            ).encode()
+
+
+def test_a_bare_header_error_is_a_policy_refusal_not_a_format_fault() -> None:
+    """Sisimai's PolicyViolation reason documents "header error" (a receiver's header
+    check, Sendmail's header rulesets: "554 5.7.9 Header error"); a header fault that is
+    named ("header error in line 3", "malformed header") stays contenterror."""
+    assert reason_of("554 5.7.9 Header error", status="5.7.9", reply="554",
+                     command="DATA") == "policyviolation"
+    assert reason_of("554 header error in line 3: missing colon", reply="554",
+                     command="DATA") == "contenterror"
+    assert reason_of("554 5.6.0 Malformed header", status="5.6.0", reply="554",
+                     command="DATA") == "contenterror"
+
+
+def test_au_kddi_names_the_address_only_for_a_recipient_that_does_not_exist() -> None:
+    """KDDI au answers a recipient that does not exist "550 <x@ezweb.ne.jp>: User
+    unknown", and a message its reception filter refuses "550 : User unknown", without
+    the address (the reference taxonomy documents both: Sisimai's KDDI rules)."""
+    rec = one(dsn("550 <rcpt@ezweb.ne.jp>: User unknown", recipient="rcpt@ezweb.ne.jp",
+                  remote="lsean.ezweb.ne.jp", command="end of DATA"))
+    assert (rec.reason, rec.hard) == ("userunknown", True)
+    rec = one(dsn("550 : User unknown", recipient="rcpt@ezweb.ne.jp",
+                  remote="lsean.ezweb.ne.jp", command="end of DATA"))
+    assert (rec.reason, rec.hard) == ("filtered", False)
+
+
+def test_an_address_rejected_at_rcpt_with_no_cause_is_an_unknown_recipient() -> None:
+    """RFC 5321 section 3.3: a server refuses at RCPT an address "known not to be a
+    deliverable address"; "550 #5.1.0 Address rejected." gives no other cause. The
+    sender's address refused ("501 5.1.8 Sender address rejected") is not the
+    recipient's, and the same words after DATA are a filter's."""
+    assert reason_of("550 5.0.0 <rcpt@example.net> Address rejected.",
+                     status="5.0.0") == "userunknown"
+    assert reason_of("550 Address rejected") == "userunknown"
+    assert reason_of("501 5.1.8 Sender address rejected", status="5.1.8",
+                     reply="501", command="MAIL") == "rejected"
+    assert reason_of("550 Address rejected.", command="DATA") == "filtered"
+
+
+def test_google_s_own_refusal_with_no_stated_cause_refuses_the_sender() -> None:
+    """A notice Google wrote about a message it refused before any other server
+    answered (Google Groups: the group does not exist or the sender may not post to it,
+    in the sender's language; Gmail: the "Send mail as" settings) refuses the sender
+    (Sisimai's GoogleGroups and Gmail notice families: "rejected"). A cause the notice
+    states is read first, and another reporter's bare notice stays "onhold"."""
+    french = ("Bonjour sender@sender.example,\r\n\r\nNous vous informons que le groupe que "
+              "vous avez essayé de contacter (equipe) n'existe peut-être pas, ou que vous "
+              "n'êtes pas autorisé à y publier des messages.\r\n\r\nGoogle Groupes")
+    rec = one(google_notice(french, "equipe@googlegroups.com"))
+    assert (rec.reason, rec.hard) == ("rejected", False)
+    rec = one(google_notice("** Message not delivered **\r\n\r\nDNS Error: Domain name not "
+                            "found", "rcpt@nowhere.example"))
+    assert rec.reason == "hostunknown"
+    rec = one(google_notice(french, "equipe@lists.example.org",
+                            sender="Mail Delivery System <mailer-daemon@mx.example.org>"))
+    assert rec.reason == "onhold"
+
+
+def test_a_gateway_for_registered_senders_and_all_recipients_refused_refuse_the_sender(
+) -> None:
+    """Sisimai's Rejected reason documents "<x> is not a registered gateway user" and
+    Exchange Online's DATA-time "All recipient addresses rejected : Access denied" as
+    refusals of the sender; Exchange's per-recipient "Recipient address rejected: Access
+    denied" (directory based edge blocking) stays an unknown recipient."""
+    assert reason_of("550 sender@sender.example' is not a registered gateway user",
+                     command=None) == "rejected"
+    assert reason_of("550 5.4.1 All recipient addresses rejected : Access denied",
+                     status="5.4.1", command="DATA") == "rejected"
+    rec = one(dsn("550 5.4.1 Recipient address rejected: Access denied", status="5.4.1",
+                  remote="mail.protection.outlook.com"))
+    assert rec.reason == "userunknown"
+
+
+def test_messagelabs_no_such_user_is_an_unknown_recipient() -> None:
+    """Broadcom knowledge base 165163 / 175710: Email Security.cloud refuses a recipient
+    it knows to be invalid "No such user", "Invalid recipient", "Recipient mailbox is not
+    allowed". Elsewhere, with no SMTP command known, the words stay ambiguous (filtered)."""
+    notice = ("This is the mail delivery agent at messagelabs.com.\r\n\r\nI was unable to "
+              "deliver your message to the following addresses:\r\n\r\nrcpt@example.net\r\n\r\n"
+              "Reason: 550 rcpt@example.net... No such user\r\n")
+    rec = one(dsn("550 rcpt@example.net... No such user", notice=notice,
+                  remote="mail.example.net", reporter="server-1.tower-1.messagelabs.com"))
+    assert (rec.reason, rec.hard) == ("userunknown", True)
+    assert reason_of("550 rcpt@example.net... No such user", command=None) == "filtered"
+
+
+def test_zoho_s_refusal_of_a_sender_flagged_as_spam_is_rejected() -> None:
+    """Zoho Mail refuses a sender it will not take at RCPT, before any content, "554
+    5.7.1 Email cannot be delivered. Reason: Email flagged as Spam." (the reference
+    taxonomy: "rejected", Sisimai's Zoho rules); the same words from another server are
+    a spam verdict."""
+    text = "554 5.7.1 Email cannot be delivered. Reason: Email flagged as Spam."
+    rec = one(dsn(text, status="5.7.1", recipient="rcpt@zoho.com", remote="smtpin.zoho.com"))
+    assert rec.reason == "rejected"
+    assert reason_of(text, status="5.7.1") == "spamdetected"
+
