@@ -156,6 +156,20 @@ class SmtpConnection(Connection):
     def supports(self, extension: str) -> bool:
         return self.client.supports_extension(extension)
 
+    @staticmethod
+    def _answer(code: int, message: str) -> Reply:
+        """The upstream's reply; a ``421`` is the server closing the connection (RFC 5321
+        section 3.8), not an answer to this command alone: it becomes the connection
+        lost (the caller closes it, and the first command of a reused connection is
+        tried again on a fresh one), told to the client as a ``451`` with the upstream's
+        words, so that the client's own session, which the relay keeps, goes on."""
+        reply = _reply(code, message)
+        if code == 421:
+            raise UpstreamUnavailable(Reply(
+                451, reply.status if reply.status.startswith("4.") else "4.4.2",
+                reply.text or "Upstream closed the connection, try again later"))
+        return reply
+
     async def _plain_command(self, verb: bytes, prefix: bytes, address: str,
                              options: list[str]) -> aiosmtplib.SMTPResponse | None:
         """What aiosmtplib's ``mail()``/``rcpt()`` send and answer, for a plain address on a
@@ -207,7 +221,7 @@ class SmtpConnection(Connection):
                     timeout=self.cfg.command_timeout,
                 )
         except aiosmtplib.SMTPResponseException as exc:
-            return _reply(exc.code, exc.message)
+            return self._answer(exc.code, exc.message)
         except aiosmtplib.SMTPTimeoutError:
             raise UpstreamUnavailable(TIMEOUT) from None
         except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPConnectError, OSError):
@@ -216,7 +230,7 @@ class SmtpConnection(Connection):
             return UNSENDABLE_SENDER
         if resp.code < 300:
             self.in_transaction = True
-        return _reply(resp.code, resp.message)
+        return self._answer(resp.code, resp.message)
 
     async def rcpt(self, recipient: str, options: list[str], utf8: bool) -> Reply:
         try:
@@ -227,14 +241,14 @@ class SmtpConnection(Connection):
                     timeout=self.cfg.command_timeout,
                 )
         except aiosmtplib.SMTPResponseException as exc:
-            return _reply(exc.code, exc.message)
+            return self._answer(exc.code, exc.message)
         except aiosmtplib.SMTPTimeoutError:
             raise UpstreamUnavailable(TIMEOUT) from None
         except (aiosmtplib.SMTPServerDisconnected, OSError):
             raise UpstreamUnavailable(LOST) from None
         except ValueError:  # aiosmtplib's address check, before anything was sent
             return UNSENDABLE_RECIPIENT
-        return _reply(resp.code, resp.message)
+        return self._answer(resp.code, resp.message)
 
     async def _data(self, message: bytes) -> aiosmtplib.SMTPResponse:
         """DATA with the payload made here, sent through aiosmtplib's protocol.
@@ -273,14 +287,14 @@ class SmtpConnection(Connection):
         try:
             resp = await self._data(message)
         except aiosmtplib.SMTPResponseException as exc:
-            return _reply(exc.code, exc.message)
+            return self._answer(exc.code, exc.message)
         except aiosmtplib.SMTPTimeoutError:
             raise UpstreamUnavailable(TIMEOUT) from None
         except (aiosmtplib.SMTPServerDisconnected, OSError):
             raise UpstreamUnavailable(LOST) from None
         finally:
             self.last_used = time.monotonic()
-        return _reply(resp.code, resp.message)
+        return self._answer(resp.code, resp.message)
 
     async def rset(self) -> bool:
         if not self.client.is_connected:

@@ -80,6 +80,27 @@ async def test_an_upstream_that_only_speaks_helo(make_relay: MakeRelay) -> None:
         assert delivered.read_bytes().replace(b"\n", b"\r\n").rstrip().endswith(b"hi")
 
 
+async def test_an_upstream_421_is_its_connection_closing(make_relay: MakeRelay) -> None:
+    """smtp-sink ``-Q RCPT`` answers RCPT ``421`` and hangs up, as a server shutting down
+    or limiting its clients does (RFC 5321 section 3.8). The relay passed the 421 on and
+    kept the session as if nothing had closed (the client's next MAIL got ``503 nested
+    MAIL``); now the client is told ``451`` with the upstream's words, its session goes
+    on, and its next transaction is tried on a fresh upstream connection."""
+    async with smtp_sink(50, "-Q", "RCPT") as (port, _dump):
+        relay = await make_relay(upstream={"port": port})
+        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=relay_port(relay))
+        await client.connect()
+        for _ in range(2):
+            assert (await client.mail("a@example.com")).code == 250
+            with pytest.raises(aiosmtplib.SMTPRecipientRefused) as refused:
+                await client.rcpt("b@example.org")
+            assert refused.value.code == 451, refused.value
+            assert refused.value.message.startswith("4."), refused.value.message
+            assert (await client.rset()).code == 250
+        assert (await client.noop()).code == 250
+        await client.quit()
+
+
 def trackrelay(*args: str) -> list[str]:
     return [sys.executable, "-m", "relay.cli", *args]
 
