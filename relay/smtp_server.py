@@ -83,7 +83,8 @@ log = get_logger("relay.smtp")
 RELAY_DENIED = Reply(550, "5.7.1", "Relaying denied: authenticate or connect from an "
                                    "allowed network")
 TOO_MANY_RCPTS = Reply(452, "4.5.3", "Too many recipients")
-NO_UPSTREAM = Reply(451, "4.4.1", "Upstream connection lost, try again later")
+#: RFC 3463 X.4.2 "bad connection": the upstream connection of this transaction is gone.
+NO_UPSTREAM = Reply(451, "4.4.2", "Upstream connection lost, try again later")
 SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, try again later")
 UTF8_UNSUPPORTED = Reply(555, "5.6.7", "Upstream server does not support SMTPUTF8")
 EIGHTBIT_UNSUPPORTED = Reply(555, "5.6.3", "Upstream server does not support 8BITMIME")
