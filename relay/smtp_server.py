@@ -117,6 +117,31 @@ _ENHANCED = {
 }
 #: aiosmtpd's "501 Syntax: <command usage>" answers get X.5.2 (syntax error) too.
 _SYNTAX_USAGE = "501 Syntax: "
+#: aiosmtpd's other refusals without an enhanced code, by how they start, and the code
+#: each gets (RFC 3463 and its registry, RFC 5248: X.5.1 invalid command, X.5.2 syntax
+#: error; RFC 3207 section 4 for STARTTLS's 530 and 454). Only aiosmtpd's own words: an
+#: upstream's reply reaches the client as the upstream wrote it.
+_AIOSMTPD_UNCODED = (
+    ("530 Must issue a STARTTLS command first", "5.7.0"),
+    ("454 TLS not available", "4.7.0"),
+    ("503 Already authenticated", "5.5.1"),
+    ("500 Error: command ", "5.5.1"),  # '… "BDAT" not recognized'
+    ("500 Command line too long", "5.5.2"),
+    ("500 Error: strict ASCII mode", "5.5.2"),
+    ("501 Not enough value", "5.5.2"),
+    ("501 Too many values", "5.5.2"),
+    ("502 Could not VRFY", "5.5.4"),
+    ("502 EXPN not implemented", "5.5.1"),
+)
+
+
+def with_enhanced_code(status: str) -> str:
+    """``status`` with the enhanced status code aiosmtpd's refusal lacks
+    (``_AIOSMTPD_UNCODED``): every refusal of the relay's own carries one."""
+    for start, enhanced in _AIOSMTPD_UNCODED:
+        if status.startswith(start):
+            return f"{status[:3]} {enhanced} {status[4:]}"
+    return status
 
 
 #: aiosmtpd's answer to a client's fifth unknown command, after which it hangs up: a
@@ -346,7 +371,9 @@ class RelaySMTP(SmtpNames, SMTP):
         self.command_size_limits["RCPT"] = RCPT_LINE_DSN if dsn else COMMAND_LINE
 
     def _counted(self, method: Any) -> Any:
-        """``method`` (an ``smtp_*`` command), refused with 421 past ``max_commands``."""
+        """``method`` (an ``smtp_*`` command), refused with 421 past ``max_commands``.
+        The wrapper keeps the method's ``@syntax`` attributes, which HELP lists."""
+        @functools.wraps(method)
         async def run(arg: str | None) -> None:
             self.commands += 1
             if self.commands > self.max_commands:
@@ -468,6 +495,8 @@ class RelaySMTP(SmtpNames, SMTP):
         status = _ENHANCED.get(status, status)
         if status.startswith(_SYNTAX_USAGE):
             status = "501 5.5.2 " + status[4:]
+        elif status[:1] in "45" and status[3:4] == " ":
+            status = with_enhanced_code(status)
         if status in _TOO_BIG:
             SMTP_LIMITS.labels("message_size").inc()
         await super().push(status)
@@ -503,6 +532,7 @@ class RelaySMTP(SmtpNames, SMTP):
             handler.say(idle_time_over(self.hostname))
         super()._timeout_cb()
 
+    @syntax("STARTTLS", when="tls_context")  # as aiosmtpd's: what HELP lists
     async def smtp_STARTTLS(self, arg: str) -> None:
         # A second STARTTLS would start TLS inside TLS, which breaks the connection
         # (RFC 3207 section 4.2: the client must not issue it again).
@@ -516,6 +546,7 @@ class RelaySMTP(SmtpNames, SMTP):
             await handler.end_transaction_unsent()
         await super().smtp_STARTTLS(arg)
 
+    @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_MAIL(self, arg: str | None) -> None:
         # RFC 4954 section 5: a client that authenticated may say whom it sends for
         # (``AUTH=<mailbox>``, ``AUTH=<>``); Exim always does. aiosmtpd refuses any
@@ -532,6 +563,7 @@ class RelaySMTP(SmtpNames, SMTP):
                 return
         await super().smtp_MAIL(arg)
 
+    @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_RCPT(self, arg: str | None) -> None:
         handler = self._dsn_handler(arg)
         if handler is not None and arg:
@@ -549,7 +581,9 @@ class RelaySMTP(SmtpNames, SMTP):
             if keywords is MAIL_KEYWORDS:
                 handler.mail_dsn = mail_parameters(taken)
             else:
-                handler.rcpt_dsn = recipient_parameters(taken)
+                # RFC 6533 section 4: a utf-8 ORCPT may be UTF-8 in an SMTPUTF8 transaction
+                handler.rcpt_dsn = recipient_parameters(
+                    taken, utf8=self.envelope is not None and self.envelope.smtp_utf8)
         except ParameterError as exc:
             await self.push(str(Reply(501, "5.5.4", str(exc))))
             return None

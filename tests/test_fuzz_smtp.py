@@ -35,6 +35,8 @@ import asyncio
 import re
 from dataclasses import dataclass, field
 
+from pathlib import Path
+
 import pytest
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
@@ -362,8 +364,8 @@ async def test_unknown_command_is_echoed_printable(make_relay: MakeRelay) -> Non
     inside the reply line."""
     relay = await make_relay()
     replies = await converse(relay_port(relay), [b"\x00\r\n", b"A\rB\r\n", b"NOOP\r\n"])
-    assert replies[2] == [b'500 Error: command "?" not recognized\r\n']
-    assert replies[3] == [b'500 Error: command "A?B" not recognized\r\n']
+    assert replies[2] == [b'500 5.5.1 Error: command "?" not recognized\r\n']
+    assert replies[3] == [b'500 5.5.1 Error: command "A?B" not recognized\r\n']
     assert code(replies[4]) == 250
 
 
@@ -468,6 +470,36 @@ async def test_an_address_written_with_white_space_or_controls_is_refused_not_ch
     assert replies[4] == [b"501 5.1.3 Bad recipient address syntax\r\n"]
     assert [code(r) for r in replies[5:8]] == [250, 354, 250]
     assert [r.rcpt_tos for r in sink.received] == [["ok@example.org"]]
+
+
+async def test_aiosmtpd_s_other_refusals_carry_an_enhanced_code_and_help_lists_commands(
+        make_relay: MakeRelay, tmp_path: Path) -> None:
+    """aiosmtpd answers an unknown command, a second AUTH or a MAIL before a required
+    STARTTLS with no enhanced code ('500 Error: command "BDAT" not recognized', RFC 3207
+    section 4's "530 5.7.0 Must issue a STARTTLS command first" without its 5.7.0). And
+    HELP listed no command at all: the relay's command-counting wrapper had lost the
+    ``@syntax`` marks HELP reads."""
+    import trustme
+
+    cert = trustme.CA().issue_cert("relay.test")
+    cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    relay = await make_relay()
+    replies = await converse(relay_port(relay), [
+        b"BDAT 10 LAST\r\n", b"EXPN staff\r\n", b"HELP\r\n", b"HELP MAIL\r\n"])
+    assert replies[2] == [b'500 5.5.1 Error: command "BDAT" not recognized\r\n']
+    assert replies[3] == [b"502 5.5.1 EXPN not implemented\r\n"]
+    [listed] = replies[4]
+    assert listed.startswith(b"250 Supported commands: ")
+    assert {b"DATA", b"EHLO", b"HELP", b"MAIL", b"NOOP", b"QUIT", b"RCPT", b"RSET"} <= set(
+        listed.split(b": ", 1)[1].split()), listed
+    assert replies[5] == [b"250 Syntax: MAIL FROM: <address> [SP <mail-parameters>]\r\n"]
+
+    secure = await make_relay(relay={"require_tls": True,
+                                     "tls_cert": str(tmp_path / "cert.pem"),
+                                     "tls_key": str(tmp_path / "key.pem")})
+    replies = await converse(relay_port(secure), [b"MAIL FROM:<a@example.com>\r\n"])
+    assert replies[2] == [b"530 5.7.0 Must issue a STARTTLS command first\r\n"]
 
 
 async def test_parameter_and_syntax_refusals_carry_an_enhanced_code(
