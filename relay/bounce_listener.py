@@ -33,7 +33,7 @@ from relay.app import App
 from relay.background import store_unavailable
 from relay.config import parse_hostport
 from relay.inbound import InboundError, process
-from relay.listeners import Listeners
+from relay.listeners import Listeners, host_port
 from relay.logs import get_logger, summary
 from relay.records import Reply
 from relay.rewrite.mime import line_over
@@ -172,7 +172,7 @@ class BounceListener:
                 server = await loop.create_server(self._factory, host, port)
             self.servers.append(server)
             self.addresses.append(server.sockets[0].getsockname()[:2])
-        log.info("bounce_listening", addresses=[f"{h}:{p}" for h, p in self.addresses],
+        log.info("bounce_listening", addresses=[host_port(h, p) for h, p in self.addresses],
                  domain=self.config.bounces.bounce_domain)
 
     async def stop(self, grace: float = 10.0) -> None:

@@ -57,6 +57,12 @@ def _socket(host: str, port: int, *, shared: bool = True) -> socket.socket:
     return sock
 
 
+def host_port(host: str, port: int) -> str:
+    """``host:port``, an IPv6 address in brackets (``[::1]:2525``, RFC 3986 section
+    3.2.2), so the port cannot be read as part of the address."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def reserve(key: str, address: str, *, shared: bool = True) -> tuple[socket.socket, str]:
     """Bind (without listening) ``address``; return the socket and the resolved address.
     ``shared``: with ``SO_REUSEPORT``, for workers that listen on the same address."""
@@ -72,7 +78,7 @@ def reserve(key: str, address: str, *, shared: bool = True) -> tuple[socket.sock
     except OSError as exc:
         raise ConfigError(f"{key}: cannot listen on {address}: {exc.strerror or exc}") from None
     port = sock.getsockname()[1]
-    return sock, (f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    return sock, host_port(host, port)
 
 
 class Listeners:

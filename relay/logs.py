@@ -18,6 +18,15 @@ from typing import Any
 import structlog
 
 
+def _not_login_data_notice(record: logging.LogRecord) -> bool:
+    """aiosmtpd 1.4 sets its own deprecated ``Session.login_data`` after every successful
+    AUTH and warns about it each time: a warning per login, nothing for an admin to do."""
+    return not str(record.msg).startswith("Session.login_data is deprecated")
+
+
+_QUIET_DEPRECATION = _not_login_data_notice
+
+
 def configure_logging(level: str = "info", fmt: str = "auto", stream: Any = None) -> None:
     stream = stream or sys.stderr
     use_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
@@ -45,7 +54,10 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: Any = None
     # aiosmtpd and asyncio log through the standard library; keep them quiet unless debugging.
     logging.basicConfig(level=logging.WARNING if level != "debug" else logging.DEBUG,
                         stream=stream, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("mail.log").setLevel(logging.WARNING if level != "debug" else logging.DEBUG)
+    mail_log = logging.getLogger("mail.log")
+    mail_log.setLevel(logging.WARNING if level != "debug" else logging.DEBUG)
+    if _QUIET_DEPRECATION not in mail_log.filters:
+        mail_log.addFilter(_QUIET_DEPRECATION)
     # Never aioimaplib's debug lines, not even when debugging: they show every fetched
     # message and, when it has a quote or a backslash, the LOGIN password (it masks only
     # the unquoted form).

@@ -44,7 +44,7 @@ from relay.dsn_parameters import (
     recipient_parameters,
     split_off,
 )
-from relay.listeners import Listeners
+from relay.listeners import Listeners, host_port
 from relay.logs import get_logger
 from relay.message import MessageDraft
 from relay.metrics import (
@@ -499,6 +499,7 @@ class RelaySMTP(SmtpNames, SMTP):
             status = with_enhanced_code(status)
         if status in _TOO_BIG:
             SMTP_LIMITS.labels("message_size").inc()
+            log.info("message_too_big", limit=self.data_size_limit, reply=status)
         await super().push(status)
         if self.max_errors and status[:3] in _ERROR_CODES:
             self.errors += 1
@@ -1443,8 +1444,8 @@ class Relay:
             self.tls_addresses.append(server.sockets[0].getsockname()[:2])
         if rc.reload_interval > 0 and self.credentials.watching:
             self._watching = loop.create_task(self.credentials.run(rc.reload_interval))
-        log.info("smtp_listening", plain=[f"{h}:{p}" for h, p in self.addresses],
-                 implicit_tls=[f"{h}:{p}" for h, p in self.tls_addresses],
+        log.info("smtp_listening", plain=[host_port(h, p) for h, p in self.addresses],
+                 implicit_tls=[host_port(h, p) for h, p in self.tls_addresses],
                  upstream=("capture:" + self.config.upstream.capture_dir
                            if self.config.upstream.mode == "capture"
                            else f"{self.config.upstream.host}:{self.config.upstream.port}"))

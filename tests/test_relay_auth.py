@@ -10,6 +10,7 @@ loop.
 from __future__ import annotations
 
 import asyncio
+import io
 import ssl
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from relay.auth_throttle import AuthThrottle, ThrottleSettings
 from relay.smtp_server import Relay
 from tests.conftest import MakeRelay, Sink, relay_port
 from tests.smtp_client_support import until as polled
+from tests.test_tracker_logs import json_log  # noqa: F401 (a fixture: JSON lines in a buffer)
 
 MSG = b"From: a@example.com\r\nTo: b@example.org\r\nSubject: t\r\n\r\nhello\r\n"
 
@@ -320,3 +322,17 @@ async def test_a_second_starttls_is_refused_and_the_session_goes_on(
     finally:
         await client.quit()
     assert len(sink.received) == 1
+
+
+async def test_a_login_writes_no_deprecation_warning(
+        make_relay: MakeRelay, sink: Sink, ca: trustme.CA, tmp_path: Path,
+        json_log: io.StringIO) -> None:  # noqa: F811
+    """aiosmtpd sets its deprecated ``Session.login_data`` after each successful AUTH and
+    logged "Session.login_data is deprecated" as a warning every time: noise for anyone
+    who alerts on warnings."""
+    relay = await make_relay(relay=tls_settings(ca, tmp_path, {"alice": "secret"}))
+    for _ in range(2):
+        assert (await auth(relay, ca, "alice", "secret"))[0] == 235
+    logs = json_log.getvalue()
+    assert '"auth_ok"' in logs  # the lines are there
+    assert "login_data" not in logs

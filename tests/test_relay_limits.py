@@ -10,6 +10,7 @@ from typing import Any
 
 import aiosmtplib
 import pytest
+import structlog
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from prometheus_client import REGISTRY
 
@@ -294,8 +295,12 @@ async def test_message_size_and_recipients_are_counted(make_relay: MakeRelay,
     assert (await client.command("RCPT TO:<c@example.org>")).startswith("250")
     assert await client.command("RCPT TO:<d@example.org>") == "452 4.5.3 Too many recipients"
     assert (await client.command("DATA")).startswith("354")
-    client.writer.write(b"Subject: big\r\n\r\n" + b"x" * 200 + b"\r\n.\r\n")
-    assert await client.reply() == "552 5.3.4 Message too big"
+    with structlog.testing.capture_logs() as logs:
+        client.writer.write(b"Subject: big\r\n\r\n" + b"x" * 200 + b"\r\n.\r\n")
+        assert await client.reply() == "552 5.3.4 Message too big"
+    # logged too (it was counted only), with the session's transaction
+    [too_big] = [e for e in logs if e["event"] == "message_too_big"]
+    assert too_big["limit"] == 100 and too_big["reply"] == "552 5.3.4 Message too big"
     assert limit_count("message_size") == size + 2
     assert limit_count("recipients") == rcpts + 1
     assert await client.command("QUIT") == "221 2.0.0 Bye"
@@ -325,3 +330,19 @@ def test_limit_settings_are_checked(data: dict[str, Any], message: str) -> None:
 
     with pytest.raises(ConfigError, match=message):
         build_config(data, environ={})
+
+
+async def test_an_ipv6_listener_is_logged_with_its_address_in_brackets(
+        make_relay: MakeRelay, sink: Sink) -> None:
+    """``::1:2525`` left the reader to guess where the address ends (RFC 3986 section
+    3.2.2 writes it ``[::1]:2525``); mail over IPv6 goes through as over IPv4."""
+    with structlog.testing.capture_logs() as logs:
+        relay = await make_relay(relay={"listen": ["[::1]:0"]})
+    port = relay_port(relay)
+    [listening] = [e for e in logs if e["event"] == "smtp_listening"]
+    assert listening["plain"] == [f"[::1]:{port}"]
+    client = aiosmtplib.SMTP(hostname="::1", port=port)
+    await client.connect()
+    await client.sendmail("a@example.com", ["b@example.org"], b"Subject: v6\r\n\r\nhi\r\n")
+    await client.quit()
+    assert len(sink.received) == 1

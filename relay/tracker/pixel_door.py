@@ -75,6 +75,7 @@ from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http import SERVER_SOFTWARE, HttpRequestParser, HttpVersion10, HttpVersion11
 from aiohttp.http_exceptions import LineTooLong
 
+from relay.listeners import host_port
 from relay.logs import get_logger
 from relay.metrics import HTTP_LIMITS
 from relay.smtp_limits import client_key
@@ -632,7 +633,7 @@ class PixelSite(web.BaseSite):
     def name(self) -> str:
         if self._sock is not None:
             host, port = self._sock.getsockname()[:2]
-            return f"http://{host}:{port}"
+            return f"http://{host_port(host, port)}"
         return f"http://{self._host or '0.0.0.0'}:{self._port}"
 
     async def start(self) -> None:
