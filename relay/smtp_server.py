@@ -1496,36 +1496,61 @@ class Relay:
 
     async def _notify(self, txn: Transaction, original: bytes,
                       recipients: list[dsn.Recipient]) -> None:
+        """Build and send the notice; whatever goes wrong (building it included) is
+        logged ``dsn_failed`` and counted: the client already has its 250, so a notice
+        lost here must never be lost silently."""
         upstream = self.config.upstream
-        notice = dsn.build(
-            reporting_host=self.config.relay.hostname, sender=txn.mail_from,
-            recipients=recipients, original=original, arrival=txn.started,
-            remote_host=upstream.host if upstream.mode == "smtp" else None,
-            envid=txn.dsn.envid, full=txn.dsn.full)
+        # A non-ASCII sender came in an SMTPUTF8 transaction: so goes its notice.
         utf8 = not txn.mail_from.isascii()
         conn: Connection | None = None
         reply: Reply | None = None
+        failure: Exception | None = None
         try:
             conn = await self.upstream.acquire()
-            reply = await conn.mail("", [], utf8)
-            if reply.ok:
-                reply = await conn.rcpt(txn.mail_from, [], utf8)
-            if reply.ok:
-                reply = await conn.data(notice)
+            # 8-bit content only to an upstream that offers 8BITMIME, else a 7-bit notice
+            # (relay.dsn); 8-bit content declared with BODY=8BITMIME (RFC 6152
+            # sections 2 and 3).
+            eightbit = conn.supports("8bitmime")
+            notice = dsn.build(
+                reporting_host=self.config.relay.hostname, sender=txn.mail_from,
+                recipients=recipients, original=original, arrival=txn.started,
+                remote_host=upstream.host if upstream.mode == "smtp" else None,
+                envid=txn.dsn.envid, full=txn.dsn.full, eightbit=eightbit)
+            options = ["BODY=8BITMIME"] if eightbit and not notice.isascii() else []
+            if utf8 and not conn.supports("smtputf8"):
+                # RFC 6531 section 3.2: never to a server without SMTPUTF8 (and the
+                # relay does not downgrade)
+                reply = UTF8_UNSUPPORTED
+            else:
+                if utf8:
+                    options.append("SMTPUTF8")
+                reply = await conn.mail("", options, utf8)
+                if reply.ok:
+                    reply = await conn.rcpt(txn.mail_from, [], utf8)
+                if reply.ok:
+                    reply = await conn.data(notice)
         except UpstreamUnavailable as exc:
             reply = exc.reply
+        except Exception as exc:  # a notice that cannot be built or sent: said below
+            failure = exc
         finally:
+            # (an exception may have come mid-transaction: that connection is closed)
             if conn is not None:
-                if reply is not None and reply.ok:
+                if failure is None and reply is not None and reply.ok:
                     self.upstream.release(conn, True)
                 else:
                     conn.close()
                     self.upstream.release(conn, False)
-        ok = reply is not None and reply.ok
+        ok = failure is None and reply is not None and reply.ok
         NOTICES.labels("sent" if ok else "failed").inc()
-        (log.info if ok else log.error)(
-            "dsn_sent" if ok else "dsn_failed", txn=txn.id, recipients=len(recipients),
-            actions=sorted({r.action for r in recipients}), reply=str(reply))
+        if ok:
+            log.info("dsn_sent", txn=txn.id, recipients=len(recipients),
+                     actions=sorted({r.action for r in recipients}), reply=str(reply))
+        else:
+            log.error("dsn_failed", txn=txn.id, recipients=len(recipients),
+                      actions=sorted({r.action for r in recipients}), reply=str(reply),
+                      error=failure and f"{type(failure).__name__}: {failure}",
+                      exc_info=failure)
 
     async def _delivered(self, txn: Transaction, outcome: Outcome, recorded: bool) -> None:
         if not recorded:

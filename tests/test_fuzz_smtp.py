@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import re
 from dataclasses import dataclass, field
-
 from pathlib import Path
 
 import pytest
