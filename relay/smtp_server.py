@@ -87,6 +87,14 @@ TOO_MANY_RCPTS = Reply(452, "4.5.3", "Too many recipients")
 NO_UPSTREAM = Reply(451, "4.4.2", "Upstream connection lost, try again later")
 SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, try again later")
 UTF8_UNSUPPORTED = Reply(555, "5.6.7", "Upstream server does not support SMTPUTF8")
+#: A transaction that said SMTPUTF8 goes to an upstream without it while its envelope
+#: and header are ASCII, as Postfix delivers it (SMTPUTF8_README: only UTF-8 in the
+#: envelope or the header needs SMTPUTF8); what then needs it is refused with RFC 6531's
+#: codes: X.6.7 for an address, X.6.9 for a UTF-8 header that cannot be sent on.
+UTF8_RECIPIENT_UNSUPPORTED = Reply(553, "5.6.7", "Upstream server does not support "
+                                   "SMTPUTF8, which this recipient address needs")
+UTF8_HEADER_UNSUPPORTED = Reply(550, "5.6.9", "Message header needs SMTPUTF8, which the "
+                                "upstream server does not support")
 EIGHTBIT_UNSUPPORTED = Reply(555, "5.6.3", "Upstream server does not support 8BITMIME")
 HOOK_TEMPFAIL = Reply(451, "4.3.0", "Temporary local problem, try again later")
 #: Seconds, beyond ``upstream.data_timeout``, that shutdown waits for a message already
@@ -1028,7 +1036,9 @@ class RelaySession(SmtpNames):
                     self.conn = await upstream.acquire()
                 conn = self.conn
                 if utf8 and not conn.supports("smtputf8"):
-                    return UTF8_UNSUPPORTED
+                    if not sender.isascii():
+                        return UTF8_UNSUPPORTED
+                    utf8 = False  # ASCII so far: sent on without it (UTF8_HEADER_…)
                 await conn.xforward(txn.forwarded_client or xforward.own_client(
                     txn.client_ip, txn.client_port, txn.helo, self.esmtp))
                 # BODY= once (the last, as aiosmtpd read it), only to an upstream that
@@ -1091,10 +1101,13 @@ class RelaySession(SmtpNames):
             self.log.info("recipient_refused_by_plugin", recipient=address,
                           reply=str(refusal))
             return str(refusal)
+        utf8 = envelope.smtp_utf8 and self.conn.supports("smtputf8")
+        if envelope.smtp_utf8 and not utf8 and not address.isascii():
+            SMTP_RECIPIENTS.labels("refused_local").inc()
+            return str(UTF8_RECIPIENT_UNSUPPORTED)
         try:
             reply = await self.conn.rcpt(
-                address, dsn_request.options() if txn.dsn_upstream else [],
-                envelope.smtp_utf8)
+                address, dsn_request.options() if txn.dsn_upstream else [], utf8)
         except UpstreamUnavailable as exc:
             SMTP_RECIPIENTS.labels("tempfail").inc()
             self.conn.close()
@@ -1132,6 +1145,11 @@ class RelaySession(SmtpNames):
             # aiosmtpd let one more octet through (room for a transparency dot, which it
             # has removed by now); after_data abandons the upstream transaction.
             return self.refuse_long_line()
+        if envelope.smtp_utf8 and not self.conn.supports("smtputf8") \
+                and not MessageDraft(raw).header_block().isascii():
+            SMTP_TRANSACTIONS.labels("refused").inc()
+            self.log.info("utf8_header_refused", reply=str(UTF8_HEADER_UNSUPPORTED))
+            return str(UTF8_HEADER_UNSUPPORTED)  # after_data abandons the upstream side
         # Set before the first await, in the same step that read the final dot, so that
         # shutdown sees every message it must wait for (see Relay.stop).
         self.delivering = True

@@ -349,7 +349,8 @@ async def test_upstream_sender_hook_rewrites_envelope_only(make_relay: MakeRelay
 async def test_an_upstream_without_8bitmime_or_smtputf8_gets_only_what_it_takes(
         make_relay: MakeRelay) -> None:
     """RFC 6152 section 3: 8-bit mail may go only to a server that offers 8BITMIME; a
-    relay that does not convert it returns it. RFC 6531 section 3.4: the same for
+    relay that does not convert it returns it. RFC 6531 section 3.4: an internationalized
+    message (UTF-8 in the envelope or the header, RFC 6530) never goes to a server without
     SMTPUTF8. A 7-bit message goes through, without a BODY= the upstream never offered;
     a parameter said twice goes once."""
     old = Sink()
@@ -358,7 +359,7 @@ async def test_an_upstream_without_8bitmime_or_smtputf8_gets_only_what_it_takes(
         relay = await make_relay(upstream={"port": old.port})
         replies = await _session(relay_port(relay), [
             b"EHLO client.example\r\n", b"MAIL FROM:<alice@example.com> BODY=8BITMIME\r\n",
-            b"MAIL FROM:<alice@example.com> SMTPUTF8\r\n",
+            "MAIL FROM:<al\u00efce@example.com> SMTPUTF8\r\n".encode(),
             b"MAIL FROM:<alice@example.com> BODY=7BIT BODY=7BIT\r\n",
             b"RCPT TO:<bob@example.org>\r\n", b"DATA\r\n",
             b"Subject: plain\r\n\r\nseven bits\r\n.\r\n", b"QUIT\r\n"])
@@ -367,6 +368,44 @@ async def test_an_upstream_without_8bitmime_or_smtputf8_gets_only_what_it_takes(
         assert [r[:3] for r in replies[4:8]] == [b"250", b"250", b"354", b"250"]
         assert [(r.mail_from, r.mail_options) for r in old.received] == [
             ("alice@example.com", [])]
+    finally:
+        await old.stop()
+
+
+async def test_an_ascii_transaction_that_said_smtputf8_goes_to_an_upstream_without_it(
+        make_relay: MakeRelay) -> None:
+    """A client may say SMTPUTF8 on every transaction; what needs it is UTF-8 in the
+    envelope or the header (RFC 6530's internationalized message; Postfix's
+    SMTPUTF8_README delivers the rest to a server without SMTPUTF8). Every such MAIL was
+    refused ``555 5.6.7`` for good (the client bounced plain ASCII mail). Now an ASCII
+    envelope and header go on without the parameter; a UTF-8 recipient gets ``553
+    5.6.7`` at RCPT, a UTF-8 header ``550 5.6.9`` after the message (RFC 6531's codes),
+    and the session goes on."""
+    old = Sink()
+    await old.start(smtputf8=False, eightbit=True)
+    try:
+        relay = await make_relay(upstream={"port": old.port})
+        replies = await _session(relay_port(relay), [
+            b"EHLO client.example\r\n",
+            b"MAIL FROM:<alice@example.com> SMTPUTF8 BODY=8BITMIME\r\n",
+            "RCPT TO:<j\u00f6rg@example.org>\r\n".encode(), b"RCPT TO:<bob@example.org>\r\n",
+            b"DATA\r\n",
+            "Subject: plain\r\n\r\nGr\u00fc\u00dfe in the body\r\n.\r\n".encode(),
+            b"MAIL FROM:<alice@example.com> SMTPUTF8\r\n", b"RCPT TO:<bob@example.org>\r\n",
+            b"DATA\r\n", "Subject: Gr\u00fc\u00dfe\r\n\r\nhi\r\n.\r\n".encode(),
+            b"NOOP\r\n", b"QUIT\r\n"])
+        assert replies[3] == (b"553 5.6.7 Upstream server does not support SMTPUTF8, which"
+                              b" this recipient address needs\r\n")
+        assert [r[:3] for r in replies[4:7]] == [b"250", b"354", b"250"]
+        assert replies[2][:3] == b"250"
+        assert [r[:3] for r in replies[7:10]] == [b"250", b"250", b"354"]
+        assert replies[10] == (b"550 5.6.9 Message header needs SMTPUTF8, which the "
+                               b"upstream server does not support\r\n")
+        assert replies[11][:3] == b"250"
+        [delivered] = old.received
+        assert (delivered.mail_from, delivered.mail_options, delivered.rcpt_tos) == (
+            "alice@example.com", ["BODY=8BITMIME"], ["bob@example.org"])
+        assert "Grüße in the body".encode() in delivered.data
     finally:
         await old.stop()
 
