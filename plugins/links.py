@@ -25,13 +25,18 @@ in ``List-Unsubscribe``, a link that says "unsubscribe", or a URL with a host la
 segment or query item that begins or ends with "unsubscribe": ``/unsubscribe?u=…``,
 ``/list-unsubscribe``, ``?action=unsubscribe``, but not an article slug that only has the
 word inside it), ``relative``,
-``other_scheme`` and ``empty``.
+``other_scheme``, ``empty`` and (text parts) ``wrapped``.
 
 With ``tracking.rewrite_text_links`` on, URLs in ``text/plain`` parts are rewritten too,
-with the same rules; there a URL the same word carries on into template syntax
-(``https://example.com/?u={{id}}``, ``?id=*|UNIQID|*``) is a ``placeholder``, and a URL
+with the same rules; there a URL ends at the first character that is not ASCII (a URI is
+ASCII: RFC 3986 section 2 and Appendix C), so text written right after it without a
+space stays as it is; a URL the same word carries on into template syntax
+(``https://example.com/?u={{id}}``, ``?id=*|UNIQID|*``) is a ``placeholder``, a URL
 inside another URI of the same word (``mailto:?body=https://…``) is left to that URI,
-counted once per URI by its scheme (``mailto``, ``tel``, ``sms``, else ``other_scheme``).
+counted once per URI by its scheme (``mailto``, ``tel``, ``sms``, else ``other_scheme``),
+and in a ``format=flowed; delsp=yes`` part a URL followed by a soft line break that the
+next line continues (RFC 3676 section 4.2: the lines are joined, the space deleted) is
+left alone as ``wrapped``, where only its first line's part could be tracked.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from relay import hookimpl
 from relay.rewrite.charsets import query_bytes, query_codec
 from relay.rewrite.context import HtmlPart, PlainTextPart, RewriteContext
 from relay.rewrite.html_scan import Tag, visible_text
+from relay.rewrite.mime import TextPart
 
 NAME = "links"
 #: The VML shapes, which all take ``href`` (ECMA-376 Part 4, VML: the predefined shapes
@@ -56,7 +62,14 @@ PLACEHOLDER_MARKERS = ("{{", "}}", "{%", "%}", "*|", "|*", "%%", "[[", "]]", "${
 _HTTP = re.compile(r"https?://[^/\s?#]", re.IGNORECASE)
 _SCHEME = re.compile(r"[a-z][a-z0-9+.\-]*:", re.IGNORECASE)
 _LIST_UNSUB = re.compile(r"<(https?://[^>]+)>", re.IGNORECASE)
-_TEXT_URL = re.compile(r"""https?://[^\s<>"'`{}|\\^\[\]]+""", re.IGNORECASE)
+#: A URL in plain text. A URI is ASCII (RFC 3986 section 2; Appendix C delimits URIs in
+#: text): the URL ends at the first character that is not, so text written right after
+#: it with no space (``…/infoをご覧ください``, a closing ``”``) stays text, not URL.
+_URL_CHARS = r"""[^\x00-\x20\x7f-\U0010ffff<>"'`{}|\\^\[\]]"""
+#: (Only the scheme ignores case: under IGNORECASE a class without non-ASCII would also
+#: leave out ``i``, ``k`` and ``s``, whose case partners U+0131, U+212A and U+017F are not.)
+_TEXT_URL = re.compile(r"(?i:https?)://" + _URL_CHARS + "+")
+_URL_CHAR = re.compile(_URL_CHARS)
 _TRAILING = ".,;:!?'\""
 #: A word of plain text: what a URL found in it may be part of.
 _WORD = re.compile(r"""[^\s<>"'`]+""")
@@ -222,11 +235,62 @@ def trackrelay_edit_html(context: RewriteContext, part: HtmlPart) -> None:
         part.set_attr(href, context.track_link(url, text), owner=NAME)
 
 
+def _param(leaf: TextPart, name: str) -> str:
+    value = leaf.headers.get_param(name)
+    if isinstance(value, tuple):  # RFC 2231 form
+        value = value[2]
+    return str(value or "").strip().strip("'\"").lower()
+
+
+def _deletes_soft_spaces(context: RewriteContext, part: PlainTextPart) -> bool:
+    """True for a ``format=flowed; delsp=yes`` part: the space of each soft line break is
+    deleted when its lines are joined (RFC 3676 section 4.2)."""
+    if context.tree is None:
+        return False
+    leaf = next((p for p in context.tree.plain if p.path == part.path), None)
+    return (leaf is not None and _param(leaf, "format") == "flowed"
+            and _param(leaf, "delsp") == "yes")
+
+
+def _flows_on(text: str, end: int) -> bool:
+    """True when a URL ending at ``end`` of ``delsp=yes`` flowed text goes on in the next
+    line: a soft line break (SP CRLF) right after it, whose space the reader's client
+    deletes when joining the lines (RFC 3676 section 4.2), and a next line of the same
+    quote depth (section 4.5) whose text, space-stuffing removed (section 4.4), starts
+    with a URL character. Two spaces before the break leave one: the URL ends there."""
+    if not text.startswith(" ", end):
+        return False
+    nxt = end + 1
+    if text.startswith("\r\n", nxt):
+        nxt += 2
+    elif text.startswith("\n", nxt):
+        nxt += 1
+    else:
+        return False
+    line = text[text.rfind("\n", 0, end) + 1:end]
+    depth = len(line) - len(line.lstrip(">"))
+    i = nxt
+    while text.startswith(">", i):
+        i += 1
+    if i - nxt != depth:
+        return False  # another quote depth: not joined
+    if text.startswith(" ", i):
+        i += 1
+    return _URL_CHAR.match(text, i) is not None
+
+
+def _ascii_end(text: str, start: int, end: int) -> int:
+    """Where the run of ASCII that begins at ``start`` ends (``end`` at most)."""
+    m = _NON_ASCII.search(text, start, end)
+    return m.start() if m else end
+
+
 @hookimpl
 def trackrelay_edit_text(context: RewriteContext, part: PlainTextPart) -> None:
     if not (context.policy.clicks and context.policy.text_links):
         return
     text = part.text
+    flowed = _deletes_soft_spaces(context, part)
     words = _WORD.finditer(text)
     start = end = -1  # the word holding the current URL
     uri: re.Match[str] | None = None  # that word's leading scheme, if any
@@ -251,8 +315,16 @@ def trackrelay_edit_text(context: RewriteContext, part: PlainTextPart) -> None:
                 continue
         else:
             decided = start
-        if last_marker >= m.start():
-            context.skip_link("placeholder")  # the word's template completes this URL
+        if last_marker >= m.start() and any(
+                text.find(marker, m.start(), _ascii_end(text, m.start(), end)) >= 0
+                for marker in PLACEHOLDER_MARKERS):
+            # The word's template completes this URL (in the ASCII the URL runs on in:
+            # after text that is not, ``…/infoを{{name}}``, the tag is text's, not the URL's).
+            context.skip_link("placeholder")
+            continue
+        if flowed and _flows_on(text, m.end()):
+            # Its rest is on the next line: only the joined URL is the link (RFC 3676).
+            context.skip_link("wrapped")
             continue
         url = m.group(0).rstrip(_TRAILING)
         if url.endswith(")") and url.count("(") < url.count(")"):

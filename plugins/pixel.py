@@ -3,7 +3,9 @@
 A 1x1 transparent GIF pointing at the tracker's ``/o/<token>.gif``, inserted just
 before ``</body>`` (at the end of the HTML when there is no body tag) of the first HTML
 part with a non-empty body that a client shows: of two HTML alternatives, the later
-(RFC 2046 section 5.1.4: the last alternative a client can display). Empty alt text; a
+(RFC 2046 section 5.1.4: the last alternative a client can display); in a
+``multipart/related``, the root (the part its ``start`` parameter names, else the first:
+RFC 2387 section 3.2), not HTML the root refers to. Empty alt text; a
 1px block with no border, margin or padding, so it does not change the layout.
 """
 

@@ -2,8 +2,8 @@
 
 Filled for every message the rewrite saw, tracked or not (``tracked`` and
 ``skip_reason`` say which). A tracked message without a Message-ID header (or with an
-empty one) gets one (the record and the recipient's copy then agree); untracked mail is
-never changed.
+empty one) gets one (the record and the recipient's copy then agree; every copy of a
+split message gets the same one); untracked mail is never changed.
 The subject is left out when ``tracking.record_subject`` is false.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from email.utils import make_msgid, parseaddr
 
-from relay import hookimpl
+from relay import hookimpl, split
 from relay.records import SentMessage
 from relay.rewrite.context import RewriteContext
 
@@ -29,7 +29,8 @@ def trackrelay_rewrite_finished(context: RewriteContext) -> None:
     txn, message, policy = context.transaction, context.message, context.policy
     header_id = next((v.strip() for v in message.get_all("Message-ID") if v.strip()), "")
     if context.tracked and not header_id:
-        header_id = make_msgid(domain=_domain(context))
+        # Made once for the client's message: the copies of a split one share it.
+        header_id = split.header_message_id(txn, lambda: make_msgid(domain=_domain(context)))
         # An empty field is no Message-ID, and a message has at most one (RFC 5322
         # section 3.6): it is replaced, not joined by a second.
         message.remove_header("Message-ID")

@@ -16,7 +16,8 @@ on one message; up to ``tracking.split_max_recipients``, beyond which
 ``tracking.split_fallback`` applies). Plain-text-only mail
 is not tracked unless ``tracking.rewrite_text_links`` is on (then clicks only); mail with
 no text at all is skipped as ``empty_body``, mail whose only HTML or text is in parts with
-a file name (files the sender attached, never edited) as ``text_is_attachment``; mail
+a file name (files the sender attached, never edited) as ``text_is_attachment`` (so is a
+plain-text message whose only HTML is such a file, when its text is not tracked); mail
 whose text is all inside signed or encrypted content (S/MIME, PGP/MIME) as ``signed`` or
 ``encrypted``: that content is never edited; notifications (the null sender
 ``MAIL FROM:<>``, a ``multipart/report``) as ``notification`` and automatic replies
@@ -177,7 +178,11 @@ def trackrelay_tracking_policy(app: App, transaction: Transaction, message: Mess
     text_links = settings.rewrite_text_links and clicks
     if not tree.html:
         if not text_links or not tree.plain:
-            return TrackingPolicy.skip("plain_text", campaign)
+            # Its only HTML is a file the sender attached (``name="invoice.html"``): say
+            # so, as for mail whose only text is; "plain_text" is mail without HTML.
+            attached = any(leaf.content_type == "text/html" for leaf in tree.leaves)
+            return TrackingPolicy.skip("text_is_attachment" if attached else "plain_text",
+                                       campaign)
         opens = False  # a plain-text message cannot carry a pixel
     return TrackingPolicy(opens=opens, clicks=clicks, text_links=text_links,
                           campaign=campaign, shared=shared)

@@ -12,7 +12,9 @@ when no tracking plugin ran) to a single envelope recipient gets
 The token is an ``unsubscribe`` token naming the message and recipient. The tracker's
 ``/u/<token>`` endpoints (``relay.tracker.unsubscribe``) act on it. Mail to several
 envelope recipients gets no header: one header cannot name each of them. A
-List-Unsubscribe the sender set is kept unless ``[unsubscribe] replace_existing``.
+List-Unsubscribe the sender set is kept (with its List-Unsubscribe-Post) unless
+``[unsubscribe] replace_existing``; a List-Unsubscribe-Post without a List-Unsubscribe is
+replaced by the relay's, so the message has one (RFC 8058 section 3.1).
 """
 
 from __future__ import annotations
@@ -63,7 +65,9 @@ def trackrelay_transform_message(app: App, transaction: Transaction,
         if not cfg.replace_existing:
             return
         message.remove_header("List-Unsubscribe")
-        message.remove_header("List-Unsubscribe-Post")
+    # One List-Unsubscribe and one List-Unsubscribe-Post field (RFC 8058 section 3.1):
+    # a Post field the sender wrote without a List-Unsubscribe is replaced, not doubled.
+    message.remove_header("List-Unsubscribe-Post")
     targets = [f"<{unsubscribe_url(app, transaction.message_id)}>"]
     if cfg.mailto:
         targets.append(f"<{unsubscribe_mailto(app, transaction.message_id)}>")

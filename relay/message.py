@@ -30,6 +30,37 @@ def split_message(raw: bytes) -> tuple[bytes, bytes, bytes]:
     return raw[: m.start()], raw[m.start(): m.end()], raw[m.end():]
 
 
+#: The start of a line that ends the header block: neither a field (a name of printable
+#: ASCII but the colon, RFC 5322 section 3.6.8, white space before the colon allowed as
+#: its obsolete syntax, section 4.5) nor a continuation line (section 2.2.3), nor the
+#: "From " line of the mbox format (which Python's email and dkimpy pass over).
+_NOT_A_FIELD = re.compile(rb"^(?![ \t]|[\x21-\x39\x3b-\x7e]+[ \t]*:|From |\r?\n|\r?\Z)",
+                          re.MULTILINE)
+
+
+def header_end(head: bytes) -> int | None:
+    """Where the header fields of ``head`` (a header block) end, when a line in it is
+    neither a field nor a continuation; None when every line is one.
+
+    Readers end the header block at such a line (Python's email with a
+    ``MissingHeaderBodySeparatorDefect``; RFC 5322 section 2.1 has the body follow the
+    fields): the line and everything after it are the body as the recipient sees it."""
+    m = _NOT_A_FIELD.search(head)
+    return None if m is None else m.start()
+
+
+def split_fields(raw: bytes) -> tuple[bytes, bytes, bytes]:
+    """(header fields, separator, body) as a recipient's reader finds them: as
+    ``split_message``, but when a line of the header block is neither a field nor a
+    continuation (``header_end``) the fields end before it, the separator is b"" and the
+    body starts with that line."""
+    head, sep, body = split_message(raw)
+    end = header_end(head)
+    if end is None:
+        return head, sep, body
+    return head[:end], b"", head[end:] + sep + body
+
+
 def _header_lines(block: bytes) -> list[bytes]:
     """Split a header block into logical headers (continuation lines kept attached)."""
     out: list[bytes] = []
@@ -53,7 +84,12 @@ class MessageDraft:
 
     def __init__(self, raw: bytes) -> None:
         self.original = raw
-        head, sep, body = split_message(raw)
+        # A header block that ends at a line that is no field (``header_end``) ends there
+        # for every reader downstream: fields the relay adds go before that line, and
+        # what follows it is body, never read (or removed) as fields.
+        head, sep, body = split_fields(raw)
+        #: True when the body follows the fields with no blank line between.
+        self._no_blank_line = not sep and bool(body)
         self._headers = _header_lines(head)
         self._sep = sep or (b"\r\n" if raw.endswith(b"\r\n") or not raw else b"\n")
         self._had_body = bool(sep)
@@ -117,6 +153,11 @@ class MessageDraft:
         self.changed = True
         return before - len(self._headers)
 
+    def header_block(self) -> bytes:
+        """The header fields as they will be sent, each with its line ending (the blank
+        line after them not included)."""
+        return b"".join(self._headers)
+
     @property
     def newline(self) -> bytes:
         """The message's line ending (CRLF, or LF for a message written with bare LFs)."""
@@ -166,6 +207,14 @@ class MessageDraft:
         if not self.changed:
             return self.original
         head = b"".join(self._headers)
+        if self._no_blank_line:
+            first = self._body[:self._body.find(b"\n") + 1 or len(self._body)]
+            if header_end(first) == 0:  # still a line no reader takes for a field
+                return head + self._body
+            # An edit made the body's first line read as a field (quoted-printable's
+            # "=80Content-Type: …"): the blank line (RFC 5322 section 2.1) keeps the
+            # fields ending where they did; the body is the same to every reader.
+            return head + self._newline + self._body
         if not self._had_body:
             return head
         # The header block's last line already ends with a newline; add the blank line.

@@ -21,6 +21,7 @@ after DATA outside LMTP, RFC 2033), so the relay answers by one rule:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from relay.records import Reply, Transaction, new_id
@@ -75,14 +76,36 @@ def per_recipient(recipients: list[str]) -> list[list[str]]:
     return list(groups.values())
 
 
+#: ``Transaction.extra`` key of what every copy of one client message shares.
+SHARED = "split_shared"
+
+
 def copy_of(txn: Transaction, recipients: list[str], index: int) -> Transaction:
     """The transaction of one copy: same client and sender, its own recipients and
-    message id (tokens, sent record and events are its own)."""
-    extra = {k: v for k, v in txn.extra.items() if k != "refused"}
-    extra["split"] = {"of": txn.message_id, "copy": index}
+    message id (tokens, sent record and events are its own). What the copies share (the
+    Message-ID the relay gives a message without one, ``header_message_id``) is one
+    dict, the same object in every copy."""
+    shared = txn.extra.setdefault(SHARED, {})
+    extra = {k: v for k, v in txn.extra.items() if k not in ("refused", SHARED)}
+    extra["split"] = {"of": txn.message_id, "copy": index, "shared": shared}
     return dataclasses.replace(
         txn, rcpt_tos=list(recipients), message_id=new_id(), sent=None, extra=extra,
         mail_options=list(txn.mail_options), forwarded_client=dict(txn.forwarded_client))
+
+
+def header_message_id(txn: Transaction, make: Callable[[], str]) -> str:
+    """The Message-ID the relay adds to a message that has none: ``make()``, made once
+    for the client's message, so every copy of a split message carries the same one, as
+    every copy carries a Message-ID the sender wrote (RFC 5322 section 3.6.4: a message
+    has one identifier; the copies are one message)."""
+    split = txn.extra.get("split")
+    shared = split.get("shared") if isinstance(split, dict) else None
+    if not isinstance(shared, dict):
+        return make()
+    if "message_id" not in shared:
+        shared["message_id"] = make()
+    found: str = shared["message_id"]
+    return found
 
 
 def client_answer(results: list[CopyResult], *, notify: bool) -> Reply:

@@ -61,6 +61,33 @@ async def test_campaign_mail_gets_headers_individual_mail_does_not(make_stack: M
     assert header(stack.sink.received[-1].data, "List-Unsubscribe") is None
 
 
+async def test_a_post_field_without_list_unsubscribe_is_not_doubled(make_stack: MakeStack
+                                                                     ) -> None:
+    """The sender wrote List-Unsubscribe-Post but no List-Unsubscribe: the message goes
+    out with one of each, the relay's (RFC 8058 section 3.1), not two Post fields. One the
+    sender wrote with its List-Unsubscribe is kept as it was."""
+    stack = await make_stack()
+    raw = campaign_message("news@shop.example.com", "dee@remote.test").replace(
+        b"MIME-Version: 1.0\r\n",
+        b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\nMIME-Version: 1.0\r\n")
+    await stack.send("news@shop.example.com", ["dee@remote.test"], raw)
+    out = stack.sink.received[-1].data
+    head = out.split(b"\r\n\r\n", 1)[0].lower()
+    assert head.count(b"\nlist-unsubscribe-post:") == 1
+    assert head.count(b"\nlist-unsubscribe:") == 1
+    value = header(out, "List-Unsubscribe")
+    assert value is not None and value.startswith(f"<{stack.base}/u/")
+    assert header(out, "List-Unsubscribe-Post") == "List-Unsubscribe=One-Click"
+    own = raw.replace(b"List-Unsubscribe-Post:",
+                      b"List-Unsubscribe: <https://shop.example.com/u/1>\r\n"
+                      b"List-Unsubscribe-Post:")
+    await stack.send("news@shop.example.com", ["dee@remote.test"], own)
+    head = stack.sink.received[-1].data.split(b"\r\n\r\n", 1)[0]
+    assert head.count(b"\r\nList-Unsubscribe: <https://shop.example.com/u/1>\r\n"
+                      b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n") == 1
+    assert head.lower().count(b"\nlist-unsubscribe") == 2
+
+
 async def test_one_click_post_unsubscribes(make_stack: MakeStack) -> None:
     stack = await make_stack(suppression={"scope": "sender_domain"})
     message_id, url = await campaign_to(stack, "ben@remote.test")

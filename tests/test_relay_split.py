@@ -165,6 +165,33 @@ async def test_the_track_header_splits_one_message(make_relay: MakeRelay, sink: 
         assert len(pixels(copy.data, "https://t.example.net")) == 1
 
 
+async def test_copies_of_a_message_without_message_id_share_the_one_added(
+        make_relay: MakeRelay, sink: Sink) -> None:
+    """The relay gives a tracked message without a Message-ID one; the copies of a split
+    message are one message, so they carry the same identifier (RFC 5322 section 3.6.4),
+    as they carry one the sender wrote, and every sent record names it."""
+    relay = await make_relay(load_entry_points=True, tracking=SPLIT,
+                             http={"base_url": "https://t.example.net"})
+    msg = message()
+    del msg["Message-ID"]
+    code, text = await send(relay, msg)
+    assert code == 250 and "3 copies" in text, text
+    assert [r.rcpt_tos for r in sink.received] == [[r] for r in RECIPIENTS]
+    ids = [email.message_from_bytes(r.data, policy=email.policy.compat32).get_all(
+        "Message-ID") for r in sink.received]
+    assert all(i is not None and len(i) == 1 for i in ids), ids
+    assert len({i[0] for i in ids if i}) == 1, ids
+    (header_id,) = ids[0] or []
+    assert re.fullmatch(r"<[^<>@\s]+@example\.com>", header_id)  # the sender's domain
+    # Each copy still has its own tokens and sent record, all under that one Message-ID.
+    tokens = [pixels(r.data, "https://t.example.net") for r in sink.received]
+    assert len({t[0] for t in tokens}) == 3
+    await wait_events(relay, "sent", 3)
+    page = await relay.app.store.list_messages(limit=10)  # type: ignore[union-attr]
+    assert len(page.items) == 3
+    assert {m["header_message_id"] for m in page.items} == {header_id}
+
+
 async def test_all_copies_refused_permanently_is_a_5xx_and_bounces(
         make_relay: MakeRelay, sink: Sink) -> None:
     relay = await make_relay(load_entry_points=True, tracking=SPLIT)

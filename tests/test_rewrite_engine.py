@@ -368,3 +368,33 @@ async def test_a_tracked_message_ends_with_exactly_one_message_id(field: bytes) 
     assert len(ids) == 1 and ids[0].strip().startswith(b"<"), head
     sent = ctx.transaction.sent
     assert sent is not None and sent.header_message_id == ids[0].strip().decode()
+
+
+def _related(start: bytes) -> bytes:
+    """The probe's message: a multipart/related whose ``start`` names its second part."""
+    return (b"From: sender@example.com\r\nTo: rcpt@example.org\r\nSubject: r4\r\n"
+            b"Message-ID: <r4@example.com>\r\nMIME-Version: 1.0\r\n"
+            b"Content-Type: multipart/related; boundary=\"R\"; type=\"text/html\"" + start
+            + b"\r\n\r\n--R\r\nContent-Type: text/html; charset=utf-8\r\n"
+            b"Content-ID: <frame@x>\r\n\r\n"
+            b"<html><body>frame (a resource the root links to)</body></html>\r\n"
+            b"--R\r\nContent-Type: text/html; charset=utf-8\r\nContent-ID: <root@x>\r\n\r\n"
+            b"<html><body>root: what the reader sees</body></html>\r\n--R--\r\n")
+
+
+@pytest.mark.parametrize(("start", "shown"), [
+    (b'; start="<root@x>"', b"root"), (b"; start=root@x", b"root"),
+    (b"", b"frame"), (b'; start="<elsewhere@x>"', b"frame")])
+async def test_pixel_goes_in_the_root_of_a_multipart_related(start: bytes,
+                                                            shown: bytes) -> None:
+    """RFC 2387 section 3.2: the root of a multipart/related is the part its ``start``
+    parameter names by Content-ID, else the first; the other parts are resources the root
+    refers to. The pixel goes in the root, the one part the reader sees; every other
+    byte stays as it came."""
+    raw = _related(start)
+    out, ctx = await rewrite(make_app(), raw)
+    assert ctx.stats.pixel and out.count(b"/o/") == 1
+    pixel = re.search(rb'<img src="https://t\.example\.net/o/[\w-]+\.gif"[^>]*>', out)
+    assert pixel is not None
+    assert out.replace(pixel.group(), b"") == raw
+    assert re.search(rb"<body>" + shown + rb"[^<]*<img src=", out)

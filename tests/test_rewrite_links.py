@@ -420,3 +420,84 @@ async def test_only_an_unsubscribe_url_or_link_text_is_the_unsubscribe_link() ->
     check(raw, out, app, ctx, {"text/html": (
         "https://news.example.com/why-people-unsubscribe-from-newsletters",
         "https://news.example.com/resubscribe-later")})
+
+
+# --- 6. where a URL in plain text ends: ASCII, and soft line breaks ------------------------
+
+#: The probe's message: URLs written against Japanese text and inside curly quotes.
+CJK = ("詳細はhttps://example.jp/infoをご覧ください。\r\n"
+       "See \u201chttps://ex.com/v\u201d now.\r\n"
+       "Tag https://example.jp/p?u=1を{{name}}様 and https://example.jp/q?u={{id}}です\r\n"
+       "IRI https://例え.jp/x and https://example.org/パス end\r\n")
+
+
+def text_message(plain: bytes, ctype: bytes = b"text/plain; charset=utf-8",
+                 cte: bytes = b"8bit") -> bytes:
+    return (b"From: textlinks@example.com\r\nTo: rcpt@example.org\r\nSubject: r1\r\n"
+            b"Message-ID: <r1@example.com>\r\nMIME-Version: 1.0\r\n"
+            b"Content-Type: multipart/alternative; boundary=\"B\"\r\n"
+            b"\r\n--B\r\nContent-Type: " + ctype + b"\r\nContent-Transfer-Encoding: " + cte
+            + b"\r\n\r\n" + plain + b"--B\r\nContent-Type: text/html; charset=utf-8\r\n\r\n"
+            b"<html><body><p>x</p></body></html>\r\n--B--\r\n")
+
+
+@pytest.mark.parametrize("cte", [b"8bit", b"quoted-printable", b"base64"])
+async def test_text_url_ends_at_the_first_character_that_is_not_ascii(cte: bytes) -> None:
+    """A URI is ASCII (RFC 3986 section 2, Appendix C): text written right after a URL
+    with no space (Japanese, a closing curly quote) is text. It stays in the part, and
+    the click goes to the URL, not to ``…/info%E3%82%92…``. A merge tag after such text
+    is the text's; one the URL runs on into is a placeholder, as before."""
+    import base64
+    import binascii
+
+    data = CJK.encode()
+    body = {b"8bit": data, b"quoted-printable": binascii.b2a_qp(data),
+            b"base64": base64.encodebytes(data).replace(b"\n", b"\r\n")}[cte]
+    app = make_app(rewrite_text_links=True)
+    raw = text_message(body, cte=cte)
+    out, ctx = await rewrite(app, raw)
+    tracked = ("https://example.jp/info", "https://ex.com/v", "https://example.jp/p?u=1",
+               "https://example.org/")
+    assert urls(ctx) == list(tracked)
+    assert skipped(ctx) == Counter(placeholder=1)
+    check(raw, out, app, ctx, {"text/plain": tracked, "text/html": ()})
+    (_, _, _, text), _ = leaves(out)
+    assert "をご覧ください。\r\n" in text and "\u201d now." in text and "パス end" in text
+
+
+FLOWED = (b"Here is the link:\r\n"
+          b"https://www.example.com/very/long/path/segment/that/keeps/go \r\n"
+          b"ing/and/going?with=query&and=more\r\n"
+          b"Ends here: https://example.com/end  \r\n"
+          b"next words\r\n"
+          b"> Quoted https://example.com/quoted/pa \r\n"
+          b"> th?x=1\r\n"
+          b"> Quote ends https://example.com/depth \r\n"
+          b"Not quoted\r\n"
+          b"Stuffed https://example.com/st \r\n"
+          b" uffed\r\n"
+          b"Last https://example.com/last\r\n")
+
+
+async def test_flowed_delsp_url_that_goes_on_after_a_soft_break_is_left_alone() -> None:
+    """``format=flowed; delsp=yes`` (RFC 3676 section 4.2): a line that ends in a space
+    is joined to the next, the space deleted, so a URL followed by a soft line break
+    goes on in the next line (its quote depth the same, space-stuffing removed). Only its
+    first line's part could be tracked, a link to a truncated URL: it is left alone
+    (``wrapped``). A URL the joined text ends (two spaces, another quote depth, a hard
+    break) is tracked; without ``delsp=yes`` the space stays and ends the URL."""
+    app = make_app(rewrite_text_links=True)
+    raw = text_message(FLOWED, b"text/plain; charset=us-ascii; format=flowed; delsp=yes",
+                       b"7bit")
+    out, ctx = await rewrite(app, raw)
+    tracked = ("https://example.com/end", "https://example.com/depth",
+               "https://example.com/last")
+    assert urls(ctx) == list(tracked)
+    assert skipped(ctx) == Counter(wrapped=3)
+    check(raw, out, app, ctx, {"text/plain": tracked, "text/html": ()})
+    for params in (b"format=flowed", b"format=flowed; delsp=no", b"delsp=yes"):
+        raw = text_message(FLOWED, b"text/plain; charset=us-ascii; " + params, b"7bit")
+        out, ctx = await rewrite(app, raw)
+        assert len(ctx.links) == 6 and not skipped(ctx), params
+        assert ctx.links[0].url == "https://www.example.com/very/long/path/segment/that/" \
+            "keeps/go"

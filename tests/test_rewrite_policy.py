@@ -186,3 +186,56 @@ async def test_pipeline_runs_rewrite() -> None:
     out, changed = await prepare_message(app, t, msg())
     assert changed and b"/o/" in out
     assert t.extra["rewrite"].summary().startswith("tracked; pixel inserted; 1 link rewritten")
+
+
+#: The probe's message: a line in the header block that is neither a field nor a
+#: continuation. Readers (Python's email, RFC 5322) end the header block there.
+NOT_A_FIELD = (b"From: sender@example.com\r\nTo: rcpt@example.org\r\nSubject: r6\r\n"
+               b"This line is not a header\r\nMIME-Version: 1.0\r\n"
+               b"Content-Type: text/html; charset=utf-8\r\n\r\n"
+               b'<html><body><a href="https://ex.com/">x</a></body></html>\r\n')
+
+
+async def test_a_line_that_is_no_field_ends_the_header_block() -> None:
+    """What follows a line that is no field is body to every reader downstream (there it
+    is a text/plain message showing the markup): the relay reads it so too. It does not
+    track that markup as HTML, and a field it adds (the Message-ID of tracked mail) goes
+    before that line, where readers find it, never into the visible body."""
+    import email
+    import email.policy
+
+    out, ctx = await rewrite(make_app(), NOT_A_FIELD)
+    assert ctx.decision == "skipped_plain_text" and out == NOT_A_FIELD
+    assert email.message_from_bytes(out).get_content_type() == "text/plain"
+    # With the line after Content-Type, the body is HTML for every reader: tracked.
+    raw = NOT_A_FIELD.replace(b"This line is not a header\r\n", b"").replace(
+        b"utf-8\r\n\r\n", b"utf-8\r\nThis line is not a header\r\n\r\n")
+    out, ctx = await rewrite(make_app(), raw)
+    assert ctx.decision == "tracked" and ctx.stats.pixel and len(ctx.links) == 1
+    head = out.split(b"\r\nThis line is not a header\r\n\r\n<html>", 1)[0]
+    assert head.startswith(raw.split(b"This line", 1)[0] + b"Message-ID: <")
+    read = email.message_from_bytes(out, policy=email.policy.compat32)
+    assert read.get_content_type() == "text/html"
+    sent = ctx.transaction.sent
+    assert sent is not None and read["Message-ID"] == sent.header_message_id
+    body = read.get_payload()
+    assert isinstance(body, str) and body.startswith("This line is not a header\r\n\r\n")
+    assert "Message-ID" not in body and "/c/" in body and "/o/" in body
+
+
+async def test_html_only_as_an_attached_file_beside_plain_text_is_said_so() -> None:
+    """The probe's message: plain text and an HTML part with a file name (an attached
+    ``invoice.html``, never edited). Its only HTML is a file the sender attached:
+    ``text_is_attachment``, as README says, not ``plain_text`` (mail without HTML)."""
+    body = (b"--M\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n--M\r\n"
+            b'Content-Type: text/html; charset=utf-8; name="invoice.html"\r\n\r\n'
+            + HTML + b"--M--\r\n")
+    raw = msg(body, b'multipart/mixed; boundary="M"')
+    out, ctx = await rewrite(make_app(), raw)
+    assert ctx.decision == "skipped_text_is_attachment" and out == raw
+    assert ctx.transaction.sent is not None
+    assert ctx.transaction.sent.skip_reason == "text_is_attachment"
+    # Plain text with no HTML at all is still plain_text.
+    raw = msg(b"see https://example.com/x\r\n", b"text/plain")
+    _, ctx = await rewrite(make_app(), raw)
+    assert ctx.decision == "skipped_plain_text"

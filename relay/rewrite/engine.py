@@ -65,7 +65,6 @@ REWRITE_SKIPPED = Counter(
     ["reason"],
 )
 
-_HEADER_END = re.compile(rb"\r?\n\r?\n")
 CONTENT_HOOKS = ("trackrelay_tracking_policy", "trackrelay_edit_html", "trackrelay_edit_text",
                  "trackrelay_decorate_html", "trackrelay_decorate_text",
                  "trackrelay_rewrite_finished")
@@ -82,10 +81,9 @@ def wants_rewrite(app: App) -> bool:
 def parse_tree(message: MessageDraft) -> tuple[MimeTree | None, str | None]:
     """The MIME tree of ``message``, or (None, why) when it cannot be followed."""
     try:
-        raw = message.as_bytes()
-        end = _HEADER_END.search(raw)  # only the header block is copied, not the body
-        head = raw[: end.start()] if end else raw
-        return walk(parse_headers(head + b"\r\n"), message.body), None
+        # The draft's header fields: a line in the header block that is no field ends it
+        # (relay.message.header_end), and what follows is body, as a recipient reads it.
+        return walk(parse_headers(message.header_block() + b"\r\n"), message.body), None
     except (MimeError, ValueError, LookupError, IndexError) as exc:
         return None, f"{type(exc).__name__}: {exc}"
 

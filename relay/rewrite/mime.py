@@ -133,6 +133,9 @@ class MimeTree:
 
     #: Paths of the ``multipart/alternative`` parts ("" for the top level).
     alternatives: set[str] = field(default_factory=set)
+    #: The root of each ``multipart/related`` part, by its path: the number of the child
+    #: its ``start`` parameter names by Content-ID, else the first (RFC 2387 section 3.2).
+    related: dict[str, int] = field(default_factory=dict)
 
     @property
     def html(self) -> list[TextPart]:
@@ -140,14 +143,21 @@ class MimeTree:
         return [p for p in self.parts if p.content_type == "text/html"]
 
     def shown_instead(self, path: str) -> bool:
-        """Whether HTML in a later alternative of a ``multipart/alternative`` above the
-        part at ``path`` is what a client shows: it shows the last alternative it can
-        display (RFC 2046 section 5.1.4)."""
+        """Whether other HTML is what a client shows in place of the part at ``path``:
+        HTML in a later alternative of a ``multipart/alternative`` above it (a client
+        shows the last alternative it can display, RFC 2046 section 5.1.4), or HTML in
+        the root of a ``multipart/related`` the part is a resource of, not in its root
+        (the root is what is shown, RFC 2387 section 3.2)."""
         for group in self.alternatives:
             mine = _branch(path, group)
             if mine is not None and any(
                     (other := _branch(p.path, group)) is not None and other > mine
                     for p in self.html):
+                return True
+        for group, root in self.related.items():
+            mine = _branch(path, group)
+            if mine is not None and mine != root and any(
+                    _branch(p.path, group) == root for p in self.html):
                 return True
         return False
 
@@ -225,8 +235,14 @@ def _walk(headers: Message, body: bytes, start: int, end: int,
         children = _split_multipart(body, start, end, str(boundary).strip('"'))
         if children is None:
             raise MimeError(f"boundary of part {path or 'top'} not found")
+        root = _content_id(headers.get_param("start")) if ctype == "multipart/related" \
+            else None
+        if ctype == "multipart/related":
+            tree.related[path] = 1  # no start, or none of its parts has that Content-ID
         for i, (hs, he, bs, be, cut) in enumerate(children, 1):
             child_headers = parse_headers(body[hs:he])
+            if root and _content_id(child_headers.get("Content-ID")) == root:
+                tree.related[path], root = i, None
             child_path = f"{path}.{i}" if path else str(i)
             _walk(child_headers, body, bs, be, (hs, he), child_path, tree, depth + 1,
                   child_default, cut)
@@ -249,6 +265,14 @@ def _walk(headers: Message, body: bytes, start: int, end: int,
         return
     tree.parts.append(TextPart(ctype, headers, header_span, start, end, path,
                                _newline(body[start:min(end, start + 4096)] or body[:4096])))
+
+
+def _content_id(value: object) -> str | None:
+    """A Content-ID, or the ``start`` parameter naming one, without its angle brackets."""
+    if isinstance(value, tuple):  # RFC 2231 form
+        value = value[2]
+    found = str(value or "").strip().strip("<>").strip()
+    return found or None
 
 
 #: S/MIME's content type for signed or encrypted content (RFC 8551 section 3.2), and the
