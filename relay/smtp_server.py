@@ -87,6 +87,10 @@ TOO_MANY_RCPTS = Reply(452, "4.5.3", "Too many recipients")
 NO_UPSTREAM = Reply(451, "4.4.2", "Upstream connection lost, try again later")
 SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, try again later")
 UTF8_UNSUPPORTED = Reply(555, "5.6.7", "Upstream server does not support SMTPUTF8")
+#: Seconds before each new try of a notice the relay sends itself (relay.dsn) while the
+#: upstream answers 4xx or cannot be reached; after the last, it is given up (logged
+#: ``dsn_failed``). The relay keeps no queue, so these tries live in memory.
+NOTICE_RETRIES = (10.0, 60.0, 300.0)
 #: A transaction that said SMTPUTF8 goes to an upstream without it while its envelope
 #: and header are ASCII, as Postfix delivers it (SMTPUTF8_README: only UTF-8 in the
 #: envelope or the header needs SMTPUTF8); what then needs it is refused with RFC 6531's
@@ -1375,6 +1379,9 @@ class Relay:
         self.servers: list[asyncio.Server] = []
         self.sessions: set[RelaySession] = set()
         self.closing = False
+        #: Set by ``stop``: a notice waiting to be tried again is tried at once, one last
+        #: time (``_notify``).
+        self._stopping = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
         self.addresses: list[tuple[str, int]] = []
         self.tls_addresses: list[tuple[str, int]] = []
@@ -1514,14 +1521,44 @@ class Relay:
 
     async def _notify(self, txn: Transaction, original: bytes,
                       recipients: list[dsn.Recipient]) -> None:
-        """Build and send the notice; whatever goes wrong (building it included) is
-        logged ``dsn_failed`` and counted: the client already has its 250, so a notice
-        lost here must never be lost silently."""
+        """Build and send the notice, trying again after ``NOTICE_RETRIES`` seconds while
+        the upstream answers 4xx or cannot be reached (the relay keeps no queue: this is
+        its only chance); whatever goes wrong in the end (building it included) is logged
+        ``dsn_failed`` and counted: the client already has its 250, so a notice lost
+        here must never be lost silently. Shutdown cuts the waiting short: one last try."""
+        for tries, delay in enumerate((*NOTICE_RETRIES, None), start=1):
+            reply, failure = await self._send_notice(txn, original, recipients)
+            if failure is not None or reply.ok or reply.code >= 500 or delay is None:
+                break
+            if self._stopping.is_set():
+                break
+            log.warning("dsn_retry", txn=txn.id, reply=str(reply), tries=tries,
+                        retry_in=delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+        ok = failure is None and reply.ok
+        NOTICES.labels("sent" if ok else "failed").inc()
+        if ok:
+            log.info("dsn_sent", txn=txn.id, recipients=len(recipients),
+                     actions=sorted({r.action for r in recipients}), reply=str(reply),
+                     tries=tries)
+        else:
+            log.error("dsn_failed", txn=txn.id, recipients=len(recipients),
+                      actions=sorted({r.action for r in recipients}), reply=str(reply),
+                      tries=tries,
+                      error=failure and f"{type(failure).__name__}: {failure}",
+                      exc_info=failure)
+
+    async def _send_notice(self, txn: Transaction, original: bytes,
+                           recipients: list[dsn.Recipient]
+                           ) -> tuple[Reply, Exception | None]:
+        """One try: the upstream's last answer, and the exception that ended it (a notice
+        that could not be built or sent), if any."""
         upstream = self.config.upstream
         # A non-ASCII sender came in an SMTPUTF8 transaction: so goes its notice.
         utf8 = not txn.mail_from.isascii()
         conn: Connection | None = None
-        reply: Reply | None = None
+        reply: Reply = NO_UPSTREAM
         failure: Exception | None = None
         try:
             conn = await self.upstream.acquire()
@@ -1536,8 +1573,8 @@ class Relay:
                 envid=txn.dsn.envid, full=txn.dsn.full, eightbit=eightbit)
             options = ["BODY=8BITMIME"] if eightbit and not notice.isascii() else []
             if utf8 and not conn.supports("smtputf8"):
-                # RFC 6531 section 3.2: never to a server without SMTPUTF8 (and the
-                # relay does not downgrade)
+                # RFC 6531 section 3.4: an internationalized message never goes to a
+                # server without SMTPUTF8
                 reply = UTF8_UNSUPPORTED
             else:
                 if utf8:
@@ -1549,26 +1586,17 @@ class Relay:
                     reply = await conn.data(notice)
         except UpstreamUnavailable as exc:
             reply = exc.reply
-        except Exception as exc:  # a notice that cannot be built or sent: said below
+        except Exception as exc:  # a notice that cannot be built or sent: said by _notify
             failure = exc
         finally:
             # (an exception may have come mid-transaction: that connection is closed)
             if conn is not None:
-                if failure is None and reply is not None and reply.ok:
+                if failure is None and reply.ok:
                     self.upstream.release(conn, True)
                 else:
                     conn.close()
                     self.upstream.release(conn, False)
-        ok = failure is None and reply is not None and reply.ok
-        NOTICES.labels("sent" if ok else "failed").inc()
-        if ok:
-            log.info("dsn_sent", txn=txn.id, recipients=len(recipients),
-                     actions=sorted({r.action for r in recipients}), reply=str(reply))
-        else:
-            log.error("dsn_failed", txn=txn.id, recipients=len(recipients),
-                      actions=sorted({r.action for r in recipients}), reply=str(reply),
-                      error=failure and f"{type(failure).__name__}: {failure}",
-                      exc_info=failure)
+        return reply, failure
 
     async def _delivered(self, txn: Transaction, outcome: Outcome, recorded: bool) -> None:
         if not recorded:
@@ -1611,6 +1639,7 @@ class Relay:
         every message already on its way upstream its answer (bounded), then close."""
         grace = self.config.relay.shutdown_grace if grace is None else grace
         self.closing = True
+        self._stopping.set()
         if self._watching is not None:
             self._watching.cancel()
         for server in self.servers:

@@ -379,3 +379,46 @@ async def test_postfix_passes_its_senders_requests_through(
     finally:
         await asyncio.to_thread(postfix.stop)
         shutil.rmtree(top, ignore_errors=True)
+
+
+@pytest.mark.parametrize(("refusals", "tries", "sent"), [
+    (["451 4.3.0 Try again later"], 2, True),
+    (["451 4.3.0 Try again later"] * 3, 3, False),
+    (["550 5.7.1 No notices here"], 1, False),
+])
+async def test_a_notice_the_upstream_defers_is_tried_again(
+        make_relay: MakeRelay, sink: Sink, monkeypatch: pytest.MonkeyPatch,
+        refusals: list[str], tries: int, sent: bool) -> None:
+    """The relay keeps no queue: its notice had one try, and an upstream answering 4xx
+    at that moment (busy, greylisting the null sender) lost it. Now a 4xx is tried again
+    after each of ``NOTICE_RETRIES``; a 5xx, or the last try, ends it (``dsn_failed``)."""
+    import structlog
+
+    from relay import smtp_server
+
+    monkeypatch.setattr(smtp_server, "NOTICE_RETRIES", (0.05, 0.05))
+    answers = list(refusals)
+
+    class Refusing:
+        """The sink's RCPT answer to the notice's recipient (the sender), try by try."""
+
+        def get(self, address: str) -> str | None:
+            if address == SENDER and answers:
+                return answers.pop(0)
+            return None
+
+    relay = await make_relay()
+    sink.behaviour.refuse_rcpt = Refusing()  # type: ignore[assignment]
+    with structlog.testing.capture_logs() as logs:
+        code, _ = await asyncio.to_thread(send, relay, {
+            "bob@example.com": ["NOTIFY=SUCCESS"]}, [])
+        assert code == 250
+
+        async def ended() -> bool:
+            return any(e["event"] in ("dsn_sent", "dsn_failed") for e in logs)
+
+        await wait_for(ended)
+    [end] = [e for e in logs if e["event"] in ("dsn_sent", "dsn_failed")]
+    assert (end["event"], end["tries"]) == ("dsn_sent" if sent else "dsn_failed", tries)
+    assert len([e for e in logs if e["event"] == "dsn_retry"]) == min(tries - 1, 2)
+    assert len(notices(sink)) == (1 if sent else 0)
