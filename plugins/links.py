@@ -162,6 +162,10 @@ def skip_reason(url: str, context: RewriteContext, text: str = "") -> str | None
             return scheme
     if any(marker in url for marker in PLACEHOLDER_MARKERS):
         return "placeholder"
+    if any("\udc80" <= c <= "\udcff" for c in url):
+        # an octet that is not UTF-8 in a part labelled UTF-8 (kept as a lone surrogate):
+        # a browser reads it as U+FFFD, a URL no one can mean; the link stays as written
+        return "undecodable"
     if not _HTTP.match(url):
         return "other_scheme" if _SCHEME.match(url) else "relative"
     if context.is_tracker_url(url):

@@ -130,6 +130,27 @@ async def test_a_windows_1252_part_with_undefined_bytes_keeps_its_bytes_and_link
     assert urls == ["https://example.com/café?q=%93x%94"]
 
 
+async def test_a_utf8_part_with_a_stray_octet_keeps_the_label_and_its_links() -> None:
+    """One octet that is not UTF-8 (a footer pasted in windows-1252) in a part labelled
+    UTF-8: the whole part was detected as windows-1252, so ``café`` was stored as
+    ``cafÃ©`` and the click went to ``caf%C3%83%C2%A9``. A browser keeps the label and
+    shows U+FFFD for the octet (WHATWG Encoding Standard, UTF-8 decode): the links are
+    the UTF-8 ones, and every byte, the stray one too, leaves as it came. A link holding
+    such an octet is left alone (``undecodable``)."""
+    good = "https://example.com/café?q=\u2028x".encode()
+    bad = b"https://example.com/caf\xe9"
+    body = (b'<html><body><p>Caf\xc3\xa9 \xff <a href="' + good + b'">go</a> '
+            b'<a href="' + bad + b'">stray</a></p></body></html>\r\n')
+    raw = mixed(PLAIN, html_part(b"utf-8", body))
+    out, ctx = await rewrite(make_app(), raw)
+    parses(out)
+    assert not ctx.stats.parts_skipped
+    new = assert_only_part_changed(raw, out, "2")
+    assert untracked(new, [good]) == body
+    assert [link.url for link in ctx.links] == ["https://example.com/café?q=\u2028x"]
+    assert ctx.stats.links_skipped.get("undecodable") == 1
+
+
 @pytest.mark.parametrize("label", [b"iso-8859-1", b"latin1", b"us-ascii"])
 async def test_a_windows_1252_part_under_another_label_keeps_its_bytes(label: bytes) -> None:
     urls = await rewrite_part(label, W1252_BODY, [W1252_HREF])

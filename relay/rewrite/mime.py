@@ -430,10 +430,13 @@ class Decoded:
     data: bytes = b""  # the bytes ``text`` was decoded from (the transfer-decoded body)
     #: The byte order mark the part began with (not in ``text``), written back before it.
     bom: bytes = b""
+    #: ``"surrogateescape"`` for UTF-8 text with octets that are not UTF-8: each is kept
+    #: as a lone surrogate (U+DC80-U+DCFF) and written back as the octet it was.
+    errors: str = "strict"
 
     def encode(self, text: str) -> bytes:
         """``text`` in the part's charset, byte order and byte order mark."""
-        return self.bom + text.encode(self.charset)
+        return self.bom + text.encode(self.charset, self.errors)
 
 
 #: UTF-16 and UTF-32 by their byte order marks, kept as they came. Without one, RFC 2781
@@ -501,6 +504,11 @@ def _decode(data: bytes, codec: str, detected: bool) -> Decoded | None:
     return decoded
 
 
+#: A character a UTF-8 sequence of two octets or more decodes to (not a lone surrogate
+#: standing for an octet that is not UTF-8, U+DC80-U+DCFF).
+_UTF8_SEQUENCE = re.compile("[\u0080-\udc7f\udd00-\U0010ffff]")
+
+
 def decode_charset(data: bytes, declared: str | None) -> Decoded:
     """Bytes to text by the declared charset; detect it when missing or wrong.
 
@@ -527,6 +535,17 @@ def decode_charset(data: bytes, declared: str | None) -> Decoded:
             return found
     if irreversible is not None:
         raise irreversible  # the declared charset reads it: no other reading is the sender's
+    if tried and charsets.candidates(declared)[0] == "utf-8":
+        # A part labelled UTF-8 that is UTF-8 (it holds UTF-8 sequences) with a stray
+        # octet that is not (a footer pasted in windows-1252, a cut character): a
+        # browser keeps the label and shows U+FFFD for that octet (WHATWG Encoding
+        # Standard, "UTF-8 decode"), so its links are the UTF-8 ones; detection read the
+        # whole part as windows-1252 and turned "café" into "cafÃ©". The octet is kept,
+        # as a lone surrogate. A part with no UTF-8 sequence at all is labelled wrong
+        # (Latin-1 text called UTF-8): detected, below.
+        text = data.decode("utf-8", "surrogateescape")
+        if _UTF8_SEQUENCE.search(text):
+            return Decoded(text, "utf-8", False, data, errors="surrogateescape")
     if tried:
         if declared is not None and declared.strip().lower() in charsets.NO_DETECTION \
                 and data.isascii():
