@@ -125,3 +125,59 @@ def test_zoho_s_refusal_of_a_sender_flagged_as_spam_is_rejected() -> None:
     assert rec.reason == "rejected"
     assert reason_of(text, status="5.7.1") == "spamdetected"
 
+
+
+def _mdn(disposition: str, text: str) -> bytes:
+    """A disposition notification about a message to ``rcpt@example.net``, as Dovecot's
+    Sieve writes a reject (RFC 5429 section 2.1) or a mail agent a receipt (RFC 8098)."""
+    return ("From: Postmaster <postmaster@example.net>\r\nTo: <sender@sender.example>\r\n"
+            "Subject: Rejected: hello\r\nAuto-Submitted: auto-replied (rejected)\r\n"
+            "MIME-Version: 1.0\r\nContent-Type: multipart/report; "
+            'report-type=disposition-notification; boundary="B"\r\n\r\n'
+            "--B\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+            f"{text}\r\n"
+            "--B\r\nContent-Type: message/disposition-notification\r\n\r\n"
+            "Reporting-UA: mx.example.net; Dovecot Mail Delivery Agent\r\n"
+            "Final-Recipient: rfc822; rcpt@example.net\r\n"
+            "Original-Message-ID: <hello@sender.example>\r\n"
+            f"Disposition: {disposition}\r\n\r\n"
+            "--B\r\nContent-Type: message/rfc822\r\n\r\n"
+            "From: sender@sender.example\r\nTo: rcpt@example.net\r\nSubject: hello\r\n"
+            "Message-ID: <hello@sender.example>\r\n\r\nhi\r\n--B--\r\n").encode()
+
+
+def test_a_sieve_reject_is_the_recipients_filter_refusing_the_message() -> None:
+    """RFC 5429 section 2.1: a Sieve ``reject`` goes back as an MDN with the disposition
+    "automatic-action/MDN-sent-automatically; deleted": the message was refused, not
+    delivered, so it is a (soft) bounce of the recipient, ``filtered`` unless its words
+    say more. It gave no record at all (every MDN was read as a receipt). A person's
+    deletion (``manual-action``) and a read receipt stay no bounce."""
+    from relay.bounces import classify
+
+    [rec] = classify(_mdn("automatic-action/MDN-sent-automatically; deleted",
+                          "Your message to <rcpt@example.net> was automatically rejected:"
+                          "\r\nI do not want this."))
+    assert (rec.kind, rec.recipient, rec.reason, rec.hard) == (
+        "bounce", "rcpt@example.net", "filtered", False)
+    [rec] = classify(_mdn("automatic-action/MDN-sent-automatically; deleted",
+                          "Your message to <rcpt@example.net> was automatically rejected:"
+                          "\r\nMailbox is full."))
+    assert rec.reason == "mailboxfull"  # the words say more
+    for disposition in ("manual-action/MDN-sent-manually; deleted",
+                        "manual-action/MDN-sent-manually; displayed"):
+        assert [r for r in classify(_mdn(disposition, "Your message was read."))
+                if r.kind == "bounce"] == []
+
+
+def test_message_content_rejected_is_a_spam_verdict() -> None:
+    """Postfix's generic reply to a header_checks/body_checks REJECT without text
+    (header_checks(5): "550 5.7.1 message content rejected", after DATA), Amazon SES
+    receiving's 5.6.1, amavisd-new's ("…, UBE"): the reference taxonomy lists "message
+    content rejected" among SpamDetected's texts. It was read by its 5.7.1 class row as
+    ``securityerror``."""
+    assert reason_of("550 5.7.1 message content rejected", status="5.7.1",
+                     command="DATA") == "spamdetected"
+    assert reason_of("500 5.6.1 Message content rejected", status="5.6.1", reply="500",
+                     command="DATA") == "spamdetected"
+    assert reason_of("550 5.7.1 Delivery not authorized, message refused",
+                     status="5.7.1", command="DATA") != "spamdetected"

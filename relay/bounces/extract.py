@@ -11,7 +11,9 @@ Parsers, tried in this order (each is an identifiable ``parser:`` entry):
 * ``ses``: Amazon SES JSON notifications;
 * ``arf``: RFC 5965 feedback reports, and the few providers' look-alikes;
 * ``rfc8098``: message disposition notifications (read receipts, "deleted unread"):
-  no record at all, they report on a message that *was* delivered;
+  no record at all, they report on a message that *was* delivered; but ``rfc5429``: the
+  MDN a Sieve ``reject`` sends (disposition "automatic-action/…; deleted", a text saying
+  it rejected the message) is the recipient's filter refusing it, one failure record;
 * ``rfc3464``: a ``message/delivery-status`` part, one record per recipient block,
   read together with the notice paragraph that names the recipient (a block without
   ``Action:`` is read from its ``Status:``: class 2 is a success); also DSN fields
@@ -120,8 +122,12 @@ def extract(msg: Message, rules: RuleSet, trace: Trace | None = None,
     if looked:
         _fire(trace, "parser:arf")
         return list(looked)
-    # --- disposition notifications (RFC 8098): never a bounce ------------------------------
+    # --- disposition notifications (RFC 8098): never a bounce, but a Sieve reject's -------
     if _is_mdn(msg, anatomy):
+        rejected = _sieve_reject(anatomy)
+        if rejected is not None:
+            _fire(trace, "parser:rfc5429")
+            return [rejected]
         _fire(trace, "parser:rfc8098")
         return []
     # --- split the notice from a returned message quoted inline ---------------------------
@@ -201,6 +207,36 @@ def extract(msg: Message, rules: RuleSet, trace: Trace | None = None,
         _fire(trace, "parser:rfc3834")
         return [autoreply.record(msg, subject, notice)]
     return []
+
+
+#: RFC 5429 section 2.1: a Sieve ``reject`` (the recipient's own filter refusing the
+#: message) is sent as an MDN whose disposition is "automatic-action/…; deleted".
+_SIEVE_REJECT = re.compile(r"^disposition:\s*automatic-action\s*/[^;]*;\s*deleted\b",
+                           re.I | re.M)
+_REJECTED = re.compile(r"\brejected\b", re.I)
+_FINAL_RECIPIENT = re.compile(r"^final-recipient:\s*[^;\s]+\s*;\s*(\S+@\S+?)\s*$",
+                              re.I | re.M)
+
+
+def _sieve_reject(anatomy: Anatomy) -> Found | None:
+    """The refused recipient of a Sieve ``reject`` MDN (RFC 5429 section 2.1), with its
+    human-readable reason as the diagnostic; None for any other disposition (a read
+    receipt, a person's "deleted": RFC 8098 ``manual-action``). The recipient's filter
+    refused the message: the reason is read from its words, else the notice family's
+    hint (``rfc5429``: ``filtered``)."""
+    report = "\n".join(anatomy.disposition)
+    if not _SIEVE_REJECT.search(report):
+        return None
+    final = _FINAL_RECIPIENT.search(report)
+    notice = "\n".join(anatomy.notice).strip()
+    # The same disposition says "deleted without being read" (Exchange's "Not read"
+    # receipt, RFC 8098): a reject says it rejected ("Your message was automatically
+    # rejected by Sieve", RFC 5429 section 2.1's example).
+    if final is None or not _REJECTED.search(notice):
+        return None
+    return Found(recipient=final.group(1).strip("<>").lower(), action="failed",
+                 diagnostic=notice, context=notice, notice=notice, shown=notice[:500],
+                 parsers=("rfc5429",), found_by="parser:rfc5429")
 
 
 def _is_mdn(msg: Message, anatomy: Anatomy) -> bool:

@@ -15,6 +15,9 @@ from __future__ import annotations
 from relay.bounces.tables import Hint
 
 HINTS: tuple[Hint, ...] = (
+    # RFC 5429 section 2.1: a Sieve "reject" is the recipient's own filter refusing the
+    # message, whatever words its author gave it.
+    Hint("rfc5429", "filtered", r"\S", "rfc5429"),
     # Exchange 2000/2003 write "The recipient name is not recognized" only after the
     # directory lookup of the recipient failed (MSEXCH:IMS code 000C05A6).
     Hint("exchange", "userunknown", r"recipient name is not recognized", "exchange"),

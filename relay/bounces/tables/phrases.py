@@ -331,6 +331,11 @@ PHRASES: tuple[Phrase, ...] = (
     *_p("spamdetected", "dnsbl", r"\b(?:uribl|surbl|dbl)\b", r"blacklisted url",
         r"\burl\b(?: \S+){0,3} (?:black|block)listed"),
     *_p("spamdetected", "iana-esc", r"mail flood detected"),
+    # "Message content rejected": a content filter's verdict on the message as a whole,
+    # Postfix's generic reply to a header_checks/body_checks REJECT without text
+    # (header_checks(5)), Amazon SES receiving's 5.6.1, amavisd-new's (with ", UBE");
+    # the reference taxonomy lists it among SpamDetected's texts.
+    *_p("spamdetected", "sisimai", r"\bmessage content rejected\b"),
     # === speeding: the sender sends too fast ==============================================
     *_p("speeding", "google", r"\brate(?:-| )limit", r"\b(?:at a|unusual) rate\b",
         r"too (?:fast|quickly)", r"too many (?:messages|mails?|emails)"),

@@ -16,6 +16,9 @@ SOURCES: dict[str, str] = {
                 "https://www.iana.org/assignments/smtp-enhanced-status-codes",
     "rfc3464": "RFC 3464 An Extensible Message Format for Delivery Status Notifications "
                "https://www.rfc-editor.org/rfc/rfc3464",
+    "rfc5429": "RFC 5429 Sieve Email Filtering: Reject and Extended Reject Extensions, "
+               "section 2.1 (a reject sent as an MDN, disposition \"deleted\") "
+               "https://www.rfc-editor.org/rfc/rfc5429",
     "rfc5321": "RFC 5321 Simple Mail Transfer Protocol, section 4.2 (reply codes) "
                "https://www.rfc-editor.org/rfc/rfc5321",
     "rfc7504": "RFC 7504 SMTP 521 and 556 Reply Codes https://www.rfc-editor.org/rfc/rfc7504",
