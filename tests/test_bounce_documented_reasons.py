@@ -181,3 +181,30 @@ def test_message_content_rejected_is_a_spam_verdict() -> None:
                      command="DATA") == "spamdetected"
     assert reason_of("550 5.7.1 Delivery not authorized, message refused",
                      status="5.7.1", command="DATA") != "spamdetected"
+
+
+def test_a_transient_x_3_2_is_load_not_a_host_that_accepts_no_mail() -> None:
+    """RFC 3463 section 3.4: X.3.2 "System not accepting network messages" is, as a
+    transient code, "imminent shutdown, excessive load, or system maintenance"; only the
+    permanent 5.3.2 (RFC 7504's pair of 521) says the host accepts no mail. A
+    ``421 4.3.2 Service not available`` greeting, given up on at last, was ``notaccept``;
+    the greeting refusal reads as the refused client (``blocked``)."""
+    assert reason_of("421 4.3.2 Service not available", status="4.3.2", reply="421",
+                     command="CONN") == "blocked"
+    assert reason_of("521 5.3.2 mx.example.net does not accept mail", status="5.3.2",
+                     reply="521", command="CONN") == "notaccept"
+
+
+def test_a_delay_notice_is_never_hard() -> None:
+    """A delay notice (RFC 3464 ``Action: delayed``) says the server is still trying:
+    nothing about the address is final, whatever the code (Postfix's 4.3.2 delay for a
+    ``521 5.3.2`` greeting it skips was read as ``notaccept`` and hard)."""
+    from relay.bounces import classify
+    from tests.test_bounce_decide import dsn
+
+    [rec] = classify(dsn("521 5.3.2 mx.example.net does not accept mail", status="5.3.2",
+                         action="delayed", command="CONN"))
+    assert (rec.kind, rec.hard) == ("delayed", False)
+    [rec] = classify(dsn("550 5.1.1 <rcpt@example.net>: User unknown", status="5.1.1",
+                         action="delayed"))
+    assert (rec.kind, rec.reason, rec.hard) == ("delayed", "userunknown", False)

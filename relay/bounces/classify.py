@@ -267,7 +267,10 @@ def _record(found: Found, rules: RuleSet, trace: Trace | None) -> BounceRecord:
     return BounceRecord(
         recipient=found.recipient, alias=found.alias, status=status,
         reply_code=facts.reply, reason=reason,
-        hard=is_hard(reason, status, facts.reply), permanent=action == "failed",
+        # A delay notice says the server is still trying: nothing about the address is
+        # final yet, whatever its code (RFC 3464 section 2.3.3, Action "delayed").
+        hard=kind == "bounce" and is_hard(reason, status, facts.reply),
+        permanent=action == "failed",
         action=action, diagnostic=found.shown, remote_mta=found.remote_mta,
         original_message_id=found.original_message_id, kind=kind, decided_by=decided_by,
     )

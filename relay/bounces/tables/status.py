@@ -42,6 +42,10 @@ ROWS: tuple[StatusRow, ...] = (
     StatusRow("4.3.0", "", A, "rfc3463"),  # Other mail system status (transient: anything)
     StatusRow("X.3.0", "systemerror", F, "rfc3463"),   # Other or undefined mail system status
     StatusRow("X.3.1", "systemfull", D, "rfc3463"),    # Mail system full
+    # X.3.2 "System not accepting network messages" is, transient, the system's "imminent
+    # shutdown, excessive load, or system maintenance" (RFC 3463 section 3.4): no prior;
+    # permanent (5.3.2, RFC 7504's pair of 521), a host that accepts no mail.
+    StatusRow("4.3.2", "", A, "rfc3463"),
     StatusRow("X.3.2", "notaccept", D, "rfc3463"),     # System not accepting network messages
     StatusRow("X.3.3", "systemerror", F, "rfc3463"),   # System not capable of selected features
     StatusRow("X.3.4", "mesgtoobig", D, "rfc3463"),    # Message too big for system
