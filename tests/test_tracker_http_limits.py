@@ -249,6 +249,87 @@ async def test_a_kept_alive_connection_is_closed_after_the_idle_timeout_whoever_
     await wait_for(lambda: _none_open(door_of(tracker)), WAIT)
 
 
+async def test_a_client_of_aiohttp_that_stops_reading_is_closed_after_the_idle_timeout(
+        make_tracker: MakeTracker) -> None:
+    """Requests the door hands to aiohttp (the OpenAPI document here), pipelined and
+    never read: aiohttp waited on its writer for ever, the connection open and its
+    answers held in memory (2.8 MB after 330 s in a probe). Now the door gives such a
+    client ``idle_timeout``, as it gives its own answers' readers."""
+    import socket
+
+    tracker = await make_tracker({"http": {"idle_timeout": 0.5}})
+    before = limit_count("idle_time")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # little room on our side
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", tracker.port))
+    try:
+        one = request("/api/v1/openapi.json")
+        await asyncio.get_running_loop().sock_sendall(sock, one * 200)  # never read
+        await wait_for(lambda: _none_open(door_of(tracker)), WAIT)
+        assert door_of(tracker).handed_off == 1
+        assert limit_count("idle_time") > before
+    finally:
+        sock.close()
+
+
+async def test_a_request_body_that_trickles_in_gets_408(
+        make_tracker: MakeTracker, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A body sent a byte every few seconds held its connection for as long as the
+    client liked (a probe's were open after 120 s): neither ``header_timeout`` nor
+    ``idle_timeout`` covers a body. Now it must keep coming (``BODY_SECONDS``, plus a
+    second per ``BODY_MIN_RATE`` octets, Apache's mod_reqtimeout defaults), else 408
+    and the connection closes; a body that keeps coming is read whole."""
+    from relay.tracker import api
+
+    monkeypatch.setattr(api, "BODY_SECONDS", 0.5)
+    monkeypatch.setattr(api, "BODY_MIN_RATE", 10)  # a second per 10 octets here
+    tracker = await make_tracker()
+    before = limit_count("body_time")
+    head = request("/api/v1/inbound", method="POST",
+                   extra=f"Authorization: Bearer {ADMIN_TOKEN}\r\nContent-Length: 1000\r\n"
+                         "Content-Type: message/rfc822\r\n")
+    reader, writer = await connect(tracker)
+    try:
+        writer.write(head)
+        for _ in range(5):  # 5 octets in 1 s: under the rate, past 0.5 s + 0.5 s
+            writer.write(b"x")
+            await writer.drain()
+            await asyncio.sleep(0.2)
+        status, headers, _ = await asyncio.wait_for(read_answer(reader), WAIT)
+        assert status.startswith("HTTP/1.1 408"), status
+        assert headers.get("connection", "").lower() == "close"
+        assert await at_eof(reader)
+    finally:
+        writer.close()
+    assert limit_count("body_time") == before + 1
+
+    # The same body at a steady pace (40 octets in about 0.8 s: the rate allows 4.5 s).
+    reader, writer = await connect(tracker)
+    try:
+        writer.write(head.replace(b"Content-Length: 1000", b"Content-Length: 40"))
+        for _ in range(4):
+            writer.write(b"y" * 10)
+            await writer.drain()
+            await asyncio.sleep(0.2)
+        status, _, _ = await asyncio.wait_for(read_answer(reader), WAIT)
+        assert not status.startswith("HTTP/1.1 408"), status
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("data", [b"GET /healthz HTTP/2.0\r\nHost: x\r\n\r\n",
+                                  b"GET /o/TOKEN.gif HTTP/0.9\r\nHost: x\r\n\r\n"])
+async def test_a_version_other_than_http_1_gets_505(tracker: Tracker, data: bytes) -> None:
+    """aiohttp answered ``HTTP/2.0 200 OK`` (or ``HTTP/0.9 200``) in HTTP/1.1 framing,
+    echoing a version it does not speak; RFC 9110 section 15.6.6 has ``505``."""
+    before = limit_count("version")
+    (status, headers, _), closed = await answer_and_close(tracker, data)
+    assert status == "HTTP/1.1 505 HTTP Version Not Supported"
+    assert headers["connection"] == "close" and closed
+    assert limit_count("version") == before + 1
+
+
 # --- connection caps -------------------------------------------------------------------------
 
 async def open_served(tracker: Tracker, path: str, source: str

@@ -129,7 +129,14 @@ class MessageDetail(MessageSummary):
     recipient_details: list[RecipientRow]
     links: list[LinkRow]
     unique_opens: int  # distinct recipients with an open
-    timeline: list[EventRow]  # oldest first
+    #: the ``timeline_limit`` most recent events (before ``timeline_cursor``, if given),
+    #: oldest first
+    timeline: list[EventRow]
+    timeline_total: int  # every event of the message, machine ones included
+    timeline_counts: dict[str, int]  # the same, per event type
+    #: the cursor of the events older than the timeline (``list_events`` takes it with
+    #: ``message_id``; ``get_message`` as ``timeline_cursor``); None: it starts at the first
+    timeline_next_cursor: str | None
     engagement: dict[str, Any]  # as CampaignStats.engagement, for this message
 
 
@@ -493,9 +500,14 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def get_message(self, message_id: str, *, scope: str | None = None,
-                          include_machine: bool = False) -> MessageDetail | None:
-        """One message with status, open count, clicks per link and its timeline (every
-        event, machine ones included, oldest first). None if unknown or out of scope."""
+                          include_machine: bool = False, timeline_limit: int = 500,
+                          timeline_cursor: str | None = None) -> MessageDetail | None:
+        """One message with status, open count, clicks per link and its timeline: its
+        ``timeline_limit`` (1 to 5000) most recent events, machine ones included, oldest
+        first — before ``timeline_cursor`` (a ``timeline_next_cursor`` this store gave
+        out; :class:`BadCursor` otherwise) if given — with the count of all of them and
+        the cursor of the older ones. Anyone holding one pixel URL can add events to a
+        message, so its timeline is never read whole. None if unknown or out of scope."""
 
     @abc.abstractmethod
     async def list_events(

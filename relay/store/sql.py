@@ -398,7 +398,8 @@ class SqlStore(ContactScoresSql, Store):
         return Page(items, next_cursor)
 
     async def get_message(self, message_id: str, *, scope: str | None = None,
-                          include_machine: bool = False) -> MessageDetail | None:
+                          include_machine: bool = False, timeline_limit: int = 500,
+                          timeline_cursor: str | None = None) -> MessageDetail | None:
         where = Where()
         where.add("m.id = ?", message_id)
         where.add(*_cond(scope_condition(scope)))
@@ -422,8 +423,14 @@ class SqlStore(ContactScoresSql, Store):
         uniq = await self._fetchrow(
             "SELECT COUNT(DISTINCT COALESCE(e.recipient, '')) AS n FROM events e "
             f"WHERE e.message_id = ? AND e.type = 'open'{machine}", [message_id])
-        timeline = await self._fetch(
-            f"{EVENT_SELECT} WHERE e.message_id = ? ORDER BY e.time, e.seq", [message_id])
+        # The most recent events, newest first, as GET /events?message= pages them (its
+        # cursor goes on from here); the counts from the index, never the rows.
+        timeline = await self.list_events(message_id=message_id, cursor=timeline_cursor,
+                                          limit=timeline_limit)
+        count_rows = await self._fetch(
+            "SELECT type, COUNT(*) AS n FROM events WHERE message_id = ? GROUP BY type",
+            [message_id])
+        counts = {str(r["type"]): int(r["n"]) for r in count_rows}
         summary = self._summary(row, [r["address"] for r in rcpt_rows])
         recipient_details: list[RecipientRow] = [
             {"index": int(r["idx"]), "address": r["address"], "status": r["status"],
@@ -437,7 +444,10 @@ class SqlStore(ContactScoresSql, Store):
             "recipient_details": recipient_details,
             "links": links,
             "unique_opens": int(uniq["n"]) if uniq else 0,
-            "timeline": [self._event(r) for r in timeline],
+            "timeline": list(reversed(timeline.items)),
+            "timeline_total": sum(counts.values()),
+            "timeline_counts": counts,
+            "timeline_next_cursor": timeline.next_cursor,
             "engagement": await self._engagement(
                 "e.message_id = ?", [message_id],
                 sum(1 for r in rcpt_rows if r["status"] == "accepted")),

@@ -186,7 +186,8 @@ class Alerts:
             subject = f"{len(lines)} more alerts ({rule.name})"
             payload = {**body, "lines": lines}
         else:
-            detail = await store.get_message(body["event"]["message_id"])
+            detail = await store.get_message(body["event"]["message_id"],
+                                              timeline_limit=1)
             message = dict(detail) if detail is not None else body["message"]
             line = describe(body["trigger"], body["event"], message)
             extra = _details(body["event"])
@@ -222,7 +223,7 @@ class Alerts:
                 continue
             found = triggers_of(rule, row, message)
             if found:
-                detail = await store.get_message(row["message_id"])
+                detail = await store.get_message(row["message_id"], timeline_limit=1)
                 lines.append(f"{iso_time(row['time'])}  "
                              + describe(found[-1], dict(row), dict(detail or message)))
         return lines, body["sender"]
@@ -230,19 +231,24 @@ class Alerts:
     async def _mail(self, rule: AlertConfig, to: str, subject: str,
                     lines: list[str]) -> tuple[str | None, bool]:
         sender = rule.from_address or self.app.config.tracker.first_open_mail.from_address
-        notice = EmailMessage()
-        notice["From"] = email.utils.formataddr(("trackrelay", sender))
-        notice["To"] = to
-        notice["Subject"] = subject[:200]
-        notice["Date"] = email.utils.formatdate(usegmt=True)
-        notice["Message-ID"] = email.utils.make_msgid(
-            "trackrelay-alert", domain=self.app.config.relay.hostname)
-        notice["Auto-Submitted"] = "auto-generated"
-        notice[open_mail.NOTICE_HEADER] = f"alert:{rule.name}"
-        notice.set_content("\n".join([*lines, "", f"-- trackrelay alert \"{rule.name}\""])
-                           + "\n")
-        utf8 = not all(a.isascii() for a in (to, sender))
-        data = notice.as_bytes(policy=email.policy.SMTPUTF8 if utf8 else email.policy.SMTP)
+        try:
+            notice = EmailMessage()
+            notice["From"] = email.utils.formataddr(("trackrelay", sender))
+            notice["To"] = to
+            # a subject may hold CR/LF (an encoded-word), a header value may not
+            notice["Subject"] = open_mail.one_line(subject)[:200]
+            notice["Date"] = email.utils.formatdate(usegmt=True)
+            notice["Message-ID"] = email.utils.make_msgid(
+                "trackrelay-alert", domain=self.app.config.relay.hostname)
+            notice["Auto-Submitted"] = "auto-generated"
+            notice[open_mail.NOTICE_HEADER] = f"alert:{rule.name}"
+            notice.set_content("\n".join([*lines, "",
+                                           f"-- trackrelay alert \"{rule.name}\""]) + "\n")
+            utf8 = not all(a.isascii() for a in (to, sender))
+            data = notice.as_bytes(policy=email.policy.SMTPUTF8 if utf8
+                                   else email.policy.SMTP)
+        except Exception as exc:  # it never will be: failed, not retried for ever
+            return f"the alert cannot be built: {type(exc).__name__}: {exc}"[:500], True
         return await self.mailer.deliver(sender, to, data, utf8)
 
     async def _post(self, session: aiohttp.ClientSession, rule: AlertConfig, data: bytes,

@@ -10,6 +10,7 @@ OpenAPI document (``relay.tracker.openapi``) is served, without a token, at
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hmac
 import json
@@ -20,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from multidict import MultiDictProxy
 
 from relay import metrics
 from relay.background import STORE_UNAVAILABLE, store_unavailable
@@ -40,6 +42,8 @@ log = get_logger("relay.tracker.api")
 SCOPE_KEY = web.RequestKey("scope", str)  # "" for admin
 MESSAGE_ID = re.compile(r"^[0-9a-f]{16}$")
 MAX_LIMIT = 500
+#: events of a message's timeline in one answer (``timeline_limit``): its most recent
+TIMELINE_LIMIT = 500
 DELIVERY_STATUSES = ("pending", "delivered", "failed")
 #: Exceptions meaning "the database cannot be reached now": answered 503, not 500 (the
 #: set the background loops log as an outage).
@@ -71,19 +75,74 @@ def ok(body: Any) -> web.Response:
     return web.json_response(body, dumps=_dumps)
 
 
+#: A request body must keep coming: whole within ``BODY_SECONDS`` of the handler's
+#: first read, plus a second for every ``BODY_MIN_RATE`` octets received (the defaults
+#: of Apache's mod_reqtimeout, "body=20,MinRate=500"), else ``408`` and the connection
+#: closes. A client sending one byte every few seconds held a connection (and a slot of
+#: ``http.max_connections_per_ip``) for as long as it liked.
+BODY_SECONDS = 20.0
+BODY_MIN_RATE = 500
+
+
+def body_too_slow() -> web.HTTPRequestTimeout:
+    """The ``408`` for a body that came too slowly (RFC 9110 section 15.5.9), counted."""
+    metrics.HTTP_LIMITS.labels("body_time").inc()
+    return web.HTTPRequestTimeout(text="The request body took too long\n",
+                                  headers={"Connection": "close"})
+
+
+class ClientGone(Exception):
+    """The client hung up before its request body was whole: its doing, not the store's
+    (``ConnectionResetError`` is an ``OSError``, which would read as a store outage).
+    Logged by :func:`client_gone` as one info line, ``http_client_gone``."""
+
+
+def client_gone(path: str, exc: ClientGone) -> None:
+    log.info("http_client_gone", path=path, error=str(exc) or "connection lost")
+
+
+async def read_form(request: web.Request
+                    ) -> MultiDictProxy[str | bytes | bytearray | web.FileField]:
+    """``request.post()``, with a form that cannot be decoded (an unknown or wrong
+    ``charset``, multipart without its boundary) a :class:`BadParameter` (``body``: a
+    400, RFC 9110 section 15.5.1), and :class:`ClientGone` when the client hangs up
+    first. aiohttp keeps the form: later ``request.post()`` calls return it."""
+    try:
+        return await request.post()
+    except web.HTTPException:
+        raise  # 413 over client_max_size
+    except ConnectionResetError as exc:
+        raise ClientGone(str(exc)) from None
+    except Exception as exc:  # LookupError, UnicodeDecodeError, ValueError, …
+        raise BadParameter("body", f"the form cannot be read ({type(exc).__name__})"
+                           ) from None
+
+
 async def read_body(request: web.Request, limit: int) -> bytes | None:
-    """The whole request body, or None when it is longer than ``limit`` octets.
+    """The whole request body, or None when it is longer than ``limit`` octets; raises
+    ``body_too_slow()`` when it does not keep coming (``BODY_SECONDS``), and
+    :class:`ClientGone` when the client hangs up first.
 
     ``StreamReader.read(n)`` answers with what has arrived so far, up to ``n``: a body
     that comes in several TCP segments would be cut at the first.
     """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + BODY_SECONDS
     chunks: list[bytes] = []
     size = 0
     while True:
-        chunk = await request.content.read(min(1 << 16, limit + 1 - size))
+        try:
+            chunk = await asyncio.wait_for(
+                request.content.read(min(1 << 16, limit + 1 - size)),
+                max(0.0, deadline - loop.time()))
+        except TimeoutError:
+            raise body_too_slow() from None
+        except ConnectionResetError as exc:  # aiohttp's ClientConnectionResetError too
+            raise ClientGone(str(exc)) from None
         if not chunk:
             return b"".join(chunks)
         size += len(chunk)
+        deadline += len(chunk) / BODY_MIN_RATE
         if size > limit:
             return None
         chunks.append(chunk)
@@ -130,12 +189,12 @@ class Query:
             raise BadParameter("until", "must be after since")
         return since, until
 
-    def limit(self, default: int) -> int:
-        value = self.q.get("limit")
+    def limit(self, default: int, name: str = "limit") -> int:
+        value = self.q.get(name)
         if value is None:
             return default
         if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= MAX_LIMIT:
-            raise BadParameter("limit", f"expected an integer from 1 to {MAX_LIMIT}")
+            raise BadParameter(name, f"expected an integer from 1 to {MAX_LIMIT}")
         return int(value)
 
     def boolean(self, name: str) -> bool | None:
@@ -237,6 +296,15 @@ class TokenTable:
         return found
 
 
+async def _api_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Every answer of ``/api/v1`` (errors, aiohttp's own and CSV files too) carries
+    personal data or may: no cache keeps it, no browser guesses its type (OWASP REST
+    Security Cheat Sheet). An ``on_response_prepare`` signal of the API's
+    sub-application only, so the pixel and link hits do not pay for it."""
+    response.headers.setdefault("Cache-Control", "no-store")
+    response.headers["X-Content-Type-Options"] = "nosniff"
+
+
 def _scope(request: web.Request) -> str | None:
     scope: str = request[SCOPE_KEY]
     return scope or None
@@ -258,8 +326,11 @@ class Api:
         """The ``/api/v1`` sub-application; more routes may be added with ``add_route``
         before ``finish`` closes it."""
         api = web.Application()
+        api.on_response_prepare.append(_api_headers)
+        # the one route without a token: by its route, never by the path's look (a
+        # campaign or an address may be named "openapi.json" too)
+        self.add_route(api, "GET", "/openapi.json", self.openapi, public=True)
         for path, handler in (
-            ("/openapi.json", self.openapi),
             ("/messages", self.list_messages),
             ("/messages/{id}", self.get_message),
             ("/events", self.list_events),
@@ -274,15 +345,16 @@ class Api:
         return api
 
     def add_route(self, api: web.Application, method: str, path: str,
-                  handler: Handler) -> None:
-        """Add a route behind the API's guard (token, scope, JSON errors, metrics).
+                  handler: Handler, *, public: bool = False) -> None:
+        """Add a route behind the API's guard (token, scope, JSON errors, metrics);
+        ``public``: answered without a token (the OpenAPI document only).
 
         The guard wraps each API route rather than being an aiohttp middleware: a
         middleware anywhere in the application tree makes aiohttp wrap every request of
         the server, and the pixel and link hits would pay for it."""
 
         async def guarded(request: web.Request) -> web.StreamResponse:
-            response = await self._handle(request, handler)
+            response = await self._handle(request, handler, public)
             metrics.API_REQUESTS.labels(str(response.status)).inc()
             return response
 
@@ -308,8 +380,9 @@ class Api:
         metrics.API_REQUESTS.labels(str(response.status)).inc()
         return response
 
-    async def _handle(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path.endswith("/openapi.json"):
+    async def _handle(self, request: web.Request, handler: Handler,
+                      public: bool) -> web.StreamResponse:
+        if public:
             return await handler(request)
         scope = self.tokens.scope_of(request.headers.get("Authorization"))
         if scope is None:
@@ -321,6 +394,9 @@ class Api:
             return await handler(request)
         except BadParameter as exc:
             return error(400, "bad_parameter", exc.message, exc.parameter)
+        except ClientGone as exc:
+            client_gone(request.path, exc)
+            return error(400, "client_gone", "the request body ended early")
         except BadCursor:
             return error(400, "bad_parameter", "cursor: not a cursor this API gave out",
                          "cursor")
@@ -354,13 +430,19 @@ class Api:
                    "next_cursor": page.next_cursor})
 
     async def get_message(self, request: web.Request) -> web.Response:
-        q = Query(request, ("include_machine",))
+        q = Query(request, ("include_machine", "timeline_limit", "timeline_cursor"))
         message_id = request.match_info["id"]
         include_machine = bool(q.boolean("include_machine"))
+        limit = q.limit(TIMELINE_LIMIT, "timeline_limit")
+        cursor = q.text("timeline_cursor", 1000)
         if not MESSAGE_ID.match(message_id):
             return error(404, "not_found", "no such message")
-        detail = await self.store.get_message(message_id, scope=_scope(request),
-                                              include_machine=include_machine)
+        try:
+            detail = await self.store.get_message(
+                message_id, scope=_scope(request), include_machine=include_machine,
+                timeline_limit=limit, timeline_cursor=cursor)
+        except BadCursor:
+            raise BadParameter("timeline_cursor", "not a cursor this API gave out") from None
         if detail is None:
             return error(404, "not_found", "no such message")
         return ok(serialize.message_json(detail))

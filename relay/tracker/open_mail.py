@@ -22,6 +22,7 @@ from __future__ import annotations
 import email.policy
 import email.utils
 import json
+import re
 from collections.abc import Awaitable, Callable
 from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any
@@ -70,11 +71,22 @@ def _describe(event: dict[str, Any]) -> list[str]:
     return lines
 
 
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line: CR, LF and every other control character (C0, DEL, C1, the
+    Unicode line and paragraph separators) become a space. A stored subject can hold
+    them (an RFC 2047 encoded-word may decode to ``Hi\\r\\nBcc: …``), and a header
+    value may not (``EmailMessage`` refuses it)."""
+    return _CONTROLS.sub(" ", text).strip()
+
+
 def compose(config: FirstOpenMailConfig, hostname: str, message: MessageDetail,
             event: dict[str, Any], delivery_key: str) -> tuple[EmailMessage, bool]:
     """The notice for ``message``'s sender, and whether it needs SMTPUTF8."""
-    subject = (message.get("subject") or "").strip() or "(no subject)"
-    recipient = event.get("recipient") or "A recipient"
+    subject = one_line(message.get("subject") or "") or "(no subject)"
+    recipient = one_line(event.get("recipient") or "") or "A recipient"
     notice = EmailMessage()
     notice["From"] = email.utils.formataddr(("trackrelay", config.from_address))
     notice["To"] = message["sender"]
@@ -150,13 +162,19 @@ class OpenMailer:
         whether it is permanent)."""
         body = json.loads(delivery["payload"])
         event = body["event"]
-        message = await store.get_message(event["message_id"])
+        message = await store.get_message(event["message_id"], timeline_limit=1)
         if message is None:
             return "message no longer stored", True
-        notice, utf8 = compose(self.config, self.hostname, message, event, body["id"])
-        policy = email.policy.SMTPUTF8 if utf8 else email.policy.SMTP
+        try:
+            notice, utf8 = compose(self.config, self.hostname, message, event, body["id"])
+            policy = email.policy.SMTPUTF8 if utf8 else email.policy.SMTP
+            data = notice.as_bytes(policy=policy)
+        except Exception as exc:  # what the store holds cannot make a message: never will
+            log.warning("first_open_mail_unbuildable", message=message["id"],
+                        delivery=delivery["id"], error=repr(exc))
+            return f"the notice cannot be built: {type(exc).__name__}: {exc}"[:500], True
         error, permanent = await self.deliver(self.config.from_address, message["sender"],
-                                              notice.as_bytes(policy=policy), utf8)
+                                              data, utf8)
         if error is None:
             log.info("first_open_mail_sent", message=message["id"], delivery=delivery["id"])
         return error, permanent

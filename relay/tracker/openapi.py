@@ -99,7 +99,11 @@ MESSAGE_DETAIL = _obj({
         "unique_clicks": _int(),
     })),
     "unique_opens": _int(),
+    # the most recent events (timeline_limit, before timeline_cursor), oldest first
     "timeline": _arr(_ref("Event")),
+    "timeline_total": _int(),
+    "timeline_counts": _COUNTS,
+    "timeline_next_cursor": _str(True),
     "engagement": _ref("Engagement"),
 })
 
@@ -320,12 +324,25 @@ def openapi_document(base_url: str = "") -> dict[str, Any]:
             }},
             "/messages/{id}": {"get": {
                 "summary": "One message: status, opens, clicks per link, timeline.",
+                "description": (
+                    "The timeline holds the message's most recent events (at most "
+                    "timeline_limit), oldest first; timeline_total and timeline_counts "
+                    "count all of them, by type. When there are older ones, "
+                    "timeline_next_cursor is not null: pass it back as timeline_cursor "
+                    "here, or as cursor to /events?message={id}, for the events before "
+                    "them."),
                 "operationId": "getMessage",
                 "parameters": [
                     _param("id", "The message id (16 hex characters).",
                            {"type": "string", "pattern": "^[0-9a-f]{16}$"}, where="path",
                            required=True),
                     P_MACHINE,
+                    _param("timeline_limit", "Events in the timeline: the most recent.",
+                           {"type": "integer", "minimum": 1, "maximum": 500,
+                            "default": 500}),
+                    _param("timeline_cursor", "The timeline_next_cursor of an earlier "
+                           "answer: the events before those (opaque; a cursor this server "
+                           "did not give out is a 400).", _text(1000)),
                 ],
                 "responses": _responses("MessageDetail", "The message.", not_found=True),
             }},

@@ -105,7 +105,7 @@ _METHOD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,32}(?: |\Z)")
 _REASONS = {200: "OK", 302: "Found", 400: "Bad Request", 404: "Not Found",
             408: "Request Timeout", 414: "URI Too Long",
             431: "Request Header Fields Too Large", 500: "Internal Server Error",
-            503: "Service Unavailable"}
+            503: "Service Unavailable", 505: "HTTP Version Not Supported"}
 
 
 def _refusal(status: int, text: str, extra: str = "") -> bytes:
@@ -361,6 +361,15 @@ class _PixelProtocol(asyncio.Protocol):
             HTTP_LIMITS.labels("idle_time").inc()
             self.close(abort=self.paused)  # a client not reading would keep a close open
 
+    def _stalled(self) -> None:
+        """A client of aiohttp's that read nothing of its answers for ``idle_timeout``:
+        the connection is aborted (a close would wait for the unsent bytes)."""
+        self.timer = None
+        HTTP_LIMITS.labels("idle_time").inc()
+        log.debug("http_client_not_reading", client=self.peer)
+        if self.transport is not None:
+            self.transport.abort()
+
     def close(self, abort: bool = False) -> None:
         self._forget()
         if self.transport is not None:
@@ -407,6 +416,11 @@ class _PixelProtocol(asyncio.Protocol):
     def pause_writing(self) -> None:
         if self.handler is not None:
             self.handler.pause_writing()
+            # aiohttp waits for a client that stops reading for ever (its writer's drain
+            # has no limit): the door gives it idle_timeout, as it does its own answers.
+            if self.timer is None:
+                self.timer = self.loop.call_later(self.limits.idle_timeout,
+                                                  self._stalled)
             return
         self.paused = True
         # A client that stops reading for idle_timeout is closed (see _check).
@@ -416,6 +430,9 @@ class _PixelProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         if self.handler is not None:
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
             self.handler.resume_writing()
             return
         self.paused = False
@@ -529,6 +546,12 @@ class _PixelProtocol(asyncio.Protocol):
             self._hand_off()
             return False
         message = messages[0][0]
+        if message.version.major != 1:
+            # RFC 9110 section 15.6.6: a major version other than HTTP/1's (aiohttp
+            # answered "HTTP/2.0 200" or "HTTP/0.9 200" in HTTP/1.1 framing, echoing a
+            # version it does not speak). A higher 1.x minor is HTTP/1.1 (section 2.5).
+            self._refuse(505, "version", "HTTP version not supported")
+            return False
         headers = message.headers
         match = _TARGET.fullmatch(message.path) if head.startswith(_PREFIXES) else None
         if (match is None

@@ -6,10 +6,12 @@
 * ``GET /u/<token>`` only shows a confirmation page with a button: link scanners and
   prefetchers follow every GET, so a GET alone never unsubscribes anyone.
 
-Both answer 404 for a token that is forged, for another purpose, or for a message the
-store does not know. An unsubscribe records an ``unsubscribe`` event (the same one
-whichever way it came, so a second POST adds nothing) and suppresses the address in
-the scope ``[suppression] scope`` gives (globally, or for the sender's domain).
+``HEAD`` is answered as ``GET`` (RFC 9110 section 9.1). Both answer 404 for a token
+that is forged, for another purpose, or for a message the store does not know (a POST's
+body is read only after its token is checked). An unsubscribe records an
+``unsubscribe`` event (the same one whichever way it came, so a second POST adds
+nothing) and suppresses the address in the scope ``[suppression] scope`` gives
+(globally, or for the sender's domain).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from aiohttp import web
 from relay.inbound import record_event, suppression_scope
 from relay.logs import get_logger
 from relay.records import Event
-from relay.tracker.api import read_body
+from relay.tracker.api import ClientGone, client_gone, read_body
 from relay.tracker.lookups import require_store
 
 if TYPE_CHECKING:
@@ -126,15 +128,20 @@ class UnsubscribeEndpoints:
 
     async def unsubscribe(self, request: web.Request) -> web.Response:
         token = request.match_info["token"]
-        # "List-Unsubscribe=One-Click" (RFC 8058) or the page's form; anything longer is
-        # neither, and only its start is looked at
-        body = await read_body(request, 4096) or b""
-        from_page = b"source=page" in body
+        # The token first: a forged one is answered without reading its body.
         resolved = await self._resolve(token)
         if resolved is None:
-            if from_page:
+            if "text/html" in request.headers.get("Accept", ""):  # a browser's form
                 return _page(*NOT_FOUND, status=404)
             return web.Response(status=404, text="unknown unsubscribe link\n")
+        # "List-Unsubscribe=One-Click" (RFC 8058) or the page's form; anything longer is
+        # neither, and only its start is looked at
+        try:
+            body = await read_body(request, 4096) or b""
+        except ClientGone as exc:  # the client's doing: an info line, nothing recorded
+            client_gone(request.path, exc)
+            return web.Response(status=400, text="the request body ended early\n")
+        from_page = b"source=page" in body
         message, index, recipient = resolved
         event = Event(type="unsubscribe", message_id=message["id"], recipient=recipient,
                       time=time.time(),
@@ -152,7 +159,8 @@ class UnsubscribeEndpoints:
 
 
 def add_unsubscribe_routes(web_app: web.Application, app: App) -> None:
-    """Add ``GET`` and ``POST /u/{token}`` to the tracker's (main) web application."""
+    """Add ``GET`` (and ``HEAD``: the page changes nothing) and ``POST /u/{token}`` to
+    the tracker's (main) web application."""
     endpoints = UnsubscribeEndpoints(app)
-    web_app.router.add_get("/u/{token}", endpoints.page, allow_head=False)
+    web_app.router.add_get("/u/{token}", endpoints.page)
     web_app.router.add_post("/u/{token}", endpoints.unsubscribe)

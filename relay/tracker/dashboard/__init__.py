@@ -29,7 +29,7 @@ async def _to_index(request: web.Request) -> web.StreamResponse:
 def add_dashboard(web_app: web.Application, app: App) -> None:
     """Serve the dashboard's routes under ``/ui/`` of ``web_app``."""
     from relay.tracker.dashboard.pages import Pages, campaign_url, contact_url
-    from relay.tracker.dashboard.site import Site
+    from relay.tracker.dashboard.site import Site, on_prepare
 
     site = Site(app)
     site.env.globals["contact_url"] = contact_url
@@ -37,6 +37,7 @@ def add_dashboard(web_app: web.Application, app: App) -> None:
     pages = Pages(site)
     r = site.route
     ui = web.Application()
+    ui.on_response_prepare.append(on_prepare)
     ui.router.add_get("/", r(pages.overview))
     ui.router.add_get("/login", r(pages.login_form, signed_in=False))
     ui.router.add_post("/login", r(pages.login, signed_in=False))

@@ -11,6 +11,7 @@ campaign or contact outside it is "not found".
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
@@ -42,6 +43,8 @@ log = get_logger("relay.tracker.dashboard")
 PERIODS: dict[str, int | None] = {"24h": 86400, "7d": 7 * 86400, "30d": 30 * 86400,
                                   "90d": 90 * 86400, "all": None}
 PAGE_SIZE = 50
+#: events of a message's timeline on one page, the most recent first ("Older events")
+TIMELINE_ROWS = 200
 #: campaigns listed for a period: the most opened
 CAMPAIGN_ROWS = 200
 FAILED_SIGN_IN_DELAY = 1.0
@@ -251,18 +254,27 @@ class Pages:
                                 next_url=next_url, first_url=first_url)
 
     async def message(self, request: web.Request) -> web.Response:
-        Query(request, ())
+        q = Query(request, ("cursor",))
+        cursor = q.text("cursor", 1000)
         message_id = request.match_info["id"]
         session = self.site.session(request)
         detail = None
         if MESSAGE_ID.match(message_id):
-            detail = await self.site.store.get_message(message_id, scope=session.store_scope)
+            # the TIMELINE_ROWS most recent events (before the cursor): one pixel URL is
+            # enough to add any number of them
+            detail = await self.site.store.get_message(
+                message_id, scope=session.store_scope, timeline_limit=TIMELINE_ROWS,
+                timeline_cursor=cursor)
         if detail is None:
             return self._not_found(request, "No such message")
         activity = (await self.site.store.message_activity([message_id]))[message_id]
         status = "replied" if activity["replies"] else detail["status"]
+        here = "/ui/messages/" + message_id
+        older_url = (url(here, {"cursor": detail["timeline_next_cursor"]})
+                     if detail["timeline_next_cursor"] else None)
         return self.site.render(request, "message.html", title=detail["subject"] or "Message",
-                                m=detail, a=activity, msg_status=status)
+                                m=detail, a=activity, msg_status=status,
+                                older_url=older_url, newest_url=here if cursor else None)
 
     # -- campaigns -------------------------------------------------------------------------------
 
@@ -504,12 +516,26 @@ def _field(form: MultiDictProxy[Any], name: str, max_len: int) -> str:
     return value.strip()
 
 
+#: What a ``next`` may keep as it is: RFC 3986's unreserved and reserved characters and
+#: ``%`` (the dashboard's own links are percent-encoded already).
+_URI_SAFE = "/?#[]@!$&'()*+,;=:-._~%"
+_LONE_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
 def _safe_next(target: str) -> str:
-    """A sign-in's destination, only ever a dashboard path (no open redirect)."""
-    if target.startswith("/ui/") and not target.startswith("//") and "\\" not in target \
-            and "\r" not in target and "\n" not in target:
-        return target
-    return ""
+    """A sign-in's destination, only ever a dashboard path (no open redirect), as a URI
+    (RFC 3986 section 2): one with a control character (C0, DEL, C1) is refused (the
+    default page instead), anything else a URI may not hold (space, non-ASCII,
+    ``"<>\\^`{|}``) is percent-encoded, so ``Location`` carries no raw octet a client
+    could read otherwise (RFC 9110 section 10.2.2)."""
+    if not target.startswith("/ui/") or target.startswith("//") or "\\" in target:
+        return ""
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in target):
+        return ""
+    try:
+        return quote(_LONE_PERCENT.sub("%25", target), safe=_URI_SAFE)
+    except UnicodeEncodeError:  # a lone surrogate (octets that were not UTF-8)
+        return ""
 
 
 def contact_url(address: str) -> str:

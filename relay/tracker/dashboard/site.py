@@ -31,7 +31,7 @@ from aiohttp import web
 from relay.background import store_unavailable
 from relay.logs import get_logger
 from relay.store.base import BadCursor
-from relay.tracker.api import BadParameter
+from relay.tracker.api import BadParameter, ClientGone, client_gone, read_form
 from relay.tracker.client import ClientAddress
 from relay.tracker.dashboard import format as fmt
 from relay.tracker.dashboard.auth import (
@@ -63,6 +63,13 @@ def security_headers(response: web.StreamResponse) -> None:
     response.headers["Referrer-Policy"] = "same-origin"
     response.headers["X-Frame-Options"] = "DENY"
     response.headers.setdefault("Cache-Control", "no-store")
+
+
+async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+    """The dashboard sub-application's ``on_response_prepare``: the headers on what the
+    guard does not return itself too (a raised redirect to sign in, aiohttp's 404, 405
+    and 413)."""
+    security_headers(response)
 
 
 class Site:
@@ -127,18 +134,25 @@ class Site:
                 log.warning("dashboard_cross_origin_post", path=request.path)
                 return self.render(request, "error.html", status=403, title="Refused",
                                    message="This form was posted from another site.")
-            if session is not None and signed_in:
-                form = await request.post()
-                if not self.sessions.csrf_ok(session, str(form.get("csrf") or "")):
+        try:
+            if request.method == "POST":
+                # every form is read here, once (aiohttp keeps it for the page): one that
+                # cannot be decoded is a 400, a client gone mid-body an info line
+                form = await read_form(request)
+                if session is not None and signed_in and not self.sessions.csrf_ok(
+                        session, str(form.get("csrf") or "")):
                     log.warning("dashboard_csrf_refused", path=request.path)
                     return self.render(request, "error.html", status=403, title="Refused",
                                        message="The form's security token is missing or "
                                                "out of date. Reload the page and try again.")
-        try:
             return await handler(request)
         except BadParameter as exc:
             return self.render(request, "error.html", status=400, title="Bad request",
                                message=exc.message)
+        except ClientGone as exc:
+            client_gone(request.path, exc)
+            return self.render(request, "error.html", status=400, title="Bad request",
+                               message="The form ended early.")
         except BadCursor:
             return self.render(request, "error.html", status=400, title="Bad request",
                                message="cursor: not a page link this dashboard gave out")
