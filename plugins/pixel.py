@@ -7,6 +7,11 @@ part with a non-empty body that a client shows: of two HTML alternatives, the la
 ``multipart/related``, the root (the part its ``start`` parameter names, else the first:
 RFC 2387 section 3.2), not HTML the root refers to. Empty alt text; a
 1px block with no border, margin or padding, so it does not change the layout.
+
+Gmail shows only the first 102 KB of a message's HTML and hides the rest behind "View
+entire message" (Gmail Help, "Gmail clips messages over 102KB"): a pixel at the end of a
+longer document is never loaded, and its opens are never counted. In an HTML part
+larger than that the pixel goes right after ``<body …>`` instead.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from relay.rewrite.context import HtmlPart, RewriteContext
 from relay.rewrite.html_scan import escape_attr
 
 NAME = "pixel"
+#: Octets of HTML Gmail shows before it clips the rest (Gmail Help: 102 KB).
+GMAIL_CLIP = 102 * 1000
 STYLE = ("display:block;width:1px;height:1px;max-width:1px;max-height:1px;border:0;"
          "margin:0;padding:0;overflow:hidden")
 
@@ -34,6 +41,11 @@ def trackrelay_edit_html(context: RewriteContext, part: HtmlPart) -> None:
     if part.body_is_empty():
         context.stats.pixel_skipped = "empty_body"
         return
-    part.insert(part.body_insert_offset(), pixel_markup(context.open_url()), owner=NAME)
+    offset = part.body_insert_offset()
+    body_start = part.scan.body_open_end
+    if body_start is not None and len(part.text) > GMAIL_CLIP // 4 \
+            and len(part.text.encode("utf-8", "surrogateescape")) > GMAIL_CLIP:
+        offset = body_start  # before where Gmail clips (the module's docstring)
+    part.insert(offset, pixel_markup(context.open_url()), owner=NAME)
     context.stats.pixel = True
     context.stats.pixel_skipped = None

@@ -329,6 +329,23 @@ async def test_pixel_before_body_close_or_at_end() -> None:
     assert re.search(rb'<p>no body tag</p><img src="[^"]+/o/[\w-]+\.gif"[^>]*>$', out)
 
 
+async def test_pixel_of_html_gmail_clips_goes_at_the_start_of_the_body() -> None:
+    """Gmail shows the first 102 KB of HTML and hides the rest ("View entire message"): a
+    pixel before ``</body>`` of a 150 KB newsletter was never loaded there. Past that size
+    it goes right after ``<body …>``; below it, before ``</body>`` as always."""
+    app = make_app()
+    filler = b"<p>" + b"news " * 20 + b"</p>\r\n"
+    big = (b'<html><body style="margin:0">\r\n' + filler * (150_000 // len(filler))
+           + b"</body></html>\r\n")
+    out, ctx = await rewrite(app, message("text/html", "8bit", big))
+    assert ctx.stats.pixel
+    assert re.search(rb'<body style="margin:0"><img src="https://t\.example\.net/o/[\w-]+'
+                     rb'\.gif"[^>]*>\r\n<p>news', out)
+    small = (b"<html><body>\r\n" + filler * (90_000 // len(filler)) + b"</body></html>\r\n")
+    out, _ = await rewrite(app, message("text/html", "8bit", small))
+    assert re.search(rb'</p>\r\n<img src="[^"]+/o/[\w-]+\.gif"[^>]*></body></html>\r\n$', out)
+
+
 async def test_no_pixel_for_empty_html_body() -> None:
     app = make_app()
     raw = message("text/html", "8bit", b"<html><body> <!-- nothing --> &nbsp;</body></html>")
