@@ -35,9 +35,9 @@ BODY = (b"From: Alice <Alice@Example.ORG>\r\nTo: bob@example.com\r\n"
 
 
 def send(relay: Relay, recipients: dict[str, list[str]], mail_options: list[str],
-         sender: str = SENDER) -> tuple[int, bytes]:
-    """One message with smtplib (a real client): MAIL with ``mail_options``, RCPT for each
-    recipient with its options; the DATA answer."""
+         sender: str = SENDER, body: bytes = BODY) -> tuple[int, bytes]:
+    """One message (``body``) with smtplib (a real client; run it in a thread): MAIL with
+    ``mail_options``, RCPT for each recipient with its options; the DATA answer."""
     with smtplib.SMTP("127.0.0.1", relay_port(relay)) as smtp:
         smtp.ehlo()
         code, text = smtp.mail(sender, mail_options)
@@ -45,7 +45,7 @@ def send(relay: Relay, recipients: dict[str, list[str]], mail_options: list[str]
         for rcpt, options in recipients.items():
             code, text = smtp.rcpt(rcpt, options)
             assert code == 250, (rcpt, text)
-        return smtp.data(BODY)
+        return smtp.data(body)
 
 
 def command(relay: Relay, *lines: str, helo: str = "EHLO") -> list[tuple[int, bytes]]:

@@ -37,6 +37,7 @@ from relay import dsn
 from relay.bounces import classify
 from relay.smtp_server import Relay
 from tests.conftest import MakeRelay, Received, Sink, SinkHandler, SinkSMTP, relay_port
+from tests.test_relay_dsn import send as dsn_send
 from tests.tracker_support import TOKEN_KEY, wait_for
 
 SENDER = "alice@example.org"
@@ -62,18 +63,8 @@ UTF8_HEADERS = (
 
 def send(relay: Relay, body: bytes, recipients: dict[str, list[str]],
          mail_options: list[str], sender: str = SENDER) -> tuple[int, bytes]:
-    """One message with smtplib (a real client, run in a thread); the DATA answer."""
-    def transaction() -> tuple[int, bytes]:
-        with smtplib.SMTP("127.0.0.1", relay_port(relay)) as smtp:
-            smtp.ehlo()
-            code, text = smtp.mail(sender, mail_options)
-            assert code == 250, text
-            for rcpt, options in recipients.items():
-                code, text = smtp.rcpt(rcpt, options)
-                assert code == 250, (rcpt, text)
-            return smtp.data(body)
-
-    return transaction()
+    """``tests.test_relay_dsn.send`` with this file's ``body`` (run it in a thread)."""
+    return dsn_send(relay, recipients, mail_options, sender, body)
 
 
 def notices(sink: Sink) -> list[Received]:
