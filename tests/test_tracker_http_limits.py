@@ -438,6 +438,17 @@ async def test_oversized_request_lines_get_414_and_heads_431(
     assert door_of(tracker).handed_off == 0
 
 
+async def test_more_header_fields_than_aiohttp_takes_get_431(tracker: Tracker) -> None:
+    """aiohttp reads at most 128 header fields; more got its plain 400 "Too many headers"
+    (not counted). RFC 6585 section 5: 431, for fields too large in aggregate too."""
+    before = limit_count("header_size")
+    fields = "".join(f"X-Field-{i}: y\r\n" for i in range(200))
+    (status, _, _), closed = await answer_and_close(
+        tracker, request("/o/TOKEN.gif", extra=fields))
+    assert status == "HTTP/1.1 431 Request Header Fields Too Large" and closed
+    assert limit_count("header_size") == before + 1
+
+
 async def test_a_header_line_over_aiohttps_limit_gets_431(tracker: Tracker) -> None:
     data = b"GET /o/abc.gif HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n"
     (line, _, _), closed = await answer_and_close(tracker, data)

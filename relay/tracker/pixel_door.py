@@ -534,11 +534,15 @@ class _PixelProtocol(asyncio.Protocol):
         except LineTooLong:  # a header line (the request line is checked before)
             self._refuse(431, "header_size", "Request header field too large")
             return False
-        except Exception:
+        except Exception as exc:
             # aiohttp's parsers (C and Python) refuse a bare CR or LF anywhere in a head;
             # checked here, off the busy path, for the door's own 400.
             if _badly_framed(head):
                 self._refuse(400, "framing", "Bad request: lines must end in CRLF")
+            elif "Too many headers" in str(exc):
+                # aiohttp's cap on header fields (128): RFC 6585 section 5's 431 is for
+                # header fields too large "individually or in aggregate" (it said 400)
+                self._refuse(431, "header_size", "Request header fields too large")
             else:
                 self._hand_off()  # aiohttp's handler reads it again and answers its 400
             return False
