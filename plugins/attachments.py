@@ -31,6 +31,7 @@ from aiohttp import web
 
 from relay import hookimpl, metrics
 from relay.logs import get_logger
+from relay.plugin_host import failed_plugin
 from relay.rewrite.context import HtmlPart, PlainTextPart, RewriteContext
 from relay.rewrite.html_scan import escape_attr
 from relay.rewrite.mime import DecodeError, LeafPart, decode_transfer
@@ -173,6 +174,13 @@ def content_disposition(filename: str) -> str:
     return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{encoded}"
 
 
+GET_HOOK = "trackrelay_attachment_get"
+
+
+def _wrong_bytes(answer: object) -> str | None:
+    return None if isinstance(answer, bytes | bytearray | memoryview) else "bytes, or None"
+
+
 @hookimpl
 def trackrelay_tracker_routes(app: App, routes: TrackerRoutes) -> None:
     """``/a/<token>``, served whatever ``mode`` is now, so the links in mail already
@@ -198,9 +206,17 @@ def trackrelay_tracker_routes(app: App, routes: TrackerRoutes) -> None:
             return routes.not_found()
         expires = target.message["created_at"] + app.config.attachments.expire_days * 86400
         content = found["content"]
-        if content is None:  # kept by a storage plugin
-            content = await app.host.first("trackrelay_attachment_get", app=app,
-                                           blob_id=found["blob_id"])
+        if content is None and time.time() <= expires:  # kept by a storage plugin
+            try:
+                content = await app.host.first(GET_HOOK, valid=_wrong_bytes, app=app,
+                                               blob_id=found["blob_id"])
+            except Exception as exc:
+                # The plugin raised (its storage away, a bug) or answered what is no
+                # file: as a store that cannot be read, the recipient may try again.
+                metrics.PLUGIN_ERRORS.labels(GET_HOOK).inc()
+                log.error("plugin_failed", hook=GET_HOOK, plugin=failed_plugin(exc),
+                          error=f"{type(exc).__name__}: {exc}", exc_info=True)
+                return routes.unavailable()
         if time.time() > expires or content is None:
             metrics.HITS.inc(_DOWNLOADS["expired"])
             return routes.not_found()

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import pluggy
 
-from relay.config import Config
+from relay.config import Config, ConfigError
 from relay.logs import get_logger
 from relay.tokens import TokenCodec
 
@@ -28,6 +28,8 @@ class Plugins(Protocol):
     async def first(self, hook: str, **kwargs: Any) -> Any: ...
 
     def implements(self, hook: str) -> bool: ...
+
+    def failed_plugin(self, exc: BaseException) -> str | None: ...
 
 
 class App:
@@ -63,8 +65,20 @@ class App:
 
     async def check_config(self) -> None:
         """Run every plugin's ``trackrelay_check_config``: a ``ConfigError`` stops here,
-        before anything opens."""
-        await self.host.call("trackrelay_check_config", app=self)
+        before anything opens; so does any other exception, as a ``ConfigError`` naming
+        the plugin (one line for the admin, not a traceback)."""
+        await self._plugin_step("trackrelay_check_config")
+
+    async def _plugin_step(self, hook: str) -> None:
+        try:
+            await self.host.call(hook, app=self)
+        except ConfigError:
+            raise
+        except Exception as exc:
+            plugin = self.host.failed_plugin(exc)
+            log.debug("plugin_failed", hook=hook, plugin=plugin, exc_info=True)
+            raise ConfigError(f"plugin {plugin or '?'}: {hook} failed: "
+                              f"{type(exc).__name__}: {exc}") from exc
 
     async def start(self) -> None:
         """Check the plugins' settings, open the store (unless one was assigned) and run
@@ -82,7 +96,7 @@ class App:
             self._owns_store = True
             log.info("store_opened", engine=self.store.engine)
         try:
-            await self.host.call("trackrelay_startup", app=self)
+            await self._plugin_step("trackrelay_startup")
         except BaseException:
             await self._close_store()
             raise

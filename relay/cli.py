@@ -199,13 +199,13 @@ def cmd_rewrite(args: argparse.Namespace) -> int:
 
 
 def cmd_bounces_classify(args: argparse.Namespace) -> int:
-    from relay.bounces import from_plugin_manager
     from relay.bounces.cli import classify_files
+    from relay.bounces.hook import from_host
     from relay.plugin_host import PluginHost
 
     config = load(args)
     host = PluginHost(config)
-    return classify_files(args.files, sys.stdout, hook=from_plugin_manager(host.pm),
+    return classify_files(args.files, sys.stdout, hook=from_host(host),
                           limit=config.bounces.max_message_size)
 
 

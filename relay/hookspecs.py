@@ -79,7 +79,8 @@ def trackrelay_check_sender(app: App, transaction: Transaction, sender: str) -> 
     """Accept or refuse MAIL FROM before it is passed upstream.
 
     Return a ``Reply`` with a 4xx/5xx code to refuse (the client receives it as is), or
-    ``None`` to have no opinion. ``transaction.mail_from`` is not yet set.
+    ``None`` to have no opinion; anything else is the plugin's failure (``451 4.3.0``).
+    ``transaction.mail_from`` is not yet set.
     """
 
 
@@ -98,8 +99,12 @@ def trackrelay_check_recipient(app: App, transaction: Transaction,
                                 recipient: str) -> Reply | None:
     """Accept or refuse one RCPT TO before it is passed upstream.
 
-    Return a ``Reply`` to refuse this recipient (other recipients are unaffected), or
-    ``None``. ``transaction.rcpt_tos`` holds the recipients accepted so far.
+    Return a ``Reply`` with a 4xx/5xx code to refuse this recipient (other recipients are
+    unaffected), or ``None``. A ``Reply`` with a 2xx code answers the client for the
+    recipient without passing it upstream: the message is **not delivered** to it (the
+    built-in suppression's ``skip`` action; record what you skip). Anything else is the
+    plugin's failure (``451 4.3.0``). ``transaction.rcpt_tos`` holds the recipients
+    accepted so far.
     """
 
 
@@ -135,7 +140,9 @@ def trackrelay_attachment_put(app: App, blob_id: str, content: bytes,
 @hookspec
 def trackrelay_attachment_get(app: App, blob_id: str) -> bytes | None:
     """The bytes a ``trackrelay_attachment_put`` implementation kept (a download asks), or
-    ``None`` when this plugin does not have them."""
+    ``None`` when this plugin does not have them. Raising (the storage is away), or
+    returning anything but bytes, is a plugin failure (logged and counted): the
+    download is answered ``503`` with ``Retry-After``, as when the store cannot be read."""
 
 
 @hookspec
@@ -215,7 +222,9 @@ def trackrelay_tracking_policy(app: App, transaction: Transaction, message: Mess
     message's text parts (``tree.html``, ``tree.plain``), or is ``None`` when the MIME
     structure could not be followed. An implementation may remove the control headers it
     consumed from ``message`` (the built-in one removes ``X-Trackrelay-Track`` and
-    ``X-Trackrelay-Campaign``). With no answer at all, nothing is tracked.
+    ``X-Trackrelay-Campaign``). With no answer at all, nothing is tracked. An answer that
+    is not a ``TrackingPolicy`` is a plugin failure (logged and counted) and is ignored:
+    the next answer (the built-in policy's) decides.
     """
 
 
@@ -317,14 +326,18 @@ def trackrelay_tracker_routes(app: App, routes: TrackerRoutes) -> Any:
 
 @hookspec
 def trackrelay_classify_event(facts: RequestFacts, verdict: Verdict) -> Verdict | None:
-    """Add to or override the verdict on one open or click (``relay/engagement``).
+    """Add to or override the verdict on one open, click or download (``relay/engagement``).
 
-    ``facts`` is what the tracker knows about the request (kind ``open``/``click``,
-    method, user agent, IP, headers, time, delivery time, submitter, recipient);
-    ``verdict`` is the built-in rules' answer. Return a ``Verdict`` to replace it (to
-    add a reason, return a copy with the reason appended), or ``None`` to keep it. The
-    first non-``None`` answer wins. It may run on the pixel path: keep it fast and do
-    no blocking I/O (what is served never depends on the verdict).
+    ``facts`` is what the tracker knows about the request (kind ``open``, ``click`` or
+    ``download``: a linked attachment's link, which the built-in rules judge as a click;
+    a plugin route's hit has the kind it is recorded as; method, user agent, IP,
+    headers, time, delivery time, submitter, recipient); ``verdict`` is the built-in
+    rules' answer. Return a ``Verdict`` to replace it (to add a reason, return a copy
+    with the reason appended), or ``None`` to keep it. The first non-``None`` answer
+    wins. Raising, or returning anything else, is a plugin failure (logged and counted):
+    that answer is ignored, and the hit is recorded with the other answers or the
+    built-in verdict. It may run on the pixel path: keep it fast and do no blocking I/O
+    (what is served never depends on the verdict).
     """
 
 
@@ -347,6 +360,8 @@ def trackrelay_classify_bounce(message: email.message.Message, raw: bytes,
     ``BounceRecord`` list (empty when the built-in rules saw no bounce, complaint or
     auto-reply). Return a list of records to replace it (for a
     provider-specific format or a local policy, e.g. treating a reason as hard), or
-    ``None`` to keep it. The first non-``None`` answer wins. Keep it fast and free of
-    blocking I/O: it runs for every inbound message.
+    ``None`` to keep it. The first non-``None`` answer wins. Raising, or returning
+    anything but a list of ``BounceRecord`` or ``None``, is a plugin failure (logged and
+    counted): that answer is ignored and the built-in records stand. Keep it fast and
+    free of blocking I/O: it runs for every inbound message.
     """

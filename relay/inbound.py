@@ -69,6 +69,7 @@ from relay.bounces.classify import classify as builtin_classify
 from relay.bounces.classify import classify_parsed
 from relay.bounces.mime import ReadPartly
 from relay.bounces.mime import parse as parse_message
+from relay.bounces.model import wrong_records
 from relay.logs import get_logger
 from relay.message import split_message
 from relay.records import Event
@@ -302,9 +303,11 @@ async def classify(app: App, raw: bytes, message: Message | None = None,
     if "message" in names:  # the parsed message, as relay.bounces.classify's hook gets it
         offered["message"] = message if message is not None else parse_message(raw)
     kwargs = {k: v for k, v in offered.items() if k in names}
-    # A plugin that raises is logged and counted, and the built-in records stand: a
-    # broken plugin must not have every sending MTA retry its reports forever.
-    for result in await app.host.call("trackrelay_classify_bounce", isolate=True, **kwargs):
+    # A plugin that raises, or answers anything but a list of BounceRecord, is logged
+    # and counted, and the built-in records stand: a broken plugin must not have every
+    # sending MTA retry its reports forever.
+    for result in await app.host.call("trackrelay_classify_bounce", isolate=True,
+                                      valid=wrong_records, **kwargs):
         if result is not None:
             return list(result)
     return records

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
@@ -74,6 +74,18 @@ def _tear_down(impl: Any, wrapper: Generator[Any, Any, Any], results: list[Any],
         return results, exc
     wrapper.close()  # a wrapper that yielded twice
     return results, error
+
+
+class WrongAnswer(TypeError):
+    """A hook implementation returned what its hook does not take (a check hook's 2xx
+    ``Reply``, a string where an address or a ``Reply`` belongs): the plugin's mistake,
+    handled as its failure, never passed on (a refusal that says 250 would lose a
+    recipient the client believes accepted)."""
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def failed_plugin(exc: BaseException) -> str | None:
@@ -130,7 +142,12 @@ class PluginHost:
                 plugin = ep.load()
             except Exception as exc:
                 raise ConfigError(f"plugins.{ep.name}: cannot be loaded: {exc!r}") from exc
-            self.register(plugin, ep.name)
+            try:
+                self.register(plugin, ep.name)
+            except pluggy.PluginValidationError as exc:
+                # a hook implementation pluggy cannot take (an argument its hook does not
+                # have, a misspelt hook marked as one): one line naming the plugin
+                raise ConfigError(f"plugins.{ep.name}: {exc}") from None
             self._dists[ep.name] = ep.dist.name if ep.dist else None
             if _builtin(ep):
                 self._builtins.add(ep.name)
@@ -139,14 +156,23 @@ class PluginHost:
         """Register a plugin object or module (tests and embedders use this directly)."""
         self.pm.register(plugin, name=name)
 
+    #: The plugin whose implementation raised an exception (``failed_plugin``).
+    failed_plugin = staticmethod(failed_plugin)
+
     def implements(self, hook: str) -> bool:
         return bool(getattr(self.pm.hook, hook).get_hookimpls())
 
-    async def call(self, hook: str, *, isolate: bool = False, **kwargs: Any) -> list[Any]:
+    async def call(self, hook: str, *, isolate: bool | type[Exception] = False,
+                   valid: Callable[[Any], str | None] | None = None,
+                   **kwargs: Any) -> list[Any]:
         """Call every implementation of ``hook`` in turn, each awaited before the next;
         return their answers that are not ``None`` (as pluggy does). Hook wrappers
         (``@hookimpl(wrapper=True)``, and pluggy's older ``hookwrapper=True``) wrap the
-        whole call, as under pluggy."""
+        whole call, as under pluggy. ``valid(answer)`` says what is wrong with an answer
+        (None: nothing): a wrong answer is the plugin's failure (``WrongAnswer``), as if
+        its implementation had raised. ``isolate``: each implementation's failure is
+        logged and counted and the others still run; ``isolate=WrongAnswer`` does so for
+        wrong answers only (what an implementation raises still stops the hook)."""
         impls = getattr(self.pm.hook, hook).get_hookimpls()
         results: list[Any] = []
         teardowns: list[tuple[Any, Generator[Any, Any, Any]]] = []
@@ -163,10 +189,15 @@ class PluginHost:
                     result = impl.function(*args)
                     if inspect.isawaitable(result):
                         result = await result
+                    problem = None if valid is None or result is None else valid(result)
+                    if problem is not None:
+                        raise WrongAnswer(f"{hook} returned {_shown(result)}: expected "
+                                          f"{problem}")
                 except Exception as exc:
                     if not hasattr(exc, _FAILED_PLUGIN):
                         setattr(exc, _FAILED_PLUGIN, (impl.plugin_name, hook))
-                    if not isolate:
+                    if isolate is not True and not (
+                            isinstance(isolate, type) and isinstance(exc, isolate)):
                         raise
                     self._isolated_failure(hook, impl.plugin_name, exc, kwargs)
                     continue
@@ -188,9 +219,11 @@ class PluginHost:
         log.error("plugin_failed", hook=hook, plugin=plugin, txn=txn,
                   error=f"{type(exc).__name__}: {exc}", exc_info=True)
 
-    async def first(self, hook: str, **kwargs: Any) -> Any:
-        """The first non-``None`` result of ``hook``, or ``None``."""
-        for result in await self.call(hook, **kwargs):
+    async def first(self, hook: str, *, valid: Callable[[Any], str | None] | None = None,
+                    **kwargs: Any) -> Any:
+        """The first non-``None`` result of ``hook``, or ``None`` (``valid``: as
+        ``call``)."""
+        for result in await self.call(hook, valid=valid, **kwargs):
             if result is not None:
                 return result
         return None

@@ -218,6 +218,37 @@ def path_fault(arg: str, rest: str) -> bool:
     return any(c.isspace() for c in _QUOTED.sub("", path))
 
 
+def refusal_problem(answer: object) -> str | None:
+    """What is wrong with a ``trackrelay_check_sender`` answer: it must be a ``Reply``
+    that refuses (4xx or 5xx). A 2xx one told the client its MAIL was taken while no
+    transaction began (its RCPTs then got ``503``)."""
+    if isinstance(answer, Reply) and 400 <= answer.code <= 599:
+        return None
+    return "None or a Reply with a 4xx or 5xx code"
+
+
+def recipient_answer_problem(answer: object) -> str | None:
+    """What is wrong with a ``trackrelay_check_recipient`` answer: a ``Reply`` with a
+    4xx or 5xx code refuses the recipient, one with a 2xx code accepts it without passing
+    it upstream (the built-in suppression's ``skip``); anything else (a string, a tuple,
+    code 999) would go on the wire as a malformed reply."""
+    if isinstance(answer, Reply) and (200 <= answer.code <= 299
+                                      or 400 <= answer.code <= 599):
+        return None
+    return "None or a Reply with a 2xx (skip), 4xx or 5xx code"
+
+
+def sender_problem(answer: object) -> str | None:
+    """What is wrong with a ``trackrelay_upstream_sender`` answer: an address, on one
+    line, no white space or angle brackets (a path the upstream client can send)."""
+    if isinstance(answer, str) and answer and not _NOT_IN_PATH.search(answer):
+        return None
+    return "None or an address (no white space, controls or angle brackets)"
+
+
+_NOT_IN_PATH = re.compile(r"[\x00-\x20\x7f<>]")
+
+
 def address_refusal(address: str, options: list[str], utf8: bool, syntax: Reply,
                     malformed: bool = False) -> Reply | None:
     """Why a MAIL or RCPT cannot go upstream as given, or None: ``syntax`` for a path
@@ -998,7 +1029,8 @@ class RelaySession(SmtpNames):
             return str(RELAY_DENIED)
         try:
             refusal = await self.app.host.first(
-                "trackrelay_check_sender", app=self.app, transaction=txn, sender=address)
+                "trackrelay_check_sender", valid=refusal_problem, app=self.app,
+                transaction=txn, sender=address)
         except Exception as exc:
             return self._hook_failed("trackrelay_check_sender", exc)
         if refusal is not None:
@@ -1010,8 +1042,8 @@ class RelaySession(SmtpNames):
         txn.dsn = dsn_request
         try:
             upstream_sender = await self.app.host.first(
-                "trackrelay_upstream_sender", app=self.app, transaction=txn,
-                sender=address) or address
+                "trackrelay_upstream_sender", valid=sender_problem, app=self.app,
+                transaction=txn, sender=address) or address
         except Exception as exc:
             return self._hook_failed("trackrelay_upstream_sender", exc)
         utf8 = envelope.smtp_utf8
@@ -1096,13 +1128,16 @@ class RelaySession(SmtpNames):
             return str(TOO_MANY_RCPTS)
         try:
             refusal = await self.app.host.first(
-                "trackrelay_check_recipient", app=self.app, transaction=txn, recipient=address)
+                "trackrelay_check_recipient", valid=recipient_answer_problem, app=self.app,
+                transaction=txn, recipient=address)
         except Exception as exc:
             SMTP_RECIPIENTS.labels("tempfail").inc()
             return self._hook_failed("trackrelay_check_recipient", exc)
         if refusal is not None:
             SMTP_RECIPIENTS.labels("refused_local").inc()
-            self.log.info("recipient_refused_by_plugin", recipient=address,
+            # a 2xx answer accepts the recipient without passing it upstream (skipped)
+            self.log.info("recipient_skipped_by_plugin" if refusal.ok
+                          else "recipient_refused_by_plugin", recipient=address,
                           reply=str(refusal))
             return str(refusal)
         utf8 = envelope.smtp_utf8 and self.conn.supports("smtputf8")
@@ -1285,8 +1320,8 @@ class RelaySession(SmtpNames):
         result = split.CopyResult(copy, NO_UPSTREAM)
         try:
             sender = await self.app.host.first(
-                "trackrelay_upstream_sender", app=self.app, transaction=copy,
-                sender=copy.mail_from) or copy.mail_from
+                "trackrelay_upstream_sender", valid=sender_problem, app=self.app,
+                transaction=copy, sender=copy.mail_from) or copy.mail_from
             data, result.modified = await prepare_message(self.app, copy, raw)
         except PluginFailure:
             result.reply = PLUGIN_TEMPFAIL

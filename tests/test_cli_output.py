@@ -201,3 +201,63 @@ def test_hash_password_without_a_terminal_says_to_use_stdin() -> None:
                              "with --stdin\n")
     piped = run("hash-password", "bob", "--stdin", stdin="s3cret\n")
     assert piped.returncode == 0 and piped.stdout.startswith("bob:$2")
+
+
+BROKEN_PLUGIN = '''
+from relay import hookimpl
+
+@hookimpl
+def trackrelay_check_config(app):
+    if app.plugin_config("brokencheck").get("explode"):
+        raise RuntimeError("the settings reader crashed")
+
+@hookimpl
+def trackrelay_startup(app):
+    if app.plugin_config("brokencheck").get("explode_at_startup"):
+        raise KeyError("bucket")
+'''
+TYPO_PLUGIN = '''
+from relay import hookimpl
+
+@hookimpl
+def trackrelay_check_recipient(app, transction, recipient):
+    return None
+'''
+
+
+@pytest.mark.parametrize(("module", "table", "command", "message"), [
+    (BROKEN_PLUGIN, "[plugins.brokencheck]\nexplode = true\n", "check-config",
+     "plugin brokencheck: trackrelay_check_config failed: RuntimeError: the settings "
+     "reader crashed"),
+    (BROKEN_PLUGIN, "[plugins.brokencheck]\nexplode_at_startup = true\n", "serve",
+     "plugin brokencheck: trackrelay_startup failed: KeyError: 'bucket'"),
+    (TYPO_PLUGIN, "", "check-config", "plugins.brokencheck: Plugin 'brokencheck' for hook "
+     "'trackrelay_check_recipient'"),
+])
+def test_a_plugin_s_own_mistake_is_one_line_naming_it(
+        tmp_path: Path, module: str, table: str, command: str, message: str) -> None:
+    """A plugin raising something other than ``ConfigError`` in ``check_config`` or
+    ``startup``, or naming an argument its hook does not have, printed a traceback
+    (pluggy's ``PluginValidationError`` for the latter); the admin gets one line naming
+    the plugin, exit code 2, as for any config error."""
+    from tests.plugin_install import write_distribution
+
+    site = tmp_path / "site"
+    write_distribution(site, "trackrelay-brokencheck", {"brokencheck": "trackrelay_brokencheck"},
+                       {"trackrelay_brokencheck.py": module})
+    config = tmp_path / "c.toml"
+    # (one process: with several, a worker's start-up error is the supervisor's
+    # "worker_keeps_failing", README "Several processes")
+    config.write_text('[upstream]\nmode = "capture"\n[process]\nworkers = 1\n'
+                      '[relay]\nlisten = ["127.0.0.1:0"]\n[http]\nlisten = "127.0.0.1:0"\n'
+                      f'[store]\nurl = "sqlite:///{tmp_path}/s.db"\n' + table)
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("TRACKRELAY_")}
+    environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site),
+                                                          environ.get("PYTHONPATH")]))
+    result = subprocess.run([*TRACKRELAY, command, "--config", str(config)],
+                            capture_output=True, text=True, env=environ, timeout=120,
+                            check=False)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "config error" in line]
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert "Traceback" not in result.stderr

@@ -11,10 +11,12 @@ from typing import Any
 
 import aiosmtplib
 import pytest
+from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
 import plugins.recorder
 from relay import hookimpl
+from relay.records import Reply
 from tests.deliverability_support import MakeStack, campaign_message
 
 pytest_plugins = ("tests.deliverability_fixtures",)
@@ -134,3 +136,55 @@ async def test_an_envelope_hook_failure_names_the_plugin(make_stack: MakeStack) 
     assert info.value.recipients[0].code == 451
     assert [(line["hook"], line["plugin"]) for line in logs
             if line["event"] == "plugin_failed"] == [("trackrelay_check_recipient", "refuser")]
+
+
+class WrongAnswers:
+    """Envelope hooks answering what their hooks do not take, chosen by the address."""
+
+    @hookimpl
+    def trackrelay_check_sender(self, sender: str) -> Any:
+        return {"ok@shop.example.com": Reply(250, "2.1.0", "fine by me"),
+                "str@shop.example.com": "not a Reply"}.get(sender)
+
+    @hookimpl
+    def trackrelay_upstream_sender(self, sender: str) -> Any:
+        return {"int@shop.example.com": 12345,
+                "crlf@shop.example.com": "evil@x.test>\r\nRCPT TO:<y@x.test"}.get(sender)
+
+    @hookimpl
+    def trackrelay_check_recipient(self, recipient: str) -> Any:
+        return {"tuple@remote.test": ("550", "nope"),
+                "odd@remote.test": Reply(999, "9.9.9", "odd")}.get(recipient)
+
+
+@pytest.mark.parametrize(("sender", "recipient", "hook"), [
+    ("ok@shop.example.com", "eve@remote.test", "trackrelay_check_sender"),
+    ("str@shop.example.com", "eve@remote.test", "trackrelay_check_sender"),
+    ("int@shop.example.com", "eve@remote.test", "trackrelay_upstream_sender"),
+    ("crlf@shop.example.com", "eve@remote.test", "trackrelay_upstream_sender"),
+    (SENDER, "tuple@remote.test", "trackrelay_check_recipient"),
+    (SENDER, "odd@remote.test", "trackrelay_check_recipient"),
+])
+async def test_a_wrong_envelope_hook_answer_is_the_plugins_failure(
+        make_stack: MakeStack, sender: str, recipient: str, hook: str) -> None:
+    """``check_sender``'s 2xx ``Reply`` told the client 250 while no transaction began
+    (its RCPTs then got 503), a string or tuple went on the wire as a raw line, an
+    upstream sender that is no address gave ``500 Error: (TypeError)`` (the client
+    bounced the mail); ``check_recipient``'s 2xx is the documented skip. Each is the
+    plugin's failure: ``451 4.3.0`` (the client retries), logged ``plugin_failed``
+    naming the plugin, counted; nothing goes upstream."""
+    stack = await make_stack()
+    stack.app.host.register(WrongAnswers(), "wrong")
+    before = REGISTRY.get_sample_value("trackrelay_plugin_errors_total", {"hook": hook}) or 0
+    with capture_logs() as logs, pytest.raises(aiosmtplib.SMTPException) as info:
+        await stack.send(sender, [recipient], campaign_message(sender, recipient))
+    refused = info.value
+    codes = ([r.code for r in refused.recipients]
+             if isinstance(refused, aiosmtplib.SMTPRecipientsRefused)
+             else [refused.code])  # type: ignore[attr-defined]
+    assert codes == [451], refused
+    assert [(line["hook"], line["plugin"]) for line in logs
+            if line["event"] == "plugin_failed"] == [(hook, "wrong")]
+    assert REGISTRY.get_sample_value("trackrelay_plugin_errors_total", {"hook": hook}) \
+        == before + 1
+    assert stack.sink.received == []

@@ -21,7 +21,7 @@ from tests.tracker_support import (
     ADMIN_TOKEN,
     MakeTracker,
     Tracker,
-    raise_when_classifying,
+    break_recording,
     seed_message,
     wait_for,
 )
@@ -529,17 +529,18 @@ async def test_a_slow_message_lookup_holds_up_neither_the_gif_nor_other_hits(
     assert [e["recipient"] for e in page.items] == ["dave@customer.test"]
 
 
-async def test_a_failing_classifier_costs_its_own_hit_only(
+async def test_a_failing_record_costs_its_own_hit_only(
         tracker: Tracker, capsys: pytest.CaptureFixture[str]) -> None:
-    """A plugin's classifier raising for one message: that hit is logged as failed, and
-    every other hit of the same run, cached or looked up, is still recorded."""
+    """Recording one message's hit failing (its verdict breaks as it is applied): that
+    hit is logged as failed, and every other hit of the same run, cached or looked up,
+    is still recorded."""
     bad = await seed_message(tracker.store, recipients=["mallory@customer.test"])
     cached = await seed_message(tracker.store, recipients=["carol@customer.test"])
     cold = await seed_message(tracker.store, recipients=["dave@customer.test"])
 
     async with tracker.http.get(tracker.pixel_url(cached.message_id)) as resp:
         assert resp.status == 200  # now cached
-    raise_when_classifying(tracker.app, bad.message_id)
+    break_recording(tracker.app, bad.message_id)
 
     async def hit(url: str) -> None:
         async with tracker.http.get(url) as resp:
@@ -554,16 +555,16 @@ async def test_a_failing_classifier_costs_its_own_hit_only(
     assert "open_record_failed" in out and bad.message_id in out
 
 
-async def test_a_failing_classifier_on_a_late_open_is_logged(
+async def test_a_failing_record_of_a_late_open_is_logged(
         tracker: Tracker, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     """An open looked up again until its message record arrives (``_late_open``), then
-    refused by a plugin's classifier: logged like any failed hit, and the next late open
-    is still recorded."""
+    failing as it is recorded: logged like any failed hit, and the next late open is
+    still recorded."""
     monkeypatch.setattr(recipient, "LATE_DELAYS", (0.05, 0.1, 0.2, 0.4, 0.8))
     bad_id, good_id = new_id(), new_id()
 
-    raise_when_classifying(tracker.app, bad_id)
+    break_recording(tracker.app, bad_id)
     for message_id in (bad_id, good_id):
         async with tracker.http.get(tracker.pixel_url(message_id)) as resp:
             assert resp.status == 200 and await resp.read() == PIXEL_GIF
@@ -587,15 +588,15 @@ async def test_a_failing_classifier_on_a_late_open_is_logged(
     assert "open_record_failed" in out and bad_id in out
 
 
-async def test_a_failing_classifier_never_costs_a_click_its_redirect(
+async def test_a_failing_record_never_costs_a_click_its_redirect(
         tracker: Tracker, capsys: pytest.CaptureFixture[str]) -> None:
-    """A plugin's classifier raising for one message: the person still reaches the link
-    (the click's record is what is lost, and logged); other messages' clicks are
-    recorded as usual."""
+    """Recording one message's click failing: the person still reaches the link (the
+    click's record is what is lost, and logged); other messages' clicks are recorded as
+    usual."""
     bad = await seed_message(tracker.store, links=["https://bad.example/x"])
     good = await seed_message(tracker.store, links=["https://good.example/y"])
 
-    raise_when_classifying(tracker.app, bad.message_id)
+    break_recording(tracker.app, bad.message_id)
     for sent, target in ((bad, "https://bad.example/x"), (good, "https://good.example/y")):
         async with tracker.http.get(tracker.click_url(sent.message_id, 0),
                                     allow_redirects=False) as resp:

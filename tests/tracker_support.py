@@ -110,8 +110,37 @@ async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float = 30
 
 
 class _RaisingClassifier:
-    """A plugin whose classifier breaks on one message's hits."""
+    """A plugin whose classifier breaks on one message's hits: it raises, or
+    (``answer``) returns that instead of a verdict."""
 
+    def __init__(self, message_id: str, answer: Any = None) -> None:
+        self.message_id, self.answer = message_id, answer
+
+    @hookimpl
+    def trackrelay_classify_event(self, facts: RequestFacts,
+                                  verdict: Verdict) -> Verdict | None:
+        if facts.message_id == self.message_id:
+            if self.answer is not None:
+                return self.answer  # type: ignore[no-any-return]
+            raise RuntimeError("classifier broke")
+        return None
+
+
+def raise_when_classifying(app: App, message_id: str, answer: Any = None) -> None:
+    """Register a classifier plugin that raises for ``message_id``'s hits (or, with
+    ``answer``, returns that: a wrong answer). Either is the plugin's failure: its
+    answer is ignored and the hit recorded with the built-in verdict."""
+    app.host.register(_RaisingClassifier(message_id, answer), "raising")
+
+
+class _UnrecordableVerdict(Verdict):
+    """A verdict that breaks as the hit's event is made of it."""
+
+    def apply_to(self, event: Any) -> Any:
+        raise RuntimeError("recording broke")
+
+
+class _BreakingClassifier:
     def __init__(self, message_id: str) -> None:
         self.message_id = message_id
 
@@ -119,13 +148,14 @@ class _RaisingClassifier:
     def trackrelay_classify_event(self, facts: RequestFacts,
                                   verdict: Verdict) -> Verdict | None:
         if facts.message_id == self.message_id:
-            raise RuntimeError("classifier broke")
+            return _UnrecordableVerdict(verdict.verdict, list(verdict.reasons))
         return None
 
 
-def raise_when_classifying(app: App, message_id: str) -> None:
-    """Register a classifier plugin that raises for ``message_id``'s hits."""
-    app.host.register(_RaisingClassifier(message_id), "raising")
+def break_recording(app: App, message_id: str) -> None:
+    """Make recording ``message_id``'s hits fail after classification (a verdict that
+    raises as it is applied to the event): what ``<kind>_record_failed`` is for."""
+    app.host.register(_BreakingClassifier(message_id), "breaking")
 
 
 @contextlib.asynccontextmanager

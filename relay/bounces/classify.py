@@ -18,7 +18,7 @@ from email.message import Message
 from relay.bounces.decide import Facts, Texts, decide
 from relay.bounces.extract import Found, extract
 from relay.bounces.mime import ReadPartly, parse
-from relay.bounces.model import BounceRecord, is_hard
+from relay.bounces.model import BounceRecord, is_hard, wrong_records
 from relay.bounces.normalise import (
     find_reply,
     find_status,
@@ -55,8 +55,9 @@ def classify(raw: bytes, hook: Hook | None = None, *, rules: RuleSet | None = No
     ``hook`` is how plugins take part without the library needing the plugin host:
     the core passes a callable that runs the ``trackrelay_classify_bounce`` hook; it
     receives the parsed message, the raw bytes and the built-in records, and returns
-    a list to replace them or ``None`` to keep them. An exception in the hook is
-    logged and the built-in records are kept.
+    a list to replace them or ``None`` to keep them. An exception in the hook, or an
+    answer that is not a list of ``BounceRecord``, is logged and the built-in records
+    are kept.
 
     ``rules`` (default: every table entry) and ``trace`` (collects the ids of the table
     entries that fired) are for the accuracy bench.
@@ -126,6 +127,10 @@ def classify_parsed(msg: Message, raw: bytes, hook: Hook | None = None, *,
             replaced = hook(msg, raw, records)
         except Exception:
             log.warning("bounce classification hook failed", exc_info=True)
+            replaced = None
+        if replaced is not None and wrong_records(replaced) is not None:
+            log.warning("bounce classification hook returned %s, not a list of "
+                        "BounceRecord; built-in records kept", type(replaced).__name__)
             replaced = None
         if replaced is not None:
             return list(replaced)

@@ -38,6 +38,16 @@ class BounceRecord:
     decided_by: str = ""
 
 
+def wrong_records(answer: object) -> str | None:
+    """What is wrong with a ``trackrelay_classify_bounce`` answer that is not ``None``
+    (``None``: nothing). Only a list of ``BounceRecord`` replaces the built-in records:
+    anything else (a string, whose every character would become a "record"; dicts; a
+    tuple) is the plugin's mistake, and the built-in records stand."""
+    if isinstance(answer, list) and all(isinstance(r, BounceRecord) for r in answer):
+        return None
+    return "a list of BounceRecord, or None"
+
+
 def is_hard(reason: str, status: str | None, reply_code: str | None) -> bool:
     """A hard bounce is one where retrying the same address can never succeed.
 

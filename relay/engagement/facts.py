@@ -56,9 +56,11 @@ def select_headers(headers: Mapping[str, str]) -> dict[str, str]:
 
 @dataclass
 class RequestFacts:
-    """One open (pixel GET/HEAD) or click (redirect GET/HEAD) as the classifier sees it."""
+    """One open (pixel GET/HEAD), click (redirect GET/HEAD, or a plugin route's hit
+    recorded as a click) or download (a linked attachment's GET) as the classifier sees
+    it. The built-in rules judge a download as they judge a click."""
 
-    kind: Literal["open", "click"]
+    kind: Literal["open", "click", "download"]
     #: HTTP method as received (``GET``, ``HEAD``, ...).
     method: str = "GET"
     #: The User-Agent header; ``None`` or ``""`` when the request had none.

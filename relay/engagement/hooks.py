@@ -13,8 +13,12 @@ A plugin implements::
         return None   # keep the built-in verdict
 
 The first non-``None`` answer replaces the built-in verdict (to *add* a reason, return
-a copy with the reason appended). The hook may be async. A wrong return type is an
-error of the plugin, reported as ``TypeError`` naming it.
+a copy with the reason appended). The hook may be async. An implementation that raises
+or returns anything but a ``Verdict`` or ``None`` is the plugin's failure: logged
+(``plugin_failed``, naming the hook and the plugin), counted
+(``trackrelay_plugin_errors_total{hook="trackrelay_classify_event"}``) and its answer
+ignored; the others still answer, and with no valid answer the built-in verdict stands,
+so the hit is recorded all the same.
 """
 
 from __future__ import annotations
@@ -37,9 +41,10 @@ async def classify_request(classifier: Classifier, facts: RequestFacts,
     verdict = classifier.classify(facts)
     if host is None or not host.implements(HOOK):
         return verdict
-    override = await host.first(HOOK, facts=facts, verdict=verdict)
-    if override is None:
-        return verdict
-    if not isinstance(override, Verdict):
-        raise TypeError(f"{HOOK} returned {type(override).__name__}, expected Verdict or None")
-    return override
+    override = await host.first(HOOK, isolate=True, valid=_wrong_verdict, facts=facts,
+                                verdict=verdict)
+    return override if isinstance(override, Verdict) else verdict
+
+
+def _wrong_verdict(answer: object) -> str | None:
+    return None if isinstance(answer, Verdict) else "a Verdict, or None"

@@ -96,7 +96,8 @@ class Classifier:
         cfg = self.config
         if not cfg.enabled:
             return Verdict("unknown", [R.DISABLED])
-        kind = facts.kind
+        # A download (a linked attachment's link) is followed as a link is: judged as a click.
+        kind = "click" if facts.kind == "download" else facts.kind
         dt = facts.seconds_after_delivery
         details: dict[str, object] = {}
         if dt is not None:

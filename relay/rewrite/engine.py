@@ -31,6 +31,7 @@ from prometheus_client import Counter
 
 from relay.logs import get_logger
 from relay.message import MessageDraft
+from relay.plugin_host import WrongAnswer
 from relay.rewrite.context import (
     ContentPart,
     HtmlPart,
@@ -88,12 +89,20 @@ def parse_tree(message: MessageDraft) -> tuple[MimeTree | None, str | None]:
         return None, f"{type(exc).__name__}: {exc}"
 
 
+def _wrong_policy(answer: object) -> str | None:
+    return None if isinstance(answer, TrackingPolicy) else "a TrackingPolicy, or None"
+
+
 async def rewrite_message(app: App, transaction: Transaction,
                           message: MessageDraft) -> RewriteContext:
     """Apply the tracking rewrite to ``message`` in place; return what was done."""
     host = app.host
     tree, error = parse_tree(message)
-    policy = await host.first("trackrelay_tracking_policy", app=app, transaction=transaction,
+    # A wrong answer (not a TrackingPolicy) is the plugin's failure, logged and counted,
+    # and the next answer (the built-in policy's) decides; what a plugin raises still
+    # stops the rewrite (the original is forwarded, relay.on_plugin_error).
+    policy = await host.first("trackrelay_tracking_policy", isolate=WrongAnswer,
+                              valid=_wrong_policy, app=app, transaction=transaction,
                               message=message, tree=tree)
     if not isinstance(policy, TrackingPolicy):
         policy = TrackingPolicy.skip("no_policy")

@@ -351,7 +351,8 @@ class RecipientEndpoints:
             link_index=link_index, ip=client.ip, user_agent=client.user_agent, data=data,
         )
         facts = RequestFacts(
-            kind="open" if kind == "open" else "click", method=seen.method,
+            kind="open" if kind == "open" else "download" if kind == "download" else "click",
+            method=seen.method,
             user_agent=client.user_agent, ip=client.real_ip,
             headers=seen.headers, time=now,
             delivered_at=message["delivered_at"] if message else None,
