@@ -788,10 +788,17 @@ def load_config(path: str | os.PathLike[str] | None,
             text = Path(path).read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            # TOML is UTF-8 (TOML 1.0, "Spec")
+            raise ConfigError(f"{path}: not valid TOML: not UTF-8 (octet "
+                              f"0x{exc.object[exc.start]:02x} at offset {exc.start})"
+                              ) from None
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        except RecursionError:
+            raise ConfigError(f"{path}: not valid TOML: nested too deeply") from None
     config = build_config(data, environ)
     config.source = str(path or "")
     return config
@@ -800,10 +807,27 @@ def load_config(path: str | os.PathLike[str] | None,
 def validate(config: Config) -> None:
     """Checks that span more than one key's type."""
     r, u = config.relay, config.upstream
-    for i, addr in enumerate(r.listen):
-        parse_hostport(addr, f"relay.listen[{i}]")
-    for i, addr in enumerate(r.listen_tls):
-        parse_hostport(addr, f"relay.listen_tls[{i}]")
+    seen: dict[tuple[str, int], str] = {}
+    for key, addresses in (("relay.listen", r.listen), ("relay.listen_tls", r.listen_tls),
+                           ("bounces.listen", config.bounces.listen),
+                           ("http.listen", [config.http.listen] if config.http.listen
+                            else []),
+                           ("http.dashboard_listen", [config.http.dashboard_listen]
+                            if config.http.dashboard_listen else [])):
+        for i, addr in enumerate(addresses):
+            where = f"{key}[{i}]" if key.startswith(("relay.", "bounces.")) else key
+            host, port = parse_hostport(addr, where)
+            if port and (host.strip("[]").lower(), port) in seen:
+                raise ConfigError(f"{where}: {addr} is also "
+                                  f"{seen[(host.strip('[]').lower(), port)]}: one address, "
+                                  "one listener")
+            seen[(host.strip("[]").lower(), port)] = where
+    # A name that goes into the greeting, EHLO and HELO: one token of printable ASCII (a
+    # line break would end the reply early and start another, RFC 5321 section 4.2).
+    for key, name in (("relay.hostname", r.hostname), ("upstream.helo_name", u.helo_name)):
+        if name and not re.fullmatch(r"[\x21-\x7e]+", name):
+            raise ConfigError(f"{key}: a host name without spaces or control characters, "
+                              f"got {name!r}")
     if not r.listen and not r.listen_tls:
         raise ConfigError("relay.listen: at least one of relay.listen, relay.listen_tls is needed")
     for key in ("allowed_networks", "xforward_hosts"):

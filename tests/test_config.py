@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -269,3 +270,36 @@ def test_an_api_token_without_a_scope_is_refused() -> None:
     config = build_config({"tracker": {"api_tokens": [{**token, "scope": "admin"}]}},
                           environ={})
     assert config.tracker.api_tokens[0].scope == "admin"
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"x\xff\xfe = 1\n", "not valid TOML: not UTF-8 (octet 0xff at offset 1)"),
+    (b"x = " + b"[" * 100_000, "not valid TOML"),
+])
+def test_a_config_file_that_is_not_toml_text_is_one_line(
+        tmp_path: Path, content: bytes, message: str) -> None:
+    """A file that is not UTF-8 (a binary, a Latin-1 export) or nests past the parser's
+    depth raised ``UnicodeDecodeError``/``RecursionError``: a traceback, exit 1."""
+    path = tmp_path / "c.toml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(path, environ={})
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    ({"relay": {"listen": ["127.0.0.1:2525"]}, "http": {"listen": "127.0.0.1:2525"}},
+     "http.listen: 127.0.0.1:2525 is also relay.listen[0]"),
+    ({"relay": {"listen": ["127.0.0.1:2525", "127.0.0.1:2525"]}},
+     "relay.listen[1]: 127.0.0.1:2525 is also relay.listen[0]"),
+    ({"relay": {"listen": ["127.0.0.1:2525"]}, "bounces": {"listen": ["127.0.0.1:2525"]}},
+     "bounces.listen[0]: 127.0.0.1:2525 is also relay.listen[0]"),
+    ({"relay": {"hostname": "relay.example\r\n250 injected"}}, "relay.hostname: a host name"),
+    ({"upstream": {"helo_name": "a b"}}, "upstream.helo_name: a host name"),
+])
+def test_addresses_twice_and_names_that_break_replies_are_config_errors(
+        data: dict[str, Any], message: str) -> None:
+    """The same address twice passed ``check-config``, then ``serve`` died with an
+    ``Address already in use`` traceback; a line break in ``relay.hostname`` ended the
+    greeting and EHLO reply early and began another (``250 injected``)."""
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        build_config(data, environ={})

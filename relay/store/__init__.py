@@ -60,8 +60,15 @@ async def open_store(url: str, *, writer: bool = True, migrate: bool = True,
     start, answer ``/readyz``, and fail every write. Every failure to open is a
     ``StoreError`` (one line from the command line, exit code 1).
     """
-    from relay.store.writer import EventWriter, default_spool_path
+    from relay.store.writer import EventWriter, default_spool_path, spool_problem
 
+    if writer:
+        # Checked before the store opens: a spool named after the database file would
+        # be moved aside and replayed, and the database recreated empty.
+        path = spool_path or default_spool_path(url)
+        problem = spool_problem(url, path)
+        if problem is not None:
+            raise StoreError(f"store.spool_path {path}: {problem}")
     store = create_store(url, **options)
     await store.connect()
     try:

@@ -578,7 +578,7 @@ class EventWriter:
         events: list[dict[str, Any]] = []
         replayed = messages = 0
         try:
-            for kind, record in _read_spool(path):
+            for kind, record in _read_spool(path, self.rejected_path):
                 if kind == "m":
                     await self._replay_message(record)
                     messages += 1
@@ -673,8 +673,24 @@ def _unlock(fd: int) -> None:
     os.close(fd)
 
 
-def _read_spool(path: Path) -> Iterator[tuple[str, Any]]:
-    with open(path, encoding="utf-8") as fh:
+def spool_problem(url: str, spool: str) -> str | None:
+    """Why ``spool`` cannot be the store's spool file, or None: a folder, or the SQLite
+    database itself (its replay would move the database aside)."""
+    path = Path(spool)
+    if path.is_dir():
+        return "is a folder; name a file in it"
+    if url.startswith("sqlite:///"):
+        database = Path(url[len("sqlite:///"):].split("?", 1)[0])
+        if database.resolve() == path.resolve():
+            return "is the SQLite database itself; name another file"
+    return None
+
+
+def _read_spool(path: Path, rejected: Path | None = None) -> Iterator[tuple[str, Any]]:
+    """The spool's records. A line that is not one (a torn last line from a crash
+    mid-write, or a file that was never a spool) is kept in ``rejected``, never lost
+    with the replayed file."""
+    with open(path, encoding="utf-8", errors="surrogateescape") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
@@ -682,6 +698,9 @@ def _read_spool(path: Path) -> Iterator[tuple[str, Any]]:
                 item = json.loads(line)
                 yield item["k"], item["r"]
             except (ValueError, KeyError, TypeError):
-                # A torn last line from a crash mid-write: nothing was answered for it
-                # that is not also elsewhere; skip it loudly.
-                log.warning("spool_line_unreadable", file=str(path), line=lineno)
+                log.warning("spool_line_unreadable", file=str(path), line=lineno,
+                            kept_in=str(rejected) if rejected else None)
+                if rejected is not None:
+                    with open(rejected, "a", encoding="utf-8",
+                              errors="surrogateescape") as out:
+                        out.write(line if line.endswith("\n") else line + "\n")
