@@ -151,6 +151,16 @@ class PluginHost:
             self._dists[ep.name] = ep.dist.name if ep.dist else None
             if _builtin(ep):
                 self._builtins.add(ep.name)
+        # A built-in with no settings check takes no settings: "[plugins.links] enabled =
+        # false" was silently ignored (tracking went on) where the admin meant "disabled".
+        for name in sorted(self._builtins):
+            plugin = self.pm.get_plugin(name)
+            if self.config.plugin_settings.get(name) and not hasattr(
+                    plugin, "trackrelay_check_config"):
+                raise ConfigError(
+                    f"plugins.{name}: the built-in {name} plugin takes no settings "
+                    f"(got {', '.join(sorted(self.config.plugin_settings[name]))}); to "
+                    f"switch it off: [plugins] disabled = [\"{name}\"]")
 
     def register(self, plugin: object, name: str | None = None) -> None:
         """Register a plugin object or module (tests and embedders use this directly)."""

@@ -261,3 +261,18 @@ def test_a_plugin_s_own_mistake_is_one_line_naming_it(
     lines = [line for line in result.stderr.splitlines() if "config error" in line]
     assert len(lines) == 1 and message in lines[0], result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_settings_for_a_built_in_that_takes_none_are_refused(tmp_path: Path) -> None:
+    """``[plugins.links] enabled = false`` was silently ignored: the admin believed link
+    tracking off while every link went on being tracked."""
+    config = tmp_path / "c.toml"
+    config.write_text('[upstream]\nmode = "capture"\n[plugins.links]\nenabled = false\n')
+    bad = run("check-config", str(config))
+    assert bad.returncode == 2
+    assert bad.stderr.splitlines() == [
+        "trackrelay: config error: plugins.links: the built-in links plugin takes no "
+        'settings (got enabled); to switch it off: [plugins] disabled = ["links"]']
+    config.write_text('[upstream]\nmode = "capture"\n[plugins]\ndisabled = ["links"]\n'
+                      "[plugins.links]\nenabled = false\n")  # switched off: left alone
+    assert run("check-config", str(config)).returncode == 0
