@@ -862,6 +862,16 @@ def validate(config: Config) -> None:
                           "upstream.password_file, not both")
     if u.password_file and not Path(u.password_file).is_file():
         raise ConfigError(f"upstream.password_file: no such file: {u.password_file}")
+    if u.password_file:
+        try:
+            Path(u.password_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"upstream.password_file: cannot be read as UTF-8 text: "
+                              f"{getattr(exc, 'strerror', None) or type(exc).__name__}"
+                              ) from None
+    if u.mode == "capture" and u.capture_dir and Path(u.capture_dir).exists() \
+            and not Path(u.capture_dir).is_dir():
+        raise ConfigError(f"upstream.capture_dir: not a folder: {u.capture_dir}")
     if (u.password or u.password_file) and not u.username:
         raise ConfigError("upstream.username: a password needs a username")
     if u.pool_size < 0:
@@ -1164,6 +1174,14 @@ def validate_tracker(t: TrackerConfig) -> None:
                               f"{net!r}") from None
     if t.geoip_path and not Path(t.geoip_path).is_file():
         raise ConfigError(f"tracker.geoip_path: no such file: {t.geoip_path}")
+    if t.geoip_path:
+        import maxminddb
+
+        try:
+            maxminddb.open_database(t.geoip_path).close()
+        except (OSError, ValueError, RuntimeError) as exc:  # InvalidDatabaseError: Runtime…
+            raise ConfigError(f"tracker.geoip_path: not a MaxMind database: "
+                              f"{t.geoip_path} ({exc})") from None
     if t.link_cache_size < 0:
         raise ConfigError("tracker.link_cache_size: must be 0 or more")
     seen: set[str] = set()

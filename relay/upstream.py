@@ -32,7 +32,7 @@ from pathlib import Path
 
 import aiosmtplib
 
-from relay.config import UpstreamConfig
+from relay.config import ConfigError, UpstreamConfig
 from relay.logs import get_logger
 from relay.metrics import SMTP_LIMITS, UPSTREAM_CONNECTIONS, UPSTREAM_OPEN, UPSTREAM_WAITS
 from relay.records import Reply
@@ -528,7 +528,11 @@ class CaptureConnection(Connection):
 class CaptureUpstream(Upstream):
     def __init__(self, directory: str) -> None:
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"upstream.capture_dir: cannot make the folder {directory}: "
+                              f"{exc.strerror or exc}") from None
 
     async def acquire(self) -> Connection:
         return CaptureConnection(self.directory)

@@ -276,3 +276,35 @@ def test_settings_for_a_built_in_that_takes_none_are_refused(tmp_path: Path) -> 
     config.write_text('[upstream]\nmode = "capture"\n[plugins]\ndisabled = ["links"]\n'
                       "[plugins.links]\nenabled = false\n")  # switched off: left alone
     assert run("check-config", str(config)).returncode == 0
+
+
+@pytest.mark.parametrize(("command", "table", "message"), [
+    ("check-config", '[upstream]\nmode = "capture"\ncapture_dir = "{file}"\n',
+     "upstream.capture_dir: not a folder:"),
+    ("serve", '[upstream]\nmode = "capture"\ncapture_dir = "/proc/no-such/captured"\n',
+     "upstream.capture_dir: cannot make the folder /proc/no-such/captured"),
+    ("check-config", '[upstream]\nmode = "capture"\n[tracker]\ngeoip_path = "{file}"\n',
+     "tracker.geoip_path: not a MaxMind database:"),
+    ("check-config", '[upstream]\nusername = "u"\npassword_file = "{binary}"\n',
+     "upstream.password_file: cannot be read as UTF-8 text"),
+])
+def test_files_that_exist_but_cannot_serve_are_one_line(
+        tmp_path: Path, command: str, table: str, message: str) -> None:
+    """``check-config`` passed these and ``serve``/``tracker`` died with a traceback
+    (``FileExistsError``, ``FileNotFoundError``, maxminddb's ``InvalidDatabaseError``,
+    ``UnicodeDecodeError``)."""
+    plain = tmp_path / "plain.txt"
+    plain.write_text("not a folder, not a database\n")
+    binary = tmp_path / "secret.bin"
+    binary.write_bytes(b"\xff\xfe\x00secret")
+    config = tmp_path / "c.toml"
+    config.write_text(table.format(file=plain, binary=binary)
+                      + f'[process]\nworkers = 1\n[relay]\nlisten = ["127.0.0.1:0"]\n'
+                        f'[http]\nlisten = "127.0.0.1:0"\n'
+                        f'[store]\nurl = "sqlite:///{tmp_path}/s.db"\n')
+    result = run(command, "--config", str(config))
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert [line for line in result.stderr.splitlines() if "config error" in line] == [
+        line for line in result.stderr.splitlines() if message in line], result.stderr
+    assert message in result.stderr
