@@ -1068,16 +1068,24 @@ _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
 def redact_url(url: str) -> str:
-    """``url`` without its password (for messages and logs)."""
-    from urllib.parse import urlsplit, urlunsplit
+    """``url`` without its password (for messages and logs): the one after the user name,
+    and the ``password`` query parameter libpq (and asyncpg) take as well."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
     try:
         parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        netloc = parts.netloc.rpartition("@")[2]
-        user = parts.username or ""
-        return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+        secret_query = any(k.lower() == "password"
+                           for k, _ in parse_qsl(parts.query, keep_blank_values=True))
+        if parts.password is None and not secret_query:
+            return url  # as written (urlunsplit would turn sqlite:/// into sqlite:/)
+        if parts.password is not None:
+            netloc = parts.netloc.rpartition("@")[2]
+            parts = parts._replace(netloc=f"{parts.username or ''}:***@{netloc}")
+        if secret_query:
+            query = [(k, "***" if k.lower() == "password" else v)
+                     for k, v in parse_qsl(parts.query, keep_blank_values=True)]
+            parts = parts._replace(query=urlencode(query, safe="*"))
+        return urlunsplit(parts)
     except ValueError:
         return "(a store URL that does not parse)"
 

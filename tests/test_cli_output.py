@@ -308,3 +308,15 @@ def test_files_that_exist_but_cannot_serve_are_one_line(
     assert [line for line in result.stderr.splitlines() if "config error" in line] == [
         line for line in result.stderr.splitlines() if message in line], result.stderr
     assert message in result.stderr
+
+
+def test_a_store_error_never_prints_a_password_given_in_the_query(tmp_path: Path) -> None:
+    """libpq and asyncpg take ``?password=`` as well as ``user:password@``: the first was
+    printed in clear in the store error (``…/test?password=SECRETQ: …``)."""
+    from tests.conftest import free_port
+
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/test?password=SECRETQ"
+    result = run("stats", "--store", url)
+    assert result.returncode == 1
+    assert "store error:" in result.stderr and "password=***" in result.stderr
+    assert "SECRETQ" not in result.stderr + result.stdout
