@@ -320,3 +320,22 @@ def test_a_store_error_never_prints_a_password_given_in_the_query(tmp_path: Path
     assert result.returncode == 1
     assert "store error:" in result.stderr and "password=***" in result.stderr
     assert "SECRETQ" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("--campaign", "spring", "--csv"), "leave out --campaign"),
+    (("--contact", "a@example.org", "--group-by", "country"), "leave out --contact"),
+    (("--csv", "--json"), "give one of --json, --csv"),
+    (("--hours", "nan"), "--hours: a number of hours above 0"),
+    (("--hours", "inf"), "--hours: a number of hours above 0"),
+    (("--hours", "-5"), "--hours: a number of hours above 0"),
+])
+def test_stats_refuses_what_it_would_answer_wrongly(store: str, args: tuple[str, ...],
+                                                   message: str) -> None:
+    """``--campaign X --csv`` printed the whole period's row, the filter silently left
+    out (rc 0); ``--hours nan`` or ``inf`` was a traceback, ``-5`` a window ending
+    before it began."""
+    result = run("stats", "--store", store, *args)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert result.stdout == ""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import sys
 import time
 from collections import Counter
@@ -161,10 +162,26 @@ def engagement_lines(e: dict[str, Any]) -> list[str]:
     return lines
 
 
+#: The longest ``stats --hours`` window: ten years, past any store's retention.
+MAX_HOURS = 10 * 365 * 24
+
+
 async def _stats(args: argparse.Namespace, out: IO[str]) -> int:
     config = _config(args)
     include_machine = bool(getattr(args, "include_machine", False))
     group_by = getattr(args, "group_by", None)
+    chosen = [f"--{n}" for n in ("campaign", "message", "contact") if getattr(args, n, None)]
+    if (group_by or getattr(args, "csv", False)) and chosen:
+        # the groups are a period's: a filter left out would print the whole period's
+        # figures under the name of one campaign, message or contact
+        raise ConfigError(f"stats: --group-by and --csv give a period's figures (--hours); "
+                          f"leave out {', '.join(chosen)}")
+    if getattr(args, "csv", False) and getattr(args, "json", False):
+        raise ConfigError("stats: give one of --json, --csv")
+    hours = getattr(args, "hours", 24.0)
+    if not (isinstance(hours, (int, float)) and math.isfinite(hours) and 0 < hours <= MAX_HOURS):
+        raise ConfigError(f"stats: --hours: a number of hours above 0 and at most "
+                          f"{MAX_HOURS:,}, got {hours}")
     if getattr(args, "csv", False) and not group_by:
         group_by = "total"  # a table needs rows: the whole period as one
     store = await _open(config)
