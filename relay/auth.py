@@ -57,8 +57,12 @@ def load_users(path: str) -> dict[str, bytes]:
         raise ConfigError(f"relay.users_file: {exc}") from None
 
 
-def hash_password(password: str, rounds: int = 12) -> str:
-    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds)).decode()
+def hash_password(password: str | bytes, rounds: int = 12) -> str:
+    """A users-file hash of ``password`` (its octets as typed; a str is UTF-8), cut at
+    bcrypt's 72 octets as every check of it is (``BCRYPT_MAX_PASSWORD``)."""
+    octets = password.encode("utf-8", "surrogateescape") if isinstance(password, str) \
+        else password
+    return bcrypt.hashpw(octets[:BCRYPT_MAX_PASSWORD], bcrypt.gensalt(rounds)).decode()
 
 
 def cost_of(hashed: bytes) -> int:

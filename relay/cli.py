@@ -212,11 +212,18 @@ def cmd_bounces_classify(args: argparse.Namespace) -> int:
 def cmd_hash_password(args: argparse.Namespace) -> int:
     from relay.auth import hash_password
 
-    if not args.stdin and not sys.stdin.isatty():
+    # The users file's line is "user:<hash>" (relay.users_file): a user name with a
+    # colon, white space or a control character would not read back as written.
+    if not args.user or any(c == ":" or c.isspace() or not c.isprintable()
+                            for c in args.user):
+        raise ConfigError(f"hash-password: a user name without ':', spaces or control "
+                          f"characters, got {args.user!r}")
+    if sys.stdin is None or (not args.stdin and not sys.stdin.isatty()):
         print("trackrelay: no terminal to ask for the password on: pipe it in with --stdin",
               file=sys.stderr)
         return 2
-    password = sys.stdin.readline().rstrip("\n") if args.stdin else getpass.getpass()
+    password = (sys.stdin.buffer.readline().rstrip(b"\r\n") if args.stdin
+                else getpass.getpass().encode("utf-8", "surrogateescape"))
     if not password:
         print("trackrelay: empty password", file=sys.stderr)
         return 2

@@ -339,3 +339,35 @@ def test_stats_refuses_what_it_would_answer_wrongly(store: str, args: tuple[str,
     assert result.returncode == 2, result.stdout + result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
     assert result.stdout == ""
+
+
+def test_hash_password_takes_any_password_and_refuses_names_the_file_cannot_hold(
+        tmp_path: Path) -> None:
+    """A password over bcrypt's 72 octets or not UTF-8 was a traceback; a name with a
+    colon or a line break printed a line the users file reads otherwise (or two). The
+    line printed now checks out as the relay checks AUTH passwords (first 72 octets)."""
+    import asyncio
+
+    from relay.auth import PasswordChecker
+
+    long = b"x" * 100 + b"\n"
+    latin = b"p\xe4ssw\xf6rd\r\n"  # Latin-1, from a Windows terminal
+    lines = []
+    for user, password in (("alice", long), ("bob", latin)):
+        made = subprocess.run([*TRACKRELAY, "hash-password", user, "--stdin"],
+                              input=password, capture_output=True, timeout=60, check=False)
+        assert made.returncode == 0 and made.stderr == b"", made.stderr
+        lines.append(made.stdout.decode())
+    users = tmp_path / "users"
+    users.write_text("".join(lines))
+    checker = PasswordChecker(str(users))
+    try:
+        assert asyncio.run(checker.check("alice", b"x" * 100))
+        assert asyncio.run(checker.check("bob", b"p\xe4ssw\xf6rd"))
+        assert not asyncio.run(checker.check("bob", b"p\xe4ssw\xf6rd\r"))
+    finally:
+        checker.close()
+    for name in ("al:ice", "bob\nmallory", "", "two words"):
+        bad = run("hash-password", name, "--stdin", stdin="secret\n")
+        assert bad.returncode == 2 and "hash-password: a user name" in bad.stderr
+        assert bad.stdout == ""
