@@ -213,3 +213,32 @@ def test_json_lines_hold_no_line_break_a_line_reader_splits_at(store_url: str,
     assert len(lines) == 4 and len(out.getvalue().split("\n")) == 5
     rows = [json.loads(line) for line in lines]
     assert rows[-1]["client"] == odd and "é" in lines[-1]
+
+
+def test_the_events_table_shows_no_control_character(store_url: str, tmp_path: Path) -> None:
+    """A link (from a sender's mail) or a user agent (from any request) holding ESC and
+    BEL reached the terminal as written: ``…/a^[]0;pwned^G^[[31mRED`` retitled the
+    window and coloured what followed. The table shows them as ``?``; JSON lines keep the
+    text (escaped)."""
+    hostile = "https://shop.example/a\x1b]0;pwned\x07\x1b[31mRED\x9b"
+
+    async def seed() -> None:
+        store = await open_store(store_url, spool_path=str(tmp_path / "spool.jsonl"))
+        try:
+            sent = await seed_message(store, campaign=None, links=[hostile])
+            store.enqueue(Event("click", sent.message_id, "carol@customer.test",
+                                time.time(), link_index=0, data={"verdict": "human"}))
+            await store.flush()
+        finally:
+            await store.close()
+
+    asyncio.run(seed())
+    config = _config_file(tmp_path, store_url)
+    out = io.StringIO()
+    assert cli.events(_args(config, type=["click"]), out) == 0
+    table = out.getvalue()
+    assert "https://shop.example/a?]0;pwned??[31mRED?" in table
+    assert not any(c in table for c in "\x1b\x07\x9b")
+    out = io.StringIO()
+    assert cli.events(_args(config, type=["click"], json=True), out) == 0
+    assert json.loads(out.getvalue())["url"] == hostile

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import re
 import sys
 import time
 from collections import Counter
@@ -284,7 +285,13 @@ def _line(row: dict[str, Any], as_json: bool) -> str:
         bits.append(where)
     if obj.get("machine"):
         bits.append(f"machine:{obj.get('machine_reason') or '?'}")
-    return "  ".join(str(b) for b in bits)
+    # Stored text comes from mail and requests (a link, a user agent): its control
+    # characters (ESC, BEL, C1) would be the terminal's commands, not text.
+    return _PRINTABLE.sub("?", "  ".join(str(b) for b in bits))
+
+
+#: C0 and C1 control characters (and DEL): shown as "?" in the table.
+_PRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 async def _events(args: argparse.Namespace, out: IO[str]) -> int:
