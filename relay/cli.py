@@ -403,6 +403,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     given = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(_attach_relative_times(given))
     args.argv = given
+    if sys.stdin is None:  # started with stdin closed (<&-): read as empty, no traceback
+        sys.stdin = open(os.devnull, encoding="utf-8")
     if args.command not in SERVICES:
         from relay.logs import configure_logging
 

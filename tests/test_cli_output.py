@@ -371,3 +371,28 @@ def test_hash_password_takes_any_password_and_refuses_names_the_file_cannot_hold
         bad = run("hash-password", name, "--stdin", stdin="secret\n")
         assert bad.returncode == 2 and "hash-password: a user name" in bad.stderr
         assert bad.stdout == ""
+
+
+@pytest.mark.parametrize("argv", [("rewrite",), ("hash-password", "alice", "--stdin"),
+                                  ("inbound", "-"), ("suppressions", "import", "-")])
+def test_a_closed_stdin_is_read_as_empty(tmp_path: Path, argv: tuple[str, ...]) -> None:
+    """Started with standard input closed (``<&-``, a cron line), these read it as empty;
+    they were ``AttributeError: 'NoneType' object has no attribute …`` tracebacks."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("TRACKRELAY_")}
+    result = subprocess.run(
+        [*TRACKRELAY, *argv, *(("--store", f"sqlite:///{tmp_path}/s.db")
+                               if argv[0] in ("inbound", "suppressions") else ())],
+        capture_output=True, text=True, env=environ, timeout=120, check=False,
+        stdin=None, preexec_fn=lambda: os.close(0))
+    assert "Traceback" not in result.stderr, result.stderr
+
+
+def test_absurd_durations_and_limits_are_refused_before_anything_runs(store: str) -> None:
+    """``purge --older-than 99999999999999d`` purged, then failed printing the cutoff
+    (``OSError`` from ``time.gmtime``); ``events --limit 0`` printed one row."""
+    purge = run("purge", "--older-than", "99999999999999d", "--store", store)
+    assert purge.returncode == 2 and "at most 1000 years" in purge.stderr
+    for limit in ("0", "-5"):
+        events = run("events", "--limit", limit, "--store", store)
+        assert events.returncode == 2 and "--limit: at least 1" in events.stderr
+        assert events.stdout == ""

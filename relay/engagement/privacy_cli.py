@@ -31,7 +31,13 @@ def parse_duration(value: str, flag: str = "--older-than") -> float:
     seconds = float(match.group(1)) * _UNIT[match.group(2).lower()]
     if seconds <= 0:
         raise ConfigError(f"{flag}: must be more than zero, got {value!r}")
+    if seconds > MAX_SECONDS:  # a cutoff before the year 1 is no time (a traceback)
+        raise ConfigError(f"{flag}: at most 1000 years, got {value!r}")
     return seconds
+
+
+#: The longest duration taken: a thousand years, whatever the store holds.
+MAX_SECONDS = 1000 * 365.25 * 86400
 
 
 def add_purge_arguments(p: argparse.ArgumentParser) -> None:

@@ -302,6 +302,8 @@ async def _events(args: argparse.Namespace, out: IO[str]) -> int:
     follow = bool(getattr(args, "follow", False))
     as_json = bool(getattr(args, "json", False))
     limit = getattr(args, "limit", None)
+    if limit is not None and limit < 1:
+        raise ConfigError(f"events: --limit: at least 1, got {limit}")
     poll = float(getattr(args, "poll", None) or 1.0)
     store = await _open(config)
     printed = 0
