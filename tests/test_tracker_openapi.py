@@ -247,3 +247,18 @@ def test_nullable_is_always_beside_a_type() -> None:
 
     walk(openapi_document(), "")
     assert loose == []
+
+
+def test_the_doors_size_refusals_are_documented(live_tracker: LiveTracker) -> None:
+    """A request line over ``http.max_request_line`` is refused 414 before routing, so
+    every operation's documented answers include it (and 431 for the header block)."""
+    base = f"http://127.0.0.1:{live_tracker.port}/api/v1"
+    answer = requests.get(f"{base}/messages/{'x' * 9000}", timeout=10,
+                          headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert answer.status_code == 414
+    document = requests.get(f"{base}/openapi.json", timeout=10).json()
+    undocumented = [f"{method.upper()} {path}"
+                    for path, item in document["paths"].items()
+                    for method, operation in item.items()
+                    if not {"414", "431"} <= set(operation["responses"])]
+    assert undocumented == []

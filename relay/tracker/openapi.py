@@ -265,6 +265,16 @@ def _also(responses: dict[str, Any], **more: str) -> dict[str, Any]:
     return responses
 
 
+#: What the HTTP door answers any request that breaks its size limits, before routing
+#: (relay.tracker.pixel_door; RFC 9110 section 15.5.15, RFC 6585 section 5).
+DOOR_REFUSALS: dict[str, Any] = {
+    "414": {"description": "The request line is longer than http.max_request_line.",
+            "content": {"text/plain": {"schema": {"type": "string"}}}},
+    "431": {"description": "The header fields exceed http.max_header_bytes.",
+            "content": {"text/plain": {"schema": {"type": "string"}}}},
+}
+
+
 P_SCOPE = _param("scope", "Suppression scope: global or a sender domain (a scoped token: "
                  "its own domain only, the default).", SCOPE)
 FORBIDDEN = "A scope (or a route) the token may not use."
@@ -272,7 +282,7 @@ FORBIDDEN = "A scope (or a route) the token may not use."
 
 def openapi_document(base_url: str = "") -> dict[str, Any]:
     """The document, with ``base_url`` (``http.base_url``) as the server."""
-    return {
+    document: dict[str, Any] = {
         "openapi": "3.0.3",
         "info": {
             "title": "trackrelay tracker API",
@@ -513,3 +523,7 @@ def openapi_document(base_url: str = "") -> dict[str, Any]:
             }},
         },
     }
+    for item in document["paths"].values():
+        for operation in item.values():
+            operation["responses"].update(DOOR_REFUSALS)
+    return document
