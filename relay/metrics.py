@@ -233,8 +233,15 @@ SPLIT_COPIES = Counter(
 NOTICES = Counter(
     "trackrelay_dsn_total",
     "Delivery status notifications the relay wrote for copies it could not deliver after "
-    "answering 250, by result (sent, failed, null_sender)",
+    "answering 250, by result (sent, failed, null_sender; deferred: a try the upstream "
+    "deferred, the notice kept for the next)",
     ["result"],
+)
+NOTICES_PENDING = Gauge(
+    "trackrelay_dsn_pending",
+    "The relay's own delivery status notices kept on disk until the upstream takes them "
+    "(the folder every worker shares: the largest count any live worker saw)",
+    multiprocess_mode="livemax",
 )
 UNVERIFIED_EVIDENCE = Counter(
     "trackrelay_unverified_evidence_total",

@@ -57,6 +57,7 @@ from relay.metrics import (
     SPLIT_COPIES,
     UPSTREAM_SECONDS,
 )
+from relay.notice_queue import Notice, NoticeQueue, notice_folder
 from relay.pipeline import PLUGIN_TEMPFAIL, PluginFailure, prepare_message
 from relay.plugin_host import failed_plugin
 from relay.records import Outcome, Reply, Transaction, new_id
@@ -87,10 +88,6 @@ TOO_MANY_RCPTS = Reply(452, "4.5.3", "Too many recipients")
 NO_UPSTREAM = Reply(451, "4.4.2", "Upstream connection lost, try again later")
 SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, try again later")
 UTF8_UNSUPPORTED = Reply(555, "5.6.7", "Upstream server does not support SMTPUTF8")
-#: Seconds before each new try of a notice the relay sends itself (relay.dsn) while the
-#: upstream answers 4xx or cannot be reached; after the last, it is given up (logged
-#: ``dsn_failed``). The relay keeps no queue, so these tries live in memory.
-NOTICE_RETRIES = (10.0, 60.0, 300.0)
 #: A transaction that said SMTPUTF8 goes to an upstream without it while its envelope
 #: and header are ASCII, as Postfix delivers it (SMTPUTF8_README: only UTF-8 in the
 #: envelope or the header needs SMTPUTF8); what then needs it is refused with RFC 6531's
@@ -1244,7 +1241,8 @@ class RelaySession(SmtpNames):
             await self.relay.record_delivery(txn, outcome)
             self.relay.after_delivery(txn, outcome)
             if reply.ok:
-                self.relay.notify_sender(txn, raw, dsn.relayed(txn, txn.rcpt_tos, reply))
+                await self.relay.notify_sender(
+                    txn, raw, dsn.relayed(txn, txn.rcpt_tos, reply))
             return str(reply)
         finally:
             # ``delivering`` and ``busy`` are cleared once the reply is sent (after_data).
@@ -1301,7 +1299,7 @@ class RelaySession(SmtpNames):
         for copy, outcome in outcomes:
             self.relay.after_delivery(copy, outcome)
         if reply.ok:
-            self.relay.notify_sender(txn, raw, told + [
+            await self.relay.notify_sender(txn, raw, told + [
                 row for r in results if r.reply.ok
                 for row in dsn.relayed(r.transaction, r.accepted, r.reply)])
         return str(reply)
@@ -1414,9 +1412,8 @@ class Relay:
         self.servers: list[asyncio.Server] = []
         self.sessions: set[RelaySession] = set()
         self.closing = False
-        #: Set by ``stop``: a notice waiting to be tried again is tried at once, one last
-        #: time (``_notify``).
-        self._stopping = asyncio.Event()
+        #: The notices the relay owes senders after its 250, kept until sent.
+        self.notices = NoticeQueue(notice_folder(self.config), self._send_notice)
         self._background: set[asyncio.Task[None]] = set()
         self.addresses: list[tuple[str, int]] = []
         self.tls_addresses: list[tuple[str, int]] = []
@@ -1482,6 +1479,7 @@ class Relay:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         rc = self.config.relay
+        self.notices.start()
         for i, addr in enumerate(rc.listen):
             host, port = parse_hostport(addr, "relay.listen")
             sock = self.listeners.take(f"relay.listen[{i}]")
@@ -1537,11 +1535,11 @@ class Relay:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def notify_sender(self, txn: Transaction, original: bytes,
-                      recipients: list[dsn.Recipient]) -> None:
-        """Send ``txn``'s sender a delivery status notification (relay.dsn) for
-        ``recipients`` (none: nothing to send), after the client has its 250; never to
-        the null sender."""
+    async def notify_sender(self, txn: Transaction, original: bytes,
+                            recipients: list[dsn.Recipient]) -> None:
+        """Owe ``txn``'s sender a delivery status notification (relay.dsn) for
+        ``recipients`` (none: nothing to send): kept on disk before the client has its
+        250, then sent (relay.notice_queue); never to the null sender."""
         if not recipients:
             return
         if dsn.null_path(txn.mail_from):
@@ -1549,49 +1547,17 @@ class Relay:
             log.info("dsn_not_sent", txn=txn.id, reason="null sender",
                      recipients=len(recipients))
             return
-        task = asyncio.get_running_loop().create_task(
-            self._notify(txn, original, recipients))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        await self.notices.submit(Notice(
+            txn=txn.id, sender=txn.mail_from, recipients=recipients, original=original,
+            arrival=txn.started, envid=txn.dsn.envid, full=txn.dsn.full,
+            queued_at=time.time()))
 
-    async def _notify(self, txn: Transaction, original: bytes,
-                      recipients: list[dsn.Recipient]) -> None:
-        """Build and send the notice, trying again after ``NOTICE_RETRIES`` seconds while
-        the upstream answers 4xx or cannot be reached (the relay keeps no queue: this is
-        its only chance); whatever goes wrong in the end (building it included) is logged
-        ``dsn_failed`` and counted: the client already has its 250, so a notice lost
-        here must never be lost silently. Shutdown cuts the waiting short: one last try."""
-        for tries, delay in enumerate((*NOTICE_RETRIES, None), start=1):
-            reply, failure = await self._send_notice(txn, original, recipients)
-            if failure is not None or reply.ok or reply.code >= 500 or delay is None:
-                break
-            if self._stopping.is_set():
-                break
-            log.warning("dsn_retry", txn=txn.id, reply=str(reply), tries=tries,
-                        retry_in=delay)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), delay)
-        ok = failure is None and reply.ok
-        NOTICES.labels("sent" if ok else "failed").inc()
-        if ok:
-            log.info("dsn_sent", txn=txn.id, recipients=len(recipients),
-                     actions=sorted({r.action for r in recipients}), reply=str(reply),
-                     tries=tries)
-        else:
-            log.error("dsn_failed", txn=txn.id, recipients=len(recipients),
-                      actions=sorted({r.action for r in recipients}), reply=str(reply),
-                      tries=tries,
-                      error=failure and f"{type(failure).__name__}: {failure}",
-                      exc_info=failure)
-
-    async def _send_notice(self, txn: Transaction, original: bytes,
-                           recipients: list[dsn.Recipient]
-                           ) -> tuple[Reply, Exception | None]:
+    async def _send_notice(self, notice: Notice) -> tuple[Reply, Exception | None]:
         """One try: the upstream's last answer, and the exception that ended it (a notice
         that could not be built or sent), if any."""
         upstream = self.config.upstream
         # A non-ASCII sender came in an SMTPUTF8 transaction: so goes its notice.
-        utf8 = not txn.mail_from.isascii()
+        utf8 = not notice.sender.isascii()
         conn: Connection | None = None
         reply: Reply = NO_UPSTREAM
         failure: Exception | None = None
@@ -1601,12 +1567,13 @@ class Relay:
             # (relay.dsn); 8-bit content declared with BODY=8BITMIME (RFC 6152
             # sections 2 and 3).
             eightbit = conn.supports("8bitmime")
-            notice = dsn.build(
-                reporting_host=self.config.relay.hostname, sender=txn.mail_from,
-                recipients=recipients, original=original, arrival=txn.started,
+            text = dsn.build(
+                reporting_host=self.config.relay.hostname, sender=notice.sender,
+                recipients=notice.recipients, original=notice.original,
+                arrival=notice.arrival,
                 remote_host=upstream.host if upstream.mode == "smtp" else None,
-                envid=txn.dsn.envid, full=txn.dsn.full, eightbit=eightbit)
-            options = ["BODY=8BITMIME"] if eightbit and not notice.isascii() else []
+                envid=notice.envid, full=notice.full, eightbit=eightbit)
+            options = ["BODY=8BITMIME"] if eightbit and not text.isascii() else []
             if utf8 and not conn.supports("smtputf8"):
                 # RFC 6531 section 3.4: an internationalized message never goes to a
                 # server without SMTPUTF8
@@ -1616,12 +1583,12 @@ class Relay:
                     options.append("SMTPUTF8")
                 reply = await conn.mail("", options, utf8)
                 if reply.ok:
-                    reply = await conn.rcpt(txn.mail_from, [], utf8)
+                    reply = await conn.rcpt(notice.sender, [], utf8)
                 if reply.ok:
-                    reply = await conn.data(notice)
+                    reply = await conn.data(text)
         except UpstreamUnavailable as exc:
             reply = exc.reply
-        except Exception as exc:  # a notice that cannot be built or sent: said by _notify
+        except Exception as exc:  # a notice that cannot be built or sent: said by the queue
             failure = exc
         finally:
             # (an exception may have come mid-transaction: that connection is closed)
@@ -1674,7 +1641,6 @@ class Relay:
         every message already on its way upstream its answer (bounded), then close."""
         grace = self.config.relay.shutdown_grace if grace is None else grace
         self.closing = True
-        self._stopping.set()
         if self._watching is not None:
             self._watching.cancel()
         for server in self.servers:
@@ -1698,6 +1664,7 @@ class Relay:
                 await asyncio.wait_for(server.wait_closed(), 2)
         if self._background:
             await asyncio.wait(list(self._background), timeout=max(1.0, grace))
+        await self.notices.stop(max(1.0, grace))
         await self.upstream.close()
         if self.authenticator is not None:
             self.authenticator.close()

@@ -11,8 +11,10 @@ sender's requests through trackrelay to the next DSN server."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import email
 import email.policy
+import json
 import shutil
 import smtplib
 import tempfile
@@ -381,34 +383,49 @@ async def test_postfix_passes_its_senders_requests_through(
         shutil.rmtree(top, ignore_errors=True)
 
 
+class Refusing:
+    """The sink's RCPT answer to the notice's recipient (the sender), try by try; the
+    refusals used up, ``then`` (``None``: accepted)."""
+
+    def __init__(self, answers: list[str], then: str | None = None) -> None:
+        self.answers = list(answers)
+        self.then = then
+
+    def get(self, address: str) -> str | None:
+        if address != SENDER:
+            return None
+        return self.answers.pop(0) if self.answers else self.then
+
+
+def queue_files(relay: Relay, suffix: str = ".json") -> list[Path]:
+    return sorted(p for p in relay.notices.folder.iterdir() if p.name.endswith(suffix))
+
+
+@pytest.fixture
+def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tries again after 50 ms instead of 10 s (the folder looked at as often)."""
+    from relay import notice_queue
+
+    monkeypatch.setattr(notice_queue, "RETRY_AFTER", (0.05,))
+    monkeypatch.setattr(notice_queue, "SCAN_INTERVAL", 0.05)
+
+
 @pytest.mark.parametrize(("refusals", "tries", "sent"), [
+    ([], 1, True),
     (["451 4.3.0 Try again later"], 2, True),
-    (["451 4.3.0 Try again later"] * 3, 3, False),
+    (["451 4.3.0 Try again later"] * 3, 4, True),
     (["550 5.7.1 No notices here"], 1, False),
 ])
-async def test_a_notice_the_upstream_defers_is_tried_again(
-        make_relay: MakeRelay, sink: Sink, monkeypatch: pytest.MonkeyPatch,
+async def test_a_notice_is_kept_until_the_upstream_takes_it(
+        make_relay: MakeRelay, sink: Sink, quick_retries: None,
         refusals: list[str], tries: int, sent: bool) -> None:
-    """The relay keeps no queue: its notice had one try, and an upstream answering 4xx
-    at that moment (busy, greylisting the null sender) lost it. Now a 4xx is tried again
-    after each of ``NOTICE_RETRIES``; a 5xx, or the last try, ends it (``dsn_failed``)."""
+    """A notice is on disk before the client has its 250, tried at once, and tried again
+    while the upstream defers it (``dsn_deferred``); taken, its file goes; refused for
+    good, its file stays as ``*.failed`` (``dsn_failed``)."""
     import structlog
 
-    from relay import smtp_server
-
-    monkeypatch.setattr(smtp_server, "NOTICE_RETRIES", (0.05, 0.05))
-    answers = list(refusals)
-
-    class Refusing:
-        """The sink's RCPT answer to the notice's recipient (the sender), try by try."""
-
-        def get(self, address: str) -> str | None:
-            if address == SENDER and answers:
-                return answers.pop(0)
-            return None
-
     relay = await make_relay()
-    sink.behaviour.refuse_rcpt = Refusing()  # type: ignore[assignment]
+    sink.behaviour.refuse_rcpt = Refusing(refusals)  # type: ignore[assignment]
     with structlog.testing.capture_logs() as logs:
         code, _ = await asyncio.to_thread(send, relay, {
             "bob@example.com": ["NOTIFY=SUCCESS"]}, [])
@@ -420,5 +437,84 @@ async def test_a_notice_the_upstream_defers_is_tried_again(
         await wait_for(ended)
     [end] = [e for e in logs if e["event"] in ("dsn_sent", "dsn_failed")]
     assert (end["event"], end["tries"]) == ("dsn_sent" if sent else "dsn_failed", tries)
-    assert len([e for e in logs if e["event"] == "dsn_retry"]) == min(tries - 1, 2)
+    assert len([e for e in logs if e["event"] == "dsn_deferred"]) == tries - 1
     assert len(notices(sink)) == (1 if sent else 0)
+    assert queue_files(relay) == []
+    failed = queue_files(relay, ".failed")
+    assert len(failed) == (0 if sent else 1)
+    if failed:  # what the admin finds: the notice's sender, recipients and original
+        kept = json.loads(failed[0].read_bytes())
+        assert kept["sender"] == SENDER
+        assert [r["recipient"] for r in kept["recipients"]] == ["bob@example.com"]
+        assert base64.b64decode(kept["original"]) == BODY
+
+
+async def test_a_notice_outlives_a_restart(make_relay: MakeRelay, sink: Sink,
+                                           quick_retries: None) -> None:
+    """A notice the upstream deferred when the relay stopped is sent by the next relay
+    on the same spool folder, once; a second relay on that folder sends it not again."""
+    first = await make_relay()
+    sink.behaviour.refuse_rcpt = Refusing([], then="451 4.3.0 Try again later")  # type: ignore[assignment]
+    code, _ = await asyncio.to_thread(send, first, {"bob@example.com": ["NOTIFY=SUCCESS"]},
+                                      ["ENVID=QQ271828"])
+    assert code == 250
+
+    async def deferred() -> bool:
+        return any(_tries(p) >= 1 for p in queue_files(first))
+
+    await wait_for(deferred)
+    await first.stop(grace=1.0)
+    assert len(queue_files(first)) == 1 and notices(sink) == []
+    sink.behaviour.refuse_rcpt = {}
+    second, third = await make_relay(), await make_relay()
+
+    async def delivered() -> bool:
+        return bool(notices(sink))
+
+    await wait_for(delivered)
+    await asyncio.sleep(0.3)  # time for a second sending, were there one
+    [notice] = notices(sink)
+    head, [block], _ = report_parts(notice)
+    assert head["Original-Envelope-Id"] == "QQ271828"
+    assert block["Action"] == "relayed"
+    assert queue_files(second) == [] and queue_files(third, ".failed") == []
+
+
+def _tries(path: Path) -> int:
+    return int(path.name.split("-", 2)[1])
+
+
+async def test_a_notice_past_its_lifetime_is_given_up(
+        make_relay: MakeRelay, sink: Sink, quick_retries: None,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deferred past ``LIFETIME`` (5 days; here none), the notice is given up: logged
+    ``dsn_failed``, its file kept as ``*.failed``."""
+    import structlog
+
+    from relay import notice_queue
+
+    monkeypatch.setattr(notice_queue, "LIFETIME", 0.0)
+    relay = await make_relay()
+    sink.behaviour.refuse_rcpt = Refusing([], then="451 4.3.0 Try again later")  # type: ignore[assignment]
+    with structlog.testing.capture_logs() as logs:
+        code, _ = await asyncio.to_thread(send, relay, {
+            "bob@example.com": ["NOTIFY=SUCCESS"]}, [])
+        assert code == 250
+
+        async def ended() -> bool:
+            return any(e["event"] == "dsn_failed" for e in logs)
+
+        await wait_for(ended)
+    assert [e["tries"] for e in logs if e["event"] == "dsn_failed"] == [1]
+    assert queue_files(relay) == [] and len(queue_files(relay, ".failed")) == 1
+
+
+async def test_an_unwritable_notices_folder_stops_the_start(
+        make_relay: MakeRelay, tmp_path: Path) -> None:
+    """The folder beside the spool must be one the relay can write: said at start-up."""
+    from relay.store.base import StoreError
+
+    spool = tmp_path / "spool.jsonl"
+    (tmp_path / "spool.jsonl.notices").write_text("a file, not a folder")
+    with pytest.raises(StoreError, match="notices folder"):
+        await make_relay(store={"spool_path": str(spool)})

@@ -190,3 +190,45 @@ async def test_killed_while_the_database_is_down_the_spool_is_replayed(
         await relay.stop()
     assert all(found[m] == 1 for m in accepted)
     assert '"spool_replayed"' in relay.log_text()
+
+
+async def test_killed_after_250_the_notice_it_owes_is_sent_by_the_next_start(
+        sink: Sink, tmp_path: Path) -> None:
+    """A "relayed" notice (``NOTIFY=SUCCESS`` to an upstream without DSN) is on disk
+    before the client's 250: the relay killed at that 250, while the upstream defers the
+    notice, the restarted relay sends it, once."""
+    smtp = free_port()
+    config = relay_config(sink, smtp, f"sqlite:///{tmp_path / 'store.db'}",
+                          tmp_path / "spool.jsonl")
+    sink.behaviour.refuse_rcpt = {"crm@example.com": "451 4.3.0 Try again later"}
+    relay = Service("relay", "serve", tmp_path, config, [smtp])
+    try:
+        await relay.start()
+        msg_id, data = tracked_mail(1)
+        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=smtp, timeout=30)
+        await client.connect()
+        errors, _ = await client.sendmail("crm@example.com", ["reader1@example.org"], data,
+                                          rcpt_options=["NOTIFY=SUCCESS"])
+        relay.kill()
+        assert errors == {}
+        await relay.wait()
+        client.close()
+    finally:
+        await relay.stop()
+    assert [r.mail_from for r in sink.received] == ["crm@example.com"]
+    sink.behaviour.refuse_rcpt = {}
+    again = Service("relay", "serve", tmp_path, config, [smtp])
+    try:
+        await again.start()
+        for _ in range(200):
+            if any(r.mail_from == "<>" for r in sink.received):
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)
+    finally:
+        await again.stop()
+    notices = [r for r in sink.received if r.mail_from == "<>"]
+    assert len(notices) == 1
+    assert notices[0].rcpt_tos == ["crm@example.com"]
+    assert msg_id.encode() in notices[0].data and b"Action: relayed" in notices[0].data
+    assert not list((tmp_path / "spool.jsonl.notices").glob("*.json"))
