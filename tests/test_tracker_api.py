@@ -53,6 +53,21 @@ async def test_tokens_401(tracker: Tracker) -> None:
         assert (await resp.json())["openapi"].startswith("3.")
 
 
+async def test_two_authorization_headers_are_refused(tracker: Tracker) -> None:
+    """A proxy in front may read the last of two where the API read the first (a
+    scoped token's request taken as the admin's): neither is chosen, the request is 400."""
+    from multidict import CIMultiDict
+
+    for first, second in ((EXAMPLE_TOKEN, ADMIN_TOKEN), (ADMIN_TOKEN, EXAMPLE_TOKEN),
+                          (ADMIN_TOKEN, ADMIN_TOKEN)):
+        headers = CIMultiDict([("Authorization", f"Bearer {first}"),
+                               ("Authorization", f"Bearer {second}")])
+        async with tracker.http.get(f"{tracker.base}/api/v1/messages",
+                                    headers=headers) as resp:
+            assert resp.status == 400
+            assert (await resp.json())["error"] == "bad_request"
+
+
 async def test_scopes_see_only_their_senders(tracker: Tracker) -> None:
     ids = await _scenario(tracker)
     status, body = await tracker.api("/messages")

@@ -384,7 +384,12 @@ class Api:
                       public: bool) -> web.StreamResponse:
         if public:
             return await handler(request)
-        scope = self.tokens.scope_of(request.headers.get("Authorization"))
+        credentials = request.headers.getall("Authorization", [])
+        if len(credentials) > 1:
+            # RFC 9110 section 11.6.2: one set of credentials. Two would be read
+            # differently by a proxy in front (the last) and by this check (the first).
+            return error(400, "bad_request", "more than one Authorization header")
+        scope = self.tokens.scope_of(credentials[0] if credentials else None)
         if scope is None:
             resp = error(401, "unauthorized", "a valid bearer token is needed")
             resp.headers["WWW-Authenticate"] = 'Bearer realm="trackrelay"'
