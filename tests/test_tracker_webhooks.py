@@ -237,3 +237,45 @@ def test_signature_format() -> None:
     assert not signing.verify("k" * 16, b'{"a":2}', header, now=1700000100)
     assert not signing.verify("k" * 16, b'{"a":1}', header, now=1700001000)  # too old
     assert not signing.verify("k" * 16, b'{"a":1}', "v1=abc", now=1700000000)
+
+
+async def test_a_scanners_open_makes_no_first_open(make_tracker: MakeTracker,
+                                                   receiver: Receiver) -> None:
+    """A security scanner fetches the pixel and follows every link within a second, with
+    a browser's user agent: each hit alone looks like a person's, and only the batch pass
+    (``multi_link_burst``) relabels them. So a first open waits for that judgement
+    (``batch_settle_seconds`` and two ``batch_interval``), then is withdrawn; the
+    recipient's later open by a person is the first open, and is delivered."""
+    t = await make_tracker({"engagement": {"batch_interval": 0.3, "batch_settle_seconds": 0.5,
+                                           "link_burst_seconds": 5}},
+                           **_hooks(receiver))
+    sent = await seed_message(t.store, recipients=["carol@customer.test"],
+                              links=["https://shop.example/a", "https://shop.example/b"])
+    async with t.http.get(t.pixel_url(sent.message_id, 0)) as resp:
+        assert resp.status == 200
+    for link in (0, 1):
+        async with t.http.get(t.click_url(sent.message_id, link),
+                              allow_redirects=False) as resp:
+            assert resp.status == 302
+    await t.store.flush()
+
+    async def relabelled() -> bool:
+        page = await t.store.list_events(message_id=sent.message_id, type="open")
+        return bool(page.items) and all(e["machine"] for e in page.items)
+
+    await wait_for(relabelled)
+    await asyncio.sleep(1.5)  # past the first open's due time: withdrawn, not sent
+    assert [p["type"] for p in receiver.delivered("/a")] == ["click", "click"]
+    assert receiver.delivered("/b") == []
+    # Then the person opens it, past the burst.
+    await asyncio.sleep(5)
+    async with t.http.get(t.pixel_url(sent.message_id, 0)) as resp:
+        assert resp.status == 200
+
+    async def delivered() -> bool:
+        return len(receiver.delivered("/b")) == 1
+
+    await wait_for(delivered, timeout=20)
+    [first] = receiver.delivered("/b")
+    page = await t.store.list_events(message_id=sent.message_id, type="open", machine=False)
+    assert [e["id"] for e in page.items] == [first["event"]["id"]]

@@ -45,7 +45,8 @@ async def make_tracker(store_url: str, tmp_path: Any) -> AsyncIterator[MakeTrack
             "store": {"url": store_url},
             "tracker": section,
             # The tests' "person" opens at once; the too-soon rules have their own tests.
-            "engagement": {"instant_seconds": 0, "suspect_seconds": 0,
+            # No batch pass unless a test asks for one (nor first opens waiting for it).
+            "engagement": {"instant_seconds": 0, "suspect_seconds": 0, "batch_interval": 0,
                            **(sections or {}).get("engagement", {})},
         }, environ={})
         app = App(config, PluginHost(config, load_entry_points=False))

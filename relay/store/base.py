@@ -728,6 +728,11 @@ class Store(abc.ABC):
         A process that dies mid-delivery leaves them due again after the lease."""
 
     @abc.abstractmethod
+    async def withdraw_webhook(self, delivery_id: int) -> bool:
+        """Remove a delivery not sent yet (its reason is gone: a first open relabelled
+        a machine's), freeing its dedupe key; False if it was no longer pending."""
+
+    @abc.abstractmethod
     async def mark_webhook_delivered(self, delivery_id: int) -> None:
         """Record a successful delivery (attempts + 1, status delivered)."""
 

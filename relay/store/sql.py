@@ -1077,6 +1077,12 @@ class SqlStore(ContactScoresSql, Store):
         rows.sort(key=lambda r: int(r["id"]))
         return [self._delivery(r) for r in rows]
 
+    async def withdraw_webhook(self, delivery_id: int) -> bool:
+        row = await self._fetchrow(
+            "DELETE FROM webhook_deliveries WHERE id = ? AND status = 'pending' RETURNING id",
+            [int(delivery_id)])
+        return row is not None
+
     async def mark_webhook_delivered(self, delivery_id: int) -> None:
         await self._execute(
             "UPDATE webhook_deliveries SET attempts = attempts + 1, status = 'delivered', "

@@ -149,13 +149,16 @@ class OpenMailer:
             await self._upstream.close()
             self._upstream = None
 
-    async def feed(self, store: Store, row: EventRow, payload: str, key: str) -> None:
-        """Queue the notice for a human open (the dedupe key keeps it to one ever)."""
+    async def feed(self, store: Store, row: EventRow, payload: str, key: str, *,
+                   not_before: float | None = None) -> None:
+        """Queue the notice for a human open (the dedupe key keeps it to one ever), due
+        at ``not_before``."""
         message = await store.lookup_message(row["message_id"])
         if message is None or not self.wanted(message):
             return
         await store.enqueue_webhook(ENDPOINT, "first_open", payload,
-                                         event_id=row["id"], dedupe_key=key)
+                                    event_id=row["id"], dedupe_key=key,
+                                    not_before=not_before)
 
     async def send(self, store: Store, delivery: WebhookDelivery) -> tuple[str | None, bool]:
         """Send one notice: (None, _) when the upstream took it, else (what went wrong,

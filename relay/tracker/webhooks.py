@@ -53,7 +53,7 @@ import aiohttp
 
 from relay import metrics
 from relay.background import BackgroundTasks, Failing
-from relay.config import WebhookConfig
+from relay.config import EngagementConfig, WebhookConfig
 from relay.engagement.verdict import HUMAN_VERDICTS
 from relay.logs import get_logger
 from relay.store.base import iso_time
@@ -106,6 +106,16 @@ def payload_for(event_type: str, row: EventRow, delivery_key: str) -> str:
     return json.dumps(body, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
 
 
+def judging_delay(engagement: EngagementConfig) -> float:
+    """Seconds after an open by which the batch pass has judged it: a scanner that
+    fetches the pixel and follows every link at once is known only once its clicks have
+    settled (``batch_settle_seconds``) and a pass has run (every ``batch_interval``; two,
+    for a pass under way). No batch pass: nothing to wait for."""
+    if engagement.batch_interval <= 0:
+        return 0.0
+    return engagement.batch_settle_seconds + 2 * engagement.batch_interval
+
+
 class WebhookDispatcher:
     """The feeder and sender loops of one process (see the module docstring)."""
 
@@ -144,6 +154,8 @@ class WebhookDispatcher:
         #: First-open mail to senders ([tracker.first_open_mail]), through the same outbox.
         self.mailer = (open_mail.OpenMailer(app) if self.config.first_open_mail.enabled
                        else None)
+        #: Seconds a first open's deliveries wait for the batch pass's judgement.
+        self.judging_delay = judging_delay(app.config.engagement)
         #: [[alerts]], through the same outbox (endpoints alert:<name>).
         self.alerts = Alerts(app)
 
@@ -226,20 +238,51 @@ class WebhookDispatcher:
         kind = row["type"]
         first_open = (kind == "open" and not row["machine"]
                       and row["verdict"] in HUMAN_VERDICTS)
-        first_key = f"first_open:{row['message_id']}:{row['recipient'] or ''}"
-        first_payload = payload_for("first_open", row, first_key) if first_open else ""
         for url, hook in self.hooks.items():
             if wants(hook, kind):
                 await self.store.enqueue_webhook(
                     url, kind, payload_for(kind, row, row["id"]),
                     event_id=row["id"], dedupe_key=f"event:{row['id']}")
-            if first_open and wants(hook, "first_open"):
-                await self.store.enqueue_webhook(
-                    url, "first_open", first_payload, event_id=row["id"], dedupe_key=first_key)
-        if first_open and self.mailer is not None:
-            await self.mailer.feed(self.store, row, first_payload, first_key)
+        if first_open:
+            await self._feed_first_open(row)
         if self.alerts.enabled:
             await self.alerts.feed(self.store, row)
+
+    async def _feed_first_open(self, row: EventRow, endpoint: str | None = None) -> None:
+        """The ``first_open`` deliveries of a person's open (to ``endpoint`` only, when
+        given), due once the batch pass has judged it (``judging_delay``)."""
+        key = f"first_open:{row['message_id']}:{row['recipient'] or ''}"
+        payload = payload_for("first_open", row, key)
+        due = row["time"] + self.judging_delay
+        for url, hook in self.hooks.items():
+            if wants(hook, "first_open") and endpoint in (None, url):
+                await self.store.enqueue_webhook(url, "first_open", payload,
+                                                 event_id=row["id"], dedupe_key=key,
+                                                 not_before=due)
+        if self.mailer is not None and endpoint in (None, open_mail.ENDPOINT):
+            await self.mailer.feed(self.store, row, payload, key, not_before=due)
+
+    async def _still_first_open(self, delivery: WebhookDelivery) -> bool:
+        """Whether a ``first_open`` delivery's open is still its recipient's first open
+        by a person, now that the batch pass has judged it. If not (a scanner that
+        opened and clicked every link, relabelled ``machine``), the delivery is
+        withdrawn, and the recipient's next open by a person, if any, gets one."""
+        event = json.loads(delivery["payload"])["event"]
+        page = await self.store.list_events(
+            type="open", message_id=event["message_id"], recipient=event["recipient"],
+            machine=False, order="asc", limit=100)
+        first = next((e for e in page.items if e["verdict"] in HUMAN_VERDICTS), None)
+        if first is not None and first["id"] == delivery["event_id"]:
+            return True
+        if not await self.store.withdraw_webhook(delivery["id"]):
+            return False
+        metrics.WEBHOOK_ATTEMPTS.labels("withdrawn").inc()
+        log.info("first_open_withdrawn", delivery=delivery["id"],
+                 endpoint=redact(delivery["endpoint"]), message=event["message_id"],
+                 event=delivery["event_id"], next_event=first["id"] if first else None)
+        if first is not None:
+            await self._feed_first_open(first, delivery["endpoint"])
+        return False
 
     # -- sender -------------------------------------------------------------------------------
 
@@ -374,6 +417,9 @@ class WebhookDispatcher:
             failing.failed(exc, delivery=delivery["id"])
 
     async def _deliver(self, delivery: WebhookDelivery) -> None:
+        if (delivery["event_type"] == "first_open" and not delivery["endpoint"].startswith(
+                ALERT_PREFIX) and not await self._still_first_open(delivery)):
+            return
         if delivery["endpoint"] == open_mail.ENDPOINT and self.mailer is not None:
             error, permanent = await self.mailer.send(self.store, delivery)
             await self._settle(delivery, error, permanent)
