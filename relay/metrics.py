@@ -71,7 +71,8 @@ EVENTS = Counter(
 )
 WEBHOOK_ATTEMPTS = Counter(
     "trackrelay_webhook_attempts_total",
-    "Webhook delivery attempts by result (delivered, retry, failed)",
+    "Webhook delivery attempts by result (delivered, retry, failed; withdrawn: a first "
+    "open the batch pass relabelled a machine's, not sent)",
     ["result"],
 )
 API_REQUESTS = Counter(
