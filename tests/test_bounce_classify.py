@@ -219,6 +219,54 @@ def test_delayed_dsn_is_not_permanent() -> None:
     assert rec.status is not None and rec.status.startswith("4.")
 
 
+def _report(text: str, blocks: str) -> bytes:
+    """A multipart/report notice: ``text`` as its human part, ``blocks`` its
+    per-recipient delivery-status fields."""
+    return (
+        "From: Mail Delivery Subsystem <MAILER-DAEMON@mx.example.org>\n"
+        "To: sender@example.org\nSubject: Returned mail: see transcript for details\n"
+        "MIME-Version: 1.0\n"
+        'Content-Type: multipart/report; report-type=delivery-status; boundary="B"\n\n'
+        f"--B\nContent-Type: text/plain\n\n{text}\n"
+        "--B\nContent-Type: message/delivery-status\n\n"
+        f"Reporting-MTA: dns; mx.example.org\n\n{blocks}\n"
+        "--B\nContent-Type: text/rfc822-headers\n\n"
+        "Message-ID: <orig-2@example.org>\nFrom: sender@example.org\n\n--B--\n"
+    ).encode()
+
+
+def test_one_recipients_words_never_speak_for_another() -> None:
+    """Sendmail, Exim and OpenSMTPD list the failed recipients with no blank line between
+    them: each recipient's paragraph ends where the next recipient's lines begin, so the
+    "Mailbox full" said of one cannot veto another's 5.1.1 (RFC 3464 section 2.3)."""
+    raw = _report(
+        "   ----- The following addresses had permanent fatal errors -----\n"
+        "gone@example.net\n"
+        "    (reason: 550 5.1.1 User unknown)\n"
+        "full@example.com\n"
+        "    (reason: 552 5.2.2 <full@example.com>: Recipient address rejected: Mailbox full)\n",
+        "Final-Recipient: RFC822; gone@example.net\nAction: failed\nStatus: 5.1.1\n\n"
+        "Final-Recipient: RFC822; full@example.com\nAction: failed\nStatus: 5.2.2\n")
+    assert [(r.recipient, r.reason, r.hard) for r in classify(raw)] == [
+        ("gone@example.net", "userunknown", True), ("full@example.com", "mailboxfull", False)]
+
+
+@pytest.mark.parametrize(("words", "kind"), [
+    ("grey@example.net: Envelope expired", "bounce"),
+    ("grey@example.net: 451 4.7.1 Greylisted, try again later", "delayed"),
+])
+def test_a_delay_notice_saying_the_envelope_expired_is_final(words: str, kind: str) -> None:
+    """``Action: delayed`` means still being tried (RFC 3464 section 2.3.3); a recipient
+    whose delivery time ran out (``4.4.7``, RFC 3463) and whose words say it expired is
+    not, whatever template wrote the notice (OpenSMTPD 6.8 used its delay one)."""
+    raw = _report(f"    A message is delayed for the following list of recipients:\n\n{words}\n",
+                  "Final-Recipient: rfc822; grey@example.net\nAction: delayed\nStatus: 4.4.7\n")
+    [rec] = classify(raw)
+    assert rec.kind == kind and not rec.hard
+    if kind == "bounce":
+        assert (rec.reason, rec.action) == ("expired", "failed")
+
+
 SUCCESS_DSN = b"""\
 From: MAILER-DAEMON@mx.example.org (Mail Delivery System)
 To: sender@example.org

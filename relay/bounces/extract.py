@@ -44,6 +44,7 @@ server's ``postmaster@``.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from email.message import Message
 
@@ -175,8 +176,9 @@ def extract(msg: Message, rules: RuleSet, trace: Trace | None = None,
     if blocks:
         _fire(trace, "parser:rfc3464")
         single = len({r.recipient for r in blocks}) == 1
+        others = sorted({r.recipient for r in blocks})
         return [_from_dsn(r, notice, subject, msgid, single, families,
-                          reporting_mta or reporting) for r in blocks]
+                          reporting_mta or reporting, others) for r in blocks]
     # --- a report forwarded as an attachment, or a notice forwarded inline -----------------
     if depth < 2:
         nested = _nested(msg, anatomy, subject, rules, trace, depth, notes)
@@ -386,8 +388,13 @@ def _original_message_id(anatomy: Anatomy, returned_text: str) -> str | None:
     return m.group(1) if m else None
 
 
-def _context(notice: str, recipient: str) -> str:
-    """The paragraph of the human-readable notice that talks about one recipient."""
+def _context(notice: str, recipient: str, others: Sequence[str] = ()) -> str:
+    """The paragraph of the human-readable notice that talks about one recipient.
+
+    With ``others`` (the report's other recipients), the paragraph is cut at their
+    lines: Exim, Sendmail and OpenSMTPD list failed recipients one after the other with
+    no blank line between them, and RFC 3464 section 2.3 makes each recipient's report
+    its own, so no word or code about another recipient may speak for this one."""
     low = notice.lower()
     i = low.find(recipient)
     if i < 0:
@@ -395,7 +402,20 @@ def _context(notice: str, recipient: str) -> str:
     start = max(low.rfind("\n\n", 0, i), low.rfind("\n\r\n", 0, i), 0)
     end = min((j for j in (low.find("\n\n", i), low.find("\n\r\n", i)) if j >= 0),
               default=len(low))
+    for other in others:
+        if other == recipient or recipient in other or other in recipient:
+            continue  # one address inside the other: no line can be told apart
+        before = low.rfind(other, start, i)
+        if before >= 0:  # another recipient's lines come before this one's
+            start = max(start, low.rfind("\n", 0, i) + 1)
+        after = low.find(other, i + len(recipient), end)
+        if after >= 0:  # ... and after it: this recipient's lines end at that line
+            end = min(end, max(low.rfind("\n", 0, after), i + len(recipient)))
     return notice[start:min(end, i + 1000)]
+
+
+#: A recipient's delivery said to have run out of time (with an X.4.7 status).
+_EXPIRED = re.compile(r"\b(?:envelope|message|delivery time)(?: has)? expired\b")
 
 
 def _action(value: str, status: str | None, notice: str, subject: str) -> str:
@@ -413,14 +433,21 @@ def _action(value: str, status: str | None, notice: str, subject: str) -> str:
 
 
 def _from_dsn(r: DsnRecipient, notice: str, subject: str, msgid: str | None, single: bool,
-              families: tuple[str, ...], reporting: str) -> Found:
+              families: tuple[str, ...], reporting: str, others: Sequence[str] = ()
+              ) -> Found:
     """One record from a delivery-status block, with the notice paragraph about it."""
     status = valid_status(r.status)
     action = _action(r.action, status, notice, subject)
+    context = _context(notice, r.recipient, others)
+    if action == "delayed" and (status or "").startswith("4.4.7") \
+            and _EXPIRED.search(context.lower()):
+        # RFC 3464 section 2.3.3: "delayed" is a message still being tried; one whose
+        # delivery time ran out (RFC 3463 X.4.7) and that the text says expired is not
+        # (OpenSMTPD 6.8 wrote its final expiry notice with its delay template).
+        action = "failed"
     diag_type = r.fields.get("diagnostic-code", "").split(";", 1)[0].strip().lower() \
         if ";" in r.fields.get("diagnostic-code", "") else ""
     diagnostic = r.diagnostic.strip()
-    context = _context(notice, r.recipient)
     alias = next((a for a in (address_of(r.fields.get("original-recipient", "")),
                               address_of(r.fields.get("x-actual-recipient", "")))
                   if a and a != r.recipient), None)
