@@ -4,20 +4,27 @@ Every subcommand that reads the config takes ``--config``; a configuration probl
 printed as one line naming the key (exit code 2), never as a traceback. Only the
 services (``serve``, ``tracker``) log by their config; every other command prints its
 output on stdout and nothing else on stderr but errors, unless asked with ``-v`` (info
-logs) or ``-vv`` (debug).
+logs) or ``-vv`` (debug). Ctrl-C (SIGINT) ends any command with exit code 130 (128 + 2,
+as shells report it) and no traceback; the services drain first, as on SIGTERM.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
+import io
 import json
 import os
 import re
+import signal
+import socket
 import sys
-from collections.abc import Sequence
-from typing import Any
+import threading
+from collections.abc import Coroutine, Iterator, Sequence
+from types import FrameType
+from typing import Any, BinaryIO
 
 from relay import __version__
 from relay.cli_config import add_config, load
@@ -87,7 +94,7 @@ def _run_services(args: argparse.Namespace, *, smtp: bool, http: bool) -> int:
     if index is None:
         _check_plugins(config)  # a bad plugin setting: one line, before anything starts
     if index is None and workers.worker_count(config.process.workers) > 1:
-        return workers.supervise(config, args.argv, smtp=smtp, http=http)
+        return _supervise(config, args.argv, smtp=smtp, http=http)
     from relay.listeners import Listeners
     from relay.server import run
 
@@ -99,10 +106,58 @@ def _run_services(args: argparse.Namespace, *, smtp: bool, http: bool) -> int:
     else:
         listeners = Listeners.bind_all(config, smtp=smtp, http=http)
     try:
-        event_loop.run(run(config, smtp=smtp, http=http, listeners=listeners), loop)
+        services = run(config, smtp=smtp, http=http, listeners=listeners)
+        if index is not None:  # a worker: its supervisor gives the exit status
+            event_loop.run(services, loop)
+            return 0
+        interrupted = event_loop.run(_until_stopped(services), loop)
     finally:
         listeners.close()
-    return 0
+    return INTERRUPTED if interrupted else 0
+
+
+#: The exit status after Ctrl-C (SIGINT), as shells report it: 128 + 2.
+INTERRUPTED = 128 + signal.SIGINT
+
+
+async def _until_stopped(services: Coroutine[Any, Any, None]) -> bool:
+    """Run the services until a signal stops them; True if it was SIGINT (Ctrl-C), which
+    they are handed as SIGTERM (the same drain) once it is noted."""
+    interrupted = False
+
+    def on_sigint() -> None:
+        nonlocal interrupted
+        interrupted = True
+        signal.raise_signal(signal.SIGTERM)
+
+    task = asyncio.ensure_future(services)
+    await asyncio.sleep(0)  # the services set their signal handlers before their first wait
+    with contextlib.suppress(NotImplementedError):
+        asyncio.get_running_loop().add_signal_handler(signal.SIGINT, on_sigint)
+    await task
+    return interrupted
+
+
+def _supervise(config: Config, argv: Sequence[str], *, smtp: bool, http: bool) -> int:
+    """A supervisor of workers; ``INTERRUPTED`` if SIGINT stopped it. Its own handlers
+    say only that a signal came, so the signals are read from a wakeup socket."""
+    from relay import workers
+
+    seen, wakeup = socket.socketpair()
+    seen.setblocking(False)
+    wakeup.setblocking(False)
+    previous = signal.set_wakeup_fd(wakeup.fileno(), warn_on_full_buffer=False)
+    try:
+        code = workers.supervise(config, argv, smtp=smtp, http=http)
+    finally:
+        signal.set_wakeup_fd(previous)
+        try:
+            signals = seen.recv(4096)
+        except BlockingIOError:
+            signals = b""
+        seen.close()
+        wakeup.close()
+    return INTERRUPTED if signal.SIGINT in signals else code
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -194,8 +249,27 @@ def cmd_explain(args: argparse.Namespace) -> int:
 def cmd_rewrite(args: argparse.Namespace) -> int:
     from relay.rewrite.cli import run_rewrite
 
+    message = _within_message_size(args.config, sys.stdin.buffer)
+    if message is None:
+        return 1
     return asyncio.run(run_rewrite(args.config, args.recipient or [], args.sender,
-                                   sys.stdin.buffer, sys.stdout.buffer, sys.stderr))
+                                   message, sys.stdout.buffer, sys.stderr))
+
+
+def _within_message_size(config_path: str | None, stdin: BinaryIO) -> BinaryIO | None:
+    """The message on ``stdin`` if the relay would take it, else None (said on stderr):
+    a dry run refuses what the listener refuses, as the listener words it, and reads no
+    more of a message than the limit."""
+    try:
+        limit = load_config(config_path).relay.max_message_size
+    except ConfigError:  # the dry run reports it as it reports every config problem
+        return stdin
+    raw = stdin.read(limit + 1)
+    if len(raw) > limit:
+        print(f"trackrelay rewrite: refused with 552 5.3.4 Message too big (larger than "
+              f"relay.max_message_size, {limit} octets)", file=sys.stderr)
+        return None
+    return io.BytesIO(raw)
 
 
 def cmd_bounces_classify(args: argparse.Namespace) -> int:
@@ -398,6 +472,25 @@ def _attach_relative_times(argv: Sequence[str]) -> list[str]:
     return out
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _interrupt_at_once() -> Iterator[None]:
+    """Ctrl-C ends a command at once, wherever it waits: asyncio.run's own handler would
+    only cancel its task, and a read of standard input would go on waiting. (Only the
+    main thread may set a handler; a command run from another keeps Python's.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     given = list(sys.argv[1:] if argv is None else argv)
@@ -412,7 +505,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging({0: "error", 1: "info"}.get(args.verbose, "debug"), "auto",
                           stream=sys.stderr)
     try:
-        return int(args.func(args))
+        # the services stop on SIGINT as on SIGTERM, by their own handlers
+        with contextlib.nullcontext() if args.command in SERVICES else _interrupt_at_once():
+            return int(args.func(args))
     except ConfigError as exc:
         print(f"trackrelay: config error: {exc}", file=sys.stderr)
         return 2
@@ -420,7 +515,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"trackrelay: store error: {_store_url(args)}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        return 130
+        return INTERRUPTED
     except BrokenPipeError:
         # The reader went away (``trackrelay stats | head``): stop quietly, and keep the
         # interpreter's last flush of stdout from failing again (Python's signal docs).

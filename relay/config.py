@@ -16,6 +16,7 @@ import ipaddress
 import math
 import os
 import re
+import socket
 import tomllib
 import types
 import typing
@@ -40,6 +41,15 @@ def parse_hostport(value: str, key: str, default_host: str = "127.0.0.1") -> tup
         raise ConfigError(f"{key}: port must be a number from 0 to 65535, got {port!r}")
     return host, int(port)
 
+
+
+def listen_sockaddr(host: str, port: int) -> tuple[int, str]:
+    """The family and numeric address a listener on ``host`` binds (a host with a colon
+    is IPv6, any other IPv4; a name is resolved by getaddrinfo, its first address of
+    that family, as ``bind`` takes it). ``OSError`` for a name that does not resolve."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    info = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+    return family, str(info[0][4][0])
 
 #: The largest integer any key takes (sizes, counts, limits): what a C int holds.
 MAX_INT = 2**31 - 1
@@ -584,7 +594,8 @@ class Config:
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
     #: ``[plugins.<name>]`` tables, checked by each plugin at start-up.
     plugin_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
-    #: Where the file was read from (relative paths in it are relative to the cwd).
+    #: Where the file was read from. Relative paths in it are relative to the working
+    #: folder, but for a SQLite ``store.url``: the file's folder (``load_config``).
     source: str = ""
 
     def plugin_config(self, name: str) -> dict[str, Any]:
@@ -799,29 +810,38 @@ def load_config(path: str | os.PathLike[str] | None,
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
         except RecursionError:
             raise ConfigError(f"{path}: not valid TOML: nested too deeply") from None
+        _store_beside_file(data, Path(os.path.abspath(path)).parent)
     config = build_config(data, environ)
     config.source = str(path or "")
     return config
 
 
+def _store_beside_file(data: dict[str, Any], folder: Path) -> None:
+    """A relative SQLite path in the file's ``store.url`` names a file in the file's own
+    folder (as nginx and Postfix read relative paths against their configuration), so
+    a service started from another folder opens the same database, not a new empty one.
+    The environment's and the default URL keep following the working folder."""
+    store = data.get("store")
+    if isinstance(store, dict) and isinstance(store.get("url"), str):
+        store["url"] = _sqlite_beside(store["url"], folder)
+
+
+def _sqlite_beside(url: str, folder: Path) -> str:
+    """``sqlite:///PATH`` with a relative PATH made absolute against ``folder``; any
+    other URL (an absolute path, ``:memory:``, PostgreSQL) as it is."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix):
+        return url
+    path, sep, query = url[len(prefix):].partition("?")
+    if not path or path == ":memory:" or path.startswith("/"):
+        return url
+    return f"{prefix}{folder / path}{sep}{query}"
+
+
 def validate(config: Config) -> None:
     """Checks that span more than one key's type."""
     r, u = config.relay, config.upstream
-    seen: dict[tuple[str, int], str] = {}
-    for key, addresses in (("relay.listen", r.listen), ("relay.listen_tls", r.listen_tls),
-                           ("bounces.listen", config.bounces.listen),
-                           ("http.listen", [config.http.listen] if config.http.listen
-                            else []),
-                           ("http.dashboard_listen", [config.http.dashboard_listen]
-                            if config.http.dashboard_listen else [])):
-        for i, addr in enumerate(addresses):
-            where = f"{key}[{i}]" if key.startswith(("relay.", "bounces.")) else key
-            host, port = parse_hostport(addr, where)
-            if port and (host.strip("[]").lower(), port) in seen:
-                raise ConfigError(f"{where}: {addr} is also "
-                                  f"{seen[(host.strip('[]').lower(), port)]}: one address, "
-                                  "one listener")
-            seen[(host.strip("[]").lower(), port)] = where
+    validate_listeners(config)
     # A name that goes into the greeting, EHLO and HELO: one token of printable ASCII (a
     # line break would end the reply early and start another, RFC 5321 section 4.2).
     for key, name in (("relay.hostname", r.hostname), ("upstream.helo_name", u.helo_name)):
@@ -955,6 +975,76 @@ def _number_fields(obj: Any, prefix: str) -> typing.Iterator[tuple[str, int | fl
             yield from _number_fields(value, key)
         elif hints[f.name] in (int, float) and not isinstance(value, bool):
             yield key, value
+
+
+#: Wildcard addresses by family: a listener there takes the port on every address.
+_WILDCARDS: dict[int, str] = {socket.AF_INET: "0.0.0.0", socket.AF_INET6: "::"}
+
+
+def _dual_stack() -> bool:
+    """Whether an IPv6 socket takes IPv4 connections too (the system's IPV6_V6ONLY
+    default, which listeners keep): then ``[::]`` has the port on every IPv4 address."""
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+            return not sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
+    except OSError:  # no IPv6 on this host
+        return False
+
+
+def _overlap(a: tuple[int, str], b: tuple[int, str], dual_stack: bool) -> str | None:
+    """Why two listeners on one port cannot both listen ("" the same address), or None."""
+    if a == b:
+        return ""
+    if a[0] == b[0] and _WILDCARDS.get(a[0]) in (a[1], b[1]):
+        return "a wildcard address takes the port on every address of its family; "
+    if dual_stack and "::" in (a[1], b[1]) and {a[0], b[0]} == {socket.AF_INET,
+                                                                 socket.AF_INET6}:
+        return "[::] takes the port on every IPv4 address too; "
+    return None
+
+
+def validate_listeners(config: Config) -> None:
+    """One address, one listener: two keys on the same address however it is written
+    (``localhost`` and ``127.0.0.1``), or a wildcard and an address it covers on the
+    same port, would fail only at start-up, with an error that names neither key. Only
+    addresses that share a port are resolved, so a command that reads the config looks
+    nothing up in the usual case."""
+    listeners: list[tuple[str, str, str, int]] = []
+    for key, addresses in (("relay.listen", config.relay.listen),
+                           ("relay.listen_tls", config.relay.listen_tls),
+                           ("bounces.listen", config.bounces.listen),
+                           ("http.listen", [config.http.listen] if config.http.listen
+                            else []),
+                           ("http.dashboard_listen", [config.http.dashboard_listen]
+                            if config.http.dashboard_listen else [])):
+        for i, addr in enumerate(addresses):
+            where = f"{key}[{i}]" if key.startswith(("relay.", "bounces.")) else key
+            listeners.append((where, addr, *parse_hostport(addr, where)))
+    ports = [port for *_, port in listeners]
+    seen: list[tuple[str, str, int, tuple[int, str]]] = []
+    dual_stack: bool | None = None
+    for where, addr, host, port in listeners:
+        if not port or ports.count(port) < 2:  # port 0: the system's choice, never shared
+            continue
+        try:
+            bound = listen_sockaddr(host, port)
+        except OSError:  # binding says why it does not resolve; a clash is as written
+            bound = (-1, host.lower())
+        for other, other_addr, other_port, other_bound in seen:
+            if other_port != port:
+                continue
+            if dual_stack is None and "::" in (bound[1], other_bound[1]):
+                dual_stack = _dual_stack()
+            why = _overlap(bound, other_bound, bool(dual_stack))
+            if why is not None:
+                raise ConfigError(_clash(where, addr, other, other_addr, why))
+        seen.append((where, addr, port, bound))
+
+
+def _clash(where: str, addr: str, other: str, other_addr: str, why: str) -> str:
+    written = "" if other_addr == addr else f" ({other_addr})"
+    verb = "overlaps" if why else "is also"
+    return f"{where}: {addr} {verb} {other}{written}: {why}one address, one listener"
 
 
 def validate_numbers(config: Config) -> None:

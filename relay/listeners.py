@@ -22,7 +22,7 @@ import os
 import socket
 from collections.abc import Mapping
 
-from relay.config import Config, ConfigError, parse_hostport
+from relay.config import Config, ConfigError, listen_sockaddr, parse_hostport
 
 #: Environment variable carrying ``key=fd`` pairs, comma separated.
 ENV = "TRACKRELAY_WORKER_SOCKETS"
@@ -44,13 +44,14 @@ def listen_addresses(config: Config, *, smtp: bool, http: bool) -> list[tuple[st
 
 
 def _socket(host: str, port: int, *, shared: bool = True) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # resolved as the config check resolves it, so what it calls a clash is one here
+    family, address = listen_sockaddr(host, port)
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if shared:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((host, port))
+        sock.bind((address, port))
     except BaseException:
         sock.close()
         raise

@@ -62,12 +62,12 @@ def test_environment_overrides_file(tmp_path: Path) -> None:
     config = load_config(path, environ={
         "TRACKRELAY_UPSTREAM__PORT": "587",
         "TRACKRELAY_UPSTREAM__HOST": "smtp.example.com",
-        "TRACKRELAY_RELAY__LISTEN": '["0.0.0.0:25", "[::]:25"]',
+        "TRACKRELAY_RELAY__LISTEN": '["0.0.0.0:25", "[::1]:25"]',
         "UNRELATED": "x",
     })
     assert config.upstream.port == 587
     assert config.upstream.host == "smtp.example.com"
-    assert config.relay.listen == ["0.0.0.0:25", "[::]:25"]
+    assert config.relay.listen == ["0.0.0.0:25", "[::1]:25"]
     with pytest.raises(ConfigError, match=r"TRACKRELAY_UPSTREAM__PORT \(upstream\.port\): "
                                           "expected an integer"):
         load_config(path, environ={"TRACKRELAY_UPSTREAM__PORT": "abc"})

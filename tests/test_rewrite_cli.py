@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -62,3 +65,28 @@ async def test_dry_run_with_the_null_sender_is_a_notification(tmp_path: Path,
                            err)
     assert rc == 0 and out.getvalue() == raw
     assert err.getvalue() == "skipped (notification): message forwarded untouched\n"
+
+
+def test_a_message_over_the_size_limit_is_refused_as_the_listener_refuses_it(
+        tmp_path: Path) -> None:
+    """The dry run takes what the relay takes: a message over ``relay.max_message_size``
+    is the listener's 552 5.3.4, in one line and a non-zero exit, not a rewrite."""
+    raw = alternative("<html><body><a href='https://e.com/'>e</a></body></html>", "8bit")
+    path = Path(config(tmp_path))
+    path.write_text(f"[relay]\nmax_message_size = {len(raw)}\n" + path.read_text())
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("TRACKRELAY_")}
+
+    def rewrite(message: bytes) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([sys.executable, "-m", "relay.cli", "rewrite", "--config",
+                               str(path)], input=message, capture_output=True, env=environ,
+                              timeout=120, check=False)
+
+    fits = rewrite(raw)  # exactly the limit
+    assert fits.returncode == 0, fits.stderr
+    assert b"/o/" in fits.stdout
+    over = rewrite(raw + b"x")
+    assert over.returncode == 1
+    assert over.stdout == b""
+    assert over.stderr.decode().splitlines() == [
+        f"trackrelay rewrite: refused with 552 5.3.4 Message too big (larger than "
+        f"relay.max_message_size, {len(raw)} octets)"]

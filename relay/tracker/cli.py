@@ -340,8 +340,6 @@ def events(args: argparse.Namespace, out: IO[str] | None = None) -> int:
         return asyncio.run(_events(args, out or sys.stdout))
     except BrokenPipeError:
         return 0
-    except KeyboardInterrupt:
-        return 0
 
 
 def add_stats_arguments(p: argparse.ArgumentParser) -> None:

@@ -117,19 +117,62 @@ def _cell(cells: list[str], columns: dict[str, int], name: str) -> str:
     return read_cell(cells[i].strip()) if i is not None and i < len(cells) else ""
 
 
-def _rows(text: str) -> Iterator[list[str]]:
-    """The CSV's rows; :class:`BadParameter` (``body``) for text that is not CSV (a bare
-    CR inside a field, a quote left open at the end)."""
-    reader = csv.reader(io.StringIO(text, newline=""))
+class _Lines:
+    """The physical lines of a text, noting when a reader asks past the last one: a
+    row that asked there ran into the end of the text inside a quoted field."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self._lines = iter(lines)
+        self.ended = False
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        try:
+            return next(self._lines)
+        except StopIteration:
+            self.ended = True
+            raise
+
+
+def _read(lines: list[str], first: int = 1) -> Iterator[tuple[int, list[str] | None]]:
+    """``(line, cells)`` for each row read from ``lines`` (``first`` the number of the
+    first), cells None for the row whose quote is still open at the end."""
+    source = _Lines(lines)
+    reader = csv.reader(source)
+    read = 0  # lines taken by the rows so far
     while True:
         try:
             row = next(reader)
         except StopIteration:
             return
         except csv.Error as exc:
-            raise BadParameter("body", f"not a CSV file: line {reader.line_num}: {exc}"
-                               ) from None
-        yield row
+            raise BadParameter("body", f"not a CSV file: line {first - 1 + reader.line_num}"
+                                       f": {exc}") from None
+        yield first + read, None if source.ended else row
+        read = reader.line_num
+
+
+def _rows(lines: list[str]) -> Iterator[tuple[int, list[str] | None]]:
+    """``(line, cells)`` for each row of the CSV's lines, ``line`` the one it starts
+    on. A quote never closed would take the rest of the file as one field: that row
+    comes as ``(line, None)``, and as the quoting after it cannot be trusted each later
+    line is read as a row of its own (so nothing after it is lost, and the reading stays
+    linear). :class:`BadParameter` (``body``) for text that is not CSV (a bare CR inside
+    an unquoted field, a field over the csv module's size limit)."""
+    for n, cells in _read(lines):
+        yield n, cells
+        if cells is None:
+            for later in range(n + 1, len(lines) + 1):
+                yield from _read(lines[later - 1:later], later)
+            return
+
+
+def _open_quote(lines: list[str], n: int) -> str:
+    """The problem for a row whose quote is never closed, showing its line as given."""
+    given = lines[n - 1].rstrip("\r\n")
+    return f"line {n}: a quote is never closed: {given[:80]!r}"
 
 
 def parse_suppressions_csv(text: str, default_scope: str = "",
@@ -139,7 +182,11 @@ def parse_suppressions_csv(text: str, default_scope: str = "",
     rows: list[tuple[str, str, str]] = []
     problems: list[str] = []
     columns = {"address": 0, "scope": 1, "reason": 2}
-    for n, cells in enumerate(_rows(text), start=1):
+    lines = io.StringIO(text, newline="").readlines()
+    for n, cells in _rows(lines):
+        if cells is None:
+            problems.append(_open_quote(lines, n))
+            continue
         if not cells or not any(c.strip() for c in cells):
             continue
         if n == 1 and cells[0].strip().lower() == "address":
