@@ -11,7 +11,9 @@ RFC 2387 section 3.2), not HTML the root refers to. Empty alt text; a
 Gmail shows only the first 102 KB of a message's HTML and hides the rest behind "View
 entire message" (Gmail Help, "Gmail clips messages over 102KB"): a pixel at the end of a
 longer document is never loaded, and its opens are never counted. In an HTML part
-larger than that the pixel goes right after ``<body …>`` instead.
+larger than that — counted with the other plugins' edits, rewritten links being longer
+than most links they replace — the pixel goes right after ``<body …>`` instead: this
+implementation runs last (``trylast``) to see those edits.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ def pixel_markup(url: str) -> str:
             f'style="{STYLE}">')
 
 
-@hookimpl
+@hookimpl(trylast=True)
 def trackrelay_edit_html(context: RewriteContext, part: HtmlPart) -> None:
     if not context.policy.opens or context.stats.pixel:
         return
@@ -43,8 +45,9 @@ def trackrelay_edit_html(context: RewriteContext, part: HtmlPart) -> None:
         return
     offset = part.body_insert_offset()
     body_start = part.scan.body_open_end
-    if body_start is not None and len(part.text) > GMAIL_CLIP // 4 \
-            and len(part.text.encode("utf-8", "surrogateescape")) > GMAIL_CLIP:
+    growth = part.edits.growth
+    if body_start is not None and len(part.text) + growth > GMAIL_CLIP // 4 \
+            and len(part.text.encode("utf-8", "surrogateescape")) + growth > GMAIL_CLIP:
         offset = body_start  # before where Gmail clips (the module's docstring)
     part.insert(offset, pixel_markup(context.open_url()), owner=NAME)
     context.stats.pixel = True

@@ -346,6 +346,20 @@ async def test_pixel_of_html_gmail_clips_goes_at_the_start_of_the_body() -> None
     assert re.search(rb'</p>\r\n<img src="[^"]+/o/[\w-]+\.gif"[^>]*></body></html>\r\n$', out)
 
 
+async def test_the_clip_counts_the_html_as_rewritten() -> None:
+    """Rewritten links are longer than most links they replace: 93 KB of HTML with 540
+    short links is past 102 KB once they are tracked, so the pixel goes after ``<body>``
+    (it went before ``</body>``, where Gmail never loads it)."""
+    app = make_app()
+    row = b'<p><a href="https://ex.am/p">link</a> ' + b"x" * 130 + b"</p>\r\n"
+    html = b"<html><body>\r\n" + row * 540 + b"</body></html>\r\n"
+    assert len(html) < 102_000
+    out, ctx = await rewrite(app, message("text/html", "8bit", html))
+    assert ctx.stats.links_rewritten == 540 and len(out) > 102_000
+    assert re.search(rb'<body><img src="https://t\.example\.net/o/[\w-]+\.gif"[^>]*>\r\n<p>',
+                     out)
+
+
 async def test_no_pixel_for_empty_html_body() -> None:
     app = make_app()
     raw = message("text/html", "8bit", b"<html><body> <!-- nothing --> &nbsp;</body></html>")

@@ -104,6 +104,8 @@ class EditList:
         # next when it outgrows its size, so requests in any order cost O(log n) each.
         self._spans = _Spans()
         self._late: list[_Spans] = []
+        #: Characters the edits add (less those they take away), so far.
+        self.growth = 0
 
     def __len__(self) -> int:
         return len(self._edits)
@@ -138,6 +140,7 @@ class EditList:
         else:
             self._add_late(start, end, seq, owner)
         self._edits.append(Edit(start, end, text, seq, owner))
+        self.growth += len(text) - (end - start)
 
     def _add_late(self, start: int, end: int, seq: int, owner: str) -> None:
         late = self._late
@@ -156,6 +159,7 @@ class EditList:
         if not 0 <= offset <= self.length:
             raise ValueError(f"offset {offset} outside the text (0:{self.length})")
         self._edits.append(Edit(offset, offset, text, len(self._edits), owner))
+        self.growth += len(text)
 
     def apply(self, original: str) -> str:
         """The text with every edit applied (one pass over the original)."""
