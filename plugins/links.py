@@ -25,12 +25,16 @@ in ``List-Unsubscribe``, a link that says "unsubscribe", or a URL with a host la
 segment or query item that begins or ends with "unsubscribe": ``/unsubscribe?u=…``,
 ``/list-unsubscribe``, ``?action=unsubscribe``, but not an article slug that only has the
 word inside it), ``relative``,
-``other_scheme``, ``empty`` and (text parts) ``wrapped``.
+``other_scheme``, ``empty`` and (text parts) ``wrapped`` and ``iri``.
 
 With ``tracking.rewrite_text_links`` on, URLs in ``text/plain`` parts are rewritten too,
 with the same rules; there a URL ends at the first character that is not ASCII (a URI is
-ASCII: RFC 3986 section 2 and Appendix C), so text written right after it without a
-space stays as it is; a URL the same word carries on into template syntax
+ASCII: RFC 3986 section 2 and Appendix C), so punctuation written right after it (a
+closing ``”``, an ideographic full stop) stays text. When that character is a letter,
+mark or digit (``…/wiki/Größe``, ``…/infoをご覧ください``), the URL may go on as an IRI
+(RFC 3987), and mail clients that link IRIs link the whole word: a tracked link with
+that rest after it answers 404, a tracked ``…/wiki/Gr`` leads elsewhere. Such a URL is
+left as written (``iri``). A URL the same word carries on into template syntax
 (``https://example.com/?u={{id}}``, ``?id=*|UNIQID|*``) is a ``placeholder``, a URL
 inside another URI of the same word (``mailto:?body=https://…``) is left to that URI,
 counted once per URI by its scheme (``mailto``, ``tel``, ``sms``, else ``other_scheme``),
@@ -42,6 +46,7 @@ left alone as ``wrapped``, where only its first line's part could be tracked.
 from __future__ import annotations
 
 import re
+import unicodedata
 from urllib.parse import urljoin
 
 from relay import hookimpl
@@ -289,6 +294,13 @@ def _ascii_end(text: str, start: int, end: int) -> int:
     return m.start() if m else end
 
 
+def _runs_on_as_iri(text: str, end: int) -> bool:
+    """Whether the character at ``end`` (right after an ASCII URL) is a letter, mark or
+    digit that an IRI (RFC 3987 ``ucschar``) could go on with."""
+    return end < len(text) and not text[end].isascii() \
+        and unicodedata.category(text[end])[0] in "LMN"
+
+
 @hookimpl
 def trackrelay_edit_text(context: RewriteContext, part: PlainTextPart) -> None:
     if not (context.policy.clicks and context.policy.text_links):
@@ -333,6 +345,9 @@ def trackrelay_edit_text(context: RewriteContext, part: PlainTextPart) -> None:
         url = m.group(0).rstrip(_TRAILING)
         if url.endswith(")") and url.count("(") < url.count(")"):
             url = url[:-1]
+        if len(url) == len(m.group(0)) and _runs_on_as_iri(text, m.end()):
+            context.skip_link("iri")  # its end cannot be told (the module's docstring)
+            continue
         reason = skip_reason(url, context)
         if reason is not None:
             context.skip_link(reason)

@@ -443,10 +443,12 @@ def text_message(plain: bytes, ctype: bytes = b"text/plain; charset=utf-8",
 
 @pytest.mark.parametrize("cte", [b"8bit", b"quoted-printable", b"base64"])
 async def test_text_url_ends_at_the_first_character_that_is_not_ascii(cte: bytes) -> None:
-    """A URI is ASCII (RFC 3986 section 2, Appendix C): text written right after a URL
-    with no space (Japanese, a closing curly quote) is text. It stays in the part, and
-    the click goes to the URL, not to ``…/info%E3%82%92…``. A merge tag after such text
-    is the text's; one the URL runs on into is a placeholder, as before."""
+    """A URI is ASCII (RFC 3986 section 2, Appendix C): punctuation written right after a
+    URL with no space (a closing curly quote) is text, and the click goes to the URL.
+    A letter written right after it (Japanese, ``/パス``) may be the URL going on as an
+    IRI (RFC 3987), as clients that link IRIs read it: the URL is left as written
+    (``iri``), never tracked as a cut-off ``…/`` or with text the token cannot carry. A
+    merge tag the URL runs on into is a placeholder, as before."""
     import base64
     import binascii
 
@@ -456,13 +458,28 @@ async def test_text_url_ends_at_the_first_character_that_is_not_ascii(cte: bytes
     app = make_app(rewrite_text_links=True)
     raw = text_message(body, cte=cte)
     out, ctx = await rewrite(app, raw)
-    tracked = ("https://example.jp/info", "https://ex.com/v", "https://example.jp/p?u=1",
-               "https://example.org/")
+    tracked = ("https://ex.com/v",)
     assert urls(ctx) == list(tracked)
-    assert skipped(ctx) == Counter(placeholder=1)
+    assert skipped(ctx) == Counter(placeholder=1, iri=3)
     check(raw, out, app, ctx, {"text/plain": tracked, "text/html": ()})
     (_, _, _, text), _ = leaves(out)
-    assert "をご覧ください。\r\n" in text and "\u201d now." in text and "パス end" in text
+    assert "https://example.jp/infoをご覧ください。\r\n" in text and "\u201d now." in text
+    assert "https://example.jp/p?u=1を{{name}}" in text and "https://example.org/パス end" in text
+
+
+async def test_a_text_url_with_accented_letters_is_left_as_written() -> None:
+    """``…/wiki/Größe``: tracking ``…/wiki/Gr`` led to another page, and a client that
+    links the whole word sent the token with ``öße`` after it (a 404). The URL is left as
+    written; its percent-encoded spelling, all ASCII, is tracked whole."""
+    plain = ("Read https://de.wikipedia.org/wiki/Größe today, or "
+             "https://de.wikipedia.org/wiki/Gr%C3%B6%C3%9Fe.\r\n").encode()
+    app = make_app(rewrite_text_links=True)
+    raw = text_message(plain)
+    out, ctx = await rewrite(app, raw)
+    assert urls(ctx) == ["https://de.wikipedia.org/wiki/Gr%C3%B6%C3%9Fe"]
+    assert skipped(ctx) == Counter(iri=1)
+    (_, _, _, text), _ = leaves(out)
+    assert "Read https://de.wikipedia.org/wiki/Größe today" in text
 
 
 FLOWED = (b"Here is the link:\r\n"
