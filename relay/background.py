@@ -20,6 +20,7 @@ import asyncpg
 from relay import metrics
 from relay.logs import get_logger, summary
 from relay.store.base import StoreError
+from relay.store.connection_lost import connection_lost
 
 log = get_logger("relay.background")
 
@@ -73,7 +74,7 @@ def store_unavailable(exc: BaseException) -> bool:
     accepting connections"):
     asyncpg maps some of these to classes ``STORE_UNAVAILABLE`` names and others (55000,
     53100 disk full) to classes that also cover a bug's errors."""
-    if isinstance(exc, STORE_UNAVAILABLE):
+    if isinstance(exc, STORE_UNAVAILABLE) or connection_lost(exc):
         return True
     if isinstance(exc, sqlite3.OperationalError):
         return (getattr(exc, "sqlite_errorcode", -1) & 0xFF) in SQLITE_UNAVAILABLE

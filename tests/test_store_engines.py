@@ -105,6 +105,28 @@ async def test_migrations_idempotent(store_url: str, tmp_path: Path) -> None:
         await second.close()
 
 
+async def test_a_schema_a_newer_version_migrated_is_said(store_url: str) -> None:
+    """A database a newer trackrelay migrated (a version this code does not know) still
+    opens, for a rolling upgrade, with one warning naming both versions (after a
+    rollback nobody would otherwise know)."""
+    import structlog
+
+    first = await open_store(store_url, writer=False)
+    try:
+        await first._execute(  # type: ignore[attr-defined]
+            "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+            [latest_version() + 1, "from_the_future", time.time()])
+    finally:
+        await first.close()
+    with structlog.testing.capture_logs() as logs:
+        again = await open_store(store_url, writer=False)
+        await again.close()
+    [warning] = [e for e in logs if e["event"] == "schema_newer_than_code"]
+    assert (warning["schema_version"], warning["known"]) == (
+        latest_version() + 1, latest_version())
+    assert warning["log_level"] == "warning"
+
+
 async def test_ping(store: Store) -> None:
     assert await store.ping() is True
 

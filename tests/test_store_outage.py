@@ -238,3 +238,45 @@ async def test_spool_replayed_after_process_restart(private_pg: PrivatePostgres,
         await store.close()
     found = await stored_ids(pg_url)
     assert sorted(i for i in found if "-" not in i) == sorted(written + pending)
+
+
+async def test_a_reset_connection_is_written_again_not_spooled(pg_schema: str,
+                                                               tmp_path: Path) -> None:
+    """The server ends the store's connections (``pg_terminate_backend``, as a pooler's
+    restart or an idle-connection killer does) between two writes: the next write finds
+    its connection gone, is tried once more on a new one, and goes to the database, not
+    to the spool; the writer stays up and says nothing at error level."""
+    import structlog
+
+    from tests.conftest import PG_URL
+
+    url = f"{PG_URL}?schema={pg_schema}"
+    spool = tmp_path / "spool.jsonl"
+    store = await open_store(url, spool_path=str(spool), flush_interval=0.01)
+    try:
+        await store.record_sent(*sent("00000000000000b1"))
+        first = store.enqueue(Event("open", "00000000000000b1", "bob@x.org"))
+        await store.flush()
+        pool = store.pool  # type: ignore[attr-defined]
+        held = [await pool.acquire() for _ in range(pool.get_size())]
+        pids = [await conn.fetchval("SELECT pg_backend_pid()") for conn in held]
+        for conn in held:
+            await pool.release(conn)
+        killer = await asyncpg.connect(PG_URL)
+        try:
+            for pid in pids:
+                assert await killer.fetchval("SELECT pg_terminate_backend($1)", pid)
+        finally:
+            await killer.close()
+        with structlog.testing.capture_logs() as logs:
+            second = store.enqueue(Event("open", "00000000000000b1", "bob@x.org"))
+            await store.record_sent(*sent("00000000000000b2"))
+            await store.flush()
+        assert store.writer is not None and store.writer.db_ok
+        assert not spool.exists() or spool.stat().st_size == 0
+        assert [e for e in logs if e["log_level"] == "error"] == []
+        assert any(e["event"] == "store_connection_lost_retrying" for e in logs)
+    finally:
+        await store.close()
+    found = await stored_ids(url)
+    assert first in found and second in found

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from relay.logs import get_logger
 from relay.store.base import (
     BadCursor,
     EventRow,
@@ -19,9 +20,12 @@ from relay.store.base import (
     Store,
     StoreError,
 )
+from relay.store.schema import latest_version
 
 if TYPE_CHECKING:
     from relay.config import StoreConfig
+
+log = get_logger("trackrelay.store")
 
 
 def create_store(url: str, **options: Any) -> Store:
@@ -73,7 +77,13 @@ async def open_store(url: str, *, writer: bool = True, migrate: bool = True,
     await store.connect()
     try:
         if migrate:
-            await store.migrate()
+            version = await store.migrate()
+            if version > latest_version():
+                # A newer trackrelay migrated this database: fine for a rolling upgrade,
+                # worth a word after a rollback (what the newer schema changed, this
+                # code does not know).
+                log.warning("schema_newer_than_code", schema_version=version,
+                            known=latest_version())
         if writer:
             try:
                 await store.check_writable(patient=True)

@@ -31,13 +31,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import itertools
 import json
 import os
 import secrets
 import time
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
@@ -51,6 +52,7 @@ from relay.metrics import (
     STORE_WRITE_ERRORS,
 )
 from relay.store.bounded import within
+from relay.store.connection_lost import connection_lost
 from relay.store.records import event_row
 
 if TYPE_CHECKING:
@@ -305,8 +307,8 @@ class EventWriter:
             self._spool_or_hold([("e", r) for r in rows], "events")
             return
         try:
-            await within(self.store.write_events(rows, new_ids=new_ids),
-                         self.write_timeout)
+            await self._write_now(functools.partial(self.store.write_events, rows,
+                                                    new_ids=new_ids))
         except Exception as exc:
             self._db_failed("events", exc)
             self._spool_or_hold([("e", r) for r in rows], "events")
@@ -358,8 +360,8 @@ class EventWriter:
                 try:
                     if self.db_ok and not self.closed:
                         try:
-                            await within(self.store.write_messages(records),
-                                         self.write_timeout)
+                            await self._write_now(
+                                functools.partial(self.store.write_messages, records))
                         except Exception as exc:
                             self._db_failed("message", exc)
                             self._spool_or_hold([("m", r) for r in records], "message")
@@ -378,6 +380,19 @@ class EventWriter:
                       exc_info=True)
         finally:
             self._message_task = None
+
+    async def _write_now(self, write: Callable[[], Awaitable[object]]) -> None:
+        """One write, tried once more at once on a new connection when the first found
+        its connection gone (``connection_lost``: a server restart, a pooler, an
+        idle-connection killer): a routine reset of one connection need not send the
+        batch to the spool. Writes are idempotent (the spool's replay relies on it)."""
+        try:
+            await within(write(), self.write_timeout)
+        except Exception as exc:
+            if not connection_lost(exc):
+                raise
+            log.info("store_connection_lost_retrying", error=f"{type(exc).__name__}: {exc}")
+            await within(write(), self.write_timeout)
 
     def _db_failed(self, operation: str, exc: BaseException) -> None:
         STORE_WRITE_ERRORS.labels(operation).inc()
