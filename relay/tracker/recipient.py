@@ -165,15 +165,21 @@ _count = metrics.HITS.inc
 
 #: What a URI may not hold (RFC 3986 section 2): controls, space, non-ASCII and these.
 _NOT_IN_URI = re.compile(r'[^\x21-\x7e]|["<>\\^`{|}]')
+#: What a browser percent-encodes in a query (WHATWG URL Standard, the query
+#: percent-encode set: controls, space, ``"``, ``#``, ``<``, ``>``, and non-ASCII); the
+#: rest of what a URI may not hold (``\^`{|}``) it sends as written.
+_NOT_IN_QUERY = re.compile(r'[^\x21-\x7e]|["<>]')
 _SPECIAL = re.compile(r"https?:", re.IGNORECASE)
 
 
 def safe_location(url: str) -> str:
-    r"""``url`` for a Location header, which must be a URI (RFC 9110 section 10.2.2):
-    everything a URI may not hold percent-encoded (space, controls, non-ASCII,
-    ``"<>\^`{|}``) and an internationalised host name in its ASCII form
-    (``_ascii_host``), as a browser would send them; everything else, query and fragment
-    included, byte for byte.
+    r"""``url`` for a Location header as a browser would request it: what a URI may not
+    hold (RFC 9110 section 10.2.2, RFC 3986 section 2) percent-encoded — space,
+    controls, non-ASCII and ``"<>\^`{|}`` — except in the query, where ``\^`{|}`` stay
+    as written, as browsers send them (WHATWG URL Standard; a destination that checks a
+    signature over its raw query sees the bytes a direct click sends), and an
+    internationalised host name in its ASCII form (``_ascii_host``); everything else
+    byte for byte.
 
     In an http(s) URL before its query a browser reads ``\`` as ``/`` (WHATWG URL
     standard, special schemes), so ``https://a.example\@b.example/`` goes to
@@ -186,8 +192,17 @@ def safe_location(url: str) -> str:
         end = min((i for i in (url.find("?"), url.find("#")) if i >= 0), default=len(url))
         url = url[:end].replace("\\", "/") + url[end:]
     url = _ascii_host(url)
-    return _NOT_IN_URI.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode(
-        "utf-8", "surrogatepass")), url)
+    query = url.find("?")
+    fragment = url.find("#", query if query >= 0 else 0)
+    if query < 0 or 0 <= fragment < query:
+        return _NOT_IN_URI.sub(_percent, url)
+    end = fragment if fragment >= 0 else len(url)
+    return (_NOT_IN_URI.sub(_percent, url[:query]) + _NOT_IN_QUERY.sub(_percent, url[query:end])
+            + _NOT_IN_URI.sub(_percent, url[end:]))
+
+
+def _percent(m: re.Match[str]) -> str:
+    return "".join(f"%{b:02X}" for b in m.group().encode("utf-8", "surrogatepass"))
 
 
 _AUTHORITY = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)([^/?#]*)(.*)", re.DOTALL)
