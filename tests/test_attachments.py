@@ -128,6 +128,23 @@ async def test_an_expired_link_is_a_404(make_stack: MakeStack) -> None:
     assert await stack.events(type="download") == []
 
 
+async def test_a_genuine_link_whose_message_is_not_stored_yet_is_503(
+        make_stack: MakeStack) -> None:
+    """The message's record still on its way (the relay's spool): a genuine download
+    link answers 503 with Retry-After, which the browser may try again, not a 404 that
+    says the file is gone; a forged one stays 404."""
+    stack = await stack_with(make_stack)
+    token = stack.app.tokens.encode("download", "00000000000000d1", 0, 1)
+    async with stack.http.get(f"{stack.base}/a/{token}",
+                              headers={"User-Agent": CHROME}) as resp:
+        assert resp.status == 503 and resp.headers["Retry-After"]
+    forged = token[:-1] + ("B" if token[-1] == "A" else "A")
+    async with stack.http.get(f"{stack.base}/a/{forged}",
+                              headers={"User-Agent": CHROME}) as resp:
+        assert resp.status == 404
+    assert await stack.events(type="download") == []
+
+
 async def test_a_failing_record_never_costs_a_download_its_file(
         make_stack: MakeStack, capsys: pytest.CaptureFixture[str]) -> None:
     """Recording the download failing (its verdict breaks as it is applied): the person
@@ -183,7 +200,8 @@ async def test_purge_takes_the_files_too(make_stack: MakeStack) -> None:
     result = await stack.store.purge_older_than(time.time() + 10)
     assert result["attachments"] == 1
     async with stack.http.get(url) as resp:
-        assert resp.status == 404
+        # a token carries no date: its message gone, it reads as one not stored yet
+        assert resp.status == 503
     rows = await stack.store._fetch(  # type: ignore[attr-defined]
         "SELECT COUNT(*) AS n FROM attachment_blobs")
     assert rows[0]["n"] == 0  # no file is kept that no message points at

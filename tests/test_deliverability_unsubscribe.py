@@ -214,3 +214,23 @@ async def test_suppression_check_with_the_store_down(make_stack: MakeStack,
         assert (refusal.code, refusal.message) == (
             451, "4.3.0 Suppression list unavailable, try again later")
         assert len(stack.sink.received) == received
+
+
+async def test_a_genuine_link_whose_message_is_not_stored_yet_is_503(
+        make_stack: MakeStack) -> None:
+    """The relay's record of a message may still be in its spool (the database was away)
+    when the recipient unsubscribes: a genuine token then gets 503 with Retry-After, so
+    a provider's one-click POST comes again, rather than a 404 that loses it; a forged
+    one stays 404."""
+    stack = await make_stack()
+    token = stack.app.tokens.encode("unsubscribe", "00000000000000c1", 0)
+    url = f"{stack.base}/u/{token}"
+    async with stack.http.post(url, data="List-Unsubscribe=One-Click", headers={
+            "Content-Type": "application/x-www-form-urlencoded"}) as resp:
+        assert resp.status == 503 and resp.headers["Retry-After"] == "60"
+    async with stack.http.get(url) as resp:
+        assert resp.status == 503 and "try again" in (await resp.text()).lower()
+    forged = url[:-1] + ("B" if url[-1] == "A" else "A")
+    async with stack.http.post(forged, data="List-Unsubscribe=One-Click") as resp:
+        assert resp.status == 404
+    assert await stack.events(type="unsubscribe") == []

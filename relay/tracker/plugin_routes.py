@@ -18,14 +18,26 @@ from typing import TYPE_CHECKING, Any, Literal
 from aiohttp import web
 
 from relay.config import ConfigError
+from relay.store.base import StoreError
 from relay.tokens import KINDS
-from relay.tracker.recipient import NOT_FOUND, UNAVAILABLE, RecipientEndpoints, logged_failure
+from relay.tracker.recipient import (
+    NOT_FOUND,
+    NOT_YET,
+    UNAVAILABLE,
+    RecipientEndpoints,
+    logged_failure,
+)
 
 if TYPE_CHECKING:
     from relay.app import App
     from relay.store.base import MessageLookup
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class NotStoredYet(StoreError):
+    """A genuine token whose message the store does not hold yet (``TrackerRoutes.target``):
+    the store cannot give it now, as when it cannot be read."""
 
 #: Paths the tracker serves itself: a plugin's route may not begin with one.
 RESERVED = ("/o/", "/c/", "/u/", "/api/", "/ui/", "/healthz", "/readyz", "/metrics")
@@ -95,7 +107,10 @@ class TrackerRoutes:
         another name raises ``ValueError``, a programming mistake).
         ``wait``: look again for under a second when the message is not stored yet (it
         was just delivered), as a click does. Raises what the store raises when it
-        cannot be read (answer ``routes.unavailable()``)."""
+        cannot be read, and ``NotStoredYet`` for a genuine token whose message the store
+        does not hold yet (its record still on its way from the relay's spool): answer
+        both with ``routes.unavailable()`` (503, ``Retry-After``), which the client
+        retries, not with a 404 that loses the hit."""
         if kind not in KINDS:
             raise ValueError(f"token kind {kind!r}: not one of {', '.join(KINDS)}")
         endpoints = self._live()
@@ -103,6 +118,8 @@ class TrackerRoutes:
         if data is None:
             return None
         resolved = await (endpoints.resolve_soon(data) if wait else endpoints.resolve(data))
+        if resolved == NOT_YET:
+            raise NotStoredYet(f"message {data.message_id} is not stored yet")
         if isinstance(resolved, str):
             return None
         message, recipient = resolved

@@ -7,8 +7,10 @@
   prefetchers follow every GET, so a GET alone never unsubscribes anyone.
 
 ``HEAD`` is answered as ``GET`` (RFC 9110 section 9.1). Both answer 404 for a token
-that is forged, for another purpose, or for a message the store does not know (a POST's
-body is read only after its token is checked). An unsubscribe records an
+that is forged or for another purpose (a POST's body is read only after its token is
+checked), and 503 with ``Retry-After`` for a genuine token whose message the store does
+not hold yet (its record still on its way from the relay's spool): a mailbox provider's
+one-click POST is retried then, and the unsubscribe is not lost. An unsubscribe records an
 ``unsubscribe`` event (the same one whichever way it came, so a second POST adds
 nothing) and suppresses the address in the scope ``[suppression] scope`` gives
 (globally, or for the sender's domain).
@@ -47,17 +49,19 @@ STYLE = ("body{font-family:system-ui,sans-serif;max-width:32em;margin:4em auto;"
          "cursor:pointer}")
 
 
-def _page(title: str, body: str, status: int = 200) -> web.Response:
+def _page(title: str, body: str, status: int = 200, retry: bool = False) -> web.Response:
     doc = (f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
            f"<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">"
            f"<meta name=\"robots\" content=\"noindex\"><title>{html.escape(title)}</title>"
            f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{body}"
            f"</body></html>")
-    return web.Response(status=status, text=doc, content_type="text/html",
-                        headers=PAGE_HEADERS)
+    headers = {**PAGE_HEADERS, "Retry-After": "60"} if retry else PAGE_HEADERS
+    return web.Response(status=status, text=doc, content_type="text/html", headers=headers)
 
 
 NOT_FOUND = ("Link not found", "<p>This unsubscribe link is not valid.</p>")
+NOT_STORED = ("Try again shortly", "<p>This unsubscribe link cannot be used just now. "
+              "Please try again in a minute.</p>")
 
 
 def _unsubscribed(sentence: str) -> web.Response:
@@ -100,19 +104,27 @@ class UnsubscribeEndpoints:
     def store(self) -> Store:
         return require_store(self.app)
 
-    async def _resolve(self, token: str) -> tuple[MessageLookup, int, str] | None:
+    async def _resolve(self, token: str) -> tuple[MessageLookup, int, str] | str:
+        """The message, recipient index and address a token names; else ``"unknown"``
+        (forged, another purpose, a recipient its message lacks) or ``"not_stored"``
+        (genuine, its message not stored yet)."""
         data = self.app.tokens.decode(token, "unsubscribe")
         if data is None:
-            return None
+            return "unknown"
         message = await self.store.lookup_message(data.message_id)
-        if message is None or data.recipient_index >= len(message["recipients"]):
-            return None
+        if message is None:
+            log.warning("unsubscribe_not_stored_yet", message=data.message_id)
+            return "not_stored"
+        if data.recipient_index >= len(message["recipients"]):
+            return "unknown"
         return message, data.recipient_index, message["recipients"][data.recipient_index]
 
     async def page(self, request: web.Request) -> web.Response:
         token = request.match_info["token"]
         resolved = await self._resolve(token)
-        if resolved is None:
+        if resolved == "not_stored":
+            return _page(*NOT_STORED, status=503, retry=True)
+        if isinstance(resolved, str):
             return _page(*NOT_FOUND, status=404)
         message, _index, recipient = resolved
         scope = suppression_scope(self.app, message["sender"])
@@ -130,8 +142,14 @@ class UnsubscribeEndpoints:
         token = request.match_info["token"]
         # The token first: a forged one is answered without reading its body.
         resolved = await self._resolve(token)
-        if resolved is None:
-            if "text/html" in request.headers.get("Accept", ""):  # a browser's form
+        if isinstance(resolved, str):
+            browser = "text/html" in request.headers.get("Accept", "")  # the page's form
+            if resolved == "not_stored":
+                if browser:
+                    return _page(*NOT_STORED, status=503, retry=True)
+                return web.Response(status=503, text="try again later\n",
+                                    headers={"Retry-After": "60", "Cache-Control": "no-store"})
+            if browser:
                 return _page(*NOT_FOUND, status=404)
             return web.Response(status=404, text="unknown unsubscribe link\n")
         # "List-Unsubscribe=One-Click" (RFC 8058) or the page's form; anything longer is
