@@ -214,9 +214,18 @@ def test_out_of_office_is_not_a_bounce() -> None:
 
 
 def test_delayed_dsn_is_not_permanent() -> None:
-    [rec] = classify(_raw("lhost-opensmtpd-06.eml"))
+    delay = Path(__file__).resolve().parent / "corpus" / "mta-bounces" / "postfix" / "eml"
+    [rec] = classify((delay / "codes_grey__delay.eml").read_bytes())
     assert (rec.action, rec.kind, rec.permanent, rec.hard) == ("delayed", "delayed", False, False)
     assert rec.status is not None and rec.status.startswith("4.")
+
+
+def test_opensmtpds_expiry_written_as_a_delay_is_final() -> None:
+    """OpenSMTPD's notice for an expired envelope, written with its delay template
+    (``Action: delayed``, ``4.4.7``, "Envelope expired"): the reference reads it as a
+    final ``expired`` (5.0.947), and so does the classifier."""
+    [rec] = classify(_raw("lhost-opensmtpd-06.eml"))
+    assert (rec.action, rec.kind, rec.reason, rec.hard) == ("failed", "bounce", "expired", False)
 
 
 def _report(text: str, blocks: str) -> bytes:
