@@ -11,9 +11,9 @@ RFC 2387 section 3.2), not HTML the root refers to. Empty alt text; a
 Gmail shows only the first 102 KB of a message's HTML and hides the rest behind "View
 entire message" (Gmail Help, "Gmail clips messages over 102KB"): a pixel at the end of a
 longer document is never loaded, and its opens are never counted. In an HTML part
-larger than that — counted with the other plugins' edits, rewritten links being longer
-than most links they replace — the pixel goes right after ``<body …>`` instead: this
-implementation runs last (``trylast``) to see those edits.
+larger than that — counted with the edits asked before it, the built-in ``links``
+plugin's among them (built-ins run in name order): rewritten links are longer than most
+links they replace — the pixel goes right after ``<body …>`` instead.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def pixel_markup(url: str) -> str:
             f'style="{STYLE}">')
 
 
-@hookimpl(trylast=True)
+@hookimpl
 def trackrelay_edit_html(context: RewriteContext, part: HtmlPart) -> None:
     if not context.policy.opens or context.stats.pixel:
         return
