@@ -242,10 +242,11 @@ async def test_spool_replayed_after_process_restart(private_pg: PrivatePostgres,
 
 async def test_a_reset_connection_is_written_again_not_spooled(pg_schema: str,
                                                                tmp_path: Path) -> None:
-    """The server ends the store's connections (``pg_terminate_backend``, as a pooler's
-    restart or an idle-connection killer does) between two writes: the next write finds
-    its connection gone, is tried once more on a new one, and goes to the database, not
-    to the spool; the writer stays up and says nothing at error level."""
+    """The server ends the store's connection in the middle of a write
+    (``pg_terminate_backend``, as a pooler's restart or an idle-connection killer does):
+    the write is tried once more on a new connection and goes to the database, not to
+    the spool; the writer stays up and says nothing at error level. (The write is held
+    by a lock on the events table until its connection is ended, so it is under way.)"""
     import structlog
 
     from tests.conftest import PG_URL
@@ -253,30 +254,36 @@ async def test_a_reset_connection_is_written_again_not_spooled(pg_schema: str,
     url = f"{PG_URL}?schema={pg_schema}"
     spool = tmp_path / "spool.jsonl"
     store = await open_store(url, spool_path=str(spool), flush_interval=0.01)
+    killer = await asyncpg.connect(PG_URL)
     try:
         await store.record_sent(*sent("00000000000000b1"))
         first = store.enqueue(Event("open", "00000000000000b1", "bob@x.org"))
         await store.flush()
-        pool = store.pool  # type: ignore[attr-defined]
-        held = [await pool.acquire() for _ in range(pool.get_size())]
-        pids = [await conn.fetchval("SELECT pg_backend_pid()") for conn in held]
-        for conn in held:
-            await pool.release(conn)
-        killer = await asyncpg.connect(PG_URL)
-        try:
-            for pid in pids:
-                assert await killer.fetchval("SELECT pg_terminate_backend($1)", pid)
-        finally:
-            await killer.close()
         with structlog.testing.capture_logs() as logs:
+            lock = killer.transaction()
+            await lock.start()
+            await killer.execute(f"LOCK TABLE {pg_schema}.events IN ACCESS EXCLUSIVE MODE")
             second = store.enqueue(Event("open", "00000000000000b1", "bob@x.org"))
-            await store.record_sent(*sent("00000000000000b2"))
-            await store.flush()
+            flushing = asyncio.ensure_future(store.flush())
+            waiting: list[int] = []
+            for _ in range(200):  # the writer's connection, waiting for the lock
+                waiting = [r["pid"] for r in await killer.fetch(
+                    "SELECT pid FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+                    await killer.fetchval("SELECT pg_backend_pid()"))]
+                if waiting:
+                    break
+                await asyncio.sleep(0.02)
+            assert waiting, "the write never reached the database"
+            for pid in waiting:
+                assert await killer.fetchval("SELECT pg_terminate_backend($1)", pid)
+            await lock.rollback()
+            await asyncio.wait_for(flushing, 30)
         assert store.writer is not None and store.writer.db_ok
         assert not spool.exists() or spool.stat().st_size == 0
         assert [e for e in logs if e["log_level"] == "error"] == []
         assert any(e["event"] == "store_connection_lost_retrying" for e in logs)
     finally:
+        await killer.close()
         await store.close()
     found = await stored_ids(url)
     assert first in found and second in found

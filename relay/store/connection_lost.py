@@ -14,11 +14,14 @@ import asyncpg
 #: What asyncpg raises when the server ended the connection a call was using (a server
 #: restart, ``pg_terminate_backend``, a connection pooler or an idle-connection killer):
 #: the call did not happen or its outcome is unknown, and a new connection will do.
-#: ``InternalClientError`` ("cannot switch to state …; another operation is in
-#: progress") is how asyncpg says it when the end came while it still unwound the call.
+#: ``AdminShutdownError`` (57P01, "terminating connection due to administrator
+#: command") is what the server says to a call it ends; ``InternalClientError`` ("cannot
+#: switch to state …; another operation is in progress") is how asyncpg says it when the
+#: end came while it still unwound the call.
 CONNECTION_LOST: tuple[type[BaseException], ...] = (
     asyncpg.ConnectionDoesNotExistError, asyncpg.PostgresConnectionError,
-    asyncpg.InternalClientError, ConnectionResetError, BrokenPipeError,
+    asyncpg.AdminShutdownError, asyncpg.InternalClientError, ConnectionResetError,
+    BrokenPipeError,
 )
 
 
