@@ -423,7 +423,8 @@ PHRASES: tuple[Phrase, ...] = (
         r"\b(?:dns|name server|nameserver|name service|lookup|resolver)\b(?: \S+){0,3} "
         r"(?:error|fail(?:ed|ure)?|timeout|timed out|problem)\b",
         r"temporary failure in name resolution",
-        r"\b(?:connection|connect)\b(?: \S+){0,3} (?:refused|reset|lost|closed|dropped|failed)\b",
+        r"\b(?:connection|connect)\b(?: \S+){0,3} (?:refused|reset|lost|closed|dropped|failed|"
+        r"shut down)\b",
         r"lost connection with", r"no route to host", r"network (?:is )?unreachable",
         # smtp(8): "conversation with <host> timed out while <stage>", no reply in time
         r"\bconversation with\b(?: \S+){0,2} timed out",
@@ -475,6 +476,9 @@ PHRASES: tuple[Phrase, ...] = (
         # "has stopped trying", IMail "Delivery failed N attempts")
         r"\b(?:giving|gave) up\b|\bstopped trying\b|\b(?:after|delivery failed) \d+ "
         r"(?:delivery )?(?:attempts|tries)\b",
+        # (Haraka's outbound: "Too many failures (Tried all MXs)", its temp_fail_intervals
+        # used up; not qmail's "I've given up", which every qmail-style notice says)
+        r"\btoo many (?:failures|failed (?:attempts|deliveries)|delivery failures)\b",
         r"\bwill (?:be )?retr(?:y|ied)\b", r"\bstill (?:undelivered|trying)\b",
         r"did not accept our requests to connect",
         # A server that never answered until the retry period ran out.
@@ -482,7 +486,12 @@ PHRASES: tuple[Phrase, ...] = (
     # === failedstarttls ===================================================================
     *_p("failedstarttls", "rfc3207", r"must issue a starttls command first",
         r"\bstarttls\b(?: \S+){0,2} (?:is )?(?:required|failed|failure|error)",
-        r"\btls (?:is )?required\b", r"requires? tls\b"),
+        r"\btls (?:is )?required\b", r"requires? tls\b",
+        # the sender required TLS and the server offered none (RFC 3207 section 4: a
+        # server need not offer STARTTLS; Courier "/SECURITY=REQUIRED set, but TLS is not
+        # available", Postfix "TLS is required, but was not offered")
+        r"\b(?:start)?tls\b(?: \S+){0,2} (?:is |was )?(?:not |un)(?:available|offered|"
+        r"advertised|supported)\b"),
     *_p("failedstarttls", "rfc8689", r"requiretls"),
     # === securityerror: authentication or encryption between servers =======================
     # RFC 4954 "530 Authentication required", "535 Authentication credentials invalid".
@@ -568,7 +577,9 @@ GATES: dict[str, Gate] = {
 VETOES: dict[str, tuple[str, ...]] = {
     "userunknown": ("norelaying", "blocked", "mailboxfull", "hasmoved", "rejected",
                     "notaccept", "filtered"),
-    "hostunknown": ("networkerror", "notaccept"),
+    # A destination said not to exist after the retries ran out was a failure that
+    # retries could have ended (Haraka writes 5.1.2 for every MX it could not reach).
+    "hostunknown": ("networkerror", "notaccept", "expired"),
     "notaccept": ("userunknown",),
     # Sendmail answers a destination whose MX is null with X.7.27 (defined for the
     # sender's null MX) and "Host does not accept mail".
