@@ -518,3 +518,31 @@ async def test_an_unwritable_notices_folder_stops_the_start(
     (tmp_path / "spool.jsonl.notices").write_text("a file, not a folder")
     with pytest.raises(StoreError, match="notices folder"):
         await make_relay(store={"spool_path": str(spool)})
+
+
+async def test_a_notice_file_that_is_no_notice_is_set_aside(make_relay: MakeRelay,
+                                                            sink: Sink, tmp_path: Path,
+                                                            quick_retries: None) -> None:
+    """A file in the notices folder that cannot be read as a notice (cut short by a full
+    disk, written by hand) is kept as ``*.failed`` and logged ``dsn_unreadable``; the
+    queue goes on with the rest."""
+    import structlog
+
+    from relay.notice_queue import notice_folder
+
+    relay = await make_relay()
+    folder = notice_folder(relay.config)
+    await relay.stop(grace=1.0)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "0000000001.000-0-broken.json").write_bytes(b'{"txn": "x", "sender": ')
+    with structlog.testing.capture_logs() as logs:
+        again = await make_relay()
+
+        async def set_aside() -> bool:
+            return any(e["event"] == "dsn_unreadable" for e in logs)
+
+        await wait_for(set_aside)
+    assert queue_files(again) == []
+    assert [p.name for p in queue_files(again, ".failed")] == [
+        "0000000001.000-0-broken.json.failed"]
+    assert notices(sink) == []
