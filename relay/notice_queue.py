@@ -115,6 +115,14 @@ def _parse_name(name: str) -> tuple[float, int, str] | None:
         return None
 
 
+def _sync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def retry_delay(tries: int) -> float:
     """Seconds to wait after the ``tries``-th try was deferred."""
     return RETRY_AFTER[min(tries, len(RETRY_AFTER)) - 1]
@@ -185,10 +193,13 @@ class NoticeQueue:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            os.write(fd, notice.to_json())
+            data = memoryview(notice.to_json())
+            while data:
+                data = data[os.write(fd, data):]
             os.fsync(fd)
             path = self.folder / _name(time.time(), 0, ident)
             os.rename(tmp, path)
+            _sync_folder(self.folder)  # the new name, too, outlives a crash
         except BaseException:
             os.close(fd)
             with contextlib.suppress(OSError):
