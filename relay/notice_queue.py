@@ -30,7 +30,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from relay import dsn
 from relay.config import Config
@@ -115,6 +115,30 @@ def _parse_name(name: str) -> tuple[float, int, str] | None:
         return None
 
 
+T = TypeVar("T", tuple[int, Path], tuple[int, Notice] | None)
+
+
+async def _locking(work: Callable[..., T], *args: Any) -> T:
+    """``work(*args)`` in a thread; it answers with a file descriptor holding a lock
+    first. Cancelled while the thread runs (the relay stopping), the descriptor is
+    closed once the thread is done, so its lock is not held for the rest of the
+    process's life (other queues in the process could never try that notice)."""
+    task = asyncio.ensure_future(asyncio.to_thread(work, *args))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        task.add_done_callback(_close_unclaimed)
+        raise
+
+
+def _close_unclaimed(task: asyncio.Future[Any]) -> None:
+    if task.cancelled() or task.exception() is not None:
+        return
+    result = task.result()
+    if result is not None:
+        os.close(result[0])
+
+
 def _sync_folder(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY)
     try:
@@ -167,7 +191,7 @@ class NoticeQueue:
         yet), then try it at once in the background."""
         ident = f"{notice.txn}.{new_id()}"
         try:
-            fd, path = await asyncio.to_thread(self._write, notice, ident)
+            fd, path = await _locking(self._write, notice, ident)
         except OSError as exc:
             # Not kept: still tried once, and said loudly if that fails too.
             log.error("dsn_not_queued", txn=notice.txn, folder=str(self.folder),
@@ -300,7 +324,7 @@ class NoticeQueue:
             self._wake.clear()
             try:
                 for path, tries in ([] if not self.folder.is_dir() else list(self._due())):
-                    claimed = await asyncio.to_thread(self._claim, path)
+                    claimed = await _locking(self._claim, path)
                     if claimed is not None:
                         await self._try(path, claimed[0], claimed[1], tries)
             except OSError as exc:
