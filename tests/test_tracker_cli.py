@@ -8,13 +8,14 @@ import io
 import json
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from relay.config import ConfigError
-from relay.records import Event
+from relay.records import Event, SentMessage
 from relay.store import open_store
 from relay.tracker import cli
 from tests.tracker_support import seed_message
@@ -59,6 +60,24 @@ async def _seed(store_url: str, spool: Path) -> dict[str, str]:
     finally:
         await store.close()
 
+
+
+def _seed_one(store_url: str, tmp_path: Path,
+              batches: Callable[[SentMessage], list[list[Event]]], **message: Any) -> None:
+    """Store one message (``seed_message``'s keywords) and the events ``batches`` makes
+    for it, each batch written by its own flush: the order the store received them."""
+    async def seed() -> None:
+        store = await open_store(store_url, spool_path=str(tmp_path / "spool.jsonl"))
+        try:
+            sent = await seed_message(store, **message)
+            for batch in batches(sent):
+                for event in batch:
+                    store.enqueue(event)
+                await store.flush()
+        finally:
+            await store.close()
+
+    asyncio.run(seed())
 
 def test_stats_for_a_campaign_and_for_the_last_day(store_url: str, tmp_path: Path) -> None:
     asyncio.run(_seed(store_url, tmp_path / "spool.jsonl"))
@@ -139,20 +158,11 @@ def test_events_as_json_lines_with_filters(store_url: str, tmp_path: Path) -> No
 def test_events_print_in_the_order_they_happened_not_stored(store_url: str,
                                                             tmp_path: Path) -> None:
     """A pixel hit is stored a few milliseconds after the click that followed it."""
-    async def seed() -> None:
-        store = await open_store(store_url, spool_path=str(tmp_path / "spool.jsonl"))
-        try:
-            m = await seed_message(store, links=["https://shop.example/x"])
-            now = time.time()
-            store.enqueue(Event("click", m.message_id, m.recipients[0], now + 0.02,
-                                link_index=0))
-            await store.flush()
-            store.enqueue(Event("open", m.message_id, m.recipients[0], now))
-            await store.flush()
-        finally:
-            await store.close()
-
-    asyncio.run(seed())
+    now = time.time()
+    _seed_one(store_url, tmp_path, lambda m: [
+        [Event("click", m.message_id, m.recipients[0], now + 0.02, link_index=0)],
+        [Event("open", m.message_id, m.recipients[0], now)],
+    ], links=["https://shop.example/x"])
     config = _config_file(tmp_path, store_url)
     out = io.StringIO()
     assert cli.events(_args(config, type=["open,click"]), out) == 0
@@ -222,17 +232,10 @@ def test_the_events_table_shows_no_control_character(store_url: str, tmp_path: P
     text (escaped)."""
     hostile = "https://shop.example/a\x1b]0;pwned\x07\x1b[31mRED\x9b"
 
-    async def seed() -> None:
-        store = await open_store(store_url, spool_path=str(tmp_path / "spool.jsonl"))
-        try:
-            sent = await seed_message(store, campaign=None, links=[hostile])
-            store.enqueue(Event("click", sent.message_id, "carol@customer.test",
-                                time.time(), link_index=0, data={"verdict": "human"}))
-            await store.flush()
-        finally:
-            await store.close()
-
-    asyncio.run(seed())
+    _seed_one(store_url, tmp_path, lambda m: [
+        [Event("click", m.message_id, "carol@customer.test", time.time(), link_index=0,
+               data={"verdict": "human"})],
+    ], campaign=None, links=[hostile])
     config = _config_file(tmp_path, store_url)
     out = io.StringIO()
     assert cli.events(_args(config, type=["click"]), out) == 0
