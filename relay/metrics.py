@@ -227,8 +227,9 @@ def exposition() -> tuple[bytes, str]:
     return generate_latest(), CONTENT_TYPE_LATEST
 SPLIT_COPIES = Counter(
     "trackrelay_split_copies_total",
-    "Per-recipient copies of multi-recipient mail (tracking.multi_recipient = split), "
-    "by upstream result (accepted, refused, tempfail)",
+    "Tries of per-recipient copies of multi-recipient mail (tracking.multi_recipient = "
+    "split), by upstream result (accepted, refused, tempfail), and copies handed to the "
+    "queue after a deferral (queued) or given up there after five days (expired)",
     ["result"],
 )
 NOTICES = Counter(
@@ -237,6 +238,12 @@ NOTICES = Counter(
     "answering 250, by result (sent, failed, null_sender; deferred: a try the upstream "
     "deferred, the notice kept for the next)",
     ["result"],
+)
+COPIES_PENDING = Gauge(
+    "trackrelay_copies_pending",
+    "Per-recipient copies the upstream deferred, kept on disk for the next try (the "
+    "folder every worker shares: the largest count any live worker saw)",
+    multiprocess_mode="livemax",
 )
 NOTICES_PENDING = Gauge(
     "trackrelay_dsn_pending",

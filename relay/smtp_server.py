@@ -31,6 +31,7 @@ from relay import dsn, split, xforward
 from relay.app import App
 from relay.auth import AUTHZID_REFUSED, Authenticator
 from relay.config import DEFAULT_MAX_LINE_LENGTH, parse_hostport
+from relay.copy_queue import CopyQueue, QueuedCopy
 from relay.credentials import CredentialFiles
 from relay.dsn_parameters import (
     MAIL_KEYWORDS,
@@ -57,7 +58,7 @@ from relay.metrics import (
     SPLIT_COPIES,
     UPSTREAM_SECONDS,
 )
-from relay.notice_queue import Notice, NoticeQueue, notice_folder
+from relay.notice_queue import Notice, notice_queue
 from relay.pipeline import PLUGIN_TEMPFAIL, PluginFailure, prepare_message
 from relay.plugin_host import failed_plugin
 from relay.records import Outcome, Reply, Transaction, new_id
@@ -72,11 +73,14 @@ from relay.smtp_limits import (
 )
 from relay.upstream import (
     UNSENDABLE_RECIPIENT,
+    UTF8_UNSUPPORTED,
     Connection,
     SmtpUpstream,
     Upstream,
     UpstreamUnavailable,
     make_upstream,
+    queue_id_of,
+    upstream_mail_options,
 )
 
 log = get_logger("relay.smtp")
@@ -87,7 +91,6 @@ TOO_MANY_RCPTS = Reply(452, "4.5.3", "Too many recipients")
 #: RFC 3463 X.4.2 "bad connection": the upstream connection of this transaction is gone.
 NO_UPSTREAM = Reply(451, "4.4.2", "Upstream connection lost, try again later")
 SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, try again later")
-UTF8_UNSUPPORTED = Reply(555, "5.6.7", "Upstream server does not support SMTPUTF8")
 #: A transaction that said SMTPUTF8 goes to an upstream without it while its envelope
 #: and header are ASCII, as Postfix delivers it (SMTPUTF8_README: only UTF-8 in the
 #: envelope or the header needs SMTPUTF8); what then needs it is refused with RFC 6531's
@@ -96,13 +99,10 @@ UTF8_RECIPIENT_UNSUPPORTED = Reply(553, "5.6.7", "Upstream server does not suppo
                                    "SMTPUTF8, which this recipient address needs")
 UTF8_HEADER_UNSUPPORTED = Reply(550, "5.6.9", "Message header needs SMTPUTF8, which the "
                                 "upstream server does not support")
-EIGHTBIT_UNSUPPORTED = Reply(555, "5.6.3", "Upstream server does not support 8BITMIME")
 HOOK_TEMPFAIL = Reply(451, "4.3.0", "Temporary local problem, try again later")
 #: Seconds, beyond ``upstream.data_timeout``, that shutdown waits for a message already
 #: on its way upstream (preparing it, passing the answer on).
 DELIVERY_WAIT_MARGIN = 10.0
-
-_QUEUE_ID = re.compile(r"(?:queued as|queue id|id=)\s*<?([A-Za-z0-9._-]+)", re.IGNORECASE)
 
 # aiosmtpd's own replies carry no enhanced status codes; these are the ones clients see.
 _ENHANCED = {
@@ -307,11 +307,6 @@ def write_unprompted(transport: asyncio.BaseTransport, reply: Reply) -> None:
     if write is not None and not transport.is_closing():
         with contextlib.suppress(Exception):
             write(f"{reply}\r\n".encode())
-
-
-def queue_id_of(reply: Reply) -> str | None:
-    m = _QUEUE_ID.search(reply.text)
-    return m.group(1) if m else None
 
 
 @functools.lru_cache(maxsize=1024)
@@ -1068,29 +1063,13 @@ class RelaySession(SmtpNames):
                 if self.conn is None:
                     self.conn = await upstream.acquire()
                 conn = self.conn
-                if utf8 and not conn.supports("smtputf8"):
-                    if not sender.isascii():
-                        return UTF8_UNSUPPORTED
-                    utf8 = False  # ASCII so far: sent on without it (UTF8_HEADER_…)
                 await conn.xforward(txn.forwarded_client or xforward.own_client(
                     txn.client_ip, txn.client_port, txn.helo, self.esmtp))
-                # BODY= once (the last, as aiosmtpd read it), only to an upstream that
-                # offers 8BITMIME; 8-bit mail to one that does not is refused (RFC 6152
-                # section 3: a relay converts it or returns it, and the relay does not
-                # convert)
-                body = next((o for o in reversed(options) if o.startswith("BODY=")), None)
-                if body == "BODY=8BITMIME" and not conn.supports("8bitmime"):
-                    return EIGHTBIT_UNSUPPORTED
-                up_options = [body] if body and conn.supports("8bitmime") else []
-                if utf8:
-                    up_options.append("SMTPUTF8")
-                # RFC 3461 section 5.2: the requests go on to an upstream that offers DSN,
-                # unless the upstream's notices would reach another sender (VERP); then
-                # the relay is the last hop that can answer them (Relay.notify_sender).
-                txn.dsn_upstream = (self.relay.config.relay.dsn and conn.supports("dsn")
-                                    and sender == txn.mail_from)
-                if txn.dsn_upstream:
-                    up_options += txn.dsn.options()
+                parameters = upstream_mail_options(conn, txn, sender, options, utf8,
+                                                   self.relay.config.relay.dsn)
+                if isinstance(parameters, Reply):
+                    return parameters
+                up_options, utf8 = parameters
                 reply = await conn.mail(sender, up_options, utf8)
             except UpstreamUnavailable as exc:
                 reused = self.conn is not None and self.conn.reused
@@ -1283,18 +1262,28 @@ class RelaySession(SmtpNames):
         results = [await self._deliver_copy(split.copy_of(txn, group, i), raw, utf8)
                    for i, group in enumerate(groups)]
         self._release(True)
-        failures = [f for r in results for f in r.failures()]
+        someone = any(r.delivered for r in results)
+        # With some copies taken the client hears 250 and will not send again: those
+        # deferred are the relay's to try again (relay.copy_queue), the rest failed.
+        queued = [r for r in results if someone and r.deferred()]
+        waiting = {(id(r), rcpt) for r in queued for rcpt in r.deferred()}
+        failures = [f for r in results for f in r.failures()
+                    if (id(r), f[0]) not in waiting]
         told = dsn.failed(txn, failures)
         reply = split.client_answer(
-            results, notify=bool(told) and not dsn.null_path(txn.mail_from))
+            results, notify=bool(told) and not dsn.null_path(txn.mail_from),
+            queued=len(waiting))
         self._count(reply)
         self.log.info("split_done", reply=str(reply), copies=len(results),
-                      failed_recipients=len(failures))
+                      failed_recipients=len(failures), queued_recipients=len(waiting))
+        for r in queued:
+            await self.relay.copies.submit(self._queued(r, raw, reply), r.reply)
         outcomes = [(r.transaction, Outcome(
             reply=r.reply, accepted=list(r.accepted), refused=dict(r.refused),
             message=r.message, modified=r.modified, queue_id=r.queue_id,
-            client_reply=reply)) for r in results]
-        # Every copy recorded before the one answer (together: one store commit).
+            client_reply=reply)) for r in results if all(r is not q for q in queued)]
+        # Every copy recorded before the one answer (together: one store commit); a
+        # queued copy once it is done.
         await asyncio.gather(*(self.relay.record_delivery(t, o) for t, o in outcomes))
         for copy, outcome in outcomes:
             self.relay.after_delivery(copy, outcome)
@@ -1303,6 +1292,20 @@ class RelaySession(SmtpNames):
                 row for r in results if r.reply.ok
                 for row in dsn.relayed(r.transaction, r.accepted, r.reply)])
         return str(reply)
+
+    def _queued(self, result: split.CopyResult, raw: bytes, reply: Reply) -> QueuedCopy:
+        """What the queue keeps of a copy deferred on its first try: its recipients
+        refused for good are told with the others now, the deferred ones wait."""
+        copy = result.transaction
+        assert result.prepared is not None
+        deferred = result.deferred()
+        return QueuedCopy(
+            transaction=copy, sender=result.sender, pending=deferred,
+            refused={r: rep for r, rep in result.failures() if r not in deferred},
+            data=result.prepared, original=raw, modified=result.modified,
+            client_reply=reply, utf8=result.utf8,
+            xforward=copy.forwarded_client or xforward.own_client(
+                copy.client_ip, copy.client_port, copy.helo, self.esmtp))
 
     async def _deliver_copy(self, copy: Transaction, raw: bytes,
                             utf8: bool) -> split.CopyResult:
@@ -1328,6 +1331,7 @@ class RelaySession(SmtpNames):
             self._hook_failed("trackrelay_upstream_sender", exc)
             result.reply = HOOK_TEMPFAIL
             return self._copy_done(result)
+        result.prepared, result.sender, result.utf8 = data, sender, utf8
         result.reply = await self._upstream_mail(copy, sender, copy.mail_options, utf8)
         if not result.reply.ok:
             return self._copy_done(result)
@@ -1413,7 +1417,9 @@ class Relay:
         self.sessions: set[RelaySession] = set()
         self.closing = False
         #: The notices the relay owes senders after its 250, kept until sent.
-        self.notices = NoticeQueue(notice_folder(self.config), self._send_notice)
+        self.notices = notice_queue(self.config, self._send_notice)
+        #: Per-recipient copies the upstream deferred after the client had its 250.
+        self.copies = CopyQueue(self)
         self._background: set[asyncio.Task[None]] = set()
         self.addresses: list[tuple[str, int]] = []
         self.tls_addresses: list[tuple[str, int]] = []
@@ -1480,6 +1486,7 @@ class Relay:
         loop = asyncio.get_running_loop()
         rc = self.config.relay
         self.notices.start()
+        self.copies.start()
         for i, addr in enumerate(rc.listen):
             host, port = parse_hostport(addr, "relay.listen")
             sock = self.listeners.take(f"relay.listen[{i}]")
@@ -1664,6 +1671,7 @@ class Relay:
                 await asyncio.wait_for(server.wait_closed(), 2)
         if self._background:
             await asyncio.wait(list(self._background), timeout=max(1.0, grace))
+        await self.copies.stop(max(1.0, grace))
         await self.notices.stop(max(1.0, grace))
         await self.upstream.close()
         if self.authenticator is not None:

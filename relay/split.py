@@ -12,10 +12,10 @@ after DATA outside LMTP, RFC 2033), so the relay answers by one rule:
   refusal (``5xx``), so the client bounces it — as if nothing had been split;
 - some copies accepted, some not: ``250``, because the accepted copies are on their way
   and a retry would send them twice. The relay then owns the failed ones, as an MTA owns
-  mail it has accepted: each failed recipient becomes a ``bounce`` event, and the envelope
-  sender gets a delivery status notification (relay.dsn) naming them, unless the sender
-  is the null path (RFC 5321 section 4.5.5). The relay has no queue, so a copy refused
-  temporarily is reported as failed too, with the upstream's text.
+  mail it has accepted: a copy refused temporarily goes to the relay's queue
+  (relay.copy_queue) and is tried again; each recipient refused for good becomes a
+  ``bounce`` event, and the envelope sender gets a delivery status notification
+  (relay.dsn) naming them, unless the sender is the null path (RFC 5321 section 4.5.5).
 """
 
 from __future__ import annotations
@@ -42,10 +42,22 @@ class CopyResult:
     message: bytes | None = None
     modified: bool = False
     queue_id: str | None = None
+    #: The bytes prepared for this copy (None when preparing it failed).
+    prepared: bytes | None = None
+    #: The upstream's envelope sender for this copy.
+    sender: str = ""
+    utf8: bool = False
 
     @property
     def delivered(self) -> list[str]:
         return list(self.accepted) if self.reply.ok else []
+
+    def deferred(self) -> list[str]:
+        """The recipients to try again later: those refused temporarily, when the copy
+        reached nobody and its bytes are at hand (a try that reached some is done)."""
+        if self.delivered or self.prepared is None:
+            return []
+        return [rcpt for rcpt, reply in self.failures() if not reply.permanent]
 
     def failures(self) -> list[tuple[str, Reply]]:
         """Each recipient this copy did not reach, with the answer that stopped it."""
@@ -108,9 +120,10 @@ def header_message_id(txn: Transaction, make: Callable[[], str]) -> str:
     return found
 
 
-def client_answer(results: list[CopyResult], *, notify: bool) -> Reply:
+def client_answer(results: list[CopyResult], *, notify: bool, queued: int = 0) -> Reply:
     """The one reply the client gets for all copies (the rule in the module docstring);
-    ``notify``: whether the sender is told of failed copies (not the null sender)."""
+    ``notify``: whether the sender is told of failed copies (not the null sender);
+    ``queued``: recipients whose copies wait in the relay's queue."""
     delivered = sum(len(r.delivered) for r in results)
     failures = [(rcpt, reply) for r in results for rcpt, reply in r.failures()]
     if not failures:
@@ -120,7 +133,10 @@ def client_answer(results: list[CopyResult], *, notify: bool) -> Reply:
     if not delivered:
         temporary = [reply for _, reply in failures if not reply.permanent]
         return temporary[0] if temporary else failures[0][1]
-    told = "a delivery status notification goes to the sender" if notify else \
-        "recorded as bounces"
-    return Reply(250, "2.0.0", f"Ok: delivered to {delivered} of "
-                 f"{delivered + len(failures)} recipients; {told}")
+    parts = [f"delivered to {delivered} of {delivered + len(failures)} recipients"]
+    if queued:
+        parts.append(f"{queued} queued to be tried again")
+    if len(failures) > queued:
+        parts.append("a delivery status notification goes to the sender" if notify
+                     else "recorded as bounces")
+    return Reply(250, "2.0.0", "Ok: " + "; ".join(parts))

@@ -35,7 +35,7 @@ import aiosmtplib
 from relay.config import ConfigError, UpstreamConfig
 from relay.logs import get_logger
 from relay.metrics import SMTP_LIMITS, UPSTREAM_CONNECTIONS, UPSTREAM_OPEN, UPSTREAM_WAITS
-from relay.records import Reply
+from relay.records import Reply, Transaction
 from relay.xforward import commands as xforward_commands
 
 log = get_logger("relay.upstream")
@@ -46,6 +46,10 @@ LOST = Reply(451, "4.4.2", "Upstream connection lost, try again later")
 #: RFC 3463 X.3.2 "system not accepting network messages": the relay's own upstream
 #: connections are all in use.
 BUSY = Reply(451, "4.3.2", "Too many upstream connections in use, try again later")
+
+
+UTF8_UNSUPPORTED = Reply(555, "5.6.7", "Upstream server does not support SMTPUTF8")
+EIGHTBIT_UNSUPPORTED = Reply(555, "5.6.3", "Upstream server does not support 8BITMIME")
 
 
 class UpstreamUnavailable(Exception):
@@ -70,6 +74,13 @@ _PLAIN_ADDRESS = re.compile(rf"{_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-
 #: refuse it, never a crash.
 UNSENDABLE_SENDER = Reply(553, "5.1.7", "Sender address cannot be sent upstream")
 UNSENDABLE_RECIPIENT = Reply(553, "5.1.3", "Recipient address cannot be sent upstream")
+_QUEUE_ID = re.compile(r"(?:queued as|queue id|id=)\s*<?([A-Za-z0-9._-]+)", re.IGNORECASE)
+
+
+def queue_id_of(reply: Reply) -> str | None:
+    """The queue id an upstream's answer names ("queued as …"), if any."""
+    m = _QUEUE_ID.search(reply.text)
+    return m.group(1) if m else None
 
 
 class Connection(ABC):
@@ -548,3 +559,30 @@ def make_upstream(cfg: UpstreamConfig, local_hostname: str) -> Upstream:
     if cfg.mode == "capture":
         return CaptureUpstream(cfg.capture_dir)
     return SmtpUpstream(cfg, local_hostname)
+
+
+def upstream_mail_options(conn: Connection, txn: Transaction, sender: str, options: list[str],
+                    utf8: bool, dsn: bool) -> tuple[list[str], bool] | Reply:
+    """The parameters of the upstream's MAIL for ``txn`` sent as ``sender`` (the client's
+    ``options``), and whether the transaction speaks SMTPUTF8; the refusal instead when
+    this upstream cannot take the message. Sets ``txn.dsn_upstream``."""
+    if utf8 and not conn.supports("smtputf8"):
+        if not sender.isascii():
+            return UTF8_UNSUPPORTED
+        utf8 = False  # ASCII so far: sent on without it (UTF8_HEADER_…)
+    # BODY= once (the last, as aiosmtpd read it), only to an upstream that offers
+    # 8BITMIME; 8-bit mail to one that does not is refused (RFC 6152 section 3: a relay
+    # converts it or returns it, and the relay does not convert)
+    body = next((o for o in reversed(options) if o.startswith("BODY=")), None)
+    if body == "BODY=8BITMIME" and not conn.supports("8bitmime"):
+        return EIGHTBIT_UNSUPPORTED
+    up_options = [body] if body and conn.supports("8bitmime") else []
+    if utf8:
+        up_options.append("SMTPUTF8")
+    # RFC 3461 section 5.2: the requests go on to an upstream that offers DSN, unless the
+    # upstream's notices would reach another sender (VERP); then the relay is the last
+    # hop that can answer them (Relay.notify_sender).
+    txn.dsn_upstream = dsn and conn.supports("dsn") and sender == txn.mail_from
+    if txn.dsn_upstream:
+        up_options += txn.dsn.options()
+    return up_options, utf8

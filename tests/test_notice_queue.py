@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.notice_queue import _locking
+from relay.disk_queue import _locking
 
 
 async def test_a_lock_taken_for_a_cancelled_caller_is_let_go(tmp_path: Path) -> None:

@@ -404,10 +404,10 @@ def queue_files(relay: Relay, suffix: str = ".json") -> list[Path]:
 @pytest.fixture
 def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tries again after 50 ms instead of 10 s (the folder looked at as often)."""
-    from relay import notice_queue
+    from relay import disk_queue
 
-    monkeypatch.setattr(notice_queue, "RETRY_AFTER", (0.05,))
-    monkeypatch.setattr(notice_queue, "SCAN_INTERVAL", 0.05)
+    monkeypatch.setattr(disk_queue, "RETRY_AFTER", (0.05,))
+    monkeypatch.setattr(disk_queue, "SCAN_INTERVAL", 0.05)
 
 
 @pytest.mark.parametrize(("refusals", "tries", "sent"), [
@@ -491,9 +491,9 @@ async def test_a_notice_past_its_lifetime_is_given_up(
     ``dsn_failed``, its file kept as ``*.failed``."""
     import structlog
 
-    from relay import notice_queue
+    from relay import disk_queue
 
-    monkeypatch.setattr(notice_queue, "LIFETIME", 0.0)
+    monkeypatch.setattr(disk_queue, "LIFETIME", 0.0)
     relay = await make_relay()
     sink.behaviour.refuse_rcpt = Refusing([], then="451 4.3.0 Try again later")  # type: ignore[assignment]
     with structlog.testing.capture_logs() as logs:
@@ -528,10 +528,8 @@ async def test_a_notice_file_that_is_no_notice_is_set_aside(make_relay: MakeRela
     queue goes on with the rest."""
     import structlog
 
-    from relay.notice_queue import notice_folder
-
     relay = await make_relay()
-    folder = notice_folder(relay.config)
+    folder = relay.notices.folder
     await relay.stop(grace=1.0)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "0000000001.000-0-broken.json").write_bytes(b'{"txn": "x", "sender": ')

@@ -227,7 +227,7 @@ async def test_some_copies_refused_is_250_a_notification_and_bounces(
     sink.behaviour.data_reply_for = {
         "bob@example.org": "550 5.1.1 <bob@example.org>: Recipient address rejected: "
                            "User unknown in virtual mailbox table",
-        "cid@example.net": "452 4.2.2 Mailbox full"}
+        "cid@example.net": "552 5.2.2 Mailbox full"}
     if client == "aiosmtplib":
         code, text = await send(relay, message())
     else:
@@ -262,9 +262,9 @@ async def test_some_copies_refused_is_250_a_notification_and_bounces(
     bounces = {e["recipient"]: e for e in await wait_events(relay, "bounce", 2)}
     assert set(bounces) == {"bob@example.org", "cid@example.net"}
     assert bounces["bob@example.org"]["data"]["hard"] is True
-    # Refused temporarily, but nobody will send it again: a soft bounce, not "nothing".
+    # Refused for good, but the address works: a soft bounce.
     cid = bounces["cid@example.net"]["data"]
-    assert cid["permanent"] is False and cid["hard"] is False and cid["reply_code"] == 452
+    assert cid["permanent"] is True and cid["hard"] is False and cid["reply_code"] == 552
     sent = await wait_events(relay, "sent", 1)
     assert [e["recipient"] for e in sent] == ["ann@example.org"]
     rejected = await wait_events(relay, "rejected", 2)

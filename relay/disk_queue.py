@@ -1,0 +1,323 @@
+"""Mail the relay owes after its ``250``, kept on disk until the upstream takes it.
+
+Once the client has its ``250`` only the relay can still deliver what it took charge
+of (RFC 5321 section 6.1: such mail must not be lost). Two kinds exist: the relay's own
+delivery status notices (relay.notice_queue) and per-recipient copies the upstream
+deferred (relay.copy_queue). Both keep each item in a file of their own folder before
+the first try and try it again, as an MTA's queue does, while the upstream defers it
+or cannot be reached: after ``RETRY_AFTER`` (10 s, 1 min, 5 min), then every 15
+minutes, until ``LIFETIME`` (5 days, Postfix's ``maximal_queue_lifetime`` and
+``bounce_queue_lifetime``) has passed. The file is removed once the item is done; an
+item refused for good, one that cannot be read, or one past its lifetime is renamed
+``*.failed`` for the admin to read: nothing is deleted that was not delivered.
+
+Files outlive the process: at start-up, and every ``SCAN_INTERVAL``, each relay process
+sharing the folder (the workers of one ``serve``) tries those that are due. A lock on the
+file (``flock``) while it is tried keeps two processes from sending one item twice; the
+schedule is in the file's name (``<due time>-<tries>-<id>.json``), so a scan reads no
+item it does not try.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, Literal, Protocol, TypeVar
+
+from prometheus_client import Gauge
+
+from relay.logs import get_logger
+from relay.records import new_id
+from relay.store.base import StoreError
+
+log = get_logger("trackrelay.queue")
+
+#: Seconds before each try after a deferral, the last one repeated until ``LIFETIME``.
+RETRY_AFTER: tuple[float, ...] = (10.0, 60.0, 300.0, 900.0)
+#: Seconds from the first try after which a deferred item is given up.
+LIFETIME = 5 * 24 * 3600.0
+#: Seconds between two looks at the folder.
+SCAN_INTERVAL = 5.0
+
+SUFFIX = ".json"
+FAILED_SUFFIX = ".failed"
+
+
+class Item(Protocol):
+    """What a queue keeps: it names its transaction and when it was first queued."""
+
+    @property
+    def txn(self) -> str: ...
+
+    @property
+    def queued_at(self) -> float: ...
+
+    def to_json(self) -> bytes: ...
+
+
+ItemT = TypeVar("ItemT", bound=Item)
+
+
+@dataclass(frozen=True)
+class Verdict(Generic[ItemT]):
+    """What one try came to: ``done`` (the file goes), ``later`` (tried again, unless
+    this was the last try: then as ``failed``) or ``failed`` (kept as ``*.failed``).
+    ``item``: what to keep for the next try, when the try changed it."""
+
+    result: Literal["done", "later", "failed"]
+    item: ItemT | None = None
+
+
+#: One try of an item: the item, its tries so far, and whether a deferral now ends it
+#: (its lifetime would be over before the next try).
+Attempt = Callable[[ItemT, int, bool], Awaitable[Verdict[ItemT]]]
+
+
+def _name(due: float, tries: int, ident: str) -> str:
+    return f"{due:014.3f}-{tries}-{ident}{SUFFIX}"
+
+
+def _parse_name(name: str) -> tuple[float, int, str] | None:
+    """(due, tries, id) from a queue file's name; ``None`` for any other file."""
+    if not name.endswith(SUFFIX):
+        return None
+    parts = name[:-len(SUFFIX)].split("-", 2)
+    try:
+        return float(parts[0]), int(parts[1]), parts[2]
+    except (IndexError, ValueError):
+        return None
+
+
+T = TypeVar("T")
+
+
+async def _locking(work: Callable[..., T], *args: Any) -> T:
+    """``work(*args)`` in a thread; it answers with a file descriptor holding a lock
+    first (or None). Cancelled while the thread runs (the relay stopping), the
+    descriptor is closed once the thread is done, so its lock is not held for the rest
+    of the process's life (other queues in the process could never try that item)."""
+    task = asyncio.ensure_future(asyncio.to_thread(work, *args))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        task.add_done_callback(_close_unclaimed)
+        raise
+
+
+def _close_unclaimed(task: asyncio.Future[Any]) -> None:
+    if task.cancelled() or task.exception() is not None:
+        return
+    result = task.result()
+    if result is not None:
+        os.close(result[0])
+
+
+def _sync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def retry_delay(tries: int) -> float:
+    """Seconds to wait after the ``tries``-th try was deferred."""
+    return RETRY_AFTER[min(tries, len(RETRY_AFTER)) - 1]
+
+
+class DiskQueue(Generic[ItemT]):
+    """A folder of items owed, and the loop that tries those that are due. ``kind``
+    names its log events (``<kind>_unreadable``, ``<kind>_queue_failed``,
+    ``<kind>_not_queued``) and what the start-up check says."""
+
+    def __init__(self, folder: Path, kind: str, load: Callable[[bytes], ItemT],
+                 attempt: Attempt[ItemT], pending: Gauge) -> None:
+        self.folder = folder
+        self.kind = kind
+        self.load = load
+        self.attempt = attempt
+        self.pending = pending
+        self._runner: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._trying: set[str] = set()
+        self._tries: set[asyncio.Task[None]] = set()
+
+    def start(self) -> None:
+        """Begin trying what earlier runs left in the folder. The folder is made when
+        the first item is owed (a relay that never owes one writes nothing); one that
+        exists must be a folder the relay can write."""
+        if self.folder.exists() and not (self.folder.is_dir() and os.access(
+                self.folder, os.W_OK | os.X_OK)):
+            raise StoreError(f"store.spool_path: the {self.folder.suffix[1:]} folder "
+                             f"{self.folder} is not a folder this process can write")
+        self._runner = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self, grace: float) -> None:
+        """Stop looking, and give tries under way ``grace`` seconds to end; items not
+        yet taken stay in the folder for the next start."""
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+            self._runner = None
+        if self._tries:
+            await asyncio.wait(list(self._tries), timeout=grace)
+            for task in list(self._tries):
+                task.cancel()
+
+    async def submit(self, item: ItemT, tried: int = 0) -> None:
+        """Keep ``item`` on disk (awaited: the caller's client has not had its answer
+        yet), then try it at once in the background; an item ``tried`` already (and
+        deferred) waits its turn, as after that many tries."""
+        ident = f"{item.txn}.{new_id()}"
+        due = time.time() + (retry_delay(tried) if tried else 0.0)
+        try:
+            fd, path = await _locking(self._write, item, ident, due, tried, None)
+        except OSError as exc:
+            # Not kept: tried once more (a tried item at once), as the last try, and
+            # said loudly.
+            log.error(f"{self.kind}_not_queued", txn=item.txn, folder=str(self.folder),
+                      error=f"{type(exc).__name__}: {exc}")
+            self._spawn(self._try_unkept(item, tried))
+            return
+        if tried:
+            os.close(fd)
+            self._wake.set()
+        else:
+            self._spawn(self._try(path, fd, item, 0))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tries.add(task)
+        task.add_done_callback(self._tries.discard)
+
+    async def _try_unkept(self, item: ItemT, tried: int) -> None:
+        await self.attempt(item, tried, True)
+
+    def _write(self, item: ItemT, ident: str, due: float, tries: int,
+               replaces: Path | None) -> tuple[int, Path]:
+        """Write the file under a temporary name, locked, then give it its queue name
+        (the lock goes with the file: no other process can try it before this one);
+        ``replaces``, the item's earlier file, goes once the new one is named."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.folder / f".{ident}.{new_id()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            data = memoryview(item.to_json())
+            while data:
+                data = data[os.write(fd, data):]
+            os.fsync(fd)
+            path = self.folder / _name(due, tries, ident)
+            os.rename(tmp, path)
+            if replaces is not None:
+                os.unlink(replaces)
+            _sync_folder(self.folder)  # the new name, too, outlives a crash
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        return fd, path
+
+    async def _try(self, path: Path, fd: int, item: ItemT, tries: int) -> None:
+        """One try of the item in ``path`` (locked through ``fd``, closed here)."""
+        self._trying.add(path.name)
+        try:
+            last = time.time() + retry_delay(tries + 1) >= item.queued_at + LIFETIME
+            verdict = await self.attempt(item, tries, last)
+            if verdict.result == "done":
+                os.unlink(path)
+            elif verdict.result == "later" and not last:
+                due = time.time() + retry_delay(tries + 1)
+                _, _, ident = _parse_name(path.name) or (0.0, 0, new_id())
+                if verdict.item is None:
+                    os.rename(path, path.with_name(_name(due, tries + 1, ident)))
+                else:
+                    new_fd, _ = await _locking(self._write, verdict.item, ident, due,
+                                               tries + 1, path)
+                    os.close(new_fd)
+                self._wake.set()
+            else:
+                os.rename(path, path.with_name(path.name + FAILED_SUFFIX))
+        except OSError as exc:
+            log.error(f"{self.kind}_queue_failed", txn=item.txn, file=str(path),
+                      error=f"{type(exc).__name__}: {exc}")
+        finally:
+            self._trying.discard(path.name)
+            os.close(fd)
+
+    def _due(self) -> Iterator[tuple[Path, int]]:
+        """The queue files due now, with their tries so far."""
+        now = time.time()
+        with os.scandir(self.folder) as entries:
+            names = [e.name for e in entries]
+        pending = 0
+        for name in sorted(names):
+            parsed = _parse_name(name)
+            if parsed is None:
+                continue
+            pending += 1
+            due, tries, _ = parsed
+            if due <= now and name not in self._trying:
+                yield self.folder / name, tries
+        self.pending.set(pending)
+
+    def _claim(self, path: Path) -> tuple[int, ItemT] | None:
+        """Lock ``path`` and read it, unless another process holds it or it has moved
+        on (tried and renamed since the folder was listed)."""
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.stat(path).st_ino != os.fstat(fd).st_ino:
+                raise FileNotFoundError(path)
+            with os.fdopen(os.dup(fd), "rb") as f:
+                data = f.read()
+        except (BlockingIOError, FileNotFoundError):
+            os.close(fd)
+            return None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            return fd, self.load(data)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error(f"{self.kind}_unreadable", file=str(path),
+                      error=f"{type(exc).__name__}: {exc}")
+            os.rename(path, path.with_name(path.name + FAILED_SUFFIX))
+            os.close(fd)
+            return None
+
+    async def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                for path, tries in ([] if not self.folder.is_dir() else list(self._due())):
+                    claimed = await _locking(self._claim, path)
+                    if claimed is not None:
+                        await self._try(path, claimed[0], claimed[1], tries)
+            except OSError as exc:
+                log.error(f"{self.kind}_queue_failed", folder=str(self.folder),
+                          error=f"{type(exc).__name__}: {exc}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._next_wait())
+
+    def _next_wait(self) -> float:
+        """Until the next look: the earliest due time if it comes before the scan."""
+        soonest = SCAN_INTERVAL
+        with contextlib.suppress(OSError), os.scandir(self.folder) as entries:
+            now = time.time()
+            for entry in entries:
+                parsed = _parse_name(entry.name)
+                if parsed is not None and entry.name not in self._trying:
+                    soonest = min(soonest, max(0.0, parsed[0] - now))
+        return soonest

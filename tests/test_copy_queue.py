@@ -1,0 +1,206 @@
+"""Per-recipient copies the upstream deferred after the client had its 250, through the
+real relay, the real sink and the real store: the copy is kept on disk before the
+client's answer, tried again and delivered with the very bytes (and tokens) its first
+try carried, then recorded and tracked like any copy; one refused for good or past its
+lifetime is a bounce and a failure notice; a queued copy outlives the relay that
+queued it and is sent once by the next."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import aiohttp
+import pytest
+import structlog
+from aiohttp import web
+
+from relay.bounces import classify
+from relay.smtp_server import Relay
+from relay.tracker.web import create_web_app, listen
+from tests.conftest import MakeRelay, Sink, free_port
+from tests.test_relay_split import SPLIT, message, pixels, send, stored_events, wait_events
+from tests.tracker_support import MAIL_CLIENT_UA, wait_for
+
+pytest_plugins = ("tests.tracker_fixtures",)
+
+LATE = "cid@example.net"
+
+
+class Deferring(dict[str, str]):
+    """The sink's DATA answer for ``LATE``: ``first`` on its first ``times`` copies, then
+    ``then`` (None: taken)."""
+
+    def __init__(self, first: str, times: int, then: str | None = None) -> None:
+        super().__init__()
+        self.first, self.times, self.then = first, times, then
+
+    def __contains__(self, address: object) -> bool:
+        return address == LATE and (self.times > 0 or self.then is not None)
+
+    def __getitem__(self, address: str) -> str:
+        if self.times > 0:
+            self.times -= 1
+            return self.first
+        assert self.then is not None
+        return self.then
+
+
+@pytest.fixture
+def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tries again after 50 ms instead of 10 s (the folder looked at as often)."""
+    from relay import disk_queue
+
+    monkeypatch.setattr(disk_queue, "RETRY_AFTER", (0.05,))
+    monkeypatch.setattr(disk_queue, "SCAN_INTERVAL", 0.05)
+
+
+def queue_files(relay: Relay, suffix: str = ".json") -> list[Path]:
+    folder = relay.copies.folder
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.name.endswith(suffix))
+
+
+def copies_to(sink: Sink, address: str) -> list[bytes]:
+    return [r.data for r in sink.received if r.rcpt_tos == [address]]
+
+
+def notices(sink: Sink) -> list[bytes]:
+    return [r.data for r in sink.received if r.mail_from == "<>"]
+
+
+async def test_a_deferred_copy_is_delivered_later_and_tracked(
+        store_url: str, make_relay: MakeRelay, sink: Sink, quick_retries: None) -> None:
+    """Deferred twice at DATA, the copy is queued before the client's 250, delivered on
+    the third try with the bytes of the first, recorded then (a ``sent`` event, no
+    bounce, no notice), and an open of it is its recipient's."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    relay = await make_relay(
+        load_entry_points=True, http={"listen": f"127.0.0.1:{port}", "base_url": base},
+        tracking=SPLIT, store={"url": store_url},
+        engagement={"instant_seconds": 0, "suspect_seconds": 0})
+    runner = web.AppRunner(create_web_app(relay.app), access_log=None)
+    await runner.setup()
+    await listen(runner, "127.0.0.1", port)
+    sink.behaviour.data_reply_for = Deferring("451 4.7.1 Greylisted, try again", 2)
+    try:
+        with structlog.testing.capture_logs() as logs:
+            code, text = await send(relay, message())
+            assert code == 250 and "delivered to 2 of 3" in text and "1 queued" in text, text
+            assert "notification" not in text  # nothing failed for good
+
+            async def delivered() -> bool:
+                return bool(copies_to(sink, LATE))
+
+            await wait_for(delivered)
+        [late] = copies_to(sink, LATE)
+        assert [e["tries"] for e in logs if e["event"] == "copy_deferred"] == [2]
+        assert [e["tries"] for e in logs if e["event"] == "copy_delivered"] == [3]
+        [token] = pixels(late, base)
+        found = relay.app.tokens.decode(token.rsplit("/", 1)[1].removesuffix(".gif"), "open")
+        assert found is not None and found.recipient_index == 0
+
+        sent = await wait_events(relay, "sent", 3)
+        assert sorted(e["recipient"] for e in sent) == sorted(
+            ["ann@example.org", "bob@example.org", LATE])
+        store = relay.app.store
+        assert store is not None
+        record = await store.lookup_message(found.message_id)
+        assert record is not None and record["recipients"] == [LATE]
+        assert await stored_events(relay, "bounce") == []
+        assert await stored_events(relay, "rejected") == []
+        assert notices(sink) == []
+        assert queue_files(relay) == [] and queue_files(relay, ".failed") == []
+
+        async with aiohttp.ClientSession(headers={"User-Agent": MAIL_CLIENT_UA}) as http:
+            async with http.get(token) as resp:
+                assert resp.status == 200
+        [opened] = await wait_events(relay, "open", 1)
+        assert (opened["message_id"], opened["recipient"]) == (found.message_id, LATE)
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize(("then", "lifetime", "hard", "status"), [
+    ("550 5.1.1 <cid@example.net>: Recipient address rejected: User unknown", 3600.0,
+     True, "5.1.1"),
+    (None, 0.0, False, "4.2.2"),
+])
+async def test_a_queued_copy_that_fails_is_a_bounce_and_a_notice(
+        make_relay: MakeRelay, sink: Sink, quick_retries: None,
+        monkeypatch: pytest.MonkeyPatch, then: str | None, lifetime: float, hard: bool,
+        status: str) -> None:
+    """Refused for good on a later try, or deferred until its lifetime is over (here at
+    once), the copy's recipient is a bounce (hard only for an address that will never
+    work) and is named in a failure notice; the file is kept as ``*.failed``."""
+    from relay import disk_queue
+
+    monkeypatch.setattr(disk_queue, "LIFETIME", lifetime)
+    relay = await make_relay(load_entry_points=True, tracking=SPLIT)
+    sink.behaviour.data_reply_for = Deferring("452 4.2.2 Mailbox full, try again later",
+                                              1 if then else 99, then)
+    with structlog.testing.capture_logs() as logs:
+        code, text = await send(relay, message())
+        assert code == 250 and "1 queued" in text, text
+
+        async def told() -> bool:
+            return bool(notices(sink))
+
+        await wait_for(told)
+    [failed] = [e for e in logs if e["event"] == "copy_failed"]
+    assert failed["expired"] is (then is None)
+    [notice] = notices(sink)
+    [read] = [r for r in classify(notice) if r.kind == "bounce"]
+    assert (read.recipient, read.hard, read.status) == (LATE, hard, status)
+    [bounce] = await wait_events(relay, "bounce", 1)
+    assert bounce["recipient"] == LATE and bounce["data"]["hard"] is hard
+    assert [e["recipient"] for e in await stored_events(relay, "rejected")] == [LATE]
+    assert copies_to(sink, LATE) == []
+    assert queue_files(relay) == []
+    [kept] = queue_files(relay, ".failed")
+    assert json.loads(kept.read_bytes())["transaction"]["rcpt_tos"] == [LATE]
+
+
+async def test_a_queued_copy_outlives_a_restart(make_relay: MakeRelay, sink: Sink,
+                                                quick_retries: None) -> None:
+    """A copy still deferred when its relay stopped is delivered by the next relay on
+    the same spool folder, once, though two start on it; and recorded by it."""
+    first = await make_relay(load_entry_points=True, tracking=SPLIT)
+    sink.behaviour.data_reply_for = Deferring("421 4.3.2 Shutting down", 10_000)
+    code, _ = await send(first, message())
+    assert code == 250
+
+    async def retried() -> bool:
+        return any(int(p.name.split("-", 2)[1]) >= 2 for p in queue_files(first))
+
+    await wait_for(retried)
+    await first.stop(grace=1.0)
+    assert len(queue_files(first)) == 1 and copies_to(sink, LATE) == []
+    sink.behaviour.data_reply_for = {}
+    second, third = (await make_relay(load_entry_points=True, tracking=SPLIT),
+                     await make_relay(load_entry_points=True, tracking=SPLIT))
+
+    async def delivered() -> bool:
+        return bool(copies_to(sink, LATE))
+
+    await wait_for(delivered)
+    await asyncio.sleep(0.3)  # time for a second sending, were there one
+    assert len(copies_to(sink, LATE)) == 1
+    assert queue_files(second) == [] and queue_files(third, ".failed") == []
+    sent = await wait_events(second, "sent", 3)
+    assert LATE in [e["recipient"] for e in sent]
+
+
+async def test_a_copy_deferred_when_no_copy_was_taken_is_the_clients(
+        make_relay: MakeRelay, sink: Sink) -> None:
+    """With no copy taken the client gets the 4xx and sends it all again: nothing is
+    queued (a queued copy would reach its recipient twice)."""
+    relay = await make_relay(load_entry_points=True, tracking=SPLIT)
+    sink.behaviour.data_reply_for = {r: "451 4.3.0 Try again later" for r in (
+        "ann@example.org", "bob@example.org", LATE)}
+    code, _ = await send(relay, message())
+    assert code == 451
+    assert queue_files(relay) == []
