@@ -158,3 +158,47 @@ async def test_the_rate_limit_sends_a_digest(make_tracker: MakeTracker,
     assert len(singles) == 2
     assert summary["text"].splitlines()[0].endswith("(busy):")
     assert sum("opened \"News\"" in line for line in summary["text"].splitlines()) == 5
+
+
+async def test_a_scanners_burst_alerts_nobody(make_tracker: MakeTracker,
+                                              receiver: Receiver) -> None:
+    """A security scanner opens and follows every link within a second with a browser's
+    user agent: each hit alone looks like a person's, only the batch pass relabels them.
+    So alerts on opens and clicks wait for its judgement, are withdrawn, and the
+    recipient's later open by a person is the first open, and alerts."""
+    t = await make_tracker(
+        {"alerts": [
+            {"name": "first-opens", "on": ["first_open"], "channel": "chat",
+             "url": receiver.url("slack")},
+            {"name": "clicks", "on": ["click"], "channel": "webhook",
+             "url": receiver.url("hook"), "secret": SECRET}],
+         "engagement": {"batch_interval": 0.3, "batch_settle_seconds": 0.5,
+                        "link_burst_seconds": 5}},
+        webhook_backoff=0.05, webhook_max_backoff=0.2)
+    sent = await seed_message(t.store, recipients=["carol@customer.test"], subject="Offer",
+                              links=["https://shop.example/a", "https://shop.example/b"])
+    await hit(t, t.pixel_url(sent.message_id), CHROME)
+    for link in (0, 1):
+        await hit(t, t.click_url(sent.message_id, link), CHROME)
+    await t.store.flush()
+
+    async def relabelled() -> bool:
+        page = await t.store.list_events(message_id=sent.message_id, type=["open", "click"])
+        return len(page.items) == 3 and all(e["machine"] for e in page.items)
+
+    await wait_for(relabelled)
+    await asyncio.sleep(1.5)  # past the alerts' due time: withdrawn, not sent
+    assert receiver.got == []
+    deliveries = await t.store.list_webhook_deliveries()
+    assert deliveries.items == []  # withdrawn ones leave the list
+    await asyncio.sleep(5)  # past the burst: the person opens it
+    await hit(t, t.pixel_url(sent.message_id))
+
+    async def alerted() -> bool:
+        return bool(receiver.bodies("slack"))
+
+    await wait_for(alerted, timeout=20)
+    assert receiver.bodies("slack") == [
+        {"text": "carol@customer.test opened \"Offer\" for the first time "
+                 "(Thunderbird on Windows)"}]
+    assert receiver.bodies("hook") == []

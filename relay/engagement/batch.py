@@ -76,6 +76,16 @@ class BatchResult:
     inferred: list[Event] = field(default_factory=list)
 
 
+def judging_delay(engagement: EngagementConfig) -> float:
+    """Seconds after an open or a click by which the batch pass has judged it: a scanner
+    that fetches the pixel and follows every link at once is known only once its clicks
+    have settled (``batch_settle_seconds``) and a pass has run (every
+    ``batch_interval``; two, for a pass under way). No batch pass: nothing to wait for."""
+    if engagement.batch_interval <= 0:
+        return 0.0
+    return engagement.batch_settle_seconds + 2 * engagement.batch_interval
+
+
 def _network_key(ip: str | None) -> str | None:
     addr = parse_ip(ip)
     if addr is None:

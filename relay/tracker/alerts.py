@@ -14,6 +14,12 @@ once across tracker processes and retried with backoff, as endpoint ``alert:<nam
   ``{"type": "alert", "alert": <name>, "trigger": …, "event": {…}, "message": {…}}``;
 * ``chat``: ``{"text": "…"}``, the incoming-webhook shape Slack and Mattermost accept.
 
+**Judged first.** An alert on an open or a click (``first_open``, ``open``, ``click``)
+is due once the batch pass has judged its event (``judging_delay``): a security scanner
+that opens and follows every link within seconds looks like a person hit by hit. When
+due, the event's verdict is read again; no longer one the rule wants, the alert is
+withdrawn, and a ``first_open`` passes to the recipient's next open the rule wants.
+
 **Rate limit.** A rule sends at most ``max_per_hour`` alerts per sender in each window
 of ``rate_window_seconds`` (an hour); past that, one digest goes out when the window
 ends, listing what happened in it (counted in the outbox, so across processes too).
@@ -31,7 +37,9 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
+from relay import metrics
 from relay.config import AlertConfig
+from relay.engagement.batch import judging_delay
 from relay.logs import get_logger
 from relay.store.base import domain_of, iso_time
 from relay.tracker import open_mail, signing
@@ -47,6 +55,10 @@ PREFIX = "alert:"
 #: Seconds a webhook or chat alert's POST may take.
 TIMEOUT = 10.0
 HUMAN = ("human", "human_proxy")
+
+
+#: Triggers that stand on an open or a click: the batch pass may yet call it a machine's.
+JUDGED = ("first_open", "open", "click")
 
 
 def endpoint(alert: AlertConfig) -> str:
@@ -121,6 +133,7 @@ class Alerts:
         self.app = app
         self.rules = {endpoint(a): a for a in app.config.alerts}
         self.mailer = open_mail.OpenMailer(app)
+        self.judging_delay = judging_delay(app.config.engagement)
 
     @property
     def enabled(self) -> bool:
@@ -168,8 +181,38 @@ class Alerts:
                 "created_at": iso_time(time.time()), "event": event_json(row),
                 "message": {"id": message["id"], "sender": message["sender"],
                             "campaign": message["campaign"]}}
+        due = row["time"] + self.judging_delay if trigger in JUDGED else None
         await store.enqueue_webhook(endpoint(rule), trigger, json.dumps(body, sort_keys=True),
-                                    event_id=row["id"], dedupe_key=key)
+                                    event_id=row["id"], dedupe_key=key, not_before=due)
+
+    async def still_due(self, store: Store, delivery: WebhookDelivery) -> bool:
+        """Whether an alert on an open or a click still stands, now that the batch pass
+        has judged its event (module docstring). If not, it is withdrawn, and a
+        ``first_open`` goes to the recipient's next open the rule wants, due in turn."""
+        rule = self.rules.get(delivery["endpoint"])
+        if rule is None or delivery["event_type"] not in JUDGED:
+            return True
+        body = json.loads(delivery["payload"])
+        event = body["event"]
+        kind = "click" if body["trigger"] == "click" else "open"
+        page = await store.list_events(type=kind, message_id=event["message_id"],
+                                       recipient=event["recipient"], order="asc", limit=500)
+        wanted = [e for e in page.items if _verdict(e) in rule.verdicts]
+        if any(e["id"] == delivery["event_id"] for e in wanted):
+            return True
+        if not await store.withdraw_webhook(delivery["id"]):
+            return False
+        metrics.WEBHOOK_ATTEMPTS.labels("withdrawn").inc()
+        successor = wanted[0] if wanted and body["trigger"] == "first_open" else None
+        log.info("alert_withdrawn", alert=rule.name, trigger=body["trigger"],
+                 delivery=delivery["id"], message=event["message_id"],
+                 event_id=delivery["event_id"],
+                 next_event=successor["id"] if successor else None)
+        message = None if successor is None else await store.lookup_message(
+            event["message_id"])
+        if successor is not None and message is not None:
+            await self._enqueue(store, rule, "first_open", successor, message)
+        return False
 
     # -- sending ------------------------------------------------------------------------------
 

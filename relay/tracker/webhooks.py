@@ -53,7 +53,8 @@ import aiohttp
 
 from relay import metrics
 from relay.background import BackgroundTasks, Failing
-from relay.config import EngagementConfig, WebhookConfig
+from relay.config import WebhookConfig
+from relay.engagement.batch import judging_delay
 from relay.engagement.verdict import HUMAN_VERDICTS
 from relay.logs import get_logger
 from relay.store.base import iso_time
@@ -104,16 +105,6 @@ def payload_for(event_type: str, row: EventRow, delivery_key: str) -> str:
         "event": event_json(row),
     }
     return json.dumps(body, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
-
-
-def judging_delay(engagement: EngagementConfig) -> float:
-    """Seconds after an open by which the batch pass has judged it: a scanner that
-    fetches the pixel and follows every link at once is known only once its clicks have
-    settled (``batch_settle_seconds``) and a pass has run (every ``batch_interval``; two,
-    for a pass under way). No batch pass: nothing to wait for."""
-    if engagement.batch_interval <= 0:
-        return 0.0
-    return engagement.batch_settle_seconds + 2 * engagement.batch_interval
 
 
 class WebhookDispatcher:
@@ -426,6 +417,8 @@ class WebhookDispatcher:
             return
         if delivery["endpoint"].startswith(ALERT_PREFIX):
             assert self._session is not None
+            if not await self.alerts.still_due(self.store, delivery):
+                return
             error, permanent = await self.alerts.send(self.store, self._session, delivery)
             await self._settle(delivery, error, permanent)
             return
