@@ -386,6 +386,16 @@ def build_parser() -> argparse.ArgumentParser:
     tracker_cli.add_events_arguments(p)
     p.set_defaults(func=tracker_cli.events)
 
+    from relay import queue_cli
+
+    p = sub.add_parser("queue", help="notices and per-recipient copies the relay owes and "
+                                      "has not handed on yet (--flush: try them now)")
+    add_config(p)
+    p.add_argument("--store", metavar="URL", help="store URL (its spool path names the "
+                                                   "folders)")
+    queue_cli.add_arguments(p)
+    p.set_defaults(func=queue_cli.run)
+
     p = sub.add_parser("rewrite", help="print the message the relay would forward "
                                         "(stdin to stdout), without sending it")
     add_config(p)

@@ -84,6 +84,8 @@ class QueuedCopy:
     client_reply: Reply
     utf8: bool
     xforward: dict[str, str]
+    #: The upstream's answer on the last try (a deferral).
+    reply: Reply
     queued_at: float = field(default_factory=time.time)
 
     @property
@@ -98,7 +100,8 @@ class QueuedCopy:
             "data": base64.b64encode(self.data).decode("ascii"),
             "original": base64.b64encode(self.original).decode("ascii"),
             "modified": self.modified, "client_reply": _reply_json(self.client_reply),
-            "utf8": self.utf8, "xforward": self.xforward, "queued_at": self.queued_at,
+            "utf8": self.utf8, "xforward": self.xforward, "reply": _reply_json(self.reply),
+            "queued_at": self.queued_at,
         }, ensure_ascii=False).encode("utf-8")
 
     @classmethod
@@ -111,7 +114,7 @@ class QueuedCopy:
             data=base64.b64decode(d["data"]), original=base64.b64decode(d["original"]),
             modified=bool(d["modified"]), client_reply=_reply_from(d["client_reply"]),
             utf8=bool(d["utf8"]), xforward={str(k): str(v) for k, v in d["xforward"].items()},
-            queued_at=float(d["queued_at"]))
+            reply=_reply_from(d["reply"]), queued_at=float(d["queued_at"]))
 
 
 def _reply_json(reply: Reply) -> list[Any]:
@@ -223,6 +226,14 @@ async def send(upstream: Upstream, copy: QueuedCopy, dsn_enabled: bool) -> Try:
             upstream.release(conn, False)
             conn = None
         return done
+    except BaseException:
+        # Cancelled (the relay stopping) or broken mid-transaction: the connection's
+        # state is unknown, so it is closed, never reset and reused.
+        if conn is not None:
+            conn.close()
+            upstream.release(conn, False)
+            conn = None
+        raise
     finally:
         if conn is not None:
             reusable = done.reply.ok or await conn.rset()
@@ -248,12 +259,12 @@ class CopyQueue:
     async def stop(self, grace: float) -> None:
         await self.disk.stop(grace)
 
-    async def submit(self, copy: QueuedCopy, reply: Reply) -> None:
-        """Keep ``copy``, deferred with ``reply`` on its first try, for the next one
-        (awaited: before the client has its 250)."""
+    async def submit(self, copy: QueuedCopy) -> None:
+        """Keep ``copy``, deferred on its first try, for the next one (awaited: before
+        the client has its 250)."""
         SPLIT_COPIES.labels("queued").inc()
         log.warning("copy_queued", txn=copy.txn, message_id=copy.transaction.message_id,
-                    recipients=len(copy.pending), reply=str(reply),
+                    recipients=len(copy.pending), reply=str(copy.reply),
                     folder=str(self.disk.folder))
         await self.disk.submit(copy, tried=1)
 
@@ -274,7 +285,7 @@ class CopyQueue:
                 log.warning("copy_deferred", tries=tries, reply=str(result.reply),
                             waiting=len(waiting), refused=len(final),
                             retry_in=retry_delay(tries))
-                return Verdict("later", replace(copy, pending=waiting,
+                return Verdict("later", replace(copy, pending=waiting, reply=result.reply,
                                                 refused={**copy.refused, **final}))
             if waiting and not delivered:
                 SPLIT_COPIES.labels("expired").inc()
@@ -288,13 +299,13 @@ class CopyQueue:
                 message=copy.data if result.accepted else None, modified=copy.modified,
                 queue_id=queue_id_of(result.reply) if result.reply.ok else None,
                 client_reply=copy.client_reply)
-            await self.owner.record_delivery(txn, outcome)
-            self.owner.after_delivery(txn, outcome)
-            await self._tell(copy, failures, relayed=delivered, reply=result.reply)
             event = "copy_delivered" if delivered else "copy_failed"
             (log.info if delivered else log.error)(
                 event, tries=tries, reply=str(result.reply), delivered=len(delivered),
                 failed=len(failures), expired=bool(waiting) and not delivered)
+            await self.owner.record_delivery(txn, outcome)
+            self.owner.after_delivery(txn, outcome)
+            await self._tell(copy, failures, relayed=delivered, reply=result.reply)
             return Verdict("done" if delivered else "failed")
 
     async def _tell(self, copy: QueuedCopy, failures: dict[str, Reply], *,

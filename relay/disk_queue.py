@@ -321,3 +321,70 @@ class DiskQueue(Generic[ItemT]):
                 if parsed is not None and entry.name not in self._trying:
                     soonest = min(soonest, max(0.0, parsed[0] - now))
         return soonest
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One file of a queue folder, as ``trackrelay queue`` shows it."""
+
+    path: Path
+    #: ``pending`` (to be tried at ``due``) or ``failed`` (kept for the admin).
+    state: Literal["pending", "failed"]
+    due: float | None
+    tries: int | None
+    #: The file's content (None when it could not be read).
+    data: bytes | None
+
+
+def entries(folder: Path) -> list[Entry]:
+    """The pending and failed files of ``folder`` (none if it does not exist), read
+    without taking their locks: a look, not a try."""
+    if not folder.is_dir():
+        return []
+    out: list[Entry] = []
+    for path in sorted(folder.iterdir()):
+        name = path.name
+        failed = name.endswith(SUFFIX + FAILED_SUFFIX)
+        parsed = _parse_name(name.removesuffix(FAILED_SUFFIX) if failed else name)
+        if parsed is None and not failed:
+            continue
+        try:
+            data: bytes | None = path.read_bytes()
+        except FileNotFoundError:
+            continue  # tried and gone meanwhile
+        except OSError:
+            data = None
+        due, tries = (parsed[0], parsed[1]) if parsed is not None else (None, None)
+        out.append(Entry(path, "failed" if failed else "pending", None if failed else due,
+                         tries, data))
+    return out
+
+
+def flush(folder: Path) -> tuple[int, int]:
+    """Make every pending file of ``folder`` due now (``postqueue -f``): the relays
+    sharing it try them at their next look. (made due, skipped: being tried now)."""
+    made, busy = 0, 0
+    for entry in entries(folder):
+        if entry.state != "pending" or entry.tries is None:
+            continue
+        try:
+            fd = os.open(entry.path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            busy += 1
+            os.close(fd)
+            continue
+        try:
+            parsed = _parse_name(entry.path.name)
+            if parsed is not None and os.stat(entry.path).st_ino == os.fstat(fd).st_ino:
+                os.rename(entry.path, entry.path.with_name(
+                    _name(time.time(), parsed[1], parsed[2])))
+                made += 1
+        except FileNotFoundError:
+            pass
+        finally:
+            os.close(fd)
+    return made, busy

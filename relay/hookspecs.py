@@ -200,6 +200,11 @@ def trackrelay_delivered(app: App, transaction: Transaction, outcome: Outcome) -
     so a slow implementation never delays mail; exceptions are logged and counted, never
     returned to the client. A process stopped abruptly just after answering may not have
     run it: what must survive that belongs in ``trackrelay_record_delivery``.
+
+    A per-recipient copy the upstream deferred after the client's 250 (relay.copy_queue)
+    is reported once it is done (delivered, refused for good, or given up), perhaps by
+    another process after a restart: its ``transaction`` is then the one kept on disk,
+    whose ``extra`` holds only the entries JSON can hold.
     """
 
 

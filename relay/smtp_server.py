@@ -1277,7 +1277,7 @@ class RelaySession(SmtpNames):
         self.log.info("split_done", reply=str(reply), copies=len(results),
                       failed_recipients=len(failures), queued_recipients=len(waiting))
         for r in queued:
-            await self.relay.copies.submit(self._queued(r, raw, reply), r.reply)
+            await self.relay.copies.submit(self._queued(r, raw, reply))
         outcomes = [(r.transaction, Outcome(
             reply=r.reply, accepted=list(r.accepted), refused=dict(r.refused),
             message=r.message, modified=r.modified, queue_id=r.queue_id,
@@ -1303,7 +1303,7 @@ class RelaySession(SmtpNames):
             transaction=copy, sender=result.sender, pending=deferred,
             refused={r: rep for r, rep in result.failures() if r not in deferred},
             data=result.prepared, original=raw, modified=result.modified,
-            client_reply=reply, utf8=result.utf8,
+            client_reply=reply, utf8=result.utf8, reply=result.reply,
             xforward=copy.forwarded_client or xforward.own_client(
                 copy.client_ip, copy.client_port, copy.helo, self.esmtp))
 

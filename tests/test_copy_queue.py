@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from pathlib import Path
 
 import aiohttp
@@ -30,16 +31,21 @@ LATE = "cid@example.net"
 
 class Deferring(dict[str, str]):
     """The sink's DATA answer for ``LATE``: ``first`` on its first ``times`` copies, then
-    ``then`` (None: taken)."""
+    ``then`` (None: taken); for other recipients, as the dict says."""
 
-    def __init__(self, first: str, times: int, then: str | None = None) -> None:
-        super().__init__()
+    def __init__(self, first: str, times: int, then: str | None = None,
+                 **others: str) -> None:
+        super().__init__({k.replace("_", "@") + ".org": v for k, v in others.items()})
         self.first, self.times, self.then = first, times, then
 
     def __contains__(self, address: object) -> bool:
-        return address == LATE and (self.times > 0 or self.then is not None)
+        if address != LATE:
+            return super().__contains__(address)
+        return self.times > 0 or self.then is not None
 
     def __getitem__(self, address: str) -> str:
+        if address != LATE:
+            return super().__getitem__(address)
         if self.times > 0:
             self.times -= 1
             return self.first
@@ -93,7 +99,7 @@ async def test_a_deferred_copy_is_delivered_later_and_tracked(
             assert "notification" not in text  # nothing failed for good
 
             async def delivered() -> bool:
-                return bool(copies_to(sink, LATE))
+                return any(e["event"] == "copy_delivered" for e in logs)
 
             await wait_for(delivered)
         [late] = copies_to(sink, LATE)
@@ -204,3 +210,62 @@ async def test_a_copy_deferred_when_no_copy_was_taken_is_the_clients(
     code, _ = await send(relay, message())
     assert code == 451
     assert queue_files(relay) == []
+
+
+async def trackrelay(*args: str) -> tuple[int, str]:
+    """The real command line, in a process of its own."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "relay.cli", *args, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT)
+    out, _ = await proc.communicate()
+    return proc.returncode or 0, out.decode()
+
+
+async def test_the_queue_command_lists_and_flushes(make_relay: MakeRelay, sink: Sink,
+                                                   tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """``trackrelay queue`` lists a deferred copy and a deferred notice with their
+    recipients and the upstream's answer; ``--flush`` makes them due now, and the
+    running relay sends both at its next look."""
+    from relay import disk_queue
+
+    monkeypatch.setattr(disk_queue, "RETRY_AFTER", (3600.0,))
+    monkeypatch.setattr(disk_queue, "SCAN_INTERVAL", 0.05)
+    relay = await make_relay(load_entry_points=True, tracking=SPLIT)
+    sink.behaviour.data_reply_for = Deferring("421 4.3.2 Try again later", 10_000,
+                                              bob_example="550 5.1.1 No such user")
+    sink.behaviour.refuse_rcpt = {"crm@example.com": "451 4.3.0 Mailbox busy"}
+    code, _ = await send(relay, message())
+    assert code == 250
+    config = tmp_path / "queue.toml"
+    config.write_text(f'[store]\nurl = "sqlite:///{tmp_path}/store.db"\n')
+
+    async def both_waiting() -> bool:
+        rc, out = await trackrelay("queue", "--config", str(config), "--json")
+        rows = [json.loads(line) for line in out.splitlines()]
+        return rc == 0 and sorted(r["kind"] for r in rows) == ["copy", "notice"] and all(
+            r["tries"] >= 1 for r in rows)
+
+    await wait_for(both_waiting)
+    _, out = await trackrelay("queue", "--config", str(config), "--json")
+    rows = {r["kind"]: r for r in map(json.loads, out.splitlines())}
+    copy, notice = rows["copy"], rows["notice"]
+    assert (copy["state"], copy["recipients"], copy["sender"]) == (
+        "pending", [LATE], "crm@example.com")
+    assert "4.3.2 Try again later" in copy["reply"] and copy["tries"] == 1
+    assert (notice["state"], notice["sender"], notice["actions"]) == (
+        "pending", "crm@example.com", ["failed"])
+    rc, table = await trackrelay("queue", "--config", str(config))
+    assert rc == 0 and "2 pending, 0 failed" in table and f"to={LATE}" in table
+
+    sink.behaviour.data_reply_for = {}
+    sink.behaviour.refuse_rcpt = {}
+    rc, out = await trackrelay("queue", "--config", str(config), "--flush")
+    assert rc == 0 and "notices: 1 made due now" in out and "copies: 1 made due now" in out
+
+    async def sent() -> bool:
+        return bool(copies_to(sink, LATE)) and bool(notices(sink))
+
+    await wait_for(sent)
+    _, table = await trackrelay("queue", "--config", str(config))
+    assert "0 pending, 0 failed" in table
