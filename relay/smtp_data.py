@@ -7,18 +7,26 @@ ends in ``. CRLF``; so the reader asks the stream for data up to each ``. CRLF``
 handful per message, only where a line ends in a dot — and checks whether the dot
 starts its line. The bytes after the end stay in the stream for the next command
 (pipelining, RFC 2920). Transparency dots are removed afterwards in one pass (RFC 5321
-section 4.5.2: a line that starts with a dot has one added by the client). Lines are
-the CRLF-separated ones, exactly as aiosmtpd splits them, so the two read every stream
-the same way (tests/test_smtp_data.py checks that on random input).
+section 4.5.2: a line that starts with a dot has one added by the client).
+
+Only ``CRLF . CRLF`` ends the message (a bare LF never does: no second message can be
+smuggled in). For transparency, though, a bare LF ends a line too: a client that sends
+bare LFs (RFC 5321 section 2.3.8 forbids them) is one that treats LF as the line end,
+Python's smtplib among them, and adds its dot after every LF; Postfix's smtpd reads
+such a line the same way, and the relay sends every bare LF on as CRLF. So a dot that
+starts a line after a bare LF is a transparency dot and goes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 
 _DOT_LINE_END = b".\r\n"
 #: Octets kept of data over the size limit: enough to see whether a dot starts its line.
 _KEEP = 4
+#: A line start after a bare LF (one no CR comes before), with a transparency dot.
+_BARE_LF_DOT = re.compile(rb"(?<!\r)\n\.")
 
 
 async def read_message(reader: asyncio.StreamReader, size_limit: int | None) -> bytes | None:
@@ -47,4 +55,7 @@ async def read_message(reader: asyncio.StreamReader, size_limit: int | None) -> 
     del data[-3:]  # the final ". CRLF"; the CRLF before it ends the last line
     if data[:1] == b".":
         del data[0]
-    return bytes(data).replace(b"\r\n.", b"\r\n")
+    message = bytes(data).replace(b"\r\n.", b"\r\n")
+    if message.count(b"\n") != message.count(b"\r\n"):  # bare LFs: line ends too
+        message = _BARE_LF_DOT.sub(b"\n", message)
+    return message

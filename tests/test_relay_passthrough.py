@@ -11,7 +11,7 @@ import pytest
 
 from relay import hookimpl
 from relay.records import Reply
-from tests.conftest import MakeRelay, Sink, relay_port
+from tests.conftest import MakeRelay, Sink, recorded_message, relay_port
 
 RAW = (
     b"From: Alice <alice@example.com>\r\n"
@@ -86,6 +86,40 @@ async def test_smtplib_client_in_thread(make_relay: MakeRelay, sink: Sink) -> No
     refused = await asyncio.to_thread(send)
     assert refused == {}
     assert sink.received[0].data.endswith(b"hello\r\n")
+
+
+@pytest.mark.parametrize("tracked", [False, True])
+async def test_smtplib_with_bare_lf_keeps_every_dot(make_relay: MakeRelay, sink: Sink,
+                                                    tracked: bool) -> None:
+    """``smtplib.sendmail`` with bytes sends bare LFs and adds a transparency dot after
+    each one; the relay takes those dots off, as Postfix does, so a line that starts
+    with a dot (a quoted-printable soft break before a host's dot) arrives with one,
+    untracked and tracked alike, and a tracked link leads where it was written."""
+    relay = await make_relay(load_entry_points=True,
+                             http={"base_url": "https://t.example.net"})
+    raw = (b"From: a@example.com\nTo: b@example.org\nSubject: dots\n"
+           + (b"" if tracked else b"X-Trackrelay-Track: off\n")
+           + b"MIME-Version: 1.0\nContent-Type: text/html; charset=utf-8\n"
+           b"Content-Transfer-Encoding: quoted-printable\n\n"
+           b"<html><body>\n.dot line <a href=3D\"https://acme.example=\n.com/\">x</a>\n"
+           b"</body></html>\n")
+
+    def send() -> dict[str, tuple[int, bytes]]:
+        with smtplib.SMTP("127.0.0.1", relay_port(relay), timeout=10) as s:
+            return s.sendmail("a@example.com", ["b@example.org"], raw)
+
+    assert await asyncio.to_thread(send) == {}
+    [got] = sink.received
+    assert b"\r\n.dot line" in got.data and b"\r\n..dot" not in got.data
+    if not tracked:
+        # (the track header is the relay's to read and remove; smtplib ends the data
+        # with a CRLF of its own after the message's last bare LF)
+        assert got.data == raw.replace(b"X-Trackrelay-Track: off\n", b"").replace(
+            b"\n", b"\r\n") + b"\r\n"
+        return
+    assert b"https://t.example.net/c/" in got.data
+    sent = await recorded_message(relay.app.store)
+    assert [link["url"] for link in sent["links"]] == ["https://acme.example.com/"]
 
 
 async def test_upstream_refuses_one_recipient(make_relay: MakeRelay, sink: Sink) -> None:

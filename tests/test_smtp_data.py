@@ -1,12 +1,13 @@
 """relay.smtp_data reads a message the way RFC 5321 defines it, on random input: any
 lines (dots, bare CR and LF, lines ending in a dot, long lines) dot-stuffed as a client
-sends them, fed to a real StreamReader in random pieces and with a small stream limit,
-come back exactly, and the bytes after the final dot stay in the stream; a message over
-the size limit is read to its end and refused."""
+sends them (after a bare LF too, as smtplib does), fed to a real StreamReader in random
+pieces and with a small stream limit, come back exactly, and the bytes after the final
+dot stay in the stream; a message over the size limit is read to its end and refused."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -19,9 +20,9 @@ LINES = st.lists(st.one_of(LINE, st.sampled_from([b".", b"..", b". ", b"a.", b""
 
 
 def stuffed(lines: list[bytes]) -> bytes:
-    """What a client sends after 354 (RFC 5321 4.5.2), without the final dot."""
-    return b"".join((b"." + line if line.startswith(b".") else line) + b"\r\n"
-                    for line in lines)
+    """What a client sends after 354 (RFC 5321 4.5.2), without the final dot: a dot
+    added at every line start, after a bare LF too, as Python's smtplib adds it."""
+    return re.sub(rb"(?m)^\.", b"..", b"".join(line + b"\r\n" for line in lines))
 
 
 async def read(stream: bytes, pieces: list[int], limit: int, size_limit: int | None
@@ -70,7 +71,10 @@ def test_the_size_limit_refuses_and_keeps_the_session_in_step(
 def test_the_end_is_a_dot_alone_on_its_line() -> None:
     for stream, content in [(b".\r\n", b""), (b"\r\n.\r\n", b"\r\n"),
                             (b"a.\r\nb\r\n.\r\n", b"a.\r\nb\r\n"),
-                            (b"a\n.\r\nb\r\n.\r\n", b"a\n.\r\nb\r\n"),  # bare LF: no end
+                            # a bare LF ends no message; its dot is a client's
+                            (b"a\n.\r\nb\r\n.\r\n", b"a\n\r\nb\r\n"),
+                            (b"a\n..x\r\n.\r\n", b"a\n.x\r\n"),
+                            (b"a\r.x\r\n.\r\n", b"a\r.x\r\n"),  # a bare CR: no line end
                             (b"..\r\n.\r\n", b".\r\n")]:
         assert asyncio.run(read(stream, [], 2**16, None)) == (content, b"")
 
