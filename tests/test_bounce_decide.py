@@ -457,3 +457,55 @@ def test_a_mail_system_s_notice_is_never_an_out_of_office_reply() -> None:
     person = notice.replace(b"Mail Delivery System <MAILER-DAEMON@mx.reporter.example>",
                             b"Gone <gone@example.net>")
     assert [(r.kind, r.reason) for r in classify(person)] == [("autoreply", "vacation")]
+
+
+# --- a diagnostic about another recipient -----------------------------------------------------
+
+
+def _blocks(recipients: list[str], diagnostic: str) -> bytes:
+    """One notice naming every recipient with the same diagnostic, as an MTA that fails
+    a whole transaction at the first refused RCPT writes it."""
+    blocks = "".join(
+        f"Final-Recipient: rfc822; {r}\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+        f"Diagnostic-Code: SMTP; {diagnostic}\r\n\r\n" for r in recipients)
+    return (
+        "From: MAILER-DAEMON@relay.example\r\nTo: sender@sender.example\r\n"
+        "Subject: Returned mail\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/report; report-type=delivery-status; boundary="B"\r\n'
+        "\r\n--B\r\nContent-Type: text/plain\r\n\r\nYour message was not delivered.\r\n"
+        "--B\r\nContent-Type: message/delivery-status\r\n\r\n"
+        "Reporting-MTA: dns; relay.example\r\n\r\n"
+        f"{blocks}--B--\r\n").encode()
+
+
+def test_a_refusal_quoting_another_recipient_is_not_this_ones() -> None:
+    """RFC 3464 section 2.3.6: the diagnostic is the answer about its own recipient. Given
+    another recipient's "user unknown" (quoted in angle brackets), a recipient is
+    undetermined and soft; the quoted one stays hard."""
+    text = "550 5.1.1 <gone@example.net>: Recipient address rejected: User unknown"
+    records = {r.recipient: r for r in classify(_blocks(
+        ["gone@example.net", "fine@example.net", "also@example.org"], text))}
+    assert records["gone@example.net"].hard
+    assert records["gone@example.net"].reason == "userunknown"
+    for other in ("fine@example.net", "also@example.org"):
+        assert (records[other].reason, records[other].hard) == ("onhold", False)
+        assert records[other].decided_by == "other_recipient"
+
+
+def test_a_refusal_quoting_nobody_else_stands_for_each() -> None:
+    """Each recipient refused with its own words, or with words that quote no recipient
+    of the notice (a forwarding target), keeps its reading."""
+    records = classify(_blocks(["a@example.net", "b@example.net"],
+                               "550 5.1.1 <target@elsewhere.example>: User unknown"))
+    assert [(r.reason, r.hard) for r in records] == [("userunknown", True)] * 2
+
+
+@pytest.mark.parametrize("text", [
+    "Network error: Error connecting to 192.0.2.9. Greeting never received",
+    "421 No SMTP greeting from the server",
+])
+def test_no_greeting_is_a_network_error(text: str) -> None:
+    """RFC 5321 sections 3.1 and 4.5.3.2.1: a server that never sends its 220 greeting
+    refused nothing about the address: a network error, soft."""
+    record = one(dsn(text, notice=f"Delivery failed: {text}\n"))
+    assert (record.reason, record.hard) == ("networkerror", False)

@@ -10,6 +10,7 @@ is the one decision path (its docstring holds the order of evidence and why);
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from collections.abc import Callable
@@ -118,7 +119,7 @@ def classify_parsed(msg: Message, raw: bytes, hook: Hook | None = None, *,
         found.append(ReadPartly("no_recipient", "a delivery failure report, but no "
                                                 "failed recipient could be read from it",
                                 unnamed=[r for r in records if r not in named]))
-    records = named
+    records = _about_another(named)
     for note in found:
         if note.code != "no_recipient" or not any(r.kind in _DELIVERY_KINDS for r in records):
             _note(notes, note)
@@ -135,6 +136,31 @@ def classify_parsed(msg: Message, raw: bytes, hook: Hook | None = None, *,
         if replaced is not None:
             return list(replaced)
     return records
+
+
+#: An address quoted in angle brackets, as SMTP replies quote the recipient they refuse.
+_QUOTED_ADDRESS_RE = re.compile(r"<([^<>\s@]+@[^<>\s]+)>")
+
+
+def _about_another(records: list[BounceRecord]) -> list[BounceRecord]:
+    """A failed recipient whose diagnostic quotes another recipient of the same notice,
+    and not its own address, was given that other recipient's refusal: some MTAs end a
+    whole transaction at the first refused RCPT and report every recipient with that
+    one reply. RFC 3464 section 2.3.6 makes the diagnostic the answer about this
+    recipient, so it says nothing about this one's mailbox: ``onhold`` (undetermined,
+    soft), never a hard bounce that would suppress an address that works."""
+    failed = {r.recipient.lower() for r in records if r.kind == "bounce"}
+    if len(failed) < 2:
+        return records
+    out = []
+    for record in records:
+        quoted = {a.lower() for a in _QUOTED_ADDRESS_RE.findall(record.diagnostic)}
+        own = {record.recipient.lower(), (record.alias or "").lower()}
+        if record.kind == "bounce" and quoted and not quoted & own and quoted & failed:
+            record = dataclasses.replace(record, reason="onhold", hard=False,
+                                         decided_by="other_recipient")
+        out.append(record)
+    return out
 
 
 #: An mbox separator line: "From <sender> <asctime>", e.g. "From MAILER-DAEMON  Thu Jul

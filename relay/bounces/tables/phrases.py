@@ -432,6 +432,11 @@ PHRASES: tuple[Phrase, ...] = (
         # establish an SMTP connection", Exchange "Failed to connect. Winsock error code")
         r"\b(?:unable|not able|wasn'?t able|was not able|failed) to (?:connect|establish)\b",
         r"remote protocol error", r"error transferring to"),
+    # RFC 5321 sections 3.1 and 4.5.3.2.1: a server opens with its 220 greeting, which a
+    # client waits 5 minutes for; none came (nodemailer's "Greeting never received").
+    *_p("networkerror", "rfc5321",
+        r"\b(?:greeting|banner)\b(?: \S+){0,2} (?:never received|not received|timed? ?out)\b",
+        r"\bno (?:smtp )?(?:greeting|banner)\b"),
     # Postfix's resolver texts ("malformed or unexpected name server reply") and the
     # socket error EHOSTUNREACH ("Host is unreachable").
     *_p("networkerror", "postfix", r"malformed (?:or unexpected )?name server reply",
