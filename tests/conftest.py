@@ -13,8 +13,10 @@ port, pointed at the sink, and stops it after the test.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
+import random
 import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -246,10 +248,28 @@ async def drop_schema(schema: str) -> None:
         await conn.close()
 
 
+#: Ports ``free_port`` hands out: below the kernel's ephemeral range (Linux's
+#: ``ip_local_port_range`` starts at 32768), so no outgoing connection and no server
+#: bound to port 0 can take one between the pick and its bind; each pytest-xdist
+#: worker has a band of its own, and within a process the next pick is the next port.
+_PORT_BAND = 3000
+_next_port = itertools.count(random.randrange(_PORT_BAND))
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port on 127.0.0.1 nothing listens on, for a server a test starts later (one
+    that must know its port before it binds: a tracker whose URLs name it)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    base = 20000 + (int(worker) % 4 if worker.isdigit() else 0) * _PORT_BAND
+    for _ in range(_PORT_BAND):
+        port = base + next(_next_port) % _PORT_BAND
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # taken (a service on this machine, a test's server)
+            return port
+    raise RuntimeError(f"no free port in {base}-{base + _PORT_BAND - 1}")
 
 
 MakeRelay = Callable[..., Awaitable[Relay]]

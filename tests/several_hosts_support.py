@@ -33,6 +33,7 @@ import aiohttp
 import aiosmtplib
 import asyncpg
 
+from tests.conftest import free_port
 from tests.service_support import Service, clean_environ, wait_port
 
 #: Shared by every service: the key that signs new tokens first, an older one still valid.
@@ -41,14 +42,6 @@ ADMIN_TOKEN = "several-hosts-admin-token-0123456789abcdef"
 CAMPAIGN = "several-hosts"
 #: What the load balancer in front of the trackers answers at (the test plays it).
 BASE_URL = "http://track.example.test"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
