@@ -7,7 +7,7 @@ the command limit, every line ending: CRLF, bare LF, CR CR LF; sent whole or in 
 pieces) or a transaction (RSET, MAIL, RCPT…, DATA, pipelined or one by one, then a
 message of random lines: bare CR and LF, dots at line starts, the smuggling sequences
 ``LF . LF``, ``CR . CR`` and ``LF . CRLF`` inside lines, long lines, 8-bit bytes),
-dot-stuffed as RFC 5321 section 4.5.2 asks of a client.
+dot-stuffed as RFC 5321 section 4.5.2 asks of a client (after a bare LF too).
 
 Properties, for every session:
 
@@ -110,13 +110,11 @@ def content_line(draw: st.DrawFn) -> bytes:
 
 
 def stuffed(message: bytes) -> bytes:
-    """``message`` as a client sends it after DATA's 354: each CRLF-delimited line that
-    starts with a dot gets one more (RFC 5321 section 4.5.2), then the final dot."""
-    if not message:
-        return b".\r\n"
-    lines = message[:-2].split(b"\r\n")
-    return b"".join((b"." + line if line.startswith(b".") else line) + b"\r\n"
-                    for line in lines) + b".\r\n"
+    """``message`` as a client sends it after DATA's 354: each line that starts with a
+    dot gets one more (RFC 5321 section 4.5.2), a line after a bare LF too (a client
+    that sends bare LFs treats LF as the line end, as smtplib does, and so does the
+    relay's reading), then the final dot."""
+    return re.sub(rb"(?m)^\.", b"..", message) + b".\r\n"
 
 
 @dataclass
