@@ -19,7 +19,8 @@ and tracked as that absolute URL; without one it stays ``relative``.
 
 Left alone, and counted by reason: ``mailto``, ``tel``, ``sms``, ``anchor`` (``#…``),
 ``notrack`` (``data-notrack`` / ``data-trackrelay-skip`` on the tag), ``placeholder``
-(template syntax such as ``{{url}}`` or ``*|URL|*`` that is not a URL yet), ``tracker``
+(template syntax that is not a URL yet: ``{{url}}``, ``*|URL|*``, or a ``%`` that starts
+no percent-escape, as Mailgun's ``%recipient.id%``: ``PLACEHOLDER``), ``tracker``
 (already a tracker URL), ``unsubscribe`` (the message's unsubscribe link: a URL listed
 in ``List-Unsubscribe``, a link that says "unsubscribe", or a URL with a host label, path
 segment or query item that begins or ends with "unsubscribe": ``/unsubscribe?u=…``,
@@ -63,7 +64,14 @@ VML_SHAPES = ("v:shape", "v:rect", "v:roundrect", "v:oval", "v:line", "v:polylin
 LINK_TAGS = ("a", "area", *VML_SHAPES)
 NOTRACK_ATTRS = ("data-notrack", "data-trackrelay-skip")
 SCHEMES = ("mailto", "tel", "sms")
-PLACEHOLDER_MARKERS = ("{{", "}}", "{%", "%}", "*|", "|*", "%%", "[[", "]]", "${", "<%", "%>")
+#: Template syntax an ESP fills in after the relay: a URL holding it is no URL yet
+#: (``placeholder``). Merge tags ``{{…}}``, ``*|…|*``, ``[[…]]``, ``${…}`` by either half,
+#: and a ``%`` that does not start a percent-escape (two hex digits; WHATWG URL Standard,
+#: section 4.4: an "invalid-URL-unit" validation error): Mailgun's ``%recipient.id%``,
+#: Marketing Cloud's ``%%name%%``, the closing ``%}`` of Jinja's and Liquid's ``{% … %}``
+#: and ``%>`` of ERB's ``<% … %>``. So ``{%22`` (a ``{`` and an escaped quote: JSON in
+#: a query) is no template and is tracked; ``%20`` and ``%C3%A9`` are escapes.
+PLACEHOLDER = re.compile(r"\{\{|\}\}|\*\||\|\*|\[\[|\]\]|\$\{|%(?![0-9A-Fa-f]{2})")
 _HTTP = re.compile(r"https?://[^/\s?#]", re.IGNORECASE)
 _SCHEME = re.compile(r"[a-z][a-z0-9+.\-]*:", re.IGNORECASE)
 _LIST_UNSUB = re.compile(r"<(https?://[^>]+)>", re.IGNORECASE)
@@ -165,7 +173,7 @@ def skip_reason(url: str, context: RewriteContext, text: str = "") -> str | None
     for scheme in SCHEMES:
         if lower.startswith(scheme + ":"):
             return scheme
-    if any(marker in url for marker in PLACEHOLDER_MARKERS):
+    if PLACEHOLDER.search(url):
         return "placeholder"
     if any("\udc80" <= c <= "\udcff" for c in url):
         # an octet that is not UTF-8 in a part labelled UTF-8 (kept as a lone surrogate):
@@ -319,8 +327,8 @@ def trackrelay_edit_text(context: RewriteContext, part: PlainTextPart) -> None:
                 word = next(words)
             start, end = word.span()
             uri = _URI_WORD.match(text, start, end)
-            last_marker = max((text.rfind(marker, start, end)
-                               for marker in PLACEHOLDER_MARKERS), default=-1)
+            last_marker = max((found.start() for found
+                               in PLACEHOLDER.finditer(text, start, end)), default=-1)
         if start < m.start():
             if uri is not None and uri.end() < m.start():
                 # Part of another URI (mailto:?body=https://…): that URI's, counted once.
@@ -331,9 +339,8 @@ def trackrelay_edit_text(context: RewriteContext, part: PlainTextPart) -> None:
                 continue
         else:
             decided = start
-        if last_marker >= m.start() and any(
-                text.find(marker, m.start(), _ascii_end(text, m.start(), end)) >= 0
-                for marker in PLACEHOLDER_MARKERS):
+        if last_marker >= m.start() and PLACEHOLDER.search(
+                text, m.start(), _ascii_end(text, m.start(), end)):
             # The word's template completes this URL (in the ASCII the URL runs on in:
             # after text that is not, ``…/infoを{{name}}``, the tag is text's, not the URL's).
             context.skip_link("placeholder")

@@ -13,7 +13,8 @@ entire message" (Gmail Help, "Gmail clips messages over 102KB"): a pixel at the 
 longer document is never loaded, and its opens are never counted. In an HTML part
 larger than that — counted with the edits asked before it, the built-in ``links``
 plugin's among them (built-ins run in name order): rewritten links are longer than most
-links they replace — the pixel goes right after ``<body …>`` instead.
+links they replace, and with the pixel's own markup, which would otherwise cross the
+cut in a part just under it — the pixel goes right after ``<body …>`` instead.
 """
 
 from __future__ import annotations
@@ -34,6 +35,12 @@ def pixel_markup(url: str) -> str:
             f'style="{STYLE}">')
 
 
+def _octets(text: str) -> int:
+    """The size of ``text`` as the clip is measured: octets of UTF-8 (an octet that was
+    not UTF-8, kept as a lone surrogate, counts one)."""
+    return len(text.encode("utf-8", "surrogateescape"))
+
+
 @hookimpl
 def trackrelay_edit_html(context: RewriteContext, part: HtmlPart) -> None:
     if not context.policy.opens or context.stats.pixel:
@@ -43,12 +50,14 @@ def trackrelay_edit_html(context: RewriteContext, part: HtmlPart) -> None:
     if part.body_is_empty():
         context.stats.pixel_skipped = "empty_body"
         return
+    markup = pixel_markup(context.open_url())
     offset = part.body_insert_offset()
     body_start = part.scan.body_open_end
-    growth = part.edits.growth
+    # the part as it goes out: its text, the edits asked so far and this pixel
+    growth = part.edits.growth + len(markup)
     if body_start is not None and len(part.text) + growth > GMAIL_CLIP // 4 \
-            and len(part.text.encode("utf-8", "surrogateescape")) + growth > GMAIL_CLIP:
+            and _octets(part.text) + part.edits.growth + _octets(markup) > GMAIL_CLIP:
         offset = body_start  # before where Gmail clips (the module's docstring)
-    part.insert(offset, pixel_markup(context.open_url()), owner=NAME)
+    part.insert(offset, markup, owner=NAME)
     context.stats.pixel = True
     context.stats.pixel_skipped = None

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import re
 
-# the tags the links plugin tracks are the tags a quoted copy has our URLs in
-from plugins.links import LINK_TAGS
+# the tags the links plugin tracks are the tags a quoted copy has our URLs in, and the
+# URL a browser reads from an attribute is the one that reaches the tracker
+from plugins.links import LINK_TAGS, browser_url
 from relay import hookimpl
 from relay.rewrite.context import HtmlPart, PlainTextPart, RewriteContext
 from relay.rewrite.html_scan import escape_attr
@@ -77,14 +78,14 @@ async def trackrelay_decorate_html(context: RewriteContext, part: HtmlPart) -> N
         return  # nothing of ours in this part: the usual case
     for tag in part.tags("img"):
         src = tag.attr("src")
-        if src is not None and not tag.closing and _is_pixel(context, src.value.strip()):
+        if src is not None and not tag.closing and _is_pixel(context, browser_url(src.value)):
             part.replace(tag.start, tag.end, "", owner=NAME)
             context.stats.stale["pixel_removed"] += 1
     for tag in part.tags(*LINK_TAGS):
         href = tag.attr("href")
         if href is None or tag.closing:
             continue
-        target = await _original(context, href.value.strip(" \t\r\n\f"))
+        target = await _original(context, browser_url(href.value))
         if target is None:
             continue
         if not target:

@@ -99,7 +99,8 @@ WRAPPERS = {"html_only": html_only, "alternative": alternative,
 
 _CLICK = re.compile(re.escape(BASE) + r"/c/([A-Za-z0-9_-]+)")
 _PIXEL = re.compile(r'<img src="' + re.escape(BASE) + r'/o/([A-Za-z0-9_-]+)\.gif"[^>]*>')
-PLACEHOLDER = re.compile(r"\{\{|\}\}|\*\||\|\*|\{%|%%|\[\[|\$\{")
+#: Template syntax (a "%" that starts no percent-escape: ``%name%``, ``{% … %}``).
+PLACEHOLDER = re.compile(r"\{\{|\}\}|\*\||\|\*|\[\[|\$\{|%(?![0-9A-Fa-f]{2})")
 
 
 def leaves(raw: bytes) -> list[tuple[str, bytes, bytes, str]]:

@@ -48,7 +48,7 @@ PIECES = st.sampled_from([
     "<![endif]-->", "<![CDATA[", "]]>", "<!DOCTYPE html>", "<?xml?>", "<script>",
     "</script>", "</script", "<style>", "</style>", "<textarea>", "</textarea>", "<title>",
     "</title>", "<xmp>", "</xmp>", "<a", "</", "</ a>", "<a/href=x>", "<a href=x/>",
-    "data-notrack", " data-x='<a href=y>'",
+    "data-notrack", " data-x='<a href=y>'", "\f", "\r", "\x0b", "\u00a0", "\u2028", "\u3000",
 ])
 TEXT = st.lists(st.one_of(
     PIECES, JUNK, st.builds(lambda d: d[0], document()),
@@ -90,16 +90,21 @@ PARSER_GAPS = ("<!-->", "<!--->", "--!>")
 
 #: ``href==x`` in a tag: the standard reads the value ``=x``, html.parser (``=+``) ``x``.
 _EQUALS_RUN = re.compile(r"<[^>]*=\s*=")
+#: What html.parser's ``\s`` takes for whitespace between attributes and the standard
+#: does not (it has ASCII whitespace only: TAB, LF, FF, CR, SPACE): NBSP, VT, U+2028, …
+_NOT_HTML_SPACE = re.compile(r"(?![\t\n\f\r ])\s")
 
 
 def parser_gap(text: str) -> bool:
     """True when html.parser reads ``text`` otherwise than the HTML standard does where
-    it matters here: the comment endings above, ``==`` in a tag, or a ``<![`` outside a
-    comment that is not CDATA (a stray ``<![endif]-->``), which the standard ends at its
-    first ``>`` and html.parser runs on to a later ``]>``. Also true when html.parser
+    it matters here: the comment endings above, ``==`` in a tag, whitespace that is not
+    ASCII whitespace, or a ``<![`` outside a comment that is not CDATA (a stray
+    ``<![endif]-->``), which the standard ends at its first ``>`` and html.parser runs on
+    to a later ``]>``. Also true when html.parser
     gives up on ``text`` altogether: in Python 3.11 a ``<![`` followed by no name
     (``<![<a``) makes it raise AssertionError, where the standard reads a bogus comment."""
-    if any(gap in text for gap in PARSER_GAPS) or _EQUALS_RUN.search(text):
+    if any(gap in text for gap in PARSER_GAPS) or _EQUALS_RUN.search(text) \
+            or _NOT_HTML_SPACE.search(text):
         return True
     try:
         events = Events(text).events

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import quopri
 import re
 
 import pytest
@@ -17,7 +18,7 @@ from relay.rewrite.mime import (
     parse_headers,
     walk,
 )
-from tests.rewrite_support import BASE, make_app, rewrite
+from tests.rewrite_support import BASE, leaves, make_app, rewrite
 
 # --- scanner ---------------------------------------------------------------------------------
 
@@ -358,6 +359,48 @@ async def test_the_clip_counts_the_html_as_rewritten() -> None:
     assert ctx.stats.links_rewritten == 540 and len(out) > 102_000
     assert re.search(rb'<body><img src="https://t\.example\.net/o/[\w-]+\.gif"[^>]*>\r\n<p>',
                      out)
+
+
+@pytest.mark.parametrize("cte", ["8bit", "quoted-printable"])
+async def test_the_pixel_never_crosses_the_clip_of_a_part_just_under_it(cte: str) -> None:
+    """The clip counts the pixel too: a part whose rewritten HTML is a few hundred octets
+    under 102,000 got the pixel before ``</body>``, its ``src`` past octet 102,000 (never
+    loaded by Gmail). Around the cut, whatever the size, the whole pixel is within the
+    first 102,000 octets of the part as it goes out, before ``</body>`` when the part
+    with it fits and right after ``<body …>`` when not. Octets, not characters: the
+    filler has two-octet letters."""
+    app = make_app()
+    img = re.compile(r'<img src="' + re.escape(BASE) + r'/o/[\w-]+\.gif"[^>]*>')
+    head = '<html><body style="margin:0"><p><a href="https://g.example.com/x">x</a></p><p>'
+    tail = "</p></body></html>"
+    # the pixel's octets (~235), and what the link's edit adds (its token URL's length
+    # less the original's)
+    probe, _ = await rewrite(app, message("text/html; charset=utf-8", "8bit",
+                                          (head + tail).encode()))
+    probe_text = leaves(probe)[0][3]
+    pixel_size = len(img.search(probe_text).group())  # type: ignore[union-attr]
+    growth = len(probe_text) - pixel_size - len(head + tail)
+    placed = {"end": 0, "start": 0}
+    for rewritten in range(102_000 - pixel_size - 10, 102_000 + 10, 9):
+        filler = "é" * 1000 + "a" * (rewritten - growth - len(head + tail) - 2000)
+        html = head + filler + tail
+        body = html.encode()
+        if cte == "quoted-printable":
+            body = quopri.encodestring(body).replace(b"\n", b"\r\n")
+        out, ctx = await rewrite(app, message("text/html; charset=utf-8", cte, body))
+        text = leaves(out)[0][3]
+        assert ctx.stats.pixel and ctx.stats.links_rewritten == 1
+        found = img.search(text)
+        assert found is not None and len(found.group()) == pixel_size
+        assert len(text.encode()) - pixel_size == rewritten  # the size the test meant
+        assert len(text[:found.end()].encode()) <= 102_000, (rewritten, found.span())
+        if len(text.encode()) <= 102_000:
+            assert text[found.end():] == "</body></html>", rewritten
+            placed["end"] += 1
+        else:
+            assert text.startswith('<html><body style="margin:0"><img ', 0), rewritten
+            placed["start"] += 1
+    assert placed["end"] and placed["start"]  # both sides of the cut were tried
 
 
 async def test_no_pixel_for_empty_html_body() -> None:

@@ -110,6 +110,28 @@ async def test_a_link_the_store_does_not_know_is_left_alone(make_relay: MakeRela
     assert f"/o/{pixel_token}.gif" not in out  # a pixel needs no lookup to be removed
 
 
+async def test_a_quoted_link_wrapped_inside_its_url_goes_home(make_relay: MakeRelay,
+                                                             sink: Sink) -> None:
+    """A quoted link is read as a browser reads it (URL Standard: C0 controls and spaces
+    stripped at the ends, tabs and newlines inside removed): one a mail client wrapped
+    inside its token still reaches the tracker with the old message's token, so it goes
+    home too (it was left, crediting the old message with the reply's clicks)."""
+    relay = await make_relay(register=PLUGINS, http={"base_url": BASE})
+    await send(relay, ["bob@example.org"],
+               "<html><body><p>Offer</p><a href='https://shop.example/offer'>offer</a>"
+               "</body></html>")
+    (old,) = CLICK.findall(html_of(sink.received[0].data))
+    await relay.app.store.flush()  # type: ignore[union-attr]
+    cut = len(BASE) + 12
+    wrapped = " \x0c" + old[:cut] + "\r\n\t" + old[cut:] + "\n"
+    await send(relay, ["ann@example.com"],
+               f"<html><body><p>Yes</p><blockquote><a href='{wrapped}'>offer</a>"
+               "</blockquote></body></html>", "Re: x")
+    out = html_of(sink.received[1].data)
+    assert "<a href='https://shop.example/offer'>offer</a>" in out
+    assert old[cut:] not in out
+
+
 async def test_text_parts_too(make_relay: MakeRelay, sink: Sink) -> None:
     relay = await make_relay(register=PLUGINS, http={"base_url": BASE},
                              tracking={"rewrite_text_links": True})

@@ -628,7 +628,8 @@ async def test_an_internationalised_link_redirects_to_its_ascii_form(
     # a browser reads "\" as "/" before the query of an http(s) URL (WHATWG URL standard):
     # it goes to good.example, and so must a client that reads the Location as RFC 3986
     ("https://good.example\\@evil.example/", "https://good.example/@evil.example/"),
-    ("https://good.example/a\\b?q=c\\d#e\\f", "https://good.example/a/b?q=c\\d#e%5Cf"),
+    # (one in the query or the fragment stays: see below)
+    ("https://good.example/a\\b?q=c\\d#e\\f", "https://good.example/a/b?q=c\\d#e\\f"),
     # characters a URI may not hold (RFC 3986 section 2) are percent-encoded, but in the
     # query only those a browser encodes there (WHATWG URL Standard, the query
     # percent-encode set): the destination sees the query a direct click sends
@@ -639,6 +640,18 @@ async def test_an_internationalised_link_redirects_to_its_ascii_form(
     # what a URI may hold stays byte for byte, percent-escapes and all
     ("https://x.example/p;a=b?q=%20&r=[1]!$'()*+,~#top",
      "https://x.example/p;a=b?q=%20&r=[1]!$'()*+,~#top"),
+    # the fragment: only what a browser encodes there (the URL Standard's fragment
+    # percent-encode set: controls, space, "<>` and non-ASCII), so a client-side router
+    # reads the location.hash a direct click gives; "{x}|y" was "%7Bx%7D%7Cy"
+    ("https://u.example.com/café#/q={x}|y^\\", "https://u.example.com/caf%C3%A9#/q={x}|y^\\"),
+    ('https://u.example.com/p?q={a}#/f?{b}"`<é>',
+     "https://u.example.com/p?q={a}#/f?{b}%22%60%3C%C3%A9%3E"),
+    # the query ends at the first "#": a "?" after it is the fragment's (it was read as
+    # the query's start, and the fragment's "`" sent as written)
+    ("https://u.example.com/app#/search?s=a`b c", "https://u.example.com/app#/search?s=a%60b%20c"),
+    # no line break, control or non-ASCII character reaches the header, wherever it is
+    ("https://u.example.com/p\r\nX: 1?q=\r\nX: 2#\r\nSet-Cookie: a=1\x7f\x01\u2028",
+     "https://u.example.com/p%0D%0AX:%201?q=%0D%0AX:%202#%0D%0ASet-Cookie:%20a=1%7F%01%E2%80%A8"),
 ])
 async def test_the_location_is_a_uri_the_way_a_browser_reads_the_link(
         tracker: Tracker, target: str, location: str) -> None:

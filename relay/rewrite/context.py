@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from relay.records import LinkRecord
 from relay.rewrite.edits import EditList
-from relay.rewrite.html_scan import DEFAULT_NAMES, Attr, Scan, Tag, escape_attr, scan_html
+from relay.rewrite.html_scan import DEFAULT_NAMES, WS, Attr, Scan, Tag, escape_attr, scan_html
 
 if TYPE_CHECKING:
     from relay.app import App
@@ -322,5 +322,5 @@ class HtmlPart(ContentPart):
 
 
 _TEXT_RUN = re.compile(r">\s*+([^<\s][^<]*+)")
-_IMG = re.compile(r"<[iI][mM][gG][\s/>]")
+_IMG = re.compile(rf"<[iI][mM][gG][{WS}/>]")  # (tag name state: ASCII whitespace)
 _BLANK = " \t\r\n\f\u00a0\u200c\u200b"

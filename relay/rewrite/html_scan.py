@@ -42,15 +42,30 @@ PLAINTEXT = "plaintext"
 DEFAULT_NAMES = frozenset({"a", "area", "base", "body", "v:shape", "v:rect", "v:roundrect",
                            "v:oval", "v:line", "v:polyline", "v:curve", "v:arc", "v:image"})
 
+#: ASCII whitespace, the only whitespace of the HTML tokenizer (WHATWG HTML section
+#: 13.2.5, e.g. 13.2.5.8 "tag name state", 13.2.5.32 "before attribute name state",
+#: 13.2.5.40 "attribute value (unquoted) state"; Infra: TAB, LF, FF, CR, SPACE). Not
+#: Python's ``\s``, which also matches VT, U+001C-U+001F, U+0085, NBSP, U+2028, U+3000…:
+#: to a browser ``<a href=https://x.example/a\u00a0b>`` is one value, NBSP and all.
+WS = "\t\n\f\r "
+_SPACE = f"[{WS}]"
+#: Where a tag name ends (tag name state): whitespace, "/" or ">".
+_NAME_END = f"(?=[{WS}/>])"
+
 # Inside a start tag: attribute names and values; quotes only count right after "=",
 # and there they always open a quoted value (HTML tokenizer): one that never closes
 # runs to the end of the text, so the tag never ends (it is not a tag a browser shows).
-_ATTRS = r"""(?>[^>=]++|=\s*+(?:"[^"]*+"|'[^']*+'|(?!["'])[^\s>]*+))*+"""
-_NAME_REST = r"[^\s/>]*+"
+_ATTRS = rf"""(?>[^>=]++|={_SPACE}*+(?:"[^"]*+"|'[^']*+'|(?!["'])[^{WS}>]*+))*+"""
+_NAME_REST = rf"[^{WS}/>]*+"
 
 _ATTR = re.compile(
-    r"""([^\s/>=][^\s/>=]*+)(?:\s*+=\s*+(?:"([^"]*+)"|'([^']*+)'|(?!["'])([^\s>]*+)))?"""
+    rf"""([^{WS}/>=][^{WS}/>=]*+)(?:{_SPACE}*+={_SPACE}*+"""
+    rf"""(?:"([^"]*+)"|'([^']*+)'|(?!["'])([^{WS}>]*+)))?"""
 )
+#: ASCII upper case to lower case, the only case folding of tag and attribute names
+#: (HTML tokenizer: "ASCII upper alpha"); ``str.lower`` would also fold U+212A KELVIN
+#: SIGN to "k" and U+0130 to "i" and a combining dot.
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
 class Attr(NamedTuple):
@@ -92,11 +107,12 @@ class Tag:
             for m in _ATTR.finditer(self._text, self._attrs_start, seg_end):
                 for group, quote in ((2, '"'), (3, "'"), (4, "")):
                     if m.start(group) >= 0:
-                        out.append(Attr(m.group(1).lower(), m.group(group), m.start(group),
-                                        m.end(group), quote))
+                        out.append(Attr(m.group(1).translate(_ASCII_LOWER), m.group(group),
+                                        m.start(group), m.end(group), quote))
                         break
                 else:
-                    out.append(Attr(m.group(1).lower(), "", m.end(1), m.end(1), ""))
+                    out.append(Attr(m.group(1).translate(_ASCII_LOWER), "", m.end(1),
+                                    m.end(1), ""))
             self._attrs = out
         return self._attrs
 
@@ -173,14 +189,14 @@ def _trie(words: list[str]) -> str:
 def _pattern(names: frozenset[str]) -> re.Pattern[str]:
     wanted = _trie(list(names))
     # Tags nobody asked for are consumed inside the regex engine ("skip").
-    interesting = (rf"[!?]|/{wanted}(?=[\s/>])|{_trie([*names, *RAW_TEXT, PLAINTEXT])}"
-                   r"(?=[\s/>])")
+    interesting = (rf"[!?]|/{wanted}{_NAME_END}|{_trie([*names, *RAW_TEXT, PLAINTEXT])}"
+                   rf"{_NAME_END}")
     skip = (
         rf"(?>[^<]++|<(?!{interesting})(?:[A-Za-z]{_NAME_REST}{_ATTRS}>|/[^>]*+>|"
         r"(?![A-Za-z/])))*+"
     )
     raw = "|".join(
-        rf"<{_ci(n)}(?=[\s/>]){_ATTRS}>(?:[^<]++|<(?!/{_ci(n)}[\s/>]))*+"
+        rf"<{_ci(n)}{_NAME_END}{_ATTRS}>(?:[^<]++|<(?!/{_ci(n)}[{WS}/>]))*+"
         rf"(?:</{_ci(n)}[^>]*+>?)?"
         for n in RAW_TEXT
     )
@@ -193,9 +209,9 @@ def _pattern(names: frozenset[str]) -> re.Pattern[str]:
         r"|(?P<cdata><!\[CDATA\[(?:[^\]]++|\](?!\]>))*+(?:\]\]>)?)"
         r"|(?P<decl><[!?][^>]*+>?)"
         rf"|(?P<raw>{raw})"
-        rf"|(?P<plaintext><{_ci(PLAINTEXT)}(?=[\s/>]){_ATTRS}>)"
-        rf"|(?P<end></(?P<endname>{wanted})(?=[\s/>])[^>]*+>)"
-        rf"|(?P<start><(?P<name>{wanted})(?=[\s/>]){_ATTRS}>)"
+        rf"|(?P<plaintext><{_ci(PLAINTEXT)}{_NAME_END}{_ATTRS}>)"
+        rf"|(?P<end></(?P<endname>{wanted}){_NAME_END}[^>]*+>)"
+        rf"|(?P<start><(?P<name>{wanted}){_NAME_END}{_ATTRS}>)"
         # A tag that never closes: browsers swallow the rest of the text into it.
         r"|(?P<open><[A-Za-z/])"
         r"|(?P<lt><)"
@@ -277,7 +293,7 @@ def scan_html(text: str, names: Iterable[str] | None = None) -> Scan:
     return Scan(text, wanted, tags, body_close, body_open_end, comments, tail)
 
 
-_RAW_NAME = re.compile(r"<([^\s/>]+)")
+_RAW_NAME = re.compile(rf"<([^{WS}/>]+)")
 
 
 def _closed(kind: str, text: str, start: int, end: int) -> bool:
@@ -349,15 +365,15 @@ def escape_attr(value: str, quote: str = '"') -> str:
         return out.replace('"', "&quot;")
     if quote == "'":
         return out.replace("'", "&#39;")
+    # what ends an unquoted value (ASCII whitespace, ">") or is a parse error in it
     for ch, ref in ((" ", "&#32;"), ('"', "&quot;"), ("'", "&#39;"), ("<", "&lt;"),
                     (">", "&gt;"), ("=", "&#61;"), ("`", "&#96;"), ("\t", "&#9;"),
-                    ("\n", "&#10;")):
+                    ("\n", "&#10;"), ("\f", "&#12;"), ("\r", "&#13;")):
         out = out.replace(ch, ref)
     return out
 
 
 _TAGS_RE = re.compile(r"<[^>]*>")
-_SPACE_RE = re.compile(r"\s+")
 
 
 def visible_text(fragment: str, limit: int = 200) -> str:

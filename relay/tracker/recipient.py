@@ -169,6 +169,11 @@ _NOT_IN_URI = re.compile(r'[^\x21-\x7e]|["<>\\^`{|}]')
 #: percent-encode set: controls, space, ``"``, ``#``, ``<``, ``>``, and non-ASCII); the
 #: rest of what a URI may not hold (``\^`{|}``) it sends as written.
 _NOT_IN_QUERY = re.compile(r'[^\x21-\x7e]|["<>]')
+#: What a browser percent-encodes in a fragment (WHATWG URL Standard, the fragment
+#: percent-encode set: C0 controls, space, ``"``, ``<``, ``>``, the backtick, DEL and
+#: non-ASCII); ``\^{|}`` stay, so a client-side router reads the ``location.hash`` a
+#: direct click gives.
+_NOT_IN_FRAGMENT = re.compile(r'[^\x21-\x7e]|["<>`]')
 _SPECIAL = re.compile(r"https?:", re.IGNORECASE)
 
 
@@ -177,9 +182,13 @@ def safe_location(url: str) -> str:
     hold (RFC 9110 section 10.2.2, RFC 3986 section 2) percent-encoded — space,
     controls, non-ASCII and ``"<>\^`{|}`` — except in the query, where ``\^`{|}`` stay
     as written, as browsers send them (WHATWG URL Standard; a destination that checks a
-    signature over its raw query sees the bytes a direct click sends), and an
-    internationalised host name in its ASCII form (``_ascii_host``); everything else
-    byte for byte.
+    signature over its raw query sees the bytes a direct click sends), and in the
+    fragment, where ``\^{|}`` stay (the URL Standard's fragment percent-encode set), and
+    an internationalised host name in its ASCII form (``_ascii_host``); everything else
+    byte for byte. The fragment starts at the first ``#`` and the query at the first
+    ``?`` before it (URL Standard, URL parsing): a ``?`` in the fragment is the
+    fragment's. Whatever the set, no control, space or non-ASCII character is left, so
+    none reaches the header.
 
     In an http(s) URL before its query a browser reads ``\`` as ``/`` (WHATWG URL
     standard, special schemes), so ``https://a.example\@b.example/`` goes to
@@ -192,13 +201,15 @@ def safe_location(url: str) -> str:
         end = min((i for i in (url.find("?"), url.find("#")) if i >= 0), default=len(url))
         url = url[:end].replace("\\", "/") + url[end:]
     url = _ascii_host(url)
-    query = url.find("?")
-    fragment = url.find("#", query if query >= 0 else 0)
-    if query < 0 or 0 <= fragment < query:
-        return _NOT_IN_URI.sub(_percent, url)
-    end = fragment if fragment >= 0 else len(url)
-    return (_NOT_IN_URI.sub(_percent, url[:query]) + _NOT_IN_QUERY.sub(_percent, url[query:end])
-            + _NOT_IN_URI.sub(_percent, url[end:]))
+    fragment = url.find("#")
+    if fragment < 0:
+        fragment = len(url)
+    query = url.find("?", 0, fragment)
+    if query < 0:
+        query = fragment
+    return (_NOT_IN_URI.sub(_percent, url[:query])
+            + _NOT_IN_QUERY.sub(_percent, url[query:fragment])
+            + _NOT_IN_FRAGMENT.sub(_percent, url[fragment:]))
 
 
 def _percent(m: re.Match[str]) -> str:
