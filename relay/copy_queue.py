@@ -195,17 +195,26 @@ async def send(upstream: Upstream, copy: QueuedCopy, dsn_enabled: bool) -> Try:
     conn: Connection | None = None
     done = Try(LOST)
     try:
-        conn = await upstream.acquire()
-        await conn.xforward(copy.xforward)
-        options = upstream_mail_options(conn, txn, copy.sender, txn.mail_options, copy.utf8,
-                                        dsn_enabled)
-        if isinstance(options, Reply):
-            done.reply = options
-            return done
-        up_options, utf8 = options
-        done.reply = await conn.mail(copy.sender, up_options, utf8)
+        for attempt in (1, 2):
+            conn = await upstream.acquire()
+            await conn.xforward(copy.xforward)
+            options = upstream_mail_options(conn, txn, copy.sender, txn.mail_options,
+                                            copy.utf8, dsn_enabled)
+            if isinstance(options, Reply):
+                done.reply = options
+                return done
+            up_options, utf8 = options
+            done.reply = await conn.mail(copy.sender, up_options, utf8)
+            if done.reply.code == 503 and attempt == 1 and conn.reused:
+                # a pooled connection left inside a transaction: a fresh one
+                conn.close()
+                upstream.release(conn, False)
+                conn = None
+                continue
+            break
         if not done.reply.ok:
             return done
+        assert conn is not None
         for recipient in copy.pending:
             request = txn.recipient_dsn.get(recipient, NO_RECIPIENT_PARAMETERS)
             answer = await conn.rcpt(recipient,
@@ -259,18 +268,22 @@ class CopyQueue:
     async def stop(self, grace: float) -> None:
         await self.disk.stop(grace)
 
-    async def submit(self, copy: QueuedCopy) -> None:
+    async def submit(self, copy: QueuedCopy) -> bool:
         """Keep ``copy``, deferred on its first try, for the next one (awaited: before
-        the client has its 250)."""
+        the client has its 250). False when it could not be kept: the caller reports
+        its recipients failed, as it would without a queue."""
+        if not await self.disk.submit(copy, tried=1):
+            return False
         SPLIT_COPIES.labels("queued").inc()
         log.warning("copy_queued", txn=copy.txn, message_id=copy.transaction.message_id,
-                    recipients=len(copy.pending), reply=str(copy.reply),
+                    recipients=copy.pending, reply=str(copy.reply),
                     folder=str(self.disk.folder))
-        await self.disk.submit(copy, tried=1)
+        return True
 
     async def _attempt(self, copy: QueuedCopy, tries: int, last: bool) -> Verdict[QueuedCopy]:
         txn = copy.transaction
-        with structlog.contextvars.bound_contextvars(txn=txn.id, queued_copy=txn.message_id):
+        with structlog.contextvars.bound_contextvars(txn=txn.id, queued_copy=txn.message_id,
+                                                     copy_recipients=copy.pending):
             result = await send(self.owner.upstream, copy, self.owner.config.relay.dsn)
             tries += 1
             failures = result.failures(copy.pending)
@@ -306,7 +319,10 @@ class CopyQueue:
             await self.owner.record_delivery(txn, outcome)
             self.owner.after_delivery(txn, outcome)
             await self._tell(copy, failures, relayed=delivered, reply=result.reply)
-            return Verdict("done" if delivered else "failed")
+            if delivered:
+                return Verdict("done")
+            # kept for the admin with the answer that ended it (``trackrelay queue``)
+            return Verdict("failed", replace(copy, reply=result.reply))
 
     async def _tell(self, copy: QueuedCopy, failures: dict[str, Reply], *,
                     relayed: list[str] | None = None, reply: Reply | None = None) -> None:

@@ -171,34 +171,36 @@ class DiskQueue(Generic[ItemT]):
             for task in list(self._tries):
                 task.cancel()
 
-    async def submit(self, item: ItemT, tried: int = 0) -> None:
+    async def submit(self, item: ItemT, tried: int = 0) -> bool:
         """Keep ``item`` on disk (awaited: the caller's client has not had its answer
         yet), then try it at once in the background; an item ``tried`` already (and
-        deferred) waits its turn, as after that many tries."""
+        deferred) waits its turn, as after that many tries. False when it could not be
+        kept (said loudly): an untried item is then tried once, as its last try; a
+        tried one is the caller's to report."""
         ident = f"{item.txn}.{new_id()}"
         due = time.time() + (retry_delay(tried) if tried else 0.0)
         try:
             fd, path = await _locking(self._write, item, ident, due, tried, None)
         except OSError as exc:
-            # Not kept: tried once more (a tried item at once), as the last try, and
-            # said loudly.
             log.error(f"{self.kind}_not_queued", txn=item.txn, folder=str(self.folder),
                       error=f"{type(exc).__name__}: {exc}")
-            self._spawn(self._try_unkept(item, tried))
-            return
+            if not tried:
+                self._spawn(self._try_unkept(item))
+            return False
         if tried:
             os.close(fd)
             self._wake.set()
         else:
             self._spawn(self._try(path, fd, item, 0))
+        return True
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
         self._tries.add(task)
         task.add_done_callback(self._tries.discard)
 
-    async def _try_unkept(self, item: ItemT, tried: int) -> None:
-        await self.attempt(item, tried, True)
+    async def _try_unkept(self, item: ItemT) -> None:
+        await self.attempt(item, 0, True)
 
     def _write(self, item: ItemT, ident: str, due: float, tries: int,
                replaces: Path | None) -> tuple[int, Path]:
@@ -215,9 +217,13 @@ class DiskQueue(Generic[ItemT]):
                 data = data[os.write(fd, data):]
             os.fsync(fd)
             path = self.folder / _name(due, tries, ident)
-            os.rename(tmp, path)
             if replaces is not None:
-                os.unlink(replaces)
+                # The new content under the old name first, then the new name: at no
+                # moment are there two files (two copies of one item) to find.
+                os.rename(tmp, replaces)
+                os.rename(replaces, path)
+            else:
+                os.rename(tmp, path)
             _sync_folder(self.folder)  # the new name, too, outlives a crash
         except BaseException:
             os.close(fd)
@@ -228,29 +234,38 @@ class DiskQueue(Generic[ItemT]):
 
     async def _try(self, path: Path, fd: int, item: ItemT, tries: int) -> None:
         """One try of the item in ``path`` (locked through ``fd``, closed here)."""
-        self._trying.add(path.name)
+        name = path.name
+        self._trying.add(name)
         try:
-            last = time.time() + retry_delay(tries + 1) >= item.queued_at + LIFETIME
+            end = item.queued_at + LIFETIME
+            # Given up on the first try after the lifetime (the last comes at its end).
+            last = time.time() >= end
             verdict = await self.attempt(item, tries, last)
             if verdict.result == "done":
                 os.unlink(path)
-            elif verdict.result == "later" and not last:
-                due = time.time() + retry_delay(tries + 1)
-                _, _, ident = _parse_name(path.name) or (0.0, 0, new_id())
-                if verdict.item is None:
-                    os.rename(path, path.with_name(_name(due, tries + 1, ident)))
-                else:
-                    new_fd, _ = await _locking(self._write, verdict.item, ident, due,
-                                               tries + 1, path)
+                return
+            later = verdict.result == "later" and not last
+            due = min(time.time() + retry_delay(tries + 1), end) if later else time.time()
+            ident = (_parse_name(name) or (0.0, 0, new_id()))[2]
+            if verdict.item is None:
+                renamed = path.with_name(_name(due, tries + 1, ident))
+                os.rename(path, renamed if later else renamed.with_name(
+                    renamed.name + FAILED_SUFFIX))
+            else:  # what the try learnt, kept for the next try or for the admin
+                new_fd, renamed = await _locking(self._write, verdict.item, ident, due,
+                                                 tries + 1, path)
+                try:
+                    if not later:  # renamed while still locked: nobody tries it again
+                        os.rename(renamed, renamed.with_name(renamed.name + FAILED_SUFFIX))
+                finally:
                     os.close(new_fd)
+            if later:
                 self._wake.set()
-            else:
-                os.rename(path, path.with_name(path.name + FAILED_SUFFIX))
         except OSError as exc:
             log.error(f"{self.kind}_queue_failed", txn=item.txn, file=str(path),
                       error=f"{type(exc).__name__}: {exc}")
         finally:
-            self._trying.discard(path.name)
+            self._trying.discard(name)
             os.close(fd)
 
     def _due(self) -> Iterator[tuple[Path, int]]:
@@ -290,7 +305,7 @@ class DiskQueue(Generic[ItemT]):
             raise
         try:
             return fd, self.load(data)
-        except (ValueError, KeyError, TypeError) as exc:
+        except Exception as exc:  # any content that is not an item of this queue
             log.error(f"{self.kind}_unreadable", file=str(path),
                       error=f"{type(exc).__name__}: {exc}")
             os.rename(path, path.with_name(path.name + FAILED_SUFFIX))
@@ -305,9 +320,11 @@ class DiskQueue(Generic[ItemT]):
                     claimed = await _locking(self._claim, path)
                     if claimed is not None:
                         await self._try(path, claimed[0], claimed[1], tries)
-            except OSError as exc:
+            except Exception as exc:
+                # Never the end of the queue: a look that failed is made again.
                 log.error(f"{self.kind}_queue_failed", folder=str(self.folder),
-                          error=f"{type(exc).__name__}: {exc}")
+                          error=f"{type(exc).__name__}: {exc}",
+                          exc_info=not isinstance(exc, OSError))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._next_wait())
 

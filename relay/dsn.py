@@ -259,8 +259,10 @@ def build(*, reporting_host: str, sender: str, recipients: Sequence[Recipient],
             "",
         ]
         for failure in failures:
+            # a temporary refusal here is one the relay gave up on: retried until its
+            # queue's lifetime ended, or one it could not keep to try again
             kind = ("permanent error" if failure.reply.permanent
-                    else "temporary error (the relay does not queue mail to try again)")
+                    else "temporary error, given up")
             lines.append(f"<{failure.recipient}>: {kind}: {failure.reply.code} "
                          f"{_status(failure.reply)} {' '.join(failure.reply.text.split())}")
         lines.append("")

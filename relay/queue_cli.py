@@ -60,7 +60,7 @@ def _row(kind: str, entry: Entry, read: Callable[[bytes], dict[str, Any]]) -> di
         if entry.data is None:
             raise ValueError("the file cannot be read")
         row.update(read(entry.data))
-    except (ValueError, KeyError, TypeError) as exc:
+    except Exception as exc:  # a file of the folder that is no item: shown as such
         row["error"] = f"unreadable: {type(exc).__name__}: {exc}"
     return row
 
@@ -69,13 +69,16 @@ def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
     """``trackrelay queue [--json] [--flush]``."""
     out = out or sys.stdout
     config = load(args)
-    folders = [(kind, queue_folder(config, suffix), read) for kind, suffix, read in KINDS]
+    # absolute, as the relay resolves them: a relative store.spool_path is read against
+    # the folder the command runs in, which may not be the relay's
+    folders = [(kind, queue_folder(config, suffix).absolute(), read)
+               for kind, suffix, read in KINDS]
     if args.flush:
         for _, folder, _ in folders:
             made, busy = flush(folder)
             print(f"{folder.suffix[1:]}: {made} made due now" + (
-                f", {busy} being tried at this moment" if busy else "") + f" ({folder})",
-                file=out)
+                f", {busy} being tried at this moment" if busy else "") + f" ({folder}"
+                + ("" if folder.is_dir() else ": no such folder yet") + ")", file=out)
         return 0
     rows = [_row(kind, entry, read) for kind, folder, read in folders
             for entry in entries(folder)]
@@ -91,6 +94,7 @@ def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
               + (f" reply={row['reply']!r}" if row.get("reply") else "")
               + (f" {row['error']}" if "error" in row else ""), file=out)
     pending = sum(1 for r in rows if r["state"] == "pending")
-    print(f"{pending} pending, {len(rows) - pending} failed "
-          f"({', '.join(str(f) for _, f, _ in folders)})", file=out)
+    shown = ", ".join(str(f) + ("" if f.is_dir() else " (no such folder yet)")
+                      for _, f, _ in folders)
+    print(f"{pending} pending, {len(rows) - pending} failed ({shown})", file=out)
     return 0

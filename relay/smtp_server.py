@@ -1071,6 +1071,12 @@ class RelaySession(SmtpNames):
                     return parameters
                 up_options, utf8 = parameters
                 reply = await conn.mail(sender, up_options, utf8)
+                if reply.code == 503 and attempt == 1 and conn.reused:
+                    # "Bad sequence" to a transaction's first command: the pooled
+                    # connection was left inside one. A fresh one, as for a dropped one.
+                    self.log.warning("upstream_out_of_step", reply=str(reply))
+                    self._release(False)
+                    continue
             except UpstreamUnavailable as exc:
                 reused = self.conn is not None and self.conn.reused
                 if self.conn is not None:
@@ -1209,7 +1215,10 @@ class RelaySession(SmtpNames):
             self._count(reply)
             self.log.info("data_done", reply=str(reply), size=len(data), modified=modified,
                           recipients=len(txn.rcpt_tos), client_left=self.client_left)
-            self._release(True)
+            if reply.ok:
+                self._release(True)
+            else:
+                await self._reset_upstream()  # a refused message may leave it open
             outcome = Outcome(
                 reply=reply, accepted=list(txn.rcpt_tos),
                 refused=dict(txn.extra.get("refused", {})), message=data,
@@ -1264,8 +1273,14 @@ class RelaySession(SmtpNames):
         self._release(True)
         someone = any(r.delivered for r in results)
         # With some copies taken the client hears 250 and will not send again: those
-        # deferred are the relay's to try again (relay.copy_queue), the rest failed.
+        # deferred are the relay's to try again (relay.copy_queue), kept on disk before
+        # that 250; one that cannot be kept has failed, as the rest.
         queued = [r for r in results if someone and r.deferred()]
+        if queued:
+            told_as = split.client_answer(results, notify=True,
+                                          queued=sum(len(r.deferred()) for r in queued))
+            queued = [r for r in queued
+                      if await self.relay.copies.submit(self._queued(r, raw, told_as))]
         waiting = {(id(r), rcpt) for r in queued for rcpt in r.deferred()}
         failures = [f for r in results for f in r.failures()
                     if (id(r), f[0]) not in waiting]
@@ -1276,8 +1291,6 @@ class RelaySession(SmtpNames):
         self._count(reply)
         self.log.info("split_done", reply=str(reply), copies=len(results),
                       failed_recipients=len(failures), queued_recipients=len(waiting))
-        for r in queued:
-            await self.relay.copies.submit(self._queued(r, raw, reply))
         outcomes = [(r.transaction, Outcome(
             reply=r.reply, accepted=list(r.accepted), refused=dict(r.refused),
             message=r.message, modified=r.modified, queue_id=r.queue_id,
@@ -1353,6 +1366,8 @@ class RelaySession(SmtpNames):
             started = time.perf_counter()
             result.reply = await conn.data(data)
             UPSTREAM_SECONDS.observe(time.perf_counter() - started)
+            if not result.reply.ok:
+                await self._reset_upstream()  # before the next copy's MAIL on it
         except UpstreamUnavailable as exc:
             conn.close()
             self.conn = None

@@ -133,7 +133,9 @@ def client_answer(results: list[CopyResult], *, notify: bool, queued: int = 0) -
     if not delivered:
         temporary = [reply for _, reply in failures if not reply.permanent]
         return temporary[0] if temporary else failures[0][1]
-    parts = [f"delivered to {delivered} of {delivered + len(failures)} recipients"]
+    ids = [r.queue_id for r in results if r.queue_id and r.delivered]
+    where = f", queued as {', '.join(ids)}" if ids else ""
+    parts = [f"delivered to {delivered} of {delivered + len(failures)} recipients{where}"]
     if queued:
         parts.append(f"{queued} queued to be tried again")
     if len(failures) > queued:

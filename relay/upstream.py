@@ -287,9 +287,12 @@ class SmtpConnection(Connection):
         except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
             client.close()  # the connection is out of step with its replies
             raise
-        # The answer to the message ends the transaction, whatever it says (RFC 5321
-        # section 4.1.1.4); a refusal of DATA itself (no 354) does not.
-        self.in_transaction = False
+        # The answer to the message ends the transaction (RFC 5321 section 4.1.1.4); a
+        # refusal of DATA itself (no 354) does not. Nor, at some servers, does a refusal
+        # of the message: Postfix 3.7 answers the next MAIL after an end-of-data
+        # restriction's 451 with "503 nested MAIL". So a refused message leaves the
+        # connection to be reset (RSET) before it carries another transaction.
+        self.in_transaction = resp.code != 250
         if resp.code != 250:
             raise aiosmtplib.SMTPDataError(resp.code, resp.message)
         return resp

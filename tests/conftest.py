@@ -102,6 +102,10 @@ class SinkBehaviour:
     #: addresses (a server that refuses some copies of a message, as a full mailbox
     #: does after the content is in).
     data_reply_for: dict[str, str] = field(default_factory=dict)
+    #: After refusing a message, keep its transaction open: the next MAIL without an
+    #: RSET gets "503 nested MAIL", as Postfix 3.7 answers after an end-of-data
+    #: restriction refused a message.
+    nested_after_refusal: bool = False
 
 
 class SinkHandler:
@@ -111,6 +115,8 @@ class SinkHandler:
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, options: list[str]) -> str:
         b = self.sink.behaviour
+        if getattr(session, "refused_open", False):
+            return "503 5.5.1 Error: nested MAIL command"
         if b.refuse_mail:
             return b.refuse_mail
         envelope.mail_from = address
@@ -134,11 +140,12 @@ class SinkHandler:
             return "451 gone"
         if b.delay_data:
             await asyncio.sleep(b.delay_data)
-        if b.data_reply:
-            return b.data_reply
-        for rcpt in envelope.rcpt_tos:
-            if rcpt in b.data_reply_for:
-                return b.data_reply_for[rcpt]
+        refusal = b.data_reply or next(
+            (b.data_reply_for[r] for r in envelope.rcpt_tos if r in b.data_reply_for), None)
+        if refusal:
+            session.refused_open = (  # type: ignore[attr-defined]
+                b.nested_after_refusal and not refusal.startswith("2"))
+            return refusal
         self.sink.received.append(Received(
             envelope.mail_from or "", list(envelope.rcpt_tos),
             bytes(envelope.original_content or b""), list(envelope.mail_options)))
@@ -147,6 +154,11 @@ class SinkHandler:
         if b.delay_reply:
             await asyncio.sleep(b.delay_reply)
         return reply
+
+
+    async def handle_RSET(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        session.refused_open = False  # type: ignore[attr-defined]
+        return "250 2.0.0 Ok"
 
 
 class SinkSMTP(SMTP):

@@ -167,7 +167,11 @@ async def test_a_queued_copy_that_fails_is_a_bounce_and_a_notice(
     assert copies_to(sink, LATE) == []
     assert queue_files(relay) == []
     [kept] = queue_files(relay, ".failed")
-    assert json.loads(kept.read_bytes())["transaction"]["rcpt_tos"] == [LATE]
+    kept_copy = json.loads(kept.read_bytes())
+    assert kept_copy["transaction"]["rcpt_tos"] == [LATE]
+    # the admin reads the answer that ended it, and how many tries it had
+    assert kept_copy["reply"][0] == (550 if then else 452)
+    assert int(kept.name.split("-", 2)[1]) == 2  # the relay's first try, the queue's
 
 
 async def test_a_queued_copy_outlives_a_restart(make_relay: MakeRelay, sink: Sink,
@@ -269,3 +273,76 @@ async def test_the_queue_command_lists_and_flushes(make_relay: MakeRelay, sink: 
     await wait_for(sent)
     _, table = await trackrelay("queue", "--config", str(config))
     assert "0 pending, 0 failed" in table
+
+
+async def test_a_copy_that_cannot_be_kept_is_reported_failed(
+        make_relay: MakeRelay, sink: Sink, quick_retries: None) -> None:
+    """When the copies folder cannot be written at the moment a copy is deferred, the
+    client is not told it was queued: its recipient is a soft bounce and is named in
+    the failure notice, as without a queue (``copy_not_queued`` in the log)."""
+    relay = await make_relay(load_entry_points=True, tracking=SPLIT)
+    relay.copies.folder.write_text("a file where the folder should be")
+    sink.behaviour.data_reply_for = Deferring("451 4.7.1 Greylisted, try again", 99)
+    with structlog.testing.capture_logs() as logs:
+        code, text = await send(relay, message())
+    assert code == 250 and "delivered to 2 of 3" in text and "queued to be" not in text
+    assert "notification goes to the sender" in text, text
+    assert [e["event"] for e in logs if e["event"] in ("copy_queued", "copy_not_queued")] \
+        == ["copy_not_queued"]
+
+    async def told() -> bool:
+        return bool(notices(sink))
+
+    await wait_for(told)
+    [read] = [r for r in classify(notices(sink)[0]) if r.kind == "bounce"]
+    assert (read.recipient, read.hard) == (LATE, False)
+    [bounce] = await wait_events(relay, "bounce", 1)
+    assert bounce["recipient"] == LATE and bounce["data"]["permanent"] is False
+
+
+async def test_a_file_that_is_no_copy_is_set_aside_and_the_queue_goes_on(
+        make_relay: MakeRelay, sink: Sink, quick_retries: None) -> None:
+    """A file in the copies folder that is JSON but no copy (written by hand, another
+    version) is kept as ``*.failed`` (``copy_unreadable``); the queue goes on and
+    delivers the copies after it."""
+    relay = await make_relay(load_entry_points=True, tracking=SPLIT)
+    folder = relay.copies.folder
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "0000000001.000-1-odd.json").write_text('{"transaction": [], "xforward": []}')
+    sink.behaviour.data_reply_for = Deferring("451 4.7.1 Greylisted, try again", 1)
+    with structlog.testing.capture_logs() as logs:
+        code, _ = await send(relay, message())
+        assert code == 250
+
+        async def delivered() -> bool:
+            return bool(copies_to(sink, LATE))
+
+        await wait_for(delivered)
+    assert [e["file"].rsplit("/", 1)[1] for e in logs if e["event"] == "copy_unreadable"] \
+        == ["0000000001.000-1-odd.json"]
+    assert [p.name for p in queue_files(relay, ".failed")] == [
+        "0000000001.000-1-odd.json.failed"]
+
+
+async def test_a_message_refused_with_its_transaction_left_open_spoils_nothing(
+        make_relay: MakeRelay, sink: Sink, quick_retries: None) -> None:
+    """A server that keeps its transaction open after refusing a message (Postfix 3.7
+    after an end-of-data restriction's 451: the next MAIL gets "503 nested MAIL") gets
+    an RSET before the next copy goes on that connection: the copy after the deferred
+    one is delivered, and the deferred one after its retry."""
+    relay = await make_relay(load_entry_points=True, tracking=SPLIT)
+    sink.behaviour.nested_after_refusal = True
+    sink.behaviour.data_reply_for = Deferring("451 4.7.1 Greylisted, try again", 1,
+                                              bob_example="451 4.3.0 Try again later")
+    code, text = await send(relay, message(), recipients=[
+        "ann@example.org", LATE, "bob@example.org"])
+    assert code == 250 and "delivered to 1 of 3" in text and "2 queued" in text, text
+    sink.behaviour.data_reply_for = {}
+
+    async def delivered() -> bool:
+        return len(sink.received) == 3
+
+    await wait_for(delivered)
+    assert sorted(r.rcpt_tos[0] for r in sink.received) == [
+        "ann@example.org", "bob@example.org", LATE]
+    assert notices(sink) == []

@@ -122,6 +122,30 @@ async def test_smtplib_with_bare_lf_keeps_every_dot(make_relay: MakeRelay, sink:
     assert [link["url"] for link in sent["links"]] == ["https://acme.example.com/"]
 
 
+async def test_a_refused_message_leaves_the_connection_usable(make_relay: MakeRelay,
+                                                             sink: Sink) -> None:
+    """A server that keeps its transaction open after refusing a message (Postfix 3.7
+    after an end-of-data restriction's 451 answers the next MAIL "503 nested MAIL") gets
+    an RSET before its connection carries the next client's message: that message is
+    delivered on the same connection, with no 503 and no fresh connection."""
+    import structlog
+
+    relay = await make_relay()
+    sink.behaviour.nested_after_refusal = True
+    sink.behaviour.data_reply_for = {"bob@example.org": "451 4.7.1 Try again later"}
+    with structlog.testing.capture_logs() as logs:
+        for rcpt, expected in (("bob@example.org", 451), ("ann@example.org", 250)):
+            try:
+                await send_raw(relay_port(relay), "alice@example.com", [rcpt], RAW)
+                code = 250
+            except aiosmtplib.SMTPDataError as exc:
+                code = exc.code
+            assert code == expected, rcpt
+    assert [r.rcpt_tos for r in sink.received] == [["ann@example.org"]]
+    assert sink.connections == 1
+    assert not [e for e in logs if e["event"] == "upstream_out_of_step"]
+
+
 async def test_upstream_refuses_one_recipient(make_relay: MakeRelay, sink: Sink) -> None:
     sink.behaviour.refuse_rcpt["nobody@example.org"] = "550 5.1.1 No such user here"
     relay = await make_relay()
