@@ -217,6 +217,7 @@ class OpenMailer:
         for name, step in steps:
             reply = await step()
             if not reply.ok:
-                reusable = await conn.rset() if name != "DATA" else True
+                # after a refused message too: some servers keep its transaction open
+                reusable = await conn.rset()
                 return f"upstream {name}: {reply}", reply.permanent, reusable
         return None, False, True
