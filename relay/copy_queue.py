@@ -30,7 +30,7 @@ import structlog
 from relay import dsn
 from relay.config import Config
 from relay.disk_queue import DiskQueue, Verdict, retry_delay
-from relay.dsn_parameters import NO_RECIPIENT_PARAMETERS, MailParameters, RecipientParameters
+from relay.dsn_parameters import MailParameters, RecipientParameters
 from relay.logs import get_logger
 from relay.metrics import COPIES_PENDING, SPLIT_COPIES
 from relay.notice_queue import queue_folder
@@ -40,6 +40,7 @@ from relay.upstream import (
     Upstream,
     UpstreamUnavailable,
     queue_id_of,
+    rcpt_each,
     upstream_mail_options,
 )
 
@@ -215,14 +216,7 @@ async def send(upstream: Upstream, copy: QueuedCopy, dsn_enabled: bool) -> Try:
         if not done.reply.ok:
             return done
         assert conn is not None
-        for recipient in copy.pending:
-            request = txn.recipient_dsn.get(recipient, NO_RECIPIENT_PARAMETERS)
-            answer = await conn.rcpt(recipient,
-                                     request.options() if txn.dsn_upstream else [], utf8)
-            if answer.ok:
-                done.accepted.append(recipient)
-            else:
-                done.refused[recipient] = answer
+        done.accepted, done.refused = await rcpt_each(conn, txn, copy.pending, utf8)
         if not done.accepted:
             done.reply = next(iter(done.refused.values()))
             return done

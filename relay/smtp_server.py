@@ -80,6 +80,7 @@ from relay.upstream import (
     UpstreamUnavailable,
     make_upstream,
     queue_id_of,
+    rcpt_each,
     upstream_mail_options,
 )
 
@@ -1351,14 +1352,8 @@ class RelaySession(SmtpNames):
         conn = self.conn
         assert conn is not None
         try:
-            for recipient in copy.rcpt_tos:
-                request = copy.recipient_dsn.get(recipient, NO_RECIPIENT_PARAMETERS)
-                answer = await conn.rcpt(
-                    recipient, request.options() if copy.dsn_upstream else [], utf8)
-                if answer.ok:
-                    result.accepted.append(recipient)
-                else:
-                    result.refused[recipient] = answer
+            result.accepted, result.refused = await rcpt_each(conn, copy, copy.rcpt_tos,
+                                                              utf8)
             if not result.accepted:
                 result.reply = next(iter(result.refused.values()))
                 await self._reset_upstream()

@@ -33,6 +33,7 @@ from pathlib import Path
 import aiosmtplib
 
 from relay.config import ConfigError, UpstreamConfig
+from relay.dsn_parameters import NO_RECIPIENT_PARAMETERS
 from relay.logs import get_logger
 from relay.metrics import SMTP_LIMITS, UPSTREAM_CONNECTIONS, UPSTREAM_OPEN, UPSTREAM_WAITS
 from relay.records import Reply, Transaction
@@ -589,3 +590,20 @@ def upstream_mail_options(conn: Connection, txn: Transaction, sender: str, optio
     if txn.dsn_upstream:
         up_options += txn.dsn.options()
     return up_options, utf8
+
+
+async def rcpt_each(conn: Connection, txn: Transaction, recipients: list[str],
+                    utf8: bool) -> tuple[list[str], dict[str, Reply]]:
+    """RCPT for each of ``recipients``, with its DSN requests when the upstream takes
+    them (``txn.dsn_upstream``): those accepted, and those refused with the answer."""
+    accepted: list[str] = []
+    refused: dict[str, Reply] = {}
+    for recipient in recipients:
+        request = txn.recipient_dsn.get(recipient, NO_RECIPIENT_PARAMETERS)
+        answer = await conn.rcpt(recipient, request.options() if txn.dsn_upstream else [],
+                                 utf8)
+        if answer.ok:
+            accepted.append(recipient)
+        else:
+            refused[recipient] = answer
+    return accepted, refused

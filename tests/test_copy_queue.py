@@ -15,13 +15,19 @@ from pathlib import Path
 import aiohttp
 import pytest
 import structlog
-from aiohttp import web
 
 from relay.bounces import classify
 from relay.smtp_server import Relay
-from relay.tracker.web import create_web_app, listen
-from tests.conftest import MakeRelay, Sink, free_port
-from tests.test_relay_split import SPLIT, message, pixels, send, stored_events, wait_events
+from tests.conftest import MakeRelay, Sink
+from tests.test_relay_split import (
+    SPLIT,
+    message,
+    pixels,
+    send,
+    stored_events,
+    wait_events,
+    with_tracker,
+)
 from tests.tracker_support import MAIL_CLIENT_UA, wait_for
 
 pytest_plugins = ("tests.tracker_fixtures",)
@@ -82,17 +88,8 @@ async def test_a_deferred_copy_is_delivered_later_and_tracked(
     """Deferred twice at DATA, the copy is queued before the client's 250, delivered on
     the third try with the bytes of the first, recorded then (a ``sent`` event, no
     bounce, no notice), and an open of it is its recipient's."""
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    relay = await make_relay(
-        load_entry_points=True, http={"listen": f"127.0.0.1:{port}", "base_url": base},
-        tracking=SPLIT, store={"url": store_url},
-        engagement={"instant_seconds": 0, "suspect_seconds": 0})
-    runner = web.AppRunner(create_web_app(relay.app), access_log=None)
-    await runner.setup()
-    await listen(runner, "127.0.0.1", port)
     sink.behaviour.data_reply_for = Deferring("451 4.7.1 Greylisted, try again", 2)
-    try:
+    async with with_tracker(make_relay, store_url) as (relay, base):
         with structlog.testing.capture_logs() as logs:
             code, text = await send(relay, message())
             assert code == 250 and "delivered to 2 of 3" in text and "1 queued" in text, text
@@ -126,8 +123,6 @@ async def test_a_deferred_copy_is_delivered_later_and_tracked(
                 assert resp.status == 200
         [opened] = await wait_events(relay, "open", 1)
         assert (opened["message_id"], opened["recipient"]) == (found.message_id, LATE)
-    finally:
-        await runner.cleanup()
 
 
 @pytest.mark.parametrize(("then", "lifetime", "hard", "status"), [

@@ -10,10 +10,12 @@ recipient limit falls back; a plugin may choose groups, and a wrong answer is ig
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email
 import email.policy
 import re
 import smtplib
+from collections.abc import AsyncIterator
 from email.message import EmailMessage
 from typing import Any
 
@@ -100,8 +102,10 @@ async def wait_events(relay: Relay, type_: str, count: int) -> list[Any]:
     return found
 
 
-async def test_every_copy_is_tracked_for_its_own_recipient(
-        store_url: str, make_relay: MakeRelay, sink: Sink) -> None:
+@contextlib.asynccontextmanager
+async def with_tracker(make_relay: MakeRelay, store_url: str
+                       ) -> AsyncIterator[tuple[Relay, str]]:
+    """A splitting relay and its tracker on a port of its own: (relay, tracker base)."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     relay = await make_relay(
@@ -112,6 +116,14 @@ async def test_every_copy_is_tracked_for_its_own_recipient(
     await runner.setup()
     await listen(runner, "127.0.0.1", port)
     try:
+        yield relay, base
+    finally:
+        await runner.cleanup()
+
+
+async def test_every_copy_is_tracked_for_its_own_recipient(
+        store_url: str, make_relay: MakeRelay, sink: Sink) -> None:
+    async with with_tracker(make_relay, store_url) as (relay, base):
         msg = message()
         code, text = await send(relay, msg)
         assert code == 250 and "3 copies" in text, text
@@ -145,8 +157,6 @@ async def test_every_copy_is_tracked_for_its_own_recipient(
         opens = await wait_events(relay, "open", 1)
         assert [(e["message_id"], e["recipient"]) for e in opens] == [
             (message_ids[1], "bob@example.org")]
-    finally:
-        await runner.cleanup()
 
 
 async def test_the_track_header_splits_one_message(make_relay: MakeRelay, sink: Sink) -> None:
