@@ -87,6 +87,8 @@ def _run_services(args: argparse.Namespace, *, smtp: bool, http: bool) -> int:
     loop = event_loop.choose(config.process.event_loop)  # a missing uvloop: exit 2 at once
     _configure_logs(config, args.verbose)
     index = workers.worker_index()
+    if index is not None:
+        workers.follow_supervisor()
     if index is None and smtp:
         from relay.server import warn_loopback_base_url
 

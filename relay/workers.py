@@ -15,7 +15,8 @@ server an admin compares trackrelay with use several processes. The supervisor:
    keeps dying within seconds of its start stops the whole service with an error;
 5. on SIGTERM, SIGINT or SIGHUP passes SIGTERM to every worker, which drain as a single process
    does, and waits for them (``relay.shutdown_grace``, then up to ``upstream.data_timeout``
-   for messages already on their way upstream, plus time to flush the store).
+   for messages already on their way upstream, plus time to flush the store). A supervisor
+   killed outright cannot: its workers stop by themselves (``follow_supervisor``).
 
 Each worker is an independent relay and tracker sharing the store, exactly like several
 trackers behind a load balancer: its own upstream pool, event writer and spool slot.
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import math
 import os
@@ -49,6 +51,10 @@ log = get_logger("relay.workers")
 
 #: Set in a worker's environment to its index; a worker never supervises.
 WORKER_ENV = "TRACKRELAY_WORKER"
+#: Set in a worker's environment to its supervisor's process id.
+SUPERVISOR_ENV = "TRACKRELAY_SUPERVISOR"
+#: Linux prctl(2) option: the signal a process gets when its parent dies.
+_PR_SET_PDEATHSIG = 1
 METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 KEYS_ENV = "TRACKRELAY_TRACKING__TOKEN_KEYS"
 #: A worker that exits sooner than this after starting counts as failing to start.
@@ -63,6 +69,23 @@ def worker_index() -> int | None:
     """This process's worker index, or None when it is not a supervised worker."""
     value = os.environ.get(WORKER_ENV)
     return int(value) if value is not None and value.isascii() and value.isdigit() else None
+
+
+def follow_supervisor() -> None:
+    """A worker stops (SIGTERM: it drains as on any stop) when its supervisor dies, even
+    by SIGKILL or the OOM killer, which give the supervisor no chance to stop it:
+    orphaned workers would go on serving the shared ports, and a new ``serve`` could not
+    start on them. Linux's ``PR_SET_PDEATHSIG`` (prctl(2)); a supervisor already gone
+    when it is set (the worker's parent is no longer it) counts as dying now."""
+    supervisor = os.environ.get(SUPERVISOR_ENV)
+    if supervisor is None or not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
+        log.warning("supervisor_not_followed", error=os.strerror(ctypes.get_errno()))
+        return
+    if str(os.getppid()) != supervisor:
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def worker_argv(argv: Sequence[str]) -> list[str]:
@@ -122,7 +145,7 @@ class Supervisor:
     def _start(self, worker: _Worker, env: dict[str, str]) -> None:
         worker.proc = subprocess.Popen(
             [sys.executable, "-m", "relay.cli", *self.argv],
-            env={**env, WORKER_ENV: str(worker.index)},
+            env={**env, WORKER_ENV: str(worker.index), SUPERVISOR_ENV: str(os.getpid())},
         )
         worker.started = time.monotonic()
         log.info("worker_started", worker=worker.index, pid=worker.proc.pid)

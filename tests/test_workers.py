@@ -204,6 +204,32 @@ async def test_sighup_stops_the_supervisor_and_its_workers(served: Served) -> No
     assert any('"supervisor_stopped"' in ln for ln in served.log_lines())
 
 
+def running(pid: int) -> bool:
+    """``pid`` is a live process (not gone, not a zombie waiting to be reaped)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+async def test_workers_stop_when_their_supervisor_is_killed(served: Served) -> None:
+    """SIGKILL (or the OOM killer) gives the supervisor no chance to stop its workers:
+    they stop by themselves (Linux PR_SET_PDEATHSIG), draining as on SIGTERM, so no
+    orphan keeps serving the ports, and a new ``serve`` starts on them."""
+    pids = served.worker_pids()
+    assert len(pids) == 2 and all(running(p) for p in pids)
+    served.proc.kill()
+    await served.proc.wait()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while any(running(p) for p in pids):
+        assert loop.time() < deadline, "workers outlived their killed supervisor"
+        await asyncio.sleep(0.05)
+    assert sum('"event": "stopped"' in ln or '"smtp_stopped"' in ln
+               for ln in served.log_lines()) >= 2  # each drained and said so
+
+
 async def test_a_worker_that_dies_is_replaced(served: Served) -> None:
     first = served.worker_pids()
     os.kill(first[0], signal.SIGKILL)
