@@ -144,6 +144,7 @@ class DiskQueue(Generic[ItemT]):
         self.attempt = attempt
         self.pending = pending
         self._runner: asyncio.Task[None] | None = None
+        self._stopping = False
         self._wake = asyncio.Event()
         self._trying: set[str] = set()
         self._tries: set[asyncio.Task[None]] = set()
@@ -156,20 +157,24 @@ class DiskQueue(Generic[ItemT]):
                 self.folder, os.W_OK | os.X_OK)):
             raise StoreError(f"store.spool_path: the {self.folder.suffix[1:]} folder "
                              f"{self.folder} is not a folder this process can write")
+        self._stopping = False
         self._runner = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self, grace: float) -> None:
         """Stop looking, and give tries under way ``grace`` seconds to end; items not
-        yet taken stay in the folder for the next start."""
-        if self._runner is not None:
-            self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._runner
-            self._runner = None
-        if self._tries:
-            await asyncio.wait(list(self._tries), timeout=grace)
-            for task in list(self._tries):
+        yet taken stay in the folder for the next start. The loop is asked to stop, not
+        cancelled, and every wait here is bounded: a cancellation that comes as a wait
+        ends (Python 3.11's ``wait_for`` may swallow it) can never hold the stop."""
+        self._stopping = True
+        self._wake.set()
+        tasks = [t for t in (self._runner, *self._tries) if t is not None]
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=grace)
+            for task in late:
                 task.cancel()
+            if late:
+                await asyncio.wait(late, timeout=1.0)
+        self._runner = None
 
     async def submit(self, item: ItemT, tried: int = 0) -> bool:
         """Keep ``item`` on disk (awaited: the caller's client has not had its answer
@@ -313,10 +318,12 @@ class DiskQueue(Generic[ItemT]):
             return None
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             self._wake.clear()
             try:
                 for path, tries in ([] if not self.folder.is_dir() else list(self._due())):
+                    if self._stopping:
+                        return
                     claimed = await _locking(self._claim, path)
                     if claimed is not None:
                         await self._try(path, claimed[0], claimed[1], tries)
@@ -325,8 +332,10 @@ class DiskQueue(Generic[ItemT]):
                 log.error(f"{self.kind}_queue_failed", folder=str(self.folder),
                           error=f"{type(exc).__name__}: {exc}",
                           exc_info=not isinstance(exc, OSError))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._next_wait())
+            if not self._stopping:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._next_wait()):
+                        await self._wake.wait()
 
     def _next_wait(self) -> float:
         """Until the next look: the earliest due time if it comes before the scan."""

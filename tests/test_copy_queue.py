@@ -147,8 +147,8 @@ async def test_a_queued_copy_that_fails_is_a_bounce_and_a_notice(
         code, text = await send(relay, message())
         assert code == 250 and "1 queued" in text, text
 
-        async def told() -> bool:
-            return bool(notices(sink))
+        async def told() -> bool:  # and the file set aside, which comes after
+            return bool(notices(sink)) and bool(queue_files(relay, ".failed"))
 
         await wait_for(told)
     [failed] = [e for e in logs if e["event"] == "copy_failed"]
