@@ -4,8 +4,6 @@ security scanner (``tests/test_dashboard.py``, ``tests/test_dashboard_browser.py
 
 from __future__ import annotations
 
-import email
-import email.policy
 import re
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -14,7 +12,7 @@ from typing import Any
 import aiohttp
 
 from tests.deliverability_support import Stack
-from tests.tracker_support import wait_for
+from tests.tracker_support import html_of, wait_for
 
 CHROME_UA = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like "
              "Gecko) Chrome/131.0.0.0 Safari/537.36")
@@ -40,12 +38,6 @@ class Seeded:
     ids: dict[str, str] = field(default_factory=dict)
 
 
-def _html_of(raw: bytes) -> str:
-    msg = email.message_from_bytes(raw, policy=email.policy.default)
-    for part in msg.walk():
-        if part.get_content_type() == "text/html":
-            return str(part.get_content())
-    return ""
 
 
 def _mail(sender: str, to: list[str], subject: str, html: str,
@@ -65,7 +57,7 @@ async def _send(stack: Stack, sender: str, to: list[str], raw: bytes) -> tuple[s
     """Send; return the tracked message's id (from its first pixel or link) and its HTML."""
     before = len(stack.sink.received)
     await stack.send(sender, to, raw)
-    html = _html_of(stack.sink.received[before].data)
+    html = html_of(stack.sink.received[before].data)
     token = re.search(re.escape(stack.base) + r"/[oc]/([A-Za-z0-9_-]+)", html)
     assert token is not None, "the relayed message carries no tracking URL"
     kind = "open" if "/o/" in token.group(0) else "click"

@@ -4,8 +4,6 @@ recipient's other events in the window as machine."""
 
 from __future__ import annotations
 
-import email
-import email.policy
 import re
 import time
 from email.message import EmailMessage
@@ -17,18 +15,12 @@ from aiohttp import web
 from relay.engagement.runner import batch_pass
 from relay.tracker.web import create_web_app, listen
 from tests.conftest import MakeRelay, Sink, free_port, relay_port
-from tests.tracker_support import TOKEN_KEY
+from tests.tracker_support import TOKEN_KEY, html_of
 
 BROWSER_UA = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like "
               "Gecko) Chrome/124.0.0.0 Safari/537.36")
 
 
-def _html_of(raw: bytes) -> str:
-    msg = email.message_from_bytes(raw, policy=email.policy.default)
-    for part in msg.walk():
-        if part.get_content_type() == "text/html":
-            return str(part.get_content())  # type: ignore[attr-defined]
-    raise AssertionError("no HTML part")
 
 
 async def _send(port: int) -> None:
@@ -48,7 +40,7 @@ async def _send(port: int) -> None:
 async def test_honeypot_off_by_default(make_relay: MakeRelay, sink: Sink) -> None:
     relay = await make_relay(load_entry_points=True, tracking={"token_keys": [TOKEN_KEY]})
     await _send(relay_port(relay))
-    html = _html_of(sink.received[0].data)
+    html = html_of(sink.received[0].data)
     assert "/o/" in html and "/c/" in html and "/h/" not in html
 
 
@@ -65,7 +57,7 @@ async def test_honeypot_hit_marks_the_recipient_machine(make_relay: MakeRelay,
     await listen(runner, "127.0.0.1", port)
     try:
         await _send(relay_port(relay))
-        html = _html_of(sink.received[0].data)
+        html = html_of(sink.received[0].data)
         hidden = re.findall(r'<a href="(' + re.escape(base) + r'/h/[A-Za-z0-9_-]+)" '
                             r'style="display:none[^"]*" aria-hidden="true" tabindex="-1"></a>',
                             html)

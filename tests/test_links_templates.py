@@ -10,8 +10,6 @@ the real relay to the tests' sink, the real tracker answering the clicks over HT
 
 from __future__ import annotations
 
-import email
-import email.policy
 import re
 from collections import Counter
 
@@ -24,7 +22,7 @@ from relay.tracker.web import create_web_app, listen
 from tests.conftest import MakeRelay, Sink, free_port, relay_port
 from tests.rewrite_support import CTES, html_only, make_app, rewrite
 from tests.test_rewrite_links import check, skipped, urls, with_text
-from tests.tracker_support import MAIL_CLIENT_UA, TOKEN_KEY
+from tests.tracker_support import MAIL_CLIENT_UA, TOKEN_KEY, html_of
 
 pytest_plugins = ("tests.tracker_fixtures",)
 
@@ -137,12 +135,6 @@ CLICKED = [
 ]
 
 
-def _html_of(raw: bytes) -> str:
-    msg = email.message_from_bytes(raw, policy=email.policy.default)
-    for part in msg.walk():
-        if part.get_content_type() == "text/html":
-            return str(part.get_content())
-    raise AssertionError("no HTML part in the relayed message")
 
 
 async def test_template_links_through_the_relay_and_the_tracker(
@@ -173,7 +165,7 @@ async def test_template_links_through_the_relay_and_the_tracker(
         await aiosmtplib.send(raw, hostname="127.0.0.1", port=relay_port(relay),
                               sender="s@example.com", recipients=["r@example.org"])
         assert len(sink.received) == 1
-        out = _html_of(sink.received[0].data)
+        out = html_of(sink.received[0].data)
         assert f'<a href="{MAILGUN}">Welcome</a>' in out
         clicks = re.findall(r"<a href=\"?(" + re.escape(base) + r"/c/[A-Za-z0-9_-]+)\"?>link",
                             out)

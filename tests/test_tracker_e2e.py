@@ -3,8 +3,6 @@ the events read back from the API (both store engines)."""
 
 from __future__ import annotations
 
-import email
-import email.policy
 import re
 from email.message import EmailMessage
 from typing import Any
@@ -21,6 +19,7 @@ from tests.tracker_support import (
     EXAMPLE_TOKEN,
     MAIL_CLIENT_UA,
     TOKEN_KEY,
+    html_of,
 )
 
 pytest_plugins = ("tests.tracker_fixtures",)
@@ -29,12 +28,6 @@ LINK_1 = "https://shop.example/p?id=7&ref=mail#buy"
 LINK_2 = "https://example.com/news?a=1&b=%20x"
 
 
-def _html_of(raw: bytes) -> str:
-    msg = email.message_from_bytes(raw, policy=email.policy.default)
-    for part in msg.walk():
-        if part.get_content_type() == "text/html":
-            return str(part.get_content())
-    raise AssertionError("no HTML part in the relayed message")
 
 
 async def test_message_through_relay_then_pixel_links_and_api(
@@ -67,7 +60,7 @@ async def test_message_through_relay_then_pixel_links_and_api(
         await aiosmtplib.send(msg, hostname="127.0.0.1", port=relay_port(relay),
                               sender="alice@example.com", recipients=["carol@customer.test"])
         assert len(sink.received) == 1
-        html = _html_of(sink.received[0].data)
+        html = html_of(sink.received[0].data)
         pixels = re.findall(re.escape(base) + r"/o/[A-Za-z0-9_-]+\.gif", html)
         clicks = re.findall(re.escape(base) + r"/c/[A-Za-z0-9_-]+", html)
         assert len(pixels) == 1 and len(clicks) == 2

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email
+import email.policy
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -174,3 +176,12 @@ async def post_endpoint(handle: Callable[[web.Request], Awaitable[web.StreamResp
         yield server.sockets[0].getsockname()[1]
     finally:
         await app_runner.cleanup()
+
+
+def html_of(raw: bytes) -> str:
+    """The decoded HTML part of a relayed message (one the sink received)."""
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    for part in msg.walk():
+        if part.get_content_type() == "text/html":
+            return str(part.get_content())
+    raise AssertionError("no HTML part in the relayed message")
