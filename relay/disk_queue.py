@@ -302,20 +302,23 @@ class DiskQueue(Generic[ItemT]):
                 raise FileNotFoundError(path)
             with os.fdopen(os.dup(fd), "rb") as f:
                 data = f.read()
+            return fd, self.load(data)
         except (BlockingIOError, FileNotFoundError):
+            os.close(fd)
+            return None
+        except Exception as exc:
+            # Not an item of this queue (cut short, another version's, written by hand,
+            # a folder with a queue file's name): set aside for the admin, and the queue
+            # goes on with the rest.
+            log.error(f"{self.kind}_unreadable", file=str(path),
+                      error=f"{type(exc).__name__}: {exc}")
+            with contextlib.suppress(OSError):
+                os.rename(path, path.with_name(path.name + FAILED_SUFFIX))
             os.close(fd)
             return None
         except BaseException:
             os.close(fd)
             raise
-        try:
-            return fd, self.load(data)
-        except Exception as exc:  # any content that is not an item of this queue
-            log.error(f"{self.kind}_unreadable", file=str(path),
-                      error=f"{type(exc).__name__}: {exc}")
-            os.rename(path, path.with_name(path.name + FAILED_SUFFIX))
-            os.close(fd)
-            return None
 
     async def _run(self) -> None:
         while not self._stopping:
@@ -324,9 +327,13 @@ class DiskQueue(Generic[ItemT]):
                 for path, tries in ([] if not self.folder.is_dir() else list(self._due())):
                     if self._stopping:
                         return
-                    claimed = await _locking(self._claim, path)
-                    if claimed is not None:
-                        await self._try(path, claimed[0], claimed[1], tries)
+                    try:
+                        claimed = await _locking(self._claim, path)
+                        if claimed is not None:
+                            await self._try(path, claimed[0], claimed[1], tries)
+                    except Exception as exc:  # this item's trouble stops none after it
+                        log.error(f"{self.kind}_queue_failed", file=str(path),
+                                  error=f"{type(exc).__name__}: {exc}", exc_info=True)
             except Exception as exc:
                 # Never the end of the queue: a look that failed is made again.
                 log.error(f"{self.kind}_queue_failed", folder=str(self.folder),

@@ -298,12 +298,13 @@ async def test_a_copy_that_cannot_be_kept_is_reported_failed(
 async def test_a_file_that_is_no_copy_is_set_aside_and_the_queue_goes_on(
         make_relay: MakeRelay, sink: Sink, quick_retries: None) -> None:
     """A file in the copies folder that is JSON but no copy (written by hand, another
-    version) is kept as ``*.failed`` (``copy_unreadable``); the queue goes on and
-    delivers the copies after it."""
+    version), or a folder with a queue file's name, is kept as ``*.failed``
+    (``copy_unreadable``); the queue goes on and delivers the copies after it."""
     relay = await make_relay(load_entry_points=True, tracking=SPLIT)
     folder = relay.copies.folder
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "0000000001.000-1-odd.json").write_text('{"transaction": [], "xforward": []}')
+    (folder / "0000000002.000-1-dir.json").mkdir()  # a folder with a queue file's name
     sink.behaviour.data_reply_for = Deferring("451 4.7.1 Greylisted, try again", 1)
     with structlog.testing.capture_logs() as logs:
         code, _ = await send(relay, message())
@@ -314,9 +315,9 @@ async def test_a_file_that_is_no_copy_is_set_aside_and_the_queue_goes_on(
 
         await wait_for(delivered)
     assert [e["file"].rsplit("/", 1)[1] for e in logs if e["event"] == "copy_unreadable"] \
-        == ["0000000001.000-1-odd.json"]
+        == ["0000000001.000-1-odd.json", "0000000002.000-1-dir.json"]
     assert [p.name for p in queue_files(relay, ".failed")] == [
-        "0000000001.000-1-odd.json.failed"]
+        "0000000001.000-1-odd.json.failed", "0000000002.000-1-dir.json.failed"]
 
 
 async def test_a_message_refused_with_its_transaction_left_open_spoils_nothing(
