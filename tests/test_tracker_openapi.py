@@ -262,3 +262,24 @@ def test_the_doors_size_refusals_are_documented(live_tracker: LiveTracker) -> No
                     for method, operation in item.items()
                     if not {"414", "431"} <= set(operation["responses"])]
     assert undocumented == []
+
+
+def test_the_parsers_plain_400_is_documented(live_tracker: LiveTracker) -> None:
+    """A header line the HTTP parser refuses (no colon, an empty Content-Length: what
+    schemathesis sent) is answered 400 in plain text before any route, so every
+    operation's documented 400 includes ``text/plain``."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", live_tracker.port), timeout=10) as sock:
+        sock.sendall(b"GET /api/v1/campaigns HTTP/1.1\r\nHost: t\r\nH;\r\n"
+                     b"Content-Length;\r\n\r\n")
+        head = sock.recv(65536).split(b"\r\n\r\n", 1)[0].lower()
+    assert head.split(b" ", 2)[1] == b"400" and b"content-type: text/plain" in head
+    base = f"http://127.0.0.1:{live_tracker.port}/api/v1"
+    document = requests.get(f"{base}/openapi.json", timeout=10).json()
+    undocumented = [f"{method.upper()} {path}"
+                    for path, item in document["paths"].items()
+                    for method, operation in item.items()
+                    if "text/plain" not in operation["responses"].get("400", {}).get(
+                        "content", {})]
+    assert undocumented == []

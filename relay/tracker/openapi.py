@@ -525,5 +525,11 @@ def openapi_document(base_url: str = "") -> dict[str, Any]:
     }
     for item in document["paths"].values():
         for operation in item.values():
-            operation["responses"].update(DOOR_REFUSALS)
+            responses = operation["responses"]
+            responses.update(DOOR_REFUSALS)
+            # A request the HTTP parser refuses before any route (a header line without
+            # a colon, an empty Content-Length) gets aiohttp's plain-text 400.
+            bad = responses.setdefault("400", {"description": "A malformed request.",
+                                               "content": {}})
+            bad["content"]["text/plain"] = {"schema": {"type": "string"}}
     return document
