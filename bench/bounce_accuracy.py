@@ -80,6 +80,29 @@ def false_bounces(corpus_results: dict[str, list[BounceRecord]],
     return checked, len(bad), bad
 
 
+def mailman_notices() -> dict[str, int]:
+    """Recipients found in real notices from servers the labelled corpus lacks (the
+    notices GNU Mailman lists received, with the recipients flufl.bounce's tests name)."""
+    folder = Path(__file__).resolve().parent.parent / "tests" / "corpus" / "flufl-bounces"
+    expected = json.loads((folder / "expected.json").read_text())
+    out = dict.fromkeys(("files", "wanted", "found", "extra", "kind_right", "kind_checked"), 0)
+    for name, row in expected.items():
+        wanted = set(row["recipients"])
+        records = [r for r in classify((folder / "eml" / name).read_bytes())
+                   if r.kind in ("bounce", "delayed")]
+        about = [r for r in records if {r.recipient, r.alias} & wanted]
+        named = {a for r in about for a in (r.recipient, r.alias) if a}
+        out["files"] += 1
+        out["wanted"] += len(wanted)
+        out["found"] += len(wanted & named)
+        out["extra"] += len(records) - len(about) if wanted or records else 0
+        if about:
+            out["kind_checked"] += 1
+            want = "delayed" if row["temporary"] else "bounce"
+            out["kind_right"] += {r.kind for r in about} == {want}
+    return out
+
+
 def flufl_second_opinion(blobs: dict[str, bytes],
                          results: dict[str, list[BounceRecord]]) -> dict[str, Any]:
     """Compare our failed recipients with flufl.bounce's on every file."""
@@ -237,6 +260,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.show_overfit:
         for entry, fam in sorted(single.items(), key=lambda x: (x[1], x[0])):
             print(f"  [{fam}] {entry}")
+
+    mailman = mailman_notices()
+    print(f"\nMailman notices (tests/corpus/flufl-bounces, recipients as flufl.bounce's "
+          f"tests name them, {mailman['files']} files): found {mailman['found']} of "
+          f"{mailman['wanted']} ({100 * mailman['found'] / mailman['wanted']:.1f}%), records "
+          f"naming anyone else {mailman['extra']}, warning/failure right "
+          f"{mailman['kind_right']} of {mailman['kind_checked']}")
 
     second = flufl_second_opinion(blobs, plain_results)
     if second["available"]:

@@ -99,6 +99,7 @@ def test_every_code_of_a_subject_has_the_subject_s_row(code: str) -> None:
     "550 Message would exceed the quota of the recipient",
     "550 Recipient reached disk quota",
     "550 User has too many messages on the server",
+    "550 ErrMsg=mail box space not enough, account=rcpt",
 ])
 def test_full_mailbox_wordings_are_mailboxfull_and_soft(text: str) -> None:
     reason, hard, _by = classify_reply("550", None, text, "RCPT", "rcpt@example.net")
@@ -132,6 +133,19 @@ def test_a_size_limit_in_other_words_is_mesgtoobig() -> None:
                      command="DATA") == "mesgtoobig"
     assert reason_of("552 5.3.4 Message size exceeds fixed limit", reply="552",
                      command="DATA") == "mesgtoobig"
+    assert reason_of("This mail message has exceeded the maximum incoming message size.",
+                     reply=None, command=None) == "mesgtoobig"
+
+
+def test_a_virus_product_s_name_is_no_virus_verdict() -> None:
+    """Trend Micro's "InterScan E-Mail VirusWall" writes its banner on notices about any
+    failure; only "virus" as a word is a verdict."""
+    text = ("****** Message from InterScan E-Mail VirusWall NT ******\n"
+            "The following mail could not be delivered.\n"
+            "Reason:  Exceeded Maximum Delivery Attempts.")
+    assert reason_of(text, reply=None, command=None) == "expired"
+    assert reason_of("554 5.7.0 Message rejected: virus found (Eicar-Test-Signature)",
+                     status="5.7.0", command="DATA") == "virusdetected"
 
 
 @pytest.mark.parametrize("text", [
@@ -661,6 +675,14 @@ def test_retries_given_up_are_expired_in_any_wording() -> None:
         "trying.",
         "Delivery failed 20 attempts: rcpt@example.net",
         "Message not delivered after 12 attempts",
+    ], reply=None, status=None, command=None)
+    _one_rule("expired", [
+        "Reason: Exceeded Maximum Delivery Attempts.",
+        "maximum retries reached",
+    ], reply=None, status=None, command=None)
+    _one_rule("expired", [
+        "Could not deliver the message for the past 5 days",
+        "Your message was not delivered within 2 days.",
     ], reply=None, status=None, command=None)
 
 

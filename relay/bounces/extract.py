@@ -293,7 +293,10 @@ def _nested(msg: Message, anatomy: Anatomy, subject: str, rules: RuleSet,
         # the failed recipients are the inner report's.
         start = re.search(r"^(?:Return-Path|Received|From|Date|Subject|Content-Type):",
                           returned, re.M)
-        if start is not None:
+        if start is not None and _REPORT_TYPE_RE.search(
+                _HEADER_BLOCK_RE.match(returned, start.start()).group(0)):  # type: ignore[union-attr]
+            # Only a returned message whose own header says so: one that merely quotes
+            # a report (a list digest carrying a bounce) is an ordinary message.
             found = extract(parse(returned[start.start():].encode("utf-8", "replace")),
                             rules, trace, depth + 1, notes)
             if found:
@@ -488,7 +491,7 @@ def _from_prose(msg: Message, anatomy: Anatomy, notice: str, subject: str,
     failures = vendors.find_failures(notice, own, _reporters(msg, reporting))
     found_by = "parser:prose"
     if not failures:
-        addr, found_by = _fallback_recipient(msg, anatomy, own, rules)
+        addr, found_by = _fallback_recipient(msg, anatomy, own, rules, notice)
         if not addr and not anatomy.delivery_status \
                 and not vendors.failure_evidence(msg, notice, rules):
             # Notice-like words naming nobody, from no mail system and with no failed
@@ -516,10 +519,11 @@ def _from_prose(msg: Message, anatomy: Anatomy, notice: str, subject: str,
 
 
 def _fallback_recipient(msg: Message, anatomy: Anatomy, own: set[str],
-                        rules: RuleSet) -> tuple[str, str]:
+                        rules: RuleSet, notice: str = "") -> tuple[str, str]:
     """When the notice names nobody: X-Failed-Recipients, the envelope recipient the
     returned message's first Received line names ("for <x>", RFC 5321 section 4.4), or
-    the returned message's To."""
+    the returned message's To (quoted after the notice, or in it: some notices list
+    the failed message's Subject and To instead of returning it)."""
     if rules.fallbacks_on["x-failed-recipients"]:
         for value in (msg.get("X-Failed-Recipients"), msg.get("X-Original-To")):
             found = [a for a in vendors.addresses(str(value or "")) if a not in own]
@@ -541,14 +545,17 @@ def _fallback_recipient(msg: Message, anatomy: Anatomy, own: set[str],
             found = vendors.addresses(str(anatomy.original.get("To", "") or ""))
             if found:
                 return found[0], "fallback:original-to"
-        m = re.search(r"^To:[ \t]*(.+)$", anatomy.original_text, re.M | re.I)
-        if m:
-            found = vendors.addresses(m.group(1))
+        for text in (anatomy.original_text, notice):
+            m = re.search(r"^To:[ \t]*(.+)$", text, re.M | re.I)
+            found = [a for a in vendors.addresses(m.group(1)) if a not in own] if m else []
             if found:
                 return found[0], "fallback:original-to"
     return "", "parser:prose"
 
 
+#: A message's header block: up to its first empty line (RFC 5322 section 2.1).
+_HEADER_BLOCK_RE = re.compile(r"(?:[^\n]*\S[^\n]*(?:\n|$))*")
+_REPORT_TYPE_RE = re.compile(r"^content-type:\s*multipart/report\b", re.I | re.M)
 _RECEIVED_RE = re.compile(r"^Received:.*(?:\n[ \t].*)*", re.M | re.I)
 _FOR_RE = re.compile(r"\bfor\s+<?([^\s<>;]+@[^\s<>;]+)>?\s*;", re.I)
 _WS_RE = re.compile(r"[ \t]*\n[ \t\n]*")

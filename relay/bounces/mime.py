@@ -93,7 +93,7 @@ def parse(raw: bytes) -> Message:
         body = msg.get_payload()
         if isinstance(body, str):
             m = _LOST_BOUNDARY_RE.search(body[:20000])
-            if m:
+            if m and not _RETURNED_HEADER_RE.search(body, 0, m.start()):
                 head = f'Content-Type: multipart/mixed; boundary="{m.group(1)}"\n'
                 msg = email.message_from_bytes(head.encode() + raw,
                                                policy=email.policy.compat32)
@@ -273,6 +273,9 @@ def _is_text_part(data: bytes, start: int, stop: int) -> bool:
 
 _LOST_BOUNDARY_RE = re.compile(
     r"^--([^\s\-][^\s]{5,69})[ \t]*\r?\n(?:[^\n]*\n){0,30}?Content-Type:", re.M | re.I)
+#: A header field of a returned message quoted in the body: a delimiter line after it
+#: is the returned message's own (a list digest's), not the notice's lost boundary.
+_RETURNED_HEADER_RE = re.compile(r"^(?:Received|Return-Path|Message-ID|From|Date):", re.M | re.I)
 
 
 def _charset(part: Message) -> str:

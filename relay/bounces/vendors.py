@@ -81,7 +81,9 @@ _ALIAS_OF_RE = re.compile(r"\((?:generated|expanded) from\s*<?([^\s<>()]+@[^\s<>
 _DELAY_RE = re.compile(
     r"\bdelay(?:ed)?\b|will (?:continue|keep) (?:trying|to try)|"
     r"could not (?:send|deliver) (?:message )?for (?:the )?past|not yet been delivered|"
-    r"will be retried|retry (?:will|until)|still trying|temporar(?:y|ily) (?:failure|problem)",
+    r"will be retried|retry (?:will|until)|still trying|temporar(?:y|ily) (?:failure|problem)|"
+    # the banner of Postfix's delay_template (bounce(5)) and of Sendmail's warning
+    r"warning (?:message )?only|do not need to resend",
     re.I,
 )
 _PERMANENT_RE = re.compile(
@@ -224,9 +226,22 @@ def split_returned(text: str, rules: RuleSet, trace: Trace | None = None) -> tup
     return text, ""
 
 
+#: What is written around an address but is not part of it: a single quote or backtick
+#: opened before it ("addressed to 'x@y'": the closing one is outside the match), and
+#: the address type of an X.400 domain-defined attribute (``dda:SMTP=x@y``, RFC 2156
+#: section 4.2.2 "RFC-822" DDA; Exchange writes the type ``SMTP``) or of an Exchange
+#: proxy address.
+_AROUND_ADDR_RE = re.compile(r"^(?:['`]+|(?:smtp|rfc-?822)=)", re.I)
+
+
+def _address(match: re.Match[str]) -> str:
+    addr = match.group(1).strip(".").lower()
+    return _AROUND_ADDR_RE.sub("", addr) if addr[:1] in "'`sr" else addr
+
+
 def addresses(text: str) -> list[str]:
     """Addresses in order of appearance, lower-cased (no dedup)."""
-    return [m.group(1).strip(".").lower() for m in _ADDR_RE.finditer(text)]
+    return [_address(m) for m in _ADDR_RE.finditer(text)]
 
 
 def _related(domain: str, hosts: set[str]) -> bool:
@@ -259,7 +274,7 @@ def find_failures(notice: str, exclude: set[str],
             listing = bool(_LIST_LINE_RE.match(line))
             taken = False
             for m in _ADDR_RE.finditer(line):
-                addr = m.group(1).strip(".").lower()
+                addr = _address(m)
                 local = addr.split("@", 1)[0]
                 daemon = bool(_DAEMON_LOCAL.match(local)) or (
                     bool(_NOT_RECIPIENT_LOCAL.match(local))
@@ -274,6 +289,15 @@ def find_failures(notice: str, exclude: set[str],
                 taken = True
                 mentions.append((offset + m.start(), addr))
         offset += len(line)
+    if not mentions:
+        # The failed address is not shown: Exim writes "an undisclosed address" for one
+        # hidden by ``hide_child_in_errmsg``, "pipe to |prog" or a file for a command or
+        # mailbox an alias led to, then "(generated from x@y)". The address the alias
+        # was generated from is the one the sender wrote: that is the recipient.
+        for m in _ALIAS_OF_RE.finditer(notice):
+            addr = _AROUND_ADDR_RE.sub("", m.group(1).strip(".").lower())
+            if addr not in exclude and _ADDR_RE.fullmatch(addr):
+                mentions.append((m.start(), addr))
     failures: list[TextFailure] = []
     seen: set[str] = set()
     for i, (pos, addr) in enumerate(mentions):
@@ -286,13 +310,15 @@ def find_failures(notice: str, exclude: set[str],
         if end < len(notice):
             end = max(notice.rfind("\n", 0, end) + 1, pos + 1)  # up to that line
         line_start = notice.rfind("\n", 0, pos) + 1
-        # The first recipient's text starts at the top: many servers write the error
-        # (or the command that failed) before the address.
-        start = 0 if not failures else line_start
         own = notice[line_start:end][:2000]
+        if not failures:
+            preamble = notice[:line_start][-2000:]
+        # Every recipient's text starts with what the notice says before the first one:
+        # many servers write the error (or the command that failed) once, then list the
+        # addresses it concerns.
         of = _ALIAS_OF_RE.search(own[:600])
         alias = of.group(1).lower() if of and of.group(1).lower() != addr else None
-        failures.append(TextFailure(addr, notice[start:end][:2000], own, alias))
+        failures.append(TextFailure(addr, (preamble + own)[-2000:], own, alias))
     return failures
 
 

@@ -58,8 +58,12 @@ MARKERS: tuple[Marker, ...] = (
         r"your message could not be delivered", r"i'm sorry to have to inform you",
         r"the mail system"),
     *_m("notice", "exim", r"could not be delivered to one or more of its",
+        r"has not yet been delivered",
         r"this is a permanent error", r"the following address\(es\) failed",
         r"delivery failed"),
+    # The banner of Postfix's delay_template (bounce(5)) and of Sendmail's warning
+    # (savemail.c): "THIS IS A WARNING (MESSAGE) ONLY. YOU DO NOT NEED TO RESEND ...".
+    *_m("notice", "postfix", r"you do not need to resend your message"),
     *_m("notice", "sendmail", r"transcript of session follows",
         r"the following addresses had (?:permanent fatal errors|delivery problems)",
         r"unable to deliver"),

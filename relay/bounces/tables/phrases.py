@@ -84,6 +84,7 @@ PHRASES: tuple[Phrase, ...] = (
         r"(?:disk |storage |mail ?box )?quota\b",
         r"\b(?:mail ?box|inbox|mail ?folder|maildir|user|account|recipient)'?s? (?:\S+ ){0,2}"
         r"(?:has |have )?(?:insufficient|not enough|no) (?:free |disk )?(?:storage|space)\b",
+        r"\bmail ?box (?:storage |disk )?space (?:is )?(?:insufficient|not enough|used up)\b",
         r"\b(?:insufficient|not enough) (?:free |disk )?(?:storage|space) (?:\S+ ){0,2}"
         r"(?:mail ?box|inbox|user|recipient|account)\b",
         r"\btoo many messages (?:on the server|in (?:the |this |his |her |their )?"
@@ -93,8 +94,8 @@ PHRASES: tuple[Phrase, ...] = (
     # fixed maximum message size".
     *_p("mesgtoobig", "rfc3463",
         r"\b(?:message|mail|email) (?:is |was )?too (?:big|large)",
-        r"\b(?:message|mail|email) size (?:\S+ ){0,2}exceed", r"exceeds? (?:the |our )?"
-        r"(?:maximum |fixed |allowed )*(?:message|mail|email) size"),
+        r"\b(?:message|mail|email) size (?:\S+ ){0,2}exceed", r"exceed(?:s|ed)? (?:the |our )?"
+        r"(?:maximum |fixed |allowed |incoming )*(?:message|mail|email) size"),
     *_p("mesgtoobig", "exchange", r"message too large for this recipient"),
     # RFC 1870 section 6.1: "552 message size exceeds fixed maximum message size", which
     # servers shorten and reorder ("Message exceeds maximum fixed size").
@@ -314,7 +315,9 @@ PHRASES: tuple[Phrase, ...] = (
     *_p("hostunknown", "qmail", r"couldn'?t find any host"),
     *_p("hostunknown", "exim", r"all relevant mx records point to non-existent hosts"),
     # === virusdetected =====================================================================
-    *_p("virusdetected", "spamassassin", r"\bvirus", r"\binfected\b", r"malware",
+    # "virus" as a word: product names (Trend Micro "InterScan VirusWall", McAfee
+    # "VirusScan") and headers (X-Virus-Scanned) appear in notices about any failure.
+    *_p("virusdetected", "spamassassin", r"\bvirus(?:es)?\b", r"\binfected\b", r"malware",
         r"\btrojan\b", r"\bworm\b", r"\bmalicious (?:content|code|attachment|software)"),
     # === spamdetected: the content was judged spam ========================================
     # IANA X.7.28 "mail flood"; amavisd-new "Message content rejected, UBE"; SpamAssassin
@@ -474,8 +477,8 @@ PHRASES: tuple[Phrase, ...] = (
     *_p("expired", "rfc3463",
         r"\b(?:delivery|message|envelope|queue)\b(?: \S+){0,2} (?:time )?(?:has )?timed out",
         r"\b(?:could not|couldn'?t|unable to|cannot|can'?t|not) (?:be )?(?:deliver(?:ed)?|send|"
-        r"sent)\b(?: \S+){0,4} for (?:the )?(?:last |past |more than )?\d+ (?:seconds|minutes|"
-        r"hours?|days?)",
+        r"sent)\b(?: \S+){0,4} (?:for|within) (?:the )?(?:last |past |more than )?\d+ "
+        r"(?:seconds|minutes|hours?|days?)",
         # (one concept: the sending MTA stopped retrying, said as giving up or as the count
         # of attempts that failed: qmail-remote "Giving up on <host>", DMA "giving up", Exchange
         # "has stopped trying", IMail "Delivery failed N attempts")
@@ -484,6 +487,11 @@ PHRASES: tuple[Phrase, ...] = (
         # (Haraka's outbound: "Too many failures (Tried all MXs)", its temp_fail_intervals
         # used up; not qmail's "I've given up", which every qmail-style notice says)
         r"\btoo many (?:failures|failed (?:attempts|deliveries)|delivery failures)\b",
+        # (the same, said as a limit: "Exceeded Maximum Delivery Attempts", "maximum
+        # retries reached": RFC 3463 X.4.7, the retry budget used up)
+        r"\b(?:exceeded|reached) (?:the )?max(?:imum)? (?:number of )?(?:delivery |retry |send )?"
+        r"(?:attempts|retries|tries)\b|\bmax(?:imum)? (?:delivery |retry )?(?:attempts|retries) "
+        r"(?:exceeded|reached)\b",
         r"\bwill (?:be )?retr(?:y|ied)\b", r"\bstill (?:undelivered|trying)\b",
         r"did not accept our requests to connect",
         # A server that never answered until the retry period ran out.

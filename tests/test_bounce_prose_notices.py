@@ -1,0 +1,113 @@
+"""Notices written as prose, with no report part: which address failed, and whether the
+notice is a warning. Small hand-written notices, one rule each (the corpus run is in
+test_bounce_mailman_corpus and test_bounce_real_mta)."""
+
+from __future__ import annotations
+
+from relay.bounces import BounceRecord, classify
+
+
+def notice(body: str, *, sender: str = "Mail Delivery System <MAILER-DAEMON@mx.example.org>",
+           subject: str = "Mail delivery failed", head: str = "") -> bytes:
+    return (f"From: {sender}\r\nTo: owner@sender.example\r\nSubject: {subject}\r\n{head}"
+            f"\r\n{body}").replace("\r\n", "\n").replace("\n", "\r\n").encode()
+
+
+def records(raw: bytes) -> list[BounceRecord]:
+    return [r for r in classify(raw) if r.kind in ("bounce", "delayed")]
+
+
+def test_an_address_in_single_quotes_is_the_address() -> None:
+    """"addressed to 'x@y'": the quote is the sentence's, not the local part's."""
+    raw = notice("This message was created automatically by mail delivery software.\n\n"
+                 "The following message, addressed to 'rcpt@example.net',\n"
+                 "failed because it has not been collected after 30 days\n")
+    assert [r.recipient for r in records(raw)] == ["rcpt@example.net"]
+
+
+def test_an_x400_smtp_attribute_is_the_address() -> None:
+    """Exchange 5.5 names a recipient by its X.400 address, the Internet address in the
+    domain-defined attribute ``dda:SMTP=x@y`` (RFC 2156 section 4.2.2)."""
+    raw = notice("Your message\n\n  To:      list@sender.example\n\n"
+                 "did not reach the following recipient(s):\n\n"
+                 "c=US;a= ;p=Acme;o=Nexus2;dda:SMTP=Rcpt@Example.NET; on Fri, 4 Oct 2002\n"
+                 "    The recipient name is not recognized\n",
+                 sender="System Administrator <postmaster@example.net>",
+                 subject="Undeliverable: hello")
+    assert [(r.recipient, r.hard) for r in records(raw)] == [("rcpt@example.net", True)]
+
+
+def test_an_undisclosed_address_fails_as_the_one_it_was_generated_from() -> None:
+    """Exim hides an address an alias led to ("an undisclosed address") and names the
+    address the sender wrote: "(generated from x@y)"."""
+    raw = notice("This message was created automatically by mail delivery software.\n\n"
+                 "A message that you sent could not be delivered to one or more of its\n"
+                 "recipients. This is a permanent error. The following address(es) failed:\n\n"
+                 "  an undisclosed address\n    (generated from rcpt@example.net)\n")
+    assert [r.recipient for r in records(raw)] == ["rcpt@example.net"]
+
+
+def test_a_list_digest_in_the_returned_message_is_not_the_notice() -> None:
+    """A notice without Content-Type (a single text part) returning a MIME message: the
+    delimiter lines are the returned message's, not a lost boundary of the notice, and
+    a report the returned message quotes is not this notice's report."""
+    returned = ("Received: from lists.sender.example by mx.example.net\n"
+                "From: list-request@sender.example\nTo: list@sender.example\n"
+                "Subject: List digest\nMIME-Version: 1.0\n"
+                'Content-Type: multipart/mixed; boundary="digest"\n\n'
+                "--digest\nContent-Type: text/plain\n\n"
+                "Send submissions to list@sender.example\n\n"
+                "--digest\nContent-Type: message/rfc822\n\n"
+                "From: MAILER-DAEMON@elsewhere.example\nSubject: Undelivered Mail\n"
+                "Content-Type: multipart/report; report-type=delivery-status; "
+                'boundary="r"\n\n--r\nContent-Type: message/delivery-status\n\n'
+                "Final-Recipient: rfc822; other@elsewhere.example\nAction: failed\n"
+                "Status: 5.1.1\n\n--r--\n\n--digest--\n")
+    raw = notice("This message was created automatically by mail delivery\n"
+                 "software. A message that you sent could not be delivered\n"
+                 "to all of its recipients.\n\n"
+                 "The following message, addressed to 'rcpt@example.net',\n"
+                 "failed because it has not been collected after 30 days\n\n"
+                 "---- START OF RETURNED MESSAGE ----\n" + returned,
+                 subject="Mail delivery failure")
+    assert [r.recipient for r in records(raw)] == ["rcpt@example.net"]
+
+
+def test_a_notice_that_lists_the_failed_message_s_to_names_its_recipient() -> None:
+    """qmail-style notices that list the failed message's Subject and To instead of
+    returning it: the To is the last resort when no sentence names the recipient."""
+    raw = notice("I'm afraid I wasn't able to deliver the following message.\n"
+                 "This is a permanent error; I've given up. Sorry it didn't work out.\n\n"
+                 "Subject: hello\nTo: rcpt@example.net\n\n"
+                 "---Below this line is a copy of the message.\n\nMessage removed\n",
+                 subject="failure notice")
+    assert [r.recipient for r in records(raw)] == ["rcpt@example.net"]
+
+
+def test_warning_banners_make_a_notice_a_delay() -> None:
+    """Exim's warning ("has not yet been delivered to one or more of its recipients") and
+    the banner of Postfix's and Sendmail's ("YOU DO NOT NEED TO RESEND YOUR MESSAGE")
+    are notice sentences: beside a mail-system sender, the notice is read, as a delay."""
+    for body in ("Your message to:\n\trcpt@example.net\n\nhas not yet been delivered "
+                 "because the recipient server did not respond.\n",
+                 "# THIS IS A WARNING ONLY.  YOU DO NOT NEED TO RESEND YOUR MESSAGE. #\n\n"
+                 "<rcpt@example.net>: connect to mx.example.net: Connection timed out\n"):
+        raw = notice(body, subject="Warning")
+        assert [(r.recipient, r.kind) for r in records(raw)] == [
+            ("rcpt@example.net", "delayed")], body
+
+
+def test_a_cause_written_once_before_a_list_speaks_for_every_address() -> None:
+    """Netscape Messaging Server writes the cause, then "The following recipients did not
+    receive your message:" before each address: the second address has the first's cause."""
+    raw = notice("This Message was undeliverable due to the following reason:\n\n"
+                 "Your message was not delivered within 2 days.\n"
+                 "Host example.net is not responding.\n\n"
+                 "The following recipients did not receive your message:\n\n"
+                 "     <one@example.net>\n\n"
+                 "The following recipients did not receive your message:\n\n"
+                 "     <two@example.net>\n",
+                 sender="Mail Administrator <Postmaster@mail.example.org>",
+                 subject="Delivery Notification: Delivery has failed")
+    assert [(r.recipient, r.reason) for r in records(raw)] == [
+        ("one@example.net", "expired"), ("two@example.net", "expired")]
