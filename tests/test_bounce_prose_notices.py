@@ -4,6 +4,8 @@ test_bounce_mailman_corpus and test_bounce_real_mta)."""
 
 from __future__ import annotations
 
+import pytest
+
 from relay.bounces import BounceRecord, classify
 
 
@@ -37,13 +39,15 @@ def test_an_x400_smtp_attribute_is_the_address() -> None:
     assert [(r.recipient, r.hard) for r in records(raw)] == [("rcpt@example.net", True)]
 
 
-def test_an_undisclosed_address_fails_as_the_one_it_was_generated_from() -> None:
+@pytest.mark.parametrize("parent", ["generated from", "ultimately generated from"])
+def test_an_undisclosed_address_fails_as_the_one_it_was_generated_from(parent: str) -> None:
     """Exim hides an address an alias led to ("an undisclosed address") and names the
-    address the sender wrote: "(generated from x@y)"."""
+    address the sender wrote: "(generated from x@y)", or "(ultimately generated from
+    x@y)" through several aliases."""
     raw = notice("This message was created automatically by mail delivery software.\n\n"
                  "A message that you sent could not be delivered to one or more of its\n"
                  "recipients. This is a permanent error. The following address(es) failed:\n\n"
-                 "  an undisclosed address\n    (generated from rcpt@example.net)\n")
+                 f"  an undisclosed address\n    ({parent} rcpt@example.net)\n")
     assert [r.recipient for r in records(raw)] == ["rcpt@example.net"]
 
 
@@ -111,3 +115,16 @@ def test_a_cause_written_once_before_a_list_speaks_for_every_address() -> None:
                  subject="Delivery Notification: Delivery has failed")
     assert [(r.recipient, r.reason) for r in records(raw)] == [
         ("one@example.net", "expired"), ("two@example.net", "expired")]
+
+
+def test_an_address_generated_through_several_aliases_is_one_recipient() -> None:
+    """Exim names the top of a chain of aliases "(ultimately generated from x@y)": the
+    failed address's alias, not a second recipient."""
+    raw = notice("This message was created automatically by mail delivery software.\n\n"
+                 "A message that you sent could not be delivered to one or more of its\n"
+                 "recipients. This is a permanent error. The following address(es) failed:\n\n"
+                 "  child@example.org\n    (ultimately generated from rcpt@example.net)\n"
+                 "    all hosts have been failing for a long time and were last tried "
+                 "after this message arrived\n")
+    assert [(r.recipient, r.alias, r.reason) for r in records(raw)] == [
+        ("child@example.org", "rcpt@example.net", "expired")]

@@ -150,6 +150,9 @@ def test_a_virus_product_s_name_is_no_virus_verdict() -> None:
 
 @pytest.mark.parametrize("text", [
     "550 rcpt@example.net is not a valid mailbox",
+    "550-rcpt@example.net is not an active address at this host",
+    "550 5.7.1 No mailbox found",
+    "550 ** No mail box available for this user **",
     "550 Not a valid recipient",
     "550 No mailbox by that name is currently available",
 ])
@@ -532,6 +535,36 @@ def test_a_refused_relay_is_norelaying_in_any_wording_and_beats_the_5_7_1_row() 
         "550 5.7.1 Recipient address rejected: no relaying",
         "550 5.7.1 We don't relay mail for that domain",
     ], status="5.7.1")
+    # MessageLabs' wording, with the same 5.7.1 beside it
+    assert reason_of("553-you are trying to use me [server-9.tower-181.messagelabs.com] as "
+                     "a relay, but I have not been configured to let you do this",
+                     reply="553", status="5.7.1") == "norelaying"
+
+
+def test_a_spam_filter_named_as_the_refuser_is_spamdetected_and_beats_the_5_7_1_row() -> None:
+    """Apache SpamAssassin and DSPAM are content filters: their refusal is a verdict on
+    the message; "spamming" is the same verdict as a verb."""
+    for text in ("550 5.7.1 Blocked by SpamAssassin",
+                 "553 5.7.3 CONTENT REJECT: dspam check: 4",
+                 "550 5.7.1 Spamming not allowed"):
+        assert reason_of(text, status="5.7.1", command="DATA") == "spamdetected", text
+
+
+def test_a_name_that_does_not_resolve_is_hostunknown() -> None:
+    """glibc's gai_strerror(EAI_NONAME), as Postfix passes it on for a host it looks up
+    directly; the transient EAI_AGAIN ("Temporary failure in name resolution") is not."""
+    assert reason_of("[dest.example.net]: Name or service not known", reply=None,
+                     command=None) == "hostunknown"
+    assert reason_of("[dest.example.net]: Temporary failure in name resolution", reply=None,
+                     command=None) != "hostunknown"
+
+
+def test_exim_s_long_failure_period_is_expired() -> None:
+    """Exim's texts for an address whose hosts failed past the retry rules' cutoff."""
+    for text in ("all hosts have been failing for a long time and were last tried after "
+                 "this message arrived",
+                 "retry time not reached for any host after a long failure period"):
+        assert reason_of(text, reply=None, command=None) == "expired", text
 
 
 def test_a_message_without_passing_authentication_is_authfailure_not_securityerror() -> None:

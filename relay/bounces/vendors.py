@@ -72,12 +72,13 @@ _FAILURE_CODE_RE = re.compile(
     r"|\bin reply to (?:the )?(?:rcpt|mail|data|end of data)", re.I)
 #: "(generated from x)" (Exim) and "(expanded from <x>)" (Postfix) name the address the
 #: failed one was redirected from: an alias of the recipient, not another recipient.
-_ALIAS_RE = re.compile(r"\((?:generated|expanded) from\s*<?$|\((?:generated|expanded) from\s*<?"
+_ALIAS_RE = re.compile(r"\((?:ultimately )?(?:generated|expanded) from\s*<?$|"
+                       r"\((?:ultimately )?(?:generated|expanded) from\s*<?"
                        r"[^()]*$", re.I)
 #: A line that only lists addresses ("a@x, b@y", "<a@x> <b@y>"): each one a recipient.
 _LIST_LINE_RE = re.compile(r"^[\s<>\"',;]*(?:[^\s<>\"',;@]+@[^\s<>\"',;@]+[\s<>\"',;]*)+$")
-_ALIAS_OF_RE = re.compile(r"\((?:generated|expanded) from\s*<?([^\s<>()]+@[^\s<>()]+?)>?\s*\)",
-                          re.I)
+_ALIAS_OF_RE = re.compile(
+    r"\((?:ultimately )?(?:generated|expanded) from\s*<?([^\s<>()]+@[^\s<>()]+?)>?\s*\)", re.I)
 _DELAY_RE = re.compile(
     r"\bdelay(?:ed)?\b|will (?:continue|keep) (?:trying|to try)|"
     r"could not (?:send|deliver) (?:message )?for (?:the )?past|not yet been delivered|"

@@ -142,6 +142,9 @@ PHRASES: tuple[Phrase, ...] = (
         r"|\b(?:unable|not permitted|not allowed|cannot|can'?t|(?:we )?do not|don'?t|will not|"
         r"won'?t) (?:to )?relay\b|\bno relaying\b"),
     *_p("norelaying", "qmail", r"allowed rcpthosts"),
+    # Symantec MessageLabs' 553: "you are trying to use me [server-N...] as a relay, but I
+    # have not been configured to let you do this".
+    *_p("norelaying", "messagelabs", r"\buse me\b(?: \S+){0,3} as a relay\b"),
     *_p("norelaying", "exchange", r"non-accepted domain"),
     # === authfailure: SPF, DKIM or DMARC failed ============================================
     # RFC 7372 X.7.20-X.7.26; RFC 7208 section 8.4 (SPF "fail" reject texts), RFC 7489.
@@ -195,8 +198,9 @@ PHRASES: tuple[Phrase, ...] = (
     # "no mailbox by that name" (RFC 5321 section 3.3 calls the check "verifying the
     # mailbox name"; qmail and vpopmail say "no mailbox here by that name").
     *_p("userunknown", "rfc3463",
-        r"\bnot an? (?:valid|known|existing|recogni[sz]ed|registered) (?:user|recipient|"
-        r"mail ?box|address|account|e-?mail address|user ?name)\b",
+        r"\bnot an? (?:valid|known|existing|recogni[sz]ed|registered|active) (?:user|"
+        r"recipient|mail ?box|address|account|e-?mail address|user ?name)\b",
+        r"\bno (?:such )?(?:mail ?box|user|account|recipient) (?:was )?(?:found|available)\b",
         r"\bno (?:such )?(?:mail ?box|user|account|recipient)\b(?: \S+){0,2} "
         r"(?:by|with) (?:that|this) name\b"),
     *_p("userunknown", "postfix", r"\bunknown in (?:local recipient|virtual mailbox|"
@@ -314,6 +318,9 @@ PHRASES: tuple[Phrase, ...] = (
         r"bad destination system address"),
     *_p("hostunknown", "qmail", r"couldn'?t find any host"),
     *_p("hostunknown", "exim", r"all relevant mx records point to non-existent hosts"),
+    # glibc's gai_strerror(EAI_NONAME), which Postfix passes on for a host it looks up
+    # directly ("[mx.example.net]: Name or service not known"): no such name.
+    *_p("hostunknown", "glibc", r"\bname or service not known\b"),
     # === virusdetected =====================================================================
     # "virus" as a word: product names (Trend Micro "InterScan VirusWall", McAfee
     # "VirusScan") and headers (X-Virus-Scanned) appear in notices about any failure.
@@ -331,6 +338,9 @@ PHRASES: tuple[Phrase, ...] = (
         r"\bub[ec]\b", r"\bbulk (?:e-?)?mail\b",
         r"\b(?:classified|identified|detected|flagged|scored|considered|marked) as "
         r"(?:spam|junk|bulk)"),
+    # A content filter named as the one that refused: Apache SpamAssassin, DSPAM; and
+    # "spamming" (the verdict as a verb).
+    *_p("spamdetected", "spamassassin", r"\bspam(?:assassin|ming)\b", r"\bdspam\b"),
     *_p("spamdetected", "dnsbl", r"\b(?:uribl|surbl|dbl)\b", r"blacklisted url",
         r"\burl\b(?: \S+){0,3} (?:black|block)listed"),
     *_p("spamdetected", "iana-esc", r"mail flood detected"),
@@ -487,6 +497,10 @@ PHRASES: tuple[Phrase, ...] = (
         # (Haraka's outbound: "Too many failures (Tried all MXs)", its temp_fail_intervals
         # used up; not qmail's "I've given up", which every qmail-style notice says)
         r"\btoo many (?:failures|failed (?:attempts|deliveries)|delivery failures)\b",
+        # (Exim's, for an address whose hosts have failed past the retry rules' cutoff:
+        # "retry time not reached for any host after a long failure period", "all hosts
+        # have been failing for a long time")
+        r"\bafter a long failure period\b|\bhave been failing for a long time\b",
         # (the same, said as a limit: "Exceeded Maximum Delivery Attempts", "maximum
         # retries reached": RFC 3463 X.4.7, the retry budget used up)
         r"\b(?:exceeded|reached) (?:the )?max(?:imum)? (?:number of )?(?:delivery |retry |send )?"

@@ -63,6 +63,8 @@ SOURCES: dict[str, str] = {
            "https://docs.aws.amazon.com/ses/latest/dg/notification-contents.html",
     "spamassassin": "Apache SpamAssassin / amavisd-new documentation "
                     "https://www.ijs.si/software/amavisd/",
+    "glibc": "GNU C Library manual, getaddrinfo error codes (gai_strerror: EAI_NONAME "
+             "\"Name or service not known\") https://www.gnu.org/software/libc/manual/",
     "dnsbl": "DNS block lists' published reject texts (Spamhaus, SpamCop, Barracuda, SORBS) "
              "https://www.spamhaus.org/faqs/",
     # --- providers' published error references -----------------------------------------
