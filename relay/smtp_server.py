@@ -367,6 +367,10 @@ class RelaySMTP(SmtpNames, SMTP):
     """
 
     implicit_tls = False
+    #: The prompts of AUTH LOGIN (draft-murchison-sasl-login section 2.1, the words every
+    #: server and client uses); aiosmtpd's own end in a NUL byte.
+    AuthLoginUsernameChallenge = "Username:"
+    AuthLoginPasswordChallenge = "Password:"
     #: Checks AUTH credentials; None: aiosmtpd's own ``authenticator`` argument does (or,
     #: without one, every AUTH fails).
     auth: Authenticator | None = None
@@ -566,6 +570,10 @@ class RelaySMTP(SmtpNames, SMTP):
                 self._reset_timeout(self._timeout_duration - silent)
                 return
             SMTP_LIMITS.labels("idle_time").inc()
+            # Said before the connection closes: the client_disconnected_* line that
+            # follows is the relay's closing, not the client hanging up.
+            log.info("idle_time_limit", client=handler.client_ip, seconds=round(silent, 1),
+                     txn=handler.txn.id if handler.txn is not None else None)
             handler.say(idle_time_over(self.hostname))
         super()._timeout_cb()
 
@@ -1506,15 +1514,20 @@ class Relay:
                 server = await loop.create_server(lambda: self._factory(False), host, port)
             self.servers.append(server)
             self.addresses.append(server.sockets[0].getsockname()[:2])
+        # A client silent during the TLS handshake is as idle as one silent after it
+        # (the event loop's own default is 60 s, whatever client_timeout says).
+        handshake = rc.client_timeout
         for i, addr in enumerate(rc.listen_tls):
             host, port = parse_hostport(addr, "relay.listen_tls")
             sock = self.listeners.take(f"relay.listen_tls[{i}]")
             if sock is not None:
                 server = await loop.create_server(lambda: self._factory(True), sock=sock,
-                                                  ssl=self.tls_context)
+                                                  ssl=self.tls_context,
+                                                  ssl_handshake_timeout=handshake)
             else:
                 server = await loop.create_server(lambda: self._factory(True), host, port,
-                                                  ssl=self.tls_context)
+                                                  ssl=self.tls_context,
+                                                  ssl_handshake_timeout=handshake)
             self.servers.append(server)
             self.tls_addresses.append(server.sockets[0].getsockname()[:2])
         if rc.reload_interval > 0 and self.credentials.watching:

@@ -212,6 +212,27 @@ async def test_idle_timeout_says_why(make_relay: MakeRelay, sink: Sink) -> None:
     assert limit_count("idle_time") == before + 1
 
 
+async def test_an_idle_timeout_is_logged_as_the_relay_s_closing(make_relay: MakeRelay,
+                                                                sink: Sink) -> None:
+    """The line that says the client was mid-transaction follows one that says why the
+    relay closed: an admin reading the log must not blame the client for hanging up."""
+    relay = await make_relay(relay={"client_timeout": 0.3})
+    with structlog.testing.capture_logs() as logs:
+        client = await Raw.open(relay_port(relay))
+        await client.reply()
+        await client.command("EHLO client.test")
+        await client.command("MAIL FROM:<a@example.com>")
+        await client.command("RCPT TO:<b@example.org>")
+        assert await client.reply() == "421 4.4.2 relay.test Idle timeout, closing connection"
+        assert await client.closed()
+        await until(lambda: any(e["event"] == "client_disconnected_mid_transaction"
+                                for e in logs))
+    events = [e["event"] for e in logs]
+    idle = next(e for e in logs if e["event"] == "idle_time_limit")
+    assert idle["client"] == "127.0.0.1" and idle["seconds"] >= 0.3 and idle["txn"]
+    assert events.index("idle_time_limit") < events.index("client_disconnected_mid_transaction")
+
+
 class GatedHandler:
     """An upstream that answers the final dot only when ``gate`` is set."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import ssl
 from pathlib import Path
 
@@ -118,6 +119,38 @@ async def test_implicit_tls_listener(make_relay: MakeRelay, sink: Sink, ca: trus
     await client.sendmail("a@example.com", ["b@example.org"], MSG)
     await client.quit()
     assert sink.received[0].data == MSG
+
+
+async def test_a_client_silent_in_the_tls_handshake_waits_client_timeout_not_a_minute(
+        make_relay: MakeRelay, sink: Sink, tls_files: dict[str, str]) -> None:
+    """A client that connects to the implicit-TLS port and says nothing (a Postfix
+    pointed at 465 without ``smtp_tls_wrappermode`` waits for a greeting) is closed
+    after ``client_timeout``, as one silent after STARTTLS is: the event loop's own
+    handshake limit is 60 s."""
+    relay = await make_relay(relay={**tls_files, "listen_tls": ["127.0.0.1:0"],
+                                    "client_timeout": 0.5})
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.tls_addresses[0][1])
+    # Closed by the relay well before the event loop's 60 s; the test's own bound is 30 s.
+    assert await asyncio.wait_for(reader.read(), 30) == b""
+    writer.close()
+
+
+async def test_auth_login_prompts_are_the_usual_words(
+        make_relay: MakeRelay, sink: Sink, ca: trustme.CA, tls_files: dict[str, str]) -> None:
+    """AUTH LOGIN's prompts are "Username:" and "Password:" (draft-murchison-sasl-login
+    section 2.1), base64 as RFC 4954 section 4 sends challenges; no NUL byte after them."""
+    relay = await make_relay(relay={**tls_files, "listen_tls": ["127.0.0.1:0"]})
+    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=relay.tls_addresses[0][1],
+                             use_tls=True, tls_context=client_ctx(ca))
+    await client.connect()
+    await client.ehlo()
+    first = await client.execute_command(b"AUTH", b"LOGIN")
+    assert (first.code, base64.b64decode(first.message)) == (334, b"Username:")
+    second = await client.execute_command(base64.b64encode(b"crm"))
+    assert (second.code, base64.b64decode(second.message)) == (334, b"Password:")
+    third = await client.execute_command(base64.b64encode(b"s3cret"))
+    assert third.code == 235
+    await client.quit()
 
 
 async def test_not_an_open_relay(make_relay: MakeRelay, sink: Sink) -> None:
