@@ -128,3 +128,15 @@ def test_an_address_generated_through_several_aliases_is_one_recipient() -> None
                  "after this message arrived\n")
     assert [(r.recipient, r.alias, r.reason) for r in records(raw)] == [
         ("child@example.org", "rcpt@example.net", "expired")]
+
+
+def test_a_quoted_message_id_is_no_recipient() -> None:
+    """Header lines of a message the notice quotes with ">" (RFC 3676 quoting) name its
+    parties and ids, never the failed recipient."""
+    raw = notice('Your message to "rcpt@example.net" has failed due to a full mailbox.\n\n'
+                 "> Message-Id: <4b64d9fd8f537_18e8@xenon.example.com>\n"
+                 "> Subject: hello\n",
+                 sender="Mail Delivery System <postmaster@example.net>",
+                 subject="Undeliverable mail")
+    assert [(r.recipient, r.reason) for r in records(raw)] == [
+        ("rcpt@example.net", "mailboxfull")]

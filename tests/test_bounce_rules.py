@@ -100,10 +100,22 @@ def test_every_code_of_a_subject_has_the_subject_s_row(code: str) -> None:
     "550 Recipient reached disk quota",
     "550 User has too many messages on the server",
     "550 ErrMsg=mail box space not enough, account=rcpt",
+    "552 Account(s) <rcpt@example.net> does not have enough space",
+    '"rcpt@example.net" has failed due to a full mailbox.',
 ])
 def test_full_mailbox_wordings_are_mailboxfull_and_soft(text: str) -> None:
     reason, hard, _by = classify_reply("550", None, text, "RCPT", "rcpt@example.net")
     assert (reason, hard) == ("mailboxfull", False)
+
+
+def test_a_used_up_quota_beats_the_message_size_code_servers_send_with_it() -> None:
+    """vpopmail answers a full maildir with X.2.3 (RFC 3463: "message length exceeds
+    administrative limit"), in words that say the mailbox's quota is used up."""
+    text = ("maildir delivery failed: Sorry, the user's maildir has overdrawn his diskspace "
+            "quota, please try again later.")
+    assert reason_of(text, status="5.2.3", command="DATA") == "mailboxfull"
+    assert reason_of("552 5.2.3 Message length exceeds administrative limit",
+                     status="5.2.3", command="DATA") == "exceedlimit"
 
 
 def test_a_sending_quota_or_a_full_system_is_not_a_full_mailbox() -> None:

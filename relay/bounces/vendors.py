@@ -40,7 +40,7 @@ _NOT_RECIPIENT_LOCAL = re.compile(
 _DAEMON_LOCAL = re.compile(r"^(?:mailer-?daemon|mail-daemon|double-bounce)$", re.I)
 #: Lines whose addresses are never the failed recipient (quoted headers, ids).
 _SKIP_LINE_RE = re.compile(
-    r"^[ \t]*(?:message-id|in-reply-to|references|return-path|from|sender|reply-to|"
+    r"^[ \t>]*(?:message-id|in-reply-to|references|return-path|from|sender|reply-to|"
     r"x-[\w-]+|dkim-signature|received|envelope-from|mail from|errors-to|"
     r"to|cc|bcc|subject|sent|date)[ \t]*:"
     r"|\benvelope-from\b|\bmail from:|\bfrom: ?<|\(?envelope-from"

@@ -82,8 +82,13 @@ PHRASES: tuple[Phrase, ...] = (
         r"\b(?:exceed(?:s|ed|ing)?|reached|over) (?:(?!(?:sending|send|relay|daily|hourly|"
         r"rate|outgoing|outbound|connections?)\b)\S+ ){0,2}"
         r"(?:disk |storage |mail ?box )?quota\b",
-        r"\b(?:mail ?box|inbox|mail ?folder|maildir|user|account|recipient)'?s? (?:\S+ ){0,2}"
-        r"(?:has |have )?(?:insufficient|not enough|no) (?:free |disk )?(?:storage|space)\b",
+        r"\b(?:mail ?box|inbox|mail ?folder|maildir|user|account|recipient)(?:'?s?|\(s\)) "
+        r"(?:\S+ ){0,3}(?:(?:has |have )?(?:insufficient|not enough|no)|(?:does|do) not have "
+        r"enough|(?:does|do)n'?t have enough) (?:free |disk )?(?:storage|space)\b",
+        # (the same said of the mailbox the other way round, and vpopmail's "the user's
+        # maildir has overdrawn his diskspace quota")
+        r"\b(?:a |the |recipient'?s? |user'?s? )full (?:mail ?box|inbox)\b",
+        r"\boverdrawn (?:\S+ ){0,2}(?:disk ?space |storage |mail ?box )?quota\b",
         r"\bmail ?box (?:storage |disk )?space (?:is )?(?:insufficient|not enough|used up)\b",
         r"\b(?:insufficient|not enough) (?:free |disk )?(?:storage|space) (?:\S+ ){0,2}"
         r"(?:mail ?box|inbox|user|recipient|account)\b",
@@ -608,6 +613,9 @@ VETOES: dict[str, tuple[str, ...]] = {
     # retries could have ended (Haraka writes 5.1.2 for every MX it could not reach).
     "hostunknown": ("networkerror", "notaccept", "expired"),
     "notaccept": ("userunknown",),
+    # RFC 3463 X.2.3 is a per-message size limit, which servers also send when the
+    # mailbox's quota is used up (vpopmail "maildir has overdrawn his diskspace quota").
+    "exceedlimit": ("mailboxfull",),
     # Sendmail answers a destination whose MX is null with X.7.27 (defined for the
     # sender's null MX) and "Host does not accept mail".
     "rejected": ("notaccept",),
