@@ -160,9 +160,13 @@ class StructlogHandler(logging.Handler):
                            client=client)
                 return
             fields: dict[str, Any] = {"logger": record.name}
+            peer = _smtp_peer(record)
             if client is not None:
                 event = "http_request_failed"
                 fields["client"] = client
+            elif peer is not None:
+                event, more = _smtp_event(record)
+                fields.update(client=peer, **more)
             else:
                 event = record.getMessage()
             if exc is not None and not _through_our_code(exc):
@@ -178,6 +182,39 @@ class StructlogHandler(logging.Handler):
 
 
 _BRIDGE = StructlogHandler()
+
+#: aiosmtpd's warnings about a session (``"%r unrecognised: %s"`` and the like), as
+#: events. What the client sent is never logged: after a refused AUTH, a client's
+#: credentials arrive as "commands" (base64 of a user name or password).
+_SMTP_EVENTS = {
+    "%r unrecognised: %s": "smtp_unrecognised_command",
+    "%r too many bogus commands": "smtp_too_many_unrecognised_commands",
+    "%r aborted AUTH with '*'": "smtp_auth_aborted",
+}
+
+
+def _smtp_peer(record: logging.LogRecord) -> str | None:
+    """The client of an aiosmtpd record that names its session's peer first."""
+    args = record.args
+    if record.name != "mail.log" or not isinstance(args, tuple) or not args \
+            or not isinstance(args[0], tuple) or not str(record.msg).startswith("%r"):
+        return None
+    return str(args[0][0]) if args[0] else ""
+
+
+def _smtp_event(record: logging.LogRecord) -> tuple[str, dict[str, Any]]:
+    event = _SMTP_EVENTS.get(str(record.msg))
+    assert isinstance(record.args, tuple)
+    if event == "smtp_unrecognised_command":
+        return event, {"length": len(str(record.args[1]))}
+    if event is not None:
+        return event, {}
+    # Any other line about a session (debug level: aiosmtpd's own trace of it), without
+    # the peer tuple in its text.
+    try:
+        return str(record.msg)[3:].strip() % record.args[1:], {}
+    except (TypeError, ValueError):
+        return str(record.msg)[3:].strip(), {}
 
 
 def route_aiohttp_logging(names: tuple[str, ...] = AIOHTTP_SERVER_LOGGERS) -> None:

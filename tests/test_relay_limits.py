@@ -5,6 +5,9 @@ recipients; each refusal's reply and its count in ``trackrelay_smtp_limits_total
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,6 +20,7 @@ from prometheus_client import REGISTRY
 from relay.smtp_server import Relay
 from tests.conftest import MakeRelay, Sink, relay_port
 from tests.smtp_client_support import Raw, until
+from tests.test_tracker_logs import json_log  # noqa: F401 (a fixture: JSON lines in a buffer)
 
 MSG = b"From: a@example.com\r\nTo: b@example.org\r\nSubject: t\r\n\r\nhello\r\n"
 
@@ -367,3 +371,23 @@ async def test_an_ipv6_listener_is_logged_with_its_address_in_brackets(
     await client.sendmail("a@example.com", ["b@example.org"], b"Subject: v6\r\n\r\nhi\r\n")
     await client.quit()
     assert len(sink.received) == 1
+
+
+async def test_an_unrecognised_command_is_logged_without_its_text(
+        make_relay: MakeRelay, sink: Sink, json_log: io.StringIO) -> None:  # noqa: F811
+    """aiosmtpd warns about each unrecognised command; the line is a structured event with
+    the client, and never the command itself: after a refused AUTH a client's next lines
+    are its base64 credentials (Go's net/smtp sends its password again)."""
+    relay = await make_relay()
+    secret = base64.b64encode(b"correct horse battery staple").decode()
+    client = await Raw.open(relay_port(relay))
+    await client.reply()
+    await client.command("EHLO client.test")
+    assert (await client.command(secret)).startswith("500")
+    await client.command("QUIT")
+    await until(lambda: "smtp_unrecognised_command" in json_log.getvalue())
+    events = [json.loads(line) for line in json_log.getvalue().splitlines() if line]
+    [event] = [e for e in events if e["event"] == "smtp_unrecognised_command"]
+    assert (event["client"], event["length"], event["logger"]) == (
+        "127.0.0.1", len(secret), "mail.log")
+    assert secret not in json_log.getvalue()
