@@ -1072,8 +1072,7 @@ class RelaySession(SmtpNames):
                 if self.conn is None:
                     self.conn = await upstream.acquire()
                 conn = self.conn
-                await conn.xforward(txn.forwarded_client or xforward.own_client(
-                    txn.client_ip, txn.client_port, txn.helo, self.esmtp))
+                await conn.xforward(self._client_attributes(txn))
                 parameters = upstream_mail_options(conn, txn, sender, options, utf8,
                                                    self.relay.config.relay.dsn)
                 if isinstance(parameters, Reply):
@@ -1326,8 +1325,13 @@ class RelaySession(SmtpNames):
             refused={r: rep for r, rep in result.failures() if r not in deferred},
             data=result.prepared, original=raw, modified=result.modified,
             client_reply=reply, utf8=result.utf8, reply=result.reply,
-            xforward=copy.forwarded_client or xforward.own_client(
-                copy.client_ip, copy.client_port, copy.helo, self.esmtp))
+            xforward=self._client_attributes(copy))
+
+    def _client_attributes(self, txn: Transaction) -> dict[str, str]:
+        """The XFORWARD attributes of ``txn``'s client: those a proxy in front forwarded,
+        else what the relay knows of its own client."""
+        return txn.forwarded_client or xforward.own_client(
+            txn.client_ip, txn.client_port, txn.helo, self.esmtp)
 
     async def _deliver_copy(self, copy: Transaction, raw: bytes,
                             utf8: bool) -> split.CopyResult:
