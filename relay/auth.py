@@ -26,6 +26,7 @@ import os
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import bcrypt
@@ -74,6 +75,14 @@ class ChecksBusy(Exception):
     """Every hashing thread is busy and the queue is full: answer 454 4.7.0."""
 
 
+class LockedOut(Exception):
+    """The address or name was locked out while the check waited for its turn."""
+
+    def __init__(self, by: str) -> None:
+        super().__init__(by)
+        self.by = by
+
+
 class PasswordChecker:
     """Checks a user name and password against the users file, off the event loop."""
 
@@ -87,6 +96,9 @@ class PasswordChecker:
                                         thread_name_prefix="trackrelay-auth",
                                         initializer=_lower_priority)
         self._capacity = max_concurrent + max_waiting
+        #: Turns at the hashing threads: a check waits here, not in the pool's own queue,
+        #: so whether it may still run is decided when its turn comes.
+        self._turns = asyncio.Semaphore(max_concurrent)
         #: Checks running or queued in the pool.
         self.pending = 0
 
@@ -107,8 +119,12 @@ class PasswordChecker:
         return hmac.new(self._key, user.encode() + b"\0" + password + b"\0" + hashed,
                         hashlib.sha256).digest()
 
-    async def check(self, user: str, password: bytes) -> bool:
-        """Whether ``password`` is ``user``'s; raises ChecksBusy when the pool is full."""
+    async def check(self, user: str, password: bytes,
+                    locked: Callable[[], str | None] | None = None) -> bool:
+        """Whether ``password`` is ``user``'s; raises ChecksBusy when the pool is full,
+        and LockedOut when ``locked`` names a lock-out once the check's turn comes (a
+        guesser's queued checks, the right password among them, are not run after the
+        lock-out their predecessors caused)."""
         password = password[:BCRYPT_MAX_PASSWORD]
         hashed = self.users.get(user)
         if hashed is not None:
@@ -120,9 +136,13 @@ class PasswordChecker:
         self.pending += 1
         AUTH_CHECKS.inc()
         try:
-            ok = await asyncio.get_running_loop().run_in_executor(
-                self._pool, _checkpw, password,
-                self.dummy_hash if hashed is None else hashed)
+            async with self._turns:
+                by = locked() if locked is not None else None
+                if by is not None:
+                    raise LockedOut(by)
+                ok = await asyncio.get_running_loop().run_in_executor(
+                    self._pool, _checkpw, password,
+                    self.dummy_hash if hashed is None else hashed)
         finally:
             self.pending -= 1
             AUTH_CHECKS.dec()
@@ -193,15 +213,10 @@ class Authenticator:
         user = credentials.login.decode("utf-8", "replace")
         locked = self.throttle.locked(client_ip, user)
         if locked is not None:
-            # Held back as long as the longest failure delay: a locked-out guesser that
-            # kept asking would otherwise get hundreds of instant answers a second.
-            delay = self.throttle.settings.failure_delay_max
-            AUTH_ATTEMPTS.labels("locked").inc()
-            log.warning("auth_refused_locked_out", user=user, client=client_ip, by=locked,
-                        mechanism=mechanism, delay=delay)
+            result, delay = self._locked_out(client_ip, user, mechanism, locked)
             if delay > 0:
                 await asyncio.sleep(delay)
-            return AuthResult(success=False, handled=False, message=str(AUTH_LOCKED))
+            return result
         # Shielded: a client that hangs up while its password is checked still has the
         # failure counted (else hanging up would be a way round the lock-out).
         task = asyncio.get_running_loop().create_task(
@@ -213,11 +228,25 @@ class Authenticator:
             await asyncio.sleep(delay)
         return result
 
+    def _locked_out(self, client_ip: str, user: str, mechanism: str,
+                    by: str) -> tuple[AuthResult, float]:
+        """The answer to AUTH from or for a locked-out address or name, held back as long
+        as the longest failure delay: a locked-out guesser that kept asking would
+        otherwise get hundreds of instant answers a second."""
+        delay = self.throttle.settings.failure_delay_max
+        AUTH_ATTEMPTS.labels("locked").inc()
+        log.warning("auth_refused_locked_out", user=user, client=client_ip, by=by,
+                    mechanism=mechanism, delay=delay)
+        return AuthResult(success=False, handled=False, message=str(AUTH_LOCKED)), delay
+
     async def _verify(self, client_ip: str, user: str, mechanism: str,
                       password: bytes) -> tuple[AuthResult, float]:
         """The check and its accounting; the answer and how long to hold it back."""
         try:
-            ok = await self.checker.check(user, password)
+            ok = await self.checker.check(
+                user, password, lambda: self.throttle.locked(client_ip, user))
+        except LockedOut as exc:
+            return self._locked_out(client_ip, user, mechanism, exc.by)
         except ChecksBusy:
             AUTH_ATTEMPTS.labels("busy").inc()
             log.warning("auth_refused_busy", user=user, client=client_ip,

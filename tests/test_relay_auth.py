@@ -177,6 +177,40 @@ async def test_lockout_per_address_then_expiry(make_relay: MakeRelay, sink: Sink
     assert len(sink.received) == 1
 
 
+async def test_checks_queued_before_a_lockout_are_not_run_after_it(
+        make_relay: MakeRelay, sink: Sink, ca: trustme.CA, tmp_path: Path) -> None:
+    """A guesser sends its guesses on parallel connections, the right password last.
+    They queue for the one hashing thread; once the lock-out comes, the checks still
+    waiting are answered 454 4.7.0 without a check, the right password among them."""
+    relay = await make_relay(relay={
+        **tls_settings(ca, tmp_path, {"crm": "s3cret"}, rounds=10),
+        "auth_lockout_failures": 3, "auth_lockout_seconds": 60.0,
+        "auth_max_concurrent": 1, "auth_max_waiting": 16})
+    assert relay.authenticator is not None
+    checker = relay.authenticator.checker
+    hashes = "trackrelay_auth_check_seconds_count"
+    before = sample(hashes)
+    clients = [await connect(relay, ca) for _ in range(7)]
+    guesses = [asyncio.ensure_future(_auth_reply(c, "crm", "wrong")) for c in clients[:6]]
+    await until(lambda: checker.pending == 6)  # all queued: the lock-out is still to come
+    right = asyncio.ensure_future(_auth_reply(clients[6], "crm", "s3cret"))
+    await until(lambda: checker.pending == 7)
+    codes = [code for code, _ in await asyncio.gather(*guesses)]
+    assert (await right)[0] == 454
+    assert sorted(codes) == [454, 454, 454, 535, 535, 535]
+    assert sample(hashes) == before + 3  # no password checked after the lock-out
+    for client in clients:
+        client.close()
+
+
+async def _auth_reply(client: aiosmtplib.SMTP, user: str, password: str) -> tuple[int, str]:
+    try:
+        reply = await client.auth_plain(user, password)
+    except aiosmtplib.SMTPAuthenticationError as exc:
+        return exc.code, exc.message
+    return reply.code, reply.message
+
+
 async def test_failure_answers_are_held_back_longer_each_time(
         make_relay: MakeRelay, ca: trustme.CA, tmp_path: Path) -> None:
     relay = await make_relay(relay={
