@@ -10,6 +10,11 @@ size and at four times it (growth: about 4 if the scan is linear, 16 if quadrati
 compared with the same scanner on ordinary HTML of the same length (corpus templates
 repeated) and with lxml parsing the hostile input.
 
+Folded fields: one header field of a message (``relay.message.header_fields``, which
+the relay runs on every message) and one ``Diagnostic-Code`` of a DSN
+(``relay.bounces.dsn.parse_fields``, which the bounce listener runs on every report)
+folded over 100,000 continuation lines and over four times as many.
+
 Bounce: a corpus Exim bounce whose returned message (quoted at its end) is grown to
 about 23 MB, classified with ``relay.bounces.classify`` (which must still find the
 record ``expected.jsonl`` gives), against the standard library's ``email`` parser
@@ -38,6 +43,8 @@ import lxml.etree
 from corpus import CORPUS
 
 from relay.bounces import classify
+from relay.bounces.dsn import parse_fields
+from relay.message import header_fields
 from relay.rewrite.html_scan import scan_html
 
 HTML = CORPUS / "html"
@@ -110,6 +117,19 @@ def main() -> None:
               f"{growth:7.2f} {plain_s * 1e3:12.1f} {ratio:6.2f} {lxml_s * 1e3:8.1f}")
     print(f"worst growth for 4x the input: {worst_growth:.2f} (linear: 4; quadratic: 16); "
           f"worst ratio to ordinary HTML of the same length: {worst_ratio:.2f}")
+
+    print()
+    folded = {
+        "header field, relay.message.header_fields": lambda n: partial(
+            header_fields, b"Subject: x\r\n" + b" y\r\n" * n + b"From: a@example.com\r\n"),
+        "Diagnostic-Code, relay.bounces.dsn.parse_fields": lambda n: partial(
+            parse_fields, "Final-Recipient: rfc822; a@example.net\nStatus: 5.1.1\n"
+            "Diagnostic-Code: smtp; 550\n" + " x\n" * n),
+    }
+    for name, make in folded.items():
+        one, four = best(make(100_000), args.rounds), best(make(400_000), args.rounds)
+        print(f"{name}, folded over 100,000 lines: {one * 1e3:.1f} ms, over 400,000: "
+              f"{four * 1e3:.1f} ms, growth {four / one:.2f} (linear: 4; quadratic: 16)")
 
     bounce = (BOUNCES / BOUNCE_FILE).read_bytes()
     rows = [json.loads(line) for line in (BOUNCES / "expected.jsonl").read_text().splitlines()]

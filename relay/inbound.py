@@ -56,6 +56,8 @@ Message bodies are never logged.
 
 from __future__ import annotations
 
+import email
+import email.policy
 import hashlib
 import re
 import time
@@ -280,6 +282,22 @@ def find_tokens(app: App, headers: Any, envelope_rcpts: list[str]) -> list[Addre
 # --- classification -------------------------------------------------------------------
 
 
+def _parse(raw: bytes) -> Message | None:
+    """``raw`` parsed, or None when its MIME parts nest deeper than the standard
+    library's recursive parser follows (thousands of levels: RecursionError)."""
+    try:
+        return parse_message(raw)
+    except RecursionError:
+        return None
+
+
+def _header_block(raw: bytes) -> Message:
+    """Only the header fields of a message that cannot be parsed whole: the VERP and
+    unsubscribe tokens are read from them all the same."""
+    head, _sep, _body = split_message(raw)
+    return email.message_from_bytes(head + b"\r\n\r\n", policy=email.policy.compat32)
+
+
 async def classify(app: App, raw: bytes, message: Message | None = None,
                    notes: list[ReadPartly] | None = None) -> list[Any]:
     """``relay.bounces.classify`` and then the plugins' ``trackrelay_classify_bounce``.
@@ -301,7 +319,8 @@ async def classify(app: App, raw: bytes, message: Message | None = None,
     names = set(spec.argnames) if spec is not None else set()
     offered: dict[str, Any] = {"raw": raw, "records": records, "app": app}
     if "message" in names:  # the parsed message, as relay.bounces.classify's hook gets it
-        offered["message"] = message if message is not None else parse_message(raw)
+        offered["message"] = message if message is not None else (
+            _parse(raw) or _header_block(raw))
     kwargs = {k: v for k, v in offered.items() if k in names}
     # A plugin that raises, or answers anything but a list of BounceRecord, is logged
     # and counted, and the built-in records stand: a broken plugin must not have every
@@ -562,12 +581,13 @@ async def process(app: App, raw: bytes, *, envelope_rcpts: list[str] | None = No
     if store is None:
         raise RuntimeError("the store is not open")
     # parsed once: its headers for the tokens here, the whole for the classifier
-    headers = parse_message(raw)
+    parsed = _parse(raw)
+    headers = parsed if parsed is not None else _header_block(raw)
     tokens = find_tokens(app, headers, list(envelope_rcpts or []))
     verp = [t for t in tokens if t.kind == "bounce"]
     unsubscribes = [t for t in tokens if t.kind == "unsubscribe"]
     notes: list[ReadPartly] = []
-    records = await classify(app, raw, headers, notes)
+    records = await classify(app, raw, parsed, notes)
     result = IntakeResult(kind="ignored", records=len(records),
                           problems=[f"{n.code}: {n.text}" for n in notes])
     for note in notes:

@@ -190,3 +190,24 @@ def test_classify_command_exit_code_and_config_limit(tmp_path: Path) -> None:
     lines = proc.stderr.splitlines()
     assert len(lines) == 2 and "too_large" in lines[0] and "empty" in lines[1]
     assert proc.stdout == ""
+
+
+def test_a_diagnostic_folded_over_many_lines_is_read_whole() -> None:
+    """A Diagnostic-Code folded over 20,000 continuation lines (the bounce listener takes
+    reports from anyone) is one value, its words all read (bench/hostile_inputs.py
+    times it, linear, at 100,000 and 400,000 lines)."""
+    from relay.bounces.dsn import parse_fields
+    text = ("Final-Recipient: rfc822; gone@example.net\nAction: failed\nStatus: 5.0.0\n"
+            "Diagnostic-Code: smtp; 550" + "\n padding" * 20_000 + "\n user unknown\n")
+    [record] = parse_fields(text).recipients
+    assert record.recipient == "gone@example.net"
+    assert record.diagnostic.endswith("padding user unknown")
+    assert record.diagnostic.count("padding") == 20_000
+
+
+def test_a_header_field_folded_over_many_lines_is_one_field() -> None:
+    from relay.message import header_fields
+    block = b"Subject: x\r\n" + b" y\r\n" * 20_000 + b"From: a@example.com\r\n"
+    fields = header_fields(block)
+    assert [f[:8] for f in fields] == [b"Subject:", b"From: a@"]
+    assert fields[0] == b"Subject: x\r\n" + b" y\r\n" * 20_000

@@ -348,3 +348,21 @@ async def test_the_bounce_listener_refuses_a_line_over_the_limit(make_stack: Mak
     assert info.value.message.startswith("5.6.0 Message refused: a line is longer than 2000")
     _errors, reply = await stack.deliver_bounce("", [f"postmaster@{BOUNCE_DOMAIN}"], raw)
     assert "OK" in reply
+
+
+async def test_mime_nested_past_the_parser_is_taken_in_and_says_why(make_stack: MakeStack
+                                                                    ) -> None:
+    """A report whose message/rfc822 parts nest a thousand levels deep (deeper than the
+    standard library's recursive parser follows) gives no record, and the intake says
+    why (``problems``), by the API and by the bounce listener alike; it is not a
+    temporary failure the sender would retry for days."""
+    stack = await make_stack()
+    raw = (b"From: MAILER-DAEMON@mx.remote.test\r\nTo: bounces@" + BOUNCE_DOMAIN.encode()
+           + b"\r\nSubject: Undelivered Mail\r\nMIME-Version: 1.0\r\n"
+           + b"Content-Type: message/rfc822\r\n\r\n" * 1000 + b"Subject: x\r\n\r\nhello\r\n")
+    status, body = await inbound(stack, raw)
+    assert status == 200, body
+    assert body["kind"] == "ignored" and body["events"] == []
+    assert any(p.startswith("nesting:") for p in body["problems"]), body
+    _errors, reply = await stack.deliver_bounce("", [f"postmaster@{BOUNCE_DOMAIN}"], raw)
+    assert reply.startswith("2.0.0 OK"), reply

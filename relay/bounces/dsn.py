@@ -80,13 +80,16 @@ def parse_fields(text: str) -> DsnReport:
     current: DsnRecipient | None = None
     lines = text.splitlines()
     # Join folded continuation lines of the fields we read, so regexes see whole values.
-    joined: list[str] = []
+    # Each field's pieces are gathered and joined once (adding to a list's last string
+    # copies it each time: quadratic in a field folded over a million lines).
+    pieces: list[list[str]] = []
     for line in lines:
-        if line[:1] in (" ", "\t") and joined and ":" in joined[-1][:30] \
+        if line[:1] in (" ", "\t") and pieces and ":" in pieces[-1][0][:30] \
                 and not _FIELD_RE.match(line):
-            joined[-1] += " " + line.strip()
+            pieces[-1].append(line.strip())
         else:
-            joined.append(line)
+            pieces.append([line])
+    joined = [" ".join(p) if len(p) > 1 else p[0] for p in pieces]
     for line in joined:
         m = _FIELD_RE.match(line)
         if not m:
