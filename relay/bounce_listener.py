@@ -35,9 +35,11 @@ from relay.config import parse_hostport
 from relay.inbound import InboundError, process
 from relay.listeners import Listeners, host_port
 from relay.logs import get_logger, summary
+from relay.metrics import SMTP_LIMITS
 from relay.records import Reply
 from relay.rewrite.mime import line_over
-from relay.smtp_server import RelaySMTP, SmtpNames, line_too_long
+from relay.smtp_limits import ConnectionLimits, session_time_over
+from relay.smtp_server import ConnectionHandler, RelaySMTP, line_too_long, write_unprompted
 
 log = get_logger("relay.bounce_listener")
 
@@ -46,26 +48,56 @@ TEMPFAIL = Reply(451, "4.3.0", "Temporary local problem, try again later")
 SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, try again later")
 
 
-class BounceHandler(SmtpNames):
-    """aiosmtpd handler: mail for the bounce domain in, everything else refused."""
+class BounceHandler(ConnectionHandler):
+    """aiosmtpd handler (one per connection): mail for the bounce domain in, everything
+    else refused."""
 
     def __init__(self, listener: BounceListener) -> None:
         self.listener = listener
         self.app = listener.app
         self.domain = listener.app.config.bounces.bounce_domain.lower()
-        self.trusted = tuple(ipaddress.ip_network(n, strict=False)
-                             for n in listener.app.config.bounces.trusted_networks)
+        self.trusted = listener.trusted
+        self.protocol: RelaySMTP | None = None
+        self.client_ip = ""
+        self.admitted = False
+        self._expiry: asyncio.TimerHandle | None = None
+
+    # --- limits: the relay's, counted apart (the listener is a public MX) ----------------
+
+    def admit_connection(self, peername: Any) -> Reply | None:
+        ip = str(peername[0]) if isinstance(peername, tuple) else str(peername)
+        rc = self.app.config.relay
+        refusal = self.listener.limits.admit(ip, self.listener.hostname)
+        if refusal is not None:
+            log.warning("bounce_connection_refused", client=ip, reply=str(refusal))
+            return refusal
+        self.client_ip, self.admitted = ip, True
+        self._expiry = asyncio.get_running_loop().call_later(rc.session_timeout,
+                                                             self._session_expired)
+        return None
+
+    def _session_expired(self) -> None:
+        self._expiry = None
+        SMTP_LIMITS.labels("session_time").inc()
+        log.info("bounce_session_time_limit", client=self.client_ip,
+                 seconds=self.app.config.relay.session_timeout)
+        proto = self.protocol
+        if proto is not None and proto.transport is not None:
+            write_unprompted(proto.transport, session_time_over(self.listener.hostname))
+            proto.transport.close()
+
+    def client_gone(self) -> None:
+        if self.admitted:
+            self.admitted = False
+            self.listener.limits.release(self.client_ip)
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
 
     def trusted_peer(self, session: Session) -> bool:
         """Whether the connection comes from ``bounces.trusted_networks``."""
         peer: Any = session.peer
-        try:
-            addr = ipaddress.ip_address(peer[0] if isinstance(peer, tuple) else peer)
-        except (ValueError, TypeError, IndexError):
-            return False  # a Unix socket or no peer: not a host anyone listed
-        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
-            addr = addr.ipv4_mapped
-        return any(addr in net for net in self.trusted)
+        return self.listener.is_trusted(peer[0] if isinstance(peer, tuple) else peer)
 
     def _ours(self, address: str) -> bool:
         local, at, domain = address.strip().strip("<>").rpartition("@")
@@ -134,6 +166,23 @@ class BounceListener:
         self.busy = 0
         #: Sockets inherited from the supervisor (relay.workers); empty in one process.
         self.listeners = Listeners()
+        b, rc = app.config.bounces, app.config.relay
+        self.hostname = b.hostname or rc.hostname
+        self.trusted = tuple(ipaddress.ip_network(n, strict=False) for n in b.trusted_networks)
+        #: The relay's connection limits (``relay.max_connections``, ``_per_ip``), counted
+        #: apart from the relay's own clients; ``bounces.trusted_networks`` are spared
+        #: the per-address one.
+        self.limits = ConnectionLimits(rc.max_connections, rc.max_connections_per_ip,
+                                       exempt=self.is_trusted)
+
+    def is_trusted(self, ip: object) -> bool:
+        try:
+            addr = ipaddress.ip_address(str(ip))
+        except ValueError:
+            return False  # a Unix socket or no peer: not a host anyone listed
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+            addr = addr.ipv4_mapped
+        return any(addr in net for net in self.trusted)
 
     @property
     def enabled(self) -> bool:
@@ -142,19 +191,21 @@ class BounceListener:
 
     def _factory(self) -> RelaySMTP:
         b, rc = self.config.bounces, self.config.relay
+        handler = BounceHandler(self)
         proto = RelaySMTP(
-            BounceHandler(self),
+            handler,
             max_line_length=rc.max_line_length,  # bounces quote real mail, long lines too
             # aiosmtpd refuses a bigger DATA itself (552) without buffering it all.
             data_size_limit=b.max_message_size,
             enable_SMTPUTF8=True,
             decode_data=False,
-            hostname=b.hostname or rc.hostname,
+            hostname=self.hostname,
             ident="trackrelay bounces",
             timeout=rc.client_timeout,
             max_commands=rc.max_commands,
             max_errors=rc.max_errors,
         )
+        handler.protocol = proto
         self.protocols.add(proto)
         return proto
 

@@ -350,6 +350,19 @@ class SmtpNames:
         return list(names)
 
 
+class ConnectionHandler(SmtpNames):
+    """An aiosmtpd handler told of its connection's start and end (one per connection):
+    ``admit_connection`` may turn the client away with a ``421`` greeting (the relay's
+    and the bounce listener's connection limits), ``client_gone`` is called when the
+    connection is lost."""
+
+    def admit_connection(self, peername: Any) -> Reply | None:
+        return None
+
+    def client_gone(self) -> None:
+        return None
+
+
 class RelaySMTP(SmtpNames, SMTP):
     """aiosmtpd's protocol with enhanced status codes, implicit TLS and lost-connection news.
 
@@ -507,7 +520,7 @@ class RelaySMTP(SmtpNames, SMTP):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         handler = self.event_handler
-        if self.transport is None and isinstance(handler, RelaySession):
+        if self.transport is None and isinstance(handler, ConnectionHandler):
             refusal = handler.admit_connection(transport.get_extra_info("peername"))
             if refusal is not None:
                 # Turned away before aiosmtpd starts the session: the greeting is the 421.
@@ -716,7 +729,7 @@ class RelaySMTP(SmtpNames, SMTP):
         handler = self.event_handler
         if not self._refused:
             super().connection_lost(error)
-        if isinstance(handler, RelaySession):
+        if isinstance(handler, ConnectionHandler):
             handler.client_gone()
 
     def eof_received(self) -> bool | None:
@@ -725,7 +738,7 @@ class RelaySMTP(SmtpNames, SMTP):
         return super().eof_received()
 
 
-class RelaySession(SmtpNames):
+class RelaySession(ConnectionHandler):
     """The aiosmtpd handler for one client connection (one per connection: it has state)."""
 
     def __init__(self, relay: Relay) -> None:

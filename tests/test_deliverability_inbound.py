@@ -366,3 +366,45 @@ async def test_mime_nested_past_the_parser_is_taken_in_and_says_why(make_stack: 
     assert any(p.startswith("nesting:") for p in body["problems"]), body
     _errors, reply = await stack.deliver_bounce("", [f"postmaster@{BOUNCE_DOMAIN}"], raw)
     assert reply.startswith("2.0.0 OK"), reply
+
+
+async def test_the_bounce_listener_holds_the_relay_s_connection_limits(
+        make_stack: MakeStack) -> None:
+    """The listener is a public MX: connections from one address are capped at
+    ``relay.max_connections_per_ip``, counted apart from the relay's own clients, and a
+    session ends at ``relay.session_timeout``."""
+    stack = await make_stack(relay={"max_connections_per_ip": 2, "session_timeout": 1.5})
+    conns = []
+    for _ in range(3):
+        reader, writer = await asyncio.open_connection("127.0.0.1", stack.bounce_port)
+        conns.append((reader, writer, (await asyncio.wait_for(reader.readline(), 10)).decode()))
+    assert [c[2][:3] for c in conns] == ["220", "220", "421"]
+    assert conns[2][2].startswith("421 4.7.0 ") and "Too many connections" in conns[2][2]
+    # The relay's own clients are counted apart.
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.relay_port)
+    assert (await asyncio.wait_for(reader.readline(), 10)).startswith(b"220")
+    writer.close()
+    # A connection that ends frees its place.
+    conns[0][1].close()
+    await asyncio.sleep(0.2)
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.bounce_port)
+    assert (await asyncio.wait_for(reader.readline(), 10)).startswith(b"220")
+    # And a session ends when its time is up, however busy.
+    ended = (await asyncio.wait_for(conns[1][0].readline(), 10)).decode()
+    assert ended.startswith("421 4.4.2 ") and "Session time limit" in ended
+    for _r, w, _g in conns[1:]:
+        w.close()
+    writer.close()
+
+
+async def test_trusted_networks_are_spared_the_bounce_listener_s_per_address_cap(
+        make_stack: MakeStack) -> None:
+    stack = await make_stack(relay={"max_connections_per_ip": 1},
+                             bounces={"trusted_networks": ["127.0.0.0/8"]})
+    writers = []
+    for _ in range(3):
+        reader, writer = await asyncio.open_connection("127.0.0.1", stack.bounce_port)
+        assert (await asyncio.wait_for(reader.readline(), 10)).startswith(b"220")
+        writers.append(writer)
+    for writer in writers:
+        writer.close()
