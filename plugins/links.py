@@ -247,9 +247,22 @@ def trackrelay_edit_html(context: RewriteContext, part: HtmlPart) -> None:
         if reason is not None:
             context.skip_link(reason)
             continue
+        if _over_limit(context):
+            continue
         if not url.isascii():  # the stored target: the query as the browser sends it
             url = query_in_encoding(url, part.charset)
         part.set_attr(href, context.track_link(url, text), owner=NAME)
+
+
+def _over_limit(context: RewriteContext) -> bool:
+    """``tracking.max_links`` links are tracked already: the rest are left as written
+    and counted ``over_limit`` (a message of a million links would otherwise cost a
+    million tokens, stored links and database rows)."""
+    limit = context.app.config.tracking.max_links
+    if limit and len(context.links) >= limit:
+        context.skip_link("over_limit")
+        return True
+    return False
 
 
 def _param(leaf: TextPart, name: str) -> str:
@@ -358,5 +371,7 @@ def trackrelay_edit_text(context: RewriteContext, part: PlainTextPart) -> None:
         reason = skip_reason(url, context)
         if reason is not None:
             context.skip_link(reason)
+            continue
+        if _over_limit(context):
             continue
         part.replace(m.start(), m.start() + len(url), context.track_link(url), owner=NAME)

@@ -231,6 +231,9 @@ class TrackingConfig:
     split_fallback: Literal["skip", "shared"] = "skip"
     #: Also route http(s) URLs in text/plain parts through the tracker.
     rewrite_text_links: bool = False
+    #: Links tracked per message at most; later ones are left as written (``over_limit``).
+    #: Each costs a signed token, a stored link and a database row; 0: no limit.
+    max_links: int = 1000
     #: Keep the Subject in the sent record (false: leave it out, for privacy).
     record_subject: bool = True
     #: Defaults per sender, header From, recipient domain or campaign, first match wins.
@@ -907,6 +910,9 @@ def validate(config: Config) -> None:
                           f"720, got {config.http.dashboard_session_hours}")
     config.http.derive_base_url()
     validate_http_limits(config.http)
+    if config.tracking.max_links < 0:
+        raise ConfigError("tracking.max_links: must be 0 (no limit) or more, got "
+                          f"{config.tracking.max_links}")
     if config.tracking.split_max_recipients < 2:
         raise ConfigError("tracking.split_max_recipients: must be 2 or more, got "
                           f"{config.tracking.split_max_recipients}")

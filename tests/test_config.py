@@ -29,6 +29,7 @@ def test_example_config_loads_with_capture_upstream() -> None:
     ({"relay": {"listen": ["127.0.0.1:99999"]}}, "relay.listen[0]: port must be"),
     ({"relay": {"listen": ["127.0.0.1:\u00b2\u00b3"]}}, "relay.listen[0]: port must be"),
     ({"relay": {"max_recipients": 0}}, "relay.max_recipients: must be positive"),
+    ({"tracking": {"max_links": -1}}, "tracking.max_links: must be 0 (no limit) or more"),
     ({"relay": {"allowed_networks": ["nonsense"]}}, "relay.allowed_networks[0]: not a network"),
     ({"relay": {"listen_tls": ["0.0.0.0:465"]}}, "relay.tls_cert:"),
     ({"relay": {"users_file": "/nonexistent/users"}}, "relay.users_file: no such file"),

@@ -518,3 +518,29 @@ async def test_flowed_delsp_url_that_goes_on_after_a_soft_break_is_left_alone() 
         assert len(ctx.links) == 6 and not skipped(ctx), params
         assert ctx.links[0].url == "https://www.example.com/very/long/path/segment/that/" \
             "keeps/go"
+
+
+
+@pytest.mark.parametrize("cte", CTES)
+async def test_links_past_tracking_max_links_are_left_as_written(cte: str) -> None:
+    """``tracking.max_links`` links of a message are tracked, in order; the rest are left
+    as written and counted ``over_limit`` (a message of a million links would cost a
+    million tokens, stored links and rows). Links skipped for their own reason keep it."""
+    app = make_app(max_links=3)
+    html = ("<html><body>" + "".join(
+        f'<a href="https://x.example/h{i}">h{i}</a>\n' for i in range(5))
+        + '<a href="mailto:a@x.example">m</a></body></html>\n')
+    raw = html_only(html, cte)
+    out, ctx = await rewrite(app, raw)
+    assert urls(ctx) == ["https://x.example/h0", "https://x.example/h1",
+                         "https://x.example/h2"]
+    assert skipped(ctx) == Counter(over_limit=2, mailto=1)
+    check(raw, out, app, ctx, {"text/html": tuple(urls(ctx))})
+    # Text parts count against the same limit.
+    app = make_app(max_links=1, rewrite_text_links=True)
+    raw = with_text("See https://x.example/t0 and https://x.example/t1\n", cte=cte)
+    out, ctx = await rewrite(app, raw)
+    assert urls(ctx) == ["https://x.example/t0"]
+    assert skipped(ctx) == Counter(over_limit=1)
+    check(raw, out, app, ctx, {"text/plain": ("https://x.example/t0",), "text/html": ()})
+    assert make_app().config.tracking.max_links == 1000
