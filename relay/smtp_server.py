@@ -200,8 +200,9 @@ COMMAND_READ_LIMIT = 2048
 
 def path_fault(arg: str, rest: str) -> bool:
     """Whether a MAIL or RCPT path, as the client wrote it (``arg`` up to ``rest``), holds
-    what RFC 5321 section 4.1.2 allows nowhere in a Path: a control character, or white
-    space outside a quoted string; or opens with ``<`` and never closes it. email's header
+    what RFC 5321 section 4.1.2 allows nowhere in a Path: a control character, white
+    space or a comment's parenthesis outside a quoted string; or opens with ``<`` and
+    never closes it. email's header
     parser, which aiosmtpd uses, reads such characters as folding white space and drops
     them (``<b@exa\rmple.org>`` becomes ``b@example.org``, ``<b c@d>`` ``"b c"@d``): the
     address would go upstream as another address than the one sent."""
@@ -213,7 +214,9 @@ def path_fault(arg: str, rest: str) -> bool:
         path = path[1:end].strip(" ")  # "< a@b >": lenient, and the same address
     if _CONTROL.search(path):
         return True
-    return any(c.isspace() for c in _QUOTED.sub("", path))
+    # A comment ("a(x)@b") is no more allowed in a Path than white space, and the header
+    # parser drops it just the same.
+    return any(c.isspace() or c in "()" for c in _QUOTED.sub("", path))
 
 
 def refusal_problem(answer: object) -> str | None:
@@ -589,6 +592,29 @@ class RelaySMTP(SmtpNames, SMTP):
                      txn=handler.txn.id if handler.txn is not None else None)
             handler.say(idle_time_over(self.hostname))
         super()._timeout_cb()
+
+    async def challenge_auth(self, challenge: str | bytes, encode_to_b64: bool = True,
+                             log_client_response: bool = False) -> Any:
+        """aiosmtpd's, but an answer longer than the stream's limit is RFC 4954 section
+        4's ``500 5.5.6`` and an aborted exchange. aiosmtpd reads it with ``readline``,
+        which fails with an internal error text and leaves the rest of the line to be
+        read as commands, each answered as the one before."""
+        try:
+            return await super().challenge_auth(challenge, encode_to_b64,
+                                                log_client_response)
+        except ValueError as exc:  # asyncio.StreamReader.readline's, over the limit
+            if "limit" not in str(exc):
+                raise
+            # Without the line's end, readline dropped what it had read; the rest of the
+            # line is still to come (with it, the whole line was taken).
+            while "not found" in str(exc):
+                try:
+                    await self._reader.readuntil()
+                    break
+                except asyncio.LimitOverrunError as more:
+                    await self._reader.read(more.consumed)
+            await self.push("500 5.5.6 Authentication Exchange line is too long")
+            return MISSING
 
     @syntax("STARTTLS", when="tls_context")  # as aiosmtpd's: what HELP lists
     async def smtp_STARTTLS(self, arg: str) -> None:

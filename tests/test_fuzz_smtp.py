@@ -448,14 +448,16 @@ async def test_unsendable_addresses_are_refused(make_relay: MakeRelay,
     b"<b@exa\rmple.org>", b"<b@exa\x0bmple.org>", b"<b@exa\x1fmple.org>",
     b"<b\tc@example.org>", b"<b c@example.org>", b"<b@example.org",
     "<b@exa\u2028mple.org>".encode(), "<b@exa\u0085mple.org>".encode(),
-    "<b@example\u3000.org>".encode(),
+    "<b@example\u3000.org>".encode(), b"<b(comment)@example.org>", b"<b@(x)example.org>",
 ])
 async def test_an_address_written_with_white_space_or_controls_is_refused_not_changed(
         make_relay: MakeRelay, sink: Sink, path: bytes) -> None:
     """email's header parser, which aiosmtpd uses, reads controls and white space in a
     path as folding white space and drops them: ``<b@exa\\rmple.org>`` went upstream as
-    ``b@example.org``, ``<b c@…>`` as ``"b c"@…``. RFC 5321 section 4.1.2 allows neither
-    anywhere in a Path: 501 with the address's own enhanced code, nothing upstream."""
+    ``b@example.org``, ``<b c@…>`` as ``"b c"@…``, and drops a comment (``b(x)@…``).
+    RFC 5321 section 4.1.2 allows none of them anywhere in a Path: 501 with the
+    address's own enhanced code, nothing upstream. (Spaces just inside the brackets,
+    ``< b@example.org >``, hold no address of their own and are taken.)"""
     relay = await make_relay()
     replies = await converse(relay_port(relay), [
         b"MAIL FROM:" + path.replace(b"<b", b"<a") + b" SMTPUTF8\r\n",

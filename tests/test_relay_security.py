@@ -153,6 +153,39 @@ async def test_auth_login_prompts_are_the_usual_words(
     await client.quit()
 
 
+@pytest.mark.parametrize("length", [20_000, 3_000_000])
+async def test_an_auth_answer_over_the_line_limit_is_500_5_5_6_and_the_session_in_step(
+        make_relay: MakeRelay, sink: Sink, ca: trustme.CA, tls_files: dict[str, str],
+        length: int) -> None:
+    """RFC 4954 section 4: "500 5.5.6 Authentication Exchange line is too long", the
+    exchange over; the rest of the line is not read as commands, so the next command's
+    answer is its own."""
+    relay = await make_relay(relay={**tls_files, "listen_tls": ["127.0.0.1:0"],
+                                    "max_line_length": 4096})
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", relay.tls_addresses[0][1], ssl=client_ctx(ca),
+        server_hostname="relay.test")
+
+    async def reply() -> bytes:
+        while True:
+            line = await asyncio.wait_for(reader.readline(), 30)
+            if line[3:4] != b"-":
+                return line
+
+    assert (await reply()).startswith(b"220")
+    writer.write(b"EHLO client.test\r\n")
+    assert (await reply()).startswith(b"250")
+    writer.write(b"AUTH LOGIN\r\n")
+    assert (await reply()).startswith(b"334")
+    writer.write(b"QUFB" * (length // 4) + b"\r\n")
+    assert await reply() == b"500 5.5.6 Authentication Exchange line is too long\r\n"
+    writer.write(b"NOOP\r\n")
+    assert (await reply()).startswith(b"250")
+    writer.write(b"AUTH PLAIN " + base64.b64encode(b"\0crm\0s3cret") + b"\r\n")
+    assert (await reply()).startswith(b"235")
+    writer.close()
+
+
 async def test_not_an_open_relay(make_relay: MakeRelay, sink: Sink) -> None:
     relay = await make_relay(relay={"allowed_networks": ["10.0.0.0/8"]})
     client = aiosmtplib.SMTP(hostname="127.0.0.1", port=relay_port(relay))
