@@ -340,3 +340,30 @@ async def test_the_pixel_goes_before_plaintext_and_links_in_it_are_not_markup() 
     assert ctx.links == [] and ctx.stats.pixel
     assert _PIXEL.sub(b"", new) == body
     assert new.index(b"<img") < new.index(b"<plaintext>")
+
+
+@pytest.mark.parametrize(("meta", "href", "target"), [
+    (b'<meta http-equiv="Content-Type" content="text/html; charset=windows-1251">',
+     "https://example.ru/путь?q=тест".encode("windows-1251"),
+     "https://example.ru/путь?q=%F2%E5%F1%F2"),
+    (b'<meta charset="windows-1252">', b"https://example.com/caf\xc3\xa9",
+     "https://example.com/cafÃ©"),
+    (b"<meta charset=koi8-r>", "https://example.ru/?q=да".encode("koi8-r"),
+     "https://example.ru/?q=%C4%C1"),
+])
+async def test_an_html_part_without_a_mime_charset_is_read_by_its_meta_charset(
+        meta: bytes, href: bytes, target: str) -> None:
+    """No charset in the part's Content-Type: the document's own meta declaration names
+    it, as a browser reads the part (WHATWG HTML Standard, encoding sniffing: the
+    transport's charset, then a prescan for meta, then a guess). The stored target is
+    the URL a browser opens; the part's bytes stay as they were."""
+    body = (b"<html><head>" + meta + b'</head><body><p>x</p><a href="' + href
+            + b'">l</a></body></html>\r\n')
+    part = b"Content-Type: text/html\r\nContent-Transfer-Encoding: 8bit\r\n\r\n" + body
+    raw = mixed(PLAIN, part)
+    out, ctx = await rewrite(make_app(), raw)
+    parses(out)
+    assert not ctx.stats.parts_skipped
+    new = assert_only_part_changed(raw, out, "2")
+    assert untracked(new, [href]) == body
+    assert [link.url for link in ctx.links] == [target]

@@ -177,7 +177,7 @@ async def _edit_parts(context: RewriteContext, tree: MimeTree) -> None:
         data = b""
         try:
             data = decode_transfer(raw, leaf.cte)
-            decoded = decode_charset(data, leaf.charset)
+            decoded = decode_charset(data, leaf.charset, html=is_html)
         except (DecodeError, LookupError, ValueError) as exc:
             # "charset_not_reversible": the text would not encode back to the part's bytes.
             reason = getattr(exc, "reason", "undecodable")

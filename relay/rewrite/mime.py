@@ -509,8 +509,28 @@ def _decode(data: bytes, codec: str, detected: bool) -> Decoded | None:
 _UTF8_SEQUENCE = re.compile("[\u0080-\udc7f\udd00-\U0010ffff]")
 
 
-def decode_charset(data: bytes, declared: str | None) -> Decoded:
+#: How far the HTML Standard's prescan looks for a meta declaration (section 13.2.3.2).
+_PRESCAN_BYTES = 1024
+
+
+def _meta_charset(data: bytes) -> str | None:
+    """The charset an HTML document's own meta declaration names in its first 1024 bytes
+    (``<meta charset=…>``, ``<meta http-equiv="Content-Type" content="…; charset=…">``);
+    None when there is none."""
+    from bs4.dammit import EncodingDetector
+
+    found = EncodingDetector.find_declared_encoding(data[:_PRESCAN_BYTES], is_html=True)
+    return found or None
+
+
+def decode_charset(data: bytes, declared: str | None, html: bool = False) -> Decoded:
     """Bytes to text by the declared charset; detect it when missing or wrong.
+
+    An HTML part (``html``) with no charset in its MIME header is read by its own
+    ``<meta charset>`` (or ``http-equiv`` Content-Type) first, as a browser reads it:
+    the WHATWG HTML Standard's encoding sniffing takes the transport layer's charset,
+    then prescans the document's first 1024 bytes for a meta declaration, and only then
+    guesses. A link's path and query are the bytes that charset reads.
 
     A declared label is read as browsers read it (WHATWG Encoding Standard labels,
     ``charsets.candidates``: ``iso-8859-1`` and ``us-ascii`` are windows-1252, whose
@@ -551,6 +571,15 @@ def decode_charset(data: bytes, declared: str | None) -> Decoded:
                 and data.isascii():
             raise DecodeError(f"no ISO-2022-JP variant reads the part ({declared})")
     elif declared is None:
+        label = _meta_charset(data) if html else None
+        for codec in charsets.candidates(label) if label else []:
+            tried.add(codec)
+            try:
+                found = _decode(data, codec, True)
+            except IrreversibleCharset:
+                continue
+            if found is not None:
+                return found
         if b"\x1b" in data and data.isascii():
             # 7-bit escape sequences without a label: ISO-2022-JP (RFC 1468), as a
             # browser's detector reads them, before plain ASCII (which reads them too).
