@@ -65,13 +65,14 @@ LINK_TAGS = ("a", "area", *VML_SHAPES)
 NOTRACK_ATTRS = ("data-notrack", "data-trackrelay-skip")
 SCHEMES = ("mailto", "tel", "sms")
 #: Template syntax an ESP fills in after the relay: a URL holding it is no URL yet
-#: (``placeholder``). Merge tags ``{{…}}``, ``*|…|*``, ``[[…]]``, ``${…}`` by either half,
+#: (``placeholder``). Merge tags ``{{…}}``, ``*|…|*``, ``[[…]]`` by either half, the
+#: openings of ``${…}``, Smarty's ``{$…}`` and the ``#{…}`` of Ruby-style interpolation,
 #: and a ``%`` that does not start a percent-escape (two hex digits; WHATWG URL Standard,
 #: section 4.4: an "invalid-URL-unit" validation error): Mailgun's ``%recipient.id%``,
 #: Marketing Cloud's ``%%name%%``, the closing ``%}`` of Jinja's and Liquid's ``{% … %}``
 #: and ``%>`` of ERB's ``<% … %>``. So ``{%22`` (a ``{`` and an escaped quote: JSON in
 #: a query) is no template and is tracked; ``%20`` and ``%C3%A9`` are escapes.
-PLACEHOLDER = re.compile(r"\{\{|\}\}|\*\||\|\*|\[\[|\]\]|\$\{|%(?![0-9A-Fa-f]{2})")
+PLACEHOLDER = re.compile(r"\{\{|\}\}|\*\||\|\*|\[\[|\]\]|\$\{|\{\$|#\{|%(?![0-9A-Fa-f]{2})")
 _HTTP = re.compile(r"https?://[^/\s?#]", re.IGNORECASE)
 _SCHEME = re.compile(r"[a-z][a-z0-9+.\-]*:", re.IGNORECASE)
 _LIST_UNSUB = re.compile(r"<(https?://[^>]+)>", re.IGNORECASE)
@@ -97,9 +98,21 @@ _TAB_OR_NEWLINE = str.maketrans("", "", "\t\n\r")
 #: states: after ``http:`` or ``https:`` any run of ``/`` and ``\`` (none included) comes
 #: before the host.
 _SPECIAL_SLASHES = re.compile(r"(https?):[/\\]*", re.IGNORECASE)
-#: "unsubscribe" at the start or end of a host label, path segment or query item.
+#: "unsubscribe" or "opt-out" at the start or end of a host label, path segment or
+#: query item.
 _UNSUBSCRIBE_URL = re.compile(
-    r"[/?&=#;.]unsubscribe|unsubscribe(?:\.[a-z0-9]+)?(?:[/?&=#;]|$)", re.IGNORECASE)
+    r"[/?&=#;.](?:unsubscribe|opt-?out)|(?:unsubscribe|opt-?out)(?:\.[a-z0-9]+)?"
+    r"(?:[/?&=#;]|$)", re.IGNORECASE)
+#: A link text that says "unsubscribe", in English and in the words footers use in the
+#: languages mail is most often written in (a link "Abmelden" or "Se désabonner" is the
+#: message's unsubscribe link as much as one that says "Unsubscribe").
+_UNSUBSCRIBE_TEXT = re.compile(
+    r"unsubscribe|\bopt[- ]?out\b|d[ée]sabonner|d[ée]sinscri|d[ée]sabonnement|abmelden|"
+    r"abbestellen|darse de baja|dar de baja|cancelar (?:la )?suscripci[óo]n|desuscrib|"
+    r"disiscriv|cancella(?:re)? (?:l'|la )?iscrizione|afmelden|uitschrijven|descadastr|"
+    r"cancelar (?:a )?(?:inscri[çc][ãa]o|subscri[çc][ãa]o)|avregistrera|avsluta prenumeration|"
+    r"afmeld|avmeld|wypisz|odhl[áa]sit|отписаться|отписка|配信停止|購読解除|退订|取消订阅|"
+    r"구독 ?취소|수신 ?거부", re.IGNORECASE)
 
 
 def browser_url(value: str) -> str:
@@ -184,7 +197,7 @@ def skip_reason(url: str, context: RewriteContext, text: str = "") -> str | None
     if context.is_tracker_url(url):
         return "tracker"
     if url in _unsubscribe_urls(context) or _UNSUBSCRIBE_URL.search(url) \
-            or "unsubscribe" in text.lower():
+            or _UNSUBSCRIBE_TEXT.search(text):
         return "unsubscribe"
     return None
 

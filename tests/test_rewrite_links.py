@@ -422,6 +422,35 @@ async def test_only_an_unsubscribe_url_or_link_text_is_the_unsubscribe_link() ->
         "https://news.example.com/resubscribe-later")})
 
 
+@pytest.mark.parametrize("words", [
+    "Se désabonner", "Abmelden", "Opt out", "opt-out", "Darse de baja", "Disiscriviti",
+    "Afmelden", "Descadastrar", "Avregistrera", "Wypisz się", "Отписаться",
+    "配信停止", "退订",
+])
+async def test_an_unsubscribe_link_in_other_words_or_languages_is_not_tracked(
+        words: str) -> None:
+    """A link whose text says "unsubscribe" in another language (or "opt out") is the
+    message's unsubscribe link, as the English word makes it; an opt-out URL too."""
+    app = make_app()
+    html = (f'<html><body><a href="https://example.com/prefs?u=1">{words}</a>\n'
+            '<a href="https://example.com/optout?u=1">x</a>\n'
+            '<a href="https://example.com/shop">Shop</a></body></html>\n')
+    out, ctx = await rewrite(app, html_only(html, "8bit"))
+    assert urls(ctx) == ["https://example.com/shop"]
+    assert skipped(ctx) == Counter(unsubscribe=2)
+
+
+@pytest.mark.parametrize("href", [
+    "https://example.com/?e={$email}", "https://example.com/u/#{user.id}",
+])
+async def test_smarty_and_ruby_style_tags_are_placeholders(href: str) -> None:
+    app = make_app()
+    html = f'<html><body><a href="{href}">x</a></body></html>\n'
+    out, ctx = await rewrite(app, html_only(html, "8bit"))
+    assert urls(ctx) == []
+    assert skipped(ctx) == Counter(placeholder=1)
+
+
 # --- 6. where a URL in plain text ends: ASCII, and soft line breaks ------------------------
 
 #: The probe's message: URLs written against Japanese text and inside curly quotes.
