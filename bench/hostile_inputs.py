@@ -59,6 +59,7 @@ HOSTILE: dict[str, Callable[[int], str]] = {
     "title quotes 60k": lambda k: '<p title="' * 60_000 * k + ">",
     "< x 200k": lambda k: "<" * 200_000 * k,
     "</ x 100k": lambda k: "</" * 100_000 * k,
+    "<svg> + <title> x 60k": lambda k: "<svg>" + "<title>x" * 60_000 * k,
 }
 
 

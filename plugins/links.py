@@ -206,9 +206,10 @@ def _base_url(part: HtmlPart) -> str | None:
     """The part's document base URL when it is an absolute http(s) URL, else None.
 
     HTML standard: the first ``<base>`` with an ``href`` in the document counts, wherever
-    it is; one inside an Outlook conditional block is a comment to browsers."""
+    it is; one inside an Outlook conditional block is a comment to browsers, and one in
+    ``<template>`` content or in ``<svg>``/``<math>`` is not an element of the document."""
     for tag in part.tags("base"):
-        if tag.in_conditional:
+        if tag.in_conditional or tag.inert:
             continue
         href = tag.attr("href")
         if href is None:

@@ -573,3 +573,38 @@ async def test_links_past_tracking_max_links_are_left_as_written(cte: str) -> No
     assert skipped(ctx) == Counter(over_limit=1)
     check(raw, out, app, ctx, {"text/plain": ("https://x.example/t0",), "text/html": ()})
     assert make_app().config.tracking.max_links == 1000
+
+
+async def test_a_title_inside_svg_holds_markup_and_the_pixel_stays_out_of_it() -> None:
+    """In SVG (foreign content) the tokenizer never switches to raw text: an unclosed
+    ``<title>`` there holds markup up to ``</svg>``, and what follows is the document's.
+    Read as raw text, the rest of the part was "inside" it: its link untracked and the
+    pixel put inside the SVG, where an ``<img>`` ends the SVG and turns the ``<title>``
+    into the document's title, which swallowed the rest of the message."""
+    app = make_app()
+    html = ('<html><body><svg width="10" height="10"><title>Logo</svg>'
+            '<p><a href="https://example.com/after-svg">after svg</a></p></body></html>\n')
+    raw = html_only(html, "8bit")
+    out, ctx = await rewrite(app, raw)
+    assert urls(ctx) == ["https://example.com/after-svg"]
+    check(raw, out, app, ctx, {"text/html": ("https://example.com/after-svg",)})
+    text = leaves(out)[0][3]
+    assert text.index('<img src="' + BASE) > text.index("</p>")  # before </body>, after it all
+    # Outside foreign content a <title> is raw text still: a "link" inside is text.
+    html = '<html><body><title><a href="https://example.com/t">t</a></title></body></html>\n'
+    out, ctx = await rewrite(app, html_only(html, "8bit"))
+    assert urls(ctx) == []
+
+
+@pytest.mark.parametrize("holder", ["template", "svg"])
+async def test_a_base_in_template_or_svg_is_not_the_document_s_base(holder: str) -> None:
+    """Only a ``<base>`` of the document sets its base URL: one in ``<template>`` content
+    or in SVG does not, so a relative link stays relative (left alone), as a browser
+    leaves it."""
+    app = make_app()
+    html = (f'<html><body><{holder}><base href="https://tpl.example/"></{holder}>'
+            '<a href="relative/x">r</a><a href="https://example.com/abs">a</a>'
+            '</body></html>\n')
+    out, ctx = await rewrite(app, html_only(html, "8bit"))
+    assert urls(ctx) == ["https://example.com/abs"]
+    assert skipped(ctx) == Counter(relative=1)
