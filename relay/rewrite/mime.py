@@ -22,6 +22,7 @@ import codecs
 import email.utils
 import itertools
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from email.message import Message
 from email.policy import compat32
@@ -523,6 +524,21 @@ def _meta_charset(data: bytes) -> str | None:
     return found or None
 
 
+def _first_reading(data: bytes, names: Iterable[str], tried: set[str | None]
+                   ) -> Decoded | None:
+    """The first codec of ``names`` that reads ``data`` and gives its bytes back (each
+    added to ``tried``); None if none does."""
+    for codec in names:
+        tried.add(codec)
+        try:
+            found = _decode(data, codec, True)
+        except IrreversibleCharset:
+            continue
+        if found is not None:
+            return found
+    return None
+
+
 def decode_charset(data: bytes, declared: str | None, html: bool = False) -> Decoded:
     """Bytes to text by the declared charset; detect it when missing or wrong.
 
@@ -572,25 +588,15 @@ def decode_charset(data: bytes, declared: str | None, html: bool = False) -> Dec
             raise DecodeError(f"no ISO-2022-JP variant reads the part ({declared})")
     elif declared is None:
         label = _meta_charset(data) if html else None
-        for codec in charsets.candidates(label) if label else []:
-            tried.add(codec)
-            try:
-                found = _decode(data, codec, True)
-            except IrreversibleCharset:
-                continue
-            if found is not None:
-                return found
+        found = _first_reading(data, charsets.candidates(label) if label else [], tried)
+        if found is not None:
+            return found
         if b"\x1b" in data and data.isascii():
             # 7-bit escape sequences without a label: ISO-2022-JP (RFC 1468), as a
             # browser's detector reads them, before plain ASCII (which reads them too).
-            for codec in charsets.ISO_2022_JP_VARIANTS:
-                tried.add(codec)
-                try:
-                    found = _decode(data, codec, True)
-                except IrreversibleCharset:
-                    continue
-                if found is not None:
-                    return found
+            found = _first_reading(data, charsets.ISO_2022_JP_VARIANTS, tried)
+            if found is not None:
+                return found
         found = _decode(data, "ascii", False)
         if found is not None:
             return found
