@@ -435,7 +435,7 @@ async def test_an_unsubscribe_link_in_other_words_or_languages_is_not_tracked(
     html = (f'<html><body><a href="https://example.com/prefs?u=1">{words}</a>\n'
             '<a href="https://example.com/optout?u=1">x</a>\n'
             '<a href="https://example.com/shop">Shop</a></body></html>\n')
-    out, ctx = await rewrite(app, html_only(html, "8bit"))
+    _out, ctx = await rewrite(app, html_only(html, "8bit"))
     assert urls(ctx) == ["https://example.com/shop"]
     assert skipped(ctx) == Counter(unsubscribe=2)
 
@@ -446,7 +446,7 @@ async def test_an_unsubscribe_link_in_other_words_or_languages_is_not_tracked(
 async def test_smarty_and_ruby_style_tags_are_placeholders(href: str) -> None:
     app = make_app()
     html = f'<html><body><a href="{href}">x</a></body></html>\n'
-    out, ctx = await rewrite(app, html_only(html, "8bit"))
+    _out, ctx = await rewrite(app, html_only(html, "8bit"))
     assert urls(ctx) == []
     assert skipped(ctx) == Counter(placeholder=1)
 
@@ -605,6 +605,6 @@ async def test_a_base_in_template_or_svg_is_not_the_document_s_base(holder: str)
     html = (f'<html><body><{holder}><base href="https://tpl.example/"></{holder}>'
             '<a href="relative/x">r</a><a href="https://example.com/abs">a</a>'
             '</body></html>\n')
-    out, ctx = await rewrite(app, html_only(html, "8bit"))
+    _out, ctx = await rewrite(app, html_only(html, "8bit"))
     assert urls(ctx) == ["https://example.com/abs"]
     assert skipped(ctx) == Counter(relative=1)
