@@ -335,7 +335,10 @@ def _closed(kind: str, text: str, start: int, end: int) -> bool:
         return source.endswith(">")
     m = _RAW_NAME.match(source)
     name = m.group(1) if m else ""
-    return re.search(rf"</{re.escape(name)}[^>]*>\Z", source, re.IGNORECASE) is not None
+    # The end tag's name ends at whitespace, "/" or ">" (script data end tag name state):
+    # "</script</a>" is text, and the element runs on.
+    return re.search(rf"</{re.escape(name)}(?:[{WS}/][^>]*)?>\Z", source,
+                     re.IGNORECASE) is not None
 
 
 _CHARREF = re.compile(r"&(#[xX][0-9a-fA-F]+;?|#[0-9]+;?|[A-Za-z][A-Za-z0-9]*;?)")
