@@ -95,7 +95,7 @@ def mailman_notices() -> dict[str, int]:
         out["files"] += 1
         out["wanted"] += len(wanted)
         out["found"] += len(wanted & named)
-        out["extra"] += len(records) - len(about) if wanted or records else 0
+        out["extra"] += len(records) - len(about)
         if about:
             out["kind_checked"] += 1
             want = "delayed" if row["temporary"] else "bounce"

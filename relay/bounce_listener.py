@@ -56,7 +56,6 @@ class BounceHandler(ConnectionHandler):
         self.listener = listener
         self.app = listener.app
         self.domain = listener.app.config.bounces.bounce_domain.lower()
-        self.trusted = listener.trusted
         self.protocol: RelaySMTP | None = None
         self.client_ip = ""
         self.admitted = False

@@ -319,8 +319,9 @@ async def classify(app: App, raw: bytes, message: Message | None = None,
     names = set(spec.argnames) if spec is not None else set()
     offered: dict[str, Any] = {"raw": raw, "records": records, "app": app}
     if "message" in names:  # the parsed message, as relay.bounces.classify's hook gets it
-        offered["message"] = message if message is not None else (
-            _parse(raw) or _header_block(raw))
+        if message is None:  # (a Message with no header field is falsy: no "or")
+            message = _parse(raw)
+        offered["message"] = message if message is not None else _header_block(raw)
     kwargs = {k: v for k, v in offered.items() if k in names}
     # A plugin that raises, or answers anything but a list of BounceRecord, is logged
     # and counted, and the built-in records stand: a broken plugin must not have every

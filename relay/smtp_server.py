@@ -607,14 +607,20 @@ class RelaySMTP(SmtpNames, SMTP):
                 raise
             # Without the line's end, readline dropped what it had read; the rest of the
             # line is still to come (with it, the whole line was taken).
-            while "not found" in str(exc):
-                try:
-                    await self._reader.readuntil()
-                    break
-                except asyncio.LimitOverrunError as more:
-                    await self._reader.read(more.consumed)
+            if "not found" in str(exc):
+                await self._discard_line()
             await self.push("500 5.5.6 Authentication Exchange line is too long")
             return MISSING
+
+    async def _discard_line(self) -> None:
+        """Read and drop the rest of a line however long (as aiosmtpd does for a
+        command line over the limit)."""
+        while True:
+            try:
+                await self._reader.readuntil()
+                return
+            except asyncio.LimitOverrunError as more:
+                await self._reader.read(more.consumed)
 
     @syntax("STARTTLS", when="tls_context")  # as aiosmtpd's: what HELP lists
     async def smtp_STARTTLS(self, arg: str) -> None:

@@ -294,7 +294,7 @@ def _nested(msg: Message, anatomy: Anatomy, subject: str, rules: RuleSet,
         start = re.search(r"^(?:Return-Path|Received|From|Date|Subject|Content-Type):",
                           returned, re.M)
         if start is not None and _REPORT_TYPE_RE.search(
-                _HEADER_BLOCK_RE.match(returned, start.start()).group(0)):  # type: ignore[union-attr]
+                returned[start.start():].split("\n\n", 1)[0]):
             # Only a returned message whose own header says so: one that merely quotes
             # a report (a list digest carrying a bounce) is an ordinary message.
             found = extract(parse(returned[start.start():].encode("utf-8", "replace")),
@@ -553,8 +553,6 @@ def _fallback_recipient(msg: Message, anatomy: Anatomy, own: set[str],
     return "", "parser:prose"
 
 
-#: A message's header block: up to its first empty line (RFC 5322 section 2.1).
-_HEADER_BLOCK_RE = re.compile(r"(?:[^\n]*\S[^\n]*(?:\n|$))*")
 _REPORT_TYPE_RE = re.compile(r"^content-type:\s*multipart/report\b", re.I | re.M)
 _RECEIVED_RE = re.compile(r"^Received:.*(?:\n[ \t].*)*", re.M | re.I)
 _FOR_RE = re.compile(r"\bfor\s+<?([^\s<>;]+@[^\s<>;]+)>?\s*;", re.I)

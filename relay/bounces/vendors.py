@@ -235,14 +235,15 @@ def split_returned(text: str, rules: RuleSet, trace: Trace | None = None) -> tup
 _AROUND_ADDR_RE = re.compile(r"^(?:['`]+|(?:smtp|rfc-?822)=)", re.I)
 
 
-def _address(match: re.Match[str]) -> str:
-    addr = match.group(1).strip(".").lower()
+def _address(found: str) -> str:
+    """An address as a notice writes it, lower-cased, without what is around it."""
+    addr = found.strip(".").lower()
     return _AROUND_ADDR_RE.sub("", addr) if addr[:1] in "'`sr" else addr
 
 
 def addresses(text: str) -> list[str]:
     """Addresses in order of appearance, lower-cased (no dedup)."""
-    return [_address(m) for m in _ADDR_RE.finditer(text)]
+    return [_address(m.group(1)) for m in _ADDR_RE.finditer(text)]
 
 
 def _related(domain: str, hosts: set[str]) -> bool:
@@ -275,7 +276,7 @@ def find_failures(notice: str, exclude: set[str],
             listing = bool(_LIST_LINE_RE.match(line))
             taken = False
             for m in _ADDR_RE.finditer(line):
-                addr = _address(m)
+                addr = _address(m.group(1))
                 local = addr.split("@", 1)[0]
                 daemon = bool(_DAEMON_LOCAL.match(local)) or (
                     bool(_NOT_RECIPIENT_LOCAL.match(local))
@@ -296,7 +297,7 @@ def find_failures(notice: str, exclude: set[str],
         # mailbox an alias led to, then "(generated from x@y)". The address the alias
         # was generated from is the one the sender wrote: that is the recipient.
         for m in _ALIAS_OF_RE.finditer(notice):
-            addr = _AROUND_ADDR_RE.sub("", m.group(1).strip(".").lower())
+            addr = _address(m.group(1))
             if addr not in exclude and _ADDR_RE.fullmatch(addr):
                 mentions.append((m.start(), addr))
     failures: list[TextFailure] = []

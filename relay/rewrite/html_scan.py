@@ -234,14 +234,14 @@ def scan_html(text: str, names: Iterable[str] | None = None) -> Scan:
     wanted = DEFAULT_NAMES if names is None else frozenset(n.lower() for n in names)
     # (svg, math and template, watched in every part, cost about 8 µs a 20 KB part)
     wanted = wanted | {"body"} | _CONTAINERS
-    patterns = (_pattern(wanted), _pattern(wanted, foreign=True))
-    pattern = patterns[0]
+    pattern = _pattern(wanted)
     tags: list[Tag] = []
     comments: list[tuple[int, int]] = []
     body_close: int | None = None
     body_open_end: int | None = None
     in_cond = False
     depth = dict.fromkeys(_CONTAINERS, 0)  # open svg, math and template elements
+    inside = 0  # their sum: tags inside any of them are inert
     cond_start = 0
     cond_limit = 0  # where a browser ends the conditional block's comment: its first "-->"
     pos = 0
@@ -265,24 +265,26 @@ def scan_html(text: str, names: Iterable[str] | None = None) -> Scan:
             name = m.group("name").lower()
             start = m.start("start")
             tags.append(Tag(name, start, end, False, in_cond, len(tags), text, m.end("name"),
-                            inert=any(depth.values())))
+                            inert=inside > 0))
             if name == "body" and body_open_end is None and not in_cond:
                 body_open_end = end
             elif name in depth and not in_cond and text[end - 2] != "/":
                 depth[name] += 1
+                inside += 1
                 if name != "template" and not foreign:
-                    foreign, match = True, patterns[1].match
+                    foreign, match = True, _pattern(wanted, foreign=True).match
         elif kind == "end":
             name = m.group("endname").lower()
             start = m.start("end")
             tags.append(Tag(name, start, end, True, in_cond, len(tags),
-                            inert=any(depth.values())))
+                            inert=inside > 0))
             if name == "body" and not in_cond:
                 body_close = start
             elif name in depth and not in_cond and depth[name]:
                 depth[name] -= 1
+                inside -= 1
                 if foreign and not (depth["svg"] or depth["math"]):
-                    foreign, match = False, patterns[0].match
+                    foreign, match = False, pattern.match
         elif kind in ("comment", "cdata", "decl"):
             comments.append((m.start(kind), end))
             if end == n and not _closed(kind, text, m.start(kind), end):
