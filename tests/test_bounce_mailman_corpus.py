@@ -33,7 +33,6 @@ NOT_FOUND = {
                      "any table has",
     "simple_20.eml": "a person's reply ('RE: ...') quoting the failure: read as a "
                      "person's mail",
-    "simple_35.eml": "a warning in words no table has ('has been postponed')",
     "sina_01.eml": "a notice in Chinese: no table has its words",
     "yale_01.eml": "Yale's directory names the local part alone ('userx    No matches')",
 }
@@ -44,10 +43,7 @@ EXTRA = {
                       "in mail sent to a list",
 }
 #: Notices whose kind (warning or failure) the classifier reads otherwise.
-KIND = {
-    "simple_22.eml": "its subject says 'Delivery failure notification' and its text "
-                     "'delivery attempts will continue': read as a failure",
-}
+KIND: dict[str, str] = {}
 
 
 def _records(name: str) -> list[BounceRecord]:

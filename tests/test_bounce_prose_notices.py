@@ -101,6 +101,37 @@ def test_warning_banners_make_a_notice_a_delay() -> None:
             ("rcpt@example.net", "delayed")], body
 
 
+@pytest.mark.parametrize("still_trying", [
+    "Delivery attempts will continue to be made for 5 day(s).",
+    "No action is required on your part. Delivery attempts will continue for some time.",
+    "We will continue to try to deliver your message over the next few days.",
+    "Delivery will continue to be attempted. The server will keep trying to deliver "
+    "this message for the next 1 days.",
+])
+def test_a_notice_that_says_it_keeps_trying_is_a_delay(still_trying: str) -> None:
+    """A notice that says delivery goes on being tried (Exim's warning, Exchange
+    Online's delay DSN) is a delay, though its subject or its account of the attempts
+    so far says "failure"."""
+    raw = notice("Your message could not be delivered to the following recipients:\n\n"
+                 f"rcpt@example.net\n\n{still_trying}\n",
+                 sender="Postmaster <postmaster@mx.example.org>",
+                 subject="Delivery failure notification")
+    assert [(r.recipient, r.kind) for r in records(raw)] == [("rcpt@example.net", "delayed")]
+    final = raw.replace(still_trying.encode(), b"This is a permanent error.")
+    assert [(r.recipient, r.kind) for r in records(final)] == [("rcpt@example.net", "bounce")]
+
+
+def test_a_warning_with_no_failure_words_is_read() -> None:
+    """A warning that names no failure at all ("has been postponed due to a full mailbox.
+    We will continue to try to deliver") is a notice by its retry sentence."""
+    raw = notice("Delivery of email to this address\n\n\"rcpt@example.net\"\n\n"
+                 "has been postponed due to a full mailbox.\n\n"
+                 "We will continue to try to deliver your message over the next few days.\n",
+                 sender="<postmaster@mx.example.org>", subject="Mail Delivery Warning")
+    assert [(r.recipient, r.kind, r.reason) for r in records(raw)] == [
+        ("rcpt@example.net", "delayed", "mailboxfull")]
+
+
 def test_a_cause_written_once_before_a_list_speaks_for_every_address() -> None:
     """Netscape Messaging Server writes the cause, then "The following recipients did not
     receive your message:" before each address: the second address has the first's cause."""

@@ -87,6 +87,21 @@ _DELAY_RE = re.compile(
     r"warning (?:message )?only|do not need to resend",
     re.I,
 )
+#: A notice's own statement that delivery is still being tried, which no final failure
+#: makes: the banner of Postfix's ``delay_template`` (bounce(5)) and of Sendmail's
+#: warning (savemail.c), Exim's delay warning ("No action is required on your part.
+#: Delivery attempts will continue for some time", its default ``warn_message_file``
+#: text), Exchange Online's delay DSN ("Delivery will continue to be attempted. The
+#: server will keep trying to deliver this message"). It outweighs failure words in
+#: the subject or text ("Delivery failure notification", "could not be delivered"):
+#: those describe the attempts so far.
+_STILL_TRYING_RE = re.compile(
+    r"warning (?:message )?only|do not need to resend|"
+    r"(?:delivery )?attempts will continue|"
+    r"will (?:continue|keep) (?:trying|to try|to be attempted|attempting) to deliver|"
+    r"delivery will continue to be attempted",
+    re.I,
+)
 _PERMANENT_RE = re.compile(
     r"permanent|giving up|gave up|failed permanently|could not be delivered|"
     r"has been returned|not be delivered|undeliverable|delivery has failed",
@@ -326,6 +341,8 @@ def find_failures(notice: str, exclude: set[str],
 
 def is_delay(text: str, subject: str) -> bool:
     """A warning that delivery is still being retried, not a final failure."""
+    if _STILL_TRYING_RE.search(text[:8000]):
+        return True
     if _PERMANENT_RE.search(subject) or re.search(r"fail", subject, re.I):
         return False
     if _DELAY_RE.search(subject):

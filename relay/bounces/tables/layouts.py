@@ -64,6 +64,11 @@ MARKERS: tuple[Marker, ...] = (
     # The banner of Postfix's delay_template (bounce(5)) and of Sendmail's warning
     # (savemail.c): "THIS IS A WARNING (MESSAGE) ONLY. YOU DO NOT NEED TO RESEND ...".
     *_m("notice", "postfix", r"you do not need to resend your message"),
+    # Exim's delay warning (its default warn_message_file: "Delivery attempts will
+    # continue for some time") and Exchange Online's delay DSN ("The server will keep
+    # trying to deliver this message"): only a mail system retrying says so.
+    *_m("notice", "exim", r"delivery attempts will continue"),
+    *_m("notice", "exchange", r"will (?:continue|keep) (?:trying|to try) to deliver"),
     *_m("notice", "sendmail", r"transcript of session follows",
         r"the following addresses had (?:permanent fatal errors|delivery problems)",
         r"unable to deliver"),
