@@ -28,20 +28,24 @@ if TYPE_CHECKING:
 log = get_logger("plugins.bounce_events")
 
 
-def classify_reply(reply: Reply, *, after_data: bool = False) -> tuple[str, bool, str]:
+def classify_reply(reply: Reply, *, after_data: bool = False, recipient: str = "",
+                   sender: str = "") -> tuple[str, bool, str]:
     """``(reason, hard)`` for an SMTP refusal, by the same rules as DSNs (relay.bounces).
 
     The relay knows which command was refused (RCPT, or DATA for every recipient), which
-    is exactly the fact the decision's command gates need.
+    is exactly the fact the decision's command gates need, and the envelope sender: a
+    refusal naming it (a failed sender callout) is about the sender.
     """
     reason, hard, by = _decide(str(reply.code), reply.status or None, reply.text,
-                               "DATA" if after_data else "RCPT")
+                               "DATA" if after_data else "RCPT", recipient, sender)
     return reason, reply.code >= 500 and hard, by
 
 
 def refusal_event(transaction: Transaction, recipient: str, reply: Reply,
                   stage: str) -> Event:
-    reason, hard, decided_by = classify_reply(reply, after_data=stage == "data")
+    reason, hard, decided_by = classify_reply(reply, after_data=stage == "data",
+                                              recipient=recipient,
+                                              sender=transaction.mail_from or "")
     data = {
         "status": reply.status or None, "reply_code": reply.code, "reason": reason,
         "hard": hard, "permanent": reply.code >= 500, "action": "failed",

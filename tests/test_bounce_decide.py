@@ -509,3 +509,30 @@ def test_no_greeting_is_a_network_error(text: str) -> None:
     refused nothing about the address: a network error, soft."""
     record = one(dsn(text, notice=f"Delivery failed: {text}\n"))
     assert (record.reason, record.hard) == ("networkerror", False)
+
+
+# --- a reply naming the original sender is about the sender -----------------------------------
+
+
+def test_a_failed_sender_callout_is_the_senders_refusal_not_an_unknown_user() -> None:
+    """Exim verifies the sender by callout and answers "550-Verification failed for <s>"
+    (then "Sender verify failed"); a reporting MTA passes it on under 5.1.1. The reply
+    names the original sender's address (the notice is addressed to it, RFC 3464
+    section 2), so the address that failed is the sender's: ``rejected``, soft, not a
+    recipient that does not exist."""
+    text = "550-Verification failed for <Sender@Sender.example>"
+    rec = one(dsn(text, status="5.1.1"))
+    assert (rec.reason, rec.hard) == ("rejected", False)
+    assert rec.decided_by.startswith("phrase:rejected:")
+    # The same words about another address stay the code's unknown user.
+    rec = one(dsn(text.replace("Sender@Sender.example", "someone@else.example"),
+                  status="5.1.1"))
+    assert (rec.reason, rec.hard) == ("userunknown", True)
+
+
+def test_a_recipient_who_is_also_the_sender_keeps_its_unknown_user() -> None:
+    """Mail sent to oneself: the reply names the recipient, who is also the sender; it
+    is about the recipient."""
+    rec = one(dsn("550 5.1.1 <sender@sender.example>: Recipient address rejected: "
+                  "User unknown", status="5.1.1", recipient="sender@sender.example"))
+    assert (rec.reason, rec.hard) == ("userunknown", True)

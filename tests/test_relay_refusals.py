@@ -96,3 +96,38 @@ async def test_the_relay_s_own_address_refusals_are_no_bounces(make_relay: MakeR
     assert set(await bounced()) == {"gone@example.org"}
     for address in ("<>", "", '"e f"', '"b c"@example.org'):
         assert await store.find_suppression(address, [""]) is None
+
+
+async def test_a_refusal_naming_the_sender_suppresses_no_recipient(make_relay: MakeRelay,
+                                                                   sink: Sink) -> None:
+    """An upstream that verifies the sender by callout refuses every recipient with
+    "Verification failed for <sender>" under the code it likes (here 5.1.1): the address
+    that failed is the envelope sender's, so the recipient's bounce is ``rejected`` and
+    soft and suppresses nothing. The control, a real unknown user, stays hard."""
+    sink.behaviour.refuse_rcpt["good@example.org"] = (
+        "550 5.1.1 Verification failed for <Alice@example.com>")
+    sink.behaviour.refuse_rcpt["gone@example.org"] = "550 5.1.1 <gone@example.org>: User unknown"
+    relay = await make_relay(load_entry_points=True)
+    store = relay.app.store
+    assert store is not None
+    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=relay_port(relay))
+    await client.connect()
+    await client.mail("alice@example.com")
+    for address in ("good@example.org", "gone@example.org"):
+        with pytest.raises(aiosmtplib.SMTPRecipientRefused):
+            await client.rcpt(address)
+    await client.quit()
+    events: dict[str, dict[str, object]] = {}
+    for _ in range(100):
+        await store.flush()
+        events = {str(e["recipient"]): e["data"]  # type: ignore[misc]
+                  for e in (await store.list_events(type="bounce")).items}
+        if len(events) == 2:
+            break
+        await asyncio.sleep(0.05)
+    assert (events["good@example.org"]["reason"], events["good@example.org"]["hard"]) == (
+        "rejected", False)
+    assert (events["gone@example.org"]["reason"], events["gone@example.org"]["hard"]) == (
+        "userunknown", True)
+    assert await store.find_suppression("good@example.org", [""]) is None
+    assert await store.find_suppression("gone@example.org", [""]) is not None

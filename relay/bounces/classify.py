@@ -24,6 +24,7 @@ from relay.bounces.normalise import (
     find_reply,
     find_status,
     flatten,
+    mark_senders,
     prefer,
     transcript_command,
     valid_status,
@@ -101,8 +102,9 @@ def classify_parsed(msg: Message, raw: bytes, hook: Hook | None = None, *,
     (the intake parses once, for its own header checks and for this)."""
     rules = rules or ruleset()
     found: list[ReadPartly] = []
+    senders = _envelope_senders(msg)
     try:
-        records = [_record(x, rules, trace) if isinstance(x, Found) else x
+        records = [_record(x, rules, trace, senders) if isinstance(x, Found) else x
                    for x in extract(msg, rules, trace, notes=found)]
     except RecursionError:
         _note(notes, ReadPartly("nesting", "MIME parts nested too deeply to parse"))
@@ -200,6 +202,9 @@ def facts_of(found: Found, rules: RuleSet, trace: Trace | None = None) -> Facts:
     reply = found.reply_code or find_reply(diag, failure=ok) or find_reply(ctx, failure=ok)
     status = found.status if found.action == "delivered" else prefer(found.status, in_text,
                                                                       reply)
+    if diag and found.senders and found.recipient not in found.senders \
+            and found.alias not in found.senders:
+        diag = mark_senders(diag, found.senders)
     eager: list[str] = []
     for raw_text in (diag, ctx):
         flat = flatten(raw_text) if raw_text else ""
@@ -276,8 +281,30 @@ DEFAULT_DETAIL: dict[str, str] = {
 }
 
 
-def _record(found: Found, rules: RuleSet, trace: Trace | None) -> BounceRecord:
+#: Where a notice's envelope recipient, the original message's reverse-path, shows in
+#: its header: RFC 3464 section 2 sends a DSN to the reverse-path, and MTAs put it in
+#: ``To`` and record it in ``Delivered-To``/``X-Original-To`` on delivery.
+_ENVELOPE_FIELDS = ("To", "Delivered-To", "X-Original-To")
+_ADDRESS_RE = re.compile(r"[^\s<>\"',;:()]+@[^\s<>\"',;:()]+\.[^\s<>\"',;:()]+")
+
+
+def _envelope_senders(msg: Message) -> tuple[str, ...]:
+    """The original sender's addresses as the notice's own header fields give them."""
+    found: list[str] = []
+    for name in _ENVELOPE_FIELDS:
+        for value in msg.get_all(name) or ():
+            for addr in _ADDRESS_RE.findall(str(value)[:2000]):
+                addr = addr.lower().rstrip(".")
+                if addr not in found:
+                    found.append(addr)
+    return tuple(found[:8])
+
+
+def _record(found: Found, rules: RuleSet, trace: Trace | None,
+            senders: tuple[str, ...] = ()) -> BounceRecord:
     """Stages B, C and D for one extracted record."""
+    if senders and not found.senders:
+        found.senders = senders
     facts = facts_of(found, rules, trace)
     reason, decided_by = decide(facts, rules, trace)
     status = facts.status
@@ -308,15 +335,17 @@ def _record(found: Found, rules: RuleSet, trace: Trace | None) -> BounceRecord:
 
 
 def classify_reply(reply_code: str | None, status: str | None, text: str,
-                   command: str | None, recipient: str = "") -> tuple[str, bool, str]:
+                   command: str | None, recipient: str = "",
+                   sender: str = "") -> tuple[str, bool, str]:
     """``(reason, hard, decided_by)`` for one SMTP refusal seen first-hand.
 
     The same decision path as for reports: the relay's own upstream transaction knows
-    the command (``RCPT``/``DATA``) and the code for certain.
+    the command (``RCPT``/``DATA``), the code and the envelope sender for certain.
     """
     rules = ruleset()
-    found = Found(recipient=recipient, status=valid_status(status), diagnostic=text,
+    found = Found(recipient=recipient.lower(), status=valid_status(status), diagnostic=text,
                   reply_code=reply_code, command=command, shown=text,
+                  senders=(sender.lower(),) if sender else (),
                   action="refused")  # one live reply: no retry period has run out
     facts = facts_of(found, rules)
     reason, decided_by = decide(facts, rules)

@@ -98,6 +98,10 @@ class Found:
     found_by: str = ""
     #: What an admin is shown as the diagnostic.
     shown: str = ""
+    #: Addresses the original message was sent from, as the notice's own envelope shows
+    #: them (it is addressed to the original's reverse-path, RFC 3464 section 2): a
+    #: server's reply naming one of them is about the sender, not the recipient.
+    senders: tuple[str, ...] = ()
 
 
 Extracted = Found | BounceRecord

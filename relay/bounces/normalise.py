@@ -34,6 +34,22 @@ def flatten(text: str) -> str:
     return " ".join(low.split())  # str.split and re's \s agree on what is white space
 
 
+def mark_senders(text: str, senders: tuple[str, ...]) -> str:
+    """``text`` with the word "sender" before each of ``senders`` it names.
+
+    A reply that names the original sender's address is about the sender whatever its
+    code ("550-Verification failed for <s>": Exim's sender callout, whose 5.1.1 the
+    reporting MTA passes on), so the phrases of the sender's refusal (``rejected``)
+    read it as they read "sender <s>"; addresses are masked afterwards (``flatten``).
+    """
+    low = text.lower()
+    for sender in senders:
+        if sender and sender in low:
+            text = re.sub(rf"<?{re.escape(sender)}>?", lambda m: f"sender {m.group(0)}", text,
+                          flags=re.I)
+    return text
+
+
 def valid_status(value: str | None) -> str | None:
     """``value`` if it is a well-formed enhanced status code (``5.1.1``), else ``None``."""
     if not value:

@@ -277,6 +277,10 @@ PHRASES: tuple[Phrase, ...] = (
         r"\b(?:invalid|unknown|bad|unroutable|unresolvable|illegal) (?:sender|from|"
         r"envelope[- ]from|return[- ]path)\b", r"\bdomain of sender address\b",
         r"bad sender'?s (?:mailbox|system) address"),
+    # Exim's callout verification of the sender ("550-Verification failed for <s>",
+    # then "Sender verify failed": the Exim Specification, "Callout verification"),
+    # read with the sender's address marked (``normalise.mark_senders``).
+    *_p("rejected", "exim", r"\bverif\w* failed for sender\b"),
     *_p("rejected", "rfc7505", r"sender address has null mx"),  # X.7.27
     *_p("rejected", "rfc4407", r"purported responsible address"),
     *_p("rejected", "google", r"send mail as"),
