@@ -13,6 +13,7 @@ import base64
 import codecs
 import re
 
+import aiosmtplib
 import pytest
 
 from plugins import attachments
@@ -24,6 +25,7 @@ from relay.rewrite.mime import (
     parse_headers,
     walk,
 )
+from tests.conftest import MakeRelay, Sink, relay_port
 from tests.rewrite_support import make_app, parses, revert_html, rewrite
 
 LINK = "https://example.com/offer?id=7"
@@ -318,3 +320,34 @@ async def test_the_pixel_goes_into_the_html_alternative_a_client_shows() -> None
     out, _ = await rewrite(make_app(), mixed)
     first_html, _, last_html = out.partition(b"<p>rich</p>")
     assert len(PIXEL_SRC.findall(first_html)) == 1 and not PIXEL_SRC.search(last_html)
+
+
+@pytest.mark.parametrize("cte_line", [b"", b"Content-Transfer-Encoding: 7bit\r\n"])
+async def test_a_message_without_mime_version_gets_one_with_a_new_encoding(
+        make_relay: MakeRelay, sink: Sink, cte_line: bytes) -> None:
+    """A message with a Content-Type but no MIME-Version (old scripts, hand-made mail)
+    whose HTML must become quoted-printable (8-bit octets under a 7bit label) gets
+    ``MIME-Version: 1.0`` too: RFC 2045 section 4 lets a reader ignore the MIME fields of
+    a message without it, and it would show the encoded text. Delivered through the
+    relay to a real upstream."""
+    raw = (b"From: a@example.com\r\nTo: b@example.org\r\nSubject: no version\r\n"
+           b"Message-ID: <nv@example.com>\r\nContent-Type: text/html; charset=utf-8\r\n"
+           + cte_line + b"\r\n" + HTML.replace("offer.", "caf\u00e9.").encode())
+    relay = await make_relay(load_entry_points=True)
+    await aiosmtplib.send(raw, sender="a@example.com", recipients=["b@example.org"],
+                          hostname="127.0.0.1", port=relay_port(relay))
+    (got,) = sink.received
+    head, _, body = split_message(got.data)
+    fields = head.split(b"\r\n")
+    assert b"MIME-Version: 1.0" in fields
+    assert [f for f in fields if f.lower().startswith(b"content-transfer-encoding")] == [
+        b"Content-Transfer-Encoding: quoted-printable"]
+    text = decode_transfer(body, "quoted-printable").decode()
+    assert "caf\u00e9." in text and "/o/" in text
+
+
+async def test_a_message_with_mime_version_keeps_its_header_as_it_was() -> None:
+    """The control: a MIME message's header gains no second MIME-Version."""
+    raw = single(b"text/html; charset=utf-8", b"7bit", LONG_HTML.encode())
+    out, _ = await rewrite(make_app(), raw)
+    assert split_message(out)[0].count(b"MIME-Version") == 1

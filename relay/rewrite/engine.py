@@ -219,7 +219,7 @@ async def _edit_parts(context: RewriteContext, tree: MimeTree) -> None:
                 # where the field stands: header order and every other byte kept
                 message.edit_header_block(
                     functools.partial(set_transfer_encoding, cte=new_cte,
-                                      newline=message.newline))
+                                      newline=message.newline, top=True))
     for removed in context.removed_leaves:
         assert removed.remove_span is not None
         replacements.append((*removed.remove_span, b""))

@@ -822,20 +822,28 @@ _CTE_FIELD = re.compile(rb"(?im)^(content-transfer-encoding[ \t]*:[ \t]*)"
                         rb"[^\r\n]*(?:\r?\n[ \t][^\r\n]*)*")
 
 
-def set_transfer_encoding(header_block: bytes, cte: str, newline: bytes) -> bytes:
+_MIME_VERSION_FIELD = re.compile(rb"(?im)^mime-version[ \t]*:")
+
+
+def set_transfer_encoding(header_block: bytes, cte: str, newline: bytes,
+                          top: bool = False) -> bytes:
     """A header block with its Content-Transfer-Encoding set to ``cte``.
 
     The field's value is replaced where it stands (its name and spacing as they were,
     every other byte of the block unchanged); the field is added at the end of the
-    block only when there was none.
+    block only when there was none. A message's own header (``top``) without
+    ``MIME-Version`` gets ``MIME-Version: 1.0`` with it: RFC 2045 section 4 lets a reader
+    ignore every MIME field of a message without one, and would show the encoded text.
     """
     value = cte.encode("ascii")
     new, count = _CTE_FIELD.subn(lambda m: m.group(1) + value, header_block)
-    if count:
-        return new
-    if header_block and not header_block.endswith(b"\n"):
-        header_block += newline
-    return header_block + b"Content-Transfer-Encoding: " + value + newline
+    if not count:
+        if new and not new.endswith(b"\n"):
+            new += newline
+        new += b"Content-Transfer-Encoding: " + value + newline
+    if top and not _MIME_VERSION_FIELD.search(new):
+        new += b"MIME-Version: 1.0" + newline
+    return new
 
 
 def splice(body: bytes, replacements: list[tuple[int, int, bytes]]) -> bytes:
