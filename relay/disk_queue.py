@@ -11,6 +11,13 @@ minutes, until ``LIFETIME`` (5 days, Postfix's ``maximal_queue_lifetime`` and
 item refused for good, one that cannot be read, or one past its lifetime is renamed
 ``*.failed`` for the admin to read: nothing is deleted that was not delivered.
 
+A try whose bookkeeping fails (the folder read-only, the disk full: the file can be
+neither removed after delivery nor renamed with its next due time) must not make the
+item due again at once: it would be sent again and again, as fast as the upstream
+takes it. The process keeps such a file locked (so no other process tries it either)
+and out of its own looks: a delivered one for as long as it runs, removing it once the
+folder can be written again; a deferred one until the retry delay it earned has passed.
+
 Files outlive the process: at start-up, and every ``SCAN_INTERVAL``, each relay process
 sharing the folder (the workers of one ``serve``) tries those that are due. A lock on the
 file (``flock``) while it is tried keeps two processes from sending one item twice; the
@@ -23,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import math
 import os
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
@@ -148,6 +156,9 @@ class DiskQueue(Generic[ItemT]):
         self._wake = asyncio.Event()
         self._trying: set[str] = set()
         self._tries: set[asyncio.Task[None]] = set()
+        #: Files whose try could not be recorded on disk: name -> (the locked
+        #: descriptor, when it may be tried again (inf: delivered), its path).
+        self._held: dict[str, tuple[int, float, Path]] = {}
 
     def start(self) -> None:
         """Begin trying what earlier runs left in the folder. The folder is made when
@@ -175,6 +186,9 @@ class DiskQueue(Generic[ItemT]):
             if late:
                 await asyncio.wait(late, timeout=1.0)
         self._runner = None
+        for fd, _, _ in self._held.values():
+            os.close(fd)
+        self._held.clear()
 
     async def submit(self, item: ItemT, tried: int = 0) -> bool:
         """Keep ``item`` on disk (awaited: the caller's client has not had its answer
@@ -238,9 +252,11 @@ class DiskQueue(Generic[ItemT]):
         return fd, path
 
     async def _try(self, path: Path, fd: int, item: ItemT, tries: int) -> None:
-        """One try of the item in ``path`` (locked through ``fd``, closed here)."""
+        """One try of the item in ``path`` (locked through ``fd``, closed here, or kept
+        by ``_hold`` when what the try came to could not be written down)."""
         name = path.name
         self._trying.add(name)
+        verdict: Verdict[ItemT] | None = None
         try:
             end = item.queued_at + LIFETIME
             # Given up on the first try after the lifetime (the last comes at its end).
@@ -267,10 +283,34 @@ class DiskQueue(Generic[ItemT]):
             if later:
                 self._wake.set()
         except OSError as exc:
+            done = verdict is not None and verdict.result == "done"
+            until = math.inf if done else time.time() + retry_delay(tries + 1)
             log.error(f"{self.kind}_queue_failed", txn=item.txn, file=str(path),
-                      error=f"{type(exc).__name__}: {exc}")
+                      error=f"{type(exc).__name__}: {exc}", delivered=done,
+                      held_until=None if done else round(until, 3))
+            self._held[name] = (fd, until, path)
+            fd = -1
         finally:
             self._trying.discard(name)
+            if fd >= 0:
+                os.close(fd)
+
+    def _release_held(self) -> None:
+        """Files held after a try that could not be recorded: a delivered one goes once
+        the folder lets it be removed; a deferred one is released when its delay is
+        over (tried again, from its old name, as due)."""
+        now = time.time()
+        for name, (fd, until, path) in list(self._held.items()):
+            if until == math.inf:
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+                except OSError:
+                    continue
+            elif until > now:
+                continue
+            del self._held[name]
             os.close(fd)
 
     def _due(self) -> Iterator[tuple[Path, int]]:
@@ -285,7 +325,7 @@ class DiskQueue(Generic[ItemT]):
                 continue
             pending += 1
             due, tries, _ = parsed
-            if due <= now and name not in self._trying:
+            if due <= now and name not in self._trying and name not in self._held:
                 yield self.folder / name, tries
         self.pending.set(pending)
 
@@ -323,6 +363,8 @@ class DiskQueue(Generic[ItemT]):
     async def _run(self) -> None:
         while not self._stopping:
             self._wake.clear()
+            if self._held:
+                self._release_held()
             try:
                 for path, tries in ([] if not self.folder.is_dir() else list(self._due())):
                     if self._stopping:
@@ -347,11 +389,14 @@ class DiskQueue(Generic[ItemT]):
     def _next_wait(self) -> float:
         """Until the next look: the earliest due time if it comes before the scan."""
         soonest = SCAN_INTERVAL
+        now = time.time()
+        for _, until, _ in self._held.values():
+            soonest = min(soonest, max(0.0, until - now))
         with contextlib.suppress(OSError), os.scandir(self.folder) as entries:
-            now = time.time()
             for entry in entries:
                 parsed = _parse_name(entry.name)
-                if parsed is not None and entry.name not in self._trying:
+                if parsed is not None and entry.name not in self._trying \
+                        and entry.name not in self._held:
                     soonest = min(soonest, max(0.0, parsed[0] - now))
         return soonest
 
@@ -393,10 +438,12 @@ def entries(folder: Path) -> list[Entry]:
     return out
 
 
-def flush(folder: Path) -> tuple[int, int]:
+def flush(folder: Path) -> tuple[int, int, list[str]]:
     """Make every pending file of ``folder`` due now (``postqueue -f``): the relays
-    sharing it try them at their next look. (made due, skipped: being tried now)."""
+    sharing it try them at their next look. (made due, skipped: being tried now or
+    held, and what could not be renamed: the folder read-only, as one line each)."""
     made, busy = 0, 0
+    errors: list[str] = []
     for entry in entries(folder):
         if entry.state != "pending" or entry.tries is None:
             continue
@@ -418,6 +465,8 @@ def flush(folder: Path) -> tuple[int, int]:
                 made += 1
         except FileNotFoundError:
             pass
+        except OSError as exc:
+            errors.append(f"{entry.path.name}: {exc.strerror or type(exc).__name__}")
         finally:
             os.close(fd)
-    return made, busy
+    return made, busy, errors

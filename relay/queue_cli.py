@@ -74,12 +74,17 @@ def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
     folders = [(kind, queue_folder(config, suffix).absolute(), read)
                for kind, suffix, read in KINDS]
     if args.flush:
+        failed = 0
         for _, folder, _ in folders:
-            made, busy = flush(folder)
+            made, busy, errors = flush(folder)
             print(f"{folder.suffix[1:]}: {made} made due now" + (
-                f", {busy} being tried at this moment" if busy else "") + f" ({folder}"
+                f", {busy} being tried at this moment" if busy else "") + (
+                f", {len(errors)} could not be renamed" if errors else "") + f" ({folder}"
                 + ("" if folder.is_dir() else ": no such folder yet") + ")", file=out)
-        return 0
+            for error in errors:
+                print(f"trackrelay queue --flush: {folder}/{error}", file=sys.stderr)
+            failed += len(errors)
+        return 1 if failed else 0
     rows = [_row(kind, entry, read) for kind, folder, read in folders
             for entry in entries(folder)]
     if args.json:

@@ -8,8 +8,11 @@ queued it and is sent once by the next."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -257,6 +260,13 @@ async def test_the_queue_command_lists_and_flushes(make_relay: MakeRelay, sink: 
     rc, table = await trackrelay("queue", "--config", str(config))
     assert rc == 0 and "2 pending, 0 failed" in table and f"to={LATE}" in table
 
+    # A read-only folder: one line per file that could not be made due, no traceback,
+    # and a failing exit status.
+    with immutable(relay.copies.folder):
+        rc, out = await trackrelay("queue", "--config", str(config), "--flush")
+    assert rc == 1 and "copies: 0 made due now, 1 could not be renamed" in out, out
+    assert "Traceback" not in out and "Operation not permitted" in out, out
+
     sink.behaviour.data_reply_for = {}
     sink.behaviour.refuse_rcpt = {}
     rc, out = await trackrelay("queue", "--config", str(config), "--flush")
@@ -342,3 +352,71 @@ async def test_a_message_refused_with_its_transaction_left_open_spoils_nothing(
     assert sorted(r.rcpt_tos[0] for r in sink.received) == [
         "ann@example.org", "bob@example.org", LATE]
     assert notices(sink) == []
+
+
+@contextlib.contextmanager
+def immutable(folder: Path) -> Iterator[None]:
+    """The folder made unchangeable (``chattr +i``: no file created, renamed or removed
+    in it, even by root), as a read-only remount or a full disk leaves a queue."""
+    subprocess.run(["chattr", "+i", str(folder)], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
+@pytest.fixture
+def one_second_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    from relay import disk_queue
+
+    monkeypatch.setattr(disk_queue, "RETRY_AFTER", (1.0,))
+    monkeypatch.setattr(disk_queue, "SCAN_INTERVAL", 0.05)
+
+
+async def test_a_delivered_copy_that_cannot_be_removed_is_not_sent_again(
+        make_relay: MakeRelay, sink: Sink, one_second_retries: None) -> None:
+    """The copy is delivered on its second try, but its file cannot be removed (the
+    folder read-only): the relay keeps it locked and out of its looks, so the
+    recipient gets it once, not once per look (it was sent hundreds of times a second);
+    once the folder can be written again the file goes."""
+    relay = await make_relay(load_entry_points=True, tracking=SPLIT)
+    sink.behaviour.data_reply_for = Deferring("451 4.7.1 Greylisted, try again", 1)
+    with structlog.testing.capture_logs() as logs:
+        code, text = await send(relay, message())
+        assert code == 250 and "1 queued" in text, text
+        (queued,) = queue_files(relay)
+        with immutable(relay.copies.folder):
+
+            async def delivered() -> bool:
+                return bool(copies_to(sink, LATE))
+
+            await wait_for(delivered)
+            await asyncio.sleep(1.5)
+            assert len(copies_to(sink, LATE)) == 1
+            assert queue_files(relay) == [queued]
+        failed = [e for e in logs if e["event"] == "copy_queue_failed"]
+        assert failed and all(e["delivered"] for e in failed)
+
+        async def removed() -> bool:
+            return queue_files(relay) == []
+
+        await wait_for(removed)
+    assert len(copies_to(sink, LATE)) == 1 and queue_files(relay, ".failed") == []
+
+
+async def test_a_deferral_that_cannot_be_written_waits_its_delay(
+        make_relay: MakeRelay, sink: Sink, one_second_retries: None) -> None:
+    """Deferred again while the folder is read-only, the copy cannot be renamed with its
+    next due time: it is still tried only after the retry delay (about 1 s here), not
+    again at once."""
+    relay = await make_relay(load_entry_points=True, tracking=SPLIT)
+    sink.behaviour.data_reply_for = Deferring("451 4.7.1 Greylisted, try again", 99)
+    with structlog.testing.capture_logs() as logs:
+        code, text = await send(relay, message())
+        assert code == 250 and "1 queued" in text, text
+        with immutable(relay.copies.folder):
+            await asyncio.sleep(3.6)
+        tries = [e for e in logs if e["event"] == "copy_queue_failed"]
+    assert 1 <= len(tries) <= 4, len(tries)
+    assert not any(e["delivered"] for e in tries)
+    assert copies_to(sink, LATE) == []
