@@ -15,6 +15,7 @@ CHROME = ("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 "
 # (seconds after delivery it is only "suspicious"; from a residential-looking IP).
 SCANNER_UA = CHROME
 NAV = {"sec-fetch-mode": "navigate", "sec-fetch-user": "?1", "sec-ch-ua": '"Chromium";v="140"'}
+OUTLOOK = "Mozilla/4.0 (compatible; ms-office; MSOffice 16)"
 IPHONE_MAIL = ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 "
                "(KHTML, like Gecko) Mobile/15E148")
 
@@ -119,7 +120,7 @@ def test_honeypot_window_is_configurable() -> None:
 
 def test_recipient_burst_from_one_gateway() -> None:
     c = Classifier(EngagementConfig())
-    gw = [tracked(c, "open", T0 + 3600 + i, ip=f"192.0.2.{10 + i}", ua=IPHONE_MAIL,
+    gw = [tracked(c, "open", T0 + 3600 + i, ip=f"192.0.2.{10 + i}", ua=CHROME,
                   recipient=f"r{i}@corp.example", message=f"m{i}") for i in range(5)]
     result = run_batch(gw, now=T0 + 7200)
     assert len(result.changed) == 5
@@ -127,9 +128,21 @@ def test_recipient_burst_from_one_gateway() -> None:
     # four recipients are below the default minimum of five
     assert not run_batch(gw[:4], now=T0 + 7200).changed
     # spread over more than the window: people, not a gateway
-    slow = [tracked(c, "open", T0 + 3600 + 11 * i, ip="192.0.2.10", ua=IPHONE_MAIL,
+    slow = [tracked(c, "open", T0 + 3600 + 11 * i, ip="192.0.2.10", ua=CHROME,
                     recipient=f"r{i}@corp.example") for i in range(6)]
     assert not run_batch(slow, now=T0 + 7200).changed
+
+
+def test_people_behind_one_nat_reading_in_their_mail_client_are_no_burst() -> None:
+    """Five people of one office (one NAT, RFC 6888) open the same announcement in
+    the same seconds with the same mail client: its own user agent (``mail_client``)
+    is the reader's, not a gateway's, so the burst does not demote them."""
+    c = Classifier(EngagementConfig())
+    office = [tracked(c, "open", T0 + 90 + 1.8 * i, ip=f"198.51.100.{10 + i}", ua=ua,
+                      recipient=f"r{i}@corp.example", message=f"m{i}")
+              for i in range(5) for ua in (IPHONE_MAIL, OUTLOOK)]
+    assert all(Verdict.of_event(e).verdict == "human" for e in office)
+    assert not run_batch(office, now=T0 + 7200).changed
 
 
 def test_gmail_proxy_opens_are_never_a_recipient_burst() -> None:

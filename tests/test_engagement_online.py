@@ -323,3 +323,25 @@ def test_select_headers_from_a_request_is_case_insensitive_and_keeps_the_last() 
     expected = {"sec-fetch-mode": "no-cors", "accept": "*/*", "x-native-host": "x"}
     assert select_headers(CIMultiDictProxy(raw)) == expected
     assert select_headers(raw) == expected == select_headers(dict(raw.items()))
+
+
+@pytest.mark.parametrize("ua", ["node", "PostmanRuntime/7.39.0", "Deno/1.26.1",
+                                "reqwest/0.9.19", "ApacheBench/2.3", "undici"])
+def test_a_program_s_user_agent_is_not_a_person(classifier: Classifier, ua: str) -> None:
+    """A bare product token, no browser's "Mozilla/5.0 (" and no platform comment, is a
+    program no table lists yet: never counted as a person (``not_a_browser``)."""
+    for kind in ("open", "click"):
+        v = classifier.classify(RequestFacts(kind, user_agent=ua, ip="203.0.113.9",
+                                             time=DELIVERED + 3600, delivered_at=DELIVERED))
+        assert v.verdict != "human" and "not_a_browser" in v.reasons, (kind, v)
+
+
+@pytest.mark.parametrize("ua", [
+    CHROME, "Mozilla/4.0 (compatible; ms-office; MSOffice 16)",
+    "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Thunderbird/128.5.0",
+    "Opera/9.80 (Windows NT 6.1) Presto/2.12.388 Version/12.16",
+])
+def test_browsers_and_mail_clients_are_still_people(classifier: Classifier, ua: str) -> None:
+    v = classifier.classify(RequestFacts("open", user_agent=ua, ip="203.0.113.9",
+                                         time=DELIVERED + 3600, delivered_at=DELIVERED))
+    assert v.verdict == "human" and "not_a_browser" not in v.reasons, v

@@ -26,8 +26,7 @@ pytest_plugins = ("tests.tracker_fixtures",)
 
 LINK_1 = "https://shop.example/p?id=7&ref=mail#buy"
 LINK_2 = "https://example.com/news?a=1&b=%20x"
-
-
+THUNDERBIRD = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Thunderbird/128.5.0"
 
 
 async def test_message_through_relay_then_pixel_links_and_api(
@@ -74,7 +73,7 @@ async def test_message_through_relay_then_pixel_links_and_api(
         assert await store.lookup_message(message_id.message_id) is not None
 
         async with aiohttp.ClientSession(headers={"User-Agent": MAIL_CLIENT_UA}) as http:
-            async with http.get(pixels[0], headers={"User-Agent": "Thunderbird"}) as resp:
+            async with http.get(pixels[0], headers={"User-Agent": THUNDERBIRD}) as resp:
                 assert resp.status == 200 and len(await resp.read()) == 43
             targets = []
             for url in clicks:

@@ -68,6 +68,23 @@ async def test_pixel_records_an_open_with_client_details(tracker: Tracker) -> No
     assert ev["campaign"] == "spring" and ev["sender"] == "alice@example.com"
 
 
+async def test_a_proxy_open_records_no_client_system_or_device(tracker: Tracker) -> None:
+    """Gmail's image proxy fetches with a fixed user agent ("Windows NT 5.1 … Firefox/11")
+    whatever the reader uses: it says nothing of the reader's client, system or device,
+    so those are not recorded (as the proxy's location is not), and a device report
+    does not count Gmail's readers as Windows desktops."""
+    gip = ("Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 "
+           "(via ggpht.com GoogleImageProxy)")
+    sent = await seed_message(tracker.store)
+    async with tracker.http.get(tracker.pixel_url(sent.message_id),
+                                headers={"User-Agent": gip}) as resp:
+        assert resp.status == 200
+    (ev,) = await tracker.events(type="open")
+    assert (ev["verdict"], ev["proxy"]) == ("human_proxy", "gmail")
+    assert (ev["client"], ev["os"], ev["device"]) == (None, None, None)
+    assert ev["user_agent"] == gip
+
+
 async def test_click_redirects_to_the_original_target_intact(tracker: Tracker) -> None:
     sent = await seed_message(tracker.store, links=["https://example.com/a", TARGET])
     async with tracker.http.get(tracker.click_url(sent.message_id, 1),

@@ -24,7 +24,10 @@ Rules, in order (bot-signals.md §4.1 O8, §4.2 C7; thresholds from ``[engagemen
    agent reaching ``recipient_burst_min`` distinct recipients within
    ``recipient_burst_seconds`` are ``machine/recipient_burst`` (a gateway scanning a
    batch). Mail-provider proxy and Apple MPP events are left out: Gmail's proxy serves
-   many real readers from few addresses;
+   many real readers from few addresses; so are opens a mail client's own user agent
+   made (``mail_client``: Outlook's Word engine, Thunderbird): many people behind one
+   office or carrier NAT (RFC 6888) read the same mail with the same client at once,
+   and a gateway scanning a batch fetches with its own or a browser's user agent;
 5. **inferred open** — a human click on a message and recipient with no human open
    (and no inferred open yet) yields a new ``open`` event at the click's time, flagged
    ``data["inferred"] = True``, verdict ``human``, reason ``inferred_from_click``. Only
@@ -154,7 +157,8 @@ class BatchPass:
         groups: dict[tuple[str, str], list[int]] = defaultdict(list)
         for i, e in enumerate(items):
             net = _network_key(e.ip)
-            if net is None or before[i].proxy is not None or e.data.get("inferred"):
+            if net is None or before[i].proxy is not None or e.data.get("inferred") \
+                    or (before[i].human and R.MAIL_CLIENT in before[i].reasons):
                 continue
             groups[net, e.user_agent or ""].append(i)
         for idxs in groups.values():

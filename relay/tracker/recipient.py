@@ -392,8 +392,10 @@ class RecipientEndpoints:
         verdict.apply_to(event)
         if verdict.proxy:
             # A mail provider's image proxy fetched it: its address says where the proxy
-            # is, not the reader, so no location is recorded.
-            for key in ("country", "region", "city"):
+            # is, not the reader, and its user agent is the proxy's (GoogleImageProxy
+            # sends a fixed "Windows NT 5.1 … Firefox/11" one: bot-signals.md O-e), so
+            # neither location nor client, system or device is recorded.
+            for key in ("country", "region", "city", "client", "os", "device"):
                 if key in data:
                     data[key] = None
             data["location_hidden"] = True
