@@ -847,6 +847,9 @@ def validate(config: Config) -> None:
     validate_listeners(config)
     # A name that goes into the greeting, EHLO and HELO: one token of printable ASCII (a
     # line break would end the reply early and start another, RFC 5321 section 4.2).
+    if not r.hostname:
+        raise ConfigError("relay.hostname: must not be empty (it names this relay in its "
+                          "greeting, its EHLO and the notices it sends)")
     for key, name in (("relay.hostname", r.hostname), ("upstream.helo_name", u.helo_name)):
         if name and not re.fullmatch(r"[\x21-\x7e]+", name):
             raise ConfigError(f"{key}: a host name without spaces or control characters, "
@@ -868,6 +871,7 @@ def validate(config: Config) -> None:
         path = getattr(r, key)
         if path and not Path(path).is_file():
             raise ConfigError(f"relay.{key}: no such file: {path}")
+    check_ca_file("upstream.ca_file", u.ca_file)
     if r.auth_required and not r.users_file:
         raise ConfigError("relay.auth_required: needs relay.users_file")
     if r.max_message_size <= 0:
@@ -1137,6 +1141,21 @@ def validate_alerts(config: Config) -> None:
                               "rate_window_seconds positive, quiet_hours 0 or more)")
 
 
+def check_ca_file(key: str, path: str) -> None:
+    """A CA bundle must exist and hold PEM certificates: found out at start, not at the
+    first TLS connection, where it stopped ``serve`` with a traceback."""
+    if not path:
+        return
+    if not Path(path).is_file():
+        raise ConfigError(f"{key}: no such file: {path}")
+    import ssl
+
+    try:
+        ssl.create_default_context(cafile=path)
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        raise ConfigError(f"{key}: not a PEM file of CA certificates: {path} ({exc})") from None
+
+
 def validate_imap(m: ImapConfig) -> None:
     """``[replies.imap]``: one way to log in, files that exist, folders to read."""
     if not m.host:
@@ -1153,6 +1172,7 @@ def validate_imap(m: ImapConfig) -> None:
         path = getattr(m, key)
         if path and not Path(path).is_file():
             raise ConfigError(f"replies.imap.{key}: no such file: {path}")
+    check_ca_file("replies.imap.ca_file", m.ca_file)
     if not m.folders or not all(f.strip() for f in m.folders):
         raise ConfigError("replies.imap.folders: name at least one folder")
     if m.poll_interval <= 0:

@@ -101,6 +101,7 @@ UTF8_RECIPIENT_UNSUPPORTED = Reply(553, "5.6.7", "Upstream server does not suppo
 UTF8_HEADER_UNSUPPORTED = Reply(550, "5.6.9", "Message header needs SMTPUTF8, which the "
                                 "upstream server does not support")
 HOOK_TEMPFAIL = Reply(451, "4.3.0", "Temporary local problem, try again later")
+INTERNAL_ERROR = Reply(451, "4.3.0", "Internal error, try again later")
 #: Seconds, beyond ``upstream.data_timeout``, that shutdown waits for a message already
 #: on its way upstream (preparing it, passing the answer on).
 DELIVERY_WAIT_MARGIN = 10.0
@@ -364,6 +365,14 @@ class ConnectionHandler(SmtpNames):
 
     def client_gone(self) -> None:
         return None
+
+    async def handle_exception(self, error: Exception) -> str:
+        """An error of our own while handling a command is transient: ``451`` (DESIGN:
+        what fails on our side is a 4xx, so the client keeps the mail and retries),
+        logged with its traceback. aiosmtpd's default answer is a permanent ``500``
+        carrying the error's text, which makes a client bounce the mail."""
+        log.error("smtp_internal_error", error=type(error).__name__, exc_info=error)
+        return str(INTERNAL_ERROR)
 
 
 class RelaySMTP(SmtpNames, SMTP):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -296,6 +298,7 @@ def test_a_config_file_that_is_not_toml_text_is_one_line(
      "bounces.listen[0]: 127.0.0.1:2525 is also relay.listen[0]"),
     ({"relay": {"hostname": "relay.example\r\n250 injected"}}, "relay.hostname: a host name"),
     ({"upstream": {"helo_name": "a b"}}, "upstream.helo_name: a host name"),
+    ({"relay": {"hostname": ""}}, "relay.hostname: must not be empty"),
 ])
 def test_addresses_twice_and_names_that_break_replies_are_config_errors(
         data: dict[str, Any], message: str) -> None:
@@ -304,3 +307,23 @@ def test_addresses_twice_and_names_that_break_replies_are_config_errors(
     greeting and EHLO reply early and began another (``250 injected``)."""
     with pytest.raises(ConfigError, match=re.escape(message)):
         build_config(data, environ={})
+
+
+@pytest.mark.parametrize("content", [None, b"not a certificate\n"])
+@pytest.mark.parametrize("section", ["upstream", "replies.imap"])
+def test_a_ca_file_that_is_missing_or_no_pem_is_a_config_error(
+        tmp_path: Path, content: bytes | None, section: str) -> None:
+    """``check-config`` and ``serve`` name the key and exit 2; ``serve`` used to start,
+    then die with a traceback at its first TLS connection upstream."""
+    ca = tmp_path / "ca.pem"
+    if content is not None:
+        ca.write_bytes(content)
+    imap = ('host = "imap.example"\nuser = "u"\npassword = "p"\nfolders = ["INBOX"]\n'
+            if section == "replies.imap" else 'tls = "starttls"\n')
+    config = tmp_path / "bad.toml"
+    config.write_text(f'[{section}]\n{imap}ca_file = "{ca}"\n')
+    for command in ("check-config", "serve"):
+        done = subprocess.run([sys.executable, "-m", "relay.cli", command, "--config",
+                               str(config)], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2, (command, done.stdout, done.stderr)
+        assert f"{section}.ca_file:" in done.stderr and "Traceback" not in done.stderr

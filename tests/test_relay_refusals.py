@@ -131,3 +131,22 @@ async def test_a_refusal_naming_the_sender_suppresses_no_recipient(make_relay: M
         "userunknown", True)
     assert await store.find_suppression("good@example.org", [""]) is None
     assert await store.find_suppression("gone@example.org", [""]) is not None
+
+
+async def test_an_error_of_the_relay_s_own_is_a_temporary_refusal(
+        make_relay: MakeRelay, sink: Sink) -> None:
+    """An exception while handling a command (here: a host name the upstream client
+    refuses, as an empty ``relay.hostname`` once was) is ``451 4.3.0``, so the client
+    keeps the mail and retries; aiosmtpd's own answer was a permanent ``500`` with the
+    error's text, which makes clients bounce it."""
+    relay = await make_relay()
+    relay.upstream.local_hostname = ""  # type: ignore[attr-defined]
+    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=relay_port(relay))
+    await client.connect()
+    await client.ehlo()
+    with pytest.raises(aiosmtplib.SMTPResponseException) as refused:
+        await client.mail("alice@example.com")
+    assert (refused.value.code, refused.value.message) == (
+        451, "4.3.0 Internal error, try again later")
+    client.close()
+    assert sink.received == []
