@@ -229,6 +229,10 @@ class TrackingConfig:
     split_max_recipients: int = 50
     #: What mail over ``split_max_recipients`` gets: "skip" or "shared".
     split_fallback: Literal["skip", "shared"] = "skip"
+    #: Seconds of sending copies after which the rest are queued and the client is
+    #: answered: it waits 10 minutes at most (RFC 5321 section 4.5.3.2.6) and sends the
+    #: whole message again after that, copies already taken included. 0: no limit.
+    split_time_budget: float = 240.0
     #: Also route http(s) URLs in text/plain parts through the tracker.
     rewrite_text_links: bool = False
     #: Links tracked per message at most; later ones are left as written (``over_limit``).
@@ -917,6 +921,10 @@ def validate(config: Config) -> None:
     if config.tracking.max_links < 0:
         raise ConfigError("tracking.max_links: must be 0 (no limit) or more, got "
                           f"{config.tracking.max_links}")
+    if not 0 <= config.tracking.split_time_budget <= 540:
+        raise ConfigError("tracking.split_time_budget: seconds from 0 (no limit) to 540 "
+                          "(a client waits 600 for its answer), got "
+                          f"{config.tracking.split_time_budget}")
     if config.tracking.split_max_recipients < 2:
         raise ConfigError("tracking.split_max_recipients: must be 2 or more, got "
                           f"{config.tracking.split_max_recipients}")

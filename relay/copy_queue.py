@@ -262,11 +262,12 @@ class CopyQueue:
     async def stop(self, grace: float) -> None:
         await self.disk.stop(grace)
 
-    async def submit(self, copy: QueuedCopy) -> bool:
+    async def submit(self, copy: QueuedCopy, *, untried: bool = False) -> bool:
         """Keep ``copy``, deferred on its first try, for the next one (awaited: before
-        the client has its 250). False when it could not be kept: the caller reports
-        its recipients failed, as it would without a queue."""
-        if not await self.disk.submit(copy, tried=1):
+        the client has its 250); an ``untried`` one (not sent before the client's
+        answer: ``tracking.split_time_budget``) is sent at once. False when it could not
+        be kept: the caller reports its recipients failed, as it would without a queue."""
+        if not await self.disk.submit(copy, tried=0 if untried else 1, try_unkept=False):
             return False
         SPLIT_COPIES.labels("queued").inc()
         log.warning("copy_queued", txn=copy.txn, message_id=copy.transaction.message_id,

@@ -190,12 +190,12 @@ class DiskQueue(Generic[ItemT]):
             os.close(fd)
         self._held.clear()
 
-    async def submit(self, item: ItemT, tried: int = 0) -> bool:
+    async def submit(self, item: ItemT, tried: int = 0, *, try_unkept: bool = True) -> bool:
         """Keep ``item`` on disk (awaited: the caller's client has not had its answer
         yet), then try it at once in the background; an item ``tried`` already (and
         deferred) waits its turn, as after that many tries. False when it could not be
-        kept (said loudly): an untried item is then tried once, as its last try; a
-        tried one is the caller's to report."""
+        kept (said loudly): an untried item is then tried once, as its last try, unless
+        ``try_unkept`` is false; a tried one is the caller's to report."""
         ident = f"{item.txn}.{new_id()}"
         due = time.time() + (retry_delay(tried) if tried else 0.0)
         try:
@@ -203,7 +203,7 @@ class DiskQueue(Generic[ItemT]):
         except OSError as exc:
             log.error(f"{self.kind}_not_queued", txn=item.txn, folder=str(self.folder),
                       error=f"{type(exc).__name__}: {exc}")
-            if not tried:
+            if not tried and try_unkept:
                 self._spawn(self._try_unkept(item))
             return False
         if tried:

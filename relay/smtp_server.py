@@ -102,6 +102,9 @@ UTF8_HEADER_UNSUPPORTED = Reply(550, "5.6.9", "Message header needs SMTPUTF8, wh
                                 "upstream server does not support")
 HOOK_TEMPFAIL = Reply(451, "4.3.0", "Temporary local problem, try again later")
 INTERNAL_ERROR = Reply(451, "4.3.0", "Internal error, try again later")
+#: A per-recipient copy not sent before the client's answer (tracking.split_time_budget):
+#: it goes to the queue, which sends it next.
+SPLIT_POSTPONED = Reply(451, "4.4.7", "Not sent yet: queued to be sent after the answer")
 #: Seconds, beyond ``upstream.data_timeout``, that shutdown waits for a message already
 #: on its way upstream (preparing it, passing the answer on).
 DELIVERY_WAIT_MARGIN = 10.0
@@ -1330,8 +1333,21 @@ class RelaySession(ConnectionHandler):
                               utf8: bool) -> str:
         """Send one upstream transaction per group and answer the client once."""
         await self._reset_upstream()  # the transaction that checked the recipients
-        results = [await self._deliver_copy(split.copy_of(txn, group, i), raw, utf8)
-                   for i, group in enumerate(groups)]
+        budget = self.app.config.tracking.split_time_budget
+        started = time.monotonic()
+        results: list[split.CopyResult] = []
+        for i, group in enumerate(groups):
+            copy = split.copy_of(txn, group, i)
+            if budget and any(r.delivered for r in results) \
+                    and time.monotonic() - started > budget:
+                # The client's answer must come before it gives up and sends the whole
+                # message again: the copies not yet sent wait in the queue.
+                results.append(await self._postpone_copy(copy, raw, utf8))
+            else:
+                results.append(await self._deliver_copy(copy, raw, utf8))
+        postponed = sum(1 for r in results if r.reply is SPLIT_POSTPONED)
+        if postponed:
+            self.log.info("split_time_budget", seconds=budget, postponed_copies=postponed)
         self._release(True)
         someone = any(r.delivered for r in results)
         # With some copies taken the client hears 250 and will not send again: those
@@ -1342,7 +1358,8 @@ class RelaySession(ConnectionHandler):
             told_as = split.client_answer(results, notify=True,
                                           queued=sum(len(r.deferred()) for r in queued))
             queued = [r for r in queued
-                      if await self.relay.copies.submit(self._queued(r, raw, told_as))]
+                      if await self.relay.copies.submit(
+                          self._queued(r, raw, told_as), untried=r.reply is SPLIT_POSTPONED)]
         waiting = {(id(r), rcpt) for r in queued for rcpt in r.deferred()}
         failures = [f for r in results for f in r.failures()
                     if (id(r), f[0]) not in waiting]
@@ -1396,8 +1413,23 @@ class RelaySession(ConnectionHandler):
         finally:
             structlog.contextvars.unbind_contextvars("copy", "queue_id")
 
-    async def _send_copy(self, copy: Transaction, raw: bytes,
-                         utf8: bool) -> split.CopyResult:
+    async def _postpone_copy(self, copy: Transaction, raw: bytes,
+                             utf8: bool) -> split.CopyResult:
+        """A copy prepared but not sent (``tracking.split_time_budget`` spent): deferred
+        without a try, so the queue sends it once the client has its answer."""
+        structlog.contextvars.bind_contextvars(copy=copy.extra["split"]["copy"])
+        try:
+            result = await self._prepare_copy(copy, raw, utf8)
+            if result.prepared is not None:
+                result.reply = SPLIT_POSTPONED
+            return self._copy_done(result)
+        finally:
+            structlog.contextvars.unbind_contextvars("copy")
+
+    async def _prepare_copy(self, copy: Transaction, raw: bytes,
+                            utf8: bool) -> split.CopyResult:
+        """The copy's envelope sender and bytes (``prepared`` None, with the reply, when
+        a plugin failed)."""
         result = split.CopyResult(copy, NO_UPSTREAM)
         try:
             sender = await self.app.host.first(
@@ -1406,13 +1438,21 @@ class RelaySession(ConnectionHandler):
             data, result.modified = await prepare_message(self.app, copy, raw)
         except PluginFailure:
             result.reply = PLUGIN_TEMPFAIL
-            return self._copy_done(result)
+            return result
         except Exception as exc:
             self._hook_failed("trackrelay_upstream_sender", exc)
             result.reply = HOOK_TEMPFAIL
-            return self._copy_done(result)
+            return result
         result.prepared, result.sender, result.utf8 = data, sender, utf8
-        result.reply = await self._upstream_mail(copy, sender, copy.mail_options, utf8)
+        return result
+
+    async def _send_copy(self, copy: Transaction, raw: bytes,
+                         utf8: bool) -> split.CopyResult:
+        result = await self._prepare_copy(copy, raw, utf8)
+        if result.prepared is None:
+            return self._copy_done(result)
+        data = result.prepared
+        result.reply = await self._upstream_mail(copy, result.sender, copy.mail_options, utf8)
         if not result.reply.ok:
             return self._copy_done(result)
         conn = self.conn

@@ -420,3 +420,32 @@ async def test_a_deferral_that_cannot_be_written_waits_its_delay(
     assert 1 <= len(tries) <= 4, len(tries)
     assert not any(e["delivered"] for e in tries)
     assert copies_to(sink, LATE) == []
+
+
+async def test_copies_past_the_time_budget_are_queued_and_the_client_answered(
+        make_relay: MakeRelay, sink: Sink) -> None:
+    """An upstream slow to take each copy (here 0.6 s, as a scanning smarthost takes 15)
+    would keep the client past its 10 minutes (RFC 5321 section 4.5.3.2.6), and the
+    client would send the whole message again, copies already taken included. Past
+    ``tracking.split_time_budget`` the copies not yet sent are queued, the client is
+    answered, and the queue sends them: each recipient gets one copy."""
+    relay = await make_relay(load_entry_points=True,
+                             tracking={**SPLIT, "split_time_budget": 1.0})
+    sink.behaviour.delay_data = 0.6
+    recipients = [f"r{i}@example.org" for i in range(5)]
+    with structlog.testing.capture_logs() as logs:
+        code, text = await send(relay, message(), recipients=recipients)
+        assert code == 250 and "delivered to 2 of 5" in text and "3 queued" in text, text
+        assert "notification" not in text
+
+        async def all_taken() -> bool:
+            return sorted(r for m in sink.received for r in m.rcpt_tos) == recipients
+
+        await wait_for(all_taken)
+    # The client's answer came before the queue sent the postponed copies.
+    events = [e["event"] for e in logs]
+    assert events.index("split_done") < events.index("copy_delivered")
+    assert [e["tries"] for e in logs if e["event"] == "copy_delivered"] == [1, 1, 1]
+    assert [e["postponed_copies"] for e in logs if e["event"] == "split_time_budget"] == [3]
+    assert len(sink.received) == 5 and all(len(m.rcpt_tos) == 1 for m in sink.received)
+    assert queue_files(relay) == [] and notices(sink) == []
