@@ -155,7 +155,16 @@ def query_in_encoding(url: str, charset: str) -> str:
     start = url.find("?", 0, end)
     if start < 0 or url[start:end].isascii():
         return url
-    query = _NON_ASCII.sub(lambda m: query_bytes(m.group(), codec), url[start:end])
+    query = url[start:end]
+    if codec == "iso-2022-jp":
+        # A stateful encoder: the ASCII after a non-ASCII run is written in the state
+        # the run left (JIS X 0201 Roman after "¥"), so the rest of the query goes
+        # through it in one piece, as a browser encodes the whole query.
+        first = _NON_ASCII.search(query)
+        assert first is not None
+        query = query[:first.start()] + query_bytes(query[first.start():], codec)
+    else:
+        query = _NON_ASCII.sub(lambda m: query_bytes(m.group(), codec), query)
     return url[:start] + query + url[end:]
 
 

@@ -289,6 +289,36 @@ async def test_a_query_is_percent_encoded_in_the_parts_encoding(
     assert urls == [target]
 
 
+#: (charset, a character written as a reference, the query Chromium 156 requests for
+#: ``?v=<it>&n=1``): where the Encoding Standard's encoder is not Python's codec of that name.
+ENCODER_CASES = [
+    ("gb2312", "&#x20AC;", "%80&n=1"),  # GBK writes the euro sign as one byte
+    ("gbk", "&#x2603;", "%26%239731%3B&n=1"),  # ...and has no four-byte sequences
+    ("gb18030", "&#x20AC;", "%A2%E3&n=1"),
+    ("gb18030", "&#x2603;", "%817%A30&n=1"),
+    ("big5", "&#x20AC;", "%A3%E1&n=1"),  # index Big5 (Python's big5 has neither)
+    ("big5", "&#x2116;", "%C8%D2&n=1"),
+    ("euc-jp", "&#xFC;", "%26%23252%3B&n=1"),  # JIS X 0208 only, never JIS X 0212
+    ("euc-jp", "&#x2116;", "%AD%E2&n=1"),  # NEC row 13
+    ("shift_jis", "&#x2116;", "%87%82&n=1"),
+    ("iso-2022-jp", "&#xFF8A;", "%1B$B%O%1B(B&n=1"),  # half-width katakana as full-width
+    ("iso-2022-jp", "&#x2116;", "%1B$B-b%1B(B&n=1"),
+    ("iso-2022-jp", "&#xA5;a", "%1B(J\\a&n=1%1B(B"),  # the Roman state runs on
+]
+
+
+@pytest.mark.parametrize(("charset", "reference", "query"), ENCODER_CASES)
+async def test_a_query_is_written_by_the_encoding_standard_s_encoder(
+        charset: str, reference: str, query: str) -> None:
+    """WHATWG Encoding Standard sections 10.2.2 (gb18030/GBK), 11.1.2 (Big5), 13.1.2
+    (EUC-JP), 13.2.2 (ISO-2022-JP), 13.3.2 (Shift_JIS): the bytes Chromium requests,
+    which Python's codecs of the same names write otherwise."""
+    href = f"https://example.com/q?v={reference}&n=1#f".encode()
+    body = b'<html><body><p>x</p><a href="' + href + b'">l</a></body></html>\r\n'
+    urls = await rewrite_part(charset.encode(), body, [href])
+    assert urls == [f"https://example.com/q?v={query}#f"]
+
+
 async def test_a_character_the_encoding_cannot_hold_is_its_reference_percent_encoded() -> None:
     # WHATWG URL Standard, "percent-encode after encoding": "%26%23" code point "%3B".
     href = b"https://example.ru/?q=\xf2&#x263A;&#1090;#&#x263A;"

@@ -34,6 +34,8 @@ import re
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
+from relay.rewrite import query_encoders
+
 if TYPE_CHECKING:
     from typing_extensions import Buffer
 
@@ -223,6 +225,13 @@ def _search(name: str) -> codecs.CodecInfo | None:
         if key not in _CODECS:
             if key == CP50221:
                 _CODECS[key] = codecs.CodecInfo(_cp50221_encode, _cp50221_decode, name=key)
+            elif key == GBK:
+                # gb18030's reading under the GBK labels' own name: a browser reads GBK
+                # with the gb18030 decoder but writes URLs with the GBK encoder.
+                gb = codecs.lookup("gb18030")
+                _CODECS[key] = codecs.CodecInfo(gb.encode, gb.decode, name=key,
+                                                incrementalencoder=gb.incrementalencoder,
+                                                incrementaldecoder=gb.incrementaldecoder)
             elif key.startswith("trackrelay-windows-") and key[19:] in _WINDOWS:
                 _CODECS[key] = _charmap_codec(key, _filled_table(_WINDOWS[key[19:]]))
             else:
@@ -234,6 +243,7 @@ def _search(name: str) -> codecs.CodecInfo | None:
 codecs.register(_search)
 
 WINDOWS_1252 = "trackrelay-windows-1252"
+GBK = "trackrelay-gbk"
 
 
 def _windows(number: str) -> str:
@@ -264,7 +274,7 @@ LABELS: dict[str, tuple[str, ...]] = {
        for label in (f"cp{n}", f"windows-{n}", f"x-cp{n}")},
     # GBK: the Encoding Standard decodes it with the gb18030 decoder (section 10.1).
     **_labels("chinese csgb2312 csiso58gb231280 gb2312 gb_2312 gb_2312-80 gbk iso-ir-58 "
-              "x-gbk", "gb18030", "gbk", "gb2312"),
+              "x-gbk", GBK, "gbk", "gb2312"),
     **_labels("gb18030", "gb18030"),
     # EUC-KR is windows-949 (Unified Hangul Code) to a browser (section 14.1).
     **_labels("cseuckr csksc56011987 euc-kr iso-ir-149 korean ks_c_5601-1987 "
@@ -315,7 +325,8 @@ def query_codec(charset: str) -> str | None:
         return None
     if name in ("ascii", "iso8859-1", "latin-1"):
         return WINDOWS_1252
-    return name
+    # The CJK encodings by their Encoding Standard encoders (relay.rewrite.query_encoders).
+    return query_encoders.BY_CODEC.get(name, name)
 
 
 #: The URL Standard's query percent-encode set (C0 controls, space, ``"``, ``#``, ``<``,
@@ -333,6 +344,9 @@ def query_bytes(run: str, codec: str) -> str:
     of the encoder's output in the query percent-encode set as ``%XX``, the others as
     they are, and a character the encoding cannot hold as its HTML numeric character
     reference, percent-encoded: ``%26%23`` + decimal code point + ``%3B``."""
+    if codec in query_encoders.ENCODERS:
+        return "".join(_percent(piece) if isinstance(piece, bytes) else f"%26%23{piece}%3B"
+                       for piece in query_encoders.encode(run, codec))
     try:
         return _percent(run.encode(codec))
     except UnicodeEncodeError:

@@ -1,0 +1,297 @@
+"""The Encoding Standard's encoders for the CJK encodings, as a URL's query uses them.
+
+A browser writes the query of a link in a page of a legacy encoding with that
+encoding's *encoder* (WHATWG URL Standard, "percent-encode after encoding"), and the
+encoders of the CJK encodings are not Python's codecs of the same name:
+
+- GBK (every label but ``gb18030``) writes U+20AC as the single byte 0x80 and has no
+  four-byte sequences: a character only GB18030 holds is an error (``&#N;``); GB18030
+  writes U+20AC as 0xA2E3 and everything else it holds (section 10.2.2);
+- Big5 is the Big5-HKSCS index from lead byte 0xA1 (ETEN's and HKSCS's characters
+  there, U+20AC at 0xA3E1), the last of two codes for six characters (section 11.1.2);
+- EUC-JP, ISO-2022-JP and Shift_JIS write JIS X 0208 only, NEC row 13 and the
+  NEC-selected IBM extensions included (U+2116 is 0xADE2 in EUC-JP), never JIS X 0212
+  (Python's ``euc_jp`` writes ``ü`` as 0x8FABE4); ISO-2022-JP writes half-width
+  katakana as full-width, Shift_JIS the IBM rows for the IBM extensions (sections
+  13.1.2, 13.2.2, 13.3.2);
+- EUC-KR is Unified Hangul Code, Python's ``cp949`` (section 14.1.2).
+
+The JIS X 0208 index is read once from Windows-31J (``cp932``), whose Shift_JIS table the
+Encoding Standard's index-jis0208 follows; the Big5 one from ``big5hkscs`` and ``cp950``.
+``encode`` returns the bytes and, for each character the encoding cannot hold, its code
+point in their place: the caller writes it as ``%26%23<N>%3B``.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Callable
+from functools import lru_cache
+
+#: A piece of an encoder's output: bytes, or the code point of a character it cannot hold.
+Piece = bytes | int
+
+#: The Encoding Standard's encodings this module writes, by the Python codec a part
+#: was read with (relay.rewrite.charsets).
+BY_CODEC: dict[str, str] = {
+    "trackrelay-gbk": "gbk", "gbk": "gbk", "gb2312": "gbk", "gb18030": "gb18030",
+    "big5": "big5", "cp950": "big5", "big5hkscs": "big5",
+    "euc_jp": "euc-jp", "euc_jis_2004": "euc-jp", "euc_jisx0213": "euc-jp",
+    "shift_jis": "shift_jis", "cp932": "shift_jis", "shift_jis_2004": "shift_jis",
+    "shift_jisx0213": "shift_jis",
+    "iso2022_jp": "iso-2022-jp", "iso2022_jp_ext": "iso-2022-jp",
+    "trackrelay-cp50221": "iso-2022-jp", "iso2022_jp_1": "iso-2022-jp",
+    "iso2022_jp_2": "iso-2022-jp", "iso2022_jp_3": "iso-2022-jp",
+    "iso2022_jp_2004": "iso-2022-jp",
+    "euc_kr": "euc-kr", "cp949": "euc-kr",
+}
+
+#: Shift_JIS pointers of the NEC-selected IBM extensions (rows 89-92), which the
+#: Shift_JIS encoder skips for the IBM rows (index Shift_JIS pointer).
+_NEC_IBM = range(8272, 8836)
+#: Shift_JIS pointers of the user-defined area (0xF040-0xF9FC): not in the index.
+_USER_DEFINED = range(8836, 10716)
+#: Characters whose Big5 code is the last of two (Encoding Standard, index Big5 pointer).
+_BIG5_LAST = frozenset("\u2550\u255e\u2561\u256a\u5341\u5345")
+#: Where the Encoding Standard's index-big5 reads a code (from lead byte 0xA1) otherwise
+#: than Python's ``big5hkscs``/``cp950`` ("code:code point", ``-``: no character):
+#: full-width signs for the yen, cent and pound, the control pictures U+2400-U+2421,
+#: HKSCS characters Python's tables lack. Read with Chromium's ``TextDecoder("big5")``
+#: over every code; tests/test_query_encoders_browser.py compares the result with it.
+_BIG5_STANDARD = (
+    "A145:2027 A14E:FE51 A1C2:00AF A1E3:FF5E A1F2:2295 A1F3:2299 A241:2215 A242:FE68 "
+    "A244:FFE5 A246:FFE0 A247:FFE1 " + " ".join(f"{0xA3C0 + i:04X}:{0x2400 + i:04X}"
+                                                for i in range(32))
+    + " A3E0:2421 C6CF:5EF4 C6D3:65E0 C6D5:7676 C6D7:96B6 C6DE:3003 C6DF:4EDD FA5F:5029 "
+    "FA66:507D FABD:5305 FAC5:5344 FAD5:537F FB48:5605 FBB8:5A77 FBF3:5E75 FBF9:5ED0 "
+    "FC4F:5F58 FC6C:60A4 FCB9:6490 FCE2:6674 FCF1:675E FDB7:6C9C FDB8:6E1D FDBB:6E2F "
+    "FDF1:716E FE52:732A FE6F:745C FEAA:74E9 FEDD:7809")
+#: Two-byte GB18030 codes the Encoding Standard's index-gb18030 gives characters that
+#: Python's ``gb18030`` writes in four bytes (GB18030-2022's vertical forms and the
+#: ideographs it moved out of the private use area), read the same way.
+_GB_STANDARD = {
+    "\ufe10": b"\xa6\xd9", "\ufe12": b"\xa6\xda", "\ufe11": b"\xa6\xdb",
+    "\ufe13": b"\xa6\xdc", "\ufe14": b"\xa6\xdd", "\ufe15": b"\xa6\xde",
+    "\ufe16": b"\xa6\xdf", "\ufe17": b"\xa6\xec", "\ufe18": b"\xa6\xed",
+    "\ufe19": b"\xa6\xf3", "\u1e3f": b"\xa8\xbc", "\u9fb4": b"\xfe\x59",
+    "\u9fb5": b"\xfe\x61", "\u9fb6": b"\xfe\x66", "\u9fb7": b"\xfe\x67",
+    "\u9fb8": b"\xfe\x6d", "\u9fb9": b"\xfe\x7e", "\u9fba": b"\xfe\x90",
+    "\u9fbb": b"\xfe\xa0",
+}
+
+
+def _sjis_bytes(pointer: int) -> bytes:
+    lead, trail = divmod(pointer, 188)
+    return bytes((lead + (0x81 if lead < 0x1F else 0xC1),
+                  trail + (0x40 if trail < 0x3F else 0x41)))
+
+
+@lru_cache(maxsize=1)
+def _jis0208() -> tuple[dict[str, int], dict[str, int]]:
+    """(first pointer of each character, first pointer outside rows 89-92)."""
+    first: dict[str, int] = {}
+    shift_jis: dict[str, int] = {}
+    for pointer in range(11104):
+        if pointer in _USER_DEFINED:
+            continue
+        try:
+            ch = _sjis_bytes(pointer).decode("cp932")
+        except UnicodeDecodeError:
+            continue
+        first.setdefault(ch, pointer)
+        if pointer not in _NEC_IBM:
+            shift_jis.setdefault(ch, pointer)
+    return first, shift_jis
+
+
+def _big5_char(pair: bytes, standard: dict[int, str | None]) -> str | None:
+    code = int.from_bytes(pair, "big")
+    if code in standard:
+        return standard[code]
+    for codec in ("big5hkscs", "cp950"):
+        try:
+            ch = pair.decode(codec)
+        except UnicodeDecodeError:
+            continue
+        return ch if len(ch) == 1 else None
+    return None
+
+
+@lru_cache(maxsize=1)
+def _big5() -> dict[str, int]:
+    standard: dict[int, str | None] = {}
+    for entry in _BIG5_STANDARD.split():
+        code, point = entry.split(":")
+        standard[int(code, 16)] = None if point == "-" else chr(int(point, 16))
+    pointers: dict[str, int] = {}
+    for lead in range(0xA1, 0xFF):
+        for trail in (*range(0x40, 0x7F), *range(0xA1, 0xFF)):
+            ch = _big5_char(bytes((lead, trail)), standard)
+            if ch is not None:
+                pointer = (lead - 0x81) * 157 + trail - (0x40 if trail < 0x7F else 0x62)
+                if ch in _BIG5_LAST or ch not in pointers:
+                    pointers[ch] = pointer
+    return pointers
+
+
+def _katakana(ch: str) -> str:
+    """ISO-2022-JP's full-width form of a half-width katakana (index ISO-2022-JP
+    katakana): its compatibility decomposition, with the two sound marks spacing."""
+    return {"\uff9e": "\u309b", "\uff9f": "\u309c"}.get(ch) or unicodedata.normalize(
+        "NFKC", ch)
+
+
+def _gb(text: str, gbk: bool) -> list[Piece]:
+    out: list[Piece] = []
+    for ch in text:
+        if ch < "\x80":
+            out.append(ch.encode("ascii"))
+        elif ch == "\ue5e5":
+            out.append(ord(ch))
+        elif gbk and ch == "\u20ac":
+            out.append(b"\x80")
+        elif ch in _GB_STANDARD:
+            out.append(_GB_STANDARD[ch])
+        else:
+            try:
+                data = ch.encode("gb18030")
+            except UnicodeEncodeError:
+                out.append(ord(ch))
+                continue
+            out.append(ord(ch) if gbk and len(data) == 4 else data)
+    return out
+
+
+def _big5_encode(text: str) -> list[Piece]:
+    index = _big5()
+    out: list[Piece] = []
+    for ch in text:
+        if ch < "\x80":
+            out.append(ch.encode("ascii"))
+            continue
+        pointer = index.get(ch)
+        if pointer is None:
+            out.append(ord(ch))
+            continue
+        lead, trail = divmod(pointer, 157)
+        out.append(bytes((lead + 0x81, trail + (0x40 if trail < 0x3F else 0x62))))
+    return out
+
+
+def _japanese_common(ch: str) -> str:
+    return "\uff0d" if ch == "\u2212" else ch
+
+
+def _euc_jp(text: str) -> list[Piece]:
+    first, _ = _jis0208()
+    out: list[Piece] = []
+    for ch in text:
+        if ch < "\x80":
+            out.append(ch.encode("ascii"))
+        elif ch == "\u00a5":
+            out.append(b"\x5c")
+        elif ch == "\u203e":
+            out.append(b"\x7e")
+        elif "\uff61" <= ch <= "\uff9f":
+            out.append(bytes((0x8E, ord(ch) - 0xFF61 + 0xA1)))
+        else:
+            pointer = first.get(_japanese_common(ch))
+            if pointer is None or pointer >= 94 * 94:
+                out.append(ord(ch))
+            else:
+                lead, trail = divmod(pointer, 94)
+                out.append(bytes((lead + 0xA1, trail + 0xA1)))
+    return out
+
+
+def _shift_jis(text: str) -> list[Piece]:
+    _, index = _jis0208()
+    out: list[Piece] = []
+    for ch in text:
+        if ch <= "\x80":
+            out.append(bytes((ord(ch),)))
+        elif ch == "\u00a5":
+            out.append(b"\x5c")
+        elif ch == "\u203e":
+            out.append(b"\x7e")
+        elif "\uff61" <= ch <= "\uff9f":
+            out.append(bytes((ord(ch) - 0xFF61 + 0xA1,)))
+        else:
+            pointer = index.get(_japanese_common(ch))
+            out.append(ord(ch) if pointer is None else _sjis_bytes(pointer))
+    return out
+
+
+_ESC_ASCII, _ESC_ROMAN, _ESC_JIS0208 = b"\x1b(B", b"\x1b(J", b"\x1b$B"
+
+
+def _iso_2022_jp(text: str) -> list[Piece]:
+    """The stateful encoder: ASCII, Roman (JIS X 0201) and jis0208 states, each switch
+    an escape sequence, and back to ASCII at the end. An error leaves the state as it is
+    (the URL Standard keeps one encoder across the errors it writes as text)."""
+    first, _ = _jis0208()
+    out: list[Piece] = []
+    state = _ESC_ASCII
+    for ch in text:
+        if state in (_ESC_ASCII, _ESC_ROMAN) and ch in "\x0e\x0f\x1b":
+            out.append(0xFFFD)
+            continue
+        if state == _ESC_ASCII and ch < "\x80":
+            out.append(ch.encode("ascii"))
+            continue
+        if state == _ESC_ROMAN and ((ch < "\x80" and ch not in "\\~") or ch in "\u00a5\u203e"):
+            out.append(b"\x5c" if ch == "\u00a5" else b"\x7e" if ch == "\u203e"
+                       else ch.encode("ascii"))
+            continue
+        if ch < "\x80":
+            state = _ESC_ASCII
+            out.append(_ESC_ASCII + ch.encode("ascii"))
+            continue
+        if ch in "\u00a5\u203e":
+            state = _ESC_ROMAN
+            out.append(_ESC_ROMAN + (b"\x5c" if ch == "\u00a5" else b"\x7e"))
+            continue
+        target = _katakana(ch) if "\uff61" <= ch <= "\uff9f" else _japanese_common(ch)
+        pointer = first.get(target)
+        if pointer is None or pointer >= 94 * 94:
+            if state == _ESC_JIS0208:
+                state = _ESC_ASCII
+                out.append(_ESC_ASCII)
+            out.append(ord(ch))
+            continue
+        lead, trail = divmod(pointer, 94)
+        pair = bytes((lead + 0x21, trail + 0x21))
+        if state != _ESC_JIS0208:
+            state = _ESC_JIS0208
+            pair = _ESC_JIS0208 + pair
+        out.append(pair)
+    if state != _ESC_ASCII:
+        out.append(_ESC_ASCII)
+    return out
+
+
+def _euc_kr(text: str) -> list[Piece]:
+    out: list[Piece] = []
+    for ch in text:
+        try:
+            out.append(ch.encode("cp949"))
+        except UnicodeEncodeError:
+            out.append(ord(ch))
+    return out
+
+
+ENCODERS: dict[str, Callable[[str], list[Piece]]] = {
+    "gbk": lambda text: _gb(text, True),
+    "gb18030": lambda text: _gb(text, False),
+    "big5": _big5_encode,
+    "euc-jp": _euc_jp,
+    "shift_jis": _shift_jis,
+    "iso-2022-jp": _iso_2022_jp,
+    "euc-kr": _euc_kr,
+}
+
+
+def encode(text: str, encoding: str) -> list[Piece]:
+    """``text`` by the Encoding Standard's encoder of ``encoding`` (a value of
+    ``BY_CODEC``): bytes, and each character it cannot hold as its code point."""
+    return ENCODERS[encoding](text)
