@@ -81,6 +81,17 @@ def test_a_single_fast_click_is_not_a_burst() -> None:
     assert not result.changed
 
 
+def test_a_demoted_person_s_evidence_is_no_reason_for_a_machine() -> None:
+    """Two links clicked in a second, each with user activation (``Sec-Fetch-User``):
+    demoted, their reasons are the burst alone; ``user_activation`` was evidence of a
+    person, and would be counted among machines' reasons."""
+    c = Classifier(EngagementConfig())
+    events = [tracked(c, "click", T0 + 600 + 0.5 * i, link=i, headers=NAV) for i in range(2)]
+    assert all(Verdict.of_event(e).reasons == ["user_activation"] for e in events)
+    result = run_batch(events, now=T0 + 1200)
+    assert [Verdict.of_event(e).reasons for e in result.changed] == [["multi_link_burst"]] * 2
+
+
 def test_link_burst_window_is_configurable() -> None:
     c = Classifier(EngagementConfig())
     events = [tracked(c, "click", T0 + 600, link=1, headers=NAV),

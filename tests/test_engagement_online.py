@@ -345,3 +345,19 @@ def test_browsers_and_mail_clients_are_still_people(classifier: Classifier, ua: 
     v = classifier.classify(RequestFacts("open", user_agent=ua, ip="203.0.113.9",
                                          time=DELIVERED + 3600, delivered_at=DELIVERED))
     assert v.verdict == "human" and "not_a_browser" not in v.reasons, v
+
+
+def test_edgehtml_s_frozen_chrome_token_is_no_outdated_browser(
+        classifier: Classifier) -> None:
+    """The Windows 10 Mail app (EdgeHTML's WebView) writes "Chrome/70" after its own
+    engine's token "Edge/18": a current reader, not an outdated Chrome."""
+    mail_app = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64; WebView/3.0) AppleWebKit/537.36 "
+                "(KHTML, like Gecko) Chrome/70.0.3538.102 Safari/537.36 Edge/18.19045")
+    old_chrome = mail_app.split(" Edge/")[0]
+    for ua, outdated in ((mail_app, False), (old_chrome, True)):
+        v = classifier.classify(RequestFacts("open", user_agent=ua, ip="203.0.113.9",
+                                             time=DELIVERED + 3600, delivered_at=DELIVERED))
+        assert ("outdated_browser" in v.reasons) is outdated, (ua, v)
+    assert classifier.classify(RequestFacts(
+        "open", user_agent=mail_app, ip="203.0.113.9", time=DELIVERED + 3600,
+        delivered_at=DELIVERED)).verdict == "human"

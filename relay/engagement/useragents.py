@@ -38,6 +38,9 @@ APPLE_MPP_UA = "Mozilla/5.0"
 
 _CHROME_MAJOR = re.compile(r"(?:Chrome|Chromium|CriOS)/(\d+)\.")
 _CHROMIUM_HINT = re.compile(r"(?:Chrome|Edg)/(\d+)\.")
+#: EdgeHTML's own token (Microsoft's "Microsoft Edge user agent string": "… Chrome/70.0
+#: .3538.102 Safari/537.36 Edge/18.19582"); Chromium-based Edge writes "Edg/".
+_EDGE_HTML = re.compile(r"\bEdge/1[2-9]\.")
 
 
 @dataclass(frozen=True)
@@ -172,7 +175,9 @@ class UAAnalyser:
 
     def _analyse(self, ua: str, kind: str) -> UAInfo:
         m = _CHROME_MAJOR.search(ua)
-        chrome_major = int(m.group(1)) if m else None
+        # EdgeHTML (Edge 12-18, the Windows 10 Mail app's WebView) writes a frozen
+        # "Chrome/70" compatibility token after its own engine's: no outdated Chrome.
+        chrome_major = int(m.group(1)) if m and not _EDGE_HTML.search(ua) else None
         hint = _CHROMIUM_HINT.search(ua)
         chromium = bool(hint and int(hint.group(1)) >= 89)
         entry = self.table.lookup(ua, kind) if ua else None

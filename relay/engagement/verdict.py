@@ -108,8 +108,11 @@ class Verdict:
         return self.verdict in HUMAN_VERDICTS
 
     def demoted(self, reason: str) -> Verdict:
-        """This verdict turned ``machine`` with ``reason`` first (batch rules use this)."""
-        rest = [r for r in self.reasons if r != reason]
+        """This verdict turned ``machine`` with ``reason`` first (batch rules use this).
+        A human verdict's reasons were its evidence of a person (``mail_client``,
+        ``user_activation``): overruled, they are no reasons for a machine, and would be
+        counted as such (``machine_clicks_by_reason``)."""
+        rest = [] if self.human else [r for r in self.reasons if r != reason]
         return dataclasses.replace(self, verdict="machine", reasons=[reason, *rest],
                                    details=dict(self.details))
 
