@@ -1481,8 +1481,8 @@ class RelaySession(ConnectionHandler):
 
     def _copy_done(self, result: split.CopyResult) -> split.CopyResult:
         reply = result.reply
-        SPLIT_COPIES.labels("accepted" if reply.ok else
-                            "refused" if reply.permanent else "tempfail").inc()
+        SPLIT_COPIES.labels("accepted" if reply.ok else "postponed" if reply is SPLIT_POSTPONED
+                            else "refused" if reply.permanent else "tempfail").inc()
         self.log.info("copy_done", reply=str(reply), recipients=len(result.transaction.rcpt_tos),
                       refused=len(result.refused), queue_id=result.queue_id)
         return result

@@ -438,14 +438,17 @@ async def test_copies_past_the_time_budget_are_queued_and_the_client_answered(
         assert code == 250 and "delivered to 2 of 5" in text and "3 queued" in text, text
         assert "notification" not in text
 
-        async def all_taken() -> bool:
-            return sorted(r for m in sink.received for r in m.rcpt_tos) == recipients
+        async def all_done() -> bool:
+            return sorted(r for m in sink.received for r in m.rcpt_tos) == recipients \
+                and queue_files(relay) == []
 
-        await wait_for(all_taken)
+        await wait_for(all_done)
     # The client's answer came before the queue sent the postponed copies.
     events = [e["event"] for e in logs]
     assert events.index("split_done") < events.index("copy_delivered")
     assert [e["tries"] for e in logs if e["event"] == "copy_delivered"] == [1, 1, 1]
     assert [e["postponed_copies"] for e in logs if e["event"] == "split_time_budget"] == [3]
+    from relay.metrics import SPLIT_COPIES
+    assert SPLIT_COPIES.labels("postponed")._value.get() >= 3
     assert len(sink.received) == 5 and all(len(m.rcpt_tos) == 1 for m in sink.received)
     assert queue_files(relay) == [] and notices(sink) == []
