@@ -421,6 +421,13 @@ def check_random(raw: bytes) -> None:
     if not any(f.lower().startswith(b"message-id:") for f in fields_before):
         # The sent record gives a message without one a Message-ID (RFC 5322 3.6.4).
         fields_after = [f for f in fields_after if not f.lower().startswith(b"message-id:")]
+    if not any(f.lower().startswith(b"mime-version:") for f in fields_before):
+        # A message without one whose part is re-encoded gets it with the new encoding
+        # (RFC 2045 section 4): only ``MIME-Version: 1.0``, only then.
+        added = [f for f in fields_after if f.lower().startswith(b"mime-version:")]
+        assert [f.rstrip(b"\r\n") for f in added] in ([], [b"MIME-Version: 1.0"])
+        assert not added or any(is_cte(f) for f in unfolded(split_fields(out)[0] + b"\n"))
+        fields_after = [f for f in fields_after if f not in added]
     assert [f.rstrip(b"\r\n") for f in fields_after] == \
         [f.rstrip(b"\r\n") for f in fields_before], "a message header changed"
 
