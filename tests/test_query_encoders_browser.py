@@ -4,7 +4,8 @@ For each encoding a browser writes URLs with its own encoder (WHATWG Encoding St
 not with Python's codec of that name. Every character below is written in the page as a
 reference, Chromium (Debian's, never a download) parses the page in that encoding, and
 the query each link's ``href`` gets there must be the one the links plugin stores for
-the tracker's redirect.
+the tracker's redirect. So must the query of a link whose bytes are the page's own,
+read as the relay reads the part.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from typing import Any
 import pytest
 
 from plugins.links import query_in_encoding
-from relay.rewrite.charsets import candidates
+from relay.rewrite.charsets import candidates, query_codec
+from relay.rewrite.mime import decode_charset
+from relay.rewrite.query_encoders import python_readings
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -65,10 +68,14 @@ def test_the_stored_query_is_the_one_chromium_requests(page: Any, encoding: str)
     assert page.evaluate("document.characterSet").lower() in (encoding, "gbk", "euc-kr")
     browser = page.evaluate("[...document.querySelectorAll('a')].map(a => a.href)")
     codec = candidates(encoding)[0]
+    # A character Python's codec reads a code as (Big5's 0xA244 as U+00A5) is written as
+    # that code, the page's own byte: given as a reference instead, a browser finds no
+    # code for it (the raw-byte test below covers those codes).
+    skipped = python_readings(str(query_codec(codec)))
     ours = [query_in_encoding(f"https://example.com/q?v={text}&n=1#f", codec)
             for text in CHARACTERS]
     mismatches = [(text, b, o) for text, b, o in zip(CHARACTERS, browser, ours, strict=True)
-                  if b != o]
+                  if b != o and not set(text) & skipped]
     assert mismatches == []
 
 
@@ -87,6 +94,48 @@ def test_a_wide_sample_of_characters_matches_chromium(page: Any) -> None:
                   f"{base64.b64encode(html).decode()}")
         browser = page.evaluate("[...document.querySelectorAll('a')].map(a => a.href)")
         codec = candidates(encoding)[0]
+        skipped = python_readings(str(query_codec(codec)))
         mismatches = [(hex(ord(c)), b) for c, b in zip(sample, browser, strict=True)
-                      if b != query_in_encoding(f"https://example.com/q?v={c}", codec)]
+                      if b != query_in_encoding(f"https://example.com/q?v={c}", codec)
+                      and c not in skipped]
         assert mismatches == [], encoding
+
+
+def _codes(encoding: str) -> list[bytes]:
+    """Every two-byte code of the encoding (ISO-2022-JP: each in its escapes)."""
+    if encoding == "iso-2022-jp":
+        return [b"\x1b$B" + bytes((a, b)) + b"\x1b(B"
+                for a in range(0x21, 0x7F) for b in range(0x21, 0x7F)]
+    leads = {"big5": range(0xA1, 0xFF), "euc-jp": range(0xA1, 0xFF)}.get(
+        encoding, range(0x81, 0xFF))
+    return [bytes((a, b)) for a in leads for b in range(0x40, 0xFF) if b != 0x7F]
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_a_query_in_the_page_s_own_bytes_is_requested_as_chromium_does(
+        page: Any, encoding: str) -> None:
+    """Each code the relay's reading of the part gives back (a part it would rewrite),
+    written raw in a link's query, 1,200 drawn with a fixed seed: the stored query is the
+    one Chromium requests after reading the page by the standard's index."""
+    codec = candidates(encoding)[0]
+    codes = [c for c in _codes(encoding) if _round_trips(c, codec)]
+    codes = random.Random(11).sample(codes, min(1200, len(codes)))
+    body = b"<html><body>" + b"".join(b'<a href="https://example.com/q?v=' + c + b'">.</a>'
+                                      for c in codes) + b"</body></html>"
+    page.goto(f"data:text/html;charset={encoding};base64,{base64.b64encode(body).decode()}")
+    browser = page.evaluate("[...document.querySelectorAll('a')].map(a => a.href)")
+    read = decode_charset(body, encoding, html=True)
+    assert (read.charset, read.detected) == (codec, False)
+    hrefs = [m.split('"', 1)[0] for m in read.text.split('href="')[1:]]
+    mismatches = [(c.hex(), b, query_in_encoding(h, read.charset))
+                  for c, b, h in zip(codes, browser, hrefs, strict=True)
+                  if "%EF%BF%BD" not in b and "65533" not in b  # no character to a browser
+                  and b != query_in_encoding(h, read.charset)]
+    assert mismatches == []
+
+
+def _round_trips(code: bytes, codec: str) -> bool:
+    try:
+        return code.decode(codec).encode(codec) == code
+    except UnicodeError:
+        return False

@@ -35,7 +35,7 @@ Piece = bytes | int
 #: was read with (relay.rewrite.charsets).
 BY_CODEC: dict[str, str] = {
     "trackrelay-gbk": "gbk", "gbk": "gbk", "gb2312": "gbk", "gb18030": "gb18030",
-    "big5": "big5", "cp950": "big5", "big5hkscs": "big5",
+    "big5": "big5", "cp950": "big5:cp950", "big5hkscs": "big5:big5hkscs",
     "euc_jp": "euc-jp", "euc_jis_2004": "euc-jp", "euc_jisx0213": "euc-jp",
     "shift_jis": "shift_jis", "cp932": "shift_jis", "shift_jis_2004": "shift_jis",
     "shift_jisx0213": "shift_jis",
@@ -87,8 +87,14 @@ def _sjis_bytes(pointer: int) -> bytes:
 
 
 @lru_cache(maxsize=1)
-def _jis0208() -> tuple[dict[str, int], dict[str, int]]:
-    """(first pointer of each character, first pointer outside rows 89-92)."""
+def _jis0208() -> tuple[dict[str, int], dict[str, int], frozenset[str]]:
+    """(first pointer of each character, first pointer outside rows 89-92, the
+    characters only Python's reading gives).
+
+    Then, for a code Python's ``shift_jis``/``euc_jp`` read as another character than
+    the index (0x8160 as U+301C, not U+FF5E), that character too: a part read with
+    those codecs gives a query byte of the page back as the byte it was, as the
+    browser's reading and writing of it does."""
     first: dict[str, int] = {}
     shift_jis: dict[str, int] = {}
     for pointer in range(11104):
@@ -101,14 +107,26 @@ def _jis0208() -> tuple[dict[str, int], dict[str, int]]:
         first.setdefault(ch, pointer)
         if pointer not in _NEC_IBM:
             shift_jis.setdefault(ch, pointer)
-    return first, shift_jis
+    standard = set(first)
+    added: set[str] = set()
+    for pointer in range(94 * 94):
+        for codec in ("shift_jis", "euc_jp"):
+            data = _sjis_bytes(pointer) if codec == "shift_jis" else bytes(
+                (pointer // 94 + 0xA1, pointer % 94 + 0xA1))
+            try:
+                ch = data.decode(codec)
+            except UnicodeDecodeError:
+                continue
+            if len(ch) == 1 and ch >= "\x80" and ch not in standard:
+                added.add(ch)
+                first.setdefault(ch, pointer)
+                if pointer not in _NEC_IBM:
+                    shift_jis.setdefault(ch, pointer)
+    return first, shift_jis, frozenset(added)
 
 
-def _big5_char(pair: bytes, standard: dict[int, str | None]) -> str | None:
-    code = int.from_bytes(pair, "big")
-    if code in standard:
-        return standard[code]
-    for codec in ("big5hkscs", "cp950"):
+def _python_big5(pair: bytes, codecs: tuple[str, ...] = ("big5hkscs", "cp950")) -> str | None:
+    for codec in codecs:
         try:
             ch = pair.decode(codec)
         except UnicodeDecodeError:
@@ -121,17 +139,42 @@ def _big5_char(pair: bytes, standard: dict[int, str | None]) -> str | None:
 def _big5() -> dict[str, int]:
     standard: dict[int, str | None] = {}
     for entry in _BIG5_STANDARD.split():
-        code, point = entry.split(":")
-        standard[int(code, 16)] = None if point == "-" else chr(int(point, 16))
+        hex_code, point = entry.split(":")
+        standard[int(hex_code, 16)] = None if point == "-" else chr(int(point, 16))
     pointers: dict[str, int] = {}
     for lead in range(0xA1, 0xFF):
         for trail in (*range(0x40, 0x7F), *range(0xA1, 0xFF)):
-            ch = _big5_char(bytes((lead, trail)), standard)
-            if ch is not None:
-                pointer = (lead - 0x81) * 157 + trail - (0x40 if trail < 0x7F else 0x62)
-                if ch in _BIG5_LAST or ch not in pointers:
-                    pointers[ch] = pointer
+            ch = _standard_big5(bytes((lead, trail)), standard)
+            if ch is not None and (ch in _BIG5_LAST or ch not in pointers):
+                pointers[ch] = (lead - 0x81) * 157 + trail - (0x40 if trail < 0x7F else 0x62)
     return pointers
+
+
+def _standard_big5(pair: bytes, standard: dict[int, str | None]) -> str | None:
+    code = int.from_bytes(pair, "big")
+    return standard[code] if code in standard else _python_big5(pair)
+
+
+@lru_cache(maxsize=4)
+def _big5_readings(codec: str) -> dict[str, str]:
+    """Characters Python's ``codec`` reads a Big5 code as where the standard's index
+    reads another (``big5``: 0xA244 as U+00A5, the index's U+FFE5; 0xA241 as U+FF0F,
+    the index's U+2215), to the index's: the page's own byte is then written back as a
+    browser, reading it by the index, writes it. (A character given as a reference,
+    ``&#xA5;``, cannot be told from it once read, and is written so too.)"""
+    standard: dict[int, str | None] = {}
+    for entry in _BIG5_STANDARD.split():
+        hex_code, point = entry.split(":")
+        standard[int(hex_code, 16)] = None if point == "-" else chr(int(point, 16))
+    out: dict[str, str] = {}
+    for lead in range(0xA1, 0xFF):
+        for trail in (*range(0x40, 0x7F), *range(0xA1, 0xFF)):
+            pair = bytes((lead, trail))
+            theirs = _python_big5(pair, (codec,))
+            ours = _standard_big5(pair, standard)
+            if theirs is not None and ours is not None and theirs != ours:
+                out.setdefault(theirs, ours)
+    return out
 
 
 def _katakana(ch: str) -> str:
@@ -147,7 +190,9 @@ def _gb(text: str, gbk: bool) -> list[Piece]:
         if ch < "\x80":
             out.append(ch.encode("ascii"))
         elif ch == "\ue5e5":
-            out.append(ord(ch))
+            # Python's reading of 0xA3A0, which the standard's index reads as U+3000
+            # (written 0xA1A1): the page's byte, written as a browser writes it.
+            out.append(b"\xa1\xa1")
         elif gbk and ch == "\u20ac":
             out.append(b"\x80")
         elif ch in _GB_STANDARD:
@@ -162,14 +207,15 @@ def _gb(text: str, gbk: bool) -> list[Piece]:
     return out
 
 
-def _big5_encode(text: str) -> list[Piece]:
+def _big5_encode(text: str, codec: str = "big5") -> list[Piece]:
     index = _big5()
+    readings = _big5_readings(codec)
     out: list[Piece] = []
     for ch in text:
         if ch < "\x80":
             out.append(ch.encode("ascii"))
             continue
-        pointer = index.get(ch)
+        pointer = index.get(readings.get(ch, ch))
         if pointer is None:
             out.append(ord(ch))
             continue
@@ -183,7 +229,7 @@ def _japanese_common(ch: str) -> str:
 
 
 def _euc_jp(text: str) -> list[Piece]:
-    first, _ = _jis0208()
+    first = _jis0208()[0]
     out: list[Piece] = []
     for ch in text:
         if ch < "\x80":
@@ -205,7 +251,7 @@ def _euc_jp(text: str) -> list[Piece]:
 
 
 def _shift_jis(text: str) -> list[Piece]:
-    _, index = _jis0208()
+    index = _jis0208()[1]
     out: list[Piece] = []
     for ch in text:
         if ch <= "\x80":
@@ -229,7 +275,7 @@ def _iso_2022_jp(text: str) -> list[Piece]:
     """The stateful encoder: ASCII, Roman (JIS X 0201) and jis0208 states, each switch
     an escape sequence, and back to ASCII at the end. An error leaves the state as it is
     (the URL Standard keeps one encoder across the errors it writes as text)."""
-    first, _ = _jis0208()
+    first = _jis0208()[0]
     out: list[Piece] = []
     state = _ESC_ASCII
     for ch in text:
@@ -284,11 +330,27 @@ ENCODERS: dict[str, Callable[[str], list[Piece]]] = {
     "gbk": lambda text: _gb(text, True),
     "gb18030": lambda text: _gb(text, False),
     "big5": _big5_encode,
+    "big5:cp950": lambda text: _big5_encode(text, "cp950"),
+    "big5:big5hkscs": lambda text: _big5_encode(text, "big5hkscs"),
     "euc-jp": _euc_jp,
     "shift_jis": _shift_jis,
     "iso-2022-jp": _iso_2022_jp,
     "euc-kr": _euc_kr,
 }
+
+
+def python_readings(encoding: str) -> frozenset[str]:
+    """Characters ``encoding`` writes only because Python's codec reads one of its codes
+    as them (0xA244 in Big5 as U+00A5; the standard's index has U+FFE5 there): written
+    as that code, so the page's own byte comes back, where a browser given the
+    character as a reference (``&#xA5;``) finds no code for it."""
+    if encoding.startswith("big5"):
+        return frozenset(_big5_readings(encoding.partition(":")[2] or "big5"))
+    if encoding in ("euc-jp", "shift_jis", "iso-2022-jp"):
+        return _jis0208()[2]
+    if encoding in ("gbk", "gb18030"):
+        return frozenset("\ue5e5")
+    return frozenset()
 
 
 def encode(text: str, encoding: str) -> list[Piece]:
