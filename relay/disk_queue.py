@@ -253,7 +253,7 @@ class DiskQueue(Generic[ItemT]):
 
     async def _try(self, path: Path, fd: int, item: ItemT, tries: int) -> None:
         """One try of the item in ``path`` (locked through ``fd``, closed here, or kept
-        by ``_hold`` when what the try came to could not be written down)."""
+        open in ``_held`` when what the try came to could not be written down)."""
         name = path.name
         self._trying.add(name)
         verdict: Verdict[ItemT] | None = None

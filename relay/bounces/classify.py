@@ -16,6 +16,7 @@ import re
 from collections.abc import Callable
 from email.message import Message
 
+from relay.bounces import vendors
 from relay.bounces.decide import Facts, Texts, decide
 from relay.bounces.extract import Found, extract
 from relay.bounces.mime import ReadPartly, parse
@@ -104,8 +105,12 @@ def classify_parsed(msg: Message, raw: bytes, hook: Hook | None = None, *,
     found: list[ReadPartly] = []
     senders = _envelope_senders(msg)
     try:
-        records = [_record(x, rules, trace, senders) if isinstance(x, Found) else x
-                   for x in extract(msg, rules, trace, notes=found)]
+        extracted = extract(msg, rules, trace, notes=found)
+        for x in extracted:
+            if isinstance(x, Found) and not x.senders:
+                x.senders = senders
+        records = [_record(x, rules, trace) if isinstance(x, Found) else x
+                   for x in extracted]
     except RecursionError:
         _note(notes, ReadPartly("nesting", "MIME parts nested too deeply to parse"))
         return []
@@ -285,26 +290,17 @@ DEFAULT_DETAIL: dict[str, str] = {
 #: its header: RFC 3464 section 2 sends a DSN to the reverse-path, and MTAs put it in
 #: ``To`` and record it in ``Delivered-To``/``X-Original-To`` on delivery.
 _ENVELOPE_FIELDS = ("To", "Delivered-To", "X-Original-To")
-_ADDRESS_RE = re.compile(r"[^\s<>\"',;:()]+@[^\s<>\"',;:()]+\.[^\s<>\"',;:()]+")
 
 
 def _envelope_senders(msg: Message) -> tuple[str, ...]:
     """The original sender's addresses as the notice's own header fields give them."""
-    found: list[str] = []
-    for name in _ENVELOPE_FIELDS:
-        for value in msg.get_all(name) or ():
-            for addr in _ADDRESS_RE.findall(str(value)[:2000]):
-                addr = addr.lower().rstrip(".")
-                if addr not in found:
-                    found.append(addr)
-    return tuple(found[:8])
+    found = [a for name in _ENVELOPE_FIELDS for value in msg.get_all(name) or ()
+             for a in vendors.addresses(str(value)[:2000])]
+    return tuple(dict.fromkeys(found))[:8]
 
 
-def _record(found: Found, rules: RuleSet, trace: Trace | None,
-            senders: tuple[str, ...] = ()) -> BounceRecord:
+def _record(found: Found, rules: RuleSet, trace: Trace | None) -> BounceRecord:
     """Stages B, C and D for one extracted record."""
-    if senders and not found.senders:
-        found.senders = senders
     facts = facts_of(found, rules, trace)
     reason, decided_by = decide(facts, rules, trace)
     status = facts.status

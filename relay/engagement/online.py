@@ -38,7 +38,7 @@ Rule order (bot-signals.md §4; the first rule that decides wins):
     +2 (cloud_network); Chrome below ``outdated_chrome_major`` +1 (outdated_browser);
     a click with the bare ``Mozilla/5.0`` UA +2 (bare_ua_click); a user agent that is
     neither a browser's nor in the table, with no platform comment (``node``,
-    ``PostmanRuntime/7.39.0``: ``_BROWSER_LIKE``) +2 (not_a_browser); Chromium ≥ 89 over
+    ``PostmanRuntime/7.39.0``: ``UAInfo.browser_like``) +2 (not_a_browser); Chromium ≥ 89 over
     HTTPS without ``sec-ch-ua`` and ``Sec-Fetch-Mode`` +2 (ua_header_mismatch); a real
     mail client UA -2; a click with ``Sec-Fetch-User: ?1`` -1. Score ≥
     ``machine_score`` → ``machine``; 1 and up → ``unknown``; ≤ 0 → ``human``.
@@ -58,14 +58,6 @@ from relay.engagement.useragents import APPLE_MPP_UA, PROXY_CLASSES, UAAnalyser
 from relay.engagement.verdict import Verdict, as_proxy
 
 _PREFETCH = re.compile(r"prefetch|prerender", re.IGNORECASE)
-#: What a person's software sends: every browser's user agent begins "Mozilla/5.0 ("
-#: (the HTML Standard's navigator.userAgent, "Client identification"; old Opera
-#: "Opera/9.80 ("), and a mail client's names its platform in an RFC 9110 section
-#: 10.1.5 comment ("Microsoft Office/16.0 (Windows NT 10.0; …)"). A bare product token
-#: ("node", "Deno/1.26.1", "reqwest/0.9.19", "ApacheBench/2.3") is a program: HTTP
-#: libraries and tools (device-detector's "library" clients, bot-signals.md O-l) that
-#: no table lists yet are not counted as people.
-_BROWSER_LIKE = re.compile(r"(?:Mozilla|Opera)/|[^()]*\(")
 _ONE_OUTLOOK = re.compile(r"OneOutlook", re.IGNORECASE)
 
 #: Table classes that make a verdict ``machine`` with the class as the reason.
@@ -177,7 +169,7 @@ class Classifier:
         if kind == "click" and ua == APPLE_MPP_UA:
             score += 2
             reasons.append(R.BARE_UA_CLICK)
-        if cls is None and not _BROWSER_LIKE.match(ua):
+        if cls is None and not info.browser_like:
             score += 2
             reasons.append(R.NOT_A_BROWSER)
         if (headers and facts.https and info.chromium

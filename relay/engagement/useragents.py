@@ -38,6 +38,14 @@ APPLE_MPP_UA = "Mozilla/5.0"
 
 _CHROME_MAJOR = re.compile(r"(?:Chrome|Chromium|CriOS)/(\d+)\.")
 _CHROMIUM_HINT = re.compile(r"(?:Chrome|Edg)/(\d+)\.")
+#: What a person's software sends: every browser's user agent begins "Mozilla/5.0 ("
+#: (the HTML Standard's navigator.userAgent, "Client identification"; old Opera
+#: "Opera/9.80 ("), and a mail client's names its platform in an RFC 9110 section
+#: 10.1.5 comment ("Microsoft Office/16.0 (Windows NT 10.0; …)"). A bare product token
+#: ("node", "Deno/1.26.1", "reqwest/0.9.19", "ApacheBench/2.3") is a program: HTTP
+#: libraries and tools (device-detector's "library" clients, bot-signals.md O-l) that
+#: no table lists yet are not counted as people.
+_BROWSER_LIKE = re.compile(r"(?:Mozilla|Opera)/|[^()]*\(")
 #: EdgeHTML's own token (Microsoft's "Microsoft Edge user agent string": "… Chrome/70.0
 #: .3538.102 Safari/537.36 Edge/18.19582"); Chromium-based Edge writes "Edg/".
 _EDGE_HTML = re.compile(r"\bEdge/1[2-9]\.")
@@ -139,6 +147,9 @@ class UAInfo:
     crawler: bool = False  # a generic bot list matched (only when no table entry did)
     chrome_major: int | None = None
     chromium: bool = False  # claims Chrome/Edge >= 89 (sends sec-ch-ua / Sec-Fetch-*)
+    #: A browser's or a program naming its platform (``_BROWSER_LIKE``), not a bare
+    #: product token.
+    browser_like: bool = True
 
 
 def _generic_crawler_check(enabled: bool) -> Any:
@@ -186,4 +197,5 @@ class UAAnalyser:
         crawler = False
         if self.generic and ua and ua != APPLE_MPP_UA:
             crawler = bool(self._is_crawler and self._is_crawler(ua)) or _ua_parser_spider(ua)
-        return UAInfo(ua, None, None, None, crawler, chrome_major, chromium)
+        return UAInfo(ua, None, None, None, crawler, chrome_major, chromium,
+                      bool(_BROWSER_LIKE.match(ua)))

@@ -25,7 +25,7 @@ point in their place: the caller writes it as ``%26%23<N>%3B``.
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import lru_cache
 
 #: A piece of an encoder's output: bytes, or the code point of a character it cannot hold.
@@ -135,24 +135,38 @@ def _python_big5(pair: bytes, codecs: tuple[str, ...] = ("big5hkscs", "cp950")) 
     return None
 
 
+def _big5_codes() -> Iterator[tuple[bytes, int]]:
+    """Every Big5 code from lead byte 0xA1, with its pointer in the standard's index."""
+    for lead in range(0xA1, 0xFF):
+        for trail in (*range(0x40, 0x7F), *range(0xA1, 0xFF)):
+            yield bytes((lead, trail)), \
+                (lead - 0x81) * 157 + trail - (0x40 if trail < 0x7F else 0x62)
+
+
 @lru_cache(maxsize=1)
-def _big5() -> dict[str, int]:
+def _big5_index() -> dict[bytes, str | None]:
+    """Each code's character by the standard's index: ``_BIG5_STANDARD`` where it differs
+    from Python's ``big5hkscs``/``cp950``, else theirs."""
     standard: dict[int, str | None] = {}
     for entry in _BIG5_STANDARD.split():
         hex_code, point = entry.split(":")
         standard[int(hex_code, 16)] = None if point == "-" else chr(int(point, 16))
+    out: dict[bytes, str | None] = {}
+    for pair, _ in _big5_codes():
+        code = int.from_bytes(pair, "big")
+        out[pair] = standard[code] if code in standard else _python_big5(pair)
+    return out
+
+
+@lru_cache(maxsize=1)
+def _big5() -> dict[str, int]:
+    index = _big5_index()
     pointers: dict[str, int] = {}
-    for lead in range(0xA1, 0xFF):
-        for trail in (*range(0x40, 0x7F), *range(0xA1, 0xFF)):
-            ch = _standard_big5(bytes((lead, trail)), standard)
-            if ch is not None and (ch in _BIG5_LAST or ch not in pointers):
-                pointers[ch] = (lead - 0x81) * 157 + trail - (0x40 if trail < 0x7F else 0x62)
+    for pair, pointer in _big5_codes():
+        ch = index[pair]
+        if ch is not None and (ch in _BIG5_LAST or ch not in pointers):
+            pointers[ch] = pointer
     return pointers
-
-
-def _standard_big5(pair: bytes, standard: dict[int, str | None]) -> str | None:
-    code = int.from_bytes(pair, "big")
-    return standard[code] if code in standard else _python_big5(pair)
 
 
 @lru_cache(maxsize=4)
@@ -162,18 +176,11 @@ def _big5_readings(codec: str) -> dict[str, str]:
     the index's U+2215), to the index's: the page's own byte is then written back as a
     browser, reading it by the index, writes it. (A character given as a reference,
     ``&#xA5;``, cannot be told from it once read, and is written so too.)"""
-    standard: dict[int, str | None] = {}
-    for entry in _BIG5_STANDARD.split():
-        hex_code, point = entry.split(":")
-        standard[int(hex_code, 16)] = None if point == "-" else chr(int(point, 16))
     out: dict[str, str] = {}
-    for lead in range(0xA1, 0xFF):
-        for trail in (*range(0x40, 0x7F), *range(0xA1, 0xFF)):
-            pair = bytes((lead, trail))
-            theirs = _python_big5(pair, (codec,))
-            ours = _standard_big5(pair, standard)
-            if theirs is not None and ours is not None and theirs != ours:
-                out.setdefault(theirs, ours)
+    for pair, ours in _big5_index().items():
+        theirs = _python_big5(pair, (codec,))
+        if theirs is not None and ours is not None and theirs != ours:
+            out.setdefault(theirs, ours)
     return out
 
 
@@ -184,88 +191,76 @@ def _katakana(ch: str) -> str:
         "NFKC", ch)
 
 
-def _gb(text: str, gbk: bool) -> list[Piece]:
-    out: list[Piece] = []
-    for ch in text:
-        if ch < "\x80":
-            out.append(ch.encode("ascii"))
-        elif ch == "\ue5e5":
-            # Python's reading of 0xA3A0, which the standard's index reads as U+3000
-            # (written 0xA1A1): the page's byte, written as a browser writes it.
-            out.append(b"\xa1\xa1")
-        elif gbk and ch == "\u20ac":
-            out.append(b"\x80")
-        elif ch in _GB_STANDARD:
-            out.append(_GB_STANDARD[ch])
-        else:
-            try:
-                data = ch.encode("gb18030")
-            except UnicodeEncodeError:
-                out.append(ord(ch))
-                continue
-            out.append(ord(ch) if gbk and len(data) == 4 else data)
-    return out
+# --- one character each: bytes, or its code point when the encoding cannot hold it -------
+
+#: JIS X 0201 Roman's yen sign and overline, which EUC-JP and Shift_JIS write as the
+#: ASCII bytes of backslash and tilde.
+_ROMAN = {"\u00a5": b"\x5c", "\u203e": b"\x7e"}
 
 
-def _big5_encode(text: str, codec: str = "big5") -> list[Piece]:
-    index = _big5()
-    readings = _big5_readings(codec)
-    out: list[Piece] = []
-    for ch in text:
-        if ch < "\x80":
-            out.append(ch.encode("ascii"))
-            continue
-        pointer = index.get(readings.get(ch, ch))
-        if pointer is None:
-            out.append(ord(ch))
-            continue
-        lead, trail = divmod(pointer, 157)
-        out.append(bytes((lead + 0x81, trail + (0x40 if trail < 0x3F else 0x62))))
-    return out
+def _gb_char(ch: str, gbk: bool) -> Piece:
+    if ch == "\ue5e5":
+        # Python's reading of 0xA3A0, which the standard's index reads as U+3000
+        # (written 0xA1A1): the page's byte, written as a browser writes it.
+        return b"\xa1\xa1"
+    if gbk and ch == "\u20ac":
+        return b"\x80"
+    if ch in _GB_STANDARD:
+        return _GB_STANDARD[ch]
+    try:
+        data = ch.encode("gb18030")
+    except UnicodeEncodeError:
+        return ord(ch)
+    return ord(ch) if gbk and len(data) == 4 else data
+
+
+def _big5_char(ch: str, codec: str) -> Piece:
+    pointer = _big5().get(_big5_readings(codec).get(ch, ch))
+    if pointer is None:
+        return ord(ch)
+    lead, trail = divmod(pointer, 157)
+    return bytes((lead + 0x81, trail + (0x40 if trail < 0x3F else 0x62)))
 
 
 def _japanese_common(ch: str) -> str:
     return "\uff0d" if ch == "\u2212" else ch
 
 
-def _euc_jp(text: str) -> list[Piece]:
-    first = _jis0208()[0]
-    out: list[Piece] = []
-    for ch in text:
-        if ch < "\x80":
-            out.append(ch.encode("ascii"))
-        elif ch == "\u00a5":
-            out.append(b"\x5c")
-        elif ch == "\u203e":
-            out.append(b"\x7e")
-        elif "\uff61" <= ch <= "\uff9f":
-            out.append(bytes((0x8E, ord(ch) - 0xFF61 + 0xA1)))
-        else:
-            pointer = first.get(_japanese_common(ch))
-            if pointer is None or pointer >= 94 * 94:
-                out.append(ord(ch))
-            else:
-                lead, trail = divmod(pointer, 94)
-                out.append(bytes((lead + 0xA1, trail + 0xA1)))
-    return out
+def _euc_jp_char(ch: str) -> Piece:
+    if ch in _ROMAN:
+        return _ROMAN[ch]
+    if "\uff61" <= ch <= "\uff9f":
+        return bytes((0x8E, ord(ch) - 0xFF61 + 0xA1))
+    pointer = _jis0208()[0].get(_japanese_common(ch))
+    if pointer is None or pointer >= 94 * 94:
+        return ord(ch)
+    lead, trail = divmod(pointer, 94)
+    return bytes((lead + 0xA1, trail + 0xA1))
 
 
-def _shift_jis(text: str) -> list[Piece]:
-    index = _jis0208()[1]
-    out: list[Piece] = []
-    for ch in text:
-        if ch <= "\x80":
-            out.append(bytes((ord(ch),)))
-        elif ch == "\u00a5":
-            out.append(b"\x5c")
-        elif ch == "\u203e":
-            out.append(b"\x7e")
-        elif "\uff61" <= ch <= "\uff9f":
-            out.append(bytes((ord(ch) - 0xFF61 + 0xA1,)))
-        else:
-            pointer = index.get(_japanese_common(ch))
-            out.append(ord(ch) if pointer is None else _sjis_bytes(pointer))
-    return out
+def _shift_jis_char(ch: str) -> Piece:
+    if ch == "\x80":
+        return b"\x80"
+    if ch in _ROMAN:
+        return _ROMAN[ch]
+    if "\uff61" <= ch <= "\uff9f":
+        return bytes((ord(ch) - 0xFF61 + 0xA1,))
+    pointer = _jis0208()[1].get(_japanese_common(ch))
+    return ord(ch) if pointer is None else _sjis_bytes(pointer)
+
+
+def _euc_kr_char(ch: str) -> Piece:
+    try:
+        return ch.encode("cp949")
+    except UnicodeEncodeError:
+        return ord(ch)
+
+
+def _each(encode_char: Callable[[str], Piece]) -> Callable[[str], list[Piece]]:
+    """A stateless encoder: ASCII as itself, every other character by ``encode_char``."""
+    def encode(text: str) -> list[Piece]:
+        return [ch.encode("ascii") if ch < "\x80" else encode_char(ch) for ch in text]
+    return encode
 
 
 _ESC_ASCII, _ESC_ROMAN, _ESC_JIS0208 = b"\x1b(B", b"\x1b(J", b"\x1b$B"
@@ -285,17 +280,16 @@ def _iso_2022_jp(text: str) -> list[Piece]:
         if state == _ESC_ASCII and ch < "\x80":
             out.append(ch.encode("ascii"))
             continue
-        if state == _ESC_ROMAN and ((ch < "\x80" and ch not in "\\~") or ch in "\u00a5\u203e"):
-            out.append(b"\x5c" if ch == "\u00a5" else b"\x7e" if ch == "\u203e"
-                       else ch.encode("ascii"))
+        if state == _ESC_ROMAN and ((ch < "\x80" and ch not in "\\~") or ch in _ROMAN):
+            out.append(_ROMAN.get(ch) or ch.encode("ascii"))
             continue
         if ch < "\x80":
             state = _ESC_ASCII
             out.append(_ESC_ASCII + ch.encode("ascii"))
             continue
-        if ch in "\u00a5\u203e":
+        if ch in _ROMAN:
             state = _ESC_ROMAN
-            out.append(_ESC_ROMAN + (b"\x5c" if ch == "\u00a5" else b"\x7e"))
+            out.append(_ESC_ROMAN + _ROMAN[ch])
             continue
         target = _katakana(ch) if "\uff61" <= ch <= "\uff9f" else _japanese_common(ch)
         pointer = first.get(target)
@@ -316,26 +310,16 @@ def _iso_2022_jp(text: str) -> list[Piece]:
     return out
 
 
-def _euc_kr(text: str) -> list[Piece]:
-    out: list[Piece] = []
-    for ch in text:
-        try:
-            out.append(ch.encode("cp949"))
-        except UnicodeEncodeError:
-            out.append(ord(ch))
-    return out
-
-
 ENCODERS: dict[str, Callable[[str], list[Piece]]] = {
-    "gbk": lambda text: _gb(text, True),
-    "gb18030": lambda text: _gb(text, False),
-    "big5": _big5_encode,
-    "big5:cp950": lambda text: _big5_encode(text, "cp950"),
-    "big5:big5hkscs": lambda text: _big5_encode(text, "big5hkscs"),
-    "euc-jp": _euc_jp,
-    "shift_jis": _shift_jis,
+    "gbk": _each(lambda ch: _gb_char(ch, True)),
+    "gb18030": _each(lambda ch: _gb_char(ch, False)),
+    "big5": _each(lambda ch: _big5_char(ch, "big5")),
+    "big5:cp950": _each(lambda ch: _big5_char(ch, "cp950")),
+    "big5:big5hkscs": _each(lambda ch: _big5_char(ch, "big5hkscs")),
+    "euc-jp": _each(_euc_jp_char),
+    "shift_jis": _each(_shift_jis_char),
     "iso-2022-jp": _iso_2022_jp,
-    "euc-kr": _euc_kr,
+    "euc-kr": _each(_euc_kr_char),
 }
 
 
