@@ -26,6 +26,9 @@ log = get_logger("relay.background")
 
 S = TypeVar("S")
 
+#: Seconds a cancelled background task may take to end before it is cancelled again.
+RECANCEL_SECONDS = 5.0
+
 #: Exceptions meaning "the store cannot be reached now" (its database is down, restarting,
 #: refusing connections, or the connection broke), not a bug: an expected outcome of an
 #: outage, logged as one line without a traceback; the API and the dashboard answer 503
@@ -179,9 +182,20 @@ class BackgroundTasks:
         self._tasks.append(asyncio.get_running_loop().create_task(coro, name=name))
 
     async def stop(self) -> None:
+        """Cancel every task and wait for each to end. A task still running
+        ``RECANCEL_SECONDS`` after its cancellation lost it (code that swallows it: the
+        standard library's ``asyncio.wait_for`` before Python 3.12 returns the awaited
+        result when the cancellation comes as it completes, CPython gh-86296) and is
+        cancelled again, logged, rather than waited for forever."""
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
+        running = set(tasks)
+        while running:
+            _, running = await asyncio.wait(running, timeout=RECANCEL_SECONDS)
+            for task in running:
+                log.warning("background_task_cancelled_again", task=task.get_name())
+                task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task

@@ -241,6 +241,7 @@ class BounceListener:
                     transport.close()
         for server in self.servers:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(server.wait_closed(), 2)
+                async with asyncio.timeout(2):
+                    await server.wait_closed()
         self.servers.clear()
         log.info("bounce_listener_stopped")

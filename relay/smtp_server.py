@@ -1789,7 +1789,8 @@ class Relay:
         self._drop(list(self.sessions))
         for server in self.servers:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(server.wait_closed(), 2)
+                async with asyncio.timeout(2):
+                    await server.wait_closed()
         if self._background:
             await asyncio.wait(list(self._background), timeout=max(1.0, grace))
         await self.copies.stop(max(1.0, grace))

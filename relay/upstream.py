@@ -487,7 +487,8 @@ class SmtpUpstream(Upstream):
         idle, self._idle = self._idle, []
         for conn in idle:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(conn.client.quit(), 2)
+                async with asyncio.timeout(2):
+                    await conn.client.quit()
             conn.close()
 
 

@@ -1,5 +1,6 @@
 """The background refreshers a tracker runs (``relay.background.Refresher``): the report
-roll-ups' roller over a real store, and what it does when the store fails under it."""
+roll-ups' roller over a real store, and what it does when the store fails under it; and
+how a process's background tasks stop (``relay.background.BackgroundTasks``)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 import structlog
 
-from relay.background import Refresher
+from relay.background import BackgroundTasks, Refresher
 from relay.records import Event
 from relay.store import Store, open_store
 from relay.store.records import event_row
@@ -107,3 +108,32 @@ async def test_a_refresh_rests_in_proportion_to_how_long_it_ran(store: Store) ->
     # (without the rest: 0.01 s after it); uvloop's timers fire to the millisecond
     for (start, end), (after, _) in itertools.pairwise(runs):
         assert after - end >= (end - start) * roller.rest - 0.002, runs
+
+
+async def test_a_task_that_loses_its_cancellation_is_cancelled_again() -> None:
+    """Code that swallows a cancellation (asyncio.wait_for before Python 3.12, when what
+    it awaits completes in the same moment) must not leave a stop waiting forever."""
+    rounds: list[str] = []
+
+    async def loop_that_swallows_once() -> None:
+        swallowed = False
+        while True:
+            try:
+                await asyncio.sleep(0.01)
+            except asyncio.CancelledError:
+                if swallowed:
+                    rounds.append("stopped")
+                    raise
+                swallowed = True
+                rounds.append("swallowed")
+
+    tasks = BackgroundTasks()
+    tasks.start(loop_that_swallows_once(), "swallower")
+    await asyncio.sleep(0.05)
+    with structlog.testing.capture_logs() as logs:
+        async with asyncio.timeout(30):
+            await tasks.stop()
+    assert rounds == ["swallowed", "stopped"]
+    assert [(e["event"], e["task"]) for e in logs] == [
+        ("background_task_cancelled_again", "swallower")]
+    assert not tasks

@@ -279,3 +279,17 @@ async def test_a_scanners_open_makes_no_first_open(make_tracker: MakeTracker,
     [first] = receiver.delivered("/b")
     page = await t.store.list_events(message_id=sent.message_id, type="open", machine=False)
     assert [e["id"] for e in page.items] == [first["event"]["id"]]
+
+
+async def test_the_sender_stops_when_a_delivery_ends_as_the_stop_comes(
+        make_tracker: MakeTracker, receiver: Receiver) -> None:
+    """A delivery that ends (freeing its slot) in the same moment the process stops used
+    to keep the sender running: the wait for a free slot returned the slot instead of
+    the cancellation, and the stop, awaiting the sender, never ended."""
+    t = await make_tracker(**_hooks(receiver))
+    dispatcher = t.runner.app[DISPATCHER]
+    dispatcher.poll_interval = 30  # the sender waits for a slot to free (or a poll)
+    await asyncio.sleep(0.3)
+    dispatcher._slot_freed.set()  # a delivery's end, as the stop comes
+    async with asyncio.timeout(3):  # a stop's cancellation is cancelled again after 5 s
+        await dispatcher.stop()

@@ -328,7 +328,8 @@ class FolderReader:
                 if client.has_pending_idle():
                     client.idle_done()
                 with contextlib.suppress(TimeoutError, ImapConnectionLost):
-                    await self._unless_lost(asyncio.wait_for(idle, 30))
+                    async with asyncio.timeout(30):
+                        await self._unless_lost(idle)
 
     async def _close(self) -> None:
         """Log out (briefly) and close the connection: not on one the server closed, nor
@@ -340,7 +341,8 @@ class FolderReader:
             return
         if not self._lost.is_set():
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.logout(), 5)
+                async with asyncio.timeout(5):
+                    await client.logout()
         transport.close()
 
 

@@ -270,7 +270,8 @@ class EventWriter:
     async def _run(self) -> None:
         while not self._stopping:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.flush_interval)
+                async with asyncio.timeout(self.flush_interval):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 async with self._lock:
@@ -339,7 +340,8 @@ class EventWriter:
             self._message_task = asyncio.get_running_loop().create_task(
                 self._write_pending_messages())
         try:
-            await asyncio.wait_for(asyncio.shield(future), self.write_timeout)
+            async with asyncio.timeout(self.write_timeout):
+                await asyncio.shield(future)
         except TimeoutError:
             # Still waiting behind a slow write (a lock, a stalled server): spool it now
             # and answer. Should the pending write still commit it, the replay skips it.

@@ -132,9 +132,8 @@ async def read_body(request: web.Request, limit: int) -> bytes | None:
     size = 0
     while True:
         try:
-            chunk = await asyncio.wait_for(
-                request.content.read(min(1 << 16, limit + 1 - size)),
-                max(0.0, deadline - loop.time()))
+            async with asyncio.timeout_at(deadline):
+                chunk = await request.content.read(min(1 << 16, limit + 1 - size))
         except TimeoutError:
             raise body_too_slow() from None
         except ConnectionResetError as exc:  # aiohttp's ClientConnectionResetError too

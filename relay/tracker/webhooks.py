@@ -286,8 +286,8 @@ class WebhookDispatcher:
                 # nothing more due, or no slot: until one frees, or a poll
                 if not await failing.round(self.send_once):
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._slot_freed.wait(),
-                                               failing.delay(self.poll_interval))
+                        async with asyncio.timeout(failing.delay(self.poll_interval)):
+                            await self._slot_freed.wait()
         finally:
             await self._cancel_deliveries()
 
