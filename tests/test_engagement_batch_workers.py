@@ -63,8 +63,14 @@ async def test_one_process_runs_the_passes_and_another_takes_over(
                      and max(r.skipped for r in runners) >= 5)
         holder, other = sorted(runners, key=lambda r: r.passes, reverse=True)
         assert other.passes == 0 and other.skipped >= 5
+        # Each pass marks how far it has judged: events older than the settle period
+        # before it began (alerts on opens and clicks wait for this mark).
+        judged = await first.batch_judged_until()
+        assert time.time() - config.batch_settle_seconds - 10 < judged \
+            < time.time() - config.batch_settle_seconds
         await holder.stop()
         await _until(lambda: other.passes >= 3)  # the turn lapsed 1 s after the last
+        assert await second.batch_judged_until() > judged  # the other's passes mark it
     finally:
         for runner in runners:
             await runner.stop()

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+import structlog
 from aiohttp import web
 
 from relay.tracker import signing
@@ -279,6 +281,53 @@ async def test_a_scanners_open_makes_no_first_open(make_tracker: MakeTracker,
     [first] = receiver.delivered("/b")
     page = await t.store.list_events(message_id=sent.message_id, type="open", machine=False)
     assert [e["id"] for e in page.items] == [first["event"]["id"]]
+
+
+async def test_a_first_open_waits_for_the_batch_pass_to_judge_it(
+        make_tracker: MakeTracker, receiver: Receiver) -> None:
+    """A first open is due once the batch pass could have judged it; a pass late (another
+    process holds the turn and has not passed yet, a busy database) must not let it out
+    unjudged: it waits for the pass's mark, then goes."""
+    t = await make_tracker({"engagement": {"batch_interval": 0.3, "batch_settle_seconds": 2}},
+                           **_hooks(receiver))  # due 2.6 s after the open
+    now = time.time()
+    assert await t.store.take_batch_turn("another-process", now, now + 3600)
+    sent = await seed_message(t.store, recipients=["carol@customer.test"])
+    async with t.http.get(t.pixel_url(sent.message_id, 0)) as resp:
+        assert resp.status == 200
+    opened = time.time()
+    await asyncio.sleep(3.5)  # past its due time, short of twice that
+    assert receiver.delivered("/b") == []
+    await t.store.record_batch_judged(opened + 1)  # the other process's pass
+
+    async def delivered() -> bool:
+        return len(receiver.delivered("/b")) == 1
+
+    await wait_for(delivered, timeout=20)
+
+
+async def test_a_judgement_that_never_comes_holds_a_first_open_only_so_long(
+        make_tracker: MakeTracker, receiver: Receiver) -> None:
+    """No process runs the batch pass (its turn held by one that died without passing,
+    until the turn lapses): a first open goes twice its due time after the open, logged."""
+    t = await make_tracker({"engagement": {"batch_interval": 0.3,
+                                           "batch_settle_seconds": 0.5}},
+                           **_hooks(receiver))  # due 1.1 s after the open
+    now = time.time()
+    assert await t.store.take_batch_turn("another-process", now, now + 3600)
+    sent = await seed_message(t.store, recipients=["carol@customer.test"])
+    with structlog.testing.capture_logs() as logs:
+        async with t.http.get(t.pixel_url(sent.message_id, 0)) as resp:
+            assert resp.status == 200
+        opened = time.time()
+
+        async def delivered() -> bool:
+            return len(receiver.delivered("/b")) == 1
+
+        await wait_for(delivered, timeout=20)
+    assert time.time() - opened >= 2.2 - 0.1  # the open's time is stored in ms
+    unjudged = [e["endpoint"] for e in logs if e["event"] == "webhook_sent_unjudged"]
+    assert unjudged == [f"http://127.0.0.1:{receiver.port}/…"] * 2  # /a and /b
 
 
 async def test_the_sender_stops_when_a_delivery_ends_as_the_stop_comes(

@@ -193,6 +193,9 @@ class BatchRunner:
                     continue
                 self.passes += 1
                 result = await batch_pass(store, self.config)
+                # What the pass has judged: events older than the settle period before
+                # it began (its own clock started later still). Alerts wait for this.
+                await store.record_batch_judged(now - self.config.batch_settle_seconds)
                 self.failing.succeeded()
                 if result.changed or result.inferred or result.resolved:
                     log.info("engagement_batch_pass", events=result.events,

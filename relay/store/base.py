@@ -640,6 +640,15 @@ class Store(abc.ABC):
         another holder's turn runs: one process of all that share the store passes."""
 
     @abc.abstractmethod
+    async def record_batch_judged(self, until: float) -> None:
+        """A batch pass has judged every open and click up to ``until`` (never moved back:
+        a pass that started earlier and ended later leaves a later mark alone)."""
+
+    @abc.abstractmethod
+    async def batch_judged_until(self) -> float:
+        """Up to when the batch pass has judged opens and clicks (0: never)."""
+
+    @abc.abstractmethod
     async def take_contact_scores_lease(self, holder: str, now: float, until: float) -> bool:
         """Become the one refresher until ``until``, unless another holder's lease runs."""
 
@@ -731,6 +740,11 @@ class Store(abc.ABC):
     async def withdraw_webhook(self, delivery_id: int) -> bool:
         """Remove a delivery not sent yet (its reason is gone: a first open relabelled
         a machine's), freeing its dedupe key; False if it was no longer pending."""
+
+    @abc.abstractmethod
+    async def postpone_webhook(self, delivery_id: int, until: float) -> None:
+        """Hand a claimed delivery out again at ``until``, no attempt counted (what it
+        waits for has not happened yet)."""
 
     @abc.abstractmethod
     async def mark_webhook_delivered(self, delivery_id: int) -> None:

@@ -452,6 +452,12 @@ MIGRATIONS: list[tuple[int, str, list[Statement]]] = [
         # own (relay.engagement.online, self_open).
         "ALTER TABLE messages ADD COLUMN submitted_ip TEXT",
     ]),
+    (12, "engagement batch pass judged", [
+        # How far the batch pass has judged (relay.engagement.runner): an alert or a
+        # first open on an open or a click waits until its event is judged, not only
+        # for a time that a slow or missed pass may outrun (relay.tracker.webhooks).
+        "ALTER TABLE engagement_state ADD COLUMN judged_until {float} NOT NULL DEFAULT 0",
+    ]),
 ]
 
 

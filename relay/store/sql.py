@@ -752,6 +752,15 @@ class SqlStore(ContactScoresSql, Store):
     async def take_batch_turn(self, holder: str, now: float, until: float) -> bool:
         return await take_lease(self, "engagement_state", holder, now, until)
 
+    async def record_batch_judged(self, until: float) -> None:
+        await self._execute(
+            "UPDATE engagement_state SET judged_until = ? WHERE id = 1 AND judged_until < ?",
+            [float(until), float(until)])
+
+    async def batch_judged_until(self) -> float:
+        row = await self._fetchrow("SELECT judged_until FROM engagement_state WHERE id = 1")
+        return float(row["judged_until"]) if row else 0.0
+
     async def refresh_report_rollups(self, budget: float) -> int:
         from relay.store import rollups
 
@@ -1082,6 +1091,11 @@ class SqlStore(ContactScoresSql, Store):
             "DELETE FROM webhook_deliveries WHERE id = ? AND status = 'pending' RETURNING id",
             [int(delivery_id)])
         return row is not None
+
+    async def postpone_webhook(self, delivery_id: int, until: float) -> None:
+        await self._execute(
+            "UPDATE webhook_deliveries SET next_attempt_at = ? "
+            "WHERE id = ? AND status = 'pending'", [float(until), int(delivery_id)])
 
     async def mark_webhook_delivered(self, delivery_id: int) -> None:
         await self._execute(

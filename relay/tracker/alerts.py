@@ -15,8 +15,9 @@ once across tracker processes and retried with backoff, as endpoint ``alert:<nam
 * ``chat``: ``{"text": "…"}``, the incoming-webhook shape Slack and Mattermost accept.
 
 **Judged first.** An alert on an open or a click (``first_open``, ``open``, ``click``)
-is due once the batch pass has judged its event (``judging_delay``): a security scanner
-that opens and follows every link within seconds looks like a person hit by hit. When
+is due once the batch pass has judged its event (``judging_delay``, and the pass's mark:
+``WebhookDispatcher._awaiting_judgement``): a security scanner that opens and follows
+every link within seconds looks like a person hit by hit. When
 due, the event's verdict is read again; no longer one the rule wants, the alert is
 withdrawn, and a ``first_open`` passes to the recipient's next open the rule wants.
 

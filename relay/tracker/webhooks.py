@@ -43,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import datetime
 import hashlib
 import json
 import re
@@ -59,6 +60,7 @@ from relay.engagement.verdict import HUMAN_VERDICTS
 from relay.logs import get_logger
 from relay.store.base import iso_time
 from relay.tracker import open_mail, signing
+from relay.tracker.alerts import JUDGED as ALERT_JUDGED
 from relay.tracker.alerts import PREFIX as ALERT_PREFIX
 from relay.tracker.alerts import TIMEOUT as ALERT_TIMEOUT
 from relay.tracker.alerts import Alerts
@@ -407,7 +409,36 @@ class WebhookDispatcher:
         except Exception as exc:  # the store is down, …: the lease lapses, it is retried
             failing.failed(exc, delivery=delivery["id"])
 
+    async def _awaiting_judgement(self, delivery: WebhookDelivery) -> bool:
+        """Whether a delivery on a person's open or click (a first open, an alert on an
+        open or a click) must wait, its event not yet judged by the batch pass
+        (``Store.batch_judged_until``): its due time assumes a pass ran in time, which a
+        busy database or process can outrun. It is handed out again a pass later. A
+        judgement that never comes (no process runs the pass) holds it at most
+        ``judging_delay`` past its due time; then it goes as it stands, logged."""
+        judged = delivery["event_type"] == "first_open" or (
+            delivery["endpoint"].startswith(ALERT_PREFIX)
+            and delivery["event_type"] in ALERT_JUDGED)
+        if not judged or not self.judging_delay:
+            return False
+        when = json.loads(delivery["payload"]).get("event", {}).get("time")
+        if not isinstance(when, str):
+            return False
+        event_time = datetime.datetime.fromisoformat(when).timestamp()
+        if event_time <= await self.store.batch_judged_until():
+            return False
+        now = time.time()
+        if now >= event_time + 2 * self.judging_delay:
+            log.warning("webhook_sent_unjudged", delivery=delivery["id"],
+                        endpoint=redact(delivery["endpoint"]), event_id=delivery["event_id"])
+            return False
+        await self.store.postpone_webhook(
+            delivery["id"], now + self.app.config.engagement.batch_interval)
+        return True
+
     async def _deliver(self, delivery: WebhookDelivery) -> None:
+        if await self._awaiting_judgement(delivery):
+            return
         if (delivery["event_type"] == "first_open" and not delivery["endpoint"].startswith(
                 ALERT_PREFIX) and not await self._still_first_open(delivery)):
             return
