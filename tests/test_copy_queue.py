@@ -198,7 +198,12 @@ async def test_a_queued_copy_outlives_a_restart(make_relay: MakeRelay, sink: Sin
     await wait_for(delivered)
     await asyncio.sleep(0.3)  # time for a second sending, were there one
     assert len(copies_to(sink, LATE)) == 1
-    assert queue_files(second) == [] and queue_files(third, ".failed") == []
+
+    async def removed() -> bool:  # once the upstream's answer is read
+        return queue_files(second) == []
+
+    await wait_for(removed)
+    assert queue_files(third, ".failed") == []
     sent = await wait_events(second, "sent", 3)
     assert LATE in [e["recipient"] for e in sent]
 

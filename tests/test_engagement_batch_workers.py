@@ -54,7 +54,7 @@ async def test_one_process_runs_the_passes_and_another_takes_over(
     second = await open_store(store_url, spool_path=str(tmp_path / "b.jsonl"))
     # (an interval long enough that a loaded machine's event loop never stalls the holder
     # past its turn, two intervals, and hands the other a pass it should not have)
-    config = EngagementConfig(batch_interval=0.5)
+    config = EngagementConfig(batch_interval=1.0)
     runners = [BatchRunner(lambda: first, config), BatchRunner(lambda: second, config)]
     try:
         for runner in runners:
@@ -69,7 +69,7 @@ async def test_one_process_runs_the_passes_and_another_takes_over(
         assert time.time() - config.batch_settle_seconds - 10 < judged \
             < time.time() - config.batch_settle_seconds
         await holder.stop()
-        await _until(lambda: other.passes >= 3)  # the turn lapsed 1 s after the last
+        await _until(lambda: other.passes >= 3)  # the turn lapsed 2 s after the last
         assert await second.batch_judged_until() > judged  # the other's passes mark it
     finally:
         for runner in runners:

@@ -477,7 +477,12 @@ async def test_a_notice_outlives_a_restart(make_relay: MakeRelay, sink: Sink,
     head, [block], _ = report_parts(notice)
     assert head["Original-Envelope-Id"] == "QQ271828"
     assert block["Action"] == "relayed"
-    assert queue_files(second) == [] and queue_files(third, ".failed") == []
+
+    async def removed() -> bool:  # once the upstream's answer is read
+        return queue_files(second) == []
+
+    await wait_for(removed)
+    assert queue_files(third, ".failed") == []
 
 
 def _tries(path: Path) -> int:

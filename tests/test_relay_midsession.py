@@ -160,13 +160,13 @@ async def test_the_pool_never_hands_out_a_connection_inside_a_transaction(sink: 
 
 async def test_a_message_trickled_in_slower_than_client_timeout_is_delivered(
         make_relay: MakeRelay, sink: Sink) -> None:
-    relay = await make_relay(relay={"client_timeout": 1.0})
+    relay = await make_relay(relay={"client_timeout": 2.0})
     before = REGISTRY.get_sample_value("trackrelay_smtp_limits_total",
                                        {"limit": "idle_time"}) or 0.0
     client = await opened(relay)
     await client.start_message()
     lines = [b"Subject: slow\r\n", b"\r\n"] + [b"line %d\r\n" % i for i in range(8)]
-    for line in lines:  # 0.4 s apart: about 4 s in all, never 1 s of silence
+    for line in lines:  # 0.4 s apart: about 4 s in all, never 2 s of silence
         client.writer.write(line)
         await client.writer.drain()
         await asyncio.sleep(0.4)

@@ -17,6 +17,7 @@ import pytest
 from relay.config import ConfigError
 from relay.records import Event, SentMessage
 from relay.store import open_store
+from relay.store.sql import SqlStore
 from relay.tracker import cli
 from tests.tracker_support import seed_message
 
@@ -169,16 +170,26 @@ def test_events_print_in_the_order_they_happened_not_stored(store_url: str,
     assert [line.split()[1] for line in out.getvalue().splitlines()] == ["open", "click"]
 
 
-def test_events_follow_prints_only_new_events(store_url: str, tmp_path: Path) -> None:
+def test_events_follow_prints_only_new_events(store_url: str, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
     ids = asyncio.run(_seed(store_url, tmp_path / "spool.jsonl"))
     config = _config_file(tmp_path, store_url)
     out = io.StringIO()
     result: list[int] = []
+    at_the_end = threading.Event()
+    tail_cursor = SqlStore.events_tail_cursor
+
+    async def noted(self: SqlStore) -> str:
+        cursor = await tail_cursor(self)
+        at_the_end.set()
+        return cursor
+
+    monkeypatch.setattr(SqlStore, "events_tail_cursor", noted)
     follower = threading.Thread(target=lambda: result.append(
         cli.events(_args(config, json=True, follow=True, limit=2, type=["open", "bounce"]),
                    out)), daemon=True)
     follower.start()
-    time.sleep(1.0)  # let it find the end of the log
+    assert at_the_end.wait(30)  # it has found the end of the log
 
     async def more() -> None:
         store = await open_store(store_url, spool_path=str(tmp_path / "spool2.jsonl"))

@@ -54,8 +54,8 @@ class Receiver:
         action = steps.pop(0) if steps else "ok"
         status = {"ok": 200, "fail": 500, "slow": 0, "gone": 410}[action]
         self.hits.append(Hit(request.path, dict(request.headers), body, status))
-        if action == "slow":
-            await asyncio.sleep(2)
+        if action == "slow":  # past the hooks' timeout, with room for a slow machine
+            await asyncio.sleep(6)
             return web.Response(status=200)
         return web.Response(status=status, text="thanks" if status == 200 else "nope")
 
@@ -75,9 +75,9 @@ def _hooks(receiver: Receiver) -> dict[str, Any]:
     return {
         "webhooks": [
             {"url": receiver.url("/a"), "secret": SECRET_A, "events": ["click", "first_open"],
-             "timeout": 0.3},
+             "timeout": 2.0},
             {"url": receiver.url("/b"), "secret": SECRET_B, "events": ["first_open"],
-             "timeout": 0.3},
+             "timeout": 2.0},
         ],
         "webhook_max_attempts": 3, "webhook_backoff": 0.05, "webhook_max_backoff": 0.2,
     }

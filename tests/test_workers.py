@@ -14,6 +14,7 @@ import re
 import signal
 import sqlite3
 import sys
+import time
 from collections.abc import AsyncIterator
 from email.message import EmailMessage
 from pathlib import Path
@@ -167,9 +168,13 @@ async def test_workers_share_sockets_key_store_and_metrics(served: Served) -> No
         async with aiohttp.ClientSession() as session, session.get(url) as resp:
             assert resp.status == 200
             assert resp.headers["Content-Type"] == "image/gif"
-    # /metrics sums the workers, whichever of them answers the scrape (a worker adds its
-    # hits within 0.1 s: relay.metrics.Tally).
-    await asyncio.sleep(0.3)
+    # /metrics sums the workers, whichever of them answers the scrape (a worker records a
+    # hit just after answering it, and adds it within 0.1 s: relay.metrics.Tally).
+    deadline = time.monotonic() + 30
+    while await metric(served.http, "trackrelay_tracker_hits_total",
+                       'endpoint="open",result="recorded"') < 30:
+        assert time.monotonic() < deadline, "the workers' hits never all counted"
+        await asyncio.sleep(0.1)
     for _ in range(3):
         assert await metric(served.http, "trackrelay_smtp_transactions_total",
                             'result="delivered"') == 30
