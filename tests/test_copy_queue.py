@@ -430,14 +430,14 @@ async def test_a_deferral_that_cannot_be_written_waits_its_delay(
 
 async def test_copies_past_the_time_budget_are_queued_and_the_client_answered(
         make_relay: MakeRelay, sink: Sink) -> None:
-    """An upstream slow to take each copy (here 0.6 s, as a scanning smarthost takes 15)
+    """An upstream slow to take each copy (here 2 s, as a scanning smarthost takes 15)
     would keep the client past its 10 minutes (RFC 5321 section 4.5.3.2.6), and the
     client would send the whole message again, copies already taken included. Past
     ``tracking.split_time_budget`` the copies not yet sent are queued, the client is
     answered, and the queue sends them: each recipient gets one copy."""
     relay = await make_relay(load_entry_points=True,
-                             tracking={**SPLIT, "split_time_budget": 1.0})
-    sink.behaviour.delay_data = 0.6
+                             tracking={**SPLIT, "split_time_budget": 3.0})
+    sink.behaviour.delay_data = 2.0  # the first copy within the budget, the second past it
     recipients = [f"r{i}@example.org" for i in range(5)]
     postponed = REGISTRY.get_sample_value("trackrelay_split_copies_total",
                                           {"result": "postponed"}) or 0.0

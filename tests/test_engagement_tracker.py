@@ -21,7 +21,7 @@ LINKS = ["https://shop.example/a", "https://shop.example/b?x=1", "https://shop.e
 
 async def test_scanner_burst_then_person(make_tracker: MakeTracker) -> None:
     tracker = await make_tracker()
-    tracker.app.config.engagement.link_burst_seconds = 0.5
+    tracker.app.config.engagement.link_burst_seconds = 1.5
     sent = await seed_message(tracker.store, links=LINKS, campaign="autumn")
     mid = sent.message_id
 
@@ -30,11 +30,11 @@ async def test_scanner_burst_then_person(make_tracker: MakeTracker) -> None:
         async with tracker.http.get(tracker.click_url(mid, i), allow_redirects=False,
                                     headers={"User-Agent": SCANNER_UA}) as resp:
             assert resp.status == 302
-    await asyncio.sleep(1.2)
+    await asyncio.sleep(2.5)
     # The person: the mail client loads the pixel, the browser follows one link.
     async with tracker.http.get(tracker.pixel_url(mid)) as resp:
         assert resp.status == 200
-    await asyncio.sleep(1.2)
+    await asyncio.sleep(2.5)
     async with tracker.http.get(tracker.click_url(mid, 1), allow_redirects=False,
                                 headers={"User-Agent": PERSON_BROWSER_UA}) as resp:
         assert resp.status == 302

@@ -144,7 +144,7 @@ async def test_lockout_per_address_then_expiry(make_relay: MakeRelay, sink: Sink
                                                ca: trustme.CA, tmp_path: Path) -> None:
     relay = await make_relay(relay={
         **tls_settings(ca, tmp_path, {"crm": "s3cret"}),
-        "auth_lockout_failures": 3, "auth_lockout_seconds": 1.0})
+        "auth_lockout_failures": 3, "auth_lockout_seconds": 3.0})
     failed = sample("trackrelay_auth_attempts_total", result="failed")
     locked = sample("trackrelay_auth_attempts_total", result="locked")
     lockouts = sample("trackrelay_auth_lockouts_total", by="ip")
@@ -169,7 +169,7 @@ async def test_lockout_per_address_then_expiry(make_relay: MakeRelay, sink: Sink
     assert all(e.get("client") == "127.0.0.6" for e in logs if e["event"] == "auth_failed")
     assert not any("guess-123" in repr(e) or "s3cret" in repr(e) for e in logs)
     # The lock-out ends after auth_lockout_seconds.
-    await asyncio.sleep(1.2)
+    await asyncio.sleep(3.2)
     client = await connect(relay, ca, source="127.0.0.6")
     await client.auth_plain("crm", "s3cret")
     await client.sendmail("a@example.com", ["b@example.org"], MSG)

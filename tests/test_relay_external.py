@@ -7,6 +7,7 @@ import asyncio
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import aiosmtplib
@@ -24,6 +25,14 @@ async def run(*cmd: str, timeout: float = 60, stdin: bytes | None = None) -> tup
     assert proc.returncode is not None
     return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
 
+
+
+async def _until_stored(dump: Path, count: int, last_line: bytes) -> None:
+    """Until smtp-sink (another process) has written ``count`` whole messages."""
+    deadline = time.monotonic() + 30
+    while sum(f.read_bytes().rstrip().endswith(last_line) for f in dump.iterdir()) < count:
+        assert time.monotonic() < deadline, "smtp-sink stored fewer messages"
+        await asyncio.sleep(0.05)
 
 async def test_swaks_through_relay(make_relay: MakeRelay, sink: Sink) -> None:
     relay = await make_relay()
@@ -47,7 +56,7 @@ async def test_smtp_sink_as_upstream(make_relay: MakeRelay) -> None:
             errors, _ = await client.sendmail("a@example.com", ["b@example.org"], body)
             assert errors == {}
         await client.quit()
-        await asyncio.sleep(0.3)
+        await _until_stored(dump, 3, b".dot")
         files = sorted(dump.iterdir())
         assert len(files) == 3
         for f in files:
@@ -75,7 +84,7 @@ async def test_an_upstream_that_only_speaks_helo(make_relay: MakeRelay) -> None:
                                   mail_options=["BODY=8BITMIME"])
         assert refused.value.code == 555 and "8BITMIME" in refused.value.message
         await client.quit()
-        await asyncio.sleep(0.3)
+        await _until_stored(dump, 1, b"hi")
         [delivered] = sorted(dump.iterdir())
         assert delivered.read_bytes().replace(b"\n", b"\r\n").rstrip().endswith(b"hi")
 
@@ -161,10 +170,13 @@ async def test_serve_capture_and_graceful_sigterm(tmp_path: Path) -> None:
         await client.mail("a@example.com")
         await client.rcpt("b@example.org")
         proc.send_signal(signal.SIGTERM)
-        await asyncio.sleep(0.3)
-        # New connections are refused, but the transaction in flight may finish.
+        # New connections are refused (once the signal is handled), but the transaction
+        # in flight may finish.
         with pytest.raises(OSError):
-            await asyncio.open_connection("127.0.0.1", port)
+            for _ in range(300):
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.close()
+                await asyncio.sleep(0.05)
         resp = await client.data(b"Subject: in flight\r\n\r\nlate\r\n")
         assert resp.code == 250
         # Once its transaction is answered the session is idle, and shutdown may close

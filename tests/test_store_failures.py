@@ -94,7 +94,7 @@ async def test_postgres_table_lock_keeps_the_spool_for_later(tmp_path: Path,
     along, which used to send the record to ``.rejected`` at the next retry."""
     spool = tmp_path / "spool.jsonl"
     store = await open_store(f"{PG_URL}?schema={pg_schema}", spool_path=str(spool),
-                             write_timeout=0.5, retry_interval=0.0, flush_interval=60.0)
+                             write_timeout=2.0, retry_interval=0.0, flush_interval=60.0)
     locker = await asyncpg.connect(PG_URL, server_settings={"search_path": pg_schema})
     try:
         tx = locker.transaction()
