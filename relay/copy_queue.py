@@ -12,7 +12,10 @@ A queued copy is recorded once it is done (``trackrelay_record_delivery`` and
 ``trackrelay_delivered``, as any delivery): when the upstream takes it (its recipients
 get ``sent`` events; any it refused on that try, a ``bounce``), when every recipient is
 refused for good, or when its lifetime is over (each then a soft ``bounce``, the
-upstream's last answer as the reason). Failed recipients are named in a failure notice
+upstream's last answer as the reason). A group copy (``trackrelay_split_recipients``)
+that some of its recipients took while others were deferred at RCPT is recorded for
+those at once, and the others wait in the queue for the same bytes. Failed recipients
+are named in a failure notice
 to the sender (relay.notice_queue) as soon as they fail for good; a recipient who asked
 ``NOTIFY=SUCCESS`` from an upstream that will not send one gets a "relayed" notice.
 """
@@ -287,13 +290,25 @@ class CopyQueue:
             delivered = result.delivered
             SPLIT_COPIES.labels("accepted" if result.reply.ok else
                                 "refused" if result.reply.permanent else "tempfail").inc()
-            if waiting and not delivered and not last:
-                # Deferred again: those refused for good are told now, the rest wait.
-                await self._tell(copy, final)
-                log.warning("copy_deferred", tries=tries, reply=str(result.reply),
+            if waiting and not last:
+                # Deferred again: those refused for good are told now, the rest wait;
+                # those a group copy reached are recorded and told now too.
+                reply = result.reply
+                if delivered:
+                    reply = result.refused[waiting[0]]
+                    outcome = Outcome(
+                        reply=result.reply, accepted=list(result.accepted), refused=final,
+                        message=copy.data, modified=copy.modified,
+                        queue_id=queue_id_of(result.reply), client_reply=copy.client_reply)
+                    await self.owner.record_delivery(txn, outcome)
+                    self.owner.after_delivery(txn, outcome)
+                    await self._tell(copy, final, relayed=delivered, reply=result.reply)
+                else:
+                    await self._tell(copy, final)
+                log.warning("copy_deferred", tries=tries, reply=str(reply),
                             waiting=len(waiting), refused=len(final),
-                            retry_in=retry_delay(tries))
-                return Verdict("later", replace(copy, pending=waiting, reply=result.reply,
+                            delivered=len(delivered), retry_in=retry_delay(tries))
+                return Verdict("later", replace(copy, pending=waiting, reply=reply,
                                                 refused={**copy.refused, **final}))
             if waiting and not delivered:
                 SPLIT_COPIES.labels("expired").inc()

@@ -1370,10 +1370,13 @@ class RelaySession(ConnectionHandler):
         self._count(reply)
         self.log.info("split_done", reply=str(reply), copies=len(results),
                       failed_recipients=len(failures), queued_recipients=len(waiting))
+        # A copy some recipients took is recorded now (its queued ones once they are done).
         outcomes = [(r.transaction, Outcome(
-            reply=r.reply, accepted=list(r.accepted), refused=dict(r.refused),
+            reply=r.reply, accepted=list(r.accepted),
+            refused={k: v for k, v in r.refused.items() if (id(r), k) not in waiting},
             message=r.message, modified=r.modified, queue_id=r.queue_id,
-            client_reply=reply)) for r in results if all(r is not q for q in queued)]
+            client_reply=reply)) for r in results
+            if r.delivered or all(r is not q for q in queued)]
         # Every copy recorded before the one answer (together: one store commit); a
         # queued copy once it is done.
         await asyncio.gather(*(self.relay.record_delivery(t, o) for t, o in outcomes))
@@ -1391,11 +1394,13 @@ class RelaySession(ConnectionHandler):
         copy = result.transaction
         assert result.prepared is not None
         deferred = result.deferred()
+        # (in a group copy others took, the last answer is a waiting recipient's)
+        last = result.reply if not result.reply.ok else result.refused[deferred[0]]
         return QueuedCopy(
             transaction=copy, sender=result.sender, pending=deferred,
             refused={r: rep for r, rep in result.failures() if r not in deferred},
             data=result.prepared, original=raw, modified=result.modified,
-            client_reply=reply, utf8=result.utf8, reply=result.reply,
+            client_reply=reply, utf8=result.utf8, reply=last,
             xforward=self._client_attributes(copy))
 
     def _client_attributes(self, txn: Transaction) -> dict[str, str]:

@@ -53,9 +53,10 @@ class CopyResult:
         return list(self.accepted) if self.reply.ok else []
 
     def deferred(self) -> list[str]:
-        """The recipients to try again later: those refused temporarily, when the copy
-        reached nobody and its bytes are at hand (a try that reached some is done)."""
-        if self.delivered or self.prepared is None:
+        """The recipients to try again later: those refused temporarily, when the copy's
+        bytes are at hand; in a group copy others took, those refused at RCPT (a
+        ``4xx`` there is that recipient's alone: RFC 5321 section 4.5.4.1, try again)."""
+        if self.prepared is None:
             return []
         return [rcpt for rcpt, reply in self.failures() if not reply.permanent]
 

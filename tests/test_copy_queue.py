@@ -25,6 +25,7 @@ from relay.smtp_server import Relay
 from tests.conftest import MakeRelay, Sink
 from tests.test_relay_split import (
     SPLIT,
+    Pairs,
     message,
     pixels,
     send,
@@ -61,6 +62,23 @@ class Deferring(dict[str, str]):
             return self.first
         assert self.then is not None
         return self.then
+
+
+class RcptScript(dict[str, str]):
+    """The sink's RCPT answers per address, one per RCPT in turn (None: taken); past the
+    script, taken. ``bob=[None, "450 …"]``: bob@example.org's first RCPT (the relay's
+    check while the client sends) is taken, the second (its copy's) deferred."""
+
+    def __init__(self, **script: list[str | None]) -> None:
+        super().__init__()
+        self.script = {k + "@example.org": list(v) for k, v in script.items()}
+
+    def get(self, address: str, default: str | None = None) -> str | None:  # type: ignore[override]
+        steps = self.script.get(address)
+        return (steps.pop(0) if steps else None) or default
+
+
+BUSY = "450 4.2.1 Mailbox busy, try again later"
 
 
 @pytest.fixture
@@ -460,3 +478,55 @@ async def test_copies_past_the_time_budget_are_queued_and_the_client_answered(
                                      {"result": "postponed"}) == postponed + 3
     assert len(sink.received) == 5 and all(len(m.rcpt_tos) == 1 for m in sink.received)
     assert queue_files(relay) == [] and notices(sink) == []
+
+
+async def test_a_recipient_deferred_in_a_group_copy_others_took_waits_in_the_queue(
+        make_relay: MakeRelay, sink: Sink, quick_retries: None) -> None:
+    """A plugin keeps ann and bob in one copy; the upstream takes ann's RCPT and defers
+    bob's (4xx: try again, RFC 5321 section 4.5.4.1). Bob is the relay's to deliver, with
+    the group's very bytes: not a failure told to the sender."""
+    relay = await make_relay(register=[Pairs()], load_entry_points=True, tracking=SPLIT)
+    sink.behaviour.refuse_rcpt = RcptScript(bob=[None, BUSY])
+    code, text = await send(relay, message())
+    assert code == 250 and "delivered to 2 of 3" in text and "1 queued" in text, text
+    assert "notification" not in text
+
+    async def delivered() -> bool:
+        return bool(copies_to(sink, "bob@example.org")) and queue_files(relay) == []
+
+    await wait_for(delivered)
+    [group] = copies_to(sink, "ann@example.org")
+    assert copies_to(sink, "bob@example.org") == [group]
+    sent = await wait_events(relay, "sent", 3)
+    assert sorted(e["recipient"] for e in sent) == [
+        "ann@example.org", "bob@example.org", LATE]
+    assert await stored_events(relay, "rejected") == []
+    assert await stored_events(relay, "bounce") == []
+    assert notices(sink) == [] and queue_files(relay, ".failed") == []
+
+
+async def test_a_queued_group_copy_some_take_on_a_later_try_keeps_the_rest_waiting(
+        make_relay: MakeRelay, sink: Sink, quick_retries: None) -> None:
+    """Both of a group deferred at first; on the next try ann's RCPT is taken and bob's
+    deferred again: ann's delivery is recorded then, bob waits for the try after."""
+    relay = await make_relay(register=[Pairs()], load_entry_points=True, tracking=SPLIT)
+    sink.behaviour.refuse_rcpt = RcptScript(ann=[None, BUSY], bob=[None, BUSY, BUSY])
+    with structlog.testing.capture_logs() as logs:
+        code, text = await send(relay, message())
+        assert code == 250 and "delivered to 1 of 3" in text and "2 queued" in text, text
+
+        async def delivered() -> bool:
+            return bool(copies_to(sink, "bob@example.org")) and queue_files(relay) == []
+
+        await wait_for(delivered)
+    [group] = copies_to(sink, "ann@example.org")
+    assert copies_to(sink, "bob@example.org") == [group]
+    deferred = [(e["tries"], e["delivered"], e["waiting"]) for e in logs
+                if e["event"] == "copy_deferred"]
+    assert deferred == [(2, 1, 1)]
+    assert [e["tries"] for e in logs if e["event"] == "copy_delivered"] == [3]
+    sent = await wait_events(relay, "sent", 3)
+    assert sorted(e["recipient"] for e in sent) == [
+        "ann@example.org", "bob@example.org", LATE]
+    assert await stored_events(relay, "rejected") == []
+    assert notices(sink) == [] and queue_files(relay, ".failed") == []
