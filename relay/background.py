@@ -183,10 +183,10 @@ class BackgroundTasks:
 
     async def stop(self) -> None:
         """Cancel every task and wait for each to end. A task still running
-        ``RECANCEL_SECONDS`` after its cancellation lost it (code that swallows it: the
-        standard library's ``asyncio.wait_for`` before Python 3.12 returns the awaited
-        result when the cancellation comes as it completes, CPython gh-86296) and is
-        cancelled again, logged, rather than waited for forever."""
+        ``RECANCEL_SECONDS`` after its cancellation has swallowed it (as the standard
+        library's ``asyncio.wait_for`` does before Python 3.12 when the cancellation comes
+        as what it awaits completes, CPython gh-86296): it is cancelled again, logged,
+        rather than waited for forever."""
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()

@@ -416,10 +416,10 @@ class WebhookDispatcher:
         busy database or process can outrun. It is handed out again a pass later. A
         judgement that never comes (no process runs the pass) holds it at most
         ``judging_delay`` past its due time; then it goes as it stands, logged."""
-        judged = delivery["event_type"] == "first_open" or (
+        on_judged_event = delivery["event_type"] == "first_open" or (
             delivery["endpoint"].startswith(ALERT_PREFIX)
             and delivery["event_type"] in ALERT_JUDGED)
-        if not judged or not self.judging_delay:
+        if not on_judged_event or not self.judging_delay:
             return False
         when = json.loads(delivery["payload"]).get("event", {}).get("time")
         if not isinstance(when, str):
