@@ -92,6 +92,29 @@ def test_a_demoted_person_s_evidence_is_no_reason_for_a_machine() -> None:
     assert [Verdict.of_event(e).reasons for e in result.changed] == [["multi_link_burst"]] * 2
 
 
+def test_a_scanner_following_every_link_seconds_apart_is_a_machine() -> None:
+    """Past the burst window (3 s between clicks) but every link of a 3-link message:
+    ``all_links`` (bot-signals.md C-i, C7). Its first clicks, as many as the links, are
+    the machine's; a later click keeps its verdict; without the link counts, or with
+    fewer links clicked than the message has, nothing changes."""
+    c = Classifier(EngagementConfig())
+    scan = [tracked(c, "click", T0 + 600 + 3.0 * i, link=i, headers=NAV) for i in range(3)]
+    later = tracked(c, "click", T0 + 700, link=1, headers=NAV)
+    events = [*scan, later]
+    assert all(Verdict.of_event(e).human for e in events)
+    assert not run_batch(events, now=T0 + 1200).changed  # no link counts: not run
+    assert not run_batch(events, now=T0 + 1200, link_counts={"m1": 4}).changed  # 3 of 4
+    result = run_batch(events, now=T0 + 1200, link_counts={"m1": 3})
+    assert [(e.link_index, e.machine_reason) for e in result.changed] == [
+        (0, "all_links"), (1, "all_links"), (2, "all_links")]
+    assert [Verdict.of_event(e).reasons for e in result.changed] == [["all_links"]] * 3
+    # The later click stays a person's: the open it infers is at its time, not the scan's.
+    assert [e.time for e in result.inferred] == [T0 + 700]
+    # Two links only: a person following both is common, the rule leaves them alone.
+    pair = [tracked(c, "click", T0 + 600 + 5.0 * i, link=i, headers=NAV) for i in range(2)]
+    assert not run_batch(pair, now=T0 + 1200, link_counts={"m1": 2}).changed
+
+
 def test_link_burst_window_is_configurable() -> None:
     c = Classifier(EngagementConfig())
     events = [tracked(c, "click", T0 + 600, link=1, headers=NAV),

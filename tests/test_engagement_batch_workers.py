@@ -15,6 +15,7 @@ from relay.records import Event
 from relay.store import open_store
 from relay.store.records import event_row
 from tests.test_contact_ranking import send
+from tests.tracker_support import seed_message
 
 
 async def test_passes_in_two_processes_infer_one_open(store_url: str,
@@ -83,3 +84,38 @@ async def _until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         await asyncio.sleep(0.02)
+
+
+async def test_a_pass_over_the_store_finds_a_scanner_following_every_link(
+        store_url: str, tmp_path: Path) -> None:
+    """A scanner that follows each of a message's three links 3 s apart (past the burst
+    window) with a person's verdicts: the pass reads the message's link count from the
+    store and marks the clicks ``all_links``; another recipient's single click and a
+    two-link message's two clicks stay a person's."""
+    store = await open_store(store_url, spool_path=str(tmp_path / "s.jsonl"))
+    try:
+        three = await seed_message(store, recipients=["ann@one.test", "bob@one.test"],
+                                   links=["https://a.test/1", "https://a.test/2",
+                                          "https://a.test/3"])
+        two = await seed_message(store, recipients=["cid@one.test"],
+                                 links=["https://a.test/x", "https://a.test/y"])
+        assert await store.link_counts([three.message_id, two.message_id, "none"]) == {
+            three.message_id: 3, two.message_id: 2}
+        now = time.time()
+        human = {"verdict": "human"}
+        await store.write_events(
+            [event_row(f"scan-{i}", Event("click", three.message_id, "ann@one.test",
+                                          time=now - 400 + 3 * i, link_index=i, data=human))
+             for i in range(3)]
+            + [event_row("bob", Event("click", three.message_id, "bob@one.test",
+                                      time=now - 390, link_index=0, data=human))]
+            + [event_row(f"cid-{i}", Event("click", two.message_id, "cid@one.test",
+                                           time=now - 400 + 3 * i, link_index=i, data=human))
+               for i in range(2)])
+        result = await batch_pass(store, EngagementConfig(), now=now)
+        assert result.changed == 3
+        page = await store.list_events(type="click", machine=True, limit=100)
+        assert sorted((e["id"], e["machine_reason"]) for e in page.items) == [
+            (f"scan-{i}", "all_links") for i in range(3)]
+    finally:
+        await store.close()

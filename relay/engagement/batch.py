@@ -14,7 +14,12 @@ Rules, in order (bot-signals.md §4.1 O8, §4.2 C7; thresholds from ``[engagemen
 2. **multi_link_burst** — events of one message and recipient chained by gaps of at
    most ``link_burst_seconds`` whose clicks cover two or more distinct links are all
    ``machine/multi_link_burst`` (Marketo's proximity pattern; an open chained to the
-   clicks is the scanner's too);
+   clicks is the scanner's too); **all_links** — a recipient whose clicks in the pass's
+   window cover every tracked link of a message of ``ALL_LINKS_MIN`` links or more: its
+   first clicks, as many as the message has links, are ``machine/all_links``, later
+   ones keep their verdicts (a scanner that follows each link seconds apart, past the
+   burst window; bot-signals.md C-i, C7: CustomerMinds' rule). Needs the messages' link
+   counts (``link_counts``); without them the rule does not run;
 3. **head_then_get** — a GET of a link (a click not itself ``head_request``) from the same
    stored address and user agent as a HEAD of the same token (message, recipient, link)
    at most ``HEAD_THEN_GET_SECONDS`` after it is the fetcher that sent the HEAD: a
@@ -44,7 +49,7 @@ import hashlib
 import ipaddress
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from relay.config import EngagementConfig
@@ -69,6 +74,11 @@ Clock = Callable[[], float]
 #: Like Marketo's proximity window (C-i: < 1 s by default, 3 s at most) it is kept to
 #: the same second or two. Not an [engagement] option (yet): change it here.
 HEAD_THEN_GET_SECONDS = 2.0
+
+#: The fewest links a message must have for clicks on all of them to be a machine's
+#: (``all_links``): CustomerMinds applies its "all links clicked" rule only to mail of
+#: three links or more (bot-signals.md C-i), where a person following every one is rare.
+ALL_LINKS_MIN = 3
 
 
 @dataclass
@@ -105,7 +115,9 @@ class BatchPass:
         self.config = config or EngagementConfig()
         self.clock = clock
 
-    def run(self, events: Iterable[Event]) -> BatchResult:
+    def run(self, events: Iterable[Event],
+            link_counts: Mapping[str, int] | None = None) -> BatchResult:
+        """``link_counts``: each message's number of tracked links (``all_links``)."""
         cfg = self.config
         now = self.clock()
         items = [e for e in events if e.type in ("open", "click") and e.time <= now]
@@ -146,6 +158,17 @@ class BatchPass:
                 if len(links) >= 2:
                     for i in run:
                         demote(i, R.MULTI_LINK_BURST)
+
+        # 2b. every link of the message, however far apart within the window
+        for (message_id, _), idxs in by_recipient.items():
+            count = (link_counts or {}).get(message_id, 0)
+            if count < ALL_LINKS_MIN:
+                continue
+            clicks = [i for i in idxs
+                      if items[i].type == "click" and items[i].link_index is not None]
+            if len({items[i].link_index for i in clicks}) >= count:
+                for i in clicks[:count]:
+                    demote(i, R.ALL_LINKS)
 
         # 3. a GET of a link right after a HEAD of it by the same fetcher (only the few
         #    groups that hold a HEAD click are looked at)
@@ -265,9 +288,10 @@ def _recipient_bursts(idxs: Sequence[int], items: Sequence[Event], window: float
 
 
 def run_batch(events: Iterable[Event], config: EngagementConfig | None = None, *,
-              now: float | None = None) -> BatchResult:
+              now: float | None = None,
+              link_counts: Mapping[str, int] | None = None) -> BatchResult:
     """One batch pass; ``now`` defaults to the wall clock."""
     if now is None:
-        return BatchPass(config).run(events)
+        return BatchPass(config).run(events, link_counts)
     fixed = now
-    return BatchPass(config, lambda: fixed).run(events)
+    return BatchPass(config, lambda: fixed).run(events, link_counts)

@@ -13,12 +13,13 @@ import asyncio
 import dataclasses
 import time
 import uuid
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from relay.background import BackgroundTasks, Failing
-from relay.engagement.batch import inferred_open_id, run_batch
+from relay.engagement.batch import ALL_LINKS_MIN, inferred_open_id, run_batch
 from relay.engagement.facts import RequestFacts
 from relay.engagement.online import Classifier
 from relay.engagement.verdict import Verdict
@@ -82,6 +83,16 @@ async def _store_result(store: Store, changed: list[Event], inferred: list[Event
         store.enqueue(event, event_id=inferred_open_id(event.message_id, event.recipient))
 
 
+def _clicked_widely(events: list[Event]) -> list[str]:
+    """Messages one recipient clicked ``ALL_LINKS_MIN`` distinct links of: the only ones
+    whose link counts the ``all_links`` rule needs (one short read for them)."""
+    links: dict[tuple[str, str | None], set[int]] = defaultdict(set)
+    for e in events:
+        if e.type == "click" and e.link_index is not None:
+            links[e.message_id, e.recipient].add(e.link_index)
+    return sorted({m for (m, _), seen in links.items() if len(seen) >= ALL_LINKS_MIN})
+
+
 async def batch_pass(store: Store, config: EngagementConfig, *,
                      now: float | None = None) -> PassResult:
     """One pass over the events of the last few settle periods; first, the opens kept
@@ -91,9 +102,10 @@ async def batch_pass(store: Store, config: EngagementConfig, *,
     resolved = await store.resolve_unresolved_opens()
     window = 3 * config.batch_settle_seconds + config.honeypot_window
     events = await load_events(store, now - window, now)
+    counts = await store.link_counts(_clicked_widely(events))
     # Pure Python over every event of the window (seconds at a few hundred thousand):
     # in a thread, so the tracker's event loop keeps answering hits meanwhile.
-    result = await asyncio.to_thread(run_batch, events, config, now=now)
+    result = await asyncio.to_thread(run_batch, events, config, now=now, link_counts=counts)
     await _store_result(store, result.changed, result.inferred)
     return PassResult(len(events), len(result.changed), len(result.inferred), resolved)
 
@@ -138,7 +150,8 @@ async def reclassify(store: Store, config: EngagementConfig, since: float,
             event = dataclasses.replace(event, data=dict(event.data))
             new.apply_to(event)
         relabelled.append(event)
-    result = run_batch(relabelled, config, now=now)
+    counts = await store.link_counts(_clicked_widely(relabelled))
+    result = run_batch(relabelled, config, now=now, link_counts=counts)
     batch_changed = {str(e.data["event_id"]): e for e in result.changed}
     changed = []
     for event in relabelled:

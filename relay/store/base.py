@@ -484,6 +484,10 @@ class Store(abc.ABC):
     async def get_link_url(self, message_id: str, index: int) -> str | None:
         """The original target of link ``index`` of a message; None if unknown."""
 
+    @abc.abstractmethod
+    async def link_counts(self, message_ids: list[str]) -> dict[str, int]:
+        """How many tracked links each message has (a message with none is left out)."""
+
     # -- reads for the API ------------------------------------------------------------------
 
     @abc.abstractmethod

@@ -326,6 +326,16 @@ class SqlStore(ContactScoresSql, Store):
             "SELECT url FROM links WHERE message_id = ? AND idx = ?", [message_id, index])
         return None if row is None else str(row["url"])
 
+    async def link_counts(self, message_ids: list[str]) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for start in range(0, len(message_ids), 500):
+            chunk = message_ids[start:start + 500]
+            rows = await self._fetch(
+                "SELECT message_id, COUNT(*) AS n FROM links WHERE message_id IN ("
+                + ", ".join("?" for _ in chunk) + ") GROUP BY message_id", chunk)
+            counts.update((str(r["message_id"]), int(r["n"])) for r in rows)
+        return counts
+
     # -- messages ----------------------------------------------------------------------------
 
     async def _message_rows(self, where: Where, *, status: str | None, limit: int,
