@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 from relay.config import EngagementConfig
 from relay.engagement import BatchPass, Classifier, RequestFacts, Verdict, run_batch
@@ -110,6 +111,9 @@ def test_a_scanner_following_every_link_seconds_apart_is_a_machine() -> None:
     assert [Verdict.of_event(e).reasons for e in result.changed] == [["all_links"]] * 3
     # The later click stays a person's: the open it infers is at its time, not the scan's.
     assert [e.time for e in result.inferred] == [T0 + 700]
+    # Mail tracked at message level: its clicks name nobody, several people's add up.
+    shared = [dataclasses.replace(e, recipient=None) for e in scan]
+    assert not run_batch(shared, now=T0 + 1200, link_counts={"m1": 3}).changed
     # Two links only: a person following both is common, the rule leaves them alone.
     pair = [tracked(c, "click", T0 + 600 + 5.0 * i, link=i, headers=NAV) for i in range(2)]
     assert not run_batch(pair, now=T0 + 1200, link_counts={"m1": 2}).changed

@@ -159,10 +159,12 @@ class BatchPass:
                     for i in run:
                         demote(i, R.MULTI_LINK_BURST)
 
-        # 2b. every link of the message, however far apart within the window
-        for (message_id, _), idxs in by_recipient.items():
+        # 2b. every link of the message, however far apart within the window (not in
+        #     mail tracked at message level: its clicks name no recipient, so several
+        #     people's clicks would add up)
+        for (message_id, recipient), idxs in by_recipient.items():
             count = (link_counts or {}).get(message_id, 0)
-            if count < ALL_LINKS_MIN:
+            if count < ALL_LINKS_MIN or recipient is None:
                 continue
             clicks = [i for i in idxs
                       if items[i].type == "click" and items[i].link_index is not None]

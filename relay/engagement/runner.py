@@ -88,7 +88,7 @@ def _clicked_widely(events: list[Event]) -> list[str]:
     whose link counts the ``all_links`` rule needs (one short read for them)."""
     links: dict[tuple[str, str | None], set[int]] = defaultdict(set)
     for e in events:
-        if e.type == "click" and e.link_index is not None:
+        if e.type == "click" and e.link_index is not None and e.recipient is not None:
             links[e.message_id, e.recipient].add(e.link_index)
     return sorted({m for (m, _), seen in links.items() if len(seen) >= ALL_LINKS_MIN})
 
