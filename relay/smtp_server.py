@@ -25,7 +25,16 @@ from email.errors import HeaderParseError
 from typing import Any
 
 import structlog
-from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session, syntax
+from aiosmtpd.smtp import (
+    MISSING,
+    SMTP,
+    AuthResult,
+    Envelope,
+    LoginPassword,
+    Session,
+    TLSSetupException,
+    syntax,
+)
 
 from relay import dsn, split, xforward
 from relay.app import App
@@ -777,9 +786,36 @@ class RelaySMTP(SmtpNames, SMTP):
             handler.client_gone()
 
     def eof_received(self) -> bool | None:
+        """The client closed its sending side. aiosmtpd takes that for a hang-up and drops
+        what the client sent before it and every answer still owed; but a FIN ends only
+        the client's sending (a client may send its final dot and QUIT, or a pipelined
+        batch, then shut its side and read the answers: RFC 5321 section 3.8 leaves the
+        closing to the server after QUIT). So what it sent is read and answered in
+        order, its DATA's answer among them, and the session ends where its input does
+        (``handle_exception``). Over TLS, as aiosmtpd: a TLS stream has no half-close."""
         if self._refused:
             return False
-        return super().eof_received()
+        if self.session is None or self.session.ssl is not None:
+            return super().eof_received()
+        handler = self.event_handler
+        if isinstance(handler, RelaySession) and handler.delivering:
+            handler.log.info("client_input_ended_awaiting_reply", client=self._client_ip())
+        return asyncio.StreamReaderProtocol.eof_received(self)
+
+    async def handle_exception(self, error: Exception) -> str:
+        if isinstance(error, asyncio.IncompleteReadError):
+            # The client's input ended (a half-close) with every command before it
+            # answered: the session ends here.
+            if self.transport is not None:
+                self.transport.close()
+            return ""
+        if isinstance(error, TLSSetupException):
+            # A client refusing the certificate, or closing before the handshake ends:
+            # the client's doing, not the relay's (aiosmtpd closes the connection).
+            log.info("tls_handshake_failed", client=self._client_ip(),
+                     error=str(error.__cause__ or error))
+            return ""
+        return await super().handle_exception(error)
 
 
 class RelaySession(ConnectionHandler):
