@@ -812,8 +812,9 @@ class RelaySMTP(SmtpNames, SMTP):
         if isinstance(error, TLSSetupException):
             # A client refusing the certificate, or closing before the handshake ends:
             # the client's doing, not the relay's (aiosmtpd closes the connection).
+            cause = error.__cause__ or error.__context__ or error
             log.info("tls_handshake_failed", client=self._client_ip(),
-                     error=str(error.__cause__ or error))
+                     error=str(cause) or type(cause).__name__)
             return ""
         return await super().handle_exception(error)
 

@@ -381,3 +381,24 @@ async def test_a_half_close_without_quit_ends_the_session_after_the_answers(
     assert await _answers(reader) == ["220", "250", "250", "250", "354", "250"]
     writer.close()
     assert len(sink.received) == 1
+
+
+async def test_a_client_refusing_the_certificate_is_no_internal_error(
+        make_relay: MakeRelay, sink: Sink, tmp_path: Path) -> None:
+    """A client that does not trust the relay's certificate aborts the STARTTLS handshake:
+    the client's doing, one info line, not ``smtp_internal_error`` with a traceback."""
+    ca, other = trustme.CA(), trustme.CA()  # the client trusts another authority
+    relay = await make_relay(relay=tls_files(ca, tmp_path))
+    with structlog.testing.capture_logs() as logs:
+        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=relay_port(relay),
+                                 start_tls=False, tls_context=client_context(other))
+        await client.connect()
+        with pytest.raises((aiosmtplib.SMTPException, ssl.SSLError)):
+            await client.starttls()
+        client.close()
+        await until(lambda: not relay.sessions)
+    events = [e["event"] for e in logs]
+    assert "smtp_internal_error" not in events
+    [failed] = [e for e in logs if e["event"] == "tls_handshake_failed"]
+    assert failed["client"] == "127.0.0.1" and failed["log_level"] == "info"
+    assert failed["error"]
