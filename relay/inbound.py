@@ -24,7 +24,9 @@ The bounce listener (``relay.bounce_listener``), ``POST /api/v1/inbound`` and
    (RFC 3834) and whose In-Reply-To/References name a tracked Message-ID;
 5. applies the suppression rules (:func:`record_event`): hard bounces, complaints and
    unsubscribes suppress the address, so do ``suppression.soft_bounce_limit`` final
-   soft bounces within ``suppression.soft_bounce_window_days``.
+   soft bounces of the address itself within ``suppression.soft_bounce_window_days``
+   (a refusal of the sender or its message, such as a content filter's, counts for
+   nobody: :data:`NOT_THE_ADDRESS_REASONS`).
 
 **Evidence is trusted by its source** (see :func:`evidence`). A Message-ID and a
 recipient address are seen by every co-recipient of a message, and so is a VERP
@@ -377,10 +379,27 @@ def _final_failure(data: dict[str, Any]) -> bool:
                 or data.get("reason") in NOT_BOUNCE_REASONS or status.startswith("2."))
 
 
+#: Reasons that put the refusal on the sender, its host, its message or another
+#: recipient, not on the address (the meanings of the README's taxonomy, after Sisimai's
+#: reason list and RFC 3463's X.7.X "security or policy", X.3.4/X.2.3 "message too
+#: big", X.5.X "protocol" classes): a content filter's, a blocklist's or a DMARC
+#: refusal of one campaign says nothing about whether its recipients' mailboxes work,
+#: so it never counts toward ``suppression.soft_bounce_limit``. Counted are the
+#: refusals of the mailbox or its domain (full, suspended, unreachable, expired, a
+#: failing server, a recipient's own filter) and those of unknown cause.
+NOT_THE_ADDRESS_REASONS = frozenset({
+    "rejected", "blocked", "authfailure", "policyviolation", "requireptr",
+    "spamdetected", "securityerror", "norelaying", "notcompliantrfc", "toomanyconn",
+    "exceedlimit", "mesgtoobig", "badreputation", "contenterror", "virusdetected",
+    "syntaxerror", "speeding", "failedstarttls", "onhold"})
+
+
 def _counts_as_soft(data: dict[str, Any]) -> bool:
-    """A final, not hard bounce that someone could check (an unverified report adds to
-    no count)."""
-    return not (data.get("hard") or data.get("verified") is False) and _final_failure(data)
+    """A final, not hard bounce of the address itself that someone could check (an
+    unverified report adds to no count, nor does a refusal of the sender or its
+    message: :data:`NOT_THE_ADDRESS_REASONS`)."""
+    return not (data.get("hard") or data.get("verified") is False
+                or data.get("reason") in NOT_THE_ADDRESS_REASONS) and _final_failure(data)
 
 
 async def soft_bounce_count(store: Store, recipient: str, scope: str, since: float) -> int:
@@ -466,8 +485,7 @@ async def record_event(app: App, event: Event, *, sender: str | None,
         return recorded
     scope = suppression_scope(app, sender)
     reason = suppression_reason(app, event)
-    final_soft = (event.type == "bounce" and not event.data.get("hard")
-                  and _final_failure(event.data))
+    final_soft = event.type == "bounce" and _counts_as_soft(event.data)
     if reason is None and final_soft and cfg.soft_bounce_limit > 0:
         since = time.time() - cfg.soft_bounce_window_days * 86400
         count = await soft_bounce_count(store, event.recipient, scope, since)

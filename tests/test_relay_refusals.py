@@ -150,3 +150,42 @@ async def test_an_error_of_the_relay_s_own_is_a_temporary_refusal(
         451, "4.3.0 Internal error, try again later")
     client.close()
     assert sink.received == []
+
+
+async def test_content_refusals_count_toward_no_soft_bounce_limit(make_relay: MakeRelay,
+                                                                  sink: Sink) -> None:
+    """An upstream's content filter refuses three messages at DATA (``554 5.7.1``): a
+    refusal of the message, not of its recipient, who is not suppressed after the
+    default limit of three soft bounces. The control, a full mailbox refused at DATA
+    just as often, is."""
+    sink.behaviour.data_reply_for["good@example.org"] = "554 5.7.1 Message content rejected"
+    sink.behaviour.data_reply_for["full@example.org"] = (
+        "552 5.2.2 <full@example.org>: Mailbox full")
+    relay = await make_relay(load_entry_points=True)
+    store = relay.app.store
+    assert store is not None
+    for n in range(3):
+        for address in ("good@example.org", "full@example.org"):
+            client = aiosmtplib.SMTP(hostname="127.0.0.1", port=relay_port(relay))
+            await client.connect()
+            message = (f"From: alice@example.com\r\nTo: {address}\r\n"
+                       f"Message-ID: <refused-{n}-{address}>\r\nSubject: sale {n}\r\n\r\n"
+                       f"Spring sale, part {n}.\r\n")
+            with pytest.raises(aiosmtplib.SMTPDataError):
+                await client.sendmail("alice@example.com", [address], message)
+            await client.quit()
+    reasons: dict[str, list[str]] = {}
+    for _ in range(100):
+        await store.flush()
+        reasons = {}
+        for event in (await store.list_events(type="bounce")).items:
+            reasons.setdefault(str(event["recipient"]), []).append(
+                event["data"]["reason"])  # type: ignore[index]
+        if sum(len(r) for r in reasons.values()) == 6:
+            break
+        await asyncio.sleep(0.05)
+    assert reasons == {"good@example.org": ["spamdetected"] * 3,
+                       "full@example.org": ["mailboxfull"] * 3}
+    assert await store.find_suppression("good@example.org", [""]) is None
+    suppressed = await store.find_suppression("full@example.org", [""])
+    assert suppressed is not None and "3 soft bounces" in str(suppressed)

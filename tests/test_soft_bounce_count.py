@@ -49,8 +49,11 @@ async def test_queued_bounces_count_with_the_stored_ones(store_url: str,
         store.enqueue(bounce(shop[2].message_id, action="delayed"))  # not final
         store.enqueue(bounce(shop[2].message_id, verified=False))  # nobody could check it
         store.enqueue(bounce(shop[2].message_id, recipient="else@remote.test"))
+        # a content filter's refusal is the message's, not the address's
+        store.enqueue(bounce(shop[2].message_id, reason="spamdetected"))
+        store.enqueue(bounce(shop[2].message_id, reason="blocked"))
         store.enqueue(bounce(other.message_id))  # another sender's domain
-        assert len(list(store.unwritten_events())) == 7
+        assert len(list(store.unwritten_events())) == 9
         assert await stored_bounces(store) == 1
 
         assert await soft_bounce_count(store, "Full@Remote.test", "", since) == 3
@@ -60,7 +63,7 @@ async def test_queued_bounces_count_with_the_stored_ones(store_url: str,
                                        since) == 1
         assert await soft_bounce_count(store, RECIPIENT, "", time.time() + 60) == 0
         # Counting flushed nothing; once written, the same bounces count the same.
-        assert len(list(store.unwritten_events())) == 7
+        assert len(list(store.unwritten_events())) == 9
         await store.flush()
         assert list(store.unwritten_events()) == []
         assert await soft_bounce_count(store, RECIPIENT, "", since) == 3
