@@ -147,6 +147,8 @@ class StructlogHandler(logging.Handler):
     traceback of thirty lines."""
 
     def emit(self, record: logging.LogRecord) -> None:
+        if record.name == "mail.log" and record.msg in _DROPPED_TRACES:
+            return
         try:
             logger = structlog.get_logger(record.name)
             exc = record.exc_info[1] if record.exc_info else None
@@ -184,8 +186,8 @@ class StructlogHandler(logging.Handler):
 _BRIDGE = StructlogHandler()
 
 #: aiosmtpd's warnings about a session (``"%r unrecognised: %s"`` and the like), as
-#: events. What the client sent is never logged: after a refused AUTH, a client's
-#: credentials arrive as "commands" (base64 of a user name or password).
+#: events. What the client sent is never logged, not even at ``debug``: after a refused
+#: AUTH, a client's credentials arrive as "commands" (base64 of a user name or password).
 _SMTP_EVENTS = {
     "%r unrecognised: %s": "smtp_unrecognised_command",
     "%r too many bogus commands": "smtp_too_many_unrecognised_commands",
@@ -202,6 +204,38 @@ def _smtp_peer(record: logging.LogRecord) -> str | None:
     return str(args[0][0]) if args[0] else ""
 
 
+#: aiosmtpd's debug trace of what a client sent, which masks only an ``AUTH``
+#: command's own argument: a line it read (an AUTH LOGIN answer, a password sent after a
+#: refused AUTH, a message's body line), a base64 blob it could not decode, an AUTH
+#: result (it holds the credentials). Dropped whole: ``>>``/``<<`` below say the same
+#: without the content.
+_DROPPED_TRACES = frozenset({
+    "_handle_client readline: %r", "DATA readline: %s", "auth_%s returned %r",
+    "%r can't decode base64: %s"})
+
+#: The verbs a client line's trace may name (RFC 5321, 3207, 4954, Postfix's XFORWARD,
+#: the PROXY header): anything else is shown as ``?``, since after a refused AUTH a
+#: client's next "command" is its base64 password.
+_SMTP_VERBS = frozenset({
+    "HELO", "EHLO", "MAIL", "RCPT", "DATA", "BDAT", "RSET", "NOOP", "QUIT", "VRFY",
+    "EXPN", "HELP", "STARTTLS", "AUTH", "XFORWARD", "PROXY"})
+
+
+def _trace_line(line: object) -> dict[str, Any]:
+    """What the debug trace shows of one line a client sent: its verb, if it is one,
+    and its length; never the line (``sanitized_log`` masks AUTH's argument alone)."""
+    raw = line if isinstance(line, bytes) else str(line).encode("utf-8", "replace")
+    verb = raw.split(None, 1)[0].upper().decode("ascii", "replace") if raw.strip() else ""
+    return {"verb": verb if verb in _SMTP_VERBS else "?", "length": len(raw)}
+
+
+def _trace_reply(reply: object) -> dict[str, Any]:
+    """A reply's code and length: its text may echo what the client sent (aiosmtpd's
+    ``500 … command "<line>" not recognized``)."""
+    text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
+    return {"code": text[:3], "length": len(text)}
+
+
 def _smtp_event(record: logging.LogRecord) -> tuple[str, dict[str, Any]]:
     event = _SMTP_EVENTS.get(str(record.msg))
     assert isinstance(record.args, tuple)
@@ -209,6 +243,10 @@ def _smtp_event(record: logging.LogRecord) -> tuple[str, dict[str, Any]]:
         return event, {"length": len(str(record.args[1]))}
     if event is not None:
         return event, {}
+    if record.msg == "%r >> %r" and len(record.args) == 2:
+        return "smtp_client_line", _trace_line(record.args[1])
+    if record.msg == "%r << %r" and len(record.args) == 2:
+        return "smtp_reply", _trace_reply(record.args[1])
     # Any other line about a session (debug level: aiosmtpd's own trace of it), without
     # the peer tuple in its text.
     try:

@@ -508,6 +508,16 @@ class RelaySMTP(SmtpNames, SMTP):
         return await self._check_credentials(
             self._authenticate("PLAIN", LoginPassword(login, password)))
 
+    @syntax("AUTH <mechanism>")  # as aiosmtpd's: what HELP lists
+    async def smtp_AUTH(self, arg: str) -> None:
+        """aiosmtpd's, with the mechanism's name in any case: RFC 5321 section 2.4 makes
+        argument values case-insensitive, and Postfix and Exim take ``AUTH plain``;
+        aiosmtpd answered ``504`` and the client's credentials then came as a command."""
+        if arg:
+            mechanism, space, rest = arg.lstrip().partition(" ")
+            arg = mechanism.upper() + space + rest
+        await super().smtp_AUTH(arg)
+
     async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
         return await self._check_credentials(await super().auth_LOGIN(_, args))
 

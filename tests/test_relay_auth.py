@@ -370,3 +370,80 @@ async def test_a_login_writes_no_deprecation_warning(
     logs = json_log.getvalue()
     assert '"auth_ok"' in logs  # the lines are there
     assert "login_data" not in logs
+
+
+@pytest.fixture
+def debug_log() -> Any:
+    """Logging configured as ``log.level = "debug"`` does, into a buffer."""
+    import logging
+
+    from relay.logs import configure_logging
+    root, mail_log = logging.getLogger(), logging.getLogger("mail.log")
+    handlers, level, mail_level = root.handlers[:], root.level, mail_log.level
+    buffer = io.StringIO()
+    configure_logging("debug", "json", stream=buffer)
+    yield buffer
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    mail_log.setLevel(mail_level)
+
+
+async def test_no_credential_reaches_the_log_even_when_debugging(
+        make_relay: MakeRelay, sink: Sink, ca: trustme.CA, tmp_path: Path,
+        debug_log: io.StringIO) -> None:
+    """Never a password nor a message body, not at ``debug``: aiosmtpd traces every line
+    a client sends, masking only an ``AUTH`` command's own argument, so a client's
+    credentials sent after a refused AUTH (which arrive as "commands") and the lines of
+    a message reached the log in its trace."""
+    import base64
+    relay = await make_relay(relay=tls_settings(ca, tmp_path, {"alice": "Tr0ub4dor&3"}))
+    secrets = {"Tr0ub4dor&3", "WrongHorse9"}
+    client = await connect(relay, ca)
+    try:
+        with pytest.raises(aiosmtplib.SMTPAuthenticationError):
+            await client.auth_login("alice", "WrongHorse9")
+        # A mechanism the relay does not offer, then the client's answer regardless.
+        reply = await client.execute_command(b"AUTH CRAM-MD5")
+        assert reply.code == 504
+        stray = base64.b64encode(b"WrongHorse9")
+        reply = await client.execute_command(stray)
+        assert reply.code == 500
+        await client.auth_plain("alice", "Tr0ub4dor&3")
+        await client.sendmail("alice@example.com", ["b@example.org"],
+                              MSG + b"Quarterly figures: Zanzibar-7731\r\n")
+    finally:
+        await client.quit()
+    logs = debug_log.getvalue()
+    assert '"auth_ok"' in logs and "smtp_unrecognised_command" in logs  # the lines are there
+    assert '"verb": "MAIL"' in logs and '"code": "235"' in logs  # the trace, without content
+    assert "Zanzibar" not in logs  # nor a message's body
+    for secret in secrets:
+        encoded = base64.b64encode(secret.encode()).decode()
+        plain = base64.b64encode(b"\x00alice\x00" + secret.encode()).decode()
+        for form in (secret, encoded, encoded.upper(), plain, plain.upper()):
+            assert form not in logs, form
+
+
+async def test_a_mechanism_in_lower_case_is_the_same_mechanism(
+        make_relay: MakeRelay, sink: Sink, ca: trustme.CA, tmp_path: Path) -> None:
+    """RFC 5321 section 2.4: argument values are not case-sensitive. ``AUTH plain`` and
+    ``AUTH Login`` log in as their upper-case names do; an unknown one is still 504."""
+    import base64
+    relay = await make_relay(relay=tls_settings(ca, tmp_path, {"alice": "secret"}))
+    blob = base64.b64encode(b"\x00alice\x00secret")
+    client = await connect(relay, ca)
+    try:
+        assert (await client.execute_command(b"AUTH cram-md5")).code == 504
+        reply = await client.execute_command(b"AUTH plain " + blob)
+        assert (reply.code, reply.message) == (235, "2.7.0 Authentication successful")
+        await client.sendmail("alice@example.com", ["b@example.org"], MSG)
+    finally:
+        await client.quit()
+    client = await connect(relay, ca)
+    try:
+        assert (await client.execute_command(b"AUTH Login")).code == 334
+        assert (await client.execute_command(base64.b64encode(b"alice"))).code == 334
+        assert (await client.execute_command(base64.b64encode(b"secret"))).code == 235
+    finally:
+        await client.quit()
+    assert len(sink.received) == 1
