@@ -490,6 +490,8 @@ class RelaySMTP(SmtpNames, SMTP):
             blob = await self.challenge_auth("")
             if blob is MISSING:
                 return AuthResult(success=False)
+        elif args[1] == "=":  # RFC 4954 section 4: an empty initial response
+            blob = b""
         else:
             try:
                 blob = base64.b64decode(args[1].encode(), validate=True)

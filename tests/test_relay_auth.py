@@ -427,13 +427,18 @@ async def test_no_credential_reaches_the_log_even_when_debugging(
 async def test_a_mechanism_in_lower_case_is_the_same_mechanism(
         make_relay: MakeRelay, sink: Sink, ca: trustme.CA, tmp_path: Path) -> None:
     """RFC 5321 section 2.4: argument values are not case-sensitive. ``AUTH plain`` and
-    ``AUTH Login`` log in as their upper-case names do; an unknown one is still 504."""
+    ``AUTH Login`` log in as their upper-case names do; an unknown one is still 504, and
+    ``AUTH PLAIN =`` is read as RFC 4954 writes an empty response."""
     import base64
     relay = await make_relay(relay=tls_settings(ca, tmp_path, {"alice": "secret"}))
     blob = base64.b64encode(b"\x00alice\x00secret")
     client = await connect(relay, ca)
     try:
         assert (await client.execute_command(b"AUTH cram-md5")).code == 504
+        # "=" is an empty initial response (RFC 4954 section 4), not bad base64: an
+        # empty PLAIN message, which names no user
+        reply = await client.execute_command(b"AUTH PLAIN =")
+        assert (reply.code, reply.message) == (501, "5.5.2 Can't split auth value")
         reply = await client.execute_command(b"AUTH plain " + blob)
         assert (reply.code, reply.message) == (235, "2.7.0 Authentication successful")
         await client.sendmail("alice@example.com", ["b@example.org"], MSG)
