@@ -208,3 +208,14 @@ def test_a_delay_notice_is_never_hard() -> None:
     [rec] = classify(dsn("550 5.1.1 <rcpt@example.net>: User unknown", status="5.1.1",
                          action="delayed"))
     assert (rec.kind, rec.reason, rec.hard) == ("delayed", "userunknown", False)
+
+
+def test_proofpoint_s_blocked_see_is_the_sending_ip_s_block() -> None:
+    """Proofpoint refuses a sending IP of poor reputation "554 5.7.1 Blocked - see
+    https://ipcheck.proofpoint.com/?ip=<ip>", the page where it is looked up and
+    delisted: a block of the sender's host (its 5.7.1 alone says "not authorised");
+    the same words from an unknown server leave the code's meaning."""
+    assert reason_of("554 5.7.1 Blocked - see https://ipcheck.proofpoint.com/?ip=192.0.2.7",
+                     status="5.7.1", reply="554") == "blocked"
+    assert reason_of("554 5.7.1 Blocked - see https://help.example.net/",
+                     status="5.7.1", reply="554") == "securityerror"

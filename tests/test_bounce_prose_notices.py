@@ -171,3 +171,54 @@ def test_a_quoted_message_id_is_no_recipient() -> None:
                  subject="Undeliverable mail")
     assert [(r.recipient, r.reason) for r in records(raw)] == [
         ("rcpt@example.net", "mailboxfull")]
+
+
+def test_each_address_is_read_with_every_passage_that_names_it() -> None:
+    """Exchange Online's text-only notice names each recipient in its prose, then again
+    under "Diagnostic information for administrators" with the server's reply: both
+    passages are that recipient's, so its reply decides, not the sentence written for
+    people (which alone reads "couldn't be found" with no code: ``filtered``)."""
+    raw = notice(
+        "Delivery has failed to these recipients or groups:\n\n"
+        "ann@one.example<mailto:ann@one.example>\n"
+        "The email address you entered couldn't be found.\n\n"
+        "bo@two.example<mailto:bo@two.example>\n"
+        "The recipient's mailbox is full and can't accept messages now.\n\n\n"
+        "Diagnostic information for administrators:\n\n"
+        "Generating server: DB8PR01MB1234.eurprd01.prod.outlook.com\n\n"
+        "ann@one.example\n"
+        "Remote Server returned '550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient "
+        "not found by SMTP address lookup'\n\n"
+        "bo@two.example\nmx.two.example\n"
+        "Remote Server returned '552 5.2.2 <bo@two.example>: Mailbox full'\n\n"
+        "Original message headers:\n\n"
+        "From: News <owner@sender.example>\nTo: ann@one.example, bo@two.example\n"
+        "Subject: Spring sale\n",
+        sender="Microsoft Outlook <MAILER-DAEMON@DB8PR01MB1234.eurprd01.prod.outlook.com>",
+        subject="Undeliverable: Spring sale")
+    got = [(r.recipient, r.reason, r.hard, r.status) for r in records(raw)]
+    assert got == [("ann@one.example", "userunknown", True, "5.1.10"),
+                   ("bo@two.example", "mailboxfull", False, "5.2.2")]
+
+
+@pytest.mark.parametrize(("subject", "opening"), [
+    ("Zustellung verzögert: Frühjahrsangebot",
+     "Die Zustellung an folgende Empfänger oder Verteilerlisten wurde verzögert:"),
+    ("Remise retardée : Offre de printemps",
+     "La remise aux destinataires suivants a été retardée :"),
+    ("Entrega retrasada: Oferta de primavera",
+     "La entrega a los siguientes destinatarios se ha retrasado:"),
+])
+def test_a_delay_notice_in_another_language_is_a_delay(subject: str, opening: str) -> None:
+    """Exchange writes its notices in the sender's language (its German delay notice
+    reads "Die Zustellung an folgende Empfänger oder Verteilerlisten wurde verzögert"):
+    a delay is one whatever the language, and a notice whose subject says
+    "undeliverable" in that language stays a failure."""
+    body = (f"{opening}\n\nrcpt@example.net\n\nRemote Server returned "
+            "'451 4.4.0 DNS query failed'\n")
+    sender, head = ("Microsoft Outlook <postmaster@mx.example.org>",
+                    "Auto-Submitted: auto-replied\r\n")
+    raw = notice(body, sender=sender, subject=subject, head=head)
+    assert [(r.recipient, r.kind) for r in records(raw)] == [("rcpt@example.net", "delayed")]
+    final = notice(body, sender=sender, subject="Unzustellbar: " + subject, head=head)
+    assert [(r.recipient, r.kind) for r in records(final)] == [("rcpt@example.net", "bounce")]

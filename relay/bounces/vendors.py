@@ -84,7 +84,13 @@ _DELAY_RE = re.compile(
     r"could not (?:send|deliver) (?:message )?for (?:the )?past|not yet been delivered|"
     r"will be retried|retry (?:will|until)|still trying|temporar(?:y|ily) (?:failure|problem)|"
     # the banner of Postfix's delay_template (bounce(5)) and of Sendmail's warning
-    r"warning (?:message )?only|do not need to resend",
+    r"warning (?:message )?only|do not need to resend|"
+    # "delayed" in the languages mail servers localise their notices into: Exchange's
+    # German delay DSN reads "Die Zustellung an folgende Empfänger oder
+    # Verteilerlisten wurde verzögert" (quoted in adino.at's support FAQ); French,
+    # Spanish, Italian, Portuguese and Dutch write the same word.
+    r"\bverzögert|\bverzoegert|\b(?:retardé|différé|retrasad|demorad|ritardat|atrasad)[oae]?s?\b|"
+    r"\bvertraagd\b",
     re.I,
 )
 #: A notice's own statement that delivery is still being tried, which no final failure
@@ -104,7 +110,12 @@ _STILL_TRYING_RE = re.compile(
 )
 _PERMANENT_RE = re.compile(
     r"permanent|giving up|gave up|failed permanently|could not be delivered|"
-    r"has been returned|not be delivered|undeliverable|delivery has failed",
+    r"has been returned|not be delivered|undeliverable|delivery has failed|"
+    # "undeliverable" and "failed" as the localised notices' subjects write them
+    # (``layout:subject`` entries of source ``exchange`` in tables/layouts.py)
+    r"unzustellbar|nicht zustellbar|fehlgeschlagen|non remis|échec|"
+    r"no se puede entregar|non recapitabile|não entregue|nao entregue|onbestelbaar|"
+    r"недоставлен",
     re.I,
 )
 _REMOTE_RE = re.compile(
@@ -316,18 +327,26 @@ def find_failures(notice: str, exclude: set[str],
             if addr not in exclude and _ADDR_RE.fullmatch(addr):
                 mentions.append((m.start(), addr))
     failures: list[TextFailure] = []
-    seen: set[str] = set()
+    segments: dict[str, list[str]] = {}
+    first_line: dict[str, int] = {}
+    end = 0
     for i, (pos, addr) in enumerate(mentions):
-        if addr in seen:
-            continue
-        seen.add(addr)
-        # The text runs to the next mention of another recipient (notices in two
+        if pos < end:
+            continue  # within the segment of this address just cut
+        # A segment runs to the next mention of another recipient (notices in two
         # languages repeat the list, so only the nearest other address bounds it).
         end = next((p for p, a in mentions[i + 1:] if a != addr), len(notice))
         if end < len(notice):
             end = max(notice.rfind("\n", 0, end) + 1, pos + 1)  # up to that line
         line_start = notice.rfind("\n", 0, pos) + 1
-        own = notice[line_start:end][:2000]
+        first_line.setdefault(addr, line_start)
+        # Every segment of an address is its text: Exchange names each recipient in the
+        # notice's prose, then again with the server's reply under "Diagnostic
+        # information for administrators"; bilingual notices repeat the list.
+        segments.setdefault(addr, []).append(notice[line_start:end][:2000])
+    for addr, parts in segments.items():
+        own = "".join(parts)[:2000]
+        line_start = first_line[addr]
         if not failures:
             preamble = notice[:line_start][-2000:]
         # Every recipient's text starts with what the notice says before the first one:

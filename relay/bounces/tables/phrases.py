@@ -485,8 +485,11 @@ PHRASES: tuple[Phrase, ...] = (
     # === expired: the retry period ran out =================================================
     # RFC 3463 X.4.7 "Delivery time expired"; the queue-lifetime texts: Postfix "message
     # could not be delivered for N days", Sendmail "Cannot send message for 5 days", Exim
-    # "retry timeout exceeded", qmail "in the queue too long", Exchange "QUEUE.Expired",
-    # OpenSMTPD "Envelope expired", DMA "could not deliver for the last N seconds".
+    # "retry timeout exceeded", Exchange "QUEUE.Expired", OpenSMTPD "Envelope expired",
+    # DMA "could not deliver for the last N seconds". Not qmail-send's "this message has
+    # been in the queue too long": it follows the last attempt's own error on the line
+    # before, which is what the reference taxonomy reads (a connection failure stays
+    # ``networkerror``).
     # Stated outright, the expiry outranks the network trouble that caused the retries
     # ("550 5.4.316 Message expired, connection refused"): the report is about giving up.
     *_t("expired", "rfc3463", "stated",

@@ -45,6 +45,8 @@ PROVIDERS: tuple[Provider, ...] = (
     Provider("mimecast", ("mimecast.com", "mimecast.co.za", "mimecast-offshore.com"),
              ("mimecast",), "mimecast"),
     Provider("messagelabs", ("messagelabs.com",), ("messagelabs",), "messagelabs"),
+    Provider("proofpoint", ("pphosted.com", "ppe-hosted.com", "proofpoint.com"),
+             ("ipcheck.proofpoint.com", "support.proofpoint.com/dnsbl"), "proofpoint"),
     Provider("zoho", ("zoho.com", "zohomail.com", "zoho.eu", "zoho.in", "zohomail.eu"),
              ("smtpin.zoho.com", "mx.zoho.com"), "zoho"),
 )
@@ -263,6 +265,10 @@ RULES: tuple[ProviderRule, ...] = (
     ProviderRule("mimecast", "policyviolation", "mimecast", pattern=r"rejected by (?:header "
                  r"based )?(?:anti-spoofing|content|attachment) polic"),
     ProviderRule("mimecast", "spamdetected", "mimecast", pattern=r"message contains spam"),
+    # --- Proofpoint ---------------------------------------------------------------------------
+    # "554 5.7.1 Blocked - see https://ipcheck.proofpoint.com/?ip=<ip>": the sending IP's
+    # reputation, looked up and delisted on that page; the recipient is not in question.
+    ProviderRule("proofpoint", "blocked", "proofpoint", pattern=r"blocked - see"),
     # --- MessageLabs (Symantec Email Security.cloud) ---------------------------------------
     ProviderRule("messagelabs", "securityerror", "messagelabs",
                  pattern=r"turn on smtp authentication"),

@@ -88,6 +88,9 @@ SOURCES: dict[str, str] = {
     "tencent": "Tencent QQ Mail / Exmail: postmaster help on SMTP rejections "
                "https://service.mail.qq.com/",
     "mimecast": "Mimecast: SMTP error codes (community.mimecast.com knowledge base)",
+    "proofpoint": "Proofpoint: IP reputation look-up and delisting (ipcheck.proofpoint.com, "
+                  "formerly support.proofpoint.com/dnsbl-lookup.cgi), the page its "
+                  "\"Blocked - see\" refusals point to",
     "messagelabs": "Symantec/Broadcom Email Security.cloud (MessageLabs): SMTP error codes "
                    "(knowledge.broadcom.com, articles 165163, 175710: invalid recipients)",
     "mailru": "Mail.ru postmaster: SMTP errors https://help.mail.ru/developers/",
