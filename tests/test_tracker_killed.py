@@ -1,7 +1,9 @@
 """A tracker killed (SIGKILL) under load loses no hit a client saw answered: every pixel
 and click answered before the kill is stored exactly once after the restart (the hit
-journal, relay.tracker.hit_journal). The real ``trackrelay tracker`` process, real HTTP
-clients (both of the pixel's ways in: its own door and aiohttp's route), SQLite."""
+journal, relay.tracker.hit_journal), and reaches the webhook endpoint (the feeders' mark
+in the store: what the killed process stored and had not fed is fed by the next start).
+The real ``trackrelay tracker`` process, real HTTP clients (both of the pixel's ways
+in: its own door and aiohttp's route), a real webhook receiver, SQLite."""
 
 from __future__ import annotations
 
@@ -10,14 +12,21 @@ import sqlite3
 from pathlib import Path
 
 import aiohttp
+from aiohttp import web
 
 from relay.store import open_store
 from relay.tokens import TokenCodec
 from tests.conftest import free_port
 from tests.service_support import Service
-from tests.tracker_support import seed_message
+from tests.tracker_support import post_endpoint, seed_message
 
 KEY = "3:killed-tracker-key-0123456789abcdef"
+
+
+def stored_ids(db: Path) -> set[str]:
+    with sqlite3.connect(db) as conn:
+        return {row[0] for row in conn.execute(
+            "SELECT id FROM events WHERE type IN ('open', 'click')")}
 
 
 def stored_agents(db: Path) -> dict[str, int]:
@@ -62,18 +71,33 @@ async def test_hits_answered_before_a_kill_are_stored_once(tmp_path: Path) -> No
         sent = await seed_message(store, links=["https://example.com/offer"])
     finally:
         await store.close()
+    posted: list[str] = []
+
+    async def receive(request: web.Request) -> web.Response:
+        posted.append((await request.json())["id"])
+        return web.Response(text="ok")
+
+    async with post_endpoint(receive) as hook_port:
+        await _kill_and_restart(tmp_path, db, url, sent.message_id,
+                                f"http://127.0.0.1:{hook_port}/hook", posted)
+
+
+async def _kill_and_restart(tmp_path: Path, db: Path, url: str, message_id: str,
+                            hook: str, posted: list[str]) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     tracker = Service("tracker", "tracker", tmp_path, {
         "http": {"listen": f"127.0.0.1:{port}", "base_url": base},
         "tracking": {"token_keys": [KEY]},
         "store": {"url": url, "spool_path": str(tmp_path / "spool.jsonl")},
+        "tracker": {"webhooks": [{"url": hook, "secret": "killed-hook-secret-0123456789",
+                                  "events": ["open", "click"]}]},
         "log": {"level": "info"},
     }, [port])
     codec = TokenCodec.from_strings([KEY])
-    urls = [f"{base}/o/{codec.encode('open', sent.message_id, 0)}.gif",
-            f"{base}/o/{codec.encode('open', sent.message_id, 0)}.gif",
-            f"{base}/c/{codec.encode('click', sent.message_id, 0, 0)}"]
+    urls = [f"{base}/o/{codec.encode('open', message_id, 0)}.gif",
+            f"{base}/o/{codec.encode('open', message_id, 0)}.gif",
+            f"{base}/c/{codec.encode('click', message_id, 0, 0)}"]
     try:
         await tracker.start()
         answered = await hit_until_killed(tracker, urls, clients=4, kill_after=300)
@@ -84,6 +108,11 @@ async def test_hits_answered_before_a_kill_are_stored_once(tmp_path: Path) -> No
         while any(a not in (found := stored_agents(db)) for a in answered):
             assert loop.time() < deadline, (
                 f"{sum(a not in found for a in answered)} answered hits not stored")
+            await asyncio.sleep(0.1)
+        # Every stored hit reaches the webhook endpoint (at least once: a delivery the
+        # killed process was sending when it died is sent again).
+        while (missing := stored_ids(db) - set(posted)):
+            assert loop.time() < deadline, f"{len(missing)} stored hits never posted"
             await asyncio.sleep(0.1)
     finally:
         assert await tracker.stop() == 0

@@ -14,6 +14,7 @@ import pytest
 import structlog
 from aiohttp import web
 
+from relay.records import Event
 from relay.tracker import signing
 from relay.tracker.web import DISPATCHER
 from tests.tracker_support import (
@@ -229,6 +230,37 @@ async def test_events_stored_as_the_tracker_stops_are_sent_after_a_restart(
     await wait_for(all_sent)
     assert sorted(p["event"]["recipient"] for p in receiver.delivered("/a")) == [
         "a@customer.test", "a@customer.test", "b@customer.test"]
+
+
+async def test_events_stored_while_no_tracker_ran_are_sent_by_the_next_start(
+        make_tracker: MakeTracker, receiver: Receiver) -> None:
+    """The feeders record in the store how far they fed the log; a tracker that starts
+    takes up there, not at the log's end. Events stored while none ran (a relay alone,
+    ``trackrelay inbound``, a killed tracker's last ones) are sent, each once."""
+    hooks = {"webhooks": [{"url": receiver.url("/a"), "secret": SECRET_A,
+                           "events": ["open"], "timeout": 2}]}
+    t1 = await make_tracker(**hooks)
+    sent = await seed_message(t1.store, recipients=["a@customer.test", "b@customer.test"])
+    async with t1.http.get(t1.pixel_url(sent.message_id, 0)) as resp:
+        assert resp.status == 200
+    async def delivered(n: int) -> bool:
+        return len(receiver.delivered("/a")) == n
+
+    await wait_for(lambda: delivered(1))
+    await t1.runner.cleanup()  # no tracker runs now
+
+    # Stored by another process meanwhile, as the relay or an intake would.
+    store = t1.store
+    for rcpt in ("b@customer.test", "a@customer.test"):
+        store.enqueue(Event(type="open", message_id=sent.message_id, recipient=rcpt,
+                            data={"user_agent": "Mozilla/5.0 Thunderbird/128.0"}))
+    await store.flush()
+
+    await make_tracker(**hooks)  # the next start, the same store
+    await wait_for(lambda: delivered(3))
+    assert sorted(p["event"]["recipient"] for p in receiver.delivered("/a")) == [
+        "a@customer.test", "a@customer.test", "b@customer.test"]
+    assert len({p["id"] for p in receiver.delivered("/a")}) == 3  # each once
 
 
 def test_signature_format() -> None:

@@ -769,6 +769,17 @@ class Store(abc.ABC):
                                       limit: int = 100) -> Page[WebhookDelivery]:
         """Outbox entries, newest first (the API shows failed ones)."""
 
+    @abc.abstractmethod
+    async def record_webhooks_fed(self, cursor: str) -> None:
+        """The webhook feeders have put every event before ``cursor`` (an ascending
+        ``list_events`` cursor) into the outbox (never moved back: a feeder behind
+        another leaves the later mark alone)."""
+
+    @abc.abstractmethod
+    async def webhooks_fed_cursor(self) -> str | None:
+        """Where the webhook feeding stopped, as an ascending ``list_events`` cursor
+        (None: no feeder has recorded a mark yet)."""
+
     # needed by tracker
     async def events_tail_cursor(self) -> str:
         """A cursor for ``list_events(order="asc", cursor=...)`` positioned just after the

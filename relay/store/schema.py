@@ -458,6 +458,17 @@ MIGRATIONS: list[tuple[int, str, list[Statement]]] = [
         # for a time that a slow or missed pass may outrun (relay.tracker.webhooks).
         "ALTER TABLE engagement_state ADD COLUMN judged_until {float} NOT NULL DEFAULT 0",
     ]),
+    (13, "webhook feed mark", [
+        # How far the webhook feeders have turned stored events into outbox entries
+        # (relay.tracker.webhooks): a process that starts after one was killed takes up
+        # the log where the feeding stopped, not at its end (events the killed process
+        # had stored but not fed would never be sent). 0: no feeder has run yet.
+        """CREATE TABLE webhook_state (
+            id INTEGER PRIMARY KEY,
+            fed_seq {bigint} NOT NULL DEFAULT 0
+        )""",
+        "INSERT INTO webhook_state (id) VALUES (1)",
+    ]),
 ]
 
 

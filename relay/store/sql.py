@@ -771,6 +771,16 @@ class SqlStore(ContactScoresSql, Store):
         row = await self._fetchrow("SELECT judged_until FROM engagement_state WHERE id = 1")
         return float(row["judged_until"]) if row else 0.0
 
+    async def record_webhooks_fed(self, cursor: str) -> None:
+        seq = int(decode_cursor(cursor, (int,))[0])
+        await self._execute("UPDATE webhook_state SET fed_seq = ? WHERE id = 1 AND fed_seq < ?",
+                            [seq, seq])
+
+    async def webhooks_fed_cursor(self) -> str | None:
+        row = await self._fetchrow("SELECT fed_seq FROM webhook_state WHERE id = 1")
+        seq = int(row["fed_seq"]) if row else 0
+        return encode_cursor(seq) if seq > 0 else None
+
     async def refresh_report_rollups(self, budget: float) -> int:
         from relay.store import rollups
 

@@ -2,8 +2,11 @@
 
 Two background loops run in every tracker process that has ``[[tracker.webhooks]]``:
 
-* the **feeder** follows the store's event log (from the moment the process started)
-  and adds one outbox delivery per event and endpoint that wants its type. It adds a
+* the **feeder** follows the store's event log and adds one outbox delivery per event
+  and endpoint that wants its type. It starts where the feeding stopped (a mark in the
+  store, ``Store.record_webhooks_fed``, written after each page), so what a killed
+  process stored and never fed is fed by the next start; the first feeder ever starts
+  at the log's end. It adds a
   ``first_open`` delivery for the first open of each message and recipient that is a
   person's (verdict ``human`` or ``human_proxy``; not ``unknown``, too early to tell).
   Outbox entries carry a dedupe key (``event:<id>`` and
@@ -34,8 +37,9 @@ A request looks like::
     {"id": "<event id>", "type": "open", "created_at": "…Z", "event": {<event object>}}
 
 where the event object is exactly what ``GET /api/v1/events`` lists. Redirects are not
-followed. Events stored while no tracker process runs are not sent; what a stopping
-process stored after its feeder's last round is fed on its way out (``stop``).
+followed. Events stored while no tracker process runs (``trackrelay inbound``, a
+relay without a tracker) are sent by the next one to start; what a stopping process
+stored after its feeder's last round is fed on its way out (``stop``).
 """
 
 from __future__ import annotations
@@ -191,9 +195,10 @@ class WebhookDispatcher:
 
     async def _feed_the_rest(self) -> None:
         """What this process stored since the feeder's last round (its last hits, the
-        relay's last deliveries) goes into the outbox before it stops: the next start
-        follows the log from its end, so it would never be sent. The sender of the next
-        start delivers it. Bounded in time; a store failing now loses it (logged)."""
+        relay's last deliveries) goes into the outbox before it stops, so it goes out
+        without waiting for the next start (whose feeder would take it up from the
+        mark). The sender of the next start delivers it. Bounded in time; what a store
+        failing now keeps out waits for the next start's feeder (logged)."""
         deadline = time.monotonic() + FINAL_FEED_SECONDS
         try:
             await self.store.flush()
@@ -213,7 +218,10 @@ class WebhookDispatcher:
     async def feed_once(self) -> bool:
         """Turn newly stored events into outbox entries; True if there were any."""
         if not self._positioned:  # first round (retried while the store is down)
-            self._cursor = await self.store.events_tail_cursor()
+            # Where the feeding stopped (a killed process's stored events not yet fed
+            # among what follows), else, the first time, where the log ends now.
+            self._cursor = (await self.store.webhooks_fed_cursor()
+                            or await self.store.events_tail_cursor())
             self._positioned = True
             return False
         page = await self.store.list_events(order="asc", cursor=self._cursor,
@@ -222,6 +230,10 @@ class WebhookDispatcher:
             await self._feed_event(row)
         if page.next_cursor is not None:
             self._cursor = page.next_cursor
+            # Recorded once the page's entries are in the outbox: a process killed
+            # before this feeds the page again at the next start (the dedupe keys add
+            # each delivery once).
+            await self.store.record_webhooks_fed(page.next_cursor)
         return bool(page.items)
 
     async def _feed_event(self, row: EventRow) -> None:
