@@ -56,6 +56,8 @@ PREFIX = "alert:"
 #: Seconds a webhook or chat alert's POST may take.
 TIMEOUT = 10.0
 HUMAN = ("human", "human_proxy")
+#: The most lines a digest lists; the rest are counted.
+DIGEST_LINES = 200
 
 
 #: Triggers that stand on an open or a click: the batch pass may yet call it a machine's.
@@ -109,7 +111,7 @@ def describe(trigger: str, row: dict[str, Any], message: dict[str, Any]) -> str:
     if trigger == "first_open":
         return f"{who} opened \"{subject}\" for the first time"
     if trigger == "open":
-        return f"{who} opened \"{subject}\" again"
+        return f"{who} opened \"{subject}\""  # the first open included: no "again"
     if trigger == "click":
         return f"{who} clicked {row.get('url') or 'a link'} in \"{subject}\""
     if trigger == "reply":
@@ -118,6 +120,17 @@ def describe(trigger: str, row: dict[str, Any], message: dict[str, Any]) -> str:
         hard = "hard, the address will not work" if data.get("hard") else "soft"
         return f"\"{subject}\" to {who} bounced: {data.get('reason') or 'undefined'} ({hard})"
     return f"{who} unsubscribed (from \"{subject}\")"
+
+
+async def _earlier_opens(store: Store, rule: AlertConfig, row: EventRow,
+                         since: float | None = None) -> list[EventRow]:
+    """Opens of the row's message by its recipient before it (since ``since``), of a
+    verdict the rule wants."""
+    page = await store.list_events(type="open", message_id=row["message_id"],
+                                   recipient=row["recipient"], since=since,
+                                   until=row["time"], limit=500)
+    return [e for e in page.items if e["id"] != row["id"] and e["time"] <= row["time"]
+            and _verdict(e) in rule.verdicts]
 
 
 def _details(row: dict[str, Any]) -> str:
@@ -153,12 +166,26 @@ class Alerts:
                 await self._enqueue(store, rule, trigger, row, message)
 
     async def _opened_lately(self, store: Store, rule: AlertConfig, row: EventRow) -> bool:
-        """Another open of this message by this recipient within ``quiet_hours`` before."""
-        page = await store.list_events(type="open", message_id=row["message_id"],
-                                       recipient=row["recipient"],
-                                       since=row["time"] - rule.quiet_hours * 3600,
-                                       until=row["time"], limit=5)
-        return any(e["id"] != row["id"] for e in page.items)
+        """Another open of this message by this recipient within ``quiet_hours`` before,
+        of a verdict the rule wants: a scanner's fetch is nobody's open, and would
+        otherwise silence the person's that follows it."""
+        quiet = rule.quiet_hours * 3600
+        return any(row["time"] - e["time"] < quiet
+                   for e in await _earlier_opens(store, rule, row, since=row["time"] - quiet))
+
+    async def _digest_trigger(self, store: Store, rule: AlertConfig, row: EventRow,
+                              found: list[str]) -> str | None:
+        """The trigger an event of a digest stands for, as the alert it replaces would
+        have had it (None: no alert would have gone out for it)."""
+        if row["type"] != "open":
+            return found[-1]
+        earlier = await _earlier_opens(store, rule, row)
+        if not earlier:
+            return "first_open" if "first_open" in found else (
+                "open" if "open" in found else None)
+        if "open" in found and not await self._opened_lately(store, rule, row):
+            return "open"
+        return None
 
     async def _enqueue(self, store: Store, rule: AlertConfig, trigger: str, row: EventRow,
                        message: MessageLookup) -> None:
@@ -255,22 +282,60 @@ class Alerts:
 
     async def _digest(self, store: Store, rule: AlertConfig, body: dict[str, Any]
                       ) -> tuple[list[str], str]:
-        """What happened to the sender's mail in the window, one line each."""
+        """What happened to the sender's mail in the window and was not alerted on by
+        itself (the alerts sent before the limit was reached are not repeated), one line
+        each, in the order it happened; past ``DIGEST_LINES``, a count of the rest."""
+        sent = await self._alerted_events(store, rule, body)
         types = sorted({"open" if t in ("first_open", "open") else t for t in rule.on})
-        page = await store.list_events(scope=body["sender"], type=types,
-                                       since=body["since"], until=body["until"],
-                                       limit=500, order="asc")
-        lines = []
-        for row in page.items:
-            message = await store.lookup_message(row["message_id"])
-            if message is None:
-                continue
-            found = triggers_of(rule, row, message)
-            if found:
+        lines: list[str] = []
+        more = 0
+        cursor = None
+        while True:
+            page = await store.list_events(scope=body["sender"], type=types,
+                                           since=body["since"], until=body["until"],
+                                           cursor=cursor, limit=500, order="asc")
+            for row in page.items:
+                if row["id"] in sent or (row["time"] >= body["until"]):
+                    continue
+                message = await store.lookup_message(row["message_id"])
+                found = triggers_of(rule, row, message) if message is not None else []
+                trigger = found and await self._digest_trigger(store, rule, row, found)
+                if not trigger or message is None:
+                    continue
+                if len(lines) == DIGEST_LINES:
+                    more += 1
+                    continue
                 detail = await store.get_message(row["message_id"], timeline_limit=1)
                 lines.append(f"{iso_time(row['time'])}  "
-                             + describe(found[-1], dict(row), dict(detail or message)))
+                             + describe(trigger, dict(row), dict(detail or message)))
+            # (an ascending page's cursor is never None: the end is a short page)
+            if len(page.items) < 500:
+                break
+            cursor = page.next_cursor
+        if more:
+            lines.append(f"… and {more} more")
         return lines, body["sender"]
+
+    async def _alerted_events(self, store: Store, rule: AlertConfig, body: dict[str, Any]
+                              ) -> set[str]:
+        """The events of the digest's window this rule alerted on one by one for its
+        sender (the outbox's entries since the window began, newest first)."""
+        events: set[str] = set()
+        cursor = None
+        while True:
+            page = await store.list_webhook_deliveries(endpoint=endpoint(rule),
+                                                       cursor=cursor, limit=500)
+            for delivery in page.items:
+                if delivery["created_at"] < body["since"]:
+                    return events
+                if delivery["event_type"] == "alert_digest" or not delivery["event_id"]:
+                    continue
+                sender = (json.loads(delivery["payload"]).get("message") or {}).get("sender")
+                if (sender or "").lower() == body["sender"]:
+                    events.add(delivery["event_id"])
+            if page.next_cursor is None:
+                return events
+            cursor = page.next_cursor
 
     async def _mail(self, rule: AlertConfig, to: str, subject: str,
                     lines: list[str]) -> tuple[str | None, bool]:
