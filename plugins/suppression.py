@@ -5,10 +5,12 @@ bounces, complaints, unsubscribes, ``suppression.soft_bounce_limit`` soft bounce
 ``suppression.soft_bounce_window_days``), shared by every source of events; the API
 and ``trackrelay suppressions`` add and remove entries by hand.
 
-Scope (``[suppression] scope``): ``"global"`` keeps one list for every sender;
-``"sender_domain"`` keeps one per domain of the envelope sender (so an unsubscribe from
-shop.example's newsletter does not stop mail from billing.example). Entries of the
-global scope (added by hand) apply to every sender either way.
+Scope (``[suppression] scope``) decides where the automatic suppressions go:
+``"global"`` into one list for every sender; ``"sender_domain"`` into one per domain of
+the envelope sender (so an unsubscribe from shop.example's newsletter does not stop mail
+from billing.example). The check reads both lists either way: global entries apply to
+every sender, a domain's entries (added by hand, or through a token scoped to it) to
+that domain's mail.
 
 Action (``[suppression] action``):
 
@@ -138,9 +140,13 @@ def outage_of(store: Store) -> Outage:
 
 
 def check_scopes(app: App, sender: str) -> list[str]:
-    """The suppression scopes that apply to mail from ``sender``."""
+    """The suppression scopes that apply to mail from ``sender``: the global list and
+    the sender's domain's, whatever ``suppression.scope`` says (it decides where the
+    automatic suppressions go). An entry someone put in a domain's list, through a token
+    scoped to that domain or the CLI, was meant for that domain's mail: under the
+    default global scope it was accepted and then never read."""
     scopes = [""]
-    if app.config.suppression.scope == "sender_domain" and "@" in sender:
+    if "@" in sender:
         scopes.append(domain_of(sender.strip("<>")))
     return scopes
 

@@ -210,3 +210,26 @@ async def test_skip_action_accepts_and_records(make_stack: MakeStack) -> None:
     events = await stack.wait_events(type="rejected", recipient="quiet@remote.test")
     assert events[0]["data"]["suppressed"] is True
     assert events[0]["data"]["reason"] == "complaint (abuse)"
+
+
+async def test_a_domains_own_suppression_applies_under_the_global_scope(
+        make_stack: MakeStack) -> None:
+    """A CRM holding a token scoped to its sender domain suppresses a contact: the entry
+    goes into that domain's list, and under the default ``suppression.scope = "global"``
+    the relay still read only the global list, so the mail went on. A domain's own
+    entries apply to its mail whatever the scope setting; other senders' mail is not
+    touched by them."""
+    from tests.tracker_support import EXAMPLE_TOKEN  # scoped to example.com
+    stack = await make_stack()
+    status, body = await stack.api("POST", "/suppressions", token=EXAMPLE_TOKEN,
+                                   json={"address": "opted-out@remote.test",
+                                         "reason": "crm opt-out"})
+    assert status == 201 and body["scope"] == "example.com"
+    with pytest.raises(aiosmtplib.SMTPRecipientsRefused) as info:
+        await stack.send("sales@example.com", ["opted-out@remote.test"],
+                         campaign_message("sales@example.com", "opted-out@remote.test"))
+    refusal = info.value.recipients[0]
+    assert refusal.code == 550 and "is suppressed: crm opt-out" in refusal.message
+    await stack.send("news@shop.example.com", ["opted-out@remote.test"],
+                     campaign_message("news@shop.example.com", "opted-out@remote.test"))
+    assert [r.rcpt_tos for r in stack.sink.received] == [["opted-out@remote.test"]]
