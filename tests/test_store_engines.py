@@ -455,8 +455,35 @@ async def test_campaign_stats(store: Store) -> None:
     assert everyone is not None and everyone["sent"] == 11
     assert await store.campaign_stats("launch", scope="nobody.org") is None
     assert await store.campaign_stats("nope") is None
-    campaigns = await store.list_campaigns()
+    campaigns = (await store.list_campaigns()).items
     assert campaigns[0]["campaign"] == "launch" and campaigns[0]["messages"] == 11
+
+
+async def test_campaigns_are_listed_page_by_page(store: Store) -> None:
+    """Every campaign once, in order (most recently sent first, then by name), however
+    many there are and however the pages fall, also through campaigns sent at the very
+    same time; a scope lists its own only."""
+    base = 1_800_000_000.0
+    for n in range(23):
+        # three campaigns a second: ties in the last send time across page boundaries
+        await send(store, mid(n), at=base + n // 3, campaign=f"camp-{n:02d}")
+    await send(store, mid(99), at=base + 100, sender="eve@other.org", campaign="eve's")
+    await store.flush()
+    everything = (await store.list_campaigns(limit=500)).items
+    expected = [c["campaign"] for c in everything]
+    assert len(expected) == 24 and expected[0] == "eve's"
+    assert expected[1:4] == ["camp-21", "camp-22", "camp-18"]  # 7 s: 21, 22; 6 s: 18…
+    for size in (1, 2, 3, 5, 7):
+        seen, cursor = [], None
+        while True:
+            page = await store.list_campaigns(limit=size, cursor=cursor)
+            seen += [c["campaign"] for c in page.items]
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        assert seen == expected, size
+    page = await store.list_campaigns(scope="other.org")
+    assert [c["campaign"] for c in page.items] == ["eve's"] and page.next_cursor is None
 
 
 async def test_campaigns_last_sent(store: Store) -> None:

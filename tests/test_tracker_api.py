@@ -185,6 +185,14 @@ async def test_campaign_and_contact(tracker: Tracker) -> None:
     assert status == 404
     status, body = await tracker.api("/campaigns")
     assert {x["campaign"] for x in body["items"]} == {"spring", "bobs"}
+    assert body["next_cursor"] is None
+    status, first = await tracker.api("/campaigns", limit="1")
+    assert status == 200 and len(first["items"]) == 1 and first["next_cursor"]
+    status, second = await tracker.api("/campaigns", limit="1", cursor=first["next_cursor"])
+    assert [x["campaign"] for x in first["items"] + second["items"]] == [
+        x["campaign"] for x in body["items"]] and second["next_cursor"] is None
+    status, bad = await tracker.api("/campaigns", cursor="not-a-cursor")
+    assert status == 400 and bad["parameter"] == "cursor"
     status, contact = await tracker.api("/contacts/Carol@Customer.test")
     assert status == 200 and len(contact["messages"]) == 2
     assert {e["type"] for e in contact["events"]} == {"sent", "open"}

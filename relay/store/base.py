@@ -553,10 +553,11 @@ class Store(abc.ABC):
         unknown and machine figures, and the estimated real open rate."""
 
     @abc.abstractmethod
-    async def list_campaigns(self, *, scope: str | None = None,
-                             limit: int = 100) -> list[dict[str, Any]]:
-        """Campaign names with message counts and last send time, newest first:
-        ``[{"campaign", "messages", "last_sent_at"}]``."""
+    async def list_campaigns(self, *, scope: str | None = None, limit: int = 100,
+                             cursor: str | None = None) -> Page[dict[str, Any]]:
+        """Campaign names with message counts and last send time, most recently sent
+        first (then by name): ``{"campaign", "messages", "last_sent_at"}`` items, and the
+        cursor of the next page."""
 
     async def campaigns_last_sent(self, names: list[str], *, scope: str | None = None
                                   ) -> dict[str, float]:

@@ -701,17 +701,31 @@ class SqlStore(ContactScoresSql, Store):
 
         return report_of(False), report_of(True)
 
-    async def list_campaigns(self, *, scope: str | None = None,
-                             limit: int = 100) -> list[dict[str, Any]]:
+    async def list_campaigns(self, *, scope: str | None = None, limit: int = 100,
+                             cursor: str | None = None) -> Page[dict[str, Any]]:
+        limit = max(1, min(int(limit), 500))
         where = Where()
         where.add("m.campaign IS NOT NULL")
         where.add(*_cond(scope_condition(scope)))
+        having, after = "", []
+        if cursor:
+            # keyset: the campaigns after the last one given (sent earlier, or as late
+            # and later in name order)
+            last_sent, name = decode_cursor(cursor, (float, str))
+            having = ("HAVING MAX(m.created_at) < ? "
+                      "OR (MAX(m.created_at) = ? AND m.campaign > ?) ")
+            after = [float(last_sent), float(last_sent), name]
         rows = await self._fetch(
             "SELECT m.campaign, COUNT(*) AS messages, MAX(m.created_at) AS last_sent_at "
-            f"FROM messages m {where.sql()} GROUP BY m.campaign "
-            "ORDER BY MAX(m.created_at) DESC, m.campaign LIMIT ?", [*where.args, int(limit)])
-        return [{"campaign": r["campaign"], "messages": int(r["messages"]),
-                 "last_sent_at": float(r["last_sent_at"])} for r in rows]
+            f"FROM messages m {where.sql()} GROUP BY m.campaign {having}"
+            "ORDER BY MAX(m.created_at) DESC, m.campaign LIMIT ?",
+            [*where.args, *after, limit + 1])
+        items = [{"campaign": r["campaign"], "messages": int(r["messages"]),
+                  "last_sent_at": float(r["last_sent_at"])} for r in rows[:limit]]
+        more = len(rows) > limit
+        next_cursor = (encode_cursor(items[-1]["last_sent_at"], items[-1]["campaign"])
+                       if more else None)
+        return Page(items, next_cursor)
 
     async def campaigns_last_sent(self, names: list[str], *, scope: str | None = None
                                   ) -> dict[str, float]:

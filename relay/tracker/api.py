@@ -474,9 +474,11 @@ class Api:
                    "next_cursor": page.next_cursor})
 
     async def list_campaigns(self, request: web.Request) -> web.Response:
-        q = Query(request, ("limit",))
-        rows = await self.store.list_campaigns(scope=_scope(request), limit=q.limit(100))
-        return ok({"items": [serialize.campaign_list_json(r) for r in rows]})
+        q = Query(request, ("limit", "cursor"))
+        page = await self.store.list_campaigns(scope=_scope(request), limit=q.limit(100),
+                                               cursor=q.text("cursor", 1000))
+        return ok({"items": [serialize.campaign_list_json(r) for r in page.items],
+                   "next_cursor": page.next_cursor})
 
     async def get_campaign(self, request: web.Request) -> web.Response:
         q = Query(request, ("include_machine",))

@@ -314,7 +314,7 @@ def openapi_document(base_url: str = "") -> dict[str, Any]:
                                             "scope": _str()}),
                 "CampaignList": _obj({"items": _arr(_obj({
                     "campaign": _str(), "messages": _int(), "last_sent_at": TIME_NULL,
-                }))}),
+                })), "next_cursor": _str(True)}),
             },
         },
         "security": [{"bearer": []}],
@@ -376,7 +376,7 @@ def openapi_document(base_url: str = "") -> dict[str, Any]:
             "/campaigns": {"get": {
                 "summary": "Campaigns, most recently sent first.",
                 "operationId": "listCampaigns",
-                "parameters": [_limit(100)],
+                "parameters": [P_CURSOR, _limit(100)],
                 "responses": _responses("CampaignList", "Campaign names."),
             }},
             "/campaigns/{id}": {"get": {
