@@ -172,6 +172,12 @@ async def test_suppression_api(make_stack: MakeStack) -> None:
     assert status == 201 and body["address"] == "a@remote.test" and body["scope"] == "global"
     status, body = await stack.api("POST", "/suppressions", json={"address": "nope"})
     assert status == 400 and body["parameter"] == "address"
+    # written as a mail client copies it, as DELETE and the import take it
+    status, body = await stack.api("POST", "/suppressions",
+                                   json={"address": " <Angle@Remote.test> "})
+    assert status == 201 and body["address"] == "angle@remote.test"
+    status, _ = await stack.api("DELETE", "/suppressions/<angle@remote.test>")
+    assert status == 200
     csv_body = "address,scope,reason\nb@remote.test,example.com,list cleanup\nbad-line\n"
     status, body = await stack.api("POST", "/suppressions/import", data=csv_body)
     assert status == 200 and body["added"] == 1 and len(body["problems"]) == 1

@@ -296,8 +296,8 @@ class DeliverabilityApi:
             return error(400, "bad_request", "the body must be a JSON object")
         if not isinstance(body, dict):
             return error(400, "bad_request", "the body must be a JSON object")
-        given = _body_text(body, "address", 320) or ""
-        address = given.lower() if _ADDRESS.match(given) else None
+        # as DELETE and the CSV import read one: brackets and spaces around it dropped
+        address = normalise_address(_body_text(body, "address", 320) or "")
         if address is None:
             raise BadParameter("address", "expected an email address")
         reason = _body_text(body, "reason", 500) or "added by hand"
