@@ -234,3 +234,30 @@ async def test_a_genuine_link_whose_message_is_not_stored_yet_is_503(
     async with stack.http.post(forged, data="List-Unsubscribe=One-Click") as resp:
         assert resp.status == 404
     assert await stack.events(type="unsubscribe") == []
+
+
+async def test_a_one_click_post_the_store_cannot_take_is_asked_again(
+        make_stack: MakeStack, store_url: str) -> None:
+    """Another session holds SQLite's write lock: the suppression cannot be written.
+    The one-click POST got a 500 while its event went into the spool, so the event was
+    stored later and the address never suppressed. It gets a 503 with ``Retry-After``
+    (the provider posts again), and the POST once the lock is gone suppresses it."""
+    if not store_url.startswith("sqlite:///"):
+        pytest.skip("SQLite's write lock: the PostgreSQL store waits for a row lock")
+    from tests.test_tracker_write_refusal import refuse_writes
+    stack = await make_stack()
+    _message_id, url = await campaign_to(stack, "dana@remote.test")
+    release = await refuse_writes(store_url)
+    try:
+        async with stack.http.post(url, data="List-Unsubscribe=One-Click") as resp:
+            assert resp.status == 503
+            assert resp.headers["Retry-After"] == "60"
+    finally:
+        await release()
+    assert await stack.store.find_suppression("dana@remote.test", [""]) is None
+    async with stack.http.post(url, data="List-Unsubscribe=One-Click") as resp:
+        assert resp.status == 200
+    row = await stack.store.find_suppression("dana@remote.test", [""])
+    assert row is not None and row["reason"].startswith("unsubscribed")
+    events = await stack.wait_events(type="unsubscribe")
+    assert [e["recipient"] for e in events] == ["dana@remote.test"]

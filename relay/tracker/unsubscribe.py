@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from relay.background import store_unavailable
 from relay.inbound import record_event, suppression_scope
 from relay.logs import get_logger
 from relay.records import Event
@@ -120,6 +121,33 @@ class UnsubscribeEndpoints:
         return message, data.recipient_index, message["recipients"][data.recipient_index]
 
     async def page(self, request: web.Request) -> web.Response:
+        try:
+            return await self._page(request)
+        except Exception as exc:
+            if not store_unavailable(exc):
+                raise
+            log.warning("unsubscribe_store_unavailable", method=request.method,
+                        error=repr(exc))
+            return _page(*NOT_STORED, status=503, retry=True)
+
+    async def unsubscribe(self, request: web.Request) -> web.Response:
+        """The POST; a store that cannot be read or written now is a 503 with
+        ``Retry-After``, so the provider's POST comes again (the event and the
+        suppression are written again then: the same event adds nothing, the
+        suppression it lacked is added)."""
+        try:
+            return await self._unsubscribe(request)
+        except Exception as exc:
+            if not store_unavailable(exc):
+                raise
+            log.warning("unsubscribe_store_unavailable", method=request.method,
+                        error=repr(exc))
+            if "text/html" in request.headers.get("Accept", ""):
+                return _page(*NOT_STORED, status=503, retry=True)
+            return web.Response(status=503, text="try again later\n",
+                                headers={"Retry-After": "60", "Cache-Control": "no-store"})
+
+    async def _page(self, request: web.Request) -> web.Response:
         token = request.match_info["token"]
         resolved = await self._resolve(token)
         if resolved == "not_stored":
@@ -138,7 +166,7 @@ class UnsubscribeEndpoints:
                 f"<button type=\"submit\" id=\"unsubscribe\">Unsubscribe</button></form>")
         return _page("Unsubscribe", body)
 
-    async def unsubscribe(self, request: web.Request) -> web.Response:
+    async def _unsubscribe(self, request: web.Request) -> web.Response:
         token = request.match_info["token"]
         # The token first: a forged one is answered without reading its body.
         resolved = await self._resolve(token)
