@@ -38,7 +38,7 @@ def tracked(classifier: Classifier, kind: str, t: float, *, link: int | None = N
                          delivered_at=T0, recipient=recipient, message_id=message,
                          link_index=link, honeypot=honeypot, https=True)
     ev = Event(kind, message, recipient, time=t, link_index=link, ip=ip, user_agent=ua,
-               data={"id": f"{kind}-{t}-{link}"})
+               data={"id": f"{kind}-{t}-{link}", **({"honeypot": True} if honeypot else {})})
     return classifier.classify(facts).apply_to(ev)
 
 
@@ -145,6 +145,20 @@ def test_honeypot_hit_marks_the_window_and_spares_later_events() -> None:
     assert final[3].data["verdict"] == "human" and final[4].data["verdict"] == "human"
     # ann's only human event left is the later click: an open is inferred from it
     assert [(e.recipient, e.time) for e in result.inferred] == [("ann@example.org", T0 + 1000)]
+
+
+def test_a_honeypot_window_does_not_grow_pass_after_pass() -> None:
+    """Each pass reads what the passes before it wrote: an event one put in a window
+    (its reasons now name honeypot) is no honeypot hit, or every pass would widen the
+    window by its own width until a person's opens a minute apart were all machine."""
+    c = Classifier(EngagementConfig(honeypot_window=5.0))
+    events = [tracked(c, "click", T0 + 130, link=0, honeypot=True)]
+    events += [tracked(c, "open", T0 + 130 + 4 * n, ua=IPHONE_MAIL) for n in range(1, 9)]
+    config = EngagementConfig(honeypot_window=5.0)
+    for _ in range(4):  # pass after pass over the stored result
+        events = merged(events, run_batch(events, config, now=T0 + 2000).changed)
+    assert [(e.time - T0, e.data["verdict"]) for e in events[1:]] == [
+        (134, "machine")] + [(130 + 4 * n, "human") for n in range(2, 9)]
 
 
 def test_honeypot_window_is_configurable() -> None:

@@ -8,7 +8,8 @@ demote (human → machine), so running the pass twice changes nothing the second
 
 Rules, in order (bot-signals.md §4.1 O8, §4.2 C7; thresholds from ``[engagement]``):
 
-1. **honeypot window** — a honeypot hit (an event whose reasons include ``honeypot``)
+1. **honeypot window** — a honeypot hit (the hit on the honeypot link itself,
+   ``data.honeypot``; not an event an earlier pass put in a window)
    marks every open and click of the same message and recipient within
    ± ``honeypot_window`` seconds as ``machine/honeypot``;
 2. **multi_link_burst** — events of one message and recipient chained by gaps of at
@@ -141,10 +142,11 @@ class BatchPass:
             if e.type == "click" and R.HEAD_REQUEST in before[i].reasons:
                 with_head.add((e.message_id, e.recipient))
 
-        # 1. honeypot windows
+        # 1. honeypot windows, around the honeypot hits themselves (``data.honeypot``):
+        #    not around the events an earlier pass put in a window (their reasons name
+        #    honeypot too), or each pass would widen the window by its own width
         for idxs in by_recipient.values():
-            hits = [items[i].time for i in idxs
-                    if R.HONEYPOT in before[i].reasons or items[i].data.get("honeypot")]
+            hits = [items[i].time for i in idxs if items[i].data.get("honeypot")]
             for i in idxs:
                 if any(abs(items[i].time - t) <= cfg.honeypot_window for t in hits):
                     demote(i, R.HONEYPOT)

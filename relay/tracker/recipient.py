@@ -371,6 +371,9 @@ class RecipientEndpoints:
         data: dict[str, Any] = client.data  # fresh per request: the event may own it
         if extra:
             data.update(extra)
+        if honeypot:
+            # what the batch pass's honeypot windows start from (relay.engagement.batch)
+            data["honeypot"] = True
         now = seen.time
         event = Event(
             type=kind, message_id=message_id, recipient=recipient, time=now,
