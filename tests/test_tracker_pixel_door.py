@@ -392,3 +392,31 @@ async def test_header_octets_that_are_not_utf8_are_recorded(tracker: Tracker) ->
 async def _until(check: Callable[[], Any]) -> None:
     while not await check():
         await asyncio.sleep(0.02)
+
+
+@pytest.mark.parametrize("extra", ["", "Connection: close\r\n"], ids=["keep-alive", "close"])
+async def test_a_client_that_half_closes_gets_its_click_answered(
+        tracker: Tracker, patient_clicks: None, extra: str) -> None:
+    """A client sends a whole click and shuts its sending side (``printf … | nc -N``)
+    while the click is being looked up: the click was recorded, so it is answered, and
+    so is the pixel pipelined after it; then the connection ends. The door used to
+    close at the client's FIN and drop the answer."""
+    message_id = new_id()
+    reader, writer = await asyncio.open_connection("127.0.0.1", tracker.port)
+    pipelined = extra == ""
+    writer.write(request(click_path(tracker, message_id), extra=extra)
+                 + (request(pixel_path(tracker, message_id)) if pipelined else b""))
+    writer.write_eof()
+    await writer.drain()
+    door = door_of(tracker)
+    await wait_until(lambda: any(p.input_ended for p in door.connections),
+                     "the FIN never reached the door behind the pending click")
+    await seed_message(tracker.store, message_id=message_id, links=["https://late.example/"])
+    status, headers, _ = await asyncio.wait_for(read_answer(reader), 10)
+    assert (status, headers["location"]) == ("HTTP/1.1 302 Found", "https://late.example/")
+    if pipelined:
+        status, _, body = await asyncio.wait_for(read_answer(reader), 10)
+        assert (status, body) == ("HTTP/1.1 200 OK", PIXEL_GIF)
+    assert await asyncio.wait_for(reader.read(1), 5) == b""  # then the door closes
+    writer.close()
+    assert len(await tracker.events(type="click", message_id=message_id)) == 1

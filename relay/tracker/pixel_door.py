@@ -299,6 +299,9 @@ class _PixelProtocol(asyncio.Protocol):
         self.held = False
         #: Close once the pending click is answered (the door is stopping).
         self.close_when_answered = False
+        #: The client closed its sending side while a click was pending: answer what it
+        #: sent, then close.
+        self.input_ended = False
 
     # --- the connection ---------------------------------------------------------------
 
@@ -469,6 +472,13 @@ class _PixelProtocol(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         if self.handler is not None:
             return cast("bool | None", self.handler.eof_received())
+        if self.pending is not None and not self.closing:
+            # The client sent its last byte and waits (a half-close after a whole
+            # request: ``printf … | nc -N``, a client library's shutdown): the click it
+            # waits for is recorded, so it is answered, and so is what it pipelined
+            # after it; then the connection ends (``_clicked``).
+            self.input_ended = True
+            return True
         # Closing: the client has read its answer. Otherwise a half-sent request is
         # dropped, as aiohttp drops it.
         return False
@@ -614,6 +624,11 @@ class _PixelProtocol(asyncio.Protocol):
             self._finish(data)
             return
         transport.write(data)
+        if self.input_ended:
+            self._serve()  # what came before the client's end of input
+            if self.pending is None and not self.closing and self.handler is None:
+                self.close()  # the written answers go out first
+            return
         limits = self.limits
         self.deadline = self.loop.time() + (
             limits.header_timeout if self.buffer else limits.idle_timeout)
