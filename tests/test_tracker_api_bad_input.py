@@ -75,7 +75,7 @@ async def test_relative_time_before_year_one_is_400(tracker: Tracker, since: str
     ({"address": "a@remote.test", "scope": ""}, "scope"),
     ({"address": ["a@remote.test"]}, "address"),
     ({"address": 12}, "address"),
-    ({"address": "<a@remote.test>"}, "address"),
+    ({"address": "<a@remote.test>, <b@remote.test>"}, "address"),
     ({"address": "a@remote.test", "reason": ["r"]}, "reason"),
     ({"address": "a@remote.test", "reason": "r" * 501}, "reason"),
     ({"address": "a@remote.test", "reason": "a\x00b"}, "reason"),
