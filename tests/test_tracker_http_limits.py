@@ -429,7 +429,11 @@ SIZES = {"http": {"max_request_line": 1024, "max_header_bytes": 4096}}
     (b"GET /o/abc.gif HTTP/1.1\r\n" + b"X-Pad: aaaaaaaaaaaaaaaaaaaa\r\n" * 200, 431,
      "header_size"),  # the head not even finished
     (b"GET /healthz HTTP/1.1\r\nCookie: " + b"c" * 5000 + b"\r\n\r\n", 431, "header_size"),
-], ids=["line", "line-unfinished", "api-line", "head", "head-unfinished", "api-cookie"])
+    # a whole head over both limits, in one segment: its line is too long (as when the
+    # line arrives alone), whatever the segments
+    (b"GET /o/" + b"a" * 5000 + b".gif HTTP/1.1\r\nHost: x\r\n\r\n", 414, "request_line"),
+], ids=["line", "line-unfinished", "api-line", "head", "head-unfinished", "api-cookie",
+        "line-over-the-head-size"])
 async def test_oversized_request_lines_get_414_and_heads_431(
         make_tracker: MakeTracker, data: bytes, status: int, limit: str) -> None:
     tracker = await make_tracker(SIZES)
@@ -440,6 +444,21 @@ async def test_oversized_request_lines_get_414_and_heads_431(
     assert closed
     assert limit_count(limit) == before + 1
     assert door_of(tracker).handed_off == 0
+
+
+@pytest.mark.parametrize("path", ["/o/TOKEN.gif", "/api/v1/events"])
+async def test_transfer_encoding_in_http_1_0_is_faulty_framing(tracker: Tracker,
+                                                               path: str) -> None:
+    """RFC 9112 section 6.1: an HTTP/1.0 message with Transfer-Encoding is faulty framing
+    and its connection must end. aiohttp read the chunked body and kept the connection
+    for the next request, which a proxy in front may have read as this one's body."""
+    before = limit_count("framing")
+    data = (f"GET {path} HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n").encode()
+    data += request("/o/TOKEN.gif")
+    (status, headers, _), closed = await answer_and_close(tracker, data)
+    assert status == "HTTP/1.1 400 Bad Request" and headers["connection"] == "close"
+    assert closed and limit_count("framing") == before + 1
 
 
 async def test_more_header_fields_than_aiohttp_takes_get_431(tracker: Tracker) -> None:

@@ -499,14 +499,16 @@ class _PixelProtocol(asyncio.Protocol):
                 if end < 4:
                     self._partial(buffer)
                     break
+                # The request line first, as _partial does: the answer must not depend
+                # on how the bytes were split into segments.
+                if buffer.find(b"\r\n", 0, end) > limits.max_request_line:
+                    self._refuse(414, "request_line", "Request line too long")
+                    return
                 if end > limits.max_header_bytes:
                     self._refuse(431, "header_size", "Request header fields too large")
                     return
                 head = buffer[:end]
                 # A bare CR or LF in a whole head: the parser refuses it (_take).
-                if head.find(b"\r\n") > limits.max_request_line:
-                    self._refuse(414, "request_line", "Request line too long")
-                    return
                 if not self._take(head, end):
                     return
                 self.buffer = buffer[end:]
@@ -567,6 +569,12 @@ class _PixelProtocol(asyncio.Protocol):
             self._refuse(505, "version", "HTTP version not supported")
             return False
         headers = message.headers
+        if message.version == HttpVersion10 and "Transfer-Encoding" in headers:
+            # RFC 9112 section 6.1: Transfer-Encoding in an HTTP/1.0 message is faulty
+            # framing (HTTP/1.0 has no chunked coding: a proxy in front may read the
+            # body otherwise), and the connection must not carry another request.
+            self._refuse(400, "framing", "Bad request: Transfer-Encoding in HTTP/1.0")
+            return False
         match = _TARGET.fullmatch(message.path) if head.startswith(_PREFIXES) else None
         if (match is None
                 or message.method not in ("GET", "HEAD")
