@@ -252,8 +252,10 @@ async def test_a_client_gone_mid_body_is_not_a_store_outage(tracker: Tracker) ->
         await wait_for(four_gone)
         await asyncio.sleep(0.3)
     gone = [e for e in logs if e["event"] == "http_client_gone"]
+    # an unsubscribe token unsubscribes whoever has it: the log keeps its start only
     assert sorted(e["path"] for e in gone) == sorted([
-        "/ui/login", f"/u/{unsubscribe}", "/api/v1/suppressions", "/api/v1/inbound"])
+        "/ui/login", f"/u/{unsubscribe[:6]}…", "/api/v1/suppressions", "/api/v1/inbound"])
+    assert not any(unsubscribe in str(e) for e in logs)
     assert all(e["log_level"] == "info" for e in gone)
     bad = [e for e in logs if e["log_level"] in ("warning", "error", "critical")
            or "store_unavailable" in e["event"] or e["event"] == "http_request_failed"]

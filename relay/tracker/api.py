@@ -97,8 +97,19 @@ class ClientGone(Exception):
     Logged by :func:`client_gone` as one info line, ``http_client_gone``."""
 
 
+#: A recipient door's path: its token is a bearer capability (an unsubscribe link's
+#: unsubscribes its recipient), so a log line keeps only its first characters.
+_TOKEN_PATH = re.compile(r"^(/[a-z]/)([A-Za-z0-9_-]{6})[^/]*")
+
+
+def loggable_path(path: str) -> str:
+    """``path`` fit for a log line: a token cut to its first 6 characters."""
+    return _TOKEN_PATH.sub(r"\1\2…", path)
+
+
 def client_gone(path: str, exc: ClientGone) -> None:
-    log.info("http_client_gone", path=path, error=str(exc) or "connection lost")
+    log.info("http_client_gone", path=loggable_path(path),
+             error=str(exc) or "connection lost")
 
 
 async def read_form(request: web.Request
