@@ -159,9 +159,11 @@ class UnsubscribeEndpoints:
         found = await self.store.find_suppression(recipient, sorted({"", scope}))
         if found is not None:
             return _unsubscribed(_done(found["scope"], message["sender"], recipient))
-        action = html.escape(f"/u/{token}", quote=True)
+        # No action: the form posts back to the page's own URL (HTML's form submission
+        # algorithm), whatever path a proxy serves the tracker under (a base_url with a
+        # path, https://example.com/track/u/<token>); "/u/<token>" missed it.
         body = (f"<p>{_question(scope, message['sender'], recipient)}</p>"
-                f"<form method=\"post\" action=\"{action}\">"
+                f"<form method=\"post\">"
                 f"<input type=\"hidden\" name=\"source\" value=\"page\">"
                 f"<button type=\"submit\" id=\"unsubscribe\">Unsubscribe</button></form>")
         return _page("Unsubscribe", body)
