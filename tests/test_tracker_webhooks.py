@@ -125,6 +125,7 @@ async def test_failing_slow_then_recovering_receiver(make_tracker: MakeTracker,
     assert failed["endpoint"] == receiver.url("/b")
     assert failed["attempts"] == 3 and failed["last_error"] == "HTTP 500"
     assert failed["payload"]["type"] == "first_open"
+    assert failed["next_attempt_at"] is None  # finished: no next attempt
     assert [h.answered for h in receiver.hits if h.path == "/b"] == [500, 410, 500]
 
     async def a_marked() -> bool:
@@ -135,6 +136,7 @@ async def test_failing_slow_then_recovering_receiver(make_tracker: MakeTracker,
     _, body = await t.api("/webhooks/deliveries", status="delivered")
     assert [d["endpoint"] for d in body["items"]] == [receiver.url("/a")]
     assert body["items"][0]["attempts"] == 3
+    assert body["items"][0]["next_attempt_at"] is None
 
 
 async def test_first_open_fires_once_per_recipient_across_processes(

@@ -96,6 +96,9 @@ def delivery_json(row: Mapping[str, Any]) -> dict[str, Any]:
         "status": row["status"],
         "last_error": row.get("last_error"),
         "created_at": iso_time(row.get("created_at")),
-        "next_attempt_at": iso_time(row.get("next_attempt_at")),
+        # only a pending delivery has a next attempt (a finished one keeps the time its
+        # last claim pushed it to, which means nothing)
+        "next_attempt_at": (iso_time(row.get("next_attempt_at"))
+                            if row["status"] == "pending" else None),
         "delivered_at": iso_time(row.get("delivered_at")),
     }
