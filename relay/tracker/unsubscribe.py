@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import html
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -63,6 +64,15 @@ def _page(title: str, body: str, status: int = 200, retry: bool = False) -> web.
 NOT_FOUND = ("Link not found", "<p>This unsubscribe link is not valid.</p>")
 NOT_STORED = ("Try again shortly", "<p>This unsubscribe link cannot be used just now. "
               "Please try again in a minute.</p>")
+
+
+def _try_later(browser: bool) -> web.Response:
+    """The 503 a genuine link gets while its message or the store cannot be read: the
+    page for a person, a line for a mailbox provider's one-click POST."""
+    if browser:
+        return _page(*NOT_STORED, status=503, retry=True)
+    return web.Response(status=503, text="try again later\n",
+                        headers={"Retry-After": "60", "Cache-Control": "no-store"})
 
 
 def _unsubscribed(sentence: str) -> web.Response:
@@ -121,31 +131,26 @@ class UnsubscribeEndpoints:
         return message, data.recipient_index, message["recipients"][data.recipient_index]
 
     async def page(self, request: web.Request) -> web.Response:
-        try:
-            return await self._page(request)
-        except Exception as exc:
-            if not store_unavailable(exc):
-                raise
-            log.warning("unsubscribe_store_unavailable", method=request.method,
-                        error=repr(exc))
-            return _page(*NOT_STORED, status=503, retry=True)
+        return await self._guarded(request, self._page)
 
     async def unsubscribe(self, request: web.Request) -> web.Response:
-        """The POST; a store that cannot be read or written now is a 503 with
-        ``Retry-After``, so the provider's POST comes again (the event and the
-        suppression are written again then: the same event adds nothing, the
-        suppression it lacked is added)."""
+        return await self._guarded(request, self._unsubscribe)
+
+    async def _guarded(self, request: web.Request,
+                       handler: Callable[[web.Request], Awaitable[web.Response]]
+                       ) -> web.Response:
+        """A store that cannot be read or written now is a 503 with ``Retry-After``, so
+        the provider's POST comes again (the event and the suppression are written
+        again then: the same event adds nothing, the suppression it lacked is added)."""
         try:
-            return await self._unsubscribe(request)
+            return await handler(request)
         except Exception as exc:
             if not store_unavailable(exc):
                 raise
             log.warning("unsubscribe_store_unavailable", method=request.method,
                         error=repr(exc))
-            if "text/html" in request.headers.get("Accept", ""):
-                return _page(*NOT_STORED, status=503, retry=True)
-            return web.Response(status=503, text="try again later\n",
-                                headers={"Retry-After": "60", "Cache-Control": "no-store"})
+            return _try_later(request.method != "POST"
+                              or "text/html" in request.headers.get("Accept", ""))
 
     async def _page(self, request: web.Request) -> web.Response:
         token = request.match_info["token"]
@@ -175,10 +180,7 @@ class UnsubscribeEndpoints:
         if isinstance(resolved, str):
             browser = "text/html" in request.headers.get("Accept", "")  # the page's form
             if resolved == "not_stored":
-                if browser:
-                    return _page(*NOT_STORED, status=503, retry=True)
-                return web.Response(status=503, text="try again later\n",
-                                    headers={"Retry-After": "60", "Cache-Control": "no-store"})
+                return _try_later(browser)
             if browser:
                 return _page(*NOT_FOUND, status=404)
             return web.Response(status=404, text="unknown unsubscribe link\n")
