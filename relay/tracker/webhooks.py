@@ -230,10 +230,11 @@ class WebhookDispatcher:
             await self._feed_event(row)
         if page.next_cursor is not None:
             self._cursor = page.next_cursor
-            # Recorded once the page's entries are in the outbox: a process killed
-            # before this feeds the page again at the next start (the dedupe keys add
-            # each delivery once).
-            await self.store.record_webhooks_fed(page.next_cursor)
+            if page.items:
+                # Recorded once the page's entries are in the outbox: a process killed
+                # before this feeds the page again at the next start (the dedupe keys
+                # add each delivery once). An empty round writes nothing.
+                await self.store.record_webhooks_fed(page.next_cursor)
         return bool(page.items)
 
     async def _feed_event(self, row: EventRow) -> None:
