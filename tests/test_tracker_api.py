@@ -254,3 +254,32 @@ async def test_wrong_method_is_json_405_and_api_guard_stays_off_other_routes(
     root = tracker.runner.app
     assert not root.middlewares
     assert root._run_middlewares is False
+
+
+async def test_events_in_stored_order_follow_new_ones(tracker: Tracker) -> None:
+    """``order=stored`` lists events as the store took them, with a next_cursor that is
+    never null: a client polls with it and gets exactly what was stored since, a bounce
+    stored late under an early time included (newest first with ``since=`` misses it)."""
+    from relay.records import Event
+
+    sent = await seed_message(tracker.store, recipients=["carol@customer.test"])
+    status, first = await tracker.api("/events", order="stored", message=sent.message_id)
+    assert status == 200 and [e["type"] for e in first["items"]] == ["sent"]
+    cursor = first["next_cursor"]
+    status, empty = await tracker.api("/events", order="stored", cursor=cursor)
+    assert status == 200 and empty["items"] == [] and empty["next_cursor"]
+    now = time.time()
+    for kind, at in (("open", now), ("bounce", now - 3600)):  # the bounce stored late
+        tracker.store.enqueue(Event(type=kind, message_id=sent.message_id,
+                                    recipient="carol@customer.test", time=at,
+                                    data={"reason": "mailboxfull"} if kind == "bounce"
+                                    else {}))
+        await tracker.store.flush()
+    status, new = await tracker.api("/events", order="stored", cursor=empty["next_cursor"])
+    assert [e["type"] for e in new["items"]] == ["open", "bounce"]
+    status, again = await tracker.api("/events", order="stored", cursor=new["next_cursor"])
+    assert again["items"] == []
+    status, newest = await tracker.api("/events", since=str(now - 60))
+    assert "bounce" not in [e["type"] for e in newest["items"]]  # what since= misses
+    status, bad = await tracker.api("/events", order="oldest")
+    assert status == 400 and bad["parameter"] == "order"

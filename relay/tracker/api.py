@@ -464,7 +464,7 @@ class Api:
 
     async def list_events(self, request: web.Request) -> web.Response:
         q = Query(request, ("type", "message", "recipient", "campaign", "since", "until",
-                            "machine", "cursor", "limit"))
+                            "machine", "cursor", "limit", "order"))
         types: list[str] = []
         for raw in request.query.getall("type", []):
             for name in raw.split(","):
@@ -480,7 +480,12 @@ class Api:
             scope=_scope(request), type=types or None, message_id=message,
             recipient=_lower(q.text("recipient")), campaign=q.text("campaign", 200),
             since=since, until=until, machine=q.boolean("machine"),
-            cursor=q.text("cursor", 1000), limit=q.limit(100))
+            cursor=q.text("cursor", 1000), limit=q.limit(100),
+            # "stored": in the order the store took them, for a client that keeps up
+            # with new events by polling with the last next_cursor (never null then):
+            # a bounce or a replayed hit stored late under an early time is not missed,
+            # as it would be by polling newest first with since=
+            order="asc" if q.choice("order", ("time", "stored")) == "stored" else "desc")
         return ok({"items": [serialize.event_json(e) for e in page.items],
                    "next_cursor": page.next_cursor})
 

@@ -369,6 +369,10 @@ def openapi_document(base_url: str = "") -> dict[str, Any]:
                     P_RECIPIENT, P_CAMPAIGN, P_SINCE, P_UNTIL,
                     _param("machine", "Only machine (true) or only human (false) events.",
                            {"type": "boolean"}),
+                    _param("order", "time: newest first (the default); stored: in the "
+                           "order the store took them, oldest first, next_cursor never "
+                           "null (poll with it to follow new events).",
+                           {"type": "string", "enum": ["time", "stored"]}),
                     P_CURSOR, _limit(100),
                 ],
                 "responses": _responses("EventPage", "A page of events."),
