@@ -779,7 +779,7 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def webhooks_fed_cursor(self) -> str | None:
         """Where the webhook feeding stopped, as an ascending ``list_events`` cursor
-        (None: no feeder has recorded a mark yet)."""
+        (None: no feeder has recorded a mark yet; the first records where it starts)."""
 
     # needed by tracker
     async def events_tail_cursor(self) -> str:

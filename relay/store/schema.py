@@ -462,10 +462,10 @@ MIGRATIONS: list[tuple[int, str, list[Statement]]] = [
         # How far the webhook feeders have turned stored events into outbox entries
         # (relay.tracker.webhooks): a process that starts after one was killed takes up
         # the log where the feeding stopped, not at its end (events the killed process
-        # had stored but not fed would never be sent). 0: no feeder has run yet.
+        # had stored but not fed would never be sent). -1: no feeder has run yet.
         """CREATE TABLE webhook_state (
             id INTEGER PRIMARY KEY,
-            fed_seq {bigint} NOT NULL DEFAULT 0
+            fed_seq {bigint} NOT NULL DEFAULT -1
         )""",
         "INSERT INTO webhook_state (id) VALUES (1)",
     ]),

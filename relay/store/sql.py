@@ -792,8 +792,8 @@ class SqlStore(ContactScoresSql, Store):
 
     async def webhooks_fed_cursor(self) -> str | None:
         row = await self._fetchrow("SELECT fed_seq FROM webhook_state WHERE id = 1")
-        seq = int(row["fed_seq"]) if row else 0
-        return encode_cursor(seq) if seq > 0 else None
+        seq = int(row["fed_seq"]) if row else -1
+        return encode_cursor(seq) if seq >= 0 else None
 
     async def refresh_report_rollups(self, budget: float) -> int:
         from relay.store import rollups

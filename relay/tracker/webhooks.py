@@ -219,9 +219,14 @@ class WebhookDispatcher:
         """Turn newly stored events into outbox entries; True if there were any."""
         if not self._positioned:  # first round (retried while the store is down)
             # Where the feeding stopped (a killed process's stored events not yet fed
-            # among what follows), else, the first time, where the log ends now.
-            self._cursor = (await self.store.webhooks_fed_cursor()
-                            or await self.store.events_tail_cursor())
+            # among what follows), else, the first time ever, where the log ends now,
+            # recorded at once: a first feeder killed before its first page is fed must
+            # not leave the next start to begin at a later end.
+            cursor = await self.store.webhooks_fed_cursor()
+            if cursor is None:
+                cursor = await self.store.events_tail_cursor()
+                await self.store.record_webhooks_fed(cursor)
+            self._cursor = cursor
             self._positioned = True
             return False
         page = await self.store.list_events(order="asc", cursor=self._cursor,
