@@ -238,14 +238,14 @@ async def test_a_genuine_link_whose_message_is_not_stored_yet_is_503(
     assert await stack.events(type="unsubscribe") == []
 
 
+# SQLite's write lock (refuse_writes); PostgreSQL's store would wait out its lock.
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
 async def test_a_one_click_post_the_store_cannot_take_is_asked_again(
         make_stack: MakeStack, store_url: str) -> None:
     """Another session holds SQLite's write lock: the suppression cannot be written.
     The one-click POST got a 500 while its event went into the spool, so the event was
     stored later and the address never suppressed. It gets a 503 with ``Retry-After``
     (the provider posts again), and the POST once the lock is gone suppresses it."""
-    if not store_url.startswith("sqlite:///"):
-        pytest.skip("SQLite's write lock: the PostgreSQL store waits for a row lock")
     from tests.test_tracker_write_refusal import refuse_writes
     stack = await make_stack()
     _message_id, url = await campaign_to(stack, "dana@remote.test")
