@@ -29,7 +29,7 @@ from schemathesis import GenerationMode
 from schemathesis.checks import negative_data_rejection, positive_data_acceptance
 
 from relay.app import App
-from relay.config import build_config
+from relay.config import HttpConfig, build_config
 from relay.plugin_host import PluginHost
 from relay.store import open_store
 from relay.tracker.web import create_web_app, listen
@@ -183,6 +183,19 @@ def wire_query_is_valid(document: dict[str, Any], operation: Any, url: str) -> b
     return True
 
 
+def wire_size_exceeds_limits(request: Any, status: int) -> bool:
+    """Whether a request refused for its size (414 or 431) was over the default limits
+    (http.max_request_line, http.max_header_bytes) as it went on the wire."""
+    limits = HttpConfig()
+    request_line = f"{request.method} {request.path_url} HTTP/1.1"
+    if status == 414:
+        return len(request_line.encode()) > limits.max_request_line
+    head = sum(len(f"{name}: {value}\r\n".encode("latin-1", "replace"))
+               for name, value in request.headers.items())
+    return len(request_line) + head > limits.max_header_bytes or any(
+        len(str(value)) > limits.max_request_line for value in request.headers.values())
+
+
 def fuzz(document: dict[str, Any], operations: list[Any], token: str,
          mode: GenerationMode) -> None:
     headers = {"Authorization": f"Bearer {token}"}
@@ -215,6 +228,13 @@ def fuzz(document: dict[str, Any], operations: list[Any], token: str,
                 # "3" for an integer goes as 3). What arrived is judged, not what was
                 # generated; every answer is still checked against the document.
                 excluded.append(negative_data_rejection)
+            if response.status_code in (414, 431):
+                # The server's size limits (http.max_request_line, max_header_bytes)
+                # refuse what is too long whatever the document allows, and say so with
+                # the statuses the document lists for them; it must really be too long.
+                assert wire_size_exceeds_limits(response.request, response.status_code), (
+                    case.as_curl_command(), response.status_code)
+                excluded += [negative_data_rejection, positive_data_acceptance]
             if case.operation.label in TEXT_BODIES:
                 # Any bytes are some text, and the document cannot say which bytes make
                 # a message or a CSV file: intake and the import judge the body (422, or
