@@ -156,7 +156,7 @@ class UnsubscribeEndpoints:
         token = request.match_info["token"]
         resolved = await self._resolve(token)
         if resolved == "not_stored":
-            return _page(*NOT_STORED, status=503, retry=True)
+            return _try_later(browser=True)
         if isinstance(resolved, str):
             return _page(*NOT_FOUND, status=404)
         message, _index, recipient = resolved
