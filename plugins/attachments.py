@@ -76,6 +76,26 @@ def _kind(content_type: str, filename: str) -> str:
     return ext or content_type.split("/")[-1].upper()
 
 
+def html_name(filename: str, charset: str) -> str:
+    """The name as HTML the part's charset can carry: characters it cannot hold as
+    numeric character references (HTML Standard 13.1.4), so the block never keeps the
+    part from being encoded back to its own charset."""
+    escaped = html.escape(filename)
+    try:
+        return escaped.encode(charset, "xmlcharrefreplace").decode(charset)
+    except LookupError:
+        return escaped.encode("ascii", "xmlcharrefreplace").decode("ascii")
+
+
+def text_name(filename: str, charset: str) -> str:
+    """The name as plain text in the part's charset: what it cannot hold becomes ``?``
+    (the link still names the file, and the download keeps the whole name)."""
+    try:
+        return filename.encode(charset, "replace").decode(charset)
+    except LookupError:
+        return filename.encode("ascii", "replace").decode("ascii")
+
+
 def wanted(cfg: AttachmentsConfig, leaf: LeafPart, size: int) -> bool:
     if size > cfg.max_size:
         return False
@@ -143,7 +163,7 @@ async def trackrelay_edit_html(context: RewriteContext, part: HtmlPart) -> None:
         return
     context.state[STATE + ".html"] = True
     rows = "".join(
-        f'<div><a href="{escape_attr(f.url)}">{html.escape(f.filename)}</a> '
+        f'<div><a href="{escape_attr(f.url)}">{html_name(f.filename, part.charset)}</a> '
         f'<span style="color:#6b7280">({_kind(f.content_type, f.filename)}, '
         f"{size_text(f.size)})</span></div>" for f in linked)
     block = (f'<div style="{BLOCK_STYLE}"><div style="color:#374151;font-weight:bold;'
@@ -159,8 +179,9 @@ async def trackrelay_edit_text(context: RewriteContext, part: PlainTextPart) -> 
     context.state[STATE + ".text"] = True
     newline = "\r\n" if "\r\n" in part.text else "\n"
     lead = "" if not part.text or part.text.endswith(("\n", "\r")) else newline
-    lines = [f"- {f.filename} ({_kind(f.content_type, f.filename)}, {size_text(f.size)}): "
-             f"{f.url}" for f in linked]
+    lines = [f"- {text_name(f.filename, part.charset)} "
+             f"({_kind(f.content_type, f.filename)}, {size_text(f.size)}): {f.url}"
+             for f in linked]
     part.insert(len(part.text), lead + newline.join(["", "Attachments:", *lines, ""]),
                 owner=NAME)
 

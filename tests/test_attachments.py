@@ -6,6 +6,7 @@ removes the file; a storage plugin can keep the bytes instead of the store."""
 
 from __future__ import annotations
 
+import base64
 import email
 import email.policy
 import re
@@ -205,3 +206,55 @@ async def test_purge_takes_the_files_too(make_stack: MakeStack) -> None:
     rows = await stack.store._fetch(  # type: ignore[attr-defined]
         "SELECT COUNT(*) AS n FROM attachment_blobs")
     assert rows[0]["n"] == 0  # no file is kept that no message points at
+
+
+def latin1_message(html_cte: str = "8bit") -> bytes:
+    """A Latin-1 message whose attachment's name Latin-1 cannot hold."""
+    pdf = base64.encodebytes(PDF).replace(b"\n", b"\r\n")
+    html = "<html><body><p>Caf\xe9: the report.</p></body></html>".encode("latin-1")
+    return (b"From: sales@example.com\r\nTo: dan@remote.test\r\nSubject: Report\r\n"
+            b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=M\r\n\r\n"
+            b"--M\r\nContent-Type: multipart/alternative; boundary=A\r\n\r\n"
+            b"--A\r\nContent-Type: text/plain; charset=iso-8859-1\r\n"
+            b"Content-Transfer-Encoding: 8bit\r\n\r\nCaf\xe9: the report.\r\n"
+            b"--A\r\nContent-Type: text/html; charset=iso-8859-1\r\n"
+            b"Content-Transfer-Encoding: " + html_cte.encode() + b"\r\n\r\n" + html
+            + b"\r\n--A--\r\n"
+            b"--M\r\nContent-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n"
+            b"Content-Disposition: attachment; filename*=utf-8''%E6%97%A5%E6%9C%AC.pdf"
+            b"\r\n\r\n" + pdf + b"--M--\r\n")
+
+
+async def test_a_name_the_parts_charset_cannot_hold_still_becomes_a_link(
+        make_stack: MakeStack) -> None:
+    """The HTML names the file with character references, which every charset carries;
+    the text part with what its charset can hold. Before, the edit could not be encoded
+    back to Latin-1: the part went out unedited, and the file had been taken out."""
+    stack = await stack_with(make_stack)
+    out, url = await send(stack, latin1_message())
+    assert not [p for p in out.walk() if p.get_filename()]  # the PDF became the link
+    html = next(p for p in out.walk() if p.get_content_type() == "text/html")
+    assert html.get_content_charset() == "iso-8859-1"
+    raw_html = html.get_payload(decode=True)
+    assert b"&#26085;&#26412;.pdf</a>" in raw_html and b"Caf\xe9" in raw_html
+    text = next(p for p in out.walk() if p.get_content_type() == "text/plain")
+    assert f"- ??.pdf (PDF, 10.0 KB): {url}" in str(text.get_content())
+    async with stack.http.get(url, headers={"User-Agent": CHROME}) as resp:
+        assert await resp.read() == PDF
+        assert "%E6%97%A5%E6%9C%AC.pdf" in resp.headers["Content-Disposition"]
+
+
+async def test_a_file_stays_attached_when_a_part_cannot_carry_its_link(
+        make_stack: MakeStack) -> None:
+    """An HTML part in a transfer encoding the rewrite cannot read goes out as it came,
+    without the link; its reader would have neither the file nor the link, so the file
+    stays attached (the text part's line is an extra way to it)."""
+    stack = await stack_with(make_stack)
+    await stack.send("sales@example.com", ["dan@remote.test"],
+                     latin1_message(html_cte="x-uuencode"))
+    out = email.message_from_bytes(stack.sink.received[-1].data, policy=email.policy.default)
+    assert isinstance(out, EmailMessage)
+    (pdf,) = [p for p in out.walk() if p.get_filename()]
+    assert pdf.get_payload(decode=True) == PDF
+    html = next(p for p in out.walk() if p.get_content_type() == "text/html")
+    assert b"/a/" not in html.get_payload(decode=True)

@@ -149,7 +149,10 @@ class RewriteContext:
     def remove_leaf(self, leaf: LeafPart) -> None:
         """Take a non-text part (``context.tree.leaves``) out of the message whole, its
         delimiter line included; applied with the part edits, in the same one splice. A
-        part at the top level (not inside a multipart) cannot be removed."""
+        part at the top level (not inside a multipart) cannot be removed. The removal is
+        dropped, the part kept, when a text part the hooks were to edit goes out unedited
+        (it could not be decoded, or its edits not encoded back to its charset): what
+        replaces a removed part must reach every reader."""
         if leaf.remove_span is None:
             raise ValueError("only a part inside a multipart can be removed")
         if leaf not in self.removed_leaves:

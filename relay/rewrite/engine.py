@@ -169,6 +169,7 @@ async def _edit_parts(context: RewriteContext, tree: MimeTree) -> None:
                        if host.implements(hook) and (i == 1 or tracked)]
              for is_html, names in PART_HOOKS.items()}
     replacements: list[tuple[int, int, bytes]] = []
+    left_alone = 0  # parts the hooks were to edit that go out as they came
     for leaf in tree.parts:
         is_html = leaf.content_type == "text/html"
         if not hooks[is_html]:
@@ -182,6 +183,7 @@ async def _edit_parts(context: RewriteContext, tree: MimeTree) -> None:
             # "charset_not_reversible": the text would not encode back to the part's bytes.
             reason = getattr(exc, "reason", "undecodable")
             _skip_part(context, reason, leaf.path, str(exc))
+            left_alone += 1
             if is_html and tracked and context.policy.clicks:
                 _count_lost_links(context, reason, _links_in_bytes(data))
             continue
@@ -205,6 +207,7 @@ async def _edit_parts(context: RewriteContext, tree: MimeTree) -> None:
             lost = context.stats.links_rewritten - rewritten
             context.stats.links_rewritten = rewritten
             _skip_part(context, "unencodable", leaf.path, str(exc))
+            left_alone += 1
             # The links this part skipped keep their reasons; the ones it tracked are not.
             _count_lost_links(context, "unencodable", lost)
             continue
@@ -220,8 +223,15 @@ async def _edit_parts(context: RewriteContext, tree: MimeTree) -> None:
                 message.edit_header_block(
                     functools.partial(set_transfer_encoding, cte=new_cte,
                                       newline=message.newline, top=True))
-    for removed in context.removed_leaves:
-        assert removed.remove_span is not None
-        replacements.append((*removed.remove_span, b""))
+    if context.removed_leaves and left_alone:
+        # A part taken out is replaced by what plugins wrote into the text parts (the
+        # attachments plugin's links); a text part that could not carry it would leave
+        # its reader with neither, so every part stays.
+        log.warning("rewrite_removals_kept", txn=context.transaction.id,
+                    parts=len(context.removed_leaves), parts_left_alone=left_alone)
+    else:
+        for removed in context.removed_leaves:
+            assert removed.remove_span is not None
+            replacements.append((*removed.remove_span, b""))
     if replacements:
         message.set_body(splice(body, replacements))
