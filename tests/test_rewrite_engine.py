@@ -150,6 +150,29 @@ def test_walk_finds_text_parts_in_nested_tree() -> None:
     assert tree.skipped == {"other_type": 1, "rfc822": 1, "attachment": 1}
 
 
+@pytest.mark.parametrize("ctype", [
+    "text/html (the body); charset=utf-8", "text / html; charset=utf-8",
+    "Text/HTML(a (nested) comment);charset=utf-8"])
+async def test_a_content_type_with_comments_is_still_html(ctype: str) -> None:
+    """RFC 2045 section 5.1 allows RFC 822 comments and white space around the type and
+    subtype; compat32 keeps them in the type, which read as no known type at all."""
+    out, ctx = await rewrite(make_app(), message(ctype, "8bit", HTML.encode()))
+    assert ctx.tracked and ctx.stats.links_rewritten == 1 and ctx.stats.pixel
+    assert b"https://example.com/a" not in out
+    head, _, _ = message("multipart/mixed (parts); boundary=B", "", b"").partition(
+        b"\r\n\r\n")
+    tree = walk(parse_headers(head + b"\r\n"), b"--B\r\nContent-Type: " + ctype.encode()
+                + b"\r\n\r\n<p>x</p>\r\n--B--\r\n")
+    assert [p.content_type for p in tree.parts] == ["text/html"]
+
+
+def test_an_invalid_content_type_is_plain_text() -> None:
+    """RFC 2045 section 5.2: a Content-Type that cannot be read is text/plain."""
+    head, _, _ = message("text/html (unclosed", "", b"").partition(b"\r\n\r\n")
+    tree = walk(parse_headers(head + b"\r\n"), b"<p>x</p>")
+    assert [p.content_type for p in tree.parts] == ["text/plain"]
+
+
 def test_decode_charset_detects_missing_and_wrong() -> None:
     latin = "café crème".encode("latin-1")
     got = decode_charset(latin, None)

@@ -202,6 +202,26 @@ def _branch(path: str, ancestor: str) -> int | None:
     return int(head) if head.isdigit() else None
 
 
+#: RFC 822 comments and white space, which RFC 2045 section 5.1 allows around the type
+#: and subtype tokens (``text/html (the body)``, ``text / html``); compat32 keeps them.
+_CFWS = re.compile(r"\([^()]*\)|\s+")
+_MEDIA_TYPE = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]+/[!#$%&'*+.^_`|~0-9a-z-]+")
+
+
+def _media_type(ctype: str) -> str:
+    """``type/subtype`` without comments; a value that is still not one is read as
+    ``text/plain``, as RFC 2045 section 5.2 says of an invalid Content-Type."""
+    if _MEDIA_TYPE.fullmatch(ctype):
+        return ctype
+    bare = ctype
+    while True:  # comments nest: the innermost go first
+        stripped = _CFWS.sub("", bare)
+        if stripped == bare:
+            break
+        bare = stripped
+    return bare if _MEDIA_TYPE.fullmatch(bare) else "text/plain"
+
+
 def walk(headers: Message, body: bytes) -> MimeTree:
     """Find the text parts of a message given its top-level headers and raw body."""
     tree = MimeTree()
@@ -217,7 +237,7 @@ def _walk(headers: Message, body: bytes, start: int, end: int,
     if headers.get("Content-Type") is None:
         ctype = default_type
     else:
-        ctype = headers.get_content_type()
+        ctype = _media_type(headers.get_content_type())
     maintype = ctype.split("/", 1)[0]
     secured = _secured(ctype, headers)
     if secured is not None:
