@@ -39,8 +39,6 @@ NOT_FOUND = {
 #: Notices where the classifier names an address that is not a failed recipient.
 EXTRA = {
     "yale_01.eml": "the help text's example addresses ('if mike.fox@yale.edu fails')",
-    "dumbass_01.eml": "the last resort, the returned message's To:, is a list's address "
-                      "in mail sent to a list",
 }
 #: Notices whose kind (warning or failure) the classifier reads otherwise.
 KIND: dict[str, str] = {}

@@ -317,3 +317,65 @@ Reason: 550 5.1.1 <carl@acme.test>: mailbox unavailable (in reply to RCPT TO com
 """)
     assert [(r.recipient, r.reason) for r in classify(raw)] == [
         ("carl@acme.test", "userunknown")]
+
+
+# --- 5. list and bulk mail that quotes a notice ------------------------------------------------
+
+NEWSLETTER_QUOTING_A_REPLY = _msg(f"""
+Return-Path: <blog@esp.test>
+From: ESP Blog <blog@esp.test>
+To: {VERP}
+Subject: Undeliverable mail returned to sender? Here's what to do
+List-Unsubscribe: <mailto:unsub@esp.test>
+Precedence: bulk
+""", """
+Seeing 'Mail delivery failed: returning message to sender'? The failed address is
+listed first, e.g. jane@remote.test: 550 5.1.1 user unknown.
+""")
+
+NEWSLETTER_SHOWING_A_REPORT = _msg(f"""
+From: Postmaster Academy <lessons@academy.test>
+To: {VERP}
+Subject: Lesson 4: reading a delivery report
+List-Id: Postmaster lessons <lessons.academy.test>
+""", """
+A delivery status notification looks like this:
+
+    Final-Recipient: rfc822; sample.user@remote.test
+    Action: failed
+    Status: 5.1.1
+    Diagnostic-Code: smtp; 550 5.1.1 <sample.user@remote.test>: User unknown
+""")
+
+#: A notice a mailing list passed on keeps the mail system's From address (Mailman posts
+#: what reaches the list as it came) beside the list's own fields.
+NOTICE_A_LIST_PASSED_ON = _msg(f"""
+From: MAILER-DAEMON@mx.remote.test (Mail Delivery System)
+To: {VERP}
+Subject: Undelivered Mail Returned to Sender
+List-Id: Users <users.lists.test>
+List-Unsubscribe: <mailto:users-leave@lists.test>
+""", """
+I'm sorry to have to inform you that your message could not
+be delivered to one or more recipients.
+
+<gone@remote.test>: host mx.remote.test[192.0.2.7] said: 550 5.1.1 <gone@remote.test>:
+    Recipient address rejected: User unknown in local recipient table (in reply to
+    RCPT TO command)
+""")
+
+
+@pytest.mark.parametrize("raw", [NEWSLETTER_QUOTING_A_REPLY, NEWSLETTER_SHOWING_A_REPORT],
+                         ids=["quoted-reply", "sample-report"])
+def test_list_mail_quoting_a_notice_is_not_a_bounce(raw: bytes) -> None:
+    """List and bulk mail (RFC 2369 List-Unsubscribe, RFC 2919 List-Id) from a sender
+    that is not the mail system, with no report part: a notice comes from the null
+    reverse-path and never carries those fields (RFC 5321 section 4.5.5). A display name
+    saying "Postmaster" is not the mail system's address."""
+    assert classify(raw) == []
+
+
+def test_a_notice_a_list_passed_on_is_still_a_bounce() -> None:
+    (record,) = classify(NOTICE_A_LIST_PASSED_ON)
+    assert (record.recipient, record.reason, record.hard) == (
+        "gone@remote.test", "userunknown", True)

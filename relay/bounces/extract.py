@@ -14,6 +14,9 @@ Parsers, tried in this order (each is an identifiable ``parser:`` entry):
   no record at all, they report on a message that *was* delivered; but ``rfc5429``: the
   MDN a Sieve ``reject`` sends (disposition "automatic-action/…; deleted", a text saying
   it rejected the message) is the recipient's filter refusing it, one failure record;
+* ``list``: list or bulk mail (``List-Id``, ``List-Unsubscribe``, … from a sender that
+  is not the mail system, no delivery-status part) gives no record, whatever report
+  fields or refusals it quotes: a newsletter about bounces is no evidence about anyone;
 * ``rfc3464``: a ``message/delivery-status`` part, one record per recipient block,
   read together with the notice paragraph that names the recipient (a block without
   ``Action:`` is read from its ``Status:``: class 2 is a success); also DSN fields
@@ -43,6 +46,7 @@ server's ``postmaster@``.
 
 from __future__ import annotations
 
+import email.utils
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -171,6 +175,10 @@ def extract(msg: Message, rules: RuleSet, trace: Trace | None = None,
         report = parse_fields(status_text)
         blocks = [r for r in report.recipients if r.recipient]
         reporting_mta = report.reporting_mta
+    # --- list mail: a newsletter that quotes a notice is not one ----------------------------
+    if not blocks and _list_mail(msg, rules):
+        _fire(trace, "parser:list")
+        return []
     if not blocks and "final-recipient" in notice.lower() \
             and vendors.looks_like_bounce(msg, notice, rules, trace):
         # DSN fields pasted into a prose notice (no report part).
@@ -256,6 +264,35 @@ def _is_mdn(msg: Message, anatomy: Anatomy) -> bool:
     report_type = msg.get_param("report-type", header="content-type")
     return msg.get_content_type() == "multipart/report" and isinstance(report_type, str) \
         and report_type.strip().lower() == "disposition-notification"
+
+
+#: Header fields only list and bulk mail carries: RFC 2369 (List-Unsubscribe and the
+#: other commands), RFC 2919 (List-Id), RFC 8058 (one-click unsubscribe).
+_LIST_FIELDS = ("List-Id", "List-Unsubscribe", "List-Post", "List-Help",
+                "List-Unsubscribe-Post")
+
+
+def _list_mail(msg: Message, rules: RuleSet) -> bool:
+    """Mail a list or a sender's bulk program sent, with nothing of a mail system's
+    notice: no delivery-status part (checked by the caller), a From that is not the mail
+    system, no ``X-Failed-Recipients``, not marked automatic (RFC 3834 section 5). A
+    notice comes from the null reverse-path (RFC 5321 section 4.5.5) and never carries
+    the list fields; a newsletter about bounces quotes "550 5.1.1 user unknown" and the
+    fields of a sample report, and is no evidence about anyone. A notice a list passed
+    on keeps the mail system's From address (Mailman posts it as it came); a display
+    name is not enough here ("Postmaster Academy" sends lessons about reports)."""
+    if not any(msg.get(name) is not None for name in _LIST_FIELDS):
+        return False
+    if msg.get("X-Failed-Recipients") or _daemon_address(msg, rules):
+        return False
+    auto = str(msg.get("Auto-Submitted", "") or "").strip().lower()
+    return not auto or auto.startswith("no")
+
+
+def _daemon_address(msg: Message, rules: RuleSet) -> bool:
+    """Whether the From address itself (not its display name) is the mail system's."""
+    address = email.utils.parseaddr(str(msg.get("From", "") or ""))[1].lower()
+    return rules.layout("daemon").first(address or "<>") is not None
 
 
 def _personal(msg: Message, rules: RuleSet) -> bool:
