@@ -708,7 +708,18 @@ def _env_overrides(environ: typing.Mapping[str, str]
     out: dict[str, dict[str, Any]] = {}
     origins: dict[str, dict[str, str]] = {}
     for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX) or "__" not in name:
+        if not name.startswith(ENV_PREFIX):
+            if name.upper().startswith(ENV_PREFIX) and "__" in name:
+                raise ConfigError(f"{name}: not read: the variables are upper case "
+                                  f"({name.upper()})")
+            continue
+        if "__" not in name:
+            rest = name[len(ENV_PREFIX):].lower()
+            section = next((s for s in SECTIONS if rest.startswith(s + "_")), None)
+            if section is not None:
+                key = rest[len(section) + 1:].upper()
+                raise ConfigError(f"{name}: not read: a section and its key are joined by "
+                                  f"two underscores ({ENV_PREFIX}{section.upper()}__{key})")
             continue
         section, _, key = name[len(ENV_PREFIX):].lower().partition("__")
         try:
@@ -742,6 +753,25 @@ SECTIONS: dict[str, Any] = {
     for f in dataclasses.fields(Config)
     if f.name not in ("plugin_settings", "source")
 }
+
+
+#: Upstream keys that say where mail is to go: set from the environment while the file
+#: captures (the Docker image's default), they mean the admin wants it relayed.
+_RELAY_KEYS = ("host", "port", "tls", "username", "password", "password_file")
+
+
+def _check_capture_overrides(config: Config, upstream_origins: dict[str, str]) -> None:
+    """Refuse an environment that names an upstream to a file that captures: every
+    message would be answered ``250`` and written to ``capture_dir``, never sent."""
+    if config.upstream.mode != "capture" or "mode" in upstream_origins:
+        return
+    given = [upstream_origins[key] for key in _RELAY_KEYS if key in upstream_origins]
+    if given:
+        raise ConfigError(
+            f"{given[0]}: names an upstream, but upstream.mode is \"capture\" in the "
+            f"config file, so no mail would reach it (each message is written to "
+            f"{config.upstream.capture_dir}): set {ENV_PREFIX}UPSTREAM__MODE=smtp as well "
+            f"(or {ENV_PREFIX}UPSTREAM__MODE=capture to keep capturing)")
 
 
 def build_config(data: dict[str, Any], environ: typing.Mapping[str, str] | None = None) -> Config:
@@ -779,6 +809,7 @@ def build_config(data: dict[str, Any], environ: typing.Mapping[str, str] | None 
             values = {k: v for k, v in values.items() if not isinstance(v, dict)}
         kwargs[section] = _build(SECTIONS[section], values, section, origins.get(section))
     config = Config(**kwargs, plugin_settings=plugin_settings)
+    _check_capture_overrides(config, origins.get("upstream", {}))
     try:
         validate(config)
     except ConfigError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -327,3 +328,40 @@ def test_a_ca_file_that_is_missing_or_no_pem_is_a_config_error(
                                str(config)], capture_output=True, text=True, timeout=60)
         assert done.returncode == 2, (command, done.stdout, done.stderr)
         assert f"{section}.ca_file:" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_an_upstream_from_the_environment_is_refused_while_the_file_captures() -> None:
+    """The Docker image's file captures; ``-e TRACKRELAY_UPSTREAM__HOST=…`` alone would
+    answer every message ``250`` and write it to the volume, never sending it."""
+    docker = tomllib.loads((Path(__file__).parent.parent / "config" /
+                            "trackrelay.docker.toml").read_text())
+    for variable in ("TRACKRELAY_UPSTREAM__HOST", "TRACKRELAY_UPSTREAM__PORT"):
+        with pytest.raises(ConfigError, match=rf"^{variable}: names an upstream, but "
+                                              r"upstream\.mode is \"capture\".*"
+                                              r"TRACKRELAY_UPSTREAM__MODE=smtp"):
+            build_config(docker, environ={variable: "25" if "PORT" in variable
+                                          else "mx.example.com"})
+    relayed = build_config(docker, environ={"TRACKRELAY_UPSTREAM__HOST": "mx.example.com",
+                                            "TRACKRELAY_UPSTREAM__MODE": "smtp"})
+    assert (relayed.upstream.mode, relayed.upstream.host) == ("smtp", "mx.example.com")
+    kept = build_config(docker, environ={"TRACKRELAY_UPSTREAM__HOST": "mx.example.com",
+                                         "TRACKRELAY_UPSTREAM__MODE": "capture"})
+    assert kept.upstream.mode == "capture"  # said twice: capturing is what is wanted
+    # a file that names its host and captures is the admin's own choice (the example's)
+    assert build_config({"upstream": {"mode": "capture", "host": "a.example"}},
+                        environ={}).upstream.mode == "capture"
+
+
+@pytest.mark.parametrize(("variable", "message"), [
+    ("TRACKRELAY_RELAY_LISTEN", r"TRACKRELAY_RELAY_LISTEN: not read: a section and its "
+                                r"key are joined by two underscores "
+                                r"\(TRACKRELAY_RELAY__LISTEN\)"),
+    ("TRACKRELAY_UPSTREAM_DATA_TIMEOUT", r"\(TRACKRELAY_UPSTREAM__DATA_TIMEOUT\)"),
+    ("trackrelay_relay__listen", r"trackrelay_relay__listen: not read: the variables are "
+                                 r"upper case \(TRACKRELAY_RELAY__LISTEN\)"),
+])
+def test_a_misspelt_variable_is_refused_not_ignored(variable: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        build_config({}, environ={variable: '["0.0.0.0:25"]'})
+    # the test suite's and the supervisor's own variables are not settings
+    assert build_config({}, environ={"TRACKRELAY_CI": "1", "TRACKRELAY_WORKER": "2"})
