@@ -145,6 +145,25 @@ async def test_relayhost_recipe(postfix_root: Path, sink: Sink, make_relay: Make
         await asyncio.to_thread(postfix.stop)
 
 
+#: The README's before-queue recipe: the seconds Postfix waits for trackrelay's answers.
+README_PROXY_TIMEOUT = int(re.search(  # type: ignore[union-attr]
+    r"-o smtpd_proxy_timeout=(\d+)s", (Path(__file__).parent.parent / "README.md")
+    .read_text()).group(1))
+
+
+def test_the_recipes_proxy_timeout_outlasts_the_relays_longest_wait() -> None:
+    """Postfix's own default (100 s) is shorter than what the relay may wait for before it
+    answers the end of a message: a Postfix that gave up tells its client to send again,
+    and the relay delivers the first copy all the same. The recipe's value must outlast
+    the longest wait with the default config, and stay within the 10 minutes RFC 5321
+    section 4.5.3.2.6 gives the client."""
+    from relay.config import build_config
+    config = build_config({}, environ={})
+    longest = max(config.upstream.data_timeout, 2 * config.upstream.command_timeout,
+                  config.tracking.split_time_budget + config.upstream.data_timeout)
+    assert longest < README_PROXY_TIMEOUT <= 600
+
+
 def reinjection(port: int, access: str) -> str:
     """The second smtpd that takes mail back from trackrelay and queues it."""
     return (f"127.0.0.1:{port} inet n - n - - smtpd -o smtpd_proxy_filter= "
@@ -167,7 +186,8 @@ async def test_before_queue_proxy_filter_recipe(postfix_root: Path, sink: Sink,
                            "permit_mynetworks, reject")
     with (postfix.etc / "master.cf").open("a") as f:
         f.write(f"127.0.0.1:{submit} inet n - n - - smtpd "
-                f"-o smtpd_proxy_filter=127.0.0.1:{relay_port(relay)}\n")
+                f"-o smtpd_proxy_filter=127.0.0.1:{relay_port(relay)} "
+                f"-o smtpd_proxy_timeout={README_PROXY_TIMEOUT}s\n")
         f.write(reinjection(back, access) + "\n")
     try:
         await started(postfix, submit, back)
