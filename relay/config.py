@@ -156,6 +156,14 @@ class HttpConfig:
     dashboard_listen: str = ""
     #: Hours a dashboard sign-in lasts.
     dashboard_session_hours: float = 12.0
+    #: Who may read ``/metrics``: clients in these networks (the address behind
+    #: ``tracker.trusted_proxies``), or any client sending ``metrics_token`` as a bearer
+    #: token. The counters say how much mail goes where and how many sign-ins fail: not
+    #: for the public pixel and click address.
+    metrics_networks: list[str] = field(default_factory=lambda: [
+        "127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
+        "fc00::/7"])
+    metrics_token: str = ""
     # Limits of the tracker's HTTP door (relay.tracker.pixel_door), per process: client
     # connections open at once (all, and per address outside tracker.trusted_proxies),
     # seconds a request head may take from its first byte (and a new connection to send
@@ -944,6 +952,14 @@ def validate(config: Config) -> None:
         if not config.http.dashboard:
             raise ConfigError("http.dashboard_listen: the dashboard is off "
                               "(http.dashboard = false)")
+    for i, net in enumerate(config.http.metrics_networks):
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise ConfigError(f"http.metrics_networks[{i}]: not an address or network: "
+                              f"{net!r}") from None
+    if config.http.metrics_token and len(config.http.metrics_token) < 16:
+        raise ConfigError("http.metrics_token: at least 16 characters")
     if not 0 < config.http.dashboard_session_hours <= 24 * 30:
         raise ConfigError("http.dashboard_session_hours: must be more than 0 and at most "
                           f"720, got {config.http.dashboard_session_hours}")

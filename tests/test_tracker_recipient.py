@@ -387,6 +387,38 @@ def test_user_agent_parsing() -> None:
     assert parse_user_agent("") == {"client": None, "os": None, "device": None}
 
 
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+async def test_metrics_are_for_the_configured_networks_and_token(
+        make_tracker: MakeTracker) -> None:
+    """The tracker's address is the public pixel and click address: ``/metrics`` answers
+    ``http.metrics_networks`` (the client behind a trusted proxy, not the proxy) and a
+    bearer of ``http.metrics_token``, and ``403`` anyone else."""
+    token = "scrape-" + "s" * 20
+    tracker = await make_tracker({"http": {"metrics_networks": ["192.0.2.0/24"],
+                                           "metrics_token": token}},
+                                 trusted_proxies=["127.0.0.1/32"])
+    url = f"{tracker.base}/metrics"
+    for headers, status in [
+            ({}, 403),  # 127.0.0.1 is not in the networks
+            ({"X-Forwarded-For": "192.0.2.7"}, 200),  # the client behind the proxy is
+            ({"X-Forwarded-For": "198.51.100.7"}, 403),
+            ({"Authorization": f"Bearer {token}"}, 200),
+            ({"Authorization": f"Bearer {token}x"}, 403),
+            ({"Authorization": f"Basic {token}"}, 403)]:
+        async with tracker.http.get(url, headers=headers) as resp:
+            body = await resp.text()
+            assert resp.status == status, (headers, body)
+            assert ("trackrelay_" in body) == (status == 200)
+    # the defaults: loopback and private networks, no token
+    default = await make_tracker()
+    async with default.http.get(f"{default.base}/metrics") as resp:
+        assert resp.status == 200
+    behind = await make_tracker(trusted_proxies=["127.0.0.1/32"])
+    async with behind.http.get(f"{behind.base}/metrics",
+                               headers={"X-Forwarded-For": "203.0.113.9"}) as resp:
+        assert resp.status == 403  # a public client through the proxy
+
+
 async def test_ops_endpoints(tracker: Tracker) -> None:
     sent = await seed_message(tracker.store)
     async with tracker.http.get(tracker.pixel_url(sent.message_id)) as resp:

@@ -19,6 +19,8 @@ dispatcher runs while the web app does.
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import socket
 from typing import Any
 
@@ -33,6 +35,7 @@ from relay.metrics import exposition
 from relay.store.base import Store
 from relay.store.rollups import ReportRoller
 from relay.tracker.api import Api
+from relay.tracker.client import ClientAddress
 from relay.tracker.deliverability_api import add_deliverability_routes
 from relay.tracker.pixel_door import MAX_FIELD_SIZE, DoorLimits, PixelDoor, PixelSite
 from relay.tracker.plugin_routes import add_plugin_routes
@@ -62,11 +65,39 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"status": "unavailable", "store": "unreachable"}, status=503)
 
 
-async def metrics_endpoint(request: web.Request) -> web.Response:
-    body, content_type = exposition()
-    resp = web.Response(body=body)
-    resp.headers["Content-Type"] = content_type
-    return resp
+class MetricsEndpoint:
+    """``/metrics`` for ``http.metrics_networks`` (the client behind
+    ``tracker.trusted_proxies``) and for a bearer of ``http.metrics_token``; ``403`` for
+    anyone else: the tracker's address is public, the counters are not."""
+
+    def __init__(self, app: App) -> None:
+        http, tracker = app.config.http, app.config.tracker
+        self.networks = [ipaddress.ip_network(n, strict=False)
+                         for n in http.metrics_networks]
+        self.token = http.metrics_token.encode()
+        self.address = ClientAddress(tracker.trusted_proxies, tracker.ip_mode,
+                                     tracker.client_ip_header)
+
+    def allowed(self, request: web.Request) -> bool:
+        if self.token:
+            scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+            if scheme.lower() == "bearer" and hmac.compare_digest(
+                    given.strip().encode(errors="replace"), self.token):
+                return True
+        addr = self.address.real_ip(request.remote, request.headers)
+        return addr is not None and any(
+            addr.version == net.version and addr in net for net in self.networks)
+
+    async def __call__(self, request: web.Request) -> web.Response:
+        if not self.allowed(request):
+            log.info("metrics_refused", client=request.remote)
+            return web.Response(status=403, text="metrics are served to "
+                                "http.metrics_networks and http.metrics_token only\n",
+                                headers={"Cache-Control": "no-store"})
+        body, content_type = exposition()
+        resp = web.Response(body=body)
+        resp.headers["Content-Type"] = content_type
+        return resp
 
 
 def make_runner(web_app: web.Application, **kwargs: Any) -> web.AppRunner:
@@ -109,7 +140,7 @@ def create_web_app(app: App) -> web.Application:
     add_unsubscribe_routes(web_app, app)  # /u/<token>
     web_app.router.add_get("/healthz", healthz)
     web_app.router.add_get("/readyz", readyz)
-    web_app.router.add_get("/metrics", metrics_endpoint)
+    web_app.router.add_get("/metrics", MetricsEndpoint(app))
     api = Api(app)
     api_app = api.sub_app()
     add_deliverability_routes(api, api_app, app)  # /inbound, /suppressions
