@@ -63,7 +63,11 @@ POSITIVE_NUMBERS = frozenset({
     "upstream.data_timeout", "tracker.webhook_max_backoff",
 })
 #: Keys whose values are secrets: never echoed in an error message.
-SECRET_KEYS = frozenset({"password", "secret", "token", "token_keys"})
+SECRET_KEYS = frozenset({"password", "secret", "token", "token_keys", "metrics_token"})
+
+#: What the example config and ``compose.yaml`` put where a secret goes: a signing key
+#: holding it is refused once mail leaves the machine (``upstream.mode = "smtp"``).
+PLACEHOLDER = "change-me"
 
 #: ``relay.max_line_length``'s default: 1 MiB.
 DEFAULT_MAX_LINE_LENGTH = 1024 * 1024
@@ -988,6 +992,14 @@ def validate(config: Config) -> None:
             TokenCodec.from_strings(config.tracking.token_keys)
         except TokenKeyError as exc:
             raise ConfigError(f"tracking.token_keys: {exc}") from None
+    placeholder = next((i for i, key in enumerate(config.tracking.token_keys, 1)
+                        if PLACEHOLDER in key.lower()), None)
+    if placeholder is not None and config.upstream.mode == "smtp":
+        raise ConfigError(
+            f"tracking.token_keys: entry {placeholder} is the example files' placeholder "
+            f"({PLACEHOLDER!r}): anyone who has read it can forge open, click and "
+            f"unsubscribe links of mail sent with it; put a random secret there, e.g. "
+            f"python3 -c 'import secrets; print(secrets.token_urlsafe(32))'")
     if not config.http.base_url.startswith(("http://", "https://")):
         raise ConfigError(f"http.base_url: must start with http:// or https://, "
                           f"got {config.http.base_url!r}")

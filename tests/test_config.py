@@ -368,3 +368,20 @@ def test_a_misspelt_variable_is_refused_not_ignored(variable: str, message: str)
         build_config({}, environ={variable: '["0.0.0.0:25"]'})
     # the test suite's and the supervisor's own variables are not settings
     assert build_config({}, environ={"TRACKRELAY_CI": "1", "TRACKRELAY_WORKER": "2"})
+
+
+def test_a_placeholder_signing_key_is_refused_once_mail_leaves_the_machine() -> None:
+    """The example file's and compose.yaml's keys are public: with one, anyone can forge
+    the links of mail sent for real. Capturing (the example's quickstart) keeps it."""
+    example = tomllib.loads(EXAMPLE.read_text())
+    assert "change-me" in example["tracking"]["token_keys"][0]
+    assert build_config(example, environ={}).upstream.mode == "capture"
+    with pytest.raises(ConfigError, match=r"^tracking\.token_keys: entry 1 is the example "
+                                          r"files' placeholder \('change-me'\)") as info:
+        build_config(example, environ={"TRACKRELAY_UPSTREAM__MODE": "smtp"})
+    assert example["tracking"]["token_keys"][0] not in str(info.value)  # never printed
+    compose = (Path(__file__).parent.parent / "compose.yaml").read_text()
+    key = re.search(r"TRACKRELAY_TRACKING__TOKEN_KEYS: '(.*)'", compose)
+    assert key is not None
+    with pytest.raises(ConfigError, match="placeholder"):
+        build_config({}, environ={"TRACKRELAY_TRACKING__TOKEN_KEYS": key.group(1)})

@@ -259,6 +259,10 @@ async def test_compose_recipe_runs_the_image_on_postgresql(
     assert compose["services"]["postgres"]["environment"]["POSTGRES_DB"] == url.path[1:]
     schema = f"t_{uuid.uuid4().hex[:12]}"
     env["TRACKRELAY_STORE__URL"] = f"{PG_URL}?schema={schema}"
+    # what the file asks of every user: "change every change-me first" (a placeholder
+    # signing key is refused once mail is relayed)
+    assert "change-me" in env["TRACKRELAY_TRACKING__TOKEN_KEYS"]
+    env["TRACKRELAY_TRACKING__TOKEN_KEYS"] = '["1:compose-test-key-0123456789abcdef"]'
     env.update({"TRACKRELAY_UPSTREAM__HOST": '"127.0.0.1"',
                 "TRACKRELAY_UPSTREAM__PORT": str(sink.port),
                 "TRACKRELAY_UPSTREAM__TLS": '"none"'})
