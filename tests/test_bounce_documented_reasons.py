@@ -219,3 +219,46 @@ def test_proofpoint_s_blocked_see_is_the_sending_ip_s_block() -> None:
                      status="5.7.1", reply="554") == "blocked"
     assert reason_of("554 5.7.1 Blocked - see https://help.example.net/",
                      status="5.7.1", reply="554") == "securityerror"
+
+
+def test_exchange_online_s_receive_rate_limits_are_speeding_not_a_full_mailbox() -> None:
+    """Exchange Online's NDR list (learn.microsoft.com, "Email non-delivery reports and
+    SMTP errors in Exchange Online"): 5.2.121 and 5.2.122 are the recipient's per-hour
+    receive limit, from this sender and in all; "the recipient has exceeded" read as a
+    full mailbox. A full mailbox (5.2.2) stays one."""
+    for status, text in (
+            ("5.2.122", "550 5.2.122 The recipient has exceeded their limit for the number "
+                        "of messages they can receive per hour."),
+            ("5.2.121", "550 5.2.121 The recipient's hourly message receive limit from "
+                        "specific sender has been exceeded.")):
+        rec = one(dsn(text, status=status, recipient="rcpt@contoso.onmicrosoft.com",
+                      remote="contoso-com.mail.protection.outlook.com", command="end of DATA"))
+        assert (rec.reason, rec.hard) == ("speeding", False), status
+    rec = one(dsn("552 5.2.2 The recipient's mailbox is full", status="5.2.2",
+                  recipient="rcpt@contoso.onmicrosoft.com",
+                  remote="contoso-com.mail.protection.outlook.com"))
+    assert rec.reason == "mailboxfull"
+
+
+def test_block_lists_named_in_the_plural_are_a_block() -> None:
+    """RFC 5782's DNS block lists, named in the plural ("found on one or more DNSBLs",
+    Comcast's BL000001 reply on its postmaster error-code page)."""
+    assert reason_of("554 resimta-h2p-028481.sys.comcast.net 198.51.100.7 found on one or "
+                     "more DNSBLs, see http://postmaster.comcast.net/smtp-error-codes.php"
+                     "#BL000001", reply="554", command="CONN") == "blocked"
+    assert reason_of("554 5.7.1 Listed on several RBLs", reply="554", status="5.7.1",
+                     command="MAIL") == "blocked"
+
+
+def test_a_sending_service_s_suppression_list_is_not_an_unknown_user() -> None:
+    """Amazon SES's account-level suppression list (SES Developer Guide: bounce subtype
+    "OnAccountSuppressionList"): SES did not try the address, listed after a bounce or
+    a complaint, and writes 5.1.1 of its own; no server said it does not exist."""
+    text = ("Amazon SES did not send the message to this address because it is on the "
+            "suppression list for your account.")
+    rec = one(dsn(text, status="5.1.1", recipient="former@retail.example",
+                  remote="amazonses.com"))
+    assert (rec.reason, rec.hard) == ("suppressed", False)
+    rec = one(dsn("550 5.1.1 <former@retail.example>: Recipient address rejected: User "
+                  "unknown", status="5.1.1", recipient="former@retail.example"))
+    assert (rec.reason, rec.hard) == ("userunknown", True)

@@ -377,7 +377,9 @@ PHRASES: tuple[Phrase, ...] = (
         r"\b(?:banned|blocked|blacklisted|blocklisted) (?:sending |sender |client |your )?"
         r"(?:ip|host)\b",
         r"\b(?:black|block|deny|ban) ?list(?:ed)?\b", r"blocked using ",
-        r"\b(?:spamhaus|spamcop|sorbs|barracudacentral|dnsbl|rbl|cbl|psbl|uceprotect)\b",
+        # (DNSBL, RBL: RFC 5782's DNS block lists, also in the plural: "found on one or
+        # more DNSBLs", Comcast's BL000001 reply)
+        r"\b(?:spamhaus|spamcop|sorbs|barracudacentral|dnsbls?|rbls?|cbl|psbl|uceprotect)\b",
         r"\bdynamic (?:ip|address|pool)", r"\bdial-?up\b", r"\bresidential\b",
         r"(?:smtp|mail) (?:server|relay) of your (?:isp|provider)",
         r"use your isp'?s? (?:smtp|mail) (?:server|relay)"),
@@ -614,8 +616,11 @@ GATES: dict[str, Gate] = {
 
 #: Phrases of these reasons overrule a decisive status code of the key's reason.
 VETOES: dict[str, tuple[str, ...]] = {
+    # A sending service that refused to try (Amazon SES's suppression list: bounce
+    # subtype "OnAccountSuppressionList", SES Developer Guide) writes 5.1.1 of its own for
+    # an address listed after a bounce or a complaint: no server said it does not exist.
     "userunknown": ("norelaying", "blocked", "mailboxfull", "hasmoved", "rejected",
-                    "notaccept", "filtered"),
+                    "notaccept", "filtered", "suppressed"),
     # A destination said not to exist after the retries ran out was a failure that
     # retries could have ended (Haraka writes 5.1.2 for every MX it could not reach).
     "hostunknown": ("networkerror", "notaccept", "expired"),

@@ -121,6 +121,11 @@ RULES: tuple[ProviderRule, ...] = (
     ProviderRule(_M, "userunknown", _M, status="5.4.1",
                  pattern=r"recipient address rejected: access denied"),
     ProviderRule(_M, "userunknown", _M, status="5.1.10", pattern=r"recipient ?not ?found"),
+    # 5.2.121 / 5.2.122: the recipient's per-hour receive limit (from this sender / in
+    # all) exceeded, a rate, not a full mailbox ("Email non-delivery reports and SMTP
+    # errors in Exchange Online", learn.microsoft.com).
+    ProviderRule(_M, "speeding", _M, status="5.2.121"),
+    ProviderRule(_M, "speeding", _M, status="5.2.122"),
     ProviderRule(_M, "networkerror", _M, status="5.4.8"),    # routing loop (MX points back)
     ProviderRule(_M, "rejected", _M, pattern=r"\bsender denied\b"),  # 5.1.0 Sender denied
     # 5.7.60 "Client does not have permissions to send as this sender" (by its text: the
