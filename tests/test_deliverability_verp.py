@@ -233,3 +233,39 @@ async def test_a_domains_own_suppression_applies_under_the_global_scope(
     await stack.send("news@shop.example.com", ["opted-out@remote.test"],
                      campaign_message("news@shop.example.com", "opted-out@remote.test"))
     assert [r.rcpt_tos for r in stack.sink.received] == [["opted-out@remote.test"]]
+
+
+async def test_the_bounce_rate_is_a_share_of_every_recipient_mail_went_to(
+        make_stack: MakeStack) -> None:
+    """Recipients the upstream refused at RCPT were never "sent" (nor delivered), yet they
+    bounced: over sent recipients alone the rate passed 100% (3 refused of 4 gave 300%).
+    It is over every recipient: delivered and refused."""
+    from relay.tracker.cli import period_figures
+
+    stack = await make_stack(tracking={"multi_recipient": "shared"})
+    gone = [f"gone{n}@remote.test" for n in range(4)]
+    for address in gone:
+        stack.sink.behaviour.refuse_rcpt[address] = (
+            f"550 5.1.1 <{address}>: Recipient address rejected: User unknown")
+    for to in (["ok@remote.test"], *([a] for a in gone[:3])):
+        # (a message whose every recipient is refused never reaches DATA: the relay
+        # never reads its campaign header, so it counts in the period, not the campaign)
+        try:
+            await stack.send("news@shop.example.com", to,
+                             campaign_message("news@shop.example.com", to[0]))
+        except aiosmtplib.SMTPRecipientsRefused:
+            pass
+    await stack.send("news@shop.example.com", ["two@remote.test", gone[3]],
+                     campaign_message("news@shop.example.com", "two@remote.test"))
+    await stack.wait_events(type="bounce", count=4)
+    await stack.store.flush()
+    figures = await period_figures(stack.store, since=0)
+    assert (figures["sent"], figures["bounces"], figures["bounce_rate"]) == (2, 4, 0.6667)
+    report = await stack.store.period_report(since=0)
+    outcomes = report["outcomes"]
+    assert (outcomes["recipients"], outcomes["delivered"]) == (6, 2)
+    assert outcomes["events"]["bounce"]["rate"]["all"] == round(4 / 6, 6)
+    assert outcomes["events"]["rejected"]["rate"]["all"] == round(4 / 6, 6)
+    stats = await stack.store.campaign_stats("spring", include_machine=True)
+    assert stats is not None
+    assert (stats["sent"], stats["bounces"], stats["bounce_rate"]) == (2, 1, round(1 / 3, 6))

@@ -144,10 +144,14 @@ def report_of(figures: list[dict[str, Any]], sent: list[dict[str, int]],
     for kind in EVENT_TYPES:
         r = by_type.get(kind, {})
         uniq, human_uniq = r.get("uniq", 0), r.get("human_uniq", 0)
+        # A bounce (or a refusal) is of a recipient mail was sent to, delivered or
+        # refused at once by the upstream (never "delivered"): its rate is over every
+        # recipient, so it stays a share; the others happen only to delivered mail.
+        base = counts["recipients"] if kind in ("bounce", "rejected") else delivered
         events[kind] = {
             "events": {"human": r.get("human", 0), "all": r.get("n", 0)},
             "recipients": {"human": human_uniq, "all": uniq},
-            "rate": {"human": _rate(human_uniq, delivered), "all": _rate(uniq, delivered)},
+            "rate": {"human": _rate(human_uniq, base), "all": _rate(uniq, base)},
         }
     hard = by_type.get("bounce", {}).get("hard", 0)
     bounced = events["bounce"]["recipients"]["all"]

@@ -664,9 +664,10 @@ class SqlStore(ContactScoresSql, Store):
         if not outcomes["messages"]:
             return None
         sent = int(outcomes["delivered"])
+        recipients = int(outcomes["recipients"])
 
-        def rate(n: int) -> float:
-            return round(n / sent, 6) if sent else 0.0
+        def rate(n: int, base: int = sent) -> float:
+            return round(n / base, 6) if base else 0.0
 
         def report_of(include_machine: bool) -> CampaignStats:
             side = "all" if include_machine else "human"
@@ -685,7 +686,9 @@ class SqlStore(ContactScoresSql, Store):
                 "opens": get("open")[0],
                 "unique_clicks": get("click")[1], "click_rate": rate(get("click")[1]),
                 "clicks": get("click")[0],
-                "bounces": get("bounce")[1], "bounce_rate": rate(get("bounce")[1]),
+                # over every recipient: one the upstream refused was never "sent"
+                "bounces": get("bounce")[1],
+                "bounce_rate": rate(get("bounce")[1], recipients),
                 "complaints": get("complaint")[1],
                 "complaint_rate": rate(get("complaint")[1]),
                 "unsubscribes": get("unsubscribe")[1],

@@ -79,6 +79,7 @@ async def period_figures(store: Store, since: float, until: float | None = None,
     counts: Counter[str] = Counter()
     uniques: dict[str, set[tuple[str, str | None]]] = {
         t: set() for t in ("open", "click", "bounce", "complaint", "unsubscribe")}
+    refused: set[tuple[str, str | None]] = set()
     cursor = None
     while True:
         page = await store.list_events(since=since, until=until, cursor=cursor, limit=500)
@@ -88,13 +89,18 @@ async def period_figures(store: Store, since: float, until: float | None = None,
             counts[row["type"]] += 1
             if row["type"] in uniques:
                 uniques[row["type"]].add((row["message_id"], row["recipient"]))
+            if row["type"] == "bounce" and (row.get("data") or {}).get("via") == "relay":
+                refused.add((row["message_id"], row["recipient"]))
         cursor = page.next_cursor
         if cursor is None or not page.items:
             break
     sent = counts["sent"]
+    # A recipient the upstream refused in the relay's own transaction has a bounce and
+    # no "sent": the bounce rate is over both, so it stays a share.
+    attempted = sent + len(refused)
 
-    def rate(n: int) -> float:
-        return round(n / sent, 4) if sent else 0.0
+    def rate(n: int, base: int = sent) -> float:
+        return round(n / base, 4) if base else 0.0
 
     return {
         "since": iso_time(since),
@@ -105,7 +111,8 @@ async def period_figures(store: Store, since: float, until: float | None = None,
         "open_rate": rate(len(uniques["open"])),
         "unique_clicks": len(uniques["click"]), "clicks": counts["click"],
         "click_rate": rate(len(uniques["click"])),
-        "bounces": len(uniques["bounce"]), "bounce_rate": rate(len(uniques["bounce"])),
+        "bounces": len(uniques["bounce"]),
+        "bounce_rate": rate(len(uniques["bounce"]), attempted),
         "complaints": len(uniques["complaint"]),
         "unsubscribes": len(uniques["unsubscribe"]),
         "unsubscribe_rate": rate(len(uniques["unsubscribe"])),
