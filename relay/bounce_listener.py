@@ -239,9 +239,11 @@ class BounceListener:
             if transport is not None:
                 with contextlib.suppress(Exception):
                     transport.close()
+        listened = bool(self.servers)
         for server in self.servers:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(2):
                     await server.wait_closed()
         self.servers.clear()
-        log.info("bounce_listener_stopped")
+        if listened:  # (no line about a listener that was never configured)
+            log.info("bounce_listener_stopped")
