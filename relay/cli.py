@@ -28,7 +28,7 @@ from typing import Any, BinaryIO
 
 from relay import __version__
 from relay.cli_config import add_config, load
-from relay.config import Config, ConfigError, load_config
+from relay.config import Config, ConfigError, check_listen_addresses, load_config
 from relay.store.base import StoreError
 
 
@@ -191,6 +191,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         raise ConfigError("check-config: name the file (trackrelay check-config FILE or "
                           "--config FILE)")
     config = load_config(path)
+    check_listen_addresses(config)
     print(f"{path}: OK ({_check_plugins(config)} plugins)")
     return 0
 

@@ -1080,12 +1080,8 @@ def _overlap(a: tuple[int, str], b: tuple[int, str], dual_stack: bool) -> str | 
     return None
 
 
-def validate_listeners(config: Config) -> None:
-    """One address, one listener: two keys on the same address however it is written
-    (``localhost`` and ``127.0.0.1``), or a wildcard and an address it covers on the
-    same port, would fail only at start-up, with an error that names neither key. Only
-    addresses that share a port are resolved, so a command that reads the config looks
-    nothing up in the usual case."""
+def _listeners(config: Config) -> list[tuple[str, str, str, int]]:
+    """Every listener's key, address as written, host and port."""
     listeners: list[tuple[str, str, str, int]] = []
     for key, addresses in (("relay.listen", config.relay.listen),
                            ("relay.listen_tls", config.relay.listen_tls),
@@ -1097,6 +1093,31 @@ def validate_listeners(config: Config) -> None:
         for i, addr in enumerate(addresses):
             where = f"{key}[{i}]" if key.startswith(("relay.", "bounces.")) else key
             listeners.append((where, addr, *parse_hostport(addr, where)))
+    return listeners
+
+
+def check_listen_addresses(config: Config) -> None:
+    """``check-config``'s look at each listener's address (``serve`` finds out by
+    listening): a name that does not resolve, or an address this host does not have.
+    Each is bound on a port of the system's choice, so a running service's own port is
+    no clash."""
+    for where, addr, host, _port in _listeners(config):
+        try:
+            family, numeric = listen_sockaddr(host, 0)
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.bind((numeric, 0))
+        except OSError as exc:
+            raise ConfigError(f"{where}: cannot listen on {addr}: "
+                              f"{exc.strerror or exc}") from None
+
+
+def validate_listeners(config: Config) -> None:
+    """One address, one listener: two keys on the same address however it is written
+    (``localhost`` and ``127.0.0.1``), or a wildcard and an address it covers on the
+    same port, would fail only at start-up, with an error that names neither key. Only
+    addresses that share a port are resolved, so a command that reads the config looks
+    nothing up in the usual case."""
+    listeners = _listeners(config)
     ports = [port for *_, port in listeners]
     seen: list[tuple[str, str, int, tuple[int, str]]] = []
     dual_stack: bool | None = None

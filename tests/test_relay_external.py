@@ -127,6 +127,15 @@ async def test_check_config_names_the_key(tmp_path: Path) -> None:
     bad.write_text('[relais]\nlisten = []\n')
     code, _, err = await run(*trackrelay("check-config", str(bad)))
     assert code == 2 and "relais: unknown section" in err
+    # what serve would find only when it listens: a name that does not resolve, an
+    # address this host does not have (TEST-NET-1, RFC 5737)
+    for listen, why in (("nosuchhost.invalid:2525", "relay.listen[0]: cannot listen on "
+                                                    "nosuchhost.invalid:2525: "),
+                        ("192.0.2.1:2525", "relay.listen[0]: cannot listen on "
+                                           "192.0.2.1:2525: Cannot assign requested")):
+        bad.write_text(f'[relay]\nlisten = ["{listen}"]\n')
+        code, _, err = await run(*trackrelay("check-config", str(bad)))
+        assert code == 2 and why in err, err
     example = Path(__file__).parent.parent / "config" / "trackrelay.example.toml"
     code, out, err = await run(*trackrelay("check-config", str(example)))
     assert code == 0, err
