@@ -14,14 +14,17 @@ longer document is never loaded, and its opens are never counted. In an HTML par
 larger than that — counted with the edits asked before it, the built-in ``links``
 plugin's among them (built-ins run in name order): rewritten links are longer than most
 links they replace, and with the pixel's own markup, which would otherwise cross the
-cut in a part just under it — the pixel goes right after ``<body …>`` instead.
+cut in a part just under it — the pixel goes right after ``<body …>`` instead, or where
+the body begins when there is no body tag (after ``</head>``, ``<html>`` or the doctype).
 """
 
 from __future__ import annotations
 
+import re
+
 from relay import hookimpl
 from relay.rewrite.context import HtmlPart, RewriteContext
-from relay.rewrite.html_scan import escape_attr
+from relay.rewrite.html_scan import escape_attr, scan_html
 
 NAME = "pixel"
 #: Octets of HTML Gmail shows before it clips the rest (Gmail Help: 102 KB).
@@ -41,6 +44,26 @@ def _octets(text: str) -> int:
     return len(text.encode("utf-8", "surrogateescape"))
 
 
+_DOCTYPE = re.compile(r"\s*<!doctype[^>]*>", re.I)
+
+
+def implicit_body_start(text: str) -> int:
+    """Where the body begins in HTML with no ``<body>`` tag (a fragment a CRM wrote, a
+    page of pasted images): after the last ``</head>``, else after ``<html …>``, else
+    after the doctype, else at the start. The HTML Standard's parser opens the body
+    there by itself (13.2.6.4.6, "after head": any other start tag inserts a body)."""
+    scan = scan_html(text, frozenset({"head", "html"}))
+    live = [t for t in scan.tags if not t.in_conditional and not t.inert]
+    head_close = [t for t in live if t.closing and t.name == "head"]
+    if head_close:
+        return head_close[-1].end
+    html_open = [t for t in live if not t.closing and t.name == "html"]
+    if html_open:
+        return html_open[0].end
+    doctype = _DOCTYPE.match(text)
+    return doctype.end() if doctype else 0
+
+
 @hookimpl
 def trackrelay_edit_html(context: RewriteContext, part: HtmlPart) -> None:
     if not context.policy.opens or context.stats.pixel:
@@ -52,12 +75,13 @@ def trackrelay_edit_html(context: RewriteContext, part: HtmlPart) -> None:
         return
     markup = pixel_markup(context.open_url())
     offset = part.body_insert_offset()
-    body_start = part.scan.body_open_end
     # the part as it goes out: its text, the edits asked so far and this pixel
     growth = part.edits.growth + len(markup)
-    if body_start is not None and len(part.text) + growth > GMAIL_CLIP // 4 \
+    if len(part.text) + growth > GMAIL_CLIP // 4 \
             and _octets(part.text) + part.edits.growth + _octets(markup) > GMAIL_CLIP:
-        offset = body_start  # before where Gmail clips (the module's docstring)
+        # before where Gmail clips (the module's docstring)
+        body_start = part.scan.body_open_end
+        offset = body_start if body_start is not None else implicit_body_start(part.text)
     part.insert(offset, markup, owner=NAME)
     context.stats.pixel = True
     context.stats.pixel_skipped = None

@@ -370,6 +370,27 @@ async def test_pixel_of_html_gmail_clips_goes_at_the_start_of_the_body() -> None
     assert re.search(rb'</p>\r\n<img src="[^"]+/o/[\w-]+\.gif"[^>]*></body></html>\r\n$', out)
 
 
+@pytest.mark.parametrize(("head", "before"), [
+    (b"<html><head><title>News</title></head>\r\n", b"</head>"),
+    (b'<html lang="en">\r\n', b'<html lang="en">'),
+    (b"<!DOCTYPE html>\r\n", b"<!DOCTYPE html>"),
+    (b"", b""),
+])
+async def test_a_large_part_without_a_body_tag_gets_its_pixel_where_the_body_begins(
+        head: bytes, before: bytes) -> None:
+    """A fragment over Gmail's clip with no ``<body>`` (pasted images as data: URLs, a
+    CRM's HTML without a page around it): at its end the pixel was never loaded in
+    Gmail. It goes where the parser opens the body itself."""
+    filler = b"<p>" + b"news " * 20 + b"</p>\r\n"
+    big = head + filler * (150_000 // len(filler)) + (b"</html>\r\n" if head else b"")
+    out, ctx = await rewrite(make_app(), message("text/html", "8bit", big))
+    assert ctx.stats.pixel
+    pixel = re.search(rb'<img src="https://t\.example\.net/o/[\w-]+\.gif"[^>]*>', out)
+    assert pixel is not None
+    body = body_of(out)
+    assert body[:body.index(pixel.group())] == head[:head.index(before) + len(before)]
+
+
 async def test_the_clip_counts_the_html_as_rewritten() -> None:
     """Rewritten links are longer than most links they replace: 93 KB of HTML with 540
     short links is past 102 KB once they are tracked, so the pixel goes after ``<body>``
