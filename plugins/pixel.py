@@ -15,7 +15,8 @@ larger than that — counted with the edits asked before it, the built-in ``link
 plugin's among them (built-ins run in name order): rewritten links are longer than most
 links they replace, and with the pixel's own markup, which would otherwise cross the
 cut in a part just under it — the pixel goes right after ``<body …>`` instead, or where
-the body begins when there is no body tag (after ``</head>``, ``<html>`` or the doctype).
+the body begins when there is no body tag (after ``</head>``, ``<html>`` or the doctype),
+and past an Outlook "downlevel-revealed" block's end that follows the body tag.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ def _octets(text: str) -> int:
 
 
 _DOCTYPE = re.compile(r"\s*<!doctype[^>]*>", re.I)
+#: The end of a conditional block only non-Outlook clients show (Microsoft's
+#: "downlevel-revealed" conditional comments: ``<!--[if !mso]><!--> … <!--<![endif]-->``).
+_REVEALED_END = re.compile(r"\s*<!--\s*<!\[endif\]\s*-->", re.I)
 
 
 def implicit_body_start(text: str) -> int:
@@ -82,6 +86,11 @@ def trackrelay_edit_html(context: RewriteContext, part: HtmlPart) -> None:
         # before where Gmail clips (the module's docstring)
         body_start = part.scan.body_open_end
         offset = body_start if body_start is not None else implicit_body_start(part.text)
+        # a body tag in Outlook's "downlevel-revealed" block (<!--[if !mso]><!--><body>
+        # <!--<![endif]-->), which Outlook skips: past the block's end
+        revealed = _REVEALED_END.match(part.text, offset)
+        if revealed:
+            offset = revealed.end()
     part.insert(offset, markup, owner=NAME)
     context.stats.pixel = True
     context.stats.pixel_skipped = None

@@ -375,8 +375,10 @@ async def test_pixel_of_html_gmail_clips_goes_at_the_start_of_the_body() -> None
     (b'<html lang="en">\r\n', b'<html lang="en">'),
     (b"<!DOCTYPE html>\r\n", b"<!DOCTYPE html>"),
     (b"", b""),
+    # a body tag only non-Outlook clients read: past the block, where Outlook reads too
+    (b"<html><!--[if !mso]><!--><body><!--<![endif]-->\r\n", b"<!--<![endif]-->"),
 ])
-async def test_a_large_part_without_a_body_tag_gets_its_pixel_where_the_body_begins(
+async def test_a_large_part_gets_its_pixel_where_every_client_reads_the_body_begin(
         head: bytes, before: bytes) -> None:
     """A fragment over Gmail's clip with no ``<body>`` (pasted images as data: URLs, a
     CRM's HTML without a page around it): at its end the pixel was never loaded in
