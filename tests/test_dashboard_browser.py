@@ -175,8 +175,12 @@ async def _overview_matches(b: Browser, api: Api) -> None:
             outcomes["events"]["open"]["recipients"]["all"]) == (
         total["unique_opens"]["human"], total["unique_opens"]["all"])
     assert await b.attr('[data-figure="delivered"]', "data-value") == str(total["delivered"])
-    assert await b.attr('[data-figure="bounced"]', "data-value") == str(
-        outcomes["events"]["bounce"]["recipients"]["all"])
+    # bounces and complaints as every figure: people's (verified) first, then all
+    for kind, figure in (("bounce", "bounced"), ("complaint", "complaints")):
+        assert (await b.attr(f'[data-figure="{figure}"]', "data-value"),
+                await b.attr(f'[data-figure="{figure}"]', "data-all")) == (
+            str(outcomes["events"][kind]["recipients"]["human"]),
+            str(outcomes["events"][kind]["recipients"]["all"])), kind
     assert await b.attr('[data-k="human_unique_opens"]', "data-k") == "human_unique_opens"
     text = await b.page.locator('[data-k="human_unique_opens"]').inner_text()
     assert text.split()[0] == str(stats["engagement"]["human_unique_opens"])

@@ -16,14 +16,16 @@ import email.utils
 import re
 from typing import Any
 
+import aiohttp
 import pytest
 
 from relay.config import ConfigError, build_config
 from tests.conftest import CORPUS
+from tests.dashboard_support import sign_in
 from tests.deliverability_support import BOUNCE_DOMAIN, MakeStack, Stack, campaign_message
 from tests.test_deliverability_inbound import ARF_24_ID, seed
 from tests.test_deliverability_verp import VERP_RE, dsn, send_campaign
-from tests.tracker_support import TOKEN_KEY
+from tests.tracker_support import ADMIN_TOKEN, TOKEN_KEY
 
 pytest_plugins = ("tests.tracker_fixtures", "tests.deliverability_fixtures")
 
@@ -112,6 +114,9 @@ async def test_dsn_quoting_a_message_id_without_verp_does_not_suppress(
     status, campaign = await stack.api("GET", "/campaigns/spring",
                                        params={"include_machine": "true"})
     assert status == 200 and campaign["bounces"] == 1
+    # nor do the period's figures and the dashboard's Overview count it as a bounce,
+    # hard or soft: only among "all", beside the people's (verified) figure
+    await figures_are(stack, hard=0, soft=0, human=0, every=1)
     # a verified bounce of the same message counts
     verp = stack.sink.received[-1].mail_from
     await stack.deliver_bounce("", [verp], dsn(verp, "erin@remote.test", head,
@@ -122,6 +127,23 @@ async def test_dsn_quoting_a_message_id_without_verp_does_not_suppress(
     assert message["status"] == "bounced"
     status, campaign = await stack.api("GET", "/campaigns/spring")
     assert campaign["bounces"] == 1
+    await figures_are(stack, hard=0, soft=1, human=1, every=1)
+
+
+async def figures_are(stack: Stack, *, hard: int, soft: int, human: int, every: int
+                      ) -> None:
+    status, stats = await stack.api("GET", "/stats", params={"since": "-1d"})
+    assert status == 200
+    outcomes = stats["outcomes"]
+    assert outcomes["bounces"] == {"hard": hard, "soft": soft}
+    assert outcomes["events"]["bounce"]["recipients"] == {"human": human, "all": every}
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        await sign_in(http, stack.base, ADMIN_TOKEN)
+        async with http.get(f"{stack.base}/ui/?period=24h") as resp:
+            page = await resp.text()
+    shown = re.search(r'data-figure="bounced" data-value="(\d+)" data-all="(\d+)"', page)
+    assert shown is not None and shown.groups() == (str(human), str(every))
+    assert f"{hard} hard · {soft} soft" in page
 
 
 async def test_forged_complaint_does_not_suppress(make_stack: MakeStack) -> None:

@@ -153,8 +153,10 @@ def report_of(figures: list[dict[str, Any]], sent: list[dict[str, int]],
             "recipients": {"human": human_uniq, "all": uniq},
             "rate": {"human": _rate(human_uniq, base), "all": _rate(uniq, base)},
         }
+    # verified bounces only, as the other figures count people: an unverified report
+    # (marked machine) is in events["bounce"]["recipients"]["all"] alone
     hard = by_type.get("bounce", {}).get("hard", 0)
-    bounced = events["bounce"]["recipients"]["all"]
+    bounced = events["bounce"]["recipients"]["human"]
     outcomes = {
         "messages": counts["messages"],
         "recipients": counts["recipients"],

@@ -469,6 +469,19 @@ MIGRATIONS: list[tuple[int, str, list[Statement]]] = [
         )""",
         "INSERT INTO webhook_state (id) VALUES (1)",
     ]),
+    (14, "verified hard bounces", [
+        # The roll-ups' "hard" counts verified hard bounces only (an unverified report is
+        # marked machine: relay.store.reports.figure_read): every hour with such a
+        # report is computed again.
+        {"sqlite": "INSERT INTO report_changes (hour) SELECT DISTINCT "
+                   + HOUR_KEY["sqlite"].format(column="created_at")
+                   + " FROM messages WHERE id IN (SELECT message_id FROM events "
+                     "WHERE type = 'bounce' AND machine)",
+         "postgresql": "INSERT INTO report_changes (hour) SELECT DISTINCT "
+                       + HOUR_KEY["postgresql"].format(column="created_at")
+                       + " FROM messages WHERE id IN (SELECT message_id FROM events "
+                         "WHERE type = 'bounce' AND machine)"},
+    ]),
 ]
 
 
