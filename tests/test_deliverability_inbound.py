@@ -220,6 +220,14 @@ async def test_the_suppression_export_never_carries_a_formula(make_stack: MakeSt
     assert set(rows) == {"'" + planted, "'@SUM(1)", "'+1 cleanup"}
     assert rows["'@SUM(1)"]["address"] == "'=1+1@remote.test"
     assert rows["'+1 cleanup"]["address"] == "'-dash@remote.test"
+    # a scope is a sender's domain as the envelope gave it: "=1+1" too
+    status, _ = await stack.api("POST", "/suppressions",
+                                json={"address": "kept@remote.test", "reason": "x",
+                                      "scope": "=1+1"})
+    assert status == 201
+    status, text = await stack.api("GET", "/suppressions/export")
+    rows = {r["address"]: r for r in csv.DictReader(io.StringIO(text))}
+    assert rows["kept@remote.test"]["scope"] == "'=1+1"
     for line in text.splitlines()[1:]:
         assert not line.startswith(("=", "+", "-", "@"))
         assert all(not cell.startswith(("=", "+", "-", "@")) for cell in next(csv.reader([line])))
@@ -228,9 +236,15 @@ async def test_the_suppression_export_never_carries_a_formula(make_stack: MakeSt
         status, _ = await stack.api("DELETE", f"/suppressions/{address}",
                                     params={"scope": "example.com"})
         assert status == 200
+    status, _ = await stack.api("DELETE", "/suppressions/kept@remote.test",
+                                params={"scope": "=1+1"})
+    assert status == 200
     status, body = await stack.api("POST", "/suppressions/import", data=text)
-    assert status == 200 and body["added"] == 3, body
-    status, body = await stack.api("GET", "/suppressions")
+    assert status == 200 and body["added"] == 4, body
+    status, body = await stack.api("GET", "/suppressions", params={"address": "kept@"})
+    assert [(i["address"], i["scope"]) for i in body["items"]] == [
+        ("kept@remote.test", "=1+1")]  # imported back as it was
+    status, body = await stack.api("GET", "/suppressions", params={"scope": "example.com"})
     assert {(i["address"], i["reason"]) for i in body["items"]} == {
         ("victim@remote.test", planted), ("=1+1@remote.test", "@SUM(1)"),
         ("-dash@remote.test", "+1 cleanup")}

@@ -106,7 +106,7 @@ def suppressions_csv(rows: list[SuppressionRow]) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     for row in rows:
-        writer.writerow([text_cell(row["address"]), scope_name(row["scope"]),
+        writer.writerow([text_cell(row["address"]), text_cell(scope_name(row["scope"])),
                          text_cell(row["reason"]), row["event_id"] or "",
                          iso_time(row["created_at"])])
     return out.getvalue()
