@@ -24,7 +24,7 @@ from prometheus_client import (
 
 SMTP_TRANSACTIONS = Counter(
     "trackrelay_smtp_transactions_total",
-    "SMTP transactions by result (delivered, refused, tempfail, client_abort)",
+    "SMTP transactions by result (delivered, refused, tempfail, client_abort, skipped)",
     ["result"],
 )
 SMTP_RECIPIENTS = Counter(

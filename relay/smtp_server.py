@@ -765,11 +765,26 @@ class RelaySMTP(SmtpNames, SMTP):
             return
         envelope = self.envelope
         assert envelope is not None
-        if not envelope.rcpt_tos:
+        handler = self.event_handler
+        skipped = isinstance(handler, RelaySession) and handler.skipped_every_recipient()
+        if not envelope.rcpt_tos and not skipped:
             await self.push("503 Error: need RCPT command")
             return
         if arg:
             await self.push("501 Syntax: DATA")
+            return
+        if skipped:
+            # Every recipient was answered 250 and kept back (the built-in suppression's
+            # "skip"): the client was told they were accepted, so its message is taken
+            # and answered, not refused at DATA as a transaction with none.
+            assert isinstance(handler, RelaySession)
+            await self.push("354 End data with <CR><LF>.<CR><LF>")
+            kept_back = await read_message(self._reader, self.data_size_limit)
+            reply = await handler.take_skipped()
+            if kept_back is None:
+                reply = "552 Error: Too much mail data"
+            self._set_post_data_state()
+            await self.push(reply)
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         content = await read_message(self._reader, self.data_size_limit)
@@ -981,6 +996,26 @@ class RelaySession(ConnectionHandler):
             await self._record_abandoned()
             await self._reset_upstream()
             self._end_transaction()
+
+    def skipped_every_recipient(self) -> bool:
+        """The transaction's every recipient was answered 2xx by a plugin and kept back
+        (``trackrelay_check_recipient``); none goes upstream."""
+        txn = self.txn
+        return txn is not None and not txn.rcpt_tos and bool(txn.extra.get("skipped"))
+
+    async def take_skipped(self) -> str:
+        """The answer to the message of such a transaction, read and sent nowhere: ``250``
+        (the client was told its recipients were accepted); the upstream side is reset,
+        and refusals the upstream gave to other recipients are recorded as ever."""
+        assert self.txn is not None
+        skipped = len(self.txn.extra["skipped"])
+        SMTP_TRANSACTIONS.labels("skipped").inc()
+        self.log.info("message_kept_back", recipients=skipped)
+        await self._record_abandoned()
+        await self._reset_upstream()
+        self._end_transaction()
+        return (f"250 2.0.0 OK: not delivered: {skipped} recipient"
+                f"{'' if skipped == 1 else 's'} kept back")
 
     async def after_data(self) -> None:
         """DATA is over and answered; abandon the upstream side if DATA never reached us
@@ -1231,6 +1266,8 @@ class RelaySession(ConnectionHandler):
             return self._hook_failed("trackrelay_check_recipient", exc)
         if refusal is not None:
             SMTP_RECIPIENTS.labels("refused_local").inc()
+            if refusal.ok:
+                txn.extra.setdefault("skipped", []).append(address)
             # a 2xx answer accepts the recipient without passing it upstream (skipped)
             self.log.info("recipient_skipped_by_plugin" if refusal.ok
                           else "recipient_refused_by_plugin", recipient=address,

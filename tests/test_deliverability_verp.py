@@ -212,6 +212,45 @@ async def test_skip_action_accepts_and_records(make_stack: MakeStack) -> None:
     assert events[0]["data"]["reason"] == "complaint (abuse)"
 
 
+async def test_skip_of_every_recipient_takes_the_message_and_sends_nothing(
+        make_stack: MakeStack) -> None:
+    """Each recipient was answered 250 at RCPT ("suppressed: not delivered"): DATA then
+    got "503 Need RCPT command", a permanent refusal of a message whose recipients had
+    been accepted, which the sender's MTA bounces. The message is read and answered
+    250, nothing goes upstream, and the connection goes on with the next message."""
+    stack = await make_stack(suppression={"action": "skip"})
+    for address in ("quiet@remote.test", "hush@remote.test"):
+        await stack.store.add_suppression(address, reason="complaint (abuse)")
+    before = await skipped_count(stack)
+    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=stack.relay_port, timeout=10)
+    await client.connect()
+    try:
+        await client.ehlo()
+        raw = campaign_message("news@shop.example.com", "quiet@remote.test")
+        errors, reply = await client.sendmail(
+            "news@shop.example.com", ["quiet@remote.test", "hush@remote.test"], raw)
+        assert errors == {}
+        assert reply.startswith("2.0.0 OK: not delivered: 2 recipients kept back"), reply
+        assert stack.sink.received == []
+        # the session is in step: the next message goes as usual
+        await client.sendmail("news@shop.example.com", ["loud@remote.test"],
+                              campaign_message("news@shop.example.com", "loud@remote.test"))
+        assert [r.rcpt_tos for r in stack.sink.received] == [["loud@remote.test"]]
+    finally:
+        await client.quit()
+    events = await stack.wait_events(2, type="rejected")
+    assert {e["recipient"] for e in events} == {"quiet@remote.test", "hush@remote.test"}
+    assert await skipped_count(stack) == before + 1
+
+
+async def skipped_count(stack: Stack) -> float:
+    async with stack.http.get(f"{stack.base}/metrics") as resp:
+        text = await resp.text()
+    m = re.search(r'^trackrelay_smtp_transactions_total\{result="skipped"\} (\S+)$', text,
+                  re.MULTILINE)
+    return float(m.group(1)) if m else 0.0
+
+
 async def test_a_domains_own_suppression_applies_under_the_global_scope(
         make_stack: MakeStack) -> None:
     """A CRM holding a token scoped to its sender domain suppresses a contact: the entry
