@@ -29,6 +29,7 @@ from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 import aiosmtplib
 
@@ -47,6 +48,10 @@ LOST = Reply(451, "4.4.2", "Upstream connection lost, try again later")
 #: RFC 3463 X.3.2 "system not accepting network messages": the relay's own upstream
 #: connections are all in use.
 BUSY = Reply(451, "4.3.2", "Too many upstream connections in use, try again later")
+#: A reply that is no answer to the command (RFC 5321 section 4.2: three digits, and for
+#: each command its own codes, section 4.3.2): an upstream out of step with its replies,
+#: whose next one would be taken as the answer to the next command.
+OUT_OF_STEP = Reply(451, "4.4.2", "Upstream reply out of protocol, try again later")
 
 
 UTF8_UNSUPPORTED = Reply(555, "5.6.7", "Upstream server does not support SMTPUTF8")
@@ -168,19 +173,40 @@ class SmtpConnection(Connection):
     def supports(self, extension: str) -> bool:
         return self.client.supports_extension(extension)
 
-    @staticmethod
-    def _answer(code: int, message: str) -> Reply:
+    def _answer(self, code: int, message: str, *, final: bool = False) -> Reply:
         """The upstream's reply; a ``421`` is the server closing the connection (RFC 5321
         section 3.8), not an answer to this command alone: it becomes the connection
         lost (the caller closes it, and the first command of a reused connection is
         tried again on a fresh one), told to the client as a ``451`` with the upstream's
-        words, so that the client's own session, which the relay keeps, goes on."""
+        words, so that the client's own session, which the relay keeps, goes on.
+
+        MAIL, RCPT and the end of a message are answered 2xx, 4xx or 5xx (RFC 5321
+        section 4.3.2). Anything else — a 3xx, a line without a code (aiosmtplib's
+        ``-1``), a second reply left over after this one — is an upstream out of step:
+        the connection is closed and never pooled, and the client gets ``451``, never a
+        ``-1`` or another command's answer taken for this one's. (A reply left over after
+        a message's answer, ``final``, is ``_data``'s: the answer stands.)"""
+        if not 200 <= code < 600 or code // 100 == 3 or (not final and self._left_over()):
+            self._out_of_step(code, message)
         reply = _reply(code, message)
         if code == 421:
             raise UpstreamUnavailable(Reply(
                 451, reply.status if reply.status.startswith("4.") else "4.4.2",
                 reply.text or "Upstream closed the connection, try again later"))
         return reply
+
+    def _left_over(self) -> bool:
+        """Reply bytes after the one just read: a reply to no command (aiosmtplib keeps
+        what came in the same segment, and would read it as the next command's answer)."""
+        protocol = self.client.protocol
+        return bool(protocol is not None and getattr(protocol, "_buffer", None))
+
+    def _out_of_step(self, code: int, message: str) -> NoReturn:
+        log.warning("upstream_reply_out_of_step", code=code, reply=message[:200])
+        self.in_transaction = False
+        with contextlib.suppress(Exception):
+            self.client.close()
+        raise UpstreamUnavailable(OUT_OF_STEP)
 
     async def _plain_command(self, verb: bytes, prefix: bytes, address: str,
                              options: list[str]) -> aiosmtplib.SMTPResponse | None:
@@ -279,7 +305,11 @@ class SmtpConnection(Connection):
             return resp
         start = await client.execute_command(b"DATA", timeout=self.cfg.data_timeout)
         if start.code != 354:
-            raise aiosmtplib.SMTPDataError(start.code, start.message)
+            if 400 <= start.code < 600:  # DATA refused: nothing was sent
+                raise aiosmtplib.SMTPDataError(start.code, start.message)
+            # A 250 to DATA is no acceptance of a message that was never sent (RFC 5321
+            # section 4.3.2: 354, or a refusal): taken as one, the message was lost.
+            self._out_of_step(start.code, start.message)
         try:
             protocol.write(dot_stuffed(message))
             # read_response marks a reply as expected before it yields, so no reply can
@@ -293,23 +323,33 @@ class SmtpConnection(Connection):
         # of the message: Postfix 3.7 answers the next MAIL after an end-of-data
         # restriction's 451 with "503 nested MAIL". So a refused message leaves the
         # connection to be reset (RSET) before it carries another transaction.
-        self.in_transaction = resp.code != 250
-        if resp.code != 250:
+        self.in_transaction = resp.code // 100 != 2
+        if resp.code // 100 != 2:
             raise aiosmtplib.SMTPDataError(resp.code, resp.message)
+        if self._left_over():
+            # the message is taken (this answer), but the connection is out of step: a
+            # second reply would be read as the next MAIL's answer; never pooled again
+            log.warning("upstream_reply_out_of_step", code=resp.code, reply="after the "
+                        "answer to a message")
+            client.close()
         return resp
 
     async def data(self, message: bytes) -> Reply:
         try:
             resp = await self._data(message)
         except aiosmtplib.SMTPResponseException as exc:
-            return self._answer(exc.code, exc.message)
+            if not 400 <= exc.code < 600:
+                # aiosmtplib's own DATA says 250-to-DATA and a 2xx other than 250 after
+                # the message alike, and "-1" for a line it cannot read
+                self._out_of_step(exc.code, exc.message)
+            return self._answer(exc.code, exc.message, final=True)
         except aiosmtplib.SMTPTimeoutError:
             raise UpstreamUnavailable(TIMEOUT) from None
         except (aiosmtplib.SMTPServerDisconnected, OSError):
             raise UpstreamUnavailable(LOST) from None
         finally:
             self.last_used = time.monotonic()
-        return self._answer(resp.code, resp.message)
+        return self._answer(resp.code, resp.message, final=True)
 
     async def rset(self) -> bool:
         if not self.client.is_connected:
