@@ -138,9 +138,18 @@ async def _link(context: RewriteContext) -> list[Linked]:
         if not wanted(cfg, leaf, len(content)):
             continue
         blob_id = hashlib.sha256(content).hexdigest()
-        elsewhere = await app.host.first("trackrelay_attachment_put", app=app,
-                                         blob_id=blob_id, content=content,
-                                         content_type=leaf.content_type)
+        try:
+            elsewhere = await app.host.first(PUT_HOOK, valid=_not_kept_answer, app=app,
+                                             blob_id=blob_id, content=content,
+                                             content_type=leaf.content_type)
+        except Exception as exc:
+            # Raised, or answered something other than True or None (an S3 client's
+            # response, "yes"): not a promise that the bytes are kept, so the store
+            # keeps them, and the link works whatever the plugin did.
+            metrics.PLUGIN_ERRORS.labels(PUT_HOOK).inc()
+            log.error("plugin_failed", hook=PUT_HOOK, plugin=failed_plugin(exc),
+                      error=f"{type(exc).__name__}: {exc}", txn=context.transaction.id)
+            elsewhere = None
         index = len(linked) + 1
         filename = leaf.filename or f"attachment-{index}"
         await store.put_attachment(
@@ -196,6 +205,11 @@ def content_disposition(filename: str) -> str:
 
 
 GET_HOOK = "trackrelay_attachment_get"
+PUT_HOOK = "trackrelay_attachment_put"
+
+
+def _not_kept_answer(answer: object) -> str | None:
+    return None if answer is True else "True (kept), or None"
 
 
 def _wrong_bytes(answer: object) -> str | None:

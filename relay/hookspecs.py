@@ -133,8 +133,10 @@ def trackrelay_attachment_put(app: App, blob_id: str, content: bytes,
                               content_type: str) -> bool | None:
     """Keep a linked attachment's bytes somewhere else than the store (S3-compatible
     storage, a shared disk): return True once they are kept, and the store records only
-    what the file is; ``None`` leaves them to the store's own table. ``blob_id`` is the
-    content's sha256 (hex), the same for the same file in every message. May be async."""
+    what the file is; ``None`` leaves them to the store's own table. Any other answer,
+    or raising, is a plugin failure (logged and counted) and the store keeps the bytes.
+    ``blob_id`` is the content's sha256 (hex), the same for the same file in every
+    message. May be async."""
 
 
 @hookspec

@@ -192,6 +192,52 @@ async def test_a_storage_plugin_keeps_the_bytes(make_stack: MakeStack, tmp_path:
         assert resp.status == 200 and await resp.read() == PDF
 
 
+class WrongAnswer:
+    """A storage plugin that answers what is no promise: an S3 client's response, "yes"."""
+
+    def __init__(self, answer: object) -> None:
+        self.answer = answer
+
+    @hookimpl
+    def trackrelay_attachment_put(self, blob_id: str, content: bytes) -> object:
+        return self.answer
+
+
+@pytest.mark.parametrize("answer", ["yes", {"ETag": '"abc"'}, 1])
+async def test_a_storage_plugin_s_wrong_answer_leaves_the_bytes_to_the_store(
+        make_stack: MakeStack, answer: object) -> None:
+    """Only True says the bytes are kept elsewhere: any other answer was taken as that,
+    the file was taken out of the message and kept nowhere, and its link was a 404."""
+    stack = await stack_with(make_stack)
+    stack.app.host.register(WrongAnswer(answer), "wrong")
+    _out, url = await send(stack, message())
+    async with stack.http.get(url, headers={"User-Agent": CHROME}) as resp:
+        assert resp.status == 200 and await resp.read() == PDF
+    async with stack.http.get(f"{stack.base}/metrics") as resp:
+        assert 'trackrelay_plugin_errors_total{hook="trackrelay_attachment_put"}' in (
+            await resp.text())
+
+
+async def test_the_same_file_kept_by_a_plugin_then_by_the_store_keeps_its_bytes(
+        make_stack: MakeStack, tmp_path: Path) -> None:
+    """The file went first to a storage plugin, then (the plugin answering None for it)
+    to the store: the store's row, made by the first, had no bytes and ignored the
+    second's, so once the plugin was gone neither link worked."""
+    stack = await stack_with(make_stack)
+    disk = tmp_path / "files"
+    disk.mkdir()
+    storage = DiskStorage(disk)
+    stack.app.host.register(storage, "disk")
+    _out, first = await send(stack, message())
+    stack.app.host.pm.unregister(storage)
+    _out, second = await send(stack, message())
+    for path in disk.iterdir():
+        path.unlink()  # the plugin's storage is gone
+    for url in (first, second):
+        async with stack.http.get(url, headers={"User-Agent": CHROME}) as resp:
+            assert resp.status == 200 and await resp.read() == PDF, url
+
+
 async def test_purge_takes_the_files_too(make_stack: MakeStack) -> None:
     import time
 

@@ -1082,8 +1082,11 @@ class SqlStore(ContactScoresSql, Store):
                              size: int) -> None:
         now = time.time()
         await self._transaction([
+            # The same file again: its bytes are kept if this copy brings them and the
+            # first did not (a storage plugin kept that one, and may since be gone).
             ("INSERT INTO attachment_blobs (id, size, content, created_at) "
-             "VALUES (?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+             "VALUES (?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET content = "
+             "COALESCE(attachment_blobs.content, excluded.content)",
              [blob_id, int(size), content, now]),
             ("INSERT INTO attachments (message_id, idx, blob_id, filename, content_type, "
              "size, created_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
