@@ -35,6 +35,11 @@ class OutgoingMessage:
 
     @data.setter
     def data(self, value: bytes) -> None:
+        if not isinstance(value, bytes | bytearray | memoryview):
+            # raised in the plugin's own hook: its failure (logged, counted, and
+            # relay.on_plugin_error decides), not an error deep in the upstream send
+            raise TypeError(f"outgoing.data takes bytes, got {type(value).__name__}")
+        value = bytes(value)
         if self.frozen is not None and value is not self._data and value != self._data:
             raise FrozenMessage(f"the message was frozen ({self.frozen}); change it in a "
                                 "content hook, before trackrelay_outgoing_message")

@@ -28,6 +28,7 @@ never costs a built-in its record.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import inspect
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
@@ -86,6 +87,11 @@ class WrongAnswer(TypeError):
 def _shown(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _did_you_mean(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def failed_plugin(exc: BaseException) -> str | None:
@@ -163,8 +169,19 @@ class PluginHost:
                     f"switch it off: [plugins] disabled = [\"{name}\"]")
 
     def register(self, plugin: object, name: str | None = None) -> None:
-        """Register a plugin object or module (tests and embedders use this directly)."""
+        """Register a plugin object or module (tests and embedders use this directly).
+
+        A hook implementation with no hook of that name (``trackrelay_delivred``) is
+        refused: pluggy keeps it as "pending" and it would never run, silently."""
         self.pm.register(plugin, name=name)
+        unknown = sorted(caller.name for caller in self.pm.get_hookcallers(plugin) or []
+                         if caller.spec is None)
+        if unknown:
+            self.pm.unregister(plugin)
+            known = [n for n in dir(hookspecs) if n.startswith("trackrelay_")]
+            hints = [f"{n}{_did_you_mean(n, known)}" for n in unknown]
+            raise pluggy.PluginValidationError(
+                plugin, f"no such hook: {', '.join(hints)}")
 
     #: The plugin whose implementation raised an exception (``failed_plugin``).
     failed_plugin = staticmethod(failed_plugin)

@@ -232,12 +232,30 @@ def path_fault(arg: str, rest: str) -> bool:
     return any(c.isspace() or c in "()" for c in _QUOTED.sub("", path))
 
 
+#: An enhanced status code (RFC 3463 section 2: class.subject.detail).
+_STATUS = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
+#: Octets no reply line may hold (line breaks split the text into lines of its own).
+_REPLY_CONTROLS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def _reply_problem(answer: Reply) -> str | None:
+    """What in a plugin's ``Reply`` would not go on the wire as one reply: a status that
+    is no enhanced code of the reply's class (a CRLF in it made two replies, and the
+    client's next command got the second), control characters in the text."""
+    if answer.status and not (_STATUS.fullmatch(answer.status)
+                              and answer.status[0] == str(answer.code)[0]):
+        return "a Reply whose status is '' or an enhanced code of its class (5.7.1)"
+    if _REPLY_CONTROLS.search(answer.text):
+        return "a Reply whose text holds no control characters"
+    return None
+
+
 def refusal_problem(answer: object) -> str | None:
     """What is wrong with a ``trackrelay_check_sender`` answer: it must be a ``Reply``
     that refuses (4xx or 5xx). A 2xx one told the client its MAIL was taken while no
     transaction began (its RCPTs then got ``503``)."""
     if isinstance(answer, Reply) and 400 <= answer.code <= 599:
-        return None
+        return _reply_problem(answer)
     return "None or a Reply with a 4xx or 5xx code"
 
 
@@ -248,7 +266,7 @@ def recipient_answer_problem(answer: object) -> str | None:
     code 999) would go on the wire as a malformed reply."""
     if isinstance(answer, Reply) and (200 <= answer.code <= 299
                                       or 400 <= answer.code <= 599):
-        return None
+        return _reply_problem(answer)
     return "None or a Reply with a 2xx (skip), 4xx or 5xx code"
 
 

@@ -399,6 +399,31 @@ class Stamp:
         outgoing.data = outgoing.data.replace(b"Subject: Quarterly", b"Subject: Q")
 
 
+class TextNotBytes:
+    """A plugin that hands the final message back as text."""
+
+    @hookimpl
+    def trackrelay_outgoing_message(self, outgoing: OutgoingMessage) -> None:
+        outgoing.data = outgoing.data.decode()  # type: ignore[assignment]
+
+
+async def test_text_for_the_final_bytes_is_the_plugins_failure(
+        make_relay: MakeRelay, sink: Sink) -> None:
+    """A str set as ``outgoing.data`` raised later, in the upstream send: the client got
+    ``451 Internal error`` for every try, logged as the relay's own error. It is the
+    plugin's failure, where it assigns: the original goes out
+    (``relay.on_plugin_error = "forward"``), logged and counted as the plugin's."""
+    relay = await start(make_relay, register=[TextNotBytes()])
+    errors = metric("trackrelay_plugin_errors_total", hook="trackrelay_outgoing_message")
+    raw = html_message()
+    await send_through(relay, sender="crm@example.com", raw=raw)
+    (got,) = sink.received
+    assert got.data == raw
+    assert metric("trackrelay_plugin_errors_total",
+                  hook="trackrelay_outgoing_message") == errors + 1
+    assert (await recorded_message(relay.app.store))["skip_reason"] == "plugin_error"
+
+
 async def test_dkim_plugin_sees_what_other_outgoing_hooks_did(
         make_relay: MakeRelay, sink: Sink, keys: dict[str, Key]) -> None:
     raw = signed(html_message(), keys["crm"])

@@ -144,7 +144,8 @@ class WrongAnswers:
     @hookimpl
     def trackrelay_check_sender(self, sender: str) -> Any:
         return {"ok@shop.example.com": Reply(250, "2.1.0", "fine by me"),
-                "str@shop.example.com": "not a Reply"}.get(sender)
+                "str@shop.example.com": "not a Reply",
+                "nul@shop.example.com": Reply(550, "5.7.1", "no\x00pe")}.get(sender)
 
     @hookimpl
     def trackrelay_upstream_sender(self, sender: str) -> Any:
@@ -154,7 +155,11 @@ class WrongAnswers:
     @hookimpl
     def trackrelay_check_recipient(self, recipient: str) -> Any:
         return {"tuple@remote.test": ("550", "nope"),
-                "odd@remote.test": Reply(999, "9.9.9", "odd")}.get(recipient)
+                "odd@remote.test": Reply(999, "9.9.9", "odd"),
+                # a line break in the status made two replies: the client's next
+                # command was answered with the second
+                "split@remote.test": Reply(550, "5.7.1\r\n250 2.0.0", "injected"),
+                "class@remote.test": Reply(550, "2.1.5", "wrong class")}.get(recipient)
 
 
 @pytest.mark.parametrize(("sender", "recipient", "hook"), [
@@ -164,6 +169,9 @@ class WrongAnswers:
     ("crlf@shop.example.com", "eve@remote.test", "trackrelay_upstream_sender"),
     (SENDER, "tuple@remote.test", "trackrelay_check_recipient"),
     (SENDER, "odd@remote.test", "trackrelay_check_recipient"),
+    (SENDER, "split@remote.test", "trackrelay_check_recipient"),
+    (SENDER, "class@remote.test", "trackrelay_check_recipient"),
+    ("nul@shop.example.com", "eve@remote.test", "trackrelay_check_sender"),
 ])
 async def test_a_wrong_envelope_hook_answer_is_the_plugins_failure(
         make_stack: MakeStack, sender: str, recipient: str, hook: str) -> None:
@@ -188,3 +196,31 @@ async def test_a_wrong_envelope_hook_answer_is_the_plugins_failure(
     assert REGISTRY.get_sample_value("trackrelay_plugin_errors_total", {"hook": hook}) \
         == before + 1
     assert stack.sink.received == []
+
+
+class Misspelt:
+    @hookimpl
+    def trackrelay_delivred(self) -> None:  # one letter short of trackrelay_delivered
+        raise AssertionError("never called")
+
+    @hookimpl
+    def trackrelay_check_recipient(self, recipient: str) -> None:
+        return None
+
+
+def test_a_misspelt_hook_is_refused_not_kept_to_never_run() -> None:
+    """pluggy keeps an implementation of no known hook as "pending": ``check-config``
+    said OK, ``trackrelay plugins`` listed it, and it never ran. Registering the plugin
+    is refused, naming the hook and the one it resembles; nothing of it stays."""
+    import pluggy
+
+    from relay.config import build_config
+    from relay.plugin_host import PluginHost
+
+    host = PluginHost(build_config({}, environ={}), load_entry_points=False)
+    with pytest.raises(pluggy.PluginValidationError,
+                       match=r"no such hook: trackrelay_delivred \(did you mean "
+                             r"trackrelay_delivered\?\)"):
+        host.register(Misspelt(), "misspelt")
+    assert not host.pm.has_plugin("misspelt")
+    assert not host.implements("trackrelay_check_recipient")
