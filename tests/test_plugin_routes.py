@@ -88,6 +88,12 @@ class AsyncRoutes:
         raise AssertionError("never awaited")
 
 
+class BrokenRoutes:
+    @hookimpl
+    def trackrelay_tracker_routes(self, routes: TrackerRoutes) -> None:
+        raise RuntimeError("bucket not configured")
+
+
 def _app(*plugins: tuple[str, object]) -> App:
     config = build_config({"tracking": {"token_keys": [TOKEN_KEY]}}, environ={})
     host = PluginHost(config, load_entry_points=False)
@@ -103,6 +109,9 @@ def _app(*plugins: tuple[str, object]) -> App:
      "plugin view: tracker route '/v/{token}': plugin 'view_too' serves it already"),
     ([("lazy", AsyncRoutes())],
      "plugin lazy: trackrelay_tracker_routes must be a plain function"),
+    # any other exception too: one line, not a traceback
+    ([("broken", BrokenRoutes())],
+     "plugin broken: trackrelay_tracker_routes raised RuntimeError: bucket not configured"),
 ])
 def test_a_route_mistake_stops_start_up_naming_the_plugin(
         plugins: list[tuple[str, object]], refusal: str) -> None:

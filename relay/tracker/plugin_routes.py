@@ -172,6 +172,11 @@ def add_plugin_routes(app: App, web_app: web.Application,
             result = impl.function(*(arguments[name] for name in impl.argnames))
         except ValueError as exc:
             raise ConfigError(f"plugin {impl.plugin_name}: {exc}") from None
+        except Exception as exc:
+            # a bug of the plugin's, found at start-up: one line naming it, as
+            # trackrelay_check_config's, not a traceback
+            raise ConfigError(f"plugin {impl.plugin_name}: trackrelay_tracker_routes "
+                              f"raised {type(exc).__name__}: {exc}") from None
         if inspect.isawaitable(result):
             if inspect.iscoroutine(result):
                 result.close()
