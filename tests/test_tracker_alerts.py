@@ -106,6 +106,29 @@ async def test_chat_and_webhook_alerts(make_tracker: MakeTracker, receiver: Rece
     assert signing.verify(SECRET, body, headers[signing.HEADER])
 
 
+async def test_a_chat_alert_shows_a_hostile_subject_and_does_nothing_else(
+        make_tracker: MakeTracker, receiver: Receiver) -> None:
+    """Any sender writes the subject: Slack's "<!channel>" and "<url|text>" (a link
+    dressed as another) and a Mattermost "@all" went into the channel as markup. Escaped
+    as Slack's "Formatting text" guide asks; a channel-wide mention is broken."""
+    t = await tracker_with(make_tracker, [
+        {"name": "opens", "on": ["first_open"], "channel": "chat",
+         "url": receiver.url("slack")}])
+    subject = "<!channel> <https://evil.example/sso|Re-enter your password> @all & more"
+    sent = await seed_message(t.store, recipients=["carol@customer.test"], subject=subject)
+    await hit(t, t.pixel_url(sent.message_id))
+
+    async def one() -> bool:
+        return bool(receiver.bodies("slack"))
+
+    await wait_for(one)
+    (body,) = receiver.bodies("slack")
+    assert body["text"] == (
+        "carol@customer.test opened \"&lt;!channel&gt; &lt;https://evil.example/sso|"
+        "Re-enter your password&gt; @\u200ball &amp; more\" for the first time "
+        "(Thunderbird on Windows)")
+
+
 async def test_mail_alerts_for_replies_and_re_opens(make_tracker: MakeTracker,
                                                     sink: Sink) -> None:
     t = await tracker_with(make_tracker, [

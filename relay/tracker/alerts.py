@@ -32,6 +32,7 @@ import email.policy
 import email.utils
 import fnmatch
 import json
+import re
 import time
 from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any
@@ -101,6 +102,20 @@ def triggers_of(alert: AlertConfig, row: EventRow, message: MessageLookup) -> li
     if kind == "bounce" and (row.get("data") or {}).get("kind") == "delayed":
         return []
     return [kind] if kind in alert.on else []
+
+
+#: A channel-wide mention (Slack's ``@channel``/``@here``/``@everyone``, Mattermost's
+#: ``@all``/``@channel``/``@here``) that a sender could put in a subject or a link.
+_MENTION = re.compile(r"(?<![\w.])@(?=(?:all|channel|here|everyone)\b)", re.I)
+
+
+def chat_text(text: str) -> str:
+    """An alert line as chat markup that shows what the sender wrote and does nothing
+    else: ``&``, ``<`` and ``>`` escaped as Slack's "Formatting text" guide asks (no
+    ``<!channel>``, no ``<https://…|disguised link>``), and a channel-wide mention broken
+    with a zero-width space, so a subject cannot notify a whole channel."""
+    escaped = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _MENTION.sub("@\u200b", escaped)
 
 
 def describe(trigger: str, row: dict[str, Any], message: dict[str, Any]) -> str:
@@ -272,7 +287,7 @@ class Alerts:
         if rule.channel == "chat":
             text = "\n".join(lines) if body["type"] == "alert" else subject + ":\n" + \
                 "\n".join(lines)
-            data = json.dumps({"text": text}).encode()
+            data = json.dumps({"text": chat_text(text)}).encode()
             return await self._post(session, rule, data, {}), False
         data = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
         headers = {"X-Trackrelay-Event": delivery["event_type"],
