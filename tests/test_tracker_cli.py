@@ -256,3 +256,25 @@ def test_the_events_table_shows_no_control_character(store_url: str, tmp_path: P
     out = io.StringIO()
     assert cli.events(_args(config, type=["click"], json=True), out) == 0
     assert json.loads(out.getvalue())["url"] == hostile
+
+
+def test_stats_tables_show_no_control_character(store_url: str, tmp_path: Path) -> None:
+    """A campaign name and a link come from any sender's mail: ``trackrelay stats
+    --campaign`` and ``--group-by campaign`` printed their ESC sequences as written (an
+    OSC 8 hyperlink to anywhere, colours)."""
+    campaign = "camp\x1b]8;;http://evil.example/\x1b\\click\x1b]8;;\x1b\\\x1b[31m"
+    link = "https://shop.example/\x1b[2J"
+    _seed_one(store_url, tmp_path, lambda m: [
+        [Event("click", m.message_id, "carol@customer.test", time.time(), link_index=0,
+               data={"verdict": "human"})],
+    ], campaign=campaign, links=[link])
+    config = _config_file(tmp_path, store_url)
+    for args in (_args(config, campaign=campaign), _args(config, group_by="campaign")):
+        out = io.StringIO()
+        assert cli.stats(args, out) == 0
+        table = out.getvalue()
+        assert "camp?]8;;http://evil.example/?" in table, table
+        assert not any(c in table for c in "\x1b\x07\x9b"), table
+    out = io.StringIO()
+    assert cli.stats(_args(config, campaign=campaign), out) == 0
+    assert "https://shop.example/?[2J" in out.getvalue()

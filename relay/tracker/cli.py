@@ -120,18 +120,25 @@ async def period_figures(store: Store, since: float, until: float | None = None,
     }
 
 
+def _shown(text: str) -> str:
+    """Stored text (a campaign or a link from mail) as a terminal shows it as text: its
+    control characters (ESC, BEL, C1) would be the terminal's commands, an OSC 8 link to
+    anywhere among them."""
+    return _PRINTABLE.sub("?", text)
+
+
 def _print_figures(title: str, figures: dict[str, Any], out: IO[str]) -> None:
-    print(title, file=out)
+    print(_shown(title), file=out)
     width = max(len(k) for k in figures)
     for key, value in figures.items():
         if key in ("top_links", "per_hour", "engagement"):
             continue
         if isinstance(value, float) and key.endswith("_rate"):
             value = f"{value * 100:.1f}%"
-        print(f"  {key:<{width}}  {value}", file=out)
+        print(_shown(f"  {key:<{width}}  {value}"), file=out)
     for link in figures.get("top_links", []):
-        print(f"  link {link['clicks']:>6} clicks {link['unique_clicks']:>6} unique  "
-              f"{link['url']}", file=out)
+        print(_shown(f"  link {link['clicks']:>6} clicks {link['unique_clicks']:>6} unique  "
+                     f"{link['url']}"), file=out)
     if figures.get("engagement"):
         for line in engagement_lines(figures["engagement"]):
             print(f"  {line}", file=out)
@@ -265,7 +272,7 @@ async def _grouped(args: argparse.Namespace, store: Store, group_by: str, out: I
                 line += (f" delivered {g['delivered']:>6} open rate "
                          f"{g['open_rate']['human'] * 100:.1f}% / "
                          f"{g['open_rate']['all'] * 100:.1f}%")
-            print(line, file=out)
+            print(_shown(line), file=out)
     return 0
 
 
@@ -292,9 +299,7 @@ def _line(row: dict[str, Any], as_json: bool) -> str:
         bits.append(where)
     if obj.get("machine"):
         bits.append(f"machine:{obj.get('machine_reason') or '?'}")
-    # Stored text comes from mail and requests (a link, a user agent): its control
-    # characters (ESC, BEL, C1) would be the terminal's commands, not text.
-    return _PRINTABLE.sub("?", "  ".join(str(b) for b in bits))
+    return _shown("  ".join(str(b) for b in bits))  # a link, a user agent: stored text
 
 
 #: C0 and C1 control characters (and DEL): shown as "?" in the table.
