@@ -246,6 +246,36 @@ async def test_a_campaign_link_opens_that_campaign(make_stack: MakeStack) -> Non
         assert f'Campaign <span class="tag big">{html.escape(name)}</span>' in campaign
 
 
+async def test_bidirectional_controls_from_mail_are_shown_not_obeyed(
+        make_stack: MakeStack) -> None:
+    """A subject "Invoice <U+202E>fdp.exe" read "Invoice exe.pdf", and the override
+    spilled into the markup beside it (UTS #39 section 3.3, CVE-2021-42574): on every
+    page, the control is written out; the unsubscribe page does the same for a sender's
+    domain, and masks an address by its last "@"."""
+    stack = await make_stack(**SECTIONS)
+    subject, campaign = "Invoice \u202efdp.exe", "camp\u202elive"
+    raw = campaign_message("alice@example.com", "carol@customer.test", campaign=campaign,
+                           subject=subject)
+    await stack.send("alice@example.com", ["carol@customer.test"], raw)
+    (sent,) = await stack.wait_events(type="sent")
+    async with aiohttp.ClientSession(cookie_jar=jar()) as http:
+        await sign_in(http, stack.base, ADMIN_TOKEN)
+        for path in ("/ui/messages", f"/ui/messages/{sent['message_id']}", "/ui/campaigns"):
+            page = await get(http, f"{stack.base}{path}")
+            assert "\u202e" not in page, path
+            assert "[U+202E]" in page, path
+        detail = await get(http, f"{stack.base}/ui/messages/{sent['message_id']}")
+        assert "Invoice [U+202E]fdp.exe" in detail
+    token = stack.app.tokens.encode("unsubscribe", sent["message_id"], 0)
+    from relay.tracker.unsubscribe import _question, mask
+    assert mask('"a@b"@example.com') == '"***@example.com'
+    question = _question("", "news@\u202eelpmaxe.live", "carol@customer.test")
+    assert "\u202e" not in question and "[U+202E]elpmaxe.live" in question
+    async with aiohttp.ClientSession() as http:
+        page = await get(http, f"{stack.base}/u/{token}")
+        assert "\u202e" not in page
+
+
 async def test_pages_escape_what_came_in_mail(make_stack: MakeStack) -> None:
     stack = await make_stack(**SECTIONS)
     s = await seed(stack)

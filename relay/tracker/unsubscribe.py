@@ -30,6 +30,7 @@ from relay.inbound import record_event, suppression_scope
 from relay.logs import get_logger
 from relay.records import Event
 from relay.tracker.api import ClientGone, client_gone, read_body
+from relay.tracker.display import reveal_bidi
 from relay.tracker.lookups import require_store
 
 if TYPE_CHECKING:
@@ -80,30 +81,37 @@ def _unsubscribed(sentence: str) -> web.Response:
 
 
 def mask(address: str) -> str:
-    """``j***@example.com``: enough for people to recognise their address."""
-    local, _, domain = address.partition("@")
+    """``j***@example.com``: enough for people to recognise their address. The domain
+    follows the last ``@`` (a quoted local part may hold one: ``"a@b"@example.com``)."""
+    local, _, domain = address.rpartition("@")
     return f"{local[:1]}***@{domain}"
+
+
+def _text(value: str) -> str:
+    """A sender's or a recipient's words as the page's text: escaped, and bidirectional
+    controls shown, not obeyed (a domain "<U+202E>elpmaxe.live" read "live.example")."""
+    return html.escape(reveal_bidi(value))
 
 
 def _others(sender: str) -> str:
     """Who else a global suppression stops: every sender using this service."""
     domain = sender.rpartition("@")[2]
-    return (f"from {html.escape(domain)} and from every other sender that uses it"
+    return (f"from {_text(domain)} and from every other sender that uses it"
             if domain else "from every sender that uses it")
 
 
 def _question(scope: str, sender: str, recipient: str) -> str:
     """What the button will stop, said truthfully for ``[suppression] scope``."""
-    who = html.escape(mask(recipient))
+    who = _text(mask(recipient))
     if scope:
-        return f"Stop mail from {html.escape(scope)} to {who}?"
+        return f"Stop mail from {_text(scope)} to {who}?"
     return f"Stop all mail to {who} sent through this service, {_others(sender)}?"
 
 
 def _done(scope: str, sender: str, recipient: str) -> str:
-    who = html.escape(mask(recipient))
+    who = _text(mask(recipient))
     if scope:
-        return f"{who} gets no more mail from {html.escape(scope)}."
+        return f"{who} gets no more mail from {_text(scope)}."
     return f"{who} gets no more mail sent through this service, {_others(sender)}."
 
 

@@ -41,6 +41,7 @@ from relay.tracker.dashboard.auth import (
     is_https,
     same_origin,
 )
+from relay.tracker.display import reveal_bidi
 from relay.tracker.lookups import require_store
 
 if TYPE_CHECKING:
@@ -85,7 +86,7 @@ class Site:
         self.env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(str(HERE / "templates")),
             autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
-            lstrip_blocks=True)
+            lstrip_blocks=True, finalize=reveal_bidi)
         self.env.filters.update(fmt.FILTERS)
         self.env.globals["urlencode"] = urlencode
         css = (HERE / "static" / "dashboard.css").read_bytes()
