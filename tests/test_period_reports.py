@@ -160,7 +160,7 @@ def expected(world: World, mids: set[str]) -> dict[str, Any]:
                    bool(e["data"].get("hard")))
             reasons[key].add((e["message_id"], e["recipient"] or ""))
         if e["type"] == "bounce" and e["recipient"]:
-            domains[e["recipient"].split("@")[1]].add((e["message_id"], e["recipient"]))
+            domains[e["recipient"].rpartition("@")[2]].add((e["message_id"], e["recipient"]))
     accepted_by_domain = Counter(r.split("@")[1] for m in mids
                                  for r in world.messages[m]["accepted"])
     return {

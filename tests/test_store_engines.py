@@ -416,6 +416,21 @@ async def test_list_events_filters_and_cursor(store: Store) -> None:
 # --- campaigns, contacts -----------------------------------------------------------------------
 
 
+async def test_a_recipient_s_domain_follows_its_last_at(store: Store) -> None:
+    """A quoted local part may hold an "@" (RFC 5321 section 4.1.2): SQLite read the
+    domain after the first one, PostgreSQL between the first and the second, so the
+    engines told "domains that bounce most" apart. Both read it after the last."""
+    await send(store, mid(1), recipients=('"a@evil"@example.org', "b@example.org"))
+    store.enqueue(Event("bounce", mid(1), '"a@evil"@example.org', time=time.time(),
+                        data={"hard": True, "reason": "userunknown"}))
+    await store.flush()
+    breakdown = await store.bounce_breakdown(since=0, limit=10)
+    assert {d["domain"]: (d["bounced"], d["delivered"]) for d in breakdown["domains"]} == {
+        "example.org": (1, 2)}
+    groups = await store.grouped_stats("domain", since=0)
+    assert [g["key"] for g in groups] == ["example.org"]
+
+
 async def test_campaign_stats(store: Store) -> None:
     hour = 1_800_000_000.0 - 1_800_000_000.0 % 3600
     for n in range(10):

@@ -211,7 +211,8 @@ class PostgresStore(SqlStore):
         return f"((floor({column} / {seconds})::bigint + {shift}) % {period})"
 
     def _domain_expr(self, column: str) -> str:
-        return f"split_part({column}, '@', 2)"
+        # after the last "@", as SQLite's and relay.store.base.domain_of read it
+        return f"substring({column} from '[^@]*$')"
 
     def _json_rows(self, sql: str, columns: tuple[str, ...]) -> str:
         return f"(SELECT COALESCE(json_agg(x), '[]'::json)::text FROM ({sql}) x)"

@@ -332,7 +332,10 @@ class SqliteStore(SqlStore):
         return f"((CAST({column} / {seconds} AS INTEGER) + {shift}) % {period})"
 
     def _domain_expr(self, column: str) -> str:
-        return f"substr({column}, instr({column}, '@') + 1)"
+        # after the last "@" (a quoted local part may hold one): rtrim takes off every
+        # trailing character that is not an "@", what is left ends at the last one
+        return (f"substr({column}, length(rtrim({column}, replace({column}, '@', ''))) "
+                f"+ 1)")
 
     def _json_rows(self, sql: str, columns: tuple[str, ...]) -> str:
         pairs = ", ".join(f"'{c}', x.{c}" for c in columns)
