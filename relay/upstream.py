@@ -369,6 +369,16 @@ class SmtpConnection(Connection):
             on_close()
 
 
+def _starttls_failure(exc: BaseException) -> bool:
+    """A connection that failed at its STARTTLS: refused (RFC 3207 section 4: 454, or
+    501), or the TLS handshake after it; not a greeting or an EHLO refused."""
+    if isinstance(exc, ssl.SSLError):
+        return True
+    return (isinstance(exc, aiosmtplib.SMTPResponseException)
+            and not isinstance(exc, aiosmtplib.SMTPHeloError | aiosmtplib.SMTPConnectError)
+            and exc.code in (454, 501))
+
+
 class SmtpUpstream(Upstream):
     """Connections to one upstream server: at most ``max_connections`` open, idle ones
     kept for reuse up to ``pool_size``."""
@@ -395,19 +405,23 @@ class SmtpUpstream(Upstream):
 
     async def _connect(self) -> SmtpConnection:
         cfg = self.cfg
-        client = aiosmtplib.SMTP(
-            hostname=cfg.host,
-            port=cfg.port,
-            local_hostname=self.local_hostname,
-            timeout=cfg.connect_timeout,
-            use_tls=cfg.tls == "implicit",
-            start_tls={"starttls": True, "starttls-optional": None}.get(cfg.tls, False),
-            tls_context=self._tls_context,
-            username=cfg.username or None,
-            password=self._password or None,
-        )
+        start_tls = {"starttls": True, "starttls-optional": None}.get(cfg.tls, False)
+        client = self._client(start_tls)
         try:
-            await client.connect()
+            try:
+                await client.connect()
+            except (aiosmtplib.SMTPResponseException, ssl.SSLError) as exc:
+                if start_tls is not None or cfg.username or not _starttls_failure(exc):
+                    raise
+                # "starttls-optional" is opportunistic TLS (Postfix's "may"): a server
+                # that offers STARTTLS and then refuses it (454 4.7.0) or fails the
+                # handshake takes the mail in plain text, as one that offers nothing
+                # would. Never with a login: its password would go in the clear.
+                log.warning("upstream_starttls_failed", host=cfg.host, error=str(exc),
+                            fallback="plain")
+                client.close()
+                client = self._client(False)
+                await client.connect()
             if client.is_ehlo_or_helo_needed:
                 await greet(client)  # so the pool knows the server's extensions
         except aiosmtplib.SMTPTimeoutError:
@@ -428,6 +442,20 @@ class SmtpUpstream(Upstream):
             raise UpstreamUnavailable(UNREACHABLE) from None
         UPSTREAM_CONNECTIONS.labels("ok").inc()
         return SmtpConnection(client, cfg, self._closed)
+
+    def _client(self, start_tls: bool | None) -> aiosmtplib.SMTP:
+        cfg = self.cfg
+        return aiosmtplib.SMTP(
+            hostname=cfg.host,
+            port=cfg.port,
+            local_hostname=self.local_hostname,
+            timeout=cfg.connect_timeout,
+            use_tls=cfg.tls == "implicit",
+            start_tls=start_tls,
+            tls_context=self._tls_context,
+            username=cfg.username or None,
+            password=self._password or None,
+        )
 
     def _closed(self) -> None:
         """A connection closed: its slot goes to the first waiter, to open a new one."""

@@ -130,3 +130,49 @@ async def test_a_reply_without_a_code_for_the_command_is_a_451_not_a_minus_one(
     assert code == 451, text
     for _ in range(3):  # the next clients: a connection in step
         assert await send(port) == (250, "2.0.0 Ok: queued")
+
+
+class RefusesTls(Upstream):
+    """Offers STARTTLS, then refuses it (RFC 3207 section 4: 454 TLS not available)."""
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 raw ESMTP\r\n")
+        while line := await reader.readline():
+            verb = line[:4].upper()
+            if verb == b"EHLO":
+                writer.write(b"250-raw\r\n250-STARTTLS\r\n250 8BITMIME\r\n")
+            elif line.upper().startswith(b"STARTTLS"):
+                writer.write(b"454 4.7.0 TLS not available due to local problem\r\n")
+            elif verb == b"QUIT":
+                writer.write(b"221 bye\r\n")
+                break
+            elif verb == b"DATA":
+                writer.write(b"354 go on\r\n")
+                self.messages.append(await reader.readuntil(b"\r\n.\r\n"))
+                writer.write(b"250 2.0.0 Ok: queued\r\n")
+            else:
+                writer.write(b"250 2.1.0 Ok\r\n")
+            await writer.drain()
+        writer.close()
+
+
+async def test_optional_starttls_refused_falls_back_to_plain_text(
+        make_relay: MakeRelay) -> None:
+    """``upstream.tls = "starttls-optional"`` is opportunistic TLS (Postfix's "may"): a
+    server that offers STARTTLS and refuses it took no mail at all (every MAIL "451
+    4.4.1 Upstream server unreachable"), where one offering nothing takes it in plain
+    text. It falls back; ``"starttls"`` (required) does not."""
+    peer = RefusesTls()
+    peer.server = await asyncio.start_server(peer.handle, "127.0.0.1", 0)
+    try:
+        port = peer.server.sockets[0].getsockname()[1]
+        optional = await make_relay(upstream={"host": "127.0.0.1", "port": port,
+                                              "tls": "starttls-optional"})
+        assert await send(relay_port(optional)) == (250, "2.0.0 Ok: queued")
+        assert len(peer.messages) == 1
+        required = await make_relay(upstream={"host": "127.0.0.1", "port": port,
+                                              "tls": "starttls"})
+        code, _text = await send(relay_port(required))
+        assert code == 451 and len(peer.messages) == 1
+    finally:
+        peer.server.close()
