@@ -259,15 +259,24 @@ class SmtpConnection(Connection):
                     timeout=self.cfg.command_timeout,
                 )
         except aiosmtplib.SMTPResponseException as exc:
-            return self._answer(exc.code, exc.message)
+            resp = aiosmtplib.SMTPResponse(exc.code, exc.message)
         except aiosmtplib.SMTPTimeoutError:
             raise UpstreamUnavailable(TIMEOUT) from None
         except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPConnectError, OSError):
             raise UpstreamUnavailable(LOST) from None
         except ValueError:  # aiosmtplib's address check, before anything was sent
             return UNSENDABLE_SENDER
-        if resp.code < 300:
+        if 200 <= resp.code < 300:
             self.in_transaction = True
+        if resp.code == 530:
+            # RFC 4954 section 6: the upstream wants a login the relay did not give
+            # (no upstream.username, or a server that asks anyway): the relay's own
+            # configuration, which the client cannot change; refused for good, its mail
+            # would bounce for as long as the setting is wrong. Retried instead, as
+            # Postfix's smtp_sasl_auth_soft_bounce does for a refused login.
+            log.error("upstream_auth_required", reply=f"{resp.code} {resp.message}"[:200])
+            return Reply(451, "4.7.0", "Upstream requires the relay to log in "
+                                       "(upstream.username), try again later")
         return self._answer(resp.code, resp.message)
 
     async def rcpt(self, recipient: str, options: list[str], utf8: bool) -> Reply:

@@ -176,3 +176,16 @@ async def test_optional_starttls_refused_falls_back_to_plain_text(
         assert code == 451 and len(peer.messages) == 1
     finally:
         peer.server.close()
+
+
+async def test_an_upstream_asking_for_a_login_is_a_451_not_a_bounce(
+        make_relay: MakeRelay, upstream: Upstream) -> None:
+    """RFC 4954 section 6: "530 5.7.0 Authentication required" at MAIL asks for a login
+    the relay's configuration did not give: the client cannot change that, and a 530
+    passed on bounced its mail for as long as the setting was wrong. It is 451."""
+    upstream.script[b"MAIL"] = [b"530 5.7.0 Authentication required\r\n",
+                                b"250 2.1.0 Ok\r\n"]
+    port = await relay_to(make_relay, upstream)
+    code, text = await send(port)
+    assert (code, upstream.messages) == (451, []), text
+    assert text.startswith("4.7.0 Upstream requires the relay to log in")
