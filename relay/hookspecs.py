@@ -231,7 +231,11 @@ def trackrelay_tracking_policy(app: App, transaction: Transaction, message: Mess
     consumed from ``message`` (the built-in one removes ``X-Trackrelay-Track`` and
     ``X-Trackrelay-Campaign``). With no answer at all, nothing is tracked. An answer that
     is not a ``TrackingPolicy`` is a plugin failure (logged and counted) and is ignored:
-    the next answer (the built-in policy's) decides.
+    the next answer (the built-in policy's) decides. An answer replaces the built-in's
+    whole, the campaign included: the sent record's campaign and the campaign's
+    ``List-Unsubscribe`` come from ``policy.campaign``, so pass the message's
+    ``X-Trackrelay-Campaign`` on (``TrackingPolicy.skip("reason", campaign=…)``) to keep
+    them; the built-in removes that header all the same.
     """
 
 

@@ -3,9 +3,11 @@
 
 ``trackrelay_tracking_policy`` is called for every message before any content edit; the
 first non-``None`` answer wins, and the built-in policy answers last, so returning
-``TrackingPolicy.skip(reason)`` here turns tracking off; returning ``None`` leaves the
-decision to the built-in policy. The reason is recorded with the sent message and counted
-in ``trackrelay_messages_total{decision="skipped_<reason>"}``. Settings::
+``TrackingPolicy.skip(reason, campaign)`` here turns tracking off; returning ``None``
+leaves the decision to the built-in policy. The answer replaces the built-in's whole,
+so it carries the message's campaign on (its sent record, its ``List-Unsubscribe``).
+The reason is recorded with the sent message and counted in
+``trackrelay_messages_total{decision="skipped_<reason>"}``. Settings::
 
     [plugins.no_tracking_for_domain]
     domains = ["customer.example", "example.com"]   # and their subdomains
@@ -16,6 +18,7 @@ from __future__ import annotations
 from relay import hookimpl
 from relay.app import App
 from relay.config import ConfigError
+from relay.message import MessageDraft
 from relay.records import Transaction
 from relay.rewrite.context import TrackingPolicy
 
@@ -41,7 +44,9 @@ def _listed(address: str) -> bool:
 
 
 @hookimpl
-def trackrelay_tracking_policy(transaction: Transaction) -> TrackingPolicy | None:
+def trackrelay_tracking_policy(transaction: Transaction,
+                               message: MessageDraft) -> TrackingPolicy | None:
     if any(_listed(rcpt) for rcpt in transaction.rcpt_tos):
-        return TrackingPolicy.skip("recipient_domain")
+        campaign = (message.get("X-Trackrelay-Campaign") or "").strip() or None
+        return TrackingPolicy.skip("recipient_domain", campaign)
     return None
