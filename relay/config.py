@@ -106,6 +106,11 @@ class RelayConfig:
     dsn: bool = True
     proxy_protocol: bool = False
     proxy_protocol_timeout: float = 5.0
+    #: Peers whose PROXY header is believed (the load balancers): a header from any
+    #: other names an address of the sender's choosing, and the connection is closed.
+    proxy_protocol_networks: list[str] = field(default_factory=lambda: [
+        "127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
+        "fc00::/7"])
     client_timeout: float = 300.0
     # Limits: client connections (all, and per address outside allowed_networks),
     # commands and error replies per session, seconds per session.
@@ -903,7 +908,7 @@ def validate(config: Config) -> None:
                               f"got {name!r}")
     if not r.listen and not r.listen_tls:
         raise ConfigError("relay.listen: at least one of relay.listen, relay.listen_tls is needed")
-    for key in ("allowed_networks", "xforward_hosts"):
+    for key in ("allowed_networks", "xforward_hosts", "proxy_protocol_networks"):
         for i, net in enumerate(getattr(r, key)):
             try:
                 ipaddress.ip_network(net, strict=False)

@@ -1109,6 +1109,13 @@ class RelaySession(ConnectionHandler):
                            proxy_data: Any) -> bool:
         if not (bool(proxy_data) and getattr(proxy_data, "valid", True)):
             return False
+        peer = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
+        if not self.relay.proxy_peer_allowed(str(peer)):
+            # whoever sends the header chooses the address allowed_networks judges: only
+            # the load balancers may (a port reachable by others was an open relay)
+            self.log.warning("proxy_header_refused", peer=str(peer),
+                             setting="relay.proxy_protocol_networks")
+            return False
         refusal = self.admit(*self._peer(session))
         if refusal is not None:
             self.say(refusal)  # aiosmtpd closes the connection when this returns False
@@ -1623,6 +1630,8 @@ class Relay:
                               for n in rc.allowed_networks)
         self.xforward_networks = tuple(ipaddress.ip_network(n, strict=False)
                                        for n in rc.xforward_hosts)
+        self.proxy_networks = tuple(ipaddress.ip_network(n, strict=False)
+                                    for n in rc.proxy_protocol_networks)
         self._allowed: dict[str, bool] = {}
         self.authenticator = Authenticator(rc) if rc.users_file else None
         self.limits = ConnectionLimits(rc.max_connections, rc.max_connections_per_ip,
@@ -1650,6 +1659,17 @@ class Relay:
         self.tls_addresses: list[tuple[str, int]] = []
         #: Sockets inherited from the supervisor (relay.workers); empty in one process.
         self.listeners = Listeners()
+
+    def proxy_peer_allowed(self, ip: str) -> bool:
+        """Whether a PROXY header from the connection's own peer ``ip`` is believed
+        (``relay.proxy_protocol_networks``: the load balancers)."""
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+            addr = addr.ipv4_mapped
+        return any(addr in net for net in self.proxy_networks)
 
     def xforward_allowed(self, ip: str) -> bool:
         """Whether ``ip`` may send XFORWARD (``relay.xforward_hosts``)."""

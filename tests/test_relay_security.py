@@ -222,6 +222,23 @@ async def test_proxy_protocol_client_address(make_relay: MakeRelay, sink: Sink) 
     assert (await _proxied_mail(port, "203.0.113.9")).startswith(b"550 5.7.1")
 
 
+async def test_a_proxy_header_is_believed_from_the_load_balancers_only(
+        make_relay: MakeRelay, sink: Sink) -> None:
+    """Whoever sends the PROXY header chooses the address ``allowed_networks`` judges: a
+    client reaching the port directly named an allowed address and relayed. A header is
+    believed only from ``relay.proxy_protocol_networks`` (loopback and private networks
+    by default); from another peer the connection is closed."""
+    relay = await make_relay(relay={"proxy_protocol": True,
+                                    "allowed_networks": ["198.51.100.0/24"],
+                                    "proxy_protocol_networks": ["192.0.2.0/24"]})
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay_port(relay))
+    writer.write(b"PROXY TCP4 198.51.100.7 127.0.0.1 40000 25\r\n")
+    await writer.drain()
+    assert await asyncio.wait_for(reader.read(), 10) == b""  # closed, no greeting
+    writer.close()
+    assert sink.connections == 0
+
+
 async def test_malformed_commands_do_not_crash(make_relay: MakeRelay, sink: Sink) -> None:
     relay = await make_relay()
     reader, writer = await asyncio.open_connection("127.0.0.1", relay_port(relay))
