@@ -774,7 +774,7 @@ SECTIONS: dict[str, Any] = {
 
 #: Upstream keys that say where mail is to go: set from the environment while the file
 #: captures (the Docker image's default), they mean the admin wants it relayed.
-_RELAY_KEYS = ("host", "port", "tls", "username", "password", "password_file")
+_RELAY_KEYS = ("host", "port")
 
 
 def _check_capture_overrides(config: Config, upstream_origins: dict[str, str]) -> None:

@@ -264,11 +264,8 @@ class EventWriter:
         if self._lock_fd is not None:
             release_lock(self.lock_path, self._lock_fd)
             self._lock_fd = None
-        pending = self.has_spool()
-        # a writer that took nothing (the supervisor's, opened to migrate) is a debug line
-        said = log.info if self.written or self.spooled or self.lost or pending else log.debug
-        said("event_writer_closed", written=self.written, spooled=self.spooled,
-             lost=self.lost, spool_pending=pending)
+        log.info("event_writer_closed", written=self.written, spooled=self.spooled,
+                 lost=self.lost, spool_pending=self.has_spool())
 
     async def _run(self) -> None:
         while not self._stopping:
