@@ -56,7 +56,8 @@ def minimal_sent(transaction: Transaction, outcome: Outcome) -> SentMessage:
         recipients=list(transaction.rcpt_tos or outcome.accepted),
         subject=headers.get("Subject"),
         tracked=False,
-        skip_reason="not_tracked",
+        # why the pipeline sent the original, if it said (a content hook's failure)
+        skip_reason=str(transaction.extra.get("skip_reason") or "not_tracked"),
         submitted_by=transaction.authenticated_user or transaction.mail_from or None,
         submitted_ip=transaction.submitting_ip,
     )

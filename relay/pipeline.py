@@ -90,7 +90,13 @@ def _untrack(transaction: Transaction, raw: bytes, reason: str, *, only_tracked:
     if isinstance(context, RewriteContext) and (context.tracked or not only_tracked):
         context.untrack(reason)
     sent = transaction.sent
-    if sent is None or (only_tracked and not sent.tracked):
+    if sent is None:
+        # a content hook failed before the sent record was made: the record the recorder
+        # makes instead says why too (not "not_tracked")
+        if not only_tracked:
+            transaction.extra["skip_reason"] = reason
+        return
+    if only_tracked and not sent.tracked:
         return
     sent.tracked = sent.track_opens = sent.track_clicks = False
     sent.skip_reason = reason

@@ -224,3 +224,23 @@ def test_a_misspelt_hook_is_refused_not_kept_to_never_run() -> None:
         host.register(Misspelt(), "misspelt")
     assert not host.pm.has_plugin("misspelt")
     assert not host.implements("trackrelay_check_recipient")
+
+
+class BrokenEdit:
+    @hookimpl
+    def trackrelay_edit_html(self, context: Any, part: Any) -> None:
+        raise RuntimeError("template engine away")
+
+
+async def test_a_content_hook_s_failure_is_the_recorded_reason(make_stack: MakeStack) -> None:
+    """An edit hook that raised before the sent record was made left the record the
+    recorder makes instead: "not_tracked", while the metrics said "plugin_error"."""
+    stack = await make_stack()
+    stack.app.host.register(BrokenEdit(), "broken")
+    raw = campaign_message(SENDER, "eve@remote.test")
+    await stack.send(SENDER, ["eve@remote.test"], raw)
+    assert stack.sink.received[-1].data == raw  # the original went out
+    (sent,) = await stack.wait_events(type="sent")
+    await stack.wait_message(sent["message_id"])
+    detail = await stack.store.get_message(sent["message_id"])
+    assert detail is not None and detail["skip_reason"] == "plugin_error"
