@@ -405,6 +405,18 @@ class ConnectionHandler(SmtpNames):
         return str(INTERNAL_ERROR)
 
 
+def _in(ip: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+        ) -> bool:
+    """Whether ``ip`` (an IPv4-mapped IPv6 address as its IPv4 one) is in ``networks``."""
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+        addr = addr.ipv4_mapped
+    return any(addr in net for net in networks)
+
+
 class RelaySMTP(SmtpNames, SMTP):
     """aiosmtpd's protocol with enhanced status codes, implicit TLS and lost-connection news.
 
@@ -1663,13 +1675,7 @@ class Relay:
     def proxy_peer_allowed(self, ip: str) -> bool:
         """Whether a PROXY header from the connection's own peer ``ip`` is believed
         (``relay.proxy_protocol_networks``: the load balancers)."""
-        try:
-            addr = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
-        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
-            addr = addr.ipv4_mapped
-        return any(addr in net for net in self.proxy_networks)
+        return _in(ip, self.proxy_networks)
 
     def xforward_allowed(self, ip: str) -> bool:
         """Whether ``ip`` may send XFORWARD (``relay.xforward_hosts``)."""
@@ -1692,13 +1698,7 @@ class Relay:
         return known
 
     def _in_networks(self, ip: str) -> bool:
-        try:
-            addr = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
-        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
-            addr = addr.ipv4_mapped
-        return any(addr in net for net in self.networks)
+        return _in(ip, self.networks)
 
     def _factory(self, implicit_tls: bool) -> RelaySMTP:
         rc = self.config.relay
