@@ -65,6 +65,11 @@ POSITIVE_NUMBERS = frozenset({
 #: Keys whose values are secrets: never echoed in an error message.
 SECRET_KEYS = frozenset({"password", "secret", "token", "token_keys", "metrics_token"})
 
+#: Loopback and the private ranges (RFC 1918, RFC 4193): who may send a PROXY header and
+#: read ``/metrics`` by default, where a load balancer and a scraper usually are.
+PRIVATE_NETWORKS = ("127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12",
+                    "192.168.0.0/16", "fc00::/7")
+
 #: What the example config and ``compose.yaml`` put where a secret goes: a signing key
 #: holding it is refused once mail leaves the machine (``upstream.mode = "smtp"``).
 PLACEHOLDER = "change-me"
@@ -108,9 +113,7 @@ class RelayConfig:
     proxy_protocol_timeout: float = 5.0
     #: Peers whose PROXY header is believed (the load balancers): a header from any
     #: other names an address of the sender's choosing, and the connection is closed.
-    proxy_protocol_networks: list[str] = field(default_factory=lambda: [
-        "127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
-        "fc00::/7"])
+    proxy_protocol_networks: list[str] = field(default_factory=lambda: list(PRIVATE_NETWORKS))
     client_timeout: float = 300.0
     # Limits: client connections (all, and per address outside allowed_networks),
     # commands and error replies per session, seconds per session.
@@ -169,9 +172,7 @@ class HttpConfig:
     #: ``tracker.trusted_proxies``), or any client sending ``metrics_token`` as a bearer
     #: token. The counters say how much mail goes where and how many sign-ins fail: not
     #: for the public pixel and click address.
-    metrics_networks: list[str] = field(default_factory=lambda: [
-        "127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
-        "fc00::/7"])
+    metrics_networks: list[str] = field(default_factory=lambda: list(PRIVATE_NETWORKS))
     metrics_token: str = ""
     # Limits of the tracker's HTTP door (relay.tracker.pixel_door), per process: client
     # connections open at once (all, and per address outside tracker.trusted_proxies),
@@ -893,6 +894,16 @@ def _sqlite_beside(url: str, folder: Path) -> str:
     return f"{prefix}{folder / path}{sep}{query}"
 
 
+def _check_networks(key: str, networks: list[str], noun: str = "an address or network"
+                    ) -> None:
+    """Each entry of the list ``key`` is an address or a CIDR network."""
+    for i, net in enumerate(networks):
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except (ValueError, TypeError):
+            raise ConfigError(f"{key}[{i}]: not {noun}: {net!r}") from None
+
+
 def validate(config: Config) -> None:
     """Checks that span more than one key's type."""
     r, u = config.relay, config.upstream
@@ -909,11 +920,7 @@ def validate(config: Config) -> None:
     if not r.listen and not r.listen_tls:
         raise ConfigError("relay.listen: at least one of relay.listen, relay.listen_tls is needed")
     for key in ("allowed_networks", "xforward_hosts", "proxy_protocol_networks"):
-        for i, net in enumerate(getattr(r, key)):
-            try:
-                ipaddress.ip_network(net, strict=False)
-            except ValueError:
-                raise ConfigError(f"relay.{key}[{i}]: not a network: {net!r}") from None
+        _check_networks(f"relay.{key}", getattr(r, key), "a network")
     if (r.listen_tls or r.require_tls) and not (r.tls_cert and r.tls_key):
         raise ConfigError("relay.tls_cert: relay.listen_tls and relay.require_tls need "
                           "relay.tls_cert and relay.tls_key")
@@ -961,12 +968,7 @@ def validate(config: Config) -> None:
         if not config.http.dashboard:
             raise ConfigError("http.dashboard_listen: the dashboard is off "
                               "(http.dashboard = false)")
-    for i, net in enumerate(config.http.metrics_networks):
-        try:
-            ipaddress.ip_network(net, strict=False)
-        except ValueError:
-            raise ConfigError(f"http.metrics_networks[{i}]: not an address or network: "
-                              f"{net!r}") from None
+    _check_networks("http.metrics_networks", config.http.metrics_networks)
     if config.http.metrics_token and len(config.http.metrics_token) < 16:
         raise ConfigError("http.metrics_token: at least 16 characters")
     if not 0 < config.http.dashboard_session_hours <= 24 * 30:
@@ -1383,12 +1385,7 @@ def validate_http_limits(h: HttpConfig) -> None:
 
 def validate_tracker(t: TrackerConfig) -> None:
     """The ``[tracker]`` section: proxies, GeoIP file, API tokens, webhooks."""
-    for i, net in enumerate(t.trusted_proxies):
-        try:
-            ipaddress.ip_network(net, strict=False)
-        except ValueError:
-            raise ConfigError(f"tracker.trusted_proxies[{i}]: not an address or network: "
-                              f"{net!r}") from None
+    _check_networks("tracker.trusted_proxies", t.trusted_proxies)
     if t.geoip_path and not Path(t.geoip_path).is_file():
         raise ConfigError(f"tracker.geoip_path: no such file: {t.geoip_path}")
     if t.geoip_path:
@@ -1453,12 +1450,7 @@ def validate_tracker(t: TrackerConfig) -> None:
 
 def validate_engagement(e: EngagementConfig) -> None:
     """The ``[engagement]`` section: networks, non-negative windows, positive weights."""
-    for i, net in enumerate(e.org_networks):
-        try:
-            ipaddress.ip_network(net, strict=False)
-        except ValueError:
-            raise ConfigError(f"engagement.org_networks[{i}]: not an address or network: "
-                              f"{net!r}") from None
+    _check_networks("engagement.org_networks", e.org_networks)
     for key in ("instant_seconds", "suspect_seconds", "safelinks_seconds",
                 "self_open_seconds", "link_burst_seconds", "recipient_burst_seconds",
                 "honeypot_window", "batch_settle_seconds", "score_open_weight",
@@ -1497,12 +1489,7 @@ def validate_deliverability(config: Config) -> None:
                           f"(no '+'), got {b.verp_prefix!r}")
     if b.verp and not b.bounce_domain:
         raise ConfigError("bounces.verp: needs bounces.bounce_domain")
-    for i, net in enumerate(b.trusted_networks):
-        try:
-            ipaddress.ip_network(net, strict=False)
-        except (ValueError, TypeError):
-            raise ConfigError(f"bounces.trusted_networks[{i}]: not a network: {net!r}"
-                              ) from None
+    _check_networks("bounces.trusted_networks", b.trusted_networks, "a network")
     if b.listen and not b.bounce_domain:
         raise ConfigError("bounces.listen: the bounce listener needs bounces.bounce_domain")
     for i, addr in enumerate(b.listen):

@@ -16,7 +16,6 @@ import collections
 import contextlib
 import functools
 import inspect
-import ipaddress
 import re
 import ssl
 import time
@@ -54,6 +53,7 @@ from relay.dsn_parameters import (
     recipient_parameters,
     split_off,
 )
+from relay.engagement.networks import NetworkSet
 from relay.listeners import Listeners, host_port
 from relay.logs import get_logger
 from relay.message import MessageDraft
@@ -403,18 +403,6 @@ class ConnectionHandler(SmtpNames):
         carrying the error's text, which makes a client bounce the mail."""
         log.error("smtp_internal_error", error=type(error).__name__, exc_info=error)
         return str(INTERNAL_ERROR)
-
-
-def _in(ip: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
-        ) -> bool:
-    """Whether ``ip`` (an IPv4-mapped IPv6 address as its IPv4 one) is in ``networks``."""
-    try:
-        addr = ipaddress.ip_address(ip)
-    except ValueError:
-        return False
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
-        addr = addr.ipv4_mapped
-    return any(addr in net for net in networks)
 
 
 class RelaySMTP(SmtpNames, SMTP):
@@ -1638,12 +1626,9 @@ class Relay:
         self.config = app.config
         rc = self.config.relay
         self.upstream = upstream or make_upstream(self.config.upstream, rc.hostname)
-        self.networks = tuple(ipaddress.ip_network(n, strict=False)
-                              for n in rc.allowed_networks)
-        self.xforward_networks = tuple(ipaddress.ip_network(n, strict=False)
-                                       for n in rc.xforward_hosts)
-        self.proxy_networks = tuple(ipaddress.ip_network(n, strict=False)
-                                    for n in rc.proxy_protocol_networks)
+        self.networks = NetworkSet(rc.allowed_networks)
+        self.xforward_networks = NetworkSet(rc.xforward_hosts)
+        self.proxy_networks = NetworkSet(rc.proxy_protocol_networks)
         self._allowed: dict[str, bool] = {}
         self.authenticator = Authenticator(rc) if rc.users_file else None
         self.limits = ConnectionLimits(rc.max_connections, rc.max_connections_per_ip,
@@ -1675,17 +1660,11 @@ class Relay:
     def proxy_peer_allowed(self, ip: str) -> bool:
         """Whether a PROXY header from the connection's own peer ``ip`` is believed
         (``relay.proxy_protocol_networks``: the load balancers)."""
-        return _in(ip, self.proxy_networks)
+        return ip in self.proxy_networks
 
     def xforward_allowed(self, ip: str) -> bool:
         """Whether ``ip`` may send XFORWARD (``relay.xforward_hosts``)."""
-        if not self.xforward_networks:
-            return False
-        try:
-            addr = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
-        return any(addr in net for net in self.xforward_networks)
+        return ip in self.xforward_networks
 
     def allowed(self, ip: str) -> bool:
         """Whether ``ip`` is in ``relay.allowed_networks`` (remembered per address: parsing
@@ -1698,7 +1677,7 @@ class Relay:
         return known
 
     def _in_networks(self, ip: str) -> bool:
-        return _in(ip, self.networks)
+        return ip in self.networks
 
     def _factory(self, implicit_tls: bool) -> RelaySMTP:
         rc = self.config.relay

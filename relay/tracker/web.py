@@ -20,7 +20,6 @@ dispatcher runs while the web app does.
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import socket
 from typing import Any
 
@@ -29,6 +28,7 @@ from aiohttp import web
 from relay import metrics
 from relay.app import App
 from relay.engagement.contacts import ContactRanker
+from relay.engagement.networks import NetworkSet
 from relay.engagement.runner import BatchRunner
 from relay.logs import get_logger, route_aiohttp_logging
 from relay.metrics import exposition
@@ -72,8 +72,7 @@ class MetricsEndpoint:
 
     def __init__(self, app: App) -> None:
         http, tracker = app.config.http, app.config.tracker
-        self.networks = [ipaddress.ip_network(n, strict=False)
-                         for n in http.metrics_networks]
+        self.networks = NetworkSet(http.metrics_networks)
         self.token = http.metrics_token.encode()
         self.address = ClientAddress(tracker.trusted_proxies, tracker.ip_mode,
                                      tracker.client_ip_header)
@@ -85,8 +84,7 @@ class MetricsEndpoint:
                     given.strip().encode(errors="replace"), self.token):
                 return True
         addr = self.address.real_ip(request.remote, request.headers)
-        return addr is not None and any(
-            addr.version == net.version and addr in net for net in self.networks)
+        return addr is not None and addr in self.networks
 
     async def __call__(self, request: web.Request) -> web.Response:
         if not self.allowed(request):
