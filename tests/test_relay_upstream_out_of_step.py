@@ -25,9 +25,10 @@ class Upstream:
     ``DOT`` for the end of a message), a list of answers taken in turn, the last
     repeated; the messages it got are in ``messages``."""
 
-    def __init__(self) -> None:
+    def __init__(self, ehlo: bytes = b"250-raw\r\n250 8BITMIME\r\n") -> None:
         self.script: dict[bytes, list[bytes]] = {}
         self.messages: list[bytes] = []
+        self.ehlo = ehlo
         self.server: asyncio.Server | None = None
 
     def answer(self, verb: bytes, default: bytes) -> bytes:
@@ -41,10 +42,12 @@ class Upstream:
         while line := await reader.readline():
             verb = line[:4].upper()
             if verb == b"EHLO":
-                writer.write(b"250-raw\r\n250 8BITMIME\r\n")
+                writer.write(self.ehlo)
             elif verb == b"QUIT":
                 writer.write(b"221 bye\r\n")
                 break
+            elif verb == b"STAR":  # STARTTLS
+                writer.write(self.answer(b"STARTTLS", b"502 5.5.1 Not offered\r\n"))
             elif verb == b"DATA":
                 start = self.answer(b"DATA", b"354 go on\r\n")
                 writer.write(start)
@@ -132,37 +135,15 @@ async def test_a_reply_without_a_code_for_the_command_is_a_451_not_a_minus_one(
         assert await send(port) == (250, "2.0.0 Ok: queued")
 
 
-class RefusesTls(Upstream):
-    """Offers STARTTLS, then refuses it (RFC 3207 section 4: 454 TLS not available)."""
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"220 raw ESMTP\r\n")
-        while line := await reader.readline():
-            verb = line[:4].upper()
-            if verb == b"EHLO":
-                writer.write(b"250-raw\r\n250-STARTTLS\r\n250 8BITMIME\r\n")
-            elif line.upper().startswith(b"STARTTLS"):
-                writer.write(b"454 4.7.0 TLS not available due to local problem\r\n")
-            elif verb == b"QUIT":
-                writer.write(b"221 bye\r\n")
-                break
-            elif verb == b"DATA":
-                writer.write(b"354 go on\r\n")
-                self.messages.append(await reader.readuntil(b"\r\n.\r\n"))
-                writer.write(b"250 2.0.0 Ok: queued\r\n")
-            else:
-                writer.write(b"250 2.1.0 Ok\r\n")
-            await writer.drain()
-        writer.close()
-
-
 async def test_optional_starttls_refused_falls_back_to_plain_text(
         make_relay: MakeRelay) -> None:
     """``upstream.tls = "starttls-optional"`` is opportunistic TLS (Postfix's "may"): a
     server that offers STARTTLS and refuses it took no mail at all (every MAIL "451
     4.4.1 Upstream server unreachable"), where one offering nothing takes it in plain
     text. It falls back; ``"starttls"`` (required) does not."""
-    peer = RefusesTls()
+    # offers STARTTLS, then refuses it (RFC 3207 section 4: 454 TLS not available)
+    peer = Upstream(ehlo=b"250-raw\r\n250-STARTTLS\r\n250 8BITMIME\r\n")
+    peer.script[b"STARTTLS"] = [b"454 4.7.0 TLS not available due to local problem\r\n"]
     peer.server = await asyncio.start_server(peer.handle, "127.0.0.1", 0)
     try:
         port = peer.server.sockets[0].getsockname()[1]
